@@ -1,0 +1,166 @@
+//! Messages. Payloads are JSON (one object per frame) so a console capture stays readable;
+//! the frame layer bounds their size, so parsing untrusted input is bounded too.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bench::{BenchReport, BenchRequest};
+
+/// Bumped on any incompatible change to the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Host to guest: one command with the id its reply must carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub id: u64,
+    pub cmd: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Liveness check; the reply carries the guest's monotonic clock.
+    Ping,
+    /// Run one microbenchmark, in `instances` concurrent copies.
+    Bench(BenchRequest),
+    /// Start a netperf-style server (stream and request/response) on `port`
+    /// of every address; runs in the background until `net_stop` or exit.
+    NetServe { port: u16 },
+    /// Stop the server started on `port`.
+    NetStop { port: u16 },
+    /// Reply, then power the guest off (PID 1) or exit (plain process).
+    Poweroff,
+    /// Deliberate failures, for the fault tests. `panic`: PID 1 exits, which
+    /// panics the guest kernel (a plain process aborts). `hang`: the agent stops
+    /// reading and answering.
+    Fault { kind: FaultKind },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    Panic,
+    Hang,
+}
+
+/// Guest to host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case", deny_unknown_fields)]
+pub enum GuestMsg {
+    /// Always the first message: the agent is ready.
+    Hello(Hello),
+    Reply(Reply),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    pub id: u64,
+    pub result: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Outcome {
+    Ok { body: ReplyBody },
+    Err { error: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ReplyBody {
+    Pong { monotonic_ns: u64 },
+    Bench(BenchReport),
+    Listening { port: u16 },
+    Stopped { port: u16 },
+    PoweringOff,
+}
+
+/// How the agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// PID 1 of a guest kernel (VMs) or of a pid namespace (containers).
+    Init,
+    /// An ordinary process (the native baseline).
+    Process,
+}
+
+/// The ready message: who the guest is and its own view of time when it became ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    pub protocol: u32,
+    pub agent_version: String,
+    pub role: Role,
+    pub pid: u32,
+    pub hostname: String,
+    pub kernel_release: String,
+    pub cpus: u32,
+    pub mem_total_kib: u64,
+    /// Which control channel the agent used (`fd:3`, `tty:/dev/hvc0`, `tcp:…`, `unix:…`).
+    pub transport: String,
+    pub clock: GuestClock,
+}
+
+/// Guest clocks at the moment the hello was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestClock {
+    /// CLOCK_MONOTONIC.
+    pub monotonic_ns: u64,
+    /// CLOCK_BOOTTIME: time since the guest kernel started (for a VM: its boot time).
+    pub boottime_ns: u64,
+    /// CLOCK_REALTIME, nanoseconds since the Unix epoch (guest wall clock).
+    pub realtime_ns: u64,
+    /// First field of /proc/uptime, in seconds.
+    pub uptime_s: f64,
+    /// When the agent process started, from /proc/self/stat (clock ticks since boot),
+    /// in nanoseconds since boot: the end of the kernel's part of the boot.
+    pub agent_start_ns: Option<u64>,
+    /// The kernel log's timestamp of "Run /init as init process" when PID 1 can read it:
+    /// a finer kernel/userspace split than `agent_start_ns`.
+    pub kernel_init_ns: Option<u64>,
+}
+
+/// Any message that failed to decode or made no sense, described for the guest's record.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MessageError {
+    #[error("not a valid message: {0}")]
+    Malformed(String),
+    #[error("guest speaks protocol version {got}, host expects {want}")]
+    Version { got: u32, want: u32 },
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+}
+
+impl GuestMsg {
+    pub fn decode(payload: &[u8]) -> Result<Self, MessageError> {
+        serde_json::from_slice(payload).map_err(|e| MessageError::Malformed(e.to_string()))
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("guest messages always serialise")
+    }
+}
+
+impl Request {
+    pub fn decode(payload: &[u8]) -> Result<Self, MessageError> {
+        serde_json::from_slice(payload).map_err(|e| MessageError::Malformed(e.to_string()))
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("requests always serialise")
+    }
+}
+
+impl Hello {
+    /// Rejects a hello the host cannot work with.
+    pub fn check(&self) -> Result<(), MessageError> {
+        if self.protocol != PROTOCOL_VERSION {
+            return Err(MessageError::Version { got: self.protocol, want: PROTOCOL_VERSION });
+        }
+        if self.cpus == 0 {
+            return Err(MessageError::Malformed("hello reports 0 CPUs".into()));
+        }
+        Ok(())
+    }
+}

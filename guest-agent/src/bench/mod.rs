@@ -1,0 +1,97 @@
+//! The paper's microbenchmarks (section II.A), one module per resource. Each function
+//! runs one instance and returns its raw result; [`run`] runs several instances at once.
+
+pub mod cpu;
+pub mod disk;
+pub mod memory;
+pub mod net;
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+use vb_protocol::bench::{BenchReport, BenchRequest, BenchSpec, InstanceResult, Work};
+
+use crate::clock::monotonic_ns;
+
+/// Runs `req.instances` copies concurrently, each in its own thread, released together
+/// by a barrier so they overlap as the isolation and linearity tests require.
+pub fn run(req: &BenchRequest) -> Result<BenchReport, String> {
+    req.validate()?;
+    let n = req.instances as usize;
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let spec = req.spec.clone();
+            let barrier = barrier.clone();
+            thread::Builder::new()
+                .name(format!("bench-{i}"))
+                .spawn(move || run_one(&spec, &barrier))
+                .map_err(|e| format!("cannot start benchmark thread: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut instances = Vec::with_capacity(n);
+    let mut first_err = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(r)) => instances.push(r),
+            Ok(Err(e)) => first_err = first_err.or(Some(e)),
+            Err(_) => first_err = first_err.or(Some("benchmark thread panicked".to_string())),
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(BenchReport { instances }),
+    }
+}
+
+/// One instance: set up outside the timed region, then time only the work. The barrier
+/// is always reached, even when set-up failed, so no sibling waits forever.
+fn run_one(spec: &BenchSpec, barrier: &Barrier) -> Result<InstanceResult, String> {
+    let prepared = prepare(spec);
+    barrier.wait();
+    let prepared = prepared?;
+    let start_ns = monotonic_ns();
+    let work = match prepared {
+        Prepared::Cpu { rounds } => Work::Cpu { rounds, estimate: cpu::sqrt2(rounds) },
+        Prepared::Memory(mut m, passes) => {
+            m.run(passes);
+            let end_ns = monotonic_ns();
+            // The check reads every element: outside the timed region.
+            let work = Work::Memory { n: m.n() as u32, passes, checked: m.check(passes), bytes: m.bytes_moved(passes) };
+            return Ok(InstanceResult { start_ns, end_ns, work });
+        }
+        Prepared::Disk(mut reader, max_bytes) => {
+            let bytes = reader.read_all(max_bytes)?;
+            Work::Disk { bytes, block_size: reader.block_size() as u32, direct: reader.direct() }
+        }
+        // Network clients time themselves: the end is the receiver's acknowledgement.
+        Prepared::Stream(conn, duration_ms, msg_size) => return net::stream_client(conn, duration_ms, msg_size),
+        Prepared::Rr(conn, duration_ms, size) => return net::rr_client(conn, duration_ms, size),
+    };
+    let end_ns = monotonic_ns();
+    Ok(InstanceResult { start_ns, end_ns, work })
+}
+
+enum Prepared {
+    Cpu { rounds: u64 },
+    Memory(memory::Matrices, u32),
+    Disk(disk::Reader, Option<u64>),
+    Stream(std::net::TcpStream, u32, usize),
+    Rr(std::net::TcpStream, u32, usize),
+}
+
+fn prepare(spec: &BenchSpec) -> Result<Prepared, String> {
+    Ok(match spec {
+        BenchSpec::Cpu { rounds } => Prepared::Cpu { rounds: *rounds },
+        BenchSpec::Memory { n, passes } => Prepared::Memory(memory::Matrices::new(*n as usize)?, *passes),
+        BenchSpec::Disk { path, block_size, max_bytes, direct } => {
+            Prepared::Disk(disk::Reader::open(path, *block_size as usize, *direct)?, *max_bytes)
+        }
+        BenchSpec::NetStream { peer, duration_ms, msg_size } => {
+            Prepared::Stream(net::connect(peer, net::Mode::Stream)?, *duration_ms, *msg_size as usize)
+        }
+        BenchSpec::NetRr { peer, duration_ms, size } => {
+            Prepared::Rr(net::connect(peer, net::Mode::Rr { size: *size })?, *duration_ms, *size as usize)
+        }
+    })
+}

@@ -1,0 +1,151 @@
+//! What the agent is told: from its arguments, or for a VM's init from the kernel command
+//! line (`vb.ctl=… vb.net=… vb.hostname=…`; keys with a dot are not passed to init by the
+//! kernel, so they are read from /proc/cmdline). Arguments win over the command line.
+
+use std::net::Ipv4Addr;
+
+pub const USAGE: &str = "usage: guest-agent [--ctl fd:N|unix:PATH|tcp:HOST:PORT|tty:DEV] [--net IFACE=ADDR/PREFIX]... [--hostname NAME]
+  Runs as PID 1 of a guest or as a plain process; writes a ready message on the control
+  channel, then runs the microbenchmarks the host asks for. A VM's init reads the same
+  settings from the kernel command line as vb.ctl=, vb.net= (comma-free, repeatable) and vb.hostname=.";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ctl {
+    /// An inherited, already connected socket or tty.
+    Fd(i32),
+    Unix(String),
+    Tcp(String),
+    /// A console device set to raw mode.
+    Tty(String),
+}
+
+impl Ctl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (kind, rest) = s.split_once(':').ok_or_else(|| format!("control channel {s:?}: expected KIND:VALUE"))?;
+        match kind {
+            "fd" => rest.parse().map(Ctl::Fd).map_err(|_| format!("control channel {s:?}: bad fd number")),
+            "unix" if !rest.is_empty() => Ok(Ctl::Unix(rest.into())),
+            "tcp" if rest.contains(':') => Ok(Ctl::Tcp(rest.into())),
+            "tty" if rest.starts_with("/dev/") => Ok(Ctl::Tty(rest.into())),
+            _ => Err(format!("control channel {s:?}: use fd:N, unix:PATH, tcp:HOST:PORT or tty:/dev/NAME")),
+        }
+    }
+    pub fn describe(&self) -> String {
+        match self {
+            Ctl::Fd(n) => format!("fd:{n}"),
+            Ctl::Unix(p) => format!("unix:{p}"),
+            Ctl::Tcp(a) => format!("tcp:{a}"),
+            Ctl::Tty(d) => format!("tty:{d}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetCfg {
+    pub iface: String,
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl NetCfg {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("network setting {s:?}: expected IFACE=A.B.C.D/PREFIX");
+        let (iface, cidr) = s.split_once('=').ok_or_else(bad)?;
+        let (addr, prefix) = cidr.split_once('/').ok_or_else(bad)?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if iface.is_empty() || iface.len() > 15 || prefix > 32 {
+            return Err(bad());
+        }
+        Ok(Self { iface: iface.into(), addr: addr.parse().map_err(|_| bad())?, prefix })
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub ctl: Option<Ctl>,
+    pub net: Vec<NetCfg>,
+    pub hostname: Option<String>,
+    /// Settings came from the kernel command line: the agent is its own kernel's init.
+    pub from_cmdline: bool,
+}
+
+pub enum Parsed {
+    Run(Config),
+    Help,
+    Version,
+}
+
+pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
+    let mut c = Config::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--ctl" => c.ctl = Some(Ctl::parse(&val("--ctl")?)?),
+            "--net" => c.net.push(NetCfg::parse(&val("--net")?)?),
+            "--hostname" => c.hostname = Some(check_hostname(&val("--hostname")?)?),
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Parsed::Run(c))
+}
+
+/// Fills what the arguments left unset from a kernel command line.
+pub fn merge_cmdline(c: &mut Config, cmdline: &str) -> Result<(), String> {
+    let mut any = false;
+    let mut net = Vec::new();
+    for word in cmdline.split_whitespace() {
+        let Some((k, v)) = word.split_once('=') else { continue };
+        match k {
+            "vb.ctl" if c.ctl.is_none() => c.ctl = Some(Ctl::parse(v)?),
+            "vb.net" => net.push(NetCfg::parse(v)?),
+            "vb.hostname" if c.hostname.is_none() => c.hostname = Some(check_hostname(v)?),
+            _ => continue,
+        }
+        any = true;
+    }
+    if c.net.is_empty() {
+        c.net = net;
+    }
+    c.from_cmdline |= any;
+    Ok(())
+}
+
+fn check_hostname(h: &str) -> Result<String, String> {
+    if h.is_empty() || h.len() > 64 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(format!("hostname {h:?} is not a valid host name"));
+    }
+    Ok(h.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn args_and_cmdline() {
+        let Parsed::Run(mut c) = parse_args(&args(&["--ctl", "fd:3", "--hostname", "g1"])).unwrap() else { panic!() };
+        merge_cmdline(&mut c, "console=ttyS0 vb.ctl=tty:/dev/hvc0 vb.net=eth0=10.0.0.2/24 vb.hostname=other").unwrap();
+        assert_eq!(c.ctl, Some(Ctl::Fd(3)));
+        assert_eq!(c.hostname.as_deref(), Some("g1"));
+        assert_eq!(c.net, vec![NetCfg { iface: "eth0".into(), addr: "10.0.0.2".parse().unwrap(), prefix: 24 }]);
+        assert!(c.from_cmdline);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert!(parse_args(&args(&["--ctl", "serial"])).err().unwrap().contains("serial"));
+        assert!(parse_args(&args(&["--net", "eth0=1.2.3.4/33"])).err().unwrap().contains("eth0=1.2.3.4/33"));
+        assert!(parse_args(&args(&["--bogus"])).err().unwrap().contains("--bogus"));
+        assert!(parse_args(&args(&["--ctl"])).err().unwrap().contains("needs a value"));
+        assert!(parse_args(&args(&["--hostname", "a b"])).is_err());
+        assert_eq!(Ctl::parse("tty:/dev/ttyS1").unwrap(), Ctl::Tty("/dev/ttyS1".into()));
+        assert!(Ctl::parse("tty:ttyS1").is_err());
+    }
+}

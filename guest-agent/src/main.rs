@@ -1,0 +1,198 @@
+//! guest-agent: runs as PID 1 of every guest (or as a plain process), says when it is
+//! ready, then runs the paper's microbenchmarks on the host's command.
+
+mod bench;
+mod clock;
+mod config;
+mod init;
+mod transport;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use vb_protocol::frame::{Event, FrameDecoder};
+use vb_protocol::msg::{Command, FaultKind, GuestMsg, Hello, Outcome, Reply, ReplyBody, Request, Role};
+
+use config::{Config, Parsed};
+
+type Writer = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// Longest error text sent to the host.
+const MAX_ERROR_LEN: usize = 4096;
+
+fn main() {
+    let pid1 = std::process::id() == 1;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let err = match run(&args, pid1) {
+        Ok(()) => return,
+        Err(e) => e,
+    };
+    eprintln!("guest-agent: {err}");
+    if pid1 {
+        // Exiting would panic the kernel: power off so the host sees a clean stop.
+        eprintln!("guest-agent: {}", init::poweroff());
+    }
+    std::process::exit(2);
+}
+
+fn run(args: &[String], pid1: bool) -> Result<(), String> {
+    let mut cfg = match config::parse_args(args)? {
+        Parsed::Run(c) => c,
+        Parsed::Help => {
+            println!("{}", config::USAGE);
+            return Ok(());
+        }
+        Parsed::Version => {
+            println!("guest-agent {} (protocol {})", env!("CARGO_PKG_VERSION"), vb_protocol::PROTOCOL_VERSION);
+            return Ok(());
+        }
+    };
+    if pid1 {
+        let set = init::block_sigchld().map_err(|e| format!("blocking SIGCHLD: {e}"))?;
+        for note in init::mount_basics() {
+            eprintln!("guest-agent: {note}");
+        }
+        init::spawn_reaper(set);
+        // Only a VM's init has a kernel command line of its own; a container's PID 1 is
+        // always given --ctl and would otherwise read the host's.
+        if cfg.ctl.is_none() {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+            config::merge_cmdline(&mut cfg, &cmdline)?;
+        }
+    }
+    setup(&cfg)?;
+    let ctl = cfg.ctl.clone().ok_or_else(|| format!("no control channel given\n{}", config::USAGE))?;
+    let chan = transport::open(&ctl)?;
+    let writer: Writer = Arc::new(Mutex::new(chan.writer));
+    let hello = hello(&cfg, &ctl, pid1);
+    send(&writer, &GuestMsg::Hello(hello)).map_err(|e| format!("sending hello: {e}"))?;
+    serve(chan.reader, writer, pid1)
+}
+
+fn setup(cfg: &Config) -> Result<(), String> {
+    if let Some(h) = &cfg.hostname {
+        init::set_hostname(h)?;
+    }
+    for n in &cfg.net {
+        init::configure_net(n)?;
+    }
+    Ok(())
+}
+
+fn hello(cfg: &Config, ctl: &config::Ctl, pid1: bool) -> Hello {
+    let uts = nix::sys::utsname::uname().ok();
+    let field = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
+        uts.as_ref().map(|u| f(u).to_string_lossy().into_owned()).unwrap_or_default()
+    };
+    Hello {
+        protocol: vb_protocol::PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        role: if pid1 { Role::Init } else { Role::Process },
+        pid: std::process::id(),
+        hostname: field(|u| u.nodename()),
+        kernel_release: field(|u| u.release()),
+        cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        mem_total_kib: mem_total_kib().unwrap_or(0),
+        transport: ctl.describe(),
+        clock: clock::snapshot(cfg.from_cmdline),
+    }
+}
+
+fn mem_total_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn send(w: &Writer, msg: &GuestMsg) -> Result<(), String> {
+    let frame = vb_protocol::frame_guest(msg).map_err(|e| e.to_string())?;
+    let mut w = w.lock().map_err(|_| "writer poisoned".to_string())?;
+    w.write_all(&frame).and_then(|_| w.flush()).map_err(|e| e.to_string())
+}
+
+fn reply(w: &Writer, id: u64, result: Result<ReplyBody, String>) {
+    let result = match result {
+        Ok(body) => Outcome::Ok { body },
+        Err(mut error) => {
+            if error.len() > MAX_ERROR_LEN {
+                let mut cut = MAX_ERROR_LEN;
+                while !error.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                error.truncate(cut);
+            }
+            Outcome::Err { error }
+        }
+    };
+    if let Err(e) = send(w, &GuestMsg::Reply(Reply { id, result })) {
+        eprintln!("guest-agent: cannot send reply {id}: {e}");
+    }
+}
+
+fn serve(mut reader: Box<dyn std::io::Read + Send>, writer: Writer, pid1: bool) -> Result<(), String> {
+    let mut dec = FrameDecoder::default();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return finish(pid1, Err(format!("control channel read: {e}"))),
+        };
+        for ev in dec.feed(&buf[..n]) {
+            match ev {
+                Event::Frame(payload) => match Request::decode(&payload) {
+                    Ok(req) => handle(req, &writer, pid1),
+                    Err(e) => eprintln!("guest-agent: ignoring bad request: {e}"),
+                },
+                Event::Skipped(k) => eprintln!("guest-agent: skipped {k} bytes of noise"),
+                Event::Bad(e) => eprintln!("guest-agent: bad frame: {e}"),
+            }
+        }
+    }
+    finish(pid1, Ok(()))
+}
+
+/// The host went away (or the channel broke): a VM powers off, a process exits.
+fn finish(pid1: bool, r: Result<(), String>) -> Result<(), String> {
+    if pid1 {
+        if let Err(e) = &r {
+            eprintln!("guest-agent: {e}");
+        }
+        eprintln!("guest-agent: control channel closed; {}", init::poweroff());
+        std::process::exit(0);
+    }
+    r
+}
+
+fn handle(req: Request, w: &Writer, pid1: bool) {
+    let id = req.id;
+    match req.cmd {
+        Command::Ping => reply(w, id, Ok(ReplyBody::Pong { monotonic_ns: clock::monotonic_ns() })),
+        Command::Bench(b) => {
+            let w2 = w.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("req-{id}"))
+                .spawn(move || reply(&w2, id, bench::run(&b).map(ReplyBody::Bench)));
+            if let Err(e) = spawned {
+                reply(w, id, Err(format!("cannot start request thread: {e}")));
+            }
+        }
+        Command::NetServe { port } => reply(w, id, bench::net::serve(port).map(|port| ReplyBody::Listening { port })),
+        Command::NetStop { port } => reply(w, id, bench::net::stop(port).map(|()| ReplyBody::Stopped { port })),
+        Command::Poweroff => {
+            reply(w, id, Ok(ReplyBody::PoweringOff));
+            if pid1 {
+                eprintln!("guest-agent: {}", init::poweroff());
+            }
+            std::process::exit(0);
+        }
+        Command::Fault { kind: FaultKind::Panic } => {
+            // As PID 1 this exit makes the kernel panic ("Attempted to kill init").
+            std::process::exit(101);
+        }
+        Command::Fault { kind: FaultKind::Hang } => loop {
+            std::thread::park();
+        },
+    }
+}

@@ -1,0 +1,16 @@
+//! hostd: boots guests through the backends, measures them the way the paper does
+//! (Quétier, Neri, Cappello), and keeps the results. The binary in `main.rs` only parses
+//! arguments and prints.
+
+// Backends use `async fn` in a trait with enum dispatch: the futures' Send-ness is known at
+// each concrete call, so the lint's concern (unnameable bounds for generic callers) does
+// not apply.
+#![allow(async_fn_in_trait)]
+
+pub mod backend;
+pub mod channel;
+pub mod images;
+pub mod memory_info;
+pub mod microbench;
+pub mod provenance;
+pub mod stats;

@@ -1,0 +1,302 @@
+//! `hostd bench`: the four microbenchmarks in one guest, repeated, summarised. On the
+//! `native` backend this is the paper's reference time T_a (section II.A.1).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use vb_protocol::bench::{BenchReport, BenchRequest, BenchSpec, Resource};
+use vb_protocol::msg::{Command, Hello, ReplyBody, Role};
+
+use crate::backend::{AnyBackend, Backend, BackendKind, GuestSpec, Images};
+use crate::channel::AgentConn;
+use crate::provenance::{sha256_file, Provenance};
+use crate::stats::Summary;
+
+/// The benchmarks `hostd bench` can run, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[clap(rename_all = "snake_case")]
+pub enum BenchName {
+    Cpu,
+    Memory,
+    Disk,
+    NetStream,
+    NetRr,
+}
+
+/// Parameters of one `hostd bench` run. Defaults are the CLI's.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub backend: BackendKind,
+    pub images: Images,
+    pub benches: Vec<BenchName>,
+    /// Counted repetitions of each benchmark.
+    pub reps: u32,
+    /// Discarded runs before the counted ones.
+    pub warmup: u32,
+    /// Concurrent copies in the guest.
+    pub instances: u32,
+    pub cpu_rounds: u64,
+    pub mem_n: u32,
+    pub mem_passes: u32,
+    /// File the disk benchmark reads; created (disk_mb MiB) in the work directory if absent.
+    pub disk_file: Option<PathBuf>,
+    pub disk_mb: u64,
+    pub disk_block_kib: u32,
+    pub net_duration_ms: u32,
+    pub net_msg_size: u32,
+    pub rr_size: u32,
+    pub hello_timeout: Duration,
+    pub bench_timeout: Duration,
+    pub workdir: PathBuf,
+}
+
+/// One benchmark's repetitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub bench: BenchName,
+    pub resource: Resource,
+    /// What was measured, with its parameters, in words.
+    pub measures: String,
+    pub spec: BenchSpec,
+    pub instances: u32,
+    pub warmup: u32,
+    /// samples: one per instance per counted repetition.
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchRun {
+    pub backend: BackendKind,
+    pub provenance: Provenance,
+    pub guest: Hello,
+    pub results: Vec<BenchResult>,
+}
+
+pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchRun> {
+    if opts.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let mut artifacts = BTreeMap::new();
+    artifacts.insert(
+        "agent".to_string(),
+        sha256_file(&opts.images.agent).with_context(|| format!("reading agent {}", opts.images.agent.display()))?,
+    );
+    let backend = AnyBackend::new(opts.backend, &opts.images);
+    backend.probe().await?;
+    std::fs::create_dir_all(&opts.workdir).with_context(|| format!("creating {}", opts.workdir.display()))?;
+
+    let disk_path = if opts.benches.contains(&BenchName::Disk) {
+        let p = match &opts.disk_file {
+            Some(p) => p.clone(),
+            None => {
+                let p = opts.workdir.join("disk-bench.bin");
+                write_data_file(&p, opts.disk_mb).with_context(|| format!("creating disk benchmark file {}", p.display()))?;
+                p
+            }
+        };
+        if std::fs::metadata(&p).with_context(|| format!("disk benchmark file {}", p.display()))?.is_file() {
+            artifacts.insert("disk_file".into(), sha256_file(&p)?);
+        }
+        Some(p)
+    } else {
+        None
+    };
+
+    let spec = GuestSpec {
+        index: 0,
+        name: "bench0".into(),
+        vcpus: 1,
+        mem_mib: 256,
+        data_disk: disk_path.clone(),
+        workdir: opts.workdir.join("bench0"),
+    };
+    let mut launched = backend.launch(&spec).await?;
+    let guest = &launched.guest;
+    let result = async {
+        let (conn, hello) = match AgentConn::establish(launched.reader, launched.writer, opts.hello_timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                let tail = guest.log_tail(2000).map(|t| format!("; its output ends with:\n{t}")).unwrap_or_default();
+                bail!("{} guest {}: {e}{tail}", opts.backend.name(), spec.name);
+            }
+        };
+        let mut results = Vec::new();
+        let mut net_port = None;
+        for &b in &opts.benches {
+            let peer = |port: u16| format!("127.0.0.1:{port}");
+            let spec = match b {
+                BenchName::Cpu => BenchSpec::Cpu { rounds: opts.cpu_rounds },
+                BenchName::Memory => BenchSpec::Memory { n: opts.mem_n, passes: opts.mem_passes },
+                BenchName::Disk => BenchSpec::Disk {
+                    path: disk_path.as_ref().expect("disk file prepared").display().to_string(),
+                    block_size: opts.disk_block_kib * 1024,
+                    max_bytes: None,
+                    direct: true,
+                },
+                BenchName::NetStream | BenchName::NetRr => {
+                    let port = match net_port {
+                        Some(p) => p,
+                        None => {
+                            let p = net_serve(&conn).await?;
+                            net_port = Some(p);
+                            p
+                        }
+                    };
+                    if b == BenchName::NetStream {
+                        BenchSpec::NetStream { peer: peer(port), duration_ms: opts.net_duration_ms, msg_size: opts.net_msg_size }
+                    } else {
+                        BenchSpec::NetRr { peer: peer(port), duration_ms: opts.net_duration_ms, size: opts.rr_size }
+                    }
+                }
+            };
+            let req = BenchRequest { spec, instances: opts.instances };
+            req.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let r = repeat(&conn, b, &req, opts, progress).await?;
+            results.push(r);
+        }
+        let _ = conn.request(Command::Poweroff, Duration::from_secs(10)).await;
+        anyhow::Ok((hello, results))
+    }
+    .await;
+    backend.stop(&mut launched.guest, Duration::from_secs(5)).await;
+    let (guest, results) = result?;
+    Ok(BenchRun { backend: opts.backend, provenance: Provenance::collect(artifacts), guest, results })
+}
+
+async fn net_serve(conn: &AgentConn) -> Result<u16> {
+    match conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await? {
+        ReplyBody::Listening { port } if port != 0 => Ok(port),
+        other => bail!("net_serve answered with {other:?}"),
+    }
+}
+
+async fn repeat(conn: &AgentConn, b: BenchName, req: &BenchRequest, opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchResult> {
+    let mut samples = Vec::new();
+    let mut unit = "";
+    for i in 0..opts.warmup + opts.reps {
+        let counted = i >= opts.warmup;
+        let t0 = Instant::now();
+        let report = run_once(conn, req, opts.bench_timeout).await.with_context(|| format!("{} benchmark", req.spec.name()))?;
+        let _ = writeln!(
+            progress,
+            "  {:<10} {} {}/{} done in {:.2} s",
+            req.spec.name(),
+            if counted { "run" } else { "warm-up" },
+            if counted { i - opts.warmup + 1 } else { i + 1 },
+            if counted { opts.reps } else { opts.warmup },
+            t0.elapsed().as_secs_f64()
+        );
+        if counted {
+            for inst in &report.instances {
+                let f = inst.figure();
+                unit = f.unit;
+                samples.push(f.value);
+            }
+        }
+    }
+    let summary = Summary::of(req.spec.name(), unit, samples).context("no samples")?;
+    Ok(BenchResult {
+        bench: b,
+        resource: req.spec.resource(),
+        measures: describe(&req.spec),
+        spec: req.spec.clone(),
+        instances: req.instances,
+        warmup: opts.warmup,
+        summary,
+    })
+}
+
+/// Sends one benchmark request and checks the (untrusted) report against it.
+pub async fn run_once(conn: &AgentConn, req: &BenchRequest, timeout: Duration) -> Result<BenchReport> {
+    match conn.request(Command::Bench(req.clone()), timeout).await? {
+        ReplyBody::Bench(report) => {
+            report.check(req).map_err(|e| anyhow::anyhow!("guest result rejected: {e}"))?;
+            Ok(report)
+        }
+        other => bail!("bench answered with {other:?}"),
+    }
+}
+
+/// The measured quantity in words, parameters included.
+pub fn describe(spec: &BenchSpec) -> String {
+    match spec {
+        BenchSpec::Cpu { rounds } => format!("time of {rounds} Newton steps towards √2"),
+        BenchSpec::Memory { n, passes } => format!("time of {passes} passes C=A+B+C on {n}×{n} f64 matrices"),
+        BenchSpec::Disk { block_size, direct, max_bytes, .. } => format!(
+            "sequential {}read{}, {} KiB blocks, bandwidth",
+            if *direct { "O_DIRECT " } else { "" },
+            max_bytes.map(|m| format!(" of {} MiB", m >> 20)).unwrap_or_default(),
+            block_size / 1024
+        ),
+        BenchSpec::NetStream { peer, duration_ms, msg_size } => {
+            format!("TCP stream to {peer} for {duration_ms} ms, {msg_size}-byte writes, received bandwidth")
+        }
+        BenchSpec::NetRr { peer, duration_ms, size } => format!("TCP request/response with {peer}, {size} byte each way, {duration_ms} ms, latency"),
+    }
+}
+
+/// Writes `mb` MiB of non-zero data and syncs it, so reads really come from the disk
+/// (a sparse file would be served from holes without I/O).
+pub fn write_data_file(path: &Path, mb: u64) -> std::io::Result<()> {
+    if mb == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "disk benchmark file size must be > 0 MiB"));
+    }
+    let tmp = path.with_extension("partial");
+    let mut f = std::fs::File::create(&tmp)?;
+    let mut block = vec![0u8; 1 << 20];
+    for (i, b) in block.iter_mut().enumerate() {
+        *b = (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] | 1;
+    }
+    for _ in 0..mb {
+        f.write_all(&block)?;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The human-readable table, provenance first.
+pub fn table(run: &BenchRun) -> String {
+    let mut out = String::new();
+    for l in run.provenance.lines() {
+        out.push_str(&format!("# {l}\n"));
+    }
+    let g = &run.guest;
+    let boot = match g.role {
+        Role::Init => format!(", ready {:.3} s after its kernel started", g.clock.boottime_ns as f64 / 1e9),
+        Role::Process => ", a host process".to_string(),
+    };
+    out.push_str(&format!(
+        "# guest: backend {}, {} (kernel {}, {} CPUs, agent {}{boot})\n",
+        run.backend.name(),
+        g.hostname,
+        g.kernel_release,
+        g.cpus,
+        g.agent_version,
+    ));
+    out.push_str(&format!(
+        "{:<11} {:>4} {:>4} {:>13} {:>12} {:>13} {:>13}  {:<15} {}\n",
+        "benchmark", "reps", "inst", "mean", "std_dev", "min", "max", "unit", "measures"
+    ));
+    for r in &run.results {
+        let s = &r.summary;
+        out.push_str(&format!(
+            "{:<11} {:>4} {:>4} {:>13.4} {:>12.4} {:>13.4} {:>13.4}  {:<15} {}\n",
+            s.name,
+            s.samples.len() as u32 / r.instances.max(1),
+            r.instances,
+            s.mean,
+            s.std_dev,
+            s.min,
+            s.max,
+            s.unit,
+            r.measures
+        ));
+    }
+    out
+}
