@@ -122,6 +122,12 @@ impl AgentConn {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending map").insert(id, tx);
+        // The reader stores its failure before failing the pending map: re-checking after
+        // inserting closes the window where a dying channel would never answer us.
+        if let Some(f) = self.failure() {
+            self.pending.lock().expect("pending map").remove(&id);
+            return Err(f);
+        }
         let frame = vb_protocol::frame_request(&Request { id, cmd }).map_err(|e| ChannelError::Io(e.to_string()))?;
         let sent = async {
             let mut w = self.writer.lock().await;
@@ -132,15 +138,10 @@ impl AgentConn {
             self.pending.lock().expect("pending map").remove(&id);
             return Err(self.failure().unwrap_or(ChannelError::Io(e.to_string())));
         }
-        let mut failure = self.failure.clone();
-        let outcome = tokio::select! {
-            r = tokio::time::timeout(timeout, rx) => r,
-            _ = failure.wait_for(|f| f.is_some()) => {
-                self.pending.lock().expect("pending map").remove(&id);
-                return Err(self.failure().expect("failure set"));
-            }
-        };
-        match outcome {
+        // The reader fails every pending request when the channel dies, so waiting on the
+        // reply alone also covers failure; a reply that arrived just before the channel
+        // closed (e.g. to `poweroff`) is still delivered.
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(self.failure().unwrap_or_else(|| ChannelError::Closed(String::new()))),
             Err(_) => {

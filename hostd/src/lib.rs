@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod channel;
+pub mod guest;
 pub mod images;
 pub mod memory_info;
 pub mod microbench;

@@ -13,6 +13,7 @@ use vb_protocol::msg::{Command, Hello, ReplyBody, Role};
 
 use crate::backend::{AnyBackend, Backend, BackendKind, GuestSpec, Images};
 use crate::channel::AgentConn;
+use crate::guest::{boot, RunningGuest};
 use crate::provenance::{sha256_file, Provenance};
 use crate::stats::Summary;
 
@@ -83,6 +84,7 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
         bail!("--reps must be at least 1");
     }
     let mut artifacts = BTreeMap::new();
+    let mut notes = Vec::new();
     artifacts.insert(
         "agent".to_string(),
         sha256_file(&opts.images.agent).with_context(|| format!("reading agent {}", opts.images.agent.display()))?,
@@ -100,73 +102,100 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
                 p
             }
         };
-        if std::fs::metadata(&p).with_context(|| format!("disk benchmark file {}", p.display()))?.is_file() {
-            artifacts.insert("disk_file".into(), sha256_file(&p)?);
-        }
+        let len = std::fs::metadata(&p).with_context(|| format!("disk benchmark file {}", p.display()))?.len();
+        notes.push(format!("disk benchmark reads {} ({len} bytes)", p.display()));
         Some(p)
     } else {
         None
     };
 
-    let spec = GuestSpec {
-        index: 0,
-        name: "bench0".into(),
+    let spec = |index: usize, name: &str| GuestSpec {
+        index,
+        name: name.into(),
         vcpus: 1,
         mem_mib: 256,
         data_disk: disk_path.clone(),
-        workdir: opts.workdir.join("bench0"),
+        workdir: opts.workdir.join(name),
     };
-    let mut launched = backend.launch(&spec).await?;
-    let guest = &launched.guest;
-    let result = async {
-        let (conn, hello) = match AgentConn::establish(launched.reader, launched.writer, opts.hello_timeout).await {
-            Ok(c) => c,
+    let guest = boot(&backend, spec(0, "bench0"), opts.hello_timeout).await.with_context(|| format!("{} backend", opts.backend.name()))?;
+    // Network benchmarks talk to a second guest, as netperf's client and server are two
+    // machines (or two processes) in the paper.
+    let peer = if opts.benches.iter().any(|b| matches!(b, BenchName::NetStream | BenchName::NetRr)) {
+        match boot(&backend, spec(1, "bench-peer"), opts.hello_timeout).await {
+            Ok(p) => Some(p),
             Err(e) => {
-                let tail = guest.log_tail(2000).map(|t| format!("; its output ends with:\n{t}")).unwrap_or_default();
-                bail!("{} guest {}: {e}{tail}", opts.backend.name(), spec.name);
+                guest.shutdown(&backend, Duration::ZERO).await;
+                return Err(anyhow::Error::new(e).context(format!("{} backend", opts.backend.name())));
+            }
+        }
+    } else {
+        None
+    };
+    let result = run_benches(&guest, peer.as_ref(), disk_path.as_deref(), opts, progress).await;
+    // Guests that were asked to power off get time to do so.
+    let grace = Duration::from_secs(5);
+    if let Some(p) = peer {
+        p.shutdown(&backend, grace).await;
+    }
+    let hello = guest.hello.clone();
+    guest.shutdown(&backend, grace).await;
+    let results = result?;
+    let mut provenance = Provenance::collect(artifacts);
+    provenance.notes = notes;
+    Ok(BenchRun { backend: opts.backend, provenance, guest: hello, results })
+}
+
+async fn run_benches(
+    guest: &RunningGuest,
+    peer: Option<&RunningGuest>,
+    disk_path: Option<&Path>,
+    opts: &BenchOptions,
+    progress: &mut dyn Write,
+) -> Result<Vec<BenchResult>> {
+    let mut results = Vec::new();
+    let mut peer_addr: Option<String> = None;
+    for &b in &opts.benches {
+        let spec = match b {
+            BenchName::Cpu => BenchSpec::Cpu { rounds: opts.cpu_rounds },
+            BenchName::Memory => BenchSpec::Memory { n: opts.mem_n, passes: opts.mem_passes },
+            BenchName::Disk => BenchSpec::Disk {
+                path: disk_path.expect("disk file prepared").display().to_string(),
+                block_size: opts.disk_block_kib * 1024,
+                max_bytes: None,
+                direct: true,
+            },
+            BenchName::NetStream | BenchName::NetRr => {
+                let addr = match &peer_addr {
+                    Some(a) => a.clone(),
+                    None => {
+                        let p = peer.expect("peer booted for network benchmarks");
+                        let port = net_serve(&p.conn).await?;
+                        let a = format!("{}:{port}", opts.backend_peer_ip());
+                        peer_addr = Some(a.clone());
+                        a
+                    }
+                };
+                if b == BenchName::NetStream {
+                    BenchSpec::NetStream { peer: addr, duration_ms: opts.net_duration_ms, msg_size: opts.net_msg_size }
+                } else {
+                    BenchSpec::NetRr { peer: addr, duration_ms: opts.net_duration_ms, size: opts.rr_size }
+                }
             }
         };
-        let mut results = Vec::new();
-        let mut net_port = None;
-        for &b in &opts.benches {
-            let peer = |port: u16| format!("127.0.0.1:{port}");
-            let spec = match b {
-                BenchName::Cpu => BenchSpec::Cpu { rounds: opts.cpu_rounds },
-                BenchName::Memory => BenchSpec::Memory { n: opts.mem_n, passes: opts.mem_passes },
-                BenchName::Disk => BenchSpec::Disk {
-                    path: disk_path.as_ref().expect("disk file prepared").display().to_string(),
-                    block_size: opts.disk_block_kib * 1024,
-                    max_bytes: None,
-                    direct: true,
-                },
-                BenchName::NetStream | BenchName::NetRr => {
-                    let port = match net_port {
-                        Some(p) => p,
-                        None => {
-                            let p = net_serve(&conn).await?;
-                            net_port = Some(p);
-                            p
-                        }
-                    };
-                    if b == BenchName::NetStream {
-                        BenchSpec::NetStream { peer: peer(port), duration_ms: opts.net_duration_ms, msg_size: opts.net_msg_size }
-                    } else {
-                        BenchSpec::NetRr { peer: peer(port), duration_ms: opts.net_duration_ms, size: opts.rr_size }
-                    }
-                }
-            };
-            let req = BenchRequest { spec, instances: opts.instances };
-            req.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let r = repeat(&conn, b, &req, opts, progress).await?;
-            results.push(r);
-        }
-        let _ = conn.request(Command::Poweroff, Duration::from_secs(10)).await;
-        anyhow::Ok((hello, results))
+        let req = BenchRequest { spec, instances: opts.instances };
+        req.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        results.push(repeat(&guest.conn, b, &req, opts, progress).await?);
     }
-    .await;
-    backend.stop(&mut launched.guest, Duration::from_secs(5)).await;
-    let (guest, results) = result?;
-    Ok(BenchRun { backend: opts.backend, provenance: Provenance::collect(artifacts), guest, results })
+    Ok(results)
+}
+
+impl BenchOptions {
+    /// Where the measured guest reaches its peer. Native guests share the host's loopback.
+    fn backend_peer_ip(&self) -> &'static str {
+        match self.backend {
+            BackendKind::Native => "127.0.0.1",
+        }
+    }
 }
 
 async fn net_serve(conn: &AgentConn) -> Result<u16> {

@@ -17,6 +17,9 @@ pub struct Provenance {
     pub hostd_version: String,
     /// RFC 3339, UTC.
     pub date: String,
+    /// Other facts about the inputs (e.g. which file the disk benchmark read).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +39,7 @@ impl Provenance {
             git_revision: env!("VB_GIT_REVISION").to_string(),
             hostd_version: env!("CARGO_PKG_VERSION").to_string(),
             date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            notes: Vec::new(),
         }
     }
 
@@ -46,6 +50,7 @@ impl Provenance {
             format!("hostd {} at {}, measured {}", self.hostd_version, self.git_revision, self.date),
         ];
         v.extend(self.artifacts.iter().map(|(k, h)| format!("{k} sha256 {h}")));
+        v.extend(self.notes.iter().cloned());
         v
     }
 }

@@ -258,3 +258,55 @@ impl BenchReport {
         self.instances.iter().try_for_each(|i| i.check(&req.spec))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu_req() -> BenchRequest {
+        BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: 2 }
+    }
+
+    fn cpu_result(estimate: f64) -> InstanceResult {
+        InstanceResult { start_ns: 10, end_ns: 2_000_000_010, work: Work::Cpu { rounds: 100, estimate } }
+    }
+
+    #[test]
+    fn untrusted_reports_are_checked() {
+        let ok = BenchReport { instances: vec![cpu_result(std::f64::consts::SQRT_2); 2] };
+        assert!(ok.check(&cpu_req()).is_ok());
+        let short = BenchReport { instances: vec![cpu_result(std::f64::consts::SQRT_2)] };
+        assert!(short.check(&cpu_req()).unwrap_err().contains("asked 2 instances"));
+        let wrong = BenchReport { instances: vec![cpu_result(1.5); 2] };
+        assert!(wrong.check(&cpu_req()).unwrap_err().contains("not √2"));
+        let mut backwards = cpu_result(std::f64::consts::SQRT_2);
+        backwards.end_ns = 5;
+        assert!(backwards.check(&cpu_req().spec).unwrap_err().contains("elapsed"));
+        let mismatched = InstanceResult { start_ns: 1, end_ns: 2, work: Work::NetStream { bytes: 5 } };
+        assert!(mismatched.check(&cpu_req().spec).is_err());
+        let unchecked = InstanceResult { start_ns: 1, end_ns: 2, work: Work::Memory { n: 4, passes: 1, checked: false, bytes: 1 } };
+        assert!(unchecked.check(&BenchSpec::Memory { n: 4, passes: 1 }).unwrap_err().contains("failed its check"));
+    }
+
+    #[test]
+    fn figures_and_units() {
+        let r = cpu_result(std::f64::consts::SQRT_2);
+        assert_eq!(r.figure().unit, "s");
+        assert!((r.figure().value - 2.0).abs() < 1e-9);
+        let d = InstanceResult { start_ns: 0, end_ns: 1_000_000_000, work: Work::Disk { bytes: 5_000_000, block_size: 4096, direct: true } };
+        assert_eq!((d.figure().value, d.figure().unit), (5.0, "MB/s"));
+        let rr = InstanceResult { start_ns: 0, end_ns: 1_000_000_000, work: Work::NetRr { transactions: 20_000 } };
+        assert_eq!((rr.figure().value, rr.figure().unit), (50.0, "us/transaction"));
+    }
+
+    #[test]
+    fn parameters_are_validated() {
+        assert!(BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: 0 }.validate().is_err());
+        assert!(BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: MAX_INSTANCES + 1 }.validate().is_err());
+        assert!(BenchSpec::Cpu { rounds: 3 }.validate().is_err());
+        assert!(BenchSpec::Memory { n: 1 << 20, passes: 1 }.validate().is_err());
+        assert!(BenchSpec::Disk { path: "/x".into(), block_size: 1000, max_bytes: None, direct: true }.validate().is_err());
+        assert!(BenchSpec::NetStream { peer: "host:1".into(), duration_ms: 10, msg_size: 10 }.validate().unwrap_err().contains("host:1"));
+        assert!(BenchSpec::NetRr { peer: "10.0.0.1:5".into(), duration_ms: 10, size: 1 }.validate().is_ok());
+    }
+}

@@ -164,3 +164,99 @@ impl Hello {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{BenchReport, BenchRequest, BenchSpec, InstanceResult, Work};
+    use proptest::prelude::*;
+
+    fn hello() -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: "0.1.0".into(),
+            role: Role::Init,
+            pid: 1,
+            hostname: "g0".into(),
+            kernel_release: "6.12".into(),
+            cpus: 1,
+            mem_total_kib: 65536,
+            transport: "tty:/dev/hvc0".into(),
+            clock: GuestClock {
+                monotonic_ns: 5,
+                boottime_ns: 6,
+                realtime_ns: 7,
+                uptime_s: 0.1,
+                agent_start_ns: Some(3),
+                kernel_init_ns: None,
+            },
+        }
+    }
+
+    #[test]
+    fn messages_roundtrip() {
+        let msgs = vec![
+            GuestMsg::Hello(hello()),
+            GuestMsg::Reply(Reply { id: 7, result: Outcome::Err { error: "no disk".into() } }),
+            GuestMsg::Reply(Reply {
+                id: 8,
+                result: Outcome::Ok {
+                    body: ReplyBody::Bench(BenchReport {
+                        instances: vec![InstanceResult {
+                            start_ns: 1,
+                            end_ns: 2,
+                            work: Work::Cpu { rounds: 10, estimate: std::f64::consts::SQRT_2 },
+                        }],
+                    }),
+                },
+            }),
+        ];
+        for m in msgs {
+            assert_eq!(GuestMsg::decode(&m.encode()).unwrap(), m);
+        }
+        let r = Request {
+            id: 9,
+            cmd: Command::Bench(BenchRequest { spec: BenchSpec::Memory { n: 4, passes: 2 }, instances: 2 }),
+        };
+        assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_rejected() {
+        let mut v = serde_json::to_value(GuestMsg::Hello(hello())).unwrap();
+        v["extra"] = serde_json::json!(1);
+        assert!(GuestMsg::decode(&serde_json::to_vec(&v).unwrap()).is_err());
+        assert!(GuestMsg::decode(br#"{"msg":"reply","id":-1,"result":{"status":"ok","body":{"kind":"powering_off"}}}"#).is_err());
+        assert!(GuestMsg::decode(br#"{"msg":"reboot"}"#).is_err());
+        assert!(Request::decode(br#"{"id":1,"cmd":{"cmd":"bench","spec":{"bench":"cpu","rounds":"many"},"instances":1}}"#).is_err());
+    }
+
+    #[test]
+    fn hello_check() {
+        assert!(hello().check().is_ok());
+        let mut h = hello();
+        h.protocol = 2;
+        assert_eq!(h.check(), Err(MessageError::Version { got: 2, want: PROTOCOL_VERSION }));
+        let mut h = hello();
+        h.cpus = 0;
+        assert!(h.check().is_err());
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic the decoder of either direction.
+        #[test]
+        fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = GuestMsg::decode(&bytes);
+            let _ = Request::decode(&bytes);
+        }
+
+        /// Arbitrary JSON-ish text (mutated valid messages) never panics either.
+        #[test]
+        fn mutated_messages_never_panic(pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut b = GuestMsg::Hello(hello()).encode();
+            let i = pos.index(b.len());
+            b[i] = byte;
+            if let Ok(GuestMsg::Hello(h)) = GuestMsg::decode(&b) { let _ = h.check(); }
+        }
+    }
+}
