@@ -35,5 +35,5 @@ pub fn find_agent(explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 pub fn resolve(agent: Option<&Path>) -> Result<Images> {
-    Ok(Images { agent: find_agent(agent)? })
+    Ok(Images { agent: find_agent(agent)?, ..Default::default() })
 }

@@ -8,10 +8,12 @@
 #![allow(async_fn_in_trait)]
 
 pub mod backend;
+pub mod cgroup;
 pub mod channel;
 pub mod guest;
 pub mod images;
 pub mod memory_info;
 pub mod microbench;
+pub mod netlab;
 pub mod provenance;
 pub mod stats;

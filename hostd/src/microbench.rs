@@ -116,6 +116,10 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
         mem_mib: 256,
         data_disk: disk_path.clone(),
         workdir: opts.workdir.join(name),
+        run: "bench".into(),
+        net: None,
+        cgroup: None,
+        limits: Default::default(),
     };
     let guest = boot(&backend, spec(0, "bench0"), opts.hello_timeout).await.with_context(|| format!("{} backend", opts.backend.name()))?;
     // Network benchmarks talk to a second guest, as netperf's client and server are two

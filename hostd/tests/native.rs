@@ -101,7 +101,18 @@ async fn guest_errors_are_reported_and_the_agent_survives() {
     let opts = small_opts(dir.path().to_path_buf());
     use hostd::backend::{AnyBackend, Backend, GuestSpec};
     let b = AnyBackend::new(BackendKind::Native, &opts.images);
-    let spec = GuestSpec { index: 0, name: "g".into(), vcpus: 1, mem_mib: 64, data_disk: None, workdir: dir.path().join("g") };
+    let spec = GuestSpec {
+        index: 0,
+        name: "g".into(),
+        run: "t".into(),
+        vcpus: 1,
+        mem_mib: 64,
+        data_disk: None,
+        workdir: dir.path().join("g"),
+        net: None,
+        cgroup: None,
+        limits: Default::default(),
+    };
     let mut l = b.launch(&spec).await.unwrap();
     let (conn, _) = AgentConn::establish(l.reader, l.writer, Duration::from_secs(10)).await.unwrap();
     let req = BenchRequest {

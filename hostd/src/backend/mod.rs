@@ -3,12 +3,20 @@
 //! and the host processes that make it up; it knows nothing of metrics or reports.
 
 pub mod native;
+mod process;
+mod resource;
 
-use std::path::{Path, PathBuf};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::cgroup::{self, Cgroup};
+use crate::netlab::FleetNet;
+pub use process::Proc;
+pub use resource::{release_all, Resource};
 
 /// The systems hostd can boot guests on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -19,6 +27,8 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    pub const ALL: [BackendKind; 1] = [BackendKind::Native];
+
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Native => "native",
@@ -26,13 +36,19 @@ impl BackendKind {
     }
 }
 
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for BackendKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "native" => Ok(BackendKind::Native),
-            other => Err(format!("unknown backend {other:?} (known: native)")),
-        }
+        BackendKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let known: Vec<_> = BackendKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown backend {s:?} (known: {})", known.join(", "))
+        })
     }
 }
 
@@ -41,21 +57,47 @@ impl std::str::FromStr for BackendKind {
 pub struct GuestSpec {
     /// Position in its fleet, from 0.
     pub index: usize,
-    /// Unique within the run; used for host-side names (paths, interfaces, cgroups).
+    /// Unique within the run; used for host-side names (paths, links, cgroups). [a-z0-9-].
     pub name: String,
+    /// The run this guest belongs to ([a-z0-9-]); scopes cgroups and namespaces.
+    pub run: String,
     pub vcpus: u32,
     pub mem_mib: u32,
     /// A file or device the disk benchmark reads inside the guest.
     pub data_disk: Option<PathBuf>,
-    /// Per-guest scratch directory (sockets, console log); removed with the fleet.
+    /// Per-guest scratch directory (sockets, console log); removed with the guest.
     pub workdir: PathBuf,
+    /// The guest's place on the fleet network, if it has one.
+    pub net: Option<GuestNet>,
+    /// Put the guest's host processes in a cgroup of this kind (None: no cgroup).
+    pub cgroup: Option<cgroup::Mode>,
+    pub limits: cgroup::Limits,
+}
+
+/// A guest's attachment to the fleet network.
+#[derive(Debug, Clone)]
+pub struct GuestNet {
+    pub fleet: FleetNet,
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+    /// Host-side link name (tap or veth end on the bridge), ≤ 15 bytes.
+    pub link: String,
+}
+
+impl GuestNet {
+    /// The agent's `--net`/`vb.net=` value.
+    pub fn agent_arg(&self) -> String {
+        format!("eth0={}/{}", self.addr, self.prefix)
+    }
 }
 
 /// The images a backend boots, resolved from the imagegen store or given by hand.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Images {
     /// Static guest-agent binary.
     pub agent: PathBuf,
+    /// Provenance: artifact name → sha256.
+    pub hashes: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a backend cannot run on this host.
@@ -71,8 +113,14 @@ pub struct Unavailable {
 pub enum LaunchError {
     #[error("preparing {what}: {source}")]
     Prepare { what: String, source: std::io::Error },
+    #[error("creating the cgroup: {0}")]
+    Cgroup(std::io::Error),
+    #[error("attaching to the fleet network: {0}")]
+    Network(#[from] crate::netlab::NetError),
     #[error("starting {program}: {source}")]
     Spawn { program: String, source: std::io::Error },
+    #[error("connecting the control channel: {0}")]
+    Channel(String),
 }
 
 /// A started guest: the host side of its control channel plus what must be torn down.
@@ -82,18 +130,31 @@ pub struct Launched {
     pub guest: GuestProcess,
 }
 
-/// The host processes that make up a guest, for memory attribution and teardown.
+/// The host processes and resources that make up a guest.
 #[derive(Debug)]
 pub struct GuestProcess {
     pub name: String,
-    pub child: tokio::process::Child,
-    /// Where the guest's console output goes, if it has a console of its own.
+    /// The main host process: the VMM, the runtime, or the agent itself.
+    pub proc: Proc,
+    /// Every host process of the guest, for memory attribution and a sure kill.
+    pub cgroup: Option<Cgroup>,
+    /// Where the guest's console output goes, if it has one of its own.
     pub console_log: Option<PathBuf>,
+    /// What to release at teardown, in creation order (released in reverse).
+    pub resources: Vec<Resource>,
 }
 
 impl GuestProcess {
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Host pids whose memory belongs to the guest.
+    pub fn pids(&self) -> Vec<u32> {
+        match &self.cgroup {
+            Some(cg) => cg.pids(),
+            None => vec![self.proc.pid()],
+        }
     }
 
     /// The last `max` bytes of the console log, for error reports.
@@ -122,10 +183,27 @@ pub trait Backend {
     async fn probe(&self) -> Result<String, Unavailable>;
     /// Starts one guest; returns as soon as its control channel exists (not when ready).
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError>;
-    /// Stops a guest that was asked to power off: waits up to `grace`, then kills it.
-    async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit;
-    /// Host pids whose memory belongs to the guest.
-    fn pids(&self, guest: &GuestProcess) -> Vec<u32>;
+    /// Stops a guest that was asked to power off: waits up to `grace`, then kills every
+    /// process of it and releases its resources.
+    async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
+        stop_and_release(guest, grace).await
+    }
+}
+
+/// The common teardown: wait for the main process, kill the rest, release resources.
+pub async fn stop_and_release(guest: &mut GuestProcess, grace: Duration) -> Exit {
+    let exit = guest.proc.wait_or_kill(grace).await;
+    if let Some(cg) = &guest.cgroup {
+        let _ = cg.kill_all(Duration::from_secs(5));
+    }
+    let mut rs = std::mem::take(&mut guest.resources);
+    if let Some(cg) = guest.cgroup.take() {
+        rs.insert(0, Resource::Cgroup(cg));
+    }
+    for e in release_all(&rs) {
+        tracing::warn!(guest = %guest.name, "teardown: {e}");
+    }
+    exit
 }
 
 /// Enum dispatch over the closed set of backends.
@@ -162,26 +240,54 @@ impl Backend for AnyBackend {
     async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
         dispatch!(self, b => b.stop(guest, grace).await)
     }
-    fn pids(&self, guest: &GuestProcess) -> Vec<u32> {
-        dispatch!(self, b => b.pids(guest))
+}
+
+/// Creates the guest's cgroup if the spec asks for one.
+pub fn make_cgroup(spec: &GuestSpec) -> Result<Option<Cgroup>, LaunchError> {
+    spec.cgroup.map(|mode| Cgroup::create(mode, &spec.run, &spec.name, spec.limits).map_err(LaunchError::Cgroup)).transpose()
+}
+
+/// Puts the child into `cg` before it execs, so everything it allocates is charged there.
+pub fn join_cgroup_in_child(cmd: &mut tokio::process::Command, cg: &Cgroup) {
+    let files: Vec<std::ffi::CString> = cg
+        .dirs
+        .iter()
+        .map(|d| std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).expect("no NUL in path"))
+        .collect();
+    // SAFETY: runs in the forked child before exec using only open/write/close (async-signal-
+    // safe) on paths allocated before the fork; "0" means the writing process itself.
+    unsafe {
+        cmd.pre_exec(move || {
+            for f in &files {
+                let fd = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if !ok {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }
 
-/// Waits for a child up to `grace`, then SIGKILLs it and reaps it.
-pub async fn wait_or_kill(child: &mut tokio::process::Child, grace: Duration) -> Exit {
-    if let Ok(Some(st)) = child.try_wait() {
-        return Exit::Exited(st.to_string());
+/// Passes `fd` to the child as descriptor `target` (inherited across exec).
+pub fn pass_fd_in_child(cmd: &mut tokio::process::Command, fd: std::os::fd::RawFd, target: std::os::fd::RawFd) {
+    // SAFETY: runs in the forked child before exec; dup2 and fcntl are async-signal-safe, and
+    // the caller keeps `fd` open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd != target && libc::dup2(fd, target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // dup2 clears FD_CLOEXEC on the copy; when fd == target it keeps it, so clear it.
+            if libc::fcntl(target, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(Ok(_)) => Exit::Clean,
-        _ => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            Exit::Killed
-        }
-    }
-}
-
-pub fn path_str(p: &Path) -> String {
-    p.display().to_string()
 }

@@ -4,14 +4,16 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
-use super::{wait_or_kill, Backend, BackendKind, Exit, GuestProcess, GuestSpec, LaunchError, Launched, Unavailable};
+use super::{
+    join_cgroup_in_child, make_cgroup, pass_fd_in_child, Backend, BackendKind, GuestProcess, GuestSpec, LaunchError,
+    Launched, Proc, Resource, Unavailable,
+};
 
 /// The descriptor number the agent finds its channel on.
-const AGENT_FD: i32 = 3;
+pub const AGENT_FD: i32 = 3;
 
 pub struct Native {
     agent: PathBuf,
@@ -40,10 +42,12 @@ impl Backend for Native {
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
         std::fs::create_dir_all(&spec.workdir)
             .map_err(|source| LaunchError::Prepare { what: spec.workdir.display().to_string(), source })?;
+        let mut resources = vec![Resource::Dir { path: spec.workdir.clone() }];
         let (host, guest) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
             .map_err(|e| LaunchError::Prepare { what: "control socketpair".into(), source: e.into() })?;
         let log = spec.workdir.join("agent.log");
         let stderr = std::fs::File::create(&log).map_err(|source| LaunchError::Prepare { what: log.display().to_string(), source })?;
+        let cgroup = make_cgroup(spec)?;
         let mut cmd = tokio::process::Command::new(&self.agent);
         cmd.args(["--ctl", &format!("fd:{AGENT_FD}")])
             .stdin(Stdio::null())
@@ -54,38 +58,27 @@ impl Backend for Native {
             // before hostd tears them down in order.
             .process_group(0)
             .kill_on_drop(true);
-        let guest_fd = guest.as_raw_fd();
-        // SAFETY: the closure runs in the forked child before exec and only calls dup2 and
-        // fcntl, which are async-signal-safe; guest_fd stays open until after spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(guest_fd, AGENT_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // dup2 clears FD_CLOEXEC on the new descriptor, which is what we want; when
-                // guest_fd already is 3, dup2 is a no-op that keeps the flag, so clear it.
-                if libc::fcntl(AGENT_FD, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        pass_fd_in_child(&mut cmd, guest.as_raw_fd(), AGENT_FD);
+        if let Some(cg) = &cgroup {
+            join_cgroup_in_child(&mut cmd, cg);
         }
-        let child = cmd.spawn().map_err(|source| LaunchError::Spawn { program: self.agent.display().to_string(), source })?;
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(source) => {
+                if let Some(cg) = cgroup {
+                    resources.push(Resource::Cgroup(cg));
+                }
+                super::release_all(&resources);
+                return Err(LaunchError::Spawn { program: self.agent.display().to_string(), source });
+            }
+        };
         drop(guest);
         let (reader, writer) = split_socket(host).map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
         Ok(Launched {
             reader: Box::new(reader),
             writer: Box::new(writer),
-            guest: GuestProcess { name: spec.name.clone(), child, console_log: Some(log) },
+            guest: GuestProcess { name: spec.name.clone(), proc: Proc::Child(child), cgroup, console_log: Some(log), resources },
         })
-    }
-
-    async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
-        wait_or_kill(&mut guest.child, grace).await
-    }
-
-    fn pids(&self, guest: &GuestProcess) -> Vec<u32> {
-        guest.pid().into_iter().collect()
     }
 }
 

@@ -1,0 +1,100 @@
+//! A guest's main host process, whether hostd spawned it (a tokio child) or only knows its
+//! pid (a process created with clone(2), or a container process a runtime started): the
+//! latter is watched through a pidfd, so its exit is seen at once and never confused with a
+//! recycled pid.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+
+use super::Exit;
+
+#[derive(Debug)]
+pub enum Proc {
+    Child(tokio::process::Child),
+    /// `reap`: the process is hostd's child and must be waited for once it exits.
+    Pidfd { pid: u32, fd: AsyncFd<OwnedFd>, reap: bool },
+}
+
+impl Proc {
+    /// Watches `pid` through a pidfd.
+    pub fn from_pid(pid: u32, reap: bool) -> std::io::Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor returned by pidfd_open, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until dropped, so the
+        // descriptor stays open and unchanged for the AsyncFd's whole life.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
+        Ok(Proc::Pidfd { pid, fd, reap })
+    }
+
+    pub fn pid(&self) -> u32 {
+        match self {
+            Proc::Child(c) => c.id().unwrap_or(0),
+            Proc::Pidfd { pid, .. } => *pid,
+        }
+    }
+
+    /// Whether the process has exited (without blocking).
+    pub fn has_exited(&mut self) -> bool {
+        match self {
+            Proc::Child(c) => !matches!(c.try_wait(), Ok(None)),
+            Proc::Pidfd { fd, .. } => {
+                let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(fd.get_ref()), events: libc::POLLIN, revents: 0 };
+                // SAFETY: poll on one valid pollfd with a zero timeout.
+                unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+            }
+        }
+    }
+
+    /// Waits for the exit and describes it.
+    pub async fn wait(&mut self) -> String {
+        match self {
+            Proc::Child(c) => c.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| format!("wait failed: {e}")),
+            Proc::Pidfd { pid, fd, reap } => {
+                let _ = fd.readable().await.map(|mut g| g.retain_ready());
+                if *reap {
+                    match nix::sys::wait::waitpid(Pid::from_raw(*pid as i32), None) {
+                        Ok(st) => format!("{st:?}"),
+                        Err(e) => format!("exited (waitpid: {e})"),
+                    }
+                } else {
+                    "exited".into()
+                }
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        match self {
+            Proc::Child(c) => {
+                let _ = c.start_kill();
+            }
+            Proc::Pidfd { pid, .. } => {
+                let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Waits up to `grace` for the process to end on its own, then kills it.
+    pub async fn wait_or_kill(&mut self, grace: Duration) -> Exit {
+        if self.has_exited() {
+            return Exit::Exited(self.wait().await);
+        }
+        if !grace.is_zero() {
+            if let Ok(_status) = tokio::time::timeout(grace, self.wait()).await {
+                return Exit::Clean;
+            }
+        }
+        self.kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.wait()).await;
+        Exit::Killed
+    }
+}

@@ -1,0 +1,167 @@
+//! The fleet's private network: one network namespace holding a bridge, with every guest
+//! attached by a veth (namespaces, containers) or a tap (UML, QEMU, Firecracker). Guests reach
+//! each other through the bridge and nothing else: the namespace has no uplink, so no guest
+//! address is ever routed on the host. Links are made with iproute2's `ip`, the kernel
+//! project's own tool.
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+/// Bridge name inside the fleet namespace.
+pub const BRIDGE: &str = "vbbr0";
+/// Guests are numbered into 10.211.0.0/16 (inside the fleet namespace only).
+pub const PREFIX: u8 = 16;
+const BASE: [u8; 2] = [10, 211];
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("`ip {args}` failed: {msg}")]
+    Ip { args: String, msg: String },
+    #[error("fleet network {0}: {1}")]
+    Netns(String, io::Error),
+    #[error("guest index {0} does not fit in the fleet subnet")]
+    TooMany(usize),
+}
+
+/// A fleet network namespace. Serializable so a later hostd can remove it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetNet {
+    pub netns: String,
+}
+
+/// Runs `ip ARGS`, turning failure into an error carrying its stderr.
+pub fn ip(args: &[&str]) -> Result<(), NetError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| NetError::Ip { args: args.join(" "), msg: format!("cannot run ip: {e}") })?;
+    if !out.status.success() {
+        return Err(NetError::Ip { args: args.join(" "), msg: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(())
+}
+
+impl FleetNet {
+    /// Creates namespace `vb-<run>` with an up bridge and loopback.
+    pub fn create(run: &str) -> Result<Self, NetError> {
+        let net = FleetNet { netns: format!("vb-{run}") };
+        ip(&["netns", "add", &net.netns])?;
+        let r = (|| {
+            let n = net.netns.as_str();
+            ip(&["-n", n, "link", "set", "lo", "up"])?;
+            ip(&["-n", n, "link", "add", BRIDGE, "type", "bridge"])?;
+            ip(&["-n", n, "link", "set", BRIDGE, "up"])
+        })();
+        if let Err(e) = r {
+            let _ = net.destroy();
+            return Err(e);
+        }
+        Ok(net)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.netns)
+    }
+
+    /// Deletes the namespace; every tap, veth end and the bridge inside go with it.
+    pub fn destroy(&self) -> Result<(), NetError> {
+        if !self.path().exists() {
+            return Ok(());
+        }
+        ip(&["netns", "del", &self.netns])
+    }
+
+    /// The address of guest `index`.
+    pub fn guest_addr(index: usize) -> Result<Ipv4Addr, NetError> {
+        // .0.0 is the network, .0.1 kept for the bridge should the host ever need one.
+        let host = index + 2;
+        if host >= 65535 {
+            return Err(NetError::TooMany(index));
+        }
+        Ok(Ipv4Addr::new(BASE[0], BASE[1], (host >> 8) as u8, (host & 0xff) as u8))
+    }
+
+    /// A persistent tap `name` on the bridge, for a VMM that runs inside the namespace.
+    pub fn add_tap(&self, name: &str) -> Result<(), NetError> {
+        let n = self.netns.as_str();
+        ip(&["-n", n, "tuntap", "add", "dev", name, "mode", "tap"])?;
+        ip(&["-n", n, "link", "set", name, "master", BRIDGE, "up"])
+    }
+
+    /// A veth pair: `name` on the bridge, its peer `eth0` in the network namespace of `pid`.
+    pub fn add_veth(&self, name: &str, pid: u32) -> Result<(), NetError> {
+        let n = self.netns.as_str();
+        let pid = pid.to_string();
+        ip(&["-n", n, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", &pid])?;
+        ip(&["-n", n, "link", "set", name, "master", BRIDGE, "up"])
+    }
+
+    /// A veth pair: `name` on the bridge, its peer `eth0` in the named namespace `guest_netns`.
+    pub fn add_veth_to_netns(&self, name: &str, guest_netns: &str) -> Result<(), NetError> {
+        let n = self.netns.as_str();
+        ip(&["-n", n, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", guest_netns])?;
+        ip(&["-n", n, "link", "set", name, "master", BRIDGE, "up"])
+    }
+
+    /// Opens the namespace for [`enter_in_child`].
+    pub fn open(&self) -> Result<OwnedFd, NetError> {
+        File::open(self.path()).map(OwnedFd::from).map_err(|e| NetError::Netns(self.netns.clone(), e))
+    }
+}
+
+/// Makes `cmd` start inside the network namespace `ns` (so a VMM can open its tap by name).
+pub fn enter_in_child(cmd: &mut tokio::process::Command, ns: OwnedFd) {
+    let fd = ns.as_raw_fd();
+    // SAFETY: runs in the forked child before exec; setns(2) is async-signal-safe. `ns` is
+    // moved into the closure so the descriptor stays open until the child has used it.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &ns;
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Host-side interface name of guest `index` (≤ 15 bytes, unique in the fleet namespace).
+pub fn link_name(prefix: &str, index: usize) -> String {
+    format!("{prefix}{index}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(FleetNet::guest_addr(0).unwrap(), Ipv4Addr::new(10, 211, 0, 2));
+        assert_eq!(FleetNet::guest_addr(300).unwrap(), Ipv4Addr::new(10, 211, 1, 46));
+        assert!(FleetNet::guest_addr(70_000).is_err());
+    }
+
+    /// Needs root: a namespace with a bridge and a tap comes and goes without a trace.
+    #[test]
+    fn namespace_bridge_and_tap() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: network namespaces need root");
+            return;
+        }
+        let net = FleetNet::create(&format!("t{}", std::process::id())).unwrap();
+        net.add_tap("vbt0").unwrap();
+        let out = Command::new("ip").args(["-n", &net.netns, "-o", "link", "show", "master", BRIDGE]).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("vbt0"));
+        let e = net.add_tap("vbt0").unwrap_err();
+        assert!(e.to_string().contains("ip -n"), "{e}");
+        net.destroy().unwrap();
+        assert!(!net.path().exists());
+        net.destroy().unwrap();
+    }
+}
