@@ -109,6 +109,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let opts = BenchOptions {
         backend: a.backend,
         images,
+        backend_opts: Default::default(),
         benches: a.bench,
         reps: a.reps,
         warmup: a.warmup,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchReport, BenchRequest, BenchSpec, Resource};
 use vb_protocol::msg::{Command, Hello, ReplyBody, Role};
 
-use crate::backend::{AnyBackend, Backend, BackendKind, GuestSpec, Images};
+use crate::backend::{AnyBackend, Backend, BackendKind, BackendOptions, GuestSpec, Images};
 use crate::channel::AgentConn;
 use crate::guest::{boot, RunningGuest};
 use crate::provenance::{sha256_file, Provenance};
@@ -34,6 +34,7 @@ pub enum BenchName {
 pub struct BenchOptions {
     pub backend: BackendKind,
     pub images: Images,
+    pub backend_opts: BackendOptions,
     pub benches: Vec<BenchName>,
     /// Counted repetitions of each benchmark.
     pub reps: u32,
@@ -89,7 +90,7 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
         "agent".to_string(),
         sha256_file(&opts.images.agent).with_context(|| format!("reading agent {}", opts.images.agent.display()))?,
     );
-    let backend = AnyBackend::new(opts.backend, &opts.images);
+    let backend = AnyBackend::new(opts.backend, &opts.images, &opts.backend_opts);
     backend.probe().await?;
     std::fs::create_dir_all(&opts.workdir).with_context(|| format!("creating {}", opts.workdir.display()))?;
 
@@ -198,6 +199,7 @@ impl BenchOptions {
     fn backend_peer_ip(&self) -> &'static str {
         match self.backend {
             BackendKind::Native => "127.0.0.1",
+            _ => unimplemented!("fleet addresses for {}", self.backend),
         }
     }
 }

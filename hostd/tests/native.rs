@@ -19,6 +19,7 @@ fn small_opts(workdir: PathBuf) -> BenchOptions {
     BenchOptions {
         backend: BackendKind::Native,
         images: hostd::images::resolve(Some(&agent())).unwrap(),
+        backend_opts: Default::default(),
         benches: vec![BenchName::Cpu, BenchName::Memory, BenchName::Disk, BenchName::NetStream, BenchName::NetRr],
         reps: 2,
         warmup: 1,
@@ -100,7 +101,7 @@ async fn guest_errors_are_reported_and_the_agent_survives() {
     let dir = tempfile::tempdir().unwrap();
     let opts = small_opts(dir.path().to_path_buf());
     use hostd::backend::{AnyBackend, Backend, GuestSpec};
-    let b = AnyBackend::new(BackendKind::Native, &opts.images);
+    let b = AnyBackend::new(BackendKind::Native, &opts.images, &opts.backend_opts);
     let spec = GuestSpec {
         index: 0,
         name: "g".into(),

@@ -2,8 +2,13 @@
 //! [`AnyBackend`]. A backend knows how to start a guest and give back its control channel
 //! and the host processes that make it up; it knows nothing of metrics or reports.
 
+pub mod firecracker;
 pub mod native;
+pub mod ns;
+pub mod oci;
 mod process;
+pub mod qemu;
+pub mod uml;
 mod resource;
 
 use std::net::Ipv4Addr;
@@ -24,15 +29,46 @@ pub use resource::{release_all, Resource};
 pub enum BackendKind {
     /// The agent as a plain host process: the paper's non-virtualized reference (T_a).
     Native,
+    /// Linux namespaces + cgroups over the image rootfs, one shared kernel (the modern Vserver).
+    Ns,
+    /// An OCI runtime (runc by default) over the imagegen bundle.
+    Oci,
+    /// User-Mode Linux: a guest kernel as host processes (the paper's UML).
+    Uml,
+    /// QEMU `microvm` with virtio-mmio devices: paravirtualized I/O (the paper's Xen-like row).
+    QemuMicrovm,
+    /// QEMU `q35` with emulated serial, e1000 and AHCI: full virtualization (the VMware-like row).
+    QemuFull,
+    /// Firecracker on KVM.
+    Firecracker,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 1] = [BackendKind::Native];
+    pub const ALL: [BackendKind; 7] = [
+        BackendKind::Native,
+        BackendKind::Ns,
+        BackendKind::Oci,
+        BackendKind::Uml,
+        BackendKind::QemuMicrovm,
+        BackendKind::QemuFull,
+        BackendKind::Firecracker,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Native => "native",
+            BackendKind::Ns => "ns",
+            BackendKind::Oci => "oci",
+            BackendKind::Uml => "uml",
+            BackendKind::QemuMicrovm => "qemu-microvm",
+            BackendKind::QemuFull => "qemu-full",
+            BackendKind::Firecracker => "firecracker",
         }
+    }
+
+    /// Whether each guest runs its own kernel (its clocks then start at its own boot).
+    pub fn own_kernel(self) -> bool {
+        matches!(self, BackendKind::Uml | BackendKind::QemuMicrovm | BackendKind::QemuFull | BackendKind::Firecracker)
     }
 }
 
@@ -91,13 +127,51 @@ impl GuestNet {
     }
 }
 
-/// The images a backend boots, resolved from the imagegen store or given by hand.
+/// The images a backend boots, resolved from the imagegen store or given by hand. A backend
+/// whose image is missing says so in its probe.
 #[derive(Debug, Clone, Default)]
 pub struct Images {
     /// Static guest-agent binary.
     pub agent: PathBuf,
+    /// gzip'd newc cpio with the agent as /init.
+    pub initramfs: Option<PathBuf>,
+    /// Unpacked root filesystem tree (read-only; shared by all container guests).
+    pub rootfs: Option<PathBuf>,
+    /// Unpacked OCI bundle directory (config.json template + rootfs/).
+    pub bundle: Option<PathBuf>,
+    /// Raw data disk image the disk benchmark reads.
+    pub disk: Option<PathBuf>,
+    pub kernel_uml: Option<Kernel>,
+    pub kernel_microvm: Option<Kernel>,
+    pub kernel_pc: Option<Kernel>,
     /// Provenance: artifact name → sha256.
     pub hashes: std::collections::BTreeMap<String, String>,
+}
+
+/// A guest kernel and the command line its recipe recommends.
+#[derive(Debug, Clone, Default)]
+pub struct Kernel {
+    pub path: PathBuf,
+    pub cmdline: String,
+}
+
+/// Per-backend settings a campaign or the CLI can change.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// OCI runtime binary (name on PATH or path). Default `runc`.
+    pub oci_runtime: String,
+    /// QEMU accelerator: None probes KVM with a real boot and falls back to TCG.
+    pub accel: Option<String>,
+    /// Path to the QEMU system emulator. Default `qemu-system-x86_64`.
+    pub qemu: String,
+    /// Path to the Firecracker binary. Default `firecracker`.
+    pub firecracker: String,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        Self { oci_runtime: "runc".into(), accel: None, qemu: "qemu-system-x86_64".into(), firecracker: "firecracker".into() }
+    }
 }
 
 /// Why a backend cannot run on this host.
@@ -209,12 +283,23 @@ pub async fn stop_and_release(guest: &mut GuestProcess, grace: Duration) -> Exit
 /// Enum dispatch over the closed set of backends.
 pub enum AnyBackend {
     Native(native::Native),
+    Ns(ns::Ns),
+    Oci(oci::Oci),
+    Uml(uml::Uml),
+    Qemu(qemu::Qemu),
+    Firecracker(firecracker::Firecracker),
 }
 
 impl AnyBackend {
-    pub fn new(kind: BackendKind, images: &Images) -> Self {
+    pub fn new(kind: BackendKind, images: &Images, opts: &BackendOptions) -> Self {
         match kind {
             BackendKind::Native => AnyBackend::Native(native::Native::new(images.agent.clone())),
+            BackendKind::Ns => AnyBackend::Ns(ns::Ns::new(images, opts)),
+            BackendKind::Oci => AnyBackend::Oci(oci::Oci::new(images, opts)),
+            BackendKind::Uml => AnyBackend::Uml(uml::Uml::new(images, opts)),
+            BackendKind::QemuMicrovm => AnyBackend::Qemu(qemu::Qemu::new(qemu::Profile::Microvm, images, opts)),
+            BackendKind::QemuFull => AnyBackend::Qemu(qemu::Qemu::new(qemu::Profile::Full, images, opts)),
+            BackendKind::Firecracker => AnyBackend::Firecracker(firecracker::Firecracker::new(images, opts)),
         }
     }
 }
@@ -223,6 +308,11 @@ macro_rules! dispatch {
     ($self:ident, $b:ident => $e:expr) => {
         match $self {
             AnyBackend::Native($b) => $e,
+            AnyBackend::Ns($b) => $e,
+            AnyBackend::Oci($b) => $e,
+            AnyBackend::Uml($b) => $e,
+            AnyBackend::Qemu($b) => $e,
+            AnyBackend::Firecracker($b) => $e,
         }
     };
 }
