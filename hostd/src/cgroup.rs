@@ -189,6 +189,68 @@ impl Cgroup {
     }
 }
 
+/// The `virtbench/<run>` directory of each hierarchy a run's guests would use here.
+pub fn run_roots(run: &str) -> Vec<PathBuf> {
+    let self_cg = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let rel = |ctrl: &str| own_path(&self_cg, ctrl).join("virtbench").join(run);
+    match detect() {
+        Ok(Mode::V2) => vec![Path::new(ROOT).join(rel(""))],
+        Ok(Mode::V1) => V1_CONTROLLERS.iter().map(|c| Path::new(ROOT).join(c).join(rel(c))).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Kills every process in the tree below `root` and removes its directories, deepest first.
+/// Returns (processes signalled, directories removed). A missing root is not an error.
+pub fn remove_tree(root: &Path, deadline: Duration) -> io::Result<(usize, usize)> {
+    if !root.exists() {
+        return Ok((0, 0));
+    }
+    let mut dirs = Vec::new();
+    collect_dirs(root, &mut dirs)?;
+    // Deepest first, so children go before parents.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    let mut killed = std::collections::BTreeSet::new();
+    let start = Instant::now();
+    for d in &dirs {
+        loop {
+            let pids: Vec<u32> = fs::read_to_string(d.join("cgroup.procs"))
+                .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+                .unwrap_or_default();
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                killed.insert(p);
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+            if start.elapsed() > deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("processes remain in {}", d.display())));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    for d in &dirs {
+        rmdir_retry(d)?;
+    }
+    // The shared `virtbench` parent goes once no other run uses it.
+    if let Some(p) = root.parent() {
+        let _ = fs::remove_dir(p);
+    }
+    Ok((killed.len(), dirs.len()))
+}
+
+fn collect_dirs(d: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    out.push(d.to_path_buf());
+    for e in fs::read_dir(d)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            collect_dirs(&e.path(), out)?;
+        }
+    }
+    Ok(())
+}
+
 /// rmdir of a cgroup fails with EBUSY for a moment after its last process died.
 fn rmdir_retry(d: &Path) -> io::Result<()> {
     let start = Instant::now();
@@ -261,6 +323,14 @@ mod tests {
         let mode = detect().expect("a cgroup memory controller");
         let run = format!("test{}", std::process::id());
         let cg = Cgroup::create(mode, &run, "g0", Limits { memory_bytes: Some(64 << 20), cpus: Some(0.5), pids: Some(16) }).unwrap();
+        // Removes the group even when an assertion below fails.
+        struct Guard(Cgroup);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = self.0.remove();
+            }
+        }
+        let _guard = Guard(cg.clone());
         // Memory is charged where it is allocated: the child allocates after joining.
         let mut child = std::process::Command::new("python3")
             .args(["-c", "import time; time.sleep(0.3); x = b'a' * (8 << 20); time.sleep(30)"])

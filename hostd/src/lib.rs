@@ -9,11 +9,18 @@
 
 pub mod backend;
 pub mod cgroup;
+pub mod bootrun;
 pub mod channel;
+pub mod fleet;
 pub mod guest;
 pub mod images;
-pub mod memory_info;
+pub mod memory;
 pub mod microbench;
 pub mod netlab;
+pub mod plot;
 pub mod provenance;
+pub mod results;
+pub mod runstate;
+pub mod samples;
+pub mod startup;
 pub mod stats;

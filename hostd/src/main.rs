@@ -5,8 +5,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use hostd::backend::BackendKind;
+use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions};
+use hostd::bootrun::{self, BootOptions};
+use hostd::fleet::{FleetConfig, FleetEvent};
 use hostd::microbench::{self, BenchName, BenchOptions};
+use hostd::provenance::Provenance;
+use hostd::results::ResultsDir;
+use hostd::runstate::{self, RunState};
+use hostd::startup::StartMode;
 
 #[derive(Parser)]
 #[command(name = "hostd", version, about = "Boot guest fleets and measure them the way Quétier, Neri and Cappello did")]
@@ -19,6 +25,56 @@ struct Cli {
 enum Cmd {
     /// Run the paper's microbenchmarks (CPU, memory, disk, network) in one guest.
     Bench(BenchArgs),
+    /// Measure concurrent cold/hot startup and memory occupation of fleets, then tear down.
+    Boot(BootArgs),
+}
+
+/// Where images come from and how backends run.
+#[derive(Args)]
+struct ImageArgs {
+    /// Guest-agent binary (default: the imagegen store, then $VIRTBENCH_AGENT, then this workspace's musl build).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// OCI runtime for the oci backend.
+    #[arg(long, default_value = "runc")]
+    oci_runtime: String,
+    /// QEMU accelerator (kvm or tcg); default: probe KVM with a real boot, else TCG.
+    #[arg(long)]
+    accel: Option<String>,
+}
+
+#[derive(Args)]
+struct BootArgs {
+    #[arg(long)]
+    backend: BackendKind,
+    /// Fleet sizes, comma-separated; each is booted cold, then hot.
+    #[arg(short = 'n', long = "sizes", value_delimiter = ',', default_value = "1,10,50,100")]
+    sizes: Vec<usize>,
+    /// Start modes, in order.
+    #[arg(long, value_delimiter = ',', default_value = "cold,hot")]
+    modes: Vec<StartMode>,
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 128)]
+    mem_mib: u32,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Most guests launching at once (0: all together, as the paper does).
+    #[arg(long, default_value_t = 0)]
+    parallelism: usize,
+    /// Seconds from a guest's launch request to its ready message before it counts as failed.
+    #[arg(long, default_value_t = 300)]
+    boot_timeout: u64,
+    /// Seconds the booted fleet idles before memory is read.
+    #[arg(long, default_value_t = 5)]
+    settle: u64,
+    /// Do not attach guests to a fleet network.
+    #[arg(long)]
+    no_network: bool,
+    /// Parent directory of the results directory.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    #[command(flatten)]
+    images: ImageArgs,
 }
 
 #[derive(Args)]
@@ -100,6 +156,101 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Bench(a) => bench(a).await,
+        Cmd::Boot(a) => boot(a).await,
+    }
+}
+
+fn backend_options(a: &ImageArgs) -> BackendOptions {
+    BackendOptions { oci_runtime: a.oci_runtime.clone(), accel: a.accel.clone(), ..Default::default() }
+}
+
+/// Releases what earlier, killed hostd runs left behind, and says so.
+fn reap_orphans() {
+    for c in runstate::reap_orphans() {
+        eprintln!("hostd: cleaned up after a previous hostd that did not finish: {c}");
+    }
+}
+
+async fn boot(a: BootArgs) -> anyhow::Result<()> {
+    if a.sizes.is_empty() || a.sizes.contains(&0) {
+        anyhow::bail!("--sizes needs fleet sizes of at least 1");
+    }
+    let images = hostd::images::resolve(a.images.agent.as_deref())?;
+    let backend = AnyBackend::new(a.backend, &images, &backend_options(&a.images));
+    reap_orphans();
+    let probe = backend.probe().await?;
+    eprintln!("hostd: {}: {probe}", a.backend);
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
+    let run = RunState::create("boot", Some(a.results.clone()))?;
+    let mut results = ResultsDir::create(&a.results, &format!("{stamp}-boot-{}-{}", a.backend, run.run))?;
+    let mut provenance = Provenance::collect(images.hashes.clone());
+    provenance.notes.push(format!("backend {}: {probe}", a.backend));
+    let opts = BootOptions {
+        backend: a.backend,
+        sizes: a.sizes,
+        modes: a.modes,
+        fleet: FleetConfig {
+            mem_mib: a.mem_mib,
+            vcpus: a.vcpus,
+            parallelism: a.parallelism,
+            network: !a.no_network,
+            boot_timeout: Duration::from_secs(a.boot_timeout),
+            ..Default::default()
+        },
+        settle: Duration::from_secs(a.settle),
+        results: a.results.clone(),
+    };
+    let bars = indicatif::MultiProgress::new();
+    let mut current: Option<(String, indicatif::ProgressBar, usize, usize)> = None;
+    let sizes_total: usize = opts.sizes.iter().sum();
+    let _ = sizes_total;
+    let progress = |label: &str, e: FleetEvent| {
+        let n: usize = label.split("n=").nth(1).and_then(|x| x.split(' ').next()).and_then(|x| x.parse().ok()).unwrap_or(0);
+        if current.as_ref().map(|c| c.0.as_str()) != Some(label) {
+            if let Some((_, b, _, _)) = current.take() {
+                b.finish();
+            }
+            let b = bars.add(indicatif::ProgressBar::new(n as u64));
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} ready {msg} {elapsed}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(label.to_string());
+            current = Some((label.to_string(), b, 0, 0));
+        }
+        let (_, b, ready, failed) = current.as_mut().expect("set above");
+        match e {
+            FleetEvent::Ready { .. } => *ready += 1,
+            FleetEvent::Failed(f) => {
+                *failed += 1;
+                b.println(format!("  {} {}: {:?}: {}", label, f.name, f.kind, f.error.lines().next().unwrap_or("")));
+            }
+        }
+        b.set_position(*ready as u64);
+        if *failed > 0 {
+            b.set_message(format!("{failed} failed"));
+        }
+    };
+    let outcome = tokio::select! {
+        r = bootrun::run(&backend, &opts, &run, &mut results, provenance, progress) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let cleaned = run.finish();
+    match outcome {
+        None => {
+            eprintln!("hostd: interrupted; {cleaned}; samples recorded so far are in {}", results.path.display());
+            std::process::exit(130);
+        }
+        Some(r) => {
+            let summary = r?;
+            print!("{}", bootrun::table(&summary));
+            eprintln!("hostd: results in {}", results.path.display());
+            if !cleaned.errors.is_empty() {
+                anyhow::bail!("teardown: {}", cleaned.errors.join("; "));
+            }
+            Ok(())
+        }
     }
 }
 

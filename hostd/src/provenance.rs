@@ -68,7 +68,7 @@ impl HostInfo {
                 .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
                 .unwrap_or_else(|| "unknown".into()),
             cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
-            mem_total_kib: crate::memory_info::meminfo_field(&meminfo, "MemTotal").unwrap_or(0),
+            mem_total_kib: crate::memory::meminfo_field(&meminfo, "MemTotal").unwrap_or(0),
         }
     }
 }

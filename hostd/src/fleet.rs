@@ -1,0 +1,216 @@
+//! A fleet: n guests of one backend started concurrently (paper II.B.1: "all VMs being
+//! started concurrently"), each with its own control channel, on one private network.
+//! A guest that fails to launch or never becomes ready is recorded and torn down; the
+//! others' results stand.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::backend::{AnyBackend, Backend, BackendKind, Exit, GuestNet, GuestSpec};
+use crate::cgroup::{self, Limits};
+use crate::channel::ChannelError;
+use crate::guest::{boot, BootError, RunningGuest};
+use crate::netlab::{self, FleetNet};
+use crate::runstate::RunState;
+
+/// How to start a fleet. Every field has the default shown in `Default`.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub n: usize,
+    /// Most guests launching at once; 0 starts all together (default 0).
+    pub parallelism: usize,
+    /// Default 1.
+    pub vcpus: u32,
+    /// Default 128 MiB.
+    pub mem_mib: u32,
+    /// Attach every guest to the fleet network (default true).
+    pub network: bool,
+    /// A file or device every guest gets for the disk benchmark (default none).
+    pub data_disk: Option<PathBuf>,
+    /// From the launch request to the agent's hello (default 120 s).
+    pub boot_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            n: 1,
+            parallelism: 0,
+            vcpus: 1,
+            mem_mib: 128,
+            network: true,
+            data_disk: None,
+            boot_timeout: Duration::from_secs(120),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why a guest is not part of the running fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The backend could not start it.
+    Launch,
+    /// No ready message before the deadline.
+    Timeout,
+    /// Its kernel panicked (seen in its console log).
+    Panic,
+    /// It went away before saying ready.
+    Crashed,
+    /// It spoke, but broke the protocol.
+    Protocol,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuestFailure {
+    pub index: usize,
+    pub name: String,
+    pub kind: FailureKind,
+    pub error: String,
+}
+
+/// Boot phases as they happen, for progress displays.
+#[derive(Debug, Clone)]
+pub enum FleetEvent {
+    Ready { index: usize, after: Duration },
+    Failed(GuestFailure),
+}
+
+pub struct Fleet {
+    pub backend: BackendKind,
+    pub net: Option<FleetNet>,
+    /// Ready guests, in index order.
+    pub guests: Vec<RunningGuest>,
+    /// Time from the fleet's start request to each ready guest's hello (same order as
+    /// `guests`): the per-guest startup[i] of the paper's T_startup = max(startup[1..n]).
+    pub ready_at: Vec<Duration>,
+    pub failures: Vec<GuestFailure>,
+    pub config: FleetConfig,
+}
+
+/// Starts `cfg.n` guests. Fails as a whole only if the fleet network cannot be made.
+pub async fn start(
+    backend: &AnyBackend,
+    run: &RunState,
+    cfg: &FleetConfig,
+    mut on_event: impl FnMut(FleetEvent),
+) -> Result<Fleet, netlab::NetError> {
+    let kind = backend.kind();
+    // Checked before anything exists, so a too-large fleet leaves nothing behind.
+    FleetNet::guest_addr(cfg.n.saturating_sub(1))?;
+    let net = if cfg.network { Some(FleetNet::create(&run.run)?) } else { None };
+    let cg_mode = cgroup::detect().ok();
+    let sem = Arc::new(Semaphore::new(if cfg.parallelism == 0 { cfg.n.max(1) } else { cfg.parallelism }));
+    let t0 = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    for index in 0..cfg.n {
+        let name = format!("g{index}");
+        let guest_net = match &net {
+            Some(f) => Some(GuestNet {
+                fleet: f.clone(),
+                addr: FleetNet::guest_addr(index)?,
+                prefix: netlab::PREFIX,
+                link: netlab::link_name("vbl", index),
+            }),
+            None => None,
+        };
+        let spec = GuestSpec {
+            index,
+            workdir: run.scratch.join(&name),
+            name,
+            run: run.run.clone(),
+            vcpus: cfg.vcpus,
+            mem_mib: cfg.mem_mib,
+            data_disk: cfg.data_disk.clone(),
+            net: guest_net,
+            cgroup: cg_mode,
+            limits: cfg.limits,
+        };
+        let sem = sem.clone();
+        pending.push(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore never closed");
+            (index, boot(backend, spec, cfg.boot_timeout).await, t0.elapsed())
+        });
+    }
+    let mut ready = Vec::new();
+    let mut failures = Vec::new();
+    while let Some((index, r, at)) = pending.next().await {
+        match r {
+            Ok(g) => {
+                on_event(FleetEvent::Ready { index, after: at });
+                ready.push((index, g, at));
+            }
+            Err(e) => {
+                let f = classify(index, e);
+                on_event(FleetEvent::Failed(f.clone()));
+                failures.push(f);
+            }
+        }
+    }
+    ready.sort_by_key(|(i, _, _)| *i);
+    failures.sort_by_key(|f| f.index);
+    let (guests, ready_at) = ready.into_iter().map(|(_, g, at)| (g, at)).unzip();
+    Ok(Fleet { backend: kind, net, guests, ready_at, failures, config: cfg.clone() })
+}
+
+fn classify(index: usize, e: BootError) -> GuestFailure {
+    let error = e.to_string();
+    let kind = match &e {
+        BootError::Launch { .. } => FailureKind::Launch,
+        BootError::Ready { source, tail, .. } => {
+            if tail.contains("Kernel panic") {
+                FailureKind::Panic
+            } else {
+                match source {
+                    ChannelError::HelloTimeout(_) => FailureKind::Timeout,
+                    ChannelError::Protocol(_) => FailureKind::Protocol,
+                    _ => FailureKind::Crashed,
+                }
+            }
+        }
+    };
+    GuestFailure { index, name: format!("g{index}"), kind, error }
+}
+
+/// What tearing a fleet down found.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Teardown {
+    pub clean: usize,
+    pub killed: usize,
+    pub already_exited: usize,
+    pub errors: Vec<String>,
+}
+
+impl Fleet {
+    /// Powers every guest off (concurrently), kills what does not stop within `grace`,
+    /// releases their resources, then removes the fleet network.
+    pub async fn teardown(self, backend: &AnyBackend, grace: Duration) -> Teardown {
+        let mut t = Teardown::default();
+        let exits: Vec<Exit> = futures::future::join_all(self.guests.into_iter().map(|g| g.shutdown(backend, grace))).await;
+        for e in exits {
+            match e {
+                Exit::Clean => t.clean += 1,
+                Exit::Killed => t.killed += 1,
+                Exit::Exited(_) => t.already_exited += 1,
+            }
+        }
+        if let Some(n) = self.net {
+            if let Err(e) = n.destroy() {
+                t.errors.push(e.to_string());
+            }
+        }
+        t
+    }
+
+    /// The fleet address of ready guest `i` (by position in `guests`).
+    pub fn addr(&self, i: usize) -> Option<std::net::Ipv4Addr> {
+        self.guests.get(i)?.spec.net.as_ref().map(|n| n.addr)
+    }
+}

@@ -1,0 +1,179 @@
+//! SVG figures: one curve per backend (or per mode), axes with units, a legend, and error
+//! bars where a point has a spread. Text stays real SVG text, so figures need no fonts.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+/// One point: x, y and an optional spread (drawn from y − err to y + err).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub x: f64,
+    pub y: f64,
+    pub err: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<Point>,
+    /// Dashed style for reference curves (theory), solid for measurements.
+    pub reference: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Chart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    pub log_y: bool,
+}
+
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+fn range(vals: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in vals.filter(|v| v.is_finite() && (!log || *v > 0.0)) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return (if log { 0.1 } else { 0.0 }, 1.0);
+    }
+    if log {
+        return (lo / 1.5, hi * 1.5);
+    }
+    let lo = if lo >= 0.0 { 0.0 } else { lo * 1.1 };
+    let hi = if hi <= lo { lo + 1.0 } else { hi * 1.1 };
+    (lo, hi)
+}
+
+/// Renders `chart` to an SVG string.
+pub fn render(chart: &Chart) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 500)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let pts = || chart.series.iter().flat_map(|s| s.points.iter());
+        let (x0, x1) = range(pts().map(|p| p.x), false);
+        let x1 = if x1 <= x0 { x0 + 1.0 } else { x1 };
+        let (y0, y1) = range(pts().flat_map(|p| [p.y - p.err.unwrap_or(0.0), p.y + p.err.unwrap_or(0.0)]), chart.log_y);
+        let mut b = ChartBuilder::on(&root);
+        b.caption(&chart.title, ("sans-serif", 20)).margin(12).x_label_area_size(45).y_label_area_size(70);
+        macro_rules! draw {
+            ($ctx:expr) => {{
+                let mut ctx = $ctx;
+                ctx.configure_mesh()
+                    .x_desc(chart.x_label.as_str())
+                    .y_desc(chart.y_label.as_str())
+                    .axis_desc_style(("sans-serif", 15))
+                    .draw()
+                    .map_err(|e| e.to_string())?;
+                for (i, s) in chart.series.iter().enumerate() {
+                    let color = PALETTE[i % PALETTE.len()];
+                    let style = ShapeStyle { color: color.to_rgba(), filled: false, stroke_width: if s.reference { 1 } else { 2 } };
+                    let mut line: Vec<(f64, f64)> = s.points.iter().map(|p| (p.x, p.y)).collect();
+                    line.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    let anno = if s.reference {
+                        ctx.draw_series(DashedLineSeries::new(line, 6, 4, style)).map_err(|e| e.to_string())?
+                    } else {
+                        ctx.draw_series(LineSeries::new(line, style)).map_err(|e| e.to_string())?
+                    };
+                    anno.label(s.name.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                    if !s.reference {
+                        ctx.draw_series(s.points.iter().map(|p| Circle::new((p.x, p.y), 3, color.filled()))).map_err(|e| e.to_string())?;
+                        ctx.draw_series(s.points.iter().filter_map(|p| {
+                            p.err.map(|e| ErrorBar::new_vertical(p.x, p.y - e, p.y, p.y + e, color.stroke_width(1), 6))
+                        }))
+                        .map_err(|e| e.to_string())?;
+                    }
+                }
+                ctx.configure_series_labels()
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .position(SeriesLabelPosition::UpperLeft)
+                    .draw()
+                    .map_err(|e| e.to_string())?;
+            }};
+        }
+        if chart.log_y {
+            draw!(b.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(|e| e.to_string())?);
+        } else {
+            draw!(b.build_cartesian_2d(x0..x1, y0..y1).map_err(|e| e.to_string())?);
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// Renders and writes atomically.
+pub fn write(chart: &Chart, path: &Path) -> Result<(), String> {
+    let svg = render(chart)?;
+    crate::runstate::write_atomic(path, svg.as_bytes()).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_axes_legend_and_points() {
+        let c = Chart {
+            title: "Startup".into(),
+            x_label: "guests (n)".into(),
+            y_label: "T_startup (s)".into(),
+            series: vec![
+                Series {
+                    name: "uml cold".into(),
+                    points: vec![Point { x: 1.0, y: 0.5, err: Some(0.1) }, Point { x: 10.0, y: 2.0, err: None }],
+                    reference: false,
+                },
+                Series { name: "theory".into(), points: vec![Point { x: 1.0, y: 0.4, err: None }, Point { x: 10.0, y: 4.0, err: None }], reference: true },
+            ],
+            log_y: false,
+        };
+        let svg = render(&c).unwrap();
+        for text in ["Startup", "guests (n)", "T_startup (s)", "uml cold", "theory"] {
+            assert!(svg.contains(text), "missing {text}");
+        }
+        assert!(svg.matches("<circle").count() >= 2);
+        let log = render(&Chart { log_y: true, ..c }).unwrap();
+        assert!(log.starts_with("<svg"));
+    }
+
+    #[test]
+    fn empty_chart_still_renders() {
+        let c = Chart { title: "none".into(), x_label: "x".into(), y_label: "y".into(), series: vec![], log_y: false };
+        assert!(render(&c).unwrap().contains("none"));
+    }
+}
+#[cfg(test)]
+mod look {
+    #[test]
+    #[ignore = "writes /tmp/vb-plot.svg for a person to look at"]
+    fn write_sample() {
+        use super::*;
+        let c = Chart {
+            title: "Concurrent startup, uml".into(),
+            x_label: "guests started together (n)".into(),
+            y_label: "T_startup = max ready time (s)".into(),
+            series: vec![
+                Series { name: "cold".into(), points: vec![Point { x: 1.0, y: 0.5, err: Some(0.1) }, Point { x: 10.0, y: 2.0, err: Some(0.3) }, Point { x: 50.0, y: 9.0, err: None }], reference: false },
+                Series { name: "hot".into(), points: vec![Point { x: 1.0, y: 0.2, err: None }, Point { x: 10.0, y: 1.0, err: None }, Point { x: 50.0, y: 4.0, err: None }], reference: false },
+                Series { name: "affine reference".into(), points: vec![Point { x: 1.0, y: 0.2, err: None }, Point { x: 50.0, y: 6.0, err: None }], reference: true },
+            ],
+            log_y: false,
+        };
+        write(&c, std::path::Path::new("/tmp/vb-plot.svg")).unwrap();
+    }
+}

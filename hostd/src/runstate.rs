@@ -1,0 +1,224 @@
+//! A run's footprint on the host, written to disk before any guest starts, so that after a
+//! crash (or SIGKILL) of hostd the next hostd can find every resource the run created and
+//! release it. Everything a run creates is named after its id: cgroups under
+//! `virtbench/<run>/` of each hierarchy, network namespaces `vb-<run>` and `vbn-<run>-*`,
+//! scratch files under `/run/virtbench/<run>/` (sockets, logs, runtime state, umid dirs).
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup;
+
+/// Where runs keep their scratch directories and state files (tmpfs: gone after reboot,
+/// like the guests themselves).
+pub const RUN_ROOT: &str = "/run/virtbench";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub run: String,
+    pub hostd_pid: u32,
+    /// The pid's start time (clock ticks since boot): tells a live hostd from a reused pid.
+    pub hostd_start: u64,
+    pub purpose: String,
+    pub created: String,
+    pub scratch: PathBuf,
+    /// `virtbench/<run>` directories in each cgroup hierarchy this run may populate.
+    pub cgroup_roots: Vec<PathBuf>,
+    /// Where results go, if this run records any.
+    pub results: Option<PathBuf>,
+}
+
+/// What a cleanup found and released.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Cleaned {
+    pub run: String,
+    pub processes_killed: usize,
+    pub cgroups_removed: usize,
+    pub netns_removed: Vec<String>,
+    pub scratch_removed: bool,
+    pub errors: Vec<String>,
+}
+
+impl std::fmt::Display for Cleaned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "run {}: killed {} processes, removed {} cgroups, {} network namespaces{}{}",
+            self.run,
+            self.processes_killed,
+            self.cgroups_removed,
+            self.netns_removed.len(),
+            if self.scratch_removed { ", scratch directory" } else { "" },
+            if self.errors.is_empty() { String::new() } else { format!("; errors: {}", self.errors.join("; ")) }
+        )
+    }
+}
+
+/// A short id usable in cgroup, netns and link names: `r` + 7 hex digits.
+pub fn new_run_id() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let x = (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32);
+    // Mix so consecutive calls differ in the low digits too.
+    let x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 36;
+    format!("r{:07x}", x & 0x0fff_ffff)
+}
+
+fn proc_start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(19)?.parse().ok()
+}
+
+impl RunState {
+    /// Creates the scratch directory and writes the state file, durably, before anything
+    /// else of the run exists.
+    pub fn create(purpose: &str, results: Option<PathBuf>) -> io::Result<Self> {
+        Self::create_in(Path::new(RUN_ROOT), purpose, results)
+    }
+
+    pub fn create_in(root: &Path, purpose: &str, results: Option<PathBuf>) -> io::Result<Self> {
+        let run = new_run_id();
+        let scratch = root.join(&run);
+        fs::create_dir_all(&scratch)?;
+        let pid = std::process::id();
+        let st = RunState {
+            hostd_pid: pid,
+            hostd_start: proc_start_ticks(pid).unwrap_or(0),
+            purpose: purpose.into(),
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            cgroup_roots: cgroup::run_roots(&run),
+            run,
+            scratch,
+            results,
+        };
+        write_atomic(&st.scratch.join("state.json"), &serde_json::to_vec_pretty(&st).map_err(io::Error::other)?)?;
+        Ok(st)
+    }
+
+    /// Whether the hostd that made this run is still running.
+    pub fn owner_alive(&self) -> bool {
+        proc_start_ticks(self.hostd_pid).is_some_and(|t| t == self.hostd_start)
+    }
+
+    /// Releases everything the run may have created. Safe to call more than once.
+    pub fn cleanup(&self) -> Cleaned {
+        let mut c = Cleaned { run: self.run.clone(), ..Default::default() };
+        // Processes first: every guest process lives in the run's cgroups.
+        for root in &self.cgroup_roots {
+            match cgroup::remove_tree(root, Duration::from_secs(10)) {
+                Ok((killed, removed)) => {
+                    c.processes_killed = c.processes_killed.max(killed);
+                    c.cgroups_removed += removed;
+                }
+                Err(e) => c.errors.push(format!("cgroup {}: {e}", root.display())),
+            }
+        }
+        match list_netns() {
+            Ok(names) => {
+                for n in names.into_iter().filter(|n| owns_netns(&self.run, n)) {
+                    match crate::netlab::ip(&["netns", "del", &n]) {
+                        Ok(()) => c.netns_removed.push(n),
+                        Err(e) => c.errors.push(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => c.errors.push(e),
+        }
+        if self.scratch.exists() {
+            match fs::remove_dir_all(&self.scratch) {
+                Ok(()) => c.scratch_removed = true,
+                Err(e) => c.errors.push(format!("removing {}: {e}", self.scratch.display())),
+            }
+        }
+        c
+    }
+
+    /// Normal end of a run: the state file goes last.
+    pub fn finish(&self) -> Cleaned {
+        self.cleanup()
+    }
+}
+
+/// Network namespaces belonging to `run`: the fleet's and per-guest ones.
+pub fn owns_netns(run: &str, name: &str) -> bool {
+    name == format!("vb-{run}") || name.starts_with(&format!("vbn-{run}-"))
+}
+
+fn list_netns() -> Result<Vec<String>, String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().map_err(|e| format!("ip netns list: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next().map(String::from)).collect())
+}
+
+/// Runs whose hostd is gone: their state files under `root`.
+pub fn orphans_in(root: &Path) -> Vec<RunState> {
+    let Ok(rd) = fs::read_dir(root) else { return Vec::new() };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| fs::read(e.path().join("state.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<RunState>(&b).ok())
+        .filter(|s| !s.owner_alive())
+        .collect()
+}
+
+/// Finds and releases every orphaned run; returns what was cleaned.
+pub fn reap_orphans() -> Vec<Cleaned> {
+    orphans_in(Path::new(RUN_ROOT)).iter().map(RunState::cleanup).collect()
+}
+
+/// Writes `data` to `path` so that readers see the old or the new content, never a mix:
+/// temp file in the same directory, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("f"), std::process::id()));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_short_and_distinct() {
+        let a = new_run_id();
+        std::thread::sleep(Duration::from_millis(1));
+        let b = new_run_id();
+        assert_eq!(a.len(), 8);
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn netns_ownership() {
+        assert!(owns_netns("r1234567", "vb-r1234567"));
+        assert!(owns_netns("r1234567", "vbn-r1234567-3"));
+        assert!(!owns_netns("r1234567", "vb-r12345678"));
+        assert!(!owns_netns("r1234567", "vbn-r12345670-3"));
+    }
+
+    #[test]
+    fn state_file_roundtrip_and_orphan_detection() {
+        let root = tempfile::tempdir().unwrap();
+        let mut st = RunState::create_in(root.path(), "test", None).unwrap();
+        assert!(st.owner_alive());
+        assert!(orphans_in(root.path()).is_empty());
+        // Pretend the owner died: a pid start time that cannot match.
+        st.hostd_start += 1;
+        write_atomic(&st.scratch.join("state.json"), &serde_json::to_vec(&st).unwrap()).unwrap();
+        let o = orphans_in(root.path());
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].run, st.run);
+        st.cgroup_roots.clear();
+        let c = st.cleanup();
+        assert!(c.scratch_removed, "{c}");
+        assert!(orphans_in(root.path()).is_empty());
+    }
+}

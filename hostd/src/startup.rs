@@ -1,0 +1,160 @@
+//! Concurrent startup (paper II.B.1, IV.A.1) and, on the same booted fleet, memory
+//! occupation (II.B.2). T_startup(n) = max(startup[1..n]) where startup[i] runs from the
+//! fleet's start request to guest i's ready message on the host clock. **Cold**: the page
+//! cache is dropped first (images come from disk); **hot**: the same fleet again with the
+//! images resident.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{AnyBackend, Backend, BackendKind};
+use crate::fleet::{self, FleetConfig, FleetEvent, GuestFailure, Teardown};
+use crate::memory::{self, GuestMemory};
+use crate::runstate::RunState;
+use crate::stats::Summary;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StartMode {
+    Cold,
+    Hot,
+}
+
+impl StartMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            StartMode::Cold => "cold",
+            StartMode::Hot => "hot",
+        }
+    }
+}
+
+/// One guest's startup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartupSample {
+    pub backend: BackendKind,
+    pub n: usize,
+    pub mode: StartMode,
+    pub index: usize,
+    /// Fleet start request → this guest's hello, host clock, seconds.
+    pub ready_s: f64,
+    /// This guest's own launch call → its hello (excludes waiting for a parallelism slot).
+    pub own_s: f64,
+    /// The guest kernel's uptime at ready (CLOCK_BOOTTIME), for backends with a kernel of
+    /// their own.
+    pub guest_boot_s: Option<f64>,
+    /// Of which the kernel's part (until init started), where the guest could tell.
+    pub guest_kernel_s: Option<f64>,
+}
+
+/// The fleet's memory when every guest was booted and idle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemorySample {
+    pub backend: BackendKind,
+    pub n: usize,
+    pub mode: StartMode,
+    /// Ready guests the sample covers (n minus failures).
+    pub ready: usize,
+    pub used_before_kib: u64,
+    pub used_after_kib: u64,
+    /// M_used(n) = used_after − used_before (can be slightly negative on a noisy host).
+    pub m_used_kib: i64,
+    pub settle_s: f64,
+    pub guests: Vec<GuestMemory>,
+    /// hostd's own PSS while the fleet ran (part of M_tool).
+    pub hostd_pss_kib: u64,
+}
+
+/// Everything one fleet boot produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetBoot {
+    pub backend: BackendKind,
+    pub n: usize,
+    pub mode: StartMode,
+    pub startups: Vec<StartupSample>,
+    pub failures: Vec<GuestFailure>,
+    pub memory: Option<MemorySample>,
+    pub teardown_clean: usize,
+    pub teardown_killed: usize,
+}
+
+impl FleetBoot {
+    /// T_startup(n): the last ready guest, seconds. None if no guest became ready.
+    pub fn t_startup(&self) -> Option<f64> {
+        self.startups.iter().map(|s| s.ready_s).fold(None, |m, x| Some(m.map_or(x, |m: f64| m.max(x))))
+    }
+
+    pub fn ready_summary(&self) -> Option<Summary> {
+        Summary::of(format!("startup_{}", self.mode.name()), "s", self.startups.iter().map(|s| s.ready_s).collect())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("dropping the page cache for a cold start (needs root): {0}")]
+    DropCaches(std::io::Error),
+    #[error("reading /proc/meminfo")]
+    Meminfo,
+    #[error("creating the fleet network: {0}")]
+    Network(#[from] crate::netlab::NetError),
+}
+
+/// Flushes dirty pages and drops the page cache, dentries and inodes.
+pub fn drop_caches() -> std::io::Result<()> {
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+}
+
+/// Boots a fleet, records startup and (after `settle`) memory, tears it down.
+pub async fn boot_and_measure(
+    backend: &AnyBackend,
+    run: &RunState,
+    cfg: &FleetConfig,
+    mode: StartMode,
+    settle: Duration,
+    on_event: impl FnMut(FleetEvent),
+) -> Result<FleetBoot, StartupError> {
+    if mode == StartMode::Cold {
+        drop_caches().map_err(StartupError::DropCaches)?;
+    }
+    let used_before = memory::host_used_kib_median(5, Duration::from_millis(100)).await.ok_or(StartupError::Meminfo)?;
+    let fleet = fleet::start(backend, run, cfg, on_event).await?;
+    let kind = backend.kind();
+    let startups = fleet
+        .guests
+        .iter()
+        .zip(&fleet.ready_at)
+        .map(|(g, at)| {
+            let own_kernel = kind.own_kernel();
+            let c = &g.hello.clock;
+            StartupSample {
+                backend: kind,
+                n: cfg.n,
+                mode,
+                index: g.spec.index,
+                ready_s: at.as_secs_f64(),
+                own_s: g.startup.as_secs_f64(),
+                guest_boot_s: own_kernel.then_some(c.boottime_ns as f64 / 1e9),
+                guest_kernel_s: if own_kernel { c.kernel_init_ns.or(c.agent_start_ns).map(|ns| ns as f64 / 1e9) } else { None },
+            }
+        })
+        .collect();
+    tokio::time::sleep(settle).await;
+    let used_after = memory::host_used_kib_median(5, Duration::from_millis(100)).await.ok_or(StartupError::Meminfo)?;
+    let memory = Some(MemorySample {
+        backend: kind,
+        n: cfg.n,
+        mode,
+        ready: fleet.guests.len(),
+        used_before_kib: used_before,
+        used_after_kib: used_after,
+        m_used_kib: used_after as i64 - used_before as i64,
+        settle_s: settle.as_secs_f64(),
+        guests: fleet.guests.iter().map(|g| memory::guest_memory(&g.process)).collect(),
+        hostd_pss_kib: memory::pss_kib(std::process::id()).unwrap_or(0),
+    });
+    let failures = fleet.failures.clone();
+    let Teardown { clean, killed, .. } = fleet.teardown(backend, Duration::from_secs(10)).await;
+    Ok(FleetBoot { backend: kind, n: cfg.n, mode, startups, failures, memory, teardown_clean: clean, teardown_killed: killed })
+}
