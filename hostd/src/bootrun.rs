@@ -107,7 +107,7 @@ pub async fn run(
             let label = format!("{} n={n} {}", opts.backend, mode.name());
             let b = boot_and_measure(backend, run, &cfg, mode, opts.settle, |e| progress(&label, e))
                 .await
-                .with_context(|| format!("{label}"))?;
+                .with_context(|| label.clone())?;
             for s in &b.startups {
                 results.append(&Record::Startup(s.clone()))?;
             }

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod cgroup;
 pub mod bootrun;
 pub mod channel;
+pub mod daemon;
 pub mod fleet;
 pub mod guest;
 pub mod images;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions};
 use hostd::bootrun::{self, BootOptions};
+use hostd::daemon;
 use hostd::fleet::{FleetConfig, FleetEvent};
 use hostd::microbench::{self, BenchName, BenchOptions};
 use hostd::provenance::Provenance;
@@ -27,6 +28,23 @@ enum Cmd {
     Bench(BenchArgs),
     /// Measure concurrent cold/hot startup and memory occupation of fleets, then tear down.
     Boot(BootArgs),
+    /// Boot the fleet a fleet file describes and keep it running in the background.
+    Up(UpArgs),
+    /// Show running fleets (all, or the one named).
+    Status { name: Option<String> },
+    /// Tear a running fleet down.
+    Down { name: String },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Fleet file (TOML; see docs/fleets.md).
+    file: PathBuf,
+    /// Stay in the foreground instead of detaching.
+    #[arg(long)]
+    foreground: bool,
+    #[command(flatten)]
+    images: ImageArgs,
 }
 
 /// Where images come from and how backends run.
@@ -137,6 +155,10 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Up(a) = &cli.cmd {
+        // Forks before any thread exists (the async runtime is made in the child).
+        return up(a);
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -157,6 +179,135 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Bench(a) => bench(a).await,
         Cmd::Boot(a) => boot(a).await,
+        Cmd::Up(_) => unreachable!("handled before the runtime starts"),
+        Cmd::Status { name } => status(name).await,
+        Cmd::Down { name } => down(name).await,
+    }
+}
+
+fn find_fleet(name: &str) -> anyhow::Result<RunState> {
+    let fleets = daemon::live_fleets();
+    match fleets.into_iter().find(|(n, _)| n == name) {
+        Some((_, st)) => Ok(st),
+        None => anyhow::bail!("no running fleet named {name:?} (see `hostd status`)"),
+    }
+}
+
+async fn status(name: Option<String>) -> anyhow::Result<()> {
+    let fleets = match &name {
+        Some(n) => vec![(n.clone(), find_fleet(n)?)],
+        None => daemon::live_fleets(),
+    };
+    if fleets.is_empty() {
+        println!("no fleets running");
+    }
+    for (_, st) in fleets {
+        print!("{}", daemon::format_status(&daemon::query_status(&st).await?));
+    }
+    Ok(())
+}
+
+async fn down(name: String) -> anyhow::Result<()> {
+    let st = find_fleet(&name)?;
+    daemon::request_down(&st, Duration::from_secs(120)).await?;
+    println!("fleet {name} is down");
+    Ok(())
+}
+
+/// `hostd up`: validates, then detaches a daemon that boots the fleet; returns once the
+/// fleet is up (printing its status) or failed.
+fn up(a: &UpArgs) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("hostd: error: {e}");
+        ExitCode::FAILURE
+    };
+    let (file, kind) = match daemon::FleetFile::load(&a.file) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
+    if daemon::live_fleets().iter().any(|(n, _)| *n == file.name) {
+        return fail(format!("a fleet named {:?} is already running", file.name));
+    }
+    let images = match hostd::images::resolve(a.images.agent.as_deref()) {
+        Ok(i) => i,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let opts = backend_options(&a.images);
+    if a.foreground {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        return match rt.block_on(async {
+            reap_orphans();
+            let run = RunState::create("up", None)?;
+            daemon::serve(file, kind, images, opts, run, |r| match r {
+                Ok(s) => print!("{}", daemon::format_status(s)),
+                Err(e) => eprintln!("hostd: error: {e}"),
+            })
+            .await
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("{e:#}")),
+        };
+    }
+    // CLOEXEC: guests must not inherit the report pipe, or the parent would wait for them.
+    let (rd, wr) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("pipe: {e}")),
+    };
+    // SAFETY: no other thread exists yet (the runtime is created after the fork), so the
+    // child may do anything.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => fail(format!("fork: {e}")),
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(rd), &mut msg);
+            match msg.split_once('\n') {
+                Some(("ok", rest)) => {
+                    print!("{rest}");
+                    ExitCode::SUCCESS
+                }
+                Some((_, err)) => fail(err.trim().to_string()),
+                None => fail("the fleet daemon exited before reporting".into()),
+            }
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(rd);
+            let _ = nix::unistd::setsid();
+            let mut report = Some(std::fs::File::from(wr));
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            let r = rt.block_on(async {
+                reap_orphans();
+                let run = RunState::create("up", None)?;
+                detach_stdio(&run.scratch.join("daemon.log"));
+                daemon::serve(file, kind, images, opts, run, |r| {
+                    if let Some(mut w) = report.take() {
+                        let text = match r {
+                            Ok(s) => format!("ok\n{}", daemon::format_status(s)),
+                            Err(e) => format!("error\n{e}"),
+                        };
+                        let _ = std::io::Write::write_all(&mut w, text.as_bytes());
+                    }
+                })
+                .await
+            });
+            if let (Err(e), Some(mut w)) = (&r, report.take()) {
+                let _ = std::io::Write::write_all(&mut w, format!("error\n{e:#}").as_bytes());
+            }
+            std::process::exit(if r.is_ok() { 0 } else { 1 });
+        }
+    }
+}
+
+/// Points stdin at /dev/null and stdout/stderr at the daemon's log.
+fn detach_stdio(log: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    if let (Ok(null), Ok(log)) = (std::fs::File::open("/dev/null"), std::fs::File::create(log)) {
+        // SAFETY: dup2 onto the standard descriptors of this (single-purpose) daemon process.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(log.as_raw_fd(), 1);
+            libc::dup2(log.as_raw_fd(), 2);
+        }
     }
 }
 
@@ -202,8 +353,6 @@ async fn boot(a: BootArgs) -> anyhow::Result<()> {
     };
     let bars = indicatif::MultiProgress::new();
     let mut current: Option<(String, indicatif::ProgressBar, usize, usize)> = None;
-    let sizes_total: usize = opts.sizes.iter().sum();
-    let _ = sizes_total;
     let progress = |label: &str, e: FleetEvent| {
         let n: usize = label.split("n=").nth(1).and_then(|x| x.split(' ').next()).and_then(|x| x.parse().ok()).unwrap_or(0);
         if current.as_ref().map(|c| c.0.as_str()) != Some(label) {

@@ -68,9 +68,15 @@ pub fn new_run_id() -> String {
     format!("r{:07x}", x & 0x0fff_ffff)
 }
 
+/// Start time of a live process (None if gone or a zombie: a killed hostd whose parent has
+/// not reaped it yet is dead for our purposes).
 fn proc_start_ticks(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z") | Some("X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 impl RunState {
@@ -163,9 +169,18 @@ pub fn orphans_in(root: &Path) -> Vec<RunState> {
         .collect()
 }
 
-/// Finds and releases every orphaned run; returns what was cleaned.
+/// Finds and releases every orphaned run; returns what was cleaned. Also drops fleet name
+/// links (`fleets/<name>`) whose run is gone.
 pub fn reap_orphans() -> Vec<Cleaned> {
-    orphans_in(Path::new(RUN_ROOT)).iter().map(RunState::cleanup).collect()
+    let cleaned = orphans_in(Path::new(RUN_ROOT)).iter().map(RunState::cleanup).collect();
+    if let Ok(rd) = fs::read_dir(Path::new(RUN_ROOT).join("fleets")) {
+        for e in rd.flatten() {
+            if !e.path().join("state.json").exists() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    cleaned
 }
 
 /// Writes `data` to `path` so that readers see the old or the new content, never a mix:

@@ -1,0 +1,362 @@
+//! `hostd up` / `status` / `down`: a fleet kept running for people who boot guests to run
+//! their own emulation on them. The daemon writes its run state before any guest starts,
+//! answers on a Unix control socket (`<scratch>/control.sock`, one JSON request and one JSON
+//! answer per line), and on `down` (or SIGTERM/SIGINT) tears every guest down.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::backend::{AnyBackend, BackendKind, BackendOptions, Images};
+use crate::cgroup::Limits;
+use crate::fleet::{self, Fleet, FleetConfig, GuestFailure};
+use crate::runstate::{RunState, RUN_ROOT};
+
+/// A fleet file (`hostd up FILE`). Unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    /// Name used by `hostd status NAME` / `hostd down NAME` ([a-z0-9-], ≤ 32). Required.
+    pub name: String,
+    /// Backend name (native, ns, oci, uml, qemu-microvm, qemu-full, firecracker). Required.
+    pub backend: String,
+    /// Number of guests. Required, 1..=1000.
+    pub guests: usize,
+    /// Guest memory in MiB. Default 128.
+    #[serde(default = "default_mem")]
+    pub mem_mib: u32,
+    /// vCPUs per guest. Default 1.
+    #[serde(default = "default_one")]
+    pub vcpus: u32,
+    /// Attach guests to the fleet network (namespace `vb-<run>`). Default true.
+    #[serde(default = "default_true")]
+    pub network: bool,
+    /// Most guests launching at once; 0 = all. Default 0.
+    #[serde(default)]
+    pub parallelism: usize,
+    /// Seconds a guest may take to become ready. Default 300.
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout_s: u64,
+    /// Per-guest cgroup limits. Default none.
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Memory limit in MiB. Default unlimited.
+    pub memory_mib: Option<u64>,
+    /// CPU bandwidth in CPUs (0.5 = half a CPU). Default unlimited.
+    pub cpus: Option<f64>,
+    /// Maximum processes. Default unlimited.
+    pub pids: Option<u64>,
+}
+
+fn default_mem() -> u32 {
+    128
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_boot_timeout() -> u64 {
+    300
+}
+
+impl FleetFile {
+    /// Parses and checks a fleet file; errors name the file and the field.
+    pub fn load(path: &Path) -> Result<(Self, BackendKind), String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let f: FleetFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bad = |field: &str, why: String| Err(format!("{}: field `{field}`: {why}", path.display()));
+        if f.name.is_empty() || f.name.len() > 32 || !f.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return bad("name", format!("{:?} must be 1-32 characters of a-z, 0-9 and -", f.name));
+        }
+        let kind: BackendKind = match f.backend.parse() {
+            Ok(k) => k,
+            Err(e) => return bad("backend", e),
+        };
+        if f.guests == 0 || f.guests > 1000 {
+            return bad("guests", format!("{} is not in 1..=1000", f.guests));
+        }
+        if f.mem_mib < 16 {
+            return bad("mem_mib", format!("{} MiB is below the 16 MiB minimum", f.mem_mib));
+        }
+        if f.vcpus == 0 || f.vcpus > 64 {
+            return bad("vcpus", format!("{} is not in 1..=64", f.vcpus));
+        }
+        if f.boot_timeout_s == 0 {
+            return bad("boot_timeout_s", "must be > 0".into());
+        }
+        if let Some(c) = f.limits.cpus {
+            if !(c > 0.0 && c <= 1024.0) {
+                return bad("limits.cpus", format!("{c} is not a positive CPU count"));
+            }
+        }
+        Ok((f, kind))
+    }
+
+    pub fn fleet_config(&self) -> FleetConfig {
+        FleetConfig {
+            n: self.guests,
+            parallelism: self.parallelism,
+            vcpus: self.vcpus,
+            mem_mib: self.mem_mib,
+            network: self.network,
+            data_disk: None,
+            boot_timeout: Duration::from_secs(self.boot_timeout_s),
+            limits: Limits { memory_bytes: self.limits.memory_mib.map(|m| m << 20), cpus: self.limits.cpus, pids: self.limits.pids },
+        }
+    }
+}
+
+/// What `hostd status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub name: String,
+    pub run: String,
+    pub backend: BackendKind,
+    pub daemon_pid: u32,
+    /// `ip netns exec NETNS …` reaches the guests.
+    pub netns: Option<String>,
+    pub guests: Vec<GuestStatus>,
+    pub failures: Vec<GuestFailure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuestStatus {
+    pub name: String,
+    pub addr: Option<String>,
+    pub host_pid: u32,
+    pub alive: bool,
+    pub ready_after_s: f64,
+    pub kernel: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+enum ControlRequest {
+    Status,
+    Down,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+enum ControlAnswer {
+    Status(Status),
+    GoingDown,
+    Error { error: String },
+}
+
+pub fn socket_path(run: &RunState) -> PathBuf {
+    run.scratch.join("control.sock")
+}
+
+fn status_of(name: &str, run: &RunState, fleet: &mut Fleet) -> Status {
+    Status {
+        name: name.into(),
+        run: run.run.clone(),
+        backend: fleet.backend,
+        daemon_pid: std::process::id(),
+        netns: fleet.net.as_ref().map(|n| n.netns.clone()),
+        guests: fleet
+            .guests
+            .iter_mut()
+            .zip(&fleet.ready_at)
+            .map(|(g, at)| GuestStatus {
+                name: g.spec.name.clone(),
+                addr: g.spec.net.as_ref().map(|n| format!("{}/{}", n.addr, n.prefix)),
+                host_pid: g.process.pid(),
+                alive: !g.process.proc.has_exited(),
+                ready_after_s: at.as_secs_f64(),
+                kernel: g.hello.kernel_release.clone(),
+            })
+            .collect(),
+        failures: fleet.failures.clone(),
+    }
+}
+
+/// The daemon: boots the fleet, reports readiness through `ready`, serves the control
+/// socket until `down` or a termination signal, then tears down and cleans the run.
+pub async fn serve(
+    file: FleetFile,
+    kind: BackendKind,
+    images: Images,
+    opts: BackendOptions,
+    run: RunState,
+    ready: impl FnOnce(Result<&Status, String>),
+) -> anyhow::Result<()> {
+    let backend = AnyBackend::new(kind, &images, &opts);
+    let listener = UnixListener::bind(socket_path(&run))?;
+    let name_link = fleet_link(&file.name);
+    let mut fleet = match async {
+        use crate::backend::Backend;
+        backend.probe().await?;
+        Ok::<_, anyhow::Error>(fleet::start(&backend, &run, &file.fleet_config(), |_| {}).await?)
+    }
+    .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            ready(Err(format!("{e:#}")));
+            run.finish();
+            return Err(e);
+        }
+    };
+    let _ = std::fs::create_dir_all(name_link.parent().expect("has parent"));
+    let _ = std::fs::remove_file(&name_link);
+    let _ = std::os::unix::fs::symlink(&run.scratch, &name_link);
+    ready(Ok(&status_of(&file.name, &run, &mut fleet)));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            conn = listener.accept() => {
+                let Ok((conn, _)) = conn else { continue };
+                if handle(conn, &file.name, &run, &mut fleet).await {
+                    break;
+                }
+            }
+        }
+    }
+    fleet.teardown(&backend, Duration::from_secs(10)).await;
+    let _ = std::fs::remove_file(&name_link);
+    run.finish();
+    Ok(())
+}
+
+/// Answers one client; true when it asked the fleet to go down.
+async fn handle(conn: UnixStream, name: &str, run: &RunState, fleet: &mut Fleet) -> bool {
+    let (r, mut w) = conn.into_split();
+    let mut line = String::new();
+    // A client gets one bounded request line and 5 s to send it.
+    let read = tokio::time::timeout(Duration::from_secs(5), BufReader::new(r.take(4096)).read_line(&mut line)).await;
+    let req: Result<ControlRequest, String> = match read {
+        Ok(Ok(_)) => serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}")),
+        _ => Err("no request".into()),
+    };
+    let (answer, down) = match req {
+        Ok(ControlRequest::Status) => (ControlAnswer::Status(status_of(name, run, fleet)), false),
+        Ok(ControlRequest::Down) => (ControlAnswer::GoingDown, true),
+        Err(error) => (ControlAnswer::Error { error }, false),
+    };
+    let mut out = serde_json::to_vec(&answer).unwrap_or_default();
+    out.push(b'\n');
+    let _ = w.write_all(&out).await;
+    down
+}
+
+use tokio::io::AsyncReadExt;
+
+/// `/run/virtbench/fleets/<name>` → the run's scratch directory.
+pub fn fleet_link(name: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join("fleets").join(name)
+}
+
+/// Runs of live `hostd up` daemons: (name, state).
+pub fn live_fleets() -> Vec<(String, RunState)> {
+    let Ok(rd) = std::fs::read_dir(Path::new(RUN_ROOT).join("fleets")) else { return Vec::new() };
+    let mut v: Vec<(String, RunState)> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let st: RunState = serde_json::from_slice(&std::fs::read(e.path().join("state.json")).ok()?).ok()?;
+            st.owner_alive().then_some((name, st))
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+async fn ask(run: &RunState, req: &ControlRequest) -> anyhow::Result<ControlAnswer> {
+    let mut s = UnixStream::connect(socket_path(run)).await?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), BufReader::new(s).read_line(&mut answer)).await??;
+    Ok(serde_json::from_str(answer.trim())?)
+}
+
+pub async fn query_status(run: &RunState) -> anyhow::Result<Status> {
+    match ask(run, &ControlRequest::Status).await? {
+        ControlAnswer::Status(s) => Ok(s),
+        ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
+        ControlAnswer::GoingDown => anyhow::bail!("daemon is going down"),
+    }
+}
+
+/// Asks the daemon to tear down and waits (up to `wait`) until it has exited.
+pub async fn request_down(run: &RunState, wait: Duration) -> anyhow::Result<()> {
+    match ask(run, &ControlRequest::Down).await? {
+        ControlAnswer::GoingDown => {}
+        ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
+        ControlAnswer::Status(_) => anyhow::bail!("unexpected answer"),
+    }
+    let start = std::time::Instant::now();
+    while run.owner_alive() {
+        if start.elapsed() > wait {
+            anyhow::bail!("daemon {} still running after {wait:?}", run.hostd_pid);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+pub fn format_status(s: &Status) -> String {
+    let mut out = format!(
+        "fleet {} (run {}, backend {}, daemon pid {}){}\n",
+        s.name,
+        s.run,
+        s.backend,
+        s.daemon_pid,
+        s.netns.as_ref().map(|n| format!(", guests reachable with `ip netns exec {n} …`")).unwrap_or_default()
+    );
+    out.push_str(&format!("{:<8} {:<18} {:>9} {:>6} {:>10}  {}\n", "guest", "address", "host pid", "alive", "ready s", "kernel"));
+    for g in &s.guests {
+        out.push_str(&format!(
+            "{:<8} {:<18} {:>9} {:>6} {:>10.3}  {}\n",
+            g.name,
+            g.addr.as_deref().unwrap_or("-"),
+            g.host_pid,
+            if g.alive { "yes" } else { "NO" },
+            g.ready_after_s,
+            g.kernel
+        ));
+    }
+    for f in &s.failures {
+        out.push_str(&format!("{:<8} failed ({:?}): {}\n", f.name, f.kind, f.error.lines().next().unwrap_or("")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<(FleetFile, BackendKind), String> {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("fleet.toml");
+        std::fs::write(&p, text).unwrap();
+        FleetFile::load(&p)
+    }
+
+    #[test]
+    fn fleet_files_are_validated_with_field_names() {
+        let (f, k) = load("name = \"lab\"\nbackend = \"native\"\nguests = 3\n").unwrap();
+        assert_eq!((f.guests, f.mem_mib, f.network, k), (3, 128, true, BackendKind::Native));
+        assert!(load("name = \"lab\"\nbackend = \"native\"\nguests = 3\ncolour = 1\n").unwrap_err().contains("colour"));
+        assert!(load("name = \"lab\"\nbackend = \"vmware\"\nguests = 3\n").unwrap_err().contains("`backend`"));
+        assert!(load("name = \"lab\"\nbackend = \"native\"\nguests = 0\n").unwrap_err().contains("`guests`"));
+        assert!(load("name = \"Lab!\"\nbackend = \"native\"\nguests = 1\n").unwrap_err().contains("`name`"));
+        assert!(load("name = \"lab\"\nbackend = \"native\"\n").unwrap_err().contains("guests"));
+        assert!(load("name = \"lab\"\nbackend = \"native\"\nguests = 1\n[limits]\ncpus = -1.0\n").unwrap_err().contains("limits.cpus"));
+    }
+}

@@ -1,0 +1,130 @@
+//! Fleet commands end to end on the native backend (needs root for cgroups and
+//! drop_caches, and the static agent from scripts/build-agent).
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn hostd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hostd")).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// These tests start hostd processes that reap each other's orphans: run them one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn root() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: fleets need root (cgroups, drop_caches)");
+        return false;
+    }
+    true
+}
+
+/// Running (a zombie waiting for a reaper that is not hostd counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !matches!(s.rsplit(')').next().and_then(|r| r.split_whitespace().next()), Some("Z") | Some("X")))
+        .unwrap_or(false)
+}
+
+#[test]
+fn boot_records_samples_summary_and_figures() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = hostd(&["boot", "--backend", "native", "-n", "1,3", "--settle", "0", "--no-network", "--results", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("agent sha256") || table.contains("# host:"), "{table}");
+    assert_eq!(table.lines().filter(|l| l.starts_with("native ")).count(), 4, "{table}");
+    let run = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    for f in ["samples.jsonl", "summary.json", "summary.csv", "provenance.json", "figures/startup.svg", "figures/memory.svg"] {
+        assert!(run.join(f).exists(), "missing {f}");
+    }
+    let samples = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
+    // 1 + 3 guests, cold and hot.
+    assert_eq!(samples.lines().filter(|l| l.contains("\"record\":\"startup\"")).count(), 8);
+    assert_eq!(samples.lines().filter(|l| l.contains("\"record\":\"fleet_done\"")).count(), 4);
+    let csv = std::fs::read_to_string(run.join("summary.csv")).unwrap();
+    assert!(csv.starts_with("backend,n,mode,ready,failed,t_startup_s"));
+    assert!(csv.contains("native,3,hot,3,0,"), "{csv}");
+}
+
+#[test]
+fn bad_fleet_files_fail_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f.toml");
+    std::fs::write(&p, "name = \"x\"\nbackend = \"native\"\nguests = 2\nmemory = 5\n").unwrap();
+    let out = hostd(&["up", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("f.toml") && t.contains("memory"), "{t}");
+    let out = hostd(&["boot", "--backend", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn up_status_down_and_recovery_after_sigkill() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("t{}", std::process::id());
+    let p = dir.path().join("fleet.toml");
+    std::fs::write(&p, format!("name = \"{name}\"\nbackend = \"native\"\nguests = 3\nnetwork = false\n")).unwrap();
+    let out = hostd(&["up", p.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let st = hostd(&["status", &name]);
+    let t = text(&st);
+    assert!(st.status.success() && t.contains(&format!("fleet {name}")), "{t}");
+    let guest_pids: Vec<u32> = t
+        .lines()
+        .filter(|l| l.starts_with('g') && l.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(guest_pids.len(), 3, "{t}");
+    assert!(guest_pids.iter().all(|&p| alive(p)));
+    // A second fleet of the same name is refused.
+    assert!(!hostd(&["up", p.to_str().unwrap()]).status.success());
+    let down = hostd(&["down", &name]);
+    assert!(down.status.success(), "{}", text(&down));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(guest_pids.iter().all(|&p| !alive(p)), "guests survived down");
+    assert!(!text(&hostd(&["status"])).contains(&name));
+
+    // Now kill the daemon outright: the next hostd releases what it left behind.
+    let out = hostd(&["up", p.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let link = Path::new("/run/virtbench/fleets").join(&name);
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(link.join("state.json")).unwrap()).unwrap();
+    let daemon = state["hostd_pid"].as_u64().unwrap() as u32;
+    let scratch = state["scratch"].as_str().unwrap().to_string();
+    let roots: Vec<String> = state["cgroup_roots"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let t = text(&hostd(&["status", &name]));
+    let guest_pids: Vec<u32> = t.lines().filter(|l| l.starts_with('g') && l.as_bytes().get(1).is_some_and(u8::is_ascii_digit)).map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap()).collect();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The agents exit by themselves when their channel closes; their cgroups, state and
+    // scratch files remain until a later hostd releases them.
+    assert!(Path::new(&scratch).exists() && roots.iter().all(|r| Path::new(r).exists()));
+    let dir2 = tempfile::tempdir().unwrap();
+    let out = hostd(&["boot", "--backend", "native", "-n", "1", "--modes", "hot", "--settle", "0", "--no-network", "--results", dir2.path().to_str().unwrap()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let run_id = state["run"].as_str().unwrap();
+    assert!(t.contains(&format!("cleaned up after a previous hostd that did not finish: run {run_id}")), "{t}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(guest_pids.iter().all(|&p| !alive(p)), "orphans survived recovery");
+    assert!(!Path::new(&scratch).exists(), "scratch left behind");
+    for r in roots {
+        assert!(!Path::new(&r).exists(), "cgroup {r} left behind");
+    }
+    let _ = std::fs::remove_file(link);
+}
