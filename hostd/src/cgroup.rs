@@ -71,6 +71,8 @@ pub struct Limits {
     /// CPU bandwidth in CPUs (e.g. 1.0 = one full CPU).
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
+    /// CPUs the group may run on (cpuset syntax, e.g. "0").
+    pub cpuset: Option<&'static str>,
 }
 
 impl Cgroup {
@@ -80,13 +82,20 @@ impl Cgroup {
         check_name(guest)?;
         let self_cg = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let rel = |ctrl: &str| own_path(&self_cg, ctrl).join("virtbench").join(run).join(guest);
-        let dirs: Vec<PathBuf> = match mode {
+        let mut dirs: Vec<PathBuf> = match mode {
             Mode::V2 => vec![Path::new(ROOT).join(rel(""))],
             Mode::V1 => V1_CONTROLLERS.iter().map(|c| Path::new(ROOT).join(c).join(rel(c))).collect(),
         };
+        if mode == Mode::V1 && limits.cpuset.is_some() {
+            dirs.push(Path::new(ROOT).join("cpuset").join(rel("cpuset")));
+        }
         let cg = Cgroup { mode, dirs };
         for d in &cg.dirs {
-            fs::create_dir_all(d)?;
+            if d.starts_with(Path::new(ROOT).join("cpuset")) {
+                create_cpuset_v1(d)?;
+            } else {
+                fs::create_dir_all(d)?;
+            }
         }
         if mode == Mode::V2 {
             // Enable the controllers on every ancestor up to ours.
@@ -109,6 +118,9 @@ impl Cgroup {
                 if let Some(p) = l.pids {
                     fs::write(d.join("pids.max"), p.to_string())?;
                 }
+                if let Some(c) = l.cpuset {
+                    fs::write(d.join("cpuset.cpus"), c)?;
+                }
             }
             Mode::V1 => {
                 if let Some(m) = l.memory_bytes {
@@ -120,6 +132,9 @@ impl Cgroup {
                 }
                 if let Some(p) = l.pids {
                     fs::write(self.dirs[2].join("pids.max"), p.to_string())?;
+                }
+                if let (Some(c), Some(d)) = (l.cpuset, self.dirs.get(3)) {
+                    fs::write(d.join("cpuset.cpus"), c)?;
                 }
             }
         }
@@ -195,7 +210,7 @@ pub fn run_roots(run: &str) -> Vec<PathBuf> {
     let rel = |ctrl: &str| own_path(&self_cg, ctrl).join("virtbench").join(run);
     match detect() {
         Ok(Mode::V2) => vec![Path::new(ROOT).join(rel(""))],
-        Ok(Mode::V1) => V1_CONTROLLERS.iter().map(|c| Path::new(ROOT).join(c).join(rel(c))).collect(),
+        Ok(Mode::V1) => V1_CONTROLLERS.iter().chain(&["cpuset"]).map(|c| Path::new(ROOT).join(c).join(rel(c))).collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -264,12 +279,31 @@ fn rmdir_retry(d: &Path) -> io::Result<()> {
     }
 }
 
+/// v1 cpuset groups start with no CPUs and no memory nodes: each new level copies its
+/// parent's before anything can join.
+fn create_cpuset_v1(leaf: &Path) -> io::Result<()> {
+    let base = Path::new(ROOT).join("cpuset");
+    let mut chain: Vec<&Path> = leaf.ancestors().take_while(|p| p.starts_with(&base) && *p != base).collect();
+    chain.reverse();
+    for dir in chain {
+        if !dir.exists() {
+            fs::create_dir(dir)?;
+            let parent = dir.parent().expect("below the root");
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                fs::write(dir.join(f), fs::read_to_string(parent.join(f))?.trim())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn enable_v2_controllers(leaf: &Path) -> io::Result<()> {
     let mut chain: Vec<&Path> = leaf.ancestors().skip(1).take_while(|p| p.starts_with(ROOT)).collect();
     chain.reverse();
     for dir in chain {
         // Best effort: a controller another manager delegates differently is left alone.
         let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu +pids");
+        let _ = fs::write(dir.join("cgroup.subtree_control"), "+cpuset");
     }
     Ok(())
 }
@@ -322,7 +356,7 @@ mod tests {
         }
         let mode = detect().expect("a cgroup memory controller");
         let run = format!("test{}", std::process::id());
-        let cg = Cgroup::create(mode, &run, "g0", Limits { memory_bytes: Some(64 << 20), cpus: Some(0.5), pids: Some(16) }).unwrap();
+        let cg = Cgroup::create(mode, &run, "g0", Limits { memory_bytes: Some(64 << 20), cpus: Some(0.5), pids: Some(16), cpuset: Some("0") }).unwrap();
         // Removes the group even when an assertion below fails.
         struct Guard(Cgroup);
         impl Drop for Guard {

@@ -111,7 +111,7 @@ impl FleetFile {
             network: self.network,
             data_disk: None,
             boot_timeout: Duration::from_secs(self.boot_timeout_s),
-            limits: Limits { memory_bytes: self.limits.memory_mib.map(|m| m << 20), cpus: self.limits.cpus, pids: self.limits.pids },
+            limits: Limits { memory_bytes: self.limits.memory_mib.map(|m| m << 20), cpus: self.limits.cpus, pids: self.limits.pids, cpuset: None },
         }
     }
 }

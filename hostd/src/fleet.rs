@@ -100,64 +100,97 @@ pub async fn start(
     backend: &AnyBackend,
     run: &RunState,
     cfg: &FleetConfig,
-    mut on_event: impl FnMut(FleetEvent),
+    on_event: impl FnMut(FleetEvent),
 ) -> Result<Fleet, netlab::NetError> {
-    let kind = backend.kind();
     // Checked before anything exists, so a too-large fleet leaves nothing behind.
     FleetNet::guest_addr(cfg.n.saturating_sub(1))?;
     let net = if cfg.network { Some(FleetNet::create(&run.run)?) } else { None };
-    let cg_mode = cgroup::detect().ok();
-    let sem = Arc::new(Semaphore::new(if cfg.parallelism == 0 { cfg.n.max(1) } else { cfg.parallelism }));
-    let t0 = Instant::now();
-    let mut pending = FuturesUnordered::new();
-    for index in 0..cfg.n {
-        let name = format!("g{index}");
-        let guest_net = match &net {
-            Some(f) => Some(GuestNet {
-                fleet: f.clone(),
-                addr: FleetNet::guest_addr(index)?,
-                prefix: netlab::PREFIX,
-                link: netlab::link_name("vbl", index),
-            }),
-            None => None,
-        };
-        let spec = GuestSpec {
-            index,
-            workdir: run.scratch.join(&name),
-            name,
-            run: run.run.clone(),
-            vcpus: cfg.vcpus,
-            mem_mib: cfg.mem_mib,
-            data_disk: cfg.data_disk.clone(),
-            net: guest_net,
-            cgroup: cg_mode,
-            limits: cfg.limits,
-        };
-        let sem = sem.clone();
-        pending.push(async move {
-            let _permit = sem.acquire_owned().await.expect("semaphore never closed");
-            (index, boot(backend, spec, cfg.boot_timeout).await, t0.elapsed())
-        });
-    }
-    let mut ready = Vec::new();
-    let mut failures = Vec::new();
-    while let Some((index, r, at)) = pending.next().await {
-        match r {
-            Ok(g) => {
-                on_event(FleetEvent::Ready { index, after: at });
-                ready.push((index, g, at));
-            }
-            Err(e) => {
-                let f = classify(index, e);
-                on_event(FleetEvent::Failed(f.clone()));
-                failures.push(f);
+    let mut fleet = Fleet {
+        backend: backend.kind(),
+        net,
+        guests: Vec::new(),
+        ready_at: Vec::new(),
+        failures: Vec::new(),
+        config: FleetConfig { n: 0, ..cfg.clone() },
+    };
+    fleet.grow(backend, run, cfg.n, on_event).await?;
+    Ok(fleet)
+}
+
+impl Fleet {
+    /// Launches guests `config.n..to_n` concurrently (the ones already running stay), so a
+    /// measurement over increasing n boots each guest once. `ready_at` of the new guests is
+    /// measured from this call.
+    pub async fn grow(
+        &mut self,
+        backend: &AnyBackend,
+        run: &RunState,
+        to_n: usize,
+        mut on_event: impl FnMut(FleetEvent),
+    ) -> Result<(), netlab::NetError> {
+        let from = self.config.n;
+        if to_n <= from {
+            return Ok(());
+        }
+        FleetNet::guest_addr(to_n - 1)?;
+        let cfg = self.config.clone();
+        let cg_mode = cgroup::detect().ok();
+        let sem = Arc::new(Semaphore::new(if cfg.parallelism == 0 { to_n - from } else { cfg.parallelism }));
+        let t0 = Instant::now();
+        let mut pending = FuturesUnordered::new();
+        for index in from..to_n {
+            let name = format!("g{index}");
+            let guest_net = match &self.net {
+                Some(f) => Some(GuestNet {
+                    fleet: f.clone(),
+                    addr: FleetNet::guest_addr(index)?,
+                    prefix: netlab::PREFIX,
+                    link: netlab::link_name("vbl", index),
+                }),
+                None => None,
+            };
+            let spec = GuestSpec {
+                index,
+                workdir: run.scratch.join(&name),
+                name,
+                run: run.run.clone(),
+                vcpus: cfg.vcpus,
+                mem_mib: cfg.mem_mib,
+                data_disk: cfg.data_disk.clone(),
+                net: guest_net,
+                cgroup: cg_mode,
+                limits: cfg.limits,
+            };
+            let sem = sem.clone();
+            let timeout = cfg.boot_timeout;
+            pending.push(async move {
+                let _permit = sem.acquire_owned().await.expect("semaphore never closed");
+                (index, boot(backend, spec, timeout).await, t0.elapsed())
+            });
+        }
+        let mut ready = Vec::new();
+        while let Some((index, r, at)) = pending.next().await {
+            match r {
+                Ok(g) => {
+                    on_event(FleetEvent::Ready { index, after: at });
+                    ready.push((index, g, at));
+                }
+                Err(e) => {
+                    let f = classify(index, e);
+                    on_event(FleetEvent::Failed(f.clone()));
+                    self.failures.push(f);
+                }
             }
         }
+        ready.sort_by_key(|(i, _, _)| *i);
+        self.failures.sort_by_key(|f| f.index);
+        for (_, g, at) in ready {
+            self.guests.push(g);
+            self.ready_at.push(at);
+        }
+        self.config.n = to_n;
+        Ok(())
     }
-    ready.sort_by_key(|(i, _, _)| *i);
-    failures.sort_by_key(|f| f.index);
-    let (guests, ready_at) = ready.into_iter().map(|(_, g, at)| (g, at)).unzip();
-    Ok(Fleet { backend: kind, net, guests, ready_at, failures, config: cfg.clone() })
 }
 
 fn classify(index: usize, e: BootError) -> GuestFailure {
@@ -209,8 +242,11 @@ impl Fleet {
         t
     }
 
-    /// The fleet address of ready guest `i` (by position in `guests`).
+    /// Where other guests reach ready guest `i` (by position in `guests`): its own fleet
+    /// address, or for native processes (which share the fleet namespace and have no address
+    /// of their own) the bridge's.
     pub fn addr(&self, i: usize) -> Option<std::net::Ipv4Addr> {
-        self.guests.get(i)?.spec.net.as_ref().map(|n| n.addr)
+        let net = self.guests.get(i)?.spec.net.as_ref()?;
+        Some(if self.backend == BackendKind::Native { netlab::BRIDGE_ADDR } else { net.addr })
     }
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions};
+use anyhow::Context as _;
 use hostd::bootrun::{self, BootOptions};
+use hostd::campaign::Campaign;
+use hostd::runner;
 use hostd::daemon;
 use hostd::fleet::{FleetConfig, FleetEvent};
 use hostd::microbench::{self, BenchName, BenchOptions};
@@ -34,6 +37,29 @@ enum Cmd {
     Status { name: Option<String> },
     /// Tear a running fleet down.
     Down { name: String },
+    /// Run a campaign: startup, memory and the whole suite on every backend, then the report.
+    Run(RunArgs),
+    /// Rebuild a results directory's report from its stored samples.
+    Report { dir: PathBuf },
+    /// Show two runs' main figures side by side.
+    Compare { a: PathBuf, b: PathBuf },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Campaign file (default: hostd/campaigns/default.toml as built in).
+    campaign: Option<PathBuf>,
+    /// Scale every size and workload down to a few minutes' worth.
+    #[arg(long)]
+    quick: bool,
+    /// Continue an interrupted run in this results directory (its stored campaign is used).
+    #[arg(long, conflicts_with_all = ["campaign", "quick"])]
+    resume: Option<PathBuf>,
+    /// Parent directory of the results directory.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    #[command(flatten)]
+    images: ImageArgs,
 }
 
 #[derive(Args)]
@@ -182,7 +208,80 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Up(_) => unreachable!("handled before the runtime starts"),
         Cmd::Status { name } => status(name).await,
         Cmd::Down { name } => down(name).await,
+        Cmd::Run(a) => run_campaign(a).await,
+        Cmd::Report { dir } => {
+            let rep = hostd::report::write(&dir)?;
+            println!("report: {} ({} backends measured, {} unavailable, {} failed steps)", dir.join("index.html").display(), rep.probes.len(), rep.unavailable.len(), rep.failed_steps.len());
+            Ok(())
+        }
+        Cmd::Compare { a, b } => {
+            print!("{}", hostd::compare::compare(&a, &b)?);
+            Ok(())
+        }
     }
+}
+
+async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
+    let (campaign, mut results) = match &a.resume {
+        Some(dir) => {
+            let text = std::fs::read_to_string(dir.join("campaign.toml")).with_context(|| format!("{} is not a campaign results directory", dir.display()))?;
+            let c: Campaign = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("campaign.toml").display()))?;
+            c.check().map_err(anyhow::Error::msg)?;
+            (c, ResultsDir::open(dir)?)
+        }
+        None => {
+            let c = match &a.campaign {
+                Some(p) => Campaign::load(p).map_err(anyhow::Error::msg)?,
+                None => Campaign::default_campaign(),
+            };
+            let c = if a.quick { c.quick() } else { c };
+            (c, ResultsDir::create(&a.results, &format!("{}-run-{}", stamp(), "pending"))?)
+        }
+    };
+    let images = hostd::images::resolve(a.images.agent.as_deref())?;
+    reap_orphans();
+    let run = RunState::create("run", Some(results.path.clone()))?;
+    if a.resume.is_none() {
+        // Name the directory after the campaign and run now that both are known.
+        let named = a.results.join(format!("{}-run-{}-{}", stamp(), campaign.name, run.run));
+        std::fs::rename(&results.path, &named)?;
+        results = ResultsDir::open(&named)?;
+        results.write("campaign.toml", toml::to_string(&campaign)?.as_bytes())?;
+        let mut provenance = Provenance::collect(images.hashes.clone());
+        provenance.notes.push(format!("campaign {}", campaign.name));
+        results.write_json("provenance.json", &provenance)?;
+    }
+    eprintln!("hostd: campaign {} → {}", campaign.name, results.path.display());
+    let mut say = |l: String| eprintln!("{l}");
+    let bopts = backend_options(&a.images);
+    let outcome = tokio::select! {
+        r = runner::run(&campaign, &images, &bopts, &run, &mut results, &mut say) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let cleaned = run.finish();
+    let report = hostd::report::write(&results.path);
+    match outcome {
+        None => {
+            eprintln!("hostd: interrupted; {cleaned}; resume with: hostd run --resume {}", results.path.display());
+            std::process::exit(130);
+        }
+        Some(r) => {
+            r?;
+            let rep = report?;
+            println!(
+                "report: {} ({} backends measured, {} unavailable, {} failed steps)",
+                results.path.join("index.html").display(),
+                rep.probes.len(),
+                rep.unavailable.len(),
+                rep.failed_steps.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn stamp() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-")
 }
 
 fn find_fleet(name: &str) -> anyhow::Result<RunState> {

@@ -18,6 +18,9 @@ pub const BRIDGE: &str = "vbbr0";
 /// Guests are numbered into 10.211.0.0/16 (inside the fleet namespace only).
 pub const PREFIX: u8 = 16;
 const BASE: [u8; 2] = [10, 211];
+/// The bridge's own address: where a peer running in the fleet namespace itself (outside
+/// any guest) is reached, e.g. the network benchmarks' host-side server.
+pub const BRIDGE_ADDR: Ipv4Addr = Ipv4Addr::new(BASE[0], BASE[1], 0, 1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -56,6 +59,7 @@ impl FleetNet {
             let n = net.netns.as_str();
             ip(&["-n", n, "link", "set", "lo", "up"])?;
             ip(&["-n", n, "link", "add", BRIDGE, "type", "bridge"])?;
+            ip(&["-n", n, "addr", "add", &format!("{BRIDGE_ADDR}/{PREFIX}"), "dev", BRIDGE])?;
             ip(&["-n", n, "link", "set", BRIDGE, "up"])
         })();
         if let Err(e) = r {

@@ -122,6 +122,97 @@ pub fn write(chart: &Chart, path: &Path) -> Result<(), String> {
     crate::runstate::write_atomic(path, svg.as_bytes()).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
+/// Grouped bars: one group per category (e.g. backend), one bar per series within it.
+#[derive(Debug, Clone)]
+pub struct Bars {
+    pub title: String,
+    pub y_label: String,
+    pub categories: Vec<String>,
+    /// (series name, one value per category (None: missing), optional spread per category).
+    pub series: Vec<(String, Vec<Option<f64>>, Vec<Option<f64>>)>,
+    /// Horizontal marks per category: (label, value per category), e.g. model predictions.
+    pub marks: Vec<(String, Vec<Option<f64>>)>,
+}
+
+pub fn render_bars(b: &Bars) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 500)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let ncat = b.categories.len().max(1);
+        let nser = b.series.len().max(1);
+        let vals = b
+            .series
+            .iter()
+            .flat_map(|(_, v, e)| v.iter().zip(e.iter().chain(std::iter::repeat(&None))).filter_map(|(v, e)| v.map(|v| v + e.unwrap_or(0.0))))
+            .chain(b.marks.iter().flat_map(|(_, v)| v.iter().flatten().copied()));
+        let (_, y1) = range(vals, false);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&b.title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..ncat as f64, 0f64..y1)
+            .map_err(|e| e.to_string())?;
+        let cats = b.categories.clone();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(ncat * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - i as f64 - 0.5).abs() < 0.26 { cats.get(i).cloned().unwrap_or_default() } else { String::new() }
+            })
+            .y_desc(b.y_label.as_str())
+            .axis_desc_style(("sans-serif", 15))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let width = 0.8 / nser as f64;
+        for (si, (name, v, e)) in b.series.iter().enumerate() {
+            let color = PALETTE[si % PALETTE.len()];
+            let x0 = |ci: usize| ci as f64 + 0.1 + si as f64 * width;
+            chart
+                .draw_series(v.iter().enumerate().filter_map(|(ci, v)| {
+                    v.map(|v| Rectangle::new([(x0(ci), 0.0), (x0(ci) + width * 0.9, v)], color.filled()))
+                }))
+                .map_err(|e| e.to_string())?
+                .label(name.as_str())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+            chart
+                .draw_series(v.iter().zip(e.iter()).enumerate().filter_map(|(ci, (v, e))| {
+                    let (v, e) = (v.as_ref()?, e.as_ref()?);
+                    let x = x0(ci) + width * 0.45;
+                    Some(ErrorBar::new_vertical(x, v - e, *v, v + e, BLACK.stroke_width(1), 6))
+                }))
+                .map_err(|e| e.to_string())?;
+        }
+        for (mi, (name, v)) in b.marks.iter().enumerate() {
+            let color = PALETTE[(b.series.len() + mi) % PALETTE.len()];
+            chart
+                .draw_series(v.iter().enumerate().filter_map(|(ci, v)| {
+                    v.map(|v| PathElement::new(vec![(ci as f64 + 0.05, v), (ci as f64 + 0.95, v)], color.stroke_width(2)))
+                }))
+                .map_err(|e| e.to_string())?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+pub fn write_bars(b: &Bars, path: &Path) -> Result<(), String> {
+    let svg = render_bars(b)?;
+    crate::runstate::write_atomic(path, svg.as_bytes()).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +240,22 @@ mod tests {
         assert!(svg.matches("<circle").count() >= 2);
         let log = render(&Chart { log_y: true, ..c }).unwrap();
         assert!(log.starts_with("<svg"));
+    }
+
+    #[test]
+    fn bars_render_with_labels_and_marks() {
+        let b = Bars {
+            title: "Isolation".into(),
+            y_label: "time / T_a".into(),
+            categories: vec!["ns".into(), "uml".into()],
+            series: vec![("guest 1".into(), vec![Some(1.0), Some(2.0)], vec![Some(0.1), None]), ("guest 2".into(), vec![Some(1.5), None], vec![None, None])],
+            marks: vec![("per-VM model".into(), vec![Some(1.5), Some(1.5)])],
+        };
+        let svg = render_bars(&b).unwrap();
+        for t in ["Isolation", "time / T_a", "ns", "uml", "guest 1", "per-VM model"] {
+            assert!(svg.contains(t), "missing {t}");
+        }
+        assert!(svg.matches("<rect").count() >= 3);
     }
 
     #[test]

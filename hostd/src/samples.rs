@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::BackendKind;
 use crate::fleet::GuestFailure;
 use crate::startup::{MemorySample, StartMode, StartupSample};
+use crate::suite::BenchSample;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
@@ -15,4 +16,14 @@ pub enum Record {
     Failure { backend: BackendKind, n: usize, mode: StartMode, failure: GuestFailure },
     /// Written last for a fleet: marks the measurement complete (a resumed run skips it).
     FleetDone { backend: BackendKind, n: usize, mode: StartMode, ready: usize, failed: usize, t_startup_s: Option<f64> },
+    /// One timed benchmark instance of the suite.
+    Bench(BenchSample),
+    /// A campaign step finished; a resumed campaign skips it.
+    StepDone { key: String },
+    /// A campaign step failed; a resumed campaign retries it.
+    StepFailed { key: String, error: String },
+    /// A backend could not run here, and why.
+    BackendUnavailable { backend: BackendKind, reason: String },
+    /// What a backend's probe said when it ran (e.g. the accelerator chosen).
+    BackendProbe { backend: BackendKind, description: String },
 }

@@ -66,6 +66,18 @@ impl BackendKind {
         }
     }
 
+    /// Where a guest of this backend sees the data disk whose host file is `host`: the same
+    /// file for a native process, a bind mount for containers, a block device for VMs.
+    pub fn guest_disk(self, host: &std::path::Path) -> String {
+        match self {
+            BackendKind::Native => host.display().to_string(),
+            BackendKind::Ns | BackendKind::Oci => "/data/disk.img".into(),
+            BackendKind::Uml => "/dev/ubda".into(),
+            BackendKind::QemuMicrovm | BackendKind::Firecracker => "/dev/vda".into(),
+            BackendKind::QemuFull => "/dev/sda".into(),
+        }
+    }
+
     /// Whether each guest runs its own kernel (its clocks then start at its own boot).
     pub fn own_kernel(self) -> bool {
         matches!(self, BackendKind::Uml | BackendKind::QemuMicrovm | BackendKind::QemuFull | BackendKind::Firecracker)

@@ -1,5 +1,6 @@
 //! `native`: the agent as an ordinary host process, the paper's non-virtualized reference
-//! (T_a). The control channel is a socketpair whose far end is the agent's fd 3.
+//! (T_a). The control channel is a socketpair whose far end is the agent's fd 3. On a fleet
+//! network the process runs inside the fleet's network namespace (no address of its own).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -61,6 +62,11 @@ impl Backend for Native {
         pass_fd_in_child(&mut cmd, guest.as_raw_fd(), AGENT_FD);
         if let Some(cg) = &cgroup {
             join_cgroup_in_child(&mut cmd, cg);
+        }
+        // On a fleet network a native guest runs in the fleet namespace itself: it shares
+        // the host kernel's stack and reaches the others through the bridge's address.
+        if let Some(net) = &spec.net {
+            crate::netlab::enter_in_child(&mut cmd, net.fleet.open()?);
         }
         let child = match cmd.spawn() {
             Ok(c) => c,

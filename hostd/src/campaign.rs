@@ -1,0 +1,413 @@
+//! Campaign files: which backends, which fleet sizes, which workloads. Every field is
+//! documented with its default in docs/campaigns.md; unknown keys are errors, and bad
+//! values are rejected before anything boots, naming the field.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use vb_protocol::bench::Resource;
+
+use crate::backend::BackendKind;
+use crate::startup::StartMode;
+use crate::suite::Workloads;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Campaign {
+    /// Name used in the results directory. Default "campaign".
+    #[serde(default = "d_name")]
+    pub name: String,
+    /// Backends in the order they run. `native` (the host reference T_a) always runs first,
+    /// whether listed or not. Default: native, ns, oci, uml, qemu-microvm, qemu-full.
+    #[serde(default = "d_backends")]
+    pub backends: Vec<String>,
+    /// Resources of the suite. Default all four.
+    #[serde(default = "d_resources")]
+    pub resources: Vec<Resource>,
+    /// Counted repetitions of every measurement. Default 3.
+    #[serde(default = "d_reps")]
+    pub reps: u32,
+    /// Discarded warm-up runs before them. Default 1.
+    #[serde(default = "d_one")]
+    pub warmup: u32,
+    #[serde(default)]
+    pub guest: GuestSection,
+    #[serde(default)]
+    pub startup: StartupSection,
+    #[serde(default)]
+    pub overhead: OverheadSection,
+    #[serde(default)]
+    pub isolation: IsolationSection,
+    #[serde(default)]
+    pub ring: RingSection,
+    #[serde(default)]
+    pub workloads: Workloads,
+    /// Per-backend changes (e.g. fewer guests for emulated VMs), keyed by backend name.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, Override>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestSection {
+    /// Guest memory, MiB. Default 128.
+    #[serde(default = "d_mem")]
+    pub mem_mib: u32,
+    /// vCPUs per guest. Default 1.
+    #[serde(default = "d_one")]
+    pub vcpus: u32,
+    /// Seconds from launch to ready before a guest counts as failed. Default 300.
+    #[serde(default = "d_boot_timeout")]
+    pub boot_timeout_s: u64,
+    /// Seconds one benchmark request may take. Default 600.
+    #[serde(default = "d_bench_timeout")]
+    pub bench_timeout_s: u64,
+    /// Pin every guest (all its host processes) to CPU 0, reproducing the paper's one-CPU
+    /// host. Default false.
+    #[serde(default)]
+    pub pin_one_core: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartupSection {
+    /// Fleet sizes for concurrent startup and memory occupation. Default [1, 10, 50].
+    #[serde(default = "d_startup_sizes")]
+    pub sizes: Vec<usize>,
+    /// Default ["cold", "hot"].
+    #[serde(default = "d_modes")]
+    pub modes: Vec<StartMode>,
+    /// Seconds the booted fleet idles before memory is read. Default 3.
+    #[serde(default = "d_settle")]
+    pub settle_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverheadSection {
+    /// Fleet sizes n for overhead (1 busy + n − 1 idle) and linearity (n busy). Default [1, 2, 5, 10].
+    #[serde(default = "d_overhead_sizes")]
+    pub sizes: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsolationSection {
+    /// Run the two-guest isolation test. Default true.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RingSection {
+    /// Guests in the ring (paper: 10); 0 disables the test. Default 10.
+    #[serde(default = "d_ring")]
+    pub guests: usize,
+}
+
+/// What a backend may change. Absent fields keep the campaign's value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    pub startup_sizes: Option<Vec<usize>>,
+    pub overhead_sizes: Option<Vec<usize>>,
+    pub ring_guests: Option<usize>,
+    pub mem_mib: Option<u32>,
+    pub workloads: Option<Workloads>,
+}
+
+fn d_name() -> String {
+    "campaign".into()
+}
+fn d_backends() -> Vec<String> {
+    ["native", "ns", "oci", "uml", "qemu-microvm", "qemu-full"].map(String::from).to_vec()
+}
+fn d_resources() -> Vec<Resource> {
+    Resource::ALL.to_vec()
+}
+fn d_reps() -> u32 {
+    3
+}
+fn d_one() -> u32 {
+    1
+}
+fn d_mem() -> u32 {
+    128
+}
+fn d_boot_timeout() -> u64 {
+    300
+}
+fn d_bench_timeout() -> u64 {
+    600
+}
+fn d_startup_sizes() -> Vec<usize> {
+    vec![1, 10, 50]
+}
+fn d_modes() -> Vec<StartMode> {
+    vec![StartMode::Cold, StartMode::Hot]
+}
+fn d_settle() -> u64 {
+    3
+}
+fn d_overhead_sizes() -> Vec<usize> {
+    vec![1, 2, 5, 10]
+}
+fn d_true() -> bool {
+    true
+}
+fn d_ring() -> usize {
+    10
+}
+
+impl Default for GuestSection {
+    fn default() -> Self {
+        Self { mem_mib: d_mem(), vcpus: 1, boot_timeout_s: d_boot_timeout(), bench_timeout_s: d_bench_timeout(), pin_one_core: false }
+    }
+}
+impl Default for StartupSection {
+    fn default() -> Self {
+        Self { sizes: d_startup_sizes(), modes: d_modes(), settle_s: d_settle() }
+    }
+}
+impl Default for OverheadSection {
+    fn default() -> Self {
+        Self { sizes: d_overhead_sizes() }
+    }
+}
+impl Default for IsolationSection {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+impl Default for RingSection {
+    fn default() -> Self {
+        Self { guests: d_ring() }
+    }
+}
+
+/// The campaign shipped in the repository (`hostd/campaigns/default.toml`).
+pub const DEFAULT: &str = include_str!("../campaigns/default.toml");
+
+/// The settings one backend runs with, overrides applied.
+#[derive(Debug, Clone)]
+pub struct BackendPlan {
+    pub kind: BackendKind,
+    pub startup_sizes: Vec<usize>,
+    pub overhead_sizes: Vec<usize>,
+    pub ring_guests: usize,
+    pub mem_mib: u32,
+    pub workloads: Workloads,
+}
+
+impl Campaign {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let c: Campaign = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        c.check().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(c)
+    }
+
+    pub fn default_campaign() -> Self {
+        let c: Campaign = toml::from_str(DEFAULT).expect("the shipped campaign parses");
+        c.check().expect("the shipped campaign is valid");
+        c
+    }
+
+    /// The `--quick` variant: same backends and tests, every size and workload cut down so
+    /// the whole campaign takes a few minutes (used by the tests).
+    pub fn quick(mut self) -> Self {
+        self.name = format!("{}-quick", self.name);
+        self.reps = 2;
+        self.warmup = 1;
+        self.startup = StartupSection { sizes: vec![1, 2], modes: vec![StartMode::Cold, StartMode::Hot], settle_s: 1 };
+        self.overhead = OverheadSection { sizes: vec![1, 2] };
+        self.ring = RingSection { guests: 3 };
+        self.workloads = Workloads {
+            cpu_rounds: 2_000_000,
+            mem_n: 128,
+            mem_passes: 4,
+            disk_mib: 4,
+            disk_block_kib: 256,
+            net_duration_ms: 200,
+            net_msg_size: 65536,
+        };
+        let emulated = Workloads { cpu_rounds: 200_000, mem_n: 64, mem_passes: 2, ..self.workloads.clone() };
+        for o in self.overrides.values_mut() {
+            *o = Override { workloads: o.workloads.as_ref().map(|_| emulated.clone()), mem_mib: o.mem_mib, ..Default::default() };
+        }
+        self
+    }
+
+    /// Every value checked, errors naming the field.
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |field: &str, why: String| Err(format!("field `{field}`: {why}"));
+        if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return bad("name", format!("{:?} must be letters, digits, - and _", self.name));
+        }
+        if self.backends.is_empty() {
+            return bad("backends", "needs at least one backend".into());
+        }
+        for b in &self.backends {
+            if let Err(e) = b.parse::<BackendKind>() {
+                return bad("backends", e);
+            }
+        }
+        if self.resources.is_empty() {
+            return bad("resources", "needs at least one resource".into());
+        }
+        if self.reps == 0 || self.reps > 100 {
+            return bad("reps", format!("{} is not in 1..=100", self.reps));
+        }
+        if self.warmup > 10 {
+            return bad("warmup", format!("{} is more than 10", self.warmup));
+        }
+        if self.guest.mem_mib < 32 {
+            return bad("guest.mem_mib", format!("{} MiB is below 32", self.guest.mem_mib));
+        }
+        if self.guest.vcpus == 0 {
+            return bad("guest.vcpus", "must be ≥ 1".into());
+        }
+        if self.guest.boot_timeout_s == 0 || self.guest.bench_timeout_s == 0 {
+            return bad("guest.boot_timeout_s / guest.bench_timeout_s", "must be > 0".into());
+        }
+        check_sizes("startup.sizes", &self.startup.sizes)?;
+        if self.startup.modes.is_empty() {
+            return bad("startup.modes", "needs cold, hot or both".into());
+        }
+        check_sizes("overhead.sizes", &self.overhead.sizes)?;
+        if self.ring.guests == 1 || self.ring.guests > 1000 {
+            return bad("ring.guests", format!("{} is not 0 (off) or 2..=1000", self.ring.guests));
+        }
+        check_workloads("workloads", &self.workloads)?;
+        for (b, o) in &self.overrides {
+            if let Err(e) = b.parse::<BackendKind>() {
+                return bad(&format!("overrides.{b}"), e);
+            }
+            if let Some(s) = &o.startup_sizes {
+                check_sizes(&format!("overrides.{b}.startup_sizes"), s)?;
+            }
+            if let Some(s) = &o.overhead_sizes {
+                check_sizes(&format!("overrides.{b}.overhead_sizes"), s)?;
+            }
+            if let Some(r) = o.ring_guests {
+                if r == 1 || r > 1000 {
+                    return bad(&format!("overrides.{b}.ring_guests"), format!("{r} is not 0 (off) or 2..=1000"));
+                }
+            }
+            if let Some(m) = o.mem_mib {
+                if m < 32 {
+                    return bad(&format!("overrides.{b}.mem_mib"), format!("{m} MiB is below 32"));
+                }
+            }
+            if let Some(w) = &o.workloads {
+                check_workloads(&format!("overrides.{b}.workloads"), w)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Backends in run order, native first.
+    pub fn plans(&self) -> Vec<BackendPlan> {
+        let mut kinds: Vec<BackendKind> = vec![BackendKind::Native];
+        for b in &self.backends {
+            let k: BackendKind = b.parse().expect("checked");
+            if !kinds.contains(&k) {
+                kinds.push(k);
+            }
+        }
+        kinds
+            .into_iter()
+            .map(|kind| {
+                let o = self.overrides.get(kind.name()).cloned().unwrap_or_default();
+                BackendPlan {
+                    kind,
+                    startup_sizes: o.startup_sizes.unwrap_or_else(|| self.startup.sizes.clone()),
+                    overhead_sizes: o.overhead_sizes.unwrap_or_else(|| self.overhead.sizes.clone()),
+                    ring_guests: o.ring_guests.unwrap_or(self.ring.guests),
+                    mem_mib: o.mem_mib.unwrap_or(self.guest.mem_mib),
+                    workloads: o.workloads.unwrap_or_else(|| self.workloads.clone()),
+                }
+            })
+            .collect()
+    }
+}
+
+fn check_sizes(field: &str, s: &[usize]) -> Result<(), String> {
+    if s.is_empty() || s.iter().any(|&n| n == 0 || n > 1000) {
+        return Err(format!("field `{field}`: sizes must be 1..=1000, got {s:?}"));
+    }
+    if s.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!("field `{field}`: sizes must increase, got {s:?}"));
+    }
+    Ok(())
+}
+
+fn check_workloads(field: &str, w: &Workloads) -> Result<(), String> {
+    use vb_protocol::bench::BenchSpec;
+    let probes = [
+        BenchSpec::Cpu { rounds: w.cpu_rounds },
+        BenchSpec::Memory { n: w.mem_n, passes: w.mem_passes },
+        BenchSpec::Disk { path: "/x".into(), block_size: w.disk_block_kib.saturating_mul(1024), max_bytes: Some(w.disk_mib << 20), direct: true },
+        BenchSpec::NetStream { peer: "10.0.0.1:1".into(), duration_ms: w.net_duration_ms, msg_size: w.net_msg_size },
+    ];
+    for p in probes {
+        p.validate().map_err(|e| format!("field `{field}`: {e}"))?;
+    }
+    if w.disk_mib == 0 {
+        return Err(format!("field `{field}.disk_mib`: must be > 0"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Campaign, String> {
+        let c: Campaign = toml::from_str(t).map_err(|e| e.to_string())?;
+        c.check()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = parse("").unwrap();
+        assert_eq!(c.reps, 3);
+        let plans = c.plans();
+        assert_eq!(plans[0].kind, BackendKind::Native);
+        assert_eq!(plans.len(), 6);
+        let c = parse("backends = [\"uml\"]\n[overrides.uml]\noverhead_sizes = [1, 3]\nring_guests = 4\n").unwrap();
+        let p = c.plans();
+        assert_eq!(p.iter().map(|p| p.kind).collect::<Vec<_>>(), [BackendKind::Native, BackendKind::Uml]);
+        assert_eq!((p[1].overhead_sizes.clone(), p[1].ring_guests), (vec![1, 3], 4));
+        assert_eq!(p[0].ring_guests, 10);
+    }
+
+    #[test]
+    fn shipped_campaign_and_quick_variant_are_valid() {
+        let c = Campaign::default_campaign();
+        assert_eq!(c.name, "default");
+        let q = c.quick();
+        q.check().unwrap();
+        assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::QemuFull).unwrap().workloads.cpu_rounds, 200_000);
+        assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::QemuFull).unwrap().overhead_sizes, vec![1, 2]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = |t: &str| parse(t).unwrap_err();
+        assert!(e("colour = 1").contains("colour"));
+        assert!(e("backends = [\"vmware\"]").contains("`backends`"));
+        assert!(e("reps = 0").contains("`reps`"));
+        assert!(e("[startup]\nsizes = [10, 1]").contains("`startup.sizes`"));
+        assert!(e("[overhead]\nsizes = [0]").contains("`overhead.sizes`"));
+        assert!(e("[ring]\nguests = 1").contains("`ring.guests`"));
+        assert!(e("[workloads]\ncpu_rounds = 1").contains("`workloads`"));
+        assert!(e("[overrides.bogus]\nring_guests = 3").contains("overrides.bogus"));
+        assert!(e("[overrides.uml]\nwhat = 3").contains("what"));
+        assert!(e("[guest]\nmem_mib = 4").contains("`guest.mem_mib`"));
+        assert!(e("resources = [\"gpu\"]").contains("gpu"));
+    }
+}

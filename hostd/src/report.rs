@@ -1,0 +1,605 @@
+//! The report of a run, rebuilt from its stored samples alone: summary JSON/CSV, one SVG per
+//! paper figure (Fig. 1 startup; 2–5 overhead; 6–9 linearity; 10–13 isolation; 14 ring) plus
+//! memory occupation, and an HTML page showing them with the tables and the host.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use vb_protocol::bench::Resource;
+
+use crate::backend::BackendKind;
+use crate::bootrun::{self, BootRow, BootSummary};
+use crate::fleet::GuestFailure;
+use crate::plot::{self, Bars, Chart, Point, Series};
+use crate::provenance::Provenance;
+use crate::results::{read_records, ResultsDir};
+use crate::samples::Record;
+use crate::startup::{FleetBoot, MemorySample, StartMode, StartupSample};
+use crate::stats::Summary;
+use crate::suite::isolation::{self, Policy};
+use crate::suite::linearity;
+use crate::suite::{suite_metric, BenchSample, Test};
+
+/// Mean, spread and count of one point, in the suite's unit for its resource.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stat {
+    pub mean: f64,
+    pub std_dev: f64,
+    pub min: f64,
+    pub max: f64,
+    pub samples: usize,
+    pub unit: String,
+}
+
+impl Stat {
+    fn of(v: &[f64], unit: &str) -> Option<Stat> {
+        let s = Summary::of("", unit, v.to_vec())?;
+        Some(Stat { mean: s.mean, std_dev: s.std_dev, min: s.min, max: s.max, samples: v.len(), unit: unit.into() })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OverheadPoint {
+    pub n: usize,
+    /// T_avn (or the bandwidth for network).
+    pub value: Stat,
+    /// O_vn = T_avn − T_a (for network: B_a − B_avn, the bandwidth lost).
+    pub overhead: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinearityPoint {
+    pub n: usize,
+    /// Over all guests and repetitions.
+    pub value: Stat,
+    /// Mean over repetitions of the slowest guest's time (lowest bandwidth for network).
+    pub worst: f64,
+    /// The affine reference for this backend: O_v + T_a·max(1, n/capacity) (network:
+    /// B_av / max(1, n/capacity)).
+    pub reference: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IsolationResult {
+    /// Guest 1's copy, relative to one copy alone in one guest (time ratio; for network,
+    /// bandwidth ratio).
+    pub guest1: f64,
+    /// Guest 2's two copies, same scale.
+    pub guest2: [f64; 2],
+    pub per_vm: isolation::Prediction,
+    pub per_process: isolation::Prediction,
+    pub closest: Policy,
+    pub capacity: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RingResult {
+    pub guests: usize,
+    /// Per-guest stream bandwidth, MB/s.
+    pub bandwidth: Stat,
+    /// Per-guest request/response latency, µs.
+    pub latency: Option<Stat>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub provenance: Option<Provenance>,
+    pub cores: usize,
+    pub startup: BootSummary,
+    /// T_a per resource (the native backend at n = 1).
+    pub baseline: BTreeMap<Resource, Stat>,
+    pub overhead: BTreeMap<String, Vec<OverheadPoint>>,
+    pub linearity: BTreeMap<String, Vec<LinearityPoint>>,
+    pub isolation: BTreeMap<String, IsolationResult>,
+    pub ring: BTreeMap<BackendKind, RingResult>,
+    pub unavailable: BTreeMap<BackendKind, String>,
+    pub probes: BTreeMap<BackendKind, String>,
+    /// Steps that failed and were not later completed: key → error.
+    pub failed_steps: BTreeMap<String, String>,
+    pub failures: Vec<(BackendKind, usize, StartMode, GuestFailure)>,
+    /// Lines of samples.jsonl that could not be read (a record torn by a kill).
+    pub unreadable_records: usize,
+}
+
+fn key(b: BackendKind, r: Resource) -> String {
+    format!("{b}/{}", r.name())
+}
+
+/// Builds the report from a results directory's stored samples.
+pub fn build(dir: &Path) -> Result<Report> {
+    let (records, unreadable) = read_records::<Record>(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let provenance: Option<Provenance> = std::fs::read(dir.join("provenance.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let cores = provenance.as_ref().map(|p| p.host.cpus as usize).unwrap_or_else(crate::suite::host_cores);
+
+    // Startup and memory, grouped per fleet.
+    let mut fleets: BTreeMap<(BackendKind, usize, StartMode), (Vec<StartupSample>, Vec<GuestFailure>, Option<MemorySample>)> = BTreeMap::new();
+    let mut bench: Vec<BenchSample> = Vec::new();
+    let mut unavailable = BTreeMap::new();
+    let mut probes = BTreeMap::new();
+    let mut failed_steps = BTreeMap::new();
+    let mut failures = Vec::new();
+    for r in records {
+        match r {
+            Record::Startup(s) => fleets.entry((s.backend, s.n, s.mode)).or_default().0.push(s),
+            Record::Memory(m) => {
+                let k = (m.backend, m.n, m.mode);
+                fleets.entry(k).or_default().2 = Some(m);
+            }
+            Record::Failure { backend, n, mode, failure } => {
+                fleets.entry((backend, n, mode)).or_default().1.push(failure.clone());
+                failures.push((backend, n, mode, failure));
+            }
+            Record::FleetDone { .. } => {}
+            Record::Bench(b) => bench.push(b),
+            Record::StepDone { key } => {
+                failed_steps.remove(&key);
+            }
+            Record::StepFailed { key, error } => {
+                failed_steps.insert(key, error);
+            }
+            Record::BackendUnavailable { backend, reason } => {
+                unavailable.insert(backend, reason);
+            }
+            Record::BackendProbe { backend, description } => {
+                unavailable.remove(&backend);
+                probes.insert(backend, description);
+            }
+        }
+    }
+    let rows: Vec<BootRow> = fleets
+        .into_iter()
+        .map(|((backend, n, mode), (startups, failures, memory))| {
+            bootrun::row(&FleetBoot { backend, n, mode, startups, failures, memory, teardown_clean: 0, teardown_killed: 0 })
+        })
+        .collect();
+    let startup = bootrun::summarise(provenance.clone().unwrap_or_else(|| Provenance::collect(Default::default())), rows);
+
+    // The suite.
+    let metric = |s: &BenchSample| suite_metric(s).0;
+    let unit_of = |r: Resource| if r == Resource::Network { "MB/s" } else { "s" };
+    let select = |test: Test, b: BackendKind, r: Resource, n: Option<usize>| -> Vec<&BenchSample> {
+        bench.iter().filter(|s| s.test == test && s.backend == b && s.resource == r && n.is_none_or(|n| s.n == n)).collect()
+    };
+    let backends: Vec<BackendKind> = {
+        let mut v: Vec<BackendKind> = bench.iter().map(|s| s.backend).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut baseline = BTreeMap::new();
+    for r in Resource::ALL {
+        let v: Vec<f64> = select(Test::Overhead, BackendKind::Native, r, Some(1)).into_iter().map(metric).collect();
+        if let Some(s) = Stat::of(&v, unit_of(r)) {
+            baseline.insert(r, s);
+        }
+    }
+    let mut overhead = BTreeMap::new();
+    let mut linearity = BTreeMap::new();
+    let mut isolation_res = BTreeMap::new();
+    for &b in &backends {
+        for r in Resource::ALL {
+            let higher = r == Resource::Network;
+            let ta = baseline.get(&r).map(|s| s.mean);
+            // Overhead.
+            let mut ns: Vec<usize> = select(Test::Overhead, b, r, None).iter().map(|s| s.n).collect();
+            ns.sort();
+            ns.dedup();
+            let pts: Vec<OverheadPoint> = ns
+                .iter()
+                .filter_map(|&n| {
+                    let v: Vec<f64> = select(Test::Overhead, b, r, Some(n)).into_iter().map(metric).collect();
+                    let value = Stat::of(&v, unit_of(r))?;
+                    let overhead = ta.map(|ta| if higher { ta - value.mean } else { value.mean - ta });
+                    Some(OverheadPoint { n, value, overhead })
+                })
+                .collect();
+            let t_av = pts.iter().find(|p| p.n == 1).map(|p| p.value.mean);
+            if !pts.is_empty() {
+                overhead.insert(key(b, r), pts);
+            }
+            // Linearity.
+            let mut ns: Vec<usize> = select(Test::Linearity, b, r, None).iter().map(|s| s.n).collect();
+            ns.sort();
+            ns.dedup();
+            let cap = linearity::capacity(r, cores);
+            let pts: Vec<LinearityPoint> = ns
+                .iter()
+                .filter_map(|&n| {
+                    let ss = select(Test::Linearity, b, r, Some(n));
+                    let v: Vec<f64> = ss.iter().map(|s| metric(s)).collect();
+                    let value = Stat::of(&v, unit_of(r))?;
+                    let mut per_rep: BTreeMap<u32, f64> = BTreeMap::new();
+                    for s in &ss {
+                        let e = per_rep.entry(s.rep).or_insert(if higher { f64::INFINITY } else { 0.0 });
+                        *e = if higher { e.min(metric(s)) } else { e.max(metric(s)) };
+                    }
+                    let worst = per_rep.values().sum::<f64>() / per_rep.len() as f64;
+                    let reference = match (ta, t_av) {
+                        (Some(ta), Some(tav)) if !higher => Some(linearity::reference(tav - ta, ta, n, cap)),
+                        (_, Some(bav)) if higher => Some(bav / (n as f64 / cap).max(1.0)),
+                        _ => None,
+                    };
+                    Some(LinearityPoint { n, value, worst, reference })
+                })
+                .collect();
+            if !pts.is_empty() {
+                linearity.insert(key(b, r), pts);
+            }
+            // Isolation.
+            let iso = select(Test::Isolation, b, r, None);
+            if let (false, Some(alone)) = (iso.is_empty(), t_av) {
+                let mean_of = |guest: usize, inst: usize| -> Option<f64> {
+                    let v: Vec<f64> = iso.iter().filter(|s| s.guest == guest && s.instance == inst).map(|s| metric(s)).collect();
+                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+                };
+                let guests: Vec<usize> = {
+                    let mut g: Vec<usize> = iso.iter().map(|s| s.guest).collect();
+                    g.sort();
+                    g.dedup();
+                    g
+                };
+                if let [g1, g2] = guests[..] {
+                    if let (Some(a), Some(b0), Some(b1)) = (mean_of(g1, 0), mean_of(g2, 0), mean_of(g2, 1)) {
+                        let rel = |x: f64| x / alone;
+                        let cap = linearity::capacity(r, cores);
+                        // The slower of guest 2's copies is its finish (time), the lower its share (bandwidth).
+                        let g2_worst = if higher { rel(b0).min(rel(b1)) } else { rel(b0).max(rel(b1)) };
+                        let (closest, _, _) = isolation::closest((rel(a), g2_worst), cap, higher);
+                        isolation_res.insert(
+                            key(b, r),
+                            IsolationResult {
+                                guest1: rel(a),
+                                guest2: [rel(b0), rel(b1)],
+                                per_vm: isolation::predict(Policy::PerVm, cap, higher),
+                                per_process: isolation::predict(Policy::PerProcess, cap, higher),
+                                closest,
+                                capacity: cap,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let mut ring = BTreeMap::new();
+    for &b in &backends {
+        let bw: Vec<&BenchSample> = bench.iter().filter(|s| s.backend == b && s.test == Test::Ring).collect();
+        let lat: Vec<f64> = bench.iter().filter(|s| s.backend == b && s.test == Test::RingLatency).map(|s| s.value).collect();
+        if let Some(bandwidth) = Stat::of(&bw.iter().map(|s| s.value).collect::<Vec<_>>(), "MB/s") {
+            ring.insert(b, RingResult { guests: bw[0].n, bandwidth, latency: Stat::of(&lat, "us") });
+        }
+    }
+    Ok(Report {
+        provenance,
+        cores,
+        startup,
+        baseline,
+        overhead,
+        linearity,
+        isolation: isolation_res,
+        ring,
+        unavailable,
+        probes,
+        failed_steps,
+        failures,
+        unreadable_records: unreadable,
+    })
+}
+
+const RES: [(Resource, &str); 4] = [(Resource::Cpu, "CPU"), (Resource::Memory, "Memory"), (Resource::Disk, "Disk"), (Resource::Network, "Network")];
+
+fn y_label(r: Resource, what: &str) -> String {
+    match r {
+        Resource::Network => format!("{what} bandwidth (MB/s)"),
+        _ => format!("{what} execution time (s)"),
+    }
+}
+
+/// (file name, figure title, the figure) for every figure the report shows.
+pub enum Figure {
+    Line(Chart),
+    Bars(Bars),
+}
+
+pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
+    let mut out = Vec::new();
+    for (name, chart) in bootrun::charts(&rep.startup) {
+        let file = if name == "startup.svg" { "fig01_startup.svg".to_string() } else { "fig_memory.svg".to_string() };
+        out.push((file, Figure::Line(chart)));
+    }
+    fn backends_of<T>(m: &BTreeMap<String, T>, r: Resource) -> Vec<BackendKind> {
+        BackendKind::ALL.into_iter().filter(|b| m.contains_key(&key(*b, r))).collect()
+    }
+    for (i, (r, label)) in RES.iter().enumerate() {
+        let mut series: Vec<Series> = backends_of(&rep.overhead, *r)
+            .into_iter()
+            .map(|b| Series {
+                name: b.to_string(),
+                points: rep.overhead[&key(b, *r)].iter().map(|p| Point { x: p.n as f64, y: p.value.mean, err: Some(p.value.std_dev) }).collect(),
+                reference: false,
+            })
+            .collect();
+        if let (Some(ta), Some(maxn)) = (rep.baseline.get(r), rep.overhead.values().flatten().map(|p| p.n).max()) {
+            series.push(Series {
+                name: "host T_a (native, n=1)".into(),
+                points: vec![Point { x: 1.0, y: ta.mean, err: None }, Point { x: maxn.max(2) as f64, y: ta.mean, err: None }],
+                reference: true,
+            });
+        }
+        out.push((
+            format!("fig{:02}_overhead_{}.svg", 2 + i, r.name()),
+            Figure::Line(Chart {
+                title: format!("{label} overhead: one busy guest among n (paper Fig. {})", 2 + i),
+                x_label: "guests running, n (n − 1 idle)".into(),
+                y_label: y_label(*r, "T_avn:"),
+                series,
+                log_y: false,
+            }),
+        ));
+    }
+    for (i, (r, label)) in RES.iter().enumerate() {
+        let mut series = Vec::new();
+        for b in backends_of(&rep.linearity, *r) {
+            let pts = &rep.linearity[&key(b, *r)];
+            series.push(Series {
+                name: format!("{b} mean ± sd"),
+                points: pts.iter().map(|p| Point { x: p.n as f64, y: p.value.mean, err: Some(p.value.std_dev) }).collect(),
+                reference: false,
+            });
+            // The paper uses one reference (Vserver's) except for disk, where each tool has its own.
+            if b == BackendKind::Native || *r == Resource::Disk {
+                let refs: Vec<Point> = pts.iter().filter_map(|p| Some(Point { x: p.n as f64, y: p.reference?, err: None })).collect();
+                if !refs.is_empty() {
+                    series.push(Series { name: format!("{b} reference"), points: refs, reference: true });
+                }
+            }
+        }
+        out.push((
+            format!("fig{:02}_linearity_{}.svg", 6 + i, r.name()),
+            Figure::Line(Chart {
+                title: format!("{label} linearity: n busy guests (paper Fig. {})", 6 + i),
+                x_label: "guests running the benchmark together, n".into(),
+                y_label: y_label(*r, "per-guest"),
+                series,
+                log_y: *r == Resource::Disk || *r == Resource::Network,
+            }),
+        ));
+    }
+    for (i, (r, label)) in RES.iter().enumerate() {
+        let bs: Vec<BackendKind> = BackendKind::ALL.into_iter().filter(|b| rep.isolation.contains_key(&key(*b, *r))).collect();
+        let get = |f: &dyn Fn(&IsolationResult) -> f64| -> Vec<Option<f64>> { bs.iter().map(|b| Some(f(&rep.isolation[&key(*b, *r)]))).collect() };
+        let none = vec![None; bs.len()];
+        let what = if *r == Resource::Network { "bandwidth ÷ alone" } else { "time ÷ time alone" };
+        out.push((
+            format!("fig{:02}_isolation_{}.svg", 10 + i, r.name()),
+            Figure::Bars(Bars {
+                title: format!("{label} performance isolation: 1 copy in guest 1, 2 in guest 2 (paper Fig. {})", 10 + i),
+                y_label: what.into(),
+                categories: bs.iter().map(|b| b.to_string()).collect(),
+                series: vec![
+                    ("guest 1, copy".into(), get(&|x| x.guest1), none.clone()),
+                    ("guest 2, copy a".into(), get(&|x| x.guest2[0]), none.clone()),
+                    ("guest 2, copy b".into(), get(&|x| x.guest2[1]), none.clone()),
+                ],
+                marks: vec![
+                    ("per-VM model, guest 2".into(), get(&|x| x.per_vm.guest2)),
+                    ("per-process model".into(), get(&|x| x.per_process.guest2)),
+                ],
+            }),
+        ));
+    }
+    let bs: Vec<BackendKind> = rep.ring.keys().copied().collect();
+    out.push((
+        "fig14_ring.svg".into(),
+        Figure::Bars(Bars {
+            title: "Inter-guest bandwidth, ring of guests streaming to their neighbour (paper Fig. 14)".into(),
+            y_label: "per-guest bandwidth (MB/s)".into(),
+            categories: bs.iter().map(|b| format!("{b} ({})", rep.ring[b].guests)).collect(),
+            series: vec![(
+                "mean ± sd".into(),
+                bs.iter().map(|b| Some(rep.ring[b].bandwidth.mean)).collect(),
+                bs.iter().map(|b| Some(rep.ring[b].bandwidth.std_dev)).collect(),
+            )],
+            marks: vec![],
+        }),
+    ));
+    out
+}
+
+/// Writes summary.json, summary.csv, every figure and index.html into `dir`.
+pub fn write(dir: &Path) -> Result<Report> {
+    let rep = build(dir)?;
+    let rd = ResultsDir::open(dir)?;
+    rd.write_json("report.json", &rep)?;
+    rd.write("report.csv", csv(&rep).as_bytes())?;
+    let figs = figures(&rep);
+    for (name, f) in &figs {
+        let p = dir.join("figures").join(name);
+        match f {
+            Figure::Line(c) => plot::write(c, &p),
+            Figure::Bars(b) => plot::write_bars(b, &p),
+        }
+        .map_err(anyhow::Error::msg)?;
+    }
+    rd.write("index.html", html(&rep, &figs).as_bytes())?;
+    Ok(rep)
+}
+
+/// Long-format CSV of every summarised point.
+fn csv(rep: &Report) -> String {
+    let mut out = String::from("section,backend,resource,n,metric,mean,std_dev,min,max,samples,unit\n");
+    for r in &rep.startup.rows {
+        if let Some(s) = &r.ready_times {
+            let _ = writeln!(out, "startup_{},{},,{},ready_time,{},{},{},{},{},s", r.mode.name(), r.backend, r.n, s.mean, s.std_dev, s.min, s.max, s.samples.len());
+        }
+        if let Some(m) = r.m_used_mib {
+            let _ = writeln!(out, "memory_{},{},,{},m_used,{m},,,,1,MiB", r.mode.name(), r.backend, r.n);
+        }
+    }
+    for (section, map) in [("overhead", &rep.overhead)] {
+        for (k, pts) in map {
+            let (b, res) = k.split_once('/').unwrap_or((k, ""));
+            for p in pts {
+                let v = &p.value;
+                let _ = writeln!(out, "{section},{b},{res},{},value,{},{},{},{},{},{}", p.n, v.mean, v.std_dev, v.min, v.max, v.samples, v.unit);
+            }
+        }
+    }
+    for (k, pts) in &rep.linearity {
+        let (b, res) = k.split_once('/').unwrap_or((k, ""));
+        for p in pts {
+            let v = &p.value;
+            let _ = writeln!(out, "linearity,{b},{res},{},value,{},{},{},{},{},{}", p.n, v.mean, v.std_dev, v.min, v.max, v.samples, v.unit);
+        }
+    }
+    for (k, i) in &rep.isolation {
+        let (b, res) = k.split_once('/').unwrap_or((k, ""));
+        let _ = writeln!(out, "isolation,{b},{res},2,guest1_relative,{},,,,,ratio", i.guest1);
+        let _ = writeln!(out, "isolation,{b},{res},2,guest2_relative,{},,{},{},,ratio", (i.guest2[0] + i.guest2[1]) / 2.0, i.guest2[0].min(i.guest2[1]), i.guest2[0].max(i.guest2[1]));
+    }
+    for (b, r) in &rep.ring {
+        let v = &r.bandwidth;
+        let _ = writeln!(out, "ring,{b},network,{},bandwidth,{},{},{},{},{},MB/s", r.guests, v.mean, v.std_dev, v.min, v.max, v.samples);
+    }
+    out
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
+    let mut h = String::from(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>virtbench report</title>\n<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #ddd}.bad{color:#a00}</style></head><body>\n<h1>virtbench report</h1>\n",
+    );
+    if let Some(p) = &rep.provenance {
+        h.push_str("<h2>Host and provenance</h2><ul>");
+        for l in p.lines() {
+            let _ = write!(h, "<li>{}</li>", esc(&l));
+        }
+        h.push_str("</ul>");
+    }
+    let _ = write!(h, "<p>Cores available to guests: {}. Every figure's points are means over the repetitions recorded in <code>samples.jsonl</code>; error bars are one standard deviation.</p>", rep.cores);
+    if !rep.probes.is_empty() || !rep.unavailable.is_empty() {
+        h.push_str("<h2>Backends</h2><table><tr><th>backend</th><th>status</th></tr>");
+        for (b, d) in &rep.probes {
+            let _ = write!(h, "<tr><td>{b}</td><td style=\"text-align:left\">{}</td></tr>", esc(d));
+        }
+        for (b, d) in &rep.unavailable {
+            let _ = write!(h, "<tr><td>{b}</td><td class=\"bad\" style=\"text-align:left\">unavailable: {}</td></tr>", esc(d));
+        }
+        h.push_str("</table>");
+    }
+    if !rep.failed_steps.is_empty() {
+        h.push_str("<h2>Failed steps</h2><ul>");
+        for (k, e) in &rep.failed_steps {
+            let _ = write!(h, "<li class=\"bad\"><b>{}</b>: {}</li>", esc(k), esc(e));
+        }
+        h.push_str("</ul>");
+    }
+    h.push_str("<h2>Concurrent startup and memory occupation (paper II.B, Fig. 1)</h2><table><tr><th>backend</th><th>n</th><th>mode</th><th>ready</th><th>T_startup (s)</th><th>ready time mean ± sd (s)</th><th>guest boot (s)</th><th>M_used (MiB)</th><th>cgroup / guest (MiB)</th><th>PSS / guest (MiB)</th></tr>");
+    let o = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "–".into());
+    for r in &rep.startup.rows {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r.backend,
+            r.n,
+            r.mode.name(),
+            r.ready,
+            r.n,
+            o(r.t_startup_s, 3),
+            r.ready_times.as_ref().map(|s| format!("{:.3} ± {:.3}", s.mean, s.std_dev)).unwrap_or_else(|| "–".into()),
+            o(r.guest_boot.as_ref().map(|g| g.mean), 3),
+            o(r.m_used_mib, 1),
+            o(r.per_guest_cgroup_mib, 2),
+            o(r.per_guest_pss_mib, 2)
+        );
+    }
+    h.push_str("</table>");
+    for (mode, f) in &rep.startup.memory_fit {
+        let _ = write!(h, "<p>Fit ({mode}): M_used(n) = {:.2} MiB × n + {:.1} MiB (M_VM, M_tool; residual {:.2} MiB over {} sizes).</p>", f.slope, f.intercept, f.residual_std, f.points);
+    }
+    if !rep.baseline.is_empty() {
+        h.push_str("<h2>Overhead O_v = T_av − T_a (paper II.A.1)</h2><table><tr><th>backend</th>");
+        for (r, l) in RES {
+            if rep.baseline.contains_key(&r) {
+                let _ = write!(h, "<th>{l} ({})</th>", if r == Resource::Network { "MB/s lost" } else { "s" });
+            }
+        }
+        h.push_str("</tr><tr><td>T_a (host)</td>");
+        for (r, _) in RES {
+            if let Some(s) = rep.baseline.get(&r) {
+                let _ = write!(h, "<td>{:.4} {}</td>", s.mean, s.unit);
+            }
+        }
+        h.push_str("</tr>");
+        for b in BackendKind::ALL {
+            if !RES.iter().any(|(r, _)| rep.overhead.contains_key(&key(b, *r))) {
+                continue;
+            }
+            let _ = write!(h, "<tr><td>{b}</td>");
+            for (r, _) in RES {
+                if rep.baseline.contains_key(&r) {
+                    let v = rep.overhead.get(&key(b, r)).and_then(|p| p.iter().find(|p| p.n == 1)).and_then(|p| p.overhead);
+                    let _ = write!(h, "<td>{}</td>", o(v, 4));
+                }
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</table>");
+    }
+    if !rep.isolation.is_empty() {
+        h.push_str("<h2>Performance isolation (paper II.A.3)</h2><p>Relative to one copy alone in one guest. Model predictions for this host's capacity; see docs/methodology.md for why the paper's T_a1 = 2T_a, T_a2 = 3T_a/2 is not one model's prediction.</p><table><tr><th>backend / resource</th><th>guest 1</th><th>guest 2 (copies)</th><th>per-VM model</th><th>per-process model</th><th>closer to</th></tr>");
+        for (k, i) in &rep.isolation {
+            let _ = write!(
+                h,
+                "<tr><td>{k}</td><td>{:.2}</td><td>{:.2}, {:.2}</td><td>{:.2} / {:.2}</td><td>{:.2} / {:.2}</td><td>{}</td></tr>",
+                i.guest1,
+                i.guest2[0],
+                i.guest2[1],
+                i.per_vm.guest1,
+                i.per_vm.guest2,
+                i.per_process.guest1,
+                i.per_process.guest2,
+                match i.closest {
+                    Policy::PerVm => "per-VM",
+                    Policy::PerProcess => "per-process",
+                }
+            );
+        }
+        h.push_str("</table>");
+    }
+    if !rep.ring.is_empty() {
+        h.push_str("<h2>Communication between guests (paper II.A.4, Fig. 14)</h2><table><tr><th>backend</th><th>guests</th><th>bandwidth per guest (MB/s)</th><th>min–max</th><th>latency (µs)</th></tr>");
+        for (b, r) in &rep.ring {
+            let _ = write!(
+                h,
+                "<tr><td>{b}</td><td>{}</td><td>{:.1} ± {:.1}</td><td>{:.1}–{:.1}</td><td>{}</td></tr>",
+                r.guests,
+                r.bandwidth.mean,
+                r.bandwidth.std_dev,
+                r.bandwidth.min,
+                r.bandwidth.max,
+                r.latency.as_ref().map(|l| format!("{:.1} ± {:.1}", l.mean, l.std_dev)).unwrap_or_else(|| "–".into())
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2>Figures</h2>");
+    for (name, f) in figs {
+        let title = match f {
+            Figure::Line(c) => &c.title,
+            Figure::Bars(b) => &b.title,
+        };
+        let _ = write!(h, "<figure><img src=\"figures/{name}\" alt=\"{}\"><figcaption>{}</figcaption></figure>\n", esc(title), esc(title));
+    }
+    if rep.unreadable_records > 0 {
+        let _ = write!(h, "<p class=\"bad\">{} record(s) in samples.jsonl could not be read (a run killed while writing).</p>", rep.unreadable_records);
+    }
+    h.push_str("<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.figures=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>\n</body></html>\n");
+    h
+}

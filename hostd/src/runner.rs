@@ -1,0 +1,308 @@
+//! `hostd run CAMPAIGN`: for each backend, startup and memory occupation, then the suite
+//! (overhead, linearity, isolation, ring) on all selected resources, every step recorded
+//! durably and marked done, so a killed campaign resumes where it stopped. A backend that
+//! cannot run, or a step that fails, is recorded with its reason and the campaign goes on.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use vb_protocol::bench::Resource;
+use vb_protocol::msg::{Command, ReplyBody};
+
+use crate::backend::{AnyBackend, Backend, BackendKind, BackendOptions, GuestNet, GuestSpec, Images};
+use crate::campaign::{BackendPlan, Campaign};
+use crate::cgroup::{self, Limits};
+use crate::fleet::{self, FleetConfig};
+use crate::guest::{boot, RunningGuest};
+use crate::netlab::{self, FleetNet};
+use crate::results::{read_records, ResultsDir};
+use crate::runstate::RunState;
+use crate::samples::Record;
+use crate::startup::boot_and_measure;
+use crate::suite::{isolation, linearity, overhead, ring, BenchSample, Targets};
+
+/// Progress lines for a person watching.
+pub type Say<'a> = &'a mut dyn FnMut(String);
+
+struct Ctx<'a> {
+    campaign: &'a Campaign,
+    images: &'a Images,
+    opts: &'a BackendOptions,
+    run: &'a RunState,
+    results: &'a mut ResultsDir,
+    done: HashSet<String>,
+    disk: Option<PathBuf>,
+}
+
+impl Ctx<'_> {
+    fn record(&mut self, r: &Record) -> Result<()> {
+        self.results.append(r).context("recording a sample")
+    }
+
+    fn finish(&mut self, key: &str) -> Result<()> {
+        self.done.insert(key.to_string());
+        self.record(&Record::StepDone { key: key.to_string() })
+    }
+
+    fn fail(&mut self, key: &str, error: String, say: Say) -> Result<()> {
+        say(format!("   {key}: FAILED: {error}"));
+        self.record(&Record::StepFailed { key: key.to_string(), error })
+    }
+
+    fn fleet_config(&self, plan: &BackendPlan, n: usize) -> FleetConfig {
+        let g = &self.campaign.guest;
+        FleetConfig {
+            n,
+            parallelism: 0,
+            vcpus: g.vcpus,
+            mem_mib: plan.mem_mib,
+            network: true,
+            data_disk: self.disk.clone(),
+            boot_timeout: Duration::from_secs(g.boot_timeout_s),
+            limits: Limits { cpuset: g.pin_one_core.then_some("0"), ..Default::default() },
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.campaign.guest.bench_timeout_s)
+    }
+}
+
+/// Runs (or resumes) a campaign into `results`.
+pub async fn run(
+    campaign: &Campaign,
+    images: &Images,
+    opts: &BackendOptions,
+    run: &RunState,
+    results: &mut ResultsDir,
+    say: Say<'_>,
+) -> Result<()> {
+    let (records, _) = read_records::<Record>(&results.path)?;
+    let done: HashSet<String> =
+        records.iter().filter_map(|r| if let Record::StepDone { key } = r { Some(key.clone()) } else { None }).collect();
+    if !done.is_empty() {
+        say(format!("resuming: {} steps already done", done.len()));
+    }
+    let disk = if campaign.resources.contains(&Resource::Disk) {
+        let d = images.disk.clone().context("the disk benchmark needs the data disk image: run `imagegen build`")?;
+        let size = std::fs::metadata(&d).with_context(|| format!("data disk {}", d.display()))?.len();
+        if size < campaign.workloads.disk_mib << 20 {
+            anyhow::bail!("data disk {} has {size} bytes, workloads.disk_mib asks for {} MiB", d.display(), campaign.workloads.disk_mib);
+        }
+        Some(d)
+    } else {
+        None
+    };
+    let mut ctx = Ctx { campaign, images, opts, run, results, done, disk };
+    for plan in campaign.plans() {
+        let backend = AnyBackend::new(plan.kind, images, opts);
+        say(format!("== {}", plan.kind));
+        match backend.probe().await {
+            Ok(desc) => {
+                say(format!("   {desc}"));
+                ctx.record(&Record::BackendProbe { backend: plan.kind, description: desc })?;
+            }
+            Err(e) => {
+                say(format!("   unavailable: {}", e.reason));
+                ctx.record(&Record::BackendUnavailable { backend: plan.kind, reason: e.reason })?;
+                continue;
+            }
+        }
+        startup(&mut ctx, &backend, &plan, say).await?;
+        overhead_and_linearity(&mut ctx, &backend, &plan, say).await?;
+        if campaign.isolation.enabled {
+            small_fleet_test(&mut ctx, &backend, &plan, Test::Isolation, say).await?;
+        }
+        if plan.ring_guests >= 2 {
+            small_fleet_test(&mut ctx, &backend, &plan, Test::Ring, say).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, say: Say<'_>) -> Result<()> {
+    for &n in &plan.startup_sizes {
+        for &mode in &ctx.campaign.startup.modes {
+            let key = format!("{}/startup/n={n}/{}", plan.kind, mode.name());
+            if ctx.done.contains(&key) {
+                continue;
+            }
+            let cfg = FleetConfig { data_disk: None, ..ctx.fleet_config(plan, n) };
+            let settle = Duration::from_secs(ctx.campaign.startup.settle_s);
+            match boot_and_measure(backend, ctx.run, &cfg, mode, settle, |_| {}).await {
+                Ok(b) => {
+                    for s in &b.startups {
+                        ctx.record(&Record::Startup(s.clone()))?;
+                    }
+                    for f in &b.failures {
+                        ctx.record(&Record::Failure { backend: plan.kind, n, mode, failure: f.clone() })?;
+                    }
+                    if let Some(m) = &b.memory {
+                        ctx.record(&Record::Memory(m.clone()))?;
+                    }
+                    say(format!(
+                        "   startup n={n} {}: {}/{n} ready, T_startup {} s, M_used {} MiB",
+                        mode.name(),
+                        b.startups.len(),
+                        b.t_startup().map(|t| format!("{t:.3}")).unwrap_or("-".into()),
+                        b.memory.as_ref().map(|m| format!("{:.1}", m.m_used_kib as f64 / 1024.0)).unwrap_or("-".into())
+                    ));
+                    ctx.finish(&key)?;
+                }
+                Err(e) => ctx.fail(&key, format!("{e:#}"), say)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The network benchmarks' server: a native agent in the fleet's namespace, on the bridge.
+async fn start_peer(ctx: &Ctx<'_>, net: &FleetNet) -> Result<(AnyBackend, RunningGuest, Targets)> {
+    let native = AnyBackend::new(BackendKind::Native, ctx.images, ctx.opts);
+    let spec = GuestSpec {
+        index: usize::MAX,
+        name: "peer".into(),
+        run: ctx.run.run.clone(),
+        vcpus: 1,
+        mem_mib: 64,
+        data_disk: None,
+        workdir: ctx.run.scratch.join("peer"),
+        net: Some(GuestNet { fleet: net.clone(), addr: netlab::BRIDGE_ADDR, prefix: netlab::PREFIX, link: String::new() }),
+        cgroup: cgroup::detect().ok(),
+        limits: Limits::default(),
+    };
+    let peer = boot(&native, spec, Duration::from_secs(30)).await.context("starting the network peer")?;
+    let port = match peer.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await? {
+        ReplyBody::Listening { port } => port,
+        other => anyhow::bail!("peer answered net_serve with {other:?}"),
+    };
+    let targets = Targets {
+        disk: ctx.disk.clone().unwrap_or_else(|| PathBuf::from("/nonexistent")),
+        peer: std::net::SocketAddr::from((netlab::BRIDGE_ADDR, port)),
+    };
+    Ok((native, peer, targets))
+}
+
+async fn overhead_and_linearity(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, say: Say<'_>) -> Result<()> {
+    let resources = ctx.campaign.resources.clone();
+    let key = |test: &str, n: usize, r: Resource| format!("{}/{test}/n={n}/{}", plan.kind, r.name());
+    let todo = plan
+        .overhead_sizes
+        .iter()
+        .any(|&n| resources.iter().any(|&r| !ctx.done.contains(&key("overhead", n, r)) || !ctx.done.contains(&key("linearity", n, r))));
+    if !todo {
+        return Ok(());
+    }
+    let cfg = FleetConfig { n: 0, ..ctx.fleet_config(plan, 0) };
+    let mut fleet = fleet::start(backend, ctx.run, &cfg, |_| {}).await?;
+    let result = async {
+        let (native, peer, targets) = start_peer(ctx, fleet.net.as_ref().expect("network on")).await?;
+        let r = async {
+            for &n in &plan.overhead_sizes {
+                fleet.grow(backend, ctx.run, n, |_| {}).await?;
+                if fleet.guests.len() < n {
+                    let why = fleet.failures.last().map(|f| f.error.clone()).unwrap_or_default();
+                    for &r in &resources {
+                        ctx.fail(&key("overhead", n, r), format!("only {}/{n} guests ready: {why}", fleet.guests.len()), say)?;
+                    }
+                    break;
+                }
+                for &r in &resources {
+                    for (test, k) in [("overhead", key("overhead", n, r)), ("linearity", key("linearity", n, r))] {
+                        if ctx.done.contains(&k) {
+                            continue;
+                        }
+                        let w = &plan.workloads;
+                        let (c, t) = (ctx.campaign, ctx.timeout());
+                        let m = if test == "overhead" {
+                            overhead::measure(&fleet, r, w, &targets, c.warmup, c.reps, t).await
+                        } else {
+                            linearity::measure(&fleet, r, w, &targets, c.warmup, c.reps, t).await
+                        };
+                        record_samples(ctx, &k, m, say)?;
+                    }
+                }
+                say(format!("   overhead and linearity at n={n} done"));
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        peer.shutdown(&native, Duration::from_secs(5)).await;
+        r
+    }
+    .await;
+    fleet.teardown(backend, Duration::from_secs(10)).await;
+    result
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Test {
+    Isolation,
+    Ring,
+}
+
+async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, test: Test, say: Say<'_>) -> Result<()> {
+    let resources = ctx.campaign.resources.clone();
+    let keys: Vec<(Option<Resource>, String)> = match test {
+        Test::Isolation => resources.iter().map(|&r| (Some(r), format!("{}/isolation/{}", plan.kind, r.name()))).collect(),
+        Test::Ring => vec![(None, format!("{}/ring/n={}", plan.kind, plan.ring_guests))],
+    };
+    if keys.iter().all(|(_, k)| ctx.done.contains(k)) {
+        return Ok(());
+    }
+    let n = if test == Test::Isolation { 2 } else { plan.ring_guests };
+    let fleet = match fleet::start(backend, ctx.run, &ctx.fleet_config(plan, n), |_| {}).await {
+        Ok(f) => f,
+        Err(e) => {
+            for (_, k) in &keys {
+                ctx.fail(k, e.to_string(), say)?;
+            }
+            return Ok(());
+        }
+    };
+    let result = async {
+        if fleet.guests.len() < n {
+            let why = fleet.failures.first().map(|f| f.error.clone()).unwrap_or_default();
+            for (_, k) in &keys {
+                ctx.fail(k, format!("only {}/{n} guests ready: {why}", fleet.guests.len()), say)?;
+            }
+            return anyhow::Ok(());
+        }
+        let (native, peer, targets) = start_peer(ctx, fleet.net.as_ref().expect("network on")).await?;
+        let r = async {
+            for (r, k) in &keys {
+                if ctx.done.contains(k) {
+                    continue;
+                }
+                let (c, t, w) = (ctx.campaign, ctx.timeout(), &plan.workloads);
+                let m = match (test, r) {
+                    (Test::Isolation, Some(r)) => isolation::measure(&fleet, *r, w, &targets, c.warmup, c.reps, t).await,
+                    _ => ring::measure(&fleet, w, c.warmup, c.reps, t).await,
+                };
+                record_samples(ctx, k, m, say)?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        peer.shutdown(&native, Duration::from_secs(5)).await;
+        r
+    }
+    .await;
+    fleet.teardown(backend, Duration::from_secs(10)).await;
+    say(format!("   {} done", if test == Test::Isolation { "isolation" } else { "ring" }));
+    result
+}
+
+fn record_samples(ctx: &mut Ctx<'_>, key: &str, m: Result<Vec<BenchSample>, String>, say: Say<'_>) -> Result<()> {
+    match m {
+        Ok(samples) => {
+            for s in samples {
+                ctx.record(&Record::Bench(s))?;
+            }
+            ctx.finish(key)
+        }
+        Err(e) => ctx.fail(key, e, say),
+    }
+}

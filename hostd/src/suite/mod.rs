@@ -1,0 +1,205 @@
+//! The performance suite of paper section II.A, per resource: overhead (II.A.1), linearity
+//! (II.A.2), performance isolation (II.A.3) and inter-guest communication (II.A.4). Each
+//! module measures one of them on fleets and records raw samples; formulas are in
+//! docs/methodology.md with the paper's numbering.
+
+pub mod isolation;
+pub mod linearity;
+pub mod overhead;
+pub mod ring;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vb_protocol::bench::{BenchReport, BenchRequest, BenchSpec, Resource};
+
+use crate::backend::BackendKind;
+use crate::guest::RunningGuest;
+use crate::microbench::run_once;
+
+/// The microbenchmarks' sizes (small enough for emulated guests, large enough to time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workloads {
+    /// CPU: Newton steps towards √2. Default 20 000 000.
+    #[serde(default = "d_cpu_rounds")]
+    pub cpu_rounds: u64,
+    /// Memory: matrix side (three n×n f64 matrices). Default 512.
+    #[serde(default = "d_mem_n")]
+    pub mem_n: u32,
+    /// Memory: passes of C = A + B + C. Default 10.
+    #[serde(default = "d_mem_passes")]
+    pub mem_passes: u32,
+    /// Disk: bytes read per run, MiB (the data disk must be at least this large). Default 32.
+    #[serde(default = "d_disk_mib")]
+    pub disk_mib: u64,
+    /// Disk: block size, KiB. Default 256.
+    #[serde(default = "d_disk_block")]
+    pub disk_block_kib: u32,
+    /// Network: duration of each stream or request/response run, ms. Default 1000.
+    #[serde(default = "d_net_ms")]
+    pub net_duration_ms: u32,
+    /// Network: stream write size, bytes. Default 65536.
+    #[serde(default = "d_net_msg")]
+    pub net_msg_size: u32,
+}
+
+fn d_cpu_rounds() -> u64 {
+    20_000_000
+}
+fn d_mem_n() -> u32 {
+    512
+}
+fn d_mem_passes() -> u32 {
+    10
+}
+fn d_disk_mib() -> u64 {
+    32
+}
+fn d_disk_block() -> u32 {
+    256
+}
+fn d_net_ms() -> u32 {
+    1000
+}
+fn d_net_msg() -> u32 {
+    65536
+}
+
+impl Default for Workloads {
+    fn default() -> Self {
+        Self {
+            cpu_rounds: d_cpu_rounds(),
+            mem_n: d_mem_n(),
+            mem_passes: d_mem_passes(),
+            disk_mib: d_disk_mib(),
+            disk_block_kib: d_disk_block(),
+            net_duration_ms: d_net_ms(),
+            net_msg_size: d_net_msg(),
+        }
+    }
+}
+
+/// Where a guest finds the data disk and the network peer.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// Host path of the data disk image (every guest gets it read-only).
+    pub disk: PathBuf,
+    /// The network benchmarks' server (a native agent on the fleet bridge).
+    pub peer: SocketAddr,
+}
+
+/// The benchmark that exercises `r` in a guest of `kind`.
+pub fn spec_for(r: Resource, w: &Workloads, kind: BackendKind, t: &Targets) -> BenchSpec {
+    match r {
+        Resource::Cpu => BenchSpec::Cpu { rounds: w.cpu_rounds },
+        Resource::Memory => BenchSpec::Memory { n: w.mem_n, passes: w.mem_passes },
+        Resource::Disk => BenchSpec::Disk {
+            path: kind.guest_disk(&t.disk),
+            block_size: w.disk_block_kib * 1024,
+            max_bytes: Some(w.disk_mib << 20),
+            direct: true,
+        },
+        Resource::Network => BenchSpec::NetStream { peer: t.peer.to_string(), duration_ms: w.net_duration_ms, msg_size: w.net_msg_size },
+    }
+}
+
+/// Which part of the suite a sample belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Test {
+    /// T_avn: one guest runs it while n − 1 guests idle.
+    Overhead,
+    /// All n guests run it at once.
+    Linearity,
+    /// Guest 1 runs one copy, guest 2 two copies.
+    Isolation,
+    /// Every guest of a ring streams to its neighbour.
+    Ring,
+    /// Request/response latency around the ring.
+    RingLatency,
+}
+
+/// One timed benchmark instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchSample {
+    pub backend: BackendKind,
+    pub test: Test,
+    pub resource: Resource,
+    /// Guests running in the fleet when measured.
+    pub n: usize,
+    /// Counted repetition, from 0.
+    pub rep: u32,
+    /// Guest index within the fleet.
+    pub guest: usize,
+    /// Instance within the guest's request.
+    pub instance: usize,
+    /// The instance's headline figure (s for cpu/memory, MB/s for disk/network, µs for
+    /// latency); the suite compares times for fixed-work benchmarks (`elapsed_s`) and
+    /// bandwidth for fixed-duration ones, see [`suite_metric`].
+    pub value: f64,
+    pub unit: String,
+    /// Guest-side elapsed seconds of the instance.
+    pub elapsed_s: f64,
+}
+
+/// Sends one request to each (guest, request) pair at the same moment and waits for all.
+/// The guests' own clocks time the work, so small launch skew does not enter the figures.
+pub async fn run_together(
+    jobs: &[(&RunningGuest, BenchRequest)],
+    timeout: Duration,
+) -> Vec<Result<BenchReport, String>> {
+    futures::future::join_all(jobs.iter().map(|(g, req)| async move {
+        run_once(&g.conn, req, timeout).await.map_err(|e| format!("{}: {e:#}", g.spec.name))
+    }))
+    .await
+}
+
+/// Samples from one report.
+pub fn samples_of(
+    backend: BackendKind,
+    test: Test,
+    resource: Resource,
+    n: usize,
+    rep: u32,
+    guest: usize,
+    report: &BenchReport,
+) -> Vec<BenchSample> {
+    report
+        .instances
+        .iter()
+        .enumerate()
+        .map(|(instance, r)| {
+            let f = r.figure();
+            BenchSample {
+                backend,
+                test,
+                resource,
+                n,
+                rep,
+                guest,
+                instance,
+                value: f.value,
+                unit: f.unit.to_string(),
+                elapsed_s: r.elapsed_s(),
+            }
+        })
+        .collect()
+}
+
+/// The figure the suite compares for a resource: (value, unit, higher is better). Fixed
+/// work (cpu, memory, disk: the paper timed dd) is compared by time, the fixed-duration
+/// network stream by bandwidth.
+pub fn suite_metric(s: &BenchSample) -> (f64, &'static str, bool) {
+    match s.resource {
+        Resource::Network => (s.value, "MB/s", true),
+        _ => (s.elapsed_s, "s", false),
+    }
+}
+
+/// Cores available to guests on this host (the paper's host had one).
+pub fn host_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
