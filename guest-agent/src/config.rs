@@ -67,6 +67,9 @@ pub struct Config {
     pub hostname: Option<String>,
     /// Settings came from the kernel command line: the agent is its own kernel's init.
     pub from_cmdline: bool,
+    /// `vb.poweroff=reboot`: power off by rebooting, for machines whose kernel cannot power
+    /// off (QEMU microvm and Firecracker without ACPI) but whose VMM exits on a reboot.
+    pub reboot_to_poweroff: bool,
 }
 
 pub enum Parsed {
@@ -102,6 +105,11 @@ pub fn merge_cmdline(c: &mut Config, cmdline: &str) -> Result<(), String> {
             "vb.ctl" if c.ctl.is_none() => c.ctl = Some(Ctl::parse(v)?),
             "vb.net" => net.push(NetCfg::parse(v)?),
             "vb.hostname" if c.hostname.is_none() => c.hostname = Some(check_hostname(v)?),
+            "vb.poweroff" => match v {
+                "reboot" => c.reboot_to_poweroff = true,
+                "halt" => c.reboot_to_poweroff = false,
+                _ => return Err(format!("vb.poweroff={v}: expected reboot or halt")),
+            },
             _ => continue,
         }
         any = true;
@@ -136,6 +144,10 @@ mod tests {
         assert_eq!(c.hostname.as_deref(), Some("g1"));
         assert_eq!(c.net, vec![NetCfg { iface: "eth0".into(), addr: "10.0.0.2".parse().unwrap(), prefix: 24 }]);
         assert!(c.from_cmdline);
+        assert!(!c.reboot_to_poweroff);
+        merge_cmdline(&mut c, "vb.poweroff=reboot").unwrap();
+        assert!(c.reboot_to_poweroff);
+        assert!(merge_cmdline(&mut c, "vb.poweroff=maybe").is_err());
     }
 
     #[test]

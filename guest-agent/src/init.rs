@@ -133,11 +133,23 @@ fn if_up(fd: i32, name: &str) -> Result<(), ()> {
     Ok(())
 }
 
+static REBOOT_TO_POWEROFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`poweroff`] reboot instead (see `Config::reboot_to_poweroff`).
+pub fn reboot_instead(yes: bool) {
+    REBOOT_TO_POWEROFF.store(yes, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Flushes filesystems and powers the machine off; in a container (where reboot(2) is
 /// refused or only ends the pid namespace) the caller exits instead.
 pub fn poweroff() -> String {
     nix::unistd::sync();
-    match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF) {
+    let mode = if REBOOT_TO_POWEROFF.load(std::sync::atomic::Ordering::Relaxed) {
+        nix::sys::reboot::RebootMode::RB_AUTOBOOT
+    } else {
+        nix::sys::reboot::RebootMode::RB_POWER_OFF
+    };
+    match nix::sys::reboot::reboot(mode) {
         Ok(never) => match never {},
         Err(e) => format!("reboot(POWER_OFF): {e}"),
     }

@@ -58,6 +58,7 @@ fn run(args: &[String], pid1: bool) -> Result<(), String> {
         if cfg.ctl.is_none() {
             let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
             config::merge_cmdline(&mut cfg, &cmdline)?;
+            init::reboot_instead(cfg.reboot_to_poweroff);
         }
     }
     setup(&cfg)?;

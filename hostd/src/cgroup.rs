@@ -91,10 +91,15 @@ impl Cgroup {
         }
         let cg = Cgroup { mode, dirs };
         for d in &cg.dirs {
-            if d.starts_with(Path::new(ROOT).join("cpuset")) {
-                create_cpuset_v1(d)?;
-            } else {
-                fs::create_dir_all(d)?;
+            // Another run removing its now-empty `virtbench/` parent can race our mkdir:
+            // try again on NotFound.
+            let mut tries = 0;
+            loop {
+                let r = if d.starts_with(Path::new(ROOT).join("cpuset")) { create_cpuset_v1(d) } else { fs::create_dir_all(d) };
+                match r {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 5 => tries += 1,
+                    r => break r?,
+                }
             }
         }
         if mode == Mode::V2 {

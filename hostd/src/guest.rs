@@ -36,8 +36,9 @@ pub async fn boot(backend: &AnyBackend, spec: GuestSpec, hello_timeout: Duration
     match AgentConn::establish(launched.reader, launched.writer, hello_timeout).await {
         Ok((conn, hello)) => Ok(RunningGuest { startup: t0.elapsed(), spec, conn, hello, process }),
         Err(source) => {
-            backend.stop(&mut process, Duration::ZERO).await;
+            // Before stop: stop releases the work directory the log lives in.
             let tail = process.log_tail(LOG_TAIL).map(|t| format!("; its output ends with:\n{t}")).unwrap_or_default();
+            backend.stop(&mut process, Duration::ZERO).await;
             Err(BootError::Ready { guest: spec.name, source, tail })
         }
     }

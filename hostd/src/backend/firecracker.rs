@@ -1,23 +1,269 @@
-//! `firecracker` backend: being implemented (see issue 4); until then its probe says so.
+//! `firecracker`: Firecracker on KVM, booted from a config file (`--no-api --config-file`):
+//! no API socket to name, clean up or race with.
+//!
+//! - Kernel: the microvm vmlinux (PVH), the initramfs as initrd.
+//! - Control channel: Firecracker's one serial port (guest `/dev/ttyS0`) is wired to its
+//!   stdin/stdout, which are one end of a socketpair to hostd. The kernel console is kept
+//!   off it (`quiet loglevel=0`, no `console=`); anything that still gets there (an agent
+//!   note on /dev/console, a panic) is noise the frame decoder skips.
+//! - Logs: `--log-path` (set on the command line so nothing is logged before it takes
+//!   effect: Firecracker logs to stdout, our channel, until its logger is configured).
+//! - Disk: virtio-blk, read-only, guest [`GUEST_DISK`]. NIC: virtio-net on a tap in the
+//!   fleet namespace, which Firecracker runs in.
+//! - Exit: Firecracker ends on the guest's i8042 reset (`reboot=k`). A guest that powers off
+//!   without ACPI only halts and Firecracker stays up, so `stop` kills it after the grace
+//!   period, unless the agent reboots rather than powers off where power-off is unavailable.
 
-use super::{Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, Launched, Unavailable};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
 
-pub struct Firecracker {}
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+
+use super::native::split_socket;
+use super::vmm::{
+    check_file, check_kvm, ctl_pair, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, program_version, stop_vmm,
+    Staging,
+};
+use super::{
+    join_cgroup_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec, Images,
+    Kernel, LaunchError, Launched, Proc, Unavailable,
+};
+use crate::netlab;
+
+/// The data disk inside a Firecracker guest (the only virtio-blk device).
+pub const GUEST_DISK: &str = "/dev/vda";
+/// The guest tty of the control channel: the only serial port.
+pub const CTL_TTY: &str = "/dev/ttyS0";
+const PROBE_DEADLINE: Duration = Duration::from_secs(15);
+/// Recipe parameters replaced for Firecracker: the console and log level (the serial port
+/// is the control channel), the TSC (KVM knows it) and the reboot method.
+const DROPPED: [&str; 6] = ["console", "quiet", "loglevel", "tsc_early_khz", "tsc", "reboot"];
+
+pub struct Firecracker {
+    bin: String,
+    kernel: Option<Kernel>,
+    initramfs: Option<PathBuf>,
+    probed: OnceCell<Result<String, String>>,
+}
 
 impl Firecracker {
-    pub fn new(_images: &Images, _opts: &BackendOptions) -> Self {
-        Self {}
+    pub fn new(images: &Images, opts: &BackendOptions) -> Self {
+        Self { bin: opts.firecracker.clone(), kernel: images.kernel_microvm.clone(), initramfs: images.initramfs.clone(), probed: OnceCell::new() }
     }
+
+    fn images(&self) -> Result<(&Kernel, &Path), String> {
+        let kernel = self.kernel.as_ref().ok_or("no microvm kernel (vmlinux) configured")?;
+        check_file("microvm kernel (vmlinux)", &kernel.path)?;
+        let initramfs = self.initramfs.as_deref().ok_or("no initramfs configured")?;
+        check_file("initramfs", initramfs)?;
+        Ok((kernel, initramfs))
+    }
+
+    /// Binary, KVM, images, then a real boot to the agent's hello.
+    async fn check(&self) -> Result<String, String> {
+        let version = program_version(&self.bin, &["--version"]).await.map_err(|e| {
+            if e.ends_with("not found") {
+                format!("firecracker binary not found ({})", self.bin)
+            } else {
+                e
+            }
+        })?;
+        check_kvm()?;
+        let (kernel, initramfs) = self.images()?;
+        let dir = probe_dir("fc-probe")?;
+        let spec = probe_spec(dir.path(), "fc-probe");
+        let launched = launch_firecracker(&self.bin, kernel, initramfs, &spec).await.map_err(|e| format!("probe guest: {e}"))?;
+        let t = probe_boot(launched, "Firecracker", PROBE_DEADLINE, None, |g, d| Box::pin(stop_and_release(g, d)))
+            .await
+            .map_err(|e| format!("KVM boot probe failed: {e}"))?;
+        Ok(format!(
+            "{version} ({}); KVM probe guest reached the agent's hello in {:.2} s; kernel {}; initramfs {}",
+            self.bin,
+            t.as_secs_f64(),
+            kernel.path.display(),
+            initramfs.display()
+        ))
+    }
+}
+
+/// The guest kernel command line (as words) for Firecracker guests.
+pub fn fc_cmdline(base: &str, spec: &GuestSpec) -> Vec<String> {
+    // No ACPI: the kernel cannot power off, but Firecracker exits on a reboot, so the agent
+    // reboots when told to power off.
+    let extra = ["reboot=k", "quiet", "loglevel=0", "vb.poweroff=reboot"].map(String::from);
+    kernel_cmdline(base, &DROPPED, &extra, CTL_TTY, spec)
+}
+
+/// The `--config-file` contents for one guest.
+pub fn vm_config(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Value {
+    let drives: Vec<Value> = spec
+        .data_disk
+        .iter()
+        .map(|d| json!({ "drive_id": "data", "path_on_host": d, "is_root_device": false, "is_read_only": true }))
+        .collect();
+    let nics: Vec<Value> = spec
+        .net
+        .iter()
+        .map(|n| json!({ "iface_id": "eth0", "host_dev_name": n.link, "guest_mac": guest_mac(n.addr) }))
+        .collect();
+    json!({
+        "boot-source": {
+            "kernel_image_path": kernel.path,
+            "initrd_path": initramfs,
+            "boot_args": fc_cmdline(&kernel.cmdline, spec).join(" "),
+        },
+        "machine-config": { "vcpu_count": spec.vcpus, "mem_size_mib": spec.mem_mib, "smt": false },
+        // Required by Firecracker's schema even when empty.
+        "drives": drives,
+        "network-interfaces": nics,
+    })
+}
+
+/// Firecracker's arguments for one guest.
+pub fn fc_args(config: &Path, log: &Path, spec: &GuestSpec) -> Vec<String> {
+    vec![
+        "--no-api".into(),
+        "--config-file".into(),
+        config.display().to_string(),
+        "--id".into(),
+        spec.name.clone(),
+        "--log-path".into(),
+        log.display().to_string(),
+        "--level".into(),
+        "Warning".into(),
+    ]
+}
+
+async fn launch_firecracker(bin: &str, kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Result<Launched, LaunchError> {
+    let mut st = Staging::new(spec)?;
+    // Firecracker opens its log without creating it, and writes from offset 0 (no append),
+    // so its stderr (panics) gets a file of its own.
+    let log_path = spec.workdir.join("firecracker.log");
+    st.log_file(&log_path)?;
+    let stderr_path = spec.workdir.join("firecracker.stderr");
+    let stderr = st.log_file(&stderr_path)?;
+    let config_path = spec.workdir.join("vm.json");
+    let config = serde_json::to_vec_pretty(&vm_config(kernel, initramfs, spec)).expect("a JSON value serializes");
+    std::fs::write(&config_path, config).map_err(|source| LaunchError::Prepare { what: config_path.display().to_string(), source })?;
+    let (host, guest) = ctl_pair()?;
+    let netns = st.attach_tap(spec)?;
+    st.make_cgroup(spec)?;
+    let (reader, writer) = split_socket(host).map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
+    let guest_in = guest.try_clone().map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(fc_args(&config_path, &log_path, spec))
+        // The serial port: guest output to stdout, host input from stdin.
+        .stdin(Stdio::from(guest_in))
+        .stdout(Stdio::from(guest))
+        .stderr(stderr)
+        .current_dir(&spec.workdir)
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(ns) = netns {
+        netlab::enter_in_child(&mut cmd, ns);
+    }
+    if let Some(cg) = &st.cgroup {
+        join_cgroup_in_child(&mut cmd, cg);
+    }
+    let child = cmd.spawn().map_err(|source| LaunchError::Spawn { program: bin.to_string(), source })?;
+    // The guest ends were moved into `cmd`; dropping it closes hostd's copies, so the
+    // channel reports EOF once Firecracker is gone.
+    drop(cmd);
+    Ok(Launched {
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+        guest: st.finish(spec, Proc::Child(child), Some(log_path)),
+    })
 }
 
 impl Backend for Firecracker {
     fn kind(&self) -> BackendKind {
         BackendKind::Firecracker
     }
+
     async fn probe(&self) -> Result<String, Unavailable> {
-        Err(Unavailable { backend: "firecracker", reason: "not implemented yet".into() })
+        self.probed.get_or_init(|| self.check()).await.clone().map_err(|reason| Unavailable { backend: "firecracker", reason })
     }
-    async fn launch(&self, _spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        Err(LaunchError::Channel("firecracker backend not implemented yet".into()))
+
+    async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
+        let (kernel, initramfs) = self.images().map_err(|reason| LaunchError::Prepare {
+            what: "firecracker images".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
+        })?;
+        launch_firecracker(&self.bin, kernel, initramfs, spec).await
+    }
+
+    async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
+        stop_vmm(guest, grace).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::GuestNet;
+    use crate::netlab::FleetNet;
+
+    fn spec(full: bool) -> GuestSpec {
+        GuestSpec {
+            index: 2,
+            name: "g2".into(),
+            run: "r1".into(),
+            vcpus: 2,
+            mem_mib: 256,
+            data_disk: full.then(|| "/store/disk.img".into()),
+            workdir: "/run/virtbench/r1/g2".into(),
+            net: full.then(|| GuestNet {
+                fleet: FleetNet { netns: "vb-r1".into() },
+                addr: std::net::Ipv4Addr::new(10, 211, 0, 4),
+                prefix: 16,
+                link: "vbl2".into(),
+            }),
+            cgroup: None,
+            limits: Default::default(),
+        }
+    }
+
+    fn kernel() -> Kernel {
+        Kernel { path: "/k/vmlinux".into(), cmdline: "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tsc=reliable".into() }
+    }
+
+    #[test]
+    fn config_file_fields() {
+        let c = vm_config(&kernel(), Path::new("/i/initramfs.cpio.gz"), &spec(true));
+        let expect = json!({
+            "boot-source": {
+                "kernel_image_path": "/k/vmlinux",
+                "initrd_path": "/i/initramfs.cpio.gz",
+                "boot_args": "panic=-1 reboot=k quiet loglevel=0 vb.poweroff=reboot vb.ctl=tty:/dev/ttyS0 vb.hostname=g2 vb.net=eth0=10.211.0.4/16",
+            },
+            "machine-config": { "vcpu_count": 2, "mem_size_mib": 256, "smt": false },
+            "drives": [{ "drive_id": "data", "path_on_host": "/store/disk.img", "is_root_device": false, "is_read_only": true }],
+            "network-interfaces": [{ "iface_id": "eth0", "host_dev_name": "vbl2", "guest_mac": "02:76:62:d3:00:04" }],
+        });
+        assert_eq!(c, expect);
+    }
+
+    #[test]
+    fn config_without_disk_or_network_keeps_the_required_keys() {
+        let c = vm_config(&kernel(), Path::new("/i"), &spec(false));
+        assert_eq!(c["drives"], json!([]));
+        assert_eq!(c["network-interfaces"], json!([]));
+        assert!(!c["boot-source"]["boot_args"].as_str().unwrap().contains("vb.net"));
+    }
+
+    #[test]
+    fn command_line() {
+        let a = fc_args(Path::new("/w/vm.json"), Path::new("/w/firecracker.log"), &spec(false));
+        assert_eq!(a, ["--no-api", "--config-file", "/w/vm.json", "--id", "g2", "--log-path", "/w/firecracker.log", "--level", "Warning"]);
+    }
+
+    #[tokio::test]
+    async fn probe_without_the_binary_says_so() {
+        let opts = BackendOptions { firecracker: "/nonexistent/firecracker".into(), ..Default::default() };
+        let e = Firecracker::new(&Images::default(), &opts).probe().await.unwrap_err();
+        assert_eq!(e.reason, "firecracker binary not found (/nonexistent/firecracker)");
     }
 }

@@ -9,6 +9,7 @@ pub mod oci;
 mod process;
 pub mod qemu;
 pub mod uml;
+mod vmm;
 mod resource;
 
 use std::net::Ipv4Addr;
@@ -71,10 +72,11 @@ impl BackendKind {
     pub fn guest_disk(self, host: &std::path::Path) -> String {
         match self {
             BackendKind::Native => host.display().to_string(),
-            BackendKind::Ns | BackendKind::Oci => "/data/disk.img".into(),
-            BackendKind::Uml => "/dev/ubda".into(),
-            BackendKind::QemuMicrovm | BackendKind::Firecracker => "/dev/vda".into(),
-            BackendKind::QemuFull => "/dev/sda".into(),
+            BackendKind::Ns | BackendKind::Oci => CONTAINER_DISK.into(),
+            BackendKind::Uml => uml::GUEST_DISK.into(),
+            BackendKind::QemuMicrovm => qemu::Profile::Microvm.guest_disk().into(),
+            BackendKind::QemuFull => qemu::Profile::Full.guest_disk().into(),
+            BackendKind::Firecracker => firecracker::GUEST_DISK.into(),
         }
     }
 
@@ -99,6 +101,9 @@ impl std::str::FromStr for BackendKind {
         })
     }
 }
+
+/// Where container guests (ns, oci) find the data disk: a read-only bind mount.
+pub const CONTAINER_DISK: &str = "/data/disk.img";
 
 /// What one guest should be.
 #[derive(Debug, Clone)]

@@ -86,7 +86,9 @@ impl Proc {
     /// Waits up to `grace` for the process to end on its own, then kills it.
     pub async fn wait_or_kill(&mut self, grace: Duration) -> Exit {
         if self.has_exited() {
-            return Exit::Exited(self.wait().await);
+            let status = self.wait().await;
+            // A grace period follows an acknowledged power-off: gone already means gone as asked.
+            return if grace.is_zero() { Exit::Exited(status) } else { Exit::Clean };
         }
         if !grace.is_zero() {
             if let Ok(_status) = tokio::time::timeout(grace, self.wait()).await {

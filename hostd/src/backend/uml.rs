@@ -1,12 +1,176 @@
-//! `uml` backend: being implemented (see issue 4); until then its probe says so.
+//! `uml`: User-Mode Linux, the paper's UML row. The guest kernel is a host program (`linux`)
+//! that runs guest processes as ptraced host processes; all of them share its process group
+//! and cgroup.
+//!
+//! - Console: `con0` (the kernel console, /dev/console) writes to the console log on stderr.
+//! - Control channel: `con1=fd:3,fd:3` maps a socketpair end to guest `/dev/tty1`.
+//! - Memory: `mem=<M>M` backed by a file in TMPDIR=/dev/shm (shmem: counted as used memory
+//!   and charged to the guest's cgroup as it is touched).
+//! - Disk: `ubd0r=<file>` (read-only), guest [`GUEST_DISK`].
+//! - Network: `eth0=tuntap,<tap>,<mac>`; UML runs in the fleet namespace to open the tap.
+//! - `umid=<name> uml_dir=<workdir>`: its pid file and mconsole socket stay in the workdir.
 
-use super::{Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, Launched, Unavailable};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-pub struct Uml {}
+use nix::sys::signal::killpg;
+use nix::sys::signal::Signal::SIGKILL;
+use nix::unistd::Pid;
+
+use super::native::split_socket;
+use super::vmm::{check_file, ctl_pair, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, program_version, Staging};
+use super::{
+    join_cgroup_in_child, pass_fd_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess,
+    GuestSpec, Images, Kernel, LaunchError, Launched, Proc, Resource, Unavailable,
+};
+use crate::netlab;
+
+/// The data disk inside a UML guest (ubd0).
+pub const GUEST_DISK: &str = "/dev/ubda";
+/// The guest tty of the control channel (con1).
+pub const CTL_TTY: &str = "/dev/tty1";
+/// The descriptor number UML finds the control socket on.
+pub const CTL_FD: i32 = 3;
+/// Where UML's guest memory file goes: tmpfs, so the memory is shmem.
+const MEMORY_DIR: &str = "/dev/shm";
+const PROBE_DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct Uml {
+    kernel: Option<Kernel>,
+    initramfs: Option<PathBuf>,
+}
 
 impl Uml {
-    pub fn new(_images: &Images, _opts: &BackendOptions) -> Self {
-        Self {}
+    pub fn new(images: &Images, _opts: &BackendOptions) -> Self {
+        Self { kernel: images.kernel_uml.clone(), initramfs: images.initramfs.clone() }
+    }
+
+    fn images(&self) -> Result<(&Kernel, &Path), String> {
+        let kernel = self.kernel.as_ref().ok_or("no UML kernel (linux) configured")?;
+        check_file("UML kernel", &kernel.path)?;
+        let initramfs = self.initramfs.as_deref().ok_or("no initramfs configured")?;
+        check_file("initramfs", initramfs)?;
+        Ok((kernel, initramfs))
+    }
+}
+
+/// UML's arguments (its kernel command line, one parameter per argument) for one guest.
+pub fn uml_args(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Vec<String> {
+    let mut a = vec![
+        format!("mem={}M", spec.mem_mib),
+        format!("initrd={}", initramfs.display()),
+        format!("umid={}", spec.name),
+        format!("uml_dir={}", spec.workdir.display()),
+        // Every console but these two discards; con0 output is stderr, its input nothing.
+        "con=null".into(),
+        "con0=null,fd:2".into(),
+        format!("con1=fd:{CTL_FD},fd:{CTL_FD}"),
+    ];
+    if let Some(disk) = &spec.data_disk {
+        a.push(format!("ubd0r={}", disk.display()));
+    }
+    if let Some(net) = &spec.net {
+        a.push(format!("eth0=tuntap,{},{}", net.link, guest_mac(net.addr)));
+    }
+    a.extend(kernel_cmdline(&kernel.cmdline, &[], &[], CTL_TTY, spec));
+    a
+}
+
+/// UML joins its arguments into one command line and splits ubd specs at commas, so paths
+/// with blanks or commas cannot be expressed.
+fn check_uml_path(p: &Path) -> Result<(), LaunchError> {
+    let s = p.display().to_string();
+    if s.contains(|c: char| c.is_whitespace() || c == ',') {
+        return Err(LaunchError::Prepare {
+            what: s,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path with blanks or commas cannot go on UML's command line"),
+        });
+    }
+    Ok(())
+}
+
+async fn launch_uml(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Result<Launched, LaunchError> {
+    for p in [Some(initramfs), Some(spec.workdir.as_path()), spec.data_disk.as_deref()].into_iter().flatten() {
+        check_uml_path(p)?;
+    }
+    if spec.vcpus > 1 {
+        tracing::warn!(guest = %spec.name, "UML kernels are uniprocessor: {} vCPUs requested, 1 used", spec.vcpus);
+    }
+    let mut st = Staging::new(spec)?;
+    // Released before the work directory (reverse order); UML removes it itself only on a
+    // clean exit.
+    st.resources.push(Resource::Dir { path: spec.workdir.join(&spec.name) });
+    let log_path = spec.workdir.join("console.log");
+    let log = st.log_file(&log_path)?;
+    let (host, guest) = ctl_pair()?;
+    let netns = st.attach_tap(spec)?;
+    st.make_cgroup(spec)?;
+    let (reader, writer) = split_socket(host).map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
+    let mut cmd = tokio::process::Command::new(&kernel.path);
+    cmd.args(uml_args(kernel, initramfs, spec))
+        .env("TMPDIR", MEMORY_DIR)
+        .stdin(Stdio::null())
+        .stdout(st.clone_file(&log, &log_path)?)
+        .stderr(log)
+        .current_dir(&spec.workdir)
+        // Its own group: UML's helper processes stay in it, which `stop` relies on; and a
+        // Ctrl-C on hostd's terminal does not reach the guest.
+        .process_group(0)
+        .kill_on_drop(true);
+    // Before pass_fd_in_child: its dup2 onto CTL_FD could replace the namespace fd.
+    if let Some(ns) = netns {
+        netlab::enter_in_child(&mut cmd, ns);
+    }
+    // UML's fd channel needs the descriptor open across exec (not close-on-exec).
+    pass_fd_in_child(&mut cmd, guest.as_raw_fd(), CTL_FD);
+    if let Some(cg) = &st.cgroup {
+        join_cgroup_in_child(&mut cmd, cg);
+    }
+    let child = cmd.spawn().map_err(|source| LaunchError::Spawn { program: kernel.path.display().to_string(), source })?;
+    drop(guest);
+    Ok(Launched {
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+        guest: st.finish(spec, Proc::Child(child), Some(log_path)),
+    })
+}
+
+/// Stops a UML guest. UML's helper processes (the guest's address-space processes, I/O
+/// threads) outlive a killed kernel process for a second or so. They share its process
+/// group, which is killed while the kernel process is still unreaped (so the group id
+/// cannot have been reused); the cgroup, if any, then catches anything else.
+pub async fn stop_uml(guest: &mut GuestProcess, grace: Duration) -> Exit {
+    // 0: already reaped; the group can no longer be named safely.
+    let pid = guest.pid();
+    if pid == 0 {
+        return stop_and_release(guest, grace).await;
+    }
+    // Watches the exit through a pidfd, which does not reap: the tokio child stays
+    // unreaped, and its pid keeps the group id, until stop_and_release.
+    let ended = match Proc::from_pid(pid, false) {
+        Ok(mut w) if grace.is_zero() => w.has_exited(),
+        Ok(mut w) => tokio::time::timeout(grace, w.wait()).await.is_ok(),
+        Err(_) => false,
+    };
+    let group = Pid::from_raw(pid as i32);
+    let _ = killpg(group, SIGKILL);
+    let exit = stop_and_release(guest, Duration::ZERO).await;
+    // Killed members linger as zombies until whoever inherited them reaps them; wait for
+    // that (signal 0 only checks, so a recycled group id would come to no harm).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while killpg(group, None).is_ok() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    match (ended, grace.is_zero()) {
+        // Ended within the grace period: the agent acknowledged the power-off before stop
+        // was called, so even a guest already gone by now went cleanly.
+        (true, false) => Exit::Clean,
+        // Gone before stop was called without a grace period: its own exit status.
+        (true, true) => exit,
+        // The group kill above ended it.
+        (false, _) => Exit::Killed,
     }
 }
 
@@ -14,10 +178,107 @@ impl Backend for Uml {
     fn kind(&self) -> BackendKind {
         BackendKind::Uml
     }
+
+    /// Kernel and initramfs present, the binary runs, /dev/shm is writable, and a tiny
+    /// guest boots to the agent's hello (which catches a kernel that crashes on this host's
+    /// FPU state size, as unpatched 6.12 UML does on AMX hosts).
     async fn probe(&self) -> Result<String, Unavailable> {
-        Err(Unavailable { backend: "uml", reason: "not implemented yet".into() })
+        let unavailable = |reason: String| Unavailable { backend: "uml", reason };
+        let (kernel, initramfs) = self.images().map_err(unavailable)?;
+        let version = program_version(&kernel.path.display().to_string(), &["--version"]).await.map_err(unavailable)?;
+        tempfile::tempfile_in(MEMORY_DIR).map_err(|e| unavailable(format!("{MEMORY_DIR} is not writable: {e}")))?;
+        // Guest memory is allocated there as it is touched: a full tmpfs kills guests (SIGBUS).
+        let free_mib = nix::sys::statvfs::statvfs(MEMORY_DIR).map(|v| (v.blocks_available() * v.fragment_size()) >> 20).unwrap_or(0);
+        let dir = probe_dir("uml-probe").map_err(unavailable)?;
+        let spec = probe_spec(dir.path(), "uml-probe");
+        let launched = launch_uml(kernel, initramfs, &spec).await.map_err(|e| unavailable(format!("probe guest: {e}")))?;
+        let t = probe_boot(launched, "UML", PROBE_DEADLINE, None, |g, d| Box::pin(stop_uml(g, d)))
+            .await
+            .map_err(|e| unavailable(format!("probe guest did not boot: {e}")))?;
+        Ok(format!(
+            "UML {version} ({}), probe guest reached the agent's hello in {:.2} s; initramfs {}; guest memory in {MEMORY_DIR} ({free_mib} MiB free)",
+            kernel.path.display(),
+            t.as_secs_f64(),
+            initramfs.display()
+        ))
     }
-    async fn launch(&self, _spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        Err(LaunchError::Channel("uml backend not implemented yet".into()))
+
+    async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
+        let (kernel, initramfs) = self.images().map_err(|reason| LaunchError::Prepare {
+            what: "uml images".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
+        })?;
+        launch_uml(kernel, initramfs, spec).await
+    }
+
+    async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
+        stop_uml(guest, grace).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::GuestNet;
+    use crate::netlab::FleetNet;
+
+    #[test]
+    fn command_line() {
+        let spec = GuestSpec {
+            index: 0,
+            name: "g0".into(),
+            run: "r1".into(),
+            vcpus: 1,
+            mem_mib: 96,
+            data_disk: Some("/store/disk.img".into()),
+            workdir: "/run/virtbench/r1/g0".into(),
+            net: Some(GuestNet {
+                fleet: FleetNet { netns: "vb-r1".into() },
+                addr: std::net::Ipv4Addr::new(10, 211, 0, 2),
+                prefix: 16,
+                link: "vbl0".into(),
+            }),
+            cgroup: None,
+            limits: Default::default(),
+        };
+        let k = Kernel { path: "/k/linux".into(), cmdline: "loglevel=7".into() };
+        let a = uml_args(&k, Path::new("/i/initramfs.cpio.gz"), &spec);
+        let expect = [
+            "mem=96M",
+            "initrd=/i/initramfs.cpio.gz",
+            "umid=g0",
+            "uml_dir=/run/virtbench/r1/g0",
+            "con=null",
+            "con0=null,fd:2",
+            "con1=fd:3,fd:3",
+            "ubd0r=/store/disk.img",
+            "eth0=tuntap,vbl0,02:76:62:d3:00:02",
+            "loglevel=7",
+            "vb.ctl=tty:/dev/tty1",
+            "vb.hostname=g0",
+            "vb.net=eth0=10.211.0.2/16",
+        ];
+        assert_eq!(a, expect);
+    }
+
+    #[test]
+    fn paths_uml_cannot_carry_are_refused() {
+        assert!(check_uml_path(Path::new("/a/b.img")).is_ok());
+        let e = check_uml_path(Path::new("/a/b c.img")).unwrap_err();
+        assert!(e.to_string().contains("/a/b c.img"), "{e}");
+        assert!(check_uml_path(Path::new("/a/b,c.img")).is_err());
+    }
+
+    #[tokio::test]
+    async fn probe_names_the_missing_kernel() {
+        let images = Images { initramfs: Some("/nonexistent/initramfs".into()), ..Default::default() };
+        let e = Uml::new(&images, &BackendOptions::default()).probe().await.unwrap_err();
+        assert!(e.reason.contains("no UML kernel"), "{e}");
+        let images = Images {
+            kernel_uml: Some(Kernel { path: "/nonexistent/linux".into(), cmdline: String::new() }),
+            ..images
+        };
+        let e = Uml::new(&images, &BackendOptions::default()).probe().await.unwrap_err();
+        assert!(e.reason.contains("/nonexistent/linux"), "{e}");
     }
 }
