@@ -20,6 +20,7 @@ pub mod images;
 pub mod memory;
 pub mod microbench;
 pub mod netlab;
+pub mod peer;
 pub mod plot;
 pub mod provenance;
 pub mod report;

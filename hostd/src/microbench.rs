@@ -13,7 +13,10 @@ use vb_protocol::msg::{Command, Hello, ReplyBody, Role};
 
 use crate::backend::{AnyBackend, Backend, BackendKind, BackendOptions, GuestSpec, Images};
 use crate::channel::AgentConn;
+use crate::fleet::{self, FleetConfig};
 use crate::guest::{boot, RunningGuest};
+use crate::peer::Peer;
+use crate::runstate::RunState;
 use crate::provenance::{sha256_file, Provenance};
 use crate::stats::Summary;
 
@@ -110,41 +113,80 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
         None
     };
 
-    let spec = |index: usize, name: &str| GuestSpec {
-        index,
-        name: name.into(),
-        vcpus: 1,
-        mem_mib: 256,
-        data_disk: disk_path.clone(),
-        workdir: opts.workdir.join(name),
-        run: "bench".into(),
-        net: None,
-        cgroup: None,
-        limits: Default::default(),
-    };
-    let guest = boot(&backend, spec(0, "bench0"), opts.hello_timeout).await.with_context(|| format!("{} backend", opts.backend.name()))?;
-    // Network benchmarks talk to a second guest, as netperf's client and server are two
-    // machines (or two processes) in the paper.
-    let peer = if opts.benches.iter().any(|b| matches!(b, BenchName::NetStream | BenchName::NetRr)) {
-        match boot(&backend, spec(1, "bench-peer"), opts.hello_timeout).await {
-            Ok(p) => Some(p),
-            Err(e) => {
-                guest.shutdown(&backend, Duration::ZERO).await;
-                return Err(anyhow::Error::new(e).context(format!("{} backend", opts.backend.name())));
+    let wants_net = opts.benches.iter().any(|b| matches!(b, BenchName::NetStream | BenchName::NetRr));
+    let ctx = || format!("{} backend", opts.backend.name());
+    let (hello, results) = if opts.backend == BackendKind::Native {
+        // The host reference: two plain processes on the host's loopback, exactly what
+        // dd and iperf3 are compared with (scripts/compare-native.sh).
+        let spec = |index: usize, name: &str| GuestSpec {
+            index,
+            name: name.into(),
+            vcpus: 1,
+            mem_mib: 256,
+            data_disk: disk_path.clone(),
+            workdir: opts.workdir.join(name),
+            run: "bench".into(),
+            net: None,
+            cgroup: None,
+            limits: Default::default(),
+        };
+        let guest = boot(&backend, spec(0, "bench0"), opts.hello_timeout).await.with_context(ctx)?;
+        // netperf's client and server are two processes (two machines in the paper).
+        let peer = if wants_net {
+            match boot(&backend, spec(1, "bench-peer"), opts.hello_timeout).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    guest.shutdown(&backend, Duration::ZERO).await;
+                    return Err(anyhow::Error::new(e).context(ctx()));
+                }
             }
+        } else {
+            None
+        };
+        let peer_addr = match &peer {
+            Some(p) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], net_serve(&p.conn).await?))),
+            None => None,
+        };
+        let disk = disk_path.as_ref().map(|d| d.display().to_string());
+        let result = run_benches(&guest, peer_addr, disk.as_deref(), opts, progress).await;
+        let grace = Duration::from_secs(5);
+        if let Some(p) = peer {
+            p.shutdown(&backend, grace).await;
         }
+        let hello = guest.hello.clone();
+        guest.shutdown(&backend, grace).await;
+        (hello, result?)
     } else {
-        None
+        // A one-guest fleet on its own network, the peer on the fleet's bridge.
+        for c in crate::runstate::reap_orphans() {
+            let _ = writeln!(progress, "cleaned up after a previous hostd that did not finish: {c}");
+        }
+        let run = RunState::create("bench", None)?;
+        let r = async {
+            let cfg = FleetConfig { n: 1, data_disk: disk_path.clone(), boot_timeout: opts.hello_timeout, ..Default::default() };
+            let fleet = fleet::start(&backend, &run, &cfg, |_| {}).await?;
+            let r = async {
+                let Some(guest) = fleet.guests.first() else {
+                    let why = fleet.failures.first().map(|f| f.error.clone()).unwrap_or_default();
+                    anyhow::bail!("{why}");
+                };
+                let net = fleet.net.as_ref().expect("network on");
+                let peer = if wants_net { Some(Peer::start(&opts.images, &opts.backend_opts, &run, net).await?) } else { None };
+                let disk = disk_path.as_ref().map(|d| opts.backend.guest_disk(d));
+                let result = run_benches(guest, peer.as_ref().map(|p| p.addr), disk.as_deref(), opts, progress).await;
+                if let Some(p) = peer {
+                    p.stop().await;
+                }
+                Ok((guest.hello.clone(), result?))
+            }
+            .await;
+            fleet.teardown(&backend, Duration::from_secs(10)).await;
+            r
+        }
+        .await;
+        run.finish();
+        r.with_context(ctx)?
     };
-    let result = run_benches(&guest, peer.as_ref(), disk_path.as_deref(), opts, progress).await;
-    // Guests that were asked to power off get time to do so.
-    let grace = Duration::from_secs(5);
-    if let Some(p) = peer {
-        p.shutdown(&backend, grace).await;
-    }
-    let hello = guest.hello.clone();
-    guest.shutdown(&backend, grace).await;
-    let results = result?;
     let mut provenance = Provenance::collect(artifacts);
     provenance.notes = notes;
     Ok(BenchRun { backend: opts.backend, provenance, guest: hello, results })
@@ -152,39 +194,29 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
 
 async fn run_benches(
     guest: &RunningGuest,
-    peer: Option<&RunningGuest>,
-    disk_path: Option<&Path>,
+    peer: Option<std::net::SocketAddr>,
+    disk: Option<&str>,
     opts: &BenchOptions,
     progress: &mut dyn Write,
 ) -> Result<Vec<BenchResult>> {
     let mut results = Vec::new();
-    let mut peer_addr: Option<String> = None;
     for &b in &opts.benches {
         let spec = match b {
             BenchName::Cpu => BenchSpec::Cpu { rounds: opts.cpu_rounds },
             BenchName::Memory => BenchSpec::Memory { n: opts.mem_n, passes: opts.mem_passes },
             BenchName::Disk => BenchSpec::Disk {
-                path: disk_path.expect("disk file prepared").display().to_string(),
+                path: disk.expect("disk file prepared").to_string(),
                 block_size: opts.disk_block_kib * 1024,
                 max_bytes: None,
                 direct: true,
             },
-            BenchName::NetStream | BenchName::NetRr => {
-                let addr = match &peer_addr {
-                    Some(a) => a.clone(),
-                    None => {
-                        let p = peer.expect("peer booted for network benchmarks");
-                        let port = net_serve(&p.conn).await?;
-                        let a = format!("{}:{port}", opts.backend_peer_ip());
-                        peer_addr = Some(a.clone());
-                        a
-                    }
-                };
-                if b == BenchName::NetStream {
-                    BenchSpec::NetStream { peer: addr, duration_ms: opts.net_duration_ms, msg_size: opts.net_msg_size }
-                } else {
-                    BenchSpec::NetRr { peer: addr, duration_ms: opts.net_duration_ms, size: opts.rr_size }
-                }
+            BenchName::NetStream => BenchSpec::NetStream {
+                peer: peer.expect("peer started").to_string(),
+                duration_ms: opts.net_duration_ms,
+                msg_size: opts.net_msg_size,
+            },
+            BenchName::NetRr => {
+                BenchSpec::NetRr { peer: peer.expect("peer started").to_string(), duration_ms: opts.net_duration_ms, size: opts.rr_size }
             }
         };
         let req = BenchRequest { spec, instances: opts.instances };
@@ -192,16 +224,6 @@ async fn run_benches(
         results.push(repeat(&guest.conn, b, &req, opts, progress).await?);
     }
     Ok(results)
-}
-
-impl BenchOptions {
-    /// Where the measured guest reaches its peer. Native guests share the host's loopback.
-    fn backend_peer_ip(&self) -> &'static str {
-        match self.backend {
-            BackendKind::Native => "127.0.0.1",
-            _ => unimplemented!("fleet addresses for {}", self.backend),
-        }
-    }
 }
 
 async fn net_serve(conn: &AgentConn) -> Result<u16> {

@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use vb_protocol::bench::Resource;
-use vb_protocol::msg::{Command, ReplyBody};
 
-use crate::backend::{AnyBackend, Backend, BackendKind, BackendOptions, GuestNet, GuestSpec, Images};
+use crate::backend::{AnyBackend, Backend, BackendOptions, Images};
 use crate::campaign::{BackendPlan, Campaign};
-use crate::cgroup::{self, Limits};
+use crate::cgroup::Limits;
 use crate::fleet::{self, FleetConfig};
-use crate::guest::{boot, RunningGuest};
-use crate::netlab::{self, FleetNet};
+use crate::netlab::FleetNet;
+use crate::peer::Peer;
 use crate::results::{read_records, ResultsDir};
 use crate::runstate::RunState;
 use crate::samples::Record;
@@ -158,31 +157,11 @@ async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, sa
     Ok(())
 }
 
-/// The network benchmarks' server: a native agent in the fleet's namespace, on the bridge.
-async fn start_peer(ctx: &Ctx<'_>, net: &FleetNet) -> Result<(AnyBackend, RunningGuest, Targets)> {
-    let native = AnyBackend::new(BackendKind::Native, ctx.images, ctx.opts);
-    let spec = GuestSpec {
-        index: usize::MAX,
-        name: "peer".into(),
-        run: ctx.run.run.clone(),
-        vcpus: 1,
-        mem_mib: 64,
-        data_disk: None,
-        workdir: ctx.run.scratch.join("peer"),
-        net: Some(GuestNet { fleet: net.clone(), addr: netlab::BRIDGE_ADDR, prefix: netlab::PREFIX, link: String::new() }),
-        cgroup: cgroup::detect().ok(),
-        limits: Limits::default(),
-    };
-    let peer = boot(&native, spec, Duration::from_secs(30)).await.context("starting the network peer")?;
-    let port = match peer.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await? {
-        ReplyBody::Listening { port } => port,
-        other => anyhow::bail!("peer answered net_serve with {other:?}"),
-    };
-    let targets = Targets {
-        disk: ctx.disk.clone().unwrap_or_else(|| PathBuf::from("/nonexistent")),
-        peer: std::net::SocketAddr::from((netlab::BRIDGE_ADDR, port)),
-    };
-    Ok((native, peer, targets))
+/// The network peer on the fleet's bridge, and where guests find it and the data disk.
+async fn start_peer(ctx: &Ctx<'_>, net: &FleetNet) -> Result<(Peer, Targets)> {
+    let peer = Peer::start(ctx.images, ctx.opts, ctx.run, net).await?;
+    let targets = Targets { disk: ctx.disk.clone().unwrap_or_else(|| PathBuf::from("/nonexistent")), peer: peer.addr };
+    Ok((peer, targets))
 }
 
 async fn overhead_and_linearity(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, say: Say<'_>) -> Result<()> {
@@ -198,7 +177,7 @@ async fn overhead_and_linearity(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &
     let cfg = FleetConfig { n: 0, ..ctx.fleet_config(plan, 0) };
     let mut fleet = fleet::start(backend, ctx.run, &cfg, |_| {}).await?;
     let result = async {
-        let (native, peer, targets) = start_peer(ctx, fleet.net.as_ref().expect("network on")).await?;
+        let (peer, targets) = start_peer(ctx, fleet.net.as_ref().expect("network on")).await?;
         let r = async {
             for &n in &plan.overhead_sizes {
                 fleet.grow(backend, ctx.run, n, |_| {}).await?;
@@ -229,7 +208,7 @@ async fn overhead_and_linearity(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &
             anyhow::Ok(())
         }
         .await;
-        peer.shutdown(&native, Duration::from_secs(5)).await;
+        peer.stop().await;
         r
     }
     .await;
@@ -270,7 +249,7 @@ async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &Backen
             }
             return anyhow::Ok(());
         }
-        let (native, peer, targets) = start_peer(ctx, fleet.net.as_ref().expect("network on")).await?;
+        let (peer, targets) = start_peer(ctx, fleet.net.as_ref().expect("network on")).await?;
         let r = async {
             for (r, k) in &keys {
                 if ctx.done.contains(k) {
@@ -286,7 +265,7 @@ async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &Backen
             anyhow::Ok(())
         }
         .await;
-        peer.shutdown(&native, Duration::from_secs(5)).await;
+        peer.stop().await;
         r
     }
     .await;

@@ -1,0 +1,53 @@
+//! The network benchmarks' far end: a native agent serving on the fleet bridge's address, in
+//! the fleet's network namespace (the paper's netperf server on another host; here the host
+//! side of the guests' network path).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use vb_protocol::msg::{Command, ReplyBody};
+
+use crate::backend::{AnyBackend, BackendKind, BackendOptions, GuestNet, GuestSpec, Images};
+use crate::cgroup::{self, Limits};
+use crate::guest::{boot, RunningGuest};
+use crate::netlab::{self, FleetNet};
+use crate::runstate::RunState;
+
+pub struct Peer {
+    backend: AnyBackend,
+    guest: RunningGuest,
+    /// Where guests send their streams and requests.
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    pub async fn start(images: &Images, opts: &BackendOptions, run: &RunState, net: &FleetNet) -> Result<Self> {
+        let backend = AnyBackend::new(BackendKind::Native, images, opts);
+        let spec = GuestSpec {
+            index: usize::MAX,
+            name: "peer".into(),
+            run: run.run.clone(),
+            vcpus: 1,
+            mem_mib: 64,
+            data_disk: None,
+            workdir: run.scratch.join("peer"),
+            net: Some(GuestNet { fleet: net.clone(), addr: netlab::BRIDGE_ADDR, prefix: netlab::PREFIX, link: String::new() }),
+            cgroup: cgroup::detect().ok(),
+            limits: Limits::default(),
+        };
+        let guest = boot(&backend, spec, Duration::from_secs(30)).await.context("starting the network peer")?;
+        let port = match guest.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await {
+            Ok(ReplyBody::Listening { port }) => port,
+            other => {
+                guest.shutdown(&backend, Duration::ZERO).await;
+                anyhow::bail!("network peer answered net_serve with {other:?}");
+            }
+        };
+        Ok(Peer { backend, guest, addr: SocketAddr::from((netlab::BRIDGE_ADDR, port)) })
+    }
+
+    pub async fn stop(self) {
+        self.guest.shutdown(&self.backend, Duration::from_secs(5)).await;
+    }
+}
