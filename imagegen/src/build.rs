@@ -1,0 +1,271 @@
+//! `imagegen build`: plan, then for each recipe in dependency order compute its input
+//! hash and take the build from the store (no-op), else from the cache (copy/link), else
+//! build it and put it in both.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::hash;
+use crate::kinds::{self, Tools};
+use crate::manifest::{HashedInputs, ImagegenVersion, Input, Manifest, RecipeFile, MANIFEST_FORMAT};
+use crate::plan::{self, FileSource, PlanError, Resolved, Step};
+use crate::recipe::{Kind, Spec};
+use crate::store::{Store, StoreError};
+
+/// Hooks for a progress display. All default to doing nothing.
+pub trait Progress: Sync {
+    /// Work on `recipe` starts.
+    fn begin(&self, _recipe: &str) {}
+    /// What a running build is doing (a kernel build's latest make output, say).
+    fn step(&self, _recipe: &str, _message: &str) {}
+    /// `recipe` is done.
+    fn end(&self, _outcome: &Outcome) {}
+    /// Something not tied to one running recipe (waiting for another build's lock, checking
+    /// a source tarball).
+    fn notice(&self, _message: &str) {}
+}
+
+/// No progress display.
+impl Progress for () {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The store already had this exact build.
+    Fresh,
+    /// Copied (hard-linked) from the cache.
+    Cached,
+    Built,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Fresh => "up to date",
+            Status::Cached => "from cache",
+            Status::Built => "built",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub recipe: String,
+    pub status: Status,
+    pub manifest: Manifest,
+    /// Wall time spent on this recipe in this run.
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{context}: {source}")]
+    Store { context: String, source: StoreError },
+    #[error("building {recipe}: {step}: {message}")]
+    Build { recipe: String, step: String, message: String },
+    #[error("{file}: fragment {fragment}: {}", describe_mismatches(.mismatches))]
+    KernelConfig { file: PathBuf, fragment: String, mismatches: Vec<kinds::kernel::Mismatch> },
+}
+
+fn describe_mismatches(m: &[kinds::kernel::Mismatch]) -> String {
+    let v: Vec<String> = m.iter().map(ToString::to_string).collect();
+    v.join("; ")
+}
+
+/// Builds `names` (every recipe when empty) and what they depend on.
+pub fn build(cfg: &Config, names: &[String], progress: &dyn Progress) -> Result<Vec<Outcome>, BuildError> {
+    let plan = plan::plan(&cfg.recipes, names)?;
+    let tools = Tools::default();
+    // Everything that can fail because of a recipe fails here, before the store is touched.
+    // Kernels have no recipe dependencies, so their input hash is known now: only a kernel
+    // that is neither in the store nor in the cache gets its (150 MB) tarball hashed.
+    let (store_ro, cache_ro) = (Store::at(&cfg.store), Store::at(&cfg.cache));
+    let mut verified: HashMap<PathBuf, String> = HashMap::new();
+    for step in &plan.steps {
+        let (Resolved::Kernel { source, .. }, Spec::Kernel(k)) = (&step.resolved, &step.recipe.spec) else { continue };
+        let ih = input_hash(cfg, step, &step.inputs, &tools.kernel(&step.recipe.file)?);
+        if store_ro.build_manifest(&ih).is_some() || cache_ro.build_manifest(&ih).is_some() {
+            continue;
+        }
+        if !verified.contains_key(source) {
+            progress.notice(&format!("checking the sha256 of {}", source.display()));
+            let (actual, _) = hash::sha256_file(source).map_err(|e| PlanError::HashInput {
+                file: step.recipe.file.clone(),
+                field: "source".into(),
+                path: source.clone(),
+                source: e,
+            })?;
+            verified.insert(source.clone(), actual);
+        }
+        if verified[source] != k.sha256 {
+            return Err(PlanError::VerifySource {
+                file: step.recipe.file.clone(),
+                path: source.clone(),
+                pinned: k.sha256.clone(),
+                actual: verified[source].clone(),
+            }
+            .into());
+        }
+    }
+
+    let store_err = |context: &Path| {
+        let context = format!("store {}", context.display());
+        move |source| BuildError::Store { context, source }
+    };
+    let store = Store::create(&cfg.store).map_err(store_err(&cfg.store))?;
+    let cache = Store::create_cache(&cfg.cache).map_err(store_err(&cfg.cache))?;
+    // Store first, cache second, always: two builds never wait on each other in a cycle.
+    let waiting = |lock: &Path| progress.notice(&format!("waiting for another imagegen build ({})", lock.display()));
+    let store_lock = store.lock(waiting).map_err(store_err(&cfg.store))?;
+    let cache_lock = cache.lock(waiting).map_err(store_err(&cfg.cache))?;
+    store.clean_temps(&store_lock).map_err(store_err(&cfg.store))?;
+    cache.clean_temps(&cache_lock).map_err(store_err(&cfg.cache))?;
+
+    let mut built: BTreeMap<String, Manifest> = BTreeMap::new();
+    let mut outcomes = Vec::new();
+    for step in &plan.steps {
+        let ctx = kinds::Ctx { cfg, store: &store, cache: &cache, progress, deps: &built, tools: &tools };
+        let outcome = build_one(&ctx, step)?;
+        progress.end(&outcome);
+        built.insert(outcome.recipe.clone(), outcome.manifest.clone());
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+fn input_hash(cfg: &Config, step: &Step, inputs: &[Input], tools: &BTreeMap<String, String>) -> String {
+    let r = &step.recipe;
+    HashedInputs::new(&r.name, r.kind, cfg.source_date_epoch, inputs, tools).hash()
+}
+
+fn build_one(ctx: &kinds::Ctx<'_>, step: &Step) -> Result<Outcome, BuildError> {
+    let t0 = Instant::now();
+    let r = &step.recipe;
+    ctx.progress.begin(&r.name);
+    let mut inputs = step.inputs.clone();
+    let mut agent_binary = None;
+    // Time already spent building (cargo, for the agent) before the input hash is known.
+    let mut prebuild_seconds = 0.0;
+    let tools = match (&step.resolved, &r.spec) {
+        (Resolved::Agent, Spec::Agent(a)) => {
+            let t_cargo = Instant::now();
+            // cargo is its own cache: it runs every time (a no-op when nothing changed) and
+            // the binary it produces is this recipe's input.
+            let b = kinds::agent::cargo_build(ctx, r, a)?;
+            let (sha256, _) = hash::sha256_file(&b.binary).map_err(|e| BuildError::Build {
+                recipe: r.name.clone(),
+                step: "hashing the agent".into(),
+                message: format!("{}: {e}", b.binary.display()),
+            })?;
+            let name = format!("{} ({}, profile {})", a.package, a.target, a.profile);
+            inputs.push(Input { role: "cargo-output".into(), name, sha256 });
+            agent_binary = Some(b.binary);
+            prebuild_seconds = secs(t_cargo);
+            b.tools
+        }
+        (Resolved::Kernel { .. }, _) => ctx.tools.kernel(&r.file)?,
+        _ => BTreeMap::new(),
+    };
+    inputs.extend(dependency_inputs(ctx, step)?);
+    let ih = input_hash(ctx.cfg, step, &inputs, &tools);
+    let store_err = |source| BuildError::Store { context: format!("recipe {}", r.name), source };
+
+    if let Some(m) = ctx.store.build_manifest(&ih) {
+        ctx.store.set_current(&m).map_err(store_err)?;
+        return Ok(Outcome { recipe: r.name.clone(), status: Status::Fresh, manifest: m, seconds: secs(t0) });
+    }
+    if let Some(m) = ctx.cache.build_manifest(&ih) {
+        let mut all = true;
+        for o in m.outputs.values() {
+            all &= ctx.store.import_blob(ctx.cache, &o.sha256).map_err(store_err)?;
+        }
+        if all {
+            ctx.store.put_build_manifest(&m).map_err(store_err)?;
+            ctx.store.set_current(&m).map_err(store_err)?;
+            return Ok(Outcome { recipe: r.name.clone(), status: Status::Cached, manifest: m, seconds: secs(t0) });
+        }
+        // A corrupt cache entry is a miss: rebuild and overwrite it.
+    }
+
+    let t_build = Instant::now();
+    let mut done_work = None;
+    let outputs = match (&step.resolved, &r.spec) {
+        (Resolved::Agent, _) => {
+            let bin = agent_binary.expect("set above");
+            let (sha, size) = ctx.store.put_blob_file(&bin).map_err(store_err)?;
+            BTreeMap::from([("agent".to_string(), crate::store::output_record(sha, size))])
+        }
+        (Resolved::Tree { files, busybox }, Spec::Tree(_)) => kinds::tree::build(ctx, r, files, busybox.as_ref())?,
+        (Resolved::OciBundle, Spec::OciBundle(b)) => kinds::oci::build(ctx, r, b)?,
+        (Resolved::Disk, Spec::Disk(d)) => {
+            ctx.progress.step(&r.name, &format!("writing {} MiB", d.size_mib));
+            let (sha, size) =
+                ctx.store.put_blob_with(|w| kinds::disk::write_disk(w, d.size_mib, d.seed)).map_err(store_err)?;
+            BTreeMap::from([("disk".to_string(), crate::store::output_record(sha, size))])
+        }
+        (Resolved::Kernel { source, fragments, patches }, Spec::Kernel(k)) => {
+            let (outputs, work) = kinds::kernel::build(ctx, r, k, &ih, source, fragments, patches)?;
+            done_work = Some(work);
+            outputs
+        }
+        _ => unreachable!("plan resolves each kind to its own variant"),
+    };
+    let build_seconds = prebuild_seconds + secs(t_build);
+    for o in outputs.values() {
+        ctx.cache.import_blob(ctx.store, &o.sha256).map_err(store_err)?;
+    }
+    let cmdline = Some(r.cmdline().to_string()).filter(|c| !c.is_empty());
+    let m = Manifest {
+        format: MANIFEST_FORMAT,
+        recipe: r.name.clone(),
+        kind: r.kind,
+        recipe_file: RecipeFile { path: inputs[0].name.clone(), sha256: r.sha256.clone(), text: r.text.clone() },
+        input_hash: ih,
+        inputs,
+        tools,
+        imagegen: ImagegenVersion { version: env!("CARGO_PKG_VERSION").into(), generator: r.kind.generator() },
+        source_date_epoch: ctx.cfg.source_date_epoch,
+        build_seconds,
+        outputs,
+        cmdline,
+    };
+    // Manifests last: cache, then the store's build record, then the current pointer.
+    ctx.cache.put_build_manifest(&m).map_err(store_err)?;
+    ctx.store.put_build_manifest(&m).map_err(store_err)?;
+    ctx.store.set_current(&m).map_err(store_err)?;
+    if let Some(w) = done_work {
+        kinds::kernel::discard(&w);
+    }
+    Ok(Outcome { recipe: r.name.clone(), status: Status::Built, manifest: m, seconds: secs(t0) })
+}
+
+/// The outputs of other recipes this one takes, as inputs (in the recipe's field order).
+fn dependency_inputs(ctx: &kinds::Ctx<'_>, step: &Step) -> Result<Vec<Input>, BuildError> {
+    let wanted: Vec<(String, String)> = match (&step.resolved, &step.recipe.spec) {
+        (Resolved::Tree { files, .. }, _) => files
+            .iter()
+            .filter_map(|(_, src, _)| match src {
+                FileSource::Recipe { recipe, output } => Some((recipe.clone(), output.clone())),
+                _ => None,
+            })
+            .collect(),
+        (Resolved::OciBundle, Spec::OciBundle(b)) => vec![(b.rootfs.clone(), Kind::Rootfs.primary_output().into())],
+        _ => vec![],
+    };
+    let mut out: Vec<Input> = Vec::new();
+    for (recipe, output) in wanted {
+        let o = ctx.dep_output(&step.recipe.name, &recipe, &output)?;
+        let name = format!("{recipe}/{output}");
+        if !out.iter().any(|i| i.name == name) {
+            out.push(Input { role: "dependency".into(), name, sha256: o.sha256.clone() });
+        }
+    }
+    Ok(out)
+}
+
+fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}

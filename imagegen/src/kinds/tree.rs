@@ -1,0 +1,63 @@
+//! `kind = "initramfs"` (gzip'd newc cpio) and `kind = "rootfs"` (tar): the same tree.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use super::Ctx;
+use crate::archive::{gzip, DeviceKind, Node, Tree};
+use crate::build::BuildError;
+use crate::manifest::Output;
+use crate::plan::{Busybox, FileSource};
+use crate::recipe::{Kind, NodeType, Recipe, Spec};
+use crate::store::output_record;
+
+pub(crate) fn build(
+    ctx: &Ctx<'_>,
+    r: &Recipe,
+    files: &[(String, FileSource, u32)],
+    busybox: Option<&Busybox>,
+) -> Result<BTreeMap<String, Output>, BuildError> {
+    let Spec::Tree(t) = &r.spec else { unreachable!("tree recipes only") };
+    let tree_err = |e: crate::archive::TreeError| ctx.fail(&r.name, "assembling the tree", e);
+    let mut tree = Tree::new();
+    for d in &t.dirs {
+        tree.add(&d.path, Node::Dir { mode: d.mode }).map_err(tree_err)?;
+    }
+    for (dst, src, mode) in files {
+        let data = match src {
+            FileSource::Host(p) => {
+                std::fs::read(p).map_err(|e| ctx.fail(&r.name, "reading inputs", format!("{}: {e}", p.display())))?
+            }
+            FileSource::Inline(text) => text.as_bytes().to_vec(),
+            FileSource::Recipe { recipe, output } => ctx.read_dep(&r.name, recipe, output)?,
+        };
+        tree.add(dst, Node::File { mode: *mode, data }).map_err(tree_err)?;
+    }
+    for n in &t.nodes {
+        let kind = if n.node_type == NodeType::Char { DeviceKind::Char } else { DeviceKind::Block };
+        tree.add(&n.path, Node::Device { kind, mode: n.mode, major: n.major, minor: n.minor }).map_err(tree_err)?;
+    }
+    if let Some(bb) = busybox {
+        let data = std::fs::read(&bb.path)
+            .map_err(|e| ctx.fail(&r.name, "reading busybox", format!("{}: {e}", bb.path.display())))?;
+        tree.add("/bin/busybox", Node::File { mode: 0o755, data }).map_err(tree_err)?;
+        for a in &bb.applets {
+            tree.add(&format!("/bin/{a}"), Node::Symlink { target: "busybox".into() }).map_err(tree_err)?;
+        }
+    }
+    let sde = ctx.cfg.source_date_epoch;
+    let write_err = |e| BuildError::Store { context: format!("recipe {}", r.name), source: e };
+    let (name, (sha, size)) = if r.kind == Kind::Initramfs {
+        let cpio = tree.write_cpio_newc(Vec::new(), sde).map_err(|e| ctx.fail(&r.name, "writing cpio", e))?;
+        let blob = ctx.store.put_blob_with(|w| {
+            let mut gz = gzip(w);
+            gz.write_all(&cpio)?;
+            gz.finish().map(drop)
+        });
+        ("initramfs", blob.map_err(write_err)?)
+    } else {
+        let tar = tree.write_tar(Vec::new(), sde).map_err(|e| ctx.fail(&r.name, "writing tar", e))?;
+        ("rootfs", ctx.store.put_blob_bytes(&tar).map_err(write_err)?)
+    };
+    Ok(BTreeMap::from([(name.to_string(), output_record(sha, size))]))
+}

@@ -1,0 +1,367 @@
+//! Unpacking a tar blob into a directory tree (`trees/<hex>/`) for container runtimes.
+//! Extraction is done entry by entry rather than with `tar::Archive::unpack`, so that each
+//! unsafe entry is refused with an error instead of skipped: `..` components, absolute
+//! paths, symlinks whose target leaves the tree, hard links to anything outside it, and any
+//! write through a symlink.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::archive::normalize_path;
+use crate::hash::is_sha256_hex;
+use crate::store::{temp_name, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaterializeError {
+    #[error("{sha256:?} is not a sha256")]
+    BadHash { sha256: String },
+    #[error("blob {path}: {source}")]
+    OpenBlob { path: PathBuf, source: io::Error },
+    #[error("blob {path} does not match its name (content sha256 {actual}): run `imagegen verify`")]
+    Corrupt { path: PathBuf, actual: String },
+    #[error("tar entry {path:?}: {problem}")]
+    UnsafeEntry { path: String, problem: String },
+    #[error("tar entry {path:?}: unsupported entry type {entry_type}")]
+    Unsupported { path: String, entry_type: String },
+    #[error("reading tar: {0}")]
+    Read(#[source] io::Error),
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+impl Store {
+    /// Unpacks the tar blob `sha256` into `trees/<sha256>/` once and returns that path.
+    /// The tree appears atomically (built in a temp directory, then renamed); the blob's
+    /// hash is checked while unpacking.
+    pub fn materialize_tree(&self, sha256: &str) -> Result<PathBuf, MaterializeError> {
+        if !is_sha256_hex(sha256) {
+            return Err(MaterializeError::BadHash { sha256: sha256.to_string() });
+        }
+        let dir = self.trees_dir();
+        let done = dir.join(sha256);
+        if done.is_dir() {
+            return Ok(done);
+        }
+        let blob = self.blob_path(sha256);
+        let f = File::open(&blob).map_err(|source| MaterializeError::OpenBlob { path: blob.clone(), source })?;
+        let werr = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| MaterializeError::Write { path, source }
+        };
+        fs::create_dir_all(&dir).map_err(werr(&dir))?;
+        let tmp = dir.join(temp_name(sha256));
+        fs::create_dir(&tmp).map_err(werr(&tmp))?;
+        let res = (|| {
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(werr(&tmp))?;
+            let mut r = HashingReader { inner: BufReader::new(f), hasher: Sha256::new() };
+            extract_tar(&mut r, &tmp)?;
+            io::copy(&mut r, &mut io::sink()).map_err(MaterializeError::Read)?;
+            let actual = hex::encode(r.hasher.finalize());
+            if actual != sha256 {
+                return Err(MaterializeError::Corrupt { path: blob.clone(), actual });
+            }
+            match fs::rename(&tmp, &done) {
+                Ok(()) => Ok(()),
+                // Someone else finished the same tree first: theirs is as good as ours.
+                Err(_) if done.is_dir() => {
+                    let _ = fs::remove_dir_all(&tmp);
+                    Ok(())
+                }
+                Err(e) => Err(werr(&done)(e)),
+            }
+        })();
+        if res.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        res.map(|()| done)
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Unpacks a tar into the existing directory `dest`, refusing unsafe entries (see the
+/// module docs). Owners are not restored (the caller's); modes are, after all entries are
+/// written (so a read-only directory can still be filled).
+pub fn extract_tar<R: Read>(r: R, dest: &Path) -> Result<(), MaterializeError> {
+    let mut archive = tar::Archive::new(r);
+    let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
+    for entry in archive.entries().map_err(MaterializeError::Read)? {
+        let mut entry = entry.map_err(MaterializeError::Read)?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let unsafe_entry = |problem: &str| MaterializeError::UnsafeEntry { path: raw.clone(), problem: problem.into() };
+        let et = entry.header().entry_type();
+        if matches!(et, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
+            continue;
+        }
+        if raw.starts_with('/') {
+            return Err(unsafe_entry("absolute path"));
+        }
+        let mode = entry.header().mode().map_err(MaterializeError::Read)? & 0o7777;
+        if raw.split('/').all(|c| c.is_empty() || c == ".") {
+            if et == tar::EntryType::Directory {
+                dir_modes.push((dest.to_path_buf(), mode));
+                continue;
+            }
+            return Err(unsafe_entry("names the root itself"));
+        }
+        let rel = normalize_path(&raw, false).map_err(unsafe_entry)?;
+        let target = dest.join(&rel);
+        ensure_parents(dest, &rel).map_err(|p| MaterializeError::UnsafeEntry { path: raw.clone(), problem: p })?;
+        let werr = |source| MaterializeError::Write { path: target.clone(), source };
+        match et {
+            tar::EntryType::Directory => {
+                match fs::symlink_metadata(&target) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => return Err(unsafe_entry("directory over an existing non-directory")),
+                    Err(_) => fs::create_dir(&target).map_err(werr)?,
+                }
+                dir_modes.push((target.clone(), mode));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                remove_non_dir(&target).map_err(|p| MaterializeError::UnsafeEntry { path: raw.clone(), problem: p })?;
+                // create_new never follows a symlink at the final component.
+                let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&target).map_err(werr)?;
+                io::copy(&mut entry, &mut f).map_err(werr)?;
+                f.set_permissions(fs::Permissions::from_mode(mode)).map_err(werr)?;
+            }
+            tar::EntryType::Symlink => {
+                let link =
+                    entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                check_symlink(&rel, &link)
+                    .map_err(|p| MaterializeError::UnsafeEntry { path: raw.clone(), problem: p })?;
+                remove_non_dir(&target).map_err(|p| MaterializeError::UnsafeEntry { path: raw.clone(), problem: p })?;
+                std::os::unix::fs::symlink(&link, &target).map_err(werr)?;
+            }
+            tar::EntryType::Link => {
+                let link =
+                    entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                let problem = |p: &str| MaterializeError::UnsafeEntry {
+                    path: raw.clone(),
+                    problem: format!("hard link to {link:?}: {p}"),
+                };
+                if link.starts_with('/') {
+                    return Err(problem("absolute target outside the tree"));
+                }
+                let link_rel = normalize_path(&link, false).map_err(problem)?;
+                ensure_parents(dest, &link_rel).map_err(|p| problem(&p))?;
+                let src = dest.join(&link_rel);
+                match fs::symlink_metadata(&src) {
+                    Ok(m) if m.is_file() => {}
+                    _ => return Err(problem("target is not a regular file already in the tree")),
+                }
+                remove_non_dir(&target).map_err(|p| MaterializeError::UnsafeEntry { path: raw.clone(), problem: p })?;
+                fs::hard_link(&src, &target).map_err(werr)?;
+            }
+            other => {
+                return Err(MaterializeError::Unsupported { path: raw.clone(), entry_type: format!("{other:?}") });
+            }
+        }
+    }
+    // Deepest first, so restricting a parent cannot stop us setting a child.
+    for (path, mode) in dir_modes.into_iter().rev() {
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .map_err(|source| MaterializeError::Write { path, source })?;
+    }
+    Ok(())
+}
+
+/// Creates the missing parents of `rel` below `dest`; refuses to go through anything that
+/// is not a real directory (a symlink planted by an earlier entry, in particular).
+fn ensure_parents(dest: &Path, rel: &str) -> Result<(), String> {
+    let mut p = dest.to_path_buf();
+    let comps: Vec<&str> = rel.split('/').collect();
+    for c in &comps[..comps.len() - 1] {
+        p.push(c);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => return Err(format!("parent {c:?} is a symlink")),
+            Ok(_) => return Err(format!("parent {c:?} is not a directory")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&p).map_err(|e| format!("creating {}: {e}", p.display()))?
+            }
+            Err(e) => return Err(format!("{}: {e}", p.display())),
+        }
+    }
+    Ok(())
+}
+
+/// A later entry replaces an earlier non-directory (as GNU tar does); the old one is
+/// removed, never written through.
+fn remove_non_dir(target: &Path) -> Result<(), String> {
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => Err("replaces a directory".into()),
+        Ok(_) => fs::remove_file(target).map_err(|e| format!("replacing {}: {e}", target.display())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// A symlink at `rel` pointing at `target` must stay inside the tree when resolved
+/// lexically from the link's directory. Absolute targets are refused: on the host they
+/// point outside the tree, whatever they mean inside a container.
+fn check_symlink(rel: &str, target: &str) -> Result<(), String> {
+    if target.is_empty() {
+        return Err("empty symlink target".into());
+    }
+    if target.starts_with('/') {
+        return Err(format!("symlink to absolute path {target:?} points outside the tree"));
+    }
+    let mut depth = rel.split('/').count() as i64 - 1;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err(format!("symlink to {target:?} points outside the tree"));
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-entry tar whose name and link name are written raw, bypassing the tar crate's
+    /// own refusal of `..` and absolute paths (attackers do not use the tar crate).
+    fn raw_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, et, link, data) in entries {
+            let mut h = tar::Header::new_old();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_entry_type(*et);
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn extract(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> (tempfile::TempDir, Result<(), MaterializeError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("root");
+        fs::create_dir(&dest).unwrap();
+        let r = extract_tar(&raw_tar(entries)[..], &dest);
+        (dir, r)
+    }
+
+    fn assert_unsafe(r: Result<(), MaterializeError>, needle: &str) {
+        match r {
+            Err(MaterializeError::UnsafeEntry { problem, .. }) => assert!(problem.contains(needle), "{problem}"),
+            other => panic!("expected an unsafe-entry error, got {other:?}"),
+        }
+    }
+
+    use tar::EntryType as E;
+
+    #[test]
+    fn plain_tree_extracts() {
+        let (dir, r) = extract(&[
+            ("etc/", E::Directory, "", b""),
+            ("etc/hostname", E::Regular, "", b"vb\n"),
+            ("bin/sh", E::Symlink, "busybox", b""),
+            ("bin/busybox", E::Regular, "", b"bb"),
+            ("bin/ash", E::Link, "bin/busybox", b""),
+            ("a/b/c", E::Symlink, "../../etc/hostname", b""),
+        ]);
+        r.unwrap();
+        let root = dir.path().join("root");
+        assert_eq!(fs::read(root.join("etc/hostname")).unwrap(), b"vb\n");
+        assert_eq!(fs::read_link(root.join("bin/sh")).unwrap(), Path::new("busybox"));
+        assert_eq!(fs::read(root.join("bin/ash")).unwrap(), b"bb");
+        assert_eq!(fs::read(root.join("a/b/c")).unwrap(), b"vb\n");
+    }
+
+    #[test]
+    fn refuses_dotdot() {
+        let (dir, r) = extract(&[("../evil", E::Regular, "", b"x")]);
+        assert_unsafe(r, "`..`");
+        assert!(!dir.path().join("evil").exists());
+        let (_, r) = extract(&[("a/../../evil", E::Regular, "", b"x")]);
+        assert_unsafe(r, "`..`");
+    }
+
+    #[test]
+    fn refuses_absolute_paths() {
+        let (_, r) = extract(&[("/tmp/evil", E::Regular, "", b"x")]);
+        assert_unsafe(r, "absolute");
+    }
+
+    #[test]
+    fn refuses_symlinks_leaving_the_tree() {
+        let (_, r) = extract(&[("a/link", E::Symlink, "../../etc/passwd", b"")]);
+        assert_unsafe(r, "outside the tree");
+        let (_, r) = extract(&[("link", E::Symlink, "/etc/passwd", b"")]);
+        assert_unsafe(r, "outside the tree");
+    }
+
+    #[test]
+    fn refuses_writing_through_a_symlink() {
+        // An in-tree link followed by an entry below it: never write through links.
+        let (_, r) =
+            extract(&[("d", E::Directory, "", b""), ("l", E::Symlink, "d", b""), ("l/x", E::Regular, "", b"x")]);
+        assert_unsafe(r, "symlink");
+    }
+
+    #[test]
+    fn refuses_hardlinks_leaving_the_tree() {
+        let (_, r) = extract(&[("x", E::Link, "../../etc/passwd", b"")]);
+        assert_unsafe(r, "hard link");
+        let (_, r) = extract(&[("x", E::Link, "/etc/passwd", b"")]);
+        assert_unsafe(r, "hard link");
+        let (_, r) = extract(&[("x", E::Link, "missing", b"")]);
+        assert_unsafe(r, "not a regular file");
+        let (_, r) = extract(&[("l", E::Symlink, "f", b""), ("x", E::Link, "l", b"")]);
+        assert_unsafe(r, "not a regular file");
+    }
+
+    #[test]
+    fn refuses_device_nodes() {
+        let (_, r) = extract(&[("dev/console", E::Char, "", b"")]);
+        assert!(matches!(r, Err(MaterializeError::Unsupported { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn store_tree_appears_atomically_and_checks_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let tar = raw_tar(&[("etc/hostname", E::Regular, "", b"vb\n")]);
+        let (sha, _) = store.put_blob_bytes(&tar).unwrap();
+        let tree = store.materialize_tree(&sha).unwrap();
+        assert_eq!(tree, dir.path().join("trees").join(&sha));
+        assert_eq!(fs::read(tree.join("etc/hostname")).unwrap(), b"vb\n");
+        assert_eq!(store.materialize_tree(&sha).unwrap(), tree, "second call reuses it");
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("trees")).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp dir left");
+
+        // A blob whose content no longer matches its name is refused, leaving no tree.
+        let bad = raw_tar(&[("x", E::Regular, "", b"y")]);
+        let (bad_sha, _) = store.put_blob_bytes(&bad).unwrap();
+        let p = store.blob_path(&bad_sha);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, &tar).unwrap();
+        assert!(matches!(store.materialize_tree(&bad_sha), Err(MaterializeError::Corrupt { .. })));
+        assert!(!dir.path().join("trees").join(&bad_sha).exists());
+        assert_eq!(fs::read_dir(dir.path().join("trees")).unwrap().count(), 1);
+    }
+}

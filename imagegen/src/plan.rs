@@ -1,0 +1,427 @@
+//! From recipe names to a checked build plan: load the recipes and those they depend on,
+//! refuse cycles, resolve every path and hash every file input. Nothing here writes
+//! anything, so a bad recipe fails before the store is touched.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use crate::archive::{normalize_path, DeviceKind, Node, Tree};
+use crate::hash;
+use crate::manifest::Input;
+use crate::recipe::{self, Kind, ParseFailure, Recipe, Spec, TreeSpec};
+
+/// Why a set of recipes cannot be built; each names the recipe file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("recipe directory {dir}: {source}")]
+    ListRecipes { dir: PathBuf, source: io::Error },
+    #[error("no recipe {name:?}: {file} does not exist")]
+    UnknownRecipe { name: String, file: PathBuf },
+    #[error("{file}: {source}")]
+    ReadRecipe { file: PathBuf, source: io::Error },
+    #[error("{file}: {failure}")]
+    ParseRecipe { file: PathBuf, failure: ParseFailure },
+    #[error("{file}: field `{field}`: {problem}")]
+    ResolveInput { file: PathBuf, field: String, problem: String },
+    #[error("{file}: field `{field}`: dependency cycle {cycle}")]
+    DependencyCycle { file: PathBuf, field: String, cycle: String },
+    #[error("{file}: field `{field}`: hashing {path}: {source}")]
+    HashInput { file: PathBuf, field: String, path: PathBuf, source: io::Error },
+    #[error("{file}: field `sha256`: pinned {pinned} but {path} has sha256 {actual}")]
+    VerifySource { file: PathBuf, path: PathBuf, pinned: String, actual: String },
+    #[error("{file}: {tool}: {problem}")]
+    Tool { file: PathBuf, tool: String, problem: String },
+}
+
+/// Recipes in build order (every recipe after those it depends on).
+#[derive(Debug)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug)]
+pub struct Step {
+    pub recipe: Recipe,
+    /// Inputs known before anything is built (dependencies' outputs come later).
+    pub inputs: Vec<Input>,
+    pub(crate) resolved: Resolved,
+}
+
+#[derive(Debug)]
+pub(crate) enum Resolved {
+    Agent,
+    Tree { files: Vec<(String, FileSource, u32)>, busybox: Option<Busybox> },
+    OciBundle,
+    Disk,
+    Kernel { source: PathBuf, fragments: Vec<(String, PathBuf)>, patches: Vec<(String, PathBuf)> },
+}
+
+#[derive(Debug)]
+pub(crate) enum FileSource {
+    Host(PathBuf),
+    Inline(String),
+    Recipe { recipe: String, output: String },
+}
+
+#[derive(Debug)]
+pub(crate) struct Busybox {
+    pub path: PathBuf,
+    pub applets: Vec<String>,
+}
+
+impl Plan {
+    pub fn names(&self) -> Vec<&str> {
+        self.steps.iter().map(|s| s.recipe.name.as_str()).collect()
+    }
+}
+
+/// All recipe names in `dir` (the stems of `*.toml`), sorted.
+pub fn all_recipes(dir: &Path) -> Result<Vec<String>, PlanError> {
+    let err = |source| PlanError::ListRecipes { dir: dir.to_path_buf(), source };
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(err)? {
+        let p = e.map_err(err)?.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
+                names.push(stem.to_string());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Loads and checks `names` (all recipes when empty) and what they depend on.
+pub fn plan(recipes_dir: &Path, names: &[String]) -> Result<Plan, PlanError> {
+    let names = if names.is_empty() { all_recipes(recipes_dir)? } else { names.to_vec() };
+    let canon = std::fs::canonicalize(recipes_dir)
+        .map_err(|source| PlanError::ListRecipes { dir: recipes_dir.to_path_buf(), source })?;
+    let mut l = Loader { dir: recipes_dir, canon, recipes: BTreeMap::new(), stack: Vec::new(), order: Vec::new() };
+    for n in &names {
+        l.visit(n, None)?;
+    }
+    let mut steps = Vec::new();
+    for name in &l.order {
+        let recipe = l.recipes[name].clone().expect("visited recipes are loaded");
+        let (inputs, resolved) = l.resolve(&recipe)?;
+        steps.push(Step { recipe, inputs, resolved });
+    }
+    Ok(Plan { steps })
+}
+
+struct Loader<'a> {
+    dir: &'a Path,
+    canon: PathBuf,
+    /// None while being visited (on the stack).
+    recipes: BTreeMap<String, Option<Recipe>>,
+    stack: Vec<String>,
+    order: Vec<String>,
+}
+
+impl Loader<'_> {
+    fn visit(&mut self, name: &str, referrer: Option<(&Path, &str)>) -> Result<(), PlanError> {
+        match self.recipes.get(name) {
+            Some(Some(_)) => return Ok(()),
+            Some(None) => {
+                let (file, field) = referrer.expect("only a dependency can close a cycle");
+                let start = self.stack.iter().position(|n| n == name).unwrap_or(0);
+                let mut cycle: Vec<&str> = self.stack[start..].iter().map(String::as_str).collect();
+                cycle.push(name);
+                return Err(PlanError::DependencyCycle {
+                    file: file.to_path_buf(),
+                    field: field.to_string(),
+                    cycle: cycle.join(" → "),
+                });
+            }
+            None => {}
+        }
+        let file = self.dir.join(format!("{name}.toml"));
+        let missing = |problem: String| match referrer {
+            Some((rf, field)) => PlanError::ResolveInput { file: rf.to_path_buf(), field: field.into(), problem },
+            None => PlanError::UnknownRecipe { name: name.to_string(), file: file.clone() },
+        };
+        if !recipe::valid_name(name) {
+            return Err(missing(format!("{name:?} is not a recipe name (lower-case letters, digits, - and _)")));
+        }
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(missing(format!("no recipe {name:?} ({} does not exist)", file.display())))
+            }
+            Err(source) => return Err(PlanError::ReadRecipe { file, source }),
+        };
+        let r = recipe::parse(name, file.clone(), text)
+            .map_err(|failure| PlanError::ParseRecipe { file: file.clone(), failure })?;
+        self.recipes.insert(name.to_string(), None);
+        self.stack.push(name.to_string());
+        for (field, dep) in r.dependencies() {
+            self.visit(&dep, Some((&file, &field)))?;
+            let dk = self.recipes[&dep].as_ref().expect("visited").kind;
+            let wanted = match field.as_str() {
+                "agent" => Some(Kind::Agent),
+                "rootfs" => Some(Kind::Rootfs),
+                _ => None,
+            };
+            if let Some(w) = wanted.filter(|w| *w != dk) {
+                return Err(PlanError::ResolveInput {
+                    file,
+                    field,
+                    problem: format!("recipe {dep:?} is of kind {dk}, expected {w}"),
+                });
+            }
+        }
+        self.stack.pop();
+        self.recipes.insert(name.to_string(), Some(r));
+        self.order.push(name.to_string());
+        Ok(())
+    }
+
+    fn kind_of(&self, name: &str) -> Kind {
+        self.recipes[name].as_ref().expect("dependencies are loaded first").kind
+    }
+
+    fn resolve(&self, r: &Recipe) -> Result<(Vec<Input>, Resolved), PlanError> {
+        let file_name = r.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut inputs = vec![Input { role: "recipe".into(), name: file_name, sha256: r.sha256.clone() }];
+        let resolved = match &r.spec {
+            Spec::Agent(a) => {
+                for (field, v) in [("package", &a.package), ("target", &a.target), ("profile", &a.profile)] {
+                    if !is_word(v) {
+                        return Err(self.bad(r, field, format!("{v:?} is not a cargo name")));
+                    }
+                }
+                Resolved::Agent
+            }
+            Spec::Tree(t) => self.resolve_tree(r, t, &mut inputs)?,
+            Spec::OciBundle(b) => {
+                if b.args.is_empty() {
+                    return Err(self.bad(r, "args", "must name the program to run".into()));
+                }
+                if !b.cwd.starts_with('/') {
+                    return Err(self.bad(r, "cwd", format!("{:?} is not an absolute path", b.cwd)));
+                }
+                if b.hostname.is_empty() || b.hostname.len() > 64 {
+                    return Err(self.bad(r, "hostname", "must be 1 to 64 characters".into()));
+                }
+                Resolved::OciBundle
+            }
+            Spec::Disk(d) => {
+                if !(1..=1 << 20).contains(&d.size_mib) {
+                    return Err(self.bad(r, "size_mib", format!("{} is not in 1..=1048576", d.size_mib)));
+                }
+                Resolved::Disk
+            }
+            Spec::Kernel(k) => {
+                if !hash::is_sha256_hex(&k.sha256) {
+                    return Err(self.bad(r, "sha256", format!("{:?} is not 64 lower-case hex digits", k.sha256)));
+                }
+                let source = if Path::new(&k.source).is_absolute() {
+                    let p = PathBuf::from(&k.source);
+                    if !p.is_file() {
+                        return Err(self.bad(r, "source", format!("{} does not exist or is not a file", p.display())));
+                    }
+                    p
+                } else {
+                    self.in_recipes(r, "source", &k.source)?
+                };
+                // The pin stands for the tarball: it is checked when a kernel is actually built,
+                // never re-hashed for a no-op.
+                inputs.push(Input { role: "source".into(), name: k.source.clone(), sha256: k.sha256.clone() });
+                let mut fragments = Vec::new();
+                for (i, f) in k.fragments.iter().enumerate() {
+                    let field = format!("fragments[{i}]");
+                    let p = self.in_recipes(r, &field, f)?;
+                    inputs.push(self.hash_input(r, &field, "fragment", f, &p)?);
+                    fragments.push((f.clone(), p));
+                }
+                let mut patches = Vec::new();
+                for (i, f) in k.patches.iter().enumerate() {
+                    let field = format!("patches[{i}]");
+                    let p = self.in_recipes(r, &field, f)?;
+                    inputs.push(self.hash_input(r, &field, "patch", f, &p)?);
+                    patches.push((f.clone(), p));
+                }
+                if !is_word(&k.target) {
+                    return Err(self.bad(r, "target", format!("{:?} is not a make target", k.target)));
+                }
+                normalize_path(&k.output, false)
+                    .map_err(|p| self.bad(r, "output", format!("{:?}: {p} (relative to the build tree)", k.output)))?;
+                Resolved::Kernel { source, fragments, patches }
+            }
+        };
+        Ok((inputs, resolved))
+    }
+
+    fn resolve_tree(&self, r: &Recipe, t: &TreeSpec, inputs: &mut Vec<Input>) -> Result<Resolved, PlanError> {
+        // A dry run of the tree with empty files: every conflict shows up now, not mid-build.
+        let mut tree = Tree::new();
+        let add = |tree: &mut Tree, field: &str, path: &str, node: Node| -> Result<(), PlanError> {
+            let key = guest_path(path).map_err(|p| self.bad(r, field, format!("{path:?}: {p}")))?;
+            tree.add(&key, node).map_err(|e| self.bad(r, field, e.to_string()))
+        };
+        for (i, d) in t.dirs.iter().enumerate() {
+            add(&mut tree, &format!("dirs[{i}]"), &d.path, Node::Dir { mode: d.mode })?;
+        }
+        let default_agent = if r.kind == Kind::Initramfs { "/init" } else { "/sbin/guest-agent" };
+        let agent_path = t.agent_path.as_deref().unwrap_or(default_agent);
+        add(&mut tree, "agent_path", agent_path, Node::File { mode: 0o755, data: vec![] })?;
+        let mut files = vec![(
+            agent_path.to_string(),
+            FileSource::Recipe { recipe: t.agent.clone(), output: Kind::Agent.primary_output().into() },
+            0o755,
+        )];
+        for (i, f) in t.files.iter().enumerate() {
+            let field = format!("files[{i}]");
+            let source = match (&f.src, &f.contents, &f.recipe) {
+                (Some(src), None, None) => {
+                    let field = format!("{field}.src");
+                    let p = self.in_recipes(r, &field, src)?;
+                    inputs.push(self.hash_input(r, &field, "file", src, &p)?);
+                    FileSource::Host(p)
+                }
+                (None, Some(text), None) => FileSource::Inline(text.clone()),
+                (None, None, Some(dep)) => {
+                    let kind = self.kind_of(dep);
+                    let output = f.output.clone().unwrap_or_else(|| kind.primary_output().to_string());
+                    if !kind.outputs().contains(&output.as_str()) {
+                        return Err(self.bad(
+                            r,
+                            &format!("{field}.output"),
+                            format!(
+                                "recipe {dep:?} (kind {kind}) has no output {output:?} (it has {:?})",
+                                kind.outputs()
+                            ),
+                        ));
+                    }
+                    FileSource::Recipe { recipe: dep.clone(), output }
+                }
+                _ => return Err(self.bad(r, &field, "needs exactly one of `src`, `contents`, `recipe`".into())),
+            };
+            if f.output.is_some() && f.recipe.is_none() {
+                return Err(self.bad(r, &format!("{field}.output"), "only goes with `recipe`".into()));
+            }
+            add(&mut tree, &format!("{field}.dst"), &f.dst, Node::File { mode: f.mode, data: vec![] })?;
+            files.push((f.dst.clone(), source, f.mode));
+        }
+        for (i, n) in t.nodes.iter().enumerate() {
+            let kind = match n.node_type {
+                recipe::NodeType::Char => DeviceKind::Char,
+                recipe::NodeType::Block => DeviceKind::Block,
+            };
+            let node = Node::Device { kind, mode: n.mode, major: n.major, minor: n.minor };
+            add(&mut tree, &format!("nodes[{i}]"), &n.path, node)?;
+        }
+        let busybox = if t.busybox {
+            let p = PathBuf::from(&t.busybox_path);
+            if !p.is_absolute() || !p.is_file() {
+                return Err(self.bad(r, "busybox_path", format!("{} is not an existing file", p.display())));
+            }
+            inputs.push(self.hash_input(r, "busybox_path", "busybox", &t.busybox_path, &p)?);
+            let applets = busybox_applets(&p).map_err(|e| self.bad(r, "busybox_path", e))?;
+            add(&mut tree, "busybox", "/bin/busybox", Node::File { mode: 0o755, data: vec![] })?;
+            for a in &applets {
+                add(&mut tree, "busybox", &format!("/bin/{a}"), Node::Symlink { target: "busybox".into() })?;
+            }
+            Some(Busybox { path: p, applets })
+        } else {
+            None
+        };
+        Ok(Resolved::Tree { files, busybox })
+    }
+
+    fn bad(&self, r: &Recipe, field: &str, problem: String) -> PlanError {
+        PlanError::ResolveInput { file: r.file.clone(), field: field.to_string(), problem }
+    }
+
+    /// A path relative to the recipe directory that must stay inside it, symlinks included.
+    fn in_recipes(&self, r: &Recipe, field: &str, rel: &str) -> Result<PathBuf, PlanError> {
+        let p = Path::new(rel);
+        if rel.is_empty() {
+            return Err(self.bad(r, field, "empty path".into()));
+        }
+        if p.is_absolute() {
+            return Err(self.bad(
+                r,
+                field,
+                format!("{rel:?} is absolute (paths are relative to {})", self.dir.display()),
+            ));
+        }
+        if p.components().any(|c| c == Component::ParentDir) {
+            return Err(self.bad(
+                r,
+                field,
+                format!("{rel:?} contains `..` (it must stay inside {})", self.dir.display()),
+            ));
+        }
+        let joined = self.dir.join(p);
+        let canon = std::fs::canonicalize(&joined).map_err(|e| {
+            let problem = if e.kind() == io::ErrorKind::NotFound {
+                format!("{} does not exist", joined.display())
+            } else {
+                format!("{}: {e}", joined.display())
+            };
+            self.bad(r, field, problem)
+        })?;
+        if !canon.starts_with(&self.canon) {
+            return Err(self.bad(
+                r,
+                field,
+                format!(
+                    "{} resolves to {}, outside {} (symlink)",
+                    joined.display(),
+                    canon.display(),
+                    self.dir.display()
+                ),
+            ));
+        }
+        if !canon.is_file() {
+            return Err(self.bad(r, field, format!("{} is not a regular file", joined.display())));
+        }
+        Ok(canon)
+    }
+
+    fn hash_input(&self, r: &Recipe, field: &str, role: &str, name: &str, path: &Path) -> Result<Input, PlanError> {
+        let (sha256, _) = hash::sha256_file(path).map_err(|source| PlanError::HashInput {
+            file: r.file.clone(),
+            field: field.to_string(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Input { role: role.into(), name: name.into(), sha256 })
+    }
+}
+
+/// An absolute, normalised path inside an image, returned without its leading `/`.
+fn guest_path(path: &str) -> Result<String, &'static str> {
+    if !path.starts_with('/') {
+        return Err("must be an absolute path inside the image");
+    }
+    normalize_path(path, true)
+}
+
+/// Names cargo and make accept without quoting surprises.
+fn is_word(s: &str) -> bool {
+    !s.is_empty() && !s.starts_with('-') && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+}
+
+/// `busybox --list`: the applets this binary provides (deterministic for a given binary,
+/// whose hash is an input).
+fn busybox_applets(busybox: &Path) -> Result<Vec<String>, String> {
+    let out = std::process::Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(|e| format!("running {} --list: {e}", busybox.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} --list failed: {}", busybox.display(), out.status));
+    }
+    let mut applets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox" && is_word(a) && !a.contains('/'))
+        .map(String::from)
+        .collect();
+    applets.sort();
+    applets.dedup();
+    Ok(applets)
+}

@@ -1,0 +1,517 @@
+//! Recipe files: `recipes/NAME.toml`, one artifact family each, name = file stem. Every
+//! field and its default is documented in `recipes/README.md`; keep the two in step.
+//!
+//! A recipe is parsed twice: once for `kind` only, then into the struct of that kind with
+//! `deny_unknown_fields`, so a key that does not belong to the kind is refused with the
+//! list of keys that do, and toml's line and column.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use oci_spec::runtime::Capability;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub const DEFAULT_KERNEL_SOURCE: &str = "/usr/src/linux-source-6.12.tar.xz";
+pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Agent,
+    Initramfs,
+    Rootfs,
+    OciBundle,
+    Disk,
+    Kernel,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Agent => "agent",
+            Kind::Initramfs => "initramfs",
+            Kind::Rootfs => "rootfs",
+            Kind::OciBundle => "oci-bundle",
+            Kind::Disk => "disk",
+            Kind::Kernel => "kernel",
+        }
+    }
+
+    /// Output names a build of this kind records; the first is what a reference to the
+    /// recipe without an explicit output means.
+    pub fn outputs(self) -> &'static [&'static str] {
+        match self {
+            Kind::Agent => &["agent"],
+            Kind::Initramfs => &["initramfs"],
+            Kind::Rootfs => &["rootfs"],
+            Kind::OciBundle => &["bundle"],
+            Kind::Disk => &["disk"],
+            Kind::Kernel => &["kernel", "config"],
+        }
+    }
+
+    pub fn primary_output(self) -> &'static str {
+        self.outputs()[0]
+    }
+
+    /// Version of the code turning this kind's inputs into bytes. It is part of the input
+    /// hash: bump it with any change to imagegen that changes an output for unchanged
+    /// inputs, so stale store and cache entries are not reused.
+    pub fn generator(self) -> u32 {
+        1
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A parsed recipe file.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    pub name: String,
+    pub kind: Kind,
+    /// The recipe file as given (inside the recipe directory).
+    pub file: PathBuf,
+    pub text: String,
+    pub sha256: String,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone)]
+pub enum Spec {
+    Agent(AgentSpec),
+    /// `initramfs` and `rootfs`: the same tree, serialised as cpio.gz or tar.
+    Tree(TreeSpec),
+    OciBundle(OciBundleSpec),
+    Disk(DiskSpec),
+    Kernel(KernelSpec),
+}
+
+/// `kind = "agent"`: the workspace's guest agent, built by cargo.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_agent_package")]
+    pub package: String,
+    /// Binary target; default: the package name.
+    #[serde(default)]
+    pub bin: Option<String>,
+    #[serde(default = "default_agent_target")]
+    pub target: String,
+    #[serde(default = "default_agent_profile")]
+    pub profile: String,
+}
+
+/// `kind = "initramfs"` / `"rootfs"`: a small root tree around the agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeSpec {
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    pub description: String,
+    /// Recipe (kind agent) whose binary goes in.
+    #[serde(default = "default_agent_recipe")]
+    pub agent: String,
+    /// Where it goes; default `/init` (initramfs) or `/sbin/guest-agent` (rootfs).
+    #[serde(default)]
+    pub agent_path: Option<String>,
+    #[serde(default)]
+    pub busybox: bool,
+    #[serde(default = "default_busybox")]
+    pub busybox_path: String,
+    #[serde(default)]
+    pub dirs: Vec<DirSpec>,
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// A directory: `"/path"` (mode 0755) or `{ path = "/tmp", mode = 0o1777 }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirSpec {
+    pub path: String,
+    pub mode: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirTable {
+    path: String,
+    #[serde(default = "default_dir_mode")]
+    mode: u32,
+}
+
+impl<'de> Deserialize<'de> for DirSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = DirSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a path string or a table { path, mode }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<DirSpec, E> {
+                Ok(DirSpec { path: s.to_string(), mode: default_dir_mode() })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<DirSpec, A::Error> {
+                let t = DirTable::deserialize(de::value::MapAccessDeserializer::new(m))?;
+                Ok(DirSpec { path: t.path, mode: t.mode })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An extra file: exactly one of `src` (under recipes/), `contents` (inline text) or
+/// `recipe` (another recipe's output, `output` naming which).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub dst: String,
+    #[serde(default)]
+    pub src: Option<String>,
+    #[serde(default)]
+    pub contents: Option<String>,
+    #[serde(default)]
+    pub recipe: Option<String>,
+    #[serde(default)]
+    pub output: Option<String>,
+    #[serde(default = "default_file_mode")]
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeType {
+    Char,
+    Block,
+}
+
+/// A device node written into the archive (no root needed: the archive is ours).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub node_type: NodeType,
+    pub major: u32,
+    pub minor: u32,
+    #[serde(default = "default_node_mode")]
+    pub mode: u32,
+}
+
+/// `kind = "oci-bundle"`: `config.json` + `rootfs/` for runc/crun.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciBundleSpec {
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    pub description: String,
+    /// Recipe (kind rootfs) unpacked as the bundle's `rootfs/`.
+    #[serde(default = "default_rootfs_recipe")]
+    pub rootfs: String,
+    #[serde(default = "default_args")]
+    pub args: Vec<String>,
+    #[serde(default = "default_env")]
+    pub env: Vec<String>,
+    #[serde(default = "default_cwd")]
+    pub cwd: String,
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default = "default_true")]
+    pub readonly: bool,
+    #[serde(default = "default_true")]
+    pub no_new_privileges: bool,
+    /// Kept in every capability set (bounding, effective, permitted; not inheritable or ambient).
+    #[serde(default = "default_capabilities")]
+    pub capabilities: Vec<Capability>,
+}
+
+/// `kind = "disk"`: raw pseudo-random bytes for the disk benchmark.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_size_mib")]
+    pub size_mib: u64,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    #[serde(rename = "x86_64")]
+    X86_64,
+    #[serde(rename = "um")]
+    Um,
+}
+
+impl Arch {
+    /// `make ARCH=…`.
+    pub fn make_arch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Um => "um",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseConfig {
+    Tinyconfig,
+    Defconfig,
+}
+
+impl BaseConfig {
+    pub fn make_target(self) -> &'static str {
+        match self {
+            BaseConfig::Tinyconfig => "tinyconfig",
+            BaseConfig::Defconfig => "defconfig",
+        }
+    }
+}
+
+/// `kind = "kernel"`: a Linux kernel from a pinned source tarball.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSpec {
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_kernel_source")]
+    pub source: String,
+    pub sha256: String,
+    pub arch: Arch,
+    #[serde(default = "default_base_config")]
+    pub base_config: BaseConfig,
+    #[serde(default)]
+    pub fragments: Vec<String>,
+    #[serde(default)]
+    pub patches: Vec<String>,
+    pub target: String,
+    pub output: String,
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+fn default_agent_package() -> String {
+    "guest-agent".into()
+}
+fn default_agent_target() -> String {
+    "x86_64-unknown-linux-musl".into()
+}
+fn default_agent_profile() -> String {
+    "agent".into()
+}
+fn default_agent_recipe() -> String {
+    "agent".into()
+}
+fn default_busybox() -> String {
+    DEFAULT_BUSYBOX.into()
+}
+fn default_dir_mode() -> u32 {
+    0o755
+}
+fn default_file_mode() -> u32 {
+    0o644
+}
+fn default_node_mode() -> u32 {
+    0o600
+}
+fn default_rootfs_recipe() -> String {
+    "rootfs".into()
+}
+fn default_args() -> Vec<String> {
+    ["/sbin/guest-agent", "--ctl", "fd:3"].map(String::from).to_vec()
+}
+fn default_env() -> Vec<String> {
+    vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()]
+}
+fn default_cwd() -> String {
+    "/".into()
+}
+fn default_hostname() -> String {
+    "virtbench".into()
+}
+fn default_true() -> bool {
+    true
+}
+/// runc's `runc spec` set (AUDIT_WRITE, KILL, NET_BIND_SERVICE) plus NET_ADMIN, which the
+/// agent needs to configure its eth0. SYS_BOOT stays off.
+pub fn default_capabilities() -> Vec<Capability> {
+    vec![Capability::AuditWrite, Capability::Kill, Capability::NetBindService, Capability::NetAdmin]
+}
+fn default_size_mib() -> u64 {
+    64
+}
+fn default_kernel_source() -> String {
+    DEFAULT_KERNEL_SOURCE.into()
+}
+fn default_base_config() -> BaseConfig {
+    BaseConfig::Tinyconfig
+}
+
+impl Recipe {
+    /// Command line defaults recorded in the manifest (empty: none).
+    pub fn cmdline(&self) -> &str {
+        match &self.spec {
+            Spec::Tree(t) => &t.cmdline,
+            Spec::Kernel(k) => &k.cmdline,
+            _ => "",
+        }
+    }
+
+    /// (field, recipe name) of every recipe whose outputs this one takes.
+    pub fn dependencies(&self) -> Vec<(String, String)> {
+        match &self.spec {
+            Spec::Tree(t) => {
+                let mut v = vec![("agent".to_string(), t.agent.clone())];
+                for (i, f) in t.files.iter().enumerate() {
+                    if let Some(r) = &f.recipe {
+                        v.push((format!("files[{i}].recipe"), r.clone()));
+                    }
+                }
+                v
+            }
+            Spec::OciBundle(b) => vec![("rootfs".into(), b.rootfs.clone())],
+            Spec::Agent(_) | Spec::Disk(_) | Spec::Kernel(_) => vec![],
+        }
+    }
+}
+
+/// Why a recipe file did not parse: toml's message and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseFailure {
+    pub message: String,
+    /// 1-based; 0 when toml gave no position.
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for ParseFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "line {}, column {}: ", self.line, self.column)?;
+        }
+        f.write_str(self.message.trim_end())
+    }
+}
+
+/// A file stem usable as a recipe name (also a file name in the store).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+#[derive(Deserialize)]
+struct KindOnly {
+    kind: Kind,
+}
+
+/// Parses recipe `text` named `name`. Only syntax and types are checked here; paths,
+/// files and dependencies are resolved by [`crate::plan`].
+pub fn parse(name: &str, file: PathBuf, text: String) -> Result<Recipe, ParseFailure> {
+    let fail = |e: toml::de::Error| {
+        let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
+        ParseFailure { message: e.message().to_string(), line, column }
+    };
+    let kind = toml::from_str::<KindOnly>(&text).map_err(fail)?.kind;
+    let spec = match kind {
+        Kind::Agent => Spec::Agent(toml::from_str(&text).map_err(fail)?),
+        Kind::Initramfs | Kind::Rootfs => Spec::Tree(toml::from_str(&text).map_err(fail)?),
+        Kind::OciBundle => Spec::OciBundle(toml::from_str(&text).map_err(fail)?),
+        Kind::Disk => Spec::Disk(toml::from_str(&text).map_err(fail)?),
+        Kind::Kernel => Spec::Kernel(toml::from_str(&text).map_err(fail)?),
+    };
+    let sha256 = crate::hash::sha256_hex(text.as_bytes());
+    Ok(Recipe { name: name.to_string(), kind, file, text, sha256, spec })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Recipe, ParseFailure> {
+        parse("t", "t.toml".into(), text.to_string())
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let r = p("kind = \"initramfs\"\n").unwrap();
+        let Spec::Tree(t) = &r.spec else { panic!() };
+        assert_eq!(t.agent, "agent");
+        assert!(!t.busybox);
+        assert_eq!(t.agent_path, None);
+        let r = p("kind = \"disk\"\n").unwrap();
+        let Spec::Disk(d) = &r.spec else { panic!() };
+        assert_eq!((d.size_mib, d.seed), (64, 0));
+        let r = p("kind = \"oci-bundle\"\n").unwrap();
+        let Spec::OciBundle(b) = &r.spec else { panic!() };
+        assert_eq!(b.args, ["/sbin/guest-agent", "--ctl", "fd:3"]);
+        assert!(!b.capabilities.contains(&Capability::SysBoot));
+        assert!(b.capabilities.contains(&Capability::NetAdmin));
+    }
+
+    #[test]
+    fn dirs_take_strings_or_tables() {
+        let r = p("kind = \"rootfs\"\ndirs = [\"/dev\", { path = \"/tmp\", mode = 0o1777 }]\n").unwrap();
+        let Spec::Tree(t) = &r.spec else { panic!() };
+        assert_eq!(
+            t.dirs,
+            [DirSpec { path: "/dev".into(), mode: 0o755 }, DirSpec { path: "/tmp".into(), mode: 0o1777 }]
+        );
+        let e = p("kind = \"rootfs\"\ndirs = [{ path = \"/tmp\", mood = 1 }]\n").unwrap_err();
+        assert!(e.message.contains("unknown field `mood`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_kind_fields() {
+        let e = p("kind = \"disk\"\nsize_mb = 3\n").unwrap_err();
+        assert!(e.message.contains("unknown field `size_mb`"), "{e}");
+        assert!(e.message.contains("size_mib"), "{e}");
+        assert_eq!(e.line, 2);
+        let e = p("kind = \"disk\"\ncmdline = \"x\"\n").unwrap_err();
+        assert!(e.message.contains("unknown field `cmdline`"), "{e}");
+        let e = p("kind = \"floppy\"\n").unwrap_err();
+        assert!(e.message.contains("unknown variant `floppy`"), "{e}");
+        let e = p("description = \"x\"\n").unwrap_err();
+        assert!(e.message.contains("missing field `kind`"), "{e}");
+        let e = p("kind = \"kernel\"\narch = \"x86_64\"\ntarget = \"vmlinux\"\noutput = \"vmlinux\"\n").unwrap_err();
+        assert!(e.message.contains("missing field `sha256`"), "{e}");
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("kernel-pc"));
+        assert!(valid_name("a_1"));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name("Kernel"));
+        assert!(!valid_name("a.b"));
+    }
+}

@@ -1,0 +1,221 @@
+//! Bad recipes fail before anything is written to the store (or the cache), with one error
+//! naming the recipe file, the field and the problem.
+
+mod common;
+
+use std::path::Path;
+
+use common::{config_in, write_recipe};
+use imagegen::{BuildError, PlanError};
+
+const AGENT: &str = "kind = \"agent\"\n";
+const KERNEL_PIN: &str = "585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f";
+
+/// Builds `name` and returns the error, after checking nothing was written.
+fn fails(dir: &Path, name: &str) -> (String, BuildError) {
+    let cfg = config_in(dir);
+    let err = imagegen::build(&cfg, &[name.to_string()], &()).expect_err("the recipe is bad");
+    assert!(!cfg.store.exists(), "store touched by a failed plan: {err}");
+    assert!(!cfg.cache.exists(), "cache touched by a failed plan: {err}");
+    (err.to_string(), err)
+}
+
+fn assert_names(msg: &str, file: &str, field: &str, problem: &str) {
+    assert!(msg.contains(file), "file {file:?} not in: {msg}");
+    assert!(msg.contains(field), "field {field:?} not in: {msg}");
+    assert!(msg.contains(problem), "problem {problem:?} not in: {msg}");
+}
+
+#[test]
+fn unknown_key() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "disk.toml", "kind = \"disk\"\nsize_mb = 4\n");
+    let (msg, err) = fails(d.path(), "disk");
+    assert!(matches!(err, BuildError::Plan(PlanError::ParseRecipe { .. })), "{err:?}");
+    assert_names(&msg, "recipes/disk.toml", "`size_mb`", "unknown field");
+    assert!(msg.contains("line 2"), "{msg}");
+}
+
+#[test]
+fn unknown_key_in_a_nested_table() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    write_recipe(d.path(), "rootfs.toml", "kind = \"rootfs\"\n[[files]]\ndst = \"/x\"\ncontents = \"\"\nmod = 1\n");
+    let (msg, _) = fails(d.path(), "rootfs");
+    assert_names(&msg, "recipes/rootfs.toml", "`mod`", "unknown field");
+}
+
+#[test]
+fn missing_file() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    write_recipe(d.path(), "rootfs.toml", "kind = \"rootfs\"\n[[files]]\ndst = \"/etc/motd\"\nsrc = \"files/motd\"\n");
+    let (msg, err) = fails(d.path(), "rootfs");
+    assert!(matches!(err, BuildError::Plan(PlanError::ResolveInput { .. })), "{err:?}");
+    assert_names(&msg, "recipes/rootfs.toml", "files[0].src", "files/motd does not exist");
+}
+
+#[test]
+fn missing_fragment_and_patch() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("recipes/linux.tar.xz");
+    write_recipe(d.path(), "linux.tar.xz", "not really");
+    let k = format!(
+        "kind = \"kernel\"\nsource = {src:?}\nsha256 = \"{KERNEL_PIN}\"\narch = \"x86_64\"\n\
+         fragments = [\"kernels/none.config\"]\ntarget = \"vmlinux\"\noutput = \"vmlinux\"\n"
+    );
+    write_recipe(d.path(), "k.toml", &k);
+    let (msg, _) = fails(d.path(), "k");
+    assert_names(&msg, "recipes/k.toml", "fragments[0]", "kernels/none.config does not exist");
+    write_recipe(d.path(), "kernels/none.config", "CONFIG_X=y\n");
+    write_recipe(d.path(), "k.toml", &k.replace("target =", "patches = [\"p/missing.patch\"]\ntarget ="));
+    let (msg, _) = fails(d.path(), "k");
+    assert_names(&msg, "recipes/k.toml", "patches[0]", "p/missing.patch does not exist");
+}
+
+#[test]
+fn wrong_sha256_pin() {
+    let d = tempfile::tempdir().unwrap();
+    // A stand-in tarball: the pin is checked before anything is unpacked or built.
+    write_recipe(d.path(), "src.tar.xz", "not the kernel");
+    write_recipe(
+        d.path(),
+        "k.toml",
+        &format!(
+            "kind = \"kernel\"\nsource = \"src.tar.xz\"\nsha256 = \"{KERNEL_PIN}\"\narch = \"um\"\n\
+             target = \"linux\"\noutput = \"linux\"\n"
+        ),
+    );
+    let (msg, err) = fails(d.path(), "k");
+    assert!(matches!(err, BuildError::Plan(PlanError::VerifySource { .. })), "{err:?}");
+    let actual = imagegen::hash::sha256_hex(b"not the kernel");
+    assert_names(&msg, "recipes/k.toml", "`sha256`", &format!("pinned {KERNEL_PIN}"));
+    assert!(msg.contains(&actual), "{msg}");
+}
+
+#[test]
+fn malformed_sha256_pin() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "src.tar.xz", "x");
+    write_recipe(
+        d.path(),
+        "k.toml",
+        "kind = \"kernel\"\nsource = \"src.tar.xz\"\nsha256 = \"ABC\"\narch = \"um\"\n\
+         target = \"linux\"\noutput = \"linux\"\n",
+    );
+    let (msg, _) = fails(d.path(), "k");
+    assert_names(&msg, "recipes/k.toml", "`sha256`", "not 64 lower-case hex digits");
+}
+
+#[test]
+fn dotdot_path() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    std::fs::write(d.path().join("outside"), "secret").unwrap();
+    write_recipe(
+        d.path(),
+        "rootfs.toml",
+        "kind = \"rootfs\"\n[[files]]\ndst = \"/x\"\nsrc = \"files/../../outside\"\n",
+    );
+    let (msg, _) = fails(d.path(), "rootfs");
+    assert_names(&msg, "recipes/rootfs.toml", "files[0].src", "contains `..`");
+}
+
+#[test]
+fn absolute_path() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    write_recipe(d.path(), "rootfs.toml", "kind = \"rootfs\"\n[[files]]\ndst = \"/x\"\nsrc = \"/etc/passwd\"\n");
+    let (msg, _) = fails(d.path(), "rootfs");
+    assert_names(&msg, "recipes/rootfs.toml", "files[0].src", "\"/etc/passwd\" is absolute");
+}
+
+#[test]
+fn symlink_leaving_recipes() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    std::fs::write(d.path().join("outside"), "secret").unwrap();
+    std::fs::create_dir_all(d.path().join("recipes/files")).unwrap();
+    std::os::unix::fs::symlink(d.path().join("outside"), d.path().join("recipes/files/link")).unwrap();
+    write_recipe(d.path(), "rootfs.toml", "kind = \"rootfs\"\n[[files]]\ndst = \"/x\"\nsrc = \"files/link\"\n");
+    let (msg, _) = fails(d.path(), "rootfs");
+    assert_names(&msg, "recipes/rootfs.toml", "files[0].src", "outside");
+    assert!(msg.contains("symlink"), "{msg}");
+}
+
+#[test]
+fn unknown_dependency() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "initramfs.toml", "kind = \"initramfs\"\nagent = \"no-such-agent\"\n");
+    let (msg, err) = fails(d.path(), "initramfs");
+    assert!(matches!(err, BuildError::Plan(PlanError::ResolveInput { .. })), "{err:?}");
+    assert_names(&msg, "recipes/initramfs.toml", "`agent`", "no recipe \"no-such-agent\"");
+}
+
+#[test]
+fn dependency_of_the_wrong_kind() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "disk.toml", "kind = \"disk\"\n");
+    write_recipe(d.path(), "initramfs.toml", "kind = \"initramfs\"\nagent = \"disk\"\n");
+    let (msg, _) = fails(d.path(), "initramfs");
+    assert_names(&msg, "recipes/initramfs.toml", "`agent`", "kind disk, expected agent");
+}
+
+#[test]
+fn dependency_cycle() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    // Two trees each shipping the other's output.
+    write_recipe(d.path(), "a.toml", "kind = \"rootfs\"\n[[files]]\ndst = \"/b.tar\"\nrecipe = \"b\"\n");
+    write_recipe(d.path(), "b.toml", "kind = \"initramfs\"\n[[files]]\ndst = \"/a.tar\"\nrecipe = \"a\"\n");
+    let (msg, err) = fails(d.path(), "a");
+    assert!(matches!(err, BuildError::Plan(PlanError::DependencyCycle { .. })), "{err:?}");
+    assert_names(&msg, "recipes/b.toml", "files[0].recipe", "dependency cycle a → b → a");
+}
+
+#[test]
+fn conflicting_paths_in_one_tree() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    write_recipe(
+        d.path(),
+        "rootfs.toml",
+        "kind = \"rootfs\"\n[[files]]\ndst = \"/sbin/guest-agent\"\ncontents = \"x\"\n",
+    );
+    let (msg, _) = fails(d.path(), "rootfs");
+    assert_names(&msg, "recipes/rootfs.toml", "files[0].dst", "added twice");
+}
+
+#[test]
+fn unknown_recipe_on_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("recipes")).unwrap();
+    let (msg, err) = fails(d.path(), "nope");
+    assert!(matches!(err, BuildError::Plan(PlanError::UnknownRecipe { .. })), "{err:?}");
+    assert!(msg.contains("recipes/nope.toml"), "{msg}");
+}
+
+#[test]
+fn the_binary_reports_one_line_and_fails() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "disk.toml", "kind = \"disk\"\nsize_mib = 0\n");
+    let out = common::imagegen(d.path()).args(["build", "disk"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_names(&err, "recipes/disk.toml", "`size_mib`", "not in 1..=1048576");
+    assert!(!d.path().join("store").exists());
+}
+
+/// Every shipped recipe parses and resolves (kernels included: this checks their fragment
+/// and patch files exist, nothing is built).
+#[test]
+fn shipped_recipes_plan() {
+    let plan = imagegen::plan::plan(&common::shipped_recipes(), &[]).unwrap();
+    let names = plan.names();
+    for n in ["agent", "initramfs", "rootfs", "oci-bundle", "disk", "kernel-uml", "kernel-microvm", "kernel-pc"] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    assert!(pos("agent") < pos("initramfs") && pos("rootfs") < pos("oci-bundle"));
+}
