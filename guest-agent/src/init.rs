@@ -63,6 +63,10 @@ pub fn spawn_reaper(set: SigSet) {
 }
 
 pub fn set_hostname(name: &str) -> Result<(), String> {
+    // A container runtime may have set it already, and withheld the right to set it.
+    if nix::unistd::gethostname().is_ok_and(|h| h == name) {
+        return Ok(());
+    }
     nix::unistd::sethostname(name).map_err(|e| format!("sethostname {name}: {e}"))
 }
 

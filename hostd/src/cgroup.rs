@@ -190,35 +190,81 @@ impl Cgroup {
         }
     }
 
-    /// Kills what is left and removes the group's directories, then any parents left empty
-    /// up to (and including) the `virtbench` directory.
+    /// Kills what is left and removes the group's directories. The run's directory and the
+    /// shared `virtbench` one are left to the run's cleanup (RunState): removing them here
+    /// would race with other guests being created beside this one.
     pub fn remove(&self) -> io::Result<()> {
         self.kill_all(Duration::from_secs(5))?;
         for d in &self.dirs {
             rmdir_retry(d)?;
-            // virtbench/<run>/ and virtbench/ go once empty; a non-empty one stays.
-            let mut p = d.parent();
-            for _ in 0..2 {
-                match p {
-                    Some(dir) if fs::remove_dir(dir).is_ok() => p = dir.parent(),
-                    _ => break,
-                }
-            }
         }
         Ok(())
     }
 }
 
-/// The `virtbench/<run>` directory of each hierarchy a run's guests would use here.
+/// The `virtbench/<run>` directory of every hierarchy hostd belongs to: where any backend
+/// (ours or an OCI runtime creating groups in all hierarchies) puts the run's guests.
 pub fn run_roots(run: &str) -> Vec<PathBuf> {
-    let self_cg = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let rel = |ctrl: &str| own_path(&self_cg, ctrl).join("virtbench").join(run);
-    match detect() {
-        Ok(Mode::V2) => vec![Path::new(ROOT).join(rel(""))],
-        Ok(Mode::V1) => V1_CONTROLLERS.iter().chain(&["cpuset"]).map(|c| Path::new(ROOT).join(c).join(rel(c))).collect(),
-        Err(_) => Vec::new(),
-    }
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    dirs_of(&own, &mountinfo, |p| Some(p.join("virtbench").join(run))).map(|c| c.dirs).unwrap_or_default()
 }
+
+/// A process's groups as directories, one per hierarchy listed in `proc_cgroup` (a
+/// /proc/<pid>/cgroup text), mapped through `pick` (None: skip that hierarchy); memory
+/// first. Each hierarchy is found among the cgroup mounts of `mountinfo`. The mode is V1
+/// when a v1 memory hierarchy holds the process, else V2.
+pub fn dirs_of(proc_cgroup: &str, mountinfo: &str, pick: impl Fn(&Path) -> Option<PathBuf>) -> Option<Cgroup> {
+    struct M<'a> {
+        v2: bool,
+        opts: Vec<&'a str>,
+        root: &'a str,
+        point: &'a str,
+    }
+    let mounts: Vec<M> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let mut post = post.split(' ');
+            let (fstype, _src, opts) = (post.next()?, post.next()?, post.next()?);
+            let v2 = match fstype {
+                "cgroup2" => true,
+                "cgroup" => false,
+                _ => return None,
+            };
+            Some(M { v2, opts: opts.split(',').collect(), root: pre.get(3)?, point: pre.get(4)? })
+        })
+        .collect();
+    let mut dirs = Vec::new();
+    let mut memory = None;
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let v2 = ctrls.is_empty();
+        let Some(m) = mounts.iter().find(|m| m.v2 == v2 && (v2 || ctrls.split(',').all(|c| m.opts.contains(&c)))) else { continue };
+        let Some(path) = pick(Path::new(path)) else { continue };
+        // A mount of a sub-tree (inside a cgroup namespace) shows paths relative to its root.
+        let Ok(inner) = path.strip_prefix(m.root) else { continue };
+        let dir = Path::new(m.point).join(inner);
+        if !v2 && ctrls.split(',').any(|c| c == "memory") {
+            memory = Some(dir);
+        } else if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    let mode = if memory.is_some() { Mode::V1 } else { Mode::V2 };
+    if let Some(m) = memory {
+        dirs.insert(0, m);
+    } else if let Some(i) = dirs.iter().position(|d| mounts.iter().any(|m| m.v2 && d.starts_with(m.point))) {
+        // v2: the unified group is the one that counts.
+        let d = dirs.remove(i);
+        dirs.insert(0, d);
+    }
+    (!dirs.is_empty()).then_some(Cgroup { mode, dirs })
+}
+
+
 
 /// Kills every process in the tree below `root` and removes its directories, deepest first.
 /// Returns (processes signalled, directories removed). A missing root is not an error.
@@ -383,7 +429,10 @@ mod tests {
         assert!(child.wait().unwrap().code().is_none(), "killed by a signal");
         for d in &cg.dirs {
             assert!(!d.exists(), "{} left behind", d.display());
-            assert!(!d.parent().unwrap().exists(), "run directory left behind");
+        }
+        for r in run_roots(&run) {
+            remove_tree(&r, Duration::from_secs(5)).unwrap();
+            assert!(!r.exists(), "run directory {} left behind", r.display());
         }
     }
 }

@@ -48,6 +48,10 @@ impl RunningGuest {
     /// Asks the agent to power off, then waits up to `grace` before killing.
     pub async fn shutdown(mut self, backend: &AnyBackend, grace: Duration) -> Exit {
         let asked = self.conn.request(Command::Poweroff, grace.max(Duration::from_secs(1))).await.is_ok();
-        backend.stop(&mut self.process, if asked { grace } else { Duration::ZERO }).await
+        match backend.stop(&mut self.process, if asked { grace } else { Duration::ZERO }).await {
+            // Gone before the wait started, after answering poweroff: a clean stop.
+            Exit::Exited(_) if asked => Exit::Clean,
+            e => e,
+        }
     }
 }

@@ -122,6 +122,9 @@ pub fn write(chart: &Chart, path: &Path) -> Result<(), String> {
     crate::runstate::write_atomic(path, svg.as_bytes()).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
+/// One bar series: name, one value per category (None: missing), optional spread per category.
+pub type BarSeries = (String, Vec<Option<f64>>, Vec<Option<f64>>);
+
 /// Grouped bars: one group per category (e.g. backend), one bar per series within it.
 #[derive(Debug, Clone)]
 pub struct Bars {
@@ -129,7 +132,7 @@ pub struct Bars {
     pub y_label: String,
     pub categories: Vec<String>,
     /// (series name, one value per category (None: missing), optional spread per category).
-    pub series: Vec<(String, Vec<Option<f64>>, Vec<Option<f64>>)>,
+    pub series: Vec<BarSeries>,
     /// Horizontal marks per category: (label, value per category), e.g. model predictions.
     pub marks: Vec<(String, Vec<Option<f64>>)>,
 }

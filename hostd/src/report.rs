@@ -115,7 +115,8 @@ pub fn build(dir: &Path) -> Result<Report> {
     let cores = provenance.as_ref().map(|p| p.host.cpus as usize).unwrap_or_else(crate::suite::host_cores);
 
     // Startup and memory, grouped per fleet.
-    let mut fleets: BTreeMap<(BackendKind, usize, StartMode), (Vec<StartupSample>, Vec<GuestFailure>, Option<MemorySample>)> = BTreeMap::new();
+    type FleetRecords = (Vec<StartupSample>, Vec<GuestFailure>, Option<MemorySample>);
+    let mut fleets: BTreeMap<(BackendKind, usize, StartMode), FleetRecords> = BTreeMap::new();
     let mut bench: Vec<BenchSample> = Vec::new();
     let mut unavailable = BTreeMap::new();
     let mut probes = BTreeMap::new();
@@ -595,7 +596,7 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
             Figure::Line(c) => &c.title,
             Figure::Bars(b) => &b.title,
         };
-        let _ = write!(h, "<figure><img src=\"figures/{name}\" alt=\"{}\"><figcaption>{}</figcaption></figure>\n", esc(title), esc(title));
+        let _ = writeln!(h, "<figure><img src=\"figures/{name}\" alt=\"{}\"><figcaption>{}</figcaption></figure>", esc(title), esc(title));
     }
     if rep.unreadable_records > 0 {
         let _ = write!(h, "<p class=\"bad\">{} record(s) in samples.jsonl could not be read (a run killed while writing).</p>", rep.unreadable_records);

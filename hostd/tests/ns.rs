@@ -1,0 +1,433 @@
+//! End to end on the `ns` backend: guests as namespaces over a rootfs tree holding the real
+//! static agent. Needs root (namespaces, mounts, cgroups, veths) and the musl agent
+//! (`scripts/build-agent`); without root every test says it is skipped.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hostd::backend::ns::{IdMap, Ns};
+use hostd::backend::{AnyBackend, Backend, BackendKind, Exit, GuestNet, GuestSpec, Images};
+use hostd::cgroup::{self, Limits};
+use hostd::guest::{boot, RunningGuest};
+use hostd::microbench::{run_once, write_data_file};
+use hostd::netlab::{self, FleetNet};
+use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
+use vb_protocol::msg::{Command, ReplyBody, Role};
+
+const HELLO: Duration = Duration::from_secs(10);
+const BENCH: Duration = Duration::from_secs(60);
+const DISK_MB: u64 = 4;
+
+fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: {test} needs root (namespaces, mounts, cgroups, veths)");
+    false
+}
+
+fn agent() -> PathBuf {
+    hostd::images::find_agent(None).expect("the static agent must be built first: run scripts/build-agent")
+}
+
+/// A scratch directory on the target's disk, not /tmp: O_DIRECT needs a real filesystem
+/// and tmpfs has none of it.
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("ns-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// The rootfs recipe's tree: the agent and the mount points a guest needs.
+fn make_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["sbin", "dev", "proc", "sys", "tmp", "etc", "data"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(agent(), root.join("sbin/guest-agent")).unwrap();
+    std::fs::write(root.join("etc/hostname"), "virtbench\n").unwrap();
+    root
+}
+
+fn mountinfo() -> HashSet<String> {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().map(str::to_string).collect()
+}
+
+/// Directories named `run` under a `virtbench` cgroup directory, in every hierarchy.
+fn cgroup_dirs_of(run: &str) -> Vec<PathBuf> {
+    fn walk(d: &Path, run: &str, depth: u32, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            if p.file_name().is_some_and(|n| n == "virtbench") && p.join(run).exists() {
+                out.push(p.join(run));
+            } else if depth > 0 {
+                walk(&p, run, depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), run, 4, &mut out);
+    out
+}
+
+fn netns_of(run: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(run)).map(str::to_string).collect()
+}
+
+/// Tears down what a failed test left (processes, cgroups, namespaces of its run), so one
+/// failure does not litter the host; a passing test has already checked there is nothing.
+struct Litter(String);
+
+impl Drop for Litter {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for d in cgroup_dirs_of(&self.0) {
+            let _ = cgroup::remove_tree(&d, Duration::from_secs(5));
+        }
+        for n in netns_of(&self.0) {
+            let name = n.split_whitespace().next().unwrap_or_default().to_string();
+            let _ = std::process::Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+/// Zombie children of this process (a guest nobody reaped).
+fn zombie_children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let mut z = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // "pid (comm) state ppid …"; comm may hold spaces, so split after its ')'.
+        let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        if rest.first() == Some(&"Z") && rest.get(1) == Some(&me.as_str()) {
+            z.push(pid);
+        }
+    }
+    z
+}
+
+/// Asserts the run left nothing behind. Retried briefly: the kernel tears a network
+/// namespace down asynchronously, and a zombie may belong to a test running alongside
+/// that is about to reap it.
+fn assert_clean(run: &str, dir: &Path, mounts_before: &HashSet<String>, pids: &[u32], workdirs: &[PathBuf]) {
+    // The run's own group directory is the run's to remove (RunState does it): rmdir, which
+    // fails, and so leaves it to be reported, if any guest group is still inside.
+    for r in hostd::cgroup::run_roots(run) {
+        let _ = std::fs::remove_dir(r);
+    }
+    let mut left = Vec::new();
+    for _ in 0..30 {
+        left = leftovers(run, dir, mounts_before, pids, workdirs);
+        if left.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("left behind: {left:#?}");
+}
+
+/// Everything a run could leave behind; empty when the teardown was complete.
+fn leftovers(run: &str, dir: &Path, mounts_before: &HashSet<String>, pids: &[u32], workdirs: &[PathBuf]) -> Vec<String> {
+    let mut left = Vec::new();
+    for d in cgroup_dirs_of(run) {
+        left.push(format!("cgroup dir {}", d.display()));
+    }
+    for n in netns_of(run) {
+        left.push(format!("netns {n}"));
+    }
+    let dir_s = dir.display().to_string();
+    for m in mountinfo().difference(mounts_before) {
+        if m.contains(&dir_s) || m.contains(run) {
+            left.push(format!("mount {m}"));
+        }
+    }
+    for &p in pids {
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), None).is_ok() {
+            left.push(format!("process {p}"));
+        }
+    }
+    for z in zombie_children() {
+        left.push(format!("zombie child {z}"));
+    }
+    for w in workdirs {
+        if w.exists() {
+            left.push(format!("workdir {}", w.display()));
+        }
+    }
+    left
+}
+
+/// A guest asked to power off either is still exiting when the teardown starts (Clean) or
+/// is already gone (Exited) — the agent answers, then exits at once. Gone means: exit 0,
+/// or SIGINT, the status the kernel gives a pid namespace's init that calls
+/// reboot(POWER_OFF).
+fn powered_off(e: &Exit) -> bool {
+    match e {
+        Exit::Clean => true,
+        Exit::Exited(st) => st.contains("SIGINT") || (st.starts_with("Exited(Pid(") && st.ends_with(", 0)")),
+        Exit::Killed => false,
+    }
+}
+
+fn spec(run: &str, index: usize, dir: &Path, disk: Option<&Path>, net: Option<&FleetNet>) -> GuestSpec {
+    GuestSpec {
+        index,
+        name: format!("{run}-g{index}"),
+        run: run.into(),
+        vcpus: 1,
+        mem_mib: 128,
+        data_disk: disk.map(Path::to_path_buf),
+        workdir: dir.join(format!("g{index}")),
+        net: net.map(|f| GuestNet {
+            fleet: f.clone(),
+            addr: FleetNet::guest_addr(index).unwrap(),
+            prefix: netlab::PREFIX,
+            link: netlab::link_name("vh", index),
+        }),
+        cgroup: Some(cgroup::detect().expect("a cgroup memory controller")),
+        limits: Limits { memory_bytes: Some(256 << 20), cpus: Some(1.0), pids: Some(64), ..Default::default() },
+    }
+}
+
+async fn bench(g: &RunningGuest, spec: BenchSpec) -> Work {
+    let req = BenchRequest { spec, instances: 1 };
+    let rep = run_once(&g.conn, &req, BENCH).await.unwrap_or_else(|e| panic!("{}: {e:#}", g.spec.name));
+    rep.instances[0].work.clone()
+}
+
+async fn net_serve(g: &RunningGuest) -> u16 {
+    match g.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await.unwrap() {
+        ReplyBody::Listening { port } => port,
+        other => panic!("net_serve answered {other:?}"),
+    }
+}
+
+fn ns_inode(pid: u32, ns: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap()
+}
+
+/// Three guests on a fleet network: hello, CPU, a TCP stream between two of them over the
+/// fleet addresses, the disk benchmark on the bound data disk; then nothing is left.
+#[tokio::test]
+async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
+    if !root_or_skip("the ns fleet test") {
+        return;
+    }
+    let run = format!("nsf{}", std::process::id());
+    let _litter = Litter(run.clone());
+    let dir = scratch();
+    let rootfs = make_rootfs(dir.path());
+    let disk = dir.path().join("disk.bin");
+    write_data_file(&disk, DISK_MB).unwrap();
+    let mounts_before = mountinfo();
+    let net = FleetNet::create(&run).unwrap();
+    let images = Images { agent: agent(), rootfs: Some(rootfs), ..Default::default() };
+    let backend = AnyBackend::new(BackendKind::Ns, &images, &Default::default());
+    let desc = backend.probe().await.unwrap();
+    eprintln!("ns probe: {desc}");
+
+    // Concurrently, as fleets boot: launches interleave between clone and exec.
+    let boots = (0..3).map(|i| boot(&backend, spec(&run, i, dir.path(), Some(&disk), Some(&net)), HELLO));
+    let guests: Vec<RunningGuest> = futures::future::join_all(boots).await.into_iter().map(Result::unwrap).collect();
+    let pids: Vec<u32> = guests.iter().map(|g| g.process.pid()).collect();
+    let workdirs: Vec<PathBuf> = guests.iter().map(|g| g.spec.workdir.clone()).collect();
+    for g in &guests {
+        assert_eq!(g.hello.role, Role::Init, "{}", g.spec.name);
+        assert_eq!(g.hello.pid, 1);
+        assert_eq!(g.hello.hostname, g.spec.name);
+        assert_eq!(g.hello.transport, "fd:3");
+        let cg = g.process.cgroup.as_ref().expect("a cgroup");
+        assert!(cg.pids().contains(&g.process.pid()), "agent in its cgroup");
+        assert!(cg.memory_bytes().unwrap() > 0, "memory charged to the guest's cgroup");
+    }
+
+    for g in &guests {
+        match bench(g, BenchSpec::Cpu { rounds: 200_000 }).await {
+            Work::Cpu { rounds, .. } => assert_eq!(rounds, 200_000),
+            w => panic!("{w:?}"),
+        }
+    }
+    let port = net_serve(&guests[1]).await;
+    let peer = format!("{}:{port}", FleetNet::guest_addr(1).unwrap());
+    match bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 200, msg_size: 16384 }).await {
+        Work::NetStream { bytes } => assert!(bytes > 0),
+        w => panic!("{w:?}"),
+    }
+    let direct = supports_o_direct(&disk);
+    match bench(&guests[2], BenchSpec::Disk { path: "/data/disk.img".into(), block_size: 65536, max_bytes: None, direct }).await {
+        Work::Disk { bytes, .. } => assert_eq!(bytes, DISK_MB << 20),
+        w => panic!("{w:?}"),
+    }
+
+    for g in guests {
+        let name = g.spec.name.clone();
+        let exit = g.shutdown(&backend, Duration::from_secs(5)).await;
+        assert!(powered_off(&exit), "{name}: {exit:?}");
+    }
+    net.destroy().unwrap();
+    assert_clean(&run, dir.path(), &mounts_before, &pids, &workdirs);
+}
+
+/// O_DIRECT works on the disk filesystems we use, not on tmpfs.
+fn supports_o_direct(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC).unwrap_or(false)
+}
+
+/// The guest sees its own processes, devices and filesystems only, and cannot reach the
+/// host's network namespace.
+#[tokio::test]
+async fn guest_is_isolated_from_the_host() {
+    if !root_or_skip("the ns isolation test") {
+        return;
+    }
+    let run = format!("nsi{}", std::process::id());
+    let _litter = Litter(run.clone());
+    let dir = scratch();
+    let rootfs = make_rootfs(dir.path());
+    let mounts_before = mountinfo();
+    let net = FleetNet::create(&run).unwrap();
+    let images = Images { agent: agent(), rootfs: Some(rootfs), ..Default::default() };
+    let backend = AnyBackend::new(BackendKind::Ns, &images, &Default::default());
+    let g = boot(&backend, spec(&run, 0, dir.path(), None, Some(&net)), HELLO).await.unwrap();
+    let pid = g.process.pid();
+    let me = std::process::id();
+
+    assert_eq!(g.hello.pid, 1);
+    for ns in ["pid", "mnt", "net", "uts", "ipc"] {
+        assert_ne!(ns_inode(pid, ns), ns_inode(me, ns), "{ns} namespace shared with the host");
+    }
+    assert_ne!(g.hello.hostname, nix::unistd::gethostname().unwrap().to_string_lossy());
+    // The agent mounted /proc itself, for its own pid namespace: it lists only itself.
+    let groot = PathBuf::from(format!("/proc/{pid}/root"));
+    let procs: Vec<String> = std::fs::read_dir(groot.join("proc"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    assert_eq!(procs, ["1"]);
+    let mut devs: Vec<String> =
+        std::fs::read_dir(groot.join("dev")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    devs.sort();
+    assert_eq!(devs, ["full", "null", "random", "tty", "urandom", "zero"]);
+    let e = std::fs::write(groot.join("written-by-host"), "x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "the image must be read-only in the guest");
+    // The old root is gone: every mount the guest has is one of its own.
+    let gmounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let points: HashSet<&str> = gmounts.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    let allowed: HashSet<&str> =
+        ["/", "/dev", "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/tmp", "/proc", "/sys"].into();
+    assert!(points.is_subset(&allowed), "unexpected mounts in the guest: {:?}", points.difference(&allowed));
+
+    // A server on the host's loopback: reachable from the host, not from the guest.
+    let host_dir = dir.path().join("host-agent");
+    let native = AnyBackend::new(BackendKind::Native, &Images { agent: agent(), ..Default::default() }, &Default::default());
+    let hs = GuestSpec { net: None, cgroup: None, workdir: host_dir, name: format!("{run}-host"), ..spec(&run, 9, dir.path(), None, None) };
+    let host_agent = boot(&native, hs, HELLO).await.unwrap();
+    let port = net_serve(&host_agent).await;
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the host reaches its own server");
+    let req =
+        BenchRequest { spec: BenchSpec::NetStream { peer: format!("127.0.0.1:{port}"), duration_ms: 100, msg_size: 1024 }, instances: 1 };
+    let e = run_once(&g.conn, &req, BENCH).await.expect_err("the guest must not reach the host's loopback");
+    assert!(format!("{e:#}").contains("cannot connect"), "{e:#}");
+
+    host_agent.shutdown(&native, Duration::from_secs(5)).await;
+    let workdir = g.spec.workdir.clone();
+    let exit = g.shutdown(&backend, Duration::from_secs(5)).await;
+    assert!(powered_off(&exit), "{exit:?}");
+    net.destroy().unwrap();
+    assert_clean(&run, dir.path(), &mounts_before, &[pid], &[workdir]);
+}
+
+/// With a user namespace the guest's root is an unprivileged host user, and it still boots,
+/// networks and reads its disk.
+#[tokio::test]
+async fn user_namespace_guest_runs_unprivileged() {
+    if !root_or_skip("the ns user-namespace test") {
+        return;
+    }
+    let run = format!("nsu{}", std::process::id());
+    let _litter = Litter(run.clone());
+    let dir = scratch();
+    let rootfs = make_rootfs(dir.path());
+    let disk = dir.path().join("disk.bin");
+    write_data_file(&disk, DISK_MB).unwrap();
+    let mounts_before = mountinfo();
+    let net = FleetNet::create(&run).unwrap();
+    let images = Images { agent: agent(), rootfs: Some(rootfs), ..Default::default() };
+    let mut ns = Ns::new(&images, &Default::default());
+    let map = IdMap { host_uid: 200_000, host_gid: 200_000, count: 65536 };
+    ns.user_ns = Some(map);
+    let backend = AnyBackend::Ns(ns);
+    assert!(backend.probe().await.unwrap().contains(",user"));
+    let mut guests = Vec::new();
+    for i in 0..2 {
+        guests.push(boot(&backend, spec(&run, i, dir.path(), Some(&disk), Some(&net)), HELLO).await.unwrap());
+    }
+    let pids: Vec<u32> = guests.iter().map(|g| g.process.pid()).collect();
+    let workdirs: Vec<PathBuf> = guests.iter().map(|g| g.spec.workdir.clone()).collect();
+    for g in &guests {
+        assert_eq!(g.hello.role, Role::Init);
+        assert_eq!(g.hello.hostname, g.spec.name);
+        let pid = g.process.pid();
+        let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+        assert_eq!(uid_map.split_whitespace().collect::<Vec<_>>(), ["0", "200000", "65536"]);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert_eq!(uid.split_whitespace().nth(1), Some("200000"), "{uid}");
+        assert_ne!(ns_inode(pid, "user"), ns_inode(std::process::id(), "user"));
+    }
+    let port = net_serve(&guests[1]).await;
+    let peer = format!("{}:{port}", FleetNet::guest_addr(1).unwrap());
+    assert!(matches!(bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 100, msg_size: 16384 }).await, Work::NetStream { .. }));
+    let direct = supports_o_direct(&disk);
+    match bench(&guests[0], BenchSpec::Disk { path: "/data/disk.img".into(), block_size: 65536, max_bytes: None, direct }).await {
+        Work::Disk { bytes, .. } => assert_eq!(bytes, DISK_MB << 20),
+        w => panic!("{w:?}"),
+    }
+    for g in guests {
+        let exit = g.shutdown(&backend, Duration::from_secs(5)).await;
+        assert!(powered_off(&exit), "{exit:?}");
+    }
+    net.destroy().unwrap();
+    assert_clean(&run, dir.path(), &mounts_before, &pids, &workdirs);
+}
+
+/// A set-up step that fails in the child is named in the launch error, and the failed
+/// launch leaves nothing behind.
+#[tokio::test]
+async fn failing_setup_step_is_named_and_cleaned_up() {
+    if !root_or_skip("the ns failure test") {
+        return;
+    }
+    let run = format!("nse{}", std::process::id());
+    let _litter = Litter(run.clone());
+    let dir = scratch();
+    let rootfs = make_rootfs(dir.path());
+    // An image without /data cannot take the data disk (its root is read-only).
+    std::fs::remove_dir(rootfs.join("data")).unwrap();
+    let disk = dir.path().join("disk.bin");
+    write_data_file(&disk, 1).unwrap();
+    let images = Images { agent: agent(), rootfs: Some(rootfs.clone()), ..Default::default() };
+    let backend = AnyBackend::new(BackendKind::Ns, &images, &Default::default());
+    let probe = backend.probe().await.unwrap_err();
+    assert!(probe.reason.contains("/data is missing"), "{probe}");
+    let mounts_before = mountinfo();
+    let s = spec(&run, 0, dir.path(), Some(&disk), None);
+    let workdir = s.workdir.clone();
+    let e = match backend.launch(&s).await {
+        Ok(_) => panic!("launch without a /data mount point succeeded"),
+        Err(e) => e.to_string(),
+    };
+    eprintln!("launch error: {e}");
+    assert!(e.contains("mounting tmpfs on ") && e.contains("/g0/root/data: "), "{e}");
+    assert!(e.contains("No such file or directory"), "{e}");
+    assert_clean(&run, dir.path(), &mounts_before, &[], &[workdir]);
+}

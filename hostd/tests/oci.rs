@@ -1,0 +1,454 @@
+//! End to end on the `oci` backend: runc (and crun where installed) over a bundle equal to
+//! imagegen's (`recipes/oci-bundle.toml`), made here with oci-spec around a rootfs holding
+//! the real static agent. Needs root (runtimes, network namespaces, cgroups) and the musl
+//! agent (`scripts/build-agent`); without root every test says it is skipped.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions, Exit, GuestNet, GuestSpec, Images};
+use hostd::cgroup::{self, Limits};
+use hostd::guest::{boot, RunningGuest};
+use hostd::microbench::{run_once, write_data_file};
+use hostd::netlab::{self, FleetNet};
+use oci_spec::runtime::{
+    get_default_maskedpaths, get_default_readonly_paths, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder, SpecBuilder, UserBuilder,
+};
+use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
+use vb_protocol::msg::{Command, ReplyBody, Role};
+
+const HELLO: Duration = Duration::from_secs(20);
+const BENCH: Duration = Duration::from_secs(60);
+const DISK_MB: u64 = 4;
+
+fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: {test} needs root (OCI runtimes, network namespaces, cgroups)");
+    false
+}
+
+fn agent() -> PathBuf {
+    hostd::images::find_agent(None).expect("the static agent must be built first: run scripts/build-agent")
+}
+
+/// On the target's disk, not /tmp: O_DIRECT needs a real filesystem.
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("oci-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn mount(dst: &str, typ: &str, src: &str, options: &[&str]) -> Mount {
+    MountBuilder::default()
+        .destination(dst)
+        .typ(typ)
+        .source(src)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .unwrap()
+}
+
+/// imagegen's oci-bundle: config.json (as `imagegen::kinds::oci::runtime_spec` builds it
+/// from recipes/oci-bundle.toml) and rootfs/ (recipes/rootfs.toml), with `args` as the
+/// process.
+fn make_bundle(dir: &Path, args: &[&str]) -> PathBuf {
+    let bundle = dir.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    for d in ["sbin", "dev", "proc", "sys", "tmp", "etc", "data"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(agent(), rootfs.join("sbin/guest-agent")).unwrap();
+    std::fs::write(rootfs.join("etc/hostname"), "virtbench\n").unwrap();
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/sbin/guest-agent\n").unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+    let caps: oci_spec::runtime::Capabilities =
+        [Capability::AuditWrite, Capability::Kill, Capability::NetBindService, Capability::NetAdmin].into_iter().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(oci_spec::runtime::Capabilities::new())
+        .ambient(oci_spec::runtime::Capabilities::new())
+        .build()
+        .unwrap();
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build().unwrap())
+        .args(args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+        .env(vec!["PATH=/sbin:/bin".to_string()])
+        .cwd("/")
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .rlimits(Vec::new())
+        .build()
+        .unwrap();
+    let mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777"]),
+    ];
+    let namespaces =
+        [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount, LinuxNamespaceType::Network]
+            .into_iter()
+            .map(|t| LinuxNamespaceBuilder::default().typ(t).build().unwrap())
+            .collect::<Vec<_>>();
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .build()
+        .unwrap();
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .root(RootBuilder::default().path("rootfs").readonly(true).build().unwrap())
+        .mounts(mounts)
+        .process(process)
+        .hostname("virtbench")
+        .linux(linux)
+        .build()
+        .unwrap();
+    if let Some(l) = spec.linux_mut() {
+        l.set_resources(None);
+    }
+    spec.set_annotations(None);
+    spec.save(bundle.join("config.json")).unwrap();
+    bundle
+}
+
+fn tree(dir: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+            out.insert(e.path());
+        }
+    }
+    out
+}
+
+fn mountinfo() -> HashSet<String> {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().map(str::to_string).collect()
+}
+
+/// Directories named `run` under a `virtbench` cgroup directory, in every hierarchy.
+fn cgroup_dirs_of(run: &str) -> Vec<PathBuf> {
+    fn walk(d: &Path, run: &str, depth: u32, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            if p.file_name().is_some_and(|n| n == "virtbench") && p.join(run).exists() {
+                out.push(p.join(run));
+            } else if depth > 0 {
+                walk(&p, run, depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), run, 4, &mut out);
+    out
+}
+
+fn netns_of(run: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(run)).map(str::to_string).collect()
+}
+
+/// Tears down what a failed test left (processes, cgroups, namespaces of its run), so one
+/// failure does not litter the host; a passing test has already checked there is nothing.
+struct Litter(String);
+
+impl Drop for Litter {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for d in cgroup_dirs_of(&self.0) {
+            let _ = cgroup::remove_tree(&d, Duration::from_secs(5));
+        }
+        for n in netns_of(&self.0) {
+            let name = n.split_whitespace().next().unwrap_or_default().to_string();
+            let _ = std::process::Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+fn zombie_children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let mut z = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        if rest.first() == Some(&"Z") && rest.get(1) == Some(&me.as_str()) {
+            z.push(pid);
+        }
+    }
+    z
+}
+
+/// Containers the runtime still knows under its default root with an id of this run.
+fn runtime_containers(runtime: &str, run: &str) -> Vec<String> {
+    let out = std::process::Command::new(runtime).args(["list", "-q"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(run)).map(str::to_string).collect()
+}
+
+struct Before {
+    mounts: HashSet<String>,
+    rootfs: BTreeSet<PathBuf>,
+}
+
+fn leftovers(run: &str, dir: &Path, bundle: &Path, before: &Before, pids: &[u32], workdirs: &[PathBuf]) -> Vec<String> {
+    let mut left = Vec::new();
+    left.extend(cgroup_dirs_of(run).into_iter().map(|d| format!("cgroup dir {}", d.display())));
+    left.extend(netns_of(run).into_iter().map(|n| format!("netns {n}")));
+    let dir_s = dir.display().to_string();
+    for m in mountinfo().difference(&before.mounts) {
+        if m.contains(&dir_s) || m.contains(run) {
+            left.push(format!("mount {m}"));
+        }
+    }
+    for &p in pids {
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), None).is_ok() {
+            left.push(format!("process {p}"));
+        }
+    }
+    left.extend(zombie_children().into_iter().map(|z| format!("zombie child {z}")));
+    for w in workdirs {
+        if w.exists() {
+            left.push(format!("workdir (and runtime state) {}", w.display()));
+        }
+    }
+    left.extend(runtime_containers("runc", run).into_iter().map(|c| format!("runc container {c} in the default root")));
+    let now = tree(&bundle.join("rootfs"));
+    for p in now.symmetric_difference(&before.rootfs) {
+        left.push(format!("shared rootfs changed: {}", p.display()));
+    }
+    left
+}
+
+/// Asserts the run left nothing behind, retrying briefly (namespaces die asynchronously;
+/// a zombie may belong to a test running alongside that is about to reap it).
+fn assert_clean(run: &str, dir: &Path, bundle: &Path, before: &Before, pids: &[u32], workdirs: &[PathBuf]) {
+    // The run's own group directory is the run's to remove (RunState does it): rmdir, which
+    // fails, and so leaves it to be reported, if any guest group is still inside.
+    for r in hostd::cgroup::run_roots(run) {
+        let _ = std::fs::remove_dir(r);
+    }
+    let mut left = Vec::new();
+    for _ in 0..30 {
+        left = leftovers(run, dir, bundle, before, pids, workdirs);
+        if left.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("left behind: {left:#?}");
+}
+
+/// A guest asked to power off either is still exiting when the teardown starts (Clean) or
+/// is already gone (Exited) — the agent answers, then exits at once. Gone means: exit 0,
+/// or SIGINT, the status the kernel gives a pid namespace's init that calls
+/// reboot(POWER_OFF).
+fn powered_off(e: &Exit) -> bool {
+    match e {
+        Exit::Clean => true,
+        Exit::Exited(st) => st.contains("SIGINT") || (st.starts_with("Exited(Pid(") && st.ends_with(", 0)")),
+        Exit::Killed => false,
+    }
+}
+
+fn spec(run: &str, index: usize, dir: &Path, disk: Option<&Path>, net: Option<&FleetNet>) -> GuestSpec {
+    GuestSpec {
+        index,
+        name: format!("{run}-g{index}"),
+        run: run.into(),
+        vcpus: 1,
+        mem_mib: 128,
+        data_disk: disk.map(Path::to_path_buf),
+        workdir: dir.join(format!("g{index}")),
+        net: net.map(|f| GuestNet {
+            fleet: f.clone(),
+            addr: FleetNet::guest_addr(index).unwrap(),
+            prefix: netlab::PREFIX,
+            link: netlab::link_name("vo", index),
+        }),
+        cgroup: Some(cgroup::detect().expect("a cgroup memory controller")),
+        limits: Limits { memory_bytes: Some(256 << 20), cpus: Some(1.0), pids: Some(64), ..Default::default() },
+    }
+}
+
+async fn bench(g: &RunningGuest, spec: BenchSpec) -> Work {
+    let req = BenchRequest { spec, instances: 1 };
+    let rep = run_once(&g.conn, &req, BENCH).await.unwrap_or_else(|e| panic!("{}: {e:#}", g.spec.name));
+    rep.instances[0].work.clone()
+}
+
+fn supports_o_direct(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC).unwrap_or(false)
+}
+
+fn backend(runtime: &str, bundle: &Path) -> AnyBackend {
+    let images = Images { agent: agent(), bundle: Some(bundle.to_path_buf()), ..Default::default() };
+    AnyBackend::new(BackendKind::Oci, &images, &BackendOptions { oci_runtime: runtime.into(), ..Default::default() })
+}
+
+fn installed(runtime: &str) -> bool {
+    std::process::Command::new(runtime).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// Boots `n` guests with `runtime` on a fleet network, benchmarks them, tears them down and
+/// checks nothing is left.
+async fn fleet_scenario(runtime: &str, run: &str, n: usize) {
+    let _litter = Litter(run.to_string());
+    let dir = scratch();
+    let bundle = make_bundle(dir.path(), &["/sbin/guest-agent", "--ctl", "fd:3"]);
+    let disk = dir.path().join("disk.bin");
+    write_data_file(&disk, DISK_MB).unwrap();
+    let before = Before { mounts: mountinfo(), rootfs: tree(&bundle.join("rootfs")) };
+    let net = FleetNet::create(run).unwrap();
+    let backend = backend(runtime, &bundle);
+    eprintln!("oci probe: {}", backend.probe().await.unwrap());
+
+    // Concurrently, as fleets boot.
+    let boots = (0..n).map(|i| boot(&backend, spec(run, i, dir.path(), Some(&disk), Some(&net)), HELLO));
+    let guests: Vec<RunningGuest> = futures::future::join_all(boots).await.into_iter().map(Result::unwrap).collect();
+    let pids: Vec<u32> = guests.iter().map(|g| g.process.pid()).collect();
+    let workdirs: Vec<PathBuf> = guests.iter().map(|g| g.spec.workdir.clone()).collect();
+    let mut subreaper: libc::c_int = -1;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer, which outlives the call.
+    assert_eq!(unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut subreaper as *mut libc::c_int) }, 0);
+    assert_eq!(subreaper, 0, "hostd is a subreaper only while a runtime starts a container");
+    for g in &guests {
+        assert_eq!(g.hello.role, Role::Init, "{}: the agent is PID 1 of its pid namespace", g.spec.name);
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", g.process.pid())).unwrap();
+        let ppid = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().to_string();
+        assert_eq!(ppid, std::process::id().to_string(), "the agent was adopted by hostd, which reaps it");
+        assert_eq!(g.hello.pid, 1);
+        assert_eq!(g.hello.hostname, g.spec.name);
+        let pid = g.process.pid();
+        let ino = |p: String| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        assert_eq!(
+            ino(format!("/proc/{pid}/ns/net")),
+            ino(format!("/run/netns/vbn-{run}-{}", g.spec.index)),
+            "the container joined the network namespace hostd made"
+        );
+        let cg = g.process.cgroup.as_ref().expect("the runtime's cgroup");
+        assert!(cg.dirs[0].ends_with(format!("virtbench/{run}/{}", g.spec.name)), "{:?}", cg.dirs);
+        assert!(cg.pids().contains(&pid), "agent in the cgroup the runtime made");
+        assert!(cg.memory_bytes().unwrap() > 0);
+        if cg.mode == cgroup::Mode::V1 {
+            let limit = std::fs::read_to_string(cg.dirs[0].join("memory.limit_in_bytes")).unwrap();
+            assert_eq!(limit.trim(), (256u64 << 20).to_string(), "memory limit from spec.limits");
+        }
+    }
+    for g in &guests {
+        assert!(matches!(bench(g, BenchSpec::Cpu { rounds: 200_000 }).await, Work::Cpu { rounds: 200_000, .. }));
+    }
+    if n > 1 {
+        let port = match guests[1].conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await.unwrap() {
+            ReplyBody::Listening { port } => port,
+            other => panic!("{other:?}"),
+        };
+        let peer = format!("{}:{port}", FleetNet::guest_addr(1).unwrap());
+        match bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 200, msg_size: 16384 }).await {
+            Work::NetStream { bytes } => assert!(bytes > 0),
+            w => panic!("{w:?}"),
+        }
+    }
+    let direct = supports_o_direct(&disk);
+    let last = guests.last().unwrap();
+    match bench(last, BenchSpec::Disk { path: "/data/disk.img".into(), block_size: 65536, max_bytes: None, direct }).await {
+        Work::Disk { bytes, .. } => assert_eq!(bytes, DISK_MB << 20),
+        w => panic!("{w:?}"),
+    }
+    for g in guests {
+        let name = g.spec.name.clone();
+        let exit = g.shutdown(&backend, Duration::from_secs(5)).await;
+        assert!(powered_off(&exit), "{name}: {exit:?}");
+    }
+    net.destroy().unwrap();
+    assert_clean(run, dir.path(), &bundle, &before, &pids, &workdirs);
+}
+
+/// Three runc guests on a fleet network: hello, CPU, a TCP stream between two of them over
+/// the fleet addresses, the disk benchmark on the bound data disk; then nothing is left.
+#[tokio::test]
+async fn runc_fleet_of_three_boots_benchmarks_and_leaves_nothing() {
+    if !root_or_skip("the runc fleet test") {
+        return;
+    }
+    assert!(installed("runc"), "runc is the default OCI runtime and must be installed here");
+    fleet_scenario("runc", &format!("ocr{}", std::process::id()), 3).await;
+}
+
+/// crun refuses hybrid cgroup hosts: its probe must say so (with crun's own words). Where
+/// its probe passes, a guest really boots with it.
+#[tokio::test]
+async fn crun_probe_is_truthful() {
+    if !root_or_skip("the crun test") {
+        return;
+    }
+    if !installed("crun") {
+        eprintln!("skipped: crun is not installed");
+        return;
+    }
+    let dir = scratch();
+    let bundle = make_bundle(dir.path(), &["/sbin/guest-agent", "--ctl", "fd:3"]);
+    match backend("crun", &bundle).probe().await {
+        Err(u) => {
+            eprintln!("crun probe: {u}");
+            assert!(u.reason.contains("crun"), "{u}");
+            assert!(u.reason.contains("cgroup"), "the reason must be the runtime's own: {u}");
+            assert_eq!(cgroup::detect(), Ok(cgroup::Mode::V1), "crun refused a host that is not hybrid: {u}");
+        }
+        Ok(desc) => {
+            eprintln!("crun probe passed ({desc}): booting with it");
+            drop(dir);
+            fleet_scenario("crun", &format!("occ{}", std::process::id()), 2).await;
+        }
+    }
+}
+
+/// The probe names what is missing; a container that cannot start is reported with the
+/// runtime's words and leaves nothing behind.
+#[tokio::test]
+async fn failures_are_explained_and_cleaned_up() {
+    if !root_or_skip("the oci failure test") {
+        return;
+    }
+    let dir = scratch();
+    let e = backend("no-such-runtime", &dir.path().join("nothing")).probe().await.unwrap_err();
+    assert!(e.reason.contains("\"no-such-runtime\" not found"), "{e}");
+    let e = backend("runc", &dir.path().join("nothing")).probe().await.unwrap_err();
+    assert!(e.reason.contains("nothing/config.json is missing"), "{e}");
+
+    // A template whose process does not exist: runc's own start fails.
+    let run = format!("ocf{}", std::process::id());
+    let _litter = Litter(run.clone());
+    let bundle = make_bundle(dir.path(), &["/sbin/nope"]);
+    let e = backend("runc", &bundle).probe().await.unwrap_err();
+    assert!(e.reason.contains("test container failed"), "{e}");
+    let before = Before { mounts: mountinfo(), rootfs: tree(&bundle.join("rootfs")) };
+    let net = FleetNet::create(&run).unwrap();
+    let s = spec(&run, 0, dir.path(), None, Some(&net));
+    let workdir = s.workdir.clone();
+    let err = match backend("runc", &bundle).launch(&s).await {
+        Ok(_) => panic!("a container without its program started"),
+        Err(e) => e.to_string(),
+    };
+    eprintln!("launch error: {err}");
+    assert!(err.contains("run ") && err.contains("/sbin/nope"), "{err}");
+    net.destroy().unwrap();
+    assert_clean(&run, dir.path(), &bundle, &before, &[], &[workdir]);
+}
