@@ -1,18 +1,25 @@
-//! Finding the artifacts a backend boots.
+//! Finding the artifacts a backend boots: the imagegen store's current builds (kernels,
+//! initramfs, rootfs and bundle trees, data disk, agent), with their hashes for provenance.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
-use crate::backend::Images;
+use crate::backend::{Images, Kernel};
 
-/// The workspace this hostd was built from (where `target/` and `images/` live).
+/// The workspace this hostd was built from (where `target/` and `images/` live), unless
+/// $VIRTBENCH_ROOT says otherwise.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::var_os("VIRTBENCH_ROOT").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
 }
 
-/// Resolves the agent binary: explicit path, then $VIRTBENCH_AGENT, then the musl build
-/// in this workspace's target directory.
+/// The agent binary built in this workspace by scripts/build-agent.
+fn workspace_agent() -> PathBuf {
+    workspace_root().join("target/x86_64-unknown-linux-musl/agent/guest-agent")
+}
+
+/// Resolves the agent binary for the native backend: explicit path, then the store's, then
+/// $VIRTBENCH_AGENT, then the musl build in this workspace.
 pub fn find_agent(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         if !p.is_file() {
@@ -27,13 +34,96 @@ pub fn find_agent(explicit: Option<&Path>) -> Result<PathBuf> {
         }
         return Ok(p);
     }
-    let built = workspace_root().join("target/x86_64-unknown-linux-musl/agent/guest-agent");
+    let built = workspace_agent();
     if built.is_file() {
         return Ok(built);
     }
-    bail!("no guest-agent binary found: run scripts/build-agent, or pass --agent PATH")
+    bail!("no guest-agent binary found: run `imagegen build` (or scripts/build-agent), or pass --agent PATH")
 }
 
+/// Everything the store has, plus the agent. Recipes not built yet stay None (a backend
+/// that needs one says so in its probe); `notes` says what is stale or missing.
 pub fn resolve(agent: Option<&Path>) -> Result<Images> {
-    Ok(Images { agent: find_agent(agent)?, ..Default::default() })
+    let cfg = imagegen::Config::for_workspace(&workspace_root()).context("locating the image store")?;
+    let mut images = Images::default();
+    let store = match imagegen::Store::open(&cfg.store) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            images.notes.push(format!("no image store at {} ({e}): run `imagegen build`", cfg.store.display()));
+            None
+        }
+    };
+    if let Some(store) = &store {
+        fill_from_store(store, &mut images);
+    }
+    images.agent = match agent {
+        Some(p) => find_agent(Some(p))?,
+        None => match store.as_ref().and_then(|s| output(s, "agent", "agent", &mut images)) {
+            Some(p) => p,
+            None => find_agent(None)?,
+        },
+    };
+    images.hashes.insert("agent".into(), crate::provenance::sha256_file(&images.agent).context("hashing the agent")?);
+    // The VM images hold the agent imagegen built; a newer workspace build means a stale store.
+    let built = workspace_agent();
+    if let (Some(store_agent), true) = (images.hashes.get("agent").cloned(), built.is_file()) {
+        if crate::provenance::sha256_file(&built).ok().is_some_and(|h| h != store_agent) && agent.is_none() {
+            images.notes.push(format!(
+                "{} differs from the image store's agent: guests run the store's; run `imagegen build` to rebuild the images",
+                built.display()
+            ));
+        }
+    }
+    Ok(images)
+}
+
+fn fill_from_store(store: &imagegen::Store, images: &mut Images) {
+    images.initramfs = output(store, "initramfs", "initramfs", images);
+    images.disk = output(store, "disk", "disk", images);
+    images.rootfs = tree(store, "rootfs", "rootfs", images);
+    images.bundle = tree(store, "oci-bundle", "bundle", images);
+    images.kernel_uml = kernel(store, "kernel-uml", images);
+    images.kernel_microvm = kernel(store, "kernel-microvm", images);
+    images.kernel_pc = kernel(store, "kernel-pc", images);
+}
+
+/// A recipe's output path, recording its hash and its recipe's.
+fn output(store: &imagegen::Store, recipe: &str, name: &str, images: &mut Images) -> Option<PathBuf> {
+    let m = match store.current(recipe) {
+        Ok(m) => m,
+        Err(e) => {
+            images.notes.push(format!("image {recipe}: {e}"));
+            return None;
+        }
+    };
+    let out = m.output(name)?;
+    match store.output_path(&m, name) {
+        Ok(p) => {
+            images.hashes.insert(recipe.to_string(), out.sha256.clone());
+            images.hashes.insert(format!("{recipe} (recipe)"), m.recipe_file.sha256.clone());
+            Some(p)
+        }
+        Err(e) => {
+            images.notes.push(format!("image {recipe}: {e}"));
+            None
+        }
+    }
+}
+
+fn tree(store: &imagegen::Store, recipe: &str, name: &str, images: &mut Images) -> Option<PathBuf> {
+    output(store, recipe, name, images)?;
+    let sha = images.hashes.get(recipe)?.clone();
+    match store.materialize_tree(&sha) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            images.notes.push(format!("image {recipe}: unpacking: {e}"));
+            None
+        }
+    }
+}
+
+fn kernel(store: &imagegen::Store, recipe: &str, images: &mut Images) -> Option<Kernel> {
+    let path = output(store, recipe, "kernel", images)?;
+    let cmdline = store.current(recipe).ok()?.cmdline.unwrap_or_default();
+    Some(Kernel { path, cmdline })
 }

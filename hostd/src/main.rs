@@ -147,7 +147,8 @@ struct BenchArgs {
     /// Memory: passes of C = A + B + C.
     #[arg(long, default_value_t = 10)]
     mem_passes: u32,
-    /// Disk: file or block device to read (default: a fresh file of --disk-mb in the work directory).
+    /// Disk: file or block device to read (default: the image store's data disk, else a fresh
+    /// file of --disk-mb in the work directory).
     #[arg(long)]
     disk_file: Option<PathBuf>,
     /// Disk: size of the file created when --disk-file is not given, MiB.
@@ -238,7 +239,7 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
             (c, ResultsDir::create(&a.results, &format!("{}-run-{}", stamp(), "pending"))?)
         }
     };
-    let images = hostd::images::resolve(a.images.agent.as_deref())?;
+    let images = images_or_note(a.images.agent.as_deref())?;
     reap_orphans();
     let run = RunState::create("run", Some(results.path.clone()))?;
     if a.resume.is_none() {
@@ -410,6 +411,15 @@ fn detach_stdio(log: &std::path::Path) {
     }
 }
 
+/// Resolves the images and says what is stale or missing.
+fn images_or_note(agent: Option<&std::path::Path>) -> anyhow::Result<hostd::backend::Images> {
+    let images = hostd::images::resolve(agent)?;
+    for n in &images.notes {
+        eprintln!("hostd: note: {n}");
+    }
+    Ok(images)
+}
+
 fn backend_options(a: &ImageArgs) -> BackendOptions {
     BackendOptions { oci_runtime: a.oci_runtime.clone(), accel: a.accel.clone(), ..Default::default() }
 }
@@ -425,7 +435,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<()> {
     if a.sizes.is_empty() || a.sizes.contains(&0) {
         anyhow::bail!("--sizes needs fleet sizes of at least 1");
     }
-    let images = hostd::images::resolve(a.images.agent.as_deref())?;
+    let images = images_or_note(a.images.agent.as_deref())?;
     let backend = AnyBackend::new(a.backend, &images, &backend_options(&a.images));
     reap_orphans();
     let probe = backend.probe().await?;
@@ -503,7 +513,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let images = hostd::images::resolve(a.agent.as_deref())?;
+    let images = images_or_note(a.agent.as_deref())?;
     let workdir = tempfile::Builder::new().prefix("virtbench-bench-").tempdir()?;
     let opts = BenchOptions {
         backend: a.backend,

@@ -1,7 +1,6 @@
 //! `hostd bench`: the four microbenchmarks in one guest, repeated, summarised. On the
 //! `native` backend this is the paper's reference time T_a (section II.A.1).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -87,8 +86,8 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
     if opts.reps == 0 {
         bail!("--reps must be at least 1");
     }
-    let mut artifacts = BTreeMap::new();
-    let mut notes = Vec::new();
+    let mut artifacts = opts.images.hashes.clone();
+    let mut notes = opts.images.notes.clone();
     artifacts.insert(
         "agent".to_string(),
         sha256_file(&opts.images.agent).with_context(|| format!("reading agent {}", opts.images.agent.display()))?,
@@ -98,7 +97,7 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
     std::fs::create_dir_all(&opts.workdir).with_context(|| format!("creating {}", opts.workdir.display()))?;
 
     let disk_path = if opts.benches.contains(&BenchName::Disk) {
-        let p = match &opts.disk_file {
+        let p = match opts.disk_file.as_ref().or(opts.images.disk.as_ref()) {
             Some(p) => p.clone(),
             None => {
                 let p = opts.workdir.join("disk-bench.bin");

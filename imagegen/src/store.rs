@@ -414,10 +414,13 @@ fn create_temp(path: &Path) -> io::Result<File> {
     OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
 }
 
-/// fsync, make read-only, rename into place, fsync the directory.
+/// fsync, make read-only (and executable for ELF files: the agent and the UML kernel run
+/// straight from the store), rename into place, fsync the directory.
 fn finish_blob(file: File, tmp: &Path, dst: &Path, dir: &Path) -> io::Result<()> {
     file.sync_all()?;
-    file.set_permissions(fs::Permissions::from_mode(0o444))?;
+    let mut magic = [0u8; 4];
+    let elf = File::open(tmp).and_then(|mut f| io::Read::read_exact(&mut f, &mut magic)).is_ok() && magic == *b"\x7fELF";
+    file.set_permissions(fs::Permissions::from_mode(if elf { 0o555 } else { 0o444 }))?;
     drop(file);
     fs::rename(tmp, dst)?;
     sync_dir(dir)

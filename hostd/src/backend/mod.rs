@@ -163,6 +163,8 @@ pub struct Images {
     pub kernel_pc: Option<Kernel>,
     /// Provenance: artifact name → sha256.
     pub hashes: std::collections::BTreeMap<String, String>,
+    /// What was stale or missing when the images were resolved.
+    pub notes: Vec<String>,
 }
 
 /// A guest kernel and the command line its recipe recommends.

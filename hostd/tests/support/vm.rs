@@ -1,29 +1,21 @@
-//! Shared by the VM backend tests (uml, qemu, firecracker): the images (kernels from the
-//! environment or the scratch kernel build, an initramfs made here from the agent), and one
-//! end-to-end fleet scenario that boots guests on a fleet network, exercises every channel
-//! and benchmark kind, powers them off and checks nothing is left behind.
-//!
-//! Kernels: $VIRTBENCH_KERNEL_UML, $VIRTBENCH_KERNEL_MICROVM, $VIRTBENCH_KERNEL_PC, else the
-//! scratch build under /work/scratch/kernels/out. Initramfs: $VIRTBENCH_INITRAMFS, else a
-//! newc cpio written by `write_initramfs`.
+//! Shared by the VM backend tests (uml, qemu, firecracker): the images (from the imagegen
+//! store, which scripts/test builds first), and one end-to-end fleet scenario that boots
+//! guests on a fleet network, exercises every channel and benchmark kind, powers them off
+//! and checks nothing is left behind.
 
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hostd::backend::{AnyBackend, BackendKind, BackendOptions, Exit, GuestNet, GuestSpec, Images, Kernel};
+use hostd::backend::{AnyBackend, BackendKind, BackendOptions, Exit, GuestNet, GuestSpec, Images};
 use hostd::guest::{boot, RunningGuest};
 use hostd::microbench::run_once;
 use hostd::netlab::{self, FleetNet};
 use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
 use vb_protocol::msg::{Command, ReplyBody, Role};
 
-const SCRATCH: &str = "/work/scratch/kernels/out";
-/// The kernel recipes' default command lines (recipes/kernel-*.toml).
-pub const MICROVM_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tsc=reliable";
-pub const PC_CMDLINE: &str = MICROVM_CMDLINE;
 /// Size of the data disk the disk benchmark reads.
 pub const DISK_MIB: u64 = 4;
 
@@ -31,86 +23,22 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-fn kernel(var: &str, fallback: &str, cmdline: &str) -> Result<Kernel, String> {
-    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| Path::new(SCRATCH).join(fallback));
-    if !path.is_file() {
-        return Err(format!("no kernel at {} (set {var})", path.display()));
-    }
-    Ok(Kernel { path, cmdline: cmdline.into() })
-}
-
-/// The kernel a backend boots, or why it is not there.
-pub fn kernel_for(kind: BackendKind) -> Result<Kernel, String> {
-    match kind {
-        BackendKind::Uml => kernel("VIRTBENCH_KERNEL_UML", "uml/linux", ""),
-        BackendKind::QemuMicrovm | BackendKind::Firecracker => kernel("VIRTBENCH_KERNEL_MICROVM", "microvm/vmlinux", MICROVM_CMDLINE),
-        BackendKind::QemuFull => kernel("VIRTBENCH_KERNEL_PC", "pc/arch/x86/boot/bzImage", PC_CMDLINE),
-        other => Err(format!("{other} boots no kernel")),
-    }
-}
-
-/// Images for `kind`, with an initramfs written into `dir` unless $VIRTBENCH_INITRAMFS
-/// names one. Err: why the backend cannot be tested here.
-pub fn images(kind: BackendKind, dir: &Path) -> Result<Images, String> {
-    let agent = hostd::images::find_agent(None).map_err(|e| format!("{e:#}"))?;
-    let k = kernel_for(kind)?;
-    let initramfs = match std::env::var_os("VIRTBENCH_INITRAMFS") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let p = dir.join("initramfs.cpio");
-            write_initramfs(&agent, &p).map_err(|e| format!("writing {}: {e}", p.display()))?;
-            p
-        }
+/// The imagegen store's images (kernels, initramfs with the agent as /init). Missing images
+/// fail the test rather than skip it: `scripts/test` builds them first.
+pub fn images(kind: BackendKind, _dir: &Path) -> Result<Images, String> {
+    let im = hostd::images::resolve(None).map_err(|e| format!("{e:#}"))?;
+    let kernel = match kind {
+        BackendKind::Uml => &im.kernel_uml,
+        BackendKind::QemuFull => &im.kernel_pc,
+        BackendKind::QemuMicrovm | BackendKind::Firecracker => &im.kernel_microvm,
+        other => panic!("{other} boots no kernel"),
     };
-    let mut im = Images { agent, initramfs: Some(initramfs), ..Default::default() };
-    match kind {
-        BackendKind::Uml => im.kernel_uml = Some(k),
-        BackendKind::QemuFull => im.kernel_pc = Some(k),
-        _ => im.kernel_microvm = Some(k),
-    }
+    assert!(
+        kernel.is_some() && im.initramfs.is_some(),
+        "images for {kind} are missing ({}): run `imagegen build` (scripts/test does)",
+        im.notes.join("; ")
+    );
     Ok(im)
-}
-
-/// A newc cpio archive (uncompressed; the kernel takes it as is) with the agent as /init,
-/// /dev/console (5,1, which the kernel opens for init before devtmpfs exists) and the
-/// directories the agent mounts on.
-pub fn write_initramfs(agent: &Path, out: &Path) -> std::io::Result<()> {
-    let init = std::fs::read(agent)?;
-    let mut a = Vec::with_capacity(init.len() + 4096);
-    // (name, mode, (rdev major, minor), contents)
-    type Entry<'a> = (&'a str, u32, (u32, u32), &'a [u8]);
-    let entries: [Entry; 7] = [
-        ("dev", 0o040755, (0, 0), &[]),
-        ("dev/console", 0o020600, (5, 1), &[]),
-        ("proc", 0o040755, (0, 0), &[]),
-        ("sys", 0o040755, (0, 0), &[]),
-        ("tmp", 0o041777, (0, 0), &[]),
-        ("etc", 0o040755, (0, 0), &[]),
-        ("init", 0o100755, (0, 0), &init),
-    ];
-    for (ino, (name, mode, (rmaj, rmin), data)) in entries.iter().enumerate() {
-        cpio_entry(&mut a, ino as u32 + 1, name, *mode, (*rmaj, *rmin), data);
-    }
-    cpio_entry(&mut a, 0, "TRAILER!!!", 0, (0, 0), &[]);
-    std::fs::write(out, a)
-}
-
-fn cpio_entry(a: &mut Vec<u8>, ino: u32, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
-    let nlink = if mode & 0o040000 != 0 { 2 } else { 1 };
-    let fields = [ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
-    a.extend_from_slice(b"070701");
-    for f in fields {
-        a.extend_from_slice(format!("{f:08x}").as_bytes());
-    }
-    a.extend_from_slice(name.as_bytes());
-    a.push(0);
-    while a.len() % 4 != 0 {
-        a.push(0);
-    }
-    a.extend_from_slice(data);
-    while a.len() % 4 != 0 {
-        a.push(0);
-    }
 }
 
 /// The release a kernel image reports (`uname -r` inside its guests): from a bzImage's
