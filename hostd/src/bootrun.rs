@@ -55,7 +55,7 @@ pub struct BootRow {
 pub struct BootSummary {
     pub provenance: Provenance,
     pub rows: Vec<BootRow>,
-    /// M_used(n) = n·M_VM + M_tool per mode (MiB), when ≥ 2 sizes were measured.
+    /// M_used(n) = n·M_VM + M_tool per "backend mode" (MiB), when ≥ 2 sizes were measured.
     pub memory_fit: BTreeMap<String, LinearFit>,
 }
 
@@ -80,11 +80,18 @@ pub fn row(b: &FleetBoot) -> BootRow {
 
 pub fn summarise(provenance: Provenance, rows: Vec<BootRow>) -> BootSummary {
     let mut memory_fit = BTreeMap::new();
-    for mode in [StartMode::Cold, StartMode::Hot] {
-        let pts: Vec<(f64, f64)> =
-            rows.iter().filter(|r| r.mode == mode).filter_map(|r| Some((r.ready as f64, r.m_used_mib?))).collect();
-        if let Some(f) = linear_fit(&pts) {
-            memory_fit.insert(mode.name().to_string(), f);
+    let mut kinds: Vec<BackendKind> = rows.iter().map(|r| r.backend).collect();
+    kinds.dedup();
+    for b in kinds {
+        for mode in [StartMode::Cold, StartMode::Hot] {
+            let pts: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.backend == b && r.mode == mode)
+                .filter_map(|r| Some((r.ready as f64, r.m_used_mib?)))
+                .collect();
+            if let Some(f) = linear_fit(&pts) {
+                memory_fit.insert(format!("{b} {}", mode.name()), f);
+            }
         }
     }
     BootSummary { provenance, rows, memory_fit }

@@ -233,9 +233,8 @@ impl Campaign {
             net_duration_ms: 200,
             net_msg_size: 65536,
         };
-        let emulated = Workloads { cpu_rounds: 200_000, mem_n: 64, mem_passes: 2, ..self.workloads.clone() };
         for o in self.overrides.values_mut() {
-            *o = Override { workloads: o.workloads.as_ref().map(|_| emulated.clone()), mem_mib: o.mem_mib, ..Default::default() };
+            *o = Override { workloads: o.workloads.as_ref().map(|_| self.workloads.clone()), mem_mib: o.mem_mib, ..Default::default() };
         }
         self
     }
@@ -391,7 +390,7 @@ mod tests {
         assert_eq!(c.name, "default");
         let q = c.quick();
         q.check().unwrap();
-        assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::QemuFull).unwrap().workloads.cpu_rounds, 200_000);
+        assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::QemuFull).unwrap().workloads.cpu_rounds, 2_000_000);
         assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::QemuFull).unwrap().overhead_sizes, vec![1, 2]);
     }
 

@@ -149,7 +149,8 @@ pub fn render_bars(b: &Bars) -> Result<String, String> {
             .iter()
             .flat_map(|(_, v, e)| v.iter().zip(e.iter().chain(std::iter::repeat(&None))).filter_map(|(v, e)| v.map(|v| v + e.unwrap_or(0.0))))
             .chain(b.marks.iter().flat_map(|(_, v)| v.iter().flatten().copied()));
-        let (_, y1) = range(vals, false);
+        // Headroom above the tallest bar for the legend.
+        let y1 = range(vals, false).1 * 1.35;
         let mut chart = ChartBuilder::on(&root)
             .caption(&b.title, ("sans-serif", 20))
             .margin(12)

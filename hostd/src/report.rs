@@ -170,9 +170,28 @@ pub fn build(dir: &Path) -> Result<Report> {
         v.dedup();
         v
     };
+    // T_a: the native backend at n = 1, per resource and workload (a backend with other
+    // workloads is compared with a host baseline of the same workload).
+    let mut ta_by: BTreeMap<(Resource, String), f64> = BTreeMap::new();
+    for r in Resource::ALL {
+        let mut by_params: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for s in select(Test::Overhead, BackendKind::Native, r, Some(1)) {
+            by_params.entry(s.params.clone()).or_default().push(metric(s));
+        }
+        for (p, v) in by_params {
+            ta_by.insert((r, p), v.iter().sum::<f64>() / v.len() as f64);
+        }
+    }
+    // The workload each backend ran a resource with: its overhead samples at the largest n
+    // (extra host baselines only have n = 1).
+    let params_of = |b: BackendKind, r: Resource| -> Option<String> {
+        select(Test::Overhead, b, r, None).iter().max_by_key(|s| s.n).map(|s| s.params.clone())
+    };
     let mut baseline = BTreeMap::new();
     for r in Resource::ALL {
-        let v: Vec<f64> = select(Test::Overhead, BackendKind::Native, r, Some(1)).into_iter().map(metric).collect();
+        let Some(p) = params_of(BackendKind::Native, r) else { continue };
+        let v: Vec<f64> =
+            select(Test::Overhead, BackendKind::Native, r, Some(1)).into_iter().filter(|s| s.params == p).map(metric).collect();
         if let Some(s) = Stat::of(&v, unit_of(r)) {
             baseline.insert(r, s);
         }
@@ -183,7 +202,12 @@ pub fn build(dir: &Path) -> Result<Report> {
     for &b in &backends {
         for r in Resource::ALL {
             let higher = r == Resource::Network;
-            let ta = baseline.get(&r).map(|s| s.mean);
+            let params = params_of(b, r);
+            let ta = params.as_ref().and_then(|p| ta_by.get(&(r, p.clone()))).copied();
+            let same = |s: &&BenchSample| params.as_ref().is_none_or(|p| &s.params == p);
+            let select = |test: Test, b: BackendKind, r: Resource, n: Option<usize>| -> Vec<&BenchSample> {
+                select(test, b, r, n).into_iter().filter(same).collect()
+            };
             // Overhead.
             let mut ns: Vec<usize> = select(Test::Overhead, b, r, None).iter().map(|s| s.n).collect();
             ns.sort();
@@ -386,8 +410,9 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
                     ("guest 2, copy b".into(), get(&|x| x.guest2[1]), none.clone()),
                 ],
                 marks: vec![
-                    ("per-VM model, guest 2".into(), get(&|x| x.per_vm.guest2)),
-                    ("per-process model".into(), get(&|x| x.per_process.guest2)),
+                    ("per-VM model: guest 1".into(), get(&|x| x.per_vm.guest1)),
+                    ("per-VM model: guest 2".into(), get(&|x| x.per_vm.guest2)),
+                    ("per-process model: all copies".into(), get(&|x| x.per_process.guest2)),
                 ],
             }),
         ));

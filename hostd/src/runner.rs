@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use vb_protocol::bench::Resource;
 
-use crate::backend::{AnyBackend, Backend, BackendOptions, Images};
+use crate::backend::{AnyBackend, Backend, BackendKind, BackendOptions, Images};
 use crate::campaign::{BackendPlan, Campaign};
 use crate::cgroup::Limits;
 use crate::fleet::{self, FleetConfig};
@@ -95,7 +95,8 @@ pub async fn run(
         None
     };
     let mut ctx = Ctx { campaign, images, opts, run, results, done, disk };
-    for plan in campaign.plans() {
+    let plans = campaign.plans();
+    for plan in &plans {
         let backend = AnyBackend::new(plan.kind, images, opts);
         say(format!("== {}", plan.kind));
         match backend.probe().await {
@@ -109,13 +110,27 @@ pub async fn run(
                 continue;
             }
         }
-        startup(&mut ctx, &backend, &plan, say).await?;
-        overhead_and_linearity(&mut ctx, &backend, &plan, say).await?;
+        startup(&mut ctx, &backend, plan, say).await?;
+        overhead_and_linearity(&mut ctx, &backend, plan, say).await?;
         if campaign.isolation.enabled {
-            small_fleet_test(&mut ctx, &backend, &plan, Test::Isolation, say).await?;
+            small_fleet_test(&mut ctx, &backend, plan, Test::Isolation, say).await?;
         }
         if plan.ring_guests >= 2 {
-            small_fleet_test(&mut ctx, &backend, &plan, Test::Ring, say).await?;
+            small_fleet_test(&mut ctx, &backend, plan, Test::Ring, say).await?;
+        }
+        // A backend run with other workloads (an override) needs the host's T_a for them.
+        if plan.kind != BackendKind::Native && plan.workloads != plans[0].workloads {
+            let native = AnyBackend::new(BackendKind::Native, images, opts);
+            let baseline = BackendPlan {
+                kind: BackendKind::Native,
+                startup_sizes: vec![],
+                overhead_sizes: vec![1],
+                ring_guests: 0,
+                mem_mib: plans[0].mem_mib,
+                workloads: plan.workloads.clone(),
+            };
+            say(format!("   host baseline T_a for {}'s workloads", plan.kind));
+            overhead_and_linearity(&mut ctx, &native, &baseline, say).await?;
         }
     }
     Ok(())
@@ -166,7 +181,7 @@ async fn start_peer(ctx: &Ctx<'_>, net: &FleetNet) -> Result<(Peer, Targets)> {
 
 async fn overhead_and_linearity(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, say: Say<'_>) -> Result<()> {
     let resources = ctx.campaign.resources.clone();
-    let key = |test: &str, n: usize, r: Resource| format!("{}/{test}/n={n}/{}", plan.kind, r.name());
+    let key = |test: &str, n: usize, r: Resource| format!("{}/{test}/n={n}/{}/{}", plan.kind, r.name(), plan.workloads.params(r));
     let todo = plan
         .overhead_sizes
         .iter()
@@ -225,8 +240,12 @@ enum Test {
 async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, test: Test, say: Say<'_>) -> Result<()> {
     let resources = ctx.campaign.resources.clone();
     let keys: Vec<(Option<Resource>, String)> = match test {
-        Test::Isolation => resources.iter().map(|&r| (Some(r), format!("{}/isolation/{}", plan.kind, r.name()))).collect(),
-        Test::Ring => vec![(None, format!("{}/ring/n={}", plan.kind, plan.ring_guests))],
+        Test::Isolation => {
+            resources.iter().map(|&r| (Some(r), format!("{}/isolation/{}/{}", plan.kind, r.name(), plan.workloads.params(r)))).collect()
+        }
+        Test::Ring => {
+            vec![(None, format!("{}/ring/n={}/{}", plan.kind, plan.ring_guests, plan.workloads.params(Resource::Network)))]
+        }
     };
     if keys.iter().all(|(_, k)| ctx.done.contains(k)) {
         return Ok(());

@@ -38,7 +38,7 @@ pub async fn measure(
             continue;
         }
         for ((g, _), r) in jobs.iter().zip(rs) {
-            out.extend(samples_of(fleet.backend, Test::Isolation, resource, 2, i - warmup, g.spec.index, &r?));
+            out.extend(samples_of(fleet.backend, Test::Isolation, resource, &w.params(resource), 2, i - warmup, g.spec.index, &r?));
         }
     }
     Ok(out)

@@ -32,7 +32,7 @@ pub async fn measure(
         for (g, r) in fleet.guests.iter().zip(results) {
             // One guest failing its run fails the point: a partial max would flatter it.
             let r = r?;
-            out.extend(samples_of(fleet.backend, Test::Linearity, resource, n, i - warmup, g.spec.index, &r));
+            out.extend(samples_of(fleet.backend, Test::Linearity, resource, &w.params(resource), n, i - warmup, g.spec.index, &r));
         }
     }
     Ok(out)

@@ -68,6 +68,19 @@ fn d_net_msg() -> u32 {
     65536
 }
 
+impl Workloads {
+    /// The parameters that set a resource's workload, as text: samples carry it, so a
+    /// backend's figures are only ever compared with a host baseline of the same workload.
+    pub fn params(&self, r: Resource) -> String {
+        match r {
+            Resource::Cpu => format!("rounds={}", self.cpu_rounds),
+            Resource::Memory => format!("n={} passes={}", self.mem_n, self.mem_passes),
+            Resource::Disk => format!("mib={} block_kib={}", self.disk_mib, self.disk_block_kib),
+            Resource::Network => format!("ms={} msg={}", self.net_duration_ms, self.net_msg_size),
+        }
+    }
+}
+
 impl Default for Workloads {
     fn default() -> Self {
         Self {
@@ -143,6 +156,9 @@ pub struct BenchSample {
     pub unit: String,
     /// Guest-side elapsed seconds of the instance.
     pub elapsed_s: f64,
+    /// The workload's parameters ([`Workloads::params`]).
+    #[serde(default)]
+    pub params: String,
 }
 
 /// Sends one request to each (guest, request) pair at the same moment and waits for all.
@@ -158,10 +174,12 @@ pub async fn run_together(
 }
 
 /// Samples from one report.
+#[allow(clippy::too_many_arguments)]
 pub fn samples_of(
     backend: BackendKind,
     test: Test,
     resource: Resource,
+    params: &str,
     n: usize,
     rep: u32,
     guest: usize,
@@ -184,6 +202,7 @@ pub fn samples_of(
                 value: f.value,
                 unit: f.unit.to_string(),
                 elapsed_s: r.elapsed_s(),
+                params: params.to_string(),
             }
         })
         .collect()

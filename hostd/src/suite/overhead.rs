@@ -26,7 +26,7 @@ pub async fn measure(
     for i in 0..warmup + reps {
         let r = run_together(&[(g, req.clone())], timeout).await.remove(0)?;
         if i >= warmup {
-            out.extend(samples_of(fleet.backend, Test::Overhead, resource, fleet.guests.len(), i - warmup, g.spec.index, &r));
+            out.extend(samples_of(fleet.backend, Test::Overhead, resource, &w.params(resource), fleet.guests.len(), i - warmup, g.spec.index, &r));
         }
     }
     Ok(out)

@@ -42,7 +42,7 @@ pub async fn measure(fleet: &Fleet, w: &Workloads, warmup: u32, reps: u32, timeo
                 continue;
             }
             for ((g, _), r) in jobs.iter().zip(rs) {
-                out.extend(samples_of(fleet.backend, test, Resource::Network, n, i - warmup, g.spec.index, &r?));
+                out.extend(samples_of(fleet.backend, test, Resource::Network, &w.params(Resource::Network), n, i - warmup, g.spec.index, &r?));
             }
         }
     }

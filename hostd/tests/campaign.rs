@@ -1,0 +1,189 @@
+//! `hostd run` end to end: the --quick campaign on every backend with its report rendered in
+//! headless Chromium, bad campaign files, a backend that cannot run, and a killed campaign
+//! resumed. Needs root, the images (`imagegen build`) and chromium (scripts/install-deps).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn hostd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hostd"))
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Campaigns and fleets reap each other's orphans: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn root() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: campaigns need root (namespaces, cgroups, drop_caches)");
+        return false;
+    }
+    true
+}
+
+fn only_dir(parent: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(parent).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Loads the page in headless Chromium and returns what its script found: "loaded/total"
+/// images.
+fn figures_loaded(index: &Path) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}", index.display()))
+        .output()
+        .expect("chromium must be installed (scripts/install-deps)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let at = dom.find("data-figures=\"").unwrap_or_else(|| panic!("the page's script did not run: {}", &dom[..dom.len().min(500)]));
+    dom[at + 14..].split('"').next().unwrap().to_string()
+}
+
+#[test]
+fn quick_campaign_on_every_backend_renders_its_report() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root() {
+        return;
+    }
+    let res = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let out = hostd().args(["run", "--quick", "--results"]).arg(res.path()).output().unwrap();
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    eprintln!("quick campaign took {:.0} s", t0.elapsed().as_secs_f64());
+    let dir = only_dir(res.path());
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    let mut measured: Vec<&str> = report["probes"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    measured.sort();
+    assert_eq!(measured, ["native", "ns", "oci", "qemu-full", "qemu-microvm", "uml"], "{log}");
+    assert!(report["failed_steps"].as_object().unwrap().is_empty(), "{}", report["failed_steps"]);
+    // Every paper figure, each with the six backends where the figure has curves.
+    let figs: Vec<String> = std::fs::read_dir(dir.join("figures")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(figs.len(), 15, "{figs:?}");
+    for f in ["fig02_overhead_cpu.svg", "fig07_linearity_memory.svg", "fig12_isolation_disk.svg", "fig14_ring.svg"] {
+        let svg = std::fs::read_to_string(dir.join("figures").join(f)).unwrap();
+        for b in ["native", "ns", "oci", "uml", "qemu-microvm", "qemu-full"] {
+            assert!(svg.contains(b), "{f} lacks {b}");
+        }
+    }
+    for s in ["T_startup", "M_used", "Overhead", "Performance isolation", "Communication between guests", "sha256"] {
+        assert!(std::fs::read_to_string(dir.join("index.html")).unwrap().contains(s), "index.html lacks {s}");
+    }
+    assert_eq!(figures_loaded(&dir.join("index.html")), "15/15");
+
+    // The report is rebuilt from the samples alone, identically.
+    let before = std::fs::read(dir.join("report.csv")).unwrap();
+    std::fs::remove_dir_all(dir.join("figures")).unwrap();
+    std::fs::create_dir(dir.join("figures")).unwrap();
+    let again = hostd().arg("report").arg(&dir).output().unwrap();
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(std::fs::read(dir.join("report.csv")).unwrap(), before);
+    assert_eq!(figures_loaded(&dir.join("index.html")), "15/15");
+    let cmp = hostd().arg("compare").arg(&dir).arg(&dir).output().unwrap();
+    let c = text(&cmp);
+    assert!(cmp.status.success() && c.contains("ring uml") && c.contains("1.000"), "{c}");
+}
+
+#[test]
+fn bad_campaign_files_are_rejected_before_anything_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = dir.path().join("results");
+    for (body, field) in [
+        ("reps = 3\nfrobnicate = true\n", "frobnicate"),
+        ("backends = [\"native\", \"vmware\"]\n", "backends"),
+        ("[overhead]\nsizes = [5, 1]\n", "overhead.sizes"),
+        ("[workloads]\nmem_n = 0\n", "workloads"),
+        ("[overrides.uml]\nring_guests = 1\n", "overrides.uml.ring_guests"),
+    ] {
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, body).unwrap();
+        let out = hostd().arg("run").arg(&p).arg("--results").arg(&res).output().unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert!(t.contains(field) && t.contains("c.toml"), "{field}: {t}");
+        assert!(!res.exists(), "a results directory was made for a bad campaign");
+    }
+}
+
+#[test]
+fn failing_backend_is_reported_and_a_killed_campaign_resumes() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let res = dir.path().join("results");
+    let camp = dir.path().join("c.toml");
+    std::fs::write(&camp, "name = \"resume\"\nbackends = [\"native\", \"firecracker\", \"ns\"]\nresources = [\"cpu\", \"network\"]\n").unwrap();
+    let mut child = hostd()
+        .arg("run")
+        .arg(&camp)
+        .args(["--quick", "--results"])
+        .arg(&res)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it in the middle of the ns section.
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("startup n=2 hot") && seen.iter().any(|l| l == "== ns") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen.iter().any(|l| l.contains("unavailable: firecracker binary not found")), "{seen:#?}");
+    let dir = only_dir(&res);
+    let done_before: Vec<String> = records(&dir).iter().filter(|r| r["record"] == "step_done").map(|r| r["key"].as_str().unwrap().to_string()).collect();
+    assert!(done_before.iter().any(|k| k.starts_with("ns/startup")), "{done_before:?}");
+    assert!(!done_before.iter().any(|k| k.starts_with("ns/overhead")), "{done_before:?}");
+
+    let t0 = Instant::now();
+    let out = hostd().arg("run").arg("--resume").arg(&dir).output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains(&format!("resuming: {} steps already done", done_before.len())), "{t}");
+    assert!(t.contains("cleaned up after a previous hostd"), "the killed run's leftovers were not reaped: {t}");
+    assert!(t0.elapsed() < Duration::from_secs(120));
+    let recs = records(&dir);
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for r in recs.iter().filter(|r| r["record"] == "step_done") {
+        *count.entry(r["key"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    assert!(count.values().all(|&c| c == 1), "a finished step ran again: {count:?}");
+    assert!(count.keys().any(|k| k.starts_with("ns/ring")), "{count:?}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    assert!(report["unavailable"]["firecracker"].as_str().unwrap().contains("firecracker"), "{}", report["unavailable"]);
+    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(html.contains("unavailable: firecracker binary not found"));
+}
