@@ -29,6 +29,8 @@ pub struct BootOptions {
     pub settle: Duration,
     /// Parent of the results directory.
     pub results: PathBuf,
+    /// Pairs of hot starts measured against the backend's floor (0: none).
+    pub floor_reps: usize,
 }
 
 /// One row of the summary: a fleet size in one mode.
@@ -57,6 +59,9 @@ pub struct BootSummary {
     pub rows: Vec<BootRow>,
     /// M_used(n) = n·M_VM + M_tool per "backend mode" (MiB), when ≥ 2 sizes were measured.
     pub memory_fit: BTreeMap<String, LinearFit>,
+    /// Hot start against its floor (hostd boot only).
+    #[serde(default)]
+    pub floor: Option<crate::floor::Floor>,
 }
 
 pub fn row(b: &FleetBoot) -> BootRow {
@@ -94,12 +99,15 @@ pub fn summarise(provenance: Provenance, rows: Vec<BootRow>) -> BootSummary {
             }
         }
     }
-    BootSummary { provenance, rows, memory_fit }
+    BootSummary { provenance, rows, memory_fit, floor: None }
 }
 
 /// Runs the whole measurement, appending samples as they come; `progress` sees fleet events.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     backend: &AnyBackend,
+    images: &crate::backend::Images,
+    backend_opts: &crate::backend::BackendOptions,
     opts: &BootOptions,
     run: &RunState,
     results: &mut ResultsDir,
@@ -135,7 +143,12 @@ pub async fn run(
             rows.push(row(&b));
         }
     }
-    let summary = summarise(provenance, rows);
+    let mut summary = summarise(provenance, rows);
+    if opts.floor_reps > 0 {
+        summary.floor = crate::floor::measure(opts.backend, images, backend_opts, run, opts.floor_reps, opts.fleet.boot_timeout)
+            .await
+            .context("measuring the startup floor")?;
+    }
     write_outputs(results, &summary)?;
     Ok(summary)
 }
@@ -244,6 +257,10 @@ pub fn table(s: &BootSummary) -> String {
             "fit ({mode}): M_used(n) = {:.2} MiB × n + {:.1} MiB (M_VM, M_tool; residual {:.2} MiB over {} sizes)\n",
             f.slope, f.intercept, f.residual_std, f.points
         ));
+    }
+    if let Some(f) = &s.floor {
+        out.push_str(&crate::floor::line(f));
+        out.push('\n');
     }
     out.push_str("units: seconds on the host clock from the fleet's start request; MiB = 2^20 bytes; one fleet per row (1 repetition)\n");
     out

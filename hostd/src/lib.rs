@@ -15,6 +15,7 @@ pub mod channel;
 pub mod compare;
 pub mod daemon;
 pub mod fleet;
+pub mod floor;
 pub mod guest;
 pub mod images;
 pub mod memory;

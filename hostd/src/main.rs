@@ -114,6 +114,10 @@ struct BootArgs {
     /// Do not attach guests to a fleet network.
     #[arg(long)]
     no_network: bool,
+    /// Pairs of hot starts compared with the backend's floor (bare fork+exec for
+    /// containers, a bare VMM boot for VMs); 0 skips the comparison.
+    #[arg(long, default_value_t = 5)]
+    floor_reps: usize,
     /// Parent directory of the results directory.
     #[arg(long, default_value = "results")]
     results: PathBuf,
@@ -436,7 +440,8 @@ async fn boot(a: BootArgs) -> anyhow::Result<()> {
         anyhow::bail!("--sizes needs fleet sizes of at least 1");
     }
     let images = images_or_note(a.images.agent.as_deref())?;
-    let backend = AnyBackend::new(a.backend, &images, &backend_options(&a.images));
+    let bopts = backend_options(&a.images);
+    let backend = AnyBackend::new(a.backend, &images, &bopts);
     reap_orphans();
     let probe = backend.probe().await?;
     eprintln!("hostd: {}: {probe}", a.backend);
@@ -459,6 +464,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<()> {
         },
         settle: Duration::from_secs(a.settle),
         results: a.results.clone(),
+        floor_reps: a.floor_reps,
     };
     let bars = indicatif::MultiProgress::new();
     let mut current: Option<(String, indicatif::ProgressBar, usize, usize)> = None;
@@ -491,7 +497,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<()> {
         }
     };
     let outcome = tokio::select! {
-        r = bootrun::run(&backend, &opts, &run, &mut results, provenance, progress) => Some(r),
+        r = bootrun::run(&backend, &images, &bopts, &opts, &run, &mut results, provenance, progress) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
     };
     let cleaned = run.finish();
