@@ -488,7 +488,13 @@ async fn boot(a: BootArgs) -> anyhow::Result<()> {
             FleetEvent::Ready { .. } => *ready += 1,
             FleetEvent::Failed(f) => {
                 *failed += 1;
-                b.println(format!("  {} {}: {:?}: {}", label, f.name, f.kind, f.error.lines().next().unwrap_or("")));
+                let line = format!("  {} {}: {:?}: {}", label, f.name, f.kind, f.error.lines().next().unwrap_or(""));
+                // A hidden bar (stderr not a terminal) prints nothing, not even println.
+                if b.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    b.println(line);
+                }
             }
         }
         b.set_position(*ready as u64);

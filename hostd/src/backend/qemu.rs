@@ -88,6 +88,8 @@ pub struct AccelChoice {
 
 /// The descriptor number QEMU finds the control socket on.
 pub const CTL_FD: i32 = 3;
+/// Where QEMU writes the serial console: its stdout.
+const QEMU_CONSOLE: &str = "/proc/self/fd/1";
 /// How long the KVM probe waits for the agent's hello (a KVM boot takes well under 1 s).
 pub const KVM_PROBE_DEADLINE: Duration = Duration::from_secs(15);
 
@@ -189,7 +191,7 @@ impl Backend for Qemu {
 
 
 /// The full QEMU argument list (after the program name) for one guest.
-pub fn qemu_args(profile: Profile, accel: Accel, kernel: &Kernel, initramfs: &Path, console_log: &Path, spec: &GuestSpec) -> Vec<String> {
+pub fn qemu_args(profile: Profile, accel: Accel, kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
     let machine = match profile {
@@ -208,9 +210,10 @@ pub fn qemu_args(profile: Profile, accel: Accel, kernel: &Kernel, initramfs: &Pa
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     let cmdline = qemu_cmdline(profile, accel, &kernel.cmdline, spec).join(" ");
     push(&["-kernel", &kernel.path.display().to_string(), "-initrd", &initramfs.display().to_string(), "-append", &cmdline]);
-    // append=on: QEMU's own stderr goes to the same file (O_APPEND), so one log tells
-    // both the kernel's and the VMM's side of a failure.
-    push(&["-chardev", &format!("file,id=con,path={},append=on", opt_value(console_log)), "-serial", "chardev:con"]);
+    // The serial console goes to QEMU's own stdout (reopened through /proc), the pipe hostd
+    // reads into the capped console log; QEMU's stderr goes there too, so one log tells both
+    // the kernel's and the VMM's side of a failure.
+    push(&["-chardev", &format!("file,id=con,path={QEMU_CONSOLE},append=on"), "-serial", "chardev:con"]);
     push(&["-chardev", &format!("socket,id=ctl,fd={CTL_FD}")]);
     match profile {
         Profile::Microvm => push(&["-device", "virtio-serial-device", "-device", "virtconsole,chardev=ctl"]),
@@ -265,6 +268,10 @@ pub fn qemu_cmdline(profile: Profile, accel: Accel, base: &str, spec: &GuestSpec
         Accel::Kvm => vec![],
         Accel::Tcg { tsc_khz } => vec![format!("tsc_early_khz={tsc_khz}"), "tsc=reliable".into()],
     };
+    // The boot-time check that the timer interrupt arrives gives up after a fixed number of
+    // loops; with many guests sharing two cores it failed ("IO-APIC + timer doesn't work!",
+    // a panic) for 80 of 100 concurrent guests. Virtual timers work: skip the check.
+    extra.push("no_timer_check".into());
     // microvm has no ACPI, so its kernel cannot power off; with `reboot=t` and
     // `-no-reboot` QEMU exits on a reboot, so the agent reboots when told to power off.
     if profile == Profile::Microvm {
@@ -283,17 +290,17 @@ async fn launch_qemu(
 ) -> Result<Launched, LaunchError> {
     let mut st = Staging::new(spec)?;
     let log_path = spec.workdir.join("console.log");
-    let log = st.log_file(&log_path)?;
+    let (out, err) = st.console(&log_path)?;
     let (host, guest) = ctl_pair()?;
     let netns = st.attach_tap(spec)?;
     st.make_cgroup(spec)?;
     let (reader, writer) = split_socket(host).map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
     let mut cmd = tokio::process::Command::new(qemu);
-    cmd.args(qemu_args(profile, accel, kernel, initramfs, &log_path, spec))
+    cmd.args(qemu_args(profile, accel, kernel, initramfs, spec))
         .env("TMPDIR", &spec.workdir)
         .stdin(Stdio::null())
-        .stdout(st.clone_file(&log, &log_path)?)
-        .stderr(log)
+        .stdout(out)
+        .stderr(err)
         .current_dir(&spec.workdir)
         // Its own process group: a Ctrl-C on hostd's terminal must not reach guests
         // before hostd tears them down in order.
@@ -398,15 +405,14 @@ mod tests {
             Accel::Tcg { tsc_khz: 2_596_150 },
             &kernel("/k/vmlinux"),
             Path::new("/i/initramfs.cpio.gz"),
-            Path::new("/run/virtbench/r1/g1/console.log"),
             &spec(true, true),
         );
         let expect = [
             "-name", "g1", "-M", "microvm,acpi=off", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "192M", "-smp", "2",
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-kernel", "/k/vmlinux", "-initrd", "/i/initramfs.cpio.gz",
-            "-append", "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2596150 tsc=reliable vb.poweroff=reboot vb.ctl=tty:/dev/hvc0 vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
-            "-chardev", "file,id=con,path=/run/virtbench/r1/g1/console.log,append=on", "-serial", "chardev:con",
+            "-append", "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2596150 tsc=reliable no_timer_check vb.poweroff=reboot vb.ctl=tty:/dev/hvc0 vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
+            "-chardev", "file,id=con,path=/proc/self/fd/1,append=on", "-serial", "chardev:con",
             "-chardev", "socket,id=ctl,fd=3", "-device", "virtio-serial-device", "-device", "virtconsole,chardev=ctl",
             "-drive", "id=d0,file=/store/disk,,1.img,format=raw,if=none,readonly=on", "-device", "virtio-blk-device,drive=d0",
             "-netdev", "tap,id=n0,ifname=vbl1,script=no,downscript=no", "-device", "virtio-net-device,netdev=n0,mac=02:76:62:d3:00:03",
@@ -421,15 +427,14 @@ mod tests {
             Accel::Kvm,
             &kernel("/k/bzImage"),
             Path::new("/i/initramfs.cpio.gz"),
-            Path::new("/w/console.log"),
             &spec(true, true),
         );
         let expect = [
             "-name", "g1", "-M", "q35", "-accel", "kvm", "-cpu", "host", "-m", "192M", "-smp", "2",
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-kernel", "/k/bzImage", "-initrd", "/i/initramfs.cpio.gz",
-            "-append", "console=ttyS0 reboot=t panic=-1 vb.ctl=tty:/dev/ttyS1 vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
-            "-chardev", "file,id=con,path=/w/console.log,append=on", "-serial", "chardev:con",
+            "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check vb.ctl=tty:/dev/ttyS1 vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
+            "-chardev", "file,id=con,path=/proc/self/fd/1,append=on", "-serial", "chardev:con",
             "-chardev", "socket,id=ctl,fd=3", "-serial", "chardev:ctl",
             "-drive", "id=d0,file=/store/disk,,1.img,format=raw,if=none,snapshot=on", "-device", "ide-hd,drive=d0,bus=ide.0",
             "-netdev", "tap,id=n0,ifname=vbl1,script=no,downscript=no", "-device", "e1000,netdev=n0,mac=02:76:62:d3:00:03",
@@ -439,7 +444,7 @@ mod tests {
 
     #[test]
     fn guest_without_disk_or_network_gets_neither() {
-        let a = qemu_args(Profile::Full, Accel::Tcg { tsc_khz: 1 }, &kernel("/k"), Path::new("/i"), Path::new("/l"), &spec(false, false));
+        let a = qemu_args(Profile::Full, Accel::Tcg { tsc_khz: 1 }, &kernel("/k"), Path::new("/i"), &spec(false, false));
         assert!(!a.iter().any(|x| x == "-drive" || x == "-netdev" || x.contains("vb.net=")), "{a:?}");
     }
 
@@ -458,12 +463,9 @@ mod tests {
 
     #[test]
     fn log_helpers() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("log");
-        std::fs::write(&p, "[    0.1] error in kernel text\nKVM internal error. Suberror: 1\nemulation failure\nok\n").unwrap();
-        assert!(log_tail_contains(&p, "emulation failure", 4096));
-        assert!(!log_tail_contains(&p, "KVM internal", 10));
-        assert_eq!(log_errors(&p).unwrap(), "KVM internal error. Suberror: 1; emulation failure");
+        let text = "[    0.1] error in kernel text\nKVM internal error. Suberror: 1\nemulation failure\nok\n";
+        assert_eq!(errors_in(text).unwrap(), "KVM internal error. Suberror: 1; emulation failure");
+        assert_eq!(errors_in("[    0.1] error\nall fine\n"), None);
     }
 
     #[tokio::test]
