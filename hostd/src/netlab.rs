@@ -18,6 +18,8 @@ pub const BRIDGE: &str = "vbbr0";
 /// Guests are numbered into 10.211.0.0/16 (inside the fleet namespace only).
 pub const PREFIX: u8 = 16;
 const BASE: [u8; 2] = [10, 211];
+/// The bridge's own MAC (locally administered).
+pub const BRIDGE_MAC: &str = "02:76:62:00:00:01";
 /// The bridge's own address: where a peer running in the fleet namespace itself (outside
 /// any guest) is reached, e.g. the network benchmarks' host-side server.
 pub const BRIDGE_ADDR: Ipv4Addr = Ipv4Addr::new(BASE[0], BASE[1], 0, 1);
@@ -58,7 +60,10 @@ impl FleetNet {
         let r = (|| {
             let n = net.netns.as_str();
             ip(&["-n", n, "link", "set", "lo", "up"])?;
-            ip(&["-n", n, "link", "add", BRIDGE, "type", "bridge"])?;
+            // A fixed MAC: by default a bridge takes the lowest MAC among its ports, so a guest
+            // joining later could change it under the others' ARP caches (their traffic to the
+            // bridge address then vanished for tens of seconds).
+            ip(&["-n", n, "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge"])?;
             ip(&["-n", n, "addr", "add", &format!("{BRIDGE_ADDR}/{PREFIX}"), "dev", BRIDGE])?;
             ip(&["-n", n, "link", "set", BRIDGE, "up"])
         })();
@@ -162,6 +167,9 @@ mod tests {
         net.add_tap("vbt0").unwrap();
         let out = Command::new("ip").args(["-n", &net.netns, "-o", "link", "show", "master", BRIDGE]).output().unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains("vbt0"));
+        // The bridge keeps its own MAC when ports join.
+        let out = Command::new("ip").args(["-n", &net.netns, "-o", "link", "show", BRIDGE]).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains(BRIDGE_MAC), "{}", String::from_utf8_lossy(&out.stdout));
         let e = net.add_tap("vbt0").unwrap_err();
         assert!(e.to_string().contains("ip -n"), "{e}");
         net.destroy().unwrap();
