@@ -197,7 +197,14 @@ pub fn charts(s: &BootSummary) -> Vec<(String, Chart)> {
     }
     let series = |f: &dyn Fn(&BootRow) -> Option<Point>| -> Vec<Series> {
         by.iter()
-            .map(|((b, m), rows)| Series { name: format!("{b} {}", m.name()), points: rows.iter().filter_map(|r| f(r)).collect(), reference: false })
+            .map(|((b, m), rows)| Series {
+                name: format!("{b} {}", m.name()),
+                points: rows.iter().filter_map(|r| f(r)).collect(),
+                // One colour per backend; hot dashed next to cold.
+                color: BackendKind::ALL.iter().position(|k| k == b),
+                dashed: *m == StartMode::Hot,
+                ..Default::default()
+            })
             .filter(|s| !s.points.is_empty())
             .collect()
     };
@@ -209,7 +216,8 @@ pub fn charts(s: &BootSummary) -> Vec<(String, Chart)> {
                 x_label: "guests started together, n".into(),
                 y_label: "T_startup = max ready time (s)".into(),
                 series: series(&|r| Some(Point { x: r.n as f64, y: r.t_startup_s?, err: None })),
-                log_y: false,
+                // Backends span three orders of magnitude.
+                log_y: true,
             },
         ),
         (

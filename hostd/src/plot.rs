@@ -13,12 +13,16 @@ pub struct Point {
     pub err: Option<f64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Series {
     pub name: String,
     pub points: Vec<Point>,
-    /// Dashed style for reference curves (theory), solid for measurements.
+    /// A reference curve (theory): thin, dashed, no points.
     pub reference: bool,
+    /// Palette index; default: the series' position.
+    pub color: Option<usize>,
+    /// A measured curve drawn dashed (e.g. hot next to cold of the same colour).
+    pub dashed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -58,18 +62,38 @@ fn range(vals: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
     (lo, hi)
 }
 
+/// The legend, drawn by hand in the column right of the plot (plotters' own legend is laid
+/// out with font metrics an SVG without fonts does not have).
+fn legend<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::Shift>, series: &[Series]) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let (x, mut y) = (795, 40);
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[s.color.unwrap_or(i) % PALETTE.len()];
+        let style = color.stroke_width(if s.reference { 1 } else { 2 });
+        if s.reference || s.dashed {
+            root.draw(&PathElement::new(vec![(x, y), (x + 8, y)], style))?;
+            root.draw(&PathElement::new(vec![(x + 12, y), (x + 20, y)], style))?;
+        } else {
+            root.draw(&PathElement::new(vec![(x, y), (x + 20, y)], style))?;
+        }
+        root.draw(&Text::new(s.name.clone(), (x + 26, y - 6), ("sans-serif", 12).into_font()))?;
+        y += 18;
+    }
+    Ok(())
+}
+
 /// Renders `chart` to an SVG string.
 pub fn render(chart: &Chart) -> Result<String, String> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (800, 500)).into_drawing_area();
+        // The legend goes in a column right of the plot, where it can hide no curve.
+        let root = SVGBackend::with_string(&mut svg, (980, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let pts = || chart.series.iter().flat_map(|s| s.points.iter());
         let (x0, x1) = range(pts().map(|p| p.x), false);
         let x1 = if x1 <= x0 { x0 + 1.0 } else { x1 };
         let (y0, y1) = range(pts().flat_map(|p| [p.y - p.err.unwrap_or(0.0), p.y + p.err.unwrap_or(0.0)]), chart.log_y);
         let mut b = ChartBuilder::on(&root);
-        b.caption(&chart.title, ("sans-serif", 20)).margin(12).x_label_area_size(45).y_label_area_size(70);
+        b.caption(&chart.title, ("sans-serif", 20)).margin(12).margin_right(190).x_label_area_size(45).y_label_area_size(70);
         macro_rules! draw {
             ($ctx:expr) => {{
                 let mut ctx = $ctx;
@@ -80,16 +104,15 @@ pub fn render(chart: &Chart) -> Result<String, String> {
                     .draw()
                     .map_err(|e| e.to_string())?;
                 for (i, s) in chart.series.iter().enumerate() {
-                    let color = PALETTE[i % PALETTE.len()];
+                    let color = PALETTE[s.color.unwrap_or(i) % PALETTE.len()];
                     let style = ShapeStyle { color: color.to_rgba(), filled: false, stroke_width: if s.reference { 1 } else { 2 } };
                     let mut line: Vec<(f64, f64)> = s.points.iter().map(|p| (p.x, p.y)).collect();
                     line.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    let anno = if s.reference {
-                        ctx.draw_series(DashedLineSeries::new(line, 6, 4, style)).map_err(|e| e.to_string())?
+                    if s.reference || s.dashed {
+                        ctx.draw_series(DashedLineSeries::new(line, 6, 4, style)).map_err(|e| e.to_string())?;
                     } else {
-                        ctx.draw_series(LineSeries::new(line, style)).map_err(|e| e.to_string())?
-                    };
-                    anno.label(s.name.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                        ctx.draw_series(LineSeries::new(line, style)).map_err(|e| e.to_string())?;
+                    }
                     if !s.reference {
                         ctx.draw_series(s.points.iter().map(|p| Circle::new((p.x, p.y), 3, color.filled()))).map_err(|e| e.to_string())?;
                         ctx.draw_series(s.points.iter().filter_map(|p| {
@@ -98,12 +121,6 @@ pub fn render(chart: &Chart) -> Result<String, String> {
                         .map_err(|e| e.to_string())?;
                     }
                 }
-                ctx.configure_series_labels()
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .position(SeriesLabelPosition::UpperLeft)
-                    .draw()
-                    .map_err(|e| e.to_string())?;
             }};
         }
         if chart.log_y {
@@ -111,6 +128,7 @@ pub fn render(chart: &Chart) -> Result<String, String> {
         } else {
             draw!(b.build_cartesian_2d(x0..x1, y0..y1).map_err(|e| e.to_string())?);
         }
+        legend(&root, &chart.series).map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
@@ -232,8 +250,9 @@ mod tests {
                     name: "uml cold".into(),
                     points: vec![Point { x: 1.0, y: 0.5, err: Some(0.1) }, Point { x: 10.0, y: 2.0, err: None }],
                     reference: false,
+                    ..Default::default()
                 },
-                Series { name: "theory".into(), points: vec![Point { x: 1.0, y: 0.4, err: None }, Point { x: 10.0, y: 4.0, err: None }], reference: true },
+                Series { name: "theory".into(), points: vec![Point { x: 1.0, y: 0.4, err: None }, Point { x: 10.0, y: 4.0, err: None }], reference: true, ..Default::default() },
             ],
             log_y: false,
         };
@@ -279,9 +298,9 @@ mod look {
             x_label: "guests started together (n)".into(),
             y_label: "T_startup = max ready time (s)".into(),
             series: vec![
-                Series { name: "cold".into(), points: vec![Point { x: 1.0, y: 0.5, err: Some(0.1) }, Point { x: 10.0, y: 2.0, err: Some(0.3) }, Point { x: 50.0, y: 9.0, err: None }], reference: false },
-                Series { name: "hot".into(), points: vec![Point { x: 1.0, y: 0.2, err: None }, Point { x: 10.0, y: 1.0, err: None }, Point { x: 50.0, y: 4.0, err: None }], reference: false },
-                Series { name: "affine reference".into(), points: vec![Point { x: 1.0, y: 0.2, err: None }, Point { x: 50.0, y: 6.0, err: None }], reference: true },
+                Series { name: "cold".into(), points: vec![Point { x: 1.0, y: 0.5, err: Some(0.1) }, Point { x: 10.0, y: 2.0, err: Some(0.3) }, Point { x: 50.0, y: 9.0, err: None }], reference: false, ..Default::default() },
+                Series { name: "hot".into(), points: vec![Point { x: 1.0, y: 0.2, err: None }, Point { x: 10.0, y: 1.0, err: None }, Point { x: 50.0, y: 4.0, err: None }], reference: false, ..Default::default() },
+                Series { name: "affine reference".into(), points: vec![Point { x: 1.0, y: 0.2, err: None }, Point { x: 50.0, y: 6.0, err: None }], reference: true, ..Default::default() },
             ],
             log_y: false,
         };

@@ -100,6 +100,9 @@ pub struct Report {
     /// Steps that failed and were not later completed: key → error.
     pub failed_steps: BTreeMap<String, String>,
     pub failures: Vec<(BackendKind, usize, StartMode, GuestFailure)>,
+    /// Guests that failed during a measurement step: (backend, step, failure).
+    #[serde(default)]
+    pub lost: Vec<(BackendKind, String, GuestFailure)>,
     /// Lines of samples.jsonl that could not be read (a record torn by a kill).
     pub unreadable_records: usize,
 }
@@ -122,6 +125,7 @@ pub fn build(dir: &Path) -> Result<Report> {
     let mut probes = BTreeMap::new();
     let mut failed_steps = BTreeMap::new();
     let mut failures = Vec::new();
+    let mut lost = Vec::new();
     for r in records {
         match r {
             Record::Startup(s) => fleets.entry((s.backend, s.n, s.mode)).or_default().0.push(s),
@@ -148,6 +152,7 @@ pub fn build(dir: &Path) -> Result<Report> {
                 unavailable.remove(&backend);
                 probes.insert(backend, description);
             }
+            Record::GuestLost { backend, step, failure } => lost.push((backend, step, failure)),
         }
     }
     let rows: Vec<BootRow> = fleets
@@ -310,6 +315,7 @@ pub fn build(dir: &Path) -> Result<Report> {
         probes,
         failed_steps,
         failures,
+        lost,
         unreadable_records: unreadable,
     })
 }
@@ -344,15 +350,13 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
             .map(|b| Series {
                 name: b.to_string(),
                 points: rep.overhead[&key(b, *r)].iter().map(|p| Point { x: p.n as f64, y: p.value.mean, err: Some(p.value.std_dev) }).collect(),
-                reference: false,
-            })
+                reference: false, ..Default::default() })
             .collect();
         if let (Some(ta), Some(maxn)) = (rep.baseline.get(r), rep.overhead.values().flatten().map(|p| p.n).max()) {
             series.push(Series {
                 name: "host T_a (native, n=1)".into(),
                 points: vec![Point { x: 1.0, y: ta.mean, err: None }, Point { x: maxn.max(2) as f64, y: ta.mean, err: None }],
-                reference: true,
-            });
+                reference: true, ..Default::default() });
         }
         out.push((
             format!("fig{:02}_overhead_{}.svg", 2 + i, r.name()),
@@ -372,13 +376,12 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
             series.push(Series {
                 name: format!("{b} mean ± sd"),
                 points: pts.iter().map(|p| Point { x: p.n as f64, y: p.value.mean, err: Some(p.value.std_dev) }).collect(),
-                reference: false,
-            });
+                reference: false, ..Default::default() });
             // The paper uses one reference (Vserver's) except for disk, where each tool has its own.
             if b == BackendKind::Native || *r == Resource::Disk {
                 let refs: Vec<Point> = pts.iter().filter_map(|p| Some(Point { x: p.n as f64, y: p.reference?, err: None })).collect();
                 if !refs.is_empty() {
-                    series.push(Series { name: format!("{b} reference"), points: refs, reference: true });
+                    series.push(Series { name: format!("{b} reference"), points: refs, reference: true, ..Default::default() });
                 }
             }
         }
@@ -439,6 +442,8 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
 pub fn write(dir: &Path) -> Result<Report> {
     let rep = build(dir)?;
     let rd = ResultsDir::open(dir)?;
+    // A run killed right after making its directory has no figures/ yet.
+    std::fs::create_dir_all(dir.join("figures"))?;
     rd.write_json("report.json", &rep)?;
     rd.write("report.csv", csv(&rep).as_bytes())?;
     let figs = figures(&rep);
@@ -523,6 +528,14 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
         h.push_str("<h2>Failed steps</h2><ul>");
         for (k, e) in &rep.failed_steps {
             let _ = write!(h, "<li class=\"bad\"><b>{}</b>: {}</li>", esc(k), esc(e));
+        }
+        h.push_str("</ul>");
+    }
+    if !rep.lost.is_empty() {
+        h.push_str("<h2>Guests lost during measurements</h2><ul>");
+        for (b, step, f) in &rep.lost {
+            let tail = f.console_tail.as_deref().map(|t| format!("<pre>{}</pre>", esc(t))).unwrap_or_default();
+            let _ = write!(h, "<li class=\"bad\"><b>{b} {}</b> ({}): {:?}: {}{tail}</li>", esc(&f.name), esc(step), f.kind, esc(&f.error));
         }
         h.push_str("</ul>");
     }
