@@ -169,6 +169,21 @@ impl Cgroup {
         fs::read_to_string(self.dirs[0].join(f)).ok()?.trim().parse().ok()
     }
 
+    /// Processes the kernel's OOM killer ended in the group (its memory limit was reached).
+    pub fn oom_kills(&self) -> u64 {
+        let file = match self.mode {
+            Mode::V2 => "memory.events",
+            Mode::V1 => "memory.oom_control",
+        };
+        let text = fs::read_to_string(self.dirs[0].join(file)).unwrap_or_default();
+        text.lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("oom_kill")).then(|| w.next()?.parse().ok()).flatten()
+            })
+            .unwrap_or(0)
+    }
+
     /// SIGKILLs every process in the group until it is empty (or `deadline` passes).
     pub fn kill_all(&self, deadline: Duration) -> io::Result<()> {
         if self.mode == Mode::V2 && self.dirs[0].join("cgroup.kill").exists() {

@@ -2,8 +2,14 @@
 //! frames are bounded by the decoder, noise is counted and capped, replies are matched to
 //! requests by id (a reply that arrives after its request timed out is recorded as stray,
 //! never credited), and any protocol violation fails this guest only.
+//!
+//! The channel also watches the guest's main process (a pidfd, see [`ExitWatch`]): when it
+//! exits, everything waiting on the channel fails at once, even if another process (a UML
+//! helper, a VMM's child) still holds the guest's end open.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +24,12 @@ use vb_protocol::msg::{Command, GuestMsg, Hello, Outcome, ReplyBody, Request};
 pub const MAX_NOISE_BYTES: u64 = 1 << 20;
 /// Stray replies tolerated before the guest is considered hostile.
 pub const MAX_STRAY_REPLIES: u64 = 64;
+/// After the guest's process exited, how long the channel is still read for what it sent
+/// just before (e.g. the reply to `poweroff`) when the channel does not close by itself.
+const EXIT_DRAIN: Duration = Duration::from_millis(250);
+
+/// Completes when the guest's main process has exited.
+pub type ExitWatch = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ChannelError {
@@ -27,6 +39,8 @@ pub enum ChannelError {
     ReplyTimeout { cmd: &'static str, after: Duration },
     #[error("control channel closed{0}")]
     Closed(String),
+    #[error("the guest's process exited{0}")]
+    Exited(String),
     #[error("guest broke the protocol: {0}")]
     Protocol(String),
     #[error("guest reported an error: {0}")]
@@ -37,12 +51,16 @@ pub enum ChannelError {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<ReplyBody, ChannelError>>>>>;
 
-/// Counters about what the guest sent besides proper replies.
+/// Counters about what the guest sent besides proper replies, and what it failed to send.
 #[derive(Debug, Default)]
 pub struct ChannelStats {
     pub noise_bytes: AtomicU64,
     pub stray_replies: AtomicU64,
     pub frames: AtomicU64,
+    /// Requests that got no reply before their deadline.
+    pub timeouts: AtomicU64,
+    /// The latest of them, described.
+    pub last_timeout: Mutex<Option<ChannelError>>,
 }
 
 /// A connected agent. Dropping it stops the reader task.
@@ -81,11 +99,26 @@ impl AgentConn {
         R: AsyncRead + Send + Unpin + 'static,
         W: AsyncWrite + Send + Unpin + 'static,
     {
+        Self::establish_watched(reader, writer, hello_timeout, None).await
+    }
+
+    /// [`establish`](Self::establish), failing the channel with [`ChannelError::Exited`] as
+    /// soon as `exited` completes (and what the guest sent before is read).
+    pub async fn establish_watched<R, W>(
+        reader: R,
+        writer: W,
+        hello_timeout: Duration,
+        exited: Option<ExitWatch>,
+    ) -> Result<(AgentConn, Hello), ChannelError>
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
         let pending: Pending = Arc::default();
         let stats = Arc::new(ChannelStats::default());
         let (hello_tx, hello_rx) = oneshot::channel();
         let (fail_tx, fail_rx) = watch::channel(None);
-        let reader = tokio::spawn(read_loop(reader, pending.clone(), stats.clone(), hello_tx, fail_tx));
+        let reader = tokio::spawn(read_loop(reader, exited, pending.clone(), stats.clone(), hello_tx, fail_tx));
         let conn = AgentConn {
             writer: tokio::sync::Mutex::new(Box::new(writer)),
             pending,
@@ -99,6 +132,7 @@ impl AgentConn {
             Ok(Err(_)) => {
                 return Err(match conn.failure() {
                     Some(ChannelError::Closed(_)) | None => ChannelError::Closed(" before the ready message".into()),
+                    Some(ChannelError::Exited(_)) => ChannelError::Exited(" before the ready message".into()),
                     Some(other) => other,
                 })
             }
@@ -147,7 +181,10 @@ impl AgentConn {
             Err(_) => {
                 // Forget the id: a late reply now counts as stray.
                 self.pending.lock().expect("pending map").remove(&id);
-                Err(ChannelError::ReplyTimeout { cmd: name, after: timeout })
+                let e = ChannelError::ReplyTimeout { cmd: name, after: timeout };
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                *self.stats.last_timeout.lock().expect("stats") = Some(e.clone());
+                Err(e)
             }
         }
     }
@@ -155,6 +192,7 @@ impl AgentConn {
 
 async fn read_loop<R: AsyncRead + Unpin>(
     mut reader: R,
+    mut exited: Option<ExitWatch>,
     pending: Pending,
     stats: Arc<ChannelStats>,
     hello_tx: oneshot::Sender<Hello>,
@@ -163,13 +201,32 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut hello_tx = Some(hello_tx);
     let mut dec = FrameDecoder::default();
     let mut buf = vec![0u8; 64 << 10];
+    // Set when the process has exited: the channel is read until then, no longer.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     let err = loop {
-        let n = match reader.read(&mut buf).await {
+        let read = tokio::select! {
+            r = reader.read(&mut buf) => r,
+            () = async { exited.as_mut().expect("guarded").await }, if exited.is_some() => {
+                exited = None;
+                drain_until = Some(tokio::time::Instant::now() + EXIT_DRAIN);
+                continue;
+            }
+            () = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now)), if drain_until.is_some() => {
+                break ChannelError::Exited(String::new());
+            }
+        };
+        let n = match read {
             Ok(0) => {
-                break match dec.finish() {
-                    Some(e) => ChannelError::Protocol(e.to_string()),
-                    None => ChannelError::Closed(String::new()),
+                if let Some(e) = dec.finish() {
+                    break ChannelError::Protocol(e.to_string());
                 }
+                // The channel usually closes because the process exited: say so when the
+                // exit follows within moments, whichever the kernel reported first.
+                let exited_too = match exited.take() {
+                    Some(w) => tokio::time::timeout(EXIT_DRAIN, w).await.is_ok(),
+                    None => drain_until.is_some(),
+                };
+                break if exited_too { ChannelError::Exited(String::new()) } else { ChannelError::Closed(String::new()) };
             }
             Ok(n) => n,
             Err(e) => break ChannelError::Io(e.to_string()),

@@ -214,10 +214,17 @@ pub async fn serve(
     let _ = std::os::unix::fs::symlink(&run.scratch, &name_link);
     ready(Ok(&status_of(&file.name, &run, &mut fleet)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Guests that die are taken out (their resources released) and listed as failed.
+    let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
+            _ = check.tick() => {
+                for f in fleet.prune(&backend).await {
+                    eprintln!("hostd: {}", f.to_string().lines().next().unwrap_or_default());
+                }
+            }
             conn = listener.accept() => {
                 let Ok((conn, _)) = conn else { continue };
                 if handle(conn, &file.name, &run, &mut fleet).await {

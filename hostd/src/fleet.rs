@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::backend::{AnyBackend, Backend, BackendKind, Exit, GuestNet, GuestSpec};
 use crate::cgroup::{self, Limits};
-use crate::channel::ChannelError;
-use crate::guest::{boot, BootError, RunningGuest};
+use crate::guest::{boot, RunningGuest};
+pub use crate::guest::{FailureKind, GuestFailure};
 use crate::netlab::{self, FleetNet};
 use crate::runstate::RunState;
 
@@ -52,30 +52,6 @@ impl Default for FleetConfig {
     }
 }
 
-/// Why a guest is not part of the running fleet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureKind {
-    /// The backend could not start it.
-    Launch,
-    /// No ready message before the deadline.
-    Timeout,
-    /// Its kernel panicked (seen in its console log).
-    Panic,
-    /// It went away before saying ready.
-    Crashed,
-    /// It spoke, but broke the protocol.
-    Protocol,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GuestFailure {
-    pub index: usize,
-    pub name: String,
-    pub kind: FailureKind,
-    pub error: String,
-}
-
 /// Boot phases as they happen, for progress displays.
 #[derive(Debug, Clone)]
 pub enum FleetEvent {
@@ -95,15 +71,56 @@ pub struct Fleet {
     pub config: FleetConfig,
 }
 
-/// Starts `cfg.n` guests. Fails as a whole only if the fleet network cannot be made.
+/// Why a fleet could not start (or grow) at all. A guest that fails alone is a
+/// [`GuestFailure`], not this.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(transparent)]
+    Network(#[from] netlab::NetError),
+    #[error(
+        "{guests} more guests need about {need} file descriptors in hostd, but only {free} of its limit of {limit} are free \
+         (ulimit -n): raise the limit or boot fewer guests at once"
+    )]
+    Descriptors { guests: usize, need: u64, free: u64, limit: u64 },
+}
+
+/// Descriptors hostd holds per guest, counting a launch in flight (control socket, console
+/// pipe, pidfds, and the pipes and sockets a launch uses for moments); measured by the
+/// leak test (`hostd/tests/leaks.rs`), with room to spare.
+pub const FDS_PER_GUEST: u64 = 16;
+/// Descriptors kept free for everything else (results, cgroup files, `ip`'s pipes).
+const FD_RESERVE: u64 = 64;
+
+/// Raises hostd's soft descriptor limit to the hard one (once), then checks that `guests`
+/// more guests fit: a fleet that would run out half-way is refused before it starts.
+fn descriptor_budget(guests: usize) -> Result<(), FleetError> {
+    static RAISE: std::sync::Once = std::sync::Once::new();
+    RAISE.call_once(|| {
+        if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+            let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    });
+    let Ok((limit, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) else { return Ok(()) };
+    let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
+    let need = guests as u64 * FDS_PER_GUEST + FD_RESERVE;
+    let free = limit.saturating_sub(open);
+    if need > free {
+        return Err(FleetError::Descriptors { guests, need, free, limit });
+    }
+    Ok(())
+}
+
+/// Starts `cfg.n` guests. Fails as a whole only if the fleet network cannot be made or
+/// hostd lacks the file descriptors for it.
 pub async fn start(
     backend: &AnyBackend,
     run: &RunState,
     cfg: &FleetConfig,
     on_event: impl FnMut(FleetEvent),
-) -> Result<Fleet, netlab::NetError> {
+) -> Result<Fleet, FleetError> {
     // Checked before anything exists, so a too-large fleet leaves nothing behind.
     FleetNet::guest_addr(cfg.n.saturating_sub(1))?;
+    descriptor_budget(cfg.n)?;
     let net = if cfg.network { Some(FleetNet::create(&run.run)?) } else { None };
     let mut fleet = Fleet {
         backend: backend.kind(),
@@ -127,12 +144,13 @@ impl Fleet {
         run: &RunState,
         to_n: usize,
         mut on_event: impl FnMut(FleetEvent),
-    ) -> Result<(), netlab::NetError> {
+    ) -> Result<(), FleetError> {
         let from = self.config.n;
         if to_n <= from {
             return Ok(());
         }
         FleetNet::guest_addr(to_n - 1)?;
+        descriptor_budget(to_n - from + self.guests.len())?;
         let cfg = self.config.clone();
         let cg_mode = cgroup::detect().ok();
         let sem = Arc::new(Semaphore::new(if cfg.parallelism == 0 { to_n - from } else { cfg.parallelism }));
@@ -176,7 +194,7 @@ impl Fleet {
                     ready.push((index, g, at));
                 }
                 Err(e) => {
-                    let f = classify(index, e);
+                    let f = e.failure(index);
                     on_event(FleetEvent::Failed(f.clone()));
                     self.failures.push(f);
                 }
@@ -193,23 +211,28 @@ impl Fleet {
     }
 }
 
-fn classify(index: usize, e: BootError) -> GuestFailure {
-    let error = e.to_string();
-    let kind = match &e {
-        BootError::Launch { .. } => FailureKind::Launch,
-        BootError::Ready { source, tail, .. } => {
-            if tail.contains("Kernel panic") {
-                FailureKind::Panic
-            } else {
-                match source {
-                    ChannelError::HelloTimeout(_) => FailureKind::Timeout,
-                    ChannelError::Protocol(_) => FailureKind::Protocol,
-                    _ => FailureKind::Crashed,
+impl Fleet {
+    /// Takes out every guest that can no longer be used (its process exited, it broke the
+    /// protocol, or missed a command's deadline), kills it, releases what it held, and
+    /// records why in `failures`; returns those new failures. Measurements call it after
+    /// each step, so a failed guest's resources go as soon as its failure shows.
+    pub async fn prune(&mut self, backend: &AnyBackend) -> Vec<GuestFailure> {
+        let mut failed = Vec::new();
+        let mut i = 0;
+        while i < self.guests.len() {
+            match self.guests[i].trouble() {
+                Some((kind, error)) => {
+                    let g = self.guests.remove(i);
+                    self.ready_at.remove(i);
+                    failed.push(g.fail(backend, kind, error).await);
                 }
+                None => i += 1,
             }
         }
-    };
-    GuestFailure { index, name: format!("g{index}"), kind, error }
+        self.failures.extend(failed.iter().cloned());
+        self.failures.sort_by_key(|f| f.index);
+        failed
+    }
 }
 
 /// What tearing a fleet down found.
@@ -218,14 +241,17 @@ pub struct Teardown {
     pub clean: usize,
     pub killed: usize,
     pub already_exited: usize,
+    /// Guests found failed at teardown (and not recorded before).
+    pub failed: Vec<GuestFailure>,
     pub errors: Vec<String>,
 }
 
 impl Fleet {
-    /// Powers every guest off (concurrently), kills what does not stop within `grace`,
-    /// releases their resources, then removes the fleet network.
-    pub async fn teardown(self, backend: &AnyBackend, grace: Duration) -> Teardown {
-        let mut t = Teardown::default();
+    /// Records the guests that failed, then powers the others off (concurrently), kills
+    /// what does not stop within `grace`, releases their resources, then removes the fleet
+    /// network.
+    pub async fn teardown(mut self, backend: &AnyBackend, grace: Duration) -> Teardown {
+        let mut t = Teardown { failed: self.prune(backend).await, ..Default::default() };
         let exits: Vec<Exit> = futures::future::join_all(self.guests.into_iter().map(|g| g.shutdown(backend, grace))).await;
         for e in exits {
             match e {

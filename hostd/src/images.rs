@@ -78,13 +78,31 @@ pub fn resolve(agent: Option<&Path>) -> Result<Images> {
 }
 
 fn fill_from_store(store: &imagegen::Store, images: &mut Images) {
-    images.initramfs = output(store, "initramfs", "initramfs", images);
+    images.initramfs = output(store, "initramfs", "initramfs", images).and_then(|p| match crate::integrity::check_initramfs(&p) {
+        Ok(()) => Some(p),
+        Err(e) => {
+            images.notes.push(format!("image initramfs: {e}"));
+            None
+        }
+    });
     images.disk = output(store, "disk", "disk", images);
     images.rootfs = tree(store, "rootfs", "rootfs", images);
     images.bundle = tree(store, "oci-bundle", "bundle", images);
     images.kernel_uml = kernel(store, "kernel-uml", images);
     images.kernel_microvm = kernel(store, "kernel-microvm", images);
     images.kernel_pc = kernel(store, "kernel-pc", images);
+    images.kernel_xen = kernel(store, "kernel-xen", images);
+}
+
+/// A current store artifact outside [`Images`] (the Xen lab's hypervisor, dom0 kernel and
+/// dom0 initramfs): its path, sha256 and recorded command line.
+pub fn store_artifact(recipe: &str, output: &str) -> Result<(PathBuf, String, String)> {
+    let cfg = imagegen::Config::for_workspace(&workspace_root()).context("locating the image store")?;
+    let store = imagegen::Store::open(&cfg.store).with_context(|| format!("no image store at {}: run `imagegen build`", cfg.store.display()))?;
+    let m = store.current(recipe).with_context(|| format!("image {recipe}: run `imagegen build`"))?;
+    let out = m.output(output).with_context(|| format!("image {recipe} has no output {output}"))?;
+    let path = store.output_path(&m, output).with_context(|| format!("image {recipe}"))?;
+    Ok((path, out.sha256.clone(), m.cmdline.clone().unwrap_or_default()))
 }
 
 /// A recipe's output path, recording its hash and its recipe's.
@@ -97,7 +115,8 @@ fn output(store: &imagegen::Store, recipe: &str, name: &str, images: &mut Images
         }
     };
     let out = m.output(name)?;
-    match store.output_path(&m, name) {
+    // Refused before any guest boots it: an artifact whose bytes are not its manifest's.
+    match store.output_path(&m, name).map_err(|e| e.to_string()).and_then(|p| crate::integrity::check_blob(&p, &out.sha256).map(|()| p)) {
         Ok(p) => {
             images.hashes.insert(recipe.to_string(), out.sha256.clone());
             images.hashes.insert(format!("{recipe} (recipe)"), m.recipe_file.sha256.clone());
@@ -114,7 +133,13 @@ fn tree(store: &imagegen::Store, recipe: &str, name: &str, images: &mut Images) 
     output(store, recipe, name, images)?;
     let sha = images.hashes.get(recipe)?.clone();
     match store.materialize_tree(&sha) {
-        Ok(p) => Some(p),
+        Ok(p) => match crate::integrity::check_tree(store, &sha) {
+            Ok(()) => Some(p),
+            Err(e) => {
+                images.notes.push(format!("image {recipe}: {e}"));
+                None
+            }
+        },
         Err(e) => {
             images.notes.push(format!("image {recipe}: unpacking: {e}"));
             None

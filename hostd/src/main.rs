@@ -43,6 +43,8 @@ enum Cmd {
     Report { dir: PathBuf },
     /// Show two runs' main figures side by side.
     Compare { a: PathBuf, b: PathBuf },
+    /// Measure the xen backend on a Xen host emulated by QEMU (for hosts that are not Xen).
+    XenLab(hostd::xenlab::LabArgs),
 }
 
 #[derive(Args)]
@@ -219,6 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("report: {} ({} backends measured, {} unavailable, {} failed steps)", dir.join("index.html").display(), rep.probes.len(), rep.unavailable.len(), rep.failed_steps.len());
             Ok(())
         }
+        Cmd::XenLab(a) => hostd::xenlab::main(a).await,
         Cmd::Compare { a, b } => {
             print!("{}", hostd::compare::compare(&a, &b)?);
             Ok(())

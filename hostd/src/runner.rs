@@ -13,7 +13,7 @@ use vb_protocol::bench::Resource;
 use crate::backend::{AnyBackend, Backend, BackendKind, BackendOptions, Images};
 use crate::campaign::{BackendPlan, Campaign};
 use crate::cgroup::Limits;
-use crate::fleet::{self, FleetConfig};
+use crate::fleet::{self, Fleet, FleetConfig};
 use crate::netlab::FleetNet;
 use crate::peer::Peer;
 use crate::results::{read_records, ResultsDir};
@@ -216,6 +216,7 @@ async fn overhead_and_linearity(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &
                             linearity::measure(&fleet, r, w, &targets, c.warmup, c.reps, t).await
                         };
                         record_samples(ctx, &k, m, say)?;
+                        prune(ctx, &mut fleet, backend, &k, say).await?;
                     }
                 }
                 say(format!("   overhead and linearity at n={n} done"));
@@ -227,8 +228,7 @@ async fn overhead_and_linearity(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &
         r
     }
     .await;
-    fleet.teardown(backend, Duration::from_secs(10)).await;
-    result
+    teardown(ctx, fleet, backend, result).await
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -251,7 +251,7 @@ async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &Backen
         return Ok(());
     }
     let n = if test == Test::Isolation { 2 } else { plan.ring_guests };
-    let fleet = match fleet::start(backend, ctx.run, &ctx.fleet_config(plan, n), |_| {}).await {
+    let mut fleet = match fleet::start(backend, ctx.run, &ctx.fleet_config(plan, n), |_| {}).await {
         Ok(f) => f,
         Err(e) => {
             for (_, k) in &keys {
@@ -280,6 +280,7 @@ async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &Backen
                     _ => ring::measure(&fleet, w, c.warmup, c.reps, t).await,
                 };
                 record_samples(ctx, k, m, say)?;
+                prune(ctx, &mut fleet, backend, k, say).await?;
             }
             anyhow::Ok(())
         }
@@ -288,9 +289,31 @@ async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &Backen
         r
     }
     .await;
-    fleet.teardown(backend, Duration::from_secs(10)).await;
+    let result = teardown(ctx, fleet, backend, result).await;
     say(format!("   {} done", if test == Test::Isolation { "isolation" } else { "ring" }));
     result
+}
+
+/// Takes the guests that failed during `step` out of the fleet (killed, their resources
+/// released at once) and records why.
+async fn prune(ctx: &mut Ctx<'_>, fleet: &mut Fleet, backend: &AnyBackend, step: &str, say: Say<'_>) -> Result<()> {
+    for f in fleet.prune(backend).await {
+        say(format!("   {step}: guest {} lost ({:?}): {}", f.name, f.kind, f.error));
+        ctx.record(&Record::GuestLost { backend: fleet.backend, step: step.to_string(), failure: f })?;
+    }
+    Ok(())
+}
+
+/// Tears the fleet down, records the guests found failed on the way, and returns `result`
+/// (or the recording's error if that failed and `result` had not).
+async fn teardown(ctx: &mut Ctx<'_>, fleet: Fleet, backend: &AnyBackend, result: Result<()>) -> Result<()> {
+    let kind = fleet.backend;
+    let t = fleet.teardown(backend, Duration::from_secs(10)).await;
+    let mut recorded = Ok(());
+    for f in t.failed {
+        recorded = recorded.and(ctx.record(&Record::GuestLost { backend: kind, step: "teardown".into(), failure: f }));
+    }
+    result.and(recorded)
 }
 
 fn record_samples(ctx: &mut Ctx<'_>, key: &str, m: Result<Vec<BenchSample>, String>, say: Say<'_>) -> Result<()> {

@@ -26,4 +26,7 @@ pub enum Record {
     BackendUnavailable { backend: BackendKind, reason: String },
     /// What a backend's probe said when it ran (e.g. the accelerator chosen).
     BackendProbe { backend: BackendKind, description: String },
+    /// A guest failed during a measurement step (crashed, hung, panicked, ran out of
+    /// memory, broke the protocol) and was taken out of its fleet.
+    GuestLost { backend: BackendKind, step: String, failure: GuestFailure },
 }

@@ -96,8 +96,15 @@ pub enum StartupError {
     DropCaches(std::io::Error),
     #[error("reading /proc/meminfo")]
     Meminfo,
-    #[error("creating the fleet network: {0}")]
-    Network(#[from] crate::netlab::NetError),
+    // Not a `source`: the message already says it, and error chains would say it twice.
+    #[error("starting the fleet: {0}")]
+    Network(crate::fleet::FleetError),
+}
+
+impl From<crate::fleet::FleetError> for StartupError {
+    fn from(e: crate::fleet::FleetError) -> Self {
+        StartupError::Network(e)
+    }
 }
 
 /// Flushes dirty pages and drops the page cache, dentries and inodes.
@@ -154,7 +161,9 @@ pub async fn boot_and_measure(
         guests: fleet.guests.iter().map(|g| memory::guest_memory(&g.process)).collect(),
         hostd_pss_kib: memory::pss_kib(std::process::id()).unwrap_or(0),
     });
-    let failures = fleet.failures.clone();
-    let Teardown { clean, killed, .. } = fleet.teardown(backend, Duration::from_secs(10)).await;
+    let mut failures = fleet.failures.clone();
+    let Teardown { clean, killed, failed, .. } = fleet.teardown(backend, Duration::from_secs(10)).await;
+    // Guests that became ready but died before the teardown.
+    failures.extend(failed);
     Ok(FleetBoot { backend: kind, n: cfg.n, mode, startups, failures, memory, teardown_clean: clean, teardown_killed: killed })
 }

@@ -146,7 +146,7 @@ fn bad_arguments_and_unreachable_agents_fail_clearly() {
     // A program that never says hello.
     let (code, err) = hostd_bin(&["bench", "--bench", "cpu", "--agent", "/bin/true", "--hello-timeout", "5"]);
     assert_eq!(code, 1);
-    assert!(err.starts_with("hostd: error: native backend: guest bench0: control channel closed before the ready message"), "{err}");
+    assert!(err.starts_with("hostd: error: native backend: guest bench0: the guest's process exited before the ready message"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let silent = dir.path().join("silent-agent");
     std::fs::write(&silent, "#!/bin/sh\nexec sleep 30\n").unwrap();

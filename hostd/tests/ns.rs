@@ -295,9 +295,18 @@ async fn guest_is_isolated_from_the_host() {
     let net = FleetNet::create(&run).unwrap();
     let images = Images { agent: agent(), rootfs: Some(rootfs), ..Default::default() };
     let backend = AnyBackend::new(BackendKind::Ns, &images, &Default::default());
+    // A descriptor hostd holds without close-on-exec: the guest must not get it.
+    // SAFETY: open(2) of a NUL-terminated path; the descriptor is closed below.
+    let decoy = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
+    assert!(decoy >= 0);
     let g = boot(&backend, spec(&run, 0, dir.path(), None, Some(&net)), HELLO).await.unwrap();
     let pid = g.process.pid();
     let me = std::process::id();
+    // SAFETY: closes the descriptor opened above, owned by nobody else.
+    unsafe { libc::close(decoy) };
+    // Only the descriptors it was given: stdin /dev/null, stdout and stderr the console
+    // pipe, and the control socket.
+    assert_only_given_fds(pid);
 
     assert_eq!(g.hello.pid, 1);
     for ns in ["pid", "mnt", "net", "uts", "ipc"] {
@@ -344,6 +353,31 @@ async fn guest_is_isolated_from_the_host() {
     assert!(powered_off(&exit), "{exit:?}");
     net.destroy().unwrap();
     assert_clean(&run, dir.path(), &mounts_before, &[pid], &[workdir]);
+}
+
+/// What each of `pid`'s descriptors points at, as the host sees it.
+fn fds_of(pid: u32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, std::fs::read_link(e.path()).ok()?.display().to_string())))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `pid` holds stdin on /dev/null, stdout and stderr on one pipe (the console), the
+/// control socket as fd 3 (and copies of it), and nothing else.
+pub fn assert_only_given_fds(pid: u32) {
+    let fds = fds_of(pid);
+    let target = |n: i32| fds.iter().find(|(f, _)| *f == n).map(|(_, t)| t.clone()).unwrap_or_else(|| panic!("no fd {n}: {fds:?}"));
+    assert_eq!(target(0), "/dev/null", "{fds:?}");
+    assert!(target(1).starts_with("pipe:[") && target(1) == target(2), "{fds:?}");
+    let socket = target(3);
+    assert!(socket.starts_with("socket:["), "{fds:?}");
+    for (n, t) in &fds {
+        assert!(*n < 3 || *t == socket, "fd {n} → {t}: the guest holds a descriptor it was not given ({fds:?})");
+    }
 }
 
 /// With a user namespace the guest's root is an unprivileged host user, and it still boots,

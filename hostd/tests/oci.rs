@@ -452,3 +452,94 @@ async fn failures_are_explained_and_cleaned_up() {
     net.destroy().unwrap();
     assert_clean(&run, dir.path(), &bundle, &before, &[], &[workdir]);
 }
+
+/// What each of `pid`'s descriptors points at, as the host sees it.
+fn fds_of(pid: u32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, std::fs::read_link(e.path()).ok()?.display().to_string())))
+        .collect();
+    v.sort();
+    v
+}
+
+fn ns_inode(pid: u32, ns: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap()
+}
+
+/// The container's agent sees only its own processes and its own (read-only) rootfs, holds
+/// only the descriptors it was given, and cannot reach the host's network namespace.
+#[tokio::test]
+async fn runc_container_is_isolated_from_the_host() {
+    if !root_or_skip("the runc isolation test") {
+        return;
+    }
+    let run = format!("oci{}", std::process::id());
+    let _litter = Litter(run.clone());
+    let dir = scratch();
+    let bundle = make_bundle(dir.path(), &["/sbin/guest-agent", "--ctl", "fd:3"]);
+    let before = Before { mounts: mountinfo(), rootfs: tree(&bundle.join("rootfs")) };
+    let net = FleetNet::create(&run).unwrap();
+    let backend = backend("runc", &bundle);
+    // A descriptor hostd holds without close-on-exec: the container must not get it.
+    // SAFETY: open(2) of a NUL-terminated path; the descriptor is closed below.
+    let decoy = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
+    assert!(decoy >= 0);
+    let g = boot(&backend, spec(&run, 0, dir.path(), None, Some(&net)), HELLO).await.unwrap();
+    // SAFETY: closes the descriptor opened above, owned by nobody else.
+    unsafe { libc::close(decoy) };
+    let pid = g.process.pid();
+    let me = std::process::id();
+    assert_eq!(g.hello.pid, 1);
+    for ns in ["pid", "mnt", "net", "uts", "ipc"] {
+        assert_ne!(ns_inode(pid, ns), ns_inode(me, ns), "{ns} namespace shared with the host");
+    }
+    // Its own processes: the agent alone.
+    let groot = PathBuf::from(format!("/proc/{pid}/root"));
+    let procs: Vec<String> = std::fs::read_dir(groot.join("proc"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    assert_eq!(procs, ["1"]);
+    // Its own root: the bundle's rootfs (the very same agent file), read-only, nothing of
+    // the host's beyond it.
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).unwrap();
+    assert_eq!(ino(&groot.join("sbin/guest-agent")), ino(&bundle.join("rootfs/sbin/guest-agent")));
+    assert!(!groot.join(dir.path().strip_prefix("/").unwrap()).exists(), "the host's directories are visible in the container");
+    let e = std::fs::write(groot.join("written-by-host"), "x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "the image must be read-only in the container");
+    // Only the descriptors it was given: stdin /dev/null, stdout and stderr the console
+    // pipe, the control socket as fd 3 (and copies of it).
+    let fds = fds_of(pid);
+    let target = |n: i32| fds.iter().find(|(f, _)| *f == n).map(|(_, t)| t.clone()).unwrap_or_else(|| panic!("no fd {n}: {fds:?}"));
+    assert_eq!(target(0), "/dev/null", "{fds:?}");
+    assert!(target(1).starts_with("pipe:[") && target(1) == target(2), "{fds:?}");
+    let socket = target(3);
+    assert!(socket.starts_with("socket:["), "{fds:?}");
+    for (n, t) in &fds {
+        assert!(*n < 3 || *t == socket, "fd {n} → {t}: the container holds a descriptor it was not given ({fds:?})");
+    }
+    // A server on the host's loopback: reachable from the host, not from the container.
+    let native = AnyBackend::new(BackendKind::Native, &Images { agent: agent(), ..Default::default() }, &Default::default());
+    let hs = GuestSpec { net: None, cgroup: None, workdir: dir.path().join("host-agent"), name: format!("{run}-host"), ..spec(&run, 9, dir.path(), None, None) };
+    let host_agent = boot(&native, hs, HELLO).await.unwrap();
+    let port = match host_agent.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await.unwrap() {
+        ReplyBody::Listening { port } => port,
+        other => panic!("{other:?}"),
+    };
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the host reaches its own server");
+    let req = BenchRequest { spec: BenchSpec::NetStream { peer: format!("127.0.0.1:{port}"), duration_ms: 100, msg_size: 1024 }, instances: 1 };
+    let e = run_once(&g.conn, &req, BENCH).await.expect_err("the container must not reach the host's loopback");
+    assert!(format!("{e:#}").contains("cannot connect"), "{e:#}");
+    host_agent.shutdown(&native, Duration::from_secs(5)).await;
+
+    let workdir = g.spec.workdir.clone();
+    let exit = g.shutdown(&backend, Duration::from_secs(5)).await;
+    assert!(powered_off(&exit), "{exit:?}");
+    net.destroy().unwrap();
+    assert_clean(&run, dir.path(), &bundle, &before, &[pid], &[workdir]);
+}

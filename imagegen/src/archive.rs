@@ -14,6 +14,9 @@ const S_IFLNK: u32 = 0o120_000;
 const S_IFCHR: u32 = 0o020_000;
 const S_IFBLK: u32 = 0o060_000;
 
+/// The name of the entry that ends a newc archive.
+pub const CPIO_TRAILER: &str = "TRAILER!!!";
+
 /// gzip level for every compressed artifact. Fixed: the level changes the bytes.
 pub const GZIP_LEVEL: u32 = 9;
 
@@ -197,6 +200,11 @@ impl Tree {
     /// trailer) visibly under our control in ~40 lines, which is the point of the exercise.
     pub fn write_cpio_newc<W: Write>(&self, mut w: W, mtime: u64) -> io::Result<W> {
         let mtime = u32::try_from(mtime).map_err(|_| invalid("mtime does not fit cpio newc"))?;
+        // The kernel's unpacker (and every cpio reader) stops at this name: an entry so
+        // named would silently drop everything after it from the initramfs.
+        if self.nodes.contains_key(CPIO_TRAILER) {
+            return Err(invalid("an entry named TRAILER!!! would end the cpio archive early"));
+        }
         let nlinks = self.dir_nlinks();
         let mut ino = 0u32;
         for (path, node) in &self.nodes {
@@ -213,7 +221,7 @@ impl Tree {
             e.write(&mut w, ino, mtime)?;
         }
         // The trailer as the kernel's usr/gen_init_cpio writes it: everything 0 but nlink.
-        NewcEntry::new("TRAILER!!!", 0, 1, &[]).write(&mut w, 0, 0)?;
+        NewcEntry::new(CPIO_TRAILER, 0, 1, &[]).write(&mut w, 0, 0)?;
         Ok(w)
     }
 
@@ -398,7 +406,7 @@ pub fn read_cpio_newc(mut buf: &[u8]) -> io::Result<Vec<CpioEntry>> {
             return Err(bad("truncated entry"));
         }
         let name = String::from_utf8(buf[110..name_end - 1].to_vec()).map_err(|_| bad("non-UTF-8 name"))?;
-        if name == "TRAILER!!!" {
+        if name == CPIO_TRAILER {
             return Ok(out);
         }
         out.push(CpioEntry { name, ino, mode, uid, gid, nlink, mtime, rdev, data: buf[data_start..data_end].to_vec() });
@@ -460,6 +468,21 @@ mod tests {
         assert_eq!(by("tmp").mode, S_IFDIR | 0o1777);
         assert_eq!(by("bin/sh").data, b"busybox");
         assert!(bytes.ends_with(b"TRAILER!!!\0\0\0\0") || bytes.windows(10).any(|w| w == b"TRAILER!!!"));
+    }
+
+    /// Found by the recipe_parse fuzz target: a file named like the trailer would have cut
+    /// the initramfs short, silently.
+    #[test]
+    fn an_entry_named_like_the_trailer_is_refused() {
+        let mut t = sample();
+        t.add("/TRAILER!!!", Node::File { mode: 0o644, data: b"x".to_vec() }).unwrap();
+        let e = t.write_cpio_newc(Vec::new(), 0).unwrap_err();
+        assert!(e.to_string().contains("TRAILER!!!"), "{e}");
+        // Deeper down it is an ordinary name.
+        let mut t = sample();
+        t.add("/etc/TRAILER!!!", Node::File { mode: 0o644, data: b"x".to_vec() }).unwrap();
+        let entries = read_cpio_newc(&t.write_cpio_newc(Vec::new(), 0).unwrap()).unwrap();
+        assert_eq!(entries.len(), t.len());
     }
 
     #[test]

@@ -206,6 +206,7 @@ fn build_one(ctx: &kinds::Ctx<'_>, step: &Step) -> Result<Outcome, BuildError> {
                 ctx.store.put_blob_with(|w| kinds::disk::write_disk(w, d.size_mib, d.seed)).map_err(store_err)?;
             BTreeMap::from([("disk".to_string(), crate::store::output_record(sha, size))])
         }
+        (Resolved::DebFile, Spec::DebFile(d)) => kinds::deb_file::build(ctx, r, d)?,
         (Resolved::Kernel { source, fragments, patches }, Spec::Kernel(k)) => {
             let (outputs, work) = kinds::kernel::build(ctx, r, k, &ih, source, fragments, patches)?;
             done_work = Some(work);

@@ -31,6 +31,10 @@ pub enum MaterializeError {
     Read(#[source] io::Error),
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("unpacked tree {path} no longer matches its blob: {problem} (remove the tree; it is unpacked again on next use)")]
+    TreeChanged { path: PathBuf, problem: String },
+    #[error("cpio entry {name:?}: {problem}")]
+    UnsafeCpio { name: String, problem: String },
 }
 
 impl Store {
@@ -79,6 +83,121 @@ impl Store {
         }
         res.map(|()| done)
     }
+}
+
+impl Store {
+    /// Checks that the unpacked tree `trees/<sha256>/` is still exactly what blob `sha256`
+    /// holds. A tree is unpacked once and then used as it is, so a change made to it later
+    /// (a replaced binary, a setuid bit) would go unseen: the blob is unpacked again into a
+    /// scratch directory (checking its hash) and the two trees are compared entry by entry
+    /// (type, permission bits, size, content, link target; nothing missing, nothing added).
+    pub fn check_tree(&self, sha256: &str) -> Result<(), MaterializeError> {
+        if !is_sha256_hex(sha256) {
+            return Err(MaterializeError::BadHash { sha256: sha256.to_string() });
+        }
+        let tree = self.trees_dir().join(sha256);
+        let blob = self.blob_path(sha256);
+        let f = File::open(&blob).map_err(|source| MaterializeError::OpenBlob { path: blob.clone(), source })?;
+        // A temp name the next build's clean-up removes should this process die here.
+        struct Scratch(PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(&self.0);
+            }
+        }
+        impl Scratch {
+            fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+        let scratch = Scratch(self.trees_dir().join(temp_name("check")));
+        fs::create_dir(scratch.path())
+            .map_err(|source| MaterializeError::Write { path: scratch.path().to_path_buf(), source })?;
+        let mut r = HashingReader { inner: BufReader::new(f), hasher: Sha256::new() };
+        extract_tar(&mut r, scratch.path())?;
+        io::copy(&mut r, &mut io::sink()).map_err(MaterializeError::Read)?;
+        let actual = hex::encode(r.hasher.finalize());
+        if actual != sha256 {
+            return Err(MaterializeError::Corrupt { path: blob, actual });
+        }
+        let changed = |problem: String| MaterializeError::TreeChanged { path: tree.clone(), problem };
+        let want = walk(scratch.path()).map_err(|e| changed(format!("reading the blob's tree: {e}")))?;
+        let have = walk(&tree).map_err(|e| changed(e.to_string()))?;
+        for (rel, w) in &want {
+            match have.get(rel) {
+                None => return Err(changed(format!("{rel} is missing"))),
+                Some(h) if h != w => return Err(changed(format!("{rel} changed ({h:?}, was {w:?})"))),
+                Some(Entry::File { .. }) => {
+                    let same = fs::read(scratch.path().join(rel)).ok() == fs::read(tree.join(rel)).ok();
+                    if !same {
+                        return Err(changed(format!("{rel}: content changed")));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = have.keys().find(|k| !want.contains_key(*k)) {
+            return Err(changed(format!("{extra} was added")));
+        }
+        Ok(())
+    }
+}
+
+/// What [`Store::check_tree`] compares of one entry (file contents separately).
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    Dir { mode: u32 },
+    File { mode: u32, size: u64 },
+    Symlink { target: PathBuf },
+    Other,
+}
+
+/// Every entry below `root`, by path relative to it; symlinks are not followed.
+fn walk(root: &Path) -> io::Result<std::collections::BTreeMap<String, Entry>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in fs::read_dir(&dir)? {
+            let p = e?.path();
+            let m = fs::symlink_metadata(&p)?;
+            let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
+            let entry = if m.file_type().is_symlink() {
+                Entry::Symlink { target: fs::read_link(&p)? }
+            } else if m.is_dir() {
+                todo.push(p.clone());
+                Entry::Dir { mode: m.mode() & 0o7777 }
+            } else if m.is_file() {
+                Entry::File { mode: m.mode() & 0o7777, size: m.len() }
+            } else {
+                Entry::Other
+            };
+            out.insert(rel, entry);
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses a newc cpio (an initramfs, uncompressed) holding an entry that could name
+/// anything outside its root: a `..` component, an absolute name, a symlink whose target
+/// leaves the tree. (Hard links in newc are shared inode numbers within the archive, so
+/// they cannot point outside it.)
+pub fn check_cpio(buf: &[u8]) -> Result<usize, MaterializeError> {
+    let entries = crate::archive::read_cpio_newc(buf).map_err(MaterializeError::Read)?;
+    for e in &entries {
+        let unsafe_entry = |problem: String| MaterializeError::UnsafeCpio { name: e.name.clone(), problem };
+        if e.name.starts_with('/') {
+            return Err(unsafe_entry("absolute path".into()));
+        }
+        if e.name == "." {
+            continue;
+        }
+        let rel = normalize_path(&e.name, false).map_err(|p| unsafe_entry(p.into()))?;
+        if e.mode & 0o170_000 == 0o120_000 {
+            check_symlink(&rel, &String::from_utf8_lossy(&e.data)).map_err(unsafe_entry)?;
+        }
+    }
+    Ok(entries.len())
 }
 
 struct HashingReader<R> {

@@ -55,6 +55,7 @@ pub(crate) enum Resolved {
     OciBundle,
     Disk,
     Kernel { source: PathBuf, fragments: Vec<(String, PathBuf)>, patches: Vec<(String, PathBuf)> },
+    DebFile,
 }
 
 #[derive(Debug)]
@@ -191,6 +192,9 @@ impl Loader<'_> {
                         return Err(self.bad(r, field, format!("{v:?} is not a cargo name")));
                     }
                 }
+                if let Some(f) = a.features.iter().find(|f| !is_word(f) || f.contains(',')) {
+                    return Err(self.bad(r, "features", format!("{f:?} is not a cargo feature name")));
+                }
                 Resolved::Agent
             }
             Spec::Tree(t) => self.resolve_tree(r, t, &mut inputs)?,
@@ -248,6 +252,14 @@ impl Loader<'_> {
                 normalize_path(&k.output, false)
                     .map_err(|p| self.bad(r, "output", format!("{:?}: {p} (relative to the build tree)", k.output)))?;
                 Resolved::Kernel { source, fragments, patches }
+            }
+            Spec::DebFile(d) => {
+                inputs.push(self.package_input(r, "", &d.package, &d.version, &d.sha256)?);
+                if d.path.ends_with('/') {
+                    return Err(self.bad(r, "path", format!("{:?} names a directory; a deb-file takes one file", d.path)));
+                }
+                guest_path(&d.path).map_err(|p| self.bad(r, "path", format!("{:?}: {p}", d.path)))?;
+                Resolved::DebFile
             }
         };
         Ok((inputs, resolved))
@@ -312,6 +324,13 @@ impl Loader<'_> {
             let node = Node::Device { kind, mode: n.mode, major: n.major, minor: n.minor };
             add(&mut tree, &format!("nodes[{i}]"), &n.path, node)?;
         }
+        for (i, pkg) in t.packages.iter().enumerate() {
+            let field = format!("packages[{i}]");
+            inputs.push(self.package_input(r, &format!("{field}."), &pkg.name, &pkg.version, &pkg.sha256)?);
+            for (j, path) in pkg.paths.iter().enumerate() {
+                guest_path(path).map_err(|p| self.bad(r, &format!("{field}.paths[{j}]"), format!("{path:?}: {p}")))?;
+            }
+        }
         let busybox = if t.busybox {
             let p = PathBuf::from(&t.busybox_path);
             if !p.is_absolute() || !p.is_file() {
@@ -328,6 +347,27 @@ impl Loader<'_> {
             None
         };
         Ok(Resolved::Tree { files, busybox })
+    }
+
+    /// Checks a package pin; the pin stands for the .deb in the input hash (like a kernel's
+    /// source tarball, the file is fetched and compared only when the recipe is built).
+    fn package_input(&self, r: &Recipe, prefix: &str, name: &str, version: &str, sha256: &str) -> Result<Input, PlanError> {
+        let name_ok = name.len() >= 2
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+        if !name_ok {
+            return Err(self.bad(r, &format!("{prefix}{}", if prefix.is_empty() { "package" } else { "name" }), format!("{name:?} is not a Debian package name")));
+        }
+        let version_ok = !version.is_empty()
+            && version.as_bytes()[0].is_ascii_digit()
+            && version.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.~:".contains(&b));
+        if !version_ok {
+            return Err(self.bad(r, &format!("{prefix}version"), format!("{version:?} is not a Debian version")));
+        }
+        if !hash::is_sha256_hex(sha256) {
+            return Err(self.bad(r, &format!("{prefix}sha256"), format!("{sha256:?} is not 64 lower-case hex digits")));
+        }
+        Ok(Input { role: "package".into(), name: format!("{name}={version}"), sha256: sha256.to_string() })
     }
 
     fn bad(&self, r: &Recipe, field: &str, problem: String) -> PlanError {

@@ -24,6 +24,7 @@ pub enum Kind {
     OciBundle,
     Disk,
     Kernel,
+    DebFile,
 }
 
 impl Kind {
@@ -35,6 +36,7 @@ impl Kind {
             Kind::OciBundle => "oci-bundle",
             Kind::Disk => "disk",
             Kind::Kernel => "kernel",
+            Kind::DebFile => "deb-file",
         }
     }
 
@@ -48,6 +50,7 @@ impl Kind {
             Kind::OciBundle => &["bundle"],
             Kind::Disk => &["disk"],
             Kind::Kernel => &["kernel", "config"],
+            Kind::DebFile => &["file"],
         }
     }
 
@@ -89,6 +92,7 @@ pub enum Spec {
     OciBundle(OciBundleSpec),
     Disk(DiskSpec),
     Kernel(KernelSpec),
+    DebFile(DebFileSpec),
 }
 
 /// `kind = "agent"`: the workspace's guest agent, built by cargo.
@@ -108,6 +112,9 @@ pub struct AgentSpec {
     pub target: String,
     #[serde(default = "default_agent_profile")]
     pub profile: String,
+    /// Cargo features to enable (e.g. `evil` for the fault tests' hostile agent).
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 /// `kind = "initramfs"` / `"rootfs"`: a small root tree around the agent.
@@ -134,6 +141,44 @@ pub struct TreeSpec {
     pub files: Vec<FileSpec>,
     #[serde(default)]
     pub nodes: Vec<NodeSpec>,
+    /// Debian packages whose files go in (see [`PackageSpec`]).
+    #[serde(default)]
+    pub packages: Vec<PackageSpec>,
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// A Debian package pinned by version and sha256, fetched with `apt-get download
+/// NAME=VERSION`; `paths` says what of it goes into the tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageSpec {
+    pub name: String,
+    pub version: String,
+    /// The .deb file's sha256.
+    pub sha256: String,
+    /// Absolute paths in the package: a file or symlink, or a directory ending in `/`
+    /// (everything below it). Empty: the whole package. Each must match something.
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+/// `kind = "deb-file"`: one file out of a pinned Debian package (a kernel, a hypervisor).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebFileSpec {
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    pub description: String,
+    pub package: String,
+    pub version: String,
+    pub sha256: String,
+    /// Absolute path of the file in the package.
+    pub path: String,
+    /// The file is gzip'd and the artifact is its decompressed content.
+    #[serde(default)]
+    pub gunzip: bool,
     #[serde(default)]
     pub cmdline: String,
 }
@@ -374,6 +419,7 @@ impl Recipe {
         match &self.spec {
             Spec::Tree(t) => &t.cmdline,
             Spec::Kernel(k) => &k.cmdline,
+            Spec::DebFile(d) => &d.cmdline,
             _ => "",
         }
     }
@@ -391,7 +437,7 @@ impl Recipe {
                 v
             }
             Spec::OciBundle(b) => vec![("rootfs".into(), b.rootfs.clone())],
-            Spec::Agent(_) | Spec::Disk(_) | Spec::Kernel(_) => vec![],
+            Spec::Agent(_) | Spec::Disk(_) | Spec::Kernel(_) | Spec::DebFile(_) => vec![],
         }
     }
 }
@@ -441,6 +487,7 @@ pub fn parse(name: &str, file: PathBuf, text: String) -> Result<Recipe, ParseFai
         Kind::OciBundle => Spec::OciBundle(toml::from_str(&text).map_err(fail)?),
         Kind::Disk => Spec::Disk(toml::from_str(&text).map_err(fail)?),
         Kind::Kernel => Spec::Kernel(toml::from_str(&text).map_err(fail)?),
+        Kind::DebFile => Spec::DebFile(toml::from_str(&text).map_err(fail)?),
     };
     let sha256 = crate::hash::sha256_hex(text.as_bytes());
     Ok(Recipe { name: name.to_string(), kind, file, text, sha256, spec })
@@ -504,6 +551,23 @@ mod tests {
         assert!(e.message.contains("missing field `kind`"), "{e}");
         let e = p("kind = \"kernel\"\narch = \"x86_64\"\ntarget = \"vmlinux\"\noutput = \"vmlinux\"\n").unwrap_err();
         assert!(e.message.contains("missing field `sha256`"), "{e}");
+    }
+
+    #[test]
+    fn packages_and_deb_files() {
+        let r = p("kind = \"initramfs\"\n[[packages]]\nname = \"libc6\"\nversion = \"2.36-9\"\nsha256 = \"ab\"\n").unwrap();
+        let Spec::Tree(t) = &r.spec else { panic!() };
+        assert_eq!(t.packages.len(), 1);
+        assert!(t.packages[0].paths.is_empty(), "default: the whole package");
+        let e = p("kind = \"rootfs\"\n[[packages]]\nname = \"x\"\nversion = \"1\"\n").unwrap_err();
+        assert!(e.message.contains("missing field `sha256`"), "{e}");
+        let r = p("kind = \"deb-file\"\npackage = \"p\"\nversion = \"1\"\nsha256 = \"ab\"\npath = \"/boot/x.gz\"\ngunzip = true\ncmdline = \"c\"\n").unwrap();
+        let Spec::DebFile(d) = &r.spec else { panic!() };
+        assert!(d.gunzip);
+        assert_eq!(r.cmdline(), "c");
+        assert_eq!(Kind::DebFile.outputs(), ["file"]);
+        let e = p("kind = \"deb-file\"\npackage = \"p\"\nversion = \"1\"\nsha256 = \"ab\"\n").unwrap_err();
+        assert!(e.message.contains("missing field `path`"), "{e}");
     }
 
     #[test]

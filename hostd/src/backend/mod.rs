@@ -10,6 +10,7 @@ mod process;
 pub mod qemu;
 pub mod uml;
 mod vmm;
+pub mod xen;
 mod resource;
 
 use std::net::Ipv4Addr;
@@ -42,10 +43,12 @@ pub enum BackendKind {
     QemuFull,
     /// Firecracker on KVM.
     Firecracker,
+    /// Xen domUs started with `xl` from dom0 (the paper's Xen).
+    Xen,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 7] = [
+    pub const ALL: [BackendKind; 8] = [
         BackendKind::Native,
         BackendKind::Ns,
         BackendKind::Oci,
@@ -53,6 +56,7 @@ impl BackendKind {
         BackendKind::QemuMicrovm,
         BackendKind::QemuFull,
         BackendKind::Firecracker,
+        BackendKind::Xen,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +68,7 @@ impl BackendKind {
             BackendKind::QemuMicrovm => "qemu-microvm",
             BackendKind::QemuFull => "qemu-full",
             BackendKind::Firecracker => "firecracker",
+            BackendKind::Xen => "xen",
         }
     }
 
@@ -77,12 +82,13 @@ impl BackendKind {
             BackendKind::QemuMicrovm => qemu::Profile::Microvm.guest_disk().into(),
             BackendKind::QemuFull => qemu::Profile::Full.guest_disk().into(),
             BackendKind::Firecracker => firecracker::GUEST_DISK.into(),
+            BackendKind::Xen => xen::GUEST_DISK.into(),
         }
     }
 
     /// Whether each guest runs its own kernel (its clocks then start at its own boot).
     pub fn own_kernel(self) -> bool {
-        matches!(self, BackendKind::Uml | BackendKind::QemuMicrovm | BackendKind::QemuFull | BackendKind::Firecracker)
+        matches!(self, BackendKind::Uml | BackendKind::QemuMicrovm | BackendKind::QemuFull | BackendKind::Firecracker | BackendKind::Xen)
     }
 }
 
@@ -161,6 +167,8 @@ pub struct Images {
     pub kernel_uml: Option<Kernel>,
     pub kernel_microvm: Option<Kernel>,
     pub kernel_pc: Option<Kernel>,
+    /// Xen domU kernel (PV/PVH vmlinux).
+    pub kernel_xen: Option<Kernel>,
     /// Provenance: artifact name → sha256.
     pub hashes: std::collections::BTreeMap<String, String>,
     /// What was stale or missing when the images were resolved.
@@ -233,6 +241,9 @@ pub struct GuestProcess {
     pub cgroup: Option<Cgroup>,
     /// Where the guest's console output goes, if it has one of its own.
     pub console_log: Option<PathBuf>,
+    /// The capped console log hostd writes from the guest's output pipe (see
+    /// `crate::console`), when the backend reads the console that way.
+    pub console: Option<crate::console::ConsoleLog>,
     /// What to release at teardown, in creation order (released in reverse).
     pub resources: Vec<Resource>,
 }
@@ -252,9 +263,13 @@ impl GuestProcess {
 
     /// The last `max` bytes of the console log, for error reports.
     pub fn log_tail(&self, max: usize) -> Option<String> {
-        let data = std::fs::read(self.console_log.as_ref()?).ok()?;
-        let tail = &data[data.len().saturating_sub(max)..];
-        let text = String::from_utf8_lossy(tail).trim().to_string();
+        let text = match &self.console {
+            Some(c) => c.tail(max).trim().to_string(),
+            None => {
+                let data = std::fs::read(self.console_log.as_ref()?).ok()?;
+                String::from_utf8_lossy(&data[data.len().saturating_sub(max)..]).trim().to_string()
+            }
+        };
         (!text.is_empty()).then_some(text)
     }
 }
@@ -307,6 +322,7 @@ pub enum AnyBackend {
     Uml(uml::Uml),
     Qemu(qemu::Qemu),
     Firecracker(firecracker::Firecracker),
+    Xen(xen::Xen),
 }
 
 impl AnyBackend {
@@ -319,6 +335,7 @@ impl AnyBackend {
             BackendKind::QemuMicrovm => AnyBackend::Qemu(qemu::Qemu::new(qemu::Profile::Microvm, images, opts)),
             BackendKind::QemuFull => AnyBackend::Qemu(qemu::Qemu::new(qemu::Profile::Full, images, opts)),
             BackendKind::Firecracker => AnyBackend::Firecracker(firecracker::Firecracker::new(images, opts)),
+            BackendKind::Xen => AnyBackend::Xen(xen::Xen::new(images, opts)),
         }
     }
 }
@@ -332,6 +349,7 @@ macro_rules! dispatch {
             AnyBackend::Uml($b) => $e,
             AnyBackend::Qemu($b) => $e,
             AnyBackend::Firecracker($b) => $e,
+            AnyBackend::Xen($b) => $e,
         }
     };
 }

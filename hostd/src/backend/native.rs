@@ -8,6 +8,8 @@ use std::process::Stdio;
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
+use crate::console::{ConsoleLog, CONSOLE_CAP};
+
 use super::{
     join_cgroup_in_child, make_cgroup, pass_fd_in_child, Backend, BackendKind, GuestProcess, GuestSpec, LaunchError,
     Launched, Proc, Resource, Unavailable,
@@ -41,19 +43,43 @@ impl Backend for Native {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
+        let mut held = Vec::new();
+        match self.start(spec, &mut held) {
+            Ok(l) => Ok(l),
+            Err(e) => {
+                // What the launch made so far goes: work directory, cgroup.
+                for e in super::release_all(&held) {
+                    tracing::warn!(guest = %spec.name, "failed launch cleanup: {e}");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Native {
+    /// Everything up to the spawned agent; what it creates is recorded in `held` until the
+    /// guest owns it.
+    fn start(&self, spec: &GuestSpec, held: &mut Vec<Resource>) -> Result<Launched, LaunchError> {
         std::fs::create_dir_all(&spec.workdir)
             .map_err(|source| LaunchError::Prepare { what: spec.workdir.display().to_string(), source })?;
-        let mut resources = vec![Resource::Dir { path: spec.workdir.clone() }];
+        held.push(Resource::Dir { path: spec.workdir.clone() });
         let (host, guest) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
             .map_err(|e| LaunchError::Prepare { what: "control socketpair".into(), source: e.into() })?;
         let log = spec.workdir.join("agent.log");
-        let stderr = std::fs::File::create(&log).map_err(|source| LaunchError::Prepare { what: log.display().to_string(), source })?;
+        let prepare = |source: std::io::Error| LaunchError::Prepare { what: log.display().to_string(), source };
+        let (console, out) = ConsoleLog::start(&log, CONSOLE_CAP).map_err(|e| prepare(std::io::Error::other(e)))?;
+        let err = out.try_clone().map_err(prepare)?;
+        let (reader, writer) = split_socket(host).map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
         let cgroup = make_cgroup(spec)?;
+        if let Some(cg) = &cgroup {
+            held.push(Resource::Cgroup(cg.clone()));
+        }
         let mut cmd = tokio::process::Command::new(&self.agent);
         cmd.args(["--ctl", &format!("fd:{AGENT_FD}")])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
+            .stdout(out)
+            .stderr(err)
             .current_dir(&spec.workdir)
             // Its own process group: a Ctrl-C on hostd's terminal must not reach guests
             // before hostd tears them down in order.
@@ -68,22 +94,18 @@ impl Backend for Native {
         if let Some(net) = &spec.net {
             crate::netlab::enter_in_child(&mut cmd, net.fleet.open()?);
         }
-        let child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(source) => {
-                if let Some(cg) = cgroup {
-                    resources.push(Resource::Cgroup(cg));
-                }
-                super::release_all(&resources);
-                return Err(LaunchError::Spawn { program: self.agent.display().to_string(), source });
-            }
-        };
-        drop(guest);
-        let (reader, writer) = split_socket(host).map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
+        let child = cmd.spawn().map_err(|source| LaunchError::Spawn { program: self.agent.display().to_string(), source })?;
+        // Closes hostd's copies of the channel's guest end and of the console pipe, so each
+        // ends when the agent does.
+        drop((cmd, guest));
+        if cgroup.is_some() {
+            held.pop();
+        }
+        let resources = std::mem::take(held);
         Ok(Launched {
             reader: Box::new(reader),
             writer: Box::new(writer),
-            guest: GuestProcess { name: spec.name.clone(), proc: Proc::Child(child), cgroup, console_log: Some(log), resources },
+            guest: GuestProcess { name: spec.name.clone(), proc: Proc::Child(child), cgroup, console_log: Some(log), console: Some(console), resources },
         })
     }
 }

@@ -52,6 +52,7 @@ use super::{
     make_cgroup, Backend, BackendKind, BackendOptions, GuestProcess, GuestSpec, Images, LaunchError, Launched, Proc, Resource, Unavailable,
 };
 use crate::cgroup::{self, Cgroup};
+use crate::console::{ConsoleLog, CONSOLE_CAP};
 
 /// Where the agent is in the image.
 pub const AGENT_PATH: &str = "/sbin/guest-agent";
@@ -136,14 +137,15 @@ impl Backend for Ns {
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
         let mut held = Held::default();
         match self.start(spec, &mut held).await {
-            Ok(((reader, writer), proc, log)) => Ok(Launched {
+            Ok(((reader, writer), proc, console)) => Ok(Launched {
                 reader: Box::new(reader),
                 writer: Box::new(writer),
                 guest: GuestProcess {
                     name: spec.name.clone(),
                     proc,
                     cgroup: held.cgroup.take(),
-                    console_log: Some(log),
+                    console_log: Some(console.path.clone()),
+                    console: Some(console),
                     resources: std::mem::take(&mut held.resources),
                 },
             }),
@@ -158,7 +160,8 @@ impl Backend for Ns {
 /// The host's halves of the control channel.
 type Halves = (tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf);
 
-/// What a launch holds so far; released if it fails.
+/// What a launch holds so far; released if it fails, or when dropped before the guest took
+/// it (a launch abandoned at its deadline: the launch future is cancel-safe).
 #[derive(Default)]
 struct Held {
     resources: Vec<Resource>,
@@ -173,6 +176,12 @@ impl Held {
         for e in super::release_all(&std::mem::take(&mut self.resources)) {
             tracing::warn!(guest, "failed launch cleanup: {e}");
         }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release("(abandoned launch)");
     }
 }
 
@@ -199,7 +208,7 @@ fn above_floor(fd: OwnedFd) -> io::Result<OwnedFd> {
 impl Ns {
     /// Everything up to the agent's exec. Whatever it creates is recorded in `held`; a
     /// child that fails is killed and reaped here.
-    async fn start(&self, spec: &GuestSpec, held: &mut Held) -> Result<(Halves, Proc, PathBuf), LaunchError> {
+    async fn start(&self, spec: &GuestSpec, held: &mut Held) -> Result<(Halves, Proc, ConsoleLog), LaunchError> {
         let rootfs =
             self.rootfs.as_ref().ok_or_else(|| prepare("the rootfs image", io::Error::new(io::ErrorKind::NotFound, "none given")))?;
         let rootfs = std::fs::canonicalize(rootfs).map_err(|e| prepare(format!("rootfs {}", rootfs.display()), e))?;
@@ -215,7 +224,7 @@ impl Ns {
         let root = workdir.join("root");
         std::fs::create_dir_all(&root).map_err(|e| prepare(root.display(), e))?;
         let log = spec.workdir.join("console.log");
-        let log_file = File::create(&log).map_err(|e| prepare(log.display(), e))?;
+        let (console, log_wr) = ConsoleLog::start(&log, CONSOLE_CAP).map_err(|e| prepare(log.display(), io::Error::other(e)))?;
         let null = File::open("/dev/null").map_err(|e| prepare("/dev/null", e))?;
         let (host, guest) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
             .map_err(|e| prepare("control socketpair", e.into()))?;
@@ -223,7 +232,7 @@ impl Ns {
         let (err_rd, err_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| prepare("error pipe", e.into()))?;
         let high = |fd: OwnedFd| above_floor(fd).map_err(|e| prepare("child descriptors", e));
         let (sync_rd, err_wr, null, log_fd, guest) =
-            (high(sync_rd)?, high(err_wr)?, high(null.into())?, high(log_file.into())?, high(guest)?);
+            (high(sync_rd)?, high(err_wr)?, high(null.into())?, high(log_wr)?, high(guest)?);
 
         let disk = match &spec.data_disk {
             Some(d) => Some(std::fs::canonicalize(d).map_err(|e| prepare(format!("data disk {}", d.display()), e))?),
@@ -286,7 +295,7 @@ impl Ns {
         };
         let started = self.release_child(spec, pid, held, sync_wr, err_rd, (&steps, &workdir)).await;
         match started.and_then(|()| split_socket(host).map_err(|e| prepare("control socket", e))) {
-            Ok(halves) => Ok((halves, proc, log)),
+            Ok(halves) => Ok((halves, proc, console)),
             Err(e) => {
                 proc.kill();
                 let _ = tokio::time::timeout(Duration::from_secs(5), proc.wait()).await;

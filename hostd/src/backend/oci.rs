@@ -38,6 +38,7 @@ use super::{
     Unavailable,
 };
 use crate::cgroup::{Cgroup, Limits};
+use crate::console::{ConsoleLog, CONSOLE_CAP};
 use crate::netlab;
 
 /// Where the data disk appears in the guest.
@@ -110,14 +111,15 @@ impl Backend for Oci {
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
         let mut held = Held::default();
         match self.start(spec, &mut held).await {
-            Ok(((reader, writer), proc, log)) => Ok(Launched {
+            Ok(((reader, writer), proc, console)) => Ok(Launched {
                 reader: Box::new(reader),
                 writer: Box::new(writer),
                 guest: GuestProcess {
                     name: spec.name.clone(),
                     proc,
                     cgroup: held.cgroup.take(),
-                    console_log: Some(log),
+                    console_log: Some(console.path.clone()),
+                    console: Some(console),
                     resources: std::mem::take(&mut held.resources),
                 },
             }),
@@ -132,7 +134,8 @@ impl Backend for Oci {
 /// The host's halves of the control channel.
 type Halves = (tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf);
 
-/// What a launch holds so far; released if it fails.
+/// What a launch holds so far; released if it fails, or when dropped before the guest took
+/// it (a launch abandoned at its deadline: the launch future is cancel-safe).
 #[derive(Default)]
 struct Held {
     resources: Vec<Resource>,
@@ -147,6 +150,12 @@ impl Held {
         for e in super::release_all(&std::mem::take(&mut self.resources)) {
             tracing::warn!(guest, "failed launch cleanup: {e}");
         }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release("(abandoned launch)");
     }
 }
 
@@ -167,7 +176,7 @@ fn cgroups_path(spec: &GuestSpec) -> PathBuf {
 
 impl Oci {
     /// Everything up to a running container. Whatever it creates is recorded in `held`.
-    async fn start(&self, spec: &GuestSpec, held: &mut Held) -> Result<(Halves, Proc, PathBuf), LaunchError> {
+    async fn start(&self, spec: &GuestSpec, held: &mut Held) -> Result<(Halves, Proc, ConsoleLog), LaunchError> {
         let runtime = self
             .runtime_path()
             .ok_or_else(|| prepare(format!("OCI runtime {:?}", self.runtime), io::Error::new(io::ErrorKind::NotFound, "not found")))?;
@@ -223,7 +232,7 @@ impl Oci {
         config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), io::Error::other(e)))?;
 
         let log = workdir.join("console.log");
-        let out = std::fs::File::create(&log).map_err(|e| prepare(log.display(), e))?;
+        let (console, out) = ConsoleLog::start(&log, CONSOLE_CAP).map_err(|e| prepare(log.display(), io::Error::other(e)))?;
         let err = out.try_clone().map_err(|e| prepare(log.display(), e))?;
         let (host, guest) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
             .map_err(|e| prepare("control socketpair", e.into()))?;
@@ -253,7 +262,10 @@ impl Oci {
             Err(_) => return Err(spawn_err(io::Error::new(io::ErrorKind::TimedOut, format!("no start within {RUN_TIMEOUT:?}")))),
             Ok(Err(e)) => return Err(spawn_err(e)),
             Ok(Ok(st)) if !st.success() => {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                // The runtime has exited, but a half-started container may still hold the pipe.
+                drop(cmd);
+                console.drained(Duration::from_millis(500)).await;
+                let text = console.tail(4000);
                 let text = text.trim();
                 let mut cut = text.len().saturating_sub(2000);
                 while !text.is_char_boundary(cut) {
@@ -274,7 +286,7 @@ impl Oci {
             None => tracing::warn!(guest = %spec.name, "container {id} is not in a group ending {}", rel.display()),
         }
         match split_socket(host) {
-            Ok(halves) => Ok((halves, proc, log)),
+            Ok(halves) => Ok((halves, proc, console)),
             Err(e) => {
                 // `delete --force` (in `held`) stops the container; reap it here.
                 proc.kill();

@@ -6,7 +6,6 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
@@ -16,7 +15,34 @@ use super::Exit;
 pub enum Proc {
     Child(tokio::process::Child),
     /// `reap`: the process is hostd's child and must be waited for once it exits.
-    Pidfd { pid: u32, fd: AsyncFd<OwnedFd>, reap: bool },
+    /// `waited`: its exit has been seen (and reaped, if ours).
+    Pidfd { pid: u32, fd: AsyncFd<OwnedFd>, reap: bool, waited: bool },
+}
+
+/// A process dropped before its exit was seen (a launch abandoned at its deadline, a guest
+/// never stopped) is killed, and reaped if it is hostd's child, as tokio's `kill_on_drop`
+/// does for spawned children: no process and no zombie outlives its handle.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let Proc::Pidfd { pid, fd, reap, waited: false } = self else { return };
+        pidfd_kill(fd.get_ref());
+        if *reap {
+            let pid = Pid::from_raw(*pid as i32);
+            if !matches!(nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)), Ok(st) if st != nix::sys::wait::WaitStatus::StillAlive)
+            {
+                // Dies within moments of SIGKILL; reaped off the caller's thread.
+                let _ = std::thread::Builder::new().name("reap".into()).spawn(move || nix::sys::wait::waitpid(pid, None));
+            }
+        }
+    }
+}
+
+/// SIGKILL through a pidfd: reaches exactly that process, never a recycled pid.
+fn pidfd_kill(fd: &OwnedFd) {
+    // SAFETY: pidfd_send_signal takes a pidfd, a signal number, a null siginfo and flags 0.
+    unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, std::os::fd::AsRawFd::as_raw_fd(fd), libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0)
+    };
 }
 
 impl Proc {
@@ -32,7 +58,7 @@ impl Proc {
         // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until dropped, so the
         // descriptor stays open and unchanged for the AsyncFd's whole life.
         let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
-        Ok(Proc::Pidfd { pid, fd, reap })
+        Ok(Proc::Pidfd { pid, fd, reap, waited: false })
     }
 
     pub fn pid(&self) -> u32 {
@@ -58,8 +84,9 @@ impl Proc {
     pub async fn wait(&mut self) -> String {
         match self {
             Proc::Child(c) => c.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| format!("wait failed: {e}")),
-            Proc::Pidfd { pid, fd, reap } => {
+            Proc::Pidfd { pid, fd, reap, waited } => {
                 let _ = fd.readable().await.map(|mut g| g.retain_ready());
+                *waited = true;
                 if *reap {
                     match nix::sys::wait::waitpid(Pid::from_raw(*pid as i32), None) {
                         Ok(st) => format!("{st:?}"),
@@ -77,9 +104,8 @@ impl Proc {
             Proc::Child(c) => {
                 let _ = c.start_kill();
             }
-            Proc::Pidfd { pid, .. } => {
-                let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
-            }
+            Proc::Pidfd { fd, waited: false, .. } => pidfd_kill(fd.get_ref()),
+            Proc::Pidfd { .. } => {}
         }
     }
 

@@ -2,7 +2,8 @@
 //! that runs guest processes as ptraced host processes; all of them share its process group
 //! and cgroup.
 //!
-//! - Console: `con0` (the kernel console, /dev/console) writes to the console log on stderr.
+//! - Console: `con0` (the kernel console, /dev/console) writes to stderr, a pipe hostd reads
+//!   into the capped console log (`crate::console`).
 //! - Control channel: `con1=fd:3,fd:3` maps a socketpair end to guest `/dev/tty1`.
 //! - Memory: `mem=<M>M` backed by a file in TMPDIR=/dev/shm (shmem: counted as used memory
 //!   and charged to the guest's cgroup as it is touched).
@@ -103,7 +104,7 @@ async fn launch_uml(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Resu
     // clean exit.
     st.resources.push(Resource::Dir { path: spec.workdir.join(&spec.name) });
     let log_path = spec.workdir.join("console.log");
-    let log = st.log_file(&log_path)?;
+    let (out, err) = st.console(&log_path)?;
     let (host, guest) = ctl_pair()?;
     let netns = st.attach_tap(spec)?;
     st.make_cgroup(spec)?;
@@ -112,8 +113,8 @@ async fn launch_uml(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Resu
     cmd.args(uml_args(kernel, initramfs, spec))
         .env("TMPDIR", MEMORY_DIR)
         .stdin(Stdio::null())
-        .stdout(st.clone_file(&log, &log_path)?)
-        .stderr(log)
+        .stdout(out)
+        .stderr(err)
         .current_dir(&spec.workdir)
         // Its own group: UML's helper processes stay in it, which `stop` relies on; and a
         // Ctrl-C on hostd's terminal does not reach the guest.
@@ -148,7 +149,8 @@ pub async fn stop_uml(guest: &mut GuestProcess, grace: Duration) -> Exit {
         return stop_and_release(guest, grace).await;
     }
     // Watches the exit through a pidfd, which does not reap: the tokio child stays
-    // unreaped, and its pid keeps the group id, until stop_and_release.
+    // unreaped, and its pid keeps the group id, until stop_and_release. (A watcher dropped
+    // before the exit kills the process, as the group kill below does anyway.)
     let ended = match Proc::from_pid(pid, false) {
         Ok(mut w) if grace.is_zero() => w.has_exited(),
         Ok(mut w) => tokio::time::timeout(grace, w.wait()).await.is_ok(),
@@ -156,11 +158,13 @@ pub async fn stop_uml(guest: &mut GuestProcess, grace: Duration) -> Exit {
     };
     let group = Pid::from_raw(pid as i32);
     let _ = killpg(group, SIGKILL);
+    // With a cgroup, stop_and_release waits until the group is empty: every member is dead.
+    let counted = guest.cgroup.is_some();
     let exit = stop_and_release(guest, Duration::ZERO).await;
-    // Killed members linger as zombies until whoever inherited them reaps them; wait for
-    // that (signal 0 only checks, so a recycled group id would come to no harm).
+    // Without one, killed members linger as zombies until whoever inherited them reaps them;
+    // wait for that (signal 0 only checks, so a recycled group id would come to no harm).
     let deadline = Instant::now() + Duration::from_secs(2);
-    while killpg(group, None).is_ok() && Instant::now() < deadline {
+    while !counted && killpg(group, None).is_ok() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     match (ended, grace.is_zero()) {

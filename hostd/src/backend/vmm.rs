@@ -16,6 +16,7 @@ use vb_protocol::msg::{GuestMsg, Hello};
 
 use super::{make_cgroup, release_all, stop_and_release, Exit, GuestProcess, GuestSpec, LaunchError, Launched, Proc, Resource};
 use crate::cgroup::Cgroup;
+use crate::console::{ConsoleLog, CONSOLE_CAP};
 
 /// Printed by a guest kernel asked to power off that cannot (microvm and Firecracker have no
 /// ACPI; the agent reboots there instead, see `vb.poweroff=reboot`): the guest is done, only
@@ -28,6 +29,7 @@ const HALTED: &str = "System halted";
 pub(super) struct Staging {
     pub resources: Vec<Resource>,
     pub cgroup: Option<Cgroup>,
+    console: Option<ConsoleLog>,
     armed: bool,
 }
 
@@ -36,7 +38,7 @@ impl Staging {
     pub fn new(spec: &GuestSpec) -> Result<Self, LaunchError> {
         std::fs::create_dir_all(&spec.workdir)
             .map_err(|source| LaunchError::Prepare { what: spec.workdir.display().to_string(), source })?;
-        Ok(Self { resources: vec![Resource::Dir { path: spec.workdir.clone() }], cgroup: None, armed: true })
+        Ok(Self { resources: vec![Resource::Dir { path: spec.workdir.clone() }], cgroup: None, console: None, armed: true })
     }
 
     /// Creates (empties) `path` and opens it for appending: the VMM's output and, where it
@@ -49,6 +51,17 @@ impl Staging {
             .open(path)
             .and_then(|_| OpenOptions::new().append(true).open(path))
             .map_err(|source| LaunchError::Prepare { what: path.display().to_string(), source })
+    }
+
+    /// The guest's console: a pipe hostd reads into the capped log at `path` (see
+    /// `crate::console`). Returns the write end twice, for the VMM's stdout and stderr.
+    pub fn console(&mut self, path: &Path) -> Result<(File, File), LaunchError> {
+        let (log, wr) = ConsoleLog::start(path, CONSOLE_CAP)
+            .map_err(|e| LaunchError::Prepare { what: path.display().to_string(), source: std::io::Error::other(e) })?;
+        self.console = Some(log);
+        let out = File::from(wr);
+        let err = self.clone_file(&out, path)?;
+        Ok((out, err))
     }
 
     pub fn clone_file(&self, f: &File, path: &Path) -> Result<File, LaunchError> {
@@ -78,6 +91,7 @@ impl Staging {
             proc,
             cgroup: self.cgroup.take(),
             console_log,
+            console: self.console.take(),
             resources: std::mem::take(&mut self.resources),
         }
     }
@@ -189,24 +203,26 @@ type StopFn = for<'a> fn(&'a mut GuestProcess, Duration) -> std::pin::Pin<Box<dy
 /// guest rather than exiting on failure.
 pub(super) async fn probe_boot(mut l: Launched, vmm: &str, deadline: Duration, fatal: Option<&str>, stop: StopFn) -> Result<Duration, String> {
     let t0 = Instant::now();
-    let log = l.guest.console_log.clone();
-    let proc = &mut l.guest.proc;
+    let guest = &mut l.guest;
     let mut fatal_seen = None;
     let r = first_hello(&mut l.reader, deadline, || {
-        if let (Some(marker), Some(log)) = (fatal, &log) {
-            if log_tail_contains(log, marker, 64 << 10) {
-                fatal_seen = Some(log_errors(log).unwrap_or_else(|| marker.to_string()));
+        if let Some(marker) = fatal {
+            if console_text(guest, 64 << 10).contains(marker) {
+                fatal_seen = Some(errors_in(&console_text(guest, 64 << 10)).unwrap_or_else(|| marker.to_string()));
                 return Some(String::new());
             }
         }
-        proc.has_exited().then(String::new)
+        guest.proc.has_exited().then(String::new)
     })
     .await;
     let r = match (r, fatal_seen) {
         (Ok(_), _) => Ok(t0.elapsed()),
         (Err(_), Some(fatal)) => Err(fatal),
         (Err(why), None) => {
-            let said = log.as_deref().and_then(log_errors).map(|e| format!(": {e}")).unwrap_or_default();
+            if let Some(c) = &l.guest.console {
+                c.drained(Duration::from_secs(1)).await;
+            }
+            let said = errors_in(&console_text(&l.guest, 64 << 10)).map(|e| format!(": {e}")).unwrap_or_default();
             // A closed channel usually means the VMM died; it said why on its stderr (the log).
             match tokio::time::timeout(Duration::from_secs(2), l.guest.proc.wait()).await {
                 Ok(status) => Err(format!("{vmm} exited ({status}) before the agent's hello{said}")),
@@ -257,23 +273,27 @@ pub(super) async fn first_hello(
     }
 }
 
-/// Whether the last `window` bytes of `path` contain `needle`.
-pub(super) fn log_tail_contains(path: &Path, needle: &str, window: u64) -> bool {
-    let Ok(mut f) = File::open(path) else { return false };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if f.seek(SeekFrom::Start(len.saturating_sub(window))).is_err() {
-        return false;
+/// The newest `window` bytes of a guest's console: from hostd's capped log, or for a
+/// backend that has the VMM write a file itself, from that file.
+pub(super) fn console_text(guest: &GuestProcess, window: usize) -> String {
+    match (&guest.console, &guest.console_log) {
+        (Some(c), _) => c.tail(window),
+        (None, Some(path)) => {
+            let Ok(mut f) = File::open(path) else { return String::new() };
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut data = Vec::new();
+            if f.seek(SeekFrom::Start(len.saturating_sub(window as u64))).is_ok() {
+                let _ = f.take(window as u64).read_to_end(&mut data);
+            }
+            String::from_utf8_lossy(&data).into_owned()
+        }
+        (None, None) => String::new(),
     }
-    let mut data = Vec::new();
-    let _ = f.take(window).read_to_end(&mut data);
-    String::from_utf8_lossy(&data).contains(needle)
 }
 
 /// The VMM's own error lines in a log that interleaves them with kernel messages: lines
 /// that are not kernel log lines ("[    0.1] …") and mention an error, at most three.
-pub(super) fn log_errors(path: &Path) -> Option<String> {
-    let data = std::fs::read(path).ok()?;
-    let text = String::from_utf8_lossy(&data);
+pub(super) fn errors_in(text: &str) -> Option<String> {
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -288,7 +308,9 @@ pub(super) fn log_errors(path: &Path) -> Option<String> {
 /// grace period stopped cleanly, even if it was already gone when this was called: `stop`
 /// gets a grace period only after the agent acknowledged the power-off.
 pub(super) async fn stop_vmm(guest: &mut GuestProcess, grace: Duration) -> Exit {
-    let Some(log) = guest.console_log.clone() else { return stop_and_release(guest, grace).await };
+    if guest.console.is_none() && guest.console_log.is_none() {
+        return stop_and_release(guest, grace).await;
+    }
     let deadline = Instant::now() + grace;
     loop {
         let now = Instant::now();
@@ -297,7 +319,7 @@ pub(super) async fn stop_vmm(guest: &mut GuestProcess, grace: Duration) -> Exit 
         }
         // Child::wait is cancel-safe: a timeout here loses nothing.
         let exited = tokio::time::timeout((deadline - now).min(Duration::from_millis(25)), guest.proc.wait()).await.is_ok();
-        if exited || log_tail_contains(&log, HALTED, 4096) {
+        if exited || console_text(guest, 4096).contains(HALTED) {
             stop_and_release(guest, Duration::ZERO).await;
             return Exit::Clean;
         }

@@ -39,6 +39,7 @@ pub(crate) fn cargo_build(ctx: &Ctx<'_>, r: &Recipe, a: &AgentSpec) -> Result<Ag
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(&ctx.cfg.workspace)
         .args(["build", "--locked", "-p", &a.package, "--bin", &bin, "--target", &a.target, "--profile", &a.profile])
+        .args(if a.features.is_empty() { vec![] } else { vec!["--features".to_string(), a.features.join(",")] })
         .arg("--message-format=json-render-diagnostics")
         .env("RUSTFLAGS", rustflags(&ws, &cargo_home()))
         // Would win over RUSTFLAGS (cargo sets it for build scripts; a caller might too).

@@ -1,6 +1,8 @@
 //! One builder per recipe kind, and what they share.
 
 pub(crate) mod agent;
+pub(crate) mod deb_file;
+pub(crate) mod debs;
 pub(crate) mod disk;
 pub(crate) mod kernel;
 pub mod oci;

@@ -33,6 +33,14 @@ pub(crate) fn build(
         };
         tree.add(dst, Node::File { mode: *mode, data }).map_err(tree_err)?;
     }
+    for (i, pkg) in t.packages.iter().enumerate() {
+        let pin = super::debs::Pin { name: &pkg.name, version: &pkg.version, sha256: &pkg.sha256 };
+        let deb = super::debs::fetch(ctx, &r.name, &pin)?;
+        let label = format!("packages[{i}] ({}={})", pkg.name, pkg.version);
+        for (path, node) in super::debs::entries(ctx, &r.name, &deb, &label, &pkg.paths)? {
+            tree.add(&path, node).map_err(|e| ctx.fail(&r.name, &format!("adding {label}"), e))?;
+        }
+    }
     for n in &t.nodes {
         let kind = if n.node_type == NodeType::Char { DeviceKind::Char } else { DeviceKind::Block };
         tree.add(&n.path, Node::Device { kind, mode: n.mode, major: n.major, minor: n.minor }).map_err(tree_err)?;
@@ -42,6 +50,10 @@ pub(crate) fn build(
             .map_err(|e| ctx.fail(&r.name, "reading busybox", format!("{}: {e}", bb.path.display())))?;
         tree.add("/bin/busybox", Node::File { mode: 0o755, data }).map_err(tree_err)?;
         for a in &bb.applets {
+            // A package's own program (iproute2's ip, say) wins over the applet.
+            if !t.packages.is_empty() && tree.get(&format!("/bin/{a}")).is_some() {
+                continue;
+            }
             tree.add(&format!("/bin/{a}"), Node::Symlink { target: "busybox".into() }).map_err(tree_err)?;
         }
     }

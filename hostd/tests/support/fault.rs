@@ -1,0 +1,295 @@
+//! Shared by the fault tests: the evil agent, guests of every backend, and the checks that
+//! a run left nothing behind (processes, cgroups, network namespaces, links, mounts, work
+//! directories).
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hostd::backend::{GuestNet, GuestSpec, Images};
+use hostd::netlab::{self, FleetNet};
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Says why a test does nothing here (only without root: CI runs as root).
+pub fn skip(why: &str) {
+    println!("skipped: {why}");
+}
+
+/// The workspace's image store (scripts/test builds it first).
+pub fn store() -> imagegen::Store {
+    let cfg = imagegen::Config::for_workspace(&hostd::images::workspace_root()).unwrap();
+    imagegen::Store::open(&cfg.store).expect("the image store: run `imagegen build` (scripts/test does)")
+}
+
+/// An output of a recipe's current build in the store.
+pub fn artifact(recipe: &str, output: &str) -> PathBuf {
+    let s = store();
+    let m = s.current(recipe).unwrap_or_else(|e| panic!("{e}: run `imagegen build` (scripts/test does)"));
+    s.output_path(&m, output).unwrap()
+}
+
+/// The evil agent (recipe `agent-evil`).
+pub fn evil_agent() -> PathBuf {
+    artifact("agent-evil", "agent")
+}
+
+/// A program that runs the evil agent in `mode` with the arguments it is given: a native
+/// guest's "agent".
+pub fn evil_wrapper(dir: &Path, mode: &str) -> PathBuf {
+    let p = dir.join(format!("evil-{mode}"));
+    std::fs::write(&p, format!("#!/bin/sh\nexec {} --evil {mode} \"$@\"\n", evil_agent().display())).unwrap();
+    std::process::Command::new("chmod").arg("755").arg(&p).status().unwrap();
+    p
+}
+
+/// The real agent, from the store.
+pub fn agent() -> PathBuf {
+    hostd::images::resolve(None).unwrap().agent
+}
+
+/// A root filesystem for ns guests holding `agent` as /sbin/guest-agent (the rootfs
+/// recipe's tree).
+pub fn rootfs_with(dir: &Path, agent: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["sbin", "dev", "proc", "sys", "tmp", "etc", "data"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(agent, root.join("sbin/guest-agent")).unwrap();
+    root
+}
+
+/// Native guests running `agent`.
+pub fn native_images(agent: PathBuf) -> Images {
+    Images { agent, ..Default::default() }
+}
+
+/// A test run's id: short, unique per process and tag ([a-z0-9]).
+pub fn run_id(tag: &str) -> String {
+    format!("f{tag}{}", std::process::id())
+}
+
+pub fn spec(run: &str, index: usize, dir: &Path, net: Option<&FleetNet>) -> GuestSpec {
+    GuestSpec {
+        index,
+        name: format!("g{index}"),
+        run: run.into(),
+        vcpus: 1,
+        mem_mib: 128,
+        data_disk: None,
+        workdir: dir.join(run).join(format!("g{index}")),
+        net: net.map(|f| GuestNet {
+            fleet: f.clone(),
+            addr: FleetNet::guest_addr(index).unwrap(),
+            prefix: netlab::PREFIX,
+            link: netlab::link_name("vbl", index),
+        }),
+        cgroup: Some(hostd::cgroup::detect().expect("a cgroup memory controller")),
+        limits: Default::default(),
+    }
+}
+
+/// Directories named `run` under a `virtbench` cgroup directory, in every hierarchy.
+pub fn cgroup_dirs_of(run: &str) -> Vec<PathBuf> {
+    fn walk(d: &Path, run: &str, depth: u32, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            if p.file_name().is_some_and(|n| n == "virtbench") && p.join(run).exists() {
+                out.push(p.join(run));
+            } else if depth > 0 {
+                walk(&p, run, depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), run, 4, &mut out);
+    out
+}
+
+/// Every group below the run's cgroup directories (the run's own directory excluded).
+pub fn guest_cgroups_of(run: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in cgroup_dirs_of(run) {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            out.extend(rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()));
+        }
+    }
+    out
+}
+
+/// Network namespaces whose name mentions `run`.
+pub fn netns_of(run: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(run)).filter_map(|l| l.split_whitespace().next()).map(String::from).collect()
+}
+
+/// Links in the fleet namespace `netns` whose name starts with `prefix`.
+pub fn links_in(netns: &str, prefix: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip").args(["-n", netns, "-o", "link", "show"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+pub fn mountinfo() -> HashSet<String> {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().map(str::to_string).collect()
+}
+
+/// Running (a zombie not ours to reap counts as gone).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !matches!(s.rsplit(')').next().and_then(|r| r.split_whitespace().next()), Some("Z") | Some("X")))
+        .unwrap_or(false)
+}
+
+/// Zombie children of this process (a guest nobody reaped).
+pub fn zombie_children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let mut z = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        if rest.first() == Some(&"Z") && rest.get(1) == Some(&me.as_str()) {
+            z.push(pid);
+        }
+    }
+    z
+}
+
+/// No zombie children, allowing a moment: a test running alongside in this process may be
+/// about to reap one of its own.
+pub fn assert_no_zombies(what: &str) {
+    let start = Instant::now();
+    while !zombie_children().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(3), "{what}: zombie children {:?}", zombie_children());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes whose process group is `pgid`.
+pub fn group_members(pgid: i32) -> Vec<u32> {
+    let Ok(d) = std::fs::read_dir("/proc") else { return Vec::new() };
+    d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*p as i32))).map(|g| g.as_raw()) == Ok(pgid))
+        .filter(|p| alive(*p))
+        .collect()
+}
+
+/// What must be gone after a guest is released.
+#[derive(Default)]
+pub struct Gone {
+    pub pids: Vec<u32>,
+    pub paths: Vec<PathBuf>,
+    pub cgroups: Vec<PathBuf>,
+    /// (fleet netns, link name)
+    pub links: Vec<(String, String)>,
+    pub netns: Vec<String>,
+    /// Mount lines mentioning any of these strings.
+    pub mounts_mentioning: Vec<String>,
+}
+
+impl Gone {
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for &p in &self.pids {
+            if alive(p) {
+                left.push(format!("process {p}"));
+            }
+        }
+        for p in &self.paths {
+            if p.exists() {
+                left.push(format!("path {}", p.display()));
+            }
+        }
+        for c in &self.cgroups {
+            if c.exists() {
+                left.push(format!("cgroup {}", c.display()));
+            }
+        }
+        for (ns, l) in &self.links {
+            if Path::new("/run/netns").join(ns).exists() && links_in(ns, l).iter().any(|x| x == l) {
+                left.push(format!("link {l} in {ns}"));
+            }
+        }
+        let all_ns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let all_ns = String::from_utf8_lossy(&all_ns.stdout);
+        for n in &self.netns {
+            if all_ns.lines().any(|l| l.split_whitespace().next() == Some(n)) {
+                left.push(format!("netns {n}"));
+            }
+        }
+        for m in mountinfo() {
+            if self.mounts_mentioning.iter().any(|s| m.contains(s.as_str())) {
+                left.push(format!("mount {m}"));
+            }
+        }
+        left
+    }
+
+    /// Asserts everything is gone, allowing a moment for asynchronous teardown (the kernel
+    /// removes a namespace's links after the namespace).
+    pub fn assert(&self, what: &str) {
+        let start = Instant::now();
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(3) {
+                panic!("{what}: left behind: {left:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Removes what a failed test run left (processes and groups of its cgroups, its network
+/// namespaces), so one failure does not litter the host.
+pub struct Litter(pub String);
+
+impl Drop for Litter {
+    fn drop(&mut self) {
+        for root in hostd::cgroup::run_roots(&self.0) {
+            let _ = hostd::cgroup::remove_tree(&root, Duration::from_secs(5));
+        }
+        for n in netns_of(&self.0) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &n]).status();
+        }
+    }
+}
+
+/// This process's resident memory, KiB.
+pub fn rss_kib() -> u64 {
+    status_field("VmRSS:")
+}
+
+pub fn status_field(name: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Descriptors this process has open.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// SIGKILL or SIGSTOP to one process.
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
