@@ -19,7 +19,7 @@ pub struct Campaign {
     #[serde(default = "d_name")]
     pub name: String,
     /// Backends in the order they run. `native` (the host reference T_a) always runs first,
-    /// whether listed or not. Default: native, ns, oci, uml, qemu-microvm, qemu-full.
+    /// whether listed or not. Default: native, ns, oci, uml, qemu-microvm, qemu-full, xen.
     #[serde(default = "d_backends")]
     pub backends: Vec<String>,
     /// Resources of the suite. Default all four.
@@ -43,6 +43,8 @@ pub struct Campaign {
     pub ring: RingSection,
     #[serde(default)]
     pub workloads: Workloads,
+    #[serde(default)]
+    pub xen: XenSection,
     /// Per-backend changes (e.g. fewer guests for emulated VMs), keyed by backend name.
     #[serde(default)]
     pub overrides: BTreeMap<String, Override>,
@@ -107,6 +109,20 @@ pub struct RingSection {
     pub guests: usize,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XenSection {
+    /// Where this host is not dom0 of a Xen host, measure the `xen` backend in the Xen lab
+    /// (Xen under QEMU, `hostd xen-lab`): cold startup, memory and the CPU benchmark at each
+    /// startup size up to `lab_max_guests`, marked as measured inside an emulated host.
+    /// false: record xen as unavailable there. Default true.
+    #[serde(default = "d_true")]
+    pub lab: bool,
+    /// Largest fleet the lab boots (its emulated host gets memory for it). Default 10.
+    #[serde(default = "d_lab_max")]
+    pub lab_max_guests: usize,
+}
+
 /// What a backend may change. Absent fields keep the campaign's value.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,7 +138,7 @@ fn d_name() -> String {
     "campaign".into()
 }
 fn d_backends() -> Vec<String> {
-    ["native", "ns", "oci", "uml", "qemu-microvm", "qemu-full"].map(String::from).to_vec()
+    ["native", "ns", "oci", "uml", "qemu-microvm", "qemu-full", "xen"].map(String::from).to_vec()
 }
 fn d_resources() -> Vec<Resource> {
     Resource::ALL.to_vec()
@@ -160,6 +176,9 @@ fn d_true() -> bool {
 fn d_ring() -> usize {
     10
 }
+fn d_lab_max() -> usize {
+    10
+}
 
 impl Default for GuestSection {
     fn default() -> Self {
@@ -179,6 +198,11 @@ impl Default for OverheadSection {
 impl Default for IsolationSection {
     fn default() -> Self {
         Self { enabled: true }
+    }
+}
+impl Default for XenSection {
+    fn default() -> Self {
+        Self { lab: true, lab_max_guests: d_lab_max() }
     }
 }
 impl Default for RingSection {
@@ -280,6 +304,9 @@ impl Campaign {
             return bad("ring.guests", format!("{} is not 0 (off) or 2..=1000", self.ring.guests));
         }
         check_workloads("workloads", &self.workloads)?;
+        if self.xen.lab_max_guests == 0 || self.xen.lab_max_guests > 64 {
+            return bad("xen.lab_max_guests", format!("{} is not in 1..=64", self.xen.lab_max_guests));
+        }
         for (b, o) in &self.overrides {
             if let Err(e) = b.parse::<BackendKind>() {
                 return bad(&format!("overrides.{b}"), e);
@@ -376,7 +403,9 @@ mod tests {
         assert_eq!(c.reps, 3);
         let plans = c.plans();
         assert_eq!(plans[0].kind, BackendKind::Native);
-        assert_eq!(plans.len(), 6);
+        assert_eq!(plans.len(), 7);
+        assert_eq!(plans[6].kind, BackendKind::Xen);
+        assert_eq!(c.xen, XenSection { lab: true, lab_max_guests: 10 });
         let c = parse("backends = [\"uml\"]\n[overrides.uml]\noverhead_sizes = [1, 3]\nring_guests = 4\n").unwrap();
         let p = c.plans();
         assert_eq!(p.iter().map(|p| p.kind).collect::<Vec<_>>(), [BackendKind::Native, BackendKind::Uml]);
@@ -408,5 +437,7 @@ mod tests {
         assert!(e("[overrides.uml]\nwhat = 3").contains("what"));
         assert!(e("[guest]\nmem_mib = 4").contains("`guest.mem_mib`"));
         assert!(e("resources = [\"gpu\"]").contains("gpu"));
+        assert!(e("[xen]\nlab_max_guests = 0").contains("`xen.lab_max_guests`"));
+        assert!(e("[xen]\nlab = \"yes\"").contains("lab"));
     }
 }

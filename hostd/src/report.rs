@@ -435,7 +435,28 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
             marks: vec![],
         }),
     ));
+    mark_emulated(rep, &mut out);
     out
+}
+
+/// What a figure shows of a backend measured inside an emulated host (the Xen lab).
+pub const EMULATED_MARK: &str = " (emulated host)";
+
+/// Labels every curve and bar of a backend whose probe says it ran inside an emulated host,
+/// so no figure passes those numbers off as a real host's.
+fn mark_emulated(rep: &Report, figs: &mut [(String, Figure)]) {
+    let emulated: Vec<String> = rep.probes.iter().filter(|(_, d)| d.starts_with("[emulated host]")).map(|(b, _)| b.to_string()).collect();
+    let mark = |name: &mut String| {
+        if let Some(b) = emulated.iter().find(|b| name == *b || name.starts_with(&format!("{b} "))) {
+            name.insert_str(b.len(), EMULATED_MARK);
+        }
+    };
+    for (_, f) in figs.iter_mut() {
+        match f {
+            Figure::Line(c) => c.series.iter_mut().for_each(|s| mark(&mut s.name)),
+            Figure::Bars(b) => b.categories.iter_mut().for_each(&mark),
+        }
+    }
 }
 
 /// Writes summary.json, summary.csv, every figure and index.html into `dir`.
@@ -542,10 +563,12 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
     h.push_str("<h2>Concurrent startup and memory occupation (paper II.B, Fig. 1)</h2><table><tr><th>backend</th><th>n</th><th>mode</th><th>ready</th><th>T_startup (s)</th><th>ready time mean ± sd (s)</th><th>guest boot (s)</th><th>M_used (MiB)</th><th>cgroup / guest (MiB)</th><th>PSS / guest (MiB)</th></tr>");
     let o = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "–".into());
     for r in &rep.startup.rows {
+        let emulated = rep.probes.get(&r.backend).is_some_and(|d| d.starts_with("[emulated host]"));
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.backend,
+            if emulated { EMULATED_MARK } else { "" },
             r.n,
             r.mode.name(),
             r.ready,

@@ -104,6 +104,11 @@ pub async fn run(
                 say(format!("   {desc}"));
                 ctx.record(&Record::BackendProbe { backend: plan.kind, description: desc })?;
             }
+            Err(e) if plan.kind == BackendKind::Xen && campaign.xen.lab && e.reason.starts_with("not dom0") => {
+                say(format!("   {}; measuring it in the Xen lab (Xen under QEMU)", e.reason));
+                xen_lab(&mut ctx, plan, say).await?;
+                continue;
+            }
             Err(e) => {
                 say(format!("   unavailable: {}", e.reason));
                 ctx.record(&Record::BackendUnavailable { backend: plan.kind, reason: e.reason })?;
@@ -167,6 +172,80 @@ async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, sa
                 }
                 Err(e) => ctx.fail(&key, format!("{e:#}"), say)?,
             }
+        }
+    }
+    Ok(())
+}
+
+/// The `xen` backend where this host is not a Xen dom0: one Xen lab (`hostd xen-lab`) per
+/// startup size, whose startup, memory and CPU samples join the campaign's like any
+/// backend's. The lab measures cold starts only (each lab is a freshly booted Xen host) and
+/// no suite beyond the CPU benchmark at n busy guests; its own results directories (with
+/// Xen's and dom0's console) are kept under `xen-lab/`.
+async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>) -> Result<()> {
+    let max = ctx.campaign.xen.lab_max_guests;
+    let mut probed = false;
+    for &n in &plan.startup_sizes {
+        let key = format!("{}/startup/n={n}/cold", plan.kind);
+        if n > max {
+            say(format!("   startup n={n}: not run in the Xen lab (xen.lab_max_guests = {max})"));
+            continue;
+        }
+        if ctx.done.contains(&key) {
+            continue;
+        }
+        let g = &ctx.campaign.guest;
+        let args = crate::xenlab::LabArgs {
+            guests: n,
+            mem_mib: plan.mem_mib,
+            vcpus: g.vcpus,
+            cpu_rounds: plan.workloads.cpu_rounds,
+            host_mib: crate::xenlab::host_mib_for(n, plan.mem_mib),
+            timeout: g.boot_timeout_s.max(300) + g.bench_timeout_s,
+            qemu: "qemu-system-x86_64".into(),
+            results: ctx.results.path.join("xen-lab"),
+            in_dom0: None,
+        };
+        let mut lab_say = |l: String| say(format!("   {l}"));
+        match crate::xenlab::run(&args, &mut lab_say).await {
+            Ok(o) => {
+                let r = &o.report;
+                if !probed {
+                    ctx.record(&Record::BackendProbe { backend: plan.kind, description: format!("[emulated host] {}; {}", r.probe, crate::xenlab::EMULATED_NOTE) })?;
+                    probed = true;
+                }
+                let b = &r.boot;
+                for s in &b.startups {
+                    ctx.record(&Record::Startup(s.clone()))?;
+                }
+                for f in &b.failures {
+                    ctx.record(&Record::Failure { backend: plan.kind, n, mode: b.mode, failure: f.clone() })?;
+                }
+                if let Some(m) = &b.memory {
+                    ctx.record(&Record::Memory(m.clone()))?;
+                }
+                if ctx.campaign.resources.contains(&Resource::Cpu) {
+                    for s in &r.bench {
+                        ctx.record(&Record::Bench(s.clone()))?;
+                    }
+                }
+                say(format!(
+                    "   startup n={n} cold (Xen lab): {}/{n} ready, T_startup {} s, M_used {} MiB",
+                    b.startups.len(),
+                    b.t_startup().map(|t| format!("{t:.3}")).unwrap_or("-".into()),
+                    b.memory.as_ref().map(|m| format!("{:.1}", m.m_used_kib as f64 / 1024.0)).unwrap_or("-".into())
+                ));
+                // Startup and memory are recorded: the step is done, whatever came after.
+                ctx.finish(&key)?;
+                if let Some(e) = &r.bench_error {
+                    let bench_key = format!("{}/linearity/n={n}/cpu/{} (Xen lab)", plan.kind, plan.workloads.params(Resource::Cpu));
+                    ctx.fail(&bench_key, e.clone(), say)?;
+                }
+                if !r.leftover_domains.is_empty() {
+                    ctx.fail(&format!("{key} (Xen lab teardown)"), format!("domains left: {}", r.leftover_domains.join(", ")), say)?;
+                }
+            }
+            Err(e) => ctx.fail(&key, format!("the Xen lab: {e:#}"), say)?,
         }
     }
     Ok(())

@@ -223,6 +223,13 @@ pub fn xen_cmdline() -> String {
     "console=com1 com1=115200,8n1 console_timestamps=boot bootscrub=off xpti=false pv-l1tf=false dom0_mem=512M,max:512M dom0_max_vcpus=2 loglvl=warning guest_loglvl=warning".into()
 }
 
+/// Memory of the emulated Xen host for `n` domUs of `mem_mib`: dom0's fixed 512 MiB, room
+/// for Xen itself, and each domain's RAM plus its page tables and Xen's per-domain
+/// structures; never below the 2 GiB the lab was measured with.
+pub fn host_mib_for(n: usize, mem_mib: u32) -> u32 {
+    (1024 + n as u32 * (mem_mib + 16)).max(2048)
+}
+
 /// What a lab run produced.
 pub struct LabOutcome {
     pub dir: PathBuf,
@@ -234,7 +241,7 @@ pub struct LabOutcome {
 }
 
 /// The host side: boots the lab, drives dom0, writes the results.
-pub async fn run(a: &LabArgs, say: &mut (dyn FnMut(String) + Send)) -> Result<LabOutcome> {
+pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome> {
     if a.guests == 0 {
         bail!("--guests needs at least 1");
     }
