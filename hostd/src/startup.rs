@@ -96,6 +96,8 @@ pub enum StartupError {
     DropCaches(std::io::Error),
     #[error("reading /proc/meminfo")]
     Meminfo,
+    #[error("reading the hypervisor's memory accounting: {0}")]
+    Hypervisor(String),
     // Not a `source`: the message already says it, and error chains would say it twice.
     #[error("starting the fleet: {0}")]
     Network(crate::fleet::FleetError),
@@ -113,6 +115,13 @@ pub fn drop_caches() -> std::io::Result<()> {
     std::fs::write("/proc/sys/vm/drop_caches", "3")
 }
 
+/// The machine's used memory, KiB: the host kernel's (median of 5 readings) plus what a
+/// hypervisor below it has handed out, so M_used includes guest RAM on every backend.
+async fn machine_used_kib(backend: &AnyBackend) -> Result<u64, StartupError> {
+    let host = memory::host_used_kib_median(5, Duration::from_millis(100)).await.ok_or(StartupError::Meminfo)?;
+    Ok(host + backend.unseen_used_kib().await.map_err(StartupError::Hypervisor)?)
+}
+
 /// Boots a fleet, records startup and (after `settle`) memory, tears it down.
 pub async fn boot_and_measure(
     backend: &AnyBackend,
@@ -125,7 +134,7 @@ pub async fn boot_and_measure(
     if mode == StartMode::Cold {
         drop_caches().map_err(StartupError::DropCaches)?;
     }
-    let used_before = memory::host_used_kib_median(5, Duration::from_millis(100)).await.ok_or(StartupError::Meminfo)?;
+    let used_before = machine_used_kib(backend).await?;
     let fleet = fleet::start(backend, run, cfg, on_event).await?;
     let kind = backend.kind();
     let startups = fleet
@@ -148,7 +157,7 @@ pub async fn boot_and_measure(
         })
         .collect();
     tokio::time::sleep(settle).await;
-    let used_after = memory::host_used_kib_median(5, Duration::from_millis(100)).await.ok_or(StartupError::Meminfo)?;
+    let used_after = machine_used_kib(backend).await?;
     let memory = Some(MemorySample {
         backend: kind,
         n: cfg.n,

@@ -296,6 +296,12 @@ pub trait Backend {
     async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
         stop_and_release(guest, grace).await
     }
+    /// Memory in use on the machine that the host kernel's /proc/meminfo does not count,
+    /// KiB: guest RAM a hypervisor below the host hands out (Xen). 0 where the host kernel
+    /// owns all memory, which is every backend but Xen.
+    async fn unseen_used_kib(&self) -> Result<u64, String> {
+        Ok(0)
+    }
 }
 
 /// The common teardown: wait for the main process, kill the rest, release resources.
@@ -366,6 +372,9 @@ impl Backend for AnyBackend {
     }
     async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
         dispatch!(self, b => b.stop(guest, grace).await)
+    }
+    async fn unseen_used_kib(&self) -> Result<u64, String> {
+        dispatch!(self, b => b.unseen_used_kib().await)
     }
 }
 

@@ -652,6 +652,13 @@ impl Backend for Xen {
         ))
     }
 
+    /// What Xen has handed out (dom0's allocation and every domU's RAM): dom0's
+    /// /proc/meminfo sees none of a domU's memory.
+    async fn unseen_used_kib(&self) -> Result<u64, String> {
+        let info = xl_info(&self.xl).await?;
+        xen_used_kib(&info).ok_or_else(|| "`xl info` lacks total_memory or free_memory".to_string())
+    }
+
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
         let not_ready = |reason: String| LaunchError::Prepare {
             what: "xen images".into(),
@@ -811,7 +818,7 @@ disk = [ \"format=raw,vdev=xvda,access=ro,target=/store/disk,1.img\" ]
             "name=$(sed -n 's/^name = \"\\(.*\\)\"$/\\1/p' \"$3\")\n  echo \"Parsing config from $3\"\n  echo \"Waiting for domain $name (domid 7) to die [pid $$]\"\n  while [ ! -e \"$d/gone\" ]; do sleep 0.02; done"
         };
         let xl = format!(
-            "#!/bin/sh\nd=$(dirname \"$0\")\ncase \"$1\" in\ncreate)\n  {create} ;;\ndestroy)\n  echo \"destroy $2\" >> \"$d/calls\"\n  if [ -e \"$d/gone\" ]; then echo \"$2 is an invalid domain identifier (rc=-6)\" >&2; exit 1; fi\n  touch \"$d/gone\" ;;\nesac\n"
+            "#!/bin/sh\nd=$(dirname \"$0\")\ncase \"$1\" in\ninfo)\n  printf 'total_memory           : 2047\\nfree_memory            : 1512\\n' ;;\ncreate)\n  {create} ;;\ndestroy)\n  echo \"destroy $2\" >> \"$d/calls\"\n  if [ -e \"$d/gone\" ]; then echo \"$2 is an invalid domain identifier (rc=-6)\" >&2; exit 1; fi\n  touch \"$d/gone\" ;;\nesac\n"
         );
         let xsr = "#!/bin/sh\n[ \"$1\" = /local/domain/7/console/tty ] || exit 1\ncat \"$(dirname \"$0\")/tty\"\n";
         for (name, text) in [("xl", xl.as_str()), ("xenstore-read", xsr)] {
@@ -895,6 +902,17 @@ disk = [ \"format=raw,vdev=xvda,access=ro,target=/store/disk,1.img\" ]
         assert!(e.contains("`xl create` exited (exit status: 3) before the domain ran"), "{e}");
         assert!(e.contains("unable to add vif devices"), "{e}");
         assert!(!s.workdir.exists(), "work directory released");
+    }
+
+    /// M_used on a Xen host counts what Xen handed out, which dom0's meminfo does not see.
+    #[tokio::test]
+    async fn memory_dom0_cannot_see_comes_from_xl_info() {
+        let d = tempfile::tempdir().unwrap();
+        fake_tools(d.path(), false);
+        let (x, _) = fake_xen(d.path());
+        assert_eq!(x.unseen_used_kib().await.unwrap(), (2047 - 1512) * 1024);
+        let broken = Xen { xl: d.path().join("no-xl").display().to_string(), ..x };
+        assert!(broken.unseen_used_kib().await.is_err(), "no toolstack: an error, never 0");
     }
 
     #[test]
