@@ -200,7 +200,7 @@ async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>) -> Result<
             mem_mib: plan.mem_mib,
             vcpus: g.vcpus,
             cpu_rounds: plan.workloads.cpu_rounds,
-            host_mib: crate::xenlab::host_mib_for(n, plan.mem_mib),
+            host_mib: None,
             timeout: g.boot_timeout_s.max(300) + g.bench_timeout_s,
             qemu: "qemu-system-x86_64".into(),
             results: ctx.results.path.join("xen-lab"),

@@ -64,9 +64,10 @@ pub struct LabArgs {
     /// CPU benchmark: Newton steps towards √2 in each guest.
     #[arg(long, default_value_t = 5_000_000)]
     pub cpu_rounds: u64,
-    /// Memory of the emulated Xen host, MiB (dom0 gets 512).
-    #[arg(long, default_value_t = 2048)]
-    pub host_mib: u32,
+    /// Memory of the emulated Xen host, MiB (dom0 gets 512) [default: enough for the
+    /// fleet, at least 2048].
+    #[arg(long)]
+    pub host_mib: Option<u32>,
     /// Seconds the whole lab may take.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
@@ -190,7 +191,7 @@ pub struct LabMachine<'a> {
     pub dom0_kernel: &'a Path,
     pub dom0_cmdline: &'a str,
     pub dom0_initramfs: &'a Path,
-    pub host_mib: u32,
+    pub host_mib: u64,
 }
 
 /// The QEMU command line (after the program) of the lab VM.
@@ -223,11 +224,17 @@ pub fn xen_cmdline() -> String {
     "console=com1 com1=115200,8n1 console_timestamps=boot bootscrub=off xpti=false pv-l1tf=false dom0_mem=512M,max:512M dom0_max_vcpus=2 loglvl=warning guest_loglvl=warning".into()
 }
 
-/// Memory of the emulated Xen host for `n` domUs of `mem_mib`: dom0's fixed 512 MiB, room
-/// for Xen itself, and each domain's RAM plus its page tables and Xen's per-domain
-/// structures; never below the 2 GiB the lab was measured with.
-pub fn host_mib_for(n: usize, mem_mib: u32) -> u32 {
-    (1024 + n as u32 * (mem_mib + 16)).max(2048)
+/// The least memory an emulated Xen host needs for `n` domUs of `mem_mib`, MiB: dom0's
+/// fixed 512, 256 for Xen itself, and each domain's RAM plus 16 for its page tables and
+/// Xen's per-domain structures.
+pub fn host_mib_needed(n: usize, mem_mib: u32) -> u64 {
+    768 + n as u64 * (mem_mib as u64 + 16)
+}
+
+/// The lab's default host memory: what the fleet needs with some room, never below the
+/// 2 GiB the lab was measured with.
+pub fn host_mib_for(n: usize, mem_mib: u32) -> u64 {
+    (host_mib_needed(n, mem_mib) + 256).max(2048)
 }
 
 /// What a lab run produced.
@@ -244,6 +251,11 @@ pub struct LabOutcome {
 pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome> {
     if a.guests == 0 {
         bail!("--guests needs at least 1");
+    }
+    let host_mib = a.host_mib.map(u64::from).unwrap_or_else(|| host_mib_for(a.guests, a.mem_mib));
+    let needed = host_mib_needed(a.guests, a.mem_mib);
+    if host_mib < needed {
+        bail!("--host-mib {host_mib} is too small for {} domUs of {} MiB (dom0 takes 512): give at least {needed}", a.guests, a.mem_mib);
     }
     let t_start = Instant::now();
     let images = crate::images::resolve(None).context("resolving the images")?;
@@ -282,7 +294,7 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
             dom0_kernel: &dom0_kernel,
             dom0_cmdline: &dom0_cmdline,
             dom0_initramfs: &dom0_initramfs,
-            host_mib: a.host_mib,
+            host_mib,
         };
         let args = qemu_args(&machine, &log, CTL_FD);
         let out = std::fs::File::create(results.path.join("qemu.log")).context("QEMU's log")?;
@@ -368,7 +380,7 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
         provenance.notes.insert(0, EMULATED_NOTE.into());
         provenance.notes.push(format!(
             "emulated Xen host: {qemu_version}, -M pc -accel tcg -cpu {LAB_CPU} -smp 2 -m {} on {} ({} CPUs); Xen command line: {}",
-            a.host_mib,
+            host_mib,
             crate::provenance::HostInfo::collect().cpu_model,
             crate::provenance::HostInfo::collect().cpus,
             xen_cmdline()
@@ -705,6 +717,29 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(next_msg(&mut r, &mut dec, &mut q).await.unwrap().is_none());
+    }
+
+    /// The emulated host gets room for its fleet; a --host-mib too small for it, or no
+    /// guests, is refused before anything boots.
+    #[tokio::test]
+    async fn lab_memory_fits_the_fleet() {
+        assert_eq!(host_mib_for(3, 128), 2048);
+        assert_eq!(host_mib_for(10, 128), 768 + 10 * 144 + 256);
+        let a = LabArgs {
+            guests: 3,
+            mem_mib: 512,
+            vcpus: 1,
+            cpu_rounds: 1,
+            host_mib: Some(1024),
+            timeout: 1,
+            qemu: "/nonexistent/qemu".into(),
+            results: "/nonexistent".into(),
+            in_dom0: None,
+        };
+        let e = run(&a, &mut |_| {}).await.err().unwrap().to_string();
+        assert!(e.contains("--host-mib 1024 is too small for 3 domUs of 512 MiB") && e.contains("2352"), "{e}");
+        let e = run(&LabArgs { guests: 0, ..a }, &mut |_| {}).await.err().unwrap().to_string();
+        assert!(e.contains("--guests needs at least 1"), "{e}");
     }
 
     /// The dom0 image holds what the dom0 side expects, where it expects it.

@@ -51,7 +51,7 @@ async fn lab_boots_three_pv_domus_under_tcg() {
         mem_mib: 128,
         vcpus: 1,
         cpu_rounds: 2_000_000,
-        host_mib: 2048,
+        host_mib: None,
         timeout: 600,
         qemu: "qemu-system-x86_64".into(),
         results: results.path().to_path_buf(),
