@@ -427,3 +427,27 @@ pub fn pass_fd_in_child(cmd: &mut tokio::process::Command, fd: std::os::fd::RawF
         });
     }
 }
+
+/// A guest spec for the VM backends' command-line tests: guest 1 of run r1, 2 vCPUs,
+/// 192 MiB, optionally on the fleet network (10.211.0.3/16) and with a data disk whose
+/// path holds a comma (which QEMU and xl must quote).
+#[cfg(test)]
+pub(crate) fn test_spec(net: bool, disk: bool) -> GuestSpec {
+    GuestSpec {
+        index: 1,
+        name: "g1".into(),
+        run: "r1".into(),
+        vcpus: 2,
+        mem_mib: 192,
+        data_disk: disk.then(|| PathBuf::from("/store/disk,1.img")),
+        workdir: PathBuf::from("/run/virtbench/r1/g1"),
+        net: net.then(|| GuestNet {
+            fleet: crate::netlab::FleetNet { netns: "vb-r1".into() },
+            addr: Ipv4Addr::new(10, 211, 0, 3),
+            prefix: 16,
+            link: "vbl1".into(),
+        }),
+        cgroup: None,
+        limits: Default::default(),
+    }
+}

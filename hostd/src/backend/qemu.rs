@@ -370,29 +370,10 @@ fn measure_tsc_khz() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::GuestNet;
     use std::net::Ipv4Addr;
     use crate::netlab::FleetNet;
 
-    fn spec(net: bool, disk: bool) -> GuestSpec {
-        GuestSpec {
-            index: 1,
-            name: "g1".into(),
-            run: "r1".into(),
-            vcpus: 2,
-            mem_mib: 192,
-            data_disk: disk.then(|| PathBuf::from("/store/disk,1.img")),
-            workdir: PathBuf::from("/run/virtbench/r1/g1"),
-            net: net.then(|| GuestNet {
-                fleet: FleetNet { netns: "vb-r1".into() },
-                addr: Ipv4Addr::new(10, 211, 0, 3),
-                prefix: 16,
-                link: "vbl1".into(),
-            }),
-            cgroup: None,
-            limits: Default::default(),
-        }
-    }
+    use crate::backend::test_spec as spec;
 
     fn kernel(path: &str) -> Kernel {
         Kernel { path: path.into(), cmdline: "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tsc=reliable".into() }

@@ -685,29 +685,9 @@ fn process_running(root: &Path, comm: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlab::FleetNet;
-    use std::net::Ipv4Addr;
     use tokio::io::AsyncReadExt;
 
-    fn spec(net: bool, disk: bool) -> GuestSpec {
-        GuestSpec {
-            index: 1,
-            name: "g1".into(),
-            run: "r1".into(),
-            vcpus: 2,
-            mem_mib: 192,
-            data_disk: disk.then(|| PathBuf::from("/store/disk,1.img")),
-            workdir: PathBuf::from("/run/virtbench/r1/g1"),
-            net: net.then(|| GuestNet {
-                fleet: FleetNet { netns: "vb-r1".into() },
-                addr: Ipv4Addr::new(10, 211, 0, 3),
-                prefix: 16,
-                link: "vbl1".into(),
-            }),
-            cgroup: None,
-            limits: Default::default(),
-        }
-    }
+    use crate::backend::test_spec as spec;
 
     fn kernel() -> Kernel {
         Kernel { path: "/k/vmlinux-xen".into(), cmdline: "console=hvc0 quiet panic=-1".into() }
