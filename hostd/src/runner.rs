@@ -202,7 +202,8 @@ async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>) -> Result<
             cpu_rounds: plan.workloads.cpu_rounds,
             host_mib: None,
             timeout: g.boot_timeout_s.max(300) + g.bench_timeout_s,
-            qemu: "qemu-system-x86_64".into(),
+            qemu: ctx.opts.qemu.clone(),
+            accel: ctx.opts.accel.clone(),
             results: ctx.results.path.join("xen-lab"),
             in_dom0: None,
         };

@@ -1,8 +1,9 @@
-//! `hostd xen-lab`: the `xen` backend measured on a Xen host that is itself a QEMU guest
-//! (TCG here: no usable KVM), for machines that are not Xen hosts.
+//! `hostd xen-lab`: the `xen` backend measured on a Xen host that is itself a QEMU guest,
+//! for machines that are not Xen hosts. KVM where a probe guest really boots under it
+//! (`-cpu host`), TCG otherwise (here: nested KVM crashes unmodified guests).
 //!
-//! The host side boots Debian's Xen hypervisor under QEMU (`-M pc -cpu Haswell-noTSX`: with
-//! `-cpu max` dom0 crashes early) with the dom0 kernel and the `xen-lab-dom0` initramfs as
+//! The host side boots Debian's Xen hypervisor under QEMU (`-M pc`; under TCG `-cpu
+//! Haswell-noTSX`: with `-cpu max` dom0 crashes early) with the dom0 kernel and the `xen-lab-dom0` initramfs as
 //! multiboot modules. dom0's /init starts Xen's daemons and then this same hostd as the
 //! lab's dom0 side (`hostd xen-lab --in-dom0 /dev/ttyS1`). The two talk over QEMU's second
 //! serial port (dom0's ttyS1; Xen keeps COM1 for its console, which is the lab's log), with
@@ -48,7 +49,53 @@ pub const DOM0_CTL: &str = "/dev/ttyS1";
 /// The CPU QEMU emulates: the lab's measured configuration (`max` crashes dom0 early).
 pub const LAB_CPU: &str = "Haswell-noTSX";
 /// What every figure of the lab carries.
-pub const EMULATED_NOTE: &str = "measured inside an emulated host: Xen and its guests ran in a QEMU TCG virtual machine, so every figure includes the emulation's cost and is not that of a real Xen host";
+pub const EMULATED_NOTE: &str = "measured inside an emulated host: Xen and its guests ran in a QEMU virtual machine (TCG or KVM: see the provenance), so every figure includes that machine's cost and is not that of a real Xen host";
+
+/// How the lab's QEMU runs the emulated host's CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabAccel {
+    /// `-accel kvm -cpu host`: Xen runs on the host's CPU model, PV guests need no nesting.
+    Kvm,
+    /// `-accel tcg -cpu Haswell-noTSX`.
+    Tcg,
+}
+
+impl LabAccel {
+    pub fn qemu_args(self) -> [&'static str; 4] {
+        match self {
+            LabAccel::Kvm => ["-accel", "kvm", "-cpu", "host"],
+            LabAccel::Tcg => ["-accel", "tcg,thread=multi", "-cpu", LAB_CPU],
+        }
+    }
+}
+
+/// The KVM probe's verdict, once per process (a campaign boots several labs).
+static KVM_VERDICT: tokio::sync::OnceCell<Result<f64, String>> = tokio::sync::OnceCell::const_new();
+
+/// The lab's accelerator and why: `asked` (kvm or tcg), else KVM if a probe guest reaches
+/// the agent's hello under it (the qemu backend's probe), else TCG.
+pub async fn choose_accel(asked: Option<&str>, qemu: &str, images: &Images) -> Result<(LabAccel, String)> {
+    match asked {
+        Some("kvm") => return Ok((LabAccel::Kvm, "KVM (asked for)".into())),
+        Some("tcg") => return Ok((LabAccel::Tcg, "TCG (asked for)".into())),
+        Some(other) => bail!("--accel {other:?}: expected kvm or tcg"),
+        None => {}
+    }
+    let (Some(kernel), Some(initramfs)) = (&images.kernel_microvm, &images.initramfs) else {
+        return Ok((LabAccel::Tcg, "TCG (no kernel-microvm or initramfs to probe KVM with: run `imagegen build`)".into()));
+    };
+    let verdict = KVM_VERDICT
+        .get_or_init(|| async {
+            let d = crate::backend::qemu::KVM_PROBE_DEADLINE;
+            crate::backend::qemu::kvm_boot_probe(qemu, crate::backend::qemu::Profile::Microvm, kernel, initramfs, d).await.map(|t| t.as_secs_f64())
+        })
+        .await;
+    Ok(match verdict {
+        Ok(t) => (LabAccel::Kvm, format!("KVM (probe guest reached the agent's hello in {t:.2} s)")),
+        Err(why) => (LabAccel::Tcg, format!("TCG (KVM probe failed: {why})")),
+    })
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LabArgs {
@@ -77,6 +124,10 @@ pub struct LabArgs {
     /// Parent directory of the results directory.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
+    /// How QEMU runs the emulated host: kvm or tcg [default: KVM if a probe guest boots
+    /// under it, else TCG].
+    #[arg(long)]
+    pub accel: Option<String>,
     /// Run as the lab's dom0 side, talking to the host on this tty (dom0's /init does).
     #[arg(long, hide = true)]
     pub in_dom0: Option<PathBuf>,
@@ -192,6 +243,7 @@ pub struct LabMachine<'a> {
     pub dom0_cmdline: &'a str,
     pub dom0_initramfs: &'a Path,
     pub host_mib: u64,
+    pub accel: LabAccel,
 }
 
 /// The QEMU command line (after the program) of the lab VM.
@@ -203,7 +255,9 @@ pub fn qemu_args(m: &LabMachine<'_>, log: &Path, ctl_fd: i32) -> Vec<String> {
     let (xen, xen_cmdline, host_mib) = (m.xen, m.xen_cmdline.as_str(), m.host_mib);
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
-    push(&["-name", "xen-lab", "-M", "pc", "-accel", "tcg,thread=multi", "-cpu", LAB_CPU, "-smp", "2"]);
+    push(&["-name", "xen-lab", "-M", "pc"]);
+    push(&m.accel.qemu_args());
+    push(&["-smp", "2"]);
     push(&["-m", &format!("{host_mib}M"), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     push(&["-kernel", &xen.display().to_string(), "-append", xen_cmdline, "-initrd", &modules]);
     // COM1: Xen's console (and through it dom0's hvc0) into the lab log; COM2: the channel.
@@ -272,6 +326,7 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
     artifacts.insert("kernel-dom0".into(), dom0_kernel_sha);
     artifacts.insert("xen-lab-dom0".into(), dom0_initramfs_sha);
     let qemu_version = qemu_version(&a.qemu).await?;
+    let (accel, accel_why) = choose_accel(a.accel.as_deref(), &a.qemu, &images).await?;
 
     let run = RunGuard(RunState::create("xen-lab", Some(a.results.clone())).context("creating the run's state")?);
     let run = &run.0;
@@ -295,6 +350,7 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
             dom0_cmdline: &dom0_cmdline,
             dom0_initramfs: &dom0_initramfs,
             host_mib,
+            accel,
         };
         let args = qemu_args(&machine, &log, CTL_FD);
         let out = std::fs::File::create(results.path.join("qemu.log")).context("QEMU's log")?;
@@ -312,7 +368,7 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
             let cg = crate::cgroup::Cgroup::create(mode, &run.run, "lab", Default::default()).context("the lab's cgroup")?;
             crate::backend::join_cgroup_in_child(&mut cmd, &cg);
         }
-        say(format!("xen-lab: booting Xen under QEMU TCG ({qemu_version}); lab log {}", log.display()));
+        say(format!("xen-lab: booting Xen under QEMU, {accel_why} ({qemu_version}); lab log {}", log.display()));
         let t_qemu = Instant::now();
         let mut qemu = cmd.spawn().with_context(|| format!("starting {}", a.qemu))?;
         drop(cmd);
@@ -379,7 +435,8 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
         provenance.artifacts.extend(artifacts);
         provenance.notes.insert(0, EMULATED_NOTE.into());
         provenance.notes.push(format!(
-            "emulated Xen host: {qemu_version}, -M pc -accel tcg -cpu {LAB_CPU} -smp 2 -m {} on {} ({} CPUs); Xen command line: {}",
+            "emulated Xen host: {qemu_version}, -M pc {} -smp 2 -m {} on {} ({} CPUs), {accel_why}; Xen command line: {}",
+            accel.qemu_args().join(" "),
             host_mib,
             crate::provenance::HostInfo::collect().cpu_model,
             crate::provenance::HostInfo::collect().cpus,
@@ -688,6 +745,7 @@ mod tests {
             dom0_cmdline: "console=hvc0 quiet",
             dom0_initramfs: Path::new("/s/dom0,1.cpio.gz"),
             host_mib: 2048,
+            accel: LabAccel::Tcg,
         };
         let a = qemu_args(&m, Path::new("/run/virtbench/r1/lab-console.log"), 3);
         let expect = [
@@ -700,6 +758,23 @@ mod tests {
             "-chardev", "socket,id=ctl,fd=3", "-serial", "chardev:ctl",
         ];
         assert_eq!(a, expect);
+        // Under KVM the emulated host has the host's CPU model; nothing else changes.
+        let k = qemu_args(&LabMachine { accel: LabAccel::Kvm, ..m }, Path::new("/run/virtbench/r1/lab-console.log"), 3);
+        assert_eq!(&k[4..8], ["-accel", "kvm", "-cpu", "host"]);
+        assert_eq!((&k[..4], &k[8..]), (&a[..4], &a[8..]));
+    }
+
+    /// An asked-for accelerator is used as given; anything else is refused by name; with
+    /// nothing to probe KVM with, TCG, saying why.
+    #[tokio::test]
+    async fn accelerator_choice() {
+        let none = Images::default();
+        assert_eq!(choose_accel(Some("kvm"), "qemu", &none).await.unwrap().0, LabAccel::Kvm);
+        assert_eq!(choose_accel(Some("tcg"), "qemu", &none).await.unwrap().0, LabAccel::Tcg);
+        assert!(choose_accel(Some("hvf"), "qemu", &none).await.unwrap_err().to_string().contains("--accel \"hvf\": expected kvm or tcg"));
+        let (a, why) = choose_accel(None, "qemu", &none).await.unwrap();
+        assert_eq!(a, LabAccel::Tcg);
+        assert!(why.contains("no kernel-microvm or initramfs"), "{why}");
     }
 
     #[tokio::test]
@@ -733,6 +808,7 @@ mod tests {
             host_mib: Some(1024),
             timeout: 1,
             qemu: "/nonexistent/qemu".into(),
+            accel: None,
             results: "/nonexistent".into(),
             in_dom0: None,
         };

@@ -54,6 +54,8 @@ async fn lab_boots_three_pv_domus_under_tcg() {
         host_mib: None,
         timeout: 600,
         qemu: "qemu-system-x86_64".into(),
+        // Probed: KVM where a guest boots under it, TCG here.
+        accel: None,
         results: results.path().to_path_buf(),
         in_dom0: None,
     };
