@@ -95,13 +95,15 @@ fn fill_from_store(store: &imagegen::Store, images: &mut Images) {
 }
 
 /// A current store artifact outside [`Images`] (the Xen lab's hypervisor, dom0 kernel and
-/// dom0 initramfs): its path, sha256 and recorded command line.
+/// dom0 initramfs), checked against its manifest: its path, sha256 and recorded command line.
 pub fn store_artifact(recipe: &str, output: &str) -> Result<(PathBuf, String, String)> {
     let cfg = imagegen::Config::for_workspace(&workspace_root()).context("locating the image store")?;
     let store = imagegen::Store::open(&cfg.store).with_context(|| format!("no image store at {}: run `imagegen build`", cfg.store.display()))?;
     let m = store.current(recipe).with_context(|| format!("image {recipe}: run `imagegen build`"))?;
     let out = m.output(output).with_context(|| format!("image {recipe} has no output {output}"))?;
     let path = store.output_path(&m, output).with_context(|| format!("image {recipe}"))?;
+    // Like every image hostd boots: refused if its bytes are not its manifest's.
+    crate::integrity::check_blob(&path, &out.sha256).map_err(|e| anyhow::anyhow!("image {recipe}: {e}"))?;
     Ok((path, out.sha256.clone(), m.cmdline.clone().unwrap_or_default()))
 }
 
