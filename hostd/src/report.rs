@@ -582,6 +582,17 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
         );
     }
     h.push_str("</table>");
+    // M_used is host-wide (the paper's method): memory another process frees during the
+    // measurement makes it fall, even below zero. Said next to the table, not hidden.
+    let negative: Vec<String> =
+        rep.startup.rows.iter().filter(|r| r.m_used_mib.is_some_and(|m| m < 0.0)).map(|r| format!("{} n={} {}", r.backend, r.n, r.mode.name())).collect();
+    if !negative.is_empty() {
+        let _ = write!(
+            h,
+            "<p class=\"bad\">M_used below zero for {}: the host's used memory fell during the measurement (another process freed memory), so those rows and the fit through them understate the guests' memory; rerun on a quiet host.</p>",
+            esc(&negative.join(", "))
+        );
+    }
     for (mode, f) in &rep.startup.memory_fit {
         let _ = write!(h, "<p>Fit ({mode}): M_used(n) = {:.2} MiB × n + {:.1} MiB (M_VM, M_tool; residual {:.2} MiB over {} sizes).</p>", f.slope, f.intercept, f.residual_std, f.points);
     }

@@ -162,11 +162,16 @@ async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, sa
                         ctx.record(&Record::Memory(m.clone()))?;
                     }
                     say(format!(
-                        "   startup n={n} {}: {}/{n} ready, T_startup {} s, M_used {} MiB",
+                        "   startup n={n} {}: {}/{n} ready, T_startup {} s, M_used {} MiB{}",
                         mode.name(),
                         b.startups.len(),
                         b.t_startup().map(|t| format!("{t:.3}")).unwrap_or("-".into()),
-                        b.memory.as_ref().map(|m| format!("{:.1}", m.m_used_kib as f64 / 1024.0)).unwrap_or("-".into())
+                        b.memory.as_ref().map(|m| format!("{:.1}", m.m_used_kib as f64 / 1024.0)).unwrap_or("-".into()),
+                        if b.memory.as_ref().is_some_and(|m| m.m_used_kib < 0) {
+                            " (below zero: something else on the host freed memory meanwhile; unreliable)"
+                        } else {
+                            ""
+                        }
                     ));
                     ctx.finish(&key)?;
                 }
