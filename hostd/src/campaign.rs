@@ -260,6 +260,10 @@ impl Campaign {
         for o in self.overrides.values_mut() {
             *o = Override { workloads: o.workloads.as_ref().map(|_| self.workloads.clone()), mem_mib: o.mem_mib, ..Default::default() };
         }
+        // Off a Xen host every startup size is a whole Xen lab (~25 s): one is enough here.
+        if self.backends.iter().any(|b| b == "xen") {
+            self.overrides.entry("xen".into()).or_default().startup_sizes = Some(vec![1]);
+        }
         self
     }
 
@@ -421,6 +425,7 @@ mod tests {
         q.check().unwrap();
         assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::QemuFull).unwrap().workloads.cpu_rounds, 2_000_000);
         assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::QemuFull).unwrap().overhead_sizes, vec![1, 2]);
+        assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::Xen).unwrap().startup_sizes, vec![1], "one Xen lab in a quick run");
     }
 
     #[test]
