@@ -224,6 +224,11 @@ pub enum LaunchError {
     Channel(String),
 }
 
+/// [`LaunchError::Prepare`] for `what`.
+pub(crate) fn prepare(what: impl std::fmt::Display, source: std::io::Error) -> LaunchError {
+    LaunchError::Prepare { what: what.to_string(), source }
+}
+
 /// A started guest: the host side of its control channel plus what must be torn down.
 pub struct Launched {
     pub reader: Box<dyn AsyncRead + Send + Unpin>,
@@ -318,6 +323,52 @@ pub async fn stop_and_release(guest: &mut GuestProcess, grace: Duration) -> Exit
         tracing::warn!(guest = %guest.name, "teardown: {e}");
     }
     exit
+}
+
+/// The host's halves of a process guest's control channel (ns, oci).
+pub(crate) type Halves = (tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf);
+
+/// What a process guest's launch (ns, oci) holds so far; released if the launch fails, or
+/// when dropped before the guest took it (a launch abandoned at its deadline: launch
+/// futures are cancel-safe).
+#[derive(Default)]
+pub(crate) struct Held {
+    pub resources: Vec<Resource>,
+    pub cgroup: Option<Cgroup>,
+}
+
+impl Held {
+    /// The started guest takes everything held.
+    pub fn launched(mut self, spec: &GuestSpec, (reader, writer): Halves, proc: Proc, console: crate::console::ConsoleLog) -> Launched {
+        Launched {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            guest: GuestProcess {
+                name: spec.name.clone(),
+                proc,
+                cgroup: self.cgroup.take(),
+                console_log: Some(console.path.clone()),
+                console: Some(console),
+                resources: std::mem::take(&mut self.resources),
+            },
+        }
+    }
+
+    /// Releases everything held, cgroup first, logging what could not be released.
+    pub fn release(&mut self, guest: &str) {
+        if let Some(cg) = self.cgroup.take() {
+            self.resources.insert(0, Resource::Cgroup(cg));
+        }
+        for e in release_all(&std::mem::take(&mut self.resources)) {
+            tracing::warn!(guest, "failed launch cleanup: {e}");
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release("(abandoned launch)");
+    }
 }
 
 /// Enum dispatch over the closed set of backends.

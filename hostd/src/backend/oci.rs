@@ -34,7 +34,8 @@ use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountB
 
 use super::native::{split_socket, AGENT_FD};
 use super::{
-    pass_fd_in_child, Backend, BackendKind, BackendOptions, GuestProcess, GuestSpec, Images, LaunchError, Launched, Proc, Resource,
+    prepare, Halves, Held,
+    pass_fd_in_child, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, Launched, Proc, Resource,
     Unavailable,
 };
 use crate::cgroup::{Cgroup, Limits};
@@ -111,56 +112,13 @@ impl Backend for Oci {
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
         let mut held = Held::default();
         match self.start(spec, &mut held).await {
-            Ok(((reader, writer), proc, console)) => Ok(Launched {
-                reader: Box::new(reader),
-                writer: Box::new(writer),
-                guest: GuestProcess {
-                    name: spec.name.clone(),
-                    proc,
-                    cgroup: held.cgroup.take(),
-                    console_log: Some(console.path.clone()),
-                    console: Some(console),
-                    resources: std::mem::take(&mut held.resources),
-                },
-            }),
+            Ok((halves, proc, console)) => Ok(held.launched(spec, halves, proc, console)),
             Err(e) => {
                 held.release(&spec.name);
                 Err(e)
             }
         }
     }
-}
-
-/// The host's halves of the control channel.
-type Halves = (tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf);
-
-/// What a launch holds so far; released if it fails, or when dropped before the guest took
-/// it (a launch abandoned at its deadline: the launch future is cancel-safe).
-#[derive(Default)]
-struct Held {
-    resources: Vec<Resource>,
-    cgroup: Option<Cgroup>,
-}
-
-impl Held {
-    fn release(&mut self, guest: &str) {
-        if let Some(cg) = self.cgroup.take() {
-            self.resources.insert(0, Resource::Cgroup(cg));
-        }
-        for e in super::release_all(&std::mem::take(&mut self.resources)) {
-            tracing::warn!(guest, "failed launch cleanup: {e}");
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.release("(abandoned launch)");
-    }
-}
-
-fn prepare(what: impl std::fmt::Display, source: io::Error) -> LaunchError {
-    LaunchError::Prepare { what: what.to_string(), source }
 }
 
 /// The guest's named network namespace (a file name under /run/netns).
