@@ -2,17 +2,22 @@
 //! static agent. Needs root (namespaces, mounts, cgroups, veths) and the musl agent
 //! (`scripts/build-agent`); without root every test says it is skipped.
 
+mod support {
+    pub mod fault;
+}
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hostd::backend::ns::{IdMap, Ns};
-use hostd::backend::{AnyBackend, Backend, BackendKind, Exit, GuestNet, GuestSpec, Images};
+use hostd::backend::{AnyBackend, Backend, BackendKind, GuestNet, GuestSpec, Images};
 use hostd::cgroup::{self, Limits};
 use hostd::guest::{boot, RunningGuest};
 use hostd::microbench::{run_once, write_data_file};
 use hostd::netlab::{self, FleetNet};
 use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
+use support::fault::{cgroup_dirs_of, fds_of, mountinfo, netns_of, ns_inode, powered_off, supports_o_direct, zombie_children, Litter};
 use vb_protocol::msg::{Command, ReplyBody, Role};
 
 const HELLO: Duration = Duration::from_secs(10);
@@ -46,71 +51,6 @@ fn make_rootfs(dir: &Path) -> PathBuf {
     std::fs::copy(agent(), root.join("sbin/guest-agent")).unwrap();
     std::fs::write(root.join("etc/hostname"), "virtbench\n").unwrap();
     root
-}
-
-fn mountinfo() -> HashSet<String> {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().map(str::to_string).collect()
-}
-
-/// Directories named `run` under a `virtbench` cgroup directory, in every hierarchy.
-fn cgroup_dirs_of(run: &str) -> Vec<PathBuf> {
-    fn walk(d: &Path, run: &str, depth: u32, out: &mut Vec<PathBuf>) {
-        let Ok(rd) = std::fs::read_dir(d) else { return };
-        for e in rd.flatten() {
-            let p = e.path();
-            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                continue;
-            }
-            if p.file_name().is_some_and(|n| n == "virtbench") && p.join(run).exists() {
-                out.push(p.join(run));
-            } else if depth > 0 {
-                walk(&p, run, depth - 1, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(Path::new("/sys/fs/cgroup"), run, 4, &mut out);
-    out
-}
-
-fn netns_of(run: &str) -> Vec<String> {
-    let out = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(run)).map(str::to_string).collect()
-}
-
-/// Tears down what a failed test left (processes, cgroups, namespaces of its run), so one
-/// failure does not litter the host; a passing test has already checked there is nothing.
-struct Litter(String);
-
-impl Drop for Litter {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for d in cgroup_dirs_of(&self.0) {
-            let _ = cgroup::remove_tree(&d, Duration::from_secs(5));
-        }
-        for n in netns_of(&self.0) {
-            let name = n.split_whitespace().next().unwrap_or_default().to_string();
-            let _ = std::process::Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
-}
-
-/// Zombie children of this process (a guest nobody reaped).
-fn zombie_children() -> Vec<u32> {
-    let me = std::process::id().to_string();
-    let mut z = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // "pid (comm) state ppid …"; comm may hold spaces, so split after its ')'.
-        let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        if rest.first() == Some(&"Z") && rest.get(1) == Some(&me.as_str()) {
-            z.push(pid);
-        }
-    }
-    z
 }
 
 /// Asserts the run left nothing behind. Retried briefly: the kernel tears a network
@@ -164,18 +104,6 @@ fn leftovers(run: &str, dir: &Path, mounts_before: &HashSet<String>, pids: &[u32
     left
 }
 
-/// A guest asked to power off either is still exiting when the teardown starts (Clean) or
-/// is already gone (Exited) — the agent answers, then exits at once. Gone means: exit 0,
-/// or SIGINT, the status the kernel gives a pid namespace's init that calls
-/// reboot(POWER_OFF).
-fn powered_off(e: &Exit) -> bool {
-    match e {
-        Exit::Clean => true,
-        Exit::Exited(st) => st.contains("SIGINT") || (st.starts_with("Exited(Pid(") && st.ends_with(", 0)")),
-        Exit::Killed => false,
-    }
-}
-
 fn spec(run: &str, index: usize, dir: &Path, disk: Option<&Path>, net: Option<&FleetNet>) -> GuestSpec {
     GuestSpec {
         index,
@@ -207,10 +135,6 @@ async fn net_serve(g: &RunningGuest) -> u16 {
         ReplyBody::Listening { port } => port,
         other => panic!("net_serve answered {other:?}"),
     }
-}
-
-fn ns_inode(pid: u32, ns: &str) -> PathBuf {
-    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap()
 }
 
 /// Three guests on a fleet network: hello, CPU, a TCP stream between two of them over the
@@ -273,11 +197,6 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
     }
     net.destroy().unwrap();
     assert_clean(&run, dir.path(), &mounts_before, &pids, &workdirs);
-}
-
-/// O_DIRECT works on the disk filesystems we use, not on tmpfs.
-fn supports_o_direct(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC).unwrap_or(false)
 }
 
 /// The guest sees its own processes, devices and filesystems only, and cannot reach the
@@ -353,17 +272,6 @@ async fn guest_is_isolated_from_the_host() {
     assert!(powered_off(&exit), "{exit:?}");
     net.destroy().unwrap();
     assert_clean(&run, dir.path(), &mounts_before, &[pid], &[workdir]);
-}
-
-/// What each of `pid`'s descriptors points at, as the host sees it.
-fn fds_of(pid: u32) -> Vec<(i32, String)> {
-    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, std::fs::read_link(e.path()).ok()?.display().to_string())))
-        .collect();
-    v.sort();
-    v
 }
 
 /// `pid` holds stdin on /dev/null, stdout and stderr on one pipe (the console), the

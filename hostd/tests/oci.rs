@@ -3,11 +3,15 @@
 //! the real static agent. Needs root (runtimes, network namespaces, cgroups) and the musl
 //! agent (`scripts/build-agent`); without root every test says it is skipped.
 
+mod support {
+    pub mod fault;
+}
+
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions, Exit, GuestNet, GuestSpec, Images};
+use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions, GuestNet, GuestSpec, Images};
 use hostd::cgroup::{self, Limits};
 use hostd::guest::{boot, RunningGuest};
 use hostd::microbench::{run_once, write_data_file};
@@ -17,6 +21,7 @@ use oci_spec::runtime::{
     LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder, SpecBuilder, UserBuilder,
 };
 use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
+use support::fault::{cgroup_dirs_of, fds_of, mountinfo, netns_of, ns_inode, powered_off, supports_o_direct, zombie_children, Litter};
 use vb_protocol::msg::{Command, ReplyBody, Role};
 
 const HELLO: Duration = Duration::from_secs(20);
@@ -134,69 +139,6 @@ fn tree(dir: &Path) -> BTreeSet<PathBuf> {
     out
 }
 
-fn mountinfo() -> HashSet<String> {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().map(str::to_string).collect()
-}
-
-/// Directories named `run` under a `virtbench` cgroup directory, in every hierarchy.
-fn cgroup_dirs_of(run: &str) -> Vec<PathBuf> {
-    fn walk(d: &Path, run: &str, depth: u32, out: &mut Vec<PathBuf>) {
-        let Ok(rd) = std::fs::read_dir(d) else { return };
-        for e in rd.flatten() {
-            let p = e.path();
-            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                continue;
-            }
-            if p.file_name().is_some_and(|n| n == "virtbench") && p.join(run).exists() {
-                out.push(p.join(run));
-            } else if depth > 0 {
-                walk(&p, run, depth - 1, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(Path::new("/sys/fs/cgroup"), run, 4, &mut out);
-    out
-}
-
-fn netns_of(run: &str) -> Vec<String> {
-    let out = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(run)).map(str::to_string).collect()
-}
-
-/// Tears down what a failed test left (processes, cgroups, namespaces of its run), so one
-/// failure does not litter the host; a passing test has already checked there is nothing.
-struct Litter(String);
-
-impl Drop for Litter {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for d in cgroup_dirs_of(&self.0) {
-            let _ = cgroup::remove_tree(&d, Duration::from_secs(5));
-        }
-        for n in netns_of(&self.0) {
-            let name = n.split_whitespace().next().unwrap_or_default().to_string();
-            let _ = std::process::Command::new("ip").args(["netns", "del", &name]).status();
-        }
-    }
-}
-
-fn zombie_children() -> Vec<u32> {
-    let me = std::process::id().to_string();
-    let mut z = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        if rest.first() == Some(&"Z") && rest.get(1) == Some(&me.as_str()) {
-            z.push(pid);
-        }
-    }
-    z
-}
-
 /// Containers the runtime still knows under its default root with an id of this run.
 fn runtime_containers(runtime: &str, run: &str) -> Vec<String> {
     let out = std::process::Command::new(runtime).args(["list", "-q"]).output().unwrap();
@@ -256,18 +198,6 @@ fn assert_clean(run: &str, dir: &Path, bundle: &Path, before: &Before, pids: &[u
     panic!("left behind: {left:#?}");
 }
 
-/// A guest asked to power off either is still exiting when the teardown starts (Clean) or
-/// is already gone (Exited) — the agent answers, then exits at once. Gone means: exit 0,
-/// or SIGINT, the status the kernel gives a pid namespace's init that calls
-/// reboot(POWER_OFF).
-fn powered_off(e: &Exit) -> bool {
-    match e {
-        Exit::Clean => true,
-        Exit::Exited(st) => st.contains("SIGINT") || (st.starts_with("Exited(Pid(") && st.ends_with(", 0)")),
-        Exit::Killed => false,
-    }
-}
-
 fn spec(run: &str, index: usize, dir: &Path, disk: Option<&Path>, net: Option<&FleetNet>) -> GuestSpec {
     GuestSpec {
         index,
@@ -292,10 +222,6 @@ async fn bench(g: &RunningGuest, spec: BenchSpec) -> Work {
     let req = BenchRequest { spec, instances: 1 };
     let rep = run_once(&g.conn, &req, BENCH).await.unwrap_or_else(|e| panic!("{}: {e:#}", g.spec.name));
     rep.instances[0].work.clone()
-}
-
-fn supports_o_direct(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC).unwrap_or(false)
 }
 
 fn backend(runtime: &str, bundle: &Path) -> AnyBackend {
@@ -451,21 +377,6 @@ async fn failures_are_explained_and_cleaned_up() {
     assert!(err.contains("run ") && err.contains("/sbin/nope"), "{err}");
     net.destroy().unwrap();
     assert_clean(&run, dir.path(), &bundle, &before, &[], &[workdir]);
-}
-
-/// What each of `pid`'s descriptors points at, as the host sees it.
-fn fds_of(pid: u32) -> Vec<(i32, String)> {
-    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, std::fs::read_link(e.path()).ok()?.display().to_string())))
-        .collect();
-    v.sort();
-    v
-}
-
-fn ns_inode(pid: u32, ns: &str) -> PathBuf {
-    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap()
 }
 
 /// The container's agent sees only its own processes and its own (read-only) rootfs, holds

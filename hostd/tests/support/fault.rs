@@ -1,6 +1,6 @@
-//! Shared by the fault tests: the evil agent, guests of every backend, and the checks that
-//! a run left nothing behind (processes, cgroups, network namespaces, links, mounts, work
-//! directories).
+//! Shared by the fault tests and the container backends' tests (ns, oci): the evil agent,
+//! guests of every backend, the checks that a run left nothing behind (processes, cgroups,
+//! network namespaces, links, mounts, work directories) and what a guest's processes see.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hostd::backend::{GuestNet, GuestSpec, Images};
+use hostd::backend::{Exit, GuestNet, GuestSpec, Images};
 use hostd::netlab::{self, FleetNet};
 
 pub fn is_root() -> bool {
@@ -292,4 +292,36 @@ pub fn fd_count() -> usize {
 /// SIGKILL or SIGSTOP to one process.
 pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+/// What each of `pid`'s descriptors points at, as the host sees it.
+pub fn fds_of(pid: u32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, std::fs::read_link(e.path()).ok()?.display().to_string())))
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn ns_inode(pid: u32, ns: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap()
+}
+
+/// O_DIRECT works on the disk filesystems we use, not on tmpfs.
+pub fn supports_o_direct(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC).unwrap_or(false)
+}
+
+/// A guest asked to power off either is still exiting when the teardown starts (Clean) or
+/// is already gone (Exited) — the agent answers, then exits at once. Gone means: exit 0,
+/// or SIGINT, the status the kernel gives a pid namespace's init that calls
+/// reboot(POWER_OFF).
+pub fn powered_off(e: &Exit) -> bool {
+    match e {
+        Exit::Clean => true,
+        Exit::Exited(st) => st.contains("SIGINT") || (st.starts_with("Exited(Pid(") && st.ends_with(", 0)")),
+        Exit::Killed => false,
+    }
 }
