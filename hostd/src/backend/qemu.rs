@@ -18,20 +18,16 @@
 //! The launch plumbing the VMM backends share (staging and cleanup, tap attachment, the
 //! kernel command line, probe boots) is in `vmm.rs`.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
-use super::native::split_socket;
 use super::vmm::*;
 use super::{
-    join_cgroup_in_child, pass_fd_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess,
-    GuestSpec, Images, Kernel, LaunchError, Launched, Proc, Unavailable,
+    stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess,
+    GuestSpec, Images, Kernel, LaunchError, Launched, Unavailable,
 };
-use crate::netlab;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -87,7 +83,7 @@ pub struct AccelChoice {
 }
 
 /// The descriptor number QEMU finds the control socket on.
-pub const CTL_FD: i32 = 3;
+pub use super::vmm::CTL_FD;
 /// Where QEMU writes the serial console: its stdout.
 const QEMU_CONSOLE: &str = "/proc/self/fd/1";
 /// How long the KVM probe waits for the agent's hello (a KVM boot takes well under 1 s).
@@ -288,39 +284,8 @@ async fn launch_qemu(
     initramfs: &Path,
     spec: &GuestSpec,
 ) -> Result<Launched, LaunchError> {
-    let mut st = Staging::new(spec)?;
-    let log_path = spec.workdir.join("console.log");
-    let (out, err) = st.console(&log_path)?;
-    let (host, guest) = ctl_pair()?;
-    let netns = st.attach_tap(spec)?;
-    st.make_cgroup(spec)?;
-    let (reader, writer) = split_socket(host).map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
-    let mut cmd = tokio::process::Command::new(qemu);
-    cmd.args(qemu_args(profile, accel, kernel, initramfs, spec))
-        .env("TMPDIR", &spec.workdir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .current_dir(&spec.workdir)
-        // Its own process group: a Ctrl-C on hostd's terminal must not reach guests
-        // before hostd tears them down in order.
-        .process_group(0)
-        .kill_on_drop(true);
-    // Before pass_fd_in_child: its dup2 onto CTL_FD could replace the namespace fd.
-    if let Some(ns) = netns {
-        netlab::enter_in_child(&mut cmd, ns);
-    }
-    pass_fd_in_child(&mut cmd, guest.as_raw_fd(), CTL_FD);
-    if let Some(cg) = &st.cgroup {
-        join_cgroup_in_child(&mut cmd, cg);
-    }
-    let child = cmd.spawn().map_err(|source| LaunchError::Spawn { program: qemu.to_string(), source })?;
-    drop(guest);
-    Ok(Launched {
-        reader: Box::new(reader),
-        writer: Box::new(writer),
-        guest: st.finish(spec, Proc::Child(child), Some(log_path)),
-    })
+    let st = Staging::new(spec)?;
+    spawn_vmm(st, spec, Path::new(qemu), qemu_args(profile, accel, kernel, initramfs, spec), &spec.workdir)
 }
 
 /// Boots a throwaway guest of `profile` under KVM (`-cpu host`, as real guests would run)

@@ -11,29 +11,25 @@
 //! - Network: `eth0=tuntap,<tap>,<mac>`; UML runs in the fleet namespace to open the tap.
 //! - `umid=<name> uml_dir=<workdir>`: its pid file and mconsole socket stay in the workdir.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::killpg;
 use nix::sys::signal::Signal::SIGKILL;
 use nix::unistd::Pid;
 
-use super::native::split_socket;
-use super::vmm::{check_file, ctl_pair, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, program_version, Staging};
+use super::vmm::{check_file, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, program_version, spawn_vmm, Staging};
 use super::{
-    join_cgroup_in_child, pass_fd_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess,
+    stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess,
     GuestSpec, Images, Kernel, LaunchError, Launched, Proc, Resource, Unavailable,
 };
-use crate::netlab;
 
 /// The data disk inside a UML guest (ubd0).
 pub const GUEST_DISK: &str = "/dev/ubda";
 /// The guest tty of the control channel (con1).
 pub const CTL_TTY: &str = "/dev/tty1";
 /// The descriptor number UML finds the control socket on.
-pub const CTL_FD: i32 = 3;
+pub use super::vmm::CTL_FD;
 /// Where UML's guest memory file goes: tmpfs, so the memory is shmem.
 const MEMORY_DIR: &str = "/dev/shm";
 const PROBE_DEADLINE: Duration = Duration::from_secs(20);
@@ -103,39 +99,8 @@ async fn launch_uml(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Resu
     // Released before the work directory (reverse order); UML removes it itself only on a
     // clean exit.
     st.resources.push(Resource::Dir { path: spec.workdir.join(&spec.name) });
-    let log_path = spec.workdir.join("console.log");
-    let (out, err) = st.console(&log_path)?;
-    let (host, guest) = ctl_pair()?;
-    let netns = st.attach_tap(spec)?;
-    st.make_cgroup(spec)?;
-    let (reader, writer) = split_socket(host).map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
-    let mut cmd = tokio::process::Command::new(&kernel.path);
-    cmd.args(uml_args(kernel, initramfs, spec))
-        .env("TMPDIR", MEMORY_DIR)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .current_dir(&spec.workdir)
-        // Its own group: UML's helper processes stay in it, which `stop` relies on; and a
-        // Ctrl-C on hostd's terminal does not reach the guest.
-        .process_group(0)
-        .kill_on_drop(true);
-    // Before pass_fd_in_child: its dup2 onto CTL_FD could replace the namespace fd.
-    if let Some(ns) = netns {
-        netlab::enter_in_child(&mut cmd, ns);
-    }
-    // UML's fd channel needs the descriptor open across exec (not close-on-exec).
-    pass_fd_in_child(&mut cmd, guest.as_raw_fd(), CTL_FD);
-    if let Some(cg) = &st.cgroup {
-        join_cgroup_in_child(&mut cmd, cg);
-    }
-    let child = cmd.spawn().map_err(|source| LaunchError::Spawn { program: kernel.path.display().to_string(), source })?;
-    drop(guest);
-    Ok(Launched {
-        reader: Box::new(reader),
-        writer: Box::new(writer),
-        guest: st.finish(spec, Proc::Child(child), Some(log_path)),
-    })
+    // Guest memory is a file under TMPDIR: tmpfs, so it counts as shmem.
+    spawn_vmm(st, spec, &kernel.path, uml_args(kernel, initramfs, spec), Path::new(MEMORY_DIR))
 }
 
 /// Stops a UML guest. UML's helper processes (the guest's address-space processes, I/O

@@ -24,6 +24,45 @@ use crate::console::{ConsoleLog, CONSOLE_CAP};
 const HALTED: &str = "System halted";
 
 
+/// The descriptor number a VMM finds its end of the control socketpair on.
+pub const CTL_FD: i32 = 3;
+
+/// Starts a VMM (QEMU, UML's kernel) whose guest reaches the host over a socketpair end
+/// passed as [`CTL_FD`]: its output into the guest's capped console log, its tap entered in
+/// the child, its cgroup joined before exec, in its own process group (a Ctrl-C on hostd's
+/// terminal must not reach guests before hostd tears them down in order; UML's helpers stay
+/// in that group, which its `stop` relies on). `tmpdir` is where it keeps temporary files.
+pub(super) fn spawn_vmm(mut st: Staging, spec: &GuestSpec, program: &Path, args: Vec<String>, tmpdir: &Path) -> Result<Launched, LaunchError> {
+    let log_path = spec.workdir.join("console.log");
+    let (out, err) = st.console(&log_path)?;
+    let (host, guest) = ctl_pair()?;
+    let netns = st.attach_tap(spec)?;
+    st.make_cgroup(spec)?;
+    let (reader, writer) =
+        super::native::split_socket(host).map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env("TMPDIR", tmpdir)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .current_dir(&spec.workdir)
+        .process_group(0)
+        .kill_on_drop(true);
+    // Before pass_fd_in_child: its dup2 onto CTL_FD could replace the namespace fd.
+    if let Some(ns) = netns {
+        crate::netlab::enter_in_child(&mut cmd, ns);
+    }
+    // Open across exec (UML's fd channel needs that; QEMU's chardev takes the number).
+    super::pass_fd_in_child(&mut cmd, std::os::fd::AsRawFd::as_raw_fd(&guest), CTL_FD);
+    if let Some(cg) = &st.cgroup {
+        super::join_cgroup_in_child(&mut cmd, cg);
+    }
+    let child = cmd.spawn().map_err(|source| LaunchError::Spawn { program: program.display().to_string(), source })?;
+    drop(guest);
+    Ok(Launched { reader: Box::new(reader), writer: Box::new(writer), guest: st.finish(spec, Proc::Child(child), Some(log_path)) })
+}
+
 /// What a launch has created so far. Until [`Staging::finish`] hands it to the started
 /// guest, dropping it (any `?` on the way) releases everything in reverse order.
 pub(super) struct Staging {
