@@ -122,6 +122,30 @@ async fn machine_used_kib(backend: &AnyBackend) -> Result<u64, StartupError> {
     Ok(host + backend.unseen_used_kib().await.map_err(StartupError::Hypervisor)?)
 }
 
+/// One startup sample per ready guest of a fleet of `n` started in `mode`, with the guest's
+/// own clocks where it runs its own kernel.
+pub fn startup_samples(kind: BackendKind, n: usize, mode: StartMode, fleet: &crate::fleet::Fleet) -> Vec<StartupSample> {
+    let own_kernel = kind.own_kernel();
+    fleet
+        .guests
+        .iter()
+        .zip(&fleet.ready_at)
+        .map(|(g, at)| {
+            let c = &g.hello.clock;
+            StartupSample {
+                backend: kind,
+                n,
+                mode,
+                index: g.spec.index,
+                ready_s: at.as_secs_f64(),
+                own_s: g.startup.as_secs_f64(),
+                guest_boot_s: own_kernel.then_some(c.boottime_ns as f64 / 1e9),
+                guest_kernel_s: if own_kernel { c.kernel_init_ns.or(c.agent_start_ns).map(|ns| ns as f64 / 1e9) } else { None },
+            }
+        })
+        .collect()
+}
+
 /// Boots a fleet, records startup and (after `settle`) memory, tears it down.
 pub async fn boot_and_measure(
     backend: &AnyBackend,
@@ -137,25 +161,7 @@ pub async fn boot_and_measure(
     let used_before = machine_used_kib(backend).await?;
     let fleet = fleet::start(backend, run, cfg, on_event).await?;
     let kind = backend.kind();
-    let startups = fleet
-        .guests
-        .iter()
-        .zip(&fleet.ready_at)
-        .map(|(g, at)| {
-            let own_kernel = kind.own_kernel();
-            let c = &g.hello.clock;
-            StartupSample {
-                backend: kind,
-                n: cfg.n,
-                mode,
-                index: g.spec.index,
-                ready_s: at.as_secs_f64(),
-                own_s: g.startup.as_secs_f64(),
-                guest_boot_s: own_kernel.then_some(c.boottime_ns as f64 / 1e9),
-                guest_kernel_s: if own_kernel { c.kernel_init_ns.or(c.agent_start_ns).map(|ns| ns as f64 / 1e9) } else { None },
-            }
-        })
-        .collect();
+    let startups = startup_samples(kind, cfg.n, mode, &fleet);
     tokio::time::sleep(settle).await;
     let used_after = machine_used_kib(backend).await?;
     let memory = Some(MemorySample {

@@ -37,7 +37,7 @@ use crate::provenance::Provenance;
 use crate::results::ResultsDir;
 use crate::runstate::RunState;
 use crate::samples::Record;
-use crate::startup::{FleetBoot, MemorySample, StartMode, StartupSample};
+use crate::startup::{FleetBoot, MemorySample, StartMode};
 use crate::suite::{linearity, BenchSample, Targets, Workloads};
 
 /// Where the dom0 image (recipes/xen-lab-dom0.toml) keeps what the dom0 side boots.
@@ -626,24 +626,7 @@ async fn measure(job: &LabJob, uptime: f64, progress: tokio::sync::mpsc::Unbound
         .await?;
         let fleet_ready_s = t0.elapsed().as_secs_f64();
         let kind = BackendKind::Xen;
-        let startups: Vec<StartupSample> = fleet
-            .guests
-            .iter()
-            .zip(&fleet.ready_at)
-            .map(|(g, at)| {
-                let c = &g.hello.clock;
-                StartupSample {
-                    backend: kind,
-                    n: cfg.n,
-                    mode: StartMode::Cold,
-                    index: g.spec.index,
-                    ready_s: at.as_secs_f64(),
-                    own_s: g.startup.as_secs_f64(),
-                    guest_boot_s: Some(c.boottime_ns as f64 / 1e9),
-                    guest_kernel_s: c.kernel_init_ns.or(c.agent_start_ns).map(|ns| ns as f64 / 1e9),
-                }
-            })
-            .collect();
+        let startups = crate::startup::startup_samples(kind, cfg.n, StartMode::Cold, &fleet);
         let settle = Duration::from_secs(job.settle_s);
         tokio::time::sleep(settle).await;
         let dom0_after = memory::host_used_kib_median(5, Duration::from_millis(100)).await.context("reading /proc/meminfo")?;
