@@ -502,3 +502,20 @@ pub(crate) fn test_spec(net: bool, disk: bool) -> GuestSpec {
         limits: Default::default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Callers may run launches on any worker thread (tokio::spawn): every backend's launch
+    /// future is Send (the enum's is only if each one's is).
+    #[test]
+    fn launch_futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        let spec = GuestSpec { mem_mib: 64, ..test_spec(false, false) };
+        for kind in BackendKind::ALL {
+            let b = AnyBackend::new(kind, &Images::default(), &BackendOptions::default());
+            send(&b.launch(&spec));
+        }
+    }
+}

@@ -911,26 +911,6 @@ mod tests {
         assert!(decode_failure(&[1, 2], &steps, Path::new("/w")).to_string().contains("garbled"));
     }
 
-    /// Callers may run launches on any worker thread (tokio::spawn).
-    #[test]
-    fn launch_future_is_send() {
-        fn send<T: Send>(_: &T) {}
-        let ns = Ns::new(&Images::default(), &BackendOptions::default());
-        let spec = GuestSpec {
-            index: 0,
-            name: "g".into(),
-            run: "r".into(),
-            vcpus: 1,
-            mem_mib: 64,
-            data_disk: None,
-            workdir: "/nonexistent".into(),
-            net: None,
-            cgroup: None,
-            limits: Default::default(),
-        };
-        send(&ns.launch(&spec));
-    }
-
     #[test]
     fn paths_with_nul_are_refused() {
         let mut p = input(None, false);

@@ -689,26 +689,6 @@ mod tests {
         assert_eq!(cg.dirs, [PathBuf::from("/sys/fs/cgroup/user.slice/virtbench/r/g1")]);
     }
 
-    /// Callers may run launches on any worker thread (tokio::spawn).
-    #[test]
-    fn launch_future_is_send() {
-        fn send<T: Send>(_: &T) {}
-        let oci = Oci::new(&Images::default(), &BackendOptions::default());
-        let spec = GuestSpec {
-            index: 0,
-            name: "g".into(),
-            run: "r".into(),
-            vcpus: 1,
-            mem_mib: 64,
-            data_disk: None,
-            workdir: "/nonexistent".into(),
-            net: None,
-            cgroup: None,
-            limits: Default::default(),
-        };
-        send(&oci.launch(&spec));
-    }
-
     #[test]
     fn parent_pid_parsing_survives_odd_names() {
         // Our own parent, as a sanity check of the field position.
