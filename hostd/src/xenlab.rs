@@ -516,7 +516,7 @@ pub async fn main(a: LabArgs) -> Result<()> {
     print!("{}", bootrun::table(&o.summary));
     let r = &o.report;
     println!(
-        "xen-lab: Xen + dom0 boot {:.1} s (dom0 uptime {:.1} s); {}/{} domUs ready, T_startup {} s; CPU benchmark in all at once {:.1} s; teardown {:.1} s ({} left); total {:.1} s",
+        "xen-lab (host clock, 1 run): Xen + dom0 boot {:.1} s (dom0 uptime {:.1} s); {}/{} domUs ready, T_startup {} s; CPU benchmark in all at once {:.1} s; teardown {:.1} s ({} left); total {:.1} s",
         o.lab_boot_s,
         r.timings.dom0_uptime_at_ready_s,
         r.boot.startups.len(),
@@ -537,7 +537,10 @@ pub async fn main(a: LabArgs) -> Result<()> {
         (r.dom0_used_after_kib as f64 - r.dom0_used_before_kib as f64) / 1024.0
     );
     for s in &r.bench {
-        println!("xen-lab: guest {} cpu {:.3} {}", s.guest, s.value, s.unit);
+        println!(
+            "xen-lab: guest {} CPU benchmark (√2, {}, {} guests busy, 1 repetition, guest clock): {:.3} {}",
+            s.guest, s.params, s.n, s.value, s.unit
+        );
     }
     println!("xen-lab: {EMULATED_NOTE}");
     println!("xen-lab: results in {}", o.dir.display());
