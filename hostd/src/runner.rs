@@ -220,21 +220,16 @@ async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>) -> Result<
                     ctx.record(&Record::BackendProbe { backend: plan.kind, description: format!("[emulated host] {}; {}", r.probe, crate::xenlab::EMULATED_NOTE) })?;
                     probed = true;
                 }
-                let b = &r.boot;
-                for s in &b.startups {
-                    ctx.record(&Record::Startup(s.clone()))?;
-                }
-                for f in &b.failures {
-                    ctx.record(&Record::Failure { backend: plan.kind, n, mode: b.mode, failure: f.clone() })?;
-                }
-                if let Some(m) = &b.memory {
-                    ctx.record(&Record::Memory(m.clone()))?;
-                }
-                if ctx.campaign.resources.contains(&Resource::Cpu) {
-                    for s in &r.bench {
-                        ctx.record(&Record::Bench(s.clone()))?;
+                let cpu = ctx.campaign.resources.contains(&Resource::Cpu);
+                // As the campaign's own startup steps: completion is its StepDone, not FleetDone.
+                for rec in r.records() {
+                    match rec {
+                        Record::FleetDone { .. } => {}
+                        Record::Bench(_) if !cpu => {}
+                        rec => ctx.record(&rec)?,
                     }
                 }
+                let b = &r.boot;
                 say(format!(
                     "   startup n={n} cold (Xen lab): {}/{n} ready, T_startup {} s, M_used {} MiB",
                     b.startups.len(),

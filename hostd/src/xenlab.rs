@@ -194,6 +194,20 @@ pub struct LabReport {
     pub timings: Dom0Timings,
 }
 
+impl LabReport {
+    /// The samples of the lab's fleet, as `hostd boot` records a fleet: startups, failures,
+    /// memory, the fleet's completion, then the CPU benchmark's samples.
+    pub fn records(&self) -> Vec<Record> {
+        let b = &self.boot;
+        let mut out: Vec<Record> = b.startups.iter().cloned().map(Record::Startup).collect();
+        out.extend(b.failures.iter().map(|f| Record::Failure { backend: b.backend, n: b.n, mode: b.mode, failure: f.clone() }));
+        out.extend(b.memory.clone().map(Record::Memory));
+        out.push(Record::FleetDone { backend: b.backend, n: b.n, mode: b.mode, ready: b.startups.len(), failed: b.failures.len(), t_startup_s: b.t_startup() });
+        out.extend(self.bench.iter().cloned().map(Record::Bench));
+        out
+    }
+}
+
 /// The lab's messages (inside the agent protocol's frames).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "lab", rename_all = "snake_case")]
@@ -445,20 +459,10 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
         provenance.notes.push(format!("backend xen: {}", report.probe));
         results.write_json("provenance.json", &provenance)?;
         results.append(&Record::BackendProbe { backend: BackendKind::Xen, description: format!("[emulated host] {}", report.probe) })?;
+        for r in report.records() {
+            results.append(&r)?;
+        }
         let b = &report.boot;
-        for s in &b.startups {
-            results.append(&Record::Startup(s.clone()))?;
-        }
-        for f in &b.failures {
-            results.append(&Record::Failure { backend: b.backend, n: b.n, mode: b.mode, failure: f.clone() })?;
-        }
-        if let Some(m) = &b.memory {
-            results.append(&Record::Memory(m.clone()))?;
-        }
-        results.append(&Record::FleetDone { backend: b.backend, n: b.n, mode: b.mode, ready: b.startups.len(), failed: b.failures.len(), t_startup_s: b.t_startup() })?;
-        for s in &report.bench {
-            results.append(&Record::Bench(s.clone()))?;
-        }
         #[derive(Serialize)]
         struct LabFile<'a> {
             note: &'static str,
