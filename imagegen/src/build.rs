@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::hash;
 use crate::kinds::{self, Tools};
 use crate::manifest::{HashedInputs, ImagegenVersion, Input, Manifest, RecipeFile, MANIFEST_FORMAT};
-use crate::plan::{self, FileSource, PlanError, Resolved, Step};
+use crate::plan::{self, FileSource, KernelSource, PlanError, Resolved, Step};
 use crate::recipe::{Kind, Spec};
 use crate::store::{Store, StoreError};
 
@@ -66,6 +66,12 @@ pub enum BuildError {
     Store { context: String, source: StoreError },
     #[error("building {recipe}: {step}: {message}")]
     Build { recipe: String, step: String, message: String },
+    #[error(
+        "{file}: {package} {version} is not served by the Debian archives apt knows (served now: {}); \
+         re-pin with `imagegen pin {recipe}`",
+        if .served.is_empty() { "no version".to_string() } else { .served.join(", ") }
+    )]
+    NotServed { file: PathBuf, recipe: String, package: String, version: String, served: Vec<String> },
     #[error("{file}: fragment {fragment}: {}", describe_mismatches(.mismatches))]
     KernelConfig { file: PathBuf, fragment: String, mismatches: Vec<kinds::kernel::Mismatch> },
 }
@@ -73,6 +79,60 @@ pub enum BuildError {
 fn describe_mismatches(m: &[kinds::kernel::Mismatch]) -> String {
     let v: Vec<String> = m.iter().map(ToString::to_string).collect();
     v.join("; ")
+}
+
+/// A pinned input in the cache (or, for a kernel source, the installed file that matches).
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub recipe: String,
+    /// `package=version`, and the tarball's path for a kernel source.
+    pub what: String,
+    pub path: PathBuf,
+}
+
+/// Fetches and checks every pinned Debian input of `names` (every recipe when empty) and what
+/// they depend on: kernel sources and packages, whether or not their builds are stored. For
+/// preparing a machine before it goes offline, and to check pins without building.
+pub fn fetch(cfg: &Config, names: &[String], progress: &dyn Progress) -> Result<Vec<Fetched>, BuildError> {
+    let plan = plan::plan(&cfg.recipes, names)?;
+    let cache = Store::create_cache(&cfg.cache)
+        .map_err(|source| BuildError::Store { context: format!("cache {}", cfg.cache.display()), source })?;
+    let waiting = |lock: &Path| progress.notice(&format!("waiting for another imagegen build ({})", lock.display()));
+    let _lock = cache
+        .lock(waiting)
+        .map_err(|source| BuildError::Store { context: format!("cache {}", cfg.cache.display()), source })?;
+    let fetcher = kinds::debs::Fetcher { cache: &cfg.cache, progress };
+    let mut checked = kinds::source::Checked::new();
+    let mut out = Vec::new();
+    for step in &plan.steps {
+        let r = &step.recipe;
+        let mut pins: Vec<(&str, &str, &str)> = Vec::new();
+        match (&step.resolved, &r.spec) {
+            (Resolved::Kernel { source, .. }, Spec::Kernel(k)) => {
+                progress.begin(&r.name);
+                let path = kinds::source::prepare(fetcher, r, source, &k.sha256, &mut checked)?;
+                let what = match &k.source {
+                    crate::recipe::SourceSpec::Deb(d) => format!("{}={} {}", d.package, d.version, d.path),
+                    crate::recipe::SourceSpec::File(f) => f.clone(),
+                };
+                out.push(Fetched { recipe: r.name.clone(), what, path });
+            }
+            (_, Spec::DebFile(d)) => pins.push((&d.package, &d.version, &d.sha256)),
+            (_, Spec::Tree(t)) => {
+                pins.extend(t.busybox_package.iter().map(|p| (p.name.as_str(), p.version.as_str(), p.sha256.as_str())));
+                pins.extend(t.packages.iter().map(|p| (p.name.as_str(), p.version.as_str(), p.sha256.as_str())));
+            }
+            _ => {}
+        }
+        if !pins.is_empty() {
+            progress.begin(&r.name);
+        }
+        for (name, version, sha256) in pins {
+            let path = fetcher.fetch(&r.name, &r.file, &kinds::debs::Pin { name, version, sha256 })?;
+            out.push(Fetched { recipe: r.name.clone(), what: format!("{name}={version}"), path });
+        }
+    }
+    Ok(out)
 }
 
 /// Builds `names` (every recipe when empty) and what they depend on.
@@ -83,38 +143,45 @@ pub fn build(cfg: &Config, names: &[String], progress: &dyn Progress) -> Result<
     // Kernels have no recipe dependencies, so their input hash is known now: only a kernel
     // that is neither in the store nor in the cache gets its (150 MB) tarball hashed.
     let (store_ro, cache_ro) = (Store::at(&cfg.store), Store::at(&cfg.cache));
-    let mut verified: HashMap<PathBuf, String> = HashMap::new();
-    for step in &plan.steps {
-        let (Resolved::Kernel { source, .. }, Spec::Kernel(k)) = (&step.resolved, &step.recipe.spec) else { continue };
-        let ih = input_hash(cfg, step, &step.inputs, &tools.kernel(&step.recipe.file)?);
-        if store_ro.build_manifest(&ih).is_some() || cache_ro.build_manifest(&ih).is_some() {
-            continue;
-        }
-        if !verified.contains_key(source) {
-            progress.notice(&format!("checking the sha256 of {}", source.display()));
-            let (actual, _) = hash::sha256_file(source).map_err(|e| PlanError::HashInput {
-                file: step.recipe.file.clone(),
-                field: "source".into(),
-                path: source.clone(),
-                source: e,
-            })?;
-            verified.insert(source.clone(), actual);
-        }
-        if verified[source] != k.sha256 {
-            return Err(PlanError::VerifySource {
-                file: step.recipe.file.clone(),
-                path: source.clone(),
-                pinned: k.sha256.clone(),
-                actual: verified[source].clone(),
-            }
-            .into());
-        }
-    }
-
     let store_err = |context: &Path| {
         let context = format!("store {}", context.display());
         move |source| BuildError::Store { context, source }
     };
+    let mut needed = Vec::new();
+    for step in &plan.steps {
+        let Resolved::Kernel { .. } = &step.resolved else { continue };
+        let ih = input_hash(cfg, step, &step.inputs, &tools.kernel(&step.recipe.file)?);
+        if store_ro.build_manifest(&ih).is_none() && cache_ro.build_manifest(&ih).is_none() {
+            needed.push(step);
+        }
+    }
+    // Their sources are fetched (into the cache, under its lock) and checked now, so a pin
+    // the archive no longer serves stops the build before the store is touched.
+    let mut sources: HashMap<String, PathBuf> = HashMap::new();
+    let mut checked = kinds::source::Checked::new();
+    let fetcher = kinds::debs::Fetcher { cache: &cfg.cache, progress };
+    // A file source needs no cache: a bad pin then leaves nothing behind at all.
+    let (files, debs): (Vec<&Step>, Vec<&Step>) =
+        needed.into_iter().partition(|s| matches!(s.resolved, Resolved::Kernel { source: KernelSource::File(_), .. }));
+    let mut prepare = |steps: Vec<&Step>| -> Result<(), BuildError> {
+        for step in steps {
+            let (Resolved::Kernel { source, .. }, Spec::Kernel(k)) = (&step.resolved, &step.recipe.spec) else {
+                continue;
+            };
+            let path = kinds::source::prepare(fetcher, &step.recipe, source, &k.sha256, &mut checked)?;
+            sources.insert(step.recipe.name.clone(), path);
+        }
+        Ok(())
+    };
+    prepare(files)?;
+    if !debs.is_empty() {
+        let cache = Store::create_cache(&cfg.cache).map_err(store_err(&cfg.cache))?;
+        let waiting =
+            |lock: &Path| progress.notice(&format!("waiting for another imagegen build ({})", lock.display()));
+        let _lock = cache.lock(waiting).map_err(store_err(&cfg.cache))?;
+        prepare(debs)?;
+    }
+
     let store = Store::create(&cfg.store).map_err(store_err(&cfg.store))?;
     let cache = Store::create_cache(&cfg.cache).map_err(store_err(&cfg.cache))?;
     // Store first, cache second, always: two builds never wait on each other in a cycle.
@@ -128,7 +195,7 @@ pub fn build(cfg: &Config, names: &[String], progress: &dyn Progress) -> Result<
     let mut outcomes = Vec::new();
     for step in &plan.steps {
         let ctx = kinds::Ctx { cfg, store: &store, cache: &cache, progress, deps: &built, tools: &tools };
-        let outcome = build_one(&ctx, step)?;
+        let outcome = build_one(&ctx, step, &mut sources)?;
         progress.end(&outcome);
         built.insert(outcome.recipe.clone(), outcome.manifest.clone());
         outcomes.push(outcome);
@@ -141,7 +208,8 @@ fn input_hash(cfg: &Config, step: &Step, inputs: &[Input], tools: &BTreeMap<Stri
     HashedInputs::new(&r.name, r.kind, cfg.source_date_epoch, inputs, tools).hash()
 }
 
-fn build_one(ctx: &kinds::Ctx<'_>, step: &Step) -> Result<Outcome, BuildError> {
+/// `sources`: the kernel source tarballs prepared before the store was locked, by recipe.
+fn build_one(ctx: &kinds::Ctx<'_>, step: &Step, sources: &mut HashMap<String, PathBuf>) -> Result<Outcome, BuildError> {
     let t0 = Instant::now();
     let r = &step.recipe;
     ctx.progress.begin(&r.name);
@@ -208,7 +276,12 @@ fn build_one(ctx: &kinds::Ctx<'_>, step: &Step) -> Result<Outcome, BuildError> {
         }
         (Resolved::DebFile, Spec::DebFile(d)) => kinds::deb_file::build(ctx, r, d)?,
         (Resolved::Kernel { source, fragments, patches }, Spec::Kernel(k)) => {
-            let (outputs, work) = kinds::kernel::build(ctx, r, k, &ih, source, fragments, patches)?;
+            let tarball = match sources.remove(&r.name) {
+                Some(p) => p,
+                // Gone from the store and cache since the first look (another build's doing).
+                None => kinds::source::prepare(ctx.fetcher(), r, source, &k.sha256, &mut Default::default())?,
+            };
+            let (outputs, work) = kinds::kernel::build(ctx, r, k, &ih, &tarball, fragments, patches)?;
             done_work = Some(work);
             outputs
         }

@@ -1,6 +1,6 @@
 //! imagegen command line: parse, call the library, print.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -43,6 +43,24 @@ enum Cmd {
         /// make -jN for kernels [default: number of CPUs].
         #[arg(long)]
         jobs: Option<usize>,
+        /// Record what was built in recipes/imagegen.lock (the artifacts built from pinned
+        /// inputs only); without it, differences from the lock are reported.
+        #[arg(long)]
+        update_lock: bool,
+    },
+    /// Fetch and check every pinned Debian input (kernel sources, packages) of recipes
+    /// (default: all) into the cache without building: what a machine needs before it goes
+    /// offline, and a check that every pin is still served.
+    Fetch {
+        #[arg(value_name = "RECIPE")]
+        names: Vec<String>,
+    },
+    /// Move the Debian pins of recipes (default: all) to the newest version the archives
+    /// serve: download it, rewrite version and sha256 in place (comments kept). Then run
+    /// `imagegen build --update-lock`.
+    Pin {
+        #[arg(value_name = "RECIPE")]
+        names: Vec<String>,
     },
     /// Re-hash the store; report every tampered, truncated or missing artifact (exit 1).
     Verify,
@@ -87,12 +105,64 @@ fn config(cli: &Cli) -> Result<Config> {
 fn run(cli: Cli) -> Result<ExitCode> {
     let mut cfg = config(&cli)?;
     match cli.cmd {
-        Cmd::Build { names, jobs } => {
+        Cmd::Build { names, jobs, update_lock } => {
             if let Some(j) = jobs {
                 cfg.jobs = j.max(1);
             }
             let ui = Ui::new();
-            imagegen::build(&cfg, &names, &ui)?;
+            let outcomes = imagegen::build(&cfg, &names, &ui)?;
+            let built: BTreeMap<String, imagegen::Manifest> =
+                outcomes.into_iter().map(|o| (o.recipe.clone(), o.manifest)).collect();
+            let lock = imagegen::lock::read(&cfg.recipes)?;
+            let lock_path = imagegen::lock::path(&cfg.recipes);
+            if update_lock {
+                let new = imagegen::lock::updated(lock.clone(), &built, names.is_empty());
+                if Some(&new) != lock.as_ref() {
+                    imagegen::lock::write(&cfg.recipes, &new)?;
+                    eprintln!("imagegen: wrote {} ({} recipes)", lock_path.display(), new.recipes.len());
+                }
+            } else if let Some(lock) = lock {
+                for name in imagegen::lock::lockable(&built) {
+                    let finding = match lock.recipes.get(&name) {
+                        Some(entry) => imagegen::lock::compare(&name, entry, &built[&name]),
+                        None => imagegen::lock::Finding::Unlocked { recipe: name.clone() },
+                    };
+                    if !matches!(finding, imagegen::lock::Finding::Same { .. }) {
+                        eprintln!("imagegen: warning: {finding} ({})", lock_path.display());
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Fetch { names } => {
+            let ui = Ui::new();
+            let fetched = imagegen::fetch(&cfg, &names, &ui)?;
+            ui.clear();
+            for f in &fetched {
+                println!("{:<18} {}  {}", f.recipe, f.what, f.path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pin { names } => {
+            let ui = Ui::new();
+            let changes = imagegen::pin(&cfg, &names, &ui)?;
+            ui.clear();
+            let mut changed = 0;
+            for c in &changes {
+                let place = if c.field.is_empty() { c.recipe.clone() } else { format!("{} {}", c.recipe, c.field) };
+                if c.changed() {
+                    changed += 1;
+                    println!("{place:<34} {} {} -> {}", c.package, c.from, c.to);
+                } else {
+                    println!("{place:<34} {} {} (newest served)", c.package, c.from);
+                }
+            }
+            if changed > 0 {
+                println!(
+                    "{changed} pins moved; run `imagegen build --update-lock` to build them and record their artifacts in {}",
+                    cfg.recipes.join(imagegen::lock::LOCK_FILE).display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify => {
@@ -100,6 +170,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let report = store.verify()?;
             for p in &report.problems {
                 println!("BAD {p}");
+            }
+            // The store's builds against the checked-in lock: the same bits as everyone's?
+            let lock_path = imagegen::lock::path(&cfg.recipes);
+            let mut lock_problems = 0;
+            match imagegen::lock::check(&cfg.recipes, &store)? {
+                None => println!("no lock at {}: nothing to compare", lock_path.display()),
+                Some(findings) => {
+                    let same = findings.iter().filter(|f| matches!(f, imagegen::lock::Finding::Same { .. })).count();
+                    for f in findings.iter().filter(|f| !matches!(f, imagegen::lock::Finding::Same { .. })) {
+                        if f.is_problem() {
+                            lock_problems += 1;
+                            println!("DIFFERS {f}");
+                        } else {
+                            println!("note: {f}");
+                        }
+                    }
+                    println!(
+                        "{same} of {} locked recipes built here as {} records them",
+                        findings.len(),
+                        lock_path.display()
+                    );
+                }
             }
             println!(
                 "{} blobs, {} manifests checked: {}",
@@ -112,7 +204,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 // intact cache copy) by the next build.
                 println!("to repair: delete the blob files listed above, then run `imagegen build`");
             }
-            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.ok() && lock_problems == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::List => {
             let store = Store::open(&cfg.store)?;
@@ -165,6 +257,16 @@ impl Ui {
     fn new() -> Self {
         let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         Self { mp, bars: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl Ui {
+    /// Removes every spinner (for commands whose recipes have no `end`).
+    fn clear(&self) {
+        for (_, pb) in self.bars.lock().expect("ui lock").drain() {
+            pb.finish_and_clear();
+            self.mp.remove(&pb);
+        }
     }
 }
 

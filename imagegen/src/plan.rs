@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::archive::{normalize_path, DeviceKind, Node, Tree};
 use crate::hash;
 use crate::manifest::Input;
-use crate::recipe::{self, Kind, ParseFailure, Recipe, Spec, TreeSpec};
+use crate::recipe::{self, DebPin, DebSource, Kind, ParseFailure, Recipe, SourceSpec, Spec, TreeSpec};
 
 /// Why a set of recipes cannot be built; each names the recipe file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +54,7 @@ pub(crate) enum Resolved {
     Tree { files: Vec<(String, FileSource, u32)>, busybox: Option<Busybox> },
     OciBundle,
     Disk,
-    Kernel { source: PathBuf, fragments: Vec<(String, PathBuf)>, patches: Vec<(String, PathBuf)> },
+    Kernel { source: KernelSource, fragments: Vec<(String, PathBuf)>, patches: Vec<(String, PathBuf)> },
     DebFile,
 }
 
@@ -65,10 +65,20 @@ pub(crate) enum FileSource {
     Recipe { recipe: String, output: String },
 }
 
+/// Where a kernel's source tarball is: a file, or a member of a pinned Debian package that
+/// the build takes out into the cache (`kinds::source`).
 #[derive(Debug)]
-pub(crate) struct Busybox {
-    pub path: PathBuf,
-    pub applets: Vec<String>,
+pub(crate) enum KernelSource {
+    File(PathBuf),
+    Deb(DebSource),
+}
+
+#[derive(Debug)]
+pub(crate) enum Busybox {
+    /// A host binary; its applets are known at plan time.
+    Host { path: PathBuf, applets: Vec<String> },
+    /// `/bin/busybox` of a pinned package; its applets are listed when it is built.
+    Package(DebPin),
 }
 
 impl Plan {
@@ -220,18 +230,44 @@ impl Loader<'_> {
                 if !hash::is_sha256_hex(&k.sha256) {
                     return Err(self.bad(r, "sha256", format!("{:?} is not 64 lower-case hex digits", k.sha256)));
                 }
-                let source = if Path::new(&k.source).is_absolute() {
-                    let p = PathBuf::from(&k.source);
-                    if !p.is_file() {
-                        return Err(self.bad(r, "source", format!("{} does not exist or is not a file", p.display())));
+                let source = match &k.source {
+                    SourceSpec::File(f) => {
+                        let p = if Path::new(f).is_absolute() {
+                            let p = PathBuf::from(f);
+                            if !p.is_file() {
+                                return Err(self.bad(
+                                    r,
+                                    "source",
+                                    format!("{} does not exist or is not a file", p.display()),
+                                ));
+                            }
+                            p
+                        } else {
+                            self.in_recipes(r, "source", f)?
+                        };
+                        // The pin stands for the tarball: it is checked when a kernel is actually
+                        // built, never re-hashed for a no-op.
+                        inputs.push(Input { role: "source".into(), name: f.clone(), sha256: k.sha256.clone() });
+                        KernelSource::File(p)
                     }
-                    p
-                } else {
-                    self.in_recipes(r, "source", &k.source)?
+                    SourceSpec::Deb(d) => {
+                        self.check_pin(r, "source.", "package", &d.package, &d.version, &d.sha256)?;
+                        guest_path(&d.path).map_err(|p| self.bad(r, "source.path", format!("{:?}: {p}", d.path)))?;
+                        if d.path.ends_with('/') {
+                            return Err(self.bad(
+                                r,
+                                "source.path",
+                                format!("{:?} names a directory, not the tarball", d.path),
+                            ));
+                        }
+                        // The tarball's pin stands for the source (a kernel built from the same
+                        // tarball is the same kernel, whichever .deb carried it); it is fetched
+                        // and checked only when the kernel is built.
+                        let name = format!("{}={} {}", d.package, d.version, d.path);
+                        inputs.push(Input { role: "source".into(), name, sha256: k.sha256.clone() });
+                        KernelSource::Deb(d.clone())
+                    }
                 };
-                // The pin stands for the tarball: it is checked when a kernel is actually built,
-                // never re-hashed for a no-op.
-                inputs.push(Input { role: "source".into(), name: k.source.clone(), sha256: k.sha256.clone() });
                 let mut fragments = Vec::new();
                 for (i, f) in k.fragments.iter().enumerate() {
                     let field = format!("fragments[{i}]");
@@ -256,7 +292,11 @@ impl Loader<'_> {
             Spec::DebFile(d) => {
                 inputs.push(self.package_input(r, "", &d.package, &d.version, &d.sha256)?);
                 if d.path.ends_with('/') {
-                    return Err(self.bad(r, "path", format!("{:?} names a directory; a deb-file takes one file", d.path)));
+                    return Err(self.bad(
+                        r,
+                        "path",
+                        format!("{:?} names a directory; a deb-file takes one file", d.path),
+                    ));
                 }
                 guest_path(&d.path).map_err(|p| self.bad(r, "path", format!("{:?}: {p}", d.path)))?;
                 Resolved::DebFile
@@ -331,32 +371,72 @@ impl Loader<'_> {
                 guest_path(path).map_err(|p| self.bad(r, &format!("{field}.paths[{j}]"), format!("{path:?}: {p}")))?;
             }
         }
-        let busybox = if t.busybox {
-            let p = PathBuf::from(&t.busybox_path);
-            if !p.is_absolute() || !p.is_file() {
-                return Err(self.bad(r, "busybox_path", format!("{} is not an existing file", p.display())));
+        let busybox = match (t.busybox, &t.busybox_path, &t.busybox_package) {
+            (false, None, None) => None,
+            (false, _, _) => {
+                return Err(self.bad(r, "busybox", "busybox_path and busybox_package need busybox = true".into()))
             }
-            inputs.push(self.hash_input(r, "busybox_path", "busybox", &t.busybox_path, &p)?);
-            let applets = busybox_applets(&p).map_err(|e| self.bad(r, "busybox_path", e))?;
-            add(&mut tree, "busybox", "/bin/busybox", Node::File { mode: 0o755, data: vec![] })?;
-            for a in &applets {
-                add(&mut tree, "busybox", &format!("/bin/{a}"), Node::Symlink { target: "busybox".into() })?;
+            (true, Some(_), Some(_)) => {
+                return Err(self.bad(r, "busybox_package", "give busybox_path or busybox_package, not both".into()))
             }
-            Some(Busybox { path: p, applets })
-        } else {
-            None
+            (true, _, Some(pin)) => {
+                inputs.push(self.package_input(r, "busybox_package.", &pin.name, &pin.version, &pin.sha256)?);
+                add(&mut tree, "busybox", "/bin/busybox", Node::File { mode: 0o755, data: vec![] })?;
+                Some(Busybox::Package(pin.clone()))
+            }
+            (true, path, None) => {
+                let path = path.as_deref().unwrap_or(recipe::DEFAULT_BUSYBOX);
+                let p = PathBuf::from(path);
+                if !p.is_absolute() || !p.is_file() {
+                    return Err(self.bad(r, "busybox_path", format!("{} is not an existing file", p.display())));
+                }
+                inputs.push(self.hash_input(r, "busybox_path", "busybox", path, &p)?);
+                let applets = busybox_applets(&p).map_err(|e| self.bad(r, "busybox_path", e))?;
+                add(&mut tree, "busybox", "/bin/busybox", Node::File { mode: 0o755, data: vec![] })?;
+                for a in &applets {
+                    add(&mut tree, "busybox", &format!("/bin/{a}"), Node::Symlink { target: "busybox".into() })?;
+                }
+                Some(Busybox::Host { path: p, applets })
+            }
         };
         Ok(Resolved::Tree { files, busybox })
     }
 
     /// Checks a package pin; the pin stands for the .deb in the input hash (like a kernel's
     /// source tarball, the file is fetched and compared only when the recipe is built).
-    fn package_input(&self, r: &Recipe, prefix: &str, name: &str, version: &str, sha256: &str) -> Result<Input, PlanError> {
+    fn package_input(
+        &self,
+        r: &Recipe,
+        prefix: &str,
+        name: &str,
+        version: &str,
+        sha256: &str,
+    ) -> Result<Input, PlanError> {
+        let name_field = if prefix.is_empty() { "package" } else { "name" };
+        self.check_pin(r, prefix, name_field, name, version, sha256)?;
+        Ok(Input { role: "package".into(), name: format!("{name}={version}"), sha256: sha256.to_string() })
+    }
+
+    /// A package pin's name, version and .deb sha256 are well-formed (`prefix` + field names
+    /// the field in errors).
+    fn check_pin(
+        &self,
+        r: &Recipe,
+        prefix: &str,
+        name_field: &str,
+        name: &str,
+        version: &str,
+        sha256: &str,
+    ) -> Result<(), PlanError> {
         let name_ok = name.len() >= 2
             && name.as_bytes()[0].is_ascii_alphanumeric()
             && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
         if !name_ok {
-            return Err(self.bad(r, &format!("{prefix}{}", if prefix.is_empty() { "package" } else { "name" }), format!("{name:?} is not a Debian package name")));
+            return Err(self.bad(
+                r,
+                &format!("{prefix}{name_field}"),
+                format!("{name:?} is not a Debian package name"),
+            ));
         }
         let version_ok = !version.is_empty()
             && version.as_bytes()[0].is_ascii_digit()
@@ -367,7 +447,7 @@ impl Loader<'_> {
         if !hash::is_sha256_hex(sha256) {
             return Err(self.bad(r, &format!("{prefix}sha256"), format!("{sha256:?} is not 64 lower-case hex digits")));
         }
-        Ok(Input { role: "package".into(), name: format!("{name}={version}"), sha256: sha256.to_string() })
+        Ok(())
     }
 
     fn bad(&self, r: &Recipe, field: &str, problem: String) -> PlanError {
@@ -447,7 +527,7 @@ fn is_word(s: &str) -> bool {
 
 /// `busybox --list`: the applets this binary provides (deterministic for a given binary,
 /// whose hash is an input).
-fn busybox_applets(busybox: &Path) -> Result<Vec<String>, String> {
+pub(crate) fn busybox_applets(busybox: &Path) -> Result<Vec<String>, String> {
     let out = std::process::Command::new(busybox)
         .arg("--list")
         .output()

@@ -12,7 +12,6 @@ use oci_spec::runtime::Capability;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub const DEFAULT_KERNEL_SOURCE: &str = "/usr/src/linux-source-6.12.tar.xz";
 pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -133,8 +132,13 @@ pub struct TreeSpec {
     pub agent_path: Option<String>,
     #[serde(default)]
     pub busybox: bool,
-    #[serde(default = "default_busybox")]
-    pub busybox_path: String,
+    /// A host busybox (absolute path, hashed as an input); the default when `busybox_package`
+    /// is not given.
+    #[serde(default)]
+    pub busybox_path: Option<String>,
+    /// Busybox from a pinned Debian package (its `/bin/busybox`): what the shipped recipes use.
+    #[serde(default)]
+    pub busybox_package: Option<DebPin>,
     #[serde(default)]
     pub dirs: Vec<DirSpec>,
     #[serde(default)]
@@ -161,6 +165,55 @@ pub struct PackageSpec {
     /// (everything below it). Empty: the whole package. Each must match something.
     #[serde(default)]
     pub paths: Vec<String>,
+}
+
+/// A Debian package pinned by name, version and the .deb's sha256 (`busybox_package`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebPin {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+/// Where a kernel's source tarball comes from: a file (`source = "PATH"`: an absolute host
+/// path, or relative to `recipes/`), or a file in a pinned Debian package (`[source]` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    File(String),
+    Deb(DebSource),
+}
+
+/// `[source]` of a kernel recipe: `path` inside package `package` at `version`, whose .deb
+/// has `sha256`. imagegen fetches that exact .deb and takes the tarball out of it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebSource {
+    pub package: String,
+    pub version: String,
+    /// The .deb file's sha256 (the recipe's top-level `sha256` is the tarball's).
+    pub sha256: String,
+    /// Absolute path of the tarball in the package.
+    pub path: String,
+}
+
+impl<'de> Deserialize<'de> for SourceSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SourceSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a tarball path or a table { package, version, sha256, path }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<SourceSpec, E> {
+                Ok(SourceSpec::File(s.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<SourceSpec, A::Error> {
+                DebSource::deserialize(de::value::MapAccessDeserializer::new(m)).map(SourceSpec::Deb)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `kind = "deb-file"`: one file out of a pinned Debian package (a kernel, a hypervisor).
@@ -340,8 +393,9 @@ pub struct KernelSpec {
     _kind: IgnoredAny,
     #[serde(default)]
     pub description: String,
-    #[serde(default = "default_kernel_source")]
-    pub source: String,
+    /// Where the source tarball comes from.
+    pub source: SourceSpec,
+    /// The source tarball's sha256.
     pub sha256: String,
     pub arch: Arch,
     #[serde(default = "default_base_config")]
@@ -367,9 +421,6 @@ fn default_agent_profile() -> String {
 }
 fn default_agent_recipe() -> String {
     "agent".into()
-}
-fn default_busybox() -> String {
-    DEFAULT_BUSYBOX.into()
 }
 fn default_dir_mode() -> u32 {
     0o755
@@ -405,9 +456,6 @@ pub fn default_capabilities() -> Vec<Capability> {
 }
 fn default_size_mib() -> u64 {
     64
-}
-fn default_kernel_source() -> String {
-    DEFAULT_KERNEL_SOURCE.into()
 }
 fn default_base_config() -> BaseConfig {
     BaseConfig::Tinyconfig
@@ -550,12 +598,17 @@ mod tests {
         let e = p("description = \"x\"\n").unwrap_err();
         assert!(e.message.contains("missing field `kind`"), "{e}");
         let e = p("kind = \"kernel\"\narch = \"x86_64\"\ntarget = \"vmlinux\"\noutput = \"vmlinux\"\n").unwrap_err();
+        assert!(e.message.contains("missing field `source`"), "{e}");
+        let e =
+            p("kind = \"kernel\"\nsource = \"s.tar\"\narch = \"x86_64\"\ntarget = \"vmlinux\"\noutput = \"vmlinux\"\n")
+                .unwrap_err();
         assert!(e.message.contains("missing field `sha256`"), "{e}");
     }
 
     #[test]
     fn packages_and_deb_files() {
-        let r = p("kind = \"initramfs\"\n[[packages]]\nname = \"libc6\"\nversion = \"2.36-9\"\nsha256 = \"ab\"\n").unwrap();
+        let r =
+            p("kind = \"initramfs\"\n[[packages]]\nname = \"libc6\"\nversion = \"2.36-9\"\nsha256 = \"ab\"\n").unwrap();
         let Spec::Tree(t) = &r.spec else { panic!() };
         assert_eq!(t.packages.len(), 1);
         assert!(t.packages[0].paths.is_empty(), "default: the whole package");
@@ -568,6 +621,30 @@ mod tests {
         assert_eq!(Kind::DebFile.outputs(), ["file"]);
         let e = p("kind = \"deb-file\"\npackage = \"p\"\nversion = \"1\"\nsha256 = \"ab\"\n").unwrap_err();
         assert!(e.message.contains("missing field `path`"), "{e}");
+    }
+
+    #[test]
+    fn kernel_sources_are_a_path_or_a_package_pin() {
+        let k = "kind = \"kernel\"\nsha256 = \"ab\"\narch = \"um\"\ntarget = \"linux\"\noutput = \"linux\"\n";
+        let r = p(&format!("{k}source = \"src.tar.xz\"\n")).unwrap();
+        let Spec::Kernel(s) = &r.spec else { panic!() };
+        assert_eq!(s.source, SourceSpec::File("src.tar.xz".into()));
+        let r = p(&format!("{k}[source]\npackage = \"linux-source-6.12\"\nversion = \"6.12.118-1~deb12u1\"\nsha256 = \"cd\"\npath = \"/usr/src/l.tar.xz\"\n")).unwrap();
+        let Spec::Kernel(s) = &r.spec else { panic!() };
+        let SourceSpec::Deb(d) = &s.source else { panic!("{:?}", s.source) };
+        assert_eq!(
+            (d.package.as_str(), d.version.as_str(), d.sha256.as_str()),
+            ("linux-source-6.12", "6.12.118-1~deb12u1", "cd")
+        );
+        let e = p(&format!("{k}[source]\npackage = \"p\"\nversion = \"1\"\nsha256 = \"cd\"\n")).unwrap_err();
+        assert!(e.message.contains("missing field `path`"), "{e}");
+        let e =
+            p(&format!("{k}[source]\npackage = \"p\"\nversion = \"1\"\nsha256 = \"cd\"\npath = \"/x\"\nurl = \"u\"\n"))
+                .unwrap_err();
+        assert!(e.message.contains("unknown field `url`"), "{e}");
+        let r = p("kind = \"initramfs\"\nbusybox = true\nbusybox_package = { name = \"busybox-static\", version = \"1\", sha256 = \"ab\" }\n").unwrap();
+        let Spec::Tree(t) = &r.spec else { panic!() };
+        assert_eq!(t.busybox_package.as_ref().map(|b| b.name.as_str()), Some("busybox-static"));
     }
 
     #[test]

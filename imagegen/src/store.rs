@@ -177,7 +177,9 @@ impl Store {
     /// only when their creating process is gone (hostd makes them without the lock).
     pub(crate) fn clean_temps(&self, _lock: &StoreLock) -> Result<usize, StoreError> {
         let mut n = 0;
-        for dir in [self.blobs_dir(), self.builds_dir(), self.current_dir(), self.trees_dir()] {
+        // debs/ and sources/ exist in the cache only: fetched packages and kernel sources.
+        let fetched = [self.root.join("debs"), self.root.join("sources")];
+        for dir in [self.blobs_dir(), self.builds_dir(), self.current_dir(), self.trees_dir()].into_iter().chain(fetched) {
             let tree = dir == self.trees_dir();
             for p in list(&dir)? {
                 let Some(name) = p.file_name().and_then(|n| n.to_str()) else { continue };

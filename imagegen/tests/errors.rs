@@ -219,3 +219,46 @@ fn shipped_recipes_plan() {
     let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
     assert!(pos("agent") < pos("initramfs") && pos("rootfs") < pos("oci-bundle"));
 }
+
+#[test]
+fn busybox_from_a_path_or_a_package_not_both() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    let pin = format!(
+        "busybox_package = {{ name = \"busybox-static\", version = \"1:1.35.0-4\", sha256 = \"{KERNEL_PIN}\" }}\n"
+    );
+    write_recipe(
+        d.path(),
+        "i.toml",
+        &format!("kind = \"initramfs\"\nbusybox = true\nbusybox_path = \"/bin/busybox\"\n{pin}"),
+    );
+    let (msg, _) = fails(d.path(), "i");
+    assert_names(&msg, "recipes/i.toml", "busybox_package", "not both");
+    write_recipe(d.path(), "i.toml", &format!("kind = \"initramfs\"\n{pin}"));
+    let (msg, _) = fails(d.path(), "i");
+    assert_names(&msg, "recipes/i.toml", "busybox", "need busybox = true");
+    write_recipe(
+        d.path(),
+        "i.toml",
+        &format!("kind = \"initramfs\"\nbusybox = true\n{}", pin.replace("1:1.35.0-4", "one")),
+    );
+    let (msg, _) = fails(d.path(), "i");
+    assert_names(&msg, "recipes/i.toml", "busybox_package.version", "not a Debian version");
+}
+
+#[test]
+fn malformed_kernel_source_package() {
+    let d = tempfile::tempdir().unwrap();
+    let k = |package: &str, path: &str| {
+        format!(
+            "kind = \"kernel\"\nsha256 = \"{KERNEL_PIN}\"\narch = \"um\"\ntarget = \"linux\"\noutput = \"linux\"\n\
+             [source]\npackage = \"{package}\"\nversion = \"6.12.1-1\"\nsha256 = \"{KERNEL_PIN}\"\npath = \"{path}\"\n"
+        )
+    };
+    write_recipe(d.path(), "k.toml", &k("Linux Source", "/usr/src/l.tar.xz"));
+    let (msg, _) = fails(d.path(), "k");
+    assert_names(&msg, "recipes/k.toml", "source.package", "not a Debian package name");
+    write_recipe(d.path(), "k.toml", &k("linux-source-6.12", "usr/src/l.tar.xz"));
+    let (msg, _) = fails(d.path(), "k");
+    assert_names(&msg, "recipes/k.toml", "source.path", "absolute");
+}

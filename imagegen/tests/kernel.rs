@@ -1,5 +1,6 @@
 //! Kernel recipes end to end. Ignored by default: they unpack the 150 MB source tarball
 //! (and one builds a kernel). Run with `cargo test -p imagegen --test kernel -- --ignored`.
+//! The source is the shipped recipes' pinned Debian package, fetched into the test's cache.
 
 mod common;
 
@@ -8,18 +9,25 @@ use std::path::Path;
 use common::{config_in, write_recipe};
 use imagegen::{BuildError, Status, Store};
 
-const SOURCE: &str = "/usr/src/linux-source-6.12.tar.xz";
-const PIN: &str = "585a4a074597aefa2b1a68ada83a3184ba351c127544dea80618bbcceaa3961f";
+/// The tarball pin and the `[source]` table of the shipped kernel-microvm recipe.
+fn shipped_source() -> (String, String) {
+    let text = std::fs::read_to_string(common::shipped_recipes().join("kernel-microvm.toml")).unwrap();
+    let v: toml::Table = toml::from_str(&text).unwrap();
+    let sha = v["sha256"].as_str().unwrap().to_string();
+    let table = text[text.find("[source]").expect("a [source] table")..].to_string();
+    (sha, table)
+}
 
 fn kernel_recipe(dir: &Path, fragment: &str) {
+    let (pin, source) = shipped_source();
     write_recipe(dir, "kernels/test.config", fragment);
     write_recipe(
         dir,
         "k.toml",
         &format!(
-            "kind = \"kernel\"\nsource = \"{SOURCE}\"\nsha256 = \"{PIN}\"\narch = \"x86_64\"\n\
+            "kind = \"kernel\"\nsha256 = \"{pin}\"\narch = \"x86_64\"\n\
              fragments = [\"kernels/test.config\"]\ntarget = \"vmlinux\"\noutput = \"vmlinux\"\n\
-             cmdline = \"console=ttyS0\"\n"
+             cmdline = \"console=ttyS0\"\n{source}"
         ),
     );
 }

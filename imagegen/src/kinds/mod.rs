@@ -6,6 +6,7 @@ pub(crate) mod debs;
 pub(crate) mod disk;
 pub(crate) mod kernel;
 pub mod oci;
+pub(crate) mod source;
 pub(crate) mod tree;
 
 use std::collections::BTreeMap;
@@ -49,6 +50,11 @@ impl Ctx<'_> {
             step: "reading inputs".into(),
             message: format!("{dep}/{output} ({}): {e}", path.display()),
         })
+    }
+
+    /// Fetches pinned Debian packages into this build's cache.
+    pub fn fetcher(&self) -> debs::Fetcher<'_> {
+        debs::Fetcher { cache: &self.cfg.cache, progress: self.progress }
     }
 
     pub fn fail(&self, recipe: &str, step: &str, message: impl std::fmt::Display) -> BuildError {

@@ -35,9 +35,9 @@ pub(crate) fn build(
     }
     for (i, pkg) in t.packages.iter().enumerate() {
         let pin = super::debs::Pin { name: &pkg.name, version: &pkg.version, sha256: &pkg.sha256 };
-        let deb = super::debs::fetch(ctx, &r.name, &pin)?;
+        let deb = ctx.fetcher().fetch(&r.name, &r.file, &pin)?;
         let label = format!("packages[{i}] ({}={})", pkg.name, pkg.version);
-        for (path, node) in super::debs::entries(ctx, &r.name, &deb, &label, &pkg.paths)? {
+        for (path, node) in super::debs::entries(&r.name, &deb, &label, &pkg.paths)? {
             tree.add(&path, node).map_err(|e| ctx.fail(&r.name, &format!("adding {label}"), e))?;
         }
     }
@@ -46,10 +46,9 @@ pub(crate) fn build(
         tree.add(&n.path, Node::Device { kind, mode: n.mode, major: n.major, minor: n.minor }).map_err(tree_err)?;
     }
     if let Some(bb) = busybox {
-        let data = std::fs::read(&bb.path)
-            .map_err(|e| ctx.fail(&r.name, "reading busybox", format!("{}: {e}", bb.path.display())))?;
+        let (data, applets) = busybox_binary(ctx, r, bb)?;
         tree.add("/bin/busybox", Node::File { mode: 0o755, data }).map_err(tree_err)?;
-        for a in &bb.applets {
+        for a in &applets {
             // A package's own program (iproute2's ip, say) wins over the applet.
             if !t.packages.is_empty() && tree.get(&format!("/bin/{a}")).is_some() {
                 continue;
@@ -72,4 +71,40 @@ pub(crate) fn build(
         ("rootfs", ctx.store.put_blob_bytes(&tar).map_err(write_err)?)
     };
     Ok(BTreeMap::from([(name.to_string(), output_record(sha, size))]))
+}
+
+/// The busybox binary and its applets: a host file (applets listed at plan time), or
+/// `/bin/busybox` of a pinned package, run once from the cache to list its applets.
+fn busybox_binary(ctx: &Ctx<'_>, r: &Recipe, bb: &Busybox) -> Result<(Vec<u8>, Vec<String>), BuildError> {
+    match bb {
+        Busybox::Host { path, applets } => {
+            let data = std::fs::read(path)
+                .map_err(|e| ctx.fail(&r.name, "reading busybox", format!("{}: {e}", path.display())))?;
+            Ok((data, applets.clone()))
+        }
+        Busybox::Package(pin) => {
+            let p = super::debs::Pin { name: &pin.name, version: &pin.version, sha256: &pin.sha256 };
+            let deb = ctx.fetcher().fetch(&r.name, &r.file, &p)?;
+            let label = format!("busybox_package ({}={})", pin.name, pin.version);
+            let data = match super::debs::entries(&r.name, &deb, &label, &["/bin/busybox".to_string()])?.pop() {
+                Some((_, Node::File { data, .. })) => data,
+                _ => {
+                    return Err(ctx.fail(
+                        &r.name,
+                        "taking busybox",
+                        format!("{label} has no regular file /bin/busybox"),
+                    ))
+                }
+            };
+            let fail = |e: std::io::Error| ctx.fail(&r.name, "listing busybox applets", e);
+            let mut tmp =
+                tempfile::Builder::new().prefix(crate::store::TMP_PREFIX).tempfile_in(&ctx.cfg.cache).map_err(fail)?;
+            tmp.write_all(&data).map_err(fail)?;
+            let path = tmp.into_temp_path();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(fail)?;
+            let applets =
+                crate::plan::busybox_applets(&path).map_err(|e| ctx.fail(&r.name, "listing busybox applets", e))?;
+            Ok((data, applets))
+        }
+    }
 }
