@@ -2,6 +2,10 @@
 //! headless Chromium, bad campaign files, a backend that cannot run, and a killed campaign
 //! resumed. Needs root, the images (`imagegen build`) and chromium (scripts/install-deps).
 
+mod support {
+    pub mod skip;
+}
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,7 +25,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn root() -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: campaigns need root (namespaces, cgroups, drop_caches)");
+        support::skip::skip(None, "campaigns need root (namespaces, cgroups, drop_caches)");
         return false;
     }
     true

@@ -4,6 +4,7 @@
 
 mod support {
     pub mod fault;
+    pub mod skip;
 }
 
 use std::os::unix::process::CommandExt;

@@ -6,6 +6,7 @@
 //! socket. Config-file field names are unit-tested in the backend itself.
 
 mod support {
+    pub mod skip;
     pub mod vm;
 }
 
@@ -20,7 +21,7 @@ use support::vm::{self, Expect};
 use vb_protocol::msg::{Command, ReplyBody, Role};
 
 fn skip(why: &str) {
-    println!("skipped: {why}");
+    support::skip::skip(Some("firecracker"), why);
 }
 
 fn on_path(bin: &str) -> bool {

@@ -1,6 +1,10 @@
 //! Fleet commands end to end on the native backend (needs root for cgroups and
 //! drop_caches, and the static agent from scripts/build-agent).
 
+mod support {
+    pub mod skip;
+}
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -18,7 +22,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn root() -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: fleets need root (cgroups, drop_caches)");
+        support::skip::skip(Some("native"), "fleets need root (cgroups, drop_caches)");
         return false;
     }
     true

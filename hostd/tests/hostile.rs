@@ -8,6 +8,7 @@
 
 mod support {
     pub mod fault;
+    pub mod skip;
 }
 
 use std::sync::atomic::Ordering;

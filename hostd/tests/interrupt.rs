@@ -2,6 +2,10 @@
 //! leaves no process, cgroup, network namespace, tap or scratch directory behind. Needs root
 //! and the images (`imagegen build`).
 
+mod support {
+    pub mod skip;
+}
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,7 +14,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn ctrl_c_during_a_uml_fleet_leaves_nothing_behind() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: fleets need root");
+        support::skip::skip(None, "fleets need root");
         return;
     }
     let res = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@
 
 mod support {
     pub mod fault;
+    pub mod skip;
 }
 
 use std::time::{Duration, Instant};

@@ -3,6 +3,7 @@
 //! (`scripts/build-agent`); without root every test says it is skipped.
 
 mod support {
+    pub mod skip;
     pub mod fault;
 }
 
@@ -28,7 +29,7 @@ fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    eprintln!("skipped: {test} needs root (namespaces, mounts, cgroups, veths)");
+    support::skip::skip(Some("ns"), &format!("{test} needs root (namespaces, mounts, cgroups, veths)"));
     false
 }
 

@@ -4,6 +4,7 @@
 //! agent (`scripts/build-agent`); without root every test says it is skipped.
 
 mod support {
+    pub mod skip;
     pub mod fault;
 }
 
@@ -32,7 +33,7 @@ fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    eprintln!("skipped: {test} needs root (OCI runtimes, network namespaces, cgroups)");
+    support::skip::skip(Some("oci"), &format!("{test} needs root (OCI runtimes, network namespaces, cgroups)"));
     false
 }
 
@@ -326,7 +327,7 @@ async fn crun_probe_is_truthful() {
         return;
     }
     if !installed("crun") {
-        eprintln!("skipped: crun is not installed");
+        support::skip::skip(Some("oci"), "crun is not installed (scripts/install-deps installs it)");
         return;
     }
     let dir = scratch();

@@ -12,6 +12,7 @@
 
 mod support {
     pub mod fault;
+    pub mod skip;
 }
 
 use std::io::Write;

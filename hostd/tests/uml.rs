@@ -3,6 +3,7 @@
 //! or the scratch build); a missing piece makes the test say it is skipped and why.
 
 mod support {
+    pub mod skip;
     pub mod vm;
 }
 
@@ -12,7 +13,7 @@ use hostd::backend::{Backend, BackendKind, Exit};
 use support::vm::{self, Expect};
 
 fn skip(why: &str) {
-    println!("skipped: {why}");
+    support::skip::skip(Some("uml"), why);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

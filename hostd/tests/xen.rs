@@ -5,6 +5,10 @@
 //! the results marked as measured inside an emulated host. Needs root and the images
 //! `imagegen build` makes (scripts/test builds them first).
 
+mod support {
+    pub mod skip;
+}
+
 use std::time::{Duration, Instant};
 
 use hostd::backend::xen::{check_dom0, Xen};
@@ -42,7 +46,7 @@ async fn probe_says_why_xen_is_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_boots_three_pv_domus_under_tcg() {
     if !nix::unistd::geteuid().is_root() {
-        println!("skipped: the Xen lab needs root (run state under /run/virtbench)");
+        support::skip::skip(Some("xen"), "the Xen lab needs root (run state under /run/virtbench)");
         return;
     }
     let results = tempfile::tempdir().unwrap();

@@ -15,9 +15,10 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Says why a test does nothing here (only without root: CI runs as root).
+/// Says why a test does nothing here (only without root: CI runs as root); listed by
+/// scripts/test (`skip.rs`).
 pub fn skip(why: &str) {
-    println!("skipped: {why}");
+    super::skip::skip(None, why);
 }
 
 /// The workspace's image store (scripts/test builds it first).
