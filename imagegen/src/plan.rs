@@ -40,6 +40,10 @@ pub enum PlanError {
     Tool { file: PathBuf, tool: String, problem: String },
 }
 
+/// Device numbers Linux can represent (MAJOR/MINORBITS of include/linux/kdev_t.h).
+const MAX_MAJOR: u32 = 1 << 12;
+const MAX_MINOR: u32 = 1 << 20;
+
 /// Recipes in build order (every recipe after those it depends on).
 #[derive(Debug)]
 pub struct Plan {
@@ -385,12 +389,41 @@ impl Loader<'_> {
             files.push((f.dst.clone(), source, f.mode));
         }
         for (i, n) in t.nodes.iter().enumerate() {
+            let field = format!("nodes[{i}]");
+            // hostd unpacks a rootfs tar for container runtimes, which refuse device nodes
+            // (Store::materialize_tree does too): the runtime provides /dev.
+            if r.kind == Kind::Rootfs {
+                return Err(self.bad(
+                    r,
+                    &field,
+                    format!(
+                        "{:?}: a rootfs (tar for containers) cannot hold device nodes; the container \
+                         runtime provides /dev (device nodes go in an initramfs)",
+                        n.path
+                    ),
+                ));
+            }
+            // Linux's dev_t: 12 bits of major, 20 of minor; more would be cut or refused at boot.
+            if n.major >= MAX_MAJOR {
+                return Err(self.bad(
+                    r,
+                    &format!("{field}.major"),
+                    format!("{} is beyond Linux's device numbers (major < {MAX_MAJOR})", n.major),
+                ));
+            }
+            if n.minor >= MAX_MINOR {
+                return Err(self.bad(
+                    r,
+                    &format!("{field}.minor"),
+                    format!("{} is beyond Linux's device numbers (minor < {MAX_MINOR})", n.minor),
+                ));
+            }
             let kind = match n.node_type {
                 recipe::NodeType::Char => DeviceKind::Char,
                 recipe::NodeType::Block => DeviceKind::Block,
             };
             let node = Node::Device { kind, mode: n.mode, major: n.major, minor: n.minor };
-            add(&mut tree, &format!("nodes[{i}]"), &n.path, node)?;
+            add(&mut tree, &field, &n.path, node)?;
         }
         for (i, pkg) in t.packages.iter().enumerate() {
             let field = format!("packages[{i}]");

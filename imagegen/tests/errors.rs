@@ -323,3 +323,65 @@ fn an_empty_recipe_directory() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no recipes (*.toml) in it"));
 }
+
+/// hostd unpacks a rootfs tar for container runtimes, which take no device nodes: refused
+/// when planned, not when hostd first unpacks it.
+#[test]
+fn device_node_in_a_rootfs() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    write_recipe(
+        d.path(),
+        "rootfs.toml",
+        "kind = \"rootfs\"\nnodes = [{ path = \"/dev/console\", type = \"char\", major = 5, minor = 1 }]\n",
+    );
+    let (msg, _) = fails(d.path(), "rootfs");
+    assert_names(&msg, "recipes/rootfs.toml", "nodes[0]", "cannot hold device nodes");
+    assert!(msg.contains("/dev/console"), "{msg}");
+}
+
+#[test]
+fn device_numbers_beyond_linux() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    let node = |major: u64, minor: u64| {
+        format!(
+            "kind = \"initramfs\"\nnodes = [{{ path = \"/dev/console\", type = \"char\", major = 5, minor = 1 }}, \
+             {{ path = \"/dev/x\", type = \"block\", major = {major}, minor = {minor} }}]\n"
+        )
+    };
+    write_recipe(d.path(), "i.toml", &node(4096, 0));
+    let (msg, _) = fails(d.path(), "i");
+    assert_names(&msg, "recipes/i.toml", "nodes[1].major", "4096 is beyond Linux's device numbers (major < 4096)");
+    write_recipe(d.path(), "i.toml", &node(8, 1 << 20));
+    let (msg, _) = fails(d.path(), "i");
+    assert_names(
+        &msg,
+        "recipes/i.toml",
+        "nodes[1].minor",
+        "1048576 is beyond Linux's device numbers (minor < 1048576)",
+    );
+    // The largest numbers Linux has are fine.
+    write_recipe(d.path(), "i.toml", &node(4095, (1 << 20) - 1));
+    imagegen::plan::plan(&d.path().join("recipes"), &["i".to_string()]).unwrap();
+}
+
+#[test]
+fn path_component_longer_than_linux_takes() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    let long = "n".repeat(256);
+    write_recipe(d.path(), "rootfs.toml", &format!("kind = \"rootfs\"\ndirs = [\"/etc/{long}\"]\n"));
+    let (msg, _) = fails(d.path(), "rootfs");
+    assert_names(&msg, "recipes/rootfs.toml", "dirs[0]", "a component longer than 255 bytes");
+    write_recipe(
+        d.path(),
+        "rootfs.toml",
+        &format!("kind = \"rootfs\"\n[[files]]\ndst = \"/{long}/x\"\ncontents = \"\"\n"),
+    );
+    let (msg, _) = fails(d.path(), "rootfs");
+    assert_names(&msg, "recipes/rootfs.toml", "files[0].dst", "a component longer than 255 bytes");
+    // 255 bytes is a name Linux takes.
+    write_recipe(d.path(), "rootfs.toml", &format!("kind = \"rootfs\"\ndirs = [\"/etc/{}\"]\n", &long[..255]));
+    imagegen::plan::plan(&d.path().join("recipes"), &["rootfs".to_string()]).unwrap();
+}
