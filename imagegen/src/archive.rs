@@ -70,8 +70,12 @@ pub enum TreeError {
     BadMode { path: String, mode: u32 },
 }
 
+/// Longest file name Linux takes (NAME_MAX): a longer component fails only when unpacked.
+pub const NAME_MAX: usize = 255;
+
 /// Normalises an archive path: drops a leading `/` (when `allow_absolute`), empty and `.`
-/// components; refuses `..` anywhere, so no entry can name anything outside the root.
+/// components; refuses `..` anywhere, so no entry can name anything outside the root, and
+/// components longer than [`NAME_MAX`] bytes, which no Linux file system can create.
 pub fn normalize_path(path: &str, allow_absolute: bool) -> Result<String, &'static str> {
     if path.starts_with('/') && !allow_absolute {
         return Err("absolute path");
@@ -82,6 +86,7 @@ pub fn normalize_path(path: &str, allow_absolute: bool) -> Result<String, &'stat
             "" | "." => {}
             ".." => return Err("`..` component"),
             c if c.contains('\0') => return Err("NUL byte"),
+            c if c.len() > NAME_MAX => return Err("a component longer than 255 bytes (Linux's NAME_MAX)"),
             c => parts.push(c),
         }
     }
@@ -435,6 +440,8 @@ mod tests {
         assert!(normalize_path("/a", false).is_err());
         assert!(normalize_path("a/../b", true).is_err());
         assert!(normalize_path("/", true).is_err());
+        assert_eq!(normalize_path(&format!("a/{}", "x".repeat(255)), false).unwrap().len(), 257);
+        assert!(normalize_path(&format!("a/{}/b", "x".repeat(256)), false).unwrap_err().contains("255 bytes"));
     }
 
     #[test]

@@ -97,7 +97,8 @@ pub fn fetch(cfg: &Config, names: &[String], progress: &dyn Progress) -> Result<
     let plan = plan::plan(&cfg.recipes, names)?;
     let cache = Store::create_cache(&cfg.cache)
         .map_err(|source| BuildError::Store { context: format!("cache {}", cfg.cache.display()), source })?;
-    let waiting = |lock: &Path| progress.notice(&format!("waiting for another imagegen build ({})", lock.display()));
+    let waiting =
+        |lock: &Path| progress.notice(&format!("waiting for another imagegen run to finish ({})", lock.display()));
     let _lock = cache
         .lock(waiting)
         .map_err(|source| BuildError::Store { context: format!("cache {}", cfg.cache.display()), source })?;
@@ -177,7 +178,7 @@ pub fn build(cfg: &Config, names: &[String], progress: &dyn Progress) -> Result<
     if !debs.is_empty() {
         let cache = Store::create_cache(&cfg.cache).map_err(store_err(&cfg.cache))?;
         let waiting =
-            |lock: &Path| progress.notice(&format!("waiting for another imagegen build ({})", lock.display()));
+            |lock: &Path| progress.notice(&format!("waiting for another imagegen run to finish ({})", lock.display()));
         let _lock = cache.lock(waiting).map_err(store_err(&cfg.cache))?;
         prepare(debs)?;
     }
@@ -185,7 +186,8 @@ pub fn build(cfg: &Config, names: &[String], progress: &dyn Progress) -> Result<
     let store = Store::create(&cfg.store).map_err(store_err(&cfg.store))?;
     let cache = Store::create_cache(&cfg.cache).map_err(store_err(&cfg.cache))?;
     // Store first, cache second, always: two builds never wait on each other in a cycle.
-    let waiting = |lock: &Path| progress.notice(&format!("waiting for another imagegen build ({})", lock.display()));
+    let waiting =
+        |lock: &Path| progress.notice(&format!("waiting for another imagegen run to finish ({})", lock.display()));
     let store_lock = store.lock(waiting).map_err(store_err(&cfg.store))?;
     let cache_lock = cache.lock(waiting).map_err(store_err(&cfg.cache))?;
     store.clean_temps(&store_lock).map_err(store_err(&cfg.store))?;

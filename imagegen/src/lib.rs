@@ -39,4 +39,4 @@ pub use materialize::{extract_tar, MaterializeError};
 pub use pin::{pin, PinChange, PinError};
 pub use plan::PlanError;
 pub use recipe::Kind;
-pub use store::{Problem, Store, StoreError, VerifyReport};
+pub use store::{Problem, ReadLock, Store, StoreError, VerifyReport};

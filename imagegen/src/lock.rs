@@ -216,9 +216,12 @@ pub fn compare(recipe: &str, entry: &Entry, m: &Manifest) -> Finding {
 }
 
 /// The store's current builds against the lock beside `recipes` (None: there is no lock).
+/// A current manifest that cannot be read counts as not built here: `Store::verify`
+/// reports it.
 pub fn check(recipes: &Path, store: &Store) -> Result<Option<Vec<Finding>>, LockError> {
     let Some(lock) = read(recipes)? else { return Ok(None) };
-    let current: BTreeMap<String, Manifest> = store.current_all()?.into_iter().map(|m| (m.recipe.clone(), m)).collect();
+    let (good, _bad) = store.current_checked()?;
+    let current: BTreeMap<String, Manifest> = good.into_iter().map(|m| (m.recipe.clone(), m)).collect();
     let mut out = Vec::new();
     for (name, entry) in &lock.recipes {
         out.push(match current.get(name) {

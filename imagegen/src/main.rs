@@ -62,7 +62,8 @@ enum Cmd {
         #[arg(value_name = "RECIPE")]
         names: Vec<String>,
     },
-    /// Re-hash the store; report every tampered, truncated or missing artifact (exit 1).
+    /// Re-hash the store and check its manifests; report every tampered, truncated, missing
+    /// or odd artifact or manifest (exit 1), note orphan blobs; compare with the lock.
     Verify,
     /// Print the current artifacts: recipe, output, sha256, size, path.
     List,
@@ -167,9 +168,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Verify => {
             let store = Store::open(&cfg.store)?;
-            let report = store.verify()?;
+            // Shared: waits for a running build (its blobs without their manifests yet would
+            // read as orphans, its manifests before the pointer as damage), runs beside
+            // other readers.
+            let lock = store.lock_shared(|l| eprintln!("imagegen: waiting for a build to finish ({})", l.display()))?;
+            let report = store.verify(&lock)?;
             for p in &report.problems {
                 println!("BAD {p}");
+            }
+            for n in &report.notes {
+                println!("note: {n}");
             }
             // The store's builds against the checked-in lock: the same bits as everyone's?
             let lock_path = imagegen::lock::path(&cfg.recipes);
@@ -193,29 +201,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
             }
+            drop(lock);
+            let orphans = match report.notes.len() {
+                0 => String::new(),
+                n => format!("; {n} orphan blobs ({} bytes) no manifest names", report.orphan_bytes),
+            };
             println!(
-                "{} blobs, {} manifests checked: {}",
+                "{} blobs, {} manifests checked: {}{orphans}",
                 report.blobs_checked,
                 report.manifests_checked,
                 if report.ok() { "ok".to_string() } else { format!("{} problems", report.problems.len()) }
             );
             if !report.ok() {
-                // A no-op build trusts sizes; a removed blob is rebuilt (or re-imported from an
-                // intact cache copy) by the next build.
-                println!("to repair: delete the blob files listed above, then run `imagegen build`");
+                // Every path in a problem is inside the store (Store::verify): the advice can
+                // never send anyone to delete a file elsewhere. A removed blob or manifest is
+                // rebuilt (or re-imported from an intact cache copy) by the next build.
+                println!(
+                    "to repair: delete the file named at the start of each BAD line (all are inside {}; \
+                     one reported missing needs nothing), then run `imagegen build`",
+                    store.root().display()
+                );
             }
             Ok(if report.ok() && lock_problems == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::List => {
             let store = Store::open(&cfg.store)?;
+            let lock = store.lock_shared(|l| eprintln!("imagegen: waiting for a build to finish ({})", l.display()))?;
+            let (manifests, bad) = store.current_checked()?;
+            drop(lock);
             println!("{:<18} {:<10} {:<64} {:>11}  path", "recipe", "output", "sha256", "bytes");
-            for m in store.current_all()? {
+            for m in &manifests {
                 for (name, o) in &m.outputs {
-                    let path = store.root().join(&o.path);
+                    // Checked manifests only: the path is the blob's, inside the store.
+                    let path = store.blob_path(&o.sha256);
                     println!("{:<18} {:<10} {:<64} {:>11}  {}", m.recipe, name, o.sha256, o.size, path.display());
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            // One bad manifest does not hide the others; it is named and fails the command.
+            for p in &bad {
+                eprintln!("imagegen: BAD {p} (run `imagegen verify`)");
+            }
+            Ok(if bad.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Bench { runs } => {
             let exe = std::env::current_exe().map_err(|e| anyhow!("finding the imagegen binary: {e}"))?;

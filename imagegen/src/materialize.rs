@@ -4,7 +4,7 @@
 //! paths, symlinks whose target leaves the tree, hard links to anything outside it, and any
 //! write through a symlink.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::normalize_path;
 use crate::hash::is_sha256_hex;
-use crate::store::{temp_name, Store};
+use crate::store::{open_regular, temp_name, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaterializeError {
@@ -51,7 +51,7 @@ impl Store {
             return Ok(done);
         }
         let blob = self.blob_path(sha256);
-        let f = File::open(&blob).map_err(|source| MaterializeError::OpenBlob { path: blob.clone(), source })?;
+        let (f, _) = open_regular(&blob).map_err(|source| MaterializeError::OpenBlob { path: blob.clone(), source })?;
         let werr = |path: &Path| {
             let path = path.to_path_buf();
             move |source| MaterializeError::Write { path, source }
@@ -97,7 +97,7 @@ impl Store {
         }
         let tree = self.trees_dir().join(sha256);
         let blob = self.blob_path(sha256);
-        let f = File::open(&blob).map_err(|source| MaterializeError::OpenBlob { path: blob.clone(), source })?;
+        let (f, _) = open_regular(&blob).map_err(|source| MaterializeError::OpenBlob { path: blob.clone(), source })?;
         // A temp name the next build's clean-up removes should this process die here.
         struct Scratch(PathBuf);
         impl Drop for Scratch {

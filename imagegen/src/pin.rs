@@ -98,7 +98,7 @@ pub fn pin(cfg: &Config, names: &[String], progress: &dyn Progress) -> Result<Ve
     let cache = Store::create_cache(&cfg.cache)
         .map_err(|source| BuildError::Store { context: format!("cache {}", cfg.cache.display()), source })?;
     let _lock = cache
-        .lock(|l| progress.notice(&format!("waiting for another imagegen build ({})", l.display())))
+        .lock(|l| progress.notice(&format!("waiting for another imagegen run to finish ({})", l.display())))
         .map_err(|source| BuildError::Store { context: format!("cache {}", cfg.cache.display()), source })?;
     let fetcher = Fetcher { cache: &cfg.cache, progress };
 

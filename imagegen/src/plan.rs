@@ -16,6 +16,12 @@ use crate::recipe::{self, DebPin, DebSource, Kind, ParseFailure, Recipe, SourceS
 pub enum PlanError {
     #[error("recipe directory {dir}: {source}")]
     ListRecipes { dir: PathBuf, source: io::Error },
+    #[error("recipe directory {dir}: no recipes (*.toml) in it: nothing to build")]
+    NoRecipes { dir: PathBuf },
+    #[error("{file}: {name:?} is not a recipe name: {RECIPE_NAME_RULE} (rename or remove the file)")]
+    RecipeName { file: PathBuf, name: String },
+    #[error("{}: the file name is not UTF-8: {RECIPE_NAME_RULE} (rename or remove the file)", .file.display())]
+    RecipeNameNotUtf8 { file: PathBuf },
     #[error("no recipe {name:?}: {file} does not exist")]
     UnknownRecipe { name: String, file: PathBuf },
     #[error("{file}: {source}")]
@@ -33,6 +39,10 @@ pub enum PlanError {
     #[error("{file}: {tool}: {problem}")]
     Tool { file: PathBuf, tool: String, problem: String },
 }
+
+/// Device numbers Linux can represent (MAJOR/MINORBITS of include/linux/kdev_t.h).
+const MAX_MAJOR: u32 = 1 << 12;
+const MAX_MINOR: u32 = 1 << 20;
 
 /// Recipes in build order (every recipe after those it depends on).
 #[derive(Debug)]
@@ -87,17 +97,36 @@ impl Plan {
     }
 }
 
-/// All recipe names in `dir` (the stems of `*.toml`), sorted.
+/// What a recipe file is called, for errors about one that is not.
+const RECIPE_NAME_RULE: &str = "a recipe file is NAME.toml, NAME being 1 to 64 lower-case letters, digits, \
+     `-` and `_`, starting with a letter or digit (initramfs.toml, kernel-pc.toml)";
+
+/// All recipe names in `dir` (the stems of `*.toml`), sorted. A `*.toml` whose stem is not
+/// a recipe name is an error naming it, not skipped: a plain `imagegen build` would
+/// silently leave it out. So is a directory with no recipe at all: building nothing is not
+/// what was meant.
 pub fn all_recipes(dir: &Path) -> Result<Vec<String>, PlanError> {
     let err = |source| PlanError::ListRecipes { dir: dir.to_path_buf(), source };
-    let mut names = Vec::new();
+    let mut files = Vec::new();
     for e in std::fs::read_dir(dir).map_err(err)? {
         let p = e.map_err(err)?.path();
         if p.extension().is_some_and(|x| x == "toml") {
-            if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
-                names.push(stem.to_string());
-            }
+            files.push(p);
         }
+    }
+    files.sort();
+    let mut names = Vec::new();
+    for p in files {
+        let Some(stem) = p.file_stem().and_then(|s| s.to_str()) else {
+            return Err(PlanError::RecipeNameNotUtf8 { file: p });
+        };
+        if !recipe::valid_name(stem) {
+            return Err(PlanError::RecipeName { name: stem.to_string(), file: p });
+        }
+        names.push(stem.to_string());
+    }
+    if names.is_empty() {
+        return Err(PlanError::NoRecipes { dir: dir.to_path_buf() });
     }
     names.sort();
     Ok(names)
@@ -153,7 +182,10 @@ impl Loader<'_> {
             None => PlanError::UnknownRecipe { name: name.to_string(), file: file.clone() },
         };
         if !recipe::valid_name(name) {
-            return Err(missing(format!("{name:?} is not a recipe name (lower-case letters, digits, - and _)")));
+            return Err(match referrer {
+                Some(_) => missing(format!("{name:?} is not a recipe name (lower-case letters, digits, - and _)")),
+                None => PlanError::RecipeName { name: name.to_string(), file },
+            });
         }
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
@@ -357,12 +389,41 @@ impl Loader<'_> {
             files.push((f.dst.clone(), source, f.mode));
         }
         for (i, n) in t.nodes.iter().enumerate() {
+            let field = format!("nodes[{i}]");
+            // hostd unpacks a rootfs tar for container runtimes, which refuse device nodes
+            // (Store::materialize_tree does too): the runtime provides /dev.
+            if r.kind == Kind::Rootfs {
+                return Err(self.bad(
+                    r,
+                    &field,
+                    format!(
+                        "{:?}: a rootfs (tar for containers) cannot hold device nodes; the container \
+                         runtime provides /dev (device nodes go in an initramfs)",
+                        n.path
+                    ),
+                ));
+            }
+            // Linux's dev_t: 12 bits of major, 20 of minor; more would be cut or refused at boot.
+            if n.major >= MAX_MAJOR {
+                return Err(self.bad(
+                    r,
+                    &format!("{field}.major"),
+                    format!("{} is beyond Linux's device numbers (major < {MAX_MAJOR})", n.major),
+                ));
+            }
+            if n.minor >= MAX_MINOR {
+                return Err(self.bad(
+                    r,
+                    &format!("{field}.minor"),
+                    format!("{} is beyond Linux's device numbers (minor < {MAX_MINOR})", n.minor),
+                ));
+            }
             let kind = match n.node_type {
                 recipe::NodeType::Char => DeviceKind::Char,
                 recipe::NodeType::Block => DeviceKind::Block,
             };
             let node = Node::Device { kind, mode: n.mode, major: n.major, minor: n.minor };
-            add(&mut tree, &format!("nodes[{i}]"), &n.path, node)?;
+            add(&mut tree, &field, &n.path, node)?;
         }
         for (i, pkg) in t.packages.iter().enumerate() {
             let field = format!("packages[{i}]");

@@ -262,3 +262,126 @@ fn malformed_kernel_source_package() {
     let (msg, _) = fails(d.path(), "k");
     assert_names(&msg, "recipes/k.toml", "source.path", "absolute");
 }
+
+/// A plain `imagegen build` (every recipe) with a stray file whose stem is not a recipe
+/// name: the error names the file and says what a name may be, instead of "does not
+/// exist"; the same by name on the command line.
+#[test]
+fn stray_recipe_file_names() {
+    for stray in ["Initramfs2.toml", "my image.toml", ".disk.toml"] {
+        let d = tempfile::tempdir().unwrap();
+        write_recipe(d.path(), "disk.toml", "kind = \"disk\"\nsize_mib = 1\n");
+        write_recipe(d.path(), stray, "kind = \"disk\"\nsize_mib = 1\n");
+        let check = |msg: &str| {
+            assert!(msg.contains(&format!("recipes/{stray}")), "{stray}: {msg}");
+            assert!(msg.contains("is not a recipe name"), "{stray}: {msg}");
+            assert!(msg.contains("1 to 64 lower-case letters, digits, `-` and `_`"), "{stray}: {msg}");
+            assert!(!msg.contains("does not exist"), "{stray}: {msg}");
+        };
+        let cfg = config_in(d.path());
+        let err = imagegen::build(&cfg, &[], &()).expect_err("a stray recipe name");
+        assert!(matches!(err, BuildError::Plan(PlanError::RecipeName { .. })), "{err:?}");
+        check(&err.to_string());
+        assert!(!cfg.store.exists());
+        let (msg, err) = fails(d.path(), stray.trim_end_matches(".toml"));
+        assert!(matches!(err, BuildError::Plan(PlanError::RecipeName { .. })), "{err:?}");
+        check(&msg);
+        let out = common::imagegen(d.path()).arg("build").output().unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success() && stderr.lines().count() == 1, "{stderr}");
+        check(&stderr);
+    }
+}
+
+#[test]
+fn a_recipe_file_name_that_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "disk.toml", "kind = \"disk\"\nsize_mib = 1\n");
+    let name = std::ffi::OsStr::from_bytes(b"k\xffrnel.toml");
+    std::fs::write(d.path().join("recipes").join(name), "kind = \"disk\"\n").unwrap();
+    let cfg = config_in(d.path());
+    let err = imagegen::build(&cfg, &[], &()).expect_err("a non-UTF-8 recipe file name");
+    assert!(matches!(err, BuildError::Plan(PlanError::RecipeNameNotUtf8 { .. })), "{err:?}");
+    assert_names(&err.to_string(), "recipes/k\u{FFFD}rnel.toml", "file name", "not UTF-8");
+    assert!(!cfg.store.exists());
+    let out = common::imagegen(d.path()).arg("build").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("k\u{FFFD}rnel.toml: the file name is not UTF-8"));
+}
+
+#[test]
+fn an_empty_recipe_directory() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "README.md", "no recipes here\n");
+    let cfg = config_in(d.path());
+    let err = imagegen::build(&cfg, &[], &()).expect_err("nothing to build");
+    assert!(matches!(err, BuildError::Plan(PlanError::NoRecipes { .. })), "{err:?}");
+    assert_names(&err.to_string(), "recipes", "no recipes (*.toml)", "nothing to build");
+    assert!(!cfg.store.exists());
+    let out = common::imagegen(d.path()).arg("build").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no recipes (*.toml) in it"));
+}
+
+/// hostd unpacks a rootfs tar for container runtimes, which take no device nodes: refused
+/// when planned, not when hostd first unpacks it.
+#[test]
+fn device_node_in_a_rootfs() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    write_recipe(
+        d.path(),
+        "rootfs.toml",
+        "kind = \"rootfs\"\nnodes = [{ path = \"/dev/console\", type = \"char\", major = 5, minor = 1 }]\n",
+    );
+    let (msg, _) = fails(d.path(), "rootfs");
+    assert_names(&msg, "recipes/rootfs.toml", "nodes[0]", "cannot hold device nodes");
+    assert!(msg.contains("/dev/console"), "{msg}");
+}
+
+#[test]
+fn device_numbers_beyond_linux() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    let node = |major: u64, minor: u64| {
+        format!(
+            "kind = \"initramfs\"\nnodes = [{{ path = \"/dev/console\", type = \"char\", major = 5, minor = 1 }}, \
+             {{ path = \"/dev/x\", type = \"block\", major = {major}, minor = {minor} }}]\n"
+        )
+    };
+    write_recipe(d.path(), "i.toml", &node(4096, 0));
+    let (msg, _) = fails(d.path(), "i");
+    assert_names(&msg, "recipes/i.toml", "nodes[1].major", "4096 is beyond Linux's device numbers (major < 4096)");
+    write_recipe(d.path(), "i.toml", &node(8, 1 << 20));
+    let (msg, _) = fails(d.path(), "i");
+    assert_names(
+        &msg,
+        "recipes/i.toml",
+        "nodes[1].minor",
+        "1048576 is beyond Linux's device numbers (minor < 1048576)",
+    );
+    // The largest numbers Linux has are fine.
+    write_recipe(d.path(), "i.toml", &node(4095, (1 << 20) - 1));
+    imagegen::plan::plan(&d.path().join("recipes"), &["i".to_string()]).unwrap();
+}
+
+#[test]
+fn path_component_longer_than_linux_takes() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    let long = "n".repeat(256);
+    write_recipe(d.path(), "rootfs.toml", &format!("kind = \"rootfs\"\ndirs = [\"/etc/{long}\"]\n"));
+    let (msg, _) = fails(d.path(), "rootfs");
+    assert_names(&msg, "recipes/rootfs.toml", "dirs[0]", "a component longer than 255 bytes");
+    write_recipe(
+        d.path(),
+        "rootfs.toml",
+        &format!("kind = \"rootfs\"\n[[files]]\ndst = \"/{long}/x\"\ncontents = \"\"\n"),
+    );
+    let (msg, _) = fails(d.path(), "rootfs");
+    assert_names(&msg, "recipes/rootfs.toml", "files[0].dst", "a component longer than 255 bytes");
+    // 255 bytes is a name Linux takes.
+    write_recipe(d.path(), "rootfs.toml", &format!("kind = \"rootfs\"\ndirs = [\"/etc/{}\"]\n", &long[..255]));
+    imagegen::plan::plan(&d.path().join("recipes"), &["rootfs".to_string()]).unwrap();
+}

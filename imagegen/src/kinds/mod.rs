@@ -45,7 +45,7 @@ impl Ctx<'_> {
     pub fn read_dep(&self, recipe: &str, dep: &str, output: &str) -> Result<Vec<u8>, BuildError> {
         let o = self.dep_output(recipe, dep, output)?;
         let path = self.store.blob_path(&o.sha256);
-        std::fs::read(&path).map_err(|e| BuildError::Build {
+        self.store.read_blob(&o.sha256).map_err(|e| BuildError::Build {
             recipe: recipe.to_string(),
             step: "reading inputs".into(),
             message: format!("{dep}/{output} ({}): {e}", path.display()),

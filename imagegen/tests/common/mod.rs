@@ -65,3 +65,70 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// What a bounded run of the binary gave.
+pub struct Bounded {
+    pub status: Option<std::process::ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    /// It was still running at the limit and was killed.
+    pub timed_out: bool,
+}
+
+impl Bounded {
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+
+    /// Both streams, for assertion messages.
+    pub fn text(&self) -> String {
+        format!("exit {:?}\n--- stdout\n{}--- stderr\n{}", self.status, self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` (stdin closed), killing it and what it started at `limit`: a regression that hangs (a FIFO opened,
+/// /dev/zero read) then fails its test instead of hanging CI.
+pub fn run_bounded(cmd: &mut std::process::Command, limit: std::time::Duration) -> Bounded {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    // Its own process group, so a timeout also ends what it started (cargo, for a build),
+    // which would otherwise keep the pipes open.
+    let mut child =
+        cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + limit;
+    let mut timed_out = false;
+    // Polled here rather than killed from another thread by pid: the child is reaped only
+    // by this loop, so a kill can never reach a recycled pid.
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() >= deadline {
+            timed_out = true;
+            // Not reaped yet, so the group id is still this child's.
+            let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Bounded { status, stdout: out.join().unwrap(), stderr: err.join().unwrap(), timed_out }
+}
+
+/// `Store::verify` as `imagegen verify` runs it, under the shared lock (nothing else holds
+/// the lock in these tests: waiting would be a bug).
+pub fn verify(store: &imagegen::Store) -> imagegen::VerifyReport {
+    let lock = store.lock_shared(|l| panic!("{} is held", l.display())).unwrap();
+    store.verify(&lock).unwrap()
+}
