@@ -316,8 +316,10 @@ fn store_copy(dir: &Path, recipes: &[&str]) -> PathBuf {
         std::fs::write(copy.join("current").join(format!("{r}.json")), serde_json::to_vec(&m).unwrap()).unwrap();
         for o in m.outputs.values() {
             let dst = copy.join(&o.path);
-            if !dst.exists() {
-                std::os::unix::fs::symlink(real.blob_path(&o.sha256), &dst).unwrap();
+            // The store reads only regular files of its own (no symlink): a hard link, or a
+            // copy across file systems.
+            if !dst.exists() && std::fs::hard_link(real.blob_path(&o.sha256), &dst).is_err() {
+                std::fs::copy(real.blob_path(&o.sha256), &dst).unwrap();
             }
         }
     }
