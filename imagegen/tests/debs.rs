@@ -123,3 +123,38 @@ fn bad_pins_fail_before_anything_is_fetched() {
     let msg = imagegen::build(&cfg, &["f".into()], &()).unwrap_err().to_string();
     assert!(msg.contains("`path`") && msg.contains("names a directory"), "{msg}");
 }
+
+#[test]
+fn busybox_from_a_pinned_package_with_its_applets() {
+    let d = tempfile::tempdir().unwrap();
+    // A stand-in busybox: a script that lists its applets as `busybox --list` does (and
+    // answers only when called by that name, as busybox does).
+    let script = b"#!/bin/sh\n[ \"$(basename \"$0\")\" = busybox ] || exit 127\necho sh\necho ls\necho busybox\n";
+    let sha = cached_deb(d.path(), "bb", &[("/bin/busybox", script, 0o755), ("/usr/share/doc/bb/x", b"doc", 0o644)]);
+    write_recipe(d.path(), "agent.toml", "kind = \"agent\"\n");
+    write_recipe(
+        d.path(),
+        "img.toml",
+        &format!(
+            "kind = \"initramfs\"\nbusybox = true\nbusybox_package = {{ name = \"bb\", version = \"1.0-1\", sha256 = \"{sha}\" }}\n"
+        ),
+    );
+    let cfg = config_in(d.path());
+    let out = imagegen::build(&cfg, &["img".into()], &()).unwrap();
+    let m = &out.iter().find(|o| o.recipe == "img").unwrap().manifest;
+    assert!(m.inputs.iter().any(|i| i.role == "package" && i.name == "bb=1.0-1" && i.sha256 == sha), "{:?}", m.inputs);
+    assert!(!m.inputs.iter().any(|i| i.role == "busybox"), "the host's busybox is not an input");
+    let store = Store::open(&cfg.store).unwrap();
+    let mut cpio = Vec::new();
+    flate2::read::GzDecoder::new(&std::fs::read(store.output_path(m, "initramfs").unwrap()).unwrap()[..])
+        .read_to_end(&mut cpio)
+        .unwrap();
+    let entries = read_cpio_newc(&cpio).unwrap();
+    let get = |n: &str| entries.iter().find(|e| e.name == n);
+    assert_eq!(get("bin/busybox").expect("busybox").data, script);
+    for applet in ["bin/sh", "bin/ls"] {
+        assert_eq!(get(applet).unwrap_or_else(|| panic!("{applet}")).data, b"busybox");
+    }
+    assert!(get("usr/share/doc/bb/x").is_none());
+    assert!(common::files_under(&cfg.cache).iter().all(|f| !f.contains(".tmp-")), "the applet probe cleaned up");
+}

@@ -97,10 +97,11 @@ fn busybox_binary(ctx: &Ctx<'_>, r: &Recipe, bb: &Busybox) -> Result<(Vec<u8>, V
                 }
             };
             let fail = |e: std::io::Error| ctx.fail(&r.name, "listing busybox applets", e);
-            let mut tmp =
-                tempfile::Builder::new().prefix(crate::store::TMP_PREFIX).tempfile_in(&ctx.cfg.cache).map_err(fail)?;
-            tmp.write_all(&data).map_err(fail)?;
-            let path = tmp.into_temp_path();
+            // Named `busybox`: busybox runs the applet its argv[0] names.
+            let tmp =
+                tempfile::Builder::new().prefix(crate::store::TMP_PREFIX).tempdir_in(&ctx.cfg.cache).map_err(fail)?;
+            let path = tmp.path().join("busybox");
+            std::fs::write(&path, &data).map_err(fail)?;
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(fail)?;
             let applets =
                 crate::plan::busybox_applets(&path).map_err(|e| ctx.fail(&r.name, "listing busybox applets", e))?;
