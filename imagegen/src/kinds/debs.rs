@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use crate::archive::Node;
 use crate::build::{BuildError, Progress};
@@ -209,15 +209,7 @@ pub(crate) fn parse_madison(text: &str, name: &str) -> Vec<String> {
 /// has no such regular file. For large members (a kernel source tarball) that
 /// [`entries`] would hold in memory.
 pub(crate) fn extract_file(deb: &Path, path: &str, dst: &mut dyn Write) -> Result<bool, String> {
-    let mut child = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running dpkg-deb: {e}"))?;
-    let stdout = child.stdout.take().expect("piped");
+    let (mut child, stdout) = data_tarball(deb)?;
     let found = (|| -> Result<bool, String> {
         let mut ar = tar::Archive::new(stdout);
         for e in ar.entries().map_err(|e| format!("reading the data tarball: {e}"))? {
@@ -231,18 +223,43 @@ pub(crate) fn extract_file(deb: &Path, path: &str, dst: &mut dyn Write) -> Resul
         }
         Ok(false)
     })();
-    // The rest of the stream is not needed: stop dpkg-deb rather than read it all.
+    // The rest of the stream is not needed: stop dpkg-deb rather than read it all (its
+    // exit status then says nothing).
     let _ = child.kill();
+    let reaped = reap(child, deb);
+    let found = found?;
+    if !found {
+        reaped?;
+    }
+    Ok(found)
+}
+
+/// `dpkg-deb --fsys-tarfile DEB`: the package's data tarball on the child's stdout.
+fn data_tarball(deb: &Path) -> Result<(Child, ChildStdout), String> {
+    let mut child = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running dpkg-deb: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    Ok((child, stdout))
+}
+
+/// Waits for a [`data_tarball`] child once its stream was read; its stderr if it failed.
+fn reap(mut child: Child, deb: &Path) -> Result<(), String> {
+    // Drain stderr before waiting, after the tar stream ended (it is small).
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
     let status = child.wait().map_err(|e| format!("dpkg-deb: {e}"))?;
-    let found = found?;
-    if !found && !status.success() {
+    if !status.success() {
         return Err(format!("dpkg-deb --fsys-tarfile {} failed ({status}): {}", deb.display(), err.trim()));
     }
-    Ok(found)
+    Ok(())
 }
 
 /// Whether package path `path` (absolute) is selected by `spec` (a path, or a directory
@@ -265,25 +282,9 @@ pub(crate) fn entries(
 ) -> Result<Vec<(String, Node)>, BuildError> {
     let fail =
         |m: String| BuildError::Build { recipe: recipe.to_string(), step: format!("reading {label}"), message: m };
-    let mut child = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("running dpkg-deb: {e}")))?;
-    let stdout = child.stdout.take().expect("piped");
+    let (child, stdout) = data_tarball(deb).map_err(fail)?;
     let read = select_from_tar(stdout, paths);
-    // Drain stderr before waiting, after the tar stream ended (it is small).
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let status = child.wait().map_err(|e| fail(format!("dpkg-deb: {e}")))?;
-    if !status.success() {
-        return Err(fail(format!("dpkg-deb --fsys-tarfile {} failed ({status}): {}", deb.display(), err.trim())));
-    }
+    reap(child, deb).map_err(fail)?;
     let (entries, unmatched) = read.map_err(fail)?;
     if let Some(p) = unmatched.first() {
         return Err(fail(format!("nothing in the package matches {p:?}")));
