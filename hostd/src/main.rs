@@ -12,6 +12,7 @@ use hostd::campaign::Campaign;
 use hostd::runner;
 use hostd::daemon;
 use hostd::fleet::{FleetConfig, FleetEvent};
+use hostd::limits;
 use hostd::microbench::{self, BenchName, BenchOptions};
 use hostd::provenance::Provenance;
 use hostd::results::ResultsDir;
@@ -93,32 +94,34 @@ struct ImageArgs {
 struct BootArgs {
     #[arg(long)]
     backend: BackendKind,
-    /// Fleet sizes, comma-separated; each is booted cold, then hot.
-    #[arg(short = 'n', long = "sizes", value_delimiter = ',', default_value = "1,10,50,100")]
+    /// Fleet sizes, comma-separated and increasing, each 1-1000; each is booted cold, then hot.
+    #[arg(short = 'n', long = "sizes", value_delimiter = ',', default_value = "1,10,50,100", value_parser = limits::GUESTS.cli::<usize>())]
     sizes: Vec<usize>,
     /// Start modes, in order.
     #[arg(long, value_delimiter = ',', default_value = "cold,hot")]
     modes: Vec<StartMode>,
-    /// Guest memory, MiB.
-    #[arg(long, default_value_t = 128)]
+    /// Guest memory, MiB (32-1048576).
+    #[arg(long, default_value_t = 128, value_parser = limits::MEM_MIB.cli::<u32>())]
     mem_mib: u32,
-    #[arg(long, default_value_t = 1)]
+    /// vCPUs per guest (1-64).
+    #[arg(long, default_value_t = 1, value_parser = limits::VCPUS.cli::<u32>())]
     vcpus: u32,
-    /// Most guests launching at once (0: all together, as the paper does).
-    #[arg(long, default_value_t = 0)]
+    /// Most guests launching at once (0: all together, as the paper does; at most 1000).
+    #[arg(long, default_value_t = 0, value_parser = limits::PARALLELISM.cli::<usize>())]
     parallelism: usize,
-    /// Seconds from a guest's launch request to its ready message before it counts as failed.
-    #[arg(long, default_value_t = 300)]
+    /// Seconds from a guest's launch request to its ready message before it counts as
+    /// failed (1-86400).
+    #[arg(long, default_value_t = 300, value_parser = limits::BOOT_TIMEOUT_S.cli::<u64>())]
     boot_timeout: u64,
-    /// Seconds the booted fleet idles before memory is read.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds the booted fleet idles before memory is read (0-3600).
+    #[arg(long, default_value_t = 5, value_parser = limits::SETTLE_S.cli::<u64>())]
     settle: u64,
     /// Do not attach guests to a fleet network.
     #[arg(long)]
     no_network: bool,
     /// Pairs of hot starts compared with the backend's floor (bare fork+exec for
-    /// containers, a bare VMM boot for VMs); 0 skips the comparison.
-    #[arg(long, default_value_t = 5)]
+    /// containers, a bare VMM boot for VMs); 0 skips the comparison (at most 100).
+    #[arg(long, default_value_t = 5, value_parser = limits::FLOOR_REPS.cli::<usize>())]
     floor_reps: usize,
     /// Parent directory of the results directory.
     #[arg(long, default_value = "results")]
@@ -135,11 +138,11 @@ struct BenchArgs {
     /// Benchmarks to run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "cpu,memory,disk,net_stream,net_rr")]
     bench: Vec<BenchName>,
-    /// Counted repetitions of each benchmark.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// Counted repetitions of each benchmark (1-1000).
+    #[arg(long, default_value_t = 5, value_parser = limits::REPS.cli::<u32>())]
     reps: u32,
-    /// Discarded warm-up runs before the counted ones.
-    #[arg(long, default_value_t = 1)]
+    /// Discarded warm-up runs before the counted ones (0-10).
+    #[arg(long, default_value_t = 1, value_parser = limits::WARMUP.cli::<u32>())]
     warmup: u32,
     /// Concurrent copies of each benchmark inside the guest.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -157,8 +160,8 @@ struct BenchArgs {
     /// file of --disk-mb in the work directory).
     #[arg(long)]
     disk_file: Option<PathBuf>,
-    /// Disk: size of the file created when --disk-file is not given, MiB.
-    #[arg(long, default_value_t = 256)]
+    /// Disk: size of the file created when --disk-file is not given, MiB (1-1048576).
+    #[arg(long, default_value_t = 256, value_parser = limits::DISK_MIB.cli::<u64>())]
     disk_mb: u64,
     /// Disk: read block size, KiB (dd's bs).
     #[arg(long, default_value_t = 1024)]
@@ -175,11 +178,11 @@ struct BenchArgs {
     /// Guest-agent binary (default: $VIRTBENCH_AGENT, then this workspace's musl build).
     #[arg(long)]
     agent: Option<PathBuf>,
-    /// Seconds to wait for the guest's ready message.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds to wait for the guest's ready message (1-86400).
+    #[arg(long, default_value_t = 30, value_parser = limits::BOOT_TIMEOUT_S.cli::<u64>())]
     hello_timeout: u64,
-    /// Seconds one benchmark request may take.
-    #[arg(long, default_value_t = 600)]
+    /// Seconds one benchmark request may take (1-86400).
+    #[arg(long, default_value_t = 600, value_parser = limits::BENCH_TIMEOUT_S.cli::<u64>())]
     bench_timeout: u64,
     /// Print machine-readable JSON instead of the table.
     #[arg(long)]
@@ -439,9 +442,7 @@ fn reap_orphans() {
 }
 
 async fn boot(a: BootArgs) -> anyhow::Result<()> {
-    if a.sizes.is_empty() || a.sizes.contains(&0) {
-        anyhow::bail!("--sizes needs fleet sizes of at least 1");
-    }
+    limits::check_sizes(&a.sizes).map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
     let images = images_or_note(a.images.agent.as_deref())?;
     let bopts = backend_options(&a.images);
     let backend = AnyBackend::new(a.backend, &images, &bopts);
