@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions};
-use anyhow::Context as _;
 use hostd::bootrun::{self, BootOptions};
 use hostd::campaign::Campaign;
 use hostd::runner;
@@ -40,9 +39,17 @@ enum Cmd {
     Down { name: String },
     /// Run a campaign: startup, memory and the whole suite on every backend, then the report.
     Run(RunArgs),
-    /// Rebuild a results directory's report from its stored samples.
-    Report { dir: PathBuf },
-    /// Show two runs' main figures side by side.
+    /// Rebuild a results directory's report from its stored samples. Refuses a directory
+    /// that is not a results directory (one with a samples.jsonl), and refuses to replace a
+    /// report built from more data than the samples now hold (missing, cut or swapped
+    /// samples) unless --force.
+    Report {
+        dir: PathBuf,
+        /// Replace the report even with one built from less data.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show two runs' main figures side by side (both must be results directories).
     Compare { a: PathBuf, b: PathBuf },
     /// Measure the xen backend on a Xen host emulated by QEMU (for hosts that are not Xen).
     XenLab(hostd::xenlab::LabArgs),
@@ -219,9 +226,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { name } => status(name).await,
         Cmd::Down { name } => down(name).await,
         Cmd::Run(a) => run_campaign(a).await,
-        Cmd::Report { dir } => {
-            let rep = hostd::report::write(&dir)?;
-            println!("report: {} ({} backends measured, {} unavailable, {} failed steps)", dir.join("index.html").display(), rep.probes.len(), rep.unavailable.len(), rep.failed_steps.len());
+        Cmd::Report { dir, force } => {
+            let rep = hostd::report::write(&dir, force)?;
+            println!("report: {}", report_line(&dir, &rep));
             Ok(())
         }
         Cmd::XenLab(a) => hostd::xenlab::main(a).await,
@@ -232,14 +239,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The summary line of a written report.
+fn report_line(dir: &std::path::Path, rep: &hostd::report::Report) -> String {
+    let mut l = format!(
+        "{} ({} backends measured, {} unavailable, {} failed steps)",
+        dir.join("index.html").display(),
+        rep.probes.len(),
+        rep.unavailable.len(),
+        rep.failed_steps.len()
+    );
+    if rep.unreadable_records + rep.implausible_records > 0 {
+        l.push_str(&format!(
+            "; samples.jsonl: {} unreadable line(s), {} record(s) left out as outside physical sense",
+            rep.unreadable_records, rep.implausible_records
+        ));
+    }
+    l
+}
+
+/// The campaign a results directory was started with, checked; errors name the file.
+fn stored_campaign(dir: &std::path::Path) -> anyhow::Result<Campaign> {
+    hostd::results::check_dir(dir)?;
+    let path = dir.join("campaign.toml");
+    let bytes = match hostd::results::read_file(&path, hostd::results::MAX_FILE_BYTES) {
+        Err(hostd::results::ReadError::Missing { .. }) => anyhow::bail!("{} is not a campaign results directory: it has no campaign.toml", dir.display()),
+        r => r?,
+    };
+    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let c: Campaign = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    c.check().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(c)
+}
+
 async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
     let (campaign, mut results) = match &a.resume {
-        Some(dir) => {
-            let text = std::fs::read_to_string(dir.join("campaign.toml")).with_context(|| format!("{} is not a campaign results directory", dir.display()))?;
-            let c: Campaign = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("campaign.toml").display()))?;
-            c.check().map_err(anyhow::Error::msg)?;
-            (c, ResultsDir::open(dir)?)
-        }
+        Some(dir) => (stored_campaign(dir)?, ResultsDir::open(dir)?),
         None => {
             let c = match &a.campaign {
                 Some(p) => Campaign::load(p).map_err(anyhow::Error::msg)?,
@@ -270,7 +304,7 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => None,
     };
     let cleaned = run.finish();
-    let report = hostd::report::write(&results.path);
+    let report = hostd::report::write(&results.path, false);
     match outcome {
         None => {
             eprintln!("hostd: interrupted; {cleaned}; resume with: hostd run --resume {}", results.path.display());
@@ -279,13 +313,7 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
         Some(r) => {
             r?;
             let rep = report?;
-            println!(
-                "report: {} ({} backends measured, {} unavailable, {} failed steps)",
-                results.path.join("index.html").display(),
-                rep.probes.len(),
-                rep.unavailable.len(),
-                rep.failed_steps.len()
-            );
+            println!("report: {}", report_line(&results.path, &rep));
             Ok(())
         }
     }

@@ -474,7 +474,7 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
         results.write_json("lab.json", &LabFile { note: EMULATED_NOTE, lab_boot_s, total_s, report: &report })?;
         let summary = bootrun::summarise(provenance, vec![bootrun::row(b)]);
         bootrun::write_outputs(&results, &summary)?;
-        crate::report::write(&results.path).context("writing the lab's report")?;
+        crate::report::write(&results.path, false).context("writing the lab's report")?;
         Ok(LabOutcome { dir: results.path.clone(), report, lab_boot_s, total_s, summary })
     }
     .await;

@@ -8,7 +8,9 @@ mod support {
     pub mod fault;
 }
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,28 +20,41 @@ use support::fault::*;
 struct Run {
     status: ExitStatus,
     text: String,
-    took: Duration,
+    /// hostd's peak resident memory, from /usr/bin/time (its own child: a process spawned
+    /// straight from this big test process would count this one's pages too).
+    max_rss_kib: u64,
 }
 
-/// Runs hostd with `args`, killing it (and failing the test) if it is still running after
-/// `limit`: a hang is a failure, never a stuck test.
-fn hostd_within(limit: Duration, args: &[&std::ffi::OsStr]) -> Run {
+const HOSTD: &str = env!("CARGO_BIN_EXE_hostd");
+
+/// Runs hostd with `args` (and `env` added), killing it (and failing the test) if it is
+/// still running after `limit`: a hang is a failure, never a stuck test.
+fn hostd_env(limit: Duration, args: &[&OsStr], env: &[(&str, &OsStr)]) -> Run {
+    let argv: Vec<&OsStr> = std::iter::once(OsStr::new(HOSTD)).chain(args.iter().copied()).collect();
+    run_within(limit, &argv, env)
+}
+
+/// Runs `argv` (a hostd, or a wrapper that execs one) under the watchdog.
+fn run_within(limit: Duration, argv: &[&OsStr], env: &[(&str, &OsStr)]) -> Run {
+    let args = argv;
     let out = tempfile::tempdir().unwrap();
-    let (o, e) = (out.path().join("stdout"), out.path().join("stderr"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hostd"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&o).unwrap())
-        .stderr(std::fs::File::create(&e).unwrap())
-        .spawn()
-        .unwrap();
+    let (o, e, m) = (out.path().join("stdout"), out.path().join("stderr"), out.path().join("rss"));
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.arg("-o").arg(&m).args(["-f", "%M"]);
+    cmd.args(argv).stdin(Stdio::null()).stdout(std::fs::File::create(&o).unwrap()).stderr(std::fs::File::create(&e).unwrap());
+    // Its own process group: the watchdog kills hostd and time together.
+    cmd.process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("/usr/bin/time (Debian package time)");
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
         if t0.elapsed() > limit {
-            let _ = child.kill();
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
             panic!(
                 "hostd {:?} still running after {limit:?}: killed; it printed:\n{}{}",
@@ -51,13 +66,16 @@ fn hostd_within(limit: Duration, args: &[&std::ffi::OsStr]) -> Run {
         std::thread::sleep(Duration::from_millis(20));
     };
     let text = format!("{}{}", std::fs::read_to_string(&o).unwrap(), std::fs::read_to_string(&e).unwrap());
-    Run { status, text, took: t0.elapsed() }
+    // time says "Command exited with non-zero status N" before the figure: the last line.
+    let rss = std::fs::read_to_string(&m).unwrap();
+    let max_rss_kib = rss.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("time's output: {rss:?}"));
+    Run { status, text, max_rss_kib }
 }
 
 /// hostd with string arguments, 30 s at most.
 fn hostd(args: &[&str]) -> Run {
-    let a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-    hostd_within(Duration::from_secs(30), &a)
+    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    hostd_env(Duration::from_secs(30), &a, &[])
 }
 
 fn p(path: &Path) -> &str {
@@ -155,4 +173,262 @@ async fn a_2_pow_63_s_boot_deadline_boots_instead_of_panicking() {
         .expect("booting with a huge deadline hung")
         .expect("booting with a huge deadline failed");
     g.shutdown(&backend, Duration::from_secs(5)).await;
+}
+
+// ---- Results directories: bounded, regular files only (item 2) ----
+
+/// A results directory whose samples are `samples` (written as given).
+fn results_dir(base: &Path, name: &str, samples: &[u8]) -> PathBuf {
+    let d = base.join(name);
+    std::fs::create_dir_all(d.join("figures")).unwrap();
+    std::fs::write(d.join("samples.jsonl"), samples).unwrap();
+    d
+}
+
+/// A few records of a small native run: startup and memory of 1 and 2 guests, CPU overhead
+/// samples, a probe.
+fn good_samples() -> Vec<u8> {
+    let mut s = String::from("{\"record\":\"backend_probe\",\"backend\":\"native\",\"description\":\"agent /x\"}\n");
+    for n in [1usize, 2] {
+        for i in 0..n {
+            s += &format!(
+                "{{\"record\":\"startup\",\"backend\":\"native\",\"n\":{n},\"mode\":\"hot\",\"index\":{i},\"ready_s\":0.0{},\"own_s\":0.01,\"guest_boot_s\":null,\"guest_kernel_s\":null}}\n",
+                3 + i
+            );
+        }
+        s += &format!(
+            "{{\"record\":\"memory\",\"backend\":\"native\",\"n\":{n},\"mode\":\"hot\",\"ready\":{n},\"used_before_kib\":1000000,\"used_after_kib\":{},\"m_used_kib\":{},\"settle_s\":0.0,\"guests\":[],\"hostd_pss_kib\":9000}}\n",
+            1_000_000 + 2000 * n,
+            2000 * n
+        );
+    }
+    for rep in 0..3 {
+        s += &format!(
+            "{{\"record\":\"bench\",\"backend\":\"native\",\"test\":\"overhead\",\"resource\":\"cpu\",\"n\":1,\"rep\":{rep},\"guest\":0,\"instance\":0,\"value\":0.5{rep},\"unit\":\"s\",\"elapsed_s\":0.5{rep},\"params\":\"rounds=300000\"}}\n"
+        );
+    }
+    s.into_bytes()
+}
+
+#[test]
+fn a_fifo_as_samples_is_refused_not_waited_on() {
+    let base = tempfile::tempdir().unwrap();
+    let d = results_dir(base.path(), "run", b"");
+    std::fs::remove_file(d.join("samples.jsonl")).unwrap();
+    nix::unistd::mkfifo(&d.join("samples.jsonl"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for args in [vec!["report", p(&d)], vec!["compare", p(&d), p(&d)], vec!["run", "--resume", p(&d)]] {
+        let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let r = hostd_env(Duration::from_secs(10), &a, &[]);
+        assert_eq!(r.status.code(), Some(1), "{args:?}: {}", r.text);
+        assert!(r.text.contains("samples.jsonl is a FIFO, not a regular file"), "{args:?}: {}", r.text);
+    }
+    assert!(!d.join("report.json").exists());
+}
+
+#[test]
+fn dev_zero_as_samples_is_refused() {
+    let base = tempfile::tempdir().unwrap();
+    let d = results_dir(base.path(), "run", b"");
+    std::fs::remove_file(d.join("samples.jsonl")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", d.join("samples.jsonl")).unwrap();
+    let r = hostd(&["report", p(&d)]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    assert!(r.text.contains("samples.jsonl is a character device, not a regular file"), "{}", r.text);
+    assert!(r.max_rss_kib < 100 << 10, "peak RSS {} KiB", r.max_rss_kib);
+}
+
+#[test]
+fn a_huge_line_is_counted_in_bounded_memory_and_a_huge_file_refused() {
+    let base = tempfile::tempdir().unwrap();
+    let d = results_dir(base.path(), "run", &good_samples());
+    // 200 MiB of zero bytes and no newline after the good records (sparse: no disk used):
+    // the old reader held it whole ("memory allocation of … bytes failed" for more).
+    let f = std::fs::OpenOptions::new().append(true).open(d.join("samples.jsonl")).unwrap();
+    f.set_len(f.metadata().unwrap().len() + (200 << 20)).unwrap();
+    let r = hostd_env(Duration::from_secs(60), &[OsStr::new("report"), d.as_os_str()], &[]);
+    assert!(r.status.success(), "{}", r.text);
+    assert!(r.text.contains("1 unreadable line(s)"), "{}", r.text);
+    assert!(r.max_rss_kib < 100 << 10, "peak RSS {} KiB for a 200 MiB line", r.max_rss_kib);
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
+    assert_eq!(rep["unreadable_records"], 1);
+    assert_eq!(rep["startup"]["rows"].as_array().unwrap().len(), 2, "the good records before it count");
+    // Past the file bound (256 MiB): refused, naming the file and the bound.
+    f.set_len(300 << 20).unwrap();
+    let r = hostd(&["report", p(&d), "--force"]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    assert!(r.text.contains("samples.jsonl has 314572800 bytes, more than the 268435456"), "{}", r.text);
+}
+
+// ---- `hostd report` never destroys a report, never writes outside a results directory
+// (item 4), names the directory it cannot use (item 10) ----
+
+/// Every report file of `d`, with its bytes.
+fn report_files(d: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<(PathBuf, Vec<u8>)> = ["report.json", "report.csv", "index.html"].iter().map(|f| (d.join(f), std::fs::read(d.join(f)).unwrap())).collect();
+    for e in std::fs::read_dir(d.join("figures")).unwrap() {
+        let p = e.unwrap().path();
+        let data = std::fs::read(&p).unwrap();
+        v.push((p, data));
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn empty_cut_or_missing_samples_never_replace_a_good_report() {
+    let base = tempfile::tempdir().unwrap();
+    let good = good_samples();
+    let d = results_dir(base.path(), "run", &good);
+    let r = hostd(&["report", p(&d)]);
+    assert!(r.status.success(), "{}", r.text);
+    let before = report_files(&d);
+    assert!(before.len() >= 10, "{} report files", before.len());
+    let had: serde_json::Value = serde_json::from_slice(&before[before.iter().position(|(p, _)| p.ends_with("report.json")).unwrap()].1).unwrap();
+    assert_eq!(had["startup"]["rows"].as_array().unwrap().len(), 2);
+
+    // Empty, then cut to its first half: refused, every file as it was.
+    let half = good.split_inclusive(|&b| b == b'\n').take(4).flatten().copied().collect::<Vec<u8>>();
+    for (what, samples) in [("empty", Vec::new()), ("cut", half)] {
+        std::fs::write(d.join("samples.jsonl"), &samples).unwrap();
+        let r = hostd(&["report", p(&d)]);
+        assert_eq!(r.status.code(), Some(1), "{what}: {}", r.text);
+        assert!(r.text.contains("report.json holds") && r.text.contains("refusing to replace it with less") && r.text.contains("--force"), "{what}: {}", r.text);
+        assert!(report_files(&d) == before, "{what} samples changed the report");
+    }
+    // Missing: not a results directory any more, and nothing is created in it.
+    std::fs::remove_file(d.join("samples.jsonl")).unwrap();
+    let r = hostd(&["report", p(&d)]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    assert!(r.text.contains(&format!("{} is not a results directory: it has no samples.jsonl", d.display())), "{}", r.text);
+    assert!(!d.join("samples.jsonl").exists(), "report created samples.jsonl");
+    assert!(report_files(&d) == before);
+
+    // The same samples again: the same report (rebuilding is always allowed).
+    std::fs::write(d.join("samples.jsonl"), &good).unwrap();
+    let r = hostd(&["report", p(&d)]);
+    assert!(r.status.success(), "{}", r.text);
+    assert!(report_files(&d) == before, "a rebuild from the same samples differs");
+    // Asked for explicitly, less data does replace it.
+    std::fs::write(d.join("samples.jsonl"), b"").unwrap();
+    let r = hostd(&["report", p(&d), "--force"]);
+    assert!(r.status.success(), "{}", r.text);
+    let now: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
+    assert!(now["startup"]["rows"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn report_writes_nothing_into_a_directory_that_is_not_a_results_directory() {
+    let base = tempfile::tempdir().unwrap();
+    let plain = base.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("notes.txt"), b"mine").unwrap();
+    let r = hostd(&["report", p(&plain)]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    assert!(r.text.contains(&format!("{} is not a results directory", plain.display())), "{}", r.text);
+    let left: Vec<_> = std::fs::read_dir(&plain).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["notes.txt"], "report wrote into a plain directory");
+    let r = hostd(&["report", p(&plain.join("notes.txt"))]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    assert!(r.text.contains("notes.txt is not a directory"), "{}", r.text);
+}
+
+#[test]
+fn report_on_a_missing_or_read_only_directory_names_it() {
+    let base = tempfile::tempdir().unwrap();
+    let missing = base.path().join("gone");
+    let r = hostd(&["report", p(&missing)]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    assert!(r.text.contains(&format!("results directory {} does not exist", missing.display())), "{}", r.text);
+
+    let d = results_dir(base.path(), "ro", &good_samples());
+    let r = if is_root() {
+        // Root ignores permission bits: a read-only bind mount, in a mount namespace of its
+        // own so nothing outlives the test.
+        let script = "mount -o bind,ro \"$1\" \"$1\" && exec \"$0\" report \"$1\"";
+        let argv: Vec<&OsStr> = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, HOSTD, p(&d)].into_iter().map(OsStr::new).collect();
+        run_within(Duration::from_secs(30), &argv, &[])
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o555)).unwrap();
+        hostd(&["report", p(&d)])
+    };
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    let says = if is_root() { "Read-only file system" } else { "Permission denied" };
+    assert!(r.text.contains(&format!("writing {}", d.join("report.json").display())) && r.text.contains(says), "{}", r.text);
+    assert!(!d.join("report.json").exists());
+}
+
+// ---- Garbage in: impossible samples counted, not averaged; compare on bad dirs (item 9) ----
+
+#[test]
+fn impossible_samples_are_left_out_and_counted_in_the_report() {
+    let base = tempfile::tempdir().unwrap();
+    let mut samples = good_samples();
+    let startup = |n: usize, ready: &str| {
+        format!("{{\"record\":\"startup\",\"backend\":\"native\",\"n\":{n},\"mode\":\"hot\",\"index\":0,\"ready_s\":{ready},\"own_s\":0.01,\"guest_boot_s\":null,\"guest_kernel_s\":null}}\n")
+    };
+    let bench = |value: &str, unit: &str, elapsed: &str| {
+        format!("{{\"record\":\"bench\",\"backend\":\"native\",\"test\":\"overhead\",\"resource\":\"cpu\",\"n\":1,\"rep\":9,\"guest\":0,\"instance\":0,\"value\":{value},\"unit\":\"{unit}\",\"elapsed_s\":{elapsed},\"params\":\"rounds=300000\"}}\n")
+    };
+    for l in [startup(1, "-1000000000.0"), startup(2, "1e308"), bench("1e12", "MB/s", "1.0"), bench("0.5", "s", "0.0"), bench("-3", "s", "-3")] {
+        samples.extend_from_slice(l.as_bytes());
+    }
+    let d = results_dir(base.path(), "run", &samples);
+    let r = hostd(&["report", p(&d)]);
+    assert!(r.status.success(), "{}", r.text);
+    assert!(r.text.contains("5 record(s) left out as outside physical sense"), "{}", r.text);
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
+    assert_eq!(rep["implausible_records"], 5);
+    let lines: Vec<u64> = rep["rejected"].as_array().unwrap().iter().map(|r| r["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, [10, 11, 12, 13, 14]);
+    assert!(rep["rejected"][1]["why"].as_str().unwrap().contains("ready_s = 1e308 s"), "{}", rep["rejected"]);
+    // The good samples' figures, untouched by the bad ones.
+    let rows = rep["startup"]["rows"].as_array().unwrap();
+    assert_eq!((rows[0]["t_startup_s"].as_f64(), rows[1]["t_startup_s"].as_f64()), (Some(0.03), Some(0.04)));
+    assert_eq!(rep["overhead"]["native/cpu"][0]["value"]["samples"], 3);
+    let html = std::fs::read_to_string(d.join("index.html")).unwrap();
+    assert!(html.contains("5 record(s) in samples.jsonl left out as outside physical sense"), "{html}");
+    assert!(html.contains("line 10: ready_s = -1000000000 s"), "{html}");
+    for f in ["index.html", "report.csv"] {
+        let t = std::fs::read_to_string(d.join(f)).unwrap();
+        assert!(!t.contains("NaN") && !t.contains("inf") && !t.contains("-1000000000 s<"), "{f} shows an impossible figure");
+    }
+}
+
+#[test]
+fn compare_on_missing_or_unrelated_directories_is_an_error_naming_them() {
+    let base = tempfile::tempdir().unwrap();
+    let good = results_dir(base.path(), "good", &good_samples());
+    let missing = base.path().join("missing");
+    let unrelated = base.path().join("unrelated");
+    std::fs::create_dir(&unrelated).unwrap();
+    for (a, b, says) in [
+        (&good, &missing, format!("results directory {} does not exist", missing.display())),
+        (&missing, &good, format!("results directory {} does not exist", missing.display())),
+        (&unrelated, &good, format!("{} is not a results directory", unrelated.display())),
+    ] {
+        let r = hostd(&["compare", p(a), p(b)]);
+        assert_eq!(r.status.code(), Some(1), "{}", r.text);
+        assert!(r.text.contains(&says), "{}", r.text);
+    }
+    assert_eq!(std::fs::read_dir(&unrelated).unwrap().count(), 0);
+    let r = hostd(&["compare", p(&good), p(&good)]);
+    assert!(r.status.success(), "{}", r.text);
+    assert!(r.text.contains("startup native n=1 hot T_startup") && r.text.contains("1.000"), "{}", r.text);
+}
+
+#[test]
+fn resume_with_an_invalid_stored_campaign_names_the_file() {
+    let base = tempfile::tempdir().unwrap();
+    let d = results_dir(base.path(), "run", &good_samples());
+    std::fs::write(d.join("campaign.toml"), "name = \"no spaces allowed\"\n").unwrap();
+    let r = hostd(&["run", "--resume", p(&d)]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    assert!(r.text.contains(&format!("{}: field `name`", d.join("campaign.toml").display())), "{}", r.text);
+    std::fs::remove_file(d.join("campaign.toml")).unwrap();
+    let r = hostd(&["run", "--resume", p(&d)]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    assert!(r.text.contains(&format!("{} is not a campaign results directory: it has no campaign.toml", d.display())), "{}", r.text);
+    let r = hostd(&["run", "--resume", p(&base.path().join("gone"))]);
+    assert!(r.text.contains("gone does not exist"), "{}", r.text);
 }
