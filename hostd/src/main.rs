@@ -271,31 +271,52 @@ fn stored_campaign(dir: &std::path::Path) -> anyhow::Result<Campaign> {
     Ok(c)
 }
 
-async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
-    let (campaign, mut results) = match &a.resume {
-        Some(dir) => (stored_campaign(dir)?, ResultsDir::open(dir)?),
-        None => {
-            let c = match &a.campaign {
-                Some(p) => Campaign::load(p).map_err(anyhow::Error::msg)?,
-                None => Campaign::default_campaign(),
-            };
-            let c = if a.quick { c.quick() } else { c };
-            (c, ResultsDir::create(&a.results, &format!("{}-run-{}", stamp(), "pending"))?)
-        }
-    };
-    let images = images_or_note(a.images.agent.as_deref())?;
-    reap_orphans();
-    let run = RunState::create("run", Some(results.path.clone()))?;
-    if a.resume.is_none() {
-        // Name the directory after the campaign and run now that both are known.
-        let named = a.results.join(format!("{}-run-{}-{}", stamp(), campaign.name, run.run));
-        std::fs::rename(&results.path, &named)?;
-        results = ResultsDir::open(&named)?;
-        results.write("campaign.toml", toml::to_string(&campaign)?.as_bytes())?;
+/// A fresh run's results directory, named after the campaign and the run (unique even for
+/// runs started in the same second), with the campaign and provenance written. Removed
+/// again if they cannot be written: nothing half-made is left.
+fn new_results(base: &std::path::Path, campaign: &Campaign, run: &RunState, images: &hostd::backend::Images) -> anyhow::Result<ResultsDir> {
+    let results = ResultsDir::create_unique(base, &format!("{}-run-{}-{}", stamp(), campaign.name, run.run))?;
+    let written = (|| {
+        results.write("campaign.toml", toml::to_string(campaign)?.as_bytes())?;
         let mut provenance = Provenance::collect(images.hashes.clone());
         provenance.notes.push(format!("campaign {}", campaign.name));
         results.write_json("provenance.json", &provenance)?;
+        anyhow::Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&results.path);
+        return Err(e);
     }
+    Ok(results)
+}
+
+/// Whether a results directory holds no sample at all.
+fn nothing_recorded(dir: &std::path::Path) -> bool {
+    std::fs::metadata(dir.join(hostd::results::SAMPLES)).is_ok_and(|m| m.len() == 0)
+}
+
+async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
+    // Everything that can be checked is, before anything is made.
+    let campaign = match (&a.resume, &a.campaign) {
+        (Some(dir), _) => stored_campaign(dir)?,
+        (None, Some(p)) => Campaign::load(p).map_err(anyhow::Error::msg)?,
+        (None, None) => Campaign::default_campaign(),
+    };
+    let campaign = if a.quick { campaign.quick() } else { campaign };
+    let images = images_or_note(a.images.agent.as_deref())?;
+    reap_orphans();
+    let run = RunState::create("run", Some(a.resume.clone().unwrap_or_else(|| a.results.clone())))?;
+    let made = match &a.resume {
+        Some(dir) => ResultsDir::open(dir).map_err(anyhow::Error::from),
+        None => new_results(&a.results, &campaign, &run, &images),
+    };
+    let mut results = match made {
+        Ok(r) => r,
+        Err(e) => {
+            run.finish();
+            return Err(e);
+        }
+    };
     eprintln!("hostd: campaign {} → {}", campaign.name, results.path.display());
     let mut say = |l: String| eprintln!("{l}");
     let bopts = backend_options(&a.images);
@@ -304,6 +325,17 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => None,
     };
     let cleaned = run.finish();
+    // A fresh run that failed before recording anything leaves nothing behind: there is
+    // nothing to resume or report.
+    if let (Some(Err(_)), None) = (&outcome, &a.resume) {
+        if nothing_recorded(&results.path) {
+            match std::fs::remove_dir_all(&results.path) {
+                Ok(()) => eprintln!("hostd: removed {}: the run recorded nothing", results.path.display()),
+                Err(e) => eprintln!("hostd: could not remove {} (the run recorded nothing): {e}", results.path.display()),
+            }
+            return outcome.expect("matched");
+        }
+    }
     let report = hostd::report::write(&results.path, false);
     match outcome {
         None => {
@@ -479,7 +511,13 @@ async fn boot(a: BootArgs) -> anyhow::Result<()> {
     eprintln!("hostd: {}: {probe}", a.backend);
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
     let run = RunState::create("boot", Some(a.results.clone()))?;
-    let mut results = ResultsDir::create(&a.results, &format!("{stamp}-boot-{}-{}", a.backend, run.run))?;
+    let mut results = match ResultsDir::create_unique(&a.results, &format!("{stamp}-boot-{}-{}", a.backend, run.run)) {
+        Ok(r) => r,
+        Err(e) => {
+            run.finish();
+            return Err(e.into());
+        }
+    };
     let mut provenance = Provenance::collect(images.hashes.clone());
     provenance.notes.push(format!("backend {}: {probe}", a.backend));
     let opts = BootOptions {

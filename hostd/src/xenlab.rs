@@ -347,7 +347,7 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
     let run = &run.0;
     let result = async {
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
-        let mut results = ResultsDir::create(&a.results, &format!("{stamp}-xen-lab-{}", run.run)).context("creating the results directory")?;
+        let mut results = ResultsDir::create_unique(&a.results, &format!("{stamp}-xen-lab-{}", run.run)).context("creating the results directory")?;
         // Kept with the results: Xen's and dom0's boot, for whoever reads the figures.
         let log = results.path.join("lab-console.log");
         let (host_end, qemu_end) = nix::sys::socket::socketpair(

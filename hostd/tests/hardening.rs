@@ -417,6 +417,108 @@ fn compare_on_missing_or_unrelated_directories_is_an_error_naming_them() {
     assert!(r.text.contains("startup native n=1 hot T_startup") && r.text.contains("1.000"), "{}", r.text);
 }
 
+// ---- `hostd run`: no debris, no collisions (item 6) ----
+
+/// A campaign of one native guest and the CPU benchmark: a few seconds.
+const TINY: &str = r#"name = "tiny"
+backends = ["native"]
+resources = ["cpu"]
+reps = 1
+warmup = 0
+[guest]
+boot_timeout_s = 30
+bench_timeout_s = 60
+[startup]
+sizes = [1]
+modes = ["hot"]
+settle_s = 0
+[overhead]
+sizes = [1]
+[isolation]
+enabled = false
+[ring]
+guests = 0
+[xen]
+lab = false
+[workloads]
+cpu_rounds = 100000
+"#;
+
+/// Campaigns reap each other's orphans and compete for the CPU: one test at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn a_run_that_fails_after_validation_leaves_no_directory() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let base = tempfile::tempdir().unwrap();
+    let res = base.path().join("results");
+    let camp = base.path().join("tiny.toml");
+    std::fs::write(&camp, TINY).unwrap();
+    // Failing before anything runs: no agent.
+    let r = hostd(&["run", p(&camp), "--agent", p(&base.path().join("no-agent")), "--results", p(&res)]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    assert!(r.text.contains("no-agent does not exist"), "{}", r.text);
+    assert!(!res.exists() || std::fs::read_dir(&res).unwrap().count() == 0, "left: {:?}", std::fs::read_dir(&res).map(|d| d.count()));
+    if !is_root() {
+        return skip("failing a run after its directory is made needs root (run state, cgroups)");
+    }
+    // Failing after its directory is made, before any sample: a disk benchmark without the
+    // data disk image (an empty image store).
+    std::fs::write(&camp, TINY.replace("resources = [\"cpu\"]", "resources = [\"disk\"]")).unwrap();
+    let empty = base.path().join("no-images");
+    std::fs::create_dir(&empty).unwrap();
+    let agent = agent();
+    let args: Vec<&OsStr> = ["run", p(&camp), "--agent", p(&agent), "--results", p(&res)].into_iter().map(OsStr::new).collect();
+    let r = hostd_env(Duration::from_secs(60), &args, &[("VIRTBENCH_IMAGES", empty.as_os_str())]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    assert!(r.text.contains("the disk benchmark needs the data disk image") && r.text.contains("the run recorded nothing"), "{}", r.text);
+    let left: Vec<_> = std::fs::read_dir(&res).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn two_runs_started_in_the_same_second_get_a_directory_each() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !is_root() {
+        return skip("campaigns need root (cgroups, namespaces)");
+    }
+    let base = tempfile::tempdir().unwrap();
+    let res = base.path().join("results");
+    let camp = base.path().join("tiny.toml");
+    std::fs::write(&camp, TINY).unwrap();
+    let agent = agent();
+    let runs: Vec<Run> = (0..2)
+        .map(|_| {
+            let (camp, res, agent) = (camp.clone(), res.clone(), agent.clone());
+            std::thread::spawn(move || {
+                let args: Vec<&OsStr> = ["run", p(&camp), "--agent", p(&agent), "--results", p(&res)].into_iter().map(OsStr::new).collect();
+                hostd_env(Duration::from_secs(180), &args, &[])
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let mut dirs = Vec::new();
+    for r in &runs {
+        assert!(r.status.success(), "{}", r.text);
+        let line = r.text.lines().find(|l| l.starts_with("hostd: campaign tiny → ")).unwrap_or_else(|| panic!("{}", r.text));
+        dirs.push(PathBuf::from(line.trim_start_matches("hostd: campaign tiny → ")));
+    }
+    assert_ne!(dirs[0], dirs[1]);
+    let stamp = |d: &Path| d.file_name().unwrap().to_string_lossy()[..19].to_string();
+    println!("{} and {} (same second: {})", dirs[0].display(), dirs[1].display(), stamp(&dirs[0]) == stamp(&dirs[1]));
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&res).unwrap().map(|e| e.unwrap().path()).collect();
+    found.sort();
+    dirs.sort();
+    assert_eq!(found, dirs, "exactly the two runs' directories, no pending one");
+    for d in &dirs {
+        let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
+        assert_eq!(rep["startup"]["rows"][0]["ready"], 1, "{}", d.display());
+        assert!(d.join("campaign.toml").is_file());
+    }
+}
+
 #[test]
 fn resume_with_an_invalid_stored_campaign_names_the_file() {
     let base = tempfile::tempdir().unwrap();
