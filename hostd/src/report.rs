@@ -603,6 +603,8 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
             }
         }
     }
+    // Temp files of a writer killed mid-write go, as when a run resumes.
+    results::remove_stale_temps(dir);
     let bad = rep.non_finite();
     if !bad.is_empty() {
         tracing::warn!("{}: figures that are not finite numbers: {}", dir.display(), bad.join(", "));

@@ -269,9 +269,7 @@ impl ResultsDir {
     /// files a killed writer left. Its samples file must exist and be a regular file.
     pub fn open(path: &Path) -> Result<Self, ReadError> {
         let samples = open_regular(&path.join(SAMPLES), OpenOptions::new().read(true).append(true))?;
-        for d in [path.to_path_buf(), path.join("figures")] {
-            remove_stale_temps(&d);
-        }
+        remove_stale_temps(path);
         Ok(Self { path: path.to_path_buf(), samples, tail_checked: false })
     }
 
@@ -341,8 +339,15 @@ fn cut_torn_tail(file: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes `.NAME.tmp-PID` files (see [`write_atomic`]) whose writer is gone.
-fn remove_stale_temps(dir: &Path) {
+/// Removes the `.NAME.tmp-PID` files (see [`write_atomic`]) whose writer is gone from a
+/// results directory and its figures.
+pub fn remove_stale_temps(dir: &Path) {
+    for d in [dir.to_path_buf(), dir.join("figures")] {
+        remove_stale_temps_in(&d);
+    }
+}
+
+fn remove_stale_temps_in(dir: &Path) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();

@@ -303,8 +303,10 @@ fn empty_cut_or_missing_samples_never_replace_a_good_report() {
     assert!(!d.join("samples.jsonl").exists(), "report created samples.jsonl");
     assert!(report_files(&d) == before);
 
-    // The same samples again: the same report (rebuilding is always allowed).
+    // The same samples again: the same report (rebuilding is always allowed), and a killed
+    // writer's temp file gone.
     std::fs::write(d.join("samples.jsonl"), &good).unwrap();
+    std::fs::write(d.join("figures/.fig14_ring.svg.tmp-999999999"), b"<sv").unwrap();
     let r = hostd(&["report", p(&d)]);
     assert!(r.status.success(), "{}", r.text);
     assert!(report_files(&d) == before, "a rebuild from the same samples differs");
