@@ -103,7 +103,7 @@ impl Record {
                 Record::Bench(b) => {
                     fleet_size(b.n)?;
                     // Every benchmark takes time: the agent refuses a zero or negative one.
-                    if !(b.elapsed_s > 0.0) {
+                    if b.elapsed_s.is_nan() || b.elapsed_s <= 0.0 {
                         return Err(format!("elapsed_s = {} s is not positive", num(b.elapsed_s)));
                     }
                     seconds("elapsed_s", b.elapsed_s)?;

@@ -177,11 +177,22 @@ async fn a_2_pow_63_s_boot_deadline_boots_instead_of_panicking() {
 
 // ---- Results directories: bounded, regular files only (item 2) ----
 
-/// A results directory whose samples are `samples` (written as given).
+/// A results directory whose samples are `samples` (written as given), with a fixed
+/// provenance (without one the report takes this host's, dated now, and two rebuilds
+/// seconds apart would differ).
 fn results_dir(base: &Path, name: &str, samples: &[u8]) -> PathBuf {
     let d = base.join(name);
     std::fs::create_dir_all(d.join("figures")).unwrap();
     std::fs::write(d.join("samples.jsonl"), samples).unwrap();
+    let provenance = hostd::provenance::Provenance {
+        artifacts: Default::default(),
+        host: hostd::provenance::HostInfo { hostname: "test".into(), kernel: "6.1".into(), cpu_model: "test".into(), cpus: 2, mem_total_kib: 1 << 20 },
+        git_revision: "test".into(),
+        hostd_version: "0".into(),
+        date: "2026-12-01T00:00:00Z".into(),
+        notes: Vec::new(),
+    };
+    std::fs::write(d.join("provenance.json"), serde_json::to_vec(&provenance).unwrap()).unwrap();
     d
 }
 
