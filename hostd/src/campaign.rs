@@ -359,7 +359,9 @@ fn check_ring(field: &str, n: usize) -> Result<(), String> {
         return Ok(());
     }
     if n == 1 {
-        return Err(format!("field `{field}`: 1 guest is not a ring (0 turns it off, 2 is the least)"));
+        return Err(format!(
+            "field `{field}`: 1 guest is not a ring (0 turns it off, 2 is the least)"
+        ));
     }
     limits::GUESTS.field(field, n).map(|_| ())
 }
@@ -443,7 +445,9 @@ mod tests {
     fn absurd_durations_sizes_and_counts_are_refused() {
         let e = |t: &str| parse(t).unwrap_err();
         // Near 2^63 s: `Instant::now() + deadline` would overflow.
-        assert!(e("[guest]\nboot_timeout_s = 9223372036854775807").contains("`guest.boot_timeout_s`"));
+        assert!(
+            e("[guest]\nboot_timeout_s = 9223372036854775807").contains("`guest.boot_timeout_s`")
+        );
         assert!(e("[guest]\nbench_timeout_s = 0").contains("`guest.bench_timeout_s`"));
         assert!(e("[guest]\nvcpus = 0").contains("`guest.vcpus`"));
         assert!(e("[startup]\nsettle_s = 9223372036854775807").contains("`startup.settle_s`"));

@@ -87,11 +87,23 @@ impl FleetFile {
             limits::GUESTS.field("guests", f.guests).map(|_| ()),
             limits::MEM_MIB.field("mem_mib", f.mem_mib).map(|_| ()),
             limits::VCPUS.field("vcpus", f.vcpus).map(|_| ()),
-            limits::PARALLELISM.field("parallelism", f.parallelism).map(|_| ()),
-            limits::BOOT_TIMEOUT_S.field("boot_timeout_s", f.boot_timeout_s).map(|_| ()),
-            f.limits.memory_mib.map_or(Ok(()), |m| limits::LIMIT_MEMORY_MIB.field("limits.memory_mib", m).map(|_| ())),
-            f.limits.pids.map_or(Ok(()), |p| limits::LIMIT_PIDS.field("limits.pids", p).map(|_| ())),
-            f.limits.cpus.map_or(Ok(()), |c| limits::check_cpus("limits.cpus", c).map(|_| ())),
+            limits::PARALLELISM
+                .field("parallelism", f.parallelism)
+                .map(|_| ()),
+            limits::BOOT_TIMEOUT_S
+                .field("boot_timeout_s", f.boot_timeout_s)
+                .map(|_| ()),
+            f.limits.memory_mib.map_or(Ok(()), |m| {
+                limits::LIMIT_MEMORY_MIB
+                    .field("limits.memory_mib", m)
+                    .map(|_| ())
+            }),
+            f.limits.pids.map_or(Ok(()), |p| {
+                limits::LIMIT_PIDS.field("limits.pids", p).map(|_| ())
+            }),
+            f.limits
+                .cpus
+                .map_or(Ok(()), |c| limits::check_cpus("limits.cpus", c).map(|_| ())),
         ];
         if let Some(e) = checks.into_iter().find_map(Result::err) {
             return Err(format!("{}: {e}", path.display()));
@@ -376,7 +388,10 @@ mod tests {
         let base = "name = \"lab\"\nbackend = \"native\"\nguests = 1\n";
         for (extra, field) in [
             // 2^44 MiB: shifted to bytes it wraps to a 0-byte limit.
-            ("[limits]\nmemory_mib = 17592186044416\n", "`limits.memory_mib`"),
+            (
+                "[limits]\nmemory_mib = 17592186044416\n",
+                "`limits.memory_mib`",
+            ),
             ("[limits]\nmemory_mib = 0\n", "`limits.memory_mib`"),
             ("[limits]\npids = 0\n", "`limits.pids`"),
             ("[limits]\ncpus = nan\n", "`limits.cpus`"),
@@ -388,9 +403,18 @@ mod tests {
             ("parallelism = 100000\n", "`parallelism`"),
         ] {
             let e = load(&format!("{base}{extra}")).unwrap_err();
-            assert!(e.contains(field) && e.contains("fleet.toml"), "{extra}: {e}");
+            assert!(
+                e.contains(field) && e.contains("fleet.toml"),
+                "{extra}: {e}"
+            );
         }
         let (f, _) = load(&format!("{base}[limits]\nmemory_mib = 48\npids = 64\n")).unwrap();
-        assert_eq!((f.fleet_config().limits.memory_bytes, f.fleet_config().limits.pids), (Some(48 << 20), Some(64)));
+        assert_eq!(
+            (
+                f.fleet_config().limits.memory_bytes,
+                f.fleet_config().limits.pids
+            ),
+            (Some(48 << 20), Some(64))
+        );
     }
 }

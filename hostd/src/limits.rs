@@ -37,12 +37,21 @@ impl Limit {
     pub fn check<T: TryInto<u64> + Copy + fmt::Display>(&self, v: T) -> Result<T, OutOfRange> {
         match v.try_into() {
             Ok(x) if (self.min..=self.max).contains(&x) => Ok(v),
-            _ => Err(OutOfRange { value: v.to_string(), min: self.min, max: self.max, unit: self.unit }),
+            _ => Err(OutOfRange {
+                value: v.to_string(),
+                min: self.min,
+                max: self.max,
+                unit: self.unit,
+            }),
         }
     }
 
     /// [`Limit::check`] with the message every file format uses: "field `NAME`: …".
-    pub fn field<T: TryInto<u64> + Copy + fmt::Display>(&self, field: &str, v: T) -> Result<T, String> {
+    pub fn field<T: TryInto<u64> + Copy + fmt::Display>(
+        &self,
+        field: &str,
+        v: T,
+    ) -> Result<T, String> {
         self.check(v).map_err(|e| format!("field `{field}`: {e}"))
     }
 
@@ -98,7 +107,9 @@ pub fn check_cpus(field: &str, c: f64) -> Result<f64, String> {
     if c > 0.0 && c <= LIMIT_CPUS_MAX {
         Ok(c)
     } else {
-        Err(format!("field `{field}`: {c} is not a CPU count in (0, {LIMIT_CPUS_MAX}]"))
+        Err(format!(
+            "field `{field}`: {c} is not a CPU count in (0, {LIMIT_CPUS_MAX}]"
+        ))
     }
 }
 
@@ -145,7 +156,11 @@ mod tests {
     #[test]
     fn ranges_refuse_zero_huge_and_wrapping_values() {
         assert_eq!(MEM_MIB.check(128u32), Ok(128));
-        assert!(MEM_MIB.check(0u32).unwrap_err().to_string().contains("0 MiB is not in 32..=1048576"));
+        assert!(MEM_MIB
+            .check(0u32)
+            .unwrap_err()
+            .to_string()
+            .contains("0 MiB is not in 32..=1048576"));
         assert!(VCPUS.check(0u32).is_err());
         assert!(GUESTS.check(100_000usize).is_err());
         assert!(BOOT_TIMEOUT_S.check(0u64).is_err());
@@ -154,7 +169,10 @@ mod tests {
         assert!(LIMIT_MEMORY_MIB.check(17_592_186_044_416u64).is_err());
         assert!(LIMIT_PIDS.check(0u64).is_err());
         assert!(PARALLELISM.check(0usize).is_ok());
-        assert!(LIMIT_MEMORY_MIB.field("limits.memory_mib", 0u64).unwrap_err().starts_with("field `limits.memory_mib`: 0 MiB"));
+        assert!(LIMIT_MEMORY_MIB
+            .field("limits.memory_mib", 0u64)
+            .unwrap_err()
+            .starts_with("field `limits.memory_mib`: 0 MiB"));
         assert!(check_cpus("limits.cpus", f64::NAN).is_err());
         assert!(check_cpus("limits.cpus", 0.5).is_ok());
     }
@@ -172,7 +190,9 @@ mod tests {
     fn cli_parser_checks_the_range() {
         let p = GUESTS.cli::<usize>();
         assert_eq!(p("10"), Ok(10));
-        assert!(p("100000").unwrap_err().contains("100000 guests is not in 1..=1000"));
+        assert!(p("100000")
+            .unwrap_err()
+            .contains("100000 guests is not in 1..=1000"));
         assert!(p("-1").is_err());
         assert!(BOOT_TIMEOUT_S.cli::<u64>()("9223372036854775808").is_err());
     }

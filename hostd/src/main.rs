@@ -262,20 +262,33 @@ fn stored_campaign(dir: &std::path::Path) -> anyhow::Result<Campaign> {
     hostd::results::check_dir(dir)?;
     let path = dir.join("campaign.toml");
     let bytes = match hostd::results::read_file(&path, hostd::results::MAX_FILE_BYTES) {
-        Err(hostd::results::ReadError::Missing { .. }) => anyhow::bail!("{} is not a campaign results directory: it has no campaign.toml", dir.display()),
+        Err(hostd::results::ReadError::Missing { .. }) => anyhow::bail!(
+            "{} is not a campaign results directory: it has no campaign.toml",
+            dir.display()
+        ),
         r => r?,
     };
     let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let c: Campaign = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    c.check().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let c: Campaign =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    c.check()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(c)
 }
 
 /// A fresh run's results directory, named after the campaign and the run (unique even for
 /// runs started in the same second), with the campaign and provenance written. Removed
 /// again if they cannot be written: nothing half-made is left.
-fn new_results(base: &std::path::Path, campaign: &Campaign, run: &RunState, images: &hostd::backend::Images) -> anyhow::Result<ResultsDir> {
-    let results = ResultsDir::create_unique(base, &format!("{}-run-{}-{}", stamp(), campaign.name, run.run))?;
+fn new_results(
+    base: &std::path::Path,
+    campaign: &Campaign,
+    run: &RunState,
+    images: &hostd::backend::Images,
+) -> anyhow::Result<ResultsDir> {
+    let results = ResultsDir::create_unique(
+        base,
+        &format!("{}-run-{}-{}", stamp(), campaign.name, run.run),
+    )?;
     let written = (|| {
         results.write("campaign.toml", toml::to_string(campaign)?.as_bytes())?;
         let mut provenance = Provenance::collect(images.hashes.clone());
@@ -305,7 +318,10 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
     let campaign = if a.quick { campaign.quick() } else { campaign };
     let images = images_or_note(a.images.agent.as_deref())?;
     reap_orphans();
-    let run = RunState::create("run", Some(a.resume.clone().unwrap_or_else(|| a.results.clone())))?;
+    let run = RunState::create(
+        "run",
+        Some(a.resume.clone().unwrap_or_else(|| a.results.clone())),
+    )?;
     let made = match &a.resume {
         Some(dir) => ResultsDir::open(dir).map_err(anyhow::Error::from),
         None => new_results(&a.results, &campaign, &run, &images),
@@ -330,8 +346,14 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
     if let (Some(Err(_)), None) = (&outcome, &a.resume) {
         if nothing_recorded(&results.path) {
             match std::fs::remove_dir_all(&results.path) {
-                Ok(()) => eprintln!("hostd: removed {}: the run recorded nothing", results.path.display()),
-                Err(e) => eprintln!("hostd: could not remove {} (the run recorded nothing): {e}", results.path.display()),
+                Ok(()) => eprintln!(
+                    "hostd: removed {}: the run recorded nothing",
+                    results.path.display()
+                ),
+                Err(e) => eprintln!(
+                    "hostd: could not remove {} (the run recorded nothing): {e}",
+                    results.path.display()
+                ),
             }
             return outcome.expect("matched");
         }
@@ -511,7 +533,10 @@ async fn boot(a: BootArgs) -> anyhow::Result<()> {
     eprintln!("hostd: {}: {probe}", a.backend);
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
     let run = RunState::create("boot", Some(a.results.clone()))?;
-    let mut results = match ResultsDir::create_unique(&a.results, &format!("{stamp}-boot-{}-{}", a.backend, run.run)) {
+    let mut results = match ResultsDir::create_unique(
+        &a.results,
+        &format!("{stamp}-boot-{}-{}", a.backend, run.run),
+    ) {
         Ok(r) => r,
         Err(e) => {
             run.finish();

@@ -118,10 +118,29 @@ impl Report {
     /// with fewer means the samples were lost, cut or swapped.
     pub fn data_points(&self) -> usize {
         let stat = |s: &Stat| s.samples;
-        let rows: usize = self.startup.rows.iter().map(|r| r.ready + r.failed + usize::from(r.m_used_mib.is_some())).sum();
-        let overhead: usize = self.overhead.values().flatten().map(|p| stat(&p.value)).sum();
-        let linearity: usize = self.linearity.values().flatten().map(|p| stat(&p.value)).sum();
-        let ring: usize = self.ring.values().map(|r| stat(&r.bandwidth) + r.latency.as_ref().map_or(0, stat)).sum();
+        let rows: usize = self
+            .startup
+            .rows
+            .iter()
+            .map(|r| r.ready + r.failed + usize::from(r.m_used_mib.is_some()))
+            .sum();
+        let overhead: usize = self
+            .overhead
+            .values()
+            .flatten()
+            .map(|p| stat(&p.value))
+            .sum();
+        let linearity: usize = self
+            .linearity
+            .values()
+            .flatten()
+            .map(|p| stat(&p.value))
+            .sum();
+        let ring: usize = self
+            .ring
+            .values()
+            .map(|r| stat(&r.bandwidth) + r.latency.as_ref().map_or(0, stat))
+            .sum();
         rows + overhead
             + linearity
             + self.isolation.len()
@@ -142,27 +161,49 @@ impl Report {
             }
         };
         fn stat(what: &str, s: &Stat, f: &mut dyn FnMut(&dyn Fn() -> String, f64)) {
-            for (k, v) in [("mean", s.mean), ("std_dev", s.std_dev), ("min", s.min), ("max", s.max)] {
+            for (k, v) in [
+                ("mean", s.mean),
+                ("std_dev", s.std_dev),
+                ("min", s.min),
+                ("max", s.max),
+            ] {
                 f(&|| format!("{what} {k}"), v);
             }
         }
         for r in &self.startup.rows {
             let at = format!("startup {} n={} {}", r.backend, r.n, r.mode.name());
-            for (k, v) in [("T_startup", r.t_startup_s), ("M_used", r.m_used_mib), ("cgroup/guest", r.per_guest_cgroup_mib), ("PSS/guest", r.per_guest_pss_mib)] {
+            for (k, v) in [
+                ("T_startup", r.t_startup_s),
+                ("M_used", r.m_used_mib),
+                ("cgroup/guest", r.per_guest_cgroup_mib),
+                ("PSS/guest", r.per_guest_pss_mib),
+            ] {
                 if let Some(v) = v {
                     f(&|| format!("{at} {k}"), v);
                 }
             }
-            for (k, s) in [("ready time", &r.ready_times), ("guest boot", &r.guest_boot)] {
+            for (k, s) in [
+                ("ready time", &r.ready_times),
+                ("guest boot", &r.guest_boot),
+            ] {
                 if let Some(s) = s {
-                    for (m, v) in [("mean", s.mean), ("std_dev", s.std_dev), ("min", s.min), ("max", s.max)] {
+                    for (m, v) in [
+                        ("mean", s.mean),
+                        ("std_dev", s.std_dev),
+                        ("min", s.min),
+                        ("max", s.max),
+                    ] {
                         f(&|| format!("{at} {k} {m}"), v);
                     }
                 }
             }
         }
         for (k, fit) in &self.startup.memory_fit {
-            for (m, v) in [("slope", fit.slope), ("intercept", fit.intercept), ("residual", fit.residual_std)] {
+            for (m, v) in [
+                ("slope", fit.slope),
+                ("intercept", fit.intercept),
+                ("residual", fit.residual_std),
+            ] {
                 f(&|| format!("memory fit {k} {m}"), v);
             }
         }
@@ -187,7 +228,12 @@ impl Report {
             }
         }
         for (k, i) in &self.isolation {
-            for (m, v) in [("guest1", i.guest1), ("guest2 a", i.guest2[0]), ("guest2 b", i.guest2[1]), ("capacity", i.capacity)] {
+            for (m, v) in [
+                ("guest1", i.guest1),
+                ("guest2 a", i.guest2[0]),
+                ("guest2 b", i.guest2[1]),
+                ("capacity", i.capacity),
+            ] {
                 f(&|| format!("isolation {k} {m}"), v);
             }
         }
@@ -210,16 +256,26 @@ fn key(b: BackendKind, r: Resource) -> String {
 pub fn build(dir: &Path) -> Result<Report, DirError> {
     results::check_dir(dir)?;
     let samples = Samples::read(dir)?;
-    let provenance = results::read_optional(&dir.join("provenance.json"), results::MAX_FILE_BYTES)?.and_then(|b| serde_json::from_slice(&b).ok());
+    let provenance = results::read_optional(&dir.join("provenance.json"), results::MAX_FILE_BYTES)?
+        .and_then(|b| serde_json::from_slice(&b).ok());
     Ok(build_from(samples, provenance))
 }
 
 /// Builds the report from samples already taken in (the fuzz target feeds it arbitrary
 /// ones). Without a provenance the host's own stands in.
 pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
-    let Samples { records, unreadable, implausible, rejected } = samples;
+    let Samples {
+        records,
+        unreadable,
+        implausible,
+        rejected,
+    } = samples;
     // A forged provenance's CPU count must not make a capacity of 0 (every model divides).
-    let cores = provenance.as_ref().map(|p| p.host.cpus as usize).unwrap_or_else(crate::suite::host_cores).clamp(1, 1 << 16);
+    let cores = provenance
+        .as_ref()
+        .map(|p| p.host.cpus as usize)
+        .unwrap_or_else(crate::suite::host_cores)
+        .clamp(1, 1 << 16);
 
     // Startup and memory, grouped per fleet.
     type FleetRecords = (Vec<StartupSample>, Vec<GuestFailure>, Option<MemorySample>);
@@ -577,11 +633,18 @@ pub enum WriteError {
         "{path} holds {had} data points, the samples only {has}: refusing to replace it with less (are the samples missing, \
          cut short or another run's?); pass --force to rebuild it anyway"
     )]
-    LessData { path: std::path::PathBuf, had: usize, has: usize },
+    LessData {
+        path: std::path::PathBuf,
+        had: usize,
+        has: usize,
+    },
     #[error("{0}")]
     Write(std::io::Error),
     #[error("drawing {path}: {message}")]
-    Figure { path: std::path::PathBuf, message: String },
+    Figure {
+        path: std::path::PathBuf,
+        message: String,
+    },
 }
 
 /// Writes report.json, report.csv, every figure and index.html into the results directory
@@ -591,15 +654,24 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
     let rep = build(dir)?;
     let previous = dir.join("report.json");
     if !force {
-        if let Some(old) = results::read_optional(&previous, results::MAX_FILE_BYTES).map_err(WriteError::Previous)? {
+        if let Some(old) = results::read_optional(&previous, results::MAX_FILE_BYTES)
+            .map_err(WriteError::Previous)?
+        {
             match serde_json::from_slice::<Report>(&old) {
                 Ok(old) if rep.data_points() < old.data_points() => {
-                    return Err(WriteError::LessData { path: previous, had: old.data_points(), has: rep.data_points() });
+                    return Err(WriteError::LessData {
+                        path: previous,
+                        had: old.data_points(),
+                        has: rep.data_points(),
+                    });
                 }
                 Ok(_) => {}
                 // Not a report this hostd can read (damaged, or another version's): nothing
                 // to compare with, and the rebuild is the repair.
-                Err(e) => tracing::warn!("{}: not a readable report ({e}); replacing it", previous.display()),
+                Err(e) => tracing::warn!(
+                    "{}: not a readable report ({e}); replacing it",
+                    previous.display()
+                ),
             }
         }
     }
@@ -607,22 +679,37 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
     results::remove_stale_temps(dir);
     let bad = rep.non_finite();
     if !bad.is_empty() {
-        tracing::warn!("{}: figures that are not finite numbers: {}", dir.display(), bad.join(", "));
+        tracing::warn!(
+            "{}: figures that are not finite numbers: {}",
+            dir.display(),
+            bad.join(", ")
+        );
     }
     let w = |name: &str, data: &[u8]| results::write_in(dir, name, data).map_err(WriteError::Write);
-    w("report.json", &serde_json::to_vec_pretty(&rep).map_err(|e| WriteError::Write(e.into()))?)?;
+    w(
+        "report.json",
+        &serde_json::to_vec_pretty(&rep).map_err(|e| WriteError::Write(e.into()))?,
+    )?;
     w("report.csv", csv(&rep).as_bytes())?;
     let figs = figures(&rep);
     // A run killed right after making its directory has no figures/ yet.
     let fig_dir = dir.join("figures");
-    std::fs::create_dir_all(&fig_dir).map_err(|e| WriteError::Write(std::io::Error::new(e.kind(), format!("creating {}: {e}", fig_dir.display()))))?;
+    std::fs::create_dir_all(&fig_dir).map_err(|e| {
+        WriteError::Write(std::io::Error::new(
+            e.kind(),
+            format!("creating {}: {e}", fig_dir.display()),
+        ))
+    })?;
     for (name, f) in &figs {
         let p = fig_dir.join(name);
         match f {
             Figure::Line(c) => plot::write(c, &p),
             Figure::Bars(b) => plot::write_bars(b, &p),
         }
-        .map_err(|message| WriteError::Figure { path: p.clone(), message })?;
+        .map_err(|message| WriteError::Figure {
+            path: p.clone(),
+            message,
+        })?;
     }
     w("index.html", html(&rep, &figs).as_bytes())?;
     Ok(rep)
@@ -831,7 +918,11 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
             let _ = write!(h, "<li class=\"bad\">line {}: {}</li>", r.line, esc(&r.why));
         }
         if rep.rejected.len() < rep.implausible_records {
-            let _ = write!(h, "<li>… and {} more</li>", rep.implausible_records - rep.rejected.len());
+            let _ = write!(
+                h,
+                "<li>… and {} more</li>",
+                rep.implausible_records - rep.rejected.len()
+            );
         }
         h.push_str("</ul>");
     }

@@ -93,13 +93,30 @@ fn kind_of(t: fs::FileType) -> &'static str {
 /// once instead of waiting for a writer (or reader); the type is then checked on the
 /// opened descriptor, so nothing can be swapped in between the check and the use.
 fn open_regular(path: &Path, opts: &mut OpenOptions) -> Result<File, ReadError> {
-    let f = opts.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => ReadError::Missing { path: path.to_path_buf() },
-        _ => ReadError::Open { path: path.to_path_buf(), source },
-    })?;
-    let t = f.metadata().map_err(|source| ReadError::Open { path: path.to_path_buf(), source })?.file_type();
+    let f = opts
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => ReadError::Missing {
+                path: path.to_path_buf(),
+            },
+            _ => ReadError::Open {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+    let t = f
+        .metadata()
+        .map_err(|source| ReadError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .file_type();
     if !t.is_file() {
-        return Err(ReadError::NotRegular { path: path.to_path_buf(), kind: kind_of(t) });
+        return Err(ReadError::NotRegular {
+            path: path.to_path_buf(),
+            kind: kind_of(t),
+        });
     }
     Ok(f)
 }
@@ -107,9 +124,19 @@ fn open_regular(path: &Path, opts: &mut OpenOptions) -> Result<File, ReadError> 
 /// Opens a regular file for reading, refusing one larger than `max` bytes.
 fn open_bounded(path: &Path, max: u64) -> Result<File, ReadError> {
     let f = open_regular(path, OpenOptions::new().read(true))?;
-    let size = f.metadata().map_err(|source| ReadError::Read { path: path.to_path_buf(), source })?.len();
+    let size = f
+        .metadata()
+        .map_err(|source| ReadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
     if size > max {
-        return Err(ReadError::TooLarge { path: path.to_path_buf(), size, max });
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            max,
+        });
     }
     Ok(f)
 }
@@ -119,9 +146,18 @@ fn open_bounded(path: &Path, max: u64) -> Result<File, ReadError> {
 pub fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
     let f = open_bounded(path, max)?;
     let mut data = Vec::new();
-    f.take(max + 1).read_to_end(&mut data).map_err(|source| ReadError::Read { path: path.to_path_buf(), source })?;
+    f.take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(|source| ReadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if data.len() as u64 > max {
-        return Err(ReadError::TooLarge { path: path.to_path_buf(), size: data.len() as u64, max });
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            size: data.len() as u64,
+            max,
+        });
     }
     Ok(data)
 }
@@ -139,14 +175,29 @@ pub fn read_optional(path: &Path, max: u64) -> Result<Option<Vec<u8>>, ReadError
 /// readers refuse anything else, and writers never create files elsewhere.
 pub fn check_dir(dir: &Path) -> Result<(), DirError> {
     match fs::metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(DirError::Missing { path: dir.to_path_buf() }),
-        Err(source) => return Err(DirError::Stat { path: dir.to_path_buf(), source }),
-        Ok(m) if !m.is_dir() => return Err(DirError::NotADirectory { path: dir.to_path_buf() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(DirError::Missing {
+                path: dir.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(DirError::Stat {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(DirError::NotADirectory {
+                path: dir.to_path_buf(),
+            })
+        }
         Ok(_) => {}
     }
     match open_regular(&dir.join(SAMPLES), OpenOptions::new().read(true)) {
         Ok(_) => Ok(()),
-        Err(ReadError::Missing { .. }) => Err(DirError::NotResults { path: dir.to_path_buf() }),
+        Err(ReadError::Missing { .. }) => Err(DirError::NotResults {
+            path: dir.to_path_buf(),
+        }),
         Err(e) => Err(e.into()),
     }
 }
@@ -163,7 +214,11 @@ pub enum Line<'a> {
 /// Calls `f` with every line of `r`, holding at most `max_line` bytes of one line in memory:
 /// a longer one (a file of a gigabyte without a newline) is reported as [`Line::TooLong`]
 /// and skipped. A last line without a newline (a record a killed writer tore) counts too.
-pub fn for_each_line<R: BufRead>(mut r: R, max_line: usize, mut f: impl FnMut(Line<'_>)) -> io::Result<()> {
+pub fn for_each_line<R: BufRead>(
+    mut r: R,
+    max_line: usize,
+    mut f: impl FnMut(Line<'_>),
+) -> io::Result<()> {
     let mut line = Vec::new();
     let mut too_long = false;
     loop {
@@ -192,7 +247,11 @@ pub fn for_each_line<R: BufRead>(mut r: R, max_line: usize, mut f: impl FnMut(Li
         };
         r.consume(used);
         if ended {
-            f(if too_long { Line::TooLong } else { Line::Text(&line) });
+            f(if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(&line)
+            });
             line.clear();
             too_long = false;
         }
@@ -232,9 +291,15 @@ pub struct ResultsDir {
 impl ResultsDir {
     /// Creates `base/<name>` (which must not exist yet).
     pub fn create(base: &Path, name: &str) -> Result<Self, CreateError> {
-        fs::create_dir_all(base).map_err(|source| CreateError::Parent { path: base.to_path_buf(), source })?;
+        fs::create_dir_all(base).map_err(|source| CreateError::Parent {
+            path: base.to_path_buf(),
+            source,
+        })?;
         let path = base.join(name);
-        fs::create_dir(&path).map_err(|source| CreateError::Dir { path: path.clone(), source })?;
+        fs::create_dir(&path).map_err(|source| CreateError::Dir {
+            path: path.clone(),
+            source,
+        })?;
         Self::fill(path)
     }
 
@@ -242,9 +307,16 @@ impl ResultsDir {
     /// started in the same second get a directory each, never each other's.
     pub fn create_unique(base: &Path, name: &str) -> Result<Self, CreateError> {
         const TRIES: u32 = 1000;
-        fs::create_dir_all(base).map_err(|source| CreateError::Parent { path: base.to_path_buf(), source })?;
+        fs::create_dir_all(base).map_err(|source| CreateError::Parent {
+            path: base.to_path_buf(),
+            source,
+        })?;
         for k in 1..=TRIES {
-            let path = if k == 1 { base.join(name) } else { base.join(format!("{name}.{k}")) };
+            let path = if k == 1 {
+                base.join(name)
+            } else {
+                base.join(format!("{name}.{k}"))
+            };
             // create_dir is the arbiter: whoever makes the directory owns it.
             match fs::create_dir(&path) {
                 Ok(()) => return Self::fill(path),
@@ -252,23 +324,39 @@ impl ResultsDir {
                 Err(source) => return Err(CreateError::Dir { path, source }),
             }
         }
-        Err(CreateError::Exhausted { path: base.join(name), tries: TRIES })
+        Err(CreateError::Exhausted {
+            path: base.join(name),
+            tries: TRIES,
+        })
     }
 
     /// A new directory's samples file (first: it is what makes it a results directory)
     /// and figures directory.
     fn fill(path: PathBuf) -> Result<Self, CreateError> {
         let samples = path.join(SAMPLES);
-        File::options().write(true).create_new(true).open(&samples).map_err(|source| CreateError::Contents { path: samples, source })?;
+        File::options()
+            .write(true)
+            .create_new(true)
+            .open(&samples)
+            .map_err(|source| CreateError::Contents {
+                path: samples,
+                source,
+            })?;
         let figures = path.join("figures");
-        fs::create_dir(&figures).map_err(|source| CreateError::Contents { path: figures, source })?;
+        fs::create_dir(&figures).map_err(|source| CreateError::Contents {
+            path: figures,
+            source,
+        })?;
         Ok(Self::open(&path)?)
     }
 
     /// Opens an existing results directory for appending (resuming a run), removing temp
     /// files a killed writer left. Its samples file must exist and be a regular file.
     pub fn open(path: &Path) -> Result<Self, ReadError> {
-        let samples = open_regular(&path.join(SAMPLES), OpenOptions::new().read(true).append(true))?;
+        let samples = open_regular(
+            &path.join(SAMPLES),
+            OpenOptions::new().read(true).append(true),
+        )?;
         remove_stale_temps(path);
         Ok(Self { path: path.to_path_buf(), samples, tail_checked: false })
     }
@@ -370,7 +458,10 @@ pub fn read_records<T: DeserializeOwned>(dir: &Path) -> Result<(Vec<T>, usize), 
 
 /// Runs `parse` over `dir`'s samples file, or over nothing if it has none: only a regular
 /// file, of at most [`MAX_SAMPLES_BYTES`] (also while it is read).
-pub fn read_with<T: Default>(dir: &Path, parse: impl FnOnce(&mut dyn BufRead) -> io::Result<T>) -> Result<T, ReadError> {
+pub fn read_with<T: Default>(
+    dir: &Path,
+    parse: impl FnOnce(&mut dyn BufRead) -> io::Result<T>,
+) -> Result<T, ReadError> {
     let path = dir.join(SAMPLES);
     let f = match open_bounded(&path, MAX_SAMPLES_BYTES) {
         Ok(f) => f,
@@ -378,9 +469,16 @@ pub fn read_with<T: Default>(dir: &Path, parse: impl FnOnce(&mut dyn BufRead) ->
         Err(e) => return Err(e),
     };
     let mut r = io::BufReader::new(f.take(MAX_SAMPLES_BYTES + 1));
-    let parsed = parse(&mut r).map_err(|source| ReadError::Read { path: path.clone(), source })?;
+    let parsed = parse(&mut r).map_err(|source| ReadError::Read {
+        path: path.clone(),
+        source,
+    })?;
     if r.into_inner().limit() == 0 {
-        return Err(ReadError::TooLarge { path, size: MAX_SAMPLES_BYTES + 1, max: MAX_SAMPLES_BYTES });
+        return Err(ReadError::TooLarge {
+            path,
+            size: MAX_SAMPLES_BYTES + 1,
+            max: MAX_SAMPLES_BYTES,
+        });
     }
     Ok(parsed)
 }
@@ -428,28 +526,43 @@ mod tests {
         std::thread::spawn(move || {
             let _ = tx.send(f());
         });
-        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the reader blocked")
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the reader blocked")
     }
 
     #[test]
     fn only_regular_files_are_read() {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().to_path_buf();
-        nix::unistd::mkfifo(&dir.join(SAMPLES), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        nix::unistd::mkfifo(
+            &dir.join(SAMPLES),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
         let d = dir.clone();
         let e = within_10_s(move || read_records::<R>(&d).unwrap_err());
-        assert!(e.to_string().contains("is a FIFO, not a regular file"), "{e}");
+        assert!(
+            e.to_string().contains("is a FIFO, not a regular file"),
+            "{e}"
+        );
         let d = dir.clone();
         let e = within_10_s(move || ResultsDir::open(&d).err().unwrap());
         assert!(e.to_string().contains("is a FIFO"), "{e}");
         let d = dir.clone();
-        assert!(matches!(within_10_s(move || check_dir(&d)), Err(DirError::File(ReadError::NotRegular { .. }))));
+        assert!(matches!(
+            within_10_s(move || check_dir(&d)),
+            Err(DirError::File(ReadError::NotRegular { .. }))
+        ));
         fs::remove_file(dir.join(SAMPLES)).unwrap();
         std::os::unix::fs::symlink("/dev/zero", dir.join(SAMPLES)).unwrap();
         let e = read_records::<R>(&dir).unwrap_err();
         assert!(e.to_string().contains("is a character device"), "{e}");
         let e = read_file(&dir.join(SAMPLES), MAX_FILE_BYTES).unwrap_err();
-        assert!(e.to_string().contains(&dir.join(SAMPLES).display().to_string()), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&dir.join(SAMPLES).display().to_string()),
+            "{e}"
+        );
     }
 
     #[test]
@@ -467,11 +580,17 @@ mod tests {
         .unwrap();
         assert_eq!(seen, [true, false]);
         assert!(longest <= 1 << 20);
-        let (rs, bad): (Vec<R>, _) = parse_records(io::BufReader::new(io::repeat(b'{').take(MAX_LINE as u64 + 1))).unwrap();
+        let (rs, bad): (Vec<R>, _) = parse_records(io::BufReader::new(
+            io::repeat(b'{').take(MAX_LINE as u64 + 1),
+        ))
+        .unwrap();
         assert_eq!((rs.len(), bad), (0, 1));
         // A file past the bound is refused, not read (sparse: no disk used).
         let base = tempfile::tempdir().unwrap();
-        File::create(base.path().join(SAMPLES)).unwrap().set_len(MAX_SAMPLES_BYTES + 1).unwrap();
+        File::create(base.path().join(SAMPLES))
+            .unwrap()
+            .set_len(MAX_SAMPLES_BYTES + 1)
+            .unwrap();
         let e = read_records::<R>(base.path()).unwrap_err();
         assert!(matches!(e, ReadError::TooLarge { .. }), "{e}");
     }
@@ -500,19 +619,37 @@ mod tests {
             check_dir(p).unwrap();
         }
         // The strict form names the directory it could not make.
-        let e = ResultsDir::create(base.path(), "race").err().unwrap().to_string();
-        assert!(e.contains(&base.path().join("race").display().to_string()) && e.contains("exists"), "{e}");
+        let e = ResultsDir::create(base.path(), "race")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains(&base.path().join("race").display().to_string()) && e.contains("exists"),
+            "{e}"
+        );
     }
 
     #[test]
     fn only_results_directories_are_taken() {
         let base = tempfile::tempdir().unwrap();
         let missing = base.path().join("nope");
-        assert!(check_dir(&missing).unwrap_err().to_string().contains("nope does not exist"));
-        assert!(matches!(check_dir(base.path()), Err(DirError::NotResults { .. })));
+        assert!(check_dir(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("nope does not exist"));
+        assert!(matches!(
+            check_dir(base.path()),
+            Err(DirError::NotResults { .. })
+        ));
         fs::write(base.path().join("f"), b"").unwrap();
-        assert!(matches!(check_dir(&base.path().join("f")), Err(DirError::NotADirectory { .. })));
-        assert!(ResultsDir::open(base.path()).is_err(), "opening does not make a directory a results directory");
+        assert!(matches!(
+            check_dir(&base.path().join("f")),
+            Err(DirError::NotADirectory { .. })
+        ));
+        assert!(
+            ResultsDir::open(base.path()).is_err(),
+            "opening does not make a directory a results directory"
+        );
         assert!(!base.path().join(SAMPLES).exists());
     }
 }

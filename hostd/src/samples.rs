@@ -52,7 +52,10 @@ fn seconds(what: &str, v: f64) -> Result<(), String> {
     if v.is_finite() && (0.0..=MAX_SECONDS).contains(&v) {
         Ok(())
     } else {
-        Err(format!("{what} = {} s is not a time in 0..={MAX_SECONDS} s", num(v)))
+        Err(format!(
+            "{what} = {} s is not a time in 0..={MAX_SECONDS} s",
+            num(v)
+        ))
     }
 }
 
@@ -65,7 +68,10 @@ fn kib(what: &str, v: u64) -> Result<(), String> {
 }
 
 fn fleet_size(n: usize) -> Result<(), String> {
-    crate::limits::GUESTS.check(n).map(drop).map_err(|e| format!("n = {e}"))
+    crate::limits::GUESTS
+        .check(n)
+        .map(drop)
+        .map_err(|e| format!("n = {e}"))
 }
 
 impl Record {
@@ -79,8 +85,10 @@ impl Record {
                     fleet_size(s.n)?;
                     seconds("ready_s", s.ready_s)?;
                     seconds("own_s", s.own_s)?;
-                    s.guest_boot_s.map_or(Ok(()), |v| seconds("guest_boot_s", v))?;
-                    s.guest_kernel_s.map_or(Ok(()), |v| seconds("guest_kernel_s", v))
+                    s.guest_boot_s
+                        .map_or(Ok(()), |v| seconds("guest_boot_s", v))?;
+                    s.guest_kernel_s
+                        .map_or(Ok(()), |v| seconds("guest_kernel_s", v))
                 }
                 Record::Memory(m) => {
                     fleet_size(m.n)?;
@@ -91,7 +99,8 @@ impl Record {
                     seconds("settle_s", m.settle_s)?;
                     for g in &m.guests {
                         kib("guest pss_kib", g.pss_kib)?;
-                        g.cgroup_kib.map_or(Ok(()), |v| kib("guest cgroup_kib", v))?;
+                        g.cgroup_kib
+                            .map_or(Ok(()), |v| kib("guest cgroup_kib", v))?;
                     }
                     Ok(())
                 }
@@ -104,17 +113,32 @@ impl Record {
                     fleet_size(b.n)?;
                     // Every benchmark takes time: the agent refuses a zero or negative one.
                     if b.elapsed_s.is_nan() || b.elapsed_s <= 0.0 {
-                        return Err(format!("elapsed_s = {} s is not positive", num(b.elapsed_s)));
+                        return Err(format!(
+                            "elapsed_s = {} s is not positive",
+                            num(b.elapsed_s)
+                        ));
                     }
                     seconds("elapsed_s", b.elapsed_s)?;
                     let v = b.value;
                     match b.unit.as_str() {
                         "s" => seconds("value", v),
                         "MB/s" if v.is_finite() && (0.0..=MAX_RATE_MBPS).contains(&v) => Ok(()),
-                        "MB/s" => Err(format!("value = {} MB/s is not a bandwidth in 0..={MAX_RATE_MBPS} MB/s", num(v))),
+                        "MB/s" => Err(format!(
+                            "value = {} MB/s is not a bandwidth in 0..={MAX_RATE_MBPS} MB/s",
+                            num(v)
+                        )),
                         // Latencies: µs per transaction, at most the longest time.
-                        u if u.starts_with("us") && v.is_finite() && (0.0..=MAX_SECONDS * 1e6).contains(&v) => Ok(()),
-                        u if u.starts_with("us") => Err(format!("value = {} {u} is not a latency in 0..={} us", num(v), MAX_SECONDS * 1e6)),
+                        u if u.starts_with("us")
+                            && v.is_finite()
+                            && (0.0..=MAX_SECONDS * 1e6).contains(&v) =>
+                        {
+                            Ok(())
+                        }
+                        u if u.starts_with("us") => Err(format!(
+                            "value = {} {u} is not a latency in 0..={} us",
+                            num(v),
+                            MAX_SECONDS * 1e6
+                        )),
                         u => Err(format!("unit {u:?} is not one hostd records")),
                     }
                 }
@@ -180,7 +204,12 @@ impl Samples {
             }
         })?;
         if s.implausible > 0 {
-            tracing::warn!("{} sample record(s) outside physical sense left out, e.g. line {}: {}", s.implausible, s.rejected[0].line, s.rejected[0].why);
+            tracing::warn!(
+                "{} sample record(s) outside physical sense left out, e.g. line {}: {}",
+                s.implausible,
+                s.rejected[0].line,
+                s.rejected[0].why
+            );
         }
         Ok(s)
     }
@@ -217,8 +246,15 @@ mod tests {
         text.push_str("{\"record\":\"startup\"\n\n");
         let s = Samples::parse(text.as_bytes()).unwrap();
         assert_eq!((s.records.len(), s.implausible, s.unreadable), (2, 5, 1));
-        assert_eq!(s.rejected.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 2, 3, 5, 6]);
-        assert!(s.rejected[0].why.contains("ready_s = -1000000000 s"), "{:?}", s.rejected[0]);
+        assert_eq!(
+            s.rejected.iter().map(|r| r.line).collect::<Vec<_>>(),
+            [1, 2, 3, 5, 6]
+        );
+        assert!(
+            s.rejected[0].why.contains("ready_s = -1000000000 s"),
+            "{:?}",
+            s.rejected[0]
+        );
         assert!(s.rejected[4].why.contains("MB/s"), "{:?}", s.rejected[4]);
     }
 }

@@ -30,7 +30,9 @@ const HOSTD: &str = env!("CARGO_BIN_EXE_hostd");
 /// Runs hostd with `args` (and `env` added), killing it (and failing the test) if it is
 /// still running after `limit`: a hang is a failure, never a stuck test.
 fn hostd_env(limit: Duration, args: &[&OsStr], env: &[(&str, &OsStr)]) -> Run {
-    let argv: Vec<&OsStr> = std::iter::once(OsStr::new(HOSTD)).chain(args.iter().copied()).collect();
+    let argv: Vec<&OsStr> = std::iter::once(OsStr::new(HOSTD))
+        .chain(args.iter().copied())
+        .collect();
     run_within(limit, &argv, env)
 }
 
@@ -38,10 +40,17 @@ fn hostd_env(limit: Duration, args: &[&OsStr], env: &[(&str, &OsStr)]) -> Run {
 fn run_within(limit: Duration, argv: &[&OsStr], env: &[(&str, &OsStr)]) -> Run {
     let args = argv;
     let out = tempfile::tempdir().unwrap();
-    let (o, e, m) = (out.path().join("stdout"), out.path().join("stderr"), out.path().join("rss"));
+    let (o, e, m) = (
+        out.path().join("stdout"),
+        out.path().join("stderr"),
+        out.path().join("rss"),
+    );
     let mut cmd = Command::new("/usr/bin/time");
     cmd.arg("-o").arg(&m).args(["-f", "%M"]);
-    cmd.args(argv).stdin(Stdio::null()).stdout(std::fs::File::create(&o).unwrap()).stderr(std::fs::File::create(&e).unwrap());
+    cmd.args(argv)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&o).unwrap())
+        .stderr(std::fs::File::create(&e).unwrap());
     // Its own process group: the watchdog kills hostd and time together.
     cmd.process_group(0);
     for (k, v) in env {
@@ -54,7 +63,10 @@ fn run_within(limit: Duration, argv: &[&OsStr], env: &[(&str, &OsStr)]) -> Run {
             break s;
         }
         if t0.elapsed() > limit {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             let _ = child.wait();
             panic!(
                 "hostd {:?} still running after {limit:?}: killed; it printed:\n{}{}",
@@ -65,11 +77,23 @@ fn run_within(limit: Duration, argv: &[&OsStr], env: &[(&str, &OsStr)]) -> Run {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let text = format!("{}{}", std::fs::read_to_string(&o).unwrap(), std::fs::read_to_string(&e).unwrap());
+    let text = format!(
+        "{}{}",
+        std::fs::read_to_string(&o).unwrap(),
+        std::fs::read_to_string(&e).unwrap()
+    );
     // time says "Command exited with non-zero status N" before the figure: the last line.
     let rss = std::fs::read_to_string(&m).unwrap();
-    let max_rss_kib = rss.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("time's output: {rss:?}"));
-    Run { status, text, max_rss_kib }
+    let max_rss_kib = rss
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("time's output: {rss:?}"));
+    Run {
+        status,
+        text,
+        max_rss_kib,
+    }
 }
 
 /// hostd with string arguments, 30 s at most.
@@ -95,25 +119,64 @@ fn absurd_boot_values_are_refused_naming_the_flag() {
         ("--vcpus", "0", "0 vCPUs is not in 1..=64"),
         ("--boot-timeout", "0", "0 s is not in 1..=86400"),
         // 2^63 - 1 s: `Instant::now() + deadline` would panic.
-        ("--boot-timeout", "9223372036854775807", "9223372036854775807 s is not in 1..=86400"),
+        (
+            "--boot-timeout",
+            "9223372036854775807",
+            "9223372036854775807 s is not in 1..=86400",
+        ),
         ("--settle", "18446744073709551615", "is not in 0..=3600"),
-        ("--parallelism", "100000", "100000 guests is not in 0..=1000"),
+        (
+            "--parallelism",
+            "100000",
+            "100000 guests is not in 0..=1000",
+        ),
     ] {
-        let r = hostd(&["boot", "--backend", "native", flag, value, "--results", p(&res)]);
+        let r = hostd(&[
+            "boot",
+            "--backend",
+            "native",
+            flag,
+            value,
+            "--results",
+            p(&res),
+        ]);
         assert_eq!(r.status.code(), Some(2), "{flag} {value}: {}", r.text);
         let flag_name = if flag == "-n" { "--sizes" } else { flag };
-        assert!(r.text.contains(flag_name) && r.text.contains(says), "{flag} {value}: {}", r.text);
-        assert!(!res.exists(), "{flag} {value}: a results directory was made");
+        assert!(
+            r.text.contains(flag_name) && r.text.contains(says),
+            "{flag} {value}: {}",
+            r.text
+        );
+        assert!(
+            !res.exists(),
+            "{flag} {value}: a results directory was made"
+        );
     }
-    let r = hostd(&["boot", "--backend", "native", "-n", "10,1", "--results", p(&res)]);
+    let r = hostd(&[
+        "boot",
+        "--backend",
+        "native",
+        "-n",
+        "10,1",
+        "--results",
+        p(&res),
+    ]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    assert!(r.text.contains("--sizes: sizes must increase"), "{}", r.text);
+    assert!(
+        r.text.contains("--sizes: sizes must increase"),
+        "{}",
+        r.text
+    );
     let r = hostd(&["bench", "--bench-timeout", "9223372036854775807"]);
     assert_eq!(r.status.code(), Some(2), "{}", r.text);
     assert!(r.text.contains("--bench-timeout"), "{}", r.text);
     let r = hostd(&["xen-lab", "--guests", "1000"]);
     assert_eq!(r.status.code(), Some(2), "{}", r.text);
-    assert!(r.text.contains("--guests") && r.text.contains("1..=64"), "{}", r.text);
+    assert!(
+        r.text.contains("--guests") && r.text.contains("1..=64"),
+        "{}",
+        r.text
+    );
 }
 
 #[test]
@@ -122,17 +185,28 @@ fn absurd_fleet_file_values_are_refused_naming_the_field() {
     let file = dir.path().join("fleet.toml");
     for (extra, field) in [
         // 2^44 MiB: `m << 20` made it a 0-byte limit.
-        ("[limits]\nmemory_mib = 17592186044416\n", "limits.memory_mib"),
+        (
+            "[limits]\nmemory_mib = 17592186044416\n",
+            "limits.memory_mib",
+        ),
         ("[limits]\nmemory_mib = 0\n", "limits.memory_mib"),
         ("[limits]\npids = 0\n", "limits.pids"),
         ("boot_timeout_s = 9223372036854775807\n", "boot_timeout_s"),
         ("mem_mib = 0\n", "mem_mib"),
         ("vcpus = 0\n", "vcpus"),
     ] {
-        std::fs::write(&file, format!("name = \"hard\"\nbackend = \"native\"\nguests = 1\n{extra}")).unwrap();
+        std::fs::write(
+            &file,
+            format!("name = \"hard\"\nbackend = \"native\"\nguests = 1\n{extra}"),
+        )
+        .unwrap();
         let r = hostd(&["up", p(&file)]);
         assert_eq!(r.status.code(), Some(1), "{extra}: {}", r.text);
-        assert!(r.text.contains(&format!("field `{field}`")) && r.text.contains("fleet.toml"), "{extra}: {}", r.text);
+        assert!(
+            r.text.contains(&format!("field `{field}`")) && r.text.contains("fleet.toml"),
+            "{extra}: {}",
+            r.text
+        );
     }
 }
 
@@ -142,15 +216,25 @@ fn absurd_campaign_values_are_refused_before_anything_is_made() {
     let res = dir.path().join("results");
     let camp = dir.path().join("c.toml");
     for (body, field) in [
-        ("[guest]\nboot_timeout_s = 9223372036854775807\n", "guest.boot_timeout_s"),
+        (
+            "[guest]\nboot_timeout_s = 9223372036854775807\n",
+            "guest.boot_timeout_s",
+        ),
         ("[guest]\nvcpus = 0\n", "guest.vcpus"),
-        ("[workloads]\ndisk_mib = 17592186044416\n", "workloads.disk_mib"),
+        (
+            "[workloads]\ndisk_mib = 17592186044416\n",
+            "workloads.disk_mib",
+        ),
         ("[startup]\nsizes = [1, 100000]\n", "startup.sizes"),
     ] {
         std::fs::write(&camp, body).unwrap();
         let r = hostd(&["run", p(&camp), "--results", p(&res)]);
         assert_eq!(r.status.code(), Some(1), "{body}: {}", r.text);
-        assert!(r.text.contains(&format!("field `{field}`")) && r.text.contains("c.toml"), "{body}: {}", r.text);
+        assert!(
+            r.text.contains(&format!("field `{field}`")) && r.text.contains("c.toml"),
+            "{body}: {}",
+            r.text
+        );
         assert!(!res.exists(), "{body}: a results directory was made");
     }
 }
@@ -166,12 +250,19 @@ async fn a_2_pow_63_s_boot_deadline_boots_instead_of_panicking() {
     let dir = tempfile::tempdir().unwrap();
     let run = run_id("hd");
     let _litter = Litter(run.clone());
-    let backend = AnyBackend::new(BackendKind::Native, &native_images(agent()), &Default::default());
+    let backend = AnyBackend::new(
+        BackendKind::Native,
+        &native_images(agent()),
+        &Default::default(),
+    );
     let huge = Duration::from_secs(1 << 63);
-    let g = tokio::time::timeout(Duration::from_secs(60), hostd::guest::boot(&backend, spec(&run, 0, dir.path(), None), huge))
-        .await
-        .expect("booting with a huge deadline hung")
-        .expect("booting with a huge deadline failed");
+    let g = tokio::time::timeout(
+        Duration::from_secs(60),
+        hostd::guest::boot(&backend, spec(&run, 0, dir.path(), None), huge),
+    )
+    .await
+    .expect("booting with a huge deadline hung")
+    .expect("booting with a huge deadline failed");
     g.shutdown(&backend, Duration::from_secs(5)).await;
 }
 
@@ -186,20 +277,32 @@ fn results_dir(base: &Path, name: &str, samples: &[u8]) -> PathBuf {
     std::fs::write(d.join("samples.jsonl"), samples).unwrap();
     let provenance = hostd::provenance::Provenance {
         artifacts: Default::default(),
-        host: hostd::provenance::HostInfo { hostname: "test".into(), kernel: "6.1".into(), cpu_model: "test".into(), cpus: 2, mem_total_kib: 1 << 20 },
+        host: hostd::provenance::HostInfo {
+            hostname: "test".into(),
+            kernel: "6.1".into(),
+            cpu_model: "test".into(),
+            cpus: 2,
+            mem_total_kib: 1 << 20,
+        },
         git_revision: "test".into(),
         hostd_version: "0".into(),
         date: "2026-12-01T00:00:00Z".into(),
         notes: Vec::new(),
     };
-    std::fs::write(d.join("provenance.json"), serde_json::to_vec(&provenance).unwrap()).unwrap();
+    std::fs::write(
+        d.join("provenance.json"),
+        serde_json::to_vec(&provenance).unwrap(),
+    )
+    .unwrap();
     d
 }
 
 /// A few records of a small native run: startup and memory of 1 and 2 guests, CPU overhead
 /// samples, a probe.
 fn good_samples() -> Vec<u8> {
-    let mut s = String::from("{\"record\":\"backend_probe\",\"backend\":\"native\",\"description\":\"agent /x\"}\n");
+    let mut s = String::from(
+        "{\"record\":\"backend_probe\",\"backend\":\"native\",\"description\":\"agent /x\"}\n",
+    );
     for n in [1usize, 2] {
         for i in 0..n {
             s += &format!(
@@ -226,12 +329,25 @@ fn a_fifo_as_samples_is_refused_not_waited_on() {
     let base = tempfile::tempdir().unwrap();
     let d = results_dir(base.path(), "run", b"");
     std::fs::remove_file(d.join("samples.jsonl")).unwrap();
-    nix::unistd::mkfifo(&d.join("samples.jsonl"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    for args in [vec!["report", p(&d)], vec!["compare", p(&d), p(&d)], vec!["run", "--resume", p(&d)]] {
+    nix::unistd::mkfifo(
+        &d.join("samples.jsonl"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    for args in [
+        vec!["report", p(&d)],
+        vec!["compare", p(&d), p(&d)],
+        vec!["run", "--resume", p(&d)],
+    ] {
         let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
         let r = hostd_env(Duration::from_secs(10), &a, &[]);
         assert_eq!(r.status.code(), Some(1), "{args:?}: {}", r.text);
-        assert!(r.text.contains("samples.jsonl is a FIFO, not a regular file"), "{args:?}: {}", r.text);
+        assert!(
+            r.text
+                .contains("samples.jsonl is a FIFO, not a regular file"),
+            "{args:?}: {}",
+            r.text
+        );
     }
     assert!(!d.join("report.json").exists());
 }
@@ -244,7 +360,12 @@ fn dev_zero_as_samples_is_refused() {
     std::os::unix::fs::symlink("/dev/zero", d.join("samples.jsonl")).unwrap();
     let r = hostd(&["report", p(&d)]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    assert!(r.text.contains("samples.jsonl is a character device, not a regular file"), "{}", r.text);
+    assert!(
+        r.text
+            .contains("samples.jsonl is a character device, not a regular file"),
+        "{}",
+        r.text
+    );
     assert!(r.max_rss_kib < 100 << 10, "peak RSS {} KiB", r.max_rss_kib);
 }
 
@@ -254,20 +375,42 @@ fn a_huge_line_is_counted_in_bounded_memory_and_a_huge_file_refused() {
     let d = results_dir(base.path(), "run", &good_samples());
     // 200 MiB of zero bytes and no newline after the good records (sparse: no disk used):
     // the old reader held it whole ("memory allocation of … bytes failed" for more).
-    let f = std::fs::OpenOptions::new().append(true).open(d.join("samples.jsonl")).unwrap();
-    f.set_len(f.metadata().unwrap().len() + (200 << 20)).unwrap();
-    let r = hostd_env(Duration::from_secs(60), &[OsStr::new("report"), d.as_os_str()], &[]);
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("samples.jsonl"))
+        .unwrap();
+    f.set_len(f.metadata().unwrap().len() + (200 << 20))
+        .unwrap();
+    let r = hostd_env(
+        Duration::from_secs(60),
+        &[OsStr::new("report"), d.as_os_str()],
+        &[],
+    );
     assert!(r.status.success(), "{}", r.text);
     assert!(r.text.contains("1 unreadable line(s)"), "{}", r.text);
-    assert!(r.max_rss_kib < 100 << 10, "peak RSS {} KiB for a 200 MiB line", r.max_rss_kib);
-    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
+    assert!(
+        r.max_rss_kib < 100 << 10,
+        "peak RSS {} KiB for a 200 MiB line",
+        r.max_rss_kib
+    );
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
     assert_eq!(rep["unreadable_records"], 1);
-    assert_eq!(rep["startup"]["rows"].as_array().unwrap().len(), 2, "the good records before it count");
+    assert_eq!(
+        rep["startup"]["rows"].as_array().unwrap().len(),
+        2,
+        "the good records before it count"
+    );
     // Past the file bound (256 MiB): refused, naming the file and the bound.
     f.set_len(300 << 20).unwrap();
     let r = hostd(&["report", p(&d), "--force"]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    assert!(r.text.contains("samples.jsonl has 314572800 bytes, more than the 268435456"), "{}", r.text);
+    assert!(
+        r.text
+            .contains("samples.jsonl has 314572800 bytes, more than the 268435456"),
+        "{}",
+        r.text
+    );
 }
 
 // ---- `hostd report` never destroys a report, never writes outside a results directory
@@ -275,7 +418,10 @@ fn a_huge_line_is_counted_in_bounded_memory_and_a_huge_file_refused() {
 
 /// Every report file of `d`, with its bytes.
 fn report_files(d: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v: Vec<(PathBuf, Vec<u8>)> = ["report.json", "report.csv", "index.html"].iter().map(|f| (d.join(f), std::fs::read(d.join(f)).unwrap())).collect();
+    let mut v: Vec<(PathBuf, Vec<u8>)> = ["report.json", "report.csv", "index.html"]
+        .iter()
+        .map(|f| (d.join(f), std::fs::read(d.join(f)).unwrap()))
+        .collect();
     for e in std::fs::read_dir(d.join("figures")).unwrap() {
         let p = e.unwrap().path();
         let data = std::fs::read(&p).unwrap();
@@ -294,24 +440,55 @@ fn empty_cut_or_missing_samples_never_replace_a_good_report() {
     assert!(r.status.success(), "{}", r.text);
     let before = report_files(&d);
     assert!(before.len() >= 10, "{} report files", before.len());
-    let had: serde_json::Value = serde_json::from_slice(&before[before.iter().position(|(p, _)| p.ends_with("report.json")).unwrap()].1).unwrap();
+    let had: serde_json::Value = serde_json::from_slice(
+        &before[before
+            .iter()
+            .position(|(p, _)| p.ends_with("report.json"))
+            .unwrap()]
+        .1,
+    )
+    .unwrap();
     assert_eq!(had["startup"]["rows"].as_array().unwrap().len(), 2);
 
     // Empty, then cut to its first half: refused, every file as it was.
-    let half = good.split_inclusive(|&b| b == b'\n').take(4).flatten().copied().collect::<Vec<u8>>();
+    let half = good
+        .split_inclusive(|&b| b == b'\n')
+        .take(4)
+        .flatten()
+        .copied()
+        .collect::<Vec<u8>>();
     for (what, samples) in [("empty", Vec::new()), ("cut", half)] {
         std::fs::write(d.join("samples.jsonl"), &samples).unwrap();
         let r = hostd(&["report", p(&d)]);
         assert_eq!(r.status.code(), Some(1), "{what}: {}", r.text);
-        assert!(r.text.contains("report.json holds") && r.text.contains("refusing to replace it with less") && r.text.contains("--force"), "{what}: {}", r.text);
-        assert!(report_files(&d) == before, "{what} samples changed the report");
+        assert!(
+            r.text.contains("report.json holds")
+                && r.text.contains("refusing to replace it with less")
+                && r.text.contains("--force"),
+            "{what}: {}",
+            r.text
+        );
+        assert!(
+            report_files(&d) == before,
+            "{what} samples changed the report"
+        );
     }
     // Missing: not a results directory any more, and nothing is created in it.
     std::fs::remove_file(d.join("samples.jsonl")).unwrap();
     let r = hostd(&["report", p(&d)]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    assert!(r.text.contains(&format!("{} is not a results directory: it has no samples.jsonl", d.display())), "{}", r.text);
-    assert!(!d.join("samples.jsonl").exists(), "report created samples.jsonl");
+    assert!(
+        r.text.contains(&format!(
+            "{} is not a results directory: it has no samples.jsonl",
+            d.display()
+        )),
+        "{}",
+        r.text
+    );
+    assert!(
+        !d.join("samples.jsonl").exists(),
+        "report created samples.jsonl"
+    );
     assert!(report_files(&d) == before);
 
     // The same samples again: the same report (rebuilding is always allowed), and a killed
@@ -320,12 +497,16 @@ fn empty_cut_or_missing_samples_never_replace_a_good_report() {
     std::fs::write(d.join("figures/.fig14_ring.svg.tmp-999999999"), b"<sv").unwrap();
     let r = hostd(&["report", p(&d)]);
     assert!(r.status.success(), "{}", r.text);
-    assert!(report_files(&d) == before, "a rebuild from the same samples differs");
+    assert!(
+        report_files(&d) == before,
+        "a rebuild from the same samples differs"
+    );
     // Asked for explicitly, less data does replace it.
     std::fs::write(d.join("samples.jsonl"), b"").unwrap();
     let r = hostd(&["report", p(&d), "--force"]);
     assert!(r.status.success(), "{}", r.text);
-    let now: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
+    let now: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
     assert!(now["startup"]["rows"].as_array().unwrap().is_empty());
 }
 
@@ -337,12 +518,24 @@ fn report_writes_nothing_into_a_directory_that_is_not_a_results_directory() {
     std::fs::write(plain.join("notes.txt"), b"mine").unwrap();
     let r = hostd(&["report", p(&plain)]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    assert!(r.text.contains(&format!("{} is not a results directory", plain.display())), "{}", r.text);
-    let left: Vec<_> = std::fs::read_dir(&plain).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        r.text
+            .contains(&format!("{} is not a results directory", plain.display())),
+        "{}",
+        r.text
+    );
+    let left: Vec<_> = std::fs::read_dir(&plain)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left, ["notes.txt"], "report wrote into a plain directory");
     let r = hostd(&["report", p(&plain.join("notes.txt"))]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    assert!(r.text.contains("notes.txt is not a directory"), "{}", r.text);
+    assert!(
+        r.text.contains("notes.txt is not a directory"),
+        "{}",
+        r.text
+    );
 }
 
 #[test]
@@ -351,14 +544,34 @@ fn report_on_a_missing_or_read_only_directory_names_it() {
     let missing = base.path().join("gone");
     let r = hostd(&["report", p(&missing)]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    assert!(r.text.contains(&format!("results directory {} does not exist", missing.display())), "{}", r.text);
+    assert!(
+        r.text.contains(&format!(
+            "results directory {} does not exist",
+            missing.display()
+        )),
+        "{}",
+        r.text
+    );
 
     let d = results_dir(base.path(), "ro", &good_samples());
     let r = if is_root() {
         // Root ignores permission bits: a read-only bind mount, in a mount namespace of its
         // own so nothing outlives the test.
         let script = "mount -o bind,ro \"$1\" \"$1\" && exec \"$0\" report \"$1\"";
-        let argv: Vec<&OsStr> = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, HOSTD, p(&d)].into_iter().map(OsStr::new).collect();
+        let argv: Vec<&OsStr> = [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            HOSTD,
+            p(&d),
+        ]
+        .into_iter()
+        .map(OsStr::new)
+        .collect();
         run_within(Duration::from_secs(30), &argv, &[])
     } else {
         use std::os::unix::fs::PermissionsExt;
@@ -366,8 +579,18 @@ fn report_on_a_missing_or_read_only_directory_names_it() {
         hostd(&["report", p(&d)])
     };
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    let says = if is_root() { "Read-only file system" } else { "Permission denied" };
-    assert!(r.text.contains(&format!("writing {}", d.join("report.json").display())) && r.text.contains(says), "{}", r.text);
+    let says = if is_root() {
+        "Read-only file system"
+    } else {
+        "Permission denied"
+    };
+    assert!(
+        r.text
+            .contains(&format!("writing {}", d.join("report.json").display()))
+            && r.text.contains(says),
+        "{}",
+        r.text
+    );
     assert!(!d.join("report.json").exists());
 }
 
@@ -383,28 +606,64 @@ fn impossible_samples_are_left_out_and_counted_in_the_report() {
     let bench = |value: &str, unit: &str, elapsed: &str| {
         format!("{{\"record\":\"bench\",\"backend\":\"native\",\"test\":\"overhead\",\"resource\":\"cpu\",\"n\":1,\"rep\":9,\"guest\":0,\"instance\":0,\"value\":{value},\"unit\":\"{unit}\",\"elapsed_s\":{elapsed},\"params\":\"rounds=300000\"}}\n")
     };
-    for l in [startup(1, "-1000000000.0"), startup(2, "1e308"), bench("1e12", "MB/s", "1.0"), bench("0.5", "s", "0.0"), bench("-3", "s", "-3")] {
+    for l in [
+        startup(1, "-1000000000.0"),
+        startup(2, "1e308"),
+        bench("1e12", "MB/s", "1.0"),
+        bench("0.5", "s", "0.0"),
+        bench("-3", "s", "-3"),
+    ] {
         samples.extend_from_slice(l.as_bytes());
     }
     let d = results_dir(base.path(), "run", &samples);
     let r = hostd(&["report", p(&d)]);
     assert!(r.status.success(), "{}", r.text);
-    assert!(r.text.contains("5 record(s) left out as outside physical sense"), "{}", r.text);
-    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
+    assert!(
+        r.text
+            .contains("5 record(s) left out as outside physical sense"),
+        "{}",
+        r.text
+    );
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
     assert_eq!(rep["implausible_records"], 5);
-    let lines: Vec<u64> = rep["rejected"].as_array().unwrap().iter().map(|r| r["line"].as_u64().unwrap()).collect();
+    let lines: Vec<u64> = rep["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(lines, [10, 11, 12, 13, 14]);
-    assert!(rep["rejected"][1]["why"].as_str().unwrap().contains("ready_s = 1e308 s"), "{}", rep["rejected"]);
+    assert!(
+        rep["rejected"][1]["why"]
+            .as_str()
+            .unwrap()
+            .contains("ready_s = 1e308 s"),
+        "{}",
+        rep["rejected"]
+    );
     // The good samples' figures, untouched by the bad ones.
     let rows = rep["startup"]["rows"].as_array().unwrap();
-    assert_eq!((rows[0]["t_startup_s"].as_f64(), rows[1]["t_startup_s"].as_f64()), (Some(0.03), Some(0.04)));
+    assert_eq!(
+        (
+            rows[0]["t_startup_s"].as_f64(),
+            rows[1]["t_startup_s"].as_f64()
+        ),
+        (Some(0.03), Some(0.04))
+    );
     assert_eq!(rep["overhead"]["native/cpu"][0]["value"]["samples"], 3);
     let html = std::fs::read_to_string(d.join("index.html")).unwrap();
-    assert!(html.contains("5 record(s) in samples.jsonl left out as outside physical sense"), "{html}");
+    assert!(
+        html.contains("5 record(s) in samples.jsonl left out as outside physical sense"),
+        "{html}"
+    );
     assert!(html.contains("line 10: ready_s = -1000000000 s"), "{html}");
     for f in ["index.html", "report.csv"] {
         let t = std::fs::read_to_string(d.join(f)).unwrap();
-        assert!(!t.contains("NaN") && !t.contains("inf") && !t.contains("-1000000000 s<"), "{f} shows an impossible figure");
+        assert!(
+            !t.contains("NaN") && !t.contains("inf") && !t.contains("-1000000000 s<"),
+            "{f} shows an impossible figure"
+        );
     }
 }
 
@@ -416,9 +675,21 @@ fn compare_on_missing_or_unrelated_directories_is_an_error_naming_them() {
     let unrelated = base.path().join("unrelated");
     std::fs::create_dir(&unrelated).unwrap();
     for (a, b, says) in [
-        (&good, &missing, format!("results directory {} does not exist", missing.display())),
-        (&missing, &good, format!("results directory {} does not exist", missing.display())),
-        (&unrelated, &good, format!("{} is not a results directory", unrelated.display())),
+        (
+            &good,
+            &missing,
+            format!("results directory {} does not exist", missing.display()),
+        ),
+        (
+            &missing,
+            &good,
+            format!("results directory {} does not exist", missing.display()),
+        ),
+        (
+            &unrelated,
+            &good,
+            format!("{} is not a results directory", unrelated.display()),
+        ),
     ] {
         let r = hostd(&["compare", p(a), p(b)]);
         assert_eq!(r.status.code(), Some(1), "{}", r.text);
@@ -427,7 +698,11 @@ fn compare_on_missing_or_unrelated_directories_is_an_error_naming_them() {
     assert_eq!(std::fs::read_dir(&unrelated).unwrap().count(), 0);
     let r = hostd(&["compare", p(&good), p(&good)]);
     assert!(r.status.success(), "{}", r.text);
-    assert!(r.text.contains("startup native n=1 hot T_startup") && r.text.contains("1.000"), "{}", r.text);
+    assert!(
+        r.text.contains("startup native n=1 hot T_startup") && r.text.contains("1.000"),
+        "{}",
+        r.text
+    );
 }
 
 // ---- `hostd run`: no debris, no collisions (item 6) ----
@@ -468,24 +743,55 @@ fn a_run_that_fails_after_validation_leaves_no_directory() {
     let camp = base.path().join("tiny.toml");
     std::fs::write(&camp, TINY).unwrap();
     // Failing before anything runs: no agent.
-    let r = hostd(&["run", p(&camp), "--agent", p(&base.path().join("no-agent")), "--results", p(&res)]);
+    let r = hostd(&[
+        "run",
+        p(&camp),
+        "--agent",
+        p(&base.path().join("no-agent")),
+        "--results",
+        p(&res),
+    ]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
     assert!(r.text.contains("no-agent does not exist"), "{}", r.text);
-    assert!(!res.exists() || std::fs::read_dir(&res).unwrap().count() == 0, "left: {:?}", std::fs::read_dir(&res).map(|d| d.count()));
+    assert!(
+        !res.exists() || std::fs::read_dir(&res).unwrap().count() == 0,
+        "left: {:?}",
+        std::fs::read_dir(&res).map(|d| d.count())
+    );
     if !is_root() {
         return skip("failing a run after its directory is made needs root (run state, cgroups)");
     }
     // Failing after its directory is made, before any sample: a disk benchmark without the
     // data disk image (an empty image store).
-    std::fs::write(&camp, TINY.replace("resources = [\"cpu\"]", "resources = [\"disk\"]")).unwrap();
+    std::fs::write(
+        &camp,
+        TINY.replace("resources = [\"cpu\"]", "resources = [\"disk\"]"),
+    )
+    .unwrap();
     let empty = base.path().join("no-images");
     std::fs::create_dir(&empty).unwrap();
     let agent = agent();
-    let args: Vec<&OsStr> = ["run", p(&camp), "--agent", p(&agent), "--results", p(&res)].into_iter().map(OsStr::new).collect();
-    let r = hostd_env(Duration::from_secs(60), &args, &[("VIRTBENCH_IMAGES", empty.as_os_str())]);
+    let args: Vec<&OsStr> = ["run", p(&camp), "--agent", p(&agent), "--results", p(&res)]
+        .into_iter()
+        .map(OsStr::new)
+        .collect();
+    let r = hostd_env(
+        Duration::from_secs(60),
+        &args,
+        &[("VIRTBENCH_IMAGES", empty.as_os_str())],
+    );
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    assert!(r.text.contains("the disk benchmark needs the data disk image") && r.text.contains("the run recorded nothing"), "{}", r.text);
-    let left: Vec<_> = std::fs::read_dir(&res).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(
+        r.text
+            .contains("the disk benchmark needs the data disk image")
+            && r.text.contains("the run recorded nothing"),
+        "{}",
+        r.text
+    );
+    let left: Vec<_> = std::fs::read_dir(&res)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
@@ -504,7 +810,11 @@ fn two_runs_started_in_the_same_second_get_a_directory_each() {
         .map(|_| {
             let (camp, res, agent) = (camp.clone(), res.clone(), agent.clone());
             std::thread::spawn(move || {
-                let args: Vec<&OsStr> = ["run", p(&camp), "--agent", p(&agent), "--results", p(&res)].into_iter().map(OsStr::new).collect();
+                let args: Vec<&OsStr> =
+                    ["run", p(&camp), "--agent", p(&agent), "--results", p(&res)]
+                        .into_iter()
+                        .map(OsStr::new)
+                        .collect();
                 hostd_env(Duration::from_secs(180), &args, &[])
             })
         })
@@ -515,18 +825,36 @@ fn two_runs_started_in_the_same_second_get_a_directory_each() {
     let mut dirs = Vec::new();
     for r in &runs {
         assert!(r.status.success(), "{}", r.text);
-        let line = r.text.lines().find(|l| l.starts_with("hostd: campaign tiny → ")).unwrap_or_else(|| panic!("{}", r.text));
-        dirs.push(PathBuf::from(line.trim_start_matches("hostd: campaign tiny → ")));
+        let line = r
+            .text
+            .lines()
+            .find(|l| l.starts_with("hostd: campaign tiny → "))
+            .unwrap_or_else(|| panic!("{}", r.text));
+        dirs.push(PathBuf::from(
+            line.trim_start_matches("hostd: campaign tiny → "),
+        ));
     }
     assert_ne!(dirs[0], dirs[1]);
     let stamp = |d: &Path| d.file_name().unwrap().to_string_lossy()[..19].to_string();
-    println!("{} and {} (same second: {})", dirs[0].display(), dirs[1].display(), stamp(&dirs[0]) == stamp(&dirs[1]));
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&res).unwrap().map(|e| e.unwrap().path()).collect();
+    println!(
+        "{} and {} (same second: {})",
+        dirs[0].display(),
+        dirs[1].display(),
+        stamp(&dirs[0]) == stamp(&dirs[1])
+    );
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&res)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     found.sort();
     dirs.sort();
-    assert_eq!(found, dirs, "exactly the two runs' directories, no pending one");
+    assert_eq!(
+        found, dirs,
+        "exactly the two runs' directories, no pending one"
+    );
     for d in &dirs {
-        let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
+        let rep: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
         assert_eq!(rep["startup"]["rows"][0]["ready"], 1, "{}", d.display());
         assert!(d.join("campaign.toml").is_file());
     }
@@ -539,11 +867,25 @@ fn resume_with_an_invalid_stored_campaign_names_the_file() {
     std::fs::write(d.join("campaign.toml"), "name = \"no spaces allowed\"\n").unwrap();
     let r = hostd(&["run", "--resume", p(&d)]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    assert!(r.text.contains(&format!("{}: field `name`", d.join("campaign.toml").display())), "{}", r.text);
+    assert!(
+        r.text.contains(&format!(
+            "{}: field `name`",
+            d.join("campaign.toml").display()
+        )),
+        "{}",
+        r.text
+    );
     std::fs::remove_file(d.join("campaign.toml")).unwrap();
     let r = hostd(&["run", "--resume", p(&d)]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    assert!(r.text.contains(&format!("{} is not a campaign results directory: it has no campaign.toml", d.display())), "{}", r.text);
+    assert!(
+        r.text.contains(&format!(
+            "{} is not a campaign results directory: it has no campaign.toml",
+            d.display()
+        )),
+        "{}",
+        r.text
+    );
     let r = hostd(&["run", "--resume", p(&base.path().join("gone"))]);
     assert!(r.text.contains("gone does not exist"), "{}", r.text);
 }
