@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use vb_protocol::bench::Resource;
 
 use crate::backend::BackendKind;
+use crate::limits;
 use crate::startup::StartMode;
 use crate::suite::Workloads;
 
@@ -284,33 +285,21 @@ impl Campaign {
         if self.resources.is_empty() {
             return bad("resources", "needs at least one resource".into());
         }
-        if self.reps == 0 || self.reps > 100 {
-            return bad("reps", format!("{} is not in 1..=100", self.reps));
-        }
-        if self.warmup > 10 {
-            return bad("warmup", format!("{} is more than 10", self.warmup));
-        }
-        if self.guest.mem_mib < 32 {
-            return bad("guest.mem_mib", format!("{} MiB is below 32", self.guest.mem_mib));
-        }
-        if self.guest.vcpus == 0 {
-            return bad("guest.vcpus", "must be ≥ 1".into());
-        }
-        if self.guest.boot_timeout_s == 0 || self.guest.bench_timeout_s == 0 {
-            return bad("guest.boot_timeout_s / guest.bench_timeout_s", "must be > 0".into());
-        }
+        limits::REPS.field("reps", self.reps)?;
+        limits::WARMUP.field("warmup", self.warmup)?;
+        limits::MEM_MIB.field("guest.mem_mib", self.guest.mem_mib)?;
+        limits::VCPUS.field("guest.vcpus", self.guest.vcpus)?;
+        limits::BOOT_TIMEOUT_S.field("guest.boot_timeout_s", self.guest.boot_timeout_s)?;
+        limits::BENCH_TIMEOUT_S.field("guest.bench_timeout_s", self.guest.bench_timeout_s)?;
+        limits::SETTLE_S.field("startup.settle_s", self.startup.settle_s)?;
         check_sizes("startup.sizes", &self.startup.sizes)?;
         if self.startup.modes.is_empty() {
             return bad("startup.modes", "needs cold, hot or both".into());
         }
         check_sizes("overhead.sizes", &self.overhead.sizes)?;
-        if self.ring.guests == 1 || self.ring.guests > 1000 {
-            return bad("ring.guests", format!("{} is not 0 (off) or 2..=1000", self.ring.guests));
-        }
+        check_ring("ring.guests", self.ring.guests)?;
         check_workloads("workloads", &self.workloads)?;
-        if self.xen.lab_max_guests == 0 || self.xen.lab_max_guests > 64 {
-            return bad("xen.lab_max_guests", format!("{} is not in 1..=64", self.xen.lab_max_guests));
-        }
+        limits::LAB_GUESTS.field("xen.lab_max_guests", self.xen.lab_max_guests)?;
         for (b, o) in &self.overrides {
             if let Err(e) = b.parse::<BackendKind>() {
                 return bad(&format!("overrides.{b}"), e);
@@ -322,14 +311,10 @@ impl Campaign {
                 check_sizes(&format!("overrides.{b}.overhead_sizes"), s)?;
             }
             if let Some(r) = o.ring_guests {
-                if r == 1 || r > 1000 {
-                    return bad(&format!("overrides.{b}.ring_guests"), format!("{r} is not 0 (off) or 2..=1000"));
-                }
+                check_ring(&format!("overrides.{b}.ring_guests"), r)?;
             }
             if let Some(m) = o.mem_mib {
-                if m < 32 {
-                    return bad(&format!("overrides.{b}.mem_mib"), format!("{m} MiB is below 32"));
-                }
+                limits::MEM_MIB.field(&format!("overrides.{b}.mem_mib"), m)?;
             }
             if let Some(w) = &o.workloads {
                 check_workloads(&format!("overrides.{b}.workloads"), w)?;
@@ -365,13 +350,20 @@ impl Campaign {
 }
 
 fn check_sizes(field: &str, s: &[usize]) -> Result<(), String> {
-    if s.is_empty() || s.iter().any(|&n| n == 0 || n > 1000) {
-        return Err(format!("field `{field}`: sizes must be 1..=1000, got {s:?}"));
+    limits::check_sizes(s).map_err(|e| format!("field `{field}`: {e}"))
+}
+
+/// A ring: 0 (off), or at least two guests of a fleet's range.
+fn check_ring(field: &str, n: usize) -> Result<(), String> {
+    if n == 0 {
+        return Ok(());
     }
-    if s.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(format!("field `{field}`: sizes must increase, got {s:?}"));
+    if n == 1 {
+        return Err(format!(
+            "field `{field}`: 1 guest is not a ring (0 turns it off, 2 is the least)"
+        ));
     }
-    Ok(())
+    limits::GUESTS.field(field, n).map(|_| ())
 }
 
 fn check_workloads(field: &str, w: &Workloads) -> Result<(), String> {
@@ -379,15 +371,18 @@ fn check_workloads(field: &str, w: &Workloads) -> Result<(), String> {
     let probes = [
         BenchSpec::Cpu { rounds: w.cpu_rounds },
         BenchSpec::Memory { n: w.mem_n, passes: w.mem_passes },
-        BenchSpec::Disk { path: "/x".into(), block_size: w.disk_block_kib.saturating_mul(1024), max_bytes: Some(w.disk_mib << 20), direct: true },
+        BenchSpec::Disk {
+            path: "/x".into(),
+            block_size: w.disk_block_kib.saturating_mul(1024),
+            max_bytes: limits::mib_to_bytes(w.disk_mib),
+            direct: true,
+        },
         BenchSpec::NetStream { peer: "10.0.0.1:1".into(), duration_ms: w.net_duration_ms, msg_size: w.net_msg_size },
     ];
     for p in probes {
         p.validate().map_err(|e| format!("field `{field}`: {e}"))?;
     }
-    if w.disk_mib == 0 {
-        return Err(format!("field `{field}.disk_mib`: must be > 0"));
-    }
+    limits::DISK_MIB.field(&format!("{field}.disk_mib"), w.disk_mib)?;
     Ok(())
 }
 
@@ -444,5 +439,23 @@ mod tests {
         assert!(e("resources = [\"gpu\"]").contains("gpu"));
         assert!(e("[xen]\nlab_max_guests = 0").contains("`xen.lab_max_guests`"));
         assert!(e("[xen]\nlab = \"yes\"").contains("lab"));
+    }
+
+    #[test]
+    fn absurd_durations_sizes_and_counts_are_refused() {
+        let e = |t: &str| parse(t).unwrap_err();
+        // Near 2^63 s: `Instant::now() + deadline` would overflow.
+        assert!(
+            e("[guest]\nboot_timeout_s = 9223372036854775807").contains("`guest.boot_timeout_s`")
+        );
+        assert!(e("[guest]\nbench_timeout_s = 0").contains("`guest.bench_timeout_s`"));
+        assert!(e("[guest]\nvcpus = 0").contains("`guest.vcpus`"));
+        assert!(e("[startup]\nsettle_s = 9223372036854775807").contains("`startup.settle_s`"));
+        assert!(e("[startup]\nsizes = [1, 100000]").contains("`startup.sizes`"));
+        // 2^44 MiB is 2^64 bytes: shifted, it would wrap to 0.
+        assert!(e("[workloads]\ndisk_mib = 17592186044416").contains("`workloads.disk_mib`"));
+        assert!(e("[overrides.uml]\nmem_mib = 0").contains("`overrides.uml.mem_mib`"));
+        assert!(e("[ring]\nguests = 100000").contains("`ring.guests`"));
+        assert!(parse("[ring]\nguests = 0").is_ok(), "0 turns the ring off");
     }
 }

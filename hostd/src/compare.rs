@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::Result;
-
 use crate::report::{self, Report};
+use crate::results::DirError;
 
 /// Figure name → (value, unit), for every headline figure of a report.
 fn headline(r: &Report) -> BTreeMap<String, (f64, String)> {
@@ -39,7 +38,9 @@ fn headline(r: &Report) -> BTreeMap<String, (f64, String)> {
     m
 }
 
-pub fn compare(a: &Path, b: &Path) -> Result<String> {
+/// The table; an error naming the directory if either is missing or not a results
+/// directory (an empty table would pass for two runs with nothing in common).
+pub fn compare(a: &Path, b: &Path) -> Result<String, DirError> {
     let (ra, rb) = (report::build(a)?, report::build(b)?);
     let (ha, hb) = (headline(&ra), headline(&rb));
     let mut out = String::new();

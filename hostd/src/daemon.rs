@@ -13,6 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::backend::{AnyBackend, BackendKind, BackendOptions, Images};
 use crate::cgroup::Limits;
 use crate::fleet::{self, Fleet, FleetConfig, GuestFailure};
+use crate::limits;
 use crate::runstate::{RunState, RUN_ROOT};
 
 /// A fleet file (`hostd up FILE`). Unknown keys are errors.
@@ -23,7 +24,7 @@ pub struct FleetFile {
     pub name: String,
     /// Backend name (native, ns, oci, uml, qemu-microvm, qemu-full, firecracker). Required.
     pub backend: String,
-    /// Number of guests. Required, 1..=1000.
+    /// Number of guests. Required, in [`limits::GUESTS`].
     pub guests: usize,
     /// Guest memory in MiB. Default 128.
     #[serde(default = "default_mem")]
@@ -82,22 +83,30 @@ impl FleetFile {
             Ok(k) => k,
             Err(e) => return bad("backend", e),
         };
-        if f.guests == 0 || f.guests > 1000 {
-            return bad("guests", format!("{} is not in 1..=1000", f.guests));
-        }
-        if f.mem_mib < 16 {
-            return bad("mem_mib", format!("{} MiB is below the 16 MiB minimum", f.mem_mib));
-        }
-        if f.vcpus == 0 || f.vcpus > 64 {
-            return bad("vcpus", format!("{} is not in 1..=64", f.vcpus));
-        }
-        if f.boot_timeout_s == 0 {
-            return bad("boot_timeout_s", "must be > 0".into());
-        }
-        if let Some(c) = f.limits.cpus {
-            if !(c > 0.0 && c <= 1024.0) {
-                return bad("limits.cpus", format!("{c} is not a positive CPU count"));
-            }
+        let checks = [
+            limits::GUESTS.field("guests", f.guests).map(|_| ()),
+            limits::MEM_MIB.field("mem_mib", f.mem_mib).map(|_| ()),
+            limits::VCPUS.field("vcpus", f.vcpus).map(|_| ()),
+            limits::PARALLELISM
+                .field("parallelism", f.parallelism)
+                .map(|_| ()),
+            limits::BOOT_TIMEOUT_S
+                .field("boot_timeout_s", f.boot_timeout_s)
+                .map(|_| ()),
+            f.limits.memory_mib.map_or(Ok(()), |m| {
+                limits::LIMIT_MEMORY_MIB
+                    .field("limits.memory_mib", m)
+                    .map(|_| ())
+            }),
+            f.limits.pids.map_or(Ok(()), |p| {
+                limits::LIMIT_PIDS.field("limits.pids", p).map(|_| ())
+            }),
+            f.limits
+                .cpus
+                .map_or(Ok(()), |c| limits::check_cpus("limits.cpus", c).map(|_| ())),
+        ];
+        if let Some(e) = checks.into_iter().find_map(Result::err) {
+            return Err(format!("{}: {e}", path.display()));
         }
         Ok((f, kind))
     }
@@ -111,7 +120,14 @@ impl FleetFile {
             network: self.network,
             data_disk: None,
             boot_timeout: Duration::from_secs(self.boot_timeout_s),
-            limits: Limits { memory_bytes: self.limits.memory_mib.map(|m| m << 20), cpus: self.limits.cpus, pids: self.limits.pids, cpuset: None },
+            limits: Limits {
+                // Checked by `load`; a value that would not fit in bytes is no limit at all
+                // rather than a wrapped one.
+                memory_bytes: self.limits.memory_mib.and_then(limits::mib_to_bytes),
+                cpus: self.limits.cpus,
+                pids: self.limits.pids,
+                cpuset: None,
+            },
         }
     }
 }
@@ -365,5 +381,40 @@ mod tests {
         assert!(load("name = \"Lab!\"\nbackend = \"native\"\nguests = 1\n").unwrap_err().contains("`name`"));
         assert!(load("name = \"lab\"\nbackend = \"native\"\n").unwrap_err().contains("guests"));
         assert!(load("name = \"lab\"\nbackend = \"native\"\nguests = 1\n[limits]\ncpus = -1.0\n").unwrap_err().contains("limits.cpus"));
+    }
+
+    #[test]
+    fn absurd_limits_and_timeouts_are_refused() {
+        let base = "name = \"lab\"\nbackend = \"native\"\nguests = 1\n";
+        for (extra, field) in [
+            // 2^44 MiB: shifted to bytes it wraps to a 0-byte limit.
+            (
+                "[limits]\nmemory_mib = 17592186044416\n",
+                "`limits.memory_mib`",
+            ),
+            ("[limits]\nmemory_mib = 0\n", "`limits.memory_mib`"),
+            ("[limits]\npids = 0\n", "`limits.pids`"),
+            ("[limits]\ncpus = nan\n", "`limits.cpus`"),
+            // Near 2^63 s: `Instant::now() + deadline` would overflow.
+            ("boot_timeout_s = 9223372036854775807\n", "`boot_timeout_s`"),
+            ("boot_timeout_s = 0\n", "`boot_timeout_s`"),
+            ("mem_mib = 0\n", "`mem_mib`"),
+            ("vcpus = 0\n", "`vcpus`"),
+            ("parallelism = 100000\n", "`parallelism`"),
+        ] {
+            let e = load(&format!("{base}{extra}")).unwrap_err();
+            assert!(
+                e.contains(field) && e.contains("fleet.toml"),
+                "{extra}: {e}"
+            );
+        }
+        let (f, _) = load(&format!("{base}[limits]\nmemory_mib = 48\npids = 64\n")).unwrap();
+        assert_eq!(
+            (
+                f.fleet_config().limits.memory_bytes,
+                f.fleet_config().limits.pids
+            ),
+            (Some(48 << 20), Some(64))
+        );
     }
 }

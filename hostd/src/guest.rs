@@ -123,7 +123,8 @@ pub fn exit_watch(pid: u32) -> Option<ExitWatch> {
 /// up) before the error is returned.
 pub async fn boot(backend: &AnyBackend, spec: GuestSpec, deadline: Duration) -> Result<RunningGuest, BootError> {
     let t0 = Instant::now();
-    let end = tokio::time::Instant::now() + deadline;
+    // Saturating: a deadline no clock can represent waits (practically) forever, not panics.
+    let end = crate::limits::deadline(deadline);
     let launched = match tokio::time::timeout_at(end, backend.launch(&spec)).await {
         Ok(r) => r.map_err(|source| BootError::Launch { guest: spec.name.clone(), source })?,
         Err(_) => return Err(BootError::LaunchTimeout { guest: spec.name, after: deadline }),

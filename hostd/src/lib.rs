@@ -20,6 +20,7 @@ pub mod floor;
 pub mod guest;
 pub mod images;
 pub mod integrity;
+pub mod limits;
 pub mod memory;
 pub mod microbench;
 pub mod netlab;

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions};
-use anyhow::Context as _;
 use hostd::bootrun::{self, BootOptions};
 use hostd::campaign::Campaign;
 use hostd::runner;
 use hostd::daemon;
 use hostd::fleet::{FleetConfig, FleetEvent};
+use hostd::limits;
 use hostd::microbench::{self, BenchName, BenchOptions};
 use hostd::provenance::Provenance;
 use hostd::results::ResultsDir;
@@ -39,9 +39,17 @@ enum Cmd {
     Down { name: String },
     /// Run a campaign: startup, memory and the whole suite on every backend, then the report.
     Run(RunArgs),
-    /// Rebuild a results directory's report from its stored samples.
-    Report { dir: PathBuf },
-    /// Show two runs' main figures side by side.
+    /// Rebuild a results directory's report from its stored samples. Refuses a directory
+    /// that is not a results directory (one with a samples.jsonl), and refuses to replace a
+    /// report built from more data than the samples now hold (missing, cut or swapped
+    /// samples) unless --force.
+    Report {
+        dir: PathBuf,
+        /// Replace the report even with one built from less data.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show two runs' main figures side by side (both must be results directories).
     Compare { a: PathBuf, b: PathBuf },
     /// Measure the xen backend on a Xen host emulated by QEMU (for hosts that are not Xen).
     XenLab(hostd::xenlab::LabArgs),
@@ -93,32 +101,34 @@ struct ImageArgs {
 struct BootArgs {
     #[arg(long)]
     backend: BackendKind,
-    /// Fleet sizes, comma-separated; each is booted cold, then hot.
-    #[arg(short = 'n', long = "sizes", value_delimiter = ',', default_value = "1,10,50,100")]
+    /// Fleet sizes, comma-separated and increasing, each 1-1000; each is booted cold, then hot.
+    #[arg(short = 'n', long = "sizes", value_delimiter = ',', default_value = "1,10,50,100", value_parser = limits::GUESTS.cli::<usize>())]
     sizes: Vec<usize>,
     /// Start modes, in order.
     #[arg(long, value_delimiter = ',', default_value = "cold,hot")]
     modes: Vec<StartMode>,
-    /// Guest memory, MiB.
-    #[arg(long, default_value_t = 128)]
+    /// Guest memory, MiB (32-1048576).
+    #[arg(long, default_value_t = 128, value_parser = limits::MEM_MIB.cli::<u32>())]
     mem_mib: u32,
-    #[arg(long, default_value_t = 1)]
+    /// vCPUs per guest (1-64).
+    #[arg(long, default_value_t = 1, value_parser = limits::VCPUS.cli::<u32>())]
     vcpus: u32,
-    /// Most guests launching at once (0: all together, as the paper does).
-    #[arg(long, default_value_t = 0)]
+    /// Most guests launching at once (0: all together, as the paper does; at most 1000).
+    #[arg(long, default_value_t = 0, value_parser = limits::PARALLELISM.cli::<usize>())]
     parallelism: usize,
-    /// Seconds from a guest's launch request to its ready message before it counts as failed.
-    #[arg(long, default_value_t = 300)]
+    /// Seconds from a guest's launch request to its ready message before it counts as
+    /// failed (1-86400).
+    #[arg(long, default_value_t = 300, value_parser = limits::BOOT_TIMEOUT_S.cli::<u64>())]
     boot_timeout: u64,
-    /// Seconds the booted fleet idles before memory is read.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds the booted fleet idles before memory is read (0-3600).
+    #[arg(long, default_value_t = 5, value_parser = limits::SETTLE_S.cli::<u64>())]
     settle: u64,
     /// Do not attach guests to a fleet network.
     #[arg(long)]
     no_network: bool,
     /// Pairs of hot starts compared with the backend's floor (bare fork+exec for
-    /// containers, a bare VMM boot for VMs); 0 skips the comparison.
-    #[arg(long, default_value_t = 5)]
+    /// containers, a bare VMM boot for VMs); 0 skips the comparison (at most 100).
+    #[arg(long, default_value_t = 5, value_parser = limits::FLOOR_REPS.cli::<usize>())]
     floor_reps: usize,
     /// Parent directory of the results directory.
     #[arg(long, default_value = "results")]
@@ -135,11 +145,11 @@ struct BenchArgs {
     /// Benchmarks to run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "cpu,memory,disk,net_stream,net_rr")]
     bench: Vec<BenchName>,
-    /// Counted repetitions of each benchmark.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// Counted repetitions of each benchmark (1-1000).
+    #[arg(long, default_value_t = 5, value_parser = limits::REPS.cli::<u32>())]
     reps: u32,
-    /// Discarded warm-up runs before the counted ones.
-    #[arg(long, default_value_t = 1)]
+    /// Discarded warm-up runs before the counted ones (0-10).
+    #[arg(long, default_value_t = 1, value_parser = limits::WARMUP.cli::<u32>())]
     warmup: u32,
     /// Concurrent copies of each benchmark inside the guest.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -157,8 +167,8 @@ struct BenchArgs {
     /// file of --disk-mb in the work directory).
     #[arg(long)]
     disk_file: Option<PathBuf>,
-    /// Disk: size of the file created when --disk-file is not given, MiB.
-    #[arg(long, default_value_t = 256)]
+    /// Disk: size of the file created when --disk-file is not given, MiB (1-1048576).
+    #[arg(long, default_value_t = 256, value_parser = limits::DISK_MIB.cli::<u64>())]
     disk_mb: u64,
     /// Disk: read block size, KiB (dd's bs).
     #[arg(long, default_value_t = 1024)]
@@ -175,11 +185,11 @@ struct BenchArgs {
     /// Guest-agent binary (default: $VIRTBENCH_AGENT, then this workspace's musl build).
     #[arg(long)]
     agent: Option<PathBuf>,
-    /// Seconds to wait for the guest's ready message.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds to wait for the guest's ready message (1-86400).
+    #[arg(long, default_value_t = 30, value_parser = limits::BOOT_TIMEOUT_S.cli::<u64>())]
     hello_timeout: u64,
-    /// Seconds one benchmark request may take.
-    #[arg(long, default_value_t = 600)]
+    /// Seconds one benchmark request may take (1-86400).
+    #[arg(long, default_value_t = 600, value_parser = limits::BENCH_TIMEOUT_S.cli::<u64>())]
     bench_timeout: u64,
     /// Print machine-readable JSON instead of the table.
     #[arg(long)]
@@ -216,9 +226,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { name } => status(name).await,
         Cmd::Down { name } => down(name).await,
         Cmd::Run(a) => run_campaign(a).await,
-        Cmd::Report { dir } => {
-            let rep = hostd::report::write(&dir)?;
-            println!("report: {} ({} backends measured, {} unavailable, {} failed steps)", dir.join("index.html").display(), rep.probes.len(), rep.unavailable.len(), rep.failed_steps.len());
+        Cmd::Report { dir, force } => {
+            let rep = hostd::report::write(&dir, force)?;
+            println!("report: {}", report_line(&dir, &rep));
             Ok(())
         }
         Cmd::XenLab(a) => hostd::xenlab::main(a).await,
@@ -229,36 +239,100 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
-    let (campaign, mut results) = match &a.resume {
-        Some(dir) => {
-            let text = std::fs::read_to_string(dir.join("campaign.toml")).with_context(|| format!("{} is not a campaign results directory", dir.display()))?;
-            let c: Campaign = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("campaign.toml").display()))?;
-            c.check().map_err(anyhow::Error::msg)?;
-            (c, ResultsDir::open(dir)?)
-        }
-        None => {
-            let c = match &a.campaign {
-                Some(p) => Campaign::load(p).map_err(anyhow::Error::msg)?,
-                None => Campaign::default_campaign(),
-            };
-            let c = if a.quick { c.quick() } else { c };
-            (c, ResultsDir::create(&a.results, &format!("{}-run-{}", stamp(), "pending"))?)
-        }
+/// The summary line of a written report.
+fn report_line(dir: &std::path::Path, rep: &hostd::report::Report) -> String {
+    let mut l = format!(
+        "{} ({} backends measured, {} unavailable, {} failed steps)",
+        dir.join("index.html").display(),
+        rep.probes.len(),
+        rep.unavailable.len(),
+        rep.failed_steps.len()
+    );
+    if rep.unreadable_records + rep.implausible_records > 0 {
+        l.push_str(&format!(
+            "; samples.jsonl: {} unreadable line(s), {} record(s) left out as outside physical sense",
+            rep.unreadable_records, rep.implausible_records
+        ));
+    }
+    l
+}
+
+/// The campaign a results directory was started with, checked; errors name the file.
+fn stored_campaign(dir: &std::path::Path) -> anyhow::Result<Campaign> {
+    hostd::results::check_dir(dir)?;
+    let path = dir.join("campaign.toml");
+    let bytes = match hostd::results::read_file(&path, hostd::results::MAX_FILE_BYTES) {
+        Err(hostd::results::ReadError::Missing { .. }) => anyhow::bail!(
+            "{} is not a campaign results directory: it has no campaign.toml",
+            dir.display()
+        ),
+        r => r?,
     };
-    let images = images_or_note(a.images.agent.as_deref())?;
-    reap_orphans();
-    let run = RunState::create("run", Some(results.path.clone()))?;
-    if a.resume.is_none() {
-        // Name the directory after the campaign and run now that both are known.
-        let named = a.results.join(format!("{}-run-{}-{}", stamp(), campaign.name, run.run));
-        std::fs::rename(&results.path, &named)?;
-        results = ResultsDir::open(&named)?;
-        results.write("campaign.toml", toml::to_string(&campaign)?.as_bytes())?;
+    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let c: Campaign =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    c.check()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(c)
+}
+
+/// A fresh run's results directory, named after the campaign and the run (unique even for
+/// runs started in the same second), with the campaign and provenance written. Removed
+/// again if they cannot be written: nothing half-made is left.
+fn new_results(
+    base: &std::path::Path,
+    campaign: &Campaign,
+    run: &RunState,
+    images: &hostd::backend::Images,
+) -> anyhow::Result<ResultsDir> {
+    let results = ResultsDir::create_unique(
+        base,
+        &format!("{}-run-{}-{}", stamp(), campaign.name, run.run),
+    )?;
+    let written = (|| {
+        results.write("campaign.toml", toml::to_string(campaign)?.as_bytes())?;
         let mut provenance = Provenance::collect(images.hashes.clone());
         provenance.notes.push(format!("campaign {}", campaign.name));
         results.write_json("provenance.json", &provenance)?;
+        anyhow::Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&results.path);
+        return Err(e);
     }
+    Ok(results)
+}
+
+/// Whether a results directory holds no sample at all.
+fn nothing_recorded(dir: &std::path::Path) -> bool {
+    std::fs::metadata(dir.join(hostd::results::SAMPLES)).is_ok_and(|m| m.len() == 0)
+}
+
+async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
+    // Everything that can be checked is, before anything is made.
+    let campaign = match (&a.resume, &a.campaign) {
+        (Some(dir), _) => stored_campaign(dir)?,
+        (None, Some(p)) => Campaign::load(p).map_err(anyhow::Error::msg)?,
+        (None, None) => Campaign::default_campaign(),
+    };
+    let campaign = if a.quick { campaign.quick() } else { campaign };
+    let images = images_or_note(a.images.agent.as_deref())?;
+    reap_orphans();
+    let run = RunState::create(
+        "run",
+        Some(a.resume.clone().unwrap_or_else(|| a.results.clone())),
+    )?;
+    let made = match &a.resume {
+        Some(dir) => ResultsDir::open(dir).map_err(anyhow::Error::from),
+        None => new_results(&a.results, &campaign, &run, &images),
+    };
+    let mut results = match made {
+        Ok(r) => r,
+        Err(e) => {
+            run.finish();
+            return Err(e);
+        }
+    };
     eprintln!("hostd: campaign {} → {}", campaign.name, results.path.display());
     let mut say = |l: String| eprintln!("{l}");
     let bopts = backend_options(&a.images);
@@ -267,7 +341,24 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => None,
     };
     let cleaned = run.finish();
-    let report = hostd::report::write(&results.path);
+    // A fresh run that failed before recording anything leaves nothing behind: there is
+    // nothing to resume or report.
+    if let (Some(Err(_)), None) = (&outcome, &a.resume) {
+        if nothing_recorded(&results.path) {
+            match std::fs::remove_dir_all(&results.path) {
+                Ok(()) => eprintln!(
+                    "hostd: removed {}: the run recorded nothing",
+                    results.path.display()
+                ),
+                Err(e) => eprintln!(
+                    "hostd: could not remove {} (the run recorded nothing): {e}",
+                    results.path.display()
+                ),
+            }
+            return outcome.expect("matched");
+        }
+    }
+    let report = hostd::report::write(&results.path, false);
     match outcome {
         None => {
             eprintln!("hostd: interrupted; {cleaned}; resume with: hostd run --resume {}", results.path.display());
@@ -276,13 +367,7 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
         Some(r) => {
             r?;
             let rep = report?;
-            println!(
-                "report: {} ({} backends measured, {} unavailable, {} failed steps)",
-                results.path.join("index.html").display(),
-                rep.probes.len(),
-                rep.unavailable.len(),
-                rep.failed_steps.len()
-            );
+            println!("report: {}", report_line(&results.path, &rep));
             Ok(())
         }
     }
@@ -439,9 +524,7 @@ fn reap_orphans() {
 }
 
 async fn boot(a: BootArgs) -> anyhow::Result<()> {
-    if a.sizes.is_empty() || a.sizes.contains(&0) {
-        anyhow::bail!("--sizes needs fleet sizes of at least 1");
-    }
+    limits::check_sizes(&a.sizes).map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
     let images = images_or_note(a.images.agent.as_deref())?;
     let bopts = backend_options(&a.images);
     let backend = AnyBackend::new(a.backend, &images, &bopts);
@@ -450,7 +533,16 @@ async fn boot(a: BootArgs) -> anyhow::Result<()> {
     eprintln!("hostd: {}: {probe}", a.backend);
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
     let run = RunState::create("boot", Some(a.results.clone()))?;
-    let mut results = ResultsDir::create(&a.results, &format!("{stamp}-boot-{}-{}", a.backend, run.run))?;
+    let mut results = match ResultsDir::create_unique(
+        &a.results,
+        &format!("{stamp}-boot-{}-{}", a.backend, run.run),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            run.finish();
+            return Err(e.into());
+        }
+    };
     let mut provenance = Provenance::collect(images.hashes.clone());
     provenance.notes.push(format!("backend {}: {probe}", a.backend));
     let opts = BootOptions {

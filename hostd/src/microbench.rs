@@ -205,7 +205,7 @@ async fn run_benches(
             BenchName::Memory => BenchSpec::Memory { n: opts.mem_n, passes: opts.mem_passes },
             BenchName::Disk => BenchSpec::Disk {
                 path: disk.expect("disk file prepared").to_string(),
-                block_size: opts.disk_block_kib * 1024,
+                block_size: opts.disk_block_kib.saturating_mul(1024),
                 max_bytes: None,
                 direct: true,
             },

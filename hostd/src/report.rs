@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::Resource;
 
@@ -15,8 +14,8 @@ use crate::bootrun::{self, BootRow, BootSummary};
 use crate::fleet::GuestFailure;
 use crate::plot::{self, Bars, Chart, Point, Series};
 use crate::provenance::Provenance;
-use crate::results::{read_records, ResultsDir};
-use crate::samples::Record;
+use crate::results::{self, DirError, ReadError};
+use crate::samples::{Record, Rejected, Samples};
 use crate::startup::{FleetBoot, MemorySample, StartMode, StartupSample};
 use crate::stats::Summary;
 use crate::suite::isolation::{self, Policy};
@@ -105,17 +104,178 @@ pub struct Report {
     pub lost: Vec<(BackendKind, String, GuestFailure)>,
     /// Lines of samples.jsonl that could not be read (a record torn by a kill).
     pub unreadable_records: usize,
+    /// Records of samples.jsonl left out as outside physical sense (a negative, non-finite
+    /// or impossibly long time, a bandwidth beyond any machine), and the first few of them.
+    #[serde(default)]
+    pub implausible_records: usize,
+    #[serde(default)]
+    pub rejected: Vec<Rejected>,
+}
+
+impl Report {
+    /// How much was measured: every sample and failure behind the report's figures. A
+    /// report rebuilt from the same samples has as many; samples only grow, so a rebuild
+    /// with fewer means the samples were lost, cut or swapped.
+    pub fn data_points(&self) -> usize {
+        let stat = |s: &Stat| s.samples;
+        let rows: usize = self
+            .startup
+            .rows
+            .iter()
+            .map(|r| r.ready + r.failed + usize::from(r.m_used_mib.is_some()))
+            .sum();
+        let overhead: usize = self
+            .overhead
+            .values()
+            .flatten()
+            .map(|p| stat(&p.value))
+            .sum();
+        let linearity: usize = self
+            .linearity
+            .values()
+            .flatten()
+            .map(|p| stat(&p.value))
+            .sum();
+        let ring: usize = self
+            .ring
+            .values()
+            .map(|r| stat(&r.bandwidth) + r.latency.as_ref().map_or(0, stat))
+            .sum();
+        rows + overhead
+            + linearity
+            + self.isolation.len()
+            + ring
+            + self.failures.len()
+            + self.lost.len()
+            + self.probes.len()
+            + self.unavailable.len()
+    }
+
+    /// Every figure of the report that is not a finite number, named: none may be, whatever
+    /// the samples held.
+    pub fn non_finite(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        let mut f = |what: &dyn Fn() -> String, v: f64| {
+            if !v.is_finite() {
+                bad.push(format!("{} = {v}", what()));
+            }
+        };
+        fn stat(what: &str, s: &Stat, f: &mut dyn FnMut(&dyn Fn() -> String, f64)) {
+            for (k, v) in [
+                ("mean", s.mean),
+                ("std_dev", s.std_dev),
+                ("min", s.min),
+                ("max", s.max),
+            ] {
+                f(&|| format!("{what} {k}"), v);
+            }
+        }
+        for r in &self.startup.rows {
+            let at = format!("startup {} n={} {}", r.backend, r.n, r.mode.name());
+            for (k, v) in [
+                ("T_startup", r.t_startup_s),
+                ("M_used", r.m_used_mib),
+                ("cgroup/guest", r.per_guest_cgroup_mib),
+                ("PSS/guest", r.per_guest_pss_mib),
+            ] {
+                if let Some(v) = v {
+                    f(&|| format!("{at} {k}"), v);
+                }
+            }
+            for (k, s) in [
+                ("ready time", &r.ready_times),
+                ("guest boot", &r.guest_boot),
+            ] {
+                if let Some(s) = s {
+                    for (m, v) in [
+                        ("mean", s.mean),
+                        ("std_dev", s.std_dev),
+                        ("min", s.min),
+                        ("max", s.max),
+                    ] {
+                        f(&|| format!("{at} {k} {m}"), v);
+                    }
+                }
+            }
+        }
+        for (k, fit) in &self.startup.memory_fit {
+            for (m, v) in [
+                ("slope", fit.slope),
+                ("intercept", fit.intercept),
+                ("residual", fit.residual_std),
+            ] {
+                f(&|| format!("memory fit {k} {m}"), v);
+            }
+        }
+        for (r, s) in &self.baseline {
+            stat(&format!("baseline {}", r.name()), s, &mut f);
+        }
+        for (k, pts) in &self.overhead {
+            for p in pts {
+                stat(&format!("overhead {k} n={}", p.n), &p.value, &mut f);
+                if let Some(o) = p.overhead {
+                    f(&|| format!("overhead {k} n={} O_v", p.n), o);
+                }
+            }
+        }
+        for (k, pts) in &self.linearity {
+            for p in pts {
+                stat(&format!("linearity {k} n={}", p.n), &p.value, &mut f);
+                f(&|| format!("linearity {k} n={} worst", p.n), p.worst);
+                if let Some(r) = p.reference {
+                    f(&|| format!("linearity {k} n={} reference", p.n), r);
+                }
+            }
+        }
+        for (k, i) in &self.isolation {
+            for (m, v) in [
+                ("guest1", i.guest1),
+                ("guest2 a", i.guest2[0]),
+                ("guest2 b", i.guest2[1]),
+                ("capacity", i.capacity),
+            ] {
+                f(&|| format!("isolation {k} {m}"), v);
+            }
+        }
+        for (b, r) in &self.ring {
+            stat(&format!("ring {b} bandwidth"), &r.bandwidth, &mut f);
+            if let Some(l) = &r.latency {
+                stat(&format!("ring {b} latency"), l, &mut f);
+            }
+        }
+        bad
+    }
 }
 
 fn key(b: BackendKind, r: Resource) -> String {
     format!("{b}/{}", r.name())
 }
 
-/// Builds the report from a results directory's stored samples.
-pub fn build(dir: &Path) -> Result<Report> {
-    let (records, unreadable) = read_records::<Record>(dir).with_context(|| format!("reading {}", dir.display()))?;
-    let provenance: Option<Provenance> = std::fs::read(dir.join("provenance.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    let cores = provenance.as_ref().map(|p| p.host.cpus as usize).unwrap_or_else(crate::suite::host_cores);
+/// Builds the report from a results directory's stored samples. Refuses anything but a
+/// results directory, and reads its files only within bounds ([`results::read_with`]).
+pub fn build(dir: &Path) -> Result<Report, DirError> {
+    results::check_dir(dir)?;
+    let samples = Samples::read(dir)?;
+    let provenance = results::read_optional(&dir.join("provenance.json"), results::MAX_FILE_BYTES)?
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    Ok(build_from(samples, provenance))
+}
+
+/// Builds the report from samples already taken in (the fuzz target feeds it arbitrary
+/// ones). Without a provenance the host's own stands in.
+pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
+    let Samples {
+        records,
+        unreadable,
+        implausible,
+        rejected,
+    } = samples;
+    // A forged provenance's CPU count must not make a capacity of 0 (every model divides).
+    let cores = provenance
+        .as_ref()
+        .map(|p| p.host.cpus as usize)
+        .unwrap_or_else(crate::suite::host_cores)
+        .clamp(1, 1 << 16);
 
     // Startup and memory, grouped per fleet.
     type FleetRecords = (Vec<StartupSample>, Vec<GuestFailure>, Option<MemorySample>);
@@ -260,7 +420,8 @@ pub fn build(dir: &Path) -> Result<Report> {
             }
             // Isolation.
             let iso = select(Test::Isolation, b, r, None);
-            if let (false, Some(alone)) = (iso.is_empty(), t_av) {
+            // Every figure is relative to one copy alone: a zero alone has nothing to relate to.
+            if let (false, Some(alone)) = (iso.is_empty(), t_av.filter(|a| *a > 0.0)) {
                 let mean_of = |guest: usize, inst: usize| -> Option<f64> {
                     let v: Vec<f64> = iso.iter().filter(|s| s.guest == guest && s.instance == inst).map(|s| metric(s)).collect();
                     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
@@ -302,7 +463,7 @@ pub fn build(dir: &Path) -> Result<Report> {
             ring.insert(b, RingResult { guests: bw[0].n, bandwidth, latency: Stat::of(&lat, "us") });
         }
     }
-    Ok(Report {
+    Report {
         provenance,
         cores,
         startup,
@@ -317,7 +478,9 @@ pub fn build(dir: &Path) -> Result<Report> {
         failures,
         lost,
         unreadable_records: unreadable,
-    })
+        implausible_records: implausible,
+        rejected,
+    }
 }
 
 const RES: [(Resource, &str); 4] = [(Resource::Cpu, "CPU"), (Resource::Memory, "Memory"), (Resource::Disk, "Disk"), (Resource::Network, "Network")];
@@ -459,24 +622,96 @@ fn mark_emulated(rep: &Report, figs: &mut [(String, Figure)]) {
     }
 }
 
-/// Writes summary.json, summary.csv, every figure and index.html into `dir`.
-pub fn write(dir: &Path) -> Result<Report> {
+/// Why `hostd report` (or a run's closing report) wrote nothing, or not everything.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Build(#[from] DirError),
+    #[error("reading the report to be replaced: {0}")]
+    Previous(ReadError),
+    #[error(
+        "{path} holds {had} data points, the samples only {has}: refusing to replace it with less (are the samples missing, \
+         cut short or another run's?); pass --force to rebuild it anyway"
+    )]
+    LessData {
+        path: std::path::PathBuf,
+        had: usize,
+        has: usize,
+    },
+    #[error("{0}")]
+    Write(std::io::Error),
+    #[error("drawing {path}: {message}")]
+    Figure {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+/// Writes report.json, report.csv, every figure and index.html into the results directory
+/// `dir`, rebuilt from its samples. Never into anything but a results directory, and never
+/// over a report built from more data than the samples now hold, unless `force`.
+pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
     let rep = build(dir)?;
-    let rd = ResultsDir::open(dir)?;
-    // A run killed right after making its directory has no figures/ yet.
-    std::fs::create_dir_all(dir.join("figures"))?;
-    rd.write_json("report.json", &rep)?;
-    rd.write("report.csv", csv(&rep).as_bytes())?;
+    let previous = dir.join("report.json");
+    if !force {
+        if let Some(old) = results::read_optional(&previous, results::MAX_FILE_BYTES)
+            .map_err(WriteError::Previous)?
+        {
+            match serde_json::from_slice::<Report>(&old) {
+                Ok(old) if rep.data_points() < old.data_points() => {
+                    return Err(WriteError::LessData {
+                        path: previous,
+                        had: old.data_points(),
+                        has: rep.data_points(),
+                    });
+                }
+                Ok(_) => {}
+                // Not a report this hostd can read (damaged, or another version's): nothing
+                // to compare with, and the rebuild is the repair.
+                Err(e) => tracing::warn!(
+                    "{}: not a readable report ({e}); replacing it",
+                    previous.display()
+                ),
+            }
+        }
+    }
+    // Temp files of a writer killed mid-write go, as when a run resumes.
+    results::remove_stale_temps(dir);
+    let bad = rep.non_finite();
+    if !bad.is_empty() {
+        tracing::warn!(
+            "{}: figures that are not finite numbers: {}",
+            dir.display(),
+            bad.join(", ")
+        );
+    }
+    let w = |name: &str, data: &[u8]| results::write_in(dir, name, data).map_err(WriteError::Write);
+    w(
+        "report.json",
+        &serde_json::to_vec_pretty(&rep).map_err(|e| WriteError::Write(e.into()))?,
+    )?;
+    w("report.csv", csv(&rep).as_bytes())?;
     let figs = figures(&rep);
+    // A run killed right after making its directory has no figures/ yet.
+    let fig_dir = dir.join("figures");
+    std::fs::create_dir_all(&fig_dir).map_err(|e| {
+        WriteError::Write(std::io::Error::new(
+            e.kind(),
+            format!("creating {}: {e}", fig_dir.display()),
+        ))
+    })?;
     for (name, f) in &figs {
-        let p = dir.join("figures").join(name);
+        let p = fig_dir.join(name);
         match f {
             Figure::Line(c) => plot::write(c, &p),
             Figure::Bars(b) => plot::write_bars(b, &p),
         }
-        .map_err(anyhow::Error::msg)?;
+        .map_err(|message| WriteError::Figure {
+            path: p.clone(),
+            message,
+        })?;
     }
-    rd.write("index.html", html(&rep, &figs).as_bytes())?;
+    w("index.html", html(&rep, &figs).as_bytes())?;
     Ok(rep)
 }
 
@@ -672,6 +907,24 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
     }
     if rep.unreadable_records > 0 {
         let _ = write!(h, "<p class=\"bad\">{} record(s) in samples.jsonl could not be read (a run killed while writing).</p>", rep.unreadable_records);
+    }
+    if rep.implausible_records > 0 {
+        let _ = write!(
+            h,
+            "<p class=\"bad\">{} record(s) in samples.jsonl left out as outside physical sense (a damaged or edited samples file):</p><ul>",
+            rep.implausible_records
+        );
+        for r in &rep.rejected {
+            let _ = write!(h, "<li class=\"bad\">line {}: {}</li>", r.line, esc(&r.why));
+        }
+        if rep.rejected.len() < rep.implausible_records {
+            let _ = write!(
+                h,
+                "<li>… and {} more</li>",
+                rep.implausible_records - rep.rejected.len()
+            );
+        }
+        h.push_str("</ul>");
     }
     h.push_str("<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.figures=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>\n</body></html>\n");
     h

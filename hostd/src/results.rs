@@ -6,7 +6,8 @@
 //! written whole (a full disk) is cut off too, so the file always ends with a whole record.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -16,8 +17,272 @@ use crate::runstate::write_atomic;
 
 pub const SAMPLES: &str = "samples.jsonl";
 
+/// The longest record a reader takes: a memory sample of 1000 guests is about 200 KiB, a
+/// failure with its console tail a few KiB. A longer line is counted as unreadable and
+/// skipped without being held in memory.
+pub const MAX_LINE: usize = 4 << 20;
+/// The largest samples file a reader takes (a default campaign writes a few MiB).
+pub const MAX_SAMPLES_BYTES: u64 = 256 << 20;
+/// The largest other file of a results directory a reader takes (provenance, campaign,
+/// the previous report).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Why a file of a results directory could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{path}: no such file")]
+    Missing { path: PathBuf },
+    #[error("opening {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("{path} is {kind}, not a regular file: refused (reading it could block or never end)")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("{path} has {size} bytes, more than the {max} a results file may have")]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+}
+
+/// Why a directory is not one a reader takes results from.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("results directory {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("{path} is not a results directory: it has no {SAMPLES}")]
+    NotResults { path: PathBuf },
+    #[error("{path}: {source}")]
+    Stat { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    File(#[from] ReadError),
+}
+
+/// Why a new results directory could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("creating the results parent directory {path}: {source}")]
+    Parent { path: PathBuf, source: io::Error },
+    #[error("creating results directory {path}: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("no free results directory name next to {path} after {tries} tries")]
+    Exhausted { path: PathBuf, tries: u32 },
+    #[error("creating {path}: {source}")]
+    Contents { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Open(#[from] ReadError),
+}
+
+/// What a file type is, for messages.
+fn kind_of(t: fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens `path` only if it is a regular file. O_NONBLOCK makes opening a FIFO return at
+/// once instead of waiting for a writer (or reader); the type is then checked on the
+/// opened descriptor, so nothing can be swapped in between the check and the use.
+fn open_regular(path: &Path, opts: &mut OpenOptions) -> Result<File, ReadError> {
+    let f = opts
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => ReadError::Missing {
+                path: path.to_path_buf(),
+            },
+            _ => ReadError::Open {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+    let t = f
+        .metadata()
+        .map_err(|source| ReadError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .file_type();
+    if !t.is_file() {
+        return Err(ReadError::NotRegular {
+            path: path.to_path_buf(),
+            kind: kind_of(t),
+        });
+    }
+    Ok(f)
+}
+
+/// Opens a regular file for reading, refusing one larger than `max` bytes.
+fn open_bounded(path: &Path, max: u64) -> Result<File, ReadError> {
+    let f = open_regular(path, OpenOptions::new().read(true))?;
+    let size = f
+        .metadata()
+        .map_err(|source| ReadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if size > max {
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            max,
+        });
+    }
+    Ok(f)
+}
+
+/// The whole of a regular file of at most `max` bytes (one that grows past it while being
+/// read is refused too).
+pub fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
+    let f = open_bounded(path, max)?;
+    let mut data = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(|source| ReadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if data.len() as u64 > max {
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            size: data.len() as u64,
+            max,
+        });
+    }
+    Ok(data)
+}
+
+/// [`read_file`], or None where the file does not exist.
+pub fn read_optional(path: &Path, max: u64) -> Result<Option<Vec<u8>>, ReadError> {
+    match read_file(path, max) {
+        Ok(d) => Ok(Some(d)),
+        Err(ReadError::Missing { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks that `dir` is a results directory (a directory holding a regular samples file):
+/// readers refuse anything else, and writers never create files elsewhere.
+pub fn check_dir(dir: &Path) -> Result<(), DirError> {
+    match fs::metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(DirError::Missing {
+                path: dir.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(DirError::Stat {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(DirError::NotADirectory {
+                path: dir.to_path_buf(),
+            })
+        }
+        Ok(_) => {}
+    }
+    match open_regular(&dir.join(SAMPLES), OpenOptions::new().read(true)) {
+        Ok(_) => Ok(()),
+        Err(ReadError::Missing { .. }) => Err(DirError::NotResults {
+            path: dir.to_path_buf(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One line of a samples file, as [`for_each_line`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// A line (without its newline) of at most [`MAX_LINE`] bytes.
+    Text(&'a [u8]),
+    /// A line longer than the bound, skipped.
+    TooLong,
+}
+
+/// Calls `f` with every line of `r`, holding at most `max_line` bytes of one line in memory:
+/// a longer one (a file of a gigabyte without a newline) is reported as [`Line::TooLong`]
+/// and skipped. A last line without a newline (a record a killed writer tore) counts too.
+pub fn for_each_line<R: BufRead>(
+    mut r: R,
+    max_line: usize,
+    mut f: impl FnMut(Line<'_>),
+) -> io::Result<()> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let (used, ended) = {
+            let chunk = match r.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            let (part, ended) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (&chunk[..i], true),
+                None => (chunk, false),
+            };
+            if !too_long {
+                if line.len() + part.len() > max_line {
+                    too_long = true;
+                    line = Vec::new();
+                } else {
+                    line.extend_from_slice(part);
+                }
+            }
+            (part.len() + usize::from(ended), ended)
+        };
+        r.consume(used);
+        if ended {
+            f(if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(&line)
+            });
+            line.clear();
+            too_long = false;
+        }
+    }
+    if too_long {
+        f(Line::TooLong);
+    } else if !line.is_empty() {
+        f(Line::Text(&line));
+    }
+    Ok(())
+}
+
+/// Parses JSON lines from `r`: every record that parses, and how many lines did not (torn,
+/// too long, from a newer hostd). Blank lines are neither.
+pub fn parse_records<T: DeserializeOwned, R: BufRead>(r: R) -> io::Result<(Vec<T>, usize)> {
+    let mut out = Vec::new();
+    let mut bad = 0;
+    for_each_line(r, MAX_LINE, |l| match l {
+        Line::Text(t) if t.iter().all(|b| b.is_ascii_whitespace()) => {}
+        Line::Text(t) => match serde_json::from_slice(t) {
+            Ok(r) => out.push(r),
+            Err(_) => bad += 1,
+        },
+        Line::TooLong => bad += 1,
+    })?;
+    Ok((out, bad))
+}
+
 pub struct ResultsDir {
     pub path: PathBuf,
+    /// Open for reading too: the torn-tail check reads the file it is about to append to.
     samples: File,
     /// Whether a torn last line (left by a killed writer) has been looked for.
     tail_checked: bool,
@@ -25,21 +290,74 @@ pub struct ResultsDir {
 
 impl ResultsDir {
     /// Creates `base/<name>` (which must not exist yet).
-    pub fn create(base: &Path, name: &str) -> io::Result<Self> {
+    pub fn create(base: &Path, name: &str) -> Result<Self, CreateError> {
+        fs::create_dir_all(base).map_err(|source| CreateError::Parent {
+            path: base.to_path_buf(),
+            source,
+        })?;
         let path = base.join(name);
-        fs::create_dir_all(base)?;
-        fs::create_dir(&path)?;
-        fs::create_dir(path.join("figures"))?;
-        Self::open(&path)
+        fs::create_dir(&path).map_err(|source| CreateError::Dir {
+            path: path.clone(),
+            source,
+        })?;
+        Self::fill(path)
+    }
+
+    /// Creates `base/<name>`, or `base/<name>.2`, `.3`, … where that exists: two runs
+    /// started in the same second get a directory each, never each other's.
+    pub fn create_unique(base: &Path, name: &str) -> Result<Self, CreateError> {
+        const TRIES: u32 = 1000;
+        fs::create_dir_all(base).map_err(|source| CreateError::Parent {
+            path: base.to_path_buf(),
+            source,
+        })?;
+        for k in 1..=TRIES {
+            let path = if k == 1 {
+                base.join(name)
+            } else {
+                base.join(format!("{name}.{k}"))
+            };
+            // create_dir is the arbiter: whoever makes the directory owns it.
+            match fs::create_dir(&path) {
+                Ok(()) => return Self::fill(path),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(CreateError::Dir { path, source }),
+            }
+        }
+        Err(CreateError::Exhausted {
+            path: base.join(name),
+            tries: TRIES,
+        })
+    }
+
+    /// A new directory's samples file (first: it is what makes it a results directory)
+    /// and figures directory.
+    fn fill(path: PathBuf) -> Result<Self, CreateError> {
+        let samples = path.join(SAMPLES);
+        File::options()
+            .write(true)
+            .create_new(true)
+            .open(&samples)
+            .map_err(|source| CreateError::Contents {
+                path: samples,
+                source,
+            })?;
+        let figures = path.join("figures");
+        fs::create_dir(&figures).map_err(|source| CreateError::Contents {
+            path: figures,
+            source,
+        })?;
+        Ok(Self::open(&path)?)
     }
 
     /// Opens an existing results directory for appending (resuming a run), removing temp
-    /// files a killed writer left.
-    pub fn open(path: &Path) -> io::Result<Self> {
-        let samples = OpenOptions::new().create(true).append(true).open(path.join(SAMPLES))?;
-        for d in [path.to_path_buf(), path.join("figures")] {
-            remove_stale_temps(&d);
-        }
+    /// files a killed writer left. Its samples file must exist and be a regular file.
+    pub fn open(path: &Path) -> Result<Self, ReadError> {
+        let samples = open_regular(
+            &path.join(SAMPLES),
+            OpenOptions::new().read(true).append(true),
+        )?;
+        remove_stale_temps(path);
         Ok(Self { path: path.to_path_buf(), samples, tail_checked: false })
     }
 
@@ -49,7 +367,7 @@ impl ResultsDir {
         let mut line = serde_json::to_vec(rec).map_err(io::Error::other)?;
         line.push(b'\n');
         if !self.tail_checked {
-            cut_torn_tail(&self.samples, &self.path.join(SAMPLES))?;
+            cut_torn_tail(&self.samples).map_err(naming(&self.path.join(SAMPLES)))?;
             self.tail_checked = true;
         }
         let before = self.samples.metadata()?.len();
@@ -62,11 +380,7 @@ impl ResultsDir {
 
     /// Writes `name` (relative to the directory) atomically.
     pub fn write(&self, name: &str, data: &[u8]) -> io::Result<()> {
-        let p = self.path.join(name);
-        if let Some(d) = p.parent() {
-            fs::create_dir_all(d).map_err(naming(d))?;
-        }
-        write_atomic(&p, data).map_err(naming(&p))
+        write_in(&self.path, name, data)
     }
 
     pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> io::Result<()> {
@@ -74,17 +388,24 @@ impl ResultsDir {
     }
 }
 
+/// Writes `dir/name` atomically, errors naming the file.
+pub fn write_in(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    let p = dir.join(name);
+    if let Some(d) = p.parent() {
+        fs::create_dir_all(d).map_err(naming(d))?;
+    }
+    write_atomic(&p, data).map_err(naming(&p))
+}
+
 /// The error, saying which file it is about (a full disk fails whichever comes next).
 fn naming(path: &Path) -> impl Fn(io::Error) -> io::Error + '_ {
     move |e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
 }
 
-/// Truncates `file` (open for appending at `path`) after its last newline: a line without
+/// Truncates `file` (open for reading and appending) after its last newline: a line without
 /// one is a record a killed writer did not finish.
-fn cut_torn_tail(file: &File, path: &Path) -> io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
+fn cut_torn_tail(file: &File) -> io::Result<()> {
     let len = file.metadata()?.len();
-    let mut r = File::open(path)?;
     let mut end = len;
     let mut chunk = vec![0u8; 64 << 10];
     let keep = loop {
@@ -93,8 +414,7 @@ fn cut_torn_tail(file: &File, path: &Path) -> io::Result<()> {
         }
         let start = end.saturating_sub(chunk.len() as u64);
         let n = (end - start) as usize;
-        r.seek(SeekFrom::Start(start))?;
-        r.read_exact(&mut chunk[..n])?;
+        file.read_exact_at(&mut chunk[..n], start)?;
         if let Some(i) = chunk[..n].iter().rposition(|&b| b == b'\n') {
             break start + i as u64 + 1;
         }
@@ -107,8 +427,15 @@ fn cut_torn_tail(file: &File, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes `.NAME.tmp-PID` files (see [`write_atomic`]) whose writer is gone.
-fn remove_stale_temps(dir: &Path) {
+/// Removes the `.NAME.tmp-PID` files (see [`write_atomic`]) whose writer is gone from a
+/// results directory and its figures.
+pub fn remove_stale_temps(dir: &Path) {
+    for d in [dir.to_path_buf(), dir.join("figures")] {
+        remove_stale_temps_in(&d);
+    }
+}
+
+fn remove_stale_temps_in(dir: &Path) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -122,27 +449,38 @@ fn remove_stale_temps(dir: &Path) {
     }
 }
 
-/// Reads every record of `dir`'s samples. Lines that do not parse (a record torn by a kill,
-/// or one from a newer hostd) are counted, not fatal.
-pub fn read_records<T: DeserializeOwned>(dir: &Path) -> io::Result<(Vec<T>, usize)> {
-    let f = match File::open(dir.join(SAMPLES)) {
+/// Reads every record of `dir`'s samples (none if it has no samples file). Lines that do not
+/// parse (a record torn by a kill, one from a newer hostd, one longer than [`MAX_LINE`]) are
+/// counted, not fatal. Only a regular file of at most [`MAX_SAMPLES_BYTES`] is read.
+pub fn read_records<T: DeserializeOwned>(dir: &Path) -> Result<(Vec<T>, usize), ReadError> {
+    read_with(dir, |r| parse_records(r))
+}
+
+/// Runs `parse` over `dir`'s samples file, or over nothing if it has none: only a regular
+/// file, of at most [`MAX_SAMPLES_BYTES`] (also while it is read).
+pub fn read_with<T: Default>(
+    dir: &Path,
+    parse: impl FnOnce(&mut dyn BufRead) -> io::Result<T>,
+) -> Result<T, ReadError> {
+    let path = dir.join(SAMPLES);
+    let f = match open_bounded(&path, MAX_SAMPLES_BYTES) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(ReadError::Missing { .. }) => return Ok(T::default()),
         Err(e) => return Err(e),
     };
-    let mut out = Vec::new();
-    let mut bad = 0;
-    for line in io::BufReader::new(f).split(b'\n') {
-        let line = line?;
-        if line.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
-        }
-        match serde_json::from_slice(&line) {
-            Ok(r) => out.push(r),
-            Err(_) => bad += 1,
-        }
+    let mut r = io::BufReader::new(f.take(MAX_SAMPLES_BYTES + 1));
+    let parsed = parse(&mut r).map_err(|source| ReadError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    if r.into_inner().limit() == 0 {
+        return Err(ReadError::TooLarge {
+            path,
+            size: MAX_SAMPLES_BYTES + 1,
+            max: MAX_SAMPLES_BYTES,
+        });
     }
-    Ok((out, bad))
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -179,5 +517,139 @@ mod tests {
         assert!(ResultsDir::create(base.path(), "run1").is_err(), "an existing run is never overwritten");
         d.write_json("summary.json", &R { k: 9 }).unwrap();
         assert_eq!(fs::read_to_string(d.path.join("summary.json")).unwrap().replace([' ', '\n'], ""), "{\"k\":9}");
+    }
+
+    /// Runs `f` on another thread and fails the test if it has not returned within 10 s
+    /// (a reader that blocks on a FIFO would otherwise hang the test run).
+    fn within_10_s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the reader blocked")
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().to_path_buf();
+        nix::unistd::mkfifo(
+            &dir.join(SAMPLES),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let d = dir.clone();
+        let e = within_10_s(move || read_records::<R>(&d).unwrap_err());
+        assert!(
+            e.to_string().contains("is a FIFO, not a regular file"),
+            "{e}"
+        );
+        let d = dir.clone();
+        let e = within_10_s(move || ResultsDir::open(&d).err().unwrap());
+        assert!(e.to_string().contains("is a FIFO"), "{e}");
+        let d = dir.clone();
+        assert!(matches!(
+            within_10_s(move || check_dir(&d)),
+            Err(DirError::File(ReadError::NotRegular { .. }))
+        ));
+        fs::remove_file(dir.join(SAMPLES)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join(SAMPLES)).unwrap();
+        let e = read_records::<R>(&dir).unwrap_err();
+        assert!(e.to_string().contains("is a character device"), "{e}");
+        let e = read_file(&dir.join(SAMPLES), MAX_FILE_BYTES).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&dir.join(SAMPLES).display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_huge_line_is_skipped_in_bounded_memory() {
+        // 64 MiB without a newline, then a record: the line is counted, never held whole.
+        let huge = io::repeat(b'x').take(64 << 20).chain(&b"\n{\"k\":1}\n"[..]);
+        let mut longest = 0;
+        let mut seen = Vec::new();
+        for_each_line(io::BufReader::new(huge), 1 << 20, |l| {
+            if let Line::Text(t) = l {
+                longest = longest.max(t.len());
+            }
+            seen.push(matches!(l, Line::TooLong));
+        })
+        .unwrap();
+        assert_eq!(seen, [true, false]);
+        assert!(longest <= 1 << 20);
+        let (rs, bad): (Vec<R>, _) = parse_records(io::BufReader::new(
+            io::repeat(b'{').take(MAX_LINE as u64 + 1),
+        ))
+        .unwrap();
+        assert_eq!((rs.len(), bad), (0, 1));
+        // A file past the bound is refused, not read (sparse: no disk used).
+        let base = tempfile::tempdir().unwrap();
+        File::create(base.path().join(SAMPLES))
+            .unwrap()
+            .set_len(MAX_SAMPLES_BYTES + 1)
+            .unwrap();
+        let e = read_records::<R>(base.path()).unwrap_err();
+        assert!(matches!(e, ReadError::TooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn directories_are_unique_by_construction() {
+        let base = tempfile::tempdir().unwrap();
+        let a = ResultsDir::create_unique(base.path(), "same-second").unwrap();
+        let b = ResultsDir::create_unique(base.path(), "same-second").unwrap();
+        assert_ne!(a.path, b.path);
+        assert_eq!(b.path.file_name().unwrap(), "same-second.2");
+        // Racing creators each get their own.
+        let b = base.path().to_path_buf();
+        let paths: Vec<PathBuf> = (0..8)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || ResultsDir::create_unique(&b, "race").unwrap().path)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = paths.iter().collect();
+        assert_eq!(distinct.len(), 8, "{paths:?}");
+        for p in &paths {
+            check_dir(p).unwrap();
+        }
+        // The strict form names the directory it could not make.
+        let e = ResultsDir::create(base.path(), "race")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains(&base.path().join("race").display().to_string()) && e.contains("exists"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_results_directories_are_taken() {
+        let base = tempfile::tempdir().unwrap();
+        let missing = base.path().join("nope");
+        assert!(check_dir(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("nope does not exist"));
+        assert!(matches!(
+            check_dir(base.path()),
+            Err(DirError::NotResults { .. })
+        ));
+        fs::write(base.path().join("f"), b"").unwrap();
+        assert!(matches!(
+            check_dir(&base.path().join("f")),
+            Err(DirError::NotADirectory { .. })
+        ));
+        assert!(
+            ResultsDir::open(base.path()).is_err(),
+            "opening does not make a directory a results directory"
+        );
+        assert!(!base.path().join(SAMPLES).exists());
     }
 }

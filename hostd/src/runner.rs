@@ -87,7 +87,7 @@ pub async fn run(
     let disk = if campaign.resources.contains(&Resource::Disk) {
         let d = images.disk.clone().context("the disk benchmark needs the data disk image: run `imagegen build`")?;
         let size = std::fs::metadata(&d).with_context(|| format!("data disk {}", d.display()))?.len();
-        if size < campaign.workloads.disk_mib << 20 {
+        if crate::limits::mib_to_bytes(campaign.workloads.disk_mib).is_none_or(|need| size < need) {
             anyhow::bail!("data disk {} has {size} bytes, workloads.disk_mib asks for {} MiB", d.display(), campaign.workloads.disk_mib);
         }
         Some(d)
@@ -206,7 +206,7 @@ async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>) -> Result<
             vcpus: g.vcpus,
             cpu_rounds: plan.workloads.cpu_rounds,
             host_mib: None,
-            timeout: g.boot_timeout_s.max(300) + g.bench_timeout_s,
+            timeout: g.boot_timeout_s.max(300).saturating_add(g.bench_timeout_s),
             qemu: ctx.opts.qemu.clone(),
             accel: ctx.opts.accel.clone(),
             results: ctx.results.path.join("xen-lab"),

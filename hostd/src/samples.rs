@@ -30,3 +30,231 @@ pub enum Record {
     /// memory, broke the protocol) and was taken out of its fleet.
     GuestLost { backend: BackendKind, step: String, failure: GuestFailure },
 }
+
+/// The longest time any sample may show: a day's deadline with room to spare. A negative,
+/// non-finite or longer time is a damaged or forged record, not a measurement.
+pub const MAX_SECONDS: f64 = 7.0 * 86_400.0;
+/// The highest bandwidth any sample may show, MB/s (10 TB/s: above any memory bus).
+pub const MAX_RATE_MBPS: f64 = 1e7;
+/// The most memory any sample may show, KiB (1 PiB).
+pub const MAX_KIB: u64 = 1 << 40;
+
+/// A number for a message: exponent notation where plain would run to hundreds of digits.
+fn num(v: f64) -> String {
+    if v.is_finite() && v.abs() >= 1e15 {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
+fn seconds(what: &str, v: f64) -> Result<(), String> {
+    if v.is_finite() && (0.0..=MAX_SECONDS).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} = {} s is not a time in 0..={MAX_SECONDS} s",
+            num(v)
+        ))
+    }
+}
+
+fn kib(what: &str, v: u64) -> Result<(), String> {
+    if v <= MAX_KIB {
+        Ok(())
+    } else {
+        Err(format!("{what} = {v} KiB is more than {MAX_KIB} KiB"))
+    }
+}
+
+fn fleet_size(n: usize) -> Result<(), String> {
+    crate::limits::GUESTS
+        .check(n)
+        .map(drop)
+        .map_err(|e| format!("n = {e}"))
+}
+
+impl Record {
+    /// Why this record cannot be a measurement (a negative or non-finite time, a rate or a
+    /// memory size beyond any machine, a fleet size outside the fleet limits), or None. Such
+    /// records are left out of every report and counted there.
+    pub fn implausible(&self) -> Option<String> {
+        let check = || -> Result<(), String> {
+            match self {
+                Record::Startup(s) => {
+                    fleet_size(s.n)?;
+                    seconds("ready_s", s.ready_s)?;
+                    seconds("own_s", s.own_s)?;
+                    s.guest_boot_s
+                        .map_or(Ok(()), |v| seconds("guest_boot_s", v))?;
+                    s.guest_kernel_s
+                        .map_or(Ok(()), |v| seconds("guest_kernel_s", v))
+                }
+                Record::Memory(m) => {
+                    fleet_size(m.n)?;
+                    kib("used_before_kib", m.used_before_kib)?;
+                    kib("used_after_kib", m.used_after_kib)?;
+                    kib("m_used_kib", m.m_used_kib.unsigned_abs())?;
+                    kib("hostd_pss_kib", m.hostd_pss_kib)?;
+                    seconds("settle_s", m.settle_s)?;
+                    for g in &m.guests {
+                        kib("guest pss_kib", g.pss_kib)?;
+                        g.cgroup_kib
+                            .map_or(Ok(()), |v| kib("guest cgroup_kib", v))?;
+                    }
+                    Ok(())
+                }
+                Record::Failure { n, .. } => fleet_size(*n),
+                Record::FleetDone { n, t_startup_s, .. } => {
+                    fleet_size(*n)?;
+                    t_startup_s.map_or(Ok(()), |v| seconds("t_startup_s", v))
+                }
+                Record::Bench(b) => {
+                    fleet_size(b.n)?;
+                    // Every benchmark takes time: the agent refuses a zero or negative one.
+                    if b.elapsed_s.is_nan() || b.elapsed_s <= 0.0 {
+                        return Err(format!(
+                            "elapsed_s = {} s is not positive",
+                            num(b.elapsed_s)
+                        ));
+                    }
+                    seconds("elapsed_s", b.elapsed_s)?;
+                    let v = b.value;
+                    match b.unit.as_str() {
+                        "s" => seconds("value", v),
+                        "MB/s" if v.is_finite() && (0.0..=MAX_RATE_MBPS).contains(&v) => Ok(()),
+                        "MB/s" => Err(format!(
+                            "value = {} MB/s is not a bandwidth in 0..={MAX_RATE_MBPS} MB/s",
+                            num(v)
+                        )),
+                        // Latencies: µs per transaction, at most the longest time.
+                        u if u.starts_with("us")
+                            && v.is_finite()
+                            && (0.0..=MAX_SECONDS * 1e6).contains(&v) =>
+                        {
+                            Ok(())
+                        }
+                        u if u.starts_with("us") => Err(format!(
+                            "value = {} {u} is not a latency in 0..={} us",
+                            num(v),
+                            MAX_SECONDS * 1e6
+                        )),
+                        u => Err(format!("unit {u:?} is not one hostd records")),
+                    }
+                }
+                Record::StepDone { .. }
+                | Record::StepFailed { .. }
+                | Record::BackendUnavailable { .. }
+                | Record::BackendProbe { .. }
+                | Record::GuestLost { .. } => Ok(()),
+            }
+        };
+        check().err()
+    }
+}
+
+/// A record left out of the report, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejected {
+    /// 1-based line of samples.jsonl.
+    pub line: usize,
+    pub why: String,
+}
+
+/// What a samples file holds, as the report takes it in.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    /// Records that parse and make physical sense, in file order.
+    pub records: Vec<Record>,
+    /// Lines that are not a record (torn by a kill, too long, from a newer hostd).
+    pub unreadable: usize,
+    /// Records outside physical sense (see [`Record::implausible`]): how many, and the first
+    /// [`Samples::KEEP_REJECTED`] with their reasons.
+    pub implausible: usize,
+    pub rejected: Vec<Rejected>,
+}
+
+impl Samples {
+    pub const KEEP_REJECTED: usize = 20;
+
+    /// Takes in a samples file's bytes: every line parsed, every record checked. Holds at
+    /// most [`crate::results::MAX_LINE`] bytes of one line at a time.
+    pub fn parse<R: std::io::BufRead>(r: R) -> std::io::Result<Samples> {
+        use crate::results::{for_each_line, Line, MAX_LINE};
+        let mut s = Samples::default();
+        let mut n = 0;
+        for_each_line(r, MAX_LINE, |l| {
+            n += 1;
+            let rec = match l {
+                Line::Text(t) if t.iter().all(|b| b.is_ascii_whitespace()) => return,
+                Line::Text(t) => serde_json::from_slice::<Record>(t),
+                Line::TooLong => return s.unreadable += 1,
+            };
+            match rec {
+                Err(_) => s.unreadable += 1,
+                Ok(r) => match r.implausible() {
+                    None => s.records.push(r),
+                    Some(why) => {
+                        s.implausible += 1;
+                        if s.rejected.len() < Self::KEEP_REJECTED {
+                            s.rejected.push(Rejected { line: n, why });
+                        }
+                    }
+                },
+            }
+        })?;
+        if s.implausible > 0 {
+            tracing::warn!(
+                "{} sample record(s) outside physical sense left out, e.g. line {}: {}",
+                s.implausible,
+                s.rejected[0].line,
+                s.rejected[0].why
+            );
+        }
+        Ok(s)
+    }
+
+    /// Reads `dir`'s samples file (a regular file within the bounds of
+    /// [`crate::results::read_records`]; none if it has no samples file).
+    pub fn read(dir: &std::path::Path) -> Result<Samples, crate::results::ReadError> {
+        crate::results::read_with(dir, |r| Samples::parse(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STARTUP: &str = r#"{"record":"startup","backend":"native","n":2,"mode":"hot","index":0,"ready_s":0.25,"own_s":0.2,"guest_boot_s":null,"guest_kernel_s":null}"#;
+
+    #[test]
+    fn impossible_samples_are_counted_not_reported() {
+        let mut text = String::new();
+        for bad in ["-1000000000.0", "1e308", "-0.5"] {
+            text.push_str(&STARTUP.replace("0.25", bad));
+            text.push('\n');
+        }
+        text.push_str(STARTUP);
+        text.push('\n');
+        text.push_str(&STARTUP.replace("\"n\":2", "\"n\":0"));
+        text.push('\n');
+        let bench = r#"{"record":"bench","backend":"native","test":"overhead","resource":"network","n":1,"rep":0,"guest":0,"instance":0,"value":VALUE,"unit":"MB/s","elapsed_s":1.0,"params":""}"#;
+        for v in ["1e12", "120.5"] {
+            text.push_str(&bench.replace("VALUE", v));
+            text.push('\n');
+        }
+        text.push_str("{\"record\":\"startup\"\n\n");
+        let s = Samples::parse(text.as_bytes()).unwrap();
+        assert_eq!((s.records.len(), s.implausible, s.unreadable), (2, 5, 1));
+        assert_eq!(
+            s.rejected.iter().map(|r| r.line).collect::<Vec<_>>(),
+            [1, 2, 3, 5, 6]
+        );
+        assert!(
+            s.rejected[0].why.contains("ready_s = -1000000000 s"),
+            "{:?}",
+            s.rejected[0]
+        );
+        assert!(s.rejected[4].why.contains("MB/s"), "{:?}", s.rejected[4]);
+    }
+}

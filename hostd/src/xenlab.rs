@@ -32,6 +32,7 @@ use crate::backend::xen::{self, DomainInfo, RawTty};
 use crate::backend::{AnyBackend, Backend, BackendKind, BackendOptions, Images, Kernel};
 use crate::bootrun;
 use crate::fleet::{self, FleetConfig, FleetEvent, Teardown};
+use crate::limits;
 use crate::memory;
 use crate::provenance::Provenance;
 use crate::results::ResultsDir;
@@ -99,14 +100,14 @@ pub async fn choose_accel(asked: Option<&str>, qemu: &str, images: &Images) -> R
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LabArgs {
-    /// domUs to start together.
-    #[arg(long, default_value_t = 3)]
+    /// domUs to start together (1-64).
+    #[arg(long, default_value_t = 3, value_parser = limits::LAB_GUESTS.cli::<usize>())]
     pub guests: usize,
-    /// Memory of each domU, MiB.
-    #[arg(long, default_value_t = 128)]
+    /// Memory of each domU, MiB (32-1048576).
+    #[arg(long, default_value_t = 128, value_parser = limits::MEM_MIB.cli::<u32>())]
     pub mem_mib: u32,
-    /// vCPUs of each domU.
-    #[arg(long, default_value_t = 1)]
+    /// vCPUs of each domU (1-64).
+    #[arg(long, default_value_t = 1, value_parser = limits::VCPUS.cli::<u32>())]
     pub vcpus: u32,
     /// CPU benchmark: Newton steps towards √2 in each guest.
     #[arg(long, default_value_t = 5_000_000)]
@@ -115,8 +116,8 @@ pub struct LabArgs {
     /// fleet, at least 2048].
     #[arg(long)]
     pub host_mib: Option<u32>,
-    /// Seconds the whole lab may take.
-    #[arg(long, default_value_t = 900)]
+    /// Seconds the whole lab may take (1-172800).
+    #[arg(long, default_value_t = 900, value_parser = limits::LAB_TIMEOUT_S.cli::<u64>())]
     pub timeout: u64,
     /// The QEMU system emulator.
     #[arg(long, default_value = "qemu-system-x86_64")]
@@ -346,7 +347,7 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
     let run = &run.0;
     let result = async {
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
-        let mut results = ResultsDir::create(&a.results, &format!("{stamp}-xen-lab-{}", run.run)).context("creating the results directory")?;
+        let mut results = ResultsDir::create_unique(&a.results, &format!("{stamp}-xen-lab-{}", run.run)).context("creating the results directory")?;
         // Kept with the results: Xen's and dom0's boot, for whoever reads the figures.
         let log = results.path.join("lab-console.log");
         let (host_end, qemu_end) = nix::sys::socket::socketpair(
@@ -473,7 +474,7 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
         results.write_json("lab.json", &LabFile { note: EMULATED_NOTE, lab_boot_s, total_s, report: &report })?;
         let summary = bootrun::summarise(provenance, vec![bootrun::row(b)]);
         bootrun::write_outputs(&results, &summary)?;
-        crate::report::write(&results.path).context("writing the lab's report")?;
+        crate::report::write(&results.path, false).context("writing the lab's report")?;
         Ok(LabOutcome { dir: results.path.clone(), report, lab_boot_s, total_s, summary })
     }
     .await;

@@ -282,7 +282,7 @@ pub(super) async fn first_hello(
 ) -> Result<Hello, String> {
     let mut dec = FrameDecoder::default();
     let mut buf = vec![0u8; 16 << 10];
-    let end = tokio::time::Instant::now() + deadline;
+    let end = crate::limits::deadline(deadline);
     loop {
         tokio::select! {
             r = reader.read(&mut buf) => {
@@ -350,7 +350,7 @@ pub(super) async fn stop_vmm(guest: &mut GuestProcess, grace: Duration) -> Exit 
     if guest.console.is_none() && guest.console_log.is_none() {
         return stop_and_release(guest, grace).await;
     }
-    let deadline = Instant::now() + grace;
+    let deadline = crate::limits::std_deadline(grace);
     loop {
         let now = Instant::now();
         if now >= deadline {

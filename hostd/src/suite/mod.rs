@@ -111,8 +111,9 @@ pub fn spec_for(r: Resource, w: &Workloads, kind: BackendKind, t: &Targets) -> B
         Resource::Memory => BenchSpec::Memory { n: w.mem_n, passes: w.mem_passes },
         Resource::Disk => BenchSpec::Disk {
             path: kind.guest_disk(&t.disk),
-            block_size: w.disk_block_kib * 1024,
-            max_bytes: Some(w.disk_mib << 20),
+            // Campaign checks keep both in range; saturated, the guest refuses them too.
+            block_size: w.disk_block_kib.saturating_mul(1024),
+            max_bytes: Some(crate::limits::mib_to_bytes(w.disk_mib).unwrap_or(u64::MAX)),
             direct: true,
         },
         Resource::Network => BenchSpec::NetStream { peer: t.peer.to_string(), duration_ms: w.net_duration_ms, msg_size: w.net_msg_size },
