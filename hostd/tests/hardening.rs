@@ -6,6 +6,7 @@
 
 mod support {
     pub mod fault;
+    pub mod skip;
 }
 
 use std::ffi::OsStr;
