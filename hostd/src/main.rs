@@ -18,11 +18,58 @@ use hostd::results::ResultsDir;
 use hostd::runstate::{self, RunState};
 use hostd::startup::StartMode;
 
+/// Every step done.
+const EXIT_OK: u8 = 0;
+/// Stopped by an error (bad input, unavailable backend, I/O); what was recorded is kept.
+const EXIT_ERROR: u8 = 1;
+/// Finished, but some guests or steps failed; the failures are recorded in the results.
+/// (2 is clap's, for a bad command line.)
+const EXIT_FAILURES: u8 = 3;
+
 #[derive(Parser)]
-#[command(name = "hostd", version, about = "Boot guest fleets and measure them the way Quétier, Neri and Cappello did")]
+#[command(
+    name = "hostd",
+    version,
+    about = "Boot guest fleets and measure them the way Quétier, Neri and Cappello did",
+    after_help = "Exit status: 0 every step done; 1 stopped by an error (bad input, unavailable backend, I/O; \
+                  what was recorded is kept); 2 bad command line; 3 finished, but some guests or steps failed \
+                  (recorded in the results); 130 interrupted (Ctrl-C; `hostd run --resume DIR` continues a \
+                  campaign).\n\
+                  Warnings and errors go to stderr (RUST_LOG=info|debug, or -v, for more; -q for errors only)."
+)]
 struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); overrides RUST_LOG.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors on stderr; overrides RUST_LOG.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Warnings reach the user: a tracing subscriber on stderr (the daemon's log for `hostd up`,
+/// whose stderr is that log). -v/-q win over RUST_LOG; without either, RUST_LOG, else warn.
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => Some("error"),
+        (false, 0) => None,
+        (false, 1) => Some("info"),
+        (false, 2) => Some("debug"),
+        _ => Some("trace"),
+    };
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => match std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()) {
+            None => EnvFilter::new("warn"),
+            Some(v) => EnvFilter::try_new(&v).unwrap_or_else(|e| {
+                eprintln!("hostd: RUST_LOG={v:?} is not a log filter ({e}); using warn");
+                EnvFilter::new("warn")
+            }),
+        },
+    };
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 #[derive(Subcommand)]
@@ -198,6 +245,7 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
     if let Cmd::Up(a) = &cli.cmd {
         // Forks before any thread exists (the async runtime is made in the child).
         return up(a);
@@ -210,31 +258,43 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Done::All) => ExitCode::from(EXIT_OK),
+        Ok(Done::WithFailures(what)) => {
+            eprintln!("hostd: finished with failures: {what}");
+            ExitCode::from(EXIT_FAILURES)
+        }
         Err(e) => {
             eprintln!("hostd: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// How a command that ran to its end went.
+enum Done {
+    All,
+    /// Some guests or steps failed (recorded in the results): what, in a few words.
+    WithFailures(String),
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Done> {
+    let all = |r: anyhow::Result<()>| r.map(|()| Done::All);
     match cli.cmd {
-        Cmd::Bench(a) => bench(a).await,
+        Cmd::Bench(a) => all(bench(a).await),
         Cmd::Boot(a) => boot(a).await,
         Cmd::Up(_) => unreachable!("handled before the runtime starts"),
-        Cmd::Status { name } => status(name).await,
-        Cmd::Down { name } => down(name).await,
+        Cmd::Status { name } => all(status(name).await),
+        Cmd::Down { name } => all(down(name).await),
         Cmd::Run(a) => run_campaign(a).await,
         Cmd::Report { dir, force } => {
             let rep = hostd::report::write(&dir, force)?;
             println!("report: {}", report_line(&dir, &rep));
-            Ok(())
+            Ok(Done::All)
         }
-        Cmd::XenLab(a) => hostd::xenlab::main(a).await,
+        Cmd::XenLab(a) => all(hostd::xenlab::main(a).await),
         Cmd::Compare { a, b } => {
             print!("{}", hostd::compare::compare(&a, &b)?);
-            Ok(())
+            Ok(Done::All)
         }
     }
 }
@@ -308,7 +368,7 @@ fn nothing_recorded(dir: &std::path::Path) -> bool {
     std::fs::metadata(dir.join(hostd::results::SAMPLES)).is_ok_and(|m| m.len() == 0)
 }
 
-async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
+async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
     // Everything that can be checked is, before anything is made.
     let campaign = match (&a.resume, &a.campaign) {
         (Some(dir), _) => stored_campaign(dir)?,
@@ -355,7 +415,7 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
                     results.path.display()
                 ),
             }
-            return outcome.expect("matched");
+            return outcome.expect("matched").map(|()| Done::All);
         }
     }
     let report = hostd::report::write(&results.path, false);
@@ -368,7 +428,14 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<()> {
             r?;
             let rep = report?;
             println!("report: {}", report_line(&results.path, &rep));
-            Ok(())
+            Ok(match rep.failed_steps.len() {
+                0 => Done::All,
+                k => Done::WithFailures(format!(
+                    "{k} failed step{} (listed in {})",
+                    if k == 1 { "" } else { "s" },
+                    results.path.join("index.html").display()
+                )),
+            })
         }
     }
 }
@@ -523,7 +590,7 @@ fn reap_orphans() {
     }
 }
 
-async fn boot(a: BootArgs) -> anyhow::Result<()> {
+async fn boot(a: BootArgs) -> anyhow::Result<Done> {
     limits::check_sizes(&a.sizes).map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
     let images = images_or_note(a.images.agent.as_deref())?;
     let bopts = backend_options(&a.images);
@@ -614,7 +681,14 @@ async fn boot(a: BootArgs) -> anyhow::Result<()> {
             if !cleaned.errors.is_empty() {
                 anyhow::bail!("teardown: {}", cleaned.errors.join("; "));
             }
-            Ok(())
+            // A fleet in which a guest did not come up is a finished run with failures.
+            let short: Vec<String> = summary
+                .rows
+                .iter()
+                .filter(|r| r.failed > 0 || r.ready < r.n)
+                .map(|r| format!("n={} {}: {} of {} ready", r.n, r.mode.name(), r.ready, r.n))
+                .collect();
+            Ok(if short.is_empty() { Done::All } else { Done::WithFailures(short.join("; ")) })
         }
     }
 }

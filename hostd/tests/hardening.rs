@@ -890,3 +890,53 @@ fn resume_with_an_invalid_stored_campaign_names_the_file() {
     let r = hostd(&["run", "--resume", p(&base.path().join("gone"))]);
     assert!(r.text.contains("gone does not exist"), "{}", r.text);
 }
+
+// ---- Conventions: exit codes that say whether work failed; warnings that print (issue 14) ----
+
+/// A boot in which the guest never comes up finished with failures: exit 3, saying which.
+#[test]
+fn a_boot_whose_guest_does_not_come_up_exits_3() {
+    if !is_root() {
+        return skip("booting a native guest needs root (cgroups)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["boot", "--backend", "native", "-n", "1", "--modes", "hot", "--agent", "/bin/false"];
+    let a: Vec<&str> = args.iter().copied().chain(["--settle", "0", "--floor-reps", "0", "--results", p(dir.path())]).collect();
+    let r = hostd_env(Duration::from_secs(120), &a.iter().map(OsStr::new).collect::<Vec<_>>(), &[]);
+    assert_eq!(r.status.code(), Some(3), "{}", r.text);
+    assert!(r.text.contains("finished with failures: n=1 hot: 0 of 1 ready"), "{}", r.text);
+    // An error is 1, not 2: an unknown backend stops before anything runs.
+    let r = hostd(&["boot", "--backend", "floppy", "--results", p(dir.path())]);
+    assert_eq!(r.status.code(), Some(2), "clap's usage error: {}", r.text);
+    let r = hostd(&["compare", "/nonexistent/a", "/nonexistent/b"]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    let help = hostd(&["--help"]);
+    for part in ["Exit status: 0 every step done; 1 stopped by an error", "2 bad command line; 3 finished, but some"] {
+        assert!(help.text.contains(part), "{part:?} not in {}", help.text);
+    }
+}
+
+/// tracing's warnings reach stderr (default level warn; RUST_LOG and -v/-q choose another).
+#[test]
+fn warnings_are_printed_unless_quieted() {
+    let base = tempfile::tempdir().unwrap();
+    let mut samples = good_samples();
+    samples.extend_from_slice(b"{\"record\":\"startup\",\"backend\":\"native\",\"n\":1,\"mode\":\"hot\",\"index\":0,\"ready_s\":-5.0,\"own_s\":0.01,\"guest_boot_s\":null,\"guest_kernel_s\":null}\n");
+    let d = results_dir(base.path(), "run", &samples);
+    let warning = "sample record(s) outside physical sense left out";
+    let dir = p(&d).to_string();
+    let report = |extra: &[&str], env: &[(&str, &OsStr)]| {
+        let mut v: Vec<&OsStr> = extra.iter().map(|s| OsStr::new(*s)).collect();
+        v.extend(["report", "--force", dir.as_str()].into_iter().map(OsStr::new));
+        hostd_env(Duration::from_secs(30), &v, env)
+    };
+    let r = report(&[], &[("RUST_LOG", OsStr::new(""))]);
+    assert!(r.status.success(), "{}", r.text);
+    assert!(r.text.contains("WARN") && r.text.contains(warning), "no warning by default: {}", r.text);
+    let r = report(&["-q"], &[]);
+    assert!(r.status.success() && !r.text.contains(warning), "-q: {}", r.text);
+    let r = report(&[], &[("RUST_LOG", OsStr::new("error"))]);
+    assert!(r.status.success() && !r.text.contains(warning), "RUST_LOG=error: {}", r.text);
+    let r = report(&["-v"], &[("RUST_LOG", OsStr::new("error"))]);
+    assert!(r.text.contains(warning), "-v wins over RUST_LOG: {}", r.text);
+}
