@@ -7,7 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -72,23 +72,6 @@ pub enum CreateError {
     Open(#[from] ReadError),
 }
 
-/// What a file type is, for messages.
-fn kind_of(t: fs::FileType) -> &'static str {
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    }
-}
-
 /// Opens `path` only if it is a regular file. O_NONBLOCK makes opening a FIFO return at
 /// once instead of waiting for a writer (or reader); the type is then checked on the
 /// opened descriptor, so nothing can be swapped in between the check and the use.
@@ -115,7 +98,7 @@ fn open_regular(path: &Path, opts: &mut OpenOptions) -> Result<File, ReadError> 
     if !t.is_file() {
         return Err(ReadError::NotRegular {
             path: path.to_path_buf(),
-            kind: kind_of(t),
+            kind: imagegen::store::file_type_name(t),
         });
     }
     Ok(f)

@@ -699,7 +699,12 @@ pub(crate) fn open_regular(path: &Path) -> io::Result<(File, u64)> {
 
 /// "a symlink, not a regular file …" for a file type that is not a regular file.
 fn not_regular(t: fs::FileType) -> String {
-    let what = if t.is_symlink() {
+    format!("{}, not a regular file (the store holds regular files only and follows no symlink)", file_type_name(t))
+}
+
+/// What a file that is not a regular file is, for messages ("a FIFO", "a symlink", …).
+pub fn file_type_name(t: fs::FileType) -> &'static str {
+    if t.is_symlink() {
         "a symlink"
     } else if t.is_dir() {
         "a directory"
@@ -711,10 +716,11 @@ fn not_regular(t: fs::FileType) -> String {
         "a character device"
     } else if t.is_block_device() {
         "a block device"
+    } else if t.is_file() {
+        "a regular file"
     } else {
         "of an unknown type"
-    };
-    format!("{what}, not a regular file (the store holds regular files only and follows no symlink)")
+    }
 }
 
 /// Opens (creating it if need be) the lock file: a regular file, never through a symlink,
