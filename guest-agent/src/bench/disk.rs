@@ -111,11 +111,14 @@ mod tests {
         let path = p.to_str().unwrap();
         assert_eq!(Reader::open(path, 65536, false).unwrap().read_all(None).unwrap(), 1 << 20);
         assert_eq!(Reader::open(path, 65536, false).unwrap().read_all(Some(200_000)).unwrap(), 3 * 65536);
-        // O_DIRECT where the filesystem supports it (tmpfs does not).
-        if let Ok(mut r) = Reader::open(path, 65536, true) {
-            if let Ok(n) = r.read_all(None) {
-                assert_eq!(n, 1 << 20);
+        // O_DIRECT wherever the file system supports it: tmpfs does not, and refuses the open.
+        let tmpfs = nix::sys::statfs::statfs(&p).unwrap().filesystem_type() == nix::sys::statfs::TMPFS_MAGIC;
+        match Reader::open(path, 65536, true) {
+            Ok(mut r) => {
+                assert!(!tmpfs, "O_DIRECT opened on tmpfs");
+                assert_eq!(r.read_all(None).unwrap(), 1 << 20);
             }
+            Err(e) => assert!(tmpfs && e.contains("with O_DIRECT"), "{e}"),
         }
         std::fs::remove_file(p).unwrap();
     }
