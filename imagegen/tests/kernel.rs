@@ -14,7 +14,7 @@ fn shipped_source() -> (String, String) {
     let text = std::fs::read_to_string(common::shipped_recipes().join("kernel-microvm.toml")).unwrap();
     let v: toml::Table = toml::from_str(&text).unwrap();
     let sha = v["sha256"].as_str().unwrap().to_string();
-    let table = text[text.find("[source]").expect("a [source] table")..].to_string();
+    let table = text[text.find("\n[source]").expect("a [source] table") + 1..].to_string();
     (sha, table)
 }
 
