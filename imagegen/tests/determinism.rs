@@ -16,8 +16,18 @@ use imagegen::Store;
 const NON_KERNEL: [&str; 5] = ["agent", "initramfs", "rootfs", "oci-bundle", "disk"];
 
 fn build_in(dir: &Path, cwd: &Path, tz: &str, umask: &str, lc_all: &str) -> Output {
+    build_with(dir, cwd, tz, umask, lc_all, None)
+}
+
+/// `target`: a cargo target directory of its own, so the agent is compiled afresh rather
+/// than taken from the workspace's (where both builds would share one binary).
+fn build_with(dir: &Path, cwd: &Path, tz: &str, umask: &str, lc_all: &str, target: Option<&Path>) -> Output {
     let recipes = common::shipped_recipes();
-    Command::new("sh")
+    let mut cmd = Command::new("sh");
+    if let Some(t) = target {
+        cmd.env("CARGO_TARGET_DIR", t);
+    }
+    cmd
         .arg("-c")
         .arg(format!("umask {umask} && exec \"$@\""))
         .arg("sh")
@@ -53,14 +63,19 @@ fn artifacts(store: &Path) -> BTreeMap<String, String> {
 fn non_kernel_recipes_are_bit_reproducible() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (cwd_a, cwd_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let target_b = b.path().join("target");
     let (out_a, out_b) = std::thread::scope(|s| {
         let ta = s.spawn(|| build_in(a.path(), cwd_a.path(), "UTC", "022", "C"));
-        let tb = s.spawn(|| build_in(b.path(), cwd_b.path(), "Pacific/Kiritimati", "077", "en_US.UTF-8"));
+        let tb = s.spawn(|| {
+            build_with(b.path(), cwd_b.path(), "Pacific/Kiritimati", "077", "en_US.UTF-8", Some(&target_b))
+        });
         (ta.join().unwrap(), tb.join().unwrap())
     });
     for o in [&out_a, &out_b] {
         assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     }
+    // b's agent was compiled in b's own target directory, not taken from a's.
+    assert!(target_b.join("x86_64-unknown-linux-musl/agent/guest-agent").is_file(), "no fresh agent build in {}", target_b.display());
     let (ha, hb) = (artifacts(&a.path().join("store")), artifacts(&b.path().join("store")));
     let expected: Vec<String> =
         ["agent/agent", "disk/disk", "initramfs/initramfs", "oci-bundle/bundle", "rootfs/rootfs"]
