@@ -86,13 +86,10 @@ pub fn pin(cfg: &Config, names: &[String], progress: &dyn Progress) -> Result<Ve
             text.parse().map_err(|e| PinError::Recipe { file: file.clone(), what: format!("{e}") })?;
         recipes.push((r, doc));
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if debs::is_root() {
         progress.notice("apt-get update (to see what the archives serve now)");
-        let out =
-            std::process::Command::new("apt-get").args(["update", "-q"]).stdin(std::process::Stdio::null()).output();
-        if !out.as_ref().is_ok_and(|o| o.status.success()) {
-            progress.notice("apt-get update failed; resolving against the package lists as they are");
+        if let Err(e) = debs::apt_update() {
+            progress.notice(&format!("{e}; resolving against the package lists as they are"));
         }
     }
     let cache = Store::create_cache(&cfg.cache)

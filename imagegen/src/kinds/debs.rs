@@ -147,12 +147,12 @@ pub(crate) enum Download {
     Failed(String),
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
-fn apt_update() -> Result<(), String> {
+pub(crate) fn apt_update() -> Result<(), String> {
     match Command::new("apt-get").args(["update", "-q"]).stdin(Stdio::null()).output() {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => Err(format!("apt-get update failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
