@@ -341,12 +341,14 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
                 overhead.insert(key(b, r), pts);
             }
             let pts = linearity::analyse(&of(Test::Linearity), ta, t_av, cores);
-            let assumed = pts.iter().any(|p| p.cpus.is_some_and(|c| !c.recorded));
+            // Only CPU and memory capacities count CPUs; a shared device's is 1 whatever the host.
+            let counts_cpus = matches!(r, Resource::Cpu | Resource::Memory);
+            let assumed = counts_cpus && pts.iter().any(|p| p.cpus.is_some_and(|c| !c.recorded));
             if !pts.is_empty() {
                 linearity.insert(key(b, r), pts);
             }
             let iso = t_av.and_then(|alone| isolation::analyse(&of(Test::Isolation), alone, cores));
-            let assumed = assumed || iso.as_ref().is_some_and(|i| i.cpus.is_some_and(|c| !c.recorded));
+            let assumed = assumed || (counts_cpus && iso.as_ref().is_some_and(|i| i.cpus.is_some_and(|c| !c.recorded)));
             if let Some(i) = iso {
                 isolation_res.insert(key(b, r), i);
             }
@@ -484,8 +486,13 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure, String)> {
             }),
             format!(
                 "Points: mean over all n guests and the counted repetitions; {CI_BARS}; n = {counts} samples (guests × repetitions) per point. \
-                 Dashed: the reference {}, capacity from the {cpus} CPU(s) the guests had.",
-                if *r == Resource::Network { "B_av / max(1, n/capacity)" } else { "O_v + T_a·max(1, n/capacity)" }
+                 Dashed: the reference {}, {}.",
+                if *r == Resource::Network { "B_av / max(1, n/capacity)" } else { "O_v + T_a·max(1, n/capacity)" },
+                if matches!(r, Resource::Cpu | Resource::Memory) {
+                    format!("capacity = the {cpus} CPU(s) the guests had")
+                } else {
+                    "capacity 1 (one shared device or path)".to_string()
+                }
             ),
         ));
     }
@@ -824,7 +831,7 @@ fn html(rep: &Report, figs: &[(String, Figure, String)]) -> String {
         h.push_str("</table>");
     }
     if !rep.isolation.is_empty() {
-        h.push_str("<h2>Performance isolation (paper II.A.3)</h2><p>Relative to one copy alone in one guest. Model predictions for this host's capacity; see docs/methodology.md for why the paper's T_a1 = 2T_a, T_a2 = 3T_a/2 is not one model's prediction.</p><table><tr><th>backend / resource</th><th>guest 1</th><th>guest 2 (copies)</th><th>per-VM model</th><th>per-process model</th><th>closer to</th><th>capacity</th><th>CPUs usable (guest 1, 2)</th></tr>");
+        h.push_str("<h2>Performance isolation (paper II.A.3)</h2><p>Relative to one copy alone in one guest. Model predictions for the capacity the guests had (the CPUs of their cpuset for CPU and memory, 1 for a shared disk or network path) and what each guest could use of it (min(vCPUs, CPUs) for CPU and memory); see docs/methodology.md for why the paper's T_a1 = 2T_a, T_a2 = 3T_a/2 is not one model's prediction.</p><table><tr><th>backend / resource</th><th>guest 1</th><th>guest 2 (copies)</th><th>per-VM model</th><th>per-process model</th><th>closer to</th><th>capacity</th><th>usable by guest 1, 2</th></tr>");
         for (k, i) in &rep.isolation {
             let _ = write!(
                 h,
@@ -841,7 +848,7 @@ fn html(rep: &Report, figs: &[(String, Figure, String)]) -> String {
                     Policy::PerProcess => "per-process",
                 },
                 i.capacity,
-                if i.cpus.is_some_and(|c| !c.recorded) { " (host CPUs assumed)" } else { "" },
+                if rep.cpus_assumed.contains(k) { " (host CPUs assumed)" } else { "" },
                 i.guest_cpus.map(|[a, b]| format!("{a}, {b}")).unwrap_or_else(|| "–".into())
             );
         }
@@ -957,7 +964,7 @@ mod tests {
         let figs = figures(&rep);
         let cap = |name: &str| figs.iter().find(|f| f.0 == name).map(|f| f.2.clone()).unwrap();
         assert!(cap("fig02_overhead_cpu.svg").contains("95 % confidence interval of the mean") && cap("fig02_overhead_cpu.svg").contains("n = 2 repetitions"));
-        assert!(cap("fig06_linearity_cpu.svg").contains("n = 4 samples") && cap("fig06_linearity_cpu.svg").contains("from the 2 CPU(s)"));
+        assert!(cap("fig06_linearity_cpu.svg").contains("n = 4 samples") && cap("fig06_linearity_cpu.svg").contains("the 2 CPU(s) the guests had"));
         // The bars are the interval's half-width: 2.5 ± t(0.975, 1)·0.1414/√2 = 2.5 ± 1.2706.
         let Figure::Line(c) = &figs.iter().find(|f| f.0 == "fig02_overhead_cpu.svg").unwrap().1 else { panic!("a line chart") };
         let err = c.series[0].points[0].err.unwrap();
