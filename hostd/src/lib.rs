@@ -24,6 +24,7 @@ pub mod limits;
 pub mod memory;
 pub mod microbench;
 pub mod netlab;
+pub mod pagecache;
 pub mod peer;
 pub mod plot;
 pub mod provenance;
