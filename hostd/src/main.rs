@@ -100,6 +100,24 @@ enum Cmd {
     Compare { a: PathBuf, b: PathBuf },
     /// Measure the xen backend on a Xen host emulated by QEMU (for hosts that are not Xen).
     XenLab(hostd::xenlab::LabArgs),
+    /// Say which backends work on this host and why not, with the VMM/runtime versions, the
+    /// accelerator QEMU would use and why, and the host facts that shape results (SMT, THP,
+    /// KSM, cpufreq governor, cgroup mode). Exit status 0 whether or not backends are
+    /// available; 1 if a named --backend is not.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// Probe only these backends (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    backend: Vec<BackendKind>,
+    /// Print machine-readable JSON (`schema_version`, `host`, `backends[]` with `backend`,
+    /// `available`, `detail`) instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    images: ImageArgs,
 }
 
 #[derive(Args)]
@@ -292,11 +310,33 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
             Ok(Done::All)
         }
         Cmd::XenLab(a) => all(hostd::xenlab::main(a).await),
+        Cmd::Probe(a) => probe(a).await,
         Cmd::Compare { a, b } => {
             print!("{}", hostd::compare::compare(&a, &b)?);
             Ok(Done::All)
         }
     }
+}
+
+async fn probe(a: ProbeArgs) -> anyhow::Result<Done> {
+    // Missing images are a backend's reason, not an error: probe with what there is.
+    let images = hostd::images::resolve(a.images.agent.as_deref()).unwrap_or_else(|e| {
+        tracing::warn!("no images ({e:#}): backends that need them will say so");
+        hostd::backend::Images::default()
+    });
+    let kinds = if a.backend.is_empty() { BackendKind::ALL.to_vec() } else { a.backend.clone() };
+    let r = hostd::probe::probe(&kinds, &images, &backend_options(&a.images)).await;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", hostd::probe::table(&r));
+    }
+    // Asked about particular backends: the status says whether they can run.
+    let missing: Vec<_> = r.backends.iter().filter(|b| !b.available).map(|b| b.backend.name()).collect();
+    if !a.backend.is_empty() && !missing.is_empty() {
+        anyhow::bail!("not available here: {}", missing.join(", "));
+    }
+    Ok(Done::All)
 }
 
 /// The summary line of a written report.
