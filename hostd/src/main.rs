@@ -81,9 +81,15 @@ enum Cmd {
     /// Boot the fleet a fleet file describes and keep it running in the background.
     Up(UpArgs),
     /// Show running fleets (all, or the one named).
-    Status { name: Option<String> },
+    Status {
+        /// The fleet's name (from its fleet file); all running fleets when left out.
+        name: Option<String>,
+    },
     /// Tear a running fleet down.
-    Down { name: String },
+    Down {
+        /// The fleet's name (as `hostd status` lists it).
+        name: String,
+    },
     /// Run a campaign: startup, memory and the whole suite on every backend, then the report.
     Run(RunArgs),
     /// Rebuild a results directory's report from its stored samples. Refuses a directory
@@ -91,13 +97,19 @@ enum Cmd {
     /// report built from more data than the samples now hold (missing, cut or swapped
     /// samples) unless --force.
     Report {
+        /// The results directory (one with a samples.jsonl), e.g. results/<date>-run-default-<id>.
         dir: PathBuf,
         /// Replace the report even with one built from less data.
         #[arg(long)]
         force: bool,
     },
     /// Show two runs' main figures side by side (both must be results directories).
-    Compare { a: PathBuf, b: PathBuf },
+    Compare {
+        /// The first results directory (the reference).
+        a: PathBuf,
+        /// The second results directory, shown against the first.
+        b: PathBuf,
+    },
     /// Measure the xen backend on a Xen host emulated by QEMU (for hosts that are not Xen).
     XenLab(hostd::xenlab::LabArgs),
     /// Say which backends work on this host and why not, with the VMM/runtime versions, the
@@ -105,6 +117,17 @@ enum Cmd {
     /// KSM, cpufreq governor, cgroup mode). Exit status 0 whether or not backends are
     /// available; 1 if a named --backend is not.
     Probe(ProbeArgs),
+    /// Print a shell completion script to stdout (e.g. `hostd completions bash >
+    /// /etc/bash_completion.d/hostd`).
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (hostd.1 and one per subcommand, hostd-boot.1, …) into a directory.
+    Manpages {
+        /// Directory to write them into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -164,6 +187,7 @@ struct ImageArgs {
 
 #[derive(Args)]
 struct BootArgs {
+    /// Backend to boot the fleets on (`hostd probe` says which work here).
     #[arg(long)]
     backend: BackendKind,
     /// Fleet sizes, comma-separated and increasing, each 1-1000; each is booted cold, then hot.
@@ -311,6 +335,24 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
         }
         Cmd::XenLab(a) => all(hostd::xenlab::main(a).await),
         Cmd::Probe(a) => probe(a).await,
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write as _;
+            // Into a buffer first: generate() panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "hostd", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => anyhow::bail!("writing the completion script: {e}"),
+                _ => Ok(Done::All),
+            }
+        }
+        Cmd::Manpages { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir).map_err(|e| anyhow::anyhow!("writing man pages into {}: {e}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(Done::All)
+        }
         Cmd::Compare { a, b } => {
             print!("{}", hostd::compare::compare(&a, &b)?);
             Ok(Done::All)
@@ -764,4 +806,66 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         print!("{}", microbench::table(&run));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand and every argument (flags, options, positionals) says what it is:
+    /// `--help` is the first documentation a user reads.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sc in c.get_subcommands() {
+                if sc.get_name() == "help" {
+                    continue;
+                }
+                let p = format!("{path} {}", sc.get_name());
+                if sc.get_about().is_none() {
+                    missing.push(format!("{p} (no about)"));
+                }
+                walk(sc, &p, missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "hostd", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
+
+    /// Enum-valued options list their values in the help.
+    #[test]
+    fn enums_list_their_values() {
+        let mut cmd = Cli::command();
+        let boot = cmd.find_subcommand_mut("boot").unwrap();
+        let help = boot.render_long_help().to_string();
+        for v in ["native", "qemu-microvm", "xen"] {
+            assert!(help.contains(v), "boot --help lacks backend {v}: {help}");
+        }
+        assert!(help.contains("cold") && help.contains("hot"), "{help}");
+    }
+
+    #[test]
+    fn completions_and_man_pages() {
+        let mut out = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "hostd", &mut out);
+        let bash = String::from_utf8(out).unwrap();
+        assert!(bash.contains("complete -F") && bash.contains("probe") && bash.contains("--backend"), "{bash}");
+        let d = tempfile::tempdir().unwrap();
+        clap_mangen::generate_to(Cli::command(), d.path()).unwrap();
+        let boot = std::fs::read_to_string(d.path().join("hostd-boot.1")).unwrap();
+        assert!(boot.contains("qemu\\-microvm") || boot.contains("qemu-microvm"), "{boot}");
+    }
 }

@@ -24,10 +24,15 @@ use crate::stats::Summary;
 #[serde(rename_all = "snake_case")]
 #[clap(rename_all = "snake_case")]
 pub enum BenchName {
+    /// Newton steps towards √2 (paper: CPU).
     Cpu,
+    /// Passes of C = A + B + C over three n×n f64 matrices (paper: memory).
     Memory,
+    /// Sequential O_DIRECT read of the data disk, as dd (paper: disk).
     Disk,
+    /// TCP stream bandwidth to the peer, as netperf TCP_STREAM (paper: network).
     NetStream,
+    /// TCP request/response latency to the peer, as netperf TCP_RR.
     NetRr,
 }
 
