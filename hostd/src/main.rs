@@ -84,6 +84,10 @@ enum Cmd {
     Status {
         /// The fleet's name (from its fleet file); all running fleets when left out.
         name: Option<String>,
+        /// Print a JSON array of the fleets' status (name, run, backend, guests with
+        /// address and host pid) instead of the text.
+        #[arg(long)]
+        json: bool,
     },
     /// Tear a running fleet down.
     Down {
@@ -325,7 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Bench(a) => all(bench(a).await),
         Cmd::Boot(a) => boot(a).await,
         Cmd::Up(_) => unreachable!("handled before the runtime starts"),
-        Cmd::Status { name } => all(status(name).await),
+        Cmd::Status { name, json } => all(status(name, json).await),
         Cmd::Down { name } => all(down(name).await),
         Cmd::Run(a) => run_campaign(a).await,
         Cmd::Report { dir, force } => {
@@ -534,16 +538,22 @@ fn find_fleet(name: &str) -> anyhow::Result<RunState> {
     }
 }
 
-async fn status(name: Option<String>) -> anyhow::Result<()> {
+async fn status(name: Option<String>, json: bool) -> anyhow::Result<()> {
     let fleets = match &name {
         Some(n) => vec![(n.clone(), find_fleet(n)?)],
         None => daemon::live_fleets(),
     };
-    if fleets.is_empty() {
+    let mut all = Vec::with_capacity(fleets.len());
+    for (_, st) in fleets {
+        all.push(daemon::query_status(&st).await?);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else if all.is_empty() {
         println!("no fleets running");
     }
-    for (_, st) in fleets {
-        print!("{}", daemon::format_status(&daemon::query_status(&st).await?));
+    for s in all.iter().filter(|_| !json) {
+        print!("{}", daemon::format_status(s));
     }
     Ok(())
 }
