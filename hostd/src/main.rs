@@ -187,6 +187,12 @@ struct ImageArgs {
     /// QEMU accelerator (kvm or tcg); default: probe KVM with a real boot, else TCG.
     #[arg(long)]
     accel: Option<String>,
+    /// QEMU system emulator for the qemu-* backends (name on PATH or path).
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: String,
+    /// Firecracker binary for the firecracker backend (name on PATH or path).
+    #[arg(long, default_value = "firecracker")]
+    firecracker: String,
 }
 
 #[derive(Args)]
@@ -275,9 +281,8 @@ struct BenchArgs {
     /// Network: request and response size for net_rr, bytes.
     #[arg(long, default_value_t = 1)]
     rr_size: u32,
-    /// Guest-agent binary (default: $VIRTBENCH_AGENT, then this workspace's musl build).
-    #[arg(long)]
-    agent: Option<PathBuf>,
+    #[command(flatten)]
+    images: ImageArgs,
     /// Seconds to wait for the guest's ready message (1-86400).
     #[arg(long, default_value_t = 30, value_parser = limits::BOOT_TIMEOUT_S.cli::<u64>())]
     hello_timeout: u64,
@@ -672,7 +677,7 @@ fn images_or_note(agent: Option<&std::path::Path>) -> anyhow::Result<hostd::back
 }
 
 fn backend_options(a: &ImageArgs) -> BackendOptions {
-    BackendOptions { oci_runtime: a.oci_runtime.clone(), accel: a.accel.clone(), ..Default::default() }
+    BackendOptions { oci_runtime: a.oci_runtime.clone(), accel: a.accel.clone(), qemu: a.qemu.clone(), firecracker: a.firecracker.clone() }
 }
 
 /// Releases what earlier, killed hostd runs left behind, and says so.
@@ -786,12 +791,12 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let images = images_or_note(a.agent.as_deref())?;
+    let images = images_or_note(a.images.agent.as_deref())?;
     let workdir = tempfile::Builder::new().prefix("virtbench-bench-").tempdir()?;
     let opts = BenchOptions {
         backend: a.backend,
         images,
-        backend_opts: Default::default(),
+        backend_opts: backend_options(&a.images),
         benches: a.bench,
         reps: a.reps,
         warmup: a.warmup,
