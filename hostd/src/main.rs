@@ -216,11 +216,11 @@ struct BootArgs {
     #[arg(long, default_value_t = 0, value_parser = limits::PARALLELISM.cli::<usize>())]
     parallelism: usize,
     /// Seconds from a guest's launch request to its ready message before it counts as
-    /// failed (1-86400).
-    #[arg(long, default_value_t = 300, value_parser = limits::BOOT_TIMEOUT_S.cli::<u64>())]
+    /// failed (1-86400 s; a number of seconds or a duration such as 90s, 5m).
+    #[arg(long, default_value_t = 300, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
     boot_timeout: u64,
-    /// Seconds the booted fleet idles before memory is read (0-3600).
-    #[arg(long, default_value_t = 5, value_parser = limits::SETTLE_S.cli::<u64>())]
+    /// Seconds the booted fleet idles before memory is read (0-3600 s; seconds or e.g. 30s, 1m).
+    #[arg(long, default_value_t = 5, value_parser = limits::SETTLE_S.cli_secs())]
     settle: u64,
     /// Do not attach guests to a fleet network.
     #[arg(long)]
@@ -283,11 +283,11 @@ struct BenchArgs {
     rr_size: u32,
     #[command(flatten)]
     images: ImageArgs,
-    /// Seconds to wait for the guest's ready message (1-86400).
-    #[arg(long, default_value_t = 30, value_parser = limits::BOOT_TIMEOUT_S.cli::<u64>())]
+    /// Seconds to wait for the guest's ready message (1-86400 s; seconds or e.g. 30s, 2m).
+    #[arg(long, default_value_t = 30, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
     hello_timeout: u64,
-    /// Seconds one benchmark request may take (1-86400).
-    #[arg(long, default_value_t = 600, value_parser = limits::BENCH_TIMEOUT_S.cli::<u64>())]
+    /// Seconds one benchmark request may take (1-86400 s; seconds or e.g. 10m, 1h).
+    #[arg(long, default_value_t = 600, value_parser = limits::BENCH_TIMEOUT_S.cli_secs())]
     bench_timeout: u64,
     /// Print machine-readable JSON instead of the table.
     #[arg(long)]
