@@ -263,12 +263,12 @@ struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     mem_passes: u32,
     /// Disk: file or block device to read (default: the image store's data disk, else a fresh
-    /// file of --disk-mb in the work directory).
+    /// file of --disk-mib in the work directory).
     #[arg(long)]
     disk_file: Option<PathBuf>,
     /// Disk: size of the file created when --disk-file is not given, MiB (1-1048576).
-    #[arg(long, default_value_t = 256, value_parser = limits::DISK_MIB.cli::<u64>())]
-    disk_mb: u64,
+    #[arg(long = "disk-mib", alias = "disk-mb", default_value_t = 256, value_parser = limits::DISK_MIB.cli::<u64>())]
+    disk_mib: u64,
     /// Disk: read block size, KiB (dd's bs).
     #[arg(long, default_value_t = 1024)]
     disk_block_kib: u32,
@@ -805,7 +805,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         mem_n: a.mem_n,
         mem_passes: a.mem_passes,
         disk_file: a.disk_file,
-        disk_mb: a.disk_mb,
+        disk_mib: a.disk_mib,
         disk_block_kib: a.disk_block_kib,
         net_duration_ms: a.net_duration_ms,
         net_msg_size: a.net_msg_size,
