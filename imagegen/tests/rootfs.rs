@@ -121,6 +121,17 @@ fn an_imported_tree_gives_the_same_images_wherever_it_is_built() {
     // The tar holds the same tree with numeric owners.
     let tar = run(Command::new("tar").arg("-tvf").arg(blob(a.path(), &ma, "rootfs")));
     assert!(tar.contains("./usr/sbin/init -> /sbin/init.real"), "{tar}");
+    // Unpacked for a container: absolute links kept as they are, owners kept; the tree's
+    // paths resolve inside it.
+    let store = Store::open(a.path().join("store")).unwrap();
+    let tree = store.materialize_system_tree(&ma).unwrap();
+    assert_eq!(fs::read_link(tree.join("usr/sbin/init")).unwrap(), Path::new("/sbin/init.real"));
+    assert_eq!(imagegen::rootfs::find_init(&tree).unwrap(), "/usr/sbin/init.real");
+    if is_root() {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(tree.join("var/log/owned")).unwrap().uid(), 1000);
+    }
+    assert_eq!(store.materialize_system_tree(&ma).unwrap(), tree, "unpacked once");
     // The same recipe again is a no-op.
     let cfg = config_in(a.path());
     let again = imagegen::build(&cfg, &["tiny".to_string()], &()).unwrap();

@@ -8,7 +8,7 @@ pub(crate) mod kernel;
 pub mod oci;
 pub(crate) mod kernel_package;
 pub(crate) mod source;
-pub(crate) mod system;
+pub mod system;
 pub(crate) mod tree;
 
 use std::collections::BTreeMap;

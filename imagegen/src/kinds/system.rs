@@ -187,7 +187,7 @@ pub(crate) fn oci_format(path: &Path) -> Result<OciFormat, String> {
 /// are followed inside the tree, an absolute target starting again at `root` and `..`
 /// stopping there. Never leaves `root`. `Ok(None)`: it does not exist. With `create`,
 /// missing directories are made (0755) on the way.
-pub(crate) fn resolve_in(root: &Path, path: &str, create: bool) -> io::Result<Option<PathBuf>> {
+pub fn resolve_in(root: &Path, path: &str, create: bool) -> io::Result<Option<PathBuf>> {
     let mut todo: Vec<String> = path.split('/').rev().map(String::from).collect();
     let mut parts: Vec<String> = Vec::new();
     let mut hops = 0;
@@ -233,7 +233,7 @@ pub(crate) fn resolve_in(root: &Path, path: &str, create: bool) -> io::Result<Op
 }
 
 /// Where `/sbin/init` leads, if it is an executable regular file; otherwise why not.
-pub(crate) fn find_init(root: &Path) -> Result<String, String> {
+pub fn find_init(root: &Path) -> Result<String, String> {
     let p = match resolve_in(root, "/sbin/init", false) {
         Ok(Some(p)) => p,
         Ok(None) => return Err("/sbin/init is missing".into()),
