@@ -562,7 +562,7 @@ pub(crate) fn build(
     ];
     let run = |what: &str, program: &str, args: &[&str]| -> Result<(), BuildError> {
         let mut cmd = Command::new(program);
-        cmd.args(args).current_dir(&work.dir);
+        cmd.args(args);
         cmd.envs(env.iter().map(|(k, v)| (*k, v)));
         super::kernel::run_logged(ctx, &r.name, what, cmd, &log)
     };
