@@ -763,7 +763,8 @@ pub(crate) fn build(
 /// mke2fs -d copies each file's ctime, which is when this build made the file, and its atime,
 /// which reading it may have moved: set both to `sde` in every inode it allocated, with
 /// debugfs, so the image depends on the tree only (mtimes are the tree's, crtimes
-/// `E2FSPROGS_FAKE_TIME`).
+/// `E2FSPROGS_FAKE_TIME`). debugfs's own clock is `sde` too: it writes the superblock's last
+/// write time when it closes the image.
 fn fix_ext4_times(
     ctx: &Ctx<'_>,
     r: &Recipe,
@@ -781,7 +782,8 @@ fn fix_ext4_times(
     let used = used_inodes(&String::from_utf8_lossy(&out.stdout))
         .ok_or_else(|| fail(format!("dumpe2fs {} gave no inode bitmap summary", image.display())))?;
     let cmds = work.join("debugfs.cmds");
-    let mut text = String::new();
+    // debugfs stamps the superblock's last write time when it closes the image.
+    let mut text = format!("set_current_time @{sde}\n");
     for ino in used {
         // mke2fs read every file, which may have moved its atime (relatime) after the tree's
         // times were set: atimes are `sde` too.
@@ -789,7 +791,7 @@ fn fix_ext4_times(
     }
     fs::write(&cmds, text).map_err(|e| fail(format!("{}: {e}", cmds.display())))?;
     let mut cmd = Command::new("debugfs");
-    cmd.arg("-w").arg("-f").arg(&cmds).arg(image);
+    cmd.arg("-w").arg("-f").arg(&cmds).arg(image).env("E2FSPROGS_FAKE_TIME", sde.to_string());
     super::kernel::run_logged(ctx, &r.name, "setting ext4 inode times", cmd, log)
 }
 
