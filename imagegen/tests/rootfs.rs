@@ -93,6 +93,9 @@ fn an_imported_tree_gives_the_same_images_wherever_it_is_built() {
     make_tree(&a.path().join("recipes/tree"));
     write_recipe(a.path(), "tiny.toml", &import_recipe("tree", "init = \"image\"\n"));
     let ma = build(a.path(), "tiny");
+    // A second later: anything taken from the clock (a superblock's write time, an inode's
+    // ctime) would then differ.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     // Another directory, files made at another time (other ctimes), same content.
     let copied = b.path().join("recipes/tree");
     fs::create_dir_all(b.path().join("recipes")).unwrap();
