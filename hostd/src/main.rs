@@ -84,6 +84,10 @@ enum Cmd {
     Status {
         /// The fleet's name (from its fleet file); all running fleets when left out.
         name: Option<String>,
+        /// Print a JSON array of the fleets' status (name, run, backend, guests with
+        /// address and host pid) instead of the text.
+        #[arg(long)]
+        json: bool,
     },
     /// Tear a running fleet down.
     Down {
@@ -183,6 +187,12 @@ struct ImageArgs {
     /// QEMU accelerator (kvm or tcg); default: probe KVM with a real boot, else TCG.
     #[arg(long)]
     accel: Option<String>,
+    /// QEMU system emulator for the qemu-* backends (name on PATH or path).
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: String,
+    /// Firecracker binary for the firecracker backend (name on PATH or path).
+    #[arg(long, default_value = "firecracker")]
+    firecracker: String,
 }
 
 #[derive(Args)]
@@ -206,11 +216,11 @@ struct BootArgs {
     #[arg(long, default_value_t = 0, value_parser = limits::PARALLELISM.cli::<usize>())]
     parallelism: usize,
     /// Seconds from a guest's launch request to its ready message before it counts as
-    /// failed (1-86400).
-    #[arg(long, default_value_t = 300, value_parser = limits::BOOT_TIMEOUT_S.cli::<u64>())]
+    /// failed (1-86400 s; a number of seconds or a duration such as 90s, 5m).
+    #[arg(long, default_value_t = 300, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
     boot_timeout: u64,
-    /// Seconds the booted fleet idles before memory is read (0-3600).
-    #[arg(long, default_value_t = 5, value_parser = limits::SETTLE_S.cli::<u64>())]
+    /// Seconds the booted fleet idles before memory is read (0-3600 s; seconds or e.g. 30s, 1m).
+    #[arg(long, default_value_t = 5, value_parser = limits::SETTLE_S.cli_secs())]
     settle: u64,
     /// Do not attach guests to a fleet network.
     #[arg(long)]
@@ -253,12 +263,12 @@ struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     mem_passes: u32,
     /// Disk: file or block device to read (default: the image store's data disk, else a fresh
-    /// file of --disk-mb in the work directory).
+    /// file of --disk-mib in the work directory).
     #[arg(long)]
     disk_file: Option<PathBuf>,
     /// Disk: size of the file created when --disk-file is not given, MiB (1-1048576).
-    #[arg(long, default_value_t = 256, value_parser = limits::DISK_MIB.cli::<u64>())]
-    disk_mb: u64,
+    #[arg(long = "disk-mib", alias = "disk-mb", default_value_t = 256, value_parser = limits::DISK_MIB.cli::<u64>())]
+    disk_mib: u64,
     /// Disk: read block size, KiB (dd's bs).
     #[arg(long, default_value_t = 1024)]
     disk_block_kib: u32,
@@ -271,14 +281,13 @@ struct BenchArgs {
     /// Network: request and response size for net_rr, bytes.
     #[arg(long, default_value_t = 1)]
     rr_size: u32,
-    /// Guest-agent binary (default: $VIRTBENCH_AGENT, then this workspace's musl build).
-    #[arg(long)]
-    agent: Option<PathBuf>,
-    /// Seconds to wait for the guest's ready message (1-86400).
-    #[arg(long, default_value_t = 30, value_parser = limits::BOOT_TIMEOUT_S.cli::<u64>())]
+    #[command(flatten)]
+    images: ImageArgs,
+    /// Seconds to wait for the guest's ready message (1-86400 s; seconds or e.g. 30s, 2m).
+    #[arg(long, default_value_t = 30, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
     hello_timeout: u64,
-    /// Seconds one benchmark request may take (1-86400).
-    #[arg(long, default_value_t = 600, value_parser = limits::BENCH_TIMEOUT_S.cli::<u64>())]
+    /// Seconds one benchmark request may take (1-86400 s; seconds or e.g. 10m, 1h).
+    #[arg(long, default_value_t = 600, value_parser = limits::BENCH_TIMEOUT_S.cli_secs())]
     bench_timeout: u64,
     /// Print machine-readable JSON instead of the table.
     #[arg(long)]
@@ -325,7 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Bench(a) => all(bench(a).await),
         Cmd::Boot(a) => boot(a).await,
         Cmd::Up(_) => unreachable!("handled before the runtime starts"),
-        Cmd::Status { name } => all(status(name).await),
+        Cmd::Status { name, json } => all(status(name, json).await),
         Cmd::Down { name } => all(down(name).await),
         Cmd::Run(a) => run_campaign(a).await,
         Cmd::Report { dir, force } => {
@@ -534,16 +543,22 @@ fn find_fleet(name: &str) -> anyhow::Result<RunState> {
     }
 }
 
-async fn status(name: Option<String>) -> anyhow::Result<()> {
+async fn status(name: Option<String>, json: bool) -> anyhow::Result<()> {
     let fleets = match &name {
         Some(n) => vec![(n.clone(), find_fleet(n)?)],
         None => daemon::live_fleets(),
     };
-    if fleets.is_empty() {
+    let mut all = Vec::with_capacity(fleets.len());
+    for (_, st) in fleets {
+        all.push(daemon::query_status(&st).await?);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else if all.is_empty() {
         println!("no fleets running");
     }
-    for (_, st) in fleets {
-        print!("{}", daemon::format_status(&daemon::query_status(&st).await?));
+    for s in all.iter().filter(|_| !json) {
+        print!("{}", daemon::format_status(s));
     }
     Ok(())
 }
@@ -662,7 +677,7 @@ fn images_or_note(agent: Option<&std::path::Path>) -> anyhow::Result<hostd::back
 }
 
 fn backend_options(a: &ImageArgs) -> BackendOptions {
-    BackendOptions { oci_runtime: a.oci_runtime.clone(), accel: a.accel.clone(), ..Default::default() }
+    BackendOptions { oci_runtime: a.oci_runtime.clone(), accel: a.accel.clone(), qemu: a.qemu.clone(), firecracker: a.firecracker.clone() }
 }
 
 /// Releases what earlier, killed hostd runs left behind, and says so.
@@ -776,12 +791,12 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let images = images_or_note(a.agent.as_deref())?;
+    let images = images_or_note(a.images.agent.as_deref())?;
     let workdir = tempfile::Builder::new().prefix("virtbench-bench-").tempdir()?;
     let opts = BenchOptions {
         backend: a.backend,
         images,
-        backend_opts: Default::default(),
+        backend_opts: backend_options(&a.images),
         benches: a.bench,
         reps: a.reps,
         warmup: a.warmup,
@@ -790,7 +805,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         mem_n: a.mem_n,
         mem_passes: a.mem_passes,
         disk_file: a.disk_file,
-        disk_mb: a.disk_mb,
+        disk_mib: a.disk_mib,
         disk_block_kib: a.disk_block_kib,
         net_duration_ms: a.net_duration_ms,
         net_msg_size: a.net_msg_size,

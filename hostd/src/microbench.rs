@@ -52,9 +52,9 @@ pub struct BenchOptions {
     pub cpu_rounds: u64,
     pub mem_n: u32,
     pub mem_passes: u32,
-    /// File the disk benchmark reads; created (disk_mb MiB) in the work directory if absent.
+    /// File the disk benchmark reads; created (disk_mib MiB) in the work directory if absent.
     pub disk_file: Option<PathBuf>,
-    pub disk_mb: u64,
+    pub disk_mib: u64,
     pub disk_block_kib: u32,
     pub net_duration_ms: u32,
     pub net_msg_size: u32,
@@ -106,7 +106,7 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
             Some(p) => p.clone(),
             None => {
                 let p = opts.workdir.join("disk-bench.bin");
-                write_data_file(&p, opts.disk_mb).with_context(|| format!("creating disk benchmark file {}", p.display()))?;
+                write_data_file(&p, opts.disk_mib).with_context(|| format!("creating disk benchmark file {}", p.display()))?;
                 p
             }
         };
