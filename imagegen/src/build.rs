@@ -298,7 +298,7 @@ fn build_one(ctx: &kinds::Ctx<'_>, step: &Step, sources: &mut HashMap<String, Pa
         }
         (Resolved::System { path, oci, mirrors }, Spec::System(s)) => {
             let (outputs, info) = kinds::system::build(ctx, r, s, &ih, path.as_deref(), *oci, mirrors)?;
-            system = Some(info);
+            system = Some(Box::new(info));
             outputs
         }
         (Resolved::KernelPackage { file }, Spec::KernelPackage(k)) => {

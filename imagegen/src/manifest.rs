@@ -37,7 +37,7 @@ pub struct Manifest {
     pub cmdline: Option<String>,
     /// What a root file system build holds (`debian-rootfs`, `rootfs-import`, `oci-image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system: Option<SystemInfo>,
+    pub system: Option<Box<SystemInfo>>,
     /// The release (`uname -r`, the `/lib/modules` directory) of a `kernel-package` taken from
     /// a Debian package.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -61,16 +61,29 @@ pub struct Step {
 #[derive(Debug)]
 pub(crate) enum Resolved {
     Agent,
-    Tree { files: Vec<(String, FileSource, u32)>, busybox: Option<Busybox> },
+    Tree {
+        files: Vec<(String, FileSource, u32)>,
+        busybox: Option<Busybox>,
+    },
     OciBundle,
     Disk,
-    Kernel { source: KernelSource, fragments: Vec<(String, PathBuf)>, patches: Vec<(String, PathBuf)> },
+    Kernel {
+        source: KernelSource,
+        fragments: Vec<(String, PathBuf)>,
+        patches: Vec<(String, PathBuf)>,
+    },
     DebFile,
     /// A root file system: `path` is the imported directory, tarball or OCI image (none for
     /// Debian), `oci` the image format.
-    System { path: Option<PathBuf>, oci: Option<crate::recipe::OciFormat>, mirrors: Vec<String> },
+    System {
+        path: Option<PathBuf>,
+        oci: Option<crate::recipe::OciFormat>,
+        mirrors: Vec<String>,
+    },
     /// A prebuilt kernel: the file (none for a package).
-    KernelPackage { file: Option<PathBuf> },
+    KernelPackage {
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug)]
@@ -556,21 +569,40 @@ impl Loader<'_> {
         }
         Ok(match &s.source {
             SystemSource::Debian(d) => {
-                let word = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                let word =
+                    |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
                 if !word(&d.suite) {
                     return Err(self.bad(r, "suite", format!("{:?} is not a Debian suite name", d.suite)));
                 }
-                const VARIANTS: &[&str] =
-                    &["extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "debootstrap", "standard"];
+                const VARIANTS: &[&str] = &[
+                    "extract",
+                    "custom",
+                    "essential",
+                    "apt",
+                    "required",
+                    "minbase",
+                    "buildd",
+                    "important",
+                    "debootstrap",
+                    "standard",
+                ];
                 if !VARIANTS.contains(&d.variant.as_str()) {
-                    return Err(self.bad(r, "variant", format!("{:?} is not one of mmdebstrap's {VARIANTS:?}", d.variant)));
+                    return Err(self.bad(
+                        r,
+                        "variant",
+                        format!("{:?} is not one of mmdebstrap's {VARIANTS:?}", d.variant),
+                    ));
                 }
                 for (i, p) in d.packages.iter().enumerate() {
                     let ok = p.len() >= 2
                         && p.as_bytes()[0].is_ascii_alphanumeric()
                         && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
                     if !ok {
-                        return Err(self.bad(r, &format!("packages[{i}]"), format!("{p:?} is not a Debian package name")));
+                        return Err(self.bad(
+                            r,
+                            &format!("packages[{i}]"),
+                            format!("{p:?} is not a Debian package name"),
+                        ));
                     }
                 }
                 let mirrors = if d.mirrors.is_empty() {
@@ -580,9 +612,17 @@ impl Loader<'_> {
                 };
                 for (i, m) in mirrors.iter().enumerate() {
                     if !m.starts_with("deb ") || m.contains('\n') {
-                        return Err(self.bad(r, &format!("mirrors[{i}]"), format!("{m:?} is not a one-line `deb URI SUITE COMPONENT…` entry")));
+                        return Err(self.bad(
+                            r,
+                            &format!("mirrors[{i}]"),
+                            format!("{m:?} is not a one-line `deb URI SUITE COMPONENT…` entry"),
+                        ));
                     }
-                    inputs.push(Input { role: "mirror".into(), name: m.clone(), sha256: hash::sha256_hex(m.as_bytes()) });
+                    inputs.push(Input {
+                        role: "mirror".into(),
+                        name: m.clone(),
+                        sha256: hash::sha256_hex(m.as_bytes()),
+                    });
                 }
                 Resolved::System { path: None, oci: None, mirrors }
             }
@@ -598,7 +638,11 @@ impl Loader<'_> {
                 };
                 if let Some(img) = &o.image {
                     if img.is_empty() || img.starts_with('-') || img.contains(char::is_whitespace) {
-                        return Err(self.bad(r, "image", format!("{img:?} is not an image name in the {}", format.transport())));
+                        return Err(self.bad(
+                            r,
+                            "image",
+                            format!("{img:?} is not an image name in the {}", format.transport()),
+                        ));
                     }
                 }
                 Resolved::System { path: Some(p), oci: Some(format), mirrors: vec![] }

@@ -227,14 +227,27 @@ fn oci_layouts_and_archives_unpack_with_their_whiteouts() {
     let layout = make_layout(d.path());
     let archive = d.path().join("image.tar");
     let docker = d.path().join("docker.tar");
-    run(Command::new("skopeo").args(["--insecure-policy", "copy", "--quiet"]).arg(format!("oci:{}:t", layout.display())).arg(format!("oci-archive:{}:t", archive.display())));
-    run(Command::new("skopeo").args(["--insecure-policy", "copy", "--quiet"]).arg(format!("oci:{}:t", layout.display())).arg(format!("docker-archive:{}:tiny:1", docker.display())));
+    run(Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--quiet"])
+        .arg(format!("oci:{}:t", layout.display()))
+        .arg(format!("oci-archive:{}:t", archive.display())));
+    run(Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--quiet"])
+        .arg(format!("oci:{}:t", layout.display()))
+        .arg(format!("docker-archive:{}:tiny:1", docker.display())));
     let mut shas = Vec::new();
     for (name, path) in [("layout", &layout), ("archive", &archive), ("docker", &docker)] {
-        write_recipe(d.path(), &format!("{name}.toml"), &format!("kind = \"oci-image\"\npath = \"{}\"\nheadroom_mib = 4\ninit = \"image\"\n", path.display()));
+        write_recipe(
+            d.path(),
+            &format!("{name}.toml"),
+            &format!("kind = \"oci-image\"\npath = \"{}\"\nheadroom_mib = 4\ninit = \"image\"\n", path.display()),
+        );
         let m = build(d.path(), name);
         let tar = run(Command::new("tar").arg("-tf").arg(blob(d.path(), &m, "rootfs")));
-        assert!(tar.contains("./etc/os-release") && !tar.contains("etc/gone") && !tar.contains(".wh."), "{name}: {tar}");
+        assert!(
+            tar.contains("./etc/os-release") && !tar.contains("etc/gone") && !tar.contains(".wh."),
+            "{name}: {tar}"
+        );
         assert_eq!(m.system.as_ref().unwrap().init.as_deref(), Some("/usr/sbin/init.real"));
         shas.push(sha(&m, "rootfs"));
     }
@@ -263,7 +276,11 @@ fn an_oci_archive_with_a_wrong_digest_is_refused() {
     fs::write(&biggest, bytes).unwrap();
     let archive = d.path().join("bad.tar");
     run(Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&archive).arg("."));
-    write_recipe(d.path(), "bad.toml", &format!("kind = \"oci-image\"\npath = \"{}\"\nheadroom_mib = 4\n", archive.display()));
+    write_recipe(
+        d.path(),
+        "bad.toml",
+        &format!("kind = \"oci-image\"\npath = \"{}\"\nheadroom_mib = 4\n", archive.display()),
+    );
     let e = fails(d.path(), "bad");
     let digest = biggest.file_name().unwrap().to_string_lossy().into_owned();
     assert!(e.contains("skopeo copy") && e.contains("Digest did not match") && e.contains(&digest), "{e}");
@@ -316,7 +333,11 @@ fn a_kernel_package_puts_its_modules_into_the_tree() {
 
     // A kernel file is checked against its pin.
     fs::write(d.path().join("recipes/vmlinuz"), b"k").unwrap();
-    write_recipe(d.path(), "kfile.toml", &format!("kind = \"kernel-package\"\nfile = \"vmlinuz\"\nsha256 = \"{}\"\n", "0".repeat(64)));
+    write_recipe(
+        d.path(),
+        "kfile.toml",
+        &format!("kind = \"kernel-package\"\nfile = \"vmlinuz\"\nsha256 = \"{}\"\n", "0".repeat(64)),
+    );
     let e = imagegen::build(&config_in(d.path()), &["kfile".to_string()], &()).unwrap_err().to_string();
     assert!(e.contains("the recipe pins 0000") && e.contains("vmlinuz"), "{e}");
 }
@@ -333,7 +354,8 @@ fn debian_bookworm_builds_reproducibly() {
     let mut ms = Vec::new();
     for d in [a.path(), b.path()] {
         fs::create_dir_all(d.join("recipes")).unwrap();
-        fs::copy(common::shipped_recipes().join("debian-bookworm.toml"), d.join("recipes/debian-bookworm.toml")).unwrap();
+        fs::copy(common::shipped_recipes().join("debian-bookworm.toml"), d.join("recipes/debian-bookworm.toml"))
+            .unwrap();
         ms.push(build(d, "debian-bookworm"));
     }
     for o in ["rootfs", "rootfs.ext4", "rootfs.erofs"] {

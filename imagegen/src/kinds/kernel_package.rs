@@ -19,7 +19,9 @@ use crate::store::output_record;
 pub(crate) fn tools(t: &super::Tools, from_package: bool) -> Result<BTreeMap<String, String>, String> {
     let mut m = BTreeMap::new();
     if from_package {
-        for (name, prog, arg) in [("dpkg-deb", "dpkg-deb", "--version"), ("depmod", "depmod", "--version"), ("tar", "tar", "--version")] {
+        for (name, prog, arg) in
+            [("dpkg-deb", "dpkg-deb", "--version"), ("depmod", "depmod", "--version"), ("tar", "tar", "--version")]
+        {
             m.insert(name.to_string(), t.version(prog, &[arg], |_| false)?);
         }
     }
@@ -38,9 +40,13 @@ pub(crate) fn build(
     let fail = |step: &str, m: String| ctx.fail(&r.name, step, m);
     if let Some(f) = file {
         let want = k.sha256.as_deref().unwrap_or_default();
-        let (got, _) = crate::hash::sha256_file(f).map_err(|e| fail("hashing the kernel", format!("{}: {e}", f.display())))?;
+        let (got, _) =
+            crate::hash::sha256_file(f).map_err(|e| fail("hashing the kernel", format!("{}: {e}", f.display())))?;
         if got != want {
-            return Err(fail("checking the kernel", format!("{} has sha256 {got}, the recipe pins {want} (field `sha256`)", f.display())));
+            return Err(fail(
+                "checking the kernel",
+                format!("{} has sha256 {got}, the recipe pins {want} (field `sha256`)", f.display()),
+            ));
         }
         let (sha, size) = ctx.store.put_blob_file(f).map_err(store_err)?;
         return Ok((BTreeMap::from([("kernel".to_string(), output_record(sha, size))]), None));
@@ -77,7 +83,10 @@ pub(crate) fn build(
         .filter_map(|p| p.file_name()?.to_str()?.strip_prefix("vmlinuz-").map(String::from))
         .collect();
     let [release] = kernels.as_slice() else {
-        return Err(fail("finding the kernel", format!("{label} has {} /boot/vmlinuz-* files, expected one", kernels.len())));
+        return Err(fail(
+            "finding the kernel",
+            format!("{label} has {} /boot/vmlinuz-* files, expected one", kernels.len()),
+        ));
     };
     let release = release.clone();
     // Modules under /lib/modules or, in merged-/usr packages, /usr/lib/modules.
@@ -86,7 +95,9 @@ pub(crate) fn build(
         .find(|d| d.join(&release).is_dir())
         .ok_or_else(|| fail("finding the modules", format!("{label} has no /lib/modules/{release}")))?;
     if modules != x.join("lib/modules") {
-        fs::create_dir_all(x.join("lib")).and_then(|()| fs::rename(&modules, x.join("lib/modules"))).map_err(|e| fail("finding the modules", e.to_string()))?;
+        fs::create_dir_all(x.join("lib"))
+            .and_then(|()| fs::rename(&modules, x.join("lib/modules")))
+            .map_err(|e| fail("finding the modules", e.to_string()))?;
     }
     // What the package's postinst would do: the module indexes for this release.
     let mut c = Command::new("depmod");
@@ -107,7 +118,10 @@ pub(crate) fn build(
     let config = boot.join(format!("config-{release}"));
     for (name, path) in [("kernel", boot.join(format!("vmlinuz-{release}"))), ("modules", tar), ("config", config)] {
         if !path.is_file() {
-            return Err(fail("taking the outputs", format!("{label} has no {}", path.strip_prefix(&x).unwrap_or(&path).display())));
+            return Err(fail(
+                "taking the outputs",
+                format!("{label} has no {}", path.strip_prefix(&x).unwrap_or(&path).display()),
+            ));
         }
         let (sha, size) = ctx.store.put_blob_file(&path).map_err(store_err)?;
         outputs.insert(name.to_string(), output_record(sha, size));

@@ -62,7 +62,11 @@ pub(crate) fn content_hash(path: &Path) -> io::Result<String> {
             let p = root.join(&rel);
             let m = fs::symlink_metadata(&p)?;
             field(h, rel.as_os_str().as_encoded_bytes());
-            field(h, format!("{:o} {} {} {} {} {}", m.mode(), m.uid(), m.gid(), m.mtime(), m.mtime_nsec(), m.rdev()).as_bytes());
+            field(
+                h,
+                format!("{:o} {} {} {} {} {}", m.mode(), m.uid(), m.gid(), m.mtime(), m.mtime_nsec(), m.rdev())
+                    .as_bytes(),
+            );
             let t = m.file_type();
             if t.is_symlink() {
                 field(h, fs::read_link(&p)?.as_os_str().as_encoded_bytes());
@@ -322,7 +326,9 @@ pub(crate) fn check_tree(root: &Path, sde: u64) -> Result<TreeStats, String> {
                     stats.bytes += 4096;
                 }
             } else if t.is_block_device() || t.is_char_device() {
-                return Err(format!("{shown} is a device node outside /dev (the guest's devtmpfs or runtime provides them)"));
+                return Err(format!(
+                    "{shown} is a device node outside /dev (the guest's devtmpfs or runtime provides them)"
+                ));
             } else if t.is_socket() {
                 return Err(format!("{shown} is a socket, which cannot go into an image"));
             } else if t.is_file() {
@@ -349,11 +355,7 @@ pub(crate) fn check_tree(root: &Path, sde: u64) -> Result<TreeStats, String> {
 /// mtime := min(mtime, sde), atime := mtime, on the entry itself (not a link's target).
 fn clamp_times(p: &Path, m: &fs::Metadata, sde: u64) -> nix::Result<()> {
     let sde = i64::try_from(sde).unwrap_or(i64::MAX);
-    let mtime = if m.mtime() >= sde {
-        TimeSpec::new(sde, 0)
-    } else {
-        TimeSpec::new(m.mtime(), m.mtime_nsec())
-    };
+    let mtime = if m.mtime() >= sde { TimeSpec::new(sde, 0) } else { TimeSpec::new(m.mtime(), m.mtime_nsec()) };
     utimensat(None, p, &mtime, &mtime, UtimensatFlags::NoFollowSymlink)
 }
 
@@ -380,7 +382,8 @@ fn climbs_out(rel: &Path, target: &Path) -> bool {
 /// is unpacked (GNU tar would skip such entries and go on).
 pub(crate) fn scan_tarball(path: &Path) -> Result<(), String> {
     let mut magic = [0u8; 6];
-    let n = fs::File::open(path).and_then(|mut f| f.read(&mut magic)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let n =
+        fs::File::open(path).and_then(|mut f| f.read(&mut magic)).map_err(|e| format!("{}: {e}", path.display()))?;
     let magic = &magic[..n];
     let filter = if magic.starts_with(&[0x1f, 0x8b]) {
         Some("gzip")
@@ -422,7 +425,10 @@ pub(crate) fn scan_tarball(path: &Path) -> Result<(), String> {
             if let Some(l) = e.link_name_bytes() {
                 let l = String::from_utf8_lossy(&l).into_owned();
                 if e.header().entry_type().is_hard_link() && l.split('/').any(|c| c == "..") {
-                    return Err(format!("{}: entry {name:?} is a hard link to {l:?}, outside the tree", path.display()));
+                    return Err(format!(
+                        "{}: entry {name:?} is a hard link to {l:?}, outside the tree",
+                        path.display()
+                    ));
                 }
             }
         }
@@ -460,11 +466,8 @@ fn inodes_for(stats: &TreeStats, headroom_mib: u64) -> u64 {
 
 /// Versions of the tools a root file system build of `source` runs (hashed).
 pub(crate) fn tools(ctx_tools: &super::Tools, source: &SystemSource) -> Result<BTreeMap<String, String>, String> {
-    let mut progs: Vec<(&str, &str, Vec<&str>)> = vec![
-        ("mke2fs", "mke2fs", vec!["-V"]),
-        ("debugfs", "debugfs", vec!["-V"]),
-        ("tar", "tar", vec!["--version"]),
-    ];
+    let mut progs: Vec<(&str, &str, Vec<&str>)> =
+        vec![("mke2fs", "mke2fs", vec!["-V"]), ("debugfs", "debugfs", vec!["-V"]), ("tar", "tar", vec!["--version"])];
     match source {
         SystemSource::Debian(_) => {
             progs.push(("mmdebstrap", "mmdebstrap", vec!["--version"]));
@@ -542,10 +545,8 @@ pub(crate) fn build(
     // Earlier attempts at this recipe are stale (we hold the cache lock).
     for p in crate::store::list(&work_root).unwrap_or_default() {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let stale = name
-            .strip_prefix(&r.name)
-            .and_then(|rest| rest.strip_prefix('-'))
-            .is_some_and(crate::hash::is_sha256_hex);
+        let stale =
+            name.strip_prefix(&r.name).and_then(|rest| rest.strip_prefix('-')).is_some_and(crate::hash::is_sha256_hex);
         if stale && !mounted_below(&p) {
             fs::remove_dir_all(&p).map_err(|e| fail("work directory", format!("removing {}: {e}", p.display())))?;
         }
@@ -662,10 +663,7 @@ pub(crate) fn build(
         .flatten()
         .or_else(|| resolve_in(&root, "/usr/lib/os-release", false).ok().flatten())
         .and_then(|p| fs::read_to_string(p).ok())
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
-        });
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string())));
     let kernel_modules: Vec<String> = match resolve_in(&root, "/lib/modules", false) {
         Ok(Some(p)) => crate::store::list(&p)
             .unwrap_or_default()
@@ -730,11 +728,7 @@ pub(crate) fn build(
     run("fsck of the ext4 image", "e2fsck", &["-f", "-n", &s(&ext4)])?;
     let erofs = work.dir.join("rootfs.erofs");
     let erofs_uuid = derived_uuid(&format!("virtbench erofs uuid {input_hash}"));
-    run(
-        "mkfs.erofs",
-        "mkfs.erofs",
-        &["--quiet", "-U", &erofs_uuid, "-T", &sde.to_string(), &s(&erofs), &s(&root)],
-    )?;
+    run("mkfs.erofs", "mkfs.erofs", &["--quiet", "-U", &erofs_uuid, "-T", &sde.to_string(), &s(&erofs), &s(&root)])?;
 
     // 4. Into the store (only now: every check above passed).
     let store_err = |e| BuildError::Store { context: format!("recipe {}", r.name), source: e };
@@ -912,7 +906,8 @@ mod tests {
 
     #[test]
     fn status_database() {
-        let s = "Package: a\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.0\nDescription: x\n more\n\n\
+        let s =
+            "Package: a\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.0\nDescription: x\n more\n\n\
                  Package: b\nStatus: deinstall ok config-files\nVersion: 2\n\n\
                  Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 12.4+deb12u1\n";
         let p = installed_packages(s);
