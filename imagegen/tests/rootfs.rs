@@ -344,8 +344,8 @@ fn a_kernel_package_puts_its_modules_into_the_tree() {
 
 /// `imagegen build debian-bookworm` twice, in two stores with two caches: the same ext4 and
 /// erofs bytes, and every package's version in the manifest. Needs the network (a Debian
-/// mirror through the host's apt sources), root (mmdebstrap --mode=root) and about 2.5 minutes
-/// per build (measured on two shared, busy cores), so it is #[ignore]d: `cargo test -p imagegen --test rootfs
+/// mirror through the host's apt sources), root (mmdebstrap --mode=root) and 2 to 3.5 minutes
+/// per build (the whole test took 355 s on two shared, busy cores), so it is #[ignore]d: `cargo test -p imagegen --test rootfs
 /// -- --ignored`.
 #[test]
 #[ignore]
