@@ -318,7 +318,8 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
     let rows: Vec<BootRow> = fleets
         .into_iter()
         .map(|((backend, n, mode), (startups, failures, memory))| {
-            bootrun::row(&FleetBoot { backend, n, mode, startups, failures, memory, teardown_clean: 0, teardown_killed: 0 })
+            let residency = startups.first().and_then(|s| s.residency.clone());
+            bootrun::row(&FleetBoot { backend, n, mode, startups, failures, memory, teardown_clean: 0, teardown_killed: 0, residency })
         })
         .collect();
     let startup = bootrun::summarise(provenance.clone().unwrap_or_else(|| Provenance::collect(Default::default())), rows);
