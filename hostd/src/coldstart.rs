@@ -205,7 +205,7 @@ pub fn fleet_files(backend: &AnyBackend, copies: &[Arc<Images>], data_disk: Opti
 
 /// One line for a start's residency, e.g. "resident before start: 0.0 % of 12 files
 /// (20.3 MiB); 4 libraries shared with hostd (2.4 MiB, resident)".
-pub fn describe(r: &StartResidency) -> String {
+pub fn describe(r: &StartResidency, name_resident: bool) -> String {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let mut s = format!("resident before start: {:.1} % of {} files ({:.1} MiB)", 100.0 * r.fraction(), r.files, mib(r.bytes));
     if r.shared_files > 0 {
@@ -216,7 +216,7 @@ pub fn describe(r: &StartResidency) -> String {
             if r.shared_bytes == 0 { 0.0 } else { 100.0 * r.shared_resident_bytes as f64 / r.shared_bytes as f64 }
         ));
     }
-    if !r.resident.is_empty() {
+    if name_resident && !r.resident.is_empty() {
         let top: Vec<String> = r.resident.iter().map(|(p, b)| format!("{} {:.1} MiB", p.display(), mib(*b))).collect();
         s.push_str(&format!("; resident: {}", top.join(", ")));
     }
@@ -329,7 +329,7 @@ mod tests {
         let hot = check(&files, false).unwrap();
         assert!(hot.resident_bytes >= 1 << 20 && hot.shared_files >= 1, "{hot:?}");
         let cold = check(&files, true).unwrap();
-        assert!(cold.is_cold(), "{}", describe(&cold));
+        assert!(cold.is_cold(), "{}", describe(&cold, true));
         assert_eq!(start_label(StartMode::Cold, Some(&cold)), "cold");
     }
 

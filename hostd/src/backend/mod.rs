@@ -441,7 +441,10 @@ impl AnyBackend {
         if per_guest.is_empty() {
             return all;
         }
+        // The copies replace the images, and the programs too where the image is the
+        // program (UML's kernel, the native agent).
         all.images.clear();
+        all.programs.clear();
         for images in per_guest {
             let own = match self {
                 AnyBackend::Native(_) => native::Native::new(images.agent.clone()).launch_files(),
