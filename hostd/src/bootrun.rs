@@ -131,7 +131,8 @@ pub fn row(b: &FleetBoot) -> BootRow {
         per_guest_pss_mib: mem.and_then(|m| mean(m.guests.iter().map(|g| mib(g.pss_kib as f64)).collect())),
         label: b.label().to_string(),
         resident_fraction: b.residency.as_ref().map(|r| r.fraction()),
-        residency: b.residency.as_ref().map(crate::coldstart::describe),
+        // Which files stayed resident matters only where a start was meant to be cold.
+        residency: b.residency.as_ref().map(|r| crate::coldstart::describe(r, b.mode == StartMode::Cold)),
         image_copies: b.startups.iter().any(|s| s.image_copies),
         m_used_noise_mib: mem.and_then(|m| m.checks.noise_kib).map(|k| mib(k as f64)),
         m_used_repeats_mib: mem.map(|m| m.fleet_repeats_kib().into_iter().map(|k| mib(k as f64)).collect()).unwrap_or_default(),
@@ -357,18 +358,18 @@ pub fn table(s: &BootSummary) -> String {
     }
     for r in &s.rows {
         if let Some(res) = &r.residency {
-            out.push_str(&format!("{} n={} {}{}: {res}\n", r.backend, r.n, r.label(), if r.image_copies { " (per-guest image copies)" } else { " (shared images)" }));
+            out.push_str(&format!("note: {} n={} {}{}: {res}\n", r.backend, r.n, r.label(), if r.image_copies { " (per-guest image copies)" } else { " (shared images)" }));
         }
     }
     for r in s.rows.iter().filter(|r| r.partial() && r.t_startup_s.is_some()) {
         out.push_str(&format!(
-            "{} n={} {}: partial fleet: T_startup is over the {} of {} guests that came up (the slowest may be among the missing)\n",
+            "note: {} n={} {}: partial fleet: T_startup is over the {} of {} guests that came up (the slowest may be among the missing)\n",
             r.backend, r.n, r.label(), r.ready, r.n
         ));
     }
     for r in s.rows.iter().filter(|r| r.m_used_disagrees) {
         out.push_str(&format!(
-            "{} n={} {}: M_used {} MiB (host-wide) and {} MiB (guests' cgroups + hostd's growth) differ by more than the ±{} MiB noise bound: both reported\n",
+            "note: {} n={} {}: M_used {} MiB (host-wide) and {} MiB (guests' cgroups + hostd's growth) differ by more than the ±{} MiB noise bound: both reported\n",
             r.backend,
             r.n,
             r.label(),
@@ -378,7 +379,7 @@ pub fn table(s: &BootSummary) -> String {
         ));
     }
     for r in s.rows.iter().filter(|r| r.hostd_growth_mib.is_some()) {
-        out.push_str(&format!("{} n={} {}: hostd's own RSS grew {} MiB (part of M_tool)\n", r.backend, r.n, r.label(), o(r.hostd_growth_mib, 2)));
+        out.push_str(&format!("note: {} n={} {}: hostd's own RSS grew {} MiB (part of M_tool)\n", r.backend, r.n, r.label(), o(r.hostd_growth_mib, 2)));
     }
     for (mode, f) in &s.memory_fit {
         out.push_str(&format!(
@@ -397,4 +398,78 @@ pub fn table(s: &BootSummary) -> String {
          M_used = median of repeated readings against a noise floor taken with no fleet, ± the floor's and the idle fleet's drift, tmpfs scratch excluded (tmpfs column)\n",
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coldstart::StartResidency;
+    use crate::startup::StartupSample;
+
+    fn sample(index: usize, mode: StartMode, ready_s: f64, resident: u64) -> StartupSample {
+        StartupSample {
+            backend: BackendKind::Uml,
+            n: 10,
+            mode,
+            index,
+            ready_s,
+            own_s: ready_s,
+            guest_boot_s: None,
+            guest_kernel_s: None,
+            residency: Some(StartResidency {
+                files: 20,
+                bytes: 1000,
+                resident_bytes: resident,
+                shared_files: 0,
+                shared_bytes: 0,
+                shared_resident_bytes: 0,
+                resident: vec![],
+            }),
+            image_copies: true,
+        }
+    }
+
+    fn boot(mode: StartMode, ready: usize, resident: u64) -> FleetBoot {
+        let startups: Vec<StartupSample> = (0..ready).map(|i| sample(i, mode, 1.0 + i as f64, resident)).collect();
+        FleetBoot {
+            backend: BackendKind::Uml,
+            n: 10,
+            mode,
+            residency: startups[0].residency.clone(),
+            startups,
+            failures: vec![],
+            memory: None,
+            teardown_clean: ready,
+            teardown_killed: 0,
+        }
+    }
+
+    #[test]
+    fn partial_fleets_and_unverified_cold_starts_are_marked() {
+        let rows = vec![row(&boot(StartMode::Cold, 7, 0)), row(&boot(StartMode::Hot, 10, 1000)), row(&boot(StartMode::Cold, 10, 10))];
+        assert_eq!((rows[0].label(), rows[0].partial(), rows[0].t_startup_s), ("cold", true, Some(7.0)));
+        assert_eq!((rows[1].label(), rows[1].resident_fraction), ("hot", Some(1.0)));
+        assert_eq!((rows[2].label(), rows[2].resident_fraction), ("warm", Some(0.01)));
+        let s = summarise(Provenance::collect(Default::default()), rows);
+        let t = table(&s);
+        assert!(t.contains("7.000 (7/10)"), "{t}");
+        assert!(t.contains("partial fleet: T_startup is over the 7 of 10 guests"), "{t}");
+        assert!(t.lines().any(|l| l.starts_with("uml") && l.contains(" warm ") && l.contains("1.0 %")), "{t}");
+        let charts = charts(&s);
+        let names: Vec<&str> = charts[0].1.series.iter().map(|x| x.name.as_str()).collect();
+        assert!(names.iter().any(|n| n.contains("partial: n=10: 7 of 10")), "{names:?}");
+        assert!(names.iter().any(|n| n.contains("not verified cold: n=10 warm")), "{names:?}");
+    }
+
+    #[test]
+    fn the_fit_uses_every_repeated_figure() {
+        let mut a = row(&boot(StartMode::Hot, 10, 1000));
+        a.m_used_repeats_mib = vec![100.0, 102.0];
+        let mut b = row(&boot(StartMode::Hot, 5, 1000));
+        b.m_used_mib = Some(51.0);
+        assert_eq!(fit_points([&a, &b].into_iter()), vec![(10.0, 100.0), (10.0, 102.0), (5.0, 51.0)]);
+        // M_used(n) = 10 n + 1 through (5, 51) and the mean (10, 101) of the repeats.
+        let f = linear_fit(&fit_points([&a, &b].into_iter())).unwrap();
+        assert!((f.slope - 10.0).abs() < 1e-9 && (f.intercept - 1.0).abs() < 1e-9, "{f:?}");
+    }
 }
