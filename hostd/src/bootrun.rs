@@ -317,6 +317,41 @@ pub fn charts(s: &BootSummary) -> Vec<(String, Chart)> {
     ]
 }
 
+/// What the report says under its startup table: what cold, warm and resident mean, the
+/// partial fleets, the M_used bound, scratch and hostd's share (HTML, escaped).
+pub fn startup_notes_html(s: &BootSummary) -> String {
+    let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut h = String::from(
+        "<p>mode: <b>cold</b> = nothing the launches read (images, VMM or runtime and its libraries but those hostd itself maps) \
+         was in the page cache just before the start (checked with mincore after eviction); <b>warm</b> = a cold start that found \
+         some of it resident (not counted as cold); <b>hot</b> = images resident. M_used: median of repeated readings against a \
+         noise floor read with no fleet, ± the larger drift of the two windows; tmpfs scratch excluded.</p>",
+    );
+    let partial: Vec<String> = s.rows.iter().filter(|r| r.partial()).map(|r| format!("{} n={} {}: {} of {}", r.backend, r.n, r.label(), r.ready, r.n)).collect();
+    if !partial.is_empty() {
+        h.push_str(&format!(
+            "<p class=\"bad\">Partial fleets (T_startup over the guests that came up; the slowest may be among the missing): {}.</p>",
+            esc(&partial.join("; "))
+        ));
+    }
+    for r in &s.rows {
+        let mut bits = Vec::new();
+        if let Some(res) = &r.residency {
+            bits.push(res.clone());
+        }
+        if let Some(t) = r.scratch_tmpfs_mib {
+            bits.push(format!("tmpfs scratch {t:.1} MiB (not in M_used)"));
+        }
+        if let Some(g) = r.hostd_growth_mib {
+            bits.push(format!("hostd's RSS grew {g:.2} MiB (part of M_tool)"));
+        }
+        if !bits.is_empty() {
+            h.push_str(&format!("<p>{} n={} {}: {}.</p>", r.backend, r.n, r.label(), esc(&bits.join("; "))));
+        }
+    }
+    h
+}
+
 /// The human-readable table.
 pub fn table(s: &BootSummary) -> String {
     let mut out = String::new();
