@@ -322,7 +322,7 @@ pub fn charts(s: &BootSummary) -> Vec<(String, Chart)> {
 pub fn startup_notes_html(s: &BootSummary) -> String {
     let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
     let mut h = String::from(
-        "<p>mode: <b>cold</b> = nothing the launches read (images, VMM or runtime and its libraries but those hostd itself maps) \
+        "<p>mode: <b>cold</b> = nothing the launches read (images, VMM or runtime and its libraries but those other running processes hold) \
          was in the page cache just before the start (checked with mincore after eviction); <b>warm</b> = a cold start that found \
          some of it resident (not counted as cold); <b>hot</b> = images resident. M_used: median of repeated readings against a \
          noise floor read with no fleet, ± the larger drift of the two windows; tmpfs scratch excluded.</p>",
@@ -429,7 +429,7 @@ pub fn table(s: &BootSummary) -> String {
     out.push_str(
         "units: seconds on the host clock from the fleet's start request; MiB = 2^20 bytes; one fleet per row (1 repetition); \
          start: cold = nothing the launches read was in the page cache (mincore), warm = a cold start that found files resident; \
-         resident = share of the launches' files (images, programs, libraries but hostd's own) in the page cache just before the start; \
+         resident = share of the launches' files (images, programs, libraries but those other running processes hold) in the page cache just before the start; \
          M_used = median of repeated readings against a noise floor taken with no fleet, ± the floor's and the idle fleet's drift, tmpfs scratch excluded (tmpfs column)\n",
     );
     out

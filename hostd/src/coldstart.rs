@@ -4,9 +4,13 @@
 //! disk — is pushed out of the page cache (`pagecache::evict`) and its residency measured
 //! with `mincore`; a start is labelled cold only if none of it was resident.
 //!
-//! Libraries hostd itself has mapped (libc, the dynamic loader, libm, libgcc_s) cannot leave
-//! the cache while hostd runs, and are resident on any running system (init uses them): they
-//! are counted apart ("shared with hostd"), not against the start.
+//! Libraries that running processes have mapped — hostd itself (libc, the dynamic loader,
+//! libm, libgcc_s) or any other process that is not an instance of the launch's own programs
+//! (libz, libpcre2 of system daemons and compilers) — cannot leave the cache while those
+//! processes run, and a freshly booted host has them resident too: they are evicted as far
+//! as possible, then counted apart ("shared with running processes"), not against the start.
+//! The launch's programs themselves, its images, and libraries mapped only by other instances
+//! of its programs (another QEMU) count: a VMM kept warm by another guest is a warm start.
 //!
 //! Per-guest image copies (the paper's "each VM its own image") are made here: on a
 //! disk-backed file system (tmpfs pages cannot be evicted), under the run's disk directory
@@ -29,7 +33,8 @@ pub struct StartResidency {
     pub files: usize,
     pub bytes: u64,
     pub resident_bytes: u64,
-    /// Libraries of the launch that hostd itself maps (resident whatever the start).
+    /// Libraries of the launch that running processes (hostd, system processes; not other
+    /// instances of the launch's programs) have mapped: resident whatever the start.
     #[serde(default)]
     pub shared_files: usize,
     #[serde(default)]
@@ -100,7 +105,7 @@ pub fn resolve_program(name: &str) -> Result<PathBuf, ColdError> {
 
 /// The shared libraries a dynamic executable loads (its DT_NEEDED entries resolved the way
 /// the loader does, with the loader itself), as `ldd` lists them; none for a static one.
-pub fn libraries(program: &Path) -> Result<Vec<PathBuf>, ColdError> {
+pub fn libraries_of(program: &Path) -> Result<Vec<PathBuf>, ColdError> {
     let out = std::process::Command::new("ldd").arg(program).stdin(std::process::Stdio::null()).output().map_err(io(Path::new("ldd")))?;
     // ldd fails for static executables ("not a dynamic executable"): no libraries.
     if !out.status.success() {
@@ -142,34 +147,58 @@ pub fn tree_files(root: &Path) -> Result<Vec<PathBuf>, ColdError> {
     Ok(out)
 }
 
-/// Canonical paths of the files hostd itself has mapped (its binary and libraries).
-fn self_mapped() -> BTreeSet<PathBuf> {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.starts_with('/')).map(PathBuf::from).collect()
+/// The files one launch reads, canonical and without duplicates.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadSet {
+    /// Everything: images (trees walked), programs, libraries, data files.
+    pub files: Vec<PathBuf>,
+    pub programs: BTreeSet<PathBuf>,
+    pub libraries: BTreeSet<PathBuf>,
 }
 
-/// Every file a launch reads, canonical and without duplicates: images (trees walked),
-/// programs and their libraries, data files, and `extra` (the data disk).
-pub fn files_read(lf: &LaunchFiles, extra: &[PathBuf]) -> Result<Vec<PathBuf>, ColdError> {
+/// Canonical paths mapped by running processes other than instances of `programs`
+/// (hostd's own maps included).
+fn mapped_by_others(programs: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        // Processes vanish while we look, and kernel threads have no exe: skipped alike.
+        if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| programs.contains(&exe)) {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
+        out.extend(maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.starts_with('/')).map(PathBuf::from));
+    }
+    out
+}
+
+/// Every file a launch reads: images (trees walked), programs and their libraries, data
+/// files, and `extra` (the data disk).
+pub fn files_read(lf: &LaunchFiles, extra: &[PathBuf]) -> Result<ReadSet, ColdError> {
     let mut set = BTreeSet::new();
     for root in lf.images.iter().chain(&lf.data).chain(extra) {
         for f in tree_files(root)? {
             set.insert(std::fs::canonicalize(&f).map_err(io(&f))?);
         }
     }
+    let (mut programs, mut libraries) = (BTreeSet::new(), BTreeSet::new());
     for name in &lf.programs {
         let p = resolve_program(name)?;
-        set.extend(libraries(&p)?);
-        set.insert(p);
+        libraries.extend(libraries_of(&p)?);
+        programs.insert(p);
     }
-    Ok(set.into_iter().collect())
+    set.extend(programs.iter().cloned());
+    set.extend(libraries.iter().cloned());
+    Ok(ReadSet { files: set.into_iter().collect(), programs, libraries })
 }
 
-/// Measures (after evicting, when `evict`) the residency of `files`, with hostd's own
-/// libraries counted apart.
-pub fn check(files: &[PathBuf], evict: bool) -> Result<StartResidency, ColdError> {
-    let mine = self_mapped();
-    let (shared, own): (Vec<&PathBuf>, Vec<&PathBuf>) = files.iter().partition(|f| mine.contains(*f));
+/// Evicts (when `evict`) and measures the residency of what a launch reads, with the
+/// libraries running processes hold counted apart.
+pub fn check(read: &ReadSet, evict: bool) -> Result<StartResidency, ColdError> {
+    let held = mapped_by_others(&read.programs);
+    let (shared, own): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        read.files.iter().partition(|f| read.libraries.contains(*f) && !read.programs.contains(*f) && held.contains(*f));
     let mut r = StartResidency {
         files: own.len(),
         bytes: 0,
@@ -188,7 +217,8 @@ pub fn check(files: &[PathBuf], evict: bool) -> Result<StartResidency, ColdError
         }
     }
     for f in shared {
-        let x = pagecache::residency(f)?;
+        // What is not mapped can still go.
+        let x = if evict { pagecache::evict(f)? } else { pagecache::residency(f)? };
         r.shared_bytes += x.bytes;
         r.shared_resident_bytes += x.resident_bytes;
     }
@@ -198,7 +228,7 @@ pub fn check(files: &[PathBuf], evict: bool) -> Result<StartResidency, ColdError
 }
 
 /// The files a fleet's launches read (`copies`: the guests' own image copies, if any).
-pub fn fleet_files(backend: &AnyBackend, copies: &[Arc<Images>], data_disk: Option<&Path>) -> Result<Vec<PathBuf>, ColdError> {
+pub fn fleet_files(backend: &AnyBackend, copies: &[Arc<Images>], data_disk: Option<&Path>) -> Result<ReadSet, ColdError> {
     let lf = if copies.is_empty() { backend.launch_files() } else { backend.fleet_launch_files(copies) };
     files_read(&lf, &data_disk.map(Path::to_path_buf).into_iter().collect::<Vec<_>>())
 }
@@ -210,7 +240,7 @@ pub fn describe(r: &StartResidency, name_resident: bool) -> String {
     let mut s = format!("resident before start: {:.1} % of {} files ({:.1} MiB)", 100.0 * r.fraction(), r.files, mib(r.bytes));
     if r.shared_files > 0 {
         s.push_str(&format!(
-            "; {} libraries shared with hostd not counted ({:.1} MiB, {:.0} % resident)",
+            "; {} libraries held by running processes not counted ({:.1} MiB, {:.0} % resident)",
             r.shared_files,
             mib(r.shared_bytes),
             if r.shared_bytes == 0 { 0.0 } else { 100.0 * r.shared_resident_bytes as f64 / r.shared_bytes as f64 }
@@ -314,23 +344,54 @@ mod tests {
     }
 
     /// A dynamic program's libraries include libc, which hostd maps too: counted apart, so
-    /// that evicting everything else can reach 0 %.
+    /// that evicting everything else can reach 0 %; the program itself counts.
     #[test]
     fn shared_libraries_are_counted_apart_and_the_rest_evicts() {
-        let sh = resolve_program("sh").unwrap();
         let dir = tempfile::Builder::new().prefix("vb-coldstart").tempdir_in("/var/tmp").unwrap();
-        let img = dir.path().join("kernel");
+        // A private copy of a dynamic program: no running process maps it (a running shell
+        // would keep /bin/sh's pages resident).
+        let sh = dir.path().join("prog");
+        std::fs::copy(resolve_program("env").unwrap(), &sh).unwrap();
+        let img_dir = dir.path().join("images");
+        std::fs::create_dir(&img_dir).unwrap();
+        let img = img_dir.join("kernel");
         std::fs::write(&img, vec![7u8; 1 << 20]).unwrap();
-        let lf = LaunchFiles { images: vec![dir.path().to_path_buf()], programs: vec![sh.display().to_string()], data: vec![] };
+        let lf = LaunchFiles { images: vec![img_dir.clone()], programs: vec![sh.display().to_string()], data: vec![] };
         let files = files_read(&lf, &[]).unwrap();
-        assert!(files.iter().any(|f| f.ends_with("kernel")), "{files:?}");
-        assert!(files.iter().any(|f| f.to_string_lossy().contains("libc.so")), "{files:?}");
+        assert!(files.files.iter().any(|f| f.ends_with("kernel")), "{files:?}");
+        assert!(files.libraries.iter().any(|f| f.to_string_lossy().contains("libc.so")), "{files:?}");
+        assert!(files.programs.contains(&sh) && files.files.contains(&sh), "{files:?}");
         let _ = std::fs::read(&img).unwrap();
         let hot = check(&files, false).unwrap();
         assert!(hot.resident_bytes >= 1 << 20 && hot.shared_files >= 1, "{hot:?}");
         let cold = check(&files, true).unwrap();
         assert!(cold.is_cold(), "{}", describe(&cold, true));
         assert_eq!(start_label(StartMode::Cold, Some(&cold)), "cold");
+    }
+
+    /// What another instance of the launch's program maps does not excuse residency (a VMM
+    /// kept warm by another guest); what an unrelated process maps does.
+    #[test]
+    fn maps_of_other_instances_of_the_program_are_not_excused() {
+        let dir = tempfile::Builder::new().prefix("vb-coldstart").tempdir_in("/var/tmp").unwrap();
+        let prog = dir.path().join("sleeper");
+        std::fs::copy(resolve_program("sleep").unwrap(), &prog).unwrap();
+        let prog = std::fs::canonicalize(&prog).unwrap();
+        let mut child = std::process::Command::new(&prog).arg("30").spawn().unwrap();
+        // Mapped once the loader has run: wait for it to show in the child's maps.
+        let maps = format!("/proc/{}/maps", child.id());
+        for _ in 0..200 {
+            if std::fs::read_to_string(&maps).unwrap_or_default().contains(prog.to_str().unwrap()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let unrelated = mapped_by_others(&BTreeSet::new());
+        let same_program = mapped_by_others(&BTreeSet::from([prog.clone()]));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(unrelated.contains(&prog), "the running copy's own binary is mapped");
+        assert!(!same_program.contains(&prog), "another instance of the program excused it");
     }
 
     #[test]
