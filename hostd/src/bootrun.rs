@@ -53,8 +53,9 @@ pub struct BootRow {
     /// Mean per-guest cgroup memory and PSS, MiB.
     pub per_guest_cgroup_mib: Option<f64>,
     pub per_guest_pss_mib: Option<f64>,
-    /// "cold" (verified: nothing the launches read was in the page cache), "warm" (a cold
-    /// start that found files resident), "hot"; "cold?" for samples from before the check.
+    /// "cold" (verified: nothing the launches read was in the page cache), "hot" (all of it
+    /// was), "warm" (between, whichever mode was asked); "cold?" for samples from before the
+    /// check.
     #[serde(default)]
     pub label: String,
     /// Resident share of what the launches read, just before the fleet started.
@@ -257,13 +258,14 @@ fn csv(s: &BootSummary) -> String {
     out
 }
 
-/// A curve's legend: backend and mode (a cold curve with any unverified or warm start says
-/// so), and the sizes at which fewer guests came up than were started (partial T_startup).
+/// A curve's legend: backend and mode, the sizes whose start was not what the mode asked
+/// for (a cold start that found files resident, a hot one whose files were not), and those
+/// at which fewer guests came up than were started (partial T_startup).
 fn series_name(b: BackendKind, m: StartMode, rows: &[&BootRow]) -> String {
     let mut name = format!("{b} {}", m.name());
-    if m == StartMode::Cold && rows.iter().any(|r| r.label() != "cold") {
-        let odd: Vec<String> = rows.iter().filter(|r| r.label() != "cold").map(|r| format!("n={} {}", r.n, r.label())).collect();
-        name.push_str(&format!(" [not verified cold: {}]", odd.join(", ")));
+    let odd: Vec<String> = rows.iter().filter(|r| r.label() != m.name()).map(|r| format!("n={} {}", r.n, r.label())).collect();
+    if !odd.is_empty() {
+        name.push_str(&format!(" [not verified {}: {}]", m.name(), odd.join(", ")));
     }
     let partial: Vec<String> = rows.iter().filter(|r| r.partial()).map(|r| format!("n={}: {} of {}", r.n, r.ready, r.n)).collect();
     if !partial.is_empty() {
@@ -323,8 +325,8 @@ pub fn startup_notes_html(s: &BootSummary) -> String {
     let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
     let mut h = String::from(
         "<p>mode: <b>cold</b> = nothing the launches read (images, VMM or runtime and its libraries but those other running processes hold) \
-         was in the page cache just before the start (checked with mincore after eviction); <b>warm</b> = a cold start that found \
-         some of it resident (not counted as cold); <b>hot</b> = images resident. M_used: median of repeated readings against a \
+         was in the page cache just before the start (checked with mincore after eviction); <b>hot</b> = all of it was (read just \
+         before); <b>warm</b> = anything between, whichever mode was asked (not counted as cold or hot). M_used: median of repeated readings against a \
          noise floor read with no fleet, ± the larger drift of the two windows; tmpfs scratch excluded.</p>",
     );
     let partial: Vec<String> = s.rows.iter().filter(|r| r.partial()).map(|r| format!("{} n={} {}: {} of {}", r.backend, r.n, r.label(), r.ready, r.n)).collect();
@@ -428,7 +430,7 @@ pub fn table(s: &BootSummary) -> String {
     }
     out.push_str(
         "units: seconds on the host clock from the fleet's start request; MiB = 2^20 bytes; one fleet per row (1 repetition); \
-         start: cold = nothing the launches read was in the page cache (mincore), warm = a cold start that found files resident; \
+         start: cold = nothing the launches read was in the page cache (mincore), hot = all of it was, warm = between (whichever mode was asked); \
          resident = share of the launches' files (images, programs, libraries but those other running processes hold) in the page cache just before the start; \
          M_used = median of repeated readings against a noise floor taken with no fleet, ± the floor's and the idle fleet's drift, tmpfs scratch excluded (tmpfs column)\n",
     );

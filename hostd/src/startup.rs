@@ -3,7 +3,8 @@
 //! fleet's start request to guest i's ready message on the host clock. **Cold**: the page
 //! cache is dropped and every file the launches read evicted, then checked with `mincore`
 //! (`crate::coldstart`): a start is labelled cold only if none of it was resident;
-//! **hot**: the same fleet again with the images resident. With per-guest image copies each
+//! **hot**: the same fleet again, every file the launches read read just before (and its
+//! residency checked too). With per-guest image copies each
 //! guest boots its own copy (the paper's setting).
 //!
 //! M_used is a host-wide delta that any other process disturbs: the host's used memory is
@@ -68,7 +69,8 @@ pub struct StartupSample {
 }
 
 impl StartupSample {
-    /// "cold" only when verified, "warm" when a cold start found files resident, "hot".
+    /// What was measured: "cold" (nothing resident), "hot" (all resident), "warm" (between);
+    /// see [`start_label`].
     pub fn label(&self) -> &'static str {
         start_label(self.mode, self.residency.as_ref())
     }
@@ -182,7 +184,7 @@ impl FleetBoot {
         self.startups.iter().map(|s| s.ready_s).fold(None, |m, x| Some(m.map_or(x, |m: f64| m.max(x))))
     }
 
-    /// "cold" (verified), "warm" (cold asked, files found resident) or "hot".
+    /// "cold", "hot" or "warm", from the measured residency ([`start_label`]).
     pub fn label(&self) -> &'static str {
         start_label(self.mode, self.residency.as_ref())
     }
@@ -309,6 +311,9 @@ async fn measure_fleet(
     let (rss_before, pss_before) = (memory::rss_kib(me), memory::pss_kib(me));
     // Checked last thing before the launches: the floor's wait gave other processes time to
     // read the files back.
+    if mode == StartMode::Hot {
+        coldstart::warm(&files).map_err(StartupError::Residency)?;
+    }
     let residency = coldstart::check(&files, mode == StartMode::Cold).map_err(StartupError::Residency)?;
     let fleet = fleet::start(backend, run, cfg, on_event).await?;
     let copies = !cfg.image_copies.is_empty();

@@ -101,7 +101,7 @@ async fn cold_start_with_image_copies_is_verified_cold() {
     }
     for s in &hot.startups {
         let r = s.residency.as_ref().unwrap();
-        assert!(r.fraction() > 0.5, "the hot fleet's images are resident: {r:?}");
+        assert!(r.fraction() >= hostd::coldstart::HOT_MIN, "the hot fleet's images are resident: {r:?}");
         assert_eq!(s.label(), "hot");
     }
     assert_eq!((cold.label(), hot.label()), ("cold", "hot"));
