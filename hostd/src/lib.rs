@@ -16,6 +16,7 @@ pub mod coldstart;
 pub mod compare;
 pub mod console;
 pub mod daemon;
+pub mod decision;
 pub mod fleet;
 pub mod floor;
 pub mod guest;
