@@ -53,6 +53,15 @@ pub struct BootRow {
     /// Mean per-guest cgroup memory and PSS, MiB.
     pub per_guest_cgroup_mib: Option<f64>,
     pub per_guest_pss_mib: Option<f64>,
+    /// What makes the row's figures trustworthy (absent from older summaries).
+    #[serde(flatten, default)]
+    pub checks: RowChecks,
+}
+
+/// A row's start label, residency, M_used noise bound and cross-check, tmpfs scratch and
+/// hostd's growth (issue 11 items 2, 14, 15).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RowChecks {
     /// "cold" (verified: nothing the launches read was in the page cache), "hot" (all of it
     /// was), "warm" (between, whichever mode was asked); "cold?" for samples from before the
     /// check.
@@ -95,10 +104,10 @@ impl BootRow {
 
     /// The mode as labelled: the verified label where there is one.
     pub fn label(&self) -> &str {
-        if self.label.is_empty() {
+        if self.checks.label.is_empty() {
             self.mode.name()
         } else {
-            &self.label
+            &self.checks.label
         }
     }
 }
@@ -130,17 +139,19 @@ pub fn row(b: &FleetBoot) -> BootRow {
         m_used_mib: mem.map(|m| mib(m.fleet_kib() as f64)),
         per_guest_cgroup_mib: mem.and_then(|m| mean(m.guests.iter().filter_map(|g| g.cgroup_kib).map(|k| mib(k as f64)).collect())),
         per_guest_pss_mib: mem.and_then(|m| mean(m.guests.iter().map(|g| mib(g.pss_kib as f64)).collect())),
-        label: b.label().to_string(),
-        resident_fraction: b.residency.as_ref().map(|r| r.fraction()),
-        // Which files stayed resident matters only where a start was meant to be cold.
-        residency: b.residency.as_ref().map(|r| crate::coldstart::describe(r, b.mode == StartMode::Cold)),
-        image_copies: b.startups.iter().any(|s| s.image_copies),
-        m_used_noise_mib: mem.and_then(|m| m.checks.noise_kib).map(|k| mib(k as f64)),
-        m_used_repeats_mib: mem.map(|m| m.fleet_repeats_kib().into_iter().map(|k| mib(k as f64)).collect()).unwrap_or_default(),
-        cross_check_mib: mem.and_then(|m| m.checks.cross_check_kib).map(|k| mib(k as f64)),
-        m_used_disagrees: mem.is_some_and(|m| m.disagrees()),
-        scratch_tmpfs_mib: mem.and_then(|m| m.checks.scratch_tmpfs_kib).map(|k| mib(k as f64)),
-        hostd_growth_mib: mem.and_then(|m| m.hostd_growth_kib()).map(|k| mib(k as f64)),
+        checks: RowChecks {
+            label: b.label().to_string(),
+            resident_fraction: b.residency.as_ref().map(|r| r.fraction()),
+            // Which files stayed resident matters only where a start was meant to be cold.
+            residency: b.residency.as_ref().map(|r| crate::coldstart::describe(r, b.mode == StartMode::Cold)),
+            image_copies: b.startups.iter().any(|s| s.image_copies),
+            m_used_noise_mib: mem.and_then(|m| m.checks.noise_kib).map(|k| mib(k as f64)),
+            m_used_repeats_mib: mem.map(|m| m.fleet_repeats_kib().into_iter().map(|k| mib(k as f64)).collect()).unwrap_or_default(),
+            cross_check_mib: mem.and_then(|m| m.checks.cross_check_kib).map(|k| mib(k as f64)),
+            m_used_disagrees: mem.is_some_and(|m| m.disagrees()),
+            scratch_tmpfs_mib: mem.and_then(|m| m.checks.scratch_tmpfs_kib).map(|k| mib(k as f64)),
+            hostd_growth_mib: mem.and_then(|m| m.hostd_growth_kib()).map(|k| mib(k as f64)),
+        },
     }
 }
 
@@ -164,7 +175,7 @@ pub fn summarise(provenance: Provenance, rows: Vec<BootRow>) -> BootSummary {
 /// from before the repeats).
 pub fn fit_points<'a>(rows: impl Iterator<Item = &'a BootRow>) -> Vec<(f64, f64)> {
     rows.flat_map(|r| {
-        let ys = if r.m_used_repeats_mib.is_empty() { r.m_used_mib.into_iter().collect() } else { r.m_used_repeats_mib.clone() };
+        let ys = if r.checks.m_used_repeats_mib.is_empty() { r.m_used_mib.into_iter().collect() } else { r.checks.m_used_repeats_mib.clone() };
         ys.into_iter().map(move |y| (r.ready as f64, y))
     })
     .collect()
@@ -312,7 +323,7 @@ pub fn charts(s: &BootSummary) -> Vec<(String, Chart)> {
                 x_label: "guests booted and idle, n".into(),
                 y_label: "M_used (MiB)".into(),
                 // Error bars: the noise bound.
-                series: series(&|r| Some(Point { x: r.ready as f64, y: r.m_used_mib?, err: r.m_used_noise_mib })),
+                series: series(&|r| Some(Point { x: r.ready as f64, y: r.m_used_mib?, err: r.checks.m_used_noise_mib })),
                 log_y: false,
             },
         ),
@@ -338,13 +349,13 @@ pub fn startup_notes_html(s: &BootSummary) -> String {
     }
     for r in &s.rows {
         let mut bits = Vec::new();
-        if let Some(res) = &r.residency {
+        if let Some(res) = &r.checks.residency {
             bits.push(res.clone());
         }
-        if let Some(t) = r.scratch_tmpfs_mib {
+        if let Some(t) = r.checks.scratch_tmpfs_mib {
             bits.push(format!("tmpfs scratch {t:.1} MiB (not in M_used)"));
         }
-        if let Some(g) = r.hostd_growth_mib {
+        if let Some(g) = r.checks.hostd_growth_mib {
             bits.push(format!("hostd's RSS grew {g:.2} MiB (part of M_tool)"));
         }
         if !bits.is_empty() {
@@ -372,7 +383,7 @@ pub fn table(s: &BootSummary) -> String {
             Some(t) if r.partial() => format!("{t:.3} ({}/{})", r.ready, r.n),
             t => o(t, 3),
         };
-        let m = match (r.m_used_mib, r.m_used_noise_mib) {
+        let m = match (r.m_used_mib, r.checks.m_used_noise_mib) {
             (Some(m), Some(b)) => format!("{m:.1}±{b:.1}"),
             (m, _) => o(m, 1),
         };
@@ -381,21 +392,21 @@ pub fn table(s: &BootSummary) -> String {
             r.backend.name(),
             r.n,
             r.label(),
-            r.resident_fraction.map(|f| format!("{:.1} %", 100.0 * f)).unwrap_or_else(|| "-".into()),
+            r.checks.resident_fraction.map(|f| format!("{:.1} %", 100.0 * f)).unwrap_or_else(|| "-".into()),
             format!("{}/{}", r.ready, r.n),
             t,
             dist,
             o(r.guest_boot.as_ref().map(|g| g.mean), 3),
             m,
-            o(r.cross_check_mib, 1),
+            o(r.checks.cross_check_mib, 1),
             o(r.per_guest_cgroup_mib, 2),
             o(r.per_guest_pss_mib, 2),
-            o(r.scratch_tmpfs_mib, 1)
+            o(r.checks.scratch_tmpfs_mib, 1)
         ));
     }
     for r in &s.rows {
-        if let Some(res) = &r.residency {
-            out.push_str(&format!("note: {} n={} {}{}: {res}\n", r.backend, r.n, r.label(), if r.image_copies { " (per-guest image copies)" } else { " (shared images)" }));
+        if let Some(res) = &r.checks.residency {
+            out.push_str(&format!("note: {} n={} {}{}: {res}\n", r.backend, r.n, r.label(), if r.checks.image_copies { " (per-guest image copies)" } else { " (shared images)" }));
         }
     }
     for r in s.rows.iter().filter(|r| r.partial() && r.t_startup_s.is_some()) {
@@ -404,19 +415,19 @@ pub fn table(s: &BootSummary) -> String {
             r.backend, r.n, r.label(), r.ready, r.n
         ));
     }
-    for r in s.rows.iter().filter(|r| r.m_used_disagrees) {
+    for r in s.rows.iter().filter(|r| r.checks.m_used_disagrees) {
         out.push_str(&format!(
             "note: {} n={} {}: M_used {} MiB (host-wide) and {} MiB (guests' cgroups + hostd's growth) differ by more than the ±{} MiB noise bound: both reported\n",
             r.backend,
             r.n,
             r.label(),
             o(r.m_used_mib, 1),
-            o(r.cross_check_mib, 1),
-            o(r.m_used_noise_mib, 1)
+            o(r.checks.cross_check_mib, 1),
+            o(r.checks.m_used_noise_mib, 1)
         ));
     }
-    for r in s.rows.iter().filter(|r| r.hostd_growth_mib.is_some()) {
-        out.push_str(&format!("note: {} n={} {}: hostd's own RSS grew {} MiB (part of M_tool)\n", r.backend, r.n, r.label(), o(r.hostd_growth_mib, 2)));
+    for r in s.rows.iter().filter(|r| r.checks.hostd_growth_mib.is_some()) {
+        out.push_str(&format!("note: {} n={} {}: hostd's own RSS grew {} MiB (part of M_tool)\n", r.backend, r.n, r.label(), o(r.checks.hostd_growth_mib, 2)));
     }
     for (mode, f) in &s.memory_fit {
         out.push_str(&format!(
@@ -485,8 +496,8 @@ mod tests {
     fn partial_fleets_and_unverified_cold_starts_are_marked() {
         let rows = vec![row(&boot(StartMode::Cold, 7, 0)), row(&boot(StartMode::Hot, 10, 1000)), row(&boot(StartMode::Cold, 10, 10))];
         assert_eq!((rows[0].label(), rows[0].partial(), rows[0].t_startup_s), ("cold", true, Some(7.0)));
-        assert_eq!((rows[1].label(), rows[1].resident_fraction), ("hot", Some(1.0)));
-        assert_eq!((rows[2].label(), rows[2].resident_fraction), ("warm", Some(0.01)));
+        assert_eq!((rows[1].label(), rows[1].checks.resident_fraction), ("hot", Some(1.0)));
+        assert_eq!((rows[2].label(), rows[2].checks.resident_fraction), ("warm", Some(0.01)));
         let s = summarise(Provenance::collect(Default::default()), rows);
         let t = table(&s);
         assert!(t.contains("7.000 (7/10)"), "{t}");
@@ -499,9 +510,20 @@ mod tests {
     }
 
     #[test]
+    fn older_summary_rows_still_read() {
+        let mut v = serde_json::to_value(row(&boot(StartMode::Cold, 10, 0))).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for k in ["label", "resident_fraction", "residency", "image_copies", "m_used_noise_mib", "m_used_repeats_mib", "cross_check_mib", "m_used_disagrees", "scratch_tmpfs_mib", "hostd_growth_mib"] {
+            assert!(o.remove(k).is_some(), "{k} is not serialised flat");
+        }
+        let old: BootRow = serde_json::from_value(v).unwrap();
+        assert_eq!((old.label(), old.checks.resident_fraction), ("cold", None));
+    }
+
+    #[test]
     fn the_fit_uses_every_repeated_figure() {
         let mut a = row(&boot(StartMode::Hot, 10, 1000));
-        a.m_used_repeats_mib = vec![100.0, 102.0];
+        a.checks.m_used_repeats_mib = vec![100.0, 102.0];
         let mut b = row(&boot(StartMode::Hot, 5, 1000));
         b.m_used_mib = Some(51.0);
         assert_eq!(fit_points([&a, &b].into_iter()), vec![(10.0, 100.0), (10.0, 102.0), (5.0, 51.0)]);

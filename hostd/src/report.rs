@@ -773,7 +773,7 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
             if emulated { EMULATED_MARK } else { "" },
             r.n,
             // The verified label (cold, warm, hot) and the resident share before the start.
-            match r.resident_fraction {
+            match r.checks.resident_fraction {
                 Some(f) => format!("{} ({:.1} % resident)", r.label(), 100.0 * f),
                 None => r.label().to_string(),
             },
@@ -783,9 +783,9 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
             if r.partial() && r.t_startup_s.is_some() { format!("{} (partial: {} of {})", o(r.t_startup_s, 3), r.ready, r.n) } else { o(r.t_startup_s, 3) },
             r.ready_times.as_ref().map(|s| format!("{:.3} ± {:.3}", s.mean, s.std_dev)).unwrap_or_else(|| "–".into()),
             o(r.guest_boot.as_ref().map(|g| g.mean), 3),
-            match (r.m_used_mib, r.m_used_noise_mib, r.m_used_disagrees) {
+            match (r.m_used_mib, r.checks.m_used_noise_mib, r.checks.m_used_disagrees) {
                 (Some(m), Some(b), false) => format!("{m:.1} ± {b:.1}"),
-                (Some(m), Some(b), true) => format!("{m:.1} ± {b:.1} (guests' cgroups + hostd: {})", o(r.cross_check_mib, 1)),
+                (Some(m), Some(b), true) => format!("{m:.1} ± {b:.1} (guests' cgroups + hostd: {})", o(r.checks.cross_check_mib, 1)),
                 (m, _, _) => o(m, 1),
             },
             o(r.per_guest_cgroup_mib, 2),
