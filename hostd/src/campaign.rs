@@ -84,6 +84,11 @@ pub struct StartupSection {
     /// Seconds the booted fleet idles before memory is read. Default 3.
     #[serde(default = "d_settle")]
     pub settle_s: u64,
+    /// Each guest boots its own copies of the images (the paper's setting), made on a
+    /// disk-backed file system for the fleet and removed after it. Default false: all
+    /// guests share one copy.
+    #[serde(default)]
+    pub image_copies: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,7 +193,7 @@ impl Default for GuestSection {
 }
 impl Default for StartupSection {
     fn default() -> Self {
-        Self { sizes: d_startup_sizes(), modes: d_modes(), settle_s: d_settle() }
+        Self { sizes: d_startup_sizes(), modes: d_modes(), settle_s: d_settle(), image_copies: false }
     }
 }
 impl Default for OverheadSection {
@@ -246,7 +251,7 @@ impl Campaign {
         self.name = format!("{}-quick", self.name);
         self.reps = 2;
         self.warmup = 1;
-        self.startup = StartupSection { sizes: vec![1, 2], modes: vec![StartMode::Cold, StartMode::Hot], settle_s: 1 };
+        self.startup = StartupSection { sizes: vec![1, 2], modes: vec![StartMode::Cold, StartMode::Hot], settle_s: 1, ..self.startup.clone() };
         self.overhead = OverheadSection { sizes: vec![1, 2] };
         self.ring = RingSection { guests: 3 };
         self.workloads = Workloads {

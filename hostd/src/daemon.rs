@@ -128,6 +128,7 @@ impl FleetFile {
                 pids: self.limits.pids,
                 cpuset: None,
             },
+            image_copies: Vec::new(),
         }
     }
 }

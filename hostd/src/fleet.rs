@@ -11,7 +11,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::backend::{AnyBackend, Backend, BackendKind, Exit, GuestNet, GuestSpec};
+use crate::backend::{AnyBackend, Backend, BackendKind, Exit, GuestNet, GuestSpec, Images};
 use crate::cgroup::{self, Limits};
 use crate::guest::{boot, RunningGuest};
 pub use crate::guest::{FailureKind, GuestFailure};
@@ -35,6 +35,10 @@ pub struct FleetConfig {
     /// From the launch request to the agent's hello (default 120 s).
     pub boot_timeout: Duration,
     pub limits: Limits,
+    /// Guest i boots its own copies `image_copies[i]` of the images (the paper's "each VM
+    /// its own image"); guests beyond the list, and every guest when it is empty (default),
+    /// share the backend's.
+    pub image_copies: Vec<Arc<Images>>,
 }
 
 impl Default for FleetConfig {
@@ -48,6 +52,7 @@ impl Default for FleetConfig {
             data_disk: None,
             boot_timeout: Duration::from_secs(120),
             limits: Limits::default(),
+            image_copies: Vec::new(),
         }
     }
 }
@@ -178,6 +183,7 @@ impl Fleet {
                 net: guest_net,
                 cgroup: cg_mode,
                 limits: cfg.limits,
+                images: cfg.image_copies.get(index).cloned(),
             };
             let sem = sem.clone();
             let timeout = cfg.boot_timeout;

@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod bootrun;
 pub mod campaign;
 pub mod channel;
+pub mod coldstart;
 pub mod compare;
 pub mod console;
 pub mod daemon;

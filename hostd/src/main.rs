@@ -250,6 +250,10 @@ struct BootArgs {
     /// Do not attach guests to a fleet network.
     #[arg(long)]
     no_network: bool,
+    /// Boot each guest from its own copies of the images (the paper's setting: each VM its
+    /// own image), made under /var/tmp/virtbench/<run>/ and removed after each fleet.
+    #[arg(long)]
+    image_copies: bool,
     /// Pairs of hot starts compared with the backend's floor (bare fork+exec for
     /// containers, a bare VMM boot for VMs); 0 skips the comparison (at most 100).
     #[arg(long, default_value_t = 5, value_parser = limits::FLOOR_REPS.cli::<usize>())]
@@ -754,6 +758,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
         settle: Duration::from_secs(a.settle),
         results: a.results.clone(),
         floor_reps: a.floor_reps,
+        image_copies: a.image_copies,
     };
     let bars = indicatif::MultiProgress::new();
     let mut current: Option<(String, indicatif::ProgressBar, usize, usize)> = None;

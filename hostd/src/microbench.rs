@@ -133,6 +133,7 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
             net: None,
             cgroup: None,
             limits: Default::default(),
+            images: None,
         };
         let guest = boot(&backend, spec(0, "bench0"), opts.hello_timeout).await.with_context(ctx)?;
         // netperf's client and server are two processes (two machines in the paper).

@@ -61,6 +61,7 @@ impl Ctx<'_> {
             data_disk: self.disk.clone(),
             boot_timeout: Duration::from_secs(g.boot_timeout_s),
             limits: Limits { cpuset: g.pin_one_core.then_some("0"), ..Default::default() },
+            image_copies: Vec::new(),
         }
     }
 
@@ -150,7 +151,8 @@ async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, sa
             }
             let cfg = FleetConfig { data_disk: None, ..ctx.fleet_config(plan, n) };
             let settle = Duration::from_secs(ctx.campaign.startup.settle_s);
-            match boot_and_measure(backend, ctx.run, &cfg, mode, settle, |_| {}).await {
+            let copies = ctx.campaign.startup.image_copies.then_some(ctx.images);
+            match boot_and_measure(backend, ctx.run, &cfg, mode, settle, copies, |_| {}).await {
                 Ok(b) => {
                     for s in &b.startups {
                         ctx.record(&Record::Startup(s.clone()))?;
@@ -162,15 +164,21 @@ async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, sa
                         ctx.record(&Record::Memory(m.clone()))?;
                     }
                     say(format!(
-                        "   startup n={n} {}: {}/{n} ready, T_startup {} s, M_used {} MiB{}",
-                        mode.name(),
+                        "   startup n={n} {}: {}/{n} ready, T_startup {} s{}, M_used {} MiB{}",
+                        b.label(),
                         b.startups.len(),
                         b.t_startup().map(|t| format!("{t:.3}")).unwrap_or("-".into()),
-                        b.memory.as_ref().map(|m| format!("{:.1}", m.m_used_kib as f64 / 1024.0)).unwrap_or("-".into()),
-                        if b.memory.as_ref().is_some_and(|m| m.m_used_kib < 0) {
-                            " (below zero: something else on the host freed memory meanwhile; unreliable)"
-                        } else {
-                            ""
+                        if b.startups.len() < n { format!(" (partial: {} of {n})", b.startups.len()) } else { String::new() },
+                        b.memory
+                            .as_ref()
+                            .map(|m| format!("{:.1} ± {:.1}", m.fleet_kib() as f64 / 1024.0, m.checks.noise_kib.unwrap_or(0) as f64 / 1024.0))
+                            .unwrap_or("-".into()),
+                        match &b.memory {
+                            Some(m) if m.disagrees() => format!(
+                                " (guests' cgroups + hostd: {:.1} MiB, beyond the noise bound)",
+                                m.checks.cross_check_kib.unwrap_or(0) as f64 / 1024.0
+                            ),
+                            _ => String::new(),
                         }
                     ));
                     ctx.finish(&key)?;

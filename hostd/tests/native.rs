@@ -113,6 +113,7 @@ async fn guest_errors_are_reported_and_the_agent_survives() {
         net: None,
         cgroup: None,
         limits: Default::default(),
+        images: None,
     };
     let mut l = b.launch(&spec).await.unwrap();
     let (conn, _) = AgentConn::establish(l.reader, l.writer, Duration::from_secs(10)).await.unwrap();

@@ -216,6 +216,7 @@ fn spec(run: &str, index: usize, dir: &Path, disk: Option<&Path>, net: Option<&F
         }),
         cgroup: Some(cgroup::detect().expect("a cgroup memory controller")),
         limits: Limits { memory_bytes: Some(256 << 20), cpus: Some(1.0), pids: Some(64), ..Default::default() },
+        images: None,
     }
 }
 

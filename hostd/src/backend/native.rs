@@ -11,7 +11,7 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use crate::console::{ConsoleLog, CONSOLE_CAP};
 
 use super::{
-    join_cgroup_in_child, make_cgroup, pass_fd_in_child, Backend, BackendKind, GuestProcess, GuestSpec, LaunchError,
+    join_cgroup_in_child, make_cgroup, pass_fd_in_child, Backend, BackendKind, GuestProcess, GuestSpec, LaunchError, LaunchFiles,
     Launched, Proc, Resource, Unavailable,
 };
 
@@ -31,6 +31,11 @@ impl Native {
 impl Backend for Native {
     fn kind(&self) -> BackendKind {
         BackendKind::Native
+    }
+
+    /// The agent is the program (a static binary).
+    fn launch_files(&self) -> LaunchFiles {
+        LaunchFiles { images: vec![self.agent.clone()], programs: vec![self.agent.display().to_string()], data: Vec::new() }
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {

@@ -50,7 +50,7 @@ use tokio::io::AsyncReadExt;
 use super::native::{split_socket, AGENT_FD};
 use super::{
     prepare, Halves, Held,
-    make_cgroup, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, Launched, Proc, Resource, Unavailable,
+    make_cgroup, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
 };
 use crate::cgroup;
 use crate::console::{ConsoleLog, CONSOLE_CAP};
@@ -95,6 +95,10 @@ impl Ns {
         Self { rootfs: images.rootfs.clone(), user_ns: None }
     }
 
+    pub fn with_images(&self, images: &Images) -> Self {
+        Self { rootfs: images.rootfs.clone(), user_ns: self.user_ns }
+    }
+
     fn clone_flags(&self) -> CloneFlags {
         let mut f = CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWNS
@@ -111,6 +115,11 @@ impl Ns {
 impl Backend for Ns {
     fn kind(&self) -> BackendKind {
         BackendKind::Ns
+    }
+
+    /// The rootfs tree (the agent is in it); hostd itself does the namespaces.
+    fn launch_files(&self) -> LaunchFiles {
+        LaunchFiles { images: self.rootfs.iter().cloned().collect(), programs: Vec::new(), data: Vec::new() }
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {

@@ -86,6 +86,7 @@ pub fn spec(run: &str, index: usize, dir: &Path, net: Option<&FleetNet>, disk: O
         }),
         cgroup: Some(hostd::cgroup::detect().expect("a cgroup memory controller")),
         limits: Default::default(),
+        images: None,
     }
 }
 
