@@ -110,6 +110,9 @@ pub struct Report {
     pub implausible_records: usize,
     #[serde(default)]
     pub rejected: Vec<Rejected>,
+    /// Network paths and MTUs, start skew and overlap ([`crate::suite::conditions`]).
+    #[serde(default)]
+    pub conditions: crate::suite::conditions::Conditions,
 }
 
 impl Report {
@@ -321,6 +324,8 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
             bootrun::row(&FleetBoot { backend, n, mode, startups, failures, memory, teardown_clean: 0, teardown_killed: 0 })
         })
         .collect();
+    // Second references (native on loopback, …) leave the figures' series.
+    let (bench, conditions) = crate::suite::conditions::split(bench);
     let startup = bootrun::summarise(provenance.clone().unwrap_or_else(|| Provenance::collect(Default::default())), rows);
 
     // The suite.
@@ -480,6 +485,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         unreadable_records: unreadable,
         implausible_records: implausible,
         rejected,
+        conditions,
     }
 }
 
@@ -897,6 +903,7 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
         }
         h.push_str("</table>");
     }
+    h.push_str(&crate::suite::conditions::html(&rep.conditions));
     h.push_str("<h2>Figures</h2>");
     for (name, f) in figs {
         let title = match f {
