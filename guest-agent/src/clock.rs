@@ -17,7 +17,7 @@ pub fn monotonic_ns() -> u64 {
 pub fn sleep_until(at_ns: u64) {
     use nix::sys::time::TimeSpec;
     use nix::time::{clock_nanosleep, ClockNanosleepFlags};
-    let ts = TimeSpec::new((at_ns / 1_000_000_000) as libc::time_t, (at_ns % 1_000_000_000) as libc::c_long);
+    let ts = TimeSpec::from(std::time::Duration::from_nanos(at_ns));
     while monotonic_ns() < at_ns {
         // EINTR: go round again; any other error cannot happen with a valid absolute time,
         // and the loop condition still ends the wait.

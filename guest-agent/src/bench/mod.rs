@@ -57,10 +57,17 @@ fn run_one(spec: &BenchSpec, barrier: &Barrier, prepared_ns: &AtomicU64, start_a
     prepared_ns.fetch_max(monotonic_ns(), Ordering::SeqCst);
     barrier.wait();
     let prepared = prepared?;
-    if let Some(at) = start_at {
-        crate::clock::sleep_until(at);
-    }
-    let start_ns = monotonic_ns();
+    // Ready by the instant: the work is timed from it, so waiting for a CPU after it (the
+    // contention the concurrent tests measure) counts. Ready late: timed from now, and the
+    // host sees the lateness as start skew.
+    let ready = monotonic_ns();
+    let start_ns = match start_at {
+        Some(at) if ready <= at => {
+            crate::clock::sleep_until(at);
+            at
+        }
+        _ => ready,
+    };
     let work = match prepared {
         Prepared::Cpu { rounds } => Work::Cpu { rounds, estimate: cpu::sqrt2(rounds) },
         Prepared::Memory(mut m, passes) => {
@@ -74,10 +81,10 @@ fn run_one(spec: &BenchSpec, barrier: &Barrier, prepared_ns: &AtomicU64, start_a
             let bytes = reader.read_all(max_bytes)?;
             Work::Disk { bytes, block_size: reader.block_size() as u32, direct: reader.direct() }
         }
-        // Network clients time themselves (from their first write, after the instant): the
-        // end is the receiver's acknowledgement.
-        Prepared::Stream(conn, duration_ms, msg_size) => return net::stream_client(conn, duration_ms, msg_size),
-        Prepared::Rr(conn, duration_ms, size) => return net::rr_client(conn, duration_ms, size),
+        // Network clients run for their duration from the start and time their own end:
+        // the receiver's acknowledgement.
+        Prepared::Stream(conn, duration_ms, msg_size) => return net::stream_client(conn, start_ns, duration_ms, msg_size),
+        Prepared::Rr(conn, duration_ms, size) => return net::rr_client(conn, start_ns, duration_ms, size),
     };
     let end_ns = monotonic_ns();
     Ok(InstanceResult { start_ns, end_ns, work })
@@ -119,7 +126,13 @@ mod tests {
         let rep = run(&req, received).unwrap();
         rep.check(&req).unwrap();
         assert_eq!(rep.received_ns, received);
-        assert!(rep.instances.iter().all(|i| i.start_ns >= at && i.start_ns >= rep.prepared_ns));
+        // Ready well before the instant: timed from it exactly.
+        assert!(rep.instances.iter().all(|i| i.start_ns == at && i.end_ns > at && i.start_ns >= rep.prepared_ns));
+        // An instant already past when the instances are ready: timed from when they were.
+        let late = BenchRequest { start_at_ns: Some(received), ..req.clone() };
+        let rep = run(&late, received).unwrap();
+        rep.check(&late).unwrap();
+        assert!(rep.instances.iter().all(|i| i.start_ns >= rep.prepared_ns && i.start_ns > received));
         // Too far ahead: refused before any work.
         let far = BenchRequest { start_at_ns: Some(received + vb_protocol::bench::MAX_START_AHEAD_NS + 1), ..req };
         assert!(run(&far, received).unwrap_err().contains("more than"));
