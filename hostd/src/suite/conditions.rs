@@ -69,8 +69,12 @@ fn second_reference(s: &BenchSample, bridged: &[BackendKind]) -> bool {
 pub fn split(bench: Vec<BenchSample>) -> (Vec<BenchSample>, Conditions) {
     let mut bridged: Vec<BackendKind> = bench.iter().filter(|s| s.net_path.is_some_and(|p| !p.is_local())).map(|s| s.backend).collect();
     bridged.dedup();
-    let mut paths: BTreeMap<(BackendKind, Test, usize, String, String), (bool, Vec<f64>)> = BTreeMap::new();
-    let mut sync: BTreeMap<(BackendKind, Test, Resource, usize, Option<String>), Vec<&BenchSample>> = BTreeMap::new();
+    // (backend, test, n, path, unit) → (in the figures, values).
+    type PathKey = (BackendKind, Test, usize, String, String);
+    // (backend, test, resource, n, path) → samples.
+    type SyncKey = (BackendKind, Test, Resource, usize, Option<String>);
+    let mut paths: BTreeMap<PathKey, (bool, Vec<f64>)> = BTreeMap::new();
+    let mut sync: BTreeMap<SyncKey, Vec<&BenchSample>> = BTreeMap::new();
     for s in &bench {
         let label = s.path_label();
         if let Some(l) = &label {

@@ -109,7 +109,8 @@ pub fn overlap(intervals: &[(f64, f64)]) -> f64 {
     let last_start = intervals.iter().map(|i| i.0).fold(f64::NEG_INFINITY, f64::max);
     let first_end = intervals.iter().map(|i| i.1).fold(f64::INFINITY, f64::min);
     let span = first_end - first_start;
-    if !(span > 0.0) {
+    // No time at all (or NaN from a damaged interval) is no overlap.
+    if span.is_nan() || span <= 0.0 {
         return 0.0;
     }
     ((first_end - last_start) / span).clamp(0.0, 1.0)
