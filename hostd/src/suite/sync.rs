@@ -96,19 +96,21 @@ pub struct Timed {
     pub sync: Option<Vec<StartSync>>,
 }
 
-/// The overlap of concurrent runs given as (start, end) intervals on one clock: the time all
-/// of them were running (from the last start to the first end) over the time from the first
-/// start to the first end. 1 when they all started together, whatever their lengths (the
-/// isolation test's copies legitimately end at different times); lower by the fraction of
-/// that span some instance was not yet running. One interval (or none) overlaps fully.
-pub fn overlap(intervals: &[(f64, f64)]) -> f64 {
+/// The overlap of concurrent runs given as (start, end, error) on one clock, each time known
+/// to ± its error: the time all of them were running (from the last start to the first end)
+/// over the time from the first start to the first end, at its lowest within the errors. 1
+/// when they all started together, whatever their lengths (the isolation test's copies
+/// legitimately end at different times); lower by the fraction of that span some instance
+/// was not yet running, or might not have been. One interval (or none) overlaps fully.
+pub fn overlap(intervals: &[(f64, f64, f64)]) -> f64 {
     if intervals.len() < 2 {
         return 1.0;
     }
-    let first_start = intervals.iter().map(|i| i.0).fold(f64::INFINITY, f64::min);
-    let last_start = intervals.iter().map(|i| i.0).fold(f64::NEG_INFINITY, f64::max);
-    let first_end = intervals.iter().map(|i| i.1).fold(f64::INFINITY, f64::min);
-    let span = first_end - first_start;
+    let first_start = intervals.iter().map(|i| i.0 - i.2).fold(f64::INFINITY, f64::min);
+    let last_start = intervals.iter().map(|i| i.0 + i.2).fold(f64::NEG_INFINITY, f64::max);
+    let first_end = intervals.iter().map(|i| i.1 - i.2).fold(f64::INFINITY, f64::min);
+    let first_end_late = intervals.iter().map(|i| i.1 + i.2).fold(f64::INFINITY, f64::min);
+    let span = first_end_late - first_start;
     // No time at all (or NaN from a damaged interval) is no overlap.
     if span.is_nan() || span <= 0.0 {
         return 0.0;
@@ -173,10 +175,14 @@ pub async fn run_together(jobs: &[(&RunningGuest, BenchRequest)], timeout: Durat
     .await;
     // Intervals of every instance of every guest that answered, on the host's clock.
     let host = |t: u64, off: &Offset| t as i128 - off.theta_ns;
-    let intervals: Vec<(f64, f64)> = answers
+    let intervals: Vec<(f64, f64, f64)> = answers
         .iter()
         .flatten()
-        .flat_map(|(r, off)| r.instances.iter().map(move |i| ((host(i.start_ns, off) - t0) as f64 / 1e9, (host(i.end_ns, off) - t0) as f64 / 1e9)))
+        .flat_map(|(r, off)| {
+            r.instances.iter().map(move |i| {
+                ((host(i.start_ns, off) - t0) as f64 / 1e9, (host(i.end_ns, off) - t0) as f64 / 1e9, off.err_ns as f64 / 1e9)
+            })
+        })
         .collect();
     let ov = overlap(&intervals);
     let needed = answers.iter().flatten().map(|(r, off)| host(r.prepared_ns, off) - first_send).max().unwrap_or(0);
@@ -260,18 +266,22 @@ mod tests {
     #[test]
     fn overlap_of_known_intervals() {
         // Together, same length: 1.
-        assert_eq!(overlap(&[(0.0, 10.0), (0.0, 10.0)]), 1.0);
+        assert_eq!(overlap(&[(0.0, 10.0, 0.0), (0.0, 10.0, 0.0)]), 1.0);
         // Together, one finishing first (the isolation test): still 1.
-        assert_eq!(overlap(&[(0.0, 5.0), (0.0, 10.0), (0.0, 10.0)]), 1.0);
+        assert_eq!(overlap(&[(0.0, 5.0, 0.0), (0.0, 10.0, 0.0), (0.0, 10.0, 0.0)]), 1.0);
         // One starting 1 s late in a 10 s run: all running 9 s of the first 10.
-        assert!((overlap(&[(0.0, 10.0), (1.0, 11.0)]) - 0.9).abs() < 1e-12);
+        assert!((overlap(&[(0.0, 10.0, 0.0), (1.0, 11.0, 0.0)]) - 0.9).abs() < 1e-12);
         // A short run inside a long one that started well before it: 1 s of 6.
-        assert!((overlap(&[(0.0, 10.0), (5.0, 6.0)]) - 1.0 / 6.0).abs() < 1e-12);
+        assert!((overlap(&[(0.0, 10.0, 0.0), (5.0, 6.0, 0.0)]) - 1.0 / 6.0).abs() < 1e-12);
         // One after the other: none.
-        assert_eq!(overlap(&[(0.0, 1.0), (2.0, 3.0)]), 0.0);
-        assert_eq!(overlap(&[(0.0, 1.0)]), 1.0);
+        assert_eq!(overlap(&[(0.0, 1.0, 0.0), (2.0, 3.0, 0.0)]), 0.0);
+        assert_eq!(overlap(&[(0.0, 1.0, 0.0)]), 1.0);
         assert_eq!(overlap(&[]), 1.0);
-        assert_eq!(overlap(&[(1.0, 1.0), (1.0, 1.0)]), 0.0, "no time at all is no overlap");
+        assert_eq!(overlap(&[(1.0, 1.0, 0.0), (1.0, 1.0, 0.0)]), 0.0, "no time at all is no overlap");
+        // Started together as far as the clocks tell, each known to ± 0.1 s in a 10 s run:
+        // at worst one started 0.2 s after the other and ended 0.2 s early — (9.9 − 0.1) / (10.1 + 0.1).
+        assert!((overlap(&[(0.0, 10.0, 0.1), (0.0, 10.0, 0.1)]) - 9.8 / 10.2).abs() < 1e-12);
+        assert!(overlap(&[(0.0, 0.2, 0.006), (0.0, 0.2, 0.0001)]) < MIN_OVERLAP, "a 12 ms uncertainty in a 0.2 s run is flagged");
     }
 
     #[test]
