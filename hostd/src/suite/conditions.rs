@@ -217,6 +217,8 @@ mod tests {
             net_path: Some(path),
             mtu: Some(mtu),
             sync: None,
+            cpus: None,
+            vcpus: None,
         }
     }
 
