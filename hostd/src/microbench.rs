@@ -224,7 +224,7 @@ async fn run_benches(
                 BenchSpec::NetRr { peer: peer.expect("peer started").to_string(), duration_ms: opts.net_duration_ms, size: opts.rr_size }
             }
         };
-        let req = BenchRequest { spec, instances: opts.instances };
+        let req = BenchRequest { spec, instances: opts.instances, start_at_ns: None };
         req.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         results.push(repeat(&guest.conn, b, &req, opts, progress).await?);
     }

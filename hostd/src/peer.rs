@@ -32,7 +32,7 @@ impl Peer {
             mem_mib: 64,
             data_disk: None,
             workdir: run.scratch.join("peer"),
-            net: Some(GuestNet { fleet: net.clone(), addr: netlab::BRIDGE_ADDR, prefix: netlab::PREFIX, link: String::new() }),
+            net: Some(GuestNet { fleet: net.shared(), addr: netlab::BRIDGE_ADDR, prefix: netlab::PREFIX, link: String::new() }),
             cgroup: cgroup::detect().ok(),
             limits: Limits::default(),
             images: None,

@@ -82,6 +82,9 @@ pub struct Report {
     pub implausible_records: usize,
     #[serde(default)]
     pub rejected: Vec<Rejected>,
+    /// Network paths and MTUs, start skew and overlap ([`crate::suite::conditions`]).
+    #[serde(default)]
+    pub conditions: crate::suite::conditions::Conditions,
     /// Figures (backend/resource) whose samples did not record the CPUs their guests had
     /// (results older than that record): the host's CPU count (`cores`) stood in.
     #[serde(default)]
@@ -291,6 +294,8 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
             Record::GuestLost { backend, step, failure } => lost.push((backend, step, failure)),
         }
     }
+    // Second references (native on loopback, …) leave the figures' series.
+    let (bench, conditions) = crate::suite::conditions::split(bench);
     let startup = crate::startup::analyse(
         provenance.clone().unwrap_or_else(|| Provenance::collect(Default::default())),
         startups,
@@ -381,6 +386,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         unreadable_records: unreadable,
         implausible_records: implausible,
         rejected,
+        conditions,
         cpus_assumed,
     }
 }
@@ -878,6 +884,7 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
         }
         h.push_str("</table>");
     }
+    h.push_str(&crate::suite::conditions::html(&rep.conditions));
     h.push_str("<h2>Figures</h2>");
     for (name, f, caption) in figs {
         let title = match f {

@@ -126,6 +126,7 @@ impl Record {
                 }
                 Record::Bench(b) => {
                     fleet_size(b.n)?;
+                    crate::suite::sync::plausible(b)?;
                     // Every benchmark takes time: the agent refuses a zero or negative one.
                     if b.elapsed_s.is_nan() || b.elapsed_s <= 0.0 {
                         return Err(format!(
