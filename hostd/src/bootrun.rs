@@ -230,31 +230,36 @@ pub async fn run(
             .context("measuring the startup floor")?;
     }
     write_outputs(results, &summary)?;
+    crate::report::write(&results.path, false).context("writing the report")?;
     Ok(summary)
 }
 
+/// The command's own detail: `boot.json` (the summary with the floor) and `boot.csv` (one
+/// row per fleet), and its figures. The report files (`report.*`, `index.html`) are
+/// `hostd report`'s, the same in every results directory.
 pub fn write_outputs(results: &ResultsDir, s: &BootSummary) -> Result<()> {
-    results.write_json("summary.json", s)?;
-    results.write("summary.csv", csv(s).as_bytes())?;
+    results.write_json("boot.json", s)?;
+    results.write("boot.csv", &csv(s)?)?;
     for (name, chart) in charts(s) {
         plot::write(&chart, &results.path.join("figures").join(name)).map_err(anyhow::Error::msg)?;
     }
     Ok(())
 }
 
-fn csv(s: &BootSummary) -> String {
-    let mut out = String::from(
-        "backend,n,mode,ready,failed,t_startup_s,ready_mean_s,ready_std_s,ready_min_s,ready_max_s,guest_boot_mean_s,m_used_mib,per_guest_cgroup_mib,per_guest_pss_mib\n",
-    );
+fn csv(s: &BootSummary) -> Result<Vec<u8>> {
+    let mut w = ::csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "backend", "n", "mode", "ready", "failed", "t_startup_s", "ready_mean_s", "ready_std_s", "ready_min_s", "ready_max_s", "guest_boot_mean_s", "m_used_mib",
+        "per_guest_cgroup_mib", "per_guest_pss_mib",
+    ])?;
     let o = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_default();
     for r in &s.rows {
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            r.backend,
-            r.n,
-            r.mode.name(),
-            r.ready,
-            r.failed,
+        w.write_record([
+            r.backend.to_string(),
+            r.n.to_string(),
+            r.mode.name().to_string(),
+            r.ready.to_string(),
+            r.failed.to_string(),
             o(r.t_startup_s),
             o(r.ready_times.as_ref().map(|x| x.mean)),
             o(r.ready_times.as_ref().map(|x| x.std_dev)),
@@ -263,10 +268,10 @@ fn csv(s: &BootSummary) -> String {
             o(r.guest_boot.as_ref().map(|x| x.mean)),
             o(r.m_used_mib),
             o(r.per_guest_cgroup_mib),
-            o(r.per_guest_pss_mib)
-        ));
+            o(r.per_guest_pss_mib),
+        ])?;
     }
-    out
+    w.into_inner().map_err(|e| anyhow::anyhow!("boot.csv: {}", e.error()))
 }
 
 /// A curve's legend: backend and mode, the sizes whose start was not what the mode asked

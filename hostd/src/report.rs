@@ -643,7 +643,7 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
         "report.json",
         &serde_json::to_vec_pretty(&rep).map_err(|e| WriteError::Write(e.into()))?,
     )?;
-    w("report.csv", csv(&rep).as_bytes())?;
+    w("report.csv", &csv(&rep).map_err(|e| WriteError::Write(std::io::Error::other(format!("report.csv: {e}"))))?)?;
     w("report.md", crate::decision::markdown(&crate::decision::decide(&rep)).as_bytes())?;
     let figs = figures(&rep);
     // A run killed right after making its directory has no figures/ yet.
@@ -670,43 +670,54 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
 }
 
 /// Long-format CSV of every summarised point.
-fn csv(rep: &Report) -> String {
-    let mut out = String::from("section,backend,resource,n,metric,mean,std_dev,min,max,samples,unit,median,ci95_low,ci95_high\n");
-    let ci = |c: Option<[f64; 2]>| c.map(|[lo, hi]| format!("{lo},{hi}")).unwrap_or_else(|| ",".into());
+fn csv(rep: &Report) -> Result<Vec<u8>, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["section", "backend", "resource", "n", "metric", "mean", "std_dev", "min", "max", "samples", "unit", "median", "ci95_low", "ci95_high"])?;
+    let f = |v: f64| v.to_string();
+    let ci = |c: Option<[f64; 2]>| c.map(|[lo, hi]| [f(lo), f(hi)]).unwrap_or_default();
+    // One row: a point's Stat, or a bare value where there is no spread.
+    let stat_row = |section: &str, b: &str, res: &str, n: usize, metric: &str, v: &Stat| -> Vec<String> {
+        let [lo, hi] = ci(v.ci95);
+        vec![section.into(), b.into(), res.into(), n.to_string(), metric.into(), f(v.mean), f(v.std_dev), f(v.min), f(v.max), v.samples.to_string(), v.unit.clone(), f(v.median), lo, hi]
+    };
+    let bare = |section: &str, b: &str, res: &str, n: usize, metric: &str, v: f64, min_max: Option<(f64, f64)>, samples: &str, unit: &str| -> Vec<String> {
+        let (mn, mx) = min_max.map(|(a, b)| (f(a), f(b))).unwrap_or_default();
+        vec![section.into(), b.into(), res.into(), n.to_string(), metric.into(), f(v), String::new(), mn, mx, samples.into(), unit.into(), String::new(), String::new(), String::new()]
+    };
     for r in &rep.startup.rows {
         if let Some(s) = &r.ready_times {
-            let _ = writeln!(out, "startup_{},{},,{},ready_time,{},{},{},{},{},s,{},{}", r.mode.name(), r.backend, r.n, s.mean, s.std_dev, s.min, s.max, s.samples.len(), s.median, ci(s.ci95));
+            let [lo, hi] = ci(s.ci95);
+            let b = r.backend.to_string();
+            w.write_record([format!("startup_{}", r.mode.name()), b, String::new(), r.n.to_string(), "ready_time".into(), f(s.mean), f(s.std_dev), f(s.min), f(s.max), s.samples.len().to_string(), "s".into(), f(s.median), lo, hi])?;
         }
         if let Some(m) = r.m_used_mib {
-            let _ = writeln!(out, "memory_{},{},,{},m_used,{m},,,,1,MiB,,,", r.mode.name(), r.backend, r.n);
+            w.write_record(bare(&format!("memory_{}", r.mode.name()), &r.backend.to_string(), "", r.n, "m_used", m, None, "1", "MiB"))?;
         }
     }
     for (section, map) in [("overhead", &rep.overhead)] {
         for (k, pts) in map {
             let (b, res) = k.split_once('/').unwrap_or((k, ""));
             for p in pts {
-                let v = &p.value;
-                let _ = writeln!(out, "{section},{b},{res},{},value,{},{},{},{},{},{},{},{}", p.n, v.mean, v.std_dev, v.min, v.max, v.samples, v.unit, v.median, ci(v.ci95));
+                w.write_record(stat_row(section, b, res, p.n, "value", &p.value))?;
             }
         }
     }
     for (k, pts) in &rep.linearity {
         let (b, res) = k.split_once('/').unwrap_or((k, ""));
         for p in pts {
-            let v = &p.value;
-            let _ = writeln!(out, "linearity,{b},{res},{},value,{},{},{},{},{},{},{},{}", p.n, v.mean, v.std_dev, v.min, v.max, v.samples, v.unit, v.median, ci(v.ci95));
+            w.write_record(stat_row("linearity", b, res, p.n, "value", &p.value))?;
         }
     }
     for (k, i) in &rep.isolation {
         let (b, res) = k.split_once('/').unwrap_or((k, ""));
-        let _ = writeln!(out, "isolation,{b},{res},2,guest1_relative,{},,,,,ratio,,,", i.guest1);
-        let _ = writeln!(out, "isolation,{b},{res},2,guest2_relative,{},,{},{},,ratio,,,", (i.guest2[0] + i.guest2[1]) / 2.0, i.guest2[0].min(i.guest2[1]), i.guest2[0].max(i.guest2[1]));
+        w.write_record(bare("isolation", b, res, 2, "guest1_relative", i.guest1, None, "", "ratio"))?;
+        let g2 = ((i.guest2[0] + i.guest2[1]) / 2.0, Some((i.guest2[0].min(i.guest2[1]), i.guest2[0].max(i.guest2[1]))));
+        w.write_record(bare("isolation", b, res, 2, "guest2_relative", g2.0, g2.1, "", "ratio"))?;
     }
     for (b, r) in &rep.ring {
-        let v = &r.bandwidth;
-        let _ = writeln!(out, "ring,{b},network,{},bandwidth,{},{},{},{},{},MB/s,{},{}", r.guests, v.mean, v.std_dev, v.min, v.max, v.samples, v.median, ci(v.ci95));
+        w.write_record(stat_row("ring", &b.to_string(), "network", r.guests, "bandwidth", &r.bandwidth))?;
     }
-    out
+    w.into_inner().map_err(|e| e.into_error().into())
 }
 
 /// "12.3 [11.9, 12.7]": a mean and its 95 % confidence interval (the mean alone for one sample).
@@ -993,7 +1004,7 @@ mod tests {
         let h = html_page(&rep, &figs);
         assert!(h.contains("<figcaption><b>CPU overhead") && h.contains("95&nbsp;% confidence intervals"));
         // Every point's median and interval reach the CSV.
-        let csv = csv(&rep);
+        let csv = String::from_utf8(csv(&rep).unwrap()).unwrap();
         let row: Vec<f64> = csv.lines().find(|l| l.starts_with("overhead,uml,cpu,1,")).unwrap().split(',').skip(11).map(|x| x.parse().unwrap()).collect();
         assert!(row[0] == 2.5 && (row[1] - 1.229380).abs() < 1e-5 && (row[2] - 3.770620).abs() < 1e-5, "{row:?}");
     }

@@ -48,14 +48,14 @@ fn boot_records_samples_summary_and_figures() {
     assert!(table.contains("agent sha256") || table.contains("# host:"), "{table}");
     assert_eq!(table.lines().filter(|l| l.starts_with("native ")).count(), 4, "{table}");
     let run = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
-    for f in ["samples.jsonl", "summary.json", "summary.csv", "provenance.json", "figures/startup.svg", "figures/memory.svg"] {
+    for f in ["samples.jsonl", "boot.json", "boot.csv", "report.json", "report.csv", "report.md", "index.html", "provenance.json", "figures/startup.svg", "figures/memory.svg"] {
         assert!(run.join(f).exists(), "missing {f}");
     }
     let samples = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
     // 1 + 3 guests, cold and hot.
     assert_eq!(samples.lines().filter(|l| l.contains("\"record\":\"startup\"")).count(), 8);
     assert_eq!(samples.lines().filter(|l| l.contains("\"record\":\"fleet_done\"")).count(), 4);
-    let csv = std::fs::read_to_string(run.join("summary.csv")).unwrap();
+    let csv = std::fs::read_to_string(run.join("boot.csv")).unwrap();
     assert!(csv.starts_with("backend,n,mode,ready,failed,t_startup_s"));
     assert!(csv.contains("native,3,hot,3,0,"), "{csv}");
 }

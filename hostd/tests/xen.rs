@@ -144,7 +144,7 @@ async fn lab_boots_three_pv_domus_under_tcg() {
     assert_eq!(count(|r| matches!(r, Record::Memory(_))), 1);
     assert_eq!(count(|r| matches!(r, Record::Bench(_))), 3);
     assert!(records.iter().any(|r| matches!(r, Record::BackendProbe { backend: BackendKind::Xen, description } if description.starts_with("[emulated host] Xen"))));
-    for f in ["summary.json", "summary.csv", "lab.json", "lab-console.log", "figures/startup.svg", "index.html"] {
+    for f in ["boot.json", "boot.csv", "report.json", "report.md", "lab.json", "lab-console.log", "figures/startup.svg", "index.html"] {
         assert!(o.dir.join(f).is_file(), "{f} missing");
     }
     // The report shows xen as a measured backend, with the note.
