@@ -2,7 +2,8 @@
 //! crash (or SIGKILL) of hostd the next hostd can find every resource the run created and
 //! release it. Everything a run creates is named after its id: cgroups under
 //! `virtbench/<run>/` of each hierarchy, network namespaces `vb-<run>` and `vbn-<run>-*`,
-//! scratch files under `/run/virtbench/<run>/` (sockets, logs, runtime state, umid dirs).
+//! scratch files under `/run/virtbench/<run>/` (sockets, logs, runtime state, umid dirs),
+//! per-guest data disk copies under `/var/tmp/virtbench/<run>/` ([`crate::datadisk`]).
 
 use std::fs;
 use std::io::{self, Write};
@@ -31,6 +32,10 @@ pub struct RunState {
     pub cgroup_roots: Vec<PathBuf>,
     /// Where results go, if this run records any.
     pub results: Option<PathBuf>,
+    /// Where the run's per-guest data disk copies go (disk-backed, unlike `scratch`);
+    /// empty in state files older than the copies.
+    #[serde(default)]
+    pub disk_dir: PathBuf,
 }
 
 /// What a cleanup found and released.
@@ -41,6 +46,7 @@ pub struct Cleaned {
     pub cgroups_removed: usize,
     pub netns_removed: Vec<String>,
     pub scratch_removed: bool,
+    pub disk_copies_removed: bool,
     pub errors: Vec<String>,
 }
 
@@ -48,12 +54,13 @@ impl std::fmt::Display for Cleaned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "run {}: killed {} processes, removed {} cgroups, {} network namespaces{}{}",
+            "run {}: killed {} processes, removed {} cgroups, {} network namespaces{}{}{}",
             self.run,
             self.processes_killed,
             self.cgroups_removed,
             self.netns_removed.len(),
             if self.scratch_removed { ", scratch directory" } else { "" },
+            if self.disk_copies_removed { ", data disk copies" } else { "" },
             if self.errors.is_empty() { String::new() } else { format!("; errors: {}", self.errors.join("; ")) }
         )
     }
@@ -97,6 +104,7 @@ impl RunState {
             purpose: purpose.into(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             cgroup_roots: cgroup::run_roots(&run),
+            disk_dir: Path::new(crate::datadisk::DISK_ROOT).join(&run),
             run,
             scratch,
             results,
@@ -134,6 +142,12 @@ impl RunState {
             }
             Err(e) => c.errors.push(e),
         }
+        if !self.disk_dir.as_os_str().is_empty() && self.disk_dir.exists() {
+            match fs::remove_dir_all(&self.disk_dir) {
+                Ok(()) => c.disk_copies_removed = true,
+                Err(e) => c.errors.push(format!("removing {}: {e}", self.disk_dir.display())),
+            }
+        }
         if self.scratch.exists() {
             match fs::remove_dir_all(&self.scratch) {
                 Ok(()) => c.scratch_removed = true,
@@ -170,9 +184,11 @@ pub fn orphans_in(root: &Path) -> Vec<RunState> {
 }
 
 /// Finds and releases every orphaned run; returns what was cleaned. Also drops fleet name
-/// links (`fleets/<name>`) whose run is gone.
+/// links (`fleets/<name>`) whose run is gone, and data disk copies of runs without a state
+/// file (a run killed between its state's removal and its copies').
 pub fn reap_orphans() -> Vec<Cleaned> {
     let cleaned = orphans_in(Path::new(RUN_ROOT)).iter().map(RunState::cleanup).collect();
+    crate::datadisk::reap(Path::new(crate::datadisk::DISK_ROOT), |run| Path::new(RUN_ROOT).join(run).join("state.json").exists());
     if let Ok(rd) = fs::read_dir(Path::new(RUN_ROOT).join("fleets")) {
         for e in rd.flatten() {
             if !e.path().join("state.json").exists() {
@@ -236,8 +252,14 @@ mod tests {
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].run, st.run);
         st.cgroup_roots.clear();
+        assert_eq!(st.disk_dir, Path::new(crate::datadisk::DISK_ROOT).join(&st.run));
+        // The data disk copies go with the run.
+        st.disk_dir = root.path().join("disks").join(&st.run);
+        fs::create_dir_all(&st.disk_dir).unwrap();
+        fs::write(st.disk_dir.join(format!("{}-g0.img", st.run)), b"x").unwrap();
         let c = st.cleanup();
-        assert!(c.scratch_removed, "{c}");
+        assert!(c.scratch_removed && c.disk_copies_removed, "{c}");
+        assert!(!st.disk_dir.exists());
         assert!(orphans_in(root.path()).is_empty());
     }
 }
