@@ -119,6 +119,7 @@ impl FleetFile {
             mem_mib: self.mem_mib,
             network: self.network,
             data_disk: None,
+            data_copies: None,
             boot_timeout: Duration::from_secs(self.boot_timeout_s),
             limits: Limits {
                 // Checked by `load`; a value that would not fit in bytes is no limit at all

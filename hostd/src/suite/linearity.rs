@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use vb_protocol::bench::{BenchRequest, Resource};
 
-use super::{run_together, samples_of, spec_for, BenchSample, Targets, Test, Workloads};
+use super::{before_reads, guest_spec, mark_reads, run_together, samples_of, BenchSample, Targets, Test, Workloads};
 use crate::fleet::Fleet;
 
 pub async fn measure(
@@ -20,11 +20,13 @@ pub async fn measure(
     reps: u32,
     timeout: Duration,
 ) -> Result<Vec<BenchSample>, String> {
-    let req = BenchRequest { spec: spec_for(resource, w, fleet.backend, t), instances: 1 };
-    let jobs: Vec<_> = fleet.guests.iter().map(|g| (g, req.clone())).collect();
+    let jobs: Vec<_> =
+        fleet.guests.iter().map(|g| (g, BenchRequest { spec: guest_spec(resource, w, fleet.backend, g, t), instances: 1 })).collect();
+    let readers: Vec<_> = fleet.guests.iter().collect();
     let n = fleet.guests.len();
     let mut out = Vec::new();
     for i in 0..warmup + reps {
+        let preps = before_reads(fleet.backend, resource, &readers)?;
         let results = run_together(&jobs, timeout).await;
         if i < warmup {
             continue;
@@ -32,7 +34,9 @@ pub async fn measure(
         for (g, r) in fleet.guests.iter().zip(results) {
             // One guest failing its run fails the point: a partial max would flatter it.
             let r = r?;
-            out.extend(samples_of(fleet.backend, Test::Linearity, resource, &w.params(resource), n, i - warmup, g.spec.index, &r));
+            let mut s = samples_of(fleet.backend, Test::Linearity, resource, &w.params(resource), n, i - warmup, g.spec.index, &r);
+            mark_reads(&mut s, preps.as_deref());
+            out.extend(s);
         }
     }
     Ok(out)

@@ -98,7 +98,8 @@ impl Default for Workloads {
 /// Where a guest finds the data disk and the network peer.
 #[derive(Debug, Clone)]
 pub struct Targets {
-    /// Host path of the data disk image (every guest gets it read-only).
+    /// Host path of the data disk for a guest launched without one of its own (each
+    /// campaign guest gets its own copy: [`guest_spec`] uses that).
     pub disk: PathBuf,
     /// The network benchmarks' server (a native agent on the fleet bridge).
     pub peer: SocketAddr,
@@ -117,6 +118,37 @@ pub fn spec_for(r: Resource, w: &Workloads, kind: BackendKind, t: &Targets) -> B
             direct: true,
         },
         Resource::Network => BenchSpec::NetStream { peer: t.peer.to_string(), duration_ms: w.net_duration_ms, msg_size: w.net_msg_size },
+    }
+}
+
+/// The benchmark of `r` for guest `g`: its own data disk copy when it has one.
+pub fn guest_spec(r: Resource, w: &Workloads, kind: BackendKind, g: &RunningGuest, t: &Targets) -> BenchSpec {
+    match &g.spec.data_disk {
+        Some(own) if r == Resource::Disk => spec_for(r, w, kind, &Targets { disk: own.clone(), peer: t.peer }),
+        _ => spec_for(r, w, kind, t),
+    }
+}
+
+/// For a disk benchmark, evicts the readers' data disks from the host page cache and
+/// measures what stayed (right before the request goes out); `None` for other resources.
+pub fn before_reads(kind: BackendKind, r: Resource, readers: &[&RunningGuest]) -> Result<Option<Vec<crate::datadisk::ReadPrep>>, String> {
+    if r != Resource::Disk {
+        return Ok(None);
+    }
+    let files: Vec<(usize, &std::path::Path)> = readers
+        .iter()
+        .map(|g| g.spec.data_disk.as_deref().map(|p| (g.spec.index, p)).ok_or_else(|| format!("{}: no data disk", g.spec.name)))
+        .collect::<Result<_, _>>()?;
+    crate::datadisk::before_reads(kind, &files).map(Some).map_err(|e| e.to_string())
+}
+
+/// Records each disk sample's cache policy and pre-read residency from `preps`.
+pub fn mark_reads(samples: &mut [BenchSample], preps: Option<&[crate::datadisk::ReadPrep]>) {
+    for s in samples {
+        if let Some(p) = preps.and_then(|ps| ps.iter().find(|p| p.guest == s.guest)) {
+            s.cache_policy = p.policy.to_string();
+            s.resident_before = Some(p.residency.fraction());
+        }
     }
 }
 
@@ -160,6 +192,14 @@ pub struct BenchSample {
     /// The workload's parameters ([`Workloads::params`]).
     #[serde(default)]
     pub params: String,
+    /// Disk: how the host page cache was kept out of the read ([`crate::datadisk::cache_policy`]);
+    /// empty for other resources and in samples older than the policy.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cache_policy: String,
+    /// Disk: the share (0..=1) of the guest's data disk copy resident in the host page cache
+    /// just before the read, measured with mincore after eviction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_before: Option<f64>,
 }
 
 /// Sends one request to each (guest, request) pair at the same moment and waits for all.
@@ -204,6 +244,8 @@ pub fn samples_of(
                 unit: f.unit.to_string(),
                 elapsed_s: r.elapsed_s(),
                 params: params.to_string(),
+                cache_policy: String::new(),
+                resident_before: None,
             }
         })
         .collect()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use vb_protocol::bench::{BenchRequest, Resource};
 
-use super::{run_together, samples_of, spec_for, BenchSample, Targets, Test, Workloads};
+use super::{before_reads, guest_spec, mark_reads, run_together, samples_of, BenchSample, Targets, Test, Workloads};
 use crate::fleet::Fleet;
 
 /// Runs the benchmark of `resource` in the fleet's first guest only, `warmup` discarded
@@ -21,12 +21,16 @@ pub async fn measure(
     timeout: Duration,
 ) -> Result<Vec<BenchSample>, String> {
     let g = fleet.guests.first().ok_or("no ready guest")?;
-    let req = BenchRequest { spec: spec_for(resource, w, fleet.backend, t), instances: 1 };
+    let req = BenchRequest { spec: guest_spec(resource, w, fleet.backend, g, t), instances: 1 };
     let mut out = Vec::new();
     for i in 0..warmup + reps {
+        // A disk read starts with the guest's data evicted from the host cache, every time.
+        let preps = before_reads(fleet.backend, resource, &[g])?;
         let r = run_together(&[(g, req.clone())], timeout).await.remove(0)?;
         if i >= warmup {
-            out.extend(samples_of(fleet.backend, Test::Overhead, resource, &w.params(resource), fleet.guests.len(), i - warmup, g.spec.index, &r));
+            let mut s = samples_of(fleet.backend, Test::Overhead, resource, &w.params(resource), fleet.guests.len(), i - warmup, g.spec.index, &r);
+            mark_reads(&mut s, preps.as_deref());
+            out.extend(s);
         }
     }
     Ok(out)
