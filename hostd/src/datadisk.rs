@@ -58,9 +58,17 @@ pub enum DataDiskError {
     InMemory { dir: PathBuf },
     #[error("data disk copy {}: {source}", path.display())]
     Copy { path: PathBuf, source: io::Error },
+    #[error(
+        "{}: {free} bytes free, a guest's data disk copy needs {need} (and {RESERVE} to spare): free space, or read less (workloads.disk_mib) or with fewer guests",
+        dir.display()
+    )]
+    NoSpace { dir: PathBuf, free: u64, need: u64 },
     #[error(transparent)]
     PageCache(#[from] PageCacheError),
 }
+
+/// Space left free on the copies' file system after a copy, bytes.
+const RESERVE: u64 = 1 << 30;
 
 /// A run's per-guest copies of the data disk.
 #[derive(Debug)]
@@ -112,6 +120,12 @@ impl DataDisks {
         let err = |source| DataDiskError::Copy { path: dst.clone(), source };
         if fs::metadata(&dst).is_ok_and(|m| m.is_file() && m.len() == self.bytes) {
             return Ok(dst);
+        }
+        let free = nix::sys::statvfs::statvfs(&self.dir)
+            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map_err(|e| err(e.into()))?;
+        if free < self.bytes.saturating_add(RESERVE) {
+            return Err(DataDiskError::NoSpace { dir: self.dir.clone(), free, need: self.bytes });
         }
         let tmp = dst.with_extension("img.part");
         let _ = fs::remove_file(&tmp);
@@ -259,6 +273,14 @@ mod tests {
         assert!(e.contains("source.img") && e.contains("4096") && e.contains("8192"), "{e}");
         let e = DataDisks::new(&r.path().join("missing"), 1, &r.path().join("x"), "r1").unwrap_err().to_string();
         assert!(e.contains("missing"), "{e}");
+        // A copy that would not fit is refused before a byte is written (a sparse source
+        // larger than any test machine's disk).
+        let huge = r.path().join("huge.img");
+        File::create(&huge).unwrap().set_len(1 << 43).unwrap();
+        let d = DataDisks::new(&huge, 1 << 43, &r.path().join("r0000abe"), "r0000abe").unwrap();
+        let e = d.copy_for(0).unwrap_err().to_string();
+        assert!(e.contains("bytes free") && e.contains(&(1u64 << 43).to_string()), "{e}");
+        assert!(!d.path(0).exists() && !d.path(0).with_extension("img.part").exists());
         if Path::new("/dev/shm").exists() && in_memory(Path::new("/dev/shm")) {
             let dir = Path::new("/dev/shm").join(format!("vb-datadisk-{}", std::process::id()));
             let e = DataDisks::new(&src, 4096, &dir, "r1").unwrap_err().to_string();
