@@ -197,6 +197,40 @@ pub fn reap(root: &Path, alive: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     removed
 }
 
+/// The report's note beside a backend's disk figures where they cannot mean a plain device
+/// read: reads through the host page cache (evicted before each read, so they still came
+/// from the device, helped by the host's read-ahead), reads that started with data resident,
+/// and samples recorded before cache policies existed.
+pub fn disk_notes(samples: &[crate::suite::BenchSample]) -> std::collections::BTreeMap<BackendKind, String> {
+    use vb_protocol::bench::Resource;
+    let mut out = std::collections::BTreeMap::new();
+    for kind in BackendKind::ALL {
+        let disk: Vec<_> = samples.iter().filter(|s| s.backend == kind && s.resource == Resource::Disk).collect();
+        if disk.is_empty() {
+            continue;
+        }
+        let mut notes = Vec::new();
+        let unknown = disk.iter().filter(|s| s.cache_policy.is_empty() || s.resident_before.is_none()).count();
+        if unknown > 0 {
+            notes.push(format!("{unknown} of {} reads carry no cache policy or residency (recorded before hostd checked): they may have read host RAM", disk.len()));
+        }
+        let warm: Vec<f64> = disk.iter().filter_map(|s| s.resident_before).filter(|r| *r > 0.0).collect();
+        if !warm.is_empty() {
+            let max = warm.iter().cloned().fold(0.0, f64::max);
+            notes.push(format!("{} of {} reads started with data in the host page cache (up to {:.0} %): partly RAM reads", warm.len(), disk.len(), max * 100.0));
+        }
+        if let Some(p) = disk.iter().map(|s| s.cache_policy.as_str()).find(|p| host_buffered(p)) {
+            notes.push(format!(
+                "{p}: the VMM reads through the host page cache; hostd evicted the data before each read, so it came from the device, but with the host's read-ahead"
+            ));
+        }
+        if !notes.is_empty() {
+            out.insert(kind, notes.join("; "));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +321,40 @@ mod tests {
             assert!(e.contains("tmpfs") && e.contains("disk-backed"), "{e}");
             assert!(!dir.exists(), "a refused directory is not left behind");
         }
+    }
+
+    #[test]
+    fn notes_flag_buffered_warm_and_unrecorded_reads() {
+        use crate::suite::{BenchSample, Test};
+        use vb_protocol::bench::Resource;
+        let s = |backend, resource, policy: &str, resident: Option<f64>| BenchSample {
+            backend,
+            test: Test::Overhead,
+            resource,
+            n: 1,
+            rep: 0,
+            guest: 0,
+            instance: 0,
+            value: 1.0,
+            unit: "MB/s".into(),
+            elapsed_s: 1.0,
+            params: String::new(),
+            cache_policy: policy.into(),
+            resident_before: resident,
+        };
+        let samples = [
+            s(BackendKind::Native, Resource::Disk, "o_direct", Some(0.0)),
+            s(BackendKind::Native, Resource::Cpu, "", None),
+            s(BackendKind::Uml, Resource::Disk, cache_policy(BackendKind::Uml), Some(0.0)),
+            s(BackendKind::QemuMicrovm, Resource::Disk, cache_policy(BackendKind::QemuMicrovm), Some(0.25)),
+            s(BackendKind::QemuMicrovm, Resource::Disk, cache_policy(BackendKind::QemuMicrovm), Some(0.0)),
+            s(BackendKind::Ns, Resource::Disk, "", None),
+        ];
+        let n = disk_notes(&samples);
+        assert_eq!(n.keys().copied().collect::<Vec<_>>(), [BackendKind::Ns, BackendKind::Uml, BackendKind::QemuMicrovm]);
+        assert!(n[&BackendKind::Uml].contains("ubd: no O_DIRECT") && n[&BackendKind::Uml].contains("evicted"), "{n:?}");
+        assert!(n[&BackendKind::QemuMicrovm].starts_with("1 of 2 reads started with data in the host page cache (up to 25 %)"), "{n:?}");
+        assert!(n[&BackendKind::Ns].contains("1 of 1 reads carry no cache policy"), "{n:?}");
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub struct Report {
     pub implausible_records: usize,
     #[serde(default)]
     pub rejected: Vec<Rejected>,
+    /// Per backend, why its disk figures are not (only) device reads ([`crate::datadisk::disk_notes`]).
+    #[serde(default)]
+    pub disk_notes: BTreeMap<BackendKind, String>,
 }
 
 impl Report {
@@ -455,6 +458,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
             }
         }
     }
+    let disk_notes = crate::datadisk::disk_notes(&bench);
     let mut ring = BTreeMap::new();
     for &b in &backends {
         let bw: Vec<&BenchSample> = bench.iter().filter(|s| s.backend == b && s.test == Test::Ring).collect();
@@ -477,6 +481,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         failed_steps,
         failures,
         lost,
+        disk_notes,
         unreadable_records: unreadable,
         implausible_records: implausible,
         rejected,
@@ -853,12 +858,16 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
             for (r, _) in RES {
                 if rep.baseline.contains_key(&r) {
                     let v = rep.overhead.get(&key(b, r)).and_then(|p| p.iter().find(|p| p.n == 1)).and_then(|p| p.overhead);
-                    let _ = write!(h, "<td>{}</td>", o(v, 4));
+                    let mark = if r == Resource::Disk && rep.disk_notes.contains_key(&b) { " †" } else { "" };
+                    let _ = write!(h, "<td>{}{mark}</td>", o(v, 4));
                 }
             }
             h.push_str("</tr>");
         }
         h.push_str("</table>");
+        for (b, n) in &rep.disk_notes {
+            let _ = write!(h, "<p>† {b} disk: {}</p>", esc(n));
+        }
     }
     if !rep.isolation.is_empty() {
         h.push_str("<h2>Performance isolation (paper II.A.3)</h2><p>Relative to one copy alone in one guest. Model predictions for this host's capacity; see docs/methodology.md for why the paper's T_a1 = 2T_a, T_a2 = 3T_a/2 is not one model's prediction.</p><table><tr><th>backend / resource</th><th>guest 1</th><th>guest 2 (copies)</th><th>per-VM model</th><th>per-process model</th><th>closer to</th></tr>");
@@ -903,7 +912,13 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
             Figure::Line(c) => &c.title,
             Figure::Bars(b) => &b.title,
         };
-        let _ = writeln!(h, "<figure><img src=\"figures/{name}\" alt=\"{}\"><figcaption>{}</figcaption></figure>", esc(title), esc(title));
+        let _ = write!(h, "<figure><img src=\"figures/{name}\" alt=\"{}\"><figcaption>{}", esc(title), esc(title));
+        if name.ends_with("_disk.svg") {
+            for (b, n) in &rep.disk_notes {
+                let _ = write!(h, "<br>† {b}: {}", esc(n));
+            }
+        }
+        h.push_str("</figcaption></figure>\n");
     }
     if rep.unreadable_records > 0 {
         let _ = write!(h, "<p class=\"bad\">{} record(s) in samples.jsonl could not be read (a run killed while writing).</p>", rep.unreadable_records);
