@@ -28,6 +28,7 @@ pub mod netlab;
 pub mod pagecache;
 pub mod peer;
 pub mod plot;
+pub mod probe;
 pub mod provenance;
 pub mod report;
 pub mod results;

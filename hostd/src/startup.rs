@@ -17,7 +17,9 @@ use crate::stats::Summary;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum StartMode {
+    /// Page cache emptied of what the launch reads before the fleet starts.
     Cold,
+    /// Right after a cold start of the same fleet: what the launch reads is cached.
     Hot,
 }
 

@@ -28,7 +28,7 @@ fn small_opts(workdir: PathBuf) -> BenchOptions {
         mem_n: 64,
         mem_passes: 3,
         disk_file: None,
-        disk_mb: 4,
+        disk_mib: 4,
         disk_block_kib: 64,
         net_duration_ms: 100,
         net_msg_size: 16384,
