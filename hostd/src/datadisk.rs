@@ -122,7 +122,7 @@ impl DataDisks {
             return Ok(dst);
         }
         let free = nix::sys::statvfs::statvfs(&self.dir)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
             .map_err(|e| err(e.into()))?;
         if free < self.bytes.saturating_add(RESERVE) {
             return Err(DataDiskError::NoSpace { dir: self.dir.clone(), free, need: self.bytes });
