@@ -328,19 +328,9 @@ mod tests {
         use crate::suite::{BenchSample, Test};
         use vb_protocol::bench::Resource;
         let s = |backend, resource, policy: &str, resident: Option<f64>| BenchSample {
-            backend,
-            test: Test::Overhead,
-            resource,
-            n: 1,
-            rep: 0,
-            guest: 0,
-            instance: 0,
-            value: 1.0,
-            unit: "MB/s".into(),
-            elapsed_s: 1.0,
-            params: String::new(),
             cache_policy: policy.into(),
             resident_before: resident,
+            ..crate::suite::testing::sample(backend, Test::Overhead, resource, 1, 0, 0, 0, 1.0)
         };
         let samples = [
             s(BackendKind::Native, Resource::Disk, "o_direct", Some(0.0)),
