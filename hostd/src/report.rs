@@ -643,6 +643,7 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
         &serde_json::to_vec_pretty(&rep).map_err(|e| WriteError::Write(e.into()))?,
     )?;
     w("report.csv", csv(&rep).as_bytes())?;
+    w("report.md", crate::decision::markdown(&crate::decision::decide(&rep)).as_bytes())?;
     let figs = figures(&rep);
     // A run killed right after making its directory has no figures/ yet.
     let fig_dir = dir.join("figures");
@@ -663,7 +664,7 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
             message,
         })?;
     }
-    w("index.html", html(&rep, &figs).as_bytes())?;
+    w("index.html", html_page(&rep, &figs).as_bytes())?;
     Ok(rep)
 }
 
@@ -719,17 +720,13 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-fn html(rep: &Report, figs: &[(String, Figure, String)]) -> String {
+/// The page `index.html`: the decision table first, then the figures, provenance last.
+pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
     let mut h = String::from(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>virtbench report</title>\n<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #ddd}.bad{color:#a00}</style></head><body>\n<h1>virtbench report</h1>\n",
     );
-    if let Some(p) = &rep.provenance {
-        h.push_str("<h2>Host and provenance</h2><ul>");
-        for l in p.lines() {
-            let _ = write!(h, "<li>{}</li>", esc(&l));
-        }
-        h.push_str("</ul>");
-    }
+    // The answer first; where it came from last.
+    h.push_str(&crate::decision::html(&crate::decision::decide(rep)));
     let _ = write!(
         h,
         "<p>Host CPUs: {}. References and isolation models use the CPUs the guests had (their cpuset, recorded with every sample) and each guest's vCPUs. \
@@ -921,6 +918,13 @@ fn html(rep: &Report, figs: &[(String, Figure, String)]) -> String {
         }
         h.push_str("</ul>");
     }
+    if let Some(p) = &rep.provenance {
+        h.push_str("<h2>Host and provenance</h2><ul>");
+        for l in p.lines() {
+            let _ = write!(h, "<li>{}</li>", esc(&l));
+        }
+        h.push_str("</ul>");
+    }
     h.push_str("<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.figures=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>\n</body></html>\n");
     h
 }
@@ -970,7 +974,7 @@ mod tests {
         assert!((rep.linearity["uml/cpu"][0].reference.unwrap() - 2.5).abs() < 1e-9);
         assert_eq!(rep.cpus_assumed, ["uml/cpu"]);
         let figs = figures(&rep);
-        assert!(html(&rep, &figs).contains("did not record the CPUs their guests had"));
+        assert!(html_page(&rep, &figs).contains("did not record the CPUs their guests had"));
     }
 
     #[test]
@@ -984,7 +988,7 @@ mod tests {
         let Figure::Line(c) = &figs.iter().find(|f| f.0 == "fig02_overhead_cpu.svg").unwrap().1 else { panic!("a line chart") };
         let err = c.series[0].points[0].err.unwrap();
         assert!((err - 1.270620).abs() < 1e-5, "{err}");
-        let h = html(&rep, &figs);
+        let h = html_page(&rep, &figs);
         assert!(h.contains("<figcaption><b>CPU overhead") && h.contains("95&nbsp;% confidence intervals"));
         // Every point's median and interval reach the CSV.
         let csv = csv(&rep);

@@ -345,6 +345,7 @@ pub(crate) mod testing {
     use super::*;
 
     /// A hand-made sample: `value` is the metric (seconds, or MB/s for network).
+    #[allow(clippy::too_many_arguments)]
     pub fn sample(backend: BackendKind, test: Test, resource: Resource, n: usize, rep: u32, guest: usize, instance: usize, value: f64) -> BenchSample {
         BenchSample {
             backend,
