@@ -24,7 +24,7 @@ use crate::backend::BackendKind;
 use crate::pagecache::{self, PageCacheError, Residency};
 
 /// Where runs keep their per-guest data disk copies: disk-backed, unlike `/run`.
-pub const DISK_ROOT: &str = "/var/tmp/virtbench";
+pub use crate::runstate::DISK_ROOT;
 
 /// How a backend keeps the host's page cache out of a guest's disk read, as recorded in
 /// every disk sample. Every backend's copy is also evicted before each measured read.
@@ -88,7 +88,7 @@ fn in_memory(p: &Path) -> bool {
 
 impl DataDisks {
     /// Copies of the first `bytes` of `source`, made on demand in `dir` (the run's
-    /// [`crate::runstate::RunState::disk_dir`]).
+    /// [`crate::runstate::RunState::disk_dir`], removed with the run).
     pub fn new(source: &Path, bytes: u64, dir: &Path, run: &str) -> Result<Self, DataDiskError> {
         let have = fs::metadata(source).map_err(|e| DataDiskError::Source { path: source.into(), source: e })?.len();
         if have < bytes || bytes == 0 {
@@ -180,21 +180,6 @@ pub fn before_reads(kind: BackendKind, readers: &[(usize, &Path)]) -> Result<Vec
         .iter()
         .map(|&(guest, p)| Ok(ReadPrep { guest, policy: cache_policy(kind), residency: pagecache::residency(p)? }))
         .collect()
-}
-
-/// Reaps per-guest copies left by runs that no longer exist: directories under `root` named
-/// like a run id for which `alive` says no.
-pub fn reap(root: &Path, alive: impl Fn(&str) -> bool) -> Vec<PathBuf> {
-    let Ok(rd) = fs::read_dir(root) else { return Vec::new() };
-    let mut removed = Vec::new();
-    for e in rd.flatten() {
-        let Some(name) = e.file_name().to_str().map(String::from) else { continue };
-        let run_like = name.len() == 8 && name.starts_with('r') && name[1..].bytes().all(|b| b.is_ascii_hexdigit());
-        if run_like && !alive(&name) && e.file_type().is_ok_and(|t| t.is_dir()) && fs::remove_dir_all(e.path()).is_ok() {
-            removed.push(e.path());
-        }
-    }
-    removed
 }
 
 /// The report's note beside a backend's disk figures where they cannot mean a plain device
@@ -345,18 +330,5 @@ mod tests {
         assert!(n[&BackendKind::Uml].contains("ubd: no O_DIRECT") && n[&BackendKind::Uml].contains("evicted"), "{n:?}");
         assert!(n[&BackendKind::QemuMicrovm].starts_with("1 of 2 reads started with data in the host page cache (up to 25 %)"), "{n:?}");
         assert!(n[&BackendKind::Ns].contains("1 of 1 reads carry no cache policy"), "{n:?}");
-    }
-
-    #[test]
-    fn reaps_only_dead_run_directories() {
-        let r = root();
-        for n in ["r00000aa", "r00000bb", "rnotarun", "keep"] {
-            fs::create_dir(r.path().join(n)).unwrap();
-        }
-        let removed = reap(r.path(), |run| run == "r00000bb");
-        assert_eq!(removed, vec![r.path().join("r00000aa")]);
-        for n in ["r00000bb", "rnotarun", "keep"] {
-            assert!(r.path().join(n).exists(), "{n}");
-        }
     }
 }

@@ -2,8 +2,7 @@
 //! crash (or SIGKILL) of hostd the next hostd can find every resource the run created and
 //! release it. Everything a run creates is named after its id: cgroups under
 //! `virtbench/<run>/` of each hierarchy, network namespaces `vb-<run>` and `vbn-<run>-*`,
-//! scratch files under `/run/virtbench/<run>/` (sockets, logs, runtime state, umid dirs),
-//! per-guest data disk copies under `/var/tmp/virtbench/<run>/` ([`crate::datadisk`]).
+//! scratch files under `/run/virtbench/<run>/` (sockets, logs, runtime state, umid dirs).
 
 use std::fs;
 use std::io::{self, Write};
@@ -18,6 +17,9 @@ use crate::cgroup;
 /// Where runs keep their scratch directories and state files (tmpfs: gone after reboot,
 /// like the guests themselves).
 pub const RUN_ROOT: &str = "/run/virtbench";
+/// Where runs keep files that must sit on a disk-backed file system (per-guest image copies,
+/// whose pages a cold start evicts: tmpfs pages cannot leave memory): `DISK_ROOT/<run>/`.
+pub const DISK_ROOT: &str = "/var/tmp/virtbench";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
@@ -32,10 +34,6 @@ pub struct RunState {
     pub cgroup_roots: Vec<PathBuf>,
     /// Where results go, if this run records any.
     pub results: Option<PathBuf>,
-    /// Where the run's per-guest data disk copies go (disk-backed, unlike `scratch`);
-    /// empty in state files older than the copies.
-    #[serde(default)]
-    pub disk_dir: PathBuf,
 }
 
 /// What a cleanup found and released.
@@ -46,7 +44,6 @@ pub struct Cleaned {
     pub cgroups_removed: usize,
     pub netns_removed: Vec<String>,
     pub scratch_removed: bool,
-    pub disk_copies_removed: bool,
     pub errors: Vec<String>,
 }
 
@@ -54,13 +51,12 @@ impl std::fmt::Display for Cleaned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "run {}: killed {} processes, removed {} cgroups, {} network namespaces{}{}{}",
+            "run {}: killed {} processes, removed {} cgroups, {} network namespaces{}{}",
             self.run,
             self.processes_killed,
             self.cgroups_removed,
             self.netns_removed.len(),
             if self.scratch_removed { ", scratch directory" } else { "" },
-            if self.disk_copies_removed { ", data disk copies" } else { "" },
             if self.errors.is_empty() { String::new() } else { format!("; errors: {}", self.errors.join("; ")) }
         )
     }
@@ -104,13 +100,18 @@ impl RunState {
             purpose: purpose.into(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             cgroup_roots: cgroup::run_roots(&run),
-            disk_dir: Path::new(crate::datadisk::DISK_ROOT).join(&run),
             run,
             scratch,
             results,
         };
         write_atomic(&st.scratch.join("state.json"), &serde_json::to_vec_pretty(&st).map_err(io::Error::other)?)?;
         Ok(st)
+    }
+
+    /// The run's directory on a disk-backed file system (created by whoever uses it,
+    /// removed with the run).
+    pub fn disk_dir(&self) -> PathBuf {
+        Path::new(DISK_ROOT).join(&self.run)
     }
 
     /// Whether the hostd that made this run is still running.
@@ -142,10 +143,10 @@ impl RunState {
             }
             Err(e) => c.errors.push(e),
         }
-        if !self.disk_dir.as_os_str().is_empty() && self.disk_dir.exists() {
-            match fs::remove_dir_all(&self.disk_dir) {
-                Ok(()) => c.disk_copies_removed = true,
-                Err(e) => c.errors.push(format!("removing {}: {e}", self.disk_dir.display())),
+        let disk = self.disk_dir();
+        if disk.exists() {
+            if let Err(e) = fs::remove_dir_all(&disk) {
+                c.errors.push(format!("removing {}: {e}", disk.display()));
             }
         }
         if self.scratch.exists() {
@@ -184,11 +185,18 @@ pub fn orphans_in(root: &Path) -> Vec<RunState> {
 }
 
 /// Finds and releases every orphaned run; returns what was cleaned. Also drops fleet name
-/// links (`fleets/<name>`) whose run is gone, and data disk copies of runs without a state
-/// file (a run killed between its state's removal and its copies').
+/// links (`fleets/<name>`) whose run is gone.
 pub fn reap_orphans() -> Vec<Cleaned> {
     let cleaned = orphans_in(Path::new(RUN_ROOT)).iter().map(RunState::cleanup).collect();
-    crate::datadisk::reap(Path::new(crate::datadisk::DISK_ROOT), |run| Path::new(RUN_ROOT).join(run).join("state.json").exists());
+    // Disk directories whose run has no state file left (hostd died between removing one
+    // and the other): nothing can be using them.
+    if let Ok(rd) = fs::read_dir(DISK_ROOT) {
+        for e in rd.flatten() {
+            if !Path::new(RUN_ROOT).join(e.file_name()).join("state.json").exists() {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
     if let Ok(rd) = fs::read_dir(Path::new(RUN_ROOT).join("fleets")) {
         for e in rd.flatten() {
             if !e.path().join("state.json").exists() {
@@ -252,14 +260,8 @@ mod tests {
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].run, st.run);
         st.cgroup_roots.clear();
-        assert_eq!(st.disk_dir, Path::new(crate::datadisk::DISK_ROOT).join(&st.run));
-        // The data disk copies go with the run.
-        st.disk_dir = root.path().join("disks").join(&st.run);
-        fs::create_dir_all(&st.disk_dir).unwrap();
-        fs::write(st.disk_dir.join(format!("{}-g0.img", st.run)), b"x").unwrap();
         let c = st.cleanup();
-        assert!(c.scratch_removed && c.disk_copies_removed, "{c}");
-        assert!(!st.disk_dir.exists());
+        assert!(c.scratch_removed, "{c}");
         assert!(orphans_in(root.path()).is_empty());
     }
 }

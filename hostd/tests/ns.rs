@@ -124,11 +124,12 @@ fn spec(run: &str, index: usize, dir: &Path, disk: Option<&Path>, net: Option<&F
         }),
         cgroup: Some(cgroup::detect().expect("a cgroup memory controller")),
         limits: Limits { memory_bytes: Some(256 << 20), cpus: Some(1.0), pids: Some(64), ..Default::default() },
+        images: None,
     }
 }
 
 async fn bench(g: &RunningGuest, spec: BenchSpec) -> Work {
-    let req = BenchRequest { spec, instances: 1 };
+    let req = BenchRequest { spec, instances: 1, start_at_ns: None };
     let rep = run_once(&g.conn, &req, BENCH).await.unwrap_or_else(|e| panic!("{}: {e:#}", g.spec.name));
     rep.instances[0].work.clone()
 }
@@ -195,10 +196,10 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
     // mount, a sample that records the policy and the residency before the read.
     for g in &guests {
         let preps = hostd::suite::before_reads(BackendKind::Ns, Resource::Disk, &[g]).unwrap();
-        let req = BenchRequest { spec: BenchSpec::Disk { path: "/data/disk.img".into(), block_size: 65536, max_bytes: None, direct: true }, instances: 1 };
+        let req = BenchRequest { spec: BenchSpec::Disk { path: "/data/disk.img".into(), block_size: 65536, max_bytes: None, direct: true }, instances: 1, start_at_ns: None };
         let rep = run_once(&g.conn, &req, Duration::from_secs(30)).await.unwrap();
         assert!(matches!(rep.instances[0].work, Work::Disk { bytes, direct: true, .. } if bytes == DISK_MB << 20), "{rep:?}");
-        let mut samples = hostd::suite::samples_of(BackendKind::Ns, Test::Overhead, Resource::Disk, "", 3, 0, g.spec.index, &rep);
+        let mut samples = hostd::suite::samples_of(BackendKind::Ns, Test::Overhead, Resource::Disk, "", 3, 0, g.spec.index, &hostd::suite::sync::Timed { report: rep.clone(), sync: None }, None);
         hostd::suite::mark_reads(&mut samples, preps.as_deref());
         assert_eq!(samples[0].cache_policy, "o_direct(bind mount)", "{samples:?}");
         assert_eq!(samples[0].resident_before, Some(0.0), "{samples:?}");
@@ -279,7 +280,7 @@ async fn guest_is_isolated_from_the_host() {
     let port = net_serve(&host_agent).await;
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("the host reaches its own server");
     let req =
-        BenchRequest { spec: BenchSpec::NetStream { peer: format!("127.0.0.1:{port}"), duration_ms: 100, msg_size: 1024 }, instances: 1 };
+        BenchRequest { spec: BenchSpec::NetStream { peer: format!("127.0.0.1:{port}"), duration_ms: 100, msg_size: 1024 }, instances: 1, start_at_ns: None };
     let e = run_once(&g.conn, &req, BENCH).await.expect_err("the guest must not reach the host's loopback");
     assert!(format!("{e:#}").contains("cannot connect"), "{e:#}");
 

@@ -87,6 +87,7 @@ pub fn spec(run: &str, index: usize, dir: &Path, net: Option<&FleetNet>, disk: O
         }),
         cgroup: Some(hostd::cgroup::detect().expect("a cgroup memory controller")),
         limits: Default::default(),
+        images: None,
     }
 }
 
@@ -199,7 +200,7 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
     assert!((0.97..1.03).contains(&ratio), "{kind}: guest clock runs at {ratio:.3}× host speed");
 
     // CPU benchmark in every guest at once.
-    let cpu = BenchRequest { spec: BenchSpec::Cpu { rounds: 200_000 }, instances: 1 };
+    let cpu = BenchRequest { spec: BenchSpec::Cpu { rounds: 200_000 }, instances: 1, start_at_ns: None };
     let reports = futures::future::join_all(guests.iter().map(|g| run_once(&g.conn, &cpu, Duration::from_secs(120)))).await;
     for r in reports {
         assert!(matches!(r.unwrap().instances[0].work, Work::Cpu { .. }));
@@ -214,6 +215,7 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
     let stream = BenchRequest {
         spec: BenchSpec::NetStream { peer: format!("{peer_addr}:{port}"), duration_ms: 300, msg_size: 16384 },
         instances: 1,
+        start_at_ns: None,
     };
     let rep = run_once(&guests[0].conn, &stream, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{kind}: {e:#}"));
     let Work::NetStream { bytes } = rep.instances[0].work else { panic!() };
@@ -225,6 +227,7 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
     let dreq = BenchRequest {
         spec: BenchSpec::Disk { path: exp.disk.clone(), block_size: 64 << 10, max_bytes: None, direct: true },
         instances: 1,
+        start_at_ns: None,
     };
     for g in &guests {
         // As the suite does it: the guest's copy evicted, its residency measured, the read,
@@ -233,7 +236,7 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
         let rep = run_once(&g.conn, &dreq, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{kind}: disk: {e:#}"));
         let Work::Disk { bytes, .. } = rep.instances[0].work else { panic!() };
         assert_eq!(bytes, DISK_MIB << 20, "{kind}: {} is the data disk", exp.disk);
-        let mut samples = hostd::suite::samples_of(kind, Test::Overhead, Resource::Disk, "", n, 0, g.spec.index, &rep);
+        let mut samples = hostd::suite::samples_of(kind, Test::Overhead, Resource::Disk, "", n, 0, g.spec.index, &hostd::suite::sync::Timed { report: rep, sync: None }, None);
         hostd::suite::mark_reads(&mut samples, preps.as_deref());
         assert_disk_sample(kind, &samples);
     }
