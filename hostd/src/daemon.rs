@@ -120,6 +120,7 @@ impl FleetFile {
             network: self.network,
             net_mode: Default::default(),
             data_disk: None,
+            data_copies: None,
             boot_timeout: Duration::from_secs(self.boot_timeout_s),
             limits: Limits {
                 // Checked by `load`; a value that would not fit in bytes is no limit at all

@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::backend::{AnyBackend, Backend, BackendKind, Exit, GuestNet, GuestSpec, Images};
 use crate::cgroup::{self, Limits};
+use crate::datadisk::{DataDiskError, DataDisks};
 use crate::guest::{boot, RunningGuest};
 pub use crate::guest::{FailureKind, GuestFailure};
 use crate::netlab::{self, FleetNet, NetMode};
@@ -35,6 +36,9 @@ pub struct FleetConfig {
     pub net_mode: NetMode,
     /// A file or device every guest gets for the disk benchmark (default none).
     pub data_disk: Option<PathBuf>,
+    /// Per-guest copies of the data disk: when set, guest i gets its own copy (made on
+    /// its first launch) instead of `data_disk` (default none).
+    pub data_copies: Option<Arc<DataDisks>>,
     /// From the launch request to the agent's hello (default 120 s).
     pub boot_timeout: Duration,
     pub limits: Limits,
@@ -54,6 +58,7 @@ impl Default for FleetConfig {
             network: true,
             net_mode: NetMode::Private,
             data_disk: None,
+            data_copies: None,
             boot_timeout: Duration::from_secs(120),
             limits: Limits::default(),
             image_copies: Vec::new(),
@@ -93,6 +98,8 @@ pub enum FleetError {
          (ulimit -n): raise the limit or boot fewer guests at once"
     )]
     Descriptors { guests: usize, need: u64, free: u64, limit: u64 },
+    #[error(transparent)]
+    DataDisk(#[from] DataDiskError),
 }
 
 /// Descriptors hostd holds per guest, counting a launch in flight (control socket, console
@@ -168,6 +175,16 @@ impl Fleet {
         let cfg = self.config.clone();
         let cg_mode = cgroup::detect().ok();
         let sem = Arc::new(Semaphore::new(if cfg.parallelism == 0 { to_n - from } else { cfg.parallelism }));
+        // Each new guest's own data disk copy, made before any of them launches (copying
+        // is disk-bound work that must not stretch the boot times measured below).
+        let mut copies = std::collections::HashMap::new();
+        if let Some(d) = &cfg.data_copies {
+            let d = d.clone();
+            let made = tokio::task::spawn_blocking(move || (from..to_n).map(|i| d.copy_for(i).map(|p| (i, p))).collect::<Result<Vec<_>, _>>())
+                .await
+                .expect("data disk copy task panicked")?;
+            copies.extend(made);
+        }
         let t0 = Instant::now();
         let mut pending = FuturesUnordered::new();
         for index in from..to_n {
@@ -188,7 +205,7 @@ impl Fleet {
                 run: run.run.clone(),
                 vcpus: cfg.vcpus,
                 mem_mib: cfg.mem_mib,
-                data_disk: cfg.data_disk.clone(),
+                data_disk: copies.remove(&index).or_else(|| cfg.data_disk.clone()),
                 net: guest_net,
                 cgroup: cg_mode,
                 limits: cfg.limits,

@@ -16,6 +16,7 @@ pub mod coldstart;
 pub mod compare;
 pub mod console;
 pub mod daemon;
+pub mod datadisk;
 pub mod decision;
 pub mod export;
 pub mod fleet;

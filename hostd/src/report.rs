@@ -82,6 +82,9 @@ pub struct Report {
     pub implausible_records: usize,
     #[serde(default)]
     pub rejected: Vec<Rejected>,
+    /// Per backend, why its disk figures are not (only) device reads ([`crate::datadisk::disk_notes`]).
+    #[serde(default)]
+    pub disk_notes: BTreeMap<BackendKind, String>,
     /// Network paths and MTUs, start skew and overlap ([`crate::suite::conditions`]).
     #[serde(default)]
     pub conditions: crate::suite::conditions::Conditions,
@@ -362,6 +365,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
             }
         }
     }
+    let disk_notes = crate::datadisk::disk_notes(&bench);
     let mut ring_res = BTreeMap::new();
     for &b in &backends {
         let v: Vec<&BenchSample> = bench.iter().filter(|s| s.backend == b && matches!(s.test, Test::Ring | Test::RingLatency)).collect();
@@ -383,6 +387,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         failed_steps,
         failures,
         lost,
+        disk_notes,
         unreadable_records: unreadable,
         implausible_records: implausible,
         rejected,
@@ -847,12 +852,16 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
             for (r, _) in RES {
                 if rep.baseline.contains_key(&r) {
                     let v = rep.overhead.get(&key(b, r)).and_then(|p| p.iter().find(|p| p.n == 1)).and_then(|p| p.overhead);
-                    let _ = write!(h, "<td>{}</td>", o(v, 4));
+                    let mark = if r == Resource::Disk && rep.disk_notes.contains_key(&b) { " †" } else { "" };
+                    let _ = write!(h, "<td>{}{mark}</td>", o(v, 4));
                 }
             }
             h.push_str("</tr>");
         }
         h.push_str("</table>");
+        for (b, n) in &rep.disk_notes {
+            let _ = write!(h, "<p>† {b} disk: {}</p>", esc(n));
+        }
     }
     if !rep.isolation.is_empty() {
         h.push_str("<h2>Performance isolation (paper II.A.3)</h2><p>Relative to one copy alone in one guest. Model predictions for the capacity the guests had (the CPUs of their cpuset for CPU and memory, 1 for a shared disk or network path) and what each guest could use of it (min(vCPUs, CPUs) for CPU and memory); see docs/methodology.md for why the paper's T_a1 = 2T_a, T_a2 = 3T_a/2 is not one model's prediction.</p><table><tr><th>backend / resource</th><th>guest 1</th><th>guest 2 (copies)</th><th>per-VM model</th><th>per-process model</th><th>closer to</th><th>capacity</th><th>usable by guest 1, 2</th></tr>");
@@ -902,13 +911,19 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
             Figure::Line(c) => &c.title,
             Figure::Bars(b) => &b.title,
         };
-        let _ = writeln!(
+        let _ = write!(
             h,
-            "<figure><img src=\"figures/{name}\" alt=\"{}\"><figcaption><b>{}.</b> {}</figcaption></figure>",
+            "<figure><img src=\"figures/{name}\" alt=\"{}\"><figcaption><b>{}.</b> {}",
             esc(title),
             esc(title),
             esc(caption.trim())
         );
+        if name.ends_with("_disk.svg") {
+            for (b, n) in &rep.disk_notes {
+                let _ = write!(h, "<br>† {b}: {}", esc(n));
+            }
+        }
+        h.push_str("</figcaption></figure>\n");
     }
     if rep.unreadable_records > 0 {
         let _ = write!(h, "<p class=\"bad\">{} record(s) in samples.jsonl could not be read (a run killed while writing).</p>", rep.unreadable_records);

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -13,6 +14,7 @@ use vb_protocol::bench::Resource;
 use crate::backend::{AnyBackend, Backend, BackendKind, BackendOptions, Images};
 use crate::campaign::{BackendPlan, Campaign};
 use crate::cgroup::Limits;
+use crate::datadisk::DataDisks;
 use crate::fleet::{self, Fleet, FleetConfig};
 use crate::netlab::{FleetNet, NetMode};
 use crate::peer::Peer;
@@ -33,6 +35,8 @@ struct Ctx<'a> {
     results: &'a mut ResultsDir,
     done: HashSet<String>,
     disk: Option<PathBuf>,
+    /// Every guest's own copy of the data disk (the disk benchmark's replicated data set).
+    copies: Option<Arc<DataDisks>>,
 }
 
 impl Ctx<'_> {
@@ -60,6 +64,7 @@ impl Ctx<'_> {
             network: true,
             net_mode: NetMode::Private,
             data_disk: self.disk.clone(),
+            data_copies: self.copies.clone(),
             boot_timeout: Duration::from_secs(g.boot_timeout_s),
             limits: Limits { cpuset: g.pin_one_core.then_some("0"), ..Default::default() },
             image_copies: Vec::new(),
@@ -86,18 +91,32 @@ pub async fn run(
     if !done.is_empty() {
         say(format!("resuming: {} steps already done", done.len()));
     }
-    let disk = if campaign.resources.contains(&Resource::Disk) {
+    let plans = campaign.plans();
+    let (disk, copies) = if campaign.resources.contains(&Resource::Disk) {
         let d = images.disk.clone().context("the disk benchmark needs the data disk image: run `imagegen build`")?;
         let size = std::fs::metadata(&d).with_context(|| format!("data disk {}", d.display()))?.len();
-        if crate::limits::mib_to_bytes(campaign.workloads.disk_mib).is_none_or(|need| size < need) {
-            anyhow::bail!("data disk {} has {size} bytes, workloads.disk_mib asks for {} MiB", d.display(), campaign.workloads.disk_mib);
-        }
-        Some(d)
+        // Copies hold what the largest of the campaign's disk workloads reads.
+        let mib = plans.iter().map(|p| p.workloads.disk_mib).max().unwrap_or(campaign.workloads.disk_mib);
+        let need = crate::limits::mib_to_bytes(mib).filter(|need| size >= *need);
+        let Some(need) = need else {
+            anyhow::bail!("data disk {} has {size} bytes, workloads.disk_mib asks for {mib} MiB", d.display());
+        };
+        let copies = Arc::new(DataDisks::new(&d, need, &run.disk_dir(), &run.run).context("per-guest data disk copies")?);
+        // Every copy a disk test reads is made now, before the first backend: a read right
+        // after a large write is slower on some disks, and the first backend measured (the
+        // native baseline) must not be the one that pays for it.
+        let most = plans.iter().map(|p| p.overhead_sizes.iter().copied().max().unwrap_or(0).max(2)).max().unwrap_or(0);
+        say(format!("making {most} copies of the data disk ({need} bytes each) in {}", run.disk_dir().display()));
+        let c = copies.clone();
+        tokio::task::spawn_blocking(move || (0..most).try_for_each(|i| c.copy_for(i).map(|_| ())))
+            .await
+            .context("data disk copies")?
+            .context("per-guest data disk copies")?;
+        (Some(d), Some(copies))
     } else {
-        None
+        (None, None)
     };
-    let mut ctx = Ctx { campaign, images, opts, run, results, done, disk };
-    let plans = campaign.plans();
+    let mut ctx = Ctx { campaign, images, opts, run, results, done, disk, copies };
     for plan in &plans {
         let backend = AnyBackend::new(plan.kind, images, opts);
         say(format!("== {}", plan.kind));
@@ -159,7 +178,7 @@ async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, sa
             if ctx.done.contains(&key) {
                 continue;
             }
-            let cfg = FleetConfig { data_disk: None, ..ctx.fleet_config(plan, n) };
+            let cfg = FleetConfig { data_disk: None, data_copies: None, ..ctx.fleet_config(plan, n) };
             let settle = Duration::from_secs(ctx.campaign.startup.settle_s);
             let copies = ctx.campaign.startup.image_copies.then_some(ctx.images);
             match boot_and_measure(backend, ctx.run, &cfg, mode, settle, copies, |_| {}).await {
@@ -409,7 +428,12 @@ async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &Backen
         return Ok(());
     }
     let n = if test == Test::Isolation { 2 } else { plan.ring_guests };
-    let mut fleet = match fleet::start(backend, ctx.run, &FleetConfig { net_mode: pass.mode, ..ctx.fleet_config(plan, n) }, |_| {}).await {
+    let mut cfg = FleetConfig { net_mode: pass.mode, ..ctx.fleet_config(plan, n) };
+    if test == Test::Ring {
+        // The ring reads no disk: no copies to make.
+        (cfg.data_disk, cfg.data_copies) = (None, None);
+    }
+    let mut fleet = match fleet::start(backend, ctx.run, &cfg, |_| {}).await {
         Ok(f) => f,
         Err(e) => {
             for (_, k) in &keys {

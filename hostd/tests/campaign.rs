@@ -97,6 +97,17 @@ fn quick_campaign_on_every_backend_renders_its_report() {
     }
     assert!(dir.join("xen-lab").read_dir().unwrap().count() == 1, "the lab's own results, kept with the campaign");
     assert!(report["failed_steps"].as_object().unwrap().is_empty(), "{}", report["failed_steps"]);
+    // Every disk read came from the disk: each sample names its backend's cache policy and
+    // found none of its guest's data in the host page cache; the run's copies are gone.
+    let disk: Vec<serde_json::Value> = records(&dir).into_iter().filter(|r| r["record"] == "bench" && r["resource"] == "disk").collect();
+    assert!(!disk.is_empty(), "no disk samples");
+    for r in &disk {
+        assert!(r["cache_policy"].as_str().is_some_and(|p| !p.is_empty()), "{r}");
+        assert_eq!(r["resident_before"].as_f64(), Some(0.0), "{r}");
+    }
+    let run = dir.file_name().unwrap().to_str().unwrap().rsplit('-').next().unwrap().to_string();
+    assert!(!Path::new(hostd::datadisk::DISK_ROOT).join(&run).exists(), "the run's data disk copies are left");
+
     // Every paper figure, each with the six backends where the figure has curves.
     let figs: Vec<String> = std::fs::read_dir(dir.join("figures")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(figs.len(), 15, "{figs:?}");

@@ -17,7 +17,9 @@ use hostd::cgroup::{self, Limits};
 use hostd::guest::{boot, RunningGuest};
 use hostd::microbench::{run_once, write_data_file};
 use hostd::netlab::{self, FleetNet};
-use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
+use hostd::datadisk::DataDisks;
+use hostd::suite::Test;
+use vb_protocol::bench::{BenchRequest, BenchSpec, Resource, Work};
 use support::fault::{cgroup_dirs_of, fds_of, mountinfo, netns_of, ns_inode, powered_off, supports_o_direct, zombie_children, Litter};
 use vb_protocol::msg::{Command, ReplyBody, Role};
 
@@ -159,8 +161,12 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
     let desc = backend.probe().await.unwrap();
     eprintln!("ns probe: {desc}");
 
+    // Each guest its own copy of the data (the suite's per-guest data sets).
+    let copies = DataDisks::new(&disk, DISK_MB << 20, &dir.path().join("copies"), &run).unwrap();
+    let own: Vec<PathBuf> = (0..3).map(|i| copies.copy_for(i).unwrap()).collect();
+
     // Concurrently, as fleets boot: launches interleave between clone and exec.
-    let boots = (0..3).map(|i| boot(&backend, spec(&run, i, dir.path(), Some(&disk), Some(&net)), HELLO));
+    let boots = (0..3).map(|i| boot(&backend, spec(&run, i, dir.path(), Some(&own[i]), Some(&net)), HELLO));
     let guests: Vec<RunningGuest> = futures::future::join_all(boots).await.into_iter().map(Result::unwrap).collect();
     let pids: Vec<u32> = guests.iter().map(|g| g.process.pid()).collect();
     let workdirs: Vec<PathBuf> = guests.iter().map(|g| g.spec.workdir.clone()).collect();
@@ -186,10 +192,19 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
         Work::NetStream { bytes } => assert!(bytes > 0),
         w => panic!("{w:?}"),
     }
-    let direct = supports_o_direct(&disk);
-    match bench(&guests[2], BenchSpec::Disk { path: "/data/disk.img".into(), block_size: 65536, max_bytes: None, direct }).await {
-        Work::Disk { bytes, .. } => assert_eq!(bytes, DISK_MB << 20),
-        w => panic!("{w:?}"),
+    // As the suite reads: the copy evicted and checked, an O_DIRECT read through the bind
+    // mount, a sample that records the policy and the residency before the read.
+    for g in &guests {
+        let preps = hostd::suite::before_reads(BackendKind::Ns, Resource::Disk, &[g]).unwrap();
+        let req = BenchRequest { spec: BenchSpec::Disk { path: "/data/disk.img".into(), block_size: 65536, max_bytes: None, direct: true }, instances: 1, start_at_ns: None };
+        let rep = run_once(&g.conn, &req, Duration::from_secs(30)).await.unwrap();
+        assert!(matches!(rep.instances[0].work, Work::Disk { bytes, direct: true, .. } if bytes == DISK_MB << 20), "{rep:?}");
+        let mut samples = hostd::suite::samples_of(BackendKind::Ns, Test::Overhead, Resource::Disk, "", 3, 0, g.spec.index, &hostd::suite::sync::Timed { report: rep.clone(), sync: None }, None);
+        hostd::suite::mark_reads(&mut samples, preps.as_deref());
+        assert_eq!(samples[0].cache_policy, "o_direct(bind mount)", "{samples:?}");
+        assert_eq!(samples[0].resident_before, Some(0.0), "{samples:?}");
+        // O_DIRECT through the bind mount leaves nothing in the host page cache.
+        assert_eq!(hostd::pagecache::residency(g.spec.data_disk.as_ref().unwrap()).unwrap().resident_bytes, 0, "{}", g.spec.name);
     }
 
     for g in guests {
@@ -198,6 +213,7 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
         assert!(powered_off(&exit), "{name}: {exit:?}");
     }
     net.destroy().unwrap();
+    copies.remove().unwrap();
     assert_clean(&run, dir.path(), &mounts_before, &pids, &workdirs);
 }
 

@@ -102,6 +102,9 @@ pub fn fc_cmdline(base: &str, spec: &GuestSpec) -> Vec<String> {
 
 /// The `--config-file` contents for one guest.
 pub fn vm_config(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Value {
+    // Neither io_engine (Sync, Async) nor cache_type (Unsafe, Writeback: flush handling)
+    // opens the drive with O_DIRECT: reads go through the host page cache, so hostd evicts
+    // the file before every measured read (datadisk::cache_policy).
     let drives: Vec<Value> = spec
         .data_disk
         .iter()

@@ -253,20 +253,24 @@ pub fn qemu_args(profile: Profile, accel: Accel, kernel: &Kernel, initramfs: &Pa
     }
     if let Some(disk) = &spec.data_disk {
         let file = opt_value(disk);
+        // cache.direct=on: QEMU opens the image with O_DIRECT, so guest reads come from the
+        // device, never the host's page cache (datadisk::cache_policy). aio=threads is the
+        // engine that works everywhere, TCG included.
         match profile {
             Profile::Microvm => push(&[
                 "-drive",
-                &format!("id=d0,file={file},format=raw,if=none,readonly=on"),
+                &format!("id=d0,file={file},format=raw,if=none,readonly=on,cache.direct=on,aio=threads"),
                 "-device",
                 "virtio-blk-device,drive=d0",
             ]),
             // ide-hd refuses a read-only drive; snapshot=on opens the image read-only and
-            // sends guest writes to a throwaway overlay (in TMPDIR = the work directory).
+            // sends guest writes to a throwaway overlay (in TMPDIR = the work directory),
+            // which QEMU always opens without O_DIRECT (cache=unsafe), so tmpfs will do.
             // The q35 chipset's own AHCI controller (bus ide.0) is used: a second one
             // would only add probing time.
             Profile::Full => push(&[
                 "-drive",
-                &format!("id=d0,file={file},format=raw,if=none,snapshot=on"),
+                &format!("id=d0,file={file},format=raw,if=none,snapshot=on,cache.direct=on,aio=threads"),
                 "-device",
                 "ide-hd,drive=d0,bus=ide.0",
             ]),
@@ -396,7 +400,7 @@ mod tests {
             "-append", "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2596150 tsc=reliable no_timer_check vb.poweroff=reboot vb.ctl=tty:/dev/hvc0 vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
             "-chardev", "file,id=con,path=/proc/self/fd/1,append=on", "-serial", "chardev:con",
             "-chardev", "socket,id=ctl,fd=3", "-device", "virtio-serial-device", "-device", "virtconsole,chardev=ctl",
-            "-drive", "id=d0,file=/store/disk,,1.img,format=raw,if=none,readonly=on", "-device", "virtio-blk-device,drive=d0",
+            "-drive", "id=d0,file=/store/disk,,1.img,format=raw,if=none,readonly=on,cache.direct=on,aio=threads", "-device", "virtio-blk-device,drive=d0",
             "-netdev", "tap,id=n0,ifname=vbl1,script=no,downscript=no", "-device", "virtio-net-device,netdev=n0,mac=02:76:62:d3:00:03",
         ];
         assert_eq!(a, expect);
@@ -418,7 +422,7 @@ mod tests {
             "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check vb.ctl=tty:/dev/ttyS1 vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
             "-chardev", "file,id=con,path=/proc/self/fd/1,append=on", "-serial", "chardev:con",
             "-chardev", "socket,id=ctl,fd=3", "-serial", "chardev:ctl",
-            "-drive", "id=d0,file=/store/disk,,1.img,format=raw,if=none,snapshot=on", "-device", "ide-hd,drive=d0,bus=ide.0",
+            "-drive", "id=d0,file=/store/disk,,1.img,format=raw,if=none,snapshot=on,cache.direct=on,aio=threads", "-device", "ide-hd,drive=d0,bus=ide.0",
             "-netdev", "tap,id=n0,ifname=vbl1,script=no,downscript=no", "-device", "e1000,netdev=n0,mac=02:76:62:d3:00:03",
         ];
         assert_eq!(a, expect);

@@ -70,6 +70,8 @@ pub fn uml_args(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Vec<Stri
         format!("con1=fd:{CTL_FD},fd:{CTL_FD}"),
     ];
     if let Some(disk) = &spec.data_disk {
+        // ubd has no O_DIRECT mode (its flags are r, s = O_SYNC, d, c): its reads go
+        // through the host page cache, so hostd evicts the file before every measured read.
         a.push(format!("ubd0r={}", disk.display()));
     }
     if let Some(net) = &spec.net {

@@ -18,8 +18,9 @@
 //! - Network: a vif whose hotplug script (written per guest, run by libxl) moves netback's
 //!   `vif<domid>.<n>` into the fleet namespace as the guest's link name and puts it on the
 //!   bridge.
-//! - Disk: the data disk as a read-only `xvda` through the toolstack's default block
-//!   handling.
+//! - Disk: the data disk as a read-only `xvda` served by QEMU's Xen block backend (`qdisk`)
+//!   with `direct-io-safe`, which lets it open the image with O_DIRECT: the toolstack's
+//!   default for a file (blkback over a loop device) reads through dom0's page cache.
 //! - Teardown: after the agent's power-off the domain destroys itself and `xl create -F`
 //!   exits; whatever is still there is `xl destroy`ed before the processes are killed.
 //! - Memory: a domain's RAM is Xen's, not dom0's, so it is not in dom0's /proc/meminfo nor
@@ -291,7 +292,13 @@ pub fn domain_config(ty: DomainType, kernel: &Kernel, initramfs: &Path, spec: &G
     }
     if let Some(disk) = &spec.data_disk {
         // target= goes last: everything after it is the path, commas included.
-        line("disk", format!("[ {} ]", xl_string("disk", &format!("format=raw,vdev=xvda,access=ro,target={}", disk.display()))?));
+        line(
+            "disk",
+            format!(
+                "[ {} ]",
+                xl_string("disk", &format!("format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,target={}", disk.display()))?
+            ),
+        );
     }
     Ok(c)
 }
@@ -727,7 +734,7 @@ on_poweroff = \"destroy\"
 on_reboot = \"destroy\"
 on_crash = \"destroy\"
 vif = [ \"mac=02:76:62:d3:00:03,script=/run/virtbench/r1/g1/vif-hotplug\" ]
-disk = [ \"format=raw,vdev=xvda,access=ro,target=/store/disk,1.img\" ]
+disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,target=/store/disk,1.img\" ]
 ";
         assert_eq!(c, expect);
         assert_eq!(config_domain_name(&c).as_deref(), Some("vb-r1-g1"));

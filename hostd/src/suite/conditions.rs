@@ -219,6 +219,8 @@ mod tests {
             sync: None,
             cpus: None,
             vcpus: None,
+            cache_policy: String::new(),
+            resident_before: None,
         }
     }
 

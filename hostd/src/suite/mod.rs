@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchSpec, Resource};
 
 use crate::backend::BackendKind;
+use crate::guest::RunningGuest;
 use crate::netlab::NetPath;
 pub use sync::{run_together, StartSync, Starter, Timed};
 
@@ -33,7 +34,9 @@ pub struct Workloads {
     /// Memory: passes of C = A + B + C. Default 10.
     #[serde(default = "d_mem_passes")]
     pub mem_passes: u32,
-    /// Disk: bytes read per run, MiB (the data disk must be at least this large). Default 32.
+    /// Disk: bytes read per run, MiB (the data disk must be at least this large). Default
+    /// 1024: about 1 s of O_DIRECT reads natively on an ordinary SSD or virtual disk, and
+    /// more than a default guest's memory.
     #[serde(default = "d_disk_mib")]
     pub disk_mib: u64,
     /// Disk: block size, KiB. Default 256.
@@ -57,7 +60,7 @@ fn d_mem_passes() -> u32 {
     10
 }
 fn d_disk_mib() -> u64 {
-    32
+    1024
 }
 fn d_disk_block() -> u32 {
     256
@@ -99,7 +102,8 @@ impl Default for Workloads {
 /// Where a guest finds the data disk and the network peer.
 #[derive(Debug, Clone)]
 pub struct Targets {
-    /// Host path of the data disk image (every guest gets it read-only).
+    /// Host path of the data disk for a guest launched without one of its own (each
+    /// campaign guest gets its own copy: [`guest_spec`] uses that).
     pub disk: PathBuf,
     /// The network benchmarks' server (a native agent on the fleet bridge).
     pub peer: SocketAddr,
@@ -118,6 +122,37 @@ pub fn spec_for(r: Resource, w: &Workloads, kind: BackendKind, t: &Targets) -> B
             direct: true,
         },
         Resource::Network => BenchSpec::NetStream { peer: t.peer.to_string(), duration_ms: w.net_duration_ms, msg_size: w.net_msg_size },
+    }
+}
+
+/// The benchmark of `r` for guest `g`: its own data disk copy when it has one.
+pub fn guest_spec(r: Resource, w: &Workloads, kind: BackendKind, g: &RunningGuest, t: &Targets) -> BenchSpec {
+    match &g.spec.data_disk {
+        Some(own) if r == Resource::Disk => spec_for(r, w, kind, &Targets { disk: own.clone(), ..t.clone() }),
+        _ => spec_for(r, w, kind, t),
+    }
+}
+
+/// For a disk benchmark, evicts the readers' data disks from the host page cache and
+/// measures what stayed (right before the request goes out); `None` for other resources.
+pub fn before_reads(kind: BackendKind, r: Resource, readers: &[&RunningGuest]) -> Result<Option<Vec<crate::datadisk::ReadPrep>>, String> {
+    if r != Resource::Disk {
+        return Ok(None);
+    }
+    let files: Vec<(usize, &std::path::Path)> = readers
+        .iter()
+        .map(|g| g.spec.data_disk.as_deref().map(|p| (g.spec.index, p)).ok_or_else(|| format!("{}: no data disk", g.spec.name)))
+        .collect::<Result<_, _>>()?;
+    crate::datadisk::before_reads(kind, &files).map(Some).map_err(|e| e.to_string())
+}
+
+/// Records each disk sample's cache policy and pre-read residency from `preps`.
+pub fn mark_reads(samples: &mut [BenchSample], preps: Option<&[crate::datadisk::ReadPrep]>) {
+    for s in samples {
+        if let Some(p) = preps.and_then(|ps| ps.iter().find(|p| p.guest == s.guest)) {
+            s.cache_policy = p.policy.to_string();
+            s.resident_before = Some(p.residency.fraction());
+        }
     }
 }
 
@@ -161,6 +196,14 @@ pub struct BenchSample {
     /// The workload's parameters ([`Workloads::params`]).
     #[serde(default)]
     pub params: String,
+    /// Disk: how the host page cache was kept out of the read ([`crate::datadisk::cache_policy`]);
+    /// empty for other resources and in samples older than the policy.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cache_policy: String,
+    /// Disk: the share (0..=1) of the guest's data disk copy resident in the host page cache
+    /// just before the read, measured with mincore after eviction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_before: Option<f64>,
     /// Network samples: the kind of path the traffic took (absent in older results).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_path: Option<NetPath>,
@@ -293,6 +336,8 @@ pub fn samples_of(
                 unit: f.unit.to_string(),
                 elapsed_s: r.elapsed_s(),
                 params: params.to_string(),
+                cache_policy: String::new(),
+                resident_before: None,
                 net_path: net.map(|n| n.0),
                 mtu: net.and_then(|n| n.1),
                 sync: timed.sync.as_ref().and_then(|s| s.get(instance).copied()),
@@ -334,6 +379,8 @@ pub(crate) mod testing {
             params: "p".into(),
             cpus: None,
             vcpus: None,
+            cache_policy: String::new(),
+            resident_before: None,
             net_path: None,
             mtu: None,
             sync: None,

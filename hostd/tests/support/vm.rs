@@ -13,7 +13,8 @@ use hostd::backend::{AnyBackend, BackendKind, BackendOptions, Exit, GuestNet, Gu
 use hostd::guest::{boot, RunningGuest};
 use hostd::microbench::run_once;
 use hostd::netlab::{self, FleetNet};
-use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
+use hostd::suite::Test;
+use vb_protocol::bench::{BenchRequest, BenchSpec, Resource, Work};
 use vb_protocol::msg::{Command, ReplyBody, Role};
 
 /// Size of the data disk the disk benchmark reads.
@@ -129,6 +130,10 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
     let run = run_id(tag);
     let disk = dir.join("disk.img");
     hostd::microbench::write_data_file(&disk, DISK_MIB).unwrap();
+    // Each of the n guests reads its own copy, on a disk-backed file system (the suite's
+    // per-guest data sets), evicted from the host cache before each measured read.
+    let copy_dir = tempfile::Builder::new().prefix("vb-copies").tempdir_in("/var/tmp").unwrap();
+    let copies = hostd::datadisk::DataDisks::new(&disk, DISK_MIB << 20, &copy_dir.path().join(&run), &run).unwrap();
     let fleet = FleetNet::create(&run).unwrap();
     let _guard = RunGuard { run: run.clone(), net: Some(fleet.clone()) };
     let hello_timeout = Duration::from_secs(120);
@@ -142,7 +147,7 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
 
     // n guests at once.
     let t0 = Instant::now();
-    let specs: Vec<GuestSpec> = (0..n).map(|i| spec(&run, i, dir, Some(&fleet), Some(&disk))).collect();
+    let specs: Vec<GuestSpec> = (0..n).map(|i| spec(&run, i, dir, Some(&fleet), Some(&copies.copy_for(i).unwrap()))).collect();
     let results = futures::future::join_all(specs.into_iter().map(|s| boot(backend, s, hello_timeout))).await;
     let all = t0.elapsed();
     let guests: Vec<RunningGuest> = results.into_iter().map(|r| r.unwrap_or_else(|e| panic!("{kind}: {e}"))).collect();
@@ -225,9 +230,21 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
         start_at_ns: None,
     };
     for g in &guests {
+        // As the suite does it: the guest's copy evicted, its residency measured, the read,
+        // and a sample that says both.
+        let preps = hostd::suite::before_reads(kind, Resource::Disk, &[g]).unwrap_or_else(|e| panic!("{kind}: {e}"));
         let rep = run_once(&g.conn, &dreq, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{kind}: disk: {e:#}"));
         let Work::Disk { bytes, .. } = rep.instances[0].work else { panic!() };
         assert_eq!(bytes, DISK_MIB << 20, "{kind}: {} is the data disk", exp.disk);
+        let mut samples = hostd::suite::samples_of(kind, Test::Overhead, Resource::Disk, "", n, 0, g.spec.index, &hostd::suite::sync::Timed { report: rep, sync: None }, None);
+        hostd::suite::mark_reads(&mut samples, preps.as_deref());
+        assert_disk_sample(kind, &samples);
+    }
+    // After a read the copy may be cached again (UML, Firecracker), never with O_DIRECT (QEMU).
+    let after = hostd::pagecache::residency(guests[0].spec.data_disk.as_ref().unwrap()).unwrap();
+    println!("{kind}: {:.0} % of the data resident after a read", after.fraction() * 100.0);
+    if kind == BackendKind::QemuMicrovm || kind == BackendKind::QemuFull {
+        assert_eq!(after.resident_bytes, 0, "{kind}: QEMU's cache.direct=on reads bypass the host page cache");
     }
     let f = run_once(&guests[0].conn, &dreq, Duration::from_secs(60)).await.unwrap().instances[0].figure();
     println!("{kind}: disk read {:.1} {}", f.value, f.unit);
@@ -252,8 +269,18 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
     let links = String::from_utf8_lossy(&links.stdout);
     assert!(!links.contains("vbt"), "{kind}: taps left: {links}");
     fleet.destroy().unwrap();
+    copies.remove().unwrap();
     let ns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&ns.stdout).contains(&fleet.netns), "{kind}: namespace left");
+}
+
+/// A disk sample records its backend's cache policy and that none of the data was in the
+/// host page cache before the read.
+pub fn assert_disk_sample(kind: BackendKind, samples: &[hostd::suite::BenchSample]) {
+    assert_eq!(samples.len(), 1, "{kind}: one instance, one sample");
+    let s = &samples[0];
+    assert_eq!(s.cache_policy, hostd::datadisk::cache_policy(kind), "{kind}: {s:?}");
+    assert_eq!(s.resident_before, Some(0.0), "{kind}: data resident before the read: {s:?}");
 }
 
 /// Serializes the heavy tests of one binary: TCG guests of two tests at once on a small
