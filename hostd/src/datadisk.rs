@@ -65,6 +65,33 @@ pub enum DataDiskError {
     NoSpace { dir: PathBuf, free: u64, need: u64 },
     #[error(transparent)]
     PageCache(#[from] PageCacheError),
+    #[error("data disk copy {}: levelling read with O_DIRECT: {source}", path.display())]
+    Level { path: PathBuf, source: io::Error },
+}
+
+/// Reads a whole file with O_DIRECT (which bypasses this host's page cache): whatever caches
+/// lie below this host's block device — a hypervisor's, when this host is itself a VM, or
+/// the drive's — then hold it as they would after any recent read. Measured here: a file
+/// not read for an hour came at 660 MB/s, the same file read again at 1.2 GB/s; without
+/// this, the backend measured second on a guest's copy (ns after native) read it faster.
+pub fn level(path: &Path) -> Result<(), DataDiskError> {
+    use std::io::Read;
+    const CHUNK: usize = 1 << 20;
+    const ALIGN: usize = 4096;
+    let err = |source| DataDiskError::Level { path: path.into(), source };
+    let mut f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).map_err(err)?;
+    // O_DIRECT needs an aligned buffer: take the aligned CHUNK inside a larger one.
+    let mut raw = vec![0u8; CHUNK + ALIGN];
+    let off = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
+    let buf = &mut raw[off..off + CHUNK];
+    loop {
+        match f.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
 }
 
 /// Space left free on the copies' file system after a copy, bytes.
@@ -172,7 +199,12 @@ pub struct ReadPrep {
 /// resident, right before the read is requested. A guest whose data disk is not a regular
 /// host file (a block device named by hand) is refused: its cache cannot be checked.
 pub fn before_reads(kind: BackendKind, readers: &[(usize, &Path)]) -> Result<Vec<ReadPrep>, DataDiskError> {
-    // Evict all first, measure after: the last eviction's sync cannot refill an earlier file.
+    // Level the caches below this host first (every backend's read then meets the same
+    // state there), then evict all, then measure: the last eviction's sync cannot refill
+    // an earlier file.
+    for (_, p) in readers {
+        level(p)?;
+    }
     for (_, p) in readers {
         pagecache::evict(p)?;
     }

@@ -259,6 +259,7 @@ async fn repeat(
     for i in 0..opts.warmup + opts.reps {
         let counted = i >= opts.warmup;
         if let Some(p) = evict {
+            crate::datadisk::level(p)?;
             let left = crate::pagecache::evict(p)?;
             if left.resident_bytes > 0 {
                 bail!("{}: {} bytes stay in the page cache after eviction (mapped by a process?): the read would not come from the disk", p.display(), left.resident_bytes);
