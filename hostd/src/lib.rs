@@ -15,6 +15,7 @@ pub mod channel;
 pub mod compare;
 pub mod console;
 pub mod daemon;
+pub mod fidelity;
 pub mod fleet;
 pub mod floor;
 pub mod guest;

@@ -29,6 +29,9 @@ pub struct HostInfo {
     pub cpu_model: String,
     pub cpus: u32,
     pub mem_total_kib: u64,
+    /// The last-level cache (sysfs), which sizes the memory benchmark's working set.
+    #[serde(default)]
+    pub llc: Option<crate::fidelity::Llc>,
 }
 
 impl Provenance {
@@ -46,13 +49,116 @@ impl Provenance {
     /// One line per fact, for the head of a printed table.
     pub fn lines(&self) -> Vec<String> {
         let mut v = vec![
-            format!("host: {} — {} ({} CPUs, {} MiB), kernel {}", self.host.hostname, self.host.cpu_model, self.host.cpus, self.host.mem_total_kib / 1024, self.host.kernel),
+            format!(
+                "host: {} — {} ({} CPUs, {} MiB, last-level cache {}), kernel {}",
+                self.host.hostname,
+                self.host.cpu_model,
+                self.host.cpus,
+                self.host.mem_total_kib / 1024,
+                self.host.llc.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
+                self.host.kernel
+            ),
             format!("hostd {} at {}, measured {}", self.hostd_version, self.git_revision, self.date),
         ];
         v.extend(self.artifacts.iter().map(|(k, h)| format!("{k} sha256 {h}")));
         v.extend(self.notes.iter().cloned());
         v
     }
+}
+
+impl Provenance {
+    /// A short name for what must match for samples to be comparable: the artifacts'
+    /// hashes, hostd's version and revision, and the host. Not the date, nor the notes.
+    pub fn id(&self) -> String {
+        let key = serde_json::json!({
+            "artifacts": self.artifacts,
+            "host": self.host,
+            "git_revision": self.git_revision,
+            "hostd_version": self.hostd_version,
+        });
+        hex::encode(&Sha256::digest(key.to_string().as_bytes())[..8])
+    }
+
+    /// What differs from `recorded` (a run's provenance) in `self` (now), one line each:
+    /// artifacts added, gone or changed, hostd's version or revision, the host. Facts the
+    /// recording did not have (an older hostd recorded no LLC) are not differences.
+    pub fn differences(&self, recorded: &Provenance) -> Vec<String> {
+        let mut d = Vec::new();
+        let short = |h: &str| h.chars().take(12).collect::<String>();
+        for (k, h) in &recorded.artifacts {
+            match self.artifacts.get(k) {
+                None => d.push(format!("artifact {k}: recorded sha256 {}…, now absent", short(h))),
+                Some(now) if now != h => d.push(format!("artifact {k}: sha256 {}… recorded, {}… now", short(h), short(now))),
+                Some(_) => {}
+            }
+        }
+        for (k, h) in &self.artifacts {
+            if !recorded.artifacts.contains_key(k) {
+                d.push(format!("artifact {k}: not recorded, now sha256 {}…", short(h)));
+            }
+        }
+        let mut field = |what: &str, was: String, now: String| {
+            if was != now {
+                d.push(format!("{what}: {was:?} recorded, {now:?} now"));
+            }
+        };
+        field("hostd version", recorded.hostd_version.clone(), self.hostd_version.clone());
+        field("hostd revision", recorded.git_revision.clone(), self.git_revision.clone());
+        let (r, n) = (&recorded.host, &self.host);
+        field("host name", r.hostname.clone(), n.hostname.clone());
+        field("host kernel", r.kernel.clone(), n.kernel.clone());
+        field("host CPU", r.cpu_model.clone(), n.cpu_model.clone());
+        field("host CPUs", r.cpus.to_string(), n.cpus.to_string());
+        field("host memory (KiB)", r.mem_total_kib.to_string(), n.mem_total_kib.to_string());
+        if r.llc.is_some() {
+            field("host last-level cache", format!("{:?}", r.llc), format!("{:?}", n.llc));
+        }
+        d
+    }
+}
+
+/// Which provenance each sample of a campaign's samples came from: the provenance in force
+/// is named in each sample (untagged samples, from an older hostd, came from `base`, the
+/// results directory's `provenance.json`). Lines for the report when a run mixes
+/// provenances, with how many samples each one measured; nothing when it does not.
+pub fn mixed_lines(records: &[crate::samples::Record], base: Option<&Provenance>) -> Vec<String> {
+    use crate::samples::Record;
+    let mut order: Vec<(String, String, usize)> = Vec::new();
+    let base_id = base.map(Provenance::id).unwrap_or_default();
+    if let Some(b) = base {
+        order.push((base_id.clone(), format!("hostd {} at {}, recorded {} (provenance.json)", b.hostd_version, b.git_revision, b.date), 0));
+    }
+    for r in records {
+        match r {
+            Record::Provenance { id, provenance } => {
+                if !order.iter().any(|(i, _, _)| i == id) {
+                    let what = format!("hostd {} at {}, recorded {}", provenance.hostd_version, provenance.git_revision, provenance.date);
+                    order.push((id.clone(), what, 0));
+                }
+            }
+            Record::Bench(_) | Record::Startup(_) | Record::Memory(_) => {
+                let id = r.provenance_id().filter(|i| !i.is_empty()).unwrap_or(&base_id).to_string();
+                match order.iter_mut().find(|(i, _, _)| *i == id) {
+                    Some(e) => e.2 += 1,
+                    None => order.push((id, "the run's provenance.json (no provenance record)".into(), 1)),
+                }
+            }
+            _ => {}
+        }
+    }
+    order.retain(|(_, _, n)| *n > 0);
+    if order.len() < 2 {
+        return Vec::new();
+    }
+    let mut v = vec![format!(
+        "this run mixes {} provenances (resumed with --force-mixed): figures combine samples measured with different artifacts, hostd or host",
+        order.len()
+    )];
+    v.extend(order.into_iter().map(|(id, what, n)| {
+        let id = if id.is_empty() { "(untagged)".to_string() } else { id };
+        format!("provenance {id}: {what}; {n} samples")
+    }));
+    v
 }
 
 impl HostInfo {
@@ -69,6 +175,7 @@ impl HostInfo {
                 .unwrap_or_else(|| "unknown".into()),
             cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
             mem_total_kib: crate::memory::meminfo_field(&meminfo, "MemTotal").unwrap_or(0),
+            llc: crate::fidelity::llc(),
         }
     }
 }

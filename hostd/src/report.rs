@@ -110,6 +110,9 @@ pub struct Report {
     pub implausible_records: usize,
     #[serde(default)]
     pub rejected: Vec<Rejected>,
+    /// Where the run departs from the paper's method ([`crate::fidelity::report_notes`]).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -258,7 +261,8 @@ pub fn build(dir: &Path) -> Result<Report, DirError> {
     let samples = Samples::read(dir)?;
     let provenance = results::read_optional(&dir.join("provenance.json"), results::MAX_FILE_BYTES)?
         .and_then(|b| serde_json::from_slice(&b).ok());
-    Ok(build_from(samples, provenance))
+    let notes = crate::fidelity::report_notes(dir, &samples.records, provenance.as_ref());
+    Ok(Report { notes, ..build_from(samples, provenance) })
 }
 
 /// Builds the report from samples already taken in (the fuzz target feeds it arbitrary
@@ -313,6 +317,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
                 probes.insert(backend, description);
             }
             Record::GuestLost { backend, step, failure } => lost.push((backend, step, failure)),
+            Record::Provenance { .. } => {}
         }
     }
     let rows: Vec<BootRow> = fleets
@@ -477,6 +482,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         failed_steps,
         failures,
         lost,
+        notes: Vec::new(),
         unreadable_records: unreadable,
         implausible_records: implausible,
         rejected,
@@ -769,6 +775,7 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
         }
         h.push_str("</ul>");
     }
+    h.push_str(&crate::fidelity::notes_html(&rep.notes));
     let _ = write!(h, "<p>Cores available to guests: {}. Every figure's points are means over the repetitions recorded in <code>samples.jsonl</code>; error bars are one standard deviation.</p>", rep.cores);
     if !rep.probes.is_empty() || !rep.unavailable.is_empty() {
         h.push_str("<h2>Backends</h2><table><tr><th>backend</th><th>status</th></tr>");

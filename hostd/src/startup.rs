@@ -46,6 +46,10 @@ pub struct StartupSample {
     pub guest_boot_s: Option<f64>,
     /// Of which the kernel's part (until init started), where the guest could tell.
     pub guest_kernel_s: Option<f64>,
+    /// Id of the provenance it was measured under ([`crate::provenance::Provenance::id`]);
+    /// empty in older results (their `provenance.json`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub provenance: String,
 }
 
 /// The fleet's memory when every guest was booted and idle.
@@ -64,6 +68,10 @@ pub struct MemorySample {
     pub guests: Vec<GuestMemory>,
     /// hostd's own PSS while the fleet ran (part of M_tool).
     pub hostd_pss_kib: u64,
+    /// Id of the provenance it was measured under ([`crate::provenance::Provenance::id`]);
+    /// empty in older results (their `provenance.json`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub provenance: String,
 }
 
 /// Everything one fleet boot produced.
@@ -141,6 +149,7 @@ pub fn startup_samples(kind: BackendKind, n: usize, mode: StartMode, fleet: &cra
                 own_s: g.startup.as_secs_f64(),
                 guest_boot_s: own_kernel.then_some(c.boottime_ns as f64 / 1e9),
                 guest_kernel_s: if own_kernel { c.kernel_init_ns.or(c.agent_start_ns).map(|ns| ns as f64 / 1e9) } else { None },
+                provenance: String::new(),
             }
         })
         .collect()
@@ -175,6 +184,7 @@ pub async fn boot_and_measure(
         settle_s: settle.as_secs_f64(),
         guests: fleet.guests.iter().map(|g| memory::guest_memory(&g.process)).collect(),
         hostd_pss_kib: memory::pss_kib(std::process::id()).unwrap_or(0),
+        provenance: String::new(),
     });
     let mut failures = fleet.failures.clone();
     let Teardown { clean, killed, failed, .. } = fleet.teardown(backend, Duration::from_secs(10)).await;

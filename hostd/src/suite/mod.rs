@@ -19,17 +19,23 @@ use crate::backend::BackendKind;
 use crate::guest::RunningGuest;
 use crate::microbench::run_once;
 
-/// The microbenchmarks' sizes (small enough for emulated guests, large enough to time).
+/// The microbenchmarks' sizes: by default one native run lasts about a second or more
+/// (timer and scheduling noise stay small next to it) and the memory benchmark's working set
+/// is at least 4 × the host's last-level cache ([`crate::fidelity`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workloads {
-    /// CPU: Newton steps towards √2. Default 20 000 000.
+    /// CPU: Newton steps towards √2. Default 200 000 000 (about 1.1 s natively on the
+    /// reference host, docs/campaigns.md).
     #[serde(default = "d_cpu_rounds")]
     pub cpu_rounds: u64,
-    /// Memory: matrix side (three n×n f64 matrices). Default 512.
-    #[serde(default = "d_mem_n")]
+    /// Memory: matrix side (three n×n f64 matrices), or "auto" (stored as
+    /// [`crate::fidelity::AUTO`]): the smallest side whose working set is at least 4 × the
+    /// host's last-level cache, resolved when the campaign runs. Default "auto".
+    #[serde(default = "d_mem_n", with = "crate::fidelity::auto_u32")]
     pub mem_n: u32,
-    /// Memory: passes of C = A + B + C. Default 10.
+    /// Memory: passes of C = A + B + C. Default 12 (about 1.2 s natively at the "auto" size
+    /// on the reference host).
     #[serde(default = "d_mem_passes")]
     pub mem_passes: u32,
     /// Disk: bytes read per run, MiB (the data disk must be at least this large). Default 32.
@@ -47,13 +53,13 @@ pub struct Workloads {
 }
 
 fn d_cpu_rounds() -> u64 {
-    20_000_000
+    200_000_000
 }
 fn d_mem_n() -> u32 {
-    512
+    crate::fidelity::AUTO
 }
 fn d_mem_passes() -> u32 {
-    10
+    12
 }
 fn d_disk_mib() -> u64 {
     32
@@ -160,6 +166,10 @@ pub struct BenchSample {
     /// The workload's parameters ([`Workloads::params`]).
     #[serde(default)]
     pub params: String,
+    /// Id of the provenance it was measured under ([`crate::provenance::Provenance::id`]);
+    /// empty in older results (their `provenance.json`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub provenance: String,
 }
 
 /// Sends one request to each (guest, request) pair at the same moment and waits for all.
@@ -204,6 +214,7 @@ pub fn samples_of(
                 unit: f.unit.to_string(),
                 elapsed_s: r.elapsed_s(),
                 params: params.to_string(),
+                provenance: String::new(),
             }
         })
         .collect()
