@@ -140,7 +140,7 @@ pub fn mixed_lines(records: &[crate::samples::Record], base: Option<&Provenance>
                 let id = r.provenance_id().filter(|i| !i.is_empty()).unwrap_or(&base_id).to_string();
                 match order.iter_mut().find(|(i, _, _)| *i == id) {
                     Some(e) => e.2 += 1,
-                    None => order.push((id, "the run's provenance.json (no provenance record)".into(), 1)),
+                    None => order.push((id, "no provenance record names it".into(), 1)),
                 }
             }
             _ => {}
