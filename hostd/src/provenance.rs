@@ -156,7 +156,7 @@ pub fn mixed_lines(records: &[crate::samples::Record], base: Option<&Provenance>
     )];
     v.extend(order.into_iter().map(|(id, what, n)| {
         let id = if id.is_empty() { "(untagged)".to_string() } else { id };
-        format!("provenance {id}: {what}; {n} samples")
+        format!("provenance {id}: {what}; {n} sample{}", if n == 1 { "" } else { "s" })
     }));
     v
 }
@@ -193,4 +193,64 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::samples::Record;
+
+    fn prov(kernel: &str, version: &str, date: &str) -> Provenance {
+        Provenance {
+            artifacts: [("kernel-pc".to_string(), kernel.to_string()), ("agent".to_string(), "a".repeat(64))].into(),
+            host: HostInfo { hostname: "h".into(), kernel: "6.1".into(), cpu_model: "c".into(), cpus: 2, mem_total_kib: 1 << 20, llc: None },
+            git_revision: "r1".into(),
+            hostd_version: version.into(),
+            date: date.into(),
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn id_and_differences_cover_artifacts_hostd_and_host_not_the_date() {
+        let a = prov(&"1".repeat(64), "0.1.0", "2026-12-01T00:00:00Z");
+        let later = prov(&"1".repeat(64), "0.1.0", "2026-12-02T00:00:00Z");
+        assert_eq!(a.id(), later.id());
+        assert!(later.differences(&a).is_empty());
+        let mut b = prov(&"2".repeat(64), "0.2.0", "2026-12-02T00:00:00Z");
+        b.artifacts.insert("rootfs".into(), "3".repeat(64));
+        b.host.llc = Some(crate::fidelity::Llc { level: 3, size_kib: 1024 });
+        assert_ne!(a.id(), b.id());
+        assert_eq!(
+            b.differences(&a),
+            [
+                "artifact kernel-pc: sha256 111111111111… recorded, 222222222222… now",
+                "artifact rootfs: not recorded, now sha256 333333333333…",
+                "hostd version: \"0.1.0\" recorded, \"0.2.0\" now",
+            ],
+            "an LLC the recording lacked is not a difference"
+        );
+        b.artifacts.remove("agent");
+        assert!(b.differences(&a).contains(&format!("artifact agent: recorded sha256 {}…, now absent", "a".repeat(12))));
+    }
+
+    #[test]
+    fn mixed_runs_list_each_provenance_with_its_samples() {
+        let a = prov(&"1".repeat(64), "0.1.0", "2026-12-01T00:00:00Z");
+        let b = prov(&"2".repeat(64), "0.1.0", "2026-12-02T00:00:00Z");
+        let bench = |id: &str| {
+            let mut r: Record = serde_json::from_str(r#"{"record":"bench","backend":"native","test":"overhead","resource":"cpu","n":1,"rep":0,"guest":0,"instance":0,"value":1.0,"unit":"s","elapsed_s":1.0,"params":"rounds=8"}"#).unwrap();
+            r.tag_provenance(id);
+            r
+        };
+        // Untagged samples (an older hostd) are provenance.json's.
+        let one = vec![bench(""), Record::Provenance { id: a.id(), provenance: a.clone() }, bench(&a.id())];
+        assert!(mixed_lines(&one, Some(&a)).is_empty());
+        let two = [one, vec![Record::Provenance { id: b.id(), provenance: b.clone() }, bench(&b.id())]].concat();
+        let l = mixed_lines(&two, Some(&a));
+        assert_eq!(l.len(), 3, "{l:#?}");
+        assert!(l[0].starts_with("this run mixes 2 provenances"));
+        assert_eq!(l[1], format!("provenance {}: hostd 0.1.0 at r1, recorded 2026-12-01T00:00:00Z (provenance.json); 2 samples", a.id()));
+        assert_eq!(l[2], format!("provenance {}: hostd 0.1.0 at r1, recorded 2026-12-02T00:00:00Z; 1 sample", b.id()));
+    }
 }
