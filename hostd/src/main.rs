@@ -212,8 +212,9 @@ struct BenchArgs {
     /// CPU: Newton steps towards √2.
     #[arg(long, default_value_t = 100_000_000)]
     cpu_rounds: u64,
-    /// Memory: matrix side n (three n×n f64 matrices).
-    #[arg(long, default_value_t = 2048)]
+    /// Memory: matrix side n (three n×n f64 matrices), or "auto": the smallest whose
+    /// working set is 4 × this host's last-level cache.
+    #[arg(long, default_value = "auto", value_parser = parse_mem_n)]
     mem_n: u32,
     /// Memory: passes of C = A + B + C.
     #[arg(long, default_value_t = 10)]
@@ -486,6 +487,17 @@ fn dry_run_lines(c: &Campaign, host: &hostd::campaign::HostFacts) -> Vec<String>
     v
 }
 
+/// `--mem-n`: a positive number or "auto" ([`hostd::fidelity::AUTO`]).
+fn parse_mem_n(s: &str) -> Result<u32, String> {
+    if s == "auto" {
+        return Ok(hostd::fidelity::AUTO);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive matrix side or \"auto\"")),
+    }
+}
+
 fn stamp() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-")
 }
@@ -751,7 +763,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         warmup: a.warmup,
         instances: a.instances,
         cpu_rounds: a.cpu_rounds,
-        mem_n: a.mem_n,
+        mem_n: if a.mem_n == hostd::fidelity::AUTO { hostd::fidelity::auto_mem_n(hostd::fidelity::llc().unwrap_or(hostd::fidelity::LLC_FALLBACK)) } else { a.mem_n },
         mem_passes: a.mem_passes,
         disk_file: a.disk_file,
         disk_mb: a.disk_mb,
