@@ -145,11 +145,6 @@ pub async fn run(
     for d in &diff {
         say(format!("   provenance changed (--force-mixed): {d}"));
     }
-    let provenance = now.id();
-    let last_id = records.iter().rev().find_map(|r| if let Record::Provenance { id, .. } = r { Some(id.clone()) } else { None });
-    if last_id.as_deref() != Some(provenance.as_str()) {
-        results.append(&Record::Provenance { id: provenance.clone(), provenance: now }).context("recording the provenance")?;
-    }
     let disk = if campaign.resources.contains(&Resource::Disk) {
         let d = images.disk.clone().context("the disk benchmark needs the data disk image: run `imagegen build`")?;
         let size = std::fs::metadata(&d).with_context(|| format!("data disk {}", d.display()))?.len();
@@ -160,6 +155,12 @@ pub async fn run(
     } else {
         None
     };
+    // Recorded once everything is checked: a run refused here leaves its samples as they were.
+    let provenance = now.id();
+    let last_id = records.iter().rev().find_map(|r| if let Record::Provenance { id, .. } = r { Some(id.clone()) } else { None });
+    if last_id.as_deref() != Some(provenance.as_str()) {
+        results.append(&Record::Provenance { id: provenance.clone(), provenance: now }).context("recording the provenance")?;
+    }
     let mut ctx = Ctx { campaign, images, opts, run, results, done, disk, provenance };
     let plans = campaign.resolved_plans(host.llc);
     for plan in &plans {
