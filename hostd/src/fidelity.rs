@@ -210,7 +210,8 @@ pub mod auto_u32 {
         impl de::Visitor<'_> for V {
             type Value = u32;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a positive integer or \"auto\"")
+                // Only `workloads.mem_n` (and an override's) is read this way: name it.
+                f.write_str("workloads.mem_n: a positive matrix side or \"auto\"")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<u32, E> {
                 if s == "auto" {
