@@ -68,6 +68,28 @@ impl Limit {
     }
 }
 
+impl Limit {
+    /// A clap value parser for a duration in whole seconds: a bare number is seconds
+    /// (`300`), or a duration with units as humantime reads them (`30s`, `5m`, `1h 30m`);
+    /// then checked against the limit, whose unit is seconds.
+    pub fn cli_secs(self) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+        move |s: &str| {
+            let t = s.trim();
+            let secs = match t.parse::<u64>() {
+                Ok(v) => v,
+                Err(_) => {
+                    let d = humantime::parse_duration(t).map_err(|e| format!("{s:?}: not a number of seconds nor a duration such as 30s or 5m ({e})"))?;
+                    if d.subsec_nanos() != 0 {
+                        return Err(format!("{s:?}: whole seconds only"));
+                    }
+                    d.as_secs()
+                }
+            };
+            self.check(secs).map_err(|e| e.to_string())
+        }
+    }
+}
+
 /// Guests in one fleet (startup sizes, overhead sizes, ring, fleet files, `hostd boot -n`).
 pub const GUESTS: Limit = Limit::new(1, 1000, "guests");
 /// Guests of one Xen lab (its emulated host gets memory for all of them).
@@ -152,6 +174,20 @@ pub fn std_deadline(d: Duration) -> std::time::Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_with_units() {
+        let p = BOOT_TIMEOUT_S.cli_secs();
+        assert_eq!(p("300"), Ok(300));
+        assert_eq!(p("30s"), Ok(30));
+        assert_eq!(p("5m"), Ok(300));
+        assert_eq!(p("1h 30m"), Ok(5400));
+        assert!(p("1.5s").unwrap_err().contains("whole seconds"));
+        assert!(p("0").unwrap_err().contains("not in 1..=86400"));
+        assert!(p("2d").unwrap_err().contains("not in"));
+        assert!(p("soon").unwrap_err().contains("duration such as 30s"));
+        assert_eq!(SETTLE_S.cli_secs()("0s"), Ok(0));
+    }
 
     #[test]
     fn ranges_refuse_zero_huge_and_wrapping_values() {

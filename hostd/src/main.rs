@@ -81,9 +81,19 @@ enum Cmd {
     /// Boot the fleet a fleet file describes and keep it running in the background.
     Up(UpArgs),
     /// Show running fleets (all, or the one named).
-    Status { name: Option<String> },
+    Status {
+        /// The fleet's name (from its fleet file); all running fleets when left out.
+        name: Option<String>,
+        /// Print a JSON array of the fleets' status (name, run, backend, guests with
+        /// address and host pid) instead of the text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Tear a running fleet down.
-    Down { name: String },
+    Down {
+        /// The fleet's name (as `hostd status` lists it).
+        name: String,
+    },
     /// Run a campaign: startup, memory and the whole suite on every backend, then the report.
     Run(RunArgs),
     /// Rebuild a results directory's report from its stored samples. Refuses a directory
@@ -91,15 +101,50 @@ enum Cmd {
     /// report built from more data than the samples now hold (missing, cut or swapped
     /// samples) unless --force.
     Report {
+        /// The results directory (one with a samples.jsonl), e.g. results/<date>-run-default-<id>.
         dir: PathBuf,
         /// Replace the report even with one built from less data.
         #[arg(long)]
         force: bool,
     },
     /// Show two runs' main figures side by side (both must be results directories).
-    Compare { a: PathBuf, b: PathBuf },
+    Compare {
+        /// The first results directory (the reference).
+        a: PathBuf,
+        /// The second results directory, shown against the first.
+        b: PathBuf,
+    },
     /// Measure the xen backend on a Xen host emulated by QEMU (for hosts that are not Xen).
     XenLab(hostd::xenlab::LabArgs),
+    /// Say which backends work on this host and why not, with the VMM/runtime versions, the
+    /// accelerator QEMU would use and why, and the host facts that shape results (SMT, THP,
+    /// KSM, cpufreq governor, cgroup mode). Exit status 0 whether or not backends are
+    /// available; 1 if a named --backend is not.
+    Probe(ProbeArgs),
+    /// Print a shell completion script to stdout (e.g. `hostd completions bash >
+    /// /etc/bash_completion.d/hostd`).
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (hostd.1 and one per subcommand, hostd-boot.1, …) into a directory.
+    Manpages {
+        /// Directory to write them into (created if missing).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// Probe only these backends (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    backend: Vec<BackendKind>,
+    /// Print machine-readable JSON (`schema_version`, `host`, `backends[]` with `backend`,
+    /// `available`, `detail`) instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    images: ImageArgs,
 }
 
 #[derive(Args)]
@@ -150,10 +195,17 @@ struct ImageArgs {
     /// QEMU accelerator (kvm or tcg); default: probe KVM with a real boot, else TCG.
     #[arg(long)]
     accel: Option<String>,
+    /// QEMU system emulator for the qemu-* backends (name on PATH or path).
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: String,
+    /// Firecracker binary for the firecracker backend (name on PATH or path).
+    #[arg(long, default_value = "firecracker")]
+    firecracker: String,
 }
 
 #[derive(Args)]
 struct BootArgs {
+    /// Backend to boot the fleets on (`hostd probe` says which work here).
     #[arg(long)]
     backend: BackendKind,
     /// Fleet sizes, comma-separated and increasing, each 1-1000; each is booted cold, then hot.
@@ -172,11 +224,11 @@ struct BootArgs {
     #[arg(long, default_value_t = 0, value_parser = limits::PARALLELISM.cli::<usize>())]
     parallelism: usize,
     /// Seconds from a guest's launch request to its ready message before it counts as
-    /// failed (1-86400).
-    #[arg(long, default_value_t = 300, value_parser = limits::BOOT_TIMEOUT_S.cli::<u64>())]
+    /// failed (1-86400 s; a number of seconds or a duration such as 90s, 5m).
+    #[arg(long, default_value_t = 300, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
     boot_timeout: u64,
-    /// Seconds the booted fleet idles before memory is read (0-3600).
-    #[arg(long, default_value_t = 5, value_parser = limits::SETTLE_S.cli::<u64>())]
+    /// Seconds the booted fleet idles before memory is read (0-3600 s; seconds or e.g. 30s, 1m).
+    #[arg(long, default_value_t = 5, value_parser = limits::SETTLE_S.cli_secs())]
     settle: u64,
     /// Do not attach guests to a fleet network.
     #[arg(long)]
@@ -220,12 +272,12 @@ struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     mem_passes: u32,
     /// Disk: file or block device to read (default: the image store's data disk, else a fresh
-    /// file of --disk-mb in the work directory).
+    /// file of --disk-mib in the work directory).
     #[arg(long)]
     disk_file: Option<PathBuf>,
     /// Disk: size of the file created when --disk-file is not given, MiB (1-1048576).
-    #[arg(long, default_value_t = 256, value_parser = limits::DISK_MIB.cli::<u64>())]
-    disk_mb: u64,
+    #[arg(long = "disk-mib", alias = "disk-mb", default_value_t = 256, value_parser = limits::DISK_MIB.cli::<u64>())]
+    disk_mib: u64,
     /// Disk: read block size, KiB (dd's bs).
     #[arg(long, default_value_t = 1024)]
     disk_block_kib: u32,
@@ -238,14 +290,13 @@ struct BenchArgs {
     /// Network: request and response size for net_rr, bytes.
     #[arg(long, default_value_t = 1)]
     rr_size: u32,
-    /// Guest-agent binary (default: $VIRTBENCH_AGENT, then this workspace's musl build).
-    #[arg(long)]
-    agent: Option<PathBuf>,
-    /// Seconds to wait for the guest's ready message (1-86400).
-    #[arg(long, default_value_t = 30, value_parser = limits::BOOT_TIMEOUT_S.cli::<u64>())]
+    #[command(flatten)]
+    images: ImageArgs,
+    /// Seconds to wait for the guest's ready message (1-86400 s; seconds or e.g. 30s, 2m).
+    #[arg(long, default_value_t = 30, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
     hello_timeout: u64,
-    /// Seconds one benchmark request may take (1-86400).
-    #[arg(long, default_value_t = 600, value_parser = limits::BENCH_TIMEOUT_S.cli::<u64>())]
+    /// Seconds one benchmark request may take (1-86400 s; seconds or e.g. 10m, 1h).
+    #[arg(long, default_value_t = 600, value_parser = limits::BENCH_TIMEOUT_S.cli_secs())]
     bench_timeout: u64,
     /// Print machine-readable JSON instead of the table.
     #[arg(long)]
@@ -292,7 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Bench(a) => all(bench(a).await),
         Cmd::Boot(a) => boot(a).await,
         Cmd::Up(_) => unreachable!("handled before the runtime starts"),
-        Cmd::Status { name } => all(status(name).await),
+        Cmd::Status { name, json } => all(status(name, json).await),
         Cmd::Down { name } => all(down(name).await),
         Cmd::Run(a) => run_campaign(a).await,
         Cmd::Report { dir, force } => {
@@ -301,11 +352,51 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
             Ok(Done::All)
         }
         Cmd::XenLab(a) => all(hostd::xenlab::main(a).await),
+        Cmd::Probe(a) => probe(a).await,
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write as _;
+            // Into a buffer first: generate() panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "hostd", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => anyhow::bail!("writing the completion script: {e}"),
+                _ => Ok(Done::All),
+            }
+        }
+        Cmd::Manpages { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir).map_err(|e| anyhow::anyhow!("writing man pages into {}: {e}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(Done::All)
+        }
         Cmd::Compare { a, b } => {
             print!("{}", hostd::compare::compare(&a, &b)?);
             Ok(Done::All)
         }
     }
+}
+
+async fn probe(a: ProbeArgs) -> anyhow::Result<Done> {
+    // Missing images are a backend's reason, not an error: probe with what there is.
+    let images = hostd::images::resolve(a.images.agent.as_deref()).unwrap_or_else(|e| {
+        tracing::warn!("no images ({e:#}): backends that need them will say so");
+        hostd::backend::Images::default()
+    });
+    let kinds = if a.backend.is_empty() { BackendKind::ALL.to_vec() } else { a.backend.clone() };
+    let r = hostd::probe::probe(&kinds, &images, &backend_options(&a.images)).await;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", hostd::probe::table(&r));
+    }
+    // Asked about particular backends: the status says whether they can run.
+    let missing: Vec<_> = r.backends.iter().filter(|b| !b.available).map(|b| b.backend.name()).collect();
+    if !a.backend.is_empty() && !missing.is_empty() {
+        anyhow::bail!("not available here: {}", missing.join(", "));
+    }
+    Ok(Done::All)
 }
 
 /// The summary line of a written report.
@@ -510,16 +601,22 @@ fn find_fleet(name: &str) -> anyhow::Result<RunState> {
     }
 }
 
-async fn status(name: Option<String>) -> anyhow::Result<()> {
+async fn status(name: Option<String>, json: bool) -> anyhow::Result<()> {
     let fleets = match &name {
         Some(n) => vec![(n.clone(), find_fleet(n)?)],
         None => daemon::live_fleets(),
     };
-    if fleets.is_empty() {
+    let mut all = Vec::with_capacity(fleets.len());
+    for (_, st) in fleets {
+        all.push(daemon::query_status(&st).await?);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else if all.is_empty() {
         println!("no fleets running");
     }
-    for (_, st) in fleets {
-        print!("{}", daemon::format_status(&daemon::query_status(&st).await?));
+    for s in all.iter().filter(|_| !json) {
+        print!("{}", daemon::format_status(s));
     }
     Ok(())
 }
@@ -638,7 +735,7 @@ fn images_or_note(agent: Option<&std::path::Path>) -> anyhow::Result<hostd::back
 }
 
 fn backend_options(a: &ImageArgs) -> BackendOptions {
-    BackendOptions { oci_runtime: a.oci_runtime.clone(), accel: a.accel.clone(), ..Default::default() }
+    BackendOptions { oci_runtime: a.oci_runtime.clone(), accel: a.accel.clone(), qemu: a.qemu.clone(), firecracker: a.firecracker.clone() }
 }
 
 /// Releases what earlier, killed hostd runs left behind, and says so.
@@ -752,12 +849,12 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let images = images_or_note(a.agent.as_deref())?;
+    let images = images_or_note(a.images.agent.as_deref())?;
     let workdir = tempfile::Builder::new().prefix("virtbench-bench-").tempdir()?;
     let opts = BenchOptions {
         backend: a.backend,
         images,
-        backend_opts: Default::default(),
+        backend_opts: backend_options(&a.images),
         benches: a.bench,
         reps: a.reps,
         warmup: a.warmup,
@@ -766,7 +863,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         mem_n: if a.mem_n == hostd::fidelity::AUTO { hostd::fidelity::auto_mem_n(hostd::fidelity::llc().unwrap_or(hostd::fidelity::LLC_FALLBACK)) } else { a.mem_n },
         mem_passes: a.mem_passes,
         disk_file: a.disk_file,
-        disk_mb: a.disk_mb,
+        disk_mib: a.disk_mib,
         disk_block_kib: a.disk_block_kib,
         net_duration_ms: a.net_duration_ms,
         net_msg_size: a.net_msg_size,
@@ -782,4 +879,66 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         print!("{}", microbench::table(&run));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand and every argument (flags, options, positionals) says what it is:
+    /// `--help` is the first documentation a user reads.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sc in c.get_subcommands() {
+                if sc.get_name() == "help" {
+                    continue;
+                }
+                let p = format!("{path} {}", sc.get_name());
+                if sc.get_about().is_none() {
+                    missing.push(format!("{p} (no about)"));
+                }
+                walk(sc, &p, missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "hostd", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
+
+    /// Enum-valued options list their values in the help.
+    #[test]
+    fn enums_list_their_values() {
+        let mut cmd = Cli::command();
+        let boot = cmd.find_subcommand_mut("boot").unwrap();
+        let help = boot.render_long_help().to_string();
+        for v in ["native", "qemu-microvm", "xen"] {
+            assert!(help.contains(v), "boot --help lacks backend {v}: {help}");
+        }
+        assert!(help.contains("cold") && help.contains("hot"), "{help}");
+    }
+
+    #[test]
+    fn completions_and_man_pages() {
+        let mut out = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "hostd", &mut out);
+        let bash = String::from_utf8(out).unwrap();
+        assert!(bash.contains("complete -F") && bash.contains("probe") && bash.contains("--backend"), "{bash}");
+        let d = tempfile::tempdir().unwrap();
+        clap_mangen::generate_to(Cli::command(), d.path()).unwrap();
+        let boot = std::fs::read_to_string(d.path().join("hostd-boot.1")).unwrap();
+        assert!(boot.contains("qemu\\-microvm") || boot.contains("qemu-microvm"), "{boot}");
+    }
 }

@@ -24,10 +24,15 @@ use crate::stats::Summary;
 #[serde(rename_all = "snake_case")]
 #[clap(rename_all = "snake_case")]
 pub enum BenchName {
+    /// Newton steps towards √2 (paper: CPU).
     Cpu,
+    /// Passes of C = A + B + C over three n×n f64 matrices (paper: memory).
     Memory,
+    /// Sequential O_DIRECT read of the data disk, as dd (paper: disk).
     Disk,
+    /// TCP stream bandwidth to the peer, as netperf TCP_STREAM (paper: network).
     NetStream,
+    /// TCP request/response latency to the peer, as netperf TCP_RR.
     NetRr,
 }
 
@@ -47,9 +52,9 @@ pub struct BenchOptions {
     pub cpu_rounds: u64,
     pub mem_n: u32,
     pub mem_passes: u32,
-    /// File the disk benchmark reads; created (disk_mb MiB) in the work directory if absent.
+    /// File the disk benchmark reads; created (disk_mib MiB) in the work directory if absent.
     pub disk_file: Option<PathBuf>,
-    pub disk_mb: u64,
+    pub disk_mib: u64,
     pub disk_block_kib: u32,
     pub net_duration_ms: u32,
     pub net_msg_size: u32,
@@ -101,7 +106,7 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
             Some(p) => p.clone(),
             None => {
                 let p = opts.workdir.join("disk-bench.bin");
-                write_data_file(&p, opts.disk_mb).with_context(|| format!("creating disk benchmark file {}", p.display()))?;
+                write_data_file(&p, opts.disk_mib).with_context(|| format!("creating disk benchmark file {}", p.display()))?;
                 p
             }
         };

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-/// One point: x, y and an optional spread (drawn from y − err to y + err).
+/// One point: x, y and an optional spread (drawn from y − err to y + err). The report's
+/// figures give the half-width of the 95 % confidence interval of the mean (the interval is
+/// symmetric), and say so in each caption.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Point {
     pub x: f64,

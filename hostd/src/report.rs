@@ -10,19 +10,19 @@ use serde::{Deserialize, Serialize};
 use vb_protocol::bench::Resource;
 
 use crate::backend::BackendKind;
-use crate::bootrun::{self, BootRow, BootSummary};
+use crate::bootrun::{self, BootSummary};
 use crate::fleet::GuestFailure;
 use crate::plot::{self, Bars, Chart, Point, Series};
 use crate::provenance::Provenance;
 use crate::results::{self, DirError, ReadError};
 use crate::samples::{Record, Rejected, Samples};
-use crate::startup::{FleetBoot, MemorySample, StartMode, StartupSample};
+use crate::startup::StartMode;
 use crate::stats::Summary;
 use crate::suite::isolation::{self, Policy};
-use crate::suite::linearity;
-use crate::suite::{suite_metric, BenchSample, Test};
+use crate::suite::{linearity, overhead, ring, BenchSample, Test};
 
-/// Mean, spread and count of one point, in the suite's unit for its resource.
+/// Mean, spread, median, 95 % confidence interval of the mean and count of one point, in
+/// the suite's unit for its resource.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stat {
     pub mean: f64,
@@ -31,57 +31,29 @@ pub struct Stat {
     pub max: f64,
     pub samples: usize,
     pub unit: String,
+    #[serde(default)]
+    pub median: f64,
+    /// mean ± t(0.975, n − 1)·s/√n; None for one sample (or a report older than the field).
+    #[serde(default)]
+    pub ci95: Option<[f64; 2]>,
 }
 
 impl Stat {
-    fn of(v: &[f64], unit: &str) -> Option<Stat> {
+    pub fn of(v: &[f64], unit: &str) -> Option<Stat> {
         let s = Summary::of("", unit, v.to_vec())?;
-        Some(Stat { mean: s.mean, std_dev: s.std_dev, min: s.min, max: s.max, samples: v.len(), unit: unit.into() })
+        Some(Stat { mean: s.mean, std_dev: s.std_dev, min: s.min, max: s.max, samples: v.len(), unit: unit.into(), median: s.median, ci95: s.ci95 })
+    }
+
+    /// Half the width of the 95 % confidence interval (the figures' error bars).
+    pub fn ci_half(&self) -> Option<f64> {
+        self.ci95.map(|[lo, hi]| (hi - lo) / 2.0)
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OverheadPoint {
-    pub n: usize,
-    /// T_avn (or the bandwidth for network).
-    pub value: Stat,
-    /// O_vn = T_avn − T_a (for network: B_a − B_avn, the bandwidth lost).
-    pub overhead: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LinearityPoint {
-    pub n: usize,
-    /// Over all guests and repetitions.
-    pub value: Stat,
-    /// Mean over repetitions of the slowest guest's time (lowest bandwidth for network).
-    pub worst: f64,
-    /// The affine reference for this backend: O_v + T_a·max(1, n/capacity) (network:
-    /// B_av / max(1, n/capacity)).
-    pub reference: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IsolationResult {
-    /// Guest 1's copy, relative to one copy alone in one guest (time ratio; for network,
-    /// bandwidth ratio).
-    pub guest1: f64,
-    /// Guest 2's two copies, same scale.
-    pub guest2: [f64; 2],
-    pub per_vm: isolation::Prediction,
-    pub per_process: isolation::Prediction,
-    pub closest: Policy,
-    pub capacity: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RingResult {
-    pub guests: usize,
-    /// Per-guest stream bandwidth, MB/s.
-    pub bandwidth: Stat,
-    /// Per-guest request/response latency, µs.
-    pub latency: Option<Stat>,
-}
+pub use crate::suite::isolation::IsolationResult;
+pub use crate::suite::linearity::LinearityPoint;
+pub use crate::suite::overhead::OverheadPoint;
+pub use crate::suite::ring::RingResult;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -110,6 +82,10 @@ pub struct Report {
     pub implausible_records: usize,
     #[serde(default)]
     pub rejected: Vec<Rejected>,
+    /// Figures (backend/resource) whose samples did not record the CPUs their guests had
+    /// (results older than that record): the host's CPU count (`cores`) stood in.
+    #[serde(default)]
+    pub cpus_assumed: Vec<String>,
     /// Where the run departs from the paper's method ([`crate::fidelity::report_notes`]).
     #[serde(default)]
     pub notes: Vec<String>,
@@ -164,11 +140,15 @@ impl Report {
             }
         };
         fn stat(what: &str, s: &Stat, f: &mut dyn FnMut(&dyn Fn() -> String, f64)) {
+            let [lo, hi] = s.ci95.unwrap_or([s.mean; 2]);
             for (k, v) in [
                 ("mean", s.mean),
                 ("std_dev", s.std_dev),
                 ("min", s.min),
                 ("max", s.max),
+                ("median", s.median),
+                ("ci95 low", lo),
+                ("ci95 high", hi),
             ] {
                 f(&|| format!("{what} {k}"), v);
             }
@@ -266,7 +246,9 @@ pub fn build(dir: &Path) -> Result<Report, DirError> {
 }
 
 /// Builds the report from samples already taken in (the fuzz target feeds it arbitrary
-/// ones). Without a provenance the host's own stands in.
+/// ones). Without a provenance the host's own stands in. Every formula is in the module of
+/// its paper section (`suite::*::analyse`, `startup::analyse`); this only sorts the samples
+/// out and assembles.
 pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
     let Samples {
         records,
@@ -274,16 +256,16 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         implausible,
         rejected,
     } = samples;
-    // A forged provenance's CPU count must not make a capacity of 0 (every model divides).
+    // The host's CPUs, for samples that did not record their guests' own. A forged
+    // provenance's CPU count must not make a capacity of 0 (every model divides).
     let cores = provenance
         .as_ref()
         .map(|p| p.host.cpus as usize)
         .unwrap_or_else(crate::suite::host_cores)
         .clamp(1, 1 << 16);
 
-    // Startup and memory, grouped per fleet.
-    type FleetRecords = (Vec<StartupSample>, Vec<GuestFailure>, Option<MemorySample>);
-    let mut fleets: BTreeMap<(BackendKind, usize, StartMode), FleetRecords> = BTreeMap::new();
+    let mut startups = Vec::new();
+    let mut memory = Vec::new();
     let mut bench: Vec<BenchSample> = Vec::new();
     let mut unavailable = BTreeMap::new();
     let mut probes = BTreeMap::new();
@@ -292,15 +274,9 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
     let mut lost = Vec::new();
     for r in records {
         match r {
-            Record::Startup(s) => fleets.entry((s.backend, s.n, s.mode)).or_default().0.push(s),
-            Record::Memory(m) => {
-                let k = (m.backend, m.n, m.mode);
-                fleets.entry(k).or_default().2 = Some(m);
-            }
-            Record::Failure { backend, n, mode, failure } => {
-                fleets.entry((backend, n, mode)).or_default().1.push(failure.clone());
-                failures.push((backend, n, mode, failure));
-            }
+            Record::Startup(s) => startups.push(s),
+            Record::Memory(m) => memory.push(m),
+            Record::Failure { backend, n, mode, failure } => failures.push((backend, n, mode, failure)),
             Record::FleetDone { .. } => {}
             Record::Bench(b) => bench.push(b),
             Record::StepDone { key } => {
@@ -320,17 +296,14 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
             Record::Provenance { .. } => {}
         }
     }
-    let rows: Vec<BootRow> = fleets
-        .into_iter()
-        .map(|((backend, n, mode), (startups, failures, memory))| {
-            bootrun::row(&FleetBoot { backend, n, mode, startups, failures, memory, teardown_clean: 0, teardown_killed: 0 })
-        })
-        .collect();
-    let startup = bootrun::summarise(provenance.clone().unwrap_or_else(|| Provenance::collect(Default::default())), rows);
+    let startup = crate::startup::analyse(
+        provenance.clone().unwrap_or_else(|| Provenance::collect(Default::default())),
+        startups,
+        memory,
+        failures.clone(),
+    );
 
     // The suite.
-    let metric = |s: &BenchSample| suite_metric(s).0;
-    let unit_of = |r: Resource| if r == Resource::Network { "MB/s" } else { "s" };
     let select = |test: Test, b: BackendKind, r: Resource, n: Option<usize>| -> Vec<&BenchSample> {
         bench.iter().filter(|s| s.test == test && s.backend == b && s.resource == r && n.is_none_or(|n| s.n == n)).collect()
     };
@@ -342,16 +315,10 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
     };
     // T_a: the native backend at n = 1, per resource and workload (a backend with other
     // workloads is compared with a host baseline of the same workload).
-    let mut ta_by: BTreeMap<(Resource, String), f64> = BTreeMap::new();
-    for r in Resource::ALL {
-        let mut by_params: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for s in select(Test::Overhead, BackendKind::Native, r, Some(1)) {
-            by_params.entry(s.params.clone()).or_default().push(metric(s));
-        }
-        for (p, v) in by_params {
-            ta_by.insert((r, p), v.iter().sum::<f64>() / v.len() as f64);
-        }
-    }
+    let ta_of = |r: Resource, params: &str| -> Option<Stat> {
+        let v: Vec<&BenchSample> = select(Test::Overhead, BackendKind::Native, r, Some(1)).into_iter().filter(|s| s.params == params).collect();
+        overhead::baseline(&v)
+    };
     // The workload each backend ran a resource with: its overhead samples at the largest n
     // (extra host baselines only have n = 1).
     let params_of = |b: BackendKind, r: Resource| -> Option<String> {
@@ -359,113 +326,47 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
     };
     let mut baseline = BTreeMap::new();
     for r in Resource::ALL {
-        let Some(p) = params_of(BackendKind::Native, r) else { continue };
-        let v: Vec<f64> =
-            select(Test::Overhead, BackendKind::Native, r, Some(1)).into_iter().filter(|s| s.params == p).map(metric).collect();
-        if let Some(s) = Stat::of(&v, unit_of(r)) {
+        if let Some(s) = params_of(BackendKind::Native, r).and_then(|p| ta_of(r, &p)) {
             baseline.insert(r, s);
         }
     }
     let mut overhead = BTreeMap::new();
     let mut linearity = BTreeMap::new();
     let mut isolation_res = BTreeMap::new();
+    let mut cpus_assumed = Vec::new();
     for &b in &backends {
         for r in Resource::ALL {
-            let higher = r == Resource::Network;
             let params = params_of(b, r);
-            let ta = params.as_ref().and_then(|p| ta_by.get(&(r, p.clone()))).copied();
+            let ta = params.as_deref().and_then(|p| ta_of(r, p)).map(|s| s.mean);
             let same = |s: &&BenchSample| params.as_ref().is_none_or(|p| &s.params == p);
-            let select = |test: Test, b: BackendKind, r: Resource, n: Option<usize>| -> Vec<&BenchSample> {
-                select(test, b, r, n).into_iter().filter(same).collect()
-            };
-            // Overhead.
-            let mut ns: Vec<usize> = select(Test::Overhead, b, r, None).iter().map(|s| s.n).collect();
-            ns.sort();
-            ns.dedup();
-            let pts: Vec<OverheadPoint> = ns
-                .iter()
-                .filter_map(|&n| {
-                    let v: Vec<f64> = select(Test::Overhead, b, r, Some(n)).into_iter().map(metric).collect();
-                    let value = Stat::of(&v, unit_of(r))?;
-                    let overhead = ta.map(|ta| if higher { ta - value.mean } else { value.mean - ta });
-                    Some(OverheadPoint { n, value, overhead })
-                })
-                .collect();
+            let of = |test: Test| -> Vec<&BenchSample> { select(test, b, r, None).into_iter().filter(same).collect() };
+            let pts = overhead::analyse(&of(Test::Overhead), ta);
             let t_av = pts.iter().find(|p| p.n == 1).map(|p| p.value.mean);
             if !pts.is_empty() {
                 overhead.insert(key(b, r), pts);
             }
-            // Linearity.
-            let mut ns: Vec<usize> = select(Test::Linearity, b, r, None).iter().map(|s| s.n).collect();
-            ns.sort();
-            ns.dedup();
-            let cap = linearity::capacity(r, cores);
-            let pts: Vec<LinearityPoint> = ns
-                .iter()
-                .filter_map(|&n| {
-                    let ss = select(Test::Linearity, b, r, Some(n));
-                    let v: Vec<f64> = ss.iter().map(|s| metric(s)).collect();
-                    let value = Stat::of(&v, unit_of(r))?;
-                    let mut per_rep: BTreeMap<u32, f64> = BTreeMap::new();
-                    for s in &ss {
-                        let e = per_rep.entry(s.rep).or_insert(if higher { f64::INFINITY } else { 0.0 });
-                        *e = if higher { e.min(metric(s)) } else { e.max(metric(s)) };
-                    }
-                    let worst = per_rep.values().sum::<f64>() / per_rep.len() as f64;
-                    let reference = match (ta, t_av) {
-                        (Some(ta), Some(tav)) if !higher => Some(linearity::reference(tav - ta, ta, n, cap)),
-                        (_, Some(bav)) if higher => Some(bav / (n as f64 / cap).max(1.0)),
-                        _ => None,
-                    };
-                    Some(LinearityPoint { n, value, worst, reference })
-                })
-                .collect();
+            let pts = linearity::analyse(&of(Test::Linearity), ta, t_av, cores);
+            // Only CPU and memory capacities count CPUs; a shared device's is 1 whatever the host.
+            let counts_cpus = matches!(r, Resource::Cpu | Resource::Memory);
+            let assumed = counts_cpus && pts.iter().any(|p| p.cpus.is_some_and(|c| !c.recorded));
             if !pts.is_empty() {
                 linearity.insert(key(b, r), pts);
             }
-            // Isolation.
-            let iso = select(Test::Isolation, b, r, None);
-            // Every figure is relative to one copy alone: a zero alone has nothing to relate to.
-            if let (false, Some(alone)) = (iso.is_empty(), t_av.filter(|a| *a > 0.0)) {
-                let mean_of = |guest: usize, inst: usize| -> Option<f64> {
-                    let v: Vec<f64> = iso.iter().filter(|s| s.guest == guest && s.instance == inst).map(|s| metric(s)).collect();
-                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-                };
-                let guests: Vec<usize> = {
-                    let mut g: Vec<usize> = iso.iter().map(|s| s.guest).collect();
-                    g.sort();
-                    g.dedup();
-                    g
-                };
-                if let [g1, g2] = guests[..] {
-                    if let (Some(a), Some(b0), Some(b1)) = (mean_of(g1, 0), mean_of(g2, 0), mean_of(g2, 1)) {
-                        let rel = |x: f64| x / alone;
-                        let cap = linearity::capacity(r, cores);
-                        // The slower of guest 2's copies is its finish (time), the lower its share (bandwidth).
-                        let g2_worst = if higher { rel(b0).min(rel(b1)) } else { rel(b0).max(rel(b1)) };
-                        let (closest, _, _) = isolation::closest((rel(a), g2_worst), cap, higher);
-                        isolation_res.insert(
-                            key(b, r),
-                            IsolationResult {
-                                guest1: rel(a),
-                                guest2: [rel(b0), rel(b1)],
-                                per_vm: isolation::predict(Policy::PerVm, cap, higher),
-                                per_process: isolation::predict(Policy::PerProcess, cap, higher),
-                                closest,
-                                capacity: cap,
-                            },
-                        );
-                    }
-                }
+            let iso = t_av.and_then(|alone| isolation::analyse(&of(Test::Isolation), alone, cores));
+            let assumed = assumed || (counts_cpus && iso.as_ref().is_some_and(|i| i.cpus.is_some_and(|c| !c.recorded)));
+            if let Some(i) = iso {
+                isolation_res.insert(key(b, r), i);
+            }
+            if assumed {
+                cpus_assumed.push(key(b, r));
             }
         }
     }
-    let mut ring = BTreeMap::new();
+    let mut ring_res = BTreeMap::new();
     for &b in &backends {
-        let bw: Vec<&BenchSample> = bench.iter().filter(|s| s.backend == b && s.test == Test::Ring).collect();
-        let lat: Vec<f64> = bench.iter().filter(|s| s.backend == b && s.test == Test::RingLatency).map(|s| s.value).collect();
-        if let Some(bandwidth) = Stat::of(&bw.iter().map(|s| s.value).collect::<Vec<_>>(), "MB/s") {
-            ring.insert(b, RingResult { guests: bw[0].n, bandwidth, latency: Stat::of(&lat, "us") });
+        let v: Vec<&BenchSample> = bench.iter().filter(|s| s.backend == b && matches!(s.test, Test::Ring | Test::RingLatency)).collect();
+        if let Some(r) = ring::analyse(&v) {
+            ring_res.insert(b, r);
         }
     }
     Report {
@@ -476,7 +377,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         overhead,
         linearity,
         isolation: isolation_res,
-        ring,
+        ring: ring_res,
         unavailable,
         probes,
         failed_steps,
@@ -486,6 +387,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         unreadable_records: unreadable,
         implausible_records: implausible,
         rejected,
+        cpus_assumed,
     }
 }
 
@@ -498,18 +400,38 @@ fn y_label(r: Resource, what: &str) -> String {
     }
 }
 
-/// (file name, figure title, the figure) for every figure the report shows.
+/// A figure the report shows.
 pub enum Figure {
     Line(Chart),
     Bars(Bars),
 }
 
-pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
+/// "5" or "3–40": the range of sample counts behind a figure's points.
+fn count_range(counts: impl Iterator<Item = usize>) -> String {
+    let (lo, hi) = counts.fold((usize::MAX, 0), |(lo, hi), c| (lo.min(c), hi.max(c)));
+    match (lo, hi) {
+        (usize::MAX, _) => "no".into(),
+        (lo, hi) if lo == hi => lo.to_string(),
+        (lo, hi) => format!("{lo}–{hi}"),
+    }
+}
+
+/// What a figure's error bars are, for its caption.
+const CI_BARS: &str = "error bars: 95 % confidence interval of the mean (Student t, n − 1 degrees of freedom; none where a point has one sample)";
+
+/// (file name, the figure, its caption) for every figure the report shows. The caption says
+/// what the points and bars are and how many samples each stands on.
+pub fn figures(rep: &Report) -> Vec<(String, Figure, String)> {
     let mut out = Vec::new();
     for (name, chart) in bootrun::charts(&rep.startup) {
-        let file = if name == "startup.svg" { "fig01_startup.svg".to_string() } else { "fig_memory.svg".to_string() };
-        out.push((file, Figure::Line(chart)));
+        let (file, caption) = if name == "startup.svg" {
+            ("fig01_startup.svg", "T_startup(n) = the last ready guest's time, host clock; one fleet per point (n guests), so no error bars.")
+        } else {
+            ("fig_memory.svg", "M_used(n) of one booted, idle fleet per point: no error bars; the fit n·M_VM + M_tool is in the table above.")
+        };
+        out.push((file.to_string(), Figure::Line(chart), caption.to_string()));
     }
+    let ci = |s: &Stat| s.ci_half();
     fn backends_of<T>(m: &BTreeMap<String, T>, r: Resource) -> Vec<BackendKind> {
         BackendKind::ALL.into_iter().filter(|b| m.contains_key(&key(*b, r))).collect()
     }
@@ -518,9 +440,10 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
             .into_iter()
             .map(|b| Series {
                 name: b.to_string(),
-                points: rep.overhead[&key(b, *r)].iter().map(|p| Point { x: p.n as f64, y: p.value.mean, err: Some(p.value.std_dev) }).collect(),
+                points: rep.overhead[&key(b, *r)].iter().map(|p| Point { x: p.n as f64, y: p.value.mean, err: ci(&p.value) }).collect(),
                 reference: false, ..Default::default() })
             .collect();
+        let counts = count_range(rep.overhead.iter().filter(|(k, _)| k.ends_with(&format!("/{}", r.name()))).flat_map(|(_, p)| p.iter().map(|p| p.value.samples)));
         if let (Some(ta), Some(maxn)) = (rep.baseline.get(r), rep.overhead.values().flatten().map(|p| p.n).max()) {
             series.push(Series {
                 name: "host T_a (native, n=1)".into(),
@@ -536,6 +459,7 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
                 series,
                 log_y: false,
             }),
+            format!("Points: mean T_avn of the busy guest over the counted repetitions; {CI_BARS}; n = {counts} repetitions per point. Dashed: the host's T_a."),
         ));
     }
     for (i, (r, label)) in RES.iter().enumerate() {
@@ -543,8 +467,8 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
         for b in backends_of(&rep.linearity, *r) {
             let pts = &rep.linearity[&key(b, *r)];
             series.push(Series {
-                name: format!("{b} mean ± sd"),
-                points: pts.iter().map(|p| Point { x: p.n as f64, y: p.value.mean, err: Some(p.value.std_dev) }).collect(),
+                name: format!("{b} mean ± 95 % CI"),
+                points: pts.iter().map(|p| Point { x: p.n as f64, y: p.value.mean, err: ci(&p.value) }).collect(),
                 reference: false, ..Default::default() });
             // The paper uses one reference (Vserver's) except for disk, where each tool has its own.
             if b == BackendKind::Native || *r == Resource::Disk {
@@ -554,6 +478,9 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
                 }
             }
         }
+        let lin = || rep.linearity.iter().filter(|(k, _)| k.ends_with(&format!("/{}", r.name()))).flat_map(|(_, p)| p.iter());
+        let counts = count_range(lin().map(|p| p.value.samples));
+        let cpus = count_range(lin().filter_map(|p| p.cpus.map(|c| c.count)));
         out.push((
             format!("fig{:02}_linearity_{}.svg", 6 + i, r.name()),
             Figure::Line(Chart {
@@ -563,6 +490,16 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
                 series,
                 log_y: *r == Resource::Disk || *r == Resource::Network,
             }),
+            format!(
+                "Points: mean over all n guests and the counted repetitions; {CI_BARS}; n = {counts} samples (guests × repetitions) per point. \
+                 Dashed: the reference {}, {}.",
+                if *r == Resource::Network { "B_av / max(1, n/capacity)" } else { "O_v + T_a·max(1, n/capacity)" },
+                if matches!(r, Resource::Cpu | Resource::Memory) {
+                    format!("capacity = the {cpus} CPU(s) the guests had")
+                } else {
+                    "capacity 1 (one shared device or path)".to_string()
+                }
+            ),
         ));
     }
     for (i, (r, label)) in RES.iter().enumerate() {
@@ -584,9 +521,15 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
                 marks: vec![
                     ("per-VM model: guest 1".into(), get(&|x| x.per_vm.guest1)),
                     ("per-VM model: guest 2".into(), get(&|x| x.per_vm.guest2)),
-                    ("per-process model: all copies".into(), get(&|x| x.per_process.guest2)),
+                    ("per-process model: guest 1".into(), get(&|x| x.per_process.guest1)),
+                    ("per-process model: guest 2".into(), get(&|x| x.per_process.guest2)),
                 ],
             }),
+            format!(
+                "Bars: each copy's mean over the counted repetitions ({} per copy), divided by the same backend's mean T_av1: a ratio of means, so no error bars. \
+                 Marks: the models' predictions for the CPUs each guest could use (min(vCPUs, CPUs of its cpuset); see the table).",
+                count_range(bs.iter().filter_map(|b| rep.isolation[&key(*b, *r)].samples_per_copy))
+            ),
         ));
     }
     let bs: Vec<BackendKind> = rep.ring.keys().copied().collect();
@@ -597,12 +540,16 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure)> {
             y_label: "per-guest bandwidth (MB/s)".into(),
             categories: bs.iter().map(|b| format!("{b} ({})", rep.ring[b].guests)).collect(),
             series: vec![(
-                "mean ± sd".into(),
+                "mean ± 95 % CI".into(),
                 bs.iter().map(|b| Some(rep.ring[b].bandwidth.mean)).collect(),
-                bs.iter().map(|b| Some(rep.ring[b].bandwidth.std_dev)).collect(),
+                bs.iter().map(|b| rep.ring[b].bandwidth.ci_half()).collect(),
             )],
             marks: vec![],
         }),
+        format!(
+            "Bars: mean per-guest bandwidth over all guests of the ring and the counted repetitions; {CI_BARS}; n = {} samples (guests × repetitions) per bar.",
+            count_range(rep.ring.values().map(|r| r.bandwidth.samples))
+        ),
     ));
     mark_emulated(rep, &mut out);
     out
@@ -613,14 +560,14 @@ pub const EMULATED_MARK: &str = " (emulated host)";
 
 /// Labels every curve and bar of a backend whose probe says it ran inside an emulated host,
 /// so no figure passes those numbers off as a real host's.
-fn mark_emulated(rep: &Report, figs: &mut [(String, Figure)]) {
+fn mark_emulated(rep: &Report, figs: &mut [(String, Figure, String)]) {
     let emulated: Vec<String> = rep.probes.iter().filter(|(_, d)| d.starts_with("[emulated host]")).map(|(b, _)| b.to_string()).collect();
     let mark = |name: &mut String| {
         if let Some(b) = emulated.iter().find(|b| name == *b || name.starts_with(&format!("{b} "))) {
             name.insert_str(b.len(), EMULATED_MARK);
         }
     };
-    for (_, f) in figs.iter_mut() {
+    for (_, f, _) in figs.iter_mut() {
         match f {
             Figure::Line(c) => c.series.iter_mut().for_each(|s| mark(&mut s.name)),
             Figure::Bars(b) => b.categories.iter_mut().for_each(&mark),
@@ -697,6 +644,7 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
         &serde_json::to_vec_pretty(&rep).map_err(|e| WriteError::Write(e.into()))?,
     )?;
     w("report.csv", csv(&rep).as_bytes())?;
+    w("report.md", crate::decision::markdown(&crate::decision::decide(&rep)).as_bytes())?;
     let figs = figures(&rep);
     // A run killed right after making its directory has no figures/ yet.
     let fig_dir = dir.join("figures");
@@ -706,7 +654,7 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
             format!("creating {}: {e}", fig_dir.display()),
         ))
     })?;
-    for (name, f) in &figs {
+    for (name, f, _) in &figs {
         let p = fig_dir.join(name);
         match f {
             Figure::Line(c) => plot::write(c, &p),
@@ -717,19 +665,20 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
             message,
         })?;
     }
-    w("index.html", html(&rep, &figs).as_bytes())?;
+    w("index.html", html_page(&rep, &figs).as_bytes())?;
     Ok(rep)
 }
 
 /// Long-format CSV of every summarised point.
 fn csv(rep: &Report) -> String {
-    let mut out = String::from("section,backend,resource,n,metric,mean,std_dev,min,max,samples,unit\n");
+    let mut out = String::from("section,backend,resource,n,metric,mean,std_dev,min,max,samples,unit,median,ci95_low,ci95_high\n");
+    let ci = |c: Option<[f64; 2]>| c.map(|[lo, hi]| format!("{lo},{hi}")).unwrap_or_else(|| ",".into());
     for r in &rep.startup.rows {
         if let Some(s) = &r.ready_times {
-            let _ = writeln!(out, "startup_{},{},,{},ready_time,{},{},{},{},{},s", r.mode.name(), r.backend, r.n, s.mean, s.std_dev, s.min, s.max, s.samples.len());
+            let _ = writeln!(out, "startup_{},{},,{},ready_time,{},{},{},{},{},s,{},{}", r.mode.name(), r.backend, r.n, s.mean, s.std_dev, s.min, s.max, s.samples.len(), s.median, ci(s.ci95));
         }
         if let Some(m) = r.m_used_mib {
-            let _ = writeln!(out, "memory_{},{},,{},m_used,{m},,,,1,MiB", r.mode.name(), r.backend, r.n);
+            let _ = writeln!(out, "memory_{},{},,{},m_used,{m},,,,1,MiB,,,", r.mode.name(), r.backend, r.n);
         }
     }
     for (section, map) in [("overhead", &rep.overhead)] {
@@ -737,7 +686,7 @@ fn csv(rep: &Report) -> String {
             let (b, res) = k.split_once('/').unwrap_or((k, ""));
             for p in pts {
                 let v = &p.value;
-                let _ = writeln!(out, "{section},{b},{res},{},value,{},{},{},{},{},{}", p.n, v.mean, v.std_dev, v.min, v.max, v.samples, v.unit);
+                let _ = writeln!(out, "{section},{b},{res},{},value,{},{},{},{},{},{},{},{}", p.n, v.mean, v.std_dev, v.min, v.max, v.samples, v.unit, v.median, ci(v.ci95));
             }
         }
     }
@@ -745,38 +694,56 @@ fn csv(rep: &Report) -> String {
         let (b, res) = k.split_once('/').unwrap_or((k, ""));
         for p in pts {
             let v = &p.value;
-            let _ = writeln!(out, "linearity,{b},{res},{},value,{},{},{},{},{},{}", p.n, v.mean, v.std_dev, v.min, v.max, v.samples, v.unit);
+            let _ = writeln!(out, "linearity,{b},{res},{},value,{},{},{},{},{},{},{},{}", p.n, v.mean, v.std_dev, v.min, v.max, v.samples, v.unit, v.median, ci(v.ci95));
         }
     }
     for (k, i) in &rep.isolation {
         let (b, res) = k.split_once('/').unwrap_or((k, ""));
-        let _ = writeln!(out, "isolation,{b},{res},2,guest1_relative,{},,,,,ratio", i.guest1);
-        let _ = writeln!(out, "isolation,{b},{res},2,guest2_relative,{},,{},{},,ratio", (i.guest2[0] + i.guest2[1]) / 2.0, i.guest2[0].min(i.guest2[1]), i.guest2[0].max(i.guest2[1]));
+        let _ = writeln!(out, "isolation,{b},{res},2,guest1_relative,{},,,,,ratio,,,", i.guest1);
+        let _ = writeln!(out, "isolation,{b},{res},2,guest2_relative,{},,{},{},,ratio,,,", (i.guest2[0] + i.guest2[1]) / 2.0, i.guest2[0].min(i.guest2[1]), i.guest2[0].max(i.guest2[1]));
     }
     for (b, r) in &rep.ring {
         let v = &r.bandwidth;
-        let _ = writeln!(out, "ring,{b},network,{},bandwidth,{},{},{},{},{},MB/s", r.guests, v.mean, v.std_dev, v.min, v.max, v.samples);
+        let _ = writeln!(out, "ring,{b},network,{},bandwidth,{},{},{},{},{},MB/s,{},{}", r.guests, v.mean, v.std_dev, v.min, v.max, v.samples, v.median, ci(v.ci95));
     }
     out
+}
+
+/// "12.3 [11.9, 12.7]": a mean and its 95 % confidence interval (the mean alone for one sample).
+fn with_ci(s: &Stat, p: usize) -> String {
+    match s.ci95 {
+        Some([lo, hi]) => format!("{:.p$} [{lo:.p$}, {hi:.p$}]", s.mean),
+        None => format!("{:.p$} (1 sample)", s.mean),
+    }
 }
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
+/// The page `index.html`: the decision table first, then the figures, provenance last.
+pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
     let mut h = String::from(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>virtbench report</title>\n<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #ddd}.bad{color:#a00}</style></head><body>\n<h1>virtbench report</h1>\n",
     );
-    if let Some(p) = &rep.provenance {
-        h.push_str("<h2>Host and provenance</h2><ul>");
-        for l in p.lines() {
-            let _ = write!(h, "<li>{}</li>", esc(&l));
-        }
-        h.push_str("</ul>");
+    // The answer first; where it came from last.
+    h.push_str(&crate::decision::html(&crate::decision::decide(rep)));
+    let _ = write!(
+        h,
+        "<p>Host CPUs: {}. References and isolation models use the CPUs the guests had (their cpuset, recorded with every sample) and each guest's vCPUs. \
+         Every figure's points are means over the repetitions recorded in <code>samples.jsonl</code>; error bars are 95&nbsp;% confidence intervals of the mean \
+         (Student t with n − 1 degrees of freedom); medians and intervals of every point are in <code>report.json</code> and <code>report.csv</code>.</p>",
+        rep.cores
+    );
+    if !rep.cpus_assumed.is_empty() {
+        let _ = write!(
+            h,
+            "<p class=\"bad\">These figures' samples did not record the CPUs their guests had (results older than that record): their references and models assume the host's {} CPUs, which is wrong if the guests were pinned (guest.pin_one_core): {}.</p>",
+            rep.cores,
+            esc(&rep.cpus_assumed.join(", "))
+        );
     }
     h.push_str(&crate::fidelity::notes_html(&rep.notes));
-    let _ = write!(h, "<p>Cores available to guests: {}. Every figure's points are means over the repetitions recorded in <code>samples.jsonl</code>; error bars are one standard deviation.</p>", rep.cores);
     if !rep.probes.is_empty() || !rep.unavailable.is_empty() {
         h.push_str("<h2>Backends</h2><table><tr><th>backend</th><th>status</th></tr>");
         for (b, d) in &rep.probes {
@@ -868,11 +835,11 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
         h.push_str("</table>");
     }
     if !rep.isolation.is_empty() {
-        h.push_str("<h2>Performance isolation (paper II.A.3)</h2><p>Relative to one copy alone in one guest. Model predictions for this host's capacity; see docs/methodology.md for why the paper's T_a1 = 2T_a, T_a2 = 3T_a/2 is not one model's prediction.</p><table><tr><th>backend / resource</th><th>guest 1</th><th>guest 2 (copies)</th><th>per-VM model</th><th>per-process model</th><th>closer to</th></tr>");
+        h.push_str("<h2>Performance isolation (paper II.A.3)</h2><p>Relative to one copy alone in one guest. Model predictions for the capacity the guests had (the CPUs of their cpuset for CPU and memory, 1 for a shared disk or network path) and what each guest could use of it (min(vCPUs, CPUs) for CPU and memory); see docs/methodology.md for why the paper's T_a1 = 2T_a, T_a2 = 3T_a/2 is not one model's prediction.</p><table><tr><th>backend / resource</th><th>guest 1</th><th>guest 2 (copies)</th><th>per-VM model</th><th>per-process model</th><th>closer to</th><th>capacity</th><th>usable by guest 1, 2</th></tr>");
         for (k, i) in &rep.isolation {
             let _ = write!(
                 h,
-                "<tr><td>{k}</td><td>{:.2}</td><td>{:.2}, {:.2}</td><td>{:.2} / {:.2}</td><td>{:.2} / {:.2}</td><td>{}</td></tr>",
+                "<tr><td>{k}</td><td>{:.2}</td><td>{:.2}, {:.2}</td><td>{:.2} / {:.2}</td><td>{:.2} / {:.2}</td><td>{}</td><td>{}{}</td><td>{}</td></tr>",
                 i.guest1,
                 i.guest2[0],
                 i.guest2[1],
@@ -883,34 +850,44 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
                 match i.closest {
                     Policy::PerVm => "per-VM",
                     Policy::PerProcess => "per-process",
-                }
+                },
+                i.capacity,
+                if rep.cpus_assumed.contains(k) { " (host CPUs assumed)" } else { "" },
+                i.guest_cpus.map(|[a, b]| format!("{a}, {b}")).unwrap_or_else(|| "–".into())
             );
         }
         h.push_str("</table>");
     }
     if !rep.ring.is_empty() {
-        h.push_str("<h2>Communication between guests (paper II.A.4, Fig. 14)</h2><table><tr><th>backend</th><th>guests</th><th>bandwidth per guest (MB/s)</th><th>min–max</th><th>latency (µs)</th></tr>");
+        h.push_str("<h2>Communication between guests (paper II.A.4, Fig. 14)</h2><table><tr><th>backend</th><th>guests</th><th>bandwidth per guest (MB/s): mean [95 % CI]</th><th>median</th><th>min–max</th><th>samples</th><th>latency (µs): mean [95 % CI]</th></tr>");
         for (b, r) in &rep.ring {
             let _ = write!(
                 h,
-                "<tr><td>{b}</td><td>{}</td><td>{:.1} ± {:.1}</td><td>{:.1}–{:.1}</td><td>{}</td></tr>",
+                "<tr><td>{b}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}–{:.1}</td><td>{}</td><td>{}</td></tr>",
                 r.guests,
-                r.bandwidth.mean,
-                r.bandwidth.std_dev,
+                with_ci(&r.bandwidth, 1),
+                r.bandwidth.median,
                 r.bandwidth.min,
                 r.bandwidth.max,
-                r.latency.as_ref().map(|l| format!("{:.1} ± {:.1}", l.mean, l.std_dev)).unwrap_or_else(|| "–".into())
+                r.bandwidth.samples,
+                r.latency.as_ref().map(|l| with_ci(l, 1)).unwrap_or_else(|| "–".into())
             );
         }
         h.push_str("</table>");
     }
     h.push_str("<h2>Figures</h2>");
-    for (name, f) in figs {
+    for (name, f, caption) in figs {
         let title = match f {
             Figure::Line(c) => &c.title,
             Figure::Bars(b) => &b.title,
         };
-        let _ = writeln!(h, "<figure><img src=\"figures/{name}\" alt=\"{}\"><figcaption>{}</figcaption></figure>", esc(title), esc(title));
+        let _ = writeln!(
+            h,
+            "<figure><img src=\"figures/{name}\" alt=\"{}\"><figcaption><b>{}.</b> {}</figcaption></figure>",
+            esc(title),
+            esc(title),
+            esc(caption.trim())
+        );
     }
     if rep.unreadable_records > 0 {
         let _ = write!(h, "<p class=\"bad\">{} record(s) in samples.jsonl could not be read (a run killed while writing).</p>", rep.unreadable_records);
@@ -933,6 +910,81 @@ fn html(rep: &Report, figs: &[(String, Figure)]) -> String {
         }
         h.push_str("</ul>");
     }
+    if let Some(p) = &rep.provenance {
+        h.push_str("<h2>Host and provenance</h2><ul>");
+        for l in p.lines() {
+            let _ = write!(h, "<li>{}</li>", esc(&l));
+        }
+        h.push_str("</ul>");
+    }
     h.push_str("<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.figures=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>\n</body></html>\n");
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite::testing::sample;
+
+    /// Host T_a = 2 s, uml T_av = 2.5 s (both two repetitions), and two uml guests busy
+    /// together taking 5 s, with `cpus` recorded per sample.
+    fn samples(cpus: Option<usize>) -> Samples {
+        let mut v = vec![
+            sample(BackendKind::Native, Test::Overhead, Resource::Cpu, 1, 0, 0, 0, 1.9),
+            sample(BackendKind::Native, Test::Overhead, Resource::Cpu, 1, 1, 0, 0, 2.1),
+            sample(BackendKind::Uml, Test::Overhead, Resource::Cpu, 1, 0, 0, 0, 2.4),
+            sample(BackendKind::Uml, Test::Overhead, Resource::Cpu, 1, 1, 0, 0, 2.6),
+        ];
+        for rep in 0..2 {
+            for g in 0..2 {
+                v.push(sample(BackendKind::Uml, Test::Linearity, Resource::Cpu, 2, rep, g, 0, 5.0));
+            }
+        }
+        for s in &mut v {
+            s.cpus = cpus;
+        }
+        Samples { records: v.into_iter().map(Record::Bench).collect(), unreadable: 0, implausible: 0, rejected: vec![] }
+    }
+
+    fn four_cpu_host() -> Provenance {
+        let mut p = Provenance::collect(Default::default());
+        p.host.cpus = 4;
+        p
+    }
+
+    #[test]
+    fn references_use_the_guests_cpus_not_the_hosts() {
+        // Pinned to one CPU on a 4-CPU host: O_v + T_a·n = 0.5 + 2·2.
+        let rep = build_from(samples(Some(1)), Some(four_cpu_host()));
+        let p = &rep.linearity["uml/cpu"][0];
+        assert!((p.reference.unwrap() - 4.5).abs() < 1e-9, "{p:?}");
+        assert!(rep.cpus_assumed.is_empty());
+        assert!((rep.overhead["uml/cpu"][0].overhead.unwrap() - 0.5).abs() < 1e-9);
+        // Older samples without the record: the provenance's 4 CPUs stand in, and the
+        // report says so.
+        let rep = build_from(samples(None), Some(four_cpu_host()));
+        assert!((rep.linearity["uml/cpu"][0].reference.unwrap() - 2.5).abs() < 1e-9);
+        assert_eq!(rep.cpus_assumed, ["uml/cpu"]);
+        let figs = figures(&rep);
+        assert!(html_page(&rep, &figs).contains("did not record the CPUs their guests had"));
+    }
+
+    #[test]
+    fn captions_say_what_the_bars_are_and_n() {
+        let rep = build_from(samples(Some(2)), Some(four_cpu_host()));
+        let figs = figures(&rep);
+        let cap = |name: &str| figs.iter().find(|f| f.0 == name).map(|f| f.2.clone()).unwrap();
+        assert!(cap("fig02_overhead_cpu.svg").contains("95 % confidence interval of the mean") && cap("fig02_overhead_cpu.svg").contains("n = 2 repetitions"));
+        assert!(cap("fig06_linearity_cpu.svg").contains("n = 4 samples") && cap("fig06_linearity_cpu.svg").contains("the 2 CPU(s) the guests had"));
+        // The bars are the interval's half-width: 2.5 ± t(0.975, 1)·0.1414/√2 = 2.5 ± 1.2706.
+        let Figure::Line(c) = &figs.iter().find(|f| f.0 == "fig02_overhead_cpu.svg").unwrap().1 else { panic!("a line chart") };
+        let err = c.series[0].points[0].err.unwrap();
+        assert!((err - 1.270620).abs() < 1e-5, "{err}");
+        let h = html_page(&rep, &figs);
+        assert!(h.contains("<figcaption><b>CPU overhead") && h.contains("95&nbsp;% confidence intervals"));
+        // Every point's median and interval reach the CSV.
+        let csv = csv(&rep);
+        let row: Vec<f64> = csv.lines().find(|l| l.starts_with("overhead,uml,cpu,1,")).unwrap().split(',').skip(11).map(|x| x.parse().unwrap()).collect();
+        assert!(row[0] == 2.5 && (row[1] - 1.229380).abs() < 1e-5 && (row[2] - 3.770620).abs() < 1e-5, "{row:?}");
+    }
 }

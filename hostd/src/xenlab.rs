@@ -116,8 +116,8 @@ pub struct LabArgs {
     /// fleet, at least 2048].
     #[arg(long)]
     pub host_mib: Option<u32>,
-    /// Seconds the whole lab may take (1-172800).
-    #[arg(long, default_value_t = 900, value_parser = limits::LAB_TIMEOUT_S.cli::<u64>())]
+    /// Seconds the whole lab may take (1-172800 s; seconds or e.g. 15m, 2h).
+    #[arg(long, default_value_t = 900, value_parser = limits::LAB_TIMEOUT_S.cli_secs())]
     pub timeout: u64,
     /// The QEMU system emulator.
     #[arg(long, default_value = "qemu-system-x86_64")]

@@ -95,6 +95,13 @@ fn up_status_down_and_recovery_after_sigkill() {
         .collect();
     assert_eq!(guest_pids.len(), 3, "{t}");
     assert!(guest_pids.iter().all(|&p| alive(p)));
+    // The same status as JSON, for scripts.
+    let js = hostd(&["status", &name, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&js.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&js)));
+    assert_eq!(v[0]["name"], name.as_str(), "{v}");
+    assert_eq!(v[0]["backend"], "native", "{v}");
+    let json_pids: Vec<u32> = v[0]["guests"].as_array().unwrap().iter().map(|g| g["host_pid"].as_u64().unwrap() as u32).collect();
+    assert_eq!(json_pids, guest_pids, "{v}");
     // A second fleet of the same name is refused.
     assert!(!hostd(&["up", p.to_str().unwrap()]).status.success());
     let down = hostd(&["down", &name]);

@@ -66,7 +66,11 @@ enum Cmd {
     /// or odd artifact or manifest (exit 1), note orphan blobs; compare with the lock.
     Verify,
     /// Print the current artifacts: recipe, output, sha256, size, path.
-    List,
+    List {
+        /// Print a JSON array ({recipe, output, sha256, size, path} per output) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure: initramfs build, no-op build, kernel build times, artifact sizes.
     Bench {
         /// No-op runs to time.
@@ -224,17 +228,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if report.ok() && lock_problems == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Cmd::List => {
+        Cmd::List { json } => {
             let store = Store::open(&cfg.store)?;
             let lock = store.lock_shared(|l| eprintln!("imagegen: waiting for a build to finish ({})", l.display()))?;
             let (manifests, bad) = store.current_checked()?;
             drop(lock);
-            println!("{:<18} {:<10} {:<64} {:>11}  path", "recipe", "output", "sha256", "bytes");
-            for m in &manifests {
-                for (name, o) in &m.outputs {
-                    // Checked manifests only: the path is the blob's, inside the store.
-                    let path = store.blob_path(&o.sha256);
-                    println!("{:<18} {:<10} {:<64} {:>11}  {}", m.recipe, name, o.sha256, o.size, path.display());
+            // Checked manifests only: each path is the blob's, inside the store.
+            let rows: Vec<_> = manifests
+                .iter()
+                .flat_map(|m| m.outputs.iter().map(move |(name, o)| (m, name, o)))
+                .map(|(m, name, o)| {
+                    serde_json::json!({
+                        "recipe": m.recipe, "output": name, "sha256": o.sha256, "size": o.size,
+                        "path": store.blob_path(&o.sha256),
+                    })
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<18} {:<10} {:<64} {:>11}  path", "recipe", "output", "sha256", "bytes");
+                for r in &rows {
+                    let f = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                    println!("{:<18} {:<10} {:<64} {:>11}  {}", f("recipe"), f("output"), f("sha256"), r["size"], f("path"));
                 }
             }
             // One bad manifest does not hide the others; it is named and fails the command.

@@ -150,6 +150,13 @@ fn list_prints_current_artifacts() {
     let o = &m.outputs["disk"];
     let line = stdout.lines().find(|l| l.starts_with("disk ")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(line.contains(&o.sha256) && line.contains(&o.size.to_string()) && line.contains(&o.path), "{line}");
+    // The same rows as JSON, for scripts.
+    let out = common::imagegen(d.path()).args(["list", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows.iter().find(|r| r["recipe"] == "disk").unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!((row["output"].as_str(), row["sha256"].as_str(), row["size"].as_u64()), (Some("disk"), Some(o.sha256.as_str()), Some(o.size)));
+    assert!(row["path"].as_str().unwrap().ends_with(&o.path), "{row}");
 }
 
 /// A build killed while writing its artifact leaves a temp file at most: no blob under a

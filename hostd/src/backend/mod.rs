@@ -26,8 +26,9 @@ pub use process::Proc;
 pub use resource::{release_all, Resource};
 
 /// The systems hostd can boot guests on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+#[clap(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// The agent as a plain host process: the paper's non-virtualized reference (T_a).
     Native,

@@ -166,10 +166,85 @@ pub struct BenchSample {
     /// The workload's parameters ([`Workloads::params`]).
     #[serde(default)]
     pub params: String,
+    /// Host CPUs the guest's processes could run on when measured: its cpuset's size, else
+    /// every CPU hostd could use. None in results older than this field: the report then
+    /// takes the host's CPU count from the provenance, and says so.
+    #[serde(default)]
+    pub cpus: Option<usize>,
+    /// The guest's vCPUs, for a guest with a kernel of its own (UML's is uniprocessor: 1).
+    /// None with `cpus` recorded: no vCPU bound (a host process or container); None without
+    /// `cpus`: not recorded (older results).
+    #[serde(default)]
+    pub vcpus: Option<u32>,
     /// Id of the provenance it was measured under ([`crate::provenance::Provenance::id`]);
     /// empty in older results (their `provenance.json`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub provenance: String,
+}
+
+/// How many CPUs a cpuset list names ("0", "0-3,6"); None for a malformed list.
+pub fn cpuset_count(list: &str) -> Option<usize> {
+    let mut n = 0usize;
+    for part in list.trim().split(',') {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?),
+            None => {
+                let a = part.trim().parse::<usize>().ok()?;
+                (a, a)
+            }
+        };
+        if b < a {
+            return None;
+        }
+        n = n.checked_add(b - a + 1)?;
+    }
+    Some(n)
+}
+
+/// The CPUs a guest could use: (host CPUs its processes may run on, its vCPUs if it runs
+/// a kernel of its own). A cpuset hostd cannot read counts as every CPU (never fewer than
+/// the guest may really have had).
+pub fn placement(kind: BackendKind, spec: &crate::backend::GuestSpec) -> (usize, Option<u32>) {
+    let cpus = spec.limits.cpuset.and_then(cpuset_count).filter(|&c| c > 0).unwrap_or_else(host_cores);
+    let vcpus = match kind {
+        // UML kernels are uniprocessor whatever was asked (backend/uml.rs warns).
+        BackendKind::Uml => Some(1),
+        k if k.own_kernel() => Some(spec.vcpus),
+        _ => None,
+    };
+    (cpus, vcpus)
+}
+
+/// The host CPUs a set of samples' guests could run on, and where the count came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cpus {
+    pub count: usize,
+    /// false: the samples did not record it (results older than the record) and the host's
+    /// CPU count from the provenance stood in.
+    pub recorded: bool,
+}
+
+impl Cpus {
+    /// The largest count any sample recorded (the guests of one fleet share one setting);
+    /// `host` where none did. Never 0: every model divides by it.
+    pub fn of(samples: &[&BenchSample], host: usize) -> Cpus {
+        match samples.iter().filter_map(|s| s.cpus).max() {
+            Some(c) => Cpus { count: c.clamp(1, 1 << 16), recorded: true },
+            None => Cpus { count: host.clamp(1, 1 << 16), recorded: false },
+        }
+    }
+}
+
+/// Records in each sample the CPUs its guest had (matched by guest index in the fleet).
+pub fn place(mut samples: Vec<BenchSample>, fleet: &crate::fleet::Fleet) -> Vec<BenchSample> {
+    for s in &mut samples {
+        if let Some(g) = fleet.guests.iter().find(|g| g.spec.index == s.guest) {
+            let (cpus, vcpus) = placement(fleet.backend, &g.spec);
+            s.cpus = Some(cpus);
+            s.vcpus = vcpus;
+        }
+    }
+    samples
 }
 
 /// Sends one request to each (guest, request) pair at the same moment and waits for all.
@@ -214,6 +289,8 @@ pub fn samples_of(
                 unit: f.unit.to_string(),
                 elapsed_s: r.elapsed_s(),
                 params: params.to_string(),
+                cpus: None,
+                vcpus: None,
                 provenance: String::new(),
             }
         })
@@ -227,6 +304,57 @@ pub fn suite_metric(s: &BenchSample) -> (f64, &'static str, bool) {
     match s.resource {
         Resource::Network => (s.value, "MB/s", true),
         _ => (s.elapsed_s, "s", false),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A hand-made sample: `value` is the metric (seconds, or MB/s for network).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample(backend: BackendKind, test: Test, resource: Resource, n: usize, rep: u32, guest: usize, instance: usize, value: f64) -> BenchSample {
+        BenchSample {
+            backend,
+            test,
+            resource,
+            n,
+            rep,
+            guest,
+            instance,
+            value,
+            unit: if resource == Resource::Network { "MB/s".into() } else { "s".into() },
+            elapsed_s: value,
+            params: "p".into(),
+            cpus: None,
+            vcpus: None,
+            provenance: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuset_lists() {
+        assert_eq!(cpuset_count("0"), Some(1));
+        assert_eq!(cpuset_count("0-3,6"), Some(5));
+        assert_eq!(cpuset_count(" 2-2 , 4-5 "), Some(3));
+        assert_eq!(cpuset_count("3-1"), None);
+        assert_eq!(cpuset_count("a"), None);
+        assert_eq!(cpuset_count(""), None);
+    }
+
+    #[test]
+    fn cpus_recorded_or_host() {
+        let mut a = testing::sample(BackendKind::Native, Test::Linearity, Resource::Cpu, 2, 0, 0, 0, 1.0);
+        let b = a.clone();
+        assert_eq!(Cpus::of(&[&a, &b], 8), Cpus { count: 8, recorded: false });
+        a.cpus = Some(1);
+        assert_eq!(Cpus::of(&[&a, &b], 8), Cpus { count: 1, recorded: true });
+        assert_eq!(Cpus::of(&[], 0), Cpus { count: 1, recorded: false });
     }
 }
 

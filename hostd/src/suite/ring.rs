@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, BenchSpec, Resource};
 use vb_protocol::msg::{Command, ReplyBody};
 
 use super::{run_together, samples_of, BenchSample, Test, Workloads};
 use crate::fleet::Fleet;
+use crate::report::Stat;
 
 /// Starts a server in every guest, then `reps` synchronised rounds of streams (and of
 /// request/response) from guest i to guest i+1 (mod n).
@@ -49,5 +51,45 @@ pub async fn measure(fleet: &Fleet, w: &Workloads, warmup: u32, reps: u32, timeo
     for (g, p) in fleet.guests.iter().zip(ports) {
         let _ = g.conn.request(Command::NetStop { port: p }, Duration::from_secs(10)).await;
     }
-    Ok(out)
+    Ok(super::place(out, fleet))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RingResult {
+    pub guests: usize,
+    /// Per-guest stream bandwidth, MB/s.
+    pub bandwidth: Stat,
+    /// Per-guest request/response latency, µs.
+    pub latency: Option<Stat>,
+}
+
+/// One backend's ring (`samples`: its ring and ring-latency samples): the bandwidth every
+/// guest got over all guests and repetitions, and the request/response latency. None
+/// without bandwidth samples.
+pub fn analyse(samples: &[&BenchSample]) -> Option<RingResult> {
+    let bw: Vec<&&BenchSample> = samples.iter().filter(|s| s.test == Test::Ring).collect();
+    let lat: Vec<f64> = samples.iter().filter(|s| s.test == Test::RingLatency).map(|s| s.value).collect();
+    let bandwidth = Stat::of(&bw.iter().map(|s| s.value).collect::<Vec<_>>(), "MB/s")?;
+    Some(RingResult { guests: bw.iter().map(|s| s.n).max()?, bandwidth, latency: Stat::of(&lat, "us") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind;
+    use crate::suite::testing::sample;
+
+    #[test]
+    fn ring_bandwidth_and_latency() {
+        let mut v: Vec<BenchSample> = (0..3).map(|g| sample(BackendKind::Uml, Test::Ring, Resource::Network, 3, 0, g, 0, 100.0 * (g + 1) as f64)).collect();
+        v.extend((0..3).map(|g| sample(BackendKind::Uml, Test::RingLatency, Resource::Network, 3, 0, g, 0, 50.0 + g as f64)));
+        let r = analyse(&v.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!((r.guests, r.bandwidth.samples, r.bandwidth.unit.as_str()), (3, 3, "MB/s"));
+        assert!((r.bandwidth.mean - 200.0).abs() < 1e-12 && (r.bandwidth.std_dev - 100.0).abs() < 1e-12);
+        assert_eq!((r.bandwidth.min, r.bandwidth.max, r.bandwidth.median), (100.0, 300.0, 200.0));
+        let l = r.latency.unwrap();
+        assert!((l.mean - 51.0).abs() < 1e-12 && l.unit == "us");
+        // Latency alone is no ring figure.
+        assert!(analyse(&v[3..].iter().collect::<Vec<_>>()).is_none());
+    }
 }

@@ -1,0 +1,531 @@
+//! The answer first: one row per backend with the figures the paper's conclusion weighs
+//! (overhead per resource, linearity, isolation, ring bandwidth, startup, memory per
+//! guest), each with its spread and its rank among the virtualization systems, and one
+//! sentence per backend derived from those ranks. Nothing here is written by hand: every
+//! cell and every sentence comes from the report's figures.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use vb_protocol::bench::Resource;
+
+use crate::backend::BackendKind;
+use crate::report::{Report, Stat};
+use crate::startup::StartMode;
+use crate::suite::isolation::Policy;
+
+/// One column of the table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    /// What the number is, in a sentence (shown under the table).
+    pub what: String,
+    pub lower_is_better: bool,
+    /// Whether cells are ranked (a verdict such as the isolation policy is not).
+    pub ranked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// The figure as shown, with its spread.
+    pub text: String,
+    /// The number ranked, if any.
+    pub value: Option<f64>,
+    /// 1 = best among the ranked backends; None for the reference, text cells and gaps.
+    pub rank: Option<usize>,
+    /// The value's 95 % interval, where it has one: a verdict calls a backend best or
+    /// worst only when this interval does not overlap the runner-up's.
+    #[serde(default)]
+    pub interval: Option<[f64; 2]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub backend: BackendKind,
+    pub cells: Vec<Cell>,
+    /// What this backend is good and bad for, from its ranks.
+    pub verdict: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Table {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Row>,
+    /// How many backends each ranked column ranks (the verdicts' "of N").
+    pub ranked_backends: usize,
+}
+
+fn gap() -> Cell {
+    Cell { text: "–".into(), value: None, rank: None, interval: None }
+}
+
+/// `x` with the relative CI half-width of `s` applied to it, as "1.23× ±0.04".
+fn ratio_cell(ratio: f64, s: &Stat) -> Cell {
+    let half = s.ci_half().map(|h| ratio * h / s.mean.abs().max(f64::MIN_POSITIVE));
+    let spread = half.map(|h| format!(" ±{h:.2}")).unwrap_or_default();
+    Cell { text: format!("{ratio:.2}×{spread}"), value: Some(ratio), rank: None, interval: half.map(|h| [ratio - h, ratio + h]) }
+}
+
+/// The largest fleet size every backend with startup rows measured in `mode`, so ranks
+/// compare equal fleets; None if they share none.
+fn common_n(rep: &Report, mode: StartMode) -> Option<usize> {
+    let mut per: BTreeMap<BackendKind, BTreeSet<usize>> = BTreeMap::new();
+    for r in rep.startup.rows.iter().filter(|r| r.mode == mode && r.t_startup_s.is_some()) {
+        per.entry(r.backend).or_default().insert(r.n);
+    }
+    let mut sets = per.into_values();
+    let first = sets.next()?;
+    sets.fold(first, |a, b| a.intersection(&b).copied().collect()).into_iter().max()
+}
+
+/// The backends the table has a row for: every one with any figure, the reference first.
+fn backends(rep: &Report) -> Vec<BackendKind> {
+    let mut set: BTreeSet<BackendKind> = rep.startup.rows.iter().map(|r| r.backend).collect();
+    for k in rep.overhead.keys().chain(rep.linearity.keys()).chain(rep.isolation.keys()) {
+        if let Some(b) = k.split('/').next().and_then(|b| b.parse().ok()) {
+            set.insert(b);
+        }
+    }
+    set.extend(rep.ring.keys().copied());
+    set.into_iter().collect()
+}
+
+fn resource_key(b: BackendKind, r: Resource) -> String {
+    format!("{b}/{}", r.name())
+}
+
+/// Builds the table from a report.
+pub fn decide(rep: &Report) -> Table {
+    let kinds = backends(rep);
+    let mut columns = Vec::new();
+    let mut cols: Vec<Vec<Cell>> = Vec::new();
+    let mut push = |c: Column, cells: Vec<Cell>| {
+        columns.push(c);
+        cols.push(cells);
+    };
+
+    // Overhead per resource at n = 1: T_av1 ÷ T_a (network: B_a ÷ B_av1), so 1 is native.
+    for r in Resource::ALL {
+        let Some(base) = rep.baseline.get(&r) else { continue };
+        let cells: Vec<Cell> = kinds
+            .iter()
+            .map(|&b| {
+                let p = rep.overhead.get(&resource_key(b, r)).and_then(|v| v.iter().find(|p| p.n == 1));
+                match p {
+                    Some(p) if p.value.mean > 0.0 && base.mean > 0.0 => {
+                        let ratio = if r == Resource::Network { base.mean / p.value.mean } else { p.value.mean / base.mean };
+                        ratio_cell(ratio, &p.value)
+                    }
+                    _ => gap(),
+                }
+            })
+            .collect();
+        let what = if r == Resource::Network {
+            "native bandwidth ÷ the guest's, one guest running (n = 1), ± its 95 % CI"
+        } else {
+            "the guest's time ÷ native's for the same work, one guest running (n = 1), ± its 95 % CI"
+        };
+        push(Column { name: format!("{} overhead", r.name()), what: what.into(), lower_is_better: true, ranked: true }, cells);
+    }
+
+    // Linearity: at the largest n measured, the slowest guest against the affine reference
+    // (1 = as linear as sharing the CPUs allows); the worst resource is shown.
+    let cells: Vec<Cell> = kinds
+        .iter()
+        .map(|&b| {
+            let mut worst: Option<(f64, Resource, usize)> = None;
+            for r in Resource::ALL {
+                let Some(p) = rep.linearity.get(&resource_key(b, r)).and_then(|v| v.iter().max_by_key(|p| p.n)) else { continue };
+                let Some(reference) = p.reference.filter(|x| *x > 0.0) else { continue };
+                if p.worst <= 0.0 {
+                    continue;
+                }
+                let ratio = if r == Resource::Network { reference / p.worst } else { p.worst / reference };
+                if worst.is_none_or(|(w, _, _)| ratio > w) {
+                    worst = Some((ratio, r, p.n));
+                }
+            }
+            match worst {
+                Some((ratio, r, n)) => Cell { text: format!("{ratio:.2}× ({}, n = {n})", r.name()), value: Some(ratio), rank: None, interval: None },
+                None => gap(),
+            }
+        })
+        .collect();
+    push(
+        Column {
+            name: "linearity".into(),
+            what: "at the largest n measured, the slowest guest ÷ the linear reference O_v + T_a·max(1, n/CPUs), for the resource where that is worst".into(),
+            lower_is_better: true,
+            ranked: true,
+        },
+        cells,
+    );
+
+    // Isolation: which sharing model the CPU measurement is closest to (the paper's question).
+    let cells: Vec<Cell> = kinds
+        .iter()
+        .map(|&b| match rep.isolation.get(&resource_key(b, Resource::Cpu)) {
+            Some(i) => Cell {
+                text: match i.closest {
+                    Policy::PerVm => "per guest".into(),
+                    Policy::PerProcess => "per process".into(),
+                },
+                value: None,
+                rank: None,
+                interval: None,
+            },
+            None => gap(),
+        })
+        .collect();
+    push(
+        Column {
+            name: "CPU isolation".into(),
+            what: "whether the CPU is shared per guest (a guest with two copies gets no more than one with one) or per process".into(),
+            lower_is_better: true,
+            ranked: false,
+        },
+        cells,
+    );
+
+    // Ring bandwidth per guest.
+    let cells: Vec<Cell> = kinds
+        .iter()
+        .map(|&b| match rep.ring.get(&b) {
+            Some(r) => {
+                let spread = r.bandwidth.ci_half().map(|h| format!(" ±{h:.0}")).unwrap_or_default();
+                Cell {
+                    text: format!("{:.0}{spread} MB/s ({} guests)", r.bandwidth.mean, r.guests),
+                    value: Some(r.bandwidth.mean),
+                    rank: None,
+                    interval: r.bandwidth.ci95,
+                }
+            }
+            None => gap(),
+        })
+        .collect();
+    push(
+        Column { name: "ring bandwidth".into(), what: "stream bandwidth each guest gets in a ring of guests, mean ± 95 % CI".into(), lower_is_better: false, ranked: true },
+        cells,
+    );
+
+    // Startup at the largest fleet size all backends measured, cold and hot.
+    for mode in [StartMode::Cold, StartMode::Hot] {
+        let n = common_n(rep, mode);
+        let cells: Vec<Cell> = kinds
+            .iter()
+            .map(|&b| {
+                let row = n.and_then(|n| rep.startup.rows.iter().find(|r| r.backend == b && r.mode == mode && r.n == n));
+                match row.and_then(|r| Some((r, r.t_startup_s?))) {
+                    Some((r, t)) => {
+                        let partial = if r.failed > 0 { format!(", partial: {} of {}", r.ready, r.ready + r.failed) } else { String::new() };
+                        Cell { text: format!("{t:.2} s{partial}"), value: Some(t), rank: None, interval: None }
+                    }
+                    None => gap(),
+                }
+            })
+            .collect();
+        let at = n.map_or("no fleet size all backends share".to_string(), |n| format!("n = {n}"));
+        push(
+            Column {
+                name: format!("T_startup {} ({at})", mode.name()),
+                what: format!("time until the last of n guests started together is ready, {} start", mode.name()),
+                lower_is_better: true,
+                ranked: true,
+            },
+            cells,
+        );
+    }
+
+    // Memory per guest: the slope of the M_used(n) fit (cold fleets, else hot).
+    let cells: Vec<Cell> = kinds
+        .iter()
+        .map(|&b| {
+            let fit = rep.startup.memory_fit.get(&format!("{b} cold")).or_else(|| rep.startup.memory_fit.get(&format!("{b} hot")));
+            match fit {
+                Some(f) => Cell {
+                    text: format!("{:.1} MiB (fit of {} sizes, residual {:.1})", f.slope, f.points, f.residual_std),
+                    value: Some(f.slope),
+                    rank: None,
+                    interval: None,
+                },
+                None => gap(),
+            }
+        })
+        .collect();
+    push(
+        Column {
+            name: "memory per guest".into(),
+            what: "M_VM, the slope of M_used(n) = n·M_VM + M_tool fitted over the fleet sizes, with the fit's residual standard error".into(),
+            lower_is_better: true,
+            ranked: true,
+        },
+        cells,
+    );
+
+    // A column with no figure for any backend says nothing: leave it out.
+    let keep: Vec<bool> = cols.iter().map(|c| c.iter().any(|x| x.text != "–")).collect();
+    let mut k = keep.iter();
+    columns.retain(|_| *k.next().unwrap_or(&true));
+    let mut k = keep.iter();
+    cols.retain(|_| *k.next().unwrap_or(&true));
+
+    // Rank the virtualization systems; native is the reference, not a contender, and a
+    // backend measured on an emulated host (the Xen lab) is not comparable with the others.
+    let emulated = |b: BackendKind| rep.probes.get(&b).is_some_and(|d| d.starts_with("[emulated host]"));
+    let contenders: Vec<usize> = (0..kinds.len()).filter(|&i| kinds[i] != BackendKind::Native && !emulated(kinds[i])).collect();
+    for (c, cells) in columns.iter().zip(cols.iter_mut()) {
+        if !c.ranked {
+            continue;
+        }
+        let mut vals: Vec<(usize, f64)> = contenders.iter().filter_map(|&i| cells[i].value.map(|v| (i, v))).collect();
+        vals.sort_by(|a, b| if c.lower_is_better { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) });
+        for (rank, (i, _)) in vals.iter().enumerate() {
+            cells[*i].rank = Some(rank + 1);
+        }
+    }
+    let ranked_backends = contenders.len();
+    let rows = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            let cells: Vec<Cell> = cols.iter().map(|c| c[i].clone()).collect();
+            let mut verdict = verdict(b, &columns, &cols, i);
+            if emulated(b) {
+                verdict = "Measured on an emulated host (a Xen host under QEMU, docs/xen.md): not ranked, its figures are not those of a real Xen host".into();
+            } else if rep.probes.get(&b).is_some_and(|d| d.contains("using TCG")) {
+                verdict.push_str("; ran under TCG emulation (no usable KVM here): its figures are not those of a hardware-accelerated VM");
+            }
+            Row { backend: b, cells, verdict }
+        })
+        .collect();
+    Table { columns, rows, ranked_backends }
+}
+
+/// "Best of the N for …; worst for …", from the ranks in row `i`.
+fn verdict(b: BackendKind, columns: &[Column], cols: &[Vec<Cell>], i: usize) -> String {
+    if b == BackendKind::Native {
+        return "the reference: the host without virtualization (overheads are relative to it)".into();
+    }
+    // Two intervals overlap: the ranks between them may be noise.
+    let apart = |a: &Cell, b: Option<&Cell>| match (a.interval, b.and_then(|b| b.interval)) {
+        (Some([lo, hi]), Some([blo, bhi])) => hi < blo || bhi < lo,
+        _ => true,
+    };
+    let mut best = Vec::new();
+    let mut worst = Vec::new();
+    for (c, cells) in columns.iter().zip(cols) {
+        let ranked = cells.iter().filter(|x| x.rank.is_some()).count();
+        let at = |r: usize| cells.iter().find(|x| x.rank == Some(r));
+        match cells[i].rank {
+            Some(1) if ranked > 1 && apart(&cells[i], at(2)) => best.push(c.name.clone()),
+            Some(r) if ranked > 1 && r == ranked && apart(&cells[i], at(r - 1)) => worst.push(c.name.clone()),
+            _ => {}
+        }
+    }
+    let iso = columns.iter().position(|c| c.name == "CPU isolation").map(|k| cols[k][i].text.clone()).filter(|t| t != "–");
+    let mut parts = Vec::new();
+    if !best.is_empty() {
+        parts.push(format!("best for {}", best.join(", ")));
+    }
+    if !worst.is_empty() {
+        parts.push(format!("worst for {}", worst.join(", ")));
+    }
+    if parts.is_empty() {
+        parts.push("neither clearly best nor clearly worst on any ranked figure".into());
+    }
+    if let Some(iso) = iso {
+        parts.push(format!("CPU shared {iso}"));
+    }
+    let mut s = parts.join("; ");
+    if let Some(f) = s.get_mut(0..1) {
+        f.make_ascii_uppercase();
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Background for a rank: green for the best, red for the worst, between them in steps.
+fn colour(rank: usize, of: usize) -> &'static str {
+    const SHADES: [&str; 5] = ["#c8ecc8", "#e2f2c4", "#f5f0c0", "#f7dcc0", "#f3c4c4"];
+    if of <= 1 {
+        return SHADES[0];
+    }
+    SHADES[((rank - 1) * (SHADES.len() - 1)).div_ceil(of - 1).min(SHADES.len() - 1)]
+}
+
+/// The table as an HTML section.
+pub fn html(t: &Table) -> String {
+    let mut h = String::from("<section id=\"decision\"><h2>Which system for a large emulation?</h2><table><tr><th>backend</th>");
+    for c in &t.columns {
+        h.push_str(&format!("<th>{}</th>", esc(&c.name)));
+    }
+    h.push_str("<th style=\"text-align:left\">in short</th></tr>");
+    for r in &t.rows {
+        h.push_str(&format!("<tr><td>{}</td>", r.backend));
+        for cell in &r.cells {
+            match cell.rank {
+                Some(k) => {
+                    h.push_str(&format!("<td style=\"background:{}\" title=\"rank {k}\">{}</td>", colour(k, t.ranked_backends), esc(&cell.text)));
+                }
+                None => h.push_str(&format!("<td>{}</td>", esc(&cell.text))),
+            }
+        }
+        h.push_str(&format!("<td style=\"text-align:left\">{}</td></tr>", esc(&r.verdict)));
+    }
+    h.push_str("</table><ul>");
+    for c in &t.columns {
+        let order = if !c.ranked { "not ranked" } else if c.lower_is_better { "lower is better" } else { "higher is better" };
+        h.push_str(&format!("<li><b>{}</b>: {} ({order}).</li>", esc(&c.name), esc(&c.what)));
+    }
+    h.push_str("<li>Colours rank the virtualization systems on each figure, green best to red worst; native is the reference and is not ranked. Ranks order the means; the sentences call a system best or worst only where its interval does not overlap the runner-up's.</li></ul></section>\n");
+    h
+}
+
+/// The table as Markdown, for pasting into a paper or an issue.
+pub fn markdown(t: &Table) -> String {
+    let cell = |s: &str| s.replace('|', "\\|");
+    let mut m = String::from("| backend |");
+    for c in &t.columns {
+        m.push_str(&format!(" {} |", cell(&c.name)));
+    }
+    m.push_str(" in short |\n|---|");
+    for _ in &t.columns {
+        m.push_str("---|");
+    }
+    m.push_str("---|\n");
+    for r in &t.rows {
+        m.push_str(&format!("| {} |", r.backend));
+        for c in &r.cells {
+            let rank = c.rank.map(|k| format!(" (#{k})")).unwrap_or_default();
+            m.push_str(&format!(" {}{rank} |", cell(&c.text)));
+        }
+        m.push_str(&format!(" {} |\n", cell(&r.verdict)));
+    }
+    m.push('\n');
+    for c in &t.columns {
+        let order = if !c.ranked { "not ranked" } else if c.lower_is_better { "lower is better" } else { "higher is better" };
+        m.push_str(&format!("- **{}**: {} ({order}).\n", c.name, c.what));
+    }
+    m.push_str("- (#k): rank among the virtualization systems (native, the reference, is not ranked).\n");
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootrun::BootRow;
+    use crate::report::build_from;
+    use crate::samples::{Record, Samples};
+    use crate::stats::LinearFit;
+    use crate::suite::testing::sample;
+    use crate::suite::Test;
+
+    /// Native T_a = 2 s; uml 2.5 s, qemu-microvm 3 s at n = 1 (two repetitions each); rings
+    /// of 300 and 100 MB/s; startup rows at n = 1 and 10 (qemu also 20); memory fits.
+    fn report() -> Report {
+        let mut v = Vec::new();
+        for (b, t) in [(BackendKind::Native, 2.0), (BackendKind::Uml, 2.5), (BackendKind::QemuMicrovm, 3.0)] {
+            for rep in 0..2 {
+                v.push(sample(b, Test::Overhead, Resource::Cpu, 1, rep, 0, 0, t + if rep == 0 { -0.1 } else { 0.1 }));
+            }
+        }
+        for (b, bw) in [(BackendKind::Uml, 300.0), (BackendKind::QemuMicrovm, 100.0)] {
+            for g in 0..2 {
+                let mut s = sample(b, Test::Ring, Resource::Network, 2, 0, g, 0, bw);
+                s.unit = "MB/s".into();
+                v.push(s);
+            }
+        }
+        let mut rep = build_from(Samples { records: v.into_iter().map(Record::Bench).collect(), unreadable: 0, implausible: 0, rejected: vec![] }, None);
+        let row = |backend, n, t: f64, failed| BootRow {
+            backend,
+            n,
+            mode: StartMode::Cold,
+            ready: n - failed,
+            failed,
+            t_startup_s: Some(t),
+            ready_times: None,
+            guest_boot: None,
+            m_used_mib: None,
+            per_guest_cgroup_mib: None,
+            per_guest_pss_mib: None,
+        };
+        rep.startup.rows = vec![
+            row(BackendKind::Uml, 1, 0.5, 0),
+            row(BackendKind::Uml, 10, 4.0, 0),
+            row(BackendKind::QemuMicrovm, 1, 1.0, 0),
+            row(BackendKind::QemuMicrovm, 10, 3.0, 1),
+            row(BackendKind::QemuMicrovm, 20, 9.0, 0),
+        ];
+        let fit = |slope| LinearFit { slope, intercept: 10.0, residual_std: 0.5, points: 2 };
+        rep.startup.memory_fit.insert("uml cold".into(), fit(40.0));
+        rep.startup.memory_fit.insert("qemu-microvm cold".into(), fit(130.0));
+        rep
+    }
+
+    fn col(t: &Table, name: &str) -> usize {
+        t.columns.iter().position(|c| c.name.starts_with(name)).unwrap_or_else(|| panic!("no column {name}: {:?}", t.columns))
+    }
+
+    #[test]
+    fn cells_and_ranks_from_the_figures() {
+        let t = decide(&report());
+        let kinds: Vec<_> = t.rows.iter().map(|r| r.backend).collect();
+        assert_eq!(kinds, [BackendKind::Native, BackendKind::Uml, BackendKind::QemuMicrovm]);
+        let cpu = col(&t, "cpu overhead");
+        // 2.5 / 2 and 3 / 2; the spread is the CI half-width scaled: 1.25 · 1.2706 / 2.5.
+        assert_eq!(t.rows[0].cells[cpu].text, "1.00× ±0.64");
+        assert_eq!(t.rows[1].cells[cpu].value, Some(1.25));
+        assert_eq!(t.rows[1].cells[cpu].text, "1.25× ±0.64");
+        assert_eq!((t.rows[1].cells[cpu].rank, t.rows[2].cells[cpu].rank), (Some(1), Some(2)));
+        assert_eq!(t.rows[0].cells[cpu].rank, None, "native is the reference, not ranked");
+        let ring = col(&t, "ring bandwidth");
+        assert_eq!((t.rows[1].cells[ring].rank, t.rows[2].cells[ring].rank), (Some(1), Some(2)), "higher bandwidth ranks first");
+        // Startup compares the largest n both measured (10, not qemu's 20), and a partial
+        // fleet says so.
+        let cold = col(&t, "T_startup cold");
+        assert!(t.columns[cold].name.contains("n = 10"), "{}", t.columns[cold].name);
+        assert_eq!(t.rows[2].cells[cold].text, "3.00 s, partial: 9 of 10");
+        assert_eq!((t.rows[1].cells[cold].rank, t.rows[2].cells[cold].rank), (Some(2), Some(1)));
+        let mem = col(&t, "memory per guest");
+        assert_eq!(t.rows[1].cells[mem].rank, Some(1));
+        assert_eq!(t.rows[0].cells[mem].text, "–", "no figure: a gap, not a number");
+    }
+
+    #[test]
+    fn verdicts_come_from_the_ranks() {
+        let t = decide(&report());
+        assert!(t.rows[0].verdict.starts_with("the reference"));
+        // CPU overhead ranks uml first, but 1.25 ± 0.64 and 1.5 ± 0.64 overlap: no verdict.
+        assert_eq!(t.rows[1].verdict, "Best for ring bandwidth, memory per guest; worst for T_startup cold (n = 10)");
+        assert_eq!(t.rows[2].verdict, "Best for T_startup cold (n = 10); worst for ring bandwidth, memory per guest");
+        // A backend measured under TCG, and one on an emulated host, say so; the latter is
+        // not ranked.
+        let md = markdown(&t);
+        assert!(md.starts_with("| backend | cpu overhead |"), "{md}");
+        assert!(md.contains("| uml | 1.25× ±0.64 (#1) |"), "{md}");
+        assert!(!md.contains("T_startup hot"), "a column without any figure is left out: {md}");
+        let h = html(&t);
+        assert!(h.contains("id=\"decision\"") && h.contains("title=\"rank 1\""), "{h}");
+        let mut rep = report();
+        rep.probes.insert(BackendKind::QemuMicrovm, "QEMU 7.2; KVM probe failed: x; using TCG".into());
+        rep.probes.insert(BackendKind::Uml, "[emulated host] …".into());
+        let t = decide(&rep);
+        assert!(t.rows[2].verdict.ends_with("ran under TCG emulation (no usable KVM here): its figures are not those of a hardware-accelerated VM"), "{}", t.rows[2].verdict);
+        assert!(t.rows[1].verdict.starts_with("Measured on an emulated host"));
+        assert!(t.rows[1].cells.iter().all(|c| c.rank.is_none()));
+    }
+
+    #[test]
+    fn the_report_opens_with_the_table() {
+        let rep = report();
+        let figs = crate::report::figures(&rep);
+        let page = crate::report::html_page(&rep, &figs);
+        let table = page.find("id=\"decision\"").expect("decision table");
+        assert!(page.find("<figure").is_none_or(|f| f > table), "a figure before the table");
+        assert!(!page[..table].contains("<h2>"), "a section before the table");
+    }
+}
