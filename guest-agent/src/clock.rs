@@ -12,6 +12,23 @@ pub fn monotonic_ns() -> u64 {
     read_ns(ClockId::CLOCK_MONOTONIC)
 }
 
+/// Sleeps until CLOCK_MONOTONIC reads at least `at_ns` (at once if it already does). An
+/// absolute deadline, so a signal or an early wake-up never shortens the wait.
+pub fn sleep_until(at_ns: u64) {
+    use nix::sys::time::TimeSpec;
+    use nix::time::{clock_nanosleep, ClockNanosleepFlags};
+    let ts = TimeSpec::from(std::time::Duration::from_nanos(at_ns));
+    while monotonic_ns() < at_ns {
+        // EINTR: go round again; any other error cannot happen with a valid absolute time,
+        // and the loop condition still ends the wait.
+        if let Err(e) = clock_nanosleep(ClockId::CLOCK_MONOTONIC, ClockNanosleepFlags::TIMER_ABSTIME, &ts) {
+            if e != nix::errno::Errno::EINTR {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
 /// Reads the clocks now. `read_kmsg`: look in the kernel log for when init was started
 /// (only meaningful when the agent is the init of its own kernel, not in a container).
 pub fn snapshot(read_kmsg: bool) -> GuestClock {
@@ -79,6 +96,15 @@ mod tests {
         assert_eq!(parse_starttime_ns(stat, 100), Some(370_000_000));
         assert_eq!(parse_kmsg_init("6,301,1234567,-;Run /init as init process\n"), Some(1_234_567_000));
         assert_eq!(parse_kmsg_init("6,301,1234567,-;Freeing unused kernel memory"), None);
+    }
+
+    #[test]
+    fn sleep_until_reaches_the_instant() {
+        let at = monotonic_ns() + 5_000_000;
+        sleep_until(at);
+        assert!(monotonic_ns() >= at);
+        // An instant in the past returns at once.
+        sleep_until(1);
     }
 
     #[test]

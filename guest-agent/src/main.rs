@@ -171,10 +171,12 @@ fn handle(req: Request, w: &Writer, pid1: bool) {
     match req.cmd {
         Command::Ping => reply(w, id, Ok(ReplyBody::Pong { monotonic_ns: clock::monotonic_ns() })),
         Command::Bench(b) => {
+            // Read as soon as decoded: the host's start instant is relative to nothing else.
+            let received_ns = clock::monotonic_ns();
             let w2 = w.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("req-{id}"))
-                .spawn(move || reply(&w2, id, bench::run(&b).map(ReplyBody::Bench)));
+                .spawn(move || reply(&w2, id, bench::run(&b, received_ns).map(ReplyBody::Bench)));
             if let Err(e) = spawned {
                 reply(w, id, Err(format!("cannot start request thread: {e}")));
             }

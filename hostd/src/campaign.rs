@@ -47,6 +47,8 @@ pub struct Campaign {
     pub workloads: Workloads,
     #[serde(default)]
     pub xen: XenSection,
+    #[serde(default)]
+    pub network: NetworkSection,
     /// Per-backend changes (e.g. fewer guests for emulated VMs), keyed by backend name.
     #[serde(default)]
     pub overrides: BTreeMap<String, Override>,
@@ -94,6 +96,11 @@ pub struct StartupSection {
     /// Seconds the booted fleet idles before memory is read. Default 3.
     #[serde(default = "d_settle")]
     pub settle_s: u64,
+    /// Each guest boots its own copies of the images (the paper's setting), made on a
+    /// disk-backed file system for the fleet and removed after it. Default false: all
+    /// guests share one copy.
+    #[serde(default)]
+    pub image_copies: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +143,33 @@ pub struct XenSection {
     /// Largest fleet the lab boots (its emulated host gets memory for it). Default 10.
     #[serde(default = "d_lab_max")]
     pub lab_max_guests: usize,
+}
+
+/// Network paths measured besides every backend's own (docs/methodology.md, "Network paths").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Also measure the host baseline on loopback (agent and peer in one network stack) at
+    /// n = 1: a second reference, next to the veth+bridge one the guests are compared with.
+    /// Default true.
+    #[serde(default = "d_true")]
+    pub native_loopback: bool,
+    /// Network modes of the ns backend's network tests, in order: "private" (each guest
+    /// its own network namespace on a veth pair, the path containers use) and/or "shared"
+    /// (guests share one network stack, as the paper's Vserver had no network
+    /// virtualization; labelled host-stack). Default ["private", "shared"].
+    #[serde(default = "d_ns_modes")]
+    pub ns_modes: Vec<crate::netlab::NetMode>,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        Self { native_loopback: true, ns_modes: d_ns_modes() }
+    }
+}
+
+fn d_ns_modes() -> Vec<crate::netlab::NetMode> {
+    vec![crate::netlab::NetMode::Private, crate::netlab::NetMode::Shared]
 }
 
 /// What a backend may change. Absent fields keep the campaign's value.
@@ -204,7 +238,7 @@ impl Default for GuestSection {
 }
 impl Default for StartupSection {
     fn default() -> Self {
-        Self { sizes: d_startup_sizes(), modes: d_modes(), settle_s: d_settle() }
+        Self { sizes: d_startup_sizes(), modes: d_modes(), settle_s: d_settle(), image_copies: false }
     }
 }
 impl Default for OverheadSection {
@@ -293,7 +327,7 @@ impl Campaign {
         self.name = format!("{}-quick", self.name);
         self.reps = 2;
         self.warmup = 1;
-        self.startup = StartupSection { sizes: vec![1, 2], modes: vec![StartMode::Cold, StartMode::Hot], settle_s: 1 };
+        self.startup = StartupSection { sizes: vec![1, 2], modes: vec![StartMode::Cold, StartMode::Hot], settle_s: 1, ..self.startup.clone() };
         self.overhead = OverheadSection { sizes: vec![1, 2], memory_sizes: None };
         self.ring = RingSection { guests: 3 };
         self.guest.mem_bench_mib = None;
@@ -357,6 +391,10 @@ impl Campaign {
         check_ring("ring.guests", self.ring.guests)?;
         check_workloads("workloads", &self.workloads)?;
         limits::LAB_GUESTS.field("xen.lab_max_guests", self.xen.lab_max_guests)?;
+        let m = &self.network.ns_modes;
+        if m.is_empty() || (1..m.len()).any(|i| m[..i].contains(&m[i])) {
+            return bad("network.ns_modes", format!("{m:?}: needs \"private\", \"shared\" or both, each once"));
+        }
         for (b, o) in &self.overrides {
             if let Err(e) = b.parse::<BackendKind>() {
                 return bad(&format!("overrides.{b}"), e);
@@ -706,6 +744,9 @@ mod tests {
         assert!(e("resources = [\"gpu\"]").contains("gpu"));
         assert!(e("[xen]\nlab_max_guests = 0").contains("`xen.lab_max_guests`"));
         assert!(e("[xen]\nlab = \"yes\"").contains("lab"));
+        assert!(e("[network]\nns_modes = []").contains("`network.ns_modes`"));
+        assert!(e("[network]\nns_modes = [\"shared\", \"shared\"]").contains("`network.ns_modes`"));
+        assert!(e("[network]\nns_modes = [\"bridged\"]").contains("bridged"));
     }
 
     #[test]

@@ -169,6 +169,22 @@ impl Cgroup {
         fs::read_to_string(self.dirs[0].join(f)).ok()?.trim().parse().ok()
     }
 
+    /// What the group holds the way the host's used memory counts it (see
+    /// `memory::used_kib`): the charge less reclaimable file cache and slab, keeping shmem.
+    /// The cross-check of M_used sums this over guests: a cold start's image reads are
+    /// charged to the guest as page cache, which the host's figure rightly leaves out.
+    pub fn used_memory_bytes(&self) -> Option<u64> {
+        let total = self.memory_bytes()?;
+        let stat = fs::read_to_string(self.dirs[0].join("memory.stat")).ok()?;
+        let field = |k: &str| stat.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse::<u64>().ok());
+        let reclaimable = match self.mode {
+            // v2's `file` includes shmem (tmpfs, memfd guest RAM), which is not reclaimable.
+            Mode::V2 => field("file")?.saturating_sub(field("shmem").unwrap_or(0)) + field("slab_reclaimable").unwrap_or(0),
+            Mode::V1 => field("total_cache")?.saturating_sub(field("total_shmem").unwrap_or(0)),
+        };
+        Some(total.saturating_sub(reclaimable))
+    }
+
     /// Processes the kernel's OOM killer ended in the group (its memory limit was reached).
     pub fn oom_kills(&self) -> u64 {
         let file = match self.mode {

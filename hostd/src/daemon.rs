@@ -118,6 +118,7 @@ impl FleetFile {
             vcpus: self.vcpus,
             mem_mib: self.mem_mib,
             network: self.network,
+            net_mode: Default::default(),
             data_disk: None,
             boot_timeout: Duration::from_secs(self.boot_timeout_s),
             limits: Limits {
@@ -128,6 +129,7 @@ impl FleetFile {
                 pids: self.limits.pids,
                 cpuset: None,
             },
+            image_copies: Vec::new(),
         }
     }
 }

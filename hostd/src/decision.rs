@@ -452,6 +452,7 @@ mod tests {
             m_used_mib: None,
             per_guest_cgroup_mib: None,
             per_guest_pss_mib: None,
+            checks: Default::default(),
         };
         rep.startup.rows = vec![
             row(BackendKind::Uml, 1, 0.5, 0),

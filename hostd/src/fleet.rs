@@ -11,11 +11,11 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::backend::{AnyBackend, Backend, BackendKind, Exit, GuestNet, GuestSpec};
+use crate::backend::{AnyBackend, Backend, BackendKind, Exit, GuestNet, GuestSpec, Images};
 use crate::cgroup::{self, Limits};
 use crate::guest::{boot, RunningGuest};
 pub use crate::guest::{FailureKind, GuestFailure};
-use crate::netlab::{self, FleetNet};
+use crate::netlab::{self, FleetNet, NetMode};
 use crate::runstate::RunState;
 
 /// How to start a fleet. Every field has the default shown in `Default`.
@@ -30,11 +30,18 @@ pub struct FleetConfig {
     pub mem_mib: u32,
     /// Attach every guest to the fleet network (default true).
     pub network: bool,
+    /// How guests attach to it (default private: a stack of their own on a veth or tap).
+    /// `Shared` is for backends without a kernel of their own (native, ns).
+    pub net_mode: NetMode,
     /// A file or device every guest gets for the disk benchmark (default none).
     pub data_disk: Option<PathBuf>,
     /// From the launch request to the agent's hello (default 120 s).
     pub boot_timeout: Duration,
     pub limits: Limits,
+    /// Guest i boots its own copies `image_copies[i]` of the images (the paper's "each VM
+    /// its own image"); guests beyond the list, and every guest when it is empty (default),
+    /// share the backend's.
+    pub image_copies: Vec<Arc<Images>>,
 }
 
 impl Default for FleetConfig {
@@ -45,9 +52,11 @@ impl Default for FleetConfig {
             vcpus: 1,
             mem_mib: 128,
             network: true,
+            net_mode: NetMode::Private,
             data_disk: None,
             boot_timeout: Duration::from_secs(120),
             limits: Limits::default(),
+            image_copies: Vec::new(),
         }
     }
 }
@@ -77,6 +86,8 @@ pub struct Fleet {
 pub enum FleetError {
     #[error(transparent)]
     Network(#[from] netlab::NetError),
+    #[error("{0} guests run their own kernel: they cannot share the fleet's network stack (net_mode = shared)")]
+    SharedStack(BackendKind),
     #[error(
         "{guests} more guests need about {need} file descriptors in hostd, but only {free} of its limit of {limit} are free \
          (ulimit -n): raise the limit or boot fewer guests at once"
@@ -121,7 +132,10 @@ pub async fn start(
     // Checked before anything exists, so a too-large fleet leaves nothing behind.
     FleetNet::guest_addr(cfg.n.saturating_sub(1))?;
     descriptor_budget(cfg.n)?;
-    let net = if cfg.network { Some(FleetNet::create(&run.run)?) } else { None };
+    if cfg.network && cfg.net_mode == NetMode::Shared && backend.kind().own_kernel() {
+        return Err(FleetError::SharedStack(backend.kind()));
+    }
+    let net = if cfg.network { Some(FleetNet { mode: cfg.net_mode, ..FleetNet::create(&run.run)? }) } else { None };
     let mut fleet = Fleet {
         backend: backend.kind(),
         net,
@@ -178,6 +192,7 @@ impl Fleet {
                 net: guest_net,
                 cgroup: cg_mode,
                 limits: cfg.limits,
+                images: cfg.image_copies.get(index).cloned(),
             };
             let sem = sem.clone();
             let timeout = cfg.boot_timeout;
@@ -269,10 +284,31 @@ impl Fleet {
     }
 
     /// Where other guests reach ready guest `i` (by position in `guests`): its own fleet
-    /// address, or for native processes (which share the fleet namespace and have no address
-    /// of their own) the bridge's.
+    /// address, or for guests sharing the fleet namespace's stack (which have no address of
+    /// their own) loopback, where that stack's listeners all are.
     pub fn addr(&self, i: usize) -> Option<std::net::Ipv4Addr> {
         let net = self.guests.get(i)?.spec.net.as_ref()?;
-        Some(if self.backend == BackendKind::Native { netlab::BRIDGE_ADDR } else { net.addr })
+        Some(if net.fleet.mode == NetMode::Shared { std::net::Ipv4Addr::LOCALHOST } else { net.addr })
+    }
+
+    /// The kind of path this fleet's guests' traffic takes, and its MTU as measured on the
+    /// host side (the guest's link on the bridge, or the shared stack's loopback).
+    pub fn net_label(&self) -> Option<(netlab::NetPath, Option<u32>)> {
+        let net = self.net.as_ref()?;
+        let (path, dev) = match net.mode {
+            NetMode::Shared if self.backend == BackendKind::Native => (netlab::NetPath::Loopback, "lo".to_string()),
+            NetMode::Shared => (netlab::NetPath::HostStack, "lo".to_string()),
+            NetMode::Private => {
+                let link = self.guests.first()?.spec.net.as_ref()?.link.clone();
+                (if self.backend.own_kernel() { netlab::NetPath::TapBridge } else { netlab::NetPath::VethBridge }, link)
+            }
+        };
+        match netlab::link_mtu(&net.netns, &dev) {
+            Ok(mtu) => Some((path, Some(mtu))),
+            Err(e) => {
+                tracing::warn!("fleet network MTU of {dev}: {e}");
+                Some((path, None))
+            }
+        }
     }
 }

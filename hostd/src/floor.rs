@@ -65,6 +65,7 @@ pub async fn measure(
                 }),
                 cgroup: if full { cgroup::detect().ok() } else { None },
                 limits: Default::default(),
+                images: None,
             };
             let g = boot(&bare, spec(format!("floor{i}"), false), timeout).await.context("floor boot")?;
             let fs = g.startup.as_secs_f64();

@@ -106,6 +106,8 @@ enum Cmd {
         /// Replace the report even with one built from less data.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        export: ExportArgs,
     },
     /// Show two runs' main figures side by side (both must be results directories).
     Compare {
@@ -183,6 +185,29 @@ struct UpArgs {
     images: ImageArgs,
 }
 
+/// Exports beside the human table, in the shapes hyperfine users script against.
+#[derive(Args)]
+struct ExportArgs {
+    /// Also write the results as hyperfine-shaped JSON (results[] with command, mean,
+    /// stddev, median, min, max, times; schema: docs/schema/export.schema.json).
+    #[arg(long, value_name = "FILE")]
+    export_json: Option<PathBuf>,
+    /// Also write the results as CSV (one row per result).
+    #[arg(long, value_name = "FILE")]
+    export_csv: Option<PathBuf>,
+    /// Also write the results as a Markdown table.
+    #[arg(long, value_name = "FILE")]
+    export_markdown: Option<PathBuf>,
+}
+
+impl ExportArgs {
+    fn write(&self, e: &hostd::export::Export) -> anyhow::Result<()> {
+        let t = hostd::export::Targets { json: self.export_json.clone(), csv: self.export_csv.clone(), markdown: self.export_markdown.clone() };
+        hostd::export::write(e, &t)?;
+        Ok(())
+    }
+}
+
 /// Where images come from and how backends run.
 #[derive(Args)]
 struct ImageArgs {
@@ -233,6 +258,10 @@ struct BootArgs {
     /// Do not attach guests to a fleet network.
     #[arg(long)]
     no_network: bool,
+    /// Boot each guest from its own copies of the images (the paper's setting: each VM its
+    /// own image), made under /var/tmp/virtbench/<run>/ and removed after each fleet.
+    #[arg(long)]
+    image_copies: bool,
     /// Pairs of hot starts compared with the backend's floor (bare fork+exec for
     /// containers, a bare VMM boot for VMs); 0 skips the comparison (at most 100).
     #[arg(long, default_value_t = 5, value_parser = limits::FLOOR_REPS.cli::<usize>())]
@@ -242,6 +271,8 @@ struct BootArgs {
     results: PathBuf,
     #[command(flatten)]
     images: ImageArgs,
+    #[command(flatten)]
+    export: ExportArgs,
 }
 
 #[derive(Args)]
@@ -301,6 +332,8 @@ struct BenchArgs {
     /// Print machine-readable JSON instead of the table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    export: ExportArgs,
 }
 
 fn main() -> ExitCode {
@@ -346,8 +379,9 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Status { name, json } => all(status(name, json).await),
         Cmd::Down { name } => all(down(name).await),
         Cmd::Run(a) => run_campaign(a).await,
-        Cmd::Report { dir, force } => {
+        Cmd::Report { dir, force, export } => {
             let rep = hostd::report::write(&dir, force)?;
+            export.write(&hostd::export::of_report(&rep))?;
             println!("report: {}", report_line(&dir, &rep));
             Ok(Done::All)
         }
@@ -782,6 +816,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
         settle: Duration::from_secs(a.settle),
         results: a.results.clone(),
         floor_reps: a.floor_reps,
+        image_copies: a.image_copies,
     };
     let bars = indicatif::MultiProgress::new();
     let mut current: Option<(String, indicatif::ProgressBar, usize, usize)> = None;
@@ -832,6 +867,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
         Some(r) => {
             let summary = r?;
             print!("{}", bootrun::table(&summary));
+            a.export.write(&hostd::export::of_boot(&summary))?;
             eprintln!("hostd: results in {}", results.path.display());
             if !cleaned.errors.is_empty() {
                 anyhow::bail!("teardown: {}", cleaned.errors.join("; "));
@@ -873,6 +909,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         workdir: workdir.path().to_path_buf(),
     };
     let run = microbench::run(&opts, &mut std::io::stderr()).await?;
+    a.export.write(&hostd::export::of_bench(&run))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&run)?);
     } else {

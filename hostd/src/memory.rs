@@ -44,6 +44,75 @@ pub async fn host_used_kib_median(k: usize, gap: std::time::Duration) -> Option<
     Some(v[v.len() / 2])
 }
 
+/// `k` readings of the host's used memory, `gap` apart (`k` ≥ 1).
+pub async fn host_used_readings(k: usize, gap: std::time::Duration) -> Option<Vec<u64>> {
+    let mut v = Vec::with_capacity(k);
+    for i in 0..k.max(1) {
+        if i > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        v.push(host_used_kib()?);
+    }
+    Some(v)
+}
+
+/// Largest minus smallest reading.
+pub fn range(v: &[u64]) -> u64 {
+    v.iter().max().zip(v.iter().min()).map_or(0, |(a, b)| a - b)
+}
+
+/// The middle reading (the upper of the two middle ones for an even count).
+pub fn median(v: &[u64]) -> Option<u64> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+/// How far M_used can be off from host noise alone, KiB: the larger range of the two
+/// windows of readings (before the fleet, with no fleet: the host's own drift; after it,
+/// with the fleet idle). A difference of medians of two such windows moves by at most that
+/// much when nothing but the noise changed.
+pub fn noise_bound_kib(before: &[u64], after: &[u64]) -> u64 {
+    range(before).max(range(after))
+}
+
+/// M_used repeated: each reading after the fleet minus the median of the noise floor.
+pub fn repeats_kib(before: &[u64], after: &[u64]) -> Vec<i64> {
+    let Some(base) = median(before) else { return Vec::new() };
+    after.iter().map(|&a| a as i64 - base as i64).collect()
+}
+
+/// Whether the host-wide figure and the per-guest sum differ by more than the noise bound
+/// (then both are reported).
+pub fn disagree(m_used_kib: i64, cross_kib: i64, bound_kib: u64) -> bool {
+    m_used_kib.abs_diff(cross_kib) > bound_kib
+}
+
+/// Resident set size of a process, KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    meminfo_field(&s, "VmRSS")
+}
+
+/// Memory the files under `dir` hold, KiB, if `dir` is on tmpfs (there it is shmem, part of
+/// the host's used memory); None on a disk-backed file system (page cache, not counted).
+pub fn tmpfs_usage_kib(dir: &std::path::Path) -> Option<u64> {
+    let fs = nix::sys::statfs::statfs(dir).ok()?;
+    if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
+        return None;
+    }
+    fn walk(p: &std::path::Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
+        let own = m.blocks() * 512 / 1024;
+        if !m.is_dir() {
+            return own;
+        }
+        own + std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| walk(&e.path())).sum()).unwrap_or(0)
+    }
+    Some(walk(dir))
+}
+
 /// Proportional set size of a process, KiB (shared pages divided among their users).
 pub fn pss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
@@ -55,6 +124,9 @@ pub fn pss_kib(pid: u32) -> Option<u64> {
 pub struct GuestMemory {
     /// Charged to its cgroup (anonymous, page cache and shmem it touched), if it has one.
     pub cgroup_kib: Option<u64>,
+    /// Of which what the host's used memory counts (reclaimable page cache left out).
+    #[serde(default)]
+    pub cgroup_used_kib: Option<u64>,
     /// Sum of the PSS of its host processes.
     pub pss_kib: u64,
     pub processes: usize,
@@ -64,6 +136,7 @@ pub fn guest_memory(g: &crate::backend::GuestProcess) -> GuestMemory {
     let pids = g.pids();
     GuestMemory {
         cgroup_kib: g.cgroup.as_ref().and_then(|c| c.memory_bytes()).map(|b| b / 1024),
+        cgroup_used_kib: g.cgroup.as_ref().and_then(|c| c.used_memory_bytes()).map(|b| b / 1024),
         pss_kib: pids.iter().filter_map(|&p| pss_kib(p)).sum(),
         processes: pids.len(),
     }
@@ -85,6 +158,38 @@ mod tests {
     fn used_counts_shmem_but_not_cache() {
         // 1000000 − 500000 − 10000 − (200000 − 50000) − 20000
         assert_eq!(used_kib(M), Some(320_000));
+    }
+
+    #[test]
+    fn noise_bound_and_repeats() {
+        // Floor drifts by 300 KiB, the idle fleet's readings by 120: the bound is 300.
+        let before = [10_000, 10_300, 10_100, 10_200, 10_050];
+        let after = [60_100, 60_000, 60_120, 60_050, 60_010];
+        assert_eq!(range(&before), 300);
+        assert_eq!(median(&before), Some(10_100));
+        assert_eq!(noise_bound_kib(&before, &after), 300);
+        assert_eq!(repeats_kib(&before, &after), vec![50_000, 49_900, 50_020, 49_950, 49_910]);
+        assert_eq!(repeats_kib(&[], &after), Vec::<i64>::new());
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[4, 1, 3, 2]), Some(3));
+    }
+
+    #[test]
+    fn cross_check_disagreement_is_beyond_the_bound() {
+        assert!(!disagree(50_000, 50_300, 300));
+        assert!(disagree(50_000, 50_301, 300));
+        assert!(disagree(-2_000, 40_000, 1_000));
+        assert!(!disagree(-200, 100, 300));
+    }
+
+    #[test]
+    fn tmpfs_usage_only_on_tmpfs() {
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        std::fs::write(shm.path().join("log"), vec![1u8; 64 << 10]).unwrap();
+        assert!(tmpfs_usage_kib(shm.path()).unwrap() >= 64);
+        let disk = tempfile::tempdir_in("/var/tmp").unwrap();
+        assert_eq!(tmpfs_usage_kib(disk.path()), None);
+        assert!(rss_kib(std::process::id()).unwrap() > 0);
     }
 
     #[test]

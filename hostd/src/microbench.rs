@@ -133,6 +133,7 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
             net: None,
             cgroup: None,
             limits: Default::default(),
+            images: None,
         };
         let guest = boot(&backend, spec(0, "bench0"), opts.hello_timeout).await.with_context(ctx)?;
         // netperf's client and server are two processes (two machines in the paper).
@@ -228,7 +229,7 @@ async fn run_benches(
                 BenchSpec::NetRr { peer: peer.expect("peer started").to_string(), duration_ms: opts.net_duration_ms, size: opts.rr_size }
             }
         };
-        let req = BenchRequest { spec, instances: opts.instances };
+        let req = BenchRequest { spec, instances: opts.instances, start_at_ns: None };
         req.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         results.push(repeat(&guest.conn, b, &req, opts, progress).await?);
     }

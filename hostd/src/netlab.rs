@@ -34,10 +34,89 @@ pub enum NetError {
     TooMany(usize),
 }
 
+/// How a fleet's guests are attached to its network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetMode {
+    /// Each guest has a network stack of its own (a network namespace or a VM's kernel)
+    /// linked to the fleet bridge by a veth pair or a tap: the guests' usual path.
+    #[default]
+    Private,
+    /// Guests have no network stack of their own: they run in the fleet namespace itself,
+    /// the stack the bridge and the network peer live in, as processes of a host without
+    /// network virtualization (the paper's Vserver) share the host's. Traffic between them
+    /// and to the peer is local (loopback). Only for backends without a kernel of their own.
+    Shared,
+}
+
+/// The kind of path a network sample's traffic took between a guest and its far end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum NetPath {
+    /// The host's loopback: both ends in one network stack (the native second reference).
+    #[serde(rename = "loopback")]
+    Loopback,
+    /// A guest network namespace's veth pair, over the fleet bridge.
+    #[serde(rename = "veth+bridge")]
+    VethBridge,
+    /// A VM's virtual NIC backed by a tap (or Xen's vif) on the fleet bridge.
+    #[serde(rename = "tap+bridge")]
+    TapBridge,
+    /// Guests sharing one network stack with each other and the peer (ns's Vserver-like
+    /// mode): local traffic, as on loopback.
+    #[serde(rename = "host-stack")]
+    HostStack,
+}
+
+impl NetPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            NetPath::Loopback => "loopback",
+            NetPath::VethBridge => "veth+bridge",
+            NetPath::TapBridge => "tap+bridge",
+            NetPath::HostStack => "host-stack",
+        }
+    }
+
+    /// Both ends in one network stack (no link, no bridge).
+    pub fn is_local(self) -> bool {
+        matches!(self, NetPath::Loopback | NetPath::HostStack)
+    }
+}
+
+impl std::fmt::Display for NetPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The MTU of link `dev` in namespace `netns`, as `ip` reports it.
+pub fn link_mtu(netns: &str, dev: &str) -> Result<u32, NetError> {
+    let args = ["-n", netns, "-o", "link", "show", "dev", dev];
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| NetError::Ip { args: args.join(" "), msg: format!("cannot run ip: {e}") })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(NetError::Ip { args: args.join(" "), msg: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    parse_mtu(&text).ok_or_else(|| NetError::Ip { args: args.join(" "), msg: format!("no mtu in {:?}", text.trim()) })
+}
+
+fn parse_mtu(line: &str) -> Option<u32> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mtu")?;
+    words.next()?.parse().ok()
+}
+
 /// A fleet network namespace. Serializable so a later hostd can remove it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetNet {
     pub netns: String,
+    /// How guests attach to it (a guest's spec carries the fleet's value; the network
+    /// peer's says `shared`, as it always runs in the fleet namespace itself).
+    #[serde(default)]
+    pub mode: NetMode,
 }
 
 /// Runs `ip ARGS`, turning failure into an error carrying its stderr.
@@ -55,7 +134,7 @@ pub fn ip(args: &[&str]) -> Result<(), NetError> {
 impl FleetNet {
     /// Creates namespace `vb-<run>` with an up bridge and loopback.
     pub fn create(run: &str) -> Result<Self, NetError> {
-        let net = FleetNet { netns: format!("vb-{run}") };
+        let net = FleetNet { netns: format!("vb-{run}"), mode: NetMode::Private };
         ip(&["netns", "add", &net.netns])?;
         let r = (|| {
             let n = net.netns.as_str();
@@ -72,6 +151,11 @@ impl FleetNet {
             return Err(e);
         }
         Ok(net)
+    }
+
+    /// The same network as seen by a guest that runs in the fleet namespace itself.
+    pub fn shared(&self) -> Self {
+        FleetNet { mode: NetMode::Shared, ..self.clone() }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -150,6 +234,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mtu_from_ip_output() {
+        let l = "5: vbl0@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master vbbr0 state UP mode DEFAULT";
+        assert_eq!(parse_mtu(l), Some(1500));
+        assert_eq!(parse_mtu("1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue"), Some(65536));
+        assert_eq!(parse_mtu("1: lo: <LOOPBACK> qdisc noqueue"), None);
+        assert_eq!(serde_json::to_string(&NetPath::VethBridge).unwrap(), "\"veth+bridge\"");
+    }
+
+    #[test]
     fn addresses() {
         assert_eq!(FleetNet::guest_addr(0).unwrap(), Ipv4Addr::new(10, 211, 0, 2));
         assert_eq!(FleetNet::guest_addr(300).unwrap(), Ipv4Addr::new(10, 211, 1, 46));
@@ -170,6 +263,8 @@ mod tests {
         // The bridge keeps its own MAC when ports join.
         let out = Command::new("ip").args(["-n", &net.netns, "-o", "link", "show", BRIDGE]).output().unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains(BRIDGE_MAC), "{}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(link_mtu(&net.netns, "vbt0").unwrap(), 1500);
+        assert_eq!(link_mtu(&net.netns, "lo").unwrap(), 65536);
         let e = net.add_tap("vbt0").unwrap_err();
         assert!(e.to_string().contains("ip -n"), "{e}");
         net.destroy().unwrap();

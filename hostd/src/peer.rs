@@ -32,9 +32,10 @@ impl Peer {
             mem_mib: 64,
             data_disk: None,
             workdir: run.scratch.join("peer"),
-            net: Some(GuestNet { fleet: net.clone(), addr: netlab::BRIDGE_ADDR, prefix: netlab::PREFIX, link: String::new() }),
+            net: Some(GuestNet { fleet: net.shared(), addr: netlab::BRIDGE_ADDR, prefix: netlab::PREFIX, link: String::new() }),
             cgroup: cgroup::detect().ok(),
             limits: Limits::default(),
+            images: None,
         };
         let guest = boot(&backend, spec, Duration::from_secs(30)).await.context("starting the network peer")?;
         let port = match guest.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await {

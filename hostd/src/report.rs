@@ -82,6 +82,9 @@ pub struct Report {
     pub implausible_records: usize,
     #[serde(default)]
     pub rejected: Vec<Rejected>,
+    /// Network paths and MTUs, start skew and overlap ([`crate::suite::conditions`]).
+    #[serde(default)]
+    pub conditions: crate::suite::conditions::Conditions,
     /// Figures (backend/resource) whose samples did not record the CPUs their guests had
     /// (results older than that record): the host's CPU count (`cores`) stood in.
     #[serde(default)]
@@ -296,6 +299,8 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
             Record::Provenance { .. } => {}
         }
     }
+    // Second references (native on loopback, …) leave the figures' series.
+    let (bench, conditions) = crate::suite::conditions::split(bench);
     let startup = crate::startup::analyse(
         provenance.clone().unwrap_or_else(|| Provenance::collect(Default::default())),
         startups,
@@ -387,6 +392,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         unreadable_records: unreadable,
         implausible_records: implausible,
         rejected,
+        conditions,
         cpus_assumed,
     }
 }
@@ -779,13 +785,22 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
             r.backend,
             if emulated { EMULATED_MARK } else { "" },
             r.n,
-            r.mode.name(),
+            // The verified label (cold, warm, hot) and the resident share before the start.
+            match r.checks.resident_fraction {
+                Some(f) => format!("{} ({:.1} % resident)", r.label(), 100.0 * f),
+                None => r.label().to_string(),
+            },
             r.ready,
             r.n,
-            o(r.t_startup_s, 3),
+            // Over the guests that came up: marked partial, never bare.
+            if r.partial() && r.t_startup_s.is_some() { format!("{} (partial: {} of {})", o(r.t_startup_s, 3), r.ready, r.n) } else { o(r.t_startup_s, 3) },
             r.ready_times.as_ref().map(|s| format!("{:.3} ± {:.3}", s.mean, s.std_dev)).unwrap_or_else(|| "–".into()),
             o(r.guest_boot.as_ref().map(|g| g.mean), 3),
-            o(r.m_used_mib, 1),
+            match (r.m_used_mib, r.checks.m_used_noise_mib, r.checks.m_used_disagrees) {
+                (Some(m), Some(b), false) => format!("{m:.1} ± {b:.1}"),
+                (Some(m), Some(b), true) => format!("{m:.1} ± {b:.1} (guests' cgroups + hostd: {})", o(r.checks.cross_check_mib, 1)),
+                (m, _, _) => o(m, 1),
+            },
             o(r.per_guest_cgroup_mib, 2),
             o(r.per_guest_pss_mib, 2)
         );
@@ -802,6 +817,7 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
             esc(&negative.join(", "))
         );
     }
+    h.push_str(&crate::bootrun::startup_notes_html(&rep.startup));
     for (mode, f) in &rep.startup.memory_fit {
         let _ = write!(h, "<p>Fit ({mode}): M_used(n) = {:.2} MiB × n + {:.1} MiB (M_VM, M_tool; residual {:.2} MiB over {} sizes).</p>", f.slope, f.intercept, f.residual_std, f.points);
     }
@@ -875,6 +891,7 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
         }
         h.push_str("</table>");
     }
+    h.push_str(&crate::suite::conditions::html(&rep.conditions));
     h.push_str("<h2>Figures</h2>");
     for (name, f, caption) in figs {
         let title = match f {

@@ -15,7 +15,7 @@ use crate::campaign::{BackendPlan, Campaign, HostFacts};
 use crate::provenance::Provenance;
 use crate::cgroup::Limits;
 use crate::fleet::{self, Fleet, FleetConfig};
-use crate::netlab::FleetNet;
+use crate::netlab::{FleetNet, NetMode};
 use crate::peer::Peer;
 use crate::results::{read_records, ResultsDir};
 use crate::runstate::RunState;
@@ -67,9 +67,11 @@ impl Ctx<'_> {
             vcpus: g.vcpus,
             mem_mib,
             network: true,
+            net_mode: NetMode::Private,
             data_disk: self.disk.clone(),
             boot_timeout: Duration::from_secs(g.boot_timeout_s),
             limits: Limits { cpuset: g.pin_one_core.then_some("0"), ..Default::default() },
+            image_copies: Vec::new(),
         }
     }
 
@@ -183,12 +185,21 @@ pub async fn run(
             }
         }
         startup(&mut ctx, &backend, plan, say).await?;
-        overhead_and_linearity(&mut ctx, &backend, plan, say).await?;
-        if campaign.isolation.enabled {
-            small_fleet_test(&mut ctx, &backend, plan, Test::Isolation, say).await?;
-        }
-        if plan.ring_guests >= 2 {
-            small_fleet_test(&mut ctx, &backend, plan, Test::Ring, say).await?;
+        for pass in Pass::all(campaign, plan.kind) {
+            if pass.resources.is_empty() {
+                continue;
+            }
+            if let Some(note) = &pass.note {
+                say(format!("   {note}"));
+            }
+            let plan = &BackendPlan { overhead_sizes: pass.overhead_sizes.clone().unwrap_or_else(|| plan.overhead_sizes.clone()), ..plan.clone() };
+            overhead_and_linearity(&mut ctx, &backend, plan, &pass, say).await?;
+            if campaign.isolation.enabled && pass.isolation {
+                small_fleet_test(&mut ctx, &backend, plan, Test::Isolation, &pass, say).await?;
+            }
+            if plan.ring_guests >= 2 && pass.ring {
+                small_fleet_test(&mut ctx, &backend, plan, Test::Ring, &pass, say).await?;
+            }
         }
         // A backend run with other workloads (an override) needs the host's T_a for them.
         if plan.kind != BackendKind::Native && plan.workloads != plans[0].workloads {
@@ -204,7 +215,7 @@ pub async fn run(
                 workloads: plan.workloads.clone(),
             };
             say(format!("   host baseline T_a for {}'s workloads", plan.kind));
-            overhead_and_linearity(&mut ctx, &native, &baseline, say).await?;
+            overhead_and_linearity(&mut ctx, &native, &baseline, &Pass::own(campaign, BackendKind::Native), say).await?;
         }
     }
     Ok(())
@@ -219,7 +230,8 @@ async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, sa
             }
             let cfg = FleetConfig { data_disk: None, ..ctx.fleet_config(n, plan.mem_mib) };
             let settle = Duration::from_secs(ctx.campaign.startup.settle_s);
-            match boot_and_measure(backend, ctx.run, &cfg, mode, settle, |_| {}).await {
+            let copies = ctx.campaign.startup.image_copies.then_some(ctx.images);
+            match boot_and_measure(backend, ctx.run, &cfg, mode, settle, copies, |_| {}).await {
                 Ok(b) => {
                     for s in &b.startups {
                         ctx.record(&Record::Startup(s.clone()))?;
@@ -231,15 +243,21 @@ async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, sa
                         ctx.record(&Record::Memory(m.clone()))?;
                     }
                     say(format!(
-                        "   startup n={n} {}: {}/{n} ready, T_startup {} s, M_used {} MiB{}",
-                        mode.name(),
+                        "   startup n={n} {}: {}/{n} ready, T_startup {} s{}, M_used {} MiB{}",
+                        b.label(),
                         b.startups.len(),
                         b.t_startup().map(|t| format!("{t:.3}")).unwrap_or("-".into()),
-                        b.memory.as_ref().map(|m| format!("{:.1}", m.m_used_kib as f64 / 1024.0)).unwrap_or("-".into()),
-                        if b.memory.as_ref().is_some_and(|m| m.m_used_kib < 0) {
-                            " (below zero: something else on the host freed memory meanwhile; unreliable)"
-                        } else {
-                            ""
+                        if b.startups.len() < n { format!(" (partial: {} of {n})", b.startups.len()) } else { String::new() },
+                        b.memory
+                            .as_ref()
+                            .map(|m| format!("{:.1} ± {:.1}", m.fleet_kib() as f64 / 1024.0, m.checks.noise_kib.unwrap_or(0) as f64 / 1024.0))
+                            .unwrap_or("-".into()),
+                        match &b.memory {
+                            Some(m) if m.disagrees() => format!(
+                                " (guests' cgroups + hostd: {:.1} MiB, beyond the noise bound)",
+                                m.checks.cross_check_kib.unwrap_or(0) as f64 / 1024.0
+                            ),
+                            _ => String::new(),
                         }
                     ));
                     ctx.finish(&key)?;
@@ -321,45 +339,107 @@ async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>) -> Result<
     Ok(())
 }
 
-/// The network peer on the fleet's bridge, and where guests find it and the data disk.
+/// The network peer on the fleet's bridge, and where guests find it and the data disk:
+/// the bridge's address, or loopback for guests that share the peer's stack.
 async fn start_peer(ctx: &Ctx<'_>, net: &FleetNet) -> Result<(Peer, Targets)> {
     let peer = Peer::start(ctx.images, ctx.opts, ctx.run, net).await?;
-    let targets = Targets { disk: ctx.disk.clone().unwrap_or_else(|| PathBuf::from("/nonexistent")), peer: peer.addr };
+    let addr = match net.mode {
+        NetMode::Private => peer.addr,
+        NetMode::Shared => std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, peer.addr.port())),
+    };
+    let targets = Targets { disk: ctx.disk.clone().unwrap_or_else(|| PathBuf::from("/nonexistent")), peer: addr };
     Ok((peer, targets))
+}
+
+/// One pass of a backend's suite on one network mode: the backend's own (every resource,
+/// step keys as always), or an extra network path's (network only, keys tagged with the
+/// path): native's loopback reference (T_a at n = 1) and ns's further modes.
+struct Pass {
+    mode: NetMode,
+    resources: Vec<Resource>,
+    /// Appended to every step key of an extra pass.
+    suffix: String,
+    overhead_sizes: Option<Vec<usize>>,
+    isolation: bool,
+    ring: bool,
+    note: Option<String>,
+}
+
+impl Pass {
+    fn own(c: &Campaign, kind: BackendKind) -> Pass {
+        let mode = if kind == BackendKind::Ns { c.network.ns_modes[0] } else { NetMode::Private };
+        Pass { mode, resources: c.resources.clone(), suffix: String::new(), overhead_sizes: None, isolation: true, ring: true, note: None }
+    }
+
+    fn all(c: &Campaign, kind: BackendKind) -> Vec<Pass> {
+        let mut v = vec![Pass::own(c, kind)];
+        let network: Vec<Resource> = c.resources.iter().copied().filter(|&r| r == Resource::Network).collect();
+        match kind {
+            BackendKind::Native if c.network.native_loopback => v.push(Pass {
+                mode: NetMode::Shared,
+                resources: network,
+                suffix: "/loopback".into(),
+                overhead_sizes: Some(vec![1]),
+                isolation: false,
+                ring: false,
+                note: Some("network: the loopback reference (agent and peer in one stack)".into()),
+            }),
+            BackendKind::Ns => {
+                for &mode in &c.network.ns_modes[1..] {
+                    let label = if mode == NetMode::Shared { "host-stack" } else { "veth+bridge" };
+                    v.push(Pass {
+                        mode,
+                        resources: network.clone(),
+                        suffix: format!("/{label}"),
+                        overhead_sizes: None,
+                        isolation: true,
+                        ring: true,
+                        note: Some(format!("network on the {label} path")),
+                    });
+                }
+            }
+            _ => {}
+        }
+        v
+    }
 }
 
 /// Overhead and linearity: the memory resource in a fleet of its own, whose guests hold
 /// the working set, at its own sizes; the other resources in one fleet of `guest.mem_mib`
 /// guests.
-async fn overhead_and_linearity(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, say: Say<'_>) -> Result<()> {
-    let (memory, others): (Vec<Resource>, Vec<Resource>) = ctx.campaign.resources.iter().partition(|&&r| r == Resource::Memory);
+async fn overhead_and_linearity(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, pass: &Pass, say: Say<'_>) -> Result<()> {
+    let (memory, others): (Vec<Resource>, Vec<Resource>) = pass.resources.iter().partition(|&&r| r == Resource::Memory);
     if !others.is_empty() {
-        overhead_fleet(ctx, backend, plan, &others, &plan.overhead_sizes, plan.mem_mib, say).await?;
+        overhead_fleet(ctx, backend, plan, pass, &others, &plan.overhead_sizes, plan.mem_mib, say).await?;
     }
     if !memory.is_empty() {
         let mem = u32::try_from(plan.mem_for_copies(1)).context("guest memory for the memory benchmark")?;
-        overhead_fleet(ctx, backend, plan, &memory, &plan.memory_sizes, mem, say).await?;
+        // A pass limited to some sizes (a baseline at n = 1) keeps to them.
+        let sizes: Vec<usize> = plan.memory_sizes.iter().copied().filter(|n| pass.overhead_sizes.as_ref().is_none_or(|o| o.contains(n))).collect();
+        overhead_fleet(ctx, backend, plan, pass, &memory, &sizes, mem, say).await?;
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn overhead_fleet(
     ctx: &mut Ctx<'_>,
     backend: &AnyBackend,
     plan: &BackendPlan,
+    pass: &Pass,
     resources: &[Resource],
     sizes: &[usize],
     mem_mib: u32,
     say: Say<'_>,
 ) -> Result<()> {
-    let key = |test: &str, n: usize, r: Resource| format!("{}/{test}/n={n}/{}/{}", plan.kind, r.name(), plan.workloads.params(r));
+    let key = |test: &str, n: usize, r: Resource| format!("{}/{test}/n={n}/{}/{}{}", plan.kind, r.name(), plan.workloads.params(r), pass.suffix);
     let todo = sizes
         .iter()
         .any(|&n| resources.iter().any(|&r| !ctx.done.contains(&key("overhead", n, r)) || !ctx.done.contains(&key("linearity", n, r))));
     if !todo {
         return Ok(());
     }
-    let cfg = ctx.fleet_config(0, mem_mib);
+    let cfg = FleetConfig { n: 0, net_mode: pass.mode, ..ctx.fleet_config(0, mem_mib) };
     let mut fleet = fleet::start(backend, ctx.run, &cfg, |_| {}).await?;
     let result = async {
         let (peer, targets) = start_peer(ctx, fleet.net.as_ref().expect("network on")).await?;
@@ -407,14 +487,16 @@ enum Test {
     Ring,
 }
 
-async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, test: Test, say: Say<'_>) -> Result<()> {
-    let resources = ctx.campaign.resources.clone();
+async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, test: Test, pass: &Pass, say: Say<'_>) -> Result<()> {
+    let resources = pass.resources.clone();
+    let sfx = &pass.suffix;
     let keys: Vec<(Option<Resource>, String)> = match test {
-        Test::Isolation => {
-            resources.iter().map(|&r| (Some(r), format!("{}/isolation/{}/{}", plan.kind, r.name(), plan.workloads.params(r)))).collect()
-        }
+        Test::Isolation => resources
+            .iter()
+            .map(|&r| (Some(r), format!("{}/isolation/{}/{}{sfx}", plan.kind, r.name(), plan.workloads.params(r))))
+            .collect(),
         Test::Ring => {
-            vec![(None, format!("{}/ring/n={}/{}", plan.kind, plan.ring_guests, plan.workloads.params(Resource::Network)))]
+            vec![(None, format!("{}/ring/n={}/{}{sfx}", plan.kind, plan.ring_guests, plan.workloads.params(Resource::Network)))]
         }
     };
     if keys.iter().all(|(_, k)| ctx.done.contains(k)) {
@@ -427,7 +509,7 @@ async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &Backen
     } else {
         plan.mem_mib
     };
-    let mut fleet = match fleet::start(backend, ctx.run, &ctx.fleet_config(n, mem), |_| {}).await {
+    let mut fleet = match fleet::start(backend, ctx.run, &FleetConfig { net_mode: pass.mode, ..ctx.fleet_config(n, mem) }, |_| {}).await {
         Ok(f) => f,
         Err(e) => {
             for (_, k) in &keys {

@@ -17,6 +17,9 @@ use crate::cgroup;
 /// Where runs keep their scratch directories and state files (tmpfs: gone after reboot,
 /// like the guests themselves).
 pub const RUN_ROOT: &str = "/run/virtbench";
+/// Where runs keep files that must sit on a disk-backed file system (per-guest image copies,
+/// whose pages a cold start evicts: tmpfs pages cannot leave memory): `DISK_ROOT/<run>/`.
+pub const DISK_ROOT: &str = "/var/tmp/virtbench";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
@@ -105,6 +108,12 @@ impl RunState {
         Ok(st)
     }
 
+    /// The run's directory on a disk-backed file system (created by whoever uses it,
+    /// removed with the run).
+    pub fn disk_dir(&self) -> PathBuf {
+        Path::new(DISK_ROOT).join(&self.run)
+    }
+
     /// Whether the hostd that made this run is still running.
     pub fn owner_alive(&self) -> bool {
         proc_start_ticks(self.hostd_pid).is_some_and(|t| t == self.hostd_start)
@@ -133,6 +142,12 @@ impl RunState {
                 }
             }
             Err(e) => c.errors.push(e),
+        }
+        let disk = self.disk_dir();
+        if disk.exists() {
+            if let Err(e) = fs::remove_dir_all(&disk) {
+                c.errors.push(format!("removing {}: {e}", disk.display()));
+            }
         }
         if self.scratch.exists() {
             match fs::remove_dir_all(&self.scratch) {
@@ -173,6 +188,15 @@ pub fn orphans_in(root: &Path) -> Vec<RunState> {
 /// links (`fleets/<name>`) whose run is gone.
 pub fn reap_orphans() -> Vec<Cleaned> {
     let cleaned = orphans_in(Path::new(RUN_ROOT)).iter().map(RunState::cleanup).collect();
+    // Disk directories whose run has no state file left (hostd died between removing one
+    // and the other): nothing can be using them.
+    if let Ok(rd) = fs::read_dir(DISK_ROOT) {
+        for e in rd.flatten() {
+            if !Path::new(RUN_ROOT).join(e.file_name()).join("state.json").exists() {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
     if let Ok(rd) = fs::read_dir(Path::new(RUN_ROOT).join("fleets")) {
         for e in rd.flatten() {
             if !e.path().join("state.json").exists() {

@@ -111,7 +111,15 @@ impl Record {
                     s.guest_boot_s
                         .map_or(Ok(()), |v| seconds("guest_boot_s", v))?;
                     s.guest_kernel_s
-                        .map_or(Ok(()), |v| seconds("guest_kernel_s", v))
+                        .map_or(Ok(()), |v| seconds("guest_kernel_s", v))?;
+                    // A resident share above 1 cannot be measured (mincore counts whole pages
+                    // of the file's length, clamped to it).
+                    match &s.residency {
+                        Some(r) if r.resident_bytes > r.bytes || r.shared_resident_bytes > r.shared_bytes => {
+                            Err(format!("residency: {} of {} bytes resident", r.resident_bytes, r.bytes))
+                        }
+                        _ => Ok(()),
+                    }
                 }
                 Record::Memory(m) => {
                     fleet_size(m.n)?;
@@ -119,6 +127,13 @@ impl Record {
                     kib("used_after_kib", m.used_after_kib)?;
                     kib("m_used_kib", m.m_used_kib.unsigned_abs())?;
                     kib("hostd_pss_kib", m.hostd_pss_kib)?;
+                    let c = &m.checks;
+                    for (what, v) in [("noise_kib", c.noise_kib), ("scratch_tmpfs_kib", c.scratch_tmpfs_kib), ("cross_check_kib", c.cross_check_kib.map(i64::unsigned_abs))] {
+                        v.map_or(Ok(()), |v| kib(what, v))?;
+                    }
+                    for &r in &c.m_used_repeats_kib {
+                        kib("m_used_repeats_kib", r.unsigned_abs())?;
+                    }
                     seconds("settle_s", m.settle_s)?;
                     for g in &m.guests {
                         kib("guest pss_kib", g.pss_kib)?;
@@ -134,6 +149,7 @@ impl Record {
                 }
                 Record::Bench(b) => {
                     fleet_size(b.n)?;
+                    crate::suite::sync::plausible(b)?;
                     // Every benchmark takes time: the agent refuses a zero or negative one.
                     if b.elapsed_s.is_nan() || b.elapsed_s <= 0.0 {
                         return Err(format!(
@@ -250,6 +266,22 @@ mod tests {
     use super::*;
 
     const STARTUP: &str = r#"{"record":"startup","backend":"native","n":2,"mode":"hot","index":0,"ready_s":0.25,"own_s":0.2,"guest_boot_s":null,"guest_kernel_s":null}"#;
+
+    #[test]
+    fn a_resident_share_above_one_is_implausible() {
+        let with = |resident: u64| {
+            STARTUP.replace("\"hot\"", "\"cold\"").replace(
+                "\"guest_kernel_s\":null",
+                &format!("\"guest_kernel_s\":null,\"residency\":{{\"files\":2,\"bytes\":8192,\"resident_bytes\":{resident}}}"),
+            )
+        };
+        let text = format!("{}\n{}\n", with(0), with(8193));
+        let s = Samples::parse(text.as_bytes()).unwrap();
+        assert_eq!((s.records.len(), s.implausible), (1, 1));
+        assert!(s.rejected[0].why.contains("8193 of 8192 bytes resident"), "{:?}", s.rejected[0]);
+        let Record::Startup(ok) = &s.records[0] else { panic!("{:?}", s.records[0]) };
+        assert_eq!((ok.label(), ok.residency.as_ref().unwrap().shared_files), ("cold", 0));
+    }
 
     #[test]
     fn impossible_samples_are_counted_not_reported() {

@@ -666,6 +666,7 @@ async fn measure(job: &LabJob, uptime: f64, progress: tokio::sync::mpsc::Unbound
             guests: fleet.guests.iter().map(|g| memory::guest_memory(&g.process)).collect(),
             hostd_pss_kib: memory::pss_kib(std::process::id()).unwrap_or(0),
             provenance: String::new(),
+            checks: Default::default(),
         };
         say(format!("CPU benchmark ({} rounds) in {} guests at once", job.cpu_rounds, fleet.guests.len()));
         let w = Workloads { cpu_rounds: job.cpu_rounds, ..Default::default() };
@@ -690,7 +691,7 @@ async fn measure(job: &LabJob, uptime: f64, progress: tokio::sync::mpsc::Unbound
             Err(e) => vec![format!("(xl list failed: {e})")],
         };
         say(format!("torn down in {teardown_s:.1} s: {clean} clean, {killed} killed, {} domains left", leftover_domains.len()));
-        let boot = FleetBoot { backend: kind, n: cfg.n, mode: StartMode::Cold, startups, failures, memory: Some(mem), teardown_clean: clean, teardown_killed: killed };
+        let boot = FleetBoot { backend: kind, n: cfg.n, mode: StartMode::Cold, startups, failures, memory: Some(mem), teardown_clean: clean, teardown_killed: killed, residency: None };
         let fleet_ready_s = boot.t_startup().unwrap_or(fleet_ready_s);
         anyhow::Ok(LabReport {
             provenance,

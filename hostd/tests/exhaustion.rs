@@ -154,9 +154,9 @@ async fn a_guest_over_its_memory_limit_is_recorded_and_released() {
     assert_eq!(fleet.guests.len(), 2, "{:?}", fleet.failures);
     let cg0 = fleet.guests[0].process.cgroup.as_ref().unwrap().dirs.clone();
     // Three 1024×1024 f64 matrices fit; three 2048×2048 ones (96 MiB) do not.
-    let fits = BenchRequest { spec: BenchSpec::Memory { n: 1024, passes: 1 }, instances: 1 };
+    let fits = BenchRequest { spec: BenchSpec::Memory { n: 1024, passes: 1 }, instances: 1, start_at_ns: None };
     run_once(&fleet.guests[1].conn, &fits, Duration::from_secs(60)).await.unwrap();
-    let too_big = BenchRequest { spec: BenchSpec::Memory { n: 2048, passes: 1 }, instances: 1 };
+    let too_big = BenchRequest { spec: BenchSpec::Memory { n: 2048, passes: 1 }, instances: 1, start_at_ns: None };
     let t0 = Instant::now();
     let e = run_once(&fleet.guests[0].conn, &too_big, Duration::from_secs(60)).await.unwrap_err();
     println!("over its limit: {e:#} after {:.2} s", t0.elapsed().as_secs_f64());

@@ -240,7 +240,7 @@ async fn sigkill_mid_benchmark(kind: BackendKind) {
     let gone = held_by(&fleet, 0);
     let pid = fleet.guests[0].process.pid();
     // Minutes of work: only the kill can end it before its deadline.
-    let req = BenchRequest { spec: BenchSpec::Cpu { rounds: 50_000_000_000 }, instances: 1 };
+    let req = BenchRequest { spec: BenchSpec::Cpu { rounds: 50_000_000_000 }, instances: 1, start_at_ns: None };
     let bench = run_once(&fleet.guests[0].conn, &req, Duration::from_secs(120));
     let kill = async {
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -60,6 +60,54 @@ fn boot_records_samples_summary_and_figures() {
     assert!(csv.contains("native,3,hot,3,0,"), "{csv}");
 }
 
+/// With per-guest image copies, a cold start is labelled cold only because nothing it
+/// reads was resident (each guest's agent copy evicted and checked), and a hot start is
+/// never labelled cold; the copies are gone afterwards.
+#[test]
+fn cold_starts_are_verified_and_hot_ones_not_labelled_cold() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = hostd(&[
+        "boot", "--backend", "native", "-n", "2", "--settle", "0", "--no-network", "--floor-reps", "0", "--image-copies",
+        "--results", dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = |label: &str| table.lines().find(|l| l.starts_with("native ") && l.split_whitespace().nth(2) == Some(label)).map(str::to_string);
+    let cold = row("cold").unwrap_or_else(|| panic!("no verified cold row: {table}"));
+    assert_eq!(cold.split_whitespace().nth(3), Some("0.0"), "{cold}");
+    assert!(row("hot").is_some() && row("warm").is_none(), "{table}");
+    let run = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    let samples = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
+    let startups: Vec<hostd::startup::StartupSample> = samples
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["record"] == "startup")
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+    assert_eq!(startups.len(), 4, "{samples}");
+    for s in &startups {
+        let r = s.residency.as_ref().expect("every startup sample records its residency");
+        assert!(s.image_copies, "{s:?}");
+        // Two agent copies (the agent is a static binary: no libraries).
+        assert_eq!(r.files, 2, "{r:?}");
+        match s.mode {
+            hostd::startup::StartMode::Cold => {
+                assert_eq!((r.resident_bytes, r.fraction(), s.label()), (0, 0.0, "cold"), "{r:?}");
+            }
+            hostd::startup::StartMode::Hot => {
+                assert!(r.fraction() >= hostd::coldstart::HOT_MIN, "a hot start reads its files first: {r:?}");
+                assert_eq!(s.label(), "hot");
+            }
+        }
+    }
+    let run_id = run.file_name().unwrap().to_string_lossy().rsplit('-').next().unwrap().to_string();
+    assert!(!Path::new(hostd::runstate::DISK_ROOT).join(&run_id).exists(), "image copies of {run_id} left behind");
+}
+
 #[test]
 fn bad_fleet_files_fail_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();

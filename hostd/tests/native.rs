@@ -85,7 +85,7 @@ async fn agent_over_unix_and_tcp_sockets() {
     assert_eq!(th.transport, tcp);
     for c in [&uc, &tc] {
         assert!(matches!(c.request(Command::Ping, Duration::from_secs(5)).await.unwrap(), ReplyBody::Pong { .. }));
-        let req = BenchRequest { spec: BenchSpec::Memory { n: 16, passes: 2 }, instances: 1 };
+        let req = BenchRequest { spec: BenchSpec::Memory { n: 16, passes: 2 }, instances: 1, start_at_ns: None };
         let rep = microbench::run_once(c, &req, Duration::from_secs(10)).await.unwrap();
         assert!(matches!(rep.instances[0].work, Work::Memory { checked: true, .. }));
         assert_eq!(c.request(Command::Poweroff, Duration::from_secs(5)).await.unwrap(), ReplyBody::PoweringOff);
@@ -113,12 +113,14 @@ async fn guest_errors_are_reported_and_the_agent_survives() {
         net: None,
         cgroup: None,
         limits: Default::default(),
+        images: None,
     };
     let mut l = b.launch(&spec).await.unwrap();
     let (conn, _) = AgentConn::establish(l.reader, l.writer, Duration::from_secs(10)).await.unwrap();
     let req = BenchRequest {
         spec: BenchSpec::Disk { path: "/nonexistent/disk".into(), block_size: 4096, max_bytes: None, direct: true },
         instances: 2,
+        start_at_ns: None,
     };
     let e = microbench::run_once(&conn, &req, Duration::from_secs(10)).await.unwrap_err();
     assert!(format!("{e:#}").contains("/nonexistent/disk"), "{e:#}");

@@ -216,11 +216,12 @@ fn spec(run: &str, index: usize, dir: &Path, disk: Option<&Path>, net: Option<&F
         }),
         cgroup: Some(cgroup::detect().expect("a cgroup memory controller")),
         limits: Limits { memory_bytes: Some(256 << 20), cpus: Some(1.0), pids: Some(64), ..Default::default() },
+        images: None,
     }
 }
 
 async fn bench(g: &RunningGuest, spec: BenchSpec) -> Work {
-    let req = BenchRequest { spec, instances: 1 };
+    let req = BenchRequest { spec, instances: 1, start_at_ns: None };
     let rep = run_once(&g.conn, &req, BENCH).await.unwrap_or_else(|e| panic!("{}: {e:#}", g.spec.name));
     rep.instances[0].work.clone()
 }
@@ -444,7 +445,7 @@ async fn runc_container_is_isolated_from_the_host() {
         other => panic!("{other:?}"),
     };
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("the host reaches its own server");
-    let req = BenchRequest { spec: BenchSpec::NetStream { peer: format!("127.0.0.1:{port}"), duration_ms: 100, msg_size: 1024 }, instances: 1 };
+    let req = BenchRequest { spec: BenchSpec::NetStream { peer: format!("127.0.0.1:{port}"), duration_ms: 100, msg_size: 1024 }, instances: 1, start_at_ns: None };
     let e = run_once(&g.conn, &req, BENCH).await.expect_err("the container must not reach the host's loopback");
     assert!(format!("{e:#}").contains("cannot connect"), "{e:#}");
     host_agent.shutdown(&native, Duration::from_secs(5)).await;

@@ -99,7 +99,7 @@ async fn soak() {
                     let _ = g.conn.request(Command::Fault { kind: FaultKind::Panic }, Duration::from_secs(10)).await;
                 }
                 "oom" => {
-                    let req = BenchRequest { spec: BenchSpec::Memory { n: 2048, passes: 1 }, instances: 1 };
+                    let req = BenchRequest { spec: BenchSpec::Memory { n: 2048, passes: 1 }, instances: 1, start_at_ns: None };
                     let _ = run_once(&g.conn, &req, Duration::from_secs(60)).await;
                 }
                 _ => {

@@ -10,6 +10,7 @@ mod support {
 use std::time::Duration;
 
 use hostd::backend::{Backend, BackendKind, Exit};
+use hostd::startup::{boot_and_measure, StartMode};
 use support::vm::{self, Expect};
 
 fn skip(why: &str) {
@@ -63,4 +64,46 @@ async fn killed_guest_without_cgroup_leaves_no_process() {
     assert_eq!(exit, Exit::Killed);
     assert_eq!(members(), 0, "processes of UML's group are left");
     assert!(!dir.path().join(vm::run_id("uk")).join("g0").exists());
+}
+
+/// A cold fleet of guests booting their own image copies: every file the launches read
+/// (each guest's kernel and initramfs copy; UML's libraries but those hostd maps itself)
+/// is out of the page cache before the start, and the samples say so; the hot fleet after
+/// it finds them resident and is not labelled cold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_with_image_copies_is_verified_cold() {
+    if !vm::is_root() {
+        return skip("uml cold-start test needs root (drop_caches, cgroups)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let images = match vm::images(BackendKind::Uml, dir.path()) {
+        Ok(i) => i,
+        Err(e) => return skip(&e),
+    };
+    let backend = vm::backend(BackendKind::Uml, &images, &Default::default());
+    let run = hostd::runstate::RunState::create("uml cold-start test", None).unwrap();
+    let cfg = hostd::fleet::FleetConfig { n: 2, network: false, boot_timeout: Duration::from_secs(60), ..Default::default() };
+    let mut boots = Vec::new();
+    for mode in [StartMode::Cold, StartMode::Hot] {
+        let b = boot_and_measure(&backend, &run, &cfg, mode, Duration::ZERO, Some(&images), |_| {}).await;
+        boots.push(b);
+    }
+    let disk = run.disk_dir();
+    run.finish();
+    let (cold, hot) = (boots.remove(0).unwrap(), boots.remove(0).unwrap());
+    assert_eq!((cold.startups.len(), hot.startups.len()), (2, 2), "{:?} {:?}", cold.failures, hot.failures);
+    for s in &cold.startups {
+        let r = s.residency.as_ref().unwrap();
+        // Two kernel copies and two initramfs copies at least.
+        assert!(r.files >= 4 && r.bytes > 0, "{r:?}");
+        assert_eq!((r.resident_bytes, s.label()), (0, "cold"), "{r:?}");
+        assert!(s.image_copies);
+    }
+    for s in &hot.startups {
+        let r = s.residency.as_ref().unwrap();
+        assert!(r.fraction() >= hostd::coldstart::HOT_MIN, "the hot fleet's images are resident: {r:?}");
+        assert_eq!(s.label(), "hot");
+    }
+    assert_eq!((cold.label(), hot.label()), ("cold", "hot"));
+    assert!(!disk.exists(), "image copies left in {}", disk.display());
 }

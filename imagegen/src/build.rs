@@ -119,6 +119,9 @@ pub fn fetch(cfg: &Config, names: &[String], progress: &dyn Progress) -> Result<
                 out.push(Fetched { recipe: r.name.clone(), what, path });
             }
             (_, Spec::DebFile(d)) => pins.push((&d.package, &d.version, &d.sha256)),
+            (_, Spec::KernelPackage(k)) => {
+                pins.extend(k.package.iter().map(|p| (p.name.as_str(), p.version.as_str(), p.sha256.as_str())))
+            }
             (_, Spec::Tree(t)) => {
                 pins.extend(t.busybox_package.iter().map(|p| (p.name.as_str(), p.version.as_str(), p.sha256.as_str())));
                 pins.extend(t.packages.iter().map(|p| (p.name.as_str(), p.version.as_str(), p.sha256.as_str())));
@@ -237,6 +240,10 @@ fn build_one(ctx: &kinds::Ctx<'_>, step: &Step, sources: &mut HashMap<String, Pa
             b.tools
         }
         (Resolved::Kernel { .. }, _) => ctx.tools.kernel(&r.file)?,
+        (Resolved::System { .. }, Spec::System(s)) => kinds::system::tools(ctx.tools, &s.source)
+            .map_err(|problem| PlanError::Tool { file: r.file.clone(), tool: r.kind.to_string(), problem })?,
+        (Resolved::KernelPackage { file }, _) => kinds::kernel_package::tools(ctx.tools, file.is_none())
+            .map_err(|problem| PlanError::Tool { file: r.file.clone(), tool: r.kind.to_string(), problem })?,
         _ => BTreeMap::new(),
     };
     inputs.extend(dependency_inputs(ctx, step)?);
@@ -262,6 +269,8 @@ fn build_one(ctx: &kinds::Ctx<'_>, step: &Step, sources: &mut HashMap<String, Pa
 
     let t_build = Instant::now();
     let mut done_work = None;
+    let mut system = None;
+    let mut kernel_release = None;
     let outputs = match (&step.resolved, &r.spec) {
         (Resolved::Agent, _) => {
             let bin = agent_binary.expect("set above");
@@ -287,6 +296,16 @@ fn build_one(ctx: &kinds::Ctx<'_>, step: &Step, sources: &mut HashMap<String, Pa
             done_work = Some(work);
             outputs
         }
+        (Resolved::System { path, oci, mirrors }, Spec::System(s)) => {
+            let (outputs, info) = kinds::system::build(ctx, r, s, &ih, path.as_deref(), *oci, mirrors)?;
+            system = Some(Box::new(info));
+            outputs
+        }
+        (Resolved::KernelPackage { file }, Spec::KernelPackage(k)) => {
+            let (outputs, release) = kinds::kernel_package::build(ctx, r, k, &ih, file.as_deref())?;
+            kernel_release = release;
+            outputs
+        }
         _ => unreachable!("plan resolves each kind to its own variant"),
     };
     let build_seconds = prebuild_seconds + secs(t_build);
@@ -307,6 +326,8 @@ fn build_one(ctx: &kinds::Ctx<'_>, step: &Step, sources: &mut HashMap<String, Pa
         build_seconds,
         outputs,
         cmdline,
+        system,
+        kernel_release,
     };
     // Manifests last: cache, then the store's build record, then the current pointer.
     ctx.cache.put_build_manifest(&m).map_err(store_err)?;
@@ -329,6 +350,9 @@ fn dependency_inputs(ctx: &kinds::Ctx<'_>, step: &Step) -> Result<Vec<Input>, Bu
             })
             .collect(),
         (Resolved::OciBundle, Spec::OciBundle(b)) => vec![(b.rootfs.clone(), Kind::Rootfs.primary_output().into())],
+        (Resolved::System { .. }, Spec::System(s)) => {
+            s.common.kernel.iter().map(|k| (k.clone(), "modules".to_string())).collect()
+        }
         _ => vec![],
     };
     let mut out: Vec<Input> = Vec::new();

@@ -32,6 +32,13 @@ pub mod plan;
 pub mod recipe;
 pub mod store;
 
+/// Looking into a root file system tree (a `debian-rootfs`, `rootfs-import` or `oci-image`
+/// build unpacked by [`Store::materialize_system_tree`]) without following its symlinks out
+/// of it.
+pub mod rootfs {
+    pub use crate::kinds::system::{find_init, resolve_in};
+}
+
 pub use build::{build, fetch, BuildError, Fetched, Outcome, Progress, Status};
 pub use config::{Config, ConfigError, DEFAULT_CACHE, DEFAULT_SOURCE_DATE_EPOCH};
 pub use manifest::{Manifest, Output};

@@ -151,7 +151,9 @@ pub fn lockable(manifests: &BTreeMap<String, Manifest>) -> BTreeSet<String> {
         let v = match ms.get(name) {
             None => true,
             Some(m) => m.inputs.iter().any(|i| {
+                // A Debian rootfs takes whatever versions the mirror serves at build time.
                 i.role == "cargo-output"
+                    || i.role == "mirror"
                     || (i.role == "dependency"
                         && from_workspace(i.name.split('/').next().unwrap_or_default(), ms, seen))
             }),
@@ -260,6 +262,8 @@ mod tests {
             build_seconds: 0.0,
             outputs: BTreeMap::from([("x".to_string(), Output { sha256: out.into(), size: 1, path: String::new() })]),
             cmdline: None,
+            system: None,
+            kernel_release: None,
         }
     }
 

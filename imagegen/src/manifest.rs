@@ -35,6 +35,48 @@ pub struct Manifest {
     /// Kernel command line defaults for hostd (recipe `cmdline`), when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// What a root file system build holds (`debian-rootfs`, `rootfs-import`, `oci-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<Box<SystemInfo>>,
+    /// The release (`uname -r`, the `/lib/modules` directory) of a `kernel-package` taken from
+    /// a Debian package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_release: Option<String>,
+}
+
+/// What is in a root file system build: what hostd needs to boot it, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemInfo {
+    /// Where `/sbin/init` leads inside the image (symlinks followed inside the tree) when
+    /// it is an executable regular file; `None`: the image has no usable init of its own.
+    pub init: Option<String>,
+    /// Every installed package (dpkg's status database), by name; empty without one.
+    pub packages: Vec<Package>,
+    /// Kernel releases with modules under `/lib/modules`.
+    pub kernel_modules: Vec<String>,
+    /// `PRETTY_NAME` of `/etc/os-release`, when there is one.
+    pub os: Option<String>,
+    /// Bytes the tree takes in 4 KiB blocks (files, directories, long symlinks).
+    pub tree_bytes: u64,
+    /// Entries in the tree (inodes).
+    pub tree_inodes: u64,
+    /// Size of the `rootfs.ext4` image: the tree plus 10 %, inode tables, journal and
+    /// `headroom_mib` of free space.
+    pub ext4_bytes: u64,
+    pub headroom_mib: u64,
+    /// File system UUIDs of `rootfs.ext4` and `rootfs.erofs` (derived from the input hash).
+    pub ext4_uuid: String,
+    pub erofs_uuid: String,
+}
+
+/// One installed Debian package.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

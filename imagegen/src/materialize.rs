@@ -35,6 +35,8 @@ pub enum MaterializeError {
     TreeChanged { path: PathBuf, problem: String },
     #[error("cpio entry {name:?}: {problem}")]
     UnsafeCpio { name: String, problem: String },
+    #[error("{recipe}: {problem}")]
+    SystemTree { recipe: String, problem: String },
 }
 
 impl Store {
@@ -86,6 +88,65 @@ impl Store {
 }
 
 impl Store {
+    /// Unpacks the `rootfs` tar of a root file system build (`debian-rootfs`,
+    /// `rootfs-import`, `oci-image`) into `trees/<sha256>/` once, with GNU tar as root (owners
+    /// kept), and returns that path. The tree appears atomically; the blob is checked against
+    /// its sha256 first. Unlike [`Store::materialize_tree`] it keeps absolute symlinks: they
+    /// are the guest's (imagegen refused the ones that climb out when it built the tar), so
+    /// host code must never follow one: resolve paths in it with [`crate::rootfs::resolve_in`],
+    /// or leave that to the container runtime, which resolves inside the root.
+    pub fn materialize_system_tree(&self, m: &crate::Manifest) -> Result<PathBuf, MaterializeError> {
+        let fail = |problem: String| MaterializeError::SystemTree { recipe: m.recipe.clone(), problem };
+        if !m.kind.is_system() {
+            return Err(fail(format!("kind {} is not a root file system", m.kind)));
+        }
+        let blob = self.output_path(m, "rootfs").map_err(|e| fail(e.to_string()))?;
+        let sha256 = m.output("rootfs").map(|o| o.sha256.clone()).unwrap_or_default();
+        let done = self.trees_dir().join(&sha256);
+        if done.is_dir() {
+            return Ok(done);
+        }
+        let (f, _) = open_regular(&blob).map_err(|source| MaterializeError::OpenBlob { path: blob.clone(), source })?;
+        let (actual, _) = crate::hash::sha256_reader(f).map_err(MaterializeError::Read)?;
+        if actual != sha256 {
+            return Err(MaterializeError::Corrupt { path: blob, actual });
+        }
+        let dir = self.trees_dir();
+        fs::create_dir_all(&dir).map_err(|source| MaterializeError::Write { path: dir.clone(), source })?;
+        let tmp = dir.join(temp_name(&sha256));
+        fs::create_dir(&tmp).map_err(|source| MaterializeError::Write { path: tmp.clone(), source })?;
+        let res = (|| {
+            let out = std::process::Command::new("tar")
+                .arg("-C")
+                .arg(&tmp)
+                .args(["--numeric-owner", "--same-owner", "-xpf"])
+                .arg(&blob)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .map_err(|e| fail(format!("running tar: {e}")))?;
+            if !out.status.success() {
+                return Err(fail(format!(
+                    "tar -xpf {} failed ({}): {}",
+                    blob.display(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            match fs::rename(&tmp, &done) {
+                Ok(()) => Ok(()),
+                Err(_) if done.is_dir() => {
+                    let _ = fs::remove_dir_all(&tmp);
+                    Ok(())
+                }
+                Err(source) => Err(MaterializeError::Write { path: done.clone(), source }),
+            }
+        })();
+        if res.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        res.map(|()| done)
+    }
+
     /// Checks that the unpacked tree `trees/<sha256>/` is still exactly what blob `sha256`
     /// holds. A tree is unpacked once and then used as it is, so a change made to it later
     /// (a replaced binary, a setuid bit) would go unseen: the blob is unpacked again into a

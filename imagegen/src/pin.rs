@@ -205,7 +205,16 @@ fn pins_of(kind: Kind, doc: &DocumentMut) -> Vec<Found> {
                 }
             }
         }
-        Kind::Agent | Kind::OciBundle | Kind::Disk => {}
+        Kind::KernelPackage => {
+            if let Some(t) = root.get("package").and_then(Item::as_table_like) {
+                if let (Some(package), Some(version)) = (s(t, "name"), s(t, "version")) {
+                    let at = vec![Step::Key("package")];
+                    out.push(Found { at, field: "package".into(), package, version, tarball: None });
+                }
+            }
+        }
+        // A Debian rootfs takes the mirror's versions at build time: nothing to pin.
+        Kind::Agent | Kind::OciBundle | Kind::Disk | Kind::DebianRootfs | Kind::RootfsImport | Kind::OciImage => {}
     }
     out
 }

@@ -61,11 +61,29 @@ pub struct Step {
 #[derive(Debug)]
 pub(crate) enum Resolved {
     Agent,
-    Tree { files: Vec<(String, FileSource, u32)>, busybox: Option<Busybox> },
+    Tree {
+        files: Vec<(String, FileSource, u32)>,
+        busybox: Option<Busybox>,
+    },
     OciBundle,
     Disk,
-    Kernel { source: KernelSource, fragments: Vec<(String, PathBuf)>, patches: Vec<(String, PathBuf)> },
+    Kernel {
+        source: KernelSource,
+        fragments: Vec<(String, PathBuf)>,
+        patches: Vec<(String, PathBuf)>,
+    },
     DebFile,
+    /// A root file system: `path` is the imported directory, tarball or OCI image (none for
+    /// Debian), `oci` the image format.
+    System {
+        path: Option<PathBuf>,
+        oci: Option<crate::recipe::OciFormat>,
+        mirrors: Vec<String>,
+    },
+    /// A prebuilt kernel: the file (none for a package).
+    KernelPackage {
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug)]
@@ -132,9 +150,26 @@ pub fn all_recipes(dir: &Path) -> Result<Vec<String>, PlanError> {
     Ok(names)
 }
 
+/// Every recipe but those marked `explicit = true` (built only when named): what a plain
+/// `imagegen build` builds. Every recipe is parsed, so a broken one still stops it.
+pub fn default_recipes(dir: &Path) -> Result<Vec<String>, PlanError> {
+    let mut out = Vec::new();
+    for name in all_recipes(dir)? {
+        let file = dir.join(format!("{name}.toml"));
+        let text =
+            std::fs::read_to_string(&file).map_err(|source| PlanError::ReadRecipe { file: file.clone(), source })?;
+        let r = recipe::parse(&name, file.clone(), text)
+            .map_err(|failure| PlanError::ParseRecipe { file: file.clone(), failure })?;
+        if !r.explicit() {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 /// Loads and checks `names` (all recipes when empty) and what they depend on.
 pub fn plan(recipes_dir: &Path, names: &[String]) -> Result<Plan, PlanError> {
-    let names = if names.is_empty() { all_recipes(recipes_dir)? } else { names.to_vec() };
+    let names = if names.is_empty() { default_recipes(recipes_dir)? } else { names.to_vec() };
     let canon = std::fs::canonicalize(recipes_dir)
         .map_err(|source| PlanError::ListRecipes { dir: recipes_dir.to_path_buf(), source })?;
     let mut l = Loader { dir: recipes_dir, canon, recipes: BTreeMap::new(), stack: Vec::new(), order: Vec::new() };
@@ -204,6 +239,7 @@ impl Loader<'_> {
             let wanted = match field.as_str() {
                 "agent" => Some(Kind::Agent),
                 "rootfs" => Some(Kind::Rootfs),
+                "kernel" => Some(Kind::KernelPackage),
                 _ => None,
             };
             if let Some(w) = wanted.filter(|w| *w != dk) {
@@ -333,6 +369,39 @@ impl Loader<'_> {
                 guest_path(&d.path).map_err(|p| self.bad(r, "path", format!("{:?}: {p}", d.path)))?;
                 Resolved::DebFile
             }
+            Spec::System(s) => self.resolve_system(r, s, &mut inputs)?,
+            Spec::KernelPackage(k) => match (&k.package, &k.file, &k.sha256) {
+                (Some(p), None, None) => {
+                    inputs.push(self.package_input(r, "package.", &p.name, &p.version, &p.sha256)?);
+                    if !p.name.starts_with("linux-image-") {
+                        return Err(self.bad(
+                            r,
+                            "package.name",
+                            format!("{:?} is not a Debian kernel package (linux-image-…)", p.name),
+                        ));
+                    }
+                    Resolved::KernelPackage { file: None }
+                }
+                (None, Some(f), Some(sha)) => {
+                    if !hash::is_sha256_hex(sha) {
+                        return Err(self.bad(r, "sha256", format!("{sha:?} is not 64 lower-case hex digits")));
+                    }
+                    let p = self.host_or_recipes_path(r, "file", f)?;
+                    if !p.is_file() {
+                        return Err(self.bad(r, "file", format!("{} is not a regular file", p.display())));
+                    }
+                    // The pin stands for the file; it is hashed and compared when built.
+                    inputs.push(Input { role: "kernel-file".into(), name: f.clone(), sha256: sha.clone() });
+                    Resolved::KernelPackage { file: Some(p) }
+                }
+                (None, Some(_), None) => return Err(self.bad(r, "sha256", "a kernel `file` needs its sha256".into())),
+                (None, None, _) => {
+                    return Err(self.bad(r, "package", "give `package` (a pinned linux-image .deb) or `file`".into()))
+                }
+                (Some(_), _, _) => {
+                    return Err(self.bad(r, "file", "give `package` or `file` (with `sha256`), not both".into()))
+                }
+            },
         };
         Ok((inputs, resolved))
     }
@@ -463,6 +532,138 @@ impl Loader<'_> {
         Ok(Resolved::Tree { files, busybox })
     }
 
+    fn resolve_system(
+        &self,
+        r: &Recipe,
+        s: &crate::recipe::SystemSpec,
+        inputs: &mut Vec<Input>,
+    ) -> Result<Resolved, PlanError> {
+        use crate::recipe::SystemSource;
+        if !(1..=1 << 20).contains(&s.common.headroom_mib) {
+            return Err(self.bad(r, "headroom_mib", format!("{} is not in 1..=1048576", s.common.headroom_mib)));
+        }
+        let imported = |field: &str, path: &str, inputs: &mut Vec<Input>| -> Result<PathBuf, PlanError> {
+            let p = self.host_or_recipes_path(r, field, path)?;
+            // The content is the identity: a changed tree or tarball is another build.
+            let sha = crate::kinds::system::content_hash(&p).map_err(|source| PlanError::HashInput {
+                file: r.file.clone(),
+                field: field.into(),
+                path: p.clone(),
+                source,
+            })?;
+            inputs.push(Input { role: "import".into(), name: path.to_string(), sha256: sha });
+            Ok(p)
+        };
+        if let Some(k) = &s.common.kernel {
+            if let Some(Some(kr)) = self.recipes.get(k) {
+                if let Spec::KernelPackage(kp) = &kr.spec {
+                    if kp.package.is_none() {
+                        return Err(self.bad(
+                            r,
+                            "kernel",
+                            format!("recipe {k:?} is a kernel `file`, which has no modules to install"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(match &s.source {
+            SystemSource::Debian(d) => {
+                let word =
+                    |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if !word(&d.suite) {
+                    return Err(self.bad(r, "suite", format!("{:?} is not a Debian suite name", d.suite)));
+                }
+                const VARIANTS: &[&str] = &[
+                    "extract",
+                    "custom",
+                    "essential",
+                    "apt",
+                    "required",
+                    "minbase",
+                    "buildd",
+                    "important",
+                    "debootstrap",
+                    "standard",
+                ];
+                if !VARIANTS.contains(&d.variant.as_str()) {
+                    return Err(self.bad(
+                        r,
+                        "variant",
+                        format!("{:?} is not one of mmdebstrap's {VARIANTS:?}", d.variant),
+                    ));
+                }
+                for (i, p) in d.packages.iter().enumerate() {
+                    let ok = p.len() >= 2
+                        && p.as_bytes()[0].is_ascii_alphanumeric()
+                        && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+                    if !ok {
+                        return Err(self.bad(
+                            r,
+                            &format!("packages[{i}]"),
+                            format!("{p:?} is not a Debian package name"),
+                        ));
+                    }
+                }
+                let mirrors = if d.mirrors.is_empty() {
+                    crate::kinds::system::host_mirrors(&d.suite).map_err(|e| self.bad(r, "mirrors", e))?
+                } else {
+                    d.mirrors.clone()
+                };
+                for (i, m) in mirrors.iter().enumerate() {
+                    if !m.starts_with("deb ") || m.contains('\n') {
+                        return Err(self.bad(
+                            r,
+                            &format!("mirrors[{i}]"),
+                            format!("{m:?} is not a one-line `deb URI SUITE COMPONENT…` entry"),
+                        ));
+                    }
+                    inputs.push(Input {
+                        role: "mirror".into(),
+                        name: m.clone(),
+                        sha256: hash::sha256_hex(m.as_bytes()),
+                    });
+                }
+                Resolved::System { path: None, oci: None, mirrors }
+            }
+            SystemSource::Import(i) => {
+                let p = imported("path", &i.path, inputs)?;
+                Resolved::System { path: Some(p), oci: None, mirrors: vec![] }
+            }
+            SystemSource::Oci(o) => {
+                let p = imported("path", &o.path, inputs)?;
+                let format = match o.format {
+                    Some(f) => f,
+                    None => crate::kinds::system::oci_format(&p).map_err(|e| self.bad(r, "format", e))?,
+                };
+                if let Some(img) = &o.image {
+                    if img.is_empty() || img.starts_with('-') || img.contains(char::is_whitespace) {
+                        return Err(self.bad(
+                            r,
+                            "image",
+                            format!("{img:?} is not an image name in the {}", format.transport()),
+                        ));
+                    }
+                }
+                Resolved::System { path: Some(p), oci: Some(format), mirrors: vec![] }
+            }
+        })
+    }
+
+    /// An input path that may be absolute on the host, or relative to the recipe directory
+    /// (and then must stay inside it, like every recipe file).
+    fn host_or_recipes_path(&self, r: &Recipe, field: &str, path: &str) -> Result<PathBuf, PlanError> {
+        if Path::new(path).is_absolute() {
+            let p = PathBuf::from(path);
+            if std::fs::symlink_metadata(&p).is_err() {
+                return Err(self.bad(r, field, format!("{} does not exist", p.display())));
+            }
+            Ok(p)
+        } else {
+            self.in_recipes_any(r, field, path)
+        }
+    }
+
     /// Checks a package pin; the pin stands for the .deb in the input hash (like a kernel's
     /// source tarball, the file is fetched and compared only when the recipe is built).
     fn package_input(
@@ -517,6 +718,15 @@ impl Loader<'_> {
 
     /// A path relative to the recipe directory that must stay inside it, symlinks included.
     fn in_recipes(&self, r: &Recipe, field: &str, rel: &str) -> Result<PathBuf, PlanError> {
+        let canon = self.in_recipes_any(r, field, rel)?;
+        if !canon.is_file() {
+            return Err(self.bad(r, field, format!("{} is not a regular file", self.dir.join(rel).display())));
+        }
+        Ok(canon)
+    }
+
+    /// Like [`Loader::in_recipes`], for a file or a directory.
+    fn in_recipes_any(&self, r: &Recipe, field: &str, rel: &str) -> Result<PathBuf, PlanError> {
         let p = Path::new(rel);
         if rel.is_empty() {
             return Err(self.bad(r, field, "empty path".into()));
@@ -555,9 +765,6 @@ impl Loader<'_> {
                     self.dir.display()
                 ),
             ));
-        }
-        if !canon.is_file() {
-            return Err(self.bad(r, field, format!("{} is not a regular file", joined.display())));
         }
         Ok(canon)
     }

@@ -14,6 +14,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 
+/// Outputs of every root file system kind (`debian-rootfs`, `rootfs-import`, `oci-image`):
+/// the tree as a tar, an ext4 image and an erofs image of the same tree.
+pub const SYSTEM_OUTPUTS: &[&str] = &["rootfs", "rootfs.ext4", "rootfs.erofs"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
@@ -24,6 +28,10 @@ pub enum Kind {
     Disk,
     Kernel,
     DebFile,
+    DebianRootfs,
+    RootfsImport,
+    OciImage,
+    KernelPackage,
 }
 
 impl Kind {
@@ -36,6 +44,10 @@ impl Kind {
             Kind::Disk => "disk",
             Kind::Kernel => "kernel",
             Kind::DebFile => "deb-file",
+            Kind::DebianRootfs => "debian-rootfs",
+            Kind::RootfsImport => "rootfs-import",
+            Kind::OciImage => "oci-image",
+            Kind::KernelPackage => "kernel-package",
         }
     }
 
@@ -50,7 +62,15 @@ impl Kind {
             Kind::Disk => &["disk"],
             Kind::Kernel => &["kernel", "config"],
             Kind::DebFile => &["file"],
+            Kind::DebianRootfs | Kind::RootfsImport | Kind::OciImage => SYSTEM_OUTPUTS,
+            // `modules` and `config` only when taken from a package.
+            Kind::KernelPackage => &["kernel", "modules", "config"],
         }
+    }
+
+    /// The kinds whose build is a whole root file system with disk images of it.
+    pub fn is_system(self) -> bool {
+        matches!(self, Kind::DebianRootfs | Kind::RootfsImport | Kind::OciImage)
     }
 
     pub fn primary_output(self) -> &'static str {
@@ -92,6 +112,199 @@ pub enum Spec {
     Disk(DiskSpec),
     Kernel(KernelSpec),
     DebFile(DebFileSpec),
+    /// `debian-rootfs`, `rootfs-import`, `oci-image`: a root file system and its images.
+    System(SystemSpec),
+    KernelPackage(KernelPackageSpec),
+}
+
+/// What `init = …` asks of a root file system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitMode {
+    /// The agent will be PID 1: the image's own init is recorded but not required.
+    #[default]
+    Agent,
+    /// The image's `/sbin/init` boots it: the build fails without a usable one.
+    Image,
+}
+
+/// Where a root file system comes from, with the fields of its kind.
+#[derive(Debug, Clone)]
+pub enum SystemSource {
+    Debian(DebianRootfsSpec),
+    Import(RootfsImportSpec),
+    Oci(OciImageSpec),
+}
+
+/// A root file system recipe: its source and what every such kind shares.
+#[derive(Debug, Clone)]
+pub struct SystemSpec {
+    pub source: SystemSource,
+    pub common: SystemCommon,
+}
+
+/// Fields every root file system kind has (repeated in each kind's struct: serde's
+/// `flatten` does not combine with `deny_unknown_fields`).
+#[derive(Debug, Clone)]
+pub struct SystemCommon {
+    pub init: InitMode,
+    /// A `kernel-package` recipe whose modules go into `/lib/modules/<release>`.
+    pub kernel: Option<String>,
+    /// Free space left in the ext4 image beyond what the tree needs.
+    pub headroom_mib: u64,
+    /// Built only when named (or needed by a named recipe), not by a plain `imagegen build`.
+    pub explicit: bool,
+    pub cmdline: String,
+}
+
+macro_rules! system_common {
+    ($t:ident) => {
+        impl $t {
+            pub fn common(&self) -> SystemCommon {
+                SystemCommon {
+                    init: self.init,
+                    kernel: self.kernel.clone(),
+                    headroom_mib: self.headroom_mib,
+                    explicit: self.explicit,
+                    cmdline: self.cmdline.clone(),
+                }
+            }
+        }
+    };
+}
+
+/// `kind = "debian-rootfs"`: a Debian system made by mmdebstrap.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianRootfsSpec {
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    pub description: String,
+    /// `bookworm`, `trixie`, …
+    pub suite: String,
+    #[serde(default = "default_variant")]
+    pub variant: String,
+    /// Packages installed on top of the variant (`--include`).
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// sources.list one-line entries (`deb URI SUITE… COMPONENT…`); default: the host's apt
+    /// sources for the suite and its -updates and -security suites.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    #[serde(default)]
+    pub init: InitMode,
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default = "default_headroom")]
+    pub headroom_mib: u64,
+    #[serde(default)]
+    pub explicit: bool,
+    #[serde(default)]
+    pub cmdline: String,
+}
+system_common!(DebianRootfsSpec);
+
+/// `kind = "rootfs-import"`: a directory or tarball the user points at.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootfsImportSpec {
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    pub description: String,
+    /// A directory or a tarball (plain, gzip, xz, bzip2 or zstd): absolute, or relative to
+    /// the recipe directory.
+    pub path: String,
+    #[serde(default)]
+    pub init: InitMode,
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default = "default_headroom")]
+    pub headroom_mib: u64,
+    #[serde(default)]
+    pub explicit: bool,
+    #[serde(default)]
+    pub cmdline: String,
+}
+system_common!(RootfsImportSpec);
+
+/// The container image formats `oci-image` takes (skopeo transports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OciFormat {
+    /// An OCI image layout directory.
+    Oci,
+    /// A tar of an OCI image layout (`podman save --format oci-archive`).
+    OciArchive,
+    /// `docker save` output.
+    DockerArchive,
+}
+
+impl OciFormat {
+    /// skopeo's transport name.
+    pub fn transport(self) -> &'static str {
+        match self {
+            OciFormat::Oci => "oci",
+            OciFormat::OciArchive => "oci-archive",
+            OciFormat::DockerArchive => "docker-archive",
+        }
+    }
+}
+
+/// `kind = "oci-image"`: a container image's layers, applied by umoci.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciImageSpec {
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    pub description: String,
+    /// The layout directory or archive: absolute, or relative to the recipe directory.
+    pub path: String,
+    /// Default: a directory is `oci`; a tar holding `oci-layout` is `oci-archive`, one
+    /// holding `manifest.json` is `docker-archive`.
+    #[serde(default)]
+    pub format: Option<OciFormat>,
+    /// The image in a layout or archive holding several (a tag, or `name:tag` for a docker
+    /// archive); default: the only one.
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub init: InitMode,
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default = "default_headroom")]
+    pub headroom_mib: u64,
+    #[serde(default)]
+    pub explicit: bool,
+    #[serde(default)]
+    pub cmdline: String,
+}
+system_common!(OciImageSpec);
+
+/// `kind = "kernel-package"`: a prebuilt kernel, from a pinned Debian `linux-image-*` package
+/// (with its modules) or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelPackageSpec {
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(default)]
+    pub description: String,
+    /// The pinned `linux-image-*` package (`{ name, version, sha256 }`).
+    #[serde(default)]
+    pub package: Option<DebPin>,
+    /// Or a kernel image file (absolute, or relative to the recipe directory) ...
+    #[serde(default)]
+    pub file: Option<String>,
+    /// ... and its sha256.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub explicit: bool,
+    #[serde(default)]
+    pub cmdline: String,
 }
 
 /// `kind = "agent"`: the workspace's guest agent, built by cargo.
@@ -457,6 +670,12 @@ pub fn default_capabilities() -> Vec<Capability> {
 fn default_size_mib() -> u64 {
     64
 }
+fn default_variant() -> String {
+    "minbase".into()
+}
+fn default_headroom() -> u64 {
+    256
+}
 fn default_base_config() -> BaseConfig {
     BaseConfig::Tinyconfig
 }
@@ -468,7 +687,18 @@ impl Recipe {
             Spec::Tree(t) => &t.cmdline,
             Spec::Kernel(k) => &k.cmdline,
             Spec::DebFile(d) => &d.cmdline,
+            Spec::System(s) => &s.common.cmdline,
+            Spec::KernelPackage(k) => &k.cmdline,
             _ => "",
+        }
+    }
+
+    /// Built only when named or needed (`explicit = true`), not by a plain `imagegen build`.
+    pub fn explicit(&self) -> bool {
+        match &self.spec {
+            Spec::System(s) => s.common.explicit,
+            Spec::KernelPackage(k) => k.explicit,
+            _ => false,
         }
     }
 
@@ -485,7 +715,8 @@ impl Recipe {
                 v
             }
             Spec::OciBundle(b) => vec![("rootfs".into(), b.rootfs.clone())],
-            Spec::Agent(_) | Spec::Disk(_) | Spec::Kernel(_) | Spec::DebFile(_) => vec![],
+            Spec::System(s) => s.common.kernel.iter().map(|k| ("kernel".to_string(), k.clone())).collect(),
+            Spec::Agent(_) | Spec::Disk(_) | Spec::Kernel(_) | Spec::DebFile(_) | Spec::KernelPackage(_) => vec![],
         }
     }
 }
@@ -536,6 +767,19 @@ pub fn parse(name: &str, file: PathBuf, text: String) -> Result<Recipe, ParseFai
         Kind::Disk => Spec::Disk(toml::from_str(&text).map_err(fail)?),
         Kind::Kernel => Spec::Kernel(toml::from_str(&text).map_err(fail)?),
         Kind::DebFile => Spec::DebFile(toml::from_str(&text).map_err(fail)?),
+        Kind::DebianRootfs => {
+            let d: DebianRootfsSpec = toml::from_str(&text).map_err(fail)?;
+            Spec::System(SystemSpec { common: d.common(), source: SystemSource::Debian(d) })
+        }
+        Kind::RootfsImport => {
+            let d: RootfsImportSpec = toml::from_str(&text).map_err(fail)?;
+            Spec::System(SystemSpec { common: d.common(), source: SystemSource::Import(d) })
+        }
+        Kind::OciImage => {
+            let d: OciImageSpec = toml::from_str(&text).map_err(fail)?;
+            Spec::System(SystemSpec { common: d.common(), source: SystemSource::Oci(d) })
+        }
+        Kind::KernelPackage => Spec::KernelPackage(toml::from_str(&text).map_err(fail)?),
     };
     let sha256 = crate::hash::sha256_hex(text.as_bytes());
     Ok(Recipe { name: name.to_string(), kind, file, text, sha256, spec })

@@ -179,7 +179,7 @@ impl Store {
         let mut bad = Vec::new();
         for entry in scan_manifests(&self.current_dir(), Place::Current)? {
             match entry {
-                Scanned::Manifest { manifest, .. } => good.push(manifest),
+                Scanned::Manifest { manifest, .. } => good.push(*manifest),
                 Scanned::Bad { problem, .. } => bad.push(problem),
             }
         }
@@ -395,7 +395,7 @@ impl Store {
                     Scanned::Manifest { stem, path, manifest } => {
                         report.manifests_checked += 1;
                         named.extend(manifest.outputs.values().map(|o| o.sha256.clone()));
-                        good.insert(stem, (path, manifest));
+                        good.insert(stem, (path, *manifest));
                     }
                     Scanned::Bad { stem, named: n, problem } => {
                         report.manifests_checked += usize::from(stem.is_some());
@@ -570,15 +570,12 @@ enum Scanned {
     Manifest {
         stem: String,
         path: PathBuf,
-        manifest: Manifest,
+        // Boxed: a manifest is several times the size of the other variant.
+        manifest: Box<Manifest>,
     },
     /// `stem`: the name it was under when it looked like a manifest file; `named`: the blobs
     /// it names, when it parsed (they are not orphans).
-    Bad {
-        stem: Option<String>,
-        named: Vec<String>,
-        problem: Problem,
-    },
+    Bad { stem: Option<String>, named: Vec<String>, problem: Problem },
 }
 
 /// Reads every entry of a manifest directory (none when it does not exist), temp files
@@ -621,7 +618,7 @@ fn scan_manifests(dir: &Path, place: Place) -> Result<Vec<Scanned>, StoreError> 
             out.push(bad(Some(stem), named, format!("its {field} is {own:?}, its file name says {stem:?}")));
             continue;
         }
-        out.push(Scanned::Manifest { stem: stem.to_string(), path, manifest: m });
+        out.push(Scanned::Manifest { stem: stem.to_string(), path, manifest: Box::new(m) });
     }
     Ok(out)
 }

@@ -7,12 +7,22 @@ use serde::{Deserialize, Serialize};
 /// Most concurrent copies of one benchmark a request may ask for.
 pub const MAX_INSTANCES: u32 = 64;
 
+/// Furthest ahead of its receipt a request's start instant may lie: a guest refuses a
+/// later one rather than wait (for ever, with a wrong or hostile clock offset).
+pub const MAX_START_AHEAD_NS: u64 = 60_000_000_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BenchRequest {
     pub spec: BenchSpec,
     /// Concurrent copies (the isolation test runs 2 in one guest). 1..=MAX_INSTANCES.
     pub instances: u32,
+    /// When every instance begins its timed work, on the **guest's** CLOCK_MONOTONIC (ns):
+    /// the host translates one common instant into each guest's clock (docs/protocol.md).
+    /// Preparation (allocation, opening, connecting) happens before it. None: as soon as
+    /// all instances are prepared. At most [`MAX_START_AHEAD_NS`] after the request's receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at_ns: Option<u64>,
 }
 
 /// One microbenchmark with its parameters.
@@ -119,6 +129,19 @@ impl BenchRequest {
         }
         self.spec.validate()
     }
+
+    /// The guest's side of the start instant: given its clock when the request arrived,
+    /// the instant to wait for (None: start at once), or why it refuses to wait.
+    pub fn start_instant(&self, received_ns: u64) -> Result<Option<u64>, String> {
+        match self.start_at_ns {
+            None => Ok(None),
+            Some(at) if at.saturating_sub(received_ns) > MAX_START_AHEAD_NS => Err(format!(
+                "start instant {at} ns is {} ns after the request arrived ({received_ns} ns), more than the {MAX_START_AHEAD_NS} ns allowed",
+                at - received_ns
+            )),
+            Some(at) => Ok(Some(at)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -142,11 +165,16 @@ impl Resource {
     }
 }
 
-/// All instances of one request.
+/// All instances of one request, and the guest's view of when it ran (its CLOCK_MONOTONIC,
+/// ns): the host maps these to its own clock to measure start skew and overlap.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BenchReport {
     pub instances: Vec<InstanceResult>,
+    /// When the agent read the request.
+    pub received_ns: u64,
+    /// When the last instance finished its preparation (every start comes after it).
+    pub prepared_ns: u64,
 }
 
 /// One copy's result, timed inside the guest with CLOCK_MONOTONIC.
@@ -250,12 +278,28 @@ impl InstanceResult {
 }
 
 impl BenchReport {
-    /// Checks the whole report: one result per requested instance, each plausible.
+    /// Checks the whole report: one result per requested instance, each plausible, and
+    /// its times in order: received ≤ prepared ≤ every start, and no start before the
+    /// requested instant.
     pub fn check(&self, req: &BenchRequest) -> Result<(), String> {
         if self.instances.len() != req.instances as usize {
             return Err(format!("asked {} instances, guest reports {}", req.instances, self.instances.len()));
         }
-        self.instances.iter().try_for_each(|i| i.check(&req.spec))
+        self.instances.iter().try_for_each(|i| i.check(&req.spec))?;
+        if self.prepared_ns < self.received_ns {
+            return Err(format!("prepared at {} ns, before the request arrived at {} ns", self.prepared_ns, self.received_ns));
+        }
+        for i in &self.instances {
+            if i.start_ns < self.prepared_ns {
+                return Err(format!("an instance started at {} ns, before preparation ended at {} ns", i.start_ns, self.prepared_ns));
+            }
+            if let Some(at) = req.start_at_ns {
+                if i.start_ns < at {
+                    return Err(format!("an instance started at {} ns, before the requested instant {at} ns", i.start_ns));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -264,7 +308,11 @@ mod tests {
     use super::*;
 
     fn cpu_req() -> BenchRequest {
-        BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: 2 }
+        BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: 2, start_at_ns: None }
+    }
+
+    fn report(instances: Vec<InstanceResult>) -> BenchReport {
+        BenchReport { instances, received_ns: 1, prepared_ns: 5 }
     }
 
     fn cpu_result(estimate: f64) -> InstanceResult {
@@ -273,11 +321,11 @@ mod tests {
 
     #[test]
     fn untrusted_reports_are_checked() {
-        let ok = BenchReport { instances: vec![cpu_result(std::f64::consts::SQRT_2); 2] };
+        let ok = report(vec![cpu_result(std::f64::consts::SQRT_2); 2]);
         assert!(ok.check(&cpu_req()).is_ok());
-        let short = BenchReport { instances: vec![cpu_result(std::f64::consts::SQRT_2)] };
+        let short = report(vec![cpu_result(std::f64::consts::SQRT_2)]);
         assert!(short.check(&cpu_req()).unwrap_err().contains("asked 2 instances"));
-        let wrong = BenchReport { instances: vec![cpu_result(1.5); 2] };
+        let wrong = report(vec![cpu_result(1.5); 2]);
         assert!(wrong.check(&cpu_req()).unwrap_err().contains("not √2"));
         let mut backwards = cpu_result(std::f64::consts::SQRT_2);
         backwards.end_ns = 5;
@@ -286,6 +334,30 @@ mod tests {
         assert!(mismatched.check(&cpu_req().spec).is_err());
         let unchecked = InstanceResult { start_ns: 1, end_ns: 2, work: Work::Memory { n: 4, passes: 1, checked: false, bytes: 1 } };
         assert!(unchecked.check(&BenchSpec::Memory { n: 4, passes: 1 }).unwrap_err().contains("failed its check"));
+    }
+
+    #[test]
+    fn report_times_are_checked_against_the_start_instant() {
+        let ok = report(vec![cpu_result(std::f64::consts::SQRT_2); 2]);
+        // Instances start at 10 ns.
+        assert!(ok.check(&BenchRequest { start_at_ns: Some(10), ..cpu_req() }).is_ok());
+        let early = ok.check(&BenchRequest { start_at_ns: Some(11), ..cpu_req() }).unwrap_err();
+        assert!(early.contains("before the requested instant 11"), "{early}");
+        let backwards = BenchReport { prepared_ns: 0, ..ok.clone() };
+        assert!(backwards.check(&cpu_req()).unwrap_err().contains("before the request arrived"));
+        let unprepared = BenchReport { prepared_ns: 11, ..ok };
+        assert!(unprepared.check(&cpu_req()).unwrap_err().contains("before preparation ended"));
+    }
+
+    #[test]
+    fn the_guest_refuses_to_wait_too_long() {
+        let at = |a| BenchRequest { start_at_ns: a, ..cpu_req() };
+        assert_eq!(at(None).start_instant(100), Ok(None));
+        assert_eq!(at(Some(100 + MAX_START_AHEAD_NS)).start_instant(100), Ok(Some(100 + MAX_START_AHEAD_NS)));
+        // An instant already past: start at once (the host sees the lateness as skew).
+        assert_eq!(at(Some(5)).start_instant(100), Ok(Some(5)));
+        assert!(at(Some(101 + MAX_START_AHEAD_NS)).start_instant(100).unwrap_err().contains("more than"));
+        assert!(at(Some(u64::MAX)).start_instant(0).is_err());
     }
 
     #[test]
@@ -301,12 +373,33 @@ mod tests {
 
     #[test]
     fn parameters_are_validated() {
-        assert!(BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: 0 }.validate().is_err());
-        assert!(BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: MAX_INSTANCES + 1 }.validate().is_err());
+        assert!(BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: 0, start_at_ns: None }.validate().is_err());
+        assert!(BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: MAX_INSTANCES + 1, start_at_ns: None }.validate().is_err());
         assert!(BenchSpec::Cpu { rounds: 3 }.validate().is_err());
         assert!(BenchSpec::Memory { n: 1 << 20, passes: 1 }.validate().is_err());
         assert!(BenchSpec::Disk { path: "/x".into(), block_size: 1000, max_bytes: None, direct: true }.validate().is_err());
         assert!(BenchSpec::NetStream { peer: "host:1".into(), duration_ms: 10, msg_size: 10 }.validate().unwrap_err().contains("host:1"));
         assert!(BenchSpec::NetRr { peer: "10.0.0.1:5".into(), duration_ms: 10, size: 1 }.validate().is_ok());
+    }
+
+    proptest::proptest! {
+        /// Whatever times a guest reports, the check never panics, and a report it accepts
+        /// has them in order: received ≤ prepared ≤ start (≥ the instant) < end.
+        #[test]
+        fn accepted_times_are_ordered(recv in proptest::prelude::any::<u64>(), prep in proptest::prelude::any::<u64>(),
+                                      start in proptest::prelude::any::<u64>(), end in proptest::prelude::any::<u64>(),
+                                      at in proptest::prelude::any::<Option<u64>>()) {
+            let rep = BenchReport {
+                instances: vec![InstanceResult { start_ns: start, end_ns: end, work: Work::Cpu { rounds: 100, estimate: std::f64::consts::SQRT_2 } }],
+                received_ns: recv,
+                prepared_ns: prep,
+            };
+            let req = BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: 1, start_at_ns: at };
+            let _ = req.start_instant(recv);
+            if rep.check(&req).is_ok() {
+                proptest::prop_assert!(recv <= prep && prep <= start && start < end);
+                proptest::prop_assert!(at.is_none_or(|a| a <= start));
+            }
+        }
     }
 }

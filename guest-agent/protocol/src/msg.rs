@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::bench::{BenchReport, BenchRequest};
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Host to guest: one command with the id its reply must carry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,6 +207,8 @@ mod tests {
                             end_ns: 2,
                             work: Work::Cpu { rounds: 10, estimate: std::f64::consts::SQRT_2 },
                         }],
+                        received_ns: 0,
+                        prepared_ns: 1,
                     }),
                 },
             }),
@@ -216,8 +218,12 @@ mod tests {
         }
         let r = Request {
             id: 9,
-            cmd: Command::Bench(BenchRequest { spec: BenchSpec::Memory { n: 4, passes: 2 }, instances: 2 }),
+            cmd: Command::Bench(BenchRequest { spec: BenchSpec::Memory { n: 4, passes: 2 }, instances: 2, start_at_ns: Some(7) }),
         };
+        assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        // Without a start instant the field is left out, and its absence decodes as None.
+        let r = Request { id: 10, cmd: Command::Bench(BenchRequest { spec: BenchSpec::Cpu { rounds: 8 }, instances: 1, start_at_ns: None }) };
+        assert!(!String::from_utf8(r.encode()).unwrap().contains("start_at_ns"));
         assert_eq!(Request::decode(&r.encode()).unwrap(), r);
     }
 
@@ -235,8 +241,8 @@ mod tests {
     fn hello_check() {
         assert!(hello().check().is_ok());
         let mut h = hello();
-        h.protocol = 2;
-        assert_eq!(h.check(), Err(MessageError::Version { got: 2, want: PROTOCOL_VERSION }));
+        h.protocol = 1;
+        assert_eq!(h.check(), Err(MessageError::Version { got: 1, want: PROTOCOL_VERSION }));
         let mut h = hello();
         h.cpus = 0;
         assert!(h.check().is_err());

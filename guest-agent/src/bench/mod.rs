@@ -6,6 +6,7 @@ pub mod disk;
 pub mod memory;
 pub mod net;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
@@ -14,18 +15,23 @@ use vb_protocol::bench::{BenchReport, BenchRequest, BenchSpec, InstanceResult, W
 use crate::clock::monotonic_ns;
 
 /// Runs `req.instances` copies concurrently, each in its own thread, released together
-/// by a barrier so they overlap as the isolation and linearity tests require.
-pub fn run(req: &BenchRequest) -> Result<BenchReport, String> {
+/// by a barrier so they overlap as the isolation and linearity tests require, and then at
+/// the request's start instant (if any), so copies in different guests start together
+/// too. `received_ns`: when the request was read.
+pub fn run(req: &BenchRequest, received_ns: u64) -> Result<BenchReport, String> {
     req.validate()?;
+    let start_at = req.start_instant(received_ns)?;
     let n = req.instances as usize;
     let barrier = Arc::new(Barrier::new(n));
+    // The latest arrival at the barrier: every instance starts after it.
+    let prepared = Arc::new(AtomicU64::new(received_ns));
     let handles: Vec<_> = (0..n)
         .map(|i| {
             let spec = req.spec.clone();
-            let barrier = barrier.clone();
+            let (barrier, prepared) = (barrier.clone(), prepared.clone());
             thread::Builder::new()
                 .name(format!("bench-{i}"))
-                .spawn(move || run_one(&spec, &barrier))
+                .spawn(move || run_one(&spec, &barrier, &prepared, start_at))
                 .map_err(|e| format!("cannot start benchmark thread: {e}"))
         })
         .collect::<Result<_, _>>()?;
@@ -40,17 +46,28 @@ pub fn run(req: &BenchRequest) -> Result<BenchReport, String> {
     }
     match first_err {
         Some(e) => Err(e),
-        None => Ok(BenchReport { instances }),
+        None => Ok(BenchReport { instances, received_ns, prepared_ns: prepared.load(Ordering::SeqCst) }),
     }
 }
 
 /// One instance: set up outside the timed region, then time only the work. The barrier
 /// is always reached, even when set-up failed, so no sibling waits forever.
-fn run_one(spec: &BenchSpec, barrier: &Barrier) -> Result<InstanceResult, String> {
+fn run_one(spec: &BenchSpec, barrier: &Barrier, prepared_ns: &AtomicU64, start_at: Option<u64>) -> Result<InstanceResult, String> {
     let prepared = prepare(spec);
+    prepared_ns.fetch_max(monotonic_ns(), Ordering::SeqCst);
     barrier.wait();
     let prepared = prepared?;
-    let start_ns = monotonic_ns();
+    // Ready by the instant: the work is timed from it, so waiting for a CPU after it (the
+    // contention the concurrent tests measure) counts. Ready late: timed from now, and the
+    // host sees the lateness as start skew.
+    let ready = monotonic_ns();
+    let start_ns = match start_at {
+        Some(at) if ready <= at => {
+            crate::clock::sleep_until(at);
+            at
+        }
+        _ => ready,
+    };
     let work = match prepared {
         Prepared::Cpu { rounds } => Work::Cpu { rounds, estimate: cpu::sqrt2(rounds) },
         Prepared::Memory(mut m, passes) => {
@@ -64,9 +81,10 @@ fn run_one(spec: &BenchSpec, barrier: &Barrier) -> Result<InstanceResult, String
             let bytes = reader.read_all(max_bytes)?;
             Work::Disk { bytes, block_size: reader.block_size() as u32, direct: reader.direct() }
         }
-        // Network clients time themselves: the end is the receiver's acknowledgement.
-        Prepared::Stream(conn, duration_ms, msg_size) => return net::stream_client(conn, duration_ms, msg_size),
-        Prepared::Rr(conn, duration_ms, size) => return net::rr_client(conn, duration_ms, size),
+        // Network clients run for their duration from the start and time their own end:
+        // the receiver's acknowledgement.
+        Prepared::Stream(conn, duration_ms, msg_size) => return net::stream_client(conn, start_ns, duration_ms, msg_size),
+        Prepared::Rr(conn, duration_ms, size) => return net::rr_client(conn, start_ns, duration_ms, size),
     };
     let end_ns = monotonic_ns();
     Ok(InstanceResult { start_ns, end_ns, work })
@@ -94,4 +112,29 @@ fn prepare(spec: &BenchSpec) -> Result<Prepared, String> {
             Prepared::Rr(net::connect(peer, net::Mode::Rr { size: *size })?, *duration_ms, *size as usize)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_wait_for_the_start_instant() {
+        let received = monotonic_ns();
+        let at = received + 20_000_000;
+        let req = BenchRequest { spec: BenchSpec::Cpu { rounds: 1000 }, instances: 2, start_at_ns: Some(at) };
+        let rep = run(&req, received).unwrap();
+        rep.check(&req).unwrap();
+        assert_eq!(rep.received_ns, received);
+        // Ready well before the instant: timed from it exactly.
+        assert!(rep.instances.iter().all(|i| i.start_ns == at && i.end_ns > at && i.start_ns >= rep.prepared_ns));
+        // An instant already past when the instances are ready: timed from when they were.
+        let late = BenchRequest { start_at_ns: Some(received), ..req.clone() };
+        let rep = run(&late, received).unwrap();
+        rep.check(&late).unwrap();
+        assert!(rep.instances.iter().all(|i| i.start_ns >= rep.prepared_ns && i.start_ns > received));
+        // Too far ahead: refused before any work.
+        let far = BenchRequest { start_at_ns: Some(received + vb_protocol::bench::MAX_START_AHEAD_NS + 1), ..req };
+        assert!(run(&far, received).unwrap_err().contains("more than"));
+    }
 }

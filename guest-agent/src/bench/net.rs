@@ -49,14 +49,19 @@ pub fn connect(peer: &str, mode: Mode) -> Result<TcpStream, String> {
     Ok(s)
 }
 
-pub fn stream_client(mut s: TcpStream, duration_ms: u32, msg_size: usize) -> Result<InstanceResult, String> {
+/// Streams from `start_ns` (CLOCK_MONOTONIC, now or the request's start instant) for the
+/// duration.
+pub fn stream_client(mut s: TcpStream, start_ns: u64, duration_ms: u32, msg_size: usize) -> Result<InstanceResult, String> {
     let buf = vec![0x5au8; msg_size];
-    let start_ns = monotonic_ns();
     let deadline = start_ns + duration_ms as u64 * 1_000_000;
     let mut sent = 0u64;
-    while monotonic_ns() < deadline {
+    // At least one write, even when the start came late enough to leave no time at all.
+    loop {
         s.write_all(&buf).map_err(|e| format!("net_stream: send failed after {sent} bytes: {e}"))?;
         sent += msg_size as u64;
+        if monotonic_ns() >= deadline {
+            break;
+        }
     }
     s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
     let mut count = [0u8; 8];
@@ -69,18 +74,21 @@ pub fn stream_client(mut s: TcpStream, duration_ms: u32, msg_size: usize) -> Res
     Ok(InstanceResult { start_ns, end_ns, work: Work::NetStream { bytes } })
 }
 
-pub fn rr_client(mut s: TcpStream, duration_ms: u32, size: usize) -> Result<InstanceResult, String> {
+pub fn rr_client(mut s: TcpStream, start_ns: u64, duration_ms: u32, size: usize) -> Result<InstanceResult, String> {
     let req = vec![0x5au8; size];
     let mut resp = vec![0u8; size];
-    let start_ns = monotonic_ns();
     let deadline = start_ns + duration_ms as u64 * 1_000_000;
     let mut transactions = 0u64;
-    let mut now = start_ns;
-    while now < deadline {
+    let mut now;
+    // At least one transaction, as the stream makes at least one write.
+    loop {
         s.write_all(&req).map_err(|e| format!("net_rr: send failed after {transactions} transactions: {e}"))?;
         s.read_exact(&mut resp).map_err(|e| format!("net_rr: no response after {transactions} transactions: {e}"))?;
         transactions += 1;
         now = monotonic_ns();
+        if now >= deadline {
+            break;
+        }
     }
     Ok(InstanceResult { start_ns, end_ns: now, work: Work::NetRr { transactions } })
 }
@@ -180,16 +188,16 @@ mod tests {
     fn stream_and_rr_over_loopback() {
         let port = serve(0).unwrap();
         let peer = format!("127.0.0.1:{port}");
-        let r = stream_client(connect(&peer, Mode::Stream).unwrap(), 50, 4096).unwrap();
+        let r = stream_client(connect(&peer, Mode::Stream).unwrap(), monotonic_ns(), 50, 4096).unwrap();
         let Work::NetStream { bytes } = r.work else { panic!() };
         assert!(bytes > 0 && bytes % 4096 == 0);
-        let r = rr_client(connect(&peer, Mode::Rr { size: 1 }).unwrap(), 50, 1).unwrap();
+        let r = rr_client(connect(&peer, Mode::Rr { size: 1 }).unwrap(), monotonic_ns(), 50, 1).unwrap();
         let Work::NetRr { transactions } = r.work else { panic!() };
         assert!(transactions > 0);
         stop(port).unwrap();
         assert!(stop(port).is_err());
         // Stopped: new connections are refused.
         std::thread::sleep(Duration::from_millis(50));
-        assert!(connect(&peer, Mode::Stream).is_err() || stream_client(connect(&peer, Mode::Stream).unwrap(), 10, 16).is_err());
+        assert!(connect(&peer, Mode::Stream).is_err() || stream_client(connect(&peer, Mode::Stream).unwrap(), monotonic_ns(), 10, 16).is_err());
     }
 }

@@ -28,7 +28,7 @@ use super::vmm::{
 };
 use super::{
     join_cgroup_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec, Images,
-    Kernel, LaunchError, Launched, Proc, Unavailable,
+    Kernel, LaunchError, LaunchFiles, Launched, Proc, Unavailable,
 };
 use crate::netlab;
 
@@ -51,6 +51,10 @@ pub struct Firecracker {
 impl Firecracker {
     pub fn new(images: &Images, opts: &BackendOptions) -> Self {
         Self { bin: opts.firecracker.clone(), kernel: images.kernel_microvm.clone(), initramfs: images.initramfs.clone(), probed: OnceCell::new() }
+    }
+
+    pub fn with_images(&self, images: &Images) -> Self {
+        Self { bin: self.bin.clone(), kernel: images.kernel_microvm.clone(), initramfs: images.initramfs.clone(), probed: self.probed.clone() }
     }
 
     fn images(&self) -> Result<(&Kernel, &Path), String> {
@@ -183,6 +187,14 @@ impl Backend for Firecracker {
         BackendKind::Firecracker
     }
 
+    fn launch_files(&self) -> LaunchFiles {
+        LaunchFiles {
+            images: self.kernel.iter().map(|k| k.path.clone()).chain(self.initramfs.clone()).collect(),
+            programs: vec![self.bin.clone()],
+            data: Vec::new(),
+        }
+    }
+
     async fn probe(&self) -> Result<String, Unavailable> {
         self.probed.get_or_init(|| self.check()).await.clone().map_err(|reason| Unavailable { backend: "firecracker", reason })
     }
@@ -216,13 +228,14 @@ mod tests {
             data_disk: full.then(|| "/store/disk.img".into()),
             workdir: "/run/virtbench/r1/g2".into(),
             net: full.then(|| GuestNet {
-                fleet: FleetNet { netns: "vb-r1".into() },
+                fleet: FleetNet { netns: "vb-r1".into(), mode: Default::default() },
                 addr: std::net::Ipv4Addr::new(10, 211, 0, 4),
                 prefix: 16,
                 link: "vbl2".into(),
             }),
             cgroup: None,
             limits: Default::default(),
+            images: None,
         }
     }
 

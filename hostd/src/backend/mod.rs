@@ -132,6 +132,23 @@ pub struct GuestSpec {
     /// Put the guest's host processes in a cgroup of this kind (None: no cgroup).
     pub cgroup: Option<cgroup::Mode>,
     pub limits: cgroup::Limits,
+    /// This guest's own copies of the images it boots (kernel, initramfs, rootfs, bundle,
+    /// agent), replacing the backend's: the paper's "each VM its own image". None: the
+    /// backend's shared images.
+    pub images: Option<std::sync::Arc<Images>>,
+}
+
+/// What one launch reads from the host's files, as a backend knows it: checked for
+/// page-cache residency before a cold start (`crate::coldstart`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LaunchFiles {
+    /// Image files and directory trees (kernel, initramfs, rootfs, bundle, agent).
+    pub images: Vec<PathBuf>,
+    /// Programs the launch executes (names looked up on PATH, or paths); their shared
+    /// libraries count too.
+    pub programs: Vec<String>,
+    /// Other files the program reads (firmware), where present on this host.
+    pub data: Vec<PathBuf>,
 }
 
 /// A guest's attachment to the fleet network.
@@ -308,6 +325,9 @@ pub trait Backend {
     async fn unseen_used_kib(&self) -> Result<u64, String> {
         Ok(0)
     }
+    /// The host files a launch of this backend reads, with its own images (see
+    /// [`GuestSpec::images`] for per-guest copies).
+    fn launch_files(&self) -> LaunchFiles;
 }
 
 /// The common teardown: wait for the main process, kill the rest, release resources.
@@ -396,6 +416,55 @@ impl AnyBackend {
             BackendKind::Xen => AnyBackend::Xen(xen::Xen::new(images, opts)),
         }
     }
+
+    /// The same backend and settings (QEMU's accelerator choice included) over other
+    /// images: how a guest with its own image copies is launched.
+    pub async fn with_images(&self, images: &Images) -> AnyBackend {
+        match self {
+            AnyBackend::Native(_) => AnyBackend::Native(native::Native::new(images.agent.clone())),
+            AnyBackend::Ns(b) => AnyBackend::Ns(b.with_images(images)),
+            AnyBackend::Oci(b) => AnyBackend::Oci(b.with_images(images)),
+            AnyBackend::Uml(b) => AnyBackend::Uml(b.with_images(images)),
+            AnyBackend::Qemu(b) => {
+                // Decided once, by the fleet's backend, so per-guest copies share it.
+                let _ = b.accel().await;
+                AnyBackend::Qemu(b.with_images(images))
+            }
+            AnyBackend::Firecracker(b) => AnyBackend::Firecracker(b.with_images(images)),
+            AnyBackend::Xen(b) => AnyBackend::Xen(b.with_images(images)),
+        }
+    }
+
+    /// What the launches of these guests read: the backend's files, or with per-guest
+    /// image copies each guest's copies plus the shared programs.
+    pub fn fleet_launch_files(&self, per_guest: &[std::sync::Arc<Images>]) -> LaunchFiles {
+        let mut all = self.launch_files();
+        if per_guest.is_empty() {
+            return all;
+        }
+        // The copies replace the images, and the programs too where the image is the
+        // program (UML's kernel, the native agent).
+        all.images.clear();
+        all.programs.clear();
+        for images in per_guest {
+            let own = match self {
+                AnyBackend::Native(_) => native::Native::new(images.agent.clone()).launch_files(),
+                AnyBackend::Ns(b) => b.with_images(images).launch_files(),
+                AnyBackend::Oci(b) => b.with_images(images).launch_files(),
+                AnyBackend::Uml(b) => b.with_images(images).launch_files(),
+                AnyBackend::Qemu(b) => b.with_images(images).launch_files(),
+                AnyBackend::Firecracker(b) => b.with_images(images).launch_files(),
+                AnyBackend::Xen(b) => b.with_images(images).launch_files(),
+            };
+            all.images.extend(own.images);
+            for p in own.programs {
+                if !all.programs.contains(&p) {
+                    all.programs.push(p);
+                }
+            }
+        }
+        all
+    }
 }
 
 macro_rules! dispatch {
@@ -420,6 +489,11 @@ impl Backend for AnyBackend {
         dispatch!(self, b => b.probe().await)
     }
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
+        if let Some(images) = &spec.images {
+            let own = self.with_images(images).await;
+            let own = &own;
+            return dispatch!(own, b => b.launch(spec).await);
+        }
         dispatch!(self, b => b.launch(spec).await)
     }
     async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
@@ -427,6 +501,9 @@ impl Backend for AnyBackend {
     }
     async fn unseen_used_kib(&self) -> Result<u64, String> {
         dispatch!(self, b => b.unseen_used_kib().await)
+    }
+    fn launch_files(&self) -> LaunchFiles {
+        dispatch!(self, b => b.launch_files())
     }
 }
 
@@ -494,13 +571,14 @@ pub(crate) fn test_spec(net: bool, disk: bool) -> GuestSpec {
         data_disk: disk.then(|| PathBuf::from("/store/disk,1.img")),
         workdir: PathBuf::from("/run/virtbench/r1/g1"),
         net: net.then(|| GuestNet {
-            fleet: crate::netlab::FleetNet { netns: "vb-r1".into() },
+            fleet: crate::netlab::FleetNet { netns: "vb-r1".into(), mode: Default::default() },
             addr: Ipv4Addr::new(10, 211, 0, 3),
             prefix: 16,
             link: "vbl1".into(),
         }),
         cgroup: None,
         limits: Default::default(),
+        images: None,
     }
 }
 

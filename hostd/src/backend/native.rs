@@ -1,6 +1,8 @@
 //! `native`: the agent as an ordinary host process, the paper's non-virtualized reference
 //! (T_a). The control channel is a socketpair whose far end is the agent's fd 3. On a fleet
-//! network the process runs inside the fleet's network namespace (no address of its own).
+//! network the process gets a network namespace of its own on a veth pair to the fleet
+//! bridge (the guests' path, [`NetMode::Private`]), or runs in the fleet's namespace itself
+//! ([`NetMode::Shared`]: the loopback reference, and the network peer).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -9,9 +11,10 @@ use std::process::Stdio;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use crate::console::{ConsoleLog, CONSOLE_CAP};
+use crate::netlab::NetMode;
 
 use super::{
-    join_cgroup_in_child, make_cgroup, pass_fd_in_child, Backend, BackendKind, GuestProcess, GuestSpec, LaunchError,
+    join_cgroup_in_child, make_cgroup, pass_fd_in_child, Backend, BackendKind, GuestProcess, GuestSpec, LaunchError, LaunchFiles,
     Launched, Proc, Resource, Unavailable,
 };
 
@@ -31,6 +34,11 @@ impl Native {
 impl Backend for Native {
     fn kind(&self) -> BackendKind {
         BackendKind::Native
+    }
+
+    /// The agent is the program (a static binary).
+    fn launch_files(&self) -> LaunchFiles {
+        LaunchFiles { images: vec![self.agent.clone()], programs: vec![self.agent.display().to_string()], data: Vec::new() }
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {
@@ -89,18 +97,32 @@ impl Native {
         if let Some(cg) = &cgroup {
             join_cgroup_in_child(&mut cmd, cg);
         }
-        // On a fleet network a native guest runs in the fleet namespace itself: it shares
-        // the host kernel's stack and reaches the others through the bridge's address.
         if let Some(net) = &spec.net {
-            crate::netlab::enter_in_child(&mut cmd, net.fleet.open()?);
+            match net.fleet.mode {
+                // In the fleet namespace itself: the stack the peer and the bridge are in, so
+                // its traffic stays local (the loopback reference).
+                NetMode::Shared => crate::netlab::enter_in_child(&mut cmd, net.fleet.open()?),
+                // The guests' path: a namespace of its own linked to the bridge by a veth pair,
+                // exactly as an ns or oci guest; the agent sets eth0 up as they do. Only the
+                // network is private: the process is otherwise a plain host process.
+                NetMode::Private => {
+                    let name = super::oci::netns_name(spec);
+                    crate::netlab::ip(&["netns", "add", &name])?;
+                    held.push(Resource::Netns { name: name.clone() });
+                    net.fleet.add_veth_to_netns(&net.link, &name)?;
+                    held.push(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
+                    let own = crate::netlab::FleetNet { netns: name, mode: NetMode::Private };
+                    crate::netlab::enter_in_child(&mut cmd, own.open()?);
+                    cmd.args(["--net", &net.agent_arg()]);
+                }
+            }
         }
         let child = cmd.spawn().map_err(|source| LaunchError::Spawn { program: self.agent.display().to_string(), source })?;
         // Closes hostd's copies of the channel's guest end and of the console pipe, so each
         // ends when the agent does.
         drop((cmd, guest));
-        if cgroup.is_some() {
-            held.pop();
-        }
+        // The guest owns its cgroup (GuestProcess::cgroup); the rest stays in `resources`.
+        held.retain(|r| !matches!(r, Resource::Cgroup(_)));
         let resources = std::mem::take(held);
         Ok(Launched {
             reader: Box::new(reader),

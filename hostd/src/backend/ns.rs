@@ -50,10 +50,11 @@ use tokio::io::AsyncReadExt;
 use super::native::{split_socket, AGENT_FD};
 use super::{
     prepare, Halves, Held,
-    make_cgroup, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, Launched, Proc, Resource, Unavailable,
+    make_cgroup, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
 };
 use crate::cgroup;
 use crate::console::{ConsoleLog, CONSOLE_CAP};
+use crate::netlab::NetMode;
 
 /// Where the agent is in the image.
 pub const AGENT_PATH: &str = "/sbin/guest-agent";
@@ -95,12 +96,21 @@ impl Ns {
         Self { rootfs: images.rootfs.clone(), user_ns: None }
     }
 
+    pub fn with_images(&self, images: &Images) -> Self {
+        Self { rootfs: images.rootfs.clone(), user_ns: self.user_ns }
+    }
+
     fn clone_flags(&self) -> CloneFlags {
-        let mut f = CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWNET;
+        self.clone_flags_for(NetMode::Private)
+    }
+
+    /// A guest on a shared stack ([`NetMode::Shared`], the Vserver-like mode) gets no
+    /// network namespace: its child joins the fleet's instead.
+    fn clone_flags_for(&self, mode: NetMode) -> CloneFlags {
+        let mut f = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+        if mode == NetMode::Private {
+            f |= CloneFlags::CLONE_NEWNET;
+        }
         if self.user_ns.is_some() {
             f |= CloneFlags::CLONE_NEWUSER;
         }
@@ -111,6 +121,11 @@ impl Ns {
 impl Backend for Ns {
     fn kind(&self) -> BackendKind {
         BackendKind::Ns
+    }
+
+    /// The rootfs tree (the agent is in it); hostd itself does the namespaces.
+    fn launch_files(&self) -> LaunchFiles {
+        LaunchFiles { images: self.rootfs.iter().cloned().collect(), programs: Vec::new(), data: Vec::new() }
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {
@@ -211,9 +226,27 @@ impl Ns {
         let steps = plan(&input).map_err(|e| prepare("mount plan", e))?;
 
         let mut args = vec![AGENT_PATH.to_string(), "--ctl".into(), format!("fd:{AGENT_FD}"), "--hostname".into(), spec.name.clone()];
-        if let Some(n) = &spec.net {
-            args.extend(["--net".to_string(), n.agent_arg()]);
-        }
+        let mode = spec.net.as_ref().map(|n| n.fleet.mode).unwrap_or_default();
+        // The fleet's namespace, for a guest that shares its stack: joined by the child.
+        let shared_netns = match &spec.net {
+            Some(n) if n.fleet.mode == NetMode::Shared => {
+                if self.user_ns.is_some() {
+                    return Err(prepare(
+                        "the shared network mode",
+                        io::Error::new(
+                            io::ErrorKind::Unsupported,
+                            "cannot be combined with a user namespace (joining the fleet's network namespace needs the host's privileges)",
+                        ),
+                    ));
+                }
+                Some(high(n.fleet.open()?)?)
+            }
+            Some(n) => {
+                args.extend(["--net".to_string(), n.agent_arg()]);
+                None
+            }
+            None => None,
+        };
         let argv_c = args.iter().map(cstring).collect::<io::Result<Vec<_>>>().map_err(|e| prepare("agent arguments", e))?;
         let envp_c = [CString::from(c"PATH=/sbin:/bin")];
         let path = cstring(AGENT_PATH).map_err(|e| prepare("agent path", e))?;
@@ -234,15 +267,16 @@ impl Ns {
                 stdin: null.as_raw_fd(),
                 log: log_fd.as_raw_fd(),
                 ctl: guest.as_raw_fd(),
+                netns: shared_netns.as_ref().map_or(-1, |f| f.as_raw_fd()),
                 path: &path,
                 argv: &argv,
                 envp: &envp,
             };
-            clone_child(&child, self.clone_flags())
+            clone_child(&child, self.clone_flags_for(mode))
         }
         .map_err(|e| spawn_err(io::Error::new(io::Error::from(e).kind(), format!("clone: {e}"))))?;
         // The child has its copies; the parent's would hide the exec's EOF on the error pipe.
-        drop((sync_rd, err_wr, null, log_fd, guest));
+        drop((sync_rd, err_wr, null, log_fd, guest, shared_netns));
         let mut proc = match Proc::from_pid(pid.as_raw() as u32, true) {
             Ok(p) => p,
             Err(e) => {
@@ -281,7 +315,7 @@ impl Ns {
         if let Some(cg) = &held.cgroup {
             cg.add(pid.as_raw() as u32).map_err(LaunchError::Cgroup)?;
         }
-        if let Some(n) = &spec.net {
+        if let Some(n) = spec.net.as_ref().filter(|n| n.fleet.mode == NetMode::Private) {
             // A half-made pair goes with the guest's network namespace when the child is
             // killed; a made one also disappears with it later, which releasing tolerates.
             n.fleet.add_veth(&n.link, pid.as_raw() as u32)?;
@@ -604,6 +638,8 @@ struct Child<'a> {
     stdin: RawFd,
     log: RawFd,
     ctl: RawFd,
+    /// A network namespace to join (a shared-stack guest), or -1.
+    netns: RawFd,
     path: &'a CStr,
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
@@ -613,6 +649,7 @@ struct Child<'a> {
 const AT_PROCESS: u32 = u32::MAX;
 const AT_FDS: u32 = u32::MAX - 1;
 const AT_EXEC: u32 = u32::MAX - 2;
+const AT_NETNS: u32 = u32::MAX - 3;
 
 fn clone_child(child: &Child, flags: CloneFlags) -> nix::Result<Pid> {
     let mut stack = vec![0u8; CHILD_STACK];
@@ -656,6 +693,13 @@ fn child_main(c: &Child) -> ! {
     }
     if let Err(e) = reset_process() {
         fail(c, AT_PROCESS, e);
+    }
+    if c.netns >= 0 {
+        // SAFETY: setns(2) on a descriptor prepared before the clone; a raw system call,
+        // async-signal-safe.
+        if unsafe { libc::setns(c.netns, libc::CLONE_NEWNET) } != 0 {
+            fail(c, AT_NETNS, Errno::last());
+        }
     }
     if let Err((i, e)) = run_plan(&RealSyscall, c.plan) {
         fail(c, i as u32, e);
@@ -731,6 +775,7 @@ fn decode_failure(report: &[u8], steps: &[Step], workdir: &Path) -> io::Error {
         AT_PROCESS => "setting up the process (setsid, signals)".to_string(),
         AT_FDS => "wiring stdio and the control descriptor".to_string(),
         AT_EXEC => format!("executing {AGENT_PATH}"),
+        AT_NETNS => "joining the fleet's network namespace (shared network mode)".to_string(),
         i => {
             let opened: Vec<(RawFd, &CString)> =
                 steps.iter().filter_map(|s| if let Step::OpenPath { path, fd } = s { Some((*fd, path)) } else { None }).collect();

@@ -35,7 +35,7 @@ use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountB
 use super::native::{split_socket, AGENT_FD};
 use super::{
     prepare, Halves, Held,
-    pass_fd_in_child, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, Launched, Proc, Resource,
+    pass_fd_in_child, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, LaunchFiles, Launched, Proc, Resource,
     Unavailable,
 };
 use crate::cgroup::{Cgroup, Limits};
@@ -59,6 +59,10 @@ pub struct Oci {
 impl Oci {
     pub fn new(images: &Images, opts: &BackendOptions) -> Self {
         Self { runtime: opts.oci_runtime.clone(), bundle: images.bundle.clone() }
+    }
+
+    pub fn with_images(&self, images: &Images) -> Self {
+        Self { runtime: self.runtime.clone(), bundle: images.bundle.clone() }
     }
 
     /// The runtime binary: a path, or a name looked up on PATH.
@@ -92,6 +96,11 @@ impl Oci {
 impl Backend for Oci {
     fn kind(&self) -> BackendKind {
         BackendKind::Oci
+    }
+
+    /// The bundle tree and the runtime.
+    fn launch_files(&self) -> LaunchFiles {
+        LaunchFiles { images: self.bundle.iter().cloned().collect(), programs: vec![self.runtime.clone()], data: Vec::new() }
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {

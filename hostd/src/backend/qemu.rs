@@ -26,7 +26,7 @@ use tokio::sync::OnceCell;
 use super::vmm::*;
 use super::{
     stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess,
-    GuestSpec, Images, Kernel, LaunchError, Launched, Unavailable,
+    GuestSpec, Images, Kernel, LaunchError, LaunchFiles, Launched, Unavailable,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +110,18 @@ impl Qemu {
         }
     }
 
+    /// The same profile, binary and accelerator decision over other images.
+    pub fn with_images(&self, images: &Images) -> Self {
+        Self {
+            profile: self.profile,
+            qemu: self.qemu.clone(),
+            kernel: self.profile.kernel(images),
+            initramfs: images.initramfs.clone(),
+            accel_opt: self.accel_opt.clone(),
+            accel: self.accel.clone(),
+        }
+    }
+
     fn images(&self) -> Result<(&Kernel, &Path), String> {
         let what = match self.profile {
             Profile::Microvm => "microvm kernel (vmlinux)",
@@ -183,6 +195,30 @@ impl Backend for Qemu {
     async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
         stop_vmm(guest, grace).await
     }
+
+    fn launch_files(&self) -> LaunchFiles {
+        LaunchFiles {
+            images: self.kernel.iter().map(|k| k.path.clone()).chain(self.initramfs.clone()).collect(),
+            programs: vec![self.qemu.clone()],
+            data: qemu_firmware(self.profile),
+        }
+    }
+}
+
+/// The firmware and option ROMs QEMU loads for a profile, where this host has them (QEMU
+/// reads them with read(2), so they do not show in its maps).
+fn qemu_firmware(profile: Profile) -> Vec<PathBuf> {
+    let names: &[&str] = match profile {
+        Profile::Microvm => &["bios-microvm.bin"],
+        Profile::Full => &["bios-256k.bin", "kvmvapic.bin", "linuxboot_dma.bin", "efi-e1000.rom", "vgabios-stdvga.bin"],
+    };
+    // Debian's QEMU looks in its own data directory, then in those of seabios and ipxe.
+    let dirs = ["/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu"];
+    names
+        .iter()
+        .filter_map(|n| dirs.iter().map(|d| Path::new(d).join(n)).find(|p| p.is_file()))
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect()
 }
 
 

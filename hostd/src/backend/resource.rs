@@ -47,7 +47,7 @@ impl Resource {
                     r => r.map_err(|e| e.to_string()),
                 }
             }
-            Resource::Netns { name } => netlab::FleetNet { netns: name.clone() }.destroy().map_err(|e| e.to_string()),
+            Resource::Netns { name } => netlab::FleetNet { netns: name.clone(), mode: Default::default() }.destroy().map_err(|e| e.to_string()),
             Resource::Container { runtime, root, id } => {
                 let mut c = Command::new(runtime);
                 if let Some(r) = root {

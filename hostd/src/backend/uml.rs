@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use super::vmm::{check_file, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, program_version, spawn_vmm, Staging};
 use super::{
     stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess,
-    GuestSpec, Images, Kernel, LaunchError, Launched, prepare, Proc, Resource, Unavailable,
+    GuestSpec, Images, Kernel, LaunchError, LaunchFiles, Launched, prepare, Proc, Resource, Unavailable,
 };
 
 /// The data disk inside a UML guest (ubd0).
@@ -43,6 +43,10 @@ pub struct Uml {
 impl Uml {
     pub fn new(images: &Images, _opts: &BackendOptions) -> Self {
         Self { kernel: images.kernel_uml.clone(), initramfs: images.initramfs.clone() }
+    }
+
+    pub fn with_images(&self, images: &Images) -> Self {
+        Self::new(images, &BackendOptions::default())
     }
 
     fn images(&self) -> Result<(&Kernel, &Path), String> {
@@ -210,6 +214,16 @@ impl Backend for Uml {
     async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
         stop_uml(guest, grace).await
     }
+
+    /// The kernel is the program (a static binary); it reads the initramfs.
+    fn launch_files(&self) -> LaunchFiles {
+        let k = self.kernel.as_ref().map(|k| k.path.clone());
+        LaunchFiles {
+            images: k.iter().cloned().chain(self.initramfs.clone()).collect(),
+            programs: k.iter().map(|p| p.display().to_string()).collect(),
+            data: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -229,13 +243,14 @@ mod tests {
             data_disk: Some("/store/disk.img".into()),
             workdir: "/run/virtbench/r1/g0".into(),
             net: Some(GuestNet {
-                fleet: FleetNet { netns: "vb-r1".into() },
+                fleet: FleetNet { netns: "vb-r1".into(), mode: Default::default() },
                 addr: std::net::Ipv4Addr::new(10, 211, 0, 2),
                 prefix: 16,
                 link: "vbl0".into(),
             }),
             cgroup: None,
             limits: Default::default(),
+            images: None,
         };
         let k = Kernel { path: "/k/linux".into(), cmdline: "loglevel=7".into() };
         let a = uml_args(&k, Path::new("/i/initramfs.cpio.gz"), &spec);

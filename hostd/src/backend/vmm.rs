@@ -231,6 +231,7 @@ pub(super) fn probe_spec(dir: &Path, name: &str) -> GuestSpec {
         net: None,
         cgroup: None,
         limits: Default::default(),
+        images: None,
     }
 }
 

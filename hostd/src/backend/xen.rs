@@ -43,7 +43,7 @@ use tokio::sync::watch;
 use super::vmm::{check_file, guest_mac, kernel_cmdline, Staging};
 use super::{
     join_cgroup_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestNet, GuestProcess, GuestSpec,
-    Images, Kernel, LaunchError, Launched, Proc, Resource, Unavailable,
+    Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
 };
 use crate::netlab;
 
@@ -111,6 +111,16 @@ impl Xen {
             xl: "xl".into(),
             xenstore_read: "xenstore-read".into(),
             root: PathBuf::from("/"),
+        }
+    }
+
+    pub fn with_images(&self, images: &Images) -> Self {
+        Self {
+            kernel: images.kernel_xen.clone(),
+            initramfs: images.initramfs.clone(),
+            xl: self.xl.clone(),
+            xenstore_read: self.xenstore_read.clone(),
+            root: self.root.clone(),
         }
     }
 
@@ -617,6 +627,14 @@ fn log_tail(path: &Path) -> String {
 impl Backend for Xen {
     fn kind(&self) -> BackendKind {
         BackendKind::Xen
+    }
+
+    fn launch_files(&self) -> LaunchFiles {
+        LaunchFiles {
+            images: self.kernel.iter().map(|k| k.path.clone()).chain(self.initramfs.clone()).collect(),
+            programs: vec![self.xl.clone()],
+            data: Vec::new(),
+        }
     }
 
     /// dom0 of a Xen host (hypervisor, xenfs, privcmd), the images, `xl info` answering

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
-use super::{linearity, run_together, samples_of, spec_for, suite_metric, BenchSample, Cpus, Targets, Test, Workloads};
+use super::{linearity, run_together, samples_of, spec_for, suite_metric, BenchSample, Cpus, Starter, Targets, Test, Workloads};
 use crate::fleet::Fleet;
 
 /// Runs 1 copy in the first guest and 2 in the second, together, `reps` times.
@@ -32,15 +32,17 @@ pub async fn measure(
 ) -> Result<Vec<BenchSample>, String> {
     let [g1, g2, ..] = fleet.guests.as_slice() else { return Err("isolation needs two ready guests".into()) };
     let spec = spec_for(resource, w, fleet.backend, t);
-    let jobs = [(g1, BenchRequest { spec: spec.clone(), instances: 1 }), (g2, BenchRequest { spec, instances: 2 })];
+    let jobs = [(g1, BenchRequest { spec: spec.clone(), instances: 1, start_at_ns: None }), (g2, BenchRequest { spec, instances: 2, start_at_ns: None })];
+    let net = fleet.net_label();
+    let mut starter = Starter::default();
     let mut out = Vec::new();
     for i in 0..warmup + reps {
-        let rs = run_together(&jobs, timeout).await;
+        let rs = run_together(&jobs, timeout, &mut starter).await;
         if i < warmup {
             continue;
         }
         for ((g, _), r) in jobs.iter().zip(rs) {
-            out.extend(samples_of(fleet.backend, Test::Isolation, resource, &w.params(resource), 2, i - warmup, g.spec.index, &r?));
+            out.extend(samples_of(fleet.backend, Test::Isolation, resource, &w.params(resource), 2, i - warmup, g.spec.index, &r?, net));
         }
     }
     Ok(super::place(out, fleet))

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
-use super::{run_together, samples_of, spec_for, suite_metric, BenchSample, Cpus, Targets, Test, Workloads};
+use super::{run_together, samples_of, spec_for, suite_metric, BenchSample, Cpus, Starter, Targets, Test, Workloads};
 use crate::fleet::Fleet;
 use crate::report::Stat;
 
@@ -23,19 +23,21 @@ pub async fn measure(
     reps: u32,
     timeout: Duration,
 ) -> Result<Vec<BenchSample>, String> {
-    let req = BenchRequest { spec: spec_for(resource, w, fleet.backend, t), instances: 1 };
+    let req = BenchRequest { spec: spec_for(resource, w, fleet.backend, t), instances: 1, start_at_ns: None };
+    let net = fleet.net_label();
+    let mut starter = Starter::default();
     let jobs: Vec<_> = fleet.guests.iter().map(|g| (g, req.clone())).collect();
     let n = fleet.guests.len();
     let mut out = Vec::new();
     for i in 0..warmup + reps {
-        let results = run_together(&jobs, timeout).await;
+        let results = run_together(&jobs, timeout, &mut starter).await;
         if i < warmup {
             continue;
         }
         for (g, r) in fleet.guests.iter().zip(results) {
             // One guest failing its run fails the point: a partial max would flatter it.
             let r = r?;
-            out.extend(samples_of(fleet.backend, Test::Linearity, resource, &w.params(resource), n, i - warmup, g.spec.index, &r));
+            out.extend(samples_of(fleet.backend, Test::Linearity, resource, &w.params(resource), n, i - warmup, g.spec.index, &r, net));
         }
     }
     Ok(super::place(out, fleet))

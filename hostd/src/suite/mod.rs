@@ -7,17 +7,18 @@ pub mod isolation;
 pub mod linearity;
 pub mod overhead;
 pub mod ring;
+pub mod sync;
+pub mod conditions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use vb_protocol::bench::{BenchReport, BenchRequest, BenchSpec, Resource};
+use vb_protocol::bench::{BenchSpec, Resource};
 
 use crate::backend::BackendKind;
-use crate::guest::RunningGuest;
-use crate::microbench::run_once;
+use crate::netlab::NetPath;
+pub use sync::{run_together, StartSync, Starter, Timed};
 
 /// The microbenchmarks' sizes: by default one native run lasts about a second or more
 /// (timer and scheduling noise stay small next to it) and the memory benchmark's working set
@@ -166,6 +167,16 @@ pub struct BenchSample {
     /// The workload's parameters ([`Workloads::params`]).
     #[serde(default)]
     pub params: String,
+    /// Network samples: the kind of path the traffic took (absent in older results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_path: Option<NetPath>,
+    /// Network samples: the path's MTU, measured on the host side of the guest's link
+    /// (the shared stack's loopback for local paths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Runs of several instances at once: start skew and overlap ([`sync`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<StartSync>,
     /// Host CPUs the guest's processes could run on when measured: its cpuset's size, else
     /// every CPU hostd could use. None in results older than this field: the report then
     /// takes the host's CPU count from the provenance, and says so.
@@ -247,19 +258,19 @@ pub fn place(mut samples: Vec<BenchSample>, fleet: &crate::fleet::Fleet) -> Vec<
     samples
 }
 
-/// Sends one request to each (guest, request) pair at the same moment and waits for all.
-/// The guests' own clocks time the work, so small launch skew does not enter the figures.
-pub async fn run_together(
-    jobs: &[(&RunningGuest, BenchRequest)],
-    timeout: Duration,
-) -> Vec<Result<BenchReport, String>> {
-    futures::future::join_all(jobs.iter().map(|(g, req)| async move {
-        run_once(&g.conn, req, timeout).await.map_err(|e| format!("{}: {e:#}", g.spec.name))
-    }))
-    .await
+impl BenchSample {
+    /// The sample's path, for tables: `veth+bridge, MTU 1500`.
+    pub fn path_label(&self) -> Option<String> {
+        let p = self.net_path?;
+        Some(match self.mtu {
+            Some(m) => format!("{p}, MTU {m}"),
+            None => format!("{p}, MTU unknown"),
+        })
+    }
 }
 
-/// Samples from one report.
+/// Samples from one guest's answer to a run; `net`: the fleet's network path and MTU
+/// ([`crate::fleet::Fleet::net_label`]), recorded on network samples.
 #[allow(clippy::too_many_arguments)]
 pub fn samples_of(
     backend: BackendKind,
@@ -269,9 +280,12 @@ pub fn samples_of(
     n: usize,
     rep: u32,
     guest: usize,
-    report: &BenchReport,
+    timed: &Timed,
+    net: Option<(NetPath, Option<u32>)>,
 ) -> Vec<BenchSample> {
-    report
+    let net = net.filter(|_| resource == Resource::Network);
+    timed
+        .report
         .instances
         .iter()
         .enumerate()
@@ -289,6 +303,9 @@ pub fn samples_of(
                 unit: f.unit.to_string(),
                 elapsed_s: r.elapsed_s(),
                 params: params.to_string(),
+                net_path: net.map(|n| n.0),
+                mtu: net.and_then(|n| n.1),
+                sync: timed.sync.as_ref().and_then(|s| s.get(instance).copied()),
                 cpus: None,
                 vcpus: None,
                 provenance: String::new(),
@@ -329,6 +346,9 @@ pub(crate) mod testing {
             cpus: None,
             vcpus: None,
             provenance: String::new(),
+            net_path: None,
+            mtu: None,
+            sync: None,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
-use super::{run_together, samples_of, spec_for, suite_metric, BenchSample, Targets, Test, Workloads};
+use super::{run_together, samples_of, spec_for, suite_metric, BenchSample, Starter, Targets, Test, Workloads};
 use crate::fleet::Fleet;
 use crate::report::Stat;
 
@@ -24,12 +24,14 @@ pub async fn measure(
     timeout: Duration,
 ) -> Result<Vec<BenchSample>, String> {
     let g = fleet.guests.first().ok_or("no ready guest")?;
-    let req = BenchRequest { spec: spec_for(resource, w, fleet.backend, t), instances: 1 };
+    let req = BenchRequest { spec: spec_for(resource, w, fleet.backend, t), instances: 1, start_at_ns: None };
+    let net = fleet.net_label();
     let mut out = Vec::new();
+    let mut starter = Starter::default();
     for i in 0..warmup + reps {
-        let r = run_together(&[(g, req.clone())], timeout).await.remove(0)?;
+        let r = run_together(&[(g, req.clone())], timeout, &mut starter).await.remove(0)?;
         if i >= warmup {
-            out.extend(samples_of(fleet.backend, Test::Overhead, resource, &w.params(resource), fleet.guests.len(), i - warmup, g.spec.index, &r));
+            out.extend(samples_of(fleet.backend, Test::Overhead, resource, &w.params(resource), fleet.guests.len(), i - warmup, g.spec.index, &r, net));
         }
     }
     Ok(super::place(out, fleet))

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, BenchSpec, Resource};
 use vb_protocol::msg::{Command, ReplyBody};
 
-use super::{run_together, samples_of, BenchSample, Test, Workloads};
+use super::{run_together, samples_of, BenchSample, Starter, Test, Workloads};
 use crate::fleet::Fleet;
 use crate::report::Stat;
 
@@ -32,19 +32,21 @@ pub async fn measure(fleet: &Fleet, w: &Workloads, warmup: u32, reps: u32, timeo
         let addr = fleet.addr(j).ok_or("ring guests need the fleet network")?;
         Ok(format!("{addr}:{}", ports[j]))
     };
+    let net = fleet.net_label();
     let mut out = Vec::new();
     for (test, make) in [
         (Test::Ring, &(|p: String| BenchSpec::NetStream { peer: p, duration_ms: w.net_duration_ms, msg_size: w.net_msg_size }) as &dyn Fn(String) -> BenchSpec),
         (Test::RingLatency, &|p: String| BenchSpec::NetRr { peer: p, duration_ms: w.net_duration_ms, size: 1 }),
     ] {
-        let jobs: Vec<_> = (0..n).map(|i| Ok((&fleet.guests[i], BenchRequest { spec: make(peer(i)?), instances: 1 }))).collect::<Result<_, String>>()?;
+        let jobs: Vec<_> = (0..n).map(|i| Ok((&fleet.guests[i], BenchRequest { spec: make(peer(i)?), instances: 1, start_at_ns: None }))).collect::<Result<_, String>>()?;
+        let mut starter = Starter::default();
         for i in 0..warmup + reps {
-            let rs = run_together(&jobs, timeout).await;
+            let rs = run_together(&jobs, timeout, &mut starter).await;
             if i < warmup {
                 continue;
             }
             for ((g, _), r) in jobs.iter().zip(rs) {
-                out.extend(samples_of(fleet.backend, test, Resource::Network, &w.params(Resource::Network), n, i - warmup, g.spec.index, &r?));
+                out.extend(samples_of(fleet.backend, test, Resource::Network, &w.params(Resource::Network), n, i - warmup, g.spec.index, &r?, net));
             }
         }
     }

@@ -91,6 +91,7 @@ pub fn spec(run: &str, index: usize, dir: &Path, net: Option<&FleetNet>) -> Gues
         }),
         cgroup: Some(hostd::cgroup::detect().expect("a cgroup memory controller")),
         limits: Default::default(),
+        images: None,
     }
 }
 

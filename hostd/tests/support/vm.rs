@@ -86,6 +86,7 @@ pub fn spec(run: &str, index: usize, dir: &Path, net: Option<&FleetNet>, disk: O
         }),
         cgroup: Some(hostd::cgroup::detect().expect("a cgroup memory controller")),
         limits: Default::default(),
+        images: None,
     }
 }
 
@@ -194,7 +195,7 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
     assert!((0.97..1.03).contains(&ratio), "{kind}: guest clock runs at {ratio:.3}× host speed");
 
     // CPU benchmark in every guest at once.
-    let cpu = BenchRequest { spec: BenchSpec::Cpu { rounds: 200_000 }, instances: 1 };
+    let cpu = BenchRequest { spec: BenchSpec::Cpu { rounds: 200_000 }, instances: 1, start_at_ns: None };
     let reports = futures::future::join_all(guests.iter().map(|g| run_once(&g.conn, &cpu, Duration::from_secs(120)))).await;
     for r in reports {
         assert!(matches!(r.unwrap().instances[0].work, Work::Cpu { .. }));
@@ -209,6 +210,7 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
     let stream = BenchRequest {
         spec: BenchSpec::NetStream { peer: format!("{peer_addr}:{port}"), duration_ms: 300, msg_size: 16384 },
         instances: 1,
+        start_at_ns: None,
     };
     let rep = run_once(&guests[0].conn, &stream, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{kind}: {e:#}"));
     let Work::NetStream { bytes } = rep.instances[0].work else { panic!() };
@@ -220,6 +222,7 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
     let dreq = BenchRequest {
         spec: BenchSpec::Disk { path: exp.disk.clone(), block_size: 64 << 10, max_bytes: None, direct: true },
         instances: 1,
+        start_at_ns: None,
     };
     for g in &guests {
         let rep = run_once(&g.conn, &dreq, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{kind}: disk: {e:#}"));

@@ -206,7 +206,13 @@ pub(crate) fn discard(trash: &Path) {
 }
 
 /// Runs `cmd` with its output appended to `log`, showing the log's latest line as progress.
-fn run_logged(ctx: &Ctx<'_>, recipe: &str, what: &str, mut cmd: Command, log: &Path) -> Result<(), BuildError> {
+pub(crate) fn run_logged(
+    ctx: &Ctx<'_>,
+    recipe: &str,
+    what: &str,
+    mut cmd: Command,
+    log: &Path,
+) -> Result<(), BuildError> {
     let fail = |m: String| ctx.fail(recipe, what, m);
     let mut f =
         OpenOptions::new().create(true).append(true).open(log).map_err(|e| fail(format!("{}: {e}", log.display())))?;

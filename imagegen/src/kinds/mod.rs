@@ -5,8 +5,10 @@ pub(crate) mod deb_file;
 pub(crate) mod debs;
 pub(crate) mod disk;
 pub(crate) mod kernel;
+pub(crate) mod kernel_package;
 pub mod oci;
 pub(crate) mod source;
+pub mod system;
 pub(crate) mod tree;
 
 use std::collections::BTreeMap;
@@ -71,17 +73,41 @@ pub(crate) struct Tools {
 impl Tools {
     /// First line(s) of `program args` (cached per program).
     pub fn version(&self, program: &str, args: &[&str], keep: impl Fn(&str) -> bool) -> Result<String, String> {
+        self.version_with(program, args, keep, true)
+    }
+
+    /// Like [`Tools::version`] for a tool that prints its version and then exits non-zero
+    /// (mkfs.erofs 1.5 has no `--version`: `-V` prints it, then fails as an unknown option).
+    pub fn version_any_status(&self, program: &str, args: &[&str]) -> Result<String, String> {
+        self.version_with(program, args, |_| false, false)
+    }
+
+    fn version_with(
+        &self,
+        program: &str,
+        args: &[&str],
+        keep: impl Fn(&str) -> bool,
+        need_success: bool,
+    ) -> Result<String, String> {
         let key = format!("{program} {}", args.join(" "));
         if let Some(v) = self.seen.lock().expect("no panics while held").get(&key) {
             return Ok(v.clone());
         }
         let out = Command::new(program).args(args).output().map_err(|e| format!("running {key}: {e}"))?;
-        if !out.status.success() {
+        if need_success && !out.status.success() {
             return Err(format!("{key} failed: {}", out.status));
         }
-        let text = String::from_utf8_lossy(&out.stdout);
+        // Some tools (mke2fs -V, debugfs -V) print their version on stderr.
+        let text = if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            String::from_utf8_lossy(&out.stderr)
+        } else {
+            String::from_utf8_lossy(&out.stdout)
+        };
         let mut lines = text.lines();
         let mut v = lines.next().unwrap_or_default().trim().to_string();
+        if v.is_empty() {
+            return Err(format!("{key} printed no version"));
+        }
         for l in lines.filter(|l| keep(l)) {
             v.push_str("; ");
             v.push_str(l.trim());

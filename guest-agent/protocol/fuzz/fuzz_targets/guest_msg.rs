@@ -1,5 +1,7 @@
 //! Decodes arbitrary payloads as guest messages and checks any bench report against a
-//! request: untrusted JSON must never panic the host.
+//! request, with and without a start instant: untrusted JSON must never panic the host.
+//! The guest's side of the start instant (`start_instant`) gets the report's arbitrary
+//! times too.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,8 +11,11 @@ use vb_protocol::msg::{GuestMsg, Outcome, ReplyBody};
 fuzz_target!(|data: &[u8]| {
     if let Ok(GuestMsg::Reply(r)) = GuestMsg::decode(data) {
         if let Outcome::Ok { body: ReplyBody::Bench(rep) } = r.result {
-            let req = BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: 1 };
-            let _ = rep.check(&req);
+            for start_at_ns in [None, Some(rep.prepared_ns), Some(rep.received_ns.wrapping_add(rep.prepared_ns))] {
+                let req = BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: 1, start_at_ns };
+                let _ = rep.check(&req);
+                let _ = req.start_instant(rep.received_ns);
+            }
             for i in &rep.instances {
                 let _ = i.figure();
             }
