@@ -469,6 +469,7 @@ mod tests {
             own_s: ready_s,
             guest_boot_s: None,
             guest_kernel_s: None,
+            provenance: String::new(),
             residency: Some(StartResidency {
                 files: 20,
                 bytes: 1000,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use vb_protocol::bench::Resource;
 
 use crate::backend::BackendKind;
+use crate::fidelity;
 use crate::limits;
 use crate::startup::StartMode;
 use crate::suite::Workloads;
@@ -51,6 +52,10 @@ pub struct Campaign {
     /// Per-backend changes (e.g. fewer guests for emulated VMs), keyed by backend name.
     #[serde(default)]
     pub overrides: BTreeMap<String, Override>,
+    /// Facts about the campaign the report shows with its departures from the paper (the
+    /// quick variant says it is shortened). Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +77,11 @@ pub struct GuestSection {
     /// host. Default false.
     #[serde(default)]
     pub pin_one_core: bool,
+    /// Guest memory of the memory benchmark's fleets, MiB. Default: `mem_mib` plus the
+    /// working set of every copy a guest runs at once (one in overhead and linearity, two in
+    /// isolation's guest 2). A value too small for that is refused before anything boots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_bench_mib: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +109,10 @@ pub struct OverheadSection {
     /// Fleet sizes n for overhead (1 busy + n − 1 idle) and linearity (n busy). Default [1, 2, 5, 10].
     #[serde(default = "d_overhead_sizes")]
     pub sizes: Vec<usize>,
+    /// Fleet sizes for the memory resource, whose guests hold the working set (their own
+    /// fleet, `guest.mem_bench_mib` each). Default: `sizes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_sizes: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +178,8 @@ fn d_ns_modes() -> Vec<crate::netlab::NetMode> {
 pub struct Override {
     pub startup_sizes: Option<Vec<usize>>,
     pub overhead_sizes: Option<Vec<usize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_sizes: Option<Vec<usize>>,
     pub ring_guests: Option<usize>,
     pub mem_mib: Option<u32>,
     pub workloads: Option<Workloads>,
@@ -217,7 +233,7 @@ fn d_lab_max() -> usize {
 
 impl Default for GuestSection {
     fn default() -> Self {
-        Self { mem_mib: d_mem(), vcpus: 1, boot_timeout_s: d_boot_timeout(), bench_timeout_s: d_bench_timeout(), pin_one_core: false }
+        Self { mem_mib: d_mem(), vcpus: 1, boot_timeout_s: d_boot_timeout(), bench_timeout_s: d_bench_timeout(), pin_one_core: false, mem_bench_mib: None }
     }
 }
 impl Default for StartupSection {
@@ -227,7 +243,7 @@ impl Default for StartupSection {
 }
 impl Default for OverheadSection {
     fn default() -> Self {
-        Self { sizes: d_overhead_sizes() }
+        Self { sizes: d_overhead_sizes(), memory_sizes: None }
     }
 }
 impl Default for IsolationSection {
@@ -248,6 +264,8 @@ impl Default for RingSection {
 
 /// The campaign shipped in the repository (`hostd/campaigns/default.toml`).
 pub const DEFAULT: &str = include_str!("../campaigns/default.toml");
+/// The paper's sizes (`hostd/campaigns/paper.toml`).
+pub const PAPER: &str = include_str!("../campaigns/paper.toml");
 
 /// The settings one backend runs with, overrides applied.
 #[derive(Debug, Clone)]
@@ -255,9 +273,38 @@ pub struct BackendPlan {
     pub kind: BackendKind,
     pub startup_sizes: Vec<usize>,
     pub overhead_sizes: Vec<usize>,
+    /// Sizes of the memory resource's own fleet.
+    pub memory_sizes: Vec<usize>,
     pub ring_guests: usize,
     pub mem_mib: u32,
+    /// Guest memory of the memory fleets ("auto" resolved in [`Campaign::resolved_plans`]).
+    pub mem_bench_mib: Option<u32>,
     pub workloads: Workloads,
+}
+
+impl BackendPlan {
+    /// Guest memory for a guest running `copies` memory benchmarks at once: the campaign's
+    /// `guest.mem_bench_mib` if set, else `mem_mib` plus the working sets.
+    pub fn mem_for_copies(&self, copies: u32) -> u64 {
+        match self.mem_bench_mib {
+            Some(m) => m as u64,
+            None => fidelity::mem_guest_mib(self.mem_mib, self.workloads.mem_n, copies),
+        }
+    }
+}
+
+/// What the host offers a campaign: its memory and last-level cache.
+#[derive(Debug, Clone, Copy)]
+pub struct HostFacts {
+    pub mem_total_kib: u64,
+    pub llc: Option<fidelity::Llc>,
+}
+
+impl HostFacts {
+    pub fn here() -> Self {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        Self { mem_total_kib: crate::memory::meminfo_field(&meminfo, "MemTotal").unwrap_or(0), llc: fidelity::llc() }
+    }
 }
 
 impl Campaign {
@@ -281,8 +328,9 @@ impl Campaign {
         self.reps = 2;
         self.warmup = 1;
         self.startup = StartupSection { sizes: vec![1, 2], modes: vec![StartMode::Cold, StartMode::Hot], settle_s: 1, ..self.startup.clone() };
-        self.overhead = OverheadSection { sizes: vec![1, 2] };
+        self.overhead = OverheadSection { sizes: vec![1, 2], memory_sizes: None };
         self.ring = RingSection { guests: 3 };
+        self.guest.mem_bench_mib = None;
         self.workloads = Workloads {
             cpu_rounds: 2_000_000,
             mem_n: 128,
@@ -297,6 +345,9 @@ impl Campaign {
         for o in self.overrides.values_mut() {
             *o = Override { workloads: o.workloads.as_ref().map(|_| self.workloads.clone()), mem_mib: o.mem_mib, ..Default::default() };
         }
+        self.notes.push(
+            "quick variant: every workload cut to about a tenth of a second natively and a cache-resident memory working set (384 KiB), for testing; its figures time noise and cache, not what the paper measured".into(),
+        );
         // Off a Xen host every startup size is a whole Xen lab (~25 s): one is enough here.
         if self.backends.iter().any(|b| b == "xen") {
             self.overrides.entry("xen".into()).or_default().startup_sizes = Some(vec![1]);
@@ -333,6 +384,12 @@ impl Campaign {
             return bad("startup.modes", "needs cold, hot or both".into());
         }
         check_sizes("overhead.sizes", &self.overhead.sizes)?;
+        if let Some(s) = &self.overhead.memory_sizes {
+            check_sizes("overhead.memory_sizes", s)?;
+        }
+        if let Some(m) = self.guest.mem_bench_mib {
+            limits::MEM_MIB.field("guest.mem_bench_mib", m)?;
+        }
         check_ring("ring.guests", self.ring.guests)?;
         check_workloads("workloads", &self.workloads)?;
         limits::LAB_GUESTS.field("xen.lab_max_guests", self.xen.lab_max_guests)?;
@@ -349,6 +406,9 @@ impl Campaign {
             }
             if let Some(s) = &o.overhead_sizes {
                 check_sizes(&format!("overrides.{b}.overhead_sizes"), s)?;
+            }
+            if let Some(s) = &o.memory_sizes {
+                check_sizes(&format!("overrides.{b}.memory_sizes"), s)?;
             }
             if let Some(r) = o.ring_guests {
                 check_ring(&format!("overrides.{b}.ring_guests"), r)?;
@@ -376,16 +436,159 @@ impl Campaign {
             .into_iter()
             .map(|kind| {
                 let o = self.overrides.get(kind.name()).cloned().unwrap_or_default();
+                let overhead_sizes = o.overhead_sizes.unwrap_or_else(|| self.overhead.sizes.clone());
+                // The campaign's memory sizes, within this backend's overhead range.
+                let top = overhead_sizes.last().copied().unwrap_or(0);
+                let memory_sizes = o.memory_sizes.unwrap_or_else(|| match &self.overhead.memory_sizes {
+                    Some(m) => m.iter().copied().filter(|&n| n <= top).collect(),
+                    None => overhead_sizes.clone(),
+                });
                 BackendPlan {
                     kind,
                     startup_sizes: o.startup_sizes.unwrap_or_else(|| self.startup.sizes.clone()),
-                    overhead_sizes: o.overhead_sizes.unwrap_or_else(|| self.overhead.sizes.clone()),
+                    overhead_sizes,
+                    memory_sizes,
                     ring_guests: o.ring_guests.unwrap_or(self.ring.guests),
                     mem_mib: o.mem_mib.unwrap_or(self.guest.mem_mib),
+                    mem_bench_mib: self.guest.mem_bench_mib,
                     workloads: o.workloads.unwrap_or_else(|| self.workloads.clone()),
                 }
             })
             .collect()
+    }
+}
+
+impl Campaign {
+    /// [`Campaign::plans`] with every "auto" workload size resolved for a host with this
+    /// last-level cache.
+    pub fn resolved_plans(&self, llc: Option<fidelity::Llc>) -> Vec<BackendPlan> {
+        let mut p = self.plans();
+        for plan in &mut p {
+            plan.workloads = fidelity::resolve(&plan.workloads, llc);
+        }
+        p
+    }
+
+    /// Whether this host can run the campaign: every guest of a memory fleet holds the
+    /// working sets it runs, and every fleet fits in the host's memory less
+    /// [`fidelity::HOST_RESERVE_MIB`]. Fleets count at their guests' full memory: a VM keeps
+    /// the pages its guest once touched. Errors name the field to change.
+    pub fn check_host(&self, host: &HostFacts) -> Result<(), String> {
+        let have = (host.mem_total_kib / 1024).saturating_sub(fidelity::HOST_RESERVE_MIB);
+        let memory = self.resources.contains(&Resource::Memory);
+        let fit = |field: &str, what: String, n: usize, each: u64| -> Result<(), String> {
+            let need = each.saturating_mul(n as u64);
+            if need > have {
+                return Err(format!(
+                    "field `{field}`: {what}: {n} guests × {each} MiB = {need} MiB do not fit in this host's {have} MiB (MemTotal {} MiB less {} MiB kept for the host); lower the size",
+                    host.mem_total_kib / 1024,
+                    fidelity::HOST_RESERVE_MIB
+                ));
+            }
+            Ok(())
+        };
+        for p in self.resolved_plans(host.llc) {
+            let b = p.kind;
+            let ws = fidelity::mem_working_set(p.workloads.mem_n).div_ceil(1 << 20);
+            let ws_text = format!(
+                "a {ws} MiB working set (workloads.mem_n = {}{})",
+                p.workloads.mem_n,
+                if self.workloads.mem_n == fidelity::AUTO {
+                    format!(", \"auto\": 4 × LLC {}", host.llc.unwrap_or(fidelity::LLC_FALLBACK))
+                } else {
+                    String::new()
+                }
+            );
+            if let Some(n) = p.startup_sizes.last() {
+                fit("startup.sizes", format!("{b}'s startup fleet"), *n, p.mem_mib as u64)?;
+            }
+            if self.resources.iter().any(|&r| r != Resource::Memory) {
+                if let Some(n) = p.overhead_sizes.last() {
+                    fit("overhead.sizes", format!("{b}'s overhead and linearity fleet"), *n, p.mem_mib as u64)?;
+                }
+            }
+            if p.ring_guests >= 2 {
+                fit("ring.guests", format!("{b}'s ring"), p.ring_guests, p.mem_mib as u64)?;
+            }
+            if !memory {
+                continue;
+            }
+            let copies = if self.isolation.enabled { 2 } else { 1 };
+            if let Some(m) = p.mem_bench_mib {
+                let need = fidelity::mem_guest_mib(p.mem_mib, p.workloads.mem_n, copies);
+                if (m as u64) < need {
+                    return Err(format!(
+                        "field `guest.mem_bench_mib`: {m} MiB cannot hold the memory benchmark on {b}: {copies} cop{} of {ws_text} plus {} MiB for the guest itself (guest.mem_mib) need {need} MiB; raise it, or lower workloads.mem_n",
+                        if copies == 1 { "y" } else { "ies" },
+                        p.mem_mib
+                    ));
+                }
+            }
+            if let Some(n) = p.memory_sizes.last() {
+                fit("overhead.memory_sizes", format!("{b}'s memory fleet (guests of {} MiB: {ws_text})", p.mem_for_copies(1)), *n, p.mem_for_copies(1))?;
+            }
+            if self.isolation.enabled {
+                fit("isolation.enabled", format!("{b}'s memory isolation pair (guests of {} MiB: two copies of {ws_text})", p.mem_for_copies(2)), 2, p.mem_for_copies(2))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where this campaign departs from the paper's method (sizes, tests, resources, the
+    /// memory working set against `llc`), one line each, identical departures of several
+    /// backends on one line. Empty for a campaign at the paper's sizes.
+    pub fn departures_from_paper(&self, llc: Option<fidelity::Llc>) -> Vec<String> {
+        use std::collections::BTreeMap;
+        let plans = self.resolved_plans(llc);
+        let mut out = Vec::new();
+        // (what, value) → backends
+        let mut groups: BTreeMap<(u8, String), Vec<&'static str>> = BTreeMap::new();
+        let max = |s: &[usize]| s.last().copied().unwrap_or(0);
+        for p in &plans {
+            let name = p.kind.name();
+            let top = max(&p.overhead_sizes);
+            if top < fidelity::PAPER_MAX_N {
+                groups.entry((0, format!("overhead and linearity up to n = {top} (paper: 1 to {})", fidelity::PAPER_MAX_N))).or_default().push(name);
+            }
+            let mem_top = max(&p.memory_sizes);
+            if self.resources.contains(&Resource::Memory) && mem_top < top {
+                groups.entry((1, format!("memory overhead and linearity up to n = {mem_top}, where the working sets fit in host memory"))).or_default().push(name);
+            }
+            let mut st = max(&p.startup_sizes);
+            if p.kind == BackendKind::Xen && self.xen.lab {
+                st = st.min(self.xen.lab_max_guests);
+            }
+            if st < fidelity::PAPER_MAX_N {
+                groups.entry((2, format!("startup up to n = {st} (paper: up to {})", fidelity::PAPER_MAX_N))).or_default().push(name);
+            }
+            if p.ring_guests != fidelity::PAPER_RING && p.kind != BackendKind::Native {
+                let what = if p.ring_guests == 0 { "no ring test".to_string() } else { format!("ring of {} guests", p.ring_guests) };
+                groups.entry((3, format!("{what} (paper: {})", fidelity::PAPER_RING))).or_default().push(name);
+            }
+        }
+        for ((_, what), backends) in groups {
+            out.push(format!("{what}: {}", backends.join(", ")));
+        }
+        if !self.isolation.enabled {
+            out.push("no isolation test (paper: every resource)".into());
+        }
+        let missing: Vec<&str> = Resource::ALL.iter().filter(|r| !self.resources.contains(r)).map(|r| r.name()).collect();
+        if !missing.is_empty() {
+            out.push(format!("resources left out: {} (paper: cpu, memory, disk, network)", missing.join(", ")));
+        }
+        if self.guest.pin_one_core {
+            out.push("guests pinned to one CPU, as the paper's one-CPU host".into());
+        }
+        if let Some(p) = plans.first().filter(|_| self.resources.contains(&Resource::Memory)) {
+            let l = llc.unwrap_or(fidelity::LLC_FALLBACK);
+            if fidelity::cache_resident(p.workloads.mem_n, l) {
+                let params = p.workloads.params(Resource::Memory);
+                // Worded as fidelity::report_notes words a sample's, so the report shows it once.
+                out.push(format!("memory benchmark ({params}): {}", fidelity::memory_label(&params, l).unwrap_or_default()));
+            }
+        }
+        out.extend(self.notes.iter().cloned());
+        out
     }
 }
 
@@ -410,7 +613,8 @@ fn check_workloads(field: &str, w: &Workloads) -> Result<(), String> {
     use vb_protocol::bench::BenchSpec;
     let probes = [
         BenchSpec::Cpu { rounds: w.cpu_rounds },
-        BenchSpec::Memory { n: w.mem_n, passes: w.mem_passes },
+        // "auto" is resolved on the host, within the agent's limit (fidelity::MEM_N_MAX).
+        BenchSpec::Memory { n: if w.mem_n == fidelity::AUTO { 8 } else { w.mem_n }, passes: w.mem_passes },
         BenchSpec::Disk {
             path: "/x".into(),
             block_size: w.disk_block_kib.saturating_mul(1024),
@@ -461,6 +665,69 @@ mod tests {
         assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::QemuFull).unwrap().workloads.cpu_rounds, 2_000_000);
         assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::QemuFull).unwrap().overhead_sizes, vec![1, 2]);
         assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::Xen).unwrap().startup_sizes, vec![1], "one Xen lab in a quick run");
+    }
+
+    fn host(mem_gib: u64) -> HostFacts {
+        HostFacts { mem_total_kib: mem_gib << 20, llc: Some(fidelity::Llc { level: 3, size_kib: 300 << 10 }) }
+    }
+
+    #[test]
+    fn paper_campaign_is_at_the_papers_sizes_and_fits_the_reference_host() {
+        let c: Campaign = toml::from_str(PAPER).unwrap();
+        c.check().unwrap();
+        // The reference host: 24 GiB (MemTotal 24151 MiB), L3 300 MiB.
+        c.check_host(&HostFacts { mem_total_kib: 24_731_400, ..host(0) }).unwrap();
+        assert_eq!(c.departures_from_paper(host(24).llc), ["memory overhead and linearity up to n = 15, where the working sets fit in host memory: native, ns, oci, uml, qemu-microvm, qemu-full, xen", "startup up to n = 50 (paper: up to 100): xen"]);
+        for p in c.resolved_plans(host(24).llc) {
+            assert_eq!((p.overhead_sizes.last(), p.ring_guests, p.workloads.mem_n), (Some(&100), 10, 7248), "{}", p.kind);
+        }
+    }
+
+    #[test]
+    fn default_campaign_departures_are_listed() {
+        let c = Campaign::default_campaign();
+        let d = c.departures_from_paper(host(24).llc);
+        assert!(d.contains(&"ring of 4 guests (paper: 10): qemu-full".to_string()), "{d:#?}");
+        assert!(d.contains(&"overhead and linearity up to n = 10 (paper: 1 to 100): native, ns, oci, uml".to_string()), "{d:#?}");
+        assert!(!d.iter().any(|l| l.contains("cache-resident")), "{d:#?}");
+        c.check_host(&HostFacts { mem_total_kib: 24_731_400, ..host(0) }).unwrap();
+        let q = c.quick();
+        let d = q.departures_from_paper(host(24).llc);
+        assert!(d.iter().any(|l| l.starts_with("memory benchmark (n=128 passes=4): cache-resident: working set 384 KiB")), "{d:#?}");
+        assert!(d.iter().any(|l| l.starts_with("quick variant")), "{d:#?}");
+    }
+
+    #[test]
+    fn host_checks_name_what_does_not_fit() {
+        let c = parse("backends = [\"uml\"]\n[overhead]\nsizes = [1, 20]\n").unwrap();
+        // 20 memory guests of 128 + 1203 MiB on a 24 GiB host: 26620 MiB > 22528 MiB.
+        let e = c.check_host(&host(24)).unwrap_err();
+        assert!(e.starts_with("field `overhead.memory_sizes`: native's memory fleet (guests of 1331 MiB"), "{e}");
+        assert!(e.contains("20 guests × 1331 MiB = 26620 MiB do not fit in this host's 22528 MiB"), "{e}");
+        let c = parse("backends = [\"uml\"]\n[overhead]\nsizes = [1, 20]\nmemory_sizes = [1, 10]\n").unwrap();
+        c.check_host(&host(24)).unwrap();
+        let c = parse("[guest]\nmem_bench_mib = 2048\n").unwrap();
+        let e = c.check_host(&host(24)).unwrap_err();
+        assert!(e.starts_with("field `guest.mem_bench_mib`: 2048 MiB cannot hold the memory benchmark on native: 2 copies of a 1203 MiB working set (workloads.mem_n = 7248, \"auto\": 4 × LLC L3 300 MiB) plus 128 MiB"), "{e}");
+        // Enough for two copies, but ten guests of 2600 MiB are too many for 24 GiB.
+        let e = parse("[guest]\nmem_bench_mib = 2600\n").unwrap().check_host(&host(24)).unwrap_err();
+        assert!(e.contains("10 guests × 2600 MiB = 26000 MiB"), "{e}");
+        assert!(parse("[guest]\nmem_bench_mib = 2600\n[overhead]\nmemory_sizes = [1, 5]\n").unwrap().check_host(&host(24)).is_ok());
+        let e = parse("[startup]\nsizes = [1, 100]\n").unwrap().check_host(&host(8)).unwrap_err();
+        assert!(e.starts_with("field `startup.sizes`: native's startup fleet: 100 guests × 128 MiB"), "{e}");
+        // Without the memory resource, no working set is needed.
+        parse("resources = [\"cpu\"]\n[overhead]\nsizes = [1, 20]\n").unwrap().check_host(&host(24)).unwrap();
+    }
+
+    #[test]
+    fn mem_n_is_a_number_or_auto() {
+        assert_eq!(parse("[workloads]\nmem_n = \"auto\"").unwrap().workloads.mem_n, fidelity::AUTO);
+        assert_eq!(parse("[workloads]\nmem_n = 64").unwrap().workloads.mem_n, 64);
+        assert!(parse("[workloads]\nmem_n = 0").unwrap_err().contains("\"auto\""));
+        assert!(parse("[workloads]\nmem_n = \"big\"").unwrap_err().contains("mem_n"));
+        let t = toml::to_string(&Campaign::default_campaign()).unwrap();
+        assert!(t.contains("mem_n = \"auto\""), "{t}");
+        assert_eq!(toml::from_str::<Campaign>(&t).unwrap(), Campaign::default_campaign());
     }
 
     #[test]

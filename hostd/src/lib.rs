@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod datadisk;
 pub mod decision;
 pub mod export;
+pub mod fidelity;
 pub mod fleet;
 pub mod floor;
 pub mod guest;

@@ -159,6 +159,14 @@ struct RunArgs {
     /// Continue an interrupted run in this results directory (its stored campaign is used).
     #[arg(long, conflicts_with_all = ["campaign", "quick"])]
     resume: Option<PathBuf>,
+    /// With --resume: go on even if the artifacts, hostd or the host differ from those the
+    /// run's samples came from (the report then lists every provenance).
+    #[arg(long, requires = "resume")]
+    force_mixed: bool,
+    /// Check the campaign against this host and print what it would run, where it departs
+    /// from the paper, and exit without booting anything.
+    #[arg(long, conflicts_with = "resume")]
+    dry_run: bool,
     /// Parent directory of the results directory.
     #[arg(long, default_value = "results")]
     results: PathBuf,
@@ -287,8 +295,9 @@ struct BenchArgs {
     /// CPU: Newton steps towards √2.
     #[arg(long, default_value_t = 100_000_000)]
     cpu_rounds: u64,
-    /// Memory: matrix side n (three n×n f64 matrices).
-    #[arg(long, default_value_t = 2048)]
+    /// Memory: matrix side n (three n×n f64 matrices), or "auto": the smallest whose
+    /// working set is 4 × this host's last-level cache.
+    #[arg(long, default_value = "auto", value_parser = parse_mem_n)]
     mem_n: u32,
     /// Memory: passes of C = A + B + C.
     #[arg(long, default_value_t = 10)]
@@ -501,6 +510,14 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
         (None, None) => Campaign::default_campaign(),
     };
     let campaign = if a.quick { campaign.quick() } else { campaign };
+    if a.dry_run {
+        let host = hostd::campaign::HostFacts::here();
+        campaign.check_host(&host).map_err(|e| anyhow::anyhow!("campaign {}: {e}", campaign.name))?;
+        for l in dry_run_lines(&campaign, &host) {
+            println!("{l}");
+        }
+        return Ok(Done::All);
+    }
     let images = images_or_note(a.images.agent.as_deref())?;
     reap_orphans();
     let run = RunState::create(
@@ -521,8 +538,9 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
     eprintln!("hostd: campaign {} → {}", campaign.name, results.path.display());
     let mut say = |l: String| eprintln!("{l}");
     let bopts = backend_options(&a.images);
+    let mixing = if a.force_mixed { runner::Mixing::Allow } else { runner::Mixing::Refuse };
     let outcome = tokio::select! {
-        r = runner::run(&campaign, &images, &bopts, &run, &mut results, &mut say) => Some(r),
+        r = runner::run(&campaign, &images, &bopts, &run, &mut results, mixing, &mut say) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
     };
     let cleaned = run.finish();
@@ -562,6 +580,46 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
                 )),
             })
         }
+    }
+}
+
+/// What `hostd run --dry-run` prints: the host, each backend's plan, the departures from
+/// the paper.
+fn dry_run_lines(c: &Campaign, host: &hostd::campaign::HostFacts) -> Vec<String> {
+    let llc = host.llc.map(|l| l.to_string()).unwrap_or_else(|| format!("unknown (assumed {})", hostd::fidelity::LLC_FALLBACK));
+    let mut v = vec![format!("campaign {}: checks passed on this host ({} MiB, last-level cache {llc})", c.name, host.mem_total_kib / 1024)];
+    for p in c.resolved_plans(host.llc) {
+        v.push(format!(
+            "{}: startup {:?}, overhead/linearity {:?}, memory {:?} (guests of {} MiB), ring {}, workloads {}; {}; {}",
+            p.kind,
+            p.startup_sizes,
+            p.overhead_sizes,
+            p.memory_sizes,
+            p.mem_for_copies(1),
+            p.ring_guests,
+            p.workloads.params(vb_protocol::bench::Resource::Cpu),
+            p.workloads.params(vb_protocol::bench::Resource::Memory),
+            p.workloads.params(vb_protocol::bench::Resource::Disk),
+        ));
+    }
+    let d = c.departures_from_paper(host.llc);
+    if d.is_empty() {
+        v.push("at the paper's sizes".into());
+    } else {
+        v.push("departs from the paper:".into());
+        v.extend(d.into_iter().map(|l| format!("  {l}")));
+    }
+    v
+}
+
+/// `--mem-n`: a positive number or "auto" ([`hostd::fidelity::AUTO`]).
+fn parse_mem_n(s: &str) -> Result<u32, String> {
+    if s == "auto" {
+        return Ok(hostd::fidelity::AUTO);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive matrix side or \"auto\"")),
     }
 }
 
@@ -838,7 +896,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         warmup: a.warmup,
         instances: a.instances,
         cpu_rounds: a.cpu_rounds,
-        mem_n: a.mem_n,
+        mem_n: if a.mem_n == hostd::fidelity::AUTO { hostd::fidelity::auto_mem_n(hostd::fidelity::llc().unwrap_or(hostd::fidelity::LLC_FALLBACK)) } else { a.mem_n },
         mem_passes: a.mem_passes,
         disk_file: a.disk_file,
         disk_mib: a.disk_mib,

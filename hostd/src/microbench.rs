@@ -173,7 +173,12 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
         }
         let run = RunState::create("bench", None)?;
         let r = async {
-            let cfg = FleetConfig { n: 1, data_disk: disk_path.clone(), boot_timeout: opts.hello_timeout, ..Default::default() };
+            let mut cfg = FleetConfig { n: 1, data_disk: disk_path.clone(), boot_timeout: opts.hello_timeout, ..Default::default() };
+            // Room for every concurrent copy's working set besides what the guest needs idle.
+            if opts.benches.contains(&BenchName::Memory) {
+                let need = crate::fidelity::mem_guest_mib(cfg.mem_mib, opts.mem_n, opts.instances);
+                cfg.mem_mib = u32::try_from(need).context("guest memory for the memory benchmark")?;
+            }
             let fleet = fleet::start(&backend, &run, &cfg, |_| {}).await?;
             let r = async {
                 let Some(guest) = fleet.guests.first() else {

@@ -92,6 +92,9 @@ pub struct Report {
     /// (results older than that record): the host's CPU count (`cores`) stood in.
     #[serde(default)]
     pub cpus_assumed: Vec<String>,
+    /// Where the run departs from the paper's method ([`crate::fidelity::report_notes`]).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -244,7 +247,8 @@ pub fn build(dir: &Path) -> Result<Report, DirError> {
     let samples = Samples::read(dir)?;
     let provenance = results::read_optional(&dir.join("provenance.json"), results::MAX_FILE_BYTES)?
         .and_then(|b| serde_json::from_slice(&b).ok());
-    Ok(build_from(samples, provenance))
+    let notes = crate::fidelity::report_notes(dir, &samples.records, provenance.as_ref());
+    Ok(Report { notes, ..build_from(samples, provenance) })
 }
 
 /// Builds the report from samples already taken in (the fuzz target feeds it arbitrary
@@ -295,6 +299,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
                 probes.insert(backend, description);
             }
             Record::GuestLost { backend, step, failure } => lost.push((backend, step, failure)),
+            Record::Provenance { .. } => {}
         }
     }
     // Second references (native on loopback, …) leave the figures' series.
@@ -388,6 +393,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         failures,
         lost,
         disk_notes,
+        notes: Vec::new(),
         unreadable_records: unreadable,
         implausible_records: implausible,
         rejected,
@@ -759,6 +765,7 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
             esc(&rep.cpus_assumed.join(", "))
         );
     }
+    h.push_str(&crate::fidelity::notes_html(&rep.notes));
     if !rep.probes.is_empty() || !rep.unavailable.is_empty() {
         h.push_str("<h2>Backends</h2><table><tr><th>backend</th><th>status</th></tr>");
         for (b, d) in &rep.probes {

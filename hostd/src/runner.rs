@@ -12,7 +12,8 @@ use anyhow::{Context, Result};
 use vb_protocol::bench::Resource;
 
 use crate::backend::{AnyBackend, Backend, BackendKind, BackendOptions, Images};
-use crate::campaign::{BackendPlan, Campaign};
+use crate::campaign::{BackendPlan, Campaign, HostFacts};
+use crate::provenance::Provenance;
 use crate::cgroup::Limits;
 use crate::datadisk::DataDisks;
 use crate::fleet::{self, Fleet, FleetConfig};
@@ -37,10 +38,17 @@ struct Ctx<'a> {
     disk: Option<PathBuf>,
     /// Every guest's own copy of the data disk (the disk benchmark's replicated data set).
     copies: Option<Arc<DataDisks>>,
+    /// The provenance this session measures under ([`Provenance::id`]); every sample is tagged.
+    provenance: String,
 }
 
 impl Ctx<'_> {
     fn record(&mut self, r: &Record) -> Result<()> {
+        if r.provenance_id().is_some() {
+            let mut r = r.clone();
+            r.tag_provenance(&self.provenance);
+            return self.results.append(&r).context("recording a sample");
+        }
         self.results.append(r).context("recording a sample")
     }
 
@@ -54,13 +62,14 @@ impl Ctx<'_> {
         self.record(&Record::StepFailed { key: key.to_string(), error })
     }
 
-    fn fleet_config(&self, plan: &BackendPlan, n: usize) -> FleetConfig {
+    /// A fleet of `n` guests of `mem_mib` MiB each.
+    fn fleet_config(&self, n: usize, mem_mib: u32) -> FleetConfig {
         let g = &self.campaign.guest;
         FleetConfig {
             n,
             parallelism: 0,
             vcpus: g.vcpus,
-            mem_mib: plan.mem_mib,
+            mem_mib,
             network: true,
             net_mode: NetMode::Private,
             data_disk: self.disk.clone(),
@@ -76,22 +85,74 @@ impl Ctx<'_> {
     }
 }
 
-/// Runs (or resumes) a campaign into `results`.
+/// Whether a resumed run may go on under another provenance than the one its samples came
+/// from (`hostd run --resume DIR --force-mixed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mixing {
+    #[default]
+    Refuse,
+    Allow,
+}
+
+/// The provenance a results directory's latest samples came from: its last provenance
+/// record, else its `provenance.json`.
+fn last_provenance(dir: &std::path::Path, records: &[Record]) -> Result<Option<Provenance>> {
+    if let Some(p) = records.iter().rev().find_map(|r| if let Record::Provenance { provenance, .. } = r { Some(provenance.clone()) } else { None }) {
+        return Ok(Some(p));
+    }
+    let bytes = crate::results::read_optional(&dir.join("provenance.json"), crate::results::MAX_FILE_BYTES)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("provenance.json").display()))?;
+    bytes
+        .map(|b| serde_json::from_slice(&b).with_context(|| format!("{}: not a provenance", dir.join("provenance.json").display())))
+        .transpose()
+}
+
+/// Checks that resuming `dir` now would not mix provenances: the artifacts' hashes, hostd's
+/// version and revision and the host must be those its samples came from. With
+/// [`Mixing::Allow`] a difference is only reported. Returns the lines that differ.
+pub fn check_resume(dir: &std::path::Path, records: &[Record], now: &Provenance, mixing: Mixing) -> Result<Vec<String>> {
+    let measured = records.iter().any(|r| r.provenance_id().is_some());
+    let Some(was) = last_provenance(dir, records)? else { return Ok(Vec::new()) };
+    let diff = now.differences(&was);
+    if measured && !diff.is_empty() && mixing == Mixing::Refuse {
+        anyhow::bail!(
+            "{}: this run's samples were measured under another provenance; resuming would mix them:\n  {}\n(rebuild the same artifacts and hostd, or start a new run; --force-mixed resumes anyway and the report lists both provenances)",
+            dir.display(),
+            diff.join("\n  ")
+        );
+    }
+    Ok(diff)
+}
+
+/// Runs (or resumes) a campaign into `results`. A resume under another provenance than the
+/// samples' is refused unless `mixing` allows it ([`check_resume`]).
 pub async fn run(
     campaign: &Campaign,
     images: &Images,
     opts: &BackendOptions,
     run: &RunState,
     results: &mut ResultsDir,
+    mixing: Mixing,
     say: Say<'_>,
 ) -> Result<()> {
     let (records, _) = read_records::<Record>(&results.path)?;
+    let now = {
+        let mut p = Provenance::collect(images.hashes.clone());
+        p.notes.push(format!("campaign {}", campaign.name));
+        p
+    };
+    let diff = check_resume(&results.path, &records, &now, mixing)?;
+    let host = HostFacts::here();
+    campaign.check_host(&host).map_err(|e| anyhow::anyhow!("campaign {}: {e}", campaign.name))?;
     let done: HashSet<String> =
         records.iter().filter_map(|r| if let Record::StepDone { key } = r { Some(key.clone()) } else { None }).collect();
     if !done.is_empty() {
         say(format!("resuming: {} steps already done", done.len()));
     }
-    let plans = campaign.plans();
+    for d in &diff {
+        say(format!("   provenance changed (--force-mixed): {d}"));
+    }
+    let plans = campaign.resolved_plans(host.llc);
     let (disk, copies) = if campaign.resources.contains(&Resource::Disk) {
         let d = images.disk.clone().context("the disk benchmark needs the data disk image: run `imagegen build`")?;
         let size = std::fs::metadata(&d).with_context(|| format!("data disk {}", d.display()))?.len();
@@ -116,7 +177,13 @@ pub async fn run(
     } else {
         (None, None)
     };
-    let mut ctx = Ctx { campaign, images, opts, run, results, done, disk, copies };
+    // Recorded once everything is checked: a run refused here leaves its samples as they were.
+    let provenance = now.id();
+    let last_id = records.iter().rev().find_map(|r| if let Record::Provenance { id, .. } = r { Some(id.clone()) } else { None });
+    if last_id.as_deref() != Some(provenance.as_str()) {
+        results.append(&Record::Provenance { id: provenance.clone(), provenance: now }).context("recording the provenance")?;
+    }
+    let mut ctx = Ctx { campaign, images, opts, run, results, done, disk, copies, provenance };
     for plan in &plans {
         let backend = AnyBackend::new(plan.kind, images, opts);
         say(format!("== {}", plan.kind));
@@ -160,8 +227,10 @@ pub async fn run(
                 kind: BackendKind::Native,
                 startup_sizes: vec![],
                 overhead_sizes: vec![1],
+                memory_sizes: vec![1],
                 ring_guests: 0,
                 mem_mib: plans[0].mem_mib,
+                mem_bench_mib: plans[0].mem_bench_mib,
                 workloads: plan.workloads.clone(),
             };
             say(format!("   host baseline T_a for {}'s workloads", plan.kind));
@@ -178,7 +247,7 @@ async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, sa
             if ctx.done.contains(&key) {
                 continue;
             }
-            let cfg = FleetConfig { data_disk: None, data_copies: None, ..ctx.fleet_config(plan, n) };
+            let cfg = FleetConfig { data_disk: None, data_copies: None, ..ctx.fleet_config(n, plan.mem_mib) };
             let settle = Duration::from_secs(ctx.campaign.startup.settle_s);
             let copies = ctx.campaign.startup.image_copies.then_some(ctx.images);
             match boot_and_measure(backend, ctx.run, &cfg, mode, settle, copies, |_| {}).await {
@@ -354,31 +423,56 @@ impl Pass {
     }
 }
 
+/// Overhead and linearity: the memory resource in a fleet of its own, whose guests hold
+/// the working set, at its own sizes; the other resources in one fleet of `guest.mem_mib`
+/// guests.
 async fn overhead_and_linearity(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, pass: &Pass, say: Say<'_>) -> Result<()> {
-    let resources = pass.resources.clone();
+    let (memory, others): (Vec<Resource>, Vec<Resource>) = pass.resources.iter().partition(|&&r| r == Resource::Memory);
+    if !others.is_empty() {
+        overhead_fleet(ctx, backend, plan, pass, &others, &plan.overhead_sizes, plan.mem_mib, say).await?;
+    }
+    if !memory.is_empty() {
+        let mem = u32::try_from(plan.mem_for_copies(1)).context("guest memory for the memory benchmark")?;
+        // A pass limited to some sizes (a baseline at n = 1) keeps to them.
+        let sizes: Vec<usize> = plan.memory_sizes.iter().copied().filter(|n| pass.overhead_sizes.as_ref().is_none_or(|o| o.contains(n))).collect();
+        overhead_fleet(ctx, backend, plan, pass, &memory, &sizes, mem, say).await?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn overhead_fleet(
+    ctx: &mut Ctx<'_>,
+    backend: &AnyBackend,
+    plan: &BackendPlan,
+    pass: &Pass,
+    resources: &[Resource],
+    sizes: &[usize],
+    mem_mib: u32,
+    say: Say<'_>,
+) -> Result<()> {
     let key = |test: &str, n: usize, r: Resource| format!("{}/{test}/n={n}/{}/{}{}", plan.kind, r.name(), plan.workloads.params(r), pass.suffix);
-    let todo = plan
-        .overhead_sizes
+    let todo = sizes
         .iter()
         .any(|&n| resources.iter().any(|&r| !ctx.done.contains(&key("overhead", n, r)) || !ctx.done.contains(&key("linearity", n, r))));
     if !todo {
         return Ok(());
     }
-    let cfg = FleetConfig { n: 0, net_mode: pass.mode, ..ctx.fleet_config(plan, 0) };
+    let cfg = FleetConfig { n: 0, net_mode: pass.mode, ..ctx.fleet_config(0, mem_mib) };
     let mut fleet = fleet::start(backend, ctx.run, &cfg, |_| {}).await?;
     let result = async {
         let (peer, targets) = start_peer(ctx, fleet.net.as_ref().expect("network on")).await?;
         let r = async {
-            for &n in &plan.overhead_sizes {
+            for &n in sizes {
                 fleet.grow(backend, ctx.run, n, |_| {}).await?;
                 if fleet.guests.len() < n {
                     let why = fleet.failures.last().map(|f| f.error.clone()).unwrap_or_default();
-                    for &r in &resources {
+                    for &r in resources {
                         ctx.fail(&key("overhead", n, r), format!("only {}/{n} guests ready: {why}", fleet.guests.len()), say)?;
                     }
                     break;
                 }
-                for &r in &resources {
+                for &r in resources {
                     for (test, k) in [("overhead", key("overhead", n, r)), ("linearity", key("linearity", n, r))] {
                         if ctx.done.contains(&k) {
                             continue;
@@ -428,7 +522,13 @@ async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &Backen
         return Ok(());
     }
     let n = if test == Test::Isolation { 2 } else { plan.ring_guests };
-    let mut cfg = FleetConfig { net_mode: pass.mode, ..ctx.fleet_config(plan, n) };
+    // Isolation's guest 2 runs two copies of each benchmark: room for two working sets.
+    let mem = if test == Test::Isolation && resources.contains(&Resource::Memory) {
+        u32::try_from(plan.mem_for_copies(2)).context("guest memory for the memory benchmark")?
+    } else {
+        plan.mem_mib
+    };
+    let mut cfg = FleetConfig { net_mode: pass.mode, ..ctx.fleet_config(n, mem) };
     if test == Test::Ring {
         // The ring reads no disk: no copies to make.
         (cfg.data_disk, cfg.data_copies) = (None, None);

@@ -29,6 +29,9 @@ pub enum Record {
     /// A guest failed during a measurement step (crashed, hung, panicked, ran out of
     /// memory, broke the protocol) and was taken out of its fleet.
     GuestLost { backend: BackendKind, step: String, failure: GuestFailure },
+    /// Written when a campaign session starts (a fresh run, or a resume under another
+    /// provenance than the last): the samples it measures carry this id.
+    Provenance { id: String, provenance: crate::provenance::Provenance },
 }
 
 /// The longest time any sample may show: a day's deadline with room to spare. A negative,
@@ -75,6 +78,26 @@ fn fleet_size(n: usize) -> Result<(), String> {
 }
 
 impl Record {
+    /// The provenance id a measurement carries ("" if untagged); None for other records.
+    pub fn provenance_id(&self) -> Option<&str> {
+        match self {
+            Record::Startup(s) => Some(&s.provenance),
+            Record::Memory(m) => Some(&m.provenance),
+            Record::Bench(b) => Some(&b.provenance),
+            _ => None,
+        }
+    }
+
+    /// Tags a measurement with the provenance it came from (other records are unchanged).
+    pub fn tag_provenance(&mut self, id: &str) {
+        match self {
+            Record::Startup(s) => s.provenance = id.to_string(),
+            Record::Memory(m) => m.provenance = id.to_string(),
+            Record::Bench(b) => b.provenance = id.to_string(),
+            _ => {}
+        }
+    }
+
     /// Why this record cannot be a measurement (a negative or non-finite time, a rate or a
     /// memory size beyond any machine, a fleet size outside the fleet limits), or None. Such
     /// records are left out of every report and counted there.
@@ -162,7 +185,8 @@ impl Record {
                 | Record::StepFailed { .. }
                 | Record::BackendUnavailable { .. }
                 | Record::BackendProbe { .. }
-                | Record::GuestLost { .. } => Ok(()),
+                | Record::GuestLost { .. }
+                | Record::Provenance { .. } => Ok(()),
             }
         };
         check().err()

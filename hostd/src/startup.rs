@@ -58,6 +58,10 @@ pub struct StartupSample {
     pub guest_boot_s: Option<f64>,
     /// Of which the kernel's part (until init started), where the guest could tell.
     pub guest_kernel_s: Option<f64>,
+    /// Id of the provenance it was measured under ([`crate::provenance::Provenance::id`]);
+    /// empty in older results (their `provenance.json`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub provenance: String,
     /// What the launches read and how much of it was in the page cache just before the
     /// fleet started (the same for every guest of the fleet). None: recorded before the
     /// check existed.
@@ -92,6 +96,10 @@ pub struct MemorySample {
     pub guests: Vec<GuestMemory>,
     /// hostd's own PSS while the fleet ran (part of M_tool).
     pub hostd_pss_kib: u64,
+    /// Id of the provenance it was measured under ([`crate::provenance::Provenance::id`]);
+    /// empty in older results (their `provenance.json`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub provenance: String,
     /// The noise floor, repeats, cross-check and hostd's and the scratch's shares (absent
     /// from older samples).
     #[serde(flatten, default)]
@@ -254,6 +262,7 @@ pub fn startup_samples(kind: BackendKind, n: usize, mode: StartMode, fleet: &cra
                 own_s: g.startup.as_secs_f64(),
                 guest_boot_s: own_kernel.then_some(c.boottime_ns as f64 / 1e9),
                 guest_kernel_s: if own_kernel { c.kernel_init_ns.or(c.agent_start_ns).map(|ns| ns as f64 / 1e9) } else { None },
+                provenance: String::new(),
                 residency: None,
                 image_copies: false,
             }
@@ -341,6 +350,7 @@ async fn measure_fleet(
         used_after_kib: memory::median(&after).unwrap_or(0),
         m_used_kib: sorted.get(sorted.len() / 2).copied().unwrap_or(0),
         settle_s: settle.as_secs_f64(),
+        provenance: String::new(),
         guests,
         hostd_pss_kib: pss_after.unwrap_or(0),
         checks: MemoryChecks {
@@ -454,7 +464,7 @@ mod analyse_tests {
     use crate::fleet::FailureKind;
 
     fn up(backend: BackendKind, n: usize, mode: StartMode, index: usize, ready_s: f64) -> StartupSample {
-        StartupSample { backend, n, mode, index, ready_s, own_s: ready_s, guest_boot_s: Some(ready_s / 2.0), guest_kernel_s: None, residency: None, image_copies: false }
+        StartupSample { backend, n, mode, index, ready_s, own_s: ready_s, guest_boot_s: Some(ready_s / 2.0), guest_kernel_s: None, residency: None, image_copies: false, provenance: String::new() }
     }
 
     fn mem(backend: BackendKind, n: usize, mode: StartMode, m_used_kib: i64) -> MemorySample {
@@ -470,6 +480,7 @@ mod analyse_tests {
             guests: vec![],
             hostd_pss_kib: 0,
             checks: Default::default(),
+            provenance: String::new(),
         }
     }
 

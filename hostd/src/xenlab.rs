@@ -665,6 +665,7 @@ async fn measure(job: &LabJob, uptime: f64, progress: tokio::sync::mpsc::Unbound
             settle_s: settle.as_secs_f64(),
             guests: fleet.guests.iter().map(|g| memory::guest_memory(&g.process)).collect(),
             hostd_pss_kib: memory::pss_kib(std::process::id()).unwrap_or(0),
+            provenance: String::new(),
             checks: Default::default(),
         };
         say(format!("CPU benchmark ({} rounds) in {} guests at once", job.cpu_rounds, fleet.guests.len()));

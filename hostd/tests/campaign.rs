@@ -211,3 +211,22 @@ fn failing_backend_is_reported_and_a_killed_campaign_resumes() {
     let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
     assert!(html.contains("unavailable: firecracker binary not found"));
 }
+
+/// The shipped paper campaign loads, passes the host checks here (its memory fleets fit)
+/// and says where it departs from the paper; nothing boots.
+#[test]
+fn paper_campaign_dry_run_passes_its_checks() {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap();
+    if kib < 23 << 20 {
+        support::skip::skip(None, "paper.toml's memory fleets are sized for a 24 GiB host; this one has less");
+        return;
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("campaigns/paper.toml");
+    let out = hostd().arg("run").arg(&file).arg("--dry-run").output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("campaign paper: checks passed on this host"), "{t}");
+    assert!(t.contains("overhead/linearity [1, 2, 5, 10, 20, 50, 100]") && t.contains("ring 10"), "{t}");
+    assert!(!t.contains("ring of"), "every backend's ring has the paper's 10 guests: {t}");
+}

@@ -284,6 +284,7 @@ fn results_dir(base: &Path, name: &str, samples: &[u8]) -> PathBuf {
             cpu_model: "test".into(),
             cpus: 2,
             mem_total_kib: 1 << 20,
+            llc: None,
         },
         git_revision: "test".into(),
         hostd_version: "0".into(),

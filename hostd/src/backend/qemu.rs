@@ -297,7 +297,8 @@ pub fn qemu_args(profile: Profile, accel: Accel, kernel: &Kernel, initramfs: &Pa
 pub fn qemu_cmdline(profile: Profile, accel: Accel, base: &str, spec: &GuestSpec) -> Vec<String> {
     // The recipe's TSC settings are replaced: under TCG the guest TSC ticks at the host
     // TSC rate, so a fixed tsc_early_khz makes guest clocks run fast or slow (2 GHz on a
-    // 2.6 GHz host: 30 % fast); under KVM the kernel learns the rate from the hypervisor.
+    // 2.6 GHz host: 30 % fast); under KVM the kernel learns the rate from the hypervisor
+    // (or, the q35 kernel having no kvmclock, calibrates it against the emulated timers).
     // Skipping calibration under TCG matters: concurrent TCG guests otherwise hang at
     // "tsc: Unable to calibrate against PIT".
     let mut extra = match accel {

@@ -6,7 +6,8 @@
 //!   into the capped console log (`crate::console`).
 //! - Control channel: `con1=fd:3,fd:3` maps a socketpair end to guest `/dev/tty1`.
 //! - Memory: `mem=<M>M` backed by a file in TMPDIR=/dev/shm (shmem: counted as used memory
-//!   and charged to the guest's cgroup as it is touched).
+//!   and charged to the guest's cgroup as it is touched). UML maps it page by page, so
+//!   `vm.max_map_count` is raised to one mapping per guest page if lower.
 //! - Disk: `ubd0r=<file>` (read-only), guest [`GUEST_DISK`].
 //! - Network: `eth0=tuntap,<tap>,<mac>`; UML runs in the fleet namespace to open the tap.
 //! - `umid=<name> uml_dir=<workdir>`: its pid file and mconsole socket stay in the workdir.
@@ -21,7 +22,7 @@ use nix::unistd::Pid;
 use super::vmm::{check_file, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, program_version, spawn_vmm, Staging};
 use super::{
     stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess,
-    GuestSpec, Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
+    GuestSpec, Images, Kernel, LaunchError, LaunchFiles, Launched, prepare, Proc, Resource, Unavailable,
 };
 
 /// The data disk inside a UML guest (ubd0).
@@ -94,10 +95,36 @@ fn check_uml_path(p: &Path) -> Result<(), LaunchError> {
     Ok(())
 }
 
+const MAX_MAP_COUNT: &str = "/proc/sys/vm/max_map_count";
+
+/// The memory-map count a UML guest of `mem_mib` may need: UML maps guest pages one by one
+/// into its address-space processes, so a guest touching all its memory holds one mapping
+/// per 4 KiB page; plus the kernel's default limit for everything else.
+fn map_count_for(mem_mib: u32) -> u64 {
+    mem_mib as u64 * 256 + 65_530
+}
+
+/// Raises `vm.max_map_count` to what a guest of `mem_mib` needs, if lower: at the default
+/// (65530) a UML guest panicked ("UML ran out of memory on the host side") once its working
+/// set passed about 256 MiB.
+fn ensure_map_count(mem_mib: u32) -> Result<(), LaunchError> {
+    let need = map_count_for(mem_mib);
+    let now: u64 = std::fs::read_to_string(MAX_MAP_COUNT).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    if now >= need {
+        return Ok(());
+    }
+    std::fs::write(MAX_MAP_COUNT, need.to_string()).map_err(|e| {
+        prepare(format!("{MAX_MAP_COUNT} (raising it from {now} to {need} for a {mem_mib} MiB UML guest)"), e)
+    })?;
+    tracing::info!("raised vm.max_map_count from {now} to {need} for {mem_mib} MiB UML guests");
+    Ok(())
+}
+
 async fn launch_uml(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Result<Launched, LaunchError> {
     for p in [Some(initramfs), Some(spec.workdir.as_path()), spec.data_disk.as_deref()].into_iter().flatten() {
         check_uml_path(p)?;
     }
+    ensure_map_count(spec.mem_mib)?;
     if spec.vcpus > 1 {
         tracing::warn!(guest = %spec.name, "UML kernels are uniprocessor: {} vCPUs requested, 1 used", spec.vcpus);
     }

@@ -221,6 +221,7 @@ mod tests {
             vcpus: None,
             cache_policy: String::new(),
             resident_before: None,
+            provenance: String::new(),
         }
     }
 

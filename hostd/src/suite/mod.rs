@@ -21,17 +21,23 @@ use crate::guest::RunningGuest;
 use crate::netlab::NetPath;
 pub use sync::{run_together, StartSync, Starter, Timed};
 
-/// The microbenchmarks' sizes (small enough for emulated guests, large enough to time).
+/// The microbenchmarks' sizes: by default one native run lasts about a second or more
+/// (timer and scheduling noise stay small next to it) and the memory benchmark's working set
+/// is at least 4 × the host's last-level cache ([`crate::fidelity`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workloads {
-    /// CPU: Newton steps towards √2. Default 20 000 000.
+    /// CPU: Newton steps towards √2. Default 200 000 000 (about 1.1 s natively on the
+    /// reference host, docs/campaigns.md).
     #[serde(default = "d_cpu_rounds")]
     pub cpu_rounds: u64,
-    /// Memory: matrix side (three n×n f64 matrices). Default 512.
-    #[serde(default = "d_mem_n")]
+    /// Memory: matrix side (three n×n f64 matrices), or "auto" (stored as
+    /// [`crate::fidelity::AUTO`]): the smallest side whose working set is at least 4 × the
+    /// host's last-level cache, resolved when the campaign runs. Default "auto".
+    #[serde(default = "d_mem_n", with = "crate::fidelity::auto_u32")]
     pub mem_n: u32,
-    /// Memory: passes of C = A + B + C. Default 10.
+    /// Memory: passes of C = A + B + C. Default 12 (about 1.2 s natively at the "auto" size
+    /// on the reference host).
     #[serde(default = "d_mem_passes")]
     pub mem_passes: u32,
     /// Disk: bytes read per run, MiB (the data disk must be at least this large). Default
@@ -51,13 +57,13 @@ pub struct Workloads {
 }
 
 fn d_cpu_rounds() -> u64 {
-    20_000_000
+    200_000_000
 }
 fn d_mem_n() -> u32 {
-    512
+    crate::fidelity::AUTO
 }
 fn d_mem_passes() -> u32 {
-    10
+    12
 }
 fn d_disk_mib() -> u64 {
     1024
@@ -224,6 +230,10 @@ pub struct BenchSample {
     /// `cpus`: not recorded (older results).
     #[serde(default)]
     pub vcpus: Option<u32>,
+    /// Id of the provenance it was measured under ([`crate::provenance::Provenance::id`]);
+    /// empty in older results (their `provenance.json`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub provenance: String,
 }
 
 /// How many CPUs a cpuset list names ("0", "0-3,6"); None for a malformed list.
@@ -343,6 +353,7 @@ pub fn samples_of(
                 sync: timed.sync.as_ref().and_then(|s| s.get(instance).copied()),
                 cpus: None,
                 vcpus: None,
+                provenance: String::new(),
             }
         })
         .collect()
@@ -381,6 +392,7 @@ pub(crate) mod testing {
             vcpus: None,
             cache_policy: String::new(),
             resident_before: None,
+            provenance: String::new(),
             net_path: None,
             mtu: None,
             sync: None,
