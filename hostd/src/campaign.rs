@@ -346,7 +346,7 @@ impl Campaign {
             *o = Override { workloads: o.workloads.as_ref().map(|_| self.workloads.clone()), mem_mib: o.mem_mib, ..Default::default() };
         }
         self.notes.push(
-            "quick variant: every workload cut to about a tenth of a second natively and a cache-resident memory working set (384 KiB), for testing; its figures time noise and cache, not what the paper measured".into(),
+            "quick variant: CPU and memory workloads cut to about a tenth of a second natively, a cache-resident memory working set (384 KiB) and 512 MiB disk reads, for testing; its figures time noise and cache, not what the paper measured".into(),
         );
         // Off a Xen host every startup size is a whole Xen lab (~25 s): one is enough here.
         if self.backends.iter().any(|b| b == "xen") {
