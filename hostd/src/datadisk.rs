@@ -79,6 +79,10 @@ pub fn level(path: &Path) -> Result<(), DataDiskError> {
     const CHUNK: usize = 1 << 20;
     const ALIGN: usize = 4096;
     let err = |source| DataDiskError::Level { path: path.into(), source };
+    // A directory cannot even be opened with O_DIRECT (EINVAL): say what it is instead.
+    if !fs::metadata(path).map_err(err)?.is_file() {
+        return Err(PageCacheError::NotRegular { path: path.into() }.into());
+    }
     let mut f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).map_err(err)?;
     // O_DIRECT needs an aligned buffer: take the aligned CHUNK inside a larger one.
     let mut raw = vec![0u8; CHUNK + ALIGN];

@@ -118,9 +118,22 @@ pub fn evict(path: &Path) -> Result<Residency, PageCacheError> {
     let (f, _) = open_regular(path)?;
     // Dirty pages cannot be dropped: write them first (a read-only fd may be synced).
     f.sync_data().map_err(|source| PageCacheError::Sync { path: path.into(), source })?;
-    posix_fadvise(f.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
-        .map_err(|source| PageCacheError::Fadvise { path: path.into(), source })?;
-    residency(path)
+    // DONTNEED skips pages still under I/O (a read-ahead in flight from a read just before):
+    // those land after it returns, so evict again, a few times, until nothing is left.
+    let mut left = None;
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        posix_fadvise(f.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
+            .map_err(|source| PageCacheError::Fadvise { path: path.into(), source })?;
+        let r = residency(path)?;
+        if r.resident_bytes == 0 {
+            return Ok(r);
+        }
+        left = Some(r);
+    }
+    Ok(left.expect("five attempts made"))
 }
 
 /// Evicts every file and returns the summed residency left afterwards.

@@ -39,8 +39,14 @@ fn small_opts(workdir: PathBuf) -> BenchOptions {
     }
 }
 
+/// A hostd that resolves the images checks every blob's hash, reading the store's data disk
+/// through the page cache; a disk benchmark evicting that file meanwhile would find pages
+/// coming back and refuse to time the read. Tests that start hostd take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn every_benchmark_runs_small_and_is_summarised() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let run = microbench::run(&small_opts(dir.path().to_path_buf()), &mut std::io::sink()).await.unwrap();
     assert_eq!(run.guest.role, Role::Process);
@@ -136,6 +142,7 @@ fn hostd_bin(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn bad_arguments_and_unreachable_agents_fail_clearly() {
+    let _serial = SERIAL.blocking_lock();
     let (code, err) = hostd_bin(&["bench", "--backend", "vmware"]);
     assert_eq!(code, 2);
     // clap names the value and lists the backends there are.

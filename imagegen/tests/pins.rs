@@ -212,13 +212,14 @@ fn shipped_lock_holds_every_recipe_built_from_pins_only() {
     .unwrap();
     let mut locked: Vec<String> = lock["recipes"].as_table().unwrap().keys().cloned().collect();
     locked.sort();
-    // Kernels, Debian files and the data disk: no agent or other workspace code inside.
+    // Kernels (built, or a pinned Debian kernel package), Debian files and the data disk:
+    // no agent or other workspace code inside.
     let mut expected = Vec::new();
     for e in std::fs::read_dir(shipped_recipes()).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
             let v: toml::Table = toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-            if ["kernel", "deb-file", "disk"].contains(&v["kind"].as_str().unwrap()) {
+            if ["kernel", "kernel-package", "deb-file", "disk"].contains(&v["kind"].as_str().unwrap()) {
                 expected.push(p.file_stem().unwrap().to_string_lossy().into_owned());
             }
         }
