@@ -157,17 +157,6 @@ pub async fn run_together(jobs: &[(&RunningGuest, BenchRequest)], timeout: Durat
         .await;
     }
     let offsets: Vec<Result<Offset, String>> = futures::future::join_all(jobs.iter().map(|(g, _)| clock_offset(&g.conn))).await;
-    // No clock offset for a guest (seen: the Xen lab's domUs never answer a ping there):
-    // run as before start instants existed, every request at once, and say so; the samples
-    // then carry no start sync, and the report counts them as unsynchronised.
-    if let Some((g, e)) = jobs.iter().zip(&offsets).find_map(|((g, _), o)| o.as_ref().err().map(|e| (g, e))) {
-        tracing::warn!("{}: clock offset unknown ({e}): this concurrent run starts without a common instant", g.spec.name);
-        return futures::future::join_all(jobs.iter().map(|(g, req)| async move {
-            let report = run_once(&g.conn, req, timeout).await.map_err(|e| format!("{}: {e:#}", g.spec.name))?;
-            Ok(Timed { report, sync: None })
-        }))
-        .await;
-    }
     let first_send = host_ns();
     let t0 = first_send + starter.lead.as_nanos() as i128;
     let answers = futures::future::join_all(jobs.iter().zip(&offsets).map(|((g, req), off)| async move {
