@@ -55,8 +55,13 @@ pub struct Table {
     pub ranked_backends: usize,
 }
 
+/// A cell before ranking: its text and the number ranked, if any, without an interval.
+fn cell(text: String, value: Option<f64>) -> Cell {
+    Cell { text, value, rank: None, interval: None }
+}
+
 fn gap() -> Cell {
-    Cell { text: "–".into(), value: None, rank: None, interval: None }
+    cell("–".into(), None)
 }
 
 /// `x` with the relative CI half-width of `s` applied to it, as "1.23× ±0.04".
@@ -146,7 +151,7 @@ pub fn decide(rep: &Report) -> Table {
                 }
             }
             match worst {
-                Some((ratio, r, n)) => Cell { text: format!("{ratio:.2}× ({}, n = {n})", r.name()), value: Some(ratio), rank: None, interval: None },
+                Some((ratio, r, n)) => cell(format!("{ratio:.2}× ({}, n = {n})", r.name()), Some(ratio)),
                 None => gap(),
             }
         })
@@ -165,15 +170,13 @@ pub fn decide(rep: &Report) -> Table {
     let cells: Vec<Cell> = kinds
         .iter()
         .map(|&b| match rep.isolation.get(&resource_key(b, Resource::Cpu)) {
-            Some(i) => Cell {
-                text: match i.closest {
+            Some(i) => cell(
+                match i.closest {
                     Policy::PerVm => "per guest".into(),
                     Policy::PerProcess => "per process".into(),
                 },
-                value: None,
-                rank: None,
-                interval: None,
-            },
+                None,
+            ),
             None => gap(),
         })
         .collect();
@@ -218,7 +221,7 @@ pub fn decide(rep: &Report) -> Table {
                 match row.and_then(|r| Some((r, r.t_startup_s?))) {
                     Some((r, t)) => {
                         let partial = if r.failed > 0 { format!(", partial: {} of {}", r.ready, r.ready + r.failed) } else { String::new() };
-                        Cell { text: format!("{t:.2} s{partial}"), value: Some(t), rank: None, interval: None }
+                        cell(format!("{t:.2} s{partial}"), Some(t))
                     }
                     None => gap(),
                 }
@@ -242,12 +245,7 @@ pub fn decide(rep: &Report) -> Table {
         .map(|&b| {
             let fit = rep.startup.memory_fit.get(&format!("{b} cold")).or_else(|| rep.startup.memory_fit.get(&format!("{b} hot")));
             match fit {
-                Some(f) => Cell {
-                    text: format!("{:.1} MiB (fit of {} sizes, residual {:.1})", f.slope, f.points, f.residual_std),
-                    value: Some(f.slope),
-                    rank: None,
-                    interval: None,
-                },
+                Some(f) => cell(format!("{:.1} MiB (fit of {} sizes, residual {:.1})", f.slope, f.points, f.residual_std), Some(f.slope)),
                 None => gap(),
             }
         })

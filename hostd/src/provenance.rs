@@ -130,11 +130,9 @@ pub fn mixed_lines(records: &[crate::samples::Record], base: Option<&Provenance>
     }
     for r in records {
         match r {
-            Record::Provenance { id, provenance } => {
-                if !order.iter().any(|(i, _, _)| i == id) {
-                    let what = format!("hostd {} at {}, recorded {}", provenance.hostd_version, provenance.git_revision, provenance.date);
-                    order.push((id.clone(), what, 0));
-                }
+            Record::Provenance { id, provenance } if !order.iter().any(|(i, _, _)| i == id) => {
+                let what = format!("hostd {} at {}, recorded {}", provenance.hostd_version, provenance.git_revision, provenance.date);
+                order.push((id.clone(), what, 0));
             }
             Record::Bench(_) | Record::Startup(_) | Record::Memory(_) => {
                 let id = r.provenance_id().filter(|i| !i.is_empty()).unwrap_or(&base_id).to_string();
