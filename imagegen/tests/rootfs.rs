@@ -348,7 +348,7 @@ fn a_kernel_package_puts_its_modules_into_the_tree() {
 /// per build (the whole test took 355 s on two shared, busy cores), so it is #[ignore]d: `cargo test -p imagegen --test rootfs
 /// -- --ignored`.
 #[test]
-#[ignore]
+#[ignore = "builds debian-bookworm twice with mmdebstrap (~6 minutes, needs the Debian mirror); run with --ignored"]
 fn debian_bookworm_builds_reproducibly() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut ms = Vec::new();
