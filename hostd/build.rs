@@ -7,8 +7,13 @@ fn main() {
     // not exist would make cargo rerun this, and rebuild hostd, on every build.
     println!("cargo:rerun-if-changed=build.rs");
     for p in ["HEAD", "index"] {
-        let out = Command::new("git").args(["rev-parse", "--git-path", p]).current_dir(&root).output();
-        if let Some(path) = out.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()) {
+        let out =
+            Command::new("git").args(["rev-parse", "--git-path", p]).current_dir(&root).output();
+        if let Some(path) = out
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        {
             let path = root.join(path);
             if path.exists() {
                 println!("cargo:rerun-if-changed={}", path.display());

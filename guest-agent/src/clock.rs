@@ -21,7 +21,9 @@ pub fn sleep_until(at_ns: u64) {
     while monotonic_ns() < at_ns {
         // EINTR: go round again; any other error cannot happen with a valid absolute time,
         // and the loop condition still ends the wait.
-        if let Err(e) = clock_nanosleep(ClockId::CLOCK_MONOTONIC, ClockNanosleepFlags::TIMER_ABSTIME, &ts) {
+        if let Err(e) =
+            clock_nanosleep(ClockId::CLOCK_MONOTONIC, ClockNanosleepFlags::TIMER_ABSTIME, &ts)
+        {
             if e != nix::errno::Errno::EINTR {
                 std::thread::yield_now();
             }
@@ -36,8 +38,13 @@ pub fn snapshot(read_kmsg: bool) -> GuestClock {
         monotonic_ns: monotonic_ns(),
         boottime_ns: read_ns(ClockId::CLOCK_BOOTTIME),
         realtime_ns: read_ns(ClockId::CLOCK_REALTIME),
-        uptime_s: std::fs::read_to_string("/proc/uptime").ok().and_then(|s| parse_uptime(&s)).unwrap_or(-1.0),
-        agent_start_ns: std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| parse_starttime_ns(&s, clock_ticks())),
+        uptime_s: std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|s| parse_uptime(&s))
+            .unwrap_or(-1.0),
+        agent_start_ns: std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| parse_starttime_ns(&s, clock_ticks())),
         kernel_init_ns: if read_kmsg { kmsg_init_ns() } else { None },
     }
 }
@@ -45,7 +52,11 @@ pub fn snapshot(read_kmsg: bool) -> GuestClock {
 fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
 }
 
 fn parse_uptime(s: &str) -> Option<f64> {
@@ -64,7 +75,11 @@ fn parse_starttime_ns(stat: &str, ticks: u64) -> Option<u64> {
 fn kmsg_init_ns() -> Option<u64> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg").ok()?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+        .ok()?;
     // /dev/kmsg returns one record per read; stop at EAGAIN (end of the buffer).
     let mut buf = vec![0u8; 8192];
     for _ in 0..10_000 {
@@ -94,7 +109,10 @@ mod tests {
         assert_eq!(parse_uptime("12.34 20.00\n"), Some(12.34));
         let stat = "1 (my (odd) init) S 0 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 37 1 2 3";
         assert_eq!(parse_starttime_ns(stat, 100), Some(370_000_000));
-        assert_eq!(parse_kmsg_init("6,301,1234567,-;Run /init as init process\n"), Some(1_234_567_000));
+        assert_eq!(
+            parse_kmsg_init("6,301,1234567,-;Run /init as init process\n"),
+            Some(1_234_567_000)
+        );
         assert_eq!(parse_kmsg_init("6,301,1234567,-;Freeing unused kernel memory"), None);
     }
 

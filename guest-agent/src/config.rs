@@ -21,13 +21,20 @@ pub enum Ctl {
 
 impl Ctl {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (kind, rest) = s.split_once(':').ok_or_else(|| format!("control channel {s:?}: expected KIND:VALUE"))?;
+        let (kind, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("control channel {s:?}: expected KIND:VALUE"))?;
         match kind {
-            "fd" => rest.parse().map(Ctl::Fd).map_err(|_| format!("control channel {s:?}: bad fd number")),
+            "fd" => rest
+                .parse()
+                .map(Ctl::Fd)
+                .map_err(|_| format!("control channel {s:?}: bad fd number")),
             "unix" if !rest.is_empty() => Ok(Ctl::Unix(rest.into())),
             "tcp" if rest.contains(':') => Ok(Ctl::Tcp(rest.into())),
             "tty" if rest.starts_with("/dev/") => Ok(Ctl::Tty(rest.into())),
-            _ => Err(format!("control channel {s:?}: use fd:N, unix:PATH, tcp:HOST:PORT or tty:/dev/NAME")),
+            _ => Err(format!(
+                "control channel {s:?}: use fd:N, unix:PATH, tcp:HOST:PORT or tty:/dev/NAME"
+            )),
         }
     }
     pub fn describe(&self) -> String {
@@ -82,7 +89,8 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
     let mut c = Config::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        let mut val =
+            |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
             "--ctl" => c.ctl = Some(Ctl::parse(&val("--ctl")?)?),
             "--net" => c.net.push(NetCfg::parse(&val("--net")?)?),
@@ -122,7 +130,10 @@ pub fn merge_cmdline(c: &mut Config, cmdline: &str) -> Result<(), String> {
 }
 
 fn check_hostname(h: &str) -> Result<String, String> {
-    if h.is_empty() || h.len() > 64 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+    if h.is_empty()
+        || h.len() > 64
+        || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
         return Err(format!("hostname {h:?} is not a valid host name"));
     }
     Ok(h.into())
@@ -138,11 +149,21 @@ mod tests {
 
     #[test]
     fn args_and_cmdline() {
-        let Parsed::Run(mut c) = parse_args(&args(&["--ctl", "fd:3", "--hostname", "g1"])).unwrap() else { panic!() };
-        merge_cmdline(&mut c, "console=ttyS0 vb.ctl=tty:/dev/hvc0 vb.net=eth0=10.0.0.2/24 vb.hostname=other").unwrap();
+        let Parsed::Run(mut c) = parse_args(&args(&["--ctl", "fd:3", "--hostname", "g1"])).unwrap()
+        else {
+            panic!()
+        };
+        merge_cmdline(
+            &mut c,
+            "console=ttyS0 vb.ctl=tty:/dev/hvc0 vb.net=eth0=10.0.0.2/24 vb.hostname=other",
+        )
+        .unwrap();
         assert_eq!(c.ctl, Some(Ctl::Fd(3)));
         assert_eq!(c.hostname.as_deref(), Some("g1"));
-        assert_eq!(c.net, vec![NetCfg { iface: "eth0".into(), addr: "10.0.0.2".parse().unwrap(), prefix: 24 }]);
+        assert_eq!(
+            c.net,
+            vec![NetCfg { iface: "eth0".into(), addr: "10.0.0.2".parse().unwrap(), prefix: 24 }]
+        );
         assert!(c.from_cmdline);
         assert!(!c.reboot_to_poweroff);
         merge_cmdline(&mut c, "vb.poweroff=reboot").unwrap();
@@ -153,7 +174,10 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         assert!(parse_args(&args(&["--ctl", "serial"])).err().unwrap().contains("serial"));
-        assert!(parse_args(&args(&["--net", "eth0=1.2.3.4/33"])).err().unwrap().contains("eth0=1.2.3.4/33"));
+        assert!(parse_args(&args(&["--net", "eth0=1.2.3.4/33"]))
+            .err()
+            .unwrap()
+            .contains("eth0=1.2.3.4/33"));
         assert!(parse_args(&args(&["--bogus"])).err().unwrap().contains("--bogus"));
         assert!(parse_args(&args(&["--ctl"])).err().unwrap().contains("needs a value"));
         assert!(parse_args(&args(&["--hostname", "a b"])).is_err());

@@ -82,10 +82,13 @@ pub fn configure_net(cfg: &NetCfg) -> Result<(), String> {
     .map_err(|e| format!("network: socket: {e}"))?;
     use std::os::fd::AsRawFd;
     let fd = sock.as_raw_fd();
-    let err = |what: &str| format!("network: {what} on {}: {}", cfg.iface, std::io::Error::last_os_error());
+    let err = |what: &str| {
+        format!("network: {what} on {}: {}", cfg.iface, std::io::Error::last_os_error())
+    };
     if_up(fd, "lo").map_err(|_| err("bringing lo up"))?;
     let mask = if cfg.prefix == 0 { 0 } else { u32::MAX << (32 - cfg.prefix as u32) };
-    set_addr(fd, &cfg.iface, libc::SIOCSIFADDR, u32::from(cfg.addr)).map_err(|_| err("setting the address"))?;
+    set_addr(fd, &cfg.iface, libc::SIOCSIFADDR, u32::from(cfg.addr))
+        .map_err(|_| err("setting the address"))?;
     set_addr(fd, &cfg.iface, libc::SIOCSIFNETMASK, mask).map_err(|_| err("setting the netmask"))?;
     if_up(fd, &cfg.iface).map_err(|_| err("bringing the interface up"))?;
     Ok(())
@@ -137,7 +140,8 @@ fn if_up(fd: i32, name: &str) -> Result<(), ()> {
     Ok(())
 }
 
-static REBOOT_TO_POWEROFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static REBOOT_TO_POWEROFF: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Makes [`poweroff`] reboot instead (see `Config::reboot_to_poweroff`).
 pub fn reboot_instead(yes: bool) {

@@ -11,7 +11,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use vb_protocol::frame::{Event, FrameDecoder};
-use vb_protocol::msg::{Command, FaultKind, GuestMsg, Hello, Outcome, Reply, ReplyBody, Request, Role};
+use vb_protocol::msg::{
+    Command, FaultKind, GuestMsg, Hello, Outcome, Reply, ReplyBody, Request, Role,
+};
 
 use config::{Config, Parsed};
 
@@ -43,7 +45,11 @@ fn run(args: &[String], pid1: bool) -> Result<(), String> {
             return Ok(());
         }
         Parsed::Version => {
-            println!("guest-agent {} (protocol {})", env!("CARGO_PKG_VERSION"), vb_protocol::PROTOCOL_VERSION);
+            println!(
+                "guest-agent {} (protocol {})",
+                env!("CARGO_PKG_VERSION"),
+                vb_protocol::PROTOCOL_VERSION
+            );
             return Ok(());
         }
     };
@@ -56,13 +62,15 @@ fn run(args: &[String], pid1: bool) -> Result<(), String> {
         // Only a VM's init has a kernel command line of its own; a container's PID 1 is
         // always given --ctl and would otherwise read the host's.
         if cfg.ctl.is_none() {
-            let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+            let cmdline = std::fs::read_to_string("/proc/cmdline")
+                .map_err(|e| format!("/proc/cmdline: {e}"))?;
             config::merge_cmdline(&mut cfg, &cmdline)?;
             init::reboot_instead(cfg.reboot_to_poweroff);
         }
     }
     setup(&cfg)?;
-    let ctl = cfg.ctl.clone().ok_or_else(|| format!("no control channel given\n{}", config::USAGE))?;
+    let ctl =
+        cfg.ctl.clone().ok_or_else(|| format!("no control channel given\n{}", config::USAGE))?;
     let chan = transport::open(&ctl)?;
     let writer: Writer = Arc::new(Mutex::new(chan.writer));
     let hello = hello(&cfg, &ctl, pid1);
@@ -130,7 +138,11 @@ fn reply(w: &Writer, id: u64, result: Result<ReplyBody, String>) {
     }
 }
 
-fn serve(mut reader: Box<dyn std::io::Read + Send>, writer: Writer, pid1: bool) -> Result<(), String> {
+fn serve(
+    mut reader: Box<dyn std::io::Read + Send>,
+    writer: Writer,
+    pid1: bool,
+) -> Result<(), String> {
     let mut dec = FrameDecoder::default();
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -181,8 +193,12 @@ fn handle(req: Request, w: &Writer, pid1: bool) {
                 reply(w, id, Err(format!("cannot start request thread: {e}")));
             }
         }
-        Command::NetServe { port } => reply(w, id, bench::net::serve(port).map(|port| ReplyBody::Listening { port })),
-        Command::NetStop { port } => reply(w, id, bench::net::stop(port).map(|()| ReplyBody::Stopped { port })),
+        Command::NetServe { port } => {
+            reply(w, id, bench::net::serve(port).map(|port| ReplyBody::Listening { port }))
+        }
+        Command::NetStop { port } => {
+            reply(w, id, bench::net::stop(port).map(|()| ReplyBody::Stopped { port }))
+        }
         Command::Poweroff => {
             reply(w, id, Ok(ReplyBody::PoweringOff));
             if pid1 {

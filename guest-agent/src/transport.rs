@@ -46,15 +46,18 @@ pub fn open(ctl: &Ctl) -> Result<Channel, String> {
             Ok(Channel { reader: Box::new(r), writer: Box::new(s) })
         }
         Ctl::Tcp(addr) => {
-            let s = retry(|| TcpStream::connect(addr.as_str())).map_err(|e| format!("tcp:{addr}: {e}"))?;
+            let s = retry(|| TcpStream::connect(addr.as_str()))
+                .map_err(|e| format!("tcp:{addr}: {e}"))?;
             s.set_nodelay(true).map_err(|e| e.to_string())?;
             let r = s.try_clone().map_err(|e| e.to_string())?;
             Ok(Channel { reader: Box::new(r), writer: Box::new(s) })
         }
         Ctl::Tty(dev) => {
             // Console drivers may probe after init starts: wait for the node.
-            let f = retry(|| OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(dev))
-                .map_err(|e| format!("tty:{dev}: {e}"))?;
+            let f = retry(|| {
+                OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(dev)
+            })
+            .map_err(|e| format!("tty:{dev}: {e}"))?;
             let fd = OwnedFd::from(f);
             make_raw(&fd).map_err(|e| format!("tty:{dev}: {e}"))?;
             from_file(File::from(fd))

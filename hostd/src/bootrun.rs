@@ -135,18 +135,30 @@ pub fn row(b: &FleetBoot) -> BootRow {
         failed: b.failures.len(),
         t_startup_s: b.t_startup(),
         ready_times: b.ready_summary(),
-        guest_boot: Summary::of("guest_boot", "s", b.startups.iter().filter_map(|s| s.guest_boot_s).collect()),
+        guest_boot: Summary::of(
+            "guest_boot",
+            "s",
+            b.startups.iter().filter_map(|s| s.guest_boot_s).collect(),
+        ),
         m_used_mib: mem.map(|m| mib(m.fleet_kib() as f64)),
-        per_guest_cgroup_mib: mem.and_then(|m| mean(m.guests.iter().filter_map(|g| g.cgroup_kib).map(|k| mib(k as f64)).collect())),
-        per_guest_pss_mib: mem.and_then(|m| mean(m.guests.iter().map(|g| mib(g.pss_kib as f64)).collect())),
+        per_guest_cgroup_mib: mem.and_then(|m| {
+            mean(m.guests.iter().filter_map(|g| g.cgroup_kib).map(|k| mib(k as f64)).collect())
+        }),
+        per_guest_pss_mib: mem
+            .and_then(|m| mean(m.guests.iter().map(|g| mib(g.pss_kib as f64)).collect())),
         checks: RowChecks {
             label: b.label().to_string(),
             resident_fraction: b.residency.as_ref().map(|r| r.fraction()),
             // Which files stayed resident matters only where a start was meant to be cold.
-            residency: b.residency.as_ref().map(|r| crate::coldstart::describe(r, b.mode == StartMode::Cold)),
+            residency: b
+                .residency
+                .as_ref()
+                .map(|r| crate::coldstart::describe(r, b.mode == StartMode::Cold)),
             image_copies: b.startups.iter().any(|s| s.image_copies),
             m_used_noise_mib: mem.and_then(|m| m.checks.noise_kib).map(|k| mib(k as f64)),
-            m_used_repeats_mib: mem.map(|m| m.fleet_repeats_kib().into_iter().map(|k| mib(k as f64)).collect()).unwrap_or_default(),
+            m_used_repeats_mib: mem
+                .map(|m| m.fleet_repeats_kib().into_iter().map(|k| mib(k as f64)).collect())
+                .unwrap_or_default(),
             cross_check_mib: mem.and_then(|m| m.checks.cross_check_kib).map(|k| mib(k as f64)),
             m_used_disagrees: mem.is_some_and(|m| m.disagrees()),
             scratch_tmpfs_mib: mem.and_then(|m| m.checks.scratch_tmpfs_kib).map(|k| mib(k as f64)),
@@ -175,7 +187,11 @@ pub fn summarise(provenance: Provenance, rows: Vec<BootRow>) -> BootSummary {
 /// from before the repeats).
 pub fn fit_points<'a>(rows: impl Iterator<Item = &'a BootRow>) -> Vec<(f64, f64)> {
     rows.flat_map(|r| {
-        let ys = if r.checks.m_used_repeats_mib.is_empty() { r.m_used_mib.into_iter().collect() } else { r.checks.m_used_repeats_mib.clone() };
+        let ys = if r.checks.m_used_repeats_mib.is_empty() {
+            r.m_used_mib.into_iter().collect()
+        } else {
+            r.checks.m_used_repeats_mib.clone()
+        };
         ys.into_iter().map(move |y| (r.ready as f64, y))
     })
     .collect()
@@ -200,14 +216,21 @@ pub async fn run(
             let cfg = FleetConfig { n, ..opts.fleet.clone() };
             let label = format!("{} n={n} {}", opts.backend, mode.name());
             let copies = opts.image_copies.then_some(images);
-            let b = boot_and_measure(backend, run, &cfg, mode, opts.settle, copies, |e| progress(&label, e))
-                .await
-                .with_context(|| label.clone())?;
+            let b = boot_and_measure(backend, run, &cfg, mode, opts.settle, copies, |e| {
+                progress(&label, e)
+            })
+            .await
+            .with_context(|| label.clone())?;
             for s in &b.startups {
                 results.append(&Record::Startup(s.clone()))?;
             }
             for f in &b.failures {
-                results.append(&Record::Failure { backend: b.backend, n, mode, failure: f.clone() })?;
+                results.append(&Record::Failure {
+                    backend: b.backend,
+                    n,
+                    mode,
+                    failure: f.clone(),
+                })?;
             }
             if let Some(m) = &b.memory {
                 results.append(&Record::Memory(m.clone()))?;
@@ -225,9 +248,16 @@ pub async fn run(
     }
     let mut summary = summarise(provenance, rows);
     if opts.floor_reps > 0 {
-        summary.floor = crate::floor::measure(opts.backend, images, backend_opts, run, opts.floor_reps, opts.fleet.boot_timeout)
-            .await
-            .context("measuring the startup floor")?;
+        summary.floor = crate::floor::measure(
+            opts.backend,
+            images,
+            backend_opts,
+            run,
+            opts.floor_reps,
+            opts.fleet.boot_timeout,
+        )
+        .await
+        .context("measuring the startup floor")?;
     }
     write_outputs(results, &summary)?;
     crate::report::write(&results.path, false).context("writing the report")?;
@@ -241,7 +271,8 @@ pub fn write_outputs(results: &ResultsDir, s: &BootSummary) -> Result<()> {
     results.write_json("boot.json", s)?;
     results.write("boot.csv", &csv(s)?)?;
     for (name, chart) in charts(s) {
-        plot::write(&chart, &results.path.join("figures").join(name)).map_err(anyhow::Error::msg)?;
+        plot::write(&chart, &results.path.join("figures").join(name))
+            .map_err(anyhow::Error::msg)?;
     }
     Ok(())
 }
@@ -249,8 +280,20 @@ pub fn write_outputs(results: &ResultsDir, s: &BootSummary) -> Result<()> {
 fn csv(s: &BootSummary) -> Result<Vec<u8>> {
     let mut w = ::csv::Writer::from_writer(Vec::new());
     w.write_record([
-        "backend", "n", "mode", "ready", "failed", "t_startup_s", "ready_mean_s", "ready_std_s", "ready_min_s", "ready_max_s", "guest_boot_mean_s", "m_used_mib",
-        "per_guest_cgroup_mib", "per_guest_pss_mib",
+        "backend",
+        "n",
+        "mode",
+        "ready",
+        "failed",
+        "t_startup_s",
+        "ready_mean_s",
+        "ready_std_s",
+        "ready_min_s",
+        "ready_max_s",
+        "guest_boot_mean_s",
+        "m_used_mib",
+        "per_guest_cgroup_mib",
+        "per_guest_pss_mib",
     ])?;
     let o = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_default();
     for r in &s.rows {
@@ -279,11 +322,19 @@ fn csv(s: &BootSummary) -> Result<Vec<u8>> {
 /// at which fewer guests came up than were started (partial T_startup).
 fn series_name(b: BackendKind, m: StartMode, rows: &[&BootRow]) -> String {
     let mut name = format!("{b} {}", m.name());
-    let odd: Vec<String> = rows.iter().filter(|r| r.label() != m.name()).map(|r| format!("n={} {}", r.n, r.label())).collect();
+    let odd: Vec<String> = rows
+        .iter()
+        .filter(|r| r.label() != m.name())
+        .map(|r| format!("n={} {}", r.n, r.label()))
+        .collect();
     if !odd.is_empty() {
         name.push_str(&format!(" [not verified {}: {}]", m.name(), odd.join(", ")));
     }
-    let partial: Vec<String> = rows.iter().filter(|r| r.partial()).map(|r| format!("n={}: {} of {}", r.n, r.ready, r.n)).collect();
+    let partial: Vec<String> = rows
+        .iter()
+        .filter(|r| r.partial())
+        .map(|r| format!("n={}: {} of {}", r.n, r.ready, r.n))
+        .collect();
     if !partial.is_empty() {
         name.push_str(&format!(" [partial: {}]", partial.join(", ")));
     }
@@ -328,7 +379,13 @@ pub fn charts(s: &BootSummary) -> Vec<(String, Chart)> {
                 x_label: "guests booted and idle, n".into(),
                 y_label: "M_used (MiB)".into(),
                 // Error bars: the noise bound.
-                series: series(&|r| Some(Point { x: r.ready as f64, y: r.m_used_mib?, err: r.checks.m_used_noise_mib })),
+                series: series(&|r| {
+                    Some(Point {
+                        x: r.ready as f64,
+                        y: r.m_used_mib?,
+                        err: r.checks.m_used_noise_mib,
+                    })
+                }),
                 log_y: false,
             },
         ),
@@ -345,7 +402,12 @@ pub fn startup_notes_html(s: &BootSummary) -> String {
          before); <b>warm</b> = anything between, whichever mode was asked (not counted as cold or hot). M_used: median of repeated readings against a \
          noise floor read with no fleet, ± the larger drift of the two windows; tmpfs scratch excluded.</p>",
     );
-    let partial: Vec<String> = s.rows.iter().filter(|r| r.partial()).map(|r| format!("{} n={} {}: {} of {}", r.backend, r.n, r.label(), r.ready, r.n)).collect();
+    let partial: Vec<String> = s
+        .rows
+        .iter()
+        .filter(|r| r.partial())
+        .map(|r| format!("{} n={} {}: {} of {}", r.backend, r.n, r.label(), r.ready, r.n))
+        .collect();
     if !partial.is_empty() {
         h.push_str(&format!(
             "<p class=\"bad\">Partial fleets (T_startup over the guests that came up; the slowest may be among the missing): {}.</p>",
@@ -364,7 +426,13 @@ pub fn startup_notes_html(s: &BootSummary) -> String {
             bits.push(format!("hostd's RSS grew {g:.2} MiB (part of M_tool)"));
         }
         if !bits.is_empty() {
-            h.push_str(&format!("<p>{} n={} {}: {}.</p>", r.backend, r.n, r.label(), esc(&bits.join("; "))));
+            h.push_str(&format!(
+                "<p>{} n={} {}: {}.</p>",
+                r.backend,
+                r.n,
+                r.label(),
+                esc(&bits.join("; "))
+            ));
         }
     }
     h
@@ -378,11 +446,27 @@ pub fn table(s: &BootSummary) -> String {
     }
     out.push_str(&format!(
         "{:<13} {:>4} {:<5} {:>9} {:>7} {:>13} {:>26} {:>12} {:>14} {:>14} {:>12} {:>10} {:>10}\n",
-        "backend", "n", "start", "resident", "ready", "T_startup s", "ready time s mean±sd [min,max]", "guest boot s", "M_used MiB", "cgroups+hostd", "cgroup/guest", "PSS/guest", "tmpfs MiB"
+        "backend",
+        "n",
+        "start",
+        "resident",
+        "ready",
+        "T_startup s",
+        "ready time s mean±sd [min,max]",
+        "guest boot s",
+        "M_used MiB",
+        "cgroups+hostd",
+        "cgroup/guest",
+        "PSS/guest",
+        "tmpfs MiB"
     ));
     let o = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
     for r in &s.rows {
-        let dist = r.ready_times.as_ref().map(|d| format!("{:.3}±{:.3} [{:.3},{:.3}]", d.mean, d.std_dev, d.min, d.max)).unwrap_or_else(|| "-".into());
+        let dist = r
+            .ready_times
+            .as_ref()
+            .map(|d| format!("{:.3}±{:.3} [{:.3},{:.3}]", d.mean, d.std_dev, d.min, d.max))
+            .unwrap_or_else(|| "-".into());
         // A partial fleet's T_startup is over the guests that came up: marked, never bare.
         let t = match r.t_startup_s {
             Some(t) if r.partial() => format!("{t:.3} ({}/{})", r.ready, r.n),
@@ -411,7 +495,17 @@ pub fn table(s: &BootSummary) -> String {
     }
     for r in &s.rows {
         if let Some(res) = &r.checks.residency {
-            out.push_str(&format!("note: {} n={} {}{}: {res}\n", r.backend, r.n, r.label(), if r.checks.image_copies { " (per-guest image copies)" } else { " (shared images)" }));
+            out.push_str(&format!(
+                "note: {} n={} {}{}: {res}\n",
+                r.backend,
+                r.n,
+                r.label(),
+                if r.checks.image_copies {
+                    " (per-guest image copies)"
+                } else {
+                    " (shared images)"
+                }
+            ));
         }
     }
     for r in s.rows.iter().filter(|r| r.partial() && r.t_startup_s.is_some()) {
@@ -432,7 +526,13 @@ pub fn table(s: &BootSummary) -> String {
         ));
     }
     for r in s.rows.iter().filter(|r| r.checks.hostd_growth_mib.is_some()) {
-        out.push_str(&format!("note: {} n={} {}: hostd's own RSS grew {} MiB (part of M_tool)\n", r.backend, r.n, r.label(), o(r.checks.hostd_growth_mib, 2)));
+        out.push_str(&format!(
+            "note: {} n={} {}: hostd's own RSS grew {} MiB (part of M_tool)\n",
+            r.backend,
+            r.n,
+            r.label(),
+            o(r.checks.hostd_growth_mib, 2)
+        ));
     }
     for (mode, f) in &s.memory_fit {
         out.push_str(&format!(
@@ -484,7 +584,8 @@ mod tests {
     }
 
     fn boot(mode: StartMode, ready: usize, resident: u64) -> FleetBoot {
-        let startups: Vec<StartupSample> = (0..ready).map(|i| sample(i, mode, 1.0 + i as f64, resident)).collect();
+        let startups: Vec<StartupSample> =
+            (0..ready).map(|i| sample(i, mode, 1.0 + i as f64, resident)).collect();
         FleetBoot {
             backend: BackendKind::Uml,
             n: 10,
@@ -500,15 +601,25 @@ mod tests {
 
     #[test]
     fn partial_fleets_and_unverified_cold_starts_are_marked() {
-        let rows = vec![row(&boot(StartMode::Cold, 7, 0)), row(&boot(StartMode::Hot, 10, 1000)), row(&boot(StartMode::Cold, 10, 10))];
-        assert_eq!((rows[0].label(), rows[0].partial(), rows[0].t_startup_s), ("cold", true, Some(7.0)));
+        let rows = vec![
+            row(&boot(StartMode::Cold, 7, 0)),
+            row(&boot(StartMode::Hot, 10, 1000)),
+            row(&boot(StartMode::Cold, 10, 10)),
+        ];
+        assert_eq!(
+            (rows[0].label(), rows[0].partial(), rows[0].t_startup_s),
+            ("cold", true, Some(7.0))
+        );
         assert_eq!((rows[1].label(), rows[1].checks.resident_fraction), ("hot", Some(1.0)));
         assert_eq!((rows[2].label(), rows[2].checks.resident_fraction), ("warm", Some(0.01)));
         let s = summarise(Provenance::collect(Default::default()), rows);
         let t = table(&s);
         assert!(t.contains("7.000 (7/10)"), "{t}");
         assert!(t.contains("partial fleet: T_startup is over the 7 of 10 guests"), "{t}");
-        assert!(t.lines().any(|l| l.starts_with("uml") && l.contains(" warm ") && l.contains("1.0 %")), "{t}");
+        assert!(
+            t.lines().any(|l| l.starts_with("uml") && l.contains(" warm ") && l.contains("1.0 %")),
+            "{t}"
+        );
         let charts = charts(&s);
         let names: Vec<&str> = charts[0].1.series.iter().map(|x| x.name.as_str()).collect();
         assert!(names.iter().any(|n| n.contains("partial: n=10: 7 of 10")), "{names:?}");
@@ -519,7 +630,18 @@ mod tests {
     fn older_summary_rows_still_read() {
         let mut v = serde_json::to_value(row(&boot(StartMode::Cold, 10, 0))).unwrap();
         let o = v.as_object_mut().unwrap();
-        for k in ["label", "resident_fraction", "residency", "image_copies", "m_used_noise_mib", "m_used_repeats_mib", "cross_check_mib", "m_used_disagrees", "scratch_tmpfs_mib", "hostd_growth_mib"] {
+        for k in [
+            "label",
+            "resident_fraction",
+            "residency",
+            "image_copies",
+            "m_used_noise_mib",
+            "m_used_repeats_mib",
+            "cross_check_mib",
+            "m_used_disagrees",
+            "scratch_tmpfs_mib",
+            "hostd_growth_mib",
+        ] {
             assert!(o.remove(k).is_some(), "{k} is not serialised flat");
         }
         let old: BootRow = serde_json::from_value(v).unwrap();
@@ -532,7 +654,10 @@ mod tests {
         a.checks.m_used_repeats_mib = vec![100.0, 102.0];
         let mut b = row(&boot(StartMode::Hot, 5, 1000));
         b.m_used_mib = Some(51.0);
-        assert_eq!(fit_points([&a, &b].into_iter()), vec![(10.0, 100.0), (10.0, 102.0), (5.0, 51.0)]);
+        assert_eq!(
+            fit_points([&a, &b].into_iter()),
+            vec![(10.0, 100.0), (10.0, 102.0), (5.0, 51.0)]
+        );
         // M_used(n) = 10 n + 1 through (5, 51) and the mean (10, 101) of the repeats.
         let f = linear_fit(&fit_points([&a, &b].into_iter())).unwrap();
         assert!((f.slope - 10.0).abs() < 1e-9 && (f.intercept - 1.0).abs() < 1e-9, "{f:?}");

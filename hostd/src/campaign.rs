@@ -233,12 +233,24 @@ fn d_lab_max() -> usize {
 
 impl Default for GuestSection {
     fn default() -> Self {
-        Self { mem_mib: d_mem(), vcpus: 1, boot_timeout_s: d_boot_timeout(), bench_timeout_s: d_bench_timeout(), pin_one_core: false, mem_bench_mib: None }
+        Self {
+            mem_mib: d_mem(),
+            vcpus: 1,
+            boot_timeout_s: d_boot_timeout(),
+            bench_timeout_s: d_bench_timeout(),
+            pin_one_core: false,
+            mem_bench_mib: None,
+        }
     }
 }
 impl Default for StartupSection {
     fn default() -> Self {
-        Self { sizes: d_startup_sizes(), modes: d_modes(), settle_s: d_settle(), image_copies: false }
+        Self {
+            sizes: d_startup_sizes(),
+            modes: d_modes(),
+            settle_s: d_settle(),
+            image_copies: false,
+        }
     }
 }
 impl Default for OverheadSection {
@@ -303,7 +315,10 @@ pub struct HostFacts {
 impl HostFacts {
     pub fn here() -> Self {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        Self { mem_total_kib: crate::memory::meminfo_field(&meminfo, "MemTotal").unwrap_or(0), llc: fidelity::llc() }
+        Self {
+            mem_total_kib: crate::memory::meminfo_field(&meminfo, "MemTotal").unwrap_or(0),
+            llc: fidelity::llc(),
+        }
     }
 }
 
@@ -327,7 +342,12 @@ impl Campaign {
         self.name = format!("{}-quick", self.name);
         self.reps = 2;
         self.warmup = 1;
-        self.startup = StartupSection { sizes: vec![1, 2], modes: vec![StartMode::Cold, StartMode::Hot], settle_s: 1, ..self.startup.clone() };
+        self.startup = StartupSection {
+            sizes: vec![1, 2],
+            modes: vec![StartMode::Cold, StartMode::Hot],
+            settle_s: 1,
+            ..self.startup.clone()
+        };
         self.overhead = OverheadSection { sizes: vec![1, 2], memory_sizes: None };
         self.ring = RingSection { guests: 3 };
         self.guest.mem_bench_mib = None;
@@ -343,7 +363,11 @@ impl Campaign {
             net_msg_size: 65536,
         };
         for o in self.overrides.values_mut() {
-            *o = Override { workloads: o.workloads.as_ref().map(|_| self.workloads.clone()), mem_mib: o.mem_mib, ..Default::default() };
+            *o = Override {
+                workloads: o.workloads.as_ref().map(|_| self.workloads.clone()),
+                mem_mib: o.mem_mib,
+                ..Default::default()
+            };
         }
         self.notes.push(
             "quick variant: CPU and memory workloads cut to about a tenth of a second natively, a cache-resident memory working set (384 KiB) and 512 MiB disk reads, for testing; its figures time noise and cache, not what the paper measured".into(),
@@ -358,7 +382,9 @@ impl Campaign {
     /// Every value checked, errors naming the field.
     pub fn check(&self) -> Result<(), String> {
         let bad = |field: &str, why: String| Err(format!("field `{field}`: {why}"));
-        if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if self.name.is_empty()
+            || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return bad("name", format!("{:?} must be letters, digits, - and _", self.name));
         }
         if self.backends.is_empty() {
@@ -395,7 +421,10 @@ impl Campaign {
         limits::LAB_GUESTS.field("xen.lab_max_guests", self.xen.lab_max_guests)?;
         let m = &self.network.ns_modes;
         if m.is_empty() || (1..m.len()).any(|i| m[..i].contains(&m[i])) {
-            return bad("network.ns_modes", format!("{m:?}: needs \"private\", \"shared\" or both, each once"));
+            return bad(
+                "network.ns_modes",
+                format!("{m:?}: needs \"private\", \"shared\" or both, each once"),
+            );
         }
         for (b, o) in &self.overrides {
             if let Err(e) = b.parse::<BackendKind>() {
@@ -436,13 +465,15 @@ impl Campaign {
             .into_iter()
             .map(|kind| {
                 let o = self.overrides.get(kind.name()).cloned().unwrap_or_default();
-                let overhead_sizes = o.overhead_sizes.unwrap_or_else(|| self.overhead.sizes.clone());
+                let overhead_sizes =
+                    o.overhead_sizes.unwrap_or_else(|| self.overhead.sizes.clone());
                 // The campaign's memory sizes, within this backend's overhead range.
                 let top = overhead_sizes.last().copied().unwrap_or(0);
-                let memory_sizes = o.memory_sizes.unwrap_or_else(|| match &self.overhead.memory_sizes {
-                    Some(m) => m.iter().copied().filter(|&n| n <= top).collect(),
-                    None => overhead_sizes.clone(),
-                });
+                let memory_sizes =
+                    o.memory_sizes.unwrap_or_else(|| match &self.overhead.memory_sizes {
+                        Some(m) => m.iter().copied().filter(|&n| n <= top).collect(),
+                        None => overhead_sizes.clone(),
+                    });
                 BackendPlan {
                     kind,
                     startup_sizes: o.startup_sizes.unwrap_or_else(|| self.startup.sizes.clone()),
@@ -504,7 +535,12 @@ impl Campaign {
             }
             if self.resources.iter().any(|&r| r != Resource::Memory) {
                 if let Some(n) = p.overhead_sizes.last() {
-                    fit("overhead.sizes", format!("{b}'s overhead and linearity fleet"), *n, p.mem_mib as u64)?;
+                    fit(
+                        "overhead.sizes",
+                        format!("{b}'s overhead and linearity fleet"),
+                        *n,
+                        p.mem_mib as u64,
+                    )?;
                 }
             }
             if p.ring_guests >= 2 {
@@ -525,10 +561,26 @@ impl Campaign {
                 }
             }
             if let Some(n) = p.memory_sizes.last() {
-                fit("overhead.memory_sizes", format!("{b}'s memory fleet (guests of {} MiB: {ws_text})", p.mem_for_copies(1)), *n, p.mem_for_copies(1))?;
+                fit(
+                    "overhead.memory_sizes",
+                    format!(
+                        "{b}'s memory fleet (guests of {} MiB: {ws_text})",
+                        p.mem_for_copies(1)
+                    ),
+                    *n,
+                    p.mem_for_copies(1),
+                )?;
             }
             if self.isolation.enabled {
-                fit("isolation.enabled", format!("{b}'s memory isolation pair (guests of {} MiB: two copies of {ws_text})", p.mem_for_copies(2)), 2, p.mem_for_copies(2))?;
+                fit(
+                    "isolation.enabled",
+                    format!(
+                        "{b}'s memory isolation pair (guests of {} MiB: two copies of {ws_text})",
+                        p.mem_for_copies(2)
+                    ),
+                    2,
+                    p.mem_for_copies(2),
+                )?;
             }
         }
         Ok(())
@@ -548,7 +600,16 @@ impl Campaign {
             let name = p.kind.name();
             let top = max(&p.overhead_sizes);
             if top < fidelity::PAPER_MAX_N {
-                groups.entry((0, format!("overhead and linearity up to n = {top} (paper: 1 to {})", fidelity::PAPER_MAX_N))).or_default().push(name);
+                groups
+                    .entry((
+                        0,
+                        format!(
+                            "overhead and linearity up to n = {top} (paper: 1 to {})",
+                            fidelity::PAPER_MAX_N
+                        ),
+                    ))
+                    .or_default()
+                    .push(name);
             }
             let mem_top = max(&p.memory_sizes);
             if self.resources.contains(&Resource::Memory) && mem_top < top {
@@ -559,11 +620,24 @@ impl Campaign {
                 st = st.min(self.xen.lab_max_guests);
             }
             if st < fidelity::PAPER_MAX_N {
-                groups.entry((2, format!("startup up to n = {st} (paper: up to {})", fidelity::PAPER_MAX_N))).or_default().push(name);
+                groups
+                    .entry((
+                        2,
+                        format!("startup up to n = {st} (paper: up to {})", fidelity::PAPER_MAX_N),
+                    ))
+                    .or_default()
+                    .push(name);
             }
             if p.ring_guests != fidelity::PAPER_RING && p.kind != BackendKind::Native {
-                let what = if p.ring_guests == 0 { "no ring test".to_string() } else { format!("ring of {} guests", p.ring_guests) };
-                groups.entry((3, format!("{what} (paper: {})", fidelity::PAPER_RING))).or_default().push(name);
+                let what = if p.ring_guests == 0 {
+                    "no ring test".to_string()
+                } else {
+                    format!("ring of {} guests", p.ring_guests)
+                };
+                groups
+                    .entry((3, format!("{what} (paper: {})", fidelity::PAPER_RING)))
+                    .or_default()
+                    .push(name);
             }
         }
         for ((_, what), backends) in groups {
@@ -572,9 +646,16 @@ impl Campaign {
         if !self.isolation.enabled {
             out.push("no isolation test (paper: every resource)".into());
         }
-        let missing: Vec<&str> = Resource::ALL.iter().filter(|r| !self.resources.contains(r)).map(|r| r.name()).collect();
+        let missing: Vec<&str> = Resource::ALL
+            .iter()
+            .filter(|r| !self.resources.contains(r))
+            .map(|r| r.name())
+            .collect();
         if !missing.is_empty() {
-            out.push(format!("resources left out: {} (paper: cpu, memory, disk, network)", missing.join(", ")));
+            out.push(format!(
+                "resources left out: {} (paper: cpu, memory, disk, network)",
+                missing.join(", ")
+            ));
         }
         if self.guest.pin_one_core {
             out.push("guests pinned to one CPU, as the paper's one-CPU host".into());
@@ -584,7 +665,10 @@ impl Campaign {
             if fidelity::cache_resident(p.workloads.mem_n, l) {
                 let params = p.workloads.params(Resource::Memory);
                 // Worded as fidelity::report_notes words a sample's, so the report shows it once.
-                out.push(format!("memory benchmark ({params}): {}", fidelity::memory_label(&params, l).unwrap_or_default()));
+                out.push(format!(
+                    "memory benchmark ({params}): {}",
+                    fidelity::memory_label(&params, l).unwrap_or_default()
+                ));
             }
         }
         out.extend(self.notes.iter().cloned());
@@ -614,14 +698,21 @@ fn check_workloads(field: &str, w: &Workloads) -> Result<(), String> {
     let probes = [
         BenchSpec::Cpu { rounds: w.cpu_rounds },
         // "auto" is resolved on the host, within the agent's limit (fidelity::MEM_N_MAX).
-        BenchSpec::Memory { n: if w.mem_n == fidelity::AUTO { 8 } else { w.mem_n }, passes: w.mem_passes },
+        BenchSpec::Memory {
+            n: if w.mem_n == fidelity::AUTO { 8 } else { w.mem_n },
+            passes: w.mem_passes,
+        },
         BenchSpec::Disk {
             path: "/x".into(),
             block_size: w.disk_block_kib.saturating_mul(1024),
             max_bytes: limits::mib_to_bytes(w.disk_mib),
             direct: true,
         },
-        BenchSpec::NetStream { peer: "10.0.0.1:1".into(), duration_ms: w.net_duration_ms, msg_size: w.net_msg_size },
+        BenchSpec::NetStream {
+            peer: "10.0.0.1:1".into(),
+            duration_ms: w.net_duration_ms,
+            msg_size: w.net_msg_size,
+        },
     ];
     for p in probes {
         p.validate().map_err(|e| format!("field `{field}`: {e}"))?;
@@ -649,9 +740,15 @@ mod tests {
         assert_eq!(plans.len(), 7);
         assert_eq!(plans[6].kind, BackendKind::Xen);
         assert_eq!(c.xen, XenSection { lab: true, lab_max_guests: 10 });
-        let c = parse("backends = [\"uml\"]\n[overrides.uml]\noverhead_sizes = [1, 3]\nring_guests = 4\n").unwrap();
+        let c = parse(
+            "backends = [\"uml\"]\n[overrides.uml]\noverhead_sizes = [1, 3]\nring_guests = 4\n",
+        )
+        .unwrap();
         let p = c.plans();
-        assert_eq!(p.iter().map(|p| p.kind).collect::<Vec<_>>(), [BackendKind::Native, BackendKind::Uml]);
+        assert_eq!(
+            p.iter().map(|p| p.kind).collect::<Vec<_>>(),
+            [BackendKind::Native, BackendKind::Uml]
+        );
         assert_eq!((p[1].overhead_sizes.clone(), p[1].ring_guests), (vec![1, 3], 4));
         assert_eq!(p[0].ring_guests, 10);
     }
@@ -662,13 +759,31 @@ mod tests {
         assert_eq!(c.name, "default");
         let q = c.quick();
         q.check().unwrap();
-        assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::QemuFull).unwrap().workloads.cpu_rounds, 2_000_000);
-        assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::QemuFull).unwrap().overhead_sizes, vec![1, 2]);
-        assert_eq!(q.plans().iter().find(|p| p.kind == BackendKind::Xen).unwrap().startup_sizes, vec![1], "one Xen lab in a quick run");
+        assert_eq!(
+            q.plans()
+                .iter()
+                .find(|p| p.kind == BackendKind::QemuFull)
+                .unwrap()
+                .workloads
+                .cpu_rounds,
+            2_000_000
+        );
+        assert_eq!(
+            q.plans().iter().find(|p| p.kind == BackendKind::QemuFull).unwrap().overhead_sizes,
+            vec![1, 2]
+        );
+        assert_eq!(
+            q.plans().iter().find(|p| p.kind == BackendKind::Xen).unwrap().startup_sizes,
+            vec![1],
+            "one Xen lab in a quick run"
+        );
     }
 
     fn host(mem_gib: u64) -> HostFacts {
-        HostFacts { mem_total_kib: mem_gib << 20, llc: Some(fidelity::Llc { level: 3, size_kib: 300 << 10 }) }
+        HostFacts {
+            mem_total_kib: mem_gib << 20,
+            llc: Some(fidelity::Llc { level: 3, size_kib: 300 << 10 }),
+        }
     }
 
     #[test]
@@ -679,7 +794,12 @@ mod tests {
         c.check_host(&HostFacts { mem_total_kib: 24_731_400, ..host(0) }).unwrap();
         assert_eq!(c.departures_from_paper(host(24).llc), ["memory overhead and linearity up to n = 15, where the working sets fit in host memory: native, ns, oci, uml, qemu-microvm, qemu-full, xen", "startup up to n = 50 (paper: up to 100): xen"]);
         for p in c.resolved_plans(host(24).llc) {
-            assert_eq!((p.overhead_sizes.last(), p.ring_guests, p.workloads.mem_n), (Some(&100), 10, 7248), "{}", p.kind);
+            assert_eq!(
+                (p.overhead_sizes.last(), p.ring_guests, p.workloads.mem_n),
+                (Some(&100), 10, 7248),
+                "{}",
+                p.kind
+            );
         }
     }
 
@@ -688,12 +808,23 @@ mod tests {
         let c = Campaign::default_campaign();
         let d = c.departures_from_paper(host(24).llc);
         assert!(d.contains(&"ring of 4 guests (paper: 10): qemu-full".to_string()), "{d:#?}");
-        assert!(d.contains(&"overhead and linearity up to n = 10 (paper: 1 to 100): native, ns, oci, uml".to_string()), "{d:#?}");
+        assert!(
+            d.contains(
+                &"overhead and linearity up to n = 10 (paper: 1 to 100): native, ns, oci, uml"
+                    .to_string()
+            ),
+            "{d:#?}"
+        );
         assert!(!d.iter().any(|l| l.contains("cache-resident")), "{d:#?}");
         c.check_host(&HostFacts { mem_total_kib: 24_731_400, ..host(0) }).unwrap();
         let q = c.quick();
         let d = q.departures_from_paper(host(24).llc);
-        assert!(d.iter().any(|l| l.starts_with("memory benchmark (n=128 passes=4): cache-resident: working set 384 KiB")), "{d:#?}");
+        assert!(
+            d.iter().any(|l| l.starts_with(
+                "memory benchmark (n=128 passes=4): cache-resident: working set 384 KiB"
+            )),
+            "{d:#?}"
+        );
         assert!(d.iter().any(|l| l.starts_with("quick variant")), "{d:#?}");
     }
 
@@ -702,21 +833,41 @@ mod tests {
         let c = parse("backends = [\"uml\"]\n[overhead]\nsizes = [1, 20]\n").unwrap();
         // 20 memory guests of 128 + 1203 MiB on a 24 GiB host: 26620 MiB > 22528 MiB.
         let e = c.check_host(&host(24)).unwrap_err();
-        assert!(e.starts_with("field `overhead.memory_sizes`: native's memory fleet (guests of 1331 MiB"), "{e}");
-        assert!(e.contains("20 guests × 1331 MiB = 26620 MiB do not fit in this host's 22528 MiB"), "{e}");
-        let c = parse("backends = [\"uml\"]\n[overhead]\nsizes = [1, 20]\nmemory_sizes = [1, 10]\n").unwrap();
+        assert!(
+            e.starts_with(
+                "field `overhead.memory_sizes`: native's memory fleet (guests of 1331 MiB"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("20 guests × 1331 MiB = 26620 MiB do not fit in this host's 22528 MiB"),
+            "{e}"
+        );
+        let c =
+            parse("backends = [\"uml\"]\n[overhead]\nsizes = [1, 20]\nmemory_sizes = [1, 10]\n")
+                .unwrap();
         c.check_host(&host(24)).unwrap();
         let c = parse("[guest]\nmem_bench_mib = 2048\n").unwrap();
         let e = c.check_host(&host(24)).unwrap_err();
         assert!(e.starts_with("field `guest.mem_bench_mib`: 2048 MiB cannot hold the memory benchmark on native: 2 copies of a 1203 MiB working set (workloads.mem_n = 7248, \"auto\": 4 × LLC L3 300 MiB) plus 128 MiB"), "{e}");
         // Enough for two copies, but ten guests of 2600 MiB are too many for 24 GiB.
-        let e = parse("[guest]\nmem_bench_mib = 2600\n").unwrap().check_host(&host(24)).unwrap_err();
+        let e =
+            parse("[guest]\nmem_bench_mib = 2600\n").unwrap().check_host(&host(24)).unwrap_err();
         assert!(e.contains("10 guests × 2600 MiB = 26000 MiB"), "{e}");
-        assert!(parse("[guest]\nmem_bench_mib = 2600\n[overhead]\nmemory_sizes = [1, 5]\n").unwrap().check_host(&host(24)).is_ok());
+        assert!(parse("[guest]\nmem_bench_mib = 2600\n[overhead]\nmemory_sizes = [1, 5]\n")
+            .unwrap()
+            .check_host(&host(24))
+            .is_ok());
         let e = parse("[startup]\nsizes = [1, 100]\n").unwrap().check_host(&host(8)).unwrap_err();
-        assert!(e.starts_with("field `startup.sizes`: native's startup fleet: 100 guests × 128 MiB"), "{e}");
+        assert!(
+            e.starts_with("field `startup.sizes`: native's startup fleet: 100 guests × 128 MiB"),
+            "{e}"
+        );
         // Without the memory resource, no working set is needed.
-        parse("resources = [\"cpu\"]\n[overhead]\nsizes = [1, 20]\n").unwrap().check_host(&host(24)).unwrap();
+        parse("resources = [\"cpu\"]\n[overhead]\nsizes = [1, 20]\n")
+            .unwrap()
+            .check_host(&host(24))
+            .unwrap();
     }
 
     #[test]

@@ -37,7 +37,9 @@ fn detect_in(root: &Path, self_cgroup: &str) -> Result<Mode, String> {
             return Ok(Mode::V2);
         }
     }
-    if root.join("memory").join("cgroup.procs").exists() && self_cgroup.lines().any(|l| l.split(':').nth(1) == Some("memory")) {
+    if root.join("memory").join("cgroup.procs").exists()
+        && self_cgroup.lines().any(|l| l.split(':').nth(1) == Some("memory"))
+    {
         return Ok(Mode::V1);
     }
     Err(format!("no usable cgroup memory controller under {}", root.display()))
@@ -47,8 +49,13 @@ fn detect_in(root: &Path, self_cgroup: &str) -> Result<Mode, String> {
 fn own_path(self_cgroup: &str, controller: &str) -> PathBuf {
     for l in self_cgroup.lines() {
         let mut parts = l.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-        let hit = if controller.is_empty() { ctrls.is_empty() } else { ctrls.split(',').any(|c| c == controller) };
+        let (_, ctrls, path) =
+            (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+        let hit = if controller.is_empty() {
+            ctrls.is_empty()
+        } else {
+            ctrls.split(',').any(|c| c == controller)
+        };
         if hit {
             return PathBuf::from(path.trim_start_matches('/'));
         }
@@ -84,7 +91,9 @@ impl Cgroup {
         let rel = |ctrl: &str| own_path(&self_cg, ctrl).join("virtbench").join(run).join(guest);
         let mut dirs: Vec<PathBuf> = match mode {
             Mode::V2 => vec![Path::new(ROOT).join(rel(""))],
-            Mode::V1 => V1_CONTROLLERS.iter().map(|c| Path::new(ROOT).join(c).join(rel(c))).collect(),
+            Mode::V1 => {
+                V1_CONTROLLERS.iter().map(|c| Path::new(ROOT).join(c).join(rel(c))).collect()
+            }
         };
         if mode == Mode::V1 && limits.cpuset.is_some() {
             dirs.push(Path::new(ROOT).join("cpuset").join(rel("cpuset")));
@@ -95,7 +104,11 @@ impl Cgroup {
             // try again on NotFound.
             let mut tries = 0;
             loop {
-                let r = if d.starts_with(Path::new(ROOT).join("cpuset")) { create_cpuset_v1(d) } else { fs::create_dir_all(d) };
+                let r = if d.starts_with(Path::new(ROOT).join("cpuset")) {
+                    create_cpuset_v1(d)
+                } else {
+                    fs::create_dir_all(d)
+                };
                 match r {
                     Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 5 => tries += 1,
                     r => break r?,
@@ -133,7 +146,10 @@ impl Cgroup {
                 }
                 if let Some(c) = l.cpus {
                     fs::write(self.dirs[1].join("cpu.cfs_period_us"), "100000")?;
-                    fs::write(self.dirs[1].join("cpu.cfs_quota_us"), ((c * 100_000.0) as u64).to_string())?;
+                    fs::write(
+                        self.dirs[1].join("cpu.cfs_quota_us"),
+                        ((c * 100_000.0) as u64).to_string(),
+                    )?;
                 }
                 if let Some(p) = l.pids {
                     fs::write(self.dirs[2].join("pids.max"), p.to_string())?;
@@ -176,10 +192,16 @@ impl Cgroup {
     pub fn used_memory_bytes(&self) -> Option<u64> {
         let total = self.memory_bytes()?;
         let stat = fs::read_to_string(self.dirs[0].join("memory.stat")).ok()?;
-        let field = |k: &str| stat.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse::<u64>().ok());
+        let field = |k: &str| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+        };
         let reclaimable = match self.mode {
             // v2's `file` includes shmem (tmpfs, memfd guest RAM), which is not reclaimable.
-            Mode::V2 => field("file")?.saturating_sub(field("shmem").unwrap_or(0)) + field("slab_reclaimable").unwrap_or(0),
+            Mode::V2 => {
+                field("file")?.saturating_sub(field("shmem").unwrap_or(0))
+                    + field("slab_reclaimable").unwrap_or(0)
+            }
             Mode::V1 => field("total_cache")?.saturating_sub(field("total_shmem").unwrap_or(0)),
         };
         Some(total.saturating_sub(reclaimable))
@@ -212,10 +234,16 @@ impl Cgroup {
                 return Ok(());
             }
             for p in pids {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             if start.elapsed() > deadline {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("processes remain in {}", self.dirs[0].display())));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("processes remain in {}", self.dirs[0].display()),
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -238,14 +266,20 @@ impl Cgroup {
 pub fn run_roots(run: &str) -> Vec<PathBuf> {
     let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    dirs_of(&own, &mountinfo, |p| Some(p.join("virtbench").join(run))).map(|c| c.dirs).unwrap_or_default()
+    dirs_of(&own, &mountinfo, |p| Some(p.join("virtbench").join(run)))
+        .map(|c| c.dirs)
+        .unwrap_or_default()
 }
 
 /// A process's groups as directories, one per hierarchy listed in `proc_cgroup` (a
 /// /proc/<pid>/cgroup text), mapped through `pick` (None: skip that hierarchy); memory
 /// first. Each hierarchy is found among the cgroup mounts of `mountinfo`. The mode is V1
 /// when a v1 memory hierarchy holds the process, else V2.
-pub fn dirs_of(proc_cgroup: &str, mountinfo: &str, pick: impl Fn(&Path) -> Option<PathBuf>) -> Option<Cgroup> {
+pub fn dirs_of(
+    proc_cgroup: &str,
+    mountinfo: &str,
+    pick: impl Fn(&Path) -> Option<PathBuf>,
+) -> Option<Cgroup> {
     struct M<'a> {
         v2: bool,
         opts: Vec<&'a str>,
@@ -271,9 +305,16 @@ pub fn dirs_of(proc_cgroup: &str, mountinfo: &str, pick: impl Fn(&Path) -> Optio
     let mut memory = None;
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
         let v2 = ctrls.is_empty();
-        let Some(m) = mounts.iter().find(|m| m.v2 == v2 && (v2 || ctrls.split(',').all(|c| m.opts.contains(&c)))) else { continue };
+        let Some(m) = mounts
+            .iter()
+            .find(|m| m.v2 == v2 && (v2 || ctrls.split(',').all(|c| m.opts.contains(&c))))
+        else {
+            continue;
+        };
         let Some(path) = pick(Path::new(path)) else { continue };
         // A mount of a sub-tree (inside a cgroup namespace) shows paths relative to its root.
         let Ok(inner) = path.strip_prefix(m.root) else { continue };
@@ -287,15 +328,15 @@ pub fn dirs_of(proc_cgroup: &str, mountinfo: &str, pick: impl Fn(&Path) -> Optio
     let mode = if memory.is_some() { Mode::V1 } else { Mode::V2 };
     if let Some(m) = memory {
         dirs.insert(0, m);
-    } else if let Some(i) = dirs.iter().position(|d| mounts.iter().any(|m| m.v2 && d.starts_with(m.point))) {
+    } else if let Some(i) =
+        dirs.iter().position(|d| mounts.iter().any(|m| m.v2 && d.starts_with(m.point)))
+    {
         // v2: the unified group is the one that counts.
         let d = dirs.remove(i);
         dirs.insert(0, d);
     }
     (!dirs.is_empty()).then_some(Cgroup { mode, dirs })
 }
-
-
 
 /// Kills every process in the tree below `root` and removes its directories, deepest first.
 /// Returns (processes signalled, directories removed). A missing root is not an error.
@@ -319,10 +360,16 @@ pub fn remove_tree(root: &Path, deadline: Duration) -> io::Result<(usize, usize)
             }
             for p in pids {
                 killed.insert(p);
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             if start.elapsed() > deadline {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("processes remain in {}", d.display())));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("processes remain in {}", d.display()),
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -365,7 +412,8 @@ fn rmdir_retry(d: &Path) -> io::Result<()> {
 /// parent's before anything can join.
 fn create_cpuset_v1(leaf: &Path) -> io::Result<()> {
     let base = Path::new(ROOT).join("cpuset");
-    let mut chain: Vec<&Path> = leaf.ancestors().take_while(|p| p.starts_with(&base) && *p != base).collect();
+    let mut chain: Vec<&Path> =
+        leaf.ancestors().take_while(|p| p.starts_with(&base) && *p != base).collect();
     chain.reverse();
     for dir in chain {
         if !dir.exists() {
@@ -380,7 +428,8 @@ fn create_cpuset_v1(leaf: &Path) -> io::Result<()> {
 }
 
 fn enable_v2_controllers(leaf: &Path) -> io::Result<()> {
-    let mut chain: Vec<&Path> = leaf.ancestors().skip(1).take_while(|p| p.starts_with(ROOT)).collect();
+    let mut chain: Vec<&Path> =
+        leaf.ancestors().skip(1).take_while(|p| p.starts_with(ROOT)).collect();
     chain.reverse();
     for dir in chain {
         // Best effort: a controller another manager delegates differently is left alone.
@@ -391,7 +440,10 @@ fn enable_v2_controllers(leaf: &Path) -> io::Result<()> {
 }
 
 fn check_name(n: &str) -> io::Result<()> {
-    if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if n.is_empty()
+        || n.len() > 64
+        || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad cgroup name {n:?}")));
     }
     Ok(())
@@ -438,7 +490,18 @@ mod tests {
         }
         let mode = detect().expect("a cgroup memory controller");
         let run = format!("test{}", std::process::id());
-        let cg = Cgroup::create(mode, &run, "g0", Limits { memory_bytes: Some(64 << 20), cpus: Some(0.5), pids: Some(16), cpuset: Some("0") }).unwrap();
+        let cg = Cgroup::create(
+            mode,
+            &run,
+            "g0",
+            Limits {
+                memory_bytes: Some(64 << 20),
+                cpus: Some(0.5),
+                pids: Some(16),
+                cpuset: Some("0"),
+            },
+        )
+        .unwrap();
         // Removes the group even when an assertion below fails.
         struct Guard(Cgroup);
         impl Drop for Guard {

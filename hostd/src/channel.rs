@@ -94,7 +94,11 @@ fn cmd_name(c: &Command) -> &'static str {
 impl AgentConn {
     /// Waits for the agent's hello on `io`. Sends nothing before it arrives: a tty that is
     /// not yet in raw mode would echo it back.
-    pub async fn establish<R, W>(reader: R, writer: W, hello_timeout: Duration) -> Result<(AgentConn, Hello), ChannelError>
+    pub async fn establish<R, W>(
+        reader: R,
+        writer: W,
+        hello_timeout: Duration,
+    ) -> Result<(AgentConn, Hello), ChannelError>
     where
         R: AsyncRead + Send + Unpin + 'static,
         W: AsyncWrite + Send + Unpin + 'static,
@@ -118,7 +122,14 @@ impl AgentConn {
         let stats = Arc::new(ChannelStats::default());
         let (hello_tx, hello_rx) = oneshot::channel();
         let (fail_tx, fail_rx) = watch::channel(None);
-        let reader = tokio::spawn(read_loop(reader, exited, pending.clone(), stats.clone(), hello_tx, fail_tx));
+        let reader = tokio::spawn(read_loop(
+            reader,
+            exited,
+            pending.clone(),
+            stats.clone(),
+            hello_tx,
+            fail_tx,
+        ));
         let conn = AgentConn {
             writer: tokio::sync::Mutex::new(Box::new(writer)),
             pending,
@@ -128,11 +139,17 @@ impl AgentConn {
             reader,
         };
         let hello = match tokio::time::timeout(hello_timeout, hello_rx).await {
-            Err(_) => return Err(conn.failure().unwrap_or(ChannelError::HelloTimeout(hello_timeout))),
+            Err(_) => {
+                return Err(conn.failure().unwrap_or(ChannelError::HelloTimeout(hello_timeout)))
+            }
             Ok(Err(_)) => {
                 return Err(match conn.failure() {
-                    Some(ChannelError::Closed(_)) | None => ChannelError::Closed(" before the ready message".into()),
-                    Some(ChannelError::Exited(_)) => ChannelError::Exited(" before the ready message".into()),
+                    Some(ChannelError::Closed(_)) | None => {
+                        ChannelError::Closed(" before the ready message".into())
+                    }
+                    Some(ChannelError::Exited(_)) => {
+                        ChannelError::Exited(" before the ready message".into())
+                    }
                     Some(other) => other,
                 })
             }
@@ -148,7 +165,11 @@ impl AgentConn {
     }
 
     /// Sends one command and waits for the reply carrying its id.
-    pub async fn request(&self, cmd: Command, timeout: Duration) -> Result<ReplyBody, ChannelError> {
+    pub async fn request(
+        &self,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<ReplyBody, ChannelError> {
         if let Some(f) = self.failure() {
             return Err(f);
         }
@@ -162,7 +183,8 @@ impl AgentConn {
             self.pending.lock().expect("pending map").remove(&id);
             return Err(f);
         }
-        let frame = vb_protocol::frame_request(&Request { id, cmd }).map_err(|e| ChannelError::Io(e.to_string()))?;
+        let frame = vb_protocol::frame_request(&Request { id, cmd })
+            .map_err(|e| ChannelError::Io(e.to_string()))?;
         let sent = async {
             let mut w = self.writer.lock().await;
             w.write_all(&frame).await?;
@@ -177,7 +199,9 @@ impl AgentConn {
         // closed (e.g. to `poweroff`) is still delivered.
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(self.failure().unwrap_or_else(|| ChannelError::Closed(String::new()))),
+            Ok(Err(_)) => {
+                Err(self.failure().unwrap_or_else(|| ChannelError::Closed(String::new())))
+            }
             Err(_) => {
                 // Forget the id: a late reply now counts as stray.
                 self.pending.lock().expect("pending map").remove(&id);
@@ -226,7 +250,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     Some(w) => tokio::time::timeout(EXIT_DRAIN, w).await.is_ok(),
                     None => drain_until.is_some(),
                 };
-                break if exited_too { ChannelError::Exited(String::new()) } else { ChannelError::Closed(String::new()) };
+                break if exited_too {
+                    ChannelError::Exited(String::new())
+                } else {
+                    ChannelError::Closed(String::new())
+                };
             }
             Ok(n) => n,
             Err(e) => break ChannelError::Io(e.to_string()),
@@ -253,19 +281,26 @@ fn handle_events(
             Event::Skipped(n) => {
                 let total = stats.noise_bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
                 if total > MAX_NOISE_BYTES {
-                    return Err(ChannelError::Protocol(format!("{total} bytes of noise on the control channel")));
+                    return Err(ChannelError::Protocol(format!(
+                        "{total} bytes of noise on the control channel"
+                    )));
                 }
             }
             Event::Bad(e) => return Err(ChannelError::Protocol(e.to_string())),
             Event::Frame(payload) => {
                 stats.frames.fetch_add(1, Ordering::Relaxed);
-                let msg = GuestMsg::decode(&payload).map_err(|e| ChannelError::Protocol(e.to_string()))?;
+                let msg = GuestMsg::decode(&payload)
+                    .map_err(|e| ChannelError::Protocol(e.to_string()))?;
                 match (msg, hello_tx.take()) {
                     (GuestMsg::Hello(h), Some(tx)) => {
                         let _ = tx.send(h);
                     }
-                    (GuestMsg::Hello(_), None) => return Err(ChannelError::Protocol("second ready message".into())),
-                    (GuestMsg::Reply(_), Some(_)) => return Err(ChannelError::Protocol("reply before the ready message".into())),
+                    (GuestMsg::Hello(_), None) => {
+                        return Err(ChannelError::Protocol("second ready message".into()))
+                    }
+                    (GuestMsg::Reply(_), Some(_)) => {
+                        return Err(ChannelError::Protocol("reply before the ready message".into()))
+                    }
                     (GuestMsg::Reply(r), None) => {
                         let waiter = pending.lock().expect("pending map").remove(&r.id);
                         match waiter {
@@ -278,7 +313,9 @@ fn handle_events(
                             None => {
                                 let n = stats.stray_replies.fetch_add(1, Ordering::Relaxed) + 1;
                                 if n > MAX_STRAY_REPLIES {
-                                    return Err(ChannelError::Protocol(format!("{n} replies to no pending request")));
+                                    return Err(ChannelError::Protocol(format!(
+                                        "{n} replies to no pending request"
+                                    )));
                                 }
                             }
                         }
@@ -308,7 +345,14 @@ mod tests {
             cpus: 1,
             mem_total_kib: 1,
             transport: "test".into(),
-            clock: GuestClock { monotonic_ns: 1, boottime_ns: 1, realtime_ns: 1, uptime_s: 1.0, agent_start_ns: None, kernel_init_ns: None },
+            clock: GuestClock {
+                monotonic_ns: 1,
+                boottime_ns: 1,
+                realtime_ns: 1,
+                uptime_s: 1.0,
+                agent_start_ns: None,
+                kernel_init_ns: None,
+            },
         }
     }
 
@@ -343,11 +387,18 @@ mod tests {
         // Second request; the guest first sends the late reply to the first one.
         let conn = Arc::new(conn);
         let c2 = conn.clone();
-        let second = tokio::spawn(async move { c2.request(Command::Ping, Duration::from_secs(5)).await });
+        let second =
+            tokio::spawn(async move { c2.request(Command::Ping, Duration::from_secs(5)).await });
         let req2 = read_request(&mut gr).await;
         assert_ne!(first.id, req2.id);
-        let late = GuestMsg::Reply(Reply { id: first.id, result: Outcome::Ok { body: ReplyBody::Pong { monotonic_ns: 111 } } });
-        let right = GuestMsg::Reply(Reply { id: req2.id, result: Outcome::Ok { body: ReplyBody::Pong { monotonic_ns: 222 } } });
+        let late = GuestMsg::Reply(Reply {
+            id: first.id,
+            result: Outcome::Ok { body: ReplyBody::Pong { monotonic_ns: 111 } },
+        });
+        let right = GuestMsg::Reply(Reply {
+            id: req2.id,
+            result: Outcome::Ok { body: ReplyBody::Pong { monotonic_ns: 222 } },
+        });
         gw.write_all(&frame(&late)).await.unwrap();
         gw.write_all(&frame(&right)).await.unwrap();
         assert_eq!(second.await.unwrap().unwrap(), ReplyBody::Pong { monotonic_ns: 222 });

@@ -114,7 +114,9 @@ pub fn resolve_program(name: &str) -> Result<PathBuf, ColdError> {
     let found = if name.contains('/') {
         Some(PathBuf::from(name)).filter(|p| p.is_file())
     } else {
-        std::env::var_os("PATH").and_then(|path| std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()))
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+        })
     };
     let p = found.ok_or_else(|| ColdError::NoProgram(name.into()))?;
     std::fs::canonicalize(&p).map_err(io(&p))
@@ -123,12 +125,19 @@ pub fn resolve_program(name: &str) -> Result<PathBuf, ColdError> {
 /// The shared libraries a dynamic executable loads (its DT_NEEDED entries resolved the way
 /// the loader does, with the loader itself), as `ldd` lists them; none for a static one.
 pub fn libraries_of(program: &Path) -> Result<Vec<PathBuf>, ColdError> {
-    let out = std::process::Command::new("ldd").arg(program).stdin(std::process::Stdio::null()).output().map_err(io(Path::new("ldd")))?;
+    let out = std::process::Command::new("ldd")
+        .arg(program)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io(Path::new("ldd")))?;
     // ldd fails for static executables ("not a dynamic executable"): no libraries.
     if !out.status.success() {
         return Ok(Vec::new());
     }
-    Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)).into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect())
+    Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect())
 }
 
 /// The library paths in `ldd` output: `name => /path (0x…)` and `/loader (0x…)` lines;
@@ -155,7 +164,10 @@ pub fn tree_files(root: &Path) -> Result<Vec<PathBuf>, ColdError> {
     }
     let mut out = Vec::new();
     if meta.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(root).map_err(io(root))?.collect::<Result<_, _>>().map_err(io(root))?;
+        let mut entries: Vec<_> = std::fs::read_dir(root)
+            .map_err(io(root))?
+            .collect::<Result<_, _>>()
+            .map_err(io(root))?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             out.extend(tree_files(&e.path())?);
@@ -179,13 +191,20 @@ fn mapped_by_others(programs: &BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
     let Ok(rd) = std::fs::read_dir("/proc") else { return out };
     for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
         // Processes vanish while we look, and kernel threads have no exe: skipped alike.
         if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| programs.contains(&exe)) {
             continue;
         }
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
-        out.extend(maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.starts_with('/')).map(PathBuf::from));
+        out.extend(
+            maps.lines()
+                .filter_map(|l| l.split_whitespace().nth(5))
+                .filter(|p| p.starts_with('/'))
+                .map(PathBuf::from),
+        );
     }
     out
 }
@@ -214,8 +233,9 @@ pub fn files_read(lf: &LaunchFiles, extra: &[PathBuf]) -> Result<ReadSet, ColdEr
 /// libraries running processes hold counted apart.
 pub fn check(read: &ReadSet, evict: bool) -> Result<StartResidency, ColdError> {
     let held = mapped_by_others(&read.programs);
-    let (shared, own): (Vec<&PathBuf>, Vec<&PathBuf>) =
-        read.files.iter().partition(|f| read.libraries.contains(*f) && !read.programs.contains(*f) && held.contains(*f));
+    let (shared, own): (Vec<&PathBuf>, Vec<&PathBuf>) = read.files.iter().partition(|f| {
+        read.libraries.contains(*f) && !read.programs.contains(*f) && held.contains(*f)
+    });
     let mut r = StartResidency {
         files: own.len(),
         bytes: 0,
@@ -245,8 +265,13 @@ pub fn check(read: &ReadSet, evict: bool) -> Result<StartResidency, ColdError> {
 }
 
 /// The files a fleet's launches read (`copies`: the guests' own image copies, if any).
-pub fn fleet_files(backend: &AnyBackend, copies: &[Arc<Images>], data_disk: Option<&Path>) -> Result<ReadSet, ColdError> {
-    let lf = if copies.is_empty() { backend.launch_files() } else { backend.fleet_launch_files(copies) };
+pub fn fleet_files(
+    backend: &AnyBackend,
+    copies: &[Arc<Images>],
+    data_disk: Option<&Path>,
+) -> Result<ReadSet, ColdError> {
+    let lf =
+        if copies.is_empty() { backend.launch_files() } else { backend.fleet_launch_files(copies) };
     files_read(&lf, &data_disk.map(Path::to_path_buf).into_iter().collect::<Vec<_>>())
 }
 
@@ -254,17 +279,27 @@ pub fn fleet_files(backend: &AnyBackend, copies: &[Arc<Images>], data_disk: Opti
 /// (20.3 MiB); 4 libraries shared with hostd (2.4 MiB, resident)".
 pub fn describe(r: &StartResidency, name_resident: bool) -> String {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    let mut s = format!("resident before start: {:.1} % of {} files ({:.1} MiB)", 100.0 * r.fraction(), r.files, mib(r.bytes));
+    let mut s = format!(
+        "resident before start: {:.1} % of {} files ({:.1} MiB)",
+        100.0 * r.fraction(),
+        r.files,
+        mib(r.bytes)
+    );
     if r.shared_files > 0 {
         s.push_str(&format!(
             "; {} libraries held by running processes not counted ({:.1} MiB, {:.0} % resident)",
             r.shared_files,
             mib(r.shared_bytes),
-            if r.shared_bytes == 0 { 0.0 } else { 100.0 * r.shared_resident_bytes as f64 / r.shared_bytes as f64 }
+            if r.shared_bytes == 0 {
+                0.0
+            } else {
+                100.0 * r.shared_resident_bytes as f64 / r.shared_bytes as f64
+            }
         ));
     }
     if name_resident && !r.resident.is_empty() {
-        let top: Vec<String> = r.resident.iter().map(|(p, b)| format!("{} {:.1} MiB", p.display(), mib(*b))).collect();
+        let top: Vec<String> =
+            r.resident.iter().map(|(p, b)| format!("{} {:.1} MiB", p.display(), mib(*b))).collect();
         s.push_str(&format!("; resident: {}", top.join(", ")));
     }
     s
@@ -297,9 +332,16 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), ColdError> {
 /// The images of `images` a backend reads (its `launch_files`), copied for each of `n`
 /// guests into `dir/g<i>/` (a disk-backed directory); the rest of each copy's `Images`
 /// is the original's.
-pub fn copy_images(backend: &AnyBackend, images: &Images, dir: &Path, n: usize) -> Result<Vec<Arc<Images>>, ColdError> {
+pub fn copy_images(
+    backend: &AnyBackend,
+    images: &Images,
+    dir: &Path,
+    n: usize,
+) -> Result<Vec<Arc<Images>>, ColdError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    if nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC) {
+    if nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+    {
         return Err(ColdError::Tmpfs(dir.into()));
     }
     let used: BTreeSet<PathBuf> = backend.launch_files().images.into_iter().collect();
@@ -323,7 +365,10 @@ pub fn copy_images(backend: &AnyBackend, images: &Images, dir: &Path, n: usize) 
                 *p = copy(p)?;
             }
         }
-        for k in [&mut c.kernel_uml, &mut c.kernel_microvm, &mut c.kernel_pc, &mut c.kernel_xen].into_iter().flatten() {
+        for k in [&mut c.kernel_uml, &mut c.kernel_microvm, &mut c.kernel_pc, &mut c.kernel_xen]
+            .into_iter()
+            .flatten()
+        {
             k.path = copy(&k.path)?;
         }
         out.push(Arc::new(c));
@@ -336,7 +381,15 @@ mod tests {
     use super::*;
 
     fn res(resident: u64) -> StartResidency {
-        StartResidency { files: 3, bytes: 1000, resident_bytes: resident, shared_files: 2, shared_bytes: 50, shared_resident_bytes: 50, resident: vec![] }
+        StartResidency {
+            files: 3,
+            bytes: 1000,
+            resident_bytes: resident,
+            shared_files: 2,
+            shared_bytes: 50,
+            shared_resident_bytes: 50,
+            resident: vec![],
+        }
     }
 
     #[test]
@@ -361,7 +414,13 @@ mod tests {
     #[test]
     fn ldd_output_parses() {
         let t = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x00007f)\n\tlibmissing.so => not found\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f65)\n";
-        assert_eq!(parse_ldd(t), vec![PathBuf::from("/lib/x86_64-linux-gnu/libz.so.1"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]);
+        assert_eq!(
+            parse_ldd(t),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libz.so.1"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
     }
 
     /// A dynamic program's libraries include libc, which hostd maps too: counted apart, so
@@ -377,10 +436,17 @@ mod tests {
         std::fs::create_dir(&img_dir).unwrap();
         let img = img_dir.join("kernel");
         std::fs::write(&img, vec![7u8; 1 << 20]).unwrap();
-        let lf = LaunchFiles { images: vec![img_dir.clone()], programs: vec![sh.display().to_string()], data: vec![] };
+        let lf = LaunchFiles {
+            images: vec![img_dir.clone()],
+            programs: vec![sh.display().to_string()],
+            data: vec![],
+        };
         let files = files_read(&lf, &[]).unwrap();
         assert!(files.files.iter().any(|f| f.ends_with("kernel")), "{files:?}");
-        assert!(files.libraries.iter().any(|f| f.to_string_lossy().contains("libc.so")), "{files:?}");
+        assert!(
+            files.libraries.iter().any(|f| f.to_string_lossy().contains("libc.so")),
+            "{files:?}"
+        );
         assert!(files.programs.contains(&sh) && files.files.contains(&sh), "{files:?}");
         warm(&files).unwrap();
         let hot = check(&files, false).unwrap();
@@ -425,7 +491,10 @@ mod tests {
         std::os::unix::fs::symlink("sbin/agent", src.join("init")).unwrap();
         copy_tree(&src, &dir.path().join("copy")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("copy/sbin/agent")).unwrap(), b"agent");
-        assert_eq!(std::fs::read_link(dir.path().join("copy/init")).unwrap(), PathBuf::from("sbin/agent"));
+        assert_eq!(
+            std::fs::read_link(dir.path().join("copy/init")).unwrap(),
+            PathBuf::from("sbin/agent")
+        );
         nix::unistd::mkfifo(&src.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let e = copy_tree(&src, &dir.path().join("copy2")).unwrap_err().to_string();
         assert!(e.contains("fifo"), "{e}");

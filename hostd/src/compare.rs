@@ -30,10 +30,16 @@ fn headline(r: &Report) -> BTreeMap<String, Figure> {
     let mut m = BTreeMap::new();
     for row in &r.startup.rows {
         if let Some(t) = row.t_startup_s {
-            m.insert(format!("startup {} n={} {} T_startup", row.backend, row.n, row.mode.name()), single(t, "s"));
+            m.insert(
+                format!("startup {} n={} {} T_startup", row.backend, row.n, row.mode.name()),
+                single(t, "s"),
+            );
         }
         if let Some(u) = row.m_used_mib {
-            m.insert(format!("memory {} n={} {} M_used", row.backend, row.n, row.mode.name()), single(u, "MiB"));
+            m.insert(
+                format!("memory {} n={} {} M_used", row.backend, row.n, row.mode.name()),
+                single(u, "MiB"),
+            );
         }
     }
     for (k, pts) in &r.overhead {
@@ -61,11 +67,13 @@ fn headline(r: &Report) -> BTreeMap<String, Figure> {
 /// fleet or a ratio of means).
 fn verdict(a: &Figure, b: &Figure) -> &'static str {
     match (a.spread, b.spread) {
-        (Some((sa, na)), Some((sb, nb))) => match stats::welch((a.value, sa, na), (b.value, sb, nb)) {
-            Some(w) if w.differs => "differs",
-            Some(_) => "noise",
-            None => "-",
-        },
+        (Some((sa, na)), Some((sb, nb))) => {
+            match stats::welch((a.value, sa, na), (b.value, sb, nb)) {
+                Some(w) if w.differs => "differs",
+                Some(_) => "noise",
+                None => "-",
+            }
+        }
         _ => "-",
     }
 }
@@ -79,7 +87,11 @@ pub fn compare(a: &Path, b: &Path) -> Result<String, DirError> {
     let _ = writeln!(out, "# A: {}\n# B: {}", a.display(), b.display());
     for (tag, r) in [("A", &ra), ("B", &rb)] {
         if let Some(p) = &r.provenance {
-            let _ = writeln!(out, "# {tag}: {} — {} ({} CPUs), hostd {} measured {}", p.host.hostname, p.host.cpu_model, p.host.cpus, p.git_revision, p.date);
+            let _ = writeln!(
+                out,
+                "# {tag}: {} — {} ({} CPUs), hostd {} measured {}",
+                p.host.hostname, p.host.cpu_model, p.host.cpus, p.git_revision, p.date
+            );
         }
     }
     let _ = writeln!(
@@ -87,13 +99,18 @@ pub fn compare(a: &Path, b: &Path) -> Result<String, DirError> {
         "# B − A: \"differs\" = Welch's t-test rejects equal means at the 5 % level (two-sided, t(0.975, ⌊df⌋)); \"noise\" = it does not, \
          the difference lies within the repetitions' noise; \"-\" = one fleet or a ratio of means, no spread to test"
     );
-    let _ = writeln!(out, "{:<52} {:>12} {:>12} {:>8} {:>8}  unit", "figure (means over repetitions)", "A", "B", "B/A", "B − A");
+    let _ = writeln!(
+        out,
+        "{:<52} {:>12} {:>12} {:>8} {:>8}  unit",
+        "figure (means over repetitions)", "A", "B", "B/A", "B − A"
+    );
     let keys: std::collections::BTreeSet<&String> = ha.keys().chain(hb.keys()).collect();
     for k in keys {
         let fa = ha.get(k);
         let fb = hb.get(k);
         let unit = fa.or(fb).map(|x| x.unit.as_str()).unwrap_or("");
-        let f = |x: Option<&Figure>| x.map(|v| format!("{:.4}", v.value)).unwrap_or_else(|| "-".into());
+        let f =
+            |x: Option<&Figure>| x.map(|v| format!("{:.4}", v.value)).unwrap_or_else(|| "-".into());
         let ratio = match (fa, fb) {
             (Some(x), Some(y)) if x.value != 0.0 => format!("{:.3}", y.value / x.value),
             _ => "-".into(),

@@ -66,16 +66,23 @@ impl ConsoleLog {
     /// Creates (empties) `path`, and the pipe whose write end (returned) becomes the
     /// guest's stdout and stderr. Must be called inside a tokio runtime.
     pub fn start(path: &Path, cap: u64) -> Result<(ConsoleLog, OwnedFd), ConsoleError> {
-        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .map_err(|e| ConsoleError::Pipe(e.into()))?;
+        let (rd, wr) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| ConsoleError::Pipe(e.into()))?;
         // The guest's end blocks like an ordinary stdout.
-        nix::fcntl::fcntl(wr.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty())).map_err(|e| ConsoleError::Pipe(e.into()))?;
-        let file = File::create(path).map_err(|source| ConsoleError::Create { path: path.to_path_buf(), source })?;
+        nix::fcntl::fcntl(
+            wr.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        )
+        .map_err(|e| ConsoleError::Pipe(e.into()))?;
+        let file = File::create(path)
+            .map_err(|source| ConsoleError::Create { path: path.to_path_buf(), source })?;
         let _ = std::fs::remove_file(rotated(path));
         let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(rd).map_err(ConsoleError::Pipe)?;
         let shared = Arc::new(Shared::default());
         let (done_tx, done) = watch::channel(false);
-        let task = tokio::spawn(pump(rx, file, path.to_path_buf(), cap.max(2), shared.clone(), done_tx));
+        let task =
+            tokio::spawn(pump(rx, file, path.to_path_buf(), cap.max(2), shared.clone(), done_tx));
         Ok((ConsoleLog { path: path.to_path_buf(), shared, done, task }, wr))
     }
 
@@ -114,7 +121,14 @@ fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-async fn pump(mut rx: tokio::net::unix::pipe::Receiver, mut file: File, path: PathBuf, cap: u64, shared: Arc<Shared>, done: watch::Sender<bool>) {
+async fn pump(
+    mut rx: tokio::net::unix::pipe::Receiver,
+    mut file: File,
+    path: PathBuf,
+    cap: u64,
+    shared: Arc<Shared>,
+    done: watch::Sender<bool>,
+) {
     let half = cap / 2;
     let mut in_file = 0u64;
     // Set once the files cannot be written (work directory removed, disk full): the pipe
@@ -191,7 +205,8 @@ mod tests {
         .await
         .unwrap();
         assert!(log.drained(Duration::from_secs(5)).await);
-        let on_disk = std::fs::metadata(&path).unwrap().len() + std::fs::metadata(rotated(&path)).unwrap().len();
+        let on_disk = std::fs::metadata(&path).unwrap().len()
+            + std::fs::metadata(rotated(&path)).unwrap().len();
         assert!(on_disk <= 64 << 10, "{on_disk} bytes on disk");
         let (total, dropped) = log.written();
         assert!(total > 200_000 && dropped > 0, "{total} {dropped}");

@@ -75,8 +75,12 @@ impl FleetFile {
     pub fn load(path: &Path) -> Result<(Self, BackendKind), String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let f: FleetFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let bad = |field: &str, why: String| Err(format!("{}: field `{field}`: {why}", path.display()));
-        if f.name.is_empty() || f.name.len() > 32 || !f.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        let bad =
+            |field: &str, why: String| Err(format!("{}: field `{field}`: {why}", path.display()));
+        if f.name.is_empty()
+            || f.name.len() > 32
+            || !f.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return bad("name", format!("{:?} must be 1-32 characters of a-z, 0-9 and -", f.name));
         }
         let kind: BackendKind = match f.backend.parse() {
@@ -87,23 +91,15 @@ impl FleetFile {
             limits::GUESTS.field("guests", f.guests).map(|_| ()),
             limits::MEM_MIB.field("mem_mib", f.mem_mib).map(|_| ()),
             limits::VCPUS.field("vcpus", f.vcpus).map(|_| ()),
-            limits::PARALLELISM
-                .field("parallelism", f.parallelism)
-                .map(|_| ()),
-            limits::BOOT_TIMEOUT_S
-                .field("boot_timeout_s", f.boot_timeout_s)
-                .map(|_| ()),
+            limits::PARALLELISM.field("parallelism", f.parallelism).map(|_| ()),
+            limits::BOOT_TIMEOUT_S.field("boot_timeout_s", f.boot_timeout_s).map(|_| ()),
             f.limits.memory_mib.map_or(Ok(()), |m| {
-                limits::LIMIT_MEMORY_MIB
-                    .field("limits.memory_mib", m)
-                    .map(|_| ())
-            }),
-            f.limits.pids.map_or(Ok(()), |p| {
-                limits::LIMIT_PIDS.field("limits.pids", p).map(|_| ())
+                limits::LIMIT_MEMORY_MIB.field("limits.memory_mib", m).map(|_| ())
             }),
             f.limits
-                .cpus
-                .map_or(Ok(()), |c| limits::check_cpus("limits.cpus", c).map(|_| ())),
+                .pids
+                .map_or(Ok(()), |p| limits::LIMIT_PIDS.field("limits.pids", p).map(|_| ())),
+            f.limits.cpus.map_or(Ok(()), |c| limits::check_cpus("limits.cpus", c).map(|_| ())),
         ];
         if let Some(e) = checks.into_iter().find_map(Result::err) {
             return Err(format!("{}: {e}", path.display()));
@@ -263,7 +259,11 @@ async fn handle(conn: UnixStream, name: &str, run: &RunState, fleet: &mut Fleet)
     let (r, mut w) = conn.into_split();
     let mut line = String::new();
     // A client gets one bounded request line and 5 s to send it.
-    let read = tokio::time::timeout(Duration::from_secs(5), BufReader::new(r.take(4096)).read_line(&mut line)).await;
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        BufReader::new(r.take(4096)).read_line(&mut line),
+    )
+    .await;
     let req: Result<ControlRequest, String> = match read {
         Ok(Ok(_)) => serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}")),
         _ => Err("no request".into()),
@@ -293,7 +293,8 @@ pub fn live_fleets() -> Vec<(String, RunState)> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let st: RunState = serde_json::from_slice(&std::fs::read(e.path().join("state.json")).ok()?).ok()?;
+            let st: RunState =
+                serde_json::from_slice(&std::fs::read(e.path().join("state.json")).ok()?).ok()?;
             st.owner_alive().then_some((name, st))
         })
         .collect();
@@ -307,7 +308,8 @@ async fn ask(run: &RunState, req: &ControlRequest) -> anyhow::Result<ControlAnsw
     line.push(b'\n');
     s.write_all(&line).await?;
     let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), BufReader::new(s).read_line(&mut answer)).await??;
+    tokio::time::timeout(Duration::from_secs(10), BufReader::new(s).read_line(&mut answer))
+        .await??;
     Ok(serde_json::from_str(answer.trim())?)
 }
 
@@ -343,9 +345,15 @@ pub fn format_status(s: &Status) -> String {
         s.run,
         s.backend,
         s.daemon_pid,
-        s.netns.as_ref().map(|n| format!(", guests reachable with `ip netns exec {n} …`")).unwrap_or_default()
+        s.netns
+            .as_ref()
+            .map(|n| format!(", guests reachable with `ip netns exec {n} …`"))
+            .unwrap_or_default()
     );
-    out.push_str(&format!("{:<8} {:<18} {:>9} {:>6} {:>10}  {}\n", "guest", "address", "host pid", "alive", "ready s", "kernel"));
+    out.push_str(&format!(
+        "{:<8} {:<18} {:>9} {:>6} {:>10}  {}\n",
+        "guest", "address", "host pid", "alive", "ready s", "kernel"
+    ));
     for g in &s.guests {
         out.push_str(&format!(
             "{:<8} {:<18} {:>9} {:>6} {:>10.3}  {}\n",
@@ -358,7 +366,12 @@ pub fn format_status(s: &Status) -> String {
         ));
     }
     for f in &s.failures {
-        out.push_str(&format!("{:<8} failed ({:?}): {}\n", f.name, f.kind, f.error.lines().next().unwrap_or("")));
+        out.push_str(&format!(
+            "{:<8} failed ({:?}): {}\n",
+            f.name,
+            f.kind,
+            f.error.lines().next().unwrap_or("")
+        ));
     }
     out
 }
@@ -378,12 +391,22 @@ mod tests {
     fn fleet_files_are_validated_with_field_names() {
         let (f, k) = load("name = \"lab\"\nbackend = \"native\"\nguests = 3\n").unwrap();
         assert_eq!((f.guests, f.mem_mib, f.network, k), (3, 128, true, BackendKind::Native));
-        assert!(load("name = \"lab\"\nbackend = \"native\"\nguests = 3\ncolour = 1\n").unwrap_err().contains("colour"));
-        assert!(load("name = \"lab\"\nbackend = \"vmware\"\nguests = 3\n").unwrap_err().contains("`backend`"));
-        assert!(load("name = \"lab\"\nbackend = \"native\"\nguests = 0\n").unwrap_err().contains("`guests`"));
-        assert!(load("name = \"Lab!\"\nbackend = \"native\"\nguests = 1\n").unwrap_err().contains("`name`"));
+        assert!(load("name = \"lab\"\nbackend = \"native\"\nguests = 3\ncolour = 1\n")
+            .unwrap_err()
+            .contains("colour"));
+        assert!(load("name = \"lab\"\nbackend = \"vmware\"\nguests = 3\n")
+            .unwrap_err()
+            .contains("`backend`"));
+        assert!(load("name = \"lab\"\nbackend = \"native\"\nguests = 0\n")
+            .unwrap_err()
+            .contains("`guests`"));
+        assert!(load("name = \"Lab!\"\nbackend = \"native\"\nguests = 1\n")
+            .unwrap_err()
+            .contains("`name`"));
         assert!(load("name = \"lab\"\nbackend = \"native\"\n").unwrap_err().contains("guests"));
-        assert!(load("name = \"lab\"\nbackend = \"native\"\nguests = 1\n[limits]\ncpus = -1.0\n").unwrap_err().contains("limits.cpus"));
+        assert!(load("name = \"lab\"\nbackend = \"native\"\nguests = 1\n[limits]\ncpus = -1.0\n")
+            .unwrap_err()
+            .contains("limits.cpus"));
     }
 
     #[test]
@@ -391,10 +414,7 @@ mod tests {
         let base = "name = \"lab\"\nbackend = \"native\"\nguests = 1\n";
         for (extra, field) in [
             // 2^44 MiB: shifted to bytes it wraps to a 0-byte limit.
-            (
-                "[limits]\nmemory_mib = 17592186044416\n",
-                "`limits.memory_mib`",
-            ),
+            ("[limits]\nmemory_mib = 17592186044416\n", "`limits.memory_mib`"),
             ("[limits]\nmemory_mib = 0\n", "`limits.memory_mib`"),
             ("[limits]\npids = 0\n", "`limits.pids`"),
             ("[limits]\ncpus = nan\n", "`limits.cpus`"),
@@ -406,17 +426,11 @@ mod tests {
             ("parallelism = 100000\n", "`parallelism`"),
         ] {
             let e = load(&format!("{base}{extra}")).unwrap_err();
-            assert!(
-                e.contains(field) && e.contains("fleet.toml"),
-                "{extra}: {e}"
-            );
+            assert!(e.contains(field) && e.contains("fleet.toml"), "{extra}: {e}");
         }
         let (f, _) = load(&format!("{base}[limits]\nmemory_mib = 48\npids = 64\n")).unwrap();
         assert_eq!(
-            (
-                f.fleet_config().limits.memory_bytes,
-                f.fleet_config().limits.pids
-            ),
+            (f.fleet_config().limits.memory_bytes, f.fleet_config().limits.pids),
             (Some(48 << 20), Some(64))
         );
     }

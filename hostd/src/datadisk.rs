@@ -83,7 +83,8 @@ pub fn level(path: &Path) -> Result<(), DataDiskError> {
     if !fs::metadata(path).map_err(err)?.is_file() {
         return Err(PageCacheError::NotRegular { path: path.into() }.into());
     }
-    let mut f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).map_err(err)?;
+    let mut f =
+        OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).map_err(err)?;
     // O_DIRECT needs an aligned buffer: take the aligned CHUNK inside a larger one.
     let mut raw = vec![0u8; CHUNK + ALIGN];
     let off = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
@@ -114,14 +115,17 @@ fn in_memory(p: &Path) -> bool {
     use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
     // nix names no ramfs constant; linux/magic.h's RAMFS_MAGIC.
     const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
-    statfs(p).is_ok_and(|s| s.filesystem_type() == TMPFS_MAGIC || s.filesystem_type() == RAMFS_MAGIC)
+    statfs(p)
+        .is_ok_and(|s| s.filesystem_type() == TMPFS_MAGIC || s.filesystem_type() == RAMFS_MAGIC)
 }
 
 impl DataDisks {
     /// Copies of the first `bytes` of `source`, made on demand in `dir` (the run's
     /// [`crate::runstate::RunState::disk_dir`], removed with the run).
     pub fn new(source: &Path, bytes: u64, dir: &Path, run: &str) -> Result<Self, DataDiskError> {
-        let have = fs::metadata(source).map_err(|e| DataDiskError::Source { path: source.into(), source: e })?.len();
+        let have = fs::metadata(source)
+            .map_err(|e| DataDiskError::Source { path: source.into(), source: e })?
+            .len();
         if have < bytes || bytes == 0 {
             return Err(DataDiskError::TooSmall { path: source.into(), have, need: bytes });
         }
@@ -160,13 +164,17 @@ impl DataDisks {
         }
         let tmp = dst.with_extension("img.part");
         let _ = fs::remove_file(&tmp);
-        let src = File::open(&self.source).map_err(|e| DataDiskError::Source { path: self.source.clone(), source: e })?;
+        let src = File::open(&self.source)
+            .map_err(|e| DataDiskError::Source { path: self.source.clone(), source: e })?;
         let copied = (|| {
             let mut out = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
             // copy_file_range underneath: no round trip through hostd's memory.
             let n = io::copy(&mut io::Read::take(&src, self.bytes), &mut out)?;
             if n != self.bytes {
-                return Err(io::Error::other(format!("source ended after {n} of {} bytes", self.bytes)));
+                return Err(io::Error::other(format!(
+                    "source ended after {n} of {} bytes",
+                    self.bytes
+                )));
             }
             out.sync_all()?;
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444))?;
@@ -202,7 +210,10 @@ pub struct ReadPrep {
 /// Evicts each reader's data disk (`(guest index, host file)`) and measures what stayed
 /// resident, right before the read is requested. A guest whose data disk is not a regular
 /// host file (a block device named by hand) is refused: its cache cannot be checked.
-pub fn before_reads(kind: BackendKind, readers: &[(usize, &Path)]) -> Result<Vec<ReadPrep>, DataDiskError> {
+pub fn before_reads(
+    kind: BackendKind,
+    readers: &[(usize, &Path)],
+) -> Result<Vec<ReadPrep>, DataDiskError> {
     // Level the caches below this host first (every backend's read then meets the same
     // state there), then evict all, then measure: the last eviction's sync cannot refill
     // an earlier file.
@@ -214,7 +225,9 @@ pub fn before_reads(kind: BackendKind, readers: &[(usize, &Path)]) -> Result<Vec
     }
     readers
         .iter()
-        .map(|&(guest, p)| Ok(ReadPrep { guest, policy: cache_policy(kind), residency: pagecache::residency(p)? }))
+        .map(|&(guest, p)| {
+            Ok(ReadPrep { guest, policy: cache_policy(kind), residency: pagecache::residency(p)? })
+        })
         .collect()
 }
 
@@ -222,20 +235,27 @@ pub fn before_reads(kind: BackendKind, readers: &[(usize, &Path)]) -> Result<Vec
 /// read: reads through the host page cache (evicted before each read, so they still came
 /// from the device, helped by the host's read-ahead), reads that started with data resident,
 /// and samples recorded before cache policies existed.
-pub fn disk_notes(samples: &[crate::suite::BenchSample]) -> std::collections::BTreeMap<BackendKind, String> {
+pub fn disk_notes(
+    samples: &[crate::suite::BenchSample],
+) -> std::collections::BTreeMap<BackendKind, String> {
     use vb_protocol::bench::Resource;
     let mut out = std::collections::BTreeMap::new();
     for kind in BackendKind::ALL {
-        let disk: Vec<_> = samples.iter().filter(|s| s.backend == kind && s.resource == Resource::Disk).collect();
+        let disk: Vec<_> =
+            samples.iter().filter(|s| s.backend == kind && s.resource == Resource::Disk).collect();
         if disk.is_empty() {
             continue;
         }
         let mut notes = Vec::new();
-        let unknown = disk.iter().filter(|s| s.cache_policy.is_empty() || s.resident_before.is_none()).count();
+        let unknown = disk
+            .iter()
+            .filter(|s| s.cache_policy.is_empty() || s.resident_before.is_none())
+            .count();
         if unknown > 0 {
             notes.push(format!("{unknown} of {} reads carry no cache policy or residency (recorded before hostd checked): they may have read host RAM", disk.len()));
         }
-        let warm: Vec<f64> = disk.iter().filter_map(|s| s.resident_before).filter(|r| *r > 0.0).collect();
+        let warm: Vec<f64> =
+            disk.iter().filter_map(|s| s.resident_before).filter(|r| *r > 0.0).collect();
         if !warm.is_empty() {
             let max = warm.iter().cloned().fold(0.0, f64::max);
             notes.push(format!("{} of {} reads started with data in the host page cache (up to {:.0} %): partly RAM reads", warm.len(), disk.len(), max * 100.0));
@@ -281,17 +301,28 @@ mod tests {
             let m = fs::metadata(p).unwrap();
             assert_eq!(m.len(), 2 << 20);
             assert_eq!(m.permissions().mode() & 0o777, 0o444);
-            assert_eq!(pagecache::residency(p).unwrap().resident_bytes, 0, "{}: made and evicted", p.display());
+            assert_eq!(
+                pagecache::residency(p).unwrap().resident_bytes,
+                0,
+                "{}: made and evicted",
+                p.display()
+            );
         }
         let (mut got, mut want) = (Vec::new(), Vec::new());
         File::open(&a).unwrap().read_to_end(&mut got).unwrap();
         File::open(&src).unwrap().take(2 << 20).read_to_end(&mut want).unwrap();
         assert!(got == want, "a copy is the source's first bytes");
         // Separate files, not links: each guest reads its own blocks.
-        assert_ne!(std::os::unix::fs::MetadataExt::ino(&fs::metadata(&a).unwrap()), std::os::unix::fs::MetadataExt::ino(&fs::metadata(&b).unwrap()));
+        assert_ne!(
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(&a).unwrap()),
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(&b).unwrap())
+        );
         // Reused, not copied again.
         let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&a).unwrap());
-        assert_eq!(std::os::unix::fs::MetadataExt::ino(&fs::metadata(d.copy_for(0).unwrap()).unwrap()), ino);
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&fs::metadata(d.copy_for(0).unwrap()).unwrap()),
+            ino
+        );
         d.remove().unwrap();
         assert!(!a.exists() && !r.path().join("r0000abc").exists());
         d.remove().unwrap();
@@ -315,7 +346,10 @@ mod tests {
             assert_eq!(p.policy, "host-cache-evicted(ubd: no O_DIRECT)");
         }
         assert!(host_buffered(preps[0].policy));
-        assert!(!host_buffered(cache_policy(BackendKind::QemuMicrovm)) && !host_buffered(cache_policy(BackendKind::Native)));
+        assert!(
+            !host_buffered(cache_policy(BackendKind::QemuMicrovm))
+                && !host_buffered(cache_policy(BackendKind::Native))
+        );
         let e = before_reads(BackendKind::Native, &[(0, r.path())]).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
     }
@@ -326,7 +360,9 @@ mod tests {
         let src = source(r.path(), 4096);
         let e = DataDisks::new(&src, 8192, &r.path().join("x"), "r1").unwrap_err().to_string();
         assert!(e.contains("source.img") && e.contains("4096") && e.contains("8192"), "{e}");
-        let e = DataDisks::new(&r.path().join("missing"), 1, &r.path().join("x"), "r1").unwrap_err().to_string();
+        let e = DataDisks::new(&r.path().join("missing"), 1, &r.path().join("x"), "r1")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing"), "{e}");
         // A copy that would not fit is refused before a byte is written (a sparse source
         // larger than any test machine's disk).
@@ -357,14 +393,35 @@ mod tests {
             s(BackendKind::Native, Resource::Disk, "o_direct", Some(0.0)),
             s(BackendKind::Native, Resource::Cpu, "", None),
             s(BackendKind::Uml, Resource::Disk, cache_policy(BackendKind::Uml), Some(0.0)),
-            s(BackendKind::QemuMicrovm, Resource::Disk, cache_policy(BackendKind::QemuMicrovm), Some(0.25)),
-            s(BackendKind::QemuMicrovm, Resource::Disk, cache_policy(BackendKind::QemuMicrovm), Some(0.0)),
+            s(
+                BackendKind::QemuMicrovm,
+                Resource::Disk,
+                cache_policy(BackendKind::QemuMicrovm),
+                Some(0.25),
+            ),
+            s(
+                BackendKind::QemuMicrovm,
+                Resource::Disk,
+                cache_policy(BackendKind::QemuMicrovm),
+                Some(0.0),
+            ),
             s(BackendKind::Ns, Resource::Disk, "", None),
         ];
         let n = disk_notes(&samples);
-        assert_eq!(n.keys().copied().collect::<Vec<_>>(), [BackendKind::Ns, BackendKind::Uml, BackendKind::QemuMicrovm]);
-        assert!(n[&BackendKind::Uml].contains("ubd: no O_DIRECT") && n[&BackendKind::Uml].contains("evicted"), "{n:?}");
-        assert!(n[&BackendKind::QemuMicrovm].starts_with("1 of 2 reads started with data in the host page cache (up to 25 %)"), "{n:?}");
+        assert_eq!(
+            n.keys().copied().collect::<Vec<_>>(),
+            [BackendKind::Ns, BackendKind::Uml, BackendKind::QemuMicrovm]
+        );
+        assert!(
+            n[&BackendKind::Uml].contains("ubd: no O_DIRECT")
+                && n[&BackendKind::Uml].contains("evicted"),
+            "{n:?}"
+        );
+        assert!(
+            n[&BackendKind::QemuMicrovm]
+                .starts_with("1 of 2 reads started with data in the host page cache (up to 25 %)"),
+            "{n:?}"
+        );
         assert!(n[&BackendKind::Ns].contains("1 of 1 reads carry no cache policy"), "{n:?}");
     }
 }

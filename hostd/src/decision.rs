@@ -68,7 +68,12 @@ fn gap() -> Cell {
 fn ratio_cell(ratio: f64, s: &Stat) -> Cell {
     let half = s.ci_half().map(|h| ratio * h / s.mean.abs().max(f64::MIN_POSITIVE));
     let spread = half.map(|h| format!(" ±{h:.2}")).unwrap_or_default();
-    Cell { text: format!("{ratio:.2}×{spread}"), value: Some(ratio), rank: None, interval: half.map(|h| [ratio - h, ratio + h]) }
+    Cell {
+        text: format!("{ratio:.2}×{spread}"),
+        value: Some(ratio),
+        rank: None,
+        interval: half.map(|h| [ratio - h, ratio + h]),
+    }
 }
 
 /// The largest fleet size every backend with startup rows measured in `mode`, so ranks
@@ -115,10 +120,15 @@ pub fn decide(rep: &Report) -> Table {
         let cells: Vec<Cell> = kinds
             .iter()
             .map(|&b| {
-                let p = rep.overhead.get(&resource_key(b, r)).and_then(|v| v.iter().find(|p| p.n == 1));
+                let p =
+                    rep.overhead.get(&resource_key(b, r)).and_then(|v| v.iter().find(|p| p.n == 1));
                 match p {
                     Some(p) if p.value.mean > 0.0 && base.mean > 0.0 => {
-                        let ratio = if r == Resource::Network { base.mean / p.value.mean } else { p.value.mean / base.mean };
+                        let ratio = if r == Resource::Network {
+                            base.mean / p.value.mean
+                        } else {
+                            p.value.mean / base.mean
+                        };
                         ratio_cell(ratio, &p.value)
                     }
                     _ => gap(),
@@ -130,7 +140,15 @@ pub fn decide(rep: &Report) -> Table {
         } else {
             "the guest's time ÷ native's for the same work, one guest running (n = 1), ± its 95 % CI"
         };
-        push(Column { name: format!("{} overhead", r.name()), what: what.into(), lower_is_better: true, ranked: true }, cells);
+        push(
+            Column {
+                name: format!("{} overhead", r.name()),
+                what: what.into(),
+                lower_is_better: true,
+                ranked: true,
+            },
+            cells,
+        );
     }
 
     // Linearity: at the largest n measured, the slowest guest against the affine reference
@@ -140,18 +158,27 @@ pub fn decide(rep: &Report) -> Table {
         .map(|&b| {
             let mut worst: Option<(f64, Resource, usize)> = None;
             for r in Resource::ALL {
-                let Some(p) = rep.linearity.get(&resource_key(b, r)).and_then(|v| v.iter().max_by_key(|p| p.n)) else { continue };
+                let Some(p) = rep
+                    .linearity
+                    .get(&resource_key(b, r))
+                    .and_then(|v| v.iter().max_by_key(|p| p.n))
+                else {
+                    continue;
+                };
                 let Some(reference) = p.reference.filter(|x| *x > 0.0) else { continue };
                 if p.worst <= 0.0 {
                     continue;
                 }
-                let ratio = if r == Resource::Network { reference / p.worst } else { p.worst / reference };
+                let ratio =
+                    if r == Resource::Network { reference / p.worst } else { p.worst / reference };
                 if worst.is_none_or(|(w, _, _)| ratio > w) {
                     worst = Some((ratio, r, p.n));
                 }
             }
             match worst {
-                Some((ratio, r, n)) => cell(format!("{ratio:.2}× ({}, n = {n})", r.name()), Some(ratio)),
+                Some((ratio, r, n)) => {
+                    cell(format!("{ratio:.2}× ({}, n = {n})", r.name()), Some(ratio))
+                }
                 None => gap(),
             }
         })
@@ -207,7 +234,12 @@ pub fn decide(rep: &Report) -> Table {
         })
         .collect();
     push(
-        Column { name: "ring bandwidth".into(), what: "stream bandwidth each guest gets in a ring of guests, mean ± 95 % CI".into(), lower_is_better: false, ranked: true },
+        Column {
+            name: "ring bandwidth".into(),
+            what: "stream bandwidth each guest gets in a ring of guests, mean ± 95 % CI".into(),
+            lower_is_better: false,
+            ranked: true,
+        },
         cells,
     );
 
@@ -217,10 +249,16 @@ pub fn decide(rep: &Report) -> Table {
         let cells: Vec<Cell> = kinds
             .iter()
             .map(|&b| {
-                let row = n.and_then(|n| rep.startup.rows.iter().find(|r| r.backend == b && r.mode == mode && r.n == n));
+                let row = n.and_then(|n| {
+                    rep.startup.rows.iter().find(|r| r.backend == b && r.mode == mode && r.n == n)
+                });
                 match row.and_then(|r| Some((r, r.t_startup_s?))) {
                     Some((r, t)) => {
-                        let partial = if r.failed > 0 { format!(", partial: {} of {}", r.ready, r.ready + r.failed) } else { String::new() };
+                        let partial = if r.failed > 0 {
+                            format!(", partial: {} of {}", r.ready, r.ready + r.failed)
+                        } else {
+                            String::new()
+                        };
                         cell(format!("{t:.2} s{partial}"), Some(t))
                     }
                     None => gap(),
@@ -231,7 +269,10 @@ pub fn decide(rep: &Report) -> Table {
         push(
             Column {
                 name: format!("T_startup {} ({at})", mode.name()),
-                what: format!("time until the last of n guests started together is ready, {} start", mode.name()),
+                what: format!(
+                    "time until the last of n guests started together is ready, {} start",
+                    mode.name()
+                ),
                 lower_is_better: true,
                 ranked: true,
             },
@@ -243,9 +284,19 @@ pub fn decide(rep: &Report) -> Table {
     let cells: Vec<Cell> = kinds
         .iter()
         .map(|&b| {
-            let fit = rep.startup.memory_fit.get(&format!("{b} cold")).or_else(|| rep.startup.memory_fit.get(&format!("{b} hot")));
+            let fit = rep
+                .startup
+                .memory_fit
+                .get(&format!("{b} cold"))
+                .or_else(|| rep.startup.memory_fit.get(&format!("{b} hot")));
             match fit {
-                Some(f) => cell(format!("{:.1} MiB (fit of {} sizes, residual {:.1})", f.slope, f.points, f.residual_std), Some(f.slope)),
+                Some(f) => cell(
+                    format!(
+                        "{:.1} MiB (fit of {} sizes, residual {:.1})",
+                        f.slope, f.points, f.residual_std
+                    ),
+                    Some(f.slope),
+                ),
                 None => gap(),
             }
         })
@@ -269,14 +320,20 @@ pub fn decide(rep: &Report) -> Table {
 
     // Rank the virtualization systems; native is the reference, not a contender, and a
     // backend measured on an emulated host (the Xen lab) is not comparable with the others.
-    let emulated = |b: BackendKind| rep.probes.get(&b).is_some_and(|d| d.starts_with("[emulated host]"));
-    let contenders: Vec<usize> = (0..kinds.len()).filter(|&i| kinds[i] != BackendKind::Native && !emulated(kinds[i])).collect();
+    let emulated =
+        |b: BackendKind| rep.probes.get(&b).is_some_and(|d| d.starts_with("[emulated host]"));
+    let contenders: Vec<usize> = (0..kinds.len())
+        .filter(|&i| kinds[i] != BackendKind::Native && !emulated(kinds[i]))
+        .collect();
     for (c, cells) in columns.iter().zip(cols.iter_mut()) {
         if !c.ranked {
             continue;
         }
-        let mut vals: Vec<(usize, f64)> = contenders.iter().filter_map(|&i| cells[i].value.map(|v| (i, v))).collect();
-        vals.sort_by(|a, b| if c.lower_is_better { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) });
+        let mut vals: Vec<(usize, f64)> =
+            contenders.iter().filter_map(|&i| cells[i].value.map(|v| (i, v))).collect();
+        vals.sort_by(
+            |a, b| if c.lower_is_better { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) },
+        );
         for (rank, (i, _)) in vals.iter().enumerate() {
             cells[*i].rank = Some(rank + 1);
         }
@@ -302,7 +359,8 @@ pub fn decide(rep: &Report) -> Table {
 /// "Best of the N for …; worst for …", from the ranks in row `i`.
 fn verdict(b: BackendKind, columns: &[Column], cols: &[Vec<Cell>], i: usize) -> String {
     if b == BackendKind::Native {
-        return "the reference: the host without virtualization (overheads are relative to it)".into();
+        return "the reference: the host without virtualization (overheads are relative to it)"
+            .into();
     }
     // Two intervals overlap: the ranks between them may be noise.
     let apart = |a: &Cell, b: Option<&Cell>| match (a.interval, b.and_then(|b| b.interval)) {
@@ -316,11 +374,17 @@ fn verdict(b: BackendKind, columns: &[Column], cols: &[Vec<Cell>], i: usize) -> 
         let at = |r: usize| cells.iter().find(|x| x.rank == Some(r));
         match cells[i].rank {
             Some(1) if ranked > 1 && apart(&cells[i], at(2)) => best.push(c.name.clone()),
-            Some(r) if ranked > 1 && r == ranked && apart(&cells[i], at(r - 1)) => worst.push(c.name.clone()),
+            Some(r) if ranked > 1 && r == ranked && apart(&cells[i], at(r - 1)) => {
+                worst.push(c.name.clone())
+            }
             _ => {}
         }
     }
-    let iso = columns.iter().position(|c| c.name == "CPU isolation").map(|k| cols[k][i].text.clone()).filter(|t| t != "–");
+    let iso = columns
+        .iter()
+        .position(|c| c.name == "CPU isolation")
+        .map(|k| cols[k][i].text.clone())
+        .filter(|t| t != "–");
     let mut parts = Vec::new();
     if !best.is_empty() {
         parts.push(format!("best for {}", best.join(", ")));
@@ -366,7 +430,11 @@ pub fn html(t: &Table) -> String {
         for cell in &r.cells {
             match cell.rank {
                 Some(k) => {
-                    h.push_str(&format!("<td style=\"background:{}\" title=\"rank {k}\">{}</td>", colour(k, t.ranked_backends), esc(&cell.text)));
+                    h.push_str(&format!(
+                        "<td style=\"background:{}\" title=\"rank {k}\">{}</td>",
+                        colour(k, t.ranked_backends),
+                        esc(&cell.text)
+                    ));
                 }
                 None => h.push_str(&format!("<td>{}</td>", esc(&cell.text))),
             }
@@ -375,7 +443,13 @@ pub fn html(t: &Table) -> String {
     }
     h.push_str("</table><ul>");
     for c in &t.columns {
-        let order = if !c.ranked { "not ranked" } else if c.lower_is_better { "lower is better" } else { "higher is better" };
+        let order = if !c.ranked {
+            "not ranked"
+        } else if c.lower_is_better {
+            "lower is better"
+        } else {
+            "higher is better"
+        };
         h.push_str(&format!("<li><b>{}</b>: {} ({order}).</li>", esc(&c.name), esc(&c.what)));
     }
     h.push_str("<li>Colours rank the virtualization systems on each figure, green best to red worst; native is the reference and is not ranked. Ranks order the means; the sentences call a system best or worst only where its interval does not overlap the runner-up's.</li></ul></section>\n");
@@ -404,10 +478,18 @@ pub fn markdown(t: &Table) -> String {
     }
     m.push('\n');
     for c in &t.columns {
-        let order = if !c.ranked { "not ranked" } else if c.lower_is_better { "lower is better" } else { "higher is better" };
+        let order = if !c.ranked {
+            "not ranked"
+        } else if c.lower_is_better {
+            "lower is better"
+        } else {
+            "higher is better"
+        };
         m.push_str(&format!("- **{}**: {} ({order}).\n", c.name, c.what));
     }
-    m.push_str("- (#k): rank among the virtualization systems (native, the reference, is not ranked).\n");
+    m.push_str(
+        "- (#k): rank among the virtualization systems (native, the reference, is not ranked).\n",
+    );
     m
 }
 
@@ -425,9 +507,20 @@ mod tests {
     /// of 300 and 100 MB/s; startup rows at n = 1 and 10 (qemu also 20); memory fits.
     fn report() -> Report {
         let mut v = Vec::new();
-        for (b, t) in [(BackendKind::Native, 2.0), (BackendKind::Uml, 2.5), (BackendKind::QemuMicrovm, 3.0)] {
+        for (b, t) in
+            [(BackendKind::Native, 2.0), (BackendKind::Uml, 2.5), (BackendKind::QemuMicrovm, 3.0)]
+        {
             for rep in 0..2 {
-                v.push(sample(b, Test::Overhead, Resource::Cpu, 1, rep, 0, 0, t + if rep == 0 { -0.1 } else { 0.1 }));
+                v.push(sample(
+                    b,
+                    Test::Overhead,
+                    Resource::Cpu,
+                    1,
+                    rep,
+                    0,
+                    0,
+                    t + if rep == 0 { -0.1 } else { 0.1 },
+                ));
             }
         }
         for (b, bw) in [(BackendKind::Uml, 300.0), (BackendKind::QemuMicrovm, 100.0)] {
@@ -437,7 +530,15 @@ mod tests {
                 v.push(s);
             }
         }
-        let mut rep = build_from(Samples { records: v.into_iter().map(Record::Bench).collect(), unreadable: 0, implausible: 0, rejected: vec![] }, None);
+        let mut rep = build_from(
+            Samples {
+                records: v.into_iter().map(Record::Bench).collect(),
+                unreadable: 0,
+                implausible: 0,
+                rejected: vec![],
+            },
+            None,
+        );
         let row = |backend, n, t: f64, failed| BootRow {
             backend,
             n,
@@ -466,7 +567,10 @@ mod tests {
     }
 
     fn col(t: &Table, name: &str) -> usize {
-        t.columns.iter().position(|c| c.name.starts_with(name)).unwrap_or_else(|| panic!("no column {name}: {:?}", t.columns))
+        t.columns
+            .iter()
+            .position(|c| c.name.starts_with(name))
+            .unwrap_or_else(|| panic!("no column {name}: {:?}", t.columns))
     }
 
     #[test]
@@ -482,7 +586,11 @@ mod tests {
         assert_eq!((t.rows[1].cells[cpu].rank, t.rows[2].cells[cpu].rank), (Some(1), Some(2)));
         assert_eq!(t.rows[0].cells[cpu].rank, None, "native is the reference, not ranked");
         let ring = col(&t, "ring bandwidth");
-        assert_eq!((t.rows[1].cells[ring].rank, t.rows[2].cells[ring].rank), (Some(1), Some(2)), "higher bandwidth ranks first");
+        assert_eq!(
+            (t.rows[1].cells[ring].rank, t.rows[2].cells[ring].rank),
+            (Some(1), Some(2)),
+            "higher bandwidth ranks first"
+        );
         // Startup compares the largest n both measured (10, not qemu's 20), and a partial
         // fleet says so.
         let cold = col(&t, "T_startup cold");
@@ -499,8 +607,14 @@ mod tests {
         let t = decide(&report());
         assert!(t.rows[0].verdict.starts_with("the reference"));
         // CPU overhead ranks uml first, but 1.25 ± 0.64 and 1.5 ± 0.64 overlap: no verdict.
-        assert_eq!(t.rows[1].verdict, "Best for ring bandwidth, memory per guest; worst for T_startup cold (n = 10)");
-        assert_eq!(t.rows[2].verdict, "Best for T_startup cold (n = 10); worst for ring bandwidth, memory per guest");
+        assert_eq!(
+            t.rows[1].verdict,
+            "Best for ring bandwidth, memory per guest; worst for T_startup cold (n = 10)"
+        );
+        assert_eq!(
+            t.rows[2].verdict,
+            "Best for T_startup cold (n = 10); worst for ring bandwidth, memory per guest"
+        );
         // A backend measured under TCG, and one on an emulated host, say so; the latter is
         // not ranked.
         let md = markdown(&t);
@@ -510,7 +624,8 @@ mod tests {
         let h = html(&t);
         assert!(h.contains("id=\"decision\"") && h.contains("title=\"rank 1\""), "{h}");
         let mut rep = report();
-        rep.probes.insert(BackendKind::QemuMicrovm, "QEMU 7.2; KVM probe failed: x; using TCG".into());
+        rep.probes
+            .insert(BackendKind::QemuMicrovm, "QEMU 7.2; KVM probe failed: x; using TCG".into());
         rep.probes.insert(BackendKind::Uml, "[emulated host] …".into());
         let t = decide(&rep);
         assert!(t.rows[2].verdict.ends_with("ran under TCG emulation (no usable KVM here): its figures are not those of a hardware-accelerated VM"), "{}", t.rows[2].verdict);

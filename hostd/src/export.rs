@@ -52,7 +52,11 @@ fn params(kv: &[(&str, String)]) -> BTreeMap<String, String> {
     kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
-fn from_summary(command: String, s: &Summary, parameters: BTreeMap<String, String>) -> ExportResult {
+fn from_summary(
+    command: String,
+    s: &Summary,
+    parameters: BTreeMap<String, String>,
+) -> ExportResult {
     ExportResult {
         command,
         unit: s.unit.clone(),
@@ -88,7 +92,12 @@ pub fn of_bench(run: &BenchRun) -> Export {
         .results
         .iter()
         .map(|r| {
-            let p = params(&[("backend", run.backend.to_string()), ("bench", r.spec.name().into()), ("instances", r.instances.to_string()), ("measures", r.measures.clone())]);
+            let p = params(&[
+                ("backend", run.backend.to_string()),
+                ("bench", r.spec.name().into()),
+                ("instances", r.instances.to_string()),
+                ("measures", r.measures.clone()),
+            ]);
             from_summary(format!("{} {}", run.backend, r.spec.name()), &r.summary, p)
         })
         .collect();
@@ -100,9 +109,19 @@ pub fn of_bench(run: &BenchRun) -> Export {
 pub fn of_boot(s: &BootSummary) -> Export {
     let mut results = Vec::new();
     for r in &s.rows {
-        let base = [("backend", r.backend.to_string()), ("n", r.n.to_string()), ("mode", r.mode.name().to_string()), ("ready", r.ready.to_string()), ("failed", r.failed.to_string())];
+        let base = [
+            ("backend", r.backend.to_string()),
+            ("n", r.n.to_string()),
+            ("mode", r.mode.name().to_string()),
+            ("ready", r.ready.to_string()),
+            ("failed", r.failed.to_string()),
+        ];
         if let Some(t) = &r.ready_times {
-            results.push(from_summary(format!("{} {} n={} ready", r.backend, r.mode.name(), r.n), t, params(&base)));
+            results.push(from_summary(
+                format!("{} {} n={} ready", r.backend, r.mode.name(), r.n),
+                t,
+                params(&base),
+            ));
         }
         if let Some(m) = r.m_used_mib {
             results.push(ExportResult {
@@ -126,20 +145,52 @@ pub fn of_boot(s: &BootSummary) -> Export {
 pub fn of_report(rep: &Report) -> Export {
     let mut results = Vec::new();
     for (r, s) in &rep.baseline {
-        results.push(from_stat(format!("native {} T_a", r.name()), s, params(&[("backend", "native".into()), ("resource", r.name().into()), ("test", "baseline".into())])));
+        results.push(from_stat(
+            format!("native {} T_a", r.name()),
+            s,
+            params(&[
+                ("backend", "native".into()),
+                ("resource", r.name().into()),
+                ("test", "baseline".into()),
+            ]),
+        ));
     }
     for (key, ps) in &rep.overhead {
         for p in ps {
-            results.push(from_stat(format!("{key} overhead n={}", p.n), &p.value, params(&[("key", key.clone()), ("test", "overhead".into()), ("n", p.n.to_string())])));
+            results.push(from_stat(
+                format!("{key} overhead n={}", p.n),
+                &p.value,
+                params(&[
+                    ("key", key.clone()),
+                    ("test", "overhead".into()),
+                    ("n", p.n.to_string()),
+                ]),
+            ));
         }
     }
     for (key, ps) in &rep.linearity {
         for p in ps {
-            results.push(from_stat(format!("{key} linearity n={}", p.n), &p.value, params(&[("key", key.clone()), ("test", "linearity".into()), ("n", p.n.to_string())])));
+            results.push(from_stat(
+                format!("{key} linearity n={}", p.n),
+                &p.value,
+                params(&[
+                    ("key", key.clone()),
+                    ("test", "linearity".into()),
+                    ("n", p.n.to_string()),
+                ]),
+            ));
         }
     }
     for (b, r) in &rep.ring {
-        results.push(from_stat(format!("{b} ring"), &r.bandwidth, params(&[("backend", b.to_string()), ("test", "ring".into()), ("guests", r.guests.to_string())])));
+        results.push(from_stat(
+            format!("{b} ring"),
+            &r.bandwidth,
+            params(&[
+                ("backend", b.to_string()),
+                ("test", "ring".into()),
+                ("guests", r.guests.to_string()),
+            ]),
+        ));
     }
     Export { schema_version: SCHEMA_VERSION, source: "report".into(), results }
 }
@@ -152,7 +203,17 @@ pub fn schema() -> serde_json::Value {
 /// CSV: one row per result (times left out; they are in the JSON).
 pub fn csv(e: &Export) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["command", "unit", "mean", "stddev", "median", "min", "max", "count", "parameters"])?;
+    w.write_record([
+        "command",
+        "unit",
+        "mean",
+        "stddev",
+        "median",
+        "min",
+        "max",
+        "count",
+        "parameters",
+    ])?;
     for r in &e.results {
         let p = r.parameters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         w.write_record([
@@ -240,7 +301,11 @@ mod tests {
         Export {
             schema_version: SCHEMA_VERSION,
             source: "bench".into(),
-            results: vec![from_summary("uml cpu, \"quoted\"".into(), &s, params(&[("backend", "uml".into())]))],
+            results: vec![from_summary(
+                "uml cpu, \"quoted\"".into(),
+                &s,
+                params(&[("backend", "uml".into())]),
+            )],
         }
     }
 
@@ -278,6 +343,10 @@ mod tests {
             std::fs::write(&path, &now).unwrap();
         }
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(committed == now, "{} is stale: regenerate it (see this test's comment)", path.display());
+        assert!(
+            committed == now,
+            "{} is stale: regenerate it (see this test's comment)",
+            path.display()
+        );
     }
 }

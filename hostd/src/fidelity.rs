@@ -53,12 +53,18 @@ pub fn llc_in(dir: &Path) -> Option<Llc> {
         if !e.file_name().to_string_lossy().starts_with("index") {
             continue;
         }
-        let read = |f: &str| std::fs::read_to_string(e.path().join(f)).ok().map(|s| s.trim().to_string());
-        let (Some(level), Some(size), Some(kind)) = (read("level"), read("size"), read("type")) else { continue };
+        let read =
+            |f: &str| std::fs::read_to_string(e.path().join(f)).ok().map(|s| s.trim().to_string());
+        let (Some(level), Some(size), Some(kind)) = (read("level"), read("size"), read("type"))
+        else {
+            continue;
+        };
         if kind == "Instruction" {
             continue;
         }
-        let (Ok(level), Some(size_kib)) = (level.parse::<u8>(), parse_size_kib(&size)) else { continue };
+        let (Ok(level), Some(size_kib)) = (level.parse::<u8>(), parse_size_kib(&size)) else {
+            continue;
+        };
         let c = Llc { level, size_kib };
         if best.is_none_or(|b| (c.level, c.size_kib) > (b.level, b.size_kib)) {
             best = Some(c);
@@ -151,14 +157,19 @@ pub const PAPER_RING: usize = 10;
 /// Lines for the report: where the run departs from the paper's method (from its stored
 /// campaign), how the memory runs stood against the LLC, and which provenances the
 /// samples came from if more than one. Each line is one fact.
-pub fn report_notes(dir: &Path, records: &[crate::samples::Record], provenance: Option<&crate::provenance::Provenance>) -> Vec<String> {
+pub fn report_notes(
+    dir: &Path,
+    records: &[crate::samples::Record],
+    provenance: Option<&crate::provenance::Provenance>,
+) -> Vec<String> {
     let mut out = Vec::new();
     let llc = provenance.and_then(|p| p.host.llc);
-    if let Some(c) = crate::results::read_optional(&dir.join("campaign.toml"), crate::results::MAX_FILE_BYTES)
-        .ok()
-        .flatten()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|t| toml::from_str::<crate::campaign::Campaign>(&t).ok())
+    if let Some(c) =
+        crate::results::read_optional(&dir.join("campaign.toml"), crate::results::MAX_FILE_BYTES)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| toml::from_str::<crate::campaign::Campaign>(&t).ok())
     {
         out.extend(c.departures_from_paper(llc));
     }
@@ -255,7 +266,12 @@ mod tests {
 
     #[test]
     fn llc_is_the_highest_data_or_unified_level() {
-        let d = sysfs(&[("1", "48K", "Data"), ("1", "32K", "Instruction"), ("2", "2048K", "Unified"), ("3", "307200K", "Unified")]);
+        let d = sysfs(&[
+            ("1", "48K", "Data"),
+            ("1", "32K", "Instruction"),
+            ("2", "2048K", "Unified"),
+            ("3", "307200K", "Unified"),
+        ]);
         assert_eq!(llc_in(d.path()), Some(Llc { level: 3, size_kib: 307_200 }));
         let d = sysfs(&[("1", "32K", "Data"), ("2", "1M", "Unified"), ("4", "64M", "Instruction")]);
         assert_eq!(llc_in(d.path()), Some(Llc { level: 2, size_kib: 1024 }));
@@ -274,9 +290,15 @@ mod tests {
         assert!(!cache_resident(n, l3));
         assert!(cache_resident(512, l3));
         // 1200 MiB: 3 × 7248² × 8 B = 1202.4 MiB.
-        assert_eq!(memory_label(&format!("n={n} passes=12"), l3).unwrap(), "working set 1202 MiB = 4.01 × LLC (L3 300 MiB)");
+        assert_eq!(
+            memory_label(&format!("n={n} passes=12"), l3).unwrap(),
+            "working set 1202 MiB = 4.01 × LLC (L3 300 MiB)"
+        );
         let q = memory_label("n=128 passes=4", l3).unwrap();
-        assert!(q.starts_with("cache-resident: working set 384 KiB = 0.00 × LLC (L3 300 MiB)"), "{q}");
+        assert!(
+            q.starts_with("cache-resident: working set 384 KiB = 0.00 × LLC (L3 300 MiB)"),
+            "{q}"
+        );
         assert_eq!(memory_label("mib=4", l3), None);
         // An LLC too large for the agent's 4 GiB limit is capped (and then cache-resident).
         let huge = Llc { level: 3, size_kib: 2 << 20 };

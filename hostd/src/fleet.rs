@@ -114,11 +114,20 @@ const FD_RESERVE: u64 = 64;
 fn descriptor_budget(guests: usize) -> Result<(), FleetError> {
     static RAISE: std::sync::Once = std::sync::Once::new();
     RAISE.call_once(|| {
-        if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-            let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+        if let Ok((_, hard)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+                hard,
+                hard,
+            );
         }
     });
-    let Ok((limit, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) else { return Ok(()) };
+    let Ok((limit, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    else {
+        return Ok(());
+    };
     let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
     let need = guests as u64 * FDS_PER_GUEST + FD_RESERVE;
     let free = limit.saturating_sub(open);
@@ -142,7 +151,11 @@ pub async fn start(
     if cfg.network && cfg.net_mode == NetMode::Shared && backend.kind().own_kernel() {
         return Err(FleetError::SharedStack(backend.kind()));
     }
-    let net = if cfg.network { Some(FleetNet { mode: cfg.net_mode, ..FleetNet::create(&run.run)? }) } else { None };
+    let net = if cfg.network {
+        Some(FleetNet { mode: cfg.net_mode, ..FleetNet::create(&run.run)? })
+    } else {
+        None
+    };
     let mut fleet = Fleet {
         backend: backend.kind(),
         net,
@@ -174,15 +187,21 @@ impl Fleet {
         descriptor_budget(to_n - from + self.guests.len())?;
         let cfg = self.config.clone();
         let cg_mode = cgroup::detect().ok();
-        let sem = Arc::new(Semaphore::new(if cfg.parallelism == 0 { to_n - from } else { cfg.parallelism }));
+        let sem = Arc::new(Semaphore::new(if cfg.parallelism == 0 {
+            to_n - from
+        } else {
+            cfg.parallelism
+        }));
         // Each new guest's own data disk copy, made before any of them launches (copying
         // is disk-bound work that must not stretch the boot times measured below).
         let mut copies = std::collections::HashMap::new();
         if let Some(d) = &cfg.data_copies {
             let d = d.clone();
-            let made = tokio::task::spawn_blocking(move || (from..to_n).map(|i| d.copy_for(i).map(|p| (i, p))).collect::<Result<Vec<_>, _>>())
-                .await
-                .expect("data disk copy task panicked")?;
+            let made = tokio::task::spawn_blocking(move || {
+                (from..to_n).map(|i| d.copy_for(i).map(|p| (i, p))).collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .expect("data disk copy task panicked")?;
             copies.extend(made);
         }
         let t0 = Instant::now();
@@ -284,7 +303,9 @@ impl Fleet {
     /// network.
     pub async fn teardown(mut self, backend: &AnyBackend, grace: Duration) -> Teardown {
         let mut t = Teardown { failed: self.prune(backend).await, ..Default::default() };
-        let exits: Vec<Exit> = futures::future::join_all(self.guests.into_iter().map(|g| g.shutdown(backend, grace))).await;
+        let exits: Vec<Exit> =
+            futures::future::join_all(self.guests.into_iter().map(|g| g.shutdown(backend, grace)))
+                .await;
         for e in exits {
             match e {
                 Exit::Clean => t.clean += 1,
@@ -305,7 +326,11 @@ impl Fleet {
     /// their own) loopback, where that stack's listeners all are.
     pub fn addr(&self, i: usize) -> Option<std::net::Ipv4Addr> {
         let net = self.guests.get(i)?.spec.net.as_ref()?;
-        Some(if net.fleet.mode == NetMode::Shared { std::net::Ipv4Addr::LOCALHOST } else { net.addr })
+        Some(if net.fleet.mode == NetMode::Shared {
+            std::net::Ipv4Addr::LOCALHOST
+        } else {
+            net.addr
+        })
     }
 
     /// The kind of path this fleet's guests' traffic takes, and its MTU as measured on the
@@ -313,11 +338,20 @@ impl Fleet {
     pub fn net_label(&self) -> Option<(netlab::NetPath, Option<u32>)> {
         let net = self.net.as_ref()?;
         let (path, dev) = match net.mode {
-            NetMode::Shared if self.backend == BackendKind::Native => (netlab::NetPath::Loopback, "lo".to_string()),
+            NetMode::Shared if self.backend == BackendKind::Native => {
+                (netlab::NetPath::Loopback, "lo".to_string())
+            }
             NetMode::Shared => (netlab::NetPath::HostStack, "lo".to_string()),
             NetMode::Private => {
                 let link = self.guests.first()?.spec.net.as_ref()?.link.clone();
-                (if self.backend.own_kernel() { netlab::NetPath::TapBridge } else { netlab::NetPath::VethBridge }, link)
+                (
+                    if self.backend.own_kernel() {
+                        netlab::NetPath::TapBridge
+                    } else {
+                        netlab::NetPath::VethBridge
+                    },
+                    link,
+                )
             }
         };
         match netlab::link_mtu(&net.netns, &dev) {

@@ -67,10 +67,14 @@ pub async fn measure(
                 limits: Default::default(),
                 images: None,
             };
-            let g = boot(&bare, spec(format!("floor{i}"), false), timeout).await.context("floor boot")?;
+            let g = boot(&bare, spec(format!("floor{i}"), false), timeout)
+                .await
+                .context("floor boot")?;
             let fs = g.startup.as_secs_f64();
             g.shutdown(&bare, Duration::from_secs(5)).await;
-            let g = boot(&full, spec(format!("full{i}"), true), timeout).await.context("fleet-style boot")?;
+            let g = boot(&full, spec(format!("full{i}"), true), timeout)
+                .await
+                .context("fleet-style boot")?;
             let hs = g.startup.as_secs_f64();
             g.shutdown(&full, Duration::from_secs(5)).await;
             // The first pair warms the page cache (these are hot starts).
@@ -81,7 +85,13 @@ pub async fn measure(
         }
         let floor_s = Summary::of("floor", "s", f).context("no floor samples")?;
         let hostd_s = Summary::of("hostd", "s", h).context("no samples")?;
-        Ok(Some(Floor { backend: kind, floor: what, ratio: hostd_s.mean / floor_s.mean, floor_s, hostd_s }))
+        Ok(Some(Floor {
+            backend: kind,
+            floor: what,
+            ratio: hostd_s.mean / floor_s.mean,
+            floor_s,
+            hostd_s,
+        }))
     }
     .await;
     let _ = net.destroy();

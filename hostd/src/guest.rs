@@ -90,8 +90,12 @@ impl BootError {
     pub fn failure(&self, index: usize) -> GuestFailure {
         let (name, kind, tail, error) = match self {
             BootError::Launch { guest, .. } => (guest, FailureKind::Launch, None, self.to_string()),
-            BootError::LaunchTimeout { guest, .. } => (guest, FailureKind::Timeout, None, self.to_string()),
-            BootError::Ready { guest, kind, cause, tail } => (guest, kind.clone(), tail.clone(), format!("guest {guest}: {cause}")),
+            BootError::LaunchTimeout { guest, .. } => {
+                (guest, FailureKind::Timeout, None, self.to_string())
+            }
+            BootError::Ready { guest, kind, cause, tail } => {
+                (guest, kind.clone(), tail.clone(), format!("guest {guest}: {cause}"))
+            }
         };
         GuestFailure { index, name: name.clone(), kind, error, console_tail: tail }
     }
@@ -121,7 +125,11 @@ pub fn exit_watch(pid: u32) -> Option<ExitWatch> {
 /// Launches one guest and waits for its agent's hello, all within `deadline`. A guest that
 /// never becomes ready is killed (and its launch, if still running, abandoned and cleaned
 /// up) before the error is returned.
-pub async fn boot(backend: &AnyBackend, spec: GuestSpec, deadline: Duration) -> Result<RunningGuest, BootError> {
+pub async fn boot(
+    backend: &AnyBackend,
+    spec: GuestSpec,
+    deadline: Duration,
+) -> Result<RunningGuest, BootError> {
     let t0 = Instant::now();
     // Saturating: a deadline no clock can represent waits (practically) forever, not panics.
     let end = crate::limits::deadline(deadline);
@@ -136,7 +144,11 @@ pub async fn boot(backend: &AnyBackend, spec: GuestSpec, deadline: Duration) -> 
         Ok((conn, hello)) => Ok(RunningGuest { startup: t0.elapsed(), spec, conn, hello, process }),
         Err(cause) => {
             // The hello's wait was what remained of the boot deadline: name the deadline.
-            let cause = if let ChannelError::HelloTimeout(_) = cause { ChannelError::HelloTimeout(deadline) } else { cause };
+            let cause = if let ChannelError::HelloTimeout(_) = cause {
+                ChannelError::HelloTimeout(deadline)
+            } else {
+                cause
+            };
             let initial = match &cause {
                 ChannelError::HelloTimeout(_) => FailureKind::Timeout,
                 ChannelError::Protocol(_) => FailureKind::Protocol,
@@ -165,7 +177,11 @@ async fn stop_and_explain(
     if tail.as_deref().is_some_and(|t| t.contains(PANIC_MARK)) {
         (FailureKind::Panic, tail, Some("its kernel panicked"))
     } else if oom && initial != FailureKind::Protocol {
-        (FailureKind::OutOfMemory, tail, Some("the kernel's OOM killer ended it: its cgroup reached its memory limit"))
+        (
+            FailureKind::OutOfMemory,
+            tail,
+            Some("the kernel's OOM killer ended it: its cgroup reached its memory limit"),
+        )
     } else {
         (initial, tail, None)
     }
@@ -174,7 +190,8 @@ async fn stop_and_explain(
 impl RunningGuest {
     /// Asks the agent to power off, then waits up to `grace` before killing.
     pub async fn shutdown(mut self, backend: &AnyBackend, grace: Duration) -> Exit {
-        let asked = self.conn.request(Command::Poweroff, grace.max(Duration::from_secs(1))).await.is_ok();
+        let asked =
+            self.conn.request(Command::Poweroff, grace.max(Duration::from_secs(1))).await.is_ok();
         match backend.stop(&mut self.process, if asked { grace } else { Duration::ZERO }).await {
             // Gone before the wait started, after answering poweroff: a clean stop.
             Exit::Exited(_) if asked => Exit::Clean,
@@ -189,14 +206,19 @@ impl RunningGuest {
         if let Some(e) = self.conn.failure() {
             let kind = match e {
                 ChannelError::Protocol(_) => FailureKind::Protocol,
-                ChannelError::HelloTimeout(_) | ChannelError::ReplyTimeout { .. } => FailureKind::Timeout,
+                ChannelError::HelloTimeout(_) | ChannelError::ReplyTimeout { .. } => {
+                    FailureKind::Timeout
+                }
                 _ => FailureKind::Crashed,
             };
             return Some((kind, e.to_string()));
         }
         if self.conn.stats.timeouts.load(Ordering::Relaxed) > 0 {
             let last = self.conn.stats.last_timeout.lock().expect("stats").clone();
-            return Some((FailureKind::Timeout, last.map(|e| e.to_string()).unwrap_or_else(|| "a command timed out".into())));
+            return Some((
+                FailureKind::Timeout,
+                last.map(|e| e.to_string()).unwrap_or_else(|| "a command timed out".into()),
+            ));
         }
         if self.process.proc.has_exited() {
             return Some((FailureKind::Crashed, "the guest's process exited".into()));
@@ -207,7 +229,12 @@ impl RunningGuest {
     /// Kills this (failed) guest, releases everything it held, and describes the failure:
     /// `kind` and `error` as [`trouble`](Self::trouble) gave them, refined by what the
     /// guest left (a kernel panic in its console, an OOM kill in its cgroup).
-    pub async fn fail(mut self, backend: &AnyBackend, kind: FailureKind, error: String) -> GuestFailure {
+    pub async fn fail(
+        mut self,
+        backend: &AnyBackend,
+        kind: FailureKind,
+        error: String,
+    ) -> GuestFailure {
         let (kind, console_tail, why) = stop_and_explain(backend, &mut self.process, kind).await;
         drop(self.conn);
         let error = match why {

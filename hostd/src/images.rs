@@ -10,7 +10,9 @@ use crate::backend::{Images, Kernel};
 /// The workspace this hostd was built from (where `target/` and `images/` live), unless
 /// $VIRTBENCH_ROOT says otherwise.
 pub fn workspace_root() -> PathBuf {
-    std::env::var_os("VIRTBENCH_ROOT").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+    std::env::var_os("VIRTBENCH_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
 }
 
 /// The agent binary built in this workspace by scripts/build-agent.
@@ -44,12 +46,16 @@ pub fn find_agent(explicit: Option<&Path>) -> Result<PathBuf> {
 /// Everything the store has, plus the agent. Recipes not built yet stay None (a backend
 /// that needs one says so in its probe); `notes` says what is stale or missing.
 pub fn resolve(agent: Option<&Path>) -> Result<Images> {
-    let cfg = imagegen::Config::for_workspace(&workspace_root()).context("locating the image store")?;
+    let cfg =
+        imagegen::Config::for_workspace(&workspace_root()).context("locating the image store")?;
     let mut images = Images::default();
     let store = match imagegen::Store::open(&cfg.store) {
         Ok(s) => Some(s),
         Err(e) => {
-            images.notes.push(format!("no image store at {} ({e}): run `imagegen build`", cfg.store.display()));
+            images.notes.push(format!(
+                "no image store at {} ({e}): run `imagegen build`",
+                cfg.store.display()
+            ));
             None
         }
     };
@@ -63,11 +69,16 @@ pub fn resolve(agent: Option<&Path>) -> Result<Images> {
             None => find_agent(None)?,
         },
     };
-    images.hashes.insert("agent".into(), crate::provenance::sha256_file(&images.agent).context("hashing the agent")?);
+    images.hashes.insert(
+        "agent".into(),
+        crate::provenance::sha256_file(&images.agent).context("hashing the agent")?,
+    );
     // The VM images hold the agent imagegen built; a newer workspace build means a stale store.
     let built = workspace_agent();
     if let (Some(store_agent), true) = (images.hashes.get("agent").cloned(), built.is_file()) {
-        if crate::provenance::sha256_file(&built).ok().is_some_and(|h| h != store_agent) && agent.is_none() {
+        if crate::provenance::sha256_file(&built).ok().is_some_and(|h| h != store_agent)
+            && agent.is_none()
+        {
             images.notes.push(format!(
                 "{} differs from the image store's agent: guests run the store's; run `imagegen build` to rebuild the images",
                 built.display()
@@ -78,11 +89,13 @@ pub fn resolve(agent: Option<&Path>) -> Result<Images> {
 }
 
 fn fill_from_store(store: &imagegen::Store, images: &mut Images) {
-    images.initramfs = output(store, "initramfs", "initramfs", images).and_then(|p| match crate::integrity::check_initramfs(&p) {
-        Ok(()) => Some(p),
-        Err(e) => {
-            images.notes.push(format!("image initramfs: {e}"));
-            None
+    images.initramfs = output(store, "initramfs", "initramfs", images).and_then(|p| {
+        match crate::integrity::check_initramfs(&p) {
+            Ok(()) => Some(p),
+            Err(e) => {
+                images.notes.push(format!("image initramfs: {e}"));
+                None
+            }
         }
     });
     images.disk = output(store, "disk", "disk", images);
@@ -97,18 +110,28 @@ fn fill_from_store(store: &imagegen::Store, images: &mut Images) {
 /// A current store artifact outside [`Images`] (the Xen lab's hypervisor, dom0 kernel and
 /// dom0 initramfs), checked against its manifest: its path, sha256 and recorded command line.
 pub fn store_artifact(recipe: &str, output: &str) -> Result<(PathBuf, String, String)> {
-    let cfg = imagegen::Config::for_workspace(&workspace_root()).context("locating the image store")?;
-    let store = imagegen::Store::open(&cfg.store).with_context(|| format!("no image store at {}: run `imagegen build`", cfg.store.display()))?;
-    let m = store.current(recipe).with_context(|| format!("image {recipe}: run `imagegen build`"))?;
+    let cfg =
+        imagegen::Config::for_workspace(&workspace_root()).context("locating the image store")?;
+    let store = imagegen::Store::open(&cfg.store).with_context(|| {
+        format!("no image store at {}: run `imagegen build`", cfg.store.display())
+    })?;
+    let m =
+        store.current(recipe).with_context(|| format!("image {recipe}: run `imagegen build`"))?;
     let out = m.output(output).with_context(|| format!("image {recipe} has no output {output}"))?;
     let path = store.output_path(&m, output).with_context(|| format!("image {recipe}"))?;
     // Like every image hostd boots: refused if its bytes are not its manifest's.
-    crate::integrity::check_blob(&path, &out.sha256).map_err(|e| anyhow::anyhow!("image {recipe}: {e}"))?;
+    crate::integrity::check_blob(&path, &out.sha256)
+        .map_err(|e| anyhow::anyhow!("image {recipe}: {e}"))?;
     Ok((path, out.sha256.clone(), m.cmdline.clone().unwrap_or_default()))
 }
 
 /// A recipe's output path, recording its hash and its recipe's.
-fn output(store: &imagegen::Store, recipe: &str, name: &str, images: &mut Images) -> Option<PathBuf> {
+fn output(
+    store: &imagegen::Store,
+    recipe: &str,
+    name: &str,
+    images: &mut Images,
+) -> Option<PathBuf> {
     let m = match store.current(recipe) {
         Ok(m) => m,
         Err(e) => {
@@ -118,7 +141,11 @@ fn output(store: &imagegen::Store, recipe: &str, name: &str, images: &mut Images
     };
     let out = m.output(name)?;
     // Refused before any guest boots it: an artifact whose bytes are not its manifest's.
-    match store.output_path(&m, name).map_err(|e| e.to_string()).and_then(|p| crate::integrity::check_blob(&p, &out.sha256).map(|()| p)) {
+    match store
+        .output_path(&m, name)
+        .map_err(|e| e.to_string())
+        .and_then(|p| crate::integrity::check_blob(&p, &out.sha256).map(|()| p))
+    {
         Ok(p) => {
             images.hashes.insert(recipe.to_string(), out.sha256.clone());
             images.hashes.insert(format!("{recipe} (recipe)"), m.recipe_file.sha256.clone());

@@ -18,22 +18,34 @@ type Key = (PathBuf, String);
 /// Outcomes so far.
 static CHECKED: Mutex<Option<HashMap<Key, Result<(), String>>>> = Mutex::new(None);
 
-fn once(path: &Path, against: &str, check: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+fn once(
+    path: &Path,
+    against: &str,
+    check: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
     let key = (path.to_path_buf(), against.to_string());
-    if let Some(r) = CHECKED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(&key) {
+    if let Some(r) =
+        CHECKED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(&key)
+    {
         return r.clone();
     }
     let r = check();
-    CHECKED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(key, r.clone());
+    CHECKED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(key, r.clone());
     r
 }
 
 /// The blob at `path` has sha256 `want`.
 pub fn check_blob(path: &Path, want: &str) -> Result<(), String> {
-    once(path, want, || match imagegen::hash::sha256_file(path) {
+    once(path, want, || {
+        match imagegen::hash::sha256_file(path) {
         Ok((got, _)) if got == want => Ok(()),
         Ok((got, _)) => Err(format!("{} has sha256 {got}, its manifest says {want}: tampered or damaged (run `imagegen verify`)", path.display())),
         Err(e) => Err(format!("hashing {}: {e}", path.display())),
+    }
     })
 }
 
@@ -42,8 +54,12 @@ pub fn check_initramfs(path: &Path) -> Result<(), String> {
     once(path, "cpio", || {
         let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut cpio = Vec::new();
-        flate2::read::GzDecoder::new(f).read_to_end(&mut cpio).map_err(|e| format!("{}: not a gzip'd cpio: {e}", path.display()))?;
-        imagegen::materialize::check_cpio(&cpio).map(drop).map_err(|e| format!("{}: {e}", path.display()))
+        flate2::read::GzDecoder::new(f)
+            .read_to_end(&mut cpio)
+            .map_err(|e| format!("{}: not a gzip'd cpio: {e}", path.display()))?;
+        imagegen::materialize::check_cpio(&cpio)
+            .map(drop)
+            .map_err(|e| format!("{}: {e}", path.display()))
     })
 }
 

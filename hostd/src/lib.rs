@@ -8,9 +8,9 @@
 #![allow(async_fn_in_trait)]
 
 pub mod backend;
-pub mod cgroup;
 pub mod bootrun;
 pub mod campaign;
+pub mod cgroup;
 pub mod channel;
 pub mod coldstart;
 pub mod compare;

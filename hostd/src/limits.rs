@@ -78,7 +78,11 @@ impl Limit {
             let secs = match t.parse::<u64>() {
                 Ok(v) => v,
                 Err(_) => {
-                    let d = humantime::parse_duration(t).map_err(|e| format!("{s:?}: not a number of seconds nor a duration such as 30s or 5m ({e})"))?;
+                    let d = humantime::parse_duration(t).map_err(|e| {
+                        format!(
+                            "{s:?}: not a number of seconds nor a duration such as 30s or 5m ({e})"
+                        )
+                    })?;
                     if d.subsec_nanos() != 0 {
                         return Err(format!("{s:?}: whole seconds only"));
                     }
@@ -129,9 +133,7 @@ pub fn check_cpus(field: &str, c: f64) -> Result<f64, String> {
     if c > 0.0 && c <= LIMIT_CPUS_MAX {
         Ok(c)
     } else {
-        Err(format!(
-            "field `{field}`: {c} is not a CPU count in (0, {LIMIT_CPUS_MAX}]"
-        ))
+        Err(format!("field `{field}`: {c} is not a CPU count in (0, {LIMIT_CPUS_MAX}]"))
     }
 }
 
@@ -226,9 +228,7 @@ mod tests {
     fn cli_parser_checks_the_range() {
         let p = GUESTS.cli::<usize>();
         assert_eq!(p("10"), Ok(10));
-        assert!(p("100000")
-            .unwrap_err()
-            .contains("100000 guests is not in 1..=1000"));
+        assert!(p("100000").unwrap_err().contains("100000 guests is not in 1..=1000"));
         assert!(p("-1").is_err());
         assert!(BOOT_TIMEOUT_S.cli::<u64>()("9223372036854775808").is_err());
     }

@@ -8,13 +8,13 @@ use clap::{Args, Parser, Subcommand};
 use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions};
 use hostd::bootrun::{self, BootOptions};
 use hostd::campaign::Campaign;
-use hostd::runner;
 use hostd::daemon;
 use hostd::fleet::{FleetConfig, FleetEvent};
 use hostd::limits;
 use hostd::microbench::{self, BenchName, BenchOptions};
 use hostd::provenance::Provenance;
 use hostd::results::ResultsDir;
+use hostd::runner;
 use hostd::runstate::{self, RunState};
 use hostd::startup::StartMode;
 
@@ -69,7 +69,11 @@ fn init_logging(verbose: u8, quiet: bool) {
             }),
         },
     };
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 #[derive(Subcommand)]
@@ -202,7 +206,11 @@ struct ExportArgs {
 
 impl ExportArgs {
     fn write(&self, e: &hostd::export::Export) -> anyhow::Result<()> {
-        let t = hostd::export::Targets { json: self.export_json.clone(), csv: self.export_csv.clone(), markdown: self.export_markdown.clone() };
+        let t = hostd::export::Targets {
+            json: self.export_json.clone(),
+            csv: self.export_csv.clone(),
+            markdown: self.export_markdown.clone(),
+        };
         hostd::export::write(e, &t)?;
         Ok(())
     }
@@ -394,14 +402,17 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "hostd", &mut script);
             match std::io::stdout().write_all(&script) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => anyhow::bail!("writing the completion script: {e}"),
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    anyhow::bail!("writing the completion script: {e}")
+                }
                 _ => Ok(Done::All),
             }
         }
         Cmd::Manpages { dir } => {
             use clap::CommandFactory;
             std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-            clap_mangen::generate_to(Cli::command(), &dir).map_err(|e| anyhow::anyhow!("writing man pages into {}: {e}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .map_err(|e| anyhow::anyhow!("writing man pages into {}: {e}", dir.display()))?;
             println!("man pages written to {}", dir.display());
             Ok(Done::All)
         }
@@ -426,7 +437,8 @@ async fn probe(a: ProbeArgs) -> anyhow::Result<Done> {
         print!("{}", hostd::probe::table(&r));
     }
     // Asked about particular backends: the status says whether they can run.
-    let missing: Vec<_> = r.backends.iter().filter(|b| !b.available).map(|b| b.backend.name()).collect();
+    let missing: Vec<_> =
+        r.backends.iter().filter(|b| !b.available).map(|b| b.backend.name()).collect();
     if !a.backend.is_empty() && !missing.is_empty() {
         anyhow::bail!("not available here: {}", missing.join(", "));
     }
@@ -465,8 +477,7 @@ fn stored_campaign(dir: &std::path::Path) -> anyhow::Result<Campaign> {
     let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let c: Campaign =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    c.check()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    c.check().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(c)
 }
 
@@ -479,10 +490,8 @@ fn new_results(
     run: &RunState,
     images: &hostd::backend::Images,
 ) -> anyhow::Result<ResultsDir> {
-    let results = ResultsDir::create_unique(
-        base,
-        &format!("{}-run-{}-{}", stamp(), campaign.name, run.run),
-    )?;
+    let results =
+        ResultsDir::create_unique(base, &format!("{}-run-{}-{}", stamp(), campaign.name, run.run))?;
     let written = (|| {
         results.write("campaign.toml", toml::to_string(campaign)?.as_bytes())?;
         let mut provenance = Provenance::collect(images.hashes.clone());
@@ -512,7 +521,9 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
     let campaign = if a.quick { campaign.quick() } else { campaign };
     if a.dry_run {
         let host = hostd::campaign::HostFacts::here();
-        campaign.check_host(&host).map_err(|e| anyhow::anyhow!("campaign {}: {e}", campaign.name))?;
+        campaign
+            .check_host(&host)
+            .map_err(|e| anyhow::anyhow!("campaign {}: {e}", campaign.name))?;
         for l in dry_run_lines(&campaign, &host) {
             println!("{l}");
         }
@@ -520,10 +531,7 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
     }
     let images = images_or_note(a.images.agent.as_deref())?;
     reap_orphans();
-    let run = RunState::create(
-        "run",
-        Some(a.resume.clone().unwrap_or_else(|| a.results.clone())),
-    )?;
+    let run = RunState::create("run", Some(a.resume.clone().unwrap_or_else(|| a.results.clone())))?;
     let made = match &a.resume {
         Some(dir) => ResultsDir::open(dir).map_err(anyhow::Error::from),
         None => new_results(&a.results, &campaign, &run, &images),
@@ -549,10 +557,9 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
     if let (Some(Err(_)), None) = (&outcome, &a.resume) {
         if nothing_recorded(&results.path) {
             match std::fs::remove_dir_all(&results.path) {
-                Ok(()) => eprintln!(
-                    "hostd: removed {}: the run recorded nothing",
-                    results.path.display()
-                ),
+                Ok(()) => {
+                    eprintln!("hostd: removed {}: the run recorded nothing", results.path.display())
+                }
                 Err(e) => eprintln!(
                     "hostd: could not remove {} (the run recorded nothing): {e}",
                     results.path.display()
@@ -564,7 +571,10 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
     let report = hostd::report::write(&results.path, false);
     match outcome {
         None => {
-            eprintln!("hostd: interrupted; {cleaned}; resume with: hostd run --resume {}", results.path.display());
+            eprintln!(
+                "hostd: interrupted; {cleaned}; resume with: hostd run --resume {}",
+                results.path.display()
+            );
             std::process::exit(130);
         }
         Some(r) => {
@@ -586,8 +596,15 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
 /// What `hostd run --dry-run` prints: the host, each backend's plan, the departures from
 /// the paper.
 fn dry_run_lines(c: &Campaign, host: &hostd::campaign::HostFacts) -> Vec<String> {
-    let llc = host.llc.map(|l| l.to_string()).unwrap_or_else(|| format!("unknown (assumed {})", hostd::fidelity::LLC_FALLBACK));
-    let mut v = vec![format!("campaign {}: checks passed on this host ({} MiB, last-level cache {llc})", c.name, host.mem_total_kib / 1024)];
+    let llc = host
+        .llc
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| format!("unknown (assumed {})", hostd::fidelity::LLC_FALLBACK));
+    let mut v = vec![format!(
+        "campaign {}: checks passed on this host ({} MiB, last-level cache {llc})",
+        c.name,
+        host.mem_total_kib / 1024
+    )];
     for p in c.resolved_plans(host.llc) {
         v.push(format!(
             "{}: startup {:?}, overhead/linearity {:?}, memory {:?} (guests of {} MiB), ring {}, workloads {}; {}; {}",
@@ -769,7 +786,12 @@ fn images_or_note(agent: Option<&std::path::Path>) -> anyhow::Result<hostd::back
 }
 
 fn backend_options(a: &ImageArgs) -> BackendOptions {
-    BackendOptions { oci_runtime: a.oci_runtime.clone(), accel: a.accel.clone(), qemu: a.qemu.clone(), firecracker: a.firecracker.clone() }
+    BackendOptions {
+        oci_runtime: a.oci_runtime.clone(),
+        accel: a.accel.clone(),
+        qemu: a.qemu.clone(),
+        firecracker: a.firecracker.clone(),
+    }
 }
 
 /// Releases what earlier, killed hostd runs left behind, and says so.
@@ -787,7 +809,9 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
     reap_orphans();
     let probe = backend.probe().await?;
     eprintln!("hostd: {}: {probe}", a.backend);
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "-");
     let run = RunState::create("boot", Some(a.results.clone()))?;
     let mut results = match ResultsDir::create_unique(
         &a.results,
@@ -821,16 +845,23 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
     let bars = indicatif::MultiProgress::new();
     let mut current: Option<(String, indicatif::ProgressBar, usize, usize)> = None;
     let progress = |label: &str, e: FleetEvent| {
-        let n: usize = label.split("n=").nth(1).and_then(|x| x.split(' ').next()).and_then(|x| x.parse().ok()).unwrap_or(0);
+        let n: usize = label
+            .split("n=")
+            .nth(1)
+            .and_then(|x| x.split(' ').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0);
         if current.as_ref().map(|c| c.0.as_str()) != Some(label) {
             if let Some((_, b, _, _)) = current.take() {
                 b.finish();
             }
             let b = bars.add(indicatif::ProgressBar::new(n as u64));
             b.set_style(
-                indicatif::ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} ready {msg} {elapsed}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "{prefix:>24} [{bar:30}] {pos}/{len} ready {msg} {elapsed}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
             b.set_prefix(label.to_string());
             current = Some((label.to_string(), b, 0, 0));
@@ -840,7 +871,13 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
             FleetEvent::Ready { .. } => *ready += 1,
             FleetEvent::Failed(f) => {
                 *failed += 1;
-                let line = format!("  {} {}: {:?}: {}", label, f.name, f.kind, f.error.lines().next().unwrap_or(""));
+                let line = format!(
+                    "  {} {}: {:?}: {}",
+                    label,
+                    f.name,
+                    f.kind,
+                    f.error.lines().next().unwrap_or("")
+                );
                 // A hidden bar (stderr not a terminal) prints nothing, not even println.
                 if b.is_hidden() {
                     eprintln!("{line}");
@@ -861,7 +898,10 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
     let cleaned = run.finish();
     match outcome {
         None => {
-            eprintln!("hostd: interrupted; {cleaned}; samples recorded so far are in {}", results.path.display());
+            eprintln!(
+                "hostd: interrupted; {cleaned}; samples recorded so far are in {}",
+                results.path.display()
+            );
             std::process::exit(130);
         }
         Some(r) => {
@@ -896,7 +936,13 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         warmup: a.warmup,
         instances: a.instances,
         cpu_rounds: a.cpu_rounds,
-        mem_n: if a.mem_n == hostd::fidelity::AUTO { hostd::fidelity::auto_mem_n(hostd::fidelity::llc().unwrap_or(hostd::fidelity::LLC_FALLBACK)) } else { a.mem_n },
+        mem_n: if a.mem_n == hostd::fidelity::AUTO {
+            hostd::fidelity::auto_mem_n(
+                hostd::fidelity::llc().unwrap_or(hostd::fidelity::LLC_FALLBACK),
+            )
+        } else {
+            a.mem_n
+        },
         mem_passes: a.mem_passes,
         disk_file: a.disk_file,
         disk_mib: a.disk_mib,
@@ -972,7 +1018,10 @@ mod tests {
         let mut out = Vec::new();
         clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "hostd", &mut out);
         let bash = String::from_utf8(out).unwrap();
-        assert!(bash.contains("complete -F") && bash.contains("probe") && bash.contains("--backend"), "{bash}");
+        assert!(
+            bash.contains("complete -F") && bash.contains("probe") && bash.contains("--backend"),
+            "{bash}"
+        );
         let d = tempfile::tempdir().unwrap();
         clap_mangen::generate_to(Cli::command(), d.path()).unwrap();
         let boot = std::fs::read_to_string(d.path().join("hostd-boot.1")).unwrap();

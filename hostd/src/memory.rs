@@ -23,7 +23,9 @@ pub fn meminfo_field(meminfo: &str, key: &str) -> Option<u64> {
 pub fn used_kib(meminfo: &str) -> Option<u64> {
     let f = |k| meminfo_field(meminfo, k);
     let cache = f("Cached")?.saturating_sub(f("Shmem").unwrap_or(0));
-    Some(f("MemTotal")?.saturating_sub(f("MemFree")? + f("Buffers").unwrap_or(0) + cache + f("SReclaimable").unwrap_or(0)))
+    Some(f("MemTotal")?.saturating_sub(
+        f("MemFree")? + f("Buffers").unwrap_or(0) + cache + f("SReclaimable").unwrap_or(0),
+    ))
 }
 
 pub fn host_used_kib() -> Option<u64> {
@@ -108,7 +110,9 @@ pub fn tmpfs_usage_kib(dir: &std::path::Path) -> Option<u64> {
         if !m.is_dir() {
             return own;
         }
-        own + std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| walk(&e.path())).sum()).unwrap_or(0)
+        own + std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
+            .unwrap_or(0)
     }
     Some(walk(dir))
 }

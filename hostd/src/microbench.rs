@@ -15,12 +15,14 @@ use crate::channel::AgentConn;
 use crate::fleet::{self, FleetConfig};
 use crate::guest::{boot, RunningGuest};
 use crate::peer::Peer;
-use crate::runstate::RunState;
 use crate::provenance::{sha256_file, Provenance};
+use crate::runstate::RunState;
 use crate::stats::Summary;
 
 /// The benchmarks `hostd bench` can run, in the order they run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 #[clap(rename_all = "snake_case")]
 pub enum BenchName {
@@ -95,22 +97,27 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
     let mut notes = opts.images.notes.clone();
     artifacts.insert(
         "agent".to_string(),
-        sha256_file(&opts.images.agent).with_context(|| format!("reading agent {}", opts.images.agent.display()))?,
+        sha256_file(&opts.images.agent)
+            .with_context(|| format!("reading agent {}", opts.images.agent.display()))?,
     );
     let backend = AnyBackend::new(opts.backend, &opts.images, &opts.backend_opts);
     backend.probe().await?;
-    std::fs::create_dir_all(&opts.workdir).with_context(|| format!("creating {}", opts.workdir.display()))?;
+    std::fs::create_dir_all(&opts.workdir)
+        .with_context(|| format!("creating {}", opts.workdir.display()))?;
 
     let disk_path = if opts.benches.contains(&BenchName::Disk) {
         let p = match opts.disk_file.as_ref().or(opts.images.disk.as_ref()) {
             Some(p) => p.clone(),
             None => {
                 let p = opts.workdir.join("disk-bench.bin");
-                write_data_file(&p, opts.disk_mib).with_context(|| format!("creating disk benchmark file {}", p.display()))?;
+                write_data_file(&p, opts.disk_mib)
+                    .with_context(|| format!("creating disk benchmark file {}", p.display()))?;
                 p
             }
         };
-        let len = std::fs::metadata(&p).with_context(|| format!("disk benchmark file {}", p.display()))?.len();
+        let len = std::fs::metadata(&p)
+            .with_context(|| format!("disk benchmark file {}", p.display()))?
+            .len();
         notes.push(format!(
             "disk benchmark reads {} ({len} bytes){}, cache policy {}",
             p.display(),
@@ -122,7 +129,8 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
         None
     };
 
-    let wants_net = opts.benches.iter().any(|b| matches!(b, BenchName::NetStream | BenchName::NetRr));
+    let wants_net =
+        opts.benches.iter().any(|b| matches!(b, BenchName::NetStream | BenchName::NetRr));
     let ctx = || format!("{} backend", opts.backend.name());
     let (hello, results) = if opts.backend == BackendKind::Native {
         // The host reference: two plain processes on the host's loopback, exactly what
@@ -140,7 +148,8 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
             limits: Default::default(),
             images: None,
         };
-        let guest = boot(&backend, spec(0, "bench0"), opts.hello_timeout).await.with_context(ctx)?;
+        let guest =
+            boot(&backend, spec(0, "bench0"), opts.hello_timeout).await.with_context(ctx)?;
         // netperf's client and server are two processes (two machines in the paper).
         let peer = if wants_net {
             match boot(&backend, spec(1, "bench-peer"), opts.hello_timeout).await {
@@ -154,7 +163,9 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
             None
         };
         let peer_addr = match &peer {
-            Some(p) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], net_serve(&p.conn).await?))),
+            Some(p) => {
+                Some(std::net::SocketAddr::from(([127, 0, 0, 1], net_serve(&p.conn).await?)))
+            }
             None => None,
         };
         let disk = disk_path.as_ref().map(|d| d.display().to_string());
@@ -169,15 +180,22 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
     } else {
         // A one-guest fleet on its own network, the peer on the fleet's bridge.
         for c in crate::runstate::reap_orphans() {
-            let _ = writeln!(progress, "cleaned up after a previous hostd that did not finish: {c}");
+            let _ =
+                writeln!(progress, "cleaned up after a previous hostd that did not finish: {c}");
         }
         let run = RunState::create("bench", None)?;
         let r = async {
-            let mut cfg = FleetConfig { n: 1, data_disk: disk_path.clone(), boot_timeout: opts.hello_timeout, ..Default::default() };
+            let mut cfg = FleetConfig {
+                n: 1,
+                data_disk: disk_path.clone(),
+                boot_timeout: opts.hello_timeout,
+                ..Default::default()
+            };
             // Room for every concurrent copy's working set besides what the guest needs idle.
             if opts.benches.contains(&BenchName::Memory) {
                 let need = crate::fidelity::mem_guest_mib(cfg.mem_mib, opts.mem_n, opts.instances);
-                cfg.mem_mib = u32::try_from(need).context("guest memory for the memory benchmark")?;
+                cfg.mem_mib =
+                    u32::try_from(need).context("guest memory for the memory benchmark")?;
             }
             let fleet = fleet::start(&backend, &run, &cfg, |_| {}).await?;
             let r = async {
@@ -186,9 +204,20 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
                     anyhow::bail!("{why}");
                 };
                 let net = fleet.net.as_ref().expect("network on");
-                let peer = if wants_net { Some(Peer::start(&opts.images, &opts.backend_opts, &run, net).await?) } else { None };
+                let peer = if wants_net {
+                    Some(Peer::start(&opts.images, &opts.backend_opts, &run, net).await?)
+                } else {
+                    None
+                };
                 let disk = disk_path.as_ref().map(|d| opts.backend.guest_disk(d));
-                let result = run_benches(guest, peer.as_ref().map(|p| p.addr), disk.as_deref(), opts, progress).await;
+                let result = run_benches(
+                    guest,
+                    peer.as_ref().map(|p| p.addr),
+                    disk.as_deref(),
+                    opts,
+                    progress,
+                )
+                .await;
                 if let Some(p) = peer {
                     p.stop().await;
                 }
@@ -230,9 +259,11 @@ async fn run_benches(
                 duration_ms: opts.net_duration_ms,
                 msg_size: opts.net_msg_size,
             },
-            BenchName::NetRr => {
-                BenchSpec::NetRr { peer: peer.expect("peer started").to_string(), duration_ms: opts.net_duration_ms, size: opts.rr_size }
-            }
+            BenchName::NetRr => BenchSpec::NetRr {
+                peer: peer.expect("peer started").to_string(),
+                duration_ms: opts.net_duration_ms,
+                size: opts.rr_size,
+            },
         };
         let req = BenchRequest { spec, instances: opts.instances, start_at_ns: None };
         req.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -271,7 +302,9 @@ async fn repeat(
             }
         }
         let t0 = Instant::now();
-        let report = run_once(conn, req, opts.bench_timeout).await.with_context(|| format!("{} benchmark", req.spec.name()))?;
+        let report = run_once(conn, req, opts.bench_timeout)
+            .await
+            .with_context(|| format!("{} benchmark", req.spec.name()))?;
         let _ = writeln!(
             progress,
             "  {:<10} {} {}/{} done in {:.2} s",
@@ -302,7 +335,11 @@ async fn repeat(
 }
 
 /// Sends one benchmark request and checks the (untrusted) report against it.
-pub async fn run_once(conn: &AgentConn, req: &BenchRequest, timeout: Duration) -> Result<BenchReport> {
+pub async fn run_once(
+    conn: &AgentConn,
+    req: &BenchRequest,
+    timeout: Duration,
+) -> Result<BenchReport> {
     match conn.request(Command::Bench(req.clone()), timeout).await? {
         ReplyBody::Bench(report) => {
             report.check(req).map_err(|e| anyhow::anyhow!("guest result rejected: {e}"))?;
@@ -316,7 +353,9 @@ pub async fn run_once(conn: &AgentConn, req: &BenchRequest, timeout: Duration) -
 pub fn describe(spec: &BenchSpec) -> String {
     match spec {
         BenchSpec::Cpu { rounds } => format!("time of {rounds} Newton steps towards √2"),
-        BenchSpec::Memory { n, passes } => format!("time of {passes} passes C=A+B+C on {n}×{n} f64 matrices"),
+        BenchSpec::Memory { n, passes } => {
+            format!("time of {passes} passes C=A+B+C on {n}×{n} f64 matrices")
+        }
         BenchSpec::Disk { block_size, direct, max_bytes, .. } => format!(
             "sequential {}read{}, {} KiB blocks, bandwidth",
             if *direct { "O_DIRECT " } else { "" },
@@ -326,7 +365,9 @@ pub fn describe(spec: &BenchSpec) -> String {
         BenchSpec::NetStream { peer, duration_ms, msg_size } => {
             format!("TCP stream to {peer} for {duration_ms} ms, {msg_size}-byte writes, received bandwidth")
         }
-        BenchSpec::NetRr { peer, duration_ms, size } => format!("TCP request/response with {peer}, {size} byte each way, {duration_ms} ms, latency"),
+        BenchSpec::NetRr { peer, duration_ms, size } => format!(
+            "TCP request/response with {peer}, {size} byte each way, {duration_ms} ms, latency"
+        ),
     }
 }
 
@@ -334,7 +375,10 @@ pub fn describe(spec: &BenchSpec) -> String {
 /// (a sparse file would be served from holes without I/O).
 pub fn write_data_file(path: &Path, mb: u64) -> std::io::Result<()> {
     if mb == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "disk benchmark file size must be > 0 MiB"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "disk benchmark file size must be > 0 MiB",
+        ));
     }
     let tmp = path.with_extension("partial");
     let mut f = std::fs::File::create(&tmp)?;
@@ -357,7 +401,9 @@ pub fn table(run: &BenchRun) -> String {
     }
     let g = &run.guest;
     let boot = match g.role {
-        Role::Init => format!(", ready {:.3} s after its kernel started", g.clock.boottime_ns as f64 / 1e9),
+        Role::Init => {
+            format!(", ready {:.3} s after its kernel started", g.clock.boottime_ns as f64 / 1e9)
+        }
         Role::Process => ", a host process".to_string(),
     };
     out.push_str(&format!(

@@ -35,7 +35,9 @@ pub enum NetError {
 }
 
 /// How a fleet's guests are attached to its network.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetMode {
     /// Each guest has a network stack of its own (a network namespace or a VM's kernel)
@@ -98,9 +100,15 @@ pub fn link_mtu(netns: &str, dev: &str) -> Result<u32, NetError> {
         .map_err(|e| NetError::Ip { args: args.join(" "), msg: format!("cannot run ip: {e}") })?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(NetError::Ip { args: args.join(" "), msg: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(NetError::Ip {
+            args: args.join(" "),
+            msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
-    parse_mtu(&text).ok_or_else(|| NetError::Ip { args: args.join(" "), msg: format!("no mtu in {:?}", text.trim()) })
+    parse_mtu(&text).ok_or_else(|| NetError::Ip {
+        args: args.join(" "),
+        msg: format!("no mtu in {:?}", text.trim()),
+    })
 }
 
 fn parse_mtu(line: &str) -> Option<u32> {
@@ -126,7 +134,10 @@ pub fn ip(args: &[&str]) -> Result<(), NetError> {
         .output()
         .map_err(|e| NetError::Ip { args: args.join(" "), msg: format!("cannot run ip: {e}") })?;
     if !out.status.success() {
-        return Err(NetError::Ip { args: args.join(" "), msg: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(NetError::Ip {
+            args: args.join(" "),
+            msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -198,13 +209,28 @@ impl FleetNet {
     /// A veth pair: `name` on the bridge, its peer `eth0` in the named namespace `guest_netns`.
     pub fn add_veth_to_netns(&self, name: &str, guest_netns: &str) -> Result<(), NetError> {
         let n = self.netns.as_str();
-        ip(&["-n", n, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", guest_netns])?;
+        ip(&[
+            "-n",
+            n,
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            guest_netns,
+        ])?;
         ip(&["-n", n, "link", "set", name, "master", BRIDGE, "up"])
     }
 
     /// Opens the namespace for [`enter_in_child`].
     pub fn open(&self) -> Result<OwnedFd, NetError> {
-        File::open(self.path()).map(OwnedFd::from).map_err(|e| NetError::Netns(self.netns.clone(), e))
+        File::open(self.path())
+            .map(OwnedFd::from)
+            .map_err(|e| NetError::Netns(self.netns.clone(), e))
     }
 }
 
@@ -258,11 +284,21 @@ mod tests {
         }
         let net = FleetNet::create(&format!("t{}", std::process::id())).unwrap();
         net.add_tap("vbt0").unwrap();
-        let out = Command::new("ip").args(["-n", &net.netns, "-o", "link", "show", "master", BRIDGE]).output().unwrap();
+        let out = Command::new("ip")
+            .args(["-n", &net.netns, "-o", "link", "show", "master", BRIDGE])
+            .output()
+            .unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains("vbt0"));
         // The bridge keeps its own MAC when ports join.
-        let out = Command::new("ip").args(["-n", &net.netns, "-o", "link", "show", BRIDGE]).output().unwrap();
-        assert!(String::from_utf8_lossy(&out.stdout).contains(BRIDGE_MAC), "{}", String::from_utf8_lossy(&out.stdout));
+        let out = Command::new("ip")
+            .args(["-n", &net.netns, "-o", "link", "show", BRIDGE])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(BRIDGE_MAC),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         assert_eq!(link_mtu(&net.netns, "vbt0").unwrap(), 1500);
         assert_eq!(link_mtu(&net.netns, "lo").unwrap(), 65536);
         let e = net.add_tap("vbt0").unwrap_err();

@@ -70,7 +70,8 @@ fn page_size() -> usize {
 }
 
 fn open_regular(path: &Path) -> Result<(File, u64), PageCacheError> {
-    let f = File::open(path).map_err(|source| PageCacheError::Open { path: path.into(), source })?;
+    let f =
+        File::open(path).map_err(|source| PageCacheError::Open { path: path.into(), source })?;
     let meta = f.metadata().map_err(|source| PageCacheError::Open { path: path.into(), source })?;
     if !meta.is_file() {
         return Err(PageCacheError::NotRegular { path: path.into() });
@@ -88,8 +89,9 @@ pub fn residency(path: &Path) -> Result<Residency, PageCacheError> {
     let page = page_size();
     // SAFETY: a fresh shared read-only mapping of a file we hold open; nothing reads
     // through it (mincore only asks the kernel about its pages) and it is unmapped below.
-    let addr = unsafe { mmap(None, len_nz, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, f.as_fd(), 0) }
-        .map_err(|source| PageCacheError::Map { path: path.into(), source })?;
+    let addr =
+        unsafe { mmap(None, len_nz, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, f.as_fd(), 0) }
+            .map_err(|source| PageCacheError::Map { path: path.into(), source })?;
     let mut vec = vec![0u8; len_nz.get().div_ceil(page)];
     // SAFETY: addr is page-aligned and maps len bytes; vec has one byte per page of it.
     let rc = unsafe { libc::mincore(addr.as_ptr(), len_nz.get(), vec.as_mut_ptr()) };
@@ -161,7 +163,9 @@ mod tests {
     }
 
     fn on_tmpfs(p: &Path) -> bool {
-        nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC).unwrap_or(false)
+        nix::sys::statfs::statfs(p)
+            .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+            .unwrap_or(false)
     }
 
     #[test]

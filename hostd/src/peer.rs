@@ -22,7 +22,12 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub async fn start(images: &Images, opts: &BackendOptions, run: &RunState, net: &FleetNet) -> Result<Self> {
+    pub async fn start(
+        images: &Images,
+        opts: &BackendOptions,
+        run: &RunState,
+        net: &FleetNet,
+    ) -> Result<Self> {
         let backend = AnyBackend::new(BackendKind::Native, images, opts);
         let spec = GuestSpec {
             index: usize::MAX,
@@ -32,13 +37,24 @@ impl Peer {
             mem_mib: 64,
             data_disk: None,
             workdir: run.scratch.join("peer"),
-            net: Some(GuestNet { fleet: net.shared(), addr: netlab::BRIDGE_ADDR, prefix: netlab::PREFIX, link: String::new() }),
+            net: Some(GuestNet {
+                fleet: net.shared(),
+                addr: netlab::BRIDGE_ADDR,
+                prefix: netlab::PREFIX,
+                link: String::new(),
+            }),
             cgroup: cgroup::detect().ok(),
             limits: Limits::default(),
             images: None,
         };
-        let guest = boot(&backend, spec, Duration::from_secs(30)).await.context("starting the network peer")?;
-        let port = match guest.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await {
+        let guest = boot(&backend, spec, Duration::from_secs(30))
+            .await
+            .context("starting the network peer")?;
+        let port = match guest
+            .conn
+            .request(Command::NetServe { port: 0 }, Duration::from_secs(10))
+            .await
+        {
             Ok(ReplyBody::Listening { port }) => port,
             other => {
                 guest.shutdown(&backend, Duration::ZERO).await;

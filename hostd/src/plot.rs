@@ -66,7 +66,10 @@ fn range(vals: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
 
 /// The legend, drawn by hand in the column right of the plot (plotters' own legend is laid
 /// out with font metrics an SVG without fonts does not have).
-fn legend<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::Shift>, series: &[Series]) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+fn legend<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    series: &[Series],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let (x, mut y) = (795, 40);
     for (i, s) in series.iter().enumerate() {
         let color = PALETTE[s.color.unwrap_or(i) % PALETTE.len()];
@@ -93,9 +96,16 @@ pub fn render(chart: &Chart) -> Result<String, String> {
         let pts = || chart.series.iter().flat_map(|s| s.points.iter());
         let (x0, x1) = range(pts().map(|p| p.x), false);
         let x1 = if x1 <= x0 { x0 + 1.0 } else { x1 };
-        let (y0, y1) = range(pts().flat_map(|p| [p.y - p.err.unwrap_or(0.0), p.y + p.err.unwrap_or(0.0)]), chart.log_y);
+        let (y0, y1) = range(
+            pts().flat_map(|p| [p.y - p.err.unwrap_or(0.0), p.y + p.err.unwrap_or(0.0)]),
+            chart.log_y,
+        );
         let mut b = ChartBuilder::on(&root);
-        b.caption(&chart.title, ("sans-serif", 20)).margin(12).margin_right(190).x_label_area_size(45).y_label_area_size(70);
+        b.caption(&chart.title, ("sans-serif", 20))
+            .margin(12)
+            .margin_right(190)
+            .x_label_area_size(45)
+            .y_label_area_size(70);
         macro_rules! draw {
             ($ctx:expr) => {{
                 let mut ctx = $ctx;
@@ -107,18 +117,35 @@ pub fn render(chart: &Chart) -> Result<String, String> {
                     .map_err(|e| e.to_string())?;
                 for (i, s) in chart.series.iter().enumerate() {
                     let color = PALETTE[s.color.unwrap_or(i) % PALETTE.len()];
-                    let style = ShapeStyle { color: color.to_rgba(), filled: false, stroke_width: if s.reference { 1 } else { 2 } };
+                    let style = ShapeStyle {
+                        color: color.to_rgba(),
+                        filled: false,
+                        stroke_width: if s.reference { 1 } else { 2 },
+                    };
                     let mut line: Vec<(f64, f64)> = s.points.iter().map(|p| (p.x, p.y)).collect();
                     line.sort_by(|a, b| a.0.total_cmp(&b.0));
                     if s.reference || s.dashed {
-                        ctx.draw_series(DashedLineSeries::new(line, 6, 4, style)).map_err(|e| e.to_string())?;
+                        ctx.draw_series(DashedLineSeries::new(line, 6, 4, style))
+                            .map_err(|e| e.to_string())?;
                     } else {
                         ctx.draw_series(LineSeries::new(line, style)).map_err(|e| e.to_string())?;
                     }
                     if !s.reference {
-                        ctx.draw_series(s.points.iter().map(|p| Circle::new((p.x, p.y), 3, color.filled()))).map_err(|e| e.to_string())?;
+                        ctx.draw_series(
+                            s.points.iter().map(|p| Circle::new((p.x, p.y), 3, color.filled())),
+                        )
+                        .map_err(|e| e.to_string())?;
                         ctx.draw_series(s.points.iter().filter_map(|p| {
-                            p.err.map(|e| ErrorBar::new_vertical(p.x, p.y - e, p.y, p.y + e, color.stroke_width(1), 6))
+                            p.err.map(|e| {
+                                ErrorBar::new_vertical(
+                                    p.x,
+                                    p.y - e,
+                                    p.y,
+                                    p.y + e,
+                                    color.stroke_width(1),
+                                    6,
+                                )
+                            })
                         }))
                         .map_err(|e| e.to_string())?;
                     }
@@ -139,7 +166,8 @@ pub fn render(chart: &Chart) -> Result<String, String> {
 /// Renders and writes atomically.
 pub fn write(chart: &Chart, path: &Path) -> Result<(), String> {
     let svg = render(chart)?;
-    crate::runstate::write_atomic(path, svg.as_bytes()).map_err(|e| format!("writing {}: {e}", path.display()))
+    crate::runstate::write_atomic(path, svg.as_bytes())
+        .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 /// One bar series: name, one value per category (None: missing), optional spread per category.
@@ -167,7 +195,11 @@ pub fn render_bars(b: &Bars) -> Result<String, String> {
         let vals = b
             .series
             .iter()
-            .flat_map(|(_, v, e)| v.iter().zip(e.iter().chain(std::iter::repeat(&None))).filter_map(|(v, e)| v.map(|v| v + e.unwrap_or(0.0))))
+            .flat_map(|(_, v, e)| {
+                v.iter()
+                    .zip(e.iter().chain(std::iter::repeat(&None)))
+                    .filter_map(|(v, e)| v.map(|v| v + e.unwrap_or(0.0)))
+            })
             .chain(b.marks.iter().flat_map(|(_, v)| v.iter().flatten().copied()));
         // Headroom above the tallest bar for the legend.
         let y1 = range(vals, false).1 * 1.35;
@@ -185,7 +217,11 @@ pub fn render_bars(b: &Bars) -> Result<String, String> {
             .x_labels(ncat * 2 + 1)
             .x_label_formatter(&|x| {
                 let i = x.floor() as usize;
-                if (x - i as f64 - 0.5).abs() < 0.26 { cats.get(i).cloned().unwrap_or_default() } else { String::new() }
+                if (x - i as f64 - 0.5).abs() < 0.26 {
+                    cats.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
             })
             .y_desc(b.y_label.as_str())
             .axis_desc_style(("sans-serif", 15))
@@ -197,11 +233,15 @@ pub fn render_bars(b: &Bars) -> Result<String, String> {
             let x0 = |ci: usize| ci as f64 + 0.1 + si as f64 * width;
             chart
                 .draw_series(v.iter().enumerate().filter_map(|(ci, v)| {
-                    v.map(|v| Rectangle::new([(x0(ci), 0.0), (x0(ci) + width * 0.9, v)], color.filled()))
+                    v.map(|v| {
+                        Rectangle::new([(x0(ci), 0.0), (x0(ci) + width * 0.9, v)], color.filled())
+                    })
                 }))
                 .map_err(|e| e.to_string())?
                 .label(name.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
+                });
             chart
                 .draw_series(v.iter().zip(e.iter()).enumerate().filter_map(|(ci, (v, e))| {
                     let (v, e) = (v.as_ref()?, e.as_ref()?);
@@ -214,11 +254,18 @@ pub fn render_bars(b: &Bars) -> Result<String, String> {
             let color = PALETTE[(b.series.len() + mi) % PALETTE.len()];
             chart
                 .draw_series(v.iter().enumerate().filter_map(|(ci, v)| {
-                    v.map(|v| PathElement::new(vec![(ci as f64 + 0.05, v), (ci as f64 + 0.95, v)], color.stroke_width(2)))
+                    v.map(|v| {
+                        PathElement::new(
+                            vec![(ci as f64 + 0.05, v), (ci as f64 + 0.95, v)],
+                            color.stroke_width(2),
+                        )
+                    })
                 }))
                 .map_err(|e| e.to_string())?
                 .label(name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -234,7 +281,8 @@ pub fn render_bars(b: &Bars) -> Result<String, String> {
 
 pub fn write_bars(b: &Bars, path: &Path) -> Result<(), String> {
     let svg = render_bars(b)?;
-    crate::runstate::write_atomic(path, svg.as_bytes()).map_err(|e| format!("writing {}: {e}", path.display()))
+    crate::runstate::write_atomic(path, svg.as_bytes())
+        .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -250,11 +298,22 @@ mod tests {
             series: vec![
                 Series {
                     name: "uml cold".into(),
-                    points: vec![Point { x: 1.0, y: 0.5, err: Some(0.1) }, Point { x: 10.0, y: 2.0, err: None }],
+                    points: vec![
+                        Point { x: 1.0, y: 0.5, err: Some(0.1) },
+                        Point { x: 10.0, y: 2.0, err: None },
+                    ],
                     reference: false,
                     ..Default::default()
                 },
-                Series { name: "theory".into(), points: vec![Point { x: 1.0, y: 0.4, err: None }, Point { x: 10.0, y: 4.0, err: None }], reference: true, ..Default::default() },
+                Series {
+                    name: "theory".into(),
+                    points: vec![
+                        Point { x: 1.0, y: 0.4, err: None },
+                        Point { x: 10.0, y: 4.0, err: None },
+                    ],
+                    reference: true,
+                    ..Default::default()
+                },
             ],
             log_y: false,
         };
@@ -273,7 +332,10 @@ mod tests {
             title: "Isolation".into(),
             y_label: "time / T_a".into(),
             categories: vec!["ns".into(), "uml".into()],
-            series: vec![("guest 1".into(), vec![Some(1.0), Some(2.0)], vec![Some(0.1), None]), ("guest 2".into(), vec![Some(1.5), None], vec![None, None])],
+            series: vec![
+                ("guest 1".into(), vec![Some(1.0), Some(2.0)], vec![Some(0.1), None]),
+                ("guest 2".into(), vec![Some(1.5), None], vec![None, None]),
+            ],
             marks: vec![("per-VM model".into(), vec![Some(1.5), Some(1.5)])],
         };
         let svg = render_bars(&b).unwrap();
@@ -285,7 +347,13 @@ mod tests {
 
     #[test]
     fn empty_chart_still_renders() {
-        let c = Chart { title: "none".into(), x_label: "x".into(), y_label: "y".into(), series: vec![], log_y: false };
+        let c = Chart {
+            title: "none".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            series: vec![],
+            log_y: false,
+        };
         assert!(render(&c).unwrap().contains("none"));
     }
 }
@@ -300,9 +368,35 @@ mod look {
             x_label: "guests started together (n)".into(),
             y_label: "T_startup = max ready time (s)".into(),
             series: vec![
-                Series { name: "cold".into(), points: vec![Point { x: 1.0, y: 0.5, err: Some(0.1) }, Point { x: 10.0, y: 2.0, err: Some(0.3) }, Point { x: 50.0, y: 9.0, err: None }], reference: false, ..Default::default() },
-                Series { name: "hot".into(), points: vec![Point { x: 1.0, y: 0.2, err: None }, Point { x: 10.0, y: 1.0, err: None }, Point { x: 50.0, y: 4.0, err: None }], reference: false, ..Default::default() },
-                Series { name: "affine reference".into(), points: vec![Point { x: 1.0, y: 0.2, err: None }, Point { x: 50.0, y: 6.0, err: None }], reference: true, ..Default::default() },
+                Series {
+                    name: "cold".into(),
+                    points: vec![
+                        Point { x: 1.0, y: 0.5, err: Some(0.1) },
+                        Point { x: 10.0, y: 2.0, err: Some(0.3) },
+                        Point { x: 50.0, y: 9.0, err: None },
+                    ],
+                    reference: false,
+                    ..Default::default()
+                },
+                Series {
+                    name: "hot".into(),
+                    points: vec![
+                        Point { x: 1.0, y: 0.2, err: None },
+                        Point { x: 10.0, y: 1.0, err: None },
+                        Point { x: 50.0, y: 4.0, err: None },
+                    ],
+                    reference: false,
+                    ..Default::default()
+                },
+                Series {
+                    name: "affine reference".into(),
+                    points: vec![
+                        Point { x: 1.0, y: 0.2, err: None },
+                        Point { x: 50.0, y: 6.0, err: None },
+                    ],
+                    reference: true,
+                    ..Default::default()
+                },
             ],
             log_y: false,
         };

@@ -63,7 +63,8 @@ fn read(root: &Path, p: &str) -> Option<String> {
 pub fn host_facts_in(root: &Path) -> HostFacts {
     let unknown = |what: &str| format!("unknown (no {what})");
     HostFacts {
-        kernel: read(root, "proc/sys/kernel/osrelease").unwrap_or_else(|| unknown("/proc/sys/kernel/osrelease")),
+        kernel: read(root, "proc/sys/kernel/osrelease")
+            .unwrap_or_else(|| unknown("/proc/sys/kernel/osrelease")),
         cpus: crate::suite::host_cores(),
         thp: read(root, "sys/kernel/mm/transparent_hugepage/enabled")
             .map(|l| selected(&l))
@@ -76,7 +77,9 @@ pub fn host_facts_in(root: &Path) -> HostFacts {
             None => unknown("ksm in sysfs"),
         },
         governor: read(root, "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
-            .unwrap_or_else(|| "none (no cpufreq: frequency set by the platform or hypervisor)".into()),
+            .unwrap_or_else(|| {
+                "none (no cpufreq: frequency set by the platform or hypervisor)".into()
+            }),
         smt: match read(root, "sys/devices/system/cpu/smt/active").as_deref() {
             Some("1") => "on".into(),
             Some("0") => "off".into(),
@@ -163,8 +166,16 @@ mod tests {
             schema_version: SCHEMA_VERSION,
             host: host_facts_in(Path::new("/nonexistent")),
             backends: vec![
-                BackendCheck { backend: BackendKind::Native, available: true, detail: "agent /a".into() },
-                BackendCheck { backend: BackendKind::Firecracker, available: false, detail: "firecracker is not on PATH".into() },
+                BackendCheck {
+                    backend: BackendKind::Native,
+                    available: true,
+                    detail: "agent /a".into(),
+                },
+                BackendCheck {
+                    backend: BackendKind::Firecracker,
+                    available: false,
+                    detail: "firecracker is not on PATH".into(),
+                },
             ],
         };
         let t = table(&r);

@@ -58,7 +58,10 @@ impl Provenance {
                 self.host.llc.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
                 self.host.kernel
             ),
-            format!("hostd {} at {}, measured {}", self.hostd_version, self.git_revision, self.date),
+            format!(
+                "hostd {} at {}, measured {}",
+                self.hostd_version, self.git_revision, self.date
+            ),
         ];
         v.extend(self.artifacts.iter().map(|(k, h)| format!("{k} sha256 {h}")));
         v.extend(self.notes.iter().cloned());
@@ -88,7 +91,11 @@ impl Provenance {
         for (k, h) in &recorded.artifacts {
             match self.artifacts.get(k) {
                 None => d.push(format!("artifact {k}: recorded sha256 {}…, now absent", short(h))),
-                Some(now) if now != h => d.push(format!("artifact {k}: sha256 {}… recorded, {}… now", short(h), short(now))),
+                Some(now) if now != h => d.push(format!(
+                    "artifact {k}: sha256 {}… recorded, {}… now",
+                    short(h),
+                    short(now)
+                )),
                 Some(_) => {}
             }
         }
@@ -126,16 +133,27 @@ pub fn mixed_lines(records: &[crate::samples::Record], base: Option<&Provenance>
     let mut order: Vec<(String, String, usize)> = Vec::new();
     let base_id = base.map(Provenance::id).unwrap_or_default();
     if let Some(b) = base {
-        order.push((base_id.clone(), format!("hostd {} at {}, recorded {} (provenance.json)", b.hostd_version, b.git_revision, b.date), 0));
+        order.push((
+            base_id.clone(),
+            format!(
+                "hostd {} at {}, recorded {} (provenance.json)",
+                b.hostd_version, b.git_revision, b.date
+            ),
+            0,
+        ));
     }
     for r in records {
         match r {
             Record::Provenance { id, provenance } if !order.iter().any(|(i, _, _)| i == id) => {
-                let what = format!("hostd {} at {}, recorded {}", provenance.hostd_version, provenance.git_revision, provenance.date);
+                let what = format!(
+                    "hostd {} at {}, recorded {}",
+                    provenance.hostd_version, provenance.git_revision, provenance.date
+                );
                 order.push((id.clone(), what, 0));
             }
             Record::Bench(_) | Record::Startup(_) | Record::Memory(_) => {
-                let id = r.provenance_id().filter(|i| !i.is_empty()).unwrap_or(&base_id).to_string();
+                let id =
+                    r.provenance_id().filter(|i| !i.is_empty()).unwrap_or(&base_id).to_string();
                 match order.iter_mut().find(|(i, _, _)| *i == id) {
                     Some(e) => e.2 += 1,
                     None => order.push((id, "no provenance record names it".into(), 1)),
@@ -165,11 +183,21 @@ impl HostInfo {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         Self {
-            hostname: uts.as_ref().map(|u| u.nodename().to_string_lossy().into_owned()).unwrap_or_default(),
-            kernel: uts.as_ref().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+            hostname: uts
+                .as_ref()
+                .map(|u| u.nodename().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            kernel: uts
+                .as_ref()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
             cpu_model: cpuinfo
                 .lines()
-                .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+                .find_map(|l| {
+                    l.strip_prefix("model name")
+                        .and_then(|r| r.split_once(':'))
+                        .map(|(_, v)| v.trim().to_string())
+                })
                 .unwrap_or_else(|| "unknown".into()),
             cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
             mem_total_kib: crate::memory::meminfo_field(&meminfo, "MemTotal").unwrap_or(0),
@@ -200,8 +228,19 @@ mod tests {
 
     fn prov(kernel: &str, version: &str, date: &str) -> Provenance {
         Provenance {
-            artifacts: [("kernel-pc".to_string(), kernel.to_string()), ("agent".to_string(), "a".repeat(64))].into(),
-            host: HostInfo { hostname: "h".into(), kernel: "6.1".into(), cpu_model: "c".into(), cpus: 2, mem_total_kib: 1 << 20, llc: None },
+            artifacts: [
+                ("kernel-pc".to_string(), kernel.to_string()),
+                ("agent".to_string(), "a".repeat(64)),
+            ]
+            .into(),
+            host: HostInfo {
+                hostname: "h".into(),
+                kernel: "6.1".into(),
+                cpu_model: "c".into(),
+                cpus: 2,
+                mem_total_kib: 1 << 20,
+                llc: None,
+            },
             git_revision: "r1".into(),
             hostd_version: version.into(),
             date: date.into(),
@@ -229,7 +268,9 @@ mod tests {
             "an LLC the recording lacked is not a difference"
         );
         b.artifacts.remove("agent");
-        assert!(b.differences(&a).contains(&format!("artifact agent: recorded sha256 {}…, now absent", "a".repeat(12))));
+        assert!(b
+            .differences(&a)
+            .contains(&format!("artifact agent: recorded sha256 {}…, now absent", "a".repeat(12))));
     }
 
     #[test]
@@ -242,13 +283,25 @@ mod tests {
             r
         };
         // Untagged samples (an older hostd) are provenance.json's.
-        let one = vec![bench(""), Record::Provenance { id: a.id(), provenance: a.clone() }, bench(&a.id())];
+        let one = vec![
+            bench(""),
+            Record::Provenance { id: a.id(), provenance: a.clone() },
+            bench(&a.id()),
+        ];
         assert!(mixed_lines(&one, Some(&a)).is_empty());
-        let two = [one, vec![Record::Provenance { id: b.id(), provenance: b.clone() }, bench(&b.id())]].concat();
+        let two =
+            [one, vec![Record::Provenance { id: b.id(), provenance: b.clone() }, bench(&b.id())]]
+                .concat();
         let l = mixed_lines(&two, Some(&a));
         assert_eq!(l.len(), 3, "{l:#?}");
         assert!(l[0].starts_with("this run mixes 2 provenances"));
         assert_eq!(l[1], format!("provenance {}: hostd 0.1.0 at r1, recorded 2026-12-01T00:00:00Z (provenance.json); 2 samples", a.id()));
-        assert_eq!(l[2], format!("provenance {}: hostd 0.1.0 at r1, recorded 2026-12-02T00:00:00Z; 1 sample", b.id()));
+        assert_eq!(
+            l[2],
+            format!(
+                "provenance {}: hostd 0.1.0 at r1, recorded 2026-12-02T00:00:00Z; 1 sample",
+                b.id()
+            )
+        );
     }
 }

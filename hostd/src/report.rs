@@ -41,7 +41,16 @@ pub struct Stat {
 impl Stat {
     pub fn of(v: &[f64], unit: &str) -> Option<Stat> {
         let s = Summary::of("", unit, v.to_vec())?;
-        Some(Stat { mean: s.mean, std_dev: s.std_dev, min: s.min, max: s.max, samples: v.len(), unit: unit.into(), median: s.median, ci95: s.ci95 })
+        Some(Stat {
+            mean: s.mean,
+            std_dev: s.std_dev,
+            min: s.min,
+            max: s.max,
+            samples: v.len(),
+            unit: unit.into(),
+            median: s.median,
+            ci95: s.ci95,
+        })
     }
 
     /// Half the width of the 95 % confidence interval (the figures' error bars).
@@ -109,18 +118,8 @@ impl Report {
             .iter()
             .map(|r| r.ready + r.failed + usize::from(r.m_used_mib.is_some()))
             .sum();
-        let overhead: usize = self
-            .overhead
-            .values()
-            .flatten()
-            .map(|p| stat(&p.value))
-            .sum();
-        let linearity: usize = self
-            .linearity
-            .values()
-            .flatten()
-            .map(|p| stat(&p.value))
-            .sum();
+        let overhead: usize = self.overhead.values().flatten().map(|p| stat(&p.value)).sum();
+        let linearity: usize = self.linearity.values().flatten().map(|p| stat(&p.value)).sum();
         let ring: usize = self
             .ring
             .values()
@@ -171,28 +170,20 @@ impl Report {
                     f(&|| format!("{at} {k}"), v);
                 }
             }
-            for (k, s) in [
-                ("ready time", &r.ready_times),
-                ("guest boot", &r.guest_boot),
-            ] {
+            for (k, s) in [("ready time", &r.ready_times), ("guest boot", &r.guest_boot)] {
                 if let Some(s) = s {
-                    for (m, v) in [
-                        ("mean", s.mean),
-                        ("std_dev", s.std_dev),
-                        ("min", s.min),
-                        ("max", s.max),
-                    ] {
+                    for (m, v) in
+                        [("mean", s.mean), ("std_dev", s.std_dev), ("min", s.min), ("max", s.max)]
+                    {
                         f(&|| format!("{at} {k} {m}"), v);
                     }
                 }
             }
         }
         for (k, fit) in &self.startup.memory_fit {
-            for (m, v) in [
-                ("slope", fit.slope),
-                ("intercept", fit.intercept),
-                ("residual", fit.residual_std),
-            ] {
+            for (m, v) in
+                [("slope", fit.slope), ("intercept", fit.intercept), ("residual", fit.residual_std)]
+            {
                 f(&|| format!("memory fit {k} {m}"), v);
             }
         }
@@ -256,12 +247,7 @@ pub fn build(dir: &Path) -> Result<Report, DirError> {
 /// its paper section (`suite::*::analyse`, `startup::analyse`); this only sorts the samples
 /// out and assembles.
 pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
-    let Samples {
-        records,
-        unreadable,
-        implausible,
-        rejected,
-    } = samples;
+    let Samples { records, unreadable, implausible, rejected } = samples;
     // The host's CPUs, for samples that did not record their guests' own. A forged
     // provenance's CPU count must not make a capacity of 0 (every model divides).
     let cores = provenance
@@ -282,7 +268,9 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         match r {
             Record::Startup(s) => startups.push(s),
             Record::Memory(m) => memory.push(m),
-            Record::Failure { backend, n, mode, failure } => failures.push((backend, n, mode, failure)),
+            Record::Failure { backend, n, mode, failure } => {
+                failures.push((backend, n, mode, failure))
+            }
             Record::FleetDone { .. } => {}
             Record::Bench(b) => bench.push(b),
             Record::StepDone { key } => {
@@ -313,7 +301,12 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
 
     // The suite.
     let select = |test: Test, b: BackendKind, r: Resource, n: Option<usize>| -> Vec<&BenchSample> {
-        bench.iter().filter(|s| s.test == test && s.backend == b && s.resource == r && n.is_none_or(|n| s.n == n)).collect()
+        bench
+            .iter()
+            .filter(|s| {
+                s.test == test && s.backend == b && s.resource == r && n.is_none_or(|n| s.n == n)
+            })
+            .collect()
     };
     let backends: Vec<BackendKind> = {
         let mut v: Vec<BackendKind> = bench.iter().map(|s| s.backend).collect();
@@ -324,7 +317,10 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
     // T_a: the native backend at n = 1, per resource and workload (a backend with other
     // workloads is compared with a host baseline of the same workload).
     let ta_of = |r: Resource, params: &str| -> Option<Stat> {
-        let v: Vec<&BenchSample> = select(Test::Overhead, BackendKind::Native, r, Some(1)).into_iter().filter(|s| s.params == params).collect();
+        let v: Vec<&BenchSample> = select(Test::Overhead, BackendKind::Native, r, Some(1))
+            .into_iter()
+            .filter(|s| s.params == params)
+            .collect();
         overhead::baseline(&v)
     };
     // The workload each backend ran a resource with: its overhead samples at the largest n
@@ -347,7 +343,9 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
             let params = params_of(b, r);
             let ta = params.as_deref().and_then(|p| ta_of(r, p)).map(|s| s.mean);
             let same = |s: &&BenchSample| params.as_ref().is_none_or(|p| &s.params == p);
-            let of = |test: Test| -> Vec<&BenchSample> { select(test, b, r, None).into_iter().filter(same).collect() };
+            let of = |test: Test| -> Vec<&BenchSample> {
+                select(test, b, r, None).into_iter().filter(same).collect()
+            };
             let pts = overhead::analyse(&of(Test::Overhead), ta);
             let t_av = pts.iter().find(|p| p.n == 1).map(|p| p.value.mean);
             if !pts.is_empty() {
@@ -361,7 +359,9 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
                 linearity.insert(key(b, r), pts);
             }
             let iso = t_av.and_then(|alone| isolation::analyse(&of(Test::Isolation), alone, cores));
-            let assumed = assumed || (counts_cpus && iso.as_ref().is_some_and(|i| i.cpus.is_some_and(|c| !c.recorded)));
+            let assumed = assumed
+                || (counts_cpus
+                    && iso.as_ref().is_some_and(|i| i.cpus.is_some_and(|c| !c.recorded)));
             if let Some(i) = iso {
                 isolation_res.insert(key(b, r), i);
             }
@@ -373,7 +373,10 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
     let disk_notes = crate::datadisk::disk_notes(&bench);
     let mut ring_res = BTreeMap::new();
     for &b in &backends {
-        let v: Vec<&BenchSample> = bench.iter().filter(|s| s.backend == b && matches!(s.test, Test::Ring | Test::RingLatency)).collect();
+        let v: Vec<&BenchSample> = bench
+            .iter()
+            .filter(|s| s.backend == b && matches!(s.test, Test::Ring | Test::RingLatency))
+            .collect();
         if let Some(r) = ring::analyse(&v) {
             ring_res.insert(b, r);
         }
@@ -402,7 +405,12 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
     }
 }
 
-const RES: [(Resource, &str); 4] = [(Resource::Cpu, "CPU"), (Resource::Memory, "Memory"), (Resource::Disk, "Disk"), (Resource::Network, "Network")];
+const RES: [(Resource, &str); 4] = [
+    (Resource::Cpu, "CPU"),
+    (Resource::Memory, "Memory"),
+    (Resource::Disk, "Disk"),
+    (Resource::Network, "Network"),
+];
 
 fn y_label(r: Resource, what: &str) -> String {
     match r {
@@ -451,15 +459,32 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure, String)> {
             .into_iter()
             .map(|b| Series {
                 name: b.to_string(),
-                points: rep.overhead[&key(b, *r)].iter().map(|p| Point { x: p.n as f64, y: p.value.mean, err: ci(&p.value) }).collect(),
-                reference: false, ..Default::default() })
+                points: rep.overhead[&key(b, *r)]
+                    .iter()
+                    .map(|p| Point { x: p.n as f64, y: p.value.mean, err: ci(&p.value) })
+                    .collect(),
+                reference: false,
+                ..Default::default()
+            })
             .collect();
-        let counts = count_range(rep.overhead.iter().filter(|(k, _)| k.ends_with(&format!("/{}", r.name()))).flat_map(|(_, p)| p.iter().map(|p| p.value.samples)));
-        if let (Some(ta), Some(maxn)) = (rep.baseline.get(r), rep.overhead.values().flatten().map(|p| p.n).max()) {
+        let counts = count_range(
+            rep.overhead
+                .iter()
+                .filter(|(k, _)| k.ends_with(&format!("/{}", r.name())))
+                .flat_map(|(_, p)| p.iter().map(|p| p.value.samples)),
+        );
+        if let (Some(ta), Some(maxn)) =
+            (rep.baseline.get(r), rep.overhead.values().flatten().map(|p| p.n).max())
+        {
             series.push(Series {
                 name: "host T_a (native, n=1)".into(),
-                points: vec![Point { x: 1.0, y: ta.mean, err: None }, Point { x: maxn.max(2) as f64, y: ta.mean, err: None }],
-                reference: true, ..Default::default() });
+                points: vec![
+                    Point { x: 1.0, y: ta.mean, err: None },
+                    Point { x: maxn.max(2) as f64, y: ta.mean, err: None },
+                ],
+                reference: true,
+                ..Default::default()
+            });
         }
         out.push((
             format!("fig{:02}_overhead_{}.svg", 2 + i, r.name()),
@@ -479,17 +504,35 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure, String)> {
             let pts = &rep.linearity[&key(b, *r)];
             series.push(Series {
                 name: format!("{b} mean ± 95 % CI"),
-                points: pts.iter().map(|p| Point { x: p.n as f64, y: p.value.mean, err: ci(&p.value) }).collect(),
-                reference: false, ..Default::default() });
+                points: pts
+                    .iter()
+                    .map(|p| Point { x: p.n as f64, y: p.value.mean, err: ci(&p.value) })
+                    .collect(),
+                reference: false,
+                ..Default::default()
+            });
             // The paper uses one reference (Vserver's) except for disk, where each tool has its own.
             if b == BackendKind::Native || *r == Resource::Disk {
-                let refs: Vec<Point> = pts.iter().filter_map(|p| Some(Point { x: p.n as f64, y: p.reference?, err: None })).collect();
+                let refs: Vec<Point> = pts
+                    .iter()
+                    .filter_map(|p| Some(Point { x: p.n as f64, y: p.reference?, err: None }))
+                    .collect();
                 if !refs.is_empty() {
-                    series.push(Series { name: format!("{b} reference"), points: refs, reference: true, ..Default::default() });
+                    series.push(Series {
+                        name: format!("{b} reference"),
+                        points: refs,
+                        reference: true,
+                        ..Default::default()
+                    });
                 }
             }
         }
-        let lin = || rep.linearity.iter().filter(|(k, _)| k.ends_with(&format!("/{}", r.name()))).flat_map(|(_, p)| p.iter());
+        let lin = || {
+            rep.linearity
+                .iter()
+                .filter(|(k, _)| k.ends_with(&format!("/{}", r.name())))
+                .flat_map(|(_, p)| p.iter())
+        };
         let counts = count_range(lin().map(|p| p.value.samples));
         let cpus = count_range(lin().filter_map(|p| p.cpus.map(|c| c.count)));
         out.push((
@@ -514,10 +557,16 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure, String)> {
         ));
     }
     for (i, (r, label)) in RES.iter().enumerate() {
-        let bs: Vec<BackendKind> = BackendKind::ALL.into_iter().filter(|b| rep.isolation.contains_key(&key(*b, *r))).collect();
-        let get = |f: &dyn Fn(&IsolationResult) -> f64| -> Vec<Option<f64>> { bs.iter().map(|b| Some(f(&rep.isolation[&key(*b, *r)]))).collect() };
+        let bs: Vec<BackendKind> = BackendKind::ALL
+            .into_iter()
+            .filter(|b| rep.isolation.contains_key(&key(*b, *r)))
+            .collect();
+        let get = |f: &dyn Fn(&IsolationResult) -> f64| -> Vec<Option<f64>> {
+            bs.iter().map(|b| Some(f(&rep.isolation[&key(*b, *r)]))).collect()
+        };
         let none = vec![None; bs.len()];
-        let what = if *r == Resource::Network { "bandwidth ÷ alone" } else { "time ÷ time alone" };
+        let what =
+            if *r == Resource::Network { "bandwidth ÷ alone" } else { "time ÷ time alone" };
         out.push((
             format!("fig{:02}_isolation_{}.svg", 10 + i, r.name()),
             Figure::Bars(Bars {
@@ -572,9 +621,15 @@ pub const EMULATED_MARK: &str = " (emulated host)";
 /// Labels every curve and bar of a backend whose probe says it ran inside an emulated host,
 /// so no figure passes those numbers off as a real host's.
 fn mark_emulated(rep: &Report, figs: &mut [(String, Figure, String)]) {
-    let emulated: Vec<String> = rep.probes.iter().filter(|(_, d)| d.starts_with("[emulated host]")).map(|(b, _)| b.to_string()).collect();
+    let emulated: Vec<String> = rep
+        .probes
+        .iter()
+        .filter(|(_, d)| d.starts_with("[emulated host]"))
+        .map(|(b, _)| b.to_string())
+        .collect();
     let mark = |name: &mut String| {
-        if let Some(b) = emulated.iter().find(|b| name == *b || name.starts_with(&format!("{b} "))) {
+        if let Some(b) = emulated.iter().find(|b| name == *b || name.starts_with(&format!("{b} ")))
+        {
             name.insert_str(b.len(), EMULATED_MARK);
         }
     };
@@ -597,18 +652,11 @@ pub enum WriteError {
         "{path} holds {had} data points, the samples only {has}: refusing to replace it with less (are the samples missing, \
          cut short or another run's?); pass --force to rebuild it anyway"
     )]
-    LessData {
-        path: std::path::PathBuf,
-        had: usize,
-        has: usize,
-    },
+    LessData { path: std::path::PathBuf, had: usize, has: usize },
     #[error("{0}")]
     Write(std::io::Error),
     #[error("drawing {path}: {message}")]
-    Figure {
-        path: std::path::PathBuf,
-        message: String,
-    },
+    Figure { path: std::path::PathBuf, message: String },
 }
 
 /// Writes report.json, report.csv, every figure and index.html into the results directory
@@ -650,11 +698,12 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
         );
     }
     let w = |name: &str, data: &[u8]| results::write_in(dir, name, data).map_err(WriteError::Write);
+    w("report.json", &serde_json::to_vec_pretty(&rep).map_err(|e| WriteError::Write(e.into()))?)?;
     w(
-        "report.json",
-        &serde_json::to_vec_pretty(&rep).map_err(|e| WriteError::Write(e.into()))?,
+        "report.csv",
+        &csv(&rep)
+            .map_err(|e| WriteError::Write(std::io::Error::other(format!("report.csv: {e}"))))?,
     )?;
-    w("report.csv", &csv(&rep).map_err(|e| WriteError::Write(std::io::Error::other(format!("report.csv: {e}"))))?)?;
     w("report.md", crate::decision::markdown(&crate::decision::decide(&rep)).as_bytes())?;
     let figs = figures(&rep);
     // A run killed right after making its directory has no figures/ yet.
@@ -671,10 +720,7 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
             Figure::Line(c) => plot::write(c, &p),
             Figure::Bars(b) => plot::write_bars(b, &p),
         }
-        .map_err(|message| WriteError::Figure {
-            path: p.clone(),
-            message,
-        })?;
+        .map_err(|message| WriteError::Figure { path: p.clone(), message })?;
     }
     w("index.html", html_page(&rep, &figs).as_bytes())?;
     Ok(rep)
@@ -683,26 +729,106 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
 /// Long-format CSV of every summarised point.
 fn csv(rep: &Report) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["section", "backend", "resource", "n", "metric", "mean", "std_dev", "min", "max", "samples", "unit", "median", "ci95_low", "ci95_high"])?;
+    w.write_record([
+        "section",
+        "backend",
+        "resource",
+        "n",
+        "metric",
+        "mean",
+        "std_dev",
+        "min",
+        "max",
+        "samples",
+        "unit",
+        "median",
+        "ci95_low",
+        "ci95_high",
+    ])?;
     let f = |v: f64| v.to_string();
     let ci = |c: Option<[f64; 2]>| c.map(|[lo, hi]| [f(lo), f(hi)]).unwrap_or_default();
     // One row: a point's Stat, or a bare value where there is no spread.
-    let stat_row = |section: &str, b: &str, res: &str, n: usize, metric: &str, v: &Stat| -> Vec<String> {
-        let [lo, hi] = ci(v.ci95);
-        vec![section.into(), b.into(), res.into(), n.to_string(), metric.into(), f(v.mean), f(v.std_dev), f(v.min), f(v.max), v.samples.to_string(), v.unit.clone(), f(v.median), lo, hi]
-    };
-    let bare = |section: &str, b: &str, res: &str, n: usize, metric: &str, v: f64, min_max: Option<(f64, f64)>, samples: &str, unit: &str| -> Vec<String> {
+    let stat_row =
+        |section: &str, b: &str, res: &str, n: usize, metric: &str, v: &Stat| -> Vec<String> {
+            let [lo, hi] = ci(v.ci95);
+            vec![
+                section.into(),
+                b.into(),
+                res.into(),
+                n.to_string(),
+                metric.into(),
+                f(v.mean),
+                f(v.std_dev),
+                f(v.min),
+                f(v.max),
+                v.samples.to_string(),
+                v.unit.clone(),
+                f(v.median),
+                lo,
+                hi,
+            ]
+        };
+    let bare = |section: &str,
+                b: &str,
+                res: &str,
+                n: usize,
+                metric: &str,
+                v: f64,
+                min_max: Option<(f64, f64)>,
+                samples: &str,
+                unit: &str|
+     -> Vec<String> {
         let (mn, mx) = min_max.map(|(a, b)| (f(a), f(b))).unwrap_or_default();
-        vec![section.into(), b.into(), res.into(), n.to_string(), metric.into(), f(v), String::new(), mn, mx, samples.into(), unit.into(), String::new(), String::new(), String::new()]
+        vec![
+            section.into(),
+            b.into(),
+            res.into(),
+            n.to_string(),
+            metric.into(),
+            f(v),
+            String::new(),
+            mn,
+            mx,
+            samples.into(),
+            unit.into(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]
     };
     for r in &rep.startup.rows {
         if let Some(s) = &r.ready_times {
             let [lo, hi] = ci(s.ci95);
             let b = r.backend.to_string();
-            w.write_record([format!("startup_{}", r.mode.name()), b, String::new(), r.n.to_string(), "ready_time".into(), f(s.mean), f(s.std_dev), f(s.min), f(s.max), s.samples.len().to_string(), "s".into(), f(s.median), lo, hi])?;
+            w.write_record([
+                format!("startup_{}", r.mode.name()),
+                b,
+                String::new(),
+                r.n.to_string(),
+                "ready_time".into(),
+                f(s.mean),
+                f(s.std_dev),
+                f(s.min),
+                f(s.max),
+                s.samples.len().to_string(),
+                "s".into(),
+                f(s.median),
+                lo,
+                hi,
+            ])?;
         }
         if let Some(m) = r.m_used_mib {
-            w.write_record(bare(&format!("memory_{}", r.mode.name()), &r.backend.to_string(), "", r.n, "m_used", m, None, "1", "MiB"))?;
+            w.write_record(bare(
+                &format!("memory_{}", r.mode.name()),
+                &r.backend.to_string(),
+                "",
+                r.n,
+                "m_used",
+                m,
+                None,
+                "1",
+                "MiB",
+            ))?;
         }
     }
     for (section, map) in [("overhead", &rep.overhead)] {
@@ -721,12 +847,32 @@ fn csv(rep: &Report) -> Result<Vec<u8>, csv::Error> {
     }
     for (k, i) in &rep.isolation {
         let (b, res) = k.split_once('/').unwrap_or((k, ""));
-        w.write_record(bare("isolation", b, res, 2, "guest1_relative", i.guest1, None, "", "ratio"))?;
-        let g2 = ((i.guest2[0] + i.guest2[1]) / 2.0, Some((i.guest2[0].min(i.guest2[1]), i.guest2[0].max(i.guest2[1]))));
+        w.write_record(bare(
+            "isolation",
+            b,
+            res,
+            2,
+            "guest1_relative",
+            i.guest1,
+            None,
+            "",
+            "ratio",
+        ))?;
+        let g2 = (
+            (i.guest2[0] + i.guest2[1]) / 2.0,
+            Some((i.guest2[0].min(i.guest2[1]), i.guest2[0].max(i.guest2[1]))),
+        );
         w.write_record(bare("isolation", b, res, 2, "guest2_relative", g2.0, g2.1, "", "ratio"))?;
     }
     for (b, r) in &rep.ring {
-        w.write_record(stat_row("ring", &b.to_string(), "network", r.guests, "bandwidth", &r.bandwidth))?;
+        w.write_record(stat_row(
+            "ring",
+            &b.to_string(),
+            "network",
+            r.guests,
+            "bandwidth",
+            &r.bandwidth,
+        ))?;
     }
     w.into_inner().map_err(|e| e.into_error().into())
 }
@@ -786,8 +932,19 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
     if !rep.lost.is_empty() {
         h.push_str("<h2>Guests lost during measurements</h2><ul>");
         for (b, step, f) in &rep.lost {
-            let tail = f.console_tail.as_deref().map(|t| format!("<pre>{}</pre>", esc(t))).unwrap_or_default();
-            let _ = write!(h, "<li class=\"bad\"><b>{b} {}</b> ({}): {:?}: {}{tail}</li>", esc(&f.name), esc(step), f.kind, esc(&f.error));
+            let tail = f
+                .console_tail
+                .as_deref()
+                .map(|t| format!("<pre>{}</pre>", esc(t)))
+                .unwrap_or_default();
+            let _ = write!(
+                h,
+                "<li class=\"bad\"><b>{b} {}</b> ({}): {:?}: {}{tail}</li>",
+                esc(&f.name),
+                esc(step),
+                f.kind,
+                esc(&f.error)
+            );
         }
         h.push_str("</ul>");
     }
@@ -824,8 +981,13 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
     h.push_str("</table>");
     // M_used is host-wide (the paper's method): memory another process frees during the
     // measurement makes it fall, even below zero. Said next to the table, not hidden.
-    let negative: Vec<String> =
-        rep.startup.rows.iter().filter(|r| r.m_used_mib.is_some_and(|m| m < 0.0)).map(|r| format!("{} n={} {}", r.backend, r.n, r.mode.name())).collect();
+    let negative: Vec<String> = rep
+        .startup
+        .rows
+        .iter()
+        .filter(|r| r.m_used_mib.is_some_and(|m| m < 0.0))
+        .map(|r| format!("{} n={} {}", r.backend, r.n, r.mode.name()))
+        .collect();
     if !negative.is_empty() {
         let _ = write!(
             h,
@@ -841,7 +1003,11 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
         h.push_str("<h2>Overhead O_v = T_av − T_a (paper II.A.1)</h2><table><tr><th>backend</th>");
         for (r, l) in RES {
             if rep.baseline.contains_key(&r) {
-                let _ = write!(h, "<th>{l} ({})</th>", if r == Resource::Network { "MB/s lost" } else { "s" });
+                let _ = write!(
+                    h,
+                    "<th>{l} ({})</th>",
+                    if r == Resource::Network { "MB/s lost" } else { "s" }
+                );
             }
         }
         h.push_str("</tr><tr><td>T_a (host)</td>");
@@ -858,8 +1024,16 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
             let _ = write!(h, "<tr><td>{b}</td>");
             for (r, _) in RES {
                 if rep.baseline.contains_key(&r) {
-                    let v = rep.overhead.get(&key(b, r)).and_then(|p| p.iter().find(|p| p.n == 1)).and_then(|p| p.overhead);
-                    let mark = if r == Resource::Disk && rep.disk_notes.contains_key(&b) { " †" } else { "" };
+                    let v = rep
+                        .overhead
+                        .get(&key(b, r))
+                        .and_then(|p| p.iter().find(|p| p.n == 1))
+                        .and_then(|p| p.overhead);
+                    let mark = if r == Resource::Disk && rep.disk_notes.contains_key(&b) {
+                        " †"
+                    } else {
+                        ""
+                    };
                     let _ = write!(h, "<td>{}{mark}</td>", o(v, 4));
                 }
             }
@@ -945,11 +1119,8 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
             let _ = write!(h, "<li class=\"bad\">line {}: {}</li>", r.line, esc(&r.why));
         }
         if rep.rejected.len() < rep.implausible_records {
-            let _ = write!(
-                h,
-                "<li>… and {} more</li>",
-                rep.implausible_records - rep.rejected.len()
-            );
+            let _ =
+                write!(h, "<li>… and {} more</li>", rep.implausible_records - rep.rejected.len());
         }
         h.push_str("</ul>");
     }
@@ -986,7 +1157,12 @@ mod tests {
         for s in &mut v {
             s.cpus = cpus;
         }
-        Samples { records: v.into_iter().map(Record::Bench).collect(), unreadable: 0, implausible: 0, rejected: vec![] }
+        Samples {
+            records: v.into_iter().map(Record::Bench).collect(),
+            unreadable: 0,
+            implausible: 0,
+            rejected: vec![],
+        }
     }
 
     fn four_cpu_host() -> Provenance {
@@ -1017,17 +1193,39 @@ mod tests {
         let rep = build_from(samples(Some(2)), Some(four_cpu_host()));
         let figs = figures(&rep);
         let cap = |name: &str| figs.iter().find(|f| f.0 == name).map(|f| f.2.clone()).unwrap();
-        assert!(cap("fig02_overhead_cpu.svg").contains("95 % confidence interval of the mean") && cap("fig02_overhead_cpu.svg").contains("n = 2 repetitions"));
-        assert!(cap("fig06_linearity_cpu.svg").contains("n = 4 samples") && cap("fig06_linearity_cpu.svg").contains("the 2 CPU(s) the guests had"));
+        assert!(
+            cap("fig02_overhead_cpu.svg").contains("95 % confidence interval of the mean")
+                && cap("fig02_overhead_cpu.svg").contains("n = 2 repetitions")
+        );
+        assert!(
+            cap("fig06_linearity_cpu.svg").contains("n = 4 samples")
+                && cap("fig06_linearity_cpu.svg").contains("the 2 CPU(s) the guests had")
+        );
         // The bars are the interval's half-width: 2.5 ± t(0.975, 1)·0.1414/√2 = 2.5 ± 1.2706.
-        let Figure::Line(c) = &figs.iter().find(|f| f.0 == "fig02_overhead_cpu.svg").unwrap().1 else { panic!("a line chart") };
+        let Figure::Line(c) = &figs.iter().find(|f| f.0 == "fig02_overhead_cpu.svg").unwrap().1
+        else {
+            panic!("a line chart")
+        };
         let err = c.series[0].points[0].err.unwrap();
         assert!((err - 1.270620).abs() < 1e-5, "{err}");
         let h = html_page(&rep, &figs);
-        assert!(h.contains("<figcaption><b>CPU overhead") && h.contains("95&nbsp;% confidence intervals"));
+        assert!(
+            h.contains("<figcaption><b>CPU overhead")
+                && h.contains("95&nbsp;% confidence intervals")
+        );
         // Every point's median and interval reach the CSV.
         let csv = String::from_utf8(csv(&rep).unwrap()).unwrap();
-        let row: Vec<f64> = csv.lines().find(|l| l.starts_with("overhead,uml,cpu,1,")).unwrap().split(',').skip(11).map(|x| x.parse().unwrap()).collect();
-        assert!(row[0] == 2.5 && (row[1] - 1.229380).abs() < 1e-5 && (row[2] - 3.770620).abs() < 1e-5, "{row:?}");
+        let row: Vec<f64> = csv
+            .lines()
+            .find(|l| l.starts_with("overhead,uml,cpu,1,"))
+            .unwrap()
+            .split(',')
+            .skip(11)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert!(
+            row[0] == 2.5 && (row[1] - 1.229380).abs() < 1e-5 && (row[2] - 3.770620).abs() < 1e-5,
+            "{row:?}"
+        );
     }
 }

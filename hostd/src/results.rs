@@ -76,24 +76,15 @@ pub enum CreateError {
 /// once instead of waiting for a writer (or reader); the type is then checked on the
 /// opened descriptor, so nothing can be swapped in between the check and the use.
 fn open_regular(path: &Path, opts: &mut OpenOptions) -> Result<File, ReadError> {
-    let f = opts
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => ReadError::Missing {
-                path: path.to_path_buf(),
-            },
-            _ => ReadError::Open {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+    let f = opts.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).map_err(|source| {
+        match source.kind() {
+            io::ErrorKind::NotFound => ReadError::Missing { path: path.to_path_buf() },
+            _ => ReadError::Open { path: path.to_path_buf(), source },
+        }
+    })?;
     let t = f
         .metadata()
-        .map_err(|source| ReadError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?
+        .map_err(|source| ReadError::Open { path: path.to_path_buf(), source })?
         .file_type();
     if !t.is_file() {
         return Err(ReadError::NotRegular {
@@ -107,19 +98,10 @@ fn open_regular(path: &Path, opts: &mut OpenOptions) -> Result<File, ReadError> 
 /// Opens a regular file for reading, refusing one larger than `max` bytes.
 fn open_bounded(path: &Path, max: u64) -> Result<File, ReadError> {
     let f = open_regular(path, OpenOptions::new().read(true))?;
-    let size = f
-        .metadata()
-        .map_err(|source| ReadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
+    let size =
+        f.metadata().map_err(|source| ReadError::Read { path: path.to_path_buf(), source })?.len();
     if size > max {
-        return Err(ReadError::TooLarge {
-            path: path.to_path_buf(),
-            size,
-            max,
-        });
+        return Err(ReadError::TooLarge { path: path.to_path_buf(), size, max });
     }
     Ok(f)
 }
@@ -131,16 +113,9 @@ pub fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
     let mut data = Vec::new();
     f.take(max + 1)
         .read_to_end(&mut data)
-        .map_err(|source| ReadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| ReadError::Read { path: path.to_path_buf(), source })?;
     if data.len() as u64 > max {
-        return Err(ReadError::TooLarge {
-            path: path.to_path_buf(),
-            size: data.len() as u64,
-            max,
-        });
+        return Err(ReadError::TooLarge { path: path.to_path_buf(), size: data.len() as u64, max });
     }
     Ok(data)
 }
@@ -159,28 +134,15 @@ pub fn read_optional(path: &Path, max: u64) -> Result<Option<Vec<u8>>, ReadError
 pub fn check_dir(dir: &Path) -> Result<(), DirError> {
     match fs::metadata(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(DirError::Missing {
-                path: dir.to_path_buf(),
-            })
+            return Err(DirError::Missing { path: dir.to_path_buf() })
         }
-        Err(source) => {
-            return Err(DirError::Stat {
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
-        Ok(m) if !m.is_dir() => {
-            return Err(DirError::NotADirectory {
-                path: dir.to_path_buf(),
-            })
-        }
+        Err(source) => return Err(DirError::Stat { path: dir.to_path_buf(), source }),
+        Ok(m) if !m.is_dir() => return Err(DirError::NotADirectory { path: dir.to_path_buf() }),
         Ok(_) => {}
     }
     match open_regular(&dir.join(SAMPLES), OpenOptions::new().read(true)) {
         Ok(_) => Ok(()),
-        Err(ReadError::Missing { .. }) => Err(DirError::NotResults {
-            path: dir.to_path_buf(),
-        }),
+        Err(ReadError::Missing { .. }) => Err(DirError::NotResults { path: dir.to_path_buf() }),
         Err(e) => Err(e.into()),
     }
 }
@@ -230,11 +192,7 @@ pub fn for_each_line<R: BufRead>(
         };
         r.consume(used);
         if ended {
-            f(if too_long {
-                Line::TooLong
-            } else {
-                Line::Text(&line)
-            });
+            f(if too_long { Line::TooLong } else { Line::Text(&line) });
             line.clear();
             too_long = false;
         }
@@ -274,15 +232,10 @@ pub struct ResultsDir {
 impl ResultsDir {
     /// Creates `base/<name>` (which must not exist yet).
     pub fn create(base: &Path, name: &str) -> Result<Self, CreateError> {
-        fs::create_dir_all(base).map_err(|source| CreateError::Parent {
-            path: base.to_path_buf(),
-            source,
-        })?;
+        fs::create_dir_all(base)
+            .map_err(|source| CreateError::Parent { path: base.to_path_buf(), source })?;
         let path = base.join(name);
-        fs::create_dir(&path).map_err(|source| CreateError::Dir {
-            path: path.clone(),
-            source,
-        })?;
+        fs::create_dir(&path).map_err(|source| CreateError::Dir { path: path.clone(), source })?;
         Self::fill(path)
     }
 
@@ -290,16 +243,10 @@ impl ResultsDir {
     /// started in the same second get a directory each, never each other's.
     pub fn create_unique(base: &Path, name: &str) -> Result<Self, CreateError> {
         const TRIES: u32 = 1000;
-        fs::create_dir_all(base).map_err(|source| CreateError::Parent {
-            path: base.to_path_buf(),
-            source,
-        })?;
+        fs::create_dir_all(base)
+            .map_err(|source| CreateError::Parent { path: base.to_path_buf(), source })?;
         for k in 1..=TRIES {
-            let path = if k == 1 {
-                base.join(name)
-            } else {
-                base.join(format!("{name}.{k}"))
-            };
+            let path = if k == 1 { base.join(name) } else { base.join(format!("{name}.{k}")) };
             // create_dir is the arbiter: whoever makes the directory owns it.
             match fs::create_dir(&path) {
                 Ok(()) => return Self::fill(path),
@@ -307,10 +254,7 @@ impl ResultsDir {
                 Err(source) => return Err(CreateError::Dir { path, source }),
             }
         }
-        Err(CreateError::Exhausted {
-            path: base.join(name),
-            tries: TRIES,
-        })
+        Err(CreateError::Exhausted { path: base.join(name), tries: TRIES })
     }
 
     /// A new directory's samples file (first: it is what makes it a results directory)
@@ -321,25 +265,18 @@ impl ResultsDir {
             .write(true)
             .create_new(true)
             .open(&samples)
-            .map_err(|source| CreateError::Contents {
-                path: samples,
-                source,
-            })?;
+            .map_err(|source| CreateError::Contents { path: samples, source })?;
         let figures = path.join("figures");
-        fs::create_dir(&figures).map_err(|source| CreateError::Contents {
-            path: figures,
-            source,
-        })?;
+        fs::create_dir(&figures)
+            .map_err(|source| CreateError::Contents { path: figures, source })?;
         Ok(Self::open(&path)?)
     }
 
     /// Opens an existing results directory for appending (resuming a run), removing temp
     /// files a killed writer left. Its samples file must exist and be a regular file.
     pub fn open(path: &Path) -> Result<Self, ReadError> {
-        let samples = open_regular(
-            &path.join(SAMPLES),
-            OpenOptions::new().read(true).append(true),
-        )?;
+        let samples =
+            open_regular(&path.join(SAMPLES), OpenOptions::new().read(true).append(true))?;
         remove_stale_temps(path);
         Ok(Self { path: path.to_path_buf(), samples, tail_checked: false })
     }
@@ -422,10 +359,15 @@ fn remove_stale_temps_in(dir: &Path) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, p)| p.parse::<i32>().ok()) else {
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .and_then(|(_, p)| p.parse::<i32>().ok())
+        else {
             continue;
         };
-        let alive = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        let alive =
+            pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
         if !alive {
             let _ = fs::remove_file(e.path());
         }
@@ -452,10 +394,7 @@ pub fn read_with<T: Default>(
         Err(e) => return Err(e),
     };
     let mut r = io::BufReader::new(f.take(MAX_SAMPLES_BYTES + 1));
-    let parsed = parse(&mut r).map_err(|source| ReadError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let parsed = parse(&mut r).map_err(|source| ReadError::Read { path: path.clone(), source })?;
     if r.into_inner().limit() == 0 {
         return Err(ReadError::TooLarge {
             path,
@@ -483,7 +422,12 @@ mod tests {
         d.append(&R { k: 1 }).unwrap();
         d.append(&R { k: 2 }).unwrap();
         // A kill in the middle of a write leaves a partial last line.
-        fs::OpenOptions::new().append(true).open(d.path.join(SAMPLES)).unwrap().write_all(b"{\"k\":3").unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(d.path.join(SAMPLES))
+            .unwrap()
+            .write_all(b"{\"k\":3")
+            .unwrap();
         let (rs, bad): (Vec<R>, _) = read_records(&d.path).unwrap();
         assert_eq!(rs, vec![R { k: 1 }, R { k: 2 }]);
         assert_eq!(bad, 1);
@@ -497,9 +441,15 @@ mod tests {
         fs::write(d.path.join(".summary.json.tmp-999999999"), b"{").unwrap();
         ResultsDir::open(&d.path).unwrap();
         assert!(!d.path.join(".summary.json.tmp-999999999").exists());
-        assert!(ResultsDir::create(base.path(), "run1").is_err(), "an existing run is never overwritten");
+        assert!(
+            ResultsDir::create(base.path(), "run1").is_err(),
+            "an existing run is never overwritten"
+        );
         d.write_json("summary.json", &R { k: 9 }).unwrap();
-        assert_eq!(fs::read_to_string(d.path.join("summary.json")).unwrap().replace([' ', '\n'], ""), "{\"k\":9}");
+        assert_eq!(
+            fs::read_to_string(d.path.join("summary.json")).unwrap().replace([' ', '\n'], ""),
+            "{\"k\":9}"
+        );
     }
 
     /// Runs `f` on another thread and fails the test if it has not returned within 10 s
@@ -509,25 +459,18 @@ mod tests {
         std::thread::spawn(move || {
             let _ = tx.send(f());
         });
-        rx.recv_timeout(std::time::Duration::from_secs(10))
-            .expect("the reader blocked")
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the reader blocked")
     }
 
     #[test]
     fn only_regular_files_are_read() {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().to_path_buf();
-        nix::unistd::mkfifo(
-            &dir.join(SAMPLES),
-            nix::sys::stat::Mode::from_bits_truncate(0o600),
-        )
-        .unwrap();
+        nix::unistd::mkfifo(&dir.join(SAMPLES), nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .unwrap();
         let d = dir.clone();
         let e = within_10_s(move || read_records::<R>(&d).unwrap_err());
-        assert!(
-            e.to_string().contains("is a FIFO, not a regular file"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("is a FIFO, not a regular file"), "{e}");
         let d = dir.clone();
         let e = within_10_s(move || ResultsDir::open(&d).err().unwrap());
         assert!(e.to_string().contains("is a FIFO"), "{e}");
@@ -541,11 +484,7 @@ mod tests {
         let e = read_records::<R>(&dir).unwrap_err();
         assert!(e.to_string().contains("is a character device"), "{e}");
         let e = read_file(&dir.join(SAMPLES), MAX_FILE_BYTES).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains(&dir.join(SAMPLES).display().to_string()),
-            "{e}"
-        );
+        assert!(e.to_string().contains(&dir.join(SAMPLES).display().to_string()), "{e}");
     }
 
     #[test]
@@ -563,17 +502,12 @@ mod tests {
         .unwrap();
         assert_eq!(seen, [true, false]);
         assert!(longest <= 1 << 20);
-        let (rs, bad): (Vec<R>, _) = parse_records(io::BufReader::new(
-            io::repeat(b'{').take(MAX_LINE as u64 + 1),
-        ))
-        .unwrap();
+        let (rs, bad): (Vec<R>, _) =
+            parse_records(io::BufReader::new(io::repeat(b'{').take(MAX_LINE as u64 + 1))).unwrap();
         assert_eq!((rs.len(), bad), (0, 1));
         // A file past the bound is refused, not read (sparse: no disk used).
         let base = tempfile::tempdir().unwrap();
-        File::create(base.path().join(SAMPLES))
-            .unwrap()
-            .set_len(MAX_SAMPLES_BYTES + 1)
-            .unwrap();
+        File::create(base.path().join(SAMPLES)).unwrap().set_len(MAX_SAMPLES_BYTES + 1).unwrap();
         let e = read_records::<R>(base.path()).unwrap_err();
         assert!(matches!(e, ReadError::TooLarge { .. }), "{e}");
     }
@@ -602,10 +536,7 @@ mod tests {
             check_dir(p).unwrap();
         }
         // The strict form names the directory it could not make.
-        let e = ResultsDir::create(base.path(), "race")
-            .err()
-            .unwrap()
-            .to_string();
+        let e = ResultsDir::create(base.path(), "race").err().unwrap().to_string();
         assert!(
             e.contains(&base.path().join("race").display().to_string()) && e.contains("exists"),
             "{e}"
@@ -616,19 +547,10 @@ mod tests {
     fn only_results_directories_are_taken() {
         let base = tempfile::tempdir().unwrap();
         let missing = base.path().join("nope");
-        assert!(check_dir(&missing)
-            .unwrap_err()
-            .to_string()
-            .contains("nope does not exist"));
-        assert!(matches!(
-            check_dir(base.path()),
-            Err(DirError::NotResults { .. })
-        ));
+        assert!(check_dir(&missing).unwrap_err().to_string().contains("nope does not exist"));
+        assert!(matches!(check_dir(base.path()), Err(DirError::NotResults { .. })));
         fs::write(base.path().join("f"), b"").unwrap();
-        assert!(matches!(
-            check_dir(&base.path().join("f")),
-            Err(DirError::NotADirectory { .. })
-        ));
+        assert!(matches!(check_dir(&base.path().join("f")), Err(DirError::NotADirectory { .. })));
         assert!(
             ResultsDir::open(base.path()).is_err(),
             "opening does not make a directory a results directory"

@@ -13,12 +13,12 @@ use vb_protocol::bench::Resource;
 
 use crate::backend::{AnyBackend, Backend, BackendKind, BackendOptions, Images};
 use crate::campaign::{BackendPlan, Campaign, HostFacts};
-use crate::provenance::Provenance;
 use crate::cgroup::Limits;
 use crate::datadisk::DataDisks;
 use crate::fleet::{self, Fleet, FleetConfig};
 use crate::netlab::{FleetNet, NetMode};
 use crate::peer::Peer;
+use crate::provenance::Provenance;
 use crate::results::{read_records, ResultsDir};
 use crate::runstate::RunState;
 use crate::samples::Record;
@@ -97,20 +97,36 @@ pub enum Mixing {
 /// The provenance a results directory's latest samples came from: its last provenance
 /// record, else its `provenance.json`.
 fn last_provenance(dir: &std::path::Path, records: &[Record]) -> Result<Option<Provenance>> {
-    if let Some(p) = records.iter().rev().find_map(|r| if let Record::Provenance { provenance, .. } = r { Some(provenance.clone()) } else { None }) {
+    if let Some(p) = records.iter().rev().find_map(|r| {
+        if let Record::Provenance { provenance, .. } = r {
+            Some(provenance.clone())
+        } else {
+            None
+        }
+    }) {
         return Ok(Some(p));
     }
-    let bytes = crate::results::read_optional(&dir.join("provenance.json"), crate::results::MAX_FILE_BYTES)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("provenance.json").display()))?;
+    let bytes =
+        crate::results::read_optional(&dir.join("provenance.json"), crate::results::MAX_FILE_BYTES)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("provenance.json").display()))?;
     bytes
-        .map(|b| serde_json::from_slice(&b).with_context(|| format!("{}: not a provenance", dir.join("provenance.json").display())))
+        .map(|b| {
+            serde_json::from_slice(&b).with_context(|| {
+                format!("{}: not a provenance", dir.join("provenance.json").display())
+            })
+        })
         .transpose()
 }
 
 /// Checks that resuming `dir` now would not mix provenances: the artifacts' hashes, hostd's
 /// version and revision and the host must be those its samples came from. With
 /// [`Mixing::Allow`] a difference is only reported. Returns the lines that differ.
-pub fn check_resume(dir: &std::path::Path, records: &[Record], now: &Provenance, mixing: Mixing) -> Result<Vec<String>> {
+pub fn check_resume(
+    dir: &std::path::Path,
+    records: &[Record],
+    now: &Provenance,
+    mixing: Mixing,
+) -> Result<Vec<String>> {
     let measured = records.iter().any(|r| r.provenance_id().is_some());
     let Some(was) = last_provenance(dir, records)? else { return Ok(Vec::new()) };
     let diff = now.differences(&was);
@@ -144,8 +160,10 @@ pub async fn run(
     let diff = check_resume(&results.path, &records, &now, mixing)?;
     let host = HostFacts::here();
     campaign.check_host(&host).map_err(|e| anyhow::anyhow!("campaign {}: {e}", campaign.name))?;
-    let done: HashSet<String> =
-        records.iter().filter_map(|r| if let Record::StepDone { key } = r { Some(key.clone()) } else { None }).collect();
+    let done: HashSet<String> = records
+        .iter()
+        .filter_map(|r| if let Record::StepDone { key } = r { Some(key.clone()) } else { None })
+        .collect();
     if !done.is_empty() {
         say(format!("resuming: {} steps already done", done.len()));
     }
@@ -154,20 +172,38 @@ pub async fn run(
     }
     let plans = campaign.resolved_plans(host.llc);
     let (disk, copies) = if campaign.resources.contains(&Resource::Disk) {
-        let d = images.disk.clone().context("the disk benchmark needs the data disk image: run `imagegen build`")?;
-        let size = std::fs::metadata(&d).with_context(|| format!("data disk {}", d.display()))?.len();
+        let d = images
+            .disk
+            .clone()
+            .context("the disk benchmark needs the data disk image: run `imagegen build`")?;
+        let size =
+            std::fs::metadata(&d).with_context(|| format!("data disk {}", d.display()))?.len();
         // Copies hold what the largest of the campaign's disk workloads reads.
-        let mib = plans.iter().map(|p| p.workloads.disk_mib).max().unwrap_or(campaign.workloads.disk_mib);
+        let mib =
+            plans.iter().map(|p| p.workloads.disk_mib).max().unwrap_or(campaign.workloads.disk_mib);
         let need = crate::limits::mib_to_bytes(mib).filter(|need| size >= *need);
         let Some(need) = need else {
-            anyhow::bail!("data disk {} has {size} bytes, workloads.disk_mib asks for {mib} MiB", d.display());
+            anyhow::bail!(
+                "data disk {} has {size} bytes, workloads.disk_mib asks for {mib} MiB",
+                d.display()
+            );
         };
-        let copies = Arc::new(DataDisks::new(&d, need, &run.disk_dir(), &run.run).context("per-guest data disk copies")?);
+        let copies = Arc::new(
+            DataDisks::new(&d, need, &run.disk_dir(), &run.run)
+                .context("per-guest data disk copies")?,
+        );
         // Every copy a disk test reads is made now, before the first backend: a read right
         // after a large write is slower on some disks, and the first backend measured (the
         // native baseline) must not be the one that pays for it.
-        let most = plans.iter().map(|p| p.overhead_sizes.iter().copied().max().unwrap_or(0).max(2)).max().unwrap_or(0);
-        say(format!("making {most} copies of the data disk ({need} bytes each) in {}", run.disk_dir().display()));
+        let most = plans
+            .iter()
+            .map(|p| p.overhead_sizes.iter().copied().max().unwrap_or(0).max(2))
+            .max()
+            .unwrap_or(0);
+        say(format!(
+            "making {most} copies of the data disk ({need} bytes each) in {}",
+            run.disk_dir().display()
+        ));
         let c = copies.clone();
         tokio::task::spawn_blocking(move || (0..most).try_for_each(|i| c.copy_for(i).map(|_| ())))
             .await
@@ -179,9 +215,17 @@ pub async fn run(
     };
     // Recorded once everything is checked: a run refused here leaves its samples as they were.
     let provenance = now.id();
-    let last_id = records.iter().rev().find_map(|r| if let Record::Provenance { id, .. } = r { Some(id.clone()) } else { None });
+    let last_id = records.iter().rev().find_map(|r| {
+        if let Record::Provenance { id, .. } = r {
+            Some(id.clone())
+        } else {
+            None
+        }
+    });
     if last_id.as_deref() != Some(provenance.as_str()) {
-        results.append(&Record::Provenance { id: provenance.clone(), provenance: now }).context("recording the provenance")?;
+        results
+            .append(&Record::Provenance { id: provenance.clone(), provenance: now })
+            .context("recording the provenance")?;
     }
     let mut ctx = Ctx { campaign, images, opts, run, results, done, disk, copies, provenance };
     for plan in &plans {
@@ -192,7 +236,11 @@ pub async fn run(
                 say(format!("   {desc}"));
                 ctx.record(&Record::BackendProbe { backend: plan.kind, description: desc })?;
             }
-            Err(e) if plan.kind == BackendKind::Xen && campaign.xen.lab && e.reason.starts_with("not dom0") => {
+            Err(e)
+                if plan.kind == BackendKind::Xen
+                    && campaign.xen.lab
+                    && e.reason.starts_with("not dom0") =>
+            {
                 say(format!("   {}; measuring it in the Xen lab (Xen under QEMU)", e.reason));
                 xen_lab(&mut ctx, plan, say).await?;
                 continue;
@@ -211,7 +259,13 @@ pub async fn run(
             if let Some(note) = &pass.note {
                 say(format!("   {note}"));
             }
-            let plan = &BackendPlan { overhead_sizes: pass.overhead_sizes.clone().unwrap_or_else(|| plan.overhead_sizes.clone()), ..plan.clone() };
+            let plan = &BackendPlan {
+                overhead_sizes: pass
+                    .overhead_sizes
+                    .clone()
+                    .unwrap_or_else(|| plan.overhead_sizes.clone()),
+                ..plan.clone()
+            };
             overhead_and_linearity(&mut ctx, &backend, plan, &pass, say).await?;
             if campaign.isolation.enabled && pass.isolation {
                 small_fleet_test(&mut ctx, &backend, plan, Test::Isolation, &pass, say).await?;
@@ -234,20 +288,36 @@ pub async fn run(
                 workloads: plan.workloads.clone(),
             };
             say(format!("   host baseline T_a for {}'s workloads", plan.kind));
-            overhead_and_linearity(&mut ctx, &native, &baseline, &Pass::own(campaign, BackendKind::Native), say).await?;
+            overhead_and_linearity(
+                &mut ctx,
+                &native,
+                &baseline,
+                &Pass::own(campaign, BackendKind::Native),
+                say,
+            )
+            .await?;
         }
     }
     Ok(())
 }
 
-async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, say: Say<'_>) -> Result<()> {
+async fn startup(
+    ctx: &mut Ctx<'_>,
+    backend: &AnyBackend,
+    plan: &BackendPlan,
+    say: Say<'_>,
+) -> Result<()> {
     for &n in &plan.startup_sizes {
         for &mode in &ctx.campaign.startup.modes {
             let key = format!("{}/startup/n={n}/{}", plan.kind, mode.name());
             if ctx.done.contains(&key) {
                 continue;
             }
-            let cfg = FleetConfig { data_disk: None, data_copies: None, ..ctx.fleet_config(n, plan.mem_mib) };
+            let cfg = FleetConfig {
+                data_disk: None,
+                data_copies: None,
+                ..ctx.fleet_config(n, plan.mem_mib)
+            };
             let settle = Duration::from_secs(ctx.campaign.startup.settle_s);
             let copies = ctx.campaign.startup.image_copies.then_some(ctx.images);
             match boot_and_measure(backend, ctx.run, &cfg, mode, settle, copies, |_| {}).await {
@@ -256,7 +326,12 @@ async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, sa
                         ctx.record(&Record::Startup(s.clone()))?;
                     }
                     for f in &b.failures {
-                        ctx.record(&Record::Failure { backend: plan.kind, n, mode, failure: f.clone() })?;
+                        ctx.record(&Record::Failure {
+                            backend: plan.kind,
+                            n,
+                            mode,
+                            failure: f.clone(),
+                        })?;
                     }
                     if let Some(m) = &b.memory {
                         ctx.record(&Record::Memory(m.clone()))?;
@@ -266,10 +341,18 @@ async fn startup(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, sa
                         b.label(),
                         b.startups.len(),
                         b.t_startup().map(|t| format!("{t:.3}")).unwrap_or("-".into()),
-                        if b.startups.len() < n { format!(" (partial: {} of {n})", b.startups.len()) } else { String::new() },
+                        if b.startups.len() < n {
+                            format!(" (partial: {} of {n})", b.startups.len())
+                        } else {
+                            String::new()
+                        },
                         b.memory
                             .as_ref()
-                            .map(|m| format!("{:.1} ± {:.1}", m.fleet_kib() as f64 / 1024.0, m.checks.noise_kib.unwrap_or(0) as f64 / 1024.0))
+                            .map(|m| format!(
+                                "{:.1} ± {:.1}",
+                                m.fleet_kib() as f64 / 1024.0,
+                                m.checks.noise_kib.unwrap_or(0) as f64 / 1024.0
+                            ))
                             .unwrap_or("-".into()),
                         match &b.memory {
                             Some(m) if m.disagrees() => format!(
@@ -323,7 +406,14 @@ async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>) -> Result<
             Ok(o) => {
                 let r = &o.report;
                 if !probed {
-                    ctx.record(&Record::BackendProbe { backend: plan.kind, description: format!("[emulated host] {}; {}", r.probe, crate::xenlab::EMULATED_NOTE) })?;
+                    ctx.record(&Record::BackendProbe {
+                        backend: plan.kind,
+                        description: format!(
+                            "[emulated host] {}; {}",
+                            r.probe,
+                            crate::xenlab::EMULATED_NOTE
+                        ),
+                    })?;
                     probed = true;
                 }
                 let cpu = ctx.campaign.resources.contains(&Resource::Cpu);
@@ -340,16 +430,27 @@ async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>) -> Result<
                     "   startup n={n} cold (Xen lab): {}/{n} ready, T_startup {} s, M_used {} MiB",
                     b.startups.len(),
                     b.t_startup().map(|t| format!("{t:.3}")).unwrap_or("-".into()),
-                    b.memory.as_ref().map(|m| format!("{:.1}", m.m_used_kib as f64 / 1024.0)).unwrap_or("-".into())
+                    b.memory
+                        .as_ref()
+                        .map(|m| format!("{:.1}", m.m_used_kib as f64 / 1024.0))
+                        .unwrap_or("-".into())
                 ));
                 // Startup and memory are recorded: the step is done, whatever came after.
                 ctx.finish(&key)?;
                 if let Some(e) = &r.bench_error {
-                    let bench_key = format!("{}/linearity/n={n}/cpu/{} (Xen lab)", plan.kind, plan.workloads.params(Resource::Cpu));
+                    let bench_key = format!(
+                        "{}/linearity/n={n}/cpu/{} (Xen lab)",
+                        plan.kind,
+                        plan.workloads.params(Resource::Cpu)
+                    );
                     ctx.fail(&bench_key, e.clone(), say)?;
                 }
                 if !r.leftover_domains.is_empty() {
-                    ctx.fail(&format!("{key} (Xen lab teardown)"), format!("domains left: {}", r.leftover_domains.join(", ")), say)?;
+                    ctx.fail(
+                        &format!("{key} (Xen lab teardown)"),
+                        format!("domains left: {}", r.leftover_domains.join(", ")),
+                        say,
+                    )?;
                 }
             }
             Err(e) => ctx.fail(&key, format!("the Xen lab: {e:#}"), say)?,
@@ -364,9 +465,14 @@ async fn start_peer(ctx: &Ctx<'_>, net: &FleetNet) -> Result<(Peer, Targets)> {
     let peer = Peer::start(ctx.images, ctx.opts, ctx.run, net).await?;
     let addr = match net.mode {
         NetMode::Private => peer.addr,
-        NetMode::Shared => std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, peer.addr.port())),
+        NetMode::Shared => {
+            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, peer.addr.port()))
+        }
     };
-    let targets = Targets { disk: ctx.disk.clone().unwrap_or_else(|| PathBuf::from("/nonexistent")), peer: addr };
+    let targets = Targets {
+        disk: ctx.disk.clone().unwrap_or_else(|| PathBuf::from("/nonexistent")),
+        peer: addr,
+    };
     Ok((peer, targets))
 }
 
@@ -387,12 +493,21 @@ struct Pass {
 impl Pass {
     fn own(c: &Campaign, kind: BackendKind) -> Pass {
         let mode = if kind == BackendKind::Ns { c.network.ns_modes[0] } else { NetMode::Private };
-        Pass { mode, resources: c.resources.clone(), suffix: String::new(), overhead_sizes: None, isolation: true, ring: true, note: None }
+        Pass {
+            mode,
+            resources: c.resources.clone(),
+            suffix: String::new(),
+            overhead_sizes: None,
+            isolation: true,
+            ring: true,
+            note: None,
+        }
     }
 
     fn all(c: &Campaign, kind: BackendKind) -> Vec<Pass> {
         let mut v = vec![Pass::own(c, kind)];
-        let network: Vec<Resource> = c.resources.iter().copied().filter(|&r| r == Resource::Network).collect();
+        let network: Vec<Resource> =
+            c.resources.iter().copied().filter(|&r| r == Resource::Network).collect();
         match kind {
             BackendKind::Native if c.network.native_loopback => v.push(Pass {
                 mode: NetMode::Shared,
@@ -426,15 +541,29 @@ impl Pass {
 /// Overhead and linearity: the memory resource in a fleet of its own, whose guests hold
 /// the working set, at its own sizes; the other resources in one fleet of `guest.mem_mib`
 /// guests.
-async fn overhead_and_linearity(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, pass: &Pass, say: Say<'_>) -> Result<()> {
-    let (memory, others): (Vec<Resource>, Vec<Resource>) = pass.resources.iter().partition(|&&r| r == Resource::Memory);
+async fn overhead_and_linearity(
+    ctx: &mut Ctx<'_>,
+    backend: &AnyBackend,
+    plan: &BackendPlan,
+    pass: &Pass,
+    say: Say<'_>,
+) -> Result<()> {
+    let (memory, others): (Vec<Resource>, Vec<Resource>) =
+        pass.resources.iter().partition(|&&r| r == Resource::Memory);
     if !others.is_empty() {
-        overhead_fleet(ctx, backend, plan, pass, &others, &plan.overhead_sizes, plan.mem_mib, say).await?;
+        overhead_fleet(ctx, backend, plan, pass, &others, &plan.overhead_sizes, plan.mem_mib, say)
+            .await?;
     }
     if !memory.is_empty() {
-        let mem = u32::try_from(plan.mem_for_copies(1)).context("guest memory for the memory benchmark")?;
+        let mem = u32::try_from(plan.mem_for_copies(1))
+            .context("guest memory for the memory benchmark")?;
         // A pass limited to some sizes (a baseline at n = 1) keeps to them.
-        let sizes: Vec<usize> = plan.memory_sizes.iter().copied().filter(|n| pass.overhead_sizes.as_ref().is_none_or(|o| o.contains(n))).collect();
+        let sizes: Vec<usize> = plan
+            .memory_sizes
+            .iter()
+            .copied()
+            .filter(|n| pass.overhead_sizes.as_ref().is_none_or(|o| o.contains(n)))
+            .collect();
         overhead_fleet(ctx, backend, plan, pass, &memory, &sizes, mem, say).await?;
     }
     Ok(())
@@ -451,10 +580,21 @@ async fn overhead_fleet(
     mem_mib: u32,
     say: Say<'_>,
 ) -> Result<()> {
-    let key = |test: &str, n: usize, r: Resource| format!("{}/{test}/n={n}/{}/{}{}", plan.kind, r.name(), plan.workloads.params(r), pass.suffix);
-    let todo = sizes
-        .iter()
-        .any(|&n| resources.iter().any(|&r| !ctx.done.contains(&key("overhead", n, r)) || !ctx.done.contains(&key("linearity", n, r))));
+    let key = |test: &str, n: usize, r: Resource| {
+        format!(
+            "{}/{test}/n={n}/{}/{}{}",
+            plan.kind,
+            r.name(),
+            plan.workloads.params(r),
+            pass.suffix
+        )
+    };
+    let todo = sizes.iter().any(|&n| {
+        resources.iter().any(|&r| {
+            !ctx.done.contains(&key("overhead", n, r))
+                || !ctx.done.contains(&key("linearity", n, r))
+        })
+    });
     if !todo {
         return Ok(());
     }
@@ -468,12 +608,18 @@ async fn overhead_fleet(
                 if fleet.guests.len() < n {
                     let why = fleet.failures.last().map(|f| f.error.clone()).unwrap_or_default();
                     for &r in resources {
-                        ctx.fail(&key("overhead", n, r), format!("only {}/{n} guests ready: {why}", fleet.guests.len()), say)?;
+                        ctx.fail(
+                            &key("overhead", n, r),
+                            format!("only {}/{n} guests ready: {why}", fleet.guests.len()),
+                            say,
+                        )?;
                     }
                     break;
                 }
                 for &r in resources {
-                    for (test, k) in [("overhead", key("overhead", n, r)), ("linearity", key("linearity", n, r))] {
+                    for (test, k) in
+                        [("overhead", key("overhead", n, r)), ("linearity", key("linearity", n, r))]
+                    {
                         if ctx.done.contains(&k) {
                             continue;
                         }
@@ -506,16 +652,41 @@ enum Test {
     Ring,
 }
 
-async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &BackendPlan, test: Test, pass: &Pass, say: Say<'_>) -> Result<()> {
+async fn small_fleet_test(
+    ctx: &mut Ctx<'_>,
+    backend: &AnyBackend,
+    plan: &BackendPlan,
+    test: Test,
+    pass: &Pass,
+    say: Say<'_>,
+) -> Result<()> {
     let resources = pass.resources.clone();
     let sfx = &pass.suffix;
     let keys: Vec<(Option<Resource>, String)> = match test {
         Test::Isolation => resources
             .iter()
-            .map(|&r| (Some(r), format!("{}/isolation/{}/{}{sfx}", plan.kind, r.name(), plan.workloads.params(r))))
+            .map(|&r| {
+                (
+                    Some(r),
+                    format!(
+                        "{}/isolation/{}/{}{sfx}",
+                        plan.kind,
+                        r.name(),
+                        plan.workloads.params(r)
+                    ),
+                )
+            })
             .collect(),
         Test::Ring => {
-            vec![(None, format!("{}/ring/n={}/{}{sfx}", plan.kind, plan.ring_guests, plan.workloads.params(Resource::Network)))]
+            vec![(
+                None,
+                format!(
+                    "{}/ring/n={}/{}{sfx}",
+                    plan.kind,
+                    plan.ring_guests,
+                    plan.workloads.params(Resource::Network)
+                ),
+            )]
         }
     };
     if keys.iter().all(|(_, k)| ctx.done.contains(k)) {
@@ -558,7 +729,9 @@ async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &Backen
                 }
                 let (c, t, w) = (ctx.campaign, ctx.timeout(), &plan.workloads);
                 let m = match (test, r) {
-                    (Test::Isolation, Some(r)) => isolation::measure(&fleet, *r, w, &targets, c.warmup, c.reps, t).await,
+                    (Test::Isolation, Some(r)) => {
+                        isolation::measure(&fleet, *r, w, &targets, c.warmup, c.reps, t).await
+                    }
                     _ => ring::measure(&fleet, w, c.warmup, c.reps, t).await,
                 };
                 record_samples(ctx, k, m, say)?;
@@ -578,27 +751,51 @@ async fn small_fleet_test(ctx: &mut Ctx<'_>, backend: &AnyBackend, plan: &Backen
 
 /// Takes the guests that failed during `step` out of the fleet (killed, their resources
 /// released at once) and records why.
-async fn prune(ctx: &mut Ctx<'_>, fleet: &mut Fleet, backend: &AnyBackend, step: &str, say: Say<'_>) -> Result<()> {
+async fn prune(
+    ctx: &mut Ctx<'_>,
+    fleet: &mut Fleet,
+    backend: &AnyBackend,
+    step: &str,
+    say: Say<'_>,
+) -> Result<()> {
     for f in fleet.prune(backend).await {
         say(format!("   {step}: guest {} lost ({:?}): {}", f.name, f.kind, f.error));
-        ctx.record(&Record::GuestLost { backend: fleet.backend, step: step.to_string(), failure: f })?;
+        ctx.record(&Record::GuestLost {
+            backend: fleet.backend,
+            step: step.to_string(),
+            failure: f,
+        })?;
     }
     Ok(())
 }
 
 /// Tears the fleet down, records the guests found failed on the way, and returns `result`
 /// (or the recording's error if that failed and `result` had not).
-async fn teardown(ctx: &mut Ctx<'_>, fleet: Fleet, backend: &AnyBackend, result: Result<()>) -> Result<()> {
+async fn teardown(
+    ctx: &mut Ctx<'_>,
+    fleet: Fleet,
+    backend: &AnyBackend,
+    result: Result<()>,
+) -> Result<()> {
     let kind = fleet.backend;
     let t = fleet.teardown(backend, Duration::from_secs(10)).await;
     let mut recorded = Ok(());
     for f in t.failed {
-        recorded = recorded.and(ctx.record(&Record::GuestLost { backend: kind, step: "teardown".into(), failure: f }));
+        recorded = recorded.and(ctx.record(&Record::GuestLost {
+            backend: kind,
+            step: "teardown".into(),
+            failure: f,
+        }));
     }
     result.and(recorded)
 }
 
-fn record_samples(ctx: &mut Ctx<'_>, key: &str, m: Result<Vec<BenchSample>, String>, say: Say<'_>) -> Result<()> {
+fn record_samples(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    m: Result<Vec<BenchSample>, String>,
+    say: Say<'_>,
+) -> Result<()> {
     match m {
         Ok(samples) => {
             for s in samples {

@@ -57,7 +57,11 @@ impl std::fmt::Display for Cleaned {
             self.cgroups_removed,
             self.netns_removed.len(),
             if self.scratch_removed { ", scratch directory" } else { "" },
-            if self.errors.is_empty() { String::new() } else { format!("; errors: {}", self.errors.join("; ")) }
+            if self.errors.is_empty() {
+                String::new()
+            } else {
+                format!("; errors: {}", self.errors.join("; "))
+            }
         )
     }
 }
@@ -104,7 +108,10 @@ impl RunState {
             scratch,
             results,
         };
-        write_atomic(&st.scratch.join("state.json"), &serde_json::to_vec_pretty(&st).map_err(io::Error::other)?)?;
+        write_atomic(
+            &st.scratch.join("state.json"),
+            &serde_json::to_vec_pretty(&st).map_err(io::Error::other)?,
+        )?;
         Ok(st)
     }
 
@@ -170,8 +177,14 @@ pub fn owns_netns(run: &str, name: &str) -> bool {
 }
 
 fn list_netns() -> Result<Vec<String>, String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().map_err(|e| format!("ip netns list: {e}"))?;
-    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next().map(String::from)).collect())
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map_err(|e| format!("ip netns list: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect())
 }
 
 /// Runs whose hostd is gone: their state files under `root`.
@@ -211,7 +224,11 @@ pub fn reap_orphans() -> Vec<Cleaned> {
 /// temp file in the same directory, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("f"), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
+        std::process::id()
+    ));
     let written = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(data)?;

@@ -13,25 +13,55 @@ use crate::suite::BenchSample;
 pub enum Record {
     Startup(StartupSample),
     Memory(MemorySample),
-    Failure { backend: BackendKind, n: usize, mode: StartMode, failure: GuestFailure },
+    Failure {
+        backend: BackendKind,
+        n: usize,
+        mode: StartMode,
+        failure: GuestFailure,
+    },
     /// Written last for a fleet: marks the measurement complete (a resumed run skips it).
-    FleetDone { backend: BackendKind, n: usize, mode: StartMode, ready: usize, failed: usize, t_startup_s: Option<f64> },
+    FleetDone {
+        backend: BackendKind,
+        n: usize,
+        mode: StartMode,
+        ready: usize,
+        failed: usize,
+        t_startup_s: Option<f64>,
+    },
     /// One timed benchmark instance of the suite.
     Bench(BenchSample),
     /// A campaign step finished; a resumed campaign skips it.
-    StepDone { key: String },
+    StepDone {
+        key: String,
+    },
     /// A campaign step failed; a resumed campaign retries it.
-    StepFailed { key: String, error: String },
+    StepFailed {
+        key: String,
+        error: String,
+    },
     /// A backend could not run here, and why.
-    BackendUnavailable { backend: BackendKind, reason: String },
+    BackendUnavailable {
+        backend: BackendKind,
+        reason: String,
+    },
     /// What a backend's probe said when it ran (e.g. the accelerator chosen).
-    BackendProbe { backend: BackendKind, description: String },
+    BackendProbe {
+        backend: BackendKind,
+        description: String,
+    },
     /// A guest failed during a measurement step (crashed, hung, panicked, ran out of
     /// memory, broke the protocol) and was taken out of its fleet.
-    GuestLost { backend: BackendKind, step: String, failure: GuestFailure },
+    GuestLost {
+        backend: BackendKind,
+        step: String,
+        failure: GuestFailure,
+    },
     /// Written when a campaign session starts (a fresh run, or a resume under another
     /// provenance than the last): the samples it measures carry this id.
-    Provenance { id: String, provenance: crate::provenance::Provenance },
+    Provenance {
+        id: String,
+        provenance: crate::provenance::Provenance,
+    },
 }
 
 /// The longest time any sample may show: a day's deadline with room to spare. A negative,
@@ -55,10 +85,7 @@ fn seconds(what: &str, v: f64) -> Result<(), String> {
     if v.is_finite() && (0.0..=MAX_SECONDS).contains(&v) {
         Ok(())
     } else {
-        Err(format!(
-            "{what} = {} s is not a time in 0..={MAX_SECONDS} s",
-            num(v)
-        ))
+        Err(format!("{what} = {} s is not a time in 0..={MAX_SECONDS} s", num(v)))
     }
 }
 
@@ -71,10 +98,7 @@ fn kib(what: &str, v: u64) -> Result<(), String> {
 }
 
 fn fleet_size(n: usize) -> Result<(), String> {
-    crate::limits::GUESTS
-        .check(n)
-        .map(drop)
-        .map_err(|e| format!("n = {e}"))
+    crate::limits::GUESTS.check(n).map(drop).map_err(|e| format!("n = {e}"))
 }
 
 impl Record {
@@ -108,15 +132,19 @@ impl Record {
                     fleet_size(s.n)?;
                     seconds("ready_s", s.ready_s)?;
                     seconds("own_s", s.own_s)?;
-                    s.guest_boot_s
-                        .map_or(Ok(()), |v| seconds("guest_boot_s", v))?;
-                    s.guest_kernel_s
-                        .map_or(Ok(()), |v| seconds("guest_kernel_s", v))?;
+                    s.guest_boot_s.map_or(Ok(()), |v| seconds("guest_boot_s", v))?;
+                    s.guest_kernel_s.map_or(Ok(()), |v| seconds("guest_kernel_s", v))?;
                     // A resident share above 1 cannot be measured (mincore counts whole pages
                     // of the file's length, clamped to it).
                     match &s.residency {
-                        Some(r) if r.resident_bytes > r.bytes || r.shared_resident_bytes > r.shared_bytes => {
-                            Err(format!("residency: {} of {} bytes resident", r.resident_bytes, r.bytes))
+                        Some(r)
+                            if r.resident_bytes > r.bytes
+                                || r.shared_resident_bytes > r.shared_bytes =>
+                        {
+                            Err(format!(
+                                "residency: {} of {} bytes resident",
+                                r.resident_bytes, r.bytes
+                            ))
                         }
                         _ => Ok(()),
                     }
@@ -128,7 +156,11 @@ impl Record {
                     kib("m_used_kib", m.m_used_kib.unsigned_abs())?;
                     kib("hostd_pss_kib", m.hostd_pss_kib)?;
                     let c = &m.checks;
-                    for (what, v) in [("noise_kib", c.noise_kib), ("scratch_tmpfs_kib", c.scratch_tmpfs_kib), ("cross_check_kib", c.cross_check_kib.map(i64::unsigned_abs))] {
+                    for (what, v) in [
+                        ("noise_kib", c.noise_kib),
+                        ("scratch_tmpfs_kib", c.scratch_tmpfs_kib),
+                        ("cross_check_kib", c.cross_check_kib.map(i64::unsigned_abs)),
+                    ] {
                         v.map_or(Ok(()), |v| kib(what, v))?;
                     }
                     for &r in &c.m_used_repeats_kib {
@@ -137,8 +169,7 @@ impl Record {
                     seconds("settle_s", m.settle_s)?;
                     for g in &m.guests {
                         kib("guest pss_kib", g.pss_kib)?;
-                        g.cgroup_kib
-                            .map_or(Ok(()), |v| kib("guest cgroup_kib", v))?;
+                        g.cgroup_kib.map_or(Ok(()), |v| kib("guest cgroup_kib", v))?;
                     }
                     Ok(())
                 }
@@ -152,10 +183,7 @@ impl Record {
                     crate::suite::sync::plausible(b)?;
                     // Every benchmark takes time: the agent refuses a zero or negative one.
                     if b.elapsed_s.is_nan() || b.elapsed_s <= 0.0 {
-                        return Err(format!(
-                            "elapsed_s = {} s is not positive",
-                            num(b.elapsed_s)
-                        ));
+                        return Err(format!("elapsed_s = {} s is not positive", num(b.elapsed_s)));
                     }
                     seconds("elapsed_s", b.elapsed_s)?;
                     let v = b.value;
@@ -302,15 +330,8 @@ mod tests {
         text.push_str("{\"record\":\"startup\"\n\n");
         let s = Samples::parse(text.as_bytes()).unwrap();
         assert_eq!((s.records.len(), s.implausible, s.unreadable), (2, 5, 1));
-        assert_eq!(
-            s.rejected.iter().map(|r| r.line).collect::<Vec<_>>(),
-            [1, 2, 3, 5, 6]
-        );
-        assert!(
-            s.rejected[0].why.contains("ready_s = -1000000000 s"),
-            "{:?}",
-            s.rejected[0]
-        );
+        assert_eq!(s.rejected.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 2, 3, 5, 6]);
+        assert!(s.rejected[0].why.contains("ready_s = -1000000000 s"), "{:?}", s.rejected[0]);
         assert!(s.rejected[4].why.contains("MB/s"), "{:?}", s.rejected[4]);
     }
 }

@@ -24,7 +24,19 @@ use crate::memory::{self, GuestMemory};
 use crate::runstate::RunState;
 use crate::stats::Summary;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum StartMode {
     /// Page cache emptied of what the launch reads before the fleet starts.
@@ -189,7 +201,10 @@ pub struct FleetBoot {
 impl FleetBoot {
     /// T_startup(n): the last ready guest, seconds. None if no guest became ready.
     pub fn t_startup(&self) -> Option<f64> {
-        self.startups.iter().map(|s| s.ready_s).fold(None, |m, x| Some(m.map_or(x, |m: f64| m.max(x))))
+        self.startups
+            .iter()
+            .map(|s| s.ready_s)
+            .fold(None, |m, x| Some(m.map_or(x, |m: f64| m.max(x))))
     }
 
     /// "cold", "hot" or "warm", from the measured residency ([`start_label`]).
@@ -198,7 +213,11 @@ impl FleetBoot {
     }
 
     pub fn ready_summary(&self) -> Option<Summary> {
-        Summary::of(format!("startup_{}", self.mode.name()), "s", self.startups.iter().map(|s| s.ready_s).collect())
+        Summary::of(
+            format!("startup_{}", self.mode.name()),
+            "s",
+            self.startups.iter().map(|s| s.ready_s).collect(),
+        )
     }
 }
 
@@ -233,7 +252,10 @@ pub fn drop_caches() -> std::io::Result<()> {
 
 /// Readings of the machine's used memory taken over `window`, KiB: the host kernel's plus
 /// what a hypervisor below it has handed out, so M_used includes guest RAM on every backend.
-async fn machine_used_readings(backend: &AnyBackend, window: Duration) -> Result<Vec<u64>, StartupError> {
+async fn machine_used_readings(
+    backend: &AnyBackend,
+    window: Duration,
+) -> Result<Vec<u64>, StartupError> {
     let gap = (window / (READINGS as u32 - 1)).max(Duration::from_millis(100));
     let host = memory::host_used_readings(READINGS, gap).await.ok_or(StartupError::Meminfo)?;
     let unseen = backend.unseen_used_kib().await.map_err(StartupError::Hypervisor)?;
@@ -245,7 +267,12 @@ const READINGS: usize = 5;
 
 /// One startup sample per ready guest of a fleet of `n` started in `mode`, with the guest's
 /// own clocks where it runs its own kernel.
-pub fn startup_samples(kind: BackendKind, n: usize, mode: StartMode, fleet: &crate::fleet::Fleet) -> Vec<StartupSample> {
+pub fn startup_samples(
+    kind: BackendKind,
+    n: usize,
+    mode: StartMode,
+    fleet: &crate::fleet::Fleet,
+) -> Vec<StartupSample> {
     let own_kernel = kind.own_kernel();
     fleet
         .guests
@@ -261,7 +288,11 @@ pub fn startup_samples(kind: BackendKind, n: usize, mode: StartMode, fleet: &cra
                 ready_s: at.as_secs_f64(),
                 own_s: g.startup.as_secs_f64(),
                 guest_boot_s: own_kernel.then_some(c.boottime_ns as f64 / 1e9),
-                guest_kernel_s: if own_kernel { c.kernel_init_ns.or(c.agent_start_ns).map(|ns| ns as f64 / 1e9) } else { None },
+                guest_kernel_s: if own_kernel {
+                    c.kernel_init_ns.or(c.agent_start_ns).map(|ns| ns as f64 / 1e9)
+                } else {
+                    None
+                },
                 provenance: String::new(),
                 residency: None,
                 image_copies: false,
@@ -310,7 +341,8 @@ async fn measure_fleet(
     on_event: impl FnMut(FleetEvent),
 ) -> Result<FleetBoot, StartupError> {
     let kind = backend.kind();
-    let files = coldstart::fleet_files(backend, &cfg.image_copies, cfg.data_disk.as_deref()).map_err(StartupError::Residency)?;
+    let files = coldstart::fleet_files(backend, &cfg.image_copies, cfg.data_disk.as_deref())
+        .map_err(StartupError::Residency)?;
     if mode == StartMode::Cold {
         drop_caches().map_err(StartupError::DropCaches)?;
     }
@@ -323,16 +355,22 @@ async fn measure_fleet(
     if mode == StartMode::Hot {
         coldstart::warm(&files).map_err(StartupError::Residency)?;
     }
-    let residency = coldstart::check(&files, mode == StartMode::Cold).map_err(StartupError::Residency)?;
+    let residency =
+        coldstart::check(&files, mode == StartMode::Cold).map_err(StartupError::Residency)?;
     let fleet = fleet::start(backend, run, cfg, on_event).await?;
     let copies = !cfg.image_copies.is_empty();
     let startups: Vec<StartupSample> = startup_samples(kind, cfg.n, mode, &fleet)
         .into_iter()
-        .map(|s| StartupSample { residency: Some(residency.clone()), image_copies: copies && s.index < cfg.image_copies.len(), ..s })
+        .map(|s| StartupSample {
+            residency: Some(residency.clone()),
+            image_copies: copies && s.index < cfg.image_copies.len(),
+            ..s
+        })
         .collect();
     tokio::time::sleep(settle).await;
     let after = machine_used_readings(backend, settle).await?;
-    let guests: Vec<GuestMemory> = fleet.guests.iter().map(|g| memory::guest_memory(&g.process)).collect();
+    let guests: Vec<GuestMemory> =
+        fleet.guests.iter().map(|g| memory::guest_memory(&g.process)).collect();
     let (rss_after, pss_after) = (memory::rss_kib(me), memory::pss_kib(me));
     let scratch_tmpfs_kib = memory::tmpfs_usage_kib(&run.scratch);
     let repeats = memory::repeats_kib(&before, &after);
@@ -366,7 +404,8 @@ async fn measure_fleet(
         },
     });
     let mut failures = fleet.failures.clone();
-    let Teardown { clean, killed, failed, .. } = fleet.teardown(backend, Duration::from_secs(10)).await;
+    let Teardown { clean, killed, failed, .. } =
+        fleet.teardown(backend, Duration::from_secs(10)).await;
     // Guests that became ready but died before the teardown.
     failures.extend(failed);
     Ok(FleetBoot {
@@ -398,7 +437,12 @@ mod tests {
         assert_eq!(m.guests[0].cgroup_used_kib, None);
         // And a new one round-trips with its checks.
         let mut n = m.clone();
-        n.checks = MemoryChecks { noise_kib: Some(10), scratch_tmpfs_kib: Some(300), m_used_repeats_kib: vec![2000, 2010], ..Default::default() };
+        n.checks = MemoryChecks {
+            noise_kib: Some(10),
+            scratch_tmpfs_kib: Some(300),
+            m_used_repeats_kib: vec![2000, 2010],
+            ..Default::default()
+        };
         let back: MemorySample = serde_json::from_str(&serde_json::to_string(&n).unwrap()).unwrap();
         assert_eq!(back, n);
     }
@@ -436,7 +480,8 @@ pub fn analyse(
     failures: Vec<(BackendKind, usize, StartMode, GuestFailure)>,
 ) -> crate::bootrun::BootSummary {
     type Fleet = (Vec<StartupSample>, Vec<GuestFailure>, Option<MemorySample>);
-    let mut fleets: std::collections::BTreeMap<(BackendKind, usize, StartMode), Fleet> = Default::default();
+    let mut fleets: std::collections::BTreeMap<(BackendKind, usize, StartMode), Fleet> =
+        Default::default();
     for s in startups {
         fleets.entry((s.backend, s.n, s.mode)).or_default().0.push(s);
     }
@@ -452,7 +497,17 @@ pub fn analyse(
         .map(|((backend, n, mode), (startups, failures, memory))| {
             // The fleet's residency: every sample of it carries the same.
             let residency = startups.first().and_then(|s| s.residency.clone());
-            crate::bootrun::row(&FleetBoot { backend, n, mode, startups, failures, memory, teardown_clean: 0, teardown_killed: 0, residency })
+            crate::bootrun::row(&FleetBoot {
+                backend,
+                n,
+                mode,
+                startups,
+                failures,
+                memory,
+                teardown_clean: 0,
+                teardown_killed: 0,
+                residency,
+            })
         })
         .collect();
     crate::bootrun::summarise(provenance, rows)
@@ -463,8 +518,26 @@ mod analyse_tests {
     use super::*;
     use crate::fleet::FailureKind;
 
-    fn up(backend: BackendKind, n: usize, mode: StartMode, index: usize, ready_s: f64) -> StartupSample {
-        StartupSample { backend, n, mode, index, ready_s, own_s: ready_s, guest_boot_s: Some(ready_s / 2.0), guest_kernel_s: None, residency: None, image_copies: false, provenance: String::new() }
+    fn up(
+        backend: BackendKind,
+        n: usize,
+        mode: StartMode,
+        index: usize,
+        ready_s: f64,
+    ) -> StartupSample {
+        StartupSample {
+            backend,
+            n,
+            mode,
+            index,
+            ready_s,
+            own_s: ready_s,
+            guest_boot_s: Some(ready_s / 2.0),
+            guest_kernel_s: None,
+            residency: None,
+            image_copies: false,
+            provenance: String::new(),
+        }
     }
 
     fn mem(backend: BackendKind, n: usize, mode: StartMode, m_used_kib: i64) -> MemorySample {
@@ -487,13 +560,31 @@ mod analyse_tests {
     #[test]
     fn t_startup_and_the_memory_fit() {
         let (u, c, h) = (BackendKind::Uml, StartMode::Cold, StartMode::Hot);
-        let mut s = vec![up(u, 1, c, 0, 0.8), up(u, 2, c, 0, 1.0), up(u, 2, c, 1, 1.5), up(u, 1, h, 0, 0.3)];
+        let mut s = vec![
+            up(u, 1, c, 0, 0.8),
+            up(u, 2, c, 0, 1.0),
+            up(u, 2, c, 1, 1.5),
+            up(u, 1, h, 0, 0.3),
+        ];
         s.extend((0..4).map(|i| up(u, 4, c, i, 1.0 + i as f64)));
         // M_used(n) = 20 MiB·n + 100 MiB, exactly, cold.
         let m = vec![mem(u, 1, c, 120 * 1024), mem(u, 2, c, 140 * 1024), mem(u, 4, c, 180 * 1024)];
-        let f = GuestFailure { index: 2, name: "g2".into(), kind: FailureKind::Timeout, error: "x".into(), console_tail: None };
-        let sum = analyse(crate::provenance::Provenance::collect(Default::default()), s, m, vec![(u, 3, c, f)]);
-        let row = |n: usize, mode: StartMode| sum.rows.iter().find(|r| r.n == n && r.mode == mode).unwrap();
+        let f = GuestFailure {
+            index: 2,
+            name: "g2".into(),
+            kind: FailureKind::Timeout,
+            error: "x".into(),
+            console_tail: None,
+        };
+        let sum = analyse(
+            crate::provenance::Provenance::collect(Default::default()),
+            s,
+            m,
+            vec![(u, 3, c, f)],
+        );
+        let row = |n: usize, mode: StartMode| {
+            sum.rows.iter().find(|r| r.n == n && r.mode == mode).unwrap()
+        };
         assert_eq!(row(2, c).t_startup_s, Some(1.5));
         assert_eq!(row(4, c).t_startup_s, Some(4.0));
         assert_eq!((row(4, c).ready, row(4, c).failed), (4, 0));
@@ -504,7 +595,12 @@ mod analyse_tests {
         // A fleet where no guest came up: no T_startup, one failure.
         assert_eq!((row(3, c).t_startup_s, row(3, c).ready, row(3, c).failed), (None, 0, 1));
         let fit = sum.memory_fit["uml cold"];
-        assert!((fit.slope - 20.0).abs() < 1e-9 && (fit.intercept - 100.0).abs() < 1e-9 && fit.points == 3, "{fit:?}");
+        assert!(
+            (fit.slope - 20.0).abs() < 1e-9
+                && (fit.intercept - 100.0).abs() < 1e-9
+                && fit.points == 3,
+            "{fit:?}"
+        );
         // One size hot: no fit.
         assert!(!sum.memory_fit.contains_key("uml hot"));
     }

@@ -29,10 +29,36 @@ pub struct Summary {
 
 /// t(0.975, df) for df = 1..=30.
 const T975: [f64; 30] = [
-    12.706_204_736, 4.302_652_730, 3.182_446_305, 2.776_445_105, 2.570_581_836, 2.446_911_849, 2.364_624_251, 2.306_004_135,
-    2.262_157_163, 2.228_138_852, 2.200_985_160, 2.178_812_830, 2.160_368_656, 2.144_786_688, 2.131_449_546, 2.119_905_299,
-    2.109_815_578, 2.100_922_040, 2.093_024_054, 2.085_963_447, 2.079_613_845, 2.073_873_068, 2.068_657_610, 2.063_898_562,
-    2.059_538_553, 2.055_529_439, 2.051_830_516, 2.048_407_142, 2.045_229_642, 2.042_272_456,
+    12.706_204_736,
+    4.302_652_730,
+    3.182_446_305,
+    2.776_445_105,
+    2.570_581_836,
+    2.446_911_849,
+    2.364_624_251,
+    2.306_004_135,
+    2.262_157_163,
+    2.228_138_852,
+    2.200_985_160,
+    2.178_812_830,
+    2.160_368_656,
+    2.144_786_688,
+    2.131_449_546,
+    2.119_905_299,
+    2.109_815_578,
+    2.100_922_040,
+    2.093_024_054,
+    2.085_963_447,
+    2.079_613_845,
+    2.073_873_068,
+    2.068_657_610,
+    2.063_898_562,
+    2.059_538_553,
+    2.055_529_439,
+    2.051_830_516,
+    2.048_407_142,
+    2.045_229_642,
+    2.042_272_456,
 ];
 
 /// The 0.975 quantile of the standard normal distribution.
@@ -50,7 +76,10 @@ pub fn t975(df: usize) -> Option<f64> {
             let g1 = (x.powi(3) + x) / 4.0;
             let g2 = (5.0 * x.powi(5) + 16.0 * x.powi(3) + 3.0 * x) / 96.0;
             let g3 = (3.0 * x.powi(7) + 19.0 * x.powi(5) + 17.0 * x.powi(3) - 15.0 * x) / 384.0;
-            let g4 = (79.0 * x.powi(9) + 776.0 * x.powi(7) + 1482.0 * x.powi(5) - 1920.0 * x.powi(3) - 945.0 * x) / 92160.0;
+            let g4 = (79.0 * x.powi(9) + 776.0 * x.powi(7) + 1482.0 * x.powi(5)
+                - 1920.0 * x.powi(3)
+                - 945.0 * x)
+                / 92160.0;
             Some(x + g1 / v + g2 / v.powi(2) + g3 / v.powi(3) + g4 / v.powi(4))
         }
     }
@@ -95,7 +124,11 @@ pub fn welch(a: (f64, f64, usize), b: (f64, f64, usize)) -> Option<Welch> {
     if se2 == 0.0 {
         // No spread on either side: any difference is beyond the (absent) noise.
         let differs = ma != mb;
-        return Some(Welch { t: if differs { f64::INFINITY } else { 0.0 }, df: (na + nb - 2) as f64, differs });
+        return Some(Welch {
+            t: if differs { f64::INFINITY } else { 0.0 },
+            df: (na + nb - 2) as f64,
+            differs,
+        });
     }
     let t = (ma - mb) / se2.sqrt();
     let df = se2 * se2 / (va * va / (na - 1) as f64 + vb * vb / (nb - 1) as f64);
@@ -111,13 +144,27 @@ impl Summary {
         }
         let n = samples.len() as f64;
         let mean = samples.iter().sum::<f64>() / n;
-        let var = if samples.len() > 1 { samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        let var = if samples.len() > 1 {
+            samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
         let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
         let max = samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let std_dev = var.sqrt();
         let median = median(&samples)?;
         let ci95 = ci95_half(std_dev, samples.len()).map(|h| [mean - h, mean + h]);
-        Some(Self { name: name.into(), unit: unit.into(), samples, mean, std_dev, min, max, median, ci95 })
+        Some(Self {
+            name: name.into(),
+            unit: unit.into(),
+            samples,
+            mean,
+            std_dev,
+            min,
+            max,
+            median,
+            ci95,
+        })
     }
 }
 
@@ -184,11 +231,23 @@ mod tests {
     #[test]
     fn t_quantiles_match_the_tables() {
         // Printed tables, 3 decimals.
-        for (df, t) in [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571), (9, 2.262), (10, 2.228), (20, 2.086), (30, 2.042)] {
+        for (df, t) in [
+            (1, 12.706),
+            (2, 4.303),
+            (3, 3.182),
+            (4, 2.776),
+            (5, 2.571),
+            (9, 2.262),
+            (10, 2.228),
+            (20, 2.086),
+            (30, 2.042),
+        ] {
             assert!((t975(df).unwrap() - t).abs() < 5e-4, "df {df}");
         }
         // Beyond the table, the expansion against exact quantiles.
-        for (df, t) in [(31, 2.039513), (40, 2.021075), (60, 2.000298), (120, 1.979930), (1000, 1.962339)] {
+        for (df, t) in
+            [(31, 2.039513), (40, 2.021075), (60, 2.000298), (120, 1.979930), (1000, 1.962339)]
+        {
             assert!((t975(df).unwrap() - t).abs() < 1e-5, "df {df}: {}", t975(df).unwrap());
         }
         // Continuous at the seam and falling towards the normal quantile.
@@ -217,7 +276,11 @@ mod tests {
     #[test]
     fn fit_recovers_line() {
         let f = linear_fit(&[(1.0, 12.0), (10.0, 30.0), (50.0, 110.0), (100.0, 210.0)]).unwrap();
-        assert!((f.slope - 2.0).abs() < 1e-12 && (f.intercept - 10.0).abs() < 1e-9 && f.residual_std < 1e-9);
+        assert!(
+            (f.slope - 2.0).abs() < 1e-12
+                && (f.intercept - 10.0).abs() < 1e-9
+                && f.residual_std < 1e-9
+        );
         assert!(linear_fit(&[(1.0, 1.0)]).is_none());
         assert!(linear_fit(&[(1.0, 1.0), (1.0, 2.0)]).is_none());
     }

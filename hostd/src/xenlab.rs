@@ -76,7 +76,11 @@ static KVM_VERDICT: tokio::sync::OnceCell<Result<f64, String>> = tokio::sync::On
 
 /// The lab's accelerator and why: `asked` (kvm or tcg), else KVM if a probe guest reaches
 /// the agent's hello under it (the qemu backend's probe), else TCG.
-pub async fn choose_accel(asked: Option<&str>, qemu: &str, images: &Images) -> Result<(LabAccel, String)> {
+pub async fn choose_accel(
+    asked: Option<&str>,
+    qemu: &str,
+    images: &Images,
+) -> Result<(LabAccel, String)> {
     match asked {
         Some("kvm") => return Ok((LabAccel::Kvm, "KVM (asked for)".into())),
         Some("tcg") => return Ok((LabAccel::Tcg, "TCG (asked for)".into())),
@@ -84,16 +88,29 @@ pub async fn choose_accel(asked: Option<&str>, qemu: &str, images: &Images) -> R
         None => {}
     }
     let (Some(kernel), Some(initramfs)) = (&images.kernel_microvm, &images.initramfs) else {
-        return Ok((LabAccel::Tcg, "TCG (no kernel-microvm or initramfs to probe KVM with: run `imagegen build`)".into()));
+        return Ok((
+            LabAccel::Tcg,
+            "TCG (no kernel-microvm or initramfs to probe KVM with: run `imagegen build`)".into(),
+        ));
     };
     let verdict = KVM_VERDICT
         .get_or_init(|| async {
             let d = crate::backend::qemu::KVM_PROBE_DEADLINE;
-            crate::backend::qemu::kvm_boot_probe(qemu, crate::backend::qemu::Profile::Microvm, kernel, initramfs, d).await.map(|t| t.as_secs_f64())
+            crate::backend::qemu::kvm_boot_probe(
+                qemu,
+                crate::backend::qemu::Profile::Microvm,
+                kernel,
+                initramfs,
+                d,
+            )
+            .await
+            .map(|t| t.as_secs_f64())
         })
         .await;
     Ok(match verdict {
-        Ok(t) => (LabAccel::Kvm, format!("KVM (probe guest reached the agent's hello in {t:.2} s)")),
+        Ok(t) => {
+            (LabAccel::Kvm, format!("KVM (probe guest reached the agent's hello in {t:.2} s)"))
+        }
         Err(why) => (LabAccel::Tcg, format!("TCG (KVM probe failed: {why})")),
     })
 }
@@ -201,9 +218,21 @@ impl LabReport {
     pub fn records(&self) -> Vec<Record> {
         let b = &self.boot;
         let mut out: Vec<Record> = b.startups.iter().cloned().map(Record::Startup).collect();
-        out.extend(b.failures.iter().map(|f| Record::Failure { backend: b.backend, n: b.n, mode: b.mode, failure: f.clone() }));
+        out.extend(b.failures.iter().map(|f| Record::Failure {
+            backend: b.backend,
+            n: b.n,
+            mode: b.mode,
+            failure: f.clone(),
+        }));
         out.extend(b.memory.clone().map(Record::Memory));
-        out.push(Record::FleetDone { backend: b.backend, n: b.n, mode: b.mode, ready: b.startups.len(), failed: b.failures.len(), t_startup_s: b.t_startup() });
+        out.push(Record::FleetDone {
+            backend: b.backend,
+            n: b.n,
+            mode: b.mode,
+            ready: b.startups.len(),
+            failed: b.failures.len(),
+            t_startup_s: b.t_startup(),
+        });
         out.extend(self.bench.iter().cloned().map(Record::Bench));
         out
     }
@@ -214,14 +243,22 @@ impl LabReport {
 #[serde(tag = "lab", rename_all = "snake_case")]
 pub enum LabMsg {
     /// dom0 → host, first: hostd runs in dom0 and waits for its job.
-    Ready { dom0_uptime_s: f64, kernel: String, hostd_version: String },
+    Ready {
+        dom0_uptime_s: f64,
+        kernel: String,
+        hostd_version: String,
+    },
     /// host → dom0.
     Job(LabJob),
     /// dom0 → host: what is going on, for a person watching.
-    Progress { line: String },
+    Progress {
+        line: String,
+    },
     /// dom0 → host, last.
     Done(Box<LabReport>),
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 fn frame(msg: &LabMsg) -> Result<Vec<u8>> {
@@ -231,7 +268,11 @@ fn frame(msg: &LabMsg) -> Result<Vec<u8>> {
 
 /// Reads frames until one decodes as a [`LabMsg`]; noise (Xen's and dom0's console, tty
 /// echo) is skipped by the decoder. None: the stream ended.
-async fn next_msg(r: &mut (impl AsyncRead + Unpin), dec: &mut FrameDecoder, queue: &mut Vec<Vec<u8>>) -> Result<Option<LabMsg>> {
+async fn next_msg(
+    r: &mut (impl AsyncRead + Unpin),
+    dec: &mut FrameDecoder,
+    queue: &mut Vec<Vec<u8>>,
+) -> Result<Option<LabMsg>> {
     let mut buf = vec![0u8; 16 << 10];
     loop {
         if !queue.is_empty() {
@@ -266,17 +307,34 @@ pub fn qemu_args(m: &LabMachine<'_>, log: &Path, ctl_fd: i32) -> Vec<String> {
     // Multiboot modules are separated by commas (a literal one is doubled), each a path
     // followed by its command line.
     let esc = |s: &str| s.replace(',', ",,");
-    let modules = format!("{} {},{}", esc(&m.dom0_kernel.display().to_string()), esc(m.dom0_cmdline), esc(&m.dom0_initramfs.display().to_string()));
+    let modules = format!(
+        "{} {},{}",
+        esc(&m.dom0_kernel.display().to_string()),
+        esc(m.dom0_cmdline),
+        esc(&m.dom0_initramfs.display().to_string())
+    );
     let (xen, xen_cmdline, host_mib) = (m.xen, m.xen_cmdline.as_str(), m.host_mib);
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
     push(&["-name", "xen-lab", "-M", "pc"]);
     push(&m.accel.qemu_args());
     push(&["-smp", "2"]);
-    push(&["-m", &format!("{host_mib}M"), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    push(&[
+        "-m",
+        &format!("{host_mib}M"),
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+    ]);
     push(&["-kernel", &xen.display().to_string(), "-append", xen_cmdline, "-initrd", &modules]);
     // COM1: Xen's console (and through it dom0's hvc0) into the lab log; COM2: the channel.
-    push(&["-chardev", &format!("file,id=con,path={},append=on", log.display().to_string().replace(',', ",,")), "-serial", "chardev:con"]);
+    push(&[
+        "-chardev",
+        &format!("file,id=con,path={},append=on", log.display().to_string().replace(',', ",,")),
+        "-serial",
+        "chardev:con",
+    ]);
     push(&["-chardev", &format!("socket,id=ctl,fd={ctl_fd}"), "-serial", "chardev:ctl"]);
     a
 }
@@ -328,14 +386,21 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
     }
     let t_start = Instant::now();
     let images = crate::images::resolve(None).context("resolving the images")?;
-    let artifact = |recipe: &str, output: &str| crate::images::store_artifact(recipe, output).with_context(|| format!("the Xen lab needs {recipe}: run `imagegen build`"));
+    let artifact = |recipe: &str, output: &str| {
+        crate::images::store_artifact(recipe, output)
+            .with_context(|| format!("the Xen lab needs {recipe}: run `imagegen build`"))
+    };
     let (xen_path, xen_sha, _) = artifact("xen-hypervisor", "file")?;
     let (dom0_kernel, dom0_kernel_sha, dom0_cmdline) = artifact("kernel-dom0", "file")?;
     let (dom0_initramfs, dom0_initramfs_sha, _) = artifact("xen-lab-dom0", "initramfs")?;
     let (_, _, domu_cmdline) = artifact("kernel-xen", "kernel")?;
     // What the lab booted: the hypervisor, dom0 and what dom0 boots (its hostd included).
-    let mut artifacts: std::collections::BTreeMap<String, String> =
-        images.hashes.iter().filter(|(k, _)| ["agent", "initramfs", "kernel-xen"].iter().any(|p| k.starts_with(p))).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut artifacts: std::collections::BTreeMap<String, String> = images
+        .hashes
+        .iter()
+        .filter(|(k, _)| ["agent", "initramfs", "kernel-xen"].iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     artifacts.insert("hostd-static".into(), artifact("hostd-static", "agent")?.1);
     artifacts.insert("xen-hypervisor".into(), xen_sha);
     artifacts.insert("kernel-dom0".into(), dom0_kernel_sha);
@@ -343,7 +408,9 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
     let qemu_version = qemu_version(&a.qemu).await?;
     let (accel, accel_why) = choose_accel(a.accel.as_deref(), &a.qemu, &images).await?;
 
-    let run = RunGuard(RunState::create("xen-lab", Some(a.results.clone())).context("creating the run's state")?);
+    let run = RunGuard(
+        RunState::create("xen-lab", Some(a.results.clone())).context("creating the run's state")?,
+    );
     let run = &run.0;
     let result = async {
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
@@ -557,10 +624,24 @@ pub async fn main(a: LabArgs) -> Result<()> {
 
 /// The dom0 side: says ready, takes the job, measures, reports.
 async fn dom0_side(tty: &Path) -> Result<()> {
-    let mut ctl = RawTty::open(tty).with_context(|| format!("opening the lab's control channel {}", tty.display()))?;
-    let uptime = std::fs::read_to_string("/proc/uptime").ok().and_then(|u| u.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
-    let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
-    send(&mut ctl, &LabMsg::Ready { dom0_uptime_s: uptime, kernel, hostd_version: env!("CARGO_PKG_VERSION").into() }).await?;
+    let mut ctl = RawTty::open(tty)
+        .with_context(|| format!("opening the lab's control channel {}", tty.display()))?;
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    send(
+        &mut ctl,
+        &LabMsg::Ready {
+            dom0_uptime_s: uptime,
+            kernel,
+            hostd_version: env!("CARGO_PKG_VERSION").into(),
+        },
+    )
+    .await?;
     let mut dec = FrameDecoder::default();
     let mut queue = Vec::new();
     let job = match next_msg(&mut ctl, &mut dec, &mut queue).await? {
@@ -594,14 +675,21 @@ async fn send(w: &mut (impl AsyncWrite + Unpin), msg: &LabMsg) -> Result<()> {
 }
 
 /// Boots the job's fleet through the xen backend and measures it (see the module doc).
-async fn measure(job: &LabJob, uptime: f64, progress: tokio::sync::mpsc::UnboundedSender<String>) -> Result<LabReport> {
+async fn measure(
+    job: &LabJob,
+    uptime: f64,
+    progress: tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<LabReport> {
     let say = |l: String| {
         let _ = progress.send(l);
     };
     let images = Images {
         agent: DOM0_AGENT.into(),
         initramfs: Some(DOM0_DOMU_INITRAMFS.into()),
-        kernel_xen: Some(Kernel { path: DOM0_DOMU_KERNEL.into(), cmdline: job.domu_cmdline.clone() }),
+        kernel_xen: Some(Kernel {
+            path: DOM0_DOMU_KERNEL.into(),
+            cmdline: job.domu_cmdline.clone(),
+        }),
         ..Default::default()
     };
     let backend = AnyBackend::new(BackendKind::Xen, &images, &BackendOptions::default());
@@ -610,7 +698,13 @@ async fn measure(job: &LabJob, uptime: f64, progress: tokio::sync::mpsc::Unbound
     let mut provenance = Provenance::collect(Default::default());
     if let Ok(info) = xen::xl_info("xl").await {
         let g = |k: &str| info.get(k).cloned().unwrap_or_default();
-        provenance.notes.push(format!("Xen {} ({} physical CPUs, {} MiB); dom0 hostd in a {} MiB dom0", g("xen_version"), g("nr_cpus"), g("total_memory"), provenance.host.mem_total_kib / 1024));
+        provenance.notes.push(format!(
+            "Xen {} ({} physical CPUs, {} MiB); dom0 hostd in a {} MiB dom0",
+            g("xen_version"),
+            g("nr_cpus"),
+            g("total_memory"),
+            provenance.host.mem_total_kib / 1024
+        ));
     }
     let run = RunState::create("xen-lab", None).context("creating the run's state")?;
     let result = async {
@@ -623,13 +717,25 @@ async fn measure(job: &LabJob, uptime: f64, progress: tokio::sync::mpsc::Unbound
             ..Default::default()
         };
         crate::startup::drop_caches().context("dropping dom0's page cache for a cold start")?;
-        let dom0_before = memory::host_used_kib_median(5, Duration::from_millis(100)).await.context("reading /proc/meminfo")?;
-        let info_before = xen::xl_info("xl").await.map_err(anyhow::Error::msg).context("Xen's memory before the fleet")?;
+        let dom0_before = memory::host_used_kib_median(5, Duration::from_millis(100))
+            .await
+            .context("reading /proc/meminfo")?;
+        let info_before = xen::xl_info("xl")
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("Xen's memory before the fleet")?;
         say(format!("starting {} PV domUs together", job.guests));
         let t0 = Instant::now();
         let fleet = fleet::start(&backend, &run, &cfg, |e| match e {
-            FleetEvent::Ready { index, after } => say(format!("g{index} ready after {:.2} s", after.as_secs_f64())),
-            FleetEvent::Failed(f) => say(format!("{} failed ({:?}): {}", f.name, f.kind, f.error.lines().next().unwrap_or(""))),
+            FleetEvent::Ready { index, after } => {
+                say(format!("g{index} ready after {:.2} s", after.as_secs_f64()))
+            }
+            FleetEvent::Failed(f) => say(format!(
+                "{} failed ({:?}): {}",
+                f.name,
+                f.kind,
+                f.error.lines().next().unwrap_or("")
+            )),
         })
         .await?;
         let fleet_ready_s = t0.elapsed().as_secs_f64();
@@ -637,9 +743,15 @@ async fn measure(job: &LabJob, uptime: f64, progress: tokio::sync::mpsc::Unbound
         let startups = crate::startup::startup_samples(kind, cfg.n, StartMode::Cold, &fleet);
         let settle = Duration::from_secs(job.settle_s);
         tokio::time::sleep(settle).await;
-        let dom0_after = memory::host_used_kib_median(5, Duration::from_millis(100)).await.context("reading /proc/meminfo")?;
-        let info_after = xen::xl_info("xl").await.map_err(anyhow::Error::msg).context("Xen's memory with the fleet up")?;
-        let domains = xen::xl_list("xl").await.map_err(anyhow::Error::msg).context("listing the domains")?;
+        let dom0_after = memory::host_used_kib_median(5, Duration::from_millis(100))
+            .await
+            .context("reading /proc/meminfo")?;
+        let info_after = xen::xl_info("xl")
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("Xen's memory with the fleet up")?;
+        let domains =
+            xen::xl_list("xl").await.map_err(anyhow::Error::msg).context("listing the domains")?;
         let mib = |i: &std::collections::BTreeMap<String, String>, k: &str| -> Result<u64> {
             i.get(k).and_then(|v| v.parse().ok()).with_context(|| format!("`xl info` has no {k}"))
         };
@@ -647,13 +759,16 @@ async fn measure(job: &LabJob, uptime: f64, progress: tokio::sync::mpsc::Unbound
             total_mib: mib(&info_after, "total_memory")?,
             free_before_mib: mib(&info_before, "free_memory")?,
             free_after_mib: mib(&info_after, "free_memory")?,
-            used_by_fleet_mib: mib(&info_before, "free_memory")? as i64 - mib(&info_after, "free_memory")? as i64,
+            used_by_fleet_mib: mib(&info_before, "free_memory")? as i64
+                - mib(&info_after, "free_memory")? as i64,
             domains,
         };
         // The host's used memory on a Xen host is the machine's: what dom0 uses of its
         // (fixed) allocation plus everything Xen has handed out. domU RAM is only in the latter.
-        let xen_used = |i| xen::xen_used_kib(i).context("`xl info` lacks total_memory or free_memory");
-        let (used_before, used_after) = (dom0_before + xen_used(&info_before)?, dom0_after + xen_used(&info_after)?);
+        let xen_used =
+            |i| xen::xen_used_kib(i).context("`xl info` lacks total_memory or free_memory");
+        let (used_before, used_after) =
+            (dom0_before + xen_used(&info_before)?, dom0_after + xen_used(&info_after)?);
         let mem = MemorySample {
             backend: kind,
             n: cfg.n,
@@ -668,14 +783,31 @@ async fn measure(job: &LabJob, uptime: f64, progress: tokio::sync::mpsc::Unbound
             provenance: String::new(),
             checks: Default::default(),
         };
-        say(format!("CPU benchmark ({} rounds) in {} guests at once", job.cpu_rounds, fleet.guests.len()));
+        say(format!(
+            "CPU benchmark ({} rounds) in {} guests at once",
+            job.cpu_rounds,
+            fleet.guests.len()
+        ));
         let w = Workloads { cpu_rounds: job.cpu_rounds, ..Default::default() };
-        let targets = Targets { disk: PathBuf::from("/nonexistent"), peer: (crate::netlab::BRIDGE_ADDR, 0).into() };
+        let targets = Targets {
+            disk: PathBuf::from("/nonexistent"),
+            peer: (crate::netlab::BRIDGE_ADDR, 0).into(),
+        };
         let t_bench = Instant::now();
         let (bench, bench_error) = if fleet.guests.is_empty() {
             (Vec::new(), Some("no guest became ready".to_string()))
         } else {
-            match linearity::measure(&fleet, Resource::Cpu, &w, &targets, 0, 1, Duration::from_secs(job.boot_timeout_s)).await {
+            match linearity::measure(
+                &fleet,
+                Resource::Cpu,
+                &w,
+                &targets,
+                0,
+                1,
+                Duration::from_secs(job.boot_timeout_s),
+            )
+            .await
+            {
                 Ok(s) => (s, None),
                 Err(e) => (Vec::new(), Some(e)),
             }
@@ -683,15 +815,29 @@ async fn measure(job: &LabJob, uptime: f64, progress: tokio::sync::mpsc::Unbound
         let bench_s = t_bench.elapsed().as_secs_f64();
         let mut failures = fleet.failures.clone();
         let t_down = Instant::now();
-        let Teardown { clean, killed, failed, .. } = fleet.teardown(&backend, Duration::from_secs(30)).await;
+        let Teardown { clean, killed, failed, .. } =
+            fleet.teardown(&backend, Duration::from_secs(30)).await;
         failures.extend(failed);
         let teardown_s = t_down.elapsed().as_secs_f64();
         let leftover_domains = match xen::xl_list("xl").await {
             Ok(l) => l.into_iter().filter(|d| d.id != 0).map(|d| d.name).collect(),
             Err(e) => vec![format!("(xl list failed: {e})")],
         };
-        say(format!("torn down in {teardown_s:.1} s: {clean} clean, {killed} killed, {} domains left", leftover_domains.len()));
-        let boot = FleetBoot { backend: kind, n: cfg.n, mode: StartMode::Cold, startups, failures, memory: Some(mem), teardown_clean: clean, teardown_killed: killed, residency: None };
+        say(format!(
+            "torn down in {teardown_s:.1} s: {clean} clean, {killed} killed, {} domains left",
+            leftover_domains.len()
+        ));
+        let boot = FleetBoot {
+            backend: kind,
+            n: cfg.n,
+            mode: StartMode::Cold,
+            startups,
+            failures,
+            memory: Some(mem),
+            teardown_clean: clean,
+            teardown_killed: killed,
+            residency: None,
+        };
         let fleet_ready_s = boot.t_startup().unwrap_or(fleet_ready_s);
         anyhow::Ok(LabReport {
             provenance,
@@ -703,7 +849,12 @@ async fn measure(job: &LabJob, uptime: f64, progress: tokio::sync::mpsc::Unbound
             bench,
             bench_error,
             leftover_domains,
-            timings: Dom0Timings { dom0_uptime_at_ready_s: uptime, fleet_ready_s, bench_s, teardown_s },
+            timings: Dom0Timings {
+                dom0_uptime_at_ready_s: uptime,
+                fleet_ready_s,
+                bench_s,
+                teardown_s,
+            },
         })
     }
     .await;
@@ -752,7 +903,11 @@ mod tests {
         ];
         assert_eq!(a, expect);
         // Under KVM the emulated host has the host's CPU model; nothing else changes.
-        let k = qemu_args(&LabMachine { accel: LabAccel::Kvm, ..m }, Path::new("/run/virtbench/r1/lab-console.log"), 3);
+        let k = qemu_args(
+            &LabMachine { accel: LabAccel::Kvm, ..m },
+            Path::new("/run/virtbench/r1/lab-console.log"),
+            3,
+        );
         assert_eq!(&k[4..8], ["-accel", "kvm", "-cpu", "host"]);
         assert_eq!((&k[..4], &k[8..]), (&a[..4], &a[8..]));
     }
@@ -764,7 +919,11 @@ mod tests {
         let none = Images::default();
         assert_eq!(choose_accel(Some("kvm"), "qemu", &none).await.unwrap().0, LabAccel::Kvm);
         assert_eq!(choose_accel(Some("tcg"), "qemu", &none).await.unwrap().0, LabAccel::Tcg);
-        assert!(choose_accel(Some("hvf"), "qemu", &none).await.unwrap_err().to_string().contains("--accel \"hvf\": expected kvm or tcg"));
+        assert!(choose_accel(Some("hvf"), "qemu", &none)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("--accel \"hvf\": expected kvm or tcg"));
         let (a, why) = choose_accel(None, "qemu", &none).await.unwrap();
         assert_eq!(a, LabAccel::Tcg);
         assert!(why.contains("no kernel-microvm or initramfs"), "{why}");
@@ -772,14 +931,31 @@ mod tests {
 
     #[tokio::test]
     async fn messages_survive_framing_and_noise() {
-        let job = LabJob { guests: 3, mem_mib: 128, vcpus: 1, cpu_rounds: 7, domu_cmdline: "console=hvc0 quiet".into(), boot_timeout_s: 9, settle_s: 1 };
+        let job = LabJob {
+            guests: 3,
+            mem_mib: 128,
+            vcpus: 1,
+            cpu_rounds: 7,
+            domu_cmdline: "console=hvc0 quiet".into(),
+            boot_timeout_s: 9,
+            settle_s: 1,
+        };
         let mut bytes = b"(XEN) noise\r\n[    1.0] dom0 kernel line\n".to_vec();
-        bytes.extend(frame(&LabMsg::Ready { dom0_uptime_s: 4.5, kernel: "6.1".into(), hostd_version: "0".into() }).unwrap());
+        bytes.extend(
+            frame(&LabMsg::Ready {
+                dom0_uptime_s: 4.5,
+                kernel: "6.1".into(),
+                hostd_version: "0".into(),
+            })
+            .unwrap(),
+        );
         bytes.extend(b"more noise");
         bytes.extend(frame(&LabMsg::Job(job.clone())).unwrap());
         let mut r = &bytes[..];
         let (mut dec, mut q) = (FrameDecoder::default(), Vec::new());
-        assert!(matches!(next_msg(&mut r, &mut dec, &mut q).await.unwrap(), Some(LabMsg::Ready { dom0_uptime_s, .. }) if dom0_uptime_s == 4.5));
+        assert!(
+            matches!(next_msg(&mut r, &mut dec, &mut q).await.unwrap(), Some(LabMsg::Ready { dom0_uptime_s, .. }) if dom0_uptime_s == 4.5)
+        );
         match next_msg(&mut r, &mut dec, &mut q).await.unwrap() {
             Some(LabMsg::Job(j)) => assert_eq!(j, job),
             other => panic!("{other:?}"),
@@ -806,7 +982,10 @@ mod tests {
             in_dom0: None,
         };
         let e = run(&a, &mut |_| {}).await.err().unwrap().to_string();
-        assert!(e.contains("--host-mib 1024 is too small for 3 domUs of 512 MiB") && e.contains("2352"), "{e}");
+        assert!(
+            e.contains("--host-mib 1024 is too small for 3 domUs of 512 MiB") && e.contains("2352"),
+            "{e}"
+        );
         let e = run(&LabArgs { guests: 0, ..a }, &mut |_| {}).await.err().unwrap().to_string();
         assert!(e.contains("--guests needs at least 1"), "{e}");
     }
@@ -814,12 +993,23 @@ mod tests {
     /// The dom0 image holds what the dom0 side expects, where it expects it.
     #[test]
     fn the_dom0_recipe_matches_the_paths() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/xen-lab-dom0.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../recipes/xen-lab-dom0.toml"
+        ))
+        .unwrap();
         for p in [DOM0_DOMU_KERNEL, DOM0_DOMU_INITRAMFS, "/usr/sbin/hostd"] {
             assert!(text.contains(&format!("dst = \"{p}\"")), "{p} missing from xen-lab-dom0.toml");
         }
         assert!(text.contains(&format!("agent_path = \"{DOM0_AGENT}\"")));
-        let init = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/files/xen-lab-init")).unwrap();
-        assert!(init.contains(&format!("hostd xen-lab --in-dom0 {DOM0_CTL}")), "the dom0 init starts the dom0 side on {DOM0_CTL}");
+        let init = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../recipes/files/xen-lab-init"
+        ))
+        .unwrap();
+        assert!(
+            init.contains(&format!("hostd xen-lab --in-dom0 {DOM0_CTL}")),
+            "the dom0 init starts the dom0 side on {DOM0_CTL}"
+        );
     }
 }

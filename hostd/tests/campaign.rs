@@ -32,7 +32,8 @@ fn root() -> bool {
 }
 
 fn only_dir(parent: &Path) -> PathBuf {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(parent).unwrap().map(|e| e.unwrap().path()).collect();
+    let dirs: Vec<PathBuf> =
+        std::fs::read_dir(parent).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs[0].clone()
 }
@@ -66,7 +67,9 @@ fn figures_loaded(index: &Path) -> String {
         .output()
         .expect("chromium must be installed (scripts/install-deps)");
     let dom = String::from_utf8_lossy(&out.stdout);
-    let at = dom.find("data-figures=\"").unwrap_or_else(|| panic!("the page's script did not run: {}", &dom[..dom.len().min(500)]));
+    let at = dom
+        .find("data-figures=\"")
+        .unwrap_or_else(|| panic!("the page's script did not run: {}", &dom[..dom.len().min(500)]));
     dom[at + 14..].split('"').next().unwrap().to_string()
 }
 
@@ -83,42 +86,84 @@ fn quick_campaign_on_every_backend_renders_its_report() {
     assert!(out.status.success(), "{log}");
     eprintln!("quick campaign took {:.0} s", t0.elapsed().as_secs_f64());
     let dir = only_dir(res.path());
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
-    let mut measured: Vec<&str> = report["probes"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    let mut measured: Vec<&str> =
+        report["probes"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
     measured.sort();
-    assert_eq!(measured, ["native", "ns", "oci", "qemu-full", "qemu-microvm", "uml", "xen"], "{log}");
+    assert_eq!(
+        measured,
+        ["native", "ns", "oci", "qemu-full", "qemu-microvm", "uml", "xen"],
+        "{log}"
+    );
     // Not a Xen host: xen ran in the Xen lab, and says so wherever its figures appear.
-    assert!(report["probes"]["xen"].as_str().unwrap().starts_with("[emulated host] Xen 4.17"), "{}", report["probes"]["xen"]);
-    let xen_rows = report["startup"]["rows"].as_array().unwrap().iter().filter(|r| r["backend"] == "xen").count();
+    assert!(
+        report["probes"]["xen"].as_str().unwrap().starts_with("[emulated host] Xen 4.17"),
+        "{}",
+        report["probes"]["xen"]
+    );
+    let xen_rows = report["startup"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["backend"] == "xen")
+        .count();
     assert_eq!(xen_rows, 1, "cold startup at n = 1 in the lab (--quick: one lab)");
     for f in ["fig01_startup.svg", "fig_memory.svg", "fig06_linearity_cpu.svg"] {
         let svg = std::fs::read_to_string(dir.join("figures").join(f)).unwrap();
         assert!(svg.contains("xen (emulated host)"), "{f} lacks the lab's xen curve");
     }
-    assert!(dir.join("xen-lab").read_dir().unwrap().count() == 1, "the lab's own results, kept with the campaign");
+    assert!(
+        dir.join("xen-lab").read_dir().unwrap().count() == 1,
+        "the lab's own results, kept with the campaign"
+    );
     assert!(report["failed_steps"].as_object().unwrap().is_empty(), "{}", report["failed_steps"]);
     // Every disk read came from the disk: each sample names its backend's cache policy and
     // found none of its guest's data in the host page cache; the run's copies are gone.
-    let disk: Vec<serde_json::Value> = records(&dir).into_iter().filter(|r| r["record"] == "bench" && r["resource"] == "disk").collect();
+    let disk: Vec<serde_json::Value> = records(&dir)
+        .into_iter()
+        .filter(|r| r["record"] == "bench" && r["resource"] == "disk")
+        .collect();
     assert!(!disk.is_empty(), "no disk samples");
     for r in &disk {
         assert!(r["cache_policy"].as_str().is_some_and(|p| !p.is_empty()), "{r}");
         assert_eq!(r["resident_before"].as_f64(), Some(0.0), "{r}");
     }
     let run = dir.file_name().unwrap().to_str().unwrap().rsplit('-').next().unwrap().to_string();
-    assert!(!Path::new(hostd::datadisk::DISK_ROOT).join(&run).exists(), "the run's data disk copies are left");
+    assert!(
+        !Path::new(hostd::datadisk::DISK_ROOT).join(&run).exists(),
+        "the run's data disk copies are left"
+    );
 
     // Every paper figure, each with the six backends where the figure has curves.
-    let figs: Vec<String> = std::fs::read_dir(dir.join("figures")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let figs: Vec<String> = std::fs::read_dir(dir.join("figures"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert_eq!(figs.len(), 15, "{figs:?}");
-    for f in ["fig02_overhead_cpu.svg", "fig07_linearity_memory.svg", "fig12_isolation_disk.svg", "fig14_ring.svg"] {
+    for f in [
+        "fig02_overhead_cpu.svg",
+        "fig07_linearity_memory.svg",
+        "fig12_isolation_disk.svg",
+        "fig14_ring.svg",
+    ] {
         let svg = std::fs::read_to_string(dir.join("figures").join(f)).unwrap();
         for b in ["native", "ns", "oci", "uml", "qemu-microvm", "qemu-full"] {
             assert!(svg.contains(b), "{f} lacks {b}");
         }
     }
-    for s in ["T_startup", "M_used", "Overhead", "Performance isolation", "Communication between guests", "sha256"] {
-        assert!(std::fs::read_to_string(dir.join("index.html")).unwrap().contains(s), "index.html lacks {s}");
+    for s in [
+        "T_startup",
+        "M_used",
+        "Overhead",
+        "Performance isolation",
+        "Communication between guests",
+        "sha256",
+    ] {
+        assert!(
+            std::fs::read_to_string(dir.join("index.html")).unwrap().contains(s),
+            "index.html lacks {s}"
+        );
     }
     assert_eq!(figures_loaded(&dir.join("index.html")), "15/15");
 
@@ -186,9 +231,16 @@ fn failing_backend_is_reported_and_a_killed_campaign_resumes() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(seen.iter().any(|l| l.contains("unavailable: firecracker binary not found")), "{seen:#?}");
+    assert!(
+        seen.iter().any(|l| l.contains("unavailable: firecracker binary not found")),
+        "{seen:#?}"
+    );
     let dir = only_dir(&res);
-    let done_before: Vec<String> = records(&dir).iter().filter(|r| r["record"] == "step_done").map(|r| r["key"].as_str().unwrap().to_string()).collect();
+    let done_before: Vec<String> = records(&dir)
+        .iter()
+        .filter(|r| r["record"] == "step_done")
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect();
     assert!(done_before.iter().any(|k| k.starts_with("ns/startup")), "{done_before:?}");
     assert!(!done_before.iter().any(|k| k.starts_with("ns/overhead")), "{done_before:?}");
 
@@ -197,7 +249,10 @@ fn failing_backend_is_reported_and_a_killed_campaign_resumes() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains(&format!("resuming: {} steps already done", done_before.len())), "{t}");
-    assert!(t.contains("cleaned up after a previous hostd"), "the killed run's leftovers were not reaped: {t}");
+    assert!(
+        t.contains("cleaned up after a previous hostd"),
+        "the killed run's leftovers were not reaped: {t}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(120));
     let recs = records(&dir);
     let mut count: HashMap<String, usize> = HashMap::new();
@@ -206,8 +261,13 @@ fn failing_backend_is_reported_and_a_killed_campaign_resumes() {
     }
     assert!(count.values().all(|&c| c == 1), "a finished step ran again: {count:?}");
     assert!(count.keys().any(|k| k.starts_with("ns/ring")), "{count:?}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
-    assert!(report["unavailable"]["firecracker"].as_str().unwrap().contains("firecracker"), "{}", report["unavailable"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    assert!(
+        report["unavailable"]["firecracker"].as_str().unwrap().contains("firecracker"),
+        "{}",
+        report["unavailable"]
+    );
     let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
     assert!(html.contains("unavailable: firecracker binary not found"));
 }
@@ -217,9 +277,16 @@ fn failing_backend_is_reported_and_a_killed_campaign_resumes() {
 #[test]
 fn paper_campaign_dry_run_passes_its_checks() {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kib: u64 = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
     if kib < 23 << 20 {
-        support::skip::skip(None, "paper.toml's memory fleets are sized for a 24 GiB host; this one has less");
+        support::skip::skip(
+            None,
+            "paper.toml's memory fleets are sized for a 24 GiB host; this one has less",
+        );
         return;
     }
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("campaigns/paper.toml");
@@ -227,6 +294,9 @@ fn paper_campaign_dry_run_passes_its_checks() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("campaign paper: checks passed on this host"), "{t}");
-    assert!(t.contains("overhead/linearity [1, 2, 5, 10, 20, 50, 100]") && t.contains("ring 10"), "{t}");
+    assert!(
+        t.contains("overhead/linearity [1, 2, 5, 10, 20, 50, 100]") && t.contains("ring 10"),
+        "{t}"
+    );
     assert!(!t.contains("ring of"), "every backend's ring has the paper's 10 guests: {t}");
 }

@@ -53,14 +53,35 @@ fn a_full_results_disk_stops_hostd_cleanly_and_keeps_whole_records() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    nix::mount::mount(Some("tmpfs"), &mnt, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=256k")).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &mnt,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=256k"),
+    )
+    .unwrap();
     let _fs = SmallFs(mnt.clone());
     // Leave a few pages: enough for the directory and the first records, not for all.
     let free = nix::sys::statvfs::statvfs(&mnt).unwrap();
     let avail = free.blocks_available() * free.fragment_size();
     std::fs::write(mnt.join("filler"), vec![b'x'; (avail - 16 * 1024) as usize]).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_hostd"))
-        .args(["boot", "--backend", "native", "-n", "1,2,3,4,5,6,7,8,9,10", "--modes", "hot", "--settle", "0", "--no-network", "--floor-reps", "0", "--results"])
+        .args([
+            "boot",
+            "--backend",
+            "native",
+            "-n",
+            "1,2,3,4,5,6,7,8,9,10",
+            "--modes",
+            "hot",
+            "--settle",
+            "0",
+            "--no-network",
+            "--floor-reps",
+            "0",
+            "--results",
+        ])
         .arg(&mnt)
         .output()
         .unwrap();
@@ -68,14 +89,22 @@ fn a_full_results_disk_stops_hostd_cleanly_and_keeps_whole_records() {
     println!("{t}");
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("No space left on device"), "{t}");
-    let results = std::fs::read_dir(&mnt).unwrap().flatten().map(|e| e.path()).find(|p| p.is_dir()).expect("a results directory");
+    let results = std::fs::read_dir(&mnt)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .expect("a results directory");
     // Every record written is whole; the one that did not fit left nothing.
     let samples = std::fs::read(results.join("samples.jsonl")).unwrap_or_default();
     assert!(samples.is_empty() || samples.ends_with(b"\n"), "a torn record was left");
     let (recs, bad) = read_records::<Record>(&results).unwrap();
     println!("kept {} whole records", recs.len());
     assert!(!recs.is_empty() && bad == 0, "{} records, {bad} unreadable", recs.len());
-    let temps: Vec<_> = walk(&results).into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().contains(".tmp-")).collect();
+    let temps: Vec<_> = walk(&results)
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".tmp-"))
+        .collect();
     assert!(temps.is_empty(), "temp files left: {temps:?}");
     // The guests were torn down and the run cleaned.
     let run = run_of(&results);
@@ -118,13 +147,34 @@ fn a_low_descriptor_limit_is_refused_before_any_guest_starts() {
         return skip("the ulimit test boots ns guests (root)");
     }
     let dir = tempfile::tempdir().unwrap();
-    let args = ["boot", "--backend", "ns", "-n", "40", "--modes", "hot", "--settle", "0", "--floor-reps", "0", "--results", dir.path().to_str().unwrap()];
+    let args = [
+        "boot",
+        "--backend",
+        "ns",
+        "-n",
+        "40",
+        "--modes",
+        "hot",
+        "--settle",
+        "0",
+        "--floor-reps",
+        "0",
+        "--results",
+        dir.path().to_str().unwrap(),
+    ];
     let t0 = Instant::now();
     let out = hostd_with_nofile(128, &args);
     let t = text(&out);
-    println!("ulimit -n 128, 40 ns guests ({:.2} s): {}", t0.elapsed().as_secs_f64(), t.lines().last().unwrap_or_default());
+    println!(
+        "ulimit -n 128, 40 ns guests ({:.2} s): {}",
+        t0.elapsed().as_secs_f64(),
+        t.lines().last().unwrap_or_default()
+    );
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("file descriptors") && t.contains("ulimit -n") && t.contains("limit of 128"), "{t}");
+    assert!(
+        t.contains("file descriptors") && t.contains("ulimit -n") && t.contains("limit of 128"),
+        "{t}"
+    );
     let results = std::fs::read_dir(dir.path()).unwrap().flatten().next().unwrap().path();
     let run = run_of(&results);
     assert!(cgroup_dirs_of(&run).is_empty() && netns_of(&run).is_empty());
@@ -154,9 +204,17 @@ async fn a_guest_over_its_memory_limit_is_recorded_and_released() {
     assert_eq!(fleet.guests.len(), 2, "{:?}", fleet.failures);
     let cg0 = fleet.guests[0].process.cgroup.as_ref().unwrap().dirs.clone();
     // Three 1024×1024 f64 matrices fit; three 2048×2048 ones (96 MiB) do not.
-    let fits = BenchRequest { spec: BenchSpec::Memory { n: 1024, passes: 1 }, instances: 1, start_at_ns: None };
+    let fits = BenchRequest {
+        spec: BenchSpec::Memory { n: 1024, passes: 1 },
+        instances: 1,
+        start_at_ns: None,
+    };
     run_once(&fleet.guests[1].conn, &fits, Duration::from_secs(60)).await.unwrap();
-    let too_big = BenchRequest { spec: BenchSpec::Memory { n: 2048, passes: 1 }, instances: 1, start_at_ns: None };
+    let too_big = BenchRequest {
+        spec: BenchSpec::Memory { n: 2048, passes: 1 },
+        instances: 1,
+        start_at_ns: None,
+    };
     let t0 = Instant::now();
     let e = run_once(&fleet.guests[0].conn, &too_big, Duration::from_secs(60)).await.unwrap_err();
     println!("over its limit: {e:#} after {:.2} s", t0.elapsed().as_secs_f64());
@@ -166,9 +224,17 @@ async fn a_guest_over_its_memory_limit_is_recorded_and_released() {
     assert_eq!(lost[0].kind, FailureKind::OutOfMemory, "{}", lost[0]);
     assert!(lost[0].error.contains("OOM killer"), "{}", lost[0]);
     Gone { cgroups: cg0, ..Default::default() }.assert("OOM-killed guest");
-    assert!(matches!(fleet.guests[0].conn.request(Cmd::Ping, Duration::from_secs(5)).await, Ok(ReplyBody::Pong { .. })));
+    assert!(matches!(
+        fleet.guests[0].conn.request(Cmd::Ping, Duration::from_secs(5)).await,
+        Ok(ReplyBody::Pong { .. })
+    ));
     let mut rd = ResultsDir::create(dir.path(), "results").unwrap();
-    rd.append(&Record::GuestLost { backend: BackendKind::Ns, step: "memory".into(), failure: lost[0].clone() }).unwrap();
+    rd.append(&Record::GuestLost {
+        backend: BackendKind::Ns,
+        step: "memory".into(),
+        failure: lost[0].clone(),
+    })
+    .unwrap();
     assert_eq!(read_records::<Record>(&rd.path).unwrap().0.len(), 1);
     fleet.teardown(&backend, Duration::from_secs(5)).await;
     run.finish();

@@ -16,7 +16,18 @@ fn boot_exports_validate_against_the_schema() {
     let d = tempfile::tempdir().unwrap();
     let (json, csv, md) = (d.path().join("a.json"), d.path().join("a.csv"), d.path().join("a.md"));
     let out = Command::new(env!("CARGO_BIN_EXE_hostd"))
-        .args(["boot", "--backend", "ns", "-n", "2", "--floor-reps", "0", "--settle", "0", "--results"])
+        .args([
+            "boot",
+            "--backend",
+            "ns",
+            "-n",
+            "2",
+            "--floor-reps",
+            "0",
+            "--settle",
+            "0",
+            "--results",
+        ])
         .arg(d.path().join("results"))
         .arg("--export-json")
         .arg(&json)
@@ -27,25 +38,42 @@ fn boot_exports_validate_against_the_schema() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/schema/export.schema.json")).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/schema/export.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("the committed schema is a JSON Schema");
+    let validator =
+        jsonschema::validator_for(&schema).expect("the committed schema is a JSON Schema");
     let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "a.json does not validate: {errors:?}");
     // Cold and hot, ready times and M_used for n = 2.
-    let commands: Vec<&str> = doc["results"].as_array().unwrap().iter().map(|r| r["command"].as_str().unwrap()).collect();
+    let commands: Vec<&str> =
+        doc["results"].as_array().unwrap().iter().map(|r| r["command"].as_str().unwrap()).collect();
     for c in ["ns cold n=2 ready", "ns hot n=2 ready", "ns cold n=2 m_used"] {
         assert!(commands.contains(&c), "{c} missing: {commands:?}");
     }
-    let ready = doc["results"].as_array().unwrap().iter().find(|r| r["command"] == "ns cold n=2 ready").unwrap();
+    let ready = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["command"] == "ns cold n=2 ready")
+        .unwrap();
     assert_eq!(ready["times"].as_array().unwrap().len(), 2, "one ready time per guest: {ready}");
     // A damaged document fails the same validator: the check can fail.
     let mut bad = doc.clone();
     bad["results"][0]["mean"] = serde_json::json!("fast");
     assert!(!validator.is_valid(&bad));
     let csv = std::fs::read_to_string(&csv).unwrap();
-    assert!(csv.starts_with("command,unit,mean,stddev,median,min,max,count,parameters\n") && csv.contains("ns cold n=2 ready,s,"), "{csv}");
+    assert!(
+        csv.starts_with("command,unit,mean,stddev,median,min,max,count,parameters\n")
+            && csv.contains("ns cold n=2 ready,s,"),
+        "{csv}"
+    );
     let md = std::fs::read_to_string(&md).unwrap();
     assert!(md.starts_with("| Command | Mean ± σ |") && md.contains("`ns hot n=2 ready`"), "{md}");
 }

@@ -37,7 +37,11 @@ fn images() -> Images {
 }
 
 /// A fleet of `n` guests of `kind` on a fleet network, with its run state under `dir`.
-async fn fleet_of(kind: BackendKind, n: usize, dir: &std::path::Path) -> (AnyBackend, RunState, Fleet) {
+async fn fleet_of(
+    kind: BackendKind,
+    n: usize,
+    dir: &std::path::Path,
+) -> (AnyBackend, RunState, Fleet) {
     let backend = AnyBackend::new(kind, &images(), &tcg());
     let run = RunState::create_in(dir, "fault-test", None).unwrap();
     let cfg = FleetConfig { n, boot_timeout: Duration::from_secs(120), ..Default::default() };
@@ -54,7 +58,10 @@ fn held_by(fleet: &Fleet, i: usize) -> Gone {
         cgroups: g.process.cgroup.as_ref().map(|c| c.dirs.clone()).unwrap_or_default(),
         pids: g.process.pids(),
         // Its work directory's and its own network namespace's (the fleet's stays).
-        mounts_mentioning: vec![g.spec.workdir.display().to_string(), format!("vbn-{}-{}", g.spec.run, g.spec.index)],
+        mounts_mentioning: vec![
+            g.spec.workdir.display().to_string(),
+            format!("vbn-{}-{}", g.spec.run, g.spec.index),
+        ],
         ..Default::default()
     };
     if let Some(n) = &g.spec.net {
@@ -82,9 +89,19 @@ async fn a_silent_agent_misses_its_boot_deadline_and_frees_its_slot() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunState::create_in(dir.path(), "fault-test", None).unwrap();
     let _litter = Litter(run.run.clone());
-    let backend = AnyBackend::new(BackendKind::Native, &native_images(evil_wrapper(dir.path(), "silent")), &Default::default());
+    let backend = AnyBackend::new(
+        BackendKind::Native,
+        &native_images(evil_wrapper(dir.path(), "silent")),
+        &Default::default(),
+    );
     let deadline = Duration::from_secs(1);
-    let cfg = FleetConfig { n: 3, parallelism: 1, network: false, boot_timeout: deadline, ..Default::default() };
+    let cfg = FleetConfig {
+        n: 3,
+        parallelism: 1,
+        network: false,
+        boot_timeout: deadline,
+        ..Default::default()
+    };
     let t0 = Instant::now();
     let fleet = fleet::start(&backend, &run, &cfg, |_| {}).await.unwrap();
     let took = t0.elapsed();
@@ -125,7 +142,8 @@ async fn a_launch_that_hangs_is_abandoned_at_the_deadline_and_cleaned_up() {
     let s = spec(&run, 0, dir.path(), Some(&net));
     let workdir = s.workdir.clone();
     let t0 = Instant::now();
-    let e = boot(&backend, s, Duration::from_secs(1)).await.err().expect("the launch cannot succeed");
+    let e =
+        boot(&backend, s, Duration::from_secs(1)).await.err().expect("the launch cannot succeed");
     let took = t0.elapsed();
     println!("stuck runtime abandoned after {:.2} s: {e}", took.as_secs_f64());
     assert!(matches!(e, BootError::LaunchTimeout { .. }), "{e}");
@@ -159,9 +177,14 @@ async fn a_stopped_guest_misses_its_command_deadline_and_is_killed() {
         let backend = AnyBackend::new(kind, &images, &Default::default());
         let run = run_id(if kind == BackendKind::Native { "hcn" } else { "hcu" });
         let _litter = Litter(run.clone());
-        let mut g = boot(&backend, spec(&run, 0, dir.path(), None), Duration::from_secs(60)).await.unwrap();
+        let mut g =
+            boot(&backend, spec(&run, 0, dir.path(), None), Duration::from_secs(60)).await.unwrap();
         let pid = g.process.pid();
-        let mut gone = Gone { paths: vec![g.spec.workdir.clone()], pids: group_members(pid as i32), ..Default::default() };
+        let mut gone = Gone {
+            paths: vec![g.spec.workdir.clone()],
+            pids: group_members(pid as i32),
+            ..Default::default()
+        };
         gone.cgroups = g.process.cgroup.as_ref().unwrap().dirs.clone();
         // The whole guest: a UML kernel and its helpers share the process group.
         nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
@@ -173,7 +196,10 @@ async fn a_stopped_guest_misses_its_command_deadline_and_is_killed() {
         assert_eq!(fk, FailureKind::Timeout);
         let f = g.fail(&backend, fk, error).await;
         let took = t0.elapsed();
-        println!("{kind}: stopped guest timed out and was killed and released in {:.2} s", took.as_secs_f64());
+        println!(
+            "{kind}: stopped guest timed out and was killed and released in {:.2} s",
+            took.as_secs_f64()
+        );
         assert_eq!(f.kind, FailureKind::Timeout, "{f}");
         assert!(took < deadline + Duration::from_secs(3), "{kind}: {took:?}");
         gone.assert(&format!("{kind} hung guest"));
@@ -190,7 +216,10 @@ async fn panic_is_recorded(kind: BackendKind) {
     let _litter = Litter(run.run.clone());
     let gone = held_by(&fleet, 0);
     let t0 = Instant::now();
-    let r = fleet.guests[0].conn.request(Command::Fault { kind: FaultKind::Panic }, Duration::from_secs(30)).await;
+    let r = fleet.guests[0]
+        .conn
+        .request(Command::Fault { kind: FaultKind::Panic }, Duration::from_secs(30))
+        .await;
     assert!(r.is_err(), "{kind}: a panicking guest answered {r:?}");
     let lost = fleet.prune(&backend).await;
     println!("{kind}: panic noticed and guest released in {:.2} s", t0.elapsed().as_secs_f64());
@@ -200,10 +229,14 @@ async fn panic_is_recorded(kind: BackendKind) {
     let tail = f.console_tail.as_deref().unwrap_or_default();
     assert!(tail.contains("Kernel panic - not syncing: Attempted to kill init"), "{kind}: {tail}");
     gone.assert(&format!("{kind} panicked guest"));
-    assert!(matches!(fleet.guests[0].conn.request(Command::Ping, Duration::from_secs(10)).await, Ok(ReplyBody::Pong { .. })));
+    assert!(matches!(
+        fleet.guests[0].conn.request(Command::Ping, Duration::from_secs(10)).await,
+        Ok(ReplyBody::Pong { .. })
+    ));
     // Into the results and the report.
     let mut rd = ResultsDir::create(dir.path(), "results").unwrap();
-    rd.append(&Record::GuestLost { backend: kind, step: "test".into(), failure: f.clone() }).unwrap();
+    rd.append(&Record::GuestLost { backend: kind, step: "test".into(), failure: f.clone() })
+        .unwrap();
     let (recs, bad) = read_records::<Record>(&rd.path).unwrap();
     assert_eq!((recs.len(), bad), (1, 0));
     let rep = hostd::report::build(&rd.path).unwrap();
@@ -240,7 +273,11 @@ async fn sigkill_mid_benchmark(kind: BackendKind) {
     let gone = held_by(&fleet, 0);
     let pid = fleet.guests[0].process.pid();
     // Minutes of work: only the kill can end it before its deadline.
-    let req = BenchRequest { spec: BenchSpec::Cpu { rounds: 50_000_000_000 }, instances: 1, start_at_ns: None };
+    let req = BenchRequest {
+        spec: BenchSpec::Cpu { rounds: 50_000_000_000 },
+        instances: 1,
+        start_at_ns: None,
+    };
     let bench = run_once(&fleet.guests[0].conn, &req, Duration::from_secs(120));
     let kill = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -250,7 +287,10 @@ async fn sigkill_mid_benchmark(kind: BackendKind) {
     let (r, killed_at) = tokio::join!(bench, kill);
     let noticed = killed_at.elapsed();
     let e = format!("{:#}", r.unwrap_err());
-    println!("{kind}: SIGKILL of pid {pid} noticed after {:.0} ms: {e}", noticed.as_secs_f64() * 1e3);
+    println!(
+        "{kind}: SIGKILL of pid {pid} noticed after {:.0} ms: {e}",
+        noticed.as_secs_f64() * 1e3
+    );
     assert!(e.contains("exited") || e.contains("closed"), "{kind}: {e}");
     assert!(noticed < Duration::from_secs(1), "{kind}: {noticed:?}");
     let t0 = Instant::now();
@@ -259,7 +299,10 @@ async fn sigkill_mid_benchmark(kind: BackendKind) {
     assert_eq!(lost[0].kind, FailureKind::Crashed, "{kind}: {}", lost[0]);
     gone.assert(&format!("{kind} killed guest"));
     println!("{kind}: released in {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
-    assert!(matches!(fleet.guests[0].conn.request(Command::Ping, Duration::from_secs(10)).await, Ok(ReplyBody::Pong { .. })));
+    assert!(matches!(
+        fleet.guests[0].conn.request(Command::Ping, Duration::from_secs(10)).await,
+        Ok(ReplyBody::Pong { .. })
+    ));
     let t = fleet.teardown(&backend, Duration::from_secs(10)).await;
     assert!(t.failed.is_empty() && t.errors.is_empty(), "{kind}: {t:?}");
     run.finish();

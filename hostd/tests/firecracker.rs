@@ -25,13 +25,15 @@ fn skip(why: &str) {
 }
 
 fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
 
 /// Without the binary the backend is unavailable and says exactly that.
 #[tokio::test]
 async fn probe_without_the_binary_is_unavailable() {
-    let opts = BackendOptions { firecracker: "/nonexistent/bin/firecracker".into(), ..Default::default() };
+    let opts =
+        BackendOptions { firecracker: "/nonexistent/bin/firecracker".into(), ..Default::default() };
     let e = Firecracker::new(&Images::default(), &opts).probe().await.unwrap_err();
     assert_eq!(e.backend, "firecracker");
     assert_eq!(e.reason, "firecracker binary not found (/nonexistent/bin/firecracker)");
@@ -63,7 +65,12 @@ async fn three_guests_on_a_fleet_network() {
     let release = vm::kernel_release(&images.kernel_microvm.as_ref().unwrap().path);
     // Clean: without ACPI the guest cannot power off, so the agent reboots (vb.poweroff=reboot)
     // and Firecracker exits on the i8042 reset that `reboot=k` performs.
-    let exp = Expect { kind: BackendKind::Firecracker, disk: "/dev/vda".into(), kernel_release: release, exit: Exit::Clean };
+    let exp = Expect {
+        kind: BackendKind::Firecracker,
+        disk: "/dev/vda".into(),
+        kernel_release: release,
+        exit: Exit::Clean,
+    };
     vm::fleet_scenario(&backend, &exp, 3, dir.path(), "f").await;
 }
 
@@ -145,14 +152,20 @@ async fn launch_plumbing_with_a_stand_in_vmm() {
     assert_eq!(g.hello.transport, "fd:0");
     let cg = g.process.cgroup.clone().expect("a cgroup");
     assert_eq!(cg.pids(), vec![g.process.pid()]);
-    assert!(matches!(g.conn.request(Command::Ping, Duration::from_secs(5)).await.unwrap(), ReplyBody::Pong { .. }));
+    assert!(matches!(
+        g.conn.request(Command::Ping, Duration::from_secs(5)).await.unwrap(),
+        ReplyBody::Pong { .. }
+    ));
     // The agent exits right after acknowledging: still a clean stop.
     assert_eq!(g.shutdown(&backend, Duration::from_secs(5)).await, Exit::Clean);
     for d in &cg.dirs {
         assert!(!d.exists(), "cgroup {} is left", d.display());
     }
     assert!(!workdir.exists(), "{} is left", workdir.display());
-    let links = std::process::Command::new("ip").args(["-n", &fleet.netns, "-o", "link", "show"]).output().unwrap();
+    let links = std::process::Command::new("ip")
+        .args(["-n", &fleet.netns, "-o", "link", "show"])
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&links.stdout).contains("vbt0"), "tap left");
     fleet.destroy().unwrap();
 }

@@ -31,7 +31,12 @@ fn root() -> bool {
 /// Running (a zombie waiting for a reaper that is not hostd counts as gone).
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !matches!(s.rsplit(')').next().and_then(|r| r.split_whitespace().next()), Some("Z") | Some("X")))
+        .map(|s| {
+            !matches!(
+                s.rsplit(')').next().and_then(|r| r.split_whitespace().next()),
+                Some("Z") | Some("X")
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -42,13 +47,35 @@ fn boot_records_samples_summary_and_figures() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = hostd(&["boot", "--backend", "native", "-n", "1,3", "--settle", "0", "--no-network", "--results", dir.path().to_str().unwrap()]);
+    let out = hostd(&[
+        "boot",
+        "--backend",
+        "native",
+        "-n",
+        "1,3",
+        "--settle",
+        "0",
+        "--no-network",
+        "--results",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("agent sha256") || table.contains("# host:"), "{table}");
     assert_eq!(table.lines().filter(|l| l.starts_with("native ")).count(), 4, "{table}");
     let run = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
-    for f in ["samples.jsonl", "boot.json", "boot.csv", "report.json", "report.csv", "report.md", "index.html", "provenance.json", "figures/startup.svg", "figures/memory.svg"] {
+    for f in [
+        "samples.jsonl",
+        "boot.json",
+        "boot.csv",
+        "report.json",
+        "report.csv",
+        "report.md",
+        "index.html",
+        "provenance.json",
+        "figures/startup.svg",
+        "figures/memory.svg",
+    ] {
         assert!(run.join(f).exists(), "missing {f}");
     }
     let samples = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
@@ -71,12 +98,28 @@ fn cold_starts_are_verified_and_hot_ones_not_labelled_cold() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = hostd(&[
-        "boot", "--backend", "native", "-n", "2", "--settle", "0", "--no-network", "--floor-reps", "0", "--image-copies",
-        "--results", dir.path().to_str().unwrap(),
+        "boot",
+        "--backend",
+        "native",
+        "-n",
+        "2",
+        "--settle",
+        "0",
+        "--no-network",
+        "--floor-reps",
+        "0",
+        "--image-copies",
+        "--results",
+        dir.path().to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let table = String::from_utf8_lossy(&out.stdout);
-    let row = |label: &str| table.lines().find(|l| l.starts_with("native ") && l.split_whitespace().nth(2) == Some(label)).map(str::to_string);
+    let row = |label: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with("native ") && l.split_whitespace().nth(2) == Some(label))
+            .map(str::to_string)
+    };
     let cold = row("cold").unwrap_or_else(|| panic!("no verified cold row: {table}"));
     assert_eq!(cold.split_whitespace().nth(3), Some("0.0"), "{cold}");
     assert!(row("hot").is_some() && row("warm").is_none(), "{table}");
@@ -99,13 +142,19 @@ fn cold_starts_are_verified_and_hot_ones_not_labelled_cold() {
                 assert_eq!((r.resident_bytes, r.fraction(), s.label()), (0, 0.0, "cold"), "{r:?}");
             }
             hostd::startup::StartMode::Hot => {
-                assert!(r.fraction() >= hostd::coldstart::HOT_MIN, "a hot start reads its files first: {r:?}");
+                assert!(
+                    r.fraction() >= hostd::coldstart::HOT_MIN,
+                    "a hot start reads its files first: {r:?}"
+                );
                 assert_eq!(s.label(), "hot");
             }
         }
     }
     let run_id = run.file_name().unwrap().to_string_lossy().rsplit('-').next().unwrap().to_string();
-    assert!(!Path::new(hostd::runstate::DISK_ROOT).join(&run_id).exists(), "image copies of {run_id} left behind");
+    assert!(
+        !Path::new(hostd::runstate::DISK_ROOT).join(&run_id).exists(),
+        "image copies of {run_id} left behind"
+    );
 }
 
 #[test]
@@ -130,7 +179,11 @@ fn up_status_down_and_recovery_after_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let name = format!("t{}", std::process::id());
     let p = dir.path().join("fleet.toml");
-    std::fs::write(&p, format!("name = \"{name}\"\nbackend = \"native\"\nguests = 3\nnetwork = false\n")).unwrap();
+    std::fs::write(
+        &p,
+        format!("name = \"{name}\"\nbackend = \"native\"\nguests = 3\nnetwork = false\n"),
+    )
+    .unwrap();
     let out = hostd(&["up", p.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let st = hostd(&["status", &name]);
@@ -145,10 +198,16 @@ fn up_status_down_and_recovery_after_sigkill() {
     assert!(guest_pids.iter().all(|&p| alive(p)));
     // The same status as JSON, for scripts.
     let js = hostd(&["status", &name, "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&js.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&js)));
+    let v: serde_json::Value =
+        serde_json::from_slice(&js.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&js)));
     assert_eq!(v[0]["name"], name.as_str(), "{v}");
     assert_eq!(v[0]["backend"], "native", "{v}");
-    let json_pids: Vec<u32> = v[0]["guests"].as_array().unwrap().iter().map(|g| g["host_pid"].as_u64().unwrap() as u32).collect();
+    let json_pids: Vec<u32> = v[0]["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["host_pid"].as_u64().unwrap() as u32)
+        .collect();
     assert_eq!(json_pids, guest_pids, "{v}");
     // A second fleet of the same name is refused.
     assert!(!hostd(&["up", p.to_str().unwrap()]).status.success());
@@ -162,23 +221,53 @@ fn up_status_down_and_recovery_after_sigkill() {
     let out = hostd(&["up", p.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let link = Path::new("/run/virtbench/fleets").join(&name);
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(link.join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(link.join("state.json")).unwrap()).unwrap();
     let daemon = state["hostd_pid"].as_u64().unwrap() as u32;
     let scratch = state["scratch"].as_str().unwrap().to_string();
-    let roots: Vec<String> = state["cgroup_roots"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let roots: Vec<String> = state["cgroup_roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     let t = text(&hostd(&["status", &name]));
-    let guest_pids: Vec<u32> = t.lines().filter(|l| l.starts_with('g') && l.as_bytes().get(1).is_some_and(u8::is_ascii_digit)).map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap()).collect();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let guest_pids: Vec<u32> = t
+        .lines()
+        .filter(|l| l.starts_with('g') && l.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     // The agents exit by themselves when their channel closes; their cgroups, state and
     // scratch files remain until a later hostd releases them.
     assert!(Path::new(&scratch).exists() && roots.iter().any(|r| Path::new(r).exists()));
     let dir2 = tempfile::tempdir().unwrap();
-    let out = hostd(&["boot", "--backend", "native", "-n", "1", "--modes", "hot", "--settle", "0", "--no-network", "--results", dir2.path().to_str().unwrap()]);
+    let out = hostd(&[
+        "boot",
+        "--backend",
+        "native",
+        "-n",
+        "1",
+        "--modes",
+        "hot",
+        "--settle",
+        "0",
+        "--no-network",
+        "--results",
+        dir2.path().to_str().unwrap(),
+    ]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     let run_id = state["run"].as_str().unwrap();
-    assert!(t.contains(&format!("cleaned up after a previous hostd that did not finish: run {run_id}")), "{t}");
+    assert!(
+        t.contains(&format!("cleaned up after a previous hostd that did not finish: run {run_id}")),
+        "{t}"
+    );
     std::thread::sleep(Duration::from_millis(100));
     assert!(guest_pids.iter().all(|&p| !alive(p)), "orphans survived recovery");
     assert!(!Path::new(&scratch).exists(), "scratch left behind");

@@ -31,9 +31,8 @@ const HOSTD: &str = env!("CARGO_BIN_EXE_hostd");
 /// Runs hostd with `args` (and `env` added), killing it (and failing the test) if it is
 /// still running after `limit`: a hang is a failure, never a stuck test.
 fn hostd_env(limit: Duration, args: &[&OsStr], env: &[(&str, &OsStr)]) -> Run {
-    let argv: Vec<&OsStr> = std::iter::once(OsStr::new(HOSTD))
-        .chain(args.iter().copied())
-        .collect();
+    let argv: Vec<&OsStr> =
+        std::iter::once(OsStr::new(HOSTD)).chain(args.iter().copied()).collect();
     run_within(limit, &argv, env)
 }
 
@@ -41,11 +40,7 @@ fn hostd_env(limit: Duration, args: &[&OsStr], env: &[(&str, &OsStr)]) -> Run {
 fn run_within(limit: Duration, argv: &[&OsStr], env: &[(&str, &OsStr)]) -> Run {
     let args = argv;
     let out = tempfile::tempdir().unwrap();
-    let (o, e, m) = (
-        out.path().join("stdout"),
-        out.path().join("stderr"),
-        out.path().join("rss"),
-    );
+    let (o, e, m) = (out.path().join("stdout"), out.path().join("stderr"), out.path().join("rss"));
     let mut cmd = Command::new("/usr/bin/time");
     cmd.arg("-o").arg(&m).args(["-f", "%M"]);
     cmd.args(argv)
@@ -78,11 +73,8 @@ fn run_within(limit: Duration, argv: &[&OsStr], env: &[(&str, &OsStr)]) -> Run {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let text = format!(
-        "{}{}",
-        std::fs::read_to_string(&o).unwrap(),
-        std::fs::read_to_string(&e).unwrap()
-    );
+    let text =
+        format!("{}{}", std::fs::read_to_string(&o).unwrap(), std::fs::read_to_string(&e).unwrap());
     // time says "Command exited with non-zero status N" before the figure: the last line.
     let rss = std::fs::read_to_string(&m).unwrap();
     let max_rss_kib = rss
@@ -90,11 +82,7 @@ fn run_within(limit: Duration, argv: &[&OsStr], env: &[(&str, &OsStr)]) -> Run {
         .last()
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or_else(|| panic!("time's output: {rss:?}"));
-    Run {
-        status,
-        text,
-        max_rss_kib,
-    }
+    Run { status, text, max_rss_kib }
 }
 
 /// hostd with string arguments, 30 s at most.
@@ -120,64 +108,25 @@ fn absurd_boot_values_are_refused_naming_the_flag() {
         ("--vcpus", "0", "0 vCPUs is not in 1..=64"),
         ("--boot-timeout", "0", "0 s is not in 1..=86400"),
         // 2^63 - 1 s: `Instant::now() + deadline` would panic.
-        (
-            "--boot-timeout",
-            "9223372036854775807",
-            "9223372036854775807 s is not in 1..=86400",
-        ),
+        ("--boot-timeout", "9223372036854775807", "9223372036854775807 s is not in 1..=86400"),
         ("--settle", "18446744073709551615", "is not in 0..=3600"),
-        (
-            "--parallelism",
-            "100000",
-            "100000 guests is not in 0..=1000",
-        ),
+        ("--parallelism", "100000", "100000 guests is not in 0..=1000"),
     ] {
-        let r = hostd(&[
-            "boot",
-            "--backend",
-            "native",
-            flag,
-            value,
-            "--results",
-            p(&res),
-        ]);
+        let r = hostd(&["boot", "--backend", "native", flag, value, "--results", p(&res)]);
         assert_eq!(r.status.code(), Some(2), "{flag} {value}: {}", r.text);
         let flag_name = if flag == "-n" { "--sizes" } else { flag };
-        assert!(
-            r.text.contains(flag_name) && r.text.contains(says),
-            "{flag} {value}: {}",
-            r.text
-        );
-        assert!(
-            !res.exists(),
-            "{flag} {value}: a results directory was made"
-        );
+        assert!(r.text.contains(flag_name) && r.text.contains(says), "{flag} {value}: {}", r.text);
+        assert!(!res.exists(), "{flag} {value}: a results directory was made");
     }
-    let r = hostd(&[
-        "boot",
-        "--backend",
-        "native",
-        "-n",
-        "10,1",
-        "--results",
-        p(&res),
-    ]);
+    let r = hostd(&["boot", "--backend", "native", "-n", "10,1", "--results", p(&res)]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    assert!(
-        r.text.contains("--sizes: sizes must increase"),
-        "{}",
-        r.text
-    );
+    assert!(r.text.contains("--sizes: sizes must increase"), "{}", r.text);
     let r = hostd(&["bench", "--bench-timeout", "9223372036854775807"]);
     assert_eq!(r.status.code(), Some(2), "{}", r.text);
     assert!(r.text.contains("--bench-timeout"), "{}", r.text);
     let r = hostd(&["xen-lab", "--guests", "1000"]);
     assert_eq!(r.status.code(), Some(2), "{}", r.text);
-    assert!(
-        r.text.contains("--guests") && r.text.contains("1..=64"),
-        "{}",
-        r.text
-    );
+    assert!(r.text.contains("--guests") && r.text.contains("1..=64"), "{}", r.text);
 }
 
 #[test]
@@ -186,10 +135,7 @@ fn absurd_fleet_file_values_are_refused_naming_the_field() {
     let file = dir.path().join("fleet.toml");
     for (extra, field) in [
         // 2^44 MiB: `m << 20` made it a 0-byte limit.
-        (
-            "[limits]\nmemory_mib = 17592186044416\n",
-            "limits.memory_mib",
-        ),
+        ("[limits]\nmemory_mib = 17592186044416\n", "limits.memory_mib"),
         ("[limits]\nmemory_mib = 0\n", "limits.memory_mib"),
         ("[limits]\npids = 0\n", "limits.pids"),
         ("boot_timeout_s = 9223372036854775807\n", "boot_timeout_s"),
@@ -217,15 +163,9 @@ fn absurd_campaign_values_are_refused_before_anything_is_made() {
     let res = dir.path().join("results");
     let camp = dir.path().join("c.toml");
     for (body, field) in [
-        (
-            "[guest]\nboot_timeout_s = 9223372036854775807\n",
-            "guest.boot_timeout_s",
-        ),
+        ("[guest]\nboot_timeout_s = 9223372036854775807\n", "guest.boot_timeout_s"),
         ("[guest]\nvcpus = 0\n", "guest.vcpus"),
-        (
-            "[workloads]\ndisk_mib = 17592186044416\n",
-            "workloads.disk_mib",
-        ),
+        ("[workloads]\ndisk_mib = 17592186044416\n", "workloads.disk_mib"),
         ("[startup]\nsizes = [1, 100000]\n", "startup.sizes"),
     ] {
         std::fs::write(&camp, body).unwrap();
@@ -251,11 +191,8 @@ async fn a_2_pow_63_s_boot_deadline_boots_instead_of_panicking() {
     let dir = tempfile::tempdir().unwrap();
     let run = run_id("hd");
     let _litter = Litter(run.clone());
-    let backend = AnyBackend::new(
-        BackendKind::Native,
-        &native_images(agent()),
-        &Default::default(),
-    );
+    let backend =
+        AnyBackend::new(BackendKind::Native, &native_images(agent()), &Default::default());
     let huge = Duration::from_secs(1 << 63);
     let g = tokio::time::timeout(
         Duration::from_secs(60),
@@ -291,11 +228,7 @@ fn results_dir(base: &Path, name: &str, samples: &[u8]) -> PathBuf {
         date: "2026-12-01T00:00:00Z".into(),
         notes: Vec::new(),
     };
-    std::fs::write(
-        d.join("provenance.json"),
-        serde_json::to_vec(&provenance).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(d.join("provenance.json"), serde_json::to_vec(&provenance).unwrap()).unwrap();
     d
 }
 
@@ -331,22 +264,16 @@ fn a_fifo_as_samples_is_refused_not_waited_on() {
     let base = tempfile::tempdir().unwrap();
     let d = results_dir(base.path(), "run", b"");
     std::fs::remove_file(d.join("samples.jsonl")).unwrap();
-    nix::unistd::mkfifo(
-        &d.join("samples.jsonl"),
-        nix::sys::stat::Mode::from_bits_truncate(0o600),
-    )
-    .unwrap();
-    for args in [
-        vec!["report", p(&d)],
-        vec!["compare", p(&d), p(&d)],
-        vec!["run", "--resume", p(&d)],
-    ] {
+    nix::unistd::mkfifo(&d.join("samples.jsonl"), nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .unwrap();
+    for args in
+        [vec!["report", p(&d)], vec!["compare", p(&d), p(&d)], vec!["run", "--resume", p(&d)]]
+    {
         let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
         let r = hostd_env(Duration::from_secs(10), &a, &[]);
         assert_eq!(r.status.code(), Some(1), "{args:?}: {}", r.text);
         assert!(
-            r.text
-                .contains("samples.jsonl is a FIFO, not a regular file"),
+            r.text.contains("samples.jsonl is a FIFO, not a regular file"),
             "{args:?}: {}",
             r.text
         );
@@ -363,8 +290,7 @@ fn dev_zero_as_samples_is_refused() {
     let r = hostd(&["report", p(&d)]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
     assert!(
-        r.text
-            .contains("samples.jsonl is a character device, not a regular file"),
+        r.text.contains("samples.jsonl is a character device, not a regular file"),
         "{}",
         r.text
     );
@@ -377,24 +303,12 @@ fn a_huge_line_is_counted_in_bounded_memory_and_a_huge_file_refused() {
     let d = results_dir(base.path(), "run", &good_samples());
     // 200 MiB of zero bytes and no newline after the good records (sparse: no disk used):
     // the old reader held it whole ("memory allocation of … bytes failed" for more).
-    let f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(d.join("samples.jsonl"))
-        .unwrap();
-    f.set_len(f.metadata().unwrap().len() + (200 << 20))
-        .unwrap();
-    let r = hostd_env(
-        Duration::from_secs(60),
-        &[OsStr::new("report"), d.as_os_str()],
-        &[],
-    );
+    let f = std::fs::OpenOptions::new().append(true).open(d.join("samples.jsonl")).unwrap();
+    f.set_len(f.metadata().unwrap().len() + (200 << 20)).unwrap();
+    let r = hostd_env(Duration::from_secs(60), &[OsStr::new("report"), d.as_os_str()], &[]);
     assert!(r.status.success(), "{}", r.text);
     assert!(r.text.contains("1 unreadable line(s)"), "{}", r.text);
-    assert!(
-        r.max_rss_kib < 100 << 10,
-        "peak RSS {} KiB for a 200 MiB line",
-        r.max_rss_kib
-    );
+    assert!(r.max_rss_kib < 100 << 10, "peak RSS {} KiB for a 200 MiB line", r.max_rss_kib);
     let rep: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
     assert_eq!(rep["unreadable_records"], 1);
@@ -408,8 +322,7 @@ fn a_huge_line_is_counted_in_bounded_memory_and_a_huge_file_refused() {
     let r = hostd(&["report", p(&d), "--force"]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
     assert!(
-        r.text
-            .contains("samples.jsonl has 314572800 bytes, more than the 268435456"),
+        r.text.contains("samples.jsonl has 314572800 bytes, more than the 268435456"),
         "{}",
         r.text
     );
@@ -443,22 +356,14 @@ fn empty_cut_or_missing_samples_never_replace_a_good_report() {
     let before = report_files(&d);
     assert!(before.len() >= 10, "{} report files", before.len());
     let had: serde_json::Value = serde_json::from_slice(
-        &before[before
-            .iter()
-            .position(|(p, _)| p.ends_with("report.json"))
-            .unwrap()]
-        .1,
+        &before[before.iter().position(|(p, _)| p.ends_with("report.json")).unwrap()].1,
     )
     .unwrap();
     assert_eq!(had["startup"]["rows"].as_array().unwrap().len(), 2);
 
     // Empty, then cut to its first half: refused, every file as it was.
-    let half = good
-        .split_inclusive(|&b| b == b'\n')
-        .take(4)
-        .flatten()
-        .copied()
-        .collect::<Vec<u8>>();
+    let half =
+        good.split_inclusive(|&b| b == b'\n').take(4).flatten().copied().collect::<Vec<u8>>();
     for (what, samples) in [("empty", Vec::new()), ("cut", half)] {
         std::fs::write(d.join("samples.jsonl"), &samples).unwrap();
         let r = hostd(&["report", p(&d)]);
@@ -470,10 +375,7 @@ fn empty_cut_or_missing_samples_never_replace_a_good_report() {
             "{what}: {}",
             r.text
         );
-        assert!(
-            report_files(&d) == before,
-            "{what} samples changed the report"
-        );
+        assert!(report_files(&d) == before, "{what} samples changed the report");
     }
     // Missing: not a results directory any more, and nothing is created in it.
     std::fs::remove_file(d.join("samples.jsonl")).unwrap();
@@ -487,10 +389,7 @@ fn empty_cut_or_missing_samples_never_replace_a_good_report() {
         "{}",
         r.text
     );
-    assert!(
-        !d.join("samples.jsonl").exists(),
-        "report created samples.jsonl"
-    );
+    assert!(!d.join("samples.jsonl").exists(), "report created samples.jsonl");
     assert!(report_files(&d) == before);
 
     // The same samples again: the same report (rebuilding is always allowed), and a killed
@@ -499,10 +398,7 @@ fn empty_cut_or_missing_samples_never_replace_a_good_report() {
     std::fs::write(d.join("figures/.fig14_ring.svg.tmp-999999999"), b"<sv").unwrap();
     let r = hostd(&["report", p(&d)]);
     assert!(r.status.success(), "{}", r.text);
-    assert!(
-        report_files(&d) == before,
-        "a rebuild from the same samples differs"
-    );
+    assert!(report_files(&d) == before, "a rebuild from the same samples differs");
     // Asked for explicitly, less data does replace it.
     std::fs::write(d.join("samples.jsonl"), b"").unwrap();
     let r = hostd(&["report", p(&d), "--force"]);
@@ -521,23 +417,15 @@ fn report_writes_nothing_into_a_directory_that_is_not_a_results_directory() {
     let r = hostd(&["report", p(&plain)]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
     assert!(
-        r.text
-            .contains(&format!("{} is not a results directory", plain.display())),
+        r.text.contains(&format!("{} is not a results directory", plain.display())),
         "{}",
         r.text
     );
-    let left: Vec<_> = std::fs::read_dir(&plain)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(&plain).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, ["notes.txt"], "report wrote into a plain directory");
     let r = hostd(&["report", p(&plain.join("notes.txt"))]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    assert!(
-        r.text.contains("notes.txt is not a directory"),
-        "{}",
-        r.text
-    );
+    assert!(r.text.contains("notes.txt is not a directory"), "{}", r.text);
 }
 
 #[test]
@@ -547,10 +435,7 @@ fn report_on_a_missing_or_read_only_directory_names_it() {
     let r = hostd(&["report", p(&missing)]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
     assert!(
-        r.text.contains(&format!(
-            "results directory {} does not exist",
-            missing.display()
-        )),
+        r.text.contains(&format!("results directory {} does not exist", missing.display())),
         "{}",
         r.text
     );
@@ -560,20 +445,11 @@ fn report_on_a_missing_or_read_only_directory_names_it() {
         // Root ignores permission bits: a read-only bind mount, in a mount namespace of its
         // own so nothing outlives the test.
         let script = "mount -o bind,ro \"$1\" \"$1\" && exec \"$0\" report \"$1\"";
-        let argv: Vec<&OsStr> = [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            HOSTD,
-            p(&d),
-        ]
-        .into_iter()
-        .map(OsStr::new)
-        .collect();
+        let argv: Vec<&OsStr> =
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script, HOSTD, p(&d)]
+                .into_iter()
+                .map(OsStr::new)
+                .collect();
         run_within(Duration::from_secs(30), &argv, &[])
     } else {
         use std::os::unix::fs::PermissionsExt;
@@ -581,14 +457,9 @@ fn report_on_a_missing_or_read_only_directory_names_it() {
         hostd(&["report", p(&d)])
     };
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
-    let says = if is_root() {
-        "Read-only file system"
-    } else {
-        "Permission denied"
-    };
+    let says = if is_root() { "Read-only file system" } else { "Permission denied" };
     assert!(
-        r.text
-            .contains(&format!("writing {}", d.join("report.json").display()))
+        r.text.contains(&format!("writing {}", d.join("report.json").display()))
             && r.text.contains(says),
         "{}",
         r.text
@@ -620,37 +491,22 @@ fn impossible_samples_are_left_out_and_counted_in_the_report() {
     let d = results_dir(base.path(), "run", &samples);
     let r = hostd(&["report", p(&d)]);
     assert!(r.status.success(), "{}", r.text);
-    assert!(
-        r.text
-            .contains("5 record(s) left out as outside physical sense"),
-        "{}",
-        r.text
-    );
+    assert!(r.text.contains("5 record(s) left out as outside physical sense"), "{}", r.text);
     let rep: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
     assert_eq!(rep["implausible_records"], 5);
-    let lines: Vec<u64> = rep["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["line"].as_u64().unwrap())
-        .collect();
+    let lines: Vec<u64> =
+        rep["rejected"].as_array().unwrap().iter().map(|r| r["line"].as_u64().unwrap()).collect();
     assert_eq!(lines, [10, 11, 12, 13, 14]);
     assert!(
-        rep["rejected"][1]["why"]
-            .as_str()
-            .unwrap()
-            .contains("ready_s = 1e308 s"),
+        rep["rejected"][1]["why"].as_str().unwrap().contains("ready_s = 1e308 s"),
         "{}",
         rep["rejected"]
     );
     // The good samples' figures, untouched by the bad ones.
     let rows = rep["startup"]["rows"].as_array().unwrap();
     assert_eq!(
-        (
-            rows[0]["t_startup_s"].as_f64(),
-            rows[1]["t_startup_s"].as_f64()
-        ),
+        (rows[0]["t_startup_s"].as_f64(), rows[1]["t_startup_s"].as_f64()),
         (Some(0.03), Some(0.04))
     );
     assert_eq!(rep["overhead"]["native/cpu"][0]["value"]["samples"], 3);
@@ -677,21 +533,9 @@ fn compare_on_missing_or_unrelated_directories_is_an_error_naming_them() {
     let unrelated = base.path().join("unrelated");
     std::fs::create_dir(&unrelated).unwrap();
     for (a, b, says) in [
-        (
-            &good,
-            &missing,
-            format!("results directory {} does not exist", missing.display()),
-        ),
-        (
-            &missing,
-            &good,
-            format!("results directory {} does not exist", missing.display()),
-        ),
-        (
-            &unrelated,
-            &good,
-            format!("{} is not a results directory", unrelated.display()),
-        ),
+        (&good, &missing, format!("results directory {} does not exist", missing.display())),
+        (&missing, &good, format!("results directory {} does not exist", missing.display())),
+        (&unrelated, &good, format!("{} is not a results directory", unrelated.display())),
     ] {
         let r = hostd(&["compare", p(a), p(b)]);
         assert_eq!(r.status.code(), Some(1), "{}", r.text);
@@ -765,11 +609,7 @@ fn a_run_that_fails_after_validation_leaves_no_directory() {
     }
     // Failing after its directory is made, before any sample: a disk benchmark without the
     // data disk image (an empty image store).
-    std::fs::write(
-        &camp,
-        TINY.replace("resources = [\"cpu\"]", "resources = [\"disk\"]"),
-    )
-    .unwrap();
+    std::fs::write(&camp, TINY.replace("resources = [\"cpu\"]", "resources = [\"disk\"]")).unwrap();
     let empty = base.path().join("no-images");
     std::fs::create_dir(&empty).unwrap();
     let agent = agent();
@@ -777,23 +617,15 @@ fn a_run_that_fails_after_validation_leaves_no_directory() {
         .into_iter()
         .map(OsStr::new)
         .collect();
-    let r = hostd_env(
-        Duration::from_secs(60),
-        &args,
-        &[("VIRTBENCH_IMAGES", empty.as_os_str())],
-    );
+    let r = hostd_env(Duration::from_secs(60), &args, &[("VIRTBENCH_IMAGES", empty.as_os_str())]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
     assert!(
-        r.text
-            .contains("the disk benchmark needs the data disk image")
+        r.text.contains("the disk benchmark needs the data disk image")
             && r.text.contains("the run recorded nothing"),
         "{}",
         r.text
     );
-    let left: Vec<_> = std::fs::read_dir(&res)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(&res).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
@@ -832,9 +664,7 @@ fn two_runs_started_in_the_same_second_get_a_directory_each() {
             .lines()
             .find(|l| l.starts_with("hostd: campaign tiny → "))
             .unwrap_or_else(|| panic!("{}", r.text));
-        dirs.push(PathBuf::from(
-            line.trim_start_matches("hostd: campaign tiny → "),
-        ));
+        dirs.push(PathBuf::from(line.trim_start_matches("hostd: campaign tiny → ")));
     }
     assert_ne!(dirs[0], dirs[1]);
     let stamp = |d: &Path| d.file_name().unwrap().to_string_lossy()[..19].to_string();
@@ -844,16 +674,11 @@ fn two_runs_started_in_the_same_second_get_a_directory_each() {
         dirs[1].display(),
         stamp(&dirs[0]) == stamp(&dirs[1])
     );
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&res)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut found: Vec<PathBuf> =
+        std::fs::read_dir(&res).unwrap().map(|e| e.unwrap().path()).collect();
     found.sort();
     dirs.sort();
-    assert_eq!(
-        found, dirs,
-        "exactly the two runs' directories, no pending one"
-    );
+    assert_eq!(found, dirs, "exactly the two runs' directories, no pending one");
     for d in &dirs {
         let rep: serde_json::Value =
             serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
@@ -870,10 +695,7 @@ fn resume_with_an_invalid_stored_campaign_names_the_file() {
     let r = hostd(&["run", "--resume", p(&d)]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
     assert!(
-        r.text.contains(&format!(
-            "{}: field `name`",
-            d.join("campaign.toml").display()
-        )),
+        r.text.contains(&format!("{}: field `name`", d.join("campaign.toml").display())),
         "{}",
         r.text
     );
@@ -901,8 +723,13 @@ fn a_boot_whose_guest_does_not_come_up_exits_3() {
         return skip("booting a native guest needs root (cgroups)");
     }
     let dir = tempfile::tempdir().unwrap();
-    let args = ["boot", "--backend", "native", "-n", "1", "--modes", "hot", "--agent", "/bin/false"];
-    let a: Vec<&str> = args.iter().copied().chain(["--settle", "0", "--floor-reps", "0", "--results", p(dir.path())]).collect();
+    let args =
+        ["boot", "--backend", "native", "-n", "1", "--modes", "hot", "--agent", "/bin/false"];
+    let a: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--settle", "0", "--floor-reps", "0", "--results", p(dir.path())])
+        .collect();
     let r = hostd_env(Duration::from_secs(120), &a.iter().map(OsStr::new).collect::<Vec<_>>(), &[]);
     assert_eq!(r.status.code(), Some(3), "{}", r.text);
     assert!(r.text.contains("finished with failures: n=1 hot: 0 of 1 ready"), "{}", r.text);
@@ -912,7 +739,10 @@ fn a_boot_whose_guest_does_not_come_up_exits_3() {
     let r = hostd(&["compare", "/nonexistent/a", "/nonexistent/b"]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
     let help = hostd(&["--help"]);
-    for part in ["Exit status: 0 every step done; 1 stopped by an error", "2 bad command line; 3 finished, but some"] {
+    for part in [
+        "Exit status: 0 every step done; 1 stopped by an error",
+        "2 bad command line; 3 finished, but some",
+    ] {
         assert!(help.text.contains(part), "{part:?} not in {}", help.text);
     }
 }
@@ -933,7 +763,11 @@ fn warnings_are_printed_unless_quieted() {
     };
     let r = report(&[], &[("RUST_LOG", OsStr::new(""))]);
     assert!(r.status.success(), "{}", r.text);
-    assert!(r.text.contains("WARN") && r.text.contains(warning), "no warning by default: {}", r.text);
+    assert!(
+        r.text.contains("WARN") && r.text.contains(warning),
+        "no warning by default: {}",
+        r.text
+    );
     let r = report(&["-q"], &[]);
     assert!(r.status.success() && !r.text.contains(warning), "-q: {}", r.text);
     let r = report(&[], &[("RUST_LOG", OsStr::new("error"))]);

@@ -28,9 +28,18 @@ async fn pong(g: &RunningGuest) -> bool {
 }
 
 /// Boots an evil guest, asks it for a ping, takes it out; returns (failure kind, error).
-async fn run_mode(backend: &AnyBackend, run: &str, index: usize, dir: &std::path::Path) -> (FailureKind, String) {
+async fn run_mode(
+    backend: &AnyBackend,
+    run: &str,
+    index: usize,
+    dir: &std::path::Path,
+) -> (FailureKind, String) {
     let mut g = boot(backend, spec(run, index, dir, None), Duration::from_secs(30)).await.unwrap();
-    let gone = Gone { paths: vec![g.spec.workdir.clone()], cgroups: g.process.cgroup.as_ref().unwrap().dirs.clone(), ..Default::default() };
+    let gone = Gone {
+        paths: vec![g.spec.workdir.clone()],
+        cgroups: g.process.cgroup.as_ref().unwrap().dirs.clone(),
+        ..Default::default()
+    };
     let _ = g.conn.request(Command::Ping, PING).await;
     // Flooders fail on their own schedule; give them a moment to be found out.
     let t0 = Instant::now();
@@ -54,10 +63,19 @@ async fn hostile_native_agents_fail_alone_with_bounded_host_memory() {
     let dir = tempfile::tempdir().unwrap();
     let run = run_id("hn");
     let _litter = Litter(run.clone());
-    let good_backend = AnyBackend::new(BackendKind::Native, &native_images(agent()), &Default::default());
-    let good = boot(&good_backend, spec(&run, 0, dir.path(), None), Duration::from_secs(10)).await.unwrap();
+    let good_backend =
+        AnyBackend::new(BackendKind::Native, &native_images(agent()), &Default::default());
+    let good = boot(&good_backend, spec(&run, 0, dir.path(), None), Duration::from_secs(10))
+        .await
+        .unwrap();
     let rss_before = rss_kib();
-    let evil = |mode: &str| AnyBackend::new(BackendKind::Native, &native_images(evil_wrapper(dir.path(), mode)), &Default::default());
+    let evil = |mode: &str| {
+        AnyBackend::new(
+            BackendKind::Native,
+            &native_images(evil_wrapper(dir.path(), mode)),
+            &Default::default(),
+        )
+    };
     let cases: [(&str, FailureKind, &str); 7] = [
         ("huge-frame", FailureKind::Protocol, "declares 4294967040 payload bytes"),
         ("bad-crc", FailureKind::Protocol, "checksum mismatch"),
@@ -77,18 +95,24 @@ async fn hostile_native_agents_fail_alone_with_bounded_host_memory() {
 
     // A reply after its request's deadline is stray: the next request gets its own.
     let late = evil("late");
-    let mut g = boot(&late, spec(&run, 20, dir.path(), None), Duration::from_secs(10)).await.unwrap();
+    let mut g =
+        boot(&late, spec(&run, 20, dir.path(), None), Duration::from_secs(10)).await.unwrap();
     let e = g.conn.request(Command::Ping, Duration::from_millis(300)).await.unwrap_err();
     assert!(e.to_string().contains("no reply"), "{e}");
     match g.conn.request(Command::Ping, Duration::from_secs(5)).await.unwrap() {
-        ReplyBody::Pong { monotonic_ns } => assert_ne!(monotonic_ns, u64::MAX, "the late reply was credited to the next request"),
+        ReplyBody::Pong { monotonic_ns } => {
+            assert_ne!(monotonic_ns, u64::MAX, "the late reply was credited to the next request")
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(g.conn.stats.stray_replies.load(Ordering::Relaxed), 1);
     let (kind, error) = g.trouble().expect("a guest that missed a deadline is failed");
     assert_eq!(kind, FailureKind::Timeout);
     let f = g.fail(&late, kind, error).await;
-    println!("{:>14}: {:?}: {} (late reply stray, next request answered correctly)", "late", f.kind, f.error);
+    println!(
+        "{:>14}: {:?}: {} (late reply stray, next request answered correctly)",
+        "late", f.kind, f.error
+    );
 
     // A console flood: the guest keeps working, its log stays within the cap.
     let flood = evil("flood-console");
@@ -99,7 +123,8 @@ async fn hostile_native_agents_fail_alone_with_bounded_host_memory() {
         assert!(t0.elapsed() < Duration::from_secs(20), "flood too slow: {:?}", log.written());
         assert!(pong(&g).await, "the flooding guest stopped answering");
     }
-    let on_disk: u64 = log.files().iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+    let on_disk: u64 =
+        log.files().iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
     let (written, dropped) = log.written();
     println!("{:>14}: {written} bytes written, {dropped} rotated away, {on_disk} on disk (cap {CONSOLE_CAP})", "flood-console");
     assert!(on_disk <= CONSOLE_CAP, "{on_disk} bytes of console on disk");
@@ -108,7 +133,11 @@ async fn hostile_native_agents_fail_alone_with_bounded_host_memory() {
 
     let rss_after = rss_kib();
     println!("hostd-side RSS: {rss_before} KiB before the hostile guests, {rss_after} KiB after (peak {} KiB)", status_field("VmHWM:"));
-    assert!(rss_after < rss_before + 64 * 1024, "host memory grew by {} KiB", rss_after - rss_before);
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "host memory grew by {} KiB",
+        rss_after - rss_before
+    );
     assert!(pong(&good).await);
     good.shutdown(&good_backend, Duration::from_secs(2)).await;
     assert!(guest_cgroups_of(&run).is_empty(), "{:?}", guest_cgroups_of(&run));
@@ -127,7 +156,9 @@ async fn hostile_uml_guests_fail_alone() {
     let _litter = Litter(run.clone());
     let base = hostd::images::resolve(None).unwrap();
     let good_backend = AnyBackend::new(BackendKind::Uml, &base, &Default::default());
-    let good = boot(&good_backend, spec(&run, 0, dir.path(), None), Duration::from_secs(60)).await.unwrap();
+    let good = boot(&good_backend, spec(&run, 0, dir.path(), None), Duration::from_secs(60))
+        .await
+        .unwrap();
     let evil = |mode: &str| {
         let k = base.kernel_uml.clone().unwrap();
         let images = Images {
@@ -141,7 +172,10 @@ async fn hostile_uml_guests_fail_alone() {
 
     // Silent: never says hello.
     let t0 = Instant::now();
-    let e = boot(&evil("silent"), spec(&run, 1, dir.path(), None), Duration::from_secs(3)).await.err().unwrap();
+    let e = boot(&evil("silent"), spec(&run, 1, dir.path(), None), Duration::from_secs(3))
+        .await
+        .err()
+        .unwrap();
     println!("uml silent: {:?} after {:.2} s", e.failure(1).kind, t0.elapsed().as_secs_f64());
     assert_eq!(e.failure(1).kind, FailureKind::Timeout, "{e}");
     assert!(e.failure(1).console_tail.unwrap_or_default().contains("evil-agent: mode Silent"));
@@ -158,8 +192,12 @@ async fn hostile_uml_guests_fail_alone() {
         assert!(t0.elapsed() < Duration::from_secs(30), "flood too slow: {:?}", log.written());
         assert!(pong(&g).await, "the flooding guest stopped answering");
     }
-    let on_disk: u64 = log.files().iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
-    println!("uml flood-console: {:?} written/rotated, {on_disk} bytes on disk (cap {CONSOLE_CAP})", log.written());
+    let on_disk: u64 =
+        log.files().iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+    println!(
+        "uml flood-console: {:?} written/rotated, {on_disk} bytes on disk (cap {CONSOLE_CAP})",
+        log.written()
+    );
     assert!(on_disk <= CONSOLE_CAP);
     g.shutdown(&flood, Duration::from_secs(5)).await;
 

@@ -19,7 +19,20 @@ fn ctrl_c_during_a_uml_fleet_leaves_nothing_behind() {
     }
     let res = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_hostd"))
-        .args(["boot", "--backend", "uml", "-n", "6,12", "--modes", "hot", "--settle", "20", "--floor-reps", "0", "--results"])
+        .args([
+            "boot",
+            "--backend",
+            "uml",
+            "-n",
+            "6,12",
+            "--modes",
+            "hot",
+            "--settle",
+            "20",
+            "--floor-reps",
+            "0",
+            "--results",
+        ])
         .arg(res.path())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -42,12 +55,24 @@ fn ctrl_c_during_a_uml_fleet_leaves_nothing_behind() {
     }
     std::thread::sleep(Duration::from_secs(4));
     // The run's guests exist now (the first fleet is up and settling).
-    let runs: Vec<String> = std::fs::read_dir("/run/virtbench").unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().into_string().unwrap()).filter(|n| n.starts_with('r')).collect();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let runs: Vec<String> = std::fs::read_dir("/run/virtbench")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('r'))
+        .collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     let lines: Vec<String> = rx.try_iter().collect();
     assert_eq!(status.code(), Some(130), "{lines:#?}");
-    let said = lines.iter().find(|l| l.starts_with("hostd: interrupted")).unwrap_or_else(|| panic!("{lines:#?}"));
+    let said = lines
+        .iter()
+        .find(|l| l.starts_with("hostd: interrupted"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
     assert!(said.contains("samples recorded so far are in"), "{said}");
     let dir = said.rsplit(' ').next().unwrap();
     let run = dir.rsplit('-').next().unwrap().to_string();
@@ -55,12 +80,16 @@ fn ctrl_c_during_a_uml_fleet_leaves_nothing_behind() {
     assert!(start.elapsed() < Duration::from_secs(120));
     // Nothing of the run is left.
     assert!(!Path::new("/run/virtbench").join(&run).exists(), "scratch left behind");
-    let netns = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
+    let netns =
+        String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+            .unwrap();
     assert!(!netns.contains(&run), "netns left behind: {netns}");
     for r in hostd::cgroup::run_roots(&run) {
         assert!(!r.exists(), "cgroup {} left behind", r.display());
     }
-    let ps = String::from_utf8(Command::new("ps").args(["-eo", "stat,args"]).output().unwrap().stdout).unwrap();
+    let ps =
+        String::from_utf8(Command::new("ps").args(["-eo", "stat,args"]).output().unwrap().stdout)
+            .unwrap();
     let left: Vec<&str> = ps.lines().filter(|l| l.contains(&run) && !l.starts_with('Z')).collect();
     assert!(left.is_empty(), "processes left behind: {left:#?}");
     // The samples recorded before the interrupt are kept (the first fleet's are not complete

@@ -51,7 +51,8 @@ async fn ns_guest_cycles_leak_nothing() {
     if !is_root() {
         return skip("the leak test needs root (namespaces, cgroups, veths)");
     }
-    let cycles: usize = std::env::var("VB_LEAK_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let cycles: usize =
+        std::env::var("VB_LEAK_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
     let dir = tempfile::tempdir().unwrap();
     let images = hostd::images::resolve(None).unwrap();
     let backend = AnyBackend::new(BackendKind::Ns, &images, &Default::default());
@@ -62,8 +63,13 @@ async fn ns_guest_cycles_leak_nothing() {
         let backend = &backend;
         let s = spec(&run, i % 50, dir.path(), Some(&net));
         async move {
-            let g = boot(backend, s, Duration::from_secs(10)).await.unwrap_or_else(|e| panic!("cycle {i}: {e}"));
-            assert!(matches!(g.conn.request(Command::Ping, Duration::from_secs(5)).await, Ok(ReplyBody::Pong { .. })));
+            let g = boot(backend, s, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|e| panic!("cycle {i}: {e}"));
+            assert!(matches!(
+                g.conn.request(Command::Ping, Duration::from_secs(5)).await,
+                Ok(ReplyBody::Pong { .. })
+            ));
             g.shutdown(backend, Duration::from_secs(2)).await;
         }
     };
@@ -86,23 +92,42 @@ async fn ns_guest_cycles_leak_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         after = counts(&run, &net, dir.path());
     }
-    println!("{cycles} ns launch/teardown cycles in {:.1} s ({:.1} ms each)", took.as_secs_f64(), took.as_secs_f64() * 1e3 / cycles as f64);
+    println!(
+        "{cycles} ns launch/teardown cycles in {:.1} s ({:.1} ms each)",
+        took.as_secs_f64(),
+        took.as_secs_f64() * 1e3 / cycles as f64
+    );
     println!("before: {before:?}");
     println!("after:  {after:?}");
     assert_eq!(after.fds, before.fds, "descriptors leaked");
     assert_eq!(after.threads, before.threads, "threads leaked");
-    assert_eq!((after.cgroups, after.netns, after.links, after.mounts, after.zombies), (before.cgroups, before.netns, before.links, before.mounts, 0));
+    assert_eq!(
+        (after.cgroups, after.netns, after.links, after.mounts, after.zombies),
+        (before.cgroups, before.netns, before.links, before.mounts, 0)
+    );
     // Allocator noise only: a leak of even 1 KiB per cycle would show as 500 KiB and more.
-    assert!(after.rss_kib < before.rss_kib + 4096, "resident memory grew from {} to {} KiB", before.rss_kib, after.rss_kib);
+    assert!(
+        after.rss_kib < before.rss_kib + 4096,
+        "resident memory grew from {} to {} KiB",
+        before.rss_kib,
+        after.rss_kib
+    );
 
     // What each running guest costs hostd in descriptors, against the fleet's budget.
     let idle = fd_count();
     let mut guests = Vec::new();
     for i in 0..10 {
-        guests.push(boot(&backend, spec(&run, i, dir.path(), Some(&net)), Duration::from_secs(10)).await.unwrap());
+        guests.push(
+            boot(&backend, spec(&run, i, dir.path(), Some(&net)), Duration::from_secs(10))
+                .await
+                .unwrap(),
+        );
     }
     let per_guest = (fd_count() - idle) as f64 / 10.0;
-    println!("descriptors per running ns guest: {per_guest:.1} (budget {})", hostd::fleet::FDS_PER_GUEST);
+    println!(
+        "descriptors per running ns guest: {per_guest:.1} (budget {})",
+        hostd::fleet::FDS_PER_GUEST
+    );
     assert!(per_guest <= hostd::fleet::FDS_PER_GUEST as f64 / 2.0, "{per_guest}");
     for g in guests {
         g.shutdown(&backend, Duration::from_secs(2)).await;

@@ -12,7 +12,8 @@ use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
 use vb_protocol::msg::{Command, ReplyBody, Role};
 
 fn agent() -> PathBuf {
-    hostd::images::find_agent(None).expect("the static agent must be built first: run scripts/build-agent")
+    hostd::images::find_agent(None)
+        .expect("the static agent must be built first: run scripts/build-agent")
 }
 
 fn small_opts(workdir: PathBuf) -> BenchOptions {
@@ -20,7 +21,13 @@ fn small_opts(workdir: PathBuf) -> BenchOptions {
         backend: BackendKind::Native,
         images: hostd::images::resolve(Some(&agent())).unwrap(),
         backend_opts: Default::default(),
-        benches: vec![BenchName::Cpu, BenchName::Memory, BenchName::Disk, BenchName::NetStream, BenchName::NetRr],
+        benches: vec![
+            BenchName::Cpu,
+            BenchName::Memory,
+            BenchName::Disk,
+            BenchName::NetStream,
+            BenchName::NetRr,
+        ],
         reps: 2,
         warmup: 1,
         instances: 2,
@@ -48,14 +55,19 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn every_benchmark_runs_small_and_is_summarised() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let run = microbench::run(&small_opts(dir.path().to_path_buf()), &mut std::io::sink()).await.unwrap();
+    let run =
+        microbench::run(&small_opts(dir.path().to_path_buf()), &mut std::io::sink()).await.unwrap();
     assert_eq!(run.guest.role, Role::Process);
     let names: Vec<_> = run.results.iter().map(|r| r.summary.name.as_str()).collect();
     assert_eq!(names, ["cpu", "memory", "disk", "net_stream", "net_rr"]);
     for r in &run.results {
         // 2 counted repetitions × 2 instances, warm-up excluded.
         assert_eq!(r.summary.samples.len(), 4, "{}", r.summary.name);
-        assert!(r.summary.min > 0.0 && r.summary.min <= r.summary.mean && r.summary.mean <= r.summary.max);
+        assert!(
+            r.summary.min > 0.0
+                && r.summary.min <= r.summary.mean
+                && r.summary.mean <= r.summary.max
+        );
     }
     let units: Vec<_> = run.results.iter().map(|r| r.summary.unit.as_str()).collect();
     assert_eq!(units, ["s", "s", "MB/s", "MB/s", "us/transaction"]);
@@ -79,7 +91,13 @@ async fn agent_over_unix_and_tcp_sockets() {
     let unix = format!("unix:{}", sock.display());
     let mut kids = Vec::new();
     for ctl in [&unix, &tcp] {
-        kids.push(tokio::process::Command::new(agent()).args(["--ctl", ctl]).kill_on_drop(true).spawn().unwrap());
+        kids.push(
+            tokio::process::Command::new(agent())
+                .args(["--ctl", ctl])
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap(),
+        );
     }
     let (u, _) = ul.accept().await.unwrap();
     let (t, _) = tl.accept().await.unwrap();
@@ -90,14 +108,28 @@ async fn agent_over_unix_and_tcp_sockets() {
     assert_eq!(uh.transport, unix);
     assert_eq!(th.transport, tcp);
     for c in [&uc, &tc] {
-        assert!(matches!(c.request(Command::Ping, Duration::from_secs(5)).await.unwrap(), ReplyBody::Pong { .. }));
-        let req = BenchRequest { spec: BenchSpec::Memory { n: 16, passes: 2 }, instances: 1, start_at_ns: None };
+        assert!(matches!(
+            c.request(Command::Ping, Duration::from_secs(5)).await.unwrap(),
+            ReplyBody::Pong { .. }
+        ));
+        let req = BenchRequest {
+            spec: BenchSpec::Memory { n: 16, passes: 2 },
+            instances: 1,
+            start_at_ns: None,
+        };
         let rep = microbench::run_once(c, &req, Duration::from_secs(10)).await.unwrap();
         assert!(matches!(rep.instances[0].work, Work::Memory { checked: true, .. }));
-        assert_eq!(c.request(Command::Poweroff, Duration::from_secs(5)).await.unwrap(), ReplyBody::PoweringOff);
+        assert_eq!(
+            c.request(Command::Poweroff, Duration::from_secs(5)).await.unwrap(),
+            ReplyBody::PoweringOff
+        );
     }
     for mut k in kids {
-        assert!(tokio::time::timeout(Duration::from_secs(5), k.wait()).await.unwrap().unwrap().success());
+        assert!(tokio::time::timeout(Duration::from_secs(5), k.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success());
     }
 }
 
@@ -122,15 +154,24 @@ async fn guest_errors_are_reported_and_the_agent_survives() {
         images: None,
     };
     let mut l = b.launch(&spec).await.unwrap();
-    let (conn, _) = AgentConn::establish(l.reader, l.writer, Duration::from_secs(10)).await.unwrap();
+    let (conn, _) =
+        AgentConn::establish(l.reader, l.writer, Duration::from_secs(10)).await.unwrap();
     let req = BenchRequest {
-        spec: BenchSpec::Disk { path: "/nonexistent/disk".into(), block_size: 4096, max_bytes: None, direct: true },
+        spec: BenchSpec::Disk {
+            path: "/nonexistent/disk".into(),
+            block_size: 4096,
+            max_bytes: None,
+            direct: true,
+        },
         instances: 2,
         start_at_ns: None,
     };
     let e = microbench::run_once(&conn, &req, Duration::from_secs(10)).await.unwrap_err();
     assert!(format!("{e:#}").contains("/nonexistent/disk"), "{e:#}");
-    assert!(matches!(conn.request(Command::Ping, Duration::from_secs(5)).await.unwrap(), ReplyBody::Pong { .. }));
+    assert!(matches!(
+        conn.request(Command::Ping, Duration::from_secs(5)).await.unwrap(),
+        ReplyBody::Pong { .. }
+    ));
     let _ = conn.request(Command::Poweroff, Duration::from_secs(5)).await;
     b.stop(&mut l.guest, Duration::from_secs(5)).await;
 }
@@ -154,14 +195,23 @@ fn bad_arguments_and_unreachable_agents_fail_clearly() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("/nonexistent/agent"), "{err}");
     // A program that never says hello.
-    let (code, err) = hostd_bin(&["bench", "--bench", "cpu", "--agent", "/bin/true", "--hello-timeout", "5"]);
+    let (code, err) =
+        hostd_bin(&["bench", "--bench", "cpu", "--agent", "/bin/true", "--hello-timeout", "5"]);
     assert_eq!(code, 1);
     assert!(err.starts_with("hostd: error: native backend: guest bench0: the guest's process exited before the ready message"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let silent = dir.path().join("silent-agent");
     std::fs::write(&silent, "#!/bin/sh\nexec sleep 30\n").unwrap();
     Proc::new("chmod").arg("755").arg(&silent).status().unwrap();
-    let (code, err) = hostd_bin(&["bench", "--bench", "cpu", "--agent", silent.to_str().unwrap(), "--hello-timeout", "1"]);
+    let (code, err) = hostd_bin(&[
+        "bench",
+        "--bench",
+        "cpu",
+        "--agent",
+        silent.to_str().unwrap(),
+        "--hello-timeout",
+        "1",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("no ready message within 1s"), "{err}");
 }

@@ -26,12 +26,16 @@ fn root_or_skip(backend: &str, test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    support::skip::skip(Some(backend), &format!("{test} needs root (network namespaces, veths, cgroups)"));
+    support::skip::skip(
+        Some(backend),
+        &format!("{test} needs root (network namespaces, veths, cgroups)"),
+    );
     false
 }
 
 fn agent() -> PathBuf {
-    hostd::images::find_agent(None).expect("the static agent must be built first: run scripts/build-agent")
+    hostd::images::find_agent(None)
+        .expect("the static agent must be built first: run scripts/build-agent")
 }
 
 fn images(rootfs: Option<PathBuf>) -> Images {
@@ -48,7 +52,10 @@ fn make_rootfs(dir: &Path) -> PathBuf {
 }
 
 fn netns_list() -> String {
-    String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned()
+    String::from_utf8_lossy(
+        &std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout,
+    )
+    .into_owned()
 }
 
 fn workloads() -> Workloads {
@@ -58,7 +65,12 @@ fn workloads() -> Workloads {
 /// Boots `n` guests of `kind` in `mode`, runs the network linearity test (all guests
 /// streaming to the peer at once) and, for two guests, the CPU isolation test; returns the
 /// samples, after tearing everything down.
-async fn measure(images: &Images, kind: BackendKind, mode: NetMode, n: usize) -> (String, Vec<BenchSample>, Vec<BenchSample>) {
+async fn measure(
+    images: &Images,
+    kind: BackendKind,
+    mode: NetMode,
+    n: usize,
+) -> (String, Vec<BenchSample>, Vec<BenchSample>) {
     let run = RunState::create("netsync-test", None).unwrap();
     let backend = AnyBackend::new(kind, images, &Default::default());
     let cfg = FleetConfig { n, net_mode: mode, mem_mib: 64, ..Default::default() };
@@ -66,10 +78,15 @@ async fn measure(images: &Images, kind: BackendKind, mode: NetMode, n: usize) ->
     assert_eq!(fleet.guests.len(), n, "{:?}", fleet.failures);
     let net = fleet.net.clone().unwrap();
     let peer = Peer::start(images, &Default::default(), &run, &net).await.unwrap();
-    let addr = if mode == NetMode::Shared { (std::net::Ipv4Addr::LOCALHOST, peer.addr.port()).into() } else { peer.addr };
+    let addr = if mode == NetMode::Shared {
+        (std::net::Ipv4Addr::LOCALHOST, peer.addr.port()).into()
+    } else {
+        peer.addr
+    };
     let targets = Targets { disk: PathBuf::from("/nonexistent"), peer: addr };
     let w = workloads();
-    let net_samples = linearity::measure(&fleet, Resource::Network, &w, &targets, 1, 1, TIMEOUT).await;
+    let net_samples =
+        linearity::measure(&fleet, Resource::Network, &w, &targets, 1, 1, TIMEOUT).await;
     let cpu = isolation::measure(&fleet, Resource::Cpu, &w, &targets, 0, 1, TIMEOUT).await;
     if kind == BackendKind::Native && mode == NetMode::Private {
         // Each native guest has a namespace of its own while it runs.
@@ -87,8 +104,17 @@ fn check_sync(samples: &[BenchSample], instances: usize) {
         let y = s.sync.unwrap_or_default();
         println!(
             "{} {:?} {:?} guest {} instance {}: {:.1} {} [{}] skew {:.3} ms ± {:.3}, overlap {:.3}",
-            s.backend, s.test, s.resource, s.guest, s.instance, s.value, s.unit,
-            s.path_label().unwrap_or_default(), y.start_skew_s * 1e3, y.clock_err_s * 1e3, y.overlap
+            s.backend,
+            s.test,
+            s.resource,
+            s.guest,
+            s.instance,
+            s.value,
+            s.unit,
+            s.path_label().unwrap_or_default(),
+            y.start_skew_s * 1e3,
+            y.clock_err_s * 1e3,
+            y.overlap
         );
     }
     assert_eq!(samples.len(), instances);

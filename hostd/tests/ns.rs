@@ -3,8 +3,8 @@
 //! (`scripts/build-agent`); without root every test says it is skipped.
 
 mod support {
-    pub mod skip;
     pub mod fault;
+    pub mod skip;
 }
 
 use std::collections::HashSet;
@@ -14,13 +14,16 @@ use std::time::Duration;
 use hostd::backend::ns::{IdMap, Ns};
 use hostd::backend::{AnyBackend, Backend, BackendKind, GuestNet, GuestSpec, Images};
 use hostd::cgroup::{self, Limits};
+use hostd::datadisk::DataDisks;
 use hostd::guest::{boot, RunningGuest};
 use hostd::microbench::{run_once, write_data_file};
 use hostd::netlab::{self, FleetNet};
-use hostd::datadisk::DataDisks;
 use hostd::suite::Test;
+use support::fault::{
+    cgroup_dirs_of, fds_of, mountinfo, netns_of, ns_inode, powered_off, supports_o_direct,
+    zombie_children, Litter,
+};
 use vb_protocol::bench::{BenchRequest, BenchSpec, Resource, Work};
-use support::fault::{cgroup_dirs_of, fds_of, mountinfo, netns_of, ns_inode, powered_off, supports_o_direct, zombie_children, Litter};
 use vb_protocol::msg::{Command, ReplyBody, Role};
 
 const HELLO: Duration = Duration::from_secs(10);
@@ -31,12 +34,16 @@ fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    support::skip::skip(Some("ns"), &format!("{test} needs root (namespaces, mounts, cgroups, veths)"));
+    support::skip::skip(
+        Some("ns"),
+        &format!("{test} needs root (namespaces, mounts, cgroups, veths)"),
+    );
     false
 }
 
 fn agent() -> PathBuf {
-    hostd::images::find_agent(None).expect("the static agent must be built first: run scripts/build-agent")
+    hostd::images::find_agent(None)
+        .expect("the static agent must be built first: run scripts/build-agent")
 }
 
 /// A scratch directory on the target's disk, not /tmp: O_DIRECT needs a real filesystem
@@ -59,7 +66,13 @@ fn make_rootfs(dir: &Path) -> PathBuf {
 /// Asserts the run left nothing behind. Retried briefly: the kernel tears a network
 /// namespace down asynchronously, and a zombie may belong to a test running alongside
 /// that is about to reap it.
-fn assert_clean(run: &str, dir: &Path, mounts_before: &HashSet<String>, pids: &[u32], workdirs: &[PathBuf]) {
+fn assert_clean(
+    run: &str,
+    dir: &Path,
+    mounts_before: &HashSet<String>,
+    pids: &[u32],
+    workdirs: &[PathBuf],
+) {
     // The run's own group directory is the run's to remove (RunState does it): rmdir, which
     // fails, and so leaves it to be reported, if any guest group is still inside.
     for r in hostd::cgroup::run_roots(run) {
@@ -77,7 +90,13 @@ fn assert_clean(run: &str, dir: &Path, mounts_before: &HashSet<String>, pids: &[
 }
 
 /// Everything a run could leave behind; empty when the teardown was complete.
-fn leftovers(run: &str, dir: &Path, mounts_before: &HashSet<String>, pids: &[u32], workdirs: &[PathBuf]) -> Vec<String> {
+fn leftovers(
+    run: &str,
+    dir: &Path,
+    mounts_before: &HashSet<String>,
+    pids: &[u32],
+    workdirs: &[PathBuf],
+) -> Vec<String> {
     let mut left = Vec::new();
     for d in cgroup_dirs_of(run) {
         left.push(format!("cgroup dir {}", d.display()));
@@ -107,7 +126,13 @@ fn leftovers(run: &str, dir: &Path, mounts_before: &HashSet<String>, pids: &[u32
     left
 }
 
-fn spec(run: &str, index: usize, dir: &Path, disk: Option<&Path>, net: Option<&FleetNet>) -> GuestSpec {
+fn spec(
+    run: &str,
+    index: usize,
+    dir: &Path,
+    disk: Option<&Path>,
+    net: Option<&FleetNet>,
+) -> GuestSpec {
     GuestSpec {
         index,
         name: format!("{run}-g{index}"),
@@ -123,14 +148,20 @@ fn spec(run: &str, index: usize, dir: &Path, disk: Option<&Path>, net: Option<&F
             link: netlab::link_name("vh", index),
         }),
         cgroup: Some(cgroup::detect().expect("a cgroup memory controller")),
-        limits: Limits { memory_bytes: Some(256 << 20), cpus: Some(1.0), pids: Some(64), ..Default::default() },
+        limits: Limits {
+            memory_bytes: Some(256 << 20),
+            cpus: Some(1.0),
+            pids: Some(64),
+            ..Default::default()
+        },
         images: None,
     }
 }
 
 async fn bench(g: &RunningGuest, spec: BenchSpec) -> Work {
     let req = BenchRequest { spec, instances: 1, start_at_ns: None };
-    let rep = run_once(&g.conn, &req, BENCH).await.unwrap_or_else(|e| panic!("{}: {e:#}", g.spec.name));
+    let rep =
+        run_once(&g.conn, &req, BENCH).await.unwrap_or_else(|e| panic!("{}: {e:#}", g.spec.name));
     rep.instances[0].work.clone()
 }
 
@@ -166,8 +197,10 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
     let own: Vec<PathBuf> = (0..3).map(|i| copies.copy_for(i).unwrap()).collect();
 
     // Concurrently, as fleets boot: launches interleave between clone and exec.
-    let boots = (0..3).map(|i| boot(&backend, spec(&run, i, dir.path(), Some(&own[i]), Some(&net)), HELLO));
-    let guests: Vec<RunningGuest> = futures::future::join_all(boots).await.into_iter().map(Result::unwrap).collect();
+    let boots =
+        (0..3).map(|i| boot(&backend, spec(&run, i, dir.path(), Some(&own[i]), Some(&net)), HELLO));
+    let guests: Vec<RunningGuest> =
+        futures::future::join_all(boots).await.into_iter().map(Result::unwrap).collect();
     let pids: Vec<u32> = guests.iter().map(|g| g.process.pid()).collect();
     let workdirs: Vec<PathBuf> = guests.iter().map(|g| g.spec.workdir.clone()).collect();
     for g in &guests {
@@ -188,7 +221,8 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
     }
     let port = net_serve(&guests[1]).await;
     let peer = format!("{}:{port}", FleetNet::guest_addr(1).unwrap());
-    match bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 200, msg_size: 16384 }).await {
+    match bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 200, msg_size: 16384 }).await
+    {
         Work::NetStream { bytes } => assert!(bytes > 0),
         w => panic!("{w:?}"),
     }
@@ -196,15 +230,42 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
     // mount, a sample that records the policy and the residency before the read.
     for g in &guests {
         let preps = hostd::suite::before_reads(BackendKind::Ns, Resource::Disk, &[g]).unwrap();
-        let req = BenchRequest { spec: BenchSpec::Disk { path: "/data/disk.img".into(), block_size: 65536, max_bytes: None, direct: true }, instances: 1, start_at_ns: None };
+        let req = BenchRequest {
+            spec: BenchSpec::Disk {
+                path: "/data/disk.img".into(),
+                block_size: 65536,
+                max_bytes: None,
+                direct: true,
+            },
+            instances: 1,
+            start_at_ns: None,
+        };
         let rep = run_once(&g.conn, &req, Duration::from_secs(30)).await.unwrap();
-        assert!(matches!(rep.instances[0].work, Work::Disk { bytes, direct: true, .. } if bytes == DISK_MB << 20), "{rep:?}");
-        let mut samples = hostd::suite::samples_of(BackendKind::Ns, Test::Overhead, Resource::Disk, "", 3, 0, g.spec.index, &hostd::suite::sync::Timed { report: rep.clone(), sync: None }, None);
+        assert!(
+            matches!(rep.instances[0].work, Work::Disk { bytes, direct: true, .. } if bytes == DISK_MB << 20),
+            "{rep:?}"
+        );
+        let mut samples = hostd::suite::samples_of(
+            BackendKind::Ns,
+            Test::Overhead,
+            Resource::Disk,
+            "",
+            3,
+            0,
+            g.spec.index,
+            &hostd::suite::sync::Timed { report: rep.clone(), sync: None },
+            None,
+        );
         hostd::suite::mark_reads(&mut samples, preps.as_deref());
         assert_eq!(samples[0].cache_policy, "o_direct(bind mount)", "{samples:?}");
         assert_eq!(samples[0].resident_before, Some(0.0), "{samples:?}");
         // O_DIRECT through the bind mount leaves nothing in the host page cache.
-        assert_eq!(hostd::pagecache::residency(g.spec.data_disk.as_ref().unwrap()).unwrap().resident_bytes, 0, "{}", g.spec.name);
+        assert_eq!(
+            hostd::pagecache::residency(g.spec.data_disk.as_ref().unwrap()).unwrap().resident_bytes,
+            0,
+            "{}",
+            g.spec.name
+        );
     }
 
     for g in guests {
@@ -259,8 +320,11 @@ async fn guest_is_isolated_from_the_host() {
         .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
         .collect();
     assert_eq!(procs, ["1"]);
-    let mut devs: Vec<String> =
-        std::fs::read_dir(groot.join("dev")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut devs: Vec<String> = std::fs::read_dir(groot.join("dev"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     devs.sort();
     assert_eq!(devs, ["full", "null", "random", "tty", "urandom", "zero"]);
     let e = std::fs::write(groot.join("written-by-host"), "x").unwrap_err();
@@ -268,20 +332,55 @@ async fn guest_is_isolated_from_the_host() {
     // The old root is gone: every mount the guest has is one of its own.
     let gmounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     let points: HashSet<&str> = gmounts.lines().filter_map(|l| l.split(' ').nth(4)).collect();
-    let allowed: HashSet<&str> =
-        ["/", "/dev", "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/tmp", "/proc", "/sys"].into();
-    assert!(points.is_subset(&allowed), "unexpected mounts in the guest: {:?}", points.difference(&allowed));
+    let allowed: HashSet<&str> = [
+        "/",
+        "/dev",
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+        "/tmp",
+        "/proc",
+        "/sys",
+    ]
+    .into();
+    assert!(
+        points.is_subset(&allowed),
+        "unexpected mounts in the guest: {:?}",
+        points.difference(&allowed)
+    );
 
     // A server on the host's loopback: reachable from the host, not from the guest.
     let host_dir = dir.path().join("host-agent");
-    let native = AnyBackend::new(BackendKind::Native, &Images { agent: agent(), ..Default::default() }, &Default::default());
-    let hs = GuestSpec { net: None, cgroup: None, workdir: host_dir, name: format!("{run}-host"), ..spec(&run, 9, dir.path(), None, None) };
+    let native = AnyBackend::new(
+        BackendKind::Native,
+        &Images { agent: agent(), ..Default::default() },
+        &Default::default(),
+    );
+    let hs = GuestSpec {
+        net: None,
+        cgroup: None,
+        workdir: host_dir,
+        name: format!("{run}-host"),
+        ..spec(&run, 9, dir.path(), None, None)
+    };
     let host_agent = boot(&native, hs, HELLO).await.unwrap();
     let port = net_serve(&host_agent).await;
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("the host reaches its own server");
-    let req =
-        BenchRequest { spec: BenchSpec::NetStream { peer: format!("127.0.0.1:{port}"), duration_ms: 100, msg_size: 1024 }, instances: 1, start_at_ns: None };
-    let e = run_once(&g.conn, &req, BENCH).await.expect_err("the guest must not reach the host's loopback");
+    let req = BenchRequest {
+        spec: BenchSpec::NetStream {
+            peer: format!("127.0.0.1:{port}"),
+            duration_ms: 100,
+            msg_size: 1024,
+        },
+        instances: 1,
+        start_at_ns: None,
+    };
+    let e = run_once(&g.conn, &req, BENCH)
+        .await
+        .expect_err("the guest must not reach the host's loopback");
     assert!(format!("{e:#}").contains("cannot connect"), "{e:#}");
 
     host_agent.shutdown(&native, Duration::from_secs(5)).await;
@@ -296,13 +395,21 @@ async fn guest_is_isolated_from_the_host() {
 /// control socket as fd 3 (and copies of it), and nothing else.
 pub fn assert_only_given_fds(pid: u32) {
     let fds = fds_of(pid);
-    let target = |n: i32| fds.iter().find(|(f, _)| *f == n).map(|(_, t)| t.clone()).unwrap_or_else(|| panic!("no fd {n}: {fds:?}"));
+    let target = |n: i32| {
+        fds.iter()
+            .find(|(f, _)| *f == n)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| panic!("no fd {n}: {fds:?}"))
+    };
     assert_eq!(target(0), "/dev/null", "{fds:?}");
     assert!(target(1).starts_with("pipe:[") && target(1) == target(2), "{fds:?}");
     let socket = target(3);
     assert!(socket.starts_with("socket:["), "{fds:?}");
     for (n, t) in &fds {
-        assert!(*n < 3 || *t == socket, "fd {n} → {t}: the guest holds a descriptor it was not given ({fds:?})");
+        assert!(
+            *n < 3 || *t == socket,
+            "fd {n} → {t}: the guest holds a descriptor it was not given ({fds:?})"
+        );
     }
 }
 
@@ -329,7 +436,11 @@ async fn user_namespace_guest_runs_unprivileged() {
     assert!(backend.probe().await.unwrap().contains(",user"));
     let mut guests = Vec::new();
     for i in 0..2 {
-        guests.push(boot(&backend, spec(&run, i, dir.path(), Some(&disk), Some(&net)), HELLO).await.unwrap());
+        guests.push(
+            boot(&backend, spec(&run, i, dir.path(), Some(&disk), Some(&net)), HELLO)
+                .await
+                .unwrap(),
+        );
     }
     let pids: Vec<u32> = guests.iter().map(|g| g.process.pid()).collect();
     let workdirs: Vec<PathBuf> = guests.iter().map(|g| g.spec.workdir.clone()).collect();
@@ -346,9 +457,22 @@ async fn user_namespace_guest_runs_unprivileged() {
     }
     let port = net_serve(&guests[1]).await;
     let peer = format!("{}:{port}", FleetNet::guest_addr(1).unwrap());
-    assert!(matches!(bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 100, msg_size: 16384 }).await, Work::NetStream { .. }));
+    assert!(matches!(
+        bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 100, msg_size: 16384 }).await,
+        Work::NetStream { .. }
+    ));
     let direct = supports_o_direct(&disk);
-    match bench(&guests[0], BenchSpec::Disk { path: "/data/disk.img".into(), block_size: 65536, max_bytes: None, direct }).await {
+    match bench(
+        &guests[0],
+        BenchSpec::Disk {
+            path: "/data/disk.img".into(),
+            block_size: 65536,
+            max_bytes: None,
+            direct,
+        },
+    )
+    .await
+    {
         Work::Disk { bytes, .. } => assert_eq!(bytes, DISK_MB << 20),
         w => panic!("{w:?}"),
     }

@@ -4,25 +4,31 @@
 //! agent (`scripts/build-agent`); without root every test says it is skipped.
 
 mod support {
-    pub mod skip;
     pub mod fault;
+    pub mod skip;
 }
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions, GuestNet, GuestSpec, Images};
+use hostd::backend::{
+    AnyBackend, Backend, BackendKind, BackendOptions, GuestNet, GuestSpec, Images,
+};
 use hostd::cgroup::{self, Limits};
 use hostd::guest::{boot, RunningGuest};
 use hostd::microbench::{run_once, write_data_file};
 use hostd::netlab::{self, FleetNet};
 use oci_spec::runtime::{
-    get_default_maskedpaths, get_default_readonly_paths, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder, SpecBuilder, UserBuilder,
+    get_default_maskedpaths, get_default_readonly_paths, Capability, LinuxBuilder,
+    LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, SpecBuilder, UserBuilder,
+};
+use support::fault::{
+    cgroup_dirs_of, fds_of, mountinfo, netns_of, ns_inode, powered_off, supports_o_direct,
+    zombie_children, Litter,
 };
 use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
-use support::fault::{cgroup_dirs_of, fds_of, mountinfo, netns_of, ns_inode, powered_off, supports_o_direct, zombie_children, Litter};
 use vb_protocol::msg::{Command, ReplyBody, Role};
 
 const HELLO: Duration = Duration::from_secs(20);
@@ -33,12 +39,16 @@ fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    support::skip::skip(Some("oci"), &format!("{test} needs root (OCI runtimes, network namespaces, cgroups)"));
+    support::skip::skip(
+        Some("oci"),
+        &format!("{test} needs root (OCI runtimes, network namespaces, cgroups)"),
+    );
     false
 }
 
 fn agent() -> PathBuf {
-    hostd::images::find_agent(None).expect("the static agent must be built first: run scripts/build-agent")
+    hostd::images::find_agent(None)
+        .expect("the static agent must be built first: run scripts/build-agent")
 }
 
 /// On the target's disk, not /tmp: O_DIRECT needs a real filesystem.
@@ -69,8 +79,14 @@ fn make_bundle(dir: &Path, args: &[&str]) -> PathBuf {
     std::fs::write(rootfs.join("etc/hostname"), "virtbench\n").unwrap();
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/sbin/guest-agent\n").unwrap();
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
-    let caps: oci_spec::runtime::Capabilities =
-        [Capability::AuditWrite, Capability::Kill, Capability::NetBindService, Capability::NetAdmin].into_iter().collect();
+    let caps: oci_spec::runtime::Capabilities = [
+        Capability::AuditWrite,
+        Capability::Kill,
+        Capability::NetBindService,
+        Capability::NetAdmin,
+    ]
+    .into_iter()
+    .collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -93,16 +109,31 @@ fn make_bundle(dir: &Path, args: &[&str]) -> PathBuf {
     let mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
         mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777"]),
     ];
-    let namespaces =
-        [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount, LinuxNamespaceType::Network]
-            .into_iter()
-            .map(|t| LinuxNamespaceBuilder::default().typ(t).build().unwrap())
-            .collect::<Vec<_>>();
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Network,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build().unwrap())
+    .collect::<Vec<_>>();
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .masked_paths(get_default_maskedpaths())
@@ -143,7 +174,11 @@ fn tree(dir: &Path) -> BTreeSet<PathBuf> {
 /// Containers the runtime still knows under its default root with an id of this run.
 fn runtime_containers(runtime: &str, run: &str) -> Vec<String> {
     let out = std::process::Command::new(runtime).args(["list", "-q"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(run)).map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(run))
+        .map(str::to_string)
+        .collect()
 }
 
 struct Before {
@@ -151,7 +186,14 @@ struct Before {
     rootfs: BTreeSet<PathBuf>,
 }
 
-fn leftovers(run: &str, dir: &Path, bundle: &Path, before: &Before, pids: &[u32], workdirs: &[PathBuf]) -> Vec<String> {
+fn leftovers(
+    run: &str,
+    dir: &Path,
+    bundle: &Path,
+    before: &Before,
+    pids: &[u32],
+    workdirs: &[PathBuf],
+) -> Vec<String> {
     let mut left = Vec::new();
     left.extend(cgroup_dirs_of(run).into_iter().map(|d| format!("cgroup dir {}", d.display())));
     left.extend(netns_of(run).into_iter().map(|n| format!("netns {n}")));
@@ -172,7 +214,11 @@ fn leftovers(run: &str, dir: &Path, bundle: &Path, before: &Before, pids: &[u32]
             left.push(format!("workdir (and runtime state) {}", w.display()));
         }
     }
-    left.extend(runtime_containers("runc", run).into_iter().map(|c| format!("runc container {c} in the default root")));
+    left.extend(
+        runtime_containers("runc", run)
+            .into_iter()
+            .map(|c| format!("runc container {c} in the default root")),
+    );
     let now = tree(&bundle.join("rootfs"));
     for p in now.symmetric_difference(&before.rootfs) {
         left.push(format!("shared rootfs changed: {}", p.display()));
@@ -182,7 +228,14 @@ fn leftovers(run: &str, dir: &Path, bundle: &Path, before: &Before, pids: &[u32]
 
 /// Asserts the run left nothing behind, retrying briefly (namespaces die asynchronously;
 /// a zombie may belong to a test running alongside that is about to reap it).
-fn assert_clean(run: &str, dir: &Path, bundle: &Path, before: &Before, pids: &[u32], workdirs: &[PathBuf]) {
+fn assert_clean(
+    run: &str,
+    dir: &Path,
+    bundle: &Path,
+    before: &Before,
+    pids: &[u32],
+    workdirs: &[PathBuf],
+) {
     // The run's own group directory is the run's to remove (RunState does it): rmdir, which
     // fails, and so leaves it to be reported, if any guest group is still inside.
     for r in hostd::cgroup::run_roots(run) {
@@ -199,7 +252,13 @@ fn assert_clean(run: &str, dir: &Path, bundle: &Path, before: &Before, pids: &[u
     panic!("left behind: {left:#?}");
 }
 
-fn spec(run: &str, index: usize, dir: &Path, disk: Option<&Path>, net: Option<&FleetNet>) -> GuestSpec {
+fn spec(
+    run: &str,
+    index: usize,
+    dir: &Path,
+    disk: Option<&Path>,
+    net: Option<&FleetNet>,
+) -> GuestSpec {
     GuestSpec {
         index,
         name: format!("{run}-g{index}"),
@@ -215,20 +274,31 @@ fn spec(run: &str, index: usize, dir: &Path, disk: Option<&Path>, net: Option<&F
             link: netlab::link_name("vo", index),
         }),
         cgroup: Some(cgroup::detect().expect("a cgroup memory controller")),
-        limits: Limits { memory_bytes: Some(256 << 20), cpus: Some(1.0), pids: Some(64), ..Default::default() },
+        limits: Limits {
+            memory_bytes: Some(256 << 20),
+            cpus: Some(1.0),
+            pids: Some(64),
+            ..Default::default()
+        },
         images: None,
     }
 }
 
 async fn bench(g: &RunningGuest, spec: BenchSpec) -> Work {
     let req = BenchRequest { spec, instances: 1, start_at_ns: None };
-    let rep = run_once(&g.conn, &req, BENCH).await.unwrap_or_else(|e| panic!("{}: {e:#}", g.spec.name));
+    let rep =
+        run_once(&g.conn, &req, BENCH).await.unwrap_or_else(|e| panic!("{}: {e:#}", g.spec.name));
     rep.instances[0].work.clone()
 }
 
 fn backend(runtime: &str, bundle: &Path) -> AnyBackend {
-    let images = Images { agent: agent(), bundle: Some(bundle.to_path_buf()), ..Default::default() };
-    AnyBackend::new(BackendKind::Oci, &images, &BackendOptions { oci_runtime: runtime.into(), ..Default::default() })
+    let images =
+        Images { agent: agent(), bundle: Some(bundle.to_path_buf()), ..Default::default() };
+    AnyBackend::new(
+        BackendKind::Oci,
+        &images,
+        &BackendOptions { oci_runtime: runtime.into(), ..Default::default() },
+    )
 }
 
 fn installed(runtime: &str) -> bool {
@@ -249,19 +319,33 @@ async fn fleet_scenario(runtime: &str, run: &str, n: usize) {
     eprintln!("oci probe: {}", backend.probe().await.unwrap());
 
     // Concurrently, as fleets boot.
-    let boots = (0..n).map(|i| boot(&backend, spec(run, i, dir.path(), Some(&disk), Some(&net)), HELLO));
-    let guests: Vec<RunningGuest> = futures::future::join_all(boots).await.into_iter().map(Result::unwrap).collect();
+    let boots =
+        (0..n).map(|i| boot(&backend, spec(run, i, dir.path(), Some(&disk), Some(&net)), HELLO));
+    let guests: Vec<RunningGuest> =
+        futures::future::join_all(boots).await.into_iter().map(Result::unwrap).collect();
     let pids: Vec<u32> = guests.iter().map(|g| g.process.pid()).collect();
     let workdirs: Vec<PathBuf> = guests.iter().map(|g| g.spec.workdir.clone()).collect();
     let mut subreaper: libc::c_int = -1;
     // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer, which outlives the call.
-    assert_eq!(unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut subreaper as *mut libc::c_int) }, 0);
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut subreaper as *mut libc::c_int) },
+        0
+    );
     assert_eq!(subreaper, 0, "hostd is a subreaper only while a runtime starts a container");
     for g in &guests {
-        assert_eq!(g.hello.role, Role::Init, "{}: the agent is PID 1 of its pid namespace", g.spec.name);
+        assert_eq!(
+            g.hello.role,
+            Role::Init,
+            "{}: the agent is PID 1 of its pid namespace",
+            g.spec.name
+        );
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", g.process.pid())).unwrap();
         let ppid = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().to_string();
-        assert_eq!(ppid, std::process::id().to_string(), "the agent was adopted by hostd, which reaps it");
+        assert_eq!(
+            ppid,
+            std::process::id().to_string(),
+            "the agent was adopted by hostd, which reaps it"
+        );
         assert_eq!(g.hello.pid, 1);
         assert_eq!(g.hello.hostname, g.spec.name);
         let pid = g.process.pid();
@@ -281,22 +365,42 @@ async fn fleet_scenario(runtime: &str, run: &str, n: usize) {
         }
     }
     for g in &guests {
-        assert!(matches!(bench(g, BenchSpec::Cpu { rounds: 200_000 }).await, Work::Cpu { rounds: 200_000, .. }));
+        assert!(matches!(
+            bench(g, BenchSpec::Cpu { rounds: 200_000 }).await,
+            Work::Cpu { rounds: 200_000, .. }
+        ));
     }
     if n > 1 {
-        let port = match guests[1].conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await.unwrap() {
+        let port = match guests[1]
+            .conn
+            .request(Command::NetServe { port: 0 }, Duration::from_secs(10))
+            .await
+            .unwrap()
+        {
             ReplyBody::Listening { port } => port,
             other => panic!("{other:?}"),
         };
         let peer = format!("{}:{port}", FleetNet::guest_addr(1).unwrap());
-        match bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 200, msg_size: 16384 }).await {
+        match bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 200, msg_size: 16384 })
+            .await
+        {
             Work::NetStream { bytes } => assert!(bytes > 0),
             w => panic!("{w:?}"),
         }
     }
     let direct = supports_o_direct(&disk);
     let last = guests.last().unwrap();
-    match bench(last, BenchSpec::Disk { path: "/data/disk.img".into(), block_size: 65536, max_bytes: None, direct }).await {
+    match bench(
+        last,
+        BenchSpec::Disk {
+            path: "/data/disk.img".into(),
+            block_size: 65536,
+            max_bytes: None,
+            direct,
+        },
+    )
+    .await
+    {
         Work::Disk { bytes, .. } => assert_eq!(bytes, DISK_MB << 20),
         w => panic!("{w:?}"),
     }
@@ -328,7 +432,10 @@ async fn crun_probe_is_truthful() {
         return;
     }
     if !installed("crun") {
-        support::skip::skip(Some("oci"), "crun is not installed (scripts/install-deps installs it)");
+        support::skip::skip(
+            Some("oci"),
+            "crun is not installed (scripts/install-deps installs it)",
+        );
         return;
     }
     let dir = scratch();
@@ -338,7 +445,11 @@ async fn crun_probe_is_truthful() {
             eprintln!("crun probe: {u}");
             assert!(u.reason.contains("crun"), "{u}");
             assert!(u.reason.contains("cgroup"), "the reason must be the runtime's own: {u}");
-            assert_eq!(cgroup::detect(), Ok(cgroup::Mode::V1), "crun refused a host that is not hybrid: {u}");
+            assert_eq!(
+                cgroup::detect(),
+                Ok(cgroup::Mode::V1),
+                "crun refused a host that is not hybrid: {u}"
+            );
         }
         Ok(desc) => {
             eprintln!("crun probe passed ({desc}): booting with it");
@@ -422,31 +533,67 @@ async fn runc_container_is_isolated_from_the_host() {
     use std::os::unix::fs::MetadataExt;
     let ino = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).unwrap();
     assert_eq!(ino(&groot.join("sbin/guest-agent")), ino(&bundle.join("rootfs/sbin/guest-agent")));
-    assert!(!groot.join(dir.path().strip_prefix("/").unwrap()).exists(), "the host's directories are visible in the container");
+    assert!(
+        !groot.join(dir.path().strip_prefix("/").unwrap()).exists(),
+        "the host's directories are visible in the container"
+    );
     let e = std::fs::write(groot.join("written-by-host"), "x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "the image must be read-only in the container");
     // Only the descriptors it was given: stdin /dev/null, stdout and stderr the console
     // pipe, the control socket as fd 3 (and copies of it).
     let fds = fds_of(pid);
-    let target = |n: i32| fds.iter().find(|(f, _)| *f == n).map(|(_, t)| t.clone()).unwrap_or_else(|| panic!("no fd {n}: {fds:?}"));
+    let target = |n: i32| {
+        fds.iter()
+            .find(|(f, _)| *f == n)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| panic!("no fd {n}: {fds:?}"))
+    };
     assert_eq!(target(0), "/dev/null", "{fds:?}");
     assert!(target(1).starts_with("pipe:[") && target(1) == target(2), "{fds:?}");
     let socket = target(3);
     assert!(socket.starts_with("socket:["), "{fds:?}");
     for (n, t) in &fds {
-        assert!(*n < 3 || *t == socket, "fd {n} → {t}: the container holds a descriptor it was not given ({fds:?})");
+        assert!(
+            *n < 3 || *t == socket,
+            "fd {n} → {t}: the container holds a descriptor it was not given ({fds:?})"
+        );
     }
     // A server on the host's loopback: reachable from the host, not from the container.
-    let native = AnyBackend::new(BackendKind::Native, &Images { agent: agent(), ..Default::default() }, &Default::default());
-    let hs = GuestSpec { net: None, cgroup: None, workdir: dir.path().join("host-agent"), name: format!("{run}-host"), ..spec(&run, 9, dir.path(), None, None) };
+    let native = AnyBackend::new(
+        BackendKind::Native,
+        &Images { agent: agent(), ..Default::default() },
+        &Default::default(),
+    );
+    let hs = GuestSpec {
+        net: None,
+        cgroup: None,
+        workdir: dir.path().join("host-agent"),
+        name: format!("{run}-host"),
+        ..spec(&run, 9, dir.path(), None, None)
+    };
     let host_agent = boot(&native, hs, HELLO).await.unwrap();
-    let port = match host_agent.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await.unwrap() {
+    let port = match host_agent
+        .conn
+        .request(Command::NetServe { port: 0 }, Duration::from_secs(10))
+        .await
+        .unwrap()
+    {
         ReplyBody::Listening { port } => port,
         other => panic!("{other:?}"),
     };
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("the host reaches its own server");
-    let req = BenchRequest { spec: BenchSpec::NetStream { peer: format!("127.0.0.1:{port}"), duration_ms: 100, msg_size: 1024 }, instances: 1, start_at_ns: None };
-    let e = run_once(&g.conn, &req, BENCH).await.expect_err("the container must not reach the host's loopback");
+    let req = BenchRequest {
+        spec: BenchSpec::NetStream {
+            peer: format!("127.0.0.1:{port}"),
+            duration_ms: 100,
+            msg_size: 1024,
+        },
+        instances: 1,
+        start_at_ns: None,
+    };
+    let e = run_once(&g.conn, &req, BENCH)
+        .await
+        .expect_err("the container must not reach the host's loopback");
     assert!(format!("{e:#}").contains("cannot connect"), "{e:#}");
     host_agent.shutdown(&native, Duration::from_secs(5)).await;
 

@@ -11,7 +11,8 @@ const HOSTD: &str = env!("CARGO_BIN_EXE_hostd");
 fn probe_json(args: &[&str]) -> (ProbeReport, i32) {
     let out = Command::new(HOSTD).arg("probe").arg("--json").args(args).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    let r: ProbeReport = serde_json::from_str(&text).unwrap_or_else(|e| panic!("probe --json printed no report ({e}): {text}"));
+    let r: ProbeReport = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("probe --json printed no report ({e}): {text}"));
     (r, out.status.code().unwrap_or(-1))
 }
 
@@ -39,17 +40,39 @@ fn boot_agrees_with_probe() {
     let native = &r.backends[0];
     let fc = &r.backends[1];
     assert!(native.available, "{}", native.detail);
-    assert_eq!(code, i32::from(!fc.available), "exit status: 1 exactly when a named backend is unavailable");
+    assert_eq!(
+        code,
+        i32::from(!fc.available),
+        "exit status: 1 exactly when a named backend is unavailable"
+    );
     let dir = tempfile::tempdir().unwrap();
     let boot = |b: &str| {
         Command::new(HOSTD)
-            .args(["boot", "--backend", b, "-n", "1", "--modes", "hot", "--floor-reps", "0", "--settle", "0", "--no-network", "--results"])
+            .args([
+                "boot",
+                "--backend",
+                b,
+                "-n",
+                "1",
+                "--modes",
+                "hot",
+                "--floor-reps",
+                "0",
+                "--settle",
+                "0",
+                "--no-network",
+                "--results",
+            ])
             .arg(dir.path())
             .output()
             .unwrap()
     };
     let out = boot("native");
-    assert!(out.status.success(), "probe said native is available, boot failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "probe said native is available, boot failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = boot("firecracker");
     let err = String::from_utf8_lossy(&out.stderr);
     if fc.available {
@@ -57,6 +80,10 @@ fn boot_agrees_with_probe() {
         assert!(out.status.success(), "probe said firecracker is available, boot failed: {err}");
     } else {
         assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains(&fc.detail), "boot's error does not give the probe's reason {:?}: {err}", fc.detail);
+        assert!(
+            err.contains(&fc.detail),
+            "boot's error does not give the probe's reason {:?}: {err}",
+            fc.detail
+        );
     }
 }

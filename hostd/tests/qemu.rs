@@ -80,7 +80,11 @@ async fn kvm_probe_decides_and_says_why() {
             assert!(!d.contains("TCG"), "{d}");
         }
         hostd::backend::qemu::Accel::Tcg { tsc_khz } => {
-            let reason = d.split("KVM probe failed: ").nth(1).and_then(|r| r.split("; using TCG").next()).unwrap_or("");
+            let reason = d
+                .split("KVM probe failed: ")
+                .nth(1)
+                .and_then(|r| r.split("; using TCG").next())
+                .unwrap_or("");
             assert!(!reason.trim().is_empty(), "the fallback names its reason: {d}");
             assert!(d.contains(&format!("using TCG (guest TSC = host TSC, {tsc_khz} kHz)")), "{d}");
             if !std::path::Path::new("/dev/kvm").exists() {
@@ -111,4 +115,3 @@ async fn probe_names_what_is_missing() {
     let e = Qemu::new(Profile::Microvm, &images, &opts).probe().await.unwrap_err();
     assert!(e.reason.contains("unknown accelerator \"whpx\""), "{e}");
 }
-

@@ -46,7 +46,21 @@ fn guest_pids(status: &str) -> Vec<u32> {
 /// A cheap hostd start, which reaps what dead hostds left.
 fn next_hostd(dir: &Path) -> String {
     let out = hostd()
-        .args(["boot", "--backend", "native", "-n", "1", "--modes", "hot", "--settle", "0", "--no-network", "--floor-reps", "0", "--results"])
+        .args([
+            "boot",
+            "--backend",
+            "native",
+            "-n",
+            "1",
+            "--modes",
+            "hot",
+            "--settle",
+            "0",
+            "--no-network",
+            "--floor-reps",
+            "0",
+            "--results",
+        ])
         .arg(dir)
         .output()
         .unwrap();
@@ -62,13 +76,18 @@ fn killed_with_guests(backend: &str, n: usize, stopped_survive: bool) {
     let dir = tempfile::tempdir().unwrap();
     let name = format!("k{}{}", backend.len(), std::process::id());
     let file = dir.path().join("fleet.toml");
-    std::fs::write(&file, format!("name = \"{name}\"\nbackend = \"{backend}\"\nguests = {n}\nboot_timeout_s = 120\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("name = \"{name}\"\nbackend = \"{backend}\"\nguests = {n}\nboot_timeout_s = 120\n"),
+    )
+    .unwrap();
     let t0 = Instant::now();
     let out = hostd().arg("up").arg(&file).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let up = t0.elapsed();
     let link = Path::new("/run/virtbench/fleets").join(&name);
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(link.join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(link.join("state.json")).unwrap()).unwrap();
     let run = state["run"].as_str().unwrap().to_string();
     let _litter = Litter(run.clone());
     let daemon = state["hostd_pid"].as_u64().unwrap() as u32;
@@ -76,18 +95,34 @@ fn killed_with_guests(backend: &str, n: usize, stopped_survive: bool) {
     let pids = guest_pids(&text(&hostd().args(["status", &name]).output().unwrap()));
     assert_eq!(pids.len(), n, "{backend}: not all guests are up");
     // Every host process of every guest, and what else they hold.
-    let mut gone = Gone { paths: vec![scratch.clone()], netns: vec![format!("vb-{run}")], ..Default::default() };
+    let mut gone = Gone {
+        paths: vec![scratch.clone()],
+        netns: vec![format!("vb-{run}")],
+        ..Default::default()
+    };
     for (i, &p) in pids.iter().enumerate() {
         gone.pids.extend(group_members(p as i32));
         gone.pids.push(p);
         if backend == "uml" {
-            assert!(scratch.join(format!("g{i}")).join(format!("g{i}")).exists(), "uml umid directory of g{i}");
+            assert!(
+                scratch.join(format!("g{i}")).join(format!("g{i}")).exists(),
+                "uml umid directory of g{i}"
+            );
         }
     }
     gone.cgroups = guest_cgroups_of(&run);
     gone.mounts_mentioning = vec![run.clone()];
-    assert_eq!(gone.cgroups.len() % n, 0, "{backend}: {} groups for {n} guests", gone.cgroups.len());
-    assert_eq!(links_in(&format!("vb-{run}"), "vbl").len(), n, "{backend}: one tap or veth per guest");
+    assert_eq!(
+        gone.cgroups.len() % n,
+        0,
+        "{backend}: {} groups for {n} guests",
+        gone.cgroups.len()
+    );
+    assert_eq!(
+        links_in(&format!("vb-{run}"), "vbl").len(),
+        n,
+        "{backend}: one tap or veth per guest"
+    );
     // Half the guests stopped: they cannot end themselves when their channel closes, so
     // only the next hostd can end them.
     for &p in pids.iter().step_by(2) {
@@ -95,7 +130,10 @@ fn killed_with_guests(backend: &str, n: usize, stopped_survive: bool) {
     }
     signal(daemon, Signal::SIGKILL);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(scratch.exists() && !guest_cgroups_of(&run).is_empty() && !netns_of(&run).is_empty(), "{backend}: nothing to recover");
+    assert!(
+        scratch.exists() && !guest_cgroups_of(&run).is_empty() && !netns_of(&run).is_empty(),
+        "{backend}: nothing to recover"
+    );
     let stopped_alive = pids.iter().step_by(2).filter(|&&p| alive(p)).count();
     if stopped_survive {
         assert_eq!(stopped_alive, n.div_ceil(2), "{backend}: stopped guests died by themselves");
@@ -104,16 +142,29 @@ fn killed_with_guests(backend: &str, n: usize, stopped_survive: bool) {
     let t1 = Instant::now();
     let said = next_hostd(dir.path());
     let recovered = t1.elapsed();
-    let line = said.lines().find(|l| l.contains(&format!("run {run}"))).unwrap_or_else(|| panic!("{backend}: nothing said about {run}: {said}"));
+    let line = said
+        .lines()
+        .find(|l| l.contains(&format!("run {run}")))
+        .unwrap_or_else(|| panic!("{backend}: nothing said about {run}: {said}"));
     println!(
         "{backend}: {n} guests up in {:.1} s, {stopped_alive} stopped ones alive after SIGKILL of hostd; the next hostd: {line} ({:.1} s)",
         up.as_secs_f64(),
         recovered.as_secs_f64()
     );
     assert!(line.contains("cleaned up after a previous hostd that did not finish"), "{line}");
-    let killed: usize = line.split("killed ").nth(1).and_then(|r| r.split(' ').next()).and_then(|k| k.parse().ok()).unwrap();
+    let killed: usize = line
+        .split("killed ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|k| k.parse().ok())
+        .unwrap();
     assert!(killed >= stopped_alive, "{line}");
-    assert!(line.contains("1 network namespaces") && line.contains("scratch directory") && !line.contains("errors"), "{line}");
+    assert!(
+        line.contains("1 network namespaces")
+            && line.contains("scratch directory")
+            && !line.contains("errors"),
+        "{line}"
+    );
     gone.assert(&format!("{backend} after recovery"));
     assert!(!link.exists(), "the fleet's name link is left");
 }
@@ -168,9 +219,13 @@ fn check_results(dir: &Path) -> Vec<u8> {
             Some("svg") => t.trim_end().ends_with("</svg>"),
             Some("html") => t.trim_end().ends_with("</html>"),
             Some("jsonl") => {
-                let whole = data.rsplitn(2, |&b| b == b'\n').nth(1).map(|w| w.len() + 1).unwrap_or(0);
+                let whole =
+                    data.rsplitn(2, |&b| b == b'\n').nth(1).map(|w| w.len() + 1).unwrap_or(0);
                 samples = data[..whole].to_vec();
-                samples.split(|&b| b == b'\n').filter(|l| !l.is_empty()).all(|l| serde_json::from_slice::<serde_json::Value>(l).is_ok())
+                samples
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .all(|l| serde_json::from_slice::<serde_json::Value>(l).is_ok())
             }
             _ => true,
         };
@@ -221,9 +276,12 @@ fn results_survive_hostd_killed_at_random_moments() {
         return skip("recovery tests need root");
     }
     let kills: usize = std::env::var("VB_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let seed = std::env::var("VB_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
+    let seed =
+        std::env::var("VB_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+                as u64
+                | 1
+        });
     println!("kill seed {seed} (VB_KILL_SEED replays it)");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -273,7 +331,11 @@ fn results_survive_hostd_killed_at_random_moments() {
         for d in std::fs::read_dir(&res).unwrap().flatten().map(|e| e.path()) {
             let samples = check_results(&d);
             if let Some(before) = previous.get(&d) {
-                assert!(samples.starts_with(before), "kill {k} at {at:?}: {} lost whole records", d.display());
+                assert!(
+                    samples.starts_with(before),
+                    "kill {k} at {at:?}: {} lost whole records",
+                    d.display()
+                );
             }
             previous.insert(d.clone(), samples);
         }
@@ -287,7 +349,10 @@ fn results_survive_hostd_killed_at_random_moments() {
         let out = hostd().arg("report").arg(d).output().unwrap();
         assert!(out.status.success(), "report of {}: {}", d.display(), text(&out));
         check_results(d);
-        let temps: Vec<_> = files(d).into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.')).collect();
+        let temps: Vec<_> = files(d)
+            .into_iter()
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect();
         assert!(temps.is_empty(), "{temps:?}");
     }
     println!("{kills} kills over {} result directories ({finished} runs had finished); every report rebuilt", dirs.len());
@@ -297,7 +362,10 @@ fn results_survive_hostd_killed_at_random_moments() {
         let name = d.file_name().unwrap().to_string_lossy().into_owned();
         let run = name.rsplit('-').next().unwrap();
         if run.starts_with('r') && run.len() == 8 {
-            assert!(cgroup_dirs_of(run).is_empty() && netns_of(run).is_empty(), "run {run} left resources");
+            assert!(
+                cgroup_dirs_of(run).is_empty() && netns_of(run).is_empty(),
+                "run {run} left resources"
+            );
             assert!(!Path::new("/run/virtbench").join(run).exists(), "run {run} left its scratch");
         }
     }
@@ -313,7 +381,11 @@ fn store_copy(dir: &Path, recipes: &[&str]) -> PathBuf {
     }
     for r in recipes {
         let m = real.current(r).unwrap();
-        std::fs::write(copy.join("current").join(format!("{r}.json")), serde_json::to_vec(&m).unwrap()).unwrap();
+        std::fs::write(
+            copy.join("current").join(format!("{r}.json")),
+            serde_json::to_vec(&m).unwrap(),
+        )
+        .unwrap();
         for o in m.outputs.values() {
             let dst = copy.join(&o.path);
             // The store reads only regular files of its own (no symlink): a hard link, or a
@@ -343,12 +415,26 @@ fn refused(copy: &Path, backend: &str, says: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = hostd()
         .env("VIRTBENCH_IMAGES", copy)
-        .args(["boot", "--backend", backend, "-n", "1", "--modes", "hot", "--settle", "0", "--floor-reps", "0", "--results"])
+        .args([
+            "boot",
+            "--backend",
+            backend,
+            "-n",
+            "1",
+            "--modes",
+            "hot",
+            "--settle",
+            "0",
+            "--floor-reps",
+            "0",
+            "--results",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
     let t = text(&out);
-    let note = t.lines().find(|l| l.contains(says)).unwrap_or_else(|| panic!("no {says:?} in: {t}"));
+    let note =
+        t.lines().find(|l| l.contains(says)).unwrap_or_else(|| panic!("no {says:?} in: {t}"));
     println!("{backend}: {}", note.trim());
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains(&format!("backend {backend} unavailable")), "{t}");
@@ -361,7 +447,21 @@ fn raw_cpio(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
     let pad = |out: &mut Vec<u8>| out.resize(out.len().next_multiple_of(4), 0);
     let trailer: (&str, u32, &[u8]) = ("TRAILER!!!", 0, &[]);
     for (i, (name, mode, data)) in entries.iter().chain(std::iter::once(&trailer)).enumerate() {
-        let fields = [i as u32 + 1, *mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+        let fields = [
+            i as u32 + 1,
+            *mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            name.len() as u32 + 1,
+            0,
+        ];
         out.extend(b"070701");
         for f in fields {
             out.extend(format!("{f:08x}").as_bytes());
@@ -414,8 +514,19 @@ fn tampered_and_unsafe_images_are_refused_before_booting() {
     let copy = store_copy(dir.path(), &["agent", "rootfs"]);
     let sha = real.current("rootfs").unwrap().output("rootfs").unwrap().sha256.clone();
     let tree = real.materialize_tree(&sha).unwrap();
-    assert!(Command::new("cp").arg("-a").arg(&tree).arg(copy.join("trees")).status().unwrap().success());
-    std::fs::OpenOptions::new().append(true).open(copy.join("trees").join(&sha).join("sbin/guest-agent")).unwrap().write_all(b"\0").unwrap();
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&tree)
+        .arg(copy.join("trees"))
+        .status()
+        .unwrap()
+        .success());
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(copy.join("trees").join(&sha).join("sbin/guest-agent"))
+        .unwrap()
+        .write_all(b"\0")
+        .unwrap();
     refused(&copy, "ns", "no longer matches its blob");
 
     // Rootfs tars naming what lies outside their root.
@@ -429,13 +540,19 @@ fn tampered_and_unsafe_images_are_refused_before_booting() {
         let copy = store_copy(dir.path(), &["agent", "rootfs"]);
         put_blob(&copy, "rootfs", "rootfs", &raw_tar(&entries));
         refused(&copy, "ns", says);
-        assert!(!dir.path().join("evil").exists() && !copy.join("evil").exists(), "written outside the tree");
+        assert!(
+            !dir.path().join("evil").exists() && !copy.join("evil").exists(),
+            "written outside the tree"
+        );
     }
 
     // An initramfs naming `..`, or linking out of its root.
     for (entries, says) in [
         (vec![("init", 0o100755, &b"x"[..]), ("../x", 0o100644, &b"x"[..])], "`..` component"),
-        (vec![("init", 0o100755, &b"x"[..]), ("etc", 0o120777, &b"../../etc"[..])], "points outside the tree"),
+        (
+            vec![("init", 0o100755, &b"x"[..]), ("etc", 0o120777, &b"../../etc"[..])],
+            "points outside the tree",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let copy = store_copy(dir.path(), &["agent", "initramfs", "kernel-uml"]);

@@ -22,11 +22,23 @@ fn slurm_lab_runs_jobs_on_every_host_and_leaves_nothing() {
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-slurm-lab");
-    let out = Command::new(&script).arg("3").output().unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    let out = Command::new(&script)
+        .arg("3")
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     eprintln!("{stderr}");
-    assert!(out.status.success(), "{} failed ({}):\n{stdout}\n{stderr}", script.display(), out.status);
-    assert!(stdout.contains("test-slurm-lab: passed"), "{} exited 0 without passing:\n{stdout}", script.display());
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{stdout}\n{stderr}",
+        script.display(),
+        out.status
+    );
+    assert!(
+        stdout.contains("test-slurm-lab: passed"),
+        "{} exited 0 without passing:\n{stdout}",
+        script.display()
+    );
 }

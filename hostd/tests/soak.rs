@@ -45,18 +45,33 @@ struct Tally {
     written: usize,
 }
 
-const FAULTS: [&str; 7] = ["sigkill", "sigstop", "panic", "oom", "hostile", "hostd-sigkill", "none"];
+const FAULTS: [&str; 7] =
+    ["sigkill", "sigstop", "panic", "oom", "hostile", "hostd-sigkill", "none"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run with scripts/soak --minutes N"]
 async fn soak() {
     assert!(is_root(), "the soak needs root");
-    let minutes: f64 = std::env::var("VB_SOAK_MINUTES").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let minutes: f64 =
+        std::env::var("VB_SOAK_MINUTES").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+            | 1;
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let images = hostd::images::resolve(None).unwrap();
-    let evil_modes = ["huge-frame", "bad-crc", "bad-json", "truncated", "wrong-id", "flood-channel", "big-frames", "silent", "late"];
+    let evil_modes = [
+        "huge-frame",
+        "bad-crc",
+        "bad-json",
+        "truncated",
+        "wrong-id",
+        "flood-channel",
+        "big-frames",
+        "silent",
+        "late",
+    ];
     let mut results = ResultsDir::create(dir.path(), "results").unwrap();
     let mut t = Tally::default();
     let end = Instant::now() + Duration::from_secs_f64(minutes * 60.0);
@@ -73,9 +88,18 @@ async fn soak() {
         let (backend, kind) = match fault {
             "hostile" => {
                 let mode = evil_modes[rng.below(evil_modes.len())];
-                (AnyBackend::new(BackendKind::Native, &native_images(evil_wrapper(dir.path(), mode)), &Default::default()), BackendKind::Native)
+                (
+                    AnyBackend::new(
+                        BackendKind::Native,
+                        &native_images(evil_wrapper(dir.path(), mode)),
+                        &Default::default(),
+                    ),
+                    BackendKind::Native,
+                )
             }
-            "panic" | "sigkill" if rng.below(3) == 0 => (AnyBackend::new(BackendKind::Uml, &images, &Default::default()), BackendKind::Uml),
+            "panic" | "sigkill" if rng.below(3) == 0 => {
+                (AnyBackend::new(BackendKind::Uml, &images, &Default::default()), BackendKind::Uml)
+            }
             _ => (AnyBackend::new(BackendKind::Ns, &images, &Default::default()), BackendKind::Ns),
         };
         if fault == "hostd-sigkill" {
@@ -83,8 +107,17 @@ async fn soak() {
             hostd_sigkill(dir.path(), n, &mut t);
             continue;
         }
-        let limits = if fault == "oom" { Limits { memory_bytes: Some(48 << 20), ..Default::default() } } else { Limits::default() };
-        let cfg = FleetConfig { n, limits, boot_timeout: Duration::from_secs(if fault == "hostile" { 3 } else { 60 }), ..Default::default() };
+        let limits = if fault == "oom" {
+            Limits { memory_bytes: Some(48 << 20), ..Default::default() }
+        } else {
+            Limits::default()
+        };
+        let cfg = FleetConfig {
+            n,
+            limits,
+            boot_timeout: Duration::from_secs(if fault == "hostile" { 3 } else { 60 }),
+            ..Default::default()
+        };
         let mut f = fleet::start(&backend, &run, &cfg, |_| {}).await.unwrap();
         t.launched += n;
         if let Some(g) = f.guests.first() {
@@ -92,14 +125,24 @@ async fn soak() {
             match fault {
                 "sigkill" => signal(pid, Signal::SIGKILL),
                 "sigstop" => {
-                    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGSTOP);
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        Signal::SIGSTOP,
+                    );
                     let _ = g.conn.request(Command::Ping, Duration::from_millis(300)).await;
                 }
                 "panic" => {
-                    let _ = g.conn.request(Command::Fault { kind: FaultKind::Panic }, Duration::from_secs(10)).await;
+                    let _ = g
+                        .conn
+                        .request(Command::Fault { kind: FaultKind::Panic }, Duration::from_secs(10))
+                        .await;
                 }
                 "oom" => {
-                    let req = BenchRequest { spec: BenchSpec::Memory { n: 2048, passes: 1 }, instances: 1, start_at_ns: None };
+                    let req = BenchRequest {
+                        spec: BenchSpec::Memory { n: 2048, passes: 1 },
+                        instances: 1,
+                        start_at_ns: None,
+                    };
                     let _ = run_once(&g.conn, &req, Duration::from_secs(60)).await;
                 }
                 _ => {
@@ -112,12 +155,24 @@ async fn soak() {
         f.prune(&backend).await;
         let lost = f.failures.clone();
         for l in &lost {
-            results.append(&Record::GuestLost { backend: kind, step: format!("soak {rounds} {fault}"), failure: l.clone() }).unwrap();
+            results
+                .append(&Record::GuestLost {
+                    backend: kind,
+                    step: format!("soak {rounds} {fault}"),
+                    failure: l.clone(),
+                })
+                .unwrap();
             t.written += 1;
         }
         let teardown = f.teardown(&backend, Duration::from_secs(5)).await;
         for l in teardown.failed {
-            results.append(&Record::GuestLost { backend: kind, step: format!("soak {rounds} teardown"), failure: l }).unwrap();
+            results
+                .append(&Record::GuestLost {
+                    backend: kind,
+                    step: format!("soak {rounds} teardown"),
+                    failure: l,
+                })
+                .unwrap();
             t.written += 1;
         }
         check_left(&run.run, &mut t).await;
@@ -139,7 +194,11 @@ async fn soak() {
         t.leaks.push(format!("{fds_grew} descriptors"));
     }
     println!("guests launched: {}", t.launched);
-    println!("faults injected: {} {:?}", t.faults.iter().filter(|(k, _)| **k != "none").map(|(_, v)| v).sum::<usize>(), t.faults);
+    println!(
+        "faults injected: {} {:?}",
+        t.faults.iter().filter(|(k, _)| **k != "none").map(|(_, v)| v).sum::<usize>(),
+        t.faults
+    );
     println!("leaks found: {} {:?}", t.leaks.len(), t.leaks);
     println!("results lost: {lost} (of {} failure records written)", t.written);
     println!("hostd-side RSS: {rss0} KiB at the start, {} KiB at the end", rss_kib());
@@ -149,12 +208,20 @@ async fn soak() {
 /// Anything of `run` still on the host a moment after its teardown is a leak.
 async fn check_left(run: &str, t: &mut Tally) {
     for _ in 0..40 {
-        if guest_cgroups_of(run).is_empty() && zombie_children().is_empty() && netns_of(run).len() <= 1 {
+        if guest_cgroups_of(run).is_empty()
+            && zombie_children().is_empty()
+            && netns_of(run).len() <= 1
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    t.leaks.push(format!("run {run}: cgroups {:?}, zombies {:?}, netns {:?}", guest_cgroups_of(run), zombie_children(), netns_of(run)));
+    t.leaks.push(format!(
+        "run {run}: cgroups {:?}, zombies {:?}, netns {:?}",
+        guest_cgroups_of(run),
+        zombie_children(),
+        netns_of(run)
+    ));
 }
 
 /// A `hostd up` daemon of `n` ns guests, SIGKILLed; the next hostd must leave nothing.
@@ -162,10 +229,15 @@ fn hostd_sigkill(dir: &std::path::Path, n: usize, t: &mut Tally) {
     let name = format!("soak{}", std::process::id());
     let file = dir.join("fleet.toml");
     std::fs::write(&file, format!("name = \"{name}\"\nbackend = \"ns\"\nguests = {n}\n")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostd")).arg("up").arg(&file).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostd"))
+        .arg("up")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let link = std::path::Path::new("/run/virtbench/fleets").join(&name);
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(link.join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(link.join("state.json")).unwrap()).unwrap();
     let run = state["run"].as_str().unwrap().to_string();
     signal(state["hostd_pid"].as_u64().unwrap() as u32, Signal::SIGKILL);
     std::thread::sleep(Duration::from_millis(100));
@@ -174,7 +246,10 @@ fn hostd_sigkill(dir: &std::path::Path, n: usize, t: &mut Tally) {
             t.leaks.push(format!("reaping {c}"));
         }
     }
-    if !guest_cgroups_of(&run).is_empty() || !netns_of(&run).is_empty() || std::path::Path::new("/run/virtbench").join(&run).exists() {
+    if !guest_cgroups_of(&run).is_empty()
+        || !netns_of(&run).is_empty()
+        || std::path::Path::new("/run/virtbench").join(&run).exists()
+    {
         t.leaks.push(format!("killed hostd's run {run} not fully reaped"));
     }
 }

@@ -33,8 +33,17 @@ async fn three_guests_on_a_fleet_network() {
     let probe = backend.probe().await.unwrap();
     println!("uml probe: {probe}");
     assert!(probe.contains("agent's hello"), "{probe}");
-    assert_eq!(vm::scratch_dirs("vb-uml-probe-"), before, "the probe guest's scratch directory is left");
-    let exp = Expect { kind: BackendKind::Uml, disk: "/dev/ubda".into(), kernel_release: release, exit: Exit::Clean };
+    assert_eq!(
+        vm::scratch_dirs("vb-uml-probe-"),
+        before,
+        "the probe guest's scratch directory is left"
+    );
+    let exp = Expect {
+        kind: BackendKind::Uml,
+        disk: "/dev/ubda".into(),
+        kernel_release: release,
+        exit: Exit::Clean,
+    };
     vm::fleet_scenario(&backend, &exp, 3, dir.path(), "u").await;
 }
 
@@ -82,16 +91,28 @@ async fn cold_start_with_image_copies_is_verified_cold() {
     };
     let backend = vm::backend(BackendKind::Uml, &images, &Default::default());
     let run = hostd::runstate::RunState::create("uml cold-start test", None).unwrap();
-    let cfg = hostd::fleet::FleetConfig { n: 2, network: false, boot_timeout: Duration::from_secs(60), ..Default::default() };
+    let cfg = hostd::fleet::FleetConfig {
+        n: 2,
+        network: false,
+        boot_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
     let mut boots = Vec::new();
     for mode in [StartMode::Cold, StartMode::Hot] {
-        let b = boot_and_measure(&backend, &run, &cfg, mode, Duration::ZERO, Some(&images), |_| {}).await;
+        let b = boot_and_measure(&backend, &run, &cfg, mode, Duration::ZERO, Some(&images), |_| {})
+            .await;
         boots.push(b);
     }
     let disk = run.disk_dir();
     run.finish();
     let (cold, hot) = (boots.remove(0).unwrap(), boots.remove(0).unwrap());
-    assert_eq!((cold.startups.len(), hot.startups.len()), (2, 2), "{:?} {:?}", cold.failures, hot.failures);
+    assert_eq!(
+        (cold.startups.len(), hot.startups.len()),
+        (2, 2),
+        "{:?} {:?}",
+        cold.failures,
+        hot.failures
+    );
     for s in &cold.startups {
         let r = s.residency.as_ref().unwrap();
         // Two kernel copies and two initramfs copies at least.
@@ -101,7 +122,10 @@ async fn cold_start_with_image_copies_is_verified_cold() {
     }
     for s in &hot.startups {
         let r = s.residency.as_ref().unwrap();
-        assert!(r.fraction() >= hostd::coldstart::HOT_MIN, "the hot fleet's images are resident: {r:?}");
+        assert!(
+            r.fraction() >= hostd::coldstart::HOT_MIN,
+            "the hot fleet's images are resident: {r:?}"
+        );
         assert_eq!(s.label(), "hot");
     }
     assert_eq!((cold.label(), hot.label()), ("cold", "hot"));

@@ -45,10 +45,14 @@ async fn probe_says_why_xen_is_unavailable() {
                     "initramfs",
                     "VIRTBENCH_XEN_TYPE",
                 ];
-                assert!(known.iter().any(|k| e.reason.contains(k)), "a reason naming no probe step: {e}");
+                assert!(
+                    known.iter().any(|k| e.reason.contains(k)),
+                    "a reason naming no probe step: {e}"
+                );
                 if e.reason.starts_with("xenconsoled") {
                     let running = std::fs::read_dir("/proc").unwrap().flatten().any(|d| {
-                        std::fs::read_to_string(d.path().join("comm")).is_ok_and(|c| c.trim() == "xenconsoled")
+                        std::fs::read_to_string(d.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == "xenconsoled")
                     });
                     assert!(!running, "the probe says xenconsoled is not running, but it is: {e}");
                 }
@@ -111,11 +115,19 @@ async fn lab_boots_three_pv_domus_under_tcg() {
     let m = b.memory.as_ref().expect("memory sample");
     assert_eq!(m.ready, 3);
     assert_eq!(m.guests.len(), 3);
-    assert!(m.guests.iter().all(|g| g.processes >= 1 && g.pss_kib > 0), "the xl monitor is each guest's dom0 process: {:?}", m.guests);
+    assert!(
+        m.guests.iter().all(|g| g.processes >= 1 && g.pss_kib > 0),
+        "the xl monitor is each guest's dom0 process: {:?}",
+        m.guests
+    );
     // Xen's accounting: each domain has the memory it was given, and the fleet took it.
     let x = &r.xen_memory;
     for i in 0..3 {
-        let d = x.domains.iter().find(|d| d.name.ends_with(&format!("-g{i}"))).unwrap_or_else(|| panic!("g{i} in {:?}", x.domains));
+        let d = x
+            .domains
+            .iter()
+            .find(|d| d.name.ends_with(&format!("-g{i}")))
+            .unwrap_or_else(|| panic!("g{i} in {:?}", x.domains));
         assert_eq!(d.mem_mib, 128, "{d:?}");
     }
     assert!(x.used_by_fleet_mib >= 3 * 128, "{x:?}");
@@ -127,16 +139,25 @@ async fn lab_boots_three_pv_domus_under_tcg() {
     let mut guests: Vec<usize> = r.bench.iter().map(|s| s.guest).collect();
     guests.sort();
     assert_eq!(guests, [0, 1, 2]);
-    assert!(r.bench.iter().all(|s| s.resource == Resource::Cpu && s.elapsed_s > 0.0 && s.n == 3), "{:?}", r.bench);
+    assert!(
+        r.bench.iter().all(|s| s.resource == Resource::Cpu && s.elapsed_s > 0.0 && s.n == 3),
+        "{:?}",
+        r.bench
+    );
 
     // Torn down: every guest powered off cleanly, no domain is left.
     assert_eq!((b.teardown_clean, b.teardown_killed), (3, 0));
     assert!(r.leftover_domains.is_empty(), "{:?}", r.leftover_domains);
 
     // The results directory is a `hostd boot` one, marked as emulated.
-    let prov: hostd::provenance::Provenance = serde_json::from_slice(&std::fs::read(o.dir.join("provenance.json")).unwrap()).unwrap();
+    let prov: hostd::provenance::Provenance =
+        serde_json::from_slice(&std::fs::read(o.dir.join("provenance.json")).unwrap()).unwrap();
     assert_eq!(prov.notes[0], EMULATED_NOTE);
-    assert!(prov.artifacts.contains_key("xen-hypervisor") && prov.artifacts.contains_key("kernel-dom0") && prov.artifacts.contains_key("xen-lab-dom0"));
+    assert!(
+        prov.artifacts.contains_key("xen-hypervisor")
+            && prov.artifacts.contains_key("kernel-dom0")
+            && prov.artifacts.contains_key("xen-lab-dom0")
+    );
     let (records, bad) = hostd::results::read_records::<Record>(&o.dir).unwrap();
     assert_eq!(bad, 0);
     let count = |f: fn(&Record) -> bool| records.iter().filter(|r| f(r)).count();
@@ -144,15 +165,29 @@ async fn lab_boots_three_pv_domus_under_tcg() {
     assert_eq!(count(|r| matches!(r, Record::Memory(_))), 1);
     assert_eq!(count(|r| matches!(r, Record::Bench(_))), 3);
     assert!(records.iter().any(|r| matches!(r, Record::BackendProbe { backend: BackendKind::Xen, description } if description.starts_with("[emulated host] Xen"))));
-    for f in ["boot.json", "boot.csv", "report.json", "report.md", "lab.json", "lab-console.log", "figures/startup.svg", "index.html"] {
+    for f in [
+        "boot.json",
+        "boot.csv",
+        "report.json",
+        "report.md",
+        "lab.json",
+        "lab-console.log",
+        "figures/startup.svg",
+        "index.html",
+    ] {
         assert!(o.dir.join(f).is_file(), "{f} missing");
     }
     // The report shows xen as a measured backend, with the note.
     let html = std::fs::read_to_string(o.dir.join("index.html")).unwrap();
-    assert!(html.contains("[emulated host] Xen 4.17") && html.contains(EMULATED_NOTE), "the report marks the lab's figures");
+    assert!(
+        html.contains("[emulated host] Xen 4.17") && html.contains(EMULATED_NOTE),
+        "the report marks the lab's figures"
+    );
     let table = hostd::bootrun::table(&o.summary);
     assert!(table.contains(EMULATED_NOTE) && table.contains("xen "), "{table}");
     // Nothing of the lab is left on the host: its run state went with it.
-    assert!(hostd::runstate::orphans_in(std::path::Path::new(hostd::runstate::RUN_ROOT)).iter().all(|s| s.purpose != "xen-lab"));
+    assert!(hostd::runstate::orphans_in(std::path::Path::new(hostd::runstate::RUN_ROOT))
+        .iter()
+        .all(|s| s.purpose != "xen-lab"));
     assert!(o.total_s < Duration::from_secs(600).as_secs_f64());
 }

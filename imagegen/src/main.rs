@@ -250,7 +250,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{:<18} {:<10} {:<64} {:>11}  path", "recipe", "output", "sha256", "bytes");
                 for r in &rows {
                     let f = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-                    println!("{:<18} {:<10} {:<64} {:>11}  {}", f("recipe"), f("output"), f("sha256"), r["size"], f("path"));
+                    println!(
+                        "{:<18} {:<10} {:<64} {:>11}  {}",
+                        f("recipe"),
+                        f("output"),
+                        f("sha256"),
+                        r["size"],
+                        f("path")
+                    );
                 }
             }
             // One bad manifest does not hide the others; it is named and fails the command.

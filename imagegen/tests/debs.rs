@@ -28,7 +28,12 @@ fn cached_deb(dir: &Path, name: &str, files: &[(&str, &[u8], u32)]) -> String {
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(*mode)).unwrap();
     }
     let deb = dir.join(format!("{name}.deb"));
-    let out = Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).arg(&root).arg(&deb).output().expect("dpkg-deb");
+    let out = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&root)
+        .arg(&deb)
+        .output()
+        .expect("dpkg-deb");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (sha, _) = imagegen::hash::sha256_file(&deb).unwrap();
     let cache = dir.join("cache/debs");
@@ -46,7 +51,8 @@ fn gz(data: &[u8]) -> Vec<u8> {
 #[test]
 fn deb_file_takes_one_file_and_gunzips_it() {
     let d = tempfile::tempdir().unwrap();
-    let sha = cached_deb(d.path(), "hv", &[("/boot/hv.gz", &gz(b"the hypervisor"), 0o644), ("/boot/other", b"x", 0o644)]);
+    let sha =
+        cached_deb(d.path(), "hv", &[("/boot/hv.gz", &gz(b"the hypervisor"), 0o644), ("/boot/other", b"x", 0o644)]);
     write_recipe(d.path(), "hv.toml", &format!("kind = \"deb-file\"\npackage = \"hv\"\nversion = \"1.0-1\"\nsha256 = \"{sha}\"\npath = \"/boot/hv.gz\"\ngunzip = true\ncmdline = \"a=b\"\n"));
     let cfg = config_in(d.path());
     let out = imagegen::build(&cfg, &["hv".into()], &()).unwrap();
@@ -66,7 +72,11 @@ fn packages_put_the_selected_files_into_a_tree() {
     let sha = cached_deb(
         d.path(),
         "tools",
-        &[("/usr/bin/tool", b"#!/bin/sh\n", 0o755), ("/usr/lib/t/libt.so.1", b"ELF", 0o644), ("/usr/share/doc/tools/README", b"doc", 0o644)],
+        &[
+            ("/usr/bin/tool", b"#!/bin/sh\n", 0o755),
+            ("/usr/lib/t/libt.so.1", b"ELF", 0o644),
+            ("/usr/share/doc/tools/README", b"doc", 0o644),
+        ],
     );
     write_recipe(d.path(), "agent.toml", "kind = \"agent\"\n");
     write_recipe(
@@ -81,7 +91,9 @@ fn packages_put_the_selected_files_into_a_tree() {
     let store = Store::open(&cfg.store).unwrap();
     let m = store.current("img").unwrap();
     let mut cpio = Vec::new();
-    flate2::read::GzDecoder::new(&std::fs::read(store.output_path(&m, "initramfs").unwrap()).unwrap()[..]).read_to_end(&mut cpio).unwrap();
+    flate2::read::GzDecoder::new(&std::fs::read(store.output_path(&m, "initramfs").unwrap()).unwrap()[..])
+        .read_to_end(&mut cpio)
+        .unwrap();
     let entries = read_cpio_newc(&cpio).unwrap();
     let get = |n: &str| entries.iter().find(|e| e.name == n);
     let tool = get("usr/bin/tool").expect("selected file");
@@ -108,18 +120,30 @@ fn a_path_that_selects_nothing_fails_naming_it() {
 fn bad_pins_fail_before_anything_is_fetched() {
     let d = tempfile::tempdir().unwrap();
     write_recipe(d.path(), "agent.toml", "kind = \"agent\"\n");
-    write_recipe(d.path(), "img.toml", "kind = \"rootfs\"\n[[packages]]\nname = \"tools\"\nversion = \"1.0-1\"\nsha256 = \"abc\"\n");
+    write_recipe(
+        d.path(),
+        "img.toml",
+        "kind = \"rootfs\"\n[[packages]]\nname = \"tools\"\nversion = \"1.0-1\"\nsha256 = \"abc\"\n",
+    );
     let cfg = config_in(d.path());
     let err = imagegen::build(&cfg, &["img".into()], &()).unwrap_err();
     assert!(matches!(err, BuildError::Plan(PlanError::ResolveInput { .. })), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("recipes/img.toml") && msg.contains("packages[0].sha256"), "{msg}");
     assert!(!cfg.store.exists() && !cfg.cache.exists());
-    write_recipe(d.path(), "f.toml", "kind = \"deb-file\"\npackage = \"Bad_Name\"\nversion = \"1\"\nsha256 = \"abc\"\npath = \"/x\"\n");
+    write_recipe(
+        d.path(),
+        "f.toml",
+        "kind = \"deb-file\"\npackage = \"Bad_Name\"\nversion = \"1\"\nsha256 = \"abc\"\npath = \"/x\"\n",
+    );
     let msg = imagegen::build(&cfg, &["f".into()], &()).unwrap_err().to_string();
     assert!(msg.contains("`package`") && msg.contains("not a Debian package name"), "{msg}");
     let pin = "0".repeat(64);
-    write_recipe(d.path(), "f.toml", &format!("kind = \"deb-file\"\npackage = \"pk\"\nversion = \"1\"\nsha256 = \"{pin}\"\npath = \"/boot/\"\n"));
+    write_recipe(
+        d.path(),
+        "f.toml",
+        &format!("kind = \"deb-file\"\npackage = \"pk\"\nversion = \"1\"\nsha256 = \"{pin}\"\npath = \"/boot/\"\n"),
+    );
     let msg = imagegen::build(&cfg, &["f".into()], &()).unwrap_err().to_string();
     assert!(msg.contains("`path`") && msg.contains("names a directory"), "{msg}");
 }

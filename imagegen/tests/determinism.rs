@@ -27,8 +27,7 @@ fn build_with(dir: &Path, cwd: &Path, tz: &str, umask: &str, lc_all: &str, targe
     if let Some(t) = target {
         cmd.env("CARGO_TARGET_DIR", t);
     }
-    cmd
-        .arg("-c")
+    cmd.arg("-c")
         .arg(format!("umask {umask} && exec \"$@\""))
         .arg("sh")
         .arg(env!("CARGO_BIN_EXE_imagegen"))
@@ -66,16 +65,19 @@ fn non_kernel_recipes_are_bit_reproducible() {
     let target_b = b.path().join("target");
     let (out_a, out_b) = std::thread::scope(|s| {
         let ta = s.spawn(|| build_in(a.path(), cwd_a.path(), "UTC", "022", "C"));
-        let tb = s.spawn(|| {
-            build_with(b.path(), cwd_b.path(), "Pacific/Kiritimati", "077", "en_US.UTF-8", Some(&target_b))
-        });
+        let tb =
+            s.spawn(|| build_with(b.path(), cwd_b.path(), "Pacific/Kiritimati", "077", "en_US.UTF-8", Some(&target_b)));
         (ta.join().unwrap(), tb.join().unwrap())
     });
     for o in [&out_a, &out_b] {
         assert!(o.status.success(), "{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     }
     // b's agent was compiled in b's own target directory, not taken from a's.
-    assert!(target_b.join("x86_64-unknown-linux-musl/agent/guest-agent").is_file(), "no fresh agent build in {}", target_b.display());
+    assert!(
+        target_b.join("x86_64-unknown-linux-musl/agent/guest-agent").is_file(),
+        "no fresh agent build in {}",
+        target_b.display()
+    );
     let (ha, hb) = (artifacts(&a.path().join("store")), artifacts(&b.path().join("store")));
     let expected: Vec<String> =
         ["agent/agent", "disk/disk", "initramfs/initramfs", "oci-bundle/bundle", "rootfs/rootfs"]

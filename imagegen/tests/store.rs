@@ -155,7 +155,10 @@ fn list_prints_current_artifacts() {
     assert!(out.status.success());
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let row = rows.iter().find(|r| r["recipe"] == "disk").unwrap_or_else(|| panic!("{rows:?}"));
-    assert_eq!((row["output"].as_str(), row["sha256"].as_str(), row["size"].as_u64()), (Some("disk"), Some(o.sha256.as_str()), Some(o.size)));
+    assert_eq!(
+        (row["output"].as_str(), row["sha256"].as_str(), row["size"].as_u64()),
+        (Some("disk"), Some(o.sha256.as_str()), Some(o.size))
+    );
     assert!(row["path"].as_str().unwrap().ends_with(&o.path), "{row}");
 }
 

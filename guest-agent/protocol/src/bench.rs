@@ -93,7 +93,9 @@ impl BenchSpec {
                     return Err("disk: path is empty".into());
                 }
                 if *block_size < 512 || *block_size > 64 << 20 || block_size % 512 != 0 {
-                    return Err(format!("disk: block_size {block_size} must be a multiple of 512 in 512..=64 MiB"));
+                    return Err(format!(
+                        "disk: block_size {block_size} must be a multiple of 512 in 512..=64 MiB"
+                    ));
                 }
                 if *max_bytes == Some(0) {
                     return Err("disk: max_bytes must be > 0".into());
@@ -154,7 +156,8 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub const ALL: [Resource; 4] = [Resource::Cpu, Resource::Memory, Resource::Disk, Resource::Network];
+    pub const ALL: [Resource; 4] =
+        [Resource::Cpu, Resource::Memory, Resource::Disk, Resource::Network];
     pub fn name(self) -> &'static str {
         match self {
             Resource::Cpu => "cpu",
@@ -191,13 +194,29 @@ pub struct InstanceResult {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Work {
     /// The final estimate must be √2.
-    Cpu { rounds: u64, estimate: f64 },
+    Cpu {
+        rounds: u64,
+        estimate: f64,
+    },
     /// `checked`: every C[i][j] equalled 2·passes·(i+j) afterwards.
-    Memory { n: u32, passes: u32, checked: bool, bytes: u64 },
-    Disk { bytes: u64, block_size: u32, direct: bool },
+    Memory {
+        n: u32,
+        passes: u32,
+        checked: bool,
+        bytes: u64,
+    },
+    Disk {
+        bytes: u64,
+        block_size: u32,
+        direct: bool,
+    },
     /// Bytes the receiver acknowledged.
-    NetStream { bytes: u64 },
-    NetRr { transactions: u64 },
+    NetStream {
+        bytes: u64,
+    },
+    NetRr {
+        transactions: u64,
+    },
 }
 
 /// A rate derived from a result: the number a table shows.
@@ -217,7 +236,10 @@ impl InstanceResult {
     /// Checks an untrusted result against the request it answers.
     pub fn check(&self, spec: &BenchSpec) -> Result<(), String> {
         if self.end_ns <= self.start_ns {
-            return Err(format!("non-positive elapsed time ({} → {} ns)", self.start_ns, self.end_ns));
+            return Err(format!(
+                "non-positive elapsed time ({} → {} ns)",
+                self.start_ns, self.end_ns
+            ));
         }
         match (spec, &self.work) {
             (BenchSpec::Cpu { rounds, .. }, Work::Cpu { rounds: r, estimate }) => {
@@ -266,13 +288,17 @@ impl InstanceResult {
     pub fn figure(&self) -> Figure {
         let secs = self.elapsed_s();
         match &self.work {
-            Work::Cpu { .. } | Work::Memory { .. } => Figure { value: secs, unit: "s", higher_is_better: false },
+            Work::Cpu { .. } | Work::Memory { .. } => {
+                Figure { value: secs, unit: "s", higher_is_better: false }
+            }
             Work::Disk { bytes, .. } | Work::NetStream { bytes } => {
                 Figure { value: *bytes as f64 / 1e6 / secs, unit: "MB/s", higher_is_better: true }
             }
-            Work::NetRr { transactions } => {
-                Figure { value: secs / *transactions as f64 * 1e6, unit: "us/transaction", higher_is_better: false }
-            }
+            Work::NetRr { transactions } => Figure {
+                value: secs / *transactions as f64 * 1e6,
+                unit: "us/transaction",
+                higher_is_better: false,
+            },
         }
     }
 }
@@ -283,19 +309,32 @@ impl BenchReport {
     /// requested instant.
     pub fn check(&self, req: &BenchRequest) -> Result<(), String> {
         if self.instances.len() != req.instances as usize {
-            return Err(format!("asked {} instances, guest reports {}", req.instances, self.instances.len()));
+            return Err(format!(
+                "asked {} instances, guest reports {}",
+                req.instances,
+                self.instances.len()
+            ));
         }
         self.instances.iter().try_for_each(|i| i.check(&req.spec))?;
         if self.prepared_ns < self.received_ns {
-            return Err(format!("prepared at {} ns, before the request arrived at {} ns", self.prepared_ns, self.received_ns));
+            return Err(format!(
+                "prepared at {} ns, before the request arrived at {} ns",
+                self.prepared_ns, self.received_ns
+            ));
         }
         for i in &self.instances {
             if i.start_ns < self.prepared_ns {
-                return Err(format!("an instance started at {} ns, before preparation ended at {} ns", i.start_ns, self.prepared_ns));
+                return Err(format!(
+                    "an instance started at {} ns, before preparation ended at {} ns",
+                    i.start_ns, self.prepared_ns
+                ));
             }
             if let Some(at) = req.start_at_ns {
                 if i.start_ns < at {
-                    return Err(format!("an instance started at {} ns, before the requested instant {at} ns", i.start_ns));
+                    return Err(format!(
+                        "an instance started at {} ns, before the requested instant {at} ns",
+                        i.start_ns
+                    ));
                 }
             }
         }
@@ -316,7 +355,11 @@ mod tests {
     }
 
     fn cpu_result(estimate: f64) -> InstanceResult {
-        InstanceResult { start_ns: 10, end_ns: 2_000_000_010, work: Work::Cpu { rounds: 100, estimate } }
+        InstanceResult {
+            start_ns: 10,
+            end_ns: 2_000_000_010,
+            work: Work::Cpu { rounds: 100, estimate },
+        }
     }
 
     #[test]
@@ -330,10 +373,18 @@ mod tests {
         let mut backwards = cpu_result(std::f64::consts::SQRT_2);
         backwards.end_ns = 5;
         assert!(backwards.check(&cpu_req().spec).unwrap_err().contains("elapsed"));
-        let mismatched = InstanceResult { start_ns: 1, end_ns: 2, work: Work::NetStream { bytes: 5 } };
+        let mismatched =
+            InstanceResult { start_ns: 1, end_ns: 2, work: Work::NetStream { bytes: 5 } };
         assert!(mismatched.check(&cpu_req().spec).is_err());
-        let unchecked = InstanceResult { start_ns: 1, end_ns: 2, work: Work::Memory { n: 4, passes: 1, checked: false, bytes: 1 } };
-        assert!(unchecked.check(&BenchSpec::Memory { n: 4, passes: 1 }).unwrap_err().contains("failed its check"));
+        let unchecked = InstanceResult {
+            start_ns: 1,
+            end_ns: 2,
+            work: Work::Memory { n: 4, passes: 1, checked: false, bytes: 1 },
+        };
+        assert!(unchecked
+            .check(&BenchSpec::Memory { n: 4, passes: 1 })
+            .unwrap_err()
+            .contains("failed its check"));
     }
 
     #[test]
@@ -353,10 +404,16 @@ mod tests {
     fn the_guest_refuses_to_wait_too_long() {
         let at = |a| BenchRequest { start_at_ns: a, ..cpu_req() };
         assert_eq!(at(None).start_instant(100), Ok(None));
-        assert_eq!(at(Some(100 + MAX_START_AHEAD_NS)).start_instant(100), Ok(Some(100 + MAX_START_AHEAD_NS)));
+        assert_eq!(
+            at(Some(100 + MAX_START_AHEAD_NS)).start_instant(100),
+            Ok(Some(100 + MAX_START_AHEAD_NS))
+        );
         // An instant already past: start at once (the host sees the lateness as skew).
         assert_eq!(at(Some(5)).start_instant(100), Ok(Some(5)));
-        assert!(at(Some(101 + MAX_START_AHEAD_NS)).start_instant(100).unwrap_err().contains("more than"));
+        assert!(at(Some(101 + MAX_START_AHEAD_NS))
+            .start_instant(100)
+            .unwrap_err()
+            .contains("more than"));
         assert!(at(Some(u64::MAX)).start_instant(0).is_err());
     }
 
@@ -365,21 +422,53 @@ mod tests {
         let r = cpu_result(std::f64::consts::SQRT_2);
         assert_eq!(r.figure().unit, "s");
         assert!((r.figure().value - 2.0).abs() < 1e-9);
-        let d = InstanceResult { start_ns: 0, end_ns: 1_000_000_000, work: Work::Disk { bytes: 5_000_000, block_size: 4096, direct: true } };
+        let d = InstanceResult {
+            start_ns: 0,
+            end_ns: 1_000_000_000,
+            work: Work::Disk { bytes: 5_000_000, block_size: 4096, direct: true },
+        };
         assert_eq!((d.figure().value, d.figure().unit), (5.0, "MB/s"));
-        let rr = InstanceResult { start_ns: 0, end_ns: 1_000_000_000, work: Work::NetRr { transactions: 20_000 } };
+        let rr = InstanceResult {
+            start_ns: 0,
+            end_ns: 1_000_000_000,
+            work: Work::NetRr { transactions: 20_000 },
+        };
         assert_eq!((rr.figure().value, rr.figure().unit), (50.0, "us/transaction"));
     }
 
     #[test]
     fn parameters_are_validated() {
-        assert!(BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: 0, start_at_ns: None }.validate().is_err());
-        assert!(BenchRequest { spec: BenchSpec::Cpu { rounds: 100 }, instances: MAX_INSTANCES + 1, start_at_ns: None }.validate().is_err());
+        assert!(BenchRequest {
+            spec: BenchSpec::Cpu { rounds: 100 },
+            instances: 0,
+            start_at_ns: None
+        }
+        .validate()
+        .is_err());
+        assert!(BenchRequest {
+            spec: BenchSpec::Cpu { rounds: 100 },
+            instances: MAX_INSTANCES + 1,
+            start_at_ns: None
+        }
+        .validate()
+        .is_err());
         assert!(BenchSpec::Cpu { rounds: 3 }.validate().is_err());
         assert!(BenchSpec::Memory { n: 1 << 20, passes: 1 }.validate().is_err());
-        assert!(BenchSpec::Disk { path: "/x".into(), block_size: 1000, max_bytes: None, direct: true }.validate().is_err());
-        assert!(BenchSpec::NetStream { peer: "host:1".into(), duration_ms: 10, msg_size: 10 }.validate().unwrap_err().contains("host:1"));
-        assert!(BenchSpec::NetRr { peer: "10.0.0.1:5".into(), duration_ms: 10, size: 1 }.validate().is_ok());
+        assert!(BenchSpec::Disk {
+            path: "/x".into(),
+            block_size: 1000,
+            max_bytes: None,
+            direct: true
+        }
+        .validate()
+        .is_err());
+        assert!(BenchSpec::NetStream { peer: "host:1".into(), duration_ms: 10, msg_size: 10 }
+            .validate()
+            .unwrap_err()
+            .contains("host:1"));
+        assert!(BenchSpec::NetRr { peer: "10.0.0.1:5".into(), duration_ms: 10, size: 1 }
+            .validate()
+            .is_ok());
     }
 
     proptest::proptest! {

@@ -129,7 +129,10 @@ impl FrameDecoder {
             let len = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes")) as usize;
             if len > self.max_payload {
                 flush_skipped(&mut events, &mut skipped);
-                events.push(Event::Bad(FrameError::Oversize { len: len as u64, max: self.max_payload }));
+                events.push(Event::Bad(FrameError::Oversize {
+                    len: len as u64,
+                    max: self.max_payload,
+                }));
                 // The payload is not read: whatever follows is treated as noise until a magic.
                 pos += HEADER_LEN;
                 continue;
@@ -186,7 +189,10 @@ fn find_magic(hay: &[u8]) -> Option<usize> {
 
 /// Length of the longest suffix of `hay` that is a proper prefix of MAGIC.
 fn magic_prefix_len(hay: &[u8]) -> usize {
-    (1..MAGIC.len()).rev().find(|&k| hay.len() >= k && hay[hay.len() - k..] == MAGIC[..k]).unwrap_or(0)
+    (1..MAGIC.len())
+        .rev()
+        .find(|&k| hay.len() >= k && hay[hay.len() - k..] == MAGIC[..k])
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -195,7 +201,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn frames_of(events: &[Event]) -> Vec<Vec<u8>> {
-        events.iter().filter_map(|e| if let Event::Frame(f) = e { Some(f.clone()) } else { None }).collect()
+        events
+            .iter()
+            .filter_map(|e| if let Event::Frame(f) = e { Some(f.clone()) } else { None })
+            .collect()
     }
 
     #[test]

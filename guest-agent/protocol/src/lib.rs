@@ -8,7 +8,9 @@ pub mod msg;
 
 pub use bench::{BenchReport, BenchRequest, BenchSpec, InstanceResult, Resource, Work};
 pub use frame::{FrameDecoder, FrameError, MAX_PAYLOAD};
-pub use msg::{Command, GuestMsg, Hello, MessageError, Outcome, Reply, ReplyBody, Request, PROTOCOL_VERSION};
+pub use msg::{
+    Command, GuestMsg, Hello, MessageError, Outcome, Reply, ReplyBody, Request, PROTOCOL_VERSION,
+};
 
 /// Frames a guest message.
 pub fn frame_guest(msg: &GuestMsg) -> Result<Vec<u8>, FrameError> {

@@ -218,11 +218,22 @@ mod tests {
         }
         let r = Request {
             id: 9,
-            cmd: Command::Bench(BenchRequest { spec: BenchSpec::Memory { n: 4, passes: 2 }, instances: 2, start_at_ns: Some(7) }),
+            cmd: Command::Bench(BenchRequest {
+                spec: BenchSpec::Memory { n: 4, passes: 2 },
+                instances: 2,
+                start_at_ns: Some(7),
+            }),
         };
         assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         // Without a start instant the field is left out, and its absence decodes as None.
-        let r = Request { id: 10, cmd: Command::Bench(BenchRequest { spec: BenchSpec::Cpu { rounds: 8 }, instances: 1, start_at_ns: None }) };
+        let r = Request {
+            id: 10,
+            cmd: Command::Bench(BenchRequest {
+                spec: BenchSpec::Cpu { rounds: 8 },
+                instances: 1,
+                start_at_ns: None,
+            }),
+        };
         assert!(!String::from_utf8(r.encode()).unwrap().contains("start_at_ns"));
         assert_eq!(Request::decode(&r.encode()).unwrap(), r);
     }
@@ -232,7 +243,10 @@ mod tests {
         let mut v = serde_json::to_value(GuestMsg::Hello(hello())).unwrap();
         v["extra"] = serde_json::json!(1);
         assert!(GuestMsg::decode(&serde_json::to_vec(&v).unwrap()).is_err());
-        assert!(GuestMsg::decode(br#"{"msg":"reply","id":-1,"result":{"status":"ok","body":{"kind":"powering_off"}}}"#).is_err());
+        assert!(GuestMsg::decode(
+            br#"{"msg":"reply","id":-1,"result":{"status":"ok","body":{"kind":"powering_off"}}}"#
+        )
+        .is_err());
         assert!(GuestMsg::decode(br#"{"msg":"reboot"}"#).is_err());
         assert!(Request::decode(br#"{"id":1,"cmd":{"cmd":"bench","spec":{"bench":"cpu","rounds":"many"},"instances":1}}"#).is_err());
     }

@@ -18,7 +18,8 @@ struct AlignedBuf {
 
 impl AlignedBuf {
     fn new(len: usize) -> Result<Self, String> {
-        let layout = Layout::from_size_align(len, ALIGN).map_err(|e| format!("disk: bad block size: {e}"))?;
+        let layout = Layout::from_size_align(len, ALIGN)
+            .map_err(|e| format!("disk: bad block size: {e}"))?;
         // SAFETY: layout has non-zero size (block_size ≥ 512 is validated by the protocol).
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
         if ptr.is_null() {
@@ -52,11 +53,9 @@ pub struct Reader {
 impl Reader {
     pub fn open(path: &str, block_size: usize, direct: bool) -> Result<Self, String> {
         let flags = if direct { libc::O_DIRECT } else { 0 };
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(flags)
-            .open(path)
-            .map_err(|e| format!("disk: cannot open {path}{}: {e}", if direct { " with O_DIRECT" } else { "" }))?;
+        let file = OpenOptions::new().read(true).custom_flags(flags).open(path).map_err(|e| {
+            format!("disk: cannot open {path}{}: {e}", if direct { " with O_DIRECT" } else { "" })
+        })?;
         Ok(Self { file, buf: AlignedBuf::new(block_size)?, direct })
     }
 
@@ -79,7 +78,10 @@ impl Reader {
             if limit - total < bs {
                 break;
             }
-            let n = self.file.read(self.buf.as_mut_slice()).map_err(|e| format!("disk: read failed after {total} bytes: {e}"))?;
+            let n = self
+                .file
+                .read(self.buf.as_mut_slice())
+                .map_err(|e| format!("disk: read failed after {total} bytes: {e}"))?;
             if n == 0 {
                 break;
             }
@@ -87,7 +89,9 @@ impl Reader {
         }
         std::hint::black_box(self.buf.as_mut_slice());
         if total == 0 {
-            return Err(format!("disk: nothing read (device empty or limit below one {bs}-byte block)"));
+            return Err(format!(
+                "disk: nothing read (device empty or limit below one {bs}-byte block)"
+            ));
         }
         Ok(total)
     }
@@ -110,9 +114,13 @@ mod tests {
         let p = temp_file(1 << 20);
         let path = p.to_str().unwrap();
         assert_eq!(Reader::open(path, 65536, false).unwrap().read_all(None).unwrap(), 1 << 20);
-        assert_eq!(Reader::open(path, 65536, false).unwrap().read_all(Some(200_000)).unwrap(), 3 * 65536);
+        assert_eq!(
+            Reader::open(path, 65536, false).unwrap().read_all(Some(200_000)).unwrap(),
+            3 * 65536
+        );
         // O_DIRECT wherever the file system supports it: tmpfs does not, and refuses the open.
-        let tmpfs = nix::sys::statfs::statfs(&p).unwrap().filesystem_type() == nix::sys::statfs::TMPFS_MAGIC;
+        let tmpfs = nix::sys::statfs::statfs(&p).unwrap().filesystem_type()
+            == nix::sys::statfs::TMPFS_MAGIC;
         match Reader::open(path, 65536, true) {
             Ok(mut r) => {
                 assert!(!tmpfs, "O_DIRECT opened on tmpfs");

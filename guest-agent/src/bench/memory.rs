@@ -18,7 +18,8 @@ impl Matrices {
         let len = n.checked_mul(n).ok_or("memory: n overflows")?;
         let alloc = |what: &str| -> Result<Vec<f64>, String> {
             let mut v = Vec::new();
-            v.try_reserve_exact(len).map_err(|_| format!("memory: cannot allocate matrix {what} ({n}×{n} f64)"))?;
+            v.try_reserve_exact(len)
+                .map_err(|_| format!("memory: cannot allocate matrix {what} ({n}×{n} f64)"))?;
             Ok(v)
         };
         let (mut a, mut b, mut c) = (alloc("A")?, alloc("B")?, alloc("C")?);

@@ -46,13 +46,20 @@ pub fn run(req: &BenchRequest, received_ns: u64) -> Result<BenchReport, String> 
     }
     match first_err {
         Some(e) => Err(e),
-        None => Ok(BenchReport { instances, received_ns, prepared_ns: prepared.load(Ordering::SeqCst) }),
+        None => {
+            Ok(BenchReport { instances, received_ns, prepared_ns: prepared.load(Ordering::SeqCst) })
+        }
     }
 }
 
 /// One instance: set up outside the timed region, then time only the work. The barrier
 /// is always reached, even when set-up failed, so no sibling waits forever.
-fn run_one(spec: &BenchSpec, barrier: &Barrier, prepared_ns: &AtomicU64, start_at: Option<u64>) -> Result<InstanceResult, String> {
+fn run_one(
+    spec: &BenchSpec,
+    barrier: &Barrier,
+    prepared_ns: &AtomicU64,
+    start_at: Option<u64>,
+) -> Result<InstanceResult, String> {
     let prepared = prepare(spec);
     prepared_ns.fetch_max(monotonic_ns(), Ordering::SeqCst);
     barrier.wait();
@@ -74,7 +81,12 @@ fn run_one(spec: &BenchSpec, barrier: &Barrier, prepared_ns: &AtomicU64, start_a
             m.run(passes);
             let end_ns = monotonic_ns();
             // The check reads every element: outside the timed region.
-            let work = Work::Memory { n: m.n() as u32, passes, checked: m.check(passes), bytes: m.bytes_moved(passes) };
+            let work = Work::Memory {
+                n: m.n() as u32,
+                passes,
+                checked: m.check(passes),
+                bytes: m.bytes_moved(passes),
+            };
             return Ok(InstanceResult { start_ns, end_ns, work });
         }
         Prepared::Disk(mut reader, max_bytes) => {
@@ -83,8 +95,12 @@ fn run_one(spec: &BenchSpec, barrier: &Barrier, prepared_ns: &AtomicU64, start_a
         }
         // Network clients run for their duration from the start and time their own end:
         // the receiver's acknowledgement.
-        Prepared::Stream(conn, duration_ms, msg_size) => return net::stream_client(conn, start_ns, duration_ms, msg_size),
-        Prepared::Rr(conn, duration_ms, size) => return net::rr_client(conn, start_ns, duration_ms, size),
+        Prepared::Stream(conn, duration_ms, msg_size) => {
+            return net::stream_client(conn, start_ns, duration_ms, msg_size)
+        }
+        Prepared::Rr(conn, duration_ms, size) => {
+            return net::rr_client(conn, start_ns, duration_ms, size)
+        }
     };
     let end_ns = monotonic_ns();
     Ok(InstanceResult { start_ns, end_ns, work })
@@ -101,16 +117,22 @@ enum Prepared {
 fn prepare(spec: &BenchSpec) -> Result<Prepared, String> {
     Ok(match spec {
         BenchSpec::Cpu { rounds } => Prepared::Cpu { rounds: *rounds },
-        BenchSpec::Memory { n, passes } => Prepared::Memory(memory::Matrices::new(*n as usize)?, *passes),
+        BenchSpec::Memory { n, passes } => {
+            Prepared::Memory(memory::Matrices::new(*n as usize)?, *passes)
+        }
         BenchSpec::Disk { path, block_size, max_bytes, direct } => {
             Prepared::Disk(disk::Reader::open(path, *block_size as usize, *direct)?, *max_bytes)
         }
-        BenchSpec::NetStream { peer, duration_ms, msg_size } => {
-            Prepared::Stream(net::connect(peer, net::Mode::Stream)?, *duration_ms, *msg_size as usize)
-        }
-        BenchSpec::NetRr { peer, duration_ms, size } => {
-            Prepared::Rr(net::connect(peer, net::Mode::Rr { size: *size })?, *duration_ms, *size as usize)
-        }
+        BenchSpec::NetStream { peer, duration_ms, msg_size } => Prepared::Stream(
+            net::connect(peer, net::Mode::Stream)?,
+            *duration_ms,
+            *msg_size as usize,
+        ),
+        BenchSpec::NetRr { peer, duration_ms, size } => Prepared::Rr(
+            net::connect(peer, net::Mode::Rr { size: *size })?,
+            *duration_ms,
+            *size as usize,
+        ),
     })
 }
 
@@ -122,19 +144,32 @@ mod tests {
     fn instances_wait_for_the_start_instant() {
         let received = monotonic_ns();
         let at = received + 20_000_000;
-        let req = BenchRequest { spec: BenchSpec::Cpu { rounds: 1000 }, instances: 2, start_at_ns: Some(at) };
+        let req = BenchRequest {
+            spec: BenchSpec::Cpu { rounds: 1000 },
+            instances: 2,
+            start_at_ns: Some(at),
+        };
         let rep = run(&req, received).unwrap();
         rep.check(&req).unwrap();
         assert_eq!(rep.received_ns, received);
         // Ready well before the instant: timed from it exactly.
-        assert!(rep.instances.iter().all(|i| i.start_ns == at && i.end_ns > at && i.start_ns >= rep.prepared_ns));
+        assert!(rep
+            .instances
+            .iter()
+            .all(|i| i.start_ns == at && i.end_ns > at && i.start_ns >= rep.prepared_ns));
         // An instant already past when the instances are ready: timed from when they were.
         let late = BenchRequest { start_at_ns: Some(received), ..req.clone() };
         let rep = run(&late, received).unwrap();
         rep.check(&late).unwrap();
-        assert!(rep.instances.iter().all(|i| i.start_ns >= rep.prepared_ns && i.start_ns > received));
+        assert!(rep
+            .instances
+            .iter()
+            .all(|i| i.start_ns >= rep.prepared_ns && i.start_ns > received));
         // Too far ahead: refused before any work.
-        let far = BenchRequest { start_at_ns: Some(received + vb_protocol::bench::MAX_START_AHEAD_NS + 1), ..req };
+        let far = BenchRequest {
+            start_at_ns: Some(received + vb_protocol::bench::MAX_START_AHEAD_NS + 1),
+            ..req
+        };
         assert!(run(&far, received).unwrap_err().contains("more than"));
     }
 }

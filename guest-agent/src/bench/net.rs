@@ -33,9 +33,13 @@ pub enum Mode {
 }
 
 pub fn connect(peer: &str, mode: Mode) -> Result<TcpStream, String> {
-    let addr: SocketAddr = peer.parse().map_err(|_| format!("network: bad peer address {peer:?}"))?;
-    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| format!("network: cannot connect to {peer}: {e}"))?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).and_then(|_| s.set_write_timeout(Some(IO_TIMEOUT))).map_err(|e| e.to_string())?;
+    let addr: SocketAddr =
+        peer.parse().map_err(|_| format!("network: bad peer address {peer:?}"))?;
+    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| format!("network: cannot connect to {peer}: {e}"))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|_| s.set_write_timeout(Some(IO_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
     let mut hdr = *b"VBN\0\0\0\0\0";
     match mode {
         Mode::Stream => hdr[3] = b'S',
@@ -51,13 +55,19 @@ pub fn connect(peer: &str, mode: Mode) -> Result<TcpStream, String> {
 
 /// Streams from `start_ns` (CLOCK_MONOTONIC, now or the request's start instant) for the
 /// duration.
-pub fn stream_client(mut s: TcpStream, start_ns: u64, duration_ms: u32, msg_size: usize) -> Result<InstanceResult, String> {
+pub fn stream_client(
+    mut s: TcpStream,
+    start_ns: u64,
+    duration_ms: u32,
+    msg_size: usize,
+) -> Result<InstanceResult, String> {
     let buf = vec![0x5au8; msg_size];
     let deadline = start_ns + duration_ms as u64 * 1_000_000;
     let mut sent = 0u64;
     // At least one write, even when the start came late enough to leave no time at all.
     loop {
-        s.write_all(&buf).map_err(|e| format!("net_stream: send failed after {sent} bytes: {e}"))?;
+        s.write_all(&buf)
+            .map_err(|e| format!("net_stream: send failed after {sent} bytes: {e}"))?;
         sent += msg_size as u64;
         if monotonic_ns() >= deadline {
             break;
@@ -65,7 +75,8 @@ pub fn stream_client(mut s: TcpStream, start_ns: u64, duration_ms: u32, msg_size
     }
     s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
     let mut count = [0u8; 8];
-    s.read_exact(&mut count).map_err(|e| format!("net_stream: no byte count from receiver: {e}"))?;
+    s.read_exact(&mut count)
+        .map_err(|e| format!("net_stream: no byte count from receiver: {e}"))?;
     let end_ns = monotonic_ns();
     let bytes = u64::from_le_bytes(count);
     if bytes != sent {
@@ -74,7 +85,12 @@ pub fn stream_client(mut s: TcpStream, start_ns: u64, duration_ms: u32, msg_size
     Ok(InstanceResult { start_ns, end_ns, work: Work::NetStream { bytes } })
 }
 
-pub fn rr_client(mut s: TcpStream, start_ns: u64, duration_ms: u32, size: usize) -> Result<InstanceResult, String> {
+pub fn rr_client(
+    mut s: TcpStream,
+    start_ns: u64,
+    duration_ms: u32,
+    size: usize,
+) -> Result<InstanceResult, String> {
     let req = vec![0x5au8; size];
     let mut resp = vec![0u8; size];
     let deadline = start_ns + duration_ms as u64 * 1_000_000;
@@ -82,8 +98,10 @@ pub fn rr_client(mut s: TcpStream, start_ns: u64, duration_ms: u32, size: usize)
     let mut now;
     // At least one transaction, as the stream makes at least one write.
     loop {
-        s.write_all(&req).map_err(|e| format!("net_rr: send failed after {transactions} transactions: {e}"))?;
-        s.read_exact(&mut resp).map_err(|e| format!("net_rr: no response after {transactions} transactions: {e}"))?;
+        s.write_all(&req)
+            .map_err(|e| format!("net_rr: send failed after {transactions} transactions: {e}"))?;
+        s.read_exact(&mut resp)
+            .map_err(|e| format!("net_rr: no response after {transactions} transactions: {e}"))?;
         transactions += 1;
         now = monotonic_ns();
         if now >= deadline {
@@ -101,7 +119,8 @@ fn servers() -> &'static Mutex<HashMap<u16, TcpListener>> {
 
 /// Starts a server on `port` (0: any free port) and returns the port it listens on.
 pub fn serve(port: u16) -> Result<u16, String> {
-    let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("network: cannot listen on port {port}: {e}"))?;
+    let listener = TcpListener::bind(("0.0.0.0", port))
+        .map_err(|e| format!("network: cannot listen on port {port}: {e}"))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let accept = listener.try_clone().map_err(|e| e.to_string())?;
     servers().lock().map_err(|_| "server table poisoned")?.insert(port, listener);
@@ -188,16 +207,22 @@ mod tests {
     fn stream_and_rr_over_loopback() {
         let port = serve(0).unwrap();
         let peer = format!("127.0.0.1:{port}");
-        let r = stream_client(connect(&peer, Mode::Stream).unwrap(), monotonic_ns(), 50, 4096).unwrap();
+        let r =
+            stream_client(connect(&peer, Mode::Stream).unwrap(), monotonic_ns(), 50, 4096).unwrap();
         let Work::NetStream { bytes } = r.work else { panic!() };
         assert!(bytes > 0 && bytes % 4096 == 0);
-        let r = rr_client(connect(&peer, Mode::Rr { size: 1 }).unwrap(), monotonic_ns(), 50, 1).unwrap();
+        let r = rr_client(connect(&peer, Mode::Rr { size: 1 }).unwrap(), monotonic_ns(), 50, 1)
+            .unwrap();
         let Work::NetRr { transactions } = r.work else { panic!() };
         assert!(transactions > 0);
         stop(port).unwrap();
         assert!(stop(port).is_err());
         // Stopped: new connections are refused.
         std::thread::sleep(Duration::from_millis(50));
-        assert!(connect(&peer, Mode::Stream).is_err() || stream_client(connect(&peer, Mode::Stream).unwrap(), monotonic_ns(), 10, 16).is_err());
+        assert!(
+            connect(&peer, Mode::Stream).is_err()
+                || stream_client(connect(&peer, Mode::Stream).unwrap(), monotonic_ns(), 10, 16)
+                    .is_err()
+        );
     }
 }

@@ -107,11 +107,13 @@ fn run(pid1: bool) -> Result<(), String> {
             eprintln!("evil-agent: {note}");
         }
         if cfg.ctl.is_none() {
-            let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+            let cmdline = std::fs::read_to_string("/proc/cmdline")
+                .map_err(|e| format!("/proc/cmdline: {e}"))?;
             config::merge_cmdline(&mut cfg, &cmdline)?;
             init::reboot_instead(cfg.reboot_to_poweroff);
             if mode.is_none() {
-                if let Some(m) = cmdline.split_whitespace().find_map(|w| w.strip_prefix("vb.evil=")) {
+                if let Some(m) = cmdline.split_whitespace().find_map(|w| w.strip_prefix("vb.evil="))
+                {
                     mode = Some(Mode::parse(m)?);
                 }
             }
@@ -142,7 +144,10 @@ fn run(pid1: bool) -> Result<(), String> {
         Mode::BigFrames => {
             let filler = "x".repeat(MAX_PAYLOAD - 200);
             for i in 0.. {
-                let m = GuestMsg::Reply(Reply { id: u64::MAX - i, result: Outcome::Err { error: filler.clone() } });
+                let m = GuestMsg::Reply(Reply {
+                    id: u64::MAX - i,
+                    result: Outcome::Err { error: filler.clone() },
+                });
                 if send(&mut w, &m).is_err() {
                     break;
                 }
@@ -204,7 +209,12 @@ fn pong(id: u64, monotonic_ns: u64) -> GuestMsg {
 }
 
 /// Reads requests and misbehaves on them as `mode` says.
-fn serve(r: &mut Box<dyn Read + Send>, w: &mut Box<dyn Write + Send>, mode: Mode, pid1: bool) -> Result<(), String> {
+fn serve(
+    r: &mut Box<dyn Read + Send>,
+    w: &mut Box<dyn Write + Send>,
+    mode: Mode,
+    pid1: bool,
+) -> Result<(), String> {
     let mut dec = FrameDecoder::default();
     let mut buf = vec![0u8; 64 << 10];
     let mut first = true;
@@ -219,19 +229,26 @@ fn serve(r: &mut Box<dyn Read + Send>, w: &mut Box<dyn Write + Send>, mode: Mode
             let was_first = std::mem::replace(&mut first, false);
             let answer = pong(req.id, clock::monotonic_ns());
             match (mode, was_first) {
-                (Mode::HugeFrame, true) => w.write_all(&header(0xffff_ff00, 0)).map_err(|e| e.to_string())?,
+                (Mode::HugeFrame, true) => {
+                    w.write_all(&header(0xffff_ff00, 0)).map_err(|e| e.to_string())?
+                }
                 (Mode::BadCrc, true) => {
                     let mut f = encode(&answer.encode(), MAX_PAYLOAD).map_err(|e| e.to_string())?;
                     let last = f.len() - 1;
                     f[last] ^= 0x55;
                     w.write_all(&f).map_err(|e| e.to_string())?;
                 }
-                (Mode::BadJson, true) => {
-                    w.write_all(&encode(b"{\"msg\":\"reply\",\"id\":", MAX_PAYLOAD).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?
-                }
+                (Mode::BadJson, true) => w
+                    .write_all(
+                        &encode(b"{\"msg\":\"reply\",\"id\":", MAX_PAYLOAD)
+                            .map_err(|e| e.to_string())?,
+                    )
+                    .map_err(|e| e.to_string())?,
                 (Mode::Truncated, true) => {
                     let f = encode(&answer.encode(), MAX_PAYLOAD).map_err(|e| e.to_string())?;
-                    w.write_all(&f[..f.len() / 2]).and_then(|_| w.flush()).map_err(|e| e.to_string())?;
+                    w.write_all(&f[..f.len() / 2])
+                        .and_then(|_| w.flush())
+                        .map_err(|e| e.to_string())?;
                     if pid1 {
                         eprintln!("evil-agent: {}", init::poweroff());
                     }
@@ -247,8 +264,16 @@ fn serve(r: &mut Box<dyn Read + Send>, w: &mut Box<dyn Write + Send>, mode: Mode
                     let poweroff = matches!(req.cmd, Command::Poweroff);
                     let reply = match req.cmd {
                         Command::Ping => answer,
-                        Command::Poweroff => GuestMsg::Reply(Reply { id: req.id, result: Outcome::Ok { body: ReplyBody::PoweringOff } }),
-                        _ => GuestMsg::Reply(Reply { id: req.id, result: Outcome::Err { error: "the evil agent does not do that".into() } }),
+                        Command::Poweroff => GuestMsg::Reply(Reply {
+                            id: req.id,
+                            result: Outcome::Ok { body: ReplyBody::PoweringOff },
+                        }),
+                        _ => GuestMsg::Reply(Reply {
+                            id: req.id,
+                            result: Outcome::Err {
+                                error: "the evil agent does not do that".into(),
+                            },
+                        }),
                     };
                     send(w, &reply)?;
                     if poweroff {

@@ -23,12 +23,12 @@ use tokio::sync::OnceCell;
 
 use super::native::split_socket;
 use super::vmm::{
-    check_file, check_kvm, ctl_pair, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, program_version, stop_vmm,
-    Staging,
+    check_file, check_kvm, ctl_pair, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec,
+    program_version, stop_vmm, Staging,
 };
 use super::{
-    join_cgroup_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec, Images,
-    Kernel, LaunchError, LaunchFiles, Launched, Proc, Unavailable,
+    join_cgroup_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit,
+    GuestProcess, GuestSpec, Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Unavailable,
 };
 use crate::netlab;
 
@@ -50,11 +50,21 @@ pub struct Firecracker {
 
 impl Firecracker {
     pub fn new(images: &Images, opts: &BackendOptions) -> Self {
-        Self { bin: opts.firecracker.clone(), kernel: images.kernel_microvm.clone(), initramfs: images.initramfs.clone(), probed: OnceCell::new() }
+        Self {
+            bin: opts.firecracker.clone(),
+            kernel: images.kernel_microvm.clone(),
+            initramfs: images.initramfs.clone(),
+            probed: OnceCell::new(),
+        }
     }
 
     pub fn with_images(&self, images: &Images) -> Self {
-        Self { bin: self.bin.clone(), kernel: images.kernel_microvm.clone(), initramfs: images.initramfs.clone(), probed: self.probed.clone() }
+        Self {
+            bin: self.bin.clone(),
+            kernel: images.kernel_microvm.clone(),
+            initramfs: images.initramfs.clone(),
+            probed: self.probed.clone(),
+        }
     }
 
     fn images(&self) -> Result<(&Kernel, &Path), String> {
@@ -78,10 +88,14 @@ impl Firecracker {
         let (kernel, initramfs) = self.images()?;
         let dir = probe_dir("fc-probe")?;
         let spec = probe_spec(dir.path(), "fc-probe");
-        let launched = launch_firecracker(&self.bin, kernel, initramfs, &spec).await.map_err(|e| format!("probe guest: {e}"))?;
-        let t = probe_boot(launched, "Firecracker", PROBE_DEADLINE, None, |g, d| Box::pin(stop_and_release(g, d)))
+        let launched = launch_firecracker(&self.bin, kernel, initramfs, &spec)
             .await
-            .map_err(|e| format!("KVM boot probe failed: {e}"))?;
+            .map_err(|e| format!("probe guest: {e}"))?;
+        let t = probe_boot(launched, "Firecracker", PROBE_DEADLINE, None, |g, d| {
+            Box::pin(stop_and_release(g, d))
+        })
+        .await
+        .map_err(|e| format!("KVM boot probe failed: {e}"))?;
         Ok(format!(
             "{version} ({}); KVM probe guest reached the agent's hello in {:.2} s; kernel {}; initramfs {}",
             self.bin,
@@ -143,7 +157,12 @@ pub fn fc_args(config: &Path, log: &Path, spec: &GuestSpec) -> Vec<String> {
     ]
 }
 
-async fn launch_firecracker(bin: &str, kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Result<Launched, LaunchError> {
+async fn launch_firecracker(
+    bin: &str,
+    kernel: &Kernel,
+    initramfs: &Path,
+    spec: &GuestSpec,
+) -> Result<Launched, LaunchError> {
     let mut st = Staging::new(spec)?;
     // Firecracker opens its log without creating it, and writes from offset 0 (no append),
     // so its stderr (panics) gets a file of its own.
@@ -152,13 +171,20 @@ async fn launch_firecracker(bin: &str, kernel: &Kernel, initramfs: &Path, spec: 
     let stderr_path = spec.workdir.join("firecracker.stderr");
     let stderr = st.log_file(&stderr_path)?;
     let config_path = spec.workdir.join("vm.json");
-    let config = serde_json::to_vec_pretty(&vm_config(kernel, initramfs, spec)).expect("a JSON value serializes");
-    std::fs::write(&config_path, config).map_err(|source| LaunchError::Prepare { what: config_path.display().to_string(), source })?;
+    let config = serde_json::to_vec_pretty(&vm_config(kernel, initramfs, spec))
+        .expect("a JSON value serializes");
+    std::fs::write(&config_path, config).map_err(|source| LaunchError::Prepare {
+        what: config_path.display().to_string(),
+        source,
+    })?;
     let (host, guest) = ctl_pair()?;
     let netns = st.attach_tap(spec)?;
     st.make_cgroup(spec)?;
-    let (reader, writer) = split_socket(host).map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
-    let guest_in = guest.try_clone().map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
+    let (reader, writer) = split_socket(host)
+        .map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
+    let guest_in = guest
+        .try_clone()
+        .map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args(fc_args(&config_path, &log_path, spec))
         // The serial port: guest output to stdout, host input from stdin.
@@ -174,7 +200,8 @@ async fn launch_firecracker(bin: &str, kernel: &Kernel, initramfs: &Path, spec: 
     if let Some(cg) = &st.cgroup {
         join_cgroup_in_child(&mut cmd, cg);
     }
-    let child = cmd.spawn().map_err(|source| LaunchError::Spawn { program: bin.to_string(), source })?;
+    let child =
+        cmd.spawn().map_err(|source| LaunchError::Spawn { program: bin.to_string(), source })?;
     // The guest ends were moved into `cmd`; dropping it closes hostd's copies, so the
     // channel reports EOF once Firecracker is gone.
     drop(cmd);
@@ -192,14 +219,23 @@ impl Backend for Firecracker {
 
     fn launch_files(&self) -> LaunchFiles {
         LaunchFiles {
-            images: self.kernel.iter().map(|k| k.path.clone()).chain(self.initramfs.clone()).collect(),
+            images: self
+                .kernel
+                .iter()
+                .map(|k| k.path.clone())
+                .chain(self.initramfs.clone())
+                .collect(),
             programs: vec![self.bin.clone()],
             data: Vec::new(),
         }
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {
-        self.probed.get_or_init(|| self.check()).await.clone().map_err(|reason| Unavailable { backend: "firecracker", reason })
+        self.probed
+            .get_or_init(|| self.check())
+            .await
+            .clone()
+            .map_err(|reason| Unavailable { backend: "firecracker", reason })
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
@@ -243,7 +279,10 @@ mod tests {
     }
 
     fn kernel() -> Kernel {
-        Kernel { path: "/k/vmlinux".into(), cmdline: "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tsc=reliable".into() }
+        Kernel {
+            path: "/k/vmlinux".into(),
+            cmdline: "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tsc=reliable".into(),
+        }
     }
 
     #[test]
@@ -273,12 +312,26 @@ mod tests {
     #[test]
     fn command_line() {
         let a = fc_args(Path::new("/w/vm.json"), Path::new("/w/firecracker.log"), &spec(false));
-        assert_eq!(a, ["--no-api", "--config-file", "/w/vm.json", "--id", "g2", "--log-path", "/w/firecracker.log", "--level", "Warning"]);
+        assert_eq!(
+            a,
+            [
+                "--no-api",
+                "--config-file",
+                "/w/vm.json",
+                "--id",
+                "g2",
+                "--log-path",
+                "/w/firecracker.log",
+                "--level",
+                "Warning"
+            ]
+        );
     }
 
     #[tokio::test]
     async fn probe_without_the_binary_says_so() {
-        let opts = BackendOptions { firecracker: "/nonexistent/firecracker".into(), ..Default::default() };
+        let opts =
+            BackendOptions { firecracker: "/nonexistent/firecracker".into(), ..Default::default() };
         let e = Firecracker::new(&Images::default(), &opts).probe().await.unwrap_err();
         assert_eq!(e.reason, "firecracker binary not found (/nonexistent/firecracker)");
     }

@@ -8,10 +8,10 @@ pub mod ns;
 pub mod oci;
 mod process;
 pub mod qemu;
+mod resource;
 pub mod uml;
 mod vmm;
 pub mod xen;
-mod resource;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -26,7 +26,19 @@ pub use process::Proc;
 pub use resource::{release_all, Resource};
 
 /// The systems hostd can boot guests on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 #[clap(rename_all = "kebab-case")]
 pub enum BackendKind {
@@ -89,7 +101,14 @@ impl BackendKind {
 
     /// Whether each guest runs its own kernel (its clocks then start at its own boot).
     pub fn own_kernel(self) -> bool {
-        matches!(self, BackendKind::Uml | BackendKind::QemuMicrovm | BackendKind::QemuFull | BackendKind::Firecracker | BackendKind::Xen)
+        matches!(
+            self,
+            BackendKind::Uml
+                | BackendKind::QemuMicrovm
+                | BackendKind::QemuFull
+                | BackendKind::Firecracker
+                | BackendKind::Xen
+        )
     }
 }
 
@@ -215,7 +234,12 @@ pub struct BackendOptions {
 
 impl Default for BackendOptions {
     fn default() -> Self {
-        Self { oci_runtime: "runc".into(), accel: None, qemu: "qemu-system-x86_64".into(), firecracker: "firecracker".into() }
+        Self {
+            oci_runtime: "runc".into(),
+            accel: None,
+            qemu: "qemu-system-x86_64".into(),
+            firecracker: "firecracker".into(),
+        }
     }
 }
 
@@ -360,7 +384,13 @@ pub(crate) struct Held {
 
 impl Held {
     /// The started guest takes everything held.
-    pub fn launched(mut self, spec: &GuestSpec, (reader, writer): Halves, proc: Proc, console: crate::console::ConsoleLog) -> Launched {
+    pub fn launched(
+        mut self,
+        spec: &GuestSpec,
+        (reader, writer): Halves,
+        proc: Proc,
+        console: crate::console::ConsoleLog,
+    ) -> Launched {
         Launched {
             reader: Box::new(reader),
             writer: Box::new(writer),
@@ -410,9 +440,15 @@ impl AnyBackend {
             BackendKind::Ns => AnyBackend::Ns(ns::Ns::new(images, opts)),
             BackendKind::Oci => AnyBackend::Oci(oci::Oci::new(images, opts)),
             BackendKind::Uml => AnyBackend::Uml(uml::Uml::new(images, opts)),
-            BackendKind::QemuMicrovm => AnyBackend::Qemu(qemu::Qemu::new(qemu::Profile::Microvm, images, opts)),
-            BackendKind::QemuFull => AnyBackend::Qemu(qemu::Qemu::new(qemu::Profile::Full, images, opts)),
-            BackendKind::Firecracker => AnyBackend::Firecracker(firecracker::Firecracker::new(images, opts)),
+            BackendKind::QemuMicrovm => {
+                AnyBackend::Qemu(qemu::Qemu::new(qemu::Profile::Microvm, images, opts))
+            }
+            BackendKind::QemuFull => {
+                AnyBackend::Qemu(qemu::Qemu::new(qemu::Profile::Full, images, opts))
+            }
+            BackendKind::Firecracker => {
+                AnyBackend::Firecracker(firecracker::Firecracker::new(images, opts))
+            }
             BackendKind::Xen => AnyBackend::Xen(xen::Xen::new(images, opts)),
         }
     }
@@ -509,7 +545,11 @@ impl Backend for AnyBackend {
 
 /// Creates the guest's cgroup if the spec asks for one.
 pub fn make_cgroup(spec: &GuestSpec) -> Result<Option<Cgroup>, LaunchError> {
-    spec.cgroup.map(|mode| Cgroup::create(mode, &spec.run, &spec.name, spec.limits).map_err(LaunchError::Cgroup)).transpose()
+    spec.cgroup
+        .map(|mode| {
+            Cgroup::create(mode, &spec.run, &spec.name, spec.limits).map_err(LaunchError::Cgroup)
+        })
+        .transpose()
 }
 
 /// Puts the child into `cg` before it execs, so everything it allocates is charged there.
@@ -517,7 +557,10 @@ pub fn join_cgroup_in_child(cmd: &mut tokio::process::Command, cg: &Cgroup) {
     let files: Vec<std::ffi::CString> = cg
         .dirs
         .iter()
-        .map(|d| std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).expect("no NUL in path"))
+        .map(|d| {
+            std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes())
+                .expect("no NUL in path")
+        })
         .collect();
     // SAFETY: runs in the forked child before exec using only open/write/close (async-signal-
     // safe) on paths allocated before the fork; "0" means the writing process itself.
@@ -540,7 +583,11 @@ pub fn join_cgroup_in_child(cmd: &mut tokio::process::Command, cg: &Cgroup) {
 }
 
 /// Passes `fd` to the child as descriptor `target` (inherited across exec).
-pub fn pass_fd_in_child(cmd: &mut tokio::process::Command, fd: std::os::fd::RawFd, target: std::os::fd::RawFd) {
+pub fn pass_fd_in_child(
+    cmd: &mut tokio::process::Command,
+    fd: std::os::fd::RawFd,
+    target: std::os::fd::RawFd,
+) {
     // SAFETY: runs in the forked child before exec; dup2 and fcntl are async-signal-safe, and
     // the caller keeps `fd` open until spawn returns.
     unsafe {

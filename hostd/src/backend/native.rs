@@ -14,8 +14,8 @@ use crate::console::{ConsoleLog, CONSOLE_CAP};
 use crate::netlab::NetMode;
 
 use super::{
-    join_cgroup_in_child, make_cgroup, pass_fd_in_child, Backend, BackendKind, GuestProcess, GuestSpec, LaunchError, LaunchFiles,
-    Launched, Proc, Resource, Unavailable,
+    join_cgroup_in_child, make_cgroup, pass_fd_in_child, Backend, BackendKind, GuestProcess,
+    GuestSpec, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
 };
 
 /// The descriptor number the agent finds its channel on.
@@ -38,12 +38,17 @@ impl Backend for Native {
 
     /// The agent is the program (a static binary).
     fn launch_files(&self) -> LaunchFiles {
-        LaunchFiles { images: vec![self.agent.clone()], programs: vec![self.agent.display().to_string()], data: Vec::new() }
+        LaunchFiles {
+            images: vec![self.agent.clone()],
+            programs: vec![self.agent.display().to_string()],
+            data: Vec::new(),
+        }
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {
         let unavailable = |reason: String| Unavailable { backend: "native", reason };
-        let meta = std::fs::metadata(&self.agent).map_err(|e| unavailable(format!("agent {}: {e}", self.agent.display())))?;
+        let meta = std::fs::metadata(&self.agent)
+            .map_err(|e| unavailable(format!("agent {}: {e}", self.agent.display())))?;
         if !meta.is_file() {
             return Err(unavailable(format!("agent {} is not a file", self.agent.display())));
         }
@@ -69,16 +74,27 @@ impl Native {
     /// Everything up to the spawned agent; what it creates is recorded in `held` until the
     /// guest owns it.
     fn start(&self, spec: &GuestSpec, held: &mut Vec<Resource>) -> Result<Launched, LaunchError> {
-        std::fs::create_dir_all(&spec.workdir)
-            .map_err(|source| LaunchError::Prepare { what: spec.workdir.display().to_string(), source })?;
+        std::fs::create_dir_all(&spec.workdir).map_err(|source| LaunchError::Prepare {
+            what: spec.workdir.display().to_string(),
+            source,
+        })?;
         held.push(Resource::Dir { path: spec.workdir.clone() });
-        let (host, guest) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| LaunchError::Prepare { what: "control socketpair".into(), source: e.into() })?;
+        let (host, guest) =
+            socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(|e| LaunchError::Prepare {
+                    what: "control socketpair".into(),
+                    source: e.into(),
+                })?;
         let log = spec.workdir.join("agent.log");
-        let prepare = |source: std::io::Error| LaunchError::Prepare { what: log.display().to_string(), source };
-        let (console, out) = ConsoleLog::start(&log, CONSOLE_CAP).map_err(|e| prepare(std::io::Error::other(e)))?;
+        let prepare = |source: std::io::Error| LaunchError::Prepare {
+            what: log.display().to_string(),
+            source,
+        };
+        let (console, out) =
+            ConsoleLog::start(&log, CONSOLE_CAP).map_err(|e| prepare(std::io::Error::other(e)))?;
         let err = out.try_clone().map_err(prepare)?;
-        let (reader, writer) = split_socket(host).map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
+        let (reader, writer) = split_socket(host)
+            .map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
         let cgroup = make_cgroup(spec)?;
         if let Some(cg) = &cgroup {
             held.push(Resource::Cgroup(cg.clone()));
@@ -110,14 +126,20 @@ impl Native {
                     crate::netlab::ip(&["netns", "add", &name])?;
                     held.push(Resource::Netns { name: name.clone() });
                     net.fleet.add_veth_to_netns(&net.link, &name)?;
-                    held.push(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
+                    held.push(Resource::Link {
+                        netns: net.fleet.netns.clone(),
+                        name: net.link.clone(),
+                    });
                     let own = crate::netlab::FleetNet { netns: name, mode: NetMode::Private };
                     crate::netlab::enter_in_child(&mut cmd, own.open()?);
                     cmd.args(["--net", &net.agent_arg()]);
                 }
             }
         }
-        let child = cmd.spawn().map_err(|source| LaunchError::Spawn { program: self.agent.display().to_string(), source })?;
+        let child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+            program: self.agent.display().to_string(),
+            source,
+        })?;
         // Closes hostd's copies of the channel's guest end and of the console pipe, so each
         // ends when the agent does.
         drop((cmd, guest));
@@ -127,13 +149,22 @@ impl Native {
         Ok(Launched {
             reader: Box::new(reader),
             writer: Box::new(writer),
-            guest: GuestProcess { name: spec.name.clone(), proc: Proc::Child(child), cgroup, console_log: Some(log), console: Some(console), resources },
+            guest: GuestProcess {
+                name: spec.name.clone(),
+                proc: Proc::Child(child),
+                cgroup,
+                console_log: Some(log),
+                console: Some(console),
+                resources,
+            },
         })
     }
 }
 
 /// Turns a connected Unix socket into tokio read/write halves.
-pub fn split_socket(fd: OwnedFd) -> std::io::Result<(tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf)> {
+pub fn split_socket(
+    fd: OwnedFd,
+) -> std::io::Result<(tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf)> {
     let std_sock = std::os::unix::net::UnixStream::from(fd);
     std_sock.set_nonblocking(true)?;
     Ok(tokio::net::UnixStream::from_std(std_sock)?.into_split())

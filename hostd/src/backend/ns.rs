@@ -49,8 +49,8 @@ use tokio::io::AsyncReadExt;
 
 use super::native::{split_socket, AGENT_FD};
 use super::{
-    prepare, Halves, Held,
-    make_cgroup, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
+    make_cgroup, prepare, Backend, BackendKind, BackendOptions, GuestSpec, Halves, Held, Images,
+    LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
 };
 use crate::cgroup;
 use crate::console::{ConsoleLog, CONSOLE_CAP};
@@ -107,7 +107,10 @@ impl Ns {
     /// A guest on a shared stack ([`NetMode::Shared`], the Vserver-like mode) gets no
     /// network namespace: its child joins the fleet's instead.
     fn clone_flags_for(&self, mode: NetMode) -> CloneFlags {
-        let mut f = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+        let mut f = CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC;
         if mode == NetMode::Private {
             f |= CloneFlags::CLONE_NEWNET;
         }
@@ -125,7 +128,11 @@ impl Backend for Ns {
 
     /// The rootfs tree (the agent is in it); hostd itself does the namespaces.
     fn launch_files(&self) -> LaunchFiles {
-        LaunchFiles { images: self.rootfs.iter().cloned().collect(), programs: Vec::new(), data: Vec::new() }
+        LaunchFiles {
+            images: self.rootfs.iter().cloned().collect(),
+            programs: Vec::new(),
+            data: Vec::new(),
+        }
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {
@@ -134,7 +141,10 @@ impl Backend for Ns {
         if !euid.is_root() {
             return Err(unavailable(format!("needs root to create namespaces, mounts, cgroups and veths (running as uid {euid})")));
         }
-        let rootfs = self.rootfs.as_ref().ok_or_else(|| unavailable("no rootfs image (build the `rootfs` recipe)".into()))?;
+        let rootfs = self
+            .rootfs
+            .as_ref()
+            .ok_or_else(|| unavailable("no rootfs image (build the `rootfs` recipe)".into()))?;
         check_rootfs(rootfs).map_err(unavailable)?;
         let mode = cgroup::detect().map_err(|e| unavailable(format!("cgroups: {e}")))?;
         // Really create the namespaces once: a kernel built without one fails here, not at
@@ -143,11 +153,20 @@ impl Backend for Ns {
         trial_clone(flags).map_err(|e| unavailable(format!("clone({flags:?}): {e}")))?;
         match std::process::Command::new("ip").arg("-V").output() {
             Ok(o) if o.status.success() => {}
-            _ => return Err(unavailable("iproute2's `ip` is needed for the guests' veths and is not runnable".into())),
+            _ => {
+                return Err(unavailable(
+                    "iproute2's `ip` is needed for the guests' veths and is not runnable".into(),
+                ))
+            }
         }
-        let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+        let kernel = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
         let user = if self.user_ns.is_some() { ",user" } else { "" };
-        Ok(format!("namespaces pid,mnt,uts,ipc,net{user} over {}, cgroup {mode:?}, kernel {kernel}", rootfs.display()))
+        Ok(format!(
+            "namespaces pid,mnt,uts,ipc,net{user} over {}, cgroup {mode:?}, kernel {kernel}",
+            rootfs.display()
+        ))
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
@@ -163,7 +182,8 @@ impl Backend for Ns {
 }
 
 fn cstring(p: impl AsRef<OsStr>) -> io::Result<CString> {
-    CString::new(p.as_ref().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+    CString::new(p.as_ref().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
 /// Moves `fd` to a number ≥ [`FD_FLOOR`] (close-on-exec), so the child's dup2 onto 0–3 can
@@ -181,13 +201,20 @@ fn above_floor(fd: OwnedFd) -> io::Result<OwnedFd> {
 impl Ns {
     /// Everything up to the agent's exec. Whatever it creates is recorded in `held`; a
     /// child that fails is killed and reaped here.
-    async fn start(&self, spec: &GuestSpec, held: &mut Held) -> Result<(Halves, Proc, ConsoleLog), LaunchError> {
-        let rootfs =
-            self.rootfs.as_ref().ok_or_else(|| prepare("the rootfs image", io::Error::new(io::ErrorKind::NotFound, "none given")))?;
-        let rootfs = std::fs::canonicalize(rootfs).map_err(|e| prepare(format!("rootfs {}", rootfs.display()), e))?;
+    async fn start(
+        &self,
+        spec: &GuestSpec,
+        held: &mut Held,
+    ) -> Result<(Halves, Proc, ConsoleLog), LaunchError> {
+        let rootfs = self.rootfs.as_ref().ok_or_else(|| {
+            prepare("the rootfs image", io::Error::new(io::ErrorKind::NotFound, "none given"))
+        })?;
+        let rootfs = std::fs::canonicalize(rootfs)
+            .map_err(|e| prepare(format!("rootfs {}", rootfs.display()), e))?;
         std::fs::create_dir_all(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
         held.resources.push(Resource::Dir { path: spec.workdir.clone() });
-        let workdir = std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
+        let workdir =
+            std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
         // A guest root in a user namespace is "other" to this directory and must still reach
         // the mount point in it.
         std::fs::set_permissions(&workdir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -197,18 +224,25 @@ impl Ns {
         let root = workdir.join("root");
         std::fs::create_dir_all(&root).map_err(|e| prepare(root.display(), e))?;
         let log = spec.workdir.join("console.log");
-        let (console, log_wr) = ConsoleLog::start(&log, CONSOLE_CAP).map_err(|e| prepare(log.display(), io::Error::other(e)))?;
+        let (console, log_wr) = ConsoleLog::start(&log, CONSOLE_CAP)
+            .map_err(|e| prepare(log.display(), io::Error::other(e)))?;
         let null = File::open("/dev/null").map_err(|e| prepare("/dev/null", e))?;
-        let (host, guest) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| prepare("control socketpair", e.into()))?;
-        let (sync_rd, sync_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| prepare("sync pipe", e.into()))?;
-        let (err_rd, err_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| prepare("error pipe", e.into()))?;
+        let (host, guest) =
+            socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(|e| prepare("control socketpair", e.into()))?;
+        let (sync_rd, sync_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| prepare("sync pipe", e.into()))?;
+        let (err_rd, err_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| prepare("error pipe", e.into()))?;
         let high = |fd: OwnedFd| above_floor(fd).map_err(|e| prepare("child descriptors", e));
         let (sync_rd, err_wr, null, log_fd, guest) =
             (high(sync_rd)?, high(err_wr)?, high(null.into())?, high(log_wr)?, high(guest)?);
 
         let disk = match &spec.data_disk {
-            Some(d) => Some(std::fs::canonicalize(d).map_err(|e| prepare(format!("data disk {}", d.display()), e))?),
+            Some(d) => Some(
+                std::fs::canonicalize(d)
+                    .map_err(|e| prepare(format!("data disk {}", d.display()), e))?,
+            ),
             None => None,
         };
         let input = PlanInput {
@@ -216,16 +250,25 @@ impl Ns {
             rootfs: &rootfs,
             data_disk: disk.as_deref(),
             hostname: &spec.name,
-            rootfs_keep: keep_flags(&rootfs).map_err(|e| prepare(format!("statvfs {}", rootfs.display()), e))?,
+            rootfs_keep: keep_flags(&rootfs)
+                .map_err(|e| prepare(format!("statvfs {}", rootfs.display()), e))?,
             disk_keep: match &disk {
-                Some(d) => keep_flags(d).map_err(|e| prepare(format!("statvfs {}", d.display()), e))?,
+                Some(d) => {
+                    keep_flags(d).map_err(|e| prepare(format!("statvfs {}", d.display()), e))?
+                }
                 None => MsFlags::empty(),
             },
             user_ns: self.user_ns.is_some(),
         };
         let steps = plan(&input).map_err(|e| prepare("mount plan", e))?;
 
-        let mut args = vec![AGENT_PATH.to_string(), "--ctl".into(), format!("fd:{AGENT_FD}"), "--hostname".into(), spec.name.clone()];
+        let mut args = vec![
+            AGENT_PATH.to_string(),
+            "--ctl".into(),
+            format!("fd:{AGENT_FD}"),
+            "--hostname".into(),
+            spec.name.clone(),
+        ];
         let mode = spec.net.as_ref().map(|n| n.fleet.mode).unwrap_or_default();
         // The fleet's namespace, for a guest that shares its stack: joined by the child.
         let shared_netns = match &spec.net {
@@ -247,18 +290,27 @@ impl Ns {
             }
             None => None,
         };
-        let argv_c = args.iter().map(cstring).collect::<io::Result<Vec<_>>>().map_err(|e| prepare("agent arguments", e))?;
+        let argv_c = args
+            .iter()
+            .map(cstring)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| prepare("agent arguments", e))?;
         let envp_c = [CString::from(c"PATH=/sbin:/bin")];
         let path = cstring(AGENT_PATH).map_err(|e| prepare("agent path", e))?;
 
         held.cgroup = make_cgroup(spec)?;
 
-        let spawn_err = |source: io::Error| LaunchError::Spawn { program: format!("{AGENT_PATH} in new namespaces"), source };
+        let spawn_err = |source: io::Error| LaunchError::Spawn {
+            program: format!("{AGENT_PATH} in new namespaces"),
+            source,
+        };
         // The pointer arrays live in this block only: no raw pointer is held across an
         // await, so the launch future stays Send.
         let pid = {
-            let argv: Vec<*const libc::c_char> = argv_c.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
-            let envp: Vec<*const libc::c_char> = envp_c.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+            let argv: Vec<*const libc::c_char> =
+                argv_c.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+            let envp: Vec<*const libc::c_char> =
+                envp_c.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
             let child = Child {
                 plan: &steps,
                 parent_ends: [sync_wr.as_raw_fd(), err_rd.as_raw_fd()],
@@ -285,7 +337,8 @@ impl Ns {
                 return Err(spawn_err(e));
             }
         };
-        let started = self.release_child(spec, pid, held, sync_wr, err_rd, (&steps, &workdir)).await;
+        let started =
+            self.release_child(spec, pid, held, sync_wr, err_rd, (&steps, &workdir)).await;
         match started.and_then(|()| split_socket(host).map_err(|e| prepare("control socket", e))) {
             Ok(halves) => Ok((halves, proc, console)),
             Err(e) => {
@@ -319,21 +372,28 @@ impl Ns {
             // A half-made pair goes with the guest's network namespace when the child is
             // killed; a made one also disappears with it later, which releasing tolerates.
             n.fleet.add_veth(&n.link, pid.as_raw() as u32)?;
-            held.resources.push(Resource::Link { netns: n.fleet.netns.clone(), name: n.link.clone() });
+            held.resources
+                .push(Resource::Link { netns: n.fleet.netns.clone(), name: n.link.clone() });
         }
         nix::unistd::write(&sync_wr, &[1]).map_err(|e| prepare("sync pipe", e.into()))?;
         drop(sync_wr);
-        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(err_rd).map_err(|e| prepare("error pipe", e))?;
+        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(err_rd)
+            .map_err(|e| prepare("error pipe", e))?;
         let mut report = Vec::new();
         let program = format!("{AGENT_PATH} in new namespaces");
         match tokio::time::timeout(EXEC_TIMEOUT, rx.read_to_end(&mut report)).await {
             Err(_) => Err(LaunchError::Spawn {
                 program,
-                source: io::Error::new(io::ErrorKind::TimedOut, format!("the guest did not exec within {EXEC_TIMEOUT:?}")),
+                source: io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the guest did not exec within {EXEC_TIMEOUT:?}"),
+                ),
             }),
             Ok(Err(source)) => Err(LaunchError::Spawn { program, source }),
             Ok(Ok(_)) if report.is_empty() => Ok(()),
-            Ok(Ok(_)) => Err(LaunchError::Spawn { program, source: decode_failure(&report, steps, workdir) }),
+            Ok(Ok(_)) => {
+                Err(LaunchError::Spawn { program, source: decode_failure(&report, steps, workdir) })
+            }
         }
     }
 }
@@ -349,7 +409,10 @@ fn check_rootfs(rootfs: &Path) -> Result<(), String> {
     for d in NEEDED_DIRS {
         let p = rootfs.join(d);
         if !p.is_dir() {
-            return Err(format!("rootfs image lacks a mount point the guest needs: {} is missing", p.display()));
+            return Err(format!(
+                "rootfs image lacks a mount point the guest needs: {} is missing",
+                p.display()
+            ));
         }
     }
     Ok(())
@@ -439,7 +502,10 @@ impl Step {
     fn describe(&self, workdir: &Path, opened: &[(RawFd, &CString)]) -> String {
         let s = |c: &CString| {
             let p = Path::new(OsStr::from_bytes(c.as_bytes()));
-            let fd = p.strip_prefix("/proc/self/fd").ok().and_then(|n| n.to_str()?.parse::<RawFd>().ok());
+            let fd = p
+                .strip_prefix("/proc/self/fd")
+                .ok()
+                .and_then(|n| n.to_str()?.parse::<RawFd>().ok());
             if let Some((_, path)) = fd.and_then(|fd| opened.iter().find(|(n, _)| *n == fd)) {
                 path.to_string_lossy().into_owned()
             } else if p.is_absolute() || p == Path::new(".") {
@@ -453,7 +519,11 @@ impl Step {
                 if flags.contains(MsFlags::MS_REMOUNT) {
                     format!("remounting {} ({})", s(target), flag_names(*flags))
                 } else if flags.contains(MsFlags::MS_BIND) {
-                    format!("bind-mounting {} on {}", src.as_ref().map(s).unwrap_or_default(), s(target))
+                    format!(
+                        "bind-mounting {} on {}",
+                        src.as_ref().map(s).unwrap_or_default(),
+                        s(target)
+                    )
                 } else if let Some(t) = fstype {
                     format!("mounting {} on {}", t.to_string_lossy(), s(target))
                 } else {
@@ -493,8 +563,19 @@ fn flag_names(f: MsFlags) -> String {
 fn plan(p: &PlanInput) -> io::Result<Vec<Step>> {
     let c = |s: &str| cstring(s);
     let fd_path = |fd: RawFd| cstring(format!("/proc/self/fd/{fd}"));
-    let mount = |src: Option<CString>, target: &str, fstype: Option<&str>, flags: MsFlags, data: Option<&str>| -> io::Result<Step> {
-        Ok(Step::Mount { src, target: c(target)?, fstype: fstype.map(c).transpose()?, flags, data: data.map(c).transpose()? })
+    let mount = |src: Option<CString>,
+                 target: &str,
+                 fstype: Option<&str>,
+                 flags: MsFlags,
+                 data: Option<&str>|
+     -> io::Result<Step> {
+        Ok(Step::Mount {
+            src,
+            target: c(target)?,
+            fstype: fstype.map(c).transpose()?,
+            flags,
+            data: data.map(c).transpose()?,
+        })
     };
     let ro_bind = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -512,8 +593,20 @@ fn plan(p: &PlanInput) -> io::Result<Vec<Step>> {
     v.extend([
         Step::Chdir(fd_path(WORKDIR_FD)?),
         mount(Some(fd_path(ROOTFS_FD)?), "root", None, MsFlags::MS_BIND, None)?,
-        mount(None, "root", None, ro_bind | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | p.rootfs_keep, None)?,
-        mount(Some(c("tmpfs")?), "root/dev", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=64k"))?,
+        mount(
+            None,
+            "root",
+            None,
+            ro_bind | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | p.rootfs_keep,
+            None,
+        )?,
+        mount(
+            Some(c("tmpfs")?),
+            "root/dev",
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=755,size=64k"),
+        )?,
     ]);
     for d in DEVICES {
         let target = format!("root/dev/{d}");
@@ -521,10 +614,22 @@ fn plan(p: &PlanInput) -> io::Result<Vec<Step>> {
         v.push(mount(Some(cstring(format!("/dev/{d}"))?), &target, None, MsFlags::MS_BIND, None)?);
     }
     v.push(mount(None, "root/dev", None, ro_bind | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, None)?);
-    v.push(mount(Some(c("tmpfs")?), "root/tmp", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?);
+    v.push(mount(
+        Some(c("tmpfs")?),
+        "root/tmp",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?);
     if p.data_disk.is_some() {
         let img = format!("root{DISK_IN_GUEST}");
-        v.push(mount(Some(c("tmpfs")?), "root/data", Some("tmpfs"), nosuid_nodev_noexec, Some("mode=755,size=4k"))?);
+        v.push(mount(
+            Some(c("tmpfs")?),
+            "root/data",
+            Some("tmpfs"),
+            nosuid_nodev_noexec,
+            Some("mode=755,size=4k"),
+        )?);
         v.push(Step::CreateFile(c(&img)?));
         v.push(mount(Some(fd_path(DISK_FD)?), &img, None, MsFlags::MS_BIND, None)?);
         v.push(mount(None, &img, None, ro_bind | nosuid_nodev_noexec | p.disk_keep, None)?);
@@ -547,7 +652,14 @@ fn plan(p: &PlanInput) -> io::Result<Vec<Step>> {
 
 /// The system calls the plan is made of: real ones in the child, recorded ones in tests.
 trait Syscall {
-    fn mount(&self, src: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: MsFlags, data: Option<&CStr>) -> nix::Result<()>;
+    fn mount(
+        &self,
+        src: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: MsFlags,
+        data: Option<&CStr>,
+    ) -> nix::Result<()>;
     fn umount2(&self, target: &CStr, flags: MntFlags) -> nix::Result<()>;
     fn pivot_root(&self, new_root: &CStr, put_old: &CStr) -> nix::Result<()>;
     fn chdir(&self, path: &CStr) -> nix::Result<()>;
@@ -562,7 +674,14 @@ trait Syscall {
 struct RealSyscall;
 
 impl Syscall for RealSyscall {
-    fn mount(&self, src: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: MsFlags, data: Option<&CStr>) -> nix::Result<()> {
+    fn mount(
+        &self,
+        src: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: MsFlags,
+        data: Option<&CStr>,
+    ) -> nix::Result<()> {
         nix::mount::mount(src, target, fstype, flags, data)
     }
     fn umount2(&self, target: &CStr, flags: MntFlags) -> nix::Result<()> {
@@ -597,7 +716,11 @@ impl Syscall for RealSyscall {
         // in the parent.
         // SAFETY: setgroups with an empty list reads no memory; setresgid/setresuid take ids.
         unsafe {
-            Errno::result(libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()))?;
+            Errno::result(libc::syscall(
+                libc::SYS_setgroups,
+                0usize,
+                std::ptr::null::<libc::gid_t>(),
+            ))?;
             Errno::result(libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32))?;
             Errno::result(libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32))?;
         }
@@ -747,7 +870,14 @@ fn wire_fds(c: &Child) -> Result<(), Errno> {
     }
     // Best effort (Linux ≥ 5.11): hostd opens everything close-on-exec anyway.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
-    unsafe { libc::syscall(libc::SYS_close_range, (AGENT_FD + 1) as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            (AGENT_FD + 1) as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     Ok(())
 }
 
@@ -767,7 +897,10 @@ fn fail(c: &Child, step: u32, e: Errno) -> ! {
 /// Turns the child's `(step, errno)` report into an error naming the step.
 fn decode_failure(report: &[u8], steps: &[Step], workdir: &Path) -> io::Error {
     let (Some(s), Some(e)) = (report.get(..4), report.get(4..8)) else {
-        return io::Error::other(format!("garbled failure report from the guest's child ({} bytes)", report.len()));
+        return io::Error::other(format!(
+            "garbled failure report from the guest's child ({} bytes)",
+            report.len()
+        ));
     };
     let step = u32::from_le_bytes(s.try_into().unwrap_or_default());
     let errno = i32::from_le_bytes(e.try_into().unwrap_or_default());
@@ -777,9 +910,20 @@ fn decode_failure(report: &[u8], steps: &[Step], workdir: &Path) -> io::Error {
         AT_EXEC => format!("executing {AGENT_PATH}"),
         AT_NETNS => "joining the fleet's network namespace (shared network mode)".to_string(),
         i => {
-            let opened: Vec<(RawFd, &CString)> =
-                steps.iter().filter_map(|s| if let Step::OpenPath { path, fd } = s { Some((*fd, path)) } else { None }).collect();
-            steps.get(i as usize).map(|s| s.describe(workdir, &opened)).unwrap_or_else(|| format!("step {i}"))
+            let opened: Vec<(RawFd, &CString)> = steps
+                .iter()
+                .filter_map(|s| {
+                    if let Step::OpenPath { path, fd } = s {
+                        Some((*fd, path))
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            steps
+                .get(i as usize)
+                .map(|s| s.describe(workdir, &opened))
+                .unwrap_or_else(|| format!("step {i}"))
         }
     };
     let os = io::Error::from_raw_os_error(errno);
@@ -817,8 +961,22 @@ mod tests {
     }
 
     impl Syscall for Recorder {
-        fn mount(&self, src: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: MsFlags, data: Option<&CStr>) -> nix::Result<()> {
-            self.rec(format!("mount {} {} {} {} {}", s(src), s(Some(target)), s(fstype), flag_names(flags), s(data)))
+        fn mount(
+            &self,
+            src: Option<&CStr>,
+            target: &CStr,
+            fstype: Option<&CStr>,
+            flags: MsFlags,
+            data: Option<&CStr>,
+        ) -> nix::Result<()> {
+            self.rec(format!(
+                "mount {} {} {} {} {}",
+                s(src),
+                s(Some(target)),
+                s(fstype),
+                flag_names(flags),
+                s(data)
+            ))
         }
         fn umount2(&self, target: &CStr, flags: MntFlags) -> nix::Result<()> {
             let f: Vec<_> = flags.iter_names().map(|(n, _)| n).collect();
@@ -952,7 +1110,9 @@ mod tests {
         assert!(err.starts_with("bind-mounting /img/rootfs on /w/g0/root: "), "{err}");
         let mut report = AT_EXEC.to_le_bytes().to_vec();
         report.extend((Errno::ENOENT as i32).to_le_bytes());
-        assert!(decode_failure(&report, &steps, Path::new("/w")).to_string().contains("executing /sbin/guest-agent"));
+        assert!(decode_failure(&report, &steps, Path::new("/w"))
+            .to_string()
+            .contains("executing /sbin/guest-agent"));
         assert!(decode_failure(&[1, 2], &steps, Path::new("/w")).to_string().contains("garbled"));
     }
 
@@ -966,7 +1126,10 @@ mod tests {
     #[test]
     fn keep_flags_always_name_an_atime_mode() {
         let f = keep_flags(Path::new("/")).unwrap();
-        assert!(f.intersects(MsFlags::MS_NOATIME | MsFlags::MS_RELATIME | MsFlags::MS_STRICTATIME), "{f:?}");
+        assert!(
+            f.intersects(MsFlags::MS_NOATIME | MsFlags::MS_RELATIME | MsFlags::MS_STRICTATIME),
+            "{f:?}"
+        );
     }
 
     #[test]

@@ -34,9 +34,8 @@ use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountB
 
 use super::native::{split_socket, AGENT_FD};
 use super::{
-    prepare, Halves, Held,
-    pass_fd_in_child, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, LaunchFiles, Launched, Proc, Resource,
-    Unavailable,
+    pass_fd_in_child, prepare, Backend, BackendKind, BackendOptions, GuestSpec, Halves, Held,
+    Images, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
 };
 use crate::cgroup::{Cgroup, Limits};
 use crate::console::{ConsoleLog, CONSOLE_CAP};
@@ -71,7 +70,9 @@ impl Oci {
             let p = PathBuf::from(&self.runtime);
             return p.is_file().then_some(p);
         }
-        std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(&self.runtime)).find(|p| p.is_file())
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join(&self.runtime))
+            .find(|p| p.is_file())
     }
 
     /// The bundle's template config and its rootfs (absolute, checked to hold the agent).
@@ -81,10 +82,15 @@ impl Oci {
         if !cfg.is_file() {
             return Err(format!("bundle template {} is missing", cfg.display()));
         }
-        let spec = Spec::load(&cfg).map_err(|e| format!("bundle template {}: {e}", cfg.display()))?;
-        let root = spec.root().as_ref().ok_or_else(|| format!("bundle template {} has no root", cfg.display()))?;
+        let spec =
+            Spec::load(&cfg).map_err(|e| format!("bundle template {}: {e}", cfg.display()))?;
+        let root = spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| format!("bundle template {} has no root", cfg.display()))?;
         let rootfs = bundle.join(root.path());
-        let rootfs = std::fs::canonicalize(&rootfs).map_err(|e| format!("bundle rootfs {}: {e}", rootfs.display()))?;
+        let rootfs = std::fs::canonicalize(&rootfs)
+            .map_err(|e| format!("bundle rootfs {}: {e}", rootfs.display()))?;
         let agent = rootfs.join(AGENT_PATH);
         if !agent.is_file() {
             return Err(format!("bundle rootfs lacks the agent: {} is missing", agent.display()));
@@ -100,22 +106,36 @@ impl Backend for Oci {
 
     /// The bundle tree and the runtime.
     fn launch_files(&self) -> LaunchFiles {
-        LaunchFiles { images: self.bundle.iter().cloned().collect(), programs: vec![self.runtime.clone()], data: Vec::new() }
+        LaunchFiles {
+            images: self.bundle.iter().cloned().collect(),
+            programs: vec![self.runtime.clone()],
+            data: Vec::new(),
+        }
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {
         let unavailable = |reason: String| Unavailable { backend: "oci", reason };
         let euid = nix::unistd::geteuid();
         if !euid.is_root() {
-            return Err(unavailable(format!("needs root for its network namespaces, veths and cgroups (running as uid {euid})")));
+            return Err(unavailable(format!(
+                "needs root for its network namespaces, veths and cgroups (running as uid {euid})"
+            )));
         }
-        let runtime = self.runtime_path().ok_or_else(|| unavailable(format!("OCI runtime {:?} not found", self.runtime)))?;
-        let version = runtime_version(&runtime).await.map_err(|e| unavailable(format!("{} --version: {e}", runtime.display())))?;
-        let (template, rootfs) = self.template().map_err(unavailable)?;
-        let ran = probe_run(&runtime, &template, &rootfs)
+        let runtime = self
+            .runtime_path()
+            .ok_or_else(|| unavailable(format!("OCI runtime {:?} not found", self.runtime)))?;
+        let version = runtime_version(&runtime)
             .await
-            .map_err(|e| unavailable(format!("{version} ({}): a test container failed: {e}", runtime.display())))?;
-        Ok(format!("{version} ({}), bundle {}; test container said {ran:?}", runtime.display(), rootfs.display()))
+            .map_err(|e| unavailable(format!("{} --version: {e}", runtime.display())))?;
+        let (template, rootfs) = self.template().map_err(unavailable)?;
+        let ran = probe_run(&runtime, &template, &rootfs).await.map_err(|e| {
+            unavailable(format!("{version} ({}): a test container failed: {e}", runtime.display()))
+        })?;
+        Ok(format!(
+            "{version} ({}), bundle {}; test container said {ran:?}",
+            runtime.display(),
+            rootfs.display()
+        ))
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
@@ -143,21 +163,33 @@ fn cgroups_path(spec: &GuestSpec) -> PathBuf {
 
 impl Oci {
     /// Everything up to a running container. Whatever it creates is recorded in `held`.
-    async fn start(&self, spec: &GuestSpec, held: &mut Held) -> Result<(Halves, Proc, ConsoleLog), LaunchError> {
-        let runtime = self
-            .runtime_path()
-            .ok_or_else(|| prepare(format!("OCI runtime {:?}", self.runtime), io::Error::new(io::ErrorKind::NotFound, "not found")))?;
-        let (template, rootfs) = self.template().map_err(|e| prepare("the bundle template", io::Error::other(e)))?;
+    async fn start(
+        &self,
+        spec: &GuestSpec,
+        held: &mut Held,
+    ) -> Result<(Halves, Proc, ConsoleLog), LaunchError> {
+        let runtime = self.runtime_path().ok_or_else(|| {
+            prepare(
+                format!("OCI runtime {:?}", self.runtime),
+                io::Error::new(io::ErrorKind::NotFound, "not found"),
+            )
+        })?;
+        let (template, rootfs) =
+            self.template().map_err(|e| prepare("the bundle template", io::Error::other(e)))?;
         std::fs::create_dir_all(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
         held.resources.push(Resource::Dir { path: spec.workdir.clone() });
-        let workdir = std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
+        let workdir =
+            std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
         let bundle = workdir.join("bundle");
         let state = workdir.join("state");
         for d in [&bundle, &state] {
             std::fs::create_dir_all(d).map_err(|e| prepare(d.display(), e))?;
         }
         let disk = match &spec.data_disk {
-            Some(d) => Some(std::fs::canonicalize(d).map_err(|e| prepare(format!("data disk {}", d.display()), e))?),
+            Some(d) => Some(
+                std::fs::canonicalize(d)
+                    .map_err(|e| prepare(format!("data disk {}", d.display()), e))?,
+            ),
             None => None,
         };
 
@@ -169,7 +201,8 @@ impl Oci {
                 // A half-made pair goes when the namespace is deleted; a made one too,
                 // which releasing the link tolerates.
                 n.fleet.add_veth_to_netns(&n.link, &name)?;
-                held.resources.push(Resource::Link { netns: n.fleet.netns.clone(), name: n.link.clone() });
+                held.resources
+                    .push(Resource::Link { netns: n.fleet.netns.clone(), name: n.link.clone() });
                 Some(PathBuf::from("/run/netns").join(name))
             }
             None => None,
@@ -187,7 +220,11 @@ impl Oci {
             &GuestConfig {
                 rootfs: &rootfs,
                 hostname: &spec.name,
-                agent_args: spec.net.as_ref().map(|n| vec!["--net".to_string(), n.agent_arg()]).unwrap_or_default(),
+                agent_args: spec
+                    .net
+                    .as_ref()
+                    .map(|n| vec!["--net".to_string(), n.agent_arg()])
+                    .unwrap_or_default(),
                 netns,
                 cgroups_path: rel.clone(),
                 limits: spec.limits,
@@ -199,10 +236,12 @@ impl Oci {
         config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), io::Error::other(e)))?;
 
         let log = workdir.join("console.log");
-        let (console, out) = ConsoleLog::start(&log, CONSOLE_CAP).map_err(|e| prepare(log.display(), io::Error::other(e)))?;
+        let (console, out) = ConsoleLog::start(&log, CONSOLE_CAP)
+            .map_err(|e| prepare(log.display(), io::Error::other(e)))?;
         let err = out.try_clone().map_err(|e| prepare(log.display(), e))?;
-        let (host, guest) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| prepare("control socketpair", e.into()))?;
+        let (host, guest) =
+            socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(|e| prepare("control socketpair", e.into()))?;
         let id = format!("vb-{}-{}", spec.run, spec.name);
         let mut cmd = tokio::process::Command::new(&runtime);
         cmd.arg("--root")
@@ -217,7 +256,11 @@ impl Oci {
             .process_group(0)
             .kill_on_drop(true);
         pass_fd_in_child(&mut cmd, guest.as_raw_fd(), AGENT_FD);
-        held.resources.push(Resource::Container { runtime: runtime.clone(), root: Some(state.clone()), id: id.clone() });
+        held.resources.push(Resource::Container {
+            runtime: runtime.clone(),
+            root: Some(state.clone()),
+            id: id.clone(),
+        });
         let program = format!("{} run {id}", runtime.display());
         let spawn_err = |source: io::Error| LaunchError::Spawn { program: program.clone(), source };
         let subreaper = Subreaper::hold();
@@ -226,7 +269,12 @@ impl Oci {
         drop(subreaper);
         drop(guest);
         match status {
-            Err(_) => return Err(spawn_err(io::Error::new(io::ErrorKind::TimedOut, format!("no start within {RUN_TIMEOUT:?}")))),
+            Err(_) => {
+                return Err(spawn_err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no start within {RUN_TIMEOUT:?}"),
+                )))
+            }
             Ok(Err(e)) => return Err(spawn_err(e)),
             Ok(Ok(st)) if !st.success() => {
                 // The runtime has exited, but a half-started container may still hold the pipe.
@@ -242,15 +290,23 @@ impl Oci {
             }
             Ok(Ok(_)) => {}
         }
-        let pid = state_pid(&runtime, &state, &id).await.map_err(|e| spawn_err(io::Error::other(format!("state: {e}"))))?;
+        let pid = state_pid(&runtime, &state, &id)
+            .await
+            .map_err(|e| spawn_err(io::Error::other(format!("state: {e}"))))?;
         // Ours to reap if we adopted it (see Subreaper); else the host's init reaps it.
-        let mut proc = Proc::from_pid(pid, parent_of(pid) == Some(std::process::id())).map_err(&spawn_err)?;
-        let proc_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let mut proc =
+            Proc::from_pid(pid, parent_of(pid) == Some(std::process::id())).map_err(&spawn_err)?;
+        let proc_cgroup =
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         // Path::ends_with compares whole components: `rel` is relative, so any prefix matches.
-        match crate::cgroup::dirs_of(&proc_cgroup, &mountinfo, |p| p.ends_with(&rel).then(|| p.to_path_buf())) {
+        match crate::cgroup::dirs_of(&proc_cgroup, &mountinfo, |p| {
+            p.ends_with(&rel).then(|| p.to_path_buf())
+        }) {
             Some(cg) => held.cgroup = Some(cg),
-            None => tracing::warn!(guest = %spec.name, "container {id} is not in a group ending {}", rel.display()),
+            None => {
+                tracing::warn!(guest = %spec.name, "container {id} is not in a group ending {}", rel.display())
+            }
         }
         match split_socket(host) {
             Ok(halves) => Ok((halves, proc, console)),
@@ -309,17 +365,31 @@ fn parent_of(pid: u32) -> Option<u32> {
 }
 
 async fn runtime_version(runtime: &Path) -> io::Result<String> {
-    let out = tokio::process::Command::new(runtime).arg("--version").stdin(Stdio::null()).output().await?;
+    let out = tokio::process::Command::new(runtime)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .await?;
     let text = String::from_utf8_lossy(&out.stdout);
     match text.lines().next() {
         Some(l) if out.status.success() && !l.trim().is_empty() => Ok(l.trim().to_string()),
-        _ => Err(io::Error::other(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))),
+        _ => Err(io::Error::other(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
     }
 }
 
 /// The container's init pid, from `<runtime> state <id>`.
 async fn state_pid(runtime: &Path, root: &Path, id: &str) -> io::Result<u32> {
-    let out = tokio::process::Command::new(runtime).arg("--root").arg(root).args(["state", id]).stdin(Stdio::null()).output().await?;
+    let out = tokio::process::Command::new(runtime)
+        .arg("--root")
+        .arg(root)
+        .args(["state", id])
+        .stdin(Stdio::null())
+        .output()
+        .await?;
     if !out.status.success() {
         return Err(io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }
@@ -328,7 +398,9 @@ async fn state_pid(runtime: &Path, root: &Path, id: &str) -> io::Result<u32> {
         .and_then(|p| p.as_u64())
         .filter(|&p| p > 0 && p <= u32::MAX as u64)
         .map(|p| p as u32)
-        .ok_or_else(|| io::Error::other(format!("no pid in {}", String::from_utf8_lossy(&out.stdout).trim())))
+        .ok_or_else(|| {
+            io::Error::other(format!("no pid in {}", String::from_utf8_lossy(&out.stdout).trim()))
+        })
 }
 
 /// Runs the agent with `--version` in a throwaway container from the template, as a guest
@@ -336,7 +408,10 @@ async fn state_pid(runtime: &Path, root: &Path, id: &str) -> io::Result<u32> {
 async fn probe_run(runtime: &Path, template: &Spec, rootfs: &Path) -> Result<String, String> {
     static N: AtomicU32 = AtomicU32::new(0);
     let id = format!("vb-probe-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-    let dir = tempfile::Builder::new().prefix("vb-oci-probe-").tempdir().map_err(|e| format!("temporary bundle: {e}"))?;
+    let dir = tempfile::Builder::new()
+        .prefix("vb-oci-probe-")
+        .tempdir()
+        .map_err(|e| format!("temporary bundle: {e}"))?;
     let bundle = dir.path().join("bundle");
     let state = dir.path().join("state");
     std::fs::create_dir_all(&bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
@@ -352,12 +427,22 @@ async fn probe_run(runtime: &Path, template: &Spec, rootfs: &Path) -> Result<Str
     };
     let mut cfg = derive_config(template, &g)?;
     if let Some(p) = cfg.process_mut() {
-        let agent = p.args().as_ref().and_then(|a| a.first().cloned()).unwrap_or_else(|| format!("/{AGENT_PATH}"));
+        let agent = p
+            .args()
+            .as_ref()
+            .and_then(|a| a.first().cloned())
+            .unwrap_or_else(|| format!("/{AGENT_PATH}"));
         p.set_args(Some(vec![agent, "--version".into()]));
     }
     cfg.save(bundle.join("config.json")).map_err(|e| format!("writing the test config: {e}"))?;
     let mut cmd = tokio::process::Command::new(runtime);
-    cmd.arg("--root").arg(&state).args(["run", "--bundle"]).arg(&bundle).arg(&id).stdin(Stdio::null()).kill_on_drop(true);
+    cmd.arg("--root")
+        .arg(&state)
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
     let out = tokio::time::timeout(PROBE_TIMEOUT, cmd.output()).await;
     // Whatever happened, leave no container state behind.
     let _ = Resource::Container { runtime: runtime.to_path_buf(), root: Some(state), id }.release();
@@ -418,7 +503,11 @@ fn derive_config(template: &Spec, g: &GuestConfig) -> Result<Spec, String> {
                 n.set_path(Some(path.clone()));
             }
             None => nss.push(
-                LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(path.clone()).build().map_err(|e| e.to_string())?,
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Network)
+                    .path(path.clone())
+                    .build()
+                    .map_err(|e| e.to_string())?,
             ),
         }
     }
@@ -428,7 +517,9 @@ fn derive_config(template: &Spec, g: &GuestConfig) -> Result<Spec, String> {
         let r = linux.resources_mut().get_or_insert_with(Default::default);
         if let Some(m) = l.memory_bytes {
             let mut mem = r.memory().unwrap_or_default();
-            mem.set_limit(Some(i64::try_from(m).map_err(|_| format!("memory limit {m} too large"))?));
+            mem.set_limit(Some(
+                i64::try_from(m).map_err(|_| format!("memory limit {m} too large"))?,
+            ));
             r.set_memory(Some(mem));
         }
         if l.cpus.is_some() || l.cpuset.is_some() {
@@ -461,8 +552,18 @@ fn derive_config(template: &Spec, g: &GuestConfig) -> Result<Spec, String> {
         };
         let mounts = s.mounts_mut().get_or_insert_with(Vec::new);
         // A tiny tmpfs holds the mount-point file, so the shared image never gains one.
-        mounts.push(mount("/data", "tmpfs", Path::new("tmpfs"), &["nosuid", "nodev", "noexec", "mode=755", "size=4k"])?);
-        mounts.push(mount(DISK_IN_GUEST, "bind", disk, &["bind", "ro", "nosuid", "nodev", "noexec"])?);
+        mounts.push(mount(
+            "/data",
+            "tmpfs",
+            Path::new("tmpfs"),
+            &["nosuid", "nodev", "noexec", "mode=755", "size=4k"],
+        )?);
+        mounts.push(mount(
+            DISK_IN_GUEST,
+            "bind",
+            disk,
+            &["bind", "ro", "nosuid", "nodev", "noexec"],
+        )?);
     }
     Ok(s)
 }
@@ -502,7 +603,8 @@ fn create_groups(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    let parent = dir.parent().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no parent"))?;
+    let parent =
+        dir.parent().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no parent"))?;
     create_groups(parent)?;
     match std::fs::create_dir(dir) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
@@ -566,7 +668,12 @@ mod tests {
             agent_args: vec!["--net".into(), "eth0=10.211.0.3/16".into()],
             netns: Some("/run/netns/vbn-r-1".into()),
             cgroups_path: "virtbench/r/g1".into(),
-            limits: Limits { memory_bytes: Some(128 << 20), cpus: Some(0.5), pids: Some(32), cpuset: Some("0") },
+            limits: Limits {
+                memory_bytes: Some(128 << 20),
+                cpus: Some(0.5),
+                pids: Some(32),
+                cpuset: Some("0"),
+            },
             data_disk: disk,
         }
     }
@@ -581,18 +688,30 @@ mod tests {
         let args = s.process().as_ref().unwrap().args().clone().unwrap();
         assert_eq!(args, ["/sbin/guest-agent", "--ctl", "fd:3", "--net", "eth0=10.211.0.3/16"]);
         let linux = s.linux().as_ref().unwrap();
-        let net: Vec<_> = linux.namespaces().as_ref().unwrap().iter().filter(|n| n.typ() == LinuxNamespaceType::Network).collect();
+        let net: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|n| n.typ() == LinuxNamespaceType::Network)
+            .collect();
         assert_eq!(net.len(), 1);
         assert_eq!(net[0].path().as_deref(), Some(Path::new("/run/netns/vbn-r-1")));
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("virtbench/r/g1")));
         let r = linux.resources().as_ref().unwrap();
         assert_eq!(r.memory().unwrap().limit(), Some(128 << 20));
         let cpu = r.cpu().as_ref().unwrap();
-        assert_eq!((cpu.quota(), cpu.period(), cpu.cpus().as_deref()), (Some(50_000), Some(100_000), Some("0")));
+        assert_eq!(
+            (cpu.quota(), cpu.period(), cpu.cpus().as_deref()),
+            (Some(50_000), Some(100_000), Some("0"))
+        );
         assert_eq!(r.pids().unwrap().limit(), 32);
         let m = s.mounts().as_ref().unwrap();
         let data = &m[m.len() - 2];
-        assert_eq!((data.destination().as_path(), data.typ().as_deref()), (Path::new("/data"), Some("tmpfs")));
+        assert_eq!(
+            (data.destination().as_path(), data.typ().as_deref()),
+            (Path::new("/data"), Some("tmpfs"))
+        );
         let disk = &m[m.len() - 1];
         assert_eq!(disk.destination(), Path::new("/data/disk.img"));
         assert_eq!(disk.source().as_deref(), Some(Path::new("/d/disk.bin")));
@@ -634,13 +753,25 @@ mod tests {
         assert!(linux.resources().is_none(), "no limits, no resources section");
         assert!(linux.namespaces().as_ref().unwrap().iter().all(|n| n.path().is_none()));
         assert_eq!(s.mounts().as_ref().unwrap().len(), template().mounts().as_ref().unwrap().len());
-        assert_eq!(s.process().as_ref().unwrap().args(), template().process().as_ref().unwrap().args());
+        assert_eq!(
+            s.process().as_ref().unwrap().args(),
+            template().process().as_ref().unwrap().args()
+        );
         // A template without a network namespace gains one when the guest has a network.
         let mut t = template();
-        t.linux_mut().as_mut().unwrap().namespaces_mut().as_mut().unwrap().retain(|n| n.typ() != LinuxNamespaceType::Network);
+        t.linux_mut()
+            .as_mut()
+            .unwrap()
+            .namespaces_mut()
+            .as_mut()
+            .unwrap()
+            .retain(|n| n.typ() != LinuxNamespaceType::Network);
         let s = derive_config(&t, &guest(None)).unwrap();
         let ns = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
-        assert_eq!(ns.last().map(|n| (n.typ(), n.path().clone())), Some((LinuxNamespaceType::Network, Some("/run/netns/vbn-r-1".into()))));
+        assert_eq!(
+            ns.last().map(|n| (n.typ(), n.path().clone())),
+            Some((LinuxNamespaceType::Network, Some("/run/netns/vbn-r-1".into())))
+        );
         // A template without a process is refused with a reason.
         let mut t = template();
         t.set_process(None);
@@ -667,7 +798,9 @@ mod tests {
 0::/virtbench/r/g1
 ";
         let suffix = Path::new("virtbench/r/g1");
-        let cg = crate::cgroup::dirs_of(pc, MOUNTINFO, |p| p.ends_with(suffix).then(|| p.to_path_buf())).unwrap();
+        let cg =
+            crate::cgroup::dirs_of(pc, MOUNTINFO, |p| p.ends_with(suffix).then(|| p.to_path_buf()))
+                .unwrap();
         assert_eq!(cg.mode, Mode::V1);
         let dirs: Vec<&str> = cg.dirs.iter().map(|d| d.to_str().unwrap()).collect();
         // blkio is not mounted in this mountinfo: skipped, not guessed.
@@ -683,17 +816,24 @@ mod tests {
         );
         // Expected from hostd's own groups.
         let own = "4:memory:/process_api/abc\n8:pids:/\n0::/\n";
-        let cg = crate::cgroup::dirs_of(own, MOUNTINFO, |p| Some(p.join("virtbench/r/g1"))).unwrap();
+        let cg =
+            crate::cgroup::dirs_of(own, MOUNTINFO, |p| Some(p.join("virtbench/r/g1"))).unwrap();
         assert_eq!(cg.dirs[0], Path::new("/sys/fs/cgroup/memory/process_api/abc/virtbench/r/g1"));
         assert_eq!(cg.dirs.len(), 3);
         // A group elsewhere is not the guest's.
-        assert!(crate::cgroup::dirs_of("4:memory:/other\n", MOUNTINFO, |p| p.ends_with(suffix).then(|| p.to_path_buf())).is_none());
+        assert!(crate::cgroup::dirs_of("4:memory:/other\n", MOUNTINFO, |p| p
+            .ends_with(suffix)
+            .then(|| p.to_path_buf()))
+        .is_none());
     }
 
     #[test]
     fn container_group_on_a_v2_host() {
         let mi = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
-        let cg = crate::cgroup::dirs_of("0::/user.slice/virtbench/r/g1\n", mi, |p| Some(p.to_path_buf())).unwrap();
+        let cg = crate::cgroup::dirs_of("0::/user.slice/virtbench/r/g1\n", mi, |p| {
+            Some(p.to_path_buf())
+        })
+        .unwrap();
         assert_eq!(cg.mode, Mode::V2);
         assert_eq!(cg.dirs, [PathBuf::from("/sys/fs/cgroup/user.slice/virtbench/r/g1")]);
     }

@@ -16,7 +16,12 @@ pub enum Proc {
     Child(tokio::process::Child),
     /// `reap`: the process is hostd's child and must be waited for once it exits.
     /// `waited`: its exit has been seen (and reaped, if ours).
-    Pidfd { pid: u32, fd: AsyncFd<OwnedFd>, reap: bool, waited: bool },
+    Pidfd {
+        pid: u32,
+        fd: AsyncFd<OwnedFd>,
+        reap: bool,
+        waited: bool,
+    },
 }
 
 /// A process dropped before its exit was seen (a launch abandoned at its deadline, a guest
@@ -31,7 +36,9 @@ impl Drop for Proc {
             if !matches!(nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)), Ok(st) if st != nix::sys::wait::WaitStatus::StillAlive)
             {
                 // Dies within moments of SIGKILL; reaped off the caller's thread.
-                let _ = std::thread::Builder::new().name("reap".into()).spawn(move || nix::sys::wait::waitpid(pid, None));
+                let _ = std::thread::Builder::new()
+                    .name("reap".into())
+                    .spawn(move || nix::sys::wait::waitpid(pid, None));
             }
         }
     }
@@ -41,7 +48,13 @@ impl Drop for Proc {
 fn pidfd_kill(fd: &OwnedFd) {
     // SAFETY: pidfd_send_signal takes a pidfd, a signal number, a null siginfo and flags 0.
     unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, std::os::fd::AsRawFd::as_raw_fd(fd), libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
     };
 }
 
@@ -57,7 +70,8 @@ impl Proc {
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until dropped, so the
         // descriptor stays open and unchanged for the AsyncFd's whole life.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
         Ok(Proc::Pidfd { pid, fd, reap, waited: false })
     }
 
@@ -73,7 +87,11 @@ impl Proc {
         match self {
             Proc::Child(c) => !matches!(c.try_wait(), Ok(None)),
             Proc::Pidfd { fd, .. } => {
-                let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(fd.get_ref()), events: libc::POLLIN, revents: 0 };
+                let mut pfd = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(fd.get_ref()),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
                 // SAFETY: poll on one valid pollfd with a zero timeout.
                 unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
             }
@@ -83,7 +101,11 @@ impl Proc {
     /// Waits for the exit and describes it.
     pub async fn wait(&mut self) -> String {
         match self {
-            Proc::Child(c) => c.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| format!("wait failed: {e}")),
+            Proc::Child(c) => c
+                .wait()
+                .await
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| format!("wait failed: {e}")),
             Proc::Pidfd { pid, fd, reap, waited } => {
                 let _ = fd.readable().await.map(|mut g| g.retain_ready());
                 *waited = true;

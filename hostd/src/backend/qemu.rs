@@ -25,8 +25,8 @@ use tokio::sync::OnceCell;
 
 use super::vmm::*;
 use super::{
-    stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess,
-    GuestSpec, Images, Kernel, LaunchError, LaunchFiles, Launched, Unavailable,
+    stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec, Images,
+    Kernel, LaunchError, LaunchFiles, Launched, Unavailable,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,9 @@ impl Profile {
 pub enum Accel {
     Kvm,
     /// `tsc_khz`: the host TSC rate, which is the rate a TCG guest's TSC ticks at.
-    Tcg { tsc_khz: u64 },
+    Tcg {
+        tsc_khz: u64,
+    },
 }
 
 /// The accelerator in use and why, for the probe's description.
@@ -147,12 +149,25 @@ impl Qemu {
             Some(other) => Err(format!("unknown accelerator {other:?} (use kvm or tcg)")),
             None => {
                 let (kernel, initramfs) = self.images()?;
-                match kvm_boot_probe(&self.qemu, self.profile, kernel, initramfs, KVM_PROBE_DEADLINE).await {
+                match kvm_boot_probe(
+                    &self.qemu,
+                    self.profile,
+                    kernel,
+                    initramfs,
+                    KVM_PROBE_DEADLINE,
+                )
+                .await
+                {
                     Ok(t) => Ok(AccelChoice {
                         accel: Accel::Kvm,
-                        why: format!("KVM (probe guest reached the agent's hello in {:.2} s)", t.as_secs_f64()),
+                        why: format!(
+                            "KVM (probe guest reached the agent's hello in {:.2} s)",
+                            t.as_secs_f64()
+                        ),
                     }),
-                    Err(reason) => tcg_choice(format!("KVM probe failed: {reason}; using TCG")).await,
+                    Err(reason) => {
+                        tcg_choice(format!("KVM probe failed: {reason}; using TCG")).await
+                    }
                 }
             }
         }
@@ -161,7 +176,10 @@ impl Qemu {
 
 async fn tcg_choice(why: String) -> Result<AccelChoice, String> {
     let tsc_khz = host_tsc_khz().await;
-    Ok(AccelChoice { accel: Accel::Tcg { tsc_khz }, why: format!("{why} (guest TSC = host TSC, {tsc_khz} kHz)") })
+    Ok(AccelChoice {
+        accel: Accel::Tcg { tsc_khz },
+        why: format!("{why} (guest TSC = host TSC, {tsc_khz} kHz)"),
+    })
 }
 
 impl Backend for Qemu {
@@ -174,7 +192,12 @@ impl Backend for Qemu {
         let version = program_version(&self.qemu, &["--version"]).await.map_err(unavailable)?;
         let (kernel, initramfs) = self.images().map_err(unavailable)?;
         let accel = self.accel().await.map_err(unavailable)?;
-        Ok(format!("{version}; {}; kernel {}; initramfs {}", accel.why, kernel.path.display(), initramfs.display()))
+        Ok(format!(
+            "{version}; {}; kernel {}; initramfs {}",
+            accel.why,
+            kernel.path.display(),
+            initramfs.display()
+        ))
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
@@ -198,7 +221,12 @@ impl Backend for Qemu {
 
     fn launch_files(&self) -> LaunchFiles {
         LaunchFiles {
-            images: self.kernel.iter().map(|k| k.path.clone()).chain(self.initramfs.clone()).collect(),
+            images: self
+                .kernel
+                .iter()
+                .map(|k| k.path.clone())
+                .chain(self.initramfs.clone())
+                .collect(),
             programs: vec![self.qemu.clone()],
             data: qemu_firmware(self.profile),
         }
@@ -210,7 +238,13 @@ impl Backend for Qemu {
 fn qemu_firmware(profile: Profile) -> Vec<PathBuf> {
     let names: &[&str] = match profile {
         Profile::Microvm => &["bios-microvm.bin"],
-        Profile::Full => &["bios-256k.bin", "kvmvapic.bin", "linuxboot_dma.bin", "efi-e1000.rom", "vgabios-stdvga.bin"],
+        Profile::Full => &[
+            "bios-256k.bin",
+            "kvmvapic.bin",
+            "linuxboot_dma.bin",
+            "efi-e1000.rom",
+            "vgabios-stdvga.bin",
+        ],
     };
     // Debian's QEMU looks in its own data directory, then in those of seabios and ipxe.
     let dirs = ["/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu"];
@@ -221,9 +255,14 @@ fn qemu_firmware(profile: Profile) -> Vec<PathBuf> {
         .collect()
 }
 
-
 /// The full QEMU argument list (after the program name) for one guest.
-pub fn qemu_args(profile: Profile, accel: Accel, kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Vec<String> {
+pub fn qemu_args(
+    profile: Profile,
+    accel: Accel,
+    kernel: &Kernel,
+    initramfs: &Path,
+    spec: &GuestSpec,
+) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
     let machine = match profile {
@@ -241,14 +280,28 @@ pub fn qemu_args(profile: Profile, accel: Accel, kernel: &Kernel, initramfs: &Pa
     push(&["-m", &format!("{}M", spec.mem_mib), "-smp", &spec.vcpus.to_string()]);
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     let cmdline = qemu_cmdline(profile, accel, &kernel.cmdline, spec).join(" ");
-    push(&["-kernel", &kernel.path.display().to_string(), "-initrd", &initramfs.display().to_string(), "-append", &cmdline]);
+    push(&[
+        "-kernel",
+        &kernel.path.display().to_string(),
+        "-initrd",
+        &initramfs.display().to_string(),
+        "-append",
+        &cmdline,
+    ]);
     // The serial console goes to QEMU's own stdout (reopened through /proc), the pipe hostd
     // reads into the capped console log; QEMU's stderr goes there too, so one log tells both
     // the kernel's and the VMM's side of a failure.
-    push(&["-chardev", &format!("file,id=con,path={QEMU_CONSOLE},append=on"), "-serial", "chardev:con"]);
+    push(&[
+        "-chardev",
+        &format!("file,id=con,path={QEMU_CONSOLE},append=on"),
+        "-serial",
+        "chardev:con",
+    ]);
     push(&["-chardev", &format!("socket,id=ctl,fd={CTL_FD}")]);
     match profile {
-        Profile::Microvm => push(&["-device", "virtio-serial-device", "-device", "virtconsole,chardev=ctl"]),
+        Profile::Microvm => {
+            push(&["-device", "virtio-serial-device", "-device", "virtconsole,chardev=ctl"])
+        }
         Profile::Full => push(&["-serial", "chardev:ctl"]),
     }
     if let Some(disk) = &spec.data_disk {
@@ -259,7 +312,9 @@ pub fn qemu_args(profile: Profile, accel: Accel, kernel: &Kernel, initramfs: &Pa
         match profile {
             Profile::Microvm => push(&[
                 "-drive",
-                &format!("id=d0,file={file},format=raw,if=none,readonly=on,cache.direct=on,aio=threads"),
+                &format!(
+                    "id=d0,file={file},format=raw,if=none,readonly=on,cache.direct=on,aio=threads"
+                ),
                 "-device",
                 "virtio-blk-device,drive=d0",
             ]),
@@ -270,7 +325,9 @@ pub fn qemu_args(profile: Profile, accel: Accel, kernel: &Kernel, initramfs: &Pa
             // would only add probing time.
             Profile::Full => push(&[
                 "-drive",
-                &format!("id=d0,file={file},format=raw,if=none,snapshot=on,cache.direct=on,aio=threads"),
+                &format!(
+                    "id=d0,file={file},format=raw,if=none,snapshot=on,cache.direct=on,aio=threads"
+                ),
                 "-device",
                 "ide-hd,drive=d0,bus=ide.0",
             ]),
@@ -326,7 +383,13 @@ async fn launch_qemu(
     spec: &GuestSpec,
 ) -> Result<Launched, LaunchError> {
     let st = Staging::new(spec)?;
-    spawn_vmm(st, spec, Path::new(qemu), qemu_args(profile, accel, kernel, initramfs, spec), &spec.workdir)
+    spawn_vmm(
+        st,
+        spec,
+        Path::new(qemu),
+        qemu_args(profile, accel, kernel, initramfs, spec),
+        &spec.workdir,
+    )
 }
 
 /// Boots a throwaway guest of `profile` under KVM (`-cpu host`, as real guests would run)
@@ -334,19 +397,33 @@ async fn launch_qemu(
 /// e.g. no /dev/kvm, QEMU failing to start the vCPU, or a "KVM internal error" (on nested
 /// hypervisors that cannot run an unmodified kernel: QEMU then pauses the VM, so the log
 /// is watched rather than waiting for the deadline).
-pub async fn kvm_boot_probe(qemu: &str, profile: Profile, kernel: &Kernel, initramfs: &Path, deadline: Duration) -> Result<Duration, String> {
+pub async fn kvm_boot_probe(
+    qemu: &str,
+    profile: Profile,
+    kernel: &Kernel,
+    initramfs: &Path,
+    deadline: Duration,
+) -> Result<Duration, String> {
     check_kvm()?;
     let dir = probe_dir("kvm-probe")?;
     let spec = probe_spec(dir.path(), "kvm-probe");
-    let launched = launch_qemu(qemu, profile, Accel::Kvm, kernel, initramfs, &spec).await.map_err(|e| e.to_string())?;
-    probe_boot(launched, "QEMU", deadline, Some("KVM internal error"), |g, d| Box::pin(stop_and_release(g, d))).await
+    let launched = launch_qemu(qemu, profile, Accel::Kvm, kernel, initramfs, &spec)
+        .await
+        .map_err(|e| e.to_string())?;
+    probe_boot(launched, "QEMU", deadline, Some("KVM internal error"), |g, d| {
+        Box::pin(stop_and_release(g, d))
+    })
+    .await
 }
-
 
 /// The host TSC rate in kHz, measured once (50 ms against the monotonic clock).
 pub async fn host_tsc_khz() -> u64 {
     static TSC_KHZ: OnceCell<u64> = OnceCell::const_new();
-    *TSC_KHZ.get_or_init(|| async { tokio::task::spawn_blocking(measure_tsc_khz).await.unwrap_or(FALLBACK_TSC_KHZ) }).await
+    *TSC_KHZ
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(measure_tsc_khz).await.unwrap_or(FALLBACK_TSC_KHZ)
+        })
+        .await
 }
 
 /// Used if the TSC cannot be measured (the kernel recipes' historical value).
@@ -376,13 +453,16 @@ fn measure_tsc_khz() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
     use crate::netlab::FleetNet;
+    use std::net::Ipv4Addr;
 
     use crate::backend::test_spec as spec;
 
     fn kernel(path: &str) -> Kernel {
-        Kernel { path: path.into(), cmdline: "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tsc=reliable".into() }
+        Kernel {
+            path: path.into(),
+            cmdline: "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tsc=reliable".into(),
+        }
     }
 
     #[test]
@@ -431,21 +511,39 @@ mod tests {
 
     #[test]
     fn guest_without_disk_or_network_gets_neither() {
-        let a = qemu_args(Profile::Full, Accel::Tcg { tsc_khz: 1 }, &kernel("/k"), Path::new("/i"), &spec(false, false));
-        assert!(!a.iter().any(|x| x == "-drive" || x == "-netdev" || x.contains("vb.net=")), "{a:?}");
+        let a = qemu_args(
+            Profile::Full,
+            Accel::Tcg { tsc_khz: 1 },
+            &kernel("/k"),
+            Path::new("/i"),
+            &spec(false, false),
+        );
+        assert!(
+            !a.iter().any(|x| x == "-drive" || x == "-netdev" || x.contains("vb.net=")),
+            "{a:?}"
+        );
     }
 
     #[test]
     fn cmdline_drops_and_adds_words() {
         let s = spec(false, false);
-        let w = kernel_cmdline("a=1 tsc=reliable  b tsc_early_khz=5 quiet", &["tsc_early_khz", "tsc", "quiet"], &["x=y".into()], "/dev/hvc0", &s);
+        let w = kernel_cmdline(
+            "a=1 tsc=reliable  b tsc_early_khz=5 quiet",
+            &["tsc_early_khz", "tsc", "quiet"],
+            &["x=y".into()],
+            "/dev/hvc0",
+            &s,
+        );
         assert_eq!(w, ["a=1", "b", "x=y", "vb.ctl=tty:/dev/hvc0", "vb.hostname=g1"]);
     }
 
     #[test]
     fn macs_are_unique_per_address_and_locally_administered() {
         assert_eq!(guest_mac(Ipv4Addr::new(10, 211, 1, 46)), "02:76:62:d3:01:2e");
-        assert_ne!(guest_mac(FleetNet::guest_addr(0).unwrap()), guest_mac(FleetNet::guest_addr(1).unwrap()));
+        assert_ne!(
+            guest_mac(FleetNet::guest_addr(0).unwrap()),
+            guest_mac(FleetNet::guest_addr(1).unwrap())
+        );
     }
 
     #[test]
@@ -465,7 +563,13 @@ mod tests {
     #[tokio::test]
     async fn configured_accelerators_skip_the_probe() {
         let images = Images::default();
-        let q = |accel: &str| Qemu::new(Profile::Microvm, &images, &BackendOptions { accel: Some(accel.into()), ..Default::default() });
+        let q = |accel: &str| {
+            Qemu::new(
+                Profile::Microvm,
+                &images,
+                &BackendOptions { accel: Some(accel.into()), ..Default::default() },
+            )
+        };
         assert_eq!(q("kvm").accel().await.unwrap().accel, Accel::Kvm);
         assert!(matches!(q("tcg").accel().await.unwrap().accel, Accel::Tcg { .. }));
         assert!(q("hax").accel().await.unwrap_err().contains("hax"));

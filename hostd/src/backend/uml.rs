@@ -19,10 +19,13 @@ use nix::sys::signal::killpg;
 use nix::sys::signal::Signal::SIGKILL;
 use nix::unistd::Pid;
 
-use super::vmm::{check_file, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, program_version, spawn_vmm, Staging};
+use super::vmm::{
+    check_file, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, program_version,
+    spawn_vmm, Staging,
+};
 use super::{
-    stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess,
-    GuestSpec, Images, Kernel, LaunchError, LaunchFiles, Launched, prepare, Proc, Resource, Unavailable,
+    prepare, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec,
+    Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
 };
 
 /// The data disk inside a UML guest (ubd0).
@@ -89,7 +92,10 @@ fn check_uml_path(p: &Path) -> Result<(), LaunchError> {
     if s.contains(|c: char| c.is_whitespace() || c == ',') {
         return Err(LaunchError::Prepare {
             what: s,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path with blanks or commas cannot go on UML's command line"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a path with blanks or commas cannot go on UML's command line",
+            ),
         });
     }
     Ok(())
@@ -109,19 +115,34 @@ fn map_count_for(mem_mib: u32) -> u64 {
 /// set passed about 256 MiB.
 fn ensure_map_count(mem_mib: u32) -> Result<(), LaunchError> {
     let need = map_count_for(mem_mib);
-    let now: u64 = std::fs::read_to_string(MAX_MAP_COUNT).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let now: u64 = std::fs::read_to_string(MAX_MAP_COUNT)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
     if now >= need {
         return Ok(());
     }
     std::fs::write(MAX_MAP_COUNT, need.to_string()).map_err(|e| {
-        prepare(format!("{MAX_MAP_COUNT} (raising it from {now} to {need} for a {mem_mib} MiB UML guest)"), e)
+        prepare(
+            format!(
+                "{MAX_MAP_COUNT} (raising it from {now} to {need} for a {mem_mib} MiB UML guest)"
+            ),
+            e,
+        )
     })?;
     tracing::info!("raised vm.max_map_count from {now} to {need} for {mem_mib} MiB UML guests");
     Ok(())
 }
 
-async fn launch_uml(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Result<Launched, LaunchError> {
-    for p in [Some(initramfs), Some(spec.workdir.as_path()), spec.data_disk.as_deref()].into_iter().flatten() {
+async fn launch_uml(
+    kernel: &Kernel,
+    initramfs: &Path,
+    spec: &GuestSpec,
+) -> Result<Launched, LaunchError> {
+    for p in [Some(initramfs), Some(spec.workdir.as_path()), spec.data_disk.as_deref()]
+        .into_iter()
+        .flatten()
+    {
         check_uml_path(p)?;
     }
     ensure_map_count(spec.mem_mib)?;
@@ -187,13 +208,20 @@ impl Backend for Uml {
     async fn probe(&self) -> Result<String, Unavailable> {
         let unavailable = |reason: String| Unavailable { backend: "uml", reason };
         let (kernel, initramfs) = self.images().map_err(unavailable)?;
-        let version = program_version(&kernel.path.display().to_string(), &["--version"]).await.map_err(unavailable)?;
-        tempfile::tempfile_in(MEMORY_DIR).map_err(|e| unavailable(format!("{MEMORY_DIR} is not writable: {e}")))?;
+        let version = program_version(&kernel.path.display().to_string(), &["--version"])
+            .await
+            .map_err(unavailable)?;
+        tempfile::tempfile_in(MEMORY_DIR)
+            .map_err(|e| unavailable(format!("{MEMORY_DIR} is not writable: {e}")))?;
         // Guest memory is allocated there as it is touched: a full tmpfs kills guests (SIGBUS).
-        let free_mib = nix::sys::statvfs::statvfs(MEMORY_DIR).map(|v| (v.blocks_available() * v.fragment_size()) >> 20).unwrap_or(0);
+        let free_mib = nix::sys::statvfs::statvfs(MEMORY_DIR)
+            .map(|v| (v.blocks_available() * v.fragment_size()) >> 20)
+            .unwrap_or(0);
         let dir = probe_dir("uml-probe").map_err(unavailable)?;
         let spec = probe_spec(dir.path(), "uml-probe");
-        let launched = launch_uml(kernel, initramfs, &spec).await.map_err(|e| unavailable(format!("probe guest: {e}")))?;
+        let launched = launch_uml(kernel, initramfs, &spec)
+            .await
+            .map_err(|e| unavailable(format!("probe guest: {e}")))?;
         let t = probe_boot(launched, "UML", PROBE_DEADLINE, None, |g, d| Box::pin(stop_uml(g, d)))
             .await
             .map_err(|e| unavailable(format!("probe guest did not boot: {e}")))?;
@@ -284,7 +312,8 @@ mod tests {
 
     #[tokio::test]
     async fn probe_names_the_missing_kernel() {
-        let images = Images { initramfs: Some("/nonexistent/initramfs".into()), ..Default::default() };
+        let images =
+            Images { initramfs: Some("/nonexistent/initramfs".into()), ..Default::default() };
         let e = Uml::new(&images, &BackendOptions::default()).probe().await.unwrap_err();
         assert!(e.reason.contains("no UML kernel"), "{e}");
         let images = Images {

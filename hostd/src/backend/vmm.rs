@@ -14,7 +14,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use vb_protocol::frame::{Event, FrameDecoder};
 use vb_protocol::msg::{GuestMsg, Hello};
 
-use super::{make_cgroup, release_all, stop_and_release, Exit, GuestProcess, GuestSpec, LaunchError, Launched, Proc, Resource};
+use super::{
+    make_cgroup, release_all, stop_and_release, Exit, GuestProcess, GuestSpec, LaunchError,
+    Launched, Proc, Resource,
+};
 use crate::cgroup::Cgroup;
 use crate::console::{ConsoleLog, CONSOLE_CAP};
 
@@ -22,7 +25,6 @@ use crate::console::{ConsoleLog, CONSOLE_CAP};
 /// ACPI; the agent reboots there instead, see `vb.poweroff=reboot`): the guest is done, only
 /// the VMM is left.
 const HALTED: &str = "System halted";
-
 
 /// The descriptor number a VMM finds its end of the control socketpair on.
 pub const CTL_FD: i32 = 3;
@@ -32,14 +34,20 @@ pub const CTL_FD: i32 = 3;
 /// the child, its cgroup joined before exec, in its own process group (a Ctrl-C on hostd's
 /// terminal must not reach guests before hostd tears them down in order; UML's helpers stay
 /// in that group, which its `stop` relies on). `tmpdir` is where it keeps temporary files.
-pub(super) fn spawn_vmm(mut st: Staging, spec: &GuestSpec, program: &Path, args: Vec<String>, tmpdir: &Path) -> Result<Launched, LaunchError> {
+pub(super) fn spawn_vmm(
+    mut st: Staging,
+    spec: &GuestSpec,
+    program: &Path,
+    args: Vec<String>,
+    tmpdir: &Path,
+) -> Result<Launched, LaunchError> {
     let log_path = spec.workdir.join("console.log");
     let (out, err) = st.console(&log_path)?;
     let (host, guest) = ctl_pair()?;
     let netns = st.attach_tap(spec)?;
     st.make_cgroup(spec)?;
-    let (reader, writer) =
-        super::native::split_socket(host).map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
+    let (reader, writer) = super::native::split_socket(host)
+        .map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env("TMPDIR", tmpdir)
@@ -58,9 +66,15 @@ pub(super) fn spawn_vmm(mut st: Staging, spec: &GuestSpec, program: &Path, args:
     if let Some(cg) = &st.cgroup {
         super::join_cgroup_in_child(&mut cmd, cg);
     }
-    let child = cmd.spawn().map_err(|source| LaunchError::Spawn { program: program.display().to_string(), source })?;
+    let child = cmd
+        .spawn()
+        .map_err(|source| LaunchError::Spawn { program: program.display().to_string(), source })?;
     drop(guest);
-    Ok(Launched { reader: Box::new(reader), writer: Box::new(writer), guest: st.finish(spec, Proc::Child(child), Some(log_path)) })
+    Ok(Launched {
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+        guest: st.finish(spec, Proc::Child(child), Some(log_path)),
+    })
 }
 
 /// What a launch has created so far. Until [`Staging::finish`] hands it to the started
@@ -75,9 +89,16 @@ pub(super) struct Staging {
 impl Staging {
     /// Creates the guest's work directory, released last.
     pub fn new(spec: &GuestSpec) -> Result<Self, LaunchError> {
-        std::fs::create_dir_all(&spec.workdir)
-            .map_err(|source| LaunchError::Prepare { what: spec.workdir.display().to_string(), source })?;
-        Ok(Self { resources: vec![Resource::Dir { path: spec.workdir.clone() }], cgroup: None, console: None, armed: true })
+        std::fs::create_dir_all(&spec.workdir).map_err(|source| LaunchError::Prepare {
+            what: spec.workdir.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            resources: vec![Resource::Dir { path: spec.workdir.clone() }],
+            cgroup: None,
+            console: None,
+            armed: true,
+        })
     }
 
     /// Creates (empties) `path` and opens it for appending: the VMM's output and, where it
@@ -95,8 +116,10 @@ impl Staging {
     /// The guest's console: a pipe hostd reads into the capped log at `path` (see
     /// `crate::console`). Returns the write end twice, for the VMM's stdout and stderr.
     pub fn console(&mut self, path: &Path) -> Result<(File, File), LaunchError> {
-        let (log, wr) = ConsoleLog::start(path, CONSOLE_CAP)
-            .map_err(|e| LaunchError::Prepare { what: path.display().to_string(), source: std::io::Error::other(e) })?;
+        let (log, wr) = ConsoleLog::start(path, CONSOLE_CAP).map_err(|e| LaunchError::Prepare {
+            what: path.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
         self.console = Some(log);
         let out = File::from(wr);
         let err = self.clone_file(&out, path)?;
@@ -104,7 +127,8 @@ impl Staging {
     }
 
     pub fn clone_file(&self, f: &File, path: &Path) -> Result<File, LaunchError> {
-        f.try_clone().map_err(|source| LaunchError::Prepare { what: path.display().to_string(), source })
+        f.try_clone()
+            .map_err(|source| LaunchError::Prepare { what: path.display().to_string(), source })
     }
 
     /// Puts a tap for the guest on the fleet bridge and opens the fleet namespace, which the
@@ -112,7 +136,8 @@ impl Staging {
     pub fn attach_tap(&mut self, spec: &GuestSpec) -> Result<Option<OwnedFd>, LaunchError> {
         let Some(net) = &spec.net else { return Ok(None) };
         // Recorded first: a tap made by a half-failed add_tap is still removed.
-        self.resources.push(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
+        self.resources
+            .push(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
         net.fleet.add_tap(&net.link)?;
         Ok(Some(net.fleet.open()?))
     }
@@ -123,7 +148,12 @@ impl Staging {
     }
 
     /// Hands everything to the started guest.
-    pub fn finish(mut self, spec: &GuestSpec, proc: Proc, console_log: Option<PathBuf>) -> GuestProcess {
+    pub fn finish(
+        mut self,
+        spec: &GuestSpec,
+        proc: Proc,
+        console_log: Option<PathBuf>,
+    ) -> GuestProcess {
         self.armed = false;
         GuestProcess {
             name: spec.name.clone(),
@@ -160,7 +190,13 @@ pub(super) fn ctl_pair() -> Result<(OwnedFd, OwnedFd), LaunchError> {
 
 /// The guest kernel command line as words: the recipe's `base` without the parameters
 /// named in `drop`, then `extra`, then the agent's settings (`vb.*`).
-pub(super) fn kernel_cmdline(base: &str, drop: &[&str], extra: &[String], ctl_tty: &str, spec: &GuestSpec) -> Vec<String> {
+pub(super) fn kernel_cmdline(
+    base: &str,
+    drop: &[&str],
+    extra: &[String],
+    ctl_tty: &str,
+    spec: &GuestSpec,
+) -> Vec<String> {
     let mut words: Vec<String> = base
         .split_whitespace()
         .filter(|w| !drop.contains(&w.split_once('=').map_or(*w, |(k, _)| k)))
@@ -198,14 +234,19 @@ pub(super) fn check_file(what: &str, path: &Path) -> Result<(), String> {
 
 /// Runs `program args` (briefly) and returns the first line it printed.
 pub(super) async fn program_version(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = tokio::time::timeout(Duration::from_secs(10), tokio::process::Command::new(program).args(args).kill_on_drop(true).output())
-        .await
-        .map_err(|_| format!("{program} {} did not answer within 10 s", args.join(" ")))?
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!("{program} not found"),
-            _ => format!("cannot run {program}: {e}"),
-        })?;
-    let text = String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout }).into_owned();
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new(program).args(args).kill_on_drop(true).output(),
+    )
+    .await
+    .map_err(|_| format!("{program} {} did not answer within 10 s", args.join(" ")))?
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{program} not found"),
+        _ => format!("cannot run {program}: {e}"),
+    })?;
+    let text =
+        String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout })
+            .into_owned();
     let first = text.lines().next().unwrap_or("").trim().to_string();
     if !out.status.success() || first.is_empty() {
         return Err(format!("{program} {} failed ({}): {first}", args.join(" "), out.status));
@@ -215,7 +256,10 @@ pub(super) async fn program_version(program: &str, args: &[&str]) -> Result<Stri
 
 /// A scratch directory for a probe guest (removed when dropped).
 pub(super) fn probe_dir(what: &str) -> Result<tempfile::TempDir, String> {
-    tempfile::Builder::new().prefix(&format!("vb-{what}-")).tempdir().map_err(|e| format!("creating a scratch directory: {e}"))
+    tempfile::Builder::new()
+        .prefix(&format!("vb-{what}-"))
+        .tempdir()
+        .map_err(|e| format!("creating a scratch directory: {e}"))
 }
 
 /// The smallest guest: one vCPU, 128 MiB, no disk, network or cgroup.
@@ -235,20 +279,31 @@ pub(super) fn probe_spec(dir: &Path, name: &str) -> GuestSpec {
     }
 }
 
-type StopFn = for<'a> fn(&'a mut GuestProcess, Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = Exit> + Send + 'a>>;
+type StopFn = for<'a> fn(
+    &'a mut GuestProcess,
+    Duration,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Exit> + Send + 'a>>;
 
 /// Waits for a probe guest's hello, then stops it with `stop`. Ok: the time from this call
 /// to the hello. Err: why it never came, with what the VMM (`vmm`, for messages) said in
 /// its log. `fatal` ends the wait as soon as it appears in the log: a VMM that pauses the
 /// guest rather than exiting on failure.
-pub(super) async fn probe_boot(mut l: Launched, vmm: &str, deadline: Duration, fatal: Option<&str>, stop: StopFn) -> Result<Duration, String> {
+pub(super) async fn probe_boot(
+    mut l: Launched,
+    vmm: &str,
+    deadline: Duration,
+    fatal: Option<&str>,
+    stop: StopFn,
+) -> Result<Duration, String> {
     let t0 = Instant::now();
     let guest = &mut l.guest;
     let mut fatal_seen = None;
     let r = first_hello(&mut l.reader, deadline, || {
         if let Some(marker) = fatal {
             if console_text(guest, 64 << 10).contains(marker) {
-                fatal_seen = Some(errors_in(&console_text(guest, 64 << 10)).unwrap_or_else(|| marker.to_string()));
+                fatal_seen = Some(
+                    errors_in(&console_text(guest, 64 << 10)).unwrap_or_else(|| marker.to_string()),
+                );
                 return Some(String::new());
             }
         }
@@ -262,10 +317,14 @@ pub(super) async fn probe_boot(mut l: Launched, vmm: &str, deadline: Duration, f
             if let Some(c) = &l.guest.console {
                 c.drained(Duration::from_secs(1)).await;
             }
-            let said = errors_in(&console_text(&l.guest, 64 << 10)).map(|e| format!(": {e}")).unwrap_or_default();
+            let said = errors_in(&console_text(&l.guest, 64 << 10))
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
             // A closed channel usually means the VMM died; it said why on its stderr (the log).
             match tokio::time::timeout(Duration::from_secs(2), l.guest.proc.wait()).await {
-                Ok(status) => Err(format!("{vmm} exited ({status}) before the agent's hello{said}")),
+                Ok(status) => {
+                    Err(format!("{vmm} exited ({status}) before the agent's hello{said}"))
+                }
                 Err(_) => Err(format!("{why}{said}")),
             }
         }
@@ -337,7 +396,10 @@ pub(super) fn errors_in(text: &str) -> Option<String> {
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.starts_with('[') && (l.to_ascii_lowercase().contains("error") || l.contains("failure")))
+        .filter(|l| {
+            !l.starts_with('[')
+                && (l.to_ascii_lowercase().contains("error") || l.contains("failure"))
+        })
         .take(3)
         .collect();
     (!lines.is_empty()).then(|| lines.join("; "))
@@ -358,7 +420,12 @@ pub(super) async fn stop_vmm(guest: &mut GuestProcess, grace: Duration) -> Exit 
             return stop_and_release(guest, Duration::ZERO).await;
         }
         // Child::wait is cancel-safe: a timeout here loses nothing.
-        let exited = tokio::time::timeout((deadline - now).min(Duration::from_millis(25)), guest.proc.wait()).await.is_ok();
+        let exited = tokio::time::timeout(
+            (deadline - now).min(Duration::from_millis(25)),
+            guest.proc.wait(),
+        )
+        .await
+        .is_ok();
         if exited || console_text(guest, 4096).contains(HALTED) {
             stop_and_release(guest, Duration::ZERO).await;
             return Exit::Clean;
@@ -368,5 +435,10 @@ pub(super) async fn stop_vmm(guest: &mut GuestProcess, grace: Duration) -> Exit 
 
 /// /dev/kvm exists and this process may use it.
 pub(super) fn check_kvm() -> Result<(), String> {
-    OpenOptions::new().read(true).write(true).open("/dev/kvm").map(drop).map_err(|e| format!("/dev/kvm: {e}"))
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|e| format!("/dev/kvm: {e}"))
 }

@@ -43,8 +43,9 @@ use tokio::sync::watch;
 
 use super::vmm::{check_file, guest_mac, kernel_cmdline, Staging};
 use super::{
-    join_cgroup_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestNet, GuestProcess, GuestSpec,
-    Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
+    join_cgroup_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestNet,
+    GuestProcess, GuestSpec, Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource,
+    Unavailable,
 };
 use crate::netlab;
 
@@ -140,7 +141,13 @@ pub fn check_dom0(root: &Path) -> Result<String, String> {
     let ty = root.join("sys/hypervisor/type");
     match std::fs::read_to_string(&ty) {
         Ok(t) if t.trim() == "xen" => {}
-        Ok(t) => return Err(format!("not dom0 of a Xen host: this system runs on a {} hypervisor ({})", t.trim(), ty.display())),
+        Ok(t) => {
+            return Err(format!(
+                "not dom0 of a Xen host: this system runs on a {} hypervisor ({})",
+                t.trim(),
+                ty.display()
+            ))
+        }
         Err(_) => {
             return Err(format!(
                 "not dom0 of a Xen host: no Xen hypervisor under this system ({} does not exist); \
@@ -152,14 +159,25 @@ pub fn check_dom0(root: &Path) -> Result<String, String> {
     let caps = root.join("proc/xen/capabilities");
     match std::fs::read_to_string(&caps) {
         Ok(c) if c.split(',').any(|w| w.trim() == "control_d") => {}
-        Ok(_) => return Err(format!("not dom0: this system is a Xen domU ({} has no control_d)", caps.display())),
-        Err(e) => return Err(format!("running on Xen, but {}: {e} (mount xenfs: mount -t xenfs xenfs /proc/xen)", caps.display())),
+        Ok(_) => {
+            return Err(format!(
+                "not dom0: this system is a Xen domU ({} has no control_d)",
+                caps.display()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "running on Xen, but {}: {e} (mount xenfs: mount -t xenfs xenfs /proc/xen)",
+                caps.display()
+            ))
+        }
     }
     let privcmd = root.join("dev/xen/privcmd");
     if !privcmd.exists() {
         return Err(format!("dom0 without {} (load the xen-privcmd module)", privcmd.display()));
     }
-    let cap = std::fs::read_to_string(root.join("sys/hypervisor/properties/capabilities")).unwrap_or_default();
+    let cap = std::fs::read_to_string(root.join("sys/hypervisor/properties/capabilities"))
+        .unwrap_or_default();
     Ok(cap.trim().to_string())
 }
 
@@ -176,13 +194,20 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 /// quotes what it said.
 async fn run_tool(program: &str, args: &[&str], timeout: Duration) -> Result<String, String> {
     let what = format!("{program} {}", args.join(" "));
-    let out = tokio::time::timeout(timeout, tokio::process::Command::new(program).args(args).stdin(Stdio::null()).kill_on_drop(true).output())
-        .await
-        .map_err(|_| format!("`{what}` did not finish within {} s", timeout.as_secs()))?
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!("{program} not found"),
-            _ => format!("cannot run {program}: {e}"),
-        })?;
+    let out = tokio::time::timeout(
+        timeout,
+        tokio::process::Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| format!("`{what}` did not finish within {} s", timeout.as_secs()))?
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{program} not found"),
+        _ => format!("cannot run {program}: {e}"),
+    })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(format!("`{what}` failed ({}): {}", out.status, err.trim()));
@@ -192,7 +217,10 @@ async fn run_tool(program: &str, args: &[&str], timeout: Duration) -> Result<Str
 
 /// `xl info` as key → value.
 pub fn parse_xl_info(text: &str) -> BTreeMap<String, String> {
-    text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }
 
 /// Memory Xen has handed out (to dom0 and every domU, with its own per-domain overhead),
@@ -220,7 +248,9 @@ pub struct DomainInfo {
 
 pub fn parse_xl_list(text: &str) -> Result<Vec<DomainInfo>, String> {
     let mut out = Vec::new();
-    for l in text.lines().skip_while(|l| !l.starts_with("Name")).skip(1).filter(|l| !l.trim().is_empty()) {
+    for l in
+        text.lines().skip_while(|l| !l.starts_with("Name")).skip(1).filter(|l| !l.trim().is_empty())
+    {
         let w: Vec<&str> = l.split_whitespace().collect();
         let bad = || format!("unexpected `xl list` line {l:?}");
         if w.len() < 6 {
@@ -253,7 +283,12 @@ fn xl_string(what: &str, v: &str) -> Result<String, LaunchError> {
     if v.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
         return Err(LaunchError::Prepare {
             what: what.into(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{v:?}: quotes, backslashes and control characters cannot go in an xl config")),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{v:?}: quotes, backslashes and control characters cannot go in an xl config"
+                ),
+            ),
         });
     }
     Ok(format!("\"{v}\""))
@@ -261,14 +296,26 @@ fn xl_string(what: &str, v: &str) -> Result<String, LaunchError> {
 
 /// The `xl` domain config of one guest. `vif_script` is the hotplug script for its vif
 /// (when it has a network).
-pub fn domain_config(ty: DomainType, kernel: &Kernel, initramfs: &Path, spec: &GuestSpec, vif_script: Option<&Path>) -> Result<String, LaunchError> {
+pub fn domain_config(
+    ty: DomainType,
+    kernel: &Kernel,
+    initramfs: &Path,
+    spec: &GuestSpec,
+    vif_script: Option<&Path>,
+) -> Result<String, LaunchError> {
     let mut c = String::new();
     let mut line = |k: &str, v: String| c.push_str(&format!("{k} = {v}\n"));
     line("name", xl_string("domain name", &domain_name(spec))?);
     line("type", format!("\"{}\"", ty.name()));
     line("kernel", xl_string("kernel path", &kernel.path.display().to_string())?);
     line("ramdisk", xl_string("initramfs path", &initramfs.display().to_string())?);
-    line("cmdline", xl_string("kernel command line", &kernel_cmdline(&kernel.cmdline, &[], &[], CTL_TTY, spec).join(" "))?);
+    line(
+        "cmdline",
+        xl_string(
+            "kernel command line",
+            &kernel_cmdline(&kernel.cmdline, &[], &[], CTL_TTY, spec).join(" "),
+        )?,
+    );
     // maxmem = memory: no ballooning, the domain has exactly what was asked.
     line("memory", spec.mem_mib.to_string());
     line("maxmem", spec.mem_mib.to_string());
@@ -285,10 +332,19 @@ pub fn domain_config(ty: DomainType, kernel: &Kernel, initramfs: &Path, spec: &G
         if script.contains(',') {
             return Err(LaunchError::Prepare {
                 what: script,
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "a vif script path cannot contain a comma"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a vif script path cannot contain a comma",
+                ),
             });
         }
-        line("vif", format!("[ {} ]", xl_string("vif", &format!("mac={},script={script}", guest_mac(net.addr)))?));
+        line(
+            "vif",
+            format!(
+                "[ {} ]",
+                xl_string("vif", &format!("mac={},script={script}", guest_mac(net.addr)))?
+            ),
+        );
     }
     if let Some(disk) = &spec.data_disk {
         // target= goes last: everything after it is the path, commas included.
@@ -296,7 +352,13 @@ pub fn domain_config(ty: DomainType, kernel: &Kernel, initramfs: &Path, spec: &G
             "disk",
             format!(
                 "[ {} ]",
-                xl_string("disk", &format!("format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,target={}", disk.display()))?
+                xl_string(
+                    "disk",
+                    &format!(
+                        "format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,target={}",
+                        disk.display()
+                    )
+                )?
             ),
         );
     }
@@ -378,7 +440,8 @@ impl RawTty {
         // flush: the agent's hello may already be waiting.
         let mut t = nix::sys::termios::tcgetattr(&fd).map_err(std::io::Error::from)?;
         nix::sys::termios::cfmakeraw(&mut t);
-        nix::sys::termios::tcsetattr(&fd, nix::sys::termios::SetArg::TCSANOW, &t).map_err(std::io::Error::from)?;
+        nix::sys::termios::tcsetattr(&fd, nix::sys::termios::SetArg::TCSANOW, &t)
+            .map_err(std::io::Error::from)?;
         // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until dropped, so the
         // descriptor stays open and unchanged for the AsyncFd's whole life.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
@@ -394,11 +457,17 @@ impl RawTty {
 }
 
 impl AsyncRead for RawTty {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         loop {
             let mut guard = ready!(self.0.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| nix::unistd::read(fd.as_raw_fd(), unfilled).map_err(std::io::Error::from)) {
+            match guard.try_io(|fd| {
+                nix::unistd::read(fd.as_raw_fd(), unfilled).map_err(std::io::Error::from)
+            }) {
                 Ok(Ok(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -413,10 +482,16 @@ impl AsyncRead for RawTty {
 }
 
 impl AsyncWrite for RawTty {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         loop {
             let mut guard = ready!(self.0.poll_write_ready(cx))?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
+            match guard
+                .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
+            {
                 Ok(r) => return Poll::Ready(r),
                 Err(_would_block) => continue,
             }
@@ -439,7 +514,11 @@ struct Tee<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Tee<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let new = &buf.filled()[before..];
@@ -462,25 +541,44 @@ impl Drop for DomainGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
             // Synchronous on purpose: a drop cannot await, and this is a failure path.
-            let _ = std::process::Command::new(self.xl).args(["destroy", &self.name]).stdin(Stdio::null()).output();
+            let _ = std::process::Command::new(self.xl)
+                .args(["destroy", &self.name])
+                .stdin(Stdio::null())
+                .output();
         }
     }
 }
 
 impl Xen {
-    async fn launch_domain(&self, ty: DomainType, kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        let prep = |what: &str, e: std::io::Error| LaunchError::Prepare { what: what.to_string(), source: e };
+    async fn launch_domain(
+        &self,
+        ty: DomainType,
+        kernel: &Kernel,
+        initramfs: &Path,
+        spec: &GuestSpec,
+    ) -> Result<Launched, LaunchError> {
+        let prep = |what: &str, e: std::io::Error| LaunchError::Prepare {
+            what: what.to_string(),
+            source: e,
+        };
         let invalid = |what: &str, m: String| prep(what, std::io::Error::other(m));
         let mut st = Staging::new(spec)?;
         let script = match &spec.net {
             Some(net) => {
-                let ip = find_program("ip").ok_or_else(|| invalid("the vif hotplug script", "iproute2's ip is not on PATH".into()))?;
+                let ip = find_program("ip").ok_or_else(|| {
+                    invalid("the vif hotplug script", "iproute2's ip is not on PATH".into())
+                })?;
                 let path = spec.workdir.join("vif-hotplug");
                 std::fs::write(&path, vif_script(&ip, net))
-                    .and_then(|_| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
+                    .and_then(|_| {
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                    })
                     .map_err(|e| prep(&path.display().to_string(), e))?;
                 // The link disappears with the domain; listed so a half-started guest's goes too.
-                st.resources.push(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
+                st.resources.push(Resource::Link {
+                    netns: net.fleet.netns.clone(),
+                    name: net.link.clone(),
+                });
                 Some(path)
             }
             None => None,
@@ -493,7 +591,8 @@ impl Xen {
         st.make_cgroup(spec)?;
 
         // xl's stdout and stderr: one pipe, read here (into the log, and for the domid).
-        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| prep("xl's output pipe", e.into()))?;
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| prep("xl's output pipe", e.into()))?;
         let wr2 = wr.try_clone().map_err(|e| prep("xl's output pipe", e))?;
         let mut cmd = tokio::process::Command::new(&self.xl);
         cmd.arg("create")
@@ -511,12 +610,15 @@ impl Xen {
             join_cgroup_in_child(&mut cmd, cg);
         }
         let name = domain_name(spec);
-        let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn { program: self.xl.clone(), source })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| LaunchError::Spawn { program: self.xl.clone(), source })?;
         drop(cmd); // closes our copies of the pipe's write end: EOF comes when xl exits
         let mut guard = DomainGuard { xl: &self.xl, name: name.clone(), armed: true };
         let (domid_tx, mut domid_rx) = watch::channel(None::<u32>);
         let out_log = log.clone();
-        let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(rd).map_err(|e| prep("xl's output pipe", e))?;
+        let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(rd)
+            .map_err(|e| prep("xl's output pipe", e))?;
         let copier = tokio::spawn(async move {
             let mut seen = String::new();
             let mut buf = vec![0u8; 8192];
@@ -547,15 +649,20 @@ impl Xen {
             _ = child.wait() => None,
         };
         let Some(domid) = reported else {
-            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            let status =
+                child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
             // xl's last words may still be in the pipe: the copier ends at its EOF (bounded,
             // as a hotplug script xl forked could hold the write end open).
             let _ = tokio::time::timeout(Duration::from_secs(5), copier).await;
-            return Err(LaunchError::Channel(format!("`xl create` exited ({status}) before the domain ran: {}", log_tail(&log_path))));
+            return Err(LaunchError::Channel(format!(
+                "`xl create` exited ({status}) before the domain ran: {}",
+                log_tail(&log_path)
+            )));
         };
 
         let tty = self.console_tty(domid, &mut child).await.map_err(LaunchError::Channel)?;
-        let pty = RawTty::open(Path::new(&tty)).map_err(|e| prep(&format!("console pty {tty}"), e))?;
+        let pty =
+            RawTty::open(Path::new(&tty)).map_err(|e| prep(&format!("console pty {tty}"), e))?;
         let (reader, writer) = tokio::io::split(pty);
         guard.armed = false;
         Ok(Launched {
@@ -566,7 +673,11 @@ impl Xen {
     }
 
     /// The pty xenconsoled made for `domid`, once it has named it in xenstore.
-    async fn console_tty(&self, domid: u32, xl: &mut tokio::process::Child) -> Result<String, String> {
+    async fn console_tty(
+        &self,
+        domid: u32,
+        xl: &mut tokio::process::Child,
+    ) -> Result<String, String> {
         let key = format!("/local/domain/{domid}/console/tty");
         let end = tokio::time::Instant::now() + TTY_DEADLINE;
         loop {
@@ -596,7 +707,8 @@ impl Xen {
             .and_then(|l| std::fs::read_to_string(l.with_file_name("domain.cfg")).ok())
             .and_then(|c| config_domain_name(&c));
         let gone_before = guest.proc.has_exited();
-        let ended = gone_before || (!grace.is_zero() && tokio::time::timeout(grace, guest.proc.wait()).await.is_ok());
+        let ended = gone_before
+            || (!grace.is_zero() && tokio::time::timeout(grace, guest.proc.wait()).await.is_ok());
         // `xl create -F` exits 0 only after the domain's death; any other end (killed, an
         // error) may leave the domain behind.
         let died = ended
@@ -614,7 +726,11 @@ impl Xen {
             }
         }
         // After a destroy the monitoring xl notices the death and exits by itself.
-        let exit = stop_and_release(guest, if destroyed { Duration::from_secs(10) } else { Duration::ZERO }).await;
+        let exit = stop_and_release(
+            guest,
+            if destroyed { Duration::from_secs(10) } else { Duration::ZERO },
+        )
+        .await;
         match (ended, gone_before, grace.is_zero()) {
             (true, true, true) => exit,
             (true, _, _) => Exit::Clean,
@@ -638,7 +754,12 @@ impl Backend for Xen {
 
     fn launch_files(&self) -> LaunchFiles {
         LaunchFiles {
-            images: self.kernel.iter().map(|k| k.path.clone()).chain(self.initramfs.clone()).collect(),
+            images: self
+                .kernel
+                .iter()
+                .map(|k| k.path.clone())
+                .chain(self.initramfs.clone())
+                .collect(),
             programs: vec![self.xl.clone()],
             data: Vec::new(),
         }
@@ -651,13 +772,18 @@ impl Backend for Xen {
         let caps = check_dom0(&self.root).map_err(unavailable)?;
         let ty = DomainType::from_env().map_err(unavailable)?;
         let (kernel, initramfs) = self.images().map_err(unavailable)?;
-        let info = xl_info(&self.xl).await.map_err(|e| unavailable(format!("the toolstack does not answer: {e}")))?;
+        let info = xl_info(&self.xl)
+            .await
+            .map_err(|e| unavailable(format!("the toolstack does not answer: {e}")))?;
         let virt_caps = info.get("virt_caps").cloned().unwrap_or_default();
         if ty == DomainType::Pvh && !virt_caps.split_whitespace().any(|c| c == "hvm") {
             return Err(unavailable(format!("PVH domains need HVM support, which this Xen lacks (virt_caps: {virt_caps}); unset {TYPE_ENV} for PV")));
         }
         if !process_running(&self.root, "xenconsoled") {
-            return Err(unavailable("xenconsoled is not running: guests would have no console, so no control channel".into()));
+            return Err(unavailable(
+                "xenconsoled is not running: guests would have no console, so no control channel"
+                    .into(),
+            ));
         }
         for tool in [&self.xenstore_read, &"ip".to_string()] {
             if find_program(tool).is_none() {
@@ -690,7 +816,10 @@ impl Backend for Xen {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
         };
         let (kernel, initramfs) = self.images().map_err(not_ready)?;
-        let ty = DomainType::from_env().map_err(|e| LaunchError::Prepare { what: "the domain type".into(), source: std::io::Error::other(e) })?;
+        let ty = DomainType::from_env().map_err(|e| LaunchError::Prepare {
+            what: "the domain type".into(),
+            source: std::io::Error::other(e),
+        })?;
         self.launch_domain(ty, kernel, initramfs, spec).await
     }
 
@@ -720,7 +849,14 @@ mod tests {
 
     #[test]
     fn pv_config_with_network_and_disk() {
-        let c = domain_config(DomainType::Pv, &kernel(), Path::new("/i/initramfs.cpio.gz"), &spec(true, true), Some(Path::new("/run/virtbench/r1/g1/vif-hotplug"))).unwrap();
+        let c = domain_config(
+            DomainType::Pv,
+            &kernel(),
+            Path::new("/i/initramfs.cpio.gz"),
+            &spec(true, true),
+            Some(Path::new("/run/virtbench/r1/g1/vif-hotplug")),
+        )
+        .unwrap();
         let expect = "\
 name = \"vb-r1-g1\"
 type = \"pv\"
@@ -754,8 +890,18 @@ disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,targe
     fn values_xl_cannot_carry_are_refused_by_name() {
         let s = GuestSpec { data_disk: Some("/a/\"b\".img".into()), ..spec(false, false) };
         let e = domain_config(DomainType::Pv, &kernel(), Path::new("/i"), &s, None).unwrap_err();
-        assert!(e.to_string().contains("preparing disk") && e.to_string().contains("\\\"b\\\""), "{e}");
-        let e = domain_config(DomainType::Pv, &kernel(), Path::new("/i"), &spec(true, false), Some(Path::new("/w,x/vif"))).unwrap_err();
+        assert!(
+            e.to_string().contains("preparing disk") && e.to_string().contains("\\\"b\\\""),
+            "{e}"
+        );
+        let e = domain_config(
+            DomainType::Pv,
+            &kernel(),
+            Path::new("/i"),
+            &spec(true, false),
+            Some(Path::new("/w,x/vif")),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("comma"), "{e}");
     }
 
@@ -765,7 +911,10 @@ disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,targe
         let text = vif_script(Path::new("/usr/sbin/ip"), s.net.as_ref().unwrap());
         assert!(text.starts_with("#!/bin/sh\n"));
         assert!(text.contains("'/usr/sbin/ip' link set dev \"$vif\" netns 'vb-r1' &&"), "{text}");
-        assert!(text.contains("'/usr/sbin/ip' -n 'vb-r1' link set dev \"$vif\" name 'vbl1' &&"), "{text}");
+        assert!(
+            text.contains("'/usr/sbin/ip' -n 'vb-r1' link set dev \"$vif\" name 'vbl1' &&"),
+            "{text}"
+        );
         assert!(text.contains("link set dev 'vbl1' master 'vbbr0' up ;;"), "{text}");
         assert_eq!(sh_quote("a'b"), r"'a'\''b'");
     }
@@ -780,7 +929,16 @@ disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,targe
              vb-t1-g1                                     1   128     1     -b----      28.5\n",
         )
         .unwrap();
-        assert_eq!(l[1], DomainInfo { name: "vb-t1-g1".into(), id: 1, mem_mib: 128, vcpus: 1, state: "-b----".into() });
+        assert_eq!(
+            l[1],
+            DomainInfo {
+                name: "vb-t1-g1".into(),
+                id: 1,
+                mem_mib: 128,
+                vcpus: 1,
+                state: "-b----".into()
+            }
+        );
         assert!(parse_xl_list("Name ID\nx y z\n").is_err());
         let i = parse_xl_info("host                   : dom0\nvirt_caps              : pv gnttab-v1\nxen_commandline        : a=b c\n");
         assert_eq!(i["virt_caps"], "pv gnttab-v1");
@@ -808,7 +966,11 @@ disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,targe
         assert!(check_dom0(r).unwrap_err().contains("xen-privcmd"));
         std::fs::create_dir_all(r.join("dev/xen")).unwrap();
         std::fs::write(r.join("dev/xen/privcmd"), "").unwrap();
-        std::fs::write(r.join("sys/hypervisor/properties/capabilities"), "xen-3.0-x86_64 hvm-3.0-x86_64\n").unwrap();
+        std::fs::write(
+            r.join("sys/hypervisor/properties/capabilities"),
+            "xen-3.0-x86_64 hvm-3.0-x86_64\n",
+        )
+        .unwrap();
         assert_eq!(check_dom0(r).unwrap(), "xen-3.0-x86_64 hvm-3.0-x86_64");
     }
 
@@ -828,7 +990,8 @@ disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,targe
         let xsr = "#!/bin/sh\n[ \"$1\" = /local/domain/7/console/tty ] || exit 1\ncat \"$(dirname \"$0\")/tty\"\n";
         for (name, text) in [("xl", xl.as_str()), ("xenstore-read", xsr)] {
             std::fs::write(dir.join(name), text).unwrap();
-            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
         }
     }
 
@@ -853,7 +1016,11 @@ disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,targe
         let d = tempfile::tempdir().unwrap();
         fake_tools(d.path(), false);
         let pty = nix::pty::openpty(None, None).unwrap();
-        std::fs::write(d.path().join("tty"), nix::unistd::ttyname(&pty.slave).unwrap().as_os_str().as_encoded_bytes()).unwrap();
+        std::fs::write(
+            d.path().join("tty"),
+            nix::unistd::ttyname(&pty.slave).unwrap().as_os_str().as_encoded_bytes(),
+        )
+        .unwrap();
         let (x, s) = fake_xen(d.path());
         let mut l = x.launch(&s).await.unwrap();
         let cfg = std::fs::read_to_string(s.workdir.join("domain.cfg")).unwrap();
@@ -862,7 +1029,10 @@ disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,targe
         let mut got = Vec::new();
         let mut buf = [0u8; 64];
         while !String::from_utf8_lossy(&got).contains("guest says hi") {
-            let n = tokio::time::timeout(Duration::from_secs(5), l.reader.read(&mut buf)).await.unwrap().unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), l.reader.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
             assert!(n > 0, "console closed early");
             got.extend_from_slice(&buf[..n]);
         }
@@ -887,7 +1057,11 @@ disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,targe
         let d = tempfile::tempdir().unwrap();
         fake_tools(d.path(), false);
         let pty = nix::pty::openpty(None, None).unwrap();
-        std::fs::write(d.path().join("tty"), nix::unistd::ttyname(&pty.slave).unwrap().as_os_str().as_encoded_bytes()).unwrap();
+        std::fs::write(
+            d.path().join("tty"),
+            nix::unistd::ttyname(&pty.slave).unwrap().as_os_str().as_encoded_bytes(),
+        )
+        .unwrap();
         let (x, s) = fake_xen(d.path());
         let mut l = x.launch(&s).await.unwrap();
         std::fs::write(d.path().join("gone"), "").unwrap();

@@ -67,7 +67,11 @@ fn second_reference(s: &BenchSample, bridged: &[BackendKind]) -> bool {
 /// Splits the samples into the figures' series and the second references, and summarises
 /// the conditions of all of them.
 pub fn split(bench: Vec<BenchSample>) -> (Vec<BenchSample>, Conditions) {
-    let mut bridged: Vec<BackendKind> = bench.iter().filter(|s| s.net_path.is_some_and(|p| !p.is_local())).map(|s| s.backend).collect();
+    let mut bridged: Vec<BackendKind> = bench
+        .iter()
+        .filter(|s| s.net_path.is_some_and(|p| !p.is_local()))
+        .map(|s| s.backend)
+        .collect();
     bridged.dedup();
     // (backend, test, n, path, unit) → (in the figures, values).
     type PathKey = (BackendKind, Test, usize, String, String);
@@ -78,7 +82,9 @@ pub fn split(bench: Vec<BenchSample>) -> (Vec<BenchSample>, Conditions) {
     for s in &bench {
         let label = s.path_label();
         if let Some(l) = &label {
-            let e = paths.entry((s.backend, s.test, s.n, l.clone(), s.unit.clone())).or_insert((!second_reference(s, &bridged), vec![]));
+            let e = paths
+                .entry((s.backend, s.test, s.n, l.clone(), s.unit.clone()))
+                .or_insert((!second_reference(s, &bridged), vec![]));
             e.1.push(s.value);
         }
         if s.sync.is_some() {
@@ -239,16 +245,28 @@ mod tests {
         assert_eq!(figures.len(), 3);
         assert!(figures.iter().all(|s| s.net_path != Some(NetPath::Loopback)));
         let lo = c.paths.iter().find(|r| r.path == "loopback, MTU 65536").unwrap();
-        assert_eq!((lo.in_figures, lo.samples, lo.mean, lo.min, lo.max), (false, 2, 4000.0, 3000.0, 5000.0));
+        assert_eq!(
+            (lo.in_figures, lo.samples, lo.mean, lo.min, lo.max),
+            (false, 2, 4000.0, 3000.0, 5000.0)
+        );
         assert!(c.paths.iter().find(|r| r.backend == BackendKind::Ns).unwrap().in_figures);
         assert!(c.sync.is_empty());
         let h = html(&c);
-        assert!(h.contains("second reference") && h.contains("veth+bridge, MTU 1500") && !h.contains("start skew"));
+        assert!(
+            h.contains("second reference")
+                && h.contains("veth+bridge, MTU 1500")
+                && !h.contains("start skew")
+        );
     }
 
     #[test]
     fn sync_rows_summarise_skew_overlap_and_flags() {
-        let y = |skew: f64, overlap: f64| StartSync { start_skew_s: skew, clock_err_s: 0.0002, overlap, low_overlap: overlap < 0.95 };
+        let y = |skew: f64, overlap: f64| StartSync {
+            start_skew_s: skew,
+            clock_err_s: 0.0002,
+            overlap,
+            low_overlap: overlap < 0.95,
+        };
         let mut a = net(BackendKind::Uml, NetPath::TapBridge, 1500, 100.0);
         a.test = Test::Ring;
         a.sync = Some(y(0.004, 0.99));
@@ -257,7 +275,10 @@ mod tests {
         b.sync = Some(y(-0.0001, 0.90));
         let (_, c) = split(vec![a, b]);
         let r = &c.sync[0];
-        assert_eq!((r.samples, r.low_overlap, r.min_overlap, r.max_abs_skew_s), (2, 1, 0.90, 0.004));
+        assert_eq!(
+            (r.samples, r.low_overlap, r.min_overlap, r.max_abs_skew_s),
+            (2, 1, 0.90, 0.004)
+        );
         assert!(html(&c).contains("<strong>1</strong>"));
     }
 }

@@ -17,7 +17,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
-use super::{before_reads, guest_spec, linearity, mark_reads, run_together, samples_of, suite_metric, BenchSample, Cpus, Starter, Targets, Test, Workloads};
+use super::{
+    before_reads, guest_spec, linearity, mark_reads, run_together, samples_of, suite_metric,
+    BenchSample, Cpus, Starter, Targets, Test, Workloads,
+};
 use crate::fleet::Fleet;
 
 /// Runs 1 copy in the first guest and 2 in the second, together, `reps` times.
@@ -30,9 +33,14 @@ pub async fn measure(
     reps: u32,
     timeout: Duration,
 ) -> Result<Vec<BenchSample>, String> {
-    let [g1, g2, ..] = fleet.guests.as_slice() else { return Err("isolation needs two ready guests".into()) };
+    let [g1, g2, ..] = fleet.guests.as_slice() else {
+        return Err("isolation needs two ready guests".into());
+    };
     let spec = |g| guest_spec(resource, w, fleet.backend, g, t);
-    let jobs = [(g1, BenchRequest { spec: spec(g1), instances: 1, start_at_ns: None }), (g2, BenchRequest { spec: spec(g2), instances: 2, start_at_ns: None })];
+    let jobs = [
+        (g1, BenchRequest { spec: spec(g1), instances: 1, start_at_ns: None }),
+        (g2, BenchRequest { spec: spec(g2), instances: 2, start_at_ns: None }),
+    ];
     let net = fleet.net_label();
     let mut starter = Starter::default();
     let mut out = Vec::new();
@@ -45,7 +53,17 @@ pub async fn measure(
             continue;
         }
         for ((g, _), r) in jobs.iter().zip(rs) {
-            let mut s = samples_of(fleet.backend, Test::Isolation, resource, &w.params(resource), 2, i - warmup, g.spec.index, &r?, net);
+            let mut s = samples_of(
+                fleet.backend,
+                Test::Isolation,
+                resource,
+                &w.params(resource),
+                2,
+                i - warmup,
+                g.spec.index,
+                &r?,
+                net,
+            );
             mark_reads(&mut s, preps.as_deref());
             out.extend(s);
         }
@@ -74,7 +92,12 @@ pub struct Prediction {
 /// memory, 1 for a shared disk or network path); `guest_cap`: the most each guest can use
 /// (its vCPUs, at most the CPUs, for CPU and memory; the capacity for a shared device).
 /// One copy alone, in guest 1, runs at speed min(1, capacity, guest_cap[0]).
-pub fn predict(policy: Policy, capacity: f64, guest_cap: [f64; 2], fixed_duration: bool) -> Prediction {
+pub fn predict(
+    policy: Policy,
+    capacity: f64,
+    guest_cap: [f64; 2],
+    fixed_duration: bool,
+) -> Prediction {
     let alone = capacity.min(guest_cap[0]).min(1.0);
     if fixed_duration {
         // All copies run the whole duration: only the initial shares matter.
@@ -88,7 +111,10 @@ pub fn predict(policy: Policy, capacity: f64, guest_cap: [f64; 2], fixed_duratio
     while left.iter().any(|&l| l > 1e-12) {
         let active = [left[0] > 1e-12, left[1] > 1e-12, left[2] > 1e-12];
         let r = rates(policy, capacity, guest_cap, active);
-        let dt = (0..3).filter(|&i| active[i] && r[i] > 0.0).map(|i| left[i] / r[i]).fold(f64::INFINITY, f64::min);
+        let dt = (0..3)
+            .filter(|&i| active[i] && r[i] > 0.0)
+            .map(|i| left[i] / r[i])
+            .fold(f64::INFINITY, f64::min);
         if !dt.is_finite() {
             break;
         }
@@ -158,8 +184,15 @@ fn water_fill(total: f64, cap: [f64; 2], w: [f64; 2]) -> [f64; 2] {
 
 /// Which model measured relative outcomes (guest 1's copy, guest 2's slower copy) are closer
 /// to, with each model's squared relative error (per process, per VM).
-pub fn closest(measured: (f64, f64), capacity: f64, guest_cap: [f64; 2], fixed_duration: bool) -> (Policy, f64, f64) {
-    let err = |p: Prediction| ((measured.0 - p.guest1) / p.guest1).powi(2) + ((measured.1 - p.guest2) / p.guest2).powi(2);
+pub fn closest(
+    measured: (f64, f64),
+    capacity: f64,
+    guest_cap: [f64; 2],
+    fixed_duration: bool,
+) -> (Policy, f64, f64) {
+    let err = |p: Prediction| {
+        ((measured.0 - p.guest1) / p.guest1).powi(2) + ((measured.1 - p.guest2) / p.guest2).powi(2)
+    };
     let pp = err(predict(Policy::PerProcess, capacity, guest_cap, fixed_duration));
     let pv = err(predict(Policy::PerVm, capacity, guest_cap, fixed_duration));
     (if pv < pp { Policy::PerVm } else { Policy::PerProcess }, pp, pv)
@@ -204,9 +237,17 @@ pub fn analyse(samples: &[&BenchSample], alone: f64, host_cpus: usize) -> Option
     guests.sort();
     guests.dedup();
     let [g1, g2] = guests[..] else { return None };
-    let of = |guest: usize, inst: usize| -> Vec<f64> { samples.iter().filter(|s| s.guest == guest && s.instance == inst).map(|s| suite_metric(s).0).collect() };
+    let of = |guest: usize, inst: usize| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|s| s.guest == guest && s.instance == inst)
+            .map(|s| suite_metric(s).0)
+            .collect()
+    };
     let copies = [of(g1, 0), of(g2, 0), of(g2, 1)];
-    let mean_of = |v: &Vec<f64>| -> Option<f64> { (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64 / alone) };
+    let mean_of = |v: &Vec<f64>| -> Option<f64> {
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64 / alone)
+    };
     let (a, b0, b1) = (mean_of(&copies[0])?, mean_of(&copies[1])?, mean_of(&copies[2])?);
     let cpus = Cpus::of(samples, host_cpus);
     let cap = linearity::capacity(first.resource, cpus.count);
@@ -214,7 +255,11 @@ pub fn analyse(samples: &[&BenchSample], alone: f64, host_cpus: usize) -> Option
         match first.resource {
             Resource::Cpu | Resource::Memory => {
                 // vCPUs count only where recorded with the CPUs (older samples: no bound).
-                let vcpus = samples.iter().filter(|s| s.guest == g && s.cpus.is_some()).filter_map(|s| s.vcpus).max();
+                let vcpus = samples
+                    .iter()
+                    .filter(|s| s.guest == g && s.cpus.is_some())
+                    .filter_map(|s| s.vcpus)
+                    .max();
                 vcpus.map_or(cap, |v| (v.max(1) as f64).min(cap))
             }
             Resource::Disk | Resource::Network => cap,
@@ -296,7 +341,13 @@ mod tests {
     }
 
     /// Isolation samples of two repetitions: guest 0 one copy, guest 1 two, in seconds.
-    fn cpu_samples(kind: BackendKind, g1: f64, g2: [f64; 2], cpus: Option<usize>, vcpus: Option<u32>) -> Vec<BenchSample> {
+    fn cpu_samples(
+        kind: BackendKind,
+        g1: f64,
+        g2: [f64; 2],
+        cpus: Option<usize>,
+        vcpus: Option<u32>,
+    ) -> Vec<BenchSample> {
         let mut v = Vec::new();
         for rep in 0..2 {
             for (guest, inst, t) in [(0, 0, g1), (1, 0, g2[0]), (1, 1, g2[1])] {
@@ -314,9 +365,16 @@ mod tests {
         let v = cpu_samples(BackendKind::Ns, 4.1, [5.9, 6.0], Some(1), None);
         let r = analyse(&v.iter().collect::<Vec<_>>(), 2.0, 2).unwrap();
         assert!(close(r.guest1, 2.05) && close(r.guest2[1], 3.0));
-        assert_eq!((r.capacity, r.guest_cpus, r.cpus), (1.0, Some([1.0, 1.0]), Some(Cpus { count: 1, recorded: true })));
+        assert_eq!(
+            (r.capacity, r.guest_cpus, r.cpus),
+            (1.0, Some([1.0, 1.0]), Some(Cpus { count: 1, recorded: true }))
+        );
         assert_eq!(r.samples_per_copy, Some(2));
-        assert!(close(r.per_vm.guest1, 2.0) && close(r.per_vm.guest2, 3.0) && close(r.per_process.guest1, 3.0));
+        assert!(
+            close(r.per_vm.guest1, 2.0)
+                && close(r.per_vm.guest2, 3.0)
+                && close(r.per_process.guest1, 3.0)
+        );
         assert_eq!(r.closest, Policy::PerVm);
         // The same numbers on an older record of a 2-CPU host: its CPUs stand in, and 2.05/3.0
         // is then far from both 2-CPU models (1/1.5 and 1.5/1.5) but closer to per process.
@@ -335,7 +393,12 @@ mod tests {
         let v = cpu_samples(BackendKind::QemuMicrovm, 2.0, [4.0, 4.0], Some(2), Some(1));
         let r = analyse(&v.iter().collect::<Vec<_>>(), 2.0, 2).unwrap();
         assert_eq!(r.guest_cpus, Some([1.0, 1.0]));
-        assert!(close(r.per_vm.guest2, 2.0) && close(r.per_process.guest1, 1.0) && close(r.per_process.guest2, 2.0), "{r:?}");
+        assert!(
+            close(r.per_vm.guest2, 2.0)
+                && close(r.per_process.guest1, 1.0)
+                && close(r.per_process.guest2, 2.0),
+            "{r:?}"
+        );
         // With 2 vCPUs each the bound is the host's two CPUs.
         let v = cpu_samples(BackendKind::QemuMicrovm, 2.0, [4.0, 4.0], Some(2), Some(2));
         let r = analyse(&v.iter().collect::<Vec<_>>(), 2.0, 2).unwrap();
@@ -344,7 +407,10 @@ mod tests {
         // A shared disk is not bounded by vCPUs.
         let mut d = cpu_samples(BackendKind::QemuMicrovm, 2.0, [4.0, 4.0], Some(2), Some(1));
         d.iter_mut().for_each(|s| s.resource = Resource::Disk);
-        assert_eq!(analyse(&d.iter().collect::<Vec<_>>(), 2.0, 2).unwrap().guest_cpus, Some([1.0, 1.0]));
+        assert_eq!(
+            analyse(&d.iter().collect::<Vec<_>>(), 2.0, 2).unwrap().guest_cpus,
+            Some([1.0, 1.0])
+        );
         // No alone time, or one guest only: nothing to say.
         assert!(analyse(&v.iter().collect::<Vec<_>>(), 0.0, 2).is_none());
         assert!(analyse(&v.iter().filter(|s| s.guest == 1).collect::<Vec<_>>(), 2.0, 2).is_none());

@@ -10,7 +10,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
-use super::{before_reads, guest_spec, mark_reads, run_together, samples_of, suite_metric, BenchSample, Cpus, Starter, Targets, Test, Workloads};
+use super::{
+    before_reads, guest_spec, mark_reads, run_together, samples_of, suite_metric, BenchSample,
+    Cpus, Starter, Targets, Test, Workloads,
+};
 use crate::fleet::Fleet;
 use crate::report::Stat;
 
@@ -26,7 +29,16 @@ pub async fn measure(
     let jobs: Vec<_> = fleet
         .guests
         .iter()
-        .map(|g| (g, BenchRequest { spec: guest_spec(resource, w, fleet.backend, g, t), instances: 1, start_at_ns: None }))
+        .map(|g| {
+            (
+                g,
+                BenchRequest {
+                    spec: guest_spec(resource, w, fleet.backend, g, t),
+                    instances: 1,
+                    start_at_ns: None,
+                },
+            )
+        })
         .collect();
     let readers: Vec<_> = fleet.guests.iter().collect();
     let net = fleet.net_label();
@@ -42,7 +54,17 @@ pub async fn measure(
         for (g, r) in fleet.guests.iter().zip(results) {
             // One guest failing its run fails the point: a partial max would flatter it.
             let r = r?;
-            let mut s = samples_of(fleet.backend, Test::Linearity, resource, &w.params(resource), n, i - warmup, g.spec.index, &r, net);
+            let mut s = samples_of(
+                fleet.backend,
+                Test::Linearity,
+                resource,
+                &w.params(resource),
+                n,
+                i - warmup,
+                g.spec.index,
+                &r,
+                net,
+            );
             mark_reads(&mut s, preps.as_deref());
             out.extend(s);
         }
@@ -87,7 +109,12 @@ pub struct LinearityPoint {
 /// samples). `ta`: the host's T_a (B_a); `t_av`: this backend's T_av1 (B_av1), so that
 /// O_v = t_av − ta. The capacity comes from the CPUs the samples recorded their guests had,
 /// `host_cpus` standing in where they did not.
-pub fn analyse(samples: &[&BenchSample], ta: Option<f64>, t_av: Option<f64>, host_cpus: usize) -> Vec<LinearityPoint> {
+pub fn analyse(
+    samples: &[&BenchSample],
+    ta: Option<f64>,
+    t_av: Option<f64>,
+    host_cpus: usize,
+) -> Vec<LinearityPoint> {
     let mut by_n: BTreeMap<usize, Vec<&BenchSample>> = BTreeMap::new();
     for s in samples {
         by_n.entry(s.n).or_default().push(s);
@@ -111,7 +138,14 @@ pub fn analyse(samples: &[&BenchSample], ta: Option<f64>, t_av: Option<f64>, hos
                 (_, Some(bav)) if higher => Some(bav / (n as f64 / cap).max(1.0)),
                 _ => None,
             };
-            Some(LinearityPoint { n, value, worst, reference, cpus: Some(cpus), capacity: Some(cap) })
+            Some(LinearityPoint {
+                n,
+                value,
+                worst,
+                reference,
+                cpus: Some(cpus),
+                capacity: Some(cap),
+            })
         })
         .collect()
 }
@@ -128,7 +162,16 @@ mod tests {
         let mut v = Vec::new();
         for rep in 0..2 {
             for g in 0..4 {
-                v.push(sample(BackendKind::Uml, Test::Linearity, Resource::Cpu, 4, rep, g, 0, 2.5 + g as f64 * 0.1 + rep as f64));
+                v.push(sample(
+                    BackendKind::Uml,
+                    Test::Linearity,
+                    Resource::Cpu,
+                    4,
+                    rep,
+                    g,
+                    0,
+                    2.5 + g as f64 * 0.1 + rep as f64,
+                ));
             }
         }
         let refs: Vec<&BenchSample> = v.iter().collect();
@@ -151,7 +194,9 @@ mod tests {
             s.cpus = Some(2);
         }
         let refs: Vec<&BenchSample> = v.iter().collect();
-        assert!((analyse(&refs, Some(2.0), Some(2.5), 4)[0].reference.unwrap() - 4.5).abs() < 1e-12);
+        assert!(
+            (analyse(&refs, Some(2.0), Some(2.5), 4)[0].reference.unwrap() - 4.5).abs() < 1e-12
+        );
         // No T_av: no reference.
         assert_eq!(analyse(&refs, Some(2.0), None, 4)[0].reference, None);
     }
@@ -159,7 +204,20 @@ mod tests {
     #[test]
     fn network_reference_divides_the_bandwidth() {
         // B_av = 900 MB/s; 3 guests share one path: 300 each; the worst is the lowest.
-        let v: Vec<BenchSample> = (0..3).map(|g| sample(BackendKind::Oci, Test::Linearity, Resource::Network, 3, 0, g, 0, 250.0 + 50.0 * g as f64)).collect();
+        let v: Vec<BenchSample> = (0..3)
+            .map(|g| {
+                sample(
+                    BackendKind::Oci,
+                    Test::Linearity,
+                    Resource::Network,
+                    3,
+                    0,
+                    g,
+                    0,
+                    250.0 + 50.0 * g as f64,
+                )
+            })
+            .collect();
         let p = &analyse(&v.iter().collect::<Vec<_>>(), Some(1000.0), Some(900.0), 8)[0];
         assert!((p.reference.unwrap() - 300.0).abs() < 1e-9 && (p.worst - 250.0).abs() < 1e-12);
     }

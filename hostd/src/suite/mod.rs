@@ -3,12 +3,12 @@
 //! module measures one of them on fleets and records raw samples; formulas are in
 //! docs/methodology.md with the paper's numbering.
 
+pub mod conditions;
 pub mod isolation;
 pub mod linearity;
 pub mod overhead;
 pub mod ring;
 pub mod sync;
-pub mod conditions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -127,27 +127,49 @@ pub fn spec_for(r: Resource, w: &Workloads, kind: BackendKind, t: &Targets) -> B
             max_bytes: Some(crate::limits::mib_to_bytes(w.disk_mib).unwrap_or(u64::MAX)),
             direct: true,
         },
-        Resource::Network => BenchSpec::NetStream { peer: t.peer.to_string(), duration_ms: w.net_duration_ms, msg_size: w.net_msg_size },
+        Resource::Network => BenchSpec::NetStream {
+            peer: t.peer.to_string(),
+            duration_ms: w.net_duration_ms,
+            msg_size: w.net_msg_size,
+        },
     }
 }
 
 /// The benchmark of `r` for guest `g`: its own data disk copy when it has one.
-pub fn guest_spec(r: Resource, w: &Workloads, kind: BackendKind, g: &RunningGuest, t: &Targets) -> BenchSpec {
+pub fn guest_spec(
+    r: Resource,
+    w: &Workloads,
+    kind: BackendKind,
+    g: &RunningGuest,
+    t: &Targets,
+) -> BenchSpec {
     match &g.spec.data_disk {
-        Some(own) if r == Resource::Disk => spec_for(r, w, kind, &Targets { disk: own.clone(), ..t.clone() }),
+        Some(own) if r == Resource::Disk => {
+            spec_for(r, w, kind, &Targets { disk: own.clone(), ..t.clone() })
+        }
         _ => spec_for(r, w, kind, t),
     }
 }
 
 /// For a disk benchmark, evicts the readers' data disks from the host page cache and
 /// measures what stayed (right before the request goes out); `None` for other resources.
-pub fn before_reads(kind: BackendKind, r: Resource, readers: &[&RunningGuest]) -> Result<Option<Vec<crate::datadisk::ReadPrep>>, String> {
+pub fn before_reads(
+    kind: BackendKind,
+    r: Resource,
+    readers: &[&RunningGuest],
+) -> Result<Option<Vec<crate::datadisk::ReadPrep>>, String> {
     if r != Resource::Disk {
         return Ok(None);
     }
     let files: Vec<(usize, &std::path::Path)> = readers
         .iter()
-        .map(|g| g.spec.data_disk.as_deref().map(|p| (g.spec.index, p)).ok_or_else(|| format!("{}: no data disk", g.spec.name)))
+        .map(|g| {
+            g.spec
+                .data_disk
+                .as_deref()
+                .map(|p| (g.spec.index, p))
+                .ok_or_else(|| format!("{}: no data disk", g.spec.name))
+        })
         .collect::<Result<_, _>>()?;
     crate::datadisk::before_reads(kind, &files).map(Some).map_err(|e| e.to_string())
 }
@@ -259,7 +281,8 @@ pub fn cpuset_count(list: &str) -> Option<usize> {
 /// a kernel of its own). A cpuset hostd cannot read counts as every CPU (never fewer than
 /// the guest may really have had).
 pub fn placement(kind: BackendKind, spec: &crate::backend::GuestSpec) -> (usize, Option<u32>) {
-    let cpus = spec.limits.cpuset.and_then(cpuset_count).filter(|&c| c > 0).unwrap_or_else(host_cores);
+    let cpus =
+        spec.limits.cpuset.and_then(cpuset_count).filter(|&c| c > 0).unwrap_or_else(host_cores);
     let vcpus = match kind {
         // UML kernels are uniprocessor whatever was asked (backend/uml.rs warns).
         BackendKind::Uml => Some(1),
@@ -375,7 +398,16 @@ pub(crate) mod testing {
 
     /// A hand-made sample: `value` is the metric (seconds, or MB/s for network).
     #[allow(clippy::too_many_arguments)]
-    pub fn sample(backend: BackendKind, test: Test, resource: Resource, n: usize, rep: u32, guest: usize, instance: usize, value: f64) -> BenchSample {
+    pub fn sample(
+        backend: BackendKind,
+        test: Test,
+        resource: Resource,
+        n: usize,
+        rep: u32,
+        guest: usize,
+        instance: usize,
+        value: f64,
+    ) -> BenchSample {
         BenchSample {
             backend,
             test,
@@ -416,7 +448,8 @@ mod tests {
 
     #[test]
     fn cpus_recorded_or_host() {
-        let mut a = testing::sample(BackendKind::Native, Test::Linearity, Resource::Cpu, 2, 0, 0, 0, 1.0);
+        let mut a =
+            testing::sample(BackendKind::Native, Test::Linearity, Resource::Cpu, 2, 0, 0, 0, 1.0);
         let b = a.clone();
         assert_eq!(Cpus::of(&[&a, &b], 8), Cpus { count: 8, recorded: false });
         a.cpus = Some(1);

@@ -8,7 +8,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
-use super::{before_reads, guest_spec, mark_reads, run_together, samples_of, suite_metric, BenchSample, Starter, Targets, Test, Workloads};
+use super::{
+    before_reads, guest_spec, mark_reads, run_together, samples_of, suite_metric, BenchSample,
+    Starter, Targets, Test, Workloads,
+};
 use crate::fleet::Fleet;
 use crate::report::Stat;
 
@@ -24,7 +27,11 @@ pub async fn measure(
     timeout: Duration,
 ) -> Result<Vec<BenchSample>, String> {
     let g = fleet.guests.first().ok_or("no ready guest")?;
-    let req = BenchRequest { spec: guest_spec(resource, w, fleet.backend, g, t), instances: 1, start_at_ns: None };
+    let req = BenchRequest {
+        spec: guest_spec(resource, w, fleet.backend, g, t),
+        instances: 1,
+        start_at_ns: None,
+    };
     let net = fleet.net_label();
     let mut out = Vec::new();
     let mut starter = Starter::default();
@@ -33,7 +40,17 @@ pub async fn measure(
         let preps = before_reads(fleet.backend, resource, &[g])?;
         let r = run_together(&[(g, req.clone())], timeout, &mut starter).await.remove(0)?;
         if i >= warmup {
-            let mut s = samples_of(fleet.backend, Test::Overhead, resource, &w.params(resource), fleet.guests.len(), i - warmup, g.spec.index, &r, net);
+            let mut s = samples_of(
+                fleet.backend,
+                Test::Overhead,
+                resource,
+                &w.params(resource),
+                fleet.guests.len(),
+                i - warmup,
+                g.spec.index,
+                &r,
+                net,
+            );
             mark_reads(&mut s, preps.as_deref());
             out.extend(s);
         }
@@ -64,7 +81,9 @@ pub fn analyse(samples: &[&BenchSample], ta: Option<f64>) -> Vec<OverheadPoint> 
     for s in samples {
         by_n.entry(s.n).or_default().push(suite_metric(s).0);
     }
-    let Some((_, unit, higher)) = samples.first().map(|s| suite_metric(s)) else { return Vec::new() };
+    let Some((_, unit, higher)) = samples.first().map(|s| suite_metric(s)) else {
+        return Vec::new();
+    };
     by_n.into_iter()
         .filter_map(|(n, v)| {
             let value = Stat::of(&v, unit)?;
@@ -83,7 +102,10 @@ mod tests {
     #[test]
     fn overhead_is_the_difference_with_the_host() {
         // T_a = 2 s (host runs 1.9, 2.1); the guest takes 2.5, 2.7 s at n = 1 and 3.0 s at n = 5.
-        let host = [sample(BackendKind::Native, Test::Overhead, Resource::Cpu, 1, 0, 0, 0, 1.9), sample(BackendKind::Native, Test::Overhead, Resource::Cpu, 1, 1, 0, 0, 2.1)];
+        let host = [
+            sample(BackendKind::Native, Test::Overhead, Resource::Cpu, 1, 0, 0, 0, 1.9),
+            sample(BackendKind::Native, Test::Overhead, Resource::Cpu, 1, 1, 0, 0, 2.1),
+        ];
         let ta = baseline(&host.iter().collect::<Vec<_>>()).unwrap();
         assert!((ta.mean - 2.0).abs() < 1e-12 && ta.samples == 2);
         let g = [
@@ -93,7 +115,10 @@ mod tests {
         ];
         let pts = analyse(&g.iter().collect::<Vec<_>>(), Some(ta.mean));
         assert_eq!(pts.iter().map(|p| p.n).collect::<Vec<_>>(), [1, 5]);
-        assert!((pts[0].value.mean - 2.6).abs() < 1e-12 && (pts[0].overhead.unwrap() - 0.6).abs() < 1e-12);
+        assert!(
+            (pts[0].value.mean - 2.6).abs() < 1e-12
+                && (pts[0].overhead.unwrap() - 0.6).abs() < 1e-12
+        );
         assert!((pts[1].overhead.unwrap() - 1.0).abs() < 1e-12 && pts[1].value.samples == 1);
         // Without a host baseline there is no overhead, only T_avn.
         assert_eq!(analyse(&g.iter().collect::<Vec<_>>(), None)[0].overhead, None);
@@ -102,7 +127,10 @@ mod tests {
 
     #[test]
     fn network_overhead_is_the_bandwidth_lost() {
-        let g = [sample(BackendKind::Xen, Test::Overhead, Resource::Network, 1, 0, 0, 0, 800.0), sample(BackendKind::Xen, Test::Overhead, Resource::Network, 1, 1, 0, 0, 900.0)];
+        let g = [
+            sample(BackendKind::Xen, Test::Overhead, Resource::Network, 1, 0, 0, 0, 800.0),
+            sample(BackendKind::Xen, Test::Overhead, Resource::Network, 1, 1, 0, 0, 900.0),
+        ];
         let pts = analyse(&g.iter().collect::<Vec<_>>(), Some(1000.0));
         assert_eq!(pts[0].value.unit, "MB/s");
         assert!((pts[0].overhead.unwrap() - 150.0).abs() < 1e-9);

@@ -14,7 +14,13 @@ use crate::report::Stat;
 
 /// Starts a server in every guest, then `reps` synchronised rounds of streams (and of
 /// request/response) from guest i to guest i+1 (mod n).
-pub async fn measure(fleet: &Fleet, w: &Workloads, warmup: u32, reps: u32, timeout: Duration) -> Result<Vec<BenchSample>, String> {
+pub async fn measure(
+    fleet: &Fleet,
+    w: &Workloads,
+    warmup: u32,
+    reps: u32,
+    timeout: Duration,
+) -> Result<Vec<BenchSample>, String> {
     let n = fleet.guests.len();
     if n < 2 {
         return Err("a ring needs at least two ready guests".into());
@@ -35,10 +41,28 @@ pub async fn measure(fleet: &Fleet, w: &Workloads, warmup: u32, reps: u32, timeo
     let net = fleet.net_label();
     let mut out = Vec::new();
     for (test, make) in [
-        (Test::Ring, &(|p: String| BenchSpec::NetStream { peer: p, duration_ms: w.net_duration_ms, msg_size: w.net_msg_size }) as &dyn Fn(String) -> BenchSpec),
-        (Test::RingLatency, &|p: String| BenchSpec::NetRr { peer: p, duration_ms: w.net_duration_ms, size: 1 }),
+        (
+            Test::Ring,
+            &(|p: String| BenchSpec::NetStream {
+                peer: p,
+                duration_ms: w.net_duration_ms,
+                msg_size: w.net_msg_size,
+            }) as &dyn Fn(String) -> BenchSpec,
+        ),
+        (Test::RingLatency, &|p: String| BenchSpec::NetRr {
+            peer: p,
+            duration_ms: w.net_duration_ms,
+            size: 1,
+        }),
     ] {
-        let jobs: Vec<_> = (0..n).map(|i| Ok((&fleet.guests[i], BenchRequest { spec: make(peer(i)?), instances: 1, start_at_ns: None }))).collect::<Result<_, String>>()?;
+        let jobs: Vec<_> = (0..n)
+            .map(|i| {
+                Ok((
+                    &fleet.guests[i],
+                    BenchRequest { spec: make(peer(i)?), instances: 1, start_at_ns: None },
+                ))
+            })
+            .collect::<Result<_, String>>()?;
         let mut starter = Starter::default();
         for i in 0..warmup + reps {
             let rs = run_together(&jobs, timeout, &mut starter).await;
@@ -46,7 +70,17 @@ pub async fn measure(fleet: &Fleet, w: &Workloads, warmup: u32, reps: u32, timeo
                 continue;
             }
             for ((g, _), r) in jobs.iter().zip(rs) {
-                out.extend(samples_of(fleet.backend, test, Resource::Network, &w.params(Resource::Network), n, i - warmup, g.spec.index, &r?, net));
+                out.extend(samples_of(
+                    fleet.backend,
+                    test,
+                    Resource::Network,
+                    &w.params(Resource::Network),
+                    n,
+                    i - warmup,
+                    g.spec.index,
+                    &r?,
+                    net,
+                ));
             }
         }
     }
@@ -70,9 +104,14 @@ pub struct RingResult {
 /// without bandwidth samples.
 pub fn analyse(samples: &[&BenchSample]) -> Option<RingResult> {
     let bw: Vec<&&BenchSample> = samples.iter().filter(|s| s.test == Test::Ring).collect();
-    let lat: Vec<f64> = samples.iter().filter(|s| s.test == Test::RingLatency).map(|s| s.value).collect();
+    let lat: Vec<f64> =
+        samples.iter().filter(|s| s.test == Test::RingLatency).map(|s| s.value).collect();
     let bandwidth = Stat::of(&bw.iter().map(|s| s.value).collect::<Vec<_>>(), "MB/s")?;
-    Some(RingResult { guests: bw.iter().map(|s| s.n).max()?, bandwidth, latency: Stat::of(&lat, "us") })
+    Some(RingResult {
+        guests: bw.iter().map(|s| s.n).max()?,
+        bandwidth,
+        latency: Stat::of(&lat, "us"),
+    })
 }
 
 #[cfg(test)]
@@ -83,11 +122,37 @@ mod tests {
 
     #[test]
     fn ring_bandwidth_and_latency() {
-        let mut v: Vec<BenchSample> = (0..3).map(|g| sample(BackendKind::Uml, Test::Ring, Resource::Network, 3, 0, g, 0, 100.0 * (g + 1) as f64)).collect();
-        v.extend((0..3).map(|g| sample(BackendKind::Uml, Test::RingLatency, Resource::Network, 3, 0, g, 0, 50.0 + g as f64)));
+        let mut v: Vec<BenchSample> = (0..3)
+            .map(|g| {
+                sample(
+                    BackendKind::Uml,
+                    Test::Ring,
+                    Resource::Network,
+                    3,
+                    0,
+                    g,
+                    0,
+                    100.0 * (g + 1) as f64,
+                )
+            })
+            .collect();
+        v.extend((0..3).map(|g| {
+            sample(
+                BackendKind::Uml,
+                Test::RingLatency,
+                Resource::Network,
+                3,
+                0,
+                g,
+                0,
+                50.0 + g as f64,
+            )
+        }));
         let r = analyse(&v.iter().collect::<Vec<_>>()).unwrap();
         assert_eq!((r.guests, r.bandwidth.samples, r.bandwidth.unit.as_str()), (3, 3, "MB/s"));
-        assert!((r.bandwidth.mean - 200.0).abs() < 1e-12 && (r.bandwidth.std_dev - 100.0).abs() < 1e-12);
+        assert!(
+            (r.bandwidth.mean - 200.0).abs() < 1e-12 && (r.bandwidth.std_dev - 100.0).abs() < 1e-12
+        );
         assert_eq!((r.bandwidth.min, r.bandwidth.max, r.bandwidth.median), (100.0, 300.0, 200.0));
         let l = r.latency.unwrap();
         assert!((l.mean - 51.0).abs() < 1e-12 && l.unit == "us");

@@ -147,32 +147,41 @@ impl Starter {
 
 /// Sends one request to each (guest, request) pair, all starting on one instant when more
 /// than one instance runs in all, and waits for every answer.
-pub async fn run_together(jobs: &[(&RunningGuest, BenchRequest)], timeout: Duration, starter: &mut Starter) -> Vec<Result<Timed, String>> {
+pub async fn run_together(
+    jobs: &[(&RunningGuest, BenchRequest)],
+    timeout: Duration,
+    starter: &mut Starter,
+) -> Vec<Result<Timed, String>> {
     let instances: u32 = jobs.iter().map(|(_, r)| r.instances).sum();
     if instances <= 1 {
         return futures::future::join_all(jobs.iter().map(|(g, req)| async move {
-            let report = run_once(&g.conn, req, timeout).await.map_err(|e| format!("{}: {e:#}", g.spec.name))?;
+            let report = run_once(&g.conn, req, timeout)
+                .await
+                .map_err(|e| format!("{}: {e:#}", g.spec.name))?;
             Ok(Timed { report, sync: None })
         }))
         .await;
     }
-    let offsets: Vec<Result<Offset, String>> = futures::future::join_all(jobs.iter().map(|(g, _)| clock_offset(&g.conn))).await;
+    let offsets: Vec<Result<Offset, String>> =
+        futures::future::join_all(jobs.iter().map(|(g, _)| clock_offset(&g.conn))).await;
     let first_send = host_ns();
     let t0 = first_send + starter.lead.as_nanos() as i128;
-    let answers = futures::future::join_all(jobs.iter().zip(&offsets).map(|((g, req), off)| async move {
-        let name = &g.spec.name;
-        let off = *off.as_ref().map_err(|e| format!("{name}: clock offset: {e}"))?;
-        // Clamped: a guest whose clock (or pong) is absurd gets an instant it refuses or
-        // starts at once; either way only its own run suffers.
-        let at = (t0 + off.theta_ns).clamp(0, u64::MAX as i128) as u64;
-        let req = BenchRequest { start_at_ns: Some(at), ..req.clone() };
-        let sent = host_ns();
-        let report = run_once(&g.conn, &req, timeout).await.map_err(|e| format!("{name}: {e:#}"))?;
-        let answered = host_ns();
-        check_window(&report, off, sent, answered).map_err(|e| format!("{name}: {e}"))?;
-        Ok::<_, String>((report, off))
-    }))
-    .await;
+    let answers =
+        futures::future::join_all(jobs.iter().zip(&offsets).map(|((g, req), off)| async move {
+            let name = &g.spec.name;
+            let off = *off.as_ref().map_err(|e| format!("{name}: clock offset: {e}"))?;
+            // Clamped: a guest whose clock (or pong) is absurd gets an instant it refuses or
+            // starts at once; either way only its own run suffers.
+            let at = (t0 + off.theta_ns).clamp(0, u64::MAX as i128) as u64;
+            let req = BenchRequest { start_at_ns: Some(at), ..req.clone() };
+            let sent = host_ns();
+            let report =
+                run_once(&g.conn, &req, timeout).await.map_err(|e| format!("{name}: {e:#}"))?;
+            let answered = host_ns();
+            check_window(&report, off, sent, answered).map_err(|e| format!("{name}: {e}"))?;
+            Ok::<_, String>((report, off))
+        }))
+        .await;
     // Intervals of every instance of every guest that answered, on the host's clock.
     let host = |t: u64, off: &Offset| t as i128 - off.theta_ns;
     let intervals: Vec<(f64, f64, f64)> = answers
@@ -180,12 +189,21 @@ pub async fn run_together(jobs: &[(&RunningGuest, BenchRequest)], timeout: Durat
         .flatten()
         .flat_map(|(r, off)| {
             r.instances.iter().map(move |i| {
-                ((host(i.start_ns, off) - t0) as f64 / 1e9, (host(i.end_ns, off) - t0) as f64 / 1e9, off.err_ns as f64 / 1e9)
+                (
+                    (host(i.start_ns, off) - t0) as f64 / 1e9,
+                    (host(i.end_ns, off) - t0) as f64 / 1e9,
+                    off.err_ns as f64 / 1e9,
+                )
             })
         })
         .collect();
     let ov = overlap(&intervals);
-    let needed = answers.iter().flatten().map(|(r, off)| host(r.prepared_ns, off) - first_send).max().unwrap_or(0);
+    let needed = answers
+        .iter()
+        .flatten()
+        .map(|(r, off)| host(r.prepared_ns, off) - first_send)
+        .max()
+        .unwrap_or(0);
     starter.learn(needed);
     answers
         .into_iter()
@@ -277,11 +295,18 @@ mod tests {
         assert_eq!(overlap(&[(0.0, 1.0, 0.0), (2.0, 3.0, 0.0)]), 0.0);
         assert_eq!(overlap(&[(0.0, 1.0, 0.0)]), 1.0);
         assert_eq!(overlap(&[]), 1.0);
-        assert_eq!(overlap(&[(1.0, 1.0, 0.0), (1.0, 1.0, 0.0)]), 0.0, "no time at all is no overlap");
+        assert_eq!(
+            overlap(&[(1.0, 1.0, 0.0), (1.0, 1.0, 0.0)]),
+            0.0,
+            "no time at all is no overlap"
+        );
         // Started together as far as the clocks tell, each known to ± 0.1 s in a 10 s run:
         // at worst one started 0.2 s after the other and ended 0.2 s early — (9.9 − 0.1) / (10.1 + 0.1).
         assert!((overlap(&[(0.0, 10.0, 0.1), (0.0, 10.0, 0.1)]) - 9.8 / 10.2).abs() < 1e-12);
-        assert!(overlap(&[(0.0, 0.2, 0.006), (0.0, 0.2, 0.0001)]) < MIN_OVERLAP, "a 12 ms uncertainty in a 0.2 s run is flagged");
+        assert!(
+            overlap(&[(0.0, 0.2, 0.006), (0.0, 0.2, 0.0001)]) < MIN_OVERLAP,
+            "a 12 ms uncertainty in a 0.2 s run is flagged"
+        );
     }
 
     #[test]
@@ -340,18 +365,37 @@ mod tests {
     fn guest_times_outside_the_request_are_refused() {
         let off = Offset { theta_ns: 1_000_000_000, err_ns: 1_000 };
         let rep = |recv: u64, start: u64, end: u64| BenchReport {
-            instances: vec![InstanceResult { start_ns: start, end_ns: end, work: Work::Cpu { rounds: 8, estimate: std::f64::consts::SQRT_2 } }],
+            instances: vec![InstanceResult {
+                start_ns: start,
+                end_ns: end,
+                work: Work::Cpu { rounds: 8, estimate: std::f64::consts::SQRT_2 },
+            }],
             received_ns: recv,
             prepared_ns: recv,
         };
         // Request out on the host from 0 to 100 ms; guest clock = host + 1 s.
         let (sent, answered) = (0, 100_000_000);
-        assert!(check_window(&rep(1_000_100_000, 1_010_000_000, 1_090_000_000), off, sent, answered).is_ok());
-        let e = check_window(&rep(1_000_100_000, 1_010_000_000, 1_200_000_000), off, sent, answered).unwrap_err();
+        assert!(check_window(
+            &rep(1_000_100_000, 1_010_000_000, 1_090_000_000),
+            off,
+            sent,
+            answered
+        )
+        .is_ok());
+        let e =
+            check_window(&rep(1_000_100_000, 1_010_000_000, 1_200_000_000), off, sent, answered)
+                .unwrap_err();
         assert!(e.contains("end time"), "{e}");
-        let e = check_window(&rep(900_000_000, 1_010_000_000, 1_090_000_000), off, sent, answered).unwrap_err();
+        let e = check_window(&rep(900_000_000, 1_010_000_000, 1_090_000_000), off, sent, answered)
+            .unwrap_err();
         assert!(e.contains("received time"), "{e}");
         // Extremes do not overflow.
-        assert!(check_window(&rep(u64::MAX, u64::MAX, u64::MAX), Offset { theta_ns: i128::from(i64::MIN), err_ns: 0 }, sent, answered).is_err());
+        assert!(check_window(
+            &rep(u64::MAX, u64::MAX, u64::MAX),
+            Offset { theta_ns: i128::from(i64::MIN), err_ns: 0 },
+            sent,
+            answered
+        )
+        .is_err());
     }
 }

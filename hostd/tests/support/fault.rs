@@ -24,13 +24,16 @@ pub fn skip(why: &str) {
 /// The workspace's image store (scripts/test builds it first).
 pub fn store() -> imagegen::Store {
     let cfg = imagegen::Config::for_workspace(&hostd::images::workspace_root()).unwrap();
-    imagegen::Store::open(&cfg.store).expect("the image store: run `imagegen build` (scripts/test does)")
+    imagegen::Store::open(&cfg.store)
+        .expect("the image store: run `imagegen build` (scripts/test does)")
 }
 
 /// An output of a recipe's current build in the store.
 pub fn artifact(recipe: &str, output: &str) -> PathBuf {
     let s = store();
-    let m = s.current(recipe).unwrap_or_else(|e| panic!("{e}: run `imagegen build` (scripts/test does)"));
+    let m = s
+        .current(recipe)
+        .unwrap_or_else(|e| panic!("{e}: run `imagegen build` (scripts/test does)"));
     s.output_path(&m, output).unwrap()
 }
 
@@ -43,7 +46,11 @@ pub fn evil_agent() -> PathBuf {
 /// guest's "agent".
 pub fn evil_wrapper(dir: &Path, mode: &str) -> PathBuf {
     let p = dir.join(format!("evil-{mode}"));
-    std::fs::write(&p, format!("#!/bin/sh\nexec {} --evil {mode} \"$@\"\n", evil_agent().display())).unwrap();
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\nexec {} --evil {mode} \"$@\"\n", evil_agent().display()),
+    )
+    .unwrap();
     std::process::Command::new("chmod").arg("755").arg(&p).status().unwrap();
     p
 }
@@ -121,7 +128,11 @@ pub fn guest_cgroups_of(run: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for d in cgroup_dirs_of(run) {
         if let Ok(rd) = std::fs::read_dir(&d) {
-            out.extend(rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()));
+            out.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .map(|e| e.path()),
+            );
         }
     }
     out
@@ -130,12 +141,20 @@ pub fn guest_cgroups_of(run: &str) -> Vec<PathBuf> {
 /// Network namespaces whose name mentions `run`.
 pub fn netns_of(run: &str) -> Vec<String> {
     let out = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(run)).filter_map(|l| l.split_whitespace().next()).map(String::from).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(run))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect()
 }
 
 /// Links in the fleet namespace `netns` whose name starts with `prefix`.
 pub fn links_in(netns: &str, prefix: &str) -> Vec<String> {
-    let out = std::process::Command::new("ip").args(["-n", netns, "-o", "link", "show"]).output().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["-n", netns, "-o", "link", "show"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
@@ -151,7 +170,12 @@ pub fn mountinfo() -> HashSet<String> {
 /// Running (a zombie not ours to reap counts as gone).
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !matches!(s.rsplit(')').next().and_then(|r| r.split_whitespace().next()), Some("Z") | Some("X")))
+        .map(|s| {
+            !matches!(
+                s.rsplit(')').next().and_then(|r| r.split_whitespace().next()),
+                Some("Z") | Some("X")
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -162,7 +186,8 @@ pub fn zombie_children() -> Vec<u32> {
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let rest: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let rest: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
         if rest.first() == Some(&"Z") && rest.get(1) == Some(&me.as_str()) {
             z.push(pid);
         }
@@ -175,7 +200,11 @@ pub fn zombie_children() -> Vec<u32> {
 pub fn assert_no_zombies(what: &str) {
     let start = Instant::now();
     while !zombie_children().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(3), "{what}: zombie children {:?}", zombie_children());
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{what}: zombie children {:?}",
+            zombie_children()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -184,7 +213,10 @@ pub fn assert_no_zombies(what: &str) {
 pub fn group_members(pgid: i32) -> Vec<u32> {
     let Ok(d) = std::fs::read_dir("/proc") else { return Vec::new() };
     d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*p as i32))).map(|g| g.as_raw()) == Ok(pgid))
+        .filter(|p| {
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*p as i32))).map(|g| g.as_raw())
+                == Ok(pgid)
+        })
         .filter(|p| alive(*p))
         .collect()
 }
@@ -301,7 +333,12 @@ pub fn fds_of(pid: u32) -> Vec<(i32, String)> {
     let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, std::fs::read_link(e.path()).ok()?.display().to_string())))
+        .filter_map(|e| {
+            Some((
+                e.file_name().to_str()?.parse().ok()?,
+                std::fs::read_link(e.path()).ok()?.display().to_string(),
+            ))
+        })
         .collect();
     v.sort();
     v
@@ -313,7 +350,9 @@ pub fn ns_inode(pid: u32, ns: &str) -> PathBuf {
 
 /// O_DIRECT works on the disk filesystems we use, not on tmpfs.
 pub fn supports_o_direct(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(p)
+        .map(|s| s.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC)
+        .unwrap_or(false)
 }
 
 /// A guest asked to power off either is still exiting when the teardown starts (Clean) or
@@ -323,7 +362,9 @@ pub fn supports_o_direct(p: &Path) -> bool {
 pub fn powered_off(e: &Exit) -> bool {
     match e {
         Exit::Clean => true,
-        Exit::Exited(st) => st.contains("SIGINT") || (st.starts_with("Exited(Pid(") && st.ends_with(", 0)")),
+        Exit::Exited(st) => {
+            st.contains("SIGINT") || (st.starts_with("Exited(Pid(") && st.ends_with(", 0)"))
+        }
         Exit::Killed => false,
     }
 }

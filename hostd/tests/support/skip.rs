@@ -14,13 +14,21 @@ pub fn skip(backend: Option<&str>, why: &str) {
     // libtest names each test's thread after the test.
     let test = std::thread::current().name().unwrap_or("?").to_string();
     let exe = std::env::current_exe().ok();
-    let bin = exe.as_deref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let bin = exe
+        .as_deref()
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     // cargo names test binaries `<file>-<hash>`.
     let bin = bin.rsplit_once('-').map_or(bin.as_str(), |(b, _)| b).to_string();
     let clean = |s: &str| s.replace(['\t', '\n'], " ");
     let line = format!("{bin}::{test}\t{}\t{}\n", backend.unwrap_or("-"), clean(why));
     // One short O_APPEND write per line: lines from concurrent tests do not interleave.
-    let written = std::fs::OpenOptions::new().create(true).append(true).open(&log).and_then(|mut f| f.write_all(line.as_bytes()));
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = written {
         panic!("recording the skip in {}: {e}", std::path::Path::new(&log).display());
     }

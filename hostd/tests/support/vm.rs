@@ -50,7 +50,9 @@ pub fn kernel_release(path: &Path) -> Option<String> {
     if data.get(0x202..0x206) == Some(b"HdrS") {
         let off = u16::from_le_bytes([data[0x20e], data[0x20f]]) as usize + 0x200;
         let s = data.get(off..)?;
-        return String::from_utf8_lossy(&s[..s.iter().position(|&b| b == 0 || b == b' ')?]).into_owned().into();
+        return String::from_utf8_lossy(&s[..s.iter().position(|&b| b == 0 || b == b' ')?])
+            .into_owned()
+            .into();
     }
     let pat = b"Linux version ";
     let mut from = 0;
@@ -70,7 +72,13 @@ pub fn run_id(tag: &str) -> String {
     format!("t{tag}{}", std::process::id())
 }
 
-pub fn spec(run: &str, index: usize, dir: &Path, net: Option<&FleetNet>, disk: Option<&Path>) -> GuestSpec {
+pub fn spec(
+    run: &str,
+    index: usize,
+    dir: &Path,
+    net: Option<&FleetNet>,
+    disk: Option<&Path>,
+) -> GuestSpec {
     GuestSpec {
         index,
         name: format!("g{index}"),
@@ -133,26 +141,43 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
     // Each of the n guests reads its own copy, on a disk-backed file system (the suite's
     // per-guest data sets), evicted from the host cache before each measured read.
     let copy_dir = tempfile::Builder::new().prefix("vb-copies").tempdir_in("/var/tmp").unwrap();
-    let copies = hostd::datadisk::DataDisks::new(&disk, DISK_MIB << 20, &copy_dir.path().join(&run), &run).unwrap();
+    let copies =
+        hostd::datadisk::DataDisks::new(&disk, DISK_MIB << 20, &copy_dir.path().join(&run), &run)
+            .unwrap();
     let fleet = FleetNet::create(&run).unwrap();
     let _guard = RunGuard { run: run.clone(), net: Some(fleet.clone()) };
     let hello_timeout = Duration::from_secs(120);
 
     // One guest alone: the uncontended boot time.
-    let solo = boot(backend, spec(&run, 0, &dir.join("solo"), Some(&fleet), Some(&disk)), hello_timeout).await.unwrap();
+    let solo =
+        boot(backend, spec(&run, 0, &dir.join("solo"), Some(&fleet), Some(&disk)), hello_timeout)
+            .await
+            .unwrap();
     println!("{kind}: 1 guest ready in {:.3} s", solo.startup.as_secs_f64());
-    assert!(matches!(solo.conn.request(Command::Ping, Duration::from_secs(10)).await.unwrap(), ReplyBody::Pong { .. }));
+    assert!(matches!(
+        solo.conn.request(Command::Ping, Duration::from_secs(10)).await.unwrap(),
+        ReplyBody::Pong { .. }
+    ));
     let e = solo.shutdown(backend, Duration::from_secs(15)).await;
     assert!(same_exit(&e, &exp.exit), "{kind}: solo guest: {e:?}");
 
     // n guests at once.
     let t0 = Instant::now();
-    let specs: Vec<GuestSpec> = (0..n).map(|i| spec(&run, i, dir, Some(&fleet), Some(&copies.copy_for(i).unwrap()))).collect();
-    let results = futures::future::join_all(specs.into_iter().map(|s| boot(backend, s, hello_timeout))).await;
+    let specs: Vec<GuestSpec> = (0..n)
+        .map(|i| spec(&run, i, dir, Some(&fleet), Some(&copies.copy_for(i).unwrap())))
+        .collect();
+    let results =
+        futures::future::join_all(specs.into_iter().map(|s| boot(backend, s, hello_timeout))).await;
     let all = t0.elapsed();
-    let guests: Vec<RunningGuest> = results.into_iter().map(|r| r.unwrap_or_else(|e| panic!("{kind}: {e}"))).collect();
-    let times: Vec<String> = guests.iter().map(|g| format!("{:.3}", g.startup.as_secs_f64())).collect();
-    println!("{kind}: {n} concurrent guests ready in [{}] s (all within {:.3} s)", times.join(", "), all.as_secs_f64());
+    let guests: Vec<RunningGuest> =
+        results.into_iter().map(|r| r.unwrap_or_else(|e| panic!("{kind}: {e}"))).collect();
+    let times: Vec<String> =
+        guests.iter().map(|g| format!("{:.3}", g.startup.as_secs_f64())).collect();
+    println!(
+        "{kind}: {n} concurrent guests ready in [{}] s (all within {:.3} s)",
+        times.join(", "),
+        all.as_secs_f64()
+    );
 
     let mut pids = Vec::new();
     let mut cgroup_dirs = Vec::new();
@@ -165,15 +190,25 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
             assert_eq!(&h.kernel_release, r, "{kind}");
         }
         assert_eq!(h.cpus, 1);
-        assert!(h.mem_total_kib > 64 << 10 && h.mem_total_kib <= 128 << 10, "{kind}: {} KiB", h.mem_total_kib);
-        assert!(h.clock.kernel_init_ns.is_some(), "{kind}: a VM's init knows when its kernel ran it");
+        assert!(
+            h.mem_total_kib > 64 << 10 && h.mem_total_kib <= 128 << 10,
+            "{kind}: {} KiB",
+            h.mem_total_kib
+        );
+        assert!(
+            h.clock.kernel_init_ns.is_some(),
+            "{kind}: a VM's init knows when its kernel ran it"
+        );
         let cg = g.process.cgroup.as_ref().expect("guests run in a cgroup");
         let p = cg.pids();
         assert!(p.contains(&g.process.pid()), "{kind}: the VMM is in its cgroup");
         pids.extend(p);
         cgroup_dirs.extend(cg.dirs.clone());
         workdirs.push(g.spec.workdir.clone());
-        assert!(matches!(g.conn.request(Command::Ping, Duration::from_secs(10)).await.unwrap(), ReplyBody::Pong { .. }));
+        assert!(matches!(
+            g.conn.request(Command::Ping, Duration::from_secs(10)).await.unwrap(),
+            ReplyBody::Pong { .. }
+        ));
     }
     // UML runs several host processes per guest (in its process group), all of which must
     // be in its cgroup.
@@ -192,32 +227,53 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
         ReplyBody::Pong { monotonic_ns } => monotonic_ns,
         other => panic!("{other:?}"),
     };
-    let (h0, g0a) = (Instant::now(), pong(g0.conn.request(Command::Ping, Duration::from_secs(10)).await.unwrap()));
+    let (h0, g0a) = (
+        Instant::now(),
+        pong(g0.conn.request(Command::Ping, Duration::from_secs(10)).await.unwrap()),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (h1, g0b) = (Instant::now(), pong(g0.conn.request(Command::Ping, Duration::from_secs(10)).await.unwrap()));
+    let (h1, g0b) = (
+        Instant::now(),
+        pong(g0.conn.request(Command::Ping, Duration::from_secs(10)).await.unwrap()),
+    );
     let ratio = (g0b - g0a) as f64 / 1e9 / (h1 - h0).as_secs_f64();
     println!("{kind}: guest clock / host clock = {ratio:.4}");
     assert!((0.97..1.03).contains(&ratio), "{kind}: guest clock runs at {ratio:.3}× host speed");
 
     // CPU benchmark in every guest at once.
-    let cpu = BenchRequest { spec: BenchSpec::Cpu { rounds: 200_000 }, instances: 1, start_at_ns: None };
-    let reports = futures::future::join_all(guests.iter().map(|g| run_once(&g.conn, &cpu, Duration::from_secs(120)))).await;
+    let cpu =
+        BenchRequest { spec: BenchSpec::Cpu { rounds: 200_000 }, instances: 1, start_at_ns: None };
+    let reports = futures::future::join_all(
+        guests.iter().map(|g| run_once(&g.conn, &cpu, Duration::from_secs(120))),
+    )
+    .await;
     for r in reports {
         assert!(matches!(r.unwrap().instances[0].work, Work::Cpu { .. }));
     }
 
     // Network: guest 0 streams to guest 1 over the fleet bridge.
     let peer_addr: Ipv4Addr = guests[1].spec.net.as_ref().unwrap().addr;
-    let port = match guests[1].conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await.unwrap() {
+    let port = match guests[1]
+        .conn
+        .request(Command::NetServe { port: 0 }, Duration::from_secs(10))
+        .await
+        .unwrap()
+    {
         ReplyBody::Listening { port } => port,
         other => panic!("{other:?}"),
     };
     let stream = BenchRequest {
-        spec: BenchSpec::NetStream { peer: format!("{peer_addr}:{port}"), duration_ms: 300, msg_size: 16384 },
+        spec: BenchSpec::NetStream {
+            peer: format!("{peer_addr}:{port}"),
+            duration_ms: 300,
+            msg_size: 16384,
+        },
         instances: 1,
         start_at_ns: None,
     };
-    let rep = run_once(&guests[0].conn, &stream, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{kind}: {e:#}"));
+    let rep = run_once(&guests[0].conn, &stream, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{kind}: {e:#}"));
     let Work::NetStream { bytes } = rep.instances[0].work else { panic!() };
     let f = rep.instances[0].figure();
     println!("{kind}: net_stream g0 → g1 {bytes} bytes, {:.1} {}", f.value, f.unit);
@@ -225,18 +281,36 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
 
     // Disk: every guest reads the whole data disk through its virtual disk.
     let dreq = BenchRequest {
-        spec: BenchSpec::Disk { path: exp.disk.clone(), block_size: 64 << 10, max_bytes: None, direct: true },
+        spec: BenchSpec::Disk {
+            path: exp.disk.clone(),
+            block_size: 64 << 10,
+            max_bytes: None,
+            direct: true,
+        },
         instances: 1,
         start_at_ns: None,
     };
     for g in &guests {
         // As the suite does it: the guest's copy evicted, its residency measured, the read,
         // and a sample that says both.
-        let preps = hostd::suite::before_reads(kind, Resource::Disk, &[g]).unwrap_or_else(|e| panic!("{kind}: {e}"));
-        let rep = run_once(&g.conn, &dreq, Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{kind}: disk: {e:#}"));
+        let preps = hostd::suite::before_reads(kind, Resource::Disk, &[g])
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let rep = run_once(&g.conn, &dreq, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: disk: {e:#}"));
         let Work::Disk { bytes, .. } = rep.instances[0].work else { panic!() };
         assert_eq!(bytes, DISK_MIB << 20, "{kind}: {} is the data disk", exp.disk);
-        let mut samples = hostd::suite::samples_of(kind, Test::Overhead, Resource::Disk, "", n, 0, g.spec.index, &hostd::suite::sync::Timed { report: rep, sync: None }, None);
+        let mut samples = hostd::suite::samples_of(
+            kind,
+            Test::Overhead,
+            Resource::Disk,
+            "",
+            n,
+            0,
+            g.spec.index,
+            &hostd::suite::sync::Timed { report: rep, sync: None },
+            None,
+        );
         hostd::suite::mark_reads(&mut samples, preps.as_deref());
         assert_disk_sample(kind, &samples);
     }
@@ -244,13 +318,20 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
     let after = hostd::pagecache::residency(guests[0].spec.data_disk.as_ref().unwrap()).unwrap();
     println!("{kind}: {:.0} % of the data resident after a read", after.fraction() * 100.0);
     if kind == BackendKind::QemuMicrovm || kind == BackendKind::QemuFull {
-        assert_eq!(after.resident_bytes, 0, "{kind}: QEMU's cache.direct=on reads bypass the host page cache");
+        assert_eq!(
+            after.resident_bytes, 0,
+            "{kind}: QEMU's cache.direct=on reads bypass the host page cache"
+        );
     }
-    let f = run_once(&guests[0].conn, &dreq, Duration::from_secs(60)).await.unwrap().instances[0].figure();
+    let f = run_once(&guests[0].conn, &dreq, Duration::from_secs(60)).await.unwrap().instances[0]
+        .figure();
     println!("{kind}: disk read {:.1} {}", f.value, f.unit);
 
     // Power off.
-    let exits = futures::future::join_all(guests.into_iter().map(|g| g.shutdown(backend, Duration::from_secs(15)))).await;
+    let exits = futures::future::join_all(
+        guests.into_iter().map(|g| g.shutdown(backend, Duration::from_secs(15))),
+    )
+    .await;
     for e in exits {
         assert!(same_exit(&e, &exp.exit), "{kind}: {e:?}");
     }
@@ -265,7 +346,10 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
     for w in &workdirs {
         assert!(!w.exists(), "{kind}: {} is left", w.display());
     }
-    let links = std::process::Command::new("ip").args(["-n", &fleet.netns, "-o", "link", "show"]).output().unwrap();
+    let links = std::process::Command::new("ip")
+        .args(["-n", &fleet.netns, "-o", "link", "show"])
+        .output()
+        .unwrap();
     let links = String::from_utf8_lossy(&links.stdout);
     assert!(!links.contains("vbt"), "{kind}: taps left: {links}");
     fleet.destroy().unwrap();
@@ -294,7 +378,11 @@ pub fn backend(kind: BackendKind, images: &Images, opts: &BackendOptions) -> Any
 /// Names of the entries of the temporary directory starting with `prefix`.
 pub fn scratch_dirs(prefix: &str) -> std::collections::BTreeSet<String> {
     std::fs::read_dir(std::env::temp_dir())
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(prefix)).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -302,7 +390,10 @@ pub fn scratch_dirs(prefix: &str) -> std::collections::BTreeSet<String> {
 pub fn group_members(pgid: i32) -> Vec<u32> {
     let Ok(d) = std::fs::read_dir("/proc") else { return Vec::new() };
     d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*p as i32))).map(|g| g.as_raw()) == Ok(pgid))
+        .filter(|p| {
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*p as i32))).map(|g| g.as_raw())
+                == Ok(pgid)
+        })
         .collect()
 }
 

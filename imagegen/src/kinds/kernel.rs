@@ -282,12 +282,18 @@ mod tests {
     /// check then fails any .config that has one.
     #[test]
     fn full_virtualization_kernel_has_no_paravirtual_features() {
-        let frag = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/kernels/pc.config")).unwrap();
+        let frag =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/kernels/pc.config")).unwrap();
         let c = parse_config(&frag);
         for opt in ["CONFIG_HYPERVISOR_GUEST", "CONFIG_PARAVIRT", "CONFIG_KVM_GUEST", "CONFIG_PARAVIRT_CLOCK"] {
-            assert_eq!(c.get(opt).map(String::as_str), Some(NOT_SET), "{opt} must be `# {opt} is not set` in kernels/pc.config");
+            assert_eq!(
+                c.get(opt).map(String::as_str),
+                Some(NOT_SET),
+                "{opt} must be `# {opt} is not set` in kernels/pc.config"
+            );
         }
-        let recipe = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/kernel-pc.toml")).unwrap();
+        let recipe =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/kernel-pc.toml")).unwrap();
         assert!(recipe.contains("fragments = [\"kernels/pc.config\"]"), "kernel-pc builds from kernels/pc.config");
     }
 
