@@ -28,6 +28,7 @@ pub mod integrity;
 pub mod limits;
 pub mod memory;
 pub mod microbench;
+pub mod netem;
 pub mod netlab;
 pub mod pagecache;
 pub mod peer;
