@@ -22,6 +22,7 @@
 //! inside the timed startup window.
 
 pub mod accuracy;
+pub mod running;
 pub mod topology;
 
 use std::fmt::Write as _;
@@ -433,12 +434,12 @@ pub fn clear(netns: &str, indices: &[usize]) -> Result<(), NetemError> {
     let mut ip = String::new();
     for &i in indices {
         let dev = netlab::link_name("vbl", i);
-        if links.iter().any(|l| *l == dev) {
+        if links.contains(&dev) {
             writeln!(tc, "qdisc del dev {dev} root").unwrap();
             writeln!(tc, "qdisc del dev {dev} ingress").unwrap();
         }
         let ifb = ifb_name(i);
-        if links.iter().any(|l| *l == ifb) {
+        if links.contains(&ifb) {
             writeln!(ip, "link del {ifb}").unwrap();
         }
     }
