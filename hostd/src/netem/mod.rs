@@ -16,9 +16,9 @@
 //! matrix[s][t], then b's delay, and the rate of the slowest of the three.
 //!
 //! Configured through iproute2's `ip -batch` and `tc -batch` (one exec each per apply):
-//! netlink-packet-route (0.2x) and rtnetlink model only the ingress, fq_codel, u32 and
-//! matchall qdisc/filter options, not netem, htb, tbf or mirred, and hand-encoding their
-//! netlink attributes would duplicate tc's own code. Applied after guests are up, never
+//! netlink-packet-route (0.30) and rtnetlink model the ingress and fq_codel qdiscs (and the
+//! u32/matchall/flower/bpf filters and mirred) but not netem, htb or tbf, and hand-encoding
+//! their netlink attributes would duplicate tc's own code. Applied after guests are up, never
 //! inside the timed startup window.
 
 pub mod accuracy;

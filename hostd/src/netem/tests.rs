@@ -283,3 +283,75 @@ fn apply_replace_and_clear_leave_nothing() {
     clear(&p.0, &[0]).unwrap();
     assert!(leftovers(&p.0, &[0]).unwrap().is_empty());
 }
+
+/// Needs root and ping: in a fleet namespace of the test's own with three guest namespaces
+/// (sites a = {0, 1}, b = {2}), guest 0's traffic to site b goes through its ifb's class
+/// for b, and its traffic within its site through the default class — the kernel classifies
+/// on destination as the script says.
+#[test]
+fn traffic_is_classified_by_destination_site() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    if Command::new("ping").arg("-V").output().is_err() {
+        eprintln!("skipped: no ping");
+        return;
+    }
+    let fleet = FleetNet::create(&format!("tcl{}", std::process::id())).unwrap();
+    let guests: Vec<String> = (0..3).map(|i| format!("vbt-cl{}-{i}", std::process::id())).collect();
+    let r = std::panic::catch_unwind(|| {
+        for (i, g) in guests.iter().enumerate() {
+            crate::netlab::ip(&["netns", "add", g]).unwrap();
+            fleet.add_veth_to_netns(&netlab::link_name("vbl", i), g).unwrap();
+            let addr = format!("{}/16", FleetNet::guest_addr(i).unwrap());
+            crate::netlab::ip(&["-n", g, "addr", "add", &addr, "dev", "eth0"]).unwrap();
+            crate::netlab::ip(&["-n", g, "link", "set", "eth0", "up"]).unwrap();
+        }
+        let t = topo(
+            "[[site]]\nname='a'\nguests=2\n[[site]]\nname='b'\nguests=1\n[matrix]\n\
+             sites=['a','b']\ndelay_ms=[[0,0],[0,0]]\nrate_mbit=[[0,10],[10,0]]",
+            3,
+        )
+        .unwrap();
+        apply(&fleet.netns, &t, &[0, 1, 2]).unwrap();
+        let ping = |to: usize| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &guests[0], "ping", "-c", "3", "-i", "0.2", "-W", "2"])
+                .arg(FleetNet::guest_addr(to).unwrap().to_string())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        };
+        let packets = |class: &str| -> u64 {
+            let out =
+                run("tc", &["-n", &fleet.netns, "-s", "class", "show", "dev", "vbi0"]).unwrap();
+            let mut lines = out.lines();
+            while let Some(l) = lines.next() {
+                if l.contains(&format!("class htb {class} ")) {
+                    let sent = lines.next().unwrap();
+                    let w: Vec<&str> = sent.split_whitespace().collect();
+                    return w[w.iter().position(|x| *x == "bytes").unwrap() + 1].parse().unwrap();
+                }
+            }
+            panic!("no class {class} in {out}");
+        };
+        let cross0 = packets("1:11");
+        ping(2);
+        let (cross1, own1) = (packets("1:11"), packets("1:2"));
+        assert!(cross1 >= cross0 + 3, "to site b: class 1:11 {cross0} → {cross1}");
+        ping(1);
+        let (cross2, own2) = (packets("1:11"), packets("1:2"));
+        assert!(own2 >= own1 + 3, "within site a: default class {own1} → {own2}");
+        assert_eq!(cross2, cross1, "within-site traffic took the cross-site class");
+        clear(&fleet.netns, &[0, 1, 2]).unwrap();
+        assert!(leftovers(&fleet.netns, &[0, 1, 2]).unwrap().is_empty());
+    });
+    for g in &guests {
+        let _ = crate::netlab::ip(&["netns", "del", g]);
+    }
+    fleet.destroy().unwrap();
+    if let Err(e) = r {
+        std::panic::resume_unwind(e);
+    }
+}
