@@ -762,7 +762,7 @@ async fn netem_accuracy(
 ) -> Result<()> {
     let s = &ctx.campaign.netem;
     for &n in &s.sizes {
-        let key = format!("{}/netem/n={n}/{}", plan.kind, s.link.describe());
+        let key = format!("{}/netem/n={n}/{}", plan.kind, s.describe());
         if ctx.done.contains(&key) {
             continue;
         }

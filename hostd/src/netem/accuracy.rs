@@ -1,9 +1,11 @@
 //! Accuracy of the emulated network: for each backend, a fleet of n guests whose links are
 //! shaped alike, every guest measuring at once, first unshaped (the path's own base), then
-//! shaped. Achieved RTT (agent request/response with the peer on the fleet bridge) and
-//! throughput (agent stream to the peer) are compared with what was configured: RTT = twice
-//! the guest link's one-way delay (the peer's side of the bridge is not shaped), throughput
-//! = the guest link's rate. See docs/methodology.md, "Emulated network accuracy".
+//! shaped. Achieved RTT (agent request/response) and throughput (agent stream) are compared
+//! with what was configured. Against the peer on the fleet bridge (`sites` = 0): RTT =
+//! twice the guest link's one-way delay (the peer's side is not shaped), throughput = the
+//! link's rate. Between sites (`sites` ≥ 2): each guest measures against the guest at the
+//! same place in the next site, RTT = both ways' (link + matrix + link), throughput = the
+//! slowest of the three. See docs/methodology.md, "Emulated network accuracy".
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, BenchSpec};
+use vb_protocol::msg::{Command, ReplyBody};
 
 use super::{LinkProps, Topology};
 use crate::backend::BackendKind;
@@ -35,6 +38,14 @@ pub struct NetemSection {
     /// Request and response size of the RTT measurement, bytes. Default 1.
     #[serde(default = "d_rr_size")]
     pub rr_size: u32,
+    /// 0: every guest measures against the peer on the bridge. k ≥ 2: the fleet is split into
+    /// k sites of n / k guests, `between` apart, and every guest measures against the guest
+    /// at its place in the next site. Default 0.
+    #[serde(default)]
+    pub sites: usize,
+    /// Between every two sites, one way (with `sites` ≥ 2). Default nothing.
+    #[serde(default)]
+    pub between: super::Between,
 }
 
 fn d_sizes() -> Vec<usize> {
@@ -49,11 +60,34 @@ fn d_rr_size() -> u32 {
 
 impl Default for NetemSection {
     fn default() -> Self {
-        Self { enabled: false, sizes: d_sizes(), link: d_link(), rr_size: d_rr_size() }
+        Self {
+            enabled: false,
+            sizes: d_sizes(),
+            link: d_link(),
+            rr_size: d_rr_size(),
+            sites: 0,
+            between: Default::default(),
+        }
     }
 }
 
 impl NetemSection {
+    /// What the step configures, for its step key and people.
+    pub fn describe(&self) -> String {
+        let mut d = self.link.describe();
+        if self.sites >= 2 {
+            let b = &self.between;
+            d.push_str(&format!(
+                "; {} sites, between {}ms ±{}ms",
+                self.sites, b.delay_ms, b.jitter_ms
+            ));
+            if let Some(r) = b.rate_mbit {
+                d.push_str(&format!(" {r} Mbit/s"));
+            }
+        }
+        d
+    }
+
     pub fn check(&self) -> Result<(), String> {
         if !self.enabled {
             return Ok(());
@@ -65,7 +99,21 @@ impl NetemSection {
             crate::limits::GUESTS.check(n).map_err(|e| format!("netem.sizes: {e}"))?;
         }
         self.link.check("netem.link")?;
-        if self.link.delay_ms == 0.0 && self.link.rate_mbit.is_none() {
+        self.between.check("netem.between")?;
+        if self.sites == 1 {
+            return Err("netem.sites = 1: 0 (against the peer) or at least 2 sites".into());
+        }
+        if self.sites == 0 && !self.between.is_none() {
+            return Err("netem.between needs netem.sites ≥ 2".into());
+        }
+        if let Some(&n) = self.sizes.iter().find(|&&n| self.sites >= 2 && n % self.sites != 0) {
+            return Err(format!(
+                "netem.sizes: {n} guests do not split into {} sites of equal size",
+                self.sites
+            ));
+        }
+        let between = self.between.delay_ms > 0.0 || self.between.rate_mbit.is_some();
+        if self.link.delay_ms == 0.0 && self.link.rate_mbit.is_none() && !between {
             return Err("netem.link: give a delay_ms or a rate_mbit to measure".into());
         }
         if !(1..=65536).contains(&self.rr_size) {
@@ -102,6 +150,12 @@ pub struct AccuracySample {
     pub rep: u32,
     pub guest: usize,
     pub metric: Metric,
+    /// Sites the fleet was split into (0: measured against the peer on the bridge).
+    #[serde(default)]
+    pub sites: usize,
+    /// Between the sites, one way (with `sites` ≥ 2).
+    #[serde(default)]
+    pub between: super::Between,
     /// False: the same path unshaped (the base); true: with `link`.
     pub shaped: bool,
     pub link: LinkProps,
@@ -168,36 +222,71 @@ pub async fn measure(
     let net = fleet.net.as_ref().ok_or("the accuracy step needs the fleet network")?;
     let indices: Vec<usize> = fleet.guests.iter().map(|g| g.spec.index).collect();
     let n = indices.len();
-    let topo = Topology::uniform(indices.iter().max().map_or(0, |m| m + 1), s.link);
+    if indices.iter().enumerate().any(|(p, &i)| p != i) {
+        return Err(format!("the accuracy step needs guests 0..{n}, the fleet has {indices:?}"));
+    }
+    let topo = if s.sites >= 2 {
+        Topology::sites(s.sites, n / s.sites, s.link, s.between)
+    } else {
+        Topology::uniform(n, s.link)
+    };
+    // Who each guest measures against: (address, configured RTT, configured rate).
+    let mut ports = Vec::new();
+    let mut targets = Vec::with_capacity(n);
+    if s.sites >= 2 {
+        for g in &fleet.guests {
+            match g.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(30)).await {
+                Ok(ReplyBody::Listening { port }) => ports.push(port),
+                Ok(other) => return Err(format!("{}: net_serve answered {other:?}", g.spec.name)),
+                Err(e) => return Err(format!("{}: net_serve: {e}", g.spec.name)),
+            }
+        }
+        for a in 0..n {
+            let b = (a + n / s.sites) % n;
+            let addr = fleet.addr(b).ok_or("the accuracy step needs the fleet network")?;
+            let rtt = topo.one_way_ms(a, b).unwrap_or(0.0) + topo.one_way_ms(b, a).unwrap_or(0.0);
+            targets.push((format!("{addr}:{}", ports[b]), rtt, topo.rate_mbit(a, b)));
+        }
+    } else {
+        for _ in 0..n {
+            targets.push((peer.to_string(), 2.0 * s.link.delay_ms, s.link.rate_mbit));
+        }
+    }
     let path = fleet.net_label().map(|l| l.0);
     let mut out = Vec::new();
-    for shaped in [false, true] {
-        if shaped {
-            let (ns, t, i) = (net.netns.clone(), topo.clone(), indices.clone());
-            tokio::task::spawn_blocking(move || super::apply(&ns, &t, &i))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-        }
-        let r = async {
+    let r = async {
+        for shaped in [false, true] {
+            if shaped {
+                let (ns, t, i) = (net.netns.clone(), topo.clone(), indices.clone());
+                tokio::task::spawn_blocking(move || super::apply(&ns, &t, &i))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
             for metric in [Metric::Rtt, Metric::Throughput] {
-                let spec = match metric {
-                    Metric::Rtt => {
-                        BenchSpec::NetRr { peer: peer.to_string(), duration_ms, size: s.rr_size }
-                    }
-                    Metric::Throughput => {
-                        BenchSpec::NetStream { peer: peer.to_string(), duration_ms, msg_size }
-                    }
-                };
-                let req = BenchRequest { spec, instances: 1, start_at_ns: None };
-                let jobs: Vec<_> = fleet.guests.iter().map(|g| (g, req.clone())).collect();
+                let jobs: Vec<_> = fleet
+                    .guests
+                    .iter()
+                    .zip(&targets)
+                    .map(|(g, (to, _, _))| {
+                        let spec = match metric {
+                            Metric::Rtt => {
+                                BenchSpec::NetRr { peer: to.clone(), duration_ms, size: s.rr_size }
+                            }
+                            Metric::Throughput => {
+                                BenchSpec::NetStream { peer: to.clone(), duration_ms, msg_size }
+                            }
+                        };
+                        (g, BenchRequest { spec, instances: 1, start_at_ns: None })
+                    })
+                    .collect();
                 let mut starter = Starter::default();
                 for rep in 0..warmup + reps {
                     let answers = run_together(&jobs, timeout, &mut starter).await;
                     if rep < warmup {
                         continue;
                     }
-                    for (g, a) in fleet.guests.iter().zip(answers) {
+                    for ((g, a), (_, rtt, rate)) in fleet.guests.iter().zip(answers).zip(&targets) {
                         let a = a?;
                         for r in &a.report.instances {
                             let f = r.figure().value;
@@ -205,16 +294,22 @@ pub async fn measure(
                                 Metric::Rtt => f / 1e3,        // µs per transaction → ms
                                 Metric::Throughput => f * 8.0, // MB/s → Mbit/s
                             };
-                            let link = if shaped { s.link } else { LinkProps::default() };
+                            let configured = match (shaped, metric) {
+                                (false, _) => None,
+                                (true, Metric::Rtt) => Some(*rtt).filter(|v| *v > 0.0),
+                                (true, Metric::Throughput) => *rate,
+                            };
                             out.push(AccuracySample {
                                 backend: fleet.backend,
                                 n,
                                 rep: rep - warmup,
                                 guest: g.spec.index,
                                 metric,
+                                sites: s.sites,
+                                between: if shaped { s.between } else { Default::default() },
                                 shaped,
-                                configured: configured(&link, metric),
-                                link,
+                                configured,
+                                link: if shaped { s.link } else { LinkProps::default() },
                                 achieved,
                                 net_path: path,
                                 provenance: String::new(),
@@ -223,20 +318,19 @@ pub async fn measure(
                     }
                 }
             }
-            Ok::<(), String>(())
         }
-        .await;
-        if shaped {
-            let (ns, i) = (net.netns.clone(), indices.clone());
-            let cleared = tokio::task::spawn_blocking(move || super::clear(&ns, &i))
-                .await
-                .map_err(|e| e.to_string())?;
-            r?;
-            cleared.map_err(|e| e.to_string())?;
-        } else {
-            r?;
-        }
+        Ok::<(), String>(())
     }
+    .await;
+    for (g, p) in fleet.guests.iter().zip(ports) {
+        let _ = g.conn.request(Command::NetStop { port: p }, Duration::from_secs(10)).await;
+    }
+    let (ns, i) = (net.netns.clone(), indices.clone());
+    let cleared = tokio::task::spawn_blocking(move || super::clear(&ns, &i))
+        .await
+        .map_err(|e| e.to_string())?;
+    r?;
+    cleared.map_err(|e| e.to_string())?;
     Ok(out)
 }
 
@@ -245,6 +339,9 @@ pub async fn measure(
 pub struct Row {
     pub backend: BackendKind,
     pub n: usize,
+    /// 0: against the peer on the bridge; k: between k sites.
+    #[serde(default)]
+    pub sites: usize,
     pub metric: Metric,
     pub link: String,
     pub configured: Option<f64>,
@@ -257,14 +354,13 @@ pub struct Row {
 
 /// The report's rows from every accuracy sample.
 pub fn analyse(samples: &[AccuracySample]) -> Vec<Row> {
-    type Key = (BackendKind, usize, Metric);
+    type Key = (BackendKind, usize, usize, Metric);
     let mut base: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     let mut shaped: BTreeMap<Key, (Vec<f64>, Option<f64>, String)> = BTreeMap::new();
     for s in samples.iter().filter(|s| s.implausible().is_none()) {
-        let k = (s.backend, s.n, s.metric);
+        let k = (s.backend, s.n, s.sites, s.metric);
         if s.shaped {
-            let e =
-                shaped.entry(k).or_insert_with(|| (Vec::new(), s.configured, s.link.describe()));
+            let e = shaped.entry(k).or_insert_with(|| (Vec::new(), s.configured, describe(s)));
             e.0.push(s.achieved);
         } else {
             base.entry(k).or_default().push(s.achieved);
@@ -273,19 +369,36 @@ pub fn analyse(samples: &[AccuracySample]) -> Vec<Row> {
     shaped
         .into_iter()
         .filter_map(|(k, (v, configured, link))| {
-            let achieved = Stat::of(&v, k.2.unit())?;
+            let achieved = Stat::of(&v, k.3.unit())?;
             Some(Row {
                 backend: k.0,
                 n: k.1,
-                metric: k.2,
+                sites: k.2,
+                metric: k.3,
                 link,
                 configured,
-                base: base.get(&k).and_then(|b| Stat::of(b, k.2.unit())),
+                base: base.get(&k).and_then(|b| Stat::of(b, k.3.unit())),
                 rel_error: configured.filter(|c| *c > 0.0).map(|c| (achieved.mean - c) / c),
                 achieved,
             })
         })
         .collect()
+}
+
+/// The link, and what lies between sites.
+fn describe(s: &AccuracySample) -> String {
+    let mut d = s.link.describe();
+    if s.sites >= 2 {
+        let b = &s.between;
+        d.push_str(&format!("; {} sites, between them {}ms", s.sites, b.delay_ms));
+        if b.jitter_ms > 0.0 {
+            d.push_str(&format!(" ±{}ms", b.jitter_ms));
+        }
+        if let Some(r) = b.rate_mbit {
+            d.push_str(&format!(", {r} Mbit/s"));
+        }
+    }
+    d
 }
 
 fn esc(s: &str) -> String {
@@ -300,8 +413,8 @@ pub fn html(rows: &[Row]) -> String {
     }
     let mut h = String::from(
         "<h2>Emulated network accuracy</h2><p>Every guest's link shaped alike on the host side \
-         (netem, htb), all n guests measuring at once against the peer on the fleet bridge. \
-         Configured RTT is twice the link's one-way delay; base is the same path unshaped. See \
+         (netem, htb), all n guests measuring at once. \
+         Against the peer, configured RTT is twice the link's one-way delay; between sites, each guest measures against its counterpart in the next site and configured RTT is link + matrix + link both ways. Base is the same path unshaped. See \
          docs/methodology.md.</p><table><tr><th>backend</th><th>n</th><th>metric</th>\
          <th>link</th><th>configured</th><th>base (unshaped)</th><th>achieved mean ± sd</th>\
          <th>error</th></tr>",
@@ -312,7 +425,7 @@ pub fn html(rows: &[Row]) -> String {
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{:.3} ± {:.3} {u}</td><td>{}</td></tr>",
             r.backend,
-            r.n,
+            if r.sites >= 2 { format!("{} ({} sites)", r.n, r.sites) } else { r.n.to_string() },
             if r.metric == Metric::Rtt { "RTT" } else { "throughput" },
             esc(&r.link),
             r.configured.map_or("—".into(), |c| format!("{c:.3} {u}")),
@@ -397,6 +510,8 @@ mod tests {
             rep: 0,
             guest: 0,
             metric,
+            sites: 0,
+            between: Default::default(),
             shaped,
             configured: configured(&link, metric),
             link,
@@ -439,5 +554,14 @@ mod tests {
         assert!(s.check().unwrap_err().contains("rate"));
         s.link = LinkProps::default();
         assert!(s.check().unwrap_err().contains("delay_ms or a rate_mbit"));
+        s.between.delay_ms = 10.0;
+        assert!(s.check().unwrap_err().contains("netem.between needs netem.sites"));
+        s.sites = 2;
+        s.sizes = vec![2, 3];
+        assert!(s.check().unwrap_err().contains("3 guests do not split into 2 sites"));
+        s.sizes = vec![20];
+        assert!(s.check().is_ok());
+        s.between.delay_ms = -1.0;
+        assert!(s.check().unwrap_err().contains("netem.between.delay_ms"));
     }
 }

@@ -112,7 +112,9 @@ pub struct Site {
 
 /// What lies between two sites, one way.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Between {
+    #[serde(default)]
     pub delay_ms: f64,
     #[serde(default)]
     pub jitter_ms: f64,
@@ -121,6 +123,11 @@ pub struct Between {
 }
 
 impl Between {
+    /// Checks an entry off the diagonal; errors name `what`.
+    pub fn check(&self, what: &str) -> Result<(), String> {
+        entry(&|f| format!("{what}.{f}"), self, false)
+    }
+
     pub fn is_none(&self) -> bool {
         self.delay_ms == 0.0 && self.jitter_ms == 0.0 && self.rate_mbit.is_none()
     }
@@ -146,6 +153,29 @@ impl Topology {
 
     pub fn between(&self, s: usize, t: usize) -> &Between {
         self.matrix.get(s).and_then(|r| r.get(t)).unwrap_or(&NONE)
+    }
+
+    /// `k` sites of `per_site` guests each (`s0`, `s1`, …), every guest with `link`, and
+    /// `between` from every site to every other.
+    pub fn sites(k: usize, per_site: usize, link: LinkProps, between: Between) -> Self {
+        let sites = (0..k)
+            .map(|i| Site { name: format!("s{i}"), first: i * per_site, count: per_site, link })
+            .collect();
+        let matrix = (0..k)
+            .map(|i| (0..k).map(|j| if i == j { Between::default() } else { between }).collect())
+            .collect();
+        Topology { sites, matrix }
+    }
+
+    /// The configured rate from guest `a` to guest `b`, Mbit/s: the slowest of a's link,
+    /// the matrix and b's link; None when nothing limits it.
+    pub fn rate_mbit(&self, a: usize, b: usize) -> Option<f64> {
+        let (s, t) = (self.site_of(a)?, self.site_of(b)?);
+        let mid = if s == t { None } else { self.between(s, t).rate_mbit };
+        super::min_rate(
+            super::min_rate(self.sites[s].link.rate_mbit, mid),
+            self.sites[t].link.rate_mbit,
+        )
     }
 
     pub fn guests(&self) -> usize {
