@@ -390,12 +390,15 @@ fn describe(s: &AccuracySample) -> String {
     let mut d = s.link.describe();
     if s.sites >= 2 {
         let b = &s.between;
-        d.push_str(&format!("; {} sites, between them {}ms", s.sites, b.delay_ms));
-        if b.jitter_ms > 0.0 {
-            d.push_str(&format!(" ±{}ms", b.jitter_ms));
-        }
-        if let Some(r) = b.rate_mbit {
-            d.push_str(&format!(", {r} Mbit/s"));
+        d.push_str(&format!("; {} sites", s.sites));
+        if !b.is_none() {
+            d.push_str(&format!(", between them {}ms", b.delay_ms));
+            if b.jitter_ms > 0.0 {
+                d.push_str(&format!(" ±{}ms", b.jitter_ms));
+            }
+            if let Some(r) = b.rate_mbit {
+                d.push_str(&format!(", {r} Mbit/s"));
+            }
         }
     }
     d
