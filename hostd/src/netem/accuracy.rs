@@ -457,14 +457,15 @@ fn figure(metric: Metric, rows: &[&Row]) -> String {
         .fold(0.0f64, f64::max)
         .max(1e-9)
         * 1.1;
-    let (bar, gap, h, left) = (18.0, 22.0, 200.0, 50.0);
+    let (bar, gap, h, left) = (18.0, 60.0, 200.0, 50.0);
     let w = left + rows.len() as f64 * (2.0 * bar + gap) + gap;
     let y = |v: f64| 10.0 + h * (1.0 - v / top);
     let mut s = format!(
         "<figure><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{:.0}\" \
-         font-size=\"10\"><text x=\"2\" y=\"10\">{}</text><line x1=\"{left}\" y1=\"{:.1}\" \
-         x2=\"{w:.0}\" y2=\"{:.1}\" stroke=\"black\"/><text x=\"2\" y=\"{:.1}\">{top:.3}</text>",
+         font-size=\"10\"><text x=\"2\" y=\"{:.1}\">{}</text><line x1=\"{left}\" y1=\"{:.1}\" \
+         x2=\"{w:.0}\" y2=\"{:.1}\" stroke=\"black\"/><text x=\"2\" y=\"{:.1}\">{top:.1}</text>",
         h + 50.0,
+        y(top) + 22.0,
         metric.unit(),
         y(0.0),
         y(0.0),
@@ -478,12 +479,13 @@ fn figure(metric: Metric, rows: &[&Row]) -> String {
             "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar}\" height=\"{:.1}\" fill=\"#bbb\">\
              <title>configured {c:.3}</title></rect><rect x=\"{:.1}\" y=\"{:.1}\" \
              width=\"{bar}\" height=\"{:.1}\" fill=\"#36c\"><title>achieved {a:.3}</title></rect>\
-             <text x=\"{x:.1}\" y=\"{:.1}\">{} n={}</text>",
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{} n={}</text>",
             y(c),
             y(0.0) - y(c),
             x + bar,
             y(a),
             y(0.0) - y(a),
+            x + bar,
             y(0.0) + 14.0,
             r.backend,
             r.n,
