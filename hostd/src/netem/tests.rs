@@ -273,8 +273,21 @@ fn apply_replace_and_clear_leave_nothing() {
     assert!(!shown.contains("htb") && !shown.contains("ingress"), "{shown}");
     // Clearing what is already clear is fine.
     clear(&p.0, &[0]).unwrap();
-    // Delay needs netem: applied where the kernel has it, refused by name where not.
-    let delay = Topology::uniform(1, LinkProps { delay_ms: 5.0, ..Default::default() });
+    // Delay needs netem: applied where the kernel has it, refused by name where not. Every
+    // netem argument is used, so tc parses them all first (its own parse errors would come
+    // before the kernel's "unknown qdisc" and fail this test either way).
+    let delay = Topology::uniform(
+        1,
+        LinkProps {
+            delay_ms: 5.0,
+            jitter_ms: 1.0,
+            distribution: Distribution::Normal,
+            rate_mbit: Some(10.0),
+            loss_pct: 0.5,
+            duplicate_pct: 0.1,
+            reorder_pct: 1.0,
+        },
+    );
     match (netem_supported(&p.0).unwrap(), apply(&p.0, &delay, &[0])) {
         (true, r) => r.unwrap(),
         (false, Err(NetemError::NoNetem)) => {}
