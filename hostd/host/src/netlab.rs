@@ -143,9 +143,14 @@ pub fn ip(args: &[&str]) -> Result<(), NetError> {
 }
 
 impl FleetNet {
+    /// The fleet namespace's name for run `run` (also how `hostd net` finds it).
+    pub fn name_of(run: &str) -> String {
+        format!("vb-{run}")
+    }
+
     /// Creates namespace `vb-<run>` with an up bridge and loopback.
     pub fn create(run: &str) -> Result<Self, NetError> {
-        let net = FleetNet { netns: format!("vb-{run}"), mode: NetMode::Private };
+        let net = FleetNet { netns: Self::name_of(run), mode: NetMode::Private };
         ip(&["netns", "add", &net.netns])?;
         let r = (|| {
             let n = net.netns.as_str();
