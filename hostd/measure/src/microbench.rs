@@ -20,11 +20,9 @@ use crate::runstate::RunState;
 use crate::stats::Summary;
 
 /// The benchmarks `hostd bench` can run, in the order they run.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum), clap(rename_all = "snake_case"))]
 #[serde(rename_all = "snake_case")]
-#[clap(rename_all = "snake_case")]
 pub enum BenchName {
     /// Newton steps towards √2 (paper: CPU).
     Cpu,
