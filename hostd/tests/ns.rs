@@ -31,14 +31,10 @@ const BENCH: Duration = Duration::from_secs(60);
 const DISK_MB: u64 = 4;
 
 fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    support::skip::skip(
+    support::skip::unless_root(
         Some("ns"),
         &format!("{test} needs root (namespaces, mounts, cgroups, veths)"),
-    );
-    false
+    )
 }
 
 fn agent() -> PathBuf {

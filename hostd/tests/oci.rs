@@ -36,14 +36,10 @@ const BENCH: Duration = Duration::from_secs(60);
 const DISK_MB: u64 = 4;
 
 fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    support::skip::skip(
+    support::skip::unless_root(
         Some("oci"),
         &format!("{test} needs root (OCI runtimes, network namespaces, cgroups)"),
-    );
-    false
+    )
 }
 
 fn agent() -> PathBuf {

@@ -67,8 +67,10 @@ async fn probe_says_why_xen_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_boots_three_pv_domus_under_tcg() {
-    if !nix::unistd::geteuid().is_root() {
-        support::skip::skip(Some("xen"), "the Xen lab needs root (run state under /run/virtbench)");
+    if !support::skip::unless_root(
+        Some("xen"),
+        "the Xen lab needs root (run state under /run/virtbench)",
+    ) {
         return;
     }
     let results = tempfile::tempdir().unwrap();

@@ -346,9 +346,16 @@ pub enum Exit {
     Exited(String),
 }
 
+/// One way of running a guest (a host process, a namespace, a container, a VM): what every
+/// backend offers fleets and measurements, which see guests only through it. Launches are
+/// cancel-safe (the boot deadline may drop one anywhere) and every host resource a launch
+/// creates is named after the run ([`GuestSpec::run`]) so a crashed run can be cleaned up.
+/// [`AnyBackend`] dispatches over the closed set of implementations.
 pub trait Backend {
+    /// Which backend this is (its name in results, flags and campaign files).
     fn kind(&self) -> BackendKind;
-    /// Checks that the backend can run here; the error says why not.
+    /// Checks that the backend can run here; the error says why not. Ok: one line saying
+    /// what will run (versions, accelerator, runtime), recorded with the run's samples.
     async fn probe(&self) -> Result<String, Unavailable>;
     /// Starts one guest; returns as soon as its control channel exists (not when ready).
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError>;
