@@ -15,6 +15,7 @@ use crate::netlab::{self, FleetNet};
 use crate::runstate::RunState;
 use crate::stats::Summary;
 
+/// A backend's hot start against its floor: both distributions and the ratio of means.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Floor {
     pub backend: BackendKind,
@@ -110,6 +111,7 @@ pub async fn measure(
     r
 }
 
+/// The floor in one line, for `hostd boot`'s table.
 pub fn line(f: &Floor) -> String {
     format!(
         "floor ({}): {} hot start {:.4} s ± {:.4} vs {:.4} s ± {:.4} for {} ({} pairs): ratio {:.2}",

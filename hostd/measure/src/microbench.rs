@@ -133,6 +133,7 @@ pub struct BenchResult {
     pub summary: Summary,
 }
 
+/// What `hostd bench` measured: per benchmark a summary, with the guest and provenance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchRun {
     pub backend: BackendKind,
@@ -141,6 +142,8 @@ pub struct BenchRun {
     pub results: Vec<BenchResult>,
 }
 
+/// Runs `opts.benches` in one guest (two processes on the host for `native`), warm-ups
+/// then `opts.reps` counted runs each; `progress` gets a line per run.
 pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchRun> {
     if opts.reps == 0 {
         return Err(BenchError::NoReps);
