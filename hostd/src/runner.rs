@@ -236,18 +236,17 @@ pub async fn run(
                 say(format!("   {desc}"));
                 ctx.record(&Record::BackendProbe { backend: plan.kind, description: desc })?;
             }
-            Err(e)
-                if plan.kind == BackendKind::Xen
-                    && campaign.xen.lab
-                    && e.reason.starts_with("not dom0") =>
-            {
+            Err(e) if plan.kind == BackendKind::Xen && campaign.xen.lab && e.reason.not_dom0() => {
                 say(format!("   {}; measuring it in the Xen lab (Xen under QEMU)", e.reason));
                 xen_lab(&mut ctx, plan, say).await?;
                 continue;
             }
             Err(e) => {
                 say(format!("   unavailable: {}", e.reason));
-                ctx.record(&Record::BackendUnavailable { backend: plan.kind, reason: e.reason })?;
+                ctx.record(&Record::BackendUnavailable {
+                    backend: plan.kind,
+                    reason: e.reason.to_string(),
+                })?;
                 continue;
             }
         }

@@ -24,6 +24,7 @@ pub const BRIDGE_MAC: &str = "02:76:62:00:00:01";
 /// any guest) is reached, e.g. the network benchmarks' host-side server.
 pub const BRIDGE_ADDR: Ipv4Addr = Ipv4Addr::new(BASE[0], BASE[1], 0, 1);
 
+/// Why a fleet network operation failed: the `ip` command and what it said.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("`ip {args}` failed: {msg}")]
@@ -70,6 +71,7 @@ pub enum NetPath {
 }
 
 impl NetPath {
+    /// The path's name in results and reports.
     pub fn name(self) -> &'static str {
         match self {
             NetPath::Loopback => "loopback",
@@ -174,6 +176,7 @@ impl FleetNet {
         FleetNet { mode: NetMode::Shared, ..self.clone() }
     }
 
+    /// The namespace's file under /run/netns (what `setns` opens).
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.netns)
     }
