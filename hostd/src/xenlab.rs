@@ -17,7 +17,6 @@
 //! `xl list` has nothing but dom0 left. The host writes it all as a results directory like
 //! `hostd boot`'s, every figure marked as measured inside an emulated host.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -417,13 +416,8 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
         let mut results = ResultsDir::create_unique(&a.results, &format!("{stamp}-xen-lab-{}", run.run)).context("creating the results directory")?;
         // Kept with the results: Xen's and dom0's boot, for whoever reads the figures.
         let log = results.path.join("lab-console.log");
-        let (host_end, qemu_end) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .context("the lab's control socketpair")?;
+        let (host_end, qemu_end) =
+            crate::backend::launch::control_pair().context("the lab's control socketpair")?;
         const CTL_FD: i32 = 3;
         let machine = LabMachine {
             xen: &xen_path,
@@ -436,26 +430,18 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
         };
         let args = qemu_args(&machine, &log, CTL_FD);
         let out = std::fs::File::create(results.path.join("qemu.log")).context("QEMU's log")?;
-        let mut cmd = tokio::process::Command::new(&a.qemu);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            // Its own group (a Ctrl-C reaches hostd, which shuts the lab down), and killed
-            // when dropped; in the run's cgroup, so a later hostd reaps it if this one dies.
-            .process_group(0)
-            .kill_on_drop(true);
-        crate::backend::pass_fd_in_child(&mut cmd, qemu_end.as_raw_fd(), CTL_FD);
+        // Its own group (a Ctrl-C reaches hostd, which shuts the lab down), and killed when
+        // dropped; in the run's cgroup, so a later hostd reaps it if this one dies.
+        let mut cmd = crate::backend::launch::GuestCommand::new(&a.qemu, &results.path);
+        cmd.args(&args).output(out.into())?.pass_fd(qemu_end, CTL_FD);
         if let Ok(mode) = crate::cgroup::detect() {
             let cg = crate::cgroup::Cgroup::create(mode, &run.run, "lab", Default::default()).context("the lab's cgroup")?;
-            crate::backend::join_cgroup_in_child(&mut cmd, &cg);
+            cmd.cgroup(Some(&cg));
         }
         say(format!("xen-lab: booting Xen under QEMU, {accel_why} ({qemu_version}); lab log {}", log.display()));
         let t_qemu = Instant::now();
-        let mut qemu = cmd.spawn().with_context(|| format!("starting {}", a.qemu))?;
-        drop(cmd);
-        drop(qemu_end);
-        let (mut rd, mut wr) = crate::backend::native::split_socket(host_end).context("the lab's control socket")?;
+        let mut qemu = cmd.spawn()?;
+        let (mut rd, mut wr) = crate::backend::launch::host_halves(host_end)?;
         let deadline = Duration::from_secs(a.timeout);
         let lab_tail = || lab_log_tail(&log);
         let mut dec = FrameDecoder::default();

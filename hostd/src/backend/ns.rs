@@ -41,19 +41,18 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::stat::{Mode, SFlag};
 use nix::sys::statvfs::FsFlags;
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 
-use super::native::{split_socket, AGENT_FD};
+use super::launch::{control_pair, host_halves, Halves, LaunchGuard};
+use super::native::AGENT_FD;
 use super::{
-    make_cgroup, prepare, Backend, BackendKind, BackendOptions, GuestSpec, Halves, Held, Images,
-    LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
+    prepare, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, LaunchFiles,
+    Launched, Proc, Resource, Unavailable,
 };
 use crate::cgroup;
-use crate::console::{ConsoleLog, CONSOLE_CAP};
 use crate::netlab::NetMode;
 
 /// Where the agent is in the image.
@@ -170,14 +169,9 @@ impl Backend for Ns {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        let mut held = Held::default();
-        match self.start(spec, &mut held).await {
-            Ok((halves, proc, console)) => Ok(held.launched(spec, halves, proc, console)),
-            Err(e) => {
-                held.release(&spec.name);
-                Err(e)
-            }
-        }
+        let mut g = LaunchGuard::new(spec)?;
+        let ((reader, writer), proc) = self.start(spec, &mut g).await?;
+        Ok(g.launched(reader, writer, proc))
     }
 }
 
@@ -199,20 +193,18 @@ fn above_floor(fd: OwnedFd) -> io::Result<OwnedFd> {
 }
 
 impl Ns {
-    /// Everything up to the agent's exec. Whatever it creates is recorded in `held`; a
-    /// child that fails is killed and reaped here.
+    /// Everything up to the agent's exec. Whatever it creates is held by `g`; a child that
+    /// fails is killed and reaped here.
     async fn start(
         &self,
         spec: &GuestSpec,
-        held: &mut Held,
-    ) -> Result<(Halves, Proc, ConsoleLog), LaunchError> {
+        g: &mut LaunchGuard,
+    ) -> Result<(Halves, Proc), LaunchError> {
         let rootfs = self.rootfs.as_ref().ok_or_else(|| {
             prepare("the rootfs image", io::Error::new(io::ErrorKind::NotFound, "none given"))
         })?;
         let rootfs = std::fs::canonicalize(rootfs)
             .map_err(|e| prepare(format!("rootfs {}", rootfs.display()), e))?;
-        std::fs::create_dir_all(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
-        held.resources.push(Resource::Dir { path: spec.workdir.clone() });
         let workdir =
             std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
         // A guest root in a user namespace is "other" to this directory and must still reach
@@ -223,13 +215,9 @@ impl Ns {
         // the guest's mount namespace only.
         let root = workdir.join("root");
         std::fs::create_dir_all(&root).map_err(|e| prepare(root.display(), e))?;
-        let log = spec.workdir.join("console.log");
-        let (console, log_wr) = ConsoleLog::start(&log, CONSOLE_CAP)
-            .map_err(|e| prepare(log.display(), io::Error::other(e)))?;
+        let log_wr = g.console(&spec.workdir.join("console.log"))?;
         let null = File::open("/dev/null").map_err(|e| prepare("/dev/null", e))?;
-        let (host, guest) =
-            socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-                .map_err(|e| prepare("control socketpair", e.into()))?;
+        let (host, guest) = control_pair()?;
         let (sync_rd, sync_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| prepare("sync pipe", e.into()))?;
         let (err_rd, err_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -298,7 +286,7 @@ impl Ns {
         let envp_c = [CString::from(c"PATH=/sbin:/bin")];
         let path = cstring(AGENT_PATH).map_err(|e| prepare("agent path", e))?;
 
-        held.cgroup = make_cgroup(spec)?;
+        g.make_cgroup(spec)?;
 
         let spawn_err = |source: io::Error| LaunchError::Spawn {
             program: format!("{AGENT_PATH} in new namespaces"),
@@ -337,10 +325,9 @@ impl Ns {
                 return Err(spawn_err(e));
             }
         };
-        let started =
-            self.release_child(spec, pid, held, sync_wr, err_rd, (&steps, &workdir)).await;
-        match started.and_then(|()| split_socket(host).map_err(|e| prepare("control socket", e))) {
-            Ok(halves) => Ok((halves, proc, console)),
+        let started = self.release_child(spec, pid, g, sync_wr, err_rd, (&steps, &workdir)).await;
+        match started.and_then(|()| host_halves(host)) {
+            Ok(halves) => Ok((halves, proc)),
             Err(e) => {
                 proc.kill();
                 let _ = tokio::time::timeout(Duration::from_secs(5), proc.wait()).await;
@@ -354,7 +341,7 @@ impl Ns {
         &self,
         spec: &GuestSpec,
         pid: Pid,
-        held: &mut Held,
+        g: &mut LaunchGuard,
         sync_wr: OwnedFd,
         err_rd: OwnedFd,
         (steps, workdir): (&[Step], &Path),
@@ -365,15 +352,14 @@ impl Ns {
                 std::fs::write(&p, format!("0 {base} {}\n", m.count)).map_err(|e| prepare(p, e))?;
             }
         }
-        if let Some(cg) = &held.cgroup {
+        if let Some(cg) = g.cgroup() {
             cg.add(pid.as_raw() as u32).map_err(LaunchError::Cgroup)?;
         }
         if let Some(n) = spec.net.as_ref().filter(|n| n.fleet.mode == NetMode::Private) {
             // A half-made pair goes with the guest's network namespace when the child is
             // killed; a made one also disappears with it later, which releasing tolerates.
             n.fleet.add_veth(&n.link, pid.as_raw() as u32)?;
-            held.resources
-                .push(Resource::Link { netns: n.fleet.netns.clone(), name: n.link.clone() });
+            g.hold(Resource::Link { netns: n.fleet.netns.clone(), name: n.link.clone() });
         }
         nix::unistd::write(&sync_wr, &[1]).map_err(|e| prepare("sync pipe", e.into()))?;
         drop(sync_wr);

@@ -22,24 +22,24 @@
 //! The agent gets no `--hostname`: the runtime sets the container's hostname from
 //! config.json, and the bundle withholds CAP_SYS_ADMIN, without which sethostname(2) fails.
 
+use std::ffi::OsStr;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, Spec};
 
-use super::native::{split_socket, AGENT_FD};
+use super::launch::{
+    control_pair, host_halves, run_output, run_tool, tool_version, GuestCommand, Halves,
+    LaunchGuard, ToolError,
+};
+use super::native::AGENT_FD;
 use super::{
-    pass_fd_in_child, prepare, Backend, BackendKind, BackendOptions, GuestSpec, Halves, Held,
-    Images, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
+    prepare, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, LaunchFiles,
+    Launched, Proc, Resource, Unavailable,
 };
 use crate::cgroup::{Cgroup, Limits};
-use crate::console::{ConsoleLog, CONSOLE_CAP};
-use crate::netlab;
 
 /// Where the data disk appears in the guest.
 const DISK_IN_GUEST: &str = "/data/disk.img";
@@ -47,6 +47,8 @@ const DISK_IN_GUEST: &str = "/data/disk.img";
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The probe's whole test container.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `<runtime> state` answers at once; longer means it is stuck.
+const STATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the agent is in the image.
 const AGENT_PATH: &str = "sbin/guest-agent";
 
@@ -139,14 +141,9 @@ impl Backend for Oci {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        let mut held = Held::default();
-        match self.start(spec, &mut held).await {
-            Ok((halves, proc, console)) => Ok(held.launched(spec, halves, proc, console)),
-            Err(e) => {
-                held.release(&spec.name);
-                Err(e)
-            }
-        }
+        let mut g = LaunchGuard::new(spec)?;
+        let ((reader, writer), proc) = self.start(spec, &mut g).await?;
+        Ok(g.launched(reader, writer, proc))
     }
 }
 
@@ -161,28 +158,81 @@ fn cgroups_path(spec: &GuestSpec) -> PathBuf {
     Path::new("virtbench").join(&spec.run).join(&spec.name)
 }
 
+/// A guest's container as its runtime knows it.
+struct Container {
+    runtime: PathBuf,
+    /// The runtime's state directory (`--root`), private to the guest.
+    state: PathBuf,
+    bundle: PathBuf,
+    id: String,
+}
+
+impl Container {
+    fn program(&self) -> String {
+        format!("{} run {}", self.runtime.display(), self.id)
+    }
+
+    fn spawn_err(&self, source: io::Error) -> LaunchError {
+        LaunchError::Spawn { program: self.program(), source }
+    }
+}
+
 impl Oci {
-    /// Everything up to a running container. Whatever it creates is recorded in `held`.
+    /// Everything up to a running container. Whatever it creates is held by `g`.
     async fn start(
         &self,
         spec: &GuestSpec,
-        held: &mut Held,
-    ) -> Result<(Halves, Proc, ConsoleLog), LaunchError> {
+        g: &mut LaunchGuard,
+    ) -> Result<(Halves, Proc), LaunchError> {
         let runtime = self.runtime_path().ok_or_else(|| {
             prepare(
                 format!("OCI runtime {:?}", self.runtime),
                 io::Error::new(io::ErrorKind::NotFound, "not found"),
             )
         })?;
-        let (template, rootfs) =
-            self.template().map_err(|e| prepare("the bundle template", io::Error::other(e)))?;
-        std::fs::create_dir_all(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
-        held.resources.push(Resource::Dir { path: spec.workdir.clone() });
         let workdir =
             std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
-        let bundle = workdir.join("bundle");
-        let state = workdir.join("state");
-        for d in [&bundle, &state] {
+        let c = Container {
+            runtime,
+            state: workdir.join("state"),
+            bundle: workdir.join("bundle"),
+            id: format!("vb-{}-{}", spec.run, spec.name),
+        };
+        let rel = cgroups_path(spec);
+        self.write_bundle(spec, g, &c, &rel)?;
+        let (host, guest) = control_pair()?;
+        let log = g.console(&workdir.join("console.log"))?;
+        self.run_detached(g, &c, guest, log).await?;
+        let pid = state_pid(&c.runtime, &c.state, &c.id)
+            .await
+            .map_err(|e| c.spawn_err(io::Error::other(format!("state: {e}"))))?;
+        // Ours to reap if we adopted it (see Subreaper); else the host's init reaps it.
+        let mut proc = Proc::from_pid(pid, parent_of(pid) == Some(std::process::id()))
+            .map_err(|e| c.spawn_err(e))?;
+        adopt_cgroup(spec, g, &c, pid, &rel);
+        match host_halves(host) {
+            Ok(halves) => Ok((halves, proc)),
+            Err(e) => {
+                // `delete --force` (held by `g`) stops the container; reap it here.
+                proc.kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), proc.wait()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The bundle (config.json from the template, for this guest) and its network
+    /// namespace; the groups the runtime will create are held from here on.
+    fn write_bundle(
+        &self,
+        spec: &GuestSpec,
+        g: &mut LaunchGuard,
+        c: &Container,
+        rel: &Path,
+    ) -> Result<(), LaunchError> {
+        let (template, rootfs) =
+            self.template().map_err(|e| prepare("the bundle template", io::Error::other(e)))?;
+        for d in [&c.bundle, &c.state] {
             std::fs::create_dir_all(d).map_err(|e| prepare(d.display(), e))?;
         }
         let disk = match &spec.data_disk {
@@ -192,27 +242,14 @@ impl Oci {
             ),
             None => None,
         };
-
         let netns = match &spec.net {
-            Some(n) => {
-                let name = netns_name(spec);
-                netlab::ip(&["netns", "add", &name])?;
-                held.resources.push(Resource::Netns { name: name.clone() });
-                // A half-made pair goes when the namespace is deleted; a made one too,
-                // which releasing the link tolerates.
-                n.fleet.add_veth_to_netns(&n.link, &name)?;
-                held.resources
-                    .push(Resource::Link { netns: n.fleet.netns.clone(), name: n.link.clone() });
-                Some(PathBuf::from("/run/netns").join(name))
-            }
+            Some(n) => Some(g.private_netns(n, &netns_name(spec))?.path()),
             None => None,
         };
-
-        let rel = cgroups_path(spec);
         // Where the runtime will create the groups, so a failed start still removes the
-        // parents it made; replaced below by what the container really joined.
-        held.cgroup = expected_cgroup(&rel);
-        if let Some(cg) = &held.cgroup {
+        // parents it made; replaced by what the container really joined (adopt_cgroup).
+        g.set_cgroup(expected_cgroup(rel));
+        if let Some(cg) = g.cgroup() {
             hold_run_groups(cg).map_err(LaunchError::Cgroup)?;
         }
         let config = derive_config(
@@ -226,96 +263,84 @@ impl Oci {
                     .map(|n| vec!["--net".to_string(), n.agent_arg()])
                     .unwrap_or_default(),
                 netns,
-                cgroups_path: rel.clone(),
+                cgroups_path: rel.to_path_buf(),
                 limits: spec.limits,
                 data_disk: disk.as_deref(),
             },
         )
         .map_err(|e| prepare("the guest's config.json", io::Error::other(e)))?;
-        let cfg_path = bundle.join("config.json");
-        config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), io::Error::other(e)))?;
+        let cfg_path = c.bundle.join("config.json");
+        config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), io::Error::other(e)))
+    }
 
-        let log = workdir.join("console.log");
-        let (console, out) = ConsoleLog::start(&log, CONSOLE_CAP)
-            .map_err(|e| prepare(log.display(), io::Error::other(e)))?;
-        let err = out.try_clone().map_err(|e| prepare(log.display(), e))?;
-        let (host, guest) =
-            socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-                .map_err(|e| prepare("control socketpair", e.into()))?;
-        let id = format!("vb-{}-{}", spec.run, spec.name);
-        let mut cmd = tokio::process::Command::new(&runtime);
+    /// `<runtime> run --detach`, the channel's guest end as the agent's fd 3; Ok once the
+    /// runtime has started the container and exited.
+    async fn run_detached(
+        &self,
+        g: &mut LaunchGuard,
+        c: &Container,
+        guest: std::os::fd::OwnedFd,
+        log: std::os::fd::OwnedFd,
+    ) -> Result<(), LaunchError> {
+        let mut cmd = GuestCommand::new(&c.runtime, &c.bundle);
         cmd.arg("--root")
-            .arg(&state)
+            .arg(&c.state)
             .args(["run", "--detach", "--preserve-fds", "1", "--bundle"])
-            .arg(&bundle)
-            .arg(&id)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            // A Ctrl-C on hostd's terminal must not reach the runtime mid-start.
-            .process_group(0)
-            .kill_on_drop(true);
-        pass_fd_in_child(&mut cmd, guest.as_raw_fd(), AGENT_FD);
-        held.resources.push(Resource::Container {
-            runtime: runtime.clone(),
-            root: Some(state.clone()),
-            id: id.clone(),
+            .arg(&c.bundle)
+            .arg(&c.id)
+            .output(log)?
+            .pass_fd(guest, AGENT_FD);
+        g.hold(Resource::Container {
+            runtime: c.runtime.clone(),
+            root: Some(c.state.clone()),
+            id: c.id.clone(),
         });
-        let program = format!("{} run {id}", runtime.display());
-        let spawn_err = |source: io::Error| LaunchError::Spawn { program: program.clone(), source };
+        let mut cmd = cmd.build();
         let subreaper = Subreaper::hold();
         let status = tokio::time::timeout(RUN_TIMEOUT, cmd.status()).await;
         // The runtime has exited (or been killed): its orphans, if any, are adopted.
         drop(subreaper);
-        drop(guest);
+        // Closes hostd's copies of the channel's guest end and of the console pipe.
+        drop(cmd);
         match status {
-            Err(_) => {
-                return Err(spawn_err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no start within {RUN_TIMEOUT:?}"),
-                )))
-            }
-            Ok(Err(e)) => return Err(spawn_err(e)),
+            Err(_) => Err(c.spawn_err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no start within {RUN_TIMEOUT:?}"),
+            ))),
+            Ok(Err(e)) => Err(c.spawn_err(e)),
             Ok(Ok(st)) if !st.success() => {
                 // The runtime has exited, but a half-started container may still hold the pipe.
-                drop(cmd);
-                console.drained(Duration::from_millis(500)).await;
-                let text = console.tail(4000);
+                let text = match g.console_log() {
+                    Some(console) => {
+                        console.drained(Duration::from_millis(500)).await;
+                        console.tail(4000)
+                    }
+                    None => String::new(),
+                };
                 let text = text.trim();
                 let mut cut = text.len().saturating_sub(2000);
                 while !text.is_char_boundary(cut) {
                     cut += 1;
                 }
-                return Err(spawn_err(io::Error::other(format!("{st}: {}", &text[cut..]))));
+                Err(c.spawn_err(io::Error::other(format!("{st}: {}", &text[cut..]))))
             }
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => Ok(()),
         }
-        let pid = state_pid(&runtime, &state, &id)
-            .await
-            .map_err(|e| spawn_err(io::Error::other(format!("state: {e}"))))?;
-        // Ours to reap if we adopted it (see Subreaper); else the host's init reaps it.
-        let mut proc =
-            Proc::from_pid(pid, parent_of(pid) == Some(std::process::id())).map_err(&spawn_err)?;
-        let proc_cgroup =
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        // Path::ends_with compares whole components: `rel` is relative, so any prefix matches.
-        match crate::cgroup::dirs_of(&proc_cgroup, &mountinfo, |p| {
-            p.ends_with(&rel).then(|| p.to_path_buf())
-        }) {
-            Some(cg) => held.cgroup = Some(cg),
-            None => {
-                tracing::warn!(guest = %spec.name, "container {id} is not in a group ending {}", rel.display())
-            }
-        }
-        match split_socket(host) {
-            Ok(halves) => Ok((halves, proc, console)),
-            Err(e) => {
-                // `delete --force` (in `held`) stops the container; reap it here.
-                proc.kill();
-                let _ = tokio::time::timeout(Duration::from_secs(5), proc.wait()).await;
-                Err(prepare("control socket", e))
-            }
+    }
+}
+
+/// Holds the groups the container's init is really in (they end in `rel`) in place of the
+/// expected ones.
+fn adopt_cgroup(spec: &GuestSpec, g: &mut LaunchGuard, c: &Container, pid: u32, rel: &Path) {
+    let proc_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Path::ends_with compares whole components: `rel` is relative, so any prefix matches.
+    match crate::cgroup::dirs_of(&proc_cgroup, &mountinfo, |p| {
+        p.ends_with(rel).then(|| p.to_path_buf())
+    }) {
+        Some(cg) => g.set_cgroup(Some(cg)),
+        None => {
+            tracing::warn!(guest = %spec.name, "container {} is not in a group ending {}", c.id, rel.display())
         }
     }
 }
@@ -364,43 +389,20 @@ fn parent_of(pid: u32) -> Option<u32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn runtime_version(runtime: &Path) -> io::Result<String> {
-    let out = tokio::process::Command::new(runtime)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .await?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    match text.lines().next() {
-        Some(l) if out.status.success() && !l.trim().is_empty() => Ok(l.trim().to_string()),
-        _ => Err(io::Error::other(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))),
-    }
+async fn runtime_version(runtime: &Path) -> Result<String, ToolError> {
+    tool_version(runtime, &["--version"]).await
 }
 
 /// The container's init pid, from `<runtime> state <id>`.
 async fn state_pid(runtime: &Path, root: &Path, id: &str) -> io::Result<u32> {
-    let out = tokio::process::Command::new(runtime)
-        .arg("--root")
-        .arg(root)
-        .args(["state", id])
-        .stdin(Stdio::null())
-        .output()
-        .await?;
-    if !out.status.success() {
-        return Err(io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(io::Error::other)?;
+    let args = [OsStr::new("--root"), root.as_os_str(), OsStr::new("state"), OsStr::new(id)];
+    let out = run_tool(runtime, &args, STATE_TIMEOUT).await.map_err(io::Error::other)?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(io::Error::other)?;
     v.get("pid")
         .and_then(|p| p.as_u64())
         .filter(|&p| p > 0 && p <= u32::MAX as u64)
         .map(|p| p as u32)
-        .ok_or_else(|| {
-            io::Error::other(format!("no pid in {}", String::from_utf8_lossy(&out.stdout).trim()))
-        })
+        .ok_or_else(|| io::Error::other(format!("no pid in {}", out.trim())))
 }
 
 /// Runs the agent with `--version` in a throwaway container from the template, as a guest
@@ -435,22 +437,18 @@ async fn probe_run(runtime: &Path, template: &Spec, rootfs: &Path) -> Result<Str
         p.set_args(Some(vec![agent, "--version".into()]));
     }
     cfg.save(bundle.join("config.json")).map_err(|e| format!("writing the test config: {e}"))?;
-    let mut cmd = tokio::process::Command::new(runtime);
-    cmd.arg("--root")
-        .arg(&state)
-        .args(["run", "--bundle"])
-        .arg(&bundle)
-        .arg(&id)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(PROBE_TIMEOUT, cmd.output()).await;
+    let args = [
+        OsStr::new("--root"),
+        state.as_os_str(),
+        OsStr::new("run"),
+        OsStr::new("--bundle"),
+        bundle.as_os_str(),
+        OsStr::new(&id),
+    ];
+    let out = run_output(runtime, &args, PROBE_TIMEOUT).await;
     // Whatever happened, leave no container state behind.
     let _ = Resource::Container { runtime: runtime.to_path_buf(), root: Some(state), id }.release();
-    let out = match out {
-        Err(_) => return Err(format!("no answer within {PROBE_TIMEOUT:?}")),
-        Ok(Err(e)) => return Err(format!("cannot run it: {e}")),
-        Ok(Ok(o)) => o,
-    };
+    let out = out?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if out.status.success() && stdout.contains("guest-agent") {
         return Ok(stdout.lines().next().unwrap_or_default().to_string());

@@ -41,11 +41,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use super::vmm::{check_file, guest_mac, kernel_cmdline, Staging};
+use super::launch::{boot_images, run_tool, GuestCommand, LaunchGuard};
+use super::vmm::{guest_mac, kernel_cmdline};
 use super::{
-    join_cgroup_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestNet,
-    GuestProcess, GuestSpec, Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource,
-    Unavailable,
+    stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestNet, GuestProcess,
+    GuestSpec, Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
 };
 use crate::netlab;
 
@@ -127,11 +127,11 @@ impl Xen {
     }
 
     fn images(&self) -> Result<(&Kernel, &Path), String> {
-        let kernel = self.kernel.as_ref().ok_or("no Xen domU kernel (kernel-xen) configured")?;
-        check_file("Xen domU kernel", &kernel.path)?;
-        let initramfs = self.initramfs.as_deref().ok_or("no initramfs configured")?;
-        check_file("initramfs", initramfs)?;
-        Ok((kernel, initramfs))
+        Ok(boot_images(
+            "Xen domU kernel (kernel-xen)",
+            self.kernel.as_ref(),
+            self.initramfs.as_deref(),
+        )?)
     }
 }
 
@@ -188,31 +188,6 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
-}
-
-/// Runs `program args` and returns its standard output; the error names the command and
-/// quotes what it said.
-async fn run_tool(program: &str, args: &[&str], timeout: Duration) -> Result<String, String> {
-    let what = format!("{program} {}", args.join(" "));
-    let out = tokio::time::timeout(
-        timeout,
-        tokio::process::Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .map_err(|_| format!("`{what}` did not finish within {} s", timeout.as_secs()))?
-    .map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("{program} not found"),
-        _ => format!("cannot run {program}: {e}"),
-    })?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("`{what}` failed ({}): {}", out.status, err.trim()));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `xl info` as key → value.
@@ -562,7 +537,7 @@ impl Xen {
             source: e,
         };
         let invalid = |what: &str, m: String| prep(what, std::io::Error::other(m));
-        let mut st = Staging::new(spec)?;
+        let mut g = LaunchGuard::new(spec)?;
         let script = match &spec.net {
             Some(net) => {
                 let ip = find_program("ip").ok_or_else(|| {
@@ -575,10 +550,7 @@ impl Xen {
                     })
                     .map_err(|e| prep(&path.display().to_string(), e))?;
                 // The link disappears with the domain; listed so a half-started guest's goes too.
-                st.resources.push(Resource::Link {
-                    netns: net.fleet.netns.clone(),
-                    name: net.link.clone(),
-                });
+                g.hold(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
                 Some(path)
             }
             None => None,
@@ -587,33 +559,19 @@ impl Xen {
         let cfg = domain_config(ty, kernel, initramfs, spec, script.as_deref())?;
         std::fs::write(&cfg_path, &cfg).map_err(|e| prep(&cfg_path.display().to_string(), e))?;
         let log_path = spec.workdir.join("console.log");
-        let log = Log(Arc::new(Mutex::new((st.log_file(&log_path)?, 0))));
-        st.make_cgroup(spec)?;
+        let log = Log(Arc::new(Mutex::new((g.log_file(&log_path)?, 0))));
+        g.console_file(&log_path);
 
         // xl's stdout and stderr: one pipe, read here (into the log, and for the domid).
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| prep("xl's output pipe", e.into()))?;
         let wr2 = wr.try_clone().map_err(|e| prep("xl's output pipe", e))?;
-        let mut cmd = tokio::process::Command::new(&self.xl);
-        cmd.arg("create")
-            .arg("-F")
-            .arg(&cfg_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(wr))
-            .stderr(Stdio::from(wr2))
-            .current_dir(&spec.workdir)
-            // Its own group: a Ctrl-C on hostd's terminal must not reach it before hostd
-            // tears the guests down in order.
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(cg) = &st.cgroup {
-            join_cgroup_in_child(&mut cmd, cg);
-        }
+        let mut cmd = GuestCommand::new(&self.xl, &spec.workdir);
+        cmd.arg("create").arg("-F").arg(&cfg_path).stdout(wr).stderr(wr2);
+        cmd.cgroup(g.make_cgroup(spec)?);
         let name = domain_name(spec);
-        let mut child = cmd
-            .spawn()
-            .map_err(|source| LaunchError::Spawn { program: self.xl.clone(), source })?;
-        drop(cmd); // closes our copies of the pipe's write end: EOF comes when xl exits
+        // Spawning closes our copies of the pipe's write end: EOF comes when xl exits.
+        let mut child = cmd.spawn()?;
         let mut guard = DomainGuard { xl: &self.xl, name: name.clone(), armed: true };
         let (domid_tx, mut domid_rx) = watch::channel(None::<u32>);
         let out_log = log.clone();
@@ -668,7 +626,7 @@ impl Xen {
         Ok(Launched {
             reader: Box::new(Tee { inner: reader, log }),
             writer: Box::new(writer),
-            guest: st.finish(spec, Proc::Child(child), Some(log_path)),
+            guest: g.finish(Proc::Child(child)),
         })
     }
 
@@ -686,10 +644,10 @@ impl Xen {
             }
             match run_tool(&self.xenstore_read, &[&key], Duration::from_secs(10)).await {
                 Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
-                Err(e) if e.contains("not found") || e.contains("cannot run") => return Err(e),
+                Err(e) if e.not_runnable() => return Err(e.to_string()),
                 r => {
                     if tokio::time::Instant::now() >= end {
-                        let why = r.err().unwrap_or_else(|| "empty".into());
+                        let why = r.err().map_or_else(|| "empty".into(), |e| e.to_string());
                         return Err(format!("xenconsoled did not name domain {domid}'s console in {} s ({key}: {why}); is xenconsoled running?", TTY_DEADLINE.as_secs()));
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -721,7 +679,7 @@ impl Xen {
             match run_tool(&self.xl, &["destroy", name], Duration::from_secs(60)).await {
                 Ok(_) => destroyed = !ended,
                 // xl says "… is an invalid domain identifier" for a domain already gone.
-                Err(e) if e.contains("invalid domain identifier") => {}
+                Err(e) if e.said().contains("invalid domain identifier") => {}
                 Err(e) => tracing::warn!(guest = %guest.name, "xl destroy {name}: {e}"),
             }
         }
