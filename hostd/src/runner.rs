@@ -234,7 +234,11 @@ pub async fn run(
         match backend.probe().await {
             Ok(desc) => {
                 say(format!("   {desc}"));
-                ctx.record(&Record::BackendProbe { backend: plan.kind, description: desc })?;
+                ctx.record(&Record::BackendProbe {
+                    backend: plan.kind,
+                    description: desc,
+                    emulated: false,
+                })?;
             }
             Err(e)
                 if plan.kind == BackendKind::Xen
@@ -408,11 +412,8 @@ async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>) -> Result<
                 if !probed {
                     ctx.record(&Record::BackendProbe {
                         backend: plan.kind,
-                        description: format!(
-                            "[emulated host] {}; {}",
-                            r.probe,
-                            crate::xenlab::EMULATED_NOTE
-                        ),
+                        description: format!("{}; {}", r.probe, crate::xenlab::EMULATED_NOTE),
+                        emulated: true,
                     })?;
                     probed = true;
                 }

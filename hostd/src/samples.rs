@@ -48,6 +48,11 @@ pub enum Record {
     BackendProbe {
         backend: BackendKind,
         description: String,
+        /// Measured inside an emulated host (the Xen lab): its figures include that
+        /// machine's cost. Older results said so by a "[emulated host] " prefix on the
+        /// description, which the report still reads.
+        #[serde(default)]
+        emulated: bool,
     },
     /// A guest failed during a measurement step (crashed, hung, panicked, ran out of
     /// memory, broke the protocol) and was taken out of its fleet.

@@ -512,7 +512,11 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
         ));
         provenance.notes.push(format!("backend xen: {}", report.probe));
         results.write_json("provenance.json", &provenance)?;
-        results.append(&Record::BackendProbe { backend: BackendKind::Xen, description: format!("[emulated host] {}", report.probe) })?;
+        results.append(&Record::BackendProbe {
+            backend: BackendKind::Xen,
+            description: report.probe.clone(),
+            emulated: true,
+        })?;
         for r in report.records() {
             results.append(&r)?;
         }

@@ -164,7 +164,7 @@ async fn lab_boots_three_pv_domus_under_tcg() {
     assert_eq!(count(|r| matches!(r, Record::Startup(_))), 3);
     assert_eq!(count(|r| matches!(r, Record::Memory(_))), 1);
     assert_eq!(count(|r| matches!(r, Record::Bench(_))), 3);
-    assert!(records.iter().any(|r| matches!(r, Record::BackendProbe { backend: BackendKind::Xen, description } if description.starts_with("[emulated host] Xen"))));
+    assert!(records.iter().any(|r| matches!(r, Record::BackendProbe { backend: BackendKind::Xen, description, emulated: true } if description.starts_with("Xen"))));
     for f in [
         "boot.json",
         "boot.csv",
