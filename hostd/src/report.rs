@@ -981,7 +981,12 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
     if !rep.probes.is_empty() || !rep.unavailable.is_empty() {
         h.push_str("<h2>Backends</h2><table><tr><th>backend</th><th>status</th></tr>");
         for (b, d) in &rep.probes {
-            let _ = write!(h, "<tr><td>{b}</td><td style=\"text-align:left\">{}</td></tr>", esc(d));
+            let mark = if rep.emulated.contains(b) { EMULATED_MARK } else { "" };
+            let _ = write!(
+                h,
+                "<tr><td>{b}{mark}</td><td style=\"text-align:left\">{}</td></tr>",
+                esc(d)
+            );
         }
         for (b, d) in &rep.unavailable {
             let _ = write!(h, "<tr><td>{b}</td><td class=\"bad\" style=\"text-align:left\">unavailable: {}</td></tr>", esc(d));

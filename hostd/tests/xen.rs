@@ -180,7 +180,9 @@ async fn lab_boots_three_pv_domus_under_tcg() {
     // The report shows xen as a measured backend, with the note.
     let html = std::fs::read_to_string(o.dir.join("index.html")).unwrap();
     assert!(
-        html.contains("[emulated host] Xen 4.17") && html.contains(EMULATED_NOTE),
+        html.contains("<td>xen (emulated host)</td>")
+            && html.contains("Xen 4.17")
+            && html.contains(EMULATED_NOTE),
         "the report marks the lab's figures"
     );
     let table = hostd::bootrun::table(&o.summary);
