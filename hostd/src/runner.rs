@@ -326,19 +326,11 @@ async fn startup(
             let copies = ctx.campaign.startup.image_copies.then_some(ctx.images);
             match boot_and_measure(backend, ctx.run, &cfg, mode, settle, copies, |_| {}).await {
                 Ok(b) => {
-                    for s in &b.startups {
-                        ctx.record(&Record::Startup(s.clone()))?;
-                    }
-                    for f in &b.failures {
-                        ctx.record(&Record::Failure {
-                            backend: plan.kind,
-                            n,
-                            mode,
-                            failure: f.clone(),
-                        })?;
-                    }
-                    if let Some(m) = &b.memory {
-                        ctx.record(&Record::Memory(m.clone()))?;
+                    // The step's completion is its StepDone, not FleetDone.
+                    for r in b.records() {
+                        if !matches!(r, Record::FleetDone { .. }) {
+                            ctx.record(&r)?;
+                        }
                     }
                     say(format!(
                         "   startup n={n} {}: {}/{n} ready, T_startup {} s{}, M_used {} MiB{}",

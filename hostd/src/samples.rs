@@ -106,6 +106,33 @@ fn fleet_size(n: usize) -> Result<(), String> {
     crate::limits::GUESTS.check(n).map(drop).map_err(|e| format!("n = {e}"))
 }
 
+/// One place for a fleet's records: every driver (`hostd boot`, a campaign's startup step,
+/// the Xen lab) writes a measured fleet as these, in this order.
+impl crate::startup::FleetBoot {
+    /// Its startups, failures and memory, then its completion ([`Record::FleetDone`]; a
+    /// campaign, whose completion is its step's, leaves that one out).
+    pub fn records(&self) -> Vec<Record> {
+        let (backend, n, mode) = (self.backend, self.n, self.mode);
+        let mut out: Vec<Record> = self.startups.iter().cloned().map(Record::Startup).collect();
+        out.extend(self.failures.iter().map(|f| Record::Failure {
+            backend,
+            n,
+            mode,
+            failure: f.clone(),
+        }));
+        out.extend(self.memory.clone().map(Record::Memory));
+        out.push(Record::FleetDone {
+            backend,
+            n,
+            mode,
+            ready: self.startups.len(),
+            failed: self.failures.len(),
+            t_startup_s: self.t_startup(),
+        });
+        out
+    }
+}
+
 impl Record {
     /// The provenance id a measurement carries ("" if untagged); None for other records.
     pub fn provenance_id(&self) -> Option<&str> {

@@ -248,26 +248,11 @@ fn lab_log_tail(log: &Path) -> String {
 }
 
 impl LabReport {
-    /// The samples of the lab's fleet, as `hostd boot` records a fleet: startups, failures,
-    /// memory, the fleet's completion, then the CPU benchmark's samples.
+    /// The samples of the lab's fleet, as every driver records a fleet
+    /// ([`FleetBoot::records`](crate::startup::FleetBoot::records)), then the CPU
+    /// benchmark's samples.
     pub fn records(&self) -> Vec<Record> {
-        let b = &self.boot;
-        let mut out: Vec<Record> = b.startups.iter().cloned().map(Record::Startup).collect();
-        out.extend(b.failures.iter().map(|f| Record::Failure {
-            backend: b.backend,
-            n: b.n,
-            mode: b.mode,
-            failure: f.clone(),
-        }));
-        out.extend(b.memory.clone().map(Record::Memory));
-        out.push(Record::FleetDone {
-            backend: b.backend,
-            n: b.n,
-            mode: b.mode,
-            ready: b.startups.len(),
-            failed: b.failures.len(),
-            t_startup_s: b.t_startup(),
-        });
+        let mut out = self.boot.records();
         out.extend(self.bench.iter().cloned().map(Record::Bench));
         out
     }
