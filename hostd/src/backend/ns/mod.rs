@@ -197,21 +197,7 @@ impl Ns {
         spec: &GuestSpec,
         g: &mut LaunchGuard,
     ) -> Result<(Halves, Proc), LaunchError> {
-        let rootfs = self.rootfs.as_ref().ok_or_else(|| {
-            prepare("the rootfs image", io::Error::new(io::ErrorKind::NotFound, "none given"))
-        })?;
-        let rootfs = std::fs::canonicalize(rootfs)
-            .map_err(|e| prepare(format!("rootfs {}", rootfs.display()), e))?;
-        let workdir =
-            std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
-        // A guest root in a user namespace is "other" to this directory and must still reach
-        // the mount point in it.
-        std::fs::set_permissions(&workdir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .map_err(|e| prepare(workdir.display(), e))?;
-        // The guest's root mount point: an empty directory on the host, the image inside
-        // the guest's mount namespace only.
-        let root = workdir.join("root");
-        std::fs::create_dir_all(&root).map_err(|e| prepare(root.display(), e))?;
+        let (rootfs, workdir) = self.guest_root(spec)?;
         let log_wr = g.console(&spec.workdir.join("console.log"))?;
         let null = File::open("/dev/null").map_err(|e| prepare("/dev/null", e))?;
         let (host, guest) = control_pair()?;
@@ -223,63 +209,11 @@ impl Ns {
         let (sync_rd, err_wr, null, log_fd, guest) =
             (high(sync_rd)?, high(err_wr)?, high(null.into())?, high(log_wr)?, high(guest)?);
 
-        let disk = match &spec.data_disk {
-            Some(d) => Some(
-                std::fs::canonicalize(d)
-                    .map_err(|e| prepare(format!("data disk {}", d.display()), e))?,
-            ),
-            None => None,
-        };
-        let input = PlanInput {
-            workdir: &workdir,
-            rootfs: &rootfs,
-            data_disk: disk.as_deref(),
-            hostname: &spec.name,
-            rootfs_keep: keep_flags(&rootfs)
-                .map_err(|e| prepare(format!("statvfs {}", rootfs.display()), e))?,
-            disk_keep: match &disk {
-                Some(d) => {
-                    keep_flags(d).map_err(|e| prepare(format!("statvfs {}", d.display()), e))?
-                }
-                None => MsFlags::empty(),
-            },
-            user_ns: self.user_ns.is_some(),
-        };
-        let steps = plan(&input).map_err(|e| prepare("mount plan", e))?;
+        let steps = self.guest_plan(spec, &rootfs, &workdir)?;
 
-        let mut args = vec![
-            AGENT_PATH.to_string(),
-            "--ctl".into(),
-            format!("fd:{AGENT_FD}"),
-            "--hostname".into(),
-            spec.name.clone(),
-        ];
         let mode = spec.net.as_ref().map(|n| n.fleet.mode).unwrap_or_default();
-        // The fleet's namespace, for a guest that shares its stack: joined by the child.
-        let shared_netns = match &spec.net {
-            Some(n) if n.fleet.mode == NetMode::Shared => {
-                if self.user_ns.is_some() {
-                    return Err(prepare(
-                        "the shared network mode",
-                        io::Error::new(
-                            io::ErrorKind::Unsupported,
-                            "cannot be combined with a user namespace (joining the fleet's network namespace needs the host's privileges)",
-                        ),
-                    ));
-                }
-                Some(high(n.fleet.open()?)?)
-            }
-            Some(n) => {
-                args.extend(["--net".to_string(), n.agent_arg()]);
-                None
-            }
-            None => None,
-        };
-        let argv_c = args
-            .iter()
-            .map(cstring)
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|e| prepare("agent arguments", e))?;
+        let (argv_c, shared_netns) = self.agent_argv(spec)?;
+        let shared_netns = shared_netns.map(high).transpose()?;
         let envp_c = [CString::from(c"PATH=/sbin:/bin")];
         let path = cstring(AGENT_PATH).map_err(|e| prepare("agent path", e))?;
 
@@ -331,6 +265,96 @@ impl Ns {
                 Err(e)
             }
         }
+    }
+
+    /// The image (canonical) and the guest's work directory (canonical, reachable by a guest
+    /// root in a user namespace, holding the empty `root` mount point: the image is mounted
+    /// there inside the guest's mount namespace only).
+    fn guest_root(&self, spec: &GuestSpec) -> Result<(PathBuf, PathBuf), LaunchError> {
+        let rootfs = self.rootfs.as_ref().ok_or_else(|| {
+            prepare("the rootfs image", io::Error::new(io::ErrorKind::NotFound, "none given"))
+        })?;
+        let rootfs = std::fs::canonicalize(rootfs)
+            .map_err(|e| prepare(format!("rootfs {}", rootfs.display()), e))?;
+        let workdir =
+            std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
+        // A guest root in a user namespace is "other" to this directory and must still reach
+        // the mount point in it.
+        std::fs::set_permissions(&workdir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|e| prepare(workdir.display(), e))?;
+        let root = workdir.join("root");
+        std::fs::create_dir_all(&root).map_err(|e| prepare(root.display(), e))?;
+        Ok((rootfs, workdir))
+    }
+
+    /// The guest's filesystem plan (see [`plan`]).
+    fn guest_plan(
+        &self,
+        spec: &GuestSpec,
+        rootfs: &Path,
+        workdir: &Path,
+    ) -> Result<Vec<Step>, LaunchError> {
+        let disk = match &spec.data_disk {
+            Some(d) => Some(
+                std::fs::canonicalize(d)
+                    .map_err(|e| prepare(format!("data disk {}", d.display()), e))?,
+            ),
+            None => None,
+        };
+        let input = PlanInput {
+            workdir,
+            rootfs,
+            data_disk: disk.as_deref(),
+            hostname: &spec.name,
+            rootfs_keep: keep_flags(rootfs)
+                .map_err(|e| prepare(format!("statvfs {}", rootfs.display()), e))?,
+            disk_keep: match &disk {
+                Some(d) => {
+                    keep_flags(d).map_err(|e| prepare(format!("statvfs {}", d.display()), e))?
+                }
+                None => MsFlags::empty(),
+            },
+            user_ns: self.user_ns.is_some(),
+        };
+        plan(&input).map_err(|e| prepare("mount plan", e))
+    }
+
+    /// The agent's argv, and for a guest sharing the fleet's stack the fleet's network
+    /// namespace, which its child joins.
+    fn agent_argv(&self, spec: &GuestSpec) -> Result<(Vec<CString>, Option<OwnedFd>), LaunchError> {
+        let mut args = vec![
+            AGENT_PATH.to_string(),
+            "--ctl".into(),
+            format!("fd:{AGENT_FD}"),
+            "--hostname".into(),
+            spec.name.clone(),
+        ];
+        // The fleet's namespace, for a guest that shares its stack: joined by the child.
+        let shared_netns = match &spec.net {
+            Some(n) if n.fleet.mode == NetMode::Shared => {
+                if self.user_ns.is_some() {
+                    return Err(prepare(
+                        "the shared network mode",
+                        io::Error::new(
+                            io::ErrorKind::Unsupported,
+                            "cannot be combined with a user namespace (joining the fleet's network namespace needs the host's privileges)",
+                        ),
+                    ));
+                }
+                Some(n.fleet.open()?)
+            }
+            Some(n) => {
+                args.extend(["--net".to_string(), n.agent_arg()]);
+                None
+            }
+            None => None,
+        };
+        let argv = args
+            .iter()
+            .map(cstring)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| prepare("agent arguments", e))?;
+        Ok((argv, shared_netns))
     }
 
     /// Parent side between clone and exec: ids, cgroup, network, go-ahead, exec outcome.
