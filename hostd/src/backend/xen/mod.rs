@@ -219,25 +219,8 @@ impl Xen {
             what: what.to_string(),
             source: e,
         };
-        let invalid = |what: &str, m: String| prep(what, std::io::Error::other(m));
         let mut g = LaunchGuard::new(spec)?;
-        let script = match &spec.net {
-            Some(net) => {
-                let ip = find_program("ip").ok_or_else(|| {
-                    invalid("the vif hotplug script", "iproute2's ip is not on PATH".into())
-                })?;
-                let path = spec.workdir.join("vif-hotplug");
-                std::fs::write(&path, vif_script(&ip, net))
-                    .and_then(|_| {
-                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-                    })
-                    .map_err(|e| prep(&path.display().to_string(), e))?;
-                // The link disappears with the domain; listed so a half-started guest's goes too.
-                g.hold(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
-                Some(path)
-            }
-            None => None,
-        };
+        let script = vif_hotplug(spec, &mut g)?;
         let cfg_path = spec.workdir.join("domain.cfg");
         let cfg = domain_config(ty, kernel, initramfs, spec, script.as_deref())?;
         std::fs::write(&cfg_path, &cfg).map_err(|e| prep(&cfg_path.display().to_string(), e))?;
@@ -377,6 +360,31 @@ impl Xen {
             (true, _, _) => Exit::Clean,
             (false, _, _) => Exit::Killed,
         }
+    }
+}
+
+/// The guest's vif hotplug script in its work directory (see [`vif_script`]), when it has a
+/// network; its link is held from here on, as a half-started domain's goes too.
+fn vif_hotplug(spec: &GuestSpec, g: &mut LaunchGuard) -> Result<Option<PathBuf>, LaunchError> {
+    let prep =
+        |what: &str, e: std::io::Error| LaunchError::Prepare { what: what.to_string(), source: e };
+    let invalid = |what: &str, m: String| prep(what, std::io::Error::other(m));
+    match &spec.net {
+        Some(net) => {
+            let ip = find_program("ip").ok_or_else(|| {
+                invalid("the vif hotplug script", "iproute2's ip is not on PATH".into())
+            })?;
+            let path = spec.workdir.join("vif-hotplug");
+            std::fs::write(&path, vif_script(&ip, net))
+                .and_then(|_| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                })
+                .map_err(|e| prep(&path.display().to_string(), e))?;
+            // The link disappears with the domain; listed so a half-started guest's goes too.
+            g.hold(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
+            Ok(Some(path))
+        }
+        None => Ok(None),
     }
 }
 
