@@ -323,26 +323,19 @@ pub async fn boot_and_measure(
         }
         cfg.image_copies = made.map_err(StartupError::Copies)?;
     }
-    let r = measure_fleet(backend, run, &cfg, mode, settle, on_event).await;
+    let r = match start_and_measure(backend, run, &cfg, mode, settle, on_event).await {
+        Ok((fleet, mut boot)) => {
+            tear_down(backend, fleet, &mut boot, Duration::from_secs(10)).await;
+            Ok(boot)
+        }
+        Err(e) => Err(e),
+    };
     if copy_images.is_some() {
         if let Err(e) = std::fs::remove_dir_all(&copies_dir) {
             tracing::warn!("removing the image copies {}: {e}", copies_dir.display());
         }
     }
     r
-}
-
-async fn measure_fleet(
-    backend: &AnyBackend,
-    run: &RunState,
-    cfg: &FleetConfig,
-    mode: StartMode,
-    settle: Duration,
-    on_event: impl FnMut(FleetEvent),
-) -> Result<FleetBoot, StartupError> {
-    let (fleet, mut boot) = start_and_measure(backend, run, cfg, mode, settle, on_event).await?;
-    tear_down(backend, fleet, &mut boot, Duration::from_secs(10)).await;
-    Ok(boot)
 }
 
 /// Starts a fleet in `mode` and measures it as every backend's is measured: its startup

@@ -21,7 +21,8 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 use super::launch::{
-    boot_images, control_pair, host_halves, tool_version, GuestCommand, LaunchGuard, ToolError,
+    boot_images, control_pair, host_halves, tool_version, vm_launch_files, GuestCommand,
+    LaunchGuard, ToolError,
 };
 use super::vmm::{
     check_kvm, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, stop_vmm,
@@ -194,16 +195,7 @@ impl Backend for Firecracker {
     }
 
     fn launch_files(&self) -> LaunchFiles {
-        LaunchFiles {
-            images: self
-                .kernel
-                .iter()
-                .map(|k| k.path.clone())
-                .chain(self.initramfs.clone())
-                .collect(),
-            programs: vec![self.bin.clone()],
-            data: Vec::new(),
-        }
+        vm_launch_files(self.kernel.as_ref(), self.initramfs.as_deref(), &self.bin)
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
-use super::launch::{boot_images, tool_version, LaunchGuard};
+use super::launch::{boot_images, tool_version, vm_launch_files, LaunchGuard};
 use super::vmm::*;
 use super::{
     stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec, Images,
@@ -219,14 +219,8 @@ impl Backend for Qemu {
 
     fn launch_files(&self) -> LaunchFiles {
         LaunchFiles {
-            images: self
-                .kernel
-                .iter()
-                .map(|k| k.path.clone())
-                .chain(self.initramfs.clone())
-                .collect(),
-            programs: vec![self.qemu.clone()],
             data: qemu_firmware(self.profile),
+            ..vm_launch_files(self.kernel.as_ref(), self.initramfs.as_deref(), &self.qemu)
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::backend::Kernel;
+use crate::backend::{Kernel, LaunchFiles};
 
 /// A boot image that is not configured or not a readable regular file.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,24 @@ fn check_file(what: &str, path: &Path) -> Result<(), ImageError> {
         Ok(m) if m.is_file() => Ok(()),
         Ok(_) => Err(ImageError::NotAFile { what: what.into(), path: path.into() }),
         Err(source) => Err(ImageError::Unreadable { what: what.into(), path: path.into(), source }),
+    }
+}
+
+/// What a VM backend's launch reads: its kernel and initramfs (those configured), and
+/// `program` (the VMM or toolstack).
+pub fn vm_launch_files(
+    kernel: Option<&Kernel>,
+    initramfs: Option<&Path>,
+    program: &str,
+) -> LaunchFiles {
+    LaunchFiles {
+        images: kernel
+            .map(|k| k.path.clone())
+            .into_iter()
+            .chain(initramfs.map(Path::to_path_buf))
+            .collect(),
+        programs: vec![program.to_string()],
+        data: Vec::new(),
     }
 }
 

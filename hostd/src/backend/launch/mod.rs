@@ -11,7 +11,8 @@
 //! - [`control_pair`] and [`host_halves`]: the control channel as a socketpair;
 //! - [`run_tool`] and [`ToolError`]: a helper program (xl, a runtime's `state`, a version
 //!   query) run to its end within a deadline;
-//! - [`boot_images`]: a VM backend's kernel and initramfs, checked before use.
+//! - [`boot_images`]: a VM backend's kernel and initramfs, checked before use, and
+//!   [`vm_launch_files`]: what its launches read.
 
 mod command;
 mod ctl;
@@ -22,5 +23,5 @@ mod tool;
 pub use command::GuestCommand;
 pub use ctl::{control_pair, host_halves, split_socket, Halves};
 pub use guard::LaunchGuard;
-pub use images::{boot_images, ImageError};
+pub use images::{boot_images, vm_launch_files, ImageError};
 pub use tool::{run_output, run_tool, tool_version, ToolError};

@@ -35,7 +35,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use super::launch::{boot_images, run_tool, GuestCommand, LaunchGuard};
+use super::launch::{boot_images, run_tool, vm_launch_files, GuestCommand, LaunchGuard};
 use super::{
     stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec, Images,
     Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
@@ -402,16 +402,7 @@ impl Backend for Xen {
     }
 
     fn launch_files(&self) -> LaunchFiles {
-        LaunchFiles {
-            images: self
-                .kernel
-                .iter()
-                .map(|k| k.path.clone())
-                .chain(self.initramfs.clone())
-                .collect(),
-            programs: vec![self.xl.clone()],
-            data: Vec::new(),
-        }
+        vm_launch_files(self.kernel.as_ref(), self.initramfs.as_deref(), &self.xl)
     }
 
     /// dom0 of a Xen host (hypervisor, xenfs, privcmd), the images, `xl info` answering
