@@ -168,19 +168,26 @@ fn fake_xen(dir: &Path) -> (Xen, GuestSpec) {
     (x, s)
 }
 
+/// Fake tools whose xenstore names a pty as the domain's console: its master end is the
+/// domain's side.
+fn fake_running(dir: &Path) -> (nix::pty::OpenptyResult, Xen, GuestSpec) {
+    fake_tools(dir, false);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    std::fs::write(
+        dir.join("tty"),
+        nix::unistd::ttyname(&pty.slave).unwrap().as_os_str().as_encoded_bytes(),
+    )
+    .unwrap();
+    let (x, s) = fake_xen(dir);
+    (pty, x, s)
+}
+
 /// Launch opens the console xenstore names and copies what it reads into the log;
 /// stopping a guest that did not power off destroys its domain and removes its files.
 #[tokio::test]
 async fn launch_then_teardown_of_a_running_domain() {
     let d = tempfile::tempdir().unwrap();
-    fake_tools(d.path(), false);
-    let pty = nix::pty::openpty(None, None).unwrap();
-    std::fs::write(
-        d.path().join("tty"),
-        nix::unistd::ttyname(&pty.slave).unwrap().as_os_str().as_encoded_bytes(),
-    )
-    .unwrap();
-    let (x, s) = fake_xen(d.path());
+    let (pty, x, s) = fake_running(d.path());
     let mut l = x.launch(&s).await.unwrap();
     let cfg = std::fs::read_to_string(s.workdir.join("domain.cfg")).unwrap();
     assert_eq!(config_domain_name(&cfg).as_deref(), Some("vb-r1-g1"));
@@ -214,14 +221,7 @@ async fn launch_then_teardown_of_a_running_domain() {
 #[tokio::test]
 async fn teardown_of_a_powered_off_domain_is_clean() {
     let d = tempfile::tempdir().unwrap();
-    fake_tools(d.path(), false);
-    let pty = nix::pty::openpty(None, None).unwrap();
-    std::fs::write(
-        d.path().join("tty"),
-        nix::unistd::ttyname(&pty.slave).unwrap().as_os_str().as_encoded_bytes(),
-    )
-    .unwrap();
-    let (x, s) = fake_xen(d.path());
+    let (pty, x, s) = fake_running(d.path());
     let mut l = x.launch(&s).await.unwrap();
     std::fs::write(d.path().join("gone"), "").unwrap();
     assert_eq!(x.stop(&mut l.guest, Duration::from_secs(10)).await, Exit::Clean);
