@@ -221,7 +221,7 @@ async fn launch_then_teardown_of_a_running_domain() {
 #[tokio::test]
 async fn teardown_of_a_powered_off_domain_is_clean() {
     let d = tempfile::tempdir().unwrap();
-    let (pty, x, s) = fake_running(d.path());
+    let (_pty, x, s) = fake_running(d.path());
     let mut l = x.launch(&s).await.unwrap();
     std::fs::write(d.path().join("gone"), "").unwrap();
     assert_eq!(x.stop(&mut l.guest, Duration::from_secs(10)).await, Exit::Clean);
