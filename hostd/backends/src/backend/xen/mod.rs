@@ -180,7 +180,7 @@ mod tty;
 mod xl;
 
 pub use config::{config_domain_name, domain_config, domain_name, vif_script};
-pub(crate) use tty::RawTty;
+pub use tty::RawTty;
 use tty::{Log, Tee};
 pub use xl::{
     created_domid, find_program, parse_xl_info, parse_xl_list, xen_used_kib, xl_info, xl_list,
