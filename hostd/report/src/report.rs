@@ -224,24 +224,14 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         .unwrap_or_else(crate::suite::host_cores)
         .clamp(1, 1 << 16);
 
-    let Sorted {
-        startups,
-        memory,
-        bench,
-        unavailable,
-        probes,
-        emulated,
-        failed_steps,
-        failures,
-        lost,
-    } = Sorted::from(records);
+    let sorted = Sorted::from(records);
     // Second references (native on loopback, …) leave the figures' series.
-    let (bench, conditions) = crate::suite::conditions::split(bench);
+    let (bench, conditions) = crate::suite::conditions::split(sorted.bench);
     let startup = crate::startup::analyse(
         provenance.clone().unwrap_or_else(|| Provenance::collect(Default::default())),
-        startups,
-        memory,
-        failures.clone(),
+        sorted.startups,
+        sorted.memory,
+        sorted.failures.clone(),
     );
 
     let Suite { baseline, overhead, linearity, isolation: isolation_res, cpus_assumed } =
@@ -257,12 +247,12 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         linearity,
         isolation: isolation_res,
         ring: ring_res,
-        unavailable,
-        probes,
-        emulated,
-        failed_steps,
-        failures,
-        lost,
+        unavailable: sorted.unavailable,
+        probes: sorted.probes,
+        emulated: sorted.emulated,
+        failed_steps: sorted.failed_steps,
+        failures: sorted.failures,
+        lost: sorted.lost,
         disk_notes,
         notes: Vec::new(),
         unreadable_records: unreadable,
