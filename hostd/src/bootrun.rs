@@ -12,7 +12,6 @@ use crate::plot;
 use crate::provenance::Provenance;
 use crate::results::ResultsDir;
 use crate::runstate::RunState;
-use crate::samples::Record;
 use crate::startup::{boot_and_measure, StartMode};
 
 #[derive(Debug, Clone)]
@@ -60,28 +59,9 @@ pub async fn run(
             })
             .await
             .with_context(|| label.clone())?;
-            for s in &b.startups {
-                results.append(&Record::Startup(s.clone()))?;
+            for r in b.records() {
+                results.append(&r)?;
             }
-            for f in &b.failures {
-                results.append(&Record::Failure {
-                    backend: b.backend,
-                    n,
-                    mode,
-                    failure: f.clone(),
-                })?;
-            }
-            if let Some(m) = &b.memory {
-                results.append(&Record::Memory(m.clone()))?;
-            }
-            results.append(&Record::FleetDone {
-                backend: b.backend,
-                n,
-                mode,
-                ready: b.startups.len(),
-                failed: b.failures.len(),
-                t_startup_s: b.t_startup(),
-            })?;
             rows.push(row(&b));
         }
     }

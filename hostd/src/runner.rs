@@ -234,7 +234,11 @@ pub async fn run(
         match backend.probe().await {
             Ok(desc) => {
                 say(format!("   {desc}"));
-                ctx.record(&Record::BackendProbe { backend: plan.kind, description: desc })?;
+                ctx.record(&Record::BackendProbe {
+                    backend: plan.kind,
+                    description: desc,
+                    emulated: false,
+                })?;
             }
             Err(e) if plan.kind == BackendKind::Xen && campaign.xen.lab && e.reason.not_dom0() => {
                 say(format!("   {}; measuring it in the Xen lab (Xen under QEMU)", e.reason));
@@ -324,19 +328,11 @@ async fn startup(
             let copies = ctx.campaign.startup.image_copies.then_some(ctx.images);
             match boot_and_measure(backend, ctx.run, &cfg, mode, settle, copies, |_| {}).await {
                 Ok(b) => {
-                    for s in &b.startups {
-                        ctx.record(&Record::Startup(s.clone()))?;
-                    }
-                    for f in &b.failures {
-                        ctx.record(&Record::Failure {
-                            backend: plan.kind,
-                            n,
-                            mode,
-                            failure: f.clone(),
-                        })?;
-                    }
-                    if let Some(m) = &b.memory {
-                        ctx.record(&Record::Memory(m.clone()))?;
+                    // The step's completion is its StepDone, not FleetDone.
+                    for r in b.records() {
+                        if !matches!(r, Record::FleetDone { .. }) {
+                            ctx.record(&r)?;
+                        }
                     }
                     say(format!(
                         "   startup n={n} {}: {}/{n} ready, T_startup {} s{}, M_used {} MiB{}",
@@ -410,11 +406,8 @@ async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>) -> Result<
                 if !probed {
                     ctx.record(&Record::BackendProbe {
                         backend: plan.kind,
-                        description: format!(
-                            "[emulated host] {}; {}",
-                            r.probe,
-                            crate::xenlab::EMULATED_NOTE
-                        ),
+                        description: format!("{}; {}", r.probe, crate::xenlab::EMULATED_NOTE),
+                        emulated: true,
                     })?;
                     probed = true;
                 }

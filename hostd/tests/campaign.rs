@@ -94,9 +94,11 @@ fn quick_campaign_on_every_backend_renders_its_report() {
     );
     // Not a Xen host: xen ran in the Xen lab, and says so wherever its figures appear.
     assert!(
-        report["probes"]["xen"].as_str().unwrap().starts_with("[emulated host] Xen 4.17"),
-        "{}",
-        report["probes"]["xen"]
+        report["probes"]["xen"].as_str().unwrap().starts_with("Xen 4.17")
+            && report["emulated"].as_array().unwrap().iter().any(|b| b == "xen"),
+        "{} {}",
+        report["probes"]["xen"],
+        report["emulated"]
     );
     let xen_rows = report["startup"]["rows"]
         .as_array()

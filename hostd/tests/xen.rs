@@ -166,7 +166,7 @@ async fn lab_boots_three_pv_domus_under_tcg() {
     assert_eq!(count(|r| matches!(r, Record::Startup(_))), 3);
     assert_eq!(count(|r| matches!(r, Record::Memory(_))), 1);
     assert_eq!(count(|r| matches!(r, Record::Bench(_))), 3);
-    assert!(records.iter().any(|r| matches!(r, Record::BackendProbe { backend: BackendKind::Xen, description } if description.starts_with("[emulated host] Xen"))));
+    assert!(records.iter().any(|r| matches!(r, Record::BackendProbe { backend: BackendKind::Xen, description, emulated: true } if description.starts_with("Xen"))));
     for f in [
         "boot.json",
         "boot.csv",
@@ -182,7 +182,9 @@ async fn lab_boots_three_pv_domus_under_tcg() {
     // The report shows xen as a measured backend, with the note.
     let html = std::fs::read_to_string(o.dir.join("index.html")).unwrap();
     assert!(
-        html.contains("[emulated host] Xen 4.17") && html.contains(EMULATED_NOTE),
+        html.contains("<td>xen (emulated host)</td>")
+            && html.contains("Xen 4.17")
+            && html.contains(EMULATED_NOTE),
         "the report marks the lab's figures"
     );
     let table = hostd::bootrun::table(&o.summary);

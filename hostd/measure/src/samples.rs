@@ -48,6 +48,11 @@ pub enum Record {
     BackendProbe {
         backend: BackendKind,
         description: String,
+        /// Measured inside an emulated host (the Xen lab): its figures include that
+        /// machine's cost. Older results said so by a "[emulated host] " prefix on the
+        /// description, which the report still reads.
+        #[serde(default)]
+        emulated: bool,
     },
     /// A guest failed during a measurement step (crashed, hung, panicked, ran out of
     /// memory, broke the protocol) and was taken out of its fleet.
@@ -101,6 +106,33 @@ fn kib(what: &str, v: u64) -> Result<(), String> {
 
 fn fleet_size(n: usize) -> Result<(), String> {
     crate::limits::GUESTS.check(n).map(drop).map_err(|e| format!("n = {e}"))
+}
+
+/// One place for a fleet's records: every driver (`hostd boot`, a campaign's startup step,
+/// the Xen lab) writes a measured fleet as these, in this order.
+impl crate::startup::FleetBoot {
+    /// Its startups, failures and memory, then its completion ([`Record::FleetDone`]; a
+    /// campaign, whose completion is its step's, leaves that one out).
+    pub fn records(&self) -> Vec<Record> {
+        let (backend, n, mode) = (self.backend, self.n, self.mode);
+        let mut out: Vec<Record> = self.startups.iter().cloned().map(Record::Startup).collect();
+        out.extend(self.failures.iter().map(|f| Record::Failure {
+            backend,
+            n,
+            mode,
+            failure: f.clone(),
+        }));
+        out.extend(self.memory.clone().map(Record::Memory));
+        out.push(Record::FleetDone {
+            backend,
+            n,
+            mode,
+            ready: self.startups.len(),
+            failed: self.failures.len(),
+            t_startup_s: self.t_startup(),
+        });
+        out
+    }
 }
 
 impl Record {

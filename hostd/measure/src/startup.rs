@@ -312,7 +312,13 @@ pub async fn boot_and_measure(
         }
         cfg.image_copies = made.map_err(StartupError::Copies)?;
     }
-    let r = measure_fleet(backend, run, &cfg, mode, settle, on_event).await;
+    let r = match start_and_measure(backend, run, &cfg, mode, settle, on_event).await {
+        Ok((fleet, mut boot)) => {
+            tear_down(backend, fleet, &mut boot, Duration::from_secs(10)).await;
+            Ok(boot)
+        }
+        Err(e) => Err(e),
+    };
     if copy_images.is_some() {
         if let Err(e) = std::fs::remove_dir_all(&copies_dir) {
             tracing::warn!("removing the image copies {}: {e}", copies_dir.display());
@@ -321,14 +327,18 @@ pub async fn boot_and_measure(
     r
 }
 
-async fn measure_fleet(
+/// Starts a fleet in `mode` and measures it as every backend's is measured: its startup
+/// samples, then (after `settle`, against a floor read just before the launches) its memory.
+/// The fleet is left running for whatever else the caller measures on it (the Xen lab's
+/// CPU benchmark); [`tear_down`] completes the record.
+pub async fn start_and_measure(
     backend: &AnyBackend,
     run: &RunState,
     cfg: &FleetConfig,
     mode: StartMode,
     settle: Duration,
     on_event: impl FnMut(FleetEvent),
-) -> Result<FleetBoot, StartupError> {
+) -> Result<(crate::fleet::Fleet, FleetBoot), StartupError> {
     let kind = backend.kind();
     let files = coldstart::fleet_files(backend, &cfg.image_copies, cfg.data_disk.as_deref())
         .map_err(StartupError::Residency)?;
@@ -392,22 +402,33 @@ async fn measure_fleet(
             scratch_tmpfs_kib,
         },
     });
-    let mut failures = fleet.failures.clone();
-    let Teardown { clean, killed, failed, .. } =
-        fleet.teardown(backend, Duration::from_secs(10)).await;
-    // Guests that became ready but died before the teardown.
-    failures.extend(failed);
-    Ok(FleetBoot {
+    let boot = FleetBoot {
         backend: kind,
         n: cfg.n,
         mode,
         startups,
-        failures,
+        failures: fleet.failures.clone(),
         memory,
-        teardown_clean: clean,
-        teardown_killed: killed,
+        teardown_clean: 0,
+        teardown_killed: 0,
         residency: Some(residency),
-    })
+    };
+    Ok((fleet, boot))
+}
+
+/// Tears down a fleet measured by [`start_and_measure`], waiting up to `grace` for each
+/// guest, and records how it went.
+pub async fn tear_down(
+    backend: &AnyBackend,
+    fleet: crate::fleet::Fleet,
+    boot: &mut FleetBoot,
+    grace: Duration,
+) {
+    let Teardown { clean, killed, failed, .. } = fleet.teardown(backend, grace).await;
+    // Guests that became ready but died before the teardown.
+    boot.failures.extend(failed);
+    boot.teardown_clean = clean;
+    boot.teardown_killed = killed;
 }
 
 #[cfg(test)]

@@ -183,6 +183,21 @@ pub fn table(s: &BootSummary) -> String {
             o(r.checks.scratch_tmpfs_mib, 1)
         ));
     }
+    out.push_str(&table_notes(s));
+    out.push_str(
+        "units: seconds on the host clock from the fleet's start request; MiB = 2^20 bytes; one fleet per row (1 repetition); \
+         start: cold = nothing the launches read was in the page cache (mincore), hot = all of it was, warm = between (whichever mode was asked); \
+         resident = share of the launches' files (images, programs, libraries but those other running processes hold) in the page cache just before the start; \
+         M_used = median of repeated readings against a noise floor taken with no fleet, ± the floor's and the idle fleet's drift, tmpfs scratch excluded (tmpfs column)\n",
+    );
+    out
+}
+
+/// The table's notes: what each row's start read, partial fleets, memory figures that
+/// disagree, hostd's own growth, the memory fit and the floor.
+fn table_notes(s: &BootSummary) -> String {
+    let mut out = String::new();
+    let o = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
     for r in &s.rows {
         if let Some(res) = &r.checks.residency {
             out.push_str(&format!(
@@ -234,12 +249,6 @@ pub fn table(s: &BootSummary) -> String {
         out.push_str(&crate::floor::line(f));
         out.push('\n');
     }
-    out.push_str(
-        "units: seconds on the host clock from the fleet's start request; MiB = 2^20 bytes; one fleet per row (1 repetition); \
-         start: cold = nothing the launches read was in the page cache (mincore), hot = all of it was, warm = between (whichever mode was asked); \
-         resident = share of the launches' files (images, programs, libraries but those other running processes hold) in the page cache just before the start; \
-         M_used = median of repeated readings against a noise floor taken with no fleet, ± the floor's and the idle fleet's drift, tmpfs scratch excluded (tmpfs column)\n",
-    );
     out
 }
 

@@ -320,8 +320,7 @@ pub fn decide(rep: &Report) -> Table {
 
     // Rank the virtualization systems; native is the reference, not a contender, and a
     // backend measured on an emulated host (the Xen lab) is not comparable with the others.
-    let emulated =
-        |b: BackendKind| rep.probes.get(&b).is_some_and(|d| d.starts_with("[emulated host]"));
+    let emulated = |b: BackendKind| rep.emulated.contains(&b);
     let contenders: Vec<usize> = (0..kinds.len())
         .filter(|&i| kinds[i] != BackendKind::Native && !emulated(kinds[i]))
         .collect();
@@ -626,7 +625,8 @@ mod tests {
         let mut rep = report();
         rep.probes
             .insert(BackendKind::QemuMicrovm, "QEMU 7.2; KVM probe failed: x; using TCG".into());
-        rep.probes.insert(BackendKind::Uml, "[emulated host] …".into());
+        rep.probes.insert(BackendKind::Uml, "…".into());
+        rep.emulated.insert(BackendKind::Uml);
         let t = decide(&rep);
         assert!(t.rows[2].verdict.ends_with("ran under TCG emulation (no usable KVM here): its figures are not those of a hardware-accelerated VM"), "{}", t.rows[2].verdict);
         assert!(t.rows[1].verdict.starts_with("Measured on an emulated host"));

@@ -42,6 +42,9 @@ pub struct Report {
     pub ring: BTreeMap<BackendKind, RingResult>,
     pub unavailable: BTreeMap<BackendKind, String>,
     pub probes: BTreeMap<BackendKind, String>,
+    /// Backends measured inside an emulated host (the Xen lab).
+    #[serde(default)]
+    pub emulated: std::collections::BTreeSet<BackendKind>,
     /// Steps that failed and were not later completed: key → error.
     pub failed_steps: BTreeMap<String, String>,
     pub failures: Vec<(BackendKind, usize, StartMode, GuestFailure)>,
@@ -224,133 +227,20 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         .unwrap_or_else(crate::suite::host_cores)
         .clamp(1, 1 << 16);
 
-    let mut startups = Vec::new();
-    let mut memory = Vec::new();
-    let mut bench: Vec<BenchSample> = Vec::new();
-    let mut unavailable = BTreeMap::new();
-    let mut probes = BTreeMap::new();
-    let mut failed_steps = BTreeMap::new();
-    let mut failures = Vec::new();
-    let mut lost = Vec::new();
-    let mut netem = Vec::new();
-    for r in records {
-        match r {
-            Record::Startup(s) => startups.push(s),
-            Record::Memory(m) => memory.push(m),
-            Record::Failure { backend, n, mode, failure } => {
-                failures.push((backend, n, mode, failure))
-            }
-            Record::FleetDone { .. } => {}
-            Record::Bench(b) => bench.push(b),
-            Record::StepDone { key } => {
-                failed_steps.remove(&key);
-            }
-            Record::StepFailed { key, error } => {
-                failed_steps.insert(key, error);
-            }
-            Record::BackendUnavailable { backend, reason } => {
-                unavailable.insert(backend, reason);
-            }
-            Record::BackendProbe { backend, description } => {
-                unavailable.remove(&backend);
-                probes.insert(backend, description);
-            }
-            Record::GuestLost { backend, step, failure } => lost.push((backend, step, failure)),
-            Record::Provenance { .. } => {}
-            Record::Netem(n) => netem.push(n),
-        }
-    }
+    let sorted = Sorted::from(records);
     // Second references (native on loopback, …) leave the figures' series.
-    let (bench, conditions) = crate::suite::conditions::split(bench);
+    let (bench, conditions) = crate::suite::conditions::split(sorted.bench);
     let startup = crate::startup::analyse(
         provenance.clone().unwrap_or_else(|| Provenance::collect(Default::default())),
-        startups,
-        memory,
-        failures.clone(),
+        sorted.startups,
+        sorted.memory,
+        sorted.failures.clone(),
     );
 
-    // The suite.
-    let select = |test: Test, b: BackendKind, r: Resource, n: Option<usize>| -> Vec<&BenchSample> {
-        bench
-            .iter()
-            .filter(|s| {
-                s.test == test && s.backend == b && s.resource == r && n.is_none_or(|n| s.n == n)
-            })
-            .collect()
-    };
-    let backends: Vec<BackendKind> = {
-        let mut v: Vec<BackendKind> = bench.iter().map(|s| s.backend).collect();
-        v.sort();
-        v.dedup();
-        v
-    };
-    // T_a: the native backend at n = 1, per resource and workload (a backend with other
-    // workloads is compared with a host baseline of the same workload).
-    let ta_of = |r: Resource, params: &str| -> Option<Stat> {
-        let v: Vec<&BenchSample> = select(Test::Overhead, BackendKind::Native, r, Some(1))
-            .into_iter()
-            .filter(|s| s.params == params)
-            .collect();
-        overhead::baseline(&v)
-    };
-    // The workload each backend ran a resource with: its overhead samples at the largest n
-    // (extra host baselines only have n = 1).
-    let params_of = |b: BackendKind, r: Resource| -> Option<String> {
-        select(Test::Overhead, b, r, None).iter().max_by_key(|s| s.n).map(|s| s.params.clone())
-    };
-    let mut baseline = BTreeMap::new();
-    for r in Resource::ALL {
-        if let Some(s) = params_of(BackendKind::Native, r).and_then(|p| ta_of(r, &p)) {
-            baseline.insert(r, s);
-        }
-    }
-    let mut overhead = BTreeMap::new();
-    let mut linearity = BTreeMap::new();
-    let mut isolation_res = BTreeMap::new();
-    let mut cpus_assumed = Vec::new();
-    for &b in &backends {
-        for r in Resource::ALL {
-            let params = params_of(b, r);
-            let ta = params.as_deref().and_then(|p| ta_of(r, p)).map(|s| s.mean);
-            let same = |s: &&BenchSample| params.as_ref().is_none_or(|p| &s.params == p);
-            let of = |test: Test| -> Vec<&BenchSample> {
-                select(test, b, r, None).into_iter().filter(same).collect()
-            };
-            let pts = overhead::analyse(&of(Test::Overhead), ta);
-            let t_av = pts.iter().find(|p| p.n == 1).map(|p| p.value.mean);
-            if !pts.is_empty() {
-                overhead.insert(key(b, r), pts);
-            }
-            let pts = linearity::analyse(&of(Test::Linearity), ta, t_av, cores);
-            // Only CPU and memory capacities count CPUs; a shared device's is 1 whatever the host.
-            let counts_cpus = matches!(r, Resource::Cpu | Resource::Memory);
-            let assumed = counts_cpus && pts.iter().any(|p| p.cpus.is_some_and(|c| !c.recorded));
-            if !pts.is_empty() {
-                linearity.insert(key(b, r), pts);
-            }
-            let iso = t_av.and_then(|alone| isolation::analyse(&of(Test::Isolation), alone, cores));
-            let assumed = assumed
-                || (counts_cpus
-                    && iso.as_ref().is_some_and(|i| i.cpus.is_some_and(|c| !c.recorded)));
-            if let Some(i) = iso {
-                isolation_res.insert(key(b, r), i);
-            }
-            if assumed {
-                cpus_assumed.push(key(b, r));
-            }
-        }
-    }
+    let Suite { baseline, overhead, linearity, isolation: isolation_res, cpus_assumed } =
+        Suite::analyse(&bench, cores);
     let disk_notes = crate::datadisk::disk_notes(&bench);
-    let mut ring_res = BTreeMap::new();
-    for &b in &backends {
-        let v: Vec<&BenchSample> = bench
-            .iter()
-            .filter(|s| s.backend == b && matches!(s.test, Test::Ring | Test::RingLatency))
-            .collect();
-        if let Some(r) = ring::analyse(&v) {
-            ring_res.insert(b, r);
-        }
-    }
+    let ring_res = ring_results(&bench);
     Report {
         provenance,
         cores,
@@ -360,11 +250,12 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         linearity,
         isolation: isolation_res,
         ring: ring_res,
-        unavailable,
-        probes,
-        failed_steps,
-        failures,
-        lost,
+        unavailable: sorted.unavailable,
+        probes: sorted.probes,
+        emulated: sorted.emulated,
+        failed_steps: sorted.failed_steps,
+        failures: sorted.failures,
+        lost: sorted.lost,
         disk_notes,
         notes: Vec::new(),
         unreadable_records: unreadable,
@@ -372,8 +263,175 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         rejected,
         conditions,
         cpus_assumed,
-        netem: crate::netem_report::analyse(&netem),
+        netem: crate::netem_report::analyse(&sorted.netem),
     }
+}
+
+/// The records of a run, sorted out by kind; failed steps that later completed are gone.
+#[derive(Default)]
+struct Sorted {
+    startups: Vec<crate::startup::StartupSample>,
+    memory: Vec<crate::startup::MemorySample>,
+    bench: Vec<BenchSample>,
+    unavailable: BTreeMap<BackendKind, String>,
+    probes: BTreeMap<BackendKind, String>,
+    emulated: std::collections::BTreeSet<BackendKind>,
+    failed_steps: BTreeMap<String, String>,
+    failures: Vec<(BackendKind, usize, StartMode, GuestFailure)>,
+    lost: Vec<(BackendKind, String, GuestFailure)>,
+    netem: Vec<crate::netem_accuracy::AccuracySample>,
+}
+
+impl Sorted {
+    fn from(records: Vec<Record>) -> Sorted {
+        let mut o = Sorted::default();
+        for r in records {
+            match r {
+                Record::Startup(s) => o.startups.push(s),
+                Record::Memory(m) => o.memory.push(m),
+                Record::Failure { backend, n, mode, failure } => {
+                    o.failures.push((backend, n, mode, failure))
+                }
+                Record::FleetDone { .. } | Record::Provenance { .. } => {}
+                Record::Bench(b) => o.bench.push(b),
+                Record::StepDone { key } => {
+                    o.failed_steps.remove(&key);
+                }
+                Record::StepFailed { key, error } => {
+                    o.failed_steps.insert(key, error);
+                }
+                Record::BackendUnavailable { backend, reason } => {
+                    o.unavailable.insert(backend, reason);
+                }
+                Record::BackendProbe { backend, description, emulated } => {
+                    o.unavailable.remove(&backend);
+                    // Older results marked an emulated host by a prefix on the description.
+                    let (old, description) = match description.strip_prefix(OLD_EMULATED_PREFIX) {
+                        Some(rest) => (true, rest.to_string()),
+                        None => (false, description),
+                    };
+                    if emulated || old {
+                        o.emulated.insert(backend);
+                    }
+                    o.probes.insert(backend, description);
+                }
+                Record::Netem(n) => o.netem.push(n),
+                Record::GuestLost { backend, step, failure } => {
+                    o.lost.push((backend, step, failure))
+                }
+            }
+        }
+        o
+    }
+}
+
+/// The suite's figures (paper II.A) per backend and resource, from its samples.
+struct Suite {
+    /// T_a per resource (the native backend at n = 1).
+    baseline: BTreeMap<Resource, Stat>,
+    overhead: BTreeMap<String, Vec<OverheadPoint>>,
+    linearity: BTreeMap<String, Vec<LinearityPoint>>,
+    isolation: BTreeMap<String, IsolationResult>,
+    cpus_assumed: Vec<String>,
+}
+
+impl Suite {
+    fn analyse(bench: &[BenchSample], cores: usize) -> Suite {
+        let select =
+            |test: Test, b: BackendKind, r: Resource, n: Option<usize>| -> Vec<&BenchSample> {
+                bench
+                    .iter()
+                    .filter(|s| {
+                        s.test == test
+                            && s.backend == b
+                            && s.resource == r
+                            && n.is_none_or(|n| s.n == n)
+                    })
+                    .collect()
+            };
+        let backends: Vec<BackendKind> = {
+            let mut v: Vec<BackendKind> = bench.iter().map(|s| s.backend).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        // T_a: the native backend at n = 1, per resource and workload (a backend with other
+        // workloads is compared with a host baseline of the same workload).
+        let ta_of = |r: Resource, params: &str| -> Option<Stat> {
+            let v: Vec<&BenchSample> = select(Test::Overhead, BackendKind::Native, r, Some(1))
+                .into_iter()
+                .filter(|s| s.params == params)
+                .collect();
+            overhead::baseline(&v)
+        };
+        // The workload each backend ran a resource with: its overhead samples at the largest n
+        // (extra host baselines only have n = 1).
+        let params_of = |b: BackendKind, r: Resource| -> Option<String> {
+            select(Test::Overhead, b, r, None).iter().max_by_key(|s| s.n).map(|s| s.params.clone())
+        };
+        let mut baseline = BTreeMap::new();
+        for r in Resource::ALL {
+            if let Some(s) = params_of(BackendKind::Native, r).and_then(|p| ta_of(r, &p)) {
+                baseline.insert(r, s);
+            }
+        }
+        let mut overhead = BTreeMap::new();
+        let mut linearity = BTreeMap::new();
+        let mut isolation_res = BTreeMap::new();
+        let mut cpus_assumed = Vec::new();
+        for &b in &backends {
+            for r in Resource::ALL {
+                let params = params_of(b, r);
+                let ta = params.as_deref().and_then(|p| ta_of(r, p)).map(|s| s.mean);
+                let same = |s: &&BenchSample| params.as_ref().is_none_or(|p| &s.params == p);
+                let of = |test: Test| -> Vec<&BenchSample> {
+                    select(test, b, r, None).into_iter().filter(same).collect()
+                };
+                let pts = overhead::analyse(&of(Test::Overhead), ta);
+                let t_av = pts.iter().find(|p| p.n == 1).map(|p| p.value.mean);
+                if !pts.is_empty() {
+                    overhead.insert(key(b, r), pts);
+                }
+                let pts = linearity::analyse(&of(Test::Linearity), ta, t_av, cores);
+                // Only CPU and memory capacities count CPUs; a shared device's is 1 whatever the host.
+                let counts_cpus = matches!(r, Resource::Cpu | Resource::Memory);
+                let assumed =
+                    counts_cpus && pts.iter().any(|p| p.cpus.is_some_and(|c| !c.recorded));
+                if !pts.is_empty() {
+                    linearity.insert(key(b, r), pts);
+                }
+                let iso =
+                    t_av.and_then(|alone| isolation::analyse(&of(Test::Isolation), alone, cores));
+                let assumed = assumed
+                    || (counts_cpus
+                        && iso.as_ref().is_some_and(|i| i.cpus.is_some_and(|c| !c.recorded)));
+                if let Some(i) = iso {
+                    isolation_res.insert(key(b, r), i);
+                }
+                if assumed {
+                    cpus_assumed.push(key(b, r));
+                }
+            }
+        }
+        Suite { baseline, overhead, linearity, isolation: isolation_res, cpus_assumed }
+    }
+}
+
+/// Ring bandwidth and latency per backend.
+fn ring_results(bench: &[BenchSample]) -> BTreeMap<BackendKind, RingResult> {
+    let backends: std::collections::BTreeSet<BackendKind> =
+        bench.iter().map(|s| s.backend).collect();
+    let mut out = BTreeMap::new();
+    for b in backends {
+        let v: Vec<&BenchSample> = bench
+            .iter()
+            .filter(|s| s.backend == b && matches!(s.test, Test::Ring | Test::RingLatency))
+            .collect();
+        if let Some(r) = ring::analyse(&v) {
+            out.insert(b, r);
+        }
+    }
+    out
 }
 
 const RES: [(Resource, &str); 4] = [
@@ -589,15 +647,13 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure, String)> {
 /// What a figure shows of a backend measured inside an emulated host (the Xen lab).
 pub const EMULATED_MARK: &str = " (emulated host)";
 
+/// How results written before [`Record::BackendProbe`]'s `emulated` field marked it.
+const OLD_EMULATED_PREFIX: &str = "[emulated host] ";
+
 /// Labels every curve and bar of a backend whose probe says it ran inside an emulated host,
 /// so no figure passes those numbers off as a real host's.
 fn mark_emulated(rep: &Report, figs: &mut [(String, Figure, String)]) {
-    let emulated: Vec<String> = rep
-        .probes
-        .iter()
-        .filter(|(_, d)| d.starts_with("[emulated host]"))
-        .map(|(b, _)| b.to_string())
-        .collect();
+    let emulated: Vec<String> = rep.emulated.iter().map(|b| b.to_string()).collect();
     let mark = |name: &mut String| {
         if let Some(b) = emulated.iter().find(|b| name == *b || name.starts_with(&format!("{b} ")))
         {
@@ -886,7 +942,12 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
     if !rep.probes.is_empty() || !rep.unavailable.is_empty() {
         h.push_str("<h2>Backends</h2><table><tr><th>backend</th><th>status</th></tr>");
         for (b, d) in &rep.probes {
-            let _ = write!(h, "<tr><td>{b}</td><td style=\"text-align:left\">{}</td></tr>", esc(d));
+            let mark = if rep.emulated.contains(b) { EMULATED_MARK } else { "" };
+            let _ = write!(
+                h,
+                "<tr><td>{b}{mark}</td><td style=\"text-align:left\">{}</td></tr>",
+                esc(d)
+            );
         }
         for (b, d) in &rep.unavailable {
             let _ = write!(h, "<tr><td>{b}</td><td class=\"bad\" style=\"text-align:left\">unavailable: {}</td></tr>", esc(d));
@@ -922,7 +983,7 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
     h.push_str("<h2>Concurrent startup and memory occupation (paper II.B, Fig. 1)</h2><table><tr><th>backend</th><th>n</th><th>mode</th><th>ready</th><th>T_startup (s)</th><th>ready time mean ± sd (s)</th><th>guest boot (s)</th><th>M_used (MiB)</th><th>cgroup / guest (MiB)</th><th>PSS / guest (MiB)</th></tr>");
     let o = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "–".into());
     for r in &rep.startup.rows {
-        let emulated = rep.probes.get(&r.backend).is_some_and(|d| d.starts_with("[emulated host]"));
+        let emulated = rep.emulated.contains(&r.backend);
         let _ = write!(
             h,
             "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -1111,6 +1172,32 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
 mod tests {
     use super::*;
     use crate::suite::testing::sample;
+
+    /// An emulated host is a typed field of the probe record; results written before it
+    /// existed said so by a prefix on the description, and still read as emulated.
+    #[test]
+    fn emulated_host_from_the_field_and_from_older_results() {
+        let old = r#"{"record":"backend_probe","backend":"xen","description":"[emulated host] Xen 4.17"}"#;
+        let new = Record::BackendProbe {
+            backend: BackendKind::Uml,
+            description: "UML 6.12".into(),
+            emulated: true,
+        };
+        let plain = r#"{"record":"backend_probe","backend":"ns","description":"namespaces"}"#;
+        let records = vec![
+            serde_json::from_str(old).unwrap(),
+            serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap(),
+            serde_json::from_str(plain).unwrap(),
+        ];
+        let rep = build_from(
+            Samples { records, unreadable: 0, implausible: 0, rejected: Vec::new() },
+            None,
+        );
+        let want: std::collections::BTreeSet<_> = [BackendKind::Xen, BackendKind::Uml].into();
+        assert_eq!(rep.emulated, want);
+        assert_eq!(rep.probes[&BackendKind::Xen], "Xen 4.17");
+        assert_eq!(rep.probes[&BackendKind::Ns], "namespaces");
+    }
 
     /// Host T_a = 2 s, uml T_av = 2.5 s (both two repetitions), and two uml guests busy
     /// together taking 5 s, with `cpus` recorded per sample.

@@ -15,22 +15,22 @@
 //!   period, unless the agent reboots rather than powers off where power-off is unavailable.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
-use super::native::split_socket;
+use super::launch::{
+    boot_images, control_pair, host_halves, tool_version, vm_launch_files, GuestCommand,
+    LaunchGuard, ToolError,
+};
 use super::vmm::{
-    check_file, check_kvm, ctl_pair, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec,
-    program_version, stop_vmm, Staging,
+    check_kvm, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, stop_vmm,
 };
 use super::{
-    join_cgroup_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit,
-    GuestProcess, GuestSpec, Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Unavailable,
+    prepare, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec,
+    Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Unavailable,
 };
-use crate::netlab;
 
 /// The data disk inside a Firecracker guest (the only virtio-blk device).
 pub const GUEST_DISK: &str = "/dev/vda";
@@ -68,21 +68,18 @@ impl Firecracker {
     }
 
     fn images(&self) -> Result<(&Kernel, &Path), String> {
-        let kernel = self.kernel.as_ref().ok_or("no microvm kernel (vmlinux) configured")?;
-        check_file("microvm kernel (vmlinux)", &kernel.path)?;
-        let initramfs = self.initramfs.as_deref().ok_or("no initramfs configured")?;
-        check_file("initramfs", initramfs)?;
-        Ok((kernel, initramfs))
+        Ok(boot_images(
+            "microvm kernel (vmlinux)",
+            self.kernel.as_ref(),
+            self.initramfs.as_deref(),
+        )?)
     }
 
     /// Binary, KVM, images, then a real boot to the agent's hello.
     async fn check(&self) -> Result<String, String> {
-        let version = program_version(&self.bin, &["--version"]).await.map_err(|e| {
-            if e.ends_with("not found") {
-                format!("firecracker binary not found ({})", self.bin)
-            } else {
-                e
-            }
+        let version = tool_version(&self.bin, &["--version"]).await.map_err(|e| match e {
+            ToolError::NotFound { .. } => format!("firecracker binary not found ({})", self.bin),
+            e => e.to_string(),
         })?;
         check_kvm()?;
         let (kernel, initramfs) = self.images()?;
@@ -163,53 +160,33 @@ async fn launch_firecracker(
     initramfs: &Path,
     spec: &GuestSpec,
 ) -> Result<Launched, LaunchError> {
-    let mut st = Staging::new(spec)?;
+    let mut g = LaunchGuard::new(spec)?;
     // Firecracker opens its log without creating it, and writes from offset 0 (no append),
     // so its stderr (panics) gets a file of its own.
     let log_path = spec.workdir.join("firecracker.log");
-    st.log_file(&log_path)?;
-    let stderr_path = spec.workdir.join("firecracker.stderr");
-    let stderr = st.log_file(&stderr_path)?;
+    g.log_file(&log_path)?;
+    g.console_file(&log_path);
+    let stderr = g.log_file(&spec.workdir.join("firecracker.stderr"))?;
     let config_path = spec.workdir.join("vm.json");
     let config = serde_json::to_vec_pretty(&vm_config(kernel, initramfs, spec))
         .expect("a JSON value serializes");
-    std::fs::write(&config_path, config).map_err(|source| LaunchError::Prepare {
-        what: config_path.display().to_string(),
-        source,
-    })?;
-    let (host, guest) = ctl_pair()?;
-    let netns = st.attach_tap(spec)?;
-    st.make_cgroup(spec)?;
-    let (reader, writer) = split_socket(host)
-        .map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
-    let guest_in = guest
-        .try_clone()
-        .map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
-    let mut cmd = tokio::process::Command::new(bin);
+    std::fs::write(&config_path, config).map_err(|e| prepare(config_path.display(), e))?;
+    let (host, guest) = control_pair()?;
+    let netns = g.attach_tap(spec)?;
+    let (reader, writer) = host_halves(host)?;
+    let guest_in = guest.try_clone().map_err(|e| prepare("control socket", e))?;
+    let mut cmd = GuestCommand::new(bin, &spec.workdir);
     cmd.args(fc_args(&config_path, &log_path, spec))
         // The serial port: guest output to stdout, host input from stdin.
-        .stdin(Stdio::from(guest_in))
-        .stdout(Stdio::from(guest))
+        .stdin(guest_in)
+        .stdout(guest)
         .stderr(stderr)
-        .current_dir(&spec.workdir)
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(ns) = netns {
-        netlab::enter_in_child(&mut cmd, ns);
-    }
-    if let Some(cg) = &st.cgroup {
-        join_cgroup_in_child(&mut cmd, cg);
-    }
-    let child =
-        cmd.spawn().map_err(|source| LaunchError::Spawn { program: bin.to_string(), source })?;
-    // The guest ends were moved into `cmd`; dropping it closes hostd's copies, so the
-    // channel reports EOF once Firecracker is gone.
-    drop(cmd);
-    Ok(Launched {
-        reader: Box::new(reader),
-        writer: Box::new(writer),
-        guest: st.finish(spec, Proc::Child(child), Some(log_path)),
-    })
+        .netns(netns);
+    cmd.cgroup(g.make_cgroup(spec)?);
+    // Spawning closes hostd's copies of the guest ends, so the channel reports EOF once
+    // Firecracker is gone.
+    let child = cmd.spawn()?;
+    Ok(g.launched(reader, writer, Proc::Child(child)))
 }
 
 impl Backend for Firecracker {
@@ -218,16 +195,7 @@ impl Backend for Firecracker {
     }
 
     fn launch_files(&self) -> LaunchFiles {
-        LaunchFiles {
-            images: self
-                .kernel
-                .iter()
-                .map(|k| k.path.clone())
-                .chain(self.initramfs.clone())
-                .collect(),
-            programs: vec![self.bin.clone()],
-            data: Vec::new(),
-        }
+        vm_launch_files(self.kernel.as_ref(), self.initramfs.as_deref(), &self.bin)
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {

@@ -3,6 +3,7 @@
 //! and the host processes that make it up; it knows nothing of metrics or reports.
 
 pub mod firecracker;
+pub mod launch;
 pub mod native;
 pub mod ns;
 pub mod oci;
@@ -391,58 +392,6 @@ pub async fn stop_and_release(guest: &mut GuestProcess, grace: Duration) -> Exit
     exit
 }
 
-/// The host's halves of a process guest's control channel (ns, oci).
-pub(crate) type Halves = (tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf);
-
-/// What a process guest's launch (ns, oci) holds so far; released if the launch fails, or
-/// when dropped before the guest took it (a launch abandoned at its deadline: launch
-/// futures are cancel-safe).
-#[derive(Default)]
-pub(crate) struct Held {
-    pub resources: Vec<Resource>,
-    pub cgroup: Option<Cgroup>,
-}
-
-impl Held {
-    /// The started guest takes everything held.
-    pub fn launched(
-        mut self,
-        spec: &GuestSpec,
-        (reader, writer): Halves,
-        proc: Proc,
-        console: crate::console::ConsoleLog,
-    ) -> Launched {
-        Launched {
-            reader: Box::new(reader),
-            writer: Box::new(writer),
-            guest: GuestProcess {
-                name: spec.name.clone(),
-                proc,
-                cgroup: self.cgroup.take(),
-                console_log: Some(console.path.clone()),
-                console: Some(console),
-                resources: std::mem::take(&mut self.resources),
-            },
-        }
-    }
-
-    /// Releases everything held, cgroup first, logging what could not be released.
-    pub fn release(&mut self, guest: &str) {
-        if let Some(cg) = self.cgroup.take() {
-            self.resources.insert(0, Resource::Cgroup(cg));
-        }
-        for e in release_all(&std::mem::take(&mut self.resources)) {
-            tracing::warn!(guest, "failed launch cleanup: {e}");
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.release("(abandoned launch)");
-    }
-}
-
 /// Enum dispatch over the closed set of backends.
 pub enum AnyBackend {
     Native(native::Native),
@@ -571,58 +520,6 @@ pub fn make_cgroup(spec: &GuestSpec) -> Result<Option<Cgroup>, LaunchError> {
             Cgroup::create(mode, &spec.run, &spec.name, spec.limits).map_err(LaunchError::Cgroup)
         })
         .transpose()
-}
-
-/// Puts the child into `cg` before it execs, so everything it allocates is charged there.
-pub fn join_cgroup_in_child(cmd: &mut tokio::process::Command, cg: &Cgroup) {
-    let files: Vec<std::ffi::CString> = cg
-        .dirs
-        .iter()
-        .map(|d| {
-            std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes())
-                .expect("no NUL in path")
-        })
-        .collect();
-    // SAFETY: runs in the forked child before exec using only open/write/close (async-signal-
-    // safe) on paths allocated before the fork; "0" means the writing process itself.
-    unsafe {
-        cmd.pre_exec(move || {
-            for f in &files {
-                let fd = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-                libc::close(fd);
-                if !ok {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Passes `fd` to the child as descriptor `target` (inherited across exec).
-pub fn pass_fd_in_child(
-    cmd: &mut tokio::process::Command,
-    fd: std::os::fd::RawFd,
-    target: std::os::fd::RawFd,
-) {
-    // SAFETY: runs in the forked child before exec; dup2 and fcntl are async-signal-safe, and
-    // the caller keeps `fd` open until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd != target && libc::dup2(fd, target) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // dup2 clears FD_CLOEXEC on the copy; when fd == target it keeps it, so clear it.
-            if libc::fcntl(target, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 /// A guest spec for the VM backends' command-line tests: guest 1 of run r1, 2 vCPUs,

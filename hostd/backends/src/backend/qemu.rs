@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
+use super::launch::{boot_images, tool_version, vm_launch_files, LaunchGuard};
 use super::vmm::*;
 use super::{
     stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec, Images,
@@ -129,11 +130,7 @@ impl Qemu {
             Profile::Microvm => "microvm kernel (vmlinux)",
             Profile::Full => "pc kernel (bzImage)",
         };
-        let kernel = self.kernel.as_ref().ok_or_else(|| format!("no {what} configured"))?;
-        check_file(what, &kernel.path)?;
-        let initramfs = self.initramfs.as_deref().ok_or("no initramfs configured")?;
-        check_file("initramfs", initramfs)?;
-        Ok((kernel, initramfs))
+        Ok(boot_images(what, self.kernel.as_ref(), self.initramfs.as_deref())?)
     }
 
     /// The accelerator guests of this backend use, decided once (the first call may boot a
@@ -190,7 +187,8 @@ impl Backend for Qemu {
     async fn probe(&self) -> Result<String, Unavailable> {
         let unavailable =
             |reason: String| Unavailable { backend: self.kind().name(), reason: reason.into() };
-        let version = program_version(&self.qemu, &["--version"]).await.map_err(unavailable)?;
+        let version =
+            tool_version(&self.qemu, &["--version"]).await.map_err(|e| unavailable(e.into()))?;
         let (kernel, initramfs) = self.images().map_err(unavailable)?;
         let accel = self.accel().await.map_err(unavailable)?;
         Ok(format!(
@@ -222,14 +220,8 @@ impl Backend for Qemu {
 
     fn launch_files(&self) -> LaunchFiles {
         LaunchFiles {
-            images: self
-                .kernel
-                .iter()
-                .map(|k| k.path.clone())
-                .chain(self.initramfs.clone())
-                .collect(),
-            programs: vec![self.qemu.clone()],
             data: qemu_firmware(self.profile),
+            ..vm_launch_files(self.kernel.as_ref(), self.initramfs.as_deref(), &self.qemu)
         }
     }
 }
@@ -383,9 +375,8 @@ async fn launch_qemu(
     initramfs: &Path,
     spec: &GuestSpec,
 ) -> Result<Launched, LaunchError> {
-    let st = Staging::new(spec)?;
     spawn_vmm(
-        st,
+        LaunchGuard::new(spec)?,
         spec,
         Path::new(qemu),
         qemu_args(profile, accel, kernel, initramfs, spec),

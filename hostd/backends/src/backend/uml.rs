@@ -19,10 +19,8 @@ use nix::sys::signal::killpg;
 use nix::sys::signal::Signal::SIGKILL;
 use nix::unistd::Pid;
 
-use super::vmm::{
-    check_file, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, program_version,
-    spawn_vmm, Staging,
-};
+use super::launch::{boot_images, tool_version, LaunchGuard};
+use super::vmm::{guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, spawn_vmm};
 use super::{
     prepare, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec,
     Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
@@ -53,11 +51,7 @@ impl Uml {
     }
 
     fn images(&self) -> Result<(&Kernel, &Path), String> {
-        let kernel = self.kernel.as_ref().ok_or("no UML kernel (linux) configured")?;
-        check_file("UML kernel", &kernel.path)?;
-        let initramfs = self.initramfs.as_deref().ok_or("no initramfs configured")?;
-        check_file("initramfs", initramfs)?;
-        Ok((kernel, initramfs))
+        Ok(boot_images("UML kernel (linux)", self.kernel.as_ref(), self.initramfs.as_deref())?)
     }
 }
 
@@ -149,12 +143,12 @@ async fn launch_uml(
     if spec.vcpus > 1 {
         tracing::warn!(guest = %spec.name, "UML kernels are uniprocessor: {} vCPUs requested, 1 used", spec.vcpus);
     }
-    let mut st = Staging::new(spec)?;
+    let mut g = LaunchGuard::new(spec)?;
     // Released before the work directory (reverse order); UML removes it itself only on a
     // clean exit.
-    st.resources.push(Resource::Dir { path: spec.workdir.join(&spec.name) });
+    g.hold(Resource::Dir { path: spec.workdir.join(&spec.name) });
     // Guest memory is a file under TMPDIR: tmpfs, so it counts as shmem.
-    spawn_vmm(st, spec, &kernel.path, uml_args(kernel, initramfs, spec), Path::new(MEMORY_DIR))
+    spawn_vmm(g, spec, &kernel.path, uml_args(kernel, initramfs, spec), Path::new(MEMORY_DIR))
 }
 
 /// Stops a UML guest. UML's helper processes (the guest's address-space processes, I/O
@@ -208,9 +202,8 @@ impl Backend for Uml {
     async fn probe(&self) -> Result<String, Unavailable> {
         let unavailable = |reason: String| Unavailable { backend: "uml", reason: reason.into() };
         let (kernel, initramfs) = self.images().map_err(unavailable)?;
-        let version = program_version(&kernel.path.display().to_string(), &["--version"])
-            .await
-            .map_err(unavailable)?;
+        let version =
+            tool_version(&kernel.path, &["--version"]).await.map_err(|e| unavailable(e.into()))?;
         tempfile::tempfile_in(MEMORY_DIR)
             .map_err(|e| unavailable(format!("{MEMORY_DIR} is not writable: {e}")))?;
         // Guest memory is allocated there as it is touched: a full tmpfs kills guests (SIGBUS).

@@ -1,25 +1,19 @@
-//! Launch plumbing shared by the VMM backends (`qemu.rs`, `uml.rs`, `firecracker.rs`):
-//! staging with cleanup on failure, tap attachment, the guest kernel command line, control
-//! socketpairs, probe boots and console-log helpers.
+//! What the VMM backends (`qemu.rs`, `uml.rs`, `firecracker.rs`, and `xen` for its command
+//! line) share beyond the launch toolkit (`launch/`): a VMM spawned on a control socketpair,
+//! the guest kernel command line, probe boots and console-log helpers.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use vb_protocol::frame::{Event, FrameDecoder};
 use vb_protocol::msg::{GuestMsg, Hello};
 
-use super::{
-    make_cgroup, release_all, stop_and_release, Exit, GuestProcess, GuestSpec, LaunchError,
-    Launched, Proc, Resource,
-};
-use crate::cgroup::Cgroup;
-use crate::console::{ConsoleLog, CONSOLE_CAP};
+use super::launch::{control_pair, host_halves, GuestCommand, LaunchGuard};
+use super::{stop_and_release, Exit, GuestProcess, GuestSpec, LaunchError, Launched, Proc};
 
 /// Printed by a guest kernel asked to power off that cannot (microvm and Firecracker have no
 /// ACPI; the agent reboots there instead, see `vb.poweroff=reboot`): the guest is done, only
@@ -30,162 +24,26 @@ const HALTED: &str = "System halted";
 pub const CTL_FD: i32 = 3;
 
 /// Starts a VMM (QEMU, UML's kernel) whose guest reaches the host over a socketpair end
-/// passed as [`CTL_FD`]: its output into the guest's capped console log, its tap entered in
-/// the child, its cgroup joined before exec, in its own process group (a Ctrl-C on hostd's
-/// terminal must not reach guests before hostd tears them down in order; UML's helpers stay
-/// in that group, which its `stop` relies on). `tmpdir` is where it keeps temporary files.
+/// passed as [`CTL_FD`] (open across exec: UML's fd channel needs that; QEMU's chardev
+/// takes the number): its output into the guest's capped console log, its tap entered in
+/// the child, its cgroup joined before exec, in its own process group (see
+/// [`GuestCommand`]). `tmpdir` is where it keeps temporary files.
 pub(super) fn spawn_vmm(
-    mut st: Staging,
+    mut g: LaunchGuard,
     spec: &GuestSpec,
     program: &Path,
     args: Vec<String>,
     tmpdir: &Path,
 ) -> Result<Launched, LaunchError> {
-    let log_path = spec.workdir.join("console.log");
-    let (out, err) = st.console(&log_path)?;
-    let (host, guest) = ctl_pair()?;
-    let netns = st.attach_tap(spec)?;
-    st.make_cgroup(spec)?;
-    let (reader, writer) = super::native::split_socket(host)
-        .map_err(|source| LaunchError::Prepare { what: "control socket".into(), source })?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env("TMPDIR", tmpdir)
-        .stdin(std::process::Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .current_dir(&spec.workdir)
-        .process_group(0)
-        .kill_on_drop(true);
-    // Before pass_fd_in_child: its dup2 onto CTL_FD could replace the namespace fd.
-    if let Some(ns) = netns {
-        crate::netlab::enter_in_child(&mut cmd, ns);
-    }
-    // Open across exec (UML's fd channel needs that; QEMU's chardev takes the number).
-    super::pass_fd_in_child(&mut cmd, std::os::fd::AsRawFd::as_raw_fd(&guest), CTL_FD);
-    if let Some(cg) = &st.cgroup {
-        super::join_cgroup_in_child(&mut cmd, cg);
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|source| LaunchError::Spawn { program: program.display().to_string(), source })?;
-    drop(guest);
-    Ok(Launched {
-        reader: Box::new(reader),
-        writer: Box::new(writer),
-        guest: st.finish(spec, Proc::Child(child), Some(log_path)),
-    })
-}
-
-/// What a launch has created so far. Until [`Staging::finish`] hands it to the started
-/// guest, dropping it (any `?` on the way) releases everything in reverse order.
-pub(super) struct Staging {
-    pub resources: Vec<Resource>,
-    pub cgroup: Option<Cgroup>,
-    console: Option<ConsoleLog>,
-    armed: bool,
-}
-
-impl Staging {
-    /// Creates the guest's work directory, released last.
-    pub fn new(spec: &GuestSpec) -> Result<Self, LaunchError> {
-        std::fs::create_dir_all(&spec.workdir).map_err(|source| LaunchError::Prepare {
-            what: spec.workdir.display().to_string(),
-            source,
-        })?;
-        Ok(Self {
-            resources: vec![Resource::Dir { path: spec.workdir.clone() }],
-            cgroup: None,
-            console: None,
-            armed: true,
-        })
-    }
-
-    /// Creates (empties) `path` and opens it for appending: the VMM's output and, where it
-    /// writes the console itself, its console file share it without overwriting each other.
-    pub fn log_file(&self, path: &Path) -> Result<File, LaunchError> {
-        OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(path)
-            .and_then(|_| OpenOptions::new().append(true).open(path))
-            .map_err(|source| LaunchError::Prepare { what: path.display().to_string(), source })
-    }
-
-    /// The guest's console: a pipe hostd reads into the capped log at `path` (see
-    /// `crate::console`). Returns the write end twice, for the VMM's stdout and stderr.
-    pub fn console(&mut self, path: &Path) -> Result<(File, File), LaunchError> {
-        let (log, wr) = ConsoleLog::start(path, CONSOLE_CAP).map_err(|e| LaunchError::Prepare {
-            what: path.display().to_string(),
-            source: std::io::Error::other(e),
-        })?;
-        self.console = Some(log);
-        let out = File::from(wr);
-        let err = self.clone_file(&out, path)?;
-        Ok((out, err))
-    }
-
-    pub fn clone_file(&self, f: &File, path: &Path) -> Result<File, LaunchError> {
-        f.try_clone()
-            .map_err(|source| LaunchError::Prepare { what: path.display().to_string(), source })
-    }
-
-    /// Puts a tap for the guest on the fleet bridge and opens the fleet namespace, which the
-    /// VMM must enter to open the tap by name. None: the guest has no network.
-    pub fn attach_tap(&mut self, spec: &GuestSpec) -> Result<Option<OwnedFd>, LaunchError> {
-        let Some(net) = &spec.net else { return Ok(None) };
-        // Recorded first: a tap made by a half-failed add_tap is still removed.
-        self.resources
-            .push(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
-        net.fleet.add_tap(&net.link)?;
-        Ok(Some(net.fleet.open()?))
-    }
-
-    pub fn make_cgroup(&mut self, spec: &GuestSpec) -> Result<(), LaunchError> {
-        self.cgroup = make_cgroup(spec)?;
-        Ok(())
-    }
-
-    /// Hands everything to the started guest.
-    pub fn finish(
-        mut self,
-        spec: &GuestSpec,
-        proc: Proc,
-        console_log: Option<PathBuf>,
-    ) -> GuestProcess {
-        self.armed = false;
-        GuestProcess {
-            name: spec.name.clone(),
-            proc,
-            cgroup: self.cgroup.take(),
-            console_log,
-            console: self.console.take(),
-            resources: std::mem::take(&mut self.resources),
-        }
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut rs = std::mem::take(&mut self.resources);
-        if let Some(cg) = self.cgroup.take() {
-            rs.insert(0, Resource::Cgroup(cg));
-        }
-        for e in release_all(&rs) {
-            tracing::warn!("failed launch cleanup: {e}");
-        }
-    }
-}
-
-/// The control channel: (host end, guest end), both close-on-exec (the guest end is
-/// passed to the VMM explicitly).
-pub(super) fn ctl_pair() -> Result<(OwnedFd, OwnedFd), LaunchError> {
-    socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-        .map_err(|e| LaunchError::Prepare { what: "control socketpair".into(), source: e.into() })
+    let out = g.console(&spec.workdir.join("console.log"))?;
+    let (host, guest) = control_pair()?;
+    let netns = g.attach_tap(spec)?;
+    let (reader, writer) = host_halves(host)?;
+    let mut cmd = GuestCommand::new(program, &spec.workdir);
+    cmd.args(args).env("TMPDIR", tmpdir).output(out)?.netns(netns).pass_fd(guest, CTL_FD);
+    cmd.cgroup(g.make_cgroup(spec)?);
+    let child = cmd.spawn()?;
+    Ok(g.launched(reader, writer, Proc::Child(child)))
 }
 
 /// The guest kernel command line as words: the recipe's `base` without the parameters
@@ -221,37 +79,6 @@ pub fn guest_mac(addr: Ipv4Addr) -> String {
 /// A path as a QEMU option value: commas are doubled (QEMU's escape).
 pub(super) fn opt_value(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
-}
-
-/// A regular file exists at `path`.
-pub(super) fn check_file(what: &str, path: &Path) -> Result<(), String> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(format!("{what} {} is not a file", path.display())),
-        Err(e) => Err(format!("{what} {}: {e}", path.display())),
-    }
-}
-
-/// Runs `program args` (briefly) and returns the first line it printed.
-pub(super) async fn program_version(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::process::Command::new(program).args(args).kill_on_drop(true).output(),
-    )
-    .await
-    .map_err(|_| format!("{program} {} did not answer within 10 s", args.join(" ")))?
-    .map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("{program} not found"),
-        _ => format!("cannot run {program}: {e}"),
-    })?;
-    let text =
-        String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout })
-            .into_owned();
-    let first = text.lines().next().unwrap_or("").trim().to_string();
-    if !out.status.success() || first.is_empty() {
-        return Err(format!("{program} {} failed ({}): {first}", args.join(" "), out.status));
-    }
-    Ok(first)
 }
 
 /// A scratch directory for a probe guest (removed when dropped).

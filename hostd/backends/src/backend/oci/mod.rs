@@ -1,0 +1,466 @@
+//! `oci`: any OCI runtime (runc by default; crun, youki, runsc where installed) over the
+//! imagegen bundle: a template `config.json` plus `rootfs/`.
+//!
+//! Per guest, in its work directory:
+//! - `bundle/config.json`: the template edited through `oci-spec` ([`derive_config`]): the
+//!   shared rootfs by absolute path (read-only, never copied), the hostname, the agent's
+//!   `--net`, the guest's network namespace, `linux.cgroupsPath`, limits, the data disk;
+//! - `state/`: the runtime's `--root`, so no guest ever meets another runtime user's (or
+//!   another guest's) containers, and the state goes with the work directory;
+//! - `console.log`: the runtime's and then the agent's stdout and stderr.
+//!
+//! Started with `<runtime> --root <workdir>/state run --detach --preserve-fds 1 --bundle
+//! <workdir>/bundle <id>` with the control socket as fd 3 (`--preserve-fds N` passes fds
+//! 3..3+N-1 on). With --detach the runtime exits once the agent runs, and the agent is
+//! re-parented. hostd is a child subreaper (prctl PR_SET_CHILD_SUBREAPER) while a runtime
+//! starts a container, so the agent becomes hostd's child: hostd reaps it and sees its real
+//! exit (an init that does not reap — like the sandbox init on our test hosts — would
+//! otherwise collect zombies). The pid comes from `<runtime> state <id>` and is watched
+//! through a pidfd. Outside those windows hostd adopts nothing (see [`Subreaper`]); runc
+//! orphans nothing but the container's init.
+//!
+//! The agent gets no `--hostname`: the runtime sets the container's hostname from
+//! config.json, and the bundle withholds CAP_SYS_ADMIN, without which sethostname(2) fails.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use oci_spec::runtime::Spec;
+
+use super::launch::{
+    control_pair, host_halves, run_output, run_tool, tool_version, GuestCommand, Halves,
+    LaunchGuard, ToolError,
+};
+use super::native::AGENT_FD;
+use super::{
+    prepare, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, LaunchFiles,
+    Launched, Proc, Resource, Unavailable,
+};
+use crate::cgroup::Limits;
+
+/// Where the data disk appears in the guest.
+const DISK_IN_GUEST: &str = "/data/disk.img";
+/// A `run --detach` that takes longer than this is stuck.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The probe's whole test container.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `<runtime> state` answers at once; longer means it is stuck.
+const STATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where the agent is in the image.
+const AGENT_PATH: &str = "sbin/guest-agent";
+
+pub struct Oci {
+    runtime: String,
+    bundle: Option<PathBuf>,
+}
+
+impl Oci {
+    pub fn new(images: &Images, opts: &BackendOptions) -> Self {
+        Self { runtime: opts.oci_runtime.clone(), bundle: images.bundle.clone() }
+    }
+
+    pub fn with_images(&self, images: &Images) -> Self {
+        Self { runtime: self.runtime.clone(), bundle: images.bundle.clone() }
+    }
+
+    /// The runtime binary: a path, or a name looked up on PATH.
+    fn runtime_path(&self) -> Option<PathBuf> {
+        if self.runtime.contains('/') {
+            let p = PathBuf::from(&self.runtime);
+            return p.is_file().then_some(p);
+        }
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join(&self.runtime))
+            .find(|p| p.is_file())
+    }
+
+    /// The bundle's template config and its rootfs (absolute, checked to hold the agent).
+    fn template(&self) -> Result<(Spec, PathBuf), String> {
+        let bundle = self.bundle.as_ref().ok_or("no OCI bundle (build the `oci-bundle` recipe)")?;
+        let cfg = bundle.join("config.json");
+        if !cfg.is_file() {
+            return Err(format!("bundle template {} is missing", cfg.display()));
+        }
+        let spec =
+            Spec::load(&cfg).map_err(|e| format!("bundle template {}: {e}", cfg.display()))?;
+        let root = spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| format!("bundle template {} has no root", cfg.display()))?;
+        let rootfs = bundle.join(root.path());
+        let rootfs = std::fs::canonicalize(&rootfs)
+            .map_err(|e| format!("bundle rootfs {}: {e}", rootfs.display()))?;
+        let agent = rootfs.join(AGENT_PATH);
+        if !agent.is_file() {
+            return Err(format!("bundle rootfs lacks the agent: {} is missing", agent.display()));
+        }
+        Ok((spec, rootfs))
+    }
+}
+
+impl Backend for Oci {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Oci
+    }
+
+    /// The bundle tree and the runtime.
+    fn launch_files(&self) -> LaunchFiles {
+        LaunchFiles {
+            images: self.bundle.iter().cloned().collect(),
+            programs: vec![self.runtime.clone()],
+            data: Vec::new(),
+        }
+    }
+
+    async fn probe(&self) -> Result<String, Unavailable> {
+        let unavailable = |reason: String| Unavailable { backend: "oci", reason: reason.into() };
+        let euid = nix::unistd::geteuid();
+        if !euid.is_root() {
+            return Err(unavailable(format!(
+                "needs root for its network namespaces, veths and cgroups (running as uid {euid})"
+            )));
+        }
+        let runtime = self
+            .runtime_path()
+            .ok_or_else(|| unavailable(format!("OCI runtime {:?} not found", self.runtime)))?;
+        let version = runtime_version(&runtime)
+            .await
+            .map_err(|e| unavailable(format!("{} --version: {e}", runtime.display())))?;
+        let (template, rootfs) = self.template().map_err(unavailable)?;
+        let ran = probe_run(&runtime, &template, &rootfs).await.map_err(|e| {
+            unavailable(format!("{version} ({}): a test container failed: {e}", runtime.display()))
+        })?;
+        Ok(format!(
+            "{version} ({}), bundle {}; test container said {ran:?}",
+            runtime.display(),
+            rootfs.display()
+        ))
+    }
+
+    async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
+        let mut g = LaunchGuard::new(spec)?;
+        let ((reader, writer), proc) = self.start(spec, &mut g).await?;
+        Ok(g.launched(reader, writer, proc))
+    }
+}
+
+/// The guest's named network namespace (a file name under /run/netns).
+pub fn netns_name(spec: &GuestSpec) -> String {
+    format!("vbn-{}-{}", spec.run, spec.index)
+}
+
+/// `linux.cgroupsPath`: relative, so runc (cgroupfs driver) puts the container below its own
+/// — that is hostd's — group in every hierarchy, exactly where [`Cgroup::create`] would.
+fn cgroups_path(spec: &GuestSpec) -> PathBuf {
+    Path::new("virtbench").join(&spec.run).join(&spec.name)
+}
+
+/// A guest's container as its runtime knows it.
+struct Container {
+    runtime: PathBuf,
+    /// The runtime's state directory (`--root`), private to the guest.
+    state: PathBuf,
+    bundle: PathBuf,
+    id: String,
+}
+
+impl Container {
+    fn program(&self) -> String {
+        format!("{} run {}", self.runtime.display(), self.id)
+    }
+
+    fn spawn_err(&self, source: io::Error) -> LaunchError {
+        LaunchError::Spawn { program: self.program(), source }
+    }
+}
+
+impl Oci {
+    /// Everything up to a running container. Whatever it creates is held by `g`.
+    async fn start(
+        &self,
+        spec: &GuestSpec,
+        g: &mut LaunchGuard,
+    ) -> Result<(Halves, Proc), LaunchError> {
+        let runtime = self.runtime_path().ok_or_else(|| {
+            prepare(
+                format!("OCI runtime {:?}", self.runtime),
+                io::Error::new(io::ErrorKind::NotFound, "not found"),
+            )
+        })?;
+        let workdir =
+            std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
+        let c = Container {
+            runtime,
+            state: workdir.join("state"),
+            bundle: workdir.join("bundle"),
+            id: format!("vb-{}-{}", spec.run, spec.name),
+        };
+        let rel = cgroups_path(spec);
+        self.write_bundle(spec, g, &c, &rel)?;
+        let (host, guest) = control_pair()?;
+        let log = g.console(&workdir.join("console.log"))?;
+        self.run_detached(g, &c, guest, log).await?;
+        let pid = state_pid(&c.runtime, &c.state, &c.id)
+            .await
+            .map_err(|e| c.spawn_err(io::Error::other(format!("state: {e}"))))?;
+        // Ours to reap if we adopted it (see Subreaper); else the host's init reaps it.
+        let mut proc = Proc::from_pid(pid, parent_of(pid) == Some(std::process::id()))
+            .map_err(|e| c.spawn_err(e))?;
+        adopt_cgroup(spec, g, &c, pid, &rel);
+        match host_halves(host) {
+            Ok(halves) => Ok((halves, proc)),
+            Err(e) => {
+                // `delete --force` (held by `g`) stops the container; reap it here.
+                proc.kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), proc.wait()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The bundle (config.json from the template, for this guest) and its network
+    /// namespace; the groups the runtime will create are held from here on.
+    fn write_bundle(
+        &self,
+        spec: &GuestSpec,
+        g: &mut LaunchGuard,
+        c: &Container,
+        rel: &Path,
+    ) -> Result<(), LaunchError> {
+        let (template, rootfs) =
+            self.template().map_err(|e| prepare("the bundle template", io::Error::other(e)))?;
+        for d in [&c.bundle, &c.state] {
+            std::fs::create_dir_all(d).map_err(|e| prepare(d.display(), e))?;
+        }
+        let disk = match &spec.data_disk {
+            Some(d) => Some(
+                std::fs::canonicalize(d)
+                    .map_err(|e| prepare(format!("data disk {}", d.display()), e))?,
+            ),
+            None => None,
+        };
+        let netns = match &spec.net {
+            Some(n) => Some(g.private_netns(n, &netns_name(spec))?.path()),
+            None => None,
+        };
+        // Where the runtime will create the groups, so a failed start still removes the
+        // parents it made; replaced by what the container really joined (adopt_cgroup).
+        g.set_cgroup(expected_cgroup(rel));
+        if let Some(cg) = g.cgroup() {
+            hold_run_groups(cg).map_err(LaunchError::Cgroup)?;
+        }
+        let config = derive_config(
+            &template,
+            &GuestConfig {
+                rootfs: &rootfs,
+                hostname: &spec.name,
+                agent_args: spec
+                    .net
+                    .as_ref()
+                    .map(|n| vec!["--net".to_string(), n.agent_arg()])
+                    .unwrap_or_default(),
+                netns,
+                cgroups_path: rel.to_path_buf(),
+                limits: spec.limits,
+                data_disk: disk.as_deref(),
+            },
+        )
+        .map_err(|e| prepare("the guest's config.json", io::Error::other(e)))?;
+        let cfg_path = c.bundle.join("config.json");
+        config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), io::Error::other(e)))
+    }
+
+    /// `<runtime> run --detach`, the channel's guest end as the agent's fd 3; Ok once the
+    /// runtime has started the container and exited.
+    async fn run_detached(
+        &self,
+        g: &mut LaunchGuard,
+        c: &Container,
+        guest: std::os::fd::OwnedFd,
+        log: std::os::fd::OwnedFd,
+    ) -> Result<(), LaunchError> {
+        let mut cmd = GuestCommand::new(&c.runtime, &c.bundle);
+        cmd.arg("--root")
+            .arg(&c.state)
+            .args(["run", "--detach", "--preserve-fds", "1", "--bundle"])
+            .arg(&c.bundle)
+            .arg(&c.id)
+            .output(log)?
+            .pass_fd(guest, AGENT_FD);
+        g.hold(Resource::Container {
+            runtime: c.runtime.clone(),
+            root: Some(c.state.clone()),
+            id: c.id.clone(),
+        });
+        let mut cmd = cmd.build();
+        let subreaper = Subreaper::hold();
+        let status = tokio::time::timeout(RUN_TIMEOUT, cmd.status()).await;
+        // The runtime has exited (or been killed): its orphans, if any, are adopted.
+        drop(subreaper);
+        // Closes hostd's copies of the channel's guest end and of the console pipe.
+        drop(cmd);
+        match status {
+            Err(_) => Err(c.spawn_err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no start within {RUN_TIMEOUT:?}"),
+            ))),
+            Ok(Err(e)) => Err(c.spawn_err(e)),
+            Ok(Ok(st)) if !st.success() => {
+                // The runtime has exited, but a half-started container may still hold the pipe.
+                let text = match g.console_log() {
+                    Some(console) => {
+                        console.drained(Duration::from_millis(500)).await;
+                        console.tail(4000)
+                    }
+                    None => String::new(),
+                };
+                let text = text.trim();
+                let mut cut = text.len().saturating_sub(2000);
+                while !text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                Err(c.spawn_err(io::Error::other(format!("{st}: {}", &text[cut..]))))
+            }
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+}
+
+/// Holds the groups the container's init is really in (they end in `rel`) in place of the
+/// expected ones.
+fn adopt_cgroup(spec: &GuestSpec, g: &mut LaunchGuard, c: &Container, pid: u32, rel: &Path) {
+    let proc_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Path::ends_with compares whole components: `rel` is relative, so any prefix matches.
+    match crate::cgroup::dirs_of(&proc_cgroup, &mountinfo, |p| {
+        p.ends_with(rel).then(|| p.to_path_buf())
+    }) {
+        Some(cg) => g.set_cgroup(Some(cg)),
+        None => {
+            tracing::warn!(guest = %spec.name, "container {} is not in a group ending {}", c.id, rel.display())
+        }
+    }
+}
+
+/// Holds hostd as a child subreaper (prctl PR_SET_CHILD_SUBREAPER) while at least one
+/// runtime is starting a container: the container's init, orphaned when the runtime exits,
+/// is then adopted by hostd rather than by the host's init. Only for that window — as a
+/// subreaper for good, hostd would also adopt (and never reap) every process orphaned
+/// below it by other backends, e.g. a UML kernel's helpers.
+struct Subreaper;
+
+static STARTING: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+fn set_subreaper(on: bool) -> bool {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 0 or 1) takes plain integers and changes only a
+    // flag of this process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, on as libc::c_ulong, 0, 0, 0) == 0 }
+}
+
+impl Subreaper {
+    /// None if the kernel refused (the container's init then goes to the host's init).
+    fn hold() -> Option<Subreaper> {
+        let mut n = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        if *n == 0 && !set_subreaper(true) {
+            return None;
+        }
+        *n += 1;
+        Some(Subreaper)
+    }
+}
+
+impl Drop for Subreaper {
+    fn drop(&mut self) {
+        let mut n = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            // Children adopted so far stay hostd's children.
+            set_subreaper(false);
+        }
+    }
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn runtime_version(runtime: &Path) -> Result<String, ToolError> {
+    tool_version(runtime, &["--version"]).await
+}
+
+/// The container's init pid, from `<runtime> state <id>`.
+async fn state_pid(runtime: &Path, root: &Path, id: &str) -> io::Result<u32> {
+    let args = [OsStr::new("--root"), root.as_os_str(), OsStr::new("state"), OsStr::new(id)];
+    let out = run_tool(runtime, &args, STATE_TIMEOUT).await.map_err(io::Error::other)?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(io::Error::other)?;
+    v.get("pid")
+        .and_then(|p| p.as_u64())
+        .filter(|&p| p > 0 && p <= u32::MAX as u64)
+        .map(|p| p as u32)
+        .ok_or_else(|| io::Error::other(format!("no pid in {}", out.trim())))
+}
+
+/// Runs the agent with `--version` in a throwaway container from the template, as a guest
+/// would run (same runtime, config and cgroup driver); returns what it printed.
+async fn probe_run(runtime: &Path, template: &Spec, rootfs: &Path) -> Result<String, String> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let id = format!("vb-probe-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let dir = tempfile::Builder::new()
+        .prefix("vb-oci-probe-")
+        .tempdir()
+        .map_err(|e| format!("temporary bundle: {e}"))?;
+    let bundle = dir.path().join("bundle");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
+    let g = GuestConfig {
+        rootfs,
+        hostname: "vb-probe",
+        agent_args: Vec::new(),
+        netns: None,
+        // One level below hostd's own group: the runtime removes it when the container ends.
+        cgroups_path: PathBuf::from(&id),
+        limits: Limits::default(),
+        data_disk: None,
+    };
+    let mut cfg = derive_config(template, &g)?;
+    if let Some(p) = cfg.process_mut() {
+        let agent = p
+            .args()
+            .as_ref()
+            .and_then(|a| a.first().cloned())
+            .unwrap_or_else(|| format!("/{AGENT_PATH}"));
+        p.set_args(Some(vec![agent, "--version".into()]));
+    }
+    cfg.save(bundle.join("config.json")).map_err(|e| format!("writing the test config: {e}"))?;
+    let args = [
+        OsStr::new("--root"),
+        state.as_os_str(),
+        OsStr::new("run"),
+        OsStr::new("--bundle"),
+        bundle.as_os_str(),
+        OsStr::new(&id),
+    ];
+    let out = run_output(runtime, &args, PROBE_TIMEOUT).await;
+    // Whatever happened, leave no container state behind.
+    let _ = Resource::Container { runtime: runtime.to_path_buf(), root: Some(state), id }.release();
+    let out = out?;
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && stdout.contains("guest-agent") {
+        return Ok(stdout.lines().next().unwrap_or_default().to_string());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(format!("{}: {}", out.status, if stderr.is_empty() { stdout } else { stderr }))
+}
+
+mod cgroups;
+mod config;
+#[cfg(test)]
+mod tests;
+
+use cgroups::{expected_cgroup, hold_run_groups};
+use config::{derive_config, GuestConfig};
