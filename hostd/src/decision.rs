@@ -405,10 +405,6 @@ fn verdict(b: BackendKind, columns: &[Column], cols: &[Vec<Cell>], i: usize) -> 
     s
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
 /// Background for a rank: green for the best, red for the worst, between them in steps.
 fn colour(rank: usize, of: usize) -> &'static str {
     const SHADES: [&str; 5] = ["#c8ecc8", "#e2f2c4", "#f5f0c0", "#f7dcc0", "#f3c4c4"];
@@ -418,42 +414,44 @@ fn colour(rank: usize, of: usize) -> &'static str {
     SHADES[((rank - 1) * (SHADES.len() - 1)).div_ceil(of - 1).min(SHADES.len() - 1)]
 }
 
-/// The table as an HTML section.
-pub fn html(t: &Table) -> String {
-    let mut h = String::from("<section id=\"decision\"><h2>Which system for a large emulation?</h2><table><tr><th>backend</th>");
-    for c in &t.columns {
-        h.push_str(&format!("<th>{}</th>", esc(&c.name)));
-    }
-    h.push_str("<th style=\"text-align:left\">in short</th></tr>");
-    for r in &t.rows {
-        h.push_str(&format!("<tr><td>{}</td>", r.backend));
-        for cell in &r.cells {
-            match cell.rank {
-                Some(k) => {
-                    h.push_str(&format!(
-                        "<td style=\"background:{}\" title=\"rank {k}\">{}</td>",
-                        colour(k, t.ranked_backends),
-                        esc(&cell.text)
-                    ));
+/// The table as an HTML section (a maud template: every string escaped).
+pub fn html(t: &Table) -> maud::Markup {
+    maud::html! {
+        section #decision {
+            h2 { "Which system for a large emulation?" }
+            table {
+                tr {
+                    th { "backend" }
+                    @for c in &t.columns { th { (c.name) } }
+                    th style="text-align:left" { "in short" }
                 }
-                None => h.push_str(&format!("<td>{}</td>", esc(&cell.text))),
+                @for r in &t.rows {
+                    tr {
+                        td { (r.backend) }
+                        @for cell in &r.cells {
+                            @match cell.rank {
+                                Some(k) => {
+                                    td style=(format!("background:{}", colour(k, t.ranked_backends))) title=(format!("rank {k}")) { (cell.text) }
+                                }
+                                None => { td { (cell.text) } }
+                            }
+                        }
+                        td style="text-align:left" { (r.verdict) }
+                    }
+                }
+            }
+            ul {
+                @for c in &t.columns {
+                    @let order = if !c.ranked { "not ranked" } else if c.lower_is_better { "lower is better" } else { "higher is better" };
+                    li { b { (c.name) } ": " (c.what) " (" (order) ")." }
+                }
+                li {
+                    "Colours rank the virtualization systems on each figure, green best to red worst; native is the reference and is not ranked. \
+                     Ranks order the means; the sentences call a system best or worst only where its interval does not overlap the runner-up's."
+                }
             }
         }
-        h.push_str(&format!("<td style=\"text-align:left\">{}</td></tr>", esc(&r.verdict)));
     }
-    h.push_str("</table><ul>");
-    for c in &t.columns {
-        let order = if !c.ranked {
-            "not ranked"
-        } else if c.lower_is_better {
-            "lower is better"
-        } else {
-            "higher is better"
-        };
-        h.push_str(&format!("<li><b>{}</b>: {} ({order}).</li>", esc(&c.name), esc(&c.what)));
-    }
-    h.push_str("<li>Colours rank the virtualization systems on each figure, green best to red worst; native is the reference and is not ranked. Ranks order the means; the sentences call a system best or worst only where its interval does not overlap the runner-up's.</li></ul></section>\n");
-    h
 }
 
 /// The table as Markdown, for pasting into a paper or an issue.
@@ -621,7 +619,7 @@ mod tests {
         assert!(md.starts_with("| backend | cpu overhead |"), "{md}");
         assert!(md.contains("| uml | 1.25× ±0.64 (#1) |"), "{md}");
         assert!(!md.contains("T_startup hot"), "a column without any figure is left out: {md}");
-        let h = html(&t);
+        let h = html(&t).into_string();
         assert!(h.contains("id=\"decision\"") && h.contains("title=\"rank 1\""), "{h}");
         let mut rep = report();
         rep.probes
