@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::suite::Workloads;
 
 /// A CPU cache level as sysfs describes it (`/sys/devices/system/cpu/cpu0/cache/index*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Llc {
     pub level: u8,
     pub size_kib: u64,

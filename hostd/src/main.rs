@@ -662,6 +662,7 @@ async fn status(name: Option<String>, json: bool) -> anyhow::Result<()> {
         all.push(daemon::query_status(&st).await?);
     }
     if json {
+        let all: Vec<_> = all.iter().map(hostd::samples::Versioned::new).collect();
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else if all.is_empty() {
         println!("no fleets running");
@@ -957,7 +958,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let run = microbench::run(&opts, &mut std::io::stderr()).await?;
     a.export.write(&hostd::export::of_bench(&run))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&run)?);
+        println!("{}", serde_json::to_string_pretty(&hostd::samples::Versioned::new(&run))?);
     } else {
         print!("{}", microbench::table(&run));
     }

@@ -698,7 +698,8 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
         );
     }
     let w = |name: &str, data: &[u8]| results::write_in(dir, name, data).map_err(WriteError::Write);
-    w("report.json", &serde_json::to_vec_pretty(&rep).map_err(|e| WriteError::Write(e.into()))?)?;
+    let json = serde_json::to_vec_pretty(&crate::samples::Versioned::new(&rep));
+    w("report.json", &json.map_err(|e| WriteError::Write(e.into()))?)?;
     w(
         "report.csv",
         &csv(&rep)

@@ -281,10 +281,11 @@ impl ResultsDir {
         Ok(Self { path: path.to_path_buf(), samples, tail_checked: false })
     }
 
-    /// Appends one record and makes it durable before returning. On failure nothing of the
-    /// record stays in the file.
+    /// Appends one record (with `schema_version` first: [`crate::samples::Versioned`]) and
+    /// makes it durable before returning. On failure nothing of the record stays in the file.
     pub fn append<T: Serialize>(&mut self, rec: &T) -> io::Result<()> {
-        let mut line = serde_json::to_vec(rec).map_err(io::Error::other)?;
+        let mut line =
+            serde_json::to_vec(&crate::samples::Versioned::new(rec)).map_err(io::Error::other)?;
         line.push(b'\n');
         if !self.tail_checked {
             cut_torn_tail(&self.samples).map_err(naming(&self.path.join(SAMPLES)))?;
@@ -303,8 +304,10 @@ impl ResultsDir {
         write_in(&self.path, name, data)
     }
 
+    /// Writes `name` as pretty JSON with `schema_version` first ([`crate::samples::Versioned`]).
     pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> io::Result<()> {
-        self.write(name, &serde_json::to_vec_pretty(v).map_err(io::Error::other)?)
+        let json = serde_json::to_vec_pretty(&crate::samples::Versioned::new(v));
+        self.write(name, &json.map_err(io::Error::other)?)
     }
 }
 

@@ -11,6 +11,9 @@ use clap::{Parser, Subcommand};
 use imagegen::{Config, Outcome, Progress, Store};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// Version of `imagegen list --json`'s rows (`schema_version` in each; docs/schema/README.md).
+const LIST_SCHEMA_VERSION: u32 = 1;
+
 #[derive(Parser)]
 #[command(
     name = "imagegen",
@@ -239,6 +242,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .flat_map(|m| m.outputs.iter().map(move |(name, o)| (m, name, o)))
                 .map(|(m, name, o)| {
                     serde_json::json!({
+                        "schema_version": LIST_SCHEMA_VERSION,
                         "recipe": m.recipe, "output": name, "sha256": o.sha256, "size": o.size,
                         "path": store.blob_path(&o.sha256),
                     })

@@ -38,6 +38,7 @@ pub use resource::{release_all, Resource};
     Serialize,
     Deserialize,
     clap::ValueEnum,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "kebab-case")]
 #[clap(rename_all = "kebab-case")]

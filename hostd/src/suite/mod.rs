@@ -185,7 +185,19 @@ pub fn mark_reads(samples: &mut [BenchSample], preps: Option<&[crate::datadisk::
 }
 
 /// Which part of the suite a sample belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Test {
     /// T_avn: one guest runs it while n − 1 guests idle.
@@ -201,10 +213,11 @@ pub enum Test {
 }
 
 /// One timed benchmark instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BenchSample {
     pub backend: BackendKind,
     pub test: Test,
+    #[schemars(schema_with = "crate::samples::resource_schema")]
     pub resource: Resource,
     /// Guests running in the fleet when measured.
     pub n: usize,
