@@ -172,7 +172,7 @@ struct RunArgs {
     #[arg(long, conflicts_with = "resume")]
     dry_run: bool,
     /// Parent directory of the results directory.
-    #[arg(long, default_value = "results")]
+    #[arg(long, default_value = "results", env = "VIRTBENCH_RESULTS")]
     results: PathBuf,
     #[command(flatten)]
     images: ImageArgs,
@@ -222,17 +222,20 @@ struct ImageArgs {
     /// Guest-agent binary (default: the imagegen store, then $VIRTBENCH_AGENT, then this workspace's musl build).
     #[arg(long)]
     agent: Option<PathBuf>,
+    /// Image store to boot from (default: <workspace>/images, as imagegen builds it).
+    #[arg(long, value_name = "DIR", env = "VIRTBENCH_IMAGES")]
+    images: Option<PathBuf>,
     /// OCI runtime for the oci backend.
-    #[arg(long, default_value = "runc")]
+    #[arg(long, default_value = "runc", env = "VIRTBENCH_OCI_RUNTIME")]
     oci_runtime: String,
     /// QEMU accelerator (kvm or tcg); default: probe KVM with a real boot, else TCG.
-    #[arg(long)]
+    #[arg(long, env = "VIRTBENCH_ACCEL")]
     accel: Option<String>,
     /// QEMU system emulator for the qemu-* backends (name on PATH or path).
-    #[arg(long, default_value = "qemu-system-x86_64")]
+    #[arg(long, default_value = "qemu-system-x86_64", env = "VIRTBENCH_QEMU")]
     qemu: String,
     /// Firecracker binary for the firecracker backend (name on PATH or path).
-    #[arg(long, default_value = "firecracker")]
+    #[arg(long, default_value = "firecracker", env = "VIRTBENCH_FIRECRACKER")]
     firecracker: String,
 }
 
@@ -275,7 +278,7 @@ struct BootArgs {
     #[arg(long, default_value_t = 5, value_parser = limits::FLOOR_REPS.cli::<usize>())]
     floor_reps: usize,
     /// Parent directory of the results directory.
-    #[arg(long, default_value = "results")]
+    #[arg(long, default_value = "results", env = "VIRTBENCH_RESULTS")]
     results: PathBuf,
     #[command(flatten)]
     images: ImageArgs,
@@ -347,6 +350,7 @@ struct BenchArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    use_image_store(&cli.cmd);
     if let Cmd::Up(a) = &cli.cmd {
         // Forks before any thread exists (the async runtime is made in the child).
         return up(a);
@@ -368,6 +372,23 @@ fn main() -> ExitCode {
             eprintln!("hostd: error: {e:#}");
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+/// `--images DIR` is `$VIRTBENCH_IMAGES` on the command line: the store lookup
+/// (imagegen's configuration, shared with every library caller) reads the variable, so the
+/// flag sets it. Called while the process has one thread (before any runtime or fork).
+fn use_image_store(cmd: &Cmd) {
+    let args = match cmd {
+        Cmd::Bench(a) => &a.images,
+        Cmd::Boot(a) => &a.images,
+        Cmd::Up(a) => &a.images,
+        Cmd::Run(a) => &a.images,
+        Cmd::Probe(a) => &a.images,
+        _ => return,
+    };
+    if let Some(dir) = &args.images {
+        std::env::set_var("VIRTBENCH_IMAGES", dir);
     }
 }
 
@@ -1012,6 +1033,23 @@ mod tests {
             assert!(help.contains(v), "boot --help lacks backend {v}: {help}");
         }
         assert!(help.contains("cold") && help.contains("hot"), "{help}");
+    }
+
+    /// Per-machine settings come from the environment too, and --help says which variable.
+    #[test]
+    fn machine_settings_have_environment_variables() {
+        let mut cmd = Cli::command();
+        let boot = cmd.find_subcommand_mut("boot").unwrap().render_long_help().to_string();
+        for v in [
+            "VIRTBENCH_IMAGES",
+            "VIRTBENCH_RESULTS",
+            "VIRTBENCH_QEMU",
+            "VIRTBENCH_FIRECRACKER",
+            "VIRTBENCH_OCI_RUNTIME",
+            "VIRTBENCH_ACCEL",
+        ] {
+            assert!(boot.contains(&format!("[env: {v}")), "boot --help lacks {v}: {boot}");
+        }
     }
 
     #[test]

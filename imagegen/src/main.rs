@@ -21,17 +21,17 @@ const LIST_SCHEMA_VERSION: u32 = 1;
     about = "Build virtbench guest images reproducibly into a content-addressed store"
 )]
 struct Cli {
-    /// Workspace root [default: $VIRTBENCH_ROOT, else the workspace imagegen was built from].
-    #[arg(long, global = true)]
+    /// Workspace root [default: the workspace imagegen was built from].
+    #[arg(long, global = true, env = "VIRTBENCH_ROOT")]
     root: Option<PathBuf>,
     /// Recipe directory [default: <root>/recipes].
     #[arg(long, global = true)]
     recipes: Option<PathBuf>,
-    /// Store [default: $VIRTBENCH_IMAGES, else <root>/images].
-    #[arg(long, global = true)]
+    /// Store [default: <root>/images].
+    #[arg(long, global = true, env = "VIRTBENCH_IMAGES")]
     store: Option<PathBuf>,
-    /// Build cache outside the clone [default: $VIRTBENCH_CACHE, else /var/cache/virtbench].
-    #[arg(long, global = true)]
+    /// Build cache outside the clone [default: /var/cache/virtbench].
+    #[arg(long, global = true, env = "VIRTBENCH_CACHE")]
     cache: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
