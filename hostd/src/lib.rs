@@ -18,6 +18,7 @@ pub mod console;
 pub mod daemon;
 pub mod datadisk;
 pub mod decision;
+pub mod defaults;
 pub mod export;
 pub mod fidelity;
 pub mod fleet;

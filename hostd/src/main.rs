@@ -9,6 +9,7 @@ use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions};
 use hostd::bootrun::{self, BootOptions};
 use hostd::campaign::Campaign;
 use hostd::daemon;
+use hostd::defaults;
 use hostd::fleet::{FleetConfig, FleetEvent};
 use hostd::limits;
 use hostd::microbench::{self, BenchName, BenchOptions};
@@ -245,26 +246,26 @@ struct BootArgs {
     #[arg(long)]
     backend: BackendKind,
     /// Fleet sizes, comma-separated and increasing, each 1-1000; each is booted cold, then hot.
-    #[arg(short = 'n', long = "sizes", value_delimiter = ',', default_value = "1,10,50,100", value_parser = limits::GUESTS.cli::<usize>())]
+    #[arg(short = 'n', long = "sizes", value_delimiter = ',', default_values_t = defaults::STARTUP_SIZES, value_parser = limits::GUESTS.cli::<usize>())]
     sizes: Vec<usize>,
     /// Start modes, in order.
     #[arg(long, value_delimiter = ',', default_value = "cold,hot")]
     modes: Vec<StartMode>,
     /// Guest memory, MiB (32-1048576).
-    #[arg(long, default_value_t = 128, value_parser = limits::MEM_MIB.cli::<u32>())]
+    #[arg(long, default_value_t = defaults::MEM_MIB, value_parser = limits::MEM_MIB.cli::<u32>())]
     mem_mib: u32,
     /// vCPUs per guest (1-64).
-    #[arg(long, default_value_t = 1, value_parser = limits::VCPUS.cli::<u32>())]
+    #[arg(long, default_value_t = defaults::VCPUS, value_parser = limits::VCPUS.cli::<u32>())]
     vcpus: u32,
     /// Most guests launching at once (0: all together, as the paper does; at most 1000).
     #[arg(long, default_value_t = 0, value_parser = limits::PARALLELISM.cli::<usize>())]
     parallelism: usize,
     /// Seconds from a guest's launch request to its ready message before it counts as
     /// failed (1-86400 s; a number of seconds or a duration such as 90s, 5m).
-    #[arg(long, default_value_t = 300, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
+    #[arg(long, default_value_t = defaults::BOOT_TIMEOUT_S, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
     boot_timeout: u64,
     /// Seconds the booted fleet idles before memory is read (0-3600 s; seconds or e.g. 30s, 1m).
-    #[arg(long, default_value_t = 5, value_parser = limits::SETTLE_S.cli_secs())]
+    #[arg(long, default_value_t = defaults::SETTLE_S, value_parser = limits::SETTLE_S.cli_secs())]
     settle: u64,
     /// Do not attach guests to a fleet network.
     #[arg(long)]
@@ -295,39 +296,39 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "cpu,memory,disk,net_stream,net_rr")]
     bench: Vec<BenchName>,
     /// Counted repetitions of each benchmark (1-1000).
-    #[arg(long, default_value_t = 5, value_parser = limits::REPS.cli::<u32>())]
+    #[arg(long, default_value_t = defaults::REPS, value_parser = limits::REPS.cli::<u32>())]
     reps: u32,
     /// Discarded warm-up runs before the counted ones (0-10).
-    #[arg(long, default_value_t = 1, value_parser = limits::WARMUP.cli::<u32>())]
+    #[arg(long, default_value_t = defaults::WARMUP, value_parser = limits::WARMUP.cli::<u32>())]
     warmup: u32,
     /// Concurrent copies of each benchmark inside the guest.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     instances: u32,
     /// CPU: Newton steps towards √2.
-    #[arg(long, default_value_t = 100_000_000)]
+    #[arg(long, default_value_t = defaults::CPU_ROUNDS)]
     cpu_rounds: u64,
     /// Memory: matrix side n (three n×n f64 matrices), or "auto": the smallest whose
     /// working set is 4 × this host's last-level cache.
     #[arg(long, default_value = "auto", value_parser = parse_mem_n)]
     mem_n: u32,
     /// Memory: passes of C = A + B + C.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = defaults::MEM_PASSES)]
     mem_passes: u32,
     /// Disk: file or block device to read (default: the image store's data disk, else a fresh
     /// file of --disk-mib in the work directory).
     #[arg(long)]
     disk_file: Option<PathBuf>,
     /// Disk: size of the file created when --disk-file is not given, MiB (1-1048576).
-    #[arg(long = "disk-mib", alias = "disk-mb", default_value_t = 256, value_parser = limits::DISK_MIB.cli::<u64>())]
+    #[arg(long = "disk-mib", alias = "disk-mb", default_value_t = defaults::DISK_MIB, value_parser = limits::DISK_MIB.cli::<u64>())]
     disk_mib: u64,
     /// Disk: read block size, KiB (dd's bs).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = defaults::DISK_BLOCK_KIB)]
     disk_block_kib: u32,
     /// Network: duration of each stream and request/response run, ms.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = defaults::NET_DURATION_MS)]
     net_duration_ms: u32,
     /// Network: size of each stream write, bytes (iperf3's default is 131072).
-    #[arg(long, default_value_t = 131072)]
+    #[arg(long, default_value_t = defaults::NET_MSG_SIZE)]
     net_msg_size: u32,
     /// Network: request and response size for net_rr, bytes.
     #[arg(long, default_value_t = 1)]
@@ -335,10 +336,10 @@ struct BenchArgs {
     #[command(flatten)]
     images: ImageArgs,
     /// Seconds to wait for the guest's ready message (1-86400 s; seconds or e.g. 30s, 2m).
-    #[arg(long, default_value_t = 30, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
+    #[arg(long, default_value_t = defaults::BOOT_TIMEOUT_S, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
     hello_timeout: u64,
     /// Seconds one benchmark request may take (1-86400 s; seconds or e.g. 10m, 1h).
-    #[arg(long, default_value_t = 600, value_parser = limits::BENCH_TIMEOUT_S.cli_secs())]
+    #[arg(long, default_value_t = defaults::BENCH_TIMEOUT_S, value_parser = limits::BENCH_TIMEOUT_S.cli_secs())]
     bench_timeout: u64,
     /// Print machine-readable JSON instead of the table.
     #[arg(long)]
@@ -1050,6 +1051,37 @@ mod tests {
         ] {
             assert!(boot.contains(&format!("[env: {v}")), "boot --help lacks {v}: {boot}");
         }
+    }
+
+    /// `hostd bench` and `hostd boot` without options measure what a default campaign
+    /// measures: one set of defaults (hostd::defaults), not one per command.
+    #[test]
+    fn bench_boot_and_campaign_share_their_defaults() {
+        let c: Campaign = toml::from_str("").unwrap();
+        let Cmd::Bench(b) = Cli::try_parse_from(["hostd", "bench"]).unwrap().cmd else {
+            unreachable!()
+        };
+        let w = &c.workloads;
+        assert_eq!(
+            (b.cpu_rounds, b.mem_n, b.mem_passes, b.disk_mib, b.disk_block_kib),
+            (w.cpu_rounds, w.mem_n, w.mem_passes, w.disk_mib, w.disk_block_kib)
+        );
+        assert_eq!((b.net_duration_ms, b.net_msg_size), (w.net_duration_ms, w.net_msg_size));
+        assert_eq!((b.reps, b.warmup), (c.reps, c.warmup));
+        assert_eq!(
+            (b.hello_timeout, b.bench_timeout),
+            (c.guest.boot_timeout_s, c.guest.bench_timeout_s)
+        );
+        let Cmd::Boot(o) = Cli::try_parse_from(["hostd", "boot", "--backend", "ns"]).unwrap().cmd
+        else {
+            unreachable!()
+        };
+        assert_eq!((o.sizes, o.modes), (c.startup.sizes, c.startup.modes));
+        assert_eq!(
+            (o.settle, o.mem_mib, o.vcpus),
+            (c.startup.settle_s, c.guest.mem_mib, c.guest.vcpus)
+        );
+        assert_eq!(o.boot_timeout, c.guest.boot_timeout_s);
     }
 
     #[test]

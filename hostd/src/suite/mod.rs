@@ -57,25 +57,25 @@ pub struct Workloads {
 }
 
 fn d_cpu_rounds() -> u64 {
-    200_000_000
+    crate::defaults::CPU_ROUNDS
 }
 fn d_mem_n() -> u32 {
     crate::fidelity::AUTO
 }
 fn d_mem_passes() -> u32 {
-    12
+    crate::defaults::MEM_PASSES
 }
 fn d_disk_mib() -> u64 {
-    1024
+    crate::defaults::DISK_MIB
 }
 fn d_disk_block() -> u32 {
-    256
+    crate::defaults::DISK_BLOCK_KIB
 }
 fn d_net_ms() -> u32 {
-    1000
+    crate::defaults::NET_DURATION_MS
 }
 fn d_net_msg() -> u32 {
-    65536
+    crate::defaults::NET_MSG_SIZE
 }
 
 impl Workloads {
