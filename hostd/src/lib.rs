@@ -34,6 +34,7 @@ pub mod pagecache;
 pub mod peer;
 pub mod plot;
 pub mod probe;
+pub mod progress;
 pub mod provenance;
 pub mod report;
 pub mod results;

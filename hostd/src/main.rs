@@ -351,6 +351,7 @@ struct BenchArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    hostd::progress::set_quiet(cli.quiet);
     use_image_store(&cli.cmd);
     if let Cmd::Up(a) = &cli.cmd {
         // Forks before any thread exists (the async runtime is made in the child).
@@ -566,13 +567,18 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
         }
     };
     eprintln!("hostd: campaign {} → {}", campaign.name, results.path.display());
-    let mut say = |l: String| eprintln!("{l}");
+    let bar = run_progress(&campaign, &mut results);
+    let mut say = |l: String| {
+        hostd::progress::line(&bar, &l);
+        bar.set_message(l.trim().chars().take(70).collect::<String>());
+    };
     let bopts = backend_options(&a.images);
     let mixing = if a.force_mixed { runner::Mixing::Allow } else { runner::Mixing::Refuse };
     let outcome = tokio::select! {
         r = runner::run(&campaign, &images, &bopts, &run, &mut results, mixing, &mut say) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
     };
+    bar.finish_and_clear();
     let cleaned = run.finish();
     // A fresh run that failed before recording anything leaves nothing behind: there is
     // nothing to resume or report.
@@ -612,6 +618,62 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
                 )),
             })
         }
+    }
+}
+
+/// `hostd run`'s bar: step k of the campaign's N with ETA, counting the steps recorded
+/// (those a resumed run already has included).
+fn run_progress(campaign: &Campaign, results: &mut ResultsDir) -> indicatif::ProgressBar {
+    let plans = campaign.resolved_plans(hostd::fidelity::llc());
+    let total = runner::planned_steps(campaign, &plans) as u64;
+    let done = hostd::results::read_records::<hostd::samples::Record>(&results.path)
+        .map(|(r, _)| {
+            r.iter().filter(|r| matches!(r, hostd::samples::Record::StepDone { .. })).count()
+        })
+        .unwrap_or(0) as u64;
+    let bar = hostd::progress::steps(total.max(done), "step");
+    bar.set_position(done);
+    bar.reset_eta();
+    let b = bar.clone();
+    results.observe(move |line| {
+        if let Ok(l) = serde_json::from_slice::<hostd::samples::Line>(line) {
+            if let hostd::samples::Record::StepDone { .. }
+            | hostd::samples::Record::StepFailed { .. } = l.record
+            {
+                // A step failed before is retried: it may count twice, so the bar grows.
+                if b.position() + 1 > b.length().unwrap_or(0) {
+                    b.inc_length(1);
+                }
+                b.inc(1);
+            }
+        }
+    });
+    bar
+}
+
+/// `hostd bench`'s progress: the library's lines go above a bar of every run (warm-up and
+/// counted) of every benchmark; each "… done in" line is one run.
+struct BenchProgress {
+    bar: indicatif::ProgressBar,
+    pending: Vec<u8>,
+}
+
+impl std::io::Write for BenchProgress {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        while let Some(i) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=i).collect();
+            let text = String::from_utf8_lossy(&line[..i]).into_owned();
+            if text.contains(" done in ") {
+                self.bar.inc(1);
+            }
+            hostd::progress::line(&self.bar, &text);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -865,7 +927,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
         floor_reps: a.floor_reps,
         image_copies: a.image_copies,
     };
-    let bars = indicatif::MultiProgress::new();
+    let bars = hostd::progress::multi();
     let mut current: Option<(String, indicatif::ProgressBar, usize, usize)> = None;
     let progress = |label: &str, e: FleetEvent| {
         let n: usize = label
@@ -901,12 +963,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
                     f.kind,
                     f.error.lines().next().unwrap_or("")
                 );
-                // A hidden bar (stderr not a terminal) prints nothing, not even println.
-                if b.is_hidden() {
-                    eprintln!("{line}");
-                } else {
-                    b.println(line);
-                }
+                hostd::progress::line(b, &line);
             }
         }
         b.set_position(*ready as u64);
@@ -977,7 +1034,12 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         bench_timeout: Duration::from_secs(a.bench_timeout),
         workdir: workdir.path().to_path_buf(),
     };
-    let run = microbench::run(&opts, &mut std::io::stderr()).await?;
+    let runs = opts.benches.len() as u64 * u64::from(opts.warmup + opts.reps);
+    let mut progress =
+        BenchProgress { bar: hostd::progress::steps(runs, "run"), pending: Vec::new() };
+    let run = microbench::run(&opts, &mut progress).await;
+    progress.bar.finish_and_clear();
+    let run = run?;
     a.export.write(&hostd::export::of_bench(&run))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&hostd::samples::Versioned::new(&run))?);

@@ -221,8 +221,13 @@ pub fn parse_records<T: DeserializeOwned, R: BufRead>(r: R) -> io::Result<(Vec<T
     Ok((out, bad))
 }
 
+/// Sees each line appended to a samples file.
+type Observer = Box<dyn FnMut(&[u8]) + Send>;
+
 pub struct ResultsDir {
     pub path: PathBuf,
+    /// Called with every line appended (a progress display counting steps).
+    observer: Option<Observer>,
     /// Open for reading too: the torn-tail check reads the file it is about to append to.
     samples: File,
     /// Whether a torn last line (left by a killed writer) has been looked for.
@@ -278,7 +283,7 @@ impl ResultsDir {
         let samples =
             open_regular(&path.join(SAMPLES), OpenOptions::new().read(true).append(true))?;
         remove_stale_temps(path);
-        Ok(Self { path: path.to_path_buf(), samples, tail_checked: false })
+        Ok(Self { path: path.to_path_buf(), samples, tail_checked: false, observer: None })
     }
 
     /// Appends one record (with `schema_version` first: [`crate::samples::Versioned`]) and
@@ -296,7 +301,15 @@ impl ResultsDir {
             let _ = self.samples.set_len(before);
             return Err(naming(&self.path.join(SAMPLES))(e));
         }
+        if let Some(f) = &mut self.observer {
+            f(&line);
+        }
         Ok(())
+    }
+
+    /// Calls `f` with every line appended from now on, once it is durable.
+    pub fn observe(&mut self, f: impl FnMut(&[u8]) + Send + 'static) {
+        self.observer = Some(Box::new(f));
     }
 
     /// Writes `name` (relative to the directory) atomically.
@@ -451,7 +464,7 @@ mod tests {
         d.write_json("summary.json", &R { k: 9 }).unwrap();
         assert_eq!(
             fs::read_to_string(d.path.join("summary.json")).unwrap().replace([' ', '\n'], ""),
-            "{\"k\":9}"
+            "{\"schema_version\":1,\"k\":9}"
         );
     }
 
