@@ -48,8 +48,12 @@ enum Cmd {
         jobs: Option<usize>,
         /// Record what was built in recipes/imagegen.lock (the artifacts built from pinned
         /// inputs only); without it, differences from the lock are reported.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dry_run")]
         update_lock: bool,
+        /// Say what would be built, imported from the cache or kept, and why, without
+        /// building, fetching or writing anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Fetch and check every pinned Debian input (kernel sources, packages) of recipes
     /// (default: all) into the cache without building: what a machine needs before it goes
@@ -113,7 +117,13 @@ fn config(cli: &Cli) -> Result<Config> {
 fn run(cli: Cli) -> Result<ExitCode> {
     let mut cfg = config(&cli)?;
     match cli.cmd {
-        Cmd::Build { names, jobs, update_lock } => {
+        Cmd::Build { names, dry_run: true, .. } => {
+            for p in imagegen::build::dry_run(&cfg, &names)? {
+                println!("{:<18} {:<15} {:<6} {}", p.recipe, p.kind.to_string(), p.action, p.why);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Build { names, jobs, update_lock, dry_run: false } => {
             if let Some(j) = jobs {
                 cfg.jobs = j.max(1);
             }
