@@ -786,7 +786,7 @@ fn a_forced_teardown_failure_is_warned_about() {
         return skip("booting a native guest needs root (cgroups); mounting needs root");
     }
     let res = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hostd"))
+    let child = Command::new(env!("CARGO_BIN_EXE_hostd"))
         .args(["boot", "--backend", "native", "-n", "1", "--modes", "hot", "--settle", "15"])
         .args(["--floor-reps", "0", "--results"])
         .arg(res.path())
