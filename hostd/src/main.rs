@@ -703,6 +703,11 @@ fn dry_run_lines(c: &Campaign, host: &hostd::campaign::HostFacts) -> Vec<String>
             p.workloads.params(vb_protocol::bench::Resource::Disk),
         ));
     }
+    let plans = c.resolved_plans(host.llc);
+    v.push(format!(
+        "{} steps in all (the progress bar's N; a backend measured in the Xen lab makes fewer)",
+        runner::planned_steps(c, &plans)
+    ));
     let d = c.departures_from_paper(host.llc);
     if d.is_empty() {
         v.push("at the paper's sizes".into());
