@@ -110,7 +110,7 @@ impl RunState {
         };
         write_atomic(
             &st.scratch.join("state.json"),
-            &serde_json::to_vec_pretty(&crate::samples::Versioned::new(&st))
+            &serde_json::to_vec_pretty(&crate::results::Versioned::new(&st))
                 .map_err(io::Error::other)?,
         )?;
         Ok(st)

@@ -17,6 +17,26 @@ use crate::runstate::write_atomic;
 
 pub const SAMPLES: &str = "samples.jsonl";
 
+/// The version of the result files' format: every line of `samples.jsonl` and every JSON
+/// file hostd writes carries it as `schema_version` (docs/schema/). Raised when a field
+/// changes meaning or goes; new optional fields keep it. Results from before it was written
+/// read as version 0 and stay readable.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A value serialised with `schema_version` first (a struct or map; see [`SCHEMA_VERSION`]).
+#[derive(Serialize)]
+pub struct Versioned<'a, T: Serialize> {
+    pub schema_version: u32,
+    #[serde(flatten)]
+    pub value: &'a T,
+}
+
+impl<'a, T: Serialize> Versioned<'a, T> {
+    pub fn new(value: &'a T) -> Self {
+        Self { schema_version: SCHEMA_VERSION, value }
+    }
+}
+
 /// The longest record a reader takes: a memory sample of 1000 guests is about 200 KiB, a
 /// failure with its console tail a few KiB. A longer line is counted as unreadable and
 /// skipped without being held in memory.
@@ -286,11 +306,10 @@ impl ResultsDir {
         Ok(Self { path: path.to_path_buf(), samples, tail_checked: false, observer: None })
     }
 
-    /// Appends one record (with `schema_version` first: [`crate::samples::Versioned`]) and
+    /// Appends one record (with `schema_version` first: [`Versioned`]) and
     /// makes it durable before returning. On failure nothing of the record stays in the file.
     pub fn append<T: Serialize>(&mut self, rec: &T) -> io::Result<()> {
-        let mut line =
-            serde_json::to_vec(&crate::samples::Versioned::new(rec)).map_err(io::Error::other)?;
+        let mut line = serde_json::to_vec(&Versioned::new(rec)).map_err(io::Error::other)?;
         line.push(b'\n');
         if !self.tail_checked {
             cut_torn_tail(&self.samples).map_err(naming(&self.path.join(SAMPLES)))?;
@@ -317,9 +336,9 @@ impl ResultsDir {
         write_in(&self.path, name, data)
     }
 
-    /// Writes `name` as pretty JSON with `schema_version` first ([`crate::samples::Versioned`]).
+    /// Writes `name` as pretty JSON with `schema_version` first ([`Versioned`]).
     pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> io::Result<()> {
-        let json = serde_json::to_vec_pretty(&crate::samples::Versioned::new(v));
+        let json = serde_json::to_vec_pretty(&Versioned::new(v));
         self.write(name, &json.map_err(io::Error::other)?)
     }
 }

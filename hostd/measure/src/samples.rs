@@ -8,11 +8,7 @@ use crate::fleet::GuestFailure;
 use crate::startup::{MemorySample, StartMode, StartupSample};
 use crate::suite::BenchSample;
 
-/// The version of the result files' format: every line of `samples.jsonl` and every JSON
-/// file hostd writes carries it as `schema_version` (docs/schema/). Raised when a field
-/// changes meaning or goes; new optional fields keep it. Results from before it was written
-/// read as version 0 and stay readable.
-pub const SCHEMA_VERSION: u32 = 1;
+pub use crate::results::{Versioned, SCHEMA_VERSION};
 
 /// One line of `samples.jsonl` as written: the format's version, then the record (its kind
 /// in `record`). The schema docs/schema/samples.schema.json is generated from this type.
@@ -23,20 +19,6 @@ pub struct Line {
     pub schema_version: u32,
     #[serde(flatten)]
     pub record: Record,
-}
-
-/// A value serialised with `schema_version` first (a struct or map; see [`SCHEMA_VERSION`]).
-#[derive(Serialize)]
-pub struct Versioned<'a, T: Serialize> {
-    pub schema_version: u32,
-    #[serde(flatten)]
-    pub value: &'a T,
-}
-
-impl<'a, T: Serialize> Versioned<'a, T> {
-    pub fn new(value: &'a T) -> Self {
-        Self { schema_version: SCHEMA_VERSION, value }
-    }
 }
 
 /// The JSON Schema of a [`Resource`] (a protocol type, which does not derive one).
@@ -340,7 +322,7 @@ mod tests {
     #[test]
     fn committed_schema_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../docs/schema/samples.schema.json");
+            .join("../../docs/schema/samples.schema.json");
         let now = serde_json::to_string_pretty(&schema()).unwrap() + "\n";
         if std::env::var_os("VIRTBENCH_WRITE_SCHEMA").is_some() {
             std::fs::write(&path, &now).unwrap();
@@ -358,7 +340,7 @@ mod tests {
         let committed: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../docs/schema/samples.schema.json"
+                "/../../docs/schema/samples.schema.json"
             ))
             .unwrap(),
         )
