@@ -10,5 +10,6 @@ pub use hostd_report::*;
 pub mod bootrun;
 pub mod daemon;
 pub mod net;
+pub mod progress;
 pub mod runner;
 pub mod xenlab;

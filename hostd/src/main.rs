@@ -9,6 +9,7 @@ use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions};
 use hostd::bootrun::{self, BootOptions};
 use hostd::campaign::Campaign;
 use hostd::daemon;
+use hostd::defaults;
 use hostd::fleet::{FleetConfig, FleetEvent};
 use hostd::limits;
 use hostd::microbench::{self, BenchName, BenchOptions};
@@ -180,7 +181,7 @@ struct RunArgs {
     #[arg(long, conflicts_with = "resume")]
     dry_run: bool,
     /// Parent directory of the results directory.
-    #[arg(long, default_value = "results")]
+    #[arg(long, default_value = "results", env = "VIRTBENCH_RESULTS")]
     results: PathBuf,
     #[command(flatten)]
     images: ImageArgs,
@@ -230,17 +231,20 @@ struct ImageArgs {
     /// Guest-agent binary (default: the imagegen store, then $VIRTBENCH_AGENT, then this workspace's musl build).
     #[arg(long)]
     agent: Option<PathBuf>,
+    /// Image store to boot from (default: <workspace>/images, as imagegen builds it).
+    #[arg(long, value_name = "DIR", env = "VIRTBENCH_IMAGES")]
+    images: Option<PathBuf>,
     /// OCI runtime for the oci backend.
-    #[arg(long, default_value = "runc")]
+    #[arg(long, default_value = "runc", env = "VIRTBENCH_OCI_RUNTIME")]
     oci_runtime: String,
     /// QEMU accelerator (kvm or tcg); default: probe KVM with a real boot, else TCG.
-    #[arg(long)]
+    #[arg(long, env = "VIRTBENCH_ACCEL")]
     accel: Option<String>,
     /// QEMU system emulator for the qemu-* backends (name on PATH or path).
-    #[arg(long, default_value = "qemu-system-x86_64")]
+    #[arg(long, default_value = "qemu-system-x86_64", env = "VIRTBENCH_QEMU")]
     qemu: String,
     /// Firecracker binary for the firecracker backend (name on PATH or path).
-    #[arg(long, default_value = "firecracker")]
+    #[arg(long, default_value = "firecracker", env = "VIRTBENCH_FIRECRACKER")]
     firecracker: String,
 }
 
@@ -250,26 +254,26 @@ struct BootArgs {
     #[arg(long)]
     backend: BackendKind,
     /// Fleet sizes, comma-separated and increasing, each 1-1000; each is booted cold, then hot.
-    #[arg(short = 'n', long = "sizes", value_delimiter = ',', default_value = "1,10,50,100", value_parser = limits::GUESTS.cli::<usize>())]
+    #[arg(short = 'n', long = "sizes", value_delimiter = ',', default_values_t = defaults::STARTUP_SIZES, value_parser = limits::GUESTS.cli::<usize>())]
     sizes: Vec<usize>,
     /// Start modes, in order.
     #[arg(long, value_delimiter = ',', default_value = "cold,hot")]
     modes: Vec<StartMode>,
     /// Guest memory, MiB (32-1048576).
-    #[arg(long, default_value_t = 128, value_parser = limits::MEM_MIB.cli::<u32>())]
+    #[arg(long, default_value_t = defaults::MEM_MIB, value_parser = limits::MEM_MIB.cli::<u32>())]
     mem_mib: u32,
     /// vCPUs per guest (1-64).
-    #[arg(long, default_value_t = 1, value_parser = limits::VCPUS.cli::<u32>())]
+    #[arg(long, default_value_t = defaults::VCPUS, value_parser = limits::VCPUS.cli::<u32>())]
     vcpus: u32,
     /// Most guests launching at once (0: all together, as the paper does; at most 1000).
     #[arg(long, default_value_t = 0, value_parser = limits::PARALLELISM.cli::<usize>())]
     parallelism: usize,
     /// Seconds from a guest's launch request to its ready message before it counts as
     /// failed (1-86400 s; a number of seconds or a duration such as 90s, 5m).
-    #[arg(long, default_value_t = 300, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
+    #[arg(long, default_value_t = defaults::BOOT_TIMEOUT_S, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
     boot_timeout: u64,
     /// Seconds the booted fleet idles before memory is read (0-3600 s; seconds or e.g. 30s, 1m).
-    #[arg(long, default_value_t = 5, value_parser = limits::SETTLE_S.cli_secs())]
+    #[arg(long, default_value_t = defaults::SETTLE_S, value_parser = limits::SETTLE_S.cli_secs())]
     settle: u64,
     /// Do not attach guests to a fleet network.
     #[arg(long)]
@@ -283,7 +287,7 @@ struct BootArgs {
     #[arg(long, default_value_t = 5, value_parser = limits::FLOOR_REPS.cli::<usize>())]
     floor_reps: usize,
     /// Parent directory of the results directory.
-    #[arg(long, default_value = "results")]
+    #[arg(long, default_value = "results", env = "VIRTBENCH_RESULTS")]
     results: PathBuf,
     #[command(flatten)]
     images: ImageArgs,
@@ -300,39 +304,39 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "cpu,memory,disk,net_stream,net_rr")]
     bench: Vec<BenchName>,
     /// Counted repetitions of each benchmark (1-1000).
-    #[arg(long, default_value_t = 5, value_parser = limits::REPS.cli::<u32>())]
+    #[arg(long, default_value_t = defaults::REPS, value_parser = limits::REPS.cli::<u32>())]
     reps: u32,
     /// Discarded warm-up runs before the counted ones (0-10).
-    #[arg(long, default_value_t = 1, value_parser = limits::WARMUP.cli::<u32>())]
+    #[arg(long, default_value_t = defaults::WARMUP, value_parser = limits::WARMUP.cli::<u32>())]
     warmup: u32,
     /// Concurrent copies of each benchmark inside the guest.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     instances: u32,
     /// CPU: Newton steps towards √2.
-    #[arg(long, default_value_t = 100_000_000)]
+    #[arg(long, default_value_t = defaults::CPU_ROUNDS)]
     cpu_rounds: u64,
     /// Memory: matrix side n (three n×n f64 matrices), or "auto": the smallest whose
     /// working set is 4 × this host's last-level cache.
     #[arg(long, default_value = "auto", value_parser = parse_mem_n)]
     mem_n: u32,
     /// Memory: passes of C = A + B + C.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = defaults::MEM_PASSES)]
     mem_passes: u32,
     /// Disk: file or block device to read (default: the image store's data disk, else a fresh
     /// file of --disk-mib in the work directory).
     #[arg(long)]
     disk_file: Option<PathBuf>,
     /// Disk: size of the file created when --disk-file is not given, MiB (1-1048576).
-    #[arg(long = "disk-mib", alias = "disk-mb", default_value_t = 256, value_parser = limits::DISK_MIB.cli::<u64>())]
+    #[arg(long = "disk-mib", alias = "disk-mb", default_value_t = defaults::DISK_MIB, value_parser = limits::DISK_MIB.cli::<u64>())]
     disk_mib: u64,
     /// Disk: read block size, KiB (dd's bs).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = defaults::DISK_BLOCK_KIB)]
     disk_block_kib: u32,
     /// Network: duration of each stream and request/response run, ms.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = defaults::NET_DURATION_MS)]
     net_duration_ms: u32,
     /// Network: size of each stream write, bytes (iperf3's default is 131072).
-    #[arg(long, default_value_t = 131072)]
+    #[arg(long, default_value_t = defaults::NET_MSG_SIZE)]
     net_msg_size: u32,
     /// Network: request and response size for net_rr, bytes.
     #[arg(long, default_value_t = 1)]
@@ -340,10 +344,10 @@ struct BenchArgs {
     #[command(flatten)]
     images: ImageArgs,
     /// Seconds to wait for the guest's ready message (1-86400 s; seconds or e.g. 30s, 2m).
-    #[arg(long, default_value_t = 30, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
+    #[arg(long, default_value_t = defaults::BOOT_TIMEOUT_S, value_parser = limits::BOOT_TIMEOUT_S.cli_secs())]
     hello_timeout: u64,
     /// Seconds one benchmark request may take (1-86400 s; seconds or e.g. 10m, 1h).
-    #[arg(long, default_value_t = 600, value_parser = limits::BENCH_TIMEOUT_S.cli_secs())]
+    #[arg(long, default_value_t = defaults::BENCH_TIMEOUT_S, value_parser = limits::BENCH_TIMEOUT_S.cli_secs())]
     bench_timeout: u64,
     /// Print machine-readable JSON instead of the table.
     #[arg(long)]
@@ -355,6 +359,8 @@ struct BenchArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    hostd::progress::set_quiet(cli.quiet);
+    use_image_store(&cli.cmd);
     if let Cmd::Up(a) = &cli.cmd {
         // Forks before any thread exists (the async runtime is made in the child).
         return up(a);
@@ -376,6 +382,23 @@ fn main() -> ExitCode {
             eprintln!("hostd: error: {e:#}");
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+/// `--images DIR` is `$VIRTBENCH_IMAGES` on the command line: the store lookup
+/// (imagegen's configuration, shared with every library caller) reads the variable, so the
+/// flag sets it. Called while the process has one thread (before any runtime or fork).
+fn use_image_store(cmd: &Cmd) {
+    let args = match cmd {
+        Cmd::Bench(a) => &a.images,
+        Cmd::Boot(a) => &a.images,
+        Cmd::Up(a) => &a.images,
+        Cmd::Run(a) => &a.images,
+        Cmd::Probe(a) => &a.images,
+        _ => return,
+    };
+    if let Some(dir) = &args.images {
+        std::env::set_var("VIRTBENCH_IMAGES", dir);
     }
 }
 
@@ -560,13 +583,18 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
         }
     };
     eprintln!("hostd: campaign {} → {}", campaign.name, results.path.display());
-    let mut say = |l: String| eprintln!("{l}");
+    let bar = run_progress(&campaign, &mut results);
+    let mut say = |l: String| {
+        hostd::progress::line(&bar, &l);
+        bar.set_message(l.trim().chars().take(70).collect::<String>());
+    };
     let bopts = backend_options(&a.images);
     let mixing = if a.force_mixed { runner::Mixing::Allow } else { runner::Mixing::Refuse };
     let outcome = tokio::select! {
         r = runner::run(&campaign, &images, &bopts, &run, &mut results, mixing, &mut say) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
     };
+    bar.finish_and_clear();
     let cleaned = run.finish();
     // A fresh run that failed before recording anything leaves nothing behind: there is
     // nothing to resume or report.
@@ -609,6 +637,62 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
     }
 }
 
+/// `hostd run`'s bar: step k of the campaign's N with ETA, counting the steps recorded
+/// (those a resumed run already has included).
+fn run_progress(campaign: &Campaign, results: &mut ResultsDir) -> indicatif::ProgressBar {
+    let plans = campaign.resolved_plans(hostd::fidelity::llc());
+    let total = runner::planned_steps(campaign, &plans) as u64;
+    let done = hostd::results::read_records::<hostd::samples::Record>(&results.path)
+        .map(|(r, _)| {
+            r.iter().filter(|r| matches!(r, hostd::samples::Record::StepDone { .. })).count()
+        })
+        .unwrap_or(0) as u64;
+    let bar = hostd::progress::steps(total.max(done), "step");
+    bar.set_position(done);
+    bar.reset_eta();
+    let b = bar.clone();
+    results.observe(move |line| {
+        if let Ok(l) = serde_json::from_slice::<hostd::samples::Line>(line) {
+            if let hostd::samples::Record::StepDone { .. }
+            | hostd::samples::Record::StepFailed { .. } = l.record
+            {
+                // A step failed before is retried: it may count twice, so the bar grows.
+                if b.position() + 1 > b.length().unwrap_or(0) {
+                    b.inc_length(1);
+                }
+                b.inc(1);
+            }
+        }
+    });
+    bar
+}
+
+/// `hostd bench`'s progress: the library's lines go above a bar of every run (warm-up and
+/// counted) of every benchmark; each "… done in" line is one run.
+struct BenchProgress {
+    bar: indicatif::ProgressBar,
+    pending: Vec<u8>,
+}
+
+impl std::io::Write for BenchProgress {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        while let Some(i) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=i).collect();
+            let text = String::from_utf8_lossy(&line[..i]).into_owned();
+            if text.contains(" done in ") {
+                self.bar.inc(1);
+            }
+            hostd::progress::line(&self.bar, &text);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What `hostd run --dry-run` prints: the host, each backend's plan, the departures from
 /// the paper.
 fn dry_run_lines(c: &Campaign, host: &hostd::campaign::HostFacts) -> Vec<String> {
@@ -635,6 +719,11 @@ fn dry_run_lines(c: &Campaign, host: &hostd::campaign::HostFacts) -> Vec<String>
             p.workloads.params(vb_protocol::bench::Resource::Disk),
         ));
     }
+    let plans = c.resolved_plans(host.llc);
+    v.push(format!(
+        "{} steps in all (the progress bar's N; a backend measured in the Xen lab makes fewer)",
+        runner::planned_steps(c, &plans)
+    ));
     let d = c.departures_from_paper(host.llc);
     if d.is_empty() {
         v.push("at the paper's sizes".into());
@@ -678,6 +767,7 @@ async fn status(name: Option<String>, json: bool) -> anyhow::Result<()> {
         all.push(daemon::query_status(&st).await?);
     }
     if json {
+        let all: Vec<_> = all.iter().map(hostd::samples::Versioned::new).collect();
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else if all.is_empty() {
         println!("no fleets running");
@@ -858,7 +948,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
         floor_reps: a.floor_reps,
         image_copies: a.image_copies,
     };
-    let bars = indicatif::MultiProgress::new();
+    let bars = hostd::progress::multi();
     let mut current: Option<(String, indicatif::ProgressBar, usize, usize)> = None;
     let progress = |label: &str, e: FleetEvent| {
         let n: usize = label
@@ -894,12 +984,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
                     f.kind,
                     f.error.lines().next().unwrap_or("")
                 );
-                // A hidden bar (stderr not a terminal) prints nothing, not even println.
-                if b.is_hidden() {
-                    eprintln!("{line}");
-                } else {
-                    b.println(line);
-                }
+                hostd::progress::line(b, &line);
             }
         }
         b.set_position(*ready as u64);
@@ -970,10 +1055,15 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         bench_timeout: Duration::from_secs(a.bench_timeout),
         workdir: workdir.path().to_path_buf(),
     };
-    let run = microbench::run(&opts, &mut std::io::stderr()).await?;
+    let runs = opts.benches.len() as u64 * u64::from(opts.warmup + opts.reps);
+    let mut progress =
+        BenchProgress { bar: hostd::progress::steps(runs, "run"), pending: Vec::new() };
+    let run = microbench::run(&opts, &mut progress).await;
+    progress.bar.finish_and_clear();
+    let run = run?;
     a.export.write(&hostd::export::of_bench(&run))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&run)?);
+        println!("{}", serde_json::to_string_pretty(&hostd::samples::Versioned::new(&run))?);
     } else {
         print!("{}", microbench::table(&run));
     }
@@ -1027,6 +1117,54 @@ mod tests {
             assert!(help.contains(v), "boot --help lacks backend {v}: {help}");
         }
         assert!(help.contains("cold") && help.contains("hot"), "{help}");
+    }
+
+    /// Per-machine settings come from the environment too, and --help says which variable.
+    #[test]
+    fn machine_settings_have_environment_variables() {
+        let mut cmd = Cli::command();
+        let boot = cmd.find_subcommand_mut("boot").unwrap().render_long_help().to_string();
+        for v in [
+            "VIRTBENCH_IMAGES",
+            "VIRTBENCH_RESULTS",
+            "VIRTBENCH_QEMU",
+            "VIRTBENCH_FIRECRACKER",
+            "VIRTBENCH_OCI_RUNTIME",
+            "VIRTBENCH_ACCEL",
+        ] {
+            assert!(boot.contains(&format!("[env: {v}")), "boot --help lacks {v}: {boot}");
+        }
+    }
+
+    /// `hostd bench` and `hostd boot` without options measure what a default campaign
+    /// measures: one set of defaults (hostd::defaults), not one per command.
+    #[test]
+    fn bench_boot_and_campaign_share_their_defaults() {
+        let c: Campaign = toml::from_str("").unwrap();
+        let Cmd::Bench(b) = Cli::try_parse_from(["hostd", "bench"]).unwrap().cmd else {
+            unreachable!()
+        };
+        let w = &c.workloads;
+        assert_eq!(
+            (b.cpu_rounds, b.mem_n, b.mem_passes, b.disk_mib, b.disk_block_kib),
+            (w.cpu_rounds, w.mem_n, w.mem_passes, w.disk_mib, w.disk_block_kib)
+        );
+        assert_eq!((b.net_duration_ms, b.net_msg_size), (w.net_duration_ms, w.net_msg_size));
+        assert_eq!((b.reps, b.warmup), (c.reps, c.warmup));
+        assert_eq!(
+            (b.hello_timeout, b.bench_timeout),
+            (c.guest.boot_timeout_s, c.guest.bench_timeout_s)
+        );
+        let Cmd::Boot(o) = Cli::try_parse_from(["hostd", "boot", "--backend", "ns"]).unwrap().cmd
+        else {
+            unreachable!()
+        };
+        assert_eq!((o.sizes, o.modes), (c.startup.sizes, c.startup.modes));
+        assert_eq!(
+            (o.settle, o.mem_mib, o.vcpus),
+            (c.startup.settle_s, c.guest.mem_mib, c.guest.vcpus)
+        );
+        assert_eq!(o.boot_timeout, c.guest.boot_timeout_s);
     }
 
     #[test]

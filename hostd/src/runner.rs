@@ -471,6 +471,41 @@ async fn start_peer(ctx: &Ctx<'_>, net: &FleetNet) -> Result<(Peer, Targets)> {
     Ok((peer, targets))
 }
 
+/// How many steps (StepDone/StepFailed records) a fresh run of `plans` makes: the length
+/// of `hostd run`'s progress bar. Counted as [`run`] walks them; a backend measured in the
+/// Xen lab instead makes fewer (its bar then ends early).
+pub fn planned_steps(c: &Campaign, plans: &[BackendPlan]) -> usize {
+    let mut steps = 0;
+    for (i, plan) in plans.iter().enumerate() {
+        steps += plan.startup_sizes.len() * c.startup.modes.len();
+        for pass in Pass::all(c, plan.kind) {
+            let sizes = pass.overhead_sizes.clone().unwrap_or_else(|| plan.overhead_sizes.clone());
+            for r in &pass.resources {
+                // Overhead and linearity: one step each per size.
+                steps += 2 * match r {
+                    Resource::Memory => plan
+                        .memory_sizes
+                        .iter()
+                        .filter(|n| pass.overhead_sizes.as_ref().is_none_or(|o| o.contains(n)))
+                        .count(),
+                    _ => sizes.len(),
+                };
+            }
+            if c.isolation.enabled && pass.isolation {
+                steps += pass.resources.len();
+            }
+            if plan.ring_guests >= 2 && pass.ring {
+                steps += 1;
+            }
+        }
+        // The host baseline of a backend with other workloads: n = 1 of every resource.
+        if i > 0 && plan.kind != BackendKind::Native && plan.workloads != plans[0].workloads {
+            steps += 2 * Pass::own(c, BackendKind::Native).resources.len();
+        }
+    }
+    steps
+}
+
 /// One pass of a backend's suite on one network mode: the backend's own (every resource,
 /// step keys as always), or an extra network path's (network only, keys tagged with the
 /// path): native's loopback reference (T_a at n = 1) and ns's further modes.
@@ -859,5 +894,26 @@ fn record_samples(
             ctx.finish(key)
         }
         Err(e) => ctx.fail(key, e, say),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The progress bar's length: startup fleets, overhead and linearity per size and
+    /// resource, isolation per resource, the ring, and the extra network passes.
+    #[test]
+    fn planned_steps_count_every_step() {
+        let c: Campaign = toml::from_str(
+            "backends = [\"native\", \"uml\"]\nresources = [\"cpu\", \"network\"]\n\
+             [startup]\nsizes = [1, 2]\n[overhead]\nsizes = [1, 2, 5]\n[ring]\nguests = 3\n",
+        )
+        .unwrap();
+        let plans = c.resolved_plans(None);
+        // Each backend: startup 2 sizes × 2 modes; 2 resources × 3 sizes × (overhead,
+        // linearity); isolation 2; ring 1 = 4 + 12 + 2 + 1 = 19. Native adds its loopback
+        // network reference at n = 1 (overhead, linearity): 2.
+        assert_eq!(planned_steps(&c, &plans), 19 + 2 + 19);
     }
 }

@@ -75,4 +75,34 @@ fn boot_exports_validate_against_the_schema() {
     );
     let md = std::fs::read_to_string(&md).unwrap();
     assert!(md.starts_with("| Command | Mean ± σ |") && md.contains("`ns hot n=2 ready`"), "{md}");
+
+    // The run's own records: every samples.jsonl line carries schema_version and validates
+    // against docs/schema/samples.schema.json; its JSON files carry schema_version too.
+    let samples: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/schema/samples.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let v = jsonschema::validator_for(&samples).expect("the committed schema is a JSON Schema");
+    let run = std::fs::read_dir(d.path().join("results")).unwrap().next().unwrap().unwrap().path();
+    let lines = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    for l in lines.lines() {
+        let rec: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(rec["schema_version"], 1, "{l}");
+        let errors: Vec<String> = v.iter_errors(&rec).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{l} does not validate: {errors:?}");
+        kinds.insert(rec["record"].as_str().unwrap().to_string());
+    }
+    for k in ["startup", "memory", "fleet_done"] {
+        assert!(kinds.contains(k), "no {k} record: {kinds:?}");
+    }
+    for f in ["report.json", "boot.json", "provenance.json"] {
+        let j: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join(f)).unwrap()).unwrap();
+        assert_eq!(j["schema_version"], 1, "{f}");
+    }
 }

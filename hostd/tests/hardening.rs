@@ -775,3 +775,69 @@ fn warnings_are_printed_unless_quieted() {
     let r = report(&["-v"], &[("RUST_LOG", OsStr::new("error"))]);
     assert!(r.text.contains(warning), "-v wins over RUST_LOG: {}", r.text);
 }
+
+/// A teardown that fails is not silent: with RUST_LOG=warn hostd prints tracing's warning
+/// naming the guest and what could not be released, and the command fails (exit 1). The
+/// failure is forced by mounting a tmpfs inside the guest's work directory while its fleet
+/// settles, so removing the directory fails with EBUSY.
+#[test]
+fn a_forced_teardown_failure_is_warned_about() {
+    if !is_root() {
+        return skip("booting a native guest needs root (cgroups); mounting needs root");
+    }
+    let res = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_hostd"))
+        .args(["boot", "--backend", "native", "-n", "1", "--modes", "hot", "--settle", "15"])
+        .args(["--floor-reps", "0", "--results"])
+        .arg(res.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run's scratch directory is the one whose state.json names this hostd.
+    let pid = child.id();
+    let t0 = Instant::now();
+    let mut pinned = Vec::new();
+    while pinned.is_empty() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(rd) = std::fs::read_dir(hostd::runstate::RUN_ROOT) else { continue };
+        for run in rd.flatten() {
+            let state = std::fs::read_to_string(run.path().join("state.json")).unwrap_or_default();
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&state) else { continue };
+            if v["hostd_pid"] != pid {
+                continue;
+            }
+            // A guest's work directory appears once it is launched: pin a mount in it.
+            for g in std::fs::read_dir(run.path()).unwrap().flatten() {
+                if g.file_type().unwrap().is_dir() {
+                    let m = g.path().join("pinned");
+                    if std::fs::create_dir(&m).is_ok()
+                        && Command::new("mount")
+                            .args(["-t", "tmpfs", "none"])
+                            .arg(&m)
+                            .status()
+                            .unwrap()
+                            .success()
+                    {
+                        pinned.push(m);
+                    }
+                }
+            }
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    for m in &pinned {
+        let _ = Command::new("umount").arg(m).status();
+        if let Some(run) = m.parent().and_then(|g| g.parent()) {
+            let _ = std::fs::remove_dir_all(run);
+        }
+    }
+    assert!(!pinned.is_empty(), "no guest work directory to pin: {text}");
+    assert!(
+        text.contains("WARN") && text.contains("teardown:"),
+        "no warning of the failed teardown: {text}"
+    );
+    assert_eq!(out.status.code(), Some(1), "a failed teardown is an error: {text}");
+}

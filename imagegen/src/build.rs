@@ -208,6 +208,127 @@ pub fn build(cfg: &Config, names: &[String], progress: &dyn Progress) -> Result<
     Ok(outcomes)
 }
 
+/// What `imagegen build --dry-run` says of one recipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub recipe: String,
+    pub kind: Kind,
+    /// "fresh" (the store has this build), "import" (from the cache), "build", or "cargo"
+    /// (the agent: cargo decides).
+    pub action: &'static str,
+    pub why: String,
+}
+
+/// What `build` would do for `names`, without writing anything (no store, cache or lock
+/// is created or taken; no source is fetched): each recipe in build order, whether the
+/// store already has a build of its inputs, the cache has one to import, or it would be
+/// built, and why. The agent's inputs are cargo's output, known only once cargo runs: the
+/// recipes after it are judged against the store's current agent.
+pub fn dry_run(cfg: &Config, names: &[String]) -> Result<Vec<Planned>, BuildError> {
+    let plan = plan::plan(&cfg.recipes, names)?;
+    let tools = Tools::default();
+    let (store, cache) = (Store::at(&cfg.store), Store::at(&cfg.cache));
+    let mut known: BTreeMap<String, Manifest> = BTreeMap::new();
+    let mut rebuilt: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for step in &plan.steps {
+        let r = &step.recipe;
+        let mut say =
+            |action: &'static str, why: String| out.push(Planned { recipe: r.name.clone(), kind: r.kind, action, why });
+        if let Resolved::Agent = step.resolved {
+            match store.current(&r.name) {
+                Ok(m) => {
+                    known.insert(r.name.clone(), m);
+                    say("cargo", "cargo builds the agent (a no-op when nothing changed); rebuilt only if the binary differs from the store's, which the recipes below are judged against".into());
+                }
+                Err(_) => {
+                    rebuilt.push(r.name.clone());
+                    say("build", "no current build in the store".into());
+                }
+            }
+            continue;
+        }
+        let ctx = kinds::Ctx { cfg, store: &store, cache: &cache, progress: &(), deps: &known, tools: &tools };
+        let deps = dependency_names(step);
+        if let Some(d) = deps.iter().find(|d| rebuilt.contains(d)) {
+            rebuilt.push(r.name.clone());
+            say("build", format!("it depends on {d}, which is built"));
+            continue;
+        }
+        let tools = match (&step.resolved, &r.spec) {
+            (Resolved::Kernel { .. }, _) => ctx.tools.kernel(&r.file)?,
+            (Resolved::System { .. }, Spec::System(s)) => kinds::system::tools(ctx.tools, &s.source)
+                .map_err(|problem| PlanError::Tool { file: r.file.clone(), tool: r.kind.to_string(), problem })?,
+            (Resolved::KernelPackage { file }, _) => kinds::kernel_package::tools(ctx.tools, file.is_none())
+                .map_err(|problem| PlanError::Tool { file: r.file.clone(), tool: r.kind.to_string(), problem })?,
+            _ => BTreeMap::new(),
+        };
+        let mut inputs = step.inputs.clone();
+        inputs.extend(dependency_inputs(&ctx, step)?);
+        let ih = input_hash(cfg, step, &inputs, &tools);
+        if let Some(m) = store.build_manifest(&ih) {
+            known.insert(r.name.clone(), m);
+            say("fresh", format!("the store has a build of these inputs (input hash {})", &ih[..12]));
+        } else if let Some(m) = cache.build_manifest(&ih) {
+            known.insert(r.name.clone(), m);
+            say(
+                "import",
+                format!("the cache {} has a build of these inputs (input hash {})", cfg.cache.display(), &ih[..12]),
+            );
+        } else {
+            rebuilt.push(r.name.clone());
+            let why = match store.current(&r.name) {
+                Ok(m) => match changed_inputs(&m.inputs, &inputs, &tools, &m.tools) {
+                    c if c.is_empty() => "its inputs differ from the current build's".to_string(),
+                    c => format!("changed since the current build: {}", c.join(", ")),
+                },
+                Err(_) => "never built into this store".into(),
+            };
+            let fetch = match &step.resolved {
+                Resolved::Kernel { source: KernelSource::Deb(_), .. } => {
+                    "; its pinned source package is fetched if the cache lacks it"
+                }
+                _ => "",
+            };
+            say("build", format!("{why}{fetch}"));
+        }
+    }
+    Ok(out)
+}
+
+/// The recipes a step takes outputs from.
+fn dependency_names(step: &Step) -> Vec<String> {
+    match (&step.resolved, &step.recipe.spec) {
+        (Resolved::Tree { files, .. }, _) => files
+            .iter()
+            .filter_map(|(_, src, _)| match src {
+                FileSource::Recipe { recipe, .. } => Some(recipe.clone()),
+                _ => None,
+            })
+            .collect(),
+        (Resolved::OciBundle, Spec::OciBundle(b)) => vec![b.rootfs.clone()],
+        (Resolved::System { .. }, Spec::System(s)) => s.common.kernel.iter().cloned().collect(),
+        _ => vec![],
+    }
+}
+
+/// Names of the inputs and tools that differ between a current build and now.
+fn changed_inputs(
+    was: &[Input],
+    now: &[Input],
+    now_tools: &BTreeMap<String, String>,
+    was_tools: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut v: Vec<String> = now
+        .iter()
+        .filter(|i| !was.iter().any(|w| w.name == i.name && w.sha256 == i.sha256))
+        .map(|i| i.name.clone())
+        .collect();
+    v.extend(was.iter().filter(|w| !now.iter().any(|i| i.name == w.name)).map(|w| format!("{} (gone)", w.name)));
+    v.extend(now_tools.iter().filter(|(k, val)| was_tools.get(*k) != Some(val)).map(|(k, _)| format!("tool {k}")));
+    v
+}
+
 fn input_hash(cfg: &Config, step: &Step, inputs: &[Input], tools: &BTreeMap<String, String>) -> String {
     let r = &step.recipe;
     HashedInputs::new(&r.name, r.kind, cfg.source_date_epoch, inputs, tools).hash()

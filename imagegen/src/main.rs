@@ -11,6 +11,9 @@ use clap::{Parser, Subcommand};
 use imagegen::{Config, Outcome, Progress, Store};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// Version of `imagegen list --json`'s rows (`schema_version` in each; docs/schema/README.md).
+const LIST_SCHEMA_VERSION: u32 = 1;
+
 #[derive(Parser)]
 #[command(
     name = "imagegen",
@@ -18,17 +21,17 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
     about = "Build virtbench guest images reproducibly into a content-addressed store"
 )]
 struct Cli {
-    /// Workspace root [default: $VIRTBENCH_ROOT, else the workspace imagegen was built from].
-    #[arg(long, global = true)]
+    /// Workspace root [default: the workspace imagegen was built from].
+    #[arg(long, global = true, env = "VIRTBENCH_ROOT")]
     root: Option<PathBuf>,
     /// Recipe directory [default: <root>/recipes].
     #[arg(long, global = true)]
     recipes: Option<PathBuf>,
-    /// Store [default: $VIRTBENCH_IMAGES, else <root>/images].
-    #[arg(long, global = true)]
+    /// Store [default: <root>/images].
+    #[arg(long, global = true, env = "VIRTBENCH_IMAGES")]
     store: Option<PathBuf>,
-    /// Build cache outside the clone [default: $VIRTBENCH_CACHE, else /var/cache/virtbench].
-    #[arg(long, global = true)]
+    /// Build cache outside the clone [default: /var/cache/virtbench].
+    #[arg(long, global = true, env = "VIRTBENCH_CACHE")]
     cache: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -45,8 +48,12 @@ enum Cmd {
         jobs: Option<usize>,
         /// Record what was built in recipes/imagegen.lock (the artifacts built from pinned
         /// inputs only); without it, differences from the lock are reported.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dry_run")]
         update_lock: bool,
+        /// Say what would be built, imported from the cache or kept, and why, without
+        /// building, fetching or writing anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Fetch and check every pinned Debian input (kernel sources, packages) of recipes
     /// (default: all) into the cache without building: what a machine needs before it goes
@@ -110,7 +117,13 @@ fn config(cli: &Cli) -> Result<Config> {
 fn run(cli: Cli) -> Result<ExitCode> {
     let mut cfg = config(&cli)?;
     match cli.cmd {
-        Cmd::Build { names, jobs, update_lock } => {
+        Cmd::Build { names, dry_run: true, .. } => {
+            for p in imagegen::build::dry_run(&cfg, &names)? {
+                println!("{:<18} {:<15} {:<6} {}", p.recipe, p.kind.to_string(), p.action, p.why);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Build { names, jobs, update_lock, dry_run: false } => {
             if let Some(j) = jobs {
                 cfg.jobs = j.max(1);
             }
@@ -239,6 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .flat_map(|m| m.outputs.iter().map(move |(name, o)| (m, name, o)))
                 .map(|(m, name, o)| {
                     serde_json::json!({
+                        "schema_version": LIST_SCHEMA_VERSION,
                         "recipe": m.recipe, "output": name, "sha256": o.sha256, "size": o.size,
                         "path": store.blob_path(&o.sha256),
                     })

@@ -199,3 +199,34 @@ fn killed_build_leaves_no_half_artifact() {
     let files = common::files_under(d.path());
     assert!(!files.iter().any(|f| f.contains(".tmp-")), "temp files not cleaned: {files:?}");
 }
+
+/// `imagegen build --dry-run`: says build / fresh / import and why, and writes nothing.
+#[test]
+fn dry_run_says_what_would_build_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "disk.toml", "kind = \"disk\"\nsize_mib = 1\nseed = 3\n");
+    let cfg = config_in(d.path());
+    let dry = |cfg: &imagegen::Config| {
+        imagegen::build::dry_run(cfg, &["disk".to_string()])
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.recipe, p.action, p.why))
+            .collect::<Vec<_>>()
+    };
+    let first = dry(&cfg);
+    assert_eq!(first[0].1, "build", "{first:?}");
+    assert!(first[0].2.contains("never built"), "{first:?}");
+    assert!(!cfg.store.exists() && !cfg.cache.exists(), "a dry run made the store or cache");
+    build(d.path(), &["disk"]);
+    assert_eq!(dry(&cfg)[0].1, "fresh");
+    // Another store, same cache: imported.
+    let mut other = config_in(d.path());
+    other.store = d.path().join("other");
+    assert_eq!(dry(&other)[0].1, "import");
+    assert!(!other.store.exists());
+    // The recipe changes: built again, and the changed input is named.
+    write_recipe(d.path(), "disk.toml", "kind = \"disk\"\nsize_mib = 1\nseed = 4\n");
+    let changed = dry(&cfg);
+    assert_eq!(changed[0].1, "build");
+    assert!(changed[0].2.contains("changed since the current build"), "{changed:?}");
+}

@@ -27,7 +27,7 @@ const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
 const PANIC_MARK: &str = "Kernel panic";
 
 /// Why a guest is not part of the running fleet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// The backend could not start it.
@@ -45,7 +45,7 @@ pub enum FailureKind {
 }
 
 /// A guest that failed, as recorded with the results.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GuestFailure {
     pub index: usize,
     pub name: String,

@@ -53,7 +53,19 @@ pub enum NetMode {
 }
 
 /// The kind of path a network sample's traffic took between a guest and its far end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub enum NetPath {
     /// The host's loopback: both ends in one network stack (the native second reference).
     #[serde(rename = "loopback")]

@@ -17,6 +17,26 @@ use crate::runstate::write_atomic;
 
 pub const SAMPLES: &str = "samples.jsonl";
 
+/// The version of the result files' format: every line of `samples.jsonl` and every JSON
+/// file hostd writes carries it as `schema_version` (docs/schema/). Raised when a field
+/// changes meaning or goes; new optional fields keep it. Results from before it was written
+/// read as version 0 and stay readable.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A value serialised with `schema_version` first (a struct or map; see [`SCHEMA_VERSION`]).
+#[derive(Serialize)]
+pub struct Versioned<'a, T: Serialize> {
+    pub schema_version: u32,
+    #[serde(flatten)]
+    pub value: &'a T,
+}
+
+impl<'a, T: Serialize> Versioned<'a, T> {
+    pub fn new(value: &'a T) -> Self {
+        Self { schema_version: SCHEMA_VERSION, value }
+    }
+}
+
 /// The longest record a reader takes: a memory sample of 1000 guests is about 200 KiB, a
 /// failure with its console tail a few KiB. A longer line is counted as unreadable and
 /// skipped without being held in memory.
@@ -221,9 +241,14 @@ pub fn parse_records<T: DeserializeOwned, R: BufRead>(r: R) -> io::Result<(Vec<T
     Ok((out, bad))
 }
 
+/// Sees each line appended to a samples file.
+type Observer = Box<dyn FnMut(&[u8]) + Send>;
+
 /// One run's results directory: samples appended durably, summaries written atomically.
 pub struct ResultsDir {
     pub path: PathBuf,
+    /// Called with every line appended (a progress display counting steps).
+    observer: Option<Observer>,
     /// Open for reading too: the torn-tail check reads the file it is about to append to.
     samples: File,
     /// Whether a torn last line (left by a killed writer) has been looked for.
@@ -279,13 +304,13 @@ impl ResultsDir {
         let samples =
             open_regular(&path.join(SAMPLES), OpenOptions::new().read(true).append(true))?;
         remove_stale_temps(path);
-        Ok(Self { path: path.to_path_buf(), samples, tail_checked: false })
+        Ok(Self { path: path.to_path_buf(), samples, tail_checked: false, observer: None })
     }
 
-    /// Appends one record and makes it durable before returning. On failure nothing of the
-    /// record stays in the file.
+    /// Appends one record (with `schema_version` first: [`Versioned`]) and
+    /// makes it durable before returning. On failure nothing of the record stays in the file.
     pub fn append<T: Serialize>(&mut self, rec: &T) -> io::Result<()> {
-        let mut line = serde_json::to_vec(rec).map_err(io::Error::other)?;
+        let mut line = serde_json::to_vec(&Versioned::new(rec)).map_err(io::Error::other)?;
         line.push(b'\n');
         if !self.tail_checked {
             cut_torn_tail(&self.samples).map_err(naming(&self.path.join(SAMPLES)))?;
@@ -296,7 +321,15 @@ impl ResultsDir {
             let _ = self.samples.set_len(before);
             return Err(naming(&self.path.join(SAMPLES))(e));
         }
+        if let Some(f) = &mut self.observer {
+            f(&line);
+        }
         Ok(())
+    }
+
+    /// Calls `f` with every line appended from now on, once it is durable.
+    pub fn observe(&mut self, f: impl FnMut(&[u8]) + Send + 'static) {
+        self.observer = Some(Box::new(f));
     }
 
     /// Writes `name` (relative to the directory) atomically.
@@ -304,9 +337,10 @@ impl ResultsDir {
         write_in(&self.path, name, data)
     }
 
-    /// [`ResultsDir::write`] of `v` as pretty JSON.
+    /// Writes `name` as pretty JSON with `schema_version` first ([`Versioned`]).
     pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> io::Result<()> {
-        self.write(name, &serde_json::to_vec_pretty(v).map_err(io::Error::other)?)
+        let json = serde_json::to_vec_pretty(&Versioned::new(v));
+        self.write(name, &json.map_err(io::Error::other)?)
     }
 }
 
@@ -450,7 +484,7 @@ mod tests {
         d.write_json("summary.json", &R { k: 9 }).unwrap();
         assert_eq!(
             fs::read_to_string(d.path.join("summary.json")).unwrap().replace([' ', '\n'], ""),
-            "{\"k\":9}"
+            "{\"schema_version\":1,\"k\":9}"
         );
     }
 

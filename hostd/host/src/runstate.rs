@@ -113,7 +113,8 @@ impl RunState {
         };
         write_atomic(
             &st.scratch.join("state.json"),
-            &serde_json::to_vec_pretty(&st).map_err(io::Error::other)?,
+            &serde_json::to_vec_pretty(&crate::results::Versioned::new(&st))
+                .map_err(io::Error::other)?,
         )?;
         Ok(st)
     }

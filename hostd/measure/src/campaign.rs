@@ -198,28 +198,28 @@ fn d_resources() -> Vec<Resource> {
     Resource::ALL.to_vec()
 }
 fn d_reps() -> u32 {
-    3
+    crate::defaults::REPS
 }
 fn d_one() -> u32 {
     1
 }
 fn d_mem() -> u32 {
-    128
+    crate::defaults::MEM_MIB
 }
 fn d_boot_timeout() -> u64 {
-    300
+    crate::defaults::BOOT_TIMEOUT_S
 }
 fn d_bench_timeout() -> u64 {
-    600
+    crate::defaults::BENCH_TIMEOUT_S
 }
 fn d_startup_sizes() -> Vec<usize> {
-    vec![1, 10, 50]
+    crate::defaults::STARTUP_SIZES.to_vec()
 }
 fn d_modes() -> Vec<StartMode> {
     vec![StartMode::Cold, StartMode::Hot]
 }
 fn d_settle() -> u64 {
-    3
+    crate::defaults::SETTLE_S
 }
 fn d_overhead_sizes() -> Vec<usize> {
     vec![1, 2, 5, 10]

@@ -27,7 +27,7 @@ use crate::pagecache::{self, PageCacheError};
 use crate::startup::StartMode;
 
 /// The page-cache residency of what a fleet's launches read, just before the launches.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StartResidency {
     /// Files the start reads, libraries shared with hostd excluded.
     pub files: usize,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::suite::Workloads;
 
 /// A CPU cache level as sysfs describes it (`/sys/devices/system/cpu/cpu0/cache/index*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Llc {
     pub level: u8,
     pub size_kib: u64,
@@ -191,17 +191,13 @@ pub fn report_notes(
 }
 
 /// The report's notes as an HTML section (nothing when there are none).
-pub fn notes_html(notes: &[String]) -> String {
-    if notes.is_empty() {
-        return String::new();
+pub fn notes_html(notes: &[String]) -> maud::Markup {
+    maud::html! {
+        @if !notes.is_empty() {
+            h2 { "Where this run departs from the paper's method" }
+            ul { @for n in notes { li { (n) } } }
+        }
     }
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-    let mut h = String::from("<h2>Where this run departs from the paper's method</h2><ul>");
-    for n in notes {
-        h.push_str(&format!("<li>{}</li>", esc(n)));
-    }
-    h.push_str("</ul>");
-    h
 }
 
 /// serde for `mem_n`: a number, or `"auto"` ([`AUTO`]).

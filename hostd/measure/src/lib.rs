@@ -11,6 +11,7 @@ pub mod boot;
 pub mod campaign;
 pub mod coldstart;
 pub mod datadisk;
+pub mod defaults;
 pub mod fidelity;
 pub mod fleet;
 pub mod floor;

@@ -124,7 +124,7 @@ pub fn pss_kib(pid: u32) -> Option<u64> {
 }
 
 /// One guest's memory, KiB.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GuestMemory {
     /// Charged to its cgroup (anonymous, page cache and shmem it touched), if it has one.
     pub cgroup_kib: Option<u64>,

@@ -8,7 +8,31 @@ use crate::fleet::GuestFailure;
 use crate::startup::{MemorySample, StartMode, StartupSample};
 use crate::suite::BenchSample;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+pub use crate::results::{Versioned, SCHEMA_VERSION};
+
+/// One line of `samples.jsonl` as written: the format's version, then the record (its kind
+/// in `record`). The schema docs/schema/samples.schema.json is generated from this type.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Line {
+    /// [`SCHEMA_VERSION`] of the hostd that wrote the line; 0 (absent) before it was written.
+    #[serde(default)]
+    pub schema_version: u32,
+    #[serde(flatten)]
+    pub record: Record,
+}
+
+/// The JSON Schema of a [`Resource`] (a protocol type, which does not derive one).
+pub fn resource_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = vb_protocol::bench::Resource::ALL.iter().map(|r| r.name()).collect();
+    schemars::json_schema!({ "type": "string", "enum": names })
+}
+
+/// The JSON Schema of a `samples.jsonl` line, as committed in docs/schema/.
+pub fn schema() -> schemars::Schema {
+    schemars::schema_for!(Line)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum Record {
     Startup(StartupSample),
@@ -329,6 +353,107 @@ impl Samples {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The committed samples schema is the one the types generate (regenerate with
+    /// `VIRTBENCH_WRITE_SCHEMA=1 cargo test -p hostd --lib samples`).
+    #[test]
+    fn committed_schema_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/schema/samples.schema.json");
+        let now = serde_json::to_string_pretty(&schema()).unwrap() + "\n";
+        if std::env::var_os("VIRTBENCH_WRITE_SCHEMA").is_some() {
+            std::fs::write(&path, &now).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(committed == now, "{} is stale: regenerate it (see this test)", path.display());
+    }
+
+    /// Records of every kind, as `ResultsDir::append` writes them, validate against the
+    /// committed schema and read back; a line without `schema_version` (older results)
+    /// reads too; a damaged line fails the validator.
+    #[test]
+    fn written_records_validate_and_old_ones_read() {
+        use crate::guest::{FailureKind, GuestFailure};
+        let committed: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../docs/schema/samples.schema.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let v = jsonschema::validator_for(&committed).expect("a JSON Schema");
+        let startup: StartupSample =
+            serde_json::from_str(&STARTUP.replace("\"record\":\"startup\",", "")).unwrap();
+        let failure = GuestFailure {
+            index: 1,
+            name: "g1".into(),
+            kind: FailureKind::Timeout,
+            error: "no hello".into(),
+            console_tail: Some("<panic>".into()),
+        };
+        let mut bench = crate::suite::testing::sample(
+            BackendKind::Uml,
+            crate::suite::Test::Overhead,
+            vb_protocol::bench::Resource::Disk,
+            1,
+            0,
+            0,
+            0,
+            2.5,
+        );
+        bench.net_path = Some(crate::netlab::NetPath::VethBridge);
+        let records = [
+            Record::Startup(startup),
+            Record::Failure {
+                backend: BackendKind::Ns,
+                n: 2,
+                mode: StartMode::Cold,
+                failure: failure.clone(),
+            },
+            Record::FleetDone {
+                backend: BackendKind::Ns,
+                n: 2,
+                mode: StartMode::Hot,
+                ready: 1,
+                failed: 1,
+                t_startup_s: Some(0.5),
+            },
+            Record::Bench(bench),
+            Record::StepDone { key: "overhead/uml/cpu".into() },
+            Record::StepFailed { key: "ring/uml".into(), error: "boom".into() },
+            Record::BackendUnavailable {
+                backend: BackendKind::Xen,
+                reason: "not a Xen host".into(),
+            },
+            Record::BackendProbe {
+                backend: BackendKind::Uml,
+                description: "uml 6.1".into(),
+                emulated: false,
+            },
+            Record::GuestLost { backend: BackendKind::Uml, step: "ring".into(), failure },
+            Record::Provenance {
+                id: "p1".into(),
+                provenance: crate::provenance::Provenance::collect(Default::default()),
+            },
+        ];
+        for r in &records {
+            let line = serde_json::to_value(Versioned::new(r)).unwrap();
+            assert_eq!(line["schema_version"], SCHEMA_VERSION);
+            let errors: Vec<String> = v.iter_errors(&line).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{line} does not validate: {errors:?}");
+            let back: Line = serde_json::from_value(line.clone()).unwrap();
+            assert_eq!(back.schema_version, SCHEMA_VERSION);
+            let mut bad = line;
+            bad["record"] = "frobnicated".into();
+            assert!(!v.is_valid(&bad), "{bad}");
+        }
+        // Older results: no schema_version; version 0, same record.
+        let old: Line = serde_json::from_str(STARTUP).unwrap();
+        assert_eq!(old.schema_version, 0);
+        assert!(v.is_valid(&serde_json::from_str::<serde_json::Value>(STARTUP).unwrap()));
+        assert_eq!(Samples::parse(STARTUP.as_bytes()).unwrap().records.len(), 1);
+    }
 
     const STARTUP: &str = r#"{"record":"startup","backend":"native","n":2,"mode":"hot","index":0,"ready_s":0.25,"own_s":0.2,"guest_boot_s":null,"guest_kernel_s":null}"#;
 

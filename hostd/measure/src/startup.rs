@@ -24,7 +24,19 @@ use crate::memory::{self, GuestMemory};
 use crate::runstate::RunState;
 use crate::stats::Summary;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum StartMode {
@@ -44,7 +56,7 @@ impl StartMode {
 }
 
 /// One guest's startup.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StartupSample {
     pub backend: BackendKind,
     pub n: usize,
@@ -82,7 +94,7 @@ impl StartupSample {
 }
 
 /// The fleet's memory when every guest was booted and idle.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MemorySample {
     pub backend: BackendKind,
     pub n: usize,
@@ -108,7 +120,7 @@ pub struct MemorySample {
 }
 
 /// What makes M_used trustworthy on a shared host (issue 11 items 14–15).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MemoryChecks {
     /// The host's used memory before the fleet, with no fleet: the noise floor's readings.
     #[serde(default)]

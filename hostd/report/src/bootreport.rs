@@ -83,28 +83,15 @@ pub fn charts(s: &BootSummary) -> Vec<(String, Chart)> {
 }
 
 /// What the report says under its startup table: what cold, warm and resident mean, the
-/// partial fleets, the M_used bound, scratch and hostd's share (HTML, escaped).
-pub fn startup_notes_html(s: &BootSummary) -> String {
-    let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-    let mut h = String::from(
-        "<p>mode: <b>cold</b> = nothing the launches read (images, VMM or runtime and its libraries but those other running processes hold) \
-         was in the page cache just before the start (checked with mincore after eviction); <b>hot</b> = all of it was (read just \
-         before); <b>warm</b> = anything between, whichever mode was asked (not counted as cold or hot). M_used: median of repeated readings against a \
-         noise floor read with no fleet, ± the larger drift of the two windows; tmpfs scratch excluded.</p>",
-    );
+/// partial fleets, the M_used bound, scratch and hostd's share (a maud template, escaped).
+pub fn startup_notes_html(s: &BootSummary) -> maud::Markup {
     let partial: Vec<String> = s
         .rows
         .iter()
         .filter(|r| r.partial())
         .map(|r| format!("{} n={} {}: {} of {}", r.backend, r.n, r.label(), r.ready, r.n))
         .collect();
-    if !partial.is_empty() {
-        h.push_str(&format!(
-            "<p class=\"bad\">Partial fleets (T_startup over the guests that came up; the slowest may be among the missing): {}.</p>",
-            esc(&partial.join("; "))
-        ));
-    }
-    for r in &s.rows {
+    let checks = s.rows.iter().filter_map(|r| {
         let mut bits = Vec::new();
         if let Some(res) = &r.checks.residency {
             bits.push(res.clone());
@@ -115,17 +102,22 @@ pub fn startup_notes_html(s: &BootSummary) -> String {
         if let Some(g) = r.checks.hostd_growth_mib {
             bits.push(format!("hostd's RSS grew {g:.2} MiB (part of M_tool)"));
         }
-        if !bits.is_empty() {
-            h.push_str(&format!(
-                "<p>{} n={} {}: {}.</p>",
-                r.backend,
-                r.n,
-                r.label(),
-                esc(&bits.join("; "))
-            ));
+        (!bits.is_empty()).then(|| (r, bits.join("; ")))
+    });
+    maud::html! {
+        p {
+            "mode: " b { "cold" } " = nothing the launches read (images, VMM or runtime and its libraries but those other running processes hold) \
+             was in the page cache just before the start (checked with mincore after eviction); " b { "hot" } " = all of it was (read just \
+             before); " b { "warm" } " = anything between, whichever mode was asked (not counted as cold or hot). M_used: median of repeated readings against a \
+             noise floor read with no fleet, ± the larger drift of the two windows; tmpfs scratch excluded."
+        }
+        @if !partial.is_empty() {
+            p.bad { "Partial fleets (T_startup over the guests that came up; the slowest may be among the missing): " (partial.join("; ")) "." }
+        }
+        @for (r, bits) in checks {
+            p { (r.backend) " n=" (r.n) " " (r.label()) ": " (bits) "." }
         }
     }
-    h
 }
 
 /// The human-readable table.

@@ -37,6 +37,10 @@ pub struct Cell {
     /// worst only when this interval does not overlap the runner-up's.
     #[serde(default)]
     pub interval: Option<[f64; 2]>,
+    /// How many measurements the figure rests on (repetitions, guests' ready times, fleet
+    /// sizes of a fit); None for gaps and verdicts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,7 +61,13 @@ pub struct Table {
 
 /// A cell before ranking: its text and the number ranked, if any, without an interval.
 fn cell(text: String, value: Option<f64>) -> Cell {
-    Cell { text, value, rank: None, interval: None }
+    Cell { text, value, rank: None, interval: None, samples: None }
+}
+
+impl Cell {
+    fn of(self, samples: usize) -> Cell {
+        Cell { samples: Some(samples), ..self }
+    }
 }
 
 fn gap() -> Cell {
@@ -73,6 +83,7 @@ fn ratio_cell(ratio: f64, s: &Stat) -> Cell {
         value: Some(ratio),
         rank: None,
         interval: half.map(|h| [ratio - h, ratio + h]),
+        samples: Some(s.samples),
     }
 }
 
@@ -156,7 +167,7 @@ pub fn decide(rep: &Report) -> Table {
     let cells: Vec<Cell> = kinds
         .iter()
         .map(|&b| {
-            let mut worst: Option<(f64, Resource, usize)> = None;
+            let mut worst: Option<(f64, Resource, usize, usize)> = None;
             for r in Resource::ALL {
                 let Some(p) = rep
                     .linearity
@@ -171,13 +182,13 @@ pub fn decide(rep: &Report) -> Table {
                 }
                 let ratio =
                     if r == Resource::Network { reference / p.worst } else { p.worst / reference };
-                if worst.is_none_or(|(w, _, _)| ratio > w) {
-                    worst = Some((ratio, r, p.n));
+                if worst.is_none_or(|(w, _, _, _)| ratio > w) {
+                    worst = Some((ratio, r, p.n, p.value.samples));
                 }
             }
             match worst {
-                Some((ratio, r, n)) => {
-                    cell(format!("{ratio:.2}× ({}, n = {n})", r.name()), Some(ratio))
+                Some((ratio, r, n, k)) => {
+                    cell(format!("{ratio:.2}× ({}, n = {n})", r.name()), Some(ratio)).of(k)
                 }
                 None => gap(),
             }
@@ -228,6 +239,7 @@ pub fn decide(rep: &Report) -> Table {
                     value: Some(r.bandwidth.mean),
                     rank: None,
                     interval: r.bandwidth.ci95,
+                    samples: Some(r.bandwidth.samples),
                 }
             }
             None => gap(),
@@ -259,7 +271,11 @@ pub fn decide(rep: &Report) -> Table {
                         } else {
                             String::new()
                         };
-                        cell(format!("{t:.2} s{partial}"), Some(t))
+                        let c = cell(format!("{t:.2} s{partial}"), Some(t));
+                        match &r.ready_times {
+                            Some(s) => c.of(s.samples.len()),
+                            None => c,
+                        }
                     }
                     None => gap(),
                 }
@@ -404,10 +420,6 @@ fn verdict(b: BackendKind, columns: &[Column], cols: &[Vec<Cell>], i: usize) -> 
     s
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
 /// Background for a rank: green for the best, red for the worst, between them in steps.
 fn colour(rank: usize, of: usize) -> &'static str {
     const SHADES: [&str; 5] = ["#c8ecc8", "#e2f2c4", "#f5f0c0", "#f7dcc0", "#f3c4c4"];
@@ -417,42 +429,52 @@ fn colour(rank: usize, of: usize) -> &'static str {
     SHADES[((rank - 1) * (SHADES.len() - 1)).div_ceil(of - 1).min(SHADES.len() - 1)]
 }
 
-/// The table as an HTML section.
-pub fn html(t: &Table) -> String {
-    let mut h = String::from("<section id=\"decision\"><h2>Which system for a large emulation?</h2><table><tr><th>backend</th>");
-    for c in &t.columns {
-        h.push_str(&format!("<th>{}</th>", esc(&c.name)));
-    }
-    h.push_str("<th style=\"text-align:left\">in short</th></tr>");
-    for r in &t.rows {
-        h.push_str(&format!("<tr><td>{}</td>", r.backend));
-        for cell in &r.cells {
-            match cell.rank {
-                Some(k) => {
-                    h.push_str(&format!(
-                        "<td style=\"background:{}\" title=\"rank {k}\">{}</td>",
-                        colour(k, t.ranked_backends),
-                        esc(&cell.text)
-                    ));
+/// The table as an HTML section (a maud template: every string escaped).
+pub fn html(t: &Table) -> maud::Markup {
+    maud::html! {
+        section #decision {
+            h2 { "Which system for a large emulation?" }
+            table {
+                tr {
+                    th { "backend" }
+                    @for c in &t.columns { th { (c.name) } }
+                    th style="text-align:left" { "in short" }
                 }
-                None => h.push_str(&format!("<td>{}</td>", esc(&cell.text))),
+                @for r in &t.rows {
+                    tr {
+                        td { (r.backend) }
+                        @for cell in &r.cells {
+                            @match cell.rank {
+                                Some(k) => {
+                                    td style=(format!("background:{}", colour(k, t.ranked_backends))) title=(format!("rank {k}")) {
+                                        (cell.text) @if let Some(n) = cell.samples { br; small { (samples(n)) } }
+                                    }
+                                }
+                                None => { td { (cell.text) @if let Some(n) = cell.samples { br; small { (samples(n)) } } } }
+                            }
+                        }
+                        td style="text-align:left" { (r.verdict) }
+                    }
+                }
+            }
+            ul {
+                @for c in &t.columns {
+                    @let order = if !c.ranked { "not ranked" } else if c.lower_is_better { "lower is better" } else { "higher is better" };
+                    li { b { (c.name) } ": " (c.what) " (" (order) ")." }
+                }
+                li { "Under each figure: how many measurements it rests on (repetitions, guests' ready times, or fleet sizes of a fit)." }
+                li {
+                    "Colours rank the virtualization systems on each figure, green best to red worst; native is the reference and is not ranked. \
+                     Ranks order the means; the sentences call a system best or worst only where its interval does not overlap the runner-up's."
+                }
             }
         }
-        h.push_str(&format!("<td style=\"text-align:left\">{}</td></tr>", esc(&r.verdict)));
     }
-    h.push_str("</table><ul>");
-    for c in &t.columns {
-        let order = if !c.ranked {
-            "not ranked"
-        } else if c.lower_is_better {
-            "lower is better"
-        } else {
-            "higher is better"
-        };
-        h.push_str(&format!("<li><b>{}</b>: {} ({order}).</li>", esc(&c.name), esc(&c.what)));
-    }
-    h.push_str("<li>Colours rank the virtualization systems on each figure, green best to red worst; native is the reference and is not ranked. Ranks order the means; the sentences call a system best or worst only where its interval does not overlap the runner-up's.</li></ul></section>\n");
-    h
+}
+
+/// "5 samples": what a figure rests on.
+fn samples(n: usize) -> String {
+    format!("{n} sample{}", if n == 1 { "" } else { "s" })
 }
 
 /// The table as Markdown, for pasting into a paper or an issue.
@@ -470,8 +492,11 @@ pub fn markdown(t: &Table) -> String {
     for r in &t.rows {
         m.push_str(&format!("| {} |", r.backend));
         for c in &r.cells {
-            let rank = c.rank.map(|k| format!(" (#{k})")).unwrap_or_default();
-            m.push_str(&format!(" {}{rank} |", cell(&c.text)));
+            let notes: Vec<String> =
+                c.rank.map(|k| format!("#{k}")).into_iter().chain(c.samples.map(samples)).collect();
+            let notes =
+                if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) };
+            m.push_str(&format!(" {}{notes} |", cell(&c.text)));
         }
         m.push_str(&format!(" {} |\n", cell(&r.verdict)));
     }
@@ -487,7 +512,8 @@ pub fn markdown(t: &Table) -> String {
         m.push_str(&format!("- **{}**: {} ({order}).\n", c.name, c.what));
     }
     m.push_str(
-        "- (#k): rank among the virtualization systems (native, the reference, is not ranked).\n",
+        "- (#k): rank among the virtualization systems (native, the reference, is not ranked); \
+         k samples: how many measurements the figure rests on.\n",
     );
     m
 }
@@ -618,10 +644,15 @@ mod tests {
         // not ranked.
         let md = markdown(&t);
         assert!(md.starts_with("| backend | cpu overhead |"), "{md}");
-        assert!(md.contains("| uml | 1.25× ±0.64 (#1) |"), "{md}");
+        assert!(md.contains("| uml | 1.25× ±0.64 (#1; 2 samples) |"), "{md}");
+        assert!(
+            md.contains("| native | 1.00× ±0.64 (2 samples) |"),
+            "the reference has its n: {md}"
+        );
         assert!(!md.contains("T_startup hot"), "a column without any figure is left out: {md}");
-        let h = html(&t);
+        let h = html(&t).into_string();
         assert!(h.contains("id=\"decision\"") && h.contains("title=\"rank 1\""), "{h}");
+        assert!(h.contains("<small>2 samples</small>"), "each cell says its n: {h}");
         let mut rep = report();
         rep.probes
             .insert(BackendKind::QemuMicrovm, "QEMU 7.2; KVM probe failed: x; using TCG".into());

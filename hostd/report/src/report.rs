@@ -2,8 +2,8 @@
 //! paper figure (Fig. 1 startup; 2–5 overhead; 6–9 linearity; 10–13 isolation; 14 ring) plus
 //! memory occupation, and an HTML page showing them with the tables and the host.
 
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -725,7 +725,8 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
         );
     }
     let w = |name: &str, data: &[u8]| results::write_in(dir, name, data).map_err(WriteError::Write);
-    w("report.json", &serde_json::to_vec_pretty(&rep).map_err(|e| WriteError::Write(e.into()))?)?;
+    let json = serde_json::to_vec_pretty(&crate::results::Versioned::new(&rep));
+    w("report.json", &json.map_err(|e| WriteError::Write(e.into()))?)?;
     w(
         "report.csv",
         &csv(&rep)
@@ -912,105 +913,112 @@ fn with_ci(s: &Stat, p: usize) -> String {
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+const CSS: &str = "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #ddd}.bad{color:#a00}";
+/// Counts the figures the browser could load (the report test reads it in headless Chromium).
+const FIGURES_LOADED_JS: &str = "window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.figures=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});";
+
+/// An optional number with `p` decimals, "–" when missing.
+fn opt(v: Option<f64>, p: usize) -> String {
+    v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "–".into())
 }
 
 /// The page `index.html`: the decision table first, then the figures, provenance last.
+/// A maud template: every interpolated string is escaped.
 pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
-    let mut h = String::from(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>virtbench report</title>\n<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}figure{margin:1.5em 0}img{max-width:100%;border:1px solid #ddd}.bad{color:#a00}</style></head><body>\n<h1>virtbench report</h1>\n",
-    );
-    // The answer first; where it came from last.
-    h.push_str(&crate::decision::html(&crate::decision::decide(rep)));
-    let _ = write!(
-        h,
-        "<p>Host CPUs: {}. References and isolation models use the CPUs the guests had (their cpuset, recorded with every sample) and each guest's vCPUs. \
-         Every figure's points are means over the repetitions recorded in <code>samples.jsonl</code>; error bars are 95&nbsp;% confidence intervals of the mean \
-         (Student t with n − 1 degrees of freedom); medians and intervals of every point are in <code>report.json</code> and <code>report.csv</code>.</p>",
-        rep.cores
-    );
-    if !rep.cpus_assumed.is_empty() {
-        let _ = write!(
-            h,
-            "<p class=\"bad\">These figures' samples did not record the CPUs their guests had (results older than that record): their references and models assume the host's {} CPUs, which is wrong if the guests were pinned (guest.pin_one_core): {}.</p>",
-            rep.cores,
-            esc(&rep.cpus_assumed.join(", "))
-        );
-    }
-    h.push_str(&crate::fidelity::notes_html(&rep.notes));
-    if !rep.probes.is_empty() || !rep.unavailable.is_empty() {
-        h.push_str("<h2>Backends</h2><table><tr><th>backend</th><th>status</th></tr>");
-        for (b, d) in &rep.probes {
-            let mark = if rep.emulated.contains(b) { EMULATED_MARK } else { "" };
-            let _ = write!(
-                h,
-                "<tr><td>{b}{mark}</td><td style=\"text-align:left\">{}</td></tr>",
-                esc(d)
-            );
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "virtbench report" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                h1 { "virtbench report" }
+                // The answer first; where it came from last.
+                (crate::decision::html(&crate::decision::decide(rep)))
+                p {
+                    "Host CPUs: " (rep.cores) ". References and isolation models use the CPUs the guests had (their cpuset, recorded with every sample) and each guest's vCPUs. \
+                     Every figure's points are means over the repetitions recorded in " code { "samples.jsonl" } "; error bars are 95" (PreEscaped("&nbsp;")) "% confidence intervals of the mean \
+                     (Student t with n − 1 degrees of freedom); medians and intervals of every point are in " code { "report.json" } " and " code { "report.csv" } "."
+                }
+                @if !rep.cpus_assumed.is_empty() {
+                    p.bad {
+                        "These figures' samples did not record the CPUs their guests had (results older than that record): their references and models assume the host's "
+                        (rep.cores) " CPUs, which is wrong if the guests were pinned (guest.pin_one_core): " (rep.cpus_assumed.join(", ")) "."
+                    }
+                }
+                (crate::fidelity::notes_html(&rep.notes))
+                (backends_html(rep))
+                (startup_html(rep))
+                (overhead_html(rep))
+                (isolation_html(rep))
+                (ring_html(rep))
+                (crate::suite::conditions::html(&rep.conditions))
+                (PreEscaped(crate::netem_report::html(&rep.netem)))
+                h2 { "Figures" }
+                @for (name, f, caption) in figs {
+                    @let title = match f { Figure::Line(c) => &c.title, Figure::Bars(b) => &b.title };
+                    figure {
+                        img src=(format!("figures/{name}")) alt=(title);
+                        figcaption {
+                            b { (title) "." } " " (caption.trim())
+                            @if name.ends_with("_disk.svg") {
+                                @for (b, n) in &rep.disk_notes { br; "† " (b) ": " (n) }
+                            }
+                        }
+                    }
+                }
+                (records_html(rep))
+                @if let Some(p) = &rep.provenance {
+                    h2 { "Host and provenance" }
+                    ul { @for l in p.lines() { li { (l) } } }
+                }
+                script { (PreEscaped(FIGURES_LOADED_JS)) }
+            }
         }
-        for (b, d) in &rep.unavailable {
-            let _ = write!(h, "<tr><td>{b}</td><td class=\"bad\" style=\"text-align:left\">unavailable: {}</td></tr>", esc(d));
+    };
+    page.into_string() + "\n"
+}
+
+/// The backends measured and those that could not run, with why.
+fn backends_html(rep: &Report) -> Markup {
+    html! {
+        @if !rep.probes.is_empty() || !rep.unavailable.is_empty() {
+            h2 { "Backends" }
+            table {
+                tr { th { "backend" } th { "status" } }
+                @for (b, d) in &rep.probes {
+                    tr {
+                        td { (b) @if rep.emulated.contains(b) { (EMULATED_MARK) } }
+                        td style="text-align:left" { (d) }
+                    }
+                }
+                @for (b, d) in &rep.unavailable {
+                    tr { td { (b) } td.bad style="text-align:left" { "unavailable: " (d) } }
+                }
+            }
         }
-        h.push_str("</table>");
-    }
-    if !rep.failed_steps.is_empty() {
-        h.push_str("<h2>Failed steps</h2><ul>");
-        for (k, e) in &rep.failed_steps {
-            let _ = write!(h, "<li class=\"bad\"><b>{}</b>: {}</li>", esc(k), esc(e));
+        @if !rep.failed_steps.is_empty() {
+            h2 { "Failed steps" }
+            ul { @for (k, e) in &rep.failed_steps { li.bad { b { (k) } ": " (e) } } }
         }
-        h.push_str("</ul>");
-    }
-    if !rep.lost.is_empty() {
-        h.push_str("<h2>Guests lost during measurements</h2><ul>");
-        for (b, step, f) in &rep.lost {
-            let tail = f
-                .console_tail
-                .as_deref()
-                .map(|t| format!("<pre>{}</pre>", esc(t)))
-                .unwrap_or_default();
-            let _ = write!(
-                h,
-                "<li class=\"bad\"><b>{b} {}</b> ({}): {:?}: {}{tail}</li>",
-                esc(&f.name),
-                esc(step),
-                f.kind,
-                esc(&f.error)
-            );
+        @if !rep.lost.is_empty() {
+            h2 { "Guests lost during measurements" }
+            ul {
+                @for (b, step, f) in &rep.lost {
+                    li.bad {
+                        b { (b) " " (f.name) } " (" (step) "): " (format!("{:?}", f.kind)) ": " (f.error)
+                        @if let Some(t) = &f.console_tail { pre { (t) } }
+                    }
+                }
+            }
         }
-        h.push_str("</ul>");
     }
-    h.push_str("<h2>Concurrent startup and memory occupation (paper II.B, Fig. 1)</h2><table><tr><th>backend</th><th>n</th><th>mode</th><th>ready</th><th>T_startup (s)</th><th>ready time mean ± sd (s)</th><th>guest boot (s)</th><th>M_used (MiB)</th><th>cgroup / guest (MiB)</th><th>PSS / guest (MiB)</th></tr>");
-    let o = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "–".into());
-    for r in &rep.startup.rows {
-        let emulated = rep.emulated.contains(&r.backend);
-        let _ = write!(
-            h,
-            "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            r.backend,
-            if emulated { EMULATED_MARK } else { "" },
-            r.n,
-            // The verified label (cold, warm, hot) and the resident share before the start.
-            match r.checks.resident_fraction {
-                Some(f) => format!("{} ({:.1} % resident)", r.label(), 100.0 * f),
-                None => r.label().to_string(),
-            },
-            r.ready,
-            r.n,
-            // Over the guests that came up: marked partial, never bare.
-            if r.partial() && r.t_startup_s.is_some() { format!("{} (partial: {} of {})", o(r.t_startup_s, 3), r.ready, r.n) } else { o(r.t_startup_s, 3) },
-            r.ready_times.as_ref().map(|s| format!("{:.3} ± {:.3}", s.mean, s.std_dev)).unwrap_or_else(|| "–".into()),
-            o(r.guest_boot.as_ref().map(|g| g.mean), 3),
-            match (r.m_used_mib, r.checks.m_used_noise_mib, r.checks.m_used_disagrees) {
-                (Some(m), Some(b), false) => format!("{m:.1} ± {b:.1}"),
-                (Some(m), Some(b), true) => format!("{m:.1} ± {b:.1} (guests' cgroups + hostd: {})", o(r.checks.cross_check_mib, 1)),
-                (m, _, _) => o(m, 1),
-            },
-            o(r.per_guest_cgroup_mib, 2),
-            o(r.per_guest_pss_mib, 2)
-        );
-    }
-    h.push_str("</table>");
+}
+
+/// Paper II.B: the startup and memory table, its notes and the memory fit.
+fn startup_html(rep: &Report) -> Markup {
     // M_used is host-wide (the paper's method): memory another process frees during the
     // measurement makes it fall, even below zero. Said next to the table, not hidden.
     let negative: Vec<String> = rep
@@ -1020,152 +1028,182 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
         .filter(|r| r.m_used_mib.is_some_and(|m| m < 0.0))
         .map(|r| format!("{} n={} {}", r.backend, r.n, r.mode.name()))
         .collect();
-    if !negative.is_empty() {
-        let _ = write!(
-            h,
-            "<p class=\"bad\">M_used below zero for {}: the host's used memory fell during the measurement (another process freed memory), so those rows and the fit through them understate the guests' memory; rerun on a quiet host.</p>",
-            esc(&negative.join(", "))
-        );
-    }
-    h.push_str(&crate::bootreport::startup_notes_html(&rep.startup));
-    for (mode, f) in &rep.startup.memory_fit {
-        let _ = write!(h, "<p>Fit ({mode}): M_used(n) = {:.2} MiB × n + {:.1} MiB (M_VM, M_tool; residual {:.2} MiB over {} sizes).</p>", f.slope, f.intercept, f.residual_std, f.points);
-    }
-    if !rep.baseline.is_empty() {
-        h.push_str("<h2>Overhead O_v = T_av − T_a (paper II.A.1)</h2><table><tr><th>backend</th>");
-        for (r, l) in RES {
-            if rep.baseline.contains_key(&r) {
-                let _ = write!(
-                    h,
-                    "<th>{l} ({})</th>",
-                    if r == Resource::Network { "MB/s lost" } else { "s" }
-                );
+    html! {
+        h2 { "Concurrent startup and memory occupation (paper II.B, Fig. 1)" }
+        table {
+            tr {
+                th { "backend" } th { "n" } th { "mode" } th { "ready" } th { "T_startup (s)" }
+                th { "ready time mean ± sd (s)" } th { "guest boot (s)" } th { "M_used (MiB)" }
+                th { "cgroup / guest (MiB)" } th { "PSS / guest (MiB)" }
             }
-        }
-        h.push_str("</tr><tr><td>T_a (host)</td>");
-        for (r, _) in RES {
-            if let Some(s) = rep.baseline.get(&r) {
-                let _ = write!(h, "<td>{:.4} {}</td>", s.mean, s.unit);
-            }
-        }
-        h.push_str("</tr>");
-        for b in BackendKind::ALL {
-            if !RES.iter().any(|(r, _)| rep.overhead.contains_key(&key(b, *r))) {
-                continue;
-            }
-            let _ = write!(h, "<tr><td>{b}</td>");
-            for (r, _) in RES {
-                if rep.baseline.contains_key(&r) {
-                    let v = rep
-                        .overhead
-                        .get(&key(b, r))
-                        .and_then(|p| p.iter().find(|p| p.n == 1))
-                        .and_then(|p| p.overhead);
-                    let mark = if r == Resource::Disk && rep.disk_notes.contains_key(&b) {
-                        " †"
-                    } else {
-                        ""
-                    };
-                    let _ = write!(h, "<td>{}{mark}</td>", o(v, 4));
+            @for r in &rep.startup.rows {
+                @let emulated = rep.emulated.contains(&r.backend);
+                tr {
+                    td { (r.backend) @if emulated { (EMULATED_MARK) } }
+                    td { (r.n) }
+                    // The verified label (cold, warm, hot) and the resident share before the start.
+                    td {
+                        @match r.checks.resident_fraction {
+                            Some(f) => { (r.label()) " (" (format!("{:.1}", 100.0 * f)) " % resident)" }
+                            None => { (r.label()) }
+                        }
+                    }
+                    td { (r.ready) "/" (r.n) }
+                    // Over the guests that came up: marked partial, never bare.
+                    td {
+                        (opt(r.t_startup_s, 3))
+                        @if r.partial() && r.t_startup_s.is_some() { " (partial: " (r.ready) " of " (r.n) ")" }
+                    }
+                    td {
+                        @match &r.ready_times {
+                            Some(s) => { (format!("{:.3} ± {:.3}", s.mean, s.std_dev)) }
+                            None => { "–" }
+                        }
+                    }
+                    td { (opt(r.guest_boot.as_ref().map(|g| g.mean), 3)) }
+                    td {
+                        @match (r.m_used_mib, r.checks.m_used_noise_mib, r.checks.m_used_disagrees) {
+                            (Some(m), Some(b), false) => { (format!("{m:.1} ± {b:.1}")) }
+                            (Some(m), Some(b), true) => {
+                                (format!("{m:.1} ± {b:.1}")) " (guests' cgroups + hostd: " (opt(r.checks.cross_check_mib, 1)) ")"
+                            }
+                            (m, _, _) => { (opt(m, 1)) }
+                        }
+                    }
+                    td { (opt(r.per_guest_cgroup_mib, 2)) }
+                    td { (opt(r.per_guest_pss_mib, 2)) }
                 }
             }
-            h.push_str("</tr>");
         }
-        h.push_str("</table>");
-        for (b, n) in &rep.disk_notes {
-            let _ = write!(h, "<p>† {b} disk: {}</p>", esc(n));
-        }
-    }
-    if !rep.isolation.is_empty() {
-        h.push_str("<h2>Performance isolation (paper II.A.3)</h2><p>Relative to one copy alone in one guest. Model predictions for the capacity the guests had (the CPUs of their cpuset for CPU and memory, 1 for a shared disk or network path) and what each guest could use of it (min(vCPUs, CPUs) for CPU and memory); see docs/methodology.md for why the paper's T_a1 = 2T_a, T_a2 = 3T_a/2 is not one model's prediction.</p><table><tr><th>backend / resource</th><th>guest 1</th><th>guest 2 (copies)</th><th>per-VM model</th><th>per-process model</th><th>closer to</th><th>capacity</th><th>usable by guest 1, 2</th></tr>");
-        for (k, i) in &rep.isolation {
-            let _ = write!(
-                h,
-                "<tr><td>{k}</td><td>{:.2}</td><td>{:.2}, {:.2}</td><td>{:.2} / {:.2}</td><td>{:.2} / {:.2}</td><td>{}</td><td>{}{}</td><td>{}</td></tr>",
-                i.guest1,
-                i.guest2[0],
-                i.guest2[1],
-                i.per_vm.guest1,
-                i.per_vm.guest2,
-                i.per_process.guest1,
-                i.per_process.guest2,
-                match i.closest {
-                    Policy::PerVm => "per-VM",
-                    Policy::PerProcess => "per-process",
-                },
-                i.capacity,
-                if rep.cpus_assumed.contains(k) { " (host CPUs assumed)" } else { "" },
-                i.guest_cpus.map(|[a, b]| format!("{a}, {b}")).unwrap_or_else(|| "–".into())
-            );
-        }
-        h.push_str("</table>");
-    }
-    if !rep.ring.is_empty() {
-        h.push_str("<h2>Communication between guests (paper II.A.4, Fig. 14)</h2><table><tr><th>backend</th><th>guests</th><th>bandwidth per guest (MB/s): mean [95 % CI]</th><th>median</th><th>min–max</th><th>samples</th><th>latency (µs): mean [95 % CI]</th></tr>");
-        for (b, r) in &rep.ring {
-            let _ = write!(
-                h,
-                "<tr><td>{b}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}–{:.1}</td><td>{}</td><td>{}</td></tr>",
-                r.guests,
-                with_ci(&r.bandwidth, 1),
-                r.bandwidth.median,
-                r.bandwidth.min,
-                r.bandwidth.max,
-                r.bandwidth.samples,
-                r.latency.as_ref().map(|l| with_ci(l, 1)).unwrap_or_else(|| "–".into())
-            );
-        }
-        h.push_str("</table>");
-    }
-    h.push_str(&crate::suite::conditions::html(&rep.conditions));
-    h.push_str(&crate::netem_report::html(&rep.netem));
-    h.push_str("<h2>Figures</h2>");
-    for (name, f, caption) in figs {
-        let title = match f {
-            Figure::Line(c) => &c.title,
-            Figure::Bars(b) => &b.title,
-        };
-        let _ = write!(
-            h,
-            "<figure><img src=\"figures/{name}\" alt=\"{}\"><figcaption><b>{}.</b> {}",
-            esc(title),
-            esc(title),
-            esc(caption.trim())
-        );
-        if name.ends_with("_disk.svg") {
-            for (b, n) in &rep.disk_notes {
-                let _ = write!(h, "<br>† {b}: {}", esc(n));
+        @if !negative.is_empty() {
+            p.bad {
+                "M_used below zero for " (negative.join(", ")) ": the host's used memory fell during the measurement (another process freed memory), so those rows and the fit through them understate the guests' memory; rerun on a quiet host."
             }
         }
-        h.push_str("</figcaption></figure>\n");
-    }
-    if rep.unreadable_records > 0 {
-        let _ = write!(h, "<p class=\"bad\">{} record(s) in samples.jsonl could not be read (a run killed while writing).</p>", rep.unreadable_records);
-    }
-    if rep.implausible_records > 0 {
-        let _ = write!(
-            h,
-            "<p class=\"bad\">{} record(s) in samples.jsonl left out as outside physical sense (a damaged or edited samples file):</p><ul>",
-            rep.implausible_records
-        );
-        for r in &rep.rejected {
-            let _ = write!(h, "<li class=\"bad\">line {}: {}</li>", r.line, esc(&r.why));
+        (crate::bootreport::startup_notes_html(&rep.startup))
+        @for (mode, f) in &rep.startup.memory_fit {
+            p {
+                "Fit (" (mode) "): " (format!("M_used(n) = {:.2} MiB × n + {:.1} MiB (M_VM, M_tool; residual {:.2} MiB over {} sizes).", f.slope, f.intercept, f.residual_std, f.points))
+            }
         }
-        if rep.rejected.len() < rep.implausible_records {
-            let _ =
-                write!(h, "<li>… and {} more</li>", rep.implausible_records - rep.rejected.len());
-        }
-        h.push_str("</ul>");
     }
-    if let Some(p) = &rep.provenance {
-        h.push_str("<h2>Host and provenance</h2><ul>");
-        for l in p.lines() {
-            let _ = write!(h, "<li>{}</li>", esc(&l));
+}
+
+/// Paper II.A.1: T_a on the host and O_v per backend and resource at n = 1.
+fn overhead_html(rep: &Report) -> Markup {
+    let shown: Vec<Resource> =
+        RES.iter().map(|(r, _)| *r).filter(|r| rep.baseline.contains_key(r)).collect();
+    html! {
+        @if !rep.baseline.is_empty() {
+            h2 { "Overhead O_v = T_av − T_a (paper II.A.1)" }
+            table {
+                tr {
+                    th { "backend" }
+                    @for (r, l) in RES {
+                        @if rep.baseline.contains_key(&r) {
+                            th { (l) " (" (if r == Resource::Network { "MB/s lost" } else { "s" }) ")" }
+                        }
+                    }
+                }
+                tr {
+                    td { "T_a (host)" }
+                    @for (r, _) in RES {
+                        @if let Some(s) = rep.baseline.get(&r) { td { (format!("{:.4}", s.mean)) " " (s.unit) } }
+                    }
+                }
+                @for b in BackendKind::ALL {
+                    @if RES.iter().any(|(r, _)| rep.overhead.contains_key(&key(b, *r))) {
+                        tr {
+                            td { (b) }
+                            @for r in &shown {
+                                @let v = rep.overhead.get(&key(b, *r)).and_then(|p| p.iter().find(|p| p.n == 1)).and_then(|p| p.overhead);
+                                td {
+                                    (opt(v, 4))
+                                    @if *r == Resource::Disk && rep.disk_notes.contains_key(&b) { " †" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @for (b, n) in &rep.disk_notes { p { "† " (b) " disk: " (n) } }
         }
-        h.push_str("</ul>");
     }
-    h.push_str("<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.figures=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>\n</body></html>\n");
-    h
+}
+
+/// Paper II.A.3: each pair's relative times against both models.
+fn isolation_html(rep: &Report) -> Markup {
+    html! {
+        @if !rep.isolation.is_empty() {
+            h2 { "Performance isolation (paper II.A.3)" }
+            p {
+                "Relative to one copy alone in one guest. Model predictions for the capacity the guests had (the CPUs of their cpuset for CPU and memory, 1 for a shared disk or network path) \
+                 and what each guest could use of it (min(vCPUs, CPUs) for CPU and memory); see docs/methodology.md for why the paper's T_a1 = 2T_a, T_a2 = 3T_a/2 is not one model's prediction."
+            }
+            table {
+                tr {
+                    th { "backend / resource" } th { "guest 1" } th { "guest 2 (copies)" } th { "per-VM model" }
+                    th { "per-process model" } th { "closer to" } th { "capacity" } th { "usable by guest 1, 2" }
+                }
+                @for (k, i) in &rep.isolation {
+                    tr {
+                        td { (k) }
+                        td { (format!("{:.2}", i.guest1)) }
+                        td { (format!("{:.2}, {:.2}", i.guest2[0], i.guest2[1])) }
+                        td { (format!("{:.2} / {:.2}", i.per_vm.guest1, i.per_vm.guest2)) }
+                        td { (format!("{:.2} / {:.2}", i.per_process.guest1, i.per_process.guest2)) }
+                        td { (match i.closest { Policy::PerVm => "per-VM", Policy::PerProcess => "per-process" }) }
+                        td { (i.capacity) @if rep.cpus_assumed.contains(k) { " (host CPUs assumed)" } }
+                        td { (i.guest_cpus.map(|[a, b]| format!("{a}, {b}")).unwrap_or_else(|| "–".into())) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Paper II.A.4: bandwidth and latency per guest on the ring.
+fn ring_html(rep: &Report) -> Markup {
+    html! {
+        @if !rep.ring.is_empty() {
+            h2 { "Communication between guests (paper II.A.4, Fig. 14)" }
+            table {
+                tr {
+                    th { "backend" } th { "guests" } th { "bandwidth per guest (MB/s): mean [95 % CI]" } th { "median" }
+                    th { "min–max" } th { "samples" } th { "latency (µs): mean [95 % CI]" }
+                }
+                @for (b, r) in &rep.ring {
+                    tr {
+                        td { (b) }
+                        td { (r.guests) }
+                        td { (with_ci(&r.bandwidth, 1)) }
+                        td { (format!("{:.1}", r.bandwidth.median)) }
+                        td { (format!("{:.1}–{:.1}", r.bandwidth.min, r.bandwidth.max)) }
+                        td { (r.bandwidth.samples) }
+                        td { (r.latency.as_ref().map(|l| with_ci(l, 1)).unwrap_or_else(|| "–".into())) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What of samples.jsonl could not be read or was left out.
+fn records_html(rep: &Report) -> Markup {
+    html! {
+        @if rep.unreadable_records > 0 {
+            p.bad { (rep.unreadable_records) " record(s) in samples.jsonl could not be read (a run killed while writing)." }
+        }
+        @if rep.implausible_records > 0 {
+            p.bad { (rep.implausible_records) " record(s) in samples.jsonl left out as outside physical sense (a damaged or edited samples file):" }
+            ul {
+                @for r in &rep.rejected { li.bad { "line " (r.line) ": " (r.why) } }
+                @if rep.rejected.len() < rep.implausible_records {
+                    li { "… and " (rep.implausible_records - rep.rejected.len()) " more" }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -89,12 +89,17 @@ pub async fn main(a: LabArgs) -> Result<()> {
     if let Some(tty) = &a.in_dom0 {
         return dom0::dom0_side(tty).await;
     }
-    let mut say = |l: String| eprintln!("{l}");
+    let bar = crate::progress::spinner("xen-lab");
+    let mut say = |l: String| {
+        crate::progress::line(&bar, &l);
+        bar.set_message(l.trim().to_string());
+    };
     // On Ctrl-C the lab's future is dropped first: that kills QEMU and releases the run.
     let done = tokio::select! {
         r = run(&a, &mut say) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
     };
+    bar.finish_and_clear();
     let Some(o) = done else {
         eprintln!("hostd: interrupted; the Xen lab is shut down");
         std::process::exit(130);

@@ -27,7 +27,19 @@ pub use process::Proc;
 pub use resource::{release_all, Resource};
 
 /// The systems hostd can boot guests on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 // The CLI parses it (the `clap` feature, which only the hostd binary crate turns on).
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum), clap(rename_all = "kebab-case"))]
 #[serde(rename_all = "kebab-case")]

@@ -59,7 +59,9 @@ pub enum NetemError {
 }
 
 /// The shape of netem's jitter.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Distribution {
     /// Uniform in [delay − jitter, delay + jitter] (netem's default).
@@ -83,7 +85,7 @@ impl Distribution {
 
 /// One link's properties, each direction: a guest's own link, or a site's guests' links.
 /// Every field defaults to "no effect".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkProps {
     /// One-way delay added in each direction, ms.

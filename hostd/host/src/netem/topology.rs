@@ -111,7 +111,7 @@ pub struct Site {
 }
 
 /// What lies between two sites, one way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Between {
     #[serde(default)]

@@ -8,7 +8,6 @@
 //! in the paths table, never mixed into the figures' series.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::Resource;
@@ -130,10 +129,6 @@ pub fn split(bench: Vec<BenchSample>) -> (Vec<BenchSample>, Conditions) {
     (figures, conditions)
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
 fn test_name(t: Test) -> &'static str {
     match t {
         Test::Overhead => "overhead",
@@ -144,61 +139,65 @@ fn test_name(t: Test) -> &'static str {
     }
 }
 
-/// The report's two tables (empty when no sample carries these conditions).
-pub fn html(c: &Conditions) -> String {
-    let mut h = String::new();
-    if !c.paths.is_empty() {
-        h.push_str("<h2>Network paths</h2><p>The path each network figure crossed and its MTU (host side of the guest's link). \
-            Figures and overheads use each backend's own path; rows marked <em>second reference</em> (native on loopback, ns sharing one stack \
-            next to its veth) are shown here only. See docs/methodology.md.</p>\
-            <table><tr><th>backend</th><th>test</th><th>n</th><th>path</th><th>mean</th><th>min–max</th><th>samples</th><th></th></tr>");
-        for r in &c.paths {
-            let _ = write!(
-                h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} {}</td><td>{:.1}–{:.1}</td><td>{}</td><td>{}</td></tr>",
-                r.backend,
-                test_name(r.test),
-                r.n,
-                esc(&r.path),
-                r.mean,
-                esc(&r.unit),
-                r.min,
-                r.max,
-                r.samples,
-                if r.in_figures { "" } else { "second reference" }
-            );
+/// The report's two tables (empty when no sample carries these conditions; a maud
+/// template, every string escaped).
+pub fn html(c: &Conditions) -> maud::Markup {
+    let low: usize = c.sync.iter().map(|r| r.low_overlap).sum();
+    maud::html! {
+        @if !c.paths.is_empty() {
+            h2 { "Network paths" }
+            p {
+                "The path each network figure crossed and its MTU (host side of the guest's link). \
+                 Figures and overheads use each backend's own path; rows marked " em { "second reference" } " (native on loopback, ns sharing one stack \
+                 next to its veth) are shown here only. See docs/methodology.md."
+            }
+            table {
+                tr {
+                    th { "backend" } th { "test" } th { "n" } th { "path" } th { "mean" } th { "min–max" } th { "samples" } th {}
+                }
+                @for r in &c.paths {
+                    tr {
+                        td { (r.backend) }
+                        td { (test_name(r.test)) }
+                        td { (r.n) }
+                        td { (r.path) }
+                        td { (format!("{:.1}", r.mean)) " " (r.unit) }
+                        td { (format!("{:.1}–{:.1}", r.min, r.max)) }
+                        td { (r.samples) }
+                        td { @if !r.in_figures { "second reference" } }
+                    }
+                }
+            }
         }
-        h.push_str("</table>");
-    }
-    if !c.sync.is_empty() {
-        let low: usize = c.sync.iter().map(|r| r.low_overlap).sum();
-        let _ = write!(
-            h,
-            "<h2>Concurrent runs: start skew and overlap</h2><p>Every concurrent run starts on one instant sent ahead; skew is an instance's \
-            start minus that instant (host clock, ± the clock error), overlap the fraction of the span from the first start to the first end \
-            during which all instances ran (docs/methodology.md). Samples under 95 % overlap are flagged: <strong>{low}</strong> here.</p>\
-            <table><tr><th>backend</th><th>test</th><th>resource</th><th>n</th><th>path</th><th>samples</th><th>max |skew| (ms)</th>\
-            <th>clock error (ms)</th><th>min overlap</th><th>flagged (&lt; 95 %)</th></tr>"
-        );
-        for r in &c.sync {
-            let _ = write!(
-                h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.1} %</td><td>{}</td></tr>",
-                r.backend,
-                test_name(r.test),
-                r.resource.name(),
-                r.n,
-                r.path.as_deref().map(esc).unwrap_or_default(),
-                r.samples,
-                r.max_abs_skew_s * 1e3,
-                r.max_clock_err_s * 1e3,
-                r.min_overlap * 100.0,
-                if r.low_overlap > 0 { format!("<strong>{}</strong>", r.low_overlap) } else { "0".into() }
-            );
+        @if !c.sync.is_empty() {
+            h2 { "Concurrent runs: start skew and overlap" }
+            p {
+                "Every concurrent run starts on one instant sent ahead; skew is an instance's \
+                 start minus that instant (host clock, ± the clock error), overlap the fraction of the span from the first start to the first end \
+                 during which all instances ran (docs/methodology.md). Samples under 95 % overlap are flagged: " strong { (low) } " here."
+            }
+            table {
+                tr {
+                    th { "backend" } th { "test" } th { "resource" } th { "n" } th { "path" } th { "samples" } th { "max |skew| (ms)" }
+                    th { "clock error (ms)" } th { "min overlap" } th { "flagged (< 95 %)" }
+                }
+                @for r in &c.sync {
+                    tr {
+                        td { (r.backend) }
+                        td { (test_name(r.test)) }
+                        td { (r.resource.name()) }
+                        td { (r.n) }
+                        td { (r.path.as_deref().unwrap_or_default()) }
+                        td { (r.samples) }
+                        td { (format!("{:.3}", r.max_abs_skew_s * 1e3)) }
+                        td { (format!("{:.3}", r.max_clock_err_s * 1e3)) }
+                        td { (format!("{:.1}", r.min_overlap * 100.0)) " %" }
+                        td { @if r.low_overlap > 0 { strong { (r.low_overlap) } } @else { "0" } }
+                    }
+                }
+            }
         }
-        h.push_str("</table>");
     }
-    h
 }
 
 #[cfg(test)]
@@ -251,7 +250,7 @@ mod tests {
         );
         assert!(c.paths.iter().find(|r| r.backend == BackendKind::Ns).unwrap().in_figures);
         assert!(c.sync.is_empty());
-        let h = html(&c);
+        let h = html(&c).into_string();
         assert!(
             h.contains("second reference")
                 && h.contains("veth+bridge, MTU 1500")
@@ -279,6 +278,6 @@ mod tests {
             (r.samples, r.low_overlap, r.min_overlap, r.max_abs_skew_s),
             (2, 1, 0.90, 0.004)
         );
-        assert!(html(&c).contains("<strong>1</strong>"));
+        assert!(html(&c).into_string().contains("<strong>1</strong>"));
     }
 }

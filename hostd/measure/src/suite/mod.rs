@@ -57,25 +57,25 @@ pub struct Workloads {
 }
 
 fn d_cpu_rounds() -> u64 {
-    200_000_000
+    crate::defaults::CPU_ROUNDS
 }
 fn d_mem_n() -> u32 {
     crate::fidelity::AUTO
 }
 fn d_mem_passes() -> u32 {
-    12
+    crate::defaults::MEM_PASSES
 }
 fn d_disk_mib() -> u64 {
-    1024
+    crate::defaults::DISK_MIB
 }
 fn d_disk_block() -> u32 {
-    256
+    crate::defaults::DISK_BLOCK_KIB
 }
 fn d_net_ms() -> u32 {
-    1000
+    crate::defaults::NET_DURATION_MS
 }
 fn d_net_msg() -> u32 {
-    65536
+    crate::defaults::NET_MSG_SIZE
 }
 
 impl Workloads {
@@ -185,7 +185,19 @@ pub fn mark_reads(samples: &mut [BenchSample], preps: Option<&[crate::datadisk::
 }
 
 /// Which part of the suite a sample belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Test {
     /// T_avn: one guest runs it while n − 1 guests idle.
@@ -201,10 +213,11 @@ pub enum Test {
 }
 
 /// One timed benchmark instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BenchSample {
     pub backend: BackendKind,
     pub test: Test,
+    #[schemars(schema_with = "crate::samples::resource_schema")]
     pub resource: Resource,
     /// Guests running in the fleet when measured.
     pub n: usize,

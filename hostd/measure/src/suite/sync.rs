@@ -76,7 +76,7 @@ async fn clock_offset(conn: &AgentConn) -> Result<Offset, String> {
 }
 
 /// How one instance's run related to the common instant and to the other instances.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StartSync {
     /// This instance's start minus the common instant, on the host's clock, s. Late starts
     /// are positive; within ±`clock_err_s` of 0 is on time.
