@@ -353,6 +353,7 @@ mod tests {
                 agent_start_ns: None,
                 kernel_init_ns: None,
             },
+            root: None,
         }
     }
 

@@ -101,6 +101,56 @@ pub struct Hello {
     /// Which control channel the agent used (`fd:3`, `tty:/dev/hvc0`, `tcp:…`, `unix:…`).
     pub transport: String,
     pub clock: GuestClock,
+    /// The system the guest booted from a root block device or tree, when it did (absent:
+    /// the agent's own initramfs or rootfs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<RootInfo>,
+}
+
+/// Longest text field of [`RootInfo`] and most boot phases the host accepts.
+pub const MAX_ROOT_TEXT: usize = 256;
+pub const MAX_BOOT_PHASES: usize = 16;
+
+/// What a guest booted from a system image says about it (checked by [`Hello::check`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootInfo {
+    /// Where the root came from: the block device (`/dev/vdb`) or `tree` for containers.
+    pub device: String,
+    /// `PRETTY_NAME` of the root's `/etc/os-release`, when it has one.
+    pub os: Option<String>,
+    /// PID 1: `agent`, or the image's own init (`/usr/lib/systemd/systemd`).
+    pub init: String,
+    /// Boot phases the image's init reports, as (name, CLOCK_MONOTONIC ns), in order.
+    #[serde(default)]
+    pub phases: Vec<BootPhase>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootPhase {
+    pub name: String,
+    pub at_ns: u64,
+}
+
+impl RootInfo {
+    fn check(&self) -> Result<(), MessageError> {
+        let long = |s: &str| s.len() > MAX_ROOT_TEXT;
+        if long(&self.device)
+            || long(&self.init)
+            || self.os.as_deref().is_some_and(long)
+            || self.phases.len() > MAX_BOOT_PHASES
+            || self.phases.iter().any(|p| long(&p.name))
+        {
+            return Err(MessageError::Malformed(format!(
+                "hello's root description exceeds its bounds ({MAX_ROOT_TEXT} bytes a field, {MAX_BOOT_PHASES} phases)"
+            )));
+        }
+        if self.phases.windows(2).any(|w| w[1].at_ns < w[0].at_ns) {
+            return Err(MessageError::Malformed("hello's boot phases are out of order".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Guest clocks at the moment the hello was written.
@@ -161,6 +211,9 @@ impl Hello {
         if self.cpus == 0 {
             return Err(MessageError::Malformed("hello reports 0 CPUs".into()));
         }
+        if let Some(r) = &self.root {
+            r.check()?;
+        }
         Ok(())
     }
 }
@@ -190,6 +243,7 @@ mod tests {
                 agent_start_ns: Some(3),
                 kernel_init_ns: None,
             },
+            root: None,
         }
     }
 
@@ -259,6 +313,38 @@ mod tests {
         assert_eq!(h.check(), Err(MessageError::Version { got: 1, want: PROTOCOL_VERSION }));
         let mut h = hello();
         h.cpus = 0;
+        assert!(h.check().is_err());
+        let root = RootInfo {
+            device: "/dev/vdb".into(),
+            os: Some("Debian GNU/Linux 12 (bookworm)".into()),
+            init: "/usr/lib/systemd/systemd".into(),
+            phases: vec![
+                BootPhase { name: "init".into(), at_ns: 5 },
+                BootPhase { name: "system_up".into(), at_ns: 9 },
+            ],
+        };
+        let mut h = hello();
+        h.root = Some(root.clone());
+        assert!(h.check().is_ok());
+        assert_eq!(
+            GuestMsg::decode(&GuestMsg::Hello(h.clone()).encode()).unwrap(),
+            GuestMsg::Hello(h.clone())
+        );
+        // Without a root the field is left out: older hosts read the hello unchanged.
+        assert!(!String::from_utf8(GuestMsg::Hello(hello()).encode()).unwrap().contains("root"));
+        let mut bad = root.clone();
+        bad.phases.reverse();
+        h.root = Some(bad);
+        assert!(h.check().is_err());
+        let mut bad = root.clone();
+        bad.os = Some("x".repeat(MAX_ROOT_TEXT + 1));
+        h.root = Some(bad);
+        assert!(h.check().is_err());
+        let mut bad = root;
+        bad.phases = (0..=MAX_BOOT_PHASES as u64)
+            .map(|i| BootPhase { name: "p".into(), at_ns: i })
+            .collect();
+        h.root = Some(bad);
         assert!(h.check().is_err());
     }
 
