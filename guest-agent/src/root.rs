@@ -222,7 +222,8 @@ pub fn install_service(agent: &[u8], kind: InitKind, ctl_tty: Option<&str>) -> R
 /// Execs the image's init as PID 1 (only returns on failure).
 pub fn exec_init(init: &str) -> String {
     use std::os::unix::process::CommandExt;
-    let e = std::process::Command::new("/sbin/init").arg0(init).exec();
+    // argv[0] stays /sbin/init: busybox picks its applet by it.
+    let e = std::process::Command::new("/sbin/init").exec();
     format!("exec /sbin/init ({init}): {e}")
 }
 

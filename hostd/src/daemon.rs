@@ -44,6 +44,12 @@ pub struct FleetFile {
     /// Per-guest cgroup limits. Default none.
     #[serde(default)]
     pub limits: LimitsFile,
+    /// A system image (root file system recipe in the image store) the guests boot.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// With `system`: PID 1 is the agent (default) or the image's own init.
+    #[serde(default)]
+    pub init: Option<crate::backend::rootdisk::InitMode>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -104,7 +110,18 @@ impl FleetFile {
         if let Some(e) = checks.into_iter().find_map(Result::err) {
             return Err(format!("{}: {e}", path.display()));
         }
+        if f.init.is_some() && f.system.is_none() {
+            return bad("init", "needs `system` (the agent's own image has no other init)".into());
+        }
+        if kind == BackendKind::Native && f.system.is_some() {
+            return bad("system", "native guests are host processes: they boot no image".into());
+        }
         Ok((f, kind))
+    }
+
+    /// The system image and init the guests boot, if the file names one.
+    pub fn system(&self) -> Option<(String, crate::backend::rootdisk::InitMode)> {
+        self.system.clone().map(|s| (s, self.init.unwrap_or_default()))
     }
 
     pub fn fleet_config(&self) -> FleetConfig {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::backend::rootdisk::{InitMode, System};
 use crate::backend::{Images, Kernel};
 
 /// The workspace this hostd was built from (where `target/` and `images/` live), unless
@@ -180,4 +181,51 @@ fn kernel(store: &imagegen::Store, recipe: &str, images: &mut Images) -> Option<
     let path = output(store, recipe, "kernel", images)?;
     let cmdline = store.current(recipe).ok()?.cmdline.unwrap_or_default();
     Some(Kernel { path, cmdline })
+}
+
+/// The system image `name` (a root file system recipe's current build: `debian-rootfs`,
+/// `rootfs-import` or `oci-image`) for guests to boot with `init`, checked against its
+/// manifest, its tree unpacked for containers; recorded in `images` (hash and provenance).
+pub fn add_system(images: &mut Images, name: &str, init: InitMode) -> Result<()> {
+    let cfg =
+        imagegen::Config::for_workspace(&workspace_root()).context("locating the image store")?;
+    let store = imagegen::Store::open(&cfg.store).with_context(|| {
+        format!("no image store at {}: run `imagegen build {name}`", cfg.store.display())
+    })?;
+    let m = store.current(name).with_context(|| {
+        format!(
+            "system image {name:?} is not in the image store {}: build it with `imagegen build {name}`",
+            cfg.store.display()
+        )
+    })?;
+    let Some(info) = m.system.as_deref() else {
+        bail!(
+            "image {name:?} is a {} recipe, not a root file system (kinds debian-rootfs, rootfs-import, oci-image)",
+            m.kind
+        );
+    };
+    let out = m
+        .output("rootfs.ext4")
+        .with_context(|| format!("system image {name} has no rootfs.ext4 output"))?;
+    let ext4 =
+        store.output_path(&m, "rootfs.ext4").with_context(|| format!("system image {name}"))?;
+    crate::integrity::check_blob(&ext4, &out.sha256)
+        .map_err(|e| anyhow::anyhow!("system image {name}: {e}"))?;
+    let tree = store
+        .materialize_system_tree(&m)
+        .with_context(|| format!("system image {name}: unpacking its tree"))?;
+    let system = System {
+        name: name.to_string(),
+        ext4,
+        ext4_uuid: info.ext4_uuid.clone(),
+        tree,
+        init,
+        image_init: info.init.clone(),
+        private: false,
+    };
+    system.check().map_err(anyhow::Error::msg)?;
+    images.hashes.insert(format!("system {name} (rootfs.ext4)"), out.sha256.clone());
+    images.hashes.insert(format!("system {name} (recipe)"), m.recipe_file.sha256.clone());
+    images.system = Some(system);
+    Ok(())
 }

@@ -234,6 +234,14 @@ struct ImageArgs {
     /// Firecracker binary for the firecracker backend (name on PATH or path).
     #[arg(long, default_value = "firecracker")]
     firecracker: String,
+    /// Boot guests from this system image (a root file system recipe in the image store,
+    /// e.g. debian-bookworm, built with `imagegen build NAME`) instead of the agent's own.
+    #[arg(long, value_name = "RECIPE")]
+    system: Option<String>,
+    /// With --system: PID 1 is the agent, or the image's own /sbin/init with the agent as
+    /// its service.
+    #[arg(long, value_enum, default_value = "agent", requires = "system")]
+    init: hostd::backend::rootdisk::InitMode,
 }
 
 #[derive(Args)]
@@ -425,10 +433,13 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
 
 async fn probe(a: ProbeArgs) -> anyhow::Result<Done> {
     // Missing images are a backend's reason, not an error: probe with what there is.
-    let images = hostd::images::resolve(a.images.agent.as_deref()).unwrap_or_else(|e| {
+    let mut images = hostd::images::resolve(a.images.agent.as_deref()).unwrap_or_else(|e| {
         tracing::warn!("no images ({e:#}): backends that need them will say so");
         hostd::backend::Images::default()
     });
+    if let Some(name) = &a.images.system {
+        hostd::images::add_system(&mut images, name, a.images.init)?;
+    }
     let kinds = if a.backend.is_empty() { BackendKind::ALL.to_vec() } else { a.backend.clone() };
     let r = hostd::probe::probe(&kinds, &images, &backend_options(&a.images)).await;
     if a.json {
@@ -529,7 +540,7 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
         }
         return Ok(Done::All);
     }
-    let images = images_or_note(a.images.agent.as_deref())?;
+    let images = images_or_note(&a.images)?;
     reap_orphans();
     let run = RunState::create("run", Some(a.resume.clone().unwrap_or_else(|| a.results.clone())))?;
     let made = match &a.resume {
@@ -693,10 +704,17 @@ fn up(a: &UpArgs) -> ExitCode {
     if daemon::live_fleets().iter().any(|(n, _)| *n == file.name) {
         return fail(format!("a fleet named {:?} is already running", file.name));
     }
-    let images = match hostd::images::resolve(a.images.agent.as_deref()) {
+    let mut images = match hostd::images::resolve(a.images.agent.as_deref()) {
         Ok(i) => i,
         Err(e) => return fail(format!("{e:#}")),
     };
+    // The command line's system wins over the fleet file's.
+    let system = a.images.system.clone().map(|s| (s, a.images.init)).or(file.system());
+    if let Some((name, init)) = system {
+        if let Err(e) = hostd::images::add_system(&mut images, &name, init) {
+            return fail(format!("{e:#}"));
+        }
+    }
     let opts = backend_options(&a.images);
     if a.foreground {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -777,8 +795,11 @@ fn detach_stdio(log: &std::path::Path) {
 }
 
 /// Resolves the images and says what is stale or missing.
-fn images_or_note(agent: Option<&std::path::Path>) -> anyhow::Result<hostd::backend::Images> {
-    let images = hostd::images::resolve(agent)?;
+fn images_or_note(a: &ImageArgs) -> anyhow::Result<hostd::backend::Images> {
+    let mut images = hostd::images::resolve(a.agent.as_deref())?;
+    if let Some(name) = &a.system {
+        hostd::images::add_system(&mut images, name, a.init)?;
+    }
     for n in &images.notes {
         eprintln!("hostd: note: {n}");
     }
@@ -803,7 +824,7 @@ fn reap_orphans() {
 
 async fn boot(a: BootArgs) -> anyhow::Result<Done> {
     limits::check_sizes(&a.sizes).map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
-    let images = images_or_note(a.images.agent.as_deref())?;
+    let images = images_or_note(&a.images)?;
     let bopts = backend_options(&a.images);
     let backend = AnyBackend::new(a.backend, &images, &bopts);
     reap_orphans();
@@ -925,7 +946,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let images = images_or_note(a.images.agent.as_deref())?;
+    let images = images_or_note(&a.images)?;
     let workdir = tempfile::Builder::new().prefix("virtbench-bench-").tempdir()?;
     let opts = BenchOptions {
         backend: a.backend,

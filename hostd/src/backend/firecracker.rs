@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 use super::native::split_socket;
+use super::rootdisk::System;
 use super::vmm::{
     check_file, check_kvm, ctl_pair, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec,
     program_version, stop_vmm, Staging,
@@ -46,6 +47,7 @@ pub struct Firecracker {
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,
     probed: OnceCell<Result<String, String>>,
+    system: Option<System>,
 }
 
 impl Firecracker {
@@ -55,6 +57,7 @@ impl Firecracker {
             kernel: images.kernel_microvm.clone(),
             initramfs: images.initramfs.clone(),
             probed: OnceCell::new(),
+            system: images.system.clone(),
         }
     }
 
@@ -64,6 +67,7 @@ impl Firecracker {
             kernel: images.kernel_microvm.clone(),
             initramfs: images.initramfs.clone(),
             probed: self.probed.clone(),
+            system: images.system.clone(),
         }
     }
 
@@ -88,7 +92,7 @@ impl Firecracker {
         let (kernel, initramfs) = self.images()?;
         let dir = probe_dir("fc-probe")?;
         let spec = probe_spec(dir.path(), "fc-probe");
-        let launched = launch_firecracker(&self.bin, kernel, initramfs, &spec)
+        let launched = launch_firecracker(&self.bin, kernel, initramfs, &spec, None)
             .await
             .map_err(|e| format!("probe guest: {e}"))?;
         let t = probe_boot(launched, "Firecracker", PROBE_DEADLINE, None, |g, d| {
@@ -142,6 +146,19 @@ pub fn vm_config(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Value {
     })
 }
 
+/// Adds the system image's root drive (writable: the guest's own copy) and the agent's
+/// `vb.root`/`vb.init` to a guest's config.
+pub fn add_root_drive(config: &mut Value, sys: &System, disk: &Path) {
+    if let Some(drives) = config["drives"].as_array_mut() {
+        drives.push(json!({ "drive_id": "root", "path_on_host": disk, "is_root_device": false, "is_read_only": false }));
+    }
+    if let Some(args) = config["boot-source"]["boot_args"].as_str() {
+        let line =
+            std::iter::once(args.to_string()).chain(sys.cmdline()).collect::<Vec<_>>().join(" ");
+        config["boot-source"]["boot_args"] = Value::String(line);
+    }
+}
+
 /// Firecracker's arguments for one guest.
 pub fn fc_args(config: &Path, log: &Path, spec: &GuestSpec) -> Vec<String> {
     vec![
@@ -162,8 +179,40 @@ async fn launch_firecracker(
     kernel: &Kernel,
     initramfs: &Path,
     spec: &GuestSpec,
+    system: Option<&System>,
 ) -> Result<Launched, LaunchError> {
     let mut st = Staging::new(spec)?;
+    let mut config = vm_config(kernel, initramfs, spec);
+    if let Some(sys) = system {
+        // Firecracker drives are raw files, so there is no overlay format: a guest writes its
+        // own sparse copy of the image (a reflink where the file system has them), made in
+        // the work directory and released with it, unless it has a private copy already.
+        let disk = if sys.private {
+            sys.ext4.clone()
+        } else {
+            let copy = spec.workdir.join("root.ext4");
+            let out = tokio::process::Command::new("cp")
+                .args(["--reflink=auto", "--sparse=always"])
+                .arg(&sys.ext4)
+                .arg(&copy)
+                .output()
+                .await
+                .map_err(|e| LaunchError::Prepare {
+                    what: "copying the root image".into(),
+                    source: e,
+                })?;
+            if !out.status.success() {
+                return Err(LaunchError::Prepare {
+                    what: format!("copying the root image to {}", copy.display()),
+                    source: std::io::Error::other(
+                        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    ),
+                });
+            }
+            copy
+        };
+        add_root_drive(&mut config, sys, &disk);
+    }
     // Firecracker opens its log without creating it, and writes from offset 0 (no append),
     // so its stderr (panics) gets a file of its own.
     let log_path = spec.workdir.join("firecracker.log");
@@ -171,8 +220,7 @@ async fn launch_firecracker(
     let stderr_path = spec.workdir.join("firecracker.stderr");
     let stderr = st.log_file(&stderr_path)?;
     let config_path = spec.workdir.join("vm.json");
-    let config = serde_json::to_vec_pretty(&vm_config(kernel, initramfs, spec))
-        .expect("a JSON value serializes");
+    let config = serde_json::to_vec_pretty(&config).expect("a JSON value serializes");
     std::fs::write(&config_path, config).map_err(|source| LaunchError::Prepare {
         what: config_path.display().to_string(),
         source,
@@ -243,7 +291,7 @@ impl Backend for Firecracker {
             what: "firecracker images".into(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
         })?;
-        launch_firecracker(&self.bin, kernel, initramfs, spec).await
+        launch_firecracker(&self.bin, kernel, initramfs, spec, self.system.as_ref()).await
     }
 
     async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {

@@ -48,6 +48,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 
 use super::native::{split_socket, AGENT_FD};
+use super::rootdisk::{System, AGENT_IN_IMAGE};
 use super::{
     make_cgroup, prepare, Backend, BackendKind, BackendOptions, GuestSpec, Halves, Held, Images,
     LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
@@ -86,6 +87,9 @@ pub struct IdMap {
 
 pub struct Ns {
     rootfs: Option<PathBuf>,
+    /// A system image to use as the guests' root instead (each over its own overlayfs),
+    /// with the agent binary added to it.
+    system: Option<(System, PathBuf)>,
     /// Also give each guest a user namespace (see [`IdMap`]). None: guests' root is the
     /// host's root, as in Vserver.
     pub user_ns: Option<IdMap>,
@@ -93,11 +97,11 @@ pub struct Ns {
 
 impl Ns {
     pub fn new(images: &Images, _opts: &BackendOptions) -> Self {
-        Self { rootfs: images.rootfs.clone(), user_ns: None }
+        Self { rootfs: images.rootfs.clone(), system: system_of(images), user_ns: None }
     }
 
     pub fn with_images(&self, images: &Images) -> Self {
-        Self { rootfs: images.rootfs.clone(), user_ns: self.user_ns }
+        Self { rootfs: images.rootfs.clone(), system: system_of(images), user_ns: self.user_ns }
     }
 
     fn clone_flags(&self) -> CloneFlags {
@@ -121,6 +125,11 @@ impl Ns {
     }
 }
 
+/// The system image and the agent to add to it.
+fn system_of(images: &Images) -> Option<(System, PathBuf)> {
+    images.system.clone().map(|s| (s, images.agent.clone()))
+}
+
 impl Backend for Ns {
     fn kind(&self) -> BackendKind {
         BackendKind::Ns
@@ -129,7 +138,10 @@ impl Backend for Ns {
     /// The rootfs tree (the agent is in it); hostd itself does the namespaces.
     fn launch_files(&self) -> LaunchFiles {
         LaunchFiles {
-            images: self.rootfs.iter().cloned().collect(),
+            images: match &self.system {
+                Some((sys, agent)) => vec![sys.tree.clone(), agent.clone()],
+                None => self.rootfs.iter().cloned().collect(),
+            },
             programs: Vec::new(),
             data: Vec::new(),
         }
@@ -206,15 +218,26 @@ impl Ns {
         spec: &GuestSpec,
         held: &mut Held,
     ) -> Result<(Halves, Proc, ConsoleLog), LaunchError> {
-        let rootfs = self.rootfs.as_ref().ok_or_else(|| {
-            prepare("the rootfs image", io::Error::new(io::ErrorKind::NotFound, "none given"))
-        })?;
-        let rootfs = std::fs::canonicalize(rootfs)
-            .map_err(|e| prepare(format!("rootfs {}", rootfs.display()), e))?;
         std::fs::create_dir_all(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
         held.resources.push(Resource::Dir { path: spec.workdir.clone() });
         let workdir =
             std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
+        let rootfs = match &self.system {
+            // The guest's own overlay over the image's tree: writable, never the image.
+            Some((sys, agent)) => {
+                sys.container_root(&workdir, agent, &NEEDED_DIRS, &mut held.resources)?
+            }
+            None => {
+                let rootfs = self.rootfs.as_ref().ok_or_else(|| {
+                    prepare(
+                        "the rootfs image",
+                        io::Error::new(io::ErrorKind::NotFound, "none given"),
+                    )
+                })?;
+                std::fs::canonicalize(rootfs)
+                    .map_err(|e| prepare(format!("rootfs {}", rootfs.display()), e))?
+            }
+        };
         // A guest root in a user namespace is "other" to this directory and must still reach
         // the mount point in it.
         std::fs::set_permissions(&workdir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -252,6 +275,7 @@ impl Ns {
             hostname: &spec.name,
             rootfs_keep: keep_flags(&rootfs)
                 .map_err(|e| prepare(format!("statvfs {}", rootfs.display()), e))?,
+            writable: self.system.is_some(),
             disk_keep: match &disk {
                 Some(d) => {
                     keep_flags(d).map_err(|e| prepare(format!("statvfs {}", d.display()), e))?
@@ -262,13 +286,17 @@ impl Ns {
         };
         let steps = plan(&input).map_err(|e| prepare("mount plan", e))?;
 
+        let agent_path = if self.system.is_some() { AGENT_IN_IMAGE } else { AGENT_PATH };
         let mut args = vec![
-            AGENT_PATH.to_string(),
+            agent_path.to_string(),
             "--ctl".into(),
             format!("fd:{AGENT_FD}"),
             "--hostname".into(),
             spec.name.clone(),
         ];
+        if self.system.is_some() {
+            args.push("--system-root".into());
+        }
         let mode = spec.net.as_ref().map(|n| n.fleet.mode).unwrap_or_default();
         // The fleet's namespace, for a guest that shares its stack: joined by the child.
         let shared_netns = match &spec.net {
@@ -296,7 +324,7 @@ impl Ns {
             .collect::<io::Result<Vec<_>>>()
             .map_err(|e| prepare("agent arguments", e))?;
         let envp_c = [CString::from(c"PATH=/sbin:/bin")];
-        let path = cstring(AGENT_PATH).map_err(|e| prepare("agent path", e))?;
+        let path = cstring(agent_path).map_err(|e| prepare("agent path", e))?;
 
         held.cgroup = make_cgroup(spec)?;
 
@@ -456,6 +484,8 @@ struct PlanInput<'a> {
     rootfs_keep: MsFlags,
     disk_keep: MsFlags,
     user_ns: bool,
+    /// The root is the guest's own overlay (a system image): left writable.
+    writable: bool,
 }
 
 /// Descriptors the plan opens (O_PATH, in the guest's mount namespace) for the host paths
@@ -593,21 +623,23 @@ fn plan(p: &PlanInput) -> io::Result<Vec<Step>> {
     v.extend([
         Step::Chdir(fd_path(WORKDIR_FD)?),
         mount(Some(fd_path(ROOTFS_FD)?), "root", None, MsFlags::MS_BIND, None)?,
-        mount(
+    ]);
+    if !p.writable {
+        v.push(mount(
             None,
             "root",
             None,
             ro_bind | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | p.rootfs_keep,
             None,
-        )?,
-        mount(
-            Some(c("tmpfs")?),
-            "root/dev",
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("mode=755,size=64k"),
-        )?,
-    ]);
+        )?);
+    }
+    v.extend([mount(
+        Some(c("tmpfs")?),
+        "root/dev",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=64k"),
+    )?]);
     for d in DEVICES {
         let target = format!("root/dev/{d}");
         v.push(Step::CreateFile(c(&target)?));
@@ -1011,6 +1043,7 @@ mod tests {
             rootfs_keep: MsFlags::MS_RELATIME,
             disk_keep: MsFlags::MS_NOATIME | MsFlags::MS_NOEXEC,
             user_ns,
+            writable: false,
         }
     }
 

@@ -33,6 +33,7 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, Spec};
 
 use super::native::{split_socket, AGENT_FD};
+use super::rootdisk::{System, AGENT_IN_IMAGE};
 use super::{
     pass_fd_in_child, prepare, Backend, BackendKind, BackendOptions, GuestSpec, Halves, Held,
     Images, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
@@ -53,15 +54,25 @@ const AGENT_PATH: &str = "sbin/guest-agent";
 pub struct Oci {
     runtime: String,
     bundle: Option<PathBuf>,
+    /// A system image to run over (each guest on its own overlay), with the agent to add.
+    system: Option<(System, PathBuf)>,
 }
 
 impl Oci {
     pub fn new(images: &Images, opts: &BackendOptions) -> Self {
-        Self { runtime: opts.oci_runtime.clone(), bundle: images.bundle.clone() }
+        Self {
+            runtime: opts.oci_runtime.clone(),
+            bundle: images.bundle.clone(),
+            system: images.system.clone().map(|s| (s, images.agent.clone())),
+        }
     }
 
     pub fn with_images(&self, images: &Images) -> Self {
-        Self { runtime: self.runtime.clone(), bundle: images.bundle.clone() }
+        Self {
+            runtime: self.runtime.clone(),
+            bundle: images.bundle.clone(),
+            system: images.system.clone().map(|s| (s, images.agent.clone())),
+        }
     }
 
     /// The runtime binary: a path, or a name looked up on PATH.
@@ -107,7 +118,12 @@ impl Backend for Oci {
     /// The bundle tree and the runtime.
     fn launch_files(&self) -> LaunchFiles {
         LaunchFiles {
-            images: self.bundle.iter().cloned().collect(),
+            images: self
+                .bundle
+                .iter()
+                .cloned()
+                .chain(self.system.iter().flat_map(|(s, a)| [s.tree.clone(), a.clone()]))
+                .collect(),
             programs: vec![self.runtime.clone()],
             data: Vec::new(),
         }
@@ -180,6 +196,16 @@ impl Oci {
         held.resources.push(Resource::Dir { path: spec.workdir.clone() });
         let workdir =
             std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
+        // A system image: the guest's own overlay over its tree, instead of the bundle's rootfs.
+        let rootfs = match &self.system {
+            Some((sys, agent)) => sys.container_root(
+                &workdir,
+                agent,
+                &["/dev", "/proc", "/sys", "/tmp", "/data"],
+                &mut held.resources,
+            )?,
+            None => rootfs,
+        };
         let bundle = workdir.join("bundle");
         let state = workdir.join("state");
         for d in [&bundle, &state] {
@@ -232,6 +258,12 @@ impl Oci {
             },
         )
         .map_err(|e| prepare("the guest's config.json", io::Error::other(e)))?;
+        let config = if self.system.is_some() {
+            over_system(config)
+                .map_err(|e| prepare("the guest's config.json", io::Error::other(e)))?
+        } else {
+            config
+        };
         let cfg_path = bundle.join("config.json");
         config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), io::Error::other(e)))?;
 
@@ -461,6 +493,21 @@ async fn probe_run(runtime: &Path, template: &Spec, rootfs: &Path) -> Result<Str
 
 // ---------------------------------------------------------------------------------------
 // The per-guest config.
+
+/// A config for a guest over its own overlay of a system image: the root is writable (the
+/// overlay's upper layer takes the writes) and the agent is the copy added to it.
+fn over_system(mut s: Spec) -> Result<Spec, String> {
+    let mut root = s.root().clone().ok_or("the template has no root")?;
+    root.set_readonly(Some(false));
+    s.set_root(Some(root));
+    let process = s.process_mut().as_mut().ok_or("the template has no process")?;
+    let mut args = process.args().clone().unwrap_or_default();
+    let first = args.first_mut().ok_or("the template's process has no args")?;
+    *first = AGENT_IN_IMAGE.to_string();
+    args.push("--system-root".into());
+    process.set_args(Some(args));
+    Ok(s)
+}
 
 /// Per-guest settings applied to the bundle's template.
 struct GuestConfig<'a> {

@@ -103,6 +103,8 @@ pub struct Xen {
     xenstore_read: String,
     /// Where `/sys`, `/proc` and `/dev` are looked for (`/` but in tests).
     root: PathBuf,
+    /// A system image asked for: refused at launch (see there).
+    system: Option<super::rootdisk::System>,
 }
 
 impl Xen {
@@ -113,6 +115,7 @@ impl Xen {
             xl: "xl".into(),
             xenstore_read: "xenstore-read".into(),
             root: PathBuf::from("/"),
+            system: images.system.clone(),
         }
     }
 
@@ -123,6 +126,7 @@ impl Xen {
             xl: self.xl.clone(),
             xenstore_read: self.xenstore_read.clone(),
             root: self.root.clone(),
+            system: images.system.clone(),
         }
     }
 
@@ -816,6 +820,16 @@ impl Backend for Xen {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
         };
         let (kernel, initramfs) = self.images().map_err(not_ready)?;
+        if let Some(sys) = &self.system {
+            // Refused rather than half-supported: the domU kernel would not find its root.
+            return Err(LaunchError::Prepare {
+                what: format!("system image {} on xen", sys.name),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "the Xen domU kernel (kernel-xen, recipes/kernels/xen.config) is built without ext4, so it cannot mount a system image's root; boot system images on uml, qemu-microvm, qemu-full, firecracker, ns or oci",
+                ),
+            });
+        }
         let ty = DomainType::from_env().map_err(|e| LaunchError::Prepare {
             what: "the domain type".into(),
             source: std::io::Error::other(e),
@@ -1004,6 +1018,7 @@ disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,targe
             xl: dir.join("xl").display().to_string(),
             xenstore_read: dir.join("xenstore-read").display().to_string(),
             root: PathBuf::from("/"),
+            system: None,
         };
         let s = GuestSpec { workdir: dir.join("work/g1"), ..spec(false, false) };
         (x, s)
