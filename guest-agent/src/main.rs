@@ -4,6 +4,7 @@
 mod bench;
 mod clock;
 mod config;
+mod exec;
 mod init;
 mod root;
 mod transport;
@@ -240,6 +241,16 @@ fn handle(req: Request, w: &Writer, pid1: bool) {
             let spawned = std::thread::Builder::new()
                 .name(format!("req-{id}"))
                 .spawn(move || reply(&w2, id, bench::run(&b, received_ns).map(ReplyBody::Bench)));
+            if let Err(e) = spawned {
+                reply(w, id, Err(format!("cannot start request thread: {e}")));
+            }
+        }
+        Command::Exec(x) => {
+            // On a thread of its own: the agent keeps answering while the program runs.
+            let w2 = w.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("exec-{id}"))
+                .spawn(move || reply(&w2, id, exec::run(&x).map(ReplyBody::Exited)));
             if let Err(e) = spawned {
                 reply(w, id, Err(format!("cannot start request thread: {e}")));
             }

@@ -98,6 +98,9 @@ enum Cmd {
         /// The fleet's name (as `hostd status` lists it).
         name: String,
     },
+    /// Run a program in a running fleet's guests (`hostd exec web -- cat /etc/os-release`):
+    /// each guest's output and exit status; fails if any did not exit 0.
+    Exec(ExecArgs),
     /// Run a campaign: startup, memory and the whole suite on every backend, then the report.
     Run(RunArgs),
     /// Rebuild a results directory's report from its stored samples. Refuses a directory
@@ -242,6 +245,31 @@ struct ImageArgs {
     /// its service.
     #[arg(long, value_enum, default_value = "agent", requires = "system")]
     init: hostd::backend::rootdisk::InitMode,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// The fleet's name (as `hostd status` lists it).
+    name: String,
+    /// Only this guest (default: every guest of the fleet).
+    #[arg(long)]
+    guest: Option<String>,
+    /// Seconds the program may run in each guest before it is killed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    timeout: u64,
+    /// Bytes of stdout and of stderr kept from each guest (at most 65536).
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(0..=65536))]
+    output_max: u32,
+    /// NAME=VALUE for the program's environment (repeatable; nothing else is inherited but a
+    /// default PATH).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Working directory in the guest.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    argv: Vec<String>,
 }
 
 #[derive(Args)]
@@ -394,6 +422,7 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Up(_) => unreachable!("handled before the runtime starts"),
         Cmd::Status { name, json } => all(status(name, json).await),
         Cmd::Down { name } => all(down(name).await),
+        Cmd::Exec(a) => exec(a).await,
         Cmd::Run(a) => run_campaign(a).await,
         Cmd::Report { dir, force, export } => {
             let rep = hostd::report::write(&dir, force)?;
@@ -681,6 +710,47 @@ async fn status(name: Option<String>, json: bool) -> anyhow::Result<()> {
         print!("{}", daemon::format_status(s));
     }
     Ok(())
+}
+
+async fn exec(a: ExecArgs) -> anyhow::Result<Done> {
+    let st = find_fleet(&a.name)?;
+    let req = vb_protocol::msg::ExecRequest {
+        argv: a.argv,
+        env: a.env,
+        cwd: a.cwd,
+        timeout_ms: a.timeout * 1000,
+        output_max: a.output_max,
+    };
+    let results = daemon::request_exec(&st, a.guest, req).await?;
+    let mut failed = Vec::new();
+    for r in &results {
+        match &r.result {
+            Ok(x) => {
+                let how = match (x.status, x.signal) {
+                    (Some(c), _) => format!("exit {c}"),
+                    (None, Some(s)) => format!("signal {s}"),
+                    _ => "?".into(),
+                };
+                println!(
+                    "== {}: {how}{}{} in {:.3} s",
+                    r.guest,
+                    if x.timed_out { " (timed out)" } else { "" },
+                    if x.truncated { " (output truncated)" } else { "" },
+                    x.duration_ns as f64 / 1e9
+                );
+                print!("{}", x.stdout);
+                eprint!("{}", x.stderr);
+                if x.status != Some(0) {
+                    failed.push(format!("{}: {how}", r.guest));
+                }
+            }
+            Err(e) => {
+                println!("== {}: failed: {e}", r.guest);
+                failed.push(format!("{}: {e}", r.guest));
+            }
+        }
+    }
+    Ok(if failed.is_empty() { Done::All } else { Done::WithFailures(failed.join("; ")) })
 }
 
 async fn down(name: String) -> anyhow::Result<()> {

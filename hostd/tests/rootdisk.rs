@@ -19,7 +19,7 @@ use hostd::backend::rootdisk::InitMode;
 use hostd::backend::{BackendKind, BackendOptions, Images};
 use hostd::guest::boot;
 use support::vm;
-use vb_protocol::msg::{Command, ReplyBody, Role};
+use vb_protocol::msg::{Command, ExecRequest, ReplyBody, Role};
 
 const SYSTEM: &str = "hostd-test-system";
 const NOINIT: &str = "hostd-test-noinit";
@@ -104,6 +104,16 @@ fn images(kind: BackendKind, system: &str, init: InitMode) -> Option<Images> {
     Some(images)
 }
 
+fn exec(argv: &[&str]) -> ExecRequest {
+    ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: Vec::new(),
+        cwd: None,
+        timeout_ms: 30_000,
+        output_max: 4096,
+    }
+}
+
 fn tcg() -> BackendOptions {
     BackendOptions { accel: Some("tcg".into()), ..Default::default() }
 }
@@ -152,6 +162,24 @@ async fn two_guests(kind: BackendKind, init: InitMode, tag: &str) {
             _ => "upper/.virtbench/guest-agent",
         };
         assert!(g.spec.workdir.join(own).exists(), "{kind}: no {own} in the guest's work dir");
+        assert!(matches!(
+            g.conn.request(Command::Ping, Duration::from_secs(30)).await.unwrap(),
+            ReplyBody::Pong { .. }
+        ));
+        // A user's program runs in the image: its own os-release, its exit status.
+        let req = exec(&["/bin/busybox", "cat", "/etc/os-release"]);
+        match g.conn.request(Command::Exec(req.clone()), Duration::from_secs(60)).await.unwrap() {
+            ReplyBody::Exited(r) => {
+                r.check(&req).unwrap();
+                assert_eq!(r.status, Some(0), "{kind}: {r:?}");
+                assert!(r.stdout.contains(OS), "{kind}: {r:?}");
+            }
+            other => panic!("{kind}: {other:?}"),
+        }
+        // A missing program is the guest's clear error; the guest goes on answering.
+        let e = g.conn.request(Command::Exec(exec(&["/no/such/program"])), Duration::from_secs(60));
+        let e = e.await.unwrap_err().to_string();
+        assert!(e.contains("/no/such/program"), "{kind}: {e}");
         assert!(matches!(
             g.conn.request(Command::Ping, Duration::from_secs(30)).await.unwrap(),
             ReplyBody::Pong { .. }
@@ -217,4 +245,43 @@ fn bad_systems_are_clear_errors() {
     assert!(format!("{e:#}").contains("imagegen build no-such-system"), "{e:#}");
     let e = hostd::images::add_system(&mut images, "initramfs", InitMode::Agent).unwrap_err();
     assert!(format!("{e:#}").contains("not a root file system"), "{e:#}");
+}
+
+/// `hostd up` with a fleet file naming the system, then `hostd exec --all`-style (no
+/// `--guest`) and `--guest`, a failing program, and `hostd down`, through the binary.
+#[test]
+fn hostd_exec_in_a_fleet_kept_up() {
+    if images(BackendKind::Ns, SYSTEM, InitMode::Agent).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("rdx{}", std::process::id());
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(
+        &file,
+        format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 3\nsystem = \"{SYSTEM}\"\n"),
+    )
+    .unwrap();
+    let hostd = || std::process::Command::new(env!("CARGO_BIN_EXE_hostd"));
+    let out = hostd().arg("up").arg(&file).output().unwrap();
+    assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
+    let run = |args: &[&str]| {
+        let o = hostd().args(args).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let (ok, text) = run(&["exec", &name, "--", "/bin/busybox", "cat", "/etc/os-release"]);
+    let answered = text.matches(OS).count();
+    let (ok1, one) = run(&["exec", &name, "--guest", "g1", "--", "/bin/busybox", "hostname"]);
+    let (bad, missing) = run(&["exec", &name, "--", "/no/such/program"]);
+    let (still, again) = run(&["exec", &name, "--", "/bin/busybox", "true"]);
+    let down = hostd().args(["down", &name]).output().unwrap();
+    assert!(ok, "{text}");
+    assert_eq!(answered, 3, "every guest answers from the image: {text}");
+    assert!(ok1 && one.contains("== g1: exit 0") && !one.contains("g0"), "{one}");
+    assert!(!bad && missing.matches("/no/such/program").count() == 3, "{missing}");
+    assert!(
+        still && again.matches("exit 0").count() == 3,
+        "guests go on after a failed exec: {again}"
+    );
+    assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));
 }
