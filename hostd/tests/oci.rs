@@ -327,10 +327,9 @@ async fn fleet_scenario(runtime: &str, run: &str, n: usize) {
     let workdirs: Vec<PathBuf> = guests.iter().map(|g| g.spec.workdir.clone()).collect();
     let mut subreaper: libc::c_int = -1;
     // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer, which outlives the call.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut subreaper as *mut libc::c_int) },
-        0
-    );
+    let rc =
+        unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut subreaper as *mut libc::c_int) };
+    assert_eq!(rc, 0);
     assert_eq!(subreaper, 0, "hostd is a subreaper only while a runtime starts a container");
     for g in &guests {
         assert_eq!(

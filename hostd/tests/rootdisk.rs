@@ -124,7 +124,7 @@ async fn two_guests(kind: BackendKind, init: InitMode, tag: &str) {
     let Some(images) = images(kind, SYSTEM, init) else { return };
     let _heavy = vm::HEAVY.lock().await;
     let sys = images.system.clone().unwrap();
-    let shared_sha = hostd::provenance::sha256_file(&sys.ext4).unwrap();
+    let shared_sha = imagegen::hash::sha256_file(&sys.ext4).unwrap().0;
     let backend = vm::backend(kind, &images, &tcg());
     let dir = tempfile::tempdir().unwrap();
     let run = vm::run_id(tag);
@@ -191,7 +191,7 @@ async fn two_guests(kind: BackendKind, init: InitMode, tag: &str) {
     }
     // The shared image and tree are as built: the guests' writes (a VM's mount alone
     // updates its superblock) went to their own layers.
-    assert_eq!(hostd::provenance::sha256_file(&sys.ext4).unwrap(), shared_sha);
+    assert_eq!(imagegen::hash::sha256_file(&sys.ext4).unwrap().0, shared_sha);
     assert!(!sys.tree.join(".virtbench").exists(), "a container wrote into the shared tree");
 }
 

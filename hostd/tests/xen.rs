@@ -191,3 +191,15 @@ async fn lab_boots_three_pv_domus_under_tcg() {
         .all(|s| s.purpose != "xen-lab"));
     assert!(o.total_s < Duration::from_secs(600).as_secs_f64());
 }
+
+/// The domU's console (hvc0) is both the kernel's console and the agent's control channel;
+/// with magic SysRq the hvc driver swallows every 0x0f byte and the one after it, so frames
+/// containing 0x0f were lost (a clock ping's checksum had one). The kernel must not have it.
+#[test]
+fn xen_domu_kernel_has_no_sysrq_to_eat_frame_bytes() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/kernels/xen.config");
+    let config = std::fs::read_to_string(path).unwrap();
+    assert!(config.lines().any(|l| l.trim() == "# CONFIG_MAGIC_SYSRQ is not set"), "{path}");
+    assert!(!config.lines().any(|l| l.trim() == "CONFIG_MAGIC_SYSRQ=y"), "{path}");
+    assert!(hostd::backend::xen::CTL_TTY.starts_with("/dev/hvc"));
+}

@@ -472,13 +472,13 @@ mod tests {
 /// A run's startup and memory summary from its records: per fleet (backend, n, mode),
 /// T_startup = max ready time over the guests that came up ([`FleetBoot::t_startup`]), the
 /// ready-time and guest-boot distributions and M_used (the fleet's last memory record), and
-/// per backend and mode the fit M_used(n) = n·M_VM + M_tool ([`crate::bootrun::summarise`]).
+/// per backend and mode the fit M_used(n) = n·M_VM + M_tool ([`crate::boot::summarise`]).
 pub fn analyse(
     provenance: crate::provenance::Provenance,
     startups: Vec<StartupSample>,
     memory: Vec<MemorySample>,
     failures: Vec<(BackendKind, usize, StartMode, GuestFailure)>,
-) -> crate::bootrun::BootSummary {
+) -> crate::boot::BootSummary {
     type Fleet = (Vec<StartupSample>, Vec<GuestFailure>, Option<MemorySample>);
     let mut fleets: std::collections::BTreeMap<(BackendKind, usize, StartMode), Fleet> =
         Default::default();
@@ -497,7 +497,7 @@ pub fn analyse(
         .map(|((backend, n, mode), (startups, failures, memory))| {
             // The fleet's residency: every sample of it carries the same.
             let residency = startups.first().and_then(|s| s.residency.clone());
-            crate::bootrun::row(&FleetBoot {
+            crate::boot::row(&FleetBoot {
                 backend,
                 n,
                 mode,
@@ -510,7 +510,7 @@ pub fn analyse(
             })
         })
         .collect();
-    crate::bootrun::summarise(provenance, rows)
+    crate::boot::summarise(provenance, rows)
 }
 
 #[cfg(test)]

@@ -10,54 +10,19 @@ use serde::{Deserialize, Serialize};
 use vb_protocol::bench::Resource;
 
 use crate::backend::BackendKind;
-use crate::bootrun::{self, BootSummary};
+use crate::boot::BootSummary;
+use crate::bootreport;
 use crate::fleet::GuestFailure;
 use crate::plot::{self, Bars, Chart, Point, Series};
 use crate::provenance::Provenance;
 use crate::results::{self, DirError, ReadError};
 use crate::samples::{Record, Rejected, Samples};
 use crate::startup::StartMode;
-use crate::stats::Summary;
 use crate::suite::isolation::{self, Policy};
 use crate::suite::{linearity, overhead, ring, BenchSample, Test};
 
-/// Mean, spread, median, 95 % confidence interval of the mean and count of one point, in
-/// the suite's unit for its resource.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Stat {
-    pub mean: f64,
-    pub std_dev: f64,
-    pub min: f64,
-    pub max: f64,
-    pub samples: usize,
-    pub unit: String,
-    #[serde(default)]
-    pub median: f64,
-    /// mean ± t(0.975, n − 1)·s/√n; None for one sample (or a report older than the field).
-    #[serde(default)]
-    pub ci95: Option<[f64; 2]>,
-}
-
-impl Stat {
-    pub fn of(v: &[f64], unit: &str) -> Option<Stat> {
-        let s = Summary::of("", unit, v.to_vec())?;
-        Some(Stat {
-            mean: s.mean,
-            std_dev: s.std_dev,
-            min: s.min,
-            max: s.max,
-            samples: v.len(),
-            unit: unit.into(),
-            median: s.median,
-            ci95: s.ci95,
-        })
-    }
-
-    /// Half the width of the 95 % confidence interval (the figures' error bars).
-    pub fn ci_half(&self) -> Option<f64> {
-        self.ci95.map(|[lo, hi]| (hi - lo) / 2.0)
-    }
-}
+// Moved below the suite modules, which compute it; still `report::Stat` to readers.
+pub use crate::stats::Stat;
 
 pub use crate::suite::isolation::IsolationResult;
 pub use crate::suite::linearity::LinearityPoint;
@@ -442,7 +407,7 @@ const CI_BARS: &str = "error bars: 95 % confidence interval of the mean (Student
 /// what the points and bars are and how many samples each stands on.
 pub fn figures(rep: &Report) -> Vec<(String, Figure, String)> {
     let mut out = Vec::new();
-    for (name, chart) in bootrun::charts(&rep.startup) {
+    for (name, chart) in bootreport::charts(&rep.startup) {
         let (file, caption) = if name == "startup.svg" {
             ("fig01_startup.svg", "T_startup(n) = the last ready guest's time, host clock; one fleet per point (n guests), so no error bars.")
         } else {
@@ -995,7 +960,7 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
             esc(&negative.join(", "))
         );
     }
-    h.push_str(&crate::bootrun::startup_notes_html(&rep.startup));
+    h.push_str(&crate::bootreport::startup_notes_html(&rep.startup));
     for (mode, f) in &rep.startup.memory_fit {
         let _ = write!(h, "<p>Fit ({mode}): M_used(n) = {:.2} MiB × n + {:.1} MiB (M_VM, M_tool; residual {:.2} MiB over {} sizes).</p>", f.slope, f.intercept, f.residual_std, f.points);
     }

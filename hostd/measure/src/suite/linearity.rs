@@ -15,7 +15,7 @@ use super::{
     Cpus, Starter, Targets, Test, Workloads,
 };
 use crate::fleet::Fleet;
-use crate::report::Stat;
+use crate::stats::Stat;
 
 pub async fn measure(
     fleet: &Fleet,

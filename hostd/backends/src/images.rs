@@ -13,7 +13,7 @@ use crate::backend::{Images, Kernel};
 pub fn workspace_root() -> PathBuf {
     std::env::var_os("VIRTBENCH_ROOT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
 /// The agent binary built in this workspace by scripts/build-agent.
@@ -72,12 +72,15 @@ pub fn resolve(agent: Option<&Path>) -> Result<Images> {
     };
     images.hashes.insert(
         "agent".into(),
-        crate::provenance::sha256_file(&images.agent).context("hashing the agent")?,
+        imagegen::hash::sha256_file(&images.agent).map(|(h, _)| h).context("hashing the agent")?,
     );
     // The VM images hold the agent imagegen built; a newer workspace build means a stale store.
     let built = workspace_agent();
     if let (Some(store_agent), true) = (images.hashes.get("agent").cloned(), built.is_file()) {
-        if crate::provenance::sha256_file(&built).ok().is_some_and(|h| h != store_agent)
+        if imagegen::hash::sha256_file(&built)
+            .ok()
+            .map(|(h, _)| h)
+            .is_some_and(|h| h != store_agent)
             && agent.is_none()
         {
             images.notes.push(format!(

@@ -2,7 +2,7 @@
 use std::process::Command;
 
 fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     // Where git keeps HEAD and the index (in a worktree, .git is a file): a path that does
     // not exist would make cargo rerun this, and rebuild hostd, on every build.
     println!("cargo:rerun-if-changed=build.rs");

@@ -10,7 +10,7 @@ use vb_protocol::msg::{Command, ReplyBody};
 
 use super::{run_together, samples_of, BenchSample, Starter, Test, Workloads};
 use crate::fleet::Fleet;
-use crate::report::Stat;
+use crate::stats::Stat;
 
 /// Starts a server in every guest, then `reps` synchronised rounds of streams (and of
 /// request/response) from guest i to guest i+1 (mod n).

@@ -392,8 +392,14 @@ pub fn suite_metric(s: &BenchSample) -> (f64, &'static str, bool) {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod testing {
+/// Cores available to guests on this host (the paper's host had one).
+pub fn host_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Hand-made samples for tests here and in the report's crate.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
     use super::*;
 
     /// A hand-made sample: `value` is the metric (seconds, or MB/s for network).
@@ -456,9 +462,4 @@ mod tests {
         assert_eq!(Cpus::of(&[&a, &b], 8), Cpus { count: 1, recorded: true });
         assert_eq!(Cpus::of(&[], 0), Cpus { count: 1, recorded: false });
     }
-}
-
-/// Cores available to guests on this host (the paper's host had one).
-pub fn host_cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

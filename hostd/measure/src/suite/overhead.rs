@@ -13,7 +13,7 @@ use super::{
     Starter, Targets, Test, Workloads,
 };
 use crate::fleet::Fleet;
-use crate::report::Stat;
+use crate::stats::Stat;
 
 /// Runs the benchmark of `resource` in the fleet's first guest only, `warmup` discarded
 /// runs then `reps` counted ones, with every other guest of the fleet idle.

@@ -198,6 +198,44 @@ pub fn linear_fit(points: &[(f64, f64)]) -> Option<LinearFit> {
     Some(LinearFit { slope, intercept, residual_std, points: n })
 }
 
+/// Mean, spread, median, 95 % confidence interval of the mean and count of one point, in
+/// the suite's unit for its resource.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stat {
+    pub mean: f64,
+    pub std_dev: f64,
+    pub min: f64,
+    pub max: f64,
+    pub samples: usize,
+    pub unit: String,
+    #[serde(default)]
+    pub median: f64,
+    /// mean ± t(0.975, n − 1)·s/√n; None for one sample (or a report older than the field).
+    #[serde(default)]
+    pub ci95: Option<[f64; 2]>,
+}
+
+impl Stat {
+    pub fn of(v: &[f64], unit: &str) -> Option<Stat> {
+        let s = Summary::of("", unit, v.to_vec())?;
+        Some(Stat {
+            mean: s.mean,
+            std_dev: s.std_dev,
+            min: s.min,
+            max: s.max,
+            samples: v.len(),
+            unit: unit.into(),
+            median: s.median,
+            ci95: s.ci95,
+        })
+    }
+
+    /// Half the width of the 95 % confidence interval (the figures' error bars).
+    pub fn ci_half(&self) -> Option<f64> {
+        self.ci95.map(|[lo, hi]| (hi - lo) / 2.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

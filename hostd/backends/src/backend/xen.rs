@@ -430,10 +430,10 @@ impl Log {
 }
 
 /// A tty in raw mode, non-blocking: the dom0 end of a domain's console (a pty slave).
-pub(crate) struct RawTty(AsyncFd<OwnedFd>);
+pub struct RawTty(AsyncFd<OwnedFd>);
 
 impl RawTty {
-    pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -455,7 +455,7 @@ impl RawTty {
 
 impl RawTty {
     /// Waits until everything written has left (before a power-off cuts it short).
-    pub(crate) fn drain(&self) -> std::io::Result<()> {
+    pub fn drain(&self) -> std::io::Result<()> {
         nix::sys::termios::tcdrain(self.0.get_ref()).map_err(std::io::Error::from)
     }
 }

@@ -15,7 +15,7 @@ use crate::channel::AgentConn;
 use crate::fleet::{self, FleetConfig};
 use crate::guest::{boot, RunningGuest};
 use crate::peer::Peer;
-use crate::provenance::{sha256_file, Provenance};
+use crate::provenance::Provenance;
 use crate::runstate::RunState;
 use crate::stats::Summary;
 
@@ -97,7 +97,8 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
     let mut notes = opts.images.notes.clone();
     artifacts.insert(
         "agent".to_string(),
-        sha256_file(&opts.images.agent)
+        imagegen::hash::sha256_file(&opts.images.agent)
+            .map(|(h, _)| h)
             .with_context(|| format!("reading agent {}", opts.images.agent.display()))?,
     );
     let backend = AnyBackend::new(opts.backend, &opts.images, &opts.backend_opts);

@@ -275,9 +275,9 @@ impl Default for RingSection {
 }
 
 /// The campaign shipped in the repository (`hostd/campaigns/default.toml`).
-pub const DEFAULT: &str = include_str!("../campaigns/default.toml");
+pub const DEFAULT: &str = include_str!("../../campaigns/default.toml");
 /// The paper's sizes (`hostd/campaigns/paper.toml`).
-pub const PAPER: &str = include_str!("../campaigns/paper.toml");
+pub const PAPER: &str = include_str!("../../campaigns/paper.toml");
 
 /// The settings one backend runs with, overrides applied.
 #[derive(Debug, Clone)]

@@ -496,7 +496,7 @@ pub fn markdown(t: &Table) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootrun::BootRow;
+    use crate::boot::BootRow;
     use crate::report::build_from;
     use crate::samples::{Record, Samples};
     use crate::stats::LinearFit;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::bootrun::BootSummary;
+use crate::boot::BootSummary;
 use crate::microbench::BenchRun;
 use crate::report::{Report, Stat};
 use crate::stats::Summary;
@@ -334,10 +334,11 @@ mod tests {
     }
 
     /// The committed schema is the one the types generate (regenerate with
-    /// `VIRTBENCH_WRITE_SCHEMA=1 cargo test -p hostd --lib export`).
+    /// `VIRTBENCH_WRITE_SCHEMA=1 cargo test -p hostd-report --lib export`).
     #[test]
     fn committed_schema_is_current() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schema/export.schema.json");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/export.schema.json");
         let now = serde_json::to_string_pretty(&schema()).unwrap() + "\n";
         if std::env::var_os("VIRTBENCH_WRITE_SCHEMA").is_some() {
             std::fs::write(&path, &now).unwrap();

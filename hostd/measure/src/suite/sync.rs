@@ -59,12 +59,13 @@ pub fn offset_of(t1: i128, g: u64, t2: i128) -> Offset {
 
 async fn clock_offset(conn: &AgentConn) -> Result<Offset, String> {
     let mut best: Option<Offset> = None;
-    for _ in 0..PINGS {
+    for k in 1..=PINGS {
         let t1 = host_ns();
         let g = match conn.request(Command::Ping, PING_TIMEOUT).await {
             Ok(ReplyBody::Pong { monotonic_ns }) => monotonic_ns,
-            Ok(other) => return Err(format!("ping answered {other:?}")),
-            Err(e) => return Err(format!("ping: {e}")),
+            Ok(other) => return Err(format!("clock ping {k} of {PINGS} answered {other:?}")),
+            // Which one: a channel that loses some frames (a byte it eats) fails on one only.
+            Err(e) => return Err(format!("clock ping {k} of {PINGS}: {e}")),
         };
         let o = offset_of(t1, g, host_ns());
         if best.is_none_or(|b| o.err_ns < b.err_ns) {

@@ -1,0 +1,10 @@
+//! hostd's host facilities: what a run needs from the machine, whatever it boots. Nothing
+//! here knows a backend, a measurement or a report (the crate cannot name them).
+
+pub mod cgroup;
+pub mod console;
+pub mod limits;
+pub mod netlab;
+pub mod pagecache;
+pub mod results;
+pub mod runstate;
