@@ -52,6 +52,10 @@ pub struct FleetFile {
     /// With `system`: PID 1 is the agent (default) or the image's own init.
     #[serde(default)]
     pub init: Option<crate::backend::rootdisk::InitMode>,
+    /// The emulated network: link properties, sites and the matrix between them, applied
+    /// once every guest is up (`hostd net NAME set` changes it later). Default unshaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::netem::TopologyFile>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -117,6 +121,21 @@ impl FleetFile {
         }
         if kind == BackendKind::Native && f.system.is_some() {
             return bad("system", "native guests are host processes: they boot no image".into());
+        }
+        let mut f = f;
+        if let Some(net) = &mut f.net {
+            if !f.network {
+                return bad("net", "needs network = true".into());
+            }
+            // Checked now, before any guest starts; a CSV is found next to the fleet file
+            // (made absolute for the daemon, which resolves it again once guests are up).
+            let base = path.parent().unwrap_or(Path::new("."));
+            if let Some(csv) = &mut net.matrix_csv {
+                *csv = base.join(&*csv);
+            }
+            if let Err(e) = net.resolve(f.guests, base) {
+                return bad("net", e);
+            }
         }
         Ok((f, kind))
     }
@@ -258,6 +277,12 @@ pub async fn serve(
             return Err(e);
         }
     };
+    if let Err(e) = shape(&file, &run, &fleet) {
+        ready(Err(format!("the fleet's network ([net]): {e}")));
+        fleet.teardown(&backend, Duration::from_secs(10)).await;
+        run.finish();
+        anyhow::bail!("the fleet's network ([net]): {e}");
+    }
     let _ = std::fs::create_dir_all(name_link.parent().expect("has parent"));
     let _ = std::fs::remove_file(&name_link);
     let _ = std::os::unix::fs::symlink(&run.scratch, &name_link);
@@ -286,6 +311,14 @@ pub async fn serve(
     let _ = std::fs::remove_file(&name_link);
     run.finish();
     Ok(())
+}
+
+/// Applies the fleet file's `[net]` to every guest that came up.
+fn shape(file: &FleetFile, run: &RunState, fleet: &Fleet) -> Result<(), String> {
+    let (Some(net), Some(fnet)) = (&file.net, &fleet.net) else { return Ok(()) };
+    let topo = net.resolve(file.guests, Path::new("/"))?;
+    let indices: Vec<usize> = fleet.guests.iter().map(|g| g.spec.index).collect();
+    crate::net::set(&run.scratch, &fnet.netns, &topo, &indices)
 }
 
 /// Answers one client; true when it asked the fleet to go down.

@@ -9,5 +9,6 @@ pub use hostd_report::*;
 
 pub mod bootrun;
 pub mod daemon;
+pub mod net;
 pub mod runner;
 pub mod xenlab;

@@ -93,6 +93,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Change or show the emulated network of a running fleet (link delay, rate, loss, …:
+    /// docs/campaigns.md, "Emulated network"), without restarting its guests.
+    Net {
+        /// The fleet's name (as `hostd status` lists it).
+        name: String,
+        #[command(subcommand)]
+        cmd: hostd::net::NetCmd,
+    },
     /// Tear a running fleet down.
     Down {
         /// The fleet's name (as `hostd status` lists it).
@@ -423,6 +431,14 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Status { name, json } => all(status(name, json).await),
         Cmd::Down { name } => all(down(name).await),
         Cmd::Exec(a) => exec(a).await,
+        Cmd::Net { name, cmd } => {
+            let st = find_fleet(&name)?;
+            let netns = hostd::netlab::FleetNet::name_of(&st.run);
+            let out = hostd::net::run(&cmd, &st.scratch, &netns)
+                .map_err(|e| anyhow::anyhow!("fleet {name}: {e}"))?;
+            print!("{out}");
+            Ok(Done::All)
+        }
         Cmd::Run(a) => run_campaign(a).await,
         Cmd::Report { dir, force, export } => {
             let rep = hostd::report::write(&dir, force)?;

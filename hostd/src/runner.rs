@@ -236,18 +236,17 @@ pub async fn run(
                 say(format!("   {desc}"));
                 ctx.record(&Record::BackendProbe { backend: plan.kind, description: desc })?;
             }
-            Err(e)
-                if plan.kind == BackendKind::Xen
-                    && campaign.xen.lab
-                    && e.reason.starts_with("not dom0") =>
-            {
+            Err(e) if plan.kind == BackendKind::Xen && campaign.xen.lab && e.reason.not_dom0() => {
                 say(format!("   {}; measuring it in the Xen lab (Xen under QEMU)", e.reason));
                 xen_lab(&mut ctx, plan, say).await?;
                 continue;
             }
             Err(e) => {
                 say(format!("   unavailable: {}", e.reason));
-                ctx.record(&Record::BackendUnavailable { backend: plan.kind, reason: e.reason })?;
+                ctx.record(&Record::BackendUnavailable {
+                    backend: plan.kind,
+                    reason: e.reason.to_string(),
+                })?;
                 continue;
             }
         }
@@ -273,6 +272,9 @@ pub async fn run(
             if plan.ring_guests >= 2 && pass.ring {
                 small_fleet_test(&mut ctx, &backend, plan, Test::Ring, &pass, say).await?;
             }
+        }
+        if campaign.netem.enabled {
+            netem_accuracy(&mut ctx, &backend, plan, say).await?;
         }
         // A backend run with other workloads (an override) needs the host's T_a for them.
         if plan.kind != BackendKind::Native && plan.workloads != plans[0].workloads {
@@ -747,6 +749,66 @@ async fn small_fleet_test(
     let result = teardown(ctx, fleet, backend, result).await;
     say(format!("   {} done", if test == Test::Isolation { "isolation" } else { "ring" }));
     result
+}
+
+/// The emulated network's accuracy ([`crate::netem_accuracy`]) at each of `[netem]`'s
+/// sizes: a fleet of n guests, all shaped alike and measuring at once.
+async fn netem_accuracy(
+    ctx: &mut Ctx<'_>,
+    backend: &AnyBackend,
+    plan: &BackendPlan,
+    say: Say<'_>,
+) -> Result<()> {
+    let s = &ctx.campaign.netem;
+    for &n in &s.sizes {
+        let key = format!("{}/netem/n={n}/{}", plan.kind, s.describe());
+        if ctx.done.contains(&key) {
+            continue;
+        }
+        let mut cfg = ctx.fleet_config(n, plan.mem_mib);
+        (cfg.data_disk, cfg.data_copies) = (None, None);
+        let fleet = match fleet::start(backend, ctx.run, &cfg, |_| {}).await {
+            Ok(f) => f,
+            Err(e) => {
+                ctx.fail(&key, e.to_string(), say)?;
+                continue;
+            }
+        };
+        let result = async {
+            if fleet.guests.len() < n {
+                let why = fleet.failures.first().map(|f| f.error.clone()).unwrap_or_default();
+                let got = fleet.guests.len();
+                return ctx.fail(&key, format!("only {got}/{n} guests ready: {why}"), say);
+            }
+            let (peer, targets) = start_peer(ctx, fleet.net.as_ref().expect("network on")).await?;
+            let (c, w) = (ctx.campaign, &plan.workloads);
+            let m = crate::netem_accuracy::measure(
+                &fleet,
+                &c.netem,
+                targets.peer,
+                w.net_duration_ms,
+                w.net_msg_size,
+                c.warmup,
+                c.reps,
+                ctx.timeout(),
+            )
+            .await;
+            peer.stop().await;
+            match m {
+                Ok(samples) => {
+                    for smp in samples {
+                        ctx.record(&crate::samples::Record::Netem(smp))?;
+                    }
+                    ctx.finish(&key)
+                }
+                Err(e) => ctx.fail(&key, e, say),
+            }
+        }
+        .await;
+        teardown(ctx, fleet, backend, result).await?;
+        say(format!("   netem accuracy at n={n} done"));
+    }
+    Ok(())
 }
 
 /// Takes the guests that failed during `step` out of the fleet (killed, their resources

@@ -24,11 +24,7 @@ fn text(o: &Output) -> String {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn root() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        support::skip::skip(None, "campaigns need root (namespaces, cgroups, drop_caches)");
-        return false;
-    }
-    true
+    support::skip::unless_root(None, "campaigns need root (namespaces, cgroups, drop_caches)")
 }
 
 fn only_dir(parent: &Path) -> PathBuf {

@@ -9,8 +9,7 @@ use std::process::Command;
 
 #[test]
 fn boot_exports_validate_against_the_schema() {
-    if !nix::unistd::geteuid().is_root() {
-        support::skip::skip(Some("ns"), "ns fleets need root (namespaces, cgroups)");
+    if !support::skip::unless_root(Some("ns"), "ns fleets need root (namespaces, cgroups)") {
         return;
     }
     let d = tempfile::tempdir().unwrap();

@@ -36,13 +36,13 @@ async fn probe_without_the_binary_is_unavailable() {
         BackendOptions { firecracker: "/nonexistent/bin/firecracker".into(), ..Default::default() };
     let e = Firecracker::new(&Images::default(), &opts).probe().await.unwrap_err();
     assert_eq!(e.backend, "firecracker");
-    assert_eq!(e.reason, "firecracker binary not found (/nonexistent/bin/firecracker)");
+    assert_eq!(e.reason.to_string(), "firecracker binary not found (/nonexistent/bin/firecracker)");
     // The default name, looked up on PATH.
     let r = Firecracker::new(&Images::default(), &BackendOptions::default()).probe().await;
     if on_path("firecracker") {
         println!("firecracker is on PATH; its probe says: {r:?}");
     } else {
-        assert_eq!(r.unwrap_err().reason, "firecracker binary not found (firecracker)");
+        assert_eq!(r.unwrap_err().reason.to_string(), "firecracker binary not found (firecracker)");
     }
 }
 

@@ -21,11 +21,7 @@ fn text(o: &Output) -> String {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn root() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        support::skip::skip(Some("native"), "fleets need root (cgroups, drop_caches)");
-        return false;
-    }
-    true
+    support::skip::unless_root(Some("native"), "fleets need root (cgroups, drop_caches)")
 }
 
 /// Running (a zombie waiting for a reaper that is not hostd counts as gone).

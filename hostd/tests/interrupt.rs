@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn ctrl_c_during_a_uml_fleet_leaves_nothing_behind() {
-    if !nix::unistd::geteuid().is_root() {
-        support::skip::skip(None, "fleets need root");
+    if !support::skip::unless_root(None, "fleets need root") {
         return;
     }
     let res = tempfile::tempdir().unwrap();

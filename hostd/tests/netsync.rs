@@ -23,14 +23,10 @@ use vb_protocol::bench::Resource;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn root_or_skip(backend: &str, test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    support::skip::skip(
+    support::skip::unless_root(
         Some(backend),
         &format!("{test} needs root (network namespaces, veths, cgroups)"),
-    );
-    false
+    )
 }
 
 fn agent() -> PathBuf {

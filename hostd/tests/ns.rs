@@ -31,14 +31,10 @@ const BENCH: Duration = Duration::from_secs(60);
 const DISK_MB: u64 = 4;
 
 fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    support::skip::skip(
+    support::skip::unless_root(
         Some("ns"),
         &format!("{test} needs root (namespaces, mounts, cgroups, veths)"),
-    );
-    false
+    )
 }
 
 fn agent() -> PathBuf {
@@ -502,7 +498,7 @@ async fn failing_setup_step_is_named_and_cleaned_up() {
     let images = Images { agent: agent(), rootfs: Some(rootfs.clone()), ..Default::default() };
     let backend = AnyBackend::new(BackendKind::Ns, &images, &Default::default());
     let probe = backend.probe().await.unwrap_err();
-    assert!(probe.reason.contains("/data is missing"), "{probe}");
+    assert!(probe.reason.to_string().contains("/data is missing"), "{probe}");
     let mounts_before = mountinfo();
     let s = spec(&run, 0, dir.path(), Some(&disk), None);
     let workdir = s.workdir.clone();

@@ -36,14 +36,10 @@ const BENCH: Duration = Duration::from_secs(60);
 const DISK_MB: u64 = 4;
 
 fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    support::skip::skip(
+    support::skip::unless_root(
         Some("oci"),
         &format!("{test} needs root (OCI runtimes, network namespaces, cgroups)"),
-    );
-    false
+    )
 }
 
 fn agent() -> PathBuf {
@@ -442,8 +438,11 @@ async fn crun_probe_is_truthful() {
     match backend("crun", &bundle).probe().await {
         Err(u) => {
             eprintln!("crun probe: {u}");
-            assert!(u.reason.contains("crun"), "{u}");
-            assert!(u.reason.contains("cgroup"), "the reason must be the runtime's own: {u}");
+            assert!(u.reason.to_string().contains("crun"), "{u}");
+            assert!(
+                u.reason.to_string().contains("cgroup"),
+                "the reason must be the runtime's own: {u}"
+            );
             assert_eq!(
                 cgroup::detect(),
                 Ok(cgroup::Mode::V1),
@@ -467,16 +466,16 @@ async fn failures_are_explained_and_cleaned_up() {
     }
     let dir = scratch();
     let e = backend("no-such-runtime", &dir.path().join("nothing")).probe().await.unwrap_err();
-    assert!(e.reason.contains("\"no-such-runtime\" not found"), "{e}");
+    assert!(e.reason.to_string().contains("\"no-such-runtime\" not found"), "{e}");
     let e = backend("runc", &dir.path().join("nothing")).probe().await.unwrap_err();
-    assert!(e.reason.contains("nothing/config.json is missing"), "{e}");
+    assert!(e.reason.to_string().contains("nothing/config.json is missing"), "{e}");
 
     // A template whose process does not exist: runc's own start fails.
     let run = format!("ocf{}", std::process::id());
     let _litter = Litter(run.clone());
     let bundle = make_bundle(dir.path(), &["/sbin/nope"]);
     let e = backend("runc", &bundle).probe().await.unwrap_err();
-    assert!(e.reason.contains("test container failed"), "{e}");
+    assert!(e.reason.to_string().contains("test container failed"), "{e}");
     let before = Before { mounts: mountinfo(), rootfs: tree(&bundle.join("rootfs")) };
     let net = FleetNet::create(&run).unwrap();
     let s = spec(&run, 0, dir.path(), None, Some(&net));

@@ -104,14 +104,14 @@ async fn kvm_probe_decides_and_says_why() {
 async fn probe_names_what_is_missing() {
     let images = hostd::backend::Images::default();
     let e = Qemu::new(Profile::Full, &images, &tcg()).probe().await.unwrap_err();
-    assert!(e.reason.contains("pc kernel"), "{e}");
+    assert!(e.reason.to_string().contains("pc kernel"), "{e}");
     let opts = BackendOptions { qemu: "/nonexistent/qemu".into(), ..tcg() };
     let e = Qemu::new(Profile::Microvm, &images, &opts).probe().await.unwrap_err();
-    assert_eq!(e.reason, "/nonexistent/qemu not found");
+    assert_eq!(e.reason.to_string(), "/nonexistent/qemu not found");
     let opts = BackendOptions { accel: Some("whpx".into()), ..Default::default() };
     let dir = tempfile::tempdir().unwrap();
     // vm::images fails the test (not skips it) when the images are missing.
     let images = vm::images(BackendKind::QemuMicrovm, dir.path()).expect("images");
     let e = Qemu::new(Profile::Microvm, &images, &opts).probe().await.unwrap_err();
-    assert!(e.reason.contains("unknown accelerator \"whpx\""), "{e}");
+    assert!(e.reason.to_string().contains("unknown accelerator \"whpx\""), "{e}");
 }

@@ -48,8 +48,7 @@ cpu_rounds = 100000
 
 #[test]
 fn resume_refuses_another_provenance_unless_forced_and_tags_samples() {
-    if !nix::unistd::geteuid().is_root() {
-        support::skip::skip(Some("native"), "campaigns need root (cgroups, drop_caches)");
+    if !support::skip::unless_root(Some("native"), "campaigns need root (cgroups, drop_caches)") {
         return;
     }
     let res = tempfile::tempdir().unwrap();

@@ -17,8 +17,7 @@ use std::process::Command;
 
 #[test]
 fn slurm_lab_runs_jobs_on_every_host_and_leaves_nothing() {
-    if !nix::unistd::geteuid().is_root() {
-        support::skip::skip(None, "the Slurm lab needs root (namespaces, mounts, daemons)");
+    if !support::skip::unless_root(None, "the Slurm lab needs root (namespaces, mounts, daemons)") {
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-slurm-lab");

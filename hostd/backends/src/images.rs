@@ -3,10 +3,32 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-
 use crate::backend::rootdisk::{InitMode, System};
 use crate::backend::{Images, Kernel};
+
+/// Why the images a run needs cannot be found or trusted. The messages say what to run.
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    #[error("agent binary {} does not exist", .0.display())]
+    NoAgentAt(PathBuf),
+    #[error("VIRTBENCH_AGENT={} does not exist", .0.display())]
+    NoAgentEnv(PathBuf),
+    #[error(
+        "no guest-agent binary found: run `imagegen build` (or scripts/build-agent), or pass --agent PATH"
+    )]
+    NoAgent,
+    #[error("locating the image store: {0}")]
+    Config(imagegen::ConfigError),
+    #[error("hashing the agent {}: {error}", path.display())]
+    HashAgent { path: PathBuf, error: std::io::Error },
+    #[error("no image store at {}: run `imagegen build` ({error})", path.display())]
+    NoStore { path: PathBuf, error: imagegen::StoreError },
+    /// A store artifact missing, or not what its manifest says.
+    #[error("image {recipe}: {reason}")]
+    Artifact { recipe: String, reason: String },
+}
+
+type Result<T, E = ImagesError> = std::result::Result<T, E>;
 
 /// The workspace this hostd was built from (where `target/` and `images/` live), unless
 /// $VIRTBENCH_ROOT says otherwise.
@@ -26,14 +48,14 @@ fn workspace_agent() -> PathBuf {
 pub fn find_agent(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         if !p.is_file() {
-            bail!("agent binary {} does not exist", p.display());
+            return Err(ImagesError::NoAgentAt(p.to_path_buf()));
         }
         return Ok(p.to_path_buf());
     }
     if let Some(p) = std::env::var_os("VIRTBENCH_AGENT") {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            bail!("VIRTBENCH_AGENT={} does not exist", p.display());
+            return Err(ImagesError::NoAgentEnv(p));
         }
         return Ok(p);
     }
@@ -41,14 +63,13 @@ pub fn find_agent(explicit: Option<&Path>) -> Result<PathBuf> {
     if built.is_file() {
         return Ok(built);
     }
-    bail!("no guest-agent binary found: run `imagegen build` (or scripts/build-agent), or pass --agent PATH")
+    Err(ImagesError::NoAgent)
 }
 
 /// Everything the store has, plus the agent. Recipes not built yet stay None (a backend
 /// that needs one says so in its probe); `notes` says what is stale or missing.
 pub fn resolve(agent: Option<&Path>) -> Result<Images> {
-    let cfg =
-        imagegen::Config::for_workspace(&workspace_root()).context("locating the image store")?;
+    let cfg = imagegen::Config::for_workspace(&workspace_root()).map_err(ImagesError::Config)?;
     let mut images = Images::default();
     let store = match imagegen::Store::open(&cfg.store) {
         Ok(s) => Some(s),
@@ -72,7 +93,9 @@ pub fn resolve(agent: Option<&Path>) -> Result<Images> {
     };
     images.hashes.insert(
         "agent".into(),
-        imagegen::hash::sha256_file(&images.agent).map(|(h, _)| h).context("hashing the agent")?,
+        imagegen::hash::sha256_file(&images.agent)
+            .map(|(h, _)| h)
+            .map_err(|error| ImagesError::HashAgent { path: images.agent.clone(), error })?,
     );
     // The VM images hold the agent imagegen built; a newer workspace build means a stale store.
     let built = workspace_agent();
@@ -114,18 +137,15 @@ fn fill_from_store(store: &imagegen::Store, images: &mut Images) {
 /// A current store artifact outside [`Images`] (the Xen lab's hypervisor, dom0 kernel and
 /// dom0 initramfs), checked against its manifest: its path, sha256 and recorded command line.
 pub fn store_artifact(recipe: &str, output: &str) -> Result<(PathBuf, String, String)> {
-    let cfg =
-        imagegen::Config::for_workspace(&workspace_root()).context("locating the image store")?;
-    let store = imagegen::Store::open(&cfg.store).with_context(|| {
-        format!("no image store at {}: run `imagegen build`", cfg.store.display())
-    })?;
-    let m =
-        store.current(recipe).with_context(|| format!("image {recipe}: run `imagegen build`"))?;
-    let out = m.output(output).with_context(|| format!("image {recipe} has no output {output}"))?;
-    let path = store.output_path(&m, output).with_context(|| format!("image {recipe}"))?;
+    let cfg = imagegen::Config::for_workspace(&workspace_root()).map_err(ImagesError::Config)?;
+    let store = imagegen::Store::open(&cfg.store)
+        .map_err(|error| ImagesError::NoStore { path: cfg.store.clone(), error })?;
+    let artifact = |reason: String| ImagesError::Artifact { recipe: recipe.to_string(), reason };
+    let m = store.current(recipe).map_err(|e| artifact(format!("{e}: run `imagegen build`")))?;
+    let out = m.output(output).ok_or_else(|| artifact(format!("has no output {output}")))?;
+    let path = store.output_path(&m, output).map_err(|e| artifact(e.to_string()))?;
     // Like every image hostd boots: refused if its bytes are not its manifest's.
-    crate::integrity::check_blob(&path, &out.sha256)
-        .map_err(|e| anyhow::anyhow!("image {recipe}: {e}"))?;
+    crate::integrity::check_blob(&path, &out.sha256).map_err(artifact)?;
     Ok((path, out.sha256.clone(), m.cmdline.clone().unwrap_or_default()))
 }
 
@@ -190,33 +210,27 @@ fn kernel(store: &imagegen::Store, recipe: &str, images: &mut Images) -> Option<
 /// `rootfs-import` or `oci-image`) for guests to boot with `init`, checked against its
 /// manifest, its tree unpacked for containers; recorded in `images` (hash and provenance).
 pub fn add_system(images: &mut Images, name: &str, init: InitMode) -> Result<()> {
-    let cfg =
-        imagegen::Config::for_workspace(&workspace_root()).context("locating the image store")?;
-    let store = imagegen::Store::open(&cfg.store).with_context(|| {
-        format!("no image store at {}: run `imagegen build {name}`", cfg.store.display())
-    })?;
-    let m = store.current(name).with_context(|| {
-        format!(
-            "system image {name:?} is not in the image store {}: build it with `imagegen build {name}`",
+    let cfg = imagegen::Config::for_workspace(&workspace_root()).map_err(ImagesError::Config)?;
+    let store = imagegen::Store::open(&cfg.store)
+        .map_err(|error| ImagesError::NoStore { path: cfg.store.clone(), error })?;
+    let fail = |reason: String| ImagesError::Artifact { recipe: name.to_string(), reason };
+    let m = store.current(name).map_err(|e| {
+        fail(format!(
+            "system image not in the image store {} ({e}): build it with `imagegen build {name}`",
             cfg.store.display()
-        )
+        ))
     })?;
     let Some(info) = m.system.as_deref() else {
-        bail!(
-            "image {name:?} is a {} recipe, not a root file system (kinds debian-rootfs, rootfs-import, oci-image)",
+        return Err(fail(format!(
+            "a {} recipe, not a root file system (kinds debian-rootfs, rootfs-import, oci-image)",
             m.kind
-        );
+        )));
     };
-    let out = m
-        .output("rootfs.ext4")
-        .with_context(|| format!("system image {name} has no rootfs.ext4 output"))?;
-    let ext4 =
-        store.output_path(&m, "rootfs.ext4").with_context(|| format!("system image {name}"))?;
-    crate::integrity::check_blob(&ext4, &out.sha256)
-        .map_err(|e| anyhow::anyhow!("system image {name}: {e}"))?;
-    let tree = store
-        .materialize_system_tree(&m)
-        .with_context(|| format!("system image {name}: unpacking its tree"))?;
+    let out = m.output("rootfs.ext4").ok_or_else(|| fail("no rootfs.ext4 output".into()))?;
+    let ext4 = store.output_path(&m, "rootfs.ext4").map_err(|e| fail(e.to_string()))?;
+    crate::integrity::check_blob(&ext4, &out.sha256).map_err(|e| fail(e.to_string()))?;
+    let tree =
+        store.materialize_system_tree(&m).map_err(|e| fail(format!("unpacking its tree: {e}")))?;
     let system = System {
         name: name.to_string(),
         ext4,
@@ -226,7 +240,7 @@ pub fn add_system(images: &mut Images, name: &str, init: InitMode) -> Result<()>
         image_init: info.init.clone(),
         private: false,
     };
-    system.check().map_err(anyhow::Error::msg)?;
+    system.check().map_err(fail)?;
     images.hashes.insert(format!("system {name} (rootfs.ext4)"), out.sha256.clone());
     images.hashes.insert(format!("system {name} (recipe)"), m.recipe_file.sha256.clone());
     images.system = Some(system);

@@ -16,6 +16,7 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// v1 controllers a guest group is created in.
 const V1_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
+/// Which cgroup hierarchy this host has (the memory figures depend on it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -170,6 +171,7 @@ impl Cgroup {
         Ok(())
     }
 
+    /// The processes in the group (its first hierarchy's `cgroup.procs`); empty if unreadable.
     pub fn pids(&self) -> Vec<u32> {
         fs::read_to_string(self.dirs[0].join("cgroup.procs"))
             .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())

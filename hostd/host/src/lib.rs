@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod console;
 pub mod limits;
+pub mod netem;
 pub mod netlab;
 pub mod pagecache;
 pub mod results;

@@ -24,6 +24,7 @@ pub const BRIDGE_MAC: &str = "02:76:62:00:00:01";
 /// any guest) is reached, e.g. the network benchmarks' host-side server.
 pub const BRIDGE_ADDR: Ipv4Addr = Ipv4Addr::new(BASE[0], BASE[1], 0, 1);
 
+/// Why a fleet network operation failed: the `ip` command and what it said.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("`ip {args}` failed: {msg}")]
@@ -70,6 +71,7 @@ pub enum NetPath {
 }
 
 impl NetPath {
+    /// The path's name in results and reports.
     pub fn name(self) -> &'static str {
         match self {
             NetPath::Loopback => "loopback",
@@ -143,9 +145,14 @@ pub fn ip(args: &[&str]) -> Result<(), NetError> {
 }
 
 impl FleetNet {
+    /// The fleet namespace's name for run `run` (also how `hostd net` finds it).
+    pub fn name_of(run: &str) -> String {
+        format!("vb-{run}")
+    }
+
     /// Creates namespace `vb-<run>` with an up bridge and loopback.
     pub fn create(run: &str) -> Result<Self, NetError> {
-        let net = FleetNet { netns: format!("vb-{run}"), mode: NetMode::Private };
+        let net = FleetNet { netns: Self::name_of(run), mode: NetMode::Private };
         ip(&["netns", "add", &net.netns])?;
         let r = (|| {
             let n = net.netns.as_str();
@@ -169,6 +176,7 @@ impl FleetNet {
         FleetNet { mode: NetMode::Shared, ..self.clone() }
     }
 
+    /// The namespace's file under /run/netns (what `setns` opens).
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.netns)
     }

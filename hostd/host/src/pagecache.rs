@@ -47,6 +47,7 @@ impl Residency {
     }
 }
 
+/// Why a file's residency could not be read or its pages evicted, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum PageCacheError {
     #[error("{}: open: {source}", path.display())]

@@ -221,6 +221,7 @@ pub fn parse_records<T: DeserializeOwned, R: BufRead>(r: R) -> io::Result<(Vec<T
     Ok((out, bad))
 }
 
+/// One run's results directory: samples appended durably, summaries written atomically.
 pub struct ResultsDir {
     pub path: PathBuf,
     /// Open for reading too: the torn-tail check reads the file it is about to append to.
@@ -303,6 +304,7 @@ impl ResultsDir {
         write_in(&self.path, name, data)
     }
 
+    /// [`ResultsDir::write`] of `v` as pretty JSON.
     pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> io::Result<()> {
         self.write(name, &serde_json::to_vec_pretty(v).map_err(io::Error::other)?)
     }

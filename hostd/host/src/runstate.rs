@@ -21,6 +21,8 @@ pub const RUN_ROOT: &str = "/run/virtbench";
 /// whose pages a cold start evicts: tmpfs pages cannot leave memory): `DISK_ROOT/<run>/`.
 pub const DISK_ROOT: &str = "/var/tmp/virtbench";
 
+/// A run's state on disk (written before its first guest): its id, hostd's pid and where
+/// its scratch and results are, so a later hostd can reap what a crashed run left.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
     pub run: String,
@@ -93,6 +95,7 @@ impl RunState {
         Self::create_in(Path::new(RUN_ROOT), purpose, results)
     }
 
+    /// [`RunState::create`] under `root` instead of /run/virtbench (tests).
     pub fn create_in(root: &Path, purpose: &str, results: Option<PathBuf>) -> io::Result<Self> {
         let run = new_run_id();
         let scratch = root.join(&run);

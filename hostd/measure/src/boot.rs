@@ -87,6 +87,7 @@ impl BootRow {
     }
 }
 
+/// A `hostd boot` run summarised: its rows, the memory fits and the startup floor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BootSummary {
     pub provenance: Provenance,
@@ -98,6 +99,7 @@ pub struct BootSummary {
     pub floor: Option<crate::floor::Floor>,
 }
 
+/// One fleet's row: its startup distribution, memory figures and their checks.
 pub fn row(b: &FleetBoot) -> BootRow {
     let mib = |k: f64| k / 1024.0;
     let mem = b.memory.as_ref();
@@ -142,6 +144,7 @@ pub fn row(b: &FleetBoot) -> BootRow {
     }
 }
 
+/// The summary of `rows`, with M_used(n) fitted per backend and mode (no floor yet).
 pub fn summarise(provenance: Provenance, rows: Vec<BootRow>) -> BootSummary {
     let mut memory_fit = BTreeMap::new();
     let mut kinds: Vec<BackendKind> = rows.iter().map(|r| r.backend).collect();

@@ -49,6 +49,9 @@ pub struct Campaign {
     pub xen: XenSection,
     #[serde(default)]
     pub network: NetworkSection,
+    /// The emulated network's accuracy step (docs/campaigns.md, `[netem]`). Default off.
+    #[serde(default)]
+    pub netem: crate::netem_accuracy::NetemSection,
     /// Per-backend changes (e.g. fewer guests for emulated VMs), keyed by backend name.
     #[serde(default)]
     pub overrides: BTreeMap<String, Override>,
@@ -398,6 +401,7 @@ impl Campaign {
         if self.resources.is_empty() {
             return bad("resources", "needs at least one resource".into());
         }
+        self.netem.check()?;
         limits::REPS.field("reps", self.reps)?;
         limits::WARMUP.field("warmup", self.warmup)?;
         limits::MEM_MIB.field("guest.mem_mib", self.guest.mem_mib)?;

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{AnyBackend, BackendKind, BackendOptions, GuestNet, GuestSpec, Images};
@@ -16,6 +15,7 @@ use crate::netlab::{self, FleetNet};
 use crate::runstate::RunState;
 use crate::stats::Summary;
 
+/// A backend's hot start against its floor: both distributions and the ratio of means.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Floor {
     pub backend: BackendKind,
@@ -29,6 +29,19 @@ pub struct Floor {
     pub ratio: f64,
 }
 
+/// Why the floor could not be measured.
+#[derive(Debug, thiserror::Error)]
+pub enum FloorError {
+    #[error(transparent)]
+    Network(#[from] crate::netlab::NetError),
+    #[error("floor boot: {0}")]
+    FloorBoot(crate::guest::BootError),
+    #[error("fleet-style boot: {0}")]
+    FullBoot(crate::guest::BootError),
+    #[error("no floor samples")]
+    NoSamples,
+}
+
 /// Measures `reps` interleaved pairs. None for the native backend (it is the floor).
 pub async fn measure(
     kind: BackendKind,
@@ -37,7 +50,7 @@ pub async fn measure(
     run: &RunState,
     reps: usize,
     timeout: Duration,
-) -> Result<Option<Floor>> {
+) -> Result<Option<Floor>, FloorError> {
     let (floor_kind, what) = match kind {
         BackendKind::Native => return Ok(None),
         BackendKind::Ns | BackendKind::Oci => (BackendKind::Native, "a bare fork+exec of the agent (no namespaces, no cgroup)".to_string()),
@@ -69,12 +82,12 @@ pub async fn measure(
             };
             let g = boot(&bare, spec(format!("floor{i}"), false), timeout)
                 .await
-                .context("floor boot")?;
+                .map_err(FloorError::FloorBoot)?;
             let fs = g.startup.as_secs_f64();
             g.shutdown(&bare, Duration::from_secs(5)).await;
             let g = boot(&full, spec(format!("full{i}"), true), timeout)
                 .await
-                .context("fleet-style boot")?;
+                .map_err(FloorError::FullBoot)?;
             let hs = g.startup.as_secs_f64();
             g.shutdown(&full, Duration::from_secs(5)).await;
             // The first pair warms the page cache (these are hot starts).
@@ -83,8 +96,8 @@ pub async fn measure(
                 h.push(hs);
             }
         }
-        let floor_s = Summary::of("floor", "s", f).context("no floor samples")?;
-        let hostd_s = Summary::of("hostd", "s", h).context("no samples")?;
+        let floor_s = Summary::of("floor", "s", f).ok_or(FloorError::NoSamples)?;
+        let hostd_s = Summary::of("hostd", "s", h).ok_or(FloorError::NoSamples)?;
         Ok(Some(Floor {
             backend: kind,
             floor: what,
@@ -98,6 +111,7 @@ pub async fn measure(
     r
 }
 
+/// The floor in one line, for `hostd boot`'s table.
 pub fn line(f: &Floor) -> String {
     format!(
         "floor ({}): {} hot start {:.4} s ± {:.4} vs {:.4} s ± {:.4} for {} ({} pairs): ratio {:.2}",

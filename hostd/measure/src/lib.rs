@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod floor;
 pub mod memory;
 pub mod microbench;
+pub mod netem_accuracy;
 pub mod peer;
 pub mod probe;
 pub mod provenance;

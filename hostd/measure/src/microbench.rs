@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchReport, BenchRequest, BenchSpec, Resource};
 use vb_protocol::msg::{Command, Hello, ReplyBody, Role};
@@ -19,12 +18,65 @@ use crate::provenance::Provenance;
 use crate::runstate::RunState;
 use crate::stats::Summary;
 
+/// Why `hostd bench`, or one benchmark request ([`run_once`]), failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("--reps must be at least 1")]
+    NoReps,
+    /// A host-side step (files, run state, fleet, peer, page cache), named.
+    #[error("{what}: {error}")]
+    Host { what: String, error: Box<dyn std::error::Error + Send + Sync> },
+    #[error(transparent)]
+    Unavailable(#[from] crate::backend::Unavailable),
+    #[error(transparent)]
+    Boot(#[from] crate::guest::BootError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
+    #[error(transparent)]
+    DataDisk(#[from] crate::datadisk::DataDiskError),
+    #[error(transparent)]
+    PageCache(#[from] crate::pagecache::PageCacheError),
+    /// The run's state on disk.
+    #[error(transparent)]
+    RunState(std::io::Error),
+    #[error("{backend} backend: {error}")]
+    Backend { backend: String, error: Box<BenchError> },
+    #[error(transparent)]
+    Channel(#[from] crate::channel::ChannelError),
+    /// The guest's report failed the checks against its request.
+    #[error("guest result rejected: {0}")]
+    Rejected(String),
+    #[error("{request} answered with {answer}")]
+    Answer { request: &'static str, answer: String },
+    #[error("{bench} benchmark: {error}")]
+    Bench { bench: String, error: Box<BenchError> },
+    /// The request itself is out of range (the flags' values).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{}: {bytes} bytes stay in the page cache after eviction (mapped by a process?): the read would not come from the disk", path.display())]
+    StillCached { path: PathBuf, bytes: u64 },
+    #[error("no samples")]
+    NoSamples,
+    /// The one-guest fleet has no guest: its failure.
+    #[error("{0}")]
+    NoGuest(String),
+}
+
+type Result<T, E = BenchError> = std::result::Result<T, E>;
+
+/// [`BenchError::Host`] for a failed step named `what`.
+fn host<E: std::error::Error + Send + Sync + 'static>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> BenchError {
+    move |e| BenchError::Host { what: what.into(), error: Box::new(e) }
+}
+
 /// The benchmarks `hostd bench` can run, in the order they run.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum), clap(rename_all = "snake_case"))]
 #[serde(rename_all = "snake_case")]
-#[clap(rename_all = "snake_case")]
 pub enum BenchName {
     /// Newton steps towards √2 (paper: CPU).
     Cpu,
@@ -81,6 +133,7 @@ pub struct BenchResult {
     pub summary: Summary,
 }
 
+/// What `hostd bench` measured: per benchmark a summary, with the guest and provenance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchRun {
     pub backend: BackendKind,
@@ -89,9 +142,11 @@ pub struct BenchRun {
     pub results: Vec<BenchResult>,
 }
 
+/// Runs `opts.benches` in one guest (two processes on the host for `native`), warm-ups
+/// then `opts.reps` counted runs each; `progress` gets a line per run.
 pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchRun> {
     if opts.reps == 0 {
-        bail!("--reps must be at least 1");
+        return Err(BenchError::NoReps);
     }
     let mut artifacts = opts.images.hashes.clone();
     let mut notes = opts.images.notes.clone();
@@ -99,12 +154,12 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
         "agent".to_string(),
         imagegen::hash::sha256_file(&opts.images.agent)
             .map(|(h, _)| h)
-            .with_context(|| format!("reading agent {}", opts.images.agent.display()))?,
+            .map_err(host(format!("reading agent {}", opts.images.agent.display())))?,
     );
     let backend = AnyBackend::new(opts.backend, &opts.images, &opts.backend_opts);
     backend.probe().await?;
     std::fs::create_dir_all(&opts.workdir)
-        .with_context(|| format!("creating {}", opts.workdir.display()))?;
+        .map_err(host(format!("creating {}", opts.workdir.display())))?;
 
     let disk_path = if opts.benches.contains(&BenchName::Disk) {
         let p = match opts.disk_file.as_ref().or(opts.images.disk.as_ref()) {
@@ -112,12 +167,12 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
             None => {
                 let p = opts.workdir.join("disk-bench.bin");
                 write_data_file(&p, opts.disk_mib)
-                    .with_context(|| format!("creating disk benchmark file {}", p.display()))?;
+                    .map_err(host(format!("creating disk benchmark file {}", p.display())))?;
                 p
             }
         };
         let len = std::fs::metadata(&p)
-            .with_context(|| format!("disk benchmark file {}", p.display()))?
+            .map_err(host(format!("disk benchmark file {}", p.display())))?
             .len();
         notes.push(format!(
             "disk benchmark reads {} ({len} bytes){}, cache policy {}",
@@ -132,7 +187,11 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
 
     let wants_net =
         opts.benches.iter().any(|b| matches!(b, BenchName::NetStream | BenchName::NetRr));
-    let ctx = || format!("{} backend", opts.backend.name());
+    let in_backend = |e: BenchError| BenchError::Backend {
+        backend: opts.backend.name().to_string(),
+        error: Box::new(e),
+    };
+    let boot_failed = |e: crate::guest::BootError| in_backend(BenchError::Boot(e));
     let (hello, results) = if opts.backend == BackendKind::Native {
         // The host reference: two plain processes on the host's loopback, exactly what
         // dd and iperf3 are compared with (scripts/compare-native.sh).
@@ -150,14 +209,14 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
             images: None,
         };
         let guest =
-            boot(&backend, spec(0, "bench0"), opts.hello_timeout).await.with_context(ctx)?;
+            boot(&backend, spec(0, "bench0"), opts.hello_timeout).await.map_err(boot_failed)?;
         // netperf's client and server are two processes (two machines in the paper).
         let peer = if wants_net {
             match boot(&backend, spec(1, "bench-peer"), opts.hello_timeout).await {
                 Ok(p) => Some(p),
                 Err(e) => {
                     guest.shutdown(&backend, Duration::ZERO).await;
-                    return Err(anyhow::Error::new(e).context(ctx()));
+                    return Err(boot_failed(e));
                 }
             }
         } else {
@@ -184,7 +243,7 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
             let _ =
                 writeln!(progress, "cleaned up after a previous hostd that did not finish: {c}");
         }
-        let run = RunState::create("bench", None)?;
+        let run = RunState::create("bench", None).map_err(BenchError::RunState)?;
         let r = async {
             let mut cfg = FleetConfig {
                 n: 1,
@@ -196,13 +255,13 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
             if opts.benches.contains(&BenchName::Memory) {
                 let need = crate::fidelity::mem_guest_mib(cfg.mem_mib, opts.mem_n, opts.instances);
                 cfg.mem_mib =
-                    u32::try_from(need).context("guest memory for the memory benchmark")?;
+                    u32::try_from(need).map_err(host("guest memory for the memory benchmark"))?;
             }
             let fleet = fleet::start(&backend, &run, &cfg, |_| {}).await?;
             let r = async {
                 let Some(guest) = fleet.guests.first() else {
                     let why = fleet.failures.first().map(|f| f.error.clone()).unwrap_or_default();
-                    anyhow::bail!("{why}");
+                    return Err(BenchError::NoGuest(why));
                 };
                 let net = fleet.net.as_ref().expect("network on");
                 let peer = if wants_net {
@@ -230,7 +289,7 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
         }
         .await;
         run.finish();
-        r.with_context(ctx)?
+        r.map_err(in_backend)?
     };
     let mut provenance = Provenance::collect(artifacts);
     provenance.notes = notes;
@@ -267,7 +326,7 @@ async fn run_benches(
             },
         };
         let req = BenchRequest { spec, instances: opts.instances, start_at_ns: None };
-        req.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        req.validate().map_err(|e| BenchError::Invalid(e.to_string()))?;
         // The disk file is evicted from the host page cache before each disk run, as in a
         // campaign; a block device given by hand is read as it is.
         let evict = guest.spec.data_disk.as_deref().filter(|p| b == BenchName::Disk && p.is_file());
@@ -279,7 +338,7 @@ async fn run_benches(
 async fn net_serve(conn: &AgentConn) -> Result<u16> {
     match conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await? {
         ReplyBody::Listening { port } if port != 0 => Ok(port),
-        other => bail!("net_serve answered with {other:?}"),
+        other => Err(BenchError::Answer { request: "net_serve", answer: format!("{other:?}") }),
     }
 }
 
@@ -299,13 +358,16 @@ async fn repeat(
             crate::datadisk::level(p)?;
             let left = crate::pagecache::evict(p)?;
             if left.resident_bytes > 0 {
-                bail!("{}: {} bytes stay in the page cache after eviction (mapped by a process?): the read would not come from the disk", p.display(), left.resident_bytes);
+                return Err(BenchError::StillCached {
+                    path: p.to_path_buf(),
+                    bytes: left.resident_bytes,
+                });
             }
         }
         let t0 = Instant::now();
-        let report = run_once(conn, req, opts.bench_timeout)
-            .await
-            .with_context(|| format!("{} benchmark", req.spec.name()))?;
+        let report = run_once(conn, req, opts.bench_timeout).await.map_err(|e| {
+            BenchError::Bench { bench: req.spec.name().to_string(), error: Box::new(e) }
+        })?;
         let _ = writeln!(
             progress,
             "  {:<10} {} {}/{} done in {:.2} s",
@@ -323,7 +385,7 @@ async fn repeat(
             }
         }
     }
-    let summary = Summary::of(req.spec.name(), unit, samples).context("no samples")?;
+    let summary = Summary::of(req.spec.name(), unit, samples).ok_or(BenchError::NoSamples)?;
     Ok(BenchResult {
         bench: b,
         resource: req.spec.resource(),
@@ -343,10 +405,10 @@ pub async fn run_once(
 ) -> Result<BenchReport> {
     match conn.request(Command::Bench(req.clone()), timeout).await? {
         ReplyBody::Bench(report) => {
-            report.check(req).map_err(|e| anyhow::anyhow!("guest result rejected: {e}"))?;
+            report.check(req).map_err(|e| BenchError::Rejected(e.to_string()))?;
             Ok(report)
         }
-        other => bail!("bench answered with {other:?}"),
+        other => Err(BenchError::Answer { request: "bench", answer: format!("{other:?}") }),
     }
 }
 

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use vb_protocol::msg::{Command, ReplyBody};
 
 use crate::backend::{AnyBackend, BackendKind, BackendOptions, GuestNet, GuestSpec, Images};
@@ -14,6 +13,16 @@ use crate::guest::{boot, RunningGuest};
 use crate::netlab::{self, FleetNet};
 use crate::runstate::RunState;
 
+/// Why the network peer did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("starting the network peer: {0}")]
+    Boot(crate::guest::BootError),
+    #[error("network peer answered net_serve with {0}")]
+    Answer(String),
+}
+
+/// The native agent serving the fleet's network benchmarks.
 pub struct Peer {
     backend: AnyBackend,
     guest: RunningGuest,
@@ -22,12 +31,14 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Boots the peer (a native agent on the bridge's address, in the fleet's namespace)
+    /// and has it listen; its address is [`Peer::addr`].
     pub async fn start(
         images: &Images,
         opts: &BackendOptions,
         run: &RunState,
         net: &FleetNet,
-    ) -> Result<Self> {
+    ) -> Result<Self, PeerError> {
         let backend = AnyBackend::new(BackendKind::Native, images, opts);
         let spec = GuestSpec {
             index: usize::MAX,
@@ -47,9 +58,7 @@ impl Peer {
             limits: Limits::default(),
             images: None,
         };
-        let guest = boot(&backend, spec, Duration::from_secs(30))
-            .await
-            .context("starting the network peer")?;
+        let guest = boot(&backend, spec, Duration::from_secs(30)).await.map_err(PeerError::Boot)?;
         let port = match guest
             .conn
             .request(Command::NetServe { port: 0 }, Duration::from_secs(10))
@@ -58,12 +67,13 @@ impl Peer {
             Ok(ReplyBody::Listening { port }) => port,
             other => {
                 guest.shutdown(&backend, Duration::ZERO).await;
-                anyhow::bail!("network peer answered net_serve with {other:?}");
+                return Err(PeerError::Answer(format!("{other:?}")));
             }
         };
         Ok(Peer { backend, guest, addr: SocketAddr::from((netlab::BRIDGE_ADDR, port)) })
     }
 
+    /// Shuts the peer down (it holds no guest state worth waiting for).
     pub async fn stop(self) {
         self.guest.shutdown(&self.backend, Duration::from_secs(5)).await;
     }

@@ -103,7 +103,9 @@ pub async fn probe(kinds: &[BackendKind], images: &Images, opts: &BackendOptions
         let b = AnyBackend::new(kind, images, opts);
         let check = match b.probe().await {
             Ok(d) => BackendCheck { backend: kind, available: true, detail: d },
-            Err(e) => BackendCheck { backend: kind, available: false, detail: e.reason },
+            Err(e) => {
+                BackendCheck { backend: kind, available: false, detail: e.reason.to_string() }
+            }
         };
         backends.push(check);
     }

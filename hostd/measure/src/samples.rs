@@ -62,6 +62,8 @@ pub enum Record {
         id: String,
         provenance: crate::provenance::Provenance,
     },
+    /// One guest's figure in the emulated network's accuracy step.
+    Netem(crate::netem_accuracy::AccuracySample),
 }
 
 /// The longest time any sample may show: a day's deadline with room to spare. A negative,
@@ -108,6 +110,7 @@ impl Record {
             Record::Startup(s) => Some(&s.provenance),
             Record::Memory(m) => Some(&m.provenance),
             Record::Bench(b) => Some(&b.provenance),
+            Record::Netem(n) => Some(&n.provenance),
             _ => None,
         }
     }
@@ -118,6 +121,7 @@ impl Record {
             Record::Startup(s) => s.provenance = id.to_string(),
             Record::Memory(m) => m.provenance = id.to_string(),
             Record::Bench(b) => b.provenance = id.to_string(),
+            Record::Netem(n) => n.provenance = id.to_string(),
             _ => {}
         }
     }
@@ -215,6 +219,7 @@ impl Record {
                 | Record::BackendProbe { .. }
                 | Record::GuestLost { .. }
                 | Record::Provenance { .. } => Ok(()),
+                Record::Netem(n) => n.implausible().map_or(Ok(()), Err),
             }
         };
         check().err()

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Mean, spread, median and 95 % confidence interval of one named set of samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub name: String,
@@ -114,6 +115,7 @@ pub struct Welch {
     pub differs: bool,
 }
 
+/// [`Welch`]'s test of `a` against `b`, each (mean, sample standard deviation, count).
 pub fn welch(a: (f64, f64, usize), b: (f64, f64, usize)) -> Option<Welch> {
     let ((ma, sa, na), (mb, sb, nb)) = (a, b);
     if na < 2 || nb < 2 {
@@ -178,6 +180,8 @@ pub struct LinearFit {
     pub points: usize,
 }
 
+/// The least-squares [`LinearFit`] through `points` (x, y); None for fewer than two
+/// points or a single x.
 pub fn linear_fit(points: &[(f64, f64)]) -> Option<LinearFit> {
     let n = points.len();
     if n < 2 {
@@ -216,6 +220,7 @@ pub struct Stat {
 }
 
 impl Stat {
+    /// The statistics of `v` in `unit`; None for no samples.
     pub fn of(v: &[f64], unit: &str) -> Option<Stat> {
         let s = Summary::of("", unit, v.to_vec())?;
         Some(Stat {

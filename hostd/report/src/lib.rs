@@ -9,5 +9,6 @@ pub mod bootreport;
 pub mod compare;
 pub mod decision;
 pub mod export;
+pub mod netem_report;
 pub mod plot;
 pub mod report;

@@ -69,6 +69,9 @@ pub struct Report {
     /// Where the run departs from the paper's method ([`crate::fidelity::report_notes`]).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The emulated network's accuracy ([`crate::netem_report`]).
+    #[serde(default)]
+    pub netem: Vec<crate::netem_report::Row>,
 }
 
 impl Report {
@@ -229,6 +232,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
     let mut failed_steps = BTreeMap::new();
     let mut failures = Vec::new();
     let mut lost = Vec::new();
+    let mut netem = Vec::new();
     for r in records {
         match r {
             Record::Startup(s) => startups.push(s),
@@ -253,6 +257,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
             }
             Record::GuestLost { backend, step, failure } => lost.push((backend, step, failure)),
             Record::Provenance { .. } => {}
+            Record::Netem(n) => netem.push(n),
         }
     }
     // Second references (native on loopback, …) leave the figures' series.
@@ -367,6 +372,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         rejected,
         conditions,
         cpus_assumed,
+        netem: crate::netem_report::analyse(&netem),
     }
 }
 
@@ -1051,6 +1057,7 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
         h.push_str("</table>");
     }
     h.push_str(&crate::suite::conditions::html(&rep.conditions));
+    h.push_str(&crate::netem_report::html(&rep.netem));
     h.push_str("<h2>Figures</h2>");
     for (name, f, caption) in figs {
         let title = match f {

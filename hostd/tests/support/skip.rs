@@ -33,3 +33,14 @@ pub fn skip(backend: Option<&str>, why: &str) {
         panic!("recording the skip in {}: {e}", std::path::Path::new(&log).display());
     }
 }
+
+/// The root gate every privileged test opens with: true as root, otherwise the skip is
+/// recorded ([`skip`]) with `why` and the test returns.
+#[allow(dead_code)] // not every test file including this module has a privileged test
+pub fn unless_root(backend: Option<&str>, why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    skip(backend, why);
+    false
+}

@@ -283,7 +283,7 @@ impl Backend for Firecracker {
             .get_or_init(|| self.check())
             .await
             .clone()
-            .map_err(|reason| Unavailable { backend: "firecracker", reason })
+            .map_err(|reason| Unavailable { backend: "firecracker", reason: reason.into() })
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
@@ -381,6 +381,6 @@ mod tests {
         let opts =
             BackendOptions { firecracker: "/nonexistent/firecracker".into(), ..Default::default() };
         let e = Firecracker::new(&Images::default(), &opts).probe().await.unwrap_err();
-        assert_eq!(e.reason, "firecracker binary not found (/nonexistent/firecracker)");
+        assert_eq!(e.reason.to_string(), "firecracker binary not found (/nonexistent/firecracker)");
     }
 }

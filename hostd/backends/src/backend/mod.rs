@@ -27,21 +27,10 @@ pub use process::Proc;
 pub use resource::{release_all, Resource};
 
 /// The systems hostd can boot guests on.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+// The CLI parses it (the `clap` feature, which only the hostd binary crate turns on).
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum), clap(rename_all = "kebab-case"))]
 #[serde(rename_all = "kebab-case")]
-#[clap(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// The agent as a plain host process: the paper's non-virtualized reference (T_a).
     Native,
@@ -252,7 +241,32 @@ impl Default for BackendOptions {
 #[error("backend {backend} unavailable: {reason}")]
 pub struct Unavailable {
     pub backend: &'static str,
-    pub reason: String,
+    pub reason: UnavailableReason,
+}
+
+/// What a backend's probe found missing: typed where a caller acts on it (the Xen lab
+/// stands in for a host that is not dom0), words otherwise.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UnavailableReason {
+    /// The `xen` backend's host is not a working dom0.
+    #[error(transparent)]
+    Dom0(#[from] xen::Dom0Error),
+    /// Anything else the probe found missing or broken, in words.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl UnavailableReason {
+    /// This host is not dom0 of a Xen host at all (see [`xen::Dom0Error::not_dom0`]).
+    pub fn not_dom0(&self) -> bool {
+        matches!(self, Self::Dom0(e) if e.not_dom0())
+    }
+}
+
+impl From<String> for UnavailableReason {
+    fn from(s: String) -> Self {
+        Self::Other(s)
+    }
 }
 
 /// A launch that failed, named after the step that failed.
@@ -336,9 +350,16 @@ pub enum Exit {
     Exited(String),
 }
 
+/// One way of running a guest (a host process, a namespace, a container, a VM): what every
+/// backend offers fleets and measurements, which see guests only through it. Launches are
+/// cancel-safe (the boot deadline may drop one anywhere) and every host resource a launch
+/// creates is named after the run ([`GuestSpec::run`]) so a crashed run can be cleaned up.
+/// [`AnyBackend`] dispatches over the closed set of implementations.
 pub trait Backend {
+    /// Which backend this is (its name in results, flags and campaign files).
     fn kind(&self) -> BackendKind;
-    /// Checks that the backend can run here; the error says why not.
+    /// Checks that the backend can run here; the error says why not. Ok: one line saying
+    /// what will run (versions, accelerator, runtime), recorded with the run's samples.
     async fn probe(&self) -> Result<String, Unavailable>;
     /// Starts one guest; returns as soon as its control channel exists (not when ready).
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError>;

@@ -46,7 +46,7 @@ impl Backend for Native {
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {
-        let unavailable = |reason: String| Unavailable { backend: "native", reason };
+        let unavailable = |reason: String| Unavailable { backend: "native", reason: reason.into() };
         let meta = std::fs::metadata(&self.agent)
             .map_err(|e| unavailable(format!("agent {}: {e}", self.agent.display())))?;
         if !meta.is_file() {

@@ -148,7 +148,7 @@ impl Backend for Ns {
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {
-        let unavailable = |reason: String| Unavailable { backend: "ns", reason };
+        let unavailable = |reason: String| Unavailable { backend: "ns", reason: reason.into() };
         let euid = nix::unistd::geteuid();
         if !euid.is_root() {
             return Err(unavailable(format!("needs root to create namespaces, mounts, cgroups and veths (running as uid {euid})")));

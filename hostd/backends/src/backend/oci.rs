@@ -130,7 +130,7 @@ impl Backend for Oci {
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {
-        let unavailable = |reason: String| Unavailable { backend: "oci", reason };
+        let unavailable = |reason: String| Unavailable { backend: "oci", reason: reason.into() };
         let euid = nix::unistd::geteuid();
         if !euid.is_root() {
             return Err(unavailable(format!(

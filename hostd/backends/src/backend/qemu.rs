@@ -192,7 +192,8 @@ impl Backend for Qemu {
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {
-        let unavailable = |reason: String| Unavailable { backend: self.kind().name(), reason };
+        let unavailable =
+            |reason: String| Unavailable { backend: self.kind().name(), reason: reason.into() };
         let version = program_version(&self.qemu, &["--version"]).await.map_err(unavailable)?;
         let (kernel, initramfs) = self.images().map_err(unavailable)?;
         let accel = self.accel().await.map_err(unavailable)?;

@@ -225,7 +225,7 @@ impl Backend for Uml {
     /// guest boots to the agent's hello (which catches a kernel that crashes on this host's
     /// FPU state size, as unpatched 6.12 UML does on AMX hosts).
     async fn probe(&self) -> Result<String, Unavailable> {
-        let unavailable = |reason: String| Unavailable { backend: "uml", reason };
+        let unavailable = |reason: String| Unavailable { backend: "uml", reason: reason.into() };
         let (kernel, initramfs) = self.images().map_err(unavailable)?;
         let version = program_version(&kernel.path.display().to_string(), &["--version"])
             .await
@@ -339,12 +339,12 @@ mod tests {
         let images =
             Images { initramfs: Some("/nonexistent/initramfs".into()), ..Default::default() };
         let e = Uml::new(&images, &BackendOptions::default()).probe().await.unwrap_err();
-        assert!(e.reason.contains("no UML kernel"), "{e}");
+        assert!(e.reason.to_string().contains("no UML kernel"), "{e}");
         let images = Images {
             kernel_uml: Some(Kernel { path: "/nonexistent/linux".into(), cmdline: String::new() }),
             ..images
         };
         let e = Uml::new(&images, &BackendOptions::default()).probe().await.unwrap_err();
-        assert!(e.reason.contains("/nonexistent/linux"), "{e}");
+        assert!(e.reason.to_string().contains("/nonexistent/linux"), "{e}");
     }
 }

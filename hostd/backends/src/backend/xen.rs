@@ -45,7 +45,7 @@ use super::vmm::{check_file, guest_mac, kernel_cmdline, Staging};
 use super::{
     join_cgroup_in_child, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestNet,
     GuestProcess, GuestSpec, Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource,
-    Unavailable,
+    Unavailable, UnavailableReason,
 };
 use crate::netlab;
 
@@ -139,46 +139,53 @@ impl Xen {
     }
 }
 
+/// Why this system is not a working dom0 of a Xen host ([`check_dom0`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Dom0Error {
+    #[error("not dom0 of a Xen host: this system runs on a {hypervisor} hypervisor ({})", path.display())]
+    OtherHypervisor { hypervisor: String, path: PathBuf },
+    #[error(
+        "not dom0 of a Xen host: no Xen hypervisor under this system ({} does not exist); \
+         run hostd in dom0, or measure Xen under QEMU with `hostd xen-lab`",
+        path.display()
+    )]
+    NoHypervisor { path: PathBuf },
+    #[error("not dom0: this system is a Xen domU ({} has no control_d)", path.display())]
+    DomU { path: PathBuf },
+    #[error("running on Xen, but {}: {error} (mount xenfs: mount -t xenfs xenfs /proc/xen)", path.display())]
+    NoXenfs { path: PathBuf, error: String },
+    #[error("dom0 without {} (load the xen-privcmd module)", path.display())]
+    NoPrivcmd { path: PathBuf },
+}
+
+impl Dom0Error {
+    /// This system is not dom0 at all (no Xen, or a domU), rather than a dom0 missing a
+    /// piece: where the Xen lab measures `xen` instead.
+    pub fn not_dom0(&self) -> bool {
+        matches!(self, Self::OtherHypervisor { .. } | Self::NoHypervisor { .. } | Self::DomU { .. })
+    }
+}
+
 /// Whether this system is dom0 of a Xen host, from its /sys, /proc and /dev under `root`;
 /// the error says what is missing. Ok: the hypervisor's capabilities line.
-pub fn check_dom0(root: &Path) -> Result<String, String> {
+pub fn check_dom0(root: &Path) -> Result<String, Dom0Error> {
     let ty = root.join("sys/hypervisor/type");
     match std::fs::read_to_string(&ty) {
         Ok(t) if t.trim() == "xen" => {}
         Ok(t) => {
-            return Err(format!(
-                "not dom0 of a Xen host: this system runs on a {} hypervisor ({})",
-                t.trim(),
-                ty.display()
-            ))
+            return Err(Dom0Error::OtherHypervisor { hypervisor: t.trim().to_string(), path: ty })
         }
-        Err(_) => {
-            return Err(format!(
-                "not dom0 of a Xen host: no Xen hypervisor under this system ({} does not exist); \
-                 run hostd in dom0, or measure Xen under QEMU with `hostd xen-lab`",
-                ty.display()
-            ))
-        }
+        Err(_) => return Err(Dom0Error::NoHypervisor { path: ty }),
     }
     let caps = root.join("proc/xen/capabilities");
     match std::fs::read_to_string(&caps) {
         Ok(c) if c.split(',').any(|w| w.trim() == "control_d") => {}
-        Ok(_) => {
-            return Err(format!(
-                "not dom0: this system is a Xen domU ({} has no control_d)",
-                caps.display()
-            ))
-        }
-        Err(e) => {
-            return Err(format!(
-                "running on Xen, but {}: {e} (mount xenfs: mount -t xenfs xenfs /proc/xen)",
-                caps.display()
-            ))
-        }
+        Ok(_) => return Err(Dom0Error::DomU { path: caps }),
+        Err(e) => return Err(Dom0Error::NoXenfs { path: caps, error: e.to_string() }),
     }
     let privcmd = root.join("dev/xen/privcmd");
     if !privcmd.exists() {
-        return Err(format!("dom0 without {} (load the xen-privcmd module)", privcmd.display()));
+        return Err(Dom0Error::NoPrivcmd { path: privcmd });
     }
     let cap = std::fs::read_to_string(root.join("sys/hypervisor/properties/capabilities"))
         .unwrap_or_default();
@@ -772,8 +779,9 @@ impl Backend for Xen {
     /// dom0 of a Xen host (hypervisor, xenfs, privcmd), the images, `xl info` answering
     /// (xenstored runs), xenconsoled running, and the tools the guests need.
     async fn probe(&self) -> Result<String, Unavailable> {
-        let unavailable = |reason: String| Unavailable { backend: "xen", reason };
-        let caps = check_dom0(&self.root).map_err(unavailable)?;
+        let unavailable = |reason: String| Unavailable { backend: "xen", reason: reason.into() };
+        let caps = check_dom0(&self.root)
+            .map_err(|e| Unavailable { backend: "xen", reason: UnavailableReason::Dom0(e) })?;
         let ty = DomainType::from_env().map_err(unavailable)?;
         let (kernel, initramfs) = self.images().map_err(unavailable)?;
         let info = xl_info(&self.xl)
@@ -967,17 +975,25 @@ disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,targe
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
         let e = check_dom0(r).unwrap_err();
-        assert!(e.starts_with("not dom0 of a Xen host: no Xen hypervisor"), "{e}");
+        assert!(
+            e.not_dom0() && e.to_string().starts_with("not dom0 of a Xen host: no Xen hypervisor"),
+            "{e}"
+        );
         std::fs::create_dir_all(r.join("sys/hypervisor/properties")).unwrap();
         std::fs::write(r.join("sys/hypervisor/type"), "kvm\n").unwrap();
-        assert!(check_dom0(r).unwrap_err().contains("runs on a kvm hypervisor"));
+        let e = check_dom0(r).unwrap_err();
+        assert!(e.not_dom0() && e.to_string().contains("runs on a kvm hypervisor"), "{e}");
         std::fs::write(r.join("sys/hypervisor/type"), "xen\n").unwrap();
-        assert!(check_dom0(r).unwrap_err().contains("mount -t xenfs"));
+        // A dom0 missing a piece is not "not dom0": the Xen lab does not stand in for it.
+        let e = check_dom0(r).unwrap_err();
+        assert!(!e.not_dom0() && e.to_string().contains("mount -t xenfs"), "{e}");
         std::fs::create_dir_all(r.join("proc/xen")).unwrap();
         std::fs::write(r.join("proc/xen/capabilities"), "").unwrap();
-        assert!(check_dom0(r).unwrap_err().contains("is a Xen domU"));
+        let e = check_dom0(r).unwrap_err();
+        assert!(e.not_dom0() && e.to_string().contains("is a Xen domU"), "{e}");
         std::fs::write(r.join("proc/xen/capabilities"), "control_d\n").unwrap();
-        assert!(check_dom0(r).unwrap_err().contains("xen-privcmd"));
+        let e = check_dom0(r).unwrap_err();
+        assert!(!e.not_dom0() && e.to_string().contains("xen-privcmd"), "{e}");
         std::fs::create_dir_all(r.join("dev/xen")).unwrap();
         std::fs::write(r.join("dev/xen/privcmd"), "").unwrap();
         std::fs::write(

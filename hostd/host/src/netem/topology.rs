@@ -1,0 +1,502 @@
+//! Topologies: guests grouped into sites (consecutive guest indices), each site's guests
+//! with their own link properties, and a site-to-site matrix of one-way delay, jitter and
+//! rate. Written by hand (`[[site]]` + `[matrix]`), or made from a ready-made shape: a star
+//! (sites around a hub), a two-level tree (sites of clusters, as Grid'5000's), or a latency
+//! matrix read from a CSV file (one site per guest). Everything is checked, with the
+//! offending site, row or field named, before any guest starts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_rate, LinkProps, MAX_DELAY_MS};
+
+/// A topology as written in a fleet file's `[net]`, a campaign's `[netem]` or a file given
+/// to `hostd net FLEET set`. Unknown keys are errors.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyFile {
+    /// Every guest's link, unless its site gives its own. Default unshaped.
+    #[serde(default)]
+    pub link: LinkProps,
+    /// Sites in guest order: the first `guests` guests are the first site's, and so on.
+    #[serde(default, rename = "site", skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<SiteFile>,
+    /// One-way delay, jitter and rate between the sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<MatrixFile>,
+    /// Ready-made: sites around one hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub star: Option<Star>,
+    /// Ready-made: sites of clusters (two levels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<Tree>,
+    /// Ready-made: a CSV of one-way delays (ms) between guests, a square matrix with one row
+    /// per guest and zeros on the diagonal. Relative to the file that names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix_csv: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteFile {
+    pub name: String,
+    /// Number of guests in the site.
+    pub guests: usize,
+    /// The site's guests' links. Default: the topology's `link`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkProps>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixFile {
+    /// The order of the rows and columns (every site once).
+    pub sites: Vec<String>,
+    /// One-way delay from row to column, ms; zeros on the diagonal.
+    pub delay_ms: Vec<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<Vec<Vec<f64>>>,
+    /// Rate from row to column, Mbit/s (> 0 off the diagonal, 0 on it). Default unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_mbit: Option<Vec<Vec<f64>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Star {
+    pub sites: usize,
+    pub guests_per_site: usize,
+    /// One-way delay from each site to the hub, ms (site to site: twice).
+    pub delay_ms: f64,
+    #[serde(default)]
+    pub jitter_ms: f64,
+    /// Each site's uplink to the hub, Mbit/s. Default unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_mbit: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tree {
+    pub sites: usize,
+    pub clusters_per_site: usize,
+    pub guests_per_cluster: usize,
+    /// One-way delay from a cluster to its site's router, ms.
+    pub cluster_delay_ms: f64,
+    /// One-way delay from a site's router to the root, ms.
+    pub site_delay_ms: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_rate_mbit: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_rate_mbit: Option<f64>,
+}
+
+/// A checked topology: sites of consecutive guests, and the matrix between them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Topology {
+    pub sites: Vec<Site>,
+    /// `matrix[s][t]`: from site s to site t; empty when there is none.
+    #[serde(default)]
+    pub matrix: Vec<Vec<Between>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Site {
+    pub name: String,
+    pub first: usize,
+    pub count: usize,
+    pub link: LinkProps,
+}
+
+/// What lies between two sites, one way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Between {
+    #[serde(default)]
+    pub delay_ms: f64,
+    #[serde(default)]
+    pub jitter_ms: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_mbit: Option<f64>,
+}
+
+impl Between {
+    /// Checks an entry off the diagonal; errors name `what`.
+    pub fn check(&self, what: &str) -> Result<(), String> {
+        entry(&|f| format!("{what}.{f}"), self, false)
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.delay_ms == 0.0 && self.jitter_ms == 0.0 && self.rate_mbit.is_none()
+    }
+}
+
+static NONE: Between = Between { delay_ms: 0.0, jitter_ms: 0.0, rate_mbit: None };
+
+/// The largest CSV matrix file read (1000 guests × 1000 entries of a few characters fit).
+const MAX_CSV_BYTES: u64 = 32 << 20;
+
+impl Topology {
+    /// Every one of `n` guests in one site with `link`.
+    pub fn uniform(n: usize, link: LinkProps) -> Self {
+        Topology {
+            sites: vec![Site { name: "all".into(), first: 0, count: n, link }],
+            matrix: Vec::new(),
+        }
+    }
+
+    pub fn site_of(&self, guest: usize) -> Option<usize> {
+        self.sites.iter().position(|s| (s.first..s.first + s.count).contains(&guest))
+    }
+
+    pub fn between(&self, s: usize, t: usize) -> &Between {
+        self.matrix.get(s).and_then(|r| r.get(t)).unwrap_or(&NONE)
+    }
+
+    /// `k` sites of `per_site` guests each (`s0`, `s1`, …), every guest with `link`, and
+    /// `between` from every site to every other.
+    pub fn sites(k: usize, per_site: usize, link: LinkProps, between: Between) -> Self {
+        let sites = (0..k)
+            .map(|i| Site { name: format!("s{i}"), first: i * per_site, count: per_site, link })
+            .collect();
+        let matrix = (0..k)
+            .map(|i| (0..k).map(|j| if i == j { Between::default() } else { between }).collect())
+            .collect();
+        Topology { sites, matrix }
+    }
+
+    /// The configured rate from guest `a` to guest `b`, Mbit/s: the slowest of a's link,
+    /// the matrix and b's link; None when nothing limits it.
+    pub fn rate_mbit(&self, a: usize, b: usize) -> Option<f64> {
+        let (s, t) = (self.site_of(a)?, self.site_of(b)?);
+        let mid = if s == t { None } else { self.between(s, t).rate_mbit };
+        super::min_rate(
+            super::min_rate(self.sites[s].link.rate_mbit, mid),
+            self.sites[t].link.rate_mbit,
+        )
+    }
+
+    pub fn guests(&self) -> usize {
+        self.sites.iter().map(|s| s.count).sum()
+    }
+
+    /// The configured one-way delay from guest `a` to guest `b`, ms: a's link, the matrix,
+    /// b's link.
+    pub fn one_way_ms(&self, a: usize, b: usize) -> Option<f64> {
+        let (s, t) = (self.site_of(a)?, self.site_of(b)?);
+        let mid = if s == t { 0.0 } else { self.between(s, t).delay_ms };
+        Some(self.sites[s].link.delay_ms + mid + self.sites[t].link.delay_ms)
+    }
+
+    /// A few lines for people: each site and the matrix.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for s in &self.sites {
+            out.push_str(&format!(
+                "site {}: guests {}..{} ({}), {}\n",
+                s.name,
+                s.first,
+                s.first + s.count,
+                s.count,
+                s.link.describe()
+            ));
+        }
+        for (i, row) in self.matrix.iter().enumerate() {
+            for (j, b) in row.iter().enumerate() {
+                if i != j && !b.is_none() {
+                    let mut d =
+                        format!("{} → {}: {}ms", self.sites[i].name, self.sites[j].name, {
+                            b.delay_ms
+                        });
+                    if b.jitter_ms > 0.0 {
+                        d.push_str(&format!(" ±{}ms", b.jitter_ms));
+                    }
+                    if let Some(r) = b.rate_mbit {
+                        d.push_str(&format!(", {r} Mbit/s"));
+                    }
+                    out.push_str(&d);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+impl TopologyFile {
+    /// Parses a topology file (TOML); errors name the file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Checks everything and lays the sites out over `n` guests; `base` is the directory a
+    /// relative `matrix_csv` is found in.
+    pub fn resolve(&self, n: usize, base: &Path) -> Result<Topology, String> {
+        self.link.check("link")?;
+        let shapes = [
+            !self.sites.is_empty(),
+            self.star.is_some(),
+            self.tree.is_some(),
+            self.matrix_csv.is_some(),
+        ];
+        if shapes.iter().filter(|&&x| x).count() > 1 {
+            return Err(
+                "give one of [[site]], [star], [tree] and matrix_csv, not several".to_string()
+            );
+        }
+        if self.matrix.is_some() && self.sites.is_empty() {
+            return Err("[matrix] needs [[site]] entries to name its rows".into());
+        }
+        let topo = if let Some(star) = &self.star {
+            star.resolve(self.link)?
+        } else if let Some(tree) = &self.tree {
+            tree.resolve(self.link)?
+        } else if let Some(csv) = &self.matrix_csv {
+            let path = base.join(csv);
+            csv_topology(&path, self.link)?
+        } else if !self.sites.is_empty() {
+            self.hand_made()?
+        } else {
+            Topology::uniform(n, self.link)
+        };
+        if topo.guests() != n {
+            return Err(format!(
+                "the topology's sites hold {} guests, the fleet has {n}",
+                topo.guests()
+            ));
+        }
+        Ok(topo)
+    }
+
+    fn hand_made(&self) -> Result<Topology, String> {
+        let mut sites = Vec::new();
+        let mut index = BTreeMap::new();
+        let mut first = 0;
+        for s in &self.sites {
+            if s.name.is_empty() || s.name.len() > 32 {
+                return Err(format!("site {:?}: a name of 1 to 32 characters", s.name));
+            }
+            if index.insert(s.name.clone(), sites.len()).is_some() {
+                return Err(format!("site {:?} is given twice", s.name));
+            }
+            if s.guests == 0 {
+                return Err(format!(
+                    "site {}: guests = 0: a site holds at least one guest",
+                    s.name
+                ));
+            }
+            let link = s.link.unwrap_or(self.link);
+            link.check(&format!("site {}: link", s.name))?;
+            sites.push(Site { name: s.name.clone(), first, count: s.guests, link });
+            first += s.guests;
+        }
+        let Some(m) = &self.matrix else { return Ok(Topology { sites, matrix: Vec::new() }) };
+        let k = sites.len();
+        // Row order as the matrix names it → site positions.
+        let mut order = Vec::with_capacity(k);
+        for name in &m.sites {
+            let &i = index.get(name).ok_or_else(|| {
+                format!(
+                    "matrix.sites: unknown site {name:?} (sites: {})",
+                    index.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            if order.contains(&i) {
+                return Err(format!("matrix.sites: site {name:?} is given twice"));
+            }
+            order.push(i);
+        }
+        if let Some(missing) = sites.iter().find(|s| !m.sites.contains(&s.name)) {
+            return Err(format!("matrix.sites: site {:?} is missing", missing.name));
+        }
+        let delay = square("matrix.delay_ms", &m.delay_ms, k)?;
+        let jitter = m.jitter_ms.as_ref().map(|j| square("matrix.jitter_ms", j, k)).transpose()?;
+        let rate = m.rate_mbit.as_ref().map(|r| square("matrix.rate_mbit", r, k)).transpose()?;
+        let mut matrix = vec![vec![Between::default(); k]; k];
+        for (r, &s) in order.iter().enumerate() {
+            for (c, &t) in order.iter().enumerate() {
+                let at =
+                    |f: &str| format!("matrix.{f}[{r}][{c}] ({} → {})", m.sites[r], m.sites[c]);
+                let b = Between {
+                    delay_ms: delay[r][c],
+                    jitter_ms: jitter.map_or(0.0, |j| j[r][c]),
+                    rate_mbit: rate.map(|x| x[r][c]),
+                };
+                entry(&at, &b, r == c)?;
+                matrix[s][t] = if r == c { Between::default() } else { b };
+            }
+        }
+        Ok(Topology { sites, matrix })
+    }
+}
+
+/// Checks that `m` is `k` × `k`, naming the first row that is not.
+fn square<'a>(field: &str, m: &'a [Vec<f64>], k: usize) -> Result<&'a [Vec<f64>], String> {
+    if m.len() != k {
+        return Err(format!("{field}: {} rows for {k} sites: the matrix must be square", m.len()));
+    }
+    if let Some((i, r)) = m.iter().enumerate().find(|(_, r)| r.len() != k) {
+        return Err(format!(
+            "{field}: row {i} has {} entries for {k} sites: the matrix must be square",
+            r.len()
+        ));
+    }
+    Ok(m)
+}
+
+/// One matrix entry's checks: delays and jitters finite and ≥ 0, rates > 0 off the
+/// diagonal; the diagonal (within a site: only the guests' own links) all zero.
+fn entry(at: &dyn Fn(&str) -> String, b: &Between, diagonal: bool) -> Result<(), String> {
+    for (f, v) in [("delay_ms", b.delay_ms), ("jitter_ms", b.jitter_ms)] {
+        if !v.is_finite() || v < 0.0 {
+            return Err(format!("{} = {v}: a delay must be ≥ 0", at(f)));
+        }
+        if v > MAX_DELAY_MS {
+            return Err(format!("{} = {v}: more than {MAX_DELAY_MS} ms", at(f)));
+        }
+        if diagonal && v != 0.0 {
+            return Err(format!(
+                "{} = {v}: the diagonal must be 0 (within a site only the guests' own links \
+                 apply; give them a link instead)",
+                at(f)
+            ));
+        }
+    }
+    if b.jitter_ms > 0.0 && b.delay_ms == 0.0 {
+        return Err(format!("{} = {}: jitter needs a delay", at("jitter_ms"), b.jitter_ms));
+    }
+    if let Some(r) = b.rate_mbit {
+        if diagonal {
+            if r != 0.0 {
+                return Err(format!("{} = {r}: the diagonal must be 0", at("rate_mbit")));
+            }
+        } else {
+            check_rate(&at("rate_mbit"), "rate", r)?;
+        }
+    }
+    Ok(())
+}
+
+impl Star {
+    fn resolve(&self, link: LinkProps) -> Result<Topology, String> {
+        if self.sites < 2 || self.guests_per_site == 0 {
+            return Err(format!(
+                "star: sites = {}, guests_per_site = {}: at least 2 sites of at least 1 guest",
+                self.sites, self.guests_per_site
+            ));
+        }
+        let b = Between {
+            delay_ms: 2.0 * self.delay_ms,
+            jitter_ms: self.jitter_ms * std::f64::consts::SQRT_2,
+            rate_mbit: self.rate_mbit,
+        };
+        entry(&|f| format!("star.{f} (twice, site to site)"), &b, false)?;
+        let sites = (0..self.sites)
+            .map(|i| Site {
+                name: format!("s{i}"),
+                first: i * self.guests_per_site,
+                count: self.guests_per_site,
+                link,
+            })
+            .collect();
+        let matrix = (0..self.sites)
+            .map(|i| (0..self.sites).map(|j| if i == j { Between::default() } else { b }).collect())
+            .collect();
+        Ok(Topology { sites, matrix })
+    }
+}
+
+impl Tree {
+    fn resolve(&self, link: LinkProps) -> Result<Topology, String> {
+        if self.sites == 0 || self.clusters_per_site == 0 || self.guests_per_cluster == 0 {
+            return Err("tree: sites, clusters_per_site and guests_per_cluster must be ≥ 1".into());
+        }
+        if self.sites * self.clusters_per_site < 2 {
+            return Err("tree: at least 2 clusters in all".into());
+        }
+        let near = Between {
+            delay_ms: 2.0 * self.cluster_delay_ms,
+            jitter_ms: 0.0,
+            rate_mbit: self.cluster_rate_mbit,
+        };
+        let far = Between {
+            delay_ms: 2.0 * (self.cluster_delay_ms + self.site_delay_ms),
+            jitter_ms: 0.0,
+            rate_mbit: super::min_rate(self.cluster_rate_mbit, self.site_rate_mbit),
+        };
+        entry(&|f| format!("tree.cluster_{f}"), &near, false)?;
+        entry(&|f| format!("tree.site_{f}"), &far, false)?;
+        let k = self.sites * self.clusters_per_site;
+        let sites = (0..k)
+            .map(|c| Site {
+                name: format!("s{}c{}", c / self.clusters_per_site, c % self.clusters_per_site),
+                first: c * self.guests_per_cluster,
+                count: self.guests_per_cluster,
+                link,
+            })
+            .collect();
+        let cps = self.clusters_per_site;
+        let matrix = (0..k)
+            .map(|i| {
+                (0..k)
+                    .map(|j| match (i == j, i / cps == j / cps) {
+                        (true, _) => Between::default(),
+                        (false, true) => near,
+                        (false, false) => far,
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Topology { sites, matrix })
+    }
+}
+
+/// A per-guest one-way delay matrix from a CSV file: one site per guest (`g<i>`).
+pub fn csv_topology(path: &Path, link: LinkProps) -> Result<Topology, String> {
+    let name = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{name}: {e}"))?;
+    if !meta.is_file() || meta.len() > MAX_CSV_BYTES {
+        return Err(format!("{name}: not a regular file of at most {MAX_CSV_BYTES} bytes"));
+    }
+    let mut rd = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .comment(Some(b'#'))
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| format!("{name}: {e}"))?;
+    let mut rows: Vec<Vec<f64>> = Vec::new();
+    for (i, rec) in rd.records().enumerate() {
+        let rec = rec.map_err(|e| format!("{name}: {e}"))?;
+        let row = rec
+            .iter()
+            .enumerate()
+            .map(|(j, v)| {
+                v.parse::<f64>()
+                    .map_err(|_| format!("{name}: row {i}, column {j}: {v:?} is not a number"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.push(row);
+    }
+    let k = rows.len();
+    if k < 2 {
+        return Err(format!("{name}: {k} rows: a matrix of at least 2 guests"));
+    }
+    if k > crate::limits::GUESTS.max as usize {
+        return Err(format!("{name}: {k} rows: more guests than a fleet holds"));
+    }
+    square(&name.to_string(), &rows, k)?;
+    let mut matrix = vec![vec![Between::default(); k]; k];
+    for r in 0..k {
+        for c in 0..k {
+            let b = Between { delay_ms: rows[r][c], jitter_ms: 0.0, rate_mbit: None };
+            entry(&|_| format!("{name}: row {r}, column {c}"), &b, r == c)?;
+            matrix[r][c] = b;
+        }
+    }
+    let sites = (0..k).map(|i| Site { name: format!("g{i}"), first: i, count: 1, link }).collect();
+    Ok(Topology { sites, matrix })
+}

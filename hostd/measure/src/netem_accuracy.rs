@@ -1,0 +1,360 @@
+//! Accuracy of the emulated network: for each backend, a fleet of n guests whose links are
+//! shaped alike, every guest measuring at once, first unshaped (the path's own base), then
+//! shaped. Achieved RTT (agent request/response) and throughput (agent stream) are compared
+//! with what was configured. Against the peer on the fleet bridge (`sites` = 0): RTT =
+//! twice the guest link's one-way delay (the peer's side is not shaped), throughput = the
+//! link's rate. Between sites (`sites` ≥ 2): each guest measures against the guest at the
+//! same place in the next site, RTT = both ways' (link + matrix + link), throughput = the
+//! slowest of the three. See docs/methodology.md, "Emulated network accuracy".
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vb_protocol::bench::{BenchRequest, BenchSpec};
+use vb_protocol::msg::{Command, ReplyBody};
+
+use crate::backend::BackendKind;
+use crate::fleet::Fleet;
+use crate::netem::{LinkProps, Topology};
+use crate::netlab::NetPath;
+use crate::suite::sync::{run_together, Starter};
+
+/// The campaign's `[netem]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetemSection {
+    /// Run the accuracy step on every backend of the campaign. Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Fleet sizes: guests shaped and measuring at once. Default [2].
+    #[serde(default = "d_sizes")]
+    pub sizes: Vec<usize>,
+    /// Every guest's link. Default 5 ms one-way, 50 Mbit/s.
+    #[serde(default = "d_link")]
+    pub link: LinkProps,
+    /// Request and response size of the RTT measurement, bytes. Default 1.
+    #[serde(default = "d_rr_size")]
+    pub rr_size: u32,
+    /// 0: every guest measures against the peer on the bridge. k ≥ 2: the fleet is split into
+    /// k sites of n / k guests, `between` apart, and every guest measures against the guest
+    /// at its place in the next site. Default 0.
+    #[serde(default)]
+    pub sites: usize,
+    /// Between every two sites, one way (with `sites` ≥ 2). Default nothing.
+    #[serde(default)]
+    pub between: crate::netem::Between,
+}
+
+fn d_sizes() -> Vec<usize> {
+    vec![2]
+}
+fn d_link() -> LinkProps {
+    LinkProps { delay_ms: 5.0, rate_mbit: Some(50.0), ..Default::default() }
+}
+fn d_rr_size() -> u32 {
+    1
+}
+
+impl Default for NetemSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            sizes: d_sizes(),
+            link: d_link(),
+            rr_size: d_rr_size(),
+            sites: 0,
+            between: Default::default(),
+        }
+    }
+}
+
+impl NetemSection {
+    /// What the step configures, for its step key and people.
+    pub fn describe(&self) -> String {
+        let mut d = self.link.describe();
+        if self.sites >= 2 {
+            let b = &self.between;
+            d.push_str(&format!(
+                "; {} sites, between {}ms ±{}ms",
+                self.sites, b.delay_ms, b.jitter_ms
+            ));
+            if let Some(r) = b.rate_mbit {
+                d.push_str(&format!(" {r} Mbit/s"));
+            }
+        }
+        d
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.sizes.is_empty() {
+            return Err("netem.sizes: give at least one fleet size".into());
+        }
+        for &n in &self.sizes {
+            crate::limits::GUESTS.check(n).map_err(|e| format!("netem.sizes: {e}"))?;
+        }
+        self.link.check("netem.link")?;
+        self.between.check("netem.between")?;
+        if self.sites == 1 {
+            return Err("netem.sites = 1: 0 (against the peer) or at least 2 sites".into());
+        }
+        if self.sites == 0 && !self.between.is_none() {
+            return Err("netem.between needs netem.sites ≥ 2".into());
+        }
+        if let Some(&n) = self.sizes.iter().find(|&&n| self.sites >= 2 && n % self.sites != 0) {
+            return Err(format!(
+                "netem.sizes: {n} guests do not split into {} sites of equal size",
+                self.sites
+            ));
+        }
+        let between = self.between.delay_ms > 0.0 || self.between.rate_mbit.is_some();
+        if self.link.delay_ms == 0.0 && self.link.rate_mbit.is_none() && !between {
+            return Err("netem.link: give a delay_ms or a rate_mbit to measure".into());
+        }
+        if !(1..=65536).contains(&self.rr_size) {
+            return Err(format!("netem.rr_size = {}: not in 1..=65536 bytes", self.rr_size));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    /// Round-trip time, ms.
+    Rtt,
+    /// Stream throughput, Mbit/s.
+    Throughput,
+}
+
+impl Metric {
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::Rtt => "ms",
+            Metric::Throughput => "Mbit/s",
+        }
+    }
+}
+
+/// One guest's figure in one repetition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccuracySample {
+    pub backend: BackendKind,
+    /// Guests measuring at once.
+    pub n: usize,
+    pub rep: u32,
+    pub guest: usize,
+    pub metric: Metric,
+    /// Sites the fleet was split into (0: measured against the peer on the bridge).
+    #[serde(default)]
+    pub sites: usize,
+    /// Between the sites, one way (with `sites` ≥ 2).
+    #[serde(default)]
+    pub between: crate::netem::Between,
+    /// False: the same path unshaped (the base); true: with `link`.
+    pub shaped: bool,
+    pub link: LinkProps,
+    /// What `link` should give, in the metric's unit; None when it sets nothing for it.
+    #[serde(default)]
+    pub configured: Option<f64>,
+    pub achieved: f64,
+    #[serde(default)]
+    pub net_path: Option<NetPath>,
+    #[serde(default)]
+    pub provenance: String,
+}
+
+impl AccuracySample {
+    /// Why this sample cannot be a measurement, or None.
+    pub fn implausible(&self) -> Option<String> {
+        let max = match self.metric {
+            Metric::Rtt => crate::samples::MAX_SECONDS * 1e3,
+            Metric::Throughput => crate::samples::MAX_RATE_MBPS * 8.0,
+        };
+        let ok = |v: f64| v.is_finite() && (0.0..=max).contains(&v);
+        if crate::limits::GUESTS.check(self.n).is_err() {
+            return Some(format!("n = {} is not a fleet size", self.n));
+        }
+        if !ok(self.achieved) {
+            return Some(format!(
+                "achieved = {} {} is out of range",
+                self.achieved,
+                self.metric.unit()
+            ));
+        }
+        if self.configured.is_some_and(|c| !ok(c)) {
+            return Some(format!(
+                "configured {:?} {} is out of range",
+                self.configured,
+                self.metric.unit()
+            ));
+        }
+        None
+    }
+}
+
+/// What `link` should give for `metric` (RTT: its delay both ways; throughput: its rate).
+pub fn configured(link: &LinkProps, metric: Metric) -> Option<f64> {
+    match metric {
+        Metric::Rtt => (link.delay_ms > 0.0).then_some(2.0 * link.delay_ms),
+        Metric::Throughput => link.rate_mbit,
+    }
+}
+
+/// Measures every guest of `fleet` at once, unshaped then shaped with `s.link`, and leaves
+/// its links unshaped. `peer`: the network peer on the fleet bridge.
+#[allow(clippy::too_many_arguments)]
+pub async fn measure(
+    fleet: &Fleet,
+    s: &NetemSection,
+    peer: SocketAddr,
+    duration_ms: u32,
+    msg_size: u32,
+    warmup: u32,
+    reps: u32,
+    timeout: Duration,
+) -> Result<Vec<AccuracySample>, String> {
+    let net = fleet.net.as_ref().ok_or("the accuracy step needs the fleet network")?;
+    let indices: Vec<usize> = fleet.guests.iter().map(|g| g.spec.index).collect();
+    let n = indices.len();
+    if indices.iter().enumerate().any(|(p, &i)| p != i) {
+        return Err(format!("the accuracy step needs guests 0..{n}, the fleet has {indices:?}"));
+    }
+    let topo = if s.sites >= 2 {
+        Topology::sites(s.sites, n / s.sites, s.link, s.between)
+    } else {
+        Topology::uniform(n, s.link)
+    };
+    // Who each guest measures against: (address, configured RTT, configured rate).
+    let mut ports = Vec::new();
+    let mut targets = Vec::with_capacity(n);
+    if s.sites >= 2 {
+        for g in &fleet.guests {
+            match g.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(30)).await {
+                Ok(ReplyBody::Listening { port }) => ports.push(port),
+                Ok(other) => return Err(format!("{}: net_serve answered {other:?}", g.spec.name)),
+                Err(e) => return Err(format!("{}: net_serve: {e}", g.spec.name)),
+            }
+        }
+        for a in 0..n {
+            let b = (a + n / s.sites) % n;
+            let addr = fleet.addr(b).ok_or("the accuracy step needs the fleet network")?;
+            let rtt = topo.one_way_ms(a, b).unwrap_or(0.0) + topo.one_way_ms(b, a).unwrap_or(0.0);
+            targets.push((format!("{addr}:{}", ports[b]), rtt, topo.rate_mbit(a, b)));
+        }
+    } else {
+        for _ in 0..n {
+            targets.push((peer.to_string(), 2.0 * s.link.delay_ms, s.link.rate_mbit));
+        }
+    }
+    let path = fleet.net_label().map(|l| l.0);
+    let mut out = Vec::new();
+    let r = async {
+        for shaped in [false, true] {
+            if shaped {
+                let (ns, t, i) = (net.netns.clone(), topo.clone(), indices.clone());
+                tokio::task::spawn_blocking(move || crate::netem::apply(&ns, &t, &i))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
+            for metric in [Metric::Rtt, Metric::Throughput] {
+                let jobs: Vec<_> = fleet
+                    .guests
+                    .iter()
+                    .zip(&targets)
+                    .map(|(g, (to, _, _))| {
+                        let spec = match metric {
+                            Metric::Rtt => {
+                                BenchSpec::NetRr { peer: to.clone(), duration_ms, size: s.rr_size }
+                            }
+                            Metric::Throughput => {
+                                BenchSpec::NetStream { peer: to.clone(), duration_ms, msg_size }
+                            }
+                        };
+                        (g, BenchRequest { spec, instances: 1, start_at_ns: None })
+                    })
+                    .collect();
+                let mut starter = Starter::default();
+                for rep in 0..warmup + reps {
+                    let answers = run_together(&jobs, timeout, &mut starter).await;
+                    if rep < warmup {
+                        continue;
+                    }
+                    for ((g, a), (_, rtt, rate)) in fleet.guests.iter().zip(answers).zip(&targets) {
+                        let a = a?;
+                        for r in &a.report.instances {
+                            let f = r.figure().value;
+                            let achieved = match metric {
+                                Metric::Rtt => f / 1e3,        // µs per transaction → ms
+                                Metric::Throughput => f * 8.0, // MB/s → Mbit/s
+                            };
+                            let configured = match (shaped, metric) {
+                                (false, _) => None,
+                                (true, Metric::Rtt) => Some(*rtt).filter(|v| *v > 0.0),
+                                (true, Metric::Throughput) => *rate,
+                            };
+                            out.push(AccuracySample {
+                                backend: fleet.backend,
+                                n,
+                                rep: rep - warmup,
+                                guest: g.spec.index,
+                                metric,
+                                sites: s.sites,
+                                between: if shaped { s.between } else { Default::default() },
+                                shaped,
+                                configured,
+                                link: if shaped { s.link } else { LinkProps::default() },
+                                achieved,
+                                net_path: path,
+                                provenance: String::new(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+    for (g, p) in fleet.guests.iter().zip(ports) {
+        let _ = g.conn.request(Command::NetStop { port: p }, Duration::from_secs(10)).await;
+    }
+    let (ns, i) = (net.netns.clone(), indices.clone());
+    let cleared = tokio::task::spawn_blocking(move || crate::netem::clear(&ns, &i))
+        .await
+        .map_err(|e| e.to_string())?;
+    r?;
+    cleared.map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_is_checked() {
+        let mut s = NetemSection { enabled: true, ..Default::default() };
+        assert!(s.check().is_ok());
+        s.sizes = vec![0];
+        assert!(s.check().unwrap_err().contains("netem.sizes"));
+        s.sizes = vec![2];
+        s.link.rate_mbit = Some(0.0);
+        assert!(s.check().unwrap_err().contains("rate"));
+        s.link = LinkProps::default();
+        assert!(s.check().unwrap_err().contains("delay_ms or a rate_mbit"));
+        s.between.delay_ms = 10.0;
+        assert!(s.check().unwrap_err().contains("netem.between needs netem.sites"));
+        s.sites = 2;
+        s.sizes = vec![2, 3];
+        assert!(s.check().unwrap_err().contains("3 guests do not split into 2 sites"));
+        s.sizes = vec![20];
+        assert!(s.check().is_ok());
+        s.between.delay_ms = -1.0;
+        assert!(s.check().unwrap_err().contains("netem.between.delay_ms"));
+    }
+}
