@@ -4,10 +4,13 @@
 
 use std::net::Ipv4Addr;
 
-pub const USAGE: &str = "usage: guest-agent [--ctl fd:N|unix:PATH|tcp:HOST:PORT|tty:DEV] [--net IFACE=ADDR/PREFIX]... [--hostname NAME]
+pub const USAGE: &str = "usage: guest-agent [--ctl fd:N|unix:PATH|tcp:HOST:PORT|tty:DEV] [--net IFACE=ADDR/PREFIX]... [--hostname NAME] [--system-root] [--service]
   Runs as PID 1 of a guest or as a plain process; writes a ready message on the control
   channel, then runs the microbenchmarks the host asks for. A VM's init reads the same
-  settings from the kernel command line as vb.ctl=, vb.net= (comma-free, repeatable) and vb.hostname=.";
+  settings from the kernel command line as vb.ctl=, vb.net= (comma-free, repeatable) and vb.hostname=;
+  vb.root=UUID boots the ext4 file system UUID as the root, vb.init=image runs its /sbin/init
+  with the agent as its service (--service: settings from the kernel command line, not PID 1).
+  --system-root: the root is a system image's tree (containers), reported in the hello.";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ctl {
@@ -77,6 +80,15 @@ pub struct Config {
     /// `vb.poweroff=reboot`: power off by rebooting, for machines whose kernel cannot power
     /// off (QEMU microvm and Firecracker without ACPI) but whose VMM exits on a reboot.
     pub reboot_to_poweroff: bool,
+    /// `vb.root=UUID`: switch into the ext4 file system with this UUID before anything else.
+    pub root: Option<String>,
+    /// `vb.init=image`: the image's /sbin/init becomes PID 1, the agent its service.
+    pub init_image: bool,
+    /// `--service`: started by the image's init; settings from the kernel command line, and
+    /// the agent still powers the machine off.
+    pub service: bool,
+    /// `--system-root`: the root is a system image's tree (a container over it).
+    pub system_root: bool,
 }
 
 pub enum Parsed {
@@ -95,6 +107,8 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
             "--ctl" => c.ctl = Some(Ctl::parse(&val("--ctl")?)?),
             "--net" => c.net.push(NetCfg::parse(&val("--net")?)?),
             "--hostname" => c.hostname = Some(check_hostname(&val("--hostname")?)?),
+            "--service" => c.service = true,
+            "--system-root" => c.system_root = true,
             "-h" | "--help" => return Ok(Parsed::Help),
             "-V" | "--version" => return Ok(Parsed::Version),
             other => return Err(format!("unknown argument {other:?}")),
@@ -113,6 +127,12 @@ pub fn merge_cmdline(c: &mut Config, cmdline: &str) -> Result<(), String> {
             "vb.ctl" if c.ctl.is_none() => c.ctl = Some(Ctl::parse(v)?),
             "vb.net" => net.push(NetCfg::parse(v)?),
             "vb.hostname" if c.hostname.is_none() => c.hostname = Some(check_hostname(v)?),
+            "vb.root" => c.root = Some(v.to_string()),
+            "vb.init" => match v {
+                "image" => c.init_image = true,
+                "agent" => c.init_image = false,
+                _ => return Err(format!("vb.init={v}: expected agent or image")),
+            },
             "vb.poweroff" => match v {
                 "reboot" => c.reboot_to_poweroff = true,
                 "halt" => c.reboot_to_poweroff = false,
@@ -169,6 +189,17 @@ mod tests {
         merge_cmdline(&mut c, "vb.poweroff=reboot").unwrap();
         assert!(c.reboot_to_poweroff);
         assert!(merge_cmdline(&mut c, "vb.poweroff=maybe").is_err());
+        merge_cmdline(&mut c, "vb.root=0123abcd-4567-89ab-cdef-0123456789ab vb.init=image")
+            .unwrap();
+        assert_eq!(c.root.as_deref(), Some("0123abcd-4567-89ab-cdef-0123456789ab"));
+        assert!(c.init_image);
+        assert!(merge_cmdline(&mut c, "vb.init=sometimes")
+            .unwrap_err()
+            .contains("vb.init=sometimes"));
+        let Parsed::Run(c) = parse_args(&args(&["--service", "--system-root"])).unwrap() else {
+            panic!()
+        };
+        assert!(c.service && c.system_root);
     }
 
     #[test]

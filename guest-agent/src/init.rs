@@ -47,9 +47,22 @@ pub fn block_sigchld() -> nix::Result<SigSet> {
     Ok(set)
 }
 
+/// Children whose exit someone waits for (exec's programs): pid → its status once reaped.
+/// The reaper reaps every child, so a waiter registers its child here (holding the lock
+/// across the spawn, so the reaper cannot record the exit before the pid is known).
+pub static WATCHED: std::sync::Mutex<Option<std::collections::HashMap<i32, Option<WaitStatus>>>> =
+    std::sync::Mutex::new(None);
+static REAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the reaper runs (then children must be waited for through [`WATCHED`]).
+pub fn reaper_runs() -> bool {
+    REAPER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Reaps every child that exits (orphans are re-parented to PID 1). Sleeps in sigwait, so
 /// an idle guest's init causes no wake-ups.
 pub fn spawn_reaper(set: SigSet) {
+    REAPER.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = std::thread::Builder::new().name("reaper".into()).spawn(move || loop {
         if set.wait().is_err() {
             continue;
@@ -57,6 +70,13 @@ pub fn spawn_reaper(set: SigSet) {
         while let Ok(st) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             if st == WaitStatus::StillAlive {
                 break;
+            }
+            if let Some(pid) = st.pid() {
+                if let Ok(mut w) = WATCHED.lock() {
+                    if let Some(slot) = w.as_mut().and_then(|m| m.get_mut(&pid.as_raw())) {
+                        *slot = Some(st);
+                    }
+                }
             }
         }
     });

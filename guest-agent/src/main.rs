@@ -4,7 +4,9 @@
 mod bench;
 mod clock;
 mod config;
+mod exec;
 mod init;
+mod root;
 mod transport;
 
 use std::io::Write;
@@ -53,29 +55,78 @@ fn run(args: &[String], pid1: bool) -> Result<(), String> {
             return Ok(());
         }
     };
+    let mut sigchld = None;
     if pid1 {
         let set = init::block_sigchld().map_err(|e| format!("blocking SIGCHLD: {e}"))?;
         for note in init::mount_basics() {
             eprintln!("guest-agent: {note}");
         }
+        sigchld = Some(set);
+    }
+    // Only a VM's init (or its service) has a kernel command line of its own; a container's
+    // PID 1 is always given --ctl and would otherwise read the host's.
+    if (pid1 || cfg.service) && cfg.ctl.is_none() {
+        let cmdline =
+            std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+        config::merge_cmdline(&mut cfg, &cmdline)?;
+        init::reboot_instead(cfg.reboot_to_poweroff);
+    }
+    let root = system_root(&cfg, pid1)?;
+    if let Some(set) = sigchld {
         init::spawn_reaper(set);
-        // Only a VM's init has a kernel command line of its own; a container's PID 1 is
-        // always given --ctl and would otherwise read the host's.
-        if cfg.ctl.is_none() {
-            let cmdline = std::fs::read_to_string("/proc/cmdline")
-                .map_err(|e| format!("/proc/cmdline: {e}"))?;
-            config::merge_cmdline(&mut cfg, &cmdline)?;
-            init::reboot_instead(cfg.reboot_to_poweroff);
-        }
     }
     setup(&cfg)?;
     let ctl =
         cfg.ctl.clone().ok_or_else(|| format!("no control channel given\n{}", config::USAGE))?;
     let chan = transport::open(&ctl)?;
     let writer: Writer = Arc::new(Mutex::new(chan.writer));
-    let hello = hello(&cfg, &ctl, pid1);
+    let mut hello = hello(&cfg, &ctl, pid1);
+    hello.root = root;
     send(&writer, &GuestMsg::Hello(hello)).map_err(|e| format!("sending hello: {e}"))?;
-    serve(chan.reader, writer, pid1)
+    // The service of an image's init still owns the machine: it powers it off.
+    serve(chan.reader, writer, pid1 || cfg.service)
+}
+
+/// A system image's root: a VM's PID 1 switches into its root device, and with
+/// `vb.init=image` installs itself as the image init's service and execs that init (never
+/// returning); the service and a container over a system tree describe it for the hello.
+fn system_root(cfg: &Config, pid1: bool) -> Result<Option<vb_protocol::msg::RootInfo>, String> {
+    let ctl_tty = match &cfg.ctl {
+        Some(config::Ctl::Tty(t)) => Some(t.as_str()),
+        _ => None,
+    };
+    match &cfg.root {
+        Some(uuid) if pid1 => {
+            // Read before the switch: the initramfs file is out of reach after it.
+            let agent = if cfg.init_image {
+                std::fs::read("/proc/self/exe").map_err(|e| format!("reading the agent: {e}"))?
+            } else {
+                Vec::new()
+            };
+            let dev = root::switch_root(uuid)?;
+            if cfg.init_image {
+                let init = root::image_init()?;
+                root::install_service(&agent, root::init_kind(&init), ctl_tty)?;
+                return Err(root::exec_init(&init));
+            }
+            // The image's own /tmp, on a fresh tmpfs.
+            for note in init::mount_basics() {
+                eprintln!("guest-agent: {note}");
+            }
+            Ok(Some(root::info(&dev, "agent", Vec::new())))
+        }
+        Some(uuid) if cfg.service => {
+            let dev = root::find_device(&root::parse_uuid(uuid)?)?;
+            let init = root::image_init()?;
+            let phases = match root::init_kind(&init) {
+                root::InitKind::Systemd => root::systemd_phases(),
+                root::InitKind::Inittab => Vec::new(),
+            };
+            Ok(Some(root::info(&dev, &init, phases)))
+        }
+        _ if cfg.system_root => Ok(Some(root::info("tree", "agent", Vec::new()))),
+        _ => Ok(None),
+    }
 }
 
 fn setup(cfg: &Config) -> Result<(), String> {
@@ -104,6 +155,7 @@ fn hello(cfg: &Config, ctl: &config::Ctl, pid1: bool) -> Hello {
         mem_total_kib: mem_total_kib().unwrap_or(0),
         transport: ctl.describe(),
         clock: clock::snapshot(cfg.from_cmdline),
+        root: None,
     }
 }
 
@@ -189,6 +241,16 @@ fn handle(req: Request, w: &Writer, pid1: bool) {
             let spawned = std::thread::Builder::new()
                 .name(format!("req-{id}"))
                 .spawn(move || reply(&w2, id, bench::run(&b, received_ns).map(ReplyBody::Bench)));
+            if let Err(e) = spawned {
+                reply(w, id, Err(format!("cannot start request thread: {e}")));
+            }
+        }
+        Command::Exec(x) => {
+            // On a thread of its own: the agent keeps answering while the program runs.
+            let w2 = w.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("exec-{id}"))
+                .spawn(move || reply(&w2, id, exec::run(&x).map(ReplyBody::Exited)));
             if let Err(e) = spawned {
                 reply(w, id, Err(format!("cannot start request thread: {e}")));
             }

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use vb_protocol::msg::{Command, ExecRequest, ExecResult, ReplyBody};
+
 use crate::backend::{AnyBackend, BackendKind, BackendOptions, Images};
 use crate::cgroup::Limits;
 use crate::fleet::{self, Fleet, FleetConfig, GuestFailure};
@@ -44,6 +46,12 @@ pub struct FleetFile {
     /// Per-guest cgroup limits. Default none.
     #[serde(default)]
     pub limits: LimitsFile,
+    /// A system image (root file system recipe in the image store) the guests boot.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// With `system`: PID 1 is the agent (default) or the image's own init.
+    #[serde(default)]
+    pub init: Option<crate::backend::rootdisk::InitMode>,
     /// The emulated network: link properties, sites and the matrix between them, applied
     /// once every guest is up (`hostd net NAME set` changes it later). Default unshaped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +116,12 @@ impl FleetFile {
         if let Some(e) = checks.into_iter().find_map(Result::err) {
             return Err(format!("{}: {e}", path.display()));
         }
+        if f.init.is_some() && f.system.is_none() {
+            return bad("init", "needs `system` (the agent's own image has no other init)".into());
+        }
+        if kind == BackendKind::Native && f.system.is_some() {
+            return bad("system", "native guests are host processes: they boot no image".into());
+        }
         let mut f = f;
         if let Some(net) = &mut f.net {
             if !f.network {
@@ -124,6 +138,11 @@ impl FleetFile {
             }
         }
         Ok((f, kind))
+    }
+
+    /// The system image and init the guests boot, if the file names one.
+    pub fn system(&self) -> Option<(String, crate::backend::rootdisk::InitMode)> {
+        self.system.clone().map(|s| (s, self.init.unwrap_or_default()))
     }
 
     pub fn fleet_config(&self) -> FleetConfig {
@@ -178,6 +197,11 @@ pub struct GuestStatus {
 enum ControlRequest {
     Status,
     Down,
+    /// Run a program in one guest (by name) or all.
+    Exec {
+        guest: Option<String>,
+        exec: ExecRequest,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -186,6 +210,16 @@ enum ControlAnswer {
     Status(Status),
     GoingDown,
     Error { error: String },
+    Exec { results: Vec<GuestExec> },
+}
+
+/// One guest's answer to `hostd exec`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuestExec {
+    pub guest: String,
+    /// The program's end and output, or why it could not run (an error from the guest,
+    /// a reply that failed its checks, a guest that did not answer).
+    pub result: Result<ExecResult, String>,
 }
 
 pub fn socket_path(run: &RunState) -> PathBuf {
@@ -291,10 +325,12 @@ fn shape(file: &FleetFile, run: &RunState, fleet: &Fleet) -> Result<(), String> 
 async fn handle(conn: UnixStream, name: &str, run: &RunState, fleet: &mut Fleet) -> bool {
     let (r, mut w) = conn.into_split();
     let mut line = String::new();
-    // A client gets one bounded request line and 5 s to send it.
+    // A client gets one bounded request line (an exec's arguments at most, JSON-escaped)
+    // and 5 s to send it.
     let read = tokio::time::timeout(
         Duration::from_secs(5),
-        BufReader::new(r.take(4096)).read_line(&mut line),
+        BufReader::new(r.take(4096 + 6 * vb_protocol::msg::MAX_EXEC_ARG_BYTES as u64))
+            .read_line(&mut line),
     )
     .await;
     let req: Result<ControlRequest, String> = match read {
@@ -304,6 +340,9 @@ async fn handle(conn: UnixStream, name: &str, run: &RunState, fleet: &mut Fleet)
     let (answer, down) = match req {
         Ok(ControlRequest::Status) => (ControlAnswer::Status(status_of(name, run, fleet)), false),
         Ok(ControlRequest::Down) => (ControlAnswer::GoingDown, true),
+        Ok(ControlRequest::Exec { guest, exec }) => {
+            (exec_in(fleet, guest.as_deref(), &exec).await, false)
+        }
         Err(error) => (ControlAnswer::Error { error }, false),
     };
     let mut out = serde_json::to_vec(&answer).unwrap_or_default();
@@ -313,6 +352,54 @@ async fn handle(conn: UnixStream, name: &str, run: &RunState, fleet: &mut Fleet)
 }
 
 use tokio::io::AsyncReadExt;
+
+/// Runs `exec` in the named guest or every ready one, concurrently; each reply is checked
+/// against the request (guests are untrusted) and a guest that does not answer within the
+/// program's timeout and 30 s more is reported, not waited for.
+async fn exec_in(fleet: &Fleet, guest: Option<&str>, exec: &ExecRequest) -> ControlAnswer {
+    if let Err(error) = exec.check() {
+        return ControlAnswer::Error { error };
+    }
+    let targets: Vec<_> =
+        fleet.guests.iter().filter(|g| guest.is_none_or(|n| g.spec.name == n)).collect();
+    if targets.is_empty() {
+        let names: Vec<_> = fleet.guests.iter().map(|g| g.spec.name.as_str()).collect();
+        return ControlAnswer::Error {
+            error: format!(
+                "no running guest named {:?} (running: {})",
+                guest.unwrap_or(""),
+                names.join(", ")
+            ),
+        };
+    }
+    let wait = Duration::from_millis(exec.timeout_ms) + Duration::from_secs(30);
+    let results = futures::future::join_all(targets.into_iter().map(|g| async move {
+        let result = match g.conn.request(Command::Exec(exec.clone()), wait).await {
+            Ok(ReplyBody::Exited(r)) => r.check(exec).map(|()| r).map_err(|e| e.to_string()),
+            Ok(other) => Err(format!("unexpected reply {other:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        GuestExec { guest: g.spec.name.clone(), result }
+    }))
+    .await;
+    ControlAnswer::Exec { results }
+}
+
+/// `hostd exec`: runs a program in a `hostd up` fleet's guests through its daemon.
+pub async fn request_exec(
+    run: &RunState,
+    guest: Option<String>,
+    exec: ExecRequest,
+) -> anyhow::Result<Vec<GuestExec>> {
+    exec.check().map_err(anyhow::Error::msg)?;
+    let wait = Duration::from_millis(exec.timeout_ms) + Duration::from_secs(60);
+    match ask_within(run, &ControlRequest::Exec { guest, exec }, wait).await? {
+        ControlAnswer::Exec { results } => Ok(results),
+        ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
+        ControlAnswer::GoingDown => anyhow::bail!("daemon is going down"),
+        ControlAnswer::Status(_) => anyhow::bail!("unexpected answer"),
+    }
+}
 
 /// `/run/virtbench/fleets/<name>` → the run's scratch directory.
 pub fn fleet_link(name: &str) -> PathBuf {
@@ -336,13 +423,20 @@ pub fn live_fleets() -> Vec<(String, RunState)> {
 }
 
 async fn ask(run: &RunState, req: &ControlRequest) -> anyhow::Result<ControlAnswer> {
+    ask_within(run, req, Duration::from_secs(10)).await
+}
+
+async fn ask_within(
+    run: &RunState,
+    req: &ControlRequest,
+    wait: Duration,
+) -> anyhow::Result<ControlAnswer> {
     let mut s = UnixStream::connect(socket_path(run)).await?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     s.write_all(&line).await?;
     let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), BufReader::new(s).read_line(&mut answer))
-        .await??;
+    tokio::time::timeout(wait, BufReader::new(s).read_line(&mut answer)).await??;
     Ok(serde_json::from_str(answer.trim())?)
 }
 
@@ -351,6 +445,7 @@ pub async fn query_status(run: &RunState) -> anyhow::Result<Status> {
         ControlAnswer::Status(s) => Ok(s),
         ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
         ControlAnswer::GoingDown => anyhow::bail!("daemon is going down"),
+        ControlAnswer::Exec { .. } => anyhow::bail!("unexpected answer"),
     }
 }
 
@@ -359,7 +454,9 @@ pub async fn request_down(run: &RunState, wait: Duration) -> anyhow::Result<()> 
     match ask(run, &ControlRequest::Down).await? {
         ControlAnswer::GoingDown => {}
         ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
-        ControlAnswer::Status(_) => anyhow::bail!("unexpected answer"),
+        ControlAnswer::Status(_) | ControlAnswer::Exec { .. } => {
+            anyhow::bail!("unexpected answer")
+        }
     }
     let start = std::time::Instant::now();
     while run.owner_alive() {

@@ -107,6 +107,9 @@ enum Cmd {
         /// The fleet's name (as `hostd status` lists it).
         name: String,
     },
+    /// Run a program in a running fleet's guests (`hostd exec web -- cat /etc/os-release`):
+    /// each guest's output and exit status; fails if any did not exit 0.
+    Exec(ExecArgs),
     /// Run a campaign: startup, memory and the whole suite on every backend, then the report.
     Run(RunArgs),
     /// Rebuild a results directory's report from its stored samples. Refuses a directory
@@ -246,6 +249,39 @@ struct ImageArgs {
     /// Firecracker binary for the firecracker backend (name on PATH or path).
     #[arg(long, default_value = "firecracker", env = "VIRTBENCH_FIRECRACKER")]
     firecracker: String,
+    /// Boot guests from this system image (a root file system recipe in the image store,
+    /// e.g. debian-bookworm, built with `imagegen build NAME`) instead of the agent's own.
+    #[arg(long, value_name = "RECIPE")]
+    system: Option<String>,
+    /// With --system: PID 1 is the agent, or the image's own /sbin/init with the agent as
+    /// its service.
+    #[arg(long, value_enum, default_value = "agent", requires = "system")]
+    init: hostd::backend::rootdisk::InitMode,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// The fleet's name (as `hostd status` lists it).
+    name: String,
+    /// Only this guest (default: every guest of the fleet).
+    #[arg(long)]
+    guest: Option<String>,
+    /// Seconds the program may run in each guest before it is killed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    timeout: u64,
+    /// Bytes of stdout and of stderr kept from each guest (at most 65536).
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(0..=65536))]
+    output_max: u32,
+    /// NAME=VALUE for the program's environment (repeatable; nothing else is inherited but a
+    /// default PATH).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Working directory in the guest.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    argv: Vec<String>,
 }
 
 #[derive(Args)]
@@ -417,6 +453,7 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Up(_) => unreachable!("handled before the runtime starts"),
         Cmd::Status { name, json } => all(status(name, json).await),
         Cmd::Down { name } => all(down(name).await),
+        Cmd::Exec(a) => exec(a).await,
         Cmd::Net { name, cmd } => {
             let st = find_fleet(&name)?;
             let netns = hostd::netlab::FleetNet::name_of(&st.run);
@@ -464,10 +501,13 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
 
 async fn probe(a: ProbeArgs) -> anyhow::Result<Done> {
     // Missing images are a backend's reason, not an error: probe with what there is.
-    let images = hostd::images::resolve(a.images.agent.as_deref()).unwrap_or_else(|e| {
+    let mut images = hostd::images::resolve(a.images.agent.as_deref()).unwrap_or_else(|e| {
         tracing::warn!("no images ({e:#}): backends that need them will say so");
         hostd::backend::Images::default()
     });
+    if let Some(name) = &a.images.system {
+        hostd::images::add_system(&mut images, name, a.images.init)?;
+    }
     let kinds = if a.backend.is_empty() { BackendKind::ALL.to_vec() } else { a.backend.clone() };
     let r = hostd::probe::probe(&kinds, &images, &backend_options(&a.images)).await;
     if a.json {
@@ -568,7 +608,7 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
         }
         return Ok(Done::All);
     }
-    let images = images_or_note(a.images.agent.as_deref())?;
+    let images = images_or_note(&a.images)?;
     reap_orphans();
     let run = RunState::create("run", Some(a.resume.clone().unwrap_or_else(|| a.results.clone())))?;
     let made = match &a.resume {
@@ -778,6 +818,47 @@ async fn status(name: Option<String>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn exec(a: ExecArgs) -> anyhow::Result<Done> {
+    let st = find_fleet(&a.name)?;
+    let req = vb_protocol::msg::ExecRequest {
+        argv: a.argv,
+        env: a.env,
+        cwd: a.cwd,
+        timeout_ms: a.timeout * 1000,
+        output_max: a.output_max,
+    };
+    let results = daemon::request_exec(&st, a.guest, req).await?;
+    let mut failed = Vec::new();
+    for r in &results {
+        match &r.result {
+            Ok(x) => {
+                let how = match (x.status, x.signal) {
+                    (Some(c), _) => format!("exit {c}"),
+                    (None, Some(s)) => format!("signal {s}"),
+                    _ => "?".into(),
+                };
+                println!(
+                    "== {}: {how}{}{} in {:.3} s",
+                    r.guest,
+                    if x.timed_out { " (timed out)" } else { "" },
+                    if x.truncated { " (output truncated)" } else { "" },
+                    x.duration_ns as f64 / 1e9
+                );
+                print!("{}", x.stdout);
+                eprint!("{}", x.stderr);
+                if x.status != Some(0) {
+                    failed.push(format!("{}: {how}", r.guest));
+                }
+            }
+            Err(e) => {
+                println!("== {}: failed: {e}", r.guest);
+                failed.push(format!("{}: {e}", r.guest));
+            }
+        }
+    }
+    Ok(if failed.is_empty() { Done::All } else { Done::WithFailures(failed.join("; ")) })
+}
+
 async fn down(name: String) -> anyhow::Result<()> {
     let st = find_fleet(&name)?;
     daemon::request_down(&st, Duration::from_secs(120)).await?;
@@ -799,10 +880,17 @@ fn up(a: &UpArgs) -> ExitCode {
     if daemon::live_fleets().iter().any(|(n, _)| *n == file.name) {
         return fail(format!("a fleet named {:?} is already running", file.name));
     }
-    let images = match hostd::images::resolve(a.images.agent.as_deref()) {
+    let mut images = match hostd::images::resolve(a.images.agent.as_deref()) {
         Ok(i) => i,
         Err(e) => return fail(format!("{e:#}")),
     };
+    // The command line's system wins over the fleet file's.
+    let system = a.images.system.clone().map(|s| (s, a.images.init)).or(file.system());
+    if let Some((name, init)) = system {
+        if let Err(e) = hostd::images::add_system(&mut images, &name, init) {
+            return fail(format!("{e:#}"));
+        }
+    }
     let opts = backend_options(&a.images);
     if a.foreground {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -883,8 +971,11 @@ fn detach_stdio(log: &std::path::Path) {
 }
 
 /// Resolves the images and says what is stale or missing.
-fn images_or_note(agent: Option<&std::path::Path>) -> anyhow::Result<hostd::backend::Images> {
-    let images = hostd::images::resolve(agent)?;
+fn images_or_note(a: &ImageArgs) -> anyhow::Result<hostd::backend::Images> {
+    let mut images = hostd::images::resolve(a.agent.as_deref())?;
+    if let Some(name) = &a.system {
+        hostd::images::add_system(&mut images, name, a.init)?;
+    }
     for n in &images.notes {
         eprintln!("hostd: note: {n}");
     }
@@ -909,7 +1000,7 @@ fn reap_orphans() {
 
 async fn boot(a: BootArgs) -> anyhow::Result<Done> {
     limits::check_sizes(&a.sizes).map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
-    let images = images_or_note(a.images.agent.as_deref())?;
+    let images = images_or_note(&a.images)?;
     let bopts = backend_options(&a.images);
     let backend = AnyBackend::new(a.backend, &images, &bopts);
     reap_orphans();
@@ -1026,7 +1117,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
 }
 
 async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let images = images_or_note(a.images.agent.as_deref())?;
+    let images = images_or_note(&a.images)?;
     let workdir = tempfile::Builder::new().prefix("virtbench-bench-").tempdir()?;
     let opts = BenchOptions {
         backend: a.backend,

@@ -34,6 +34,103 @@ pub enum Command {
     /// panics the guest kernel (a plain process aborts). `hang`: the agent stops
     /// reading and answering.
     Fault { kind: FaultKind },
+    /// Run a user's program in the guest; the reply is `exited`.
+    Exec(ExecRequest),
+}
+
+/// Most arguments plus environment entries of an exec, their total bytes, the longest
+/// time it may run, and the most output kept of each stream (so that a reply, JSON-escaped
+/// at worst six bytes a byte, stays under the frame limit).
+pub const MAX_EXEC_ARGS: usize = 256;
+pub const MAX_EXEC_ARG_BYTES: usize = 64 << 10;
+pub const MAX_EXEC_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+pub const MAX_EXEC_OUTPUT: u32 = 64 << 10;
+
+/// A program to run: `argv[0]` is looked up on the guest's PATH (`/usr/sbin:/usr/bin:/sbin:/bin`
+/// unless `env` sets one); stdin is empty; killed after `timeout_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// `NAME=VALUE` entries: the program's whole environment (none inherited from the agent).
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    pub timeout_ms: u64,
+    /// Bytes of stdout and of stderr kept (at most [`MAX_EXEC_OUTPUT`]); the rest is read
+    /// and dropped, so the program never blocks on a full pipe.
+    pub output_max: u32,
+}
+
+impl ExecRequest {
+    /// Refuses a request outside the bounds (both sides check it).
+    pub fn check(&self) -> Result<(), String> {
+        if self.argv.is_empty() || self.argv[0].is_empty() {
+            return Err("exec: no program given".into());
+        }
+        let bytes: usize = self.argv.iter().chain(&self.env).map(|a| a.len() + 1).sum();
+        if self.argv.len() + self.env.len() > MAX_EXEC_ARGS || bytes > MAX_EXEC_ARG_BYTES {
+            return Err(format!(
+                "exec: arguments and environment exceed {MAX_EXEC_ARGS} entries or {MAX_EXEC_ARG_BYTES} bytes"
+            ));
+        }
+        if let Some(e) = self.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+            return Err(format!("exec: environment entry {e:?} is not NAME=VALUE"));
+        }
+        if self.argv.iter().chain(&self.env).chain(&self.cwd).any(|a| a.contains('\0')) {
+            return Err("exec: an argument, environment entry or cwd contains a NUL byte".into());
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > MAX_EXEC_TIMEOUT_MS {
+            return Err(format!("exec: timeout must be 1 ms to {MAX_EXEC_TIMEOUT_MS} ms"));
+        }
+        if self.output_max > MAX_EXEC_OUTPUT {
+            return Err(format!("exec: output_max exceeds {MAX_EXEC_OUTPUT} bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// How an exec ended, with the start of its output (lossy UTF-8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecResult {
+    /// Exit status, when it exited.
+    pub status: Option<i32>,
+    /// The signal that ended it, when one did (SIGKILL after a timeout).
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+    /// Output beyond `output_max` was dropped (from either stream).
+    pub truncated: bool,
+    /// From the start to the end, guest CLOCK_MONOTONIC.
+    pub duration_ns: u64,
+}
+
+impl ExecResult {
+    /// Rejects a reply the request could not have produced.
+    pub fn check(&self, req: &ExecRequest) -> Result<(), MessageError> {
+        let bad = |why: String| Err(MessageError::Malformed(format!("exec reply: {why}")));
+        // Lossy decoding turns one bad byte into a 3-byte replacement character.
+        let max = req.output_max as usize * 3;
+        if self.stdout.len() > max || self.stderr.len() > max {
+            return bad(format!("more output than the {} bytes asked for", req.output_max));
+        }
+        match (self.status, self.signal) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => return bad("exactly one of status and signal must be set".into()),
+        }
+        if self.timed_out && self.signal.is_none() {
+            return bad("a timed-out program must have been killed by a signal".into());
+        }
+        if self.duration_ns
+            > req.timeout_ms.saturating_mul(1_000_000).saturating_add(60_000_000_000)
+        {
+            return bad("it ran far longer than its timeout".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +171,7 @@ pub enum ReplyBody {
     Listening { port: u16 },
     Stopped { port: u16 },
     PoweringOff,
+    Exited(ExecResult),
 }
 
 /// How the agent runs.
@@ -101,6 +199,56 @@ pub struct Hello {
     /// Which control channel the agent used (`fd:3`, `tty:/dev/hvc0`, `tcp:…`, `unix:…`).
     pub transport: String,
     pub clock: GuestClock,
+    /// The system the guest booted from a root block device or tree, when it did (absent:
+    /// the agent's own initramfs or rootfs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<RootInfo>,
+}
+
+/// Longest text field of [`RootInfo`] and most boot phases the host accepts.
+pub const MAX_ROOT_TEXT: usize = 256;
+pub const MAX_BOOT_PHASES: usize = 16;
+
+/// What a guest booted from a system image says about it (checked by [`Hello::check`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootInfo {
+    /// Where the root came from: the block device (`/dev/vdb`) or `tree` for containers.
+    pub device: String,
+    /// `PRETTY_NAME` of the root's `/etc/os-release`, when it has one.
+    pub os: Option<String>,
+    /// PID 1: `agent`, or the image's own init (`/usr/lib/systemd/systemd`).
+    pub init: String,
+    /// Boot phases the image's init reports, as (name, CLOCK_MONOTONIC ns), in order.
+    #[serde(default)]
+    pub phases: Vec<BootPhase>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootPhase {
+    pub name: String,
+    pub at_ns: u64,
+}
+
+impl RootInfo {
+    fn check(&self) -> Result<(), MessageError> {
+        let long = |s: &str| s.len() > MAX_ROOT_TEXT;
+        if long(&self.device)
+            || long(&self.init)
+            || self.os.as_deref().is_some_and(long)
+            || self.phases.len() > MAX_BOOT_PHASES
+            || self.phases.iter().any(|p| long(&p.name))
+        {
+            return Err(MessageError::Malformed(format!(
+                "hello's root description exceeds its bounds ({MAX_ROOT_TEXT} bytes a field, {MAX_BOOT_PHASES} phases)"
+            )));
+        }
+        if self.phases.windows(2).any(|w| w[1].at_ns < w[0].at_ns) {
+            return Err(MessageError::Malformed("hello's boot phases are out of order".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Guest clocks at the moment the hello was written.
@@ -161,6 +309,9 @@ impl Hello {
         if self.cpus == 0 {
             return Err(MessageError::Malformed("hello reports 0 CPUs".into()));
         }
+        if let Some(r) = &self.root {
+            r.check()?;
+        }
         Ok(())
     }
 }
@@ -190,6 +341,7 @@ mod tests {
                 agent_start_ns: Some(3),
                 kernel_init_ns: None,
             },
+            root: None,
         }
     }
 
@@ -260,9 +412,117 @@ mod tests {
         let mut h = hello();
         h.cpus = 0;
         assert!(h.check().is_err());
+        let root = RootInfo {
+            device: "/dev/vdb".into(),
+            os: Some("Debian GNU/Linux 12 (bookworm)".into()),
+            init: "/usr/lib/systemd/systemd".into(),
+            phases: vec![
+                BootPhase { name: "init".into(), at_ns: 5 },
+                BootPhase { name: "system_up".into(), at_ns: 9 },
+            ],
+        };
+        let mut h = hello();
+        h.root = Some(root.clone());
+        assert!(h.check().is_ok());
+        assert_eq!(
+            GuestMsg::decode(&GuestMsg::Hello(h.clone()).encode()).unwrap(),
+            GuestMsg::Hello(h.clone())
+        );
+        // Without a root the field is left out: older hosts read the hello unchanged.
+        assert!(!String::from_utf8(GuestMsg::Hello(hello()).encode()).unwrap().contains("root"));
+        let mut bad = root.clone();
+        bad.phases.reverse();
+        h.root = Some(bad);
+        assert!(h.check().is_err());
+        let mut bad = root.clone();
+        bad.os = Some("x".repeat(MAX_ROOT_TEXT + 1));
+        h.root = Some(bad);
+        assert!(h.check().is_err());
+        let mut bad = root;
+        bad.phases = (0..=MAX_BOOT_PHASES as u64)
+            .map(|i| BootPhase { name: "p".into(), at_ns: i })
+            .collect();
+        h.root = Some(bad);
+        assert!(h.check().is_err());
+    }
+
+    fn exec_req() -> ExecRequest {
+        ExecRequest {
+            argv: vec!["cat".into(), "/etc/os-release".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: None,
+            timeout_ms: 1000,
+            output_max: 100,
+        }
+    }
+
+    #[test]
+    fn exec_bounds() {
+        let r = exec_req();
+        assert!(r.check().is_ok());
+        let req = Request { id: 3, cmd: Command::Exec(r.clone()) };
+        assert_eq!(Request::decode(&req.encode()).unwrap(), req);
+        let bad = [
+            ExecRequest { argv: vec![], ..r.clone() },
+            ExecRequest { env: vec!["NOEQUALS".into()], ..r.clone() },
+            ExecRequest { argv: vec!["a\0b".into()], ..r.clone() },
+            ExecRequest { timeout_ms: 0, ..r.clone() },
+            ExecRequest { output_max: MAX_EXEC_OUTPUT + 1, ..r.clone() },
+            ExecRequest { argv: vec!["x".repeat(MAX_EXEC_ARG_BYTES)], ..r.clone() },
+            ExecRequest { argv: vec!["x".into(); MAX_EXEC_ARGS + 1], ..r.clone() },
+        ];
+        for b in bad {
+            assert!(b.check().is_err(), "{b:?}");
+        }
+        let ok = ExecResult {
+            status: Some(0),
+            signal: None,
+            timed_out: false,
+            stdout: "x".repeat(100),
+            stderr: String::new(),
+            truncated: true,
+            duration_ns: 5,
+        };
+        assert!(ok.check(&r).is_ok());
+        let m = GuestMsg::Reply(Reply {
+            id: 3,
+            result: Outcome::Ok { body: ReplyBody::Exited(ok.clone()) },
+        });
+        assert_eq!(GuestMsg::decode(&m.encode()).unwrap(), m);
+        for b in [
+            ExecResult { stdout: "x".repeat(301), ..ok.clone() },
+            ExecResult { status: None, ..ok.clone() },
+            ExecResult { signal: Some(9), ..ok.clone() },
+            ExecResult { timed_out: true, ..ok.clone() },
+            ExecResult { duration_ns: u64::MAX, ..ok.clone() },
+        ] {
+            assert!(b.check(&r).is_err(), "{b:?}");
+        }
+        // The worst case fits in a frame: all output bytes escaped as \u00XX.
+        let worst = ExecResult {
+            stdout: "\u{1}".repeat(MAX_EXEC_OUTPUT as usize),
+            stderr: "\u{1}".repeat(MAX_EXEC_OUTPUT as usize),
+            ..ok
+        };
+        let m = GuestMsg::Reply(Reply {
+            id: u64::MAX,
+            result: Outcome::Ok { body: ReplyBody::Exited(worst) },
+        });
+        assert!(crate::frame_guest(&m).is_ok());
     }
 
     proptest! {
+        /// Exec replies decoded from arbitrary bytes are checked without panicking.
+        #[test]
+        fn exec_replies_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(GuestMsg::Reply(Reply { result: Outcome::Ok { body: ReplyBody::Exited(e) }, .. })) = GuestMsg::decode(&bytes) {
+                let _ = e.check(&exec_req());
+            }
+            if let Ok(Request { cmd: Command::Exec(r), .. }) = Request::decode(&bytes) {
+                let _ = r.check();
+            }
+        }
+
         /// Arbitrary bytes never panic the decoder of either direction.
         #[test]
         fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -196,6 +196,7 @@ fn hello(ctl: &config::Ctl, pid1: bool, from_cmdline: bool) -> Hello {
         mem_total_kib: 1,
         transport: ctl.describe(),
         clock: clock::snapshot(from_cmdline),
+        root: None,
     }
 }
 

@@ -88,6 +88,7 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::NetStop { .. } => "net_stop",
         Command::Poweroff => "poweroff",
         Command::Fault { .. } => "fault",
+        Command::Exec(_) => "exec",
     }
 }
 
@@ -353,6 +354,7 @@ mod tests {
                 agent_start_ns: None,
                 kernel_init_ns: None,
             },
+            root: None,
         }
     }
 

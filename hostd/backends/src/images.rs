@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::backend::rootdisk::{InitMode, System};
 use crate::backend::{Images, Kernel};
 
 /// Why the images a run needs cannot be found or trusted. The messages say what to run.
@@ -203,4 +204,45 @@ fn kernel(store: &imagegen::Store, recipe: &str, images: &mut Images) -> Option<
     let path = output(store, recipe, "kernel", images)?;
     let cmdline = store.current(recipe).ok()?.cmdline.unwrap_or_default();
     Some(Kernel { path, cmdline })
+}
+
+/// The system image `name` (a root file system recipe's current build: `debian-rootfs`,
+/// `rootfs-import` or `oci-image`) for guests to boot with `init`, checked against its
+/// manifest, its tree unpacked for containers; recorded in `images` (hash and provenance).
+pub fn add_system(images: &mut Images, name: &str, init: InitMode) -> Result<()> {
+    let cfg = imagegen::Config::for_workspace(&workspace_root()).map_err(ImagesError::Config)?;
+    let store = imagegen::Store::open(&cfg.store)
+        .map_err(|error| ImagesError::NoStore { path: cfg.store.clone(), error })?;
+    let fail = |reason: String| ImagesError::Artifact { recipe: name.to_string(), reason };
+    let m = store.current(name).map_err(|e| {
+        fail(format!(
+            "system image not in the image store {} ({e}): build it with `imagegen build {name}`",
+            cfg.store.display()
+        ))
+    })?;
+    let Some(info) = m.system.as_deref() else {
+        return Err(fail(format!(
+            "a {} recipe, not a root file system (kinds debian-rootfs, rootfs-import, oci-image)",
+            m.kind
+        )));
+    };
+    let out = m.output("rootfs.ext4").ok_or_else(|| fail("no rootfs.ext4 output".into()))?;
+    let ext4 = store.output_path(&m, "rootfs.ext4").map_err(|e| fail(e.to_string()))?;
+    crate::integrity::check_blob(&ext4, &out.sha256).map_err(|e| fail(e.to_string()))?;
+    let tree =
+        store.materialize_system_tree(&m).map_err(|e| fail(format!("unpacking its tree: {e}")))?;
+    let system = System {
+        name: name.to_string(),
+        ext4,
+        ext4_uuid: info.ext4_uuid.clone(),
+        tree,
+        init,
+        image_init: info.init.clone(),
+        private: false,
+    };
+    system.check().map_err(fail)?;
+    images.hashes.insert(format!("system {name} (rootfs.ext4)"), out.sha256.clone());
+    images.hashes.insert(format!("system {name} (recipe)"), m.recipe_file.sha256.clone());
+    images.system = Some(system);
+    Ok(())
 }

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use vb_protocol::bench::{BenchRequest, BenchSpec};
-use vb_protocol::msg::{GuestMsg, Outcome, ReplyBody};
+use vb_protocol::msg::{ExecRequest, GuestMsg, Outcome, ReplyBody};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(GuestMsg::Reply(r)) = GuestMsg::decode(data) {
@@ -19,6 +19,12 @@ fuzz_target!(|data: &[u8]| {
             for i in &rep.instances {
                 let _ = i.figure();
             }
+        }
+    }
+    if let Ok(GuestMsg::Reply(r)) = GuestMsg::decode(data) {
+        if let Outcome::Ok { body: ReplyBody::Exited(e) } = r.result {
+            let req = ExecRequest { argv: vec!["true".into()], env: vec![], cwd: None, timeout_ms: 1000, output_max: 4096 };
+            let _ = e.check(&req);
         }
     }
 });

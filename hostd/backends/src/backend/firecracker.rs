@@ -24,6 +24,7 @@ use super::launch::{
     boot_images, control_pair, host_halves, tool_version, vm_launch_files, GuestCommand,
     LaunchGuard, ToolError,
 };
+use super::rootdisk::System;
 use super::vmm::{
     check_kvm, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, stop_vmm,
 };
@@ -46,6 +47,7 @@ pub struct Firecracker {
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,
     probed: OnceCell<Result<String, String>>,
+    system: Option<System>,
 }
 
 impl Firecracker {
@@ -55,6 +57,7 @@ impl Firecracker {
             kernel: images.kernel_microvm.clone(),
             initramfs: images.initramfs.clone(),
             probed: OnceCell::new(),
+            system: images.system.clone(),
         }
     }
 
@@ -64,6 +67,7 @@ impl Firecracker {
             kernel: images.kernel_microvm.clone(),
             initramfs: images.initramfs.clone(),
             probed: self.probed.clone(),
+            system: images.system.clone(),
         }
     }
 
@@ -85,7 +89,7 @@ impl Firecracker {
         let (kernel, initramfs) = self.images()?;
         let dir = probe_dir("fc-probe")?;
         let spec = probe_spec(dir.path(), "fc-probe");
-        let launched = launch_firecracker(&self.bin, kernel, initramfs, &spec)
+        let launched = launch_firecracker(&self.bin, kernel, initramfs, &spec, None)
             .await
             .map_err(|e| format!("probe guest: {e}"))?;
         let t = probe_boot(launched, "Firecracker", PROBE_DEADLINE, None, |g, d| {
@@ -139,6 +143,19 @@ pub fn vm_config(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Value {
     })
 }
 
+/// Adds the system image's root drive (writable: the guest's own copy) and the agent's
+/// `vb.root`/`vb.init` to a guest's config.
+pub fn add_root_drive(config: &mut Value, sys: &System, disk: &Path) {
+    if let Some(drives) = config["drives"].as_array_mut() {
+        drives.push(json!({ "drive_id": "root", "path_on_host": disk, "is_root_device": false, "is_read_only": false }));
+    }
+    if let Some(args) = config["boot-source"]["boot_args"].as_str() {
+        let line =
+            std::iter::once(args.to_string()).chain(sys.cmdline()).collect::<Vec<_>>().join(" ");
+        config["boot-source"]["boot_args"] = Value::String(line);
+    }
+}
+
 /// Firecracker's arguments for one guest.
 pub fn fc_args(config: &Path, log: &Path, spec: &GuestSpec) -> Vec<String> {
     vec![
@@ -159,8 +176,16 @@ async fn launch_firecracker(
     kernel: &Kernel,
     initramfs: &Path,
     spec: &GuestSpec,
+    system: Option<&System>,
 ) -> Result<Launched, LaunchError> {
     let mut g = LaunchGuard::new(spec)?;
+    let mut config = vm_config(kernel, initramfs, spec);
+    if let Some(sys) = system {
+        // Firecracker drives are raw files, so there is no overlay format: the guest writes
+        // its own sparse copy, in the work directory the guard releases.
+        let disk = sys.raw_copy(&spec.workdir).await?;
+        add_root_drive(&mut config, sys, &disk);
+    }
     // Firecracker opens its log without creating it, and writes from offset 0 (no append),
     // so its stderr (panics) gets a file of its own.
     let log_path = spec.workdir.join("firecracker.log");
@@ -168,8 +193,7 @@ async fn launch_firecracker(
     g.console_file(&log_path);
     let stderr = g.log_file(&spec.workdir.join("firecracker.stderr"))?;
     let config_path = spec.workdir.join("vm.json");
-    let config = serde_json::to_vec_pretty(&vm_config(kernel, initramfs, spec))
-        .expect("a JSON value serializes");
+    let config = serde_json::to_vec_pretty(&config).expect("a JSON value serializes");
     std::fs::write(&config_path, config).map_err(|e| prepare(config_path.display(), e))?;
     let (host, guest) = control_pair()?;
     let netns = g.attach_tap(spec)?;
@@ -195,7 +219,9 @@ impl Backend for Firecracker {
     }
 
     fn launch_files(&self) -> LaunchFiles {
-        vm_launch_files(self.kernel.as_ref(), self.initramfs.as_deref(), &self.bin)
+        let mut files = vm_launch_files(self.kernel.as_ref(), self.initramfs.as_deref(), &self.bin);
+        files.images.extend(self.system.as_ref().map(|s| s.ext4.clone()));
+        files
     }
 
     async fn probe(&self) -> Result<String, Unavailable> {
@@ -211,7 +237,7 @@ impl Backend for Firecracker {
             what: "firecracker images".into(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
         })?;
-        launch_firecracker(&self.bin, kernel, initramfs, spec).await
+        launch_firecracker(&self.bin, kernel, initramfs, spec, self.system.as_ref()).await
     }
 
     async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {

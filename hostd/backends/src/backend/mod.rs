@@ -10,6 +10,7 @@ pub mod oci;
 mod process;
 pub mod qemu;
 mod resource;
+pub mod rootdisk;
 pub mod uml;
 mod vmm;
 pub mod xen;
@@ -208,6 +209,9 @@ pub struct Images {
     pub kernel_pc: Option<Kernel>,
     /// Xen domU kernel (PV/PVH vmlinux).
     pub kernel_xen: Option<Kernel>,
+    /// A user's system image guests boot as their root (`--system`); None: the agent's own
+    /// initramfs (VMs) or rootfs (containers).
+    pub system: Option<rootdisk::System>,
     /// Provenance: artifact name → sha256.
     pub hashes: std::collections::BTreeMap<String, String>,
     /// What was stale or missing when the images were resolved.

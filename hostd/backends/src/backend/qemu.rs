@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 use super::launch::{boot_images, tool_version, vm_launch_files, LaunchGuard};
+use super::rootdisk::System;
 use super::vmm::*;
 use super::{
     stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec, Images,
@@ -99,6 +100,7 @@ pub struct Qemu {
     initramfs: Option<PathBuf>,
     accel_opt: Option<String>,
     accel: OnceCell<Result<AccelChoice, String>>,
+    system: Option<System>,
 }
 
 impl Qemu {
@@ -110,6 +112,7 @@ impl Qemu {
             initramfs: images.initramfs.clone(),
             accel_opt: opts.accel.clone(),
             accel: OnceCell::new(),
+            system: images.system.clone(),
         }
     }
 
@@ -122,6 +125,7 @@ impl Qemu {
             initramfs: images.initramfs.clone(),
             accel_opt: self.accel_opt.clone(),
             accel: self.accel.clone(),
+            system: images.system.clone(),
         }
     }
 
@@ -209,7 +213,16 @@ impl Backend for Qemu {
             what: "the accelerator".into(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
         })?;
-        launch_qemu(&self.qemu, self.profile, accel.accel, kernel, initramfs, spec).await
+        launch_qemu(
+            &self.qemu,
+            self.profile,
+            accel.accel,
+            kernel,
+            initramfs,
+            spec,
+            self.system.as_ref(),
+        )
+        .await
     }
 
     /// A microvm guest has no ACPI, so its kernel halts instead of powering off and QEMU
@@ -219,10 +232,11 @@ impl Backend for Qemu {
     }
 
     fn launch_files(&self) -> LaunchFiles {
-        LaunchFiles {
-            data: qemu_firmware(self.profile),
-            ..vm_launch_files(self.kernel.as_ref(), self.initramfs.as_deref(), &self.qemu)
-        }
+        let mut files =
+            vm_launch_files(self.kernel.as_ref(), self.initramfs.as_deref(), &self.qemu);
+        files.images.extend(self.system.as_ref().map(|s| s.ext4.clone()));
+        files.data = qemu_firmware(self.profile);
+        files
     }
 }
 
@@ -374,14 +388,46 @@ async fn launch_qemu(
     kernel: &Kernel,
     initramfs: &Path,
     spec: &GuestSpec,
+    system: Option<&System>,
 ) -> Result<Launched, LaunchError> {
-    spawn_vmm(
-        LaunchGuard::new(spec)?,
-        spec,
-        Path::new(qemu),
-        qemu_args(profile, accel, kernel, initramfs, spec),
-        &spec.workdir,
-    )
+    let g = LaunchGuard::new(spec)?;
+    let mut args = qemu_args(profile, accel, kernel, initramfs, spec);
+    if let Some(sys) = system {
+        // In the work directory, so released with it.
+        let (disk, format) = sys.vm_disk(&spec.workdir).await?;
+        add_root_disk(&mut args, profile, sys, &disk, format);
+    }
+    spawn_vmm(g, spec, Path::new(qemu), args, &spec.workdir)
+}
+
+/// Adds the system image's root disk to a guest's QEMU arguments: virtio-blk (microvm) or
+/// a disk on the q35 chipset's AHCI controller, port 1 (full; the data disk is on port 0),
+/// and the agent's `vb.root`/`vb.init` on the kernel command line.
+pub fn add_root_disk(
+    args: &mut Vec<String>,
+    profile: Profile,
+    sys: &System,
+    disk: &Path,
+    format: &str,
+) {
+    let device = match profile {
+        Profile::Microvm => "virtio-blk-device,drive=root".to_string(),
+        Profile::Full => "ide-hd,drive=root,bus=ide.1".to_string(),
+    };
+    args.extend([
+        "-drive".into(),
+        format!("id=root,file={},format={format},if=none", opt_value(disk)),
+        "-device".into(),
+        device,
+    ]);
+    if let Some(i) = args.iter().position(|a| a == "-append") {
+        if let Some(line) = args.get_mut(i + 1) {
+            for w in sys.cmdline() {
+                line.push(' ');
+                line.push_str(&w);
+            }
+        }
+    }
 }
 
 /// Boots a throwaway guest of `profile` under KVM (`-cpu host`, as real guests would run)
@@ -399,7 +445,7 @@ pub async fn kvm_boot_probe(
     check_kvm()?;
     let dir = probe_dir("kvm-probe")?;
     let spec = probe_spec(dir.path(), "kvm-probe");
-    let launched = launch_qemu(qemu, profile, Accel::Kvm, kernel, initramfs, &spec)
+    let launched = launch_qemu(qemu, profile, Accel::Kvm, kernel, initramfs, &spec, None)
         .await
         .map_err(|e| e.to_string())?;
     probe_boot(launched, "QEMU", deadline, Some("KVM internal error"), |g, d| {

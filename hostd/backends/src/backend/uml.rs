@@ -20,6 +20,7 @@ use nix::sys::signal::Signal::SIGKILL;
 use nix::unistd::Pid;
 
 use super::launch::{boot_images, tool_version, LaunchGuard};
+use super::rootdisk::System;
 use super::vmm::{guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, spawn_vmm};
 use super::{
     prepare, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec,
@@ -39,11 +40,16 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(20);
 pub struct Uml {
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,
+    system: Option<System>,
 }
 
 impl Uml {
     pub fn new(images: &Images, _opts: &BackendOptions) -> Self {
-        Self { kernel: images.kernel_uml.clone(), initramfs: images.initramfs.clone() }
+        Self {
+            kernel: images.kernel_uml.clone(),
+            initramfs: images.initramfs.clone(),
+            system: images.system.clone(),
+        }
     }
 
     pub fn with_images(&self, images: &Images) -> Self {
@@ -132,10 +138,16 @@ async fn launch_uml(
     kernel: &Kernel,
     initramfs: &Path,
     spec: &GuestSpec,
+    system: Option<&System>,
 ) -> Result<Launched, LaunchError> {
-    for p in [Some(initramfs), Some(spec.workdir.as_path()), spec.data_disk.as_deref()]
-        .into_iter()
-        .flatten()
+    for p in [
+        Some(initramfs),
+        Some(spec.workdir.as_path()),
+        spec.data_disk.as_deref(),
+        system.map(|s| s.ext4.as_path()),
+    ]
+    .into_iter()
+    .flatten()
     {
         check_uml_path(p)?;
     }
@@ -147,8 +159,15 @@ async fn launch_uml(
     // Released before the work directory (reverse order); UML removes it itself only on a
     // clean exit.
     g.hold(Resource::Dir { path: spec.workdir.join(&spec.name) });
+    let mut args = uml_args(kernel, initramfs, spec);
+    if let Some(sys) = system {
+        // ubd1 (guest /dev/ubdb; the data disk stays ubd0): writes go to a COW file in the
+        // work directory, which UML creates, or to the guest's private copy.
+        args.push(sys.uml_arg(1, &spec.workdir));
+        args.extend(sys.cmdline());
+    }
     // Guest memory is a file under TMPDIR: tmpfs, so it counts as shmem.
-    spawn_vmm(g, spec, &kernel.path, uml_args(kernel, initramfs, spec), Path::new(MEMORY_DIR))
+    spawn_vmm(g, spec, &kernel.path, args, Path::new(MEMORY_DIR))
 }
 
 /// Stops a UML guest. UML's helper processes (the guest's address-space processes, I/O
@@ -212,7 +231,7 @@ impl Backend for Uml {
             .unwrap_or(0);
         let dir = probe_dir("uml-probe").map_err(unavailable)?;
         let spec = probe_spec(dir.path(), "uml-probe");
-        let launched = launch_uml(kernel, initramfs, &spec)
+        let launched = launch_uml(kernel, initramfs, &spec, None)
             .await
             .map_err(|e| unavailable(format!("probe guest: {e}")))?;
         let t = probe_boot(launched, "UML", PROBE_DEADLINE, None, |g, d| Box::pin(stop_uml(g, d)))
@@ -231,7 +250,7 @@ impl Backend for Uml {
             what: "uml images".into(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
         })?;
-        launch_uml(kernel, initramfs, spec).await
+        launch_uml(kernel, initramfs, spec, self.system.as_ref()).await
     }
 
     async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
@@ -242,7 +261,12 @@ impl Backend for Uml {
     fn launch_files(&self) -> LaunchFiles {
         let k = self.kernel.as_ref().map(|k| k.path.clone());
         LaunchFiles {
-            images: k.iter().cloned().chain(self.initramfs.clone()).collect(),
+            images: k
+                .iter()
+                .cloned()
+                .chain(self.initramfs.clone())
+                .chain(self.system.as_ref().map(|s| s.ext4.clone()))
+                .collect(),
             programs: k.iter().map(|p| p.display().to_string()).collect(),
             data: Vec::new(),
         }

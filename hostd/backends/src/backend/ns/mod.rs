@@ -45,6 +45,7 @@ use tokio::io::AsyncReadExt;
 
 use super::launch::{control_pair, host_halves, Halves, LaunchGuard};
 use super::native::AGENT_FD;
+use super::rootdisk::{System, AGENT_IN_IMAGE};
 use super::{
     prepare, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, LaunchFiles,
     Launched, Proc, Resource, Unavailable,
@@ -82,6 +83,9 @@ pub struct IdMap {
 
 pub struct Ns {
     rootfs: Option<PathBuf>,
+    /// A system image to use as the guests' root instead (each over its own overlayfs),
+    /// with the agent binary added to it.
+    system: Option<(System, PathBuf)>,
     /// Also give each guest a user namespace (see [`IdMap`]). None: guests' root is the
     /// host's root, as in Vserver.
     pub user_ns: Option<IdMap>,
@@ -89,11 +93,11 @@ pub struct Ns {
 
 impl Ns {
     pub fn new(images: &Images, _opts: &BackendOptions) -> Self {
-        Self { rootfs: images.rootfs.clone(), user_ns: None }
+        Self { rootfs: images.rootfs.clone(), system: system_of(images), user_ns: None }
     }
 
     pub fn with_images(&self, images: &Images) -> Self {
-        Self { rootfs: images.rootfs.clone(), user_ns: self.user_ns }
+        Self { rootfs: images.rootfs.clone(), system: system_of(images), user_ns: self.user_ns }
     }
 
     fn clone_flags(&self) -> CloneFlags {
@@ -117,6 +121,11 @@ impl Ns {
     }
 }
 
+/// The system image and the agent to add to it.
+fn system_of(images: &Images) -> Option<(System, PathBuf)> {
+    images.system.clone().map(|s| (s, images.agent.clone()))
+}
+
 impl Backend for Ns {
     fn kind(&self) -> BackendKind {
         BackendKind::Ns
@@ -125,7 +134,10 @@ impl Backend for Ns {
     /// The rootfs tree (the agent is in it); hostd itself does the namespaces.
     fn launch_files(&self) -> LaunchFiles {
         LaunchFiles {
-            images: self.rootfs.iter().cloned().collect(),
+            images: match &self.system {
+                Some((sys, agent)) => vec![sys.tree.clone(), agent.clone()],
+                None => self.rootfs.iter().cloned().collect(),
+            },
             programs: Vec::new(),
             data: Vec::new(),
         }
@@ -197,7 +209,7 @@ impl Ns {
         spec: &GuestSpec,
         g: &mut LaunchGuard,
     ) -> Result<(Halves, Proc), LaunchError> {
-        let (rootfs, workdir) = self.guest_root(spec)?;
+        let (rootfs, workdir) = self.guest_root(spec, g)?;
         let log_wr = g.console(&spec.workdir.join("console.log"))?;
         let null = File::open("/dev/null").map_err(|e| prepare("/dev/null", e))?;
         let (host, guest) = control_pair()?;
@@ -215,12 +227,12 @@ impl Ns {
         let (argv_c, shared_netns) = self.agent_argv(spec)?;
         let shared_netns = shared_netns.map(high).transpose()?;
         let envp_c = [CString::from(c"PATH=/sbin:/bin")];
-        let path = cstring(AGENT_PATH).map_err(|e| prepare("agent path", e))?;
+        let path = cstring(self.agent_path()).map_err(|e| prepare("agent path", e))?;
 
         g.make_cgroup(spec)?;
 
         let spawn_err = |source: io::Error| LaunchError::Spawn {
-            program: format!("{AGENT_PATH} in new namespaces"),
+            program: format!("{} in new namespaces", self.agent_path()),
             source,
         };
         // The pointer arrays live in this block only: no raw pointer is held across an
@@ -267,17 +279,41 @@ impl Ns {
         }
     }
 
-    /// The image (canonical) and the guest's work directory (canonical, reachable by a guest
+    /// Where the agent is in the guest's root: the image's own, or the copy added to a
+    /// system image.
+    fn agent_path(&self) -> &'static str {
+        if self.system.is_some() {
+            AGENT_IN_IMAGE
+        } else {
+            AGENT_PATH
+        }
+    }
+
+    /// The image (canonical) or, with a system image, the guest's own writable overlay of
+    /// it (held by `g`), and the guest's work directory (canonical, reachable by a guest
     /// root in a user namespace, holding the empty `root` mount point: the image is mounted
     /// there inside the guest's mount namespace only).
-    fn guest_root(&self, spec: &GuestSpec) -> Result<(PathBuf, PathBuf), LaunchError> {
-        let rootfs = self.rootfs.as_ref().ok_or_else(|| {
-            prepare("the rootfs image", io::Error::new(io::ErrorKind::NotFound, "none given"))
-        })?;
-        let rootfs = std::fs::canonicalize(rootfs)
-            .map_err(|e| prepare(format!("rootfs {}", rootfs.display()), e))?;
+    fn guest_root(
+        &self,
+        spec: &GuestSpec,
+        g: &mut LaunchGuard,
+    ) -> Result<(PathBuf, PathBuf), LaunchError> {
         let workdir =
             std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
+        let rootfs = match &self.system {
+            // The guest's own overlay over the image's tree: writable, never the image.
+            Some((sys, agent)) => sys.container_root(&workdir, agent, &NEEDED_DIRS, g)?,
+            None => {
+                let rootfs = self.rootfs.as_ref().ok_or_else(|| {
+                    prepare(
+                        "the rootfs image",
+                        io::Error::new(io::ErrorKind::NotFound, "none given"),
+                    )
+                })?;
+                std::fs::canonicalize(rootfs)
+                    .map_err(|e| prepare(format!("rootfs {}", rootfs.display()), e))?
+            }
+        };
         // A guest root in a user namespace is "other" to this directory and must still reach
         // the mount point in it.
         std::fs::set_permissions(&workdir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -315,6 +351,7 @@ impl Ns {
                 None => MsFlags::empty(),
             },
             user_ns: self.user_ns.is_some(),
+            writable: self.system.is_some(),
         };
         plan(&input).map_err(|e| prepare("mount plan", e))
     }
@@ -323,12 +360,15 @@ impl Ns {
     /// namespace, which its child joins.
     fn agent_argv(&self, spec: &GuestSpec) -> Result<(Vec<CString>, Option<OwnedFd>), LaunchError> {
         let mut args = vec![
-            AGENT_PATH.to_string(),
+            self.agent_path().to_string(),
             "--ctl".into(),
             format!("fd:{AGENT_FD}"),
             "--hostname".into(),
             spec.name.clone(),
         ];
+        if self.system.is_some() {
+            args.push("--system-root".into());
+        }
         // The fleet's namespace, for a guest that shares its stack: joined by the child.
         let shared_netns = match &spec.net {
             Some(n) if n.fleet.mode == NetMode::Shared => {
@@ -387,7 +427,7 @@ impl Ns {
         let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(err_rd)
             .map_err(|e| prepare("error pipe", e))?;
         let mut report = Vec::new();
-        let program = format!("{AGENT_PATH} in new namespaces");
+        let program = format!("{} in new namespaces", self.agent_path());
         match tokio::time::timeout(EXEC_TIMEOUT, rx.read_to_end(&mut report)).await {
             Err(_) => Err(LaunchError::Spawn {
                 program,

@@ -50,6 +50,8 @@ pub(super) struct PlanInput<'a> {
     pub(super) rootfs_keep: MsFlags,
     pub(super) disk_keep: MsFlags,
     pub(super) user_ns: bool,
+    /// The root is the guest's own overlay (a system image): left writable.
+    pub(super) writable: bool,
 }
 
 /// Descriptors the plan opens (O_PATH, in the guest's mount namespace) for the host paths
@@ -187,21 +189,23 @@ pub(super) fn plan(p: &PlanInput) -> io::Result<Vec<Step>> {
     v.extend([
         Step::Chdir(fd_path(WORKDIR_FD)?),
         mount(Some(fd_path(ROOTFS_FD)?), "root", None, MsFlags::MS_BIND, None)?,
-        mount(
+    ]);
+    if !p.writable {
+        v.push(mount(
             None,
             "root",
             None,
             ro_bind | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | p.rootfs_keep,
             None,
-        )?,
-        mount(
-            Some(c("tmpfs")?),
-            "root/dev",
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("mode=755,size=64k"),
-        )?,
-    ]);
+        )?);
+    }
+    v.push(mount(
+        Some(c("tmpfs")?),
+        "root/dev",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=64k"),
+    )?);
     for d in DEVICES {
         let target = format!("root/dev/{d}");
         v.push(Step::CreateFile(c(&target)?));

@@ -86,6 +86,7 @@ fn input<'a>(disk: Option<&'a Path>, user_ns: bool) -> PlanInput<'a> {
         rootfs_keep: MsFlags::MS_RELATIME,
         disk_keep: MsFlags::MS_NOATIME | MsFlags::MS_NOEXEC,
         user_ns,
+        writable: false,
     }
 }
 
@@ -132,6 +133,17 @@ fn plan_with_data_disk_is_exactly_this() {
         .map(String::from),
     );
     assert_eq!(calls, want);
+}
+
+#[test]
+fn a_system_images_overlay_root_stays_writable() {
+    let ro = recorded(&input(None, false));
+    let rw = recorded(&PlanInput { writable: true, ..input(None, false) });
+    let root_remount = |c: &String| c.starts_with("mount - root - ");
+    assert_eq!(ro.iter().filter(|c| root_remount(c)).count(), 1, "{ro:#?}");
+    // Only the read-only remount of the root goes; /dev and the rest are as before.
+    let without: Vec<&String> = ro.iter().filter(|c| !root_remount(c)).collect();
+    assert_eq!(rw.iter().collect::<Vec<_>>(), without);
 }
 
 #[test]

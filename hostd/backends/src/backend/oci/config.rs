@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, Spec};
 
 use super::DISK_IN_GUEST;
+use crate::backend::rootdisk::AGENT_IN_IMAGE;
 use crate::cgroup::Limits;
 
 /// Per-guest settings applied to the bundle's template.
@@ -110,5 +111,20 @@ pub(super) fn derive_config(template: &Spec, g: &GuestConfig) -> Result<Spec, St
             &["bind", "ro", "nosuid", "nodev", "noexec"],
         )?);
     }
+    Ok(s)
+}
+
+/// A config for a guest over its own overlay of a system image: the root is writable (the
+/// overlay's upper layer takes the writes) and the agent is the copy added to it.
+pub(super) fn over_system(mut s: Spec) -> Result<Spec, String> {
+    let mut root = s.root().clone().ok_or("the template has no root")?;
+    root.set_readonly(Some(false));
+    s.set_root(Some(root));
+    let process = s.process_mut().as_mut().ok_or("the template has no process")?;
+    let mut args = process.args().clone().unwrap_or_default();
+    let first = args.first_mut().ok_or("the template's process has no args")?;
+    *first = AGENT_IN_IMAGE.to_string();
+    args.push("--system-root".into());
+    process.set_args(Some(args));
     Ok(s)
 }

@@ -35,6 +35,7 @@ use super::launch::{
     LaunchGuard, ToolError,
 };
 use super::native::AGENT_FD;
+use super::rootdisk::System;
 use super::{
     prepare, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, LaunchFiles,
     Launched, Proc, Resource, Unavailable,
@@ -55,15 +56,29 @@ const AGENT_PATH: &str = "sbin/guest-agent";
 pub struct Oci {
     runtime: String,
     bundle: Option<PathBuf>,
+    /// A system image to run over (each guest on its own overlay), with the agent to add.
+    system: Option<(System, PathBuf)>,
 }
+
+/// Container mount points a system image's overlay must have (made in its upper layer
+/// where the image lacks them).
+const SYSTEM_MOUNT_POINTS: [&str; 5] = ["/dev", "/proc", "/sys", "/tmp", "/data"];
 
 impl Oci {
     pub fn new(images: &Images, opts: &BackendOptions) -> Self {
-        Self { runtime: opts.oci_runtime.clone(), bundle: images.bundle.clone() }
+        Self {
+            runtime: opts.oci_runtime.clone(),
+            bundle: images.bundle.clone(),
+            system: images.system.clone().map(|s| (s, images.agent.clone())),
+        }
     }
 
     pub fn with_images(&self, images: &Images) -> Self {
-        Self { runtime: self.runtime.clone(), bundle: images.bundle.clone() }
+        Self {
+            runtime: self.runtime.clone(),
+            bundle: images.bundle.clone(),
+            system: images.system.clone().map(|s| (s, images.agent.clone())),
+        }
     }
 
     /// The runtime binary: a path, or a name looked up on PATH.
@@ -109,7 +124,12 @@ impl Backend for Oci {
     /// The bundle tree and the runtime.
     fn launch_files(&self) -> LaunchFiles {
         LaunchFiles {
-            images: self.bundle.iter().cloned().collect(),
+            images: self
+                .bundle
+                .iter()
+                .cloned()
+                .chain(self.system.iter().flat_map(|(s, a)| [s.tree.clone(), a.clone()]))
+                .collect(),
             programs: vec![self.runtime.clone()],
             data: Vec::new(),
         }
@@ -199,7 +219,7 @@ impl Oci {
             id: format!("vb-{}-{}", spec.run, spec.name),
         };
         let rel = cgroups_path(spec);
-        self.write_bundle(spec, g, &c, &rel)?;
+        self.write_bundle(spec, g, &c, &rel, &workdir)?;
         let (host, guest) = control_pair()?;
         let log = g.console(&workdir.join("console.log"))?;
         self.run_detached(g, &c, guest, log).await?;
@@ -222,16 +242,22 @@ impl Oci {
     }
 
     /// The bundle (config.json from the template, for this guest) and its network
-    /// namespace; the groups the runtime will create are held from here on.
+    /// namespace; the groups the runtime will create are held from here on. With a system
+    /// image, the root is the guest's own overlay of it in `workdir`, held by `g`.
     fn write_bundle(
         &self,
         spec: &GuestSpec,
         g: &mut LaunchGuard,
         c: &Container,
         rel: &Path,
+        workdir: &Path,
     ) -> Result<(), LaunchError> {
         let (template, rootfs) =
             self.template().map_err(|e| prepare("the bundle template", io::Error::other(e)))?;
+        let rootfs = match &self.system {
+            Some((sys, agent)) => sys.container_root(workdir, agent, &SYSTEM_MOUNT_POINTS, g)?,
+            None => rootfs,
+        };
         for d in [&c.bundle, &c.state] {
             std::fs::create_dir_all(d).map_err(|e| prepare(d.display(), e))?;
         }
@@ -268,6 +294,7 @@ impl Oci {
                 data_disk: disk.as_deref(),
             },
         )
+        .and_then(|config| if self.system.is_some() { over_system(config) } else { Ok(config) })
         .map_err(|e| prepare("the guest's config.json", io::Error::other(e)))?;
         let cfg_path = c.bundle.join("config.json");
         config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), io::Error::other(e)))
@@ -463,4 +490,4 @@ mod config;
 mod tests;
 
 use cgroups::{expected_cgroup, hold_run_groups};
-use config::{derive_config, GuestConfig};
+use config::{derive_config, over_system, GuestConfig};

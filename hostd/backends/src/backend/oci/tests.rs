@@ -59,6 +59,17 @@ fn guest<'a>(disk: Option<&'a Path>) -> GuestConfig<'a> {
 }
 
 #[test]
+fn over_a_system_image_the_root_is_writable_and_the_agent_the_added_copy() {
+    let s = over_system(derive_config(&template(), &guest(None)).unwrap()).unwrap();
+    assert_eq!(s.root().as_ref().unwrap().readonly(), Some(false));
+    let args = s.process().as_ref().unwrap().args().clone().unwrap();
+    assert_eq!(args.first().map(String::as_str), Some(crate::backend::rootdisk::AGENT_IN_IMAGE));
+    assert_eq!(args.last().map(String::as_str), Some("--system-root"));
+    // The per-guest arguments stay in between.
+    assert!(args.windows(2).any(|w| w[0] == "--net"), "{args:?}");
+}
+
+#[test]
 fn per_guest_fields_are_set() {
     let s = derive_config(&template(), &guest(Some(Path::new("/d/disk.bin")))).unwrap();
     let root = s.root().as_ref().unwrap();

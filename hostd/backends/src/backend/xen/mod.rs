@@ -95,6 +95,8 @@ pub struct Xen {
     xenstore_read: String,
     /// Where `/sys`, `/proc` and `/dev` are looked for (`/` but in tests).
     root: PathBuf,
+    /// A system image asked for: refused at launch (see there).
+    system: Option<super::rootdisk::System>,
 }
 
 impl Xen {
@@ -105,6 +107,7 @@ impl Xen {
             xl: "xl".into(),
             xenstore_read: "xenstore-read".into(),
             root: PathBuf::from("/"),
+            system: images.system.clone(),
         }
     }
 
@@ -115,6 +118,7 @@ impl Xen {
             xl: self.xl.clone(),
             xenstore_read: self.xenstore_read.clone(),
             root: self.root.clone(),
+            system: images.system.clone(),
         }
     }
 
@@ -464,6 +468,16 @@ impl Backend for Xen {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
         };
         let (kernel, initramfs) = self.images().map_err(not_ready)?;
+        if let Some(sys) = &self.system {
+            // Refused rather than half-supported: the domU kernel would not find its root.
+            return Err(LaunchError::Prepare {
+                what: format!("system image {} on xen", sys.name),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "the Xen domU kernel (kernel-xen, recipes/kernels/xen.config) is built without ext4, so it cannot mount a system image's root; boot system images on uml, qemu-microvm, qemu-full, firecracker, ns or oci",
+                ),
+            });
+        }
         let ty = DomainType::from_env().map_err(|e| LaunchError::Prepare {
             what: "the domain type".into(),
             source: std::io::Error::other(e),

@@ -171,6 +171,7 @@ fn fake_xen(dir: &Path) -> (Xen, GuestSpec) {
         xl: dir.join("xl").display().to_string(),
         xenstore_read: dir.join("xenstore-read").display().to_string(),
         root: PathBuf::from("/"),
+        system: None,
     };
     let s = GuestSpec { workdir: dir.join("work/g1"), ..spec(false, false) };
     (x, s)
