@@ -39,10 +39,14 @@ pub struct SetArgs {
     /// Rate in each direction, Mbit/s.
     #[arg(long)]
     pub rate_mbit: Option<f64>,
+    /// Packets lost at random, % (netem loss).
     #[arg(long, default_value_t = 0.0)]
     pub loss_pct: f64,
+    /// Packets sent twice, % (netem duplicate).
     #[arg(long, default_value_t = 0.0)]
     pub duplicate_pct: f64,
+    /// Packets sent at once instead of delayed, so they overtake others, % (netem reorder;
+    /// needs a delay).
     #[arg(long, default_value_t = 0.0)]
     pub reorder_pct: f64,
     /// Only these guests (indices, e.g. "0-3,7"); the others keep what they have.

@@ -180,6 +180,19 @@ pub fn updated(lock: Option<Lock>, manifests: &BTreeMap<String, Manifest>, all: 
     lock
 }
 
+/// `new` (from [`updated`] with `all`) with the entries of `old` put back for recipes that
+/// were not built but still exist in `recipes`: explicit recipes (built only on request,
+/// e.g. a Debian root file system) keep their pins when everything else is rebuilt; only a
+/// recipe that is gone loses its entry.
+pub fn keep_unbuilt(mut new: Lock, old: Option<&Lock>, recipes: &Path) -> Lock {
+    for (n, e) in old.map(|l| &l.recipes).into_iter().flatten() {
+        if !new.recipes.contains_key(n) && recipes.join(format!("{n}.toml")).is_file() {
+            new.recipes.insert(n.clone(), e.clone());
+        }
+    }
+    new
+}
+
 /// Compares one built manifest with its lock entry.
 pub fn compare(recipe: &str, entry: &Entry, m: &Manifest) -> Finding {
     let here = Entry::of(m);
@@ -294,7 +307,15 @@ mod tests {
         // A full update drops what is gone; a partial one keeps it.
         let only_disk: BTreeMap<String, Manifest> = [("disk".to_string(), ms["disk"].clone())].into();
         assert_eq!(updated(Some(lock.clone()), &only_disk, false).recipes.len(), 2);
-        assert_eq!(updated(Some(lock), &only_disk, true).recipes.len(), 1);
+        assert_eq!(updated(Some(lock.clone()), &only_disk, true).recipes.len(), 1);
+        // A recipe not built this time but still present keeps its entry; a removed one not.
+        let dir = tempfile::tempdir().unwrap();
+        let rebuilt = updated(Some(lock.clone()), &only_disk, true);
+        assert_eq!(keep_unbuilt(rebuilt.clone(), Some(&lock), dir.path()).recipes.len(), 1);
+        for n in lock.recipes.keys() {
+            std::fs::write(dir.path().join(format!("{n}.toml")), "").unwrap();
+        }
+        assert_eq!(keep_unbuilt(rebuilt, Some(&lock), dir.path()).recipes, lock.recipes);
     }
 
     #[test]

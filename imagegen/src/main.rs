@@ -135,6 +135,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let lock_path = imagegen::lock::path(&cfg.recipes);
             if update_lock {
                 let new = imagegen::lock::updated(lock.clone(), &built, names.is_empty());
+                let new = imagegen::lock::keep_unbuilt(new, lock.as_ref(), &cfg.recipes);
                 if Some(&new) != lock.as_ref() {
                     imagegen::lock::write(&cfg.recipes, &new)?;
                     eprintln!("imagegen: wrote {} ({} recipes)", lock_path.display(), new.recipes.len());

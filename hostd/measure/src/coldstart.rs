@@ -122,15 +122,32 @@ pub fn resolve_program(name: &str) -> Result<PathBuf, ColdError> {
     std::fs::canonicalize(&p).map_err(io(&p))
 }
 
+/// The dynamic loaders `ldd` itself runs with `--list`, for systems without `ldd` (the Xen
+/// lab's dom0 has glibc's loader but not libc-bin's ldd script).
+const LOADERS: [&str; 2] =
+    ["/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"];
+
 /// The shared libraries a dynamic executable loads (its DT_NEEDED entries resolved the way
 /// the loader does, with the loader itself), as `ldd` lists them; none for a static one.
 pub fn libraries_of(program: &Path) -> Result<Vec<PathBuf>, ColdError> {
-    let out = std::process::Command::new("ldd")
-        .arg(program)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(io(Path::new("ldd")))?;
-    // ldd fails for static executables ("not a dynamic executable"): no libraries.
+    let run = |cmd: &str, pre: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(pre)
+            .arg(program)
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    let out = match run("ldd", &[]) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match LOADERS.iter().find(|l| Path::new(l).is_file()) {
+                Some(loader) => run(loader, &["--list"]).map_err(io(Path::new(loader)))?,
+                None => return Err(io(Path::new("ldd"))(e)),
+            }
+        }
+        r => r.map_err(io(Path::new("ldd")))?,
+    };
+    // ldd (and the loader) fail for static executables ("not a dynamic executable"): no
+    // libraries.
     if !out.status.success() {
         return Ok(Vec::new());
     }
@@ -409,6 +426,21 @@ mod tests {
         assert_eq!(start_label(StartMode::Cold, Some(&empty)), "warm");
         assert_eq!(res(250).fraction(), 0.25);
         assert_eq!(empty.fraction(), 0.0);
+    }
+
+    /// Where `ldd` is missing (the lab's dom0) the loader's own `--list` stands in: it must
+    /// list what ldd lists.
+    #[test]
+    fn the_loader_lists_what_ldd_lists() {
+        let loader = LOADERS.iter().find(|l| Path::new(l).is_file()).expect("a glibc loader");
+        let list = |cmd: &str, pre: &[&str]| {
+            let out = std::process::Command::new(cmd).args(pre).arg("/bin/sh").output().unwrap();
+            assert!(out.status.success(), "{cmd}");
+            parse_ldd(&String::from_utf8_lossy(&out.stdout))
+        };
+        let by_ldd = list("ldd", &[]);
+        assert!(!by_ldd.is_empty());
+        assert_eq!(list(loader, &["--list"]), by_ldd);
     }
 
     #[test]

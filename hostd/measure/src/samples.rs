@@ -355,7 +355,7 @@ mod tests {
     use super::*;
 
     /// The committed samples schema is the one the types generate (regenerate with
-    /// `VIRTBENCH_WRITE_SCHEMA=1 cargo test -p hostd --lib samples`).
+    /// `VIRTBENCH_WRITE_SCHEMA=1 cargo test -p hostd-measure --lib samples`).
     #[test]
     fn committed_schema_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
