@@ -304,6 +304,32 @@ mod tests {
     }
 
     #[test]
+    fn a_system_image_is_a_writable_drive_and_the_agents_root() {
+        let mut c = vm_config(&kernel(), Path::new("/i"), &spec(true));
+        let sys = System {
+            name: "tiny".into(),
+            ext4: "/store/blobs/ab".into(),
+            ext4_uuid: "0123abcd-4567-89ab-cdef-0123456789ab".into(),
+            tree: "/store/trees/cd".into(),
+            init: super::super::rootdisk::InitMode::Image,
+            image_init: Some("/sbin/init".into()),
+            private: false,
+        };
+        add_root_drive(&mut c, &sys, Path::new("/w/root.ext4"));
+        // The data disk stays the first drive (the guest's /dev/vda).
+        assert_eq!(c["drives"][0]["drive_id"], "data");
+        assert_eq!(
+            c["drives"][1],
+            json!({ "drive_id": "root", "path_on_host": "/w/root.ext4", "is_root_device": false, "is_read_only": false })
+        );
+        let line = c["boot-source"]["boot_args"].as_str().unwrap();
+        assert!(
+            line.ends_with(" vb.root=0123abcd-4567-89ab-cdef-0123456789ab vb.init=image"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn command_line() {
         let a = fc_args(Path::new("/w/vm.json"), Path::new("/w/firecracker.log"), &spec(false));
         assert_eq!(

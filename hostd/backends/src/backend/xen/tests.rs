@@ -251,6 +251,26 @@ async fn failed_create_reports_xl_and_cleans_up() {
     assert!(!s.workdir.exists(), "work directory released");
 }
 
+/// A system image is refused with the reason, before any tool runs or anything is created.
+#[tokio::test]
+async fn a_system_image_is_refused_naming_why() {
+    let d = tempfile::tempdir().unwrap();
+    let (x, s) = fake_xen(d.path());
+    let system = crate::backend::rootdisk::System {
+        name: "tiny".into(),
+        ext4: d.path().join("rootfs.ext4"),
+        ext4_uuid: "0123abcd-4567-89ab-cdef-0123456789ab".into(),
+        tree: d.path().join("tree"),
+        init: crate::backend::rootdisk::InitMode::Agent,
+        image_init: None,
+        private: false,
+    };
+    let x = Xen { system: Some(system), ..x };
+    let e = x.launch(&s).await.err().expect("refused").to_string();
+    assert!(e.contains("system image tiny on xen") && e.contains("without ext4"), "{e}");
+    assert!(!s.workdir.exists(), "nothing created");
+}
+
 /// M_used on a Xen host counts what Xen handed out, which dom0's meminfo does not see.
 #[tokio::test]
 async fn memory_dom0_cannot_see_comes_from_xl_info() {
