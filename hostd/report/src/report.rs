@@ -1173,7 +1173,8 @@ fn paired_disk_html(rep: &Report) -> Markup {
             p {
                 "A shared or virtual disk's speed drifts over a run (other I/O on the host or below it), so a backend's reads, taken minutes after native's, can look faster or slower than native for that reason alone. \
                  Right before every disk read of a backend other than native, hostd reads the run's native reference copy with O_DIRECT (same size and block size) and records it in the sample; \
-                 each read is divided here by that adjacent native read. The figures above (and Figures 4, 8, 12) keep the paper's T_a; the decision table's disk overhead uses the paired time ratio where the samples have one."
+                 each read is divided here by that adjacent native read. The figures above (and Figures 4, 8, 12) keep the paper's T_a; the decision table's disk overhead uses the paired time ratio where the samples have one. \
+                 A linearity or isolation run's native read is one reader alone: with n readers sharing the disk each one's ratio is expected near 1/n of the speed (n times the time)."
             }
             @if let Some(d) = &rep.native_drift {
                 p {
