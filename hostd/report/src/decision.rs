@@ -726,6 +726,12 @@ mod tests {
         assert!(page.contains("Disk against the adjacent native read"), "{page}");
         assert!(page.contains("moved by 67 % of the median"), "{page}");
         assert!(page.contains("1.01 (0.91–1.11)"), "uml's speed ratios: {page}");
+        assert!(!page.contains("more than 10 % faster"), "1.01 is not flagged");
+        // A backend reading 1.25× as fast as the native read beside it is flagged.
+        let mut fast = rep.clone();
+        fast.paired_disk.get_mut(&BackendKind::Uml).unwrap()[0].speed.median = 1.25;
+        let page = crate::report::html_page(&fast, &crate::report::figures(&fast));
+        assert!(page.contains("1.25 (0.91–1.11) !") && page.contains("more than 10 % faster"));
     }
 
     #[test]
