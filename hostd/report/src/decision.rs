@@ -727,6 +727,8 @@ mod tests {
         assert!(page.contains("moved by 67 % of the median"), "{page}");
         assert!(page.contains("1.01 (0.91–1.11)"), "uml's speed ratios: {page}");
         assert!(!page.contains("more than 10 % faster"), "1.01 is not flagged");
+        // Unpaired, uml read at half native's T_a speed (2 s against 1 s).
+        assert!(page.contains("<td>1.00 ± 1.27</td><td>0.50</td>"), "{page}");
         // A backend reading 1.25× as fast as the native read beside it is flagged.
         let mut fast = rep.clone();
         fast.paired_disk.get_mut(&BackendKind::Uml).unwrap()[0].speed.median = 1.25;

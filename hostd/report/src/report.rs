@@ -1194,7 +1194,7 @@ fn paired_disk_html(rep: &Report) -> Markup {
                         th { "backend" } th { "test" } th { "n" } th { "reads" }
                         th { "speed ÷ adjacent native, median (min–max)" }
                         th { "time ÷ adjacent native, mean ± 95 % CI" }
-                        th { "unpaired: T_avn ÷ T_a" }
+                        th { "unpaired speed: T_a ÷ T_avn (means)" }
                         th { "longest gap (ms)" }
                     }
                     @for (b, pts) in &rep.paired_disk {
@@ -1210,7 +1210,7 @@ fn paired_disk_html(rep: &Report) -> Markup {
                                 td { (format!("{:.2}", p.time.mean)) (p.time.ci_half().map(|h| format!(" ± {h:.2}")).unwrap_or_default()) }
                                 td {
                                     @match (unpaired, ta) {
-                                        (Some(q), Some(ta)) if ta.mean > 0.0 => (format!("{:.2}", q.value.mean / ta.mean)),
+                                        (Some(q), Some(ta)) if q.value.mean > 0.0 => (format!("{:.2}", ta.mean / q.value.mean)),
                                         _ => "–",
                                     }
                                 }
