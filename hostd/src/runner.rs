@@ -201,14 +201,18 @@ pub async fn run(
             .max()
             .unwrap_or(0);
         say(format!(
-            "making {most} copies of the data disk ({need} bytes each) in {}",
+            "making {most} copies of the data disk and a native reference ({need} bytes each) in {}",
             run.disk_dir().display()
         ));
         let c = copies.clone();
-        tokio::task::spawn_blocking(move || (0..most).try_for_each(|i| c.copy_for(i).map(|_| ())))
-            .await
-            .context("data disk copies")?
-            .context("per-guest data disk copies")?;
+        // And the native reference copy every non-native disk read is paired with.
+        tokio::task::spawn_blocking(move || {
+            c.reference()?;
+            (0..most).try_for_each(|i| c.copy_for(i).map(|_| ()))
+        })
+        .await
+        .context("data disk copies")?
+        .context("per-guest data disk copies")?;
         (Some(d), Some(copies))
     } else {
         (None, None)

@@ -65,7 +65,7 @@ pub enum DataDiskError {
     NoSpace { dir: PathBuf, free: u64, need: u64 },
     #[error(transparent)]
     PageCache(#[from] PageCacheError),
-    #[error("data disk copy {}: levelling read with O_DIRECT: {source}", path.display())]
+    #[error("data disk copy {}: reading with O_DIRECT: {source}", path.display())]
     Level { path: PathBuf, source: io::Error },
 }
 
@@ -75,28 +75,52 @@ pub enum DataDiskError {
 /// not read for an hour came at 660 MB/s, the same file read again at 1.2 GB/s; without
 /// this, the backend measured second on a guest's copy (ns after native) read it faster.
 pub fn level(path: &Path) -> Result<(), DataDiskError> {
+    direct_read(path, 1 << 20, u64::MAX).map(|_| ())
+}
+
+/// Reads `path` with O_DIRECT as the disk benchmark does (`dd iflag=direct`): whole blocks
+/// of `block` bytes, at most `max_bytes`, and returns the bytes read and the seconds it
+/// took. The paired native reference of every non-native disk read ([`crate::suite::paired_read`]).
+pub fn timed_read(path: &Path, block: usize, max_bytes: u64) -> Result<(u64, f64), DataDiskError> {
+    let t = std::time::Instant::now();
+    let n = direct_read(path, block, max_bytes)?;
+    let secs = t.elapsed().as_secs_f64();
+    if n == 0 {
+        let e = io::Error::other(format!("nothing read (limit below one {block}-byte block?)"));
+        return Err(DataDiskError::Level { path: path.into(), source: e });
+    }
+    Ok((n, secs.max(f64::MIN_POSITIVE)))
+}
+
+/// Reads whole `chunk`-byte blocks of `path` with O_DIRECT up to `limit` bytes; the bytes read.
+fn direct_read(path: &Path, chunk: usize, limit: u64) -> Result<u64, DataDiskError> {
     use std::io::Read;
-    const CHUNK: usize = 1 << 20;
     const ALIGN: usize = 4096;
     let err = |source| DataDiskError::Level { path: path.into(), source };
     // A directory cannot even be opened with O_DIRECT (EINVAL): say what it is instead.
     if !fs::metadata(path).map_err(err)?.is_file() {
         return Err(PageCacheError::NotRegular { path: path.into() }.into());
     }
+    if chunk == 0 || chunk % ALIGN != 0 {
+        let e = io::Error::other(format!("block size {chunk} is not a multiple of {ALIGN}"));
+        return Err(err(e));
+    }
     let mut f =
         OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).map_err(err)?;
-    // O_DIRECT needs an aligned buffer: take the aligned CHUNK inside a larger one.
-    let mut raw = vec![0u8; CHUNK + ALIGN];
+    // O_DIRECT needs an aligned buffer: take the aligned chunk inside a larger one.
+    let mut raw = vec![0u8; chunk + ALIGN];
     let off = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
-    let buf = &mut raw[off..off + CHUNK];
-    loop {
+    let buf = &mut raw[off..off + chunk];
+    let mut total = 0u64;
+    while limit - total >= chunk as u64 {
         match f.read(buf) {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(err(e)),
         }
     }
+    Ok(total)
 }
 
 /// Space left free on the copies' file system after a copy, bytes.
@@ -142,6 +166,17 @@ impl DataDisks {
         self.dir.join(format!("{}-g{index}.img", self.run))
     }
 
+    /// The run's native reference copy: hostd reads it with O_DIRECT right before every
+    /// non-native disk read ([`crate::suite::paired_read`]).
+    pub fn reference_path(&self) -> PathBuf {
+        self.dir.join(format!("{}-native.img", self.run))
+    }
+
+    /// The reference copy, made if missing (as [`DataDisks::copy_for`] makes a guest's).
+    pub fn reference(&self) -> Result<PathBuf, DataDiskError> {
+        self.make(self.reference_path())
+    }
+
     /// Bytes in each copy.
     pub fn bytes(&self) -> u64 {
         self.bytes
@@ -151,7 +186,10 @@ impl DataDisks {
     /// of the run is reused: guests only read it), written to disk, read-only for everyone
     /// (container guests read it as their mapped user), and evicted from the page cache.
     pub fn copy_for(&self, index: usize) -> Result<PathBuf, DataDiskError> {
-        let dst = self.path(index);
+        self.make(self.path(index))
+    }
+
+    fn make(&self, dst: PathBuf) -> Result<PathBuf, DataDiskError> {
         let err = |source| DataDiskError::Copy { path: dst.clone(), source };
         if fs::metadata(&dst).is_ok_and(|m| m.is_file() && m.len() == self.bytes) {
             return Ok(dst);
@@ -352,6 +390,32 @@ mod tests {
         );
         let e = before_reads(BackendKind::Native, &[(0, r.path())]).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn the_reference_copy_is_read_with_o_direct_and_timed() {
+        let r = root();
+        let src = source(r.path(), 3 << 20);
+        let d = DataDisks::new(&src, 2 << 20, &r.path().join("r0000abf"), "r0000abf").unwrap();
+        let refc = d.reference().unwrap();
+        assert_eq!(refc.file_name().unwrap(), "r0000abf-native.img");
+        assert_ne!(refc, d.path(0), "not a guest's copy");
+        assert_eq!(fs::metadata(&refc).unwrap().len(), 2 << 20);
+        // Whole blocks only, at most the limit: 2 MiB in 256 KiB blocks, limit 1 MiB + 1.
+        let (n, secs) = timed_read(&refc, 256 << 10, (1 << 20) + 1).unwrap();
+        assert_eq!(n, 1 << 20);
+        assert!(secs > 0.0);
+        assert_eq!(timed_read(&refc, 256 << 10, u64::MAX).unwrap().0, 2 << 20);
+        assert_eq!(
+            pagecache::residency(&refc).unwrap().resident_bytes,
+            0,
+            "O_DIRECT leaves nothing in the page cache"
+        );
+        let e = timed_read(&refc, 256 << 10, 1000).unwrap_err().to_string();
+        assert!(e.contains("nothing read") && e.contains("r0000abf-native.img"), "{e}");
+        let e = timed_read(&refc, 1000, u64::MAX).unwrap_err().to_string();
+        assert!(e.contains("block size 1000"), "{e}");
+        d.remove().unwrap();
     }
 
     #[test]

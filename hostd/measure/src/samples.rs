@@ -246,6 +246,20 @@ impl Record {
                         return Err(format!("elapsed_s = {} s is not positive", num(b.elapsed_s)));
                     }
                     seconds("elapsed_s", b.elapsed_s)?;
+                    // The paired native read: a positive time and a bandwidth in range.
+                    for (what, t) in
+                        [("paired_native_s", b.paired_native_s), ("paired_gap_s", b.paired_gap_s)]
+                    {
+                        t.map_or(Ok(()), |t| seconds(what, t))?;
+                    }
+                    if let Some(m) = b.paired_native_mbps {
+                        if !(m.is_finite() && m > 0.0 && m <= MAX_RATE_MBPS) {
+                            return Err(format!(
+                                "paired_native_mbps = {} MB/s is not a bandwidth in (0, {MAX_RATE_MBPS}]",
+                                num(m)
+                            ));
+                        }
+                    }
                     let v = b.value;
                     match b.unit.as_str() {
                         "s" => seconds("value", v),
@@ -403,6 +417,8 @@ mod tests {
             2.5,
         );
         bench.net_path = Some(crate::netlab::NetPath::VethBridge);
+        (bench.paired_native_mbps, bench.paired_native_s, bench.paired_gap_s) =
+            (Some(1000.0), Some(0.5), Some(2e-5));
         let records = [
             Record::Startup(startup),
             Record::Failure {
@@ -471,6 +487,24 @@ mod tests {
         assert!(s.rejected[0].why.contains("8193 of 8192 bytes resident"), "{:?}", s.rejected[0]);
         let Record::Startup(ok) = &s.records[0] else { panic!("{:?}", s.records[0]) };
         assert_eq!((ok.label(), ok.residency.as_ref().unwrap().shared_files), ("cold", 0));
+    }
+
+    /// A disk sample without the paired native read (older results) reads as unpaired; a
+    /// paired bandwidth outside physical sense is rejected.
+    #[test]
+    fn paired_native_reads_are_optional_and_checked() {
+        const OLD: &str = r#"{"record":"bench","backend":"ns","test":"overhead","resource":"disk","n":1,"rep":0,"guest":0,"instance":0,"value":1000.0,"unit":"MB/s","elapsed_s":0.5,"params":"mib=512 block_kib=256","cache_policy":"o_direct(bind mount)","resident_before":0.0}"#;
+        let paired = OLD.replace(
+            "\"resident_before\":0.0",
+            "\"resident_before\":0.0,\"paired_native_mbps\":900.0,\"paired_native_s\":0.55,\"paired_gap_s\":0.00002",
+        );
+        let text = format!("{OLD}\n{paired}\n{}\n", paired.replace("900.0", "-1.0"));
+        let s = Samples::parse(text.as_bytes()).unwrap();
+        assert_eq!((s.records.len(), s.implausible), (2, 1));
+        assert!(s.rejected[0].why.contains("paired_native_mbps = -1"), "{:?}", s.rejected);
+        let [Record::Bench(old), Record::Bench(new)] = &s.records[..] else { panic!() };
+        assert_eq!((old.paired_native_mbps, old.paired_gap_s), (None, None));
+        assert_eq!((new.paired_native_mbps, new.paired_native_s), (Some(900.0), Some(0.55)));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::backend::BackendKind;
 use crate::report::{Report, Stat};
 use crate::startup::StartMode;
 use crate::suite::isolation::Policy;
+use crate::suite::Test;
 
 /// One column of the table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +134,16 @@ pub fn decide(rep: &Report) -> Table {
             .map(|&b| {
                 let p =
                     rep.overhead.get(&resource_key(b, r)).and_then(|v| v.iter().find(|p| p.n == 1));
+                // Disk: against the adjacent native reads where the samples have them.
+                let pair = rep
+                    .paired_disk
+                    .get(&b)
+                    .and_then(|v| v.iter().find(|p| p.test == Test::Overhead && p.n == 1))
+                    .filter(|_| r == Resource::Disk);
+                if let Some(pp) = pair.filter(|pp| pp.time.mean > 0.0) {
+                    let c = ratio_cell(pp.time.mean, &pp.time);
+                    return Cell { text: format!("{} ‡", c.text), ..c };
+                }
                 match p {
                     Some(p) if p.value.mean > 0.0 && base.mean > 0.0 => {
                         let ratio = if r == Resource::Network {
@@ -146,10 +157,12 @@ pub fn decide(rep: &Report) -> Table {
                 }
             })
             .collect();
-        let what = if r == Resource::Network {
-            "native bandwidth ÷ the guest's, one guest running (n = 1), ± its 95 % CI"
-        } else {
-            "the guest's time ÷ native's for the same work, one guest running (n = 1), ± its 95 % CI"
+        let what = match r {
+            Resource::Network => "native bandwidth ÷ the guest's, one guest running (n = 1), ± its 95 % CI",
+            Resource::Disk if rep.paired_disk.values().flatten().any(|p| p.test == Test::Overhead && p.n == 1) => {
+                "the guest's time ÷ native's for the same read, one guest running (n = 1), ± its 95 % CI; ‡: each read divided by the native O_DIRECT read hostd took right before it (the disk's speed drifts over a run), not by native's T_a"
+            }
+            _ => "the guest's time ÷ native's for the same work, one guest running (n = 1), ± its 95 % CI",
         };
         push(
             Column {
@@ -526,7 +539,6 @@ mod tests {
     use crate::samples::{Record, Samples};
     use crate::stats::LinearFit;
     use crate::suite::testing::sample;
-    use crate::suite::Test;
 
     /// Native T_a = 2 s; uml 2.5 s, qemu-microvm 3 s at n = 1 (two repetitions each); rings
     /// of 300 and 100 MB/s; startup rows at n = 1 and 10 (qemu also 20); memory fits.
@@ -662,6 +674,66 @@ mod tests {
         assert!(t.rows[2].verdict.ends_with("ran under TCG emulation (no usable KVM here): its figures are not those of a hardware-accelerated VM"), "{}", t.rows[2].verdict);
         assert!(t.rows[1].verdict.starts_with("Measured on an emulated host"));
         assert!(t.rows[1].cells.iter().all(|c| c.rank.is_none()));
+    }
+
+    #[test]
+    fn disk_overhead_uses_the_adjacent_native_read_and_says_so() {
+        // Native read 512 MB in 1 s (T_a); by the time uml read, the disk had slowed to
+        // 2 s for native too: uml's 2.2 and 1.8 s are 1.1× and 0.9× the adjacent native
+        // reads (mean 1.0), though 2.0× native's T_a. ns carries no pair (older results):
+        // it keeps the T_a ratio.
+        let disk = |b, rep, secs: f64, native: Option<f64>| {
+            let mut s = sample(b, Test::Overhead, Resource::Disk, 1, rep, 0, 0, secs);
+            s.value = 512.0 / secs;
+            s.unit = "MB/s".into();
+            s.paired_native_s = native;
+            s.paired_native_mbps = native.map(|n| 512.0 / n);
+            s.paired_gap_s = native.map(|_| 0.02);
+            s
+        };
+        let v = vec![
+            disk(BackendKind::Native, 0, 1.0, None),
+            disk(BackendKind::Native, 1, 1.0, None),
+            disk(BackendKind::Uml, 0, 2.2, Some(2.0)),
+            disk(BackendKind::Uml, 1, 1.8, Some(2.0)),
+            disk(BackendKind::Ns, 0, 1.5, None),
+            disk(BackendKind::Ns, 1, 1.5, None),
+        ];
+        let rep = build_from(
+            Samples {
+                records: v.into_iter().map(Record::Bench).collect(),
+                unreadable: 0,
+                implausible: 0,
+                rejected: vec![],
+            },
+            None,
+        );
+        let t = decide(&rep);
+        let c = col(&t, "disk overhead");
+        let row = |b| t.rows.iter().find(|r| r.backend == b).unwrap();
+        let uml = &row(BackendKind::Uml).cells[c];
+        assert!((uml.value.unwrap() - 1.0).abs() < 1e-12, "{uml:?}");
+        assert!(uml.text.ends_with(" ‡"), "{uml:?}");
+        // Ratios 1.1 and 0.9: s = 0.1·√2, so t(0.975, 1) · s / √2 = 12.706 · 0.1 = 1.27.
+        assert!(uml.text.starts_with("1.00× ±1.27"), "{uml:?}");
+        assert_eq!(row(BackendKind::Ns).cells[c].value, Some(1.5));
+        assert!(t.columns[c].what.contains("‡: each read divided by the native O_DIRECT read"));
+        // The page shows the paired table and native's drift: its two reads at 512 MB/s and
+        // the two paired ones at 256, median 384.
+        let d = rep.native_drift.as_ref().unwrap();
+        assert_eq!((d.reads, d.min_mbps, d.median_mbps, d.max_mbps), (4, 256.0, 384.0, 512.0));
+        let page = crate::report::html_page(&rep, &crate::report::figures(&rep));
+        assert!(page.contains("Disk against the adjacent native read"), "{page}");
+        assert!(page.contains("moved by 67 % of the median"), "{page}");
+        assert!(page.contains("1.01 (0.91–1.11)"), "uml's speed ratios: {page}");
+        assert!(!page.contains("more than 10 % faster"), "1.01 is not flagged");
+        // Unpaired, uml read at half native's T_a speed (2 s against 1 s).
+        assert!(page.contains("<td>1.00 ± 1.27</td><td>0.50</td>"), "{page}");
+        // A backend reading 1.25× as fast as the native read beside it is flagged.
+        let mut fast = rep.clone();
+        fast.paired_disk.get_mut(&BackendKind::Uml).unwrap()[0].speed.median = 1.25;
+        let page = crate::report::html_page(&fast, &crate::report::figures(&fast));
+        assert!(page.contains("1.25 (0.91–1.11) !") && page.contains("more than 10 % faster"));
     }
 
     #[test]

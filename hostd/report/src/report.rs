@@ -62,6 +62,13 @@ pub struct Report {
     /// Per backend, why its disk figures are not (only) device reads ([`crate::datadisk::disk_notes`]).
     #[serde(default)]
     pub disk_notes: BTreeMap<BackendKind, String>,
+    /// Per backend, its disk reads against the native read taken right before each
+    /// ([`overhead::paired`]); empty for results older than the pairing.
+    #[serde(default)]
+    pub paired_disk: BTreeMap<BackendKind, Vec<overhead::PairedPoint>>,
+    /// How far native's own disk read speed moved over the run ([`overhead::native_drift`]).
+    #[serde(default)]
+    pub native_drift: Option<overhead::Drift>,
     /// Network paths and MTUs, start skew and overlap ([`crate::suite::conditions`]).
     #[serde(default)]
     pub conditions: crate::suite::conditions::Conditions,
@@ -240,6 +247,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
     let Suite { baseline, overhead, linearity, isolation: isolation_res, cpus_assumed } =
         Suite::analyse(&bench, cores);
     let disk_notes = crate::datadisk::disk_notes(&bench);
+    let (paired_disk, native_drift) = paired_disk(&bench);
     let ring_res = ring_results(&bench);
     Report {
         provenance,
@@ -257,6 +265,8 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         failures: sorted.failures,
         lost: sorted.lost,
         disk_notes,
+        paired_disk,
+        native_drift,
         notes: Vec::new(),
         unreadable_records: unreadable,
         implausible_records: implausible,
@@ -265,6 +275,27 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         cpus_assumed,
         netem: crate::netem_report::analyse(&sorted.netem),
     }
+}
+
+/// Each backend's disk reads against their adjacent native reads, and native's drift over
+/// the run. A backend's samples of the workload it last ran (as [`Suite`] picks them).
+fn paired_disk(
+    bench: &[BenchSample],
+) -> (BTreeMap<BackendKind, Vec<overhead::PairedPoint>>, Option<overhead::Drift>) {
+    let disk: Vec<&BenchSample> = bench.iter().filter(|s| s.resource == Resource::Disk).collect();
+    let mut out = BTreeMap::new();
+    for b in BackendKind::ALL {
+        let mine: Vec<&BenchSample> = disk.iter().copied().filter(|s| s.backend == b).collect();
+        let Some(params) = mine.iter().max_by_key(|s| s.n).map(|s| s.params.clone()) else {
+            continue;
+        };
+        let same: Vec<&BenchSample> = mine.into_iter().filter(|s| s.params == params).collect();
+        let pts = overhead::paired(&same);
+        if !pts.is_empty() {
+            out.insert(b, pts);
+        }
+    }
+    (out, overhead::native_drift(&disk))
 }
 
 /// The records of a run, sorted out by kind; failed steps that later completed are gone.
@@ -1127,6 +1158,71 @@ fn overhead_html(rep: &Report) -> Markup {
                 }
             }
             @for (b, n) in &rep.disk_notes { p { "† " (b) " disk: " (n) } }
+        }
+        (paired_disk_html(rep))
+    }
+}
+
+/// A backend reading one disk alone faster than this × the adjacent native read is flagged:
+/// no virtualization layer reads a device faster than the host (issue 11 allows 10 %).
+const FASTER_THAN_NATIVE: f64 = 1.10;
+
+/// Disk reads against the native read taken right before each (the figures above compare
+/// with native's T_a, measured minutes apart).
+fn paired_disk_html(rep: &Report) -> Markup {
+    let ta = rep.baseline.get(&Resource::Disk);
+    html! {
+        @if !rep.paired_disk.is_empty() || rep.native_drift.is_some() {
+            h3 { "Disk against the adjacent native read" }
+            p {
+                "A shared or virtual disk's speed drifts over a run (other I/O on the host or below it), so a backend's reads, taken minutes after native's, can look faster or slower than native for that reason alone. \
+                 Right before every disk read of a backend other than native, hostd reads the run's native reference copy with O_DIRECT (same size and block size) and records it in the sample; \
+                 each read is divided here by that adjacent native read. The figures above (and Figures 4, 8, 12) keep the paper's T_a; the decision table's disk overhead uses the paired time ratio where the samples have one. \
+                 A linearity or isolation run's native read is one reader alone: with n readers sharing the disk each one's ratio is expected near 1/n of the speed (n times the time)."
+            }
+            @if let Some(d) = &rep.native_drift {
+                p {
+                    (format!(
+                        "Native O_DIRECT reads over the run ({} reads: the native backend's own and every paired one): {:.0} to {:.0} MB/s, median {:.0}; they moved by {:.0} % of the median.",
+                        d.reads, d.min_mbps, d.max_mbps, d.median_mbps, d.spread * 100.0
+                    ))
+                }
+            }
+            @if !rep.paired_disk.is_empty() {
+                table {
+                    tr {
+                        th { "backend" } th { "test" } th { "n" } th { "reads" }
+                        th { "speed ÷ adjacent native, median (min–max)" }
+                        th { "time ÷ adjacent native, mean ± 95 % CI" }
+                        th { "unpaired speed: T_a ÷ T_avn (means)" }
+                        th { "longest gap (ms)" }
+                    }
+                    @for (b, pts) in &rep.paired_disk {
+                        @for p in pts {
+                            @let unpaired = (p.test == Test::Overhead).then(|| rep.overhead.get(&key(*b, Resource::Disk)).and_then(|v| v.iter().find(|q| q.n == p.n))).flatten();
+                            tr {
+                                td { (b) } td { (format!("{:?}", p.test).to_lowercase()) } td { (p.n) } td { (p.speed.samples) }
+                                @let fast = p.test == Test::Overhead && p.speed.median > FASTER_THAN_NATIVE;
+                                td class=[fast.then_some("bad")] title=[fast.then_some("faster than the adjacent native read by more than 10 %: not the disk's drift")] {
+                                    (format!("{:.2} ({:.2}–{:.2})", p.speed.median, p.speed.min, p.speed.max))
+                                    @if fast { " !" }
+                                }
+                                td { (format!("{:.2}", p.time.mean)) (p.time.ci_half().map(|h| format!(" ± {h:.2}")).unwrap_or_default()) }
+                                td {
+                                    @match (unpaired, ta) {
+                                        (Some(q), Some(ta)) if q.value.mean > 0.0 => (format!("{:.2}", ta.mean / q.value.mean)),
+                                        _ => "–",
+                                    }
+                                }
+                                td { (format!("{:.2}", p.max_gap_s * 1e3)) }
+                            }
+                        }
+                    }
+                }
+                @if rep.paired_disk.values().flatten().any(|p| p.test == Test::Overhead && p.speed.median > FASTER_THAN_NATIVE) {
+                    p.bad { "! A backend read the disk alone more than 10 % faster than the native read right before it (median): not the disk's drift; the † notes above may say why (read-ahead through the host page cache)." }
+                }
+            }
         }
     }
 }

@@ -226,6 +226,9 @@ mod tests {
             vcpus: None,
             cache_policy: String::new(),
             resident_before: None,
+            paired_native_mbps: None,
+            paired_native_s: None,
+            paired_gap_s: None,
             provenance: String::new(),
         }
     }

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
 use super::{
-    before_reads, guest_spec, linearity, mark_reads, run_together, samples_of, suite_metric,
-    BenchSample, Cpus, Starter, Targets, Test, Workloads,
+    before_reads, guest_spec, linearity, mark_paired, mark_reads, paired_read, run_together,
+    samples_of, suite_metric, BenchSample, Cpus, Starter, Targets, Test, Workloads,
 };
 use crate::fleet::Fleet;
 
@@ -48,6 +48,8 @@ pub async fn measure(
         // Guest 2's two copies read the same file at once: its second reader may find pages
         // the first brought in; the residency recorded is the one before both started.
         let preps = before_reads(fleet.backend, resource, &[g1, g2])?;
+        let paired = paired_read(fleet, resource, w)?;
+        let sent = std::time::Instant::now();
         let rs = run_together(&jobs, timeout, &mut starter).await;
         if i < warmup {
             continue;
@@ -65,6 +67,7 @@ pub async fn measure(
                 net,
             );
             mark_reads(&mut s, preps.as_deref());
+            mark_paired(&mut s, paired.as_ref(), sent);
             out.extend(s);
         }
     }

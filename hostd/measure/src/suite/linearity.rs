@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
 use super::{
-    before_reads, guest_spec, mark_reads, run_together, samples_of, suite_metric, BenchSample,
-    Cpus, Starter, Targets, Test, Workloads,
+    before_reads, guest_spec, mark_paired, mark_reads, paired_read, run_together, samples_of,
+    suite_metric, BenchSample, Cpus, Starter, Targets, Test, Workloads,
 };
 use crate::fleet::Fleet;
 use crate::stats::Stat;
@@ -47,6 +47,8 @@ pub async fn measure(
     let mut out = Vec::new();
     for i in 0..warmup + reps {
         let preps = before_reads(fleet.backend, resource, &readers)?;
+        let paired = paired_read(fleet, resource, w)?;
+        let sent = std::time::Instant::now();
         let results = run_together(&jobs, timeout, &mut starter).await;
         if i < warmup {
             continue;
@@ -66,6 +68,7 @@ pub async fn measure(
                 net,
             );
             mark_reads(&mut s, preps.as_deref());
+            mark_paired(&mut s, paired.as_ref(), sent);
             out.extend(s);
         }
     }

@@ -184,6 +184,55 @@ pub fn mark_reads(samples: &mut [BenchSample], preps: Option<&[crate::datadisk::
     }
 }
 
+/// A native O_DIRECT read of the run's reference copy, taken by hostd right before a
+/// non-native backend's disk read: the disk's speed at that moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairedRead {
+    pub mbps: f64,
+    pub elapsed_s: f64,
+    /// When the read ended.
+    pub done: std::time::Instant,
+}
+
+/// For a non-native backend's disk benchmark in a fleet with per-guest copies, reads the
+/// run's native reference copy as the native backend would (O_DIRECT, the workload's block
+/// size and bytes, the copy levelled first like the guests' copies) and times it; `None`
+/// for other resources, for native itself and for fleets without copies. Call it right
+/// before the backend's read: a shared disk's speed drifts over minutes (other I/O on the
+/// host or below it), so only an adjacent native read is a fair reference for this read.
+pub fn paired_read(
+    fleet: &crate::fleet::Fleet,
+    r: Resource,
+    w: &Workloads,
+) -> Result<Option<PairedRead>, String> {
+    if r != Resource::Disk || fleet.backend == BackendKind::Native {
+        return Ok(None);
+    }
+    let Some(copies) = &fleet.config.data_copies else { return Ok(None) };
+    let bytes = crate::limits::mib_to_bytes(w.disk_mib).unwrap_or(u64::MAX);
+    let block = w.disk_block_kib.saturating_mul(1024) as usize;
+    let path = copies.reference().map_err(|e| e.to_string())?;
+    crate::datadisk::level(&path).map_err(|e| e.to_string())?;
+    let (read, secs) =
+        crate::datadisk::timed_read(&path, block, bytes).map_err(|e| e.to_string())?;
+    Ok(Some(PairedRead {
+        mbps: read as f64 / 1e6 / secs,
+        elapsed_s: secs,
+        done: std::time::Instant::now(),
+    }))
+}
+
+/// Records the paired native read in each of a run's disk samples; `sent`: when the
+/// backend's read was requested.
+pub fn mark_paired(samples: &mut [BenchSample], p: Option<&PairedRead>, sent: std::time::Instant) {
+    let Some(p) = p else { return };
+    for s in samples.iter_mut().filter(|s| s.resource == Resource::Disk) {
+        s.paired_native_mbps = Some(p.mbps);
+        s.paired_native_s = Some(p.elapsed_s);
+        s.paired_gap_s = Some(sent.saturating_duration_since(p.done).as_secs_f64());
+    }
+}
+
 /// Which part of the suite a sample belongs to.
 #[derive(
     Debug,
@@ -245,6 +294,19 @@ pub struct BenchSample {
     /// just before the read, measured with mincore after eviction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resident_before: Option<f64>,
+    /// Disk samples of a backend other than native: the host's own O_DIRECT read of the
+    /// run's native reference copy (same size and block size), taken right before this read
+    /// ([`paired_read`]), MB/s. The shared disk's speed drifts over a run (other I/O on a
+    /// shared or virtual disk); the report compares each read with this adjacent one.
+    /// None for other samples and in results older than the pairing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired_native_mbps: Option<f64>,
+    /// The paired native read's elapsed seconds (same bytes as this read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired_native_s: Option<f64>,
+    /// Seconds from the end of the paired native read to this read's request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired_gap_s: Option<f64>,
     /// Network samples: the kind of path the traffic took (absent in older results).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_path: Option<NetPath>,
@@ -384,6 +446,9 @@ pub fn samples_of(
                 params: params.to_string(),
                 cache_policy: String::new(),
                 resident_before: None,
+                paired_native_mbps: None,
+                paired_native_s: None,
+                paired_gap_s: None,
                 net_path: net.map(|n| n.0),
                 mtu: net.and_then(|n| n.1),
                 sync: timed.sync.as_ref().and_then(|s| s.get(instance).copied()),
@@ -443,6 +508,9 @@ pub mod testing {
             vcpus: None,
             cache_policy: String::new(),
             resident_before: None,
+            paired_native_mbps: None,
+            paired_native_s: None,
+            paired_gap_s: None,
             provenance: String::new(),
             net_path: None,
             mtu: None,

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
 use super::{
-    before_reads, guest_spec, mark_reads, run_together, samples_of, suite_metric, BenchSample,
-    Starter, Targets, Test, Workloads,
+    before_reads, guest_spec, mark_paired, mark_reads, paired_read, run_together, samples_of,
+    suite_metric, BenchSample, Starter, Targets, Test, Workloads,
 };
+use crate::backend::BackendKind;
 use crate::fleet::Fleet;
 use crate::stats::Stat;
 
@@ -38,6 +39,9 @@ pub async fn measure(
     for i in 0..warmup + reps {
         // A disk read starts with the guest's data evicted from the host cache, every time.
         let preps = before_reads(fleet.backend, resource, &[g])?;
+        // The adjacent native read, last before the request (paired_read's why).
+        let paired = paired_read(fleet, resource, w)?;
+        let sent = std::time::Instant::now();
         let r = run_together(&[(g, req.clone())], timeout, &mut starter).await.remove(0)?;
         if i >= warmup {
             let mut s = samples_of(
@@ -52,6 +56,7 @@ pub async fn measure(
                 net,
             );
             mark_reads(&mut s, preps.as_deref());
+            mark_paired(&mut s, paired.as_ref(), sent);
             out.extend(s);
         }
     }
@@ -93,11 +98,156 @@ pub fn analyse(samples: &[&BenchSample], ta: Option<f64>) -> Vec<OverheadPoint> 
         .collect()
 }
 
+/// A backend's disk reads of one test and fleet size against the native reads paired with
+/// them ([`super::paired_read`]): each read is divided by the native read taken right before
+/// it, so the disk's drift over the run (other I/O on a shared or virtual disk) cancels.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairedPoint {
+    pub test: Test,
+    pub n: usize,
+    /// Per read: its MB/s ÷ the adjacent native read's (1 = native speed, above 1 faster).
+    pub speed: Stat,
+    /// Per read: its time ÷ the adjacent native read's for the same bytes (the decision
+    /// table's disk overhead when present).
+    pub time: Stat,
+    /// The longest time from the end of a native read to the backend read paired with it, s.
+    pub max_gap_s: f64,
+}
+
+/// The paired ratios of one backend's disk samples (any test), per test and n; samples
+/// without a paired native read (native's own, older results) are left out.
+pub fn paired(samples: &[&BenchSample]) -> Vec<PairedPoint> {
+    let mut by: BTreeMap<(Test, usize), Vec<&BenchSample>> = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.resource == Resource::Disk) {
+        let ok = |x: Option<f64>| x.is_some_and(|x| x.is_finite() && x > 0.0);
+        if ok(s.paired_native_mbps) && ok(s.paired_native_s) && s.value > 0.0 && s.elapsed_s > 0.0 {
+            by.entry((s.test, s.n)).or_default().push(s);
+        }
+    }
+    by.into_iter()
+        .filter_map(|((test, n), ss)| {
+            let speed: Vec<f64> =
+                ss.iter().map(|s| s.value / s.paired_native_mbps.unwrap_or(1.0)).collect();
+            let time: Vec<f64> =
+                ss.iter().map(|s| s.elapsed_s / s.paired_native_s.unwrap_or(1.0)).collect();
+            let max_gap_s = ss.iter().filter_map(|s| s.paired_gap_s).fold(0.0, f64::max);
+            Some(PairedPoint {
+                test,
+                n,
+                speed: Stat::of(&speed, "×")?,
+                time: Stat::of(&time, "×")?,
+                max_gap_s,
+            })
+        })
+        .collect()
+}
+
+/// How far native's own O_DIRECT read speed moved over a run: every paired native read
+/// (counted once per run, though all of a run's samples carry it) and the native
+/// backend's own overhead reads (one reader, as in a paired read).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drift {
+    pub reads: usize,
+    pub min_mbps: f64,
+    pub median_mbps: f64,
+    pub max_mbps: f64,
+    /// (max − min) ÷ median.
+    pub spread: f64,
+}
+
+pub fn native_drift(samples: &[&BenchSample]) -> Option<Drift> {
+    let mut runs: BTreeMap<(BackendKind, Test, usize, u32), f64> = BTreeMap::new();
+    let mut v = Vec::new();
+    for s in samples.iter().filter(|s| s.resource == Resource::Disk) {
+        if s.backend == BackendKind::Native {
+            // Alone reads only, as the paired ones are (linearity and isolation share the disk).
+            if s.test == Test::Overhead {
+                v.push(s.value);
+            }
+        } else if let Some(m) = s.paired_native_mbps {
+            runs.insert((s.backend, s.test, s.n, s.rep), m);
+        }
+    }
+    v.extend(runs.into_values());
+    v.retain(|x| x.is_finite() && *x > 0.0);
+    let median = crate::stats::median(&v)?;
+    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = v.iter().cloned().fold(0.0, f64::max);
+    Some(Drift {
+        reads: v.len(),
+        min_mbps: min,
+        median_mbps: median,
+        max_mbps: max,
+        spread: (max - min) / median,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::BackendKind;
     use crate::suite::testing::sample;
+
+    /// A disk read of `mbps` (512 MB: its time is 512 ÷ mbps) paired with a native read
+    /// of `native` MB/s, `gap` s before it.
+    fn disk(b: BackendKind, test: Test, n: usize, rep: u32, mbps: f64, native: f64) -> BenchSample {
+        BenchSample {
+            value: mbps,
+            unit: "MB/s".into(),
+            elapsed_s: 512.0 / mbps,
+            paired_native_mbps: (b != BackendKind::Native).then_some(native),
+            paired_native_s: (b != BackendKind::Native).then_some(512.0 / native),
+            paired_gap_s: (b != BackendKind::Native).then_some(0.01 * (rep + 1) as f64),
+            ..sample(b, test, Resource::Disk, n, rep, 0, 0, 512.0 / mbps)
+        }
+    }
+
+    #[test]
+    fn paired_ratio_divides_each_read_by_its_adjacent_native_read() {
+        // The disk slowed from 400 to 200 MB/s over the run; ns read at native speed each
+        // time (400, 300, 200 beside native's 400, 300, 200): unpaired against native's
+        // first figure it would look 1.33× slower, paired it is 1.
+        let v = [
+            disk(BackendKind::Ns, Test::Overhead, 1, 0, 400.0, 400.0),
+            disk(BackendKind::Ns, Test::Overhead, 1, 1, 300.0, 300.0),
+            disk(BackendKind::Ns, Test::Overhead, 1, 2, 200.0, 200.0),
+            // uml at n = 2 (linearity): 100 and 150 beside 200 and 200: speed 0.5 and 0.75.
+            disk(BackendKind::Uml, Test::Linearity, 2, 0, 100.0, 200.0),
+            disk(BackendKind::Uml, Test::Linearity, 2, 1, 150.0, 200.0),
+            // No pair: left out.
+            disk(BackendKind::Native, Test::Overhead, 1, 0, 400.0, 0.0),
+        ];
+        let p = paired(&v.iter().collect::<Vec<_>>());
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].test, p[0].n, p[0].speed.samples), (Test::Overhead, 1, 3));
+        assert!((p[0].speed.median - 1.0).abs() < 1e-12 && (p[0].time.mean - 1.0).abs() < 1e-12);
+        assert!((p[0].max_gap_s - 0.03).abs() < 1e-12);
+        assert_eq!((p[1].test, p[1].n), (Test::Linearity, 2));
+        assert!((p[1].speed.mean - 0.625).abs() < 1e-12, "{:?}", p[1].speed);
+        // Times: 2 and 4/3 of native's.
+        assert!((p[1].time.mean - (2.0 + 4.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert!(paired(&[]).is_empty());
+    }
+
+    #[test]
+    fn drift_counts_each_paired_native_read_once() {
+        // Native's own reads 400 and 380; ns's two reps carry 300 and 200; uml's one
+        // linearity run (two guests' samples) carries 250 once.
+        let mut v = vec![
+            disk(BackendKind::Native, Test::Overhead, 1, 0, 400.0, 0.0),
+            disk(BackendKind::Native, Test::Overhead, 1, 1, 380.0, 0.0),
+            disk(BackendKind::Ns, Test::Overhead, 1, 0, 310.0, 300.0),
+            disk(BackendKind::Ns, Test::Overhead, 1, 1, 190.0, 200.0),
+            disk(BackendKind::Uml, Test::Linearity, 2, 0, 100.0, 250.0),
+        ];
+        v.push(BenchSample { guest: 1, ..v[4].clone() });
+        // Native's concurrent reads are not alone reads: left out.
+        v.push(disk(BackendKind::Native, Test::Linearity, 2, 0, 50.0, 0.0));
+        let d = native_drift(&v.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(d.reads, 5);
+        assert_eq!((d.min_mbps, d.median_mbps, d.max_mbps), (200.0, 300.0, 400.0));
+        assert!((d.spread - 200.0 / 300.0).abs() < 1e-12);
+        assert_eq!(native_drift(&[]), None);
+    }
 
     #[test]
     fn overhead_is_the_difference_with_the_host() {
