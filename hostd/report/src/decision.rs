@@ -221,20 +221,29 @@ pub fn decide(rep: &Report) -> Table {
     let cells: Vec<Cell> = kinds
         .iter()
         .map(|&b| match rep.isolation.get(&resource_key(b, Resource::Cpu)) {
-            Some(i) => cell(
-                match i.closest {
-                    Policy::PerVm => "per guest".into(),
-                    Policy::PerProcess => "per process".into(),
-                },
-                None,
-            ),
+            Some(i) => {
+                let policy = match i.closest {
+                    Policy::PerVm => "per guest",
+                    Policy::PerProcess => "per process",
+                };
+                // Where it was measured: the isolation test's fleet is always two guests.
+                let reps = i
+                    .samples_per_copy
+                    .map(|k| format!(", {k} repetition{}", if k == 1 { "" } else { "s" }))
+                    .unwrap_or_default();
+                let c = cell(format!("{policy} (n = 2: 1 + 2 copies{reps})"), None);
+                match i.samples_per_copy {
+                    Some(k) => c.of(k),
+                    None => c,
+                }
+            }
             None => gap(),
         })
         .collect();
     push(
         Column {
             name: "CPU isolation".into(),
-            what: "whether the CPU is shared per guest (a guest with two copies gets no more than one with one) or per process".into(),
+            what: "whether the CPU is shared per guest (a guest with two copies gets no more than one with one) or per process, measured with n = 2 guests (one copy in the first, two in the second) over the repetitions stated".into(),
             lower_is_better: true,
             ranked: false,
         },
@@ -411,7 +420,8 @@ fn verdict(b: BackendKind, columns: &[Column], cols: &[Vec<Cell>], i: usize) -> 
     let iso = columns
         .iter()
         .position(|c| c.name == "CPU isolation")
-        .map(|k| cols[k][i].text.clone())
+        // The policy alone: where it was measured is in the cell.
+        .map(|k| cols[k][i].text.split(" (").next().unwrap_or_default().to_string())
         .filter(|t| t != "–");
     let mut parts = Vec::new();
     if !best.is_empty() {
@@ -734,6 +744,44 @@ mod tests {
         fast.paired_disk.get_mut(&BackendKind::Uml).unwrap()[0].speed.median = 1.25;
         let page = crate::report::html_page(&fast, &crate::report::figures(&fast));
         assert!(page.contains("1.25 (0.91–1.11) !") && page.contains("more than 10 % faster"));
+    }
+
+    /// The isolation verdict says where it was measured: n = 2 guests, 1 + 2 copies, and
+    /// the repetitions behind each copy (3 here), as the other cells state their n.
+    #[test]
+    fn isolation_cell_states_its_n_and_repetitions() {
+        let mut v = Vec::new();
+        for rep in 0..3 {
+            v.push(sample(BackendKind::Native, Test::Overhead, Resource::Cpu, 1, rep, 0, 0, 2.0));
+            v.push(sample(BackendKind::Uml, Test::Overhead, Resource::Cpu, 1, rep, 0, 0, 2.0));
+            // Every copy at 1.5 × alone: three copies sharing the guests' two CPUs alike,
+            // per process (per guest would give guest 1 1 × and guest 2's copies 2 ×).
+            for (g, i) in [(0, 0), (1, 0), (1, 1)] {
+                let mut s =
+                    sample(BackendKind::Uml, Test::Isolation, Resource::Cpu, 2, rep, g, i, 3.0);
+                s.cpus = Some(2);
+                v.push(s);
+            }
+        }
+        let rep = build_from(
+            Samples {
+                records: v.into_iter().map(Record::Bench).collect(),
+                unreadable: 0,
+                implausible: 0,
+                rejected: vec![],
+            },
+            None,
+        );
+        let t = decide(&rep);
+        let c = col(&t, "CPU isolation");
+        let uml = t.rows.iter().find(|r| r.backend == BackendKind::Uml).unwrap();
+        let policy = "per process";
+        assert_eq!(uml.cells[c].text, format!("{policy} (n = 2: 1 + 2 copies, 3 repetitions)"));
+        assert_eq!(uml.cells[c].samples, Some(3));
+        assert_eq!(uml.cells[c].rank, None, "a verdict is not ranked");
+        assert!(uml.verdict.ends_with(&format!("CPU shared {policy}")), "{}", uml.verdict);
+        assert!(t.columns[c].what.contains("n = 2 guests"));
+        assert!(markdown(&t).contains("(n = 2: 1 + 2 copies, 3 repetitions) (3 samples) |"));
     }
 
     #[test]
