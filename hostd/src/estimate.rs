@@ -230,7 +230,7 @@ pub fn estimate(
             Work::Fleet { backend, guests } => {
                 boot(*backend, *guests) + default_boot_s(BackendKind::Native) + TEARDOWN_S
             }
-            Work::Bench { backend, resource, busy, params } => {
+            Work::Bench { backend, test, resource, busy, params } => {
                 bench_parts.1 += 1;
                 let one = match m.run_s.get(&(*backend, *resource, params.clone())) {
                     Some(&s) => {
@@ -247,7 +247,28 @@ pub fn estimate(
                     Resource::Disk => *busy as f64,
                     Resource::Network => 1.0,
                 };
-                runs * (one * load + RUN_FIXED_S)
+                let disk = *resource == Resource::Disk && *backend != BackendKind::Native;
+                // A backend's disk read is bracketed by two native reads of the same size,
+                // and its overhead step reads on (up to 3 × reps, at least 6) until the
+                // paired ratio is known to ±5 %: priced at that most.
+                let (runs, native_reads) = if disk {
+                    let native = m
+                        .run_s
+                        .get(&(BackendKind::Native, *resource, params.clone()))
+                        .copied()
+                        .unwrap_or_else(|| {
+                            default_native_run_s(*resource, &workloads(*backend, *resource, params))
+                        });
+                    let runs = if *test == Test::Overhead {
+                        (c.warmup + (3 * c.reps).max(6)) as f64
+                    } else {
+                        runs
+                    };
+                    (runs, 2.0 * native)
+                } else {
+                    (runs, 0.0)
+                };
+                runs * (one * load + native_reads + RUN_FIXED_S)
             }
             Work::Netem { .. } => {
                 runs * (default_native_run_s(Resource::Network, &plans[0].workloads) + RUN_FIXED_S)
@@ -294,6 +315,7 @@ pub fn latest_results(base: &Path, campaign: &str) -> Option<std::path::PathBuf>
 mod tests {
     use super::*;
     use crate::runner::{planned_work, Boots};
+    use crate::suite::Test;
 
     fn campaign(toml: &str) -> Campaign {
         toml::from_str(toml).unwrap()
@@ -324,6 +346,35 @@ mod tests {
         assert!((e.seconds - (6.1 + 2.2 + 11.6)).abs() < 1e-9, "{e:?}");
         assert_eq!((e.measured, e.parts), (0, 4));
         assert!(e.line(&Measured::default()).contains("estimate from defaults, not measured"));
+    }
+
+    /// A backend's disk read is priced with the two native reads bracketing it, and its
+    /// overhead step at the most reads it may take (3 × reps, at least 6, plus warm-up).
+    #[test]
+    fn disk_steps_count_the_bracketing_reads_and_the_extra_reps() {
+        let c = campaign(
+            "backends = [\"native\", \"uml\"]\nresources = [\"cpu\"]\nreps = 2\nwarmup = 1\n",
+        );
+        let plans = c.resolved_plans(None);
+        let params = plans[0].workloads.params(Resource::Disk);
+        let native = 1024.0 * 1.048_576 / 300.0;
+        let bench = |backend, test, busy| Work::Bench {
+            backend,
+            test,
+            resource: Resource::Disk,
+            busy,
+            params: params.clone(),
+        };
+        let price = |w: Work| estimate(&c, &plans, &[w], &Measured::default(), 2).seconds;
+        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-9, "{a} != {b}");
+        close(price(bench(BackendKind::Native, Test::Overhead, 1)), 3.0 * (native * 1.2 + 0.5));
+        let uml = native * 1.5;
+        close(price(bench(BackendKind::Uml, Test::Overhead, 1)), 7.0 * (uml + 2.0 * native + 0.5));
+        // Linearity: reps as set, two copies sharing the disk.
+        close(
+            price(bench(BackendKind::Uml, Test::Linearity, 2)),
+            3.0 * (2.0 * uml + 2.0 * native + 0.5),
+        );
     }
 
     /// Costs measured before replace the defaults for the same backend and workload.

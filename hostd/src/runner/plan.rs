@@ -11,6 +11,7 @@ use super::{host_baseline, step_key, Pass};
 use crate::backend::BackendKind;
 use crate::campaign::{BackendPlan, Campaign};
 use crate::startup::StartMode;
+use crate::suite::Test;
 
 /// One unit of what a fresh run of a campaign does, in the order [`run`](super::run) does it: what the
 /// progress bar counts, `--dry-run` lists and the time estimate ([`crate::estimate`]) prices.
@@ -25,7 +26,7 @@ pub enum Work {
     Fleet { backend: BackendKind, guests: usize },
     /// One suite step: `warmup + reps` runs of `resource`'s benchmark with `busy` copies at
     /// once (overhead: 1; linearity: n; isolation: 3; the ring: its guests).
-    Bench { backend: BackendKind, resource: Resource, busy: usize, params: String },
+    Bench { backend: BackendKind, test: Test, resource: Resource, busy: usize, params: String },
     /// One step of the emulated network's accuracy: `n` guests measuring the network at once.
     Netem { backend: BackendKind, n: usize },
 }
@@ -79,6 +80,7 @@ pub fn planned_work(c: &Campaign, plans: &[BackendPlan], xen_lab: bool) -> Vec<W
                 out.push(Work::Fleet { backend: plan.kind, guests: 2 });
                 out.extend(pass.resources.iter().map(|&r| Work::Bench {
                     backend: plan.kind,
+                    test: Test::Isolation,
                     resource: r,
                     busy: 3,
                     params: w.params(r),
@@ -88,6 +90,7 @@ pub fn planned_work(c: &Campaign, plans: &[BackendPlan], xen_lab: bool) -> Vec<W
                 out.push(Work::Fleet { backend: plan.kind, guests: plan.ring_guests });
                 out.push(Work::Bench {
                     backend: plan.kind,
+                    test: Test::Ring,
                     resource: Resource::Network,
                     busy: plan.ring_guests,
                     params: w.params(Resource::Network),
@@ -130,11 +133,11 @@ fn plan_overhead_and_linearity(
         let mut steps = Vec::new();
         for &n in sizes {
             for &r in &resources {
-                for (test, busy) in [("overhead", 1), ("linearity", n)] {
-                    let key = step_key(plan, test, n, r, &pass.suffix);
-                    if done.insert(key) {
-                        let params = plan.workloads.params(r);
-                        steps.push(Work::Bench { backend: plan.kind, resource: r, busy, params });
+                for (test, busy) in [(Test::Overhead, 1), (Test::Linearity, n)] {
+                    let name = if test == Test::Overhead { "overhead" } else { "linearity" };
+                    if done.insert(step_key(plan, name, n, r, &pass.suffix)) {
+                        let (backend, params) = (plan.kind, plan.workloads.params(r));
+                        steps.push(Work::Bench { backend, test, resource: r, busy, params });
                     }
                 }
             }
