@@ -203,14 +203,16 @@ pub fn estimate(
     let mut seconds = 0.0;
     let runs = (c.warmup + c.reps) as f64;
     let settle = c.startup.settle_s as f64;
-    // The per-backend workloads a step's parameters came from.
+    // The workloads a step's parameters came from: its backend's, else the plan's whose
+    // they are (a host baseline runs another backend's).
     let workloads = |b: BackendKind, r: Resource, params: &str| -> Workloads {
+        let same = |p: &&BackendPlan| p.workloads.params(r) == params;
         plans
             .iter()
-            .map(|p| &p.workloads)
-            .find(|w| plans.iter().any(|p| p.kind == b) && w.params(r) == params)
-            .cloned()
-            .unwrap_or_else(|| plans[0].workloads.clone())
+            .filter(same)
+            .find(|p| p.kind == b)
+            .or_else(|| plans.iter().find(same))
+            .map_or_else(|| plans[0].workloads.clone(), |p| p.workloads.clone())
     };
     let mut bench_parts = (0, 0);
     for w in work {
