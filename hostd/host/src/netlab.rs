@@ -1,8 +1,10 @@
 //! The fleet's private network: one network namespace holding a bridge, with every guest
 //! attached by a veth (namespaces, containers) or a tap (UML, QEMU, Firecracker). Guests reach
 //! each other through the bridge and nothing else: the namespace has no uplink, so no guest
-//! address is ever routed on the host. Links are made with iproute2's `ip`, the kernel
-//! project's own tool.
+//! address is ever routed on the host. A fleet's namespace and bridge are made once with
+//! iproute2's `ip`, the kernel project's own tool; each guest's link (and a container's
+//! namespace) through rtnetlink and the TUN ioctls ([`crate::rtnl`]), which spawn nothing
+//! inside the startup window.
 
 use std::fs::File;
 use std::io;
@@ -33,6 +35,8 @@ pub enum NetError {
     Netns(String, io::Error),
     #[error("guest index {0} does not fit in the fleet subnet")]
     TooMany(usize),
+    #[error(transparent)]
+    Link(#[from] crate::rtnl::RtnlError),
 }
 
 /// How a fleet's guests are attached to its network.
@@ -211,39 +215,41 @@ impl FleetNet {
         Ok(Ipv4Addr::new(BASE[0], BASE[1], (host >> 8) as u8, (host & 0xff) as u8))
     }
 
-    /// A persistent tap `name` on the bridge, for a VMM that runs inside the namespace.
+    /// A persistent tap `name` up on the bridge, for a VMM that runs inside the namespace.
     pub fn add_tap(&self, name: &str) -> Result<(), NetError> {
-        let n = self.netns.as_str();
-        ip(&["-n", n, "tuntap", "add", "dev", name, "mode", "tap"])?;
-        ip(&["-n", n, "link", "set", name, "master", BRIDGE, "up"])
+        Ok(crate::rtnl::add_tap(&self.netns, name, BRIDGE)?)
     }
 
-    /// A veth pair: `name` on the bridge, its peer `eth0` in the network namespace of `pid`.
+    /// A veth pair: `name` up on the bridge, its peer `eth0` in the network namespace of `pid`.
     pub fn add_veth(&self, name: &str, pid: u32) -> Result<(), NetError> {
-        let n = self.netns.as_str();
-        let pid = pid.to_string();
-        ip(&["-n", n, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", &pid])?;
-        ip(&["-n", n, "link", "set", name, "master", BRIDGE, "up"])
+        Ok(crate::rtnl::add_veth(
+            &self.netns,
+            name,
+            BRIDGE,
+            "eth0",
+            &crate::rtnl::PeerNs::Pid(pid),
+        )?)
     }
 
-    /// A veth pair: `name` on the bridge, its peer `eth0` in the named namespace `guest_netns`.
+    /// A veth pair: `name` up on the bridge, its peer `eth0` in the named namespace `guest_netns`.
     pub fn add_veth_to_netns(&self, name: &str, guest_netns: &str) -> Result<(), NetError> {
-        let n = self.netns.as_str();
-        ip(&[
-            "-n",
-            n,
-            "link",
-            "add",
-            name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            guest_netns,
-        ])?;
-        ip(&["-n", n, "link", "set", name, "master", BRIDGE, "up"])
+        let peer = crate::rtnl::PeerNs::Named(guest_netns.into());
+        Ok(crate::rtnl::add_veth(&self.netns, name, BRIDGE, "eth0", &peer)?)
+    }
+
+    /// Creates the named namespace `name` (a container's own), without spawning `ip`.
+    pub fn add_netns(name: &str) -> Result<FleetNet, NetError> {
+        crate::rtnl::add_netns(name)?;
+        Ok(FleetNet { netns: name.into(), mode: NetMode::Private })
+    }
+
+    /// Deletes link `name` in this namespace; Ok if it is already gone (a veth whose peer's
+    /// namespace died takes its other end with it).
+    pub fn del_link(&self, name: &str) -> Result<(), NetError> {
+        match crate::rtnl::del_link(&self.netns, name) {
+            Err(e) if e.is_no_device() => Ok(()),
+            r => Ok(r?),
+        }
     }
 
     /// Opens the namespace for [`enter_in_child`].
@@ -322,7 +328,7 @@ mod tests {
         assert_eq!(link_mtu(&net.netns, "vbt0").unwrap(), 1500);
         assert_eq!(link_mtu(&net.netns, "lo").unwrap(), 65536);
         let e = net.add_tap("vbt0").unwrap_err();
-        assert!(e.to_string().contains("ip -n"), "{e}");
+        assert!(e.to_string().contains("tuntap add vbt0"), "{e}");
         net.destroy().unwrap();
         assert!(!net.path().exists());
         net.destroy().unwrap();

@@ -14,7 +14,7 @@ use crate::backend::{
 };
 use crate::cgroup::Cgroup;
 use crate::console::{ConsoleLog, CONSOLE_CAP};
-use crate::netlab::{self, FleetNet, NetMode};
+use crate::netlab::{FleetNet, NetMode};
 
 pub struct LaunchGuard {
     name: String,
@@ -107,7 +107,7 @@ impl LaunchGuard {
     /// Gives the guest a named network namespace of its own (`name`, from the run id) on a
     /// veth pair to the fleet bridge, as containers have. Returns that namespace.
     pub fn private_netns(&mut self, net: &GuestNet, name: &str) -> Result<FleetNet, LaunchError> {
-        netlab::ip(&["netns", "add", name])?;
+        FleetNet::add_netns(name)?;
         self.hold(Resource::Netns { name: name.into() });
         // A half-made pair goes when the namespace is deleted; a made one too, which
         // releasing the link tolerates.
