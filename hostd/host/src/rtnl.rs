@@ -213,6 +213,56 @@ pub fn add_veth(
     .map_err(err(what))
 }
 
+/// In namespace `netns`, unless link `bridge` exists: a bridge `bridge`, up, joined to bridge
+/// `root` by a veth pair (`join` on `root`, `join_leaf` on the new bridge), so guests on
+/// either reach each other as on one bridge. The kernel caps a bridge at 1,024 ports; a
+/// fleet larger than one bridge holds is a tree of two levels. Ok(false): it existed.
+pub fn add_leaf_bridge(
+    netns: &str,
+    bridge: &str,
+    root: &str,
+    join: &str,
+    join_leaf: &str,
+) -> Result<bool, RtnlError> {
+    let what = format!("in netns {netns}: bridge {bridge} joined to {root} by {join}/{join_leaf}");
+    let path = Path::new(NETNS_DIR).join(netns);
+    in_netns(&path, || {
+        let mut c = Conn::open()?;
+        match c.index_of(bridge) {
+            Ok(_) => return Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+            Err(e) => return Err(e),
+        }
+        let mut b = LinkMessage::default();
+        b.header.flags = LinkFlags::Up;
+        b.header.change_mask = LinkFlags::Up;
+        b.attributes = vec![
+            LinkAttribute::IfName(bridge.into()),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
+        ];
+        c.request(RouteNetlinkMessage::NewLink(b), NLM_F_CREATE | NLM_F_EXCL)?;
+        let (root_i, leaf_i) = (c.index_of(root)?, c.index_of(bridge)?);
+        let mut p = LinkMessage::default();
+        p.attributes = vec![LinkAttribute::IfName(join_leaf.into())];
+        let mut m = LinkMessage::default();
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        m.attributes = vec![
+            LinkAttribute::IfName(join.into()),
+            LinkAttribute::Controller(root_i),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+            ]),
+        ];
+        c.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)?;
+        let leaf_end = c.index_of(join_leaf)?;
+        c.set_master_up(leaf_end, leaf_i)?;
+        Ok(true)
+    })
+    .map_err(err(what))
+}
+
 /// In namespace `netns`: a persistent tap `name` (no packet information header, as `ip
 /// tuntap add mode tap` makes it), up on bridge `bridge`. The VMM opens it by name later.
 pub fn add_tap(netns: &str, name: &str, bridge: &str) -> Result<(), RtnlError> {

@@ -271,7 +271,7 @@ impl Oci {
             None => None,
         };
         let netns = match &spec.net {
-            Some(n) => Some(g.private_netns(n, &netns_name(spec))?.path()),
+            Some(n) => Some(g.private_netns(n, spec.index, &netns_name(spec))?.path()),
             None => None,
         };
         // Where the runtime will create the groups, so a failed start still removes the
