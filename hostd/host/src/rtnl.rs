@@ -150,6 +150,25 @@ impl Conn {
     }
 }
 
+/// A new veth pair's message: `name` up on bridge `master`, its peer described by `peer`
+/// (its name, and where it goes if not here).
+fn new_veth(name: &str, master: u32, peer: Vec<LinkAttribute>) -> LinkMessage {
+    let mut p = LinkMessage::default();
+    p.attributes = peer;
+    let mut m = LinkMessage::default();
+    m.header.flags = LinkFlags::Up;
+    m.header.change_mask = LinkFlags::Up;
+    m.attributes = vec![
+        LinkAttribute::IfName(name.into()),
+        LinkAttribute::Controller(master),
+        LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+        ]),
+    ];
+    m
+}
+
 /// Where a veth pair's peer end goes.
 #[derive(Debug, Clone)]
 pub enum PeerNs {
@@ -195,19 +214,7 @@ pub fn add_veth(
     in_netns(&path, || {
         let mut c = Conn::open()?;
         let master = c.index_of(bridge)?;
-        let mut p = LinkMessage::default();
-        p.attributes = vec![LinkAttribute::IfName(peer.into()), peer_attr];
-        let mut m = LinkMessage::default();
-        m.header.flags = LinkFlags::Up;
-        m.header.change_mask = LinkFlags::Up;
-        m.attributes = vec![
-            LinkAttribute::IfName(name.into()),
-            LinkAttribute::Controller(master),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::Kind(InfoKind::Veth),
-                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
-            ]),
-        ];
+        let m = new_veth(name, master, vec![LinkAttribute::IfName(peer.into()), peer_attr]);
         c.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map(drop)
     })
     .map_err(err(what))
@@ -242,19 +249,7 @@ pub fn add_leaf_bridge(
         ];
         c.request(RouteNetlinkMessage::NewLink(b), NLM_F_CREATE | NLM_F_EXCL)?;
         let (root_i, leaf_i) = (c.index_of(root)?, c.index_of(bridge)?);
-        let mut p = LinkMessage::default();
-        p.attributes = vec![LinkAttribute::IfName(join_leaf.into())];
-        let mut m = LinkMessage::default();
-        m.header.flags = LinkFlags::Up;
-        m.header.change_mask = LinkFlags::Up;
-        m.attributes = vec![
-            LinkAttribute::IfName(join.into()),
-            LinkAttribute::Controller(root_i),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::Kind(InfoKind::Veth),
-                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
-            ]),
-        ];
+        let m = new_veth(join, root_i, vec![LinkAttribute::IfName(join_leaf.into())]);
         c.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)?;
         let leaf_end = c.index_of(join_leaf)?;
         c.set_master_up(leaf_end, leaf_i)?;

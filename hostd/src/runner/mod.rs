@@ -305,13 +305,7 @@ async fn backend_steps(
         if let Some(note) = &pass.note {
             say(format!("   {note}"));
         }
-        let plan = &BackendPlan {
-            overhead_sizes: pass
-                .overhead_sizes
-                .clone()
-                .unwrap_or_else(|| plan.overhead_sizes.clone()),
-            ..plan.clone()
-        };
+        let plan = &pass.plan_of(plan);
         overhead_and_linearity(ctx, &backend, plan, &pass, say).await?;
         if campaign.isolation.enabled && pass.isolation {
             small_fleet_test(ctx, &backend, plan, Test::Isolation, &pass, say).await?;
@@ -515,6 +509,17 @@ struct Pass {
 }
 
 impl Pass {
+    /// The backend's plan as this pass runs it (its own overhead sizes, if it has them).
+    fn plan_of(&self, plan: &BackendPlan) -> BackendPlan {
+        BackendPlan {
+            overhead_sizes: self
+                .overhead_sizes
+                .clone()
+                .unwrap_or_else(|| plan.overhead_sizes.clone()),
+            ..plan.clone()
+        }
+    }
+
     fn own(c: &Campaign, kind: BackendKind) -> Pass {
         let mode = if kind == BackendKind::Ns { c.network.ns_modes[0] } else { NetMode::Private };
         Pass {

@@ -67,13 +67,7 @@ pub fn planned_work(c: &Campaign, plans: &[BackendPlan], xen_lab: bool) -> Vec<W
             if pass.resources.is_empty() {
                 continue;
             }
-            let plan = &BackendPlan {
-                overhead_sizes: pass
-                    .overhead_sizes
-                    .clone()
-                    .unwrap_or_else(|| plan.overhead_sizes.clone()),
-                ..plan.clone()
-            };
+            let plan = &pass.plan_of(plan);
             plan_overhead_and_linearity(plan, &pass, &mut done, &mut out);
             let w = &plan.workloads;
             if c.isolation.enabled && pass.isolation {
