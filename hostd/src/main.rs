@@ -1039,50 +1039,8 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
         floor_reps: a.floor_reps,
         image_copies: a.image_copies,
     };
-    let bars = hostd::progress::multi();
-    let mut current: Option<(String, indicatif::ProgressBar, usize, usize)> = None;
-    let progress = |label: &str, e: FleetEvent| {
-        let n: usize = label
-            .split("n=")
-            .nth(1)
-            .and_then(|x| x.split(' ').next())
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0);
-        if current.as_ref().map(|c| c.0.as_str()) != Some(label) {
-            if let Some((_, b, _, _)) = current.take() {
-                b.finish();
-            }
-            let b = bars.add(indicatif::ProgressBar::new(n as u64));
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{prefix:>24} [{bar:30}] {pos}/{len} ready {msg} {elapsed}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            b.set_prefix(label.to_string());
-            current = Some((label.to_string(), b, 0, 0));
-        }
-        let (_, b, ready, failed) = current.as_mut().expect("set above");
-        match e {
-            FleetEvent::Ready { .. } => *ready += 1,
-            FleetEvent::Failed(f) => {
-                *failed += 1;
-                let line = format!(
-                    "  {} {}: {:?}: {}",
-                    label,
-                    f.name,
-                    f.kind,
-                    f.error.lines().next().unwrap_or("")
-                );
-                hostd::progress::line(b, &line);
-            }
-        }
-        b.set_position(*ready as u64);
-        if *failed > 0 {
-            b.set_message(format!("{failed} failed"));
-        }
-    };
+    let mut bars = bootrun::FleetBars::new();
+    let progress = |label: &str, e: FleetEvent| bars.event(label, e);
     let outcome = tokio::select! {
         r = bootrun::run(&backend, &images, &bopts, &opts, &run, &mut results, provenance, progress) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
@@ -1105,12 +1063,7 @@ async fn boot(a: BootArgs) -> anyhow::Result<Done> {
                 anyhow::bail!("teardown: {}", cleaned.errors.join("; "));
             }
             // A fleet in which a guest did not come up is a finished run with failures.
-            let short: Vec<String> = summary
-                .rows
-                .iter()
-                .filter(|r| r.failed > 0 || r.ready < r.n)
-                .map(|r| format!("n={} {}: {} of {} ready", r.n, r.mode.name(), r.ready, r.n))
-                .collect();
+            let short = bootrun::short_fleets(&summary);
             Ok(if short.is_empty() { Done::All } else { Done::WithFailures(short.join("; ")) })
         }
     }
