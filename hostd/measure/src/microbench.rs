@@ -21,42 +21,55 @@ use crate::stats::Summary;
 /// Why `hostd bench`, or one benchmark request ([`run_once`]), failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// No counted repetition asked for.
     #[error("--reps must be at least 1")]
     NoReps,
     /// A host-side step (files, run state, fleet, peer, page cache), named.
     #[error("{what}: {error}")]
     Host { what: String, error: Box<dyn std::error::Error + Send + Sync> },
+    /// The backend cannot run on this host (its probe says why).
     #[error(transparent)]
     Unavailable(#[from] crate::backend::Unavailable),
+    /// The guest did not boot.
     #[error(transparent)]
     Boot(#[from] crate::guest::BootError),
+    /// The one-guest fleet did not start.
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+    /// The network benchmarks' far end did not start.
     #[error(transparent)]
     Peer(#[from] crate::peer::PeerError),
+    /// The disk benchmark's data file could not be made.
     #[error(transparent)]
     DataDisk(#[from] crate::datadisk::DataDiskError),
+    /// The disk benchmark's file could not be evicted from the page cache.
     #[error(transparent)]
     PageCache(#[from] crate::pagecache::PageCacheError),
     /// The run's state on disk.
     #[error(transparent)]
     RunState(std::io::Error),
+    /// Any of these, said to be from a backend.
     #[error("{backend} backend: {error}")]
     Backend { backend: String, error: Box<BenchError> },
+    /// The control channel to the agent failed.
     #[error(transparent)]
     Channel(#[from] crate::channel::ChannelError),
     /// The guest's report failed the checks against its request.
     #[error("guest result rejected: {0}")]
     Rejected(String),
+    /// The agent answered a request with something else than its answer.
     #[error("{request} answered with {answer}")]
     Answer { request: &'static str, answer: String },
+    /// Any of these, said to be from one benchmark.
     #[error("{bench} benchmark: {error}")]
     Bench { bench: String, error: Box<BenchError> },
     /// The request itself is out of range (the flags' values).
     #[error("{0}")]
     Invalid(String),
+    /// The disk benchmark's file stayed cached after its eviction.
     #[error("{}: {bytes} bytes stay in the page cache after eviction (mapped by a process?): the read would not come from the disk", path.display())]
     StillCached { path: PathBuf, bytes: u64 },
+    /// A benchmark ran but recorded nothing.
     #[error("no samples")]
     NoSamples,
     /// The one-guest fleet has no guest: its failure.

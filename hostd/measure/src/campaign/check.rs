@@ -2,10 +2,79 @@
 
 use super::*;
 
+/// A campaign value that cannot run, naming the field (`Campaign::check`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CheckError {
+    /// A field's value is not allowed: which field, and why.
+    #[error("field `{field}`: {why}")]
+    Field {
+        /// The field, as the file names it (`overhead.sizes`).
+        field: String,
+        /// What is wrong with its value.
+        why: String,
+    },
+    /// A number outside its range (`limits`), or a bad `[netem]` section: the message
+    /// names the field.
+    #[error("{0}")]
+    Bound(String),
+}
+
+impl From<String> for CheckError {
+    fn from(message: String) -> Self {
+        CheckError::Bound(message)
+    }
+}
+
+/// Why this host cannot run a campaign (`Campaign::check_host`), naming the field to change.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HostCheckError {
+    /// A fleet's guests need more memory than the host has.
+    #[error(
+        "field `{field}`: {what}: {n} guests × {each} MiB = {need} MiB do not fit in this host's {have} MiB (MemTotal {total_mib} MiB less {reserve_mib} MiB kept for the host); lower the size"
+    )]
+    FleetTooBig {
+        /// The field to change.
+        field: String,
+        /// Which fleet.
+        what: String,
+        /// Its guests.
+        n: usize,
+        /// MiB per guest.
+        each: u64,
+        /// MiB in all.
+        need: u64,
+        /// MiB the host can give.
+        have: u64,
+        /// The host's MemTotal, MiB.
+        total_mib: u64,
+        /// MiB kept for the host.
+        reserve_mib: u64,
+    },
+    /// `guest.mem_bench_mib` is too small for the memory benchmark's working sets.
+    #[error(
+        "field `guest.mem_bench_mib`: {mib} MiB cannot hold the memory benchmark on {backend}: {copies} cop{} of {working_set} plus {guest_mib} MiB for the guest itself (guest.mem_mib) need {need} MiB; raise it, or lower workloads.mem_n",
+        if *copies == 1 { "y" } else { "ies" }
+    )]
+    MemBenchTooSmall {
+        /// The campaign's `guest.mem_bench_mib`.
+        mib: u32,
+        /// The backend whose plan it is.
+        backend: BackendKind,
+        /// Copies of the benchmark one guest runs at once.
+        copies: u32,
+        /// The working set, as words.
+        working_set: String,
+        /// `guest.mem_mib`: what the guest needs idle.
+        guest_mib: u32,
+        /// MiB the guest needs in all.
+        need: u64,
+    },
+}
+
 impl Campaign {
     /// Every value checked, errors naming the field.
-    pub fn check(&self) -> Result<(), String> {
-        let bad = |field: &str, why: String| Err(format!("field `{field}`: {why}"));
+    pub fn check(&self) -> Result<(), CheckError> {
+        let bad = |field: &str, why: String| Err(CheckError::Field { field: field.into(), why });
         if self.name.is_empty()
             || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
@@ -81,17 +150,22 @@ impl Campaign {
     /// working sets it runs, and every fleet fits in the host's memory less
     /// [`fidelity::HOST_RESERVE_MIB`]. Fleets count at their guests' full memory: a VM keeps
     /// the pages its guest once touched. Errors name the field to change.
-    pub fn check_host(&self, host: &HostFacts) -> Result<(), String> {
+    pub fn check_host(&self, host: &HostFacts) -> Result<(), HostCheckError> {
         let have = (host.mem_total_kib / 1024).saturating_sub(fidelity::HOST_RESERVE_MIB);
         let memory = self.resources.contains(&Resource::Memory);
-        let fit = |field: &str, what: String, n: usize, each: u64| -> Result<(), String> {
+        let fit = |field: &str, what: String, n: usize, each: u64| -> Result<(), HostCheckError> {
             let need = each.saturating_mul(n as u64);
             if need > have {
-                return Err(format!(
-                    "field `{field}`: {what}: {n} guests × {each} MiB = {need} MiB do not fit in this host's {have} MiB (MemTotal {} MiB less {} MiB kept for the host); lower the size",
-                    host.mem_total_kib / 1024,
-                    fidelity::HOST_RESERVE_MIB
-                ));
+                return Err(HostCheckError::FleetTooBig {
+                    field: field.into(),
+                    what,
+                    n,
+                    each,
+                    need,
+                    have,
+                    total_mib: host.mem_total_kib / 1024,
+                    reserve_mib: fidelity::HOST_RESERVE_MIB,
+                });
             }
             Ok(())
         };
@@ -130,11 +204,14 @@ impl Campaign {
             if let Some(m) = p.mem_bench_mib {
                 let need = fidelity::mem_guest_mib(p.mem_mib, p.workloads.mem_n, copies);
                 if (m as u64) < need {
-                    return Err(format!(
-                        "field `guest.mem_bench_mib`: {m} MiB cannot hold the memory benchmark on {b}: {copies} cop{} of {ws_text} plus {} MiB for the guest itself (guest.mem_mib) need {need} MiB; raise it, or lower workloads.mem_n",
-                        if copies == 1 { "y" } else { "ies" },
-                        p.mem_mib
-                    ));
+                    return Err(HostCheckError::MemBenchTooSmall {
+                        mib: m,
+                        backend: b,
+                        copies,
+                        working_set: ws_text,
+                        guest_mib: p.mem_mib,
+                        need,
+                    });
                 }
             }
             if let Some(n) = p.memory_sizes.last() {
@@ -164,24 +241,25 @@ impl Campaign {
     }
 }
 
-fn check_sizes(field: &str, s: &[usize]) -> Result<(), String> {
-    limits::check_sizes(s).map_err(|e| format!("field `{field}`: {e}"))
+fn check_sizes(field: &str, s: &[usize]) -> Result<(), CheckError> {
+    limits::check_sizes(s).map_err(|why| CheckError::Field { field: field.into(), why })
 }
 
 /// A ring: 0 (off), or at least two guests of a fleet's range.
-fn check_ring(field: &str, n: usize) -> Result<(), String> {
+fn check_ring(field: &str, n: usize) -> Result<(), CheckError> {
     if n == 0 {
         return Ok(());
     }
     if n == 1 {
-        return Err(format!(
-            "field `{field}`: 1 guest is not a ring (0 turns it off, 2 is the least)"
-        ));
+        return Err(CheckError::Field {
+            field: field.into(),
+            why: "1 guest is not a ring (0 turns it off, 2 is the least)".into(),
+        });
     }
-    limits::GUESTS.field(field, n).map(|_| ())
+    Ok(limits::GUESTS.field(field, n).map(|_| ())?)
 }
 
-fn check_workloads(field: &str, w: &Workloads) -> Result<(), String> {
+fn check_workloads(field: &str, w: &Workloads) -> Result<(), CheckError> {
     use vb_protocol::bench::BenchSpec;
     let probes = [
         BenchSpec::Cpu { rounds: w.cpu_rounds },
@@ -203,7 +281,7 @@ fn check_workloads(field: &str, w: &Workloads) -> Result<(), String> {
         },
     ];
     for p in probes {
-        p.validate().map_err(|e| format!("field `{field}`: {e}"))?;
+        p.validate().map_err(|why| CheckError::Field { field: field.into(), why })?;
     }
     limits::DISK_MIB.field(&format!("{field}.disk_mib"), w.disk_mib)?;
     Ok(())

@@ -14,6 +14,7 @@ use crate::limits;
 use crate::startup::StartMode;
 use crate::suite::Workloads;
 
+/// A campaign file: which backends, which tests and sizes, which workloads ([`Campaign::load`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Campaign {
@@ -100,6 +101,7 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
+    /// This host's: MemTotal from /proc/meminfo and the last-level cache.
     pub fn here() -> Self {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         Self {
@@ -110,13 +112,18 @@ impl HostFacts {
 }
 
 impl Campaign {
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let c: Campaign = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        c.check().map_err(|e| format!("{}: {e}", path.display()))?;
+    /// Reads, parses and checks the campaign file `path`.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let path_buf = || path.to_path_buf();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Read { path: path_buf(), source })?;
+        let c: Campaign = toml::from_str(&text)
+            .map_err(|source| LoadError::Parse { path: path_buf(), source })?;
+        c.check().map_err(|source| LoadError::Check { path: path_buf(), source })?;
         Ok(c)
     }
 
+    /// The campaign shipped in the repository ([`DEFAULT`]).
     pub fn default_campaign() -> Self {
         let c: Campaign = toml::from_str(DEFAULT).expect("the shipped campaign parses");
         c.check().expect("the shipped campaign is valid");
@@ -221,4 +228,34 @@ mod sections;
 #[cfg(test)]
 mod tests;
 
+pub use self::check::{CheckError, HostCheckError};
 pub use self::sections::*;
+
+/// Why a campaign file could not be used; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The campaign file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The file is not a campaign (TOML syntax, unknown key, wrong type).
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The campaign file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: toml::de::Error,
+    },
+    /// A value cannot run ([`Campaign::check`]).
+    #[error("{}: {source}", path.display())]
+    Check {
+        /// The campaign file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: CheckError,
+    },
+}

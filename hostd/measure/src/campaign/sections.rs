@@ -2,6 +2,7 @@
 
 use super::*;
 
+/// `[guest]`: every guest's memory, vCPUs and timeouts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestSection {
@@ -28,6 +29,7 @@ pub struct GuestSection {
     pub mem_bench_mib: Option<u32>,
 }
 
+/// `[startup]`: the fleet sizes and modes of the startup test.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartupSection {
@@ -47,6 +49,7 @@ pub struct StartupSection {
     pub image_copies: bool,
 }
 
+/// `[overhead]`: the fleet sizes of the overhead and linearity tests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OverheadSection {
@@ -59,6 +62,7 @@ pub struct OverheadSection {
     pub memory_sizes: Option<Vec<usize>>,
 }
 
+/// `[isolation]`: whether the isolation pair runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IsolationSection {
@@ -67,6 +71,7 @@ pub struct IsolationSection {
     pub enabled: bool,
 }
 
+/// `[ring]`: the ring of guests streaming to their neighbour.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RingSection {
@@ -75,6 +80,7 @@ pub struct RingSection {
     pub guests: usize,
 }
 
+/// `[xen]`: the Xen lab, where this host is not Xen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct XenSection {

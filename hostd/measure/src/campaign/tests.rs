@@ -2,7 +2,7 @@ use super::*;
 
 fn parse(t: &str) -> Result<Campaign, String> {
     let c: Campaign = toml::from_str(t).map_err(|e| e.to_string())?;
-    c.check()?;
+    c.check().map_err(|e| e.to_string())?;
     Ok(c)
 }
 
@@ -100,7 +100,7 @@ fn default_campaign_departures_are_listed() {
 fn host_checks_name_what_does_not_fit() {
     let c = parse("backends = [\"uml\"]\n[overhead]\nsizes = [1, 20]\n").unwrap();
     // 20 memory guests of 128 + 1203 MiB on a 24 GiB host: 26620 MiB > 22528 MiB.
-    let e = c.check_host(&host(24)).unwrap_err();
+    let e = c.check_host(&host(24)).unwrap_err().to_string();
     assert!(
         e.starts_with("field `overhead.memory_sizes`: native's memory fleet (guests of 1331 MiB"),
         "{e}"
@@ -113,16 +113,24 @@ fn host_checks_name_what_does_not_fit() {
         .unwrap();
     c.check_host(&host(24)).unwrap();
     let c = parse("[guest]\nmem_bench_mib = 2048\n").unwrap();
-    let e = c.check_host(&host(24)).unwrap_err();
+    let e = c.check_host(&host(24)).unwrap_err().to_string();
     assert!(e.starts_with("field `guest.mem_bench_mib`: 2048 MiB cannot hold the memory benchmark on native: 2 copies of a 1203 MiB working set (workloads.mem_n = 7248, \"auto\": 4 × LLC L3 300 MiB) plus 128 MiB"), "{e}");
     // Enough for two copies, but ten guests of 2600 MiB are too many for 24 GiB.
-    let e = parse("[guest]\nmem_bench_mib = 2600\n").unwrap().check_host(&host(24)).unwrap_err();
+    let e = parse("[guest]\nmem_bench_mib = 2600\n")
+        .unwrap()
+        .check_host(&host(24))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("10 guests × 2600 MiB = 26000 MiB"), "{e}");
     assert!(parse("[guest]\nmem_bench_mib = 2600\n[overhead]\nmemory_sizes = [1, 5]\n")
         .unwrap()
         .check_host(&host(24))
         .is_ok());
-    let e = parse("[startup]\nsizes = [1, 100]\n").unwrap().check_host(&host(8)).unwrap_err();
+    let e = parse("[startup]\nsizes = [1, 100]\n")
+        .unwrap()
+        .check_host(&host(8))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.starts_with("field `startup.sizes`: native's startup fleet: 100 guests × 128 MiB"),
         "{e}"

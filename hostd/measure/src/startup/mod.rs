@@ -63,18 +63,25 @@ impl FleetBoot {
     }
 }
 
+/// Why a fleet's startup and memory could not be measured (the step that failed).
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// The page cache could not be dropped before a cold start.
     #[error("dropping the page cache for a cold start (needs root): {0}")]
     DropCaches(std::io::Error),
+    /// What the launches read could not be evicted or checked.
     #[error("checking what the launches read for a cold start: {0}")]
     Residency(coldstart::ColdError),
+    /// The per-guest image copies could not be made.
     #[error("making per-guest image copies: {0}")]
     Copies(coldstart::ColdError),
+    /// The host's used memory could not be read.
     #[error("reading /proc/meminfo")]
     Meminfo,
+    /// The hypervisor's own memory accounting could not be read.
     #[error("reading the hypervisor's memory accounting: {0}")]
     Hypervisor(String),
+    /// The fleet (its network) did not start.
     // Not a `source`: the message already says it, and error chains would say it twice.
     #[error("starting the fleet: {0}")]
     Network(crate::fleet::FleetError),

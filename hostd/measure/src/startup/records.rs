@@ -26,6 +26,7 @@ pub enum StartMode {
 }
 
 impl StartMode {
+    /// The mode as results and reports name it ("cold", "hot").
     pub fn name(self) -> &'static str {
         match self {
             StartMode::Cold => "cold",

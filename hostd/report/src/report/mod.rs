@@ -28,6 +28,7 @@ pub use crate::suite::linearity::LinearityPoint;
 pub use crate::suite::overhead::OverheadPoint;
 pub use crate::suite::ring::RingResult;
 
+/// A run's report: every section's points, rebuilt from the samples ([`build`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub provenance: Option<Provenance>,
@@ -467,17 +468,22 @@ fn ring_results(bench: &[BenchSample]) -> BTreeMap<BackendKind, RingResult> {
 /// Why `hostd report` (or a run's closing report) wrote nothing, or not everything.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// The results directory or its samples could not be read.
     #[error(transparent)]
     Build(#[from] DirError),
+    /// The report already there could not be read.
     #[error("reading the report to be replaced: {0}")]
     Previous(ReadError),
+    /// The report already there stands on more data than the samples now hold.
     #[error(
         "{path} holds {had} data points, the samples only {has}: refusing to replace it with less (are the samples missing, \
          cut short or another run's?); pass --force to rebuild it anyway"
     )]
     LessData { path: std::path::PathBuf, had: usize, has: usize },
+    /// A file of the report could not be written.
     #[error("{0}")]
     Write(std::io::Error),
+    /// A figure could not be drawn.
     #[error("drawing {path}: {message}")]
     Figure { path: std::path::PathBuf, message: String },
 }
