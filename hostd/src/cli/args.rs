@@ -130,6 +130,11 @@ pub(crate) struct RunArgs {
     /// from the paper, and exit without booting anything.
     #[arg(long, conflicts_with = "resume")]
     pub(crate) dry_run: bool,
+    /// With --dry-run: price the estimated time with the boot and benchmark costs measured
+    /// in this results directory [default: the newest results directory of the same
+    /// campaign under --results, else conservative defaults, said so].
+    #[arg(long, value_name = "DIR", requires = "dry_run")]
+    pub(crate) estimate_from: Option<PathBuf>,
     /// Parent directory of the results directory.
     #[arg(long, default_value = "results", env = "VIRTBENCH_RESULTS")]
     pub(crate) results: PathBuf,

@@ -63,7 +63,15 @@ pub(crate) async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
         campaign
             .check_host(&host)
             .map_err(|e| anyhow::anyhow!("campaign {}: {e}", campaign.name))?;
-        for l in dry_run_lines(&campaign, &host) {
+        let from = a
+            .estimate_from
+            .clone()
+            .or_else(|| hostd::estimate::latest_results(&a.results, &campaign.name));
+        let measured = match &from {
+            Some(d) => hostd::estimate::Measured::read(d)?,
+            None => hostd::estimate::Measured::default(),
+        };
+        for l in dry_run_lines(&campaign, &host, &measured) {
             println!("{l}");
         }
         return Ok(Done::All);
@@ -95,6 +103,8 @@ pub(crate) async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
         _ = tokio::signal::ctrl_c() => None,
     };
     bar.finish_and_clear();
+    // What `--dry-run` predicts, counted: checkable against its plan.
+    eprintln!("hostd: booted {}", runner::Boots::so_far());
     let cleaned = run.finish();
     // A fresh run that failed before recording anything leaves nothing behind: there is
     // nothing to resume or report.
@@ -144,7 +154,7 @@ pub(crate) fn run_progress(
     results: &mut ResultsDir,
 ) -> indicatif::ProgressBar {
     let plans = campaign.resolved_plans(hostd::fidelity::llc());
-    let total = runner::planned_steps(campaign, &plans) as u64;
+    let total = runner::planned_steps(campaign, &plans, runner::xen_in_lab(campaign)) as u64;
     let done = hostd::results::read_records::<hostd::samples::Record>(&results.path)
         .map(|(r, _)| {
             r.iter().filter(|r| matches!(r, hostd::samples::Record::StepDone { .. })).count()
@@ -172,7 +182,11 @@ pub(crate) fn run_progress(
 
 /// What `hostd run --dry-run` prints: the host, each backend's plan, the departures from
 /// the paper.
-pub(crate) fn dry_run_lines(c: &Campaign, host: &hostd::campaign::HostFacts) -> Vec<String> {
+pub(crate) fn dry_run_lines(
+    c: &Campaign,
+    host: &hostd::campaign::HostFacts,
+    measured: &hostd::estimate::Measured,
+) -> Vec<String> {
     let llc = host
         .llc
         .map(|l| l.to_string())
@@ -197,10 +211,26 @@ pub(crate) fn dry_run_lines(c: &Campaign, host: &hostd::campaign::HostFacts) -> 
         ));
     }
     let plans = c.resolved_plans(host.llc);
+    let lab = runner::xen_in_lab(c) && plans.iter().any(|p| p.kind == BackendKind::Xen);
+    let work = runner::planned_work(c, &plans, lab);
     v.push(format!(
-        "{} steps in all (the progress bar's N; a backend measured in the Xen lab makes fewer)",
-        runner::planned_steps(c, &plans)
+        "{} steps in all (the progress bar's N){}",
+        work.iter().filter(|w| w.is_step()).count(),
+        if lab {
+            format!(
+                "; xen in the Xen lab (this host is not a Xen dom0): its cold startup sizes up to xen.lab_max_guests = {} only",
+                c.xen.lab_max_guests
+            )
+        } else {
+            String::new()
+        }
     ));
+    v.push(format!(
+        "boots: {} (every listed backend assumed available: one that is not boots none)",
+        runner::Boots::of(&work)
+    ));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    v.push(hostd::estimate::estimate(c, &plans, &work, measured, cores).line(measured));
     let d = c.departures_from_paper(host.llc);
     if d.is_empty() {
         v.push("at the paper's sizes".into());

@@ -247,8 +247,35 @@ pub const EMULATED_MARK: &str = " (emulated host)";
 /// How results written before [`Record::BackendProbe`]'s `emulated` field marked it.
 pub(super) const OLD_EMULATED_PREFIX: &str = "[emulated host] ";
 
+/// Per emulated backend, the CPU workloads its samples ran (distinct, in order).
+pub(super) fn emulated_cpu(
+    bench: &[BenchSample],
+    emulated: &std::collections::BTreeSet<BackendKind>,
+) -> BTreeMap<BackendKind, String> {
+    let mut out: BTreeMap<BackendKind, Vec<String>> = BTreeMap::new();
+    for s in bench.iter().filter(|s| s.resource == Resource::Cpu && emulated.contains(&s.backend)) {
+        let v = out.entry(s.backend).or_default();
+        if !v.contains(&s.params) {
+            v.push(s.params.clone());
+        }
+    }
+    out.into_iter().map(|(b, v)| (b, v.join(", "))).collect()
+}
+
+/// A CPU workload (`rounds=…`) and how it stands to the default campaigns and `hostd bench`
+/// run, so a figure of another size (the Xen lab's own) says so.
+pub fn cpu_workload_note(params: &str) -> String {
+    let default = crate::suite::Workloads::default().params(Resource::Cpu);
+    if params == default {
+        format!("{params}, the default of campaigns and `hostd bench`")
+    } else {
+        format!("{params}, not the {default} campaigns and `hostd bench` run by default")
+    }
+}
+
 /// Labels every curve and bar of a backend whose probe says it ran inside an emulated host,
-/// so no figure passes those numbers off as a real host's.
+/// so no figure passes those numbers off as a real host's; a CPU figure also states that
+/// backend's CPU workload (the Xen lab's own size may differ from the other curves').
 pub(super) fn mark_emulated(rep: &Report, figs: &mut [(String, Figure, String)]) {
     let emulated: Vec<String> = rep.emulated.iter().map(|b| b.to_string()).collect();
     let mark = |name: &mut String| {
@@ -257,7 +284,22 @@ pub(super) fn mark_emulated(rep: &Report, figs: &mut [(String, Figure, String)])
             name.insert_str(b.len(), EMULATED_MARK);
         }
     };
-    for (_, f, _) in figs.iter_mut() {
+    for (file, f, caption) in figs.iter_mut() {
+        let names: Vec<&String> = match f {
+            Figure::Line(c) => c.series.iter().map(|s| &s.name).collect(),
+            Figure::Bars(b) => b.categories.iter().collect(),
+        };
+        if file.contains("_cpu") {
+            for (b, params) in &rep.emulated_cpu {
+                let b = b.to_string();
+                if names.iter().any(|n| *n == &b || n.starts_with(&format!("{b} "))) {
+                    caption.push_str(&format!(
+                        " {b}{EMULATED_MARK}: CPU workload {}.",
+                        cpu_workload_note(params)
+                    ));
+                }
+            }
+        }
         match f {
             Figure::Line(c) => c.series.iter_mut().for_each(|s| mark(&mut s.name)),
             Figure::Bars(b) => b.categories.iter_mut().for_each(&mark),

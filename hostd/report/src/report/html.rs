@@ -260,10 +260,11 @@ pub(super) fn paired_disk_html(rep: &Report) -> Markup {
                 table {
                     tr {
                         th { "backend" } th { "test" } th { "n" } th { "reads" }
-                        th { "speed ÷ adjacent native, median (min–max)" }
+                        th { "speed ÷ adjacent native (mean of the reads before and after), median (min–max)" }
                         th { "time ÷ adjacent native, mean ± 95 % CI" }
                         th { "unpaired speed: T_a ÷ T_avn (means)" }
                         th { "longest gap (ms)" }
+                        th title="the largest |after − before| ÷ mean of the two native reads around one backend read" { "widest bracket" }
                     }
                     @for (b, pts) in &rep.paired_disk {
                         @for p in pts {
@@ -283,6 +284,7 @@ pub(super) fn paired_disk_html(rep: &Report) -> Markup {
                                     }
                                 }
                                 td { (format!("{:.2}", p.max_gap_s * 1e3)) }
+                                td { (p.max_bracket.map(|b| format!("{:.0} %", b * 100.0)).unwrap_or_else(|| "–".into())) }
                             }
                         }
                     }

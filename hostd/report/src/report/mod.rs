@@ -45,6 +45,10 @@ pub struct Report {
     /// Backends measured inside an emulated host (the Xen lab).
     #[serde(default)]
     pub emulated: std::collections::BTreeSet<BackendKind>,
+    /// The CPU workload each of those ran ([`Workloads::params`](crate::suite::Workloads::params)):
+    /// a Xen lab run on its own has a smaller one than campaigns, stated beside its figures.
+    #[serde(default)]
+    pub emulated_cpu: BTreeMap<BackendKind, String>,
     /// Steps that failed and were not later completed: key → error.
     pub failed_steps: BTreeMap<String, String>,
     pub failures: Vec<(BackendKind, usize, StartMode, GuestFailure)>,
@@ -249,6 +253,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
     let disk_notes = crate::datadisk::disk_notes(&bench);
     let (paired_disk, native_drift) = paired_disk(&bench);
     let ring_res = ring_results(&bench);
+    let emulated_cpu = emulated_cpu(&bench, &sorted.emulated);
     Report {
         provenance,
         cores,
@@ -261,6 +266,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         unavailable: sorted.unavailable,
         probes: sorted.probes,
         emulated: sorted.emulated,
+        emulated_cpu,
         failed_steps: sorted.failed_steps,
         failures: sorted.failures,
         lost: sorted.lost,
@@ -563,6 +569,6 @@ mod summary_csv;
 mod tests;
 
 use self::figures::*;
-pub use self::figures::{figures, Figure, EMULATED_MARK};
+pub use self::figures::{cpu_workload_note, figures, Figure, EMULATED_MARK};
 pub use self::html::html_page;
 use self::summary_csv::*;

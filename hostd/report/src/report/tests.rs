@@ -26,6 +26,43 @@ fn emulated_host_from_the_field_and_from_older_results() {
     assert_eq!(rep.probes[&BackendKind::Ns], "namespaces");
 }
 
+/// A Xen lab run on its own measures the CPU with its own smaller workload: the CPU
+/// figure its curve is on says which, against the campaigns' default; other figures
+/// and backends say nothing of it.
+#[test]
+fn emulated_backends_cpu_workload_is_stated_beside_its_figure() {
+    let probe = Record::BackendProbe {
+        backend: BackendKind::Xen,
+        description: "Xen 4.17".into(),
+        emulated: true,
+    };
+    let mut records = vec![probe];
+    for (b, params) in
+        [(BackendKind::Xen, "rounds=5000000"), (BackendKind::Native, "rounds=200000000")]
+    {
+        for g in 0..2 {
+            let mut s = sample(b, Test::Linearity, Resource::Cpu, 2, 0, g, 0, 1.0);
+            s.params = params.into();
+            records.push(Record::Bench(s));
+        }
+    }
+    let rep =
+        build_from(Samples { records, unreadable: 0, implausible: 0, rejected: Vec::new() }, None);
+    assert_eq!(rep.emulated_cpu.len(), 1);
+    let figs = figures(&rep);
+    let cap = |f: &str| figs.iter().find(|(n, _, _)| n == f).map(|(_, _, c)| c.clone());
+    let lin = cap("fig06_linearity_cpu.svg").expect("the CPU linearity figure");
+    assert!(
+        lin.ends_with(" xen (emulated host): CPU workload rounds=5000000, not the rounds=200000000 campaigns and `hostd bench` run by default."),
+        "{lin}"
+    );
+    assert!(figs.iter().filter(|(_, _, c)| c.contains("CPU workload")).count() == 1);
+    assert_eq!(
+        cpu_workload_note("rounds=200000000"),
+        "rounds=200000000, the default of campaigns and `hostd bench`"
+    );
+}
+
 /// Host T_a = 2 s, uml T_av = 2.5 s (both two repetitions), and two uml guests busy
 /// together taking 5 s, with `cpus` recorded per sample.
 fn samples(cpus: Option<usize>) -> Samples {
