@@ -103,8 +103,8 @@ fn absurd_boot_values_are_refused_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let res = dir.path().join("results");
     for (flag, value, says) in [
-        ("-n", "100000", "100000 guests is not in 1..=1000"),
-        ("-n", "0", "0 guests is not in 1..=1000"),
+        ("-n", "100000", "100000 guests is not in 1..=25000"),
+        ("-n", "0", "0 guests is not in 1..=25000"),
         ("--mem-mib", "0", "0 MiB is not in 32..=1048576"),
         ("--vcpus", "0", "0 vCPUs is not in 1..=64"),
         ("--boot-timeout", "0", "0 s is not in 1..=86400"),

@@ -8,4 +8,5 @@ pub mod netem;
 pub mod netlab;
 pub mod pagecache;
 pub mod results;
+pub mod rtnl;
 pub mod runstate;

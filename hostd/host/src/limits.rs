@@ -94,8 +94,14 @@ impl Limit {
     }
 }
 
-/// Guests in one fleet (startup sizes, overhead sizes, ring, fleet files, `hostd boot -n`).
-pub const GUESTS: Limit = Limit::new(1, 1000, "guests");
+/// Guests in one fleet (startup sizes, overhead sizes, ring, fleet files, `hostd boot -n`):
+/// what the fleet network's bridges hold (the root and its leaves, `netlab::bridge_of`).
+/// Whether the host has the memory and descriptors for them is checked when a fleet starts.
+pub const GUESTS: Limit = Limit::new(
+    1,
+    (crate::netlab::PORTS_PER_BRIDGE * (crate::netlab::MAX_LEAF_BRIDGES + 1)) as u64,
+    "guests",
+);
 /// Guests of one Xen lab (its emulated host gets memory for all of them).
 pub const LAB_GUESTS: Limit = Limit::new(1, 64, "guests");
 /// Guests launching at once; 0 means all of them.
@@ -228,7 +234,7 @@ mod tests {
     fn cli_parser_checks_the_range() {
         let p = GUESTS.cli::<usize>();
         assert_eq!(p("10"), Ok(10));
-        assert!(p("100000").unwrap_err().contains("100000 guests is not in 1..=1000"));
+        assert!(p("100000").unwrap_err().contains("100000 guests is not in 1..=25000"));
         assert!(p("-1").is_err());
         assert!(BOOT_TIMEOUT_S.cli::<u64>()("9223372036854775808").is_err());
     }
@@ -238,7 +244,7 @@ mod tests {
         assert!(check_sizes(&[1, 10, 50]).is_ok());
         assert!(check_sizes(&[]).is_err());
         assert!(check_sizes(&[0]).is_err());
-        assert!(check_sizes(&[1, 1001]).is_err());
+        assert!(check_sizes(&[1, 25001]).is_err());
         assert!(check_sizes(&[10, 1]).is_err());
     }
 

@@ -1,8 +1,10 @@
 //! The fleet's private network: one network namespace holding a bridge, with every guest
 //! attached by a veth (namespaces, containers) or a tap (UML, QEMU, Firecracker). Guests reach
 //! each other through the bridge and nothing else: the namespace has no uplink, so no guest
-//! address is ever routed on the host. Links are made with iproute2's `ip`, the kernel
-//! project's own tool.
+//! address is ever routed on the host. A fleet's namespace and bridge are made once with
+//! iproute2's `ip`, the kernel project's own tool; each guest's link (and a container's
+//! namespace) through rtnetlink and the TUN ioctls ([`crate::rtnl`]), which spawn nothing
+//! inside the startup window.
 
 use std::fs::File;
 use std::io;
@@ -13,8 +15,24 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-/// Bridge name inside the fleet namespace.
+/// Bridge name inside the fleet namespace: the root bridge, which holds the bridge address
+/// and the first [`PORTS_PER_BRIDGE`] guests ([`bridge_of`]).
 pub const BRIDGE: &str = "vbbr0";
+/// Guests on one bridge. The kernel caps a bridge at 1,024 ports (BR_MAX_PORTS); the root
+/// bridge also holds one join port per leaf bridge, so guests from this index on go to leaf
+/// bridges of this many each, every leaf joined to the root by a veth pair.
+pub const PORTS_PER_BRIDGE: usize = 1000;
+/// Leaf bridges the root has room to join (1,024 ports less its own guests).
+pub const MAX_LEAF_BRIDGES: usize = 24;
+
+/// The bridge guest `index` is on: the root for the first [`PORTS_PER_BRIDGE`], then leaf
+/// `vbbr<k>` for each next block of as many.
+pub fn bridge_of(index: usize) -> String {
+    match index / PORTS_PER_BRIDGE {
+        0 => BRIDGE.into(),
+        k => format!("vbbr{k}"),
+    }
+}
 /// Guests are numbered into 10.211.0.0/16 (inside the fleet namespace only).
 pub const PREFIX: u8 = 16;
 const BASE: [u8; 2] = [10, 211];
@@ -33,6 +51,8 @@ pub enum NetError {
     Netns(String, io::Error),
     #[error("guest index {0} does not fit in the fleet subnet")]
     TooMany(usize),
+    #[error(transparent)]
+    Link(#[from] crate::rtnl::RtnlError),
 }
 
 /// How a fleet's guests are attached to its network.
@@ -211,39 +231,65 @@ impl FleetNet {
         Ok(Ipv4Addr::new(BASE[0], BASE[1], (host >> 8) as u8, (host & 0xff) as u8))
     }
 
-    /// A persistent tap `name` on the bridge, for a VMM that runs inside the namespace.
-    pub fn add_tap(&self, name: &str) -> Result<(), NetError> {
-        let n = self.netns.as_str();
-        ip(&["-n", n, "tuntap", "add", "dev", name, "mode", "tap"])?;
-        ip(&["-n", n, "link", "set", name, "master", BRIDGE, "up"])
+    /// The bridge for guest `index`, made (and joined to the root) if it is a leaf not made
+    /// yet. Launches run concurrently: one at a time makes a leaf.
+    fn bridge_for(&self, index: usize) -> Result<String, NetError> {
+        let bridge = bridge_of(index);
+        let k = index / PORTS_PER_BRIDGE;
+        if k == 0 {
+            return Ok(bridge);
+        }
+        if k > MAX_LEAF_BRIDGES {
+            return Err(NetError::TooMany(index));
+        }
+        static LEAVES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = LEAVES.lock().unwrap_or_else(|e| e.into_inner());
+        let (join, leaf) = (format!("vbj{k}"), format!("vbjl{k}"));
+        crate::rtnl::add_leaf_bridge(&self.netns, &bridge, BRIDGE, &join, &leaf)?;
+        Ok(bridge)
     }
 
-    /// A veth pair: `name` on the bridge, its peer `eth0` in the network namespace of `pid`.
-    pub fn add_veth(&self, name: &str, pid: u32) -> Result<(), NetError> {
-        let n = self.netns.as_str();
-        let pid = pid.to_string();
-        ip(&["-n", n, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", &pid])?;
-        ip(&["-n", n, "link", "set", name, "master", BRIDGE, "up"])
+    /// A persistent tap `name` for guest `index`, up on its bridge ([`bridge_of`]), for a VMM
+    /// that runs inside the namespace.
+    pub fn add_tap(&self, name: &str, index: usize) -> Result<(), NetError> {
+        let bridge = self.bridge_for(index)?;
+        Ok(crate::rtnl::add_tap(&self.netns, name, &bridge)?)
     }
 
-    /// A veth pair: `name` on the bridge, its peer `eth0` in the named namespace `guest_netns`.
-    pub fn add_veth_to_netns(&self, name: &str, guest_netns: &str) -> Result<(), NetError> {
-        let n = self.netns.as_str();
-        ip(&[
-            "-n",
-            n,
-            "link",
-            "add",
-            name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            guest_netns,
-        ])?;
-        ip(&["-n", n, "link", "set", name, "master", BRIDGE, "up"])
+    /// A veth pair for guest `index`: `name` up on its bridge, its peer `eth0` in the network
+    /// namespace of `pid`.
+    pub fn add_veth(&self, name: &str, index: usize, pid: u32) -> Result<(), NetError> {
+        let bridge = self.bridge_for(index)?;
+        let peer = crate::rtnl::PeerNs::Pid(pid);
+        Ok(crate::rtnl::add_veth(&self.netns, name, &bridge, "eth0", &peer)?)
+    }
+
+    /// A veth pair for guest `index`: `name` up on its bridge, its peer `eth0` in the named
+    /// namespace `guest_netns`.
+    pub fn add_veth_to_netns(
+        &self,
+        name: &str,
+        index: usize,
+        guest_netns: &str,
+    ) -> Result<(), NetError> {
+        let bridge = self.bridge_for(index)?;
+        let peer = crate::rtnl::PeerNs::Named(guest_netns.into());
+        Ok(crate::rtnl::add_veth(&self.netns, name, &bridge, "eth0", &peer)?)
+    }
+
+    /// Creates the named namespace `name` (a container's own), without spawning `ip`.
+    pub fn add_netns(name: &str) -> Result<FleetNet, NetError> {
+        crate::rtnl::add_netns(name)?;
+        Ok(FleetNet { netns: name.into(), mode: NetMode::Private })
+    }
+
+    /// Deletes link `name` in this namespace; Ok if it is already gone (a veth whose peer's
+    /// namespace died takes its other end with it).
+    pub fn del_link(&self, name: &str) -> Result<(), NetError> {
+        match crate::rtnl::del_link(&self.netns, name) {
+            Err(e) if e.is_no_device() => Ok(()),
+            r => Ok(r?),
+        }
     }
 
     /// Opens the namespace for [`enter_in_child`].
@@ -303,7 +349,7 @@ mod tests {
             return;
         }
         let net = FleetNet::create(&format!("t{}", std::process::id())).unwrap();
-        net.add_tap("vbt0").unwrap();
+        net.add_tap("vbt0", 0).unwrap();
         let out = Command::new("ip")
             .args(["-n", &net.netns, "-o", "link", "show", "master", BRIDGE])
             .output()
@@ -321,10 +367,55 @@ mod tests {
         );
         assert_eq!(link_mtu(&net.netns, "vbt0").unwrap(), 1500);
         assert_eq!(link_mtu(&net.netns, "lo").unwrap(), 65536);
-        let e = net.add_tap("vbt0").unwrap_err();
-        assert!(e.to_string().contains("ip -n"), "{e}");
+        let e = net.add_tap("vbt0", 0).unwrap_err();
+        assert!(e.to_string().contains("tuntap add vbt0"), "{e}");
         net.destroy().unwrap();
         assert!(!net.path().exists());
         net.destroy().unwrap();
+    }
+
+    /// Needs root: a guest past the root bridge's share goes on a leaf bridge joined to the
+    /// root, and reaches a guest on the root bridge; past the last leaf is refused.
+    #[test]
+    fn guests_beyond_one_bridge_reach_each_other() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: network namespaces need root");
+            return;
+        }
+        assert_eq!(bridge_of(999), BRIDGE);
+        assert_eq!(bridge_of(1000), "vbbr1");
+        assert_eq!(bridge_of(2500), "vbbr2");
+        let id = std::process::id();
+        let net = FleetNet::create(&format!("mb{id}")).unwrap();
+        let guests = [(0usize, format!("vbmb{id}a")), (1500, format!("vbmb{id}b"))];
+        let run = |args: &[&str]| {
+            let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let r = (|| {
+            for (i, g) in &guests {
+                FleetNet::add_netns(g)?;
+                net.add_veth_to_netns(&link_name("vbl", *i), *i, g)?;
+                let addr = format!("{}/{PREFIX}", FleetNet::guest_addr(*i)?);
+                ip(&["-n", g, "addr", "add", &addr, "dev", "eth0"])?;
+                ip(&["-n", g, "link", "set", "eth0", "up"])?;
+            }
+            Ok::<_, NetError>(())
+        })();
+        let (_, leaf) = run(&["ip", "-n", &net.netns, "-o", "link", "show", "master", "vbbr1"]);
+        let (_, root) = run(&["ip", "-n", &net.netns, "-o", "link", "show", "master", BRIDGE]);
+        let far = FleetNet::guest_addr(1500).unwrap().to_string();
+        let (pinged, _) =
+            run(&["ip", "netns", "exec", &guests[0].1, "ping", "-c", "1", "-W", "5", &far]);
+        let too_many = net.add_tap("vbt9", PORTS_PER_BRIDGE * (MAX_LEAF_BRIDGES + 1));
+        for (_, g) in &guests {
+            let _ = ip(&["netns", "del", g]);
+        }
+        net.destroy().unwrap();
+        r.unwrap();
+        assert!(leaf.contains("vbl1500") && leaf.contains("vbjl1"), "{leaf}");
+        assert!(root.contains("vbl0") && root.contains("vbj1") && !root.contains("vbl1500"));
+        assert!(pinged, "guest 0 on the root bridge did not reach guest 1500 on a leaf");
+        assert!(matches!(too_many, Err(NetError::TooMany(_))), "{too_many:?}");
     }
 }

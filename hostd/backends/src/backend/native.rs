@@ -69,7 +69,7 @@ impl Backend for Native {
                 // exactly as an ns or oci guest; the agent sets eth0 up as they do. Only the
                 // network is private: the process is otherwise a plain host process.
                 NetMode::Private => {
-                    let own = g.private_netns(net, &super::oci::netns_name(spec))?;
+                    let own = g.private_netns(net, spec.index, &super::oci::netns_name(spec))?;
                     cmd.netns(Some(own.open()?)).args(["--net", &net.agent_arg()]);
                 }
             }

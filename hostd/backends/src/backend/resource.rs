@@ -61,10 +61,9 @@ impl Resource {
                     return Ok(());
                 }
                 // Already gone (e.g. a veth whose peer's namespace died) is fine.
-                match netlab::ip(&["-n", netns, "link", "del", name]) {
-                    Err(e) if e.to_string().contains("Cannot find device") => Ok(()),
-                    r => r.map_err(|e| e.to_string()),
-                }
+                netlab::FleetNet { netns: netns.clone(), mode: Default::default() }
+                    .del_link(name)
+                    .map_err(|e| e.to_string())
             }
             Resource::Netns { name } => {
                 netlab::FleetNet { netns: name.clone(), mode: Default::default() }

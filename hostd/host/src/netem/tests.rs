@@ -316,7 +316,7 @@ fn traffic_is_classified_by_destination_site() {
     let r = std::panic::catch_unwind(|| {
         for (i, g) in guests.iter().enumerate() {
             crate::netlab::ip(&["netns", "add", g]).unwrap();
-            fleet.add_veth_to_netns(&netlab::link_name("vbl", i), g).unwrap();
+            fleet.add_veth_to_netns(&netlab::link_name("vbl", i), i, g).unwrap();
             let addr = format!("{}/16", FleetNet::guest_addr(i).unwrap());
             crate::netlab::ip(&["-n", g, "addr", "add", &addr, "dev", "eth0"]).unwrap();
             crate::netlab::ip(&["-n", g, "link", "set", "eth0", "up"]).unwrap();

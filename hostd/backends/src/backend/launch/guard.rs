@@ -14,7 +14,7 @@ use crate::backend::{
 };
 use crate::cgroup::Cgroup;
 use crate::console::{ConsoleLog, CONSOLE_CAP};
-use crate::netlab::{self, FleetNet, NetMode};
+use crate::netlab::{FleetNet, NetMode};
 
 pub struct LaunchGuard {
     name: String,
@@ -100,18 +100,23 @@ impl LaunchGuard {
         let Some(net) = &spec.net else { return Ok(None) };
         // Recorded first: a tap made by a half-failed add_tap is still removed.
         self.hold(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
-        net.fleet.add_tap(&net.link)?;
+        net.fleet.add_tap(&net.link, spec.index)?;
         Ok(Some(net.fleet.open()?))
     }
 
     /// Gives the guest a named network namespace of its own (`name`, from the run id) on a
-    /// veth pair to the fleet bridge, as containers have. Returns that namespace.
-    pub fn private_netns(&mut self, net: &GuestNet, name: &str) -> Result<FleetNet, LaunchError> {
-        netlab::ip(&["netns", "add", name])?;
+    /// veth pair to guest `index`'s fleet bridge, as containers have. Returns that namespace.
+    pub fn private_netns(
+        &mut self,
+        net: &GuestNet,
+        index: usize,
+        name: &str,
+    ) -> Result<FleetNet, LaunchError> {
+        FleetNet::add_netns(name)?;
         self.hold(Resource::Netns { name: name.into() });
         // A half-made pair goes when the namespace is deleted; a made one too, which
         // releasing the link tolerates.
-        net.fleet.add_veth_to_netns(&net.link, name)?;
+        net.fleet.add_veth_to_netns(&net.link, index, name)?;
         self.hold(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
         Ok(FleetNet { netns: name.into(), mode: NetMode::Private })
     }

@@ -9,7 +9,7 @@
 //!   process group, killed on drop, the fleet namespace entered, descriptors passed, the
 //!   cgroup joined before exec);
 //! - [`control_pair`] and [`host_halves`]: the control channel as a socketpair;
-//! - [`run_tool`] and [`ToolError`]: a helper program (xl, a runtime's `state`, a version
+//! - [`run_tool`] and [`ToolError`]: a helper program (xl, a version
 //!   query) run to its end within a deadline;
 //! - [`boot_images`]: a VM backend's kernel and initramfs, checked before use, and
 //!   [`vm_launch_files`]: what its launches read.

@@ -1,5 +1,5 @@
-//! Helper programs a backend runs to their end (xl, xenstore-read, an OCI runtime's
-//! `state`, version queries): within a deadline, killed if they overrun, their failure a
+//! Helper programs a backend runs to their end (xl, xenstore-read,
+//! version queries): within a deadline, killed if they overrun, their failure a
 //! [`ToolError`] that callers can branch on (not found, timed out, what it said).
 
 use std::ffi::OsStr;

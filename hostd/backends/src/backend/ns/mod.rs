@@ -419,7 +419,7 @@ impl Ns {
         if let Some(n) = spec.net.as_ref().filter(|n| n.fleet.mode == NetMode::Private) {
             // A half-made pair goes with the guest's network namespace when the child is
             // killed; a made one also disappears with it later, which releasing tolerates.
-            n.fleet.add_veth(&n.link, pid.as_raw() as u32)?;
+            n.fleet.add_veth(&n.link, spec.index, pid.as_raw() as u32)?;
             g.hold(Resource::Link { netns: n.fleet.netns.clone(), name: n.link.clone() });
         }
         nix::unistd::write(&sync_wr, &[1]).map_err(|e| prepare("sync pipe", e.into()))?;

@@ -31,8 +31,8 @@ use std::time::Duration;
 use oci_spec::runtime::Spec;
 
 use super::launch::{
-    control_pair, host_halves, run_output, run_tool, tool_version, GuestCommand, Halves,
-    LaunchGuard, ToolError,
+    control_pair, host_halves, run_output, tool_version, GuestCommand, Halves, LaunchGuard,
+    ToolError,
 };
 use super::native::AGENT_FD;
 use super::rootdisk::System;
@@ -48,8 +48,6 @@ const DISK_IN_GUEST: &str = "/data/disk.img";
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The probe's whole test container.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
-/// `<runtime> state` answers at once; longer means it is stuck.
-const STATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the agent is in the image.
 const AGENT_PATH: &str = "sbin/guest-agent";
 
@@ -188,6 +186,11 @@ struct Container {
 }
 
 impl Container {
+    /// Where `run --pid-file` writes the container's init pid (next to the bundle).
+    fn pid_file(&self) -> PathBuf {
+        self.bundle.with_file_name("container.pid")
+    }
+
     fn program(&self) -> String {
         format!("{} run {}", self.runtime.display(), self.id)
     }
@@ -223,9 +226,8 @@ impl Oci {
         let (host, guest) = control_pair()?;
         let log = g.console(&workdir.join("console.log"))?;
         self.run_detached(g, &c, guest, log).await?;
-        let pid = state_pid(&c.runtime, &c.state, &c.id)
-            .await
-            .map_err(|e| c.spawn_err(io::Error::other(format!("state: {e}"))))?;
+        let pid = pid_from_file(&c.pid_file())
+            .map_err(|e| c.spawn_err(io::Error::other(format!("pid file: {e}"))))?;
         // Ours to reap if we adopted it (see Subreaper); else the host's init reaps it.
         let mut proc = Proc::from_pid(pid, parent_of(pid) == Some(std::process::id()))
             .map_err(|e| c.spawn_err(e))?;
@@ -269,7 +271,7 @@ impl Oci {
             None => None,
         };
         let netns = match &spec.net {
-            Some(n) => Some(g.private_netns(n, &netns_name(spec))?.path()),
+            Some(n) => Some(g.private_netns(n, spec.index, &netns_name(spec))?.path()),
             None => None,
         };
         // Where the runtime will create the groups, so a failed start still removes the
@@ -312,7 +314,9 @@ impl Oci {
         let mut cmd = GuestCommand::new(&c.runtime, &c.bundle);
         cmd.arg("--root")
             .arg(&c.state)
-            .args(["run", "--detach", "--preserve-fds", "1", "--bundle"])
+            .args(["run", "--detach", "--preserve-fds", "1", "--pid-file"])
+            .arg(c.pid_file())
+            .arg("--bundle")
             .arg(&c.bundle)
             .arg(&c.id)
             .output(log)?
@@ -420,16 +424,15 @@ async fn runtime_version(runtime: &Path) -> Result<String, ToolError> {
     tool_version(runtime, &["--version"]).await
 }
 
-/// The container's init pid, from `<runtime> state <id>`.
-async fn state_pid(runtime: &Path, root: &Path, id: &str) -> io::Result<u32> {
-    let args = [OsStr::new("--root"), root.as_os_str(), OsStr::new("state"), OsStr::new(id)];
-    let out = run_tool(runtime, &args, STATE_TIMEOUT).await.map_err(io::Error::other)?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(io::Error::other)?;
-    v.get("pid")
-        .and_then(|p| p.as_u64())
-        .filter(|&p| p > 0 && p <= u32::MAX as u64)
-        .map(|p| p as u32)
-        .ok_or_else(|| io::Error::other(format!("no pid in {}", out.trim())))
+/// The container's init pid, from the file `run --pid-file` wrote before the runtime exited
+/// (a second `<runtime> state` exec cost milliseconds inside the startup window).
+fn pid_from_file(path: &Path) -> io::Result<u32> {
+    let text = std::fs::read_to_string(path)?;
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| io::Error::other(format!("{}: no pid in {:?}", path.display(), text.trim())))
 }
 
 /// Runs the agent with `--version` in a throwaway container from the template, as a guest
