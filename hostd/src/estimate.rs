@@ -251,7 +251,7 @@ pub fn estimate(
                 };
                 let disk = *resource == Resource::Disk && *backend != BackendKind::Native;
                 // A backend's disk read is bracketed by two native reads of the same size,
-                // and its overhead step reads on (up to 3 × reps, at least 6) until the
+                // and its overhead step reads on (up to 4 × reps, at least 8) until the
                 // paired ratio is known to ±5 %: priced at that most.
                 let (runs, native_reads) = if disk {
                     let native = m
@@ -262,7 +262,7 @@ pub fn estimate(
                             default_native_run_s(*resource, &workloads(*backend, *resource, params))
                         });
                     let runs = if *test == Test::Overhead {
-                        (c.warmup + (3 * c.reps).max(6)) as f64
+                        (c.warmup + crate::suite::overhead::disk_read_cap(c.reps)) as f64
                     } else {
                         runs
                     };
@@ -351,7 +351,7 @@ mod tests {
     }
 
     /// A backend's disk read is priced with the two native reads bracketing it, and its
-    /// overhead step at the most reads it may take (3 × reps, at least 6, plus warm-up).
+    /// overhead step at the most reads it may take (4 × reps, at least 8, plus warm-up).
     #[test]
     fn disk_steps_count_the_bracketing_reads_and_the_extra_reps() {
         let c = campaign(
@@ -371,7 +371,7 @@ mod tests {
         let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-9, "{a} != {b}");
         close(price(bench(BackendKind::Native, Test::Overhead, 1)), 3.0 * (native * 1.2 + 0.5));
         let uml = native * 1.5;
-        close(price(bench(BackendKind::Uml, Test::Overhead, 1)), 7.0 * (uml + 2.0 * native + 0.5));
+        close(price(bench(BackendKind::Uml, Test::Overhead, 1)), 9.0 * (uml + 2.0 * native + 0.5));
         // Linearity: reps as set, two copies sharing the disk.
         close(
             price(bench(BackendKind::Uml, Test::Linearity, 2)),

@@ -36,13 +36,17 @@ pub async fn measure(
     let net = fleet.net_label();
     let mut out = Vec::new();
     let mut starter = Starter::default();
-    let mut ratios = Vec::new();
+    // The trusted reads' paired time ratios, and how many reads were counted.
+    let (mut ratios, mut counted) = (Vec::new(), 0);
     let mut i = 0;
-    while i < warmup + reps || more_disk_reads(&ratios, reps) {
+    // Only paired reads (a non-native disk read with the reference copy) repeat.
+    let mut paired_step = false;
+    while i < warmup + reps || (paired_step && more_disk_reads(&ratios, counted, reps)) {
         // A disk read starts with the guest's data evicted from the host cache, every time.
         let preps = before_reads(fleet.backend, resource, &[g])?;
         // The adjacent native read, last before the request (paired_read's why).
         let paired = paired_read(fleet, resource, w)?;
+        paired_step |= paired.is_some();
         let sent = std::time::Instant::now();
         let r = run_together(&[(g, req.clone())], timeout, &mut starter).await.remove(0)?;
         // And the native read right after it: the bracket's second half (mark_paired's why).
@@ -61,7 +65,9 @@ pub async fn measure(
             );
             mark_reads(&mut s, preps.as_deref());
             mark_paired(&mut s, paired.as_ref(), after.as_ref(), sent);
-            ratios.extend(s.iter().filter_map(|s| reference(s).map(|(_, t)| s.elapsed_s / t)));
+            let trusted = s.iter().filter(|s| trusted(s));
+            ratios.extend(trusted.filter_map(|s| reference(s).map(|(_, t)| s.elapsed_s / t)));
+            counted += 1;
             out.extend(s);
         }
         i += 1;
@@ -73,15 +79,37 @@ pub async fn measure(
 /// width ÷ mean) before the overhead step stops reading.
 pub const DISK_RATIO_PRECISION: f64 = 0.05;
 
-/// Whether the overhead step reads the disk again after its `reps` counted reads: while the
-/// paired time ratios (`ratios`, one per counted read; empty for native and other resources,
-/// which never repeat) are not known to [`DISK_RATIO_PRECISION`], up to three times `reps`
-/// (at least 6). One read's ratio on a shared disk ranges widely (0.3–1.9 measured here), so
-/// a fixed two or three reads could not say whether a backend is within 10 % of native.
-pub fn more_disk_reads(ratios: &[f64], reps: u32) -> bool {
-    let cap = (reps as usize * 3).max(6);
-    if ratios.len() < reps as usize || ratios.len() >= cap {
+/// The widest disagreement of the two native reads around a backend read (|after − before|
+/// ÷ their mean) for which that read's ratio is trusted. Wider, the disk changed speed while
+/// the backend read (swings of 2× within seconds happen on this shared disk), so neither
+/// native read tells what the backend's read competed with; such a read is recorded but
+/// left out of the paired ratios, and the report counts it.
+pub const BRACKET_TRUST: f64 = 0.20;
+
+/// Whether a disk sample's ratio is trusted: its bracket agrees within [`BRACKET_TRUST`]
+/// (reads without the second native read, older results, are taken as they are).
+pub fn trusted(s: &BenchSample) -> bool {
+    bracket(s).is_none_or(|b| b <= BRACKET_TRUST)
+}
+
+/// The most counted reads a paired overhead disk step takes ([`more_disk_reads`]).
+pub fn disk_read_cap(reps: u32) -> u32 {
+    reps.saturating_mul(4).max(8)
+}
+
+/// Whether the overhead step reads the disk again after `counted` counted reads, `ratios`
+/// being the paired time ratios of the trusted ones (empty for native and other resources,
+/// which the caller never repeats): until `reps` reads are trusted and their mean ratio is known to
+/// [`DISK_RATIO_PRECISION`], up to four times `reps` reads in all (at least 8). One read's
+/// ratio on a shared disk ranges widely (0.3–1.9 measured here), so a fixed two or three
+/// reads could not say whether a backend is within 10 % of native.
+pub fn more_disk_reads(ratios: &[f64], counted: usize, reps: u32) -> bool {
+    let cap = disk_read_cap(reps) as usize;
+    if counted < reps as usize || counted >= cap {
         return false;
+    }
+    if ratios.len() < reps as usize {
+        return true;
     }
     match Stat::of(ratios, "×").and_then(|s| Some((s.ci_half()?, s.mean))) {
         Some((h, m)) => m > 0.0 && h / m > DISK_RATIO_PRECISION,
@@ -138,6 +166,10 @@ pub struct PairedPoint {
     pub time: Stat,
     /// The longest time from the end of a native read to the backend read paired with it, s.
     pub max_gap_s: f64,
+    /// Reads left out of `speed` and `time` because their bracket disagreed by more than
+    /// [`BRACKET_TRUST`] (all are kept if none agreed, and this counts them).
+    #[serde(default)]
+    pub untrusted: usize,
     /// Reads bracketed by a native read on each side: the largest disagreement of the two,
     /// |after − before| ÷ their mean (how far the disk moved around one read). None when no
     /// read has the second native read (results older than the bracket).
@@ -174,11 +206,14 @@ pub fn paired(samples: &[&BenchSample]) -> Vec<PairedPoint> {
         }
     }
     by.into_iter()
-        .filter_map(|((test, n), ss)| {
+        .filter_map(|((test, n), all)| {
+            let ok: Vec<Refd> = all.iter().filter(|(s, _)| trusted(s)).copied().collect();
+            let untrusted = all.len() - ok.len();
+            let ss = if ok.is_empty() { &all } else { &ok };
             let speed: Vec<f64> = ss.iter().map(|(s, (m, _))| s.value / m).collect();
             let time: Vec<f64> = ss.iter().map(|(s, (_, t))| s.elapsed_s / t).collect();
             let max_gap_s = ss.iter().filter_map(|(s, _)| s.paired_gap_s).fold(0.0, f64::max);
-            let max_bracket = ss
+            let max_bracket = all
                 .iter()
                 .filter_map(|(s, _)| bracket(s))
                 .fold(None, |m: Option<f64>, b| Some(m.map_or(b, |m| m.max(b))));
@@ -188,6 +223,7 @@ pub fn paired(samples: &[&BenchSample]) -> Vec<PairedPoint> {
                 speed: Stat::of(&speed, "×")?,
                 time: Stat::of(&time, "×")?,
                 max_gap_s,
+                untrusted,
                 max_bracket,
             })
         })
@@ -283,43 +319,76 @@ mod tests {
 
     #[test]
     fn a_bracketed_read_is_divided_by_the_mean_of_its_two_native_reads() {
-        // ns reads at 300 MB/s between native reads of 200 and 400: the reference is 300
-        // MB/s (1×), where the read before alone would say 1.5×; the two disagree by 2/3.
-        let mut a = disk(BackendKind::Ns, Test::Overhead, 1, 0, 300.0, 200.0);
-        (a.paired_native_after_mbps, a.paired_native_after_s) = (Some(400.0), Some(512.0 / 400.0));
+        // ns reads at 300 MB/s between native reads of 280 and 320: the reference is 300
+        // MB/s (1×), where the read before alone would say 1.07×; the two disagree by 2/15.
+        let mut a = disk(BackendKind::Ns, Test::Overhead, 1, 0, 300.0, 280.0);
+        (a.paired_native_after_mbps, a.paired_native_after_s) = (Some(320.0), Some(512.0 / 320.0));
         // A second read with the bracket agreeing (500, 500) and read at 550 (1.1×).
         let mut b = disk(BackendKind::Ns, Test::Overhead, 1, 1, 550.0, 500.0);
         (b.paired_native_after_mbps, b.paired_native_after_s) = (Some(500.0), Some(512.0 / 500.0));
         let p = paired(&[&a, &b]);
         assert_eq!(p.len(), 1);
         assert!((p[0].speed.mean - 1.05).abs() < 1e-12, "{:?}", p[0].speed);
-        // Times: 512/300 ÷ mean(2.56, 1.28) = 1.7067/1.92, and 512/550 ÷ 1.024.
-        let t = ((512.0 / 300.0) / 1.92 + (512.0 / 550.0) / 1.024) / 2.0;
+        // Times: 512/300 ÷ mean(512/280, 512/320), and 512/550 ÷ 1.024.
+        let r = (512.0 / 280.0 + 512.0 / 320.0) / 2.0;
+        let t = ((512.0 / 300.0) / r + (512.0 / 550.0) / 1.024) / 2.0;
         assert!((p[0].time.mean - t).abs() < 1e-12, "{:?}", p[0].time);
-        assert!((p[0].max_bracket.unwrap() - 200.0 / 300.0).abs() < 1e-12);
+        assert!((p[0].max_bracket.unwrap() - 40.0 / 300.0).abs() < 1e-12);
+        assert_eq!(p[0].untrusted, 0);
         // Without the second read: the one before, and no bracket.
         let p = paired(&[&disk(BackendKind::Ns, Test::Overhead, 1, 0, 300.0, 200.0)]);
         assert!((p[0].speed.mean - 1.5).abs() < 1e-12 && p[0].max_bracket.is_none());
         // Both native reads count in native's drift.
         let d = native_drift(&[&a]).unwrap();
-        assert_eq!((d.reads, d.min_mbps, d.max_mbps), (2, 200.0, 400.0));
+        assert_eq!((d.reads, d.min_mbps, d.max_mbps), (2, 280.0, 320.0));
     }
 
     #[test]
     fn disk_reads_repeat_until_the_ratio_is_known_to_five_percent() {
-        // Native and other resources record no ratio: never more than reps.
-        assert!(!more_disk_reads(&[], 2));
-        // Fewer than reps: the loop's own count decides.
-        assert!(!more_disk_reads(&[1.0], 2));
-        // Two reads 0.6 and 1.4 (mean 1, CI half width ≈ 5.1): read on, up to 6 for reps = 2.
-        assert!(more_disk_reads(&[0.6, 1.4], 2));
-        assert!(!more_disk_reads(&[0.6, 1.4, 0.6, 1.4, 0.6, 1.4], 2));
-        // Three times reps when that is more: 5 → 15.
-        assert!(more_disk_reads(&[0.6, 1.4, 0.6, 1.4, 0.6, 1.4, 1.0], 5));
+        // No read trusted yet after reps: read on.
+        assert!(more_disk_reads(&[], 2, 2));
+        // Fewer than reps counted: the loop's own count decides.
+        assert!(!more_disk_reads(&[1.0], 1, 2));
+        // Two reads 0.6 and 1.4 (mean 1, CI half width ≈ 5.1): read on, up to 8 for reps = 2.
+        assert!(more_disk_reads(&[0.6, 1.4], 2, 2));
+        assert!(more_disk_reads(&[0.6, 1.4, 0.6, 1.4, 0.6, 1.4], 6, 2));
+        assert!(!more_disk_reads(&[0.6, 1.4, 0.6, 1.4, 0.6, 1.4, 0.6, 1.4], 8, 2));
+        // Four times reps when that is more: 5 → 20.
+        assert!(more_disk_reads(&[0.6, 1.4, 0.6, 1.4, 0.6, 1.4, 1.0], 19, 5));
+        assert!(!more_disk_reads(&[0.6, 1.4, 0.6, 1.4, 0.6, 1.4, 1.0], 20, 5));
         // Agreeing reads stop at reps: 1.00 and 1.01 (CI half ≈ 0.064 ≈ 6 % — one more);
         // four reads within ±1 % stop.
-        assert!(more_disk_reads(&[1.0, 1.01], 2));
-        assert!(!more_disk_reads(&[1.0, 1.01, 0.99, 1.0], 2));
+        assert!(more_disk_reads(&[1.0, 1.01], 2, 2));
+        assert!(!more_disk_reads(&[1.0, 1.01, 0.99, 1.0], 4, 2));
+        // Untrusted reads do not count towards reps: 3 counted, 1 trusted, read on.
+        assert!(more_disk_reads(&[1.0], 3, 2));
+    }
+
+    #[test]
+    fn reads_whose_bracket_disagrees_are_left_out() {
+        let bracketed = |rep, mbps, before: f64, after: f64| {
+            let mut s = disk(BackendKind::Ns, Test::Overhead, 2, rep, mbps, before);
+            (s.paired_native_after_mbps, s.paired_native_after_s) =
+                (Some(after), Some(512.0 / after));
+            s
+        };
+        // 1000 between 950 and 1050 (10 %: trusted, 1×); 1500 between 1100 and 500 (75 %:
+        // left out, it would say 1.875×); 900 between 1000 and 1000 (0.9×).
+        let v = [
+            bracketed(0, 1000.0, 950.0, 1050.0),
+            bracketed(1, 1500.0, 1100.0, 500.0),
+            bracketed(2, 900.0, 1000.0, 1000.0),
+        ];
+        assert!(trusted(&v[0]) && !trusted(&v[1]) && trusted(&v[2]));
+        let p = paired(&v.iter().collect::<Vec<_>>());
+        assert_eq!((p[0].speed.samples, p[0].untrusted), (2, 1));
+        assert!((p[0].speed.median - 0.95).abs() < 1e-12, "{:?}", p[0].speed);
+        assert!((p[0].max_bracket.unwrap() - 0.75).abs() < 1e-12);
+        // None agreeing: all kept, all counted as untrusted.
+        let p = paired(&[&v[1]]);
+        assert_eq!((p[0].speed.samples, p[0].untrusted), (1, 1));
+        // Older reads without a second native read are trusted.
+        assert!(trusted(&disk(BackendKind::Ns, Test::Overhead, 1, 0, 300.0, 200.0)));
     }
 
     #[test]

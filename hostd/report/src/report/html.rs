@@ -270,7 +270,7 @@ pub(super) fn paired_disk_html(rep: &Report) -> Markup {
                         @for p in pts {
                             @let unpaired = (p.test == Test::Overhead).then(|| rep.overhead.get(&key(*b, Resource::Disk)).and_then(|v| v.iter().find(|q| q.n == p.n))).flatten();
                             tr {
-                                td { (b) } td { (format!("{:?}", p.test).to_lowercase()) } td { (p.n) } td { (p.speed.samples) }
+                                td { (b) } td { (format!("{:?}", p.test).to_lowercase()) } td { (p.n) } td { (p.speed.samples) @if p.untrusted > 0 { " (+" (p.untrusted) " left out: bracket > 20 %)" } }
                                 @let fast = p.test == Test::Overhead && p.speed.median > FASTER_THAN_NATIVE;
                                 td class=[fast.then_some("bad")] title=[fast.then_some("faster than the adjacent native read by more than 10 %: not the disk's drift")] {
                                     (format!("{:.2} ({:.2}–{:.2})", p.speed.median, p.speed.min, p.speed.max))
