@@ -135,3 +135,78 @@ fn csv(s: &BootSummary) -> Result<Vec<u8>> {
     }
     w.into_inner().map_err(|e| anyhow::anyhow!("boot.csv: {}", e.error()))
 }
+
+/// One progress bar per fleet size and mode of `hostd boot`: guests ready out of n, and a
+/// line per guest that failed.
+pub struct FleetBars {
+    bars: indicatif::MultiProgress,
+    /// The fleet being booted: its label, bar, guests ready and failed.
+    current: Option<(String, indicatif::ProgressBar, usize, usize)>,
+}
+
+impl Default for FleetBars {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FleetBars {
+    /// No bar yet: the first event starts one.
+    pub fn new() -> Self {
+        FleetBars { bars: crate::progress::multi(), current: None }
+    }
+
+    /// Counts `e` on the bar of the fleet `label` ("… n=N …"), starting that bar (and
+    /// finishing the previous one) when the label changes.
+    pub fn event(&mut self, label: &str, e: FleetEvent) {
+        let n: usize = label
+            .split("n=")
+            .nth(1)
+            .and_then(|x| x.split(' ').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0);
+        if self.current.as_ref().map(|c| c.0.as_str()) != Some(label) {
+            if let Some((_, b, _, _)) = self.current.take() {
+                b.finish();
+            }
+            let b = self.bars.add(indicatif::ProgressBar::new(n as u64));
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix:>24} [{bar:30}] {pos}/{len} ready {msg} {elapsed}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b.set_prefix(label.to_string());
+            self.current = Some((label.to_string(), b, 0, 0));
+        }
+        let (_, b, ready, failed) = self.current.as_mut().expect("set above");
+        match e {
+            FleetEvent::Ready { .. } => *ready += 1,
+            FleetEvent::Failed(f) => {
+                *failed += 1;
+                let line = format!(
+                    "  {} {}: {:?}: {}",
+                    label,
+                    f.name,
+                    f.kind,
+                    f.error.lines().next().unwrap_or("")
+                );
+                crate::progress::line(b, &line);
+            }
+        }
+        b.set_position(*ready as u64);
+        if *failed > 0 {
+            b.set_message(format!("{failed} failed"));
+        }
+    }
+}
+
+/// The fleets of `s` in which a guest did not come up ("n=N mode: R of N ready").
+pub fn short_fleets(s: &BootSummary) -> Vec<String> {
+    s.rows
+        .iter()
+        .filter(|r| r.failed > 0 || r.ready < r.n)
+        .map(|r| format!("n={} {}: {} of {} ready", r.n, r.mode.name(), r.ready, r.n))
+        .collect()
+}

@@ -3,25 +3,17 @@
 //! resumed. Needs root, the images (`imagegen build`) and chromium (scripts/install-deps).
 
 mod support {
+    pub mod cli;
     pub mod skip;
 }
+
+use support::cli::{hostd, serial, text};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn hostd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hostd"))
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// Campaigns and fleets reap each other's orphans: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn root() -> bool {
     support::skip::unless_root(None, "campaigns need root (namespaces, cgroups, drop_caches)")
@@ -71,7 +63,7 @@ fn figures_loaded(index: &Path) -> String {
 
 #[test]
 fn quick_campaign_on_every_backend_renders_its_report() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = serial();
     if !root() {
         return;
     }
@@ -201,7 +193,7 @@ fn bad_campaign_files_are_rejected_before_anything_boots() {
 
 #[test]
 fn failing_backend_is_reported_and_a_killed_campaign_resumes() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = serial();
     if !root() {
         return;
     }

@@ -3,25 +3,19 @@
 //! needs root and the images (`imagegen build`).
 
 mod support {
+    pub mod cli;
     pub mod skip;
 }
 
+use support::cli::{hostd, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 /// Two backends, the CPU only, 2 startup sizes (hot), overhead at 1 and 3, isolation and a
 /// ring of 2, one repetition of a tiny workload: seconds to run.
 const TINY: &str = "name = \"tiny\"\nbackends = [\"native\", \"ns\"]\nresources = [\"cpu\"]\n\
 reps = 1\nwarmup = 0\n[startup]\nsizes = [1, 2]\nmodes = [\"hot\"]\nsettle_s = 0\n\
 [overhead]\nsizes = [1, 3]\n[ring]\nguests = 2\n[workloads]\ncpu_rounds = 1000\n";
-
-fn hostd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hostd"))
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 fn dry_run(camp: &Path, results: &Path, extra: &[&str]) -> String {
     let out = hostd()

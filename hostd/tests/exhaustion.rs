@@ -3,13 +3,16 @@
 //! guests down, and keeps what it had recorded intact. Needs root and the images.
 
 mod support {
+    pub mod cli;
     pub mod fault;
     pub mod skip;
 }
 
+use support::cli::{hostd, serial, text};
+
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use hostd::backend::{AnyBackend, BackendKind};
@@ -22,13 +25,6 @@ use hostd::samples::Record;
 use support::fault::*;
 use vb_protocol::bench::{BenchRequest, BenchSpec};
 use vb_protocol::msg::{Command as Cmd, ReplyBody};
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// hostd processes reap each other's orphans: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The run id in a results directory's name (`…-boot-<backend>-<run>`).
 fn run_of(results: &Path) -> String {
@@ -46,7 +42,7 @@ impl Drop for SmallFs {
 
 #[test]
 fn a_full_results_disk_stops_hostd_cleanly_and_keeps_whole_records() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = serial();
     if !is_root() {
         return skip("the full-disk test mounts a tmpfs (root)");
     }
@@ -66,7 +62,7 @@ fn a_full_results_disk_stops_hostd_cleanly_and_keeps_whole_records() {
     let free = nix::sys::statvfs::statvfs(&mnt).unwrap();
     let avail = free.blocks_available() * free.fragment_size();
     std::fs::write(mnt.join("filler"), vec![b'x'; (avail - 16 * 1024) as usize]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hostd"))
+    let out = hostd()
         .args([
             "boot",
             "--backend",
@@ -125,7 +121,7 @@ fn walk(d: &Path) -> Vec<std::path::PathBuf> {
 
 /// hostd under `ulimit -n LIMIT` (soft and hard).
 fn hostd_with_nofile(limit: u64, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hostd"));
+    let mut c = hostd();
     c.args(args);
     // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe.
     unsafe {
@@ -142,7 +138,7 @@ fn hostd_with_nofile(limit: u64, args: &[&str]) -> Output {
 
 #[test]
 fn a_low_descriptor_limit_is_refused_before_any_guest_starts() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = serial();
     if !is_root() {
         return skip("the ulimit test boots ns guests (root)");
     }

@@ -2,10 +2,11 @@
 //! files, and the JSON validates against the committed schema (docs/schema/).
 
 mod support {
+    pub mod cli;
     pub mod skip;
 }
 
-use std::process::Command;
+use support::cli::hostd;
 
 #[test]
 fn boot_exports_validate_against_the_schema() {
@@ -14,7 +15,7 @@ fn boot_exports_validate_against_the_schema() {
     }
     let d = tempfile::tempdir().unwrap();
     let (json, csv, md) = (d.path().join("a.json"), d.path().join("a.csv"), d.path().join("a.md"));
-    let out = Command::new(env!("CARGO_BIN_EXE_hostd"))
+    let out = hostd()
         .args([
             "boot",
             "--backend",

@@ -6,6 +6,7 @@
 //! socket. Config-file field names are unit-tested in the backend itself.
 
 mod support {
+    pub mod fault;
     pub mod skip;
     pub mod vm;
 }

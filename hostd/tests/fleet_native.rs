@@ -2,23 +2,14 @@
 //! drop_caches, and the static agent from scripts/build-agent).
 
 mod support {
+    pub mod cli;
     pub mod skip;
 }
 
+use support::cli::{run_hostd, serial, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
-
-fn hostd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hostd")).args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// These tests start hostd processes that reap each other's orphans: run them one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn root() -> bool {
     support::skip::unless_root(Some("native"), "fleets need root (cgroups, drop_caches)")
@@ -38,12 +29,12 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn boot_records_samples_summary_and_figures() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     if !root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = hostd(&[
+    let out = run_hostd(&[
         "boot",
         "--backend",
         "native",
@@ -88,12 +79,12 @@ fn boot_records_samples_summary_and_figures() {
 /// never labelled cold; the copies are gone afterwards.
 #[test]
 fn cold_starts_are_verified_and_hot_ones_not_labelled_cold() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     if !root() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = hostd(&[
+    let out = run_hostd(&[
         "boot",
         "--backend",
         "native",
@@ -158,17 +149,17 @@ fn bad_fleet_files_fail_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("f.toml");
     std::fs::write(&p, "name = \"x\"\nbackend = \"native\"\nguests = 2\nmemory = 5\n").unwrap();
-    let out = hostd(&["up", p.to_str().unwrap()]);
+    let out = run_hostd(&["up", p.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
     assert!(t.contains("f.toml") && t.contains("memory"), "{t}");
-    let out = hostd(&["boot", "--backend", "nosuch"]);
+    let out = run_hostd(&["boot", "--backend", "nosuch"]);
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
 fn up_status_down_and_recovery_after_sigkill() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     if !root() {
         return;
     }
@@ -180,9 +171,9 @@ fn up_status_down_and_recovery_after_sigkill() {
         format!("name = \"{name}\"\nbackend = \"native\"\nguests = 3\nnetwork = false\n"),
     )
     .unwrap();
-    let out = hostd(&["up", p.to_str().unwrap()]);
+    let out = run_hostd(&["up", p.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    let st = hostd(&["status", &name]);
+    let st = run_hostd(&["status", &name]);
     let t = text(&st);
     assert!(st.status.success() && t.contains(&format!("fleet {name}")), "{t}");
     let guest_pids: Vec<u32> = t
@@ -193,7 +184,7 @@ fn up_status_down_and_recovery_after_sigkill() {
     assert_eq!(guest_pids.len(), 3, "{t}");
     assert!(guest_pids.iter().all(|&p| alive(p)));
     // The same status as JSON, for scripts.
-    let js = hostd(&["status", &name, "--json"]);
+    let js = run_hostd(&["status", &name, "--json"]);
     let v: serde_json::Value =
         serde_json::from_slice(&js.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&js)));
     assert_eq!(v[0]["name"], name.as_str(), "{v}");
@@ -206,15 +197,15 @@ fn up_status_down_and_recovery_after_sigkill() {
         .collect();
     assert_eq!(json_pids, guest_pids, "{v}");
     // A second fleet of the same name is refused.
-    assert!(!hostd(&["up", p.to_str().unwrap()]).status.success());
-    let down = hostd(&["down", &name]);
+    assert!(!run_hostd(&["up", p.to_str().unwrap()]).status.success());
+    let down = run_hostd(&["down", &name]);
     assert!(down.status.success(), "{}", text(&down));
     std::thread::sleep(Duration::from_millis(200));
     assert!(guest_pids.iter().all(|&p| !alive(p)), "guests survived down");
-    assert!(!text(&hostd(&["status"])).contains(&name));
+    assert!(!text(&run_hostd(&["status"])).contains(&name));
 
     // Now kill the daemon outright: the next hostd releases what it left behind.
-    let out = hostd(&["up", p.to_str().unwrap()]);
+    let out = run_hostd(&["up", p.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let link = Path::new("/run/virtbench/fleets").join(&name);
     let state: serde_json::Value =
@@ -227,7 +218,7 @@ fn up_status_down_and_recovery_after_sigkill() {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    let t = text(&hostd(&["status", &name]));
+    let t = text(&run_hostd(&["status", &name]));
     let guest_pids: Vec<u32> = t
         .lines()
         .filter(|l| l.starts_with('g') && l.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
@@ -243,7 +234,7 @@ fn up_status_down_and_recovery_after_sigkill() {
     // scratch files remain until a later hostd releases them.
     assert!(Path::new(&scratch).exists() && roots.iter().any(|r| Path::new(r).exists()));
     let dir2 = tempfile::tempdir().unwrap();
-    let out = hostd(&[
+    let out = run_hostd(&[
         "boot",
         "--backend",
         "native",

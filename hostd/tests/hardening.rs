@@ -5,9 +5,12 @@
 //! (VIRTBENCH_IMAGES); the others run anywhere.
 
 mod support {
+    pub mod cli;
     pub mod fault;
     pub mod skip;
 }
+
+use support::cli::{self, serial, HOSTD};
 
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
@@ -25,8 +28,6 @@ struct Run {
     /// straight from this big test process would count this one's pages too).
     max_rss_kib: u64,
 }
-
-const HOSTD: &str = env!("CARGO_BIN_EXE_hostd");
 
 /// Runs hostd with `args` (and `env` added), killing it (and failing the test) if it is
 /// still running after `limit`: a hang is a failure, never a stuck test.
@@ -578,12 +579,9 @@ lab = false
 cpu_rounds = 100000
 "#;
 
-/// Campaigns reap each other's orphans and compete for the CPU: one test at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn a_run_that_fails_after_validation_leaves_no_directory() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = serial();
     let base = tempfile::tempdir().unwrap();
     let res = base.path().join("results");
     let camp = base.path().join("tiny.toml");
@@ -631,7 +629,7 @@ fn a_run_that_fails_after_validation_leaves_no_directory() {
 
 #[test]
 fn two_runs_started_in_the_same_second_get_a_directory_each() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = serial();
     if !is_root() {
         return skip("campaigns need root (cgroups, namespaces)");
     }
@@ -786,7 +784,7 @@ fn a_forced_teardown_failure_is_warned_about() {
         return skip("booting a native guest needs root (cgroups); mounting needs root");
     }
     let res = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hostd"))
+    let child = cli::hostd()
         .args(["boot", "--backend", "native", "-n", "1", "--modes", "hot", "--settle", "15"])
         .args(["--floor-reps", "0", "--results"])
         .arg(res.path())

@@ -3,8 +3,11 @@
 //! and the images (`imagegen build`).
 
 mod support {
+    pub mod cli;
     pub mod skip;
 }
+
+use support::cli::hostd;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -17,7 +20,7 @@ fn ctrl_c_during_a_uml_fleet_leaves_nothing_behind() {
         return;
     }
     let res = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hostd"))
+    let mut child = hostd()
         .args([
             "boot",
             "--backend",

@@ -1,6 +1,10 @@
 //! End to end on the native backend: the real static agent as a host process.
 //! Needs the musl agent (`scripts/build-agent`; `.ci/run` builds it first).
 
+mod support {
+    pub mod cli;
+}
+
 use std::path::PathBuf;
 use std::process::Command as Proc;
 use std::time::Duration;
@@ -177,7 +181,7 @@ async fn guest_errors_are_reported_and_the_agent_survives() {
 }
 
 fn hostd_bin(args: &[&str]) -> (i32, String) {
-    let out = Proc::new(env!("CARGO_BIN_EXE_hostd")).args(args).output().unwrap();
+    let out = support::cli::hostd().args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

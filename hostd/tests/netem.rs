@@ -5,33 +5,20 @@
 //! beyond broad factors; the figures themselves go to docs/benchmarks.md.
 
 mod support {
+    pub mod cli;
     pub mod skip;
 }
 
+use support::cli::{hostd, run_hostd, serial, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn hostd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hostd")).args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// These tests start hostd processes that reap each other's orphans: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn root() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        support::skip::skip(Some("native"), "fleet networks need root");
-        return false;
-    }
-    true
+    support::skip::unless_root(Some("native"), "fleet networks need root")
 }
 
 fn guest_pids(name: &str) -> Vec<u32> {
-    let t = text(&hostd(&["status", name]));
+    let t = text(&run_hostd(&["status", name]));
     t.lines()
         .filter(|l| l.starts_with('g') && l.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
         .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
@@ -49,7 +36,7 @@ fn netem_here() -> bool {
 
 #[test]
 fn running_fleet_links_change_without_restarting_guests() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     if !root() {
         return;
     }
@@ -64,12 +51,12 @@ fn running_fleet_links_change_without_restarting_guests() {
         ),
     )
     .unwrap();
-    let out = hostd(&["up", p.to_str().unwrap()]);
+    let out = run_hostd(&["up", p.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let pids = guest_pids(&name);
     assert_eq!(pids.len(), 3);
     let r = std::panic::AssertUnwindSafe(|| {
-        let show = text(&hostd(&["net", &name, "show"]));
+        let show = text(&run_hostd(&["net", &name, "show"]));
         assert!(show.contains("site all: guests 0..3 (3), 20 Mbit/s"), "{show}");
         for i in 0..3 {
             assert!(show.contains(&format!("qdisc htb 1: dev vbl{i} ")), "{show}");
@@ -77,31 +64,31 @@ fn running_fleet_links_change_without_restarting_guests() {
         }
         assert!(show.contains("rate 20Mbit"), "{show}");
         // One guest changed while the fleet runs.
-        let out = hostd(&["net", &name, "set", "--rate-mbit", "40", "--guests", "1"]);
+        let out = run_hostd(&["net", &name, "set", "--rate-mbit", "40", "--guests", "1"]);
         assert!(out.status.success(), "{}", text(&out));
-        let out = hostd(&["net", &name, "show"]);
+        let out = run_hostd(&["net", &name, "show"]);
         let show = text(&out);
         assert!(show.contains("to guests [1]") && show.contains("rate 40Mbit"), "{show}");
         // Bad input is named, and nothing changes.
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "[[site]]\nname = 'a'\nguests = 3\nlink = { rate_mbit = 0 }\n")
             .unwrap();
-        let out = hostd(&["net", &name, "set", "--file", bad.to_str().unwrap()]);
+        let out = run_hostd(&["net", &name, "set", "--file", bad.to_str().unwrap()]);
         let t = text(&out);
         assert!(!out.status.success() && t.contains("site a: link: rate_mbit = 0"), "{t}");
-        let out = hostd(&["net", &name, "set", "--rate-mbit", "10", "--guests", "7"]);
+        let out = run_hostd(&["net", &name, "set", "--rate-mbit", "10", "--guests", "7"]);
         assert!(text(&out).contains("no guest 7"), "{}", text(&out));
         // Delay: applied where the kernel has netem, refused by name where it does not.
-        let out = hostd(&["net", &name, "set", "--delay-ms", "5", "--jitter-ms", "1"]);
+        let out = run_hostd(&["net", &name, "set", "--delay-ms", "5", "--jitter-ms", "1"]);
         if netem_here() {
             assert!(out.status.success(), "{}", text(&out));
-            assert!(text(&hostd(&["net", &name, "show"])).contains("netem"));
+            assert!(text(&run_hostd(&["net", &name, "show"])).contains("netem"));
         } else {
             assert!(text(&out).contains("no netem qdisc"), "{}", text(&out));
         }
-        let out = hostd(&["net", &name, "clear"]);
+        let out = run_hostd(&["net", &name, "clear"]);
         assert!(out.status.success(), "{}", text(&out));
-        let show = text(&hostd(&["net", &name, "show"]));
+        let show = text(&run_hostd(&["net", &name, "show"]));
         assert!(
             !show.contains("htb") && !show.contains("vbi") && !show.contains("ingress"),
             "{show}"
@@ -110,7 +97,7 @@ fn running_fleet_links_change_without_restarting_guests() {
         assert_eq!(guest_pids(&name), pids);
     });
     let caught = std::panic::catch_unwind(r);
-    let down = hostd(&["down", &name]);
+    let down = run_hostd(&["down", &name]);
     assert!(down.status.success(), "{}", text(&down));
     if let Err(e) = caught {
         std::panic::resume_unwind(e);
@@ -132,7 +119,7 @@ fn bad_net_sections_fail_before_anything_starts() {
             format!("name = \"x\"\nbackend = \"native\"\nguests = 3\n[net]\n{net}\n")
         };
         std::fs::write(&p, body).unwrap();
-        let out = hostd(&["up", p.to_str().unwrap()]);
+        let out = run_hostd(&["up", p.to_str().unwrap()]);
         let t = text(&out);
         assert_eq!(out.status.code(), Some(1), "{t}");
         assert!(t.contains("field `net`") && t.contains(want), "{want}: {t}");
@@ -162,13 +149,7 @@ fn accuracy_campaign(netem: &str) -> (Vec<serde_json::Value>, String) {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hostd"))
-        .arg("run")
-        .arg(&camp)
-        .arg("--results")
-        .arg(&res)
-        .output()
-        .unwrap();
+    let out = hostd().arg("run").arg(&camp).arg("--results").arg(&res).output().unwrap();
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("netem accuracy at n="), "{t}");
@@ -200,7 +181,7 @@ fn assert_rate(rows: &[serde_json::Value], rate: f64) {
 /// the report shows configured beside achieved.
 #[test]
 fn accuracy_step_measures_the_configured_rate() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     if !root() {
         return;
     }
@@ -222,7 +203,7 @@ fn accuracy_step_measures_the_configured_rate() {
 /// destination in its ifb); the slower, 20, is what it gets.
 #[test]
 fn accuracy_step_between_sites_gets_the_matrix_rate() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     if !root() {
         return;
     }

@@ -20,11 +20,11 @@ use hostd::microbench::{run_once, write_data_file};
 use hostd::netlab::{self, FleetNet};
 use hostd::suite::Test;
 use support::fault::{
-    cgroup_dirs_of, fds_of, mountinfo, netns_of, ns_inode, powered_off, supports_o_direct,
-    zombie_children, Litter,
+    assert_host_loopback_unreachable, assert_only_given_fds, cgroup_dirs_of, mountinfo, net_serve,
+    netns_of, ns_inode, powered_off, supports_o_direct, zombie_children, Litter,
 };
 use vb_protocol::bench::{BenchRequest, BenchSpec, Resource, Work};
-use vb_protocol::msg::{Command, ReplyBody, Role};
+use vb_protocol::msg::Role;
 
 const HELLO: Duration = Duration::from_secs(10);
 const BENCH: Duration = Duration::from_secs(60);
@@ -159,13 +159,6 @@ async fn bench(g: &RunningGuest, spec: BenchSpec) -> Work {
     let rep =
         run_once(&g.conn, &req, BENCH).await.unwrap_or_else(|e| panic!("{}: {e:#}", g.spec.name));
     rep.instances[0].work.clone()
-}
-
-async fn net_serve(g: &RunningGuest) -> u16 {
-    match g.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await.unwrap() {
-        ReplyBody::Listening { port } => port,
-        other => panic!("net_serve answered {other:?}"),
-    }
 }
 
 /// Three guests on a fleet network: hello, CPU, a TCP stream between two of them over the
@@ -348,65 +341,20 @@ async fn guest_is_isolated_from_the_host() {
         points.difference(&allowed)
     );
 
-    // A server on the host's loopback: reachable from the host, not from the guest.
-    let host_dir = dir.path().join("host-agent");
-    let native = AnyBackend::new(
-        BackendKind::Native,
-        &Images { agent: agent(), ..Default::default() },
-        &Default::default(),
-    );
-    let hs = GuestSpec {
+    let host = GuestSpec {
         net: None,
         cgroup: None,
-        workdir: host_dir,
+        workdir: dir.path().join("host-agent"),
         name: format!("{run}-host"),
         ..spec(&run, 9, dir.path(), None, None)
     };
-    let host_agent = boot(&native, hs, HELLO).await.unwrap();
-    let port = net_serve(&host_agent).await;
-    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the host reaches its own server");
-    let req = BenchRequest {
-        spec: BenchSpec::NetStream {
-            peer: format!("127.0.0.1:{port}"),
-            duration_ms: 100,
-            msg_size: 1024,
-        },
-        instances: 1,
-        start_at_ns: None,
-    };
-    let e = run_once(&g.conn, &req, BENCH)
-        .await
-        .expect_err("the guest must not reach the host's loopback");
-    assert!(format!("{e:#}").contains("cannot connect"), "{e:#}");
+    assert_host_loopback_unreachable(&g, host).await;
 
-    host_agent.shutdown(&native, Duration::from_secs(5)).await;
     let workdir = g.spec.workdir.clone();
     let exit = g.shutdown(&backend, Duration::from_secs(5)).await;
     assert!(powered_off(&exit), "{exit:?}");
     net.destroy().unwrap();
     assert_clean(&run, dir.path(), &mounts_before, &[pid], &[workdir]);
-}
-
-/// `pid` holds stdin on /dev/null, stdout and stderr on one pipe (the console), the
-/// control socket as fd 3 (and copies of it), and nothing else.
-pub fn assert_only_given_fds(pid: u32) {
-    let fds = fds_of(pid);
-    let target = |n: i32| {
-        fds.iter()
-            .find(|(f, _)| *f == n)
-            .map(|(_, t)| t.clone())
-            .unwrap_or_else(|| panic!("no fd {n}: {fds:?}"))
-    };
-    assert_eq!(target(0), "/dev/null", "{fds:?}");
-    assert!(target(1).starts_with("pipe:[") && target(1) == target(2), "{fds:?}");
-    let socket = target(3);
-    assert!(socket.starts_with("socket:["), "{fds:?}");
-    for (n, t) in &fds {
-        assert!(
-            *n < 3 || *t == socket,
-            "fd {n} → {t}: the guest holds a descriptor it was not given ({fds:?})"
-        );
-    }
 }
 
 /// With a user namespace the guest's root is an unprivileged host user, and it still boots,

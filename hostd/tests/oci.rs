@@ -25,11 +25,11 @@ use oci_spec::runtime::{
     ProcessBuilder, RootBuilder, SpecBuilder, UserBuilder,
 };
 use support::fault::{
-    cgroup_dirs_of, fds_of, mountinfo, netns_of, ns_inode, powered_off, supports_o_direct,
-    zombie_children, Litter,
+    assert_host_loopback_unreachable, assert_only_given_fds, cgroup_dirs_of, mountinfo, net_serve,
+    netns_of, ns_inode, powered_off, supports_o_direct, zombie_children, Litter,
 };
 use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
-use vb_protocol::msg::{Command, ReplyBody, Role};
+use vb_protocol::msg::Role;
 
 const HELLO: Duration = Duration::from_secs(20);
 const BENCH: Duration = Duration::from_secs(60);
@@ -366,15 +366,7 @@ async fn fleet_scenario(runtime: &str, run: &str, n: usize) {
         ));
     }
     if n > 1 {
-        let port = match guests[1]
-            .conn
-            .request(Command::NetServe { port: 0 }, Duration::from_secs(10))
-            .await
-            .unwrap()
-        {
-            ReplyBody::Listening { port } => port,
-            other => panic!("{other:?}"),
-        };
+        let port = net_serve(&guests[1]).await;
         let peer = format!("{}:{port}", FleetNet::guest_addr(1).unwrap());
         match bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 200, msg_size: 16384 })
             .await
@@ -537,63 +529,15 @@ async fn runc_container_is_isolated_from_the_host() {
     );
     let e = std::fs::write(groot.join("written-by-host"), "x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "the image must be read-only in the container");
-    // Only the descriptors it was given: stdin /dev/null, stdout and stderr the console
-    // pipe, the control socket as fd 3 (and copies of it).
-    let fds = fds_of(pid);
-    let target = |n: i32| {
-        fds.iter()
-            .find(|(f, _)| *f == n)
-            .map(|(_, t)| t.clone())
-            .unwrap_or_else(|| panic!("no fd {n}: {fds:?}"))
-    };
-    assert_eq!(target(0), "/dev/null", "{fds:?}");
-    assert!(target(1).starts_with("pipe:[") && target(1) == target(2), "{fds:?}");
-    let socket = target(3);
-    assert!(socket.starts_with("socket:["), "{fds:?}");
-    for (n, t) in &fds {
-        assert!(
-            *n < 3 || *t == socket,
-            "fd {n} → {t}: the container holds a descriptor it was not given ({fds:?})"
-        );
-    }
-    // A server on the host's loopback: reachable from the host, not from the container.
-    let native = AnyBackend::new(
-        BackendKind::Native,
-        &Images { agent: agent(), ..Default::default() },
-        &Default::default(),
-    );
-    let hs = GuestSpec {
+    assert_only_given_fds(pid);
+    let host = GuestSpec {
         net: None,
         cgroup: None,
         workdir: dir.path().join("host-agent"),
         name: format!("{run}-host"),
         ..spec(&run, 9, dir.path(), None, None)
     };
-    let host_agent = boot(&native, hs, HELLO).await.unwrap();
-    let port = match host_agent
-        .conn
-        .request(Command::NetServe { port: 0 }, Duration::from_secs(10))
-        .await
-        .unwrap()
-    {
-        ReplyBody::Listening { port } => port,
-        other => panic!("{other:?}"),
-    };
-    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the host reaches its own server");
-    let req = BenchRequest {
-        spec: BenchSpec::NetStream {
-            peer: format!("127.0.0.1:{port}"),
-            duration_ms: 100,
-            msg_size: 1024,
-        },
-        instances: 1,
-        start_at_ns: None,
-    };
-    let e = run_once(&g.conn, &req, BENCH)
-        .await
-        .expect_err("the container must not reach the host's loopback");
-    assert!(format!("{e:#}").contains("cannot connect"), "{e:#}");
-    host_agent.shutdown(&native, Duration::from_secs(5)).await;
+    assert_host_loopback_unreachable(&g, host).await;
 
     let workdir = g.spec.workdir.clone();
     let exit = g.shutdown(&backend, Duration::from_secs(5)).await;

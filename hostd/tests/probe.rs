@@ -1,15 +1,16 @@
 //! `hostd probe`: every backend listed with whether it is available and why, and what
 //! `hostd boot` then does agrees with it.
 
-use std::process::Command;
+mod support {
+    pub mod cli;
+}
 
 use hostd::backend::BackendKind;
 use hostd::probe::ProbeReport;
-
-const HOSTD: &str = env!("CARGO_BIN_EXE_hostd");
+use support::cli::hostd;
 
 fn probe_json(args: &[&str]) -> (ProbeReport, i32) {
-    let out = Command::new(HOSTD).arg("probe").arg("--json").args(args).output().unwrap();
+    let out = hostd().arg("probe").arg("--json").args(args).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     let r: ProbeReport = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("probe --json printed no report ({e}): {text}"));
@@ -47,7 +48,7 @@ fn boot_agrees_with_probe() {
     );
     let dir = tempfile::tempdir().unwrap();
     let boot = |b: &str| {
-        Command::new(HOSTD)
+        hostd()
             .args([
                 "boot",
                 "--backend",

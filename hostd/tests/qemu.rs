@@ -5,6 +5,7 @@
 //! skipped and why.
 
 mod support {
+    pub mod fault;
     pub mod skip;
     pub mod vm;
 }

@@ -11,28 +11,20 @@
 //! Needs root and the images (scripts/test builds them).
 
 mod support {
+    pub mod cli;
     pub mod fault;
     pub mod skip;
 }
 
+use support::cli::{hostd, serial, text};
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::fault::*;
-
-fn hostd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hostd"))
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// hostd processes reap each other's orphans: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Guest rows of `hostd status`: (name, host pid).
 fn guest_pids(status: &str) -> Vec<u32> {
@@ -171,7 +163,7 @@ fn killed_with_guests(backend: &str, n: usize, stopped_survive: bool) {
 
 #[test]
 fn hostd_killed_with_50_ns_guests_is_cleaned_up_by_the_next_one() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = serial();
     if !is_root() {
         return skip("recovery tests need root");
     }
@@ -180,7 +172,7 @@ fn hostd_killed_with_50_ns_guests_is_cleaned_up_by_the_next_one() {
 
 #[test]
 fn hostd_killed_with_50_uml_guests_is_cleaned_up_by_the_next_one() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = serial();
     if !is_root() {
         return skip("recovery tests need root");
     }
@@ -271,7 +263,7 @@ net_duration_ms = 50
 
 #[test]
 fn results_survive_hostd_killed_at_random_moments() {
-    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _s = serial();
     if !is_root() {
         return skip("recovery tests need root");
     }

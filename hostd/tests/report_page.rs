@@ -4,8 +4,11 @@
 //! with the number of measurements it rests on.
 
 mod support {
+    pub mod cli;
     pub mod skip;
 }
+
+use support::cli::hostd;
 
 use std::path::Path;
 use std::process::Command;
@@ -51,7 +54,7 @@ fn the_decision_table_comes_first_in_the_browser() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("run");
     forge_results(&dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_hostd")).arg("report").arg(&dir).output().unwrap();
+    let out = hostd().arg("report").arg(&dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new(chromium)

@@ -4,19 +4,13 @@
 //! campaign (seconds). Needs root (drop_caches, cgroups) and the agent (`imagegen build`).
 
 mod support {
+    pub mod cli;
     pub mod skip;
 }
 
+use support::cli::{hostd, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn hostd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hostd"))
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 fn records(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("samples.jsonl"))

@@ -8,9 +8,13 @@
 //! seconds, offline. Needs root, the store's kernels and initramfs (`imagegen build`).
 
 mod support {
+    pub mod cli;
+    pub mod fault;
     pub mod skip;
     pub mod vm;
 }
+
+use support::cli::hostd;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -262,7 +266,6 @@ fn hostd_exec_in_a_fleet_kept_up() {
         format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 3\nsystem = \"{SYSTEM}\"\n"),
     )
     .unwrap();
-    let hostd = || std::process::Command::new(env!("CARGO_BIN_EXE_hostd"));
     let out = hostd().arg("up").arg(&file).output().unwrap();
     assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
     let run = |args: &[&str]| {

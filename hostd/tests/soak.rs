@@ -7,9 +7,12 @@
 //! are 0. On demand only (`scripts/soak --minutes N`); CI runs the single-fault tests.
 
 mod support {
+    pub mod cli;
     pub mod fault;
     pub mod skip;
 }
+
+use support::cli::hostd;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -229,11 +232,7 @@ fn hostd_sigkill(dir: &std::path::Path, n: usize, t: &mut Tally) {
     let name = format!("soak{}", std::process::id());
     let file = dir.join("fleet.toml");
     std::fs::write(&file, format!("name = \"{name}\"\nbackend = \"ns\"\nguests = {n}\n")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostd"))
-        .arg("up")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = hostd().arg("up").arg(&file).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let link = std::path::Path::new("/run/virtbench/fleets").join(&name);
     let state: serde_json::Value =

@@ -3,6 +3,7 @@
 //! or the scratch build); a missing piece makes the test say it is skipped and why.
 
 mod support {
+    pub mod fault;
     pub mod skip;
     pub mod vm;
 }

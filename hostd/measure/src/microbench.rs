@@ -21,42 +21,55 @@ use crate::stats::Summary;
 /// Why `hostd bench`, or one benchmark request ([`run_once`]), failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// No counted repetition asked for.
     #[error("--reps must be at least 1")]
     NoReps,
     /// A host-side step (files, run state, fleet, peer, page cache), named.
     #[error("{what}: {error}")]
     Host { what: String, error: Box<dyn std::error::Error + Send + Sync> },
+    /// The backend cannot run on this host (its probe says why).
     #[error(transparent)]
     Unavailable(#[from] crate::backend::Unavailable),
+    /// The guest did not boot.
     #[error(transparent)]
     Boot(#[from] crate::guest::BootError),
+    /// The one-guest fleet did not start.
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+    /// The network benchmarks' far end did not start.
     #[error(transparent)]
     Peer(#[from] crate::peer::PeerError),
+    /// The disk benchmark's data file could not be made.
     #[error(transparent)]
     DataDisk(#[from] crate::datadisk::DataDiskError),
+    /// The disk benchmark's file could not be evicted from the page cache.
     #[error(transparent)]
     PageCache(#[from] crate::pagecache::PageCacheError),
     /// The run's state on disk.
     #[error(transparent)]
     RunState(std::io::Error),
+    /// Any of these, said to be from a backend.
     #[error("{backend} backend: {error}")]
     Backend { backend: String, error: Box<BenchError> },
+    /// The control channel to the agent failed.
     #[error(transparent)]
     Channel(#[from] crate::channel::ChannelError),
     /// The guest's report failed the checks against its request.
     #[error("guest result rejected: {0}")]
     Rejected(String),
+    /// The agent answered a request with something else than its answer.
     #[error("{request} answered with {answer}")]
     Answer { request: &'static str, answer: String },
+    /// Any of these, said to be from one benchmark.
     #[error("{bench} benchmark: {error}")]
     Bench { bench: String, error: Box<BenchError> },
     /// The request itself is out of range (the flags' values).
     #[error("{0}")]
     Invalid(String),
+    /// The disk benchmark's file stayed cached after its eviction.
     #[error("{}: {bytes} bytes stay in the page cache after eviction (mapped by a process?): the read would not come from the disk", path.display())]
     StillCached { path: PathBuf, bytes: u64 },
+    /// A benchmark ran but recorded nothing.
     #[error("no samples")]
     NoSamples,
     /// The one-guest fleet has no guest: its failure.
@@ -160,140 +173,156 @@ pub async fn run(opts: &BenchOptions, progress: &mut dyn Write) -> Result<BenchR
     backend.probe().await?;
     std::fs::create_dir_all(&opts.workdir)
         .map_err(host(format!("creating {}", opts.workdir.display())))?;
-
     let disk_path = if opts.benches.contains(&BenchName::Disk) {
-        let p = match opts.disk_file.as_ref().or(opts.images.disk.as_ref()) {
-            Some(p) => p.clone(),
-            None => {
-                let p = opts.workdir.join("disk-bench.bin");
-                write_data_file(&p, opts.disk_mib)
-                    .map_err(host(format!("creating disk benchmark file {}", p.display())))?;
-                p
-            }
-        };
-        let len = std::fs::metadata(&p)
-            .map_err(host(format!("disk benchmark file {}", p.display())))?
-            .len();
-        notes.push(format!(
-            "disk benchmark reads {} ({len} bytes){}, cache policy {}",
-            p.display(),
-            if p.is_file() { ", evicted from the host page cache before each run" } else { "" },
-            crate::datadisk::cache_policy(opts.backend)
-        ));
-        Some(p)
+        Some(disk_file(opts, &mut notes)?)
     } else {
         None
     };
-
-    let wants_net =
-        opts.benches.iter().any(|b| matches!(b, BenchName::NetStream | BenchName::NetRr));
-    let in_backend = |e: BenchError| BenchError::Backend {
-        backend: opts.backend.name().to_string(),
-        error: Box::new(e),
-    };
-    let boot_failed = |e: crate::guest::BootError| in_backend(BenchError::Boot(e));
     let (hello, results) = if opts.backend == BackendKind::Native {
-        // The host reference: two plain processes on the host's loopback, exactly what
-        // dd and iperf3 are compared with (scripts/compare-native.sh).
-        let spec = |index: usize, name: &str| GuestSpec {
-            index,
-            name: name.into(),
-            vcpus: 1,
-            mem_mib: 256,
-            data_disk: disk_path.clone(),
-            workdir: opts.workdir.join(name),
-            run: "bench".into(),
-            net: None,
-            cgroup: None,
-            limits: Default::default(),
-            images: None,
-        };
-        let guest =
-            boot(&backend, spec(0, "bench0"), opts.hello_timeout).await.map_err(boot_failed)?;
-        // netperf's client and server are two processes (two machines in the paper).
-        let peer = if wants_net {
-            match boot(&backend, spec(1, "bench-peer"), opts.hello_timeout).await {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    guest.shutdown(&backend, Duration::ZERO).await;
-                    return Err(boot_failed(e));
-                }
-            }
-        } else {
-            None
-        };
-        let peer_addr = match &peer {
-            Some(p) => {
-                Some(std::net::SocketAddr::from(([127, 0, 0, 1], net_serve(&p.conn).await?)))
-            }
-            None => None,
-        };
-        let disk = disk_path.as_ref().map(|d| d.display().to_string());
-        let result = run_benches(&guest, peer_addr, disk.as_deref(), opts, progress).await;
-        let grace = Duration::from_secs(5);
-        if let Some(p) = peer {
-            p.shutdown(&backend, grace).await;
-        }
-        let hello = guest.hello.clone();
-        guest.shutdown(&backend, grace).await;
-        (hello, result?)
+        on_host(&backend, disk_path, opts, progress).await?
     } else {
-        // A one-guest fleet on its own network, the peer on the fleet's bridge.
-        for c in crate::runstate::reap_orphans() {
-            let _ =
-                writeln!(progress, "cleaned up after a previous hostd that did not finish: {c}");
-        }
-        let run = RunState::create("bench", None).map_err(BenchError::RunState)?;
-        let r = async {
-            let mut cfg = FleetConfig {
-                n: 1,
-                data_disk: disk_path.clone(),
-                boot_timeout: opts.hello_timeout,
-                ..Default::default()
-            };
-            // Room for every concurrent copy's working set besides what the guest needs idle.
-            if opts.benches.contains(&BenchName::Memory) {
-                let need = crate::fidelity::mem_guest_mib(cfg.mem_mib, opts.mem_n, opts.instances);
-                cfg.mem_mib =
-                    u32::try_from(need).map_err(host("guest memory for the memory benchmark"))?;
-            }
-            let fleet = fleet::start(&backend, &run, &cfg, |_| {}).await?;
-            let r = async {
-                let Some(guest) = fleet.guests.first() else {
-                    let why = fleet.failures.first().map(|f| f.error.clone()).unwrap_or_default();
-                    return Err(BenchError::NoGuest(why));
-                };
-                let net = fleet.net.as_ref().expect("network on");
-                let peer = if wants_net {
-                    Some(Peer::start(&opts.images, &opts.backend_opts, &run, net).await?)
-                } else {
-                    None
-                };
-                let disk = disk_path.as_ref().map(|d| opts.backend.guest_disk(d));
-                let result = run_benches(
-                    guest,
-                    peer.as_ref().map(|p| p.addr),
-                    disk.as_deref(),
-                    opts,
-                    progress,
-                )
-                .await;
-                if let Some(p) = peer {
-                    p.stop().await;
-                }
-                Ok((guest.hello.clone(), result?))
-            }
-            .await;
-            fleet.teardown(&backend, Duration::from_secs(10)).await;
-            r
-        }
-        .await;
-        run.finish();
-        r.map_err(in_backend)?
+        in_fleet(&backend, disk_path, opts, progress).await.map_err(|e| in_backend(opts, e))?
     };
     let mut provenance = Provenance::collect(artifacts);
     provenance.notes = notes;
     Ok(BenchRun { backend: opts.backend, provenance, guest: hello, results })
+}
+
+/// `e`, said to be from `opts.backend`.
+fn in_backend(opts: &BenchOptions, e: BenchError) -> BenchError {
+    BenchError::Backend { backend: opts.backend.name().to_string(), error: Box::new(e) }
+}
+
+/// Whether a network benchmark is asked for (it needs a peer).
+fn wants_net(opts: &BenchOptions) -> bool {
+    opts.benches.iter().any(|b| matches!(b, BenchName::NetStream | BenchName::NetRr))
+}
+
+/// The file the disk benchmark reads: the one given, the image's, or one written in the work
+/// directory; `notes` says which and how it is cached.
+fn disk_file(opts: &BenchOptions, notes: &mut Vec<String>) -> Result<PathBuf> {
+    let p = match opts.disk_file.as_ref().or(opts.images.disk.as_ref()) {
+        Some(p) => p.clone(),
+        None => {
+            let p = opts.workdir.join("disk-bench.bin");
+            write_data_file(&p, opts.disk_mib)
+                .map_err(host(format!("creating disk benchmark file {}", p.display())))?;
+            p
+        }
+    };
+    let len =
+        std::fs::metadata(&p).map_err(host(format!("disk benchmark file {}", p.display())))?.len();
+    notes.push(format!(
+        "disk benchmark reads {} ({len} bytes){}, cache policy {}",
+        p.display(),
+        if p.is_file() { ", evicted from the host page cache before each run" } else { "" },
+        crate::datadisk::cache_policy(opts.backend)
+    ));
+    Ok(p)
+}
+
+/// The host reference: two plain processes on the host's loopback, exactly what dd and
+/// iperf3 are compared with (scripts/compare-native.sh).
+async fn on_host(
+    backend: &AnyBackend,
+    disk_path: Option<PathBuf>,
+    opts: &BenchOptions,
+    progress: &mut dyn Write,
+) -> Result<(Hello, Vec<BenchResult>)> {
+    let boot_failed = |e: crate::guest::BootError| in_backend(opts, BenchError::Boot(e));
+    let spec = |index: usize, name: &str| GuestSpec {
+        index,
+        name: name.into(),
+        vcpus: 1,
+        mem_mib: 256,
+        data_disk: disk_path.clone(),
+        workdir: opts.workdir.join(name),
+        run: "bench".into(),
+        net: None,
+        cgroup: None,
+        limits: Default::default(),
+        images: None,
+    };
+    let guest = boot(backend, spec(0, "bench0"), opts.hello_timeout).await.map_err(boot_failed)?;
+    // netperf's client and server are two processes (two machines in the paper).
+    let peer = if wants_net(opts) {
+        match boot(backend, spec(1, "bench-peer"), opts.hello_timeout).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                guest.shutdown(backend, Duration::ZERO).await;
+                return Err(boot_failed(e));
+            }
+        }
+    } else {
+        None
+    };
+    let peer_addr = match &peer {
+        Some(p) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], net_serve(&p.conn).await?))),
+        None => None,
+    };
+    let disk = disk_path.as_ref().map(|d| d.display().to_string());
+    let result = run_benches(&guest, peer_addr, disk.as_deref(), opts, progress).await;
+    let grace = Duration::from_secs(5);
+    if let Some(p) = peer {
+        p.shutdown(backend, grace).await;
+    }
+    let hello = guest.hello.clone();
+    guest.shutdown(backend, grace).await;
+    Ok((hello, result?))
+}
+
+/// A one-guest fleet on its own network, the peer on the fleet's bridge.
+async fn in_fleet(
+    backend: &AnyBackend,
+    disk_path: Option<PathBuf>,
+    opts: &BenchOptions,
+    progress: &mut dyn Write,
+) -> Result<(Hello, Vec<BenchResult>)> {
+    for c in crate::runstate::reap_orphans() {
+        let _ = writeln!(progress, "cleaned up after a previous hostd that did not finish: {c}");
+    }
+    let run = RunState::create("bench", None).map_err(BenchError::RunState)?;
+    let r = async {
+        let mut cfg = FleetConfig {
+            n: 1,
+            data_disk: disk_path.clone(),
+            boot_timeout: opts.hello_timeout,
+            ..Default::default()
+        };
+        // Room for every concurrent copy's working set besides what the guest needs idle.
+        if opts.benches.contains(&BenchName::Memory) {
+            let need = crate::fidelity::mem_guest_mib(cfg.mem_mib, opts.mem_n, opts.instances);
+            cfg.mem_mib =
+                u32::try_from(need).map_err(host("guest memory for the memory benchmark"))?;
+        }
+        let fleet = fleet::start(backend, &run, &cfg, |_| {}).await?;
+        let r = async {
+            let Some(guest) = fleet.guests.first() else {
+                let why = fleet.failures.first().map(|f| f.error.clone()).unwrap_or_default();
+                return Err(BenchError::NoGuest(why));
+            };
+            let net = fleet.net.as_ref().expect("network on");
+            let peer = if wants_net(opts) {
+                Some(Peer::start(&opts.images, &opts.backend_opts, &run, net).await?)
+            } else {
+                None
+            };
+            let disk = disk_path.as_ref().map(|d| opts.backend.guest_disk(d));
+            let result =
+                run_benches(guest, peer.as_ref().map(|p| p.addr), disk.as_deref(), opts, progress)
+                    .await;
+            if let Some(p) = peer {
+                p.stop().await;
+            }
+            Ok((guest.hello.clone(), result?))
+        }
+        .await;
+        fleet.teardown(backend, Duration::from_secs(10)).await;
+        r
+    }
+    .await;
+    run.finish();
+    r
 }
 
 async fn run_benches(

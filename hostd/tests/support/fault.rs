@@ -8,8 +8,12 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hostd::backend::{Exit, GuestNet, GuestSpec, Images};
+use hostd::backend::{AnyBackend, BackendKind, Exit, GuestNet, GuestSpec, Images};
+use hostd::guest::{boot, RunningGuest};
+use hostd::microbench::run_once;
 use hostd::netlab::{self, FleetNet};
+use vb_protocol::bench::{BenchRequest, BenchSpec};
+use vb_protocol::msg::{Command, ReplyBody};
 
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -342,6 +346,65 @@ pub fn fds_of(pid: u32) -> Vec<(i32, String)> {
         .collect();
     v.sort();
     v
+}
+
+/// `pid` holds stdin on /dev/null, stdout and stderr on one pipe (the console), the
+/// control socket as fd 3 (and copies of it), and nothing else.
+pub fn assert_only_given_fds(pid: u32) {
+    let fds = fds_of(pid);
+    let target = |n: i32| {
+        fds.iter()
+            .find(|(f, _)| *f == n)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| panic!("no fd {n}: {fds:?}"))
+    };
+    assert_eq!(target(0), "/dev/null", "{fds:?}");
+    assert!(target(1).starts_with("pipe:[") && target(1) == target(2), "{fds:?}");
+    let socket = target(3);
+    assert!(socket.starts_with("socket:["), "{fds:?}");
+    for (n, t) in &fds {
+        assert!(
+            *n < 3 || *t == socket,
+            "fd {n} → {t}: the guest holds a descriptor it was not given ({fds:?})"
+        );
+    }
+}
+
+/// Starts a TCP server in guest `g` and returns its port.
+pub async fn net_serve(g: &RunningGuest) -> u16 {
+    match g.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(10)).await.unwrap() {
+        ReplyBody::Listening { port } => port,
+        other => panic!("net_serve answered {other:?}"),
+    }
+}
+
+/// One instance streaming to `peer` for `duration_ms` in `msg_size`-byte messages.
+pub fn net_stream(peer: String, duration_ms: u32, msg_size: u32) -> BenchRequest {
+    BenchRequest {
+        spec: BenchSpec::NetStream { peer, duration_ms, msg_size },
+        instances: 1,
+        start_at_ns: None,
+    }
+}
+
+/// A server on the host's loopback (a native agent started from `host`, a spec without a
+/// network): reachable from the host, not from `guest`, which has a network namespace of
+/// its own.
+pub async fn assert_host_loopback_unreachable(guest: &RunningGuest, host: GuestSpec) {
+    let native = AnyBackend::new(
+        BackendKind::Native,
+        &Images { agent: agent(), ..Default::default() },
+        &Default::default(),
+    );
+    let host_agent = boot(&native, host, Duration::from_secs(20)).await.unwrap();
+    let port = net_serve(&host_agent).await;
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the host reaches its own server");
+    let req = net_stream(format!("127.0.0.1:{port}"), 100, 1024);
+    let e = run_once(&guest.conn, &req, Duration::from_secs(60))
+        .await
+        .expect_err("the guest must not reach the host's loopback");
+    assert!(format!("{e:#}").contains("cannot connect"), "{e:#}");
+    host_agent.shutdown(&native, Duration::from_secs(5)).await;
 }
 
 pub fn ns_inode(pid: u32, ns: &str) -> PathBuf {

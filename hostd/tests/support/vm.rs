@@ -253,24 +253,8 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
 
     // Network: guest 0 streams to guest 1 over the fleet bridge.
     let peer_addr: Ipv4Addr = guests[1].spec.net.as_ref().unwrap().addr;
-    let port = match guests[1]
-        .conn
-        .request(Command::NetServe { port: 0 }, Duration::from_secs(10))
-        .await
-        .unwrap()
-    {
-        ReplyBody::Listening { port } => port,
-        other => panic!("{other:?}"),
-    };
-    let stream = BenchRequest {
-        spec: BenchSpec::NetStream {
-            peer: format!("{peer_addr}:{port}"),
-            duration_ms: 300,
-            msg_size: 16384,
-        },
-        instances: 1,
-        start_at_ns: None,
-    };
+    let port = super::fault::net_serve(&guests[1]).await;
+    let stream = super::fault::net_stream(format!("{peer_addr}:{port}"), 300, 16384);
     let rep = run_once(&guests[0].conn, &stream, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{kind}: {e:#}"));

@@ -1,0 +1,151 @@
+use super::*;
+use crate::suite::testing::sample;
+
+/// An emulated host is a typed field of the probe record; results written before it
+/// existed said so by a prefix on the description, and still read as emulated.
+#[test]
+fn emulated_host_from_the_field_and_from_older_results() {
+    let old =
+        r#"{"record":"backend_probe","backend":"xen","description":"[emulated host] Xen 4.17"}"#;
+    let new = Record::BackendProbe {
+        backend: BackendKind::Uml,
+        description: "UML 6.12".into(),
+        emulated: true,
+    };
+    let plain = r#"{"record":"backend_probe","backend":"ns","description":"namespaces"}"#;
+    let records = vec![
+        serde_json::from_str(old).unwrap(),
+        serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap(),
+        serde_json::from_str(plain).unwrap(),
+    ];
+    let rep =
+        build_from(Samples { records, unreadable: 0, implausible: 0, rejected: Vec::new() }, None);
+    let want: std::collections::BTreeSet<_> = [BackendKind::Xen, BackendKind::Uml].into();
+    assert_eq!(rep.emulated, want);
+    assert_eq!(rep.probes[&BackendKind::Xen], "Xen 4.17");
+    assert_eq!(rep.probes[&BackendKind::Ns], "namespaces");
+}
+
+/// A Xen lab run on its own measures the CPU with its own smaller workload: the CPU
+/// figure its curve is on says which, against the campaigns' default; other figures
+/// and backends say nothing of it.
+#[test]
+fn emulated_backends_cpu_workload_is_stated_beside_its_figure() {
+    let probe = Record::BackendProbe {
+        backend: BackendKind::Xen,
+        description: "Xen 4.17".into(),
+        emulated: true,
+    };
+    let mut records = vec![probe];
+    for (b, params) in
+        [(BackendKind::Xen, "rounds=5000000"), (BackendKind::Native, "rounds=200000000")]
+    {
+        for g in 0..2 {
+            let mut s = sample(b, Test::Linearity, Resource::Cpu, 2, 0, g, 0, 1.0);
+            s.params = params.into();
+            records.push(Record::Bench(s));
+        }
+    }
+    let rep =
+        build_from(Samples { records, unreadable: 0, implausible: 0, rejected: Vec::new() }, None);
+    assert_eq!(rep.emulated_cpu.len(), 1);
+    let figs = figures(&rep);
+    let cap = |f: &str| figs.iter().find(|(n, _, _)| n == f).map(|(_, _, c)| c.clone());
+    let lin = cap("fig06_linearity_cpu.svg").expect("the CPU linearity figure");
+    assert!(
+        lin.ends_with(" xen (emulated host): CPU workload rounds=5000000, not the rounds=200000000 campaigns and `hostd bench` run by default."),
+        "{lin}"
+    );
+    assert!(figs.iter().filter(|(_, _, c)| c.contains("CPU workload")).count() == 1);
+    assert_eq!(
+        cpu_workload_note("rounds=200000000"),
+        "rounds=200000000, the default of campaigns and `hostd bench`"
+    );
+}
+
+/// Host T_a = 2 s, uml T_av = 2.5 s (both two repetitions), and two uml guests busy
+/// together taking 5 s, with `cpus` recorded per sample.
+fn samples(cpus: Option<usize>) -> Samples {
+    let mut v = vec![
+        sample(BackendKind::Native, Test::Overhead, Resource::Cpu, 1, 0, 0, 0, 1.9),
+        sample(BackendKind::Native, Test::Overhead, Resource::Cpu, 1, 1, 0, 0, 2.1),
+        sample(BackendKind::Uml, Test::Overhead, Resource::Cpu, 1, 0, 0, 0, 2.4),
+        sample(BackendKind::Uml, Test::Overhead, Resource::Cpu, 1, 1, 0, 0, 2.6),
+    ];
+    for rep in 0..2 {
+        for g in 0..2 {
+            v.push(sample(BackendKind::Uml, Test::Linearity, Resource::Cpu, 2, rep, g, 0, 5.0));
+        }
+    }
+    for s in &mut v {
+        s.cpus = cpus;
+    }
+    Samples {
+        records: v.into_iter().map(Record::Bench).collect(),
+        unreadable: 0,
+        implausible: 0,
+        rejected: vec![],
+    }
+}
+
+fn four_cpu_host() -> Provenance {
+    let mut p = Provenance::collect(Default::default());
+    p.host.cpus = 4;
+    p
+}
+
+#[test]
+fn references_use_the_guests_cpus_not_the_hosts() {
+    // Pinned to one CPU on a 4-CPU host: O_v + T_a·n = 0.5 + 2·2.
+    let rep = build_from(samples(Some(1)), Some(four_cpu_host()));
+    let p = &rep.linearity["uml/cpu"][0];
+    assert!((p.reference.unwrap() - 4.5).abs() < 1e-9, "{p:?}");
+    assert!(rep.cpus_assumed.is_empty());
+    assert!((rep.overhead["uml/cpu"][0].overhead.unwrap() - 0.5).abs() < 1e-9);
+    // Older samples without the record: the provenance's 4 CPUs stand in, and the
+    // report says so.
+    let rep = build_from(samples(None), Some(four_cpu_host()));
+    assert!((rep.linearity["uml/cpu"][0].reference.unwrap() - 2.5).abs() < 1e-9);
+    assert_eq!(rep.cpus_assumed, ["uml/cpu"]);
+    let figs = figures(&rep);
+    assert!(html_page(&rep, &figs).contains("did not record the CPUs their guests had"));
+}
+
+#[test]
+fn captions_say_what_the_bars_are_and_n() {
+    let rep = build_from(samples(Some(2)), Some(four_cpu_host()));
+    let figs = figures(&rep);
+    let cap = |name: &str| figs.iter().find(|f| f.0 == name).map(|f| f.2.clone()).unwrap();
+    assert!(
+        cap("fig02_overhead_cpu.svg").contains("95 % confidence interval of the mean")
+            && cap("fig02_overhead_cpu.svg").contains("n = 2 repetitions")
+    );
+    assert!(
+        cap("fig06_linearity_cpu.svg").contains("n = 4 samples")
+            && cap("fig06_linearity_cpu.svg").contains("the 2 CPU(s) the guests had")
+    );
+    // The bars are the interval's half-width: 2.5 ± t(0.975, 1)·0.1414/√2 = 2.5 ± 1.2706.
+    let Figure::Line(c) = &figs.iter().find(|f| f.0 == "fig02_overhead_cpu.svg").unwrap().1 else {
+        panic!("a line chart")
+    };
+    let err = c.series[0].points[0].err.unwrap();
+    assert!((err - 1.270620).abs() < 1e-5, "{err}");
+    let h = html_page(&rep, &figs);
+    assert!(
+        h.contains("<figcaption><b>CPU overhead") && h.contains("95&nbsp;% confidence intervals")
+    );
+    // Every point's median and interval reach the CSV.
+    let csv = String::from_utf8(csv(&rep).unwrap()).unwrap();
+    let row: Vec<f64> = csv
+        .lines()
+        .find(|l| l.starts_with("overhead,uml,cpu,1,"))
+        .unwrap()
+        .split(',')
+        .skip(11)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert!(
+        row[0] == 2.5 && (row[1] - 1.229380).abs() < 1e-5 && (row[2] - 3.770620).abs() < 1e-5,
+        "{row:?}"
+    );
+}

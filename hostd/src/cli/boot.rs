@@ -1,0 +1,145 @@
+//! `hostd boot` and `hostd bench`.
+
+use crate::*;
+
+pub(crate) async fn boot(a: BootArgs) -> anyhow::Result<Done> {
+    limits::check_sizes(&a.sizes).map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
+    let images = images_or_note(&a.images)?;
+    let bopts = backend_options(&a.images);
+    let backend = AnyBackend::new(a.backend, &images, &bopts);
+    reap_orphans();
+    let probe = backend.probe().await?;
+    eprintln!("hostd: {}: {probe}", a.backend);
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "-");
+    let run = RunState::create("boot", Some(a.results.clone()))?;
+    let mut results = match ResultsDir::create_unique(
+        &a.results,
+        &format!("{stamp}-boot-{}-{}", a.backend, run.run),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            run.finish();
+            return Err(e.into());
+        }
+    };
+    let mut provenance = Provenance::collect(images.hashes.clone());
+    provenance.notes.push(format!("backend {}: {probe}", a.backend));
+    let opts = BootOptions {
+        backend: a.backend,
+        sizes: a.sizes,
+        modes: a.modes,
+        fleet: FleetConfig {
+            mem_mib: a.mem_mib,
+            vcpus: a.vcpus,
+            parallelism: a.parallelism,
+            network: !a.no_network,
+            boot_timeout: Duration::from_secs(a.boot_timeout),
+            ..Default::default()
+        },
+        settle: Duration::from_secs(a.settle),
+        results: a.results.clone(),
+        floor_reps: a.floor_reps,
+        image_copies: a.image_copies,
+    };
+    let mut bars = bootrun::FleetBars::new();
+    let progress = |label: &str, e: FleetEvent| bars.event(label, e);
+    let outcome = tokio::select! {
+        r = bootrun::run(&backend, &images, &bopts, &opts, &run, &mut results, provenance, progress) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let cleaned = run.finish();
+    match outcome {
+        None => {
+            eprintln!(
+                "hostd: interrupted; {cleaned}; samples recorded so far are in {}",
+                results.path.display()
+            );
+            std::process::exit(130);
+        }
+        Some(r) => {
+            let summary = r?;
+            print!("{}", bootrun::table(&summary));
+            a.export.write(&hostd::export::of_boot(&summary))?;
+            eprintln!("hostd: results in {}", results.path.display());
+            if !cleaned.errors.is_empty() {
+                anyhow::bail!("teardown: {}", cleaned.errors.join("; "));
+            }
+            // A fleet in which a guest did not come up is a finished run with failures.
+            let short = bootrun::short_fleets(&summary);
+            Ok(if short.is_empty() { Done::All } else { Done::WithFailures(short.join("; ")) })
+        }
+    }
+}
+
+pub(crate) async fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let images = images_or_note(&a.images)?;
+    let workdir = tempfile::Builder::new().prefix("virtbench-bench-").tempdir()?;
+    let opts = BenchOptions {
+        backend: a.backend,
+        images,
+        backend_opts: backend_options(&a.images),
+        benches: a.bench,
+        reps: a.reps,
+        warmup: a.warmup,
+        instances: a.instances,
+        cpu_rounds: a.cpu_rounds,
+        mem_n: if a.mem_n == hostd::fidelity::AUTO {
+            hostd::fidelity::auto_mem_n(
+                hostd::fidelity::llc().unwrap_or(hostd::fidelity::LLC_FALLBACK),
+            )
+        } else {
+            a.mem_n
+        },
+        mem_passes: a.mem_passes,
+        disk_file: a.disk_file,
+        disk_mib: a.disk_mib,
+        disk_block_kib: a.disk_block_kib,
+        net_duration_ms: a.net_duration_ms,
+        net_msg_size: a.net_msg_size,
+        rr_size: a.rr_size,
+        hello_timeout: Duration::from_secs(a.hello_timeout),
+        bench_timeout: Duration::from_secs(a.bench_timeout),
+        workdir: workdir.path().to_path_buf(),
+    };
+    let runs = opts.benches.len() as u64 * u64::from(opts.warmup + opts.reps);
+    let mut progress =
+        BenchProgress { bar: hostd::progress::steps(runs, "run"), pending: Vec::new() };
+    let run = microbench::run(&opts, &mut progress).await;
+    progress.bar.finish_and_clear();
+    let run = run?;
+    a.export.write(&hostd::export::of_bench(&run))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&hostd::samples::Versioned::new(&run))?);
+    } else {
+        print!("{}", microbench::table(&run));
+    }
+    Ok(())
+}
+
+/// `hostd bench`'s progress: the library's lines go above a bar of every run (warm-up and
+/// counted) of every benchmark; each "… done in" line is one run.
+pub(crate) struct BenchProgress {
+    bar: indicatif::ProgressBar,
+    pending: Vec<u8>,
+}
+
+impl std::io::Write for BenchProgress {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        while let Some(i) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=i).collect();
+            let text = String::from_utf8_lossy(&line[..i]).into_owned();
+            if text.contains(" done in ") {
+                self.bar.inc(1);
+            }
+            hostd::progress::line(&self.bar, &text);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

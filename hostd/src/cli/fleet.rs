@@ -1,0 +1,184 @@
+//! The fleet commands: `hostd up`, `status`, `exec`, `down`.
+
+use crate::*;
+
+pub(crate) fn find_fleet(name: &str) -> anyhow::Result<RunState> {
+    let fleets = daemon::live_fleets();
+    match fleets.into_iter().find(|(n, _)| n == name) {
+        Some((_, st)) => Ok(st),
+        None => anyhow::bail!("no running fleet named {name:?} (see `hostd status`)"),
+    }
+}
+
+pub(crate) async fn status(name: Option<String>, json: bool) -> anyhow::Result<()> {
+    let fleets = match &name {
+        Some(n) => vec![(n.clone(), find_fleet(n)?)],
+        None => daemon::live_fleets(),
+    };
+    let mut all = Vec::with_capacity(fleets.len());
+    for (_, st) in fleets {
+        all.push(daemon::query_status(&st).await?);
+    }
+    if json {
+        let all: Vec<_> = all.iter().map(hostd::samples::Versioned::new).collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else if all.is_empty() {
+        println!("no fleets running");
+    }
+    for s in all.iter().filter(|_| !json) {
+        print!("{}", daemon::format_status(s));
+    }
+    Ok(())
+}
+
+pub(crate) async fn exec(a: ExecArgs) -> anyhow::Result<Done> {
+    let st = find_fleet(&a.name)?;
+    let req = vb_protocol::msg::ExecRequest {
+        argv: a.argv,
+        env: a.env,
+        cwd: a.cwd,
+        timeout_ms: a.timeout * 1000,
+        output_max: a.output_max,
+    };
+    let results = daemon::request_exec(&st, a.guest, req).await?;
+    let mut failed = Vec::new();
+    for r in &results {
+        match &r.result {
+            Ok(x) => {
+                let how = match (x.status, x.signal) {
+                    (Some(c), _) => format!("exit {c}"),
+                    (None, Some(s)) => format!("signal {s}"),
+                    _ => "?".into(),
+                };
+                println!(
+                    "== {}: {how}{}{} in {:.3} s",
+                    r.guest,
+                    if x.timed_out { " (timed out)" } else { "" },
+                    if x.truncated { " (output truncated)" } else { "" },
+                    x.duration_ns as f64 / 1e9
+                );
+                print!("{}", x.stdout);
+                eprint!("{}", x.stderr);
+                if x.status != Some(0) {
+                    failed.push(format!("{}: {how}", r.guest));
+                }
+            }
+            Err(e) => {
+                println!("== {}: failed: {e}", r.guest);
+                failed.push(format!("{}: {e}", r.guest));
+            }
+        }
+    }
+    Ok(if failed.is_empty() { Done::All } else { Done::WithFailures(failed.join("; ")) })
+}
+
+pub(crate) async fn down(name: String) -> anyhow::Result<()> {
+    let st = find_fleet(&name)?;
+    daemon::request_down(&st, Duration::from_secs(120)).await?;
+    println!("fleet {name} is down");
+    Ok(())
+}
+
+/// `hostd up`: validates, then detaches a daemon that boots the fleet; returns once the
+/// fleet is up (printing its status) or failed.
+pub(crate) fn up(a: &UpArgs) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("hostd: error: {e}");
+        ExitCode::FAILURE
+    };
+    let (file, kind) = match daemon::FleetFile::load(&a.file) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
+    if daemon::live_fleets().iter().any(|(n, _)| *n == file.name) {
+        return fail(format!("a fleet named {:?} is already running", file.name));
+    }
+    let mut images = match hostd::images::resolve(a.images.agent.as_deref()) {
+        Ok(i) => i,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    // The command line's system wins over the fleet file's.
+    let system = a.images.system.clone().map(|s| (s, a.images.init)).or(file.system());
+    if let Some((name, init)) = system {
+        if let Err(e) = hostd::images::add_system(&mut images, &name, init) {
+            return fail(format!("{e:#}"));
+        }
+    }
+    let opts = backend_options(&a.images);
+    if a.foreground {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        return match rt.block_on(async {
+            reap_orphans();
+            let run = RunState::create("up", None)?;
+            daemon::serve(file, kind, images, opts, run, |r| match r {
+                Ok(s) => print!("{}", daemon::format_status(s)),
+                Err(e) => eprintln!("hostd: error: {e}"),
+            })
+            .await
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("{e:#}")),
+        };
+    }
+    // CLOEXEC: guests must not inherit the report pipe, or the parent would wait for them.
+    let (rd, wr) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("pipe: {e}")),
+    };
+    // SAFETY: no other thread exists yet (the runtime is created after the fork), so the
+    // child may do anything.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => fail(format!("fork: {e}")),
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(rd), &mut msg);
+            match msg.split_once('\n') {
+                Some(("ok", rest)) => {
+                    print!("{rest}");
+                    ExitCode::SUCCESS
+                }
+                Some((_, err)) => fail(err.trim().to_string()),
+                None => fail("the fleet daemon exited before reporting".into()),
+            }
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(rd);
+            let _ = nix::unistd::setsid();
+            let mut report = Some(std::fs::File::from(wr));
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            let r = rt.block_on(async {
+                reap_orphans();
+                let run = RunState::create("up", None)?;
+                detach_stdio(&run.scratch.join("daemon.log"));
+                daemon::serve(file, kind, images, opts, run, |r| {
+                    if let Some(mut w) = report.take() {
+                        let text = match r {
+                            Ok(s) => format!("ok\n{}", daemon::format_status(s)),
+                            Err(e) => format!("error\n{e}"),
+                        };
+                        let _ = std::io::Write::write_all(&mut w, text.as_bytes());
+                    }
+                })
+                .await
+            });
+            if let (Err(e), Some(mut w)) = (&r, report.take()) {
+                let _ = std::io::Write::write_all(&mut w, format!("error\n{e:#}").as_bytes());
+            }
+            std::process::exit(if r.is_ok() { 0 } else { 1 });
+        }
+    }
+}
+
+/// Points stdin at /dev/null and stdout/stderr at the daemon's log.
+pub(crate) fn detach_stdio(log: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    if let (Ok(null), Ok(log)) = (std::fs::File::open("/dev/null"), std::fs::File::create(log)) {
+        // SAFETY: dup2 onto the standard descriptors of this (single-purpose) daemon process.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(log.as_raw_fd(), 1);
+            libc::dup2(log.as_raw_fd(), 2);
+        }
+    }
+}

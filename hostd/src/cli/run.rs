@@ -1,0 +1,242 @@
+//! `hostd run`: a campaign from its file, or resumed from its results directory.
+
+use crate::*;
+
+/// The campaign a results directory was started with, checked; errors name the file.
+pub(crate) fn stored_campaign(dir: &std::path::Path) -> anyhow::Result<Campaign> {
+    hostd::results::check_dir(dir)?;
+    let path = dir.join("campaign.toml");
+    let bytes = match hostd::results::read_file(&path, hostd::results::MAX_FILE_BYTES) {
+        Err(hostd::results::ReadError::Missing { .. }) => anyhow::bail!(
+            "{} is not a campaign results directory: it has no campaign.toml",
+            dir.display()
+        ),
+        r => r?,
+    };
+    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let c: Campaign =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    c.check().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(c)
+}
+
+/// A fresh run's results directory, named after the campaign and the run (unique even for
+/// runs started in the same second), with the campaign and provenance written. Removed
+/// again if they cannot be written: nothing half-made is left.
+pub(crate) fn new_results(
+    base: &std::path::Path,
+    campaign: &Campaign,
+    run: &RunState,
+    images: &hostd::backend::Images,
+) -> anyhow::Result<ResultsDir> {
+    let results =
+        ResultsDir::create_unique(base, &format!("{}-run-{}-{}", stamp(), campaign.name, run.run))?;
+    let written = (|| {
+        results.write("campaign.toml", toml::to_string(campaign)?.as_bytes())?;
+        let mut provenance = Provenance::collect(images.hashes.clone());
+        provenance.notes.push(format!("campaign {}", campaign.name));
+        results.write_json("provenance.json", &provenance)?;
+        anyhow::Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&results.path);
+        return Err(e);
+    }
+    Ok(results)
+}
+
+/// Whether a results directory holds no sample at all.
+pub(crate) fn nothing_recorded(dir: &std::path::Path) -> bool {
+    std::fs::metadata(dir.join(hostd::results::SAMPLES)).is_ok_and(|m| m.len() == 0)
+}
+
+pub(crate) async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
+    // Everything that can be checked is, before anything is made.
+    let campaign = match (&a.resume, &a.campaign) {
+        (Some(dir), _) => stored_campaign(dir)?,
+        (None, Some(p)) => Campaign::load(p).map_err(anyhow::Error::msg)?,
+        (None, None) => Campaign::default_campaign(),
+    };
+    let campaign = if a.quick { campaign.quick() } else { campaign };
+    if a.dry_run {
+        let host = hostd::campaign::HostFacts::here();
+        campaign
+            .check_host(&host)
+            .map_err(|e| anyhow::anyhow!("campaign {}: {e}", campaign.name))?;
+        let from = a
+            .estimate_from
+            .clone()
+            .or_else(|| hostd::estimate::latest_results(&a.results, &campaign.name));
+        let measured = match &from {
+            Some(d) => hostd::estimate::Measured::read(d)?,
+            None => hostd::estimate::Measured::default(),
+        };
+        for l in dry_run_lines(&campaign, &host, &measured) {
+            println!("{l}");
+        }
+        return Ok(Done::All);
+    }
+    let images = images_or_note(&a.images)?;
+    reap_orphans();
+    let run = RunState::create("run", Some(a.resume.clone().unwrap_or_else(|| a.results.clone())))?;
+    let made = match &a.resume {
+        Some(dir) => ResultsDir::open(dir).map_err(anyhow::Error::from),
+        None => new_results(&a.results, &campaign, &run, &images),
+    };
+    let mut results = match made {
+        Ok(r) => r,
+        Err(e) => {
+            run.finish();
+            return Err(e);
+        }
+    };
+    eprintln!("hostd: campaign {} → {}", campaign.name, results.path.display());
+    let bar = run_progress(&campaign, &mut results);
+    let mut say = |l: String| {
+        hostd::progress::line(&bar, &l);
+        bar.set_message(l.trim().chars().take(70).collect::<String>());
+    };
+    let bopts = backend_options(&a.images);
+    let mixing = if a.force_mixed { runner::Mixing::Allow } else { runner::Mixing::Refuse };
+    let outcome = tokio::select! {
+        r = runner::run(&campaign, &images, &bopts, &run, &mut results, mixing, &mut say) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    bar.finish_and_clear();
+    // What `--dry-run` predicts, counted: checkable against its plan.
+    eprintln!("hostd: booted {}", runner::Boots::so_far());
+    let cleaned = run.finish();
+    // A fresh run that failed before recording anything leaves nothing behind: there is
+    // nothing to resume or report.
+    if let (Some(Err(_)), None) = (&outcome, &a.resume) {
+        if nothing_recorded(&results.path) {
+            match std::fs::remove_dir_all(&results.path) {
+                Ok(()) => {
+                    eprintln!("hostd: removed {}: the run recorded nothing", results.path.display())
+                }
+                Err(e) => eprintln!(
+                    "hostd: could not remove {} (the run recorded nothing): {e}",
+                    results.path.display()
+                ),
+            }
+            return outcome.expect("matched").map(|()| Done::All);
+        }
+    }
+    let report = hostd::report::write(&results.path, false);
+    match outcome {
+        None => {
+            eprintln!(
+                "hostd: interrupted; {cleaned}; resume with: hostd run --resume {}",
+                results.path.display()
+            );
+            std::process::exit(130);
+        }
+        Some(r) => {
+            r?;
+            let rep = report?;
+            println!("report: {}", report_line(&results.path, &rep));
+            Ok(match rep.failed_steps.len() {
+                0 => Done::All,
+                k => Done::WithFailures(format!(
+                    "{k} failed step{} (listed in {})",
+                    if k == 1 { "" } else { "s" },
+                    results.path.join("index.html").display()
+                )),
+            })
+        }
+    }
+}
+
+/// `hostd run`'s bar: step k of the campaign's N with ETA, counting the steps recorded
+/// (those a resumed run already has included).
+pub(crate) fn run_progress(
+    campaign: &Campaign,
+    results: &mut ResultsDir,
+) -> indicatif::ProgressBar {
+    let plans = campaign.resolved_plans(hostd::fidelity::llc());
+    let total = runner::planned_steps(campaign, &plans, runner::xen_in_lab(campaign)) as u64;
+    let done = hostd::results::read_records::<hostd::samples::Record>(&results.path)
+        .map(|(r, _)| {
+            r.iter().filter(|r| matches!(r, hostd::samples::Record::StepDone { .. })).count()
+        })
+        .unwrap_or(0) as u64;
+    let bar = hostd::progress::steps(total.max(done), "step");
+    bar.set_position(done);
+    bar.reset_eta();
+    let b = bar.clone();
+    results.observe(move |line| {
+        if let Ok(l) = serde_json::from_slice::<hostd::samples::Line>(line) {
+            if let hostd::samples::Record::StepDone { .. }
+            | hostd::samples::Record::StepFailed { .. } = l.record
+            {
+                // A step failed before is retried: it may count twice, so the bar grows.
+                if b.position() + 1 > b.length().unwrap_or(0) {
+                    b.inc_length(1);
+                }
+                b.inc(1);
+            }
+        }
+    });
+    bar
+}
+
+/// What `hostd run --dry-run` prints: the host, each backend's plan, the departures from
+/// the paper.
+pub(crate) fn dry_run_lines(
+    c: &Campaign,
+    host: &hostd::campaign::HostFacts,
+    measured: &hostd::estimate::Measured,
+) -> Vec<String> {
+    let llc = host
+        .llc
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| format!("unknown (assumed {})", hostd::fidelity::LLC_FALLBACK));
+    let mut v = vec![format!(
+        "campaign {}: checks passed on this host ({} MiB, last-level cache {llc})",
+        c.name,
+        host.mem_total_kib / 1024
+    )];
+    for p in c.resolved_plans(host.llc) {
+        v.push(format!(
+            "{}: startup {:?}, overhead/linearity {:?}, memory {:?} (guests of {} MiB), ring {}, workloads {}; {}; {}",
+            p.kind,
+            p.startup_sizes,
+            p.overhead_sizes,
+            p.memory_sizes,
+            p.mem_for_copies(1),
+            p.ring_guests,
+            p.workloads.params(vb_protocol::bench::Resource::Cpu),
+            p.workloads.params(vb_protocol::bench::Resource::Memory),
+            p.workloads.params(vb_protocol::bench::Resource::Disk),
+        ));
+    }
+    let plans = c.resolved_plans(host.llc);
+    let lab = runner::xen_in_lab(c) && plans.iter().any(|p| p.kind == BackendKind::Xen);
+    let work = runner::planned_work(c, &plans, lab);
+    v.push(format!(
+        "{} steps in all (the progress bar's N){}",
+        work.iter().filter(|w| w.is_step()).count(),
+        if lab {
+            format!(
+                "; xen in the Xen lab (this host is not a Xen dom0): its cold startup sizes up to xen.lab_max_guests = {} only",
+                c.xen.lab_max_guests
+            )
+        } else {
+            String::new()
+        }
+    ));
+    v.push(format!(
+        "boots: {} (every listed backend assumed available: one that is not boots none)",
+        runner::Boots::of(&work)
+    ));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    v.push(hostd::estimate::estimate(c, &plans, &work, measured, cores).line(measured));
+    let d = c.departures_from_paper(host.llc);
+    if d.is_empty() {
+        v.push("at the paper's sizes".into());
+    } else {
+        v.push("departs from the paper:".into());
+        v.extend(d.into_iter().map(|l| format!("  {l}")));
+    }
+    v
+}
