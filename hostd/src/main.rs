@@ -187,6 +187,11 @@ struct RunArgs {
     /// from the paper, and exit without booting anything.
     #[arg(long, conflicts_with = "resume")]
     dry_run: bool,
+    /// With --dry-run: price the estimated time with the boot and benchmark costs measured
+    /// in this results directory [default: the newest results directory of the same
+    /// campaign under --results, else conservative defaults, said so].
+    #[arg(long, value_name = "DIR", requires = "dry_run")]
+    estimate_from: Option<PathBuf>,
     /// Parent directory of the results directory.
     #[arg(long, default_value = "results", env = "VIRTBENCH_RESULTS")]
     results: PathBuf,
@@ -673,7 +678,15 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
         campaign
             .check_host(&host)
             .map_err(|e| anyhow::anyhow!("campaign {}: {e}", campaign.name))?;
-        for l in dry_run_lines(&campaign, &host) {
+        let from = a
+            .estimate_from
+            .clone()
+            .or_else(|| hostd::estimate::latest_results(&a.results, &campaign.name));
+        let measured = match &from {
+            Some(d) => hostd::estimate::Measured::read(d)?,
+            None => hostd::estimate::Measured::default(),
+        };
+        for l in dry_run_lines(&campaign, &host, &measured) {
             println!("{l}");
         }
         return Ok(Done::All);
@@ -705,6 +718,8 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
         _ = tokio::signal::ctrl_c() => None,
     };
     bar.finish_and_clear();
+    // What `--dry-run` predicts, counted: checkable against its plan.
+    eprintln!("hostd: booted {}", runner::Boots::so_far());
     let cleaned = run.finish();
     // A fresh run that failed before recording anything leaves nothing behind: there is
     // nothing to resume or report.
@@ -751,7 +766,7 @@ async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
 /// (those a resumed run already has included).
 fn run_progress(campaign: &Campaign, results: &mut ResultsDir) -> indicatif::ProgressBar {
     let plans = campaign.resolved_plans(hostd::fidelity::llc());
-    let total = runner::planned_steps(campaign, &plans) as u64;
+    let total = runner::planned_steps(campaign, &plans, runner::xen_in_lab(campaign)) as u64;
     let done = hostd::results::read_records::<hostd::samples::Record>(&results.path)
         .map(|(r, _)| {
             r.iter().filter(|r| matches!(r, hostd::samples::Record::StepDone { .. })).count()
@@ -805,7 +820,11 @@ impl std::io::Write for BenchProgress {
 
 /// What `hostd run --dry-run` prints: the host, each backend's plan, the departures from
 /// the paper.
-fn dry_run_lines(c: &Campaign, host: &hostd::campaign::HostFacts) -> Vec<String> {
+fn dry_run_lines(
+    c: &Campaign,
+    host: &hostd::campaign::HostFacts,
+    measured: &hostd::estimate::Measured,
+) -> Vec<String> {
     let llc = host
         .llc
         .map(|l| l.to_string())
@@ -830,10 +849,26 @@ fn dry_run_lines(c: &Campaign, host: &hostd::campaign::HostFacts) -> Vec<String>
         ));
     }
     let plans = c.resolved_plans(host.llc);
+    let lab = runner::xen_in_lab(c) && plans.iter().any(|p| p.kind == BackendKind::Xen);
+    let work = runner::planned_work(c, &plans, lab);
     v.push(format!(
-        "{} steps in all (the progress bar's N; a backend measured in the Xen lab makes fewer)",
-        runner::planned_steps(c, &plans)
+        "{} steps in all (the progress bar's N){}",
+        work.iter().filter(|w| w.is_step()).count(),
+        if lab {
+            format!(
+                "; xen in the Xen lab (this host is not a Xen dom0): its cold startup sizes up to xen.lab_max_guests = {} only",
+                c.xen.lab_max_guests
+            )
+        } else {
+            String::new()
+        }
     ));
+    v.push(format!(
+        "boots: {} (every listed backend assumed available: one that is not boots none)",
+        runner::Boots::of(&work)
+    ));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    v.push(hostd::estimate::estimate(c, &plans, &work, measured, cores).line(measured));
     let d = c.departures_from_paper(host.llc);
     if d.is_empty() {
         v.push("at the paper's sizes".into());

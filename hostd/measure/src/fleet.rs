@@ -137,6 +137,15 @@ fn descriptor_budget(guests: usize) -> Result<(), FleetError> {
     Ok(())
 }
 
+/// Guests this process has launched in fleets (`hostd run`'s closing count of boots,
+/// which its `--dry-run` predicts).
+static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many guests this process has launched in fleets so far.
+pub fn launched() -> usize {
+    LAUNCHED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Starts `cfg.n` guests. Fails as a whole only if the fleet network cannot be made or
 /// hostd lacks the file descriptors for it.
 pub async fn start(
@@ -229,6 +238,7 @@ impl Fleet {
             .expect("data disk copy task panicked")?;
             copies.extend(made);
         }
+        LAUNCHED.fetch_add(to_n - from, std::sync::atomic::Ordering::Relaxed);
         let t0 = Instant::now();
         let mut pending = FuturesUnordered::new();
         for index in from..to_n {

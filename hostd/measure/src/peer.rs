@@ -22,6 +22,14 @@ pub enum PeerError {
     Answer(String),
 }
 
+/// Peers this process has launched (`hostd run`'s closing count of boots).
+static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many peers this process has launched so far.
+pub fn launched() -> usize {
+    LAUNCHED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The native agent serving the fleet's network benchmarks.
 pub struct Peer {
     backend: AnyBackend,
@@ -58,6 +66,7 @@ impl Peer {
             limits: Limits::default(),
             images: None,
         };
+        LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let guest = boot(&backend, spec, Duration::from_secs(30)).await.map_err(PeerError::Boot)?;
         let port = match guest
             .conn

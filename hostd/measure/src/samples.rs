@@ -247,17 +247,24 @@ impl Record {
                     }
                     seconds("elapsed_s", b.elapsed_s)?;
                     // The paired native read: a positive time and a bandwidth in range.
-                    for (what, t) in
-                        [("paired_native_s", b.paired_native_s), ("paired_gap_s", b.paired_gap_s)]
-                    {
+                    for (what, t) in [
+                        ("paired_native_s", b.paired_native_s),
+                        ("paired_gap_s", b.paired_gap_s),
+                        ("paired_native_after_s", b.paired_native_after_s),
+                    ] {
                         t.map_or(Ok(()), |t| seconds(what, t))?;
                     }
-                    if let Some(m) = b.paired_native_mbps {
-                        if !(m.is_finite() && m > 0.0 && m <= MAX_RATE_MBPS) {
-                            return Err(format!(
-                                "paired_native_mbps = {} MB/s is not a bandwidth in (0, {MAX_RATE_MBPS}]",
-                                num(m)
-                            ));
+                    for (what, m) in [
+                        ("paired_native_mbps", b.paired_native_mbps),
+                        ("paired_native_after_mbps", b.paired_native_after_mbps),
+                    ] {
+                        if let Some(m) = m {
+                            if !(m.is_finite() && m > 0.0 && m <= MAX_RATE_MBPS) {
+                                return Err(format!(
+                                    "{what} = {} MB/s is not a bandwidth in (0, {MAX_RATE_MBPS}]",
+                                    num(m)
+                                ));
+                            }
                         }
                     }
                     let v = b.value;

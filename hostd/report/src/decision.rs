@@ -116,17 +116,27 @@ fn resource_key(b: BackendKind, r: Resource) -> String {
     format!("{b}/{}", r.name())
 }
 
-/// Builds the table from a report.
+/// Builds the table from a report: its columns in order, those without any figure left
+/// out, then the ranks and each row's verdict.
 pub fn decide(rep: &Report) -> Table {
     let kinds = backends(rep);
-    let mut columns = Vec::new();
-    let mut cols: Vec<Vec<Cell>> = Vec::new();
-    let mut push = |c: Column, cells: Vec<Cell>| {
-        columns.push(c);
-        cols.push(cells);
-    };
+    let mut pairs = overhead_columns(rep, &kinds);
+    pairs.push(linearity_column(rep, &kinds));
+    pairs.push(isolation_column(rep, &kinds));
+    pairs.push(ring_column(rep, &kinds));
+    pairs.extend(startup_columns(rep, &kinds));
+    pairs.push(memory_column(rep, &kinds));
+    // A column with no figure for any backend says nothing: leave it out.
+    pairs.retain(|(_, cells)| cells.iter().any(|x| x.text != "–"));
+    let (columns, mut cols): (Vec<Column>, Vec<Vec<Cell>>) = pairs.into_iter().unzip();
+    let ranked_backends = rank(rep, &kinds, &columns, &mut cols);
+    let rows = rows(rep, &kinds, &columns, &cols);
+    Table { columns, rows, ranked_backends }
+}
 
-    // Overhead per resource at n = 1: T_av1 ÷ T_a (network: B_a ÷ B_av1), so 1 is native.
+/// Overhead per resource at n = 1: T_av1 ÷ T_a (network: B_a ÷ B_av1), so 1 is native.
+fn overhead_columns(rep: &Report, kinds: &[BackendKind]) -> Vec<(Column, Vec<Cell>)> {
+    let mut out = Vec::new();
     for r in Resource::ALL {
         let Some(base) = rep.baseline.get(&r) else { continue };
         let cells: Vec<Cell> = kinds
@@ -164,7 +174,7 @@ pub fn decide(rep: &Report) -> Table {
             }
             _ => "the guest's time ÷ native's for the same work, one guest running (n = 1), ± its 95 % CI",
         };
-        push(
+        out.push((
             Column {
                 name: format!("{} overhead", r.name()),
                 what: what.into(),
@@ -172,11 +182,14 @@ pub fn decide(rep: &Report) -> Table {
                 ranked: true,
             },
             cells,
-        );
+        ));
     }
+    out
+}
 
-    // Linearity: at the largest n measured, the slowest guest against the affine reference
-    // (1 = as linear as sharing the CPUs allows); the worst resource is shown.
+/// Linearity: at the largest n measured, the slowest guest against the affine reference
+/// (1 = as linear as sharing the CPUs allows); the worst resource is shown.
+fn linearity_column(rep: &Report, kinds: &[BackendKind]) -> (Column, Vec<Cell>) {
     let cells: Vec<Cell> = kinds
         .iter()
         .map(|&b| {
@@ -207,7 +220,7 @@ pub fn decide(rep: &Report) -> Table {
             }
         })
         .collect();
-    push(
+    (
         Column {
             name: "linearity".into(),
             what: "at the largest n measured, the slowest guest ÷ the linear reference O_v + T_a·max(1, n/CPUs), for the resource where that is worst".into(),
@@ -215,33 +228,47 @@ pub fn decide(rep: &Report) -> Table {
             ranked: true,
         },
         cells,
-    );
+    )
+}
 
-    // Isolation: which sharing model the CPU measurement is closest to (the paper's question).
+/// Isolation: which sharing model the CPU measurement is closest to (the paper's
+/// question), and where it was measured.
+fn isolation_column(rep: &Report, kinds: &[BackendKind]) -> (Column, Vec<Cell>) {
     let cells: Vec<Cell> = kinds
         .iter()
         .map(|&b| match rep.isolation.get(&resource_key(b, Resource::Cpu)) {
-            Some(i) => cell(
-                match i.closest {
-                    Policy::PerVm => "per guest".into(),
-                    Policy::PerProcess => "per process".into(),
-                },
-                None,
-            ),
+            Some(i) => {
+                let policy = match i.closest {
+                    Policy::PerVm => "per guest",
+                    Policy::PerProcess => "per process",
+                };
+                // Where it was measured: the isolation test's fleet is always two guests.
+                let reps = i
+                    .samples_per_copy
+                    .map(|k| format!(", {k} repetition{}", if k == 1 { "" } else { "s" }))
+                    .unwrap_or_default();
+                let c = cell(format!("{policy} (n = 2: 1 + 2 copies{reps})"), None);
+                match i.samples_per_copy {
+                    Some(k) => c.of(k),
+                    None => c,
+                }
+            }
             None => gap(),
         })
         .collect();
-    push(
+    (
         Column {
             name: "CPU isolation".into(),
-            what: "whether the CPU is shared per guest (a guest with two copies gets no more than one with one) or per process".into(),
+            what: "whether the CPU is shared per guest (a guest with two copies gets no more than one with one) or per process, measured with n = 2 guests (one copy in the first, two in the second) over the repetitions stated".into(),
             lower_is_better: true,
             ranked: false,
         },
         cells,
-    );
+    )
+}
 
-    // Ring bandwidth per guest.
+/// Ring bandwidth per guest.
+fn ring_column(rep: &Report, kinds: &[BackendKind]) -> (Column, Vec<Cell>) {
     let cells: Vec<Cell> = kinds
         .iter()
         .map(|&b| match rep.ring.get(&b) {
@@ -258,7 +285,7 @@ pub fn decide(rep: &Report) -> Table {
             None => gap(),
         })
         .collect();
-    push(
+    (
         Column {
             name: "ring bandwidth".into(),
             what: "stream bandwidth each guest gets in a ring of guests, mean ± 95 % CI".into(),
@@ -266,9 +293,12 @@ pub fn decide(rep: &Report) -> Table {
             ranked: true,
         },
         cells,
-    );
+    )
+}
 
-    // Startup at the largest fleet size all backends measured, cold and hot.
+/// Startup at the largest fleet size all backends measured, cold and hot.
+fn startup_columns(rep: &Report, kinds: &[BackendKind]) -> Vec<(Column, Vec<Cell>)> {
+    let mut out = Vec::new();
     for mode in [StartMode::Cold, StartMode::Hot] {
         let n = common_n(rep, mode);
         let cells: Vec<Cell> = kinds
@@ -295,7 +325,7 @@ pub fn decide(rep: &Report) -> Table {
             })
             .collect();
         let at = n.map_or("no fleet size all backends share".to_string(), |n| format!("n = {n}"));
-        push(
+        out.push((
             Column {
                 name: format!("T_startup {} ({at})", mode.name()),
                 what: format!(
@@ -306,10 +336,13 @@ pub fn decide(rep: &Report) -> Table {
                 ranked: true,
             },
             cells,
-        );
+        ));
     }
+    out
+}
 
-    // Memory per guest: the slope of the M_used(n) fit (cold fleets, else hot).
+/// Memory per guest: the slope of the M_used(n) fit (cold fleets, else hot).
+fn memory_column(rep: &Report, kinds: &[BackendKind]) -> (Column, Vec<Cell>) {
     let cells: Vec<Cell> = kinds
         .iter()
         .map(|&b| {
@@ -330,7 +363,7 @@ pub fn decide(rep: &Report) -> Table {
             }
         })
         .collect();
-    push(
+    (
         Column {
             name: "memory per guest".into(),
             what: "M_VM, the slope of M_used(n) = n·M_VM + M_tool fitted over the fleet sizes, with the fit's residual standard error".into(),
@@ -338,20 +371,15 @@ pub fn decide(rep: &Report) -> Table {
             ranked: true,
         },
         cells,
-    );
+    )
+}
 
-    // A column with no figure for any backend says nothing: leave it out.
-    let keep: Vec<bool> = cols.iter().map(|c| c.iter().any(|x| x.text != "–")).collect();
-    let mut k = keep.iter();
-    columns.retain(|_| *k.next().unwrap_or(&true));
-    let mut k = keep.iter();
-    cols.retain(|_| *k.next().unwrap_or(&true));
-
-    // Rank the virtualization systems; native is the reference, not a contender, and a
-    // backend measured on an emulated host (the Xen lab) is not comparable with the others.
-    let emulated = |b: BackendKind| rep.emulated.contains(&b);
+/// Ranks the virtualization systems on each ranked column; native is the reference, not a
+/// contender, and a backend measured on an emulated host (the Xen lab) is not comparable
+/// with the others. Returns how many backends are ranked.
+fn rank(rep: &Report, kinds: &[BackendKind], columns: &[Column], cols: &mut [Vec<Cell>]) -> usize {
     let contenders: Vec<usize> = (0..kinds.len())
-        .filter(|&i| kinds[i] != BackendKind::Native && !emulated(kinds[i]))
+        .filter(|&i| kinds[i] != BackendKind::Native && !rep.emulated.contains(&kinds[i]))
         .collect();
     for (c, cells) in columns.iter().zip(cols.iter_mut()) {
         if !c.ranked {
@@ -366,13 +394,18 @@ pub fn decide(rep: &Report) -> Table {
             cells[*i].rank = Some(rank + 1);
         }
     }
-    let ranked_backends = contenders.len();
-    let rows = kinds
+    contenders.len()
+}
+
+/// One row per backend: its cells and its verdict.
+fn rows(rep: &Report, kinds: &[BackendKind], columns: &[Column], cols: &[Vec<Cell>]) -> Vec<Row> {
+    let emulated = |b: BackendKind| rep.emulated.contains(&b);
+    kinds
         .iter()
         .enumerate()
         .map(|(i, &b)| {
             let cells: Vec<Cell> = cols.iter().map(|c| c[i].clone()).collect();
-            let mut verdict = verdict(b, &columns, &cols, i);
+            let mut verdict = verdict(b, columns, cols, i);
             if emulated(b) {
                 verdict = "Measured on an emulated host (a Xen host under QEMU, docs/xen.md): not ranked, its figures are not those of a real Xen host".into();
             } else if rep.probes.get(&b).is_some_and(|d| d.contains("using TCG")) {
@@ -380,8 +413,7 @@ pub fn decide(rep: &Report) -> Table {
             }
             Row { backend: b, cells, verdict }
         })
-        .collect();
-    Table { columns, rows, ranked_backends }
+        .collect()
 }
 
 /// "Best of the N for …; worst for …", from the ranks in row `i`.
@@ -411,7 +443,8 @@ fn verdict(b: BackendKind, columns: &[Column], cols: &[Vec<Cell>], i: usize) -> 
     let iso = columns
         .iter()
         .position(|c| c.name == "CPU isolation")
-        .map(|k| cols[k][i].text.clone())
+        // The policy alone: where it was measured is in the cell.
+        .map(|k| cols[k][i].text.split(" (").next().unwrap_or_default().to_string())
         .filter(|t| t != "–");
     let mut parts = Vec::new();
     if !best.is_empty() {
@@ -734,6 +767,44 @@ mod tests {
         fast.paired_disk.get_mut(&BackendKind::Uml).unwrap()[0].speed.median = 1.25;
         let page = crate::report::html_page(&fast, &crate::report::figures(&fast));
         assert!(page.contains("1.25 (0.91–1.11) !") && page.contains("more than 10 % faster"));
+    }
+
+    /// The isolation verdict says where it was measured: n = 2 guests, 1 + 2 copies, and
+    /// the repetitions behind each copy (3 here), as the other cells state their n.
+    #[test]
+    fn isolation_cell_states_its_n_and_repetitions() {
+        let mut v = Vec::new();
+        for rep in 0..3 {
+            v.push(sample(BackendKind::Native, Test::Overhead, Resource::Cpu, 1, rep, 0, 0, 2.0));
+            v.push(sample(BackendKind::Uml, Test::Overhead, Resource::Cpu, 1, rep, 0, 0, 2.0));
+            // Every copy at 1.5 × alone: three copies sharing the guests' two CPUs alike,
+            // per process (per guest would give guest 1 1 × and guest 2's copies 2 ×).
+            for (g, i) in [(0, 0), (1, 0), (1, 1)] {
+                let mut s =
+                    sample(BackendKind::Uml, Test::Isolation, Resource::Cpu, 2, rep, g, i, 3.0);
+                s.cpus = Some(2);
+                v.push(s);
+            }
+        }
+        let rep = build_from(
+            Samples {
+                records: v.into_iter().map(Record::Bench).collect(),
+                unreadable: 0,
+                implausible: 0,
+                rejected: vec![],
+            },
+            None,
+        );
+        let t = decide(&rep);
+        let c = col(&t, "CPU isolation");
+        let uml = t.rows.iter().find(|r| r.backend == BackendKind::Uml).unwrap();
+        let policy = "per process";
+        assert_eq!(uml.cells[c].text, format!("{policy} (n = 2: 1 + 2 copies, 3 repetitions)"));
+        assert_eq!(uml.cells[c].samples, Some(3));
+        assert_eq!(uml.cells[c].rank, None, "a verdict is not ranked");
+        assert!(uml.verdict.ends_with(&format!("CPU shared {policy}")), "{}", uml.verdict);
+        assert!(t.columns[c].what.contains("n = 2 guests"));
+        assert!(markdown(&t).contains("(n = 2: 1 + 2 copies, 3 repetitions) (3 samples) |"));
     }
 
     #[test]

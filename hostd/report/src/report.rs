@@ -45,6 +45,10 @@ pub struct Report {
     /// Backends measured inside an emulated host (the Xen lab).
     #[serde(default)]
     pub emulated: std::collections::BTreeSet<BackendKind>,
+    /// The CPU workload each of those ran ([`Workloads::params`](crate::suite::Workloads::params)):
+    /// a Xen lab run on its own has a smaller one than campaigns, stated beside its figures.
+    #[serde(default)]
+    pub emulated_cpu: BTreeMap<BackendKind, String>,
     /// Steps that failed and were not later completed: key → error.
     pub failed_steps: BTreeMap<String, String>,
     pub failures: Vec<(BackendKind, usize, StartMode, GuestFailure)>,
@@ -249,6 +253,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
     let disk_notes = crate::datadisk::disk_notes(&bench);
     let (paired_disk, native_drift) = paired_disk(&bench);
     let ring_res = ring_results(&bench);
+    let emulated_cpu = emulated_cpu(&bench, &sorted.emulated);
     Report {
         provenance,
         cores,
@@ -261,6 +266,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         unavailable: sorted.unavailable,
         probes: sorted.probes,
         emulated: sorted.emulated,
+        emulated_cpu,
         failed_steps: sorted.failed_steps,
         failures: sorted.failures,
         lost: sorted.lost,
@@ -681,8 +687,35 @@ pub const EMULATED_MARK: &str = " (emulated host)";
 /// How results written before [`Record::BackendProbe`]'s `emulated` field marked it.
 const OLD_EMULATED_PREFIX: &str = "[emulated host] ";
 
+/// Per emulated backend, the CPU workloads its samples ran (distinct, in order).
+fn emulated_cpu(
+    bench: &[BenchSample],
+    emulated: &std::collections::BTreeSet<BackendKind>,
+) -> BTreeMap<BackendKind, String> {
+    let mut out: BTreeMap<BackendKind, Vec<String>> = BTreeMap::new();
+    for s in bench.iter().filter(|s| s.resource == Resource::Cpu && emulated.contains(&s.backend)) {
+        let v = out.entry(s.backend).or_default();
+        if !v.contains(&s.params) {
+            v.push(s.params.clone());
+        }
+    }
+    out.into_iter().map(|(b, v)| (b, v.join(", "))).collect()
+}
+
+/// A CPU workload (`rounds=…`) and how it stands to the default campaigns and `hostd bench`
+/// run, so a figure of another size (the Xen lab's own) says so.
+pub fn cpu_workload_note(params: &str) -> String {
+    let default = crate::suite::Workloads::default().params(Resource::Cpu);
+    if params == default {
+        format!("{params}, the default of campaigns and `hostd bench`")
+    } else {
+        format!("{params}, not the {default} campaigns and `hostd bench` run by default")
+    }
+}
+
 /// Labels every curve and bar of a backend whose probe says it ran inside an emulated host,
-/// so no figure passes those numbers off as a real host's.
+/// so no figure passes those numbers off as a real host's; a CPU figure also states that
+/// backend's CPU workload (the Xen lab's own size may differ from the other curves').
 fn mark_emulated(rep: &Report, figs: &mut [(String, Figure, String)]) {
     let emulated: Vec<String> = rep.emulated.iter().map(|b| b.to_string()).collect();
     let mark = |name: &mut String| {
@@ -691,7 +724,22 @@ fn mark_emulated(rep: &Report, figs: &mut [(String, Figure, String)]) {
             name.insert_str(b.len(), EMULATED_MARK);
         }
     };
-    for (_, f, _) in figs.iter_mut() {
+    for (file, f, caption) in figs.iter_mut() {
+        let names: Vec<&String> = match f {
+            Figure::Line(c) => c.series.iter().map(|s| &s.name).collect(),
+            Figure::Bars(b) => b.categories.iter().collect(),
+        };
+        if file.contains("_cpu") {
+            for (b, params) in &rep.emulated_cpu {
+                let b = b.to_string();
+                if names.iter().any(|n| *n == &b || n.starts_with(&format!("{b} "))) {
+                    caption.push_str(&format!(
+                        " {b}{EMULATED_MARK}: CPU workload {}.",
+                        cpu_workload_note(params)
+                    ));
+                }
+            }
+        }
         match f {
             Figure::Line(c) => c.series.iter_mut().for_each(|s| mark(&mut s.name)),
             Figure::Bars(b) => b.categories.iter_mut().for_each(&mark),
@@ -1192,10 +1240,11 @@ fn paired_disk_html(rep: &Report) -> Markup {
                 table {
                     tr {
                         th { "backend" } th { "test" } th { "n" } th { "reads" }
-                        th { "speed ÷ adjacent native, median (min–max)" }
+                        th { "speed ÷ adjacent native (mean of the reads before and after), median (min–max)" }
                         th { "time ÷ adjacent native, mean ± 95 % CI" }
                         th { "unpaired speed: T_a ÷ T_avn (means)" }
                         th { "longest gap (ms)" }
+                        th title="the largest |after − before| ÷ mean of the two native reads around one backend read" { "widest bracket" }
                     }
                     @for (b, pts) in &rep.paired_disk {
                         @for p in pts {
@@ -1215,6 +1264,7 @@ fn paired_disk_html(rep: &Report) -> Markup {
                                     }
                                 }
                                 td { (format!("{:.2}", p.max_gap_s * 1e3)) }
+                                td { (p.max_bracket.map(|b| format!("{:.0} %", b * 100.0)).unwrap_or_else(|| "–".into())) }
                             }
                         }
                     }
@@ -1331,6 +1381,45 @@ mod tests {
         assert_eq!(rep.emulated, want);
         assert_eq!(rep.probes[&BackendKind::Xen], "Xen 4.17");
         assert_eq!(rep.probes[&BackendKind::Ns], "namespaces");
+    }
+
+    /// A Xen lab run on its own measures the CPU with its own smaller workload: the CPU
+    /// figure its curve is on says which, against the campaigns' default; other figures
+    /// and backends say nothing of it.
+    #[test]
+    fn emulated_backends_cpu_workload_is_stated_beside_its_figure() {
+        let probe = Record::BackendProbe {
+            backend: BackendKind::Xen,
+            description: "Xen 4.17".into(),
+            emulated: true,
+        };
+        let mut records = vec![probe];
+        for (b, params) in
+            [(BackendKind::Xen, "rounds=5000000"), (BackendKind::Native, "rounds=200000000")]
+        {
+            for g in 0..2 {
+                let mut s = sample(b, Test::Linearity, Resource::Cpu, 2, 0, g, 0, 1.0);
+                s.params = params.into();
+                records.push(Record::Bench(s));
+            }
+        }
+        let rep = build_from(
+            Samples { records, unreadable: 0, implausible: 0, rejected: Vec::new() },
+            None,
+        );
+        assert_eq!(rep.emulated_cpu.len(), 1);
+        let figs = figures(&rep);
+        let cap = |f: &str| figs.iter().find(|(n, _, _)| n == f).map(|(_, _, c)| c.clone());
+        let lin = cap("fig06_linearity_cpu.svg").expect("the CPU linearity figure");
+        assert!(
+            lin.ends_with(" xen (emulated host): CPU workload rounds=5000000, not the rounds=200000000 campaigns and `hostd bench` run by default."),
+            "{lin}"
+        );
+        assert!(figs.iter().filter(|(_, _, c)| c.contains("CPU workload")).count() == 1);
+        assert_eq!(
+            cpu_workload_note("rounds=200000000"),
+            "rounds=200000000, the default of campaigns and `hostd bench`"
+        );
     }
 
     /// Host T_a = 2 s, uml T_av = 2.5 s (both two repetitions), and two uml guests busy

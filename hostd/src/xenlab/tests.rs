@@ -138,3 +138,18 @@ fn the_dom0_recipe_matches_the_paths() {
         "the dom0 init starts the dom0 side on {DOM0_CTL}"
     );
 }
+
+/// The lab's own CPU workload is stated against the campaigns' default wherever the lab
+/// prints its CPU figure, and its help names the default it departs from.
+#[test]
+fn lab_cpu_workload_is_stated_against_the_default() {
+    assert_eq!(
+        cpu_note(5_000_000),
+        "rounds=5000000 per guest, not the rounds=200000000 campaigns and `hostd bench` run by default"
+    );
+    let d = crate::defaults::CPU_ROUNDS;
+    assert!(cpu_note(d).ends_with("per guest, the default of campaigns and `hostd bench`"));
+    let mut cmd = <LabArgs as clap::Args>::augment_args(clap::Command::new("xen-lab"));
+    let help = cmd.render_long_help().to_string();
+    assert!(help.contains(&format!("than the {d} of campaigns")), "{help}");
+}

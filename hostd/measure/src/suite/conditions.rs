@@ -229,6 +229,8 @@ mod tests {
             paired_native_mbps: None,
             paired_native_s: None,
             paired_gap_s: None,
+            paired_native_after_mbps: None,
+            paired_native_after_s: None,
             provenance: String::new(),
         }
     }

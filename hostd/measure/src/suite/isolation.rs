@@ -51,6 +51,8 @@ pub async fn measure(
         let paired = paired_read(fleet, resource, w)?;
         let sent = std::time::Instant::now();
         let rs = run_together(&jobs, timeout, &mut starter).await;
+        // And the native read right after it: the bracket's second half (mark_paired's why).
+        let after = paired_read(fleet, resource, w)?;
         if i < warmup {
             continue;
         }
@@ -67,7 +69,7 @@ pub async fn measure(
                 net,
             );
             mark_reads(&mut s, preps.as_deref());
-            mark_paired(&mut s, paired.as_ref(), sent);
+            mark_paired(&mut s, paired.as_ref(), after.as_ref(), sent);
             out.extend(s);
         }
     }

@@ -222,14 +222,23 @@ pub fn paired_read(
     }))
 }
 
-/// Records the paired native read in each of a run's disk samples; `sent`: when the
-/// backend's read was requested.
-pub fn mark_paired(samples: &mut [BenchSample], p: Option<&PairedRead>, sent: std::time::Instant) {
-    let Some(p) = p else { return };
+/// Records the paired native reads in each of a run's disk samples: `before`, taken right
+/// before the backend's read was requested at `sent`, and `after`, right after it ended
+/// (A/B/A: the reference is their mean, so a drift during the read cancels to first order,
+/// and their disagreement says how far the disk moved around it).
+pub fn mark_paired(
+    samples: &mut [BenchSample],
+    before: Option<&PairedRead>,
+    after: Option<&PairedRead>,
+    sent: std::time::Instant,
+) {
+    let Some(p) = before else { return };
     for s in samples.iter_mut().filter(|s| s.resource == Resource::Disk) {
         s.paired_native_mbps = Some(p.mbps);
         s.paired_native_s = Some(p.elapsed_s);
         s.paired_gap_s = Some(sent.saturating_duration_since(p.done).as_secs_f64());
+        s.paired_native_after_mbps = after.map(|a| a.mbps);
+        s.paired_native_after_s = after.map(|a| a.elapsed_s);
     }
 }
 
@@ -307,6 +316,14 @@ pub struct BenchSample {
     /// Seconds from the end of the paired native read to this read's request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paired_gap_s: Option<f64>,
+    /// The second paired native read, taken right after this read ended (same size and
+    /// block size), MB/s: with the one before, it brackets this read ([`mark_paired`]).
+    /// None in results older than the bracket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired_native_after_mbps: Option<f64>,
+    /// The second paired native read's elapsed seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired_native_after_s: Option<f64>,
     /// Network samples: the kind of path the traffic took (absent in older results).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_path: Option<NetPath>,
@@ -449,6 +466,8 @@ pub fn samples_of(
                 paired_native_mbps: None,
                 paired_native_s: None,
                 paired_gap_s: None,
+                paired_native_after_mbps: None,
+                paired_native_after_s: None,
                 net_path: net.map(|n| n.0),
                 mtu: net.and_then(|n| n.1),
                 sync: timed.sync.as_ref().and_then(|s| s.get(instance).copied()),
@@ -511,6 +530,8 @@ pub mod testing {
             paired_native_mbps: None,
             paired_native_s: None,
             paired_gap_s: None,
+            paired_native_after_mbps: None,
+            paired_native_after_s: None,
             provenance: String::new(),
             net_path: None,
             mtu: None,

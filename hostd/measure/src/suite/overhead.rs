@@ -36,13 +36,17 @@ pub async fn measure(
     let net = fleet.net_label();
     let mut out = Vec::new();
     let mut starter = Starter::default();
-    for i in 0..warmup + reps {
+    let mut ratios = Vec::new();
+    let mut i = 0;
+    while i < warmup + reps || more_disk_reads(&ratios, reps) {
         // A disk read starts with the guest's data evicted from the host cache, every time.
         let preps = before_reads(fleet.backend, resource, &[g])?;
         // The adjacent native read, last before the request (paired_read's why).
         let paired = paired_read(fleet, resource, w)?;
         let sent = std::time::Instant::now();
         let r = run_together(&[(g, req.clone())], timeout, &mut starter).await.remove(0)?;
+        // And the native read right after it: the bracket's second half (mark_paired's why).
+        let after = paired_read(fleet, resource, w)?;
         if i >= warmup {
             let mut s = samples_of(
                 fleet.backend,
@@ -56,11 +60,33 @@ pub async fn measure(
                 net,
             );
             mark_reads(&mut s, preps.as_deref());
-            mark_paired(&mut s, paired.as_ref(), sent);
+            mark_paired(&mut s, paired.as_ref(), after.as_ref(), sent);
+            ratios.extend(s.iter().filter_map(|s| reference(s).map(|(_, t)| s.elapsed_s / t)));
             out.extend(s);
         }
+        i += 1;
     }
     Ok(super::place(out, fleet))
+}
+
+/// A paired disk read's time ratio is known to within this share of itself (95 % CI half
+/// width ÷ mean) before the overhead step stops reading.
+pub const DISK_RATIO_PRECISION: f64 = 0.05;
+
+/// Whether the overhead step reads the disk again after its `reps` counted reads: while the
+/// paired time ratios (`ratios`, one per counted read; empty for native and other resources,
+/// which never repeat) are not known to [`DISK_RATIO_PRECISION`], up to three times `reps`
+/// (at least 6). One read's ratio on a shared disk ranges widely (0.3–1.9 measured here), so
+/// a fixed two or three reads could not say whether a backend is within 10 % of native.
+pub fn more_disk_reads(ratios: &[f64], reps: u32) -> bool {
+    let cap = (reps as usize * 3).max(6);
+    if ratios.len() < reps as usize || ratios.len() >= cap {
+        return false;
+    }
+    match Stat::of(ratios, "×").and_then(|s| Some((s.ci_half()?, s.mean))) {
+        Some((h, m)) => m > 0.0 && h / m > DISK_RATIO_PRECISION,
+        None => ratios.len() < 2,
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,31 +138,57 @@ pub struct PairedPoint {
     pub time: Stat,
     /// The longest time from the end of a native read to the backend read paired with it, s.
     pub max_gap_s: f64,
+    /// Reads bracketed by a native read on each side: the largest disagreement of the two,
+    /// |after − before| ÷ their mean (how far the disk moved around one read). None when no
+    /// read has the second native read (results older than the bracket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bracket: Option<f64>,
+}
+
+/// The native reference of one backend read, MB/s and s: the mean of the native reads on
+/// either side of it where both were taken, else the one before; None if absent or absurd.
+pub fn reference(s: &BenchSample) -> Option<(f64, f64)> {
+    let ok = |x: Option<f64>| x.filter(|x| x.is_finite() && *x > 0.0);
+    let (m, t) = (ok(s.paired_native_mbps)?, ok(s.paired_native_s)?);
+    match (ok(s.paired_native_after_mbps), ok(s.paired_native_after_s)) {
+        (Some(m2), Some(t2)) => Some(((m + m2) / 2.0, (t + t2) / 2.0)),
+        _ => Some((m, t)),
+    }
+}
+
+/// |after − before| ÷ their mean for a read bracketed by two native reads.
+fn bracket(s: &BenchSample) -> Option<f64> {
+    let (a, b) = (s.paired_native_mbps?, s.paired_native_after_mbps?);
+    (a > 0.0 && b > 0.0).then(|| (b - a).abs() / ((a + b) / 2.0))
 }
 
 /// The paired ratios of one backend's disk samples (any test), per test and n; samples
 /// without a paired native read (native's own, older results) are left out.
 pub fn paired(samples: &[&BenchSample]) -> Vec<PairedPoint> {
-    let mut by: BTreeMap<(Test, usize), Vec<&BenchSample>> = BTreeMap::new();
+    // Per test and n: each read with its reference (MB/s, s).
+    type Refd<'a> = (&'a BenchSample, (f64, f64));
+    let mut by: BTreeMap<(Test, usize), Vec<Refd>> = BTreeMap::new();
     for s in samples.iter().filter(|s| s.resource == Resource::Disk) {
-        let ok = |x: Option<f64>| x.is_some_and(|x| x.is_finite() && x > 0.0);
-        if ok(s.paired_native_mbps) && ok(s.paired_native_s) && s.value > 0.0 && s.elapsed_s > 0.0 {
-            by.entry((s.test, s.n)).or_default().push(s);
+        if let Some(r) = reference(s).filter(|_| s.value > 0.0 && s.elapsed_s > 0.0) {
+            by.entry((s.test, s.n)).or_default().push((s, r));
         }
     }
     by.into_iter()
         .filter_map(|((test, n), ss)| {
-            let speed: Vec<f64> =
-                ss.iter().map(|s| s.value / s.paired_native_mbps.unwrap_or(1.0)).collect();
-            let time: Vec<f64> =
-                ss.iter().map(|s| s.elapsed_s / s.paired_native_s.unwrap_or(1.0)).collect();
-            let max_gap_s = ss.iter().filter_map(|s| s.paired_gap_s).fold(0.0, f64::max);
+            let speed: Vec<f64> = ss.iter().map(|(s, (m, _))| s.value / m).collect();
+            let time: Vec<f64> = ss.iter().map(|(s, (_, t))| s.elapsed_s / t).collect();
+            let max_gap_s = ss.iter().filter_map(|(s, _)| s.paired_gap_s).fold(0.0, f64::max);
+            let max_bracket = ss
+                .iter()
+                .filter_map(|(s, _)| bracket(s))
+                .fold(None, |m: Option<f64>, b| Some(m.map_or(b, |m| m.max(b))));
             Some(PairedPoint {
                 test,
                 n,
                 speed: Stat::of(&speed, "×")?,
                 time: Stat::of(&time, "×")?,
                 max_gap_s,
+                max_bracket,
             })
         })
         .collect()
@@ -156,7 +208,7 @@ pub struct Drift {
 }
 
 pub fn native_drift(samples: &[&BenchSample]) -> Option<Drift> {
-    let mut runs: BTreeMap<(BackendKind, Test, usize, u32), f64> = BTreeMap::new();
+    let mut runs: BTreeMap<(BackendKind, Test, usize, u32), Vec<f64>> = BTreeMap::new();
     let mut v = Vec::new();
     for s in samples.iter().filter(|s| s.resource == Resource::Disk) {
         if s.backend == BackendKind::Native {
@@ -165,10 +217,11 @@ pub fn native_drift(samples: &[&BenchSample]) -> Option<Drift> {
                 v.push(s.value);
             }
         } else if let Some(m) = s.paired_native_mbps {
-            runs.insert((s.backend, s.test, s.n, s.rep), m);
+            let both = [Some(m), s.paired_native_after_mbps];
+            runs.insert((s.backend, s.test, s.n, s.rep), both.into_iter().flatten().collect());
         }
     }
-    v.extend(runs.into_values());
+    v.extend(runs.into_values().flatten());
     v.retain(|x| x.is_finite() && *x > 0.0);
     let median = crate::stats::median(&v)?;
     let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -226,6 +279,47 @@ mod tests {
         // Times: 2 and 4/3 of native's.
         assert!((p[1].time.mean - (2.0 + 4.0 / 3.0) / 2.0).abs() < 1e-12);
         assert!(paired(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_bracketed_read_is_divided_by_the_mean_of_its_two_native_reads() {
+        // ns reads at 300 MB/s between native reads of 200 and 400: the reference is 300
+        // MB/s (1×), where the read before alone would say 1.5×; the two disagree by 2/3.
+        let mut a = disk(BackendKind::Ns, Test::Overhead, 1, 0, 300.0, 200.0);
+        (a.paired_native_after_mbps, a.paired_native_after_s) = (Some(400.0), Some(512.0 / 400.0));
+        // A second read with the bracket agreeing (500, 500) and read at 550 (1.1×).
+        let mut b = disk(BackendKind::Ns, Test::Overhead, 1, 1, 550.0, 500.0);
+        (b.paired_native_after_mbps, b.paired_native_after_s) = (Some(500.0), Some(512.0 / 500.0));
+        let p = paired(&[&a, &b]);
+        assert_eq!(p.len(), 1);
+        assert!((p[0].speed.mean - 1.05).abs() < 1e-12, "{:?}", p[0].speed);
+        // Times: 512/300 ÷ mean(2.56, 1.28) = 1.7067/1.92, and 512/550 ÷ 1.024.
+        let t = ((512.0 / 300.0) / 1.92 + (512.0 / 550.0) / 1.024) / 2.0;
+        assert!((p[0].time.mean - t).abs() < 1e-12, "{:?}", p[0].time);
+        assert!((p[0].max_bracket.unwrap() - 200.0 / 300.0).abs() < 1e-12);
+        // Without the second read: the one before, and no bracket.
+        let p = paired(&[&disk(BackendKind::Ns, Test::Overhead, 1, 0, 300.0, 200.0)]);
+        assert!((p[0].speed.mean - 1.5).abs() < 1e-12 && p[0].max_bracket.is_none());
+        // Both native reads count in native's drift.
+        let d = native_drift(&[&a]).unwrap();
+        assert_eq!((d.reads, d.min_mbps, d.max_mbps), (2, 200.0, 400.0));
+    }
+
+    #[test]
+    fn disk_reads_repeat_until_the_ratio_is_known_to_five_percent() {
+        // Native and other resources record no ratio: never more than reps.
+        assert!(!more_disk_reads(&[], 2));
+        // Fewer than reps: the loop's own count decides.
+        assert!(!more_disk_reads(&[1.0], 2));
+        // Two reads 0.6 and 1.4 (mean 1, CI half width ≈ 5.1): read on, up to 6 for reps = 2.
+        assert!(more_disk_reads(&[0.6, 1.4], 2));
+        assert!(!more_disk_reads(&[0.6, 1.4, 0.6, 1.4, 0.6, 1.4], 2));
+        // Three times reps when that is more: 5 → 15.
+        assert!(more_disk_reads(&[0.6, 1.4, 0.6, 1.4, 0.6, 1.4, 1.0], 5));
+        // Agreeing reads stop at reps: 1.00 and 1.01 (CI half ≈ 0.064 ≈ 6 % — one more);
+        // four reads within ±1 % stop.
+        assert!(more_disk_reads(&[1.0, 1.01], 2));
+        assert!(!more_disk_reads(&[1.0, 1.01, 0.99, 1.0], 2));
     }
 
     #[test]

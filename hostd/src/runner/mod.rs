@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,10 @@ use crate::runstate::RunState;
 use crate::samples::Record;
 use crate::startup::boot_and_measure;
 use crate::suite::{isolation, linearity, overhead, ring, BenchSample, Targets};
+
+mod plan;
+pub use plan::{planned_steps, planned_work, xen_in_lab, Boots, Work};
+use plan::{LABS, LAB_GUESTS};
 
 /// Progress lines for a person watching.
 pub type Say<'a> = &'a mut dyn FnMut(String);
@@ -171,53 +176,78 @@ pub async fn run(
         say(format!("   provenance changed (--force-mixed): {d}"));
     }
     let plans = campaign.resolved_plans(host.llc);
-    let (disk, copies) = if campaign.resources.contains(&Resource::Disk) {
-        let d = images
-            .disk
-            .clone()
-            .context("the disk benchmark needs the data disk image: run `imagegen build`")?;
-        let size =
-            std::fs::metadata(&d).with_context(|| format!("data disk {}", d.display()))?.len();
-        // Copies hold what the largest of the campaign's disk workloads reads.
-        let mib =
-            plans.iter().map(|p| p.workloads.disk_mib).max().unwrap_or(campaign.workloads.disk_mib);
-        let need = crate::limits::mib_to_bytes(mib).filter(|need| size >= *need);
-        let Some(need) = need else {
-            anyhow::bail!(
-                "data disk {} has {size} bytes, workloads.disk_mib asks for {mib} MiB",
-                d.display()
-            );
-        };
-        let copies = Arc::new(
-            DataDisks::new(&d, need, &run.disk_dir(), &run.run)
-                .context("per-guest data disk copies")?,
-        );
-        // Every copy a disk test reads is made now, before the first backend: a read right
-        // after a large write is slower on some disks, and the first backend measured (the
-        // native baseline) must not be the one that pays for it.
-        let most = plans
-            .iter()
-            .map(|p| p.overhead_sizes.iter().copied().max().unwrap_or(0).max(2))
-            .max()
-            .unwrap_or(0);
-        say(format!(
-            "making {most} copies of the data disk and a native reference ({need} bytes each) in {}",
-            run.disk_dir().display()
-        ));
-        let c = copies.clone();
-        // And the native reference copy every non-native disk read is paired with.
-        tokio::task::spawn_blocking(move || {
-            c.reference()?;
-            (0..most).try_for_each(|i| c.copy_for(i).map(|_| ()))
-        })
-        .await
-        .context("data disk copies")?
-        .context("per-guest data disk copies")?;
-        (Some(d), Some(copies))
-    } else {
-        (None, None)
-    };
+    let (disk, copies) = data_disk(campaign, images, run, &plans, say).await?;
     // Recorded once everything is checked: a run refused here leaves its samples as they were.
+    let provenance = record_provenance(results, &records, now)?;
+    let mut ctx = Ctx { campaign, images, opts, run, results, done, disk, copies, provenance };
+    for plan in &plans {
+        backend_steps(&mut ctx, plan, &plans, say).await?;
+    }
+    Ok(())
+}
+
+/// The data disk and every guest's copy of it, made before the first backend, where the
+/// campaign measures the disk.
+async fn data_disk(
+    campaign: &Campaign,
+    images: &Images,
+    run: &RunState,
+    plans: &[BackendPlan],
+    say: Say<'_>,
+) -> Result<(Option<PathBuf>, Option<Arc<DataDisks>>)> {
+    if !campaign.resources.contains(&Resource::Disk) {
+        return Ok((None, None));
+    }
+    let d = images
+        .disk
+        .clone()
+        .context("the disk benchmark needs the data disk image: run `imagegen build`")?;
+    let size = std::fs::metadata(&d).with_context(|| format!("data disk {}", d.display()))?.len();
+    // Copies hold what the largest of the campaign's disk workloads reads.
+    let mib =
+        plans.iter().map(|p| p.workloads.disk_mib).max().unwrap_or(campaign.workloads.disk_mib);
+    let need = crate::limits::mib_to_bytes(mib).filter(|need| size >= *need);
+    let Some(need) = need else {
+        anyhow::bail!(
+            "data disk {} has {size} bytes, workloads.disk_mib asks for {mib} MiB",
+            d.display()
+        );
+    };
+    let copies = Arc::new(
+        DataDisks::new(&d, need, &run.disk_dir(), &run.run)
+            .context("per-guest data disk copies")?,
+    );
+    // Every copy a disk test reads is made now, before the first backend: a read right
+    // after a large write is slower on some disks, and the first backend measured (the
+    // native baseline) must not be the one that pays for it.
+    let most = plans
+        .iter()
+        .map(|p| p.overhead_sizes.iter().copied().max().unwrap_or(0).max(2))
+        .max()
+        .unwrap_or(0);
+    say(format!(
+        "making {most} copies of the data disk and a native reference ({need} bytes each) in {}",
+        run.disk_dir().display()
+    ));
+    let c = copies.clone();
+    // And the native reference copy every non-native disk read is paired with.
+    tokio::task::spawn_blocking(move || {
+        c.reference()?;
+        (0..most).try_for_each(|i| c.copy_for(i).map(|_| ()))
+    })
+    .await
+    .context("data disk copies")?
+    .context("per-guest data disk copies")?;
+    Ok((Some(d), Some(copies)))
+}
+
+/// Records the provenance this session measures under, unless the last one recorded is
+/// the same; returns its id, which every sample is tagged with.
+fn record_provenance(
+    results: &mut ResultsDir,
+    records: &[Record],
+    now: Provenance,
+) -> Result<String> {
     let provenance = now.id();
     let last_id = records.iter().rev().find_map(|r| {
         if let Record::Provenance { id, .. } = r {
@@ -231,82 +261,75 @@ pub async fn run(
             .append(&Record::Provenance { id: provenance.clone(), provenance: now })
             .context("recording the provenance")?;
     }
-    let mut ctx = Ctx { campaign, images, opts, run, results, done, disk, copies, provenance };
-    for plan in &plans {
-        let backend = AnyBackend::new(plan.kind, images, opts);
-        say(format!("== {}", plan.kind));
-        match backend.probe().await {
-            Ok(desc) => {
-                say(format!("   {desc}"));
-                ctx.record(&Record::BackendProbe {
-                    backend: plan.kind,
-                    description: desc,
-                    emulated: false,
-                })?;
-            }
-            Err(e) if plan.kind == BackendKind::Xen && campaign.xen.lab && e.reason.not_dom0() => {
-                say(format!("   {}; measuring it in the Xen lab (Xen under QEMU)", e.reason));
-                xen_lab(&mut ctx, plan, say).await?;
-                continue;
-            }
-            Err(e) => {
-                say(format!("   unavailable: {}", e.reason));
-                ctx.record(&Record::BackendUnavailable {
-                    backend: plan.kind,
-                    reason: e.reason.to_string(),
-                })?;
-                continue;
-            }
+    Ok(provenance)
+}
+
+/// One backend's part of the campaign: its probe, then startup, the suite's passes, the
+/// emulated network's accuracy and, for other workloads, the host baseline; or the Xen
+/// lab, or the reason it cannot run.
+async fn backend_steps(
+    ctx: &mut Ctx<'_>,
+    plan: &BackendPlan,
+    plans: &[BackendPlan],
+    say: Say<'_>,
+) -> Result<()> {
+    let (campaign, images, opts) = (ctx.campaign, ctx.images, ctx.opts);
+    let backend = AnyBackend::new(plan.kind, images, opts);
+    say(format!("== {}", plan.kind));
+    match backend.probe().await {
+        Ok(desc) => {
+            say(format!("   {desc}"));
+            ctx.record(&Record::BackendProbe {
+                backend: plan.kind,
+                description: desc,
+                emulated: false,
+            })?;
         }
-        startup(&mut ctx, &backend, plan, say).await?;
-        for pass in Pass::all(campaign, plan.kind) {
-            if pass.resources.is_empty() {
-                continue;
-            }
-            if let Some(note) = &pass.note {
-                say(format!("   {note}"));
-            }
-            let plan = &BackendPlan {
-                overhead_sizes: pass
-                    .overhead_sizes
-                    .clone()
-                    .unwrap_or_else(|| plan.overhead_sizes.clone()),
-                ..plan.clone()
-            };
-            overhead_and_linearity(&mut ctx, &backend, plan, &pass, say).await?;
-            if campaign.isolation.enabled && pass.isolation {
-                small_fleet_test(&mut ctx, &backend, plan, Test::Isolation, &pass, say).await?;
-            }
-            if plan.ring_guests >= 2 && pass.ring {
-                small_fleet_test(&mut ctx, &backend, plan, Test::Ring, &pass, say).await?;
-            }
+        Err(e) if plan.kind == BackendKind::Xen && campaign.xen.lab && e.reason.not_dom0() => {
+            say(format!("   {}; measuring it in the Xen lab (Xen under QEMU)", e.reason));
+            return xen_lab(ctx, plan, say).await;
         }
-        if campaign.netem.enabled {
-            netem_accuracy(&mut ctx, &backend, plan, say).await?;
+        Err(e) => {
+            say(format!("   unavailable: {}", e.reason));
+            return ctx.record(&Record::BackendUnavailable {
+                backend: plan.kind,
+                reason: e.reason.to_string(),
+            });
         }
-        // A backend run with other workloads (an override) needs the host's T_a for them.
-        if plan.kind != BackendKind::Native && plan.workloads != plans[0].workloads {
-            let native = AnyBackend::new(BackendKind::Native, images, opts);
-            let baseline = BackendPlan {
-                kind: BackendKind::Native,
-                startup_sizes: vec![],
-                overhead_sizes: vec![1],
-                memory_sizes: vec![1],
-                ring_guests: 0,
-                mem_mib: plans[0].mem_mib,
-                mem_bench_mib: plans[0].mem_bench_mib,
-                workloads: plan.workloads.clone(),
-            };
-            say(format!("   host baseline T_a for {}'s workloads", plan.kind));
-            overhead_and_linearity(
-                &mut ctx,
-                &native,
-                &baseline,
-                &Pass::own(campaign, BackendKind::Native),
-                say,
-            )
-            .await?;
+    }
+    startup(ctx, &backend, plan, say).await?;
+    for pass in Pass::all(campaign, plan.kind) {
+        if pass.resources.is_empty() {
+            continue;
         }
+        if let Some(note) = &pass.note {
+            say(format!("   {note}"));
+        }
+        let plan = &BackendPlan {
+            overhead_sizes: pass
+                .overhead_sizes
+                .clone()
+                .unwrap_or_else(|| plan.overhead_sizes.clone()),
+            ..plan.clone()
+        };
+        overhead_and_linearity(ctx, &backend, plan, &pass, say).await?;
+        if campaign.isolation.enabled && pass.isolation {
+            small_fleet_test(ctx, &backend, plan, Test::Isolation, &pass, say).await?;
+        }
+        if plan.ring_guests >= 2 && pass.ring {
+            small_fleet_test(ctx, &backend, plan, Test::Ring, &pass, say).await?;
+        }
+    }
+    if campaign.netem.enabled {
+        netem_accuracy(ctx, &backend, plan, say).await?;
+    }
+    // A backend run with other workloads (an override) needs the host's T_a for them.
+    if plan.kind != BackendKind::Native && plan.workloads != plans[0].workloads {
+        let native = AnyBackend::new(BackendKind::Native, images, opts);
+        let baseline = host_baseline(&plans[0], plan);
+        say(format!("   host baseline T_a for {}'s workloads", plan.kind));
+        let pass = Pass::own(campaign, BackendKind::Native);
+        overhead_and_linearity(ctx, &native, &baseline, &pass, say).await?;
     }
     Ok(())
 }
@@ -407,6 +430,8 @@ async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>) -> Result<
         match crate::xenlab::run(&args, &mut lab_say).await {
             Ok(o) => {
                 let r = &o.report;
+                LABS.fetch_add(1, Ordering::Relaxed);
+                LAB_GUESTS.fetch_add(r.boot.n, Ordering::Relaxed);
                 if !probed {
                     ctx.record(&Record::BackendProbe {
                         backend: plan.kind,
@@ -475,41 +500,6 @@ async fn start_peer(ctx: &Ctx<'_>, net: &FleetNet) -> Result<(Peer, Targets)> {
     Ok((peer, targets))
 }
 
-/// How many steps (StepDone/StepFailed records) a fresh run of `plans` makes: the length
-/// of `hostd run`'s progress bar. Counted as [`run`] walks them; a backend measured in the
-/// Xen lab instead makes fewer (its bar then ends early).
-pub fn planned_steps(c: &Campaign, plans: &[BackendPlan]) -> usize {
-    let mut steps = 0;
-    for (i, plan) in plans.iter().enumerate() {
-        steps += plan.startup_sizes.len() * c.startup.modes.len();
-        for pass in Pass::all(c, plan.kind) {
-            let sizes = pass.overhead_sizes.clone().unwrap_or_else(|| plan.overhead_sizes.clone());
-            for r in &pass.resources {
-                // Overhead and linearity: one step each per size.
-                steps += 2 * match r {
-                    Resource::Memory => plan
-                        .memory_sizes
-                        .iter()
-                        .filter(|n| pass.overhead_sizes.as_ref().is_none_or(|o| o.contains(n)))
-                        .count(),
-                    _ => sizes.len(),
-                };
-            }
-            if c.isolation.enabled && pass.isolation {
-                steps += pass.resources.len();
-            }
-            if plan.ring_guests >= 2 && pass.ring {
-                steps += 1;
-            }
-        }
-        // The host baseline of a backend with other workloads: n = 1 of every resource.
-        if i > 0 && plan.kind != BackendKind::Native && plan.workloads != plans[0].workloads {
-            steps += 2 * Pass::own(c, BackendKind::Native).resources.len();
-        }
-    }
-    steps
-}
-
 /// One pass of a backend's suite on one network mode: the backend's own (every resource,
 /// step keys as always), or an extra network path's (network only, keys tagged with the
 /// path): native's loopback reference (T_a at n = 1) and ns's further modes.
@@ -572,6 +562,26 @@ impl Pass {
     }
 }
 
+/// The native plan measuring the host's T_a (n = 1) for `plan`'s own workloads, where
+/// they differ from the campaign's (an override).
+fn host_baseline(native: &BackendPlan, plan: &BackendPlan) -> BackendPlan {
+    BackendPlan {
+        kind: BackendKind::Native,
+        startup_sizes: vec![],
+        overhead_sizes: vec![1],
+        memory_sizes: vec![1],
+        ring_guests: 0,
+        mem_mib: native.mem_mib,
+        mem_bench_mib: native.mem_bench_mib,
+        workloads: plan.workloads.clone(),
+    }
+}
+
+/// An overhead or linearity step's key: backend, test, n, resource, workload, path.
+fn step_key(plan: &BackendPlan, test: &str, n: usize, r: Resource, suffix: &str) -> String {
+    format!("{}/{test}/n={n}/{}/{}{suffix}", plan.kind, r.name(), plan.workloads.params(r))
+}
+
 /// Overhead and linearity: the memory resource in a fleet of its own, whose guests hold
 /// the working set, at its own sizes; the other resources in one fleet of `guest.mem_mib`
 /// guests.
@@ -614,15 +624,7 @@ async fn overhead_fleet(
     mem_mib: u32,
     say: Say<'_>,
 ) -> Result<()> {
-    let key = |test: &str, n: usize, r: Resource| {
-        format!(
-            "{}/{test}/n={n}/{}/{}{}",
-            plan.kind,
-            r.name(),
-            plan.workloads.params(r),
-            pass.suffix
-        )
-    };
+    let key = |test: &str, n: usize, r: Resource| step_key(plan, test, n, r, &pass.suffix);
     let todo = sizes.iter().any(|&n| {
         resources.iter().any(|&r| {
             !ctx.done.contains(&key("overhead", n, r))
@@ -898,26 +900,5 @@ fn record_samples(
             ctx.finish(key)
         }
         Err(e) => ctx.fail(key, e, say),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The progress bar's length: startup fleets, overhead and linearity per size and
-    /// resource, isolation per resource, the ring, and the extra network passes.
-    #[test]
-    fn planned_steps_count_every_step() {
-        let c: Campaign = toml::from_str(
-            "backends = [\"native\", \"uml\"]\nresources = [\"cpu\", \"network\"]\n\
-             [startup]\nsizes = [1, 2]\n[overhead]\nsizes = [1, 2, 5]\n[ring]\nguests = 3\n",
-        )
-        .unwrap();
-        let plans = c.resolved_plans(None);
-        // Each backend: startup 2 sizes × 2 modes; 2 resources × 3 sizes × (overhead,
-        // linearity); isolation 2; ring 1 = 4 + 12 + 2 + 1 = 19. Native adds its loopback
-        // network reference at n = 1 (overhead, linearity): 2.
-        assert_eq!(planned_steps(&c, &plans), 19 + 2 + 19);
     }
 }
