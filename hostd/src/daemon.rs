@@ -391,19 +391,6 @@ enum ControlRequest {
         guest: Option<String>,
         exec: ExecRequest,
     },
-    /// Copy a host file into one guest (by name) or all.
-    CopyIn {
-        guest: Option<String>,
-        /// Absolute host path (the client resolves it).
-        src: PathBuf,
-        dst: String,
-    },
-    /// Copy a guest file out of one guest or all; `dst` is an absolute host path.
-    CopyOut {
-        guest: Option<String>,
-        src: String,
-        dst: PathBuf,
-    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -413,15 +400,6 @@ enum ControlAnswer {
     GoingDown,
     Error { error: String },
     Exec { results: Vec<GuestExec> },
-    Copied { results: Vec<GuestCopy> },
-}
-
-/// One guest's part of `hostd cp`: the bytes copied and the host file written (copy
-/// out), or why not.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GuestCopy {
-    pub guest: String,
-    pub result: Result<(u64, Option<PathBuf>), String>,
 }
 
 /// One guest's answer to `hostd exec`.
@@ -745,12 +723,6 @@ async fn handle(conn: UnixStream, name: &str, run: &RunState, fleet: &mut Runnin
         Ok(ControlRequest::Exec { guest, exec }) => {
             (exec_in(fleet, guest.as_deref(), &exec).await, false)
         }
-        Ok(ControlRequest::CopyIn { guest, src, dst }) => {
-            (copy_in(fleet, guest.as_deref(), &src, &dst).await, false)
-        }
-        Ok(ControlRequest::CopyOut { guest, src, dst }) => {
-            (copy_out(fleet, guest.as_deref(), &src, &dst).await, false)
-        }
         Err(error) => (ControlAnswer::Error { error }, false),
     };
     let mut out = serde_json::to_vec(&answer).unwrap_or_default();
@@ -768,10 +740,18 @@ async fn exec_in(fleet: &Running, guest: Option<&str>, exec: &ExecRequest) -> Co
     if let Err(error) = exec.check() {
         return ControlAnswer::Error { error };
     }
-    let targets = match targets(fleet, guest) {
-        Ok(t) => t,
-        Err(error) => return ControlAnswer::Error { error },
-    };
+    let targets: Vec<_> =
+        fleet.guests().filter(|g| guest.is_none_or(|n| g.spec.name == n)).collect();
+    if targets.is_empty() {
+        let names: Vec<_> = fleet.guests().map(|g| g.spec.name.as_str()).collect();
+        return ControlAnswer::Error {
+            error: format!(
+                "no running guest named {:?} (running: {})",
+                guest.unwrap_or(""),
+                names.join(", ")
+            ),
+        };
+    }
     let wait = Duration::from_millis(exec.timeout_ms) + Duration::from_secs(30);
     let results = futures::future::join_all(targets.into_iter().map(|g| async move {
         let result = match g.conn.request(Command::Exec(exec.clone()), wait).await {
@@ -783,198 +763,6 @@ async fn exec_in(fleet: &Running, guest: Option<&str>, exec: &ExecRequest) -> Co
     }))
     .await;
     ControlAnswer::Exec { results }
-}
-
-/// The named guest or every ready one, or an error naming the running guests.
-fn targets<'a>(
-    fleet: &'a Running,
-    guest: Option<&str>,
-) -> Result<Vec<&'a crate::guest::RunningGuest>, String> {
-    let t: Vec<_> = fleet.guests().filter(|g| guest.is_none_or(|n| g.spec.name == n)).collect();
-    if t.is_empty() {
-        let names: Vec<_> = fleet.guests().map(|g| g.spec.name.as_str()).collect();
-        return Err(format!(
-            "no running guest named {:?} (running: {})",
-            guest.unwrap_or(""),
-            names.join(", ")
-        ));
-    }
-    Ok(t)
-}
-
-/// How long one file chunk may take a guest (a TCG guest on a busy host is slow).
-const CHUNK_WAIT: Duration = Duration::from_secs(60);
-
-/// `hostd cp` in: reads the host file (a regular file of at most `MAX_FILE_BYTES`), then
-/// sends it to every target guest in chunks, concurrently; each reply is checked.
-async fn copy_in(fleet: &Running, guest: Option<&str>, src: &Path, dst: &str) -> ControlAnswer {
-    use vb_protocol::msg::{PutFile, MAX_FILE_BYTES, MAX_FILE_CHUNK};
-    let targets = match targets(fleet, guest) {
-        Ok(t) => t,
-        Err(error) => return ControlAnswer::Error { error },
-    };
-    let read = (|| {
-        let md = std::fs::metadata(src)?;
-        if !md.is_file() {
-            return Err(std::io::Error::other("not a regular file"));
-        }
-        if md.len() > MAX_FILE_BYTES {
-            return Err(std::io::Error::other(format!(
-                "{} bytes, more than the {MAX_FILE_BYTES} a copy moves",
-                md.len()
-            )));
-        }
-        use std::os::unix::fs::PermissionsExt;
-        Ok((std::fs::read(src)?, md.permissions().mode() & 0o7777))
-    })();
-    let (data, mode) = match read {
-        Ok(x) => x,
-        Err(e) => return ControlAnswer::Error { error: format!("{}: {e}", src.display()) },
-    };
-    let first = PutFile::new(dst, mode, 0, &[], true);
-    if let Err(error) = first.check() {
-        return ControlAnswer::Error { error };
-    }
-    let data = &data;
-    let results = futures::future::join_all(targets.into_iter().map(|g| async move {
-        let mut offset = 0usize;
-        let result = loop {
-            let end = (offset + MAX_FILE_CHUNK).min(data.len());
-            let last = end == data.len();
-            let put = PutFile::new(dst, mode, offset as u64, &data[offset..end], last);
-            match g.conn.request(Command::PutFile(put), CHUNK_WAIT).await {
-                Ok(ReplyBody::Put { size }) if size == end as u64 => {}
-                Ok(ReplyBody::Put { size }) => {
-                    break Err(format!("the guest says {size} bytes written, not {end}"))
-                }
-                Ok(other) => break Err(format!("unexpected reply {other:?}")),
-                Err(e) => break Err(e.to_string()),
-            }
-            if last {
-                break Ok((data.len() as u64, None));
-            }
-            offset = end;
-        };
-        GuestCopy { guest: g.spec.name.clone(), result }
-    }))
-    .await;
-    ControlAnswer::Copied { results }
-}
-
-/// `hostd cp` out: reads the guest file in chunks (each reply checked, the file's size
-/// fixed by the first) and writes it to `dst`, or with several guests to
-/// `dst/<guest>/<name>` (`dst` a directory). Host files get the guest's permission bits
-/// without set-id and sticky bits, written beside and renamed into place.
-async fn copy_out(fleet: &Running, guest: Option<&str>, src: &str, dst: &Path) -> ControlAnswer {
-    use vb_protocol::msg::{GetFile, MAX_FILE_CHUNK};
-    let targets = match targets(fleet, guest) {
-        Ok(t) => t,
-        Err(error) => return ControlAnswer::Error { error },
-    };
-    let probe = GetFile { path: src.into(), offset: 0, max: MAX_FILE_CHUNK as u32 };
-    if let Err(error) = probe.check() {
-        return ControlAnswer::Error { error };
-    }
-    let name = Path::new(src).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "file".into());
-    let several = guest.is_none();
-    if several && !dst.is_dir() {
-        return ControlAnswer::Error {
-            error: format!(
-                "{}: copying out of every guest needs an existing directory (each guest's copy goes to DIR/<guest>/{})",
-                dst.display(),
-                name.to_string_lossy()
-            ),
-        };
-    }
-    let results = futures::future::join_all(targets.into_iter().map(|g| {
-        let name = name.clone();
-        async move {
-            let result = async {
-                let mut data = Vec::new();
-                let mut size = None;
-                let mode = loop {
-                    let req =
-                        GetFile { path: src.into(), offset: data.len() as u64, max: probe.max };
-                    let d = match g.conn.request(Command::GetFile(req.clone()), CHUNK_WAIT).await {
-                        Ok(ReplyBody::FileData(d)) => d,
-                        Ok(other) => return Err(format!("unexpected reply {other:?}")),
-                        Err(e) => return Err(e.to_string()),
-                    };
-                    let bytes = d.check(&req).map_err(|e| e.to_string())?;
-                    if *size.get_or_insert(d.size) != d.size {
-                        return Err(format!("{src} changed size while it was copied"));
-                    }
-                    data.extend_from_slice(&bytes);
-                    if data.len() as u64 == d.size {
-                        break d.mode;
-                    }
-                };
-                let out = if several {
-                    dst.join(&g.spec.name).join(&name)
-                } else if dst.is_dir() {
-                    dst.join(&name)
-                } else {
-                    dst.to_path_buf()
-                };
-                write_host_file(&out, &data, mode & 0o777)
-                    .map_err(|e| format!("{}: {e}", out.display()))?;
-                Ok((data.len() as u64, Some(out)))
-            }
-            .await;
-            GuestCopy { guest: g.spec.name.clone(), result }
-        }
-    }))
-    .await;
-    ControlAnswer::Copied { results }
-}
-
-/// Writes `data` beside `path` and renames it into place (a failed copy leaves no part).
-fn write_host_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let name = path.file_name().ok_or_else(|| std::io::Error::other("not a file name"))?;
-    let tmp = path.with_file_name(format!(".{}.vb-part", name.to_string_lossy()));
-    let r = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
-}
-
-/// `hostd cp`: copies a file into (`src` on the host) or out of (`to_host`) a `hostd up`
-/// fleet's guests through its daemon.
-pub async fn request_copy(
-    run: &RunState,
-    guest: Option<String>,
-    host: PathBuf,
-    guest_path: String,
-    to_host: bool,
-) -> anyhow::Result<Vec<GuestCopy>> {
-    let req = if to_host {
-        ControlRequest::CopyOut { guest, src: guest_path, dst: host }
-    } else {
-        ControlRequest::CopyIn { guest, src: host, dst: guest_path }
-    };
-    // 64 MiB at 256 KiB a chunk over a slow channel: up to a few minutes.
-    match ask_within(run, &req, Duration::from_secs(600)).await? {
-        ControlAnswer::Copied { results } => Ok(results),
-        ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
-        _ => anyhow::bail!("unexpected answer"),
-    }
 }
 
 /// `hostd exec`: runs a program in a `hostd up` fleet's guests through its daemon.
@@ -989,7 +777,7 @@ pub async fn request_exec(
         ControlAnswer::Exec { results } => Ok(results),
         ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
         ControlAnswer::GoingDown => anyhow::bail!("daemon is going down"),
-        _ => anyhow::bail!("unexpected answer"),
+        ControlAnswer::Status(_) => anyhow::bail!("unexpected answer"),
     }
 }
 
@@ -1037,7 +825,7 @@ pub async fn query_status(run: &RunState) -> anyhow::Result<Status> {
         ControlAnswer::Status(s) => Ok(s),
         ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
         ControlAnswer::GoingDown => anyhow::bail!("daemon is going down"),
-        _ => anyhow::bail!("unexpected answer"),
+        ControlAnswer::Exec { .. } => anyhow::bail!("unexpected answer"),
     }
 }
 
@@ -1046,7 +834,9 @@ pub async fn request_down(run: &RunState, wait: Duration) -> anyhow::Result<()> 
     match ask(run, &ControlRequest::Down).await? {
         ControlAnswer::GoingDown => {}
         ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
-        _ => anyhow::bail!("unexpected answer"),
+        ControlAnswer::Status(_) | ControlAnswer::Exec { .. } => {
+            anyhow::bail!("unexpected answer")
+        }
     }
     let start = std::time::Instant::now();
     while run.owner_alive() {

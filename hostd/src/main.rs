@@ -110,10 +110,6 @@ enum Cmd {
     /// Run a program in a running fleet's guests (`hostd exec web -- cat /etc/os-release`):
     /// each guest's output and exit status; fails if any did not exit 0.
     Exec(ExecArgs),
-    /// Copy a file into or out of a running fleet's guests, `docker cp` style:
-    /// `hostd cp web ./app.conf g1:/etc/app.conf`, `hostd cp web --all ./f :/tmp/f`,
-    /// `hostd cp web g2:/var/log/app.log ./` (at most 64 MiB).
-    Cp(CpArgs),
     /// Run a campaign: startup, memory and the whole suite on every backend, then the report.
     Run(RunArgs),
     /// Rebuild a results directory's report from its stored samples. Refuses a directory
@@ -294,71 +290,6 @@ struct ExecArgs {
 }
 
 #[derive(Args)]
-struct CpArgs {
-    /// The fleet's name (as `hostd status` lists it).
-    name: String,
-    /// Source: a host path, or a guest path `GUEST:/path` (or `:/path` with --guest/--all).
-    src: String,
-    /// Destination: likewise. Exactly one of SRC and DST is a guest path. Copying out of
-    /// several guests (--all) needs DST to be a directory: each copy goes to DST/<guest>/.
-    dst: String,
-    /// The guest (instead of a `GUEST:` prefix).
-    #[arg(long, conflicts_with = "all")]
-    guest: Option<String>,
-    /// Every running guest of the fleet.
-    #[arg(long)]
-    all: bool,
-}
-
-/// `GUEST:/path` or `:/path`: (guest, absolute path); anything else is a host path.
-fn guest_path(s: &str) -> Option<(Option<&str>, &str)> {
-    let (g, p) = s.split_once(':')?;
-    let named = g.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    (named && p.starts_with('/')).then_some(((!g.is_empty()).then_some(g), p))
-}
-
-async fn cp(a: CpArgs) -> anyhow::Result<Done> {
-    let (to_host, (named, gpath), host) = match (guest_path(&a.src), guest_path(&a.dst)) {
-        (None, Some(g)) => (false, g, &a.src),
-        (Some(g), None) => (true, g, &a.dst),
-        (Some(_), Some(_)) => anyhow::bail!("both SRC and DST are guest paths: one must be a host path"),
-        (None, None) => anyhow::bail!(
-            "neither SRC nor DST is a guest path (write it GUEST:/path, or :/path with --guest or --all)"
-        ),
-    };
-    let guest = match (named, a.guest.as_deref(), a.all) {
-        (Some(_), _, true) => {
-            anyhow::bail!("--all copies to or from every guest: write the guest path as :/path")
-        }
-        (Some(n), Some(g), _) if n != g => {
-            anyhow::bail!("the guest path names {n} but --guest names {g}")
-        }
-        (Some(n), _, _) | (None, Some(n), _) => Some(n.to_string()),
-        (None, None, true) => None,
-        (None, None, false) => {
-            anyhow::bail!("which guest? write GUEST:/path, or give --guest G or --all")
-        }
-    };
-    let host = std::path::absolute(host)?;
-    let st = find_fleet(&a.name)?;
-    let results = daemon::request_copy(&st, guest, host, gpath.to_string(), to_host).await?;
-    let mut failed = Vec::new();
-    for r in &results {
-        match &r.result {
-            Ok((bytes, Some(out))) => {
-                println!("== {}: {bytes} bytes to {}", r.guest, out.display())
-            }
-            Ok((bytes, None)) => println!("== {}: {bytes} bytes to {gpath}", r.guest),
-            Err(e) => {
-                println!("== {}: failed: {e}", r.guest);
-                failed.push(format!("{}: {e}", r.guest));
-            }
-        }
-    }
-    Ok(if failed.is_empty() { Done::All } else { Done::WithFailures(failed.join("; ")) })
-}
-
-#[derive(Args)]
 struct BootArgs {
     /// Backend to boot the fleets on (`hostd probe` says which work here).
     #[arg(long)]
@@ -528,7 +459,6 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Status { name, json } => all(status(name, json).await),
         Cmd::Down { name } => all(down(name).await),
         Cmd::Exec(a) => exec(a).await,
-        Cmd::Cp(a) => cp(a).await,
         Cmd::Net { name, cmd } => {
             let st = find_fleet(&name)?;
             let netns = hostd::netlab::FleetNet::name_of(&st.run);
@@ -1282,15 +1212,6 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
-
-    #[test]
-    fn guest_paths_are_told_from_host_paths() {
-        assert_eq!(guest_path("g1:/etc/x"), Some((Some("g1"), "/etc/x")));
-        assert_eq!(guest_path(":/tmp/f"), Some((None, "/tmp/f")));
-        for host in ["./f", "/tmp/f", "a:b", "G1:/x", "dir/g1:/x", "g1:rel"] {
-            assert_eq!(guest_path(host), None, "{host}");
-        }
-    }
 
     /// Every subcommand and every argument (flags, options, positionals) says what it is:
     /// `--help` is the first documentation a user reads.
