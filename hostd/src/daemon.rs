@@ -24,11 +24,26 @@ use crate::runstate::{RunState, RUN_ROOT};
 pub struct FleetFile {
     /// Name used by `hostd status NAME` / `hostd down NAME` ([a-z0-9-], ≤ 32). Required.
     pub name: String,
-    /// Backend name (native, ns, oci, uml, qemu-microvm, qemu-full, firecracker). Required.
-    pub backend: String,
-    /// Number of guests. Required, in [`limits::GUESTS`].
-    pub guests: usize,
-    /// Guest memory in MiB. Default 128.
+    /// Backend name (native, ns, oci, uml, qemu-microvm, qemu-full, firecracker). Required
+    /// unless the file has `[[group]]`s, then not allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Number of guests, in [`limits::GUESTS`]. Required unless the file has `[[group]]`s,
+    /// then not allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guests: Option<usize>,
+    /// A mixed fleet: groups of guests, each with its own backend, count, memory and system,
+    /// all on the one fleet network and numbered in file order (`g0`… across groups).
+    #[serde(default, rename = "group", skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupFile>,
+    /// Programs run in every guest once the fleet is up (each an argv, in order); one that
+    /// does not exit 0 in some guest makes `hostd up` report that guest (exit status 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<Vec<String>>,
+    /// Seconds each of `commands` may run in a guest. Default 300.
+    #[serde(default = "default_boot_timeout")]
+    pub command_timeout_s: u64,
+    /// Guest memory in MiB (a group's default). Default 128.
     #[serde(default = "default_mem")]
     pub mem_mib: u32,
     /// vCPUs per guest. Default 1.
@@ -56,6 +71,46 @@ pub struct FleetFile {
     /// once every guest is up (`hostd net NAME set` changes it later). Default unshaped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<crate::netem::TopologyFile>,
+    /// The groups as checked by [`FleetFile::load`] (one, named after the backend, for a
+    /// file without `[[group]]`).
+    #[serde(skip)]
+    pub resolved: Vec<Group>,
+}
+
+/// One `[[group]]` of a mixed fleet file. Unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupFile {
+    /// Unique in the file; a-z, 0-9, -; up to 32 characters. Required.
+    pub name: String,
+    /// Required.
+    pub backend: String,
+    /// Required, at least 1; all groups together at most [`limits::GUESTS`]' maximum.
+    pub guests: usize,
+    /// Default: the file's `mem_mib`.
+    #[serde(default)]
+    pub mem_mib: Option<u32>,
+    /// Default: the file's `vcpus`.
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// Default: the file's `system` (a native group boots no image and takes none).
+    #[serde(default)]
+    pub system: Option<String>,
+    /// Default: the file's `init`.
+    #[serde(default)]
+    pub init: Option<crate::backend::rootdisk::InitMode>,
+}
+
+/// A checked group: its guests are `g<first>`..`g<first + guests - 1>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub name: String,
+    pub kind: BackendKind,
+    pub first: usize,
+    pub guests: usize,
+    pub mem_mib: u32,
+    pub vcpus: u32,
+    pub system: Option<(String, crate::backend::rootdisk::InitMode)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -82,29 +137,32 @@ fn default_boot_timeout() -> u64 {
     300
 }
 
+/// Bytes of each stream a fleet file's command keeps per guest (printed by `hostd up`).
+pub const COMMAND_OUTPUT_MAX: u32 = 16 * 1024;
+
+fn good_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 32
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 impl FleetFile {
-    /// Parses and checks a fleet file; errors name the file and the field.
-    pub fn load(path: &Path) -> Result<(Self, BackendKind), String> {
+    /// Parses and checks a fleet file; errors name the file, the group and the field.
+    /// Everything is checked here, before any guest starts.
+    pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let f: FleetFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let bad =
             |field: &str, why: String| Err(format!("{}: field `{field}`: {why}", path.display()));
-        if f.name.is_empty()
-            || f.name.len() > 32
-            || !f.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        if !good_name(&f.name) {
             return bad("name", format!("{:?} must be 1-32 characters of a-z, 0-9 and -", f.name));
         }
-        let kind: BackendKind = match f.backend.parse() {
-            Ok(k) => k,
-            Err(e) => return bad("backend", e),
-        };
         let checks = [
-            limits::GUESTS.field("guests", f.guests).map(|_| ()),
             limits::MEM_MIB.field("mem_mib", f.mem_mib).map(|_| ()),
             limits::VCPUS.field("vcpus", f.vcpus).map(|_| ()),
             limits::PARALLELISM.field("parallelism", f.parallelism).map(|_| ()),
             limits::BOOT_TIMEOUT_S.field("boot_timeout_s", f.boot_timeout_s).map(|_| ()),
+            limits::BOOT_TIMEOUT_S.field("command_timeout_s", f.command_timeout_s).map(|_| ()),
             f.limits.memory_mib.map_or(Ok(()), |m| {
                 limits::LIMIT_MEMORY_MIB.field("limits.memory_mib", m).map(|_| ())
             }),
@@ -116,13 +174,57 @@ impl FleetFile {
         if let Some(e) = checks.into_iter().find_map(Result::err) {
             return Err(format!("{}: {e}", path.display()));
         }
-        if f.init.is_some() && f.system.is_none() {
-            return bad("init", "needs `system` (the agent's own image has no other init)".into());
-        }
-        if kind == BackendKind::Native && f.system.is_some() {
-            return bad("system", "native guests are host processes: they boot no image".into());
+        for (i, argv) in f.commands.iter().enumerate() {
+            if let Err(e) = f.command_request(argv).check() {
+                return bad(&format!("commands[{i}]"), e);
+            }
         }
         let mut f = f;
+        f.resolved = match (&f.backend, f.guests, f.groups.is_empty()) {
+            (Some(backend), Some(guests), true) => {
+                let kind: BackendKind = match backend.parse() {
+                    Ok(k) => k,
+                    Err(e) => return bad("backend", e),
+                };
+                if let Err(e) = limits::GUESTS.field("guests", guests) {
+                    return Err(format!("{}: {e}", path.display()));
+                }
+                if f.init.is_some() && f.system.is_none() {
+                    return bad(
+                        "init",
+                        "needs `system` (the agent's own image has no other init)".into(),
+                    );
+                }
+                if kind == BackendKind::Native && f.system.is_some() {
+                    return bad(
+                        "system",
+                        "native guests are host processes: they boot no image".into(),
+                    );
+                }
+                vec![Group {
+                    name: kind.name().to_string(),
+                    kind,
+                    first: 0,
+                    guests,
+                    mem_mib: f.mem_mib,
+                    vcpus: f.vcpus,
+                    system: f.system(),
+                }]
+            }
+            (None, None, false) => {
+                f.check_groups().map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            (_, _, false) => {
+                return Err(format!(
+                    "{}: a fleet file with [[group]] gives `backend` and `guests` in each group, \
+                     not at the top",
+                    path.display()
+                ))
+            }
+            (None, _, true) => return bad("backend", "missing (or give [[group]]s)".into()),
+            (_, None, true) => return bad("guests", "missing (or give [[group]]s)".into()),
+        };
+        let total = f.total_guests();
         if let Some(net) = &mut f.net {
             if !f.network {
                 return bad("net", "needs network = true".into());
@@ -133,11 +235,91 @@ impl FleetFile {
             if let Some(csv) = &mut net.matrix_csv {
                 *csv = base.join(&*csv);
             }
-            if let Err(e) = net.resolve(f.guests, base) {
+            if let Err(e) = net.resolve(total, base) {
                 return bad("net", e);
             }
         }
-        Ok((f, kind))
+        Ok(f)
+    }
+
+    /// Checks the `[[group]]`s (names unique, backends known, counts and memory in range,
+    /// all of them together within the fleet limit) and numbers their guests.
+    fn check_groups(&self) -> Result<Vec<Group>, String> {
+        let mut out: Vec<Group> = Vec::new();
+        let mut first = 0usize;
+        for g in &self.groups {
+            let at = |e: String| format!("group {:?}: {e}", g.name);
+            if !good_name(&g.name) {
+                return Err(at("field `name`: must be 1-32 characters of a-z, 0-9 and -".into()));
+            }
+            if out.iter().any(|o| o.name == g.name) {
+                return Err(
+                    at("a second group with this name (group names must be unique)".into()),
+                );
+            }
+            let kind: BackendKind =
+                g.backend.parse().map_err(|e: String| at(format!("field `backend`: {e}")))?;
+            limits::GUESTS.field("guests", g.guests).map_err(at)?;
+            let mem_mib = g.mem_mib.unwrap_or(self.mem_mib);
+            limits::MEM_MIB.field("mem_mib", mem_mib).map_err(at)?;
+            let vcpus = g.vcpus.unwrap_or(self.vcpus);
+            limits::VCPUS.field("vcpus", vcpus).map_err(at)?;
+            let system = g.system.clone().or_else(|| self.system.clone());
+            let init = g.init.or(self.init);
+            if init.is_some() && system.is_none() {
+                return Err(at(
+                    "field `init`: needs `system` (the agent's own image has no other init)".into(),
+                ));
+            }
+            // A native group ignores the file-wide system but refuses its own.
+            let system = match kind {
+                BackendKind::Native if g.system.is_some() => {
+                    return Err(at(
+                        "field `system`: native guests are host processes: they boot no image"
+                            .into(),
+                    ))
+                }
+                BackendKind::Native => None,
+                _ => system.map(|s| (s, init.unwrap_or_default())),
+            };
+            out.push(Group {
+                name: g.name.clone(),
+                kind,
+                first,
+                guests: g.guests,
+                mem_mib,
+                vcpus,
+                system,
+            });
+            first += g.guests;
+        }
+        if first > limits::GUESTS.max as usize {
+            return Err(format!(
+                "the groups hold {first} guests together, more than a fleet's {} (groups: {})",
+                limits::GUESTS.max,
+                out.iter()
+                    .map(|g| format!("{} {}", g.name, g.guests))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Guests in all groups.
+    pub fn total_guests(&self) -> usize {
+        self.resolved.iter().map(|g| g.guests).sum()
+    }
+
+    /// The `exec` request of one of `commands`.
+    pub fn command_request(&self, argv: &[String]) -> ExecRequest {
+        ExecRequest {
+            argv: argv.to_vec(),
+            env: Vec::new(),
+            cwd: None,
+            timeout_ms: self.command_timeout_s.saturating_mul(1000),
+            output_max: COMMAND_OUTPUT_MAX,
+        }
     }
 
     /// The system image and init the guests boot, if the file names one.
@@ -145,12 +327,13 @@ impl FleetFile {
         self.system.clone().map(|s| (s, self.init.unwrap_or_default()))
     }
 
-    pub fn fleet_config(&self) -> FleetConfig {
+    /// How `group`'s guests start.
+    pub fn fleet_config(&self, group: &Group) -> FleetConfig {
         FleetConfig {
-            n: self.guests,
+            n: group.guests,
             parallelism: self.parallelism,
-            vcpus: self.vcpus,
-            mem_mib: self.mem_mib,
+            vcpus: group.vcpus,
+            mem_mib: group.mem_mib,
             network: self.network,
             net_mode: Default::default(),
             data_disk: None,
@@ -174,7 +357,8 @@ impl FleetFile {
 pub struct Status {
     pub name: String,
     pub run: String,
-    pub backend: BackendKind,
+    /// The backend, or a mixed fleet's backends joined with `+` in group order.
+    pub backend: String,
     pub daemon_pid: u32,
     /// `ip netns exec NETNS …` reaches the guests.
     pub netns: Option<String>,
@@ -185,6 +369,11 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GuestStatus {
     pub name: String,
+    /// Its group (the backend's name for a fleet file without groups) and backend.
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub backend: String,
     pub addr: Option<String>,
     pub host_pid: u32,
     pub alive: bool,
@@ -226,50 +415,150 @@ pub fn socket_path(run: &RunState) -> PathBuf {
     run.scratch.join("control.sock")
 }
 
-fn status_of(name: &str, run: &RunState, fleet: &mut Fleet) -> Status {
-    Status {
-        name: name.into(),
-        run: run.run.clone(),
-        backend: fleet.backend,
-        daemon_pid: std::process::id(),
-        netns: fleet.net.as_ref().map(|n| n.netns.clone()),
-        guests: fleet
-            .guests
-            .iter_mut()
-            .zip(&fleet.ready_at)
-            .map(|(g, at)| GuestStatus {
-                name: g.spec.name.clone(),
-                addr: g.spec.net.as_ref().map(|n| format!("{}/{}", n.addr, n.prefix)),
-                host_pid: g.process.pid(),
-                alive: !g.process.proc.has_exited(),
-                ready_after_s: at.as_secs_f64(),
-                kernel: g.hello.kernel_release.clone(),
-            })
-            .collect(),
-        failures: fleet.failures.clone(),
+/// One group of a running fleet: its backend and its guests.
+struct RunningGroup {
+    name: String,
+    backend: AnyBackend,
+    fleet: Fleet,
+}
+
+/// A running fleet: its groups (one unless the file has `[[group]]`s), on one network.
+struct Running {
+    groups: Vec<RunningGroup>,
+    /// The fleet network, destroyed once at teardown (the groups' fleets hold none).
+    net: Option<crate::netlab::FleetNet>,
+}
+
+impl Running {
+    fn guests(&self) -> impl Iterator<Item = &crate::guest::RunningGuest> {
+        self.groups.iter().flat_map(|g| g.fleet.guests.iter())
+    }
+
+    async fn prune(&mut self) -> Vec<GuestFailure> {
+        let mut out = Vec::new();
+        for g in &mut self.groups {
+            out.extend(g.fleet.prune(&g.backend).await);
+        }
+        out
+    }
+
+    /// Tears every group down concurrently, then the network.
+    async fn teardown(self, grace: Duration) {
+        futures::future::join_all(self.groups.into_iter().map(|g| async move {
+            let RunningGroup { backend, fleet, .. } = g;
+            fleet.teardown(&backend, grace).await
+        }))
+        .await;
+        if let Some(n) = self.net {
+            if let Err(e) = n.destroy() {
+                eprintln!("hostd: removing the fleet network: {e}");
+            }
+        }
     }
 }
 
-/// The daemon: boots the fleet, reports readiness through `ready`, serves the control
-/// socket until `down` or a termination signal, then tears down and cleans the run.
+fn status_of(name: &str, run: &RunState, fleet: &mut Running) -> Status {
+    let mut failures: Vec<GuestFailure> =
+        fleet.groups.iter().flat_map(|g| g.fleet.failures.iter().cloned()).collect();
+    failures.sort_by_key(|f| f.index);
+    Status {
+        name: name.into(),
+        run: run.run.clone(),
+        backend: fleet.groups.iter().map(|g| g.fleet.backend.name()).collect::<Vec<_>>().join("+"),
+        daemon_pid: std::process::id(),
+        netns: fleet.net.as_ref().map(|n| n.netns.clone()),
+        guests: fleet
+            .groups
+            .iter_mut()
+            .flat_map(|grp| {
+                let (group, backend) = (grp.name.clone(), grp.fleet.backend.name().to_string());
+                grp.fleet.guests.iter_mut().zip(&grp.fleet.ready_at).map(move |(g, at)| {
+                    GuestStatus {
+                        name: g.spec.name.clone(),
+                        group: group.clone(),
+                        backend: backend.clone(),
+                        addr: g.spec.net.as_ref().map(|n| format!("{}/{}", n.addr, n.prefix)),
+                        host_pid: g.process.pid(),
+                        alive: !g.process.proc.has_exited(),
+                        ready_after_s: at.as_secs_f64(),
+                        kernel: g.hello.kernel_release.clone(),
+                    }
+                })
+            })
+            .collect(),
+        failures,
+    }
+}
+
+/// Starts every group on one network: checks all of them (backend available, addresses,
+/// descriptors) before anything starts, then boots the groups concurrently. An error
+/// names the group; whatever had started is torn down.
+async fn start_groups(
+    file: &FleetFile,
+    images: &[Images],
+    opts: &BackendOptions,
+    run: &RunState,
+) -> anyhow::Result<Running> {
+    use crate::backend::Backend;
+    let backends: Vec<AnyBackend> = file
+        .resolved
+        .iter()
+        .zip(images)
+        .map(|(g, images)| AnyBackend::new(g.kind, images, opts))
+        .collect();
+    let named = |g: &Group, e: &dyn std::fmt::Display| {
+        if file.groups.is_empty() {
+            anyhow::anyhow!("{e:#}")
+        } else {
+            anyhow::anyhow!("group {:?} ({}): {e:#}", g.name, g.kind)
+        }
+    };
+    for (g, b) in file.resolved.iter().zip(&backends) {
+        b.probe().await.map_err(|e| named(g, &e))?;
+        fleet::check(b, &file.fleet_config(g), g.first).map_err(|e| named(g, &e))?;
+    }
+    let net = if file.network { Some(crate::netlab::FleetNet::create(&run.run)?) } else { None };
+    let configs: Vec<FleetConfig> = file.resolved.iter().map(|g| file.fleet_config(g)).collect();
+    let started = futures::future::join_all(
+        file.resolved
+            .iter()
+            .zip(&backends)
+            .zip(&configs)
+            .map(|((g, b), cfg)| fleet::start_on(b, run, cfg, net.clone(), g.first, |_| {})),
+    )
+    .await;
+    let mut running = Running { groups: Vec::new(), net };
+    let mut error = None;
+    for ((g, b), r) in file.resolved.iter().zip(backends).zip(started) {
+        match r {
+            Ok(mut fleet) => {
+                fleet.net = None;
+                running.groups.push(RunningGroup { name: g.name.clone(), backend: b, fleet });
+            }
+            Err(e) => error = error.or(Some(named(g, &e))),
+        }
+    }
+    if let Some(e) = error {
+        running.teardown(Duration::from_secs(10)).await;
+        return Err(e);
+    }
+    Ok(running)
+}
+
+/// The daemon: boots the fleet, runs the file's commands, reports through `ready` (the
+/// text `hostd up` prints, and whether a command failed, or why the fleet did not start),
+/// serves the control socket until `down` or a termination signal, then tears down and
+/// cleans the run. `images[i]` are the images of the file's `resolved[i]` group.
 pub async fn serve(
     file: FleetFile,
-    kind: BackendKind,
-    images: Images,
+    images: Vec<Images>,
     opts: BackendOptions,
     run: RunState,
-    ready: impl FnOnce(Result<&Status, String>),
+    ready: impl FnOnce(Result<Up, String>),
 ) -> anyhow::Result<()> {
-    let backend = AnyBackend::new(kind, &images, &opts);
     let listener = UnixListener::bind(socket_path(&run))?;
     let name_link = fleet_link(&file.name);
-    let mut fleet = match async {
-        use crate::backend::Backend;
-        backend.probe().await?;
-        Ok::<_, anyhow::Error>(fleet::start(&backend, &run, &file.fleet_config(), |_| {}).await?)
-    }
-    .await
-    {
+    let mut fleet = match start_groups(&file, &images, &opts, &run).await {
         Ok(f) => f,
         Err(e) => {
             ready(Err(format!("{e:#}")));
@@ -279,14 +568,17 @@ pub async fn serve(
     };
     if let Err(e) = shape(&file, &run, &fleet) {
         ready(Err(format!("the fleet's network ([net]): {e}")));
-        fleet.teardown(&backend, Duration::from_secs(10)).await;
+        fleet.teardown(Duration::from_secs(10)).await;
         run.finish();
         anyhow::bail!("the fleet's network ([net]): {e}");
     }
     let _ = std::fs::create_dir_all(name_link.parent().expect("has parent"));
     let _ = std::fs::remove_file(&name_link);
     let _ = std::os::unix::fs::symlink(&run.scratch, &name_link);
-    ready(Ok(&status_of(&file.name, &run, &mut fleet)));
+    let commands = run_commands(&file, &run, &fleet).await;
+    let mut text = format_status(&status_of(&file.name, &run, &mut fleet));
+    text.push_str(&commands.text);
+    ready(Ok(Up { text, failed: commands.failed }));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Guests that die are taken out (their resources released) and listed as failed.
     let mut check = tokio::time::interval(Duration::from_secs(1));
@@ -295,7 +587,7 @@ pub async fn serve(
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             _ = check.tick() => {
-                for f in fleet.prune(&backend).await {
+                for f in fleet.prune().await {
                     eprintln!("hostd: {}", f.to_string().lines().next().unwrap_or_default());
                 }
             }
@@ -307,22 +599,110 @@ pub async fn serve(
             }
         }
     }
-    fleet.teardown(&backend, Duration::from_secs(10)).await;
+    fleet.teardown(Duration::from_secs(10)).await;
     let _ = std::fs::remove_file(&name_link);
     run.finish();
     Ok(())
 }
 
+/// What `hostd up` reports once the fleet is up.
+#[derive(Debug, Clone)]
+pub struct Up {
+    /// The fleet's status and the file's commands' results, for printing.
+    pub text: String,
+    /// Guests where a command did not exit 0 (`g3: \`cmd\` exit 1`); the fleet stays up.
+    pub failed: Vec<String>,
+}
+
+struct CommandsRun {
+    text: String,
+    failed: Vec<String>,
+}
+
+/// Runs the file's `commands` in order, each in every guest at once, and records the
+/// results in `<scratch>/commands.json`; a command that fails in a guest is reported with
+/// the guest named and does not stop the next command.
+async fn run_commands(file: &FleetFile, run: &RunState, fleet: &Running) -> CommandsRun {
+    let mut out = CommandsRun { text: String::new(), failed: Vec::new() };
+    let mut record = Vec::new();
+    for argv in &file.commands {
+        let req = file.command_request(argv);
+        let shown = argv.join(" ");
+        out.text.push_str(&format!("command `{shown}`:\n"));
+        let results = match exec_in(fleet, None, &req).await {
+            ControlAnswer::Exec { results } => results,
+            ControlAnswer::Error { error } => {
+                out.text.push_str(&format!("  not run: {error}\n"));
+                out.failed.push(format!("`{shown}`: {error}"));
+                continue;
+            }
+            _ => unreachable!("exec_in answers Exec or Error"),
+        };
+        for r in &results {
+            let line = format_exec(r);
+            out.text.push_str(&format!("{line}\n"));
+            if let Ok(x) = &r.result {
+                for (what, s) in [("stdout", &x.stdout), ("stderr", &x.stderr)] {
+                    for l in s.lines() {
+                        out.text.push_str(&format!("   {what}| {l}\n"));
+                    }
+                }
+            }
+            if !exec_ok(r) {
+                out.failed.push(format!(
+                    "{}: `{shown}` {}",
+                    r.guest,
+                    line.trim_start_matches("== ").split_once(": ").map_or("", |x| x.1)
+                ));
+            }
+        }
+        record.push(serde_json::json!({ "argv": argv, "results": results }));
+    }
+    if !record.is_empty() {
+        let _ = std::fs::write(
+            run.scratch.join("commands.json"),
+            serde_json::to_vec_pretty(&record).unwrap_or_default(),
+        );
+    }
+    out
+}
+
+/// Whether a guest's program ran and exited 0.
+pub fn exec_ok(r: &GuestExec) -> bool {
+    matches!(&r.result, Ok(x) if x.status == Some(0) && !x.timed_out)
+}
+
+/// `== g3: exit 0 in 0.012 s` (with timed out / truncated notes), or `== g3: failed: why`.
+pub fn format_exec(r: &GuestExec) -> String {
+    match &r.result {
+        Ok(x) => {
+            let how = match (x.status, x.signal) {
+                (Some(c), _) => format!("exit {c}"),
+                (None, Some(s)) => format!("signal {s}"),
+                (None, None) => "?".to_string(),
+            };
+            format!(
+                "== {}: {how}{}{} in {:.3} s",
+                r.guest,
+                if x.timed_out { " (timed out)" } else { "" },
+                if x.truncated { " (output truncated)" } else { "" },
+                x.duration_ns as f64 / 1e9
+            )
+        }
+        Err(e) => format!("== {}: failed: {e}", r.guest),
+    }
+}
+
 /// Applies the fleet file's `[net]` to every guest that came up.
-fn shape(file: &FleetFile, run: &RunState, fleet: &Fleet) -> Result<(), String> {
+fn shape(file: &FleetFile, run: &RunState, fleet: &Running) -> Result<(), String> {
     let (Some(net), Some(fnet)) = (&file.net, &fleet.net) else { return Ok(()) };
-    let topo = net.resolve(file.guests, Path::new("/"))?;
-    let indices: Vec<usize> = fleet.guests.iter().map(|g| g.spec.index).collect();
+    let topo = net.resolve(file.total_guests(), Path::new("/"))?;
+    let indices: Vec<usize> = fleet.guests().map(|g| g.spec.index).collect();
     crate::net::set(&run.scratch, &fnet.netns, &topo, &indices)
 }
 
 /// Answers one client; true when it asked the fleet to go down.
-async fn handle(conn: UnixStream, name: &str, run: &RunState, fleet: &mut Fleet) -> bool {
+async fn handle(conn: UnixStream, name: &str, run: &RunState, fleet: &mut Running) -> bool {
     let (r, mut w) = conn.into_split();
     let mut line = String::new();
     // A client gets one bounded request line (an exec's arguments at most, JSON-escaped)
@@ -356,14 +736,14 @@ use tokio::io::AsyncReadExt;
 /// Runs `exec` in the named guest or every ready one, concurrently; each reply is checked
 /// against the request (guests are untrusted) and a guest that does not answer within the
 /// program's timeout and 30 s more is reported, not waited for.
-async fn exec_in(fleet: &Fleet, guest: Option<&str>, exec: &ExecRequest) -> ControlAnswer {
+async fn exec_in(fleet: &Running, guest: Option<&str>, exec: &ExecRequest) -> ControlAnswer {
     if let Err(error) = exec.check() {
         return ControlAnswer::Error { error };
     }
     let targets: Vec<_> =
-        fleet.guests.iter().filter(|g| guest.is_none_or(|n| g.spec.name == n)).collect();
+        fleet.guests().filter(|g| guest.is_none_or(|n| g.spec.name == n)).collect();
     if targets.is_empty() {
-        let names: Vec<_> = fleet.guests.iter().map(|g| g.spec.name.as_str()).collect();
+        let names: Vec<_> = fleet.guests().map(|g| g.spec.name.as_str()).collect();
         return ControlAnswer::Error {
             error: format!(
                 "no running guest named {:?} (running: {})",
@@ -480,18 +860,27 @@ pub fn format_status(s: &Status) -> String {
             .map(|n| format!(", guests reachable with `ip netns exec {n} …`"))
             .unwrap_or_default()
     );
+    // A mixed fleet's guests also show their group and backend.
+    let mixed = s.backend.contains('+') || s.guests.iter().any(|g| g.group != g.backend);
     out.push_str(&format!(
-        "{:<8} {:<18} {:>9} {:>6} {:>10}  {}\n",
-        "guest", "address", "host pid", "alive", "ready s", "kernel"
+        "{:<8} {:<18} {:>9} {:>6} {:>10}  {}{}\n",
+        "guest",
+        "address",
+        "host pid",
+        "alive",
+        "ready s",
+        if mixed { format!("{:<12} {:<13} ", "group", "backend") } else { String::new() },
+        "kernel"
     ));
     for g in &s.guests {
         out.push_str(&format!(
-            "{:<8} {:<18} {:>9} {:>6} {:>10.3}  {}\n",
+            "{:<8} {:<18} {:>9} {:>6} {:>10.3}  {}{}\n",
             g.name,
             g.addr.as_deref().unwrap_or("-"),
             g.host_pid,
             if g.alive { "yes" } else { "NO" },
             g.ready_after_s,
+            if mixed { format!("{:<12} {:<13} ", g.group, g.backend) } else { String::new() },
             g.kernel
         ));
     }
@@ -510,17 +899,24 @@ pub fn format_status(s: &Status) -> String {
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<(FleetFile, BackendKind), String> {
+    fn load_file(text: &str) -> Result<FleetFile, String> {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("fleet.toml");
         std::fs::write(&p, text).unwrap();
         FleetFile::load(&p)
     }
 
+    fn load(text: &str) -> Result<(FleetFile, BackendKind), String> {
+        load_file(text).map(|f| {
+            let k = f.resolved[0].kind;
+            (f, k)
+        })
+    }
+
     #[test]
     fn fleet_files_are_validated_with_field_names() {
         let (f, k) = load("name = \"lab\"\nbackend = \"native\"\nguests = 3\n").unwrap();
-        assert_eq!((f.guests, f.mem_mib, f.network, k), (3, 128, true, BackendKind::Native));
+        assert_eq!((f.guests, f.mem_mib, f.network, k), (Some(3), 128, true, BackendKind::Native));
         assert!(load("name = \"lab\"\nbackend = \"native\"\nguests = 3\ncolour = 1\n")
             .unwrap_err()
             .contains("colour"));
@@ -559,9 +955,81 @@ mod tests {
             assert!(e.contains(field) && e.contains("fleet.toml"), "{extra}: {e}");
         }
         let (f, _) = load(&format!("{base}[limits]\nmemory_mib = 48\npids = 64\n")).unwrap();
+        let cfg = f.fleet_config(&f.resolved[0]);
+        assert_eq!((cfg.limits.memory_bytes, cfg.limits.pids), (Some(48 << 20), Some(64)));
+    }
+
+    const MIXED: &str = "name = \"mix\"\nmem_mib = 96\n\
+        [[group]]\nname = \"c\"\nbackend = \"ns\"\nguests = 3\n\
+        [[group]]\nname = \"u\"\nbackend = \"uml\"\nguests = 1\nmem_mib = 64\n\
+        [[group]]\nname = \"q\"\nbackend = \"qemu-microvm\"\nguests = 2\nvcpus = 2\n";
+
+    #[test]
+    fn groups_are_numbered_across_the_fleet() {
+        let f = load_file(MIXED).unwrap();
+        let got: Vec<_> =
+            f.resolved.iter().map(|g| (g.name.as_str(), g.kind, g.first, g.guests)).collect();
         assert_eq!(
-            (f.fleet_config().limits.memory_bytes, f.fleet_config().limits.pids),
-            (Some(48 << 20), Some(64))
+            got,
+            [
+                ("c", BackendKind::Ns, 0, 3),
+                ("u", BackendKind::Uml, 3, 1),
+                ("q", BackendKind::QemuMicrovm, 4, 2)
+            ]
         );
+        assert_eq!(f.total_guests(), 6);
+        assert_eq!((f.resolved[0].mem_mib, f.resolved[1].mem_mib), (96, 64));
+        assert_eq!((f.resolved[1].vcpus, f.resolved[2].vcpus), (1, 2));
+        let cfg = f.fleet_config(&f.resolved[2]);
+        assert_eq!((cfg.n, cfg.vcpus, cfg.mem_mib), (2, 2, 96));
+        // The single-backend form is one group named after its backend.
+        let (one, _) = load("name = \"lab\"\nbackend = \"ns\"\nguests = 2\n").unwrap();
+        assert_eq!((one.resolved[0].name.as_str(), one.resolved[0].first), ("ns", 0));
+    }
+
+    #[test]
+    fn bad_groups_are_refused_naming_the_group() {
+        let g = |name: &str, body: &str| format!("[[group]]\nname = \"{name}\"\n{body}");
+        let ok = g("a", "backend = \"ns\"\nguests = 1\n");
+        for (extra, want) in [
+            (g("b", "backend = \"vmware\"\nguests = 1\n"), "group \"b\": field `backend`"),
+            (g("b", "backend = \"ns\"\nguests = 0\n"), "group \"b\": field `guests`"),
+            (g("a", "backend = \"uml\"\nguests = 1\n"), "group \"a\": a second group"),
+            (g("b", "backend = \"ns\"\nguests = 1000\n"), "1001 guests together"),
+            (g("b", "backend = \"ns\"\nguests = 1\nmem_mib = 1\n"), "group \"b\": field `mem_mib`"),
+            (g("B!", "backend = \"ns\"\nguests = 1\n"), "field `name`"),
+            (
+                g("b", "backend = \"native\"\nguests = 1\nsystem = \"x\"\n"),
+                "group \"b\": field `system`",
+            ),
+            (
+                g("b", "backend = \"ns\"\nguests = 1\ninit = \"image\"\n"),
+                "group \"b\": field `init`",
+            ),
+            (g("b", "backend = \"ns\"\nguests = 1\ncolour = 1\n"), "colour"),
+        ] {
+            let e = load_file(&format!("name = \"mix\"\n{ok}{extra}")).unwrap_err();
+            assert!(e.contains(want) && e.contains("fleet.toml"), "{extra}: {e}");
+        }
+        let e = load_file(&format!("name = \"mix\"\nbackend = \"ns\"\n{ok}")).unwrap_err();
+        assert!(e.contains("not at the top"), "{e}");
+        let e = load_file("name = \"mix\"\n").unwrap_err();
+        assert!(e.contains("`backend`"), "{e}");
+        // A [net] is checked against all groups' guests together.
+        let net = "[net]\nlink = { delay_ms = 1.0 }\n";
+        assert!(load_file(&format!("name = \"mix\"\n{ok}{net}")).is_ok());
+    }
+
+    #[test]
+    fn fleet_commands_are_checked() {
+        let base = "name = \"lab\"\nbackend = \"ns\"\nguests = 1\n";
+        let (f, _) =
+            load(&format!("{base}commands = [[\"/bin/true\"], [\"cat\", \"/x\"]]\n")).unwrap();
+        assert_eq!(f.commands.len(), 2);
+        assert_eq!(f.command_request(&f.commands[1]).timeout_ms, 300_000);
+        let e = load(&format!("{base}commands = [[]]\n")).unwrap_err();
+        assert!(e.contains("`commands[0]`"), "{e}");
+        let e = load(&format!("{base}command_timeout_s = 0\n")).unwrap_err();
+        assert!(e.contains("`command_timeout_s`"), "{e}");
     }
 }

@@ -155,25 +155,50 @@ pub async fn start(
     on_event: impl FnMut(FleetEvent),
 ) -> Result<Fleet, FleetError> {
     // Checked before anything exists, so a too-large fleet leaves nothing behind.
-    FleetNet::guest_addr(cfg.n.saturating_sub(1))?;
-    descriptor_budget(cfg.n)?;
-    if cfg.network && cfg.net_mode == NetMode::Shared && backend.kind().own_kernel() {
-        return Err(FleetError::SharedStack(backend.kind()));
-    }
+    check(backend, cfg, 0)?;
     let net = if cfg.network {
         Some(FleetNet { mode: cfg.net_mode, ..FleetNet::create(&run.run)? })
     } else {
         None
     };
+    start_on(backend, run, cfg, net, 0, on_event).await
+}
+
+/// What `start` checks before anything exists: addresses and descriptors for guests
+/// `first..first + cfg.n`, and a network mode the backend can use.
+pub fn check(backend: &AnyBackend, cfg: &FleetConfig, first: usize) -> Result<(), FleetError> {
+    FleetNet::guest_addr((first + cfg.n).saturating_sub(1))?;
+    descriptor_budget(cfg.n)?;
+    if cfg.network && cfg.net_mode == NetMode::Shared && backend.kind().own_kernel() {
+        return Err(FleetError::SharedStack(backend.kind()));
+    }
+    Ok(())
+}
+
+/// Starts `cfg.n` guests numbered from `first` (names `g<first>`…, addresses to match) on
+/// the fleet network `net` made by the caller: one group of a mixed fleet, whose groups
+/// (each its own backend) share one network and one numbering. The returned fleet holds a
+/// copy of `net`; whoever made it destroys it once (take it out of all but one group
+/// before their teardown).
+pub async fn start_on(
+    backend: &AnyBackend,
+    run: &RunState,
+    cfg: &FleetConfig,
+    net: Option<FleetNet>,
+    first: usize,
+    on_event: impl FnMut(FleetEvent),
+) -> Result<Fleet, FleetError> {
+    check(backend, cfg, first)?;
     let mut fleet = Fleet {
         backend: backend.kind(),
         net,
         guests: Vec::new(),
         ready_at: Vec::new(),
         failures: Vec::new(),
-        config: FleetConfig { n: 0, ..cfg.clone() },
+        // `n` counts indices handed out: the next guest is `g<n>`.
+        config: FleetConfig { n: first, ..cfg.clone() },
     };
-    fleet.grow(backend, run, cfg.n, on_event).await?;
+    fleet.grow(backend, run, first + cfg.n, on_event).await?;
     Ok(fleet)
 }
 

@@ -43,30 +43,14 @@ pub(crate) async fn exec(a: ExecArgs) -> anyhow::Result<Done> {
     let results = daemon::request_exec(&st, a.guest, req).await?;
     let mut failed = Vec::new();
     for r in &results {
-        match &r.result {
-            Ok(x) => {
-                let how = match (x.status, x.signal) {
-                    (Some(c), _) => format!("exit {c}"),
-                    (None, Some(s)) => format!("signal {s}"),
-                    _ => "?".into(),
-                };
-                println!(
-                    "== {}: {how}{}{} in {:.3} s",
-                    r.guest,
-                    if x.timed_out { " (timed out)" } else { "" },
-                    if x.truncated { " (output truncated)" } else { "" },
-                    x.duration_ns as f64 / 1e9
-                );
-                print!("{}", x.stdout);
-                eprint!("{}", x.stderr);
-                if x.status != Some(0) {
-                    failed.push(format!("{}: {how}", r.guest));
-                }
-            }
-            Err(e) => {
-                println!("== {}: failed: {e}", r.guest);
-                failed.push(format!("{}: {e}", r.guest));
-            }
+        let line = daemon::format_exec(r);
+        println!("{line}");
+        if let Ok(x) = &r.result {
+            print!("{}", x.stdout);
+            eprint!("{}", x.stderr);
+        }
+        if !daemon::exec_ok(r) {
+            failed.push(line.trim_start_matches("== ").to_string());
         }
     }
     Ok(if failed.is_empty() { Done::All } else { Done::WithFailures(failed.join("; ")) })
@@ -86,32 +70,50 @@ pub(crate) fn up(a: &UpArgs) -> ExitCode {
         eprintln!("hostd: error: {e}");
         ExitCode::FAILURE
     };
-    let (file, kind) = match daemon::FleetFile::load(&a.file) {
+    let file = match daemon::FleetFile::load(&a.file) {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
     if daemon::live_fleets().iter().any(|(n, _)| *n == file.name) {
         return fail(format!("a fleet named {:?} is already running", file.name));
     }
-    let mut images = match hostd::images::resolve(a.images.agent.as_deref()) {
-        Ok(i) => i,
-        Err(e) => return fail(format!("{e:#}")),
-    };
-    // The command line's system wins over the fleet file's.
-    let system = a.images.system.clone().map(|s| (s, a.images.init)).or(file.system());
-    if let Some((name, init)) = system {
-        if let Err(e) = hostd::images::add_system(&mut images, &name, init) {
-            return fail(format!("{e:#}"));
+    // Each group's images: the agent's, with its system added. The command line's system
+    // wins over the fleet file's (for every group that boots an image).
+    let mut images = Vec::with_capacity(file.resolved.len());
+    for g in &file.resolved {
+        let mut im = match hostd::images::resolve(a.images.agent.as_deref()) {
+            Ok(i) => i,
+            Err(e) => return fail(format!("{e:#}")),
+        };
+        let system = match g.kind {
+            hostd::backend::BackendKind::Native => None,
+            _ => a.images.system.clone().map(|s| (s, a.images.init)).or(g.system.clone()),
+        };
+        if let Some((name, init)) = system {
+            if let Err(e) = hostd::images::add_system(&mut im, &name, init) {
+                return fail(if file.groups.is_empty() {
+                    format!("{e:#}")
+                } else {
+                    format!("group {:?}: {e:#}", g.name)
+                });
+            }
         }
+        images.push(im);
     }
     let opts = backend_options(&a.images);
+    let fleet_name = file.name.clone();
     if a.foreground {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         return match rt.block_on(async {
             reap_orphans();
             let run = RunState::create("up", None)?;
-            daemon::serve(file, kind, images, opts, run, |r| match r {
-                Ok(s) => print!("{}", daemon::format_status(s)),
+            daemon::serve(file, images, opts, run, |r| match r {
+                Ok(up) => {
+                    print!("{}", up.text);
+                    if !up.failed.is_empty() {
+                        eprintln!("hostd: finished with failures: {}", up.failed.join("; "));
+                    }
+                }
                 Err(e) => eprintln!("hostd: error: {e}"),
             })
             .await
@@ -138,6 +140,13 @@ pub(crate) fn up(a: &UpArgs) -> ExitCode {
                     print!("{rest}");
                     ExitCode::SUCCESS
                 }
+                Some(("failed", rest)) => {
+                    let (what, text) = rest.split_once('\n').unwrap_or((rest, ""));
+                    print!("{text}");
+                    eprintln!("hostd: finished with failures: {what}");
+                    eprintln!("hostd: the fleet stays up (`hostd down {}`)", fleet_name);
+                    ExitCode::from(EXIT_FAILURES)
+                }
                 Some((_, err)) => fail(err.trim().to_string()),
                 None => fail("the fleet daemon exited before reporting".into()),
             }
@@ -151,10 +160,13 @@ pub(crate) fn up(a: &UpArgs) -> ExitCode {
                 reap_orphans();
                 let run = RunState::create("up", None)?;
                 detach_stdio(&run.scratch.join("daemon.log"));
-                daemon::serve(file, kind, images, opts, run, |r| {
+                daemon::serve(file, images, opts, run, |r| {
                     if let Some(mut w) = report.take() {
+                        // First line: ok, failed (a command failed in some guests: what,
+                        // on the second line) or error.
                         let text = match r {
-                            Ok(s) => format!("ok\n{}", daemon::format_status(s)),
+                            Ok(up) if up.failed.is_empty() => format!("ok\n{}", up.text),
+                            Ok(up) => format!("failed\n{}\n{}", up.failed.join("; "), up.text),
                             Err(e) => format!("error\n{e}"),
                         };
                         let _ = std::io::Write::write_all(&mut w, text.as_bytes());

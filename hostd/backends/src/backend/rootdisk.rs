@@ -134,7 +134,11 @@ impl System {
         if self.private {
             format!("ubd{n}={}", self.ext4.display())
         } else {
-            format!("ubd{n}={},{}", workdir.join("root.cow").display(), self.ext4.display())
+            // `c` (shared): UML takes no host lock on the files. Its default whole-file
+            // read lock on the shared image makes QEMU guests booting the same image (a
+            // mixed fleet, or fleets side by side) fail their "consistent read" lock; the
+            // image is never written, and the COW file is this guest's alone.
+            format!("ubd{n}c={},{}", workdir.join("root.cow").display(), self.ext4.display())
         }
     }
 
@@ -219,7 +223,7 @@ mod tests {
     fn arguments() {
         let s = sys(false);
         assert_eq!(s.cmdline(), ["vb.root=0123abcd-4567-89ab-cdef-0123456789ab", "vb.init=agent"]);
-        assert_eq!(s.uml_arg(1, Path::new("/w")), "ubd1=/w/root.cow,/store/blobs/sha256/ab");
+        assert_eq!(s.uml_arg(1, Path::new("/w")), "ubd1c=/w/root.cow,/store/blobs/sha256/ab");
         assert_eq!(sys(true).uml_arg(1, Path::new("/w")), "ubd1=/store/blobs/sha256/ab");
     }
 
