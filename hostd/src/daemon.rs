@@ -995,7 +995,7 @@ mod tests {
             (g("b", "backend = \"vmware\"\nguests = 1\n"), "group \"b\": field `backend`"),
             (g("b", "backend = \"ns\"\nguests = 0\n"), "group \"b\": field `guests`"),
             (g("a", "backend = \"uml\"\nguests = 1\n"), "group \"a\": a second group"),
-            (g("b", "backend = \"ns\"\nguests = 1000\n"), "1001 guests together"),
+            (g("b", "backend = \"ns\"\nguests = 25000\n"), "25001 guests together"),
             (g("b", "backend = \"ns\"\nguests = 1\nmem_mib = 1\n"), "group \"b\": field `mem_mib`"),
             (g("B!", "backend = \"ns\"\nguests = 1\n"), "field `name`"),
             (
