@@ -200,15 +200,13 @@ pub fn add_veth(
     let what = format!(
         "in netns {netns}: link add {name} master {bridge} type veth peer {peer} in {peer_ns}"
     );
-    // Opened on this thread: a named namespace is passed to the kernel by descriptor.
-    let peer_fd = match peer_ns {
-        PeerNs::Named(n) => Some(File::open(Path::new(NETNS_DIR).join(n)).map_err(err(&what))?),
-        PeerNs::Pid(_) => None,
-    };
-    let peer_attr = match (peer_ns, &peer_fd) {
-        (PeerNs::Pid(p), _) => LinkAttribute::NetNsPid(*p),
-        (_, Some(f)) => LinkAttribute::NetNsFd(f.as_raw_fd()),
-        (PeerNs::Named(_), None) => unreachable!("opened above"),
+    // A named namespace is passed to the kernel by a descriptor, kept open until the request.
+    let (peer_attr, _peer_fd) = match peer_ns {
+        PeerNs::Pid(p) => (LinkAttribute::NetNsPid(*p), None),
+        PeerNs::Named(n) => {
+            let f = File::open(Path::new(NETNS_DIR).join(n)).map_err(err(&what))?;
+            (LinkAttribute::NetNsFd(f.as_raw_fd()), Some(f))
+        }
     };
     let path = Path::new(NETNS_DIR).join(netns);
     in_netns(&path, || {

@@ -170,7 +170,7 @@ fn overhead_columns(rep: &Report, kinds: &[BackendKind]) -> Vec<(Column, Vec<Cel
         let what = match r {
             Resource::Network => "native bandwidth ÷ the guest's, one guest running (n = 1), ± its 95 % CI",
             Resource::Disk if rep.paired_disk.values().flatten().any(|p| p.test == Test::Overhead && p.n == 1) => {
-                "the guest's time ÷ native's for the same read, one guest running (n = 1), ± its 95 % CI; ‡: each read divided by the native O_DIRECT read hostd took right before it (the disk's speed drifts over a run), not by native's T_a"
+                "the guest's time ÷ native's for the same read, one guest running (n = 1), ± its 95 % CI; ‡: each read divided by the mean of the native O_DIRECT reads hostd took right before and right after it (the disk's speed drifts over a run), reads whose two native reads disagree by more than 20 % left out, not by native's T_a"
             }
             _ => "the guest's time ÷ native's for the same work, one guest running (n = 1), ± its 95 % CI",
         };
@@ -750,7 +750,7 @@ mod tests {
         // Ratios 1.1 and 0.9: s = 0.1·√2, so t(0.975, 1) · s / √2 = 12.706 · 0.1 = 1.27.
         assert!(uml.text.starts_with("1.00× ±1.27"), "{uml:?}");
         assert_eq!(row(BackendKind::Ns).cells[c].value, Some(1.5));
-        assert!(t.columns[c].what.contains("‡: each read divided by the native O_DIRECT read"));
+        assert!(t.columns[c].what.contains("‡: each read divided by the mean of the native O_DIRECT reads hostd took right before and right after it"));
         // The page shows the paired table and native's drift: its two reads at 512 MB/s and
         // the two paired ones at 256, median 384.
         let d = rep.native_drift.as_ref().unwrap();

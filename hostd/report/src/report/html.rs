@@ -244,8 +244,8 @@ pub(super) fn paired_disk_html(rep: &Report) -> Markup {
             h3 { "Disk against the adjacent native read" }
             p {
                 "A shared or virtual disk's speed drifts over a run (other I/O on the host or below it), so a backend's reads, taken minutes after native's, can look faster or slower than native for that reason alone. \
-                 Right before every disk read of a backend other than native, hostd reads the run's native reference copy with O_DIRECT (same size and block size) and records it in the sample; \
-                 each read is divided here by that adjacent native read. The figures above (and Figures 4, 8, 12) keep the paper's T_a; the decision table's disk overhead uses the paired time ratio where the samples have one. \
+                 Right before and right after every disk read of a backend other than native, hostd reads the run's native reference copy with O_DIRECT (same size and block size) and records both in the sample; \
+                 each read is divided here by the mean of those two native reads, and a read whose two native reads disagree by more than 20 % (the disk changed speed during it) is left out and counted in the reads column. The figures above (and Figures 4, 8, 12) keep the paper's T_a; the decision table's disk overhead uses the paired time ratio where the samples have one. \
                  A linearity or isolation run's native read is one reader alone: with n readers sharing the disk each one's ratio is expected near 1/n of the speed (n times the time)."
             }
             @if let Some(d) = &rep.native_drift {
@@ -290,7 +290,7 @@ pub(super) fn paired_disk_html(rep: &Report) -> Markup {
                     }
                 }
                 @if rep.paired_disk.values().flatten().any(|p| p.test == Test::Overhead && p.speed.median > FASTER_THAN_NATIVE) {
-                    p.bad { "! A backend read the disk alone more than 10 % faster than the native read right before it (median): not the disk's drift; the † notes above may say why (read-ahead through the host page cache)." }
+                    p.bad { "! A backend read the disk alone more than 10 % faster than the native reads around it (median): not the disk's drift; the † notes above may say why (read-ahead through the host page cache)." }
                 }
             }
         }
