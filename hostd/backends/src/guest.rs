@@ -68,7 +68,9 @@ impl std::fmt::Display for GuestFailure {
 
 pub struct RunningGuest {
     pub spec: GuestSpec,
-    pub conn: AgentConn,
+    /// Shared, so a fleet daemon can serve a slow request to this guest off its control
+    /// loop; the channel's reader stops once the last holder drops it.
+    pub conn: std::sync::Arc<AgentConn>,
     pub hello: Hello,
     pub process: GuestProcess,
     /// Host time from the launch request to the ready message.
@@ -141,7 +143,13 @@ pub async fn boot(
     let watch = exit_watch(process.pid());
     let left = end.saturating_duration_since(tokio::time::Instant::now());
     match AgentConn::establish_watched(launched.reader, launched.writer, left, watch).await {
-        Ok((conn, hello)) => Ok(RunningGuest { startup: t0.elapsed(), spec, conn, hello, process }),
+        Ok((conn, hello)) => Ok(RunningGuest {
+            startup: t0.elapsed(),
+            spec,
+            conn: std::sync::Arc::new(conn),
+            hello,
+            process,
+        }),
         Err(cause) => {
             // The hello's wait was what remained of the boot deadline: name the deadline.
             let cause = if let ChannelError::HelloTimeout(_) = cause {
