@@ -2,7 +2,7 @@
 //! (Xen-like) and fully virtualized (VMware-like) rows.
 //!
 //! - microvm: `-M microvm` with virtio-mmio devices. Kernel console on the 8250 (ttyS0, the
-//!   console log), control channel on a virtconsole (guest `/dev/hvc0`), disk virtio-blk
+//!   console log), control channel on a virtio-serial port named `vb.ctl`, disk virtio-blk
 //!   (`/dev/vda`), NIC virtio-net.
 //! - full: `-M q35` with emulated devices. ttyS0 is the console log, ttyS1 the control
 //!   channel, an e1000 NIC, the disk on the chipset's AHCI controller (`/dev/sda`).
@@ -45,11 +45,14 @@ impl Profile {
         }
     }
 
-    /// The guest tty the agent's control channel is on.
-    pub fn ctl_tty(self) -> &'static str {
+    /// The agent's control channel in the guest (its `vb.ctl`). microvm's is a
+    /// virtio-serial port, not a virtconsole: QEMU drops what a virtconsole cannot pass to
+    /// the host socket at once (its hvc driver would stall the guest), so a reply larger
+    /// than the socket's buffer while hostd was busy lost bytes; a port is throttled.
+    pub fn ctl(self) -> &'static str {
         match self {
-            Profile::Microvm => "/dev/hvc0",
-            Profile::Full => "/dev/ttyS1",
+            Profile::Microvm => "vport:vb.ctl",
+            Profile::Full => "tty:/dev/ttyS1",
         }
     }
 
@@ -306,9 +309,12 @@ pub fn qemu_args(
     ]);
     push(&["-chardev", &format!("socket,id=ctl,fd={CTL_FD}")]);
     match profile {
-        Profile::Microvm => {
-            push(&["-device", "virtio-serial-device", "-device", "virtconsole,chardev=ctl"])
-        }
+        Profile::Microvm => push(&[
+            "-device",
+            "virtio-serial-device",
+            "-device",
+            "virtserialport,chardev=ctl,name=vb.ctl",
+        ]),
         Profile::Full => push(&["-serial", "chardev:ctl"]),
     }
     if let Some(disk) = &spec.data_disk {
@@ -378,7 +384,7 @@ pub fn qemu_cmdline(profile: Profile, accel: Accel, base: &str, spec: &GuestSpec
     if profile == Profile::Microvm {
         extra.push("vb.poweroff=reboot".into());
     }
-    kernel_cmdline(base, &["tsc_early_khz", "tsc"], &extra, profile.ctl_tty(), spec)
+    kernel_cmdline(base, &["tsc_early_khz", "tsc"], &extra, profile.ctl(), spec)
 }
 
 async fn launch_qemu(
@@ -516,9 +522,9 @@ mod tests {
             "-name", "g1", "-M", "microvm,acpi=off", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "192M", "-smp", "2",
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-kernel", "/k/vmlinux", "-initrd", "/i/initramfs.cpio.gz",
-            "-append", "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2596150 tsc=reliable no_timer_check vb.poweroff=reboot vb.ctl=tty:/dev/hvc0 vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
+            "-append", "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2596150 tsc=reliable no_timer_check vb.poweroff=reboot vb.ctl=vport:vb.ctl vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
             "-chardev", "file,id=con,path=/proc/self/fd/1,append=on", "-serial", "chardev:con",
-            "-chardev", "socket,id=ctl,fd=3", "-device", "virtio-serial-device", "-device", "virtconsole,chardev=ctl",
+            "-chardev", "socket,id=ctl,fd=3", "-device", "virtio-serial-device", "-device", "virtserialport,chardev=ctl,name=vb.ctl",
             "-drive", "id=d0,file=/store/disk,,1.img,format=raw,if=none,readonly=on,cache.direct=on,aio=threads", "-device", "virtio-blk-device,drive=d0",
             "-netdev", "tap,id=n0,ifname=vbl1,script=no,downscript=no", "-device", "virtio-net-device,netdev=n0,mac=02:76:62:d3:00:03",
         ];
@@ -569,7 +575,7 @@ mod tests {
             "a=1 tsc=reliable  b tsc_early_khz=5 quiet",
             &["tsc_early_khz", "tsc", "quiet"],
             &["x=y".into()],
-            "/dev/hvc0",
+            "tty:/dev/hvc0",
             &s,
         );
         assert_eq!(w, ["a=1", "b", "x=y", "vb.ctl=tty:/dev/hvc0", "vb.hostname=g1"]);
