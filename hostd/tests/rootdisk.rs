@@ -263,7 +263,7 @@ fn hostd_exec_in_a_fleet_kept_up() {
     let file = dir.path().join("fleet.toml");
     std::fs::write(
         &file,
-        format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 5\nsystem = \"{SYSTEM}\"\n"),
+        format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 3\nsystem = \"{SYSTEM}\"\n"),
     )
     .unwrap();
     let out = hostd().arg("up").arg(&file).output().unwrap();
