@@ -11,24 +11,24 @@ mod support {
     pub mod cli;
     pub mod fault;
     pub mod skip;
+    pub mod system;
     pub mod vm;
 }
 
 use support::cli::hostd;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use hostd::backend::rootdisk::InitMode;
 use hostd::backend::{BackendKind, BackendOptions, Images};
 use hostd::guest::boot;
+use support::system::{BUSYBOX, OS};
 use support::vm;
 use vb_protocol::msg::{Command, ExecRequest, ReplyBody, Role};
 
 const SYSTEM: &str = "hostd-test-system";
 const NOINIT: &str = "hostd-test-noinit";
-const OS: &str = "virtbench test system";
-const BUSYBOX: &str = "/bin/busybox";
 
 fn skip(kind: Option<BackendKind>, why: &str) {
     support::skip::skip(kind.map(|k| k.name()), why);
@@ -39,50 +39,24 @@ fn build_systems() -> Result<(), String> {
     static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let dir = PathBuf::from(format!("/var/tmp/vb-rootdisk-test-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            let res = (|| {
-                for (name, init) in [(SYSTEM, true), (NOINIT, false)] {
-                    let tree = dir.join(name);
-                    make_tree(&tree, init)
-                        .map_err(|e| format!("making {}: {e}", tree.display()))?;
-                    let recipes = dir.join("recipes");
-                    std::fs::create_dir_all(&recipes).map_err(|e| e.to_string())?;
-                    std::fs::write(
-                        recipes.join(format!("{name}.toml")),
-                        format!(
-                            "kind = \"rootfs-import\"\npath = \"{}\"\nheadroom_mib = 8\n",
-                            tree.display()
-                        ),
-                    )
-                    .map_err(|e| e.to_string())?;
-                }
-                let mut cfg = imagegen::Config::for_workspace(&hostd::images::workspace_root())
-                    .map_err(|e| e.to_string())?;
-                cfg.recipes = dir.join("recipes");
-                imagegen::build(&cfg, &[SYSTEM.to_string(), NOINIT.to_string()], &())
-                    .map_err(|e| format!("building the test systems: {e}"))?;
-                Ok(())
-            })();
-            let _ = std::fs::remove_dir_all(&dir);
-            res
+            let scratch = support::system::Scratch::new("vb-rootdisk-test");
+            let mut recipes = Vec::new();
+            for (name, init) in [(SYSTEM, true), (NOINIT, false)] {
+                let tree = scratch.0.join(name);
+                support::system::make_tree(&tree, init)
+                    .map_err(|e| format!("making {}: {e}", tree.display()))?;
+                recipes.push((
+                    name,
+                    format!(
+                        "kind = \"rootfs-import\"\npath = \"{}\"\nheadroom_mib = 8\n",
+                        tree.display()
+                    ),
+                ));
+            }
+            support::system::build(&scratch.0, &recipes)
+                .map_err(|e| format!("building the test systems: {e}"))
         })
         .clone()
-}
-
-/// busybox as /bin/busybox and /sbin/init (unless `init` is false), an os-release and an
-/// inittab with one sysinit entry, and the mount points a guest needs.
-fn make_tree(root: &Path, init: bool) -> std::io::Result<()> {
-    for d in ["bin", "sbin", "etc", "dev", "proc", "sys", "tmp"] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
-    std::fs::copy(BUSYBOX, root.join("bin/busybox"))?;
-    if init {
-        std::os::unix::fs::symlink("../bin/busybox", root.join("sbin/init"))?;
-    }
-    std::fs::write(root.join("etc/os-release"), format!("PRETTY_NAME=\"{OS}\"\nID=vbtest\n"))?;
-    std::fs::write(root.join("etc/inittab"), "::sysinit:/bin/busybox echo vbtest sysinit\n")?;
-    Ok(())
 }
 
 /// Whether this host can run these tests; the images with `system` added, or why not.
@@ -91,13 +65,8 @@ fn images(kind: BackendKind, system: &str, init: InitMode) -> Option<Images> {
         skip(Some(kind), "system image tests need root");
         return None;
     }
-    let static_busybox = std::process::Command::new("file")
-        .arg("-L")
-        .arg(BUSYBOX)
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"));
-    if !static_busybox {
-        skip(Some(kind), &format!("the test system needs a static {BUSYBOX} on this host"));
+    if let Some(why) = support::system::unusable() {
+        skip(Some(kind), &why);
         return None;
     }
     if let Err(e) = build_systems() {
