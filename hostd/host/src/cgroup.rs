@@ -26,12 +26,20 @@ pub enum Mode {
     V1,
 }
 
+/// Why no cgroup hierarchy is usable here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DetectError {
+    /// Neither a v2 tree with the memory controller nor a v1 memory hierarchy hostd is in.
+    #[error("no usable cgroup memory controller under {}", root.display())]
+    NoMemoryController { root: PathBuf },
+}
+
 /// Which hierarchy to use here, or why none works.
-pub fn detect() -> Result<Mode, String> {
+pub fn detect() -> Result<Mode, DetectError> {
     detect_in(Path::new(ROOT), &fs::read_to_string("/proc/self/cgroup").unwrap_or_default())
 }
 
-fn detect_in(root: &Path, self_cgroup: &str) -> Result<Mode, String> {
+fn detect_in(root: &Path, self_cgroup: &str) -> Result<Mode, DetectError> {
     // Pure v2: /sys/fs/cgroup itself is the unified tree.
     if let Ok(c) = fs::read_to_string(root.join("cgroup.controllers")) {
         if c.split_whitespace().any(|x| x == "memory") {
@@ -43,7 +51,7 @@ fn detect_in(root: &Path, self_cgroup: &str) -> Result<Mode, String> {
     {
         return Ok(Mode::V1);
     }
-    Err(format!("no usable cgroup memory controller under {}", root.display()))
+    Err(DetectError::NoMemoryController { root: root.to_path_buf() })
 }
 
 /// hostd's own group in `controller`'s v1 hierarchy, or in the v2 tree (controller "").

@@ -69,6 +69,29 @@ impl Default for NetemSection {
     }
 }
 
+/// Why a campaign's `[netem]` section cannot run, naming the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NetemCheckError {
+    #[error("netem.sizes: give at least one fleet size")]
+    NoSizes,
+    #[error("netem.sizes: {0}")]
+    Size(crate::limits::OutOfRange),
+    #[error(transparent)]
+    Link(#[from] crate::netem::LinkError),
+    #[error(transparent)]
+    Between(#[from] crate::netem::EntryError),
+    #[error("netem.sites = 1: 0 (against the peer) or at least 2 sites")]
+    OneSite,
+    #[error("netem.between needs netem.sites ≥ 2")]
+    BetweenWithoutSites,
+    #[error("netem.sizes: {n} guests do not split into {sites} sites of equal size")]
+    UnevenSites { n: usize, sites: usize },
+    #[error("netem.link: give a delay_ms or a rate_mbit to measure")]
+    NothingToMeasure,
+    #[error("netem.rr_size = {0}: not in 1..=65536 bytes")]
+    RrSize(u32),
+}
+
 impl NetemSection {
     /// What the step configures, for its step key and people.
     pub fn describe(&self) -> String {
@@ -86,36 +109,35 @@ impl NetemSection {
         d
     }
 
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the section before anything boots (nothing when it is off); errors name the
+    /// field.
+    pub fn check(&self) -> Result<(), NetemCheckError> {
         if !self.enabled {
             return Ok(());
         }
         if self.sizes.is_empty() {
-            return Err("netem.sizes: give at least one fleet size".into());
+            return Err(NetemCheckError::NoSizes);
         }
         for &n in &self.sizes {
-            crate::limits::GUESTS.check(n).map_err(|e| format!("netem.sizes: {e}"))?;
+            crate::limits::GUESTS.check(n).map_err(NetemCheckError::Size)?;
         }
         self.link.check("netem.link")?;
         self.between.check("netem.between")?;
         if self.sites == 1 {
-            return Err("netem.sites = 1: 0 (against the peer) or at least 2 sites".into());
+            return Err(NetemCheckError::OneSite);
         }
         if self.sites == 0 && !self.between.is_none() {
-            return Err("netem.between needs netem.sites ≥ 2".into());
+            return Err(NetemCheckError::BetweenWithoutSites);
         }
         if let Some(&n) = self.sizes.iter().find(|&&n| self.sites >= 2 && n % self.sites != 0) {
-            return Err(format!(
-                "netem.sizes: {n} guests do not split into {} sites of equal size",
-                self.sites
-            ));
+            return Err(NetemCheckError::UnevenSites { n, sites: self.sites });
         }
         let between = self.between.delay_ms > 0.0 || self.between.rate_mbit.is_some();
         if self.link.delay_ms == 0.0 && self.link.rate_mbit.is_none() && !between {
-            return Err("netem.link: give a delay_ms or a rate_mbit to measure".into());
+            return Err(NetemCheckError::NothingToMeasure);
         }
         if !(1..=65536).contains(&self.rr_size) {
-            return Err(format!("netem.rr_size = {}: not in 1..=65536 bytes", self.rr_size));
+            return Err(NetemCheckError::RrSize(self.rr_size));
         }
         Ok(())
     }
@@ -343,20 +365,20 @@ mod tests {
         let mut s = NetemSection { enabled: true, ..Default::default() };
         assert!(s.check().is_ok());
         s.sizes = vec![0];
-        assert!(s.check().unwrap_err().contains("netem.sizes"));
+        assert!(s.check().unwrap_err().to_string().contains("netem.sizes"));
         s.sizes = vec![2];
         s.link.rate_mbit = Some(0.0);
-        assert!(s.check().unwrap_err().contains("rate"));
+        assert!(s.check().unwrap_err().to_string().contains("rate"));
         s.link = LinkProps::default();
-        assert!(s.check().unwrap_err().contains("delay_ms or a rate_mbit"));
+        assert!(s.check().unwrap_err().to_string().contains("delay_ms or a rate_mbit"));
         s.between.delay_ms = 10.0;
-        assert!(s.check().unwrap_err().contains("netem.between needs netem.sites"));
+        assert!(s.check().unwrap_err().to_string().contains("netem.between needs netem.sites"));
         s.sites = 2;
         s.sizes = vec![2, 3];
-        assert!(s.check().unwrap_err().contains("3 guests do not split into 2 sites"));
+        assert!(s.check().unwrap_err().to_string().contains("3 guests do not split into 2 sites"));
         s.sizes = vec![20];
         assert!(s.check().is_ok());
         s.between.delay_ms = -1.0;
-        assert!(s.check().unwrap_err().contains("netem.between.delay_ms"));
+        assert!(s.check().unwrap_err().to_string().contains("netem.between.delay_ms"));
     }
 }

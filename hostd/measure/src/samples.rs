@@ -112,24 +112,134 @@ fn num(v: f64) -> String {
     }
 }
 
-fn seconds(what: &str, v: f64) -> Result<(), String> {
+/// Why a record cannot be a measurement ([`Record::implausible`]); each names the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Implausible {
+    #[error("n = {0}")]
+    FleetSize(crate::limits::OutOfRange),
+    #[error("{what} = {} s is not a time in 0..={MAX_SECONDS} s", num(*v))]
+    Time { what: &'static str, v: f64 },
+    #[error("{what} = {v} KiB is more than {MAX_KIB} KiB")]
+    Memory { what: &'static str, v: u64 },
+    /// More of a file resident than the file holds (mincore counts at most its length).
+    #[error("residency: {resident} of {bytes} bytes resident")]
+    Residency { resident: u64, bytes: u64 },
+    #[error(transparent)]
+    Sync(#[from] crate::suite::sync::SyncImplausible),
+    #[error("elapsed_s = {} s is not positive", num(*.0))]
+    Elapsed(f64),
+    #[error("{what} = {} MB/s is not a bandwidth in (0, {MAX_RATE_MBPS}]", num(*v))]
+    PairedBandwidth { what: &'static str, v: f64 },
+    #[error("value = {} MB/s is not a bandwidth in 0..={MAX_RATE_MBPS} MB/s", num(*.0))]
+    Bandwidth(f64),
+    #[error("value = {} {unit} is not a latency in 0..={} us", num(*v), MAX_SECONDS * 1e6)]
+    Latency { unit: String, v: f64 },
+    #[error("unit {0:?} is not one hostd records")]
+    Unit(String),
+    /// The emulated network's accuracy sample, in its own words.
+    #[error("{0}")]
+    Netem(String),
+}
+
+fn seconds(what: &'static str, v: f64) -> Result<(), Implausible> {
     if v.is_finite() && (0.0..=MAX_SECONDS).contains(&v) {
         Ok(())
     } else {
-        Err(format!("{what} = {} s is not a time in 0..={MAX_SECONDS} s", num(v)))
+        Err(Implausible::Time { what, v })
     }
 }
 
-fn kib(what: &str, v: u64) -> Result<(), String> {
+fn kib(what: &'static str, v: u64) -> Result<(), Implausible> {
     if v <= MAX_KIB {
         Ok(())
     } else {
-        Err(format!("{what} = {v} KiB is more than {MAX_KIB} KiB"))
+        Err(Implausible::Memory { what, v })
     }
 }
 
-fn fleet_size(n: usize) -> Result<(), String> {
-    crate::limits::GUESTS.check(n).map(drop).map_err(|e| format!("n = {e}"))
+fn fleet_size(n: usize) -> Result<(), Implausible> {
+    crate::limits::GUESTS.check(n).map(drop).map_err(Implausible::FleetSize)
+}
+
+fn startup_implausible(s: &StartupSample) -> Result<(), Implausible> {
+    fleet_size(s.n)?;
+    seconds("ready_s", s.ready_s)?;
+    seconds("own_s", s.own_s)?;
+    s.guest_boot_s.map_or(Ok(()), |v| seconds("guest_boot_s", v))?;
+    s.guest_kernel_s.map_or(Ok(()), |v| seconds("guest_kernel_s", v))?;
+    // A resident share above 1 cannot be measured (mincore counts whole pages of the file's
+    // length, clamped to it).
+    match &s.residency {
+        Some(r) if r.resident_bytes > r.bytes || r.shared_resident_bytes > r.shared_bytes => {
+            Err(Implausible::Residency { resident: r.resident_bytes, bytes: r.bytes })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn memory_implausible(m: &MemorySample) -> Result<(), Implausible> {
+    fleet_size(m.n)?;
+    kib("used_before_kib", m.used_before_kib)?;
+    kib("used_after_kib", m.used_after_kib)?;
+    kib("m_used_kib", m.m_used_kib.unsigned_abs())?;
+    kib("hostd_pss_kib", m.hostd_pss_kib)?;
+    let c = &m.checks;
+    for (what, v) in [
+        ("noise_kib", c.noise_kib),
+        ("scratch_tmpfs_kib", c.scratch_tmpfs_kib),
+        ("cross_check_kib", c.cross_check_kib.map(i64::unsigned_abs)),
+    ] {
+        v.map_or(Ok(()), |v| kib(what, v))?;
+    }
+    for &r in &c.m_used_repeats_kib {
+        kib("m_used_repeats_kib", r.unsigned_abs())?;
+    }
+    seconds("settle_s", m.settle_s)?;
+    for g in &m.guests {
+        kib("guest pss_kib", g.pss_kib)?;
+        g.cgroup_kib.map_or(Ok(()), |v| kib("guest cgroup_kib", v))?;
+    }
+    Ok(())
+}
+
+fn bench_implausible(b: &BenchSample) -> Result<(), Implausible> {
+    fleet_size(b.n)?;
+    crate::suite::sync::plausible(b)?;
+    // Every benchmark takes time: the agent refuses a zero or negative one.
+    if b.elapsed_s.is_nan() || b.elapsed_s <= 0.0 {
+        return Err(Implausible::Elapsed(b.elapsed_s));
+    }
+    seconds("elapsed_s", b.elapsed_s)?;
+    // The paired native read: a positive time and a bandwidth in range.
+    for (what, t) in [
+        ("paired_native_s", b.paired_native_s),
+        ("paired_gap_s", b.paired_gap_s),
+        ("paired_native_after_s", b.paired_native_after_s),
+    ] {
+        t.map_or(Ok(()), |t| seconds(what, t))?;
+    }
+    for (what, m) in [
+        ("paired_native_mbps", b.paired_native_mbps),
+        ("paired_native_after_mbps", b.paired_native_after_mbps),
+    ] {
+        if let Some(v) = m {
+            if !(v.is_finite() && v > 0.0 && v <= MAX_RATE_MBPS) {
+                return Err(Implausible::PairedBandwidth { what, v });
+            }
+        }
+    }
+    let v = b.value;
+    match b.unit.as_str() {
+        "s" => seconds("value", v),
+        "MB/s" if v.is_finite() && (0.0..=MAX_RATE_MBPS).contains(&v) => Ok(()),
+        "MB/s" => Err(Implausible::Bandwidth(v)),
+        // Latencies: µs per transaction, at most the longest time.
+        u if u.starts_with("us") && v.is_finite() && (0.0..=MAX_SECONDS * 1e6).contains(&v) => {
+            Ok(())
+        }
+        u if u.starts_with("us") => Err(Implausible::Latency { unit: u.to_string(), v }),
+        u => Err(Implausible::Unit(u.to_string())),
+    }
 }
 
 /// One place for a fleet's records: every driver (`hostd boot`, a campaign's startup step,
@@ -185,121 +295,23 @@ impl Record {
     /// Why this record cannot be a measurement (a negative or non-finite time, a rate or a
     /// memory size beyond any machine, a fleet size outside the fleet limits), or None. Such
     /// records are left out of every report and counted there.
-    pub fn implausible(&self) -> Option<String> {
-        let check = || -> Result<(), String> {
-            match self {
-                Record::Startup(s) => {
-                    fleet_size(s.n)?;
-                    seconds("ready_s", s.ready_s)?;
-                    seconds("own_s", s.own_s)?;
-                    s.guest_boot_s.map_or(Ok(()), |v| seconds("guest_boot_s", v))?;
-                    s.guest_kernel_s.map_or(Ok(()), |v| seconds("guest_kernel_s", v))?;
-                    // A resident share above 1 cannot be measured (mincore counts whole pages
-                    // of the file's length, clamped to it).
-                    match &s.residency {
-                        Some(r)
-                            if r.resident_bytes > r.bytes
-                                || r.shared_resident_bytes > r.shared_bytes =>
-                        {
-                            Err(format!(
-                                "residency: {} of {} bytes resident",
-                                r.resident_bytes, r.bytes
-                            ))
-                        }
-                        _ => Ok(()),
-                    }
-                }
-                Record::Memory(m) => {
-                    fleet_size(m.n)?;
-                    kib("used_before_kib", m.used_before_kib)?;
-                    kib("used_after_kib", m.used_after_kib)?;
-                    kib("m_used_kib", m.m_used_kib.unsigned_abs())?;
-                    kib("hostd_pss_kib", m.hostd_pss_kib)?;
-                    let c = &m.checks;
-                    for (what, v) in [
-                        ("noise_kib", c.noise_kib),
-                        ("scratch_tmpfs_kib", c.scratch_tmpfs_kib),
-                        ("cross_check_kib", c.cross_check_kib.map(i64::unsigned_abs)),
-                    ] {
-                        v.map_or(Ok(()), |v| kib(what, v))?;
-                    }
-                    for &r in &c.m_used_repeats_kib {
-                        kib("m_used_repeats_kib", r.unsigned_abs())?;
-                    }
-                    seconds("settle_s", m.settle_s)?;
-                    for g in &m.guests {
-                        kib("guest pss_kib", g.pss_kib)?;
-                        g.cgroup_kib.map_or(Ok(()), |v| kib("guest cgroup_kib", v))?;
-                    }
-                    Ok(())
-                }
-                Record::Failure { n, .. } => fleet_size(*n),
-                Record::FleetDone { n, t_startup_s, .. } => {
-                    fleet_size(*n)?;
-                    t_startup_s.map_or(Ok(()), |v| seconds("t_startup_s", v))
-                }
-                Record::Bench(b) => {
-                    fleet_size(b.n)?;
-                    crate::suite::sync::plausible(b)?;
-                    // Every benchmark takes time: the agent refuses a zero or negative one.
-                    if b.elapsed_s.is_nan() || b.elapsed_s <= 0.0 {
-                        return Err(format!("elapsed_s = {} s is not positive", num(b.elapsed_s)));
-                    }
-                    seconds("elapsed_s", b.elapsed_s)?;
-                    // The paired native read: a positive time and a bandwidth in range.
-                    for (what, t) in [
-                        ("paired_native_s", b.paired_native_s),
-                        ("paired_gap_s", b.paired_gap_s),
-                        ("paired_native_after_s", b.paired_native_after_s),
-                    ] {
-                        t.map_or(Ok(()), |t| seconds(what, t))?;
-                    }
-                    for (what, m) in [
-                        ("paired_native_mbps", b.paired_native_mbps),
-                        ("paired_native_after_mbps", b.paired_native_after_mbps),
-                    ] {
-                        if let Some(m) = m {
-                            if !(m.is_finite() && m > 0.0 && m <= MAX_RATE_MBPS) {
-                                return Err(format!(
-                                    "{what} = {} MB/s is not a bandwidth in (0, {MAX_RATE_MBPS}]",
-                                    num(m)
-                                ));
-                            }
-                        }
-                    }
-                    let v = b.value;
-                    match b.unit.as_str() {
-                        "s" => seconds("value", v),
-                        "MB/s" if v.is_finite() && (0.0..=MAX_RATE_MBPS).contains(&v) => Ok(()),
-                        "MB/s" => Err(format!(
-                            "value = {} MB/s is not a bandwidth in 0..={MAX_RATE_MBPS} MB/s",
-                            num(v)
-                        )),
-                        // Latencies: µs per transaction, at most the longest time.
-                        u if u.starts_with("us")
-                            && v.is_finite()
-                            && (0.0..=MAX_SECONDS * 1e6).contains(&v) =>
-                        {
-                            Ok(())
-                        }
-                        u if u.starts_with("us") => Err(format!(
-                            "value = {} {u} is not a latency in 0..={} us",
-                            num(v),
-                            MAX_SECONDS * 1e6
-                        )),
-                        u => Err(format!("unit {u:?} is not one hostd records")),
-                    }
-                }
-                Record::StepDone { .. }
-                | Record::StepFailed { .. }
-                | Record::BackendUnavailable { .. }
-                | Record::BackendProbe { .. }
-                | Record::GuestLost { .. }
-                | Record::Provenance { .. } => Ok(()),
-                Record::Netem(n) => n.implausible().map_or(Ok(()), Err),
-            }
+    pub fn implausible(&self) -> Option<Implausible> {
+        let r = match self {
+            Record::Startup(s) => startup_implausible(s),
+            Record::Memory(m) => memory_implausible(m),
+            Record::Failure { n, .. } => fleet_size(*n),
+            Record::FleetDone { n, t_startup_s, .. } => fleet_size(*n)
+                .and_then(|()| t_startup_s.map_or(Ok(()), |v| seconds("t_startup_s", v))),
+            Record::Bench(b) => bench_implausible(b),
+            Record::StepDone { .. }
+            | Record::StepFailed { .. }
+            | Record::BackendUnavailable { .. }
+            | Record::BackendProbe { .. }
+            | Record::GuestLost { .. }
+            | Record::Provenance { .. } => Ok(()),
+            Record::Netem(n) => n.implausible().map_or(Ok(()), |why| Err(Implausible::Netem(why))),
         };
-        check().err()
+        r.err()
     }
 }
 
@@ -347,7 +359,7 @@ impl Samples {
                     Some(why) => {
                         s.implausible += 1;
                         if s.rejected.len() < Self::KEEP_REJECTED {
-                            s.rejected.push(Rejected { line: n, why });
+                            s.rejected.push(Rejected { line: n, why: why.to_string() });
                         }
                     }
                 },

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::cgroup::{self, Cgroup};
 use crate::netlab::FleetNet;
 pub use process::Proc;
-pub use resource::{release_all, Resource};
+pub use resource::{release_all, ReleaseError, Resource};
 
 /// The systems hostd can boot guests on.
 #[derive(
@@ -121,13 +121,15 @@ impl std::fmt::Display for BackendKind {
     }
 }
 
+/// A backend name that is none of [`BackendKind::ALL`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend {0:?} (known: {known})", known = BackendKind::ALL.map(|k| k.name()).join(", "))]
+pub struct UnknownBackend(pub String);
+
 impl std::str::FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        BackendKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            let known: Vec<_> = BackendKind::ALL.iter().map(|k| k.name()).collect();
-            format!("unknown backend {s:?} (known: {})", known.join(", "))
-        })
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
+        BackendKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| UnknownBackend(s.into()))
     }
 }
 
@@ -264,6 +266,9 @@ pub enum UnavailableReason {
     /// The `xen` backend's host is not a working dom0.
     #[error(transparent)]
     Dom0(#[from] xen::Dom0Error),
+    /// Firecracker's probe, by step (shared: a backend's probe runs once).
+    #[error(transparent)]
+    Firecracker(#[from] std::sync::Arc<firecracker::ProbeError>),
     /// Anything else the probe found missing or broken, in words.
     #[error("{0}")]
     Other(String),
@@ -280,6 +285,14 @@ impl From<String> for UnavailableReason {
     fn from(s: String) -> Self {
         Self::Other(s)
     }
+}
+
+/// Why the memory a hypervisor below the host hands out could not be read
+/// ([`Backend::unseen_used_kib`]).
+#[derive(Debug, thiserror::Error)]
+pub enum UnseenError {
+    #[error(transparent)]
+    Xen(#[from] xen::XenMemoryError),
 }
 
 /// A launch that failed, named after the step that failed.
@@ -384,7 +397,7 @@ pub trait Backend {
     /// Memory in use on the machine that the host kernel's /proc/meminfo does not count,
     /// KiB: guest RAM a hypervisor below the host hands out (Xen). 0 where the host kernel
     /// owns all memory, which is every backend but Xen.
-    async fn unseen_used_kib(&self) -> Result<u64, String> {
+    async fn unseen_used_kib(&self) -> Result<u64, UnseenError> {
         Ok(0)
     }
     /// The host files a launch of this backend reads, with its own images (see
@@ -521,7 +534,7 @@ impl Backend for AnyBackend {
     async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
         dispatch!(self, b => b.stop(guest, grace).await)
     }
-    async fn unseen_used_kib(&self) -> Result<u64, String> {
+    async fn unseen_used_kib(&self) -> Result<u64, UnseenError> {
         dispatch!(self, b => b.unseen_used_kib().await)
     }
     fn launch_files(&self) -> LaunchFiles {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
-use super::launch::{boot_images, tool_version, vm_launch_files, LaunchGuard};
+use super::launch::{boot_images, tool_version, vm_launch_files, ImageError, LaunchGuard};
 use super::rootdisk::System;
 use super::vmm::*;
 use super::{
@@ -99,7 +99,7 @@ pub struct Qemu {
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,
     accel_opt: Option<String>,
-    accel: OnceCell<Result<AccelChoice, String>>,
+    accel: OnceCell<Result<AccelChoice, AccelError>>,
     system: Option<System>,
 }
 
@@ -129,25 +129,25 @@ impl Qemu {
         }
     }
 
-    fn images(&self) -> Result<(&Kernel, &Path), String> {
+    fn images(&self) -> Result<(&Kernel, &Path), ImageError> {
         let what = match self.profile {
             Profile::Microvm => "microvm kernel (vmlinux)",
             Profile::Full => "pc kernel (bzImage)",
         };
-        Ok(boot_images(what, self.kernel.as_ref(), self.initramfs.as_deref())?)
+        boot_images(what, self.kernel.as_ref(), self.initramfs.as_deref())
     }
 
     /// The accelerator guests of this backend use, decided once (the first call may boot a
     /// KVM probe guest). Err: the configured accelerator is unknown.
-    pub async fn accel(&self) -> Result<AccelChoice, String> {
+    pub async fn accel(&self) -> Result<AccelChoice, AccelError> {
         self.accel.get_or_init(|| self.decide_accel()).await.clone()
     }
 
-    async fn decide_accel(&self) -> Result<AccelChoice, String> {
+    async fn decide_accel(&self) -> Result<AccelChoice, AccelError> {
         match self.accel_opt.as_deref() {
             Some("kvm") => Ok(AccelChoice { accel: Accel::Kvm, why: "KVM (configured)".into() }),
-            Some("tcg") => tcg_choice("TCG (configured)".into()).await,
-            Some(other) => Err(format!("unknown accelerator {other:?} (use kvm or tcg)")),
+            Some("tcg") => Ok(tcg_choice("TCG (configured)".into()).await),
+            Some(other) => Err(AccelError::Unknown(other.into())),
             None => {
                 let (kernel, initramfs) = self.images()?;
                 match kvm_boot_probe(
@@ -167,7 +167,7 @@ impl Qemu {
                         ),
                     }),
                     Err(reason) => {
-                        tcg_choice(format!("KVM probe failed: {reason}; using TCG")).await
+                        Ok(tcg_choice(format!("KVM probe failed: {reason}; using TCG")).await)
                     }
                 }
             }
@@ -175,12 +175,35 @@ impl Qemu {
     }
 }
 
-async fn tcg_choice(why: String) -> Result<AccelChoice, String> {
+async fn tcg_choice(why: String) -> AccelChoice {
     let tsc_khz = host_tsc_khz().await;
-    Ok(AccelChoice {
+    AccelChoice {
         accel: Accel::Tcg { tsc_khz },
         why: format!("{why} (guest TSC = host TSC, {tsc_khz} kHz)"),
-    })
+    }
+}
+
+/// Why no accelerator could be chosen for a QEMU backend's guests.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AccelError {
+    #[error("unknown accelerator {0:?} (use kvm or tcg)")]
+    Unknown(String),
+    /// The probe guest's kernel or initramfs is missing.
+    #[error(transparent)]
+    Images(#[from] ImageError),
+}
+
+/// Why a KVM probe guest did not boot, by step.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmProbeError {
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    ScratchDir(#[from] ScratchDirError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error(transparent)]
+    Boot(#[from] ProbeBootError),
 }
 
 impl Backend for Qemu {
@@ -193,8 +216,8 @@ impl Backend for Qemu {
             |reason: String| Unavailable { backend: self.kind().name(), reason: reason.into() };
         let version =
             tool_version(&self.qemu, &["--version"]).await.map_err(|e| unavailable(e.into()))?;
-        let (kernel, initramfs) = self.images().map_err(unavailable)?;
-        let accel = self.accel().await.map_err(unavailable)?;
+        let (kernel, initramfs) = self.images().map_err(|e| unavailable(e.into()))?;
+        let accel = self.accel().await.map_err(|e| unavailable(e.to_string()))?;
         Ok(format!(
             "{version}; {}; kernel {}; initramfs {}",
             accel.why,
@@ -204,7 +227,7 @@ impl Backend for Qemu {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        let not_ready = |reason: String| LaunchError::Prepare {
+        let not_ready = |reason: ImageError| LaunchError::Prepare {
             what: format!("{} images", self.kind()),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
         };
@@ -441,17 +464,15 @@ pub async fn kvm_boot_probe(
     kernel: &Kernel,
     initramfs: &Path,
     deadline: Duration,
-) -> Result<Duration, String> {
+) -> Result<Duration, KvmProbeError> {
     check_kvm()?;
     let dir = probe_dir("kvm-probe")?;
     let spec = probe_spec(dir.path(), "kvm-probe");
-    let launched = launch_qemu(qemu, profile, Accel::Kvm, kernel, initramfs, &spec, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    probe_boot(launched, "QEMU", deadline, Some("KVM internal error"), |g, d| {
+    let launched = launch_qemu(qemu, profile, Accel::Kvm, kernel, initramfs, &spec, None).await?;
+    Ok(probe_boot(launched, "QEMU", deadline, Some("KVM internal error"), |g, d| {
         Box::pin(stop_and_release(g, d))
     })
-    .await
+    .await?)
 }
 
 /// The host TSC rate in kHz, measured once (50 ms against the monotonic clock).
@@ -610,6 +631,6 @@ mod tests {
         };
         assert_eq!(q("kvm").accel().await.unwrap().accel, Accel::Kvm);
         assert!(matches!(q("tcg").accel().await.unwrap().accel, Accel::Tcg { .. }));
-        assert!(q("hax").accel().await.unwrap_err().contains("hax"));
+        assert!(q("hax").accel().await.unwrap_err().to_string().contains("hax"));
     }
 }

@@ -67,6 +67,16 @@ pub struct System {
     pub private: bool,
 }
 
+/// `init = "image"` for a system image without a usable init.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "system {system}: init = \"image\", but the image has no usable /sbin/init (its manifest's system.init is null); use init = \"agent\""
+)]
+pub struct NoImageInit {
+    /// The system image's name.
+    pub system: String,
+}
+
 impl System {
     /// The kernel command line words that make the agent boot this image.
     pub fn cmdline(&self) -> Vec<String> {
@@ -74,12 +84,9 @@ impl System {
     }
 
     /// Refuses `init = "image"` for an image without a usable init, naming it.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), NoImageInit> {
         if self.init == InitMode::Image && self.image_init.is_none() {
-            return Err(format!(
-                "system {}: init = \"image\", but the image has no usable /sbin/init (its manifest's system.init is null); use init = \"agent\"",
-                self.name
-            ));
+            return Err(NoImageInit { system: self.name.clone() });
         }
         Ok(())
     }
@@ -232,7 +239,7 @@ mod tests {
         let mut s = sys(false);
         assert!(s.check().is_ok());
         s.init = InitMode::Image;
-        assert!(s.check().unwrap_err().contains("no usable /sbin/init"));
+        assert!(s.check().unwrap_err().to_string().contains("no usable /sbin/init"));
         s.image_init = Some("/bin/busybox".into());
         assert!(s.check().is_ok());
     }

@@ -229,7 +229,7 @@ impl Backend for Uml {
         let free_mib = nix::sys::statvfs::statvfs(MEMORY_DIR)
             .map(|v| (v.blocks_available() * v.fragment_size()) >> 20)
             .unwrap_or(0);
-        let dir = probe_dir("uml-probe").map_err(unavailable)?;
+        let dir = probe_dir("uml-probe").map_err(|e| unavailable(e.to_string()))?;
         let spec = probe_spec(dir.path(), "uml-probe");
         let launched = launch_uml(kernel, initramfs, &spec, None)
             .await

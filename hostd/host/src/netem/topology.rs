@@ -6,11 +6,95 @@
 //! offending site, row or field named, before any guest starts.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_rate, LinkProps, MAX_DELAY_MS};
+use super::{check_rate, LinkError, LinkProps, MAX_DELAY_MS};
+
+/// Why one matrix entry (what lies between two sites) is refused; `at` names the entry.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EntryError {
+    /// A matrix delay or jitter below 0 or not a number (`at` names the entry).
+    #[error("{at} = {v}: a delay must be ≥ 0")]
+    NegativeDelay { at: String, v: f64 },
+    #[error("{at} = {v}: more than {MAX_DELAY_MS} ms")]
+    DelayTooLong { at: String, v: f64 },
+    /// A delay or jitter on the diagonal: within a site only the guests' links apply.
+    #[error(
+        "{at} = {v}: the diagonal must be 0 (within a site only the guests' own links apply; \
+         give them a link instead)"
+    )]
+    DiagonalDelay { at: String, v: f64 },
+    #[error("{at} = {v}: jitter needs a delay")]
+    JitterWithoutDelay { at: String, v: f64 },
+    #[error("{at} = {v}: the diagonal must be 0")]
+    DiagonalRate { at: String, v: f64 },
+    /// An off-diagonal rate out of range.
+    #[error(transparent)]
+    Rate(#[from] LinkError),
+}
+
+/// Why a topology is refused, named after the check that failed; each message names the
+/// file, site, row or field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// A link's properties (the topology's, a site's, or a matrix rate).
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The topology or CSV file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The topology file is not valid TOML for a topology.
+    #[error("{}: {source}", path.display())]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("give one of [[site]], [star], [tree] and matrix_csv, not several")]
+    SeveralShapes,
+    #[error("[matrix] needs [[site]] entries to name its rows")]
+    MatrixWithoutSites,
+    /// The sites hold another number of guests than the fleet.
+    #[error("the topology's sites hold {sites} guests, the fleet has {fleet}")]
+    GuestCount { sites: usize, fleet: usize },
+    #[error("site {name:?}: a name of 1 to 32 characters")]
+    SiteName { name: String },
+    #[error("site {name:?} is given twice")]
+    SiteTwice { name: String },
+    #[error("site {name}: guests = 0: a site holds at least one guest")]
+    EmptySite { name: String },
+    /// `matrix.sites` names a site that `[[site]]` does not; `known` lists those that it does.
+    #[error("matrix.sites: unknown site {name:?} (sites: {known})")]
+    UnknownMatrixSite { name: String, known: String },
+    #[error("matrix.sites: site {name:?} is given twice")]
+    MatrixSiteTwice { name: String },
+    #[error("matrix.sites: site {name:?} is missing")]
+    MatrixSiteMissing { name: String },
+    #[error("{field}: {rows} rows for {k} sites: the matrix must be square")]
+    NotSquare { field: String, rows: usize, k: usize },
+    #[error("{field}: row {row} has {len} entries for {k} sites: the matrix must be square")]
+    RowNotSquare { field: String, row: usize, len: usize, k: usize },
+    /// A matrix entry (hand-made, star, tree or CSV).
+    #[error(transparent)]
+    Entry(#[from] EntryError),
+    #[error(
+        "star: sites = {sites}, guests_per_site = {per_site}: at least 2 sites of at least 1 guest"
+    )]
+    StarTooSmall { sites: usize, per_site: usize },
+    #[error("tree: sites, clusters_per_site and guests_per_cluster must be ≥ 1")]
+    TreeEmpty,
+    #[error("tree: at least 2 clusters in all")]
+    TreeOneCluster,
+    #[error("{name}: not a regular file of at most {MAX_CSV_BYTES} bytes")]
+    CsvNotRegular { name: String },
+    /// The CSV reader's own error (unreadable or malformed record).
+    #[error("{name}: {source}")]
+    Csv { name: String, source: csv::Error },
+    #[error("{name}: row {row}, column {col}: {v:?} is not a number")]
+    CsvNotNumber { name: String, row: usize, col: usize, v: String },
+    #[error("{name}: {k} rows: a matrix of at least 2 guests")]
+    CsvTooFew { name: String, k: usize },
+    #[error("{name}: {k} rows: more guests than a fleet holds")]
+    CsvTooMany { name: String, k: usize },
+}
 
 /// A topology as written in a fleet file's `[net]`, a campaign's `[netem]` or a file given
 /// to `hostd net FLEET set`. Unknown keys are errors.
@@ -124,7 +208,7 @@ pub struct Between {
 
 impl Between {
     /// Checks an entry off the diagonal; errors name `what`.
-    pub fn check(&self, what: &str) -> Result<(), String> {
+    pub fn check(&self, what: &str) -> Result<(), EntryError> {
         entry(&|f| format!("{what}.{f}"), self, false)
     }
 
@@ -227,14 +311,15 @@ impl Topology {
 
 impl TopologyFile {
     /// Parses a topology file (TOML); errors name the file.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, TopologyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| TopologyError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| TopologyError::Parse { path: path.into(), source })
     }
 
     /// Checks everything and lays the sites out over `n` guests; `base` is the directory a
     /// relative `matrix_csv` is found in.
-    pub fn resolve(&self, n: usize, base: &Path) -> Result<Topology, String> {
+    pub fn resolve(&self, n: usize, base: &Path) -> Result<Topology, TopologyError> {
         self.link.check("link")?;
         let shapes = [
             !self.sites.is_empty(),
@@ -243,12 +328,10 @@ impl TopologyFile {
             self.matrix_csv.is_some(),
         ];
         if shapes.iter().filter(|&&x| x).count() > 1 {
-            return Err(
-                "give one of [[site]], [star], [tree] and matrix_csv, not several".to_string()
-            );
+            return Err(TopologyError::SeveralShapes);
         }
         if self.matrix.is_some() && self.sites.is_empty() {
-            return Err("[matrix] needs [[site]] entries to name its rows".into());
+            return Err(TopologyError::MatrixWithoutSites);
         }
         let topo = if let Some(star) = &self.star {
             star.resolve(self.link)?
@@ -263,30 +346,24 @@ impl TopologyFile {
             Topology::uniform(n, self.link)
         };
         if topo.guests() != n {
-            return Err(format!(
-                "the topology's sites hold {} guests, the fleet has {n}",
-                topo.guests()
-            ));
+            return Err(TopologyError::GuestCount { sites: topo.guests(), fleet: n });
         }
         Ok(topo)
     }
 
-    fn hand_made(&self) -> Result<Topology, String> {
+    fn hand_made(&self) -> Result<Topology, TopologyError> {
         let mut sites = Vec::new();
         let mut index = BTreeMap::new();
         let mut first = 0;
         for s in &self.sites {
             if s.name.is_empty() || s.name.len() > 32 {
-                return Err(format!("site {:?}: a name of 1 to 32 characters", s.name));
+                return Err(TopologyError::SiteName { name: s.name.clone() });
             }
             if index.insert(s.name.clone(), sites.len()).is_some() {
-                return Err(format!("site {:?} is given twice", s.name));
+                return Err(TopologyError::SiteTwice { name: s.name.clone() });
             }
             if s.guests == 0 {
-                return Err(format!(
-                    "site {}: guests = 0: a site holds at least one guest",
-                    s.name
-                ));
+                return Err(TopologyError::EmptySite { name: s.name.clone() });
             }
             let link = s.link.unwrap_or(self.link);
             link.check(&format!("site {}: link", s.name))?;
@@ -298,19 +375,17 @@ impl TopologyFile {
         // Row order as the matrix names it → site positions.
         let mut order = Vec::with_capacity(k);
         for name in &m.sites {
-            let &i = index.get(name).ok_or_else(|| {
-                format!(
-                    "matrix.sites: unknown site {name:?} (sites: {})",
-                    index.keys().cloned().collect::<Vec<_>>().join(", ")
-                )
+            let &i = index.get(name).ok_or_else(|| TopologyError::UnknownMatrixSite {
+                name: name.clone(),
+                known: index.keys().cloned().collect::<Vec<_>>().join(", "),
             })?;
             if order.contains(&i) {
-                return Err(format!("matrix.sites: site {name:?} is given twice"));
+                return Err(TopologyError::MatrixSiteTwice { name: name.clone() });
             }
             order.push(i);
         }
         if let Some(missing) = sites.iter().find(|s| !m.sites.contains(&s.name)) {
-            return Err(format!("matrix.sites: site {:?} is missing", missing.name));
+            return Err(TopologyError::MatrixSiteMissing { name: missing.name.clone() });
         }
         let delay = square("matrix.delay_ms", &m.delay_ms, k)?;
         let jitter = m.jitter_ms.as_ref().map(|j| square("matrix.jitter_ms", j, k)).transpose()?;
@@ -334,44 +409,37 @@ impl TopologyFile {
 }
 
 /// Checks that `m` is `k` × `k`, naming the first row that is not.
-fn square<'a>(field: &str, m: &'a [Vec<f64>], k: usize) -> Result<&'a [Vec<f64>], String> {
+fn square<'a>(field: &str, m: &'a [Vec<f64>], k: usize) -> Result<&'a [Vec<f64>], TopologyError> {
     if m.len() != k {
-        return Err(format!("{field}: {} rows for {k} sites: the matrix must be square", m.len()));
+        return Err(TopologyError::NotSquare { field: field.into(), rows: m.len(), k });
     }
     if let Some((i, r)) = m.iter().enumerate().find(|(_, r)| r.len() != k) {
-        return Err(format!(
-            "{field}: row {i} has {} entries for {k} sites: the matrix must be square",
-            r.len()
-        ));
+        return Err(TopologyError::RowNotSquare { field: field.into(), row: i, len: r.len(), k });
     }
     Ok(m)
 }
 
 /// One matrix entry's checks: delays and jitters finite and ≥ 0, rates > 0 off the
 /// diagonal; the diagonal (within a site: only the guests' own links) all zero.
-fn entry(at: &dyn Fn(&str) -> String, b: &Between, diagonal: bool) -> Result<(), String> {
+fn entry(at: &dyn Fn(&str) -> String, b: &Between, diagonal: bool) -> Result<(), EntryError> {
     for (f, v) in [("delay_ms", b.delay_ms), ("jitter_ms", b.jitter_ms)] {
         if !v.is_finite() || v < 0.0 {
-            return Err(format!("{} = {v}: a delay must be ≥ 0", at(f)));
+            return Err(EntryError::NegativeDelay { at: at(f), v });
         }
         if v > MAX_DELAY_MS {
-            return Err(format!("{} = {v}: more than {MAX_DELAY_MS} ms", at(f)));
+            return Err(EntryError::DelayTooLong { at: at(f), v });
         }
         if diagonal && v != 0.0 {
-            return Err(format!(
-                "{} = {v}: the diagonal must be 0 (within a site only the guests' own links \
-                 apply; give them a link instead)",
-                at(f)
-            ));
+            return Err(EntryError::DiagonalDelay { at: at(f), v });
         }
     }
     if b.jitter_ms > 0.0 && b.delay_ms == 0.0 {
-        return Err(format!("{} = {}: jitter needs a delay", at("jitter_ms"), b.jitter_ms));
+        return Err(EntryError::JitterWithoutDelay { at: at("jitter_ms"), v: b.jitter_ms });
     }
     if let Some(r) = b.rate_mbit {
         if diagonal {
             if r != 0.0 {
-                return Err(format!("{} = {r}: the diagonal must be 0", at("rate_mbit")));
+                return Err(EntryError::DiagonalRate { at: at("rate_mbit"), v: r });
             }
         } else {
             check_rate(&at("rate_mbit"), "rate", r)?;
@@ -381,12 +449,12 @@ fn entry(at: &dyn Fn(&str) -> String, b: &Between, diagonal: bool) -> Result<(),
 }
 
 impl Star {
-    fn resolve(&self, link: LinkProps) -> Result<Topology, String> {
+    fn resolve(&self, link: LinkProps) -> Result<Topology, TopologyError> {
         if self.sites < 2 || self.guests_per_site == 0 {
-            return Err(format!(
-                "star: sites = {}, guests_per_site = {}: at least 2 sites of at least 1 guest",
-                self.sites, self.guests_per_site
-            ));
+            return Err(TopologyError::StarTooSmall {
+                sites: self.sites,
+                per_site: self.guests_per_site,
+            });
         }
         let b = Between {
             delay_ms: 2.0 * self.delay_ms,
@@ -410,12 +478,12 @@ impl Star {
 }
 
 impl Tree {
-    fn resolve(&self, link: LinkProps) -> Result<Topology, String> {
+    fn resolve(&self, link: LinkProps) -> Result<Topology, TopologyError> {
         if self.sites == 0 || self.clusters_per_site == 0 || self.guests_per_cluster == 0 {
-            return Err("tree: sites, clusters_per_site and guests_per_cluster must be ≥ 1".into());
+            return Err(TopologyError::TreeEmpty);
         }
         if self.sites * self.clusters_per_site < 2 {
-            return Err("tree: at least 2 clusters in all".into());
+            return Err(TopologyError::TreeOneCluster);
         }
         let near = Between {
             delay_ms: 2.0 * self.cluster_delay_ms,
@@ -455,38 +523,44 @@ impl Tree {
 }
 
 /// A per-guest one-way delay matrix from a CSV file: one site per guest (`g<i>`).
-pub fn csv_topology(path: &Path, link: LinkProps) -> Result<Topology, String> {
+pub fn csv_topology(path: &Path, link: LinkProps) -> Result<Topology, TopologyError> {
     let name = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("{name}: {e}"))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|source| TopologyError::Read { path: path.into(), source })?;
     if !meta.is_file() || meta.len() > MAX_CSV_BYTES {
-        return Err(format!("{name}: not a regular file of at most {MAX_CSV_BYTES} bytes"));
+        return Err(TopologyError::CsvNotRegular { name: name.to_string() });
     }
+    let csv_err = |source| TopologyError::Csv { name: name.to_string(), source };
     let mut rd = csv::ReaderBuilder::new()
         .has_headers(false)
         .comment(Some(b'#'))
         .trim(csv::Trim::All)
         .flexible(true)
         .from_path(path)
-        .map_err(|e| format!("{name}: {e}"))?;
+        .map_err(csv_err)?;
     let mut rows: Vec<Vec<f64>> = Vec::new();
     for (i, rec) in rd.records().enumerate() {
-        let rec = rec.map_err(|e| format!("{name}: {e}"))?;
+        let rec = rec.map_err(csv_err)?;
         let row = rec
             .iter()
             .enumerate()
             .map(|(j, v)| {
-                v.parse::<f64>()
-                    .map_err(|_| format!("{name}: row {i}, column {j}: {v:?} is not a number"))
+                v.parse::<f64>().map_err(|_| TopologyError::CsvNotNumber {
+                    name: name.to_string(),
+                    row: i,
+                    col: j,
+                    v: v.into(),
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         rows.push(row);
     }
     let k = rows.len();
     if k < 2 {
-        return Err(format!("{name}: {k} rows: a matrix of at least 2 guests"));
+        return Err(TopologyError::CsvTooFew { name: name.to_string(), k });
     }
     if k > crate::limits::GUESTS.max as usize {
-        return Err(format!("{name}: {k} rows: more guests than a fleet holds"));
+        return Err(TopologyError::CsvTooMany { name: name.to_string(), k });
     }
     square(&name.to_string(), &rows, k)?;
     let mut matrix = vec![vec![Between::default(); k]; k];

@@ -13,10 +13,12 @@ pub enum CheckError {
         /// What is wrong with its value.
         why: String,
     },
-    /// A number outside its range (`limits`), or a bad `[netem]` section: the message
-    /// names the field.
+    /// A number outside its range (`limits`): the message names the field.
     #[error("{0}")]
     Bound(String),
+    /// A bad `[netem]` section.
+    #[error(transparent)]
+    Netem(#[from] crate::netem_accuracy::NetemCheckError),
 }
 
 impl From<String> for CheckError {
@@ -85,7 +87,7 @@ impl Campaign {
         }
         for b in &self.backends {
             if let Err(e) = b.parse::<BackendKind>() {
-                return bad("backends", e);
+                return bad("backends", e.to_string());
             }
         }
         if self.resources.is_empty() {
@@ -122,7 +124,7 @@ impl Campaign {
         }
         for (b, o) in &self.overrides {
             if let Err(e) = b.parse::<BackendKind>() {
-                return bad(&format!("overrides.{b}"), e);
+                return bad(&format!("overrides.{b}"), e.to_string());
             }
             if let Some(s) = &o.startup_sizes {
                 check_sizes(&format!("overrides.{b}.startup_sizes"), s)?;

@@ -107,7 +107,8 @@ async fn machine_used_readings(
 ) -> Result<Vec<u64>, StartupError> {
     let gap = (window / (READINGS as u32 - 1)).max(Duration::from_millis(100));
     let host = memory::host_used_readings(READINGS, gap).await.ok_or(StartupError::Meminfo)?;
-    let unseen = backend.unseen_used_kib().await.map_err(StartupError::Hypervisor)?;
+    let unseen =
+        backend.unseen_used_kib().await.map_err(|e| StartupError::Hypervisor(e.to_string()))?;
     Ok(host.into_iter().map(|h| h + unseen).collect())
 }
 

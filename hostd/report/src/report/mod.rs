@@ -490,8 +490,8 @@ pub enum WriteError {
     #[error("{0}")]
     Write(std::io::Error),
     /// A figure could not be drawn.
-    #[error("drawing {path}: {message}")]
-    Figure { path: std::path::PathBuf, message: String },
+    #[error("drawing {path}: {source}")]
+    Figure { path: std::path::PathBuf, source: crate::plot::PlotError },
 }
 
 /// Writes report.json, report.csv, every figure and index.html into the results directory
@@ -556,7 +556,7 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
             Figure::Line(c) => plot::write(c, &p),
             Figure::Bars(b) => plot::write_bars(b, &p),
         }
-        .map_err(|message| WriteError::Figure { path: p.clone(), message })?;
+        .map_err(|source| WriteError::Figure { path: p.clone(), source })?;
     }
     w("index.html", html_page(&rep, &figs).as_bytes())?;
     Ok(rep)
