@@ -18,7 +18,7 @@ use crate::backend::BackendKind;
 use crate::fleet::Fleet;
 use crate::netem::{LinkProps, Topology};
 use crate::netlab::NetPath;
-use crate::suite::sync::{run_together, Starter};
+use crate::suite::sync::{run_together, Starter, Timed};
 
 /// The campaign's `[netem]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,28 +252,7 @@ pub async fn measure(
     } else {
         Topology::uniform(n, s.link)
     };
-    // Who each guest measures against: (address, configured RTT, configured rate).
-    let mut ports = Vec::new();
-    let mut targets = Vec::with_capacity(n);
-    if s.sites >= 2 {
-        for g in &fleet.guests {
-            match g.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(30)).await {
-                Ok(ReplyBody::Listening { port }) => ports.push(port),
-                Ok(other) => return Err(format!("{}: net_serve answered {other:?}", g.spec.name)),
-                Err(e) => return Err(format!("{}: net_serve: {e}", g.spec.name)),
-            }
-        }
-        for a in 0..n {
-            let b = (a + n / s.sites) % n;
-            let addr = fleet.addr(b).ok_or("the accuracy step needs the fleet network")?;
-            let rtt = topo.one_way_ms(a, b).unwrap_or(0.0) + topo.one_way_ms(b, a).unwrap_or(0.0);
-            targets.push((format!("{addr}:{}", ports[b]), rtt, topo.rate_mbit(a, b)));
-        }
-    } else {
-        for _ in 0..n {
-            targets.push((peer.to_string(), 2.0 * s.link.delay_ms, s.link.rate_mbit));
-        }
-    }
+    let (ports, targets) = targets(fleet, s, &topo, peer).await?;
     let path = fleet.net_label().map(|l| l.0);
     let mut out = Vec::new();
     let r = async {
@@ -286,57 +265,16 @@ pub async fn measure(
                     .map_err(|e| e.to_string())?;
             }
             for metric in [Metric::Rtt, Metric::Throughput] {
-                let jobs: Vec<_> = fleet
-                    .guests
-                    .iter()
-                    .zip(&targets)
-                    .map(|(g, (to, _, _))| {
-                        let spec = match metric {
-                            Metric::Rtt => {
-                                BenchSpec::NetRr { peer: to.clone(), duration_ms, size: s.rr_size }
-                            }
-                            Metric::Throughput => {
-                                BenchSpec::NetStream { peer: to.clone(), duration_ms, msg_size }
-                            }
-                        };
-                        (g, BenchRequest { spec, instances: 1, start_at_ns: None })
-                    })
-                    .collect();
+                let jobs = jobs(fleet, &targets, metric, s.rr_size, duration_ms, msg_size);
                 let mut starter = Starter::default();
                 for rep in 0..warmup + reps {
                     let answers = run_together(&jobs, timeout, &mut starter).await;
                     if rep < warmup {
                         continue;
                     }
-                    for ((g, a), (_, rtt, rate)) in fleet.guests.iter().zip(answers).zip(&targets) {
-                        let a = a?;
-                        for r in &a.report.instances {
-                            let f = r.figure().value;
-                            let achieved = match metric {
-                                Metric::Rtt => f / 1e3,        // µs per transaction → ms
-                                Metric::Throughput => f * 8.0, // MB/s → Mbit/s
-                            };
-                            let configured = match (shaped, metric) {
-                                (false, _) => None,
-                                (true, Metric::Rtt) => Some(*rtt).filter(|v| *v > 0.0),
-                                (true, Metric::Throughput) => *rate,
-                            };
-                            out.push(AccuracySample {
-                                backend: fleet.backend,
-                                n,
-                                rep: rep - warmup,
-                                guest: g.spec.index,
-                                metric,
-                                sites: s.sites,
-                                between: if shaped { s.between } else { Default::default() },
-                                shaped,
-                                configured,
-                                link: if shaped { s.link } else { LinkProps::default() },
-                                achieved,
-                                net_path: path,
-                                provenance: String::new(),
-                            });
-                        }
+                    for ((g, a), target) in fleet.guests.iter().zip(answers).zip(&targets) {
+                        let at = Pass { fleet, s, n, shaped, metric, rep: rep - warmup, path };
+                        out.extend(at.samples(g.spec.index, target, &a?));
                     }
                 }
             }
@@ -354,6 +292,116 @@ pub async fn measure(
     r?;
     cleared.map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+/// Whom one guest measures against: its address, the configured RTT (ms) and rate.
+type Target = (String, f64, Option<f64>);
+
+/// Each guest's target: with sites, a guest of the next site (every guest then serves
+/// on a port returned first, to be stopped after); without, the peer on the bridge.
+async fn targets(
+    fleet: &Fleet,
+    s: &NetemSection,
+    topo: &Topology,
+    peer: SocketAddr,
+) -> Result<(Vec<u16>, Vec<Target>), String> {
+    let n = fleet.guests.len();
+    let mut ports = Vec::new();
+    let mut targets = Vec::with_capacity(n);
+    if s.sites < 2 {
+        for _ in 0..n {
+            targets.push((peer.to_string(), 2.0 * s.link.delay_ms, s.link.rate_mbit));
+        }
+        return Ok((ports, targets));
+    }
+    for g in &fleet.guests {
+        match g.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(30)).await {
+            Ok(ReplyBody::Listening { port }) => ports.push(port),
+            Ok(other) => return Err(format!("{}: net_serve answered {other:?}", g.spec.name)),
+            Err(e) => return Err(format!("{}: net_serve: {e}", g.spec.name)),
+        }
+    }
+    for a in 0..n {
+        let b = (a + n / s.sites) % n;
+        let addr = fleet.addr(b).ok_or("the accuracy step needs the fleet network")?;
+        let rtt = topo.one_way_ms(a, b).unwrap_or(0.0) + topo.one_way_ms(b, a).unwrap_or(0.0);
+        targets.push((format!("{addr}:{}", ports[b]), rtt, topo.rate_mbit(a, b)));
+    }
+    Ok((ports, targets))
+}
+
+/// One request per guest for `metric` towards its target.
+fn jobs<'a>(
+    fleet: &'a Fleet,
+    targets: &[Target],
+    metric: Metric,
+    rr_size: u32,
+    duration_ms: u32,
+    msg_size: u32,
+) -> Vec<(&'a crate::guest::RunningGuest, BenchRequest)> {
+    fleet
+        .guests
+        .iter()
+        .zip(targets)
+        .map(|(g, (to, _, _))| {
+            let spec = match metric {
+                Metric::Rtt => BenchSpec::NetRr { peer: to.clone(), duration_ms, size: rr_size },
+                Metric::Throughput => {
+                    BenchSpec::NetStream { peer: to.clone(), duration_ms, msg_size }
+                }
+            };
+            (g, BenchRequest { spec, instances: 1, start_at_ns: None })
+        })
+        .collect()
+}
+
+/// One measured repetition of one metric, shaped or not: what its samples share.
+struct Pass<'a> {
+    fleet: &'a Fleet,
+    s: &'a NetemSection,
+    n: usize,
+    shaped: bool,
+    metric: Metric,
+    rep: u32,
+    path: Option<NetPath>,
+}
+
+impl Pass<'_> {
+    /// One guest's answer as samples: achieved in the metric's unit, against what the
+    /// shaping should give (nothing when unshaped).
+    fn samples(&self, guest: usize, (_, rtt, rate): &Target, a: &Timed) -> Vec<AccuracySample> {
+        a.report
+            .instances
+            .iter()
+            .map(|r| {
+                let f = r.figure().value;
+                let achieved = match self.metric {
+                    Metric::Rtt => f / 1e3,        // µs per transaction → ms
+                    Metric::Throughput => f * 8.0, // MB/s → Mbit/s
+                };
+                let configured = match (self.shaped, self.metric) {
+                    (false, _) => None,
+                    (true, Metric::Rtt) => Some(*rtt).filter(|v| *v > 0.0),
+                    (true, Metric::Throughput) => *rate,
+                };
+                AccuracySample {
+                    backend: self.fleet.backend,
+                    n: self.n,
+                    rep: self.rep,
+                    guest,
+                    metric: self.metric,
+                    sites: self.s.sites,
+                    between: if self.shaped { self.s.between } else { Default::default() },
+                    shaped: self.shaped,
+                    configured,
+                    link: if self.shaped { self.s.link } else { LinkProps::default() },
+                    achieved,
+                    net_path: self.path,
+                    provenance: String::new(),
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
