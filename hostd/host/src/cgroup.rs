@@ -28,6 +28,7 @@ pub enum Mode {
 
 /// Why no cgroup hierarchy is usable here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum DetectError {
     /// Neither a v2 tree with the memory controller nor a v1 memory hierarchy hostd is in.
     #[error("no usable cgroup memory controller under {}", root.display())]
@@ -75,6 +76,7 @@ fn own_path(self_cgroup: &str, controller: &str) -> PathBuf {
 /// One guest's group. Serializable so a later hostd can find and remove it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cgroup {
+    /// Which hierarchy the group lives in.
     pub mode: Mode,
     /// One directory (v2) or one per controller (v1), memory first.
     pub dirs: Vec<PathBuf>,
@@ -83,9 +85,11 @@ pub struct Cgroup {
 /// Limits applied at creation. None: unlimited.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
+    /// The memory limit, bytes (memory.max, or memory.limit_in_bytes on v1).
     pub memory_bytes: Option<u64>,
     /// CPU bandwidth in CPUs (e.g. 1.0 = one full CPU).
     pub cpus: Option<f64>,
+    /// The most processes the group may hold.
     pub pids: Option<u64>,
     /// CPUs the group may run on (cpuset syntax, e.g. "0").
     pub cpuset: Option<&'static str>,

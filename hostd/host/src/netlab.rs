@@ -44,6 +44,7 @@ pub const BRIDGE_ADDR: Ipv4Addr = Ipv4Addr::new(BASE[0], BASE[1], 0, 1);
 
 /// Why a fleet network operation failed: the `ip` command and what it said.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum NetError {
     #[error("`ip {args}` failed: {msg}")]
     Ip { args: String, msg: String },
@@ -154,6 +155,7 @@ fn parse_mtu(line: &str) -> Option<u32> {
 /// A fleet network namespace. Serializable so a later hostd can remove it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetNet {
+    /// The named network namespace (`ip netns`) holding the fleet's bridges and links.
     pub netns: String,
     /// How guests attach to it (a guest's spec carries the fleet's value; the network
     /// peer's says `shared`, as it always runs in the fleet namespace itself).

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::runstate::write_atomic;
 
+/// A run's sample records, one JSON object a line, appended durably.
 pub const SAMPLES: &str = "samples.jsonl";
 
 /// The version of the result files' format: every line of `samples.jsonl` and every JSON
@@ -26,12 +27,15 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// A value serialised with `schema_version` first (a struct or map; see [`SCHEMA_VERSION`]).
 #[derive(Serialize)]
 pub struct Versioned<'a, T: Serialize> {
+    /// Always [`SCHEMA_VERSION`].
     pub schema_version: u32,
     #[serde(flatten)]
+    /// The value, its fields beside `schema_version`.
     pub value: &'a T,
 }
 
 impl<'a, T: Serialize> Versioned<'a, T> {
+    /// `value` at the current [`SCHEMA_VERSION`].
     pub fn new(value: &'a T) -> Self {
         Self { schema_version: SCHEMA_VERSION, value }
     }
@@ -49,6 +53,7 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// Why a file of a results directory could not be read.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ReadError {
     #[error("{path}: no such file")]
     Missing { path: PathBuf },
@@ -64,6 +69,7 @@ pub enum ReadError {
 
 /// Why a directory is not one a reader takes results from.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum DirError {
     #[error("results directory {path} does not exist")]
     Missing { path: PathBuf },
@@ -79,6 +85,7 @@ pub enum DirError {
 
 /// Why a new results directory could not be made.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum CreateError {
     #[error("creating the results parent directory {path}: {source}")]
     Parent { path: PathBuf, source: io::Error },
@@ -246,6 +253,7 @@ type Observer = Box<dyn FnMut(&[u8]) + Send>;
 
 /// One run's results directory: samples appended durably, summaries written atomically.
 pub struct ResultsDir {
+    /// The directory itself (`base/<name>` as it was created).
     pub path: PathBuf,
     /// Called with every line appended (a progress display counting steps).
     observer: Option<Observer>,

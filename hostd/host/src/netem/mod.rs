@@ -41,6 +41,7 @@ pub const MAX_RATE_MBIT: f64 = 100_000.0;
 const UNLIMITED: &str = "100gbit";
 
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum NetemError {
     #[error(
         "this host's kernel has no netem qdisc (CONFIG_NET_SCH_NETEM, module sch_netem): \
@@ -65,8 +66,11 @@ pub enum Distribution {
     /// Uniform in [delay − jitter, delay + jitter] (netem's default).
     #[default]
     Uniform,
+    /// Normal around the delay (netem's `normal` table).
     Normal,
+    /// Pareto: a long tail of late packets (`pareto`).
     Pareto,
+    /// Pareto with a normal body (`paretonormal`).
     Paretonormal,
 }
 
@@ -111,6 +115,7 @@ pub struct LinkProps {
 
 /// Why a link's properties are refused; each names the link (`what`) and the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum LinkError {
     /// A delay, jitter or percentage that is negative or not a number.
     #[error("{what}: {field} = {v}: must be a number ≥ 0")]
@@ -190,6 +195,7 @@ impl LinkProps {
             || self.reorder_pct > 0.0
     }
 
+    /// Whether the link is left as it is: nothing to shape.
     pub fn is_none(&self) -> bool {
         !self.needs_netem() && self.rate_mbit.is_none()
     }

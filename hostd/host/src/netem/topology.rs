@@ -14,6 +14,7 @@ use super::{check_rate, LinkError, LinkProps, MAX_DELAY_MS};
 
 /// Why one matrix entry (what lies between two sites) is refused; `at` names the entry.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum EntryError {
     /// A matrix delay or jitter below 0 or not a number (`at` names the entry).
     #[error("{at} = {v}: a delay must be ≥ 0")]
@@ -38,6 +39,7 @@ pub enum EntryError {
 /// Why a topology is refused, named after the check that failed; each message names the
 /// file, site, row or field at fault.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum TopologyError {
     /// A link's properties (the topology's, a site's, or a matrix rate).
     #[error(transparent)]
@@ -124,7 +126,9 @@ pub struct TopologyFile {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// A hand-made site in a topology file (`[[site]]`).
 pub struct SiteFile {
+    /// Its name, named by `[matrix]` (1 to 32 characters).
     pub name: String,
     /// Number of guests in the site.
     pub guests: usize,
@@ -135,12 +139,14 @@ pub struct SiteFile {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// A hand-made site-to-site matrix (`[matrix]`), rows and columns in `sites`' order.
 pub struct MatrixFile {
     /// The order of the rows and columns (every site once).
     pub sites: Vec<String>,
     /// One-way delay from row to column, ms; zeros on the diagonal.
     pub delay_ms: Vec<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Jitter on the delays, ms; zeros on the diagonal. Default none.
     pub jitter_ms: Option<Vec<Vec<f64>>>,
     /// Rate from row to column, Mbit/s (> 0 off the diagonal, 0 on it). Default unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,12 +155,16 @@ pub struct MatrixFile {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// Ready-made: `sites` sites of `guests_per_site` guests around one hub.
 pub struct Star {
+    /// Number of sites (at least 2).
     pub sites: usize,
+    /// Guests in each site (at least 1).
     pub guests_per_site: usize,
     /// One-way delay from each site to the hub, ms (site to site: twice).
     pub delay_ms: f64,
     #[serde(default)]
+    /// Jitter of each site's delay to the hub, ms.
     pub jitter_ms: f64,
     /// Each site's uplink to the hub, Mbit/s. Default unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,23 +173,30 @@ pub struct Star {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// Ready-made: `sites` sites of `clusters_per_site` clusters of `guests_per_cluster` guests.
 pub struct Tree {
+    /// Number of sites.
     pub sites: usize,
+    /// Clusters in each site.
     pub clusters_per_site: usize,
+    /// Guests in each cluster.
     pub guests_per_cluster: usize,
     /// One-way delay from a cluster to its site's router, ms.
     pub cluster_delay_ms: f64,
     /// One-way delay from a site's router to the root, ms.
     pub site_delay_ms: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Each cluster's uplink to its site's router, Mbit/s. Default unlimited.
     pub cluster_rate_mbit: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Each site's uplink to the root, Mbit/s. Default unlimited.
     pub site_rate_mbit: Option<f64>,
 }
 
 /// A checked topology: sites of consecutive guests, and the matrix between them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Topology {
+    /// The sites in guest order.
     pub sites: Vec<Site>,
     /// `matrix[s][t]`: from site s to site t; empty when there is none.
     #[serde(default)]
@@ -187,10 +204,15 @@ pub struct Topology {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One site of a checked topology: guests `first..first + count`.
 pub struct Site {
+    /// Its name (hand-made, or `s<i>`, `s<i>c<j>`, `g<i>` for made ones).
     pub name: String,
+    /// Its first guest's index.
     pub first: usize,
+    /// Its number of guests.
     pub count: usize,
+    /// Each of its guests' own links.
     pub link: LinkProps,
 }
 
@@ -199,10 +221,13 @@ pub struct Site {
 #[serde(deny_unknown_fields)]
 pub struct Between {
     #[serde(default)]
+    /// One-way delay, ms.
     pub delay_ms: f64,
     #[serde(default)]
+    /// Jitter on that delay, ms.
     pub jitter_ms: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Rate, Mbit/s; None: unlimited.
     pub rate_mbit: Option<f64>,
 }
 
@@ -212,6 +237,7 @@ impl Between {
         entry(&|f| format!("{what}.{f}"), self, false)
     }
 
+    /// Whether nothing lies between the two sites.
     pub fn is_none(&self) -> bool {
         self.delay_ms == 0.0 && self.jitter_ms == 0.0 && self.rate_mbit.is_none()
     }
@@ -231,10 +257,12 @@ impl Topology {
         }
     }
 
+    /// The site guest `guest` is in, if any.
     pub fn site_of(&self, guest: usize) -> Option<usize> {
         self.sites.iter().position(|s| (s.first..s.first + s.count).contains(&guest))
     }
 
+    /// What lies from site `s` to site `t` (nothing when there is no matrix).
     pub fn between(&self, s: usize, t: usize) -> &Between {
         self.matrix.get(s).and_then(|r| r.get(t)).unwrap_or(&NONE)
     }
@@ -262,6 +290,7 @@ impl Topology {
         )
     }
 
+    /// The number of guests the sites hold.
     pub fn guests(&self) -> usize {
         self.sites.iter().map(|s| s.count).sum()
     }
