@@ -8,6 +8,7 @@ use crate::backend::{Images, Kernel};
 
 /// Why the images a run needs cannot be found or trusted. The messages say what to run.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ImagesError {
     #[error("agent binary {} does not exist", .0.display())]
     NoAgentAt(PathBuf),

@@ -17,6 +17,7 @@ use imagegen::materialize::MaterializeError;
 /// Why an artifact is refused. Clone (its sources shared) because outcomes are remembered
 /// for the process.
 #[derive(Debug, Clone, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum IntegrityError {
     /// The blob's bytes are not the ones its manifest names.
     #[error(

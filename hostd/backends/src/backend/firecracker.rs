@@ -43,6 +43,8 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(15);
 /// is the control channel), the TSC (KVM knows it) and the reboot method.
 const DROPPED: [&str; 6] = ["console", "quiet", "loglevel", "tsc_early_khz", "tsc", "reboot"];
 
+/// The Firecracker backend: one microVM per guest, configured by a JSON file, the control
+/// channel on its serial console.
 pub struct Firecracker {
     bin: String,
     kernel: Option<Kernel>,
@@ -52,6 +54,7 @@ pub struct Firecracker {
 }
 
 impl Firecracker {
+    /// The backend over `images`, with the Firecracker binary `opts` names.
     pub fn new(images: &Images, opts: &BackendOptions) -> Self {
         Self {
             bin: opts.firecracker.clone(),
@@ -62,6 +65,7 @@ impl Firecracker {
         }
     }
 
+    /// The same binary and probe outcome over other images (a guest's own copies).
     pub fn with_images(&self, images: &Images) -> Self {
         Self {
             bin: self.bin.clone(),
@@ -106,6 +110,7 @@ impl Firecracker {
 
 /// Why the Firecracker backend's probe failed, by step.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ProbeError {
     #[error("firecracker binary not found ({bin})")]
     NoBinary { bin: String },

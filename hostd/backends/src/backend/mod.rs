@@ -64,6 +64,7 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// Every backend.
     pub const ALL: [BackendKind; 8] = [
         BackendKind::Native,
         BackendKind::Ns,
@@ -75,6 +76,7 @@ impl BackendKind {
         BackendKind::Xen,
     ];
 
+    /// The backend's name, as campaign files and reports write it.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Native => "native",
@@ -123,6 +125,7 @@ impl std::fmt::Display for BackendKind {
 
 /// A backend name that is none of [`BackendKind::ALL`]'s.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 #[error("unknown backend {0:?} (known: {known})", known = BackendKind::ALL.map(|k| k.name()).join(", "))]
 pub struct UnknownBackend(pub String);
 
@@ -145,7 +148,9 @@ pub struct GuestSpec {
     pub name: String,
     /// The run this guest belongs to ([a-z0-9-]); scopes cgroups and namespaces.
     pub run: String,
+    /// Virtual CPUs (ignored where the guest has none of its own).
     pub vcpus: u32,
+    /// Memory, MiB.
     pub mem_mib: u32,
     /// A file or device the disk benchmark reads inside the guest.
     pub data_disk: Option<PathBuf>,
@@ -155,6 +160,7 @@ pub struct GuestSpec {
     pub net: Option<GuestNet>,
     /// Put the guest's host processes in a cgroup of this kind (None: no cgroup).
     pub cgroup: Option<cgroup::Mode>,
+    /// Resource limits applied to its cgroup.
     pub limits: cgroup::Limits,
     /// This guest's own copies of the images it boots (kernel, initramfs, rootfs, bundle,
     /// agent), replacing the backend's: the paper's "each VM its own image". None: the
@@ -178,8 +184,11 @@ pub struct LaunchFiles {
 /// A guest's attachment to the fleet network.
 #[derive(Debug, Clone)]
 pub struct GuestNet {
+    /// The fleet's network namespace.
     pub fleet: FleetNet,
+    /// The guest's address.
     pub addr: Ipv4Addr,
+    /// The prefix length of the fleet's network.
     pub prefix: u8,
     /// Host-side link name (tap or veth end on the bridge), ≤ 15 bytes.
     pub link: String,
@@ -206,8 +215,11 @@ pub struct Images {
     pub bundle: Option<PathBuf>,
     /// Raw data disk image the disk benchmark reads.
     pub disk: Option<PathBuf>,
+    /// UML's kernel.
     pub kernel_uml: Option<Kernel>,
+    /// The kernel of QEMU's microvm profile and Firecracker.
     pub kernel_microvm: Option<Kernel>,
+    /// The kernel of QEMU's q35 (pc) profile.
     pub kernel_pc: Option<Kernel>,
     /// Xen domU kernel (PV/PVH vmlinux).
     pub kernel_xen: Option<Kernel>,
@@ -223,7 +235,9 @@ pub struct Images {
 /// A guest kernel and the command line its recipe recommends.
 #[derive(Debug, Clone, Default)]
 pub struct Kernel {
+    /// The kernel image.
     pub path: PathBuf,
+    /// Its command line from the recipe (a backend adds its own words).
     pub cmdline: String,
 }
 
@@ -253,6 +267,7 @@ impl Default for BackendOptions {
 
 /// Why a backend cannot run on this host.
 #[derive(Debug, Clone, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 #[error("backend {backend} unavailable: {reason}")]
 pub struct Unavailable {
     pub backend: &'static str,
@@ -262,6 +277,7 @@ pub struct Unavailable {
 /// What a backend's probe found missing: typed where a caller acts on it (the Xen lab
 /// stands in for a host that is not dom0), words otherwise.
 #[derive(Debug, Clone, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum UnavailableReason {
     /// The `xen` backend's host is not a working dom0.
     #[error(transparent)]
@@ -290,6 +306,7 @@ impl From<String> for UnavailableReason {
 /// Why the memory a hypervisor below the host hands out could not be read
 /// ([`Backend::unseen_used_kib`]).
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum UnseenError {
     #[error(transparent)]
     Xen(#[from] xen::XenMemoryError),
@@ -297,6 +314,7 @@ pub enum UnseenError {
 
 /// A launch that failed, named after the step that failed.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum LaunchError {
     #[error("preparing {what}: {source}")]
     Prepare { what: String, source: std::io::Error },
@@ -317,14 +335,18 @@ pub(crate) fn prepare(what: impl std::fmt::Display, source: std::io::Error) -> L
 
 /// A started guest: the host side of its control channel plus what must be torn down.
 pub struct Launched {
+    /// Reads the agent's side of the control channel.
     pub reader: Box<dyn AsyncRead + Send + Unpin>,
+    /// Writes to the agent.
     pub writer: Box<dyn AsyncWrite + Send + Unpin>,
+    /// The guest's host processes and resources.
     pub guest: GuestProcess,
 }
 
 /// The host processes and resources that make up a guest.
 #[derive(Debug)]
 pub struct GuestProcess {
+    /// The guest's name.
     pub name: String,
     /// The main host process: the VMM, the runtime, or the agent itself.
     pub proc: Proc,
@@ -340,6 +362,7 @@ pub struct GuestProcess {
 }
 
 impl GuestProcess {
+    /// The main process's pid.
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }
@@ -423,16 +446,24 @@ pub async fn stop_and_release(guest: &mut GuestProcess, grace: Duration) -> Exit
 
 /// Enum dispatch over the closed set of backends.
 pub enum AnyBackend {
+    /// Agents as host processes.
     Native(native::Native),
+    /// Linux namespaces, set up by hostd itself.
     Ns(ns::Ns),
+    /// An OCI runtime (runc, crun).
     Oci(oci::Oci),
+    /// User-mode Linux.
     Uml(uml::Uml),
+    /// QEMU, microvm or q35.
     Qemu(qemu::Qemu),
+    /// Firecracker.
     Firecracker(firecracker::Firecracker),
+    /// Xen domUs through xl.
     Xen(xen::Xen),
 }
 
 impl AnyBackend {
+    /// The backend of `kind` over `images`.
     pub fn new(kind: BackendKind, images: &Images, opts: &BackendOptions) -> Self {
         match kind {
             BackendKind::Native => AnyBackend::Native(native::Native::new(images.agent.clone())),

@@ -12,35 +12,46 @@ use crate::netlab;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+/// One host resource a guest holds, and how to release it.
 pub enum Resource {
     /// A directory tree hostd created (work dirs, UML umid dirs, bundles).
     Dir {
+        /// The directory.
         path: PathBuf,
     },
     /// A mount point to detach.
     Mount {
+        /// The mount point.
         path: PathBuf,
     },
     /// A link in the fleet namespace (tap or veth end).
     Link {
+        /// The fleet namespace it is in.
         netns: String,
+        /// The link's name.
         name: String,
     },
     /// A named network namespace (`ip netns`).
     Netns {
+        /// Its name.
         name: String,
     },
     /// A container an OCI runtime knows, to `delete --force`.
     Container {
+        /// The runtime's binary.
         runtime: PathBuf,
+        /// The runtime's state directory (`--root`), if not its default.
         root: Option<PathBuf>,
+        /// The container's id.
         id: String,
     },
+    /// A guest's cgroup, removed (after its processes are killed).
     Cgroup(Cgroup),
 }
 
 /// Why a resource could not be released, by kind of resource.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ReleaseError {
     #[error("removing {}: {source}", path.display())]
     RemoveDir { path: PathBuf, source: std::io::Error },

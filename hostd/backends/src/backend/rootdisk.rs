@@ -41,6 +41,7 @@ pub enum InitMode {
 }
 
 impl InitMode {
+    /// The name campaign and fleet files use, and the agent's `vb.init`.
     pub fn name(self) -> &'static str {
         match self {
             InitMode::Agent => "agent",
@@ -60,6 +61,7 @@ pub struct System {
     pub ext4_uuid: String,
     /// The unpacked tree (containers' lower layer), read-only.
     pub tree: PathBuf,
+    /// What the guest runs as its init.
     pub init: InitMode,
     /// The image's init as its manifest records it (None: it has no usable one).
     pub image_init: Option<String>,
@@ -69,6 +71,7 @@ pub struct System {
 
 /// `init = "image"` for a system image without a usable init.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 #[error(
     "system {system}: init = \"image\", but the image has no usable /sbin/init (its manifest's system.init is null); use init = \"agent\""
 )]

@@ -37,6 +37,7 @@ pub use super::vmm::CTL_FD;
 const MEMORY_DIR: &str = "/dev/shm";
 const PROBE_DEADLINE: Duration = Duration::from_secs(20);
 
+/// The UML backend: each guest a User-mode Linux kernel run as host processes.
 pub struct Uml {
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,
@@ -44,6 +45,7 @@ pub struct Uml {
 }
 
 impl Uml {
+    /// The backend over `images`.
     pub fn new(images: &Images, _opts: &BackendOptions) -> Self {
         Self {
             kernel: images.kernel_uml.clone(),
@@ -52,6 +54,7 @@ impl Uml {
         }
     }
 
+    /// The same backend over other images.
     pub fn with_images(&self, images: &Images) -> Self {
         Self::new(images, &BackendOptions::default())
     }

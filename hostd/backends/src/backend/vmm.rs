@@ -83,16 +83,19 @@ pub(super) fn opt_value(p: &Path) -> String {
 
 /// A probe guest's scratch directory could not be made.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 #[error("creating a scratch directory: {0}")]
 pub struct ScratchDirError(#[source] pub std::io::Error);
 
 /// /dev/kvm is missing or this process may not use it.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 #[error("/dev/kvm: {0}")]
 pub struct KvmError(#[source] pub std::io::Error);
 
 /// Why the agent's first message on a probe guest's channel was not its hello.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum HelloError {
     #[error("control channel: {0}")]
     Read(std::io::Error),
@@ -113,6 +116,7 @@ pub enum HelloError {
 /// Why a probe guest never said hello; the VMM's own error lines, when its log has any,
 /// are part of the message.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ProbeBootError {
     /// The VMM logged the caller's fatal marker (these are the lines it logged).
     #[error("{0}")]

@@ -7,6 +7,7 @@ use crate::backend::{Kernel, LaunchFiles};
 
 /// A boot image that is not configured or not a readable regular file.
 #[derive(Debug, Clone, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ImageError {
     #[error("no {what} configured")]
     Missing { what: String },

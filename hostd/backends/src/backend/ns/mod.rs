@@ -76,11 +76,15 @@ const FD_FLOOR: RawFd = 10;
 /// mount).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdMap {
+    /// The host uid the guest's root maps to.
     pub host_uid: u32,
+    /// The host gid the guest's root maps to.
     pub host_gid: u32,
+    /// How many ids are mapped.
     pub count: u32,
 }
 
+/// The ns backend: the agent in its own namespaces over the rootfs image, set up by hostd.
 pub struct Ns {
     rootfs: Option<PathBuf>,
     /// A system image to use as the guests' root instead (each over its own overlayfs),
@@ -92,10 +96,12 @@ pub struct Ns {
 }
 
 impl Ns {
+    /// The backend over `images`.
     pub fn new(images: &Images, _opts: &BackendOptions) -> Self {
         Self { rootfs: images.rootfs.clone(), system: system_of(images), user_ns: None }
     }
 
+    /// The same backend over other images.
     pub fn with_images(&self, images: &Images) -> Self {
         Self { rootfs: images.rootfs.clone(), system: system_of(images), user_ns: self.user_ns }
     }
@@ -447,6 +453,7 @@ impl Ns {
 
 /// What the ns backend's root file system lacks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum RootfsError {
     #[error("rootfs image {} is missing or not a directory", .0.display())]
     NotADirectory(PathBuf),

@@ -25,6 +25,7 @@ pub(super) struct GuestConfig<'a> {
 
 /// Why a guest's config cannot be made from the bundle's template, by what is missing.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ConfigError {
     #[error("the template has no root")]
     NoRoot,

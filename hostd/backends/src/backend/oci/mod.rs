@@ -51,6 +51,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the agent is in the image.
 const AGENT_PATH: &str = "sbin/guest-agent";
 
+/// The oci backend: each guest a container of an OCI runtime, from the bundle's template.
 pub struct Oci {
     runtime: String,
     bundle: Option<PathBuf>,
@@ -63,6 +64,7 @@ pub struct Oci {
 const SYSTEM_MOUNT_POINTS: [&str; 5] = ["/dev", "/proc", "/sys", "/tmp", "/data"];
 
 impl Oci {
+    /// The backend over `images`, with the runtime `opts` names.
     pub fn new(images: &Images, opts: &BackendOptions) -> Self {
         Self {
             runtime: opts.oci_runtime.clone(),
@@ -71,6 +73,7 @@ impl Oci {
         }
     }
 
+    /// The same runtime over other images.
     pub fn with_images(&self, images: &Images) -> Self {
         Self {
             runtime: self.runtime.clone(),
@@ -497,6 +500,7 @@ async fn probe_run(
 
 /// Why the bundle's template cannot be used, by what is wrong.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum TemplateError {
     #[error("no OCI bundle (build the `oci-bundle` recipe)")]
     NoBundle,
@@ -514,6 +518,7 @@ pub enum TemplateError {
 
 /// Why the probe's test container did not print the agent's version, by step.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ProbeRunError {
     #[error("temporary bundle: {0}")]
     TempDir(io::Error),

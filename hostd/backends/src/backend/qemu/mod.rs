@@ -32,12 +32,16 @@ use super::{
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// QEMU's machine profile: a backend each.
 pub enum Profile {
+    /// `-M microvm`: virtio-mmio, no PCI, no firmware (qemu-microvm).
     Microvm,
+    /// `-M q35`: a full PC with firmware and PCI (qemu-full).
     Full,
 }
 
 impl Profile {
+    /// The backend kind this profile is.
     pub fn kind(self) -> BackendKind {
         match self {
             Profile::Microvm => BackendKind::QemuMicrovm,
@@ -72,9 +76,11 @@ impl Profile {
 /// How QEMU runs the guest's CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
+    /// KVM: hardware virtualization.
     Kvm,
     /// `tsc_khz`: the host TSC rate, which is the rate a TCG guest's TSC ticks at.
     Tcg {
+        /// kHz.
         tsc_khz: u64,
     },
 }
@@ -82,7 +88,9 @@ pub enum Accel {
 /// The accelerator in use and why, for the probe's description.
 #[derive(Debug, Clone)]
 pub struct AccelChoice {
+    /// The accelerator.
     pub accel: Accel,
+    /// Why it was chosen, for the probe record.
     pub why: String,
 }
 
@@ -93,6 +101,7 @@ const QEMU_CONSOLE: &str = "/proc/self/fd/1";
 /// How long the KVM probe waits for the agent's hello (a KVM boot takes well under 1 s).
 pub const KVM_PROBE_DEADLINE: Duration = Duration::from_secs(15);
 
+/// The QEMU backend of one profile.
 pub struct Qemu {
     profile: Profile,
     qemu: String,
@@ -104,6 +113,7 @@ pub struct Qemu {
 }
 
 impl Qemu {
+    /// The backend of `profile` over `images`, with the QEMU binary and accelerator `opts` names.
     pub fn new(profile: Profile, images: &Images, opts: &BackendOptions) -> Self {
         Self {
             profile,
@@ -185,6 +195,7 @@ async fn tcg_choice(why: String) -> AccelChoice {
 
 /// Why no accelerator could be chosen for a QEMU backend's guests.
 #[derive(Debug, Clone, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum AccelError {
     #[error("unknown accelerator {0:?} (use kvm or tcg)")]
     Unknown(String),
@@ -195,6 +206,7 @@ pub enum AccelError {
 
 /// Why a KVM probe guest did not boot, by step.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum KvmProbeError {
     #[error(transparent)]
     Kvm(#[from] KvmError),

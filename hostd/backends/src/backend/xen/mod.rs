@@ -68,6 +68,7 @@ pub enum DomainType {
 }
 
 impl DomainType {
+    /// The name `VIRTBENCH_XEN_TYPE` and the probe record use.
     pub fn name(self) -> &'static str {
         match self {
             DomainType::Pv => "pv",
@@ -91,11 +92,13 @@ impl DomainType {
 
 /// [`TYPE_ENV`] names no domain type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 #[error("{TYPE_ENV}={0:?}: expected pv or pvh")]
 pub struct DomainTypeError(pub String);
 
 /// Why a domain's console pty was not had, by step.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ConsoleTtyError {
     #[error("domain {domid} ended ({status} from `xl create`) before its console was opened")]
     Ended { domid: u32, status: std::process::ExitStatus },
@@ -112,6 +115,7 @@ pub enum ConsoleTtyError {
 
 /// Why the memory Xen handed out could not be read.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum XenMemoryError {
     #[error(transparent)]
     XlInfo(#[from] ToolError),
@@ -119,6 +123,7 @@ pub enum XenMemoryError {
     Incomplete,
 }
 
+/// The Xen backend: each guest a domU made with `xl create`, run from dom0.
 pub struct Xen {
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,
@@ -132,6 +137,7 @@ pub struct Xen {
 }
 
 impl Xen {
+    /// The backend over `images`.
     pub fn new(images: &Images, _opts: &BackendOptions) -> Self {
         Self {
             kernel: images.kernel_xen.clone(),
@@ -143,6 +149,7 @@ impl Xen {
         }
     }
 
+    /// The same backend over other images.
     pub fn with_images(&self, images: &Images) -> Self {
         Self {
             kernel: images.kernel_xen.clone(),
@@ -161,6 +168,7 @@ impl Xen {
 
 /// Why this system is not a working dom0 of a Xen host ([`check_dom0`]).
 #[derive(Debug, Clone, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum Dom0Error {
     #[error("not dom0 of a Xen host: this system runs on a {hypervisor} hypervisor ({})", path.display())]
     OtherHypervisor { hypervisor: String, path: PathBuf },

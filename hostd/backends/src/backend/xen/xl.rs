@@ -40,21 +40,27 @@ pub async fn xl_info(xl: &str) -> Result<BTreeMap<String, String>, ToolError> {
 /// One line of `xl list`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DomainInfo {
+    /// The domain's name.
     pub name: String,
+    /// Its domid.
     pub id: u32,
     /// Memory Xen gives the domain, MiB.
     pub mem_mib: u64,
+    /// Its virtual CPUs.
     pub vcpus: u32,
+    /// Its state flags as xl prints them (`r-----`, …).
     pub state: String,
 }
 
 /// A line of `xl list` that is not a domain's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 #[error("unexpected `xl list` line {0:?}")]
 pub struct XlListError(pub String);
 
 /// Why Xen's domain list could not be had.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum XlListFailed {
     #[error(transparent)]
     Run(#[from] ToolError),
@@ -62,6 +68,7 @@ pub enum XlListFailed {
     Parse(#[from] XlListError),
 }
 
+/// Parses `xl list`'s output (lines after the header).
 pub fn parse_xl_list(text: &str) -> Result<Vec<DomainInfo>, XlListError> {
     let mut out = Vec::new();
     for l in
@@ -84,6 +91,7 @@ pub fn parse_xl_list(text: &str) -> Result<Vec<DomainInfo>, XlListError> {
     Ok(out)
 }
 
+/// Runs `xl list` and parses it.
 pub async fn xl_list(xl: &str) -> Result<Vec<DomainInfo>, XlListFailed> {
     Ok(parse_xl_list(&run_tool(xl, &["list"], Duration::from_secs(60)).await?)?)
 }
