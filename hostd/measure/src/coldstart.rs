@@ -92,6 +92,7 @@ pub fn warm(read: &ReadSet) -> Result<(), ColdError> {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ColdError {
     #[error("program {0:?} not found (as a path or on PATH)")]
     NoProgram(String),

@@ -46,6 +46,7 @@ pub fn host_buffered(policy: &str) -> bool {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum DataDiskError {
     #[error("data disk {}: {source}", path.display())]
     Source { path: PathBuf, source: io::Error },

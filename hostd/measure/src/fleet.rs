@@ -88,6 +88,7 @@ pub struct Fleet {
 /// Why a fleet could not start (or grow) at all. A guest that fails alone is a
 /// [`GuestFailure`], not this.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum FleetError {
     #[error(transparent)]
     Network(#[from] netlab::NetError),

@@ -31,6 +31,7 @@ pub struct Floor {
 
 /// Why the floor could not be measured.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum FloorError {
     #[error(transparent)]
     Network(#[from] crate::netlab::NetError),

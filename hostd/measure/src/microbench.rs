@@ -20,6 +20,7 @@ use crate::stats::Summary;
 
 /// Why `hostd bench`, or one benchmark request ([`run_once`]), failed.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum BenchError {
     /// No counted repetition asked for.
     #[error("--reps must be at least 1")]

@@ -71,6 +71,7 @@ impl Default for NetemSection {
 
 /// Why a campaign's `[netem]` section cannot run, naming the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum NetemCheckError {
     #[error("netem.sizes: give at least one fleet size")]
     NoSizes,

@@ -114,6 +114,7 @@ fn num(v: f64) -> String {
 
 /// Why a record cannot be a measurement ([`Record::implausible`]); each names the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum Implausible {
     #[error("n = {0}")]
     FleetSize(crate::limits::OutOfRange),

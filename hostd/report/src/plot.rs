@@ -10,14 +10,20 @@ use plotters::prelude::*;
 /// symmetric), and say so in each caption.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Point {
+    /// Horizontal position.
     pub x: f64,
+    /// Vertical position.
     pub y: f64,
+    /// Error bar: ± this much around `y`.
     pub err: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default)]
+/// One curve: its legend name and its points.
 pub struct Series {
+    /// Its legend name.
     pub name: String,
+    /// Its points, drawn in order.
     pub points: Vec<Point>,
     /// A reference curve (theory): thin, dashed, no points.
     pub reference: bool,
@@ -28,11 +34,17 @@ pub struct Series {
 }
 
 #[derive(Debug, Clone)]
+/// A line chart of one or more series.
 pub struct Chart {
+    /// Its title.
     pub title: String,
+    /// The horizontal axis's label.
     pub x_label: String,
+    /// The vertical axis's label.
     pub y_label: String,
+    /// The curves.
     pub series: Vec<Series>,
+    /// A logarithmic vertical axis.
     pub log_y: bool,
 }
 
@@ -88,6 +100,7 @@ fn legend<DB: DrawingBackend>(
 
 /// Why a figure was not made, by step.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum PlotError {
     /// plotters could not draw it (its error is generic over the drawing backend: in words).
     #[error("{0}")]
@@ -189,8 +202,11 @@ pub type BarSeries = (String, Vec<Option<f64>>, Vec<Option<f64>>);
 /// Grouped bars: one group per category (e.g. backend), one bar per series within it.
 #[derive(Debug, Clone)]
 pub struct Bars {
+    /// Its title.
     pub title: String,
+    /// The vertical axis's label.
     pub y_label: String,
+    /// The groups' labels, left to right.
     pub categories: Vec<String>,
     /// (series name, one value per category (None: missing), optional spread per category).
     pub series: Vec<BarSeries>,

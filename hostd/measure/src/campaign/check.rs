@@ -4,6 +4,7 @@ use super::*;
 
 /// A campaign value that cannot run, naming the field (`Campaign::check`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum CheckError {
     /// A field's value is not allowed: which field, and why.
     #[error("field `{field}`: {why}")]
@@ -29,6 +30,7 @@ impl From<String> for CheckError {
 
 /// Why this host cannot run a campaign (`Campaign::check_host`), naming the field to change.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum HostCheckError {
     /// A fleet's guests need more memory than the host has.
     #[error(

@@ -233,6 +233,7 @@ pub use self::sections::*;
 
 /// Why a campaign file could not be used; each names the file.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum LoadError {
     /// The file could not be read.
     #[error("{}: {source}", path.display())]

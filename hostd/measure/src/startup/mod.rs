@@ -65,6 +65,7 @@ impl FleetBoot {
 
 /// Why a fleet's startup and memory could not be measured (the step that failed).
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum StartupError {
     /// The page cache could not be dropped before a cold start.
     #[error("dropping the page cache for a cold start (needs root): {0}")]

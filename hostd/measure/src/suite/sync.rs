@@ -279,6 +279,7 @@ pub fn plausible(s: &super::BenchSample) -> Result<(), SyncImplausible> {
 
 /// Why a stored sample's MTU or start sync cannot be a measurement ([`plausible`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum SyncImplausible {
     #[error("mtu = {0} is not an MTU in 68..=65536")]
     Mtu(u32),

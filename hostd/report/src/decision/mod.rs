@@ -18,15 +18,18 @@ use crate::suite::Test;
 /// One column of the table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Column {
+    /// Its heading.
     pub name: String,
     /// What the number is, in a sentence (shown under the table).
     pub what: String,
+    /// Whether smaller figures rank first (times, overheads).
     pub lower_is_better: bool,
     /// Whether cells are ranked (a verdict such as the isolation policy is not).
     pub ranked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One backend's figure in one column.
 pub struct Cell {
     /// The figure as shown, with its spread.
     pub text: String,
@@ -45,16 +48,22 @@ pub struct Cell {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One backend's line of the table.
 pub struct Row {
+    /// The backend.
     pub backend: BackendKind,
+    /// Its cells, in the columns' order.
     pub cells: Vec<Cell>,
     /// What this backend is good and bad for, from its ranks.
     pub verdict: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The decision table: its columns, and a row of ranked cells per backend.
 pub struct Table {
+    /// The columns, left to right.
     pub columns: Vec<Column>,
+    /// One row per backend.
     pub rows: Vec<Row>,
     /// How many backends each ranked column ranks (the verdicts' "of N").
     pub ranked_backends: usize,
