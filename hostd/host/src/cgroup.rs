@@ -499,7 +499,7 @@ mod tests {
     #[test]
     fn lifecycle_on_this_host() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: cgroup lifecycle needs root");
+            hostd_test_support::skip(None, "cgroup lifecycle needs root");
             return;
         }
         let mode = detect().expect("a cgroup memory controller");

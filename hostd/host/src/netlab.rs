@@ -347,7 +347,7 @@ mod tests {
     #[test]
     fn namespace_bridge_and_tap() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: network namespaces need root");
+            hostd_test_support::skip(None, "network namespaces need root");
             return;
         }
         let net = FleetNet::create(&format!("t{}", std::process::id())).unwrap();
@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn guests_beyond_one_bridge_reach_each_other() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: network namespaces need root");
+            hostd_test_support::skip(None, "network namespaces need root");
             return;
         }
         assert_eq!(bridge_of(999), BRIDGE);

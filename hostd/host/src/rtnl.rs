@@ -418,7 +418,7 @@ mod tests {
     #[test]
     fn links_taps_and_namespaces_as_ip_makes_them() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: network namespaces need root");
+            hostd_test_support::skip(None, "network namespaces need root");
             return;
         }
         let id = std::process::id();

@@ -222,7 +222,7 @@ struct Pair(String, String);
 impl Pair {
     fn new(tag: &str) -> Option<Pair> {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: network namespaces need root");
+            hostd_test_support::skip(None, "network namespaces need root");
             return None;
         }
         let p = Pair(
@@ -304,11 +304,11 @@ fn apply_replace_and_clear_leave_nothing() {
 #[test]
 fn traffic_is_classified_by_destination_site() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: network namespaces need root");
+        hostd_test_support::skip(None, "network namespaces need root");
         return;
     }
     if Command::new("ping").arg("-V").output().is_err() {
-        eprintln!("skipped: no ping");
+        hostd_test_support::skip(None, "no ping");
         return;
     }
     let fleet = FleetNet::create(&format!("tcl{}", std::process::id())).unwrap();
