@@ -31,15 +31,19 @@ use crate::startup::StartMode;
 pub struct StartResidency {
     /// Files the start reads, libraries shared with hostd excluded.
     pub files: usize,
+    /// Their total length, bytes.
     pub bytes: u64,
+    /// Of which in the page cache.
     pub resident_bytes: u64,
     /// Libraries of the launch that running processes (hostd, system processes; not other
     /// instances of the launch's programs) have mapped: resident whatever the start.
     #[serde(default)]
     pub shared_files: usize,
     #[serde(default)]
+    /// Their total length, bytes.
     pub shared_bytes: u64,
     #[serde(default)]
+    /// Of which in the page cache.
     pub shared_resident_bytes: u64,
     /// The most resident files (up to 5, most resident bytes first), to say why a start
     /// that was asked to be cold was not.
@@ -199,7 +203,9 @@ pub fn tree_files(root: &Path) -> Result<Vec<PathBuf>, ColdError> {
 pub struct ReadSet {
     /// Everything: images (trees walked), programs, libraries, data files.
     pub files: Vec<PathBuf>,
+    /// The programs it executes.
     pub programs: BTreeSet<PathBuf>,
+    /// The shared libraries those load.
     pub libraries: BTreeSet<PathBuf>,
 }
 

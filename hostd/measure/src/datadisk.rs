@@ -241,8 +241,11 @@ impl DataDisks {
 /// The host-side state of one guest's data disk just before a measured read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadPrep {
+    /// The guest's index.
     pub guest: usize,
+    /// How the backend caches the disk (its cache policy's name).
     pub policy: &'static str,
+    /// The guest's copy's page-cache residency after eviction.
     pub residency: Residency,
 }
 

@@ -18,6 +18,7 @@ use crate::stats::Summary;
 /// A backend's hot start against its floor: both distributions and the ratio of means.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Floor {
+    /// The backend.
     pub backend: BackendKind,
     /// What the floor is, in words.
     pub floor: String,

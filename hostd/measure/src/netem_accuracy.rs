@@ -148,6 +148,7 @@ impl NetemSection {
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
 )]
 #[serde(rename_all = "kebab-case")]
+/// What the accuracy step measures of a path.
 pub enum Metric {
     /// Round-trip time, ms.
     Rtt,
@@ -156,6 +157,7 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// The metric's unit (ms, Mbit/s).
     pub fn unit(self) -> &'static str {
         match self {
             Metric::Rtt => "ms",
@@ -167,11 +169,15 @@ impl Metric {
 /// One guest's figure in one repetition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AccuracySample {
+    /// The backend.
     pub backend: BackendKind,
     /// Guests measuring at once.
     pub n: usize,
+    /// Repetition, from 0 (warm-ups left out).
     pub rep: u32,
+    /// The measuring guest's index.
     pub guest: usize,
+    /// RTT or throughput.
     pub metric: Metric,
     /// Sites the fleet was split into (0: measured against the peer on the bridge).
     #[serde(default)]
@@ -181,14 +187,18 @@ pub struct AccuracySample {
     pub between: crate::netem::Between,
     /// False: the same path unshaped (the base); true: with `link`.
     pub shaped: bool,
+    /// The link's configured properties (none when unshaped).
     pub link: LinkProps,
     /// What `link` should give, in the metric's unit; None when it sets nothing for it.
     #[serde(default)]
     pub configured: Option<f64>,
+    /// What was measured, in the metric's unit.
     pub achieved: f64,
     #[serde(default)]
+    /// The network path the guests used.
     pub net_path: Option<NetPath>,
     #[serde(default)]
+    /// The provenance id the sample was measured with.
     pub provenance: String,
 }
 

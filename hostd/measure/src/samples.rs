@@ -18,6 +18,7 @@ pub struct Line {
     #[serde(default)]
     pub schema_version: u32,
     #[serde(flatten)]
+    /// The record.
     pub record: Record,
 }
 
@@ -34,43 +35,64 @@ pub fn schema() -> schemars::Schema {
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "record", rename_all = "snake_case")]
+/// One line of samples.jsonl: a measurement, or a step's, fleet's or backend's outcome.
 pub enum Record {
+    /// One guest's startup.
     Startup(StartupSample),
+    /// A fleet's memory occupation.
     Memory(MemorySample),
+    /// A guest that failed to start.
     Failure {
+        /// The backend.
         backend: BackendKind,
+        /// Its fleet's size.
         n: usize,
+        /// Cold or hot.
         mode: StartMode,
+        /// How it failed.
         failure: GuestFailure,
     },
     /// Written last for a fleet: marks the measurement complete (a resumed run skips it).
     FleetDone {
+        /// The backend.
         backend: BackendKind,
+        /// Its size.
         n: usize,
+        /// Cold or hot.
         mode: StartMode,
+        /// Guests that said hello.
         ready: usize,
+        /// Guests that failed.
         failed: usize,
+        /// T_startup: the last ready guest's startup, s (None when none was ready).
         t_startup_s: Option<f64>,
     },
     /// One timed benchmark instance of the suite.
     Bench(BenchSample),
     /// A campaign step finished; a resumed campaign skips it.
     StepDone {
+        /// The step's key.
         key: String,
     },
     /// A campaign step failed; a resumed campaign retries it.
     StepFailed {
+        /// The step's key.
         key: String,
+        /// Why it failed.
         error: String,
     },
     /// A backend could not run here, and why.
     BackendUnavailable {
+        /// The backend.
         backend: BackendKind,
+        /// Why, in words.
         reason: String,
     },
     /// What a backend's probe said when it ran (e.g. the accelerator chosen).
     BackendProbe {
+        /// The backend.
         backend: BackendKind,
+        /// What the probe said.
         description: String,
         /// Measured inside an emulated host (the Xen lab): its figures include that
         /// machine's cost. Older results said so by a "[emulated host] " prefix on the
@@ -81,14 +103,19 @@ pub enum Record {
     /// A guest failed during a measurement step (crashed, hung, panicked, ran out of
     /// memory, broke the protocol) and was taken out of its fleet.
     GuestLost {
+        /// The backend.
         backend: BackendKind,
+        /// The step the guest was lost in.
         step: String,
+        /// How it was lost.
         failure: GuestFailure,
     },
     /// Written when a campaign session starts (a fresh run, or a resume under another
     /// provenance than the last): the samples it measures carry this id.
     Provenance {
+        /// The id samples name it by.
         id: String,
+        /// The provenance.
         provenance: crate::provenance::Provenance,
     },
     /// One guest's figure in the emulated network's accuracy step.
@@ -321,6 +348,7 @@ impl Record {
 pub struct Rejected {
     /// 1-based line of samples.jsonl.
     pub line: usize,
+    /// Why it was left out.
     pub why: String,
 }
 
@@ -334,10 +362,12 @@ pub struct Samples {
     /// Records outside physical sense (see [`Record::implausible`]): how many, and the first
     /// [`Samples::KEEP_REJECTED`] with their reasons.
     pub implausible: usize,
+    /// The first rejected records.
     pub rejected: Vec<Rejected>,
 }
 
 impl Samples {
+    /// How many rejected records are kept with their reasons.
     pub const KEEP_REJECTED: usize = 20;
 
     /// Takes in a samples file's bytes: every line parsed, every record checked. Holds at

@@ -27,13 +27,21 @@ use crate::stats::Summary;
 /// Everything one fleet boot produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetBoot {
+    /// The backend.
     pub backend: BackendKind,
+    /// Guests started together.
     pub n: usize,
+    /// Cold or hot.
     pub mode: StartMode,
+    /// One per ready guest.
     pub startups: Vec<StartupSample>,
+    /// Guests that failed.
     pub failures: Vec<GuestFailure>,
+    /// The fleet's memory occupation, if measured.
     pub memory: Option<MemorySample>,
+    /// Guests that powered off when asked at teardown.
     pub teardown_clean: usize,
+    /// Guests killed at teardown.
     pub teardown_killed: usize,
     /// The launches' files' residency just before the fleet started.
     #[serde(default)]
@@ -54,6 +62,7 @@ impl FleetBoot {
         start_label(self.mode, self.residency.as_ref())
     }
 
+    /// The ready guests' startups, summarised (None when none was ready).
     pub fn ready_summary(&self) -> Option<Summary> {
         Summary::of(
             format!("startup_{}", self.mode.name()),

@@ -92,6 +92,7 @@ pub struct StartSync {
 /// One guest's answer to a concurrent run.
 #[derive(Debug, Clone)]
 pub struct Timed {
+    /// What the guest answered.
     pub report: BenchReport,
     /// Per instance, for runs of more than one instance in all.
     pub sync: Option<Vec<StartSync>>,
@@ -134,6 +135,7 @@ impl Default for Starter {
 }
 
 impl Starter {
+    /// The lead a run starts with now.
     pub fn lead(&self) -> Duration {
         self.lead
     }
