@@ -21,6 +21,7 @@
 //! their netlink attributes would duplicate tc's own code. Applied after guests are up, never
 //! inside the timed startup window.
 
+mod csv;
 pub mod topology;
 
 use std::fmt::Write as _;

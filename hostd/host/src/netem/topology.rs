@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::csv::csv_topology;
 use super::{check_rate, LinkError, LinkProps, MAX_DELAY_MS};
 
 /// Why one matrix entry (what lies between two sites) is refused; `at` names the entry.
@@ -85,7 +86,7 @@ pub enum TopologyError {
     TreeEmpty,
     #[error("tree: at least 2 clusters in all")]
     TreeOneCluster,
-    #[error("{name}: not a regular file of at most {MAX_CSV_BYTES} bytes")]
+    #[error("{name}: not a regular file of at most {} bytes", super::csv::MAX_CSV_BYTES)]
     CsvNotRegular { name: String },
     /// The CSV reader's own error (unreadable or malformed record).
     #[error("{name}: {source}")]
@@ -244,9 +245,6 @@ impl Between {
 }
 
 static NONE: Between = Between { delay_ms: 0.0, jitter_ms: 0.0, rate_mbit: None };
-
-/// The largest CSV matrix file read (1000 guests × 1000 entries of a few characters fit).
-const MAX_CSV_BYTES: u64 = 32 << 20;
 
 impl Topology {
     /// Every one of `n` guests in one site with `link`.
@@ -438,7 +436,11 @@ impl TopologyFile {
 }
 
 /// Checks that `m` is `k` × `k`, naming the first row that is not.
-fn square<'a>(field: &str, m: &'a [Vec<f64>], k: usize) -> Result<&'a [Vec<f64>], TopologyError> {
+pub(super) fn square<'a>(
+    field: &str,
+    m: &'a [Vec<f64>],
+    k: usize,
+) -> Result<&'a [Vec<f64>], TopologyError> {
     if m.len() != k {
         return Err(TopologyError::NotSquare { field: field.into(), rows: m.len(), k });
     }
@@ -450,7 +452,11 @@ fn square<'a>(field: &str, m: &'a [Vec<f64>], k: usize) -> Result<&'a [Vec<f64>]
 
 /// One matrix entry's checks: delays and jitters finite and ≥ 0, rates > 0 off the
 /// diagonal; the diagonal (within a site: only the guests' own links) all zero.
-fn entry(at: &dyn Fn(&str) -> String, b: &Between, diagonal: bool) -> Result<(), EntryError> {
+pub(super) fn entry(
+    at: &dyn Fn(&str) -> String,
+    b: &Between,
+    diagonal: bool,
+) -> Result<(), EntryError> {
     for (f, v) in [("delay_ms", b.delay_ms), ("jitter_ms", b.jitter_ms)] {
         if !v.is_finite() || v < 0.0 {
             return Err(EntryError::NegativeDelay { at: at(f), v });
@@ -549,57 +555,4 @@ impl Tree {
             .collect();
         Ok(Topology { sites, matrix })
     }
-}
-
-/// A per-guest one-way delay matrix from a CSV file: one site per guest (`g<i>`).
-pub fn csv_topology(path: &Path, link: LinkProps) -> Result<Topology, TopologyError> {
-    let name = path.display();
-    let meta = std::fs::metadata(path)
-        .map_err(|source| TopologyError::Read { path: path.into(), source })?;
-    if !meta.is_file() || meta.len() > MAX_CSV_BYTES {
-        return Err(TopologyError::CsvNotRegular { name: name.to_string() });
-    }
-    let csv_err = |source| TopologyError::Csv { name: name.to_string(), source };
-    let mut rd = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .comment(Some(b'#'))
-        .trim(csv::Trim::All)
-        .flexible(true)
-        .from_path(path)
-        .map_err(csv_err)?;
-    let mut rows: Vec<Vec<f64>> = Vec::new();
-    for (i, rec) in rd.records().enumerate() {
-        let rec = rec.map_err(csv_err)?;
-        let row = rec
-            .iter()
-            .enumerate()
-            .map(|(j, v)| {
-                v.parse::<f64>().map_err(|_| TopologyError::CsvNotNumber {
-                    name: name.to_string(),
-                    row: i,
-                    col: j,
-                    v: v.into(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.push(row);
-    }
-    let k = rows.len();
-    if k < 2 {
-        return Err(TopologyError::CsvTooFew { name: name.to_string(), k });
-    }
-    if k > crate::limits::GUESTS.max as usize {
-        return Err(TopologyError::CsvTooMany { name: name.to_string(), k });
-    }
-    square(&name.to_string(), &rows, k)?;
-    let mut matrix = vec![vec![Between::default(); k]; k];
-    for r in 0..k {
-        for c in 0..k {
-            let b = Between { delay_ms: rows[r][c], jitter_ms: 0.0, rate_mbit: None };
-            entry(&|_| format!("{name}: row {r}, column {c}"), &b, r == c)?;
-            matrix[r][c] = b;
-        }
-    }
-    let sites = (0..k).map(|i| Site { name: format!("g{i}"), first: i, count: 1, link }).collect();
-    Ok(Topology { sites, matrix })
 }
