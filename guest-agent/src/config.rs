@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-pub const USAGE: &str = "usage: guest-agent [--ctl fd:N|unix:PATH|tcp:HOST:PORT|tty:DEV] [--net IFACE=ADDR/PREFIX]... [--hostname NAME] [--system-root] [--service]
+pub const USAGE: &str = "usage: guest-agent [--ctl fd:N|unix:PATH|tcp:HOST:PORT|tty:DEV|vport:NAME] [--net IFACE=ADDR/PREFIX]... [--hostname NAME] [--system-root] [--service]
   Runs as PID 1 of a guest or as a plain process; writes a ready message on the control
   channel, then runs the microbenchmarks the host asks for. A VM's init reads the same
   settings from the kernel command line as vb.ctl=, vb.net= (comma-free, repeatable) and vb.hostname=;
@@ -20,6 +20,9 @@ pub enum Ctl {
     Tcp(String),
     /// A console device set to raw mode.
     Tty(String),
+    /// A virtio-serial port found by its name (`/sys/class/virtio-ports/*/name`): not a
+    /// tty, and QEMU throttles it instead of dropping what it cannot pass on at once.
+    Vport(String),
 }
 
 impl Ctl {
@@ -35,8 +38,10 @@ impl Ctl {
             "unix" if !rest.is_empty() => Ok(Ctl::Unix(rest.into())),
             "tcp" if rest.contains(':') => Ok(Ctl::Tcp(rest.into())),
             "tty" if rest.starts_with("/dev/") => Ok(Ctl::Tty(rest.into())),
+            "vport" if !rest.is_empty() && !rest.contains('/') => Ok(Ctl::Vport(rest.into())),
             _ => Err(format!(
-                "control channel {s:?}: use fd:N, unix:PATH, tcp:HOST:PORT or tty:/dev/NAME"
+                "control channel {s:?}: use fd:N, unix:PATH, tcp:HOST:PORT, tty:/dev/NAME or \
+                 vport:NAME"
             )),
         }
     }
@@ -46,6 +51,7 @@ impl Ctl {
             Ctl::Unix(p) => format!("unix:{p}"),
             Ctl::Tcp(a) => format!("tcp:{a}"),
             Ctl::Tty(d) => format!("tty:{d}"),
+            Ctl::Vport(n) => format!("vport:{n}"),
         }
     }
 }
@@ -214,5 +220,7 @@ mod tests {
         assert!(parse_args(&args(&["--hostname", "a b"])).is_err());
         assert_eq!(Ctl::parse("tty:/dev/ttyS1").unwrap(), Ctl::Tty("/dev/ttyS1".into()));
         assert!(Ctl::parse("tty:ttyS1").is_err());
+        assert_eq!(Ctl::parse("vport:vb.ctl").unwrap(), Ctl::Vport("vb.ctl".into()));
+        assert!(Ctl::parse("vport:../x").is_err());
     }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod clock;
 mod config;
 mod exec;
+mod files;
 mod init;
 mod root;
 mod transport;
@@ -255,6 +256,9 @@ fn handle(req: Request, w: &Writer, pid1: bool) {
                 reply(w, id, Err(format!("cannot start request thread: {e}")));
             }
         }
+        // Bounded chunks (256 KiB): answered in place.
+        Command::PutFile(p) => reply(w, id, files::put(&p).map(|size| ReplyBody::Put { size })),
+        Command::GetFile(g) => reply(w, id, files::get(&g).map(ReplyBody::FileData)),
         Command::NetServe { port } => {
             reply(w, id, bench::net::serve(port).map(|port| ReplyBody::Listening { port }))
         }

@@ -62,7 +62,28 @@ pub fn open(ctl: &Ctl) -> Result<Channel, String> {
             make_raw(&fd).map_err(|e| format!("tty:{dev}: {e}"))?;
             from_file(File::from(fd))
         }
+        Ctl::Vport(name) => {
+            // The port's device is named after its virtio device's index, which depends on
+            // the other devices' probe order: find it by the port's name.
+            let f = retry(|| {
+                let dev = find_vport(name)?;
+                OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(dev)
+            })
+            .map_err(|e| format!("vport:{name}: {e}"))?;
+            from_file(f)
+        }
     }
+}
+
+/// `/dev/vportNpM` of the virtio-serial port called `name`.
+fn find_vport(name: &str) -> std::io::Result<String> {
+    for e in std::fs::read_dir("/sys/class/virtio-ports")?.flatten() {
+        let named = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+        if named.trim_end() == name {
+            return Ok(format!("/dev/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no virtio-serial port of that name"))
 }
 
 fn from_file(f: File) -> Result<Channel, String> {

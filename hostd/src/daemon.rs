@@ -4,16 +4,19 @@
 //! answer per line), and on `down` (or SIGTERM/SIGINT) tears every guest down.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 
 use vb_protocol::msg::{Command, ExecRequest, ExecResult, ReplyBody};
 
 use crate::backend::{AnyBackend, BackendKind, BackendOptions, Images};
 use crate::cgroup::Limits;
+use crate::channel::{AgentConn, ChannelError};
 use crate::fleet::{self, Fleet, FleetConfig, GuestFailure};
 use crate::limits;
 use crate::runstate::{RunState, RUN_ROOT};
@@ -393,6 +396,19 @@ enum ControlRequest {
         guest: Option<String>,
         exec: ExecRequest,
     },
+    /// Copy a host file into one guest (by name) or all.
+    CopyIn {
+        guest: Option<String>,
+        /// Absolute host path (the client resolves it).
+        src: PathBuf,
+        dst: String,
+    },
+    /// Copy a guest file out of one guest or all; `dst` is an absolute host path.
+    CopyOut {
+        guest: Option<String>,
+        src: String,
+        dst: PathBuf,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -402,6 +418,15 @@ enum ControlAnswer {
     GoingDown,
     Error { error: String },
     Exec { results: Vec<GuestExec> },
+    Copied { results: Vec<GuestCopy> },
+}
+
+/// One guest's part of `hostd cp`: the bytes copied and the host file written (copy
+/// out), or why not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuestCopy {
+    pub guest: String,
+    pub result: Result<(u64, Option<PathBuf>), String>,
 }
 
 /// One guest's answer to `hostd exec`.
@@ -584,6 +609,10 @@ pub async fn serve(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Guests that die are taken out (their resources released) and listed as failed.
     let mut check = tokio::time::interval(Duration::from_secs(1));
+    // Clients' request lines are read off this loop (a slow client costs it nothing) and
+    // come back here; what needs guests is then served by its own task, so one slow guest
+    // or a long copy never holds up status, down or requests to other guests.
+    let (incoming_tx, mut incoming) = tokio::sync::mpsc::channel::<Incoming>(64);
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -595,7 +624,10 @@ pub async fn serve(
             }
             conn = listener.accept() => {
                 let Ok((conn, _)) = conn else { continue };
-                if handle(conn, &file.name, &run, &mut fleet).await {
+                tokio::spawn(read_request(conn, incoming_tx.clone()));
+            }
+            Some(inc) = incoming.recv() => {
+                if dispatch(inc, &file.name, &run, &mut fleet).await {
                     break;
                 }
             }
@@ -703,9 +735,15 @@ fn shape(file: &FleetFile, run: &RunState, fleet: &Running) -> Result<(), String
     crate::net::set(&run.scratch, &fnet.netns, &topo, &indices)
 }
 
-/// Answers one client; true when it asked the fleet to go down.
-async fn handle(conn: UnixStream, name: &str, run: &RunState, fleet: &mut Running) -> bool {
-    let (r, mut w) = conn.into_split();
+/// A client's request (or why it could not be read) and where its answer goes.
+struct Incoming {
+    req: Result<ControlRequest, String>,
+    reply: OwnedWriteHalf,
+}
+
+/// Reads one client's request line and hands it to the control loop.
+async fn read_request(conn: UnixStream, to_loop: tokio::sync::mpsc::Sender<Incoming>) {
+    let (r, reply) = conn.into_split();
     let mut line = String::new();
     // A client gets one bounded request line (an exec's arguments at most, JSON-escaped)
     // and 5 s to send it.
@@ -715,56 +753,325 @@ async fn handle(conn: UnixStream, name: &str, run: &RunState, fleet: &mut Runnin
             .read_line(&mut line),
     )
     .await;
-    let req: Result<ControlRequest, String> = match read {
+    let req = match read {
         Ok(Ok(_)) => serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}")),
         _ => Err("no request".into()),
     };
-    let (answer, down) = match req {
-        Ok(ControlRequest::Status) => (ControlAnswer::Status(status_of(name, run, fleet)), false),
-        Ok(ControlRequest::Down) => (ControlAnswer::GoingDown, true),
-        Ok(ControlRequest::Exec { guest, exec }) => {
-            (exec_in(fleet, guest.as_deref(), &exec).await, false)
-        }
-        Err(error) => (ControlAnswer::Error { error }, false),
-    };
+    let _ = to_loop.send(Incoming { req, reply }).await;
+}
+
+/// Writes one answer line; a client that stopped reading is given up on after 5 s.
+async fn answer(mut w: OwnedWriteHalf, answer: ControlAnswer) {
     let mut out = serde_json::to_vec(&answer).unwrap_or_default();
     out.push(b'\n');
-    let _ = w.write_all(&out).await;
-    down
+    let _ = tokio::time::timeout(Duration::from_secs(5), w.write_all(&out)).await;
+}
+
+/// Serves one request: status, down and errors at once; requests to guests in a task of
+/// their own holding only those guests' channels. True when the fleet is to go down.
+async fn dispatch(inc: Incoming, name: &str, run: &RunState, fleet: &mut Running) -> bool {
+    let Incoming { req, reply } = inc;
+    let work = match req {
+        Ok(ControlRequest::Status) => {
+            answer(reply, ControlAnswer::Status(status_of(name, run, fleet))).await;
+            return false;
+        }
+        Ok(ControlRequest::Down) => {
+            answer(reply, ControlAnswer::GoingDown).await;
+            return true;
+        }
+        Err(error) => {
+            answer(reply, ControlAnswer::Error { error }).await;
+            return false;
+        }
+        Ok(req) => req,
+    };
+    let guest = match &work {
+        ControlRequest::Exec { guest, .. }
+        | ControlRequest::CopyIn { guest, .. }
+        | ControlRequest::CopyOut { guest, .. } => guest.clone(),
+        ControlRequest::Status | ControlRequest::Down => unreachable!("answered above"),
+    };
+    let targets = match targets(fleet, guest.as_deref()) {
+        Ok(t) => t,
+        Err(error) => {
+            answer(reply, ControlAnswer::Error { error }).await;
+            return false;
+        }
+    };
+    tokio::spawn(async move {
+        let a = match work {
+            ControlRequest::Exec { exec, .. } => exec_on(&targets, &exec).await,
+            ControlRequest::CopyIn { src, dst, .. } => copy_in(&targets, &src, &dst).await,
+            ControlRequest::CopyOut { src, dst, guest } => {
+                copy_out(&targets, &src, &dst, guest.is_none()).await
+            }
+            ControlRequest::Status | ControlRequest::Down => unreachable!("answered above"),
+        };
+        answer(reply, a).await;
+    });
+    false
 }
 
 use tokio::io::AsyncReadExt;
 
-/// Runs `exec` in the named guest or every ready one, concurrently; each reply is checked
-/// against the request (guests are untrusted) and a guest that does not answer within the
-/// program's timeout and 30 s more is reported, not waited for.
+/// A guest a request goes to: its name and its channel, apart from the fleet, so the
+/// request is served off the control loop (a guest taken out meanwhile fails it).
+struct Target {
+    name: String,
+    conn: Arc<AgentConn>,
+}
+
+/// The named guest or every ready one, or an error naming the running guests.
+fn targets(fleet: &Running, guest: Option<&str>) -> Result<Vec<Target>, String> {
+    let t: Vec<Target> = fleet
+        .guests()
+        .filter(|g| guest.is_none_or(|n| g.spec.name == n))
+        .map(|g| Target { name: g.spec.name.clone(), conn: g.conn.clone() })
+        .collect();
+    if t.is_empty() {
+        let names: Vec<_> = fleet.guests().map(|g| g.spec.name.as_str()).collect();
+        return Err(format!(
+            "no running guest named {:?} (running: {})",
+            guest.unwrap_or(""),
+            names.join(", ")
+        ));
+    }
+    Ok(t)
+}
+
+/// A request's failure as `hostd exec`/`cp` print it: a guest that did not answer says so
+/// (the daemon takes it out as failed within a second).
+fn request_error(e: ChannelError) -> String {
+    match e {
+        ChannelError::ReplyTimeout { .. } => {
+            format!("the guest did not answer: {e}; it is taken out as failed")
+        }
+        e => e.to_string(),
+    }
+}
+
+/// Runs `exec` in the named guest or every ready one (see [`exec_on`]).
 async fn exec_in(fleet: &Running, guest: Option<&str>, exec: &ExecRequest) -> ControlAnswer {
+    match targets(fleet, guest) {
+        Ok(t) => exec_on(&t, exec).await,
+        Err(error) => ControlAnswer::Error { error },
+    }
+}
+
+/// Runs `exec` in every target concurrently; each reply is checked against the request
+/// (guests are untrusted) and a guest that does not answer within the program's timeout
+/// and 30 s more is reported, not waited for.
+async fn exec_on(targets: &[Target], exec: &ExecRequest) -> ControlAnswer {
     if let Err(error) = exec.check() {
         return ControlAnswer::Error { error };
     }
-    let targets: Vec<_> =
-        fleet.guests().filter(|g| guest.is_none_or(|n| g.spec.name == n)).collect();
-    if targets.is_empty() {
-        let names: Vec<_> = fleet.guests().map(|g| g.spec.name.as_str()).collect();
-        return ControlAnswer::Error {
-            error: format!(
-                "no running guest named {:?} (running: {})",
-                guest.unwrap_or(""),
-                names.join(", ")
-            ),
-        };
-    }
     let wait = Duration::from_millis(exec.timeout_ms) + Duration::from_secs(30);
-    let results = futures::future::join_all(targets.into_iter().map(|g| async move {
+    let results = futures::future::join_all(targets.iter().map(|g| async move {
         let result = match g.conn.request(Command::Exec(exec.clone()), wait).await {
             Ok(ReplyBody::Exited(r)) => r.check(exec).map(|()| r).map_err(|e| e.to_string()),
             Ok(other) => Err(format!("unexpected reply {other:?}")),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(request_error(e)),
         };
-        GuestExec { guest: g.spec.name.clone(), result }
+        GuestExec { guest: g.name.clone(), result }
     }))
     .await;
     ControlAnswer::Exec { results }
+}
+
+/// How long one file chunk may take a guest (a TCG guest on a busy host is slow).
+const CHUNK_WAIT: Duration = Duration::from_secs(60);
+
+/// Reads a host file to copy in: a regular file (a symlink is followed: it is the user's
+/// own tree) of at most `MAX_FILE_BYTES`, with its permission bits.
+fn read_host_file(src: &Path) -> Result<(Vec<u8>, u32), String> {
+    use std::os::unix::fs::PermissionsExt;
+    use vb_protocol::msg::MAX_FILE_BYTES;
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", src.display());
+    let md = std::fs::metadata(src).map_err(|e| at(&e))?;
+    if md.is_dir() {
+        return Err(at(&"is a directory (hostd cp copies one file)"));
+    }
+    if !md.is_file() {
+        return Err(at(&"not a regular file"));
+    }
+    if md.len() > MAX_FILE_BYTES {
+        return Err(at(&format!(
+            "{} bytes, more than the {MAX_FILE_BYTES} (64 MiB) a copy moves",
+            md.len()
+        )));
+    }
+    let data = std::fs::read(src).map_err(|e| at(&e))?;
+    if data.len() as u64 > MAX_FILE_BYTES {
+        return Err(at(&"grew past the copy limit while it was read"));
+    }
+    Ok((data, md.permissions().mode() & 0o7777))
+}
+
+/// `hostd cp` in: reads the host file, then sends it to every target in chunks of at
+/// most `MAX_FILE_CHUNK`, concurrently; each reply is checked.
+async fn copy_in(targets: &[Target], src: &Path, dst: &str) -> ControlAnswer {
+    use vb_protocol::msg::{PutFile, MAX_FILE_CHUNK};
+    if let Err(error) = PutFile::new(dst, 0, 0, &[], true).check() {
+        return ControlAnswer::Error { error };
+    }
+    let path = src.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || read_host_file(&path)).await;
+    let (data, mode) = match read {
+        Ok(Ok(x)) => x,
+        Ok(Err(error)) => return ControlAnswer::Error { error },
+        Err(e) => return ControlAnswer::Error { error: format!("reading the file: {e}") },
+    };
+    let data = &data;
+    let results = futures::future::join_all(targets.iter().map(|g| async move {
+        let mut offset = 0usize;
+        let result = loop {
+            let end = (offset + MAX_FILE_CHUNK).min(data.len());
+            let last = end == data.len();
+            let put = PutFile::new(dst, mode, offset as u64, &data[offset..end], last);
+            match g.conn.request(Command::PutFile(put), CHUNK_WAIT).await {
+                Ok(ReplyBody::Put { size }) if size == end as u64 => {}
+                Ok(ReplyBody::Put { size }) => {
+                    break Err(format!("the guest says {size} bytes written, not {end}"))
+                }
+                Ok(other) => break Err(format!("unexpected reply {other:?}")),
+                Err(e) => break Err(request_error(e)),
+            }
+            if last {
+                break Ok((data.len() as u64, None));
+            }
+            offset = end;
+        };
+        GuestCopy { guest: g.name.clone(), result }
+    }))
+    .await;
+    ControlAnswer::Copied { results }
+}
+
+/// Reads one guest file in chunks (each reply checked, the file's size fixed by the first
+/// chunk); returns its bytes and permission bits.
+async fn fetch_guest_file(g: &Target, src: &str) -> Result<(Vec<u8>, u32), String> {
+    use vb_protocol::msg::{GetFile, MAX_FILE_CHUNK};
+    let mut data = Vec::new();
+    let mut size = None;
+    loop {
+        let req =
+            GetFile { path: src.into(), offset: data.len() as u64, max: MAX_FILE_CHUNK as u32 };
+        let d = match g.conn.request(Command::GetFile(req.clone()), CHUNK_WAIT).await {
+            Ok(ReplyBody::FileData(d)) => d,
+            Ok(other) => return Err(format!("unexpected reply {other:?}")),
+            Err(e) => return Err(request_error(e)),
+        };
+        let bytes = d.check(&req).map_err(|e| e.to_string())?;
+        if *size.get_or_insert(d.size) != d.size {
+            return Err(format!("{src} changed size while it was copied"));
+        }
+        data.extend_from_slice(&bytes);
+        if data.len() as u64 == d.size {
+            return Ok((data, d.mode));
+        }
+    }
+}
+
+/// `hostd cp` out: reads the guest file from every target and writes it to `dst` (or
+/// `dst/<name>` if `dst` is a directory), or with `several` guests to
+/// `dst/<guest>/<name>` (`dst` an existing directory). Host files get the guest's
+/// permission bits without set-id and sticky bits, written beside and renamed into place.
+async fn copy_out(targets: &[Target], src: &str, dst: &Path, several: bool) -> ControlAnswer {
+    use vb_protocol::msg::{GetFile, MAX_FILE_CHUNK};
+    let probe = GetFile { path: src.into(), offset: 0, max: MAX_FILE_CHUNK as u32 };
+    if let Err(error) = probe.check() {
+        return ControlAnswer::Error { error };
+    }
+    let name = Path::new(src).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "file".into());
+    if several && !dst.is_dir() {
+        return ControlAnswer::Error {
+            error: format!(
+                "{}: copying out of every guest needs an existing directory (each guest's \
+                 copy goes to DIR/<guest>/{})",
+                dst.display(),
+                name.to_string_lossy()
+            ),
+        };
+    }
+    let results = futures::future::join_all(targets.iter().map(|g| {
+        let name = name.clone();
+        async move {
+            let result = async {
+                let (data, mode) = fetch_guest_file(g, src).await?;
+                let out = if several {
+                    dst.join(&g.name).join(&name)
+                } else if dst.is_dir() {
+                    dst.join(&name)
+                } else {
+                    dst.to_path_buf()
+                };
+                let len = data.len() as u64;
+                let at = out.clone();
+                tokio::task::spawn_blocking(move || write_host_file(&at, &data, mode & 0o777))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("{}: {e}", out.display()))?;
+                Ok((len, Some(out)))
+            }
+            .await;
+            GuestCopy { guest: g.name.clone(), result }
+        }
+    }))
+    .await;
+    ControlAnswer::Copied { results }
+}
+
+/// Writes `data` beside `path` and renames it into place (a failed copy leaves no part).
+fn write_host_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("not a file name"))?;
+    let tmp = path.with_file_name(format!(".{}.vb-part", name.to_string_lossy()));
+    let r = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+/// `hostd cp`: copies a file into (`host` to `guest_path`) or out of (`to_host`) a
+/// `hostd up` fleet's guests through its daemon.
+pub async fn request_copy(
+    run: &RunState,
+    guest: Option<String>,
+    host: PathBuf,
+    guest_path: String,
+    to_host: bool,
+) -> anyhow::Result<Vec<GuestCopy>> {
+    let req = if to_host {
+        ControlRequest::CopyOut { guest, src: guest_path, dst: host }
+    } else {
+        ControlRequest::CopyIn { guest, src: host, dst: guest_path }
+    };
+    // The daemon bounds every chunk (CHUNK_WAIT); 64 MiB over a slow console channel
+    // (UML reads it a byte per system call) can take many minutes.
+    let wait = Duration::from_secs(3600);
+    match ask_within(run, &req, wait).await? {
+        ControlAnswer::Copied { results } => Ok(results),
+        ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
+        ControlAnswer::GoingDown => anyhow::bail!("daemon is going down"),
+        _ => anyhow::bail!("unexpected answer"),
+    }
 }
 
 /// `hostd exec`: runs a program in a `hostd up` fleet's guests through its daemon.
@@ -779,7 +1086,7 @@ pub async fn request_exec(
         ControlAnswer::Exec { results } => Ok(results),
         ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
         ControlAnswer::GoingDown => anyhow::bail!("daemon is going down"),
-        ControlAnswer::Status(_) => anyhow::bail!("unexpected answer"),
+        _ => anyhow::bail!("unexpected answer"),
     }
 }
 
@@ -827,7 +1134,7 @@ pub async fn query_status(run: &RunState) -> anyhow::Result<Status> {
         ControlAnswer::Status(s) => Ok(s),
         ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
         ControlAnswer::GoingDown => anyhow::bail!("daemon is going down"),
-        ControlAnswer::Exec { .. } => anyhow::bail!("unexpected answer"),
+        _ => anyhow::bail!("unexpected answer"),
     }
 }
 
@@ -836,9 +1143,7 @@ pub async fn request_down(run: &RunState, wait: Duration) -> anyhow::Result<()> 
     match ask(run, &ControlRequest::Down).await? {
         ControlAnswer::GoingDown => {}
         ControlAnswer::Error { error } => anyhow::bail!("daemon: {error}"),
-        ControlAnswer::Status(_) | ControlAnswer::Exec { .. } => {
-            anyhow::bail!("unexpected answer")
-        }
+        _ => anyhow::bail!("unexpected answer"),
     }
     let start = std::time::Instant::now();
     while run.owner_alive() {

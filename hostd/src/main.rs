@@ -124,6 +124,7 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Status { name, json } => all(status(name, json).await),
         Cmd::Down { name } => all(down(name).await),
         Cmd::Exec(a) => exec(a).await,
+        Cmd::Cp(a) => cp(a).await,
         Cmd::Net { name, cmd } => {
             let st = find_fleet(&name)?;
             let netns = hostd::netlab::FleetNet::name_of(&st.run);

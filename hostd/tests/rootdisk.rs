@@ -263,7 +263,7 @@ fn hostd_exec_in_a_fleet_kept_up() {
     let file = dir.path().join("fleet.toml");
     std::fs::write(
         &file,
-        format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 5\nsystem = \"{SYSTEM}\"\n"),
+        format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 3\nsystem = \"{SYSTEM}\"\n"),
     )
     .unwrap();
     let out = hostd().arg("up").arg(&file).output().unwrap();
@@ -407,4 +407,177 @@ fn a_failing_fleet_command_names_the_guests() {
         "the fleet stayed up: {}",
         String::from_utf8_lossy(&down.stderr)
     );
+}
+
+/// `hostd cp` and the channel through the binary, on a fleet of one ns, one uml and one
+/// qemu-microvm (TCG) guest booting the test system (g0, g1, g2):
+/// - an exec argument of 60,000 bytes reaches every guest whole (a UML console channel
+///   once lost any request over ~4 KiB: `recipes/patches/uml-line-unthrottle.patch`);
+/// - a text file copied into the UML guest and read back with `cat`; a 6,000-byte file
+///   (over the console's 4 KiB buffer) and a 700,000-byte one (three chunks) copied into
+///   every guest and out again, byte for byte; into a guest directory (`g0:/tmp/`) the file
+///   keeps its name;
+/// - bad input is a clear error naming the problem: a missing host file, one over 64 MiB, a
+///   guest path that is a directory or a symlink (either way), a missing guest file or
+///   directory;
+/// - the daemon serves requests off its loop: while one guest runs a long program, status
+///   and another guest's exec answer; a guest that stops answering is reported as such.
+#[test]
+fn hostd_cp_and_large_requests_on_ns_uml_and_qemu() {
+    if images(BackendKind::Ns, SYSTEM, InitMode::Agent).is_none() {
+        return;
+    }
+    for kind in [BackendKind::Uml, BackendKind::QemuMicrovm] {
+        if let Err(e) = vm::images(kind, Path::new("/")) {
+            skip(Some(kind), &format!("hostd cp's test needs {kind}'s images: {e}"));
+            return;
+        }
+    }
+    let _serial = support::cli::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("rdp{}", std::process::id());
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"{name}\"\nsystem = \"{SYSTEM}\"\n\
+             [[group]]\nname = \"c\"\nbackend = \"ns\"\nguests = 1\n\
+             [[group]]\nname = \"u\"\nbackend = \"uml\"\nguests = 1\n\
+             [[group]]\nname = \"vm\"\nbackend = \"qemu-microvm\"\nguests = 1\n"
+        ),
+    )
+    .unwrap();
+    let hostd = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hostd"));
+        c.env("VIRTBENCH_ACCEL", "tcg");
+        c
+    };
+    let out = hostd().arg("up").arg(&file).output().unwrap();
+    assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
+    let run = |args: &[&str]| {
+        let o = hostd().args(args).output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let checks = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cp_checks(&name, dir.path(), &run, &hostd)
+    }));
+    let down = hostd().args(["down", &name]).output().unwrap();
+    if let Err(p) = checks {
+        std::panic::resume_unwind(p);
+    }
+    assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));
+}
+
+/// Runs hostd with arguments: its exit code and everything it printed.
+type Run<'a> = &'a dyn Fn(&[&str]) -> (Option<i32>, String);
+
+fn cp_checks(name: &str, dir: &Path, run: Run<'_>, hostd: &dyn Fn() -> std::process::Command) {
+    let long = "x".repeat(60_000);
+    let (c_long, long_out) = run(&[
+        "exec",
+        name,
+        "--",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "printf %s \"$1\" | /bin/busybox wc -c",
+        "sh",
+        &long,
+    ]);
+    assert!(c_long == Some(0) && long_out.matches("60000").count() == 3, "{long_out}");
+
+    let text = dir.join("hello.txt");
+    std::fs::write(&text, "hello from the host\n").unwrap();
+    let t = text.to_str().unwrap();
+    let (c_in, in_text) = run(&["cp", name, t, "g1:/tmp/hello.txt"]);
+    assert_eq!(c_in, Some(0), "{in_text}");
+    let (c_cat, cat) =
+        run(&["exec", name, "--guest", "g1", "--", BUSYBOX, "cat", "/tmp/hello.txt"]);
+    assert!(c_cat == Some(0) && cat.contains("hello from the host"), "{cat}");
+    let (c_dir, into_dir) = run(&["cp", name, t, "g0:/tmp/"]);
+    assert!(c_dir == Some(0) && into_dir.contains("/tmp/hello.txt"), "{into_dir}");
+
+    for size in [6_000u64, 700_000] {
+        let src = dir.join(format!("f{size}.bin"));
+        let data: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        let gpath = format!(":/tmp/f{size}.bin");
+        let (c_all, all) = run(&["cp", name, "--all", src.to_str().unwrap(), &gpath]);
+        assert!(c_all == Some(0) && all.matches(&format!("{size} bytes")).count() == 3, "{all}");
+        let outdir = dir.join(format!("out{size}"));
+        std::fs::create_dir(&outdir).unwrap();
+        let (c_out, outs) = run(&["cp", name, "--all", &gpath, outdir.to_str().unwrap()]);
+        assert_eq!(c_out, Some(0), "{outs}");
+        for g in ["g0", "g1", "g2"] {
+            let got = std::fs::read(outdir.join(g).join(format!("f{size}.bin"))).unwrap();
+            assert!(got == data, "{g}'s copy of {size} bytes differs ({} bytes)", got.len());
+        }
+    }
+    let one = dir.join("one.txt");
+    let (c_one, one_out) = run(&["cp", name, "g2:/etc/os-release", one.to_str().unwrap()]);
+    assert!(c_one == Some(0) && std::fs::read_to_string(&one).unwrap().contains(OS), "{one_out}");
+
+    let d = dir.to_str().unwrap();
+    let missing_host = dir.join("nope.txt");
+    let huge = dir.join("huge.bin");
+    std::fs::File::create(&huge).unwrap().set_len(64 * 1024 * 1024 + 1).unwrap();
+    let bad: [(&[&str], Option<i32>, &[&str]); 8] = [
+        (
+            &["cp", name, missing_host.to_str().unwrap(), "g0:/tmp/x"],
+            Some(1),
+            &["nope.txt", "No such file"],
+        ),
+        (
+            &["cp", name, huge.to_str().unwrap(), "g1:/tmp/x"],
+            Some(1),
+            &["67108865 bytes", "64 MiB"],
+        ),
+        (&["cp", name, t, "g1:/tmp"], Some(3), &["/tmp", "is a directory"]),
+        (&["cp", name, "g2:/tmp", d], Some(3), &["/tmp", "not a regular file"]),
+        (&["cp", name, "g1:/sbin/init", d], Some(3), &["/sbin/init", "symbolic link"]),
+        (&["cp", name, t, "g2:/sbin/init"], Some(3), &["/sbin/init", "symbolic link"]),
+        (
+            &["cp", name, "--guest", "g1", ":/no/such/file", d],
+            Some(3),
+            &["/no/such/file", "No such file"],
+        ),
+        (&["cp", name, t, "g2:/no/such/dir/f"], Some(3), &["no directory /no/such/dir"]),
+    ];
+    for (args, code, says) in bad {
+        let (c, out) = run(args);
+        assert!(c == code && says.iter().all(|s| out.contains(s)), "{args:?}: {c:?} {out}");
+    }
+
+    // One guest busy for a while: status and another guest's exec are answered meanwhile.
+    let mut busy = hostd()
+        .args(["exec", name, "--guest", "g1", "--", BUSYBOX, "sleep", "30"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (c_status, status) = run(&["status", name]);
+    let (c_other, other) = run(&["exec", name, "--guest", "g0", "--", BUSYBOX, "true"]);
+    let still_busy = busy.try_wait().unwrap().is_none();
+    assert!(busy.wait().unwrap().success());
+    assert!(c_status == Some(0) && status.contains("g1"), "{status}");
+    assert!(c_other == Some(0), "{other}");
+    assert!(still_busy, "status and g0's exec waited for g1's program");
+
+    // A guest that stops answering (its agent stopped) is named, with why.
+    let pid = status
+        .lines()
+        .find(|l| l.starts_with("g0 "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|p| p.parse::<i32>().ok())
+        .unwrap_or_else(|| panic!("g0's host pid in {status}"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGSTOP)
+        .unwrap();
+    let (c_hung, hung) = run(&["exec", name, "--timeout", "1", "--", BUSYBOX, "true"]);
+    let _ =
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGCONT);
+    assert!(c_hung == Some(3) && hung.contains("g0: failed: the guest did not answer"), "{hung}");
+    assert_eq!(hung.matches("exit 0").count(), 2, "the other guests answered: {hung}");
 }

@@ -36,6 +36,150 @@ pub enum Command {
     Fault { kind: FaultKind },
     /// Run a user's program in the guest; the reply is `exited`.
     Exec(ExecRequest),
+    /// Write one chunk of a file into the guest; the reply is `put`.
+    PutFile(PutFile),
+    /// Read one chunk of a file in the guest; the reply is `file_data`.
+    GetFile(GetFile),
+}
+
+/// Largest file `put_file`/`get_file` move (all chunks together), most file bytes in one
+/// message (base64 in JSON: a chunk's message stays far under the frame limit), and the
+/// longest guest path.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+pub const MAX_FILE_CHUNK: usize = 256 << 10;
+pub const MAX_PATH_BYTES: usize = 4096;
+
+fn check_path(what: &str, path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.len() > MAX_PATH_BYTES || path.contains('\0') {
+        return Err(format!(
+            "{what}: the guest path {:?} must be absolute, without NUL, at most {MAX_PATH_BYTES} bytes",
+            path.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+fn decode_chunk(what: &str, data: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    // Checked before decoding, so a hostile length costs nothing.
+    if data.len() > MAX_FILE_CHUNK.div_ceil(3) * 4 {
+        return Err(format!("{what}: a chunk holds more than {MAX_FILE_CHUNK} bytes"));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| format!("{what}: data is not base64: {e}"))?;
+    if bytes.len() > MAX_FILE_CHUNK {
+        return Err(format!("{what}: a chunk holds more than {MAX_FILE_CHUNK} bytes"));
+    }
+    Ok(bytes)
+}
+
+fn encode_chunk(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// One chunk of a file for the guest. Chunks come in order (`offset` is the bytes already
+/// sent); the agent writes them to a temporary file beside `path` (created, truncated, at
+/// offset 0) and, on the `last` chunk, sets `mode` and renames it over `path`: a copy
+/// that stops half-way never leaves a half-written `path`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutFile {
+    pub path: String,
+    /// Permission bits (at most 0o7777).
+    pub mode: u32,
+    pub offset: u64,
+    /// The chunk, base64 (at most [`MAX_FILE_CHUNK`] bytes decoded).
+    pub data: String,
+    pub last: bool,
+}
+
+impl PutFile {
+    pub fn new(path: &str, mode: u32, offset: u64, bytes: &[u8], last: bool) -> Self {
+        Self { path: path.into(), mode, offset, data: encode_chunk(bytes), last }
+    }
+
+    /// Checks the bounds (both sides do) and returns the chunk's bytes.
+    pub fn check(&self) -> Result<Vec<u8>, String> {
+        check_path("put_file", &self.path)?;
+        if self.path.ends_with('/') {
+            return Err(format!("put_file: {:?} names a directory, not a file", self.path));
+        }
+        if self.mode > 0o7777 {
+            return Err(format!("put_file: mode {:o} has more than permission bits", self.mode));
+        }
+        let bytes = decode_chunk("put_file", &self.data)?;
+        if self.offset.saturating_add(bytes.len() as u64) > MAX_FILE_BYTES {
+            return Err(format!("put_file: files are copied up to {MAX_FILE_BYTES} bytes"));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Read up to `max` bytes of the file at `path` from `offset`. The agent refuses files
+/// over [`MAX_FILE_BYTES`] and anything that is not a regular file, a symlink as the last
+/// component included (named as one, so the user names its target).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetFile {
+    pub path: String,
+    pub offset: u64,
+    /// At most [`MAX_FILE_CHUNK`].
+    pub max: u32,
+}
+
+impl GetFile {
+    pub fn check(&self) -> Result<(), String> {
+        check_path("get_file", &self.path)?;
+        if self.max == 0 || self.max as usize > MAX_FILE_CHUNK {
+            return Err(format!("get_file: max must be 1 to {MAX_FILE_CHUNK} bytes"));
+        }
+        if self.offset > MAX_FILE_BYTES {
+            return Err(format!("get_file: offset beyond {MAX_FILE_BYTES} bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// A chunk of a guest file: its bytes from the request's offset, and the file's size and
+/// permission bits when read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileData {
+    pub size: u64,
+    pub mode: u32,
+    /// base64.
+    pub data: String,
+}
+
+impl FileData {
+    pub fn new(size: u64, mode: u32, bytes: &[u8]) -> Self {
+        Self { size, mode, data: encode_chunk(bytes) }
+    }
+
+    /// Rejects a reply the request could not have produced; returns the chunk's bytes.
+    /// A chunk short of `max` must end the file, so a copy always progresses or ends.
+    pub fn check(&self, req: &GetFile) -> Result<Vec<u8>, MessageError> {
+        let bad = |why: String| MessageError::Malformed(format!("file_data reply: {why}"));
+        let bytes = decode_chunk("file_data", &self.data).map_err(bad)?;
+        if bytes.len() > req.max as usize {
+            return Err(bad(format!("{} bytes, more than the {} asked for", bytes.len(), req.max)));
+        }
+        if self.size > MAX_FILE_BYTES || self.mode > 0o7777 {
+            return Err(bad("size or mode out of bounds".into()));
+        }
+        let end = req.offset.saturating_add(bytes.len() as u64);
+        if end > self.size || (bytes.len() < req.max as usize && end != self.size) {
+            return Err(bad(format!(
+                "{} bytes at {} do not fit a {}-byte file",
+                bytes.len(),
+                req.offset,
+                self.size
+            )));
+        }
+        Ok(bytes)
+    }
 }
 
 /// Most arguments plus environment entries of an exec, their total bytes, the longest
@@ -166,12 +310,23 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ReplyBody {
-    Pong { monotonic_ns: u64 },
+    Pong {
+        monotonic_ns: u64,
+    },
     Bench(BenchReport),
-    Listening { port: u16 },
-    Stopped { port: u16 },
+    Listening {
+        port: u16,
+    },
+    Stopped {
+        port: u16,
+    },
     PoweringOff,
     Exited(ExecResult),
+    /// `put_file` wrote its chunk: the file now holds `size` bytes (offset + chunk).
+    Put {
+        size: u64,
+    },
+    FileData(FileData),
 }
 
 /// How the agent runs.
@@ -509,6 +664,105 @@ mod tests {
             result: Outcome::Ok { body: ReplyBody::Exited(worst) },
         });
         assert!(crate::frame_guest(&m).is_ok());
+    }
+
+    #[test]
+    fn file_bounds() {
+        let p = PutFile::new("/etc/x", 0o644, 0, b"hello", true);
+        assert_eq!(p.check().unwrap(), b"hello");
+        let req = Request { id: 4, cmd: Command::PutFile(p.clone()) };
+        assert_eq!(Request::decode(&req.encode()).unwrap(), req);
+        for b in [
+            PutFile { path: "etc/x".into(), ..p.clone() },
+            PutFile { path: "/etc/".into(), ..p.clone() },
+            PutFile { path: "/a\0b".into(), ..p.clone() },
+            PutFile { path: format!("/{}", "x".repeat(MAX_PATH_BYTES)), ..p.clone() },
+            PutFile { mode: 0o10000, ..p.clone() },
+            PutFile { data: "not base64!".into(), ..p.clone() },
+            PutFile { offset: MAX_FILE_BYTES, ..p.clone() },
+            PutFile::new("/x", 0o644, 0, &vec![0; MAX_FILE_CHUNK + 1], true),
+        ] {
+            assert!(b.check().is_err(), "{:?}", &b.path);
+        }
+        // The largest chunk fits in a frame.
+        let big = Request {
+            id: u64::MAX,
+            cmd: Command::PutFile(PutFile::new(
+                &format!("/{}", "\u{1}".repeat(MAX_PATH_BYTES - 1)),
+                0o7777,
+                MAX_FILE_BYTES - MAX_FILE_CHUNK as u64,
+                &vec![0xff; MAX_FILE_CHUNK],
+                true,
+            )),
+        };
+        assert!(crate::frame_request(&big).is_ok());
+        let g = GetFile { path: "/etc/x".into(), offset: 0, max: 4 };
+        assert!(g.check().is_ok());
+        for b in [
+            GetFile { max: 0, ..g.clone() },
+            GetFile { max: MAX_FILE_CHUNK as u32 + 1, ..g.clone() },
+            GetFile { path: "x".into(), ..g.clone() },
+            GetFile { offset: MAX_FILE_BYTES + 1, ..g.clone() },
+        ] {
+            assert!(b.check().is_err(), "{b:?}");
+        }
+        assert_eq!(FileData::new(6, 0o644, b"hell").check(&g).unwrap(), b"hell");
+        assert_eq!(FileData::new(2, 0o644, b"hi").check(&g).unwrap(), b"hi");
+        for b in [
+            FileData::new(10, 0o644, b"hello"), // more than max
+            FileData::new(3, 0o644, b"hell"),   // beyond the file's size
+            FileData::new(10, 0o644, b"hi"),    // short, yet not the end
+            FileData::new(MAX_FILE_BYTES + 1, 0o644, b"hell"),
+            FileData::new(4, 0o20000, b"hell"),
+            FileData { data: "@@".into(), ..FileData::new(4, 0o644, b"hell") },
+        ] {
+            assert!(b.check(&g).is_err(), "{b:?}");
+        }
+        let worst = GuestMsg::Reply(Reply {
+            id: u64::MAX,
+            result: Outcome::Ok {
+                body: ReplyBody::FileData(FileData::new(
+                    MAX_FILE_BYTES,
+                    0o7777,
+                    &vec![0xff; MAX_FILE_CHUNK],
+                )),
+            },
+        });
+        assert!(crate::frame_guest(&worst).is_ok());
+    }
+
+    proptest! {
+        /// File chunks decoded from arbitrary bytes are checked without panicking, and any
+        /// reply that passes its check stays within the request's bounds.
+        #[test]
+        fn file_messages_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), offset in 0..MAX_FILE_BYTES + 2, max in 0u32..600) {
+            let req = GetFile { path: "/x".into(), offset, max };
+            if let Ok(GuestMsg::Reply(Reply { result: Outcome::Ok { body: ReplyBody::FileData(d) }, .. })) = GuestMsg::decode(&bytes) {
+                if let Ok(b) = d.check(&req) {
+                    prop_assert!(b.len() <= max as usize && offset + b.len() as u64 <= d.size);
+                }
+            }
+            if let Ok(Request { cmd: Command::PutFile(p), .. }) = Request::decode(&bytes) {
+                if let Ok(b) = p.check() {
+                    prop_assert!(b.len() <= MAX_FILE_CHUNK && p.offset + b.len() as u64 <= MAX_FILE_BYTES);
+                }
+            }
+            if let Ok(Request { cmd: Command::GetFile(g), .. }) = Request::decode(&bytes) {
+                let _ = g.check();
+            }
+        }
+
+        /// Any chunk of any file the host asks for and a well-behaved guest sends passes.
+        #[test]
+        fn honest_chunks_pass(data in prop::collection::vec(any::<u8>(), 0..300), offset in 0u64..1000, max in 1u32..400) {
+            let size = offset + data.len() as u64;
+            let n = data.len().min(max as usize);
+            let d = FileData::new(size, 0o600, &data[..n]);
+            let req = GetFile { path: "/x".into(), offset, max };
+            prop_assert_eq!(d.check(&req).unwrap(), data[..n].to_vec());
+            let p = PutFile::new("/x", 0o600, offset, &data, true);
+            prop_assert_eq!(p.check().unwrap(), data);
+        }
     }
 
     proptest! {

@@ -94,6 +94,8 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::Poweroff => "poweroff",
         Command::Fault { .. } => "fault",
         Command::Exec(_) => "exec",
+        Command::PutFile(_) => "put_file",
+        Command::GetFile(_) => "get_file",
     }
 }
 

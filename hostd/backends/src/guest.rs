@@ -74,8 +74,10 @@ impl std::fmt::Display for GuestFailure {
 pub struct RunningGuest {
     /// What it was launched as.
     pub spec: GuestSpec,
-    /// Its agent's control channel.
-    pub conn: AgentConn,
+    /// Its agent's control channel. Shared, so a fleet daemon can serve a slow request to
+    /// this guest off its control loop; the channel's reader stops once the last holder
+    /// drops it.
+    pub conn: std::sync::Arc<AgentConn>,
     /// What the agent said in its hello.
     pub hello: Hello,
     /// Its host processes and resources.
@@ -151,7 +153,13 @@ pub async fn boot(
     let watch = exit_watch(process.pid());
     let left = end.saturating_duration_since(tokio::time::Instant::now());
     match AgentConn::establish_watched(launched.reader, launched.writer, left, watch).await {
-        Ok((conn, hello)) => Ok(RunningGuest { startup: t0.elapsed(), spec, conn, hello, process }),
+        Ok((conn, hello)) => Ok(RunningGuest {
+            startup: t0.elapsed(),
+            spec,
+            conn: std::sync::Arc::new(conn),
+            hello,
+            process,
+        }),
         Err(cause) => {
             // The hello's wait was what remained of the boot deadline: name the deadline.
             let cause = if let ChannelError::HelloTimeout(_) = cause {

@@ -57,6 +57,10 @@ pub(crate) enum Cmd {
     /// Run a program in a running fleet's guests (`hostd exec web -- cat /etc/os-release`):
     /// each guest's output and exit status; fails if any did not exit 0.
     Exec(ExecArgs),
+    /// Copy a file into or out of a running fleet's guests, `docker cp` style:
+    /// `hostd cp web ./app.conf g1:/etc/app.conf`, `hostd cp web --all ./f :/tmp/`,
+    /// `hostd cp web g2:/var/log/app.log ./` (one regular file, at most 64 MiB).
+    Cp(CpArgs),
     /// Run a campaign: startup, memory and the whole suite on every backend, then the report.
     Run(RunArgs),
     /// Rebuild a results directory's report from its stored samples. Refuses a directory
@@ -234,6 +238,25 @@ pub(crate) struct ExecArgs {
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     pub(crate) argv: Vec<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct CpArgs {
+    /// The fleet's name (as `hostd status` lists it).
+    pub(crate) name: String,
+    /// Source: a host path, or a guest path `GUEST:/path` (or `:/path` with --guest/--all).
+    pub(crate) src: String,
+    /// Destination: likewise; exactly one of SRC and DST is a guest path. A directory (a
+    /// guest path ending in `/`, an existing host directory) receives the file under its
+    /// own name; copying out of several guests (--all) needs DST to be a host directory:
+    /// each copy goes to DST/<guest>/NAME.
+    pub(crate) dst: String,
+    /// The guest (instead of a `GUEST:` prefix).
+    #[arg(long, conflicts_with = "all")]
+    pub(crate) guest: Option<String>,
+    /// Every running guest of the fleet.
+    #[arg(long)]
+    pub(crate) all: bool,
 }
 
 #[derive(Args)]

@@ -1,4 +1,4 @@
-//! The fleet commands: `hostd up`, `status`, `exec`, `down`.
+//! The fleet commands: `hostd up`, `status`, `exec`, `cp`, `down`.
 
 use crate::*;
 
@@ -51,6 +51,81 @@ pub(crate) async fn exec(a: ExecArgs) -> anyhow::Result<Done> {
         }
         if !daemon::exec_ok(r) {
             failed.push(line.trim_start_matches("== ").to_string());
+        }
+    }
+    Ok(if failed.is_empty() { Done::All } else { Done::WithFailures(failed.join("; ")) })
+}
+
+/// `GUEST:/path` or `:/path`: (guest, absolute path); anything else is a host path.
+fn guest_path(s: &str) -> Option<(Option<&str>, &str)> {
+    let (g, p) = s.split_once(':')?;
+    let named = g.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    (named && p.starts_with('/')).then_some(((!g.is_empty()).then_some(g), p))
+}
+
+/// What `hostd cp`'s arguments ask: (guest or all, guest path, host path, out of guests).
+fn cp_plan(a: &CpArgs) -> anyhow::Result<(Option<String>, String, String, bool)> {
+    let (to_host, (named, gpath), host) = match (guest_path(&a.src), guest_path(&a.dst)) {
+        (None, Some(g)) => (false, g, &a.src),
+        (Some(g), None) => (true, g, &a.dst),
+        (Some(_), Some(_)) => {
+            anyhow::bail!("both SRC and DST are guest paths: one must be a host path")
+        }
+        (None, None) => anyhow::bail!(
+            "neither SRC nor DST is a guest path (write it GUEST:/path, or :/path with \
+             --guest or --all)"
+        ),
+    };
+    let guest = match (named, a.guest.as_deref(), a.all) {
+        (Some(_), _, true) => {
+            anyhow::bail!("--all copies to or from every guest: write the guest path as :/path")
+        }
+        (Some(n), Some(g), _) if n != g => {
+            anyhow::bail!("the guest path names {n} but --guest names {g}")
+        }
+        (Some(n), _, _) | (None, Some(n), _) => Some(n.to_string()),
+        (None, None, true) => None,
+        (None, None, false) => {
+            anyhow::bail!("which guest? write GUEST:/path, or give --guest G or --all")
+        }
+    };
+    let mut gpath = gpath.to_string();
+    if to_host && gpath.ends_with('/') {
+        anyhow::bail!("{gpath}: names a directory; hostd cp copies one file out of a guest");
+    }
+    // Into a guest directory (`g1:/tmp/`): the file keeps its name, as with docker cp.
+    if !to_host && gpath.ends_with('/') {
+        let name = std::path::Path::new(host)
+            .file_name()
+            .ok_or_else(|| anyhow::anyhow!("{host}: names no file to copy"))?;
+        gpath.push_str(&name.to_string_lossy());
+    }
+    Ok((guest, gpath, host.clone(), to_host))
+}
+
+pub(crate) async fn cp(a: CpArgs) -> anyhow::Result<Done> {
+    let (guest, gpath, host, to_host) = cp_plan(&a)?;
+    let host = std::path::absolute(&host)?;
+    if !to_host {
+        // Said here, naming the path as the user wrote it; the daemon checks again.
+        let md = std::fs::metadata(&host).map_err(|e| anyhow::anyhow!("{}: {e}", a.src))?;
+        if !md.is_file() {
+            anyhow::bail!("{}: not a regular file (hostd cp copies one file)", a.src);
+        }
+    }
+    let st = find_fleet(&a.name)?;
+    let results = daemon::request_copy(&st, guest, host, gpath.clone(), to_host).await?;
+    let mut failed = Vec::new();
+    for r in &results {
+        match &r.result {
+            Ok((bytes, Some(out))) => {
+                println!("== {}: {bytes} bytes to {}", r.guest, out.display())
+            }
+            Ok((bytes, None)) => println!("== {}: {bytes} bytes to {gpath}", r.guest),
+            Err(e) => {
+                println!("== {}: failed: {e}", r.guest);
+                failed.push(format!("{}: {e}", r.guest));
+            }
         }
     }
     Ok(if failed.is_empty() { Done::All } else { Done::WithFailures(failed.join("; ")) })
@@ -210,6 +285,51 @@ pub(crate) fn detach_stdio(log: &std::path::Path) {
             libc::dup2(null.as_raw_fd(), 0);
             libc::dup2(log.as_raw_fd(), 1);
             libc::dup2(log.as_raw_fd(), 2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_paths_are_told_from_host_paths() {
+        assert_eq!(guest_path("g1:/etc/x"), Some((Some("g1"), "/etc/x")));
+        assert_eq!(guest_path(":/tmp/f"), Some((None, "/tmp/f")));
+        for host in ["./f", "/tmp/f", "a:b", "G1:/x", "dir/g1:/x", "g1:rel"] {
+            assert_eq!(guest_path(host), None, "{host}");
+        }
+    }
+
+    fn args(src: &str, dst: &str, guest: Option<&str>, all: bool) -> CpArgs {
+        CpArgs {
+            name: "f".into(),
+            src: src.into(),
+            dst: dst.into(),
+            guest: guest.map(Into::into),
+            all,
+        }
+    }
+
+    #[test]
+    fn cp_arguments_are_resolved_docker_style() {
+        let p = cp_plan(&args("./a.conf", "g1:/etc/", None, false)).unwrap();
+        assert_eq!(p, (Some("g1".into()), "/etc/a.conf".into(), "./a.conf".into(), false));
+        let p = cp_plan(&args(":/var/log/x", "out", None, true)).unwrap();
+        assert_eq!(p, (None, "/var/log/x".into(), "out".into(), true));
+        let p = cp_plan(&args(":/x", "y", Some("g2"), false)).unwrap();
+        assert_eq!(p.0.as_deref(), Some("g2"));
+        for (a, why) in [
+            (args("g1:/a", "g2:/b", None, false), "both"),
+            (args("a", "b", None, false), "neither"),
+            (args("g1:/a", "b", None, true), "--all"),
+            (args("g1:/a", "b", Some("g2"), false), "--guest names"),
+            (args(":/a", "b", None, false), "which guest"),
+            (args("g1:/etc/", "b", None, false), "directory"),
+        ] {
+            let e = cp_plan(&a).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
         }
     }
 }

@@ -134,7 +134,7 @@ pub fn fc_cmdline(base: &str, spec: &GuestSpec) -> Vec<String> {
     // No ACPI: the kernel cannot power off, but Firecracker exits on a reboot, so the agent
     // reboots when told to power off.
     let extra = ["reboot=k", "quiet", "loglevel=0", "vb.poweroff=reboot"].map(String::from);
-    kernel_cmdline(base, &DROPPED, &extra, CTL_TTY, spec)
+    kernel_cmdline(base, &DROPPED, &extra, &format!("tty:{CTL_TTY}"), spec)
 }
 
 /// The `--config-file` contents for one guest.

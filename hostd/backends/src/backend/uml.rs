@@ -84,7 +84,7 @@ pub fn uml_args(kernel: &Kernel, initramfs: &Path, spec: &GuestSpec) -> Vec<Stri
     if let Some(net) = &spec.net {
         a.push(format!("eth0=tuntap,{},{}", net.link, guest_mac(net.addr)));
     }
-    a.extend(kernel_cmdline(&kernel.cmdline, &[], &[], CTL_TTY, spec));
+    a.extend(kernel_cmdline(&kernel.cmdline, &[], &[], &format!("tty:{CTL_TTY}"), spec));
     a
 }
 

@@ -52,7 +52,7 @@ pub(super) fn kernel_cmdline(
     base: &str,
     drop: &[&str],
     extra: &[String],
-    ctl_tty: &str,
+    ctl: &str,
     spec: &GuestSpec,
 ) -> Vec<String> {
     let mut words: Vec<String> = base
@@ -61,7 +61,7 @@ pub(super) fn kernel_cmdline(
         .map(String::from)
         .collect();
     words.extend(extra.iter().cloned());
-    words.push(format!("vb.ctl=tty:{ctl_tty}"));
+    words.push(format!("vb.ctl={ctl}"));
     words.push(format!("vb.hostname={}", spec.name));
     if let Some(net) = &spec.net {
         words.push(format!("vb.net={}", net.agent_arg()));

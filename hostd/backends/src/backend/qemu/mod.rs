@@ -2,7 +2,7 @@
 //! (Xen-like) and fully virtualized (VMware-like) rows.
 //!
 //! - microvm: `-M microvm` with virtio-mmio devices. Kernel console on the 8250 (ttyS0, the
-//!   console log), control channel on a virtconsole (guest `/dev/hvc0`), disk virtio-blk
+//!   console log), control channel on a virtio-serial port named `vb.ctl`, disk virtio-blk
 //!   (`/dev/vda`), NIC virtio-net.
 //! - full: `-M q35` with emulated devices. ttyS0 is the console log, ttyS1 the control
 //!   channel, an e1000 NIC, the disk on the chipset's AHCI controller (`/dev/sda`).
@@ -49,11 +49,14 @@ impl Profile {
         }
     }
 
-    /// The guest tty the agent's control channel is on.
-    pub fn ctl_tty(self) -> &'static str {
+    /// The agent's control channel in the guest (its `vb.ctl`). microvm's is a
+    /// virtio-serial port, not a virtconsole: QEMU drops what a virtconsole cannot pass to
+    /// the host socket at once (its hvc driver would stall the guest), so a reply larger
+    /// than the socket's buffer while hostd was busy lost bytes; a port is throttled.
+    pub fn ctl(self) -> &'static str {
         match self {
-            Profile::Microvm => "/dev/hvc0",
-            Profile::Full => "/dev/ttyS1",
+            Profile::Microvm => "vport:vb.ctl",
+            Profile::Full => "tty:/dev/ttyS1",
         }
     }
 
@@ -341,9 +344,12 @@ pub fn qemu_args(
     ]);
     push(&["-chardev", &format!("socket,id=ctl,fd={CTL_FD}")]);
     match profile {
-        Profile::Microvm => {
-            push(&["-device", "virtio-serial-device", "-device", "virtconsole,chardev=ctl"])
-        }
+        Profile::Microvm => push(&[
+            "-device",
+            "virtio-serial-device",
+            "-device",
+            "virtserialport,chardev=ctl,name=vb.ctl",
+        ]),
         Profile::Full => push(&["-serial", "chardev:ctl"]),
     }
     if let Some(disk) = &spec.data_disk {
@@ -413,7 +419,7 @@ pub fn qemu_cmdline(profile: Profile, accel: Accel, base: &str, spec: &GuestSpec
     if profile == Profile::Microvm {
         extra.push("vb.poweroff=reboot".into());
     }
-    kernel_cmdline(base, &["tsc_early_khz", "tsc"], &extra, profile.ctl_tty(), spec)
+    kernel_cmdline(base, &["tsc_early_khz", "tsc"], &extra, profile.ctl(), spec)
 }
 
 async fn launch_qemu(

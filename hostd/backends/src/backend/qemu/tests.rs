@@ -24,9 +24,9 @@ fn microvm_tcg_command_line() {
         "-name", "g1", "-M", "microvm,acpi=off", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "192M", "-smp", "2",
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
         "-kernel", "/k/vmlinux", "-initrd", "/i/initramfs.cpio.gz",
-        "-append", "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2596150 tsc=reliable no_timer_check vb.poweroff=reboot vb.ctl=tty:/dev/hvc0 vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
+        "-append", "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2596150 tsc=reliable no_timer_check vb.poweroff=reboot vb.ctl=vport:vb.ctl vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
         "-chardev", "file,id=con,path=/proc/self/fd/1,append=on", "-serial", "chardev:con",
-        "-chardev", "socket,id=ctl,fd=3", "-device", "virtio-serial-device", "-device", "virtconsole,chardev=ctl",
+        "-chardev", "socket,id=ctl,fd=3", "-device", "virtio-serial-device", "-device", "virtserialport,chardev=ctl,name=vb.ctl",
         "-drive", "id=d0,file=/store/disk,,1.img,format=raw,if=none,readonly=on,cache.direct=on,aio=threads", "-device", "virtio-blk-device,drive=d0",
         "-netdev", "tap,id=n0,ifname=vbl1,script=no,downscript=no", "-device", "virtio-net-device,netdev=n0,mac=02:76:62:d3:00:03",
     ];
@@ -74,7 +74,7 @@ fn cmdline_drops_and_adds_words() {
         "a=1 tsc=reliable  b tsc_early_khz=5 quiet",
         &["tsc_early_khz", "tsc", "quiet"],
         &["x=y".into()],
-        "/dev/hvc0",
+        "tty:/dev/hvc0",
         &s,
     );
     assert_eq!(w, ["a=1", "b", "x=y", "vb.ctl=tty:/dev/hvc0", "vb.hostname=g1"]);

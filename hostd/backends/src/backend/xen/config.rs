@@ -48,7 +48,7 @@ pub fn domain_config(
         "cmdline",
         xl_string(
             "kernel command line",
-            &kernel_cmdline(&kernel.cmdline, &[], &[], CTL_TTY, spec).join(" "),
+            &kernel_cmdline(&kernel.cmdline, &[], &[], &format!("tty:{CTL_TTY}"), spec).join(" "),
         )?,
     );
     // maxmem = memory: no ballooning, the domain has exactly what was asked.
