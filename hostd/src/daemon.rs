@@ -187,7 +187,7 @@ impl FleetFile {
             (Some(backend), Some(guests), true) => {
                 let kind: BackendKind = match backend.parse() {
                     Ok(k) => k,
-                    Err(e) => return bad("backend", e),
+                    Err(e) => return bad("backend", e.to_string()),
                 };
                 if let Err(e) = limits::GUESTS.field("guests", guests) {
                     return Err(format!("{}: {e}", path.display()));
@@ -239,7 +239,7 @@ impl FleetFile {
                 *csv = base.join(&*csv);
             }
             if let Err(e) = net.resolve(total, base) {
-                return bad("net", e);
+                return bad("net", e.to_string());
             }
         }
         Ok(f)
@@ -260,8 +260,10 @@ impl FleetFile {
                     at("a second group with this name (group names must be unique)".into()),
                 );
             }
-            let kind: BackendKind =
-                g.backend.parse().map_err(|e: String| at(format!("field `backend`: {e}")))?;
+            let kind: BackendKind = g
+                .backend
+                .parse()
+                .map_err(|e: crate::backend::UnknownBackend| at(format!("field `backend`: {e}")))?;
             limits::GUESTS.field("guests", g.guests).map_err(at)?;
             let mem_mib = g.mem_mib.unwrap_or(self.mem_mib);
             limits::MEM_MIB.field("mem_mib", mem_mib).map_err(at)?;
@@ -728,7 +730,7 @@ pub fn format_exec(r: &GuestExec) -> String {
 /// Applies the fleet file's `[net]` to every guest that came up.
 fn shape(file: &FleetFile, run: &RunState, fleet: &Running) -> Result<(), String> {
     let (Some(net), Some(fnet)) = (&file.net, &fleet.net) else { return Ok(()) };
-    let topo = net.resolve(file.total_guests(), Path::new("/"))?;
+    let topo = net.resolve(file.total_guests(), Path::new("/")).map_err(|e| e.to_string())?;
     let indices: Vec<usize> = fleet.guests().map(|g| g.spec.index).collect();
     crate::net::set(&run.scratch, &fnet.netns, &topo, &indices)
 }

@@ -203,17 +203,7 @@ pub fn estimate(
     let mut seconds = 0.0;
     let runs = (c.warmup + c.reps) as f64;
     let settle = c.startup.settle_s as f64;
-    // The workloads a step's parameters came from: its backend's, else the plan's whose
-    // they are (a host baseline runs another backend's).
-    let workloads = |b: BackendKind, r: Resource, params: &str| -> Workloads {
-        let same = |p: &&BackendPlan| p.workloads.params(r) == params;
-        plans
-            .iter()
-            .filter(same)
-            .find(|p| p.kind == b)
-            .or_else(|| plans.iter().find(same))
-            .map_or_else(|| plans[0].workloads.clone(), |p| p.workloads.clone())
-    };
+    let pricer = Pricer { c, plans, m, cores };
     let mut bench_parts = (0, 0);
     for w in work {
         seconds += match w {
@@ -233,62 +223,101 @@ pub fn estimate(
                 boot(*backend, *guests) + default_boot_s(BackendKind::Native) + TEARDOWN_S
             }
             Work::Bench { backend, test, resource, busy, params } => {
+                let (s, measured) = pricer.bench(*backend, *test, *resource, *busy, params);
                 bench_parts.1 += 1;
-                let one = match m.run_s.get(&(*backend, *resource, params.clone())) {
-                    Some(&s) => {
-                        bench_parts.0 += 1;
-                        s
-                    }
-                    None => {
-                        default_native_run_s(*resource, &workloads(*backend, *resource, params))
-                            * default_slowdown(*backend, *resource)
-                    }
-                };
-                let load = match resource {
-                    Resource::Cpu | Resource::Memory => (*busy as f64 / cores as f64).max(1.0),
-                    Resource::Disk => *busy as f64,
-                    Resource::Network => 1.0,
-                };
-                let disk = *resource == Resource::Disk && *backend != BackendKind::Native;
-                // A backend's disk read is bracketed by two native reads of the same size,
-                // and its overhead step reads on (up to 4 × reps, at least 8) until the
-                // paired ratio is known to ±5 %: priced at that most.
-                let (runs, native_reads) = if disk {
-                    let native = m
-                        .run_s
-                        .get(&(BackendKind::Native, *resource, params.clone()))
-                        .copied()
-                        .unwrap_or_else(|| {
-                            default_native_run_s(*resource, &workloads(*backend, *resource, params))
-                        });
-                    let runs = if *test == Test::Overhead {
-                        (c.warmup + crate::suite::overhead::disk_read_cap(c.reps)) as f64
-                    } else {
-                        runs
-                    };
-                    (runs, 2.0 * native)
-                } else {
-                    (runs, 0.0)
-                };
-                runs * (one * load + native_reads + RUN_FIXED_S)
+                bench_parts.0 += measured as usize;
+                s
             }
             Work::Netem { .. } => {
                 runs * (default_native_run_s(Resource::Network, &plans[0].workloads) + RUN_FIXED_S)
             }
         };
     }
-    // The data disk's copies, made before the first backend: the largest overhead fleet's
-    // and the native reference, at the default disk rate.
-    if c.resources.contains(&Resource::Disk) {
-        let most = plans
+    seconds += pricer.disk_copies_s();
+    Estimate { seconds, measured: measured + bench_parts.0, parts: parts + bench_parts.1 }
+}
+
+/// What pricing a bench step needs of the campaign, its plans, the measured costs and the host.
+struct Pricer<'a> {
+    c: &'a Campaign,
+    plans: &'a [BackendPlan],
+    m: &'a Measured,
+    cores: usize,
+}
+
+impl Pricer<'_> {
+    /// The workloads a step's parameters came from: its backend's, else the plan's whose
+    /// they are (a host baseline runs another backend's).
+    fn workloads(&self, b: BackendKind, r: Resource, params: &str) -> Workloads {
+        let same = |p: &&BackendPlan| p.workloads.params(r) == params;
+        self.plans
+            .iter()
+            .filter(same)
+            .find(|p| p.kind == b)
+            .or_else(|| self.plans.iter().find(same))
+            .map_or_else(|| self.plans[0].workloads.clone(), |p| p.workloads.clone())
+    }
+
+    /// A bench step's seconds, and whether its run time was measured rather than a default.
+    fn bench(
+        &self,
+        backend: BackendKind,
+        test: Test,
+        resource: Resource,
+        busy: usize,
+        params: &str,
+    ) -> (f64, bool) {
+        let (c, m) = (self.c, self.m);
+        let runs = (c.warmup + c.reps) as f64;
+        let measured = m.run_s.get(&(backend, resource, params.to_string())).copied();
+        let one = measured.unwrap_or_else(|| {
+            default_native_run_s(resource, &self.workloads(backend, resource, params))
+                * default_slowdown(backend, resource)
+        });
+        let load = match resource {
+            Resource::Cpu | Resource::Memory => (busy as f64 / self.cores as f64).max(1.0),
+            Resource::Disk => busy as f64,
+            Resource::Network => 1.0,
+        };
+        let disk = resource == Resource::Disk && backend != BackendKind::Native;
+        // A backend's disk read is bracketed by two native reads of the same size, and its
+        // overhead step reads on (up to 4 × reps, at least 8) until the paired ratio is
+        // known to ±5 %: priced at that most.
+        let (runs, native_reads) = if disk {
+            let native = m
+                .run_s
+                .get(&(BackendKind::Native, resource, params.to_string()))
+                .copied()
+                .unwrap_or_else(|| {
+                    default_native_run_s(resource, &self.workloads(backend, resource, params))
+                });
+            let runs = if test == Test::Overhead {
+                (c.warmup + crate::suite::overhead::disk_read_cap(c.reps)) as f64
+            } else {
+                runs
+            };
+            (runs, 2.0 * native)
+        } else {
+            (runs, 0.0)
+        };
+        (runs * (one * load + native_reads + RUN_FIXED_S), measured.is_some())
+    }
+
+    /// The data disk's copies, made before the first backend: the largest overhead fleet's
+    /// and the native reference, at the default disk rate.
+    fn disk_copies_s(&self) -> f64 {
+        if !self.c.resources.contains(&Resource::Disk) {
+            return 0.0;
+        }
+        let most = self
+            .plans
             .iter()
             .map(|p| p.overhead_sizes.iter().copied().max().unwrap_or(0).max(2))
             .max()
             .unwrap_or(0);
-        let mib = plans.iter().map(|p| p.workloads.disk_mib).max().unwrap_or(0);
-        seconds += (most + 1) as f64 * mib as f64 * 1.048_576 / 300.0;
+        let mib = self.plans.iter().map(|p| p.workloads.disk_mib).max().unwrap_or(0);
+        (most + 1) as f64 * mib as f64 * 1.048_576 / 300.0
     }
-    Estimate { seconds, measured: measured + bench_parts.0, parts: parts + bench_parts.1 }
 }
 
 /// The newest results directory of `campaign` under `base` (named

@@ -116,7 +116,7 @@ pub fn run(cmd: &NetCmd, scratch: &Path, netns: &str) -> Result<String, String> 
     match cmd {
         NetCmd::Set(a) => {
             let (topo, indices) = if let Some(f) = &a.file {
-                let file = TopologyFile::load(f)?;
+                let file = TopologyFile::load(f).map_err(|e| e.to_string())?;
                 let base = f.parent().unwrap_or(Path::new("."));
                 let topo = file.resolve(n, base).map_err(|e| format!("{}: {e}", f.display()))?;
                 (topo, present.clone())
@@ -130,7 +130,7 @@ pub fn run(cmd: &NetCmd, scratch: &Path, netns: &str) -> Result<String, String> 
                     duplicate_pct: a.duplicate_pct,
                     reorder_pct: a.reorder_pct,
                 };
-                link.check("link")?;
+                link.check("link").map_err(|e| e.to_string())?;
                 let indices = match &a.guests {
                     Some(g) => parse_guests(g, &present)?,
                     None => present.clone(),

@@ -32,6 +32,7 @@ const EXIT_DRAIN: Duration = Duration::from_millis(250);
 pub type ExitWatch = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ChannelError {
     #[error("no ready message within {0:?}")]
     HelloTimeout(Duration),
@@ -54,8 +55,11 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<ReplyBody, ChannelE
 /// Counters about what the guest sent besides proper replies, and what it failed to send.
 #[derive(Debug, Default)]
 pub struct ChannelStats {
+    /// Bytes read that were not a frame (console noise on a shared tty).
     pub noise_bytes: AtomicU64,
+    /// Replies to no pending request (late, after their request timed out).
     pub stray_replies: AtomicU64,
+    /// Frames read.
     pub frames: AtomicU64,
     /// Requests that got no reply before their deadline.
     pub timeouts: AtomicU64,
@@ -70,6 +74,7 @@ pub struct AgentConn {
     next_id: AtomicU64,
     /// Set once the channel is unusable; every later request fails with it.
     failure: watch::Receiver<Option<ChannelError>>,
+    /// What the channel saw besides its replies.
     pub stats: Arc<ChannelStats>,
     reader: JoinHandle<()>,
 }

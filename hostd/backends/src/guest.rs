@@ -47,9 +47,13 @@ pub enum FailureKind {
 /// A guest that failed, as recorded with the results.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GuestFailure {
+    /// Its index in the fleet.
     pub index: usize,
+    /// Its name.
     pub name: String,
+    /// How it failed.
     pub kind: FailureKind,
+    /// Why, in words.
     pub error: String,
     /// The end of its console output, when it had any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,18 +70,24 @@ impl std::fmt::Display for GuestFailure {
     }
 }
 
+/// A guest that said hello: its spec, its connected agent and its host processes.
 pub struct RunningGuest {
+    /// What it was launched as.
     pub spec: GuestSpec,
-    /// Shared, so a fleet daemon can serve a slow request to this guest off its control
-    /// loop; the channel's reader stops once the last holder drops it.
+    /// Its agent's control channel. Shared, so a fleet daemon can serve a slow request to
+    /// this guest off its control loop; the channel's reader stops once the last holder
+    /// drops it.
     pub conn: std::sync::Arc<AgentConn>,
+    /// What the agent said in its hello.
     pub hello: Hello,
+    /// Its host processes and resources.
     pub process: GuestProcess,
     /// Host time from the launch request to the ready message.
     pub startup: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum BootError {
     #[error("guest {guest}: launch failed: {source}")]
     Launch { guest: String, source: crate::backend::LaunchError },

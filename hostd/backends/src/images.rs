@@ -8,6 +8,7 @@ use crate::backend::{Images, Kernel};
 
 /// Why the images a run needs cannot be found or trusted. The messages say what to run.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ImagesError {
     #[error("agent binary {} does not exist", .0.display())]
     NoAgentAt(PathBuf),
@@ -145,7 +146,7 @@ pub fn store_artifact(recipe: &str, output: &str) -> Result<(PathBuf, String, St
     let out = m.output(output).ok_or_else(|| artifact(format!("has no output {output}")))?;
     let path = store.output_path(&m, output).map_err(|e| artifact(e.to_string()))?;
     // Like every image hostd boots: refused if its bytes are not its manifest's.
-    crate::integrity::check_blob(&path, &out.sha256).map_err(artifact)?;
+    crate::integrity::check_blob(&path, &out.sha256).map_err(|e| artifact(e.to_string()))?;
     Ok((path, out.sha256.clone(), m.cmdline.clone().unwrap_or_default()))
 }
 
@@ -165,11 +166,9 @@ fn output(
     };
     let out = m.output(name)?;
     // Refused before any guest boots it: an artifact whose bytes are not its manifest's.
-    match store
-        .output_path(&m, name)
-        .map_err(|e| e.to_string())
-        .and_then(|p| crate::integrity::check_blob(&p, &out.sha256).map(|()| p))
-    {
+    match store.output_path(&m, name).map_err(|e| e.to_string()).and_then(|p| {
+        crate::integrity::check_blob(&p, &out.sha256).map_err(|e| e.to_string()).map(|()| p)
+    }) {
         Ok(p) => {
             images.hashes.insert(recipe.to_string(), out.sha256.clone());
             images.hashes.insert(format!("{recipe} (recipe)"), m.recipe_file.sha256.clone());
@@ -240,7 +239,7 @@ pub fn add_system(images: &mut Images, name: &str, init: InitMode) -> Result<()>
         image_init: info.init.clone(),
         private: false,
     };
-    system.check().map_err(fail)?;
+    system.check().map_err(|e| fail(e.to_string()))?;
     images.hashes.insert(format!("system {name} (rootfs.ext4)"), out.sha256.clone());
     images.hashes.insert(format!("system {name} (recipe)"), m.recipe_file.sha256.clone());
     images.system = Some(system);

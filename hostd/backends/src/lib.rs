@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! hostd's backends behind the `Backend` trait, the guest control channel, a guest's boot
 //! and shutdown, and the images they boot. Knows no measurement and no report: a backend
 //! importing either does not compile.

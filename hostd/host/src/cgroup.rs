@@ -26,12 +26,21 @@ pub enum Mode {
     V1,
 }
 
+/// Why no cgroup hierarchy is usable here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum DetectError {
+    /// Neither a v2 tree with the memory controller nor a v1 memory hierarchy hostd is in.
+    #[error("no usable cgroup memory controller under {}", root.display())]
+    NoMemoryController { root: PathBuf },
+}
+
 /// Which hierarchy to use here, or why none works.
-pub fn detect() -> Result<Mode, String> {
+pub fn detect() -> Result<Mode, DetectError> {
     detect_in(Path::new(ROOT), &fs::read_to_string("/proc/self/cgroup").unwrap_or_default())
 }
 
-fn detect_in(root: &Path, self_cgroup: &str) -> Result<Mode, String> {
+fn detect_in(root: &Path, self_cgroup: &str) -> Result<Mode, DetectError> {
     // Pure v2: /sys/fs/cgroup itself is the unified tree.
     if let Ok(c) = fs::read_to_string(root.join("cgroup.controllers")) {
         if c.split_whitespace().any(|x| x == "memory") {
@@ -43,7 +52,7 @@ fn detect_in(root: &Path, self_cgroup: &str) -> Result<Mode, String> {
     {
         return Ok(Mode::V1);
     }
-    Err(format!("no usable cgroup memory controller under {}", root.display()))
+    Err(DetectError::NoMemoryController { root: root.to_path_buf() })
 }
 
 /// hostd's own group in `controller`'s v1 hierarchy, or in the v2 tree (controller "").
@@ -67,6 +76,7 @@ fn own_path(self_cgroup: &str, controller: &str) -> PathBuf {
 /// One guest's group. Serializable so a later hostd can find and remove it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cgroup {
+    /// Which hierarchy the group lives in.
     pub mode: Mode,
     /// One directory (v2) or one per controller (v1), memory first.
     pub dirs: Vec<PathBuf>,
@@ -75,9 +85,11 @@ pub struct Cgroup {
 /// Limits applied at creation. None: unlimited.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
+    /// The memory limit, bytes (memory.max, or memory.limit_in_bytes on v1).
     pub memory_bytes: Option<u64>,
     /// CPU bandwidth in CPUs (e.g. 1.0 = one full CPU).
     pub cpus: Option<f64>,
+    /// The most processes the group may hold.
     pub pids: Option<u64>,
     /// CPUs the group may run on (cpuset syntax, e.g. "0").
     pub cpuset: Option<&'static str>,
@@ -487,7 +499,7 @@ mod tests {
     #[test]
     fn lifecycle_on_this_host() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: cgroup lifecycle needs root");
+            hostd_test_support::skip(None, "cgroup lifecycle needs root");
             return;
         }
         let mode = detect().expect("a cgroup memory controller");

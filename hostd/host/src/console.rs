@@ -55,6 +55,7 @@ impl Drop for ConsoleLog {
 
 /// Why the console could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ConsoleError {
     #[error("console pipe: {0}")]
     Pipe(io::Error),

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! hostd's host facilities: what a run needs from the machine, whatever it boots. Nothing
 //! here knows a backend, a measurement or a report (the crate cannot name them).
 

@@ -12,7 +12,9 @@ use std::time::Duration;
 /// A closed range of whole numbers and what they count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
+    /// The smallest value allowed.
     pub min: u64,
+    /// The largest value allowed.
     pub max: u64,
     /// What the number is in, for messages ("MiB", "s", "guests").
     pub unit: &'static str,
@@ -20,6 +22,7 @@ pub struct Limit {
 
 /// A value outside its [`Limit`]. The caller says which field or flag it was.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 #[error("{value} {unit} is not in {min}..={max}")]
 pub struct OutOfRange {
     pub value: String,

@@ -44,6 +44,7 @@ pub const BRIDGE_ADDR: Ipv4Addr = Ipv4Addr::new(BASE[0], BASE[1], 0, 1);
 
 /// Why a fleet network operation failed: the `ip` command and what it said.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum NetError {
     #[error("`ip {args}` failed: {msg}")]
     Ip { args: String, msg: String },
@@ -154,6 +155,7 @@ fn parse_mtu(line: &str) -> Option<u32> {
 /// A fleet network namespace. Serializable so a later hostd can remove it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetNet {
+    /// The named network namespace (`ip netns`) holding the fleet's bridges and links.
     pub netns: String,
     /// How guests attach to it (a guest's spec carries the fleet's value; the network
     /// peer's says `shared`, as it always runs in the fleet namespace itself).
@@ -345,7 +347,7 @@ mod tests {
     #[test]
     fn namespace_bridge_and_tap() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: network namespaces need root");
+            hostd_test_support::skip(None, "network namespaces need root");
             return;
         }
         let net = FleetNet::create(&format!("t{}", std::process::id())).unwrap();
@@ -379,7 +381,7 @@ mod tests {
     #[test]
     fn guests_beyond_one_bridge_reach_each_other() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: network namespaces need root");
+            hostd_test_support::skip(None, "network namespaces need root");
             return;
         }
         assert_eq!(bridge_of(999), BRIDGE);

@@ -21,6 +21,7 @@ pub struct Residency {
     pub path: PathBuf,
     /// Files counted.
     pub files: usize,
+    /// Their total length, bytes.
     pub bytes: u64,
     /// Bytes in resident pages (whole pages: up to a page more than `bytes` per file).
     pub resident_bytes: u64,
@@ -49,6 +50,7 @@ impl Residency {
 
 /// Why a file's residency could not be read or its pages evicted, naming the file.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum PageCacheError {
     #[error("{}: open: {source}", path.display())]
     Open { path: PathBuf, source: std::io::Error },

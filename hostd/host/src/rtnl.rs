@@ -30,6 +30,7 @@ pub const NETNS_DIR: &str = "/run/netns";
 
 /// A failed network operation: what was being done and the kernel's answer.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 #[error("{what}: {source}")]
 pub struct RtnlError {
     /// The operation, in `ip`'s words (e.g. "link add vbl3 type veth peer eth0 in vb-x-g3").
@@ -279,8 +280,17 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-nix::ioctl_write_ptr_bad!(tun_set_iff, TUNSETIFF, IfReq);
-nix::ioctl_write_int_bad!(tun_set_persist, TUNSETPERSIST);
+nix::ioctl_write_ptr_bad!(
+    /// TUNSETIFF: makes or attaches the tap named in the request.
+    tun_set_iff,
+    TUNSETIFF,
+    IfReq
+);
+nix::ioctl_write_int_bad!(
+    /// TUNSETPERSIST: keeps the tap after its descriptor closes.
+    tun_set_persist,
+    TUNSETPERSIST
+);
 // _IOW('T', 202, int) and _IOW('T', 203, int), as linux/if_tun.h defines them.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
@@ -408,7 +418,7 @@ mod tests {
     #[test]
     fn links_taps_and_namespaces_as_ip_makes_them() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: network namespaces need root");
+            hostd_test_support::skip(None, "network namespaces need root");
             return;
         }
         let id = std::process::id();

@@ -25,12 +25,17 @@ pub const DISK_ROOT: &str = "/var/tmp/virtbench";
 /// its scratch and results are, so a later hostd can reap what a crashed run left.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
+    /// The run's id, which names everything it creates.
     pub run: String,
+    /// The pid of the hostd that made the run.
     pub hostd_pid: u32,
     /// The pid's start time (clock ticks since boot): tells a live hostd from a reused pid.
     pub hostd_start: u64,
+    /// What made the run (`run`, `boot`, `up`, …).
     pub purpose: String,
+    /// When the run was made (RFC 3339, seconds).
     pub created: String,
+    /// The run's scratch directory (`/run/virtbench/<run>/`), holding this state file.
     pub scratch: PathBuf,
     /// `virtbench/<run>` directories in each cgroup hierarchy this run may populate.
     pub cgroup_roots: Vec<PathBuf>,
@@ -41,11 +46,17 @@ pub struct RunState {
 /// What a cleanup found and released.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Cleaned {
+    /// The run that was cleaned up.
     pub run: String,
+    /// Guest processes killed.
     pub processes_killed: usize,
+    /// Cgroup directories removed.
     pub cgroups_removed: usize,
+    /// Network namespaces removed.
     pub netns_removed: Vec<String>,
+    /// Whether the scratch directory was removed.
     pub scratch_removed: bool,
+    /// What could not be released, in words.
     pub errors: Vec<String>,
 }
 

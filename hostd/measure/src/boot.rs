@@ -13,10 +13,15 @@ use crate::stats::{linear_fit, LinearFit, Summary};
 /// One row of the summary: a fleet size in one mode.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BootRow {
+    /// The backend.
     pub backend: BackendKind,
+    /// Guests started together.
     pub n: usize,
+    /// Cold or hot.
     pub mode: StartMode,
+    /// Guests that said hello.
     pub ready: usize,
+    /// Guests that failed.
     pub failed: usize,
     /// max(startup[1..n]), seconds.
     pub t_startup_s: Option<f64>,
@@ -24,9 +29,11 @@ pub struct BootRow {
     pub ready_times: Option<Summary>,
     /// Guest kernel uptime at ready (own-kernel backends), seconds.
     pub guest_boot: Option<Summary>,
+    /// M_used(n): the host's used memory with the fleet up less before it, MiB.
     pub m_used_mib: Option<f64>,
     /// Mean per-guest cgroup memory and PSS, MiB.
     pub per_guest_cgroup_mib: Option<f64>,
+    /// Mean per-guest PSS, MiB.
     pub per_guest_pss_mib: Option<f64>,
     /// What makes the row's figures trustworthy (absent from older summaries).
     #[serde(flatten, default)]
@@ -90,7 +97,9 @@ impl BootRow {
 /// A `hostd boot` run summarised: its rows, the memory fits and the startup floor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BootSummary {
+    /// What the boots were measured with.
     pub provenance: Provenance,
+    /// One row per fleet size and mode.
     pub rows: Vec<BootRow>,
     /// M_used(n) = n·M_VM + M_tool per "backend mode" (MiB), when ≥ 2 sizes were measured.
     pub memory_fit: BTreeMap<String, LinearFit>,
@@ -182,6 +191,8 @@ pub mod testing {
     use crate::coldstart::StartResidency;
     use crate::startup::{FleetBoot, StartMode, StartupSample};
 
+    /// Guest `index`'s startup in a UML fleet of 10, ready after `ready_s`, with
+    /// `resident` of its 1,000 launch bytes cached.
     pub fn sample(index: usize, mode: StartMode, ready_s: f64, resident: u64) -> StartupSample {
         StartupSample {
             backend: BackendKind::Uml,
@@ -206,6 +217,7 @@ pub mod testing {
         }
     }
 
+    /// A UML fleet of 10 of which `ready` guests said hello (guest i after 1 + i s).
     pub fn boot(mode: StartMode, ready: usize, resident: u64) -> FleetBoot {
         let startups: Vec<StartupSample> =
             (0..ready).map(|i| sample(i, mode, 1.0 + i as f64, resident)).collect();

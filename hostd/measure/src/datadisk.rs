@@ -46,6 +46,7 @@ pub fn host_buffered(policy: &str) -> bool {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum DataDiskError {
     #[error("data disk {}: {source}", path.display())]
     Source { path: PathBuf, source: io::Error },
@@ -240,8 +241,11 @@ impl DataDisks {
 /// The host-side state of one guest's data disk just before a measured read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadPrep {
+    /// The guest's index.
     pub guest: usize,
+    /// How the backend caches the disk (its cache policy's name).
     pub policy: &'static str,
+    /// The guest's copy's page-cache residency after eviction.
     pub residency: Residency,
 }
 

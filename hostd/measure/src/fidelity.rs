@@ -12,11 +12,14 @@ use crate::suite::Workloads;
 /// A CPU cache level as sysfs describes it (`/sys/devices/system/cpu/cpu0/cache/index*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Llc {
+    /// Its level (2, 3, …).
     pub level: u8,
+    /// Its size, KiB.
     pub size_kib: u64,
 }
 
 impl Llc {
+    /// Its size, bytes.
     pub fn bytes(&self) -> u64 {
         self.size_kib.saturating_mul(1024)
     }
@@ -152,6 +155,7 @@ pub const HOST_RESERVE_MIB: u64 = 2048;
 /// The paper's sizes (section III): overhead and linearity from 1 to 100 guests, startup
 /// up to 100, a ring of 10, every resource, the isolation test.
 pub const PAPER_MAX_N: usize = 100;
+/// The paper's ring: 10 guests.
 pub const PAPER_RING: usize = 10;
 
 /// Lines for the report: where the run departs from the paper's method (from its stored
@@ -204,6 +208,7 @@ pub fn notes_html(notes: &[String]) -> maud::Markup {
 pub mod auto_u32 {
     use serde::{de, Deserializer, Serializer};
 
+    /// Writes the number.
     pub fn serialize<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
         if *v == super::AUTO {
             s.serialize_str("auto")
@@ -212,6 +217,7 @@ pub mod auto_u32 {
         }
     }
 
+    /// Reads a number, or `"auto"` as [`AUTO`].
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         struct V;
         impl de::Visitor<'_> for V {

@@ -22,6 +22,7 @@ use crate::runstate::RunState;
 /// How to start a fleet. Every field has the default shown in `Default`.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
+    /// Guests to start.
     pub n: usize,
     /// Most guests launching at once; 0 starts all together (default 0).
     pub parallelism: usize,
@@ -41,6 +42,7 @@ pub struct FleetConfig {
     pub data_copies: Option<Arc<DataDisks>>,
     /// From the launch request to the agent's hello (default 120 s).
     pub boot_timeout: Duration,
+    /// Resource limits on each guest's cgroup.
     pub limits: Limits,
     /// Guest i boots its own copies `image_copies[i]` of the images (the paper's "each VM
     /// its own image"); guests beyond the list, and every guest when it is empty (default),
@@ -69,25 +71,38 @@ impl Default for FleetConfig {
 /// Boot phases as they happen, for progress displays.
 #[derive(Debug, Clone)]
 pub enum FleetEvent {
-    Ready { index: usize, after: Duration },
+    /// A guest said hello.
+    Ready {
+        /// Its index.
+        index: usize,
+        /// From its launch to its hello.
+        after: Duration,
+    },
+    /// A guest failed to start.
     Failed(GuestFailure),
 }
 
+/// n guests of one backend, started together; failed ones are taken out with their reason.
 pub struct Fleet {
+    /// The backend.
     pub backend: BackendKind,
+    /// The fleet's network, if it has one.
     pub net: Option<FleetNet>,
     /// Ready guests, in index order.
     pub guests: Vec<RunningGuest>,
     /// Time from the fleet's start request to each ready guest's hello (same order as
     /// `guests`): the per-guest startup[i] of the paper's T_startup = max(startup[1..n]).
     pub ready_at: Vec<Duration>,
+    /// Guests that failed, by index.
     pub failures: Vec<GuestFailure>,
+    /// What the fleet was started with.
     pub config: FleetConfig,
 }
 
 /// Why a fleet could not start (or grow) at all. A guest that fails alone is a
 /// [`GuestFailure`], not this.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum FleetError {
     #[error(transparent)]
     Network(#[from] netlab::NetError),
@@ -324,11 +339,15 @@ impl Fleet {
 /// What tearing a fleet down found.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Teardown {
+    /// Guests that powered off when asked.
     pub clean: usize,
+    /// Guests killed after the grace period.
     pub killed: usize,
+    /// Guests already gone before teardown.
     pub already_exited: usize,
     /// Guests found failed at teardown (and not recorded before).
     pub failed: Vec<GuestFailure>,
+    /// What could not be released, in words.
     pub errors: Vec<String>,
 }
 

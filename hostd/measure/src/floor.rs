@@ -18,6 +18,7 @@ use crate::stats::Summary;
 /// A backend's hot start against its floor: both distributions and the ratio of means.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Floor {
+    /// The backend.
     pub backend: BackendKind,
     /// What the floor is, in words.
     pub floor: String,
@@ -31,6 +32,7 @@ pub struct Floor {
 
 /// Why the floor could not be measured.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum FloorError {
     #[error(transparent)]
     Network(#[from] crate::netlab::NetError),

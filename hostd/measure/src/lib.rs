@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! hostd's fleets and measurements: n guests at once, startup and memory (paper II.B), the
 //! suite (paper II.A), and the samples they record with their provenance. Knows no report
 //! and no CLI.

@@ -28,6 +28,7 @@ pub fn used_kib(meminfo: &str) -> Option<u64> {
     ))
 }
 
+/// The host's used memory now ([`used_kib`] of /proc/meminfo), KiB.
 pub fn host_used_kib() -> Option<u64> {
     used_kib(&std::fs::read_to_string("/proc/meminfo").ok()?)
 }
@@ -133,9 +134,11 @@ pub struct GuestMemory {
     pub cgroup_used_kib: Option<u64>,
     /// Sum of the PSS of its host processes.
     pub pss_kib: u64,
+    /// How many host processes it has.
     pub processes: usize,
 }
 
+/// One guest's memory now: its cgroup's charge and its processes' PSS.
 pub fn guest_memory(g: &crate::backend::GuestProcess) -> GuestMemory {
     let pids = g.pids();
     GuestMemory {

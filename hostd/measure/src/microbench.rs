@@ -20,6 +20,7 @@ use crate::stats::Summary;
 
 /// Why `hostd bench`, or one benchmark request ([`run_once`]), failed.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum BenchError {
     /// No counted repetition asked for.
     #[error("--reps must be at least 1")]
@@ -106,9 +107,13 @@ pub enum BenchName {
 /// Parameters of one `hostd bench` run. Defaults are the CLI's.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// The backend to run the benchmarks on.
     pub backend: BackendKind,
+    /// The images it boots.
     pub images: Images,
+    /// The backend's own options (binaries, accelerator).
     pub backend_opts: BackendOptions,
+    /// The benchmarks to run, in order.
     pub benches: Vec<BenchName>,
     /// Counted repetitions of each benchmark.
     pub reps: u32,
@@ -116,30 +121,46 @@ pub struct BenchOptions {
     pub warmup: u32,
     /// Concurrent copies in the guest.
     pub instances: u32,
+    /// CPU benchmark: rounds of its work.
     pub cpu_rounds: u64,
+    /// Memory benchmark: the matrix size.
     pub mem_n: u32,
+    /// Memory benchmark: passes over it.
     pub mem_passes: u32,
     /// File the disk benchmark reads; created (disk_mib MiB) in the work directory if absent.
     pub disk_file: Option<PathBuf>,
+    /// Size of the disk file, MiB.
     pub disk_mib: u64,
+    /// Disk benchmark: block size, KiB.
     pub disk_block_kib: u32,
+    /// Network benchmarks: how long each runs, ms.
     pub net_duration_ms: u32,
+    /// Network stream: message size, bytes.
     pub net_msg_size: u32,
+    /// Network request/response: request and response size, bytes.
     pub rr_size: u32,
+    /// How long the guest may take to say hello.
     pub hello_timeout: Duration,
+    /// How long one benchmark may take.
     pub bench_timeout: Duration,
+    /// Where the guest's files and the disk file go.
     pub workdir: PathBuf,
 }
 
 /// One benchmark's repetitions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchResult {
+    /// The benchmark.
     pub bench: BenchName,
+    /// The resource it loads.
     pub resource: Resource,
     /// What was measured, with its parameters, in words.
     pub measures: String,
+    /// The request's benchmark, with its parameters.
     pub spec: BenchSpec,
+    /// Concurrent copies in the guest.
     pub instances: u32,
+    /// Runs discarded before the measured ones.
     pub warmup: u32,
     /// samples: one per instance per counted repetition.
     #[serde(flatten)]
@@ -149,9 +170,13 @@ pub struct BenchResult {
 /// What `hostd bench` measured: per benchmark a summary, with the guest and provenance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchRun {
+    /// The backend.
     pub backend: BackendKind,
+    /// What it was measured with.
     pub provenance: Provenance,
+    /// The agent's hello: its version and what the guest saw.
     pub guest: Hello,
+    /// One per benchmark.
     pub results: Vec<BenchResult>,
 }
 

@@ -18,7 +18,7 @@ use crate::backend::BackendKind;
 use crate::fleet::Fleet;
 use crate::netem::{LinkProps, Topology};
 use crate::netlab::NetPath;
-use crate::suite::sync::{run_together, Starter};
+use crate::suite::sync::{run_together, Starter, Timed};
 
 /// The campaign's `[netem]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +69,30 @@ impl Default for NetemSection {
     }
 }
 
+/// Why a campaign's `[netem]` section cannot run, naming the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum NetemCheckError {
+    #[error("netem.sizes: give at least one fleet size")]
+    NoSizes,
+    #[error("netem.sizes: {0}")]
+    Size(crate::limits::OutOfRange),
+    #[error(transparent)]
+    Link(#[from] crate::netem::LinkError),
+    #[error(transparent)]
+    Between(#[from] crate::netem::EntryError),
+    #[error("netem.sites = 1: 0 (against the peer) or at least 2 sites")]
+    OneSite,
+    #[error("netem.between needs netem.sites ≥ 2")]
+    BetweenWithoutSites,
+    #[error("netem.sizes: {n} guests do not split into {sites} sites of equal size")]
+    UnevenSites { n: usize, sites: usize },
+    #[error("netem.link: give a delay_ms or a rate_mbit to measure")]
+    NothingToMeasure,
+    #[error("netem.rr_size = {0}: not in 1..=65536 bytes")]
+    RrSize(u32),
+}
+
 impl NetemSection {
     /// What the step configures, for its step key and people.
     pub fn describe(&self) -> String {
@@ -86,36 +110,35 @@ impl NetemSection {
         d
     }
 
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the section before anything boots (nothing when it is off); errors name the
+    /// field.
+    pub fn check(&self) -> Result<(), NetemCheckError> {
         if !self.enabled {
             return Ok(());
         }
         if self.sizes.is_empty() {
-            return Err("netem.sizes: give at least one fleet size".into());
+            return Err(NetemCheckError::NoSizes);
         }
         for &n in &self.sizes {
-            crate::limits::GUESTS.check(n).map_err(|e| format!("netem.sizes: {e}"))?;
+            crate::limits::GUESTS.check(n).map_err(NetemCheckError::Size)?;
         }
         self.link.check("netem.link")?;
         self.between.check("netem.between")?;
         if self.sites == 1 {
-            return Err("netem.sites = 1: 0 (against the peer) or at least 2 sites".into());
+            return Err(NetemCheckError::OneSite);
         }
         if self.sites == 0 && !self.between.is_none() {
-            return Err("netem.between needs netem.sites ≥ 2".into());
+            return Err(NetemCheckError::BetweenWithoutSites);
         }
         if let Some(&n) = self.sizes.iter().find(|&&n| self.sites >= 2 && n % self.sites != 0) {
-            return Err(format!(
-                "netem.sizes: {n} guests do not split into {} sites of equal size",
-                self.sites
-            ));
+            return Err(NetemCheckError::UnevenSites { n, sites: self.sites });
         }
         let between = self.between.delay_ms > 0.0 || self.between.rate_mbit.is_some();
         if self.link.delay_ms == 0.0 && self.link.rate_mbit.is_none() && !between {
-            return Err("netem.link: give a delay_ms or a rate_mbit to measure".into());
+            return Err(NetemCheckError::NothingToMeasure);
         }
         if !(1..=65536).contains(&self.rr_size) {
-            return Err(format!("netem.rr_size = {}: not in 1..=65536 bytes", self.rr_size));
+            return Err(NetemCheckError::RrSize(self.rr_size));
         }
         Ok(())
     }
@@ -125,6 +148,7 @@ impl NetemSection {
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
 )]
 #[serde(rename_all = "kebab-case")]
+/// What the accuracy step measures of a path.
 pub enum Metric {
     /// Round-trip time, ms.
     Rtt,
@@ -133,6 +157,7 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// The metric's unit (ms, Mbit/s).
     pub fn unit(self) -> &'static str {
         match self {
             Metric::Rtt => "ms",
@@ -144,11 +169,15 @@ impl Metric {
 /// One guest's figure in one repetition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AccuracySample {
+    /// The backend.
     pub backend: BackendKind,
     /// Guests measuring at once.
     pub n: usize,
+    /// Repetition, from 0 (warm-ups left out).
     pub rep: u32,
+    /// The measuring guest's index.
     pub guest: usize,
+    /// RTT or throughput.
     pub metric: Metric,
     /// Sites the fleet was split into (0: measured against the peer on the bridge).
     #[serde(default)]
@@ -158,14 +187,18 @@ pub struct AccuracySample {
     pub between: crate::netem::Between,
     /// False: the same path unshaped (the base); true: with `link`.
     pub shaped: bool,
+    /// The link's configured properties (none when unshaped).
     pub link: LinkProps,
     /// What `link` should give, in the metric's unit; None when it sets nothing for it.
     #[serde(default)]
     pub configured: Option<f64>,
+    /// What was measured, in the metric's unit.
     pub achieved: f64,
     #[serde(default)]
+    /// The network path the guests used.
     pub net_path: Option<NetPath>,
     #[serde(default)]
+    /// The provenance id the sample was measured with.
     pub provenance: String,
 }
 
@@ -230,28 +263,7 @@ pub async fn measure(
     } else {
         Topology::uniform(n, s.link)
     };
-    // Who each guest measures against: (address, configured RTT, configured rate).
-    let mut ports = Vec::new();
-    let mut targets = Vec::with_capacity(n);
-    if s.sites >= 2 {
-        for g in &fleet.guests {
-            match g.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(30)).await {
-                Ok(ReplyBody::Listening { port }) => ports.push(port),
-                Ok(other) => return Err(format!("{}: net_serve answered {other:?}", g.spec.name)),
-                Err(e) => return Err(format!("{}: net_serve: {e}", g.spec.name)),
-            }
-        }
-        for a in 0..n {
-            let b = (a + n / s.sites) % n;
-            let addr = fleet.addr(b).ok_or("the accuracy step needs the fleet network")?;
-            let rtt = topo.one_way_ms(a, b).unwrap_or(0.0) + topo.one_way_ms(b, a).unwrap_or(0.0);
-            targets.push((format!("{addr}:{}", ports[b]), rtt, topo.rate_mbit(a, b)));
-        }
-    } else {
-        for _ in 0..n {
-            targets.push((peer.to_string(), 2.0 * s.link.delay_ms, s.link.rate_mbit));
-        }
-    }
+    let (ports, targets) = targets(fleet, s, &topo, peer).await?;
     let path = fleet.net_label().map(|l| l.0);
     let mut out = Vec::new();
     let r = async {
@@ -264,57 +276,16 @@ pub async fn measure(
                     .map_err(|e| e.to_string())?;
             }
             for metric in [Metric::Rtt, Metric::Throughput] {
-                let jobs: Vec<_> = fleet
-                    .guests
-                    .iter()
-                    .zip(&targets)
-                    .map(|(g, (to, _, _))| {
-                        let spec = match metric {
-                            Metric::Rtt => {
-                                BenchSpec::NetRr { peer: to.clone(), duration_ms, size: s.rr_size }
-                            }
-                            Metric::Throughput => {
-                                BenchSpec::NetStream { peer: to.clone(), duration_ms, msg_size }
-                            }
-                        };
-                        (g, BenchRequest { spec, instances: 1, start_at_ns: None })
-                    })
-                    .collect();
+                let jobs = jobs(fleet, &targets, metric, s.rr_size, duration_ms, msg_size);
                 let mut starter = Starter::default();
                 for rep in 0..warmup + reps {
                     let answers = run_together(&jobs, timeout, &mut starter).await;
                     if rep < warmup {
                         continue;
                     }
-                    for ((g, a), (_, rtt, rate)) in fleet.guests.iter().zip(answers).zip(&targets) {
-                        let a = a?;
-                        for r in &a.report.instances {
-                            let f = r.figure().value;
-                            let achieved = match metric {
-                                Metric::Rtt => f / 1e3,        // µs per transaction → ms
-                                Metric::Throughput => f * 8.0, // MB/s → Mbit/s
-                            };
-                            let configured = match (shaped, metric) {
-                                (false, _) => None,
-                                (true, Metric::Rtt) => Some(*rtt).filter(|v| *v > 0.0),
-                                (true, Metric::Throughput) => *rate,
-                            };
-                            out.push(AccuracySample {
-                                backend: fleet.backend,
-                                n,
-                                rep: rep - warmup,
-                                guest: g.spec.index,
-                                metric,
-                                sites: s.sites,
-                                between: if shaped { s.between } else { Default::default() },
-                                shaped,
-                                configured,
-                                link: if shaped { s.link } else { LinkProps::default() },
-                                achieved,
-                                net_path: path,
-                                provenance: String::new(),
-                            });
-                        }
+                    for ((g, a), target) in fleet.guests.iter().zip(answers).zip(&targets) {
+                        let at = Pass { fleet, s, n, shaped, metric, rep: rep - warmup, path };
+                        out.extend(at.samples(g.spec.index, target, &a?));
                     }
                 }
             }
@@ -334,6 +305,116 @@ pub async fn measure(
     Ok(out)
 }
 
+/// Whom one guest measures against: its address, the configured RTT (ms) and rate.
+type Target = (String, f64, Option<f64>);
+
+/// Each guest's target: with sites, a guest of the next site (every guest then serves
+/// on a port returned first, to be stopped after); without, the peer on the bridge.
+async fn targets(
+    fleet: &Fleet,
+    s: &NetemSection,
+    topo: &Topology,
+    peer: SocketAddr,
+) -> Result<(Vec<u16>, Vec<Target>), String> {
+    let n = fleet.guests.len();
+    let mut ports = Vec::new();
+    let mut targets = Vec::with_capacity(n);
+    if s.sites < 2 {
+        for _ in 0..n {
+            targets.push((peer.to_string(), 2.0 * s.link.delay_ms, s.link.rate_mbit));
+        }
+        return Ok((ports, targets));
+    }
+    for g in &fleet.guests {
+        match g.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(30)).await {
+            Ok(ReplyBody::Listening { port }) => ports.push(port),
+            Ok(other) => return Err(format!("{}: net_serve answered {other:?}", g.spec.name)),
+            Err(e) => return Err(format!("{}: net_serve: {e}", g.spec.name)),
+        }
+    }
+    for a in 0..n {
+        let b = (a + n / s.sites) % n;
+        let addr = fleet.addr(b).ok_or("the accuracy step needs the fleet network")?;
+        let rtt = topo.one_way_ms(a, b).unwrap_or(0.0) + topo.one_way_ms(b, a).unwrap_or(0.0);
+        targets.push((format!("{addr}:{}", ports[b]), rtt, topo.rate_mbit(a, b)));
+    }
+    Ok((ports, targets))
+}
+
+/// One request per guest for `metric` towards its target.
+fn jobs<'a>(
+    fleet: &'a Fleet,
+    targets: &[Target],
+    metric: Metric,
+    rr_size: u32,
+    duration_ms: u32,
+    msg_size: u32,
+) -> Vec<(&'a crate::guest::RunningGuest, BenchRequest)> {
+    fleet
+        .guests
+        .iter()
+        .zip(targets)
+        .map(|(g, (to, _, _))| {
+            let spec = match metric {
+                Metric::Rtt => BenchSpec::NetRr { peer: to.clone(), duration_ms, size: rr_size },
+                Metric::Throughput => {
+                    BenchSpec::NetStream { peer: to.clone(), duration_ms, msg_size }
+                }
+            };
+            (g, BenchRequest { spec, instances: 1, start_at_ns: None })
+        })
+        .collect()
+}
+
+/// One measured repetition of one metric, shaped or not: what its samples share.
+struct Pass<'a> {
+    fleet: &'a Fleet,
+    s: &'a NetemSection,
+    n: usize,
+    shaped: bool,
+    metric: Metric,
+    rep: u32,
+    path: Option<NetPath>,
+}
+
+impl Pass<'_> {
+    /// One guest's answer as samples: achieved in the metric's unit, against what the
+    /// shaping should give (nothing when unshaped).
+    fn samples(&self, guest: usize, (_, rtt, rate): &Target, a: &Timed) -> Vec<AccuracySample> {
+        a.report
+            .instances
+            .iter()
+            .map(|r| {
+                let f = r.figure().value;
+                let achieved = match self.metric {
+                    Metric::Rtt => f / 1e3,        // µs per transaction → ms
+                    Metric::Throughput => f * 8.0, // MB/s → Mbit/s
+                };
+                let configured = match (self.shaped, self.metric) {
+                    (false, _) => None,
+                    (true, Metric::Rtt) => Some(*rtt).filter(|v| *v > 0.0),
+                    (true, Metric::Throughput) => *rate,
+                };
+                AccuracySample {
+                    backend: self.fleet.backend,
+                    n: self.n,
+                    rep: self.rep,
+                    guest,
+                    metric: self.metric,
+                    sites: self.s.sites,
+                    between: if self.shaped { self.s.between } else { Default::default() },
+                    shaped: self.shaped,
+                    configured,
+                    link: if self.shaped { self.s.link } else { LinkProps::default() },
+                    achieved,
+                    net_path: self.path,
+                    provenance: String::new(),
+                }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,20 +424,20 @@ mod tests {
         let mut s = NetemSection { enabled: true, ..Default::default() };
         assert!(s.check().is_ok());
         s.sizes = vec![0];
-        assert!(s.check().unwrap_err().contains("netem.sizes"));
+        assert!(s.check().unwrap_err().to_string().contains("netem.sizes"));
         s.sizes = vec![2];
         s.link.rate_mbit = Some(0.0);
-        assert!(s.check().unwrap_err().contains("rate"));
+        assert!(s.check().unwrap_err().to_string().contains("rate"));
         s.link = LinkProps::default();
-        assert!(s.check().unwrap_err().contains("delay_ms or a rate_mbit"));
+        assert!(s.check().unwrap_err().to_string().contains("delay_ms or a rate_mbit"));
         s.between.delay_ms = 10.0;
-        assert!(s.check().unwrap_err().contains("netem.between needs netem.sites"));
+        assert!(s.check().unwrap_err().to_string().contains("netem.between needs netem.sites"));
         s.sites = 2;
         s.sizes = vec![2, 3];
-        assert!(s.check().unwrap_err().contains("3 guests do not split into 2 sites"));
+        assert!(s.check().unwrap_err().to_string().contains("3 guests do not split into 2 sites"));
         s.sizes = vec![20];
         assert!(s.check().is_ok());
         s.between.delay_ms = -1.0;
-        assert!(s.check().unwrap_err().contains("netem.between.delay_ms"));
+        assert!(s.check().unwrap_err().to_string().contains("netem.between.delay_ms"));
     }
 }

@@ -15,6 +15,7 @@ use crate::runstate::RunState;
 
 /// Why the network peer did not start.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum PeerError {
     #[error("starting the network peer: {0}")]
     Boot(crate::guest::BootError),

@@ -14,7 +14,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// One backend's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendCheck {
+    /// The backend.
     pub backend: BackendKind,
+    /// Whether its probe passed.
     pub available: bool,
     /// Available: what it will run (VMM/runtime version, accelerator and why, images).
     /// Unavailable: why not.
@@ -24,7 +26,9 @@ pub struct BackendCheck {
 /// Host facts that change what a figure means.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostFacts {
+    /// `uname -r`.
     pub kernel: String,
+    /// Online CPUs.
     pub cpus: usize,
     /// Transparent huge pages: the selected mode of /sys/kernel/mm/transparent_hugepage/enabled.
     pub thp: String,
@@ -41,9 +45,13 @@ pub struct HostFacts {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `hostd probe`'s answer: the host's facts and every backend's probe.
 pub struct ProbeReport {
+    /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
+    /// Facts about the host.
     pub host: HostFacts,
+    /// One per backend.
     pub backends: Vec<BackendCheck>,
 }
 

@@ -6,12 +6,15 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+/// What a run measured with: artifacts' hashes, the host, hostd's own version.
 pub struct Provenance {
     /// Artifact name → sha256 (agent, kernel, initramfs, recipe, …).
     pub artifacts: BTreeMap<String, String>,
+    /// The host.
     pub host: HostInfo,
     /// `git describe`-style revision of the hostd that measured ("-dirty" if modified).
     pub git_revision: String,
+    /// hostd's crate version.
     pub hostd_version: String,
     /// RFC 3339, UTC.
     pub date: String,
@@ -21,11 +24,17 @@ pub struct Provenance {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+/// The host a run measured on.
 pub struct HostInfo {
+    /// Its hostname.
     pub hostname: String,
+    /// `uname -r`.
     pub kernel: String,
+    /// The CPU model, from /proc/cpuinfo.
     pub cpu_model: String,
+    /// Online CPUs.
     pub cpus: u32,
+    /// MemTotal, KiB.
     pub mem_total_kib: u64,
     /// The last-level cache (sysfs), which sizes the memory benchmark's working set.
     #[serde(default)]
@@ -33,6 +42,7 @@ pub struct HostInfo {
 }
 
 impl Provenance {
+    /// The provenance of a run here now, with these artifacts.
     pub fn collect(artifacts: BTreeMap<String, String>) -> Self {
         Self {
             artifacts,
@@ -176,6 +186,7 @@ pub fn mixed_lines(records: &[crate::samples::Record], base: Option<&Provenance>
 }
 
 impl HostInfo {
+    /// This host's facts now.
     pub fn collect() -> Self {
         let uts = nix::sys::utsname::uname().ok();
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -18,6 +18,7 @@ pub struct Line {
     #[serde(default)]
     pub schema_version: u32,
     #[serde(flatten)]
+    /// The record.
     pub record: Record,
 }
 
@@ -34,43 +35,64 @@ pub fn schema() -> schemars::Schema {
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "record", rename_all = "snake_case")]
+/// One line of samples.jsonl: a measurement, or a step's, fleet's or backend's outcome.
 pub enum Record {
+    /// One guest's startup.
     Startup(StartupSample),
+    /// A fleet's memory occupation.
     Memory(MemorySample),
+    /// A guest that failed to start.
     Failure {
+        /// The backend.
         backend: BackendKind,
+        /// Its fleet's size.
         n: usize,
+        /// Cold or hot.
         mode: StartMode,
+        /// How it failed.
         failure: GuestFailure,
     },
     /// Written last for a fleet: marks the measurement complete (a resumed run skips it).
     FleetDone {
+        /// The backend.
         backend: BackendKind,
+        /// Its size.
         n: usize,
+        /// Cold or hot.
         mode: StartMode,
+        /// Guests that said hello.
         ready: usize,
+        /// Guests that failed.
         failed: usize,
+        /// T_startup: the last ready guest's startup, s (None when none was ready).
         t_startup_s: Option<f64>,
     },
     /// One timed benchmark instance of the suite.
     Bench(BenchSample),
     /// A campaign step finished; a resumed campaign skips it.
     StepDone {
+        /// The step's key.
         key: String,
     },
     /// A campaign step failed; a resumed campaign retries it.
     StepFailed {
+        /// The step's key.
         key: String,
+        /// Why it failed.
         error: String,
     },
     /// A backend could not run here, and why.
     BackendUnavailable {
+        /// The backend.
         backend: BackendKind,
+        /// Why, in words.
         reason: String,
     },
     /// What a backend's probe said when it ran (e.g. the accelerator chosen).
     BackendProbe {
+        /// The backend.
         backend: BackendKind,
+        /// What the probe said.
         description: String,
         /// Measured inside an emulated host (the Xen lab): its figures include that
         /// machine's cost. Older results said so by a "[emulated host] " prefix on the
@@ -81,14 +103,19 @@ pub enum Record {
     /// A guest failed during a measurement step (crashed, hung, panicked, ran out of
     /// memory, broke the protocol) and was taken out of its fleet.
     GuestLost {
+        /// The backend.
         backend: BackendKind,
+        /// The step the guest was lost in.
         step: String,
+        /// How it was lost.
         failure: GuestFailure,
     },
     /// Written when a campaign session starts (a fresh run, or a resume under another
     /// provenance than the last): the samples it measures carry this id.
     Provenance {
+        /// The id samples name it by.
         id: String,
+        /// The provenance.
         provenance: crate::provenance::Provenance,
     },
     /// One guest's figure in the emulated network's accuracy step.
@@ -112,24 +139,135 @@ fn num(v: f64) -> String {
     }
 }
 
-fn seconds(what: &str, v: f64) -> Result<(), String> {
+/// Why a record cannot be a measurement ([`Record::implausible`]); each names the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum Implausible {
+    #[error("n = {0}")]
+    FleetSize(crate::limits::OutOfRange),
+    #[error("{what} = {} s is not a time in 0..={MAX_SECONDS} s", num(*v))]
+    Time { what: &'static str, v: f64 },
+    #[error("{what} = {v} KiB is more than {MAX_KIB} KiB")]
+    Memory { what: &'static str, v: u64 },
+    /// More of a file resident than the file holds (mincore counts at most its length).
+    #[error("residency: {resident} of {bytes} bytes resident")]
+    Residency { resident: u64, bytes: u64 },
+    #[error(transparent)]
+    Sync(#[from] crate::suite::sync::SyncImplausible),
+    #[error("elapsed_s = {} s is not positive", num(*.0))]
+    Elapsed(f64),
+    #[error("{what} = {} MB/s is not a bandwidth in (0, {MAX_RATE_MBPS}]", num(*v))]
+    PairedBandwidth { what: &'static str, v: f64 },
+    #[error("value = {} MB/s is not a bandwidth in 0..={MAX_RATE_MBPS} MB/s", num(*.0))]
+    Bandwidth(f64),
+    #[error("value = {} {unit} is not a latency in 0..={} us", num(*v), MAX_SECONDS * 1e6)]
+    Latency { unit: String, v: f64 },
+    #[error("unit {0:?} is not one hostd records")]
+    Unit(String),
+    /// The emulated network's accuracy sample, in its own words.
+    #[error("{0}")]
+    Netem(String),
+}
+
+fn seconds(what: &'static str, v: f64) -> Result<(), Implausible> {
     if v.is_finite() && (0.0..=MAX_SECONDS).contains(&v) {
         Ok(())
     } else {
-        Err(format!("{what} = {} s is not a time in 0..={MAX_SECONDS} s", num(v)))
+        Err(Implausible::Time { what, v })
     }
 }
 
-fn kib(what: &str, v: u64) -> Result<(), String> {
+fn kib(what: &'static str, v: u64) -> Result<(), Implausible> {
     if v <= MAX_KIB {
         Ok(())
     } else {
-        Err(format!("{what} = {v} KiB is more than {MAX_KIB} KiB"))
+        Err(Implausible::Memory { what, v })
     }
 }
 
-fn fleet_size(n: usize) -> Result<(), String> {
-    crate::limits::GUESTS.check(n).map(drop).map_err(|e| format!("n = {e}"))
+fn fleet_size(n: usize) -> Result<(), Implausible> {
+    crate::limits::GUESTS.check(n).map(drop).map_err(Implausible::FleetSize)
+}
+
+fn startup_implausible(s: &StartupSample) -> Result<(), Implausible> {
+    fleet_size(s.n)?;
+    seconds("ready_s", s.ready_s)?;
+    seconds("own_s", s.own_s)?;
+    s.guest_boot_s.map_or(Ok(()), |v| seconds("guest_boot_s", v))?;
+    s.guest_kernel_s.map_or(Ok(()), |v| seconds("guest_kernel_s", v))?;
+    // A resident share above 1 cannot be measured (mincore counts whole pages of the file's
+    // length, clamped to it).
+    match &s.residency {
+        Some(r) if r.resident_bytes > r.bytes || r.shared_resident_bytes > r.shared_bytes => {
+            Err(Implausible::Residency { resident: r.resident_bytes, bytes: r.bytes })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn memory_implausible(m: &MemorySample) -> Result<(), Implausible> {
+    fleet_size(m.n)?;
+    kib("used_before_kib", m.used_before_kib)?;
+    kib("used_after_kib", m.used_after_kib)?;
+    kib("m_used_kib", m.m_used_kib.unsigned_abs())?;
+    kib("hostd_pss_kib", m.hostd_pss_kib)?;
+    let c = &m.checks;
+    for (what, v) in [
+        ("noise_kib", c.noise_kib),
+        ("scratch_tmpfs_kib", c.scratch_tmpfs_kib),
+        ("cross_check_kib", c.cross_check_kib.map(i64::unsigned_abs)),
+    ] {
+        v.map_or(Ok(()), |v| kib(what, v))?;
+    }
+    for &r in &c.m_used_repeats_kib {
+        kib("m_used_repeats_kib", r.unsigned_abs())?;
+    }
+    seconds("settle_s", m.settle_s)?;
+    for g in &m.guests {
+        kib("guest pss_kib", g.pss_kib)?;
+        g.cgroup_kib.map_or(Ok(()), |v| kib("guest cgroup_kib", v))?;
+    }
+    Ok(())
+}
+
+fn bench_implausible(b: &BenchSample) -> Result<(), Implausible> {
+    fleet_size(b.n)?;
+    crate::suite::sync::plausible(b)?;
+    // Every benchmark takes time: the agent refuses a zero or negative one.
+    if b.elapsed_s.is_nan() || b.elapsed_s <= 0.0 {
+        return Err(Implausible::Elapsed(b.elapsed_s));
+    }
+    seconds("elapsed_s", b.elapsed_s)?;
+    // The paired native read: a positive time and a bandwidth in range.
+    for (what, t) in [
+        ("paired_native_s", b.paired_native_s),
+        ("paired_gap_s", b.paired_gap_s),
+        ("paired_native_after_s", b.paired_native_after_s),
+    ] {
+        t.map_or(Ok(()), |t| seconds(what, t))?;
+    }
+    for (what, m) in [
+        ("paired_native_mbps", b.paired_native_mbps),
+        ("paired_native_after_mbps", b.paired_native_after_mbps),
+    ] {
+        if let Some(v) = m {
+            if !(v.is_finite() && v > 0.0 && v <= MAX_RATE_MBPS) {
+                return Err(Implausible::PairedBandwidth { what, v });
+            }
+        }
+    }
+    let v = b.value;
+    match b.unit.as_str() {
+        "s" => seconds("value", v),
+        "MB/s" if v.is_finite() && (0.0..=MAX_RATE_MBPS).contains(&v) => Ok(()),
+        "MB/s" => Err(Implausible::Bandwidth(v)),
+        // Latencies: µs per transaction, at most the longest time.
+        u if u.starts_with("us") && v.is_finite() && (0.0..=MAX_SECONDS * 1e6).contains(&v) => {
+            Ok(())
+        }
+        u if u.starts_with("us") => Err(Implausible::Latency { unit: u.to_string(), v }),
+        u => Err(Implausible::Unit(u.to_string())),
+    }
 }
 
 /// One place for a fleet's records: every driver (`hostd boot`, a campaign's startup step,
@@ -185,121 +323,23 @@ impl Record {
     /// Why this record cannot be a measurement (a negative or non-finite time, a rate or a
     /// memory size beyond any machine, a fleet size outside the fleet limits), or None. Such
     /// records are left out of every report and counted there.
-    pub fn implausible(&self) -> Option<String> {
-        let check = || -> Result<(), String> {
-            match self {
-                Record::Startup(s) => {
-                    fleet_size(s.n)?;
-                    seconds("ready_s", s.ready_s)?;
-                    seconds("own_s", s.own_s)?;
-                    s.guest_boot_s.map_or(Ok(()), |v| seconds("guest_boot_s", v))?;
-                    s.guest_kernel_s.map_or(Ok(()), |v| seconds("guest_kernel_s", v))?;
-                    // A resident share above 1 cannot be measured (mincore counts whole pages
-                    // of the file's length, clamped to it).
-                    match &s.residency {
-                        Some(r)
-                            if r.resident_bytes > r.bytes
-                                || r.shared_resident_bytes > r.shared_bytes =>
-                        {
-                            Err(format!(
-                                "residency: {} of {} bytes resident",
-                                r.resident_bytes, r.bytes
-                            ))
-                        }
-                        _ => Ok(()),
-                    }
-                }
-                Record::Memory(m) => {
-                    fleet_size(m.n)?;
-                    kib("used_before_kib", m.used_before_kib)?;
-                    kib("used_after_kib", m.used_after_kib)?;
-                    kib("m_used_kib", m.m_used_kib.unsigned_abs())?;
-                    kib("hostd_pss_kib", m.hostd_pss_kib)?;
-                    let c = &m.checks;
-                    for (what, v) in [
-                        ("noise_kib", c.noise_kib),
-                        ("scratch_tmpfs_kib", c.scratch_tmpfs_kib),
-                        ("cross_check_kib", c.cross_check_kib.map(i64::unsigned_abs)),
-                    ] {
-                        v.map_or(Ok(()), |v| kib(what, v))?;
-                    }
-                    for &r in &c.m_used_repeats_kib {
-                        kib("m_used_repeats_kib", r.unsigned_abs())?;
-                    }
-                    seconds("settle_s", m.settle_s)?;
-                    for g in &m.guests {
-                        kib("guest pss_kib", g.pss_kib)?;
-                        g.cgroup_kib.map_or(Ok(()), |v| kib("guest cgroup_kib", v))?;
-                    }
-                    Ok(())
-                }
-                Record::Failure { n, .. } => fleet_size(*n),
-                Record::FleetDone { n, t_startup_s, .. } => {
-                    fleet_size(*n)?;
-                    t_startup_s.map_or(Ok(()), |v| seconds("t_startup_s", v))
-                }
-                Record::Bench(b) => {
-                    fleet_size(b.n)?;
-                    crate::suite::sync::plausible(b)?;
-                    // Every benchmark takes time: the agent refuses a zero or negative one.
-                    if b.elapsed_s.is_nan() || b.elapsed_s <= 0.0 {
-                        return Err(format!("elapsed_s = {} s is not positive", num(b.elapsed_s)));
-                    }
-                    seconds("elapsed_s", b.elapsed_s)?;
-                    // The paired native read: a positive time and a bandwidth in range.
-                    for (what, t) in [
-                        ("paired_native_s", b.paired_native_s),
-                        ("paired_gap_s", b.paired_gap_s),
-                        ("paired_native_after_s", b.paired_native_after_s),
-                    ] {
-                        t.map_or(Ok(()), |t| seconds(what, t))?;
-                    }
-                    for (what, m) in [
-                        ("paired_native_mbps", b.paired_native_mbps),
-                        ("paired_native_after_mbps", b.paired_native_after_mbps),
-                    ] {
-                        if let Some(m) = m {
-                            if !(m.is_finite() && m > 0.0 && m <= MAX_RATE_MBPS) {
-                                return Err(format!(
-                                    "{what} = {} MB/s is not a bandwidth in (0, {MAX_RATE_MBPS}]",
-                                    num(m)
-                                ));
-                            }
-                        }
-                    }
-                    let v = b.value;
-                    match b.unit.as_str() {
-                        "s" => seconds("value", v),
-                        "MB/s" if v.is_finite() && (0.0..=MAX_RATE_MBPS).contains(&v) => Ok(()),
-                        "MB/s" => Err(format!(
-                            "value = {} MB/s is not a bandwidth in 0..={MAX_RATE_MBPS} MB/s",
-                            num(v)
-                        )),
-                        // Latencies: µs per transaction, at most the longest time.
-                        u if u.starts_with("us")
-                            && v.is_finite()
-                            && (0.0..=MAX_SECONDS * 1e6).contains(&v) =>
-                        {
-                            Ok(())
-                        }
-                        u if u.starts_with("us") => Err(format!(
-                            "value = {} {u} is not a latency in 0..={} us",
-                            num(v),
-                            MAX_SECONDS * 1e6
-                        )),
-                        u => Err(format!("unit {u:?} is not one hostd records")),
-                    }
-                }
-                Record::StepDone { .. }
-                | Record::StepFailed { .. }
-                | Record::BackendUnavailable { .. }
-                | Record::BackendProbe { .. }
-                | Record::GuestLost { .. }
-                | Record::Provenance { .. } => Ok(()),
-                Record::Netem(n) => n.implausible().map_or(Ok(()), Err),
-            }
+    pub fn implausible(&self) -> Option<Implausible> {
+        let r = match self {
+            Record::Startup(s) => startup_implausible(s),
+            Record::Memory(m) => memory_implausible(m),
+            Record::Failure { n, .. } => fleet_size(*n),
+            Record::FleetDone { n, t_startup_s, .. } => fleet_size(*n)
+                .and_then(|()| t_startup_s.map_or(Ok(()), |v| seconds("t_startup_s", v))),
+            Record::Bench(b) => bench_implausible(b),
+            Record::StepDone { .. }
+            | Record::StepFailed { .. }
+            | Record::BackendUnavailable { .. }
+            | Record::BackendProbe { .. }
+            | Record::GuestLost { .. }
+            | Record::Provenance { .. } => Ok(()),
+            Record::Netem(n) => n.implausible().map_or(Ok(()), |why| Err(Implausible::Netem(why))),
         };
-        check().err()
+        r.err()
     }
 }
 
@@ -308,6 +348,7 @@ impl Record {
 pub struct Rejected {
     /// 1-based line of samples.jsonl.
     pub line: usize,
+    /// Why it was left out.
     pub why: String,
 }
 
@@ -321,10 +362,12 @@ pub struct Samples {
     /// Records outside physical sense (see [`Record::implausible`]): how many, and the first
     /// [`Samples::KEEP_REJECTED`] with their reasons.
     pub implausible: usize,
+    /// The first rejected records.
     pub rejected: Vec<Rejected>,
 }
 
 impl Samples {
+    /// How many rejected records are kept with their reasons.
     pub const KEEP_REJECTED: usize = 20;
 
     /// Takes in a samples file's bytes: every line parsed, every record checked. Holds at
@@ -347,7 +390,7 @@ impl Samples {
                     Some(why) => {
                         s.implausible += 1;
                         if s.rejected.len() < Self::KEEP_REJECTED {
-                            s.rejected.push(Rejected { line: n, why });
+                            s.rejected.push(Rejected { line: n, why: why.to_string() });
                         }
                     }
                 },

@@ -10,14 +10,19 @@ use serde::{Deserialize, Serialize};
 /// Mean, spread, median and 95 % confidence interval of one named set of samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// What was measured.
     pub name: String,
+    /// Its unit.
     pub unit: String,
     /// Every counted sample, in measurement order (warm-ups excluded).
     pub samples: Vec<f64>,
+    /// Mean.
     pub mean: f64,
     /// Sample standard deviation (n − 1); 0 for a single sample.
     pub std_dev: f64,
+    /// Smallest.
     pub min: f64,
+    /// Largest.
     pub max: f64,
     /// Middle sample (mean of the two middle ones for an even count).
     #[serde(default)]
@@ -109,7 +114,9 @@ pub fn median(v: &[f64]) -> Option<f64> {
 /// which only ever widens it. None when either side has fewer than two samples.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Welch {
+    /// Welch's t statistic.
     pub t: f64,
+    /// Welch–Satterthwaite degrees of freedom.
     pub df: f64,
     /// |t| exceeds t(0.975, ⌊df⌋): the means differ beyond the noise.
     pub differs: bool,
@@ -173,10 +180,13 @@ impl Summary {
 /// Least-squares line y = slope·x + intercept, with the residual standard error.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LinearFit {
+    /// Slope.
     pub slope: f64,
+    /// Value at x = 0.
     pub intercept: f64,
     /// sqrt(Σ residual² / (n − 2)); 0 when n = 2.
     pub residual_std: f64,
+    /// Points fitted.
     pub points: usize,
 }
 
@@ -206,13 +216,20 @@ pub fn linear_fit(points: &[(f64, f64)]) -> Option<LinearFit> {
 /// the suite's unit for its resource.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stat {
+    /// Mean.
     pub mean: f64,
+    /// Sample standard deviation.
     pub std_dev: f64,
+    /// Smallest.
     pub min: f64,
+    /// Largest.
     pub max: f64,
+    /// How many samples.
     pub samples: usize,
+    /// Their unit.
     pub unit: String,
     #[serde(default)]
+    /// Median.
     pub median: f64,
     /// mean ± t(0.975, n − 1)·s/√n; None for one sample (or a report older than the field).
     #[serde(default)]

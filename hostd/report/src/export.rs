@@ -25,11 +25,15 @@ pub struct ExportResult {
     pub command: String,
     /// Unit of mean, stddev, median, min, max and times (hyperfine's are seconds).
     pub unit: String,
+    /// Mean.
     pub mean: f64,
     /// Sample standard deviation (n − 1); null for one sample.
     pub stddev: Option<f64>,
+    /// Median.
     pub median: f64,
+    /// Smallest.
     pub min: f64,
+    /// Largest.
     pub max: f64,
     /// Every counted measurement, in order; empty where only a summary was kept.
     pub times: Vec<f64>,
@@ -42,9 +46,11 @@ pub struct ExportResult {
 /// The whole export: hyperfine's top level plus a version and where it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Export {
+    /// This format's version ([`SCHEMA_VERSION`]).
     pub schema_version: u32,
     /// The hostd command that measured: bench, boot or report.
     pub source: String,
+    /// One entry per measured quantity.
     pub results: Vec<ExportResult>,
 }
 
@@ -253,12 +259,16 @@ pub fn markdown(e: &Export) -> String {
 /// Where to write each format (clap fills it from --export-*).
 #[derive(Debug, Clone, Default)]
 pub struct Targets {
+    /// JSON file (hyperfine's layout).
     pub json: Option<PathBuf>,
+    /// CSV file.
     pub csv: Option<PathBuf>,
+    /// Markdown table.
     pub markdown: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ExportError {
     #[error("--export-csv: {0}")]
     Csv(#[from] csv::Error),

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! hostd's report, rebuilt from a run's stored samples alone: figures, HTML, the decision
 //! table, comparisons and exports. Measures nothing and starts no guest.
 

@@ -12,16 +12,22 @@ use crate::report::Stat;
 /// One line of the report: a backend's figure for one metric at one n.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
+    /// The backend.
     pub backend: BackendKind,
+    /// Guests measuring at once.
     pub n: usize,
     /// 0: against the peer on the bridge; k: between k sites.
     #[serde(default)]
     pub sites: usize,
+    /// RTT or throughput.
     pub metric: Metric,
+    /// The link's properties, described.
     pub link: String,
+    /// What the shaping should give, in the metric's unit.
     pub configured: Option<f64>,
     /// The unshaped path's figure.
     pub base: Option<Stat>,
+    /// The shaped path's figure.
     pub achieved: Stat,
     /// (achieved − configured) / configured.
     pub rel_error: Option<f64>,

@@ -10,14 +10,20 @@ use plotters::prelude::*;
 /// symmetric), and say so in each caption.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Point {
+    /// Horizontal position.
     pub x: f64,
+    /// Vertical position.
     pub y: f64,
+    /// Error bar: ± this much around `y`.
     pub err: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default)]
+/// One curve: its legend name and its points.
 pub struct Series {
+    /// Its legend name.
     pub name: String,
+    /// Its points, drawn in order.
     pub points: Vec<Point>,
     /// A reference curve (theory): thin, dashed, no points.
     pub reference: bool,
@@ -28,11 +34,17 @@ pub struct Series {
 }
 
 #[derive(Debug, Clone)]
+/// A line chart of one or more series.
 pub struct Chart {
+    /// Its title.
     pub title: String,
+    /// The horizontal axis's label.
     pub x_label: String,
+    /// The vertical axis's label.
     pub y_label: String,
+    /// The curves.
     pub series: Vec<Series>,
+    /// A logarithmic vertical axis.
     pub log_y: bool,
 }
 
@@ -86,13 +98,28 @@ fn legend<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Why a figure was not made, by step.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum PlotError {
+    /// plotters could not draw it (its error is generic over the drawing backend: in words).
+    #[error("{0}")]
+    Draw(String),
+    #[error("writing {}: {source}", path.display())]
+    Write { path: std::path::PathBuf, source: std::io::Error },
+}
+
+fn draw(e: impl std::fmt::Display) -> PlotError {
+    PlotError::Draw(e.to_string())
+}
+
 /// Renders `chart` to an SVG string.
-pub fn render(chart: &Chart) -> Result<String, String> {
+pub fn render(chart: &Chart) -> Result<String, PlotError> {
     let mut svg = String::new();
     {
         // The legend goes in a column right of the plot, where it can hide no curve.
         let root = SVGBackend::with_string(&mut svg, (980, 500)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE).map_err(draw)?;
         let pts = || chart.series.iter().flat_map(|s| s.points.iter());
         let (x0, x1) = range(pts().map(|p| p.x), false);
         let x1 = if x1 <= x0 { x0 + 1.0 } else { x1 };
@@ -114,7 +141,7 @@ pub fn render(chart: &Chart) -> Result<String, String> {
                     .y_desc(chart.y_label.as_str())
                     .axis_desc_style(("sans-serif", 15))
                     .draw()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(draw)?;
                 for (i, s) in chart.series.iter().enumerate() {
                     let color = PALETTE[s.color.unwrap_or(i) % PALETTE.len()];
                     let style = ShapeStyle {
@@ -125,16 +152,15 @@ pub fn render(chart: &Chart) -> Result<String, String> {
                     let mut line: Vec<(f64, f64)> = s.points.iter().map(|p| (p.x, p.y)).collect();
                     line.sort_by(|a, b| a.0.total_cmp(&b.0));
                     if s.reference || s.dashed {
-                        ctx.draw_series(DashedLineSeries::new(line, 6, 4, style))
-                            .map_err(|e| e.to_string())?;
+                        ctx.draw_series(DashedLineSeries::new(line, 6, 4, style)).map_err(draw)?;
                     } else {
-                        ctx.draw_series(LineSeries::new(line, style)).map_err(|e| e.to_string())?;
+                        ctx.draw_series(LineSeries::new(line, style)).map_err(draw)?;
                     }
                     if !s.reference {
                         ctx.draw_series(
                             s.points.iter().map(|p| Circle::new((p.x, p.y), 3, color.filled())),
                         )
-                        .map_err(|e| e.to_string())?;
+                        .map_err(draw)?;
                         ctx.draw_series(s.points.iter().filter_map(|p| {
                             p.err.map(|e| {
                                 ErrorBar::new_vertical(
@@ -147,27 +173,27 @@ pub fn render(chart: &Chart) -> Result<String, String> {
                                 )
                             })
                         }))
-                        .map_err(|e| e.to_string())?;
+                        .map_err(draw)?;
                     }
                 }
             }};
         }
         if chart.log_y {
-            draw!(b.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(|e| e.to_string())?);
+            draw!(b.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(draw)?);
         } else {
-            draw!(b.build_cartesian_2d(x0..x1, y0..y1).map_err(|e| e.to_string())?);
+            draw!(b.build_cartesian_2d(x0..x1, y0..y1).map_err(draw)?);
         }
-        legend(&root, &chart.series).map_err(|e| e.to_string())?;
-        root.present().map_err(|e| e.to_string())?;
+        legend(&root, &chart.series).map_err(draw)?;
+        root.present().map_err(draw)?;
     }
     Ok(svg)
 }
 
 /// Renders and writes atomically.
-pub fn write(chart: &Chart, path: &Path) -> Result<(), String> {
+pub fn write(chart: &Chart, path: &Path) -> Result<(), PlotError> {
     let svg = render(chart)?;
     crate::runstate::write_atomic(path, svg.as_bytes())
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+        .map_err(|source| PlotError::Write { path: path.into(), source })
 }
 
 /// One bar series: name, one value per category (None: missing), optional spread per category.
@@ -176,8 +202,11 @@ pub type BarSeries = (String, Vec<Option<f64>>, Vec<Option<f64>>);
 /// Grouped bars: one group per category (e.g. backend), one bar per series within it.
 #[derive(Debug, Clone)]
 pub struct Bars {
+    /// Its title.
     pub title: String,
+    /// The vertical axis's label.
     pub y_label: String,
+    /// The groups' labels, left to right.
     pub categories: Vec<String>,
     /// (series name, one value per category (None: missing), optional spread per category).
     pub series: Vec<BarSeries>,
@@ -185,11 +214,12 @@ pub struct Bars {
     pub marks: Vec<(String, Vec<Option<f64>>)>,
 }
 
-pub fn render_bars(b: &Bars) -> Result<String, String> {
+/// Renders grouped bars to an SVG string.
+pub fn render_bars(b: &Bars) -> Result<String, PlotError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (800, 500)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE).map_err(draw)?;
         let ncat = b.categories.len().max(1);
         let nser = b.series.len().max(1);
         let vals = b
@@ -209,7 +239,7 @@ pub fn render_bars(b: &Bars) -> Result<String, String> {
             .x_label_area_size(45)
             .y_label_area_size(70)
             .build_cartesian_2d(0f64..ncat as f64, 0f64..y1)
-            .map_err(|e| e.to_string())?;
+            .map_err(draw)?;
         let cats = b.categories.clone();
         chart
             .configure_mesh()
@@ -226,7 +256,7 @@ pub fn render_bars(b: &Bars) -> Result<String, String> {
             .y_desc(b.y_label.as_str())
             .axis_desc_style(("sans-serif", 15))
             .draw()
-            .map_err(|e| e.to_string())?;
+            .map_err(draw)?;
         let width = 0.8 / nser as f64;
         for (si, (name, v, e)) in b.series.iter().enumerate() {
             let color = PALETTE[si % PALETTE.len()];
@@ -237,7 +267,7 @@ pub fn render_bars(b: &Bars) -> Result<String, String> {
                         Rectangle::new([(x0(ci), 0.0), (x0(ci) + width * 0.9, v)], color.filled())
                     })
                 }))
-                .map_err(|e| e.to_string())?
+                .map_err(draw)?
                 .label(name.as_str())
                 .legend(move |(x, y)| {
                     Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
@@ -248,7 +278,7 @@ pub fn render_bars(b: &Bars) -> Result<String, String> {
                     let x = x0(ci) + width * 0.45;
                     Some(ErrorBar::new_vertical(x, v - e, *v, v + e, BLACK.stroke_width(1), 6))
                 }))
-                .map_err(|e| e.to_string())?;
+                .map_err(draw)?;
         }
         for (mi, (name, v)) in b.marks.iter().enumerate() {
             let color = PALETTE[(b.series.len() + mi) % PALETTE.len()];
@@ -261,7 +291,7 @@ pub fn render_bars(b: &Bars) -> Result<String, String> {
                         )
                     })
                 }))
-                .map_err(|e| e.to_string())?
+                .map_err(draw)?
                 .label(name.as_str())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
@@ -273,16 +303,17 @@ pub fn render_bars(b: &Bars) -> Result<String, String> {
             .border_style(BLACK)
             .position(SeriesLabelPosition::UpperRight)
             .draw()
-            .map_err(|e| e.to_string())?;
-        root.present().map_err(|e| e.to_string())?;
+            .map_err(draw)?;
+        root.present().map_err(draw)?;
     }
     Ok(svg)
 }
 
-pub fn write_bars(b: &Bars, path: &Path) -> Result<(), String> {
+/// Renders grouped bars and writes them atomically.
+pub fn write_bars(b: &Bars, path: &Path) -> Result<(), PlotError> {
     let svg = render_bars(b)?;
     crate::runstate::write_atomic(path, svg.as_bytes())
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+        .map_err(|source| PlotError::Write { path: path.into(), source })
 }
 
 #[cfg(test)]

@@ -152,29 +152,10 @@ pub(crate) fn up(a: &UpArgs) -> ExitCode {
     if daemon::live_fleets().iter().any(|(n, _)| *n == file.name) {
         return fail(format!("a fleet named {:?} is already running", file.name));
     }
-    // Each group's images: the agent's, with its system added. The command line's system
-    // wins over the fleet file's (for every group that boots an image).
-    let mut images = Vec::with_capacity(file.resolved.len());
-    for g in &file.resolved {
-        let mut im = match hostd::images::resolve(a.images.agent.as_deref()) {
-            Ok(i) => i,
-            Err(e) => return fail(format!("{e:#}")),
-        };
-        let system = match g.kind {
-            hostd::backend::BackendKind::Native => None,
-            _ => a.images.system.clone().map(|s| (s, a.images.init)).or(g.system.clone()),
-        };
-        if let Some((name, init)) = system {
-            if let Err(e) = hostd::images::add_system(&mut im, &name, init) {
-                return fail(if file.groups.is_empty() {
-                    format!("{e:#}")
-                } else {
-                    format!("group {:?}: {e:#}", g.name)
-                });
-            }
-        }
-        images.push(im);
-    }
+    let images = match group_images(a, &file) {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
     let opts = backend_options(&a.images);
     let fleet_name = file.name.clone();
     if a.foreground {
@@ -208,23 +189,7 @@ pub(crate) fn up(a: &UpArgs) -> ExitCode {
         Err(e) => fail(format!("fork: {e}")),
         Ok(nix::unistd::ForkResult::Parent { .. }) => {
             drop(wr);
-            let mut msg = String::new();
-            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(rd), &mut msg);
-            match msg.split_once('\n') {
-                Some(("ok", rest)) => {
-                    print!("{rest}");
-                    ExitCode::SUCCESS
-                }
-                Some(("failed", rest)) => {
-                    let (what, text) = rest.split_once('\n').unwrap_or((rest, ""));
-                    print!("{text}");
-                    eprintln!("hostd: finished with failures: {what}");
-                    eprintln!("hostd: the fleet stays up (`hostd down {}`)", fleet_name);
-                    ExitCode::from(EXIT_FAILURES)
-                }
-                Some((_, err)) => fail(err.trim().to_string()),
-                None => fail("the fleet daemon exited before reporting".into()),
-            }
+            daemon_report(rd, &fleet_name)
         }
         Ok(nix::unistd::ForkResult::Child) => {
             drop(rd);
@@ -254,6 +219,60 @@ pub(crate) fn up(a: &UpArgs) -> ExitCode {
             }
             std::process::exit(if r.is_ok() { 0 } else { 1 });
         }
+    }
+}
+
+/// Each group's images: the agent's, with its system added. The command line's system wins
+/// over the fleet file's (for every group that boots an image).
+fn group_images(
+    a: &UpArgs,
+    file: &daemon::FleetFile,
+) -> Result<Vec<hostd::backend::Images>, String> {
+    let mut images = Vec::with_capacity(file.resolved.len());
+    for g in &file.resolved {
+        let mut im =
+            hostd::images::resolve(a.images.agent.as_deref()).map_err(|e| format!("{e:#}"))?;
+        let system = match g.kind {
+            hostd::backend::BackendKind::Native => None,
+            _ => a.images.system.clone().map(|s| (s, a.images.init)).or(g.system.clone()),
+        };
+        if let Some((name, init)) = system {
+            if let Err(e) = hostd::images::add_system(&mut im, &name, init) {
+                return Err(if file.groups.is_empty() {
+                    format!("{e:#}")
+                } else {
+                    format!("group {:?}: {e:#}", g.name)
+                });
+            }
+        }
+        images.push(im);
+    }
+    Ok(images)
+}
+
+/// The parent's side of `hostd up`: what the detached daemon reported on the pipe `rd`
+/// (its first line ok, failed or error), printed, as the exit code.
+fn daemon_report(rd: std::os::fd::OwnedFd, fleet_name: &str) -> ExitCode {
+    let mut msg = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::fs::File::from(rd), &mut msg);
+    let fail = |e: &str| {
+        eprintln!("hostd: error: {e}");
+        ExitCode::FAILURE
+    };
+    match msg.split_once('\n') {
+        Some(("ok", rest)) => {
+            print!("{rest}");
+            ExitCode::SUCCESS
+        }
+        Some(("failed", rest)) => {
+            let (what, text) = rest.split_once('\n').unwrap_or((rest, ""));
+            print!("{text}");
+            eprintln!("hostd: finished with failures: {what}");
+            eprintln!("hostd: the fleet stays up (`hostd down {fleet_name}`)");
+            ExitCode::from(EXIT_FAILURES)
+        }
+        Some((_, err)) => fail(err.trim()),
+        None => fail("the fleet daemon exited before reporting"),
     }
 }
 

@@ -27,8 +27,12 @@ use crate::startup::boot_and_measure;
 use crate::suite::{isolation, linearity, overhead, ring, BenchSample, Targets};
 
 mod plan;
+mod startup;
+mod suite;
 pub use plan::{planned_steps, planned_work, xen_in_lab, Boots, Work};
 use plan::{LABS, LAB_GUESTS};
+use startup::*;
+use suite::*;
 
 /// Progress lines for a person watching.
 pub type Say<'a> = &'a mut dyn FnMut(String);
@@ -328,170 +332,62 @@ async fn backend_steps(
     Ok(())
 }
 
-async fn startup(
+/// Takes the guests that failed during `step` out of the fleet (killed, their resources
+/// released at once) and records why.
+async fn prune(
     ctx: &mut Ctx<'_>,
+    fleet: &mut Fleet,
     backend: &AnyBackend,
-    plan: &BackendPlan,
+    step: &str,
     say: Say<'_>,
 ) -> Result<()> {
-    for &n in &plan.startup_sizes {
-        for &mode in &ctx.campaign.startup.modes {
-            let key = format!("{}/startup/n={n}/{}", plan.kind, mode.name());
-            if ctx.done.contains(&key) {
-                continue;
-            }
-            let cfg = FleetConfig {
-                data_disk: None,
-                data_copies: None,
-                ..ctx.fleet_config(n, plan.mem_mib)
-            };
-            let settle = Duration::from_secs(ctx.campaign.startup.settle_s);
-            let copies = ctx.campaign.startup.image_copies.then_some(ctx.images);
-            match boot_and_measure(backend, ctx.run, &cfg, mode, settle, copies, |_| {}).await {
-                Ok(b) => {
-                    // The step's completion is its StepDone, not FleetDone.
-                    for r in b.records() {
-                        if !matches!(r, Record::FleetDone { .. }) {
-                            ctx.record(&r)?;
-                        }
-                    }
-                    say(format!(
-                        "   startup n={n} {}: {}/{n} ready, T_startup {} s{}, M_used {} MiB{}",
-                        b.label(),
-                        b.startups.len(),
-                        b.t_startup().map(|t| format!("{t:.3}")).unwrap_or("-".into()),
-                        if b.startups.len() < n {
-                            format!(" (partial: {} of {n})", b.startups.len())
-                        } else {
-                            String::new()
-                        },
-                        b.memory
-                            .as_ref()
-                            .map(|m| format!(
-                                "{:.1} ± {:.1}",
-                                m.fleet_kib() as f64 / 1024.0,
-                                m.checks.noise_kib.unwrap_or(0) as f64 / 1024.0
-                            ))
-                            .unwrap_or("-".into()),
-                        match &b.memory {
-                            Some(m) if m.disagrees() => format!(
-                                " (guests' cgroups + hostd: {:.1} MiB, beyond the noise bound)",
-                                m.checks.cross_check_kib.unwrap_or(0) as f64 / 1024.0
-                            ),
-                            _ => String::new(),
-                        }
-                    ));
-                    ctx.finish(&key)?;
-                }
-                Err(e) => ctx.fail(&key, format!("{e:#}"), say)?,
-            }
-        }
+    for f in fleet.prune(backend).await {
+        say(format!("   {step}: guest {} lost ({:?}): {}", f.name, f.kind, f.error));
+        ctx.record(&Record::GuestLost {
+            backend: fleet.backend,
+            step: step.to_string(),
+            failure: f,
+        })?;
     }
     Ok(())
 }
 
-/// The `xen` backend where this host is not a Xen dom0: one Xen lab (`hostd xen-lab`) per
-/// startup size, whose startup, memory and CPU samples join the campaign's like any
-/// backend's. The lab measures cold starts only (each lab is a freshly booted Xen host) and
-/// no suite beyond the CPU benchmark at n busy guests; its own results directories (with
-/// Xen's and dom0's console) are kept under `xen-lab/`.
-async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>) -> Result<()> {
-    let max = ctx.campaign.xen.lab_max_guests;
-    let mut probed = false;
-    for &n in &plan.startup_sizes {
-        let key = format!("{}/startup/n={n}/cold", plan.kind);
-        if n > max {
-            say(format!("   startup n={n}: not run in the Xen lab (xen.lab_max_guests = {max})"));
-            continue;
-        }
-        if ctx.done.contains(&key) {
-            continue;
-        }
-        let g = &ctx.campaign.guest;
-        let args = crate::xenlab::LabArgs {
-            guests: n,
-            mem_mib: plan.mem_mib,
-            vcpus: g.vcpus,
-            cpu_rounds: plan.workloads.cpu_rounds,
-            host_mib: None,
-            timeout: g.boot_timeout_s.max(300).saturating_add(g.bench_timeout_s),
-            qemu: ctx.opts.qemu.clone(),
-            accel: ctx.opts.accel.clone(),
-            results: ctx.results.path.join("xen-lab"),
-            in_dom0: None,
-        };
-        let mut lab_say = |l: String| say(format!("   {l}"));
-        match crate::xenlab::run(&args, &mut lab_say).await {
-            Ok(o) => {
-                let r = &o.report;
-                LABS.fetch_add(1, Ordering::Relaxed);
-                LAB_GUESTS.fetch_add(r.boot.n, Ordering::Relaxed);
-                if !probed {
-                    ctx.record(&Record::BackendProbe {
-                        backend: plan.kind,
-                        description: format!("{}; {}", r.probe, crate::xenlab::EMULATED_NOTE),
-                        emulated: true,
-                    })?;
-                    probed = true;
-                }
-                let cpu = ctx.campaign.resources.contains(&Resource::Cpu);
-                // As the campaign's own startup steps: completion is its StepDone, not FleetDone.
-                for rec in r.records() {
-                    match rec {
-                        Record::FleetDone { .. } => {}
-                        Record::Bench(_) if !cpu => {}
-                        rec => ctx.record(&rec)?,
-                    }
-                }
-                let b = &r.boot;
-                say(format!(
-                    "   startup n={n} cold (Xen lab): {}/{n} ready, T_startup {} s, M_used {} MiB",
-                    b.startups.len(),
-                    b.t_startup().map(|t| format!("{t:.3}")).unwrap_or("-".into()),
-                    b.memory
-                        .as_ref()
-                        .map(|m| format!("{:.1}", m.m_used_kib as f64 / 1024.0))
-                        .unwrap_or("-".into())
-                ));
-                // Startup and memory are recorded: the step is done, whatever came after.
-                ctx.finish(&key)?;
-                if let Some(e) = &r.bench_error {
-                    let bench_key = format!(
-                        "{}/linearity/n={n}/cpu/{} (Xen lab)",
-                        plan.kind,
-                        plan.workloads.params(Resource::Cpu)
-                    );
-                    ctx.fail(&bench_key, e.clone(), say)?;
-                }
-                if !r.leftover_domains.is_empty() {
-                    ctx.fail(
-                        &format!("{key} (Xen lab teardown)"),
-                        format!("domains left: {}", r.leftover_domains.join(", ")),
-                        say,
-                    )?;
-                }
-            }
-            Err(e) => ctx.fail(&key, format!("the Xen lab: {e:#}"), say)?,
-        }
+/// Tears the fleet down, records the guests found failed on the way, and returns `result`
+/// (or the recording's error if that failed and `result` had not).
+async fn teardown(
+    ctx: &mut Ctx<'_>,
+    fleet: Fleet,
+    backend: &AnyBackend,
+    result: Result<()>,
+) -> Result<()> {
+    let kind = fleet.backend;
+    let t = fleet.teardown(backend, Duration::from_secs(10)).await;
+    let mut recorded = Ok(());
+    for f in t.failed {
+        recorded = recorded.and(ctx.record(&Record::GuestLost {
+            backend: kind,
+            step: "teardown".into(),
+            failure: f,
+        }));
     }
-    Ok(())
+    result.and(recorded)
 }
 
-/// The network peer on the fleet's bridge, and where guests find it and the data disk:
-/// the bridge's address, or loopback for guests that share the peer's stack.
-async fn start_peer(ctx: &Ctx<'_>, net: &FleetNet) -> Result<(Peer, Targets)> {
-    let peer = Peer::start(ctx.images, ctx.opts, ctx.run, net).await?;
-    let addr = match net.mode {
-        NetMode::Private => peer.addr,
-        NetMode::Shared => {
-            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, peer.addr.port()))
+fn record_samples(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    m: Result<Vec<BenchSample>, String>,
+    say: Say<'_>,
+) -> Result<()> {
+    match m {
+        Ok(samples) => {
+            for s in samples {
+                ctx.record(&Record::Bench(s))?;
+            }
+            ctx.finish(key)
         }
-    };
-    let targets = Targets {
-        disk: ctx.disk.clone().unwrap_or_else(|| PathBuf::from("/nonexistent")),
-        peer: addr,
-    };
-    Ok((peer, targets))
+        Err(e) => ctx.fail(key, e, say),
+    }
 }
 
 /// One pass of a backend's suite on one network mode: the backend's own (every resource,
@@ -564,346 +460,5 @@ impl Pass {
             _ => {}
         }
         v
-    }
-}
-
-/// The native plan measuring the host's T_a (n = 1) for `plan`'s own workloads, where
-/// they differ from the campaign's (an override).
-fn host_baseline(native: &BackendPlan, plan: &BackendPlan) -> BackendPlan {
-    BackendPlan {
-        kind: BackendKind::Native,
-        startup_sizes: vec![],
-        overhead_sizes: vec![1],
-        memory_sizes: vec![1],
-        ring_guests: 0,
-        mem_mib: native.mem_mib,
-        mem_bench_mib: native.mem_bench_mib,
-        workloads: plan.workloads.clone(),
-    }
-}
-
-/// An overhead or linearity step's key: backend, test, n, resource, workload, path.
-fn step_key(plan: &BackendPlan, test: &str, n: usize, r: Resource, suffix: &str) -> String {
-    format!("{}/{test}/n={n}/{}/{}{suffix}", plan.kind, r.name(), plan.workloads.params(r))
-}
-
-/// Overhead and linearity: the memory resource in a fleet of its own, whose guests hold
-/// the working set, at its own sizes; the other resources in one fleet of `guest.mem_mib`
-/// guests.
-async fn overhead_and_linearity(
-    ctx: &mut Ctx<'_>,
-    backend: &AnyBackend,
-    plan: &BackendPlan,
-    pass: &Pass,
-    say: Say<'_>,
-) -> Result<()> {
-    let (memory, others): (Vec<Resource>, Vec<Resource>) =
-        pass.resources.iter().partition(|&&r| r == Resource::Memory);
-    if !others.is_empty() {
-        overhead_fleet(ctx, backend, plan, pass, &others, &plan.overhead_sizes, plan.mem_mib, say)
-            .await?;
-    }
-    if !memory.is_empty() {
-        let mem = u32::try_from(plan.mem_for_copies(1))
-            .context("guest memory for the memory benchmark")?;
-        // A pass limited to some sizes (a baseline at n = 1) keeps to them.
-        let sizes: Vec<usize> = plan
-            .memory_sizes
-            .iter()
-            .copied()
-            .filter(|n| pass.overhead_sizes.as_ref().is_none_or(|o| o.contains(n)))
-            .collect();
-        overhead_fleet(ctx, backend, plan, pass, &memory, &sizes, mem, say).await?;
-    }
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn overhead_fleet(
-    ctx: &mut Ctx<'_>,
-    backend: &AnyBackend,
-    plan: &BackendPlan,
-    pass: &Pass,
-    resources: &[Resource],
-    sizes: &[usize],
-    mem_mib: u32,
-    say: Say<'_>,
-) -> Result<()> {
-    let key = |test: &str, n: usize, r: Resource| step_key(plan, test, n, r, &pass.suffix);
-    let todo = sizes.iter().any(|&n| {
-        resources.iter().any(|&r| {
-            !ctx.done.contains(&key("overhead", n, r))
-                || !ctx.done.contains(&key("linearity", n, r))
-        })
-    });
-    if !todo {
-        return Ok(());
-    }
-    let cfg = FleetConfig { n: 0, net_mode: pass.mode, ..ctx.fleet_config(0, mem_mib) };
-    let mut fleet = fleet::start(backend, ctx.run, &cfg, |_| {}).await?;
-    let result = async {
-        let (peer, targets) = start_peer(ctx, fleet.net.as_ref().expect("network on")).await?;
-        let r = async {
-            for &n in sizes {
-                fleet.grow(backend, ctx.run, n, |_| {}).await?;
-                if fleet.guests.len() < n {
-                    let why = fleet.failures.last().map(|f| f.error.clone()).unwrap_or_default();
-                    for &r in resources {
-                        ctx.fail(
-                            &key("overhead", n, r),
-                            format!("only {}/{n} guests ready: {why}", fleet.guests.len()),
-                            say,
-                        )?;
-                    }
-                    break;
-                }
-                for &r in resources {
-                    for (test, k) in
-                        [("overhead", key("overhead", n, r)), ("linearity", key("linearity", n, r))]
-                    {
-                        if ctx.done.contains(&k) {
-                            continue;
-                        }
-                        let w = &plan.workloads;
-                        let (c, t) = (ctx.campaign, ctx.timeout());
-                        let m = if test == "overhead" {
-                            overhead::measure(&fleet, r, w, &targets, c.warmup, c.reps, t).await
-                        } else {
-                            linearity::measure(&fleet, r, w, &targets, c.warmup, c.reps, t).await
-                        };
-                        record_samples(ctx, &k, m, say)?;
-                        prune(ctx, &mut fleet, backend, &k, say).await?;
-                    }
-                }
-                say(format!("   overhead and linearity at n={n} done"));
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        peer.stop().await;
-        r
-    }
-    .await;
-    teardown(ctx, fleet, backend, result).await
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Test {
-    Isolation,
-    Ring,
-}
-
-async fn small_fleet_test(
-    ctx: &mut Ctx<'_>,
-    backend: &AnyBackend,
-    plan: &BackendPlan,
-    test: Test,
-    pass: &Pass,
-    say: Say<'_>,
-) -> Result<()> {
-    let resources = pass.resources.clone();
-    let sfx = &pass.suffix;
-    let keys: Vec<(Option<Resource>, String)> = match test {
-        Test::Isolation => resources
-            .iter()
-            .map(|&r| {
-                (
-                    Some(r),
-                    format!(
-                        "{}/isolation/{}/{}{sfx}",
-                        plan.kind,
-                        r.name(),
-                        plan.workloads.params(r)
-                    ),
-                )
-            })
-            .collect(),
-        Test::Ring => {
-            vec![(
-                None,
-                format!(
-                    "{}/ring/n={}/{}{sfx}",
-                    plan.kind,
-                    plan.ring_guests,
-                    plan.workloads.params(Resource::Network)
-                ),
-            )]
-        }
-    };
-    if keys.iter().all(|(_, k)| ctx.done.contains(k)) {
-        return Ok(());
-    }
-    let n = if test == Test::Isolation { 2 } else { plan.ring_guests };
-    // Isolation's guest 2 runs two copies of each benchmark: room for two working sets.
-    let mem = if test == Test::Isolation && resources.contains(&Resource::Memory) {
-        u32::try_from(plan.mem_for_copies(2)).context("guest memory for the memory benchmark")?
-    } else {
-        plan.mem_mib
-    };
-    let mut cfg = FleetConfig { net_mode: pass.mode, ..ctx.fleet_config(n, mem) };
-    if test == Test::Ring {
-        // The ring reads no disk: no copies to make.
-        (cfg.data_disk, cfg.data_copies) = (None, None);
-    }
-    let mut fleet = match fleet::start(backend, ctx.run, &cfg, |_| {}).await {
-        Ok(f) => f,
-        Err(e) => {
-            for (_, k) in &keys {
-                ctx.fail(k, e.to_string(), say)?;
-            }
-            return Ok(());
-        }
-    };
-    let result = async {
-        if fleet.guests.len() < n {
-            let why = fleet.failures.first().map(|f| f.error.clone()).unwrap_or_default();
-            for (_, k) in &keys {
-                ctx.fail(k, format!("only {}/{n} guests ready: {why}", fleet.guests.len()), say)?;
-            }
-            return anyhow::Ok(());
-        }
-        let (peer, targets) = start_peer(ctx, fleet.net.as_ref().expect("network on")).await?;
-        let r = async {
-            for (r, k) in &keys {
-                if ctx.done.contains(k) {
-                    continue;
-                }
-                let (c, t, w) = (ctx.campaign, ctx.timeout(), &plan.workloads);
-                let m = match (test, r) {
-                    (Test::Isolation, Some(r)) => {
-                        isolation::measure(&fleet, *r, w, &targets, c.warmup, c.reps, t).await
-                    }
-                    _ => ring::measure(&fleet, w, c.warmup, c.reps, t).await,
-                };
-                record_samples(ctx, k, m, say)?;
-                prune(ctx, &mut fleet, backend, k, say).await?;
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        peer.stop().await;
-        r
-    }
-    .await;
-    let result = teardown(ctx, fleet, backend, result).await;
-    say(format!("   {} done", if test == Test::Isolation { "isolation" } else { "ring" }));
-    result
-}
-
-/// The emulated network's accuracy ([`crate::netem_accuracy`]) at each of `[netem]`'s
-/// sizes: a fleet of n guests, all shaped alike and measuring at once.
-async fn netem_accuracy(
-    ctx: &mut Ctx<'_>,
-    backend: &AnyBackend,
-    plan: &BackendPlan,
-    say: Say<'_>,
-) -> Result<()> {
-    let s = &ctx.campaign.netem;
-    for &n in &s.sizes {
-        let key = format!("{}/netem/n={n}/{}", plan.kind, s.describe());
-        if ctx.done.contains(&key) {
-            continue;
-        }
-        let mut cfg = ctx.fleet_config(n, plan.mem_mib);
-        (cfg.data_disk, cfg.data_copies) = (None, None);
-        let fleet = match fleet::start(backend, ctx.run, &cfg, |_| {}).await {
-            Ok(f) => f,
-            Err(e) => {
-                ctx.fail(&key, e.to_string(), say)?;
-                continue;
-            }
-        };
-        let result = async {
-            if fleet.guests.len() < n {
-                let why = fleet.failures.first().map(|f| f.error.clone()).unwrap_or_default();
-                let got = fleet.guests.len();
-                return ctx.fail(&key, format!("only {got}/{n} guests ready: {why}"), say);
-            }
-            let (peer, targets) = start_peer(ctx, fleet.net.as_ref().expect("network on")).await?;
-            let (c, w) = (ctx.campaign, &plan.workloads);
-            let m = crate::netem_accuracy::measure(
-                &fleet,
-                &c.netem,
-                targets.peer,
-                w.net_duration_ms,
-                w.net_msg_size,
-                c.warmup,
-                c.reps,
-                ctx.timeout(),
-            )
-            .await;
-            peer.stop().await;
-            match m {
-                Ok(samples) => {
-                    for smp in samples {
-                        ctx.record(&crate::samples::Record::Netem(smp))?;
-                    }
-                    ctx.finish(&key)
-                }
-                Err(e) => ctx.fail(&key, e, say),
-            }
-        }
-        .await;
-        teardown(ctx, fleet, backend, result).await?;
-        say(format!("   netem accuracy at n={n} done"));
-    }
-    Ok(())
-}
-
-/// Takes the guests that failed during `step` out of the fleet (killed, their resources
-/// released at once) and records why.
-async fn prune(
-    ctx: &mut Ctx<'_>,
-    fleet: &mut Fleet,
-    backend: &AnyBackend,
-    step: &str,
-    say: Say<'_>,
-) -> Result<()> {
-    for f in fleet.prune(backend).await {
-        say(format!("   {step}: guest {} lost ({:?}): {}", f.name, f.kind, f.error));
-        ctx.record(&Record::GuestLost {
-            backend: fleet.backend,
-            step: step.to_string(),
-            failure: f,
-        })?;
-    }
-    Ok(())
-}
-
-/// Tears the fleet down, records the guests found failed on the way, and returns `result`
-/// (or the recording's error if that failed and `result` had not).
-async fn teardown(
-    ctx: &mut Ctx<'_>,
-    fleet: Fleet,
-    backend: &AnyBackend,
-    result: Result<()>,
-) -> Result<()> {
-    let kind = fleet.backend;
-    let t = fleet.teardown(backend, Duration::from_secs(10)).await;
-    let mut recorded = Ok(());
-    for f in t.failed {
-        recorded = recorded.and(ctx.record(&Record::GuestLost {
-            backend: kind,
-            step: "teardown".into(),
-            failure: f,
-        }));
-    }
-    result.and(recorded)
-}
-
-fn record_samples(
-    ctx: &mut Ctx<'_>,
-    key: &str,
-    m: Result<Vec<BenchSample>, String>,
-    say: Say<'_>,
-) -> Result<()> {
-    match m {
-        Ok(samples) => {
-            for s in samples {
-                ctx.record(&Record::Bench(s))?;
-            }
-            ctx.finish(key)
-        }
-        Err(e) => ctx.fail(key, e, say),
     }
 }

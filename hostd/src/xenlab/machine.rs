@@ -63,6 +63,7 @@ pub async fn choose_accel(
             )
             .await
             .map(|t| t.as_secs_f64())
+            .map_err(|e| e.to_string())
         })
         .await;
     Ok(match verdict {

@@ -22,11 +22,12 @@ use tokio::sync::OnceCell;
 
 use super::launch::{
     boot_images, control_pair, host_halves, tool_version, vm_launch_files, GuestCommand,
-    LaunchGuard, ToolError,
+    ImageError, LaunchGuard, ToolError,
 };
 use super::rootdisk::System;
 use super::vmm::{
-    check_kvm, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, stop_vmm,
+    check_kvm, guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, stop_vmm, KvmError,
+    ProbeBootError, ScratchDirError,
 };
 use super::{
     prepare, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec,
@@ -42,15 +43,18 @@ const PROBE_DEADLINE: Duration = Duration::from_secs(15);
 /// is the control channel), the TSC (KVM knows it) and the reboot method.
 const DROPPED: [&str; 6] = ["console", "quiet", "loglevel", "tsc_early_khz", "tsc", "reboot"];
 
+/// The Firecracker backend: one microVM per guest, configured by a JSON file, the control
+/// channel on its serial console.
 pub struct Firecracker {
     bin: String,
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,
-    probed: OnceCell<Result<String, String>>,
+    probed: OnceCell<Result<String, std::sync::Arc<ProbeError>>>,
     system: Option<System>,
 }
 
 impl Firecracker {
+    /// The backend over `images`, with the Firecracker binary `opts` names.
     pub fn new(images: &Images, opts: &BackendOptions) -> Self {
         Self {
             bin: opts.firecracker.clone(),
@@ -61,6 +65,7 @@ impl Firecracker {
         }
     }
 
+    /// The same binary and probe outcome over other images (a guest's own copies).
     pub fn with_images(&self, images: &Images) -> Self {
         Self {
             bin: self.bin.clone(),
@@ -71,19 +76,15 @@ impl Firecracker {
         }
     }
 
-    fn images(&self) -> Result<(&Kernel, &Path), String> {
-        Ok(boot_images(
-            "microvm kernel (vmlinux)",
-            self.kernel.as_ref(),
-            self.initramfs.as_deref(),
-        )?)
+    fn images(&self) -> Result<(&Kernel, &Path), ImageError> {
+        boot_images("microvm kernel (vmlinux)", self.kernel.as_ref(), self.initramfs.as_deref())
     }
 
     /// Binary, KVM, images, then a real boot to the agent's hello.
-    async fn check(&self) -> Result<String, String> {
+    async fn check(&self) -> Result<String, ProbeError> {
         let version = tool_version(&self.bin, &["--version"]).await.map_err(|e| match e {
-            ToolError::NotFound { .. } => format!("firecracker binary not found ({})", self.bin),
-            e => e.to_string(),
+            ToolError::NotFound { .. } => ProbeError::NoBinary { bin: self.bin.clone() },
+            e => ProbeError::Version(e),
         })?;
         check_kvm()?;
         let (kernel, initramfs) = self.images()?;
@@ -91,12 +92,12 @@ impl Firecracker {
         let spec = probe_spec(dir.path(), "fc-probe");
         let launched = launch_firecracker(&self.bin, kernel, initramfs, &spec, None)
             .await
-            .map_err(|e| format!("probe guest: {e}"))?;
+            .map_err(ProbeError::Launch)?;
         let t = probe_boot(launched, "Firecracker", PROBE_DEADLINE, None, |g, d| {
             Box::pin(stop_and_release(g, d))
         })
         .await
-        .map_err(|e| format!("KVM boot probe failed: {e}"))?;
+        .map_err(ProbeError::Boot)?;
         Ok(format!(
             "{version} ({}); KVM probe guest reached the agent's hello in {:.2} s; kernel {}; initramfs {}",
             self.bin,
@@ -105,6 +106,27 @@ impl Firecracker {
             initramfs.display()
         ))
     }
+}
+
+/// Why the Firecracker backend's probe failed, by step.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum ProbeError {
+    #[error("firecracker binary not found ({bin})")]
+    NoBinary { bin: String },
+    /// `firecracker --version` failed.
+    #[error(transparent)]
+    Version(ToolError),
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    Images(#[from] ImageError),
+    #[error(transparent)]
+    ScratchDir(#[from] ScratchDirError),
+    #[error("probe guest: {0}")]
+    Launch(LaunchError),
+    #[error("KVM boot probe failed: {0}")]
+    Boot(ProbeBootError),
 }
 
 /// The guest kernel command line (as words) for Firecracker guests.
@@ -226,7 +248,7 @@ impl Backend for Firecracker {
 
     async fn probe(&self) -> Result<String, Unavailable> {
         self.probed
-            .get_or_init(|| self.check())
+            .get_or_init(|| async { self.check().await.map_err(std::sync::Arc::new) })
             .await
             .clone()
             .map_err(|reason| Unavailable { backend: "firecracker", reason: reason.into() })

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::cgroup::{self, Cgroup};
 use crate::netlab::FleetNet;
 pub use process::Proc;
-pub use resource::{release_all, Resource};
+pub use resource::{release_all, ReleaseError, Resource};
 
 /// The systems hostd can boot guests on.
 #[derive(
@@ -64,6 +64,7 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// Every backend.
     pub const ALL: [BackendKind; 8] = [
         BackendKind::Native,
         BackendKind::Ns,
@@ -75,6 +76,7 @@ impl BackendKind {
         BackendKind::Xen,
     ];
 
+    /// The backend's name, as campaign files and reports write it.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Native => "native",
@@ -121,13 +123,16 @@ impl std::fmt::Display for BackendKind {
     }
 }
 
+/// A backend name that is none of [`BackendKind::ALL`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+#[error("unknown backend {0:?} (known: {known})", known = BackendKind::ALL.map(|k| k.name()).join(", "))]
+pub struct UnknownBackend(pub String);
+
 impl std::str::FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        BackendKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            let known: Vec<_> = BackendKind::ALL.iter().map(|k| k.name()).collect();
-            format!("unknown backend {s:?} (known: {})", known.join(", "))
-        })
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
+        BackendKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| UnknownBackend(s.into()))
     }
 }
 
@@ -143,7 +148,9 @@ pub struct GuestSpec {
     pub name: String,
     /// The run this guest belongs to ([a-z0-9-]); scopes cgroups and namespaces.
     pub run: String,
+    /// Virtual CPUs (ignored where the guest has none of its own).
     pub vcpus: u32,
+    /// Memory, MiB.
     pub mem_mib: u32,
     /// A file or device the disk benchmark reads inside the guest.
     pub data_disk: Option<PathBuf>,
@@ -153,6 +160,7 @@ pub struct GuestSpec {
     pub net: Option<GuestNet>,
     /// Put the guest's host processes in a cgroup of this kind (None: no cgroup).
     pub cgroup: Option<cgroup::Mode>,
+    /// Resource limits applied to its cgroup.
     pub limits: cgroup::Limits,
     /// This guest's own copies of the images it boots (kernel, initramfs, rootfs, bundle,
     /// agent), replacing the backend's: the paper's "each VM its own image". None: the
@@ -176,8 +184,11 @@ pub struct LaunchFiles {
 /// A guest's attachment to the fleet network.
 #[derive(Debug, Clone)]
 pub struct GuestNet {
+    /// The fleet's network namespace.
     pub fleet: FleetNet,
+    /// The guest's address.
     pub addr: Ipv4Addr,
+    /// The prefix length of the fleet's network.
     pub prefix: u8,
     /// Host-side link name (tap or veth end on the bridge), ≤ 15 bytes.
     pub link: String,
@@ -204,8 +215,11 @@ pub struct Images {
     pub bundle: Option<PathBuf>,
     /// Raw data disk image the disk benchmark reads.
     pub disk: Option<PathBuf>,
+    /// UML's kernel.
     pub kernel_uml: Option<Kernel>,
+    /// The kernel of QEMU's microvm profile and Firecracker.
     pub kernel_microvm: Option<Kernel>,
+    /// The kernel of QEMU's q35 (pc) profile.
     pub kernel_pc: Option<Kernel>,
     /// Xen domU kernel (PV/PVH vmlinux).
     pub kernel_xen: Option<Kernel>,
@@ -221,7 +235,9 @@ pub struct Images {
 /// A guest kernel and the command line its recipe recommends.
 #[derive(Debug, Clone, Default)]
 pub struct Kernel {
+    /// The kernel image.
     pub path: PathBuf,
+    /// Its command line from the recipe (a backend adds its own words).
     pub cmdline: String,
 }
 
@@ -251,6 +267,7 @@ impl Default for BackendOptions {
 
 /// Why a backend cannot run on this host.
 #[derive(Debug, Clone, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 #[error("backend {backend} unavailable: {reason}")]
 pub struct Unavailable {
     pub backend: &'static str,
@@ -260,10 +277,14 @@ pub struct Unavailable {
 /// What a backend's probe found missing: typed where a caller acts on it (the Xen lab
 /// stands in for a host that is not dom0), words otherwise.
 #[derive(Debug, Clone, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum UnavailableReason {
     /// The `xen` backend's host is not a working dom0.
     #[error(transparent)]
     Dom0(#[from] xen::Dom0Error),
+    /// Firecracker's probe, by step (shared: a backend's probe runs once).
+    #[error(transparent)]
+    Firecracker(#[from] std::sync::Arc<firecracker::ProbeError>),
     /// Anything else the probe found missing or broken, in words.
     #[error("{0}")]
     Other(String),
@@ -282,8 +303,18 @@ impl From<String> for UnavailableReason {
     }
 }
 
+/// Why the memory a hypervisor below the host hands out could not be read
+/// ([`Backend::unseen_used_kib`]).
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum UnseenError {
+    #[error(transparent)]
+    Xen(#[from] xen::XenMemoryError),
+}
+
 /// A launch that failed, named after the step that failed.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum LaunchError {
     #[error("preparing {what}: {source}")]
     Prepare { what: String, source: std::io::Error },
@@ -304,14 +335,18 @@ pub(crate) fn prepare(what: impl std::fmt::Display, source: std::io::Error) -> L
 
 /// A started guest: the host side of its control channel plus what must be torn down.
 pub struct Launched {
+    /// Reads the agent's side of the control channel.
     pub reader: Box<dyn AsyncRead + Send + Unpin>,
+    /// Writes to the agent.
     pub writer: Box<dyn AsyncWrite + Send + Unpin>,
+    /// The guest's host processes and resources.
     pub guest: GuestProcess,
 }
 
 /// The host processes and resources that make up a guest.
 #[derive(Debug)]
 pub struct GuestProcess {
+    /// The guest's name.
     pub name: String,
     /// The main host process: the VMM, the runtime, or the agent itself.
     pub proc: Proc,
@@ -327,6 +362,7 @@ pub struct GuestProcess {
 }
 
 impl GuestProcess {
+    /// The main process's pid.
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }
@@ -384,7 +420,7 @@ pub trait Backend {
     /// Memory in use on the machine that the host kernel's /proc/meminfo does not count,
     /// KiB: guest RAM a hypervisor below the host hands out (Xen). 0 where the host kernel
     /// owns all memory, which is every backend but Xen.
-    async fn unseen_used_kib(&self) -> Result<u64, String> {
+    async fn unseen_used_kib(&self) -> Result<u64, UnseenError> {
         Ok(0)
     }
     /// The host files a launch of this backend reads, with its own images (see
@@ -410,16 +446,24 @@ pub async fn stop_and_release(guest: &mut GuestProcess, grace: Duration) -> Exit
 
 /// Enum dispatch over the closed set of backends.
 pub enum AnyBackend {
+    /// Agents as host processes.
     Native(native::Native),
+    /// Linux namespaces, set up by hostd itself.
     Ns(ns::Ns),
+    /// An OCI runtime (runc, crun).
     Oci(oci::Oci),
+    /// User-mode Linux.
     Uml(uml::Uml),
+    /// QEMU, microvm or q35.
     Qemu(qemu::Qemu),
+    /// Firecracker.
     Firecracker(firecracker::Firecracker),
+    /// Xen domUs through xl.
     Xen(xen::Xen),
 }
 
 impl AnyBackend {
+    /// The backend of `kind` over `images`.
     pub fn new(kind: BackendKind, images: &Images, opts: &BackendOptions) -> Self {
         match kind {
             BackendKind::Native => AnyBackend::Native(native::Native::new(images.agent.clone())),
@@ -521,7 +565,7 @@ impl Backend for AnyBackend {
     async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
         dispatch!(self, b => b.stop(guest, grace).await)
     }
-    async fn unseen_used_kib(&self) -> Result<u64, String> {
+    async fn unseen_used_kib(&self) -> Result<u64, UnseenError> {
         dispatch!(self, b => b.unseen_used_kib().await)
     }
     fn launch_files(&self) -> LaunchFiles {
@@ -538,44 +582,7 @@ pub fn make_cgroup(spec: &GuestSpec) -> Result<Option<Cgroup>, LaunchError> {
         .transpose()
 }
 
-/// A guest spec for the VM backends' command-line tests: guest 1 of run r1, 2 vCPUs,
-/// 192 MiB, optionally on the fleet network (10.211.0.3/16) and with a data disk whose
-/// path holds a comma (which QEMU and xl must quote).
 #[cfg(test)]
-pub(crate) fn test_spec(net: bool, disk: bool) -> GuestSpec {
-    GuestSpec {
-        index: 1,
-        name: "g1".into(),
-        run: "r1".into(),
-        vcpus: 2,
-        mem_mib: 192,
-        data_disk: disk.then(|| PathBuf::from("/store/disk,1.img")),
-        workdir: PathBuf::from("/run/virtbench/r1/g1"),
-        net: net.then(|| GuestNet {
-            fleet: crate::netlab::FleetNet { netns: "vb-r1".into(), mode: Default::default() },
-            addr: Ipv4Addr::new(10, 211, 0, 3),
-            prefix: 16,
-            link: "vbl1".into(),
-        }),
-        cgroup: None,
-        limits: Default::default(),
-        images: None,
-    }
-}
-
+mod tests;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Callers may run launches on any worker thread (tokio::spawn): every backend's launch
-    /// future is Send (the enum's is only if each one's is).
-    #[test]
-    fn launch_futures_are_send() {
-        fn send<T: Send>(_: &T) {}
-        let spec = GuestSpec { mem_mib: 64, ..test_spec(false, false) };
-        for kind in BackendKind::ALL {
-            let b = AnyBackend::new(kind, &Images::default(), &BackendOptions::default());
-            send(&b.launch(&spec));
-        }
-    }
-}
+pub(crate) use tests::test_spec;

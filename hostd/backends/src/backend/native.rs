@@ -16,11 +16,13 @@ use super::{
 /// The descriptor number the agent finds its channel on.
 pub const AGENT_FD: i32 = 3;
 
+/// The native backend: the agent as a host process, the baseline every figure is against.
 pub struct Native {
     agent: PathBuf,
 }
 
 impl Native {
+    /// Runs the agent binary at `agent`.
     pub fn new(agent: PathBuf) -> Self {
         Self { agent }
     }

@@ -12,14 +12,20 @@ use tokio::io::unix::AsyncFd;
 use super::Exit;
 
 #[derive(Debug)]
+/// A guest's main host process.
 pub enum Proc {
+    /// A child hostd spawned through tokio.
     Child(tokio::process::Child),
     /// `reap`: the process is hostd's child and must be waited for once it exits.
     /// `waited`: its exit has been seen (and reaped, if ours).
     Pidfd {
+        /// Its pid.
         pid: u32,
+        /// The pidfd, readable once the process exits.
         fd: AsyncFd<OwnedFd>,
+        /// Whether hostd must reap it.
         reap: bool,
+        /// Whether its exit was seen.
         waited: bool,
     },
 }
@@ -75,6 +81,7 @@ impl Proc {
         Ok(Proc::Pidfd { pid, fd, reap, waited: false })
     }
 
+    /// Its pid (0 for a child already reaped).
     pub fn pid(&self) -> u32 {
         match self {
             Proc::Child(c) => c.id().unwrap_or(0),
@@ -121,6 +128,7 @@ impl Proc {
         }
     }
 
+    /// Sends SIGKILL, unless it is known to be gone.
     pub fn kill(&mut self) {
         match self {
             Proc::Child(c) => {

@@ -41,6 +41,7 @@ pub enum InitMode {
 }
 
 impl InitMode {
+    /// The name campaign and fleet files use, and the agent's `vb.init`.
     pub fn name(self) -> &'static str {
         match self {
             InitMode::Agent => "agent",
@@ -60,11 +61,23 @@ pub struct System {
     pub ext4_uuid: String,
     /// The unpacked tree (containers' lower layer), read-only.
     pub tree: PathBuf,
+    /// What the guest runs as its init.
     pub init: InitMode,
     /// The image's init as its manifest records it (None: it has no usable one).
     pub image_init: Option<String>,
     /// `ext4` is this guest's own copy: written in place, without an overlay.
     pub private: bool,
+}
+
+/// `init = "image"` for a system image without a usable init.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+#[error(
+    "system {system}: init = \"image\", but the image has no usable /sbin/init (its manifest's system.init is null); use init = \"agent\""
+)]
+pub struct NoImageInit {
+    /// The system image's name.
+    pub system: String,
 }
 
 impl System {
@@ -74,12 +87,9 @@ impl System {
     }
 
     /// Refuses `init = "image"` for an image without a usable init, naming it.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), NoImageInit> {
         if self.init == InitMode::Image && self.image_init.is_none() {
-            return Err(format!(
-                "system {}: init = \"image\", but the image has no usable /sbin/init (its manifest's system.init is null); use init = \"agent\"",
-                self.name
-            ));
+            return Err(NoImageInit { system: self.name.clone() });
         }
         Ok(())
     }
@@ -232,7 +242,7 @@ mod tests {
         let mut s = sys(false);
         assert!(s.check().is_ok());
         s.init = InitMode::Image;
-        assert!(s.check().unwrap_err().contains("no usable /sbin/init"));
+        assert!(s.check().unwrap_err().to_string().contains("no usable /sbin/init"));
         s.image_init = Some("/bin/busybox".into());
         assert!(s.check().is_ok());
     }

@@ -37,6 +37,7 @@ pub use super::vmm::CTL_FD;
 const MEMORY_DIR: &str = "/dev/shm";
 const PROBE_DEADLINE: Duration = Duration::from_secs(20);
 
+/// The UML backend: each guest a User-mode Linux kernel run as host processes.
 pub struct Uml {
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,
@@ -44,6 +45,7 @@ pub struct Uml {
 }
 
 impl Uml {
+    /// The backend over `images`.
     pub fn new(images: &Images, _opts: &BackendOptions) -> Self {
         Self {
             kernel: images.kernel_uml.clone(),
@@ -52,6 +54,7 @@ impl Uml {
         }
     }
 
+    /// The same backend over other images.
     pub fn with_images(&self, images: &Images) -> Self {
         Self::new(images, &BackendOptions::default())
     }
@@ -229,7 +232,7 @@ impl Backend for Uml {
         let free_mib = nix::sys::statvfs::statvfs(MEMORY_DIR)
             .map(|v| (v.blocks_available() * v.fragment_size()) >> 20)
             .unwrap_or(0);
-        let dir = probe_dir("uml-probe").map_err(unavailable)?;
+        let dir = probe_dir("uml-probe").map_err(|e| unavailable(e.to_string()))?;
         let spec = probe_spec(dir.path(), "uml-probe");
         let launched = launch_uml(kernel, initramfs, &spec, None)
             .await

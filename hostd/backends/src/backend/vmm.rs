@@ -81,12 +81,57 @@ pub(super) fn opt_value(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
+/// A probe guest's scratch directory could not be made.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+#[error("creating a scratch directory: {0}")]
+pub struct ScratchDirError(#[source] pub std::io::Error);
+
+/// /dev/kvm is missing or this process may not use it.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+#[error("/dev/kvm: {0}")]
+pub struct KvmError(#[source] pub std::io::Error);
+
+/// Why the agent's first message on a probe guest's channel was not its hello.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum HelloError {
+    #[error("control channel: {0}")]
+    Read(std::io::Error),
+    #[error("the control channel closed before the agent's hello")]
+    Closed,
+    /// Another message came first (its debug form).
+    #[error("expected the agent's hello, got {0}")]
+    Unexpected(String),
+    #[error("undecodable first message: {0}")]
+    Undecodable(String),
+    /// The caller's `failed` check ended the wait, with its reason.
+    #[error("{0}")]
+    Failed(String),
+    #[error("no agent hello within {} s", .0.as_secs())]
+    TimedOut(Duration),
+}
+
+/// Why a probe guest never said hello; the VMM's own error lines, when its log has any,
+/// are part of the message.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum ProbeBootError {
+    /// The VMM logged the caller's fatal marker (these are the lines it logged).
+    #[error("{0}")]
+    Fatal(String),
+    /// The VMM exited before the hello; `said` is ": " and its error lines, or empty.
+    #[error("{vmm} exited ({status}) before the agent's hello{said}")]
+    Exited { vmm: String, status: String, said: String },
+    /// No hello, the VMM still running.
+    #[error("{why}{said}")]
+    NoHello { why: HelloError, said: String },
+}
+
 /// A scratch directory for a probe guest (removed when dropped).
-pub(super) fn probe_dir(what: &str) -> Result<tempfile::TempDir, String> {
-    tempfile::Builder::new()
-        .prefix(&format!("vb-{what}-"))
-        .tempdir()
-        .map_err(|e| format!("creating a scratch directory: {e}"))
+pub(super) fn probe_dir(what: &str) -> Result<tempfile::TempDir, ScratchDirError> {
+    tempfile::Builder::new().prefix(&format!("vb-{what}-")).tempdir().map_err(ScratchDirError)
 }
 
 /// The smallest guest: one vCPU, 128 MiB, no disk, network or cgroup.
@@ -121,7 +166,7 @@ pub(super) async fn probe_boot(
     deadline: Duration,
     fatal: Option<&str>,
     stop: StopFn,
-) -> Result<Duration, String> {
+) -> Result<Duration, ProbeBootError> {
     let t0 = Instant::now();
     let guest = &mut l.guest;
     let mut fatal_seen = None;
@@ -139,7 +184,7 @@ pub(super) async fn probe_boot(
     .await;
     let r = match (r, fatal_seen) {
         (Ok(_), _) => Ok(t0.elapsed()),
-        (Err(_), Some(fatal)) => Err(fatal),
+        (Err(_), Some(fatal)) => Err(ProbeBootError::Fatal(fatal)),
         (Err(why), None) => {
             if let Some(c) = &l.guest.console {
                 c.drained(Duration::from_secs(1)).await;
@@ -149,10 +194,8 @@ pub(super) async fn probe_boot(
                 .unwrap_or_default();
             // A closed channel usually means the VMM died; it said why on its stderr (the log).
             match tokio::time::timeout(Duration::from_secs(2), l.guest.proc.wait()).await {
-                Ok(status) => {
-                    Err(format!("{vmm} exited ({status}) before the agent's hello{said}"))
-                }
-                Err(_) => Err(format!("{why}{said}")),
+                Ok(status) => Err(ProbeBootError::Exited { vmm: vmm.into(), status, said }),
+                Err(_) => Err(ProbeBootError::NoHello { why, said }),
             }
         }
     };
@@ -166,34 +209,34 @@ pub(super) async fn first_hello(
     reader: &mut (impl AsyncRead + Unpin),
     deadline: Duration,
     mut failed: impl FnMut() -> Option<String>,
-) -> Result<Hello, String> {
+) -> Result<Hello, HelloError> {
     let mut dec = FrameDecoder::default();
     let mut buf = vec![0u8; 16 << 10];
     let end = crate::limits::deadline(deadline);
     loop {
         tokio::select! {
             r = reader.read(&mut buf) => {
-                let n = r.map_err(|e| format!("control channel: {e}"))?;
+                let n = r.map_err(HelloError::Read)?;
                 if n == 0 {
-                    return Err("the control channel closed before the agent's hello".into());
+                    return Err(HelloError::Closed);
                 }
                 for ev in dec.feed(&buf[..n]) {
                     if let Event::Frame(p) = ev {
                         match GuestMsg::decode(&p) {
                             Ok(GuestMsg::Hello(h)) => return Ok(h),
-                            Ok(other) => return Err(format!("expected the agent's hello, got {other:?}")),
-                            Err(e) => return Err(format!("undecodable first message: {e}")),
+                            Ok(other) => return Err(HelloError::Unexpected(format!("{other:?}"))),
+                            Err(e) => return Err(HelloError::Undecodable(e.to_string())),
                         }
                     }
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(50)) => {
                 if let Some(why) = failed() {
-                    return Err(why);
+                    return Err(HelloError::Failed(why));
                 }
             }
             _ = tokio::time::sleep_until(end) => {
-                return Err(format!("no agent hello within {} s", deadline.as_secs()));
+                return Err(HelloError::TimedOut(deadline));
             }
         }
     }
@@ -261,11 +304,6 @@ pub(super) async fn stop_vmm(guest: &mut GuestProcess, grace: Duration) -> Exit 
 }
 
 /// /dev/kvm exists and this process may use it.
-pub(super) fn check_kvm() -> Result<(), String> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(drop)
-        .map_err(|e| format!("/dev/kvm: {e}"))
+pub(super) fn check_kvm() -> Result<(), KvmError> {
+    OpenOptions::new().read(true).write(true).open("/dev/kvm").map(drop).map_err(KvmError)
 }

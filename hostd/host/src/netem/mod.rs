@@ -21,6 +21,7 @@
 //! their netlink attributes would duplicate tc's own code. Applied after guests are up, never
 //! inside the timed startup window.
 
+mod csv;
 pub mod topology;
 
 use std::fmt::Write as _;
@@ -31,7 +32,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 
 use crate::netlab::{self, FleetNet};
-pub use topology::{Between, Site, Topology, TopologyFile};
+pub use topology::{Between, EntryError, Site, Topology, TopologyError, TopologyFile};
 
 /// Highest one-way delay or jitter accepted, ms (a minute: beyond any real path).
 pub const MAX_DELAY_MS: f64 = 60_000.0;
@@ -41,9 +42,8 @@ pub const MAX_RATE_MBIT: f64 = 100_000.0;
 const UNLIMITED: &str = "100gbit";
 
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum NetemError {
-    #[error("{0}")]
-    Invalid(String),
     #[error(
         "this host's kernel has no netem qdisc (CONFIG_NET_SCH_NETEM, module sch_netem): \
          delay, jitter, loss, duplication and reordering cannot be emulated here; rate alone \
@@ -67,8 +67,11 @@ pub enum Distribution {
     /// Uniform in [delay − jitter, delay + jitter] (netem's default).
     #[default]
     Uniform,
+    /// Normal around the delay (netem's `normal` table).
     Normal,
+    /// Pareto: a long tail of late packets (`pareto`).
     Pareto,
+    /// Pareto with a normal body (`paretonormal`).
     Paretonormal,
 }
 
@@ -111,31 +114,58 @@ pub struct LinkProps {
     pub reorder_pct: f64,
 }
 
+/// Why a link's properties are refused; each names the link (`what`) and the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum LinkError {
+    /// A delay, jitter or percentage that is negative or not a number.
+    #[error("{what}: {field} = {v}: must be a number ≥ 0")]
+    Negative { what: String, field: &'static str, v: f64 },
+    /// A delay, jitter or percentage above its range.
+    #[error("{what}: {field} = {v}: more than {max}")]
+    TooLarge { what: String, field: &'static str, v: f64, max: f64 },
+    /// A rate of zero, below or not a number (no rate is written as none).
+    #[error("{what}: {field} = {v}: a rate must be > 0 (leave it out for none)")]
+    RateNotPositive { what: String, field: &'static str, v: f64 },
+    /// A rate above [`MAX_RATE_MBIT`].
+    #[error("{what}: {field} = {v}: more than {MAX_RATE_MBIT} Mbit/s")]
+    RateTooHigh { what: String, field: &'static str, v: f64 },
+    /// Reordering without a delay: netem reorders by not delaying some packets.
+    #[error(
+        "{what}: reorder_pct = {v} needs delay_ms > 0 (netem reorders by sending some packets \
+         without the delay)"
+    )]
+    ReorderWithoutDelay { what: String, v: f64 },
+    /// Jitter without a delay to vary.
+    #[error("{what}: jitter_ms = {v} needs delay_ms > 0")]
+    JitterWithoutDelay { what: String, v: f64 },
+}
+
 /// A delay, jitter or percentage field's check: finite, ≥ 0, ≤ `max`.
-fn check_num(what: &str, field: &str, v: f64, max: f64) -> Result<(), String> {
+fn check_num(what: &str, field: &'static str, v: f64, max: f64) -> Result<(), LinkError> {
     if !v.is_finite() || v < 0.0 {
-        return Err(format!("{what}: {field} = {v}: must be a number ≥ 0"));
+        return Err(LinkError::Negative { what: what.into(), field, v });
     }
     if v > max {
-        return Err(format!("{what}: {field} = {v}: more than {max}"));
+        return Err(LinkError::TooLarge { what: what.into(), field, v, max });
     }
     Ok(())
 }
 
 /// A rate's check: finite, > 0, ≤ [`MAX_RATE_MBIT`].
-pub fn check_rate(what: &str, field: &str, v: f64) -> Result<(), String> {
+pub fn check_rate(what: &str, field: &'static str, v: f64) -> Result<(), LinkError> {
     if !v.is_finite() || v <= 0.0 {
-        return Err(format!("{what}: {field} = {v}: a rate must be > 0 (leave it out for none)"));
+        return Err(LinkError::RateNotPositive { what: what.into(), field, v });
     }
     if v > MAX_RATE_MBIT {
-        return Err(format!("{what}: {field} = {v}: more than {MAX_RATE_MBIT} Mbit/s"));
+        return Err(LinkError::RateTooHigh { what: what.into(), field, v });
     }
     Ok(())
 }
 
 impl LinkProps {
     /// Checks every field; errors name `what` (e.g. "site a: link") and the field.
-    pub fn check(&self, what: &str) -> Result<(), String> {
+    pub fn check(&self, what: &str) -> Result<(), LinkError> {
         check_num(what, "delay_ms", self.delay_ms, MAX_DELAY_MS)?;
         check_num(what, "jitter_ms", self.jitter_ms, MAX_DELAY_MS)?;
         for (f, v) in [
@@ -149,14 +179,10 @@ impl LinkProps {
             check_rate(what, "rate_mbit", r)?;
         }
         if self.reorder_pct > 0.0 && self.delay_ms == 0.0 {
-            return Err(format!(
-                "{what}: reorder_pct = {} needs delay_ms > 0 (netem reorders by sending some \
-                 packets without the delay)",
-                self.reorder_pct
-            ));
+            return Err(LinkError::ReorderWithoutDelay { what: what.into(), v: self.reorder_pct });
         }
         if self.jitter_ms > 0.0 && self.delay_ms == 0.0 {
-            return Err(format!("{what}: jitter_ms = {} needs delay_ms > 0", self.jitter_ms));
+            return Err(LinkError::JitterWithoutDelay { what: what.into(), v: self.jitter_ms });
         }
         Ok(())
     }
@@ -170,6 +196,7 @@ impl LinkProps {
             || self.reorder_pct > 0.0
     }
 
+    /// Whether the link is left as it is: nothing to shape.
     pub fn is_none(&self) -> bool {
         !self.needs_netem() && self.rate_mbit.is_none()
     }

@@ -4,7 +4,7 @@ use super::*;
 
 fn topo(text: &str, n: usize) -> Result<Topology, String> {
     let f: TopologyFile = toml::from_str(text).map_err(|e| e.to_string())?;
-    f.resolve(n, Path::new("/nonexistent"))
+    f.resolve(n, Path::new("/nonexistent")).map_err(|e| e.to_string())
 }
 
 const TWO_SITES: &str = r#"
@@ -133,11 +133,11 @@ fn csv_matrix_is_read_and_checked() {
     ] {
         std::fs::write(dir.join(name), text).unwrap();
         let f = TopologyFile { matrix_csv: Some(name.into()), ..Default::default() };
-        let e = f.resolve(2, &dir).unwrap_err();
+        let e = f.resolve(2, &dir).unwrap_err().to_string();
         assert!(e.contains(want), "{name}: {e:?} lacks {want:?}");
     }
     let f = TopologyFile { matrix_csv: Some("absent.csv".into()), ..Default::default() };
-    assert!(f.resolve(2, &dir).unwrap_err().contains("absent.csv"));
+    assert!(f.resolve(2, &dir).unwrap_err().to_string().contains("absent.csv"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -222,7 +222,7 @@ struct Pair(String, String);
 impl Pair {
     fn new(tag: &str) -> Option<Pair> {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: network namespaces need root");
+            hostd_test_support::skip(None, "network namespaces need root");
             return None;
         }
         let p = Pair(
@@ -304,11 +304,11 @@ fn apply_replace_and_clear_leave_nothing() {
 #[test]
 fn traffic_is_classified_by_destination_site() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: network namespaces need root");
+        hostd_test_support::skip(None, "network namespaces need root");
         return;
     }
     if Command::new("ping").arg("-V").output().is_err() {
-        eprintln!("skipped: no ping");
+        hostd_test_support::skip(None, "no ping");
         return;
     }
     let fleet = FleetNet::create(&format!("tcl{}", std::process::id())).unwrap();

@@ -4,6 +4,7 @@ use super::*;
 
 /// A campaign value that cannot run, naming the field (`Campaign::check`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum CheckError {
     /// A field's value is not allowed: which field, and why.
     #[error("field `{field}`: {why}")]
@@ -13,10 +14,12 @@ pub enum CheckError {
         /// What is wrong with its value.
         why: String,
     },
-    /// A number outside its range (`limits`), or a bad `[netem]` section: the message
-    /// names the field.
+    /// A number outside its range (`limits`): the message names the field.
     #[error("{0}")]
     Bound(String),
+    /// A bad `[netem]` section.
+    #[error(transparent)]
+    Netem(#[from] crate::netem_accuracy::NetemCheckError),
 }
 
 impl From<String> for CheckError {
@@ -27,6 +30,7 @@ impl From<String> for CheckError {
 
 /// Why this host cannot run a campaign (`Campaign::check_host`), naming the field to change.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum HostCheckError {
     /// A fleet's guests need more memory than the host has.
     #[error(
@@ -85,7 +89,7 @@ impl Campaign {
         }
         for b in &self.backends {
             if let Err(e) = b.parse::<BackendKind>() {
-                return bad("backends", e);
+                return bad("backends", e.to_string());
             }
         }
         if self.resources.is_empty() {
@@ -122,7 +126,7 @@ impl Campaign {
         }
         for (b, o) in &self.overrides {
             if let Err(e) = b.parse::<BackendKind>() {
-                return bad(&format!("overrides.{b}"), e);
+                return bad(&format!("overrides.{b}"), e.to_string());
             }
             if let Some(s) = &o.startup_sizes {
                 check_sizes(&format!("overrides.{b}.startup_sizes"), s)?;

@@ -35,20 +35,28 @@ pub struct Campaign {
     #[serde(default = "d_one")]
     pub warmup: u32,
     #[serde(default)]
+    /// `[guest]`: each guest's size.
     pub guest: GuestSection,
     #[serde(default)]
+    /// `[startup]`: fleet sizes and settle time of the startup and memory steps.
     pub startup: StartupSection,
     #[serde(default)]
+    /// `[overhead]`: the overhead and linearity fleets.
     pub overhead: OverheadSection,
     #[serde(default)]
+    /// `[isolation]`: the isolation test.
     pub isolation: IsolationSection,
     #[serde(default)]
+    /// `[ring]`: the ring's guests.
     pub ring: RingSection,
     #[serde(default)]
+    /// `[workloads]`: the benchmarks' parameters.
     pub workloads: Workloads,
     #[serde(default)]
+    /// `[xen]`: how the `xen` backend is measured (here or in the lab).
     pub xen: XenSection,
     #[serde(default)]
+    /// `[network]`: the network paths measured.
     pub network: NetworkSection,
     /// The emulated network's accuracy step (docs/campaigns.md, `[netem]`). Default off.
     #[serde(default)]
@@ -70,15 +78,21 @@ pub const PAPER: &str = include_str!("../../../campaigns/paper.toml");
 /// The settings one backend runs with, overrides applied.
 #[derive(Debug, Clone)]
 pub struct BackendPlan {
+    /// The backend.
     pub kind: BackendKind,
+    /// Fleet sizes of the startup and memory steps.
     pub startup_sizes: Vec<usize>,
+    /// Fleet sizes of the overhead and linearity steps.
     pub overhead_sizes: Vec<usize>,
     /// Sizes of the memory resource's own fleet.
     pub memory_sizes: Vec<usize>,
+    /// Guests in the ring (0 or 1: no ring).
     pub ring_guests: usize,
+    /// Guest memory, MiB.
     pub mem_mib: u32,
     /// Guest memory of the memory fleets ("auto" resolved in [`Campaign::resolved_plans`]).
     pub mem_bench_mib: Option<u32>,
+    /// The benchmarks' parameters.
     pub workloads: Workloads,
 }
 
@@ -96,7 +110,9 @@ impl BackendPlan {
 /// What the host offers a campaign: its memory and last-level cache.
 #[derive(Debug, Clone, Copy)]
 pub struct HostFacts {
+    /// MemTotal, KiB.
     pub mem_total_kib: u64,
+    /// The last-level cache, if sysfs describes one.
     pub llc: Option<fidelity::Llc>,
 }
 
@@ -233,6 +249,7 @@ pub use self::sections::*;
 
 /// Why a campaign file could not be used; each names the file.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum LoadError {
     /// The file could not be read.
     #[error("{}: {source}", path.display())]

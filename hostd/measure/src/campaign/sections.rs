@@ -126,12 +126,18 @@ pub(super) fn d_ns_modes() -> Vec<crate::netlab::NetMode> {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Override {
+    /// Replaces `startup.sizes` for this backend.
     pub startup_sizes: Option<Vec<usize>>,
+    /// Replaces `overhead.sizes`.
     pub overhead_sizes: Option<Vec<usize>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Replaces `startup.memory_sizes`.
     pub memory_sizes: Option<Vec<usize>>,
+    /// Replaces `ring.guests`.
     pub ring_guests: Option<usize>,
+    /// Replaces `guest.mem_mib`.
     pub mem_mib: Option<u32>,
+    /// Replaces `[workloads]`.
     pub workloads: Option<Workloads>,
 }
 

@@ -27,13 +27,21 @@ use crate::stats::Summary;
 /// Everything one fleet boot produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetBoot {
+    /// The backend.
     pub backend: BackendKind,
+    /// Guests started together.
     pub n: usize,
+    /// Cold or hot.
     pub mode: StartMode,
+    /// One per ready guest.
     pub startups: Vec<StartupSample>,
+    /// Guests that failed.
     pub failures: Vec<GuestFailure>,
+    /// The fleet's memory occupation, if measured.
     pub memory: Option<MemorySample>,
+    /// Guests that powered off when asked at teardown.
     pub teardown_clean: usize,
+    /// Guests killed at teardown.
     pub teardown_killed: usize,
     /// The launches' files' residency just before the fleet started.
     #[serde(default)]
@@ -54,6 +62,7 @@ impl FleetBoot {
         start_label(self.mode, self.residency.as_ref())
     }
 
+    /// The ready guests' startups, summarised (None when none was ready).
     pub fn ready_summary(&self) -> Option<Summary> {
         Summary::of(
             format!("startup_{}", self.mode.name()),
@@ -65,6 +74,7 @@ impl FleetBoot {
 
 /// Why a fleet's startup and memory could not be measured (the step that failed).
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum StartupError {
     /// The page cache could not be dropped before a cold start.
     #[error("dropping the page cache for a cold start (needs root): {0}")]
@@ -107,7 +117,8 @@ async fn machine_used_readings(
 ) -> Result<Vec<u64>, StartupError> {
     let gap = (window / (READINGS as u32 - 1)).max(Duration::from_millis(100));
     let host = memory::host_used_readings(READINGS, gap).await.ok_or(StartupError::Meminfo)?;
-    let unseen = backend.unseen_used_kib().await.map_err(StartupError::Hypervisor)?;
+    let unseen =
+        backend.unseen_used_kib().await.map_err(|e| StartupError::Hypervisor(e.to_string()))?;
     Ok(host.into_iter().map(|h| h + unseen).collect())
 }
 

@@ -18,6 +18,7 @@ use super::*;
 )]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
+/// Whether a fleet starts with what its launches read out of the page cache.
 pub enum StartMode {
     /// Page cache emptied of what the launch reads before the fleet starts.
     Cold,
@@ -38,9 +39,13 @@ impl StartMode {
 /// One guest's startup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StartupSample {
+    /// The backend.
     pub backend: BackendKind,
+    /// Its fleet's size.
     pub n: usize,
+    /// Cold or hot.
     pub mode: StartMode,
+    /// The guest's index.
     pub index: usize,
     /// Fleet start request → this guest's hello, host clock, seconds.
     pub ready_s: f64,
@@ -76,16 +81,23 @@ impl StartupSample {
 /// The fleet's memory when every guest was booted and idle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MemorySample {
+    /// The backend.
     pub backend: BackendKind,
+    /// Guests started.
     pub n: usize,
+    /// Cold or hot.
     pub mode: StartMode,
     /// Ready guests the sample covers (n minus failures).
     pub ready: usize,
+    /// The host's used memory before the fleet, KiB.
     pub used_before_kib: u64,
+    /// The host's used memory with the fleet up, after settling, KiB.
     pub used_after_kib: u64,
     /// M_used(n) = used_after − used_before (can be slightly negative on a noisy host).
     pub m_used_kib: i64,
+    /// How long the fleet settled before the reading, s.
     pub settle_s: f64,
+    /// Each ready guest's own memory.
     pub guests: Vec<GuestMemory>,
     /// hostd's own PSS while the fleet ran (part of M_tool).
     pub hostd_pss_kib: u64,
@@ -123,8 +135,10 @@ pub struct MemoryChecks {
     #[serde(default)]
     pub hostd_rss_before_kib: Option<u64>,
     #[serde(default)]
+    /// hostd's RSS with the fleet booted, KiB.
     pub hostd_rss_after_kib: Option<u64>,
     #[serde(default)]
+    /// hostd's PSS before the fleet, KiB.
     pub hostd_pss_before_kib: Option<u64>,
     /// tmpfs the fleet wrote (its scratch directory: console logs, sockets, runtime state),
     /// counted in the host's used memory but not the guests' own; None when the scratch

@@ -18,42 +18,59 @@ use crate::backend::BackendKind;
 /// One backend's samples on one path, per test and fleet size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PathRow {
+    /// The backend.
     pub backend: BackendKind,
+    /// The test.
     pub test: Test,
+    /// Fleet size.
     pub n: usize,
     /// `veth+bridge, MTU 1500`.
     pub path: String,
     /// Whether this path is the backend's series in the figures (false: a second reference).
     pub in_figures: bool,
+    /// The figure's unit.
     pub unit: String,
+    /// Mean.
     pub mean: f64,
+    /// Smallest.
     pub min: f64,
+    /// Largest.
     pub max: f64,
+    /// How many samples.
     pub samples: usize,
 }
 
 /// Start skew and overlap of one measurement's concurrent runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncRow {
+    /// The backend.
     pub backend: BackendKind,
+    /// The test.
     pub test: Test,
+    /// The resource.
     pub resource: Resource,
+    /// Fleet size.
     pub n: usize,
     /// Network samples: the path, as in [`PathRow::path`].
     pub path: Option<String>,
+    /// How many samples.
     pub samples: usize,
     /// Largest |start − common instant| over the instances, s.
     pub max_abs_skew_s: f64,
     /// Largest clock-mapping error bound, s.
     pub max_clock_err_s: f64,
+    /// Lowest overlap of a run.
     pub min_overlap: f64,
     /// Samples flagged `low_overlap` (overlap under 95 %).
     pub low_overlap: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The conditions figures were measured under, for the report: network paths and start sync.
 pub struct Conditions {
+    /// One per backend, test, size and path.
     pub paths: Vec<PathRow>,
+    /// One per backend, test, resource and size.
     pub sync: Vec<SyncRow>,
 }
 

@@ -78,8 +78,11 @@ pub async fn measure(
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// How a host shares a resource among competing copies (the paper's two models).
 pub enum Policy {
+    /// Each process gets an equal share.
     PerProcess,
+    /// Each guest gets an equal share, split among its processes.
     PerVm,
 }
 
@@ -88,8 +91,11 @@ pub enum Policy {
 /// alone throughput for fixed-duration work (network).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
+    /// The model.
     pub policy: Policy,
+    /// Guest 1's copy.
     pub guest1: f64,
+    /// Guest 2's copies (each).
     pub guest2: f64,
 }
 
@@ -204,15 +210,20 @@ pub fn closest(
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+/// The isolation test's outcome for one backend and resource, against both models.
 pub struct IsolationResult {
     /// Guest 1's copy, relative to one copy alone in one guest (time ratio; for network,
     /// bandwidth ratio).
     pub guest1: f64,
     /// Guest 2's two copies, same scale.
     pub guest2: [f64; 2],
+    /// The per-VM model's prediction.
     pub per_vm: Prediction,
+    /// The per-process model's prediction.
     pub per_process: Prediction,
+    /// The model closest to what was measured.
     pub closest: Policy,
+    /// Jobs the resource serves at full speed at once (the guests' CPUs for CPU and memory).
     pub capacity: f64,
     /// What each guest could use in the models: min(vCPUs, CPUs) for CPU and memory, the
     /// capacity for a shared device (absent in reports older than the field).

@@ -17,6 +17,7 @@ use super::{
 use crate::fleet::Fleet;
 use crate::stats::Stat;
 
+/// Runs the linearity test of `resource` on `fleet`: every guest at once, repeatedly.
 pub async fn measure(
     fleet: &Fleet,
     resource: Resource,
@@ -92,8 +93,10 @@ pub fn reference(o_v: f64, t: f64, n: usize, capacity: f64) -> f64 {
     o_v + t * (n as f64 / capacity).max(1.0)
 }
 
+/// One fleet size's linearity figure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinearityPoint {
+    /// Fleet size.
     pub n: usize,
     /// Over all guests and repetitions.
     pub value: Stat,
@@ -107,6 +110,7 @@ pub struct LinearityPoint {
     #[serde(default)]
     pub cpus: Option<Cpus>,
     #[serde(default)]
+    /// Jobs the resource serves at full speed at once, from `cpus`.
     pub capacity: Option<f64>,
 }
 

@@ -188,7 +188,9 @@ pub fn mark_reads(samples: &mut [BenchSample], preps: Option<&[crate::datadisk::
 /// non-native backend's disk read: the disk's speed at that moment.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PairedRead {
+    /// Its bandwidth, MB/s.
     pub mbps: f64,
+    /// How long it took, s.
     pub elapsed_s: f64,
     /// When the read ended.
     pub done: std::time::Instant,
@@ -273,9 +275,12 @@ pub enum Test {
 /// One timed benchmark instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BenchSample {
+    /// The backend.
     pub backend: BackendKind,
+    /// The test.
     pub test: Test,
     #[schemars(schema_with = "crate::samples::resource_schema")]
+    /// The resource.
     pub resource: Resource,
     /// Guests running in the fleet when measured.
     pub n: usize,
@@ -289,6 +294,7 @@ pub struct BenchSample {
     /// latency); the suite compares times for fixed-work benchmarks (`elapsed_s`) and
     /// bandwidth for fixed-duration ones, see [`suite_metric`].
     pub value: f64,
+    /// `value`'s unit (s, MB/s, µs…).
     pub unit: String,
     /// Guest-side elapsed seconds of the instance.
     pub elapsed_s: f64,
@@ -387,6 +393,7 @@ pub fn placement(kind: BackendKind, spec: &crate::backend::GuestSpec) -> (usize,
 /// The host CPUs a set of samples' guests could run on, and where the count came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cpus {
+    /// How many.
     pub count: usize,
     /// false: the samples did not record it (results older than the record) and the host's
     /// CPU count from the provenance stood in.

@@ -118,7 +118,9 @@ pub fn more_disk_reads(ratios: &[f64], counted: usize, reps: u32) -> bool {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+/// One fleet size's overhead figure.
 pub struct OverheadPoint {
+    /// Fleet size.
     pub n: usize,
     /// T_avn (or the bandwidth for network).
     pub value: Stat,
@@ -157,7 +159,9 @@ pub fn analyse(samples: &[&BenchSample], ta: Option<f64>) -> Vec<OverheadPoint> 
 /// it, so the disk's drift over the run (other I/O on a shared or virtual disk) cancels.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PairedPoint {
+    /// The test.
     pub test: Test,
+    /// Fleet size.
     pub n: usize,
     /// Per read: its MB/s ÷ the adjacent native read's (1 = native speed, above 1 faster).
     pub speed: Stat,
@@ -235,14 +239,19 @@ pub fn paired(samples: &[&BenchSample]) -> Vec<PairedPoint> {
 /// backend's own overhead reads (one reader, as in a paired read).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Drift {
+    /// How many native reads.
     pub reads: usize,
+    /// Slowest, MB/s.
     pub min_mbps: f64,
+    /// Median, MB/s.
     pub median_mbps: f64,
+    /// Fastest, MB/s.
     pub max_mbps: f64,
     /// (max − min) ÷ median.
     pub spread: f64,
 }
 
+/// Native's read-speed drift over the samples' runs, or None without native disk reads.
 pub fn native_drift(samples: &[&BenchSample]) -> Option<Drift> {
     let mut runs: BTreeMap<(BackendKind, Test, usize, u32), Vec<f64>> = BTreeMap::new();
     let mut v = Vec::new();

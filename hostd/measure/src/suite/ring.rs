@@ -91,7 +91,9 @@ pub async fn measure(
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+/// The ring test's outcome: each guest streaming to the next at once.
 pub struct RingResult {
+    /// Guests in the ring.
     pub guests: usize,
     /// Per-guest stream bandwidth, MB/s.
     pub bandwidth: Stat,

@@ -92,6 +92,7 @@ pub struct StartSync {
 /// One guest's answer to a concurrent run.
 #[derive(Debug, Clone)]
 pub struct Timed {
+    /// What the guest answered.
     pub report: BenchReport,
     /// Per instance, for runs of more than one instance in all.
     pub sync: Option<Vec<StartSync>>,
@@ -134,6 +135,7 @@ impl Default for Starter {
 }
 
 impl Starter {
+    /// The lead a run starts with now.
     pub fn lead(&self) -> Duration {
         self.lead
     }
@@ -253,28 +255,44 @@ fn check_window(r: &BenchReport, off: Offset, sent: i128, answered: i128) -> Res
 
 /// Why a stored sample's start sync or MTU cannot be a measurement (samples.jsonl is
 /// input like any other), or Ok.
-pub fn plausible(s: &super::BenchSample) -> Result<(), String> {
+pub fn plausible(s: &super::BenchSample) -> Result<(), SyncImplausible> {
     if let Some(m) = s.mtu {
         // IPv4's least MTU, and the largest a Linux link takes (loopback's default).
         if !(68..=65536).contains(&m) {
-            return Err(format!("mtu = {m} is not an MTU in 68..=65536"));
+            return Err(SyncImplausible::Mtu(m));
         }
     }
     let Some(y) = &s.sync else { return Ok(()) };
     let max = crate::samples::MAX_SECONDS;
     if !(y.start_skew_s.is_finite() && y.start_skew_s.abs() <= max) {
-        return Err(format!("start_skew_s = {} s is not a time within ±{max} s", y.start_skew_s));
+        return Err(SyncImplausible::Skew(y.start_skew_s));
     }
     if !(y.clock_err_s.is_finite() && (0.0..=max).contains(&y.clock_err_s)) {
-        return Err(format!("clock_err_s = {} s is not a time in 0..={max} s", y.clock_err_s));
+        return Err(SyncImplausible::ClockError(y.clock_err_s));
     }
     if !(0.0..=1.0).contains(&y.overlap) {
-        return Err(format!("overlap = {} is not a fraction in 0..=1", y.overlap));
+        return Err(SyncImplausible::Overlap(y.overlap));
     }
     if y.low_overlap != (y.overlap < MIN_OVERLAP) {
-        return Err(format!("low_overlap = {} contradicts overlap = {}", y.low_overlap, y.overlap));
+        return Err(SyncImplausible::LowOverlap { low: y.low_overlap, overlap: y.overlap });
     }
     Ok(())
+}
+
+/// Why a stored sample's MTU or start sync cannot be a measurement ([`plausible`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum SyncImplausible {
+    #[error("mtu = {0} is not an MTU in 68..=65536")]
+    Mtu(u32),
+    #[error("start_skew_s = {0} s is not a time within ±{max} s", max = crate::samples::MAX_SECONDS)]
+    Skew(f64),
+    #[error("clock_err_s = {0} s is not a time in 0..={max} s", max = crate::samples::MAX_SECONDS)]
+    ClockError(f64),
+    #[error("overlap = {0} is not a fraction in 0..=1")]
+    Overlap(f64),
+    #[error("low_overlap = {low} contradicts overlap = {overlap}")]
+    LowOverlap { low: bool, overlap: f64 },
 }
 
 #[cfg(test)]
@@ -320,7 +338,7 @@ mod tests {
         assert!(plausible(&s).is_ok());
         assert_eq!(s.path_label().unwrap(), "veth+bridge, MTU 1500");
         s.mtu = Some(10);
-        assert!(plausible(&s).unwrap_err().contains("mtu"));
+        assert!(plausible(&s).unwrap_err().to_string().contains("mtu"));
         s.mtu = Some(1500);
         let y = s.sync.unwrap();
         for bad in [

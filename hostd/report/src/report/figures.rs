@@ -21,7 +21,9 @@ pub(super) fn y_label(r: Resource, what: &str) -> String {
 
 /// A figure the report shows.
 pub enum Figure {
+    /// A line chart.
     Line(Chart),
+    /// Grouped bars.
     Bars(Bars),
 }
 

@@ -31,16 +31,25 @@ pub use crate::suite::ring::RingResult;
 /// A run's report: every section's points, rebuilt from the samples ([`build`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// What the run measured with, if it recorded it.
     pub provenance: Option<Provenance>,
+    /// The host's CPU count the models use.
     pub cores: usize,
+    /// Startup and memory (paper II.B).
     pub startup: BootSummary,
     /// T_a per resource (the native backend at n = 1).
     pub baseline: BTreeMap<Resource, Stat>,
+    /// Overhead against n, per `backend/resource`.
     pub overhead: BTreeMap<String, Vec<OverheadPoint>>,
+    /// Linearity against n, per `backend/resource`.
     pub linearity: BTreeMap<String, Vec<LinearityPoint>>,
+    /// Isolation, per backend and resource.
     pub isolation: BTreeMap<String, IsolationResult>,
+    /// Ring bandwidth and latency, per backend.
     pub ring: BTreeMap<BackendKind, RingResult>,
+    /// Backends that could not run here, and why.
     pub unavailable: BTreeMap<BackendKind, String>,
+    /// Each backend's probe description.
     pub probes: BTreeMap<BackendKind, String>,
     /// Backends measured inside an emulated host (the Xen lab).
     #[serde(default)]
@@ -51,6 +60,7 @@ pub struct Report {
     pub emulated_cpu: BTreeMap<BackendKind, String>,
     /// Steps that failed and were not later completed: key → error.
     pub failed_steps: BTreeMap<String, String>,
+    /// Guests that failed: backend, fleet size, start mode and why.
     pub failures: Vec<(BackendKind, usize, StartMode, GuestFailure)>,
     /// Guests that failed during a measurement step: (backend, step, failure).
     #[serde(default)]
@@ -62,6 +72,7 @@ pub struct Report {
     #[serde(default)]
     pub implausible_records: usize,
     #[serde(default)]
+    /// The first records left out as implausible, and why.
     pub rejected: Vec<Rejected>,
     /// Per backend, why its disk figures are not (only) device reads ([`crate::datadisk::disk_notes`]).
     #[serde(default)]
@@ -473,6 +484,7 @@ fn ring_results(bench: &[BenchSample]) -> BTreeMap<BackendKind, RingResult> {
 
 /// Why `hostd report` (or a run's closing report) wrote nothing, or not everything.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum WriteError {
     /// The results directory or its samples could not be read.
     #[error(transparent)]
@@ -490,8 +502,8 @@ pub enum WriteError {
     #[error("{0}")]
     Write(std::io::Error),
     /// A figure could not be drawn.
-    #[error("drawing {path}: {message}")]
-    Figure { path: std::path::PathBuf, message: String },
+    #[error("drawing {path}: {source}")]
+    Figure { path: std::path::PathBuf, source: crate::plot::PlotError },
 }
 
 /// Writes report.json, report.csv, every figure and index.html into the results directory
@@ -556,7 +568,7 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
             Figure::Line(c) => plot::write(c, &p),
             Figure::Bars(b) => plot::write_bars(b, &p),
         }
-        .map_err(|message| WriteError::Figure { path: p.clone(), message })?;
+        .map_err(|source| WriteError::Figure { path: p.clone(), source })?;
     }
     w("index.html", html_page(&rep, &figs).as_bytes())?;
     Ok(rep)

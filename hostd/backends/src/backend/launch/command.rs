@@ -13,6 +13,7 @@ use std::process::Stdio;
 use crate::backend::{prepare, LaunchError};
 use crate::cgroup::Cgroup;
 
+/// A guest's host program, with the setup every backend's launch shares (see the module).
 pub struct GuestCommand {
     cmd: tokio::process::Command,
     program: String,
@@ -35,31 +36,37 @@ impl GuestCommand {
         }
     }
 
+    /// Adds one argument.
     pub fn arg(&mut self, a: impl AsRef<OsStr>) -> &mut Self {
         self.cmd.arg(a);
         self
     }
 
+    /// Adds arguments.
     pub fn args<S: AsRef<OsStr>>(&mut self, a: impl IntoIterator<Item = S>) -> &mut Self {
         self.cmd.args(a);
         self
     }
 
+    /// Sets an environment variable.
     pub fn env(&mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> &mut Self {
         self.cmd.env(k, v);
         self
     }
 
+    /// Sets standard input (default: none).
     pub fn stdin(&mut self, s: impl Into<Stdio>) -> &mut Self {
         self.cmd.stdin(s);
         self
     }
 
+    /// Sets standard output.
     pub fn stdout(&mut self, s: impl Into<Stdio>) -> &mut Self {
         self.cmd.stdout(s);
         self
     }
 
+    /// Sets standard error.
     pub fn stderr(&mut self, s: impl Into<Stdio>) -> &mut Self {
         self.cmd.stderr(s);
         self

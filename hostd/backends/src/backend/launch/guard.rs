@@ -16,6 +16,7 @@ use crate::cgroup::Cgroup;
 use crate::console::{ConsoleLog, CONSOLE_CAP};
 use crate::netlab::{FleetNet, NetMode};
 
+/// Owns everything a launch creates and releases it if the launch fails or is dropped.
 pub struct LaunchGuard {
     name: String,
     resources: Vec<Resource>,
@@ -58,6 +59,7 @@ impl LaunchGuard {
         self.cgroup = cg;
     }
 
+    /// The launch's cgroup, once made.
     pub fn cgroup(&self) -> Option<&Cgroup> {
         self.cgroup.as_ref()
     }

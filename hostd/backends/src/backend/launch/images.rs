@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 use crate::backend::{Kernel, LaunchFiles};
 
 /// A boot image that is not configured or not a readable regular file.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ImageError {
     #[error("no {what} configured")]
     Missing { what: String },
     #[error("{what} {} is not a file", path.display())]
     NotAFile { what: String, path: PathBuf },
     #[error("{what} {}: {source}", path.display())]
-    Unreadable { what: String, path: PathBuf, source: std::io::Error },
+    Unreadable { what: String, path: PathBuf, source: std::sync::Arc<std::io::Error> },
 }
 
 /// Probes and launch errors carry reasons as text.
@@ -28,7 +29,11 @@ fn check_file(what: &str, path: &Path) -> Result<(), ImageError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
         Ok(_) => Err(ImageError::NotAFile { what: what.into(), path: path.into() }),
-        Err(source) => Err(ImageError::Unreadable { what: what.into(), path: path.into(), source }),
+        Err(e) => Err(ImageError::Unreadable {
+            what: what.into(),
+            path: path.into(),
+            source: std::sync::Arc::new(e),
+        }),
     }
 }
 

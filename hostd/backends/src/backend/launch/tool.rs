@@ -8,6 +8,7 @@ use std::time::Duration;
 
 /// Why a helper program gave no answer.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum ToolError {
     #[error("{program} not found")]
     NotFound { program: String },

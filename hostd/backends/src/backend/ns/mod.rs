@@ -76,11 +76,15 @@ const FD_FLOOR: RawFd = 10;
 /// mount).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdMap {
+    /// The host uid the guest's root maps to.
     pub host_uid: u32,
+    /// The host gid the guest's root maps to.
     pub host_gid: u32,
+    /// How many ids are mapped.
     pub count: u32,
 }
 
+/// The ns backend: the agent in its own namespaces over the rootfs image, set up by hostd.
 pub struct Ns {
     rootfs: Option<PathBuf>,
     /// A system image to use as the guests' root instead (each over its own overlayfs),
@@ -92,10 +96,12 @@ pub struct Ns {
 }
 
 impl Ns {
+    /// The backend over `images`.
     pub fn new(images: &Images, _opts: &BackendOptions) -> Self {
         Self { rootfs: images.rootfs.clone(), system: system_of(images), user_ns: None }
     }
 
+    /// The same backend over other images.
     pub fn with_images(&self, images: &Images) -> Self {
         Self { rootfs: images.rootfs.clone(), system: system_of(images), user_ns: self.user_ns }
     }
@@ -153,7 +159,7 @@ impl Backend for Ns {
             .rootfs
             .as_ref()
             .ok_or_else(|| unavailable("no rootfs image (build the `rootfs` recipe)".into()))?;
-        check_rootfs(rootfs).map_err(unavailable)?;
+        check_rootfs(rootfs).map_err(|e| unavailable(e.to_string()))?;
         let mode = cgroup::detect().map_err(|e| unavailable(format!("cgroups: {e}")))?;
         // Really create the namespaces once: a kernel built without one fails here, not at
         // the first launch.
@@ -445,21 +451,30 @@ impl Ns {
     }
 }
 
-fn check_rootfs(rootfs: &Path) -> Result<(), String> {
+/// What the ns backend's root file system lacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum RootfsError {
+    #[error("rootfs image {} is missing or not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("rootfs image lacks the agent: {} is missing", .0.display())]
+    NoAgent(PathBuf),
+    #[error("rootfs image lacks a mount point the guest needs: {} is missing", .0.display())]
+    NoMountPoint(PathBuf),
+}
+
+fn check_rootfs(rootfs: &Path) -> Result<(), RootfsError> {
     if !rootfs.is_dir() {
-        return Err(format!("rootfs image {} is missing or not a directory", rootfs.display()));
+        return Err(RootfsError::NotADirectory(rootfs.into()));
     }
     let agent = rootfs.join(AGENT_PATH.trim_start_matches('/'));
     if !agent.is_file() {
-        return Err(format!("rootfs image lacks the agent: {} is missing", agent.display()));
+        return Err(RootfsError::NoAgent(agent));
     }
     for d in NEEDED_DIRS {
         let p = rootfs.join(d);
         if !p.is_dir() {
-            return Err(format!(
-                "rootfs image lacks a mount point the guest needs: {} is missing",
-                p.display()
-            ));
+            return Err(RootfsError::NoMountPoint(p));
         }
     }
     Ok(())

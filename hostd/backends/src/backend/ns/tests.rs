@@ -227,16 +227,16 @@ fn keep_flags_always_name_an_atime_mode() {
 #[test]
 fn rootfs_check_names_the_missing_path() {
     let d = tempfile::tempdir().unwrap();
-    let e = check_rootfs(&d.path().join("nope")).unwrap_err();
+    let e = check_rootfs(&d.path().join("nope")).unwrap_err().to_string();
     assert!(e.contains("nope"), "{e}");
-    let e = check_rootfs(d.path()).unwrap_err();
+    let e = check_rootfs(d.path()).unwrap_err().to_string();
     assert!(e.contains("sbin/guest-agent"), "{e}");
     std::fs::create_dir_all(d.path().join("sbin")).unwrap();
     std::fs::write(d.path().join("sbin/guest-agent"), "").unwrap();
     for dir in ["dev", "proc", "tmp"] {
         std::fs::create_dir(d.path().join(dir)).unwrap();
     }
-    let e = check_rootfs(d.path()).unwrap_err();
+    let e = check_rootfs(d.path()).unwrap_err().to_string();
     assert!(e.contains("/data is missing"), "{e}");
     std::fs::create_dir(d.path().join("data")).unwrap();
     check_rootfs(d.path()).unwrap();

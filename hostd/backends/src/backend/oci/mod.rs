@@ -51,6 +51,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the agent is in the image.
 const AGENT_PATH: &str = "sbin/guest-agent";
 
+/// The oci backend: each guest a container of an OCI runtime, from the bundle's template.
 pub struct Oci {
     runtime: String,
     bundle: Option<PathBuf>,
@@ -63,6 +64,7 @@ pub struct Oci {
 const SYSTEM_MOUNT_POINTS: [&str; 5] = ["/dev", "/proc", "/sys", "/tmp", "/data"];
 
 impl Oci {
+    /// The backend over `images`, with the runtime `opts` names.
     pub fn new(images: &Images, opts: &BackendOptions) -> Self {
         Self {
             runtime: opts.oci_runtime.clone(),
@@ -71,6 +73,7 @@ impl Oci {
         }
     }
 
+    /// The same runtime over other images.
     pub fn with_images(&self, images: &Images) -> Self {
         Self {
             runtime: self.runtime.clone(),
@@ -91,24 +94,23 @@ impl Oci {
     }
 
     /// The bundle's template config and its rootfs (absolute, checked to hold the agent).
-    fn template(&self) -> Result<(Spec, PathBuf), String> {
-        let bundle = self.bundle.as_ref().ok_or("no OCI bundle (build the `oci-bundle` recipe)")?;
+    fn template(&self) -> Result<(Spec, PathBuf), TemplateError> {
+        let bundle = self.bundle.as_ref().ok_or(TemplateError::NoBundle)?;
         let cfg = bundle.join("config.json");
         if !cfg.is_file() {
-            return Err(format!("bundle template {} is missing", cfg.display()));
+            return Err(TemplateError::Missing { cfg });
         }
-        let spec =
-            Spec::load(&cfg).map_err(|e| format!("bundle template {}: {e}", cfg.display()))?;
-        let root = spec
-            .root()
-            .as_ref()
-            .ok_or_else(|| format!("bundle template {} has no root", cfg.display()))?;
+        let spec = match Spec::load(&cfg) {
+            Ok(spec) => spec,
+            Err(source) => return Err(TemplateError::Load { cfg, source }),
+        };
+        let Some(root) = spec.root().as_ref() else { return Err(TemplateError::NoRoot { cfg }) };
         let rootfs = bundle.join(root.path());
         let rootfs = std::fs::canonicalize(&rootfs)
-            .map_err(|e| format!("bundle rootfs {}: {e}", rootfs.display()))?;
+            .map_err(|source| TemplateError::Rootfs { rootfs, source })?;
         let agent = rootfs.join(AGENT_PATH);
         if !agent.is_file() {
-            return Err(format!("bundle rootfs lacks the agent: {} is missing", agent.display()));
+            return Err(TemplateError::NoAgent { agent });
         }
         Ok((spec, rootfs))
     }
@@ -147,7 +149,7 @@ impl Backend for Oci {
         let version = runtime_version(&runtime)
             .await
             .map_err(|e| unavailable(format!("{} --version: {e}", runtime.display())))?;
-        let (template, rootfs) = self.template().map_err(unavailable)?;
+        let (template, rootfs) = self.template().map_err(|e| unavailable(e.to_string()))?;
         let ran = probe_run(&runtime, &template, &rootfs).await.map_err(|e| {
             unavailable(format!("{version} ({}): a test container failed: {e}", runtime.display()))
         })?;
@@ -437,16 +439,22 @@ fn pid_from_file(path: &Path) -> io::Result<u32> {
 
 /// Runs the agent with `--version` in a throwaway container from the template, as a guest
 /// would run (same runtime, config and cgroup driver); returns what it printed.
-async fn probe_run(runtime: &Path, template: &Spec, rootfs: &Path) -> Result<String, String> {
+async fn probe_run(
+    runtime: &Path,
+    template: &Spec,
+    rootfs: &Path,
+) -> Result<String, ProbeRunError> {
     static N: AtomicU32 = AtomicU32::new(0);
     let id = format!("vb-probe-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
     let dir = tempfile::Builder::new()
         .prefix("vb-oci-probe-")
         .tempdir()
-        .map_err(|e| format!("temporary bundle: {e}"))?;
+        .map_err(ProbeRunError::TempDir)?;
     let bundle = dir.path().join("bundle");
     let state = dir.path().join("state");
-    std::fs::create_dir_all(&bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
+    if let Err(source) = std::fs::create_dir_all(&bundle) {
+        return Err(ProbeRunError::Bundle { bundle, source });
+    }
     let g = GuestConfig {
         rootfs,
         hostname: "vb-probe",
@@ -466,7 +474,7 @@ async fn probe_run(runtime: &Path, template: &Spec, rootfs: &Path) -> Result<Str
             .unwrap_or_else(|| format!("/{AGENT_PATH}"));
         p.set_args(Some(vec![agent, "--version".into()]));
     }
-    cfg.save(bundle.join("config.json")).map_err(|e| format!("writing the test config: {e}"))?;
+    cfg.save(bundle.join("config.json")).map_err(ProbeRunError::SaveConfig)?;
     let args = [
         OsStr::new("--root"),
         state.as_os_str(),
@@ -484,7 +492,48 @@ async fn probe_run(runtime: &Path, template: &Spec, rootfs: &Path) -> Result<Str
         return Ok(stdout.lines().next().unwrap_or_default().to_string());
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Err(format!("{}: {}", out.status, if stderr.is_empty() { stdout } else { stderr }))
+    Err(ProbeRunError::Failed {
+        status: out.status,
+        said: if stderr.is_empty() { stdout } else { stderr },
+    })
+}
+
+/// Why the bundle's template cannot be used, by what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum TemplateError {
+    #[error("no OCI bundle (build the `oci-bundle` recipe)")]
+    NoBundle,
+    #[error("bundle template {} is missing", cfg.display())]
+    Missing { cfg: PathBuf },
+    #[error("bundle template {}: {source}", cfg.display())]
+    Load { cfg: PathBuf, source: oci_spec::OciSpecError },
+    #[error("bundle template {} has no root", cfg.display())]
+    NoRoot { cfg: PathBuf },
+    #[error("bundle rootfs {}: {source}", rootfs.display())]
+    Rootfs { rootfs: PathBuf, source: io::Error },
+    #[error("bundle rootfs lacks the agent: {} is missing", agent.display())]
+    NoAgent { agent: PathBuf },
+}
+
+/// Why the probe's test container did not print the agent's version, by step.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum ProbeRunError {
+    #[error("temporary bundle: {0}")]
+    TempDir(io::Error),
+    #[error("{}: {source}", bundle.display())]
+    Bundle { bundle: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("writing the test config: {0}")]
+    SaveConfig(oci_spec::OciSpecError),
+    /// The runtime could not be run or did not finish.
+    #[error(transparent)]
+    Run(#[from] ToolError),
+    /// The container ran and failed; `said` is its standard error, or output when empty.
+    #[error("{status}: {said}")]
+    Failed { status: std::process::ExitStatus, said: String },
 }
 
 mod cgroups;
@@ -493,4 +542,5 @@ mod config;
 mod tests;
 
 use cgroups::{expected_cgroup, hold_run_groups};
+pub use config::ConfigError;
 use config::{derive_config, over_system, GuestConfig};

@@ -163,7 +163,7 @@ fn optional_fields_stay_unset_when_unused() {
     // A template without a process is refused with a reason.
     let mut t = template();
     t.set_process(None);
-    assert!(derive_config(&t, &guest(None)).unwrap_err().contains("process"));
+    assert!(derive_config(&t, &guest(None)).unwrap_err().to_string().contains("process"));
 }
 
 const MOUNTINFO: &str = "\

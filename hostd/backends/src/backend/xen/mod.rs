@@ -35,7 +35,9 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use super::launch::{boot_images, run_tool, vm_launch_files, GuestCommand, LaunchGuard};
+use super::launch::{
+    boot_images, run_tool, vm_launch_files, GuestCommand, ImageError, LaunchGuard, ToolError,
+};
 use super::{
     stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec, Images,
     Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable, UnavailableReason,
@@ -66,6 +68,7 @@ pub enum DomainType {
 }
 
 impl DomainType {
+    /// The name `VIRTBENCH_XEN_TYPE` and the probe record use.
     pub fn name(self) -> &'static str {
         match self {
             DomainType::Pv => "pv",
@@ -74,19 +77,53 @@ impl DomainType {
     }
 
     /// From the value of [`TYPE_ENV`] (unset or empty: PV, the paper's Xen).
-    pub fn parse(v: Option<&str>) -> Result<Self, String> {
+    pub fn parse(v: Option<&str>) -> Result<Self, DomainTypeError> {
         match v {
             None | Some("") | Some("pv") => Ok(DomainType::Pv),
             Some("pvh") => Ok(DomainType::Pvh),
-            Some(other) => Err(format!("{TYPE_ENV}={other:?}: expected pv or pvh")),
+            Some(other) => Err(DomainTypeError(other.to_string())),
         }
     }
 
-    fn from_env() -> Result<Self, String> {
+    fn from_env() -> Result<Self, DomainTypeError> {
         Self::parse(std::env::var(TYPE_ENV).ok().as_deref())
     }
 }
 
+/// [`TYPE_ENV`] names no domain type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+#[error("{TYPE_ENV}={0:?}: expected pv or pvh")]
+pub struct DomainTypeError(pub String);
+
+/// Why a domain's console pty was not had, by step.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum ConsoleTtyError {
+    #[error("domain {domid} ended ({status} from `xl create`) before its console was opened")]
+    Ended { domid: u32, status: std::process::ExitStatus },
+    /// xenstore-read cannot be run at all.
+    #[error(transparent)]
+    Xenstore(ToolError),
+    /// xenconsoled did not write the pty's name in time; `why` is the last read's outcome.
+    #[error(
+        "xenconsoled did not name domain {domid}'s console in {} s ({key}: {why}); is xenconsoled running?",
+        TTY_DEADLINE.as_secs()
+    )]
+    Unnamed { domid: u32, key: String, why: String },
+}
+
+/// Why the memory Xen handed out could not be read.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum XenMemoryError {
+    #[error(transparent)]
+    XlInfo(#[from] ToolError),
+    #[error("`xl info` lacks total_memory or free_memory")]
+    Incomplete,
+}
+
+/// The Xen backend: each guest a domU made with `xl create`, run from dom0.
 pub struct Xen {
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,
@@ -100,6 +137,7 @@ pub struct Xen {
 }
 
 impl Xen {
+    /// The backend over `images`.
     pub fn new(images: &Images, _opts: &BackendOptions) -> Self {
         Self {
             kernel: images.kernel_xen.clone(),
@@ -111,6 +149,7 @@ impl Xen {
         }
     }
 
+    /// The same backend over other images.
     pub fn with_images(&self, images: &Images) -> Self {
         Self {
             kernel: images.kernel_xen.clone(),
@@ -122,17 +161,14 @@ impl Xen {
         }
     }
 
-    fn images(&self) -> Result<(&Kernel, &Path), String> {
-        Ok(boot_images(
-            "Xen domU kernel (kernel-xen)",
-            self.kernel.as_ref(),
-            self.initramfs.as_deref(),
-        )?)
+    fn images(&self) -> Result<(&Kernel, &Path), ImageError> {
+        boot_images("Xen domU kernel (kernel-xen)", self.kernel.as_ref(), self.initramfs.as_deref())
     }
 }
 
 /// Why this system is not a working dom0 of a Xen host ([`check_dom0`]).
 #[derive(Debug, Clone, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
 pub enum Dom0Error {
     #[error("not dom0 of a Xen host: this system runs on a {hypervisor} hypervisor ({})", path.display())]
     OtherHypervisor { hypervisor: String, path: PathBuf },
@@ -295,7 +331,10 @@ impl Xen {
             )));
         };
 
-        let tty = self.console_tty(domid, &mut child).await.map_err(LaunchError::Channel)?;
+        let tty = self
+            .console_tty(domid, &mut child)
+            .await
+            .map_err(|e| LaunchError::Channel(e.to_string()))?;
         let pty =
             RawTty::open(Path::new(&tty)).map_err(|e| prep(&format!("console pty {tty}"), e))?;
         let (reader, writer) = tokio::io::split(pty);
@@ -312,20 +351,20 @@ impl Xen {
         &self,
         domid: u32,
         xl: &mut tokio::process::Child,
-    ) -> Result<String, String> {
+    ) -> Result<String, ConsoleTtyError> {
         let key = format!("/local/domain/{domid}/console/tty");
         let end = tokio::time::Instant::now() + TTY_DEADLINE;
         loop {
             if let Ok(Some(status)) = xl.try_wait() {
-                return Err(format!("domain {domid} ended ({status} from `xl create`) before its console was opened"));
+                return Err(ConsoleTtyError::Ended { domid, status });
             }
             match run_tool(&self.xenstore_read, &[&key], Duration::from_secs(10)).await {
                 Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
-                Err(e) if e.not_runnable() => return Err(e.to_string()),
+                Err(e) if e.not_runnable() => return Err(ConsoleTtyError::Xenstore(e)),
                 r => {
                     if tokio::time::Instant::now() >= end {
                         let why = r.err().map_or_else(|| "empty".into(), |e| e.to_string());
-                        return Err(format!("xenconsoled did not name domain {domid}'s console in {} s ({key}: {why}); is xenconsoled running?", TTY_DEADLINE.as_secs()));
+                        return Err(ConsoleTtyError::Unnamed { domid, key, why });
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -422,8 +461,8 @@ impl Backend for Xen {
         let unavailable = |reason: String| Unavailable { backend: "xen", reason: reason.into() };
         let caps = check_dom0(&self.root)
             .map_err(|e| Unavailable { backend: "xen", reason: UnavailableReason::Dom0(e) })?;
-        let ty = DomainType::from_env().map_err(unavailable)?;
-        let (kernel, initramfs) = self.images().map_err(unavailable)?;
+        let ty = DomainType::from_env().map_err(|e| unavailable(e.to_string()))?;
+        let (kernel, initramfs) = self.images().map_err(|e| unavailable(e.into()))?;
         let info = xl_info(&self.xl)
             .await
             .map_err(|e| unavailable(format!("the toolstack does not answer: {e}")))?;
@@ -457,13 +496,13 @@ impl Backend for Xen {
 
     /// What Xen has handed out (dom0's allocation and every domU's RAM): dom0's
     /// /proc/meminfo sees none of a domU's memory.
-    async fn unseen_used_kib(&self) -> Result<u64, String> {
-        let info = xl_info(&self.xl).await?;
-        xen_used_kib(&info).ok_or_else(|| "`xl info` lacks total_memory or free_memory".to_string())
+    async fn unseen_used_kib(&self) -> Result<u64, super::UnseenError> {
+        let info = xl_info(&self.xl).await.map_err(XenMemoryError::from)?;
+        Ok(xen_used_kib(&info).ok_or(XenMemoryError::Incomplete)?)
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        let not_ready = |reason: String| LaunchError::Prepare {
+        let not_ready = |reason: ImageError| LaunchError::Prepare {
             what: "xen images".into(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
         };

@@ -287,5 +287,5 @@ fn domain_types() {
     assert_eq!(DomainType::parse(None).unwrap(), DomainType::Pv);
     assert_eq!(DomainType::parse(Some("")).unwrap(), DomainType::Pv);
     assert_eq!(DomainType::parse(Some("pvh")).unwrap(), DomainType::Pvh);
-    assert!(DomainType::parse(Some("hvm")).unwrap_err().contains("expected pv or pvh"));
+    assert!(DomainType::parse(Some("hvm")).unwrap_err().to_string().contains("expected pv or pvh"));
 }

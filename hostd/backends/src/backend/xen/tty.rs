@@ -39,6 +39,7 @@ impl Log {
 pub struct RawTty(AsyncFd<OwnedFd>);
 
 impl RawTty {
+    /// Opens the pty at `path` in raw mode, non-blocking.
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let f = std::fs::OpenOptions::new()
             .read(true)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::launch::run_tool;
+use crate::backend::launch::{run_tool, ToolError};
 
 /// A program on PATH (or a path), if it exists.
 pub fn find_program(name: &str) -> Option<PathBuf> {
@@ -32,28 +32,50 @@ pub fn xen_used_kib(info: &BTreeMap<String, String>) -> Option<u64> {
     Some(mib("total_memory")?.saturating_sub(mib("free_memory")?) * 1024)
 }
 
-pub async fn xl_info(xl: &str) -> Result<BTreeMap<String, String>, String> {
+/// `xl info`'s fields (the toolstack answering is what a probe checks).
+pub async fn xl_info(xl: &str) -> Result<BTreeMap<String, String>, ToolError> {
     Ok(parse_xl_info(&run_tool(xl, &["info"], Duration::from_secs(60)).await?))
 }
 
 /// One line of `xl list`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DomainInfo {
+    /// The domain's name.
     pub name: String,
+    /// Its domid.
     pub id: u32,
     /// Memory Xen gives the domain, MiB.
     pub mem_mib: u64,
+    /// Its virtual CPUs.
     pub vcpus: u32,
+    /// Its state flags as xl prints them (`r-----`, …).
     pub state: String,
 }
 
-pub fn parse_xl_list(text: &str) -> Result<Vec<DomainInfo>, String> {
+/// A line of `xl list` that is not a domain's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+#[error("unexpected `xl list` line {0:?}")]
+pub struct XlListError(pub String);
+
+/// Why Xen's domain list could not be had.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum XlListFailed {
+    #[error(transparent)]
+    Run(#[from] ToolError),
+    #[error(transparent)]
+    Parse(#[from] XlListError),
+}
+
+/// Parses `xl list`'s output (lines after the header).
+pub fn parse_xl_list(text: &str) -> Result<Vec<DomainInfo>, XlListError> {
     let mut out = Vec::new();
     for l in
         text.lines().skip_while(|l| !l.starts_with("Name")).skip(1).filter(|l| !l.trim().is_empty())
     {
         let w: Vec<&str> = l.split_whitespace().collect();
-        let bad = || format!("unexpected `xl list` line {l:?}");
+        let bad = || XlListError(l.to_string());
         if w.len() < 6 {
             return Err(bad());
         }
@@ -69,8 +91,9 @@ pub fn parse_xl_list(text: &str) -> Result<Vec<DomainInfo>, String> {
     Ok(out)
 }
 
-pub async fn xl_list(xl: &str) -> Result<Vec<DomainInfo>, String> {
-    parse_xl_list(&run_tool(xl, &["list"], Duration::from_secs(60)).await?)
+/// Runs `xl list` and parses it.
+pub async fn xl_list(xl: &str) -> Result<Vec<DomainInfo>, XlListFailed> {
+    Ok(parse_xl_list(&run_tool(xl, &["list"], Duration::from_secs(60)).await?)?)
 }
 
 /// The domid in `xl create`'s "Waiting for domain NAME (domid N) to die" line.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
-use super::launch::{boot_images, tool_version, vm_launch_files, LaunchGuard};
+use super::launch::{boot_images, tool_version, vm_launch_files, ImageError, LaunchGuard};
 use super::rootdisk::System;
 use super::vmm::*;
 use super::{
@@ -32,12 +32,16 @@ use super::{
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// QEMU's machine profile: a backend each.
 pub enum Profile {
+    /// `-M microvm`: virtio-mmio, no PCI, no firmware (qemu-microvm).
     Microvm,
+    /// `-M q35`: a full PC with firmware and PCI (qemu-full).
     Full,
 }
 
 impl Profile {
+    /// The backend kind this profile is.
     pub fn kind(self) -> BackendKind {
         match self {
             Profile::Microvm => BackendKind::QemuMicrovm,
@@ -75,9 +79,11 @@ impl Profile {
 /// How QEMU runs the guest's CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
+    /// KVM: hardware virtualization.
     Kvm,
     /// `tsc_khz`: the host TSC rate, which is the rate a TCG guest's TSC ticks at.
     Tcg {
+        /// kHz.
         tsc_khz: u64,
     },
 }
@@ -85,7 +91,9 @@ pub enum Accel {
 /// The accelerator in use and why, for the probe's description.
 #[derive(Debug, Clone)]
 pub struct AccelChoice {
+    /// The accelerator.
     pub accel: Accel,
+    /// Why it was chosen, for the probe record.
     pub why: String,
 }
 
@@ -96,17 +104,19 @@ const QEMU_CONSOLE: &str = "/proc/self/fd/1";
 /// How long the KVM probe waits for the agent's hello (a KVM boot takes well under 1 s).
 pub const KVM_PROBE_DEADLINE: Duration = Duration::from_secs(15);
 
+/// The QEMU backend of one profile.
 pub struct Qemu {
     profile: Profile,
     qemu: String,
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,
     accel_opt: Option<String>,
-    accel: OnceCell<Result<AccelChoice, String>>,
+    accel: OnceCell<Result<AccelChoice, AccelError>>,
     system: Option<System>,
 }
 
 impl Qemu {
+    /// The backend of `profile` over `images`, with the QEMU binary and accelerator `opts` names.
     pub fn new(profile: Profile, images: &Images, opts: &BackendOptions) -> Self {
         Self {
             profile,
@@ -132,25 +142,25 @@ impl Qemu {
         }
     }
 
-    fn images(&self) -> Result<(&Kernel, &Path), String> {
+    fn images(&self) -> Result<(&Kernel, &Path), ImageError> {
         let what = match self.profile {
             Profile::Microvm => "microvm kernel (vmlinux)",
             Profile::Full => "pc kernel (bzImage)",
         };
-        Ok(boot_images(what, self.kernel.as_ref(), self.initramfs.as_deref())?)
+        boot_images(what, self.kernel.as_ref(), self.initramfs.as_deref())
     }
 
     /// The accelerator guests of this backend use, decided once (the first call may boot a
     /// KVM probe guest). Err: the configured accelerator is unknown.
-    pub async fn accel(&self) -> Result<AccelChoice, String> {
+    pub async fn accel(&self) -> Result<AccelChoice, AccelError> {
         self.accel.get_or_init(|| self.decide_accel()).await.clone()
     }
 
-    async fn decide_accel(&self) -> Result<AccelChoice, String> {
+    async fn decide_accel(&self) -> Result<AccelChoice, AccelError> {
         match self.accel_opt.as_deref() {
             Some("kvm") => Ok(AccelChoice { accel: Accel::Kvm, why: "KVM (configured)".into() }),
-            Some("tcg") => tcg_choice("TCG (configured)".into()).await,
-            Some(other) => Err(format!("unknown accelerator {other:?} (use kvm or tcg)")),
+            Some("tcg") => Ok(tcg_choice("TCG (configured)".into()).await),
+            Some(other) => Err(AccelError::Unknown(other.into())),
             None => {
                 let (kernel, initramfs) = self.images()?;
                 match kvm_boot_probe(
@@ -170,7 +180,7 @@ impl Qemu {
                         ),
                     }),
                     Err(reason) => {
-                        tcg_choice(format!("KVM probe failed: {reason}; using TCG")).await
+                        Ok(tcg_choice(format!("KVM probe failed: {reason}; using TCG")).await)
                     }
                 }
             }
@@ -178,12 +188,37 @@ impl Qemu {
     }
 }
 
-async fn tcg_choice(why: String) -> Result<AccelChoice, String> {
+async fn tcg_choice(why: String) -> AccelChoice {
     let tsc_khz = host_tsc_khz().await;
-    Ok(AccelChoice {
+    AccelChoice {
         accel: Accel::Tcg { tsc_khz },
         why: format!("{why} (guest TSC = host TSC, {tsc_khz} kHz)"),
-    })
+    }
+}
+
+/// Why no accelerator could be chosen for a QEMU backend's guests.
+#[derive(Debug, Clone, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum AccelError {
+    #[error("unknown accelerator {0:?} (use kvm or tcg)")]
+    Unknown(String),
+    /// The probe guest's kernel or initramfs is missing.
+    #[error(transparent)]
+    Images(#[from] ImageError),
+}
+
+/// Why a KVM probe guest did not boot, by step.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum KvmProbeError {
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error(transparent)]
+    ScratchDir(#[from] ScratchDirError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error(transparent)]
+    Boot(#[from] ProbeBootError),
 }
 
 impl Backend for Qemu {
@@ -196,8 +231,8 @@ impl Backend for Qemu {
             |reason: String| Unavailable { backend: self.kind().name(), reason: reason.into() };
         let version =
             tool_version(&self.qemu, &["--version"]).await.map_err(|e| unavailable(e.into()))?;
-        let (kernel, initramfs) = self.images().map_err(unavailable)?;
-        let accel = self.accel().await.map_err(unavailable)?;
+        let (kernel, initramfs) = self.images().map_err(|e| unavailable(e.into()))?;
+        let accel = self.accel().await.map_err(|e| unavailable(e.to_string()))?;
         Ok(format!(
             "{version}; {}; kernel {}; initramfs {}",
             accel.why,
@@ -207,7 +242,7 @@ impl Backend for Qemu {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        let not_ready = |reason: String| LaunchError::Prepare {
+        let not_ready = |reason: ImageError| LaunchError::Prepare {
             what: format!("{} images", self.kind()),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
         };
@@ -447,17 +482,15 @@ pub async fn kvm_boot_probe(
     kernel: &Kernel,
     initramfs: &Path,
     deadline: Duration,
-) -> Result<Duration, String> {
+) -> Result<Duration, KvmProbeError> {
     check_kvm()?;
     let dir = probe_dir("kvm-probe")?;
     let spec = probe_spec(dir.path(), "kvm-probe");
-    let launched = launch_qemu(qemu, profile, Accel::Kvm, kernel, initramfs, &spec, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    probe_boot(launched, "QEMU", deadline, Some("KVM internal error"), |g, d| {
+    let launched = launch_qemu(qemu, profile, Accel::Kvm, kernel, initramfs, &spec, None).await?;
+    Ok(probe_boot(launched, "QEMU", deadline, Some("KVM internal error"), |g, d| {
         Box::pin(stop_and_release(g, d))
     })
-    .await
+    .await?)
 }
 
 /// The host TSC rate in kHz, measured once (50 ms against the monotonic clock).
@@ -495,127 +528,4 @@ fn measure_tsc_khz() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::netlab::FleetNet;
-    use std::net::Ipv4Addr;
-
-    use crate::backend::test_spec as spec;
-
-    fn kernel(path: &str) -> Kernel {
-        Kernel {
-            path: path.into(),
-            cmdline: "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tsc=reliable".into(),
-        }
-    }
-
-    #[test]
-    fn microvm_tcg_command_line() {
-        let a = qemu_args(
-            Profile::Microvm,
-            Accel::Tcg { tsc_khz: 2_596_150 },
-            &kernel("/k/vmlinux"),
-            Path::new("/i/initramfs.cpio.gz"),
-            &spec(true, true),
-        );
-        let expect = [
-            "-name", "g1", "-M", "microvm,acpi=off", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "192M", "-smp", "2",
-            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-kernel", "/k/vmlinux", "-initrd", "/i/initramfs.cpio.gz",
-            "-append", "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2596150 tsc=reliable no_timer_check vb.poweroff=reboot vb.ctl=vport:vb.ctl vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
-            "-chardev", "file,id=con,path=/proc/self/fd/1,append=on", "-serial", "chardev:con",
-            "-chardev", "socket,id=ctl,fd=3", "-device", "virtio-serial-device", "-device", "virtserialport,chardev=ctl,name=vb.ctl",
-            "-drive", "id=d0,file=/store/disk,,1.img,format=raw,if=none,readonly=on,cache.direct=on,aio=threads", "-device", "virtio-blk-device,drive=d0",
-            "-netdev", "tap,id=n0,ifname=vbl1,script=no,downscript=no", "-device", "virtio-net-device,netdev=n0,mac=02:76:62:d3:00:03",
-        ];
-        assert_eq!(a, expect);
-    }
-
-    #[test]
-    fn full_kvm_command_line() {
-        let a = qemu_args(
-            Profile::Full,
-            Accel::Kvm,
-            &kernel("/k/bzImage"),
-            Path::new("/i/initramfs.cpio.gz"),
-            &spec(true, true),
-        );
-        let expect = [
-            "-name", "g1", "-M", "q35", "-accel", "kvm", "-cpu", "host", "-m", "192M", "-smp", "2",
-            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-kernel", "/k/bzImage", "-initrd", "/i/initramfs.cpio.gz",
-            "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check vb.ctl=tty:/dev/ttyS1 vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
-            "-chardev", "file,id=con,path=/proc/self/fd/1,append=on", "-serial", "chardev:con",
-            "-chardev", "socket,id=ctl,fd=3", "-serial", "chardev:ctl",
-            "-drive", "id=d0,file=/store/disk,,1.img,format=raw,if=none,snapshot=on,cache.direct=on,aio=threads", "-device", "ide-hd,drive=d0,bus=ide.0",
-            "-netdev", "tap,id=n0,ifname=vbl1,script=no,downscript=no", "-device", "e1000,netdev=n0,mac=02:76:62:d3:00:03",
-        ];
-        assert_eq!(a, expect);
-    }
-
-    #[test]
-    fn guest_without_disk_or_network_gets_neither() {
-        let a = qemu_args(
-            Profile::Full,
-            Accel::Tcg { tsc_khz: 1 },
-            &kernel("/k"),
-            Path::new("/i"),
-            &spec(false, false),
-        );
-        assert!(
-            !a.iter().any(|x| x == "-drive" || x == "-netdev" || x.contains("vb.net=")),
-            "{a:?}"
-        );
-    }
-
-    #[test]
-    fn cmdline_drops_and_adds_words() {
-        let s = spec(false, false);
-        let w = kernel_cmdline(
-            "a=1 tsc=reliable  b tsc_early_khz=5 quiet",
-            &["tsc_early_khz", "tsc", "quiet"],
-            &["x=y".into()],
-            "tty:/dev/hvc0",
-            &s,
-        );
-        assert_eq!(w, ["a=1", "b", "x=y", "vb.ctl=tty:/dev/hvc0", "vb.hostname=g1"]);
-    }
-
-    #[test]
-    fn macs_are_unique_per_address_and_locally_administered() {
-        assert_eq!(guest_mac(Ipv4Addr::new(10, 211, 1, 46)), "02:76:62:d3:01:2e");
-        assert_ne!(
-            guest_mac(FleetNet::guest_addr(0).unwrap()),
-            guest_mac(FleetNet::guest_addr(1).unwrap())
-        );
-    }
-
-    #[test]
-    fn log_helpers() {
-        let text = "[    0.1] error in kernel text\nKVM internal error. Suberror: 1\nemulation failure\nok\n";
-        assert_eq!(errors_in(text).unwrap(), "KVM internal error. Suberror: 1; emulation failure");
-        assert_eq!(errors_in("[    0.1] error\nall fine\n"), None);
-    }
-
-    #[tokio::test]
-    async fn tsc_rate_is_plausible_and_cached() {
-        let a = host_tsc_khz().await;
-        assert!((100_000..20_000_000).contains(&a), "{a}");
-        assert_eq!(host_tsc_khz().await, a);
-    }
-
-    #[tokio::test]
-    async fn configured_accelerators_skip_the_probe() {
-        let images = Images::default();
-        let q = |accel: &str| {
-            Qemu::new(
-                Profile::Microvm,
-                &images,
-                &BackendOptions { accel: Some(accel.into()), ..Default::default() },
-            )
-        };
-        assert_eq!(q("kvm").accel().await.unwrap().accel, Accel::Kvm);
-        assert!(matches!(q("tcg").accel().await.unwrap().accel, Accel::Tcg { .. }));
-        assert!(q("hax").accel().await.unwrap_err().contains("hax"));
-    }
-}
+mod tests;
