@@ -112,17 +112,10 @@ const FD_RESERVE: u64 = 64;
 /// Raises hostd's soft descriptor limit to the hard one (once), then checks that `guests`
 /// more guests fit: a fleet that would run out half-way is refused before it starts.
 fn descriptor_budget(guests: usize) -> Result<(), FleetError> {
+    // hostd's main raised it at start; a library caller (the tests) gets it here.
     static RAISE: std::sync::Once = std::sync::Once::new();
     RAISE.call_once(|| {
-        if let Ok((_, hard)) =
-            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        {
-            let _ = nix::sys::resource::setrlimit(
-                nix::sys::resource::Resource::RLIMIT_NOFILE,
-                hard,
-                hard,
-            );
-        }
+        crate::limits::raise_nofile();
     });
     let Ok((limit, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
     else {

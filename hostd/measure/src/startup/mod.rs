@@ -216,7 +216,9 @@ pub async fn start_and_measure(
     }
     let residency =
         coldstart::check(&files, mode == StartMode::Cold).map_err(StartupError::Residency)?;
+    let (fds_before, cpu_before) = (memory::open_fds(), memory::own_cpu_s());
     let fleet = fleet::start(backend, run, cfg, on_event).await?;
+    let cpu_start = memory::own_cpu_s().zip(cpu_before).map(|(a, b)| a - b);
     let copies = !cfg.image_copies.is_empty();
     let startups: Vec<StartupSample> = startup_samples(kind, cfg.n, mode, &fleet)
         .into_iter()
@@ -231,6 +233,7 @@ pub async fn start_and_measure(
     let guests: Vec<GuestMemory> =
         fleet.guests.iter().map(|g| memory::guest_memory(&g.process)).collect();
     let (rss_after, pss_after) = (memory::rss_kib(me), memory::pss_kib(me));
+    let fds_after = memory::open_fds();
     let scratch_tmpfs_kib = memory::tmpfs_usage_kib(&run.scratch);
     let repeats = memory::repeats_kib(&before, &after);
     let mut sorted = repeats.clone();
@@ -260,6 +263,9 @@ pub async fn start_and_measure(
             hostd_rss_after_kib: rss_after,
             hostd_pss_before_kib: pss_before,
             scratch_tmpfs_kib,
+            hostd_fds_before: fds_before,
+            hostd_fds_after: fds_after,
+            hostd_cpu_start_s: cpu_start,
         },
     });
     let boot = FleetBoot {
