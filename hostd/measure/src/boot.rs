@@ -81,6 +81,9 @@ pub struct RowChecks {
     /// parallelism slot), seconds: what the floor is compared with.
     #[serde(default)]
     pub own_start: Option<Summary>,
+    /// Each guest reaching a neighbour on another bridge (`hostd boot --reach`).
+    #[serde(default)]
+    pub reach: Option<crate::reach::Reach>,
 }
 
 impl BootRow {
@@ -160,6 +163,7 @@ pub fn row(b: &FleetBoot) -> BootRow {
                 .and_then(|m| m.checks.hostd_cpu_start_s)
                 .filter(|_| b.n > 0)
                 .map(|s| 1e3 * s / b.n as f64),
+            reach: b.reach.clone(),
             own_start: Summary::of("own_start", "s", b.startups.iter().map(|s| s.own_s).collect()),
         },
     }
@@ -235,6 +239,7 @@ pub mod testing {
             n: 10,
             mode,
             residency: startups[0].residency.clone(),
+            reach: None,
             startups,
             failures: vec![],
             memory: None,
@@ -268,6 +273,7 @@ mod tests {
             "hostd_fds_per_guest",
             "hostd_cpu_ms_per_launch",
             "own_start",
+            "reach",
         ] {
             assert!(o.remove(k).is_some(), "{k} is not serialised flat");
         }

@@ -248,6 +248,18 @@ fn table_notes(s: &BootSummary) -> String {
             ));
         }
     }
+    for r in &s.rows {
+        if let Some(x) = &r.checks.reach {
+            out.push_str(&format!(
+                "reach: {} n={} {}: {}{}\n",
+                r.backend,
+                r.n,
+                r.label(),
+                x.line(),
+                if x.all() { "" } else { " — NOT every guest" }
+            ));
+        }
+    }
     for (mode, f) in &s.memory_fit {
         out.push_str(&format!(
             "fit ({mode}): M_used(n) = {:.2} MiB × n + {:.1} MiB (M_VM, M_tool; residual {:.2} MiB over {} points: every repeated figure of each size)\n",

@@ -38,6 +38,10 @@ pub struct FleetBoot {
     /// The launches' files' residency just before the fleet started.
     #[serde(default)]
     pub residency: Option<StartResidency>,
+    /// Whether each guest reached a neighbour on another bridge (`hostd boot --reach`),
+    /// checked after the figures were taken.
+    #[serde(default)]
+    pub reach: Option<crate::reach::Reach>,
 }
 
 impl FleetBoot {
@@ -162,6 +166,22 @@ pub async fn boot_and_measure(
     copy_images: Option<&Images>,
     on_event: impl FnMut(FleetEvent),
 ) -> Result<FleetBoot, StartupError> {
+    boot_measure_and_check(backend, run, cfg, mode, settle, copy_images, false, on_event).await
+}
+
+/// [`boot_and_measure`], and with `reach` the fleet's reachability checked
+/// ([`crate::reach`]) after its figures were taken, before its teardown.
+#[allow(clippy::too_many_arguments)]
+pub async fn boot_measure_and_check(
+    backend: &AnyBackend,
+    run: &RunState,
+    cfg: &FleetConfig,
+    mode: StartMode,
+    settle: Duration,
+    copy_images: Option<&Images>,
+    reach: bool,
+    on_event: impl FnMut(FleetEvent),
+) -> Result<FleetBoot, StartupError> {
     let kind = backend.kind();
     let copies_dir = run.disk_dir().join(format!("images-{kind}-n{}-{}", cfg.n, mode.name()));
     let mut cfg = cfg.clone();
@@ -174,6 +194,9 @@ pub async fn boot_and_measure(
     }
     let r = match start_and_measure(backend, run, &cfg, mode, settle, on_event).await {
         Ok((fleet, mut boot)) => {
+            if reach {
+                boot.reach = Some(crate::reach::check(&fleet).await);
+            }
             tear_down(backend, fleet, &mut boot, Duration::from_secs(10)).await;
             Ok(boot)
         }
@@ -278,6 +301,7 @@ pub async fn start_and_measure(
         teardown_clean: 0,
         teardown_killed: 0,
         residency: Some(residency),
+        reach: None,
     };
     Ok((fleet, boot))
 }
