@@ -76,12 +76,16 @@ pub async fn run(
     }
     let mut summary = summarise(provenance, rows);
     if opts.floor_reps > 0 {
+        // Floor fleets of the sizes measured hot: the comparison at the same concurrency.
+        let hot_sizes: Vec<usize> =
+            if opts.modes.contains(&StartMode::Hot) { opts.sizes.clone() } else { Vec::new() };
         summary.floor = crate::floor::measure(
             opts.backend,
             images,
             backend_opts,
             run,
             opts.floor_reps,
+            &hot_sizes,
             opts.fleet.boot_timeout,
         )
         .await

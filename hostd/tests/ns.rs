@@ -474,10 +474,11 @@ async fn the_unshare_floor_is_measured_beside_the_guests() {
     let run = hostd::runstate::RunState::create_in(dir.path(), "floor-test", None).unwrap();
     let _litter = Litter(run.run.clone());
     let mounts_before = mountinfo();
-    let f = hostd::floor::measure(BackendKind::Ns, &images, &Default::default(), &run, 3, HELLO)
-        .await
-        .unwrap()
-        .expect("ns has a floor");
+    let f =
+        hostd::floor::measure(BackendKind::Ns, &images, &Default::default(), &run, 3, &[4], HELLO)
+            .await
+            .unwrap()
+            .expect("ns has a floor");
     println!("{}", hostd::floor::line(&f));
     assert!(f.floor.contains("unshare"), "{}", f.floor);
     assert_eq!((f.floor_s.samples.len(), f.hostd_s.samples.len()), (3, 3));

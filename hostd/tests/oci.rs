@@ -560,7 +560,7 @@ async fn the_runc_floor_is_measured_beside_the_guests() {
     let run = hostd::runstate::RunState::create_in(dir.path(), "floor-test", None).unwrap();
     let _litter = Litter(run.run.clone());
     let opts = BackendOptions::default();
-    let f = hostd::floor::measure(BackendKind::Oci, &images, &opts, &run, 3, HELLO)
+    let f = hostd::floor::measure(BackendKind::Oci, &images, &opts, &run, 3, &[4], HELLO)
         .await
         .unwrap()
         .expect("oci has a floor");

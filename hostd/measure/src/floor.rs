@@ -35,7 +35,26 @@ pub struct Floor {
     /// None in older summaries and with a single pair.
     #[serde(default)]
     pub ratio_ci95: Option<[f64; 2]>,
+    /// The floor started n at once, for each hot fleet size up to [`FLEET_MAX`] (ns, oci):
+    /// the same concurrency as the fleet it is compared with.
+    #[serde(default)]
+    pub fleets: Vec<FloorFleet>,
 }
+
+/// n floors started together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FloorFleet {
+    pub n: usize,
+    pub ready: usize,
+    /// Each floor's own launch → hello, seconds.
+    pub own_s: Summary,
+    /// The last hello after the common start, seconds.
+    pub t_startup_s: f64,
+}
+
+/// Largest floor fleet: every floor keeps its `unshare` or `runc` process waiting beside the
+/// agent, memory a real fleet does not spend.
+pub const FLEET_MAX: usize = 1000;
 
 /// The goal for a backend's hot start against its floor (ns 2×, oci 1.3×).
 pub fn goal(kind: BackendKind) -> Option<f64> {
@@ -73,13 +92,15 @@ pub enum FloorError {
     Prepare(String),
 }
 
-/// Measures `reps` interleaved pairs. None for the native backend (it is the floor).
+/// Measures `reps` interleaved pairs, then (ns, oci) a floor fleet of each of
+/// `fleet_sizes` up to [`FLEET_MAX`]. None for the native backend (it is the floor).
 pub async fn measure(
     kind: BackendKind,
     images: &Images,
     opts: &BackendOptions,
     run: &RunState,
     reps: usize,
+    fleet_sizes: &[usize],
     timeout: Duration,
 ) -> Result<Option<Floor>, FloorError> {
     let floor_dir = run.scratch.join("floor-bundle");
@@ -111,31 +132,31 @@ pub async fn measure(
     let net = FleetNet::create(&run.run)?;
     let r = async {
         let (mut f, mut h) = (Vec::new(), Vec::new());
+        let spec = |i: usize, name: String, full: bool| GuestSpec {
+            index: i,
+            workdir: run.scratch.join(&name),
+            name,
+            run: run.run.clone(),
+            vcpus: 1,
+            mem_mib: 128,
+            data_disk: if full { images.disk.clone() } else { None },
+            net: full.then(|| GuestNet {
+                fleet: net.clone(),
+                addr: FleetNet::guest_addr(i).expect("small index"),
+                prefix: netlab::PREFIX,
+                link: netlab::link_name("vbl", i),
+            }),
+            cgroup: if full { cgroup::detect().ok() } else { None },
+            limits: Default::default(),
+            images: None,
+        };
         for i in 0..reps + 1 {
-            let spec = |name: String, full: bool| GuestSpec {
-                index: i,
-                workdir: run.scratch.join(&name),
-                name,
-                run: run.run.clone(),
-                vcpus: 1,
-                mem_mib: 128,
-                data_disk: if full { images.disk.clone() } else { None },
-                net: full.then(|| GuestNet {
-                    fleet: net.clone(),
-                    addr: FleetNet::guest_addr(i).expect("small index"),
-                    prefix: netlab::PREFIX,
-                    link: netlab::link_name("vbl", i),
-                }),
-                cgroup: if full { cgroup::detect().ok() } else { None },
-                limits: Default::default(),
-                images: None,
-            };
-            let g = boot(&bare, spec(format!("floor{i}"), false), timeout)
+            let g = boot(&bare, spec(i, format!("floor{i}"), false), timeout)
                 .await
                 .map_err(FloorError::FloorBoot)?;
             let fs = g.startup.as_secs_f64();
             g.shutdown(&bare, Duration::from_secs(5)).await;
-            let g = boot(&full, spec(format!("full{i}"), true), timeout)
+            let g = boot(&full, spec(i, format!("full{i}"), true), timeout)
                 .await
                 .map_err(FloorError::FullBoot)?;
             let hs = g.startup.as_secs_f64();
@@ -149,6 +170,33 @@ pub async fn measure(
         let pr = paired_ratio(&h, &f).ok_or(FloorError::NoSamples)?;
         let floor_s = Summary::of("floor", "s", f).ok_or(FloorError::NoSamples)?;
         let hostd_s = Summary::of("hostd", "s", h).ok_or(FloorError::NoSamples)?;
+        let mut fleets = Vec::new();
+        if matches!(kind, BackendKind::Ns | BackendKind::Oci) {
+            for &n in fleet_sizes.iter().filter(|&&n| n > 1 && n <= FLEET_MAX) {
+                let t0 = std::time::Instant::now();
+                let boots = (0..n).map(|i| {
+                    let spec = spec(i, format!("ff{n}-{i}"), false);
+                    async { boot(&bare, spec, timeout).await.map(|g| (g, t0.elapsed())) }
+                });
+                let done = futures::future::join_all(boots).await;
+                let mut own = Vec::new();
+                let mut last = Duration::ZERO;
+                let mut up = Vec::new();
+                for (g, at) in done.into_iter().flatten() {
+                    own.push(g.startup.as_secs_f64());
+                    last = last.max(at);
+                    up.push(g);
+                }
+                let ready = up.len();
+                futures::future::join_all(
+                    up.into_iter().map(|g| g.shutdown(&bare, Duration::from_secs(5))),
+                )
+                .await;
+                if let Some(own_s) = Summary::of("floor_fleet", "s", own) {
+                    fleets.push(FloorFleet { n, ready, own_s, t_startup_s: last.as_secs_f64() });
+                }
+            }
+        }
         Ok(Some(Floor {
             backend: kind,
             floor: what,
@@ -156,6 +204,7 @@ pub async fn measure(
             ratio_ci95: pr.ci95,
             floor_s,
             hostd_s,
+            fleets,
         }))
     }
     .await;
@@ -192,20 +241,35 @@ pub fn line(f: &Floor) -> String {
     s
 }
 
-/// A hot fleet's guests' own starts (each guest's launch call → hello, `own_s`) against the
-/// floor, unpaired; None without samples on either side.
-pub fn fleet_line(f: &Floor, n: usize, own_s: &[f64]) -> Option<String> {
-    let r = ratio(own_s, &f.floor_s.samples)?;
+/// A hot fleet of `n` against the floor: its guests' own starts (each guest's launch call
+/// → hello, `own_s`) against the floor fleet of the same n started together where there is
+/// one (the same competition for the CPUs), else against the single floor; unpaired. With a
+/// floor fleet, `t_startup_s` (the fleet's) is set beside the floor fleet's. None without
+/// samples on either side.
+pub fn fleet_line(f: &Floor, n: usize, own_s: &[f64], t_startup_s: Option<f64>) -> Option<String> {
+    let same_n = f.fleets.iter().find(|x| x.n == n);
+    let (floor, what) = match same_n {
+        Some(ff) => (&ff.own_s, format!("{} floors started together", ff.ready)),
+        None => (&f.floor_s, "the single floor".to_string()),
+    };
+    let r = ratio(own_s, &floor.samples)?;
     let mean = own_s.iter().sum::<f64>() / own_s.len() as f64;
     let mut s = format!(
-        "floor ({}): n={n} hot, each guest's own start (launch → hello) {mean:.4} s mean over {} guests vs the floor's {:.4} s: ratio {}",
+        "floor ({}): n={n} hot, each guest's own start (launch → hello) {mean:.4} s mean over {} guests vs {:.4} s for {what}: ratio {}",
         f.backend,
         own_s.len(),
-        f.floor_s.mean,
+        floor.mean,
         ratio_text(r.ratio, r.ci95)
     );
     if let Some(g) = goal(f.backend) {
         s.push_str(&format!(" (goal ≤ {g}: {})", verdict(r.ratio, r.ci95, g)));
+    }
+    if let (Some(ff), Some(t)) = (same_n, t_startup_s) {
+        s.push_str(&format!(
+            "; T_startup {t:.3} s vs {:.3} s for the floors: {:.2}×",
+            ff.t_startup_s,
+            t / ff.t_startup_s
+        ));
     }
     Some(s)
 }

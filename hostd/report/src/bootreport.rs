@@ -271,7 +271,7 @@ fn table_notes(s: &BootSummary) -> String {
         out.push('\n');
         for r in s.rows.iter().filter(|r| r.mode == StartMode::Hot && r.backend == f.backend) {
             let own = r.checks.own_start.as_ref().map(|o| o.samples.as_slice()).unwrap_or(&[]);
-            if let Some(l) = crate::floor::fleet_line(f, r.n, own) {
+            if let Some(l) = crate::floor::fleet_line(f, r.n, own, r.t_startup_s) {
                 out.push_str(&l);
                 out.push('\n');
             }

@@ -241,7 +241,7 @@ pub(crate) struct BootArgs {
     /// Backend to boot the fleets on (`hostd probe` says which work here).
     #[arg(long)]
     pub(crate) backend: BackendKind,
-    /// Fleet sizes, comma-separated and increasing, each 1-1000; each is booted cold, then hot.
+    /// Fleet sizes, comma-separated and increasing, each 1-25000 (the fleet network's bridges); each is booted in every mode asked.
     #[arg(short = 'n', long = "sizes", value_delimiter = ',', default_values_t = defaults::STARTUP_SIZES, value_parser = limits::GUESTS.cli::<usize>())]
     pub(crate) sizes: Vec<usize>,
     /// Start modes, in order.
