@@ -263,7 +263,7 @@ fn hostd_exec_in_a_fleet_kept_up() {
     let file = dir.path().join("fleet.toml");
     std::fs::write(
         &file,
-        format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 3\nsystem = \"{SYSTEM}\"\n"),
+        format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 5\nsystem = \"{SYSTEM}\"\n"),
     )
     .unwrap();
     let out = hostd().arg("up").arg(&file).output().unwrap();
@@ -289,11 +289,11 @@ fn hostd_exec_in_a_fleet_kept_up() {
     assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));
 }
 
-/// A mixed fleet through the binary: 3 ns + 1 uml + 1 qemu-microvm (TCG) guests, all
-/// booting the test system, on one fleet network and numbered g0..g4 across the groups.
+/// A mixed fleet through the binary: 5 ns + 2 uml + 1 qemu-microvm (TCG) guests (the
+/// issue's heterogeneous fleet), all booting the test system, on one fleet network and
+/// numbered g0..g7 across the groups.
 /// Every guest pings every other guest's address (busybox `ping` in the image) through
 /// `hostd exec`, the file's command runs in every guest, and `hostd down` removes it all.
-/// (The issue's 5 + 2 + 1 works the same; this size keeps a 2-core TCG host's boot short.)
 #[test]
 fn mixed_fleet_every_guest_reaches_every_other() {
     if images(BackendKind::Ns, SYSTEM, InitMode::Agent).is_none() {
@@ -313,8 +313,8 @@ fn mixed_fleet_every_guest_reaches_every_other() {
         format!(
             "name = \"{name}\"\nsystem = \"{SYSTEM}\"\nmem_mib = 128\n\
              commands = [[\"/bin/busybox\", \"cat\", \"/etc/os-release\"]]\n\
-             [[group]]\nname = \"cts\"\nbackend = \"ns\"\nguests = 3\n\
-             [[group]]\nname = \"uml\"\nbackend = \"uml\"\nguests = 1\n\
+             [[group]]\nname = \"cts\"\nbackend = \"ns\"\nguests = 5\n\
+             [[group]]\nname = \"uml\"\nbackend = \"uml\"\nguests = 2\n\
              [[group]]\nname = \"vm\"\nbackend = \"qemu-microvm\"\nguests = 1\n"
         ),
     )
@@ -332,7 +332,7 @@ fn mixed_fleet_every_guest_reaches_every_other() {
         (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
     };
     let addrs: Vec<String> =
-        (0..5).map(|i| hostd::netlab::FleetNet::guest_addr(i).unwrap().to_string()).collect();
+        (0..8).map(|i| hostd::netlab::FleetNet::guest_addr(i).unwrap().to_string()).collect();
     let script = format!(
         "for a in {}; do /bin/busybox ping -c 1 -W 10 $a >/dev/null || {{ echo unreachable $a; exit 1; }}; done; echo reached all",
         addrs.join(" ")
@@ -343,17 +343,21 @@ fn mixed_fleet_every_guest_reaches_every_other() {
     let down = hostd().args(["down", &name]).output().unwrap();
     let (_, after) = run(&["status"]);
     // The file's command ran in every guest, and the status names each guest's group.
-    assert_eq!(up.matches(OS).count(), 5, "{up}");
-    for (g, group, backend) in
-        [("g0", "cts", "ns"), ("g3", "uml", "uml"), ("g4", "vm", "qemu-microvm")]
-    {
+    assert_eq!(up.matches(OS).count(), 8, "{up}");
+    for (g, group, backend) in [
+        ("g0", "cts", "ns"),
+        ("g4", "cts", "ns"),
+        ("g5", "uml", "uml"),
+        ("g6", "uml", "uml"),
+        ("g7", "vm", "qemu-microvm"),
+    ] {
         assert!(
             status.lines().any(|l| l.starts_with(g) && l.contains(group) && l.contains(backend)),
             "{g} in group {group}: {status}"
         );
     }
     assert!(
-        pinged && text.matches("reached all").count() == 5,
+        pinged && text.matches("reached all").count() == 8,
         "every guest reaches every other: {text}"
     );
     assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));

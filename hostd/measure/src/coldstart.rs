@@ -322,6 +322,32 @@ pub fn describe(r: &StartResidency, name_resident: bool) -> String {
     s
 }
 
+/// Copies a system image's tree with `cp -a`: a distribution's tree has owners, set-id
+/// bits, hard links and extended attributes that [`copy_tree`] does not keep. Then syncs
+/// the file system, as dirty pages cannot be evicted before a cold start.
+fn copy_system_tree(src: &Path, dst: &Path) -> Result<(), ColdError> {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg("--")
+        .arg(src)
+        .arg(dst)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io(dst))?;
+    if !out.status.success() {
+        return Err(ColdError::Io {
+            path: dst.into(),
+            source: std::io::Error::other(format!(
+                "cp -a {}: {}",
+                src.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        });
+    }
+    let dir = std::fs::File::open(dst).map_err(io(dst))?;
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)).map_err(|e| io(dst)(e.into()))
+}
+
 /// Copies `src` (a file or a tree of directories, files and symbolic links) to `dst`.
 fn copy_tree(src: &Path, dst: &Path) -> Result<(), ColdError> {
     let meta = std::fs::symlink_metadata(src).map_err(io(src))?;
@@ -387,6 +413,18 @@ pub fn copy_images(
             .flatten()
         {
             k.path = copy(&k.path)?;
+        }
+        // A system image: a VM boots its own copy of the ext4 and writes it in place (no
+        // overlay: the paper's "each VM its own image"); a container its own copy of the tree.
+        if let Some(sys) = c.system.as_mut() {
+            let ext4 = copy(&sys.ext4)?;
+            sys.private = ext4 != sys.ext4;
+            sys.ext4 = ext4;
+            if used.contains(&sys.tree) {
+                let dst = gdir.join("system-tree");
+                copy_system_tree(&sys.tree, &dst)?;
+                sys.tree = dst;
+            }
         }
         out.push(Arc::new(c));
     }
@@ -512,6 +550,65 @@ mod tests {
         child.wait().unwrap();
         assert!(unrelated.contains(&prog), "the running copy's own binary is mapped");
         assert!(!same_program.contains(&prog), "another instance of the program excused it");
+    }
+
+    /// With a system image, each VM guest gets its own ext4 to write in place (private) and
+    /// each container guest its own tree, owners kept; the shared image is left as it was.
+    #[test]
+    fn system_images_are_copied_per_guest() {
+        use crate::backend::rootdisk::{InitMode, System};
+        use crate::backend::{BackendKind, BackendOptions, Kernel};
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::Builder::new().prefix("vb-coldstart").tempdir_in("/var/tmp").unwrap();
+        let d = dir.path();
+        for f in ["kernel", "initramfs", "agent", "rootfs.ext4"] {
+            std::fs::write(d.join(f), f.as_bytes()).unwrap();
+        }
+        let tree = d.join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/os-release"), b"ID=t\n").unwrap();
+        let owned = nix::unistd::geteuid().is_root();
+        if owned {
+            std::os::unix::fs::chown(tree.join("etc/os-release"), Some(1234), Some(1234)).unwrap();
+        }
+        let images = Images {
+            agent: d.join("agent"),
+            initramfs: Some(d.join("initramfs")),
+            kernel_uml: Some(Kernel { path: d.join("kernel"), cmdline: String::new() }),
+            system: Some(System {
+                name: "t".into(),
+                ext4: d.join("rootfs.ext4"),
+                ext4_uuid: "u".into(),
+                tree: tree.clone(),
+                init: InitMode::Agent,
+                image_init: None,
+                private: false,
+            }),
+            ..Default::default()
+        };
+        let opts = BackendOptions::default();
+        let uml = AnyBackend::new(BackendKind::Uml, &images, &opts);
+        let copies = copy_images(&uml, &images, &d.join("vm"), 2).unwrap();
+        for (i, c) in copies.iter().enumerate() {
+            let sys = c.system.as_ref().unwrap();
+            assert!(sys.private, "a VM's copy is written in place");
+            assert!(sys.ext4.starts_with(d.join(format!("vm/g{i}"))), "{}", sys.ext4.display());
+            assert_eq!(std::fs::read(&sys.ext4).unwrap(), b"rootfs.ext4");
+            assert_eq!(sys.tree, tree, "a VM reads no tree");
+        }
+        let ns = AnyBackend::new(BackendKind::Ns, &images, &opts);
+        let copies = copy_images(&ns, &images, &d.join("ct"), 2).unwrap();
+        for (i, c) in copies.iter().enumerate() {
+            let sys = c.system.as_ref().unwrap();
+            assert!(!sys.private && sys.ext4 == d.join("rootfs.ext4"), "a container reads no ext4");
+            assert_eq!(sys.tree, d.join(format!("ct/g{i}/system-tree")));
+            let f = sys.tree.join("etc/os-release");
+            assert_eq!(std::fs::read(&f).unwrap(), b"ID=t\n");
+            if owned {
+                assert_eq!(std::fs::metadata(&f).unwrap().uid(), 1234, "owners are kept");
+            }
+        }
+        assert!(!images.system.as_ref().unwrap().private);
     }
 
     #[test]
