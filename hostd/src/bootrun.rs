@@ -12,7 +12,7 @@ use crate::plot;
 use crate::provenance::Provenance;
 use crate::results::ResultsDir;
 use crate::runstate::RunState;
-use crate::startup::{boot_and_measure, StartMode};
+use crate::startup::{boot_measure_and_check, StartMode};
 
 #[derive(Debug, Clone)]
 pub struct BootOptions {
@@ -29,6 +29,8 @@ pub struct BootOptions {
     pub floor_reps: usize,
     /// Each guest boots its own copies of the images (the paper's setting).
     pub image_copies: bool,
+    /// Check that every guest reaches a neighbour on another bridge ([`crate::reach`]).
+    pub reach: bool,
 }
 // The summary's types sit below the report (hostd-measure), its figures and table in the
 // report's crate; re-exported so `hostd::bootrun::…` keeps naming them.
@@ -54,9 +56,16 @@ pub async fn run(
             let cfg = FleetConfig { n, ..opts.fleet.clone() };
             let label = format!("{} n={n} {}", opts.backend, mode.name());
             let copies = opts.image_copies.then_some(images);
-            let b = boot_and_measure(backend, run, &cfg, mode, opts.settle, copies, |e| {
-                progress(&label, e)
-            })
+            let b = boot_measure_and_check(
+                backend,
+                run,
+                &cfg,
+                mode,
+                opts.settle,
+                copies,
+                opts.reach,
+                |e| progress(&label, e),
+            )
             .await
             .with_context(|| label.clone())?;
             for r in b.records() {
@@ -67,12 +76,16 @@ pub async fn run(
     }
     let mut summary = summarise(provenance, rows);
     if opts.floor_reps > 0 {
+        // Floor fleets of the sizes measured hot: the comparison at the same concurrency.
+        let hot_sizes: Vec<usize> =
+            if opts.modes.contains(&StartMode::Hot) { opts.sizes.clone() } else { Vec::new() };
         summary.floor = crate::floor::measure(
             opts.backend,
             images,
             backend_opts,
             run,
             opts.floor_reps,
+            &hot_sizes,
             opts.fleet.boot_timeout,
         )
         .await

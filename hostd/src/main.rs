@@ -67,6 +67,8 @@ fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     hostd::progress::set_quiet(cli.quiet);
     use_image_store(&cli.cmd);
+    // Fleets hold descriptors per guest: the soft limit up to the hard one, once, at start.
+    hostd::limits::raise_nofile();
     if let Cmd::Up(a) = &cli.cmd {
         // Forks before any thread exists (the async runtime is made in the child).
         return up(a);

@@ -459,3 +459,33 @@ async fn failing_setup_step_is_named_and_cleaned_up() {
     assert!(e.contains("No such file or directory"), "{e}");
     assert_clean(&run, dir.path(), &mounts_before, &[], &[workdir]);
 }
+
+/// `hostd boot`'s floor for ns: `unshare` of the same namespaces + chroot + exec of the
+/// agent, interleaved with fleet-style boots in the same run; the ratio comes with its
+/// interval and nothing of either side is left.
+#[tokio::test]
+async fn the_unshare_floor_is_measured_beside_the_guests() {
+    if !root_or_skip("the ns floor test") {
+        return;
+    }
+    let dir = scratch();
+    let rootfs = make_rootfs(dir.path());
+    let images = Images { agent: agent(), rootfs: Some(rootfs), ..Default::default() };
+    let run = hostd::runstate::RunState::create_in(dir.path(), "floor-test", None).unwrap();
+    let _litter = Litter(run.run.clone());
+    let mounts_before = mountinfo();
+    let f =
+        hostd::floor::measure(BackendKind::Ns, &images, &Default::default(), &run, 3, &[4], HELLO)
+            .await
+            .unwrap()
+            .expect("ns has a floor");
+    println!("{}", hostd::floor::line(&f));
+    assert!(f.floor.contains("unshare"), "{}", f.floor);
+    assert_eq!((f.floor_s.samples.len(), f.hostd_s.samples.len()), (3, 3));
+    assert!((f.ratio - f.hostd_s.mean / f.floor_s.mean).abs() < 1e-9);
+    let [lo, hi] = f.ratio_ci95.expect("three pairs give an interval");
+    assert!(lo <= f.ratio && f.ratio <= hi, "{lo} {} {hi}", f.ratio);
+    let run_id = run.run.clone();
+    drop(run);
+    assert_clean(&run_id, dir.path(), &mounts_before, &[], &[]);
+}

@@ -545,3 +545,36 @@ async fn runc_container_is_isolated_from_the_host() {
     net.destroy().unwrap();
     assert_clean(&run, dir.path(), &bundle, &before, &[pid], &[workdir]);
 }
+
+/// `hostd boot`'s floor for oci: a bare foreground `runc run` of the same bundle,
+/// interleaved with fleet-style boots in the same run; the ratio comes with its interval
+/// and the runtime knows no container of the run afterwards.
+#[tokio::test]
+async fn the_runc_floor_is_measured_beside_the_guests() {
+    if !root_or_skip("the oci floor test") {
+        return;
+    }
+    let dir = scratch();
+    let bundle = make_bundle(dir.path(), &["/sbin/guest-agent", "--ctl", "fd:3"]);
+    let images = Images { agent: agent(), bundle: Some(bundle), ..Default::default() };
+    let run = hostd::runstate::RunState::create_in(dir.path(), "floor-test", None).unwrap();
+    let _litter = Litter(run.run.clone());
+    let opts = BackendOptions::default();
+    let f = hostd::floor::measure(BackendKind::Oci, &images, &opts, &run, 3, &[4], HELLO)
+        .await
+        .unwrap()
+        .expect("oci has a floor");
+    println!("{}", hostd::floor::line(&f));
+    assert!(f.floor.contains("runc run"), "{}", f.floor);
+    assert_eq!((f.floor_s.samples.len(), f.hostd_s.samples.len()), (3, 3));
+    let [lo, hi] = f.ratio_ci95.expect("three pairs give an interval");
+    assert!(lo <= f.ratio && f.ratio <= hi, "{lo} {} {hi}", f.ratio);
+    let run_id = run.run.clone();
+    drop(run);
+    assert!(runtime_containers(&opts.oci_runtime, &run_id).is_empty());
+    for r in hostd::cgroup::run_roots(&run_id) {
+        let _ = std::fs::remove_dir(r);
+    }
+    assert!(cgroup_dirs_of(&run_id).is_empty(), "{:?}", cgroup_dirs_of(&run_id));
+    assert!(netns_of(&run_id).is_empty(), "{:?}", netns_of(&run_id));
+}

@@ -150,7 +150,7 @@ pub async fn boot(
         Err(_) => return Err(BootError::LaunchTimeout { guest: spec.name, after: deadline }),
     };
     let mut process = launched.guest;
-    let watch = exit_watch(process.pid());
+    let watch = process.proc.exit_watch();
     let left = end.saturating_duration_since(tokio::time::Instant::now());
     match AgentConn::establish_watched(launched.reader, launched.writer, left, watch).await {
         Ok((conn, hello)) => Ok(RunningGuest {

@@ -122,9 +122,13 @@ fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// A console quiet this long has its log file closed (reopened for appending on its next
+/// output): a fleet of idle guests then holds one descriptor each (the pipe), not two.
+const IDLE_CLOSE: Duration = Duration::from_secs(1);
+
 async fn pump(
     mut rx: tokio::net::unix::pipe::Receiver,
-    mut file: File,
+    file: File,
     path: PathBuf,
     cap: u64,
     shared: Arc<Shared>,
@@ -137,8 +141,21 @@ async fn pump(
     let mut file_ok = true;
     let mut rotations = 0u64;
     let mut buf = vec![0u8; 64 << 10];
+    let mut file = Some(file);
     loop {
-        let n = match rx.read(&mut buf).await {
+        let read = if file.is_some() {
+            // `read` is cancel-safe: a timeout loses no output.
+            match tokio::time::timeout(IDLE_CLOSE, rx.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    file = None;
+                    continue;
+                }
+            }
+        } else {
+            rx.read(&mut buf).await
+        };
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -162,15 +179,25 @@ async fn pump(
                             shared.dropped.fetch_add(half, Ordering::Relaxed);
                         }
                         rotations += 1;
-                        file = f;
+                        file = Some(f);
                         in_file = 0;
                     }
                     Err(_) => file_ok = false,
                 }
                 continue;
             }
+            let f = match &mut file {
+                Some(f) => f,
+                None => match std::fs::OpenOptions::new().append(true).open(&path) {
+                    Ok(f) => file.insert(f),
+                    Err(_) => {
+                        file_ok = false;
+                        continue;
+                    }
+                },
+            };
             let take = rest.len().min((half - in_file) as usize);
-            if file.write_all(&rest[..take]).is_err() {
+            if f.write_all(&rest[..take]).is_err() {
                 file_ok = false;
             }
             in_file += take as u64;
@@ -215,6 +242,34 @@ mod tests {
         assert!(log.tail_contains("Kernel panic", 4096));
         let newest = std::fs::read_to_string(&path).unwrap();
         assert!(newest.ends_with("the end\n"), "the file ends with the newest output");
+    }
+
+    #[tokio::test]
+    async fn an_idle_console_closes_its_file_and_reopens_it_to_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let (log, wr) = ConsoleLog::start(&path, 64 << 10).unwrap();
+        let mut f = File::from(wr);
+        let opens = |p: &Path| {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|t| t == p)
+                .count()
+        };
+        f.write_all(b"first\n").unwrap();
+        // Let the pump read it, then stay quiet well past IDLE_CLOSE (the pump runs on this
+        // thread while the test sleeps).
+        while log.written().0 < 6 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(opens(&path), 1);
+        tokio::time::sleep(IDLE_CLOSE * 3).await;
+        assert_eq!(opens(&path), 0, "an idle console holds no file");
+        f.write_all(b"second\n").unwrap();
+        drop(f);
+        assert!(log.drained(Duration::from_secs(5)).await);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\nsecond\n");
     }
 
     #[tokio::test]

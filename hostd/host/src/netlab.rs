@@ -38,6 +38,8 @@ pub const PREFIX: u8 = 16;
 const BASE: [u8; 2] = [10, 211];
 /// The bridge's own MAC (locally administered).
 pub const BRIDGE_MAC: &str = "02:76:62:00:00:01";
+/// [`BRIDGE_MAC`] as bytes (checked against it in the tests).
+const BRIDGE_MAC_BYTES: [u8; 6] = [0x02, 0x76, 0x62, 0x00, 0x00, 0x01];
 /// The bridge's own address: where a peer running in the fleet namespace itself (outside
 /// any guest) is reached, e.g. the network benchmarks' host-side server.
 pub const BRIDGE_ADDR: Ipv4Addr = Ipv4Addr::new(BASE[0], BASE[1], 0, 1);
@@ -187,20 +189,21 @@ impl FleetNet {
     /// Creates namespace `vb-<run>` with an up bridge and loopback.
     pub fn create(run: &str) -> Result<Self, NetError> {
         let net = FleetNet { netns: Self::name_of(run), mode: NetMode::Private };
-        ip(&["netns", "add", &net.netns])?;
-        let r = (|| {
-            let n = net.netns.as_str();
-            ip(&["-n", n, "link", "set", "lo", "up"])?;
-            // A fixed MAC: by default a bridge takes the lowest MAC among its ports, so a guest
-            // joining later could change it under the others' ARP caches (their traffic to the
-            // bridge address then vanished for tens of seconds).
-            ip(&["-n", n, "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge"])?;
-            ip(&["-n", n, "addr", "add", &format!("{BRIDGE_ADDR}/{PREFIX}"), "dev", BRIDGE])?;
-            ip(&["-n", n, "link", "set", BRIDGE, "up"])
-        })();
+        // Through netlink, as every guest's link: no `ip` process.
+        crate::rtnl::add_netns(&net.netns)?;
+        // A fixed MAC: by default a bridge takes the lowest MAC among its ports, so a guest
+        // joining later could change it under the others' ARP caches (their traffic to the
+        // bridge address then vanished for tens of seconds).
+        let r = crate::rtnl::add_fleet_bridge(
+            &net.netns,
+            BRIDGE,
+            BRIDGE_MAC_BYTES,
+            BRIDGE_ADDR,
+            PREFIX,
+        );
         if let Err(e) = r {
             let _ = net.destroy();
-            return Err(e);
+            return Err(e.into());
         }
         Ok(net)
     }
@@ -217,10 +220,7 @@ impl FleetNet {
 
     /// Deletes the namespace; every tap, veth end and the bridge inside go with it.
     pub fn destroy(&self) -> Result<(), NetError> {
-        if !self.path().exists() {
-            return Ok(());
-        }
-        ip(&["netns", "del", &self.netns])
+        Ok(crate::rtnl::del_netns(&self.netns)?)
     }
 
     /// The address of guest `index`.
@@ -378,6 +378,35 @@ mod tests {
 
     /// Needs root: a guest past the root bridge's share goes on a leaf bridge joined to the
     /// root, and reaches a guest on the root bridge; past the last leaf is refused.
+    #[test]
+    fn the_fleet_namespace_and_bridge_are_made_through_netlink() {
+        let hex: Vec<String> = BRIDGE_MAC_BYTES.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex.join(":"), BRIDGE_MAC);
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: network namespaces need root");
+            return;
+        }
+        let net = FleetNet::create(&format!("fb{}", std::process::id())).unwrap();
+        let show = |args: &[&str]| {
+            let out = Command::new("ip").args(["-n", &net.netns]).args(args).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let (bridge, addr, lo) = (
+            show(&["-d", "link", "show", BRIDGE]),
+            show(&["-4", "addr", "show", BRIDGE]),
+            show(&["link", "show", "lo"]),
+        );
+        net.destroy().unwrap();
+        assert!(
+            bridge.contains(BRIDGE_MAC) && bridge.contains("bridge") && bridge.contains("UP"),
+            "{bridge}"
+        );
+        assert!(addr.contains(&format!("{BRIDGE_ADDR}/{PREFIX}")), "{addr}");
+        assert!(lo.contains("UP"), "{lo}");
+        assert!(!net.path().exists(), "the namespace's file is gone");
+        net.destroy().unwrap();
+    }
+
     #[test]
     fn guests_beyond_one_bridge_reach_each_other() {
         if !nix::unistd::geteuid().is_root() {

@@ -19,10 +19,11 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressHeader, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 /// Where named network namespaces live, as iproute2 keeps them.
@@ -372,7 +373,66 @@ pub fn add_netns(name: &str) -> Result<(), RtnlError> {
     Ok(())
 }
 
-/// Makes /run/netns a shared mount point (bind-mounted on itself if it is not a mount yet),
+/// Deletes the named network namespace `name` as `ip netns del` does: its bind mount
+/// detached and its file removed (the namespace itself goes when nothing else holds it).
+/// Ok if it does not exist.
+pub fn del_netns(name: &str) -> Result<(), RtnlError> {
+    let what = format!("netns del {name}");
+    let file = Path::new(NETNS_DIR).join(name);
+    if !file.exists() {
+        return Ok(());
+    }
+    match nix::mount::umount2(&file, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) => {}
+        Err(e) => return Err(err(what)(io::Error::from(e))),
+    }
+    match std::fs::remove_file(&file) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(what)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// In namespace `netns`: loopback up, and a bridge `bridge` with MAC `mac` and address
+/// `addr/prefix`, up — what `ip link set lo up; ip link add BRIDGE address MAC type bridge;
+/// ip addr add ADDR/PREFIX dev BRIDGE; ip link set BRIDGE up` do, in one netlink socket.
+pub fn add_fleet_bridge(
+    netns: &str,
+    bridge: &str,
+    mac: [u8; 6],
+    addr: std::net::Ipv4Addr,
+    prefix: u8,
+) -> Result<(), RtnlError> {
+    let what = format!("in netns {netns}: bridge {bridge} with {addr}/{prefix}");
+    let path = Path::new(NETNS_DIR).join(netns);
+    in_netns(&path, || {
+        let mut c = Conn::open()?;
+        let lo = c.index_of("lo")?;
+        let mut m = LinkMessage::default();
+        m.header.index = lo;
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        c.request(RouteNetlinkMessage::SetLink(m), 0)?;
+        let mut b = LinkMessage::default();
+        b.header.flags = LinkFlags::Up;
+        b.header.change_mask = LinkFlags::Up;
+        b.attributes = vec![
+            LinkAttribute::IfName(bridge.into()),
+            LinkAttribute::Address(mac.to_vec()),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
+        ];
+        c.request(RouteNetlinkMessage::NewLink(b), NLM_F_CREATE | NLM_F_EXCL)?;
+        let index = c.index_of(bridge)?;
+        let mut a = AddressMessage::default();
+        a.header =
+            AddressHeader { family: AddressFamily::Inet, prefix_len: prefix, index, ..a.header };
+        a.attributes =
+            vec![AddressAttribute::Local(addr.into()), AddressAttribute::Address(addr.into())];
+        c.request(RouteNetlinkMessage::NewAddress(a), NLM_F_CREATE | NLM_F_EXCL).map(drop)
+    })
+    .map_err(err(what))
+}
+
+/// Makes /run/netns a shared mount point/// Makes /run/netns a shared mount point (bind-mounted on itself if it is not a mount yet),
 /// as iproute2 does before its first namespace.
 fn share_netns_dir(dir: &Path) -> io::Result<()> {
     use nix::mount::{mount, MsFlags};

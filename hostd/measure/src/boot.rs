@@ -76,6 +76,21 @@ pub struct RowChecks {
     /// hostd's RSS growth with the fleet (part of M_tool), MiB.
     #[serde(default)]
     pub hostd_growth_mib: Option<f64>,
+    /// hostd's own cost per guest: RSS growth (KiB), descriptors, and CPU time spent starting
+    /// the fleet per launch (ms).
+    #[serde(default)]
+    pub hostd_kib_per_guest: Option<f64>,
+    #[serde(default)]
+    pub hostd_fds_per_guest: Option<f64>,
+    #[serde(default)]
+    pub hostd_cpu_ms_per_launch: Option<f64>,
+    /// Each ready guest's own start (its launch call → hello, without waiting for a
+    /// parallelism slot), seconds: what the floor is compared with.
+    #[serde(default)]
+    pub own_start: Option<Summary>,
+    /// Each guest reaching a neighbour on another bridge (`hostd boot --reach`).
+    #[serde(default)]
+    pub reach: Option<crate::reach::Reach>,
 }
 
 impl BootRow {
@@ -149,6 +164,16 @@ pub fn row(b: &FleetBoot) -> BootRow {
             m_used_disagrees: mem.is_some_and(|m| m.disagrees()),
             scratch_tmpfs_mib: mem.and_then(|m| m.checks.scratch_tmpfs_kib).map(|k| mib(k as f64)),
             hostd_growth_mib: mem.and_then(|m| m.hostd_growth_kib()).map(|k| mib(k as f64)),
+            hostd_kib_per_guest: mem
+                .filter(|m| m.ready > 0)
+                .and_then(|m| Some(m.hostd_growth_kib()? as f64 / m.ready as f64)),
+            hostd_fds_per_guest: mem.and_then(|m| m.hostd_fds_per_guest()),
+            hostd_cpu_ms_per_launch: mem
+                .and_then(|m| m.checks.hostd_cpu_start_s)
+                .filter(|_| b.n > 0)
+                .map(|s| 1e3 * s / b.n as f64),
+            reach: b.reach.clone(),
+            own_start: Summary::of("own_start", "s", b.startups.iter().map(|s| s.own_s).collect()),
         },
     }
 }
@@ -226,6 +251,7 @@ pub mod testing {
             n: 10,
             mode,
             residency: startups[0].residency.clone(),
+            reach: None,
             startups,
             failures: vec![],
             memory: None,
@@ -255,6 +281,11 @@ mod tests {
             "m_used_disagrees",
             "scratch_tmpfs_mib",
             "hostd_growth_mib",
+            "hostd_kib_per_guest",
+            "hostd_fds_per_guest",
+            "hostd_cpu_ms_per_launch",
+            "own_start",
+            "reach",
         ] {
             assert!(o.remove(k).is_some(), "{k} is not serialised flat");
         }

@@ -117,39 +117,52 @@ pub enum FleetError {
     DataDisk(#[from] DataDiskError),
 }
 
-/// Descriptors hostd holds per guest, counting a launch in flight (control socket, console
-/// pipe, pidfds, and the pipes and sockets a launch uses for moments); measured by the
-/// leak test (`hostd/tests/leaks.rs`), with room to spare.
+/// Descriptors hostd holds per running guest: its control socket, console pipe and pidfd
+/// (an ns or oci guest's one pidfd serves its exit watch too; a tokio child has tokio's
+/// own besides). Measured and printed by `hostd boot` ("hostd per guest"): 3 for an idle
+/// ns or oci guest.
+pub fn fds_held(kind: BackendKind) -> u64 {
+    match kind {
+        BackendKind::Ns | BackendKind::Oci => 3,
+        _ => 4,
+    }
+}
+/// More descriptors a launch holds while in flight (sync and error pipes, the guest end of
+/// the control pair, namespace and cgroup files, a netlink socket, a runtime's pipes), and
+/// the console log file a guest keeps open until it has been quiet for a second.
+pub const FDS_IN_FLIGHT: u64 = 12;
+/// A running guest and its launch together: the leak test's budget (`hostd/tests/leaks.rs`).
 pub const FDS_PER_GUEST: u64 = 16;
-/// Descriptors kept free for everything else (results, cgroup files, `ip`'s pipes).
+/// Descriptors kept free for everything else (results, cgroup files, tools' pipes).
 const FD_RESERVE: u64 = 64;
 
 /// Raises hostd's soft descriptor limit to the hard one (once), then checks that `guests`
-/// more guests fit: a fleet that would run out half-way is refused before it starts.
-fn descriptor_budget(guests: usize) -> Result<(), FleetError> {
+/// more guests of `kind` fit: a fleet that would run out half-way is refused before it
+/// starts. Returns how many launches may be in flight at once within the limit (at least
+/// one): a fleet whose launches would not all fit together starts them in waves that do.
+fn descriptor_budget(kind: BackendKind, guests: usize) -> Result<usize, FleetError> {
+    // hostd's main raised it at start; a library caller (the tests) gets it here.
     static RAISE: std::sync::Once = std::sync::Once::new();
     RAISE.call_once(|| {
-        if let Ok((_, hard)) =
-            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        {
-            let _ = nix::sys::resource::setrlimit(
-                nix::sys::resource::Resource::RLIMIT_NOFILE,
-                hard,
-                hard,
-            );
-        }
+        crate::limits::raise_nofile();
     });
     let Ok((limit, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
     else {
-        return Ok(());
+        return Ok(guests.max(1));
     };
     let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
-    let need = guests as u64 * FDS_PER_GUEST + FD_RESERVE;
+    budget(kind, guests, limit, open)
+}
+
+/// [`descriptor_budget`] for a limit of `limit` with `open` descriptors already open.
+fn budget(kind: BackendKind, guests: usize, limit: u64, open: u64) -> Result<usize, FleetError> {
+    let held = guests as u64 * fds_held(kind) + FD_RESERVE;
+    let need = held + FDS_IN_FLIGHT;
     let free = limit.saturating_sub(open);
     if need > free {
         return Err(FleetError::Descriptors { guests, need, free, limit });
     }
-    Ok(())
+    Ok((((free - held) / FDS_IN_FLIGHT) as usize).clamp(1, guests.max(1)))
 }
 
 /// Guests this process has launched in fleets (`hostd run`'s closing count of boots,
@@ -183,7 +196,7 @@ pub async fn start(
 /// `first..first + cfg.n`, and a network mode the backend can use.
 pub fn check(backend: &AnyBackend, cfg: &FleetConfig, first: usize) -> Result<(), FleetError> {
     FleetNet::guest_addr((first + cfg.n).saturating_sub(1))?;
-    descriptor_budget(cfg.n)?;
+    descriptor_budget(backend.kind(), cfg.n)?;
     if cfg.network && cfg.net_mode == NetMode::Shared && backend.kind().own_kernel() {
         return Err(FleetError::SharedStack(backend.kind()));
     }
@@ -233,14 +246,16 @@ impl Fleet {
             return Ok(());
         }
         FleetNet::guest_addr(to_n - 1)?;
-        descriptor_budget(to_n - from + self.guests.len())?;
+        let in_flight = descriptor_budget(backend.kind(), to_n - from + self.guests.len())?;
         let cfg = self.config.clone();
         let cg_mode = cgroup::detect().ok();
-        let sem = Arc::new(Semaphore::new(if cfg.parallelism == 0 {
-            to_n - from
-        } else {
-            cfg.parallelism
-        }));
+        let asked = if cfg.parallelism == 0 { to_n - from } else { cfg.parallelism };
+        if in_flight < asked {
+            tracing::info!(
+                "{asked} launches at once would run out of descriptors: {in_flight} at a time"
+            );
+        }
+        let sem = Arc::new(Semaphore::new(asked.min(in_flight)));
         // Each new guest's own data disk copy, made before any of them launches (copying
         // is disk-bound work that must not stretch the boot times measured below).
         let mut copies = std::collections::HashMap::new();
@@ -415,5 +430,27 @@ impl Fleet {
                 Some((path, None))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_are_budgeted_per_guest_and_launches_in_waves_that_fit() {
+        // 5000 ns guests under 20000: 3 each + 64 held, (19990 − 15064) / 12 = 410 at once.
+        assert_eq!(budget(BackendKind::Ns, 5000, 20000, 10).unwrap(), 410);
+        // Room for all: all together.
+        assert_eq!(budget(BackendKind::Ns, 40, 1024, 10).unwrap(), 40);
+        // 10000 need 30064 + 12: refused, saying so.
+        match budget(BackendKind::Ns, 10_000, 20000, 10) {
+            Err(FleetError::Descriptors { need, free, .. }) => {
+                assert_eq!((need, free), (30_076, 19_990))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A VMM's guest holds tokio's pidfd too.
+        assert!(budget(BackendKind::Uml, 5000, 20000, 10).is_err());
     }
 }

@@ -22,6 +22,7 @@ pub mod netem_accuracy;
 pub mod peer;
 pub mod probe;
 pub mod provenance;
+pub mod reach;
 pub mod samples;
 pub mod startup;
 pub mod stats;

@@ -97,6 +97,25 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     meminfo_field(&s, "VmRSS")
 }
 
+/// How many descriptors process `pid` has open (its /proc/PID/fd entries); None if it is
+/// gone or not readable.
+pub fn fds_of(pid: u32) -> Option<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count() as u64)
+}
+
+/// hostd's own open descriptors (without the one reading the directory).
+pub fn open_fds() -> Option<u64> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count().saturating_sub(1) as u64)
+}
+
+/// CPU time (user + system) hostd's threads have used so far, seconds (children excluded:
+/// guests are not hostd).
+pub fn own_cpu_s() -> Option<f64> {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).ok()?;
+    let t = |v: nix::sys::time::TimeVal| v.tv_sec() as f64 + v.tv_usec() as f64 / 1e6;
+    Some(t(u.user_time()) + t(u.system_time()))
+}
+
 /// Memory the files under `dir` hold, KiB, if `dir` is on tmpfs (there it is shmem, part of
 /// the host's used memory); None on a disk-backed file system (page cache, not counted).
 pub fn tmpfs_usage_kib(dir: &std::path::Path) -> Option<u64> {
@@ -152,6 +171,43 @@ pub fn guest_memory(g: &crate::backend::GuestProcess) -> GuestMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptors_are_counted_per_process() {
+        // A child given /dev/null on 0–2, plus whatever this process holds without
+        // close-on-exec (cargo's jobserver pipe, for one): counted here with fcntl.
+        let inherited = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&fd| {
+                // SAFETY: F_GETFD only reads the flags of a descriptor number (-1 if closed).
+                let f = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+                fd > 2 && f >= 0 && f & libc::FD_CLOEXEC == 0
+            })
+            .count() as u64;
+        let mut c = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The exec may not have happened yet: until it has, the pre-exec child still holds
+        // the spawn's status pipe.
+        let mut n = None;
+        for _ in 0..200 {
+            n = fds_of(c.id());
+            if n == Some(3 + inherited) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        c.kill().unwrap();
+        c.wait().unwrap();
+        assert_eq!(n, Some(3 + inherited));
+        assert_eq!(fds_of(c.id()), None, "a reaped child has no descriptors to count");
+        assert!(open_fds().unwrap() >= 3 && own_cpu_s().unwrap() >= 0.0);
+    }
 
     const M: &str = "MemTotal:       1000000 kB\nMemFree:         500000 kB\nBuffers:          10000 kB\nCached:          200000 kB\nShmem:            50000 kB\nSReclaimable:     20000 kB\n";
 

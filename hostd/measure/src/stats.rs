@@ -177,6 +177,65 @@ impl Summary {
     }
 }
 
+/// A ratio of two means, ā ÷ b̄, with its 95 % confidence interval by the delta method
+/// (first-order Taylor expansion of the ratio, as Fieller's interval for small spreads).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Ratio {
+    pub ratio: f64,
+    /// None with fewer than two samples on a side, or a zero denominator mean.
+    pub ci95: Option<[f64; 2]>,
+}
+
+/// ā ÷ b̄ for `a` and `b` measured in interleaved pairs (a[i] next to b[i]): the pairs'
+/// covariance narrows the interval when both sides drift together, as on a shared host.
+/// Var(R) ≈ (s_a² − 2R·s_ab + R²·s_b²) / (n·b̄²), t with n − 1 degrees of freedom. None
+/// for unequal or empty sides or a zero denominator.
+pub fn paired_ratio(a: &[f64], b: &[f64]) -> Option<Ratio> {
+    if a.len() != b.len() || a.is_empty() {
+        return None;
+    }
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    if mb == 0.0 {
+        return None;
+    }
+    let r = ma / mb;
+    let ci95 = (a.len() >= 2).then(|| {
+        let d = n - 1.0;
+        let saa = a.iter().map(|x| (x - ma).powi(2)).sum::<f64>() / d;
+        let sbb = b.iter().map(|x| (x - mb).powi(2)).sum::<f64>() / d;
+        let sab = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum::<f64>() / d;
+        let var = ((saa - 2.0 * r * sab + r * r * sbb) / (n * mb * mb)).max(0.0);
+        let h = t975(a.len() - 1).expect("df ≥ 1") * var.sqrt();
+        [r - h, r + h]
+    });
+    Some(Ratio { ratio: r, ci95 })
+}
+
+/// ā ÷ b̄ for independent samples: Var(R) ≈ R²·(s_a²/(n_a·ā²) + s_b²/(n_b·b̄²)), t with
+/// the Welch–Satterthwaite degrees of freedom of the two relative variances (floored).
+pub fn ratio(a: &[f64], b: &[f64]) -> Option<Ratio> {
+    let (sa, sb) = (Summary::of("", "", a.to_vec())?, Summary::of("", "", b.to_vec())?);
+    if sb.mean == 0.0 {
+        return None;
+    }
+    let r = sa.mean / sb.mean;
+    // Relative variances need a non-zero numerator mean too.
+    let ci95 = (a.len() >= 2 && b.len() >= 2 && sa.mean != 0.0).then(|| {
+        let va = sa.std_dev.powi(2) / (a.len() as f64 * sa.mean.powi(2));
+        let vb = sb.std_dev.powi(2) / (b.len() as f64 * sb.mean.powi(2));
+        let v = va + vb;
+        let df = if v == 0.0 {
+            (a.len() + b.len() - 2) as f64
+        } else {
+            v * v / (va * va / (a.len() - 1) as f64 + vb * vb / (b.len() - 1) as f64)
+        };
+        let h = t975((df.floor() as usize).max(1)).expect("df ≥ 1") * r * v.sqrt();
+        [r - h, r + h]
+    });
+    Some(Ratio { ratio: r, ci95 })
+}
+
 /// Least-squares line y = slope·x + intercept, with the residual standard error.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LinearFit {
@@ -331,6 +390,32 @@ mod tests {
         assert_eq!(welch((1.0, 0.0, 1), (2.0, 0.0, 5)), None);
         assert!(welch((1.0, 0.0, 3), (2.0, 0.0, 3)).unwrap().differs);
         assert!(!welch((1.0, 0.0, 3), (1.0, 0.0, 3)).unwrap().differs);
+    }
+
+    #[test]
+    fn ratio_intervals_known_answers() {
+        // Paired: a = 2, 4, 6, b = 1, 2, 3: every pair's ratio is 2, the interval is a point.
+        let r = paired_ratio(&[2.0, 4.0, 6.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(r.ratio, 2.0);
+        let [lo, hi] = r.ci95.unwrap();
+        assert!((lo - 2.0).abs() < 1e-12 && (hi - 2.0).abs() < 1e-12, "{lo} {hi}");
+        // a = 3, 5, b = 1, 1: R = 4; s_a² = 2, s_b² = 0, s_ab = 0: Var = 2/(2·1) = 1,
+        // half-width t(0.975, 1)·1 = 12.706.
+        let r = paired_ratio(&[3.0, 5.0], &[1.0, 1.0]).unwrap();
+        let [lo, hi] = r.ci95.unwrap();
+        assert!((r.ratio - 4.0).abs() < 1e-12 && (hi - 4.0 - 12.706205).abs() < 1e-5, "{lo} {hi}");
+        assert_eq!(paired_ratio(&[1.0], &[2.0]).unwrap(), Ratio { ratio: 0.5, ci95: None });
+        assert!(paired_ratio(&[1.0, 2.0], &[1.0]).is_none());
+        assert!(paired_ratio(&[1.0], &[0.0]).is_none());
+        // Independent: a = 9, 11 (mean 10, s² 2), b = 4, 6 (mean 5, s² 2): R = 2,
+        // va = 2/(2·100) = 0.01, vb = 2/(2·25) = 0.04, v = 0.05, df = 0.0025/(1e-4 + 1.6e-3)
+        // = 1.47 → 1: half-width 12.706·2·√0.05 = 5.682.
+        let r = ratio(&[9.0, 11.0], &[4.0, 6.0]).unwrap();
+        let [lo, hi] = r.ci95.unwrap();
+        assert!((r.ratio - 2.0).abs() < 1e-12, "{r:?}");
+        assert!((hi - 2.0 - 5.682388).abs() < 1e-5 && (lo - (2.0 - 5.682388)).abs() < 1e-5);
+        assert_eq!(ratio(&[3.0], &[2.0]).unwrap(), Ratio { ratio: 1.5, ci95: None });
+        assert!(ratio(&[1.0], &[0.0]).is_none() && ratio(&[], &[1.0]).is_none());
     }
 
     #[test]

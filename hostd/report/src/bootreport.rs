@@ -231,6 +231,35 @@ fn table_notes(s: &BootSummary) -> String {
             o(r.checks.hostd_growth_mib, 2)
         ));
     }
+    for r in &s.rows {
+        let c = &r.checks;
+        if c.hostd_kib_per_guest.is_some()
+            || c.hostd_fds_per_guest.is_some()
+            || c.hostd_cpu_ms_per_launch.is_some()
+        {
+            out.push_str(&format!(
+                "hostd per guest: {} n={} {}: {} KiB resident, {} descriptors, {} ms CPU per launch\n",
+                r.backend,
+                r.n,
+                r.label(),
+                o(c.hostd_kib_per_guest, 1),
+                o(c.hostd_fds_per_guest, 2),
+                o(c.hostd_cpu_ms_per_launch, 3)
+            ));
+        }
+    }
+    for r in &s.rows {
+        if let Some(x) = &r.checks.reach {
+            out.push_str(&format!(
+                "reach: {} n={} {}: {}{}\n",
+                r.backend,
+                r.n,
+                r.label(),
+                x.line(),
+                if x.all() { "" } else { " — NOT every guest" }
+            ));
+        }
+    }
     for (mode, f) in &s.memory_fit {
         out.push_str(&format!(
             "fit ({mode}): M_used(n) = {:.2} MiB × n + {:.1} MiB (M_VM, M_tool; residual {:.2} MiB over {} points: every repeated figure of each size)\n",
@@ -240,6 +269,13 @@ fn table_notes(s: &BootSummary) -> String {
     if let Some(f) = &s.floor {
         out.push_str(&crate::floor::line(f));
         out.push('\n');
+        for r in s.rows.iter().filter(|r| r.mode == StartMode::Hot && r.backend == f.backend) {
+            let own = r.checks.own_start.as_ref().map(|o| o.samples.as_slice()).unwrap_or(&[]);
+            if let Some(l) = crate::floor::fleet_line(f, r.n, own, r.t_startup_s) {
+                out.push_str(&l);
+                out.push('\n');
+            }
+        }
     }
     out
 }

@@ -264,7 +264,7 @@ pub(crate) struct BootArgs {
     /// Backend to boot the fleets on (`hostd probe` says which work here).
     #[arg(long)]
     pub(crate) backend: BackendKind,
-    /// Fleet sizes, comma-separated and increasing, each 1-1000; each is booted cold, then hot.
+    /// Fleet sizes, comma-separated and increasing, each 1-25000 (the fleet network's bridges); each is booted in every mode asked.
     #[arg(short = 'n', long = "sizes", value_delimiter = ',', default_values_t = defaults::STARTUP_SIZES, value_parser = limits::GUESTS.cli::<usize>())]
     pub(crate) sizes: Vec<usize>,
     /// Start modes, in order.
@@ -293,10 +293,16 @@ pub(crate) struct BootArgs {
     /// own image), made under /var/tmp/virtbench/<run>/ and removed after each fleet.
     #[arg(long)]
     pub(crate) image_copies: bool,
-    /// Pairs of hot starts compared with the backend's floor (bare fork+exec for
-    /// containers, a bare VMM boot for VMs); 0 skips the comparison (at most 100).
+    /// Pairs of hot starts compared with the backend's own floor in the same run (ns:
+    /// `unshare` + chroot + exec of the agent; oci: a bare `runc run` of the same bundle;
+    /// VMs: a bare VMM boot); 0 skips the comparison (at most 100).
     #[arg(long, default_value_t = 5, value_parser = limits::FLOOR_REPS.cli::<usize>())]
     pub(crate) floor_reps: usize,
+    /// After each fleet's figures, check that every guest reaches a neighbour on another
+    /// bridge (a TCP connection from inside its network namespace; containers and native
+    /// guests on the fleet network only).
+    #[arg(long)]
+    pub(crate) reach: bool,
     /// Parent directory of the results directory.
     #[arg(long, default_value = "results", env = "VIRTBENCH_RESULTS")]
     pub(crate) results: PathBuf,

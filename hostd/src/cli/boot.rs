@@ -42,6 +42,7 @@ pub(crate) async fn boot(a: BootArgs) -> anyhow::Result<Done> {
         results: a.results.clone(),
         floor_reps: a.floor_reps,
         image_copies: a.image_copies,
+        reach: a.reach,
     };
     let mut bars = bootrun::FleetBars::new();
     let progress = |label: &str, e: FleetEvent| bars.event(label, e);

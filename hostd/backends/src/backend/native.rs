@@ -10,7 +10,8 @@ use crate::netlab::NetMode;
 
 use super::launch::{control_pair, host_halves, GuestCommand, LaunchGuard};
 use super::{
-    Backend, BackendKind, GuestSpec, LaunchError, LaunchFiles, Launched, Proc, Unavailable,
+    Backend, BackendKind, GuestSpec, LaunchError, LaunchFiles, Launched, Proc, Resource,
+    Unavailable,
 };
 
 /// The descriptor number the agent finds its channel on.
@@ -19,12 +20,64 @@ pub const AGENT_FD: i32 = 3;
 /// The native backend: the agent as a host process, the baseline every figure is against.
 pub struct Native {
     agent: PathBuf,
+    /// A mechanism's floor instead of the bare agent (`hostd boot`'s startup floors).
+    wrap: Option<Wrap>,
+}
+
+/// A mechanism's own startup floor: the agent started by the system's tool for that
+/// mechanism alone, with nothing of hostd's around it (no veth, no cgroup, no data disk, no
+/// bundle written in the timed window). Launched like a native guest, so its launch → hello
+/// is timed exactly as a guest's is.
+#[derive(Debug, Clone)]
+pub enum Wrap {
+    /// `unshare` of the ns backend's namespace set (pid, mount, uts, ipc, net), `chroot`
+    /// into the rootfs, exec of the agent in it as PID 1.
+    Unshare { rootfs: PathBuf },
+    /// A foreground `runc run` of a bundle written before the timing starts
+    /// ([`super::oci::Oci::floor_bundle`]).
+    Runtime { runtime: PathBuf, bundle: PathBuf },
 }
 
 impl Native {
     /// Runs the agent binary at `agent`.
     pub fn new(agent: PathBuf) -> Self {
-        Self { agent }
+        Self { agent, wrap: None }
+    }
+
+    /// The agent under `wrap`: a startup floor.
+    pub fn floor(agent: PathBuf, wrap: Wrap) -> Self {
+        Self { agent, wrap: Some(wrap) }
+    }
+
+    /// The floor's command for guest `spec`: `unshare … chroot … agent` or `runc run …`.
+    fn wrapped(&self, wrap: &Wrap, spec: &GuestSpec, g: &mut LaunchGuard) -> GuestCommand {
+        let ctl = format!("fd:{AGENT_FD}");
+        match wrap {
+            Wrap::Unshare { rootfs } => {
+                let mut cmd = GuestCommand::new("unshare", &spec.workdir);
+                // --kill-child: the agent goes when unshare does (a kill on timeout).
+                cmd.args(["--pid", "--mount", "--uts", "--ipc", "--net", "--kill-child", "chroot"])
+                    .arg(rootfs)
+                    .args([super::ns::AGENT_PATH, "--ctl", &ctl, "--hostname", &spec.name]);
+                cmd
+            }
+            Wrap::Runtime { runtime, bundle } => {
+                let state = spec.workdir.join("state");
+                let id = format!("vb-{}-{}", spec.run, spec.name);
+                g.hold(Resource::Container {
+                    runtime: runtime.clone(),
+                    root: Some(state.clone()),
+                    id: id.clone(),
+                });
+                let mut cmd = GuestCommand::new(runtime, &spec.workdir);
+                cmd.arg("--root")
+                    .arg(state)
+                    .args(["run", "--preserve-fds", "1", "--bundle"])
+                    .arg(bundle)
+                    .arg(id);
+                cmd
+            }
+        }
     }
 }
 
@@ -57,9 +110,25 @@ impl Backend for Native {
         let (host, guest) = control_pair()?;
         let log = g.console(&spec.workdir.join("agent.log"))?;
         let (reader, writer) = host_halves(host)?;
-        let mut cmd = GuestCommand::new(&self.agent, &spec.workdir);
-        cmd.args(["--ctl", &format!("fd:{AGENT_FD}")]).output(log)?.pass_fd(guest, AGENT_FD);
+        let mut cmd = match &self.wrap {
+            Some(w) => self.wrapped(w, spec, &mut g),
+            None => {
+                let mut cmd = GuestCommand::new(&self.agent, &spec.workdir);
+                cmd.args(["--ctl", &format!("fd:{AGENT_FD}")]);
+                cmd
+            }
+        };
+        cmd.output(log)?.pass_fd(guest, AGENT_FD);
         cmd.cgroup(g.make_cgroup(spec)?);
+        if let (Some(_), Some(_)) = (&spec.net, &self.wrap) {
+            return Err(super::prepare(
+                "a startup floor",
+                std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "a floor runs without the fleet network",
+                ),
+            ));
+        }
         if let Some(net) = &spec.net {
             match net.fleet.mode {
                 // In the fleet namespace itself: the stack the peer and the bridge are in, so

@@ -4,6 +4,7 @@
 //! recycled pid.
 
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::unistd::Pid;
@@ -21,8 +22,9 @@ pub enum Proc {
     Pidfd {
         /// Its pid.
         pid: u32,
-        /// The pidfd, readable once the process exits.
-        fd: AsyncFd<OwnedFd>,
+        /// The pidfd, readable once the process exits; shared with the guest's exit watch
+        /// ([`Proc::exit_watch`]): one descriptor for both.
+        fd: Arc<AsyncFd<OwnedFd>>,
         /// Whether hostd must reap it.
         reap: bool,
         /// Whether its exit was seen.
@@ -78,7 +80,22 @@ impl Proc {
         // descriptor stays open and unchanged for the AsyncFd's whole life.
         let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
-        Ok(Proc::Pidfd { pid, fd, reap, waited: false })
+        Ok(Proc::Pidfd { pid, fd: Arc::new(fd), reap, waited: false })
+    }
+
+    /// A future that completes when the process exits: on the pidfd this already holds
+    /// (a guest costs hostd one pidfd, not two), or a new one for a tokio child (whose own
+    /// pidfd tokio keeps to itself).
+    pub fn exit_watch(&self) -> Option<crate::channel::ExitWatch> {
+        match self {
+            Proc::Child(_) => crate::guest::exit_watch(self.pid()),
+            Proc::Pidfd { fd, .. } => {
+                let fd = fd.clone();
+                Some(Box::pin(async move {
+                    let _ = fd.readable().await;
+                }))
+            }
+        }
     }
 
     /// Its pid (0 for a child already reaped).

@@ -40,6 +40,8 @@ pub fn analyse(
                 teardown_clean: 0,
                 teardown_killed: 0,
                 residency,
+                // Not a sample record: boot.json keeps it.
+                reach: None,
             })
         })
         .collect();

@@ -46,6 +46,10 @@ pub struct FleetBoot {
     /// The launches' files' residency just before the fleet started.
     #[serde(default)]
     pub residency: Option<StartResidency>,
+    /// Whether each guest reached a neighbour on another bridge (`hostd boot --reach`),
+    /// checked after the figures were taken.
+    #[serde(default)]
+    pub reach: Option<crate::reach::Reach>,
 }
 
 impl FleetBoot {
@@ -173,6 +177,22 @@ pub async fn boot_and_measure(
     copy_images: Option<&Images>,
     on_event: impl FnMut(FleetEvent),
 ) -> Result<FleetBoot, StartupError> {
+    boot_measure_and_check(backend, run, cfg, mode, settle, copy_images, false, on_event).await
+}
+
+/// [`boot_and_measure`], and with `reach` the fleet's reachability checked
+/// ([`crate::reach`]) after its figures were taken, before its teardown.
+#[allow(clippy::too_many_arguments)]
+pub async fn boot_measure_and_check(
+    backend: &AnyBackend,
+    run: &RunState,
+    cfg: &FleetConfig,
+    mode: StartMode,
+    settle: Duration,
+    copy_images: Option<&Images>,
+    reach: bool,
+    on_event: impl FnMut(FleetEvent),
+) -> Result<FleetBoot, StartupError> {
     let kind = backend.kind();
     let copies_dir = run.disk_dir().join(format!("images-{kind}-n{}-{}", cfg.n, mode.name()));
     let mut cfg = cfg.clone();
@@ -185,6 +205,9 @@ pub async fn boot_and_measure(
     }
     let r = match start_and_measure(backend, run, &cfg, mode, settle, on_event).await {
         Ok((fleet, mut boot)) => {
+            if reach {
+                boot.reach = Some(crate::reach::check(&fleet).await);
+            }
             tear_down(backend, fleet, &mut boot, Duration::from_secs(10)).await;
             Ok(boot)
         }
@@ -227,7 +250,9 @@ pub async fn start_and_measure(
     }
     let residency =
         coldstart::check(&files, mode == StartMode::Cold).map_err(StartupError::Residency)?;
+    let (fds_before, cpu_before) = (memory::open_fds(), memory::own_cpu_s());
     let fleet = fleet::start(backend, run, cfg, on_event).await?;
+    let cpu_start = memory::own_cpu_s().zip(cpu_before).map(|(a, b)| a - b);
     let copies = !cfg.image_copies.is_empty();
     let startups: Vec<StartupSample> = startup_samples(kind, cfg.n, mode, &fleet)
         .into_iter()
@@ -242,6 +267,7 @@ pub async fn start_and_measure(
     let guests: Vec<GuestMemory> =
         fleet.guests.iter().map(|g| memory::guest_memory(&g.process)).collect();
     let (rss_after, pss_after) = (memory::rss_kib(me), memory::pss_kib(me));
+    let fds_after = memory::open_fds();
     let scratch_tmpfs_kib = memory::tmpfs_usage_kib(&run.scratch);
     let repeats = memory::repeats_kib(&before, &after);
     let mut sorted = repeats.clone();
@@ -271,6 +297,9 @@ pub async fn start_and_measure(
             hostd_rss_after_kib: rss_after,
             hostd_pss_before_kib: pss_before,
             scratch_tmpfs_kib,
+            hostd_fds_before: fds_before,
+            hostd_fds_after: fds_after,
+            hostd_cpu_start_s: cpu_start,
         },
     });
     let boot = FleetBoot {
@@ -283,6 +312,7 @@ pub async fn start_and_measure(
         teardown_clean: 0,
         teardown_killed: 0,
         residency: Some(residency),
+        reach: None,
     };
     Ok((fleet, boot))
 }

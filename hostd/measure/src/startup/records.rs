@@ -145,6 +145,15 @@ pub struct MemoryChecks {
     /// directory is on a disk-backed file system.
     #[serde(default)]
     pub scratch_tmpfs_kib: Option<u64>,
+    /// hostd's open descriptors before the fleet and with it booted.
+    #[serde(default)]
+    pub hostd_fds_before: Option<u64>,
+    #[serde(default)]
+    pub hostd_fds_after: Option<u64>,
+    /// CPU time (user + system, all threads) hostd spent starting the fleet: from the start
+    /// request until every guest was ready or failed, seconds.
+    #[serde(default)]
+    pub hostd_cpu_start_s: Option<f64>,
 }
 
 impl MemorySample {
@@ -164,6 +173,12 @@ impl MemorySample {
     }
 
     /// hostd's RSS growth while the fleet booted, KiB.
+    /// hostd's descriptors per ready guest (its growth with the fleet ÷ guests).
+    pub fn hostd_fds_per_guest(&self) -> Option<f64> {
+        let grew = self.checks.hostd_fds_after? as f64 - self.checks.hostd_fds_before? as f64;
+        (self.ready > 0).then(|| grew / self.ready as f64)
+    }
+
     pub fn hostd_growth_kib(&self) -> Option<i64> {
         Some(self.checks.hostd_rss_after_kib? as i64 - self.checks.hostd_rss_before_kib? as i64)
     }

@@ -116,6 +116,34 @@ impl Oci {
     }
 }
 
+impl Oci {
+    /// The floor of `hostd boot`: the runtime and a bundle in `dir` derived from the template
+    /// like a guest's, but with nothing of hostd's (the template's fresh network namespace,
+    /// no data disk, no limits), written here once so no run of the floor times it.
+    pub fn floor_bundle(&self, dir: &Path, run: &str) -> Result<super::native::Wrap, String> {
+        let runtime = self
+            .runtime_path()
+            .ok_or_else(|| format!("OCI runtime {:?} not found", self.runtime))?;
+        let (template, rootfs) = self.template()?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let config = derive_config(
+            &template,
+            &GuestConfig {
+                rootfs: &rootfs,
+                hostname: "floor",
+                agent_args: Vec::new(),
+                netns: None,
+                cgroups_path: Path::new("virtbench").join(run).join("floor"),
+                limits: Limits::default(),
+                data_disk: None,
+            },
+        )?;
+        let cfg = dir.join("config.json");
+        config.save(&cfg).map_err(|e| format!("{}: {e}", cfg.display()))?;
+        Ok(super::native::Wrap::Runtime { runtime, bundle: dir.to_path_buf() })
+    }
+}
+
 impl Backend for Oci {
     fn kind(&self) -> BackendKind {
         BackendKind::Oci

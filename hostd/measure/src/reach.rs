@@ -1,0 +1,185 @@
+//! Does every guest of a fleet reach a neighbour on another bridge? `hostd boot --reach`
+//! asks after the fleet's figures are taken: every guest serves TCP (the agent's
+//! `net_serve`), then, from inside each guest's own network namespace, hostd connects to
+//! its neighbour's address: guest i's neighbour is i + [`PORTS_PER_BRIDGE`] (mod n), on the
+//! next bridge whenever the fleet spans more than one. A completed TCP handshake proves the
+//! whole path (eth0, veth, both bridges and the trunk between them, the neighbour's eth0);
+//! the guests' agents do nothing but answer.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vb_protocol::msg::{Command, ReplyBody};
+
+use crate::fleet::Fleet;
+use crate::netlab::{bridge_of, PORTS_PER_BRIDGE};
+
+/// How long one guest's connection to its neighbour may take.
+const CONNECT: Duration = Duration::from_secs(3);
+/// The check stops after this many failed connections (each may take [`CONNECT`]): the
+/// answer is already "not every guest", and thousands of timeouts would take hours.
+const GIVE_UP_AFTER: usize = 10;
+/// Most `net_serve` requests in flight at once.
+const SERVE_AT_ONCE: usize = 256;
+
+/// What the check found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reach {
+    /// Guests checked (every ready guest with a fleet address, unless the check gave up
+    /// after [`GIVE_UP_AFTER`] failures).
+    pub checked: usize,
+    /// Of which reached their neighbour.
+    pub reached: usize,
+    /// Of the checked, those whose neighbour sat on another bridge.
+    pub across_bridges: usize,
+    /// The first few failures, in words.
+    pub failures: Vec<String>,
+}
+
+/// Guest `i`'s neighbour in a fleet of `n`, on another bridge whenever the fleet has more
+/// than one: the same place on the next bridge, else on the first, and for a guest of the
+/// first bridge with nobody at its place on the second, one of the second's; the next
+/// guest when the fleet fits one bridge.
+pub fn neighbour(i: usize, n: usize) -> usize {
+    let p = PORTS_PER_BRIDGE;
+    if n <= p {
+        (i + 1) % n.max(1)
+    } else if i + p < n {
+        i + p
+    } else if i >= p {
+        i % p
+    } else {
+        p + i % (n - p)
+    }
+}
+
+/// Runs the check on `fleet`'s ready guests (those with a fleet address).
+pub async fn check(fleet: &Fleet) -> Reach {
+    let guests: Vec<_> = fleet.guests.iter().filter(|g| g.spec.net.is_some()).collect();
+    let mut r = Reach::default();
+    if fleet.backend.own_kernel() {
+        // Its process's namespace is the VMM's, not the guest kernel's stack.
+        r.failures
+            .push(format!("not checked: {} guests have a kernel of their own", fleet.backend));
+        return r;
+    }
+    if guests.len() < 2 {
+        return r;
+    }
+    // Every guest serves, a bounded number of requests at a time.
+    let mut ports: Vec<Option<u16>> = Vec::with_capacity(guests.len());
+    for chunk in guests.chunks(SERVE_AT_ONCE) {
+        let served = futures::future::join_all(chunk.iter().map(|g| async {
+            match g.conn.request(Command::NetServe { port: 0 }, Duration::from_secs(30)).await {
+                Ok(ReplyBody::Listening { port }) if port != 0 => Some(port),
+                _ => None,
+            }
+        }))
+        .await;
+        ports.extend(served);
+    }
+    let n = guests.len();
+    // (own pid, neighbour address, across bridges, names) per guest.
+    let plan: Vec<(u32, Option<SocketAddr>, bool, String)> = (0..n)
+        .map(|i| {
+            let j = neighbour(i, n);
+            let (a, b) = (guests[i], guests[j]);
+            let addr: Option<Ipv4Addr> = b.spec.net.as_ref().map(|x| x.addr);
+            let across = bridge_of(a.spec.index) != bridge_of(b.spec.index);
+            let to = addr.zip(ports[j]).map(|(ip, p)| SocketAddr::from((ip, p)));
+            (a.process.pid(), to, across, format!("{} → {}", a.spec.name, b.spec.name))
+        })
+        .collect();
+    // A thread of its own: it enters each guest's network namespace in turn, which no
+    // runtime worker may (it would stay there).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut failed = 0;
+        for (pid, to, across, what) in plan {
+            let r = connect_from(pid, to);
+            failed += usize::from(r.is_err());
+            out.push((across, what, r));
+            if failed >= GIVE_UP_AFTER {
+                break;
+            }
+        }
+        let _ = tx.send(out);
+    });
+    let outcome = rx.await.unwrap_or_default();
+    for (across, what, res) in outcome {
+        r.checked += 1;
+        r.across_bridges += usize::from(across);
+        match res {
+            Ok(()) => r.reached += 1,
+            Err(e) if r.failures.len() < 5 => r.failures.push(format!("{what}: {e}")),
+            Err(_) => {}
+        }
+    }
+    if r.checked < n {
+        r.failures.push(format!(
+            "gave up after {GIVE_UP_AFTER} failures: {} of {n} guests not checked",
+            n - r.checked
+        ));
+    }
+    for (g, p) in guests.iter().zip(&ports) {
+        if let Some(port) = p {
+            let _ = g.conn.request(Command::NetStop { port: *port }, Duration::from_secs(10)).await;
+        }
+    }
+    r
+}
+
+/// From `pid`'s network namespace, a TCP connection to `to`. Runs on a thread that may be
+/// left in that namespace.
+fn connect_from(pid: u32, to: Option<SocketAddr>) -> Result<(), String> {
+    let to = to.ok_or("the neighbour did not serve")?;
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| format!("guest process {pid}'s network namespace: {e}"))?;
+    nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("entering guest process {pid}'s network namespace: {e}"))?;
+    TcpStream::connect_timeout(&to, CONNECT).map(drop).map_err(|e| format!("connect {to}: {e}"))
+}
+
+impl Reach {
+    /// Every checked guest reached its neighbour.
+    pub fn all(&self) -> bool {
+        self.checked > 0 && self.reached == self.checked
+    }
+
+    /// The check in one line.
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "{} of {} guests reached their neighbour ({} of them across bridges)",
+            self.reached, self.checked, self.across_bridges
+        );
+        if !self.failures.is_empty() {
+            s.push_str(&format!("; first failures: {}", self.failures.join("; ")));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbours_sit_on_the_next_bridge_when_there_is_one() {
+        assert_eq!(neighbour(0, 10), 1);
+        assert_eq!(neighbour(9, 10), 0);
+        assert_eq!(neighbour(0, 1500), 1000);
+        assert_eq!(neighbour(1200, 1500), 200);
+        // Nobody at 1600: one of the second bridge's 500.
+        assert_eq!(neighbour(600, 1500), 1100);
+        assert_eq!(neighbour(4999, 5000), 999);
+        for n in [1001, 1500, 2000, 5000, 10_000] {
+            for i in 0..n {
+                let j = neighbour(i, n);
+                assert!(j < n && bridge_of(i) != bridge_of(j), "{i} → {j} of {n}");
+            }
+        }
+    }
+}
