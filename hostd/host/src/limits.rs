@@ -137,7 +137,6 @@ pub const LIMIT_PIDS: Limit = Limit::new(1, 1 << 22, "processes");
 /// A per-guest CPU bandwidth limit, in CPUs: above 0, at most this.
 pub const LIMIT_CPUS_MAX: f64 = 1024.0;
 
-/// Checks a per-guest CPU bandwidth limit.
 /// Raises the soft limit on open descriptors to the hard one, as service managers do for
 /// the services they start: a fleet holds a few per guest, and 10,000 guests need more than
 /// the usual soft limit (1,024 or 20,000) allows. Returns the limit now in force.
@@ -150,6 +149,7 @@ pub fn raise_nofile() -> Option<u64> {
     Some(hard)
 }
 
+/// Checks a per-guest CPU bandwidth limit.
 pub fn check_cpus(field: &str, c: f64) -> Result<f64, String> {
     if c > 0.0 && c <= LIMIT_CPUS_MAX {
         Ok(c)

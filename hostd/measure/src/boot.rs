@@ -80,8 +80,10 @@ pub struct RowChecks {
     /// the fleet per launch (ms).
     #[serde(default)]
     pub hostd_kib_per_guest: Option<f64>,
+    /// hostd's open descriptors per guest (growth with the fleet booted ÷ guests ready).
     #[serde(default)]
     pub hostd_fds_per_guest: Option<f64>,
+    /// hostd's CPU time spent starting the fleet, per launch, ms.
     #[serde(default)]
     pub hostd_cpu_ms_per_launch: Option<f64>,
     /// Each ready guest's own start (its launch call → hello, without waiting for a

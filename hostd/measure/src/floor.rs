@@ -45,7 +45,9 @@ pub struct Floor {
 /// n floors started together.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FloorFleet {
+    /// Floors started together.
     pub n: usize,
+    /// How many of them said hello.
     pub ready: usize,
     /// Each floor's own launch → hello, seconds.
     pub own_s: Summary,

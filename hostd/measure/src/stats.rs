@@ -181,6 +181,7 @@ impl Summary {
 /// (first-order Taylor expansion of the ratio, as Fieller's interval for small spreads).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Ratio {
+    /// ā ÷ b̄.
     pub ratio: f64,
     /// None with fewer than two samples on a side, or a zero denominator mean.
     pub ci95: Option<[f64; 2]>,

@@ -32,10 +32,18 @@ pub struct Native {
 pub enum Wrap {
     /// `unshare` of the ns backend's namespace set (pid, mount, uts, ipc, net), `chroot`
     /// into the rootfs, exec of the agent in it as PID 1.
-    Unshare { rootfs: PathBuf },
+    Unshare {
+        /// The tree `chroot` enters (the ns backend's rootfs).
+        rootfs: PathBuf,
+    },
     /// A foreground `runc run` of a bundle written before the timing starts
     /// ([`super::oci::Oci::floor_bundle`]).
-    Runtime { runtime: PathBuf, bundle: PathBuf },
+    Runtime {
+        /// The OCI runtime binary.
+        runtime: PathBuf,
+        /// The bundle directory it runs.
+        bundle: PathBuf,
+    },
 }
 
 impl Native {

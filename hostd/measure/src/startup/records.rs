@@ -148,6 +148,7 @@ pub struct MemoryChecks {
     /// hostd's open descriptors before the fleet and with it booted.
     #[serde(default)]
     pub hostd_fds_before: Option<u64>,
+    /// hostd's open descriptors with the fleet booted.
     #[serde(default)]
     pub hostd_fds_after: Option<u64>,
     /// CPU time (user + system, all threads) hostd spent starting the fleet: from the start
@@ -179,6 +180,7 @@ impl MemorySample {
         (self.ready > 0).then(|| grew / self.ready as f64)
     }
 
+    /// hostd's resident memory growth over the fleet's boot, KiB.
     pub fn hostd_growth_kib(&self) -> Option<i64> {
         Some(self.checks.hostd_rss_after_kib? as i64 - self.checks.hostd_rss_before_kib? as i64)
     }

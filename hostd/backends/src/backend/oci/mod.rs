@@ -124,7 +124,7 @@ impl Oci {
         let runtime = self
             .runtime_path()
             .ok_or_else(|| format!("OCI runtime {:?} not found", self.runtime))?;
-        let (template, rootfs) = self.template()?;
+        let (template, rootfs) = self.template().map_err(|e| e.to_string())?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let config = derive_config(
             &template,
@@ -137,7 +137,8 @@ impl Oci {
                 limits: Limits::default(),
                 data_disk: None,
             },
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         let cfg = dir.join("config.json");
         config.save(&cfg).map_err(|e| format!("{}: {e}", cfg.display()))?;
         Ok(super::native::Wrap::Runtime { runtime, bundle: dir.to_path_buf() })
