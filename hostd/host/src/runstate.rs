@@ -7,7 +7,6 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -191,15 +190,16 @@ pub fn owns_netns(run: &str, name: &str) -> bool {
     name == format!("vb-{run}") || name.starts_with(&format!("vbn-{run}-"))
 }
 
+/// The named network namespaces: the files under /run/netns, where `ip netns` and
+/// [`crate::rtnl`] bind them (read directly: no `ip netns list` process).
 fn list_netns() -> Result<Vec<String>, String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map_err(|e| format!("ip netns list: {e}"))?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(String::from))
-        .collect())
+    let dir = Path::new(crate::rtnl::NETNS_DIR);
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    Ok(rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect())
 }
 
 /// Runs whose hostd is gone: their state files under `root`.

@@ -165,14 +165,6 @@ impl Backend for Ns {
         // the first launch.
         let flags = self.clone_flags();
         trial_clone(flags).map_err(|e| unavailable(format!("clone({flags:?}): {e}")))?;
-        match std::process::Command::new("ip").arg("-V").output() {
-            Ok(o) if o.status.success() => {}
-            _ => {
-                return Err(unavailable(
-                    "iproute2's `ip` is needed for the guests' veths and is not runnable".into(),
-                ))
-            }
-        }
         let kernel = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();
