@@ -11,9 +11,12 @@ pub const MAX_INSTANCES: u32 = 64;
 /// later one rather than wait (for ever, with a wrong or hostile clock offset).
 pub const MAX_START_AHEAD_NS: u64 = 60_000_000_000;
 
+/// The `bench` command: one microbenchmark in `instances` concurrent copies, optionally
+/// started at a common instant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BenchRequest {
+    /// The benchmark and its parameters.
     pub spec: BenchSpec,
     /// Concurrent copies (the isolation test runs 2 in one guest). 1..=MAX_INSTANCES.
     pub instances: u32,
@@ -31,22 +34,56 @@ pub struct BenchRequest {
 pub enum BenchSpec {
     /// CPU: `rounds` Newton iterations x ← (x + 2/x)/2 from x = 1, an iterative estimate
     /// of √2. One dependent chain of divisions in registers: no memory traffic.
-    Cpu { rounds: u64 },
-    /// Memory: C[i][j] = A[i][j] + B[i][j] + C[i][j] on n×n f64 matrices, `passes` times,
+    Cpu {
+        /// Iterations, at least 8 (the estimate converges after 5).
+        rounds: u64,
+    },
+    /// Memory: `C[i][j] = A[i][j] + B[i][j] + C[i][j]` on n×n f64 matrices, `passes` times,
     /// with A = B = i + j and C = 0 initially.
-    Memory { n: u32, passes: u32 },
+    Memory {
+        /// Side of each matrix; the three take 24·n² bytes, at most 4 GiB.
+        n: u32,
+        /// Sweeps over the matrices, at least 1.
+        passes: u32,
+    },
     /// Disk: sequential read of `path` in `block_size` blocks (dd-style), O_DIRECT unless
     /// `direct` is false, at most `max_bytes` (whole file/device when absent).
-    Disk { path: String, block_size: u32, max_bytes: Option<u64>, direct: bool },
+    Disk {
+        /// The guest file or block device to read.
+        path: String,
+        /// Bytes a read: a multiple of 512, from 512 to 64 MiB (O_DIRECT needs whole,
+        /// aligned blocks).
+        block_size: u32,
+        /// Most bytes to read (more than 0), rounded down to whole blocks.
+        max_bytes: Option<u64>,
+        /// Read with O_DIRECT, so every block comes from the (virtual) disk and not from
+        /// the guest's page cache.
+        direct: bool,
+    },
     /// Network: netperf TCP_STREAM-style, send `msg_size` writes to `peer` for
     /// `duration_ms`; the receiver's byte count is the result.
-    NetStream { peer: String, duration_ms: u32, msg_size: u32 },
+    NetStream {
+        /// `ip:port` of the receiver, a server started with `net_serve`.
+        peer: String,
+        /// How long to send, in ms (more than 0).
+        duration_ms: u32,
+        /// Bytes a write, 1 to 16 MiB.
+        msg_size: u32,
+    },
     /// Network: netperf TCP_RR-style, one `size`-byte request and response at a time
     /// for `duration_ms`.
-    NetRr { peer: String, duration_ms: u32, size: u32 },
+    NetRr {
+        /// `ip:port` of the responder, a server started with `net_serve`.
+        peer: String,
+        /// How long to keep exchanging, in ms (more than 0).
+        duration_ms: u32,
+        /// Bytes of each request and of each response, 1 to 1 MiB.
+        size: u32,
+    },
 }
 
 impl BenchSpec {
+    /// The resource this benchmark measures (both network benchmarks: the network).
     pub fn resource(&self) -> Resource {
         match self {
             BenchSpec::Cpu { .. } => Resource::Cpu,
@@ -125,6 +162,8 @@ fn check_peer(peer: &str) -> Result<(), String> {
 }
 
 impl BenchRequest {
+    /// Parameter sanity of the whole request: 1 to [`MAX_INSTANCES`] instances and a valid
+    /// spec ([`BenchSpec::validate`]).
     pub fn validate(&self) -> Result<(), String> {
         if self.instances == 0 || self.instances > MAX_INSTANCES {
             return Err(format!("instances must be 1..={MAX_INSTANCES}, got {}", self.instances));
@@ -146,18 +185,27 @@ impl BenchRequest {
     }
 }
 
+/// What a benchmark stresses; results are grouped by it, as in the paper's four
+/// microbenchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Resource {
+    /// Processor time ([`BenchSpec::Cpu`]).
     Cpu,
+    /// Memory bandwidth ([`BenchSpec::Memory`]).
     Memory,
+    /// Sequential disk reads ([`BenchSpec::Disk`]).
     Disk,
+    /// TCP throughput and latency ([`BenchSpec::NetStream`], [`BenchSpec::NetRr`]).
     Network,
 }
 
 impl Resource {
+    /// Every resource, in declaration order (which is also their sort order).
     pub const ALL: [Resource; 4] =
         [Resource::Cpu, Resource::Memory, Resource::Disk, Resource::Network];
+    /// Stable short name used in results (`cpu`, `memory`, `disk`, `network`), the same as
+    /// its serde name.
     pub fn name(self) -> &'static str {
         match self {
             Resource::Cpu => "cpu",
@@ -173,6 +221,7 @@ impl Resource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BenchReport {
+    /// One result per requested instance.
     pub instances: Vec<InstanceResult>,
     /// When the agent read the request.
     pub received_ns: u64,
@@ -184,8 +233,13 @@ pub struct BenchReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceResult {
+    /// When its timed work began, in ns: the start instant if the instance was ready by
+    /// then, else when it was ready (every instance prepared); the lateness is start skew.
     pub start_ns: u64,
+    /// When its timed work ended, in ns (network clients: the receiver's acknowledgement or
+    /// the last response); after `start_ns`.
     pub end_ns: u64,
+    /// What it did.
     pub work: Work,
 }
 
@@ -195,26 +249,40 @@ pub struct InstanceResult {
 pub enum Work {
     /// The final estimate must be √2.
     Cpu {
+        /// Iterations run; must equal the request's.
         rounds: u64,
+        /// The final x; must be within 1e-15 of √2.
         estimate: f64,
     },
-    /// `checked`: every C[i][j] equalled 2·passes·(i+j) afterwards.
+    /// `checked`: every `C[i][j]` equalled 2·passes·(i+j) afterwards.
     Memory {
+        /// Side of each matrix; must equal the request's.
         n: u32,
+        /// Sweeps made; must equal the request's.
         passes: u32,
+        /// Whether the result matrix passed the check (made outside the timed region).
         checked: bool,
+        /// Bytes moved: three 8-byte reads and one write per element and pass
+        /// (32·n²·passes).
         bytes: u64,
     },
+    /// A sequential read of the disk.
     Disk {
+        /// Bytes read: more than 0, at most the request's `max_bytes`.
         bytes: u64,
+        /// Bytes a read.
         block_size: u32,
+        /// Whether the reads used O_DIRECT.
         direct: bool,
     },
     /// Bytes the receiver acknowledged.
     NetStream {
+        /// Bytes the receiver counted (the agent checks they equal those sent); more than 0.
         bytes: u64,
     },
+    /// Request/response exchanges made.
     NetRr {
+        /// Exchanges completed: at least one; the last one ends at or past `duration_ms`.
         transactions: u64,
     },
 }
@@ -222,13 +290,16 @@ pub enum Work {
 /// A rate derived from a result: the number a table shows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Figure {
+    /// The number, in `unit`.
     pub value: f64,
+    /// `s`, `MB/s` (10⁶ bytes a second) or `us/transaction`.
     pub unit: &'static str,
     /// Whether larger is better (bandwidth) or smaller (time).
     pub higher_is_better: bool,
 }
 
 impl InstanceResult {
+    /// Seconds from `start_ns` to `end_ns` (0 when they are out of order).
     pub fn elapsed_s(&self) -> f64 {
         self.end_ns.saturating_sub(self.start_ns) as f64 / 1e9
     }

@@ -50,12 +50,29 @@ pub fn header(len: u32, payload_crc: u32) -> [u8; HEADER_LEN] {
 /// peer is still trustworthy.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FrameError {
+    /// A header declares, or a payload to encode has, more bytes than the limit.
     #[error("frame declares {len} payload bytes, limit is {max}")]
-    Oversize { len: u64, max: usize },
+    Oversize {
+        /// Payload bytes declared (u64: a hostile header may say anything a u32 holds).
+        len: u64,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The payload's CRC-32 differs from the one its (valid) header carries.
     #[error("frame payload checksum mismatch ({len} bytes)")]
-    PayloadChecksum { len: usize },
+    PayloadChecksum {
+        /// Payload bytes of the damaged frame.
+        len: usize,
+    },
+    /// The stream ended inside a frame (reported by [`FrameDecoder::finish`]).
     #[error("stream ended inside a frame ({have} of {need} bytes)")]
-    Truncated { have: usize, need: usize },
+    Truncated {
+        /// Bytes of the frame received.
+        have: usize,
+        /// Bytes the whole frame needs: header and declared payload, or just the header
+        /// when the header itself was cut.
+        need: usize,
+    },
 }
 
 /// What the decoder found in the bytes fed to it.
@@ -84,6 +101,8 @@ impl Default for FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// A decoder that accepts payloads of at most `max_payload` bytes; a frame declaring
+    /// more is reported ([`FrameError::Oversize`]) and its payload never buffered.
     pub fn new(max_payload: usize) -> Self {
         Self { buf: Vec::new(), max_payload, skipped_total: 0 }
     }

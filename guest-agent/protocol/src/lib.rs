@@ -1,6 +1,8 @@
 //! The contract between `hostd` and `guest-agent`: framing with limits and resynchronisation
-//! ([`frame`]), the messages ([`msg`]) and the microbenchmark requests and results ([`bench`]).
+//! ([`frame`]), the messages ([`msg`]) and the microbenchmark requests and results ([`mod@bench`]).
 //! No I/O here, so both the synchronous agent and the async host use the same code.
+
+#![warn(missing_docs)]
 
 pub mod bench;
 pub mod frame;

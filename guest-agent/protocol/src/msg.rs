@@ -12,10 +12,14 @@ pub const PROTOCOL_VERSION: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
+    /// Chosen by the host and never reused, so a late reply is never credited to another
+    /// request.
     pub id: u64,
+    /// What to do.
     pub cmd: Command,
 }
 
+/// What the host asks of the agent, tagged `cmd` on the wire (`ping`, `bench`, ...).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
@@ -25,15 +29,24 @@ pub enum Command {
     Bench(BenchRequest),
     /// Start a netperf-style server (stream and request/response) on `port`
     /// of every address; runs in the background until `net_stop` or exit.
-    NetServe { port: u16 },
+    NetServe {
+        /// TCP port to listen on (0: any free port; the reply names the one taken).
+        port: u16,
+    },
     /// Stop the server started on `port`.
-    NetStop { port: u16 },
+    NetStop {
+        /// The port a `listening` reply named.
+        port: u16,
+    },
     /// Reply, then power the guest off (PID 1) or exit (plain process).
     Poweroff,
     /// Deliberate failures, for the fault tests. `panic`: PID 1 exits, which
-    /// panics the guest kernel (a plain process aborts). `hang`: the agent stops
+    /// panics the guest kernel (a plain process just exits). `hang`: the agent stops
     /// reading and answering.
-    Fault { kind: FaultKind },
+    Fault {
+        /// Which failure.
+        kind: FaultKind,
+    },
     /// Run a user's program in the guest; the reply is `exited`.
     Exec(ExecRequest),
     /// Write one chunk of a file into the guest; the reply is `put`.
@@ -42,11 +55,12 @@ pub enum Command {
     GetFile(GetFile),
 }
 
-/// Largest file `put_file`/`get_file` move (all chunks together), most file bytes in one
-/// message (base64 in JSON: a chunk's message stays far under the frame limit), and the
-/// longest guest path.
+/// Largest file `put_file`/`get_file` move, all chunks together (64 MiB).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Most file bytes in one message (256 KiB): base64 in JSON, a chunk's message stays far
+/// under the frame limit.
 pub const MAX_FILE_CHUNK: usize = 256 << 10;
+/// Longest guest path, in bytes (Linux's PATH_MAX).
 pub const MAX_PATH_BYTES: usize = 4096;
 
 fn check_path(what: &str, path: &str) -> Result<(), String> {
@@ -86,16 +100,21 @@ fn encode_chunk(bytes: &[u8]) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutFile {
+    /// The target: an absolute guest path of at most [`MAX_PATH_BYTES`], without NUL, not
+    /// ending in `/`.
     pub path: String,
     /// Permission bits (at most 0o7777).
     pub mode: u32,
+    /// Where this chunk goes: the bytes of the file already sent.
     pub offset: u64,
     /// The chunk, base64 (at most [`MAX_FILE_CHUNK`] bytes decoded).
     pub data: String,
+    /// This chunk ends the file: set `mode` and rename it over `path`.
     pub last: bool,
 }
 
 impl PutFile {
+    /// The chunk `bytes` of `path` at `offset`, encoded for the wire.
     pub fn new(path: &str, mode: u32, offset: u64, bytes: &[u8], last: bool) -> Self {
         Self { path: path.into(), mode, offset, data: encode_chunk(bytes), last }
     }
@@ -123,13 +142,17 @@ impl PutFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GetFile {
+    /// An absolute guest path of at most [`MAX_PATH_BYTES`], without NUL.
     pub path: String,
+    /// Where to start reading, in bytes (at most [`MAX_FILE_BYTES`]).
     pub offset: u64,
     /// At most [`MAX_FILE_CHUNK`].
     pub max: u32,
 }
 
 impl GetFile {
+    /// Checks the bounds (both sides do): the path, `max` of 1 to [`MAX_FILE_CHUNK`], the
+    /// offset.
     pub fn check(&self) -> Result<(), String> {
         check_path("get_file", &self.path)?;
         if self.max == 0 || self.max as usize > MAX_FILE_CHUNK {
@@ -147,13 +170,17 @@ impl GetFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileData {
+    /// The file's size in bytes (at most [`MAX_FILE_BYTES`]).
     pub size: u64,
+    /// Its permission bits (at most 0o7777).
     pub mode: u32,
     /// base64.
     pub data: String,
 }
 
 impl FileData {
+    /// A reply for a file of `size` bytes and `mode` carrying the chunk `bytes`, encoded
+    /// for the wire.
     pub fn new(size: u64, mode: u32, bytes: &[u8]) -> Self {
         Self { size, mode, data: encode_chunk(bytes) }
     }
@@ -182,12 +209,15 @@ impl FileData {
     }
 }
 
-/// Most arguments plus environment entries of an exec, their total bytes, the longest
-/// time it may run, and the most output kept of each stream (so that a reply, JSON-escaped
-/// at worst six bytes a byte, stays under the frame limit).
+/// Most arguments plus environment entries of an exec.
 pub const MAX_EXEC_ARGS: usize = 256;
+/// Most bytes of an exec's arguments and environment entries together, each counted with
+/// its terminating NUL.
 pub const MAX_EXEC_ARG_BYTES: usize = 64 << 10;
+/// Longest time an exec may run, in ms (24 h).
 pub const MAX_EXEC_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// Most output kept of each stream, in bytes, so that a reply, JSON-escaped at worst six
+/// bytes a byte, stays under the frame limit.
 pub const MAX_EXEC_OUTPUT: u32 = 64 << 10;
 
 /// A program to run: `argv[0]` is looked up on the guest's PATH (`/usr/sbin:/usr/bin:/sbin:/bin`
@@ -195,12 +225,15 @@ pub const MAX_EXEC_OUTPUT: u32 = 64 << 10;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
+    /// The program and its arguments; `argv[0]` is not empty.
     pub argv: Vec<String>,
     /// `NAME=VALUE` entries: the program's whole environment (none inherited from the agent).
     #[serde(default)]
     pub env: Vec<String>,
+    /// Working directory (absent: the agent's own).
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Killed (SIGKILL) after this many ms, 1 to [`MAX_EXEC_TIMEOUT_MS`].
     pub timeout_ms: u64,
     /// Bytes of stdout and of stderr kept (at most [`MAX_EXEC_OUTPUT`]); the rest is read
     /// and dropped, so the program never blocks on a full pipe.
@@ -243,8 +276,11 @@ pub struct ExecResult {
     pub status: Option<i32>,
     /// The signal that ended it, when one did (SIGKILL after a timeout).
     pub signal: Option<i32>,
+    /// It reached its timeout and was killed.
     pub timed_out: bool,
+    /// The first `output_max` bytes of its standard output (lossy UTF-8).
     pub stdout: String,
+    /// The first `output_max` bytes of its standard error (lossy UTF-8).
     pub stderr: String,
     /// Output beyond `output_max` was dropped (from either stream).
     pub truncated: bool,
@@ -277,10 +313,13 @@ impl ExecResult {
     }
 }
 
+/// The deliberate failure a [`Command::Fault`] asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
+    /// The agent exits: as PID 1 this panics the guest kernel.
     Panic,
+    /// The agent stops reading and answering, but stays alive.
     Hang,
 }
 
@@ -290,42 +329,68 @@ pub enum FaultKind {
 pub enum GuestMsg {
     /// Always the first message: the agent is ready.
     Hello(Hello),
+    /// The answer to one request.
     Reply(Reply),
 }
 
+/// The answer to the request with the same `id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reply {
+    /// The request's id.
     pub id: u64,
+    /// What came of it.
     pub result: Outcome,
 }
 
+/// Whether a request succeeded, tagged `status` on the wire (`ok` or `err`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Outcome {
-    Ok { body: ReplyBody },
-    Err { error: String },
+    /// It did.
+    Ok {
+        /// The command's result.
+        body: ReplyBody,
+    },
+    /// It failed.
+    Err {
+        /// Why, in words.
+        error: String,
+    },
 }
 
+/// A command's result, tagged `kind` on the wire; one kind answers each command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ReplyBody {
+    /// Answers `ping`.
     Pong {
+        /// The guest's CLOCK_MONOTONIC when it answered, in ns: one sample for the host's
+        /// clock offset estimate.
         monotonic_ns: u64,
     },
+    /// Answers `bench`.
     Bench(BenchReport),
+    /// Answers `net_serve`: the server is up.
     Listening {
+        /// The port it listens on (the one taken when the request asked for 0).
         port: u16,
     },
+    /// Answers `net_stop`: the server no longer accepts connections.
     Stopped {
+        /// The port it listened on.
         port: u16,
     },
+    /// Answers `poweroff`, sent before the guest goes down.
     PoweringOff,
+    /// Answers `exec`.
     Exited(ExecResult),
     /// `put_file` wrote its chunk: the file now holds `size` bytes (offset + chunk).
     Put {
+        /// Bytes the file holds so far.
         size: u64,
     },
+    /// Answers `get_file`.
     FileData(FileData),
 }
 
@@ -343,16 +408,25 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
+    /// The agent's [`PROTOCOL_VERSION`]; the host refuses any other.
     pub protocol: u32,
+    /// The agent's crate version.
     pub agent_version: String,
+    /// Whether it runs as init or as a plain process.
     pub role: Role,
+    /// Its process id as the guest sees it (1 as init).
     pub pid: u32,
+    /// The guest's hostname (uname's nodename).
     pub hostname: String,
+    /// The running kernel's release (uname's; the host's own for containers and native).
     pub kernel_release: String,
+    /// CPUs the agent may use (at least 1; the host refuses 0).
     pub cpus: u32,
+    /// `MemTotal` of /proc/meminfo, in KiB (0 when unreadable).
     pub mem_total_kib: u64,
     /// Which control channel the agent used (`fd:3`, `tty:/dev/hvc0`, `tcp:…`, `unix:…`).
     pub transport: String,
+    /// Its clocks when it wrote the hello.
     pub clock: GuestClock,
     /// The system the guest booted from a root block device or tree, when it did (absent:
     /// the agent's own initramfs or rootfs).
@@ -360,8 +434,9 @@ pub struct Hello {
     pub root: Option<RootInfo>,
 }
 
-/// Longest text field of [`RootInfo`] and most boot phases the host accepts.
+/// Longest text field of [`RootInfo`] the host accepts, in bytes.
 pub const MAX_ROOT_TEXT: usize = 256;
+/// Most boot phases a [`RootInfo`] may list.
 pub const MAX_BOOT_PHASES: usize = 16;
 
 /// What a guest booted from a system image says about it (checked by [`Hello::check`]).
@@ -379,10 +454,13 @@ pub struct RootInfo {
     pub phases: Vec<BootPhase>,
 }
 
+/// One step of a system image's boot, as the image's init reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootPhase {
+    /// The step (`initrd`, `init`, `system_up`), at most [`MAX_ROOT_TEXT`] bytes.
     pub name: String,
+    /// When it was reached, guest CLOCK_MONOTONIC in ns; never before the previous phase.
     pub at_ns: u64,
 }
 
@@ -429,27 +507,39 @@ pub struct GuestClock {
 /// Any message that failed to decode or made no sense, described for the guest's record.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MessageError {
+    /// Not the JSON of a message, or a message outside its bounds.
     #[error("not a valid message: {0}")]
     Malformed(String),
+    /// A hello from another protocol version.
     #[error("guest speaks protocol version {got}, host expects {want}")]
-    Version { got: u32, want: u32 },
+    Version {
+        /// The guest's version.
+        got: u32,
+        /// The host's, [`PROTOCOL_VERSION`].
+        want: u32,
+    },
+    /// A valid message where none of its kind may come.
     #[error("unexpected message: {0}")]
     Unexpected(String),
 }
 
 impl GuestMsg {
+    /// Parses one frame's payload; unknown fields, tags and wrong types are refused.
     pub fn decode(payload: &[u8]) -> Result<Self, MessageError> {
         serde_json::from_slice(payload).map_err(|e| MessageError::Malformed(e.to_string()))
     }
+    /// The JSON payload of one frame.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("guest messages always serialise")
     }
 }
 
 impl Request {
+    /// Parses one frame's payload; unknown fields, tags and wrong types are refused.
     pub fn decode(payload: &[u8]) -> Result<Self, MessageError> {
         serde_json::from_slice(payload).map_err(|e| MessageError::Malformed(e.to_string()))
     }
+    /// The JSON payload of one frame.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("requests always serialise")
     }
