@@ -108,34 +108,12 @@ pub async fn measure(
     timeout: Duration,
 ) -> Result<Option<Floor>, FloorError> {
     let floor_dir = run.scratch.join("floor-bundle");
-    let (bare, what) = match kind {
-        BackendKind::Native => return Ok(None),
-        BackendKind::Ns => {
-            let rootfs = images
-                .rootfs
-                .clone()
-                .ok_or_else(|| FloorError::Prepare("no rootfs image".into()))?;
-            let w = Wrap::Unshare { rootfs };
-            (
-                AnyBackend::Native(Native::floor(images.agent.clone(), w)),
-                "`unshare` of pid, mount, uts, ipc and net namespaces + chroot into the rootfs + exec of the agent (no veth, cgroup or data disk)".to_string(),
-            )
-        }
-        BackendKind::Oci => {
-            let w = Oci::new(images, opts)
-                .floor_bundle(&floor_dir, &run.run)
-                .map_err(FloorError::Prepare)?;
-            (
-                AnyBackend::Native(Native::floor(images.agent.clone(), w)),
-                "a bare foreground `runc run` of the same bundle, written beforehand (the template's own network namespace, no veth, limits or data disk)".to_string(),
-            )
-        }
-        vm => (AnyBackend::new(vm, images, opts), format!("{vm}'s VMM with only kernel, initramfs and control channel (no network, disk or cgroup)")),
+    let Some((bare, what)) = floor_backend(kind, images, opts, run, &floor_dir)? else {
+        return Ok(None);
     };
     let full = AnyBackend::new(kind, images, opts);
     let net = FleetNet::create(&run.run)?;
     let r = async {
-        let (mut f, mut h) = (Vec::new(), Vec::new());
         let spec = |i: usize, name: String, full: bool| GuestSpec {
             index: i,
             workdir: run.scratch.join(&name),
@@ -154,51 +132,14 @@ pub async fn measure(
             limits: Default::default(),
             images: None,
         };
-        for i in 0..reps + 1 {
-            let g = boot(&bare, spec(i, format!("floor{i}"), false), timeout)
-                .await
-                .map_err(FloorError::FloorBoot)?;
-            let fs = g.startup.as_secs_f64();
-            g.shutdown(&bare, Duration::from_secs(5)).await;
-            let g = boot(&full, spec(i, format!("full{i}"), true), timeout)
-                .await
-                .map_err(FloorError::FullBoot)?;
-            let hs = g.startup.as_secs_f64();
-            g.shutdown(&full, Duration::from_secs(5)).await;
-            // The first pair warms the page cache (these are hot starts).
-            if i > 0 {
-                f.push(fs);
-                h.push(hs);
-            }
-        }
+        let (h, f) = pairs(&bare, &full, &spec, reps, timeout).await?;
         let pr = paired_ratio(&h, &f).ok_or(FloorError::NoSamples)?;
         let floor_s = Summary::of("floor", "s", f).ok_or(FloorError::NoSamples)?;
         let hostd_s = Summary::of("hostd", "s", h).ok_or(FloorError::NoSamples)?;
         let mut fleets = Vec::new();
         if matches!(kind, BackendKind::Ns | BackendKind::Oci) {
             for &n in fleet_sizes.iter().filter(|&&n| n > 1 && n <= FLEET_MAX) {
-                let t0 = std::time::Instant::now();
-                let boots = (0..n).map(|i| {
-                    let spec = spec(i, format!("ff{n}-{i}"), false);
-                    async { boot(&bare, spec, timeout).await.map(|g| (g, t0.elapsed())) }
-                });
-                let done = futures::future::join_all(boots).await;
-                let mut own = Vec::new();
-                let mut last = Duration::ZERO;
-                let mut up = Vec::new();
-                for (g, at) in done.into_iter().flatten() {
-                    own.push(g.startup.as_secs_f64());
-                    last = last.max(at);
-                    up.push(g);
-                }
-                let ready = up.len();
-                futures::future::join_all(
-                    up.into_iter().map(|g| g.shutdown(&bare, Duration::from_secs(5))),
-                )
-                .await;
-                if let Some(own_s) = Summary::of("floor_fleet", "s", own) {
-                    fleets.push(FloorFleet { n, ready, own_s, t_startup_s: last.as_secs_f64() });
-                }
+                fleets.extend(floor_fleet(&bare, &spec, n, timeout).await);
             }
         }
         Ok(Some(Floor {
@@ -215,6 +156,99 @@ pub async fn measure(
     let _ = net.destroy();
     let _ = std::fs::remove_dir_all(&floor_dir);
     r
+}
+
+/// The backend that starts `kind`'s floor and what it is, in words; None for native.
+fn floor_backend(
+    kind: BackendKind,
+    images: &Images,
+    opts: &BackendOptions,
+    run: &RunState,
+    floor_dir: &std::path::Path,
+) -> Result<Option<(AnyBackend, String)>, FloorError> {
+    Ok(Some(match kind {
+        BackendKind::Native => return Ok(None),
+        BackendKind::Ns => {
+            let rootfs = images
+                .rootfs
+                .clone()
+                .ok_or_else(|| FloorError::Prepare("no rootfs image".into()))?;
+            let w = Wrap::Unshare { rootfs };
+            (
+                AnyBackend::Native(Native::floor(images.agent.clone(), w)),
+                "`unshare` of pid, mount, uts, ipc and net namespaces + chroot into the rootfs + exec of the agent (no veth, cgroup or data disk)".to_string(),
+            )
+        }
+        BackendKind::Oci => {
+            let w = Oci::new(images, opts)
+                .floor_bundle(floor_dir, &run.run)
+                .map_err(FloorError::Prepare)?;
+            (
+                AnyBackend::Native(Native::floor(images.agent.clone(), w)),
+                "a bare foreground `runc run` of the same bundle, written beforehand (the template's own network namespace, no veth, limits or data disk)".to_string(),
+            )
+        }
+        vm => (AnyBackend::new(vm, images, opts), format!("{vm}'s VMM with only kernel, initramfs and control channel (no network, disk or cgroup)")),
+    }))
+}
+
+/// `reps` interleaved pairs after a warm-up pair: a floor start, then a fleet-style start
+/// of the backend itself; each one's launch → hello, seconds (hostd's, the floor's).
+async fn pairs(
+    bare: &AnyBackend,
+    full: &AnyBackend,
+    spec: &dyn Fn(usize, String, bool) -> GuestSpec,
+    reps: usize,
+    timeout: Duration,
+) -> Result<(Vec<f64>, Vec<f64>), FloorError> {
+    let (mut f, mut h) = (Vec::new(), Vec::new());
+    for i in 0..reps + 1 {
+        let g = boot(bare, spec(i, format!("floor{i}"), false), timeout)
+            .await
+            .map_err(FloorError::FloorBoot)?;
+        let fs = g.startup.as_secs_f64();
+        g.shutdown(bare, Duration::from_secs(5)).await;
+        let g = boot(full, spec(i, format!("full{i}"), true), timeout)
+            .await
+            .map_err(FloorError::FullBoot)?;
+        let hs = g.startup.as_secs_f64();
+        g.shutdown(full, Duration::from_secs(5)).await;
+        // The first pair warms the page cache (these are hot starts).
+        if i > 0 {
+            f.push(fs);
+            h.push(hs);
+        }
+    }
+    Ok((h, f))
+}
+
+/// `n` floors started together: each one's own start and the last hello after the common
+/// start; None when none came up.
+async fn floor_fleet(
+    bare: &AnyBackend,
+    spec: &dyn Fn(usize, String, bool) -> GuestSpec,
+    n: usize,
+    timeout: Duration,
+) -> Option<FloorFleet> {
+    let t0 = std::time::Instant::now();
+    let boots = (0..n).map(|i| {
+        let spec = spec(i, format!("ff{n}-{i}"), false);
+        async move { boot(bare, spec, timeout).await.map(|g| (g, t0.elapsed())) }
+    });
+    let done = futures::future::join_all(boots).await;
+    let mut own = Vec::new();
+    let mut last = Duration::ZERO;
+    let mut up = Vec::new();
+    for (g, at) in done.into_iter().flatten() {
+        own.push(g.startup.as_secs_f64());
+        last = last.max(at);
+        up.push(g);
+    }
+    let ready = up.len();
+    futures::future::join_all(up.into_iter().map(|g| g.shutdown(bare, Duration::from_secs(5))))
+        .await;
+    let own_s = Summary::of("floor_fleet", "s", own)?;
+    Some(FloorFleet { n, ready, own_s, t_startup_s: last.as_secs_f64() })
 }
 
 /// "R [lo, hi]" or "R" alone.
