@@ -92,8 +92,10 @@ pub enum FloorError {
     FullBoot(crate::guest::BootError),
     #[error("no floor samples")]
     NoSamples,
-    #[error("preparing the floor: {0}")]
-    Prepare(String),
+    #[error("preparing the floor: no rootfs image")]
+    NoRootfs,
+    #[error("the floor's bundle: {0}")]
+    Bundle(#[from] crate::backend::oci::FloorBundleError),
 }
 
 /// Measures `reps` interleaved pairs, then (ns, oci) a floor fleet of each of
@@ -172,7 +174,7 @@ fn floor_backend(
             let rootfs = images
                 .rootfs
                 .clone()
-                .ok_or_else(|| FloorError::Prepare("no rootfs image".into()))?;
+                .ok_or(FloorError::NoRootfs)?;
             let w = Wrap::Unshare { rootfs };
             (
                 AnyBackend::Native(Native::floor(images.agent.clone(), w)),
@@ -180,9 +182,7 @@ fn floor_backend(
             )
         }
         BackendKind::Oci => {
-            let w = Oci::new(images, opts)
-                .floor_bundle(floor_dir, &run.run)
-                .map_err(FloorError::Prepare)?;
+            let w = Oci::new(images, opts).floor_bundle(floor_dir, &run.run)?;
             (
                 AnyBackend::Native(Native::floor(images.agent.clone(), w)),
                 "a bare foreground `runc run` of the same bundle, written beforehand (the template's own network namespace, no veth, limits or data disk)".to_string(),

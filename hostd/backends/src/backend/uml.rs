@@ -19,7 +19,7 @@ use nix::sys::signal::killpg;
 use nix::sys::signal::Signal::SIGKILL;
 use nix::unistd::Pid;
 
-use super::launch::{boot_images, tool_version, LaunchGuard};
+use super::launch::{boot_images, tool_version, ImageError, LaunchGuard};
 use super::rootdisk::System;
 use super::vmm::{guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, spawn_vmm};
 use super::{
@@ -59,8 +59,8 @@ impl Uml {
         Self::new(images, &BackendOptions::default())
     }
 
-    fn images(&self) -> Result<(&Kernel, &Path), String> {
-        Ok(boot_images("UML kernel (linux)", self.kernel.as_ref(), self.initramfs.as_deref())?)
+    fn images(&self) -> Result<(&Kernel, &Path), ImageError> {
+        boot_images("UML kernel (linux)", self.kernel.as_ref(), self.initramfs.as_deref())
     }
 }
 
@@ -223,7 +223,7 @@ impl Backend for Uml {
     /// FPU state size, as unpatched 6.12 UML does on AMX hosts).
     async fn probe(&self) -> Result<String, Unavailable> {
         let unavailable = |reason: String| Unavailable { backend: "uml", reason: reason.into() };
-        let (kernel, initramfs) = self.images().map_err(unavailable)?;
+        let (kernel, initramfs) = self.images().map_err(|e| unavailable(e.to_string()))?;
         let version =
             tool_version(&kernel.path, &["--version"]).await.map_err(|e| unavailable(e.into()))?;
         tempfile::tempfile_in(MEMORY_DIR)
@@ -249,9 +249,9 @@ impl Backend for Uml {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        let (kernel, initramfs) = self.images().map_err(|reason| LaunchError::Prepare {
+        let (kernel, initramfs) = self.images().map_err(|e| LaunchError::Prepare {
             what: "uml images".into(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, e),
         })?;
         launch_uml(kernel, initramfs, spec, self.system.as_ref()).await
     }

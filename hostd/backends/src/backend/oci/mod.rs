@@ -120,12 +120,16 @@ impl Oci {
     /// The floor of `hostd boot`: the runtime and a bundle in `dir` derived from the template
     /// like a guest's, but with nothing of hostd's (the template's fresh network namespace,
     /// no data disk, no limits), written here once so no run of the floor times it.
-    pub fn floor_bundle(&self, dir: &Path, run: &str) -> Result<super::native::Wrap, String> {
-        let runtime = self
-            .runtime_path()
-            .ok_or_else(|| format!("OCI runtime {:?} not found", self.runtime))?;
-        let (template, rootfs) = self.template().map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    pub fn floor_bundle(
+        &self,
+        dir: &Path,
+        run: &str,
+    ) -> Result<super::native::Wrap, FloorBundleError> {
+        let runtime =
+            self.runtime_path().ok_or_else(|| FloorBundleError::NoRuntime(self.runtime.clone()))?;
+        let (template, rootfs) = self.template()?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| FloorBundleError::Dir { path: dir.to_path_buf(), source })?;
         let config = derive_config(
             &template,
             &GuestConfig {
@@ -137,10 +141,9 @@ impl Oci {
                 limits: Limits::default(),
                 data_disk: None,
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let cfg = dir.join("config.json");
-        config.save(&cfg).map_err(|e| format!("{}: {e}", cfg.display()))?;
+        config.save(&cfg).map_err(|source| FloorBundleError::Save { path: cfg, source })?;
         Ok(super::native::Wrap::Runtime { runtime, bundle: dir.to_path_buf() })
     }
 }
@@ -525,6 +528,22 @@ async fn probe_run(
         status: out.status,
         said: if stderr.is_empty() { stdout } else { stderr },
     })
+}
+
+/// Why the floor's bundle ([`Oci::floor_bundle`]) could not be written, by step.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum FloorBundleError {
+    #[error("OCI runtime {0:?} not found")]
+    NoRuntime(String),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("{}: {source}", path.display())]
+    Dir { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("{}: {source}", path.display())]
+    Save { path: PathBuf, source: oci_spec::OciSpecError },
 }
 
 /// Why the bundle's template cannot be used, by what is wrong.
