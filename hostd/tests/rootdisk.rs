@@ -237,10 +237,7 @@ fn hostd_exec_in_a_fleet_kept_up() {
     .unwrap();
     let out = hostd().arg("up").arg(&file).output().unwrap();
     assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
-    let run = |args: &[&str]| {
-        let o = hostd().args(args).output().unwrap();
-        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
-    };
+    let run = |args: &[&str]| support::cli::stdout_of(hostd().args(args));
     let (ok, text) = run(&["exec", &name, "--", "/bin/busybox", "cat", "/etc/os-release"]);
     let answered = text.matches(OS).count();
     let (ok1, one) = run(&["exec", &name, "--guest", "g1", "--", "/bin/busybox", "hostname"]);
@@ -288,18 +285,11 @@ fn mixed_fleet_every_guest_reaches_every_other() {
         ),
     )
     .unwrap();
-    let hostd = || {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hostd"));
-        c.env("VIRTBENCH_ACCEL", "tcg");
-        c
-    };
+    let hostd = support::cli::hostd_tcg;
     let out = hostd().arg("up").arg(&file).output().unwrap();
     let up = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "up: {up}{}", String::from_utf8_lossy(&out.stderr));
-    let run = |args: &[&str]| {
-        let o = hostd().args(args).output().unwrap();
-        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
-    };
+    let run = |args: &[&str]| support::cli::stdout_of(hostd().args(args));
     let addrs: Vec<String> =
         (0..8).map(|i| hostd::netlab::FleetNet::guest_addr(i).unwrap().to_string()).collect();
     let script = format!(
@@ -357,7 +347,6 @@ fn a_failing_fleet_command_names_the_guests() {
         ),
     )
     .unwrap();
-    let hostd = || std::process::Command::new(env!("CARGO_BIN_EXE_hostd"));
     let out = hostd().arg("up").arg(&file).output().unwrap();
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -416,11 +405,7 @@ fn hostd_cp_and_large_requests_on_ns_uml_and_qemu() {
         ),
     )
     .unwrap();
-    let hostd = || {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hostd"));
-        c.env("VIRTBENCH_ACCEL", "tcg");
-        c
-    };
+    let hostd = support::cli::hostd_tcg;
     let out = hostd().arg("up").arg(&file).output().unwrap();
     assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
     let run = |args: &[&str]| {

@@ -15,6 +15,20 @@ pub fn hostd() -> Command {
     Command::new(HOSTD)
 }
 
+/// [`hostd`] with QEMU on TCG (`VIRTBENCH_ACCEL=tcg`): this host's KVM cannot run guests,
+/// and the probe's boot with KVM costs each call time.
+pub fn hostd_tcg() -> Command {
+    let mut c = hostd();
+    c.env("VIRTBENCH_ACCEL", "tcg");
+    c
+}
+
+/// Runs `c` to the end: whether it exited 0, and its stdout.
+pub fn stdout_of(c: &mut Command) -> (bool, String) {
+    let o = c.output().unwrap_or_else(|e| panic!("starting {c:?}: {e}"));
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
 /// Runs hostd with `args` to the end and returns what it printed and how it ended.
 pub fn run_hostd(args: &[&str]) -> Output {
     hostd().args(args).output().unwrap_or_else(|e| panic!("starting {HOSTD}: {e}"))
