@@ -39,10 +39,10 @@ fn build_systems() -> Result<(), String> {
     static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let scratch = support::system::Scratch::new("vb-rootdisk-test");
+            let scratch = support::system::scratch("vb-rootdisk-test");
             let mut recipes = Vec::new();
             for (name, init) in [(SYSTEM, true), (NOINIT, false)] {
-                let tree = scratch.0.join(name);
+                let tree = scratch.path().join(name);
                 support::system::make_tree(&tree, init)
                     .map_err(|e| format!("making {}: {e}", tree.display()))?;
                 recipes.push((
@@ -53,7 +53,7 @@ fn build_systems() -> Result<(), String> {
                     ),
                 ));
             }
-            support::system::build(&scratch.0, &recipes)
+            support::system::build(scratch.path(), &recipes)
                 .map_err(|e| format!("building the test systems: {e}"))
         })
         .clone()

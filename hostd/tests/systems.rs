@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 
 use support::cli::{hostd, text};
-use support::system::{self, Scratch, BUSYBOX, OS};
+use support::system::{self, BUSYBOX, OS};
 
 const RECIPE: &str = "hostd-test-oci";
 /// The busybox tree imported as a directory (`rootfs-import`), for the boot tests (one
@@ -52,15 +52,14 @@ fn an_oci_archive_boots_as_a_three_guest_ns_fleet() {
         support::skip::skip(Some("ns"), &why);
         return;
     }
-    let scratch = Scratch::new("vb-oci-fleet-test");
-    std::fs::create_dir_all(&scratch.0).unwrap();
-    let archive = make_archive(&scratch.0);
+    let scratch = system::scratch("vb-oci-fleet-test");
+    let archive = make_archive(scratch.path());
     let recipe =
         format!("kind = \"oci-image\"\npath = \"{}\"\nheadroom_mib = 8\n", archive.display());
-    system::build(&scratch.0, &[(RECIPE, recipe)]).unwrap_or_else(|e| panic!("{e}"));
+    system::build(scratch.path(), &[(RECIPE, recipe)]).unwrap_or_else(|e| panic!("{e}"));
 
     let name = format!("oci{}", std::process::id());
-    let file = scratch.0.join("fleet.toml");
+    let file = scratch.path().join("fleet.toml");
     std::fs::write(
         &file,
         format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 3\nsystem = \"{RECIPE}\"\n"),
@@ -94,14 +93,14 @@ fn private_copies_boot(backend: &str) {
         support::skip::skip(Some(backend), &why);
         return;
     }
-    let scratch = Scratch::new(&format!("vb-copies-test-{backend}"));
-    let tree = scratch.0.join("tree");
+    let scratch = system::scratch(&format!("vb-copies-test-{backend}"));
+    let tree = scratch.path().join("tree");
     system::make_tree(&tree, true).unwrap();
     let recipe =
         format!("kind = \"rootfs-import\"\npath = \"{}\"\nheadroom_mib = 8\n", tree.display());
     let name = format!("{TREE_RECIPE}-{backend}");
-    system::build(&scratch.0, &[(&name, recipe)]).unwrap_or_else(|e| panic!("{e}"));
-    let results = scratch.0.join("results");
+    system::build(scratch.path(), &[(&name, recipe)]).unwrap_or_else(|e| panic!("{e}"));
+    let results = scratch.path().join("results");
     let out = hostd()
         .env("VIRTBENCH_ACCEL", "tcg")
         .args(["boot", "--backend", backend, "-n", "2", "--modes", "cold,hot", "--system"])

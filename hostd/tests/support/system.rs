@@ -5,7 +5,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The busybox every test system carries.
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -52,20 +52,11 @@ pub fn build(dir: &Path, recipes: &[(&str, String)]) -> Result<(), String> {
     imagegen::build(&cfg, &names, &()).map(|_| ()).map_err(|e| format!("building {names:?}: {e}"))
 }
 
-/// A scratch directory for building test systems, removed when dropped.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    /// `/var/tmp/<tag>-<pid>`, empty.
-    pub fn new(tag: &str) -> Self {
-        let dir = PathBuf::from(format!("/var/tmp/{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory for building test systems under /var/tmp (imagegen imports the
+/// tree from there), removed when dropped.
+pub fn scratch(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{tag}-"))
+        .tempdir_in("/var/tmp")
+        .unwrap_or_else(|e| panic!("a scratch directory in /var/tmp: {e}"))
 }
