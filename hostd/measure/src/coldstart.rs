@@ -102,6 +102,8 @@ pub enum ColdError {
     NoProgram(String),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("cp -a {} {}: {stderr}", src.display(), dst.display())]
+    CopyTree { src: PathBuf, dst: PathBuf, stderr: String },
     #[error("{}: {what} cannot be copied (only files, directories and symbolic links)", path.display())]
     Special { path: PathBuf, what: &'static str },
     #[error("per-guest image copies need a disk-backed file system, and {} is tmpfs (its pages cannot leave the page cache)", .0.display())]
@@ -342,13 +344,10 @@ fn copy_system_tree(src: &Path, dst: &Path) -> Result<(), ColdError> {
         .output()
         .map_err(io(dst))?;
     if !out.status.success() {
-        return Err(ColdError::Io {
-            path: dst.into(),
-            source: std::io::Error::other(format!(
-                "cp -a {}: {}",
-                src.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
+        return Err(ColdError::CopyTree {
+            src: src.into(),
+            dst: dst.into(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
     let dir = std::fs::File::open(dst).map_err(io(dst))?;
