@@ -210,7 +210,33 @@ pub(crate) fn dry_run_lines(
             p.workloads.params(vb_protocol::bench::Resource::Disk),
         ));
     }
+    // Users' commands, with the backends that run them (an override's workloads may differ).
     let plans = c.resolved_plans(host.llc);
+    let mut commands: Vec<(&hostd::suite::command::UserCommand, Vec<String>)> = Vec::new();
+    for p in &plans {
+        for cmd in &p.workloads.commands {
+            match commands.iter_mut().find(|(c, _)| c == &cmd) {
+                Some((_, backends)) => backends.push(p.kind.to_string()),
+                None => commands.push((cmd, vec![p.kind.to_string()])),
+            }
+        }
+    }
+    for (cmd, backends) in &commands {
+        v.push(format!(
+            "user workload {}: {} (timeout {} s{}{}) natively and in guests of {}: overhead and linearity at the overhead sizes, its time taken by the agent; the estimate assumes {} s a run",
+            cmd.name,
+            cmd.line(),
+            cmd.timeout_s,
+            cmd.cwd.as_ref().map(|d| format!(", cwd {d}")).unwrap_or_default(),
+            if cmd.env.is_empty() {
+                String::new()
+            } else {
+                format!(", env {}", cmd.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+            },
+            backends.join(", "),
+            hostd::estimate::COMMAND_RUN_S,
+        ));
+    }
     let lab = runner::xen_in_lab(c) && plans.iter().any(|p| p.kind == BackendKind::Xen);
     let work = runner::planned_work(c, &plans, lab);
     v.push(format!(

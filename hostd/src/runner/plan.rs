@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use vb_protocol::bench::Resource;
 
-use super::{host_baseline, step_key, Pass};
+use super::{command_key, host_baseline, own_commands, step_key, Pass};
 use crate::backend::BackendKind;
 use crate::campaign::{BackendPlan, Campaign};
 use crate::startup::StartMode;
@@ -29,6 +29,9 @@ pub enum Work {
     Bench { backend: BackendKind, test: Test, resource: Resource, busy: usize, params: String },
     /// One step of the emulated network's accuracy: `n` guests measuring the network at once.
     Netem { backend: BackendKind, n: usize },
+    /// One step of a user's command (`[[workloads.commands]]`): `warmup + reps` runs with
+    /// `busy` copies at once (overhead: 1; linearity: n), each up to `timeout_s`.
+    Command { backend: BackendKind, test: Test, name: String, busy: usize, timeout_s: u64 },
 }
 
 impl Work {
@@ -123,7 +126,10 @@ fn plan_overhead_and_linearity(
         .copied()
         .filter(|n| pass.overhead_sizes.as_ref().is_none_or(|o| o.contains(n)))
         .collect();
-    for (resources, sizes) in [(others, &plan.overhead_sizes), (memory, &memory_sizes)] {
+    let commands = own_commands(plan, pass);
+    for (resources, commands, sizes) in
+        [(others, commands, &plan.overhead_sizes), (memory, &[][..], &memory_sizes)]
+    {
         let mut steps = Vec::new();
         for &n in sizes {
             for &r in &resources {
@@ -132,6 +138,20 @@ fn plan_overhead_and_linearity(
                     if done.insert(step_key(plan, name, n, r, &pass.suffix)) {
                         let (backend, params) = (plan.kind, plan.workloads.params(r));
                         steps.push(Work::Bench { backend, test, resource: r, busy, params });
+                    }
+                }
+            }
+            for c in commands {
+                for (test, busy) in [(Test::Overhead, 1), (Test::Linearity, n)] {
+                    let name = if test == Test::Overhead { "overhead" } else { "linearity" };
+                    if done.insert(command_key(plan, name, n, c)) {
+                        steps.push(Work::Command {
+                            backend: plan.kind,
+                            test,
+                            name: c.name.clone(),
+                            busy,
+                            timeout_s: c.timeout_s,
+                        });
                     }
                 }
             }
@@ -176,7 +196,7 @@ impl Boots {
                     b.labs += 1;
                     b.lab_guests += n;
                 }
-                Work::Bench { .. } | Work::Netem { .. } => {}
+                Work::Bench { .. } | Work::Netem { .. } | Work::Command { .. } => {}
             }
         }
         b

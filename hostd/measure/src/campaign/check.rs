@@ -288,5 +288,7 @@ fn check_workloads(field: &str, w: &Workloads) -> Result<(), CheckError> {
         p.validate().map_err(|why| CheckError::Field { field: field.into(), why })?;
     }
     limits::DISK_MIB.field(&format!("{field}.disk_mib"), w.disk_mib)?;
+    crate::suite::command::check_all(field, &w.commands)
+        .map_err(|(field, why)| CheckError::Field { field, why })?;
     Ok(())
 }
