@@ -388,10 +388,10 @@ pub(super) fn commands_html(rep: &Report) -> Markup {
             @for c in &rep.commands {
                 h3 { (c.name) " on " (c.backend) }
                 p { "command: " code { (c.command) } }
-                table {
+                @if c.baseline.is_some() || !c.overhead.is_empty() || !c.linearity.is_empty() { table {
                     tr {
                         th { "test" } th { "n" } th { "mean (s)" } th { "std dev (s)" } th { "min–max (s)" }
-                        th { "repetitions" } th { "O_vn (s)" } th { "slowest (s)" } th { "reference (s)" }
+                        th { "runs (repetitions × busy guests)" } th { "O_vn (s)" } th { "slowest (s)" } th { "reference (s)" }
                     }
                     @if let Some(b) = &c.baseline {
                         tr {
@@ -413,10 +413,10 @@ pub(super) fn commands_html(rep: &Report) -> Markup {
                             td { "" } td { (format!("{:.4}", p.worst)) } td { (opt(p.reference, 4)) }
                         }
                     }
-                }
+                } }
                 p {
                     (c.runs) " counted runs, " (c.failed) " failed"
-                    @if c.baseline.is_none() && c.backend != BackendKind::Native { "; no native run of this command: no O_vn" }
+                    @if c.baseline.is_none() { "; no successful native run of this command at n = 1 (T_a): no O_vn" }
                     "."
                 }
                 @if !c.failures.is_empty() {

@@ -156,7 +156,8 @@ fn point_rows(rep: &Report) -> Vec<Vec<String>> {
     // Users' commands: the "resource" column holds `command:NAME`.
     for c in &rep.commands {
         let (b, res) = (c.backend.to_string(), format!("command:{}", c.name));
-        if let Some(v) = &c.baseline {
+        // T_a once, on native's rows (every backend's result carries it).
+        if let Some(v) = c.baseline.as_ref().filter(|_| c.backend == BackendKind::Native) {
             let at = At { section: "baseline", backend: &b, resource: &res, n: 1, metric: "value" };
             rows.push(stat_row(at, v));
         }
