@@ -1,9 +1,10 @@
 //! A user's command as a campaign workload (`[[workloads.commands]]`): a tiny campaign with
-//! commands on native, ns and uml, the report showing them beside the microbenchmarks, a
-//! failing command recorded as failed runs with their reason, and the dry run listing them.
-//! The default guest image holds nothing but the agent, so the guests boot the test system
-//! (this host's static busybox, `hostd-test-system`, as tests/rootdisk.rs builds it) and
-//! native runs the same /bin/busybox on the host. Needs root and the images.
+//! commands on native, ns, uml and qemu-microvm (TCG here: about 20 s), the report showing
+//! them beside the microbenchmarks, a failing and a missing command recorded as failed runs
+//! with their reason, and the dry run listing them. The default guest image holds nothing
+//! but the agent, so the guests boot the test system (this host's static busybox,
+//! `hostd-test-system`, as tests/rootdisk.rs builds it) and native runs the same
+//! /bin/busybox on the host. Needs root and the images.
 
 mod support {
     pub mod cli;
@@ -13,7 +14,7 @@ mod support {
 
 use std::path::{Path, PathBuf};
 
-use support::cli::{hostd, serial, text};
+use support::cli::{hostd, hostd_tcg, serial, text};
 
 const SYSTEM: &str = "hostd-test-system";
 
@@ -102,10 +103,10 @@ fn user_command_is_measured_natively_and_in_guests_beside_the_microbenchmarks() 
     test_system().unwrap_or_else(|e| panic!("building {SYSTEM}: {e}"));
     let dir = tempfile::tempdir().unwrap();
     let camp = dir.path().join("c.toml");
-    std::fs::write(&camp, campaign("\"native\", \"ns\", \"uml\"")).unwrap();
+    std::fs::write(&camp, campaign("\"native\", \"ns\", \"uml\", \"qemu-microvm\"")).unwrap();
     let res = dir.path().join("results");
     let t0 = std::time::Instant::now();
-    let out = hostd()
+    let out = hostd_tcg()
         .arg("run")
         .arg(&camp)
         .args(["--system", SYSTEM, "--results"])
@@ -129,7 +130,7 @@ fn user_command_is_measured_natively_and_in_guests_beside_the_microbenchmarks() 
             .filter(|r| r["record"] == "command" && r["backend"] == backend && r["name"] == name)
             .collect()
     };
-    for b in ["native", "ns", "uml"] {
+    for b in ["native", "ns", "uml", "qemu-microvm"] {
         let spin = runs(b, "spin");
         // reps 2 × (overhead at n = 1 and 2: one guest; linearity: n guests) = 2 × (1+1+1+2).
         assert_eq!(spin.len(), 10, "{b}: {spin:#?}");
@@ -165,7 +166,7 @@ fn user_command_is_measured_natively_and_in_guests_beside_the_microbenchmarks() 
             .unwrap_or_else(|| panic!("no {backend}/{name} in {}", report["commands"]))
             .clone()
     };
-    for b in ["ns", "uml"] {
+    for b in ["ns", "uml", "qemu-microvm"] {
         let spin = result(b, "spin");
         assert!(spin["baseline"]["mean"].as_f64().unwrap() > 0.0, "{spin}");
         assert_eq!(spin["overhead"].as_array().unwrap().len(), 2, "{spin}");
