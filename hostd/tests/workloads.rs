@@ -185,6 +185,11 @@ fn user_command_is_measured_natively_and_in_guests_beside_the_microbenchmarks() 
     assert!(micro < user && user < html.find("<h2>Figures").unwrap(), "out of place");
     assert!(html.contains("spin on uml") && html.contains("i=0; while [ $i -lt 20000 ]"));
     assert!(html.contains("exit status 3; stderr ends: it broke"));
+    // Its figures, as the microbenchmarks' Figs. 2–9; none for a command that never ran.
+    for f in ["user_spin_overhead.svg", "user_spin_linearity.svg"] {
+        assert!(run.join("figures").join(f).is_file() && html.contains(&format!("figures/{f}")));
+    }
+    assert!(!run.join("figures/user_broken_overhead.svg").exists());
     let csv = std::fs::read_to_string(run.join("report.csv")).unwrap();
     assert!(csv.lines().any(|l| l.starts_with("overhead,ns,command:spin,1,value,")), "{csv}");
     assert!(csv.lines().any(|l| l.starts_with("overhead,ns,cpu,1,value,")), "{csv}");

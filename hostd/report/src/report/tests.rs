@@ -185,7 +185,10 @@ fn user_workloads_are_reported_beside_the_microbenchmarks() {
     let ns = rep.commands.iter().find(|c| c.backend == BackendKind::Ns).unwrap();
     assert_eq!((ns.overhead[0].overhead, ns.runs, ns.failed), (Some(0.5), 2, 1));
     assert_eq!(rep.data_points(), 2 + 3, "two bench samples, three command runs");
-    let html = html_page(&rep, &[]);
+    let figs = figures(&rep);
+    let names: Vec<&str> = figs.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert!(names.contains(&"user_build_overhead.svg"), "{names:?}");
+    let html = html_page(&rep, &figs);
     let (micro, user) = (html.find("Overhead O_v").unwrap(), html.find("User workloads").unwrap());
     assert!(micro < user, "after the microbenchmarks' overhead");
     assert!(
