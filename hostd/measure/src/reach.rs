@@ -18,6 +18,13 @@ use crate::netlab::{bridge_of, PORTS_PER_BRIDGE};
 
 /// How long one guest's connection to its neighbour may take.
 const CONNECT: Duration = Duration::from_secs(3);
+/// A connection that failed is tried once more, after the pass, with this long. On this
+/// 2-core host, in three runs of 1100 ns guests on two bridges, 5–7 connections of one
+/// stretch of the pass (sources g509–g533) timed out at 3 s while their neighbours answered
+/// every other guest, and each succeeded on the retry (most at once, some after one SYN
+/// retransmission); the cause is not found. A single miss is therefore not proof of a
+/// missing path; one that fails twice is reported, and the retries are counted.
+const RETRY_CONNECT: Duration = Duration::from_secs(10);
 /// The check stops after this many failed connections (each may take [`CONNECT`]): the
 /// answer is already "not every guest", and thousands of timeouts would take hours.
 const GIVE_UP_AFTER: usize = 10;
@@ -32,6 +39,9 @@ pub struct Reach {
     pub checked: usize,
     /// Of which reached their neighbour.
     pub reached: usize,
+    /// Of the reached, those that did only on the second try ([`RETRY_CONNECT`]).
+    #[serde(default)]
+    pub on_retry: usize,
     /// Of the checked, those whose neighbour sat on another bridge.
     pub across_bridges: usize,
     /// The first few failures, in words.
@@ -99,21 +109,32 @@ pub async fn check(fleet: &Fleet) -> Reach {
         let mut out = Vec::new();
         let mut failed = 0;
         for (pid, to, across, what) in plan {
-            let r = connect_from(pid, to);
+            let r = connect_from(pid, to, CONNECT);
             failed += usize::from(r.is_err());
-            out.push((across, what, r));
+            out.push((across, what, r.map(|()| false), pid, to));
             if failed >= GIVE_UP_AFTER {
                 break;
+            }
+        }
+        for (_, what, r, pid, to) in &mut out {
+            if let Err(e) = r {
+                tracing::info!("reach: {what}: {e}; trying once more");
+                if let Ok(()) = connect_from(*pid, *to, RETRY_CONNECT) {
+                    *r = Ok(true);
+                }
             }
         }
         let _ = tx.send(out);
     });
     let outcome = rx.await.unwrap_or_default();
-    for (across, what, res) in outcome {
+    for (across, what, res, _, _) in outcome {
         r.checked += 1;
         r.across_bridges += usize::from(across);
         match res {
-            Ok(()) => r.reached += 1,
+            Ok(retried) => {
+                r.reached += 1;
+                r.on_retry += usize::from(retried);
+            }
             Err(e) if r.failures.len() < 5 => r.failures.push(format!("{what}: {e}")),
             Err(_) => {}
         }
@@ -134,13 +155,13 @@ pub async fn check(fleet: &Fleet) -> Reach {
 
 /// From `pid`'s network namespace, a TCP connection to `to`. Runs on a thread that may be
 /// left in that namespace.
-fn connect_from(pid: u32, to: Option<SocketAddr>) -> Result<(), String> {
+fn connect_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<(), String> {
     let to = to.ok_or("the neighbour did not serve")?;
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|e| format!("guest process {pid}'s network namespace: {e}"))?;
     nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| format!("entering guest process {pid}'s network namespace: {e}"))?;
-    TcpStream::connect_timeout(&to, CONNECT).map(drop).map_err(|e| format!("connect {to}: {e}"))
+    TcpStream::connect_timeout(&to, timeout).map(drop).map_err(|e| format!("connect {to}: {e}"))
 }
 
 impl Reach {
@@ -155,6 +176,14 @@ impl Reach {
             "{} of {} guests reached their neighbour ({} of them across bridges)",
             self.reached, self.checked, self.across_bridges
         );
+        if self.on_retry > 0 {
+            s.push_str(&format!(
+                "; {} only on a second try ({} s timeout after a {} s one)",
+                self.on_retry,
+                RETRY_CONNECT.as_secs(),
+                CONNECT.as_secs()
+            ));
+        }
         if !self.failures.is_empty() {
             s.push_str(&format!("; first failures: {}", self.failures.join("; ")));
         }
