@@ -297,6 +297,48 @@ mod tests {
         assert_eq!(planned_steps(&c, &plans, false), 3 * 5 + 2);
     }
 
+    /// Users' commands are overhead and linearity steps of the resources' fleet (started
+    /// for them alone when the campaign measures only memory); an override's command of the
+    /// same name but another argv gets its own host baseline steps.
+    #[test]
+    fn user_commands_are_planned_in_the_suite_fleet_and_the_host_baseline() {
+        let cmd =
+            |argv: &str| format!("[[workloads.commands]]\nname = \"w\"\nargv = [\"{argv}\"]\n");
+        let c = campaign(&format!(
+            "backends = [\"native\", \"uml\"]\nresources = [\"memory\"]\n\
+             [startup]\nsizes = [1]\nmodes = [\"hot\"]\n[overhead]\nsizes = [1]\n\
+             [isolation]\nenabled = false\n[ring]\nguests = 0\n{}[overrides.uml.workloads]\n{}",
+            cmd("/bin/true"),
+            cmd("/bin/false").replace("workloads.commands", "overrides.uml.workloads.commands"),
+        ));
+        c.check().unwrap();
+        let plans = c.resolved_plans(None);
+        let work = planned_work(&c, &plans, false);
+        let commands = |b: BackendKind| {
+            work.iter()
+                .filter(|w| matches!(w, Work::Command { backend, .. } if *backend == b))
+                .count()
+        };
+        // native: its own command, and uml's other one as uml's host baseline; uml: its own.
+        assert_eq!((commands(BackendKind::Native), commands(BackendKind::Uml)), (4, 2));
+        assert!(work.contains(&Work::Command {
+            backend: BackendKind::Uml,
+            test: Test::Linearity,
+            name: "w".into(),
+            busy: 1,
+            timeout_s: 600,
+        }));
+        // Each backend: startup 1 + memory 2 + command 2; the baseline's command 2 (its
+        // memory workload is native's own: done once).
+        assert_eq!(planned_steps(&c, &plans, false), 2 * 5 + 2);
+        // Each backend: startup 1, the commands' fleet 1 and the memory fleet 1, each with a
+        // peer; the baseline: the commands' fleet.
+        assert_eq!(
+            Boots::of(&work),
+            Boots { guests: 2 * 3 + 1, peers: 2 * 2 + 1, labs: 0, lab_guests: 0 }
+        );
+    }
+
     /// The Xen lab makes one step (a cold start, its CPU benchmark inside) per startup
     /// size up to xen.lab_max_guests, and no suite: the bar's N counts that, not the
     /// suite a Xen host would run.

@@ -89,9 +89,10 @@ pub(super) fn own_commands<'p>(plan: &'p BackendPlan, pass: &Pass) -> &'p [UserC
     }
 }
 
-/// A user command's overhead or linearity step key: backend, test, n, the workload's name.
+/// A user command's overhead or linearity step key: backend, test, n, the workload's name
+/// and what it runs (an override's command of the same name is another step).
 pub(super) fn command_key(plan: &BackendPlan, test: &str, n: usize, c: &UserCommand) -> String {
-    format!("{}/{test}/n={n}/command/{}", plan.kind, c.name)
+    format!("{}/{test}/n={n}/command/{}/{}", plan.kind, c.name, c.digest())
 }
 
 #[allow(clippy::too_many_arguments)]

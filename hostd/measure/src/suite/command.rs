@@ -67,6 +67,14 @@ impl UserCommand {
         }
     }
 
+    /// A short digest of what the command runs (argv, env, cwd, timeout): in its step keys,
+    /// so that another command under the same name (an override's) is its own step.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let json = serde_json::to_string(self).unwrap_or_default();
+        hex::encode(&Sha256::digest(json.as_bytes())[..4])
+    }
+
     /// The command line as recorded and shown: each argument quoted where it needs it.
     pub fn line(&self) -> String {
         command_line(&self.argv)
@@ -456,6 +464,9 @@ mod tests {
                 .unwrap();
         assert_eq!(c[0].timeout_s, DEFAULT_TIMEOUT_S);
         assert_eq!(c[0].line(), r#"/bin/sh -c 'echo '\''a b'\'''"#);
+        assert_eq!(c[0].digest().len(), 8);
+        let other = UserCommand { argv: vec!["true".into()], ..c[0].clone() };
+        assert_ne!(c[0].digest(), other.digest());
         let r = c[0].request();
         assert_eq!((r.timeout_ms, r.output_max, r.env.len()), (600_000, OUTPUT_MAX, 0));
         let c = cmd("[[commands]]\nname = \"x\"\nargv = [\"true\"]\ntimeout_s = 5\ncwd = \"/tmp\"\nenv = { LC_ALL = \"C\", N = \"3\" }\n").unwrap();
