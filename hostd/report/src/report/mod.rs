@@ -224,9 +224,16 @@ impl Report {
             }
             for p in &c.overhead {
                 stat(&format!("{at} overhead n={}", p.n), &p.value, &mut f);
+                if let Some(o) = p.overhead {
+                    f(&|| format!("{at} overhead n={} O_v", p.n), o);
+                }
             }
             for p in &c.linearity {
                 stat(&format!("{at} linearity n={}", p.n), &p.value, &mut f);
+                f(&|| format!("{at} linearity n={} worst", p.n), p.worst);
+                if let Some(r) = p.reference {
+                    f(&|| format!("{at} linearity n={} reference", p.n), r);
+                }
             }
         }
         for (b, r) in &self.ring {

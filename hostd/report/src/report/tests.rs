@@ -206,3 +206,41 @@ fn user_workloads_are_reported_beside_the_microbenchmarks() {
     old.as_object_mut().unwrap().remove("commands");
     assert!(serde_json::from_value::<Report>(old).unwrap().commands.is_empty());
 }
+
+/// Command records at the edges of what the reader takes in (times of 0 and a week, no
+/// CPUs recorded or 0, a fleet at the limit) give no figure that is not a finite number;
+/// records outside physical sense never get that far.
+#[test]
+fn user_workloads_at_the_edges_give_finite_figures() {
+    use crate::suite::command::CommandSample;
+    let at = |b: BackendKind, test: Test, n: usize, t: f64, cpus: Option<usize>| {
+        Record::Command(CommandSample {
+            backend: b,
+            test,
+            name: "w".into(),
+            argv: vec!["x".into()],
+            n,
+            rep: 0,
+            guest: 0,
+            elapsed_s: Some(t),
+            host_s: t,
+            failure: None,
+            cpus,
+            vcpus: None,
+            provenance: String::new(),
+        })
+    };
+    let week = crate::samples::MAX_SECONDS;
+    let records = vec![
+        at(BackendKind::Native, Test::Overhead, 1, 0.0, Some(0)),
+        at(BackendKind::Native, Test::Linearity, 25_000, week, None),
+        at(BackendKind::Ns, Test::Overhead, 1, week, Some(usize::MAX)),
+        at(BackendKind::Ns, Test::Linearity, 1, 0.0, Some(0)),
+        at(BackendKind::Ns, Test::Linearity, 25_000, week, Some(1)),
+    ];
+    assert!(records.iter().all(|r| r.implausible().is_none()));
+    let rep =
+        build_from(Samples { records, unreadable: 0, implausible: 0, rejected: Vec::new() }, None);
+    assert_eq!(rep.commands.len(), 2);
+    assert!(rep.non_finite().is_empty(), "{:?}", rep.non_finite());
+}
