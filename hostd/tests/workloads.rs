@@ -2,9 +2,9 @@
 //! commands on native, ns, uml and qemu-microvm (TCG here: about 20 s), the report showing
 //! them beside the microbenchmarks, a failing and a missing command recorded as failed runs
 //! with their reason, and the dry run listing them. The default guest image holds nothing
-//! but the agent, so the guests boot the test system (this host's static busybox,
-//! `hostd-test-system`, as tests/rootdisk.rs builds it) and native runs the same
-//! /bin/busybox on the host. Needs root and the images.
+//! but the agent, so the guests boot the test system the campaign names (`guest.system`:
+//! this host's static busybox, `hostd-test-system`, as tests/rootdisk.rs builds it) and
+//! native runs the same /bin/busybox on the host. Needs root and the images.
 
 mod support {
     pub mod cli;
@@ -28,6 +28,7 @@ fn campaign(backends: &str) -> String {
          resources = [\"cpu\"]\n\
          reps = 2\n\
          warmup = 0\n\
+         [guest]\nsystem = \"{SYSTEM}\"\n\
          [startup]\nsizes = [1]\nmodes = [\"hot\"]\nsettle_s = 0\n\
          [overhead]\nsizes = [1, 2]\n\
          [isolation]\nenabled = false\n\
@@ -71,6 +72,7 @@ fn dry_run_lists_user_workloads_and_bad_ones_are_refused() {
         "{t}"
     );
     assert!(t.contains("user workload missing: /no/such/program"), "{t}");
+    assert!(t.contains(&format!("guests boot the system image {SYSTEM} (init: agent")), "{t}");
     let res = dir.path().join("results");
     for (body, field) in [
         ("[[workloads.commands]]\nname = \"x\"\nargv = []\n", "workloads.commands[0].argv"),
@@ -80,6 +82,8 @@ fn dry_run_lists_user_workloads_and_bad_ones_are_refused() {
             "workloads.commands[1].name",
         ),
         ("[[workloads.commands]]\nname = \"x\"\nargv = [\"true\"]\ntimeout_s = 100000\n", "workloads.commands[0].timeout_s"),
+        ("[guest]\ninit = \"image\"\n", "guest.init"),
+        ("[guest]\nsystem = \"no-such-system-recipe\"\n", "guest.system"),
     ] {
         std::fs::write(&p, body).unwrap();
         let out = hostd().arg("run").arg(&p).arg("--results").arg(&res).output().unwrap();
@@ -106,13 +110,8 @@ fn user_command_is_measured_natively_and_in_guests_beside_the_microbenchmarks() 
     std::fs::write(&camp, campaign("\"native\", \"ns\", \"uml\", \"qemu-microvm\"")).unwrap();
     let res = dir.path().join("results");
     let t0 = std::time::Instant::now();
-    let out = hostd_tcg()
-        .arg("run")
-        .arg(&camp)
-        .args(["--system", SYSTEM, "--results"])
-        .arg(&res)
-        .output()
-        .unwrap();
+    // The campaign names the system its guests boot (`guest.system`).
+    let out = hostd_tcg().arg("run").arg(&camp).arg("--results").arg(&res).output().unwrap();
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     eprintln!("the campaign took {:.0} s", t0.elapsed().as_secs_f64());

@@ -208,3 +208,16 @@ fn user_commands_are_workloads_checked_with_the_campaign() {
     let e = parse("[overrides.ns.workloads]\n[[overrides.ns.workloads.commands]]\nname = \"x\"\nargv = [\"true\"]\ntimeout_s = 0\n").unwrap_err();
     assert!(e.contains("field `overrides.ns.workloads.commands[0].timeout_s`"), "{e}");
 }
+
+#[test]
+fn a_campaign_may_name_the_system_its_guests_boot() {
+    let c = parse("[guest]\nsystem = \"debian-bookworm\"\ninit = \"image\"\n").unwrap();
+    assert_eq!(c.guest.system.as_deref(), Some("debian-bookworm"));
+    let back: Campaign = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+    assert!(parse("[guest]\ninit = \"image\"\n").unwrap_err().contains("field `guest.init`"));
+    assert!(parse("[guest]\nsystem = \"../x\"\n").unwrap_err().contains("field `guest.system`"));
+    assert!(parse("[guest]\nsystem = \"\"\n").unwrap_err().contains("field `guest.system`"));
+    // Without one, the stored campaign says nothing of it.
+    assert!(!toml::to_string(&parse("").unwrap()).unwrap().contains("system"));
+}
