@@ -719,4 +719,140 @@ mod tests {
         assert!(pinged, "guest 0 on the root bridge did not reach guest 1500 on a leaf");
         assert!(matches!(too_many, Err(NetError::TooMany(_))), "{too_many:?}");
     }
+
+    /// Emulated hosts for the tests: network namespaces `<name>h<i>` whose `eth0` has
+    /// 10.250.0.(11+i)/24, all on bridge `br0` of namespace `<name>f` (the fabric). Every
+    /// address exists only in these namespaces; all are removed on drop.
+    pub(crate) struct Hosts {
+        pub(crate) names: Vec<String>,
+        fabric: String,
+    }
+
+    impl Hosts {
+        pub(crate) fn new(name: &str, k: u8) -> Hosts {
+            let fabric = format!("{name}f");
+            let names: Vec<String> = (0..k).map(|i| format!("{name}h{i}")).collect();
+            let h = Hosts { names, fabric };
+            ip(&["netns", "add", &h.fabric]).unwrap();
+            ip(&["-n", &h.fabric, "link", "add", "br0", "type", "bridge"]).unwrap();
+            ip(&["-n", &h.fabric, "link", "set", "br0", "up"]).unwrap();
+            for (i, n) in h.names.iter().enumerate() {
+                ip(&["netns", "add", n]).unwrap();
+                let port = format!("p{i}");
+                ip(&[
+                    "-n", n, "link", "add", "eth0", "type", "veth", "peer", &port, "netns",
+                    &h.fabric,
+                ])
+                .unwrap();
+                ip(&["-n", &h.fabric, "link", "set", &port, "master", "br0", "up"]).unwrap();
+                ip(&["-n", n, "addr", "add", &format!("{}/24", Self::addr(i)), "dev", "eth0"])
+                    .unwrap();
+                ip(&["-n", n, "link", "set", "eth0", "up"]).unwrap();
+            }
+            h
+        }
+
+        pub(crate) fn addr(i: usize) -> Ipv4Addr {
+            Ipv4Addr::new(10, 250, 0, 11 + i as u8)
+        }
+
+        /// Host `slot`'s plan in a fleet over all of them.
+        pub(crate) fn plan(&self, slot: usize, vni: u32) -> HostPlan {
+            HostPlan {
+                slot: slot as u16,
+                hosts: self.names.len() as u16,
+                vni,
+                local: Self::addr(slot),
+                underlay_dev: "eth0".into(),
+                peers: (0..self.names.len()).filter(|&h| h != slot).map(Self::addr).collect(),
+            }
+        }
+
+        /// `f` on a thread inside host `i`'s network namespace.
+        pub(crate) fn on<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> T {
+            let path = PathBuf::from(crate::rtnl::NETNS_DIR).join(&self.names[i]);
+            crate::rtnl::in_netns(&path, || Ok(f())).unwrap()
+        }
+    }
+
+    impl Drop for Hosts {
+        fn drop(&mut self) {
+            for n in self.names.iter().chain([&self.fabric]) {
+                let _ = ip(&["netns", "del", n]);
+            }
+        }
+    }
+
+    /// Needs root: three hosts' fleet networks on one VXLAN segment: each bridge with its
+    /// slot's MAC, address and the VXLAN's MTU, the VXLAN's socket on the host's underlay,
+    /// one forwarding entry per peer; the bridges reach each other with full-size frames
+    /// that may not be fragmented; a plan the kernel refuses leaves nothing behind.
+    #[test]
+    fn fleet_networks_of_three_hosts_form_one_segment_over_vxlan() {
+        if !hostd_test_support::unless_root(None, "network namespaces need root") {
+            return;
+        }
+        let id = std::process::id();
+        let hosts = Hosts::new(&format!("vbvx{id}"), 3);
+        let vni = 100_000 + id % 1000;
+        let nets: Vec<FleetNet> = (0..3)
+            .map(|i| {
+                let plan = hosts.plan(i, vni);
+                hosts.on(i, || FleetNet::create_on_host(&format!("vx{id}-{i}"), &plan)).unwrap()
+            })
+            .collect();
+        let show = |ns: &str, args: &[&str]| {
+            let out = Command::new(args[0]).args(["-n", ns]).args(&args[1..]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let r = std::panic::catch_unwind(|| {
+            for (i, net) in nets.iter().enumerate() {
+                assert_eq!((net.slot, net.mtu), (i as u16, Some(1450)));
+                let mac = host_bridge_mac(i as u16).unwrap().map(|b| format!("{b:02x}")).join(":");
+                let br = show(&net.netns, &["ip", "-d", "link", "show", BRIDGE]);
+                assert!(br.contains(&mac) && br.contains("mtu 1450"), "{br}");
+                let a = show(&net.netns, &["ip", "-4", "addr", "show", BRIDGE]);
+                assert!(a.contains(&format!("{}/16", net.bridge_addr().unwrap())), "{a}");
+                let vx = show(&net.netns, &["ip", "-d", "link", "show", VXLAN_DEV]);
+                assert!(vx.contains(&format!("master {BRIDGE}")) && vx.contains(",UP"), "{vx}");
+                assert!(vx.contains(&format!("vxlan id {vni} local {}", Hosts::addr(i))), "{vx}");
+                assert!(vx.contains("dstport 4789") && vx.contains("nolearning"), "{vx}");
+                assert!(vx.contains(&format!("link-netns {}", hosts.names[i])), "{vx}");
+                let fdb = show(&net.netns, &["bridge", "fdb", "show", "dev", VXLAN_DEV]);
+                for j in (0..3).filter(|&j| j != i) {
+                    let e = format!("00:00:00:00:00:00 dst {} ", Hosts::addr(j));
+                    let line = fdb.lines().find(|l| l.starts_with(&e));
+                    assert!(line.is_some_and(|l| l.ends_with("self permanent")), "host {i}: {fdb}");
+                }
+                // Nothing of the fleet in the host's own namespace.
+                let h = show(&hosts.names[i], &["ip", "-o", "link", "show"]);
+                assert!(!h.contains("vxlan") && !h.contains(VXLAN_DEV), "{h}");
+                for (j, other) in nets.iter().enumerate().filter(|(j, _)| *j != i) {
+                    let to = other.bridge_addr().unwrap().to_string();
+                    // 1422 bytes of payload + 28 of headers: a 1450-byte packet, DF set.
+                    let out = Command::new("ip")
+                        .args(["netns", "exec", &net.netns, "ping", "-c", "1", "-W", "5"])
+                        .args(["-M", "do", "-s", "1422", &to])
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "host {i} → host {j} ({to}): {out:?}");
+                }
+            }
+        });
+        for n in &nets {
+            n.destroy().unwrap();
+        }
+        if let Err(e) = r {
+            std::panic::resume_unwind(e);
+        }
+        // The kernel refuses a device that is not there: nothing is left.
+        let bad = HostPlan { underlay_dev: "nosuchdev".into(), ..hosts.plan(0, vni + 1) };
+        let run = format!("vx{id}-bad");
+        let e = hosts.on(0, || FleetNet::create_on_host(&run, &bad)).unwrap_err();
+        assert!(e.to_string().contains("type vxlan") && e.to_string().contains("nosuchdev"), "{e}");
+        assert!(!FleetNet::named(FleetNet::name_of(&run)).path().exists());
+        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let list = String::from_utf8_lossy(&list.stdout);
+        assert!(!list.contains(&format!("vb-vx{id}-")), "{list}");
+    }
 }
