@@ -255,10 +255,8 @@ impl Backend for Firecracker {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        let (kernel, initramfs) = self.images().map_err(|reason| LaunchError::Prepare {
-            what: "firecracker images".into(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
-        })?;
+        let (kernel, initramfs) =
+            self.images().map_err(|reason| prepare("firecracker images", reason))?;
         launch_firecracker(&self.bin, kernel, initramfs, spec, self.system.as_ref()).await
     }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::launch::{run_tool, LaunchGuard};
-use super::{prepare, LaunchError, Resource};
+use super::{prepare, LaunchError, PrepareError, Resource};
 
 /// How long making a guest's root disk (an overlay, a sparse copy) may take.
 const DISK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -112,9 +112,9 @@ impl System {
             self.ext4.as_os_str(),
             overlay.as_os_str(),
         ];
-        run_tool("qemu-img", &args, DISK_TIMEOUT).await.map_err(|e| {
-            prepare(format!("the root disk overlay {}", overlay.display()), io::Error::other(e))
-        })?;
+        run_tool("qemu-img", &args, DISK_TIMEOUT)
+            .await
+            .map_err(|e| prepare(format!("the root disk overlay {}", overlay.display()), e))?;
         Ok((overlay, "qcow2"))
     }
 
@@ -132,9 +132,9 @@ impl System {
             self.ext4.as_os_str(),
             copy.as_os_str(),
         ];
-        run_tool("cp", &args, DISK_TIMEOUT).await.map_err(|e| {
-            prepare(format!("copying the root image to {}", copy.display()), io::Error::other(e))
-        })?;
+        run_tool("cp", &args, DISK_TIMEOUT)
+            .await
+            .map_err(|e| prepare(format!("copying the root image to {}", copy.display()), e))?;
         Ok(copy)
     }
 
@@ -187,9 +187,8 @@ impl System {
             if s.contains([',', ':', '\\']) {
                 return Err(prepare(
                     format!("overlay layer {s}"),
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "a path with ',', ':' or '\\' cannot be an overlayfs option",
+                    PrepareError::Invalid(
+                        "a path with ',', ':' or '\\' cannot be an overlayfs option".into(),
                     ),
                 ));
             }
@@ -207,7 +206,9 @@ impl System {
             nix::mount::MsFlags::empty(),
             Some(data.as_str()),
         )
-        .map_err(|e| prepare(format!("overlayfs on {} ({data})", merged.display()), e.into()))?;
+        .map_err(|e| {
+            prepare(format!("overlayfs on {} ({data})", merged.display()), io::Error::from(e))
+        })?;
         guard.hold(Resource::Mount { path: merged.clone() });
         Ok(merged)
     }

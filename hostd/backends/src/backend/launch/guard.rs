@@ -67,8 +67,8 @@ impl LaunchGuard {
     /// The guest's console: a pipe hostd reads into the capped log at `path` (see
     /// `crate::console`). Returns the pipe's write end for the guest's program.
     pub fn console(&mut self, path: &Path) -> Result<OwnedFd, LaunchError> {
-        let (log, wr) = ConsoleLog::start(path, CONSOLE_CAP)
-            .map_err(|e| prepare(path.display(), std::io::Error::other(e)))?;
+        let (log, wr) =
+            ConsoleLog::start(path, CONSOLE_CAP).map_err(|e| prepare(path.display(), e))?;
         self.console = Some(log);
         self.console_log = Some(path.to_path_buf());
         Ok(wr)
