@@ -112,6 +112,13 @@ pub struct HostPlan {
 }
 
 impl HostPlan {
+    /// The device holding `local` in the calling thread's network namespace: the
+    /// `underlay_dev` of a host whose underlay address is `local` (a Slurm node's
+    /// `NodeAddr`).
+    pub fn underlay_dev_of(local: Ipv4Addr) -> Result<String, NetError> {
+        Ok(crate::rtnl::dev_with_addr(local)?)
+    }
+
     /// Checks the plan, naming the first thing wrong with it.
     pub fn check(&self) -> Result<(), NetError> {
         let bad = |m: String| Err(NetError::Plan(m));
@@ -795,6 +802,10 @@ mod tests {
         let id = std::process::id();
         let hosts = Hosts::new(&format!("vbvx{id}"), 3);
         let vni = 100_000 + id % 1000;
+        // The underlay device is found from the host's address, in the host's namespace.
+        assert_eq!(hosts.on(1, || HostPlan::underlay_dev_of(Hosts::addr(1))).unwrap(), "eth0");
+        let e = hosts.on(1, || HostPlan::underlay_dev_of(Hosts::addr(2))).unwrap_err();
+        assert!(e.to_string().contains("addr show to 10.250.0.13"), "{e}");
         let nets: Vec<FleetNet> = (0..3)
             .map(|i| {
                 let plan = hosts.plan(i, vni);

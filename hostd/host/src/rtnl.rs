@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressHeader, AddressMessage};
 use netlink_packet_route::link::{
@@ -305,6 +305,50 @@ pub fn add_tap(netns: &str, name: &str, bridge: &str, mtu: Option<u32>) -> Resul
         }
         c.set_master_up(index, master)
     })
+    .map_err(err(what))
+}
+
+/// The name of the device that holds IPv4 address `addr` in the calling thread's network
+/// namespace (as `ip -o addr show to ADDR` finds it): a host's underlay device from its
+/// underlay address.
+pub fn dev_with_addr(addr: std::net::Ipv4Addr) -> Result<String, RtnlError> {
+    let what = format!("addr show to {addr}");
+    (|| {
+        let mut c = Conn::open()?;
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        let all = c.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
+        let want = std::net::IpAddr::V4(addr);
+        let index = all
+            .into_iter()
+            .find_map(|r| match r {
+                RouteNetlinkMessage::NewAddress(a)
+                    if a.attributes.iter().any(|x| {
+                        matches!(x, AddressAttribute::Local(l) | AddressAttribute::Address(l)
+                            if *l == want)
+                    }) =>
+                {
+                    Some(a.header.index)
+                }
+                _ => None,
+            })
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "no device in this namespace has it")
+            })?;
+        let mut l = LinkMessage::default();
+        l.header.index = index;
+        let replies = c.request(RouteNetlinkMessage::GetLink(l), 0)?;
+        replies
+            .into_iter()
+            .find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
+    })()
     .map_err(err(what))
 }
 
