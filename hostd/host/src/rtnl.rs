@@ -8,7 +8,9 @@
 //!
 //! A netlink socket and a TUN device act on the network namespace of the thread that made
 //! them, so work inside a fleet namespace runs on a short-lived thread that entered it
-//! ([`in_netns`]): the caller's thread (a tokio worker) never changes namespace.
+//! ([`in_netns`]): the caller's thread (a tokio worker) never changes namespace. The one
+//! exception is deliberate: a fleet's VXLAN device ([`add_vxlan`]) is requested on the
+//! caller's thread, so that its UDP socket is in the caller's (the host's) namespace.
 
 use std::fs::File;
 use std::io;
