@@ -25,6 +25,13 @@ use crate::netlab::{bridge_of, PORTS_PER_BRIDGE};
 
 /// How long one guest's connection to its neighbour may take.
 const CONNECT: Duration = Duration::from_secs(3);
+/// A connection that failed is tried once more, after the pass, with this long. On this
+/// 2-core host, in three runs of 1100 ns guests on two bridges, 5–7 connections of one
+/// stretch of the pass (sources g509–g533) timed out at 3 s while their neighbours answered
+/// every other guest, and each succeeded on the retry (most at once, some after one SYN
+/// retransmission); the cause is not found. A single miss is therefore not proof of a
+/// missing path; one that fails twice is reported, and the retries are counted.
+const RETRY_CONNECT: Duration = Duration::from_secs(10);
 /// The check stops after this many failed connections (each may take [`CONNECT`]): the
 /// answer is already "not every guest", and thousands of timeouts would take hours.
 const GIVE_UP_AFTER: usize = 10;
@@ -43,6 +50,9 @@ pub struct Reach {
     pub checked: usize,
     /// Of which reached their neighbour.
     pub reached: usize,
+    /// Of the reached, those that did only on the second try ([`RETRY_CONNECT`]).
+    #[serde(default)]
+    pub on_retry: usize,
     /// Of the checked, those whose neighbour sat on another bridge.
     pub across_bridges: usize,
     /// The first few failures, in words.
@@ -110,21 +120,32 @@ pub async fn check(fleet: &Fleet) -> Reach {
         let mut out = Vec::new();
         let mut failed = 0;
         for (pid, to, across, what) in plan {
-            let r = connect_from(pid, to);
+            let r = connect_from(pid, to, CONNECT);
             failed += usize::from(r.is_err());
-            out.push((across, what, r));
+            out.push((across, what, r.map(|()| false), pid, to));
             if failed >= GIVE_UP_AFTER {
                 break;
+            }
+        }
+        for (_, what, r, pid, to) in &mut out {
+            if let Err(e) = r {
+                tracing::info!("reach: {what}: {e}; trying once more");
+                if let Ok(()) = connect_from(*pid, *to, RETRY_CONNECT) {
+                    *r = Ok(true);
+                }
             }
         }
         let _ = tx.send(out);
     });
     let outcome = rx.await.unwrap_or_default();
-    for (across, what, res) in outcome {
+    for (across, what, res, _, _) in outcome {
         r.checked += 1;
         r.across_bridges += usize::from(across);
         match res {
-            Ok(()) => r.reached += 1,
+            Ok(retried) => {
+                r.reached += 1;
+                r.on_retry += usize::from(retried);
+            }
             Err(e) if r.failures.len() < 5 => r.failures.push(format!("{what}: {e}")),
             Err(_) => {}
         }
@@ -184,7 +205,9 @@ pub async fn unserve(fleet: &Fleet) {
 /// `(i, addr)`, ready guest `i` (by position in `fleet.guests`, as [`Fleet::addr`]) connects
 /// to `addr`:[`REACH_PORT`] (where [`serve`] made guests listen, on any host) and sends and
 /// receives 64 KiB. `across_bridges` counts the targets that are not this fleet's own guests
-/// (on another host's bridge). Gives up after [`GIVE_UP_AFTER`] failures, as [`check`].
+/// (on another host's bridge). As [`check`], a failure is tried once more after the pass
+/// ([`RETRY_CONNECT`], counted in `on_retry`), and the check gives up after
+/// [`GIVE_UP_AFTER`] failures.
 pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
     let mut r = Reach::default();
     if fleet.backend.own_kernel() {
@@ -222,23 +245,35 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
         let mut failed = 0;
         for (pid, to, across, what) in plan {
             let res = match pid {
-                Some(pid) => exchange_from(pid, to),
+                Some(pid) => exchange_from(pid, to, CONNECT),
                 None => Err("not checked".to_string()),
             };
             failed += usize::from(res.is_err());
-            out.push((across, what, res));
+            out.push((across, what, res.map(|()| false), pid, to));
             if failed >= GIVE_UP_AFTER {
                 break;
+            }
+        }
+        // Once more for each failure, as in `check` (a single miss is not proof).
+        for (_, what, res, pid, to) in &mut out {
+            if let (Err(e), Some(pid)) = (&res, pid) {
+                tracing::info!("reach: {what}: {e}; trying once more");
+                if let Ok(()) = exchange_from(*pid, *to, RETRY_CONNECT) {
+                    *res = Ok(true);
+                }
             }
         }
         let _ = tx.send(out);
     });
     let outcome = rx.await.unwrap_or_default();
-    for (across, what, res) in outcome {
+    for (across, what, res, _, _) in outcome {
         r.checked += 1;
         r.across_bridges += usize::from(across);
         match res {
-            Ok(()) => r.reached += 1,
+            Ok(retried) => {
+                r.reached += 1;
+                r.on_retry += usize::from(retried);
+            }
             Err(e) if r.failures.len() < 5 => r.failures.push(format!("{what}: {e}")),
             Err(_) => {}
         }
@@ -255,11 +290,11 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
 /// From `pid`'s network namespace, one request/response exchange of [`EXCHANGE`] bytes
 /// each way with the agent serving at `to` (its `R` mode echoes what it reads). Runs on a
 /// thread that may be left in that namespace.
-fn exchange_from(pid: u32, to: Option<SocketAddr>) -> Result<(), String> {
+fn exchange_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<(), String> {
     let to = to.ok_or("no address")?;
     enter(pid)?;
     let mut s =
-        TcpStream::connect_timeout(&to, CONNECT).map_err(|e| format!("connect {to}: {e}"))?;
+        TcpStream::connect_timeout(&to, timeout).map_err(|e| format!("connect {to}: {e}"))?;
     let io = |e: std::io::Error| format!("exchange with {to}: {e}");
     s.set_read_timeout(Some(CONNECT * 3)).map_err(io)?;
     s.set_write_timeout(Some(CONNECT * 3)).map_err(io)?;
@@ -286,10 +321,10 @@ fn enter(pid: u32) -> Result<(), String> {
 
 /// From `pid`'s network namespace, a TCP connection to `to`. Runs on a thread that may be
 /// left in that namespace.
-fn connect_from(pid: u32, to: Option<SocketAddr>) -> Result<(), String> {
+fn connect_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<(), String> {
     let to = to.ok_or("the neighbour did not serve")?;
     enter(pid)?;
-    TcpStream::connect_timeout(&to, CONNECT).map(drop).map_err(|e| format!("connect {to}: {e}"))
+    TcpStream::connect_timeout(&to, timeout).map(drop).map_err(|e| format!("connect {to}: {e}"))
 }
 
 impl Reach {
@@ -304,6 +339,14 @@ impl Reach {
             "{} of {} guests reached their neighbour ({} of them across bridges)",
             self.reached, self.checked, self.across_bridges
         );
+        if self.on_retry > 0 {
+            s.push_str(&format!(
+                "; {} only on a second try ({} s timeout after a {} s one)",
+                self.on_retry,
+                RETRY_CONNECT.as_secs(),
+                CONNECT.as_secs()
+            ));
+        }
         if !self.failures.is_empty() {
             s.push_str(&format!("; first failures: {}", self.failures.join("; ")));
         }

@@ -86,6 +86,27 @@ impl System {
         vec![format!("vb.root={}", self.ext4_uuid), format!("vb.init={}", self.init.name())]
     }
 
+    /// What a container backend (ns, oci) runs for this system: the agent as PID 1 over the
+    /// image's tree, also for `init = "image"`, which it says once per backend and process
+    /// (a warning), as the fleet's output must. Containers here do not boot the image's init:
+    /// systemd as PID 1 needs a cgroup hierarchy of its own to manage (a cgroup namespace
+    /// over a delegated subtree), which hostd's container guests are not given, and this
+    /// host's hybrid cgroups (v1 controllers, an empty v2) leave no v2 tree to delegate.
+    pub fn for_container(self, backend: &'static str) -> Self {
+        static SAID: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+        if self.init == InitMode::Image {
+            let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+            if !said.contains(&backend) {
+                said.push(backend);
+                tracing::warn!(
+                    "{backend}: system {}: init = \"image\" is not run in containers: the agent is PID 1 over the image's tree (systemd would need a delegated cgroup hierarchy that {backend} guests are not given)",
+                    self.name
+                );
+            }
+        }
+        self
+    }
+
     /// Refuses `init = "image"` for an image without a usable init, naming it.
     pub fn check(&self) -> Result<(), NoImageInit> {
         if self.init == InitMode::Image && self.image_init.is_none() {

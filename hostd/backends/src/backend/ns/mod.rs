@@ -129,7 +129,7 @@ impl Ns {
 
 /// The system image and the agent to add to it.
 fn system_of(images: &Images) -> Option<(System, PathBuf)> {
-    images.system.clone().map(|s| (s, images.agent.clone()))
+    images.system.clone().map(|s| (s.for_container("ns"), images.agent.clone()))
 }
 
 impl Backend for Ns {

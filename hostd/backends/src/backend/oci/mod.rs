@@ -69,7 +69,7 @@ impl Oci {
         Self {
             runtime: opts.oci_runtime.clone(),
             bundle: images.bundle.clone(),
-            system: images.system.clone().map(|s| (s, images.agent.clone())),
+            system: images.system.clone().map(|s| (s.for_container("oci"), images.agent.clone())),
         }
     }
 
@@ -78,7 +78,7 @@ impl Oci {
         Self {
             runtime: self.runtime.clone(),
             bundle: images.bundle.clone(),
-            system: images.system.clone().map(|s| (s, images.agent.clone())),
+            system: images.system.clone().map(|s| (s.for_container("oci"), images.agent.clone())),
         }
     }
 
