@@ -281,7 +281,7 @@ mod tests {
             data_disk: full.then(|| "/store/disk.img".into()),
             workdir: "/run/virtbench/r1/g2".into(),
             net: full.then(|| GuestNet {
-                fleet: FleetNet { netns: "vb-r1".into(), mode: Default::default() },
+                fleet: FleetNet::named("vb-r1"),
                 addr: std::net::Ipv4Addr::new(10, 211, 0, 4),
                 prefix: 16,
                 link: "vbl2".into(),

@@ -291,7 +291,7 @@ mod tests {
             data_disk: Some("/store/disk.img".into()),
             workdir: "/run/virtbench/r1/g0".into(),
             net: Some(GuestNet {
-                fleet: FleetNet { netns: "vb-r1".into(), mode: Default::default() },
+                fleet: FleetNet::named("vb-r1"),
                 addr: std::net::Ipv4Addr::new(10, 211, 0, 2),
                 prefix: 16,
                 link: "vbl0".into(),

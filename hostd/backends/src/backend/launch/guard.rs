@@ -14,7 +14,7 @@ use crate::backend::{
 };
 use crate::cgroup::Cgroup;
 use crate::console::{ConsoleLog, CONSOLE_CAP};
-use crate::netlab::{FleetNet, NetMode};
+use crate::netlab::FleetNet;
 
 /// Owns everything a launch creates and releases it if the launch fails or is dropped.
 pub struct LaunchGuard {
@@ -120,7 +120,7 @@ impl LaunchGuard {
         // releasing the link tolerates.
         net.fleet.add_veth_to_netns(&net.link, index, name)?;
         self.hold(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
-        Ok(FleetNet { netns: name.into(), mode: NetMode::Private })
+        Ok(FleetNet::named(name))
     }
 
     /// Hands everything to the started guest, whose main host process is `proc`.
