@@ -167,6 +167,34 @@ fn budget(kind: BackendKind, guests: usize, limit: u64, open: u64) -> Result<usi
 
 /// Guests this process has launched in fleets (`hostd run`'s closing count of boots,
 /// which its `--dry-run` predicts).
+/// [`netlab::kernel_room`] for a fleet of `guests`, said as a warning when it changed the
+/// host or could not.
+fn kernel_room_said(guests: usize) {
+    let list = |v: &[(&str, u64, u64)], verb: &str| {
+        v.iter()
+            .map(|(k, old, new)| {
+                let name = k.trim_start_matches("/proc/sys/").replace('/', ".");
+                match old {
+                    0 => format!("{name} to {new}"),
+                    _ => format!("{name} {verb} {old} to {new}"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match netlab::kernel_room(guests) {
+        netlab::KernelRoom::Enough => {}
+        netlab::KernelRoom::Raised(v) => tracing::warn!(
+            "{guests} guests on one network need room in kernel limits shared by every network namespace: raised {} (host-wide, left so)",
+            list(&v, "from")
+        ),
+        netlab::KernelRoom::Short(v) => tracing::warn!(
+            "{guests} guests on one network need room in kernel limits shared by every network namespace, which could not be raised from here: raise {} in the machine's own namespace, or broadcasts and connections between guests will be lost",
+            list(&v, "from")
+        ),
+    }
+}
+
 static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How many guests this process has launched in fleets so far.
@@ -197,6 +225,10 @@ pub async fn start(
 pub fn check(backend: &AnyBackend, cfg: &FleetConfig, first: usize) -> Result<(), FleetError> {
     FleetNet::guest_addr((first + cfg.n).saturating_sub(1))?;
     descriptor_budget(backend.kind(), cfg.n)?;
+    // Small fleets fit the kernel's default table (1024 entries) with room to spare.
+    if cfg.network && first + cfg.n > 100 {
+        kernel_room_said(first + cfg.n);
+    }
     if cfg.network && cfg.net_mode == NetMode::Shared && backend.kind().own_kernel() {
         return Err(FleetError::SharedStack(backend.kind()));
     }
