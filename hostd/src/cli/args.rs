@@ -326,6 +326,11 @@ pub(crate) struct BootArgs {
     /// node order [default: even].
     #[arg(long, value_delimiter = ',')]
     pub(crate) weights: Vec<f64>,
+    /// With --engine slurm: seconds the fleet stays up on every host once all have
+    /// reported, before teardown (0-3600 s; seconds or e.g. 30s, 1m); a host lost meanwhile
+    /// has its guests reported lost.
+    #[arg(long, default_value_t = 0, value_parser = limits::SETTLE_S.cli_secs())]
+    pub(crate) hold: u64,
     #[command(flatten)]
     pub(crate) images: ImageArgs,
     #[command(flatten)]

@@ -204,6 +204,7 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
         results: a.results,
         exe,
         images,
+        hold: Duration::from_secs(a.hold),
     };
     let out = tokio::select! {
         r = coordinator::run(&o) => r?,

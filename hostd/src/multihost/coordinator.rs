@@ -53,6 +53,9 @@ pub struct Options {
     pub exe: PathBuf,
     /// The coordinator's own image hashes, when it has images: every worker must match.
     pub images: Option<BTreeMap<String, String>>,
+    /// How long the fleet stays up on every host once all have reported, before teardown;
+    /// a host whose link drops meanwhile has its guests counted lost.
+    pub hold: Duration,
 }
 
 /// Clock pings per worker.
@@ -301,6 +304,19 @@ async fn await_booted(w: &mut Worker, slice: &Slice, within: Duration) -> Result
     }
 }
 
+/// Watches a worker's link for `d` while its fleet is up: it should say nothing; a dropped
+/// link (the worker or its host died) or any message loses its guests.
+async fn hold(w: &mut Worker, d: Duration) {
+    if w.rec.lost.is_some() {
+        return;
+    }
+    match timeout(d, proto::read::<FromWorker, _>(&mut w.r)).await {
+        Err(_) => {}
+        Ok(Ok(m)) => w.rec.lost = Some(format!("sent {m:?} while its fleet was up")),
+        Ok(Err(e)) => w.rec.lost = Some(format!("its link dropped while its fleet was up: {e}")),
+    }
+}
+
 async fn tear_down(w: &mut Worker) -> Result<TornDown> {
     proto::write(&mut w.w, &ToWorker::Teardown).await?;
     let m = timeout(REPLY_WITHIN, proto::read::<FromWorker, _>(&mut w.r))
@@ -437,6 +453,13 @@ async fn coordinate(
         }
     }));
     reports.await;
+    let up = ws.iter().filter(|w| w.rec.lost.is_none()).count();
+    eprintln!(
+        "hostd: {up} of {} hosts reported their slice; holding the fleet for {:?}",
+        ws.len(),
+        o.hold
+    );
+    futures::future::join_all(ws.iter_mut().map(|w| hold(w, o.hold))).await;
     for w in ws.iter_mut() {
         if let (Some(b), Some(c)) = (&w.rec.booted, &w.rec.clock) {
             let start_here = b.start_mono_ns as f64 / 1e9 - c.offset_s;
