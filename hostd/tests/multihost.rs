@@ -31,14 +31,24 @@ fn text(o: &Output) -> String {
 }
 
 /// A lab that is always taken down, whatever the test does.
-struct Lab(String);
+struct Lab(String, bool);
 
 impl Lab {
     fn up(tag: &str) -> Lab {
         let name = format!("mh{tag}{}", std::process::id() % 1_000_000);
         let o = lab(&["up", "3", "--name", &name]);
         assert!(o.status.success(), "slurm-lab up: {}", text(&o));
-        Lab(name)
+        Lab(name, false)
+    }
+
+    /// Takes the lab down and checks it had to kill nothing of ours: no guest, worker or
+    /// step process was left in a host's namespaces.
+    fn down_finding_nothing(mut self) {
+        self.1 = true;
+        let o = lab(&["down", &self.0]);
+        let t = text(&o);
+        assert!(o.status.success(), "slurm-lab down: {t}");
+        assert!(t.contains(" 0 other processes killed"), "processes were left on the hosts: {t}");
     }
 
     /// Shell command `cmd` in host `i`'s namespaces: its stdout.
@@ -74,6 +84,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if self.1 {
+            return;
+        }
         let o = lab(&["down", &self.0]);
         if !o.status.success() {
             eprintln!("slurm-lab down {}: {}", self.0, text(&o));
@@ -201,17 +214,17 @@ fn a_fleet_across_three_hosts_with_offsets_recovered_and_nothing_left() {
         .fold(0.0, f64::max);
     assert!((m["t_startup_s"].as_f64().unwrap() - want).abs() < 1e-9, "{m}");
     lab.assert_clean();
+    lab.down_finding_nothing();
 }
 
-#[test]
-fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
-    if !gate() {
-        return;
-    }
-    let lab = Lab::up("k");
-    let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
+/// Starts a held run of 9 guests and returns once the coordinator says the fleet is up:
+/// the child, its stderr so far and the rest of its stderr.
+fn held(
+    lab: &Lab,
+    results: &Path,
+) -> (std::process::Child, String, BufReader<std::process::ChildStderr>) {
     let mut child = lab
-        .boot(9, res.path(), &["--hold", "20"])
+        .boot(9, results, &["--hold", "20"])
         .stderr(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -225,9 +238,58 @@ fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
         }
         log.push_str(&line);
         if line.contains("holding the fleet") {
-            break;
+            return (child, log, err);
         }
     }
+}
+
+#[test]
+fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
+    if !gate() {
+        return;
+    }
+    let lab = Lab::up("i");
+    let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
+    let (mut child, mut log, mut err) = held(&lab, res.path());
+    // The coordinator: this build's hostd running `boot` inside the allocation.
+    let exe = env!("CARGO_BIN_EXE_hostd");
+    let coordinator: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+            (args.first() == Some(&exe.as_bytes()) && args.get(1) == Some(&&b"boot"[..]))
+                .then_some(pid)
+        })
+        .collect();
+    assert_eq!(coordinator.len(), 1, "coordinators: {coordinator:?}\n{log}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(coordinator[0]),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    log.push_str(&std::io::read_to_string(&mut err).unwrap());
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(130), "{log}");
+    // The workers tear down once their links drop: give them the time that takes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !workers(None).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    lab.assert_clean();
+    lab.down_finding_nothing();
+}
+
+#[test]
+fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
+    if !gate() {
+        return;
+    }
+    let lab = Lab::up("k");
+    let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
+    let (mut child, mut log, mut err) = held(&lab, res.path());
     let victims = workers(Some("n2"));
     assert_eq!(victims.len(), 1, "workers on n2: {victims:?}\n{log}");
     nix::sys::signal::kill(
@@ -265,4 +327,5 @@ fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("cleaned up after a previous hostd"), "{}", text(&o));
     lab.assert_clean();
+    lab.down_finding_nothing();
 }

@@ -207,13 +207,16 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
         hold: Duration::from_secs(a.hold),
     };
     let out = tokio::select! {
-        r = coordinator::run(&o) => r?,
-        // srun (killed on drop) has Slurm cancel the step; workers whose link drops tear down.
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("hostd: interrupted: the workers tear down as their links drop");
-            std::process::exit(130);
-        }
+        r = coordinator::run(&o) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
     };
+    // Interrupted: the coordinator's future is gone by now, and with it the workers' links
+    // and srun (killed on drop); every worker whose link drops tears its fleet down.
+    let Some(out) = out else {
+        eprintln!("hostd: interrupted: the workers tear down as their links drop");
+        std::process::exit(130);
+    };
+    let out = out?;
     let m = &out.multihost;
     for h in &m.hosts {
         let c = h

@@ -246,26 +246,39 @@ async fn accept(
     Ok(got)
 }
 
-/// Every worker boots the same images as `reference` (the coordinator's, else the first
-/// worker's); the first that differs is named.
+/// Every worker boots the same images as the coordinator (or, if it has none, the first
+/// worker); the first that differs is named.
 fn check_images(ws: &[Worker], own: Option<&BTreeMap<String, String>>) -> Result<()> {
     let (reference, whose) = match own {
         Some(o) => (o.clone(), "the coordinator's".to_string()),
         None => (ws[0].hello.images.clone(), format!("{}'s", ws[0].name())),
     };
     for w in ws {
-        for (name, hash) in &reference {
-            match w.hello.images.get(name) {
-                None => bail!("host {} has no image {name} ({whose} is sha256 {hash})", w.name()),
-                Some(h) if h != hash => {
-                    bail!("host {}: image {name} is sha256 {h}, {whose} is {hash}: build or ship the same images", w.name())
-                }
-                Some(_) => {}
+        same_images(&w.hello.images, &reference, w.name())
+            .map_err(|e| anyhow::anyhow!("{e} ({whose} images are the reference)"))?;
+    }
+    Ok(())
+}
+
+/// Whether host `host`'s images are exactly `reference`: what differs, in words.
+fn same_images(
+    theirs: &BTreeMap<String, String>,
+    reference: &BTreeMap<String, String>,
+    host: &str,
+) -> Result<(), String> {
+    for (name, hash) in reference {
+        match theirs.get(name) {
+            None => return Err(format!("host {host} has no image {name} (sha256 {hash})")),
+            Some(h) if h != hash => {
+                return Err(format!(
+                    "host {host}: image {name} is sha256 {h}, not {hash}: build or ship the same images"
+                ))
             }
+            Some(_) => {}
         }
-        if let Some(extra) = w.hello.images.keys().find(|k| !reference.contains_key(*k)) {
-            bail!("host {} has an image {extra} that {whose} images lack", w.name());
-        }
+    }
+    if let Some(extra) = theirs.keys().find(|k| !reference.contains_key(*k)) {
+        return Err(format!("host {host} has an image {extra} the others lack"));
     }
     Ok(())
 }
@@ -595,4 +608,81 @@ fn merge(
     crate::bootrun::write_outputs(&results, &summary)?;
     crate::report::write(&results.path, false).context("writing the report")?;
     Ok(Outcome { multihost, results: results.path.clone(), boot })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// What the coordinator makes of a connection that sends `line` first.
+    async fn first_line(line: Vec<u8>) -> Result<Worker> {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = l.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(at).await.unwrap();
+            let _ = c.write_all(&line).await;
+            // Kept open until the coordinator has judged the line.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let (s, _) = l.accept().await.unwrap();
+        let r = hello_of(s, "secret").await;
+        client.abort();
+        r
+    }
+
+    fn hello(token: &str, hostname: &str) -> Vec<u8> {
+        let h = Hello {
+            token: token.into(),
+            hostname: hostname.into(),
+            node_id: None,
+            node_name: None,
+            cpus: 1,
+            mem_mib: 100,
+            backends: vec![BackendKind::Ns],
+            images: BTreeMap::new(),
+            addr: Ipv4Addr::LOCALHOST,
+        };
+        let mut v = serde_json::to_vec(&FromWorker::Hello(h)).unwrap();
+        v.push(b'\n');
+        v
+    }
+
+    #[tokio::test]
+    async fn hostile_hellos_are_refused_with_the_worker_and_the_reason() {
+        assert_eq!(first_line(hello("secret", "n1")).await.unwrap().name(), "n1");
+        let e = first_line(hello("guess", "n1")).await.err().unwrap().to_string();
+        assert!(e.contains("127.0.0.1") && e.contains("wrong token"), "{e}");
+        let e = first_line(hello("secret", "n1\u{1b}[2J")).await.err().unwrap().to_string();
+        assert!(
+            e.contains("127.0.0.1") && e.contains("bad hello") && e.contains("hostname"),
+            "{e}"
+        );
+        let e = first_line(b"{\"msg\":\"pong\",\"seq\":0,\"mono_ns\":1}\n".to_vec())
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("not a hello"), "{e}");
+        let e = first_line(b"not json\n".to_vec()).await.err().unwrap();
+        assert!(e.to_string().contains("not a message"), "{e}");
+        let mut long = vec![b'x'; proto::MAX_LINE + 1];
+        long.push(b'\n');
+        let e = first_line(long).await.err().unwrap();
+        assert!(e.to_string().contains("longer than"), "{e}");
+    }
+
+    #[test]
+    fn differing_images_name_the_host() {
+        let own: BTreeMap<String, String> = [("agent".to_string(), "a".repeat(64))].into();
+        let mut h = own.clone();
+        assert!(same_images(&h, &own, "n1").is_ok());
+        h.insert("agent".into(), "b".repeat(64));
+        let e = same_images(&h, &own, "n2").unwrap_err();
+        assert!(e.contains("host n2") && e.contains("agent"), "{e}");
+        h.remove("agent");
+        assert!(same_images(&h, &own, "n3").unwrap_err().contains("has no image agent"));
+        let mut extra = own.clone();
+        extra.insert("kernel".into(), "c".repeat(64));
+        assert!(same_images(&extra, &own, "n4").unwrap_err().contains("kernel"));
+    }
 }
