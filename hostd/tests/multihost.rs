@@ -219,6 +219,8 @@ fn a_fleet_across_three_hosts_with_offsets_recovered_and_nothing_left() {
 
 /// Starts a held run of 9 guests and returns once the coordinator says the fleet is up:
 /// the child, its stderr so far and the rest of its stderr.
+// The caller waits for the child; the one early return here waits too.
+#[allow(clippy::zombie_processes)]
 fn held(
     lab: &Lab,
     results: &Path,
@@ -226,15 +228,16 @@ fn held(
     let mut child = lab
         .boot(9, results, &["--hold", "20"])
         .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let mut log = String::new();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     loop {
         let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            panic!("the coordinator ended before holding its fleet:\n{log}");
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            let st = child.wait();
+            panic!("the coordinator ended ({st:?}) before holding its fleet:\n{log}");
         }
         log.push_str(&line);
         if line.contains("holding the fleet") {
