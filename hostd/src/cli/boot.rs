@@ -210,8 +210,8 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
         r = coordinator::run(&o) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
     };
-    // Interrupted: the coordinator's future is gone by now, and with it the workers' links
-    // and srun (killed on drop); every worker whose link drops tears its fleet down.
+    // Interrupted: the coordinator's future is gone by now, and with it the workers' links;
+    // every worker whose link drops tears its fleet down, and srun ends with them.
     let Some(out) = out else {
         eprintln!("hostd: interrupted: the workers tear down as their links drop");
         std::process::exit(130);

@@ -371,7 +371,10 @@ pub async fn run(o: &Options) -> Result<Outcome> {
         .args(["worker", "--connect", &at.to_string(), "--backend", o.backend.name()])
         .env("VIRTBENCH_WORKER_TOKEN", &token)
         .stdin(Stdio::null())
-        .kill_on_drop(true)
+        // Not killed with the coordinator (Ctrl-C): Slurm would then end the step and kill
+        // the workers KillWait seconds later, maybe halfway through their teardown. Their
+        // links drop instead, they tear down, and srun ends with them.
+        .kill_on_drop(false)
         .spawn()
         .context("starting the workers with srun")?;
     let outcome = coordinate(o, &listener, &token, &mut srun, job).await;
