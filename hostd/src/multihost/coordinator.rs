@@ -122,6 +122,25 @@ impl Worker {
     }
 }
 
+/// A worker's message in an error: its start, escaped (Debug), at most 200 characters (a
+/// report can be megabytes).
+fn brief(m: &FromWorker) -> String {
+    let t = format!("{m:?}");
+    match t.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &t[..i]),
+        None => t,
+    }
+}
+
+/// Why a connection did not become a worker.
+enum HelloError {
+    /// It did not prove it is one of ours (no hello, not our token): refused and ignored.
+    Refused(anyhow::Error),
+    /// One of our workers (it had the token) sent a hello that breaks the rules: the run
+    /// stops, naming it.
+    Invalid(anyhow::Error),
+}
+
 /// A token: 32 random bytes, hex.
 pub fn new_token() -> Result<String> {
     let mut b = [0u8; 32];
@@ -175,20 +194,25 @@ fn default_listen() -> Result<IpAddr> {
     bail!("`ip route get {addr}` (node {first}) names no source address: pass --listen")
 }
 
-async fn hello_of(s: TcpStream, token: &str) -> Result<Worker> {
-    let peer = s.peer_addr()?;
-    s.set_nodelay(true)?;
+async fn hello_of(s: TcpStream, token: &str) -> Result<Worker, HelloError> {
+    let refused = |e: anyhow::Error| HelloError::Refused(e);
+    let peer = s.peer_addr().map_err(|e| refused(e.into()))?;
     let (r, w) = s.into_split();
     let mut r = BufReader::new(r);
     let m = timeout(REPLY_WITHIN, proto::read::<FromWorker, _>(&mut r))
         .await
-        .map_err(|_| anyhow::anyhow!("{peer}: no hello within {REPLY_WITHIN:?}"))?
-        .map_err(|e| anyhow::anyhow!("{peer}: {e}"))?;
-    let FromWorker::Hello(hello) = m else { bail!("{peer}: the first message was not a hello") };
+        .map_err(|_| refused(anyhow::anyhow!("{peer}: no hello within {REPLY_WITHIN:?}")))?
+        .map_err(|e| refused(anyhow::anyhow!("{peer}: {e}")))?;
+    let FromWorker::Hello(hello) = m else {
+        return Err(refused(anyhow::anyhow!("{peer}: the first message was not a hello")));
+    };
     if !same(&hello.token, token) {
-        bail!("{peer}: wrong token (not a worker of this run)");
+        return Err(refused(anyhow::anyhow!("{peer}: wrong token (not a worker of this run)")));
     }
-    hello.validate().map_err(|e| anyhow::anyhow!("worker at {peer}: bad hello: {e}"))?;
+    hello
+        .validate()
+        .map_err(|e| HelloError::Invalid(anyhow::anyhow!("worker at {peer}: bad hello: {e}")))?;
+    let _ = w.as_ref().set_nodelay(true);
     let rec = HostRecord {
         hostname: hello.hostname.clone(),
         node_id: hello.node_id,
@@ -233,9 +257,9 @@ async fn accept(
                     eprintln!("hostd: worker on {} ({}) connected", w.name(), w.hello.addr);
                     got.push(w);
                 }
-                // A connection without our token is not one of our workers: say so, go on.
-                Err(e) if e.to_string().contains("wrong token") => eprintln!("hostd: refused {e}"),
-                Err(e) => return Err(e),
+                // A connection that is not one of our workers: say so, go on.
+                Err(HelloError::Refused(e)) => eprintln!("hostd: refused a connection: {e:#}"),
+                Err(HelloError::Invalid(e)) => return Err(e),
             },
             st = srun.wait() => bail!("srun exited ({}) with {} of {k} workers connected", st?, got.len()),
             _ = tokio::time::sleep_until(deadline) => {
@@ -297,7 +321,7 @@ async fn measure_clock(w: &mut Worker) -> Result<Offset> {
             FromWorker::Pong { seq: s, mono_ns } if s == seq => {
                 rounds.push(Round { t1, worker: mono_ns, t2 })
             }
-            other => bail!("answered ping {seq} with {other:?}"),
+            other => bail!("answered ping {seq} with {}", brief(&other)),
         }
     }
     clock::estimate(&rounds).context("no usable clock round")
@@ -313,7 +337,7 @@ async fn await_booted(w: &mut Worker, slice: &Slice, within: Duration) -> Result
             Ok(b)
         }
         FromWorker::Error { message } => bail!("its slice could not start: {message:.4096}"),
-        other => bail!("sent {other:?} instead of its startup report"),
+        other => bail!("sent {} instead of its startup report", brief(&other)),
     }
 }
 
@@ -325,7 +349,7 @@ async fn hold(w: &mut Worker, d: Duration) {
     }
     match timeout(d, proto::read::<FromWorker, _>(&mut w.r)).await {
         Err(_) => {}
-        Ok(Ok(m)) => w.rec.lost = Some(format!("sent {m:?} while its fleet was up")),
+        Ok(Ok(m)) => w.rec.lost = Some(format!("sent {} while its fleet was up", brief(&m))),
         Ok(Err(e)) => w.rec.lost = Some(format!("its link dropped while its fleet was up: {e}")),
     }
 }
@@ -340,7 +364,7 @@ async fn tear_down(w: &mut Worker) -> Result<TornDown> {
             t.validate(w.rec.count).map_err(|e| anyhow::anyhow!("bad teardown report: {e}"))?;
             Ok(t)
         }
-        other => bail!("sent {other:?} instead of its teardown report"),
+        other => bail!("sent {} instead of its teardown report", brief(&other)),
     }
 }
 
@@ -619,7 +643,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     /// What the coordinator makes of a connection that sends `line` first.
-    async fn first_line(line: Vec<u8>) -> Result<Worker> {
+    async fn first_line(line: Vec<u8>) -> Result<Worker, (bool, String)> {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let at = l.local_addr().unwrap();
         let client = tokio::spawn(async move {
@@ -631,7 +655,11 @@ mod tests {
         let (s, _) = l.accept().await.unwrap();
         let r = hello_of(s, "secret").await;
         client.abort();
-        r
+        // (refused, why)
+        r.map_err(|e| match e {
+            HelloError::Refused(e) => (true, e.to_string()),
+            HelloError::Invalid(e) => (false, e.to_string()),
+        })
     }
 
     fn hello(token: &str, hostname: &str) -> Vec<u8> {
@@ -653,25 +681,23 @@ mod tests {
 
     #[tokio::test]
     async fn hostile_hellos_are_refused_with_the_worker_and_the_reason() {
-        assert_eq!(first_line(hello("secret", "n1")).await.unwrap().name(), "n1");
-        let e = first_line(hello("guess", "n1")).await.err().unwrap().to_string();
-        assert!(e.contains("127.0.0.1") && e.contains("wrong token"), "{e}");
-        let e = first_line(hello("secret", "n1\u{1b}[2J")).await.err().unwrap().to_string();
-        assert!(
-            e.contains("127.0.0.1") && e.contains("bad hello") && e.contains("hostname"),
-            "{e}"
-        );
-        let e = first_line(b"{\"msg\":\"pong\",\"seq\":0,\"mono_ns\":1}\n".to_vec())
-            .await
-            .err()
-            .unwrap();
-        assert!(e.to_string().contains("not a hello"), "{e}");
-        let e = first_line(b"not json\n".to_vec()).await.err().unwrap();
-        assert!(e.to_string().contains("not a message"), "{e}");
+        assert_eq!(first_line(hello("secret", "n1")).await.ok().unwrap().name(), "n1");
+        // Not ours: refused, the run goes on.
+        let (refused, e) = first_line(hello("guess", "n1")).await.err().unwrap();
+        assert!(refused && e.contains("127.0.0.1") && e.contains("wrong token"), "{e}");
+        let pong = b"{\"msg\":\"pong\",\"seq\":0,\"mono_ns\":1}\n".to_vec();
+        let (refused, e) = first_line(pong).await.err().unwrap();
+        assert!(refused && e.contains("not a hello"), "{e}");
+        let (refused, e) = first_line(b"not json\n".to_vec()).await.err().unwrap();
+        assert!(refused && e.contains("not a message"), "{e}");
         let mut long = vec![b'x'; proto::MAX_LINE + 1];
         long.push(b'\n');
-        let e = first_line(long).await.err().unwrap();
-        assert!(e.to_string().contains("longer than"), "{e}");
+        let (refused, e) = first_line(long).await.err().unwrap();
+        assert!(refused && e.contains("longer than"), "{e}");
+        // Ours (it has the token) but breaking the rules: the run stops, naming it.
+        let (refused, e) = first_line(hello("secret", "n1\u{1b}[2J")).await.err().unwrap();
+        assert!(!refused && e.contains("127.0.0.1") && e.contains("bad hello"), "{e}");
+        assert!(e.contains("hostname"), "{e}");
     }
 
     #[test]

@@ -192,7 +192,7 @@ async fn slice(
         tokio::select! {
             m = proto::read::<ToWorker, _>(r) => match m {
                 Ok(ToWorker::Teardown) => String::new(),
-                Ok(other) => format!("the coordinator sent {other:?} while the fleet ran"),
+                Ok(other) => format!("the coordinator sent {:.200} while the fleet ran", format!("{other:?}")),
                 Err(e) => format!("the coordinator's link: {e}"),
             },
             _ = term.recv() => "SIGTERM".to_string(),
