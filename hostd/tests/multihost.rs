@@ -71,6 +71,20 @@ impl Lab {
         c
     }
 
+    /// Nothing of hostd's on any host: no network namespace, no run state, no worker, and
+    /// no cgroup of the workers' runs `runs` (the hosts share the machine's cgroup tree).
+    fn assert_clean_of(&self, runs: &[String]) {
+        for run in runs {
+            let o = Command::new("find")
+                .args(["/sys/fs/cgroup", "-maxdepth", "12", "-type", "d", "-name", run])
+                .output()
+                .unwrap();
+            let left = String::from_utf8_lossy(&o.stdout);
+            assert!(left.trim().is_empty(), "cgroups of worker run {run} left: {left}");
+        }
+        self.assert_clean();
+    }
+
     /// Nothing of hostd's on any host: no network namespace, no run state, no worker.
     fn assert_clean(&self) {
         for i in 1..=3 {
@@ -120,6 +134,18 @@ fn workers(node: Option<&str>) -> Vec<u32> {
         }
     }
     out
+}
+
+/// The workers' run ids a run recorded.
+fn runs(m: &serde_json::Value) -> Vec<String> {
+    let runs: Vec<String> = m["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["booted"]["run"].as_str().map(str::to_string))
+        .collect();
+    assert!(!runs.is_empty(), "no run ids in {m}");
+    runs
 }
 
 fn gate() -> bool {
@@ -213,7 +239,7 @@ fn a_fleet_across_three_hosts_with_offsets_recovered_and_nothing_left() {
         })
         .fold(0.0, f64::max);
     assert!((m["t_startup_s"].as_f64().unwrap() - want).abs() < 1e-9, "{m}");
-    lab.assert_clean();
+    lab.assert_clean_of(&runs(&m));
     lab.down_finding_nothing();
 }
 
@@ -329,6 +355,6 @@ fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
     let o = lab.boot(3, res2.path(), &[]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("cleaned up after a previous hostd"), "{}", text(&o));
-    lab.assert_clean();
+    lab.assert_clean_of(&runs(&m));
     lab.down_finding_nothing();
 }

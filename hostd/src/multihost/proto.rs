@@ -89,6 +89,9 @@ pub struct GuestLost {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Booted {
+    /// The worker's run id (its run state, cgroups `virtbench/<run>` and fleet namespace
+    /// are named after it): where to look for leftovers on its host.
+    pub run: String,
     /// CLOCK_REALTIME at the fleet's start minus T0, seconds (negative: early).
     pub lateness_s: f64,
     /// CLOCK_MONOTONIC at the fleet's start, ns (provenance: with the measured offset it
@@ -257,6 +260,12 @@ impl Booted {
     /// Checks a slice's report against the slice the worker was given: every index in it,
     /// none twice, every time plausible.
     pub fn validate(&self, slice: &Slice) -> Result<(), String> {
+        if self.run.is_empty()
+            || self.run.len() > 64
+            || !self.run.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(format!("run id {:.80?} is not a hostd run id", self.run));
+        }
         seconds("lateness", self.lateness_s, -1e6)?;
         let range = slice.first..slice.first + slice.count;
         let mut seen = std::collections::BTreeSet::new();
@@ -395,6 +404,7 @@ mod tests {
     fn a_slice_report_must_stay_inside_its_slice() {
         let s = slice();
         let ok = Booted {
+            run: "r1234abc".into(),
             lateness_s: 0.01,
             start_mono_ns: 5,
             ready: vec![
@@ -418,6 +428,9 @@ mod tests {
         let mut b = ok.clone();
         b.ready[1].ready_s = f64::NAN;
         assert!(b.validate(&s).unwrap_err().contains("plausible"));
+        let mut b = ok.clone();
+        b.run = "../x".into();
+        assert!(b.validate(&s).unwrap_err().contains("run id"));
         let mut b = ok;
         b.lateness_s = f64::INFINITY;
         assert!(b.validate(&s).is_err());

@@ -168,6 +168,7 @@ async fn slice(
         }
     };
     let booted = Booted {
+        run: run.run.clone(),
         lateness_s,
         start_mono_ns,
         ready: fleet
