@@ -217,9 +217,23 @@ impl FleetBars {
 
 /// The fleets of `s` in which a guest did not come up ("n=N mode: R of N ready").
 pub fn short_fleets(s: &BootSummary) -> Vec<String> {
-    s.rows
+    let mut short: Vec<String> = s
+        .rows
         .iter()
         .filter(|r| r.failed > 0 || r.ready < r.n)
         .map(|r| format!("n={} {}: {} of {} ready", r.n, r.mode.name(), r.ready, r.n))
-        .collect()
+        .collect();
+    // A reachability check that was asked for and failed is a failure of the run too.
+    for r in &s.rows {
+        if let Some(x) = r.checks.reach.as_ref().filter(|x| x.reached < x.checked) {
+            short.push(format!(
+                "n={} {}: {} of {} guests reached their neighbour",
+                r.n,
+                r.mode.name(),
+                x.reached,
+                x.checked
+            ));
+        }
+    }
+    short
 }

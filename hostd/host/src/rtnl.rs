@@ -8,7 +8,9 @@
 //!
 //! A netlink socket and a TUN device act on the network namespace of the thread that made
 //! them, so work inside a fleet namespace runs on a short-lived thread that entered it
-//! ([`in_netns`]): the caller's thread (a tokio worker) never changes namespace.
+//! ([`in_netns`]): the caller's thread (a tokio worker) never changes namespace. The one
+//! exception is deliberate: a fleet's VXLAN device ([`add_vxlan`]) is requested on the
+//! caller's thread, so that its UDP socket is in the caller's (the host's) namespace.
 
 use std::fs::File;
 use std::io;
@@ -16,12 +18,15 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressHeader, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -141,6 +146,31 @@ impl Conn {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
     }
 
+    /// The MTU of link `name`.
+    fn mtu_of(&mut self, name: &str) -> io::Result<u32> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.into()));
+        let replies = self.request(RouteNetlinkMessage::GetLink(m), 0)?;
+        replies
+            .into_iter()
+            .find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(m),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .ok_or_else(|| io::Error::other(format!("link {name} has no MTU attribute")))
+    }
+
+    /// Sets link `index`'s MTU.
+    fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(RouteNetlinkMessage::SetLink(m), 0).map(drop)
+    }
+
     /// Puts link `index` on bridge `master` and sets it up.
     fn set_master_up(&mut self, index: u32, master: u32) -> io::Result<()> {
         let mut m = LinkMessage::default();
@@ -153,21 +183,22 @@ impl Conn {
 }
 
 /// A new veth pair's message: `name` up on bridge `master`, its peer described by `peer`
-/// (its name, and where it goes if not here).
-fn new_veth(name: &str, master: u32, peer: Vec<LinkAttribute>) -> LinkMessage {
+/// (its name, and where it goes if not here); both ends with MTU `mtu` if given.
+fn new_veth(name: &str, master: u32, peer: Vec<LinkAttribute>, mtu: Option<u32>) -> LinkMessage {
     let mut p = LinkMessage::default();
     p.attributes = peer;
     let mut m = LinkMessage::default();
     m.header.flags = LinkFlags::Up;
     m.header.change_mask = LinkFlags::Up;
-    m.attributes = vec![
-        LinkAttribute::IfName(name.into()),
-        LinkAttribute::Controller(master),
-        LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Veth),
-            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
-        ]),
-    ];
+    m.attributes = vec![LinkAttribute::IfName(name.into()), LinkAttribute::Controller(master)];
+    if let Some(mtu) = mtu {
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        p.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    m.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+    ]));
     m
 }
 
@@ -190,14 +221,16 @@ impl std::fmt::Display for PeerNs {
 }
 
 /// In namespace `netns`: a veth pair, `name` up on bridge `bridge`, its peer `peer` in
-/// `peer_ns` (down: the guest brings its end up). One request, as `ip link add NAME master
-/// BRIDGE up type veth peer name PEER netns NS` would send.
+/// `peer_ns` (down: the guest brings its end up), both ends with MTU `mtu` if given (else
+/// the kernel's 1500). One request, as `ip link add NAME master BRIDGE up mtu MTU type veth
+/// peer name PEER netns NS mtu MTU` would send.
 pub fn add_veth(
     netns: &str,
     name: &str,
     bridge: &str,
     peer: &str,
     peer_ns: &PeerNs,
+    mtu: Option<u32>,
 ) -> Result<(), RtnlError> {
     let what = format!(
         "in netns {netns}: link add {name} master {bridge} type veth peer {peer} in {peer_ns}"
@@ -214,7 +247,7 @@ pub fn add_veth(
     in_netns(&path, || {
         let mut c = Conn::open()?;
         let master = c.index_of(bridge)?;
-        let m = new_veth(name, master, vec![LinkAttribute::IfName(peer.into()), peer_attr]);
+        let m = new_veth(name, master, vec![LinkAttribute::IfName(peer.into()), peer_attr], mtu);
         c.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map(drop)
     })
     .map_err(err(what))
@@ -249,7 +282,7 @@ pub fn add_leaf_bridge(
         ];
         c.request(RouteNetlinkMessage::NewLink(b), NLM_F_CREATE | NLM_F_EXCL)?;
         let (root_i, leaf_i) = (c.index_of(root)?, c.index_of(bridge)?);
-        let m = new_veth(join, root_i, vec![LinkAttribute::IfName(join_leaf.into())]);
+        let m = new_veth(join, root_i, vec![LinkAttribute::IfName(join_leaf.into())], None);
         c.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)?;
         let leaf_end = c.index_of(join_leaf)?;
         c.set_master_up(leaf_end, leaf_i)?;
@@ -259,8 +292,9 @@ pub fn add_leaf_bridge(
 }
 
 /// In namespace `netns`: a persistent tap `name` (no packet information header, as `ip
-/// tuntap add mode tap` makes it), up on bridge `bridge`. The VMM opens it by name later.
-pub fn add_tap(netns: &str, name: &str, bridge: &str) -> Result<(), RtnlError> {
+/// tuntap add mode tap` makes it), with MTU `mtu` if given, up on bridge `bridge`. The VMM
+/// opens it by name later.
+pub fn add_tap(netns: &str, name: &str, bridge: &str, mtu: Option<u32>) -> Result<(), RtnlError> {
     let what = format!("in netns {netns}: tuntap add {name} mode tap, master {bridge} up");
     let path = Path::new(NETNS_DIR).join(netns);
     in_netns(&path, || {
@@ -268,7 +302,142 @@ pub fn add_tap(netns: &str, name: &str, bridge: &str) -> Result<(), RtnlError> {
         let mut c = Conn::open()?;
         let master = c.index_of(bridge)?;
         let index = c.index_of(name)?;
+        if let Some(mtu) = mtu {
+            c.set_mtu(index, mtu)?;
+        }
         c.set_master_up(index, master)
+    })
+    .map_err(err(what))
+}
+
+/// The name of the device that holds IPv4 address `addr` in the calling thread's network
+/// namespace (as `ip -o addr show to ADDR` finds it): a host's underlay device from its
+/// underlay address.
+pub fn dev_with_addr(addr: std::net::Ipv4Addr) -> Result<String, RtnlError> {
+    let what = format!("addr show to {addr}");
+    (|| {
+        let mut c = Conn::open()?;
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        let all = c.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
+        let want = std::net::IpAddr::V4(addr);
+        let index = all
+            .into_iter()
+            .find_map(|r| match r {
+                RouteNetlinkMessage::NewAddress(a)
+                    if a.attributes.iter().any(|x| {
+                        matches!(x, AddressAttribute::Local(l) | AddressAttribute::Address(l)
+                            if *l == want)
+                    }) =>
+                {
+                    Some(a.header.index)
+                }
+                _ => None,
+            })
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "no device in this namespace has it")
+            })?;
+        let mut l = LinkMessage::default();
+        l.header.index = index;
+        let replies = c.request(RouteNetlinkMessage::GetLink(l), 0)?;
+        replies
+            .into_iter()
+            .find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
+    })()
+    .map_err(err(what))
+}
+
+/// A VXLAN port of a fleet bridge: what `ip link add NAME type vxlan id VNI local LOCAL dev
+/// DEV dstport PORT nolearning` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    /// The device's name (inside the fleet namespace).
+    pub name: String,
+    /// The VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// This host's address on the underlay: the outer packets' source.
+    pub local: std::net::Ipv4Addr,
+    /// The underlay device, in the caller's namespace.
+    pub dev: String,
+    /// The UDP port, at both ends.
+    pub port: u16,
+}
+
+/// A VXLAN device whose UDP socket is in the calling thread's network namespace (the host's,
+/// where its underlay `vx.dev` is) but which itself sits in namespace `netns`, up on bridge
+/// `bridge`, with one static all-zeros forwarding entry per peer (`bridge fdb append
+/// 00:00:00:00:00:00 dev NAME dst PEER self permanent`): broadcast and unknown unicast go once
+/// to each peer, no multicast, no learning of remote endpoints. The bridge takes the VXLAN's
+/// MTU (its underlay's less the 50 bytes of encapsulation), which is returned: guests' links
+/// must not exceed it. The device is made in `netns` by the same request (IFLA_NET_NS_FD),
+/// as `ip link add NAME netns NS type vxlan …` does: the kernel keeps its socket in the
+/// requester's namespace, and it never exists in the caller's, so a failure leaves nothing
+/// there; deleting `netns` deletes it.
+pub fn add_vxlan(
+    netns: &str,
+    vx: &Vxlan,
+    bridge: &str,
+    peers: &[std::net::Ipv4Addr],
+) -> Result<u32, RtnlError> {
+    let what = format!(
+        "link add {} netns {netns} type vxlan id {} local {} dev {} dstport {} nolearning",
+        vx.name, vx.vni, vx.local, vx.dev, vx.port
+    );
+    let path = Path::new(NETNS_DIR).join(netns);
+    let ns = File::open(&path).map_err(err(&what))?;
+    // On the caller's thread: the socket, and so the device's UDP socket, is in its namespace.
+    (|| {
+        let mut c = Conn::open()?;
+        let dev = c.index_of(&vx.dev)?;
+        let mut m = LinkMessage::default();
+        m.attributes = vec![
+            LinkAttribute::IfName(vx.name.clone()),
+            LinkAttribute::NetNsFd(ns.as_raw_fd()),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Vxlan),
+                LinkInfo::Data(InfoData::Vxlan(vec![
+                    InfoVxlan::Id(vx.vni),
+                    InfoVxlan::Local(vx.local),
+                    InfoVxlan::Link(dev),
+                    InfoVxlan::Port(vx.port),
+                    InfoVxlan::Learning(false),
+                ])),
+            ]),
+        ];
+        c.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map(drop)
+    })()
+    .map_err(err(&what))?;
+    let what =
+        format!("in netns {netns}: {} on bridge {bridge}, fdb entries to {peers:?}", vx.name);
+    in_netns(&path, || {
+        let mut c = Conn::open()?;
+        let (index, master) = (c.index_of(&vx.name)?, c.index_of(bridge)?);
+        let mtu = c.mtu_of(&vx.name)?;
+        // Set on the bridge, not left to follow its smallest port: its own address (where
+        // the network benchmarks' peer listens) then never sends more than the VXLAN carries.
+        c.set_mtu(master, mtu)?;
+        c.set_master_up(index, master)?;
+        for peer in peers {
+            let mut n = NeighbourMessage::default();
+            n.header.family = AddressFamily::Bridge;
+            n.header.ifindex = index;
+            // NUD_NOARP | NUD_PERMANENT, NTF_SELF: what `bridge fdb append` sends by default.
+            n.header.state = NeighbourState::Other(0x40 | 0x80);
+            n.header.flags = NeighbourFlags::Own;
+            n.attributes = vec![
+                NeighbourAttribute::LinkLayerAddress(vec![0; 6]),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(*peer)),
+            ];
+            c.request(RouteNetlinkMessage::NewNeighbour(n), NLM_F_CREATE | NLM_F_APPEND)?;
+        }
+        Ok(mtu)
     })
     .map_err(err(what))
 }
@@ -494,7 +663,7 @@ mod tests {
         ip(&["-n", &fleet.0, "link", "add", "vbbr0", "type", "bridge"]);
         ip(&["-n", &fleet.0, "link", "set", "vbbr0", "up"]);
 
-        add_veth(&fleet.0, "vbl0", "vbbr0", "eth0", &PeerNs::Named(guest.0.clone())).unwrap();
+        add_veth(&fleet.0, "vbl0", "vbbr0", "eth0", &PeerNs::Named(guest.0.clone()), None).unwrap();
         let l = ip(&["-n", &fleet.0, "-o", "link", "show", "vbl0"]);
         assert!(l.contains("master vbbr0") && l.contains(",UP"), "{l}");
         assert!(ip(&["-n", &guest.0, "-o", "link", "show", "eth0"]).contains("eth0@"));
@@ -502,7 +671,9 @@ mod tests {
         // A veth into a process's namespace (a child in a namespace of its own).
         let mut child = Command::new("unshare").args(["-n", "sleep", "30"]).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(200));
-        add_veth(&fleet.0, "vbl1", "vbbr0", "eth0", &PeerNs::Pid(child.id())).unwrap();
+        // With an MTU: both ends get it.
+        add_veth(&fleet.0, "vbl1", "vbbr0", "eth0", &PeerNs::Pid(child.id()), Some(1450)).unwrap();
+        let here = ip(&["-n", &fleet.0, "-o", "link", "show", "vbl1"]);
         let out = Command::new("nsenter")
             .args(["-t", &child.id().to_string(), "-n", "ip", "-o", "link", "show", "eth0"])
             .output()
@@ -510,19 +681,21 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert!(String::from_utf8_lossy(&out.stdout).contains("eth0@"), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("mtu 1450"), "{out:?}");
+        assert!(here.contains("mtu 1450"), "{here}");
 
-        add_tap(&fleet.0, "vbt0", "vbbr0").unwrap();
+        add_tap(&fleet.0, "vbt0", "vbbr0", None).unwrap();
         let l = ip(&["-n", &fleet.0, "-d", "-o", "link", "show", "vbt0"]);
         assert!(l.contains("master vbbr0") && l.contains("tun type tap"), "{l}");
         assert!(l.contains("pi off"), "no packet information header: {l}");
 
         // Failures name the step and the kernel's reason.
-        let e = add_tap(&fleet.0, "vbt0", "vbbr0").unwrap_err();
+        let e = add_tap(&fleet.0, "vbt0", "vbbr0", None).unwrap_err();
         assert!(e.to_string().contains("tuntap add vbt0"), "{e}");
-        let e = add_veth(&fleet.0, "vbl0", "vbbr0", "eth1", &PeerNs::Named(guest.0.clone()))
+        let e = add_veth(&fleet.0, "vbl0", "vbbr0", "eth1", &PeerNs::Named(guest.0.clone()), None)
             .unwrap_err();
         assert!(e.to_string().contains("link add vbl0") && e.to_string().contains("exists"), "{e}");
-        let e = add_veth(&fleet.0, "vbl9", "nobr", "eth1", &PeerNs::Named(guest.0.clone()))
+        let e = add_veth(&fleet.0, "vbl9", "nobr", "eth1", &PeerNs::Named(guest.0.clone()), None)
             .unwrap_err();
         assert!(e.is_no_device(), "{e}");
 

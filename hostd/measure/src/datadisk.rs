@@ -68,6 +68,12 @@ pub enum DataDiskError {
     PageCache(#[from] PageCacheError),
     #[error("data disk copy {}: reading with O_DIRECT: {source}", path.display())]
     Level { path: PathBuf, source: io::Error },
+    #[error("data disk copy {}: nothing read (limit below one {block}-byte block?)", path.display())]
+    NothingRead { path: PathBuf, block: usize },
+    #[error("data disk copy {}: block size {block} is not a multiple of {align}", path.display())]
+    Unaligned { path: PathBuf, block: usize, align: usize },
+    #[error("data disk {}: ended after {copied} of {bytes} bytes", path.display())]
+    ShortSource { path: PathBuf, copied: u64, bytes: u64 },
 }
 
 /// Reads a whole file with O_DIRECT (which bypasses this host's page cache): whatever caches
@@ -87,8 +93,7 @@ pub fn timed_read(path: &Path, block: usize, max_bytes: u64) -> Result<(u64, f64
     let n = direct_read(path, block, max_bytes)?;
     let secs = t.elapsed().as_secs_f64();
     if n == 0 {
-        let e = io::Error::other(format!("nothing read (limit below one {block}-byte block?)"));
-        return Err(DataDiskError::Level { path: path.into(), source: e });
+        return Err(DataDiskError::NothingRead { path: path.into(), block });
     }
     Ok((n, secs.max(f64::MIN_POSITIVE)))
 }
@@ -103,8 +108,7 @@ fn direct_read(path: &Path, chunk: usize, limit: u64) -> Result<u64, DataDiskErr
         return Err(PageCacheError::NotRegular { path: path.into() }.into());
     }
     if chunk == 0 || chunk % ALIGN != 0 {
-        let e = io::Error::other(format!("block size {chunk} is not a multiple of {ALIGN}"));
-        return Err(err(e));
+        return Err(DataDiskError::Unaligned { path: path.into(), block: chunk, align: ALIGN });
     }
     let mut f =
         OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).map_err(err)?;
@@ -206,22 +210,28 @@ impl DataDisks {
         let src = File::open(&self.source)
             .map_err(|e| DataDiskError::Source { path: self.source.clone(), source: e })?;
         let copied = (|| {
-            let mut out = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&tmp)
+                .map_err(err)?;
             // copy_file_range underneath: no round trip through hostd's memory.
-            let n = io::copy(&mut io::Read::take(&src, self.bytes), &mut out)?;
+            let n = io::copy(&mut io::Read::take(&src, self.bytes), &mut out).map_err(err)?;
             if n != self.bytes {
-                return Err(io::Error::other(format!(
-                    "source ended after {n} of {} bytes",
-                    self.bytes
-                )));
+                return Err(DataDiskError::ShortSource {
+                    path: self.source.clone(),
+                    copied: n,
+                    bytes: self.bytes,
+                });
             }
-            out.sync_all()?;
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444))?;
-            fs::rename(&tmp, &dst)
+            out.sync_all().map_err(err)?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444)).map_err(err)?;
+            fs::rename(&tmp, &dst).map_err(err)
         })();
         if let Err(e) = copied {
             let _ = fs::remove_file(&tmp);
-            return Err(err(e));
+            return Err(e);
         }
         // Neither the copy just written nor the source stays in memory on its account.
         pagecache::evict(&dst)?;

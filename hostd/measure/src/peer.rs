@@ -21,6 +21,8 @@ pub enum PeerError {
     Boot(crate::guest::BootError),
     #[error("network peer answered net_serve with {0}")]
     Answer(String),
+    #[error(transparent)]
+    Network(#[from] crate::netlab::NetError),
 }
 
 /// Peers this process has launched (`hostd run`'s closing count of boots).
@@ -49,6 +51,8 @@ impl Peer {
         net: &FleetNet,
     ) -> Result<Self, PeerError> {
         let backend = AnyBackend::new(BackendKind::Native, images, opts);
+        // This host's bridge: in a fleet across hosts, each host's peer is its own.
+        let bridge = net.bridge_addr()?;
         let spec = GuestSpec {
             index: usize::MAX,
             name: "peer".into(),
@@ -59,7 +63,7 @@ impl Peer {
             workdir: run.scratch.join("peer"),
             net: Some(GuestNet {
                 fleet: net.shared(),
-                addr: netlab::BRIDGE_ADDR,
+                addr: bridge,
                 prefix: netlab::PREFIX,
                 link: String::new(),
             }),
@@ -80,7 +84,7 @@ impl Peer {
                 return Err(PeerError::Answer(format!("{other:?}")));
             }
         };
-        Ok(Peer { backend, guest, addr: SocketAddr::from((netlab::BRIDGE_ADDR, port)) })
+        Ok(Peer { backend, guest, addr: SocketAddr::from((bridge, port)) })
     }
 
     /// Shuts the peer down (it holds no guest state worth waiting for).

@@ -244,6 +244,11 @@ fn group_images(
                     format!("group {:?}: {e:#}", g.name)
                 });
             }
+            // Said here, before the daemon detaches: a container keeps the agent as PID 1.
+            if matches!(g.kind, hostd::backend::BackendKind::Ns | hostd::backend::BackendKind::Oci)
+            {
+                im.system = im.system.take().map(|s| s.for_container(g.kind.name()));
+            }
         }
         images.push(im);
     }

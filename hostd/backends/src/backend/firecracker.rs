@@ -255,10 +255,8 @@ impl Backend for Firecracker {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        let (kernel, initramfs) = self.images().map_err(|reason| LaunchError::Prepare {
-            what: "firecracker images".into(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
-        })?;
+        let (kernel, initramfs) =
+            self.images().map_err(|reason| prepare("firecracker images", reason))?;
         launch_firecracker(&self.bin, kernel, initramfs, spec, self.system.as_ref()).await
     }
 
@@ -283,7 +281,7 @@ mod tests {
             data_disk: full.then(|| "/store/disk.img".into()),
             workdir: "/run/virtbench/r1/g2".into(),
             net: full.then(|| GuestNet {
-                fleet: FleetNet { netns: "vb-r1".into(), mode: Default::default() },
+                fleet: FleetNet::named("vb-r1"),
                 addr: std::net::Ipv4Addr::new(10, 211, 0, 4),
                 prefix: 16,
                 link: "vbl2".into(),

@@ -131,10 +131,7 @@ impl Backend for Native {
         if let (Some(_), Some(_)) = (&spec.net, &self.wrap) {
             return Err(super::prepare(
                 "a startup floor",
-                std::io::Error::new(
-                    std::io::ErrorKind::Unsupported,
-                    "a floor runs without the fleet network",
-                ),
+                super::PrepareError::Unsupported("a floor runs without the fleet network"),
             ));
         }
         if let Some(net) = &spec.net {

@@ -95,14 +95,10 @@ impl Resource {
                     return Ok(());
                 }
                 // Already gone (e.g. a veth whose peer's namespace died) is fine.
-                netlab::FleetNet { netns: netns.clone(), mode: Default::default() }
-                    .del_link(name)
-                    .map_err(ReleaseError::DelLink)
+                netlab::FleetNet::named(netns.clone()).del_link(name).map_err(ReleaseError::DelLink)
             }
             Resource::Netns { name } => {
-                netlab::FleetNet { netns: name.clone(), mode: Default::default() }
-                    .destroy()
-                    .map_err(ReleaseError::DestroyNetns)
+                netlab::FleetNet::named(name.clone()).destroy().map_err(ReleaseError::DestroyNetns)
             }
             Resource::Container { runtime, root, id } => {
                 let mut c = Command::new(runtime);

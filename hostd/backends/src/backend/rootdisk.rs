@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::launch::{run_tool, LaunchGuard};
-use super::{prepare, LaunchError, Resource};
+use super::{prepare, LaunchError, PrepareError, Resource};
 
 /// How long making a guest's root disk (an overlay, a sparse copy) may take.
 const DISK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -86,6 +86,27 @@ impl System {
         vec![format!("vb.root={}", self.ext4_uuid), format!("vb.init={}", self.init.name())]
     }
 
+    /// What a container backend (ns, oci) runs for this system: the agent as PID 1 over the
+    /// image's tree, also for `init = "image"`, which it says once per backend and process
+    /// (a warning), as the fleet's output must. Containers here do not boot the image's init:
+    /// systemd as PID 1 needs a cgroup hierarchy of its own to manage (a cgroup namespace
+    /// over a delegated subtree), which hostd's container guests are not given, and this
+    /// host's hybrid cgroups (v1 controllers, an empty v2) leave no v2 tree to delegate.
+    pub fn for_container(self, backend: &'static str) -> Self {
+        static SAID: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+        if self.init == InitMode::Image {
+            let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+            if !said.contains(&backend) {
+                said.push(backend);
+                tracing::warn!(
+                    "{backend}: system {}: init = \"image\" is not run in containers: the agent is PID 1 over the image's tree (systemd would need a delegated cgroup hierarchy that {backend} guests are not given)",
+                    self.name
+                );
+            }
+        }
+        self
+    }
+
     /// Refuses `init = "image"` for an image without a usable init, naming it.
     pub fn check(&self) -> Result<(), NoImageInit> {
         if self.init == InitMode::Image && self.image_init.is_none() {
@@ -112,9 +133,9 @@ impl System {
             self.ext4.as_os_str(),
             overlay.as_os_str(),
         ];
-        run_tool("qemu-img", &args, DISK_TIMEOUT).await.map_err(|e| {
-            prepare(format!("the root disk overlay {}", overlay.display()), io::Error::other(e))
-        })?;
+        run_tool("qemu-img", &args, DISK_TIMEOUT)
+            .await
+            .map_err(|e| prepare(format!("the root disk overlay {}", overlay.display()), e))?;
         Ok((overlay, "qcow2"))
     }
 
@@ -132,9 +153,9 @@ impl System {
             self.ext4.as_os_str(),
             copy.as_os_str(),
         ];
-        run_tool("cp", &args, DISK_TIMEOUT).await.map_err(|e| {
-            prepare(format!("copying the root image to {}", copy.display()), io::Error::other(e))
-        })?;
+        run_tool("cp", &args, DISK_TIMEOUT)
+            .await
+            .map_err(|e| prepare(format!("copying the root image to {}", copy.display()), e))?;
         Ok(copy)
     }
 
@@ -187,9 +208,8 @@ impl System {
             if s.contains([',', ':', '\\']) {
                 return Err(prepare(
                     format!("overlay layer {s}"),
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "a path with ',', ':' or '\\' cannot be an overlayfs option",
+                    PrepareError::Invalid(
+                        "a path with ',', ':' or '\\' cannot be an overlayfs option".into(),
                     ),
                 ));
             }
@@ -207,7 +227,9 @@ impl System {
             nix::mount::MsFlags::empty(),
             Some(data.as_str()),
         )
-        .map_err(|e| prepare(format!("overlayfs on {} ({data})", merged.display()), e.into()))?;
+        .map_err(|e| {
+            prepare(format!("overlayfs on {} ({data})", merged.display()), io::Error::from(e))
+        })?;
         guard.hold(Resource::Mount { path: merged.clone() });
         Ok(merged)
     }

@@ -25,7 +25,7 @@ pub(crate) fn test_spec(net: bool, disk: bool) -> GuestSpec {
         data_disk: disk.then(|| PathBuf::from("/store/disk,1.img")),
         workdir: PathBuf::from("/run/virtbench/r1/g1"),
         net: net.then(|| GuestNet {
-            fleet: crate::netlab::FleetNet { netns: "vb-r1".into(), mode: Default::default() },
+            fleet: crate::netlab::FleetNet::named("vb-r1"),
             addr: Ipv4Addr::new(10, 211, 0, 3),
             prefix: 16,
             link: "vbl1".into(),

@@ -24,7 +24,7 @@ use super::rootdisk::System;
 use super::vmm::{guest_mac, kernel_cmdline, probe_boot, probe_dir, probe_spec, spawn_vmm};
 use super::{
     prepare, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec,
-    Images, Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable,
+    Images, Kernel, LaunchError, LaunchFiles, Launched, PrepareError, Proc, Resource, Unavailable,
 };
 
 /// The data disk inside a UML guest (ubd0).
@@ -95,9 +95,8 @@ fn check_uml_path(p: &Path) -> Result<(), LaunchError> {
     if s.contains(|c: char| c.is_whitespace() || c == ',') {
         return Err(LaunchError::Prepare {
             what: s,
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "a path with blanks or commas cannot go on UML's command line",
+            source: PrepareError::Invalid(
+                "a path with blanks or commas cannot go on UML's command line".into(),
             ),
         });
     }
@@ -249,10 +248,9 @@ impl Backend for Uml {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        let (kernel, initramfs) = self.images().map_err(|e| LaunchError::Prepare {
-            what: "uml images".into(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, e),
-        })?;
+        let (kernel, initramfs) = self
+            .images()
+            .map_err(|e| LaunchError::Prepare { what: "uml images".into(), source: e.into() })?;
         launch_uml(kernel, initramfs, spec, self.system.as_ref()).await
     }
 
@@ -293,7 +291,7 @@ mod tests {
             data_disk: Some("/store/disk.img".into()),
             workdir: "/run/virtbench/r1/g0".into(),
             net: Some(GuestNet {
-                fleet: FleetNet { netns: "vb-r1".into(), mode: Default::default() },
+                fleet: FleetNet::named("vb-r1"),
                 addr: std::net::Ipv4Addr::new(10, 211, 0, 2),
                 prefix: 16,
                 link: "vbl0".into(),

@@ -501,6 +501,12 @@ pub enum WriteError {
     /// A file of the report could not be written.
     #[error("{0}")]
     Write(std::io::Error),
+    #[error("report.json: {0}")]
+    Json(serde_json::Error),
+    #[error("report.csv: {0}")]
+    Csv(csv::Error),
+    #[error("creating {}: {source}", path.display())]
+    CreateDir { path: std::path::PathBuf, source: std::io::Error },
     /// A figure could not be drawn.
     #[error("drawing {path}: {source}")]
     Figure { path: std::path::PathBuf, source: crate::plot::PlotError },
@@ -546,22 +552,14 @@ pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
     }
     let w = |name: &str, data: &[u8]| results::write_in(dir, name, data).map_err(WriteError::Write);
     let json = serde_json::to_vec_pretty(&crate::results::Versioned::new(&rep));
-    w("report.json", &json.map_err(|e| WriteError::Write(e.into()))?)?;
-    w(
-        "report.csv",
-        &csv(&rep)
-            .map_err(|e| WriteError::Write(std::io::Error::other(format!("report.csv: {e}"))))?,
-    )?;
+    w("report.json", &json.map_err(WriteError::Json)?)?;
+    w("report.csv", &csv(&rep).map_err(WriteError::Csv)?)?;
     w("report.md", crate::decision::markdown(&crate::decision::decide(&rep)).as_bytes())?;
     let figs = figures(&rep);
     // A run killed right after making its directory has no figures/ yet.
     let fig_dir = dir.join("figures");
-    std::fs::create_dir_all(&fig_dir).map_err(|e| {
-        WriteError::Write(std::io::Error::new(
-            e.kind(),
-            format!("creating {}: {e}", fig_dir.display()),
-        ))
-    })?;
+    std::fs::create_dir_all(&fig_dir)
+        .map_err(|source| WriteError::CreateDir { path: fig_dir.clone(), source })?;
     for (name, f, _) in &figs {
         let p = fig_dir.join(name);
         match f {

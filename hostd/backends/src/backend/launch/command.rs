@@ -126,7 +126,7 @@ impl GuestCommand {
     pub fn spawn(self) -> Result<tokio::process::Child, LaunchError> {
         let program = self.program.clone();
         let mut cmd = self.build();
-        cmd.spawn().map_err(|source| LaunchError::Spawn { program, source })
+        cmd.spawn().map_err(|source| LaunchError::Spawn { program, source: source.into() })
     }
 }
 

@@ -15,7 +15,7 @@ pub type Halves = (tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWrite
 /// only where it is passed explicitly ([`GuestCommand::pass_fd`](super::GuestCommand)).
 pub fn control_pair() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-        .map_err(|e| prepare("control socketpair", e.into()))
+        .map_err(|e| prepare("control socketpair", std::io::Error::from(e)))
 }
 
 /// Turns a connected Unix socket into tokio read/write halves.

@@ -14,7 +14,7 @@ use crate::backend::{
 };
 use crate::cgroup::Cgroup;
 use crate::console::{ConsoleLog, CONSOLE_CAP};
-use crate::netlab::{FleetNet, NetMode};
+use crate::netlab::FleetNet;
 
 /// Owns everything a launch creates and releases it if the launch fails or is dropped.
 pub struct LaunchGuard {
@@ -67,8 +67,8 @@ impl LaunchGuard {
     /// The guest's console: a pipe hostd reads into the capped log at `path` (see
     /// `crate::console`). Returns the pipe's write end for the guest's program.
     pub fn console(&mut self, path: &Path) -> Result<OwnedFd, LaunchError> {
-        let (log, wr) = ConsoleLog::start(path, CONSOLE_CAP)
-            .map_err(|e| prepare(path.display(), std::io::Error::other(e)))?;
+        let (log, wr) =
+            ConsoleLog::start(path, CONSOLE_CAP).map_err(|e| prepare(path.display(), e))?;
         self.console = Some(log);
         self.console_log = Some(path.to_path_buf());
         Ok(wr)
@@ -120,7 +120,7 @@ impl LaunchGuard {
         // releasing the link tolerates.
         net.fleet.add_veth_to_netns(&net.link, index, name)?;
         self.hold(Resource::Link { netns: net.fleet.netns.clone(), name: net.link.clone() });
-        Ok(FleetNet { netns: name.into(), mode: NetMode::Private })
+        Ok(FleetNet::named(name))
     }
 
     /// Hands everything to the started guest, whose main host process is `proc`.

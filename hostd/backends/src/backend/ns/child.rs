@@ -14,6 +14,7 @@ use super::plan::Step;
 use super::syscalls::{run_plan, RealSyscall};
 use super::{AGENT_PATH, CHILD_STACK};
 use crate::backend::native::AGENT_FD;
+use crate::backend::SpawnError;
 
 // ---------------------------------------------------------------------------------------
 // The child, between clone and exec.
@@ -162,12 +163,9 @@ pub(super) fn fail(c: &Child, step: u32, e: Errno) -> ! {
 }
 
 /// Turns the child's `(step, errno)` report into an error naming the step.
-pub(super) fn decode_failure(report: &[u8], steps: &[Step], workdir: &Path) -> io::Error {
+pub(super) fn decode_failure(report: &[u8], steps: &[Step], workdir: &Path) -> SpawnError {
     let (Some(s), Some(e)) = (report.get(..4), report.get(4..8)) else {
-        return io::Error::other(format!(
-            "garbled failure report from the guest's child ({} bytes)",
-            report.len()
-        ));
+        return SpawnError::GarbledReport(report.len());
     };
     let step = u32::from_le_bytes(s.try_into().unwrap_or_default());
     let errno = i32::from_le_bytes(e.try_into().unwrap_or_default());
@@ -193,6 +191,5 @@ pub(super) fn decode_failure(report: &[u8], steps: &[Step], workdir: &Path) -> i
                 .unwrap_or_else(|| format!("step {i}"))
         }
     };
-    let os = io::Error::from_raw_os_error(errno);
-    io::Error::new(os.kind(), format!("{what}: {os}"))
+    SpawnError::Step { step: what, source: io::Error::from_raw_os_error(errno) }
 }

@@ -48,7 +48,7 @@ use super::native::AGENT_FD;
 use super::rootdisk::{System, AGENT_IN_IMAGE};
 use super::{
     prepare, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, LaunchFiles,
-    Launched, Proc, Resource, Unavailable,
+    Launched, PrepareError, Proc, Resource, SpawnError, Unavailable,
 };
 use crate::cgroup;
 use crate::netlab::NetMode;
@@ -129,7 +129,7 @@ impl Ns {
 
 /// The system image and the agent to add to it.
 fn system_of(images: &Images) -> Option<(System, PathBuf)> {
-    images.system.clone().map(|s| (s, images.agent.clone()))
+    images.system.clone().map(|s| (s.for_container("ns"), images.agent.clone()))
 }
 
 impl Backend for Ns {
@@ -212,9 +212,9 @@ impl Ns {
         let null = File::open("/dev/null").map_err(|e| prepare("/dev/null", e))?;
         let (host, guest) = control_pair()?;
         let (sync_rd, sync_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| prepare("sync pipe", e.into()))?;
+            .map_err(|e| prepare("sync pipe", io::Error::from(e)))?;
         let (err_rd, err_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| prepare("error pipe", e.into()))?;
+            .map_err(|e| prepare("error pipe", io::Error::from(e)))?;
         let high = |fd: OwnedFd| above_floor(fd).map_err(|e| prepare("child descriptors", e));
         let (sync_rd, err_wr, null, log_fd, guest) =
             (high(sync_rd)?, high(err_wr)?, high(null.into())?, high(log_wr)?, high(guest)?);
@@ -229,7 +229,7 @@ impl Ns {
 
         g.make_cgroup(spec)?;
 
-        let spawn_err = |source: io::Error| LaunchError::Spawn {
+        let spawn_err = |source: SpawnError| LaunchError::Spawn {
             program: format!("{} in new namespaces", self.agent_path()),
             source,
         };
@@ -255,7 +255,7 @@ impl Ns {
             };
             clone_child(&child, self.clone_flags_for(mode))
         }
-        .map_err(|e| spawn_err(io::Error::new(io::Error::from(e).kind(), format!("clone: {e}"))))?;
+        .map_err(|e| spawn_err(SpawnError::Step { step: "clone".into(), source: e.into() }))?;
         // The child has its copies; the parent's would hide the exec's EOF on the error pipe.
         drop((sync_rd, err_wr, null, log_fd, guest, shared_netns));
         let mut proc = match Proc::from_pid(pid.as_raw() as u32, true) {
@@ -263,7 +263,7 @@ impl Ns {
             Err(e) => {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(pid, None);
-                return Err(spawn_err(e));
+                return Err(spawn_err(e.into()));
             }
         };
         let started = self.release_child(spec, pid, g, sync_wr, err_rd, (&steps, &workdir)).await;
@@ -303,10 +303,7 @@ impl Ns {
             Some((sys, agent)) => sys.container_root(&workdir, agent, &NEEDED_DIRS, g)?,
             None => {
                 let rootfs = self.rootfs.as_ref().ok_or_else(|| {
-                    prepare(
-                        "the rootfs image",
-                        io::Error::new(io::ErrorKind::NotFound, "none given"),
-                    )
+                    prepare("the rootfs image", PrepareError::Missing("none given"))
                 })?;
                 std::fs::canonicalize(rootfs)
                     .map_err(|e| prepare(format!("rootfs {}", rootfs.display()), e))?
@@ -373,8 +370,7 @@ impl Ns {
                 if self.user_ns.is_some() {
                     return Err(prepare(
                         "the shared network mode",
-                        io::Error::new(
-                            io::ErrorKind::Unsupported,
+                        PrepareError::Unsupported(
                             "cannot be combined with a user namespace (joining the fleet's network namespace needs the host's privileges)",
                         ),
                     ));
@@ -420,7 +416,7 @@ impl Ns {
             n.fleet.add_veth(&n.link, spec.index, pid.as_raw() as u32)?;
             g.hold(Resource::Link { netns: n.fleet.netns.clone(), name: n.link.clone() });
         }
-        nix::unistd::write(&sync_wr, &[1]).map_err(|e| prepare("sync pipe", e.into()))?;
+        nix::unistd::write(&sync_wr, &[1]).map_err(|e| prepare("sync pipe", io::Error::from(e)))?;
         drop(sync_wr);
         let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(err_rd)
             .map_err(|e| prepare("error pipe", e))?;
@@ -429,12 +425,12 @@ impl Ns {
         match tokio::time::timeout(EXEC_TIMEOUT, rx.read_to_end(&mut report)).await {
             Err(_) => Err(LaunchError::Spawn {
                 program,
-                source: io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the guest did not exec within {EXEC_TIMEOUT:?}"),
-                ),
+                source: SpawnError::TimedOut {
+                    waiting: "the guest did not exec",
+                    after: EXEC_TIMEOUT,
+                },
             }),
-            Ok(Err(source)) => Err(LaunchError::Spawn { program, source }),
+            Ok(Err(source)) => Err(LaunchError::Spawn { program, source: source.into() }),
             Ok(Ok(_)) if report.is_empty() => Ok(()),
             Ok(Ok(_)) => {
                 Err(LaunchError::Spawn { program, source: decode_failure(&report, steps, workdir) })

@@ -188,8 +188,9 @@ fn a_failing_step_stops_the_walk_and_is_named() {
     let mut report = (i as u32).to_le_bytes().to_vec();
     report.extend((Errno::EPERM as i32).to_le_bytes());
     let err = decode_failure(&report, &steps, Path::new("/w/g0"));
-    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
-    assert!(err.to_string().starts_with("mounting tmpfs on /w/g0/root/tmp: "), "{err}");
+    let crate::backend::SpawnError::Step { step, source } = &err else { panic!("{err:?}") };
+    assert_eq!(step, "mounting tmpfs on /w/g0/root/tmp");
+    assert_eq!(source.kind(), io::ErrorKind::PermissionDenied);
     let bind = steps
         .iter()
         .position(

@@ -38,7 +38,7 @@ use super::native::AGENT_FD;
 use super::rootdisk::System;
 use super::{
     prepare, Backend, BackendKind, BackendOptions, GuestSpec, Images, LaunchError, LaunchFiles,
-    Launched, Proc, Resource, Unavailable,
+    Launched, PrepareError, Proc, Resource, SpawnError, Unavailable,
 };
 use crate::cgroup::Limits;
 
@@ -69,7 +69,7 @@ impl Oci {
         Self {
             runtime: opts.oci_runtime.clone(),
             bundle: images.bundle.clone(),
-            system: images.system.clone().map(|s| (s, images.agent.clone())),
+            system: images.system.clone().map(|s| (s.for_container("oci"), images.agent.clone())),
         }
     }
 
@@ -78,7 +78,7 @@ impl Oci {
         Self {
             runtime: self.runtime.clone(),
             bundle: images.bundle.clone(),
-            system: images.system.clone().map(|s| (s, images.agent.clone())),
+            system: images.system.clone().map(|s| (s.for_container("oci"), images.agent.clone())),
         }
     }
 
@@ -229,8 +229,8 @@ impl Container {
         format!("{} run {}", self.runtime.display(), self.id)
     }
 
-    fn spawn_err(&self, source: io::Error) -> LaunchError {
-        LaunchError::Spawn { program: self.program(), source }
+    fn spawn_err(&self, source: impl Into<SpawnError>) -> LaunchError {
+        LaunchError::Spawn { program: self.program(), source: source.into() }
     }
 }
 
@@ -242,10 +242,7 @@ impl Oci {
         g: &mut LaunchGuard,
     ) -> Result<(Halves, Proc), LaunchError> {
         let runtime = self.runtime_path().ok_or_else(|| {
-            prepare(
-                format!("OCI runtime {:?}", self.runtime),
-                io::Error::new(io::ErrorKind::NotFound, "not found"),
-            )
+            prepare(format!("OCI runtime {:?}", self.runtime), PrepareError::Missing("not found"))
         })?;
         let workdir =
             std::fs::canonicalize(&spec.workdir).map_err(|e| prepare(spec.workdir.display(), e))?;
@@ -260,8 +257,7 @@ impl Oci {
         let (host, guest) = control_pair()?;
         let log = g.console(&workdir.join("console.log"))?;
         self.run_detached(g, &c, guest, log).await?;
-        let pid = pid_from_file(&c.pid_file())
-            .map_err(|e| c.spawn_err(io::Error::other(format!("pid file: {e}"))))?;
+        let pid = pid_from_file(&c.pid_file()).map_err(|e| c.spawn_err(e))?;
         // Ours to reap if we adopted it (see Subreaper); else the host's init reaps it.
         let mut proc = Proc::from_pid(pid, parent_of(pid) == Some(std::process::id()))
             .map_err(|e| c.spawn_err(e))?;
@@ -288,8 +284,7 @@ impl Oci {
         rel: &Path,
         workdir: &Path,
     ) -> Result<(), LaunchError> {
-        let (template, rootfs) =
-            self.template().map_err(|e| prepare("the bundle template", io::Error::other(e)))?;
+        let (template, rootfs) = self.template().map_err(|e| prepare("the bundle template", e))?;
         let rootfs = match &self.system {
             Some((sys, agent)) => sys.container_root(workdir, agent, &SYSTEM_MOUNT_POINTS, g)?,
             None => rootfs,
@@ -331,9 +326,9 @@ impl Oci {
             },
         )
         .and_then(|config| if self.system.is_some() { over_system(config) } else { Ok(config) })
-        .map_err(|e| prepare("the guest's config.json", io::Error::other(e)))?;
+        .map_err(|e| prepare("the guest's config.json", e))?;
         let cfg_path = c.bundle.join("config.json");
-        config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), io::Error::other(e)))
+        config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), ConfigError::from(e)))
     }
 
     /// `<runtime> run --detach`, the channel's guest end as the agent's fd 3; Ok once the
@@ -368,10 +363,9 @@ impl Oci {
         // Closes hostd's copies of the channel's guest end and of the console pipe.
         drop(cmd);
         match status {
-            Err(_) => Err(c.spawn_err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no start within {RUN_TIMEOUT:?}"),
-            ))),
+            Err(_) => {
+                Err(c.spawn_err(SpawnError::TimedOut { waiting: "no start", after: RUN_TIMEOUT }))
+            }
             Ok(Err(e)) => Err(c.spawn_err(e)),
             Ok(Ok(st)) if !st.success() => {
                 // The runtime has exited, but a half-started container may still hold the pipe.
@@ -387,7 +381,7 @@ impl Oci {
                 while !text.is_char_boundary(cut) {
                     cut += 1;
                 }
-                Err(c.spawn_err(io::Error::other(format!("{st}: {}", &text[cut..]))))
+                Err(c.spawn_err(SpawnError::Exited { status: st, output: text[cut..].to_string() }))
             }
             Ok(Ok(_)) => Ok(()),
         }
@@ -460,13 +454,13 @@ async fn runtime_version(runtime: &Path) -> Result<String, ToolError> {
 
 /// The container's init pid, from the file `run --pid-file` wrote before the runtime exited
 /// (a second `<runtime> state` exec cost milliseconds inside the startup window).
-fn pid_from_file(path: &Path) -> io::Result<u32> {
-    let text = std::fs::read_to_string(path)?;
-    text.trim()
-        .parse::<u32>()
-        .ok()
-        .filter(|&p| p > 0)
-        .ok_or_else(|| io::Error::other(format!("{}: no pid in {:?}", path.display(), text.trim())))
+fn pid_from_file(path: &Path) -> Result<u32, SpawnError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| SpawnError::PidFileUnreadable { path: path.into(), source })?;
+    text.trim().parse::<u32>().ok().filter(|&p| p > 0).ok_or_else(|| SpawnError::NoPid {
+        path: path.into(),
+        text: text.trim().chars().take(200).collect(),
+    })
 }
 
 /// Runs the agent with `--version` in a throwaway container from the template, as a guest

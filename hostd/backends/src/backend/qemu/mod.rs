@@ -244,12 +244,12 @@ impl Backend for Qemu {
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
         let not_ready = |reason: ImageError| LaunchError::Prepare {
             what: format!("{} images", self.kind()),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
+            source: reason.into(),
         };
         let (kernel, initramfs) = self.images().map_err(not_ready)?;
         let accel = self.accel().await.map_err(|e| LaunchError::Prepare {
             what: "the accelerator".into(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            source: e.into(),
         })?;
         launch_qemu(
             &self.qemu,

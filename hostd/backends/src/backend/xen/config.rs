@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::{DomainType, CTL_TTY};
 use crate::backend::vmm::{guest_mac, kernel_cmdline};
-use crate::backend::{GuestNet, GuestSpec, Kernel, LaunchError};
+use crate::backend::{prepare, GuestNet, GuestSpec, Kernel, LaunchError, PrepareError};
 use crate::netlab;
 
 /// The Xen domain name of a guest: unique on the host across runs.
@@ -16,15 +16,12 @@ pub fn domain_name(spec: &GuestSpec) -> String {
 /// needs them: a value that would is refused instead (naming it).
 pub(super) fn xl_string(what: &str, v: &str) -> Result<String, LaunchError> {
     if v.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
-        return Err(LaunchError::Prepare {
-            what: what.into(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "{v:?}: quotes, backslashes and control characters cannot go in an xl config"
-                ),
-            ),
-        });
+        return Err(prepare(
+            what,
+            PrepareError::Invalid(format!(
+                "{v:?}: quotes, backslashes and control characters cannot go in an xl config"
+            )),
+        ));
     }
     Ok(format!("\"{v}\""))
 }
@@ -65,13 +62,10 @@ pub fn domain_config(
     if let (Some(net), Some(script)) = (&spec.net, vif_script) {
         let script = script.display().to_string();
         if script.contains(',') {
-            return Err(LaunchError::Prepare {
-                what: script,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "a vif script path cannot contain a comma",
-                ),
-            });
+            return Err(prepare(
+                script,
+                PrepareError::Invalid("a vif script path cannot contain a comma".into()),
+            ));
         }
         line(
             "vif",

@@ -39,8 +39,9 @@ use super::launch::{
     boot_images, run_tool, vm_launch_files, GuestCommand, ImageError, LaunchGuard, ToolError,
 };
 use super::{
-    stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec, Images,
-    Kernel, LaunchError, LaunchFiles, Launched, Proc, Resource, Unavailable, UnavailableReason,
+    prepare, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec,
+    Images, Kernel, LaunchError, LaunchFiles, Launched, PrepareError, Proc, Resource, Unavailable,
+    UnavailableReason,
 };
 
 /// The data disk inside a domU (the first Xen virtual block device).
@@ -262,10 +263,7 @@ impl Xen {
         initramfs: &Path,
         spec: &GuestSpec,
     ) -> Result<Launched, LaunchError> {
-        let prep = |what: &str, e: std::io::Error| LaunchError::Prepare {
-            what: what.to_string(),
-            source: e,
-        };
+        let prep = |what: &str, e: std::io::Error| prepare(what, e);
         let mut g = LaunchGuard::new(spec)?;
         let script = vif_hotplug(spec, &mut g)?;
         let cfg_path = spec.workdir.join("domain.cfg");
@@ -416,13 +414,14 @@ impl Xen {
 /// The guest's vif hotplug script in its work directory (see [`vif_script`]), when it has a
 /// network; its link is held from here on, as a half-started domain's goes too.
 fn vif_hotplug(spec: &GuestSpec, g: &mut LaunchGuard) -> Result<Option<PathBuf>, LaunchError> {
-    let prep =
-        |what: &str, e: std::io::Error| LaunchError::Prepare { what: what.to_string(), source: e };
-    let invalid = |what: &str, m: String| prep(what, std::io::Error::other(m));
+    let prep = |what: &str, e: std::io::Error| prepare(what, e);
     match &spec.net {
         Some(net) => {
             let ip = find_program("ip").ok_or_else(|| {
-                invalid("the vif hotplug script", "iproute2's ip is not on PATH".into())
+                prepare(
+                    "the vif hotplug script",
+                    PrepareError::Missing("iproute2's ip is not on PATH"),
+                )
             })?;
             let path = spec.workdir.join("vif-hotplug");
             std::fs::write(&path, vif_script(&ip, net))
@@ -502,25 +501,15 @@ impl Backend for Xen {
     }
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
-        let not_ready = |reason: ImageError| LaunchError::Prepare {
-            what: "xen images".into(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, reason),
-        };
-        let (kernel, initramfs) = self.images().map_err(not_ready)?;
+        let (kernel, initramfs) = self.images().map_err(|e| prepare("xen images", e))?;
         if let Some(sys) = &self.system {
             // Refused rather than half-supported: the domU kernel would not find its root.
-            return Err(LaunchError::Prepare {
-                what: format!("system image {} on xen", sys.name),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::Unsupported,
-                    "the Xen domU kernel (kernel-xen, recipes/kernels/xen.config) is built without ext4, so it cannot mount a system image's root; boot system images on uml, qemu-microvm, qemu-full, firecracker, ns or oci",
-                ),
-            });
+            return Err(prepare(
+                format!("system image {} on xen", sys.name),
+                PrepareError::Unsupported("the Xen domU kernel (kernel-xen, recipes/kernels/xen.config) is built without ext4, so it cannot mount a system image's root; boot system images on uml, qemu-microvm, qemu-full, firecracker, ns or oci"),
+            ));
         }
-        let ty = DomainType::from_env().map_err(|e| LaunchError::Prepare {
-            what: "the domain type".into(),
-            source: std::io::Error::other(e),
-        })?;
+        let ty = DomainType::from_env().map_err(|e| prepare("the domain type", e))?;
         self.launch_domain(ty, kernel, initramfs, spec).await
     }
 
