@@ -1,8 +1,10 @@
 //! `hostd boot --engine slurm` in the Slurm lab (issue 17, docs/multihost.md): a lab of 3
 //! emulated hosts, each with its CLOCK_MONOTONIC I × 1000 s ahead of the machine's; the
 //! coordinator runs on the lab's login node and salloc's the hosts itself. Checks 10 ns
-//! guests ready per host, each host's recovered clock offset within its reported bound of
-//! the lab's known offset (the injected-offset test), one complete results directory, and
+//! guests ready per host, every guest exchanging data with a guest on each other host over
+//! the cross-host fleet network (--reach), each host's recovered clock offset within its
+//! reported bound of the lab's known offset (the injected-offset test), one complete
+//! results directory, and
 //! nothing left on any host; then a worker killed while its fleet is up: its guests lost,
 //! the others' intact, and its leftovers reaped by the next hostd there. Needs root, the
 //! Slurm packages (scripts/install-deps) and the images (VIRTBENCH_IMAGES).
@@ -85,10 +87,14 @@ impl Lab {
         self.assert_clean();
     }
 
-    /// Nothing of hostd's on any host: no network namespace, no run state, no worker.
+    /// Nothing of hostd's on any host: no network namespace, no run state, no VXLAN device in
+    /// the host's namespace, no worker.
     fn assert_clean(&self) {
         for i in 1..=3 {
-            let left = self.host(i, "ip netns list; ls -A /run/virtbench 2>/dev/null");
+            let left = self.host(
+                i,
+                "ip netns list; ls -A /run/virtbench 2>/dev/null; ip -o link show type vxlan",
+            );
             assert!(left.trim().is_empty(), "host n{i} keeps: {left}");
         }
         let workers = workers(None);
@@ -197,7 +203,7 @@ fn a_fleet_across_three_hosts_with_offsets_recovered_and_nothing_left() {
     }
     let lab = Lab::up("b");
     let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
-    let o = lab.boot(30, res.path(), &[]).output().unwrap();
+    let o = lab.boot(30, res.path(), &["--reach"]).output().unwrap();
     let out = text(&o);
     assert!(o.status.success(), "hostd boot --engine slurm: {}\n{out}", o.status);
     let (dir, m) = results_of(res.path());
@@ -223,6 +229,14 @@ fn a_fleet_across_three_hosts_with_offsets_recovered_and_nothing_left() {
             10
         );
         assert_eq!(h["teardown"]["leftovers"].as_array().unwrap().len(), 0, "{h}");
+        // Each of its 10 guests exchanged data with a guest on each of the 2 other hosts.
+        let r = &h["reach"];
+        assert_eq!(
+            (r["checked"].as_u64(), r["reached"].as_u64(), r["across_hosts"].as_u64()),
+            (Some(20), Some(20), Some(20)),
+            "{name}: {r}"
+        );
+        assert!(h["serve_failed"].as_array().unwrap().is_empty(), "{h}");
     }
     // Merged T_startup: the latest host's lateness plus its slowest guest.
     let want = hosts

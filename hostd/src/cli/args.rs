@@ -304,7 +304,8 @@ pub(crate) struct BootArgs {
     pub(crate) floor_reps: usize,
     /// After each fleet's figures, check that every guest reaches a neighbour on another
     /// bridge (a TCP connection from inside its network namespace; containers and native
-    /// guests on the fleet network only).
+    /// guests on the fleet network only). With --engine slurm: every ready guest exchanges
+    /// 64 KiB each way with a guest on each other host.
     #[arg(long)]
     pub(crate) reach: bool,
     /// Parent directory of the results directory.

@@ -165,8 +165,8 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
     if a.sizes.len() != 1 {
         anyhow::bail!("--engine slurm boots one fleet: give one size with -n (got {:?})", a.sizes);
     }
-    if a.image_copies || a.reach {
-        anyhow::bail!("--engine slurm does not do --image-copies or --reach yet");
+    if a.image_copies {
+        anyhow::bail!("--engine slurm does not do --image-copies yet");
     }
     let exe =
         std::env::current_exe().map_err(|e| anyhow::anyhow!("finding hostd's own path: {e}"))?;
@@ -205,6 +205,7 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
         exe,
         images,
         hold: Duration::from_secs(a.hold),
+        reach: a.reach,
     };
     let out = tokio::select! {
         r = coordinator::run(&o) => Some(r),
@@ -233,6 +234,9 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
             h.lost.as_ref().map_or(String::new(), |l| format!(", LOST: {l}"))
         );
     }
+    if let Some(r) = &out.boot.reach {
+        println!("reach across hosts: {}", r.line());
+    }
     println!(
         "T_startup({}) across {} hosts: {}",
         m.n,
@@ -241,11 +245,14 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
     );
     eprintln!("hostd: results in {}", out.results.display());
     let lost = out.boot.failures.len();
-    Ok(if lost == 0 && out.boot.startups.len() == m.n {
-        Done::All
-    } else {
-        Done::WithFailures(format!("{lost} of {} guests failed or lost", m.n))
-    })
+    let mut short = Vec::new();
+    if lost > 0 || out.boot.startups.len() != m.n {
+        short.push(format!("{lost} of {} guests failed or lost", m.n));
+    }
+    if let Some(r) = out.boot.reach.as_ref().filter(|r| !r.all()) {
+        short.push(format!("reach across hosts: {}", r.line()));
+    }
+    Ok(if short.is_empty() { Done::All } else { Done::WithFailures(short.join("; ")) })
 }
 
 /// `hostd worker`.

@@ -21,7 +21,8 @@ use tokio::time::timeout;
 use super::clock::{self, mono_ns, real_ns, Offset, Round};
 use super::plan::{self, HostStart};
 use super::proto::{
-    self, Booted, FromWorker, GuestReady, Hello, NetPlan, Slice, SliceFleet, ToWorker, TornDown,
+    self, Booted, FromWorker, GuestReady, Hello, NetPlan, Reached, Slice, SliceFleet, ToWorker,
+    TornDown,
 };
 use crate::backend::BackendKind;
 use crate::fleet::{FailureKind, GuestFailure};
@@ -56,6 +57,8 @@ pub struct Options {
     /// How long the fleet stays up on every host once all have reported, before teardown;
     /// a host whose link drops meanwhile has its guests counted lost.
     pub hold: Duration,
+    /// Check that every ready guest exchanges data with a guest on each other host.
+    pub reach: bool,
 }
 
 /// Clock pings per worker.
@@ -88,6 +91,10 @@ pub struct HostRecord {
     /// Its start on the coordinator's monotonic clock minus T0's (from its start_mono_ns
     /// and offset), s: a second view of its lateness, good to within the offset's bound.
     pub start_vs_coordinator_s: Option<f64>,
+    /// Guests that could not serve the reach check, in words.
+    pub serve_failed: Vec<String>,
+    /// Its guests' exchanges with a guest on each other host (with `--reach`).
+    pub reach: Option<Reached>,
     /// Its teardown report.
     pub teardown: Option<TornDown>,
     /// Why its guests are counted lost (the worker disconnected, died or misbehaved).
@@ -226,6 +233,8 @@ async fn hello_of(s: TcpStream, token: &str) -> Result<Worker, HelloError> {
         clock: None,
         booted: None,
         start_vs_coordinator_s: None,
+        serve_failed: Vec::new(),
+        reach: None,
         teardown: None,
         lost: None,
     };
@@ -339,6 +348,64 @@ async fn await_booted(w: &mut Worker, slice: &Slice, within: Duration) -> Result
         FromWorker::Error { message } => bail!("its slice could not start: {message:.4096}"),
         other => bail!("sent {} instead of its startup report", brief(&other)),
     }
+}
+
+/// One request to a worker and its answer within [`REPLY_WITHIN`].
+async fn ask(w: &mut Worker, m: &ToWorker) -> Result<FromWorker> {
+    proto::write(&mut w.w, m).await?;
+    timeout(REPLY_WITHIN, proto::read::<FromWorker, _>(&mut w.r))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {REPLY_WITHIN:?}"))?
+        .map_err(Into::into)
+}
+
+/// The reach check across hosts: every host's guests serve, then every host's ready guests
+/// exchange data with the first ready guest of each other host. A worker that fails to
+/// answer, or answers wrongly, is lost.
+async fn reach(ws: &mut [Worker]) {
+    futures::future::join_all(ws.iter_mut().filter(|w| w.rec.lost.is_none()).map(|w| async move {
+        match ask(w, &ToWorker::Serve).await {
+            Ok(FromWorker::Serving { failed }) if failed.len() <= w.rec.count => {
+                w.rec.serve_failed =
+                    failed.iter().map(|f| f.chars().take(proto::MAX_TEXT).collect()).collect();
+            }
+            Ok(other) => w.rec.lost = Some(format!("answered the serve request with {other:?}")),
+            Err(e) => w.rec.lost = Some(format!("serving the reach check: {e:#}")),
+        }
+    }))
+    .await;
+    // Each live host's first ready guest: the target the other hosts' guests reach.
+    let firsts: Vec<Option<usize>> = ws
+        .iter()
+        .map(|w| match (&w.rec.lost, &w.rec.booted) {
+            (None, Some(b)) => b.ready.iter().map(|g| g.index).min(),
+            _ => None,
+        })
+        .collect();
+    futures::future::join_all(ws.iter_mut().enumerate().filter(|(_, w)| w.rec.lost.is_none()).map(
+        |(i, w)| {
+            let targets: Vec<usize> = firsts
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .filter_map(|(_, t)| *t)
+                .collect();
+            async move {
+                let ready = w.rec.booted.as_ref().map_or(0, |b| b.ready.len());
+                match ask(w, &ToWorker::Reach { targets: targets.clone() }).await {
+                    Ok(FromWorker::Reached(r)) => match r.validate(ready * targets.len()) {
+                        Ok(()) => w.rec.reach = Some(r),
+                        Err(e) => w.rec.lost = Some(format!("bad reach report: {e}")),
+                    },
+                    Ok(other) => {
+                        w.rec.lost = Some(format!("answered the reach request with {other:?}"))
+                    }
+                    Err(e) => w.rec.lost = Some(format!("the reach check: {e:#}")),
+                }
+            }
+        },
+    ))
+    .await;
 }
 
 /// Watches a worker's link for `d` while its fleet is up: it should say nothing; a dropped
@@ -493,6 +560,9 @@ async fn coordinate(
         }
     }));
     reports.await;
+    if o.reach {
+        reach(&mut ws).await;
+    }
     let up = ws.iter().filter(|w| w.rec.lost.is_none()).count();
     eprintln!(
         "hostd: {up} of {} hosts reported their slice; holding the fleet for {:?}",
@@ -598,6 +668,19 @@ fn merge(
     }
     startups.sort_by_key(|s| s.index);
     failures.sort_by_key(|f| f.index);
+    let reach = o.reach.then(|| {
+        let mut r = crate::reach::Reach::default();
+        for h in hosts.iter().filter(|h| h.lost.is_none()) {
+            r.failures.extend(h.serve_failed.iter().map(|f| format!("{}: {f}", h.hostname)));
+            if let Some(x) = &h.reach {
+                r.checked += x.checked;
+                r.reached += x.reached;
+                r.across_bridges += x.across_hosts;
+                r.failures.extend(x.failures.iter().map(|f| format!("{}: {f}", h.hostname)));
+            }
+        }
+        r
+    });
     let multihost = MultiHost {
         backend: o.backend,
         n: o.n,
@@ -617,7 +700,7 @@ fn merge(
         teardown_clean: clean,
         teardown_killed: killed,
         residency: None,
-        reach: None,
+        reach,
     };
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()

@@ -34,6 +34,10 @@ pub enum FromWorker {
     Booted(Booted),
     /// Its fleet torn down, and what was left.
     TornDown(TornDown),
+    /// Answer to [`ToWorker::Serve`]: the guests that could not serve, in words.
+    Serving { failed: Vec<String> },
+    /// Answer to [`ToWorker::Reach`].
+    Reached(Reached),
     /// It could not do what it was asked (its slice could not start at all).
     Error { message: String },
 }
@@ -101,8 +105,6 @@ pub struct Booted {
     pub ready: Vec<GuestReady>,
     /// Guests that failed.
     pub failed: Vec<GuestLost>,
-    /// Whether every ready guest reached a guest on each other host (None: not checked).
-    pub reach: Option<String>,
 }
 
 /// What tearing a slice down found.
@@ -167,8 +169,46 @@ pub enum ToWorker {
     Ping { seq: u32 },
     /// Start this slice at its T0.
     Slice(Slice),
+    /// Have every ready guest serve the cross-host reach check.
+    Serve,
+    /// From every ready guest, exchange data with each of these guests (global indices, on
+    /// other hosts).
+    Reach { targets: Vec<usize> },
     /// Tear your fleet down and report.
     Teardown,
+}
+
+/// A host's cross-host reach check: its guests' exchanges with guests on other hosts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reached {
+    /// Exchanges tried.
+    pub checked: usize,
+    /// Of which completed.
+    pub reached: usize,
+    /// Of the checked, those to a guest that is not on this host.
+    pub across_hosts: usize,
+    /// The first few failures, in words.
+    pub failures: Vec<String>,
+}
+
+impl Reached {
+    /// Checks a reach report against what was asked: at most every guest to every target.
+    pub fn validate(&self, most: usize) -> Result<(), String> {
+        if self.checked > most || self.reached > self.checked || self.across_hosts > self.checked {
+            return Err(format!(
+                "{} of {} reached ({} across hosts) where at most {most} exchanges were asked",
+                self.reached, self.checked, self.across_hosts
+            ));
+        }
+        if self.failures.len() > MAX_LIST {
+            return Err(format!("{} failures", self.failures.len()));
+        }
+        for f in &self.failures {
+            text("reach failure", f)?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a line could not be read as a message.
@@ -294,9 +334,6 @@ impl Booted {
                 ));
             }
         }
-        if let Some(r) = &self.reach {
-            text("reach", r)?;
-        }
         Ok(())
     }
 }
@@ -416,7 +453,6 @@ mod tests {
                 kind: crate::fleet::FailureKind::Timeout,
                 error: "timeout".into(),
             }],
-            reach: None,
         };
         assert_eq!(ok.validate(&s), Ok(()));
         let mut b = ok.clone();
@@ -435,5 +471,10 @@ mod tests {
         b.lateness_s = f64::INFINITY;
         assert!(b.validate(&s).is_err());
         assert!(TornDown { clean: 4, ..Default::default() }.validate(3).is_err());
+        let r = Reached { checked: 4, reached: 4, across_hosts: 4, failures: vec![] };
+        assert_eq!(r.validate(4), Ok(()));
+        assert!(r.validate(3).is_err());
+        assert!(Reached { checked: 2, reached: 3, ..r.clone() }.validate(4).is_err());
+        assert!(Reached { failures: vec!["\u{7}".into()], ..r }.validate(4).is_err());
     }
 }

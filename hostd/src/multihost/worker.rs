@@ -16,7 +16,7 @@ use super::proto::{
 };
 use crate::backend::{AnyBackend, BackendKind, BackendOptions, Images};
 use crate::fleet::{self, FleetConfig};
-use crate::netlab::{FleetNet, NetMode};
+use crate::netlab::{FleetNet, HostPlan, NetMode};
 use crate::runstate::RunState;
 
 /// What a worker is started with.
@@ -111,16 +111,40 @@ pub async fn run(o: WorkerOptions) -> Result<()> {
             Ok(ToWorker::Ping { seq }) => {
                 proto::write(&mut w, &FromWorker::Pong { seq, mono_ns: mono_ns() }).await?
             }
-            Ok(ToWorker::Slice(s)) => return slice(&o, s, &mut r, &mut w).await,
+            Ok(ToWorker::Slice(s)) => return slice(&o, s, addr, &mut r, &mut w).await,
             Ok(ToWorker::Teardown) => return Ok(()),
+            Ok(other) => bail!("coordinator {}: sent {other:?} before a slice", o.connect),
             Err(e) => bail!("coordinator {}: {e}", o.connect),
         }
+    }
+}
+
+/// From every ready guest, a TCP exchange with each target guest (global indices, on other
+/// hosts), through the cross-host fleet network.
+async fn reach(fleet: &fleet::Fleet, targets: &[usize]) -> proto::Reached {
+    let mut pairs = Vec::new();
+    let mut bad = Vec::new();
+    for &t in targets {
+        match FleetNet::guest_addr(t) {
+            Ok(addr) => pairs.extend((0..fleet.guests.len()).map(|i| (i, addr))),
+            Err(e) => bad.push(clean(&format!("target g{t}: {e}"))),
+        }
+    }
+    let r = crate::reach::check_to(fleet, &pairs).await;
+    let mut failures: Vec<String> = r.failures.iter().map(|f| clean(f)).collect();
+    failures.extend(bad);
+    proto::Reached {
+        checked: r.checked,
+        reached: r.reached,
+        across_hosts: r.across_bridges,
+        failures,
     }
 }
 
 async fn slice(
     o: &WorkerOptions,
     s: Slice,
+    addr: std::net::Ipv4Addr,
     r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
     w: &mut tokio::net::tcp::OwnedWriteHalf,
 ) -> Result<()> {
@@ -137,11 +161,23 @@ async fn slice(
     };
     let started = async {
         fleet::check(&backend, &cfg, s.first)?;
-        // THE ONE PLACE the fleet network is made. Until the cross-host network
-        // (FleetNet::create_on_host with the plan's slot and peers) exists, each host's
-        // slice gets a fleet network of its own: guests reach only guests on their host.
+        // The one place the fleet network is made: this host's part of the network
+        // across hosts (its slot's bridge, a VXLAN port to every peer).
         let net = match &s.fleet.net {
-            Some(_plan) => Some(FleetNet { mode: NetMode::Private, ..FleetNet::create(&run.run)? }),
+            Some(p) => {
+                let plan = HostPlan {
+                    slot: p.slot,
+                    hosts: p.hosts,
+                    vni: p.vni,
+                    local: addr,
+                    underlay_dev: HostPlan::underlay_dev_of(addr)?,
+                    peers: p.peers.clone(),
+                };
+                Some(FleetNet {
+                    mode: NetMode::Private,
+                    ..FleetNet::create_on_host(&run.run, &plan)?
+                })
+            }
             None => None,
         };
         if s.fleet.cold {
@@ -182,23 +218,38 @@ async fn slice(
             .iter()
             .map(|f| GuestLost { index: f.index, kind: f.kind.clone(), error: clean(&f.error) })
             .collect(),
-        reach: None,
     };
     let reported = proto::write(w, &FromWorker::Booted(booted)).await;
     // Hold the fleet until the coordinator says so, its link drops, or Slurm ends the step.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let why = if let Err(e) = reported {
-        format!("the coordinator's link failed ({e})")
-    } else {
-        tokio::select! {
-            m = proto::read::<ToWorker, _>(r) => match m {
-                Ok(ToWorker::Teardown) => String::new(),
-                Ok(other) => format!("the coordinator sent {:.200} while the fleet ran", format!("{other:?}")),
-                Err(e) => format!("the coordinator's link: {e}"),
-            },
-            _ = term.recv() => "SIGTERM".to_string(),
-            _ = tokio::signal::ctrl_c() => "SIGINT".to_string(),
-        }
+    let why = match reported {
+        Err(e) => format!("the coordinator's link failed ({e})"),
+        Ok(()) => loop {
+            let m = tokio::select! {
+                m = proto::read::<ToWorker, _>(r) => m,
+                _ = term.recv() => break "SIGTERM".to_string(),
+                _ = tokio::signal::ctrl_c() => break "SIGINT".to_string(),
+            };
+            let answer = match m {
+                Ok(ToWorker::Teardown) => break String::new(),
+                Ok(ToWorker::Serve) => FromWorker::Serving {
+                    failed: crate::reach::serve(&fleet).await.iter().map(|f| clean(f)).collect(),
+                },
+                Ok(ToWorker::Reach { targets }) => {
+                    FromWorker::Reached(reach(&fleet, &targets).await)
+                }
+                Ok(other) => {
+                    break format!(
+                        "the coordinator sent {:.200} while the fleet ran",
+                        format!("{other:?}")
+                    )
+                }
+                Err(e) => break format!("the coordinator's link: {e}"),
+            };
+            if let Err(e) = proto::write(w, &answer).await {
+                break format!("the coordinator's link failed ({e})");
+            }
+        },
     };
     if !why.is_empty() {
         eprintln!("hostd worker: tearing down: {why}");
