@@ -360,8 +360,8 @@ async fn ask(w: &mut Worker, m: &ToWorker) -> Result<FromWorker> {
 }
 
 /// The reach check across hosts: every host's guests serve, then every host's ready guests
-/// exchange data with the first ready guest of each other host. A worker that fails to
-/// answer, or answers wrongly, is lost.
+/// exchange data with a guest of each other host ([`plan::reach_pairs`]). A worker that
+/// fails to answer, or answers wrongly, is lost.
 async fn reach(ws: &mut [Worker]) {
     futures::future::join_all(ws.iter_mut().filter(|w| w.rec.lost.is_none()).map(|w| async move {
         match ask(w, &ToWorker::Serve).await {
@@ -369,39 +369,38 @@ async fn reach(ws: &mut [Worker]) {
                 w.rec.serve_failed =
                     failed.iter().map(|f| f.chars().take(proto::MAX_TEXT).collect()).collect();
             }
-            Ok(other) => w.rec.lost = Some(format!("answered the serve request with {other:?}")),
+            Ok(other) => {
+                w.rec.lost = Some(format!("answered the serve request with {}", brief(&other)))
+            }
             Err(e) => w.rec.lost = Some(format!("serving the reach check: {e:#}")),
         }
     }))
     .await;
-    // Each live host's first ready guest: the target the other hosts' guests reach.
-    let firsts: Vec<Option<usize>> = ws
+    // Each live host's ready guests; each reaches the one at its own place on every other.
+    let ready: Vec<Vec<usize>> = ws
         .iter()
         .map(|w| match (&w.rec.lost, &w.rec.booted) {
-            (None, Some(b)) => b.ready.iter().map(|g| g.index).min(),
-            _ => None,
+            (None, Some(b)) => {
+                let mut r: Vec<usize> = b.ready.iter().map(|g| g.index).collect();
+                r.sort_unstable();
+                r
+            }
+            _ => Vec::new(),
         })
         .collect();
-    futures::future::join_all(ws.iter_mut().enumerate().filter(|(_, w)| w.rec.lost.is_none()).map(
-        |(i, w)| {
-            let targets: Vec<usize> = firsts
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .filter_map(|(_, t)| *t)
-                .collect();
-            async move {
-                let ready = w.rec.booted.as_ref().map_or(0, |b| b.ready.len());
-                match ask(w, &ToWorker::Reach { targets: targets.clone() }).await {
-                    Ok(FromWorker::Reached(r)) => match r.validate(ready * targets.len()) {
-                        Ok(()) => w.rec.reach = Some(r),
-                        Err(e) => w.rec.lost = Some(format!("bad reach report: {e}")),
-                    },
-                    Ok(other) => {
-                        w.rec.lost = Some(format!("answered the reach request with {other:?}"))
-                    }
-                    Err(e) => w.rec.lost = Some(format!("the reach check: {e:#}")),
+    let pairs = plan::reach_pairs(&ready);
+    futures::future::join_all(ws.iter_mut().zip(pairs).filter(|(w, _)| w.rec.lost.is_none()).map(
+        |(w, pairs)| async move {
+            let most = pairs.len();
+            match ask(w, &ToWorker::Reach { pairs }).await {
+                Ok(FromWorker::Reached(r)) => match r.validate(most) {
+                    Ok(()) => w.rec.reach = Some(r),
+                    Err(e) => w.rec.lost = Some(format!("bad reach report: {e}")),
+                },
+                Ok(other) => {
+                    w.rec.lost = Some(format!("answered the reach request with {}", brief(&other)))
                 }
+                Err(e) => w.rec.lost = Some(format!("the reach check: {e:#}")),
             }
         },
     ))

@@ -58,9 +58,49 @@ pub fn t_startup(hosts: &[HostStart]) -> Option<f64> {
         .fold(None, |m, x| Some(m.map_or(x, |m: f64| m.max(x))))
 }
 
+/// The cross-host reach check's exchanges, per host: (its guest, the guest it reaches), by
+/// global index, given each host's ready guests in index order. Every ready guest reaches
+/// one guest on each other host that has any, the one at its own place there (wrapping), so
+/// each target takes about one connection per other host rather than all of them.
+pub fn reach_pairs(ready: &[Vec<usize>]) -> Vec<Vec<(usize, usize)>> {
+    ready
+        .iter()
+        .enumerate()
+        .map(|(h, mine)| {
+            let mut pairs = Vec::new();
+            for (p, &g) in mine.iter().enumerate() {
+                for (o, theirs) in ready.iter().enumerate() {
+                    if o != h && !theirs.is_empty() {
+                        pairs.push((g, theirs[p % theirs.len()]));
+                    }
+                }
+            }
+            pairs
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reach_pairs_cover_every_other_host_and_spread_the_targets() {
+        let ready = vec![vec![0, 1, 2], vec![3, 5], vec![], vec![6, 7, 8]];
+        let p = reach_pairs(&ready);
+        assert_eq!(p[0], vec![(0, 3), (0, 6), (1, 5), (1, 7), (2, 3), (2, 8)]);
+        assert_eq!(p[1], vec![(3, 0), (3, 6), (5, 1), (5, 7)]);
+        assert!(p[2].is_empty());
+        assert_eq!(p[3].len(), 6);
+        // 8 hosts of 10: every guest is a target 7 times, not one guest 70 times.
+        let ready: Vec<Vec<usize>> = (0..8).map(|h| (h * 10..h * 10 + 10).collect()).collect();
+        let mut hits = std::collections::BTreeMap::new();
+        for (_, t) in reach_pairs(&ready).into_iter().flatten() {
+            *hits.entry(t).or_insert(0) += 1;
+        }
+        assert_eq!(hits.len(), 80);
+        assert!(hits.values().all(|&n| n == 7), "{hits:?}");
+    }
 
     #[test]
     fn even_and_weighted_splits_cover_every_index_once() {

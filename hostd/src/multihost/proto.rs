@@ -171,9 +171,9 @@ pub enum ToWorker {
     Slice(Slice),
     /// Have every ready guest serve the cross-host reach check.
     Serve,
-    /// From every ready guest, exchange data with each of these guests (global indices, on
-    /// other hosts).
-    Reach { targets: Vec<usize> },
+    /// Exchange data from each of your guests with a guest on another host: (your guest,
+    /// the other), by global index.
+    Reach { pairs: Vec<(usize, usize)> },
     /// Tear your fleet down and report.
     Teardown,
 }

@@ -119,15 +119,20 @@ pub async fn run(o: WorkerOptions) -> Result<()> {
     }
 }
 
-/// From every ready guest, a TCP exchange with each target guest (global indices, on other
-/// hosts), through the cross-host fleet network.
-async fn reach(fleet: &fleet::Fleet, targets: &[usize]) -> proto::Reached {
+/// The exchanges asked (this host's guest, a guest on another host; global indices),
+/// through the cross-host fleet network; a pair naming a guest that is not ready here is a
+/// failure of the check.
+async fn reach(fleet: &fleet::Fleet, asked: &[(usize, usize)]) -> proto::Reached {
+    // Global index → place among the ready guests, as check_to takes them.
+    let place: std::collections::HashMap<usize, usize> =
+        fleet.guests.iter().enumerate().map(|(i, g)| (g.spec.index, i)).collect();
     let mut pairs = Vec::new();
     let mut bad = Vec::new();
-    for &t in targets {
-        match FleetNet::guest_addr(t) {
-            Ok(addr) => pairs.extend((0..fleet.guests.len()).map(|i| (i, addr))),
-            Err(e) => bad.push(clean(&format!("target g{t}: {e}"))),
+    for &(from, to) in asked {
+        match (place.get(&from), FleetNet::guest_addr(to)) {
+            (Some(&i), Ok(addr)) => pairs.push((i, addr)),
+            (None, _) => bad.push(format!("g{from} → g{to}: g{from} is not a ready guest here")),
+            (_, Err(e)) => bad.push(clean(&format!("g{from} → g{to}: {e}"))),
         }
     }
     let r = crate::reach::check_to(fleet, &pairs).await;
@@ -235,9 +240,7 @@ async fn slice(
                 Ok(ToWorker::Serve) => FromWorker::Serving {
                     failed: crate::reach::serve(&fleet).await.iter().map(|f| clean(f)).collect(),
                 },
-                Ok(ToWorker::Reach { targets }) => {
-                    FromWorker::Reached(reach(&fleet, &targets).await)
-                }
+                Ok(ToWorker::Reach { pairs }) => FromWorker::Reached(reach(&fleet, &pairs).await),
                 Ok(other) => {
                     break format!(
                         "the coordinator sent {:.200} while the fleet ran",
