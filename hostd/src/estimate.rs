@@ -71,6 +71,9 @@ pub fn default_native_run_s(r: Resource, w: &Workloads) -> f64 {
 /// Seconds every benchmark run costs besides the benchmark (request, start barrier, the
 /// disk's eviction and paired native read).
 const RUN_FIXED_S: f64 = 0.5;
+/// What one run of a user's command is assumed to take, s: its real length is unknown
+/// before it has run (`--dry-run` says the estimate assumes it).
+pub const COMMAND_RUN_S: f64 = 1.0;
 /// Seconds to tear a fleet down.
 const TEARDOWN_S: f64 = 2.0;
 /// One Xen lab's emulated host: QEMU boots Xen and dom0 (TCG), and powers off.
@@ -230,6 +233,11 @@ pub fn estimate(
             }
             Work::Netem { .. } => {
                 runs * (default_native_run_s(Resource::Network, &plans[0].workloads) + RUN_FIXED_S)
+            }
+            // A user's command lasts what it lasts: priced as a CPU-bound run of
+            // COMMAND_RUN_S, never measured (the dry run says so).
+            Work::Command { busy, .. } => {
+                runs * (COMMAND_RUN_S * (*busy as f64 / cores.max(1) as f64).max(1.0) + RUN_FIXED_S)
             }
         };
     }

@@ -120,6 +120,9 @@ pub enum Record {
     },
     /// One guest's figure in the emulated network's accuracy step.
     Netem(crate::netem_accuracy::AccuracySample),
+    /// One run of a user's command used as a workload (`[[workloads.commands]]`): its
+    /// time, or why it failed.
+    Command(crate::suite::command::CommandSample),
 }
 
 /// The longest time any sample may show: a day's deadline with room to spare. A negative,
@@ -167,6 +170,9 @@ pub enum Implausible {
     /// The emulated network's accuracy sample, in its own words.
     #[error("{0}")]
     Netem(String),
+    /// A user workload's run, in its own words.
+    #[error("{0}")]
+    Command(String),
 }
 
 fn seconds(what: &'static str, v: f64) -> Result<(), Implausible> {
@@ -305,6 +311,7 @@ impl Record {
             Record::Memory(m) => Some(&m.provenance),
             Record::Bench(b) => Some(&b.provenance),
             Record::Netem(n) => Some(&n.provenance),
+            Record::Command(c) => Some(&c.provenance),
             _ => None,
         }
     }
@@ -316,6 +323,7 @@ impl Record {
             Record::Memory(m) => m.provenance = id.to_string(),
             Record::Bench(b) => b.provenance = id.to_string(),
             Record::Netem(n) => n.provenance = id.to_string(),
+            Record::Command(c) => c.provenance = id.to_string(),
             _ => {}
         }
     }
@@ -338,6 +346,9 @@ impl Record {
             | Record::GuestLost { .. }
             | Record::Provenance { .. } => Ok(()),
             Record::Netem(n) => n.implausible().map_or(Ok(()), |why| Err(Implausible::Netem(why))),
+            Record::Command(c) => {
+                c.implausible().map_or(Ok(()), |why| Err(Implausible::Command(why)))
+            }
         };
         r.err()
     }
@@ -502,6 +513,21 @@ mod tests {
                 id: "p1".into(),
                 provenance: crate::provenance::Provenance::collect(Default::default()),
             },
+            Record::Command(crate::suite::command::CommandSample {
+                backend: BackendKind::Ns,
+                test: crate::suite::Test::Linearity,
+                name: "build".into(),
+                argv: vec!["/bin/sh".into(), "-c".into(), "exit 3".into()],
+                n: 2,
+                rep: 0,
+                guest: 1,
+                elapsed_s: None,
+                host_s: 0.02,
+                failure: Some("exit status 3".into()),
+                cpus: Some(2),
+                vcpus: None,
+                provenance: "p1".into(),
+            }),
         ];
         for r in &records {
             let line = serde_json::to_value(Versioned::new(r)).unwrap();

@@ -189,7 +189,7 @@ impl ExportArgs {
 }
 
 /// Where images come from and how backends run.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct ImageArgs {
     /// Guest-agent binary (default: the imagegen store, then $VIRTBENCH_AGENT, then this workspace's musl build).
     #[arg(long)]

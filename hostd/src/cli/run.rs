@@ -57,7 +57,13 @@ pub(crate) async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
         (None, Some(p)) => Campaign::load(p).map_err(anyhow::Error::msg)?,
         (None, None) => Campaign::default_campaign(),
     };
-    let campaign = if a.quick { campaign.quick() } else { campaign };
+    let mut campaign = if a.quick { campaign.quick() } else { campaign };
+    // The command line's system wins over the campaign's, and the campaign stored with the
+    // run says which the guests booted (a resume boots the same).
+    if let Some(s) = &a.images.system {
+        campaign.guest.system = Some(s.clone());
+        campaign.guest.init = a.images.init;
+    }
     if a.dry_run {
         let host = hostd::campaign::HostFacts::here();
         campaign
@@ -76,7 +82,16 @@ pub(crate) async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
         }
         return Ok(Done::All);
     }
-    let images = images_or_note(&a.images)?;
+    // Errors about the system name where it came from: the flag, or the campaign's file.
+    let file = match (&a.resume, &a.campaign) {
+        _ if a.images.system.is_some() => "--system".to_string(),
+        (Some(dir), _) => {
+            dir.join("campaign.toml").display().to_string() + ": field `guest.system`"
+        }
+        (None, Some(p)) => p.display().to_string() + ": field `guest.system`",
+        (None, None) => format!("campaign {}: field `guest.system`", campaign.name),
+    };
+    let images = campaign_images(&a.images, &campaign, &file)?;
     reap_orphans();
     let run = RunState::create("run", Some(a.resume.clone().unwrap_or_else(|| a.results.clone())))?;
     let made = match &a.resume {
@@ -210,7 +225,39 @@ pub(crate) fn dry_run_lines(
             p.workloads.params(vb_protocol::bench::Resource::Disk),
         ));
     }
+    if let Some(s) = &c.guest.system {
+        v.push(format!(
+            "guests boot the system image {s} (init: {}; native boots none)",
+            c.guest.init.name()
+        ));
+    }
+    // Users' commands, with the backends that run them (an override's workloads may differ).
     let plans = c.resolved_plans(host.llc);
+    let mut commands: Vec<(&hostd::suite::command::UserCommand, Vec<String>)> = Vec::new();
+    for p in &plans {
+        for cmd in &p.workloads.commands {
+            match commands.iter_mut().find(|(c, _)| c == &cmd) {
+                Some((_, backends)) => backends.push(p.kind.to_string()),
+                None => commands.push((cmd, vec![p.kind.to_string()])),
+            }
+        }
+    }
+    for (cmd, backends) in &commands {
+        v.push(format!(
+            "user workload {}: {} (timeout {} s{}{}) natively and in guests of {}: overhead and linearity at the overhead sizes, its time taken by the agent; the estimate assumes {} s a run",
+            cmd.name,
+            cmd.line(),
+            cmd.timeout_s,
+            cmd.cwd.as_ref().map(|d| format!(", cwd {d}")).unwrap_or_default(),
+            if cmd.env.is_empty() {
+                String::new()
+            } else {
+                format!(", env {}", cmd.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+            },
+            backends.join(", "),
+            hostd::estimate::COMMAND_RUN_S,
+        ));
+    }
     let lab = runner::xen_in_lab(c) && plans.iter().any(|p| p.kind == BackendKind::Xen);
     let work = runner::planned_work(c, &plans, lab);
     v.push(format!(
@@ -239,4 +286,20 @@ pub(crate) fn dry_run_lines(
         v.extend(d.into_iter().map(|l| format!("  {l}")));
     }
     v
+}
+
+/// The images a campaign's guests boot: the agent's, with the campaign's system (already
+/// the command line's, when it gave one) added; errors start with `file`, where the system
+/// was named.
+fn campaign_images(
+    a: &ImageArgs,
+    c: &Campaign,
+    file: &str,
+) -> anyhow::Result<hostd::backend::Images> {
+    let mut images = images_or_note(&ImageArgs { system: None, ..a.clone() })?;
+    if let Some(name) = &c.guest.system {
+        hostd::images::add_system(&mut images, name, c.guest.init)
+            .map_err(|e| anyhow::anyhow!("{file}: {e:#}"))?;
+    }
+    Ok(images)
 }

@@ -24,7 +24,8 @@ use crate::results::{read_records, ResultsDir};
 use crate::runstate::RunState;
 use crate::samples::Record;
 use crate::startup::boot_and_measure;
-use crate::suite::{isolation, linearity, overhead, ring, BenchSample, Targets};
+use crate::suite::command::{self, CommandSample, UserCommand};
+use crate::suite::{isolation, linearity, overhead, ring, BenchSample, Targets, Test as SuiteTest};
 
 mod plan;
 mod startup;
@@ -383,6 +384,29 @@ fn record_samples(
         Ok(samples) => {
             for s in samples {
                 ctx.record(&Record::Bench(s))?;
+            }
+            ctx.finish(key)
+        }
+        Err(e) => ctx.fail(key, e, say),
+    }
+}
+
+/// A user command's runs: every one recorded (failed runs are samples with their reason),
+/// then the step marked done; a guest that failed fails the step.
+fn record_commands(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    m: Result<Vec<CommandSample>, String>,
+    say: Say<'_>,
+) -> Result<()> {
+    match m {
+        Ok(samples) => {
+            let failed = samples.iter().filter(|s| s.failure.is_some()).count();
+            if let Some(why) = samples.iter().find_map(|s| s.failure.as_deref()) {
+                say(format!("   {key}: {failed} of {} runs failed, e.g.: {why}", samples.len()));
+            }
+            for s in samples {
+                ctx.record(&Record::Command(s))?;
             }
             ctx.finish(key)
         }

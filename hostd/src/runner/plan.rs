@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use vb_protocol::bench::Resource;
 
-use super::{host_baseline, step_key, Pass};
+use super::{command_key, host_baseline, own_commands, step_key, Pass};
 use crate::backend::BackendKind;
 use crate::campaign::{BackendPlan, Campaign};
 use crate::startup::StartMode;
@@ -29,6 +29,9 @@ pub enum Work {
     Bench { backend: BackendKind, test: Test, resource: Resource, busy: usize, params: String },
     /// One step of the emulated network's accuracy: `n` guests measuring the network at once.
     Netem { backend: BackendKind, n: usize },
+    /// One step of a user's command (`[[workloads.commands]]`): `warmup + reps` runs with
+    /// `busy` copies at once (overhead: 1; linearity: n), each up to `timeout_s`.
+    Command { backend: BackendKind, test: Test, name: String, busy: usize, timeout_s: u64 },
 }
 
 impl Work {
@@ -123,7 +126,10 @@ fn plan_overhead_and_linearity(
         .copied()
         .filter(|n| pass.overhead_sizes.as_ref().is_none_or(|o| o.contains(n)))
         .collect();
-    for (resources, sizes) in [(others, &plan.overhead_sizes), (memory, &memory_sizes)] {
+    let commands = own_commands(plan, pass);
+    for (resources, commands, sizes) in
+        [(others, commands, &plan.overhead_sizes), (memory, &[][..], &memory_sizes)]
+    {
         let mut steps = Vec::new();
         for &n in sizes {
             for &r in &resources {
@@ -132,6 +138,20 @@ fn plan_overhead_and_linearity(
                     if done.insert(step_key(plan, name, n, r, &pass.suffix)) {
                         let (backend, params) = (plan.kind, plan.workloads.params(r));
                         steps.push(Work::Bench { backend, test, resource: r, busy, params });
+                    }
+                }
+            }
+            for c in commands {
+                for (test, busy) in [(Test::Overhead, 1), (Test::Linearity, n)] {
+                    let name = if test == Test::Overhead { "overhead" } else { "linearity" };
+                    if done.insert(command_key(plan, name, n, c)) {
+                        steps.push(Work::Command {
+                            backend: plan.kind,
+                            test,
+                            name: c.name.clone(),
+                            busy,
+                            timeout_s: c.timeout_s,
+                        });
                     }
                 }
             }
@@ -176,7 +196,7 @@ impl Boots {
                     b.labs += 1;
                     b.lab_guests += n;
                 }
-                Work::Bench { .. } | Work::Netem { .. } => {}
+                Work::Bench { .. } | Work::Netem { .. } | Work::Command { .. } => {}
             }
         }
         b
@@ -275,6 +295,48 @@ mod tests {
         );
         // Steps: each backend 1 + 2 × 2 = 5; the baseline's cpu overhead and linearity 2.
         assert_eq!(planned_steps(&c, &plans, false), 3 * 5 + 2);
+    }
+
+    /// Users' commands are overhead and linearity steps of the resources' fleet (started
+    /// for them alone when the campaign measures only memory); an override's command of the
+    /// same name but another argv gets its own host baseline steps.
+    #[test]
+    fn user_commands_are_planned_in_the_suite_fleet_and_the_host_baseline() {
+        let cmd =
+            |argv: &str| format!("[[workloads.commands]]\nname = \"w\"\nargv = [\"{argv}\"]\n");
+        let c = campaign(&format!(
+            "backends = [\"native\", \"uml\"]\nresources = [\"memory\"]\n\
+             [startup]\nsizes = [1]\nmodes = [\"hot\"]\n[overhead]\nsizes = [1]\n\
+             [isolation]\nenabled = false\n[ring]\nguests = 0\n{}[overrides.uml.workloads]\n{}",
+            cmd("/bin/true"),
+            cmd("/bin/false").replace("workloads.commands", "overrides.uml.workloads.commands"),
+        ));
+        c.check().unwrap();
+        let plans = c.resolved_plans(None);
+        let work = planned_work(&c, &plans, false);
+        let commands = |b: BackendKind| {
+            work.iter()
+                .filter(|w| matches!(w, Work::Command { backend, .. } if *backend == b))
+                .count()
+        };
+        // native: its own command, and uml's other one as uml's host baseline; uml: its own.
+        assert_eq!((commands(BackendKind::Native), commands(BackendKind::Uml)), (4, 2));
+        assert!(work.contains(&Work::Command {
+            backend: BackendKind::Uml,
+            test: Test::Linearity,
+            name: "w".into(),
+            busy: 1,
+            timeout_s: 600,
+        }));
+        // Each backend: startup 1 + memory 2 + command 2; the baseline's command 2 (its
+        // memory workload is native's own: done once).
+        assert_eq!(planned_steps(&c, &plans, false), 2 * 5 + 2);
+        // Each backend: startup 1, the commands' fleet 1 and the memory fleet 1, each with a
+        // peer; the baseline: the commands' fleet.
+        assert_eq!(
+            Boots::of(&work),
+            Boots { guests: 2 * 3 + 1, peers: 2 * 2 + 1, labs: 0, lab_guests: 0 }
+        );
     }
 
     /// The Xen lab makes one step (a cold start, its CPU benchmark inside) per startup

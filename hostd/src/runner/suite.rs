@@ -58,9 +58,11 @@ pub(super) async fn overhead_and_linearity(
 ) -> Result<()> {
     let (memory, others): (Vec<Resource>, Vec<Resource>) =
         pass.resources.iter().partition(|&&r| r == Resource::Memory);
-    if !others.is_empty() {
-        overhead_fleet(ctx, backend, plan, pass, &others, &plan.overhead_sizes, plan.mem_mib, say)
-            .await?;
+    // Users' commands run in the backend's own pass, in the fleet of the other resources.
+    let commands = own_commands(plan, pass);
+    if !others.is_empty() || !commands.is_empty() {
+        let (sizes, mem) = (&plan.overhead_sizes, plan.mem_mib);
+        overhead_fleet(ctx, backend, plan, pass, &others, commands, sizes, mem, say).await?;
     }
     if !memory.is_empty() {
         let mem = u32::try_from(plan.mem_for_copies(1))
@@ -72,9 +74,25 @@ pub(super) async fn overhead_and_linearity(
             .copied()
             .filter(|n| pass.overhead_sizes.as_ref().is_none_or(|o| o.contains(n)))
             .collect();
-        overhead_fleet(ctx, backend, plan, pass, &memory, &sizes, mem, say).await?;
+        overhead_fleet(ctx, backend, plan, pass, &memory, &[], &sizes, mem, say).await?;
     }
     Ok(())
+}
+
+/// The users' commands a pass runs: the plan's, in the backend's own pass only (the extra
+/// passes measure other network paths).
+pub(super) fn own_commands<'p>(plan: &'p BackendPlan, pass: &Pass) -> &'p [UserCommand] {
+    if pass.suffix.is_empty() {
+        &plan.workloads.commands
+    } else {
+        &[]
+    }
+}
+
+/// A user command's overhead or linearity step key: backend, test, n, the workload's name
+/// and what it runs (an override's command of the same name is another step).
+pub(super) fn command_key(plan: &BackendPlan, test: &str, n: usize, c: &UserCommand) -> String {
+    format!("{}/{test}/n={n}/command/{}/{}", plan.kind, c.name, c.digest())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -84,6 +102,7 @@ pub(super) async fn overhead_fleet(
     plan: &BackendPlan,
     pass: &Pass,
     resources: &[Resource],
+    commands: &[UserCommand],
     sizes: &[usize],
     mem_mib: u32,
     say: Say<'_>,
@@ -93,6 +112,9 @@ pub(super) async fn overhead_fleet(
         resources.iter().any(|&r| {
             !ctx.done.contains(&key("overhead", n, r))
                 || !ctx.done.contains(&key("linearity", n, r))
+        }) || commands.iter().any(|c| {
+            !ctx.done.contains(&command_key(plan, "overhead", n, c))
+                || !ctx.done.contains(&command_key(plan, "linearity", n, c))
         })
     });
     if !todo {
@@ -107,12 +129,12 @@ pub(super) async fn overhead_fleet(
                 fleet.grow(backend, ctx.run, n, |_| {}).await?;
                 if fleet.guests.len() < n {
                     let why = fleet.failures.last().map(|f| f.error.clone()).unwrap_or_default();
+                    let why = format!("only {}/{n} guests ready: {why}", fleet.guests.len());
                     for &r in resources {
-                        ctx.fail(
-                            &key("overhead", n, r),
-                            format!("only {}/{n} guests ready: {why}", fleet.guests.len()),
-                            say,
-                        )?;
+                        ctx.fail(&key("overhead", n, r), why.clone(), say)?;
+                    }
+                    for c in commands {
+                        ctx.fail(&command_key(plan, "overhead", n, c), why.clone(), say)?;
                     }
                     break;
                 }
@@ -131,6 +153,20 @@ pub(super) async fn overhead_fleet(
                             linearity::measure(&fleet, r, w, &targets, c.warmup, c.reps, t).await
                         };
                         record_samples(ctx, &k, m, say)?;
+                        prune(ctx, &mut fleet, backend, &k, say).await?;
+                    }
+                }
+                for c in commands {
+                    for (test, name) in
+                        [(SuiteTest::Overhead, "overhead"), (SuiteTest::Linearity, "linearity")]
+                    {
+                        let k = command_key(plan, name, n, c);
+                        if ctx.done.contains(&k) {
+                            continue;
+                        }
+                        let (warmup, reps) = (ctx.campaign.warmup, ctx.campaign.reps);
+                        let m = command::measure(&fleet, c, test, warmup, reps).await;
+                        record_commands(ctx, &k, m, say)?;
                         prune(ctx, &mut fleet, backend, &k, say).await?;
                     }
                 }

@@ -114,6 +114,16 @@ impl Campaign {
         if let Some(m) = self.guest.mem_bench_mib {
             limits::MEM_MIB.field("guest.mem_bench_mib", m)?;
         }
+        // The image itself is looked up in the store before anything boots (hostd run).
+        match &self.guest.system {
+            Some(s) if s.is_empty() || s.contains(['/', '\0']) => {
+                return bad("guest.system", format!("{s:?} is not a recipe name"));
+            }
+            None if self.guest.init != crate::backend::rootdisk::InitMode::Agent => {
+                return bad("guest.init", "\"image\" needs guest.system: an image to boot".into());
+            }
+            _ => {}
+        }
         check_ring("ring.guests", self.ring.guests)?;
         check_workloads("workloads", &self.workloads)?;
         limits::LAB_GUESTS.field("xen.lab_max_guests", self.xen.lab_max_guests)?;
@@ -288,5 +298,7 @@ fn check_workloads(field: &str, w: &Workloads) -> Result<(), CheckError> {
         p.validate().map_err(|why| CheckError::Field { field: field.into(), why })?;
     }
     limits::DISK_MIB.field(&format!("{field}.disk_mib"), w.disk_mib)?;
+    crate::suite::command::check_all(field, &w.commands)
+        .map_err(|(field, why)| CheckError::Field { field, why })?;
     Ok(())
 }

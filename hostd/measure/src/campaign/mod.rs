@@ -171,6 +171,8 @@ impl Campaign {
             disk_block_kib: 256,
             net_duration_ms: 200,
             net_msg_size: 65536,
+            // The user's own commands stay as they are: their cost is theirs to size.
+            commands: self.workloads.commands.clone(),
         };
         for o in self.overrides.values_mut() {
             *o = Override {

@@ -27,6 +27,18 @@ pub struct GuestSection {
     /// isolation's guest 2). A value too small for that is refused before anything boots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_bench_mib: Option<u32>,
+    /// A system image (a root file system recipe in the image store) every guest boots
+    /// instead of the agent's own image, as `hostd run --system` (which wins); native boots
+    /// none. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// With `system`: PID 1 is the agent or the image's own init. Default "agent".
+    #[serde(default, skip_serializing_if = "is_agent")]
+    pub init: crate::backend::rootdisk::InitMode,
+}
+
+fn is_agent(i: &crate::backend::rootdisk::InitMode) -> bool {
+    *i == crate::backend::rootdisk::InitMode::Agent
 }
 
 /// `[startup]`: the fleet sizes and modes of the startup test.
@@ -196,6 +208,8 @@ impl Default for GuestSection {
             bench_timeout_s: d_bench_timeout(),
             pin_one_core: false,
             mem_bench_mib: None,
+            system: None,
+            init: Default::default(),
         }
     }
 }

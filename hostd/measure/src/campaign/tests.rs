@@ -189,3 +189,35 @@ fn absurd_durations_sizes_and_counts_are_refused() {
     assert!(e("[ring]\nguests = 100000").contains("`ring.guests`"));
     assert!(parse("[ring]\nguests = 0").is_ok(), "0 turns the ring off");
 }
+
+#[test]
+fn user_commands_are_workloads_checked_with_the_campaign() {
+    let c = parse(
+        "[[workloads.commands]]\nname = \"compile\"\nargv = [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt 9 ]; do i=$((i+1)); done\"]\ntimeout_s = 60\n",
+    )
+    .unwrap();
+    assert_eq!(c.workloads.commands[0].name, "compile");
+    // Every backend's plan carries them; the quick variant keeps them as they are.
+    assert!(c.plans().iter().all(|p| p.workloads.commands.len() == 1));
+    assert_eq!(c.clone().quick().workloads.commands, c.workloads.commands);
+    // Stored with the run and read back alike.
+    let back: Campaign = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+    let e = parse("[[workloads.commands]]\nname = \"x\"\nargv = []\n").unwrap_err();
+    assert!(e.contains("field `workloads.commands[0].argv`"), "{e}");
+    let e = parse("[overrides.ns.workloads]\n[[overrides.ns.workloads.commands]]\nname = \"x\"\nargv = [\"true\"]\ntimeout_s = 0\n").unwrap_err();
+    assert!(e.contains("field `overrides.ns.workloads.commands[0].timeout_s`"), "{e}");
+}
+
+#[test]
+fn a_campaign_may_name_the_system_its_guests_boot() {
+    let c = parse("[guest]\nsystem = \"debian-bookworm\"\ninit = \"image\"\n").unwrap();
+    assert_eq!(c.guest.system.as_deref(), Some("debian-bookworm"));
+    let back: Campaign = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+    assert!(parse("[guest]\ninit = \"image\"\n").unwrap_err().contains("field `guest.init`"));
+    assert!(parse("[guest]\nsystem = \"../x\"\n").unwrap_err().contains("field `guest.system`"));
+    assert!(parse("[guest]\nsystem = \"\"\n").unwrap_err().contains("field `guest.system`"));
+    // Without one, the stored campaign says nothing of it.
+    assert!(!toml::to_string(&parse("").unwrap()).unwrap().contains("system"));
+}

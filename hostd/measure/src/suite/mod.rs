@@ -3,6 +3,7 @@
 //! module measures one of them on fleets and records raw samples; formulas are in
 //! docs/methodology.md with the paper's numbering.
 
+pub mod command;
 pub mod conditions;
 pub mod isolation;
 pub mod linearity;
@@ -54,6 +55,10 @@ pub struct Workloads {
     /// Network: stream write size, bytes. Default 65536.
     #[serde(default = "d_net_msg")]
     pub net_msg_size: u32,
+    /// Users' commands timed as workloads beside the four microbenchmarks
+    /// (`[[workloads.commands]]`, [`command`]). Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<command::UserCommand>,
 }
 
 fn d_cpu_rounds() -> u64 {
@@ -101,6 +106,7 @@ impl Default for Workloads {
             disk_block_kib: d_disk_block(),
             net_duration_ms: d_net_ms(),
             net_msg_size: d_net_msg(),
+            commands: Vec::new(),
         }
     }
 }

@@ -47,6 +47,7 @@ pub fn figures(rep: &Report) -> Vec<(String, Figure, String)> {
     startup_figures(rep, &mut out);
     overhead_figures(rep, &mut out);
     linearity_figures(rep, &mut out);
+    command_figures(rep, &mut out);
     isolation_figures(rep, &mut out);
     ring_figure(rep, &mut out);
     mark_emulated(rep, &mut out);
@@ -177,6 +178,86 @@ fn linearity_figures(rep: &Report, out: &mut Vec<(String, Figure, String)>) {
                 }
             ),
         ));
+    }
+}
+
+/// Per user workload, as Figs. 2–9 for the microbenchmarks: T_avn against n with the
+/// command's native T_a, and all n guests at once with native's reference.
+fn command_figures(rep: &Report, out: &mut Vec<(String, Figure, String)>) {
+    let names: std::collections::BTreeSet<&str> =
+        rep.commands.iter().map(|c| c.name.as_str()).collect();
+    for name in names {
+        let of: Vec<&CommandResult> = rep.commands.iter().filter(|c| c.name == name).collect();
+        let line = |pts: Vec<Point>, name: String, reference: bool| Series {
+            name,
+            points: pts,
+            reference,
+            ..Default::default()
+        };
+        let mut overhead: Vec<Series> = of
+            .iter()
+            .filter(|c| !c.overhead.is_empty())
+            .map(|c| {
+                let pts = c.overhead.iter().map(|p| Point {
+                    x: p.n as f64,
+                    y: p.value.mean,
+                    err: p.value.ci_half(),
+                });
+                line(pts.collect(), c.backend.to_string(), false)
+            })
+            .collect();
+        let maxn = of.iter().flat_map(|c| c.overhead.iter().map(|p| p.n)).max().unwrap_or(1);
+        if let Some(ta) = of.iter().find_map(|c| c.baseline.as_ref()) {
+            let pts = vec![
+                Point { x: 1.0, y: ta.mean, err: None },
+                Point { x: maxn.max(2) as f64, y: ta.mean, err: None },
+            ];
+            overhead.push(line(pts, "host T_a (native, n=1)".into(), true));
+        }
+        let mut linearity = Vec::new();
+        for c in of.iter().filter(|c| !c.linearity.is_empty()) {
+            let pts = c.linearity.iter().map(|p| Point {
+                x: p.n as f64,
+                y: p.value.mean,
+                err: p.value.ci_half(),
+            });
+            linearity.push(line(pts.collect(), format!("{} mean ± 95 % CI", c.backend), false));
+            if c.backend == BackendKind::Native {
+                let refs = c
+                    .linearity
+                    .iter()
+                    .filter_map(|p| Some(Point { x: p.n as f64, y: p.reference?, err: None }));
+                linearity.push(line(refs.collect(), "native reference".into(), true));
+            }
+        }
+        let command = of.first().map(|c| c.command.clone()).unwrap_or_default();
+        let whose = format!("The user's command `{command}`: what it measures is the user's");
+        if !overhead.is_empty() {
+            out.push((
+                format!("user_{name}_overhead.svg"),
+                Figure::Line(Chart {
+                    title: format!("User workload {name} overhead: one busy guest among n"),
+                    x_label: "guests running, n (n − 1 idle)".into(),
+                    y_label: "T_avn: wall time, agent's clock (s)".into(),
+                    series: overhead,
+                    log_y: false,
+                }),
+                format!("{whose}. Points: mean T_avn over the successful counted runs; {CI_BARS}. Dashed: the command's native T_a."),
+            ));
+        }
+        if !linearity.is_empty() {
+            out.push((
+                format!("user_{name}_linearity.svg"),
+                Figure::Line(Chart {
+                    title: format!("User workload {name} linearity: n busy guests"),
+                    x_label: "guests running the command together, n".into(),
+                    y_label: "per-guest wall time, agent's clock (s)".into(),
+                    series: linearity,
+                    log_y: false,
+                }),
+                format!("{whose}. Points: mean over all n guests and the successful counted repetitions; {CI_BARS}. Dashed: O_v + T_a·max(1, n/capacity), capacity as for a CPU-bound job (the CPUs the guests had)."),
+            ));
+        }
     }
 }
 

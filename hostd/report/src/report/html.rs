@@ -51,6 +51,7 @@ pub fn html_page(rep: &Report, figs: &[(String, Figure, String)]) -> String {
                 (backends_html(rep))
                 (startup_html(rep))
                 (overhead_html(rep))
+                (commands_html(rep))
                 (isolation_html(rep))
                 (ring_html(rep))
                 (crate::suite::conditions::html(&rep.conditions))
@@ -366,6 +367,60 @@ pub(super) fn records_html(rep: &Report) -> Markup {
                 @for r in &rep.rejected { li.bad { "line " (r.line) ": " (r.why) } }
                 @if rep.rejected.len() < rep.implausible_records {
                     li { "… and " (rep.implausible_records - rep.rejected.len()) " more" }
+                }
+            }
+        }
+    }
+}
+
+/// Users' commands timed as workloads, beside the microbenchmarks: per backend and fleet
+/// size, T_avn and O_vn (overhead), and all n at once against the linearity reference.
+pub(super) fn commands_html(rep: &Report) -> Markup {
+    html! {
+        @if !rep.commands.is_empty() {
+            h2 { "User workloads (overhead and linearity, as the microbenchmarks)" }
+            p {
+                "Each workload below is the user's own command, run through the agent's exec message natively (T_a) and in guests; what it measures is the user's. \
+                 Its time is the agent's, from the program's start to its exit (docs/methodology.md, \"User workloads\"). \
+                 O_vn and the linearity reference are computed by the microbenchmarks' own formulas, the reference as for a CPU-bound job (one per host CPU). \
+                 A failed run (non-zero exit, signal, timeout, a program that could not start) is not a figure; a linearity repetition in which any guest failed is left out whole."
+            }
+            @for c in &rep.commands {
+                h3 { (c.name) " on " (c.backend) }
+                p { "command: " code { (c.command) } }
+                @if c.baseline.is_some() || !c.overhead.is_empty() || !c.linearity.is_empty() { table {
+                    tr {
+                        th { "test" } th { "n" } th { "mean (s)" } th { "std dev (s)" } th { "min–max (s)" }
+                        th { "runs (repetitions × busy guests)" } th { "O_vn (s)" } th { "slowest (s)" } th { "reference (s)" }
+                    }
+                    @if let Some(b) = &c.baseline {
+                        tr {
+                            td { "T_a (native, n = 1)" } td { "1" } td { (with_ci(b, 4)) } td { (format!("{:.4}", b.std_dev)) }
+                            td { (format!("{:.4}–{:.4}", b.min, b.max)) } td { (b.samples) } td { "" } td { "" } td { "" }
+                        }
+                    }
+                    @for p in &c.overhead {
+                        tr {
+                            td { "overhead" } td { (p.n) } td { (with_ci(&p.value, 4)) } td { (format!("{:.4}", p.value.std_dev)) }
+                            td { (format!("{:.4}–{:.4}", p.value.min, p.value.max)) } td { (p.value.samples) }
+                            td { (opt(p.overhead, 4)) } td { "" } td { "" }
+                        }
+                    }
+                    @for p in &c.linearity {
+                        tr {
+                            td { "linearity" } td { (p.n) } td { (with_ci(&p.value, 4)) } td { (format!("{:.4}", p.value.std_dev)) }
+                            td { (format!("{:.4}–{:.4}", p.value.min, p.value.max)) } td { (p.value.samples) }
+                            td { "" } td { (format!("{:.4}", p.worst)) } td { (opt(p.reference, 4)) }
+                        }
+                    }
+                } }
+                p {
+                    (c.runs) " counted runs, " (c.failed) " failed"
+                    @if c.baseline.is_none() { "; no successful native run of this command at n = 1 (T_a): no O_vn" }
+                    "."
+                }
+                @if !c.failures.is_empty() {
+                    ul { @for f in &c.failures { li.bad { (f) } } }
                 }
             }
         }

@@ -23,6 +23,7 @@ use crate::suite::{linearity, overhead, ring, BenchSample, Test};
 // Moved below the suite modules, which compute it; still `report::Stat` to readers.
 pub use crate::stats::Stat;
 
+pub use crate::suite::command::CommandResult;
 pub use crate::suite::isolation::IsolationResult;
 pub use crate::suite::linearity::LinearityPoint;
 pub use crate::suite::overhead::OverheadPoint;
@@ -97,6 +98,10 @@ pub struct Report {
     /// The emulated network's accuracy ([`crate::netem_report`]).
     #[serde(default)]
     pub netem: Vec<crate::netem_report::Row>,
+    /// Users' commands timed as workloads, per backend and workload
+    /// ([`crate::suite::command::analyse`]); empty in reports older than them.
+    #[serde(default)]
+    pub commands: Vec<CommandResult>,
 }
 
 impl Report {
@@ -118,7 +123,9 @@ impl Report {
             .values()
             .map(|r| stat(&r.bandwidth) + r.latency.as_ref().map_or(0, stat))
             .sum();
+        let commands: usize = self.commands.iter().map(|c| c.runs).sum();
         rows + overhead
+            + commands
             + linearity
             + self.isolation.len()
             + ring
@@ -210,6 +217,25 @@ impl Report {
                 f(&|| format!("isolation {k} {m}"), v);
             }
         }
+        for c in &self.commands {
+            let at = format!("user workload {} {}", c.backend, c.name);
+            if let Some(b) = &c.baseline {
+                stat(&format!("{at} T_a"), b, &mut f);
+            }
+            for p in &c.overhead {
+                stat(&format!("{at} overhead n={}", p.n), &p.value, &mut f);
+                if let Some(o) = p.overhead {
+                    f(&|| format!("{at} overhead n={} O_v", p.n), o);
+                }
+            }
+            for p in &c.linearity {
+                stat(&format!("{at} linearity n={}", p.n), &p.value, &mut f);
+                f(&|| format!("{at} linearity n={} worst", p.n), p.worst);
+                if let Some(r) = p.reference {
+                    f(&|| format!("{at} linearity n={} reference", p.n), r);
+                }
+            }
+        }
         for (b, r) in &self.ring {
             stat(&format!("ring {b} bandwidth"), &r.bandwidth, &mut f);
             if let Some(l) = &r.latency {
@@ -291,6 +317,7 @@ pub fn build_from(samples: Samples, provenance: Option<Provenance>) -> Report {
         conditions,
         cpus_assumed,
         netem: crate::netem_report::analyse(&sorted.netem),
+        commands: crate::suite::command::analyse(&sorted.commands, cores),
     }
 }
 
@@ -328,6 +355,7 @@ struct Sorted {
     failures: Vec<(BackendKind, usize, StartMode, GuestFailure)>,
     lost: Vec<(BackendKind, String, GuestFailure)>,
     netem: Vec<crate::netem_accuracy::AccuracySample>,
+    commands: Vec<crate::suite::command::CommandSample>,
 }
 
 impl Sorted {
@@ -364,6 +392,7 @@ impl Sorted {
                     o.probes.insert(backend, description);
                 }
                 Record::Netem(n) => o.netem.push(n),
+                Record::Command(c) => o.commands.push(c),
                 Record::GuestLost { backend, step, failure } => {
                     o.lost.push((backend, step, failure))
                 }

@@ -153,6 +153,25 @@ fn point_rows(rep: &Report) -> Vec<Vec<String>> {
         let spread = Some((i.guest2[0].min(i.guest2[1]), i.guest2[0].max(i.guest2[1])));
         rows.push(bare_row(at("guest2_relative"), g2, spread, "", "ratio"));
     }
+    // Users' commands: the "resource" column holds `command:NAME`.
+    for c in &rep.commands {
+        let (b, res) = (c.backend.to_string(), format!("command:{}", c.name));
+        // T_a once, on native's rows (every backend's result carries it).
+        if let Some(v) = c.baseline.as_ref().filter(|_| c.backend == BackendKind::Native) {
+            let at = At { section: "baseline", backend: &b, resource: &res, n: 1, metric: "value" };
+            rows.push(stat_row(at, v));
+        }
+        for p in &c.overhead {
+            let at =
+                At { section: "overhead", backend: &b, resource: &res, n: p.n, metric: "value" };
+            rows.push(stat_row(at, &p.value));
+        }
+        for p in &c.linearity {
+            let at =
+                At { section: "linearity", backend: &b, resource: &res, n: p.n, metric: "value" };
+            rows.push(stat_row(at, &p.value));
+        }
+    }
     for (b, r) in &rep.ring {
         let b = b.to_string();
         let at = At {

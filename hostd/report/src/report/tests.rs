@@ -149,3 +149,98 @@ fn captions_say_what_the_bars_are_and_n() {
         "{row:?}"
     );
 }
+
+/// A user's command shows beside the microbenchmarks: its own table after the overhead
+/// one, with the command line, T_a, O_vn and its failed runs' reasons (escaped), and rows
+/// of report.csv; a report without commands reads as before.
+#[test]
+fn user_workloads_are_reported_beside_the_microbenchmarks() {
+    use crate::suite::command::CommandSample;
+    let run = |b: BackendKind, rep: u32, t: Option<f64>| {
+        Record::Command(CommandSample {
+            backend: b,
+            test: Test::Overhead,
+            name: "build".into(),
+            argv: vec!["/bin/sh".into(), "-c".into(), "make <all>".into()],
+            n: 1,
+            rep,
+            guest: 0,
+            elapsed_s: t,
+            host_s: 1.0,
+            failure: t.is_none().then(|| "exit status 2; stderr ends: <oops>".into()),
+            cpus: Some(2),
+            vcpus: None,
+            provenance: String::new(),
+        })
+    };
+    let records = vec![
+        Record::Bench(sample(BackendKind::Native, Test::Overhead, Resource::Cpu, 1, 0, 0, 0, 1.0)),
+        Record::Bench(sample(BackendKind::Ns, Test::Overhead, Resource::Cpu, 1, 0, 0, 0, 1.1)),
+        run(BackendKind::Native, 0, Some(2.0)),
+        run(BackendKind::Ns, 0, Some(2.5)),
+        run(BackendKind::Ns, 1, None),
+    ];
+    let rep =
+        build_from(Samples { records, unreadable: 0, implausible: 0, rejected: Vec::new() }, None);
+    let ns = rep.commands.iter().find(|c| c.backend == BackendKind::Ns).unwrap();
+    assert_eq!((ns.overhead[0].overhead, ns.runs, ns.failed), (Some(0.5), 2, 1));
+    assert_eq!(rep.data_points(), 2 + 3, "two bench samples, three command runs");
+    let figs = figures(&rep);
+    let names: Vec<&str> = figs.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert!(names.contains(&"user_build_overhead.svg"), "{names:?}");
+    let html = html_page(&rep, &figs);
+    let (micro, user) = (html.find("Overhead O_v").unwrap(), html.find("User workloads").unwrap());
+    assert!(micro < user, "after the microbenchmarks' overhead");
+    assert!(
+        html.contains("/bin/sh -c &#39;make &lt;all&gt;&#39;")
+            || html.contains("/bin/sh -c 'make &lt;all&gt;'"),
+        "{html}"
+    );
+    assert!(html.contains("exit status 2; stderr ends: &lt;oops&gt;") && !html.contains("<oops>"));
+    let csv = String::from_utf8(csv(&rep).unwrap()).unwrap();
+    assert!(csv.contains("overhead,ns,command:build,1,value,2.5,"), "{csv}");
+    assert!(csv.contains("baseline,native,command:build,1,value,2,"), "{csv}");
+    assert!(!csv.contains("baseline,ns,command:build"), "{csv}");
+    // Reports written before the field read with no commands.
+    let mut old = serde_json::to_value(&rep).unwrap();
+    old.as_object_mut().unwrap().remove("commands");
+    assert!(serde_json::from_value::<Report>(old).unwrap().commands.is_empty());
+}
+
+/// Command records at the edges of what the reader takes in (times of 0 and a week, no
+/// CPUs recorded or 0, a fleet at the limit) give no figure that is not a finite number;
+/// records outside physical sense never get that far.
+#[test]
+fn user_workloads_at_the_edges_give_finite_figures() {
+    use crate::suite::command::CommandSample;
+    let at = |b: BackendKind, test: Test, n: usize, t: f64, cpus: Option<usize>| {
+        Record::Command(CommandSample {
+            backend: b,
+            test,
+            name: "w".into(),
+            argv: vec!["x".into()],
+            n,
+            rep: 0,
+            guest: 0,
+            elapsed_s: Some(t),
+            host_s: t,
+            failure: None,
+            cpus,
+            vcpus: None,
+            provenance: String::new(),
+        })
+    };
+    let week = crate::samples::MAX_SECONDS;
+    let records = vec![
+        at(BackendKind::Native, Test::Overhead, 1, 0.0, Some(0)),
+        at(BackendKind::Native, Test::Linearity, 25_000, week, None),
+        at(BackendKind::Ns, Test::Overhead, 1, week, Some(usize::MAX)),
+        at(BackendKind::Ns, Test::Linearity, 1, 0.0, Some(0)),
+        at(BackendKind::Ns, Test::Linearity, 25_000, week, Some(1)),
+    ];
+    assert!(records.iter().all(|r| r.implausible().is_none()));
+    let rep =
+        build_from(Samples { records, unreadable: 0, implausible: 0, rejected: Vec::new() }, None);
+    assert_eq!(rep.commands.len(), 2);
+    assert!(rep.non_finite().is_empty(), "{:?}", rep.non_finite());
+}
