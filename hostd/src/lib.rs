@@ -10,6 +10,7 @@ pub use hostd_report::*;
 pub mod bootrun;
 pub mod daemon;
 pub mod estimate;
+pub mod multihost;
 pub mod net;
 pub mod progress;
 pub mod runner;

@@ -101,6 +101,7 @@ fn use_image_store(cmd: &Cmd) {
         Cmd::Bench(a) => &a.images,
         Cmd::Boot(a) => &a.images,
         Cmd::Up(a) => &a.images,
+        Cmd::Worker(a) => &a.images,
         Cmd::Run(a) => &a.images,
         Cmd::Probe(a) => &a.images,
         _ => return,
@@ -121,7 +122,9 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
     let all = |r: anyhow::Result<()>| r.map(|()| Done::All);
     match cli.cmd {
         Cmd::Bench(a) => all(bench(a).await),
+        Cmd::Boot(a) if a.engine == Engine::Slurm => cli::boot::boot_slurm(a).await,
         Cmd::Boot(a) => boot(a).await,
+        Cmd::Worker(a) => all(cli::boot::worker(a).await),
         Cmd::Up(_) => unreachable!("handled before the runtime starts"),
         Cmd::Status { name, json } => all(status(name, json).await),
         Cmd::Down { name } => all(down(name).await),

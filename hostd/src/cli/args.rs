@@ -32,6 +32,10 @@ pub(crate) enum Cmd {
     Boot(BootArgs),
     /// Boot the fleet a fleet file describes and keep it running in the background.
     Up(UpArgs),
+    /// One node's part of a multi-host run (`hostd boot --engine slurm` starts it with
+    /// srun): connects to the coordinator, starts the slice it is given, reports, holds
+    /// the fleet until told to tear down or until the coordinator's link drops.
+    Worker(WorkerArgs),
     /// Show running fleets (all, or the one named).
     Status {
         /// The fleet's name (from its fleet file); all running fleets when left out.
@@ -300,16 +304,64 @@ pub(crate) struct BootArgs {
     pub(crate) floor_reps: usize,
     /// After each fleet's figures, check that every guest reaches a neighbour on another
     /// bridge (a TCP connection from inside its network namespace; containers and native
-    /// guests on the fleet network only).
+    /// guests on the fleet network only). With --engine slurm: every ready guest exchanges
+    /// 64 KiB each way with a guest on each other host.
     #[arg(long)]
     pub(crate) reach: bool,
     /// Parent directory of the results directory.
     #[arg(long, default_value = "results", env = "VIRTBENCH_RESULTS")]
     pub(crate) results: PathBuf,
+    /// Where the fleet runs: this machine, or across Slurm nodes (one size, the first mode,
+    /// no memory figures; docs/multihost.md).
+    #[arg(long, value_enum, default_value = "local")]
+    pub(crate) engine: Engine,
+    /// With --engine slurm: nodes to use [default: SLURM_JOB_NUM_NODES inside an allocation;
+    /// required outside one, for salloc -N].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub(crate) hosts: Option<u16>,
+    /// With --engine slurm: the address workers connect to [default: this machine's
+    /// address on the route to the first node].
+    #[arg(long, value_name = "IP")]
+    pub(crate) listen: Option<std::net::IpAddr>,
+    /// With --engine slurm: per-host weights of the split, comma-separated, one per host in
+    /// node order [default: even].
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) weights: Vec<f64>,
+    /// With --engine slurm: seconds the fleet stays up on every host once all have
+    /// reported, before teardown (0-3600 s; seconds or e.g. 30s, 1m); a host lost meanwhile
+    /// has its guests reported lost.
+    #[arg(long, default_value_t = 0, value_parser = limits::SETTLE_S.cli_secs())]
+    pub(crate) hold: u64,
     #[command(flatten)]
     pub(crate) images: ImageArgs,
     #[command(flatten)]
     pub(crate) export: ExportArgs,
+}
+
+/// Where `hostd boot` runs its fleet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Engine {
+    /// On this machine.
+    Local,
+    /// Across the nodes of a Slurm allocation (salloc'd if not inside one): one `hostd
+    /// worker` per node (docs/multihost.md).
+    Slurm,
+}
+
+#[derive(Args)]
+pub(crate) struct WorkerArgs {
+    /// The coordinator, ADDR:PORT.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) connect: String,
+    /// The coordinator's token (the coordinator passes it in the environment, so that it is
+    /// not on a command line other users can read).
+    #[arg(long, env = "VIRTBENCH_WORKER_TOKEN", hide_env_values = true)]
+    pub(crate) token: String,
+    /// Backends to probe and report (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) backend: Vec<BackendKind>,
+    #[command(flatten)]
+    pub(crate) images: ImageArgs,
 }
 
 #[derive(Args)]

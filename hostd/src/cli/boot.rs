@@ -144,3 +144,130 @@ impl std::io::Write for BenchProgress {
         Ok(())
     }
 }
+
+/// `hostd boot --engine slurm`: inside an allocation, the coordinator; outside one, the
+/// same command again under `salloc -N K`.
+pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
+    use hostd::multihost::coordinator;
+    let in_job = std::env::var_os("SLURM_JOB_ID").is_some();
+    let job_nodes: Option<u16> =
+        std::env::var("SLURM_JOB_NUM_NODES").ok().and_then(|v| v.parse().ok());
+    let hosts = match (a.hosts, job_nodes, in_job) {
+        (Some(k), Some(j), true) if k > j => {
+            anyhow::bail!("--hosts {k}: the allocation has only {j} nodes")
+        }
+        (Some(k), _, _) => k,
+        (None, Some(j), true) => j,
+        (None, _, _) => anyhow::bail!(
+            "--engine slurm outside an allocation needs --hosts K (the nodes salloc asks for)"
+        ),
+    };
+    if a.sizes.len() != 1 {
+        anyhow::bail!("--engine slurm boots one fleet: give one size with -n (got {:?})", a.sizes);
+    }
+    if a.image_copies {
+        anyhow::bail!("--engine slurm does not do --image-copies yet");
+    }
+    let exe =
+        std::env::current_exe().map_err(|e| anyhow::anyhow!("finding hostd's own path: {e}"))?;
+    if !in_job {
+        // salloc runs the command with the allocation's SLURM_* set: back here, in_job.
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new("salloc")
+            .arg("-N")
+            .arg(hosts.to_string())
+            .arg("--")
+            .arg(&exe)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        anyhow::bail!("running salloc: {err}");
+    }
+    let mode = a.modes[0];
+    if a.modes.len() > 1 {
+        eprintln!("hostd: --engine slurm measures one start mode: {}", mode.name());
+    }
+    // The images are the workers'; the coordinator checks theirs against its own if it has
+    // any.
+    let images = hostd::images::resolve(a.images.agent.as_deref()).ok().map(|i| i.hashes);
+    let o = coordinator::Options {
+        backend: a.backend,
+        n: a.sizes[0],
+        mode,
+        mem_mib: a.mem_mib,
+        vcpus: a.vcpus,
+        parallelism: a.parallelism,
+        boot_timeout: Duration::from_secs(a.boot_timeout),
+        network: !a.no_network,
+        hosts: usize::from(hosts),
+        weights: a.weights,
+        listen: a.listen,
+        results: a.results,
+        exe,
+        images,
+        hold: Duration::from_secs(a.hold),
+        reach: a.reach,
+    };
+    let out = tokio::select! {
+        r = coordinator::run(&o) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    // Interrupted: the coordinator's future is gone by now, and with it the workers' links;
+    // every worker whose link drops tears its fleet down, and srun ends with them.
+    let Some(out) = out else {
+        eprintln!("hostd: interrupted: the workers tear down as their links drop");
+        std::process::exit(130);
+    };
+    let out = out?;
+    let m = &out.multihost;
+    for h in &m.hosts {
+        let c = h
+            .clock
+            .map_or("?".to_string(), |c| format!("{:+.6} s ± {:.6} s", c.offset_s, c.bound_s));
+        let b = h.booted.as_ref();
+        eprintln!(
+            "hostd: host {}: guests {}..{}: {} ready, lateness {}, clock {c}{}",
+            h.hostname,
+            h.first,
+            h.first + h.count,
+            b.map_or(0, |b| b.ready.len()),
+            b.map_or("?".into(), |b| format!("{:.4} s", b.lateness_s)),
+            h.lost.as_ref().map_or(String::new(), |l| format!(", LOST: {l}"))
+        );
+    }
+    if let Some(r) = &out.boot.reach {
+        println!("reach across hosts: {}", r.line());
+    }
+    println!(
+        "T_startup({}) across {} hosts: {}",
+        m.n,
+        m.hosts.len(),
+        m.t_startup_s.map_or("no guest ready".into(), |t| format!("{t:.4} s"))
+    );
+    eprintln!("hostd: results in {}", out.results.display());
+    let lost = out.boot.failures.len();
+    let mut short = Vec::new();
+    if lost > 0 || out.boot.startups.len() != m.n {
+        short.push(format!("{lost} of {} guests failed or lost", m.n));
+    }
+    if let Some(r) = out.boot.reach.as_ref().filter(|r| !r.all()) {
+        short.push(format!("reach across hosts: {}", r.line()));
+    }
+    Ok(if short.is_empty() { Done::All } else { Done::WithFailures(short.join("; ")) })
+}
+
+/// `hostd worker`.
+pub(crate) async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
+    // A worker with no images still says hello: the coordinator names what it lacks.
+    let images = hostd::images::resolve(a.images.agent.as_deref()).unwrap_or_else(|e| {
+        eprintln!("hostd worker: no images: {e:#}");
+        hostd::backend::Images::default()
+    });
+    hostd::multihost::worker::run(hostd::multihost::worker::WorkerOptions {
+        connect: a.connect,
+        token: a.token,
+        backends: a.backend,
+        backend_opts: backend_options(&a.images),
+        images,
+    })
+    .await
+}

@@ -1,0 +1,799 @@
+//! The coordinator of `hostd boot --engine slurm`: inside a Slurm allocation it starts one
+//! `hostd worker` per node with `srun`, authenticates them by a random token, checks they
+//! boot the same images, measures each one's clock offset, splits the fleet, schedules T0,
+//! merges their startups into one results directory with per-host provenance, and tears
+//! down everywhere. A worker that disconnects, dies or misbehaves loses its guests; the
+//! others' results stand.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tokio::io::BufReader;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+use super::clock::{self, mono_ns, real_ns, Offset, Round};
+use super::plan::{self, HostStart};
+use super::proto::{
+    self, Booted, FromWorker, GuestReady, Hello, NetPlan, Reached, Slice, SliceFleet, ToWorker,
+    TornDown,
+};
+use crate::backend::BackendKind;
+use crate::fleet::{FailureKind, GuestFailure};
+use crate::provenance::Provenance;
+use crate::results::ResultsDir;
+use crate::startup::{FleetBoot, StartMode, StartupSample};
+
+/// What `hostd boot --engine slurm` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub backend: BackendKind,
+    /// Guests in all.
+    pub n: usize,
+    pub mode: StartMode,
+    pub mem_mib: u32,
+    pub vcpus: u32,
+    pub parallelism: usize,
+    pub boot_timeout: Duration,
+    pub network: bool,
+    /// Hosts (nodes of the allocation) to use.
+    pub hosts: usize,
+    /// Per-host weights of the split (empty: even).
+    pub weights: Vec<f64>,
+    /// Address workers connect to (None: the one the first node's route uses).
+    pub listen: Option<IpAddr>,
+    /// Parent of the results directory.
+    pub results: PathBuf,
+    /// The hostd binary the workers run (the nodes must see it at this path).
+    pub exe: PathBuf,
+    /// The coordinator's own image hashes, when it has images: every worker must match.
+    pub images: Option<BTreeMap<String, String>>,
+    /// How long the fleet stays up on every host once all have reported, before teardown;
+    /// a host whose link drops meanwhile has its guests counted lost.
+    pub hold: Duration,
+    /// Check that every ready guest exchanges data with a guest on each other host.
+    pub reach: bool,
+}
+
+/// Clock pings per worker.
+const ROUNDS: u32 = 8;
+/// How long workers have to connect and say hello after srun starts them.
+const CONNECT_WITHIN: Duration = Duration::from_secs(120);
+/// T0 after the slices are sent: room for each worker to make its network and, for a cold
+/// start, sync and drop its page cache (2 s left workers 0.5 s late on this loaded machine).
+const LEAD: Duration = Duration::from_secs(5);
+/// A reply to a ping, or a teardown report, within this.
+const REPLY_WITHIN: Duration = Duration::from_secs(60);
+
+/// One host of the run, as recorded in `multihost.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostRecord {
+    pub hostname: String,
+    pub node_id: Option<u32>,
+    pub node_name: Option<String>,
+    pub addr: Ipv4Addr,
+    pub cpus: u32,
+    pub mem_mib: u64,
+    pub images: BTreeMap<String, String>,
+    /// Its slice: first global index and count.
+    pub first: usize,
+    pub count: usize,
+    /// Its CLOCK_MONOTONIC minus the coordinator's, with the error bound.
+    pub clock: Option<Offset>,
+    /// Its report, when it made one.
+    pub booted: Option<Booted>,
+    /// Its start on the coordinator's monotonic clock minus T0's (from its start_mono_ns
+    /// and offset), s: a second view of its lateness, good to within the offset's bound.
+    pub start_vs_coordinator_s: Option<f64>,
+    /// Guests that could not serve the reach check, in words.
+    pub serve_failed: Vec<String>,
+    /// Its guests' exchanges with a guest on each other host (with `--reach`).
+    pub reach: Option<Reached>,
+    /// Its teardown report.
+    pub teardown: Option<TornDown>,
+    /// Why its guests are counted lost (the worker disconnected, died or misbehaved).
+    pub lost: Option<String>,
+}
+
+/// `multihost.json`: the run across hosts.
+#[derive(Debug, Clone, Serialize)]
+pub struct MultiHost {
+    pub backend: BackendKind,
+    pub n: usize,
+    pub mode: StartMode,
+    /// Slurm's job id.
+    pub job: Option<String>,
+    /// T0 on CLOCK_REALTIME, ns since the epoch.
+    pub t0_unix_ns: u64,
+    /// max over hosts of (lateness + slowest guest), s.
+    pub t_startup_s: Option<f64>,
+    pub hosts: Vec<HostRecord>,
+}
+
+struct Worker {
+    hello: Hello,
+    r: BufReader<OwnedReadHalf>,
+    w: OwnedWriteHalf,
+    rec: HostRecord,
+}
+
+impl Worker {
+    fn name(&self) -> &str {
+        &self.hello.hostname
+    }
+}
+
+/// A worker's message in an error: its start, escaped (Debug), at most 200 characters (a
+/// report can be megabytes).
+fn brief(m: &FromWorker) -> String {
+    let t = format!("{m:?}");
+    match t.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &t[..i]),
+        None => t,
+    }
+}
+
+/// Why a connection did not become a worker.
+enum HelloError {
+    /// It did not prove it is one of ours (no hello, not our token): refused and ignored.
+    Refused(anyhow::Error),
+    /// One of our workers (it had the token) sent a hello that breaks the rules: the run
+    /// stops, naming it.
+    Invalid(anyhow::Error),
+}
+
+/// A token: 32 random bytes, hex.
+pub fn new_token() -> Result<String> {
+    let mut b = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom for the workers' token")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Equal in time independent of where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn output(cmd: &str, args: &[&str]) -> Result<String> {
+    let o = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    if !o.status.success() {
+        bail!(
+            "{cmd} {}: {}: {}",
+            args.join(" "),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The address of the interface the first node of the allocation is reached through.
+fn default_listen() -> Result<IpAddr> {
+    let list = std::env::var("SLURM_JOB_NODELIST").context("SLURM_JOB_NODELIST is not set")?;
+    let names = output("scontrol", &["show", "hostnames", &list])?;
+    let first = names.lines().next().context("the allocation has no nodes")?.trim().to_string();
+    let node = output("scontrol", &["show", "node", "-o", &first])?;
+    let addr = node
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("NodeAddr="))
+        .with_context(|| format!("no NodeAddr for node {first}"))?;
+    let route = output("ip", &["-o", "route", "get", addr])?;
+    let mut words = route.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "src" {
+            if let Some(a) = words.next().and_then(|a| a.parse().ok()) {
+                return Ok(a);
+            }
+        }
+    }
+    bail!("`ip route get {addr}` (node {first}) names no source address: pass --listen")
+}
+
+async fn hello_of(s: TcpStream, token: &str) -> Result<Worker, HelloError> {
+    let refused = |e: anyhow::Error| HelloError::Refused(e);
+    let peer = s.peer_addr().map_err(|e| refused(e.into()))?;
+    let (r, w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let m = timeout(REPLY_WITHIN, proto::read::<FromWorker, _>(&mut r))
+        .await
+        .map_err(|_| refused(anyhow::anyhow!("{peer}: no hello within {REPLY_WITHIN:?}")))?
+        .map_err(|e| refused(anyhow::anyhow!("{peer}: {e}")))?;
+    let FromWorker::Hello(hello) = m else {
+        return Err(refused(anyhow::anyhow!("{peer}: the first message was not a hello")));
+    };
+    if !same(&hello.token, token) {
+        return Err(refused(anyhow::anyhow!("{peer}: wrong token (not a worker of this run)")));
+    }
+    hello
+        .validate()
+        .map_err(|e| HelloError::Invalid(anyhow::anyhow!("worker at {peer}: bad hello: {e}")))?;
+    let _ = w.as_ref().set_nodelay(true);
+    let rec = HostRecord {
+        hostname: hello.hostname.clone(),
+        node_id: hello.node_id,
+        node_name: hello.node_name.clone(),
+        addr: hello.addr,
+        cpus: hello.cpus,
+        mem_mib: hello.mem_mib,
+        images: hello.images.clone(),
+        first: 0,
+        count: 0,
+        clock: None,
+        booted: None,
+        start_vs_coordinator_s: None,
+        serve_failed: Vec::new(),
+        reach: None,
+        teardown: None,
+        lost: None,
+    };
+    Ok(Worker { hello, r, w, rec })
+}
+
+/// Waits for `k` authenticated workers (or fails once srun has exited or the time is up).
+async fn accept(
+    l: &TcpListener,
+    k: usize,
+    token: &str,
+    srun: &mut tokio::process::Child,
+) -> Result<Vec<Worker>> {
+    let mut got: Vec<Worker> = Vec::new();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
+    use futures::StreamExt;
+    while got.len() < k {
+        tokio::select! {
+            c = l.accept() => {
+                let (s, _) = c.context("accepting a worker")?;
+                pending.push(hello_of(s, token));
+            }
+            Some(h) = pending.next() => match h {
+                Ok(w) => {
+                    if let Some(o) = got.iter().find(|o| o.hello.hostname == w.hello.hostname) {
+                        bail!("two workers say they are host {} ({} and {})", o.name(), o.hello.addr, w.hello.addr);
+                    }
+                    eprintln!("hostd: worker on {} ({}) connected", w.name(), w.hello.addr);
+                    got.push(w);
+                }
+                // A connection that is not one of our workers: say so, go on.
+                Err(HelloError::Refused(e)) => eprintln!("hostd: refused a connection: {e:#}"),
+                Err(HelloError::Invalid(e)) => return Err(e),
+            },
+            st = srun.wait() => bail!("srun exited ({}) with {} of {k} workers connected", st?, got.len()),
+            _ = tokio::time::sleep_until(deadline) => {
+                bail!("only {} of {k} workers connected within {CONNECT_WITHIN:?}", got.len())
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// Every worker boots the same images as the coordinator (or, if it has none, the first
+/// worker); the first that differs is named.
+fn check_images(ws: &[Worker], own: Option<&BTreeMap<String, String>>) -> Result<()> {
+    let (reference, whose) = match own {
+        Some(o) => (o.clone(), "the coordinator's".to_string()),
+        None => (ws[0].hello.images.clone(), format!("{}'s", ws[0].name())),
+    };
+    for w in ws {
+        same_images(&w.hello.images, &reference, w.name())
+            .map_err(|e| anyhow::anyhow!("{e} ({whose} images are the reference)"))?;
+    }
+    Ok(())
+}
+
+/// Whether host `host`'s images are exactly `reference`: what differs, in words.
+fn same_images(
+    theirs: &BTreeMap<String, String>,
+    reference: &BTreeMap<String, String>,
+    host: &str,
+) -> Result<(), String> {
+    for (name, hash) in reference {
+        match theirs.get(name) {
+            None => return Err(format!("host {host} has no image {name} (sha256 {hash})")),
+            Some(h) if h != hash => {
+                return Err(format!(
+                    "host {host}: image {name} is sha256 {h}, not {hash}: build or ship the same images"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = theirs.keys().find(|k| !reference.contains_key(*k)) {
+        return Err(format!("host {host} has an image {extra} the others lack"));
+    }
+    Ok(())
+}
+
+/// NTP-style offset of one worker's CLOCK_MONOTONIC against ours.
+async fn measure_clock(w: &mut Worker) -> Result<Offset> {
+    let mut rounds = Vec::new();
+    for seq in 0..ROUNDS {
+        let t1 = mono_ns();
+        proto::write(&mut w.w, &ToWorker::Ping { seq }).await?;
+        let m = timeout(REPLY_WITHIN, proto::read::<FromWorker, _>(&mut w.r))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer to a clock ping within {REPLY_WITHIN:?}"))??;
+        let t2 = mono_ns();
+        match m {
+            FromWorker::Pong { seq: s, mono_ns } if s == seq => {
+                rounds.push(Round { t1, worker: mono_ns, t2 })
+            }
+            other => bail!("answered ping {seq} with {}", brief(&other)),
+        }
+    }
+    clock::estimate(&rounds).context("no usable clock round")
+}
+
+async fn await_booted(w: &mut Worker, slice: &Slice, within: Duration) -> Result<Booted> {
+    let m = timeout(within, proto::read::<FromWorker, _>(&mut w.r))
+        .await
+        .map_err(|_| anyhow::anyhow!("no startup report within {within:?}"))??;
+    match m {
+        FromWorker::Booted(b) => {
+            b.validate(slice).map_err(|e| anyhow::anyhow!("bad startup report: {e}"))?;
+            Ok(b)
+        }
+        FromWorker::Error { message } => bail!("its slice could not start: {message:.4096}"),
+        other => bail!("sent {} instead of its startup report", brief(&other)),
+    }
+}
+
+/// One request to a worker and its answer within [`REPLY_WITHIN`].
+async fn ask(w: &mut Worker, m: &ToWorker) -> Result<FromWorker> {
+    proto::write(&mut w.w, m).await?;
+    timeout(REPLY_WITHIN, proto::read::<FromWorker, _>(&mut w.r))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {REPLY_WITHIN:?}"))?
+        .map_err(Into::into)
+}
+
+/// The reach check across hosts: every host's guests serve, then every host's ready guests
+/// exchange data with a guest of each other host ([`plan::reach_pairs`]). A worker that
+/// fails to answer, or answers wrongly, is lost.
+async fn reach(ws: &mut [Worker]) {
+    futures::future::join_all(ws.iter_mut().filter(|w| w.rec.lost.is_none()).map(|w| async move {
+        match ask(w, &ToWorker::Serve).await {
+            Ok(FromWorker::Serving { failed }) if failed.len() <= w.rec.count => {
+                w.rec.serve_failed =
+                    failed.iter().map(|f| f.chars().take(proto::MAX_TEXT).collect()).collect();
+            }
+            Ok(other) => {
+                w.rec.lost = Some(format!("answered the serve request with {}", brief(&other)))
+            }
+            Err(e) => w.rec.lost = Some(format!("serving the reach check: {e:#}")),
+        }
+    }))
+    .await;
+    // Each live host's ready guests; each reaches the one at its own place on every other.
+    let ready: Vec<Vec<usize>> = ws
+        .iter()
+        .map(|w| match (&w.rec.lost, &w.rec.booted) {
+            (None, Some(b)) => {
+                let mut r: Vec<usize> = b.ready.iter().map(|g| g.index).collect();
+                r.sort_unstable();
+                r
+            }
+            _ => Vec::new(),
+        })
+        .collect();
+    let pairs = plan::reach_pairs(&ready);
+    futures::future::join_all(ws.iter_mut().zip(pairs).filter(|(w, _)| w.rec.lost.is_none()).map(
+        |(w, pairs)| async move {
+            let most = pairs.len();
+            match ask(w, &ToWorker::Reach { pairs }).await {
+                Ok(FromWorker::Reached(r)) => match r.validate(most) {
+                    Ok(()) => w.rec.reach = Some(r),
+                    Err(e) => w.rec.lost = Some(format!("bad reach report: {e}")),
+                },
+                Ok(other) => {
+                    w.rec.lost = Some(format!("answered the reach request with {}", brief(&other)))
+                }
+                Err(e) => w.rec.lost = Some(format!("the reach check: {e:#}")),
+            }
+        },
+    ))
+    .await;
+}
+
+/// Watches a worker's link for `d` while its fleet is up: it should say nothing; a dropped
+/// link (the worker or its host died) or any message loses its guests.
+async fn hold(w: &mut Worker, d: Duration) {
+    if w.rec.lost.is_some() {
+        return;
+    }
+    match timeout(d, proto::read::<FromWorker, _>(&mut w.r)).await {
+        Err(_) => {}
+        Ok(Ok(m)) => w.rec.lost = Some(format!("sent {} while its fleet was up", brief(&m))),
+        Ok(Err(e)) => w.rec.lost = Some(format!("its link dropped while its fleet was up: {e}")),
+    }
+}
+
+async fn tear_down(w: &mut Worker) -> Result<TornDown> {
+    proto::write(&mut w.w, &ToWorker::Teardown).await?;
+    let m = timeout(REPLY_WITHIN, proto::read::<FromWorker, _>(&mut w.r))
+        .await
+        .map_err(|_| anyhow::anyhow!("no teardown report within {REPLY_WITHIN:?}"))??;
+    match m {
+        FromWorker::TornDown(t) => {
+            t.validate(w.rec.count).map_err(|e| anyhow::anyhow!("bad teardown report: {e}"))?;
+            Ok(t)
+        }
+        other => bail!("sent {} instead of its teardown report", brief(&other)),
+    }
+}
+
+/// What the run produced.
+pub struct Outcome {
+    pub multihost: MultiHost,
+    pub results: PathBuf,
+    pub boot: FleetBoot,
+}
+
+/// Runs the whole multi-host boot inside the current Slurm allocation.
+pub async fn run(o: &Options) -> Result<Outcome> {
+    let job = std::env::var("SLURM_JOB_ID").ok();
+    let listen = match o.listen {
+        Some(a) => a,
+        None => default_listen().context("choosing the address workers connect to")?,
+    };
+    let listener = TcpListener::bind(SocketAddr::new(listen, 0))
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let at = listener.local_addr()?;
+    let token = new_token()?;
+    let k = o.hosts.to_string();
+    eprintln!("hostd: coordinator on {at}: starting {k} workers with srun");
+    let mut srun = tokio::process::Command::new("srun")
+        .args(["--ntasks-per-node=1", "-N", &k, "-n", &k, "--kill-on-bad-exit=0", "--"])
+        .arg(&o.exe)
+        .args(["worker", "--connect", &at.to_string(), "--backend", o.backend.name()])
+        .env("VIRTBENCH_WORKER_TOKEN", &token)
+        .stdin(Stdio::null())
+        // Not killed with the coordinator (Ctrl-C): Slurm would then end the step and kill
+        // the workers KillWait seconds later, maybe halfway through their teardown. Their
+        // links drop instead, they tear down, and srun ends with them.
+        .kill_on_drop(false)
+        .spawn()
+        .context("starting the workers with srun")?;
+    let outcome = coordinate(o, &listener, &token, &mut srun, job).await;
+    // Workers exit once torn down (or once their link drops); srun with them.
+    match timeout(Duration::from_secs(60), srun.wait()).await {
+        Ok(Ok(st)) if !st.success() => eprintln!("hostd: srun exited {st}"),
+        Ok(_) => {}
+        Err(_) => {
+            eprintln!("hostd: srun still running 60 s after teardown: cancelling the step");
+            let _ = srun.kill().await;
+        }
+    }
+    outcome
+}
+
+async fn coordinate(
+    o: &Options,
+    listener: &TcpListener,
+    token: &str,
+    srun: &mut tokio::process::Child,
+    job: Option<String>,
+) -> Result<Outcome> {
+    let mut ws = accept(listener, o.hosts, token, srun).await?;
+    ws.sort_by(|a, b| {
+        (a.hello.node_id, &a.hello.hostname).cmp(&(b.hello.node_id, &b.hello.hostname))
+    });
+    check_images(&ws, o.images.as_ref())?;
+    if let Some(w) = ws.iter().find(|w| !w.hello.backends.contains(&o.backend)) {
+        bail!("host {}: backend {} is not available there (its probe failed; see the worker's log above)", w.name(), o.backend);
+    }
+    for w in ws.iter_mut() {
+        let c = measure_clock(w)
+            .await
+            .with_context(|| format!("host {}: measuring its clock", w.name()))?;
+        eprintln!(
+            "hostd: host {}: clock offset {:+.6} s ± {:.6} s",
+            w.name(),
+            c.offset_s,
+            c.bound_s
+        );
+        w.rec.clock = Some(c);
+    }
+    let weights = if o.weights.is_empty() { vec![1.0; ws.len()] } else { o.weights.clone() };
+    if weights.len() != ws.len() {
+        bail!("--weights has {} weights for {} hosts", weights.len(), ws.len());
+    }
+    let parts = plan::split(o.n, &weights).map_err(anyhow::Error::msg)?;
+    let vni = u32::from_str_radix(&token[..6], 16).unwrap_or(1).max(1);
+    let t0_unix_ns = real_ns() + LEAD.as_nanos() as u64;
+    let t0_mono = mono_ns() + LEAD.as_nanos() as u64;
+    let addrs: Vec<Ipv4Addr> = ws.iter().map(|w| w.hello.addr).collect();
+    let mut slices = Vec::new();
+    for (slot, (w, &(first, count))) in ws.iter_mut().zip(&parts).enumerate() {
+        let s = Slice {
+            first,
+            count,
+            backend: o.backend,
+            fleet: SliceFleet {
+                mem_mib: o.mem_mib,
+                vcpus: o.vcpus,
+                parallelism: o.parallelism,
+                boot_timeout_s: o.boot_timeout.as_secs(),
+                cold: o.mode == StartMode::Cold,
+                net: o.network.then(|| NetPlan {
+                    slot: slot as u16,
+                    hosts: addrs.len() as u16,
+                    vni,
+                    peers: addrs
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != slot)
+                        .map(|(_, a)| *a)
+                        .collect(),
+                }),
+            },
+            t0_unix_ns,
+        };
+        (w.rec.first, w.rec.count) = (first, count);
+        if let Err(e) = proto::write(&mut w.w, &ToWorker::Slice(s.clone())).await {
+            w.rec.lost = Some(format!("sending its slice: {e}"));
+        }
+        slices.push(s);
+    }
+    let within = LEAD + o.boot_timeout + Duration::from_secs(60);
+    let reports = futures::future::join_all(ws.iter_mut().zip(&slices).map(|(w, s)| async move {
+        if w.rec.lost.is_some() {
+            return;
+        }
+        match await_booted(w, s, within).await {
+            Ok(b) => w.rec.booted = Some(b),
+            Err(e) => w.rec.lost = Some(format!("{e:#}")),
+        }
+    }));
+    reports.await;
+    if o.reach {
+        reach(&mut ws).await;
+    }
+    let up = ws.iter().filter(|w| w.rec.lost.is_none()).count();
+    eprintln!(
+        "hostd: {up} of {} hosts reported their slice; holding the fleet for {:?}",
+        ws.len(),
+        o.hold
+    );
+    futures::future::join_all(ws.iter_mut().map(|w| hold(w, o.hold))).await;
+    for w in ws.iter_mut() {
+        if let (Some(b), Some(c)) = (&w.rec.booted, &w.rec.clock) {
+            let start_here = b.start_mono_ns as f64 / 1e9 - c.offset_s;
+            w.rec.start_vs_coordinator_s = Some(start_here - t0_mono as f64 / 1e9);
+        }
+        if let Some(l) = &w.rec.lost {
+            eprintln!("hostd: host {}: its {} guests are lost: {l}", w.name(), w.rec.count);
+        }
+    }
+    let downs = futures::future::join_all(ws.iter_mut().map(|w| async move {
+        if w.rec.lost.is_some() {
+            return;
+        }
+        match tear_down(w).await {
+            Ok(t) => {
+                for l in &t.leftovers {
+                    eprintln!("hostd: host {}: left after teardown: {l}", w.name());
+                }
+                w.rec.teardown = Some(t);
+            }
+            Err(e) => eprintln!("hostd: host {}: teardown: {e:#}", w.name()),
+        }
+    }));
+    downs.await;
+    merge(o, ws.into_iter().map(|w| w.rec).collect(), t0_unix_ns, job)
+}
+
+/// One results directory: samples (ready times measured from T0), the boot summary and
+/// report, and `multihost.json` with every host's provenance.
+fn merge(
+    o: &Options,
+    hosts: Vec<HostRecord>,
+    t0_unix_ns: u64,
+    job: Option<String>,
+) -> Result<Outcome> {
+    let images = o
+        .images
+        .clone()
+        .unwrap_or_else(|| hosts.first().map(|h| h.images.clone()).unwrap_or_default());
+    let mut provenance = Provenance::collect(images);
+    provenance.notes.push(format!(
+        "multi-host boot on {} hosts (Slurm job {}): ready times are measured from T0 on each host's own clock plus its start lateness; see multihost.json",
+        hosts.len(),
+        job.as_deref().unwrap_or("?")
+    ));
+    let pid = provenance.id();
+    let mut startups = Vec::new();
+    let mut failures = Vec::new();
+    let mut starts = Vec::new();
+    let (mut clean, mut killed) = (0, 0);
+    for h in &hosts {
+        match (&h.booted, &h.lost) {
+            (Some(b), None) => {
+                for &GuestReady { index, ready_s } in &b.ready {
+                    startups.push(StartupSample {
+                        backend: o.backend,
+                        n: o.n,
+                        mode: o.mode,
+                        index,
+                        ready_s: b.lateness_s + ready_s,
+                        own_s: ready_s,
+                        guest_boot_s: None,
+                        guest_kernel_s: None,
+                        provenance: pid.clone(),
+                        residency: None,
+                        image_copies: false,
+                    });
+                }
+                failures.extend(b.failed.iter().map(|f| GuestFailure {
+                    index: f.index,
+                    name: format!("g{}", f.index),
+                    kind: f.kind.clone(),
+                    error: format!("on host {}: {}", h.hostname, f.error),
+                    console_tail: None,
+                }));
+                starts.push(HostStart {
+                    lateness_s: b.lateness_s,
+                    slowest_s: b.ready.iter().map(|g| g.ready_s).reduce(f64::max),
+                });
+            }
+            _ => failures.extend((h.first..h.first + h.count).map(|index| GuestFailure {
+                index,
+                name: format!("g{index}"),
+                kind: FailureKind::Crashed,
+                error: format!(
+                    "host {} lost: {}",
+                    h.hostname,
+                    h.lost.as_deref().unwrap_or("no report")
+                ),
+                console_tail: None,
+            })),
+        }
+        if let Some(t) = &h.teardown {
+            (clean, killed) = (clean + t.clean, killed + t.killed);
+        }
+    }
+    startups.sort_by_key(|s| s.index);
+    failures.sort_by_key(|f| f.index);
+    let reach = o.reach.then(|| {
+        let mut r = crate::reach::Reach::default();
+        for h in hosts.iter().filter(|h| h.lost.is_none()) {
+            r.failures.extend(h.serve_failed.iter().map(|f| format!("{}: {f}", h.hostname)));
+            if let Some(x) = &h.reach {
+                r.checked += x.checked;
+                r.reached += x.reached;
+                r.across_bridges += x.across_hosts;
+                r.failures.extend(x.failures.iter().map(|f| format!("{}: {f}", h.hostname)));
+            }
+        }
+        r
+    });
+    let multihost = MultiHost {
+        backend: o.backend,
+        n: o.n,
+        mode: o.mode,
+        job,
+        t0_unix_ns,
+        t_startup_s: plan::t_startup(&starts),
+        hosts,
+    };
+    let boot = FleetBoot {
+        backend: o.backend,
+        n: o.n,
+        mode: o.mode,
+        startups,
+        failures,
+        memory: None,
+        teardown_clean: clean,
+        teardown_killed: killed,
+        residency: None,
+        reach,
+    };
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "-");
+    let mut results = ResultsDir::create_unique(
+        &o.results,
+        &format!("{stamp}-boot-slurm-{}-{}", o.backend, crate::runstate::new_run_id()),
+    )?;
+    results.write_json("provenance.json", &provenance)?;
+    results.write_json("multihost.json", &multihost)?;
+    for r in boot.records() {
+        results.append(&r)?;
+    }
+    let summary = crate::bootrun::summarise(provenance, vec![crate::bootrun::row(&boot)]);
+    crate::bootrun::write_outputs(&results, &summary)?;
+    crate::report::write(&results.path, false).context("writing the report")?;
+    Ok(Outcome { multihost, results: results.path.clone(), boot })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// What the coordinator makes of a connection that sends `line` first.
+    async fn first_line(line: Vec<u8>) -> Result<Worker, (bool, String)> {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = l.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(at).await.unwrap();
+            let _ = c.write_all(&line).await;
+            // Kept open until the coordinator has judged the line.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let (s, _) = l.accept().await.unwrap();
+        let r = hello_of(s, "secret").await;
+        client.abort();
+        // (refused, why)
+        r.map_err(|e| match e {
+            HelloError::Refused(e) => (true, e.to_string()),
+            HelloError::Invalid(e) => (false, e.to_string()),
+        })
+    }
+
+    fn hello(token: &str, hostname: &str) -> Vec<u8> {
+        let h = Hello {
+            token: token.into(),
+            hostname: hostname.into(),
+            node_id: None,
+            node_name: None,
+            cpus: 1,
+            mem_mib: 100,
+            backends: vec![BackendKind::Ns],
+            images: BTreeMap::new(),
+            addr: Ipv4Addr::LOCALHOST,
+        };
+        let mut v = serde_json::to_vec(&FromWorker::Hello(h)).unwrap();
+        v.push(b'\n');
+        v
+    }
+
+    #[tokio::test]
+    async fn hostile_hellos_are_refused_with_the_worker_and_the_reason() {
+        assert_eq!(first_line(hello("secret", "n1")).await.ok().unwrap().name(), "n1");
+        // Not ours: refused, the run goes on.
+        let (refused, e) = first_line(hello("guess", "n1")).await.err().unwrap();
+        assert!(refused && e.contains("127.0.0.1") && e.contains("wrong token"), "{e}");
+        let pong = b"{\"msg\":\"pong\",\"seq\":0,\"mono_ns\":1}\n".to_vec();
+        let (refused, e) = first_line(pong).await.err().unwrap();
+        assert!(refused && e.contains("not a hello"), "{e}");
+        let (refused, e) = first_line(b"not json\n".to_vec()).await.err().unwrap();
+        assert!(refused && e.contains("not a message"), "{e}");
+        let mut long = vec![b'x'; proto::MAX_LINE + 1];
+        long.push(b'\n');
+        let (refused, e) = first_line(long).await.err().unwrap();
+        assert!(refused && e.contains("longer than"), "{e}");
+        // Ours (it has the token) but breaking the rules: the run stops, naming it.
+        let (refused, e) = first_line(hello("secret", "n1\u{1b}[2J")).await.err().unwrap();
+        assert!(!refused && e.contains("127.0.0.1") && e.contains("bad hello"), "{e}");
+        assert!(e.contains("hostname"), "{e}");
+    }
+
+    #[test]
+    fn differing_images_name_the_host() {
+        let own: BTreeMap<String, String> = [("agent".to_string(), "a".repeat(64))].into();
+        let mut h = own.clone();
+        assert!(same_images(&h, &own, "n1").is_ok());
+        h.insert("agent".into(), "b".repeat(64));
+        let e = same_images(&h, &own, "n2").unwrap_err();
+        assert!(e.contains("host n2") && e.contains("agent"), "{e}");
+        h.remove("agent");
+        assert!(same_images(&h, &own, "n3").unwrap_err().contains("has no image agent"));
+        let mut extra = own.clone();
+        extra.insert("kernel".into(), "c".repeat(64));
+        assert!(same_images(&extra, &own, "n4").unwrap_err().contains("kernel"));
+    }
+}

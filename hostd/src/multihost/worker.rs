@@ -1,0 +1,269 @@
+//! `hostd worker`: one per node of a multi-host run, started by the coordinator as a Slurm
+//! job step. It connects back, says who it is, answers clock pings, starts its slice of the
+//! fleet at T0, reports, and holds the fleet until told to tear down — or until the link to
+//! the coordinator drops (the coordinator died or was interrupted): then it tears down alone.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::BufReader;
+use tokio::net::TcpStream;
+
+use super::clock::{mono_ns, real_ns};
+use super::proto::{
+    self, Booted, FromWorker, GuestLost, GuestReady, Hello, Slice, ToWorker, TornDown,
+};
+use crate::backend::{AnyBackend, BackendKind, BackendOptions, Images};
+use crate::fleet::{self, FleetConfig};
+use crate::netlab::{FleetNet, HostPlan, NetMode};
+use crate::runstate::RunState;
+
+/// What a worker is started with.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The coordinator, `ADDR:PORT`.
+    pub connect: String,
+    /// The coordinator's token.
+    pub token: String,
+    /// Backends to probe and report.
+    pub backends: Vec<BackendKind>,
+    pub images: Images,
+    pub backend_opts: BackendOptions,
+}
+
+/// How long a guest may take to power off at teardown before it is killed.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Text a worker sends: one line, no control characters, bounded.
+fn clean(s: &str) -> String {
+    let t: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut t = t.trim().to_string();
+    if t.len() > proto::MAX_TEXT {
+        let mut cut = proto::MAX_TEXT;
+        while !t.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        t.truncate(cut);
+    }
+    if t.is_empty() {
+        t.push('?');
+    }
+    t
+}
+
+fn mem_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+        })
+        .map_or(1, |k| (k / 1024).max(1))
+}
+
+async fn hello(o: &WorkerOptions, addr: std::net::Ipv4Addr) -> Hello {
+    let report = crate::probe::probe(&o.backends, &o.images, &o.backend_opts).await;
+    let backends = report.backends.iter().filter(|b| b.available).map(|b| b.backend).collect();
+    for b in report.backends.iter().filter(|b| !b.available) {
+        eprintln!("hostd worker: {} unavailable: {}", b.backend, b.detail);
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    Hello {
+        token: o.token.clone(),
+        hostname: clean(
+            &nix::unistd::gethostname().map_or("?".into(), |h| h.to_string_lossy().into_owned()),
+        ),
+        node_id: env("SLURM_NODEID").and_then(|v| v.parse().ok()),
+        node_name: env("SLURMD_NODENAME").map(|n| clean(&n)),
+        cpus: report.host.cpus.clamp(1, 1 << 20) as u32,
+        mem_mib: mem_mib(),
+        backends,
+        images: o
+            .images
+            .hashes
+            .iter()
+            .take(proto::MAX_IMAGES)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
+        addr,
+    }
+}
+
+/// Runs the worker until its fleet is torn down.
+pub async fn run(o: WorkerOptions) -> Result<()> {
+    let stream = TcpStream::connect(&o.connect)
+        .await
+        .with_context(|| format!("connecting to the coordinator at {}", o.connect))?;
+    stream.set_nodelay(true)?;
+    let std::net::IpAddr::V4(addr) = stream.local_addr()?.ip() else {
+        bail!("the coordinator {} is reached over IPv6: the fleet network needs IPv4", o.connect);
+    };
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    proto::write(&mut w, &FromWorker::Hello(hello(&o, addr).await)).await?;
+    for c in crate::runstate::reap_orphans() {
+        eprintln!("hostd worker: cleaned up after a previous hostd that did not finish: {c}");
+    }
+    loop {
+        match proto::read::<ToWorker, _>(&mut r).await {
+            Ok(ToWorker::Ping { seq }) => {
+                proto::write(&mut w, &FromWorker::Pong { seq, mono_ns: mono_ns() }).await?
+            }
+            Ok(ToWorker::Slice(s)) => return slice(&o, s, addr, &mut r, &mut w).await,
+            Ok(ToWorker::Teardown) => return Ok(()),
+            Ok(other) => bail!("coordinator {}: sent {other:?} before a slice", o.connect),
+            Err(e) => bail!("coordinator {}: {e}", o.connect),
+        }
+    }
+}
+
+/// The exchanges asked (this host's guest, a guest on another host; global indices),
+/// through the cross-host fleet network; a pair naming a guest that is not ready here is a
+/// failure of the check.
+async fn reach(fleet: &fleet::Fleet, asked: &[(usize, usize)]) -> proto::Reached {
+    // Global index → place among the ready guests, as check_to takes them.
+    let place: std::collections::HashMap<usize, usize> =
+        fleet.guests.iter().enumerate().map(|(i, g)| (g.spec.index, i)).collect();
+    let mut pairs = Vec::new();
+    let mut bad = Vec::new();
+    for &(from, to) in asked {
+        match (place.get(&from), FleetNet::guest_addr(to)) {
+            (Some(&i), Ok(addr)) => pairs.push((i, addr)),
+            (None, _) => bad.push(format!("g{from} → g{to}: g{from} is not a ready guest here")),
+            (_, Err(e)) => bad.push(clean(&format!("g{from} → g{to}: {e}"))),
+        }
+    }
+    let r = crate::reach::check_to(fleet, &pairs).await;
+    let mut failures: Vec<String> = r.failures.iter().map(|f| clean(f)).collect();
+    failures.extend(bad);
+    proto::Reached {
+        checked: r.checked,
+        reached: r.reached,
+        across_hosts: r.across_bridges,
+        failures,
+    }
+}
+
+async fn slice(
+    o: &WorkerOptions,
+    s: Slice,
+    addr: std::net::Ipv4Addr,
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> Result<()> {
+    let backend = AnyBackend::new(s.backend, &o.images, &o.backend_opts);
+    let run = RunState::create("worker", None)?;
+    let cfg = FleetConfig {
+        n: s.count,
+        mem_mib: s.fleet.mem_mib,
+        vcpus: s.fleet.vcpus,
+        parallelism: s.fleet.parallelism,
+        network: s.fleet.net.is_some(),
+        boot_timeout: Duration::from_secs(s.fleet.boot_timeout_s),
+        ..Default::default()
+    };
+    let started = async {
+        fleet::check(&backend, &cfg, s.first)?;
+        // The one place the fleet network is made: this host's part of the network
+        // across hosts (its slot's bridge, a VXLAN port to every peer).
+        let net = match &s.fleet.net {
+            Some(p) => {
+                let plan = HostPlan {
+                    slot: p.slot,
+                    hosts: p.hosts,
+                    vni: p.vni,
+                    local: addr,
+                    underlay_dev: HostPlan::underlay_dev_of(addr)?,
+                    peers: p.peers.clone(),
+                };
+                Some(FleetNet {
+                    mode: NetMode::Private,
+                    ..FleetNet::create_on_host(&run.run, &plan)?
+                })
+            }
+            None => None,
+        };
+        if s.fleet.cold {
+            crate::startup::drop_caches().context("emptying the page cache for a cold start")?;
+        }
+        let wait = s.t0_unix_ns.saturating_sub(real_ns());
+        tokio::time::sleep(Duration::from_nanos(wait)).await;
+        let start_mono_ns = mono_ns();
+        let lateness_s = (real_ns() as i128 - s.t0_unix_ns as i128) as f64 / 1e9;
+        let fleet = fleet::start_on(&backend, &run, &cfg, net, s.first, |_| {}).await?;
+        anyhow::Ok((fleet, lateness_s, start_mono_ns))
+    }
+    .await;
+    let (fleet, lateness_s, start_mono_ns) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            let cleaned = run.finish();
+            let _ = proto::write(
+                w,
+                &FromWorker::Error { message: clean(&format!("{e:#}; {cleaned}")) },
+            )
+            .await;
+            return Err(e);
+        }
+    };
+    let booted = Booted {
+        run: run.run.clone(),
+        lateness_s,
+        start_mono_ns,
+        ready: fleet
+            .guests
+            .iter()
+            .zip(&fleet.ready_at)
+            .map(|(g, at)| GuestReady { index: g.spec.index, ready_s: at.as_secs_f64() })
+            .collect(),
+        failed: fleet
+            .failures
+            .iter()
+            .map(|f| GuestLost { index: f.index, kind: f.kind.clone(), error: clean(&f.error) })
+            .collect(),
+    };
+    let reported = proto::write(w, &FromWorker::Booted(booted)).await;
+    // Hold the fleet until the coordinator says so, its link drops, or Slurm ends the step.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let why = match reported {
+        Err(e) => format!("the coordinator's link failed ({e})"),
+        Ok(()) => loop {
+            let m = tokio::select! {
+                m = proto::read::<ToWorker, _>(r) => m,
+                _ = term.recv() => break "SIGTERM".to_string(),
+                _ = tokio::signal::ctrl_c() => break "SIGINT".to_string(),
+            };
+            let answer = match m {
+                Ok(ToWorker::Teardown) => break String::new(),
+                Ok(ToWorker::Serve) => FromWorker::Serving {
+                    failed: crate::reach::serve(&fleet).await.iter().map(|f| clean(f)).collect(),
+                },
+                Ok(ToWorker::Reach { pairs }) => FromWorker::Reached(reach(&fleet, &pairs).await),
+                Ok(other) => {
+                    break format!(
+                        "the coordinator sent {:.200} while the fleet ran",
+                        format!("{other:?}")
+                    )
+                }
+                Err(e) => break format!("the coordinator's link: {e}"),
+            };
+            if let Err(e) = proto::write(w, &answer).await {
+                break format!("the coordinator's link failed ({e})");
+            }
+        },
+    };
+    if !why.is_empty() {
+        eprintln!("hostd worker: tearing down: {why}");
+    }
+    let t = fleet.teardown(&backend, GRACE).await;
+    let cleaned = run.finish();
+    let mut leftovers: Vec<String> = t.errors.iter().map(|e| clean(e)).collect();
+    leftovers.extend(cleaned.errors.iter().map(|e| clean(e)));
+    let done = TornDown { clean: t.clean, killed: t.killed, leftovers };
+    if why.is_empty() {
+        proto::write(w, &FromWorker::TornDown(done)).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! `hostd boot --engine slurm` in the Slurm lab (issue 17, docs/multihost.md): a lab of 3
+//! emulated hosts, each with its CLOCK_MONOTONIC I × 1000 s ahead of the machine's; the
+//! coordinator runs on the lab's login node and salloc's the hosts itself. Checks 10 ns
+//! guests ready per host, every guest exchanging data with a guest on each other host over
+//! the cross-host fleet network (--reach), each host's recovered clock offset within its
+//! reported bound of the lab's known offset (the injected-offset test), one complete
+//! results directory, and
+//! nothing left on any host; then a worker killed while its fleet is up: its guests lost,
+//! the others' intact, and its leftovers reaped by the next hostd there. Needs root, the
+//! Slurm packages (scripts/install-deps) and the images (VIRTBENCH_IMAGES).
+
+mod support {
+    pub mod skip;
+}
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn lab_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm-lab")
+}
+
+fn lab(args: &[&str]) -> Output {
+    Command::new(lab_script())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running slurm-lab {args:?}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A lab that is always taken down, whatever the test does.
+struct Lab(String, bool);
+
+impl Lab {
+    fn up(tag: &str) -> Lab {
+        let name = format!("mh{tag}{}", std::process::id() % 1_000_000);
+        let o = lab(&["up", "3", "--name", &name]);
+        assert!(o.status.success(), "slurm-lab up: {}", text(&o));
+        Lab(name, false)
+    }
+
+    /// Takes the lab down and checks it had to kill nothing of ours: no guest, worker or
+    /// step process was left in a host's namespaces.
+    fn down_finding_nothing(mut self) {
+        self.1 = true;
+        let o = lab(&["down", &self.0]);
+        let t = text(&o);
+        assert!(o.status.success(), "slurm-lab down: {t}");
+        assert!(t.contains(" 0 other processes killed"), "processes were left on the hosts: {t}");
+    }
+
+    /// Shell command `cmd` in host `i`'s namespaces: its stdout.
+    fn host(&self, i: u32, cmd: &str) -> String {
+        let o = lab(&["host", &self.0, &i.to_string(), "sh", "-c", cmd]);
+        assert!(o.status.success(), "host {i}: {cmd}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `hostd boot --engine slurm --hosts 3 --backend ns -n N ARGS…` on the lab's login node.
+    fn boot(&self, n: usize, results: &Path, extra: &[&str]) -> Command {
+        let mut c = Command::new(lab_script());
+        c.args(["exec", &self.0, "env"])
+            .arg(format!("VIRTBENCH_IMAGES={}", images().display()))
+            .arg(env!("CARGO_BIN_EXE_hostd"))
+            .args(["boot", "--engine", "slurm", "--hosts", "3", "--backend", "ns"])
+            .args(["--modes", "hot", "-n", &n.to_string(), "--results"])
+            .arg(results)
+            .args(extra);
+        c
+    }
+
+    /// Nothing of hostd's on any host: no network namespace, no run state, no worker, and
+    /// no cgroup of the workers' runs `runs` (the hosts share the machine's cgroup tree).
+    fn assert_clean_of(&self, runs: &[String]) {
+        for run in runs {
+            let o = Command::new("find")
+                .args(["/sys/fs/cgroup", "-maxdepth", "12", "-type", "d", "-name", run])
+                .output()
+                .unwrap();
+            let left = String::from_utf8_lossy(&o.stdout);
+            assert!(left.trim().is_empty(), "cgroups of worker run {run} left: {left}");
+        }
+        self.assert_clean();
+    }
+
+    /// Nothing of hostd's on any host: no network namespace, no run state, no VXLAN device in
+    /// the host's namespace, no worker.
+    fn assert_clean(&self) {
+        for i in 1..=3 {
+            let left = self.host(
+                i,
+                "ip netns list; ls -A /run/virtbench 2>/dev/null; ip -o link show type vxlan",
+            );
+            assert!(left.trim().is_empty(), "host n{i} keeps: {left}");
+        }
+        let workers = workers(None);
+        assert!(workers.is_empty(), "hostd workers still running: {workers:?}");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.1 {
+            return;
+        }
+        let o = lab(&["down", &self.0]);
+        if !o.status.success() {
+            eprintln!("slurm-lab down {}: {}", self.0, text(&o));
+        }
+    }
+}
+
+fn images() -> PathBuf {
+    std::env::var_os("VIRTBENCH_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../images"))
+}
+
+/// PIDs of this build's `hostd worker` processes, on node `node` only if given.
+fn workers(node: Option<&str>) -> Vec<u32> {
+    let exe = env!("CARGO_BIN_EXE_hostd");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.first() != Some(&exe.as_bytes()) || args.get(1) != Some(&&b"worker"[..]) {
+            continue;
+        }
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let on = |n: &str| {
+            env.split(|&b| b == 0).any(|v| v == format!("SLURMD_NODENAME={n}").as_bytes())
+        };
+        if node.is_none_or(on) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The workers' run ids a run recorded.
+fn runs(m: &serde_json::Value) -> Vec<String> {
+    let runs: Vec<String> = m["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["booted"]["run"].as_str().map(str::to_string))
+        .collect();
+    assert!(!runs.is_empty(), "no run ids in {m}");
+    runs
+}
+
+fn gate() -> bool {
+    if !support::skip::unless_root(None, "the Slurm lab needs root (namespaces, mounts, daemons)") {
+        return false;
+    }
+    if Command::new("slurmd").arg("-V").output().is_err() {
+        support::skip::skip(None, "no slurmd: scripts/install-deps installs Slurm");
+        return false;
+    }
+    true
+}
+
+/// The one results directory a run made under `parent`, read.
+fn results_of(parent: &Path) -> (PathBuf, serde_json::Value) {
+    let dirs: Vec<PathBuf> =
+        std::fs::read_dir(parent).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(dirs.len(), 1, "results directories: {dirs:?}");
+    let d = dirs[0].clone();
+    for e in walk(&d) {
+        let name = e.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with('.') && !name.ends_with(".tmp"),
+            "half-written file {}",
+            e.display()
+        );
+    }
+    let m = std::fs::read(d.join("multihost.json")).expect("multihost.json");
+    (d, serde_json::from_slice(&m).unwrap())
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_fleet_across_three_hosts_with_offsets_recovered_and_nothing_left() {
+    if !gate() {
+        return;
+    }
+    let lab = Lab::up("b");
+    let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
+    let o = lab.boot(30, res.path(), &["--reach"]).output().unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "hostd boot --engine slurm: {}\n{out}", o.status);
+    let (dir, m) = results_of(res.path());
+    assert!(dir.join("boot.json").is_file() && dir.join("samples.jsonl").is_file(), "{out}");
+    let hosts = m["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3, "{m}");
+    for h in hosts {
+        let name = h["hostname"].as_str().unwrap();
+        let i: f64 = name.trim_start_matches('n').parse().unwrap();
+        assert_eq!(h["count"], 10, "{h}");
+        assert_eq!(h["booted"]["ready"].as_array().unwrap().len(), 10, "{name}: {h}");
+        assert!(h["lost"].is_null(), "{h}");
+        // The lab sets host nI's CLOCK_MONOTONIC I × 1000 s ahead of the login node's.
+        let (off, bound) =
+            (h["clock"]["offset_s"].as_f64().unwrap(), h["clock"]["bound_s"].as_f64().unwrap());
+        assert!(
+            (off - 1000.0 * i).abs() <= bound,
+            "{name}: offset {off} s ± {bound} s does not contain the lab's {} s",
+            1000.0 * i
+        );
+        assert_eq!(
+            h["teardown"]["clean"].as_u64().unwrap() + h["teardown"]["killed"].as_u64().unwrap(),
+            10
+        );
+        assert_eq!(h["teardown"]["leftovers"].as_array().unwrap().len(), 0, "{h}");
+        // Each of its 10 guests exchanged data with a guest on each of the 2 other hosts.
+        let r = &h["reach"];
+        assert_eq!(
+            (r["checked"].as_u64(), r["reached"].as_u64(), r["across_hosts"].as_u64()),
+            (Some(20), Some(20), Some(20)),
+            "{name}: {r}"
+        );
+        assert!(h["serve_failed"].as_array().unwrap().is_empty(), "{h}");
+    }
+    // Merged T_startup: the latest host's lateness plus its slowest guest.
+    let want = hosts
+        .iter()
+        .map(|h| {
+            let b = &h["booted"];
+            let slowest = b["ready"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["ready_s"].as_f64().unwrap())
+                .fold(0.0, f64::max);
+            b["lateness_s"].as_f64().unwrap() + slowest
+        })
+        .fold(0.0, f64::max);
+    assert!((m["t_startup_s"].as_f64().unwrap() - want).abs() < 1e-9, "{m}");
+    lab.assert_clean_of(&runs(&m));
+    lab.down_finding_nothing();
+}
+
+/// Starts a held run of 9 guests and returns once the coordinator says the fleet is up:
+/// the child, its stderr so far and the rest of its stderr.
+// The caller waits for the child; the one early return here waits too.
+#[allow(clippy::zombie_processes)]
+fn held(
+    lab: &Lab,
+    results: &Path,
+) -> (std::process::Child, String, BufReader<std::process::ChildStderr>) {
+    let mut child = lab
+        .boot(9, results, &["--hold", "20"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            let st = child.wait();
+            panic!("the coordinator ended ({st:?}) before holding its fleet:\n{log}");
+        }
+        log.push_str(&line);
+        if line.contains("holding the fleet") {
+            return (child, log, err);
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
+    if !gate() {
+        return;
+    }
+    let lab = Lab::up("i");
+    let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
+    let (mut child, mut log, mut err) = held(&lab, res.path());
+    // The coordinator: this build's hostd running `boot` inside the allocation.
+    let exe = env!("CARGO_BIN_EXE_hostd");
+    let coordinator: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+            (args.first() == Some(&exe.as_bytes()) && args.get(1) == Some(&&b"boot"[..]))
+                .then_some(pid)
+        })
+        .collect();
+    assert_eq!(coordinator.len(), 1, "coordinators: {coordinator:?}\n{log}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(coordinator[0]),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    log.push_str(&std::io::read_to_string(&mut err).unwrap());
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(130), "{log}");
+    // The workers tear down once their links drop: give them the time that takes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !workers(None).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    lab.assert_clean();
+    lab.down_finding_nothing();
+}
+
+#[test]
+fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
+    if !gate() {
+        return;
+    }
+    let lab = Lab::up("k");
+    let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
+    let (mut child, mut log, mut err) = held(&lab, res.path());
+    let victims = workers(Some("n2"));
+    assert_eq!(victims.len(), 1, "workers on n2: {victims:?}\n{log}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victims[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let rest = std::io::read_to_string(&mut err).unwrap();
+    log.push_str(&rest);
+    let st = child.wait().unwrap();
+    // 3: finished, with failures recorded.
+    assert_eq!(st.code(), Some(3), "{log}");
+    let (_, m) = results_of(res.path());
+    for h in m["hosts"].as_array().unwrap() {
+        let name = h["hostname"].as_str().unwrap();
+        if name == "n2" {
+            assert!(h["lost"].as_str().unwrap().contains("link dropped"), "{h}");
+        } else {
+            assert!(h["lost"].is_null(), "{h}");
+            assert_eq!(h["booted"]["ready"].as_array().unwrap().len(), 3, "{h}");
+            assert_eq!(
+                h["teardown"]["clean"].as_u64().unwrap()
+                    + h["teardown"]["killed"].as_u64().unwrap(),
+                3
+            );
+        }
+    }
+    let dir = results_of(res.path()).0;
+    let samples = std::fs::read_to_string(dir.join("samples.jsonl")).unwrap();
+    let lost = samples.lines().filter(|l| l.contains("host n2 lost")).count();
+    assert_eq!(lost, 3, "{samples}");
+    // The killed worker could not tear down: the next hostd on n2 reaps what it left.
+    let res2 = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
+    let o = lab.boot(3, res2.path(), &[]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("cleaned up after a previous hostd"), "{}", text(&o));
+    lab.assert_clean_of(&runs(&m));
+    lab.down_finding_nothing();
+}
