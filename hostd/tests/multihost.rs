@@ -10,6 +10,7 @@
 //! Slurm packages (scripts/install-deps) and the images (VIRTBENCH_IMAGES).
 
 mod support {
+    pub mod cli;
     pub mod skip;
 }
 
@@ -198,6 +199,9 @@ fn walk(d: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_fleet_across_three_hosts_with_offsets_recovered_and_nothing_left() {
+    // One lab at a time: the tests find workers and coordinators by command line and node
+    // name (n1, n2, …), which every lab's hosts share.
+    let _s = support::cli::serial();
     if !gate() {
         return;
     }
@@ -288,6 +292,9 @@ fn held(
 
 #[test]
 fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
+    // One lab at a time: the tests find workers and coordinators by command line and node
+    // name (n1, n2, …), which every lab's hosts share.
+    let _s = support::cli::serial();
     if !gate() {
         return;
     }
@@ -327,6 +334,9 @@ fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
 
 #[test]
 fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
+    // One lab at a time: the tests find workers and coordinators by command line and node
+    // name (n1, n2, …), which every lab's hosts share.
+    let _s = support::cli::serial();
     if !gate() {
         return;
     }
