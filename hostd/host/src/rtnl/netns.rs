@@ -1,0 +1,90 @@
+//! Named network namespaces made and removed as `ip netns add` and `ip netns del` do:
+//! a namespace held by a bind mount on /run/netns/NAME, the directory a shared mount point.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{err, RtnlError, NETNS_DIR};
+
+/// Creates the named network namespace `name` as `ip netns add` does: a new namespace held
+/// by a bind mount of it on /run/netns/NAME (the directory made a shared mount point first,
+/// so the name is seen in mount namespaces made later). Nothing is left if a step fails.
+pub fn add_netns(name: &str) -> Result<(), RtnlError> {
+    let what = format!("netns add {name}");
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        let e = io::Error::new(io::ErrorKind::InvalidInput, "not a namespace name");
+        return Err(err(what)(e));
+    }
+    let dir = PathBuf::from(NETNS_DIR);
+    let file = dir.join(name);
+    let r = (|| {
+        share_netns_dir(&dir)?;
+        std::fs::OpenOptions::new().write(true).create_new(true).open(&file)?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+                nix::mount::mount(
+                    Some("/proc/thread-self/ns/net"),
+                    &file,
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_BIND,
+                    None::<&str>,
+                )?;
+                Ok::<_, nix::Error>(())
+            })
+            .join()
+            .unwrap_or(Err(nix::Error::EIO))
+        })
+        .map_err(io::Error::from)
+    })();
+    if let Err(e) = r {
+        // The file only if this call made it (EEXIST: someone else's namespace).
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            let _ = nix::mount::umount2(&file, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_file(&file);
+        }
+        return Err(err(what)(e));
+    }
+    Ok(())
+}
+
+/// Deletes the named network namespace `name` as `ip netns del` does: its bind mount
+/// detached and its file removed (the namespace itself goes when nothing else holds it).
+/// Ok if it does not exist.
+pub fn del_netns(name: &str) -> Result<(), RtnlError> {
+    let what = format!("netns del {name}");
+    let file = Path::new(NETNS_DIR).join(name);
+    if !file.exists() {
+        return Ok(());
+    }
+    match nix::mount::umount2(&file, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) => {}
+        Err(e) => return Err(err(what)(io::Error::from(e))),
+    }
+    match std::fs::remove_file(&file) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(what)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Makes /run/netns a shared mount point (bind-mounted on itself if it is not a mount yet),
+/// as iproute2 does before its first namespace.
+fn share_netns_dir(dir: &Path) -> io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(dir)?;
+    let shared = |d: &Path| {
+        mount(None::<&str>, d, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+    };
+    if shared(dir).is_ok() && is_mount_point(dir)? {
+        return Ok(());
+    }
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+    shared(dir).map_err(io::Error::from)
+}
+
+/// Whether `dir` is a mount point of this mount namespace (listed in /proc/self/mountinfo).
+fn is_mount_point(dir: &Path) -> io::Result<bool> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let want = dir.to_string_lossy();
+    Ok(info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_ref())))
+}
