@@ -12,9 +12,9 @@ use crate::backend::BackendKind;
 use crate::boot::BootSummary;
 use crate::bootreport;
 use crate::fleet::GuestFailure;
-use crate::plot::{self, Bars, Chart, Point, Series};
+use crate::plot::{Bars, Chart, Point, Series};
 use crate::provenance::Provenance;
-use crate::results::{self, DirError, ReadError};
+use crate::results::{self, DirError};
 use crate::samples::{Record, Rejected, Samples};
 use crate::startup::StartMode;
 use crate::suite::isolation::{self, Policy};
@@ -133,116 +133,6 @@ impl Report {
             + self.lost.len()
             + self.probes.len()
             + self.unavailable.len()
-    }
-
-    /// Every figure of the report that is not a finite number, named: none may be, whatever
-    /// the samples held.
-    pub fn non_finite(&self) -> Vec<String> {
-        let mut bad = Vec::new();
-        let mut f = |what: &dyn Fn() -> String, v: f64| {
-            if !v.is_finite() {
-                bad.push(format!("{} = {v}", what()));
-            }
-        };
-        fn stat(what: &str, s: &Stat, f: &mut dyn FnMut(&dyn Fn() -> String, f64)) {
-            let [lo, hi] = s.ci95.unwrap_or([s.mean; 2]);
-            for (k, v) in [
-                ("mean", s.mean),
-                ("std_dev", s.std_dev),
-                ("min", s.min),
-                ("max", s.max),
-                ("median", s.median),
-                ("ci95 low", lo),
-                ("ci95 high", hi),
-            ] {
-                f(&|| format!("{what} {k}"), v);
-            }
-        }
-        for r in &self.startup.rows {
-            let at = format!("startup {} n={} {}", r.backend, r.n, r.mode.name());
-            for (k, v) in [
-                ("T_startup", r.t_startup_s),
-                ("M_used", r.m_used_mib),
-                ("cgroup/guest", r.per_guest_cgroup_mib),
-                ("PSS/guest", r.per_guest_pss_mib),
-            ] {
-                if let Some(v) = v {
-                    f(&|| format!("{at} {k}"), v);
-                }
-            }
-            for (k, s) in [("ready time", &r.ready_times), ("guest boot", &r.guest_boot)] {
-                if let Some(s) = s {
-                    for (m, v) in
-                        [("mean", s.mean), ("std_dev", s.std_dev), ("min", s.min), ("max", s.max)]
-                    {
-                        f(&|| format!("{at} {k} {m}"), v);
-                    }
-                }
-            }
-        }
-        for (k, fit) in &self.startup.memory_fit {
-            for (m, v) in
-                [("slope", fit.slope), ("intercept", fit.intercept), ("residual", fit.residual_std)]
-            {
-                f(&|| format!("memory fit {k} {m}"), v);
-            }
-        }
-        for (r, s) in &self.baseline {
-            stat(&format!("baseline {}", r.name()), s, &mut f);
-        }
-        for (k, pts) in &self.overhead {
-            for p in pts {
-                stat(&format!("overhead {k} n={}", p.n), &p.value, &mut f);
-                if let Some(o) = p.overhead {
-                    f(&|| format!("overhead {k} n={} O_v", p.n), o);
-                }
-            }
-        }
-        for (k, pts) in &self.linearity {
-            for p in pts {
-                stat(&format!("linearity {k} n={}", p.n), &p.value, &mut f);
-                f(&|| format!("linearity {k} n={} worst", p.n), p.worst);
-                if let Some(r) = p.reference {
-                    f(&|| format!("linearity {k} n={} reference", p.n), r);
-                }
-            }
-        }
-        for (k, i) in &self.isolation {
-            for (m, v) in [
-                ("guest1", i.guest1),
-                ("guest2 a", i.guest2[0]),
-                ("guest2 b", i.guest2[1]),
-                ("capacity", i.capacity),
-            ] {
-                f(&|| format!("isolation {k} {m}"), v);
-            }
-        }
-        for c in &self.commands {
-            let at = format!("user workload {} {}", c.backend, c.name);
-            if let Some(b) = &c.baseline {
-                stat(&format!("{at} T_a"), b, &mut f);
-            }
-            for p in &c.overhead {
-                stat(&format!("{at} overhead n={}", p.n), &p.value, &mut f);
-                if let Some(o) = p.overhead {
-                    f(&|| format!("{at} overhead n={} O_v", p.n), o);
-                }
-            }
-            for p in &c.linearity {
-                stat(&format!("{at} linearity n={}", p.n), &p.value, &mut f);
-                f(&|| format!("{at} linearity n={} worst", p.n), p.worst);
-                if let Some(r) = p.reference {
-                    f(&|| format!("{at} linearity n={} reference", p.n), r);
-                }
-            }
-        }
-        for (b, r) in &self.ring {
-            stat(&format!("ring {b} bandwidth"), &r.bandwidth, &mut f);
-            if let Some(l) = &r.latency {
-                stat(&format!("ring {b} latency"), l, &mut f);
-            }
-        }
-        bad
     }
 }
 
@@ -511,103 +401,16 @@ fn ring_results(bench: &[BenchSample]) -> BTreeMap<BackendKind, RingResult> {
     out
 }
 
-/// Why `hostd report` (or a run's closing report) wrote nothing, or not everything.
-#[derive(Debug, thiserror::Error)]
-#[allow(missing_docs)] // each #[error] message says what its variant and fields are
-pub enum WriteError {
-    /// The results directory or its samples could not be read.
-    #[error(transparent)]
-    Build(#[from] DirError),
-    /// The report already there could not be read.
-    #[error("reading the report to be replaced: {0}")]
-    Previous(ReadError),
-    /// The report already there stands on more data than the samples now hold.
-    #[error(
-        "{path} holds {had} data points, the samples only {has}: refusing to replace it with less (are the samples missing, \
-         cut short or another run's?); pass --force to rebuild it anyway"
-    )]
-    LessData { path: std::path::PathBuf, had: usize, has: usize },
-    /// A file of the report could not be written.
-    #[error("{0}")]
-    Write(std::io::Error),
-    #[error("report.json: {0}")]
-    Json(serde_json::Error),
-    #[error("report.csv: {0}")]
-    Csv(csv::Error),
-    #[error("creating {}: {source}", path.display())]
-    CreateDir { path: std::path::PathBuf, source: std::io::Error },
-    /// A figure could not be drawn.
-    #[error("drawing {path}: {source}")]
-    Figure { path: std::path::PathBuf, source: crate::plot::PlotError },
-}
-
-/// Writes report.json, report.csv, every figure and index.html into the results directory
-/// `dir`, rebuilt from its samples. Never into anything but a results directory, and never
-/// over a report built from more data than the samples now hold, unless `force`.
-pub fn write(dir: &Path, force: bool) -> Result<Report, WriteError> {
-    let rep = build(dir)?;
-    let previous = dir.join("report.json");
-    if !force {
-        if let Some(old) = results::read_optional(&previous, results::MAX_FILE_BYTES)
-            .map_err(WriteError::Previous)?
-        {
-            match serde_json::from_slice::<Report>(&old) {
-                Ok(old) if rep.data_points() < old.data_points() => {
-                    return Err(WriteError::LessData {
-                        path: previous,
-                        had: old.data_points(),
-                        has: rep.data_points(),
-                    });
-                }
-                Ok(_) => {}
-                // Not a report this hostd can read (damaged, or another version's): nothing
-                // to compare with, and the rebuild is the repair.
-                Err(e) => tracing::warn!(
-                    "{}: not a readable report ({e}); replacing it",
-                    previous.display()
-                ),
-            }
-        }
-    }
-    // Temp files of a writer killed mid-write go, as when a run resumes.
-    results::remove_stale_temps(dir);
-    let bad = rep.non_finite();
-    if !bad.is_empty() {
-        tracing::warn!(
-            "{}: figures that are not finite numbers: {}",
-            dir.display(),
-            bad.join(", ")
-        );
-    }
-    let w = |name: &str, data: &[u8]| results::write_in(dir, name, data).map_err(WriteError::Write);
-    let json = serde_json::to_vec_pretty(&crate::results::Versioned::new(&rep));
-    w("report.json", &json.map_err(WriteError::Json)?)?;
-    w("report.csv", &csv(&rep).map_err(WriteError::Csv)?)?;
-    w("report.md", crate::decision::markdown(&crate::decision::decide(&rep)).as_bytes())?;
-    let figs = figures(&rep);
-    // A run killed right after making its directory has no figures/ yet.
-    let fig_dir = dir.join("figures");
-    std::fs::create_dir_all(&fig_dir)
-        .map_err(|source| WriteError::CreateDir { path: fig_dir.clone(), source })?;
-    for (name, f, _) in &figs {
-        let p = fig_dir.join(name);
-        match f {
-            Figure::Line(c) => plot::write(c, &p),
-            Figure::Bars(b) => plot::write_bars(b, &p),
-        }
-        .map_err(|source| WriteError::Figure { path: p.clone(), source })?;
-    }
-    w("index.html", html_page(&rep, &figs).as_bytes())?;
-    Ok(rep)
-}
-
 mod figures;
+mod finite;
 mod html;
 mod summary_csv;
 #[cfg(test)]
 mod tests;
+mod write;
 
 use self::figures::*;
 pub use self::figures::{cpu_workload_note, figures, Figure, EMULATED_MARK};
 pub use self::html::html_page;
 use self::summary_csv::*;
+pub use self::write::{write, WriteError};
