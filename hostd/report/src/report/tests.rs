@@ -244,3 +244,34 @@ fn user_workloads_at_the_edges_give_finite_figures() {
     assert_eq!(rep.commands.len(), 2);
     assert!(rep.non_finite().is_empty(), "{:?}", rep.non_finite());
 }
+
+#[test]
+fn non_finite_names_each_bad_figure_in_section_order() {
+    let empty =
+        Samples { records: Vec::new(), unreadable: 0, implausible: 0, rejected: Vec::new() };
+    let mut rep = build_from(empty, None);
+    assert!(rep.non_finite().is_empty(), "{:?}", rep.non_finite());
+    let stat = |mean: f64, ci95| Stat {
+        mean,
+        std_dev: 0.0,
+        min: 1.0,
+        max: 1.0,
+        samples: 2,
+        unit: "s".into(),
+        median: 1.0,
+        ci95,
+    };
+    rep.overhead.insert(
+        "ns/cpu".into(),
+        vec![OverheadPoint { n: 4, value: stat(1.0, None), overhead: Some(f64::INFINITY) }],
+    );
+    rep.baseline.insert(Resource::Cpu, stat(f64::NAN, Some([1.0, f64::NEG_INFINITY])));
+    assert_eq!(
+        rep.non_finite(),
+        [
+            "baseline cpu mean = NaN",
+            "baseline cpu ci95 high = -inf",
+            "overhead ns/cpu n=4 O_v = inf",
+        ]
+    );
+}
