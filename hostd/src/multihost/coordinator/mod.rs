@@ -440,6 +440,50 @@ async fn coordinate(
     srun: &mut tokio::process::Child,
     job: Option<String>,
 ) -> Result<Outcome> {
+    let mut ws = connect(o, listener, token, srun).await?;
+    let (slices, t0_unix_ns, t0_mono) = send_slices(o, &mut ws, token).await?;
+    let within = LEAD + o.boot_timeout + Duration::from_secs(60);
+    let reports = futures::future::join_all(ws.iter_mut().zip(&slices).map(|(w, s)| async move {
+        if w.rec.lost.is_some() {
+            return;
+        }
+        match await_booted(w, s, within).await {
+            Ok(b) => w.rec.booted = Some(b),
+            Err(e) => w.rec.lost = Some(format!("{e:#}")),
+        }
+    }));
+    reports.await;
+    if o.reach {
+        reach(&mut ws).await;
+    }
+    let up = ws.iter().filter(|w| w.rec.lost.is_none()).count();
+    eprintln!(
+        "hostd: {up} of {} hosts reported their slice; holding the fleet for {:?}",
+        ws.len(),
+        o.hold
+    );
+    futures::future::join_all(ws.iter_mut().map(|w| hold(w, o.hold))).await;
+    for w in ws.iter_mut() {
+        if let (Some(b), Some(c)) = (&w.rec.booted, &w.rec.clock) {
+            let start_here = b.start_mono_ns as f64 / 1e9 - c.offset_s;
+            w.rec.start_vs_coordinator_s = Some(start_here - t0_mono as f64 / 1e9);
+        }
+        if let Some(l) = &w.rec.lost {
+            eprintln!("hostd: host {}: its {} guests are lost: {l}", w.name(), w.rec.count);
+        }
+    }
+    futures::future::join_all(ws.iter_mut().map(tear_down_reporting)).await;
+    merge::merge(o, ws.into_iter().map(|w| w.rec).collect(), t0_unix_ns, job)
+}
+
+/// The workers, connected, sorted by node, checked (same images, the backend available)
+/// and with their clock offsets measured.
+async fn connect(
+    o: &Options,
+    listener: &TcpListener,
+    token: &str,
+    srun: &mut tokio::process::Child,
+) -> Result<Vec<Worker>> {
     let mut ws = accept(listener, o.hosts, token, srun).await?;
     ws.sort_by(|a, b| {
         (a.hello.node_id, &a.hello.hostname).cmp(&(b.hello.node_id, &b.hello.hostname))
@@ -460,6 +504,17 @@ async fn coordinate(
         );
         w.rec.clock = Some(c);
     }
+    Ok(ws)
+}
+
+/// Splits the fleet by the weights and sends each worker its slice with T0 [`LEAD`] from
+/// now (a worker the slice cannot be sent to is lost). The slices, T0 on CLOCK_REALTIME
+/// and T0 on our CLOCK_MONOTONIC.
+async fn send_slices(
+    o: &Options,
+    ws: &mut [Worker],
+    token: &str,
+) -> Result<(Vec<Slice>, u64, u64)> {
     let weights = if o.weights.is_empty() { vec![1.0; ws.len()] } else { o.weights.clone() };
     if weights.len() != ws.len() {
         bail!("--weights has {} weights for {} hosts", weights.len(), ws.len());
@@ -501,52 +556,23 @@ async fn coordinate(
         }
         slices.push(s);
     }
-    let within = LEAD + o.boot_timeout + Duration::from_secs(60);
-    let reports = futures::future::join_all(ws.iter_mut().zip(&slices).map(|(w, s)| async move {
-        if w.rec.lost.is_some() {
-            return;
-        }
-        match await_booted(w, s, within).await {
-            Ok(b) => w.rec.booted = Some(b),
-            Err(e) => w.rec.lost = Some(format!("{e:#}")),
-        }
-    }));
-    reports.await;
-    if o.reach {
-        reach(&mut ws).await;
+    Ok((slices, t0_unix_ns, t0_mono))
+}
+
+/// Tears a live worker's fleet down, saying what it left behind or why it could not.
+async fn tear_down_reporting(w: &mut Worker) {
+    if w.rec.lost.is_some() {
+        return;
     }
-    let up = ws.iter().filter(|w| w.rec.lost.is_none()).count();
-    eprintln!(
-        "hostd: {up} of {} hosts reported their slice; holding the fleet for {:?}",
-        ws.len(),
-        o.hold
-    );
-    futures::future::join_all(ws.iter_mut().map(|w| hold(w, o.hold))).await;
-    for w in ws.iter_mut() {
-        if let (Some(b), Some(c)) = (&w.rec.booted, &w.rec.clock) {
-            let start_here = b.start_mono_ns as f64 / 1e9 - c.offset_s;
-            w.rec.start_vs_coordinator_s = Some(start_here - t0_mono as f64 / 1e9);
-        }
-        if let Some(l) = &w.rec.lost {
-            eprintln!("hostd: host {}: its {} guests are lost: {l}", w.name(), w.rec.count);
-        }
-    }
-    let downs = futures::future::join_all(ws.iter_mut().map(|w| async move {
-        if w.rec.lost.is_some() {
-            return;
-        }
-        match tear_down(w).await {
-            Ok(t) => {
-                for l in &t.leftovers {
-                    eprintln!("hostd: host {}: left after teardown: {l}", w.name());
-                }
-                w.rec.teardown = Some(t);
+    match tear_down(w).await {
+        Ok(t) => {
+            for l in &t.leftovers {
+                eprintln!("hostd: host {}: left after teardown: {l}", w.name());
             }
-            Err(e) => eprintln!("hostd: host {}: teardown: {e:#}", w.name()),
+            w.rec.teardown = Some(t);
         }
-    }));
-    downs.await;
-    merge::merge(o, ws.into_iter().map(|w| w.rec).collect(), t0_unix_ns, job)
+        Err(e) => eprintln!("hostd: host {}: teardown: {e:#}", w.name()),
+    }
 }
 
 #[cfg(test)]
