@@ -138,24 +138,12 @@ pub async fn check(fleet: &Fleet) -> Reach {
         let _ = tx.send(out);
     });
     let outcome = rx.await.unwrap_or_default();
-    for (across, what, res, _, _) in outcome {
-        r.checked += 1;
-        r.across_bridges += usize::from(across);
-        match res {
-            Ok(retried) => {
-                r.reached += 1;
-                r.on_retry += usize::from(retried);
-            }
-            Err(e) if r.failures.len() < 5 => r.failures.push(format!("{what}: {e}")),
-            Err(_) => {}
-        }
-    }
-    if r.checked < n {
-        r.failures.push(format!(
-            "gave up after {GIVE_UP_AFTER} failures: {} of {n} guests not checked",
-            n - r.checked
-        ));
-    }
+    tally(
+        &mut r,
+        outcome.into_iter().map(|(a, w, res, _, _)| (a, w, res)),
+        n,
+        "guests not checked",
+    );
     for (g, p) in guests.iter().zip(&ports) {
         if let Some(port) = p {
             let _ = g.conn.request(Command::NetStop { port: *port }, Duration::from_secs(10)).await;
@@ -266,7 +254,25 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
         let _ = tx.send(out);
     });
     let outcome = rx.await.unwrap_or_default();
-    for (across, what, res, _, _) in outcome {
+    tally(
+        &mut r,
+        outcome.into_iter().map(|(a, w, res, _, _)| (a, w, res)),
+        n,
+        "connections not tried",
+    );
+    r
+}
+
+/// Adds each attempt (across bridges or hosts, what it was, reached and whether only on the
+/// retry) to `r`, with the first failures in words and, when the pass gave up before all
+/// `n`, how many were `untried`.
+fn tally(
+    r: &mut Reach,
+    outcome: impl Iterator<Item = (bool, String, Result<bool, String>)>,
+    n: usize,
+    untried: &str,
+) {
+    for (across, what, res) in outcome {
         r.checked += 1;
         r.across_bridges += usize::from(across);
         match res {
@@ -280,11 +286,10 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
     }
     if r.checked < n {
         r.failures.push(format!(
-            "gave up after {GIVE_UP_AFTER} failures: {} of {n} connections not tried",
+            "gave up after {GIVE_UP_AFTER} failures: {} of {n} {untried}",
             n - r.checked
         ));
     }
-    r
 }
 
 /// From `pid`'s network namespace, one request/response exchange of [`EXCHANGE`] bytes
