@@ -217,7 +217,12 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
         eprintln!("hostd: interrupted: the workers tear down as their links drop");
         std::process::exit(130);
     };
-    let out = out?;
+    Ok(slurm_summary(&out?))
+}
+
+/// What a multi-host boot did, host by host and in all; with failures when guests were
+/// lost or the reach check fell short.
+fn slurm_summary(out: &hostd::multihost::coordinator::Outcome) -> Done {
     let m = &out.multihost;
     for h in &m.hosts {
         let c = h
@@ -252,7 +257,11 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
     if let Some(r) = out.boot.reach.as_ref().filter(|r| !r.all()) {
         short.push(format!("reach across hosts: {}", r.line()));
     }
-    Ok(if short.is_empty() { Done::All } else { Done::WithFailures(short.join("; ")) })
+    if short.is_empty() {
+        Done::All
+    } else {
+        Done::WithFailures(short.join("; "))
+    }
 }
 
 /// `hostd worker`.

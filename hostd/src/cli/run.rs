@@ -52,46 +52,11 @@ pub(crate) fn nothing_recorded(dir: &std::path::Path) -> bool {
 
 pub(crate) async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
     // Everything that can be checked is, before anything is made.
-    let campaign = match (&a.resume, &a.campaign) {
-        (Some(dir), _) => stored_campaign(dir)?,
-        (None, Some(p)) => Campaign::load(p).map_err(anyhow::Error::msg)?,
-        (None, None) => Campaign::default_campaign(),
-    };
-    let mut campaign = if a.quick { campaign.quick() } else { campaign };
-    // The command line's system wins over the campaign's, and the campaign stored with the
-    // run says which the guests booted (a resume boots the same).
-    if let Some(s) = &a.images.system {
-        campaign.guest.system = Some(s.clone());
-        campaign.guest.init = a.images.init;
-    }
+    let campaign = campaign_of(&a)?;
     if a.dry_run {
-        let host = hostd::campaign::HostFacts::here();
-        campaign
-            .check_host(&host)
-            .map_err(|e| anyhow::anyhow!("campaign {}: {e}", campaign.name))?;
-        let from = a
-            .estimate_from
-            .clone()
-            .or_else(|| hostd::estimate::latest_results(&a.results, &campaign.name));
-        let measured = match &from {
-            Some(d) => hostd::estimate::Measured::read(d)?,
-            None => hostd::estimate::Measured::default(),
-        };
-        for l in dry_run_lines(&campaign, &host, &measured) {
-            println!("{l}");
-        }
-        return Ok(Done::All);
+        return dry_run(&a, &campaign);
     }
-    // Errors about the system name where it came from: the flag, or the campaign's file.
-    let file = match (&a.resume, &a.campaign) {
-        _ if a.images.system.is_some() => "--system".to_string(),
-        (Some(dir), _) => {
-            dir.join("campaign.toml").display().to_string() + ": field `guest.system`"
-        }
-        (None, Some(p)) => p.display().to_string() + ": field `guest.system`",
-        (None, None) => format!("campaign {}: field `guest.system`", campaign.name),
-    };
-    let images = campaign_images(&a.images, &campaign, &file)?;
+    let images = campaign_images(&a.images, &campaign, &system_source(&a, &campaign))?;
     reap_orphans();
     let run = RunState::create("run", Some(a.resume.clone().unwrap_or_else(|| a.results.clone())))?;
     let made = match &a.resume {
@@ -121,9 +86,69 @@ pub(crate) async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
     // What `--dry-run` predicts, counted: checkable against its plan.
     eprintln!("hostd: booted {}", runner::Boots::so_far());
     let cleaned = run.finish();
+    conclude(outcome, a.resume.is_some(), &results, cleaned)
+}
+
+/// The campaign to run: resumed, from its file or the default; `--quick` applied; the
+/// command line's system over the campaign's.
+fn campaign_of(a: &RunArgs) -> anyhow::Result<Campaign> {
+    let campaign = match (&a.resume, &a.campaign) {
+        (Some(dir), _) => stored_campaign(dir)?,
+        (None, Some(p)) => Campaign::load(p).map_err(anyhow::Error::msg)?,
+        (None, None) => Campaign::default_campaign(),
+    };
+    let mut campaign = if a.quick { campaign.quick() } else { campaign };
+    // The command line's system wins over the campaign's, and the campaign stored with the
+    // run says which the guests booted (a resume boots the same).
+    if let Some(s) = &a.images.system {
+        campaign.guest.system = Some(s.clone());
+        campaign.guest.init = a.images.init;
+    }
+    Ok(campaign)
+}
+
+/// `--dry-run`: the campaign checked against this host and its plan printed, with times
+/// estimated from the latest (or the given) results.
+fn dry_run(a: &RunArgs, campaign: &Campaign) -> anyhow::Result<Done> {
+    let host = hostd::campaign::HostFacts::here();
+    campaign.check_host(&host).map_err(|e| anyhow::anyhow!("campaign {}: {e}", campaign.name))?;
+    let from = a
+        .estimate_from
+        .clone()
+        .or_else(|| hostd::estimate::latest_results(&a.results, &campaign.name));
+    let measured = match &from {
+        Some(d) => hostd::estimate::Measured::read(d)?,
+        None => hostd::estimate::Measured::default(),
+    };
+    for l in dry_run_lines(campaign, &host, &measured) {
+        println!("{l}");
+    }
+    Ok(Done::All)
+}
+
+/// Where the system name came from, for errors about it: the flag, or the campaign's file.
+fn system_source(a: &RunArgs, campaign: &Campaign) -> String {
+    match (&a.resume, &a.campaign) {
+        _ if a.images.system.is_some() => "--system".to_string(),
+        (Some(dir), _) => {
+            dir.join("campaign.toml").display().to_string() + ": field `guest.system`"
+        }
+        (None, Some(p)) => p.display().to_string() + ": field `guest.system`",
+        (None, None) => format!("campaign {}: field `guest.system`", campaign.name),
+    }
+}
+
+/// After the run: a fresh run that recorded nothing is removed; otherwise the report is
+/// written and the outcome said (an interrupted run exits 130 with how to resume).
+fn conclude(
+    outcome: Option<anyhow::Result<()>>,
+    resumed: bool,
+    results: &ResultsDir,
+    cleaned: hostd::runstate::Cleaned,
+) -> anyhow::Result<Done> {
     // A fresh run that failed before recording anything leaves nothing behind: there is
     // nothing to resume or report.
-    if let (Some(Err(_)), None) = (&outcome, &a.resume) {
+    if let (Some(Err(_)), false) = (&outcome, resumed) {
         if nothing_recorded(&results.path) {
             match std::fs::remove_dir_all(&results.path) {
                 Ok(()) => {

@@ -164,39 +164,8 @@ async fn slice(
         boot_timeout: Duration::from_secs(s.fleet.boot_timeout_s),
         ..Default::default()
     };
-    let started = async {
-        fleet::check(&backend, &cfg, s.first)?;
-        // The one place the fleet network is made: this host's part of the network
-        // across hosts (its slot's bridge, a VXLAN port to every peer).
-        let net = match &s.fleet.net {
-            Some(p) => {
-                let plan = HostPlan {
-                    slot: p.slot,
-                    hosts: p.hosts,
-                    vni: p.vni,
-                    local: addr,
-                    underlay_dev: HostPlan::underlay_dev_of(addr)?,
-                    peers: p.peers.clone(),
-                };
-                Some(FleetNet {
-                    mode: NetMode::Private,
-                    ..FleetNet::create_on_host(&run.run, &plan)?
-                })
-            }
-            None => None,
-        };
-        if s.fleet.cold {
-            crate::startup::drop_caches().context("emptying the page cache for a cold start")?;
-        }
-        let wait = s.t0_unix_ns.saturating_sub(real_ns());
-        tokio::time::sleep(Duration::from_nanos(wait)).await;
-        let start_mono_ns = mono_ns();
-        let lateness_s = (real_ns() as i128 - s.t0_unix_ns as i128) as f64 / 1e9;
-        let fleet = fleet::start_on(&backend, &run, &cfg, net, s.first, |_| {}).await?;
-        anyhow::Ok((fleet, lateness_s, start_mono_ns))
-    }
-    .await;
-    let (fleet, lateness_s, start_mono_ns) = match started {
+    let (fleet, lateness_s, start_mono_ns) = match start_at_t0(&backend, &run, &cfg, &s, addr).await
+    {
         Ok(x) => x,
         Err(e) => {
             let cleaned = run.finish();
@@ -208,7 +177,71 @@ async fn slice(
             return Err(e);
         }
     };
-    let booted = Booted {
+    let booted = booted(&run, &fleet, lateness_s, start_mono_ns);
+    let reported = proto::write(w, &FromWorker::Booted(booted)).await;
+    // Hold the fleet until the coordinator says so, its link drops, or Slurm ends the step.
+    // Installed here, whatever the report did: from now on SIGTERM no longer kills us, we
+    // tear down.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let why = match reported {
+        Err(e) => format!("the coordinator's link failed ({e})"),
+        Ok(()) => hold(&fleet, r, w, &mut term).await,
+    };
+    if !why.is_empty() {
+        eprintln!("hostd worker: tearing down: {why}");
+    }
+    let t = fleet.teardown(&backend, GRACE).await;
+    let cleaned = run.finish();
+    let mut leftovers: Vec<String> = t.errors.iter().map(|e| clean(e)).collect();
+    leftovers.extend(cleaned.errors.iter().map(|e| clean(e)));
+    let done = TornDown { clean: t.clean, killed: t.killed, leftovers };
+    if why.is_empty() {
+        proto::write(w, &FromWorker::TornDown(done)).await?;
+    }
+    Ok(())
+}
+
+/// Makes this host's part of the fleet network, empties the page cache for a cold start,
+/// waits for T0 and starts the slice. The fleet, its start's lateness (s) and its start
+/// on CLOCK_MONOTONIC.
+async fn start_at_t0(
+    backend: &AnyBackend,
+    run: &RunState,
+    cfg: &FleetConfig,
+    s: &Slice,
+    addr: std::net::Ipv4Addr,
+) -> Result<(fleet::Fleet, f64, u64)> {
+    fleet::check(backend, cfg, s.first)?;
+    // The one place the fleet network is made: this host's part of the network
+    // across hosts (its slot's bridge, a VXLAN port to every peer).
+    let net = match &s.fleet.net {
+        Some(p) => {
+            let plan = HostPlan {
+                slot: p.slot,
+                hosts: p.hosts,
+                vni: p.vni,
+                local: addr,
+                underlay_dev: HostPlan::underlay_dev_of(addr)?,
+                peers: p.peers.clone(),
+            };
+            Some(FleetNet { mode: NetMode::Private, ..FleetNet::create_on_host(&run.run, &plan)? })
+        }
+        None => None,
+    };
+    if s.fleet.cold {
+        crate::startup::drop_caches().context("emptying the page cache for a cold start")?;
+    }
+    let wait = s.t0_unix_ns.saturating_sub(real_ns());
+    tokio::time::sleep(Duration::from_nanos(wait)).await;
+    let start_mono_ns = mono_ns();
+    let lateness_s = (real_ns() as i128 - s.t0_unix_ns as i128) as f64 / 1e9;
+    let fleet = fleet::start_on(backend, run, cfg, net, s.first, |_| {}).await?;
+    Ok((fleet, lateness_s, start_mono_ns))
+}
+
+/// The startup report of a started slice.
+fn booted(run: &RunState, fleet: &fleet::Fleet, lateness_s: f64, start_mono_ns: u64) -> Booted {
+    Booted {
         run: run.run.clone(),
         lateness_s,
         start_mono_ns,
@@ -223,47 +256,39 @@ async fn slice(
             .iter()
             .map(|f| GuestLost { index: f.index, kind: f.kind.clone(), error: clean(&f.error) })
             .collect(),
-    };
-    let reported = proto::write(w, &FromWorker::Booted(booted)).await;
-    // Hold the fleet until the coordinator says so, its link drops, or Slurm ends the step.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let why = match reported {
-        Err(e) => format!("the coordinator's link failed ({e})"),
-        Ok(()) => loop {
-            let m = tokio::select! {
-                m = proto::read::<ToWorker, _>(r) => m,
-                _ = term.recv() => break "SIGTERM".to_string(),
-                _ = tokio::signal::ctrl_c() => break "SIGINT".to_string(),
-            };
-            let answer = match m {
-                Ok(ToWorker::Teardown) => break String::new(),
-                Ok(ToWorker::Serve) => FromWorker::Serving {
-                    failed: crate::reach::serve(&fleet).await.iter().map(|f| clean(f)).collect(),
-                },
-                Ok(ToWorker::Reach { pairs }) => FromWorker::Reached(reach(&fleet, &pairs).await),
-                Ok(other) => {
-                    break format!(
-                        "the coordinator sent {:.200} while the fleet ran",
-                        format!("{other:?}")
-                    )
-                }
-                Err(e) => break format!("the coordinator's link: {e}"),
-            };
-            if let Err(e) = proto::write(w, &answer).await {
-                break format!("the coordinator's link failed ({e})");
+    }
+}
+
+/// Holds the fleet, answering the reach check, until the coordinator says to tear down
+/// (then ""), its link drops, or Slurm ends the step: why it ended otherwise.
+async fn hold(
+    fleet: &fleet::Fleet,
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    term: &mut tokio::signal::unix::Signal,
+) -> String {
+    loop {
+        let m = tokio::select! {
+            m = proto::read::<ToWorker, _>(r) => m,
+            _ = term.recv() => break "SIGTERM".to_string(),
+            _ = tokio::signal::ctrl_c() => break "SIGINT".to_string(),
+        };
+        let answer = match m {
+            Ok(ToWorker::Teardown) => break String::new(),
+            Ok(ToWorker::Serve) => FromWorker::Serving {
+                failed: crate::reach::serve(fleet).await.iter().map(|f| clean(f)).collect(),
+            },
+            Ok(ToWorker::Reach { pairs }) => FromWorker::Reached(reach(fleet, &pairs).await),
+            Ok(other) => {
+                break format!(
+                    "the coordinator sent {:.200} while the fleet ran",
+                    format!("{other:?}")
+                )
             }
-        },
-    };
-    if !why.is_empty() {
-        eprintln!("hostd worker: tearing down: {why}");
+            Err(e) => break format!("the coordinator's link: {e}"),
+        };
+        if let Err(e) = proto::write(w, &answer).await {
+            break format!("the coordinator's link failed ({e})");
+        }
     }
-    let t = fleet.teardown(&backend, GRACE).await;
-    let cleaned = run.finish();
-    let mut leftovers: Vec<String> = t.errors.iter().map(|e| clean(e)).collect();
-    leftovers.extend(cleaned.errors.iter().map(|e| clean(e)));
-    let done = TornDown { clean: t.clean, killed: t.killed, leftovers };
-    if why.is_empty() {
-        proto::write(w, &FromWorker::TornDown(done)).await?;
-    }
-    Ok(())
 }

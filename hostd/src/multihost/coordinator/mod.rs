@@ -12,23 +12,21 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 use tokio::io::BufReader;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
 use super::clock::{self, mono_ns, real_ns, Offset, Round};
-use super::plan::{self, HostStart};
+use super::plan;
 use super::proto::{
-    self, Booted, FromWorker, GuestReady, Hello, NetPlan, Reached, Slice, SliceFleet, ToWorker,
-    TornDown,
+    self, Booted, FromWorker, Hello, NetPlan, Slice, SliceFleet, ToWorker, TornDown,
 };
 use crate::backend::BackendKind;
-use crate::fleet::{FailureKind, GuestFailure};
-use crate::provenance::Provenance;
-use crate::results::ResultsDir;
-use crate::startup::{FleetBoot, StartMode, StartupSample};
+use crate::startup::{FleetBoot, StartMode};
+
+mod merge;
+pub use merge::{HostRecord, MultiHost};
 
 /// What `hostd boot --engine slurm` was asked for.
 #[derive(Debug, Clone)]
@@ -70,51 +68,6 @@ const CONNECT_WITHIN: Duration = Duration::from_secs(120);
 const LEAD: Duration = Duration::from_secs(5);
 /// A reply to a ping, or a teardown report, within this.
 const REPLY_WITHIN: Duration = Duration::from_secs(60);
-
-/// One host of the run, as recorded in `multihost.json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct HostRecord {
-    pub hostname: String,
-    pub node_id: Option<u32>,
-    pub node_name: Option<String>,
-    pub addr: Ipv4Addr,
-    pub cpus: u32,
-    pub mem_mib: u64,
-    pub images: BTreeMap<String, String>,
-    /// Its slice: first global index and count.
-    pub first: usize,
-    pub count: usize,
-    /// Its CLOCK_MONOTONIC minus the coordinator's, with the error bound.
-    pub clock: Option<Offset>,
-    /// Its report, when it made one.
-    pub booted: Option<Booted>,
-    /// Its start on the coordinator's monotonic clock minus T0's (from its start_mono_ns
-    /// and offset), s: a second view of its lateness, good to within the offset's bound.
-    pub start_vs_coordinator_s: Option<f64>,
-    /// Guests that could not serve the reach check, in words.
-    pub serve_failed: Vec<String>,
-    /// Its guests' exchanges with a guest on each other host (with `--reach`).
-    pub reach: Option<Reached>,
-    /// Its teardown report.
-    pub teardown: Option<TornDown>,
-    /// Why its guests are counted lost (the worker disconnected, died or misbehaved).
-    pub lost: Option<String>,
-}
-
-/// `multihost.json`: the run across hosts.
-#[derive(Debug, Clone, Serialize)]
-pub struct MultiHost {
-    pub backend: BackendKind,
-    pub n: usize,
-    pub mode: StartMode,
-    /// Slurm's job id.
-    pub job: Option<String>,
-    /// T0 on CLOCK_REALTIME, ns since the epoch.
-    pub t0_unix_ns: u64,
-    /// max over hosts of (lateness + slowest guest), s.
-    pub t_startup_s: Option<f64>,
-    pub hosts: Vec<HostRecord>,
-}
 
 struct Worker {
     hello: Hello,
@@ -487,6 +440,50 @@ async fn coordinate(
     srun: &mut tokio::process::Child,
     job: Option<String>,
 ) -> Result<Outcome> {
+    let mut ws = connect(o, listener, token, srun).await?;
+    let (slices, t0_unix_ns, t0_mono) = send_slices(o, &mut ws, token).await?;
+    let within = LEAD + o.boot_timeout + Duration::from_secs(60);
+    let reports = futures::future::join_all(ws.iter_mut().zip(&slices).map(|(w, s)| async move {
+        if w.rec.lost.is_some() {
+            return;
+        }
+        match await_booted(w, s, within).await {
+            Ok(b) => w.rec.booted = Some(b),
+            Err(e) => w.rec.lost = Some(format!("{e:#}")),
+        }
+    }));
+    reports.await;
+    if o.reach {
+        reach(&mut ws).await;
+    }
+    let up = ws.iter().filter(|w| w.rec.lost.is_none()).count();
+    eprintln!(
+        "hostd: {up} of {} hosts reported their slice; holding the fleet for {:?}",
+        ws.len(),
+        o.hold
+    );
+    futures::future::join_all(ws.iter_mut().map(|w| hold(w, o.hold))).await;
+    for w in ws.iter_mut() {
+        if let (Some(b), Some(c)) = (&w.rec.booted, &w.rec.clock) {
+            let start_here = b.start_mono_ns as f64 / 1e9 - c.offset_s;
+            w.rec.start_vs_coordinator_s = Some(start_here - t0_mono as f64 / 1e9);
+        }
+        if let Some(l) = &w.rec.lost {
+            eprintln!("hostd: host {}: its {} guests are lost: {l}", w.name(), w.rec.count);
+        }
+    }
+    futures::future::join_all(ws.iter_mut().map(tear_down_reporting)).await;
+    merge::merge(o, ws.into_iter().map(|w| w.rec).collect(), t0_unix_ns, job)
+}
+
+/// The workers, connected, sorted by node, checked (same images, the backend available)
+/// and with their clock offsets measured.
+async fn connect(
+    o: &Options,
+    listener: &TcpListener,
+    token: &str,
+    srun: &mut tokio::process::Child,
+) -> Result<Vec<Worker>> {
     let mut ws = accept(listener, o.hosts, token, srun).await?;
     ws.sort_by(|a, b| {
         (a.hello.node_id, &a.hello.hostname).cmp(&(b.hello.node_id, &b.hello.hostname))
@@ -507,6 +504,17 @@ async fn coordinate(
         );
         w.rec.clock = Some(c);
     }
+    Ok(ws)
+}
+
+/// Splits the fleet by the weights and sends each worker its slice with T0 [`LEAD`] from
+/// now (a worker the slice cannot be sent to is lost). The slices, T0 on CLOCK_REALTIME
+/// and T0 on our CLOCK_MONOTONIC.
+async fn send_slices(
+    o: &Options,
+    ws: &mut [Worker],
+    token: &str,
+) -> Result<(Vec<Slice>, u64, u64)> {
     let weights = if o.weights.is_empty() { vec![1.0; ws.len()] } else { o.weights.clone() };
     if weights.len() != ws.len() {
         bail!("--weights has {} weights for {} hosts", weights.len(), ws.len());
@@ -548,252 +556,24 @@ async fn coordinate(
         }
         slices.push(s);
     }
-    let within = LEAD + o.boot_timeout + Duration::from_secs(60);
-    let reports = futures::future::join_all(ws.iter_mut().zip(&slices).map(|(w, s)| async move {
-        if w.rec.lost.is_some() {
-            return;
-        }
-        match await_booted(w, s, within).await {
-            Ok(b) => w.rec.booted = Some(b),
-            Err(e) => w.rec.lost = Some(format!("{e:#}")),
-        }
-    }));
-    reports.await;
-    if o.reach {
-        reach(&mut ws).await;
-    }
-    let up = ws.iter().filter(|w| w.rec.lost.is_none()).count();
-    eprintln!(
-        "hostd: {up} of {} hosts reported their slice; holding the fleet for {:?}",
-        ws.len(),
-        o.hold
-    );
-    futures::future::join_all(ws.iter_mut().map(|w| hold(w, o.hold))).await;
-    for w in ws.iter_mut() {
-        if let (Some(b), Some(c)) = (&w.rec.booted, &w.rec.clock) {
-            let start_here = b.start_mono_ns as f64 / 1e9 - c.offset_s;
-            w.rec.start_vs_coordinator_s = Some(start_here - t0_mono as f64 / 1e9);
-        }
-        if let Some(l) = &w.rec.lost {
-            eprintln!("hostd: host {}: its {} guests are lost: {l}", w.name(), w.rec.count);
-        }
-    }
-    let downs = futures::future::join_all(ws.iter_mut().map(|w| async move {
-        if w.rec.lost.is_some() {
-            return;
-        }
-        match tear_down(w).await {
-            Ok(t) => {
-                for l in &t.leftovers {
-                    eprintln!("hostd: host {}: left after teardown: {l}", w.name());
-                }
-                w.rec.teardown = Some(t);
-            }
-            Err(e) => eprintln!("hostd: host {}: teardown: {e:#}", w.name()),
-        }
-    }));
-    downs.await;
-    merge(o, ws.into_iter().map(|w| w.rec).collect(), t0_unix_ns, job)
+    Ok((slices, t0_unix_ns, t0_mono))
 }
 
-/// One results directory: samples (ready times measured from T0), the boot summary and
-/// report, and `multihost.json` with every host's provenance.
-fn merge(
-    o: &Options,
-    hosts: Vec<HostRecord>,
-    t0_unix_ns: u64,
-    job: Option<String>,
-) -> Result<Outcome> {
-    let images = o
-        .images
-        .clone()
-        .unwrap_or_else(|| hosts.first().map(|h| h.images.clone()).unwrap_or_default());
-    let mut provenance = Provenance::collect(images);
-    provenance.notes.push(format!(
-        "multi-host boot on {} hosts (Slurm job {}): ready times are measured from T0 on each host's own clock plus its start lateness; see multihost.json",
-        hosts.len(),
-        job.as_deref().unwrap_or("?")
-    ));
-    let pid = provenance.id();
-    let mut startups = Vec::new();
-    let mut failures = Vec::new();
-    let mut starts = Vec::new();
-    let (mut clean, mut killed) = (0, 0);
-    for h in &hosts {
-        match (&h.booted, &h.lost) {
-            (Some(b), None) => {
-                for &GuestReady { index, ready_s } in &b.ready {
-                    startups.push(StartupSample {
-                        backend: o.backend,
-                        n: o.n,
-                        mode: o.mode,
-                        index,
-                        ready_s: b.lateness_s + ready_s,
-                        own_s: ready_s,
-                        guest_boot_s: None,
-                        guest_kernel_s: None,
-                        provenance: pid.clone(),
-                        residency: None,
-                        image_copies: false,
-                    });
-                }
-                failures.extend(b.failed.iter().map(|f| GuestFailure {
-                    index: f.index,
-                    name: format!("g{}", f.index),
-                    kind: f.kind.clone(),
-                    error: format!("on host {}: {}", h.hostname, f.error),
-                    console_tail: None,
-                }));
-                starts.push(HostStart {
-                    lateness_s: b.lateness_s,
-                    slowest_s: b.ready.iter().map(|g| g.ready_s).reduce(f64::max),
-                });
-            }
-            _ => failures.extend((h.first..h.first + h.count).map(|index| GuestFailure {
-                index,
-                name: format!("g{index}"),
-                kind: FailureKind::Crashed,
-                error: format!(
-                    "host {} lost: {}",
-                    h.hostname,
-                    h.lost.as_deref().unwrap_or("no report")
-                ),
-                console_tail: None,
-            })),
-        }
-        if let Some(t) = &h.teardown {
-            (clean, killed) = (clean + t.clean, killed + t.killed);
-        }
+/// Tears a live worker's fleet down, saying what it left behind or why it could not.
+async fn tear_down_reporting(w: &mut Worker) {
+    if w.rec.lost.is_some() {
+        return;
     }
-    startups.sort_by_key(|s| s.index);
-    failures.sort_by_key(|f| f.index);
-    let reach = o.reach.then(|| {
-        let mut r = crate::reach::Reach::default();
-        for h in hosts.iter().filter(|h| h.lost.is_none()) {
-            r.failures.extend(h.serve_failed.iter().map(|f| format!("{}: {f}", h.hostname)));
-            if let Some(x) = &h.reach {
-                r.checked += x.checked;
-                r.reached += x.reached;
-                r.across_bridges += x.across_hosts;
-                r.failures.extend(x.failures.iter().map(|f| format!("{}: {f}", h.hostname)));
+    match tear_down(w).await {
+        Ok(t) => {
+            for l in &t.leftovers {
+                eprintln!("hostd: host {}: left after teardown: {l}", w.name());
             }
+            w.rec.teardown = Some(t);
         }
-        r
-    });
-    let multihost = MultiHost {
-        backend: o.backend,
-        n: o.n,
-        mode: o.mode,
-        job,
-        t0_unix_ns,
-        t_startup_s: plan::t_startup(&starts),
-        hosts,
-    };
-    let boot = FleetBoot {
-        backend: o.backend,
-        n: o.n,
-        mode: o.mode,
-        startups,
-        failures,
-        memory: None,
-        teardown_clean: clean,
-        teardown_killed: killed,
-        residency: None,
-        reach,
-    };
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-        .to_string()
-        .replace(':', "-");
-    let mut results = ResultsDir::create_unique(
-        &o.results,
-        &format!("{stamp}-boot-slurm-{}-{}", o.backend, crate::runstate::new_run_id()),
-    )?;
-    results.write_json("provenance.json", &provenance)?;
-    results.write_json("multihost.json", &multihost)?;
-    for r in boot.records() {
-        results.append(&r)?;
+        Err(e) => eprintln!("hostd: host {}: teardown: {e:#}", w.name()),
     }
-    let summary = crate::bootrun::summarise(provenance, vec![crate::bootrun::row(&boot)]);
-    crate::bootrun::write_outputs(&results, &summary)?;
-    crate::report::write(&results.path, false).context("writing the report")?;
-    Ok(Outcome { multihost, results: results.path.clone(), boot })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncWriteExt;
-
-    /// What the coordinator makes of a connection that sends `line` first.
-    async fn first_line(line: Vec<u8>) -> Result<Worker, (bool, String)> {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let at = l.local_addr().unwrap();
-        let client = tokio::spawn(async move {
-            let mut c = TcpStream::connect(at).await.unwrap();
-            let _ = c.write_all(&line).await;
-            // Kept open until the coordinator has judged the line.
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
-        let (s, _) = l.accept().await.unwrap();
-        let r = hello_of(s, "secret").await;
-        client.abort();
-        // (refused, why)
-        r.map_err(|e| match e {
-            HelloError::Refused(e) => (true, e.to_string()),
-            HelloError::Invalid(e) => (false, e.to_string()),
-        })
-    }
-
-    fn hello(token: &str, hostname: &str) -> Vec<u8> {
-        let h = Hello {
-            token: token.into(),
-            hostname: hostname.into(),
-            node_id: None,
-            node_name: None,
-            cpus: 1,
-            mem_mib: 100,
-            backends: vec![BackendKind::Ns],
-            images: BTreeMap::new(),
-            addr: Ipv4Addr::LOCALHOST,
-        };
-        let mut v = serde_json::to_vec(&FromWorker::Hello(h)).unwrap();
-        v.push(b'\n');
-        v
-    }
-
-    #[tokio::test]
-    async fn hostile_hellos_are_refused_with_the_worker_and_the_reason() {
-        assert_eq!(first_line(hello("secret", "n1")).await.ok().unwrap().name(), "n1");
-        // Not ours: refused, the run goes on.
-        let (refused, e) = first_line(hello("guess", "n1")).await.err().unwrap();
-        assert!(refused && e.contains("127.0.0.1") && e.contains("wrong token"), "{e}");
-        let pong = b"{\"msg\":\"pong\",\"seq\":0,\"mono_ns\":1}\n".to_vec();
-        let (refused, e) = first_line(pong).await.err().unwrap();
-        assert!(refused && e.contains("not a hello"), "{e}");
-        let (refused, e) = first_line(b"not json\n".to_vec()).await.err().unwrap();
-        assert!(refused && e.contains("not a message"), "{e}");
-        let mut long = vec![b'x'; proto::MAX_LINE + 1];
-        long.push(b'\n');
-        let (refused, e) = first_line(long).await.err().unwrap();
-        assert!(refused && e.contains("longer than"), "{e}");
-        // Ours (it has the token) but breaking the rules: the run stops, naming it.
-        let (refused, e) = first_line(hello("secret", "n1\u{1b}[2J")).await.err().unwrap();
-        assert!(!refused && e.contains("127.0.0.1") && e.contains("bad hello"), "{e}");
-        assert!(e.contains("hostname"), "{e}");
-    }
-
-    #[test]
-    fn differing_images_name_the_host() {
-        let own: BTreeMap<String, String> = [("agent".to_string(), "a".repeat(64))].into();
-        let mut h = own.clone();
-        assert!(same_images(&h, &own, "n1").is_ok());
-        h.insert("agent".into(), "b".repeat(64));
-        let e = same_images(&h, &own, "n2").unwrap_err();
-        assert!(e.contains("host n2") && e.contains("agent"), "{e}");
-        h.remove("agent");
-        assert!(same_images(&h, &own, "n3").unwrap_err().contains("has no image agent"));
-        let mut extra = own.clone();
-        extra.insert("kernel".into(), "c".repeat(64));
-        assert!(same_images(&extra, &own, "n4").unwrap_err().contains("kernel"));
-    }
-}
+mod tests;

@@ -1,0 +1,227 @@
+//! The results side of the coordinator: every host's record (`multihost.json`) and the
+//! one results directory merged from the hosts' reports.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::super::clock::Offset;
+use super::super::plan::{self, HostStart};
+use super::super::proto::{Booted, GuestReady, Reached, TornDown};
+use super::{Options, Outcome};
+use crate::backend::BackendKind;
+use crate::fleet::{FailureKind, GuestFailure};
+use crate::provenance::Provenance;
+use crate::results::ResultsDir;
+use crate::startup::{FleetBoot, StartMode, StartupSample};
+
+/// One host of the run, as recorded in `multihost.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostRecord {
+    pub hostname: String,
+    pub node_id: Option<u32>,
+    pub node_name: Option<String>,
+    pub addr: Ipv4Addr,
+    pub cpus: u32,
+    pub mem_mib: u64,
+    pub images: BTreeMap<String, String>,
+    /// Its slice: first global index and count.
+    pub first: usize,
+    pub count: usize,
+    /// Its CLOCK_MONOTONIC minus the coordinator's, with the error bound.
+    pub clock: Option<Offset>,
+    /// Its report, when it made one.
+    pub booted: Option<Booted>,
+    /// Its start on the coordinator's monotonic clock minus T0's (from its start_mono_ns
+    /// and offset), s: a second view of its lateness, good to within the offset's bound.
+    pub start_vs_coordinator_s: Option<f64>,
+    /// Guests that could not serve the reach check, in words.
+    pub serve_failed: Vec<String>,
+    /// Its guests' exchanges with a guest on each other host (with `--reach`).
+    pub reach: Option<Reached>,
+    /// Its teardown report.
+    pub teardown: Option<TornDown>,
+    /// Why its guests are counted lost (the worker disconnected, died or misbehaved).
+    pub lost: Option<String>,
+}
+
+/// `multihost.json`: the run across hosts.
+#[derive(Debug, Clone, Serialize)]
+pub struct MultiHost {
+    pub backend: BackendKind,
+    pub n: usize,
+    pub mode: StartMode,
+    /// Slurm's job id.
+    pub job: Option<String>,
+    /// T0 on CLOCK_REALTIME, ns since the epoch.
+    pub t0_unix_ns: u64,
+    /// max over hosts of (lateness + slowest guest), s.
+    pub t_startup_s: Option<f64>,
+    pub hosts: Vec<HostRecord>,
+}
+
+/// One results directory: samples (ready times measured from T0), the boot summary and
+/// report, and `multihost.json` with every host's provenance.
+pub(super) fn merge(
+    o: &Options,
+    hosts: Vec<HostRecord>,
+    t0_unix_ns: u64,
+    job: Option<String>,
+) -> Result<Outcome> {
+    let provenance = provenance(o, &hosts, job.as_deref());
+    let g = gather(o, &hosts, &provenance.id());
+    let reach = o.reach.then(|| reach_of(&hosts));
+    let multihost = MultiHost {
+        backend: o.backend,
+        n: o.n,
+        mode: o.mode,
+        job,
+        t0_unix_ns,
+        t_startup_s: plan::t_startup(&g.starts),
+        hosts,
+    };
+    let boot = FleetBoot {
+        backend: o.backend,
+        n: o.n,
+        mode: o.mode,
+        startups: g.startups,
+        failures: g.failures,
+        memory: None,
+        teardown_clean: g.clean,
+        teardown_killed: g.killed,
+        residency: None,
+        reach,
+    };
+    let results = write(o, provenance, &multihost, &boot)?;
+    Ok(Outcome { multihost, results, boot })
+}
+
+/// The run's provenance: the coordinator's images (or the first host's), with a note on
+/// how its ready times were measured.
+fn provenance(o: &Options, hosts: &[HostRecord], job: Option<&str>) -> Provenance {
+    let images = o
+        .images
+        .clone()
+        .unwrap_or_else(|| hosts.first().map(|h| h.images.clone()).unwrap_or_default());
+    let mut provenance = Provenance::collect(images);
+    provenance.notes.push(format!(
+        "multi-host boot on {} hosts (Slurm job {}): ready times are measured from T0 on each host's own clock plus its start lateness; see multihost.json",
+        hosts.len(),
+        job.unwrap_or("?")
+    ));
+    provenance
+}
+
+/// The hosts' reports as one fleet's samples and failures.
+struct Gathered {
+    startups: Vec<StartupSample>,
+    failures: Vec<GuestFailure>,
+    starts: Vec<HostStart>,
+    clean: usize,
+    killed: usize,
+}
+
+/// Every host's guests: ready ones as samples (from T0: its lateness plus their own time),
+/// failed ones as failures, and all of a lost host's guests as crashed.
+fn gather(o: &Options, hosts: &[HostRecord], pid: &str) -> Gathered {
+    let mut g = Gathered {
+        startups: Vec::new(),
+        failures: Vec::new(),
+        starts: Vec::new(),
+        clean: 0,
+        killed: 0,
+    };
+    for h in hosts {
+        match (&h.booted, &h.lost) {
+            (Some(b), None) => {
+                for &GuestReady { index, ready_s } in &b.ready {
+                    g.startups.push(StartupSample {
+                        backend: o.backend,
+                        n: o.n,
+                        mode: o.mode,
+                        index,
+                        ready_s: b.lateness_s + ready_s,
+                        own_s: ready_s,
+                        guest_boot_s: None,
+                        guest_kernel_s: None,
+                        provenance: pid.to_string(),
+                        residency: None,
+                        image_copies: false,
+                    });
+                }
+                g.failures.extend(b.failed.iter().map(|f| GuestFailure {
+                    index: f.index,
+                    name: format!("g{}", f.index),
+                    kind: f.kind.clone(),
+                    error: format!("on host {}: {}", h.hostname, f.error),
+                    console_tail: None,
+                }));
+                g.starts.push(HostStart {
+                    lateness_s: b.lateness_s,
+                    slowest_s: b.ready.iter().map(|g| g.ready_s).reduce(f64::max),
+                });
+            }
+            _ => g.failures.extend((h.first..h.first + h.count).map(|index| GuestFailure {
+                index,
+                name: format!("g{index}"),
+                kind: FailureKind::Crashed,
+                error: format!(
+                    "host {} lost: {}",
+                    h.hostname,
+                    h.lost.as_deref().unwrap_or("no report")
+                ),
+                console_tail: None,
+            })),
+        }
+        if let Some(t) = &h.teardown {
+            (g.clean, g.killed) = (g.clean + t.clean, g.killed + t.killed);
+        }
+    }
+    g.startups.sort_by_key(|s| s.index);
+    g.failures.sort_by_key(|f| f.index);
+    g
+}
+
+/// The reach check summed over the live hosts, each failure naming its host.
+fn reach_of(hosts: &[HostRecord]) -> crate::reach::Reach {
+    let mut r = crate::reach::Reach::default();
+    for h in hosts.iter().filter(|h| h.lost.is_none()) {
+        r.failures.extend(h.serve_failed.iter().map(|f| format!("{}: {f}", h.hostname)));
+        if let Some(x) = &h.reach {
+            r.checked += x.checked;
+            r.reached += x.reached;
+            r.across_bridges += x.across_hosts;
+            r.failures.extend(x.failures.iter().map(|f| format!("{}: {f}", h.hostname)));
+        }
+    }
+    r
+}
+
+/// Writes the results directory: provenance, `multihost.json`, the records, the boot
+/// summary and the report. Its path.
+fn write(
+    o: &Options,
+    provenance: Provenance,
+    multihost: &MultiHost,
+    boot: &FleetBoot,
+) -> Result<PathBuf> {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "-");
+    let mut results = ResultsDir::create_unique(
+        &o.results,
+        &format!("{stamp}-boot-slurm-{}-{}", o.backend, crate::runstate::new_run_id()),
+    )?;
+    results.write_json("provenance.json", &provenance)?;
+    results.write_json("multihost.json", multihost)?;
+    for r in boot.records() {
+        results.append(&r)?;
+    }
+    let summary = crate::bootrun::summarise(provenance, vec![crate::bootrun::row(boot)]);
+    crate::bootrun::write_outputs(&results, &summary)?;
+    crate::report::write(&results.path, false).context("writing the report")?;
+    Ok(results.path.clone())
+}
