@@ -168,21 +168,28 @@ impl Conn {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
     }
 
+    /// The first attribute `pick` takes from the link `m` asks for (by name or index).
+    fn link_attr<T>(
+        &mut self,
+        m: LinkMessage,
+        pick: impl Fn(LinkAttribute) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        let replies = self.request(RouteNetlinkMessage::GetLink(m), 0)?;
+        Ok(replies.into_iter().find_map(|r| match r {
+            RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(&pick),
+            _ => None,
+        }))
+    }
+
     /// The MTU of link `name`.
     fn mtu_of(&mut self, name: &str) -> io::Result<u32> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.into()));
-        let replies = self.request(RouteNetlinkMessage::GetLink(m), 0)?;
-        replies
-            .into_iter()
-            .find_map(|r| match r {
-                RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
-                    LinkAttribute::Mtu(m) => Some(m),
-                    _ => None,
-                }),
-                _ => None,
-            })
-            .ok_or_else(|| io::Error::other(format!("link {name} has no MTU attribute")))
+        self.link_attr(m, |a| match a {
+            LinkAttribute::Mtu(m) => Some(m),
+            _ => None,
+        })?
+        .ok_or_else(|| io::Error::other(format!("link {name} has no MTU attribute")))
     }
 
     /// Sets link `index`'s MTU.
@@ -367,17 +374,11 @@ pub fn dev_with_addr(addr: std::net::Ipv4Addr) -> Result<String, RtnlError> {
             })?;
         let mut l = LinkMessage::default();
         l.header.index = index;
-        let replies = c.request(RouteNetlinkMessage::GetLink(l), 0)?;
-        replies
-            .into_iter()
-            .find_map(|r| match r {
-                RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n),
-                    _ => None,
-                }),
-                _ => None,
-            })
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
+        c.link_attr(l, |a| match a {
+            LinkAttribute::IfName(n) => Some(n),
+            _ => None,
+        })?
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
     })()
     .map_err(err(what))
 }
