@@ -225,10 +225,6 @@ pub async fn start(
 pub fn check(backend: &AnyBackend, cfg: &FleetConfig, first: usize) -> Result<(), FleetError> {
     FleetNet::guest_addr((first + cfg.n).saturating_sub(1))?;
     descriptor_budget(backend.kind(), cfg.n)?;
-    // Small fleets fit the kernel's default table (1024 entries) with room to spare.
-    if cfg.network && first + cfg.n > 100 {
-        kernel_room_said(first + cfg.n);
-    }
     if cfg.network && cfg.net_mode == NetMode::Shared && backend.kind().own_kernel() {
         return Err(FleetError::SharedStack(backend.kind()));
     }
@@ -249,6 +245,11 @@ pub async fn start_on(
     on_event: impl FnMut(FleetEvent),
 ) -> Result<Fleet, FleetError> {
     check(backend, cfg, first)?;
+    // Once the fleet is known to fit, before any guest: the host's shared limits (a check
+    // changes nothing). Small fleets fit the kernel's defaults with room to spare.
+    if cfg.network && first + cfg.n > 100 {
+        kernel_room_said(first + cfg.n);
+    }
     let mut fleet = Fleet {
         backend: backend.kind(),
         net,
