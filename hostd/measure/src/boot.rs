@@ -130,6 +130,9 @@ pub struct BootSummary {
     /// guest ready.
     #[serde(default)]
     pub startup_scaling: BTreeMap<String, crate::scaling::Scaling>,
+    /// How many guests fit in this host's memory, when the run asked or stopped for it.
+    #[serde(default)]
+    pub memory_bound: Option<crate::capacity::MemoryBound>,
 }
 
 /// One fleet's row: its startup distribution, memory figures and their checks.
@@ -218,7 +221,24 @@ pub fn summarise(provenance: Provenance, rows: Vec<BootRow>) -> BootSummary {
             }
         }
     }
-    BootSummary { provenance, rows, memory_fit, floor: None, startup_scaling }
+    BootSummary { provenance, rows, memory_fit, floor: None, startup_scaling, memory_bound: None }
+}
+
+/// The memory bound from `rows` (every mode's M_used(n) fit; the steepest counts) against
+/// the memory available now; None before two sizes, or where M_used does not grow with n.
+pub fn memory_bound(rows: &[BootRow]) -> Option<crate::capacity::MemoryBound> {
+    let mut sizes: Vec<usize> = rows.iter().map(|r| r.n).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    if sizes.len() < 2 {
+        return None;
+    }
+    let fits: Vec<LinearFit> = [StartMode::Cold, StartMode::Hot]
+        .iter()
+        .filter_map(|m| linear_fit(&fit_points(rows.iter().filter(|r| r.mode == *m))))
+        .collect();
+    let (total, available) = crate::capacity::host_memory_mib()?;
+    crate::capacity::bound(&fits, sizes, available, crate::capacity::reserve_mib(total))
 }
 
 /// The (n, M_used) points of the fit: each row's repeated figures (its one figure for rows
@@ -318,6 +338,31 @@ mod tests {
         }
         let old: BootRow = serde_json::from_value(v).unwrap();
         assert_eq!((old.label(), old.checks.resident_fraction), ("cold", None));
+    }
+
+    #[test]
+    fn the_memory_bound_needs_two_sizes_and_follows_the_steepest_fit() {
+        let sized = |n: usize, mode: StartMode, mib: f64| {
+            let mut r = row(&boot(mode, 10, 1000));
+            (r.n, r.ready, r.m_used_mib) = (n, n, Some(mib));
+            r
+        };
+        assert!(memory_bound(&[sized(10, StartMode::Hot, 100.0)]).is_none());
+        // A terabyte a guest: nothing fits beyond the host's memory.
+        let huge = [sized(1, StartMode::Hot, 1e6), sized(2, StartMode::Hot, 2e6)];
+        let b = memory_bound(&huge).expect("two sizes and /proc/meminfo");
+        assert_eq!((b.largest_n, b.from_sizes.clone()), (0, vec![1, 2]));
+        // The cold fit is steeper: it bounds the fleet.
+        let rows = [
+            sized(10, StartMode::Hot, 100.0),
+            sized(20, StartMode::Hot, 200.0),
+            sized(10, StartMode::Cold, 100.0),
+            sized(20, StartMode::Cold, 300.0),
+        ];
+        let b = memory_bound(&rows).unwrap();
+        assert_eq!(b.per_guest_mib, 20.0);
+        let expect = ((b.available_mib - b.reserve_mib) / 20.0).floor() as usize;
+        assert_eq!(b.largest_n, expect, "{b:?}");
     }
 
     #[test]
