@@ -233,12 +233,26 @@ pub fn memory_bound(rows: &[BootRow]) -> Option<crate::capacity::MemoryBound> {
     if sizes.len() < 2 {
         return None;
     }
-    let fits: Vec<LinearFit> = [StartMode::Cold, StartMode::Hot]
-        .iter()
-        .filter_map(|m| linear_fit(&fit_points(rows.iter().filter(|r| r.mode == *m))))
-        .collect();
+    // The guests' own charges (cgroups + hostd's growth) where every fleet has them: other
+    // processes on a busy host move the host-wide M_used by hundreds of MiB, which over two
+    // small sizes can double the slope; the charges are the guests' alone.
+    let mut figure = crate::capacity::CROSS_CHECK;
+    let mut fits = Vec::new();
+    for m in [StartMode::Cold, StartMode::Hot] {
+        let of_mode: Vec<&BootRow> = rows.iter().filter(|r| r.mode == m).collect();
+        let charges: Option<Vec<(f64, f64)>> =
+            of_mode.iter().map(|r| Some((r.ready as f64, r.checks.cross_check_mib?))).collect();
+        match charges.and_then(|c| linear_fit(&c)) {
+            Some(f) => fits.push(f),
+            None => {
+                figure = crate::capacity::HOST_WIDE;
+                fits.extend(linear_fit(&fit_points(of_mode.into_iter())));
+            }
+        }
+    }
     let (total, available) = crate::capacity::host_memory_mib()?;
-    crate::capacity::bound(&fits, sizes, available, crate::capacity::reserve_mib(total))
+    let b = crate::capacity::bound(&fits, sizes, available, crate::capacity::reserve_mib(total))?;
+    Some(crate::capacity::MemoryBound { figure: figure.into(), ..b })
 }
 
 /// The (n, M_used) points of the fit: each row's repeated figures (its one figure for rows
@@ -360,9 +374,16 @@ mod tests {
             sized(20, StartMode::Cold, 300.0),
         ];
         let b = memory_bound(&rows).unwrap();
-        assert_eq!(b.per_guest_mib, 20.0);
+        assert_eq!((b.per_guest_mib, b.figure.as_str()), (20.0, crate::capacity::HOST_WIDE));
         let expect = ((b.available_mib - b.reserve_mib) / 20.0).floor() as usize;
         assert_eq!(b.largest_n, expect, "{b:?}");
+        // With the guests' charges on every row, they are the figure.
+        let mut rows = rows;
+        for (r, c) in rows.iter_mut().zip([50.0, 100.0, 50.0, 110.0]) {
+            r.checks.cross_check_mib = Some(c);
+        }
+        let b = memory_bound(&rows).unwrap();
+        assert_eq!((b.per_guest_mib, b.figure.as_str()), (6.0, crate::capacity::CROSS_CHECK));
     }
 
     #[test]

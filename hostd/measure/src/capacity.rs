@@ -24,6 +24,9 @@ pub struct MemoryBound {
     pub reserve_mib: f64,
     /// The sizes the fit came from.
     pub from_sizes: Vec<usize>,
+    /// What was fitted ([`CROSS_CHECK`] or [`HOST_WIDE`]).
+    #[serde(default)]
+    pub figure: String,
     /// The size refused for not fitting, if the run stopped before one.
     #[serde(default)]
     pub refused_n: Option<usize>,
@@ -37,6 +40,11 @@ pub struct MemoryBound {
 pub fn reserve_mib(total_mib: f64) -> f64 {
     (total_mib * 0.05).max(1024.0)
 }
+
+/// The per-guest figure was fitted over the guests' cgroup charges plus hostd's growth.
+pub const CROSS_CHECK: &str = "the guests' cgroup charges + hostd's growth";
+/// The per-guest figure was fitted over the host-wide M_used.
+pub const HOST_WIDE: &str = "host-wide M_used";
 
 /// The host's MemTotal and MemAvailable, MiB.
 pub fn host_memory_mib() -> Option<(f64, f64)> {
@@ -65,6 +73,7 @@ pub fn bound<'a>(
         available_mib,
         reserve_mib,
         from_sizes,
+        figure: HOST_WIDE.into(),
         refused_n: None,
         capped_by: None,
     })
@@ -88,8 +97,13 @@ impl MemoryBound {
             None => String::new(),
         };
         format!(
-            "{head}at most {} guests fit in memory: {:.0} MiB available − {:.0} MiB reserve − {:.0} MiB fixed, at {:.2} MiB a guest (M_used(n) fitted over n = {sizes}){cap}",
-            self.largest_n, self.available_mib, self.reserve_mib, self.fixed_mib, self.per_guest_mib
+            "{head}at most {} guests fit in memory: {:.0} MiB available − {:.0} MiB reserve − {:.0} MiB fixed, at {:.2} MiB a guest ({} fitted over n = {sizes}){cap}",
+            self.largest_n,
+            self.available_mib,
+            self.reserve_mib,
+            self.fixed_mib,
+            self.per_guest_mib,
+            self.figure
         )
     }
 }
