@@ -39,6 +39,12 @@ const GIVE_UP_AFTER: usize = 10;
 const SERVE_AT_ONCE: usize = 256;
 /// The port every guest serves on for [`check_to`].
 pub const REACH_PORT: u16 = 5701;
+
+/// The longest a check spends on failures before it gives up: each a connect timeout and
+/// a retry's.
+pub fn worst_failures() -> Duration {
+    (CONNECT + RETRY_CONNECT) * GIVE_UP_AFTER as u32
+}
 /// Bytes each way in one [`check_to`] exchange: many full-size segments.
 const EXCHANGE: usize = 64 << 10;
 
