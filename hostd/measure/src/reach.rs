@@ -234,7 +234,7 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
         for (pid, to, across, what) in plan {
             let res = match pid {
                 Some(pid) => exchange_from(pid, to, CONNECT),
-                None => Err("not checked".to_string()),
+                None => Err(ReachError::NoProcess),
             };
             failed += usize::from(res.is_err());
             out.push((across, what, res.map(|()| false), pid, to));
@@ -268,7 +268,7 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
 /// `n`, how many were `untried`.
 fn tally(
     r: &mut Reach,
-    outcome: impl Iterator<Item = (bool, String, Result<bool, String>)>,
+    outcome: impl Iterator<Item = (bool, String, Result<bool, ReachError>)>,
     n: usize,
     untried: &str,
 ) {
@@ -292,15 +292,36 @@ fn tally(
     }
 }
 
+/// Why one guest did not reach its neighbour, by step.
+#[derive(Debug, thiserror::Error)]
+enum ReachError {
+    /// The neighbour has no address or did not start serving.
+    #[error("the neighbour did not serve")]
+    NotServing,
+    /// The guest has no host process whose namespace could be entered.
+    #[error("not checked: the guest has no host process")]
+    NoProcess,
+    #[error("guest process {pid}'s network namespace: {source}")]
+    OpenNetns { pid: u32, source: std::io::Error },
+    #[error("entering guest process {pid}'s network namespace: {source}")]
+    EnterNetns { pid: u32, source: nix::Error },
+    #[error("connect {to}: {source}")]
+    Connect { to: SocketAddr, source: std::io::Error },
+    #[error("exchange with {to}: {source}")]
+    Exchange { to: SocketAddr, source: std::io::Error },
+    #[error("exchange with {to}: the echo differs from what was sent")]
+    WrongEcho { to: SocketAddr },
+}
+
 /// From `pid`'s network namespace, one request/response exchange of [`EXCHANGE`] bytes
 /// each way with the agent serving at `to` (its `R` mode echoes what it reads). Runs on a
 /// thread that may be left in that namespace.
-fn exchange_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<(), String> {
-    let to = to.ok_or("no address")?;
+fn exchange_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<(), ReachError> {
+    let to = to.ok_or(ReachError::NotServing)?;
     enter(pid)?;
-    let mut s =
-        TcpStream::connect_timeout(&to, timeout).map_err(|e| format!("connect {to}: {e}"))?;
-    let io = |e: std::io::Error| format!("exchange with {to}: {e}");
+    let mut s = TcpStream::connect_timeout(&to, timeout)
+        .map_err(|source| ReachError::Connect { to, source })?;
+    let io = |source| ReachError::Exchange { to, source };
     s.set_read_timeout(Some(CONNECT * 3)).map_err(io)?;
     s.set_write_timeout(Some(CONNECT * 3)).map_err(io)?;
     let mut msg = Vec::with_capacity(8 + EXCHANGE);
@@ -311,25 +332,27 @@ fn exchange_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<
     let mut back = vec![0u8; EXCHANGE];
     s.read_exact(&mut back).map_err(io)?;
     if back[..] != msg[8..] {
-        return Err(format!("exchange with {to}: the echo differs from what was sent"));
+        return Err(ReachError::WrongEcho { to });
     }
     Ok(())
 }
 
 /// Moves the calling thread into `pid`'s network namespace.
-fn enter(pid: u32) -> Result<(), String> {
+fn enter(pid: u32) -> Result<(), ReachError> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
-        .map_err(|e| format!("guest process {pid}'s network namespace: {e}"))?;
+        .map_err(|source| ReachError::OpenNetns { pid, source })?;
     nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("entering guest process {pid}'s network namespace: {e}"))
+        .map_err(|source| ReachError::EnterNetns { pid, source })
 }
 
 /// From `pid`'s network namespace, a TCP connection to `to`. Runs on a thread that may be
 /// left in that namespace.
-fn connect_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<(), String> {
-    let to = to.ok_or("the neighbour did not serve")?;
+fn connect_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<(), ReachError> {
+    let to = to.ok_or(ReachError::NotServing)?;
     enter(pid)?;
-    TcpStream::connect_timeout(&to, timeout).map(drop).map_err(|e| format!("connect {to}: {e}"))
+    TcpStream::connect_timeout(&to, timeout)
+        .map(drop)
+        .map_err(|source| ReachError::Connect { to, source })
 }
 
 impl Reach {
