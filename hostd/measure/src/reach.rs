@@ -113,37 +113,8 @@ pub async fn check(fleet: &Fleet) -> Reach {
             (a.process.pid(), to, across, format!("{} → {}", a.spec.name, b.spec.name))
         })
         .collect();
-    // A thread of its own: it enters each guest's network namespace in turn, which no
-    // runtime worker may (it would stay there).
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let mut failed = 0;
-        for (pid, to, across, what) in plan {
-            let r = connect_from(pid, to, CONNECT);
-            failed += usize::from(r.is_err());
-            out.push((across, what, r.map(|()| false), pid, to));
-            if failed >= GIVE_UP_AFTER {
-                break;
-            }
-        }
-        for (_, what, r, pid, to) in &mut out {
-            if let Err(e) = r {
-                tracing::info!("reach: {what}: {e}; trying once more");
-                if let Ok(()) = connect_from(*pid, *to, RETRY_CONNECT) {
-                    *r = Ok(true);
-                }
-            }
-        }
-        let _ = tx.send(out);
-    });
-    let outcome = rx.await.unwrap_or_default();
-    tally(
-        &mut r,
-        outcome.into_iter().map(|(a, w, res, _, _)| (a, w, res)),
-        n,
-        "guests not checked",
-    );
+    let plan = plan.into_iter().map(|(pid, to, across, what)| (Some(pid), to, across, what));
+    attempt_all(&mut r, plan.collect(), connect_from, "guests not checked").await;
     for (g, p) in guests.iter().zip(&ports) {
         if let Some(port) = p {
             let _ = g.conn.request(Command::NetStop { port: *port }, Duration::from_secs(10)).await;
@@ -226,6 +197,24 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
             )),
         }
     }
+    attempt_all(&mut r, plan, exchange_from, "connections not tried").await;
+    r
+}
+
+/// One planned attempt: the guest's host process (None: it has none, so it is not
+/// checked), where to, whether across bridges or hosts, and what it is in words.
+type Attempt = (Option<u32>, Option<SocketAddr>, bool, String);
+
+/// Tries each planned attempt with `attempt`, giving up after [`GIVE_UP_AFTER`] failures,
+/// then once more each failure (a single miss is not proof), and adds the outcome to `r`,
+/// `untried` saying what was not tried. On a thread of its own: it enters each guest's
+/// network namespace in turn, which no runtime worker may (it would stay there).
+async fn attempt_all(
+    r: &mut Reach,
+    plan: Vec<Attempt>,
+    attempt: fn(u32, Option<SocketAddr>, Duration) -> Result<(), ReachError>,
+    untried: &str,
+) {
     let n = plan.len();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
@@ -233,7 +222,7 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
         let mut failed = 0;
         for (pid, to, across, what) in plan {
             let res = match pid {
-                Some(pid) => exchange_from(pid, to, CONNECT),
+                Some(pid) => attempt(pid, to, CONNECT),
                 None => Err(ReachError::NoProcess),
             };
             failed += usize::from(res.is_err());
@@ -242,11 +231,10 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
                 break;
             }
         }
-        // Once more for each failure, as in `check` (a single miss is not proof).
         for (_, what, res, pid, to) in &mut out {
             if let (Err(e), Some(pid)) = (&res, pid) {
                 tracing::info!("reach: {what}: {e}; trying once more");
-                if let Ok(()) = exchange_from(*pid, *to, RETRY_CONNECT) {
+                if let Ok(()) = attempt(*pid, *to, RETRY_CONNECT) {
                     *res = Ok(true);
                 }
             }
@@ -254,13 +242,7 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
         let _ = tx.send(out);
     });
     let outcome = rx.await.unwrap_or_default();
-    tally(
-        &mut r,
-        outcome.into_iter().map(|(a, w, res, _, _)| (a, w, res)),
-        n,
-        "connections not tried",
-    );
-    r
+    tally(r, outcome.into_iter().map(|(a, w, res, _, _)| (a, w, res)), n, untried);
 }
 
 /// Adds each attempt (across bridges or hosts, what it was, reached and whether only on the
