@@ -442,12 +442,15 @@ pub async fn run(o: &Options) -> Result<Outcome> {
         .spawn()
         .context("starting the workers with srun")?;
     let outcome = coordinate(o, &listener, &token, &mut srun, job).await;
-    // Workers exit once torn down (or once their link drops); srun with them.
-    match timeout(Duration::from_secs(60), srun.wait()).await {
+    // Workers exit once torn down (or once their link drops: a lost host's worker is still
+    // tearing its guests down); srun with them. Cancelled sooner, a host of 5000 guests was
+    // killed halfway and left them to the next hostd's orphan reaping.
+    let grace = serve_within(o.n); // no host holds more than the fleet
+    match timeout(grace, srun.wait()).await {
         Ok(Ok(st)) if !st.success() => eprintln!("hostd: srun exited {st}"),
         Ok(_) => {}
         Err(_) => {
-            eprintln!("hostd: srun still running 60 s after teardown: cancelling the step");
+            eprintln!("hostd: srun still running {grace:?} after teardown: cancelling the step");
             let _ = srun.kill().await;
         }
     }
