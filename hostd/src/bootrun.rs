@@ -126,6 +126,9 @@ fn csv(s: &BootSummary) -> Result<Vec<u8>> {
         "m_used_mib",
         "per_guest_cgroup_mib",
         "per_guest_pss_mib",
+        "stall_cpu",
+        "stall_memory",
+        "stall_io",
     ])?;
     let o = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_default();
     for r in &s.rows {
@@ -144,6 +147,9 @@ fn csv(s: &BootSummary) -> Result<Vec<u8>> {
             o(r.m_used_mib),
             o(r.per_guest_cgroup_mib),
             o(r.per_guest_pss_mib),
+            o(r.checks.pressure.map(|p| p.cpu)),
+            o(r.checks.pressure.map(|p| p.memory)),
+            o(r.checks.pressure.map(|p| p.io)),
         ])?;
     }
     w.into_inner().map_err(|e| anyhow::anyhow!("boot.csv: {}", e.error()))

@@ -93,6 +93,9 @@ pub struct RowChecks {
     /// Each guest reaching a neighbour on another bridge (`hostd boot --reach`).
     #[serde(default)]
     pub reach: Option<crate::reach::Reach>,
+    /// How long some task stalled on CPU, memory or I/O while the fleet started.
+    #[serde(default)]
+    pub pressure: Option<crate::pressure::Pressure>,
 }
 
 impl BootRow {
@@ -123,6 +126,10 @@ pub struct BootSummary {
     /// Hot start against its floor (hostd boot only).
     #[serde(default)]
     pub floor: Option<crate::floor::Floor>,
+    /// T_startup(n) fitted per "backend mode", with its knee, when ≥ 2 sizes had every
+    /// guest ready.
+    #[serde(default)]
+    pub startup_scaling: BTreeMap<String, crate::scaling::Scaling>,
 }
 
 /// One fleet's row: its startup distribution, memory figures and their checks.
@@ -175,6 +182,7 @@ pub fn row(b: &FleetBoot) -> BootRow {
                 .filter(|_| b.n > 0)
                 .map(|s| 1e3 * s / b.n as f64),
             reach: b.reach.clone(),
+            pressure: mem.and_then(|m| m.checks.pressure),
             own_start: Summary::of("own_start", "s", b.startups.iter().map(|s| s.own_s).collect()),
         },
     }
@@ -183,6 +191,7 @@ pub fn row(b: &FleetBoot) -> BootRow {
 /// The summary of `rows`, with M_used(n) fitted per backend and mode (no floor yet).
 pub fn summarise(provenance: Provenance, rows: Vec<BootRow>) -> BootSummary {
     let mut memory_fit = BTreeMap::new();
+    let mut startup_scaling = BTreeMap::new();
     let mut kinds: Vec<BackendKind> = rows.iter().map(|r| r.backend).collect();
     kinds.dedup();
     for b in kinds {
@@ -192,9 +201,24 @@ pub fn summarise(provenance: Provenance, rows: Vec<BootRow>) -> BootSummary {
             if let Some(f) = linear_fit(&pts) {
                 memory_fit.insert(format!("{b} {}", mode.name()), f);
             }
+            // Only full fleets: a partial one's T_startup misses its slowest guests.
+            let full: Vec<crate::scaling::Point> = rows
+                .iter()
+                .filter(|r| r.backend == b && r.mode == mode && !r.partial())
+                .filter_map(|r| {
+                    Some(crate::scaling::Point {
+                        n: r.n,
+                        t_s: r.t_startup_s?,
+                        pressure: r.checks.pressure,
+                    })
+                })
+                .collect();
+            if let Some(s) = crate::scaling::analyse(&full) {
+                startup_scaling.insert(format!("{b} {}", mode.name()), s);
+            }
         }
     }
-    BootSummary { provenance, rows, memory_fit, floor: None }
+    BootSummary { provenance, rows, memory_fit, floor: None, startup_scaling }
 }
 
 /// The (n, M_used) points of the fit: each row's repeated figures (its one figure for rows
@@ -288,6 +312,7 @@ mod tests {
             "hostd_cpu_ms_per_launch",
             "own_start",
             "reach",
+            "pressure",
         ] {
             assert!(o.remove(k).is_some(), "{k} is not serialised flat");
         }

@@ -24,6 +24,7 @@ pub mod probe;
 pub mod provenance;
 pub mod reach;
 pub mod samples;
+pub mod scaling;
 pub mod startup;
 pub mod stats;
 pub mod suite;
