@@ -10,6 +10,7 @@ pub use hostd_backends::*;
 
 pub mod boot;
 pub mod campaign;
+pub mod capacity;
 pub mod coldstart;
 pub mod datadisk;
 pub mod defaults;

@@ -123,6 +123,9 @@ pub fn startup_notes_html(s: &BootSummary) -> maud::Markup {
         @for (key, sc) in &s.startup_scaling {
             p { "Startup scaling (" (key) "): " (scaling_line(sc)) "." }
         }
+        @if let Some(b) = &s.memory_bound {
+            p { "Memory bound: " (b.line()) "." }
+        }
     }
 }
 
@@ -304,6 +307,13 @@ fn table_notes(s: &BootSummary) -> String {
     }
     for (key, sc) in &s.startup_scaling {
         out.push_str(&format!("startup ({key}): {}\n", scaling_line(sc)));
+    }
+    if let Some(b) = &s.memory_bound {
+        out.push_str(&format!(
+            "memory bound ({}): {}\n",
+            s.rows.first().map_or(String::new(), |r| r.backend.to_string()),
+            b.line()
+        ));
     }
     for (mode, f) in &s.memory_fit {
         out.push_str(&format!(
