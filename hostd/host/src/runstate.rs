@@ -170,7 +170,15 @@ impl RunState {
                 c.errors.push(format!("removing {}: {e}", disk.display()));
             }
         }
-        if self.scratch.exists() {
+        // Something could not be released (a cgroup whose processes were still dying): the
+        // state file stays, so the next hostd's reaping retries instead of forgetting the run
+        // (4494 empty cgroups of a killed 5000-guest worker were left that way).
+        if !c.errors.is_empty() && self.scratch.exists() {
+            c.errors.push(format!(
+                "kept {} so that the next hostd retries",
+                self.scratch.join("state.json").display()
+            ));
+        } else if self.scratch.exists() {
             match fs::remove_dir_all(&self.scratch) {
                 Ok(()) => c.scratch_removed = true,
                 Err(e) => c.errors.push(format!("removing {}: {e}", self.scratch.display())),
@@ -290,6 +298,16 @@ mod tests {
         let o = orphans_in(root.path());
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].run, st.run);
+        // A cgroup tree that cannot be released: the state stays for the next reaping.
+        let not_a_tree = root.path().join("not-a-cgroup-tree");
+        std::fs::write(&not_a_tree, b"").unwrap();
+        st.cgroup_roots = vec![not_a_tree];
+        let c = st.cleanup();
+        assert!(
+            !c.scratch_removed && c.errors.iter().any(|e| e.contains("next hostd retries")),
+            "{c}"
+        );
+        assert_eq!(orphans_in(root.path()).len(), 1, "the run is still known");
         st.cgroup_roots.clear();
         let c = st.cleanup();
         assert!(c.scratch_removed, "{c}");

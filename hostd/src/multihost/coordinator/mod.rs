@@ -312,8 +312,19 @@ async fn ask_within(w: &mut Worker, m: &ToWorker, within: Duration) -> Result<Fr
         .map_err(Into::into)
 }
 
+/// Time a worker is given to tear `guests` guests down: they stop together, then each one's
+/// cgroups (three on a hybrid host), link and files are released; at 5000 a host, 160 s
+/// was not enough.
+fn teardown_within(guests: usize) -> Duration {
+    REPLY_WITHIN + TEARDOWN_PER_GUEST * guests as u32
+}
+
+/// Per guest of a teardown: cgroup v1 directories are removed one after another, tens of
+/// ms each on this machine.
+const TEARDOWN_PER_GUEST: Duration = Duration::from_millis(100);
+
 /// Time a worker is given to have `guests` guests serve (one agent request each, a few
-/// hundred at once), or to tear them down.
+/// hundred at once).
 fn serve_within(guests: usize) -> Duration {
     REPLY_WITHIN + SERVE_PER_GUEST * guests as u32
 }
@@ -324,8 +335,7 @@ fn reach_within(pairs: usize) -> Duration {
     REPLY_WITHIN + REACH_PER_PAIR * pairs as u32 + crate::reach::worst_failures()
 }
 
-/// Per guest of a serve or teardown request: at 5000 guests a host took longer than
-/// [`REPLY_WITHIN`].
+/// Per guest of a serve request: at 5000 guests a host took longer than [`REPLY_WITHIN`].
 const SERVE_PER_GUEST: Duration = Duration::from_millis(20);
 /// Per exchange of the reach check (setns, connect, 64 KiB each way; a few ms each here,
 /// with room for a loaded host): 5000 took longer than [`REPLY_WITHIN`].
@@ -395,7 +405,7 @@ async fn hold(w: &mut Worker, d: Duration) {
 async fn tear_down(w: &mut Worker) -> Result<TornDown> {
     proto::write(&mut w.w, &ToWorker::Teardown).await?;
     // Guests stop together, but each is released (cgroup, veth, files) in turn.
-    let within = serve_within(w.rec.count);
+    let within = teardown_within(w.rec.count);
     let m = timeout(within, proto::read::<FromWorker, _>(&mut w.r))
         .await
         .map_err(|_| anyhow::anyhow!("no teardown report within {within:?}"))??;
@@ -445,7 +455,7 @@ pub async fn run(o: &Options) -> Result<Outcome> {
     // Workers exit once torn down (or once their link drops: a lost host's worker is still
     // tearing its guests down); srun with them. Cancelled sooner, a host of 5000 guests was
     // killed halfway and left them to the next hostd's orphan reaping.
-    let grace = serve_within(o.n); // no host holds more than the fleet
+    let grace = teardown_within(o.n); // no host holds more than the fleet
     match timeout(grace, srun.wait()).await {
         Ok(Ok(st)) if !st.success() => eprintln!("hostd: srun exited {st}"),
         Ok(_) => {}
