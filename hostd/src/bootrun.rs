@@ -31,6 +31,8 @@ pub struct BootOptions {
     pub image_copies: bool,
     /// Check that every guest reaches a neighbour on another bridge ([`crate::reach`]).
     pub reach: bool,
+    /// After `sizes`, boot the largest fleet that fits in memory ([`crate::capacity`]).
+    pub to_memory_bound: bool,
 }
 // The summary's types sit below the report (hostd-measure), its figures and table in the
 // report's crate; re-exported so `hostd::bootrun::…` keeps naming them.
@@ -51,7 +53,20 @@ pub async fn run(
 ) -> Result<BootSummary> {
     results.write_json("provenance.json", &provenance)?;
     let mut rows = Vec::new();
-    for &n in &opts.sizes {
+    let mut bound = None;
+    let mut sizes = opts.sizes.clone();
+    let mut i = 0;
+    while i < sizes.len() {
+        let n = sizes[i];
+        i += 1;
+        // From the third size on, a fleet that the sizes so far say would not fit is not
+        // started: the run stops with the bound instead of meeting the OOM killer.
+        if let Some(b) = crate::boot::memory_bound(&rows).filter(|b| n > b.largest_n) {
+            let b = crate::capacity::MemoryBound { refused_n: Some(n), ..b };
+            tracing::warn!("{}", b.line());
+            bound = Some(b);
+            break;
+        }
         for &mode in &opts.modes {
             let cfg = FleetConfig { n, ..opts.fleet.clone() };
             let label = format!("{} n={n} {}", opts.backend, mode.name());
@@ -73,8 +88,22 @@ pub async fn run(
             }
             rows.push(row(&b));
         }
+        if i == sizes.len() && opts.to_memory_bound {
+            match crate::boot::memory_bound(&rows).map(|b| capped(b, opts.backend)) {
+                Some(b) if b.size() > n => {
+                    eprintln!("hostd: {}: booting n = {}", b.line(), b.size());
+                    sizes.push(b.size());
+                    bound = Some(b);
+                }
+                Some(b) => bound = Some(b),
+                None => tracing::warn!(
+                    "--to-memory-bound: no bound from these sizes (M_used did not grow with n): no larger fleet booted"
+                ),
+            }
+        }
     }
     let mut summary = summarise(provenance, rows);
+    summary.memory_bound = bound;
     if opts.floor_reps > 0 {
         // Floor fleets of the sizes measured hot: the comparison at the same concurrency.
         let hot_sizes: Vec<usize> =
@@ -94,6 +123,19 @@ pub async fn run(
     write_outputs(results, &summary)?;
     crate::report::write(&results.path, false).context("writing the report")?;
     Ok(summary)
+}
+
+/// `b` with the limits that bind before memory: hostd's descriptors and the fleet
+/// network's address plan.
+fn capped(mut b: crate::capacity::MemoryBound, kind: BackendKind) -> crate::capacity::MemoryBound {
+    let plan = crate::limits::GUESTS.max as usize;
+    let fds = crate::fleet::descriptor_capacity(kind).unwrap_or(usize::MAX);
+    if fds < b.largest_n && fds <= plan {
+        b.capped_by = Some(("hostd's file descriptors (ulimit -n)".into(), fds));
+    } else if plan < b.largest_n {
+        b.capped_by = Some(("the fleet network's addresses".into(), plan));
+    }
+    b
 }
 
 /// The command's own detail: `boot.json` (the summary with the floor) and `boot.csv` (one
@@ -126,6 +168,9 @@ fn csv(s: &BootSummary) -> Result<Vec<u8>> {
         "m_used_mib",
         "per_guest_cgroup_mib",
         "per_guest_pss_mib",
+        "stall_cpu",
+        "stall_memory",
+        "stall_io",
     ])?;
     let o = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_default();
     for r in &s.rows {
@@ -144,6 +189,9 @@ fn csv(s: &BootSummary) -> Result<Vec<u8>> {
             o(r.m_used_mib),
             o(r.per_guest_cgroup_mib),
             o(r.per_guest_pss_mib),
+            o(r.checks.pressure.map(|p| p.cpu)),
+            o(r.checks.pressure.map(|p| p.memory)),
+            o(r.checks.pressure.map(|p| p.io)),
         ])?;
     }
     w.into_inner().map_err(|e| anyhow::anyhow!("boot.csv: {}", e.error()))

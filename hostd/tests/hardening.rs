@@ -122,6 +122,20 @@ fn absurd_boot_values_are_refused_naming_the_flag() {
     let r = hostd(&["boot", "--backend", "native", "-n", "10,1", "--results", p(&res)]);
     assert_eq!(r.status.code(), Some(1), "{}", r.text);
     assert!(r.text.contains("--sizes: sizes must increase"), "{}", r.text);
+    // A memory bound is fitted over the sizes given: one is not a line.
+    let r = hostd(&[
+        "boot",
+        "--backend",
+        "native",
+        "-n",
+        "10",
+        "--to-memory-bound",
+        "--results",
+        p(&res),
+    ]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.text);
+    assert!(r.text.contains("--to-memory-bound") && r.text.contains("at least two"), "{}", r.text);
+    assert!(!res.exists(), "a results directory was made");
     let r = hostd(&["bench", "--bench-timeout", "9223372036854775807"]);
     assert_eq!(r.status.code(), Some(2), "{}", r.text);
     assert!(r.text.contains("--bench-timeout"), "{}", r.text);

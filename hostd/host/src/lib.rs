@@ -8,6 +8,7 @@ pub mod limits;
 pub mod netem;
 pub mod netlab;
 pub mod pagecache;
+pub mod pressure;
 pub mod results;
 pub mod rtnl;
 pub mod runstate;

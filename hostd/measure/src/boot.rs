@@ -93,6 +93,9 @@ pub struct RowChecks {
     /// Each guest reaching a neighbour on another bridge (`hostd boot --reach`).
     #[serde(default)]
     pub reach: Option<crate::reach::Reach>,
+    /// How long some task stalled on CPU, memory or I/O while the fleet started.
+    #[serde(default)]
+    pub pressure: Option<crate::pressure::Pressure>,
 }
 
 impl BootRow {
@@ -123,6 +126,13 @@ pub struct BootSummary {
     /// Hot start against its floor (hostd boot only).
     #[serde(default)]
     pub floor: Option<crate::floor::Floor>,
+    /// T_startup(n) fitted per "backend mode", with its knee, when ≥ 2 sizes had every
+    /// guest ready.
+    #[serde(default)]
+    pub startup_scaling: BTreeMap<String, crate::scaling::Scaling>,
+    /// How many guests fit in this host's memory, when the run asked or stopped for it.
+    #[serde(default)]
+    pub memory_bound: Option<crate::capacity::MemoryBound>,
 }
 
 /// One fleet's row: its startup distribution, memory figures and their checks.
@@ -175,6 +185,7 @@ pub fn row(b: &FleetBoot) -> BootRow {
                 .filter(|_| b.n > 0)
                 .map(|s| 1e3 * s / b.n as f64),
             reach: b.reach.clone(),
+            pressure: mem.and_then(|m| m.checks.pressure),
             own_start: Summary::of("own_start", "s", b.startups.iter().map(|s| s.own_s).collect()),
         },
     }
@@ -183,6 +194,7 @@ pub fn row(b: &FleetBoot) -> BootRow {
 /// The summary of `rows`, with M_used(n) fitted per backend and mode (no floor yet).
 pub fn summarise(provenance: Provenance, rows: Vec<BootRow>) -> BootSummary {
     let mut memory_fit = BTreeMap::new();
+    let mut startup_scaling = BTreeMap::new();
     let mut kinds: Vec<BackendKind> = rows.iter().map(|r| r.backend).collect();
     kinds.dedup();
     for b in kinds {
@@ -192,9 +204,55 @@ pub fn summarise(provenance: Provenance, rows: Vec<BootRow>) -> BootSummary {
             if let Some(f) = linear_fit(&pts) {
                 memory_fit.insert(format!("{b} {}", mode.name()), f);
             }
+            // Only full fleets: a partial one's T_startup misses its slowest guests.
+            let full: Vec<crate::scaling::Point> = rows
+                .iter()
+                .filter(|r| r.backend == b && r.mode == mode && !r.partial())
+                .filter_map(|r| {
+                    Some(crate::scaling::Point {
+                        n: r.n,
+                        t_s: r.t_startup_s?,
+                        pressure: r.checks.pressure,
+                    })
+                })
+                .collect();
+            if let Some(s) = crate::scaling::analyse(&full) {
+                startup_scaling.insert(format!("{b} {}", mode.name()), s);
+            }
         }
     }
-    BootSummary { provenance, rows, memory_fit, floor: None }
+    BootSummary { provenance, rows, memory_fit, floor: None, startup_scaling, memory_bound: None }
+}
+
+/// The memory bound from `rows` (every mode's M_used(n) fit; the steepest counts) against
+/// the memory available now; None before two sizes, or where M_used does not grow with n.
+pub fn memory_bound(rows: &[BootRow]) -> Option<crate::capacity::MemoryBound> {
+    let mut sizes: Vec<usize> = rows.iter().map(|r| r.n).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    if sizes.len() < 2 {
+        return None;
+    }
+    // The guests' own charges (cgroups + hostd's growth) where every fleet has them: other
+    // processes on a busy host move the host-wide M_used by hundreds of MiB, which over two
+    // small sizes can double the slope; the charges are the guests' alone.
+    let mut figure = crate::capacity::CROSS_CHECK;
+    let mut fits = Vec::new();
+    for m in [StartMode::Cold, StartMode::Hot] {
+        let of_mode: Vec<&BootRow> = rows.iter().filter(|r| r.mode == m).collect();
+        let charges: Option<Vec<(f64, f64)>> =
+            of_mode.iter().map(|r| Some((r.ready as f64, r.checks.cross_check_mib?))).collect();
+        match charges.and_then(|c| linear_fit(&c)) {
+            Some(f) => fits.push(f),
+            None => {
+                figure = crate::capacity::HOST_WIDE;
+                fits.extend(linear_fit(&fit_points(of_mode.into_iter())));
+            }
+        }
+    }
+    let (total, available) = crate::capacity::host_memory_mib()?;
+    let b = crate::capacity::bound(&fits, sizes, available, crate::capacity::reserve_mib(total))?;
+    Some(crate::capacity::MemoryBound { figure: figure.into(), ..b })
 }
 
 /// The (n, M_used) points of the fit: each row's repeated figures (its one figure for rows
@@ -288,11 +346,44 @@ mod tests {
             "hostd_cpu_ms_per_launch",
             "own_start",
             "reach",
+            "pressure",
         ] {
             assert!(o.remove(k).is_some(), "{k} is not serialised flat");
         }
         let old: BootRow = serde_json::from_value(v).unwrap();
         assert_eq!((old.label(), old.checks.resident_fraction), ("cold", None));
+    }
+
+    #[test]
+    fn the_memory_bound_needs_two_sizes_and_follows_the_steepest_fit() {
+        let sized = |n: usize, mode: StartMode, mib: f64| {
+            let mut r = row(&boot(mode, 10, 1000));
+            (r.n, r.ready, r.m_used_mib) = (n, n, Some(mib));
+            r
+        };
+        assert!(memory_bound(&[sized(10, StartMode::Hot, 100.0)]).is_none());
+        // A terabyte a guest: nothing fits beyond the host's memory.
+        let huge = [sized(1, StartMode::Hot, 1e6), sized(2, StartMode::Hot, 2e6)];
+        let b = memory_bound(&huge).expect("two sizes and /proc/meminfo");
+        assert_eq!((b.largest_n, b.from_sizes.clone()), (0, vec![1, 2]));
+        // The cold fit is steeper: it bounds the fleet.
+        let rows = [
+            sized(10, StartMode::Hot, 100.0),
+            sized(20, StartMode::Hot, 200.0),
+            sized(10, StartMode::Cold, 100.0),
+            sized(20, StartMode::Cold, 300.0),
+        ];
+        let b = memory_bound(&rows).unwrap();
+        assert_eq!((b.per_guest_mib, b.figure.as_str()), (20.0, crate::capacity::HOST_WIDE));
+        let expect = ((b.available_mib - b.reserve_mib) / 20.0).floor() as usize;
+        assert_eq!(b.largest_n, expect, "{b:?}");
+        // With the guests' charges on every row, they are the figure.
+        let mut rows = rows;
+        for (r, c) in rows.iter_mut().zip([50.0, 100.0, 50.0, 110.0]) {
+            r.checks.cross_check_mib = Some(c);
+        }
+        let b = memory_bound(&rows).unwrap();
+        assert_eq!((b.per_guest_mib, b.figure.as_str()), (6.0, crate::capacity::CROSS_CHECK));
     }
 
     #[test]

@@ -154,6 +154,17 @@ fn descriptor_budget(kind: BackendKind, guests: usize) -> Result<usize, FleetErr
     budget(kind, guests, limit, open)
 }
 
+/// The most guests of `kind` hostd's descriptors allow now (its limit less what is open, a
+/// reserve and one launch in flight), or None if the limit cannot be read.
+pub fn descriptor_capacity(kind: BackendKind) -> Option<usize> {
+    crate::limits::raise_nofile();
+    let (limit, _) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+    let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).ok()?;
+    let room = limit.saturating_sub(open + FD_RESERVE + FDS_IN_FLIGHT);
+    Some((room / fds_held(kind)) as usize)
+}
+
 /// [`descriptor_budget`] for a limit of `limit` with `open` descriptors already open.
 fn budget(kind: BackendKind, guests: usize, limit: u64, open: u64) -> Result<usize, FleetError> {
     let held = guests as u64 * fds_held(kind) + FD_RESERVE;
@@ -469,6 +480,14 @@ impl Fleet {
 #[cfg(test)]
 mod budget_tests {
     use super::*;
+
+    #[test]
+    fn the_descriptor_capacity_is_a_fleet_the_budget_accepts() {
+        let n = descriptor_capacity(BackendKind::Ns).expect("the limit is readable");
+        assert!(n > 0);
+        assert!(descriptor_budget(BackendKind::Ns, n).is_ok(), "{n} guests");
+        assert!(descriptor_budget(BackendKind::Ns, n + 10).is_err(), "{} guests", n + 10);
+    }
 
     #[test]
     fn descriptors_are_budgeted_per_guest_and_launches_in_waves_that_fit() {

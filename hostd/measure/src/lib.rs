@@ -10,6 +10,7 @@ pub use hostd_backends::*;
 
 pub mod boot;
 pub mod campaign;
+pub mod capacity;
 pub mod coldstart;
 pub mod datadisk;
 pub mod defaults;
@@ -24,6 +25,7 @@ pub mod probe;
 pub mod provenance;
 pub mod reach;
 pub mod samples;
+pub mod scaling;
 pub mod startup;
 pub mod stats;
 pub mod suite;

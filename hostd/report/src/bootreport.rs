@@ -102,6 +102,9 @@ pub fn startup_notes_html(s: &BootSummary) -> maud::Markup {
         if let Some(g) = r.checks.hostd_growth_mib {
             bits.push(format!("hostd's RSS grew {g:.2} MiB (part of M_tool)"));
         }
+        if let Some(p) = &r.checks.pressure {
+            bits.push(format!("stalls over the start (host-wide PSI): {}", p.line()));
+        }
         (!bits.is_empty()).then(|| (r, bits.join("; ")))
     });
     maud::html! {
@@ -117,6 +120,36 @@ pub fn startup_notes_html(s: &BootSummary) -> maud::Markup {
         @for (r, bits) in checks {
             p { (r.backend) " n=" (r.n) " " (r.label()) ": " (bits) "." }
         }
+        @for (key, sc) in &s.startup_scaling {
+            p { "Startup scaling (" (key) "): " (scaling_line(sc)) "." }
+        }
+        @if let Some(b) = &s.memory_bound {
+            p { "Memory bound: " (b.line()) "." }
+        }
+    }
+}
+
+/// T_startup(n)'s line and knee in words.
+pub fn scaling_line(sc: &crate::scaling::Scaling) -> String {
+    let sizes = sc.sizes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+    let line = format!(
+        "T_startup(n) = {:.4} s × n + {:.2} s (residual {:.2} s) through {} fleets below the knee, of sizes {sizes}",
+        sc.fit.slope, sc.fit.intercept, sc.fit.residual_std, sc.fit.points
+    );
+    match &sc.knee {
+        Some(k) => format!(
+            "{line}; knee at n = {}: {:.2} s against {:.2} s on the line through the smaller sizes ({:.1}×); {}",
+            k.n,
+            k.t_s,
+            k.predicted_s,
+            k.t_s / k.predicted_s,
+            k.cause
+        ),
+        None if sc.sizes.len() < 3 => format!("{line}; two sizes: linearity not tested"),
+        None => format!(
+            "{line}; linear: no size more than {:.0} % above the line through the smaller ones",
+            crate::scaling::TOLERANCE * 100.0
+        ),
     }
 }
 
@@ -260,6 +293,28 @@ fn table_notes(s: &BootSummary) -> String {
             ));
         }
     }
+    for r in &s.rows {
+        if let Some(p) = &r.checks.pressure {
+            out.push_str(&format!(
+                "stalls: {} n={} {}: {} of the {:.2} s start (host-wide PSI: some task waiting)\n",
+                r.backend,
+                r.n,
+                r.label(),
+                p.line(),
+                p.window_s
+            ));
+        }
+    }
+    for (key, sc) in &s.startup_scaling {
+        out.push_str(&format!("startup ({key}): {}\n", scaling_line(sc)));
+    }
+    if let Some(b) = &s.memory_bound {
+        out.push_str(&format!(
+            "memory bound ({}): {}\n",
+            s.rows.first().map_or(String::new(), |r| r.backend.to_string()),
+            b.line()
+        ));
+    }
     for (mode, f) in &s.memory_fit {
         out.push_str(&format!(
             "fit ({mode}): M_used(n) = {:.2} MiB × n + {:.1} MiB (M_VM, M_tool; residual {:.2} MiB over {} points: every repeated figure of each size)\n",
@@ -312,5 +367,31 @@ mod tests {
         let names: Vec<&str> = charts[0].1.series.iter().map(|x| x.name.as_str()).collect();
         assert!(names.iter().any(|n| n.contains("partial: n=10: 7 of 10")), "{names:?}");
         assert!(names.iter().any(|n| n.contains("not verified cold: n=10 warm")), "{names:?}");
+    }
+
+    #[test]
+    fn the_startup_line_and_its_knee_are_said_with_the_stalls() {
+        let sized = |n: usize, t: f64, cpu: f64, memory: f64| {
+            let mut r = row(&boot(StartMode::Hot, 10, 1000));
+            r.n = n;
+            r.ready = n;
+            r.t_startup_s = Some(t);
+            r.checks.pressure =
+                Some(crate::pressure::Pressure { window_s: t, cpu, memory, io: 0.0 });
+            r
+        };
+        let rows = vec![
+            sized(100, 4.6, 0.95, 0.0),
+            sized(200, 9.0, 0.97, 0.01),
+            sized(400, 40.0, 1.0, 0.5),
+        ];
+        let s = summarise(Provenance::collect(Default::default()), rows);
+        let t = table(&s);
+        let line = t.lines().find(|l| l.starts_with("startup (uml hot)")).expect(&t);
+        assert!(line.contains("knee at n = 400") && line.contains("memory ran short"), "{line}");
+        assert!(line.contains("through 2 fleets"), "{line}");
+        assert!(t.contains("stalls: uml n=400 hot: CPU 100 %, memory 50 %, I/O 0 %"), "{t}");
+        let html = startup_notes_html(&s).into_string();
+        assert!(html.contains("Startup scaling (uml hot)"), "{html}");
     }
 }

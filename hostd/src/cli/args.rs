@@ -308,6 +308,11 @@ pub(crate) struct BootArgs {
     /// 64 KiB each way with a guest on each other host.
     #[arg(long)]
     pub(crate) reach: bool,
+    /// After the sizes given (at least two), boot the largest fleet that fits in this host's
+    /// memory: M_used(n) fitted over those sizes against MemAvailable less a reserve (5 %,
+    /// at least 1 GiB). Without it a run still stops before a size that would not fit.
+    #[arg(long)]
+    pub(crate) to_memory_bound: bool,
     /// Parent directory of the results directory.
     #[arg(long, default_value = "results", env = "VIRTBENCH_RESULTS")]
     pub(crate) results: PathBuf,

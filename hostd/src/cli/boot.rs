@@ -4,6 +4,9 @@ use crate::*;
 
 pub(crate) async fn boot(a: BootArgs) -> anyhow::Result<Done> {
     limits::check_sizes(&a.sizes).map_err(|e| anyhow::anyhow!("--sizes: {e}"))?;
+    if a.to_memory_bound && a.sizes.len() < 2 {
+        anyhow::bail!("--to-memory-bound fits M_used(n) over the sizes given: give at least two with -n (got {:?})", a.sizes);
+    }
     let images = images_or_note(&a.images)?;
     let bopts = backend_options(&a.images);
     let backend = AnyBackend::new(a.backend, &images, &bopts);
@@ -43,6 +46,7 @@ pub(crate) async fn boot(a: BootArgs) -> anyhow::Result<Done> {
         floor_reps: a.floor_reps,
         image_copies: a.image_copies,
         reach: a.reach,
+        to_memory_bound: a.to_memory_bound,
     };
     let mut bars = bootrun::FleetBars::new();
     let progress = |label: &str, e: FleetEvent| bars.event(label, e);
@@ -167,6 +171,9 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
     }
     if a.image_copies {
         anyhow::bail!("--engine slurm does not do --image-copies yet");
+    }
+    if a.to_memory_bound {
+        anyhow::bail!("--engine slurm boots one size: --to-memory-bound needs several on one host");
     }
     let exe =
         std::env::current_exe().map_err(|e| anyhow::anyhow!("finding hostd's own path: {e}"))?;

@@ -251,7 +251,10 @@ pub async fn start_and_measure(
     let residency =
         coldstart::check(&files, mode == StartMode::Cold).map_err(StartupError::Residency)?;
     let (fds_before, cpu_before) = (memory::open_fds(), memory::own_cpu_s());
+    let (psi_before, t0) = (crate::pressure::read(), std::time::Instant::now());
     let fleet = fleet::start(backend, run, cfg, on_event).await?;
+    let pressure =
+        crate::pressure::read().zip(psi_before).map(|(now, then)| now.since(&then, t0.elapsed()));
     let cpu_start = memory::own_cpu_s().zip(cpu_before).map(|(a, b)| a - b);
     let copies = !cfg.image_copies.is_empty();
     let startups: Vec<StartupSample> = startup_samples(kind, cfg.n, mode, &fleet)
@@ -300,6 +303,7 @@ pub async fn start_and_measure(
             hostd_fds_before: fds_before,
             hostd_fds_after: fds_after,
             hostd_cpu_start_s: cpu_start,
+            pressure,
         },
     });
     let boot = FleetBoot {

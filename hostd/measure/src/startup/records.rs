@@ -155,6 +155,10 @@ pub struct MemoryChecks {
     /// request until every guest was ready or failed, seconds.
     #[serde(default)]
     pub hostd_cpu_start_s: Option<f64>,
+    /// How long some task stalled on CPU, memory or I/O over the same window (host-wide
+    /// PSI): what ran short while the fleet started.
+    #[serde(default)]
+    pub pressure: Option<crate::pressure::Pressure>,
 }
 
 impl MemorySample {
