@@ -35,6 +35,48 @@ pub enum DetectError {
     NoMemoryController { root: PathBuf },
 }
 
+/// Why a guest's group could not be made, joined or removed, named after the step that
+/// failed; each names the directory or file.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum CgroupError {
+    /// A run or guest name that cannot be a directory name here.
+    #[error("bad cgroup name {name:?}: 1 to 64 ASCII letters, digits, '-' or '_'")]
+    BadName { name: String },
+    #[error("creating cgroup {}: {source}", dir.display())]
+    Create { dir: PathBuf, source: io::Error },
+    /// A directory to create has no parent to create first (an empty or root path).
+    #[error("cgroup {} has no parent directory", dir.display())]
+    NoParent { dir: PathBuf },
+    /// Writing a limit, a cpuset copied from the parent, or the kill switch.
+    #[error("writing {}: {source}", file.display())]
+    Write { file: PathBuf, source: io::Error },
+    /// Reading the parent's cpuset to copy into a new v1 cpuset group.
+    #[error("reading {}: {source}", file.display())]
+    Read { file: PathBuf, source: io::Error },
+    #[error("moving process {pid} into {}: {source}", dir.display())]
+    Join { pid: u32, dir: PathBuf, source: io::Error },
+    #[error("processes remain in {} after {after:?} of SIGKILL", dir.display())]
+    ProcessesRemain { dir: PathBuf, after: Duration },
+    #[error("listing cgroup {}: {source}", dir.display())]
+    List { dir: PathBuf, source: io::Error },
+    #[error("removing cgroup {}: {source}", dir.display())]
+    Remove { dir: PathBuf, source: io::Error },
+}
+
+impl CgroupError {
+    /// A directory on the way was missing (another run removing the shared `virtbench`
+    /// parent between our mkdirs): worth trying again.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CgroupError::Create { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// `fs::write`, the error naming the file.
+fn write(file: PathBuf, text: impl AsRef<[u8]>) -> Result<(), CgroupError> {
+    fs::write(&file, text).map_err(|source| CgroupError::Write { file, source })
+}
+
 /// Which hierarchy to use here, or why none works.
 pub fn detect() -> Result<Mode, DetectError> {
     detect_in(Path::new(ROOT), &fs::read_to_string("/proc/self/cgroup").unwrap_or_default())
@@ -97,7 +139,7 @@ pub struct Limits {
 
 impl Cgroup {
     /// Creates `virtbench/<run>/<guest>` below hostd's own groups.
-    pub fn create(mode: Mode, run: &str, guest: &str, limits: Limits) -> io::Result<Self> {
+    pub fn create(mode: Mode, run: &str, guest: &str, limits: Limits) -> Result<Self, CgroupError> {
         check_name(run)?;
         check_name(guest)?;
         let self_cg = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
@@ -121,54 +163,55 @@ impl Cgroup {
                     create_cpuset_v1(d)
                 } else {
                     fs::create_dir_all(d)
+                        .map_err(|source| CgroupError::Create { dir: d.clone(), source })
                 };
                 match r {
-                    Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 5 => tries += 1,
+                    Err(e) if e.is_not_found() && tries < 5 => tries += 1,
                     r => break r?,
                 }
             }
         }
         if mode == Mode::V2 {
             // Enable the controllers on every ancestor up to ours.
-            enable_v2_controllers(&cg.dirs[0])?;
+            enable_v2_controllers(&cg.dirs[0]);
         }
         cg.apply(limits)?;
         Ok(cg)
     }
 
-    fn apply(&self, l: Limits) -> io::Result<()> {
+    fn apply(&self, l: Limits) -> Result<(), CgroupError> {
         match self.mode {
             Mode::V2 => {
                 let d = &self.dirs[0];
                 if let Some(m) = l.memory_bytes {
-                    fs::write(d.join("memory.max"), m.to_string())?;
+                    write(d.join("memory.max"), m.to_string())?;
                 }
                 if let Some(c) = l.cpus {
-                    fs::write(d.join("cpu.max"), format!("{} 100000", (c * 100_000.0) as u64))?;
+                    write(d.join("cpu.max"), format!("{} 100000", (c * 100_000.0) as u64))?;
                 }
                 if let Some(p) = l.pids {
-                    fs::write(d.join("pids.max"), p.to_string())?;
+                    write(d.join("pids.max"), p.to_string())?;
                 }
                 if let Some(c) = l.cpuset {
-                    fs::write(d.join("cpuset.cpus"), c)?;
+                    write(d.join("cpuset.cpus"), c)?;
                 }
             }
             Mode::V1 => {
                 if let Some(m) = l.memory_bytes {
-                    fs::write(self.dirs[0].join("memory.limit_in_bytes"), m.to_string())?;
+                    write(self.dirs[0].join("memory.limit_in_bytes"), m.to_string())?;
                 }
                 if let Some(c) = l.cpus {
-                    fs::write(self.dirs[1].join("cpu.cfs_period_us"), "100000")?;
-                    fs::write(
+                    write(self.dirs[1].join("cpu.cfs_period_us"), "100000")?;
+                    write(
                         self.dirs[1].join("cpu.cfs_quota_us"),
                         ((c * 100_000.0) as u64).to_string(),
                     )?;
                 }
                 if let Some(p) = l.pids {
-                    fs::write(self.dirs[2].join("pids.max"), p.to_string())?;
+                    write(self.dirs[2].join("pids.max"), p.to_string())?;
                 }
                 if let (Some(c), Some(d)) = (l.cpuset, self.dirs.get(3)) {
-                    fs::write(d.join("cpuset.cpus"), c)?;
+                    write(d.join("cpuset.cpus"), c)?;
                 }
             }
         }
@@ -176,9 +219,10 @@ impl Cgroup {
     }
 
     /// Moves a process (and its future children) into the group.
-    pub fn add(&self, pid: u32) -> io::Result<()> {
+    pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
         for d in &self.dirs {
-            fs::write(d.join("cgroup.procs"), pid.to_string())?;
+            fs::write(d.join("cgroup.procs"), pid.to_string())
+                .map_err(|source| CgroupError::Join { pid, dir: d.clone(), source })?;
         }
         Ok(())
     }
@@ -237,9 +281,9 @@ impl Cgroup {
     }
 
     /// SIGKILLs every process in the group until it is empty (or `deadline` passes).
-    pub fn kill_all(&self, deadline: Duration) -> io::Result<()> {
+    pub fn kill_all(&self, deadline: Duration) -> Result<(), CgroupError> {
         if self.mode == Mode::V2 && self.dirs[0].join("cgroup.kill").exists() {
-            fs::write(self.dirs[0].join("cgroup.kill"), "1")?;
+            write(self.dirs[0].join("cgroup.kill"), "1")?;
         }
         let start = Instant::now();
         loop {
@@ -254,10 +298,10 @@ impl Cgroup {
                 );
             }
             if start.elapsed() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("processes remain in {}", self.dirs[0].display()),
-                ));
+                return Err(CgroupError::ProcessesRemain {
+                    dir: self.dirs[0].clone(),
+                    after: deadline,
+                });
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -266,7 +310,7 @@ impl Cgroup {
     /// Kills what is left and removes the group's directories. The run's directory and the
     /// shared `virtbench` one are left to the run's cleanup (RunState): removing them here
     /// would race with other guests being created beside this one.
-    pub fn remove(&self) -> io::Result<()> {
+    pub fn remove(&self) -> Result<(), CgroupError> {
         self.kill_all(Duration::from_secs(5))?;
         for d in &self.dirs {
             rmdir_retry(d)?;
@@ -354,7 +398,7 @@ pub fn dirs_of(
 
 /// Kills every process in the tree below `root` and removes its directories, deepest first.
 /// Returns (processes signalled, directories removed). A missing root is not an error.
-pub fn remove_tree(root: &Path, deadline: Duration) -> io::Result<(usize, usize)> {
+pub fn remove_tree(root: &Path, deadline: Duration) -> Result<(usize, usize), CgroupError> {
     if !root.exists() {
         return Ok((0, 0));
     }
@@ -380,10 +424,7 @@ pub fn remove_tree(root: &Path, deadline: Duration) -> io::Result<(usize, usize)
                 );
             }
             if start.elapsed() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("processes remain in {}", d.display()),
-                ));
+                return Err(CgroupError::ProcessesRemain { dir: d.clone(), after: deadline });
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -398,11 +439,12 @@ pub fn remove_tree(root: &Path, deadline: Duration) -> io::Result<(usize, usize)
     Ok((killed.len(), dirs.len()))
 }
 
-fn collect_dirs(d: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+fn collect_dirs(d: &Path, out: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
     out.push(d.to_path_buf());
-    for e in fs::read_dir(d)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
+    let list = |source| CgroupError::List { dir: d.to_path_buf(), source };
+    for e in fs::read_dir(d).map_err(list)? {
+        let e = e.map_err(list)?;
+        if e.file_type().map_err(list)?.is_dir() {
             collect_dirs(&e.path(), out)?;
         }
     }
@@ -410,13 +452,15 @@ fn collect_dirs(d: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
 }
 
 /// rmdir of a cgroup fails with EBUSY for a moment after its last process died.
-fn rmdir_retry(d: &Path) -> io::Result<()> {
+fn rmdir_retry(d: &Path) -> Result<(), CgroupError> {
     let start = Instant::now();
     loop {
         match fs::remove_dir(d) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if start.elapsed() > Duration::from_secs(2) => return Err(e),
+            Err(source) if start.elapsed() > Duration::from_secs(2) => {
+                return Err(CgroupError::Remove { dir: d.to_path_buf(), source })
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     }
@@ -424,24 +468,28 @@ fn rmdir_retry(d: &Path) -> io::Result<()> {
 
 /// v1 cpuset groups start with no CPUs and no memory nodes: each new level copies its
 /// parent's before anything can join.
-fn create_cpuset_v1(leaf: &Path) -> io::Result<()> {
+fn create_cpuset_v1(leaf: &Path) -> Result<(), CgroupError> {
     let base = Path::new(ROOT).join("cpuset");
     let mut chain: Vec<&Path> =
         leaf.ancestors().take_while(|p| p.starts_with(&base) && *p != base).collect();
     chain.reverse();
     for dir in chain {
         if !dir.exists() {
-            fs::create_dir(dir)?;
+            fs::create_dir(dir)
+                .map_err(|source| CgroupError::Create { dir: dir.to_path_buf(), source })?;
             let parent = dir.parent().expect("below the root");
             for f in ["cpuset.cpus", "cpuset.mems"] {
-                fs::write(dir.join(f), fs::read_to_string(parent.join(f))?.trim())?;
+                let from = parent.join(f);
+                let v = fs::read_to_string(&from)
+                    .map_err(|source| CgroupError::Read { file: from, source })?;
+                write(dir.join(f), v.trim())?;
             }
         }
     }
     Ok(())
 }
 
-fn enable_v2_controllers(leaf: &Path) -> io::Result<()> {
+fn enable_v2_controllers(leaf: &Path) {
     let mut chain: Vec<&Path> =
         leaf.ancestors().skip(1).take_while(|p| p.starts_with(ROOT)).collect();
     chain.reverse();
@@ -450,97 +498,17 @@ fn enable_v2_controllers(leaf: &Path) -> io::Result<()> {
         let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu +pids");
         let _ = fs::write(dir.join("cgroup.subtree_control"), "+cpuset");
     }
-    Ok(())
 }
 
-fn check_name(n: &str) -> io::Result<()> {
+fn check_name(n: &str) -> Result<(), CgroupError> {
     if n.is_empty()
         || n.len() > 64
         || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad cgroup name {n:?}")));
+        return Err(CgroupError::BadName { name: n.to_string() });
     }
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_path_per_hierarchy() {
-        let s = "9:name=systemd:/\n4:memory:/process_api/abc\n1:cpu,cpuacct:/x\n0::/user.slice\n";
-        assert_eq!(own_path(s, "memory"), PathBuf::from("process_api/abc"));
-        assert_eq!(own_path(s, "cpu"), PathBuf::from("x"));
-        assert_eq!(own_path(s, ""), PathBuf::from("user.slice"));
-        assert_eq!(own_path(s, "pids"), PathBuf::new());
-    }
-
-    #[test]
-    fn detects_v2_and_v1_layouts() {
-        let d = tempfile::tempdir().unwrap();
-        assert!(detect_in(d.path(), "").is_err());
-        fs::create_dir_all(d.path().join("memory")).unwrap();
-        fs::write(d.path().join("memory/cgroup.procs"), "").unwrap();
-        assert_eq!(detect_in(d.path(), "4:memory:/\n").unwrap(), Mode::V1);
-        fs::write(d.path().join("cgroup.controllers"), "cpu io memory pids").unwrap();
-        assert_eq!(detect_in(d.path(), "0::/\n").unwrap(), Mode::V2);
-    }
-
-    #[test]
-    fn names_are_checked() {
-        assert!(check_name("run-1_a").is_ok());
-        assert!(check_name("../x").is_err());
-        assert!(check_name("").is_err());
-    }
-
-    /// Needs root and a memory controller: creates a group, charges a process to it, kills
-    /// and removes it, and checks nothing is left.
-    #[test]
-    fn lifecycle_on_this_host() {
-        if !nix::unistd::geteuid().is_root() {
-            hostd_test_support::skip(None, "cgroup lifecycle needs root");
-            return;
-        }
-        let mode = detect().expect("a cgroup memory controller");
-        let run = format!("test{}", std::process::id());
-        let cg = Cgroup::create(
-            mode,
-            &run,
-            "g0",
-            Limits {
-                memory_bytes: Some(64 << 20),
-                cpus: Some(0.5),
-                pids: Some(16),
-                cpuset: Some("0"),
-            },
-        )
-        .unwrap();
-        // Removes the group even when an assertion below fails.
-        struct Guard(Cgroup);
-        impl Drop for Guard {
-            fn drop(&mut self) {
-                let _ = self.0.remove();
-            }
-        }
-        let _guard = Guard(cg.clone());
-        // Memory is charged where it is allocated: the child allocates after joining.
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", "import time; time.sleep(0.3); x = b'a' * (8 << 20); time.sleep(30)"])
-            .spawn()
-            .unwrap();
-        cg.add(child.id()).unwrap();
-        assert_eq!(cg.pids()[0], child.id());
-        std::thread::sleep(Duration::from_millis(1500));
-        assert!(cg.memory_bytes().unwrap() > 1 << 20, "{:?}", cg.memory_bytes());
-        cg.remove().unwrap();
-        assert!(child.wait().unwrap().code().is_none(), "killed by a signal");
-        for d in &cg.dirs {
-            assert!(!d.exists(), "{} left behind", d.display());
-        }
-        for r in run_roots(&run) {
-            remove_tree(&r, Duration::from_secs(5)).unwrap();
-            assert!(!r.exists(), "run directory {} left behind", r.display());
-        }
-    }
-}
+mod tests;

@@ -99,6 +99,22 @@ pub enum CreateError {
     Open(#[from] ReadError),
 }
 
+/// Why a record or a file could not be written into a results directory; each names the
+/// file (a full disk fails whichever write comes next).
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum SaveError {
+    #[error("encoding {what} as JSON: {source}")]
+    Encode { what: String, source: serde_json::Error },
+    /// The unfinished last line a killed writer left could not be cut off.
+    #[error("cutting the torn last line of {}: {source}", path.display())]
+    CutTornTail { path: PathBuf, source: io::Error },
+    #[error("creating {}: {source}", path.display())]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("writing {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+}
+
 /// Opens `path` only if it is a regular file. O_NONBLOCK makes opening a FIFO return at
 /// once instead of waiting for a writer (or reader); the type is then checked on the
 /// opened descriptor, so nothing can be swapped in between the check and the use.
@@ -317,17 +333,22 @@ impl ResultsDir {
 
     /// Appends one record (with `schema_version` first: [`Versioned`]) and
     /// makes it durable before returning. On failure nothing of the record stays in the file.
-    pub fn append<T: Serialize>(&mut self, rec: &T) -> io::Result<()> {
-        let mut line = serde_json::to_vec(&Versioned::new(rec)).map_err(io::Error::other)?;
+    pub fn append<T: Serialize>(&mut self, rec: &T) -> Result<(), SaveError> {
+        let mut line = serde_json::to_vec(&Versioned::new(rec))
+            .map_err(|source| SaveError::Encode { what: "a sample record".into(), source })?;
         line.push(b'\n');
+        let path = || self.path.join(SAMPLES);
         if !self.tail_checked {
-            cut_torn_tail(&self.samples).map_err(naming(&self.path.join(SAMPLES)))?;
+            cut_torn_tail(&self.samples)
+                .map_err(|source| SaveError::CutTornTail { path: path(), source })?;
             self.tail_checked = true;
         }
-        let before = self.samples.metadata()?.len();
-        if let Err(e) = self.samples.write_all(&line).and_then(|()| self.samples.sync_data()) {
+        let before = (self.samples.metadata())
+            .map_err(|source| SaveError::Write { path: path(), source })?
+            .len();
+        if let Err(source) = self.samples.write_all(&line).and_then(|()| self.samples.sync_data()) {
             let _ = self.samples.set_len(before);
-            return Err(naming(&self.path.join(SAMPLES))(e));
+            return Err(SaveError::Write { path: path(), source });
         }
         if let Some(f) = &mut self.observer {
             f(&line);
@@ -341,29 +362,26 @@ impl ResultsDir {
     }
 
     /// Writes `name` (relative to the directory) atomically.
-    pub fn write(&self, name: &str, data: &[u8]) -> io::Result<()> {
+    pub fn write(&self, name: &str, data: &[u8]) -> Result<(), SaveError> {
         write_in(&self.path, name, data)
     }
 
     /// Writes `name` as pretty JSON with `schema_version` first ([`Versioned`]).
-    pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> io::Result<()> {
-        let json = serde_json::to_vec_pretty(&Versioned::new(v));
-        self.write(name, &json.map_err(io::Error::other)?)
+    pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> Result<(), SaveError> {
+        let json = serde_json::to_vec_pretty(&Versioned::new(v))
+            .map_err(|source| SaveError::Encode { what: name.into(), source })?;
+        self.write(name, &json)
     }
 }
 
 /// Writes `dir/name` atomically, errors naming the file.
-pub fn write_in(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+pub fn write_in(dir: &Path, name: &str, data: &[u8]) -> Result<(), SaveError> {
     let p = dir.join(name);
     if let Some(d) = p.parent() {
-        fs::create_dir_all(d).map_err(naming(d))?;
+        fs::create_dir_all(d)
+            .map_err(|source| SaveError::CreateDir { path: d.to_path_buf(), source })?;
     }
-    write_atomic(&p, data).map_err(naming(&p))
-}
-
-/// The error, saying which file it is about (a full disk fails whichever comes next).
-fn naming(path: &Path) -> impl Fn(io::Error) -> io::Error + '_ {
-    move |e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
+    write_atomic(&p, data).map_err(|source| SaveError::Write { path: p, source })
 }
 
 /// Truncates `file` (open for reading and appending) after its last newline: a line without

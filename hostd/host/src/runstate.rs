@@ -150,7 +150,7 @@ impl RunState {
                     c.processes_killed = c.processes_killed.max(killed);
                     c.cgroups_removed += removed;
                 }
-                Err(e) => c.errors.push(format!("cgroup {}: {e}", root.display())),
+                Err(e) => c.errors.push(e.to_string()),
             }
         }
         match list_netns() {
@@ -162,7 +162,7 @@ impl RunState {
                     }
                 }
             }
-            Err(e) => c.errors.push(e),
+            Err(e) => c.errors.push(format!("listing {}: {e}", crate::rtnl::NETNS_DIR)),
         }
         let disk = self.disk_dir();
         if disk.exists() {
@@ -192,12 +192,11 @@ pub fn owns_netns(run: &str, name: &str) -> bool {
 
 /// The named network namespaces: the files under /run/netns, where `ip netns` and
 /// [`crate::rtnl`] bind them (read directly: no `ip netns list` process).
-fn list_netns() -> Result<Vec<String>, String> {
-    let dir = Path::new(crate::rtnl::NETNS_DIR);
-    let rd = match fs::read_dir(dir) {
+fn list_netns() -> io::Result<Vec<String>> {
+    let rd = match fs::read_dir(crate::rtnl::NETNS_DIR) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
     Ok(rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect())
 }

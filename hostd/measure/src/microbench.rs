@@ -231,7 +231,7 @@ fn disk_file(opts: &BenchOptions, notes: &mut Vec<String>) -> Result<PathBuf> {
         None => {
             let p = opts.workdir.join("disk-bench.bin");
             write_data_file(&p, opts.disk_mib)
-                .map_err(host(format!("creating disk benchmark file {}", p.display())))?;
+                .map_err(host("creating the disk benchmark's file"))?;
             p
         }
     };
@@ -488,26 +488,35 @@ pub fn describe(spec: &BenchSpec) -> String {
     }
 }
 
+/// Why the disk benchmark's data file could not be written.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum DataFileError {
+    #[error("disk benchmark file {}: its size must be at least 1 MiB (0 asked)", path.display())]
+    ZeroSize { path: PathBuf },
+    #[error("writing disk benchmark file {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
 /// Writes `mb` MiB of non-zero data and syncs it, so reads really come from the disk
 /// (a sparse file would be served from holes without I/O).
-pub fn write_data_file(path: &Path, mb: u64) -> std::io::Result<()> {
+pub fn write_data_file(path: &Path, mb: u64) -> Result<(), DataFileError> {
     if mb == 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "disk benchmark file size must be > 0 MiB",
-        ));
+        return Err(DataFileError::ZeroSize { path: path.to_path_buf() });
     }
     let tmp = path.with_extension("partial");
-    let mut f = std::fs::File::create(&tmp)?;
+    let write = |source| DataFileError::Write { path: tmp.clone(), source };
+    let mut f = std::fs::File::create(&tmp).map_err(write)?;
     let mut block = vec![0u8; 1 << 20];
     for (i, b) in block.iter_mut().enumerate() {
         *b = (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] | 1;
     }
     for _ in 0..mb {
-        f.write_all(&block)?;
+        f.write_all(&block).map_err(write)?;
     }
-    f.sync_all()?;
+    f.sync_all().map_err(write)?;
     std::fs::rename(&tmp, path)
+        .map_err(|source| DataFileError::Write { path: path.to_path_buf(), source })
 }
 
 /// The human-readable table, provenance first.
@@ -551,4 +560,22 @@ pub fn table(run: &BenchRun) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zero-sized data file is refused by name, before anything is written.
+    #[test]
+    fn zero_sized_data_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disk.bin");
+        let e = write_data_file(&p, 0).unwrap_err();
+        assert!(matches!(&e, DataFileError::ZeroSize { path } if *path == p), "{e:?}");
+        assert!(e.to_string().contains("disk.bin"), "{e}");
+        assert!(!p.exists() && !p.with_extension("partial").exists());
+        let e = write_data_file(&d.path().join("no/such/dir.bin"), 1).unwrap_err();
+        assert!(matches!(e, DataFileError::Write { .. }), "{e:?}");
+    }
 }

@@ -39,6 +39,12 @@ const GIVE_UP_AFTER: usize = 10;
 const SERVE_AT_ONCE: usize = 256;
 /// The port every guest serves on for [`check_to`].
 pub const REACH_PORT: u16 = 5701;
+
+/// The longest a check spends on failures before it gives up: each a connect timeout and
+/// a retry's.
+pub fn worst_failures() -> Duration {
+    (CONNECT + RETRY_CONNECT) * GIVE_UP_AFTER as u32
+}
 /// Bytes each way in one [`check_to`] exchange: many full-size segments.
 const EXCHANGE: usize = 64 << 10;
 
@@ -113,37 +119,8 @@ pub async fn check(fleet: &Fleet) -> Reach {
             (a.process.pid(), to, across, format!("{} → {}", a.spec.name, b.spec.name))
         })
         .collect();
-    // A thread of its own: it enters each guest's network namespace in turn, which no
-    // runtime worker may (it would stay there).
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let mut failed = 0;
-        for (pid, to, across, what) in plan {
-            let r = connect_from(pid, to, CONNECT);
-            failed += usize::from(r.is_err());
-            out.push((across, what, r.map(|()| false), pid, to));
-            if failed >= GIVE_UP_AFTER {
-                break;
-            }
-        }
-        for (_, what, r, pid, to) in &mut out {
-            if let Err(e) = r {
-                tracing::info!("reach: {what}: {e}; trying once more");
-                if let Ok(()) = connect_from(*pid, *to, RETRY_CONNECT) {
-                    *r = Ok(true);
-                }
-            }
-        }
-        let _ = tx.send(out);
-    });
-    let outcome = rx.await.unwrap_or_default();
-    tally(
-        &mut r,
-        outcome.into_iter().map(|(a, w, res, _, _)| (a, w, res)),
-        n,
-        "guests not checked",
-    );
+    let plan = plan.into_iter().map(|(pid, to, across, what)| (Some(pid), to, across, what));
+    attempt_all(&mut r, plan.collect(), connect_from, "guests not checked").await;
     for (g, p) in guests.iter().zip(&ports) {
         if let Some(port) = p {
             let _ = g.conn.request(Command::NetStop { port: *port }, Duration::from_secs(10)).await;
@@ -226,6 +203,24 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
             )),
         }
     }
+    attempt_all(&mut r, plan, exchange_from, "connections not tried").await;
+    r
+}
+
+/// One planned attempt: the guest's host process (None: it has none, so it is not
+/// checked), where to, whether across bridges or hosts, and what it is in words.
+type Attempt = (Option<u32>, Option<SocketAddr>, bool, String);
+
+/// Tries each planned attempt with `attempt`, giving up after [`GIVE_UP_AFTER`] failures,
+/// then once more each failure (a single miss is not proof), and adds the outcome to `r`,
+/// `untried` saying what was not tried. On a thread of its own: it enters each guest's
+/// network namespace in turn, which no runtime worker may (it would stay there).
+async fn attempt_all(
+    r: &mut Reach,
+    plan: Vec<Attempt>,
+    attempt: fn(u32, Option<SocketAddr>, Duration) -> Result<(), ReachError>,
+    untried: &str,
+) {
     let n = plan.len();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
@@ -233,8 +228,8 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
         let mut failed = 0;
         for (pid, to, across, what) in plan {
             let res = match pid {
-                Some(pid) => exchange_from(pid, to, CONNECT),
-                None => Err("not checked".to_string()),
+                Some(pid) => attempt(pid, to, CONNECT),
+                None => Err(ReachError::NoProcess),
             };
             failed += usize::from(res.is_err());
             out.push((across, what, res.map(|()| false), pid, to));
@@ -242,11 +237,10 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
                 break;
             }
         }
-        // Once more for each failure, as in `check` (a single miss is not proof).
         for (_, what, res, pid, to) in &mut out {
             if let (Err(e), Some(pid)) = (&res, pid) {
                 tracing::info!("reach: {what}: {e}; trying once more");
-                if let Ok(()) = exchange_from(*pid, *to, RETRY_CONNECT) {
+                if let Ok(()) = attempt(*pid, *to, RETRY_CONNECT) {
                     *res = Ok(true);
                 }
             }
@@ -254,13 +248,7 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
         let _ = tx.send(out);
     });
     let outcome = rx.await.unwrap_or_default();
-    tally(
-        &mut r,
-        outcome.into_iter().map(|(a, w, res, _, _)| (a, w, res)),
-        n,
-        "connections not tried",
-    );
-    r
+    tally(r, outcome.into_iter().map(|(a, w, res, _, _)| (a, w, res)), n, untried);
 }
 
 /// Adds each attempt (across bridges or hosts, what it was, reached and whether only on the
@@ -268,7 +256,7 @@ pub async fn check_to(fleet: &Fleet, targets: &[(usize, Ipv4Addr)]) -> Reach {
 /// `n`, how many were `untried`.
 fn tally(
     r: &mut Reach,
-    outcome: impl Iterator<Item = (bool, String, Result<bool, String>)>,
+    outcome: impl Iterator<Item = (bool, String, Result<bool, ReachError>)>,
     n: usize,
     untried: &str,
 ) {
@@ -292,15 +280,36 @@ fn tally(
     }
 }
 
+/// Why one guest did not reach its neighbour, by step.
+#[derive(Debug, thiserror::Error)]
+enum ReachError {
+    /// The neighbour has no address or did not start serving.
+    #[error("the neighbour did not serve")]
+    NotServing,
+    /// The guest has no host process whose namespace could be entered.
+    #[error("not checked: the guest has no host process")]
+    NoProcess,
+    #[error("guest process {pid}'s network namespace: {source}")]
+    OpenNetns { pid: u32, source: std::io::Error },
+    #[error("entering guest process {pid}'s network namespace: {source}")]
+    EnterNetns { pid: u32, source: nix::Error },
+    #[error("connect {to}: {source}")]
+    Connect { to: SocketAddr, source: std::io::Error },
+    #[error("exchange with {to}: {source}")]
+    Exchange { to: SocketAddr, source: std::io::Error },
+    #[error("exchange with {to}: the echo differs from what was sent")]
+    WrongEcho { to: SocketAddr },
+}
+
 /// From `pid`'s network namespace, one request/response exchange of [`EXCHANGE`] bytes
 /// each way with the agent serving at `to` (its `R` mode echoes what it reads). Runs on a
 /// thread that may be left in that namespace.
-fn exchange_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<(), String> {
-    let to = to.ok_or("no address")?;
+fn exchange_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<(), ReachError> {
+    let to = to.ok_or(ReachError::NotServing)?;
     enter(pid)?;
-    let mut s =
-        TcpStream::connect_timeout(&to, timeout).map_err(|e| format!("connect {to}: {e}"))?;
-    let io = |e: std::io::Error| format!("exchange with {to}: {e}");
+    let mut s = TcpStream::connect_timeout(&to, timeout)
+        .map_err(|source| ReachError::Connect { to, source })?;
+    let io = |source| ReachError::Exchange { to, source };
     s.set_read_timeout(Some(CONNECT * 3)).map_err(io)?;
     s.set_write_timeout(Some(CONNECT * 3)).map_err(io)?;
     let mut msg = Vec::with_capacity(8 + EXCHANGE);
@@ -311,25 +320,27 @@ fn exchange_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<
     let mut back = vec![0u8; EXCHANGE];
     s.read_exact(&mut back).map_err(io)?;
     if back[..] != msg[8..] {
-        return Err(format!("exchange with {to}: the echo differs from what was sent"));
+        return Err(ReachError::WrongEcho { to });
     }
     Ok(())
 }
 
 /// Moves the calling thread into `pid`'s network namespace.
-fn enter(pid: u32) -> Result<(), String> {
+fn enter(pid: u32) -> Result<(), ReachError> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
-        .map_err(|e| format!("guest process {pid}'s network namespace: {e}"))?;
+        .map_err(|source| ReachError::OpenNetns { pid, source })?;
     nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("entering guest process {pid}'s network namespace: {e}"))
+        .map_err(|source| ReachError::EnterNetns { pid, source })
 }
 
 /// From `pid`'s network namespace, a TCP connection to `to`. Runs on a thread that may be
 /// left in that namespace.
-fn connect_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<(), String> {
-    let to = to.ok_or("the neighbour did not serve")?;
+fn connect_from(pid: u32, to: Option<SocketAddr>, timeout: Duration) -> Result<(), ReachError> {
+    let to = to.ok_or(ReachError::NotServing)?;
     enter(pid)?;
-    TcpStream::connect_timeout(&to, timeout).map(drop).map_err(|e| format!("connect {to}: {e}"))
+    TcpStream::connect_timeout(&to, timeout)
+        .map(drop)
+        .map_err(|source| ReachError::Connect { to, source })
 }
 
 impl Reach {

@@ -221,6 +221,14 @@ pub fn table(s: &BootSummary) -> String {
 /// The table's notes: what each row's start read, partial fleets, memory figures that
 /// disagree, hostd's own growth, the memory fit and the floor.
 fn table_notes(s: &BootSummary) -> String {
+    let mut out = row_notes(s);
+    out.push_str(&fit_notes(s));
+    out
+}
+
+/// The notes of each fleet's row: residency, partial fleets, memory cross-checks, hostd's
+/// own cost, reachability, stalls.
+fn row_notes(s: &BootSummary) -> String {
     let mut out = String::new();
     let o = |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
     for r in &s.rows {
@@ -305,6 +313,12 @@ fn table_notes(s: &BootSummary) -> String {
             ));
         }
     }
+    out
+}
+
+/// The notes across fleets: startup scaling, the memory fit, the launch floor.
+fn fit_notes(s: &BootSummary) -> String {
+    let mut out = String::new();
     for (key, sc) in &s.startup_scaling {
         out.push_str(&format!("startup ({key}): {}\n", scaling_line(sc)));
     }

@@ -20,8 +20,8 @@ pub enum UnseenError {
 pub enum LaunchError {
     #[error("preparing {what}: {source}")]
     Prepare { what: String, source: PrepareError },
-    #[error("creating the cgroup: {0}")]
-    Cgroup(std::io::Error),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("attaching to the fleet network: {0}")]
     Network(#[from] crate::netlab::NetError),
     #[error("starting {program}: {source}")]
@@ -50,6 +50,8 @@ pub enum PrepareError {
     OciConfig(#[from] oci::ConfigError),
     #[error(transparent)]
     Console(#[from] crate::console::ConsoleError),
+    #[error(transparent)]
+    NulByte(#[from] super::ns::NulByteError),
     /// A file or program the launch needs is not there.
     #[error("{0}")]
     Missing(&'static str),

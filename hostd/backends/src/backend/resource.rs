@@ -68,8 +68,8 @@ pub enum ReleaseError {
     /// The runtime refused to delete the container; `said` is its standard error.
     #[error("{} delete {id}: {said}", runtime.display())]
     DeleteContainer { runtime: PathBuf, id: String, said: String },
-    #[error("removing cgroup {}: {source}", dir.display())]
-    RemoveCgroup { dir: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    RemoveCgroup(#[from] crate::cgroup::CgroupError),
 }
 
 impl Resource {
@@ -122,9 +122,7 @@ impl Resource {
                     })
                 }
             }
-            Resource::Cgroup(cg) => cg
-                .remove()
-                .map_err(|e| ReleaseError::RemoveCgroup { dir: cg.dirs[0].clone(), source: e }),
+            Resource::Cgroup(cg) => Ok(cg.remove()?),
         }
     }
 }

@@ -31,35 +31,14 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
+mod error;
 mod netns;
+use error::err;
+pub use error::{RtnlCause, RtnlError};
 pub use netns::{add_netns, del_netns};
 
 /// Where named network namespaces live, as iproute2 keeps them.
 pub const NETNS_DIR: &str = "/run/netns";
-
-/// A failed network operation: what was being done and the kernel's answer.
-#[derive(Debug, thiserror::Error)]
-#[allow(missing_docs)] // each #[error] message says what its variant and fields are
-#[error("{what}: {source}")]
-pub struct RtnlError {
-    /// The operation, in `ip`'s words (e.g. "link add vbl3 type veth peer eth0 in vb-x-g3").
-    pub what: String,
-    #[source]
-    pub source: io::Error,
-}
-
-impl RtnlError {
-    /// The kernel said the device does not exist (ENODEV), as a deletion of a link already
-    /// gone does.
-    pub fn is_no_device(&self) -> bool {
-        self.source.raw_os_error() == Some(libc::ENODEV)
-    }
-}
-
-fn err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RtnlError {
-    let what = what.into();
-    move |source| RtnlError { what, source }
-}
 
 /// In the calling thread's network namespace: IPv6 off for every interface there and every
 /// one made or moved in later (`net.ipv6.conf.{all,default}.disable_ipv6 = 1`); nothing to
@@ -69,12 +48,12 @@ fn err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RtnlError {
 /// namespaces on one bridge, IPv6 on, lost 840,000 frames to the full per-CPU backlog
 /// (`/proc/net/softnet_stat`) while they were made and 63,000 a second while idle; IPv6 off,
 /// none. At 5000 guests the storm left no room for ARP: no guest reached the next bridge.
-fn ipv4_only() -> io::Result<()> {
+fn ipv4_only() -> Result<(), RtnlCause> {
     for which in ["default", "all"] {
-        let knob = format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6");
+        let knob = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6"));
         match std::fs::write(&knob, b"1") {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            r => r.map_err(|e| io::Error::new(e.kind(), format!("{knob}: {e}")))?,
+            r => r.map_err(|source| RtnlCause::Sysctl { knob, source })?,
         }
     }
     Ok(())
@@ -82,7 +61,10 @@ fn ipv4_only() -> io::Result<()> {
 
 /// Runs `f` on a new thread that has joined the network namespace at `path` (a file under
 /// /run/netns); the namespace is left with the thread.
-pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+pub fn in_netns<T: Send>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, RtnlCause> + Send,
+) -> Result<T, RtnlCause> {
     let ns = File::open(path)?;
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -91,7 +73,7 @@ pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> io::Result<T> + Send) 
             f()
         })
         .join()
-        .unwrap_or_else(|_| Err(io::Error::other("network namespace thread panicked")))
+        .unwrap_or(Err(RtnlCause::ThreadPanicked))
     })
 }
 
@@ -102,7 +84,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn open() -> io::Result<Conn> {
+    fn open() -> Result<Conn, RtnlCause> {
         let mut sock = Socket::new(NETLINK_ROUTE)?;
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
@@ -115,7 +97,7 @@ impl Conn {
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,
-    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+    ) -> Result<Vec<RouteNetlinkMessage>, RtnlCause> {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
@@ -130,15 +112,14 @@ impl Conn {
             let (data, _) = self.sock.recv_from_full()?;
             let mut off = 0;
             while off < data.len() {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])?;
                 let len = reply.header.length as usize;
                 if reply.header.sequence_number == self.seq {
                     match reply.payload {
                         NetlinkPayload::Error(e) => {
                             return match e.code {
                                 None => Ok(out),
-                                Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                                Some(code) => Err(io::Error::from_raw_os_error(-code.get()).into()),
                             };
                         }
                         NetlinkPayload::InnerMessage(m) => out.push(m),
@@ -155,7 +136,7 @@ impl Conn {
     }
 
     /// The index of link `name`.
-    fn index_of(&mut self, name: &str) -> io::Result<u32> {
+    fn index_of(&mut self, name: &str) -> Result<u32, RtnlCause> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.into()));
         let replies = self.request(RouteNetlinkMessage::GetLink(m), 0)?;
@@ -165,7 +146,7 @@ impl Conn {
                 RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
                 _ => None,
             })
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV).into())
     }
 
     /// The first attribute `pick` takes from the link `m` asks for (by name or index).
@@ -173,7 +154,7 @@ impl Conn {
         &mut self,
         m: LinkMessage,
         pick: impl Fn(LinkAttribute) -> Option<T>,
-    ) -> io::Result<Option<T>> {
+    ) -> Result<Option<T>, RtnlCause> {
         let replies = self.request(RouteNetlinkMessage::GetLink(m), 0)?;
         Ok(replies.into_iter().find_map(|r| match r {
             RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(&pick),
@@ -182,18 +163,18 @@ impl Conn {
     }
 
     /// The MTU of link `name`.
-    fn mtu_of(&mut self, name: &str) -> io::Result<u32> {
+    fn mtu_of(&mut self, name: &str) -> Result<u32, RtnlCause> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.into()));
         self.link_attr(m, |a| match a {
             LinkAttribute::Mtu(m) => Some(m),
             _ => None,
         })?
-        .ok_or_else(|| io::Error::other(format!("link {name} has no MTU attribute")))
+        .ok_or_else(|| RtnlCause::NoMtu { link: name.into() })
     }
 
     /// Sets link `index`'s MTU.
-    fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+    fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), RtnlCause> {
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.attributes.push(LinkAttribute::Mtu(mtu));
@@ -201,7 +182,7 @@ impl Conn {
     }
 
     /// Puts link `index` on bridge `master` and sets it up.
-    fn set_master_up(&mut self, index: u32, master: u32) -> io::Result<()> {
+    fn set_master_up(&mut self, index: u32, master: u32) -> Result<(), RtnlCause> {
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.header.flags = LinkFlags::Up;
@@ -305,7 +286,7 @@ pub fn add_leaf_bridge(
         let mut c = Conn::open()?;
         match c.index_of(bridge) {
             Ok(_) => return Ok(false),
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+            Err(e) if e.errno() == Some(libc::ENODEV) => {}
             Err(e) => return Err(e),
         }
         let mut b = LinkMessage::default();
@@ -369,16 +350,14 @@ pub fn dev_with_addr(addr: std::net::Ipv4Addr) -> Result<String, RtnlError> {
                 }
                 _ => None,
             })
-            .ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, "no device in this namespace has it")
-            })?;
+            .ok_or(RtnlCause::NoDeviceWithAddress { addr })?;
         let mut l = LinkMessage::default();
         l.header.index = index;
         c.link_attr(l, |a| match a {
             LinkAttribute::IfName(n) => Some(n),
             _ => None,
         })?
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
+        .ok_or_else(|| RtnlCause::Os(io::Error::from_raw_os_error(libc::ENODEV)))
     })()
     .map_err(err(what))
 }
@@ -496,14 +475,11 @@ const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TUN_EXCL: libc::c_int = 0x8000;
 
 /// Creates persistent tap `name` in the current thread's network namespace.
-fn make_tap(name: &str) -> io::Result<()> {
-    let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
-    }
+fn make_tap(name: &str) -> Result<(), RtnlCause> {
+    check_ifname(name)?;
     let tun = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
     let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
-    for (d, s) in req.name.iter_mut().zip(bytes) {
+    for (d, s) in req.name.iter_mut().zip(name.as_bytes()) {
         *d = *s as libc::c_char;
     }
     // IFF_TUN_EXCL: an existing tap of that name is an error, not attached to (as ip's).
@@ -513,6 +489,15 @@ fn make_tap(name: &str) -> io::Result<()> {
     unsafe { tun_set_iff(tun.as_raw_fd(), &req) }.map_err(io::Error::from)?;
     // SAFETY: TUNSETPERSIST takes an int by value on the descriptor TUNSETIFF attached.
     unsafe { tun_set_persist(tun.as_raw_fd(), 1) }.map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// An interface name the kernel takes: 1 to IFNAMSIZ - 1 bytes, no NUL.
+fn check_ifname(name: &str) -> Result<(), RtnlCause> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(RtnlCause::BadInterfaceName { name: name.into() });
+    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{err, RtnlError, NETNS_DIR};
+use super::{err, RtnlCause, RtnlError, NETNS_DIR};
 
 /// Creates the named network namespace `name` as `ip netns add` does: a new namespace held
 /// by a bind mount of it on /run/netns/NAME (the directory made a shared mount point first,
@@ -12,12 +12,11 @@ use super::{err, RtnlError, NETNS_DIR};
 pub fn add_netns(name: &str) -> Result<(), RtnlError> {
     let what = format!("netns add {name}");
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        let e = io::Error::new(io::ErrorKind::InvalidInput, "not a namespace name");
-        return Err(err(what)(e));
+        return Err(err(what)(RtnlCause::BadNamespaceName { name: name.into() }));
     }
     let dir = PathBuf::from(NETNS_DIR);
     let file = dir.join(name);
-    let r = (|| {
+    let r = (|| -> Result<(), RtnlCause> {
         share_netns_dir(&dir)?;
         std::fs::OpenOptions::new().write(true).create_new(true).open(&file)?;
         std::thread::scope(|s| {
@@ -33,13 +32,13 @@ pub fn add_netns(name: &str) -> Result<(), RtnlError> {
                 Ok::<_, nix::Error>(())
             })
             .join()
-            .unwrap_or(Err(nix::Error::EIO))
+            .map_err(|_| RtnlCause::ThreadPanicked)?
+            .map_err(|e| RtnlCause::Os(e.into()))
         })
-        .map_err(io::Error::from)
     })();
     if let Err(e) = r {
         // The file only if this call made it (EEXIST: someone else's namespace).
-        if e.kind() != io::ErrorKind::AlreadyExists {
+        if e.errno() != Some(libc::EEXIST) {
             let _ = nix::mount::umount2(&file, nix::mount::MntFlags::MNT_DETACH);
             let _ = std::fs::remove_file(&file);
         }
@@ -59,10 +58,10 @@ pub fn del_netns(name: &str) -> Result<(), RtnlError> {
     }
     match nix::mount::umount2(&file, nix::mount::MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::Error::EINVAL) => {}
-        Err(e) => return Err(err(what)(io::Error::from(e))),
+        Err(e) => return Err(err::<io::Error>(what)(e.into())),
     }
     match std::fs::remove_file(&file) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(what)(e)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err::<io::Error>(what)(e)),
         _ => Ok(()),
     }
 }

@@ -58,7 +58,7 @@ fn links_taps_and_namespaces_as_ip_makes_them() {
     assert!(here.contains("mtu 1450"), "{here}");
     // The guest's end has IPv6 off: no address of its own, so nothing it multicasts.
     let v6 = in_netns(&Path::new(NETNS_DIR).join(&guest.0), || {
-        std::fs::read_to_string("/proc/sys/net/ipv6/conf/eth0/disable_ipv6")
+        Ok(std::fs::read_to_string("/proc/sys/net/ipv6/conf/eth0/disable_ipv6")?)
     });
     if Path::new("/proc/sys/net/ipv6").exists() {
         assert_eq!(v6.unwrap().trim(), "1", "IPv6 on the guest's end");
@@ -86,4 +86,40 @@ fn links_taps_and_namespaces_as_ip_makes_them() {
     assert!(!left.contains("vbl0") && !left.contains("vbt0"), "{left}");
     assert!(!ip(&["-n", &guest.0, "-o", "link", "show"]).contains("eth0"));
     assert!(add_netns("a/b").is_err());
+}
+
+/// Bad names are refused before anything is asked of the kernel, each by its own case and
+/// naming the name; no root needed.
+#[test]
+fn bad_names_are_refused_by_name() {
+    for name in ["", "sixteen-bytes-xx", "a\0b"] {
+        let e = make_tap(name).unwrap_err();
+        assert!(matches!(&e, RtnlCause::BadInterfaceName { name: n } if n == name), "{e:?}");
+    }
+    assert!(make_tap("sixteen-bytes-xx").unwrap_err().to_string().contains("sixteen-bytes-xx"));
+    for name in ["", "a/b", ".", ".."] {
+        let e = add_netns(name).unwrap_err();
+        assert!(matches!(&e.source, RtnlCause::BadNamespaceName { name: n } if n == name), "{e:?}");
+        assert!(e.to_string().contains(&format!("netns add {name}")), "{e}");
+    }
+}
+
+/// An address no device holds is its own case, naming the address (a netlink dump needs no
+/// privilege).
+#[test]
+fn no_device_with_an_unheld_address() {
+    // TEST-NET-1: documentation only, never configured.
+    let addr = std::net::Ipv4Addr::new(192, 0, 2, 77);
+    let e = dev_with_addr(addr).unwrap_err();
+    assert!(matches!(e.source, RtnlCause::NoDeviceWithAddress { addr: a } if a == addr), "{e:?}");
+    assert!(e.to_string().contains("192.0.2.77"), "{e}");
+    // And a loopback address is found on lo.
+    assert_eq!(dev_with_addr(std::net::Ipv4Addr::LOCALHOST).unwrap(), "lo");
+}
+
+/// Entering a namespace that is not there is the OS's answer (ENOENT), not a panic.
+#[test]
+fn entering_a_missing_namespace_is_an_os_error() {
+    let e = in_netns(Path::new("/run/netns/vb-no-such-namespace"), || Ok(())).unwrap_err();
+    assert!(matches!(&e, RtnlCause::Os(o) if o.kind() == io::ErrorKind::NotFound), "{e:?}");
 }

@@ -57,22 +57,38 @@ pub fn offset_of(t1: i128, g: u64, t2: i128) -> Offset {
     Offset { theta_ns: g as i128 - (t1 + rtt / 2), err_ns: (rtt + 1) / 2 }
 }
 
-async fn clock_offset(conn: &AgentConn) -> Result<Offset, String> {
+/// Why a guest's run could not be put on the common start instant, by step.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each #[error] message says what its variant and fields are
+pub enum StartSyncError {
+    /// Which ping: a channel that loses some frames (a byte it eats) fails on one only.
+    #[error("clock ping {k} of {PINGS}: {source}")]
+    Ping { k: usize, source: crate::channel::ChannelError },
+    #[error("clock ping {k} of {PINGS} answered {reply}")]
+    NotPong { k: usize, reply: String },
+    /// The guest's times, mapped to the host's clock, fall outside the time its request was
+    /// out: a lie or a broken clock.
+    #[error(
+        "guest reports its {what} time {at_s:.6} s outside the {out_s:.6} s its request was out (clock offset {theta_s:.6} s ± {err_s:.6} s)"
+    )]
+    OutsideWindow { what: &'static str, at_s: f64, out_s: f64, theta_s: f64, err_s: f64 },
+}
+
+async fn clock_offset(conn: &AgentConn) -> Result<Offset, StartSyncError> {
     let mut best: Option<Offset> = None;
     for k in 1..=PINGS {
         let t1 = host_ns();
         let g = match conn.request(Command::Ping, PING_TIMEOUT).await {
             Ok(ReplyBody::Pong { monotonic_ns }) => monotonic_ns,
-            Ok(other) => return Err(format!("clock ping {k} of {PINGS} answered {other:?}")),
-            // Which one: a channel that loses some frames (a byte it eats) fails on one only.
-            Err(e) => return Err(format!("clock ping {k} of {PINGS}: {e}")),
+            Ok(other) => return Err(StartSyncError::NotPong { k, reply: format!("{other:?}") }),
+            Err(source) => return Err(StartSyncError::Ping { k, source }),
         };
         let o = offset_of(t1, g, host_ns());
         if best.is_none_or(|b| o.err_ns < b.err_ns) {
             best = Some(o);
         }
     }
-    best.ok_or_else(|| "no ping".to_string())
+    Ok(best.expect("PINGS is at least 1"))
 }
 
 /// How one instance's run related to the common instant and to the other instances.
@@ -165,7 +181,7 @@ pub async fn run_together(
         }))
         .await;
     }
-    let offsets: Vec<Result<Offset, String>> =
+    let offsets: Vec<Result<Offset, StartSyncError>> =
         futures::future::join_all(jobs.iter().map(|(g, _)| clock_offset(&g.conn))).await;
     let first_send = host_ns();
     let t0 = first_send + starter.lead.as_nanos() as i128;
@@ -230,7 +246,12 @@ pub async fn run_together(
 /// The guest's times, mapped to the host's clock, must lie within the time its request was
 /// out (`sent`..`answered`), give or take the clock error: anything else is a lie or a
 /// broken clock, and would make skew and overlap meaningless.
-fn check_window(r: &BenchReport, off: Offset, sent: i128, answered: i128) -> Result<(), String> {
+fn check_window(
+    r: &BenchReport,
+    off: Offset,
+    sent: i128,
+    answered: i128,
+) -> Result<(), StartSyncError> {
     let lo = sent - off.err_ns - SLACK_NS;
     let hi = answered + off.err_ns + SLACK_NS;
     let mut times = vec![("received", r.received_ns), ("prepared", r.prepared_ns)];
@@ -241,13 +262,13 @@ fn check_window(r: &BenchReport, off: Offset, sent: i128, answered: i128) -> Res
     for (what, t) in times {
         let h = t as i128 - off.theta_ns;
         if h < lo || h > hi {
-            return Err(format!(
-                "guest reports its {what} time {:.6} s outside the {:.6} s its request was out (clock offset {:.6} s ± {:.6} s)",
-                (h - sent) as f64 / 1e9,
-                (answered - sent) as f64 / 1e9,
-                off.theta_ns as f64 / 1e9,
-                off.err_ns as f64 / 1e9
-            ));
+            return Err(StartSyncError::OutsideWindow {
+                what,
+                at_s: (h - sent) as f64 / 1e9,
+                out_s: (answered - sent) as f64 / 1e9,
+                theta_s: off.theta_ns as f64 / 1e9,
+                err_s: off.err_ns as f64 / 1e9,
+            });
         }
     }
     Ok(())
@@ -404,10 +425,11 @@ mod tests {
         let e =
             check_window(&rep(1_000_100_000, 1_010_000_000, 1_200_000_000), off, sent, answered)
                 .unwrap_err();
-        assert!(e.contains("end time"), "{e}");
+        assert!(matches!(e, StartSyncError::OutsideWindow { what: "end", .. }), "{e:?}");
+        assert!(e.to_string().contains("end time"), "{e}");
         let e = check_window(&rep(900_000_000, 1_010_000_000, 1_090_000_000), off, sent, answered)
             .unwrap_err();
-        assert!(e.contains("received time"), "{e}");
+        assert!(e.to_string().contains("received time"), "{e}");
         // Extremes do not overflow.
         assert!(check_window(
             &rep(u64::MAX, u64::MAX, u64::MAX),

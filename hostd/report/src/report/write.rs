@@ -24,8 +24,8 @@ pub enum WriteError {
     )]
     LessData { path: std::path::PathBuf, had: usize, has: usize },
     /// A file of the report could not be written.
-    #[error("{0}")]
-    Write(std::io::Error),
+    #[error(transparent)]
+    Write(results::SaveError),
     #[error("report.json: {0}")]
     Json(serde_json::Error),
     #[error("report.csv: {0}")]

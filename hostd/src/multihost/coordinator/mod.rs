@@ -303,21 +303,40 @@ async fn await_booted(w: &mut Worker, slice: &Slice, within: Duration) -> Result
     }
 }
 
-/// One request to a worker and its answer within [`REPLY_WITHIN`].
-async fn ask(w: &mut Worker, m: &ToWorker) -> Result<FromWorker> {
+/// One request to a worker and its answer within `within`.
+async fn ask_within(w: &mut Worker, m: &ToWorker, within: Duration) -> Result<FromWorker> {
     proto::write(&mut w.w, m).await?;
-    timeout(REPLY_WITHIN, proto::read::<FromWorker, _>(&mut w.r))
+    timeout(within, proto::read::<FromWorker, _>(&mut w.r))
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {REPLY_WITHIN:?}"))?
+        .map_err(|_| anyhow::anyhow!("no answer within {within:?}"))?
         .map_err(Into::into)
 }
+
+/// Time a worker is given to have `guests` guests serve (one agent request each, a few
+/// hundred at once), or to tear them down.
+fn serve_within(guests: usize) -> Duration {
+    REPLY_WITHIN + SERVE_PER_GUEST * guests as u32
+}
+
+/// Time a worker is given for `pairs` exchanges, one after another, and the failures after
+/// which it gives up, each a connect timeout and a retry ([`crate::reach::worst_failures`]).
+fn reach_within(pairs: usize) -> Duration {
+    REPLY_WITHIN + REACH_PER_PAIR * pairs as u32 + crate::reach::worst_failures()
+}
+
+/// Per guest of a serve or teardown request: at 5000 guests a host took longer than
+/// [`REPLY_WITHIN`].
+const SERVE_PER_GUEST: Duration = Duration::from_millis(20);
+/// Per exchange of the reach check (setns, connect, 64 KiB each way; a few ms each here,
+/// with room for a loaded host): 5000 took longer than [`REPLY_WITHIN`].
+const REACH_PER_PAIR: Duration = Duration::from_millis(100);
 
 /// The reach check across hosts: every host's guests serve, then every host's ready guests
 /// exchange data with a guest of each other host ([`plan::reach_pairs`]). A worker that
 /// fails to answer, or answers wrongly, is lost.
 async fn reach(ws: &mut [Worker]) {
     futures::future::join_all(ws.iter_mut().filter(|w| w.rec.lost.is_none()).map(|w| async move {
-        match ask(w, &ToWorker::Serve).await {
+        match ask_within(w, &ToWorker::Serve, serve_within(w.rec.count)).await {
             Ok(FromWorker::Serving { failed }) if failed.len() <= w.rec.count => {
                 w.rec.serve_failed =
                     failed.iter().map(|f| f.chars().take(proto::MAX_TEXT).collect()).collect();
@@ -345,7 +364,7 @@ async fn reach(ws: &mut [Worker]) {
     futures::future::join_all(ws.iter_mut().zip(pairs).filter(|(w, _)| w.rec.lost.is_none()).map(
         |(w, pairs)| async move {
             let most = pairs.len();
-            match ask(w, &ToWorker::Reach { pairs }).await {
+            match ask_within(w, &ToWorker::Reach { pairs }, reach_within(most)).await {
                 Ok(FromWorker::Reached(r)) => match r.validate(most) {
                     Ok(()) => w.rec.reach = Some(r),
                     Err(e) => w.rec.lost = Some(format!("bad reach report: {e}")),
@@ -375,9 +394,11 @@ async fn hold(w: &mut Worker, d: Duration) {
 
 async fn tear_down(w: &mut Worker) -> Result<TornDown> {
     proto::write(&mut w.w, &ToWorker::Teardown).await?;
-    let m = timeout(REPLY_WITHIN, proto::read::<FromWorker, _>(&mut w.r))
+    // Guests stop together, but each is released (cgroup, veth, files) in turn.
+    let within = serve_within(w.rec.count);
+    let m = timeout(within, proto::read::<FromWorker, _>(&mut w.r))
         .await
-        .map_err(|_| anyhow::anyhow!("no teardown report within {REPLY_WITHIN:?}"))??;
+        .map_err(|_| anyhow::anyhow!("no teardown report within {within:?}"))??;
     match m {
         FromWorker::TornDown(t) => {
             t.validate(w.rec.count).map_err(|e| anyhow::anyhow!("bad teardown report: {e}"))?;
@@ -421,12 +442,15 @@ pub async fn run(o: &Options) -> Result<Outcome> {
         .spawn()
         .context("starting the workers with srun")?;
     let outcome = coordinate(o, &listener, &token, &mut srun, job).await;
-    // Workers exit once torn down (or once their link drops); srun with them.
-    match timeout(Duration::from_secs(60), srun.wait()).await {
+    // Workers exit once torn down (or once their link drops: a lost host's worker is still
+    // tearing its guests down); srun with them. Cancelled sooner, a host of 5000 guests was
+    // killed halfway and left them to the next hostd's orphan reaping.
+    let grace = serve_within(o.n); // no host holds more than the fleet
+    match timeout(grace, srun.wait()).await {
         Ok(Ok(st)) if !st.success() => eprintln!("hostd: srun exited {st}"),
         Ok(_) => {}
         Err(_) => {
-            eprintln!("hostd: srun still running 60 s after teardown: cancelling the step");
+            eprintln!("hostd: srun still running {grace:?} after teardown: cancelling the step");
             let _ = srun.kill().await;
         }
     }

@@ -182,9 +182,17 @@ impl Backend for Ns {
     }
 }
 
-fn cstring(p: impl AsRef<OsStr>) -> io::Result<CString> {
-    CString::new(p.as_ref().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+/// A path or argument for a system call holds a NUL byte, which a C string cannot carry.
+#[derive(Debug, thiserror::Error)]
+#[error("{text:?} contains a NUL byte, which a system call's argument cannot carry")]
+pub struct NulByteError {
+    /// The path or argument, lossily as text.
+    pub text: String,
+}
+
+fn cstring(p: impl AsRef<OsStr>) -> Result<CString, NulByteError> {
+    let p = p.as_ref();
+    CString::new(p.as_bytes()).map_err(|_| NulByteError { text: p.to_string_lossy().into() })
 }
 
 /// Moves `fd` to a number ≥ [`FD_FLOOR`] (close-on-exec), so the child's dup2 onto 0–3 can
@@ -386,7 +394,7 @@ impl Ns {
         let argv = args
             .iter()
             .map(cstring)
-            .collect::<io::Result<Vec<_>>>()
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| prepare("agent arguments", e))?;
         Ok((argv, shared_netns))
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::statvfs::FsFlags;
 
-use super::{cstring, DEVICES, DISK_IN_GUEST};
+use super::{cstring, NulByteError, DEVICES, DISK_IN_GUEST};
 
 /// Flags of the mount holding `path` that a bind remount of it must keep: in a user
 /// namespace the kernel locks them, and dropping one (even the atime mode) fails with EPERM.
@@ -156,7 +156,7 @@ pub(super) fn flag_names(f: MsFlags) -> String {
 ///   shared image must not gain a mount-point file);
 /// - with a user namespace, /proc (see [`IdMap`]);
 /// - the hostname; pivot_root into the new root and detach the old one.
-pub(super) fn plan(p: &PlanInput) -> io::Result<Vec<Step>> {
+pub(super) fn plan(p: &PlanInput) -> Result<Vec<Step>, NulByteError> {
     let c = |s: &str| cstring(s);
     let fd_path = |fd: RawFd| cstring(format!("/proc/self/fd/{fd}"));
     let mount = |src: Option<CString>,
@@ -164,7 +164,7 @@ pub(super) fn plan(p: &PlanInput) -> io::Result<Vec<Step>> {
                  fstype: Option<&str>,
                  flags: MsFlags,
                  data: Option<&str>|
-     -> io::Result<Step> {
+     -> Result<Step, NulByteError> {
         Ok(Step::Mount {
             src,
             target: c(target)?,

@@ -213,7 +213,11 @@ fn a_failing_step_stops_the_walk_and_is_named() {
 fn paths_with_nul_are_refused() {
     let mut p = input(None, false);
     p.hostname = "g\0";
-    assert_eq!(plan(&p).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    let e = plan(&p).unwrap_err();
+    assert_eq!(e.text, "g\0");
+    assert!(e.to_string().contains("\"g\\0\" contains a NUL byte"), "{e}");
+    let e = cstring(std::ffi::OsStr::new("/a\0b")).unwrap_err();
+    assert!(e.to_string().contains("/a\\0b"), "{e}");
 }
 
 #[test]

@@ -229,3 +229,19 @@ fn parent_pid_parsing_survives_odd_names() {
     // Our own parent, as a sanity check of the field position.
     assert_eq!(parent_of(std::process::id()), Some(nix::unistd::getppid().as_raw() as u32));
 }
+
+/// Making the groups names the directory that could not be made, by step: one below a file
+/// (Create), a relative path whose ancestors run out (NoParent).
+#[test]
+fn group_creation_failures_name_the_directory() {
+    use crate::cgroup::CgroupError;
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("plain");
+    std::fs::write(&file, "").unwrap();
+    let e = super::cgroups::create_groups(&file.join("g1")).unwrap_err();
+    assert!(matches!(&e, CgroupError::Create { dir, .. } if *dir == file.join("g1")), "{e:?}");
+    assert!(e.to_string().contains("plain/g1"), "{e}");
+    let rel = PathBuf::from(format!("vb-none-{}/g1", std::process::id()));
+    let e = super::cgroups::create_groups(&rel).unwrap_err();
+    assert!(matches!(e, CgroupError::NoParent { .. }), "{e:?}");
+}
