@@ -8,11 +8,12 @@
 //! 2-core host take minutes per backend. Run with
 //! `cargo test -p hostd --test debian -- --ignored --test-threads 1` after building it.
 //!
-//! State on 2026-12-06: ns and oci pass (agent PID 1 over the tree, said so). The VM tests
-//! fail: the guest kernels (`recipes/kernels/{uml,microvm,pc}.config`) have no cgroups,
-//! inotify or fhandle, and systemd stops at once ("Failed to mount tmpfs at /sys/fs/cgroup
-//! … Failed to mount API filesystems. Freezing execution.", seen on uml), so no guest says
-//! hello before the boot timeout.
+//! State on 2026-12-07: ns and oci pass (agent PID 1 over the tree, said so). The VM tests
+//! failed until the guest kernels (`recipes/kernels/{uml,microvm,pc}.config`) got CGROUPS,
+//! INOTIFY_USER and FHANDLE: systemd stopped at once ("Failed to mount tmpfs at
+//! /sys/fs/cgroup … Freezing execution."). With them, uml (fleet, private copies) and
+//! qemu-microvm (fleet) pass; results per backend: docs/benchmarks.md ("Debian
+//! fleets").
 
 mod support {
     pub mod cli;
