@@ -414,6 +414,9 @@ pub fn qemu_cmdline(profile: Profile, accel: Accel, base: &str, spec: &GuestSpec
     // loops; with many guests sharing two cores it failed ("IO-APIC + timer doesn't work!",
     // a panic) for 80 of 100 concurrent guests. Virtual timers work: skip the check.
     extra.push("no_timer_check".into());
+    // The agent configures eth0 (vb.net=eth0=…); an image's own udev would rename the q35
+    // guest's PCI NIC to enp0s2 ("setting the address on eth0: No such device" under systemd).
+    extra.push("net.ifnames=0".into());
     // microvm has no ACPI, so its kernel cannot power off; with `reboot=t` and
     // `-no-reboot` QEMU exits on a reboot, so the agent reboots when told to power off.
     if profile == Profile::Microvm {
