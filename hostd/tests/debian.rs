@@ -11,8 +11,8 @@
 //! State on 2026-12-07: ns and oci pass (agent PID 1 over the tree, said so). The VM tests
 //! failed until the guest kernels (`recipes/kernels/{uml,microvm,pc}.config`) got CGROUPS,
 //! INOTIFY_USER and FHANDLE: systemd stopped at once ("Failed to mount tmpfs at
-//! /sys/fs/cgroup … Freezing execution."). With them, uml (fleet, private copies) and
-//! qemu-microvm (fleet) pass; results per backend: docs/benchmarks.md ("Debian
+//! /sys/fs/cgroup … Freezing execution."). With them, uml (fleet, private copies),
+//! qemu-microvm (fleet) and qemu-full (fleet, since QEMU guests boot with net.ifnames=0) pass; results per backend: docs/benchmarks.md ("Debian
 //! fleets").
 
 mod support {
