@@ -141,26 +141,28 @@ const FD_RESERVE: u64 = 64;
 /// starts. Returns how many launches may be in flight at once within the limit (at least
 /// one): a fleet whose launches would not all fit together starts them in waves that do.
 fn descriptor_budget(kind: BackendKind, guests: usize) -> Result<usize, FleetError> {
+    let Some((limit, open)) = descriptors_now() else { return Ok(guests.max(1)) };
+    budget(kind, guests, limit, open)
+}
+
+/// hostd's descriptor limit (its soft limit raised to the hard one, once) and the
+/// descriptors it has open; None if the limit cannot be read.
+fn descriptors_now() -> Option<(u64, u64)> {
     // hostd's main raised it at start; a library caller (the tests) gets it here.
     static RAISE: std::sync::Once = std::sync::Once::new();
     RAISE.call_once(|| {
         crate::limits::raise_nofile();
     });
-    let Ok((limit, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-    else {
-        return Ok(guests.max(1));
-    };
+    let (limit, _) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
     let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
-    budget(kind, guests, limit, open)
+    Some((limit, open))
 }
 
 /// The most guests of `kind` hostd's descriptors allow now (its limit less what is open, a
 /// reserve and one launch in flight), or None if the limit cannot be read.
 pub fn descriptor_capacity(kind: BackendKind) -> Option<usize> {
-    crate::limits::raise_nofile();
-    let (limit, _) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
-    let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).ok()?;
+    let (limit, open) = descriptors_now()?;
     let room = limit.saturating_sub(open + FD_RESERVE + FDS_IN_FLIGHT);
     Some((room / fds_held(kind)) as usize)
 }
