@@ -104,17 +104,16 @@ pub fn cause(at: Option<Pressure>, before: Option<Pressure>, prev_n: usize) -> S
             .into();
     };
     let pct = |v: f64| format!("{:.0} %", v * 100.0);
+    // The same resource's stall at the size before (0 where none was read).
+    let then = |res: &str| {
+        before.and_then(|b| b.by_resource().into_iter().find(|(r, _)| *r == res)).map(|x| x.1)
+    };
     let was = |res: &str| {
-        before.map_or_else(String::new, |b| {
-            let v = b.by_resource().iter().find(|(r, _)| *r == res).map_or(0.0, |x| x.1);
-            format!(" ({} at n = {prev_n})", pct(v))
+        before.map_or_else(String::new, |_| {
+            format!(" ({} at n = {prev_n})", pct(then(res).unwrap_or(0.0)))
         })
     };
-    let rise = |res: &str, v: f64| {
-        v - before
-            .and_then(|b| b.by_resource().iter().find(|(r, _)| *r == res).map(|x| x.1))
-            .unwrap_or(0.0)
-    };
+    let rise = |res: &str, v: f64| v - then(res).unwrap_or(0.0);
     // Memory and I/O first: a stall on either is a resource that ran out, where CPU
     // contention alone is expected whenever more guests boot than there are cores.
     let short = at.by_resource()[1..]
