@@ -256,14 +256,7 @@ fn slurm_summary(out: &hostd::multihost::coordinator::Outcome) -> Done {
         m.t_startup_s.map_or("no guest ready".into(), |t| format!("{t:.4} s"))
     );
     eprintln!("hostd: results in {}", out.results.display());
-    let lost = out.boot.failures.len();
-    let mut short = Vec::new();
-    if lost > 0 || out.boot.startups.len() != m.n {
-        short.push(format!("{lost} of {} guests failed or lost", m.n));
-    }
-    if let Some(r) = out.boot.reach.as_ref().filter(|r| !r.all()) {
-        short.push(format!("reach across hosts: {}", r.line()));
-    }
+    let short = hostd::multihost::coordinator::shortfalls(m, &out.boot);
     if short.is_empty() {
         Done::All
     } else {

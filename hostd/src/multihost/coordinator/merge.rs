@@ -44,6 +44,9 @@ pub struct HostRecord {
     pub reach: Option<Reached>,
     /// Its teardown report.
     pub teardown: Option<TornDown>,
+    /// Why a live host's teardown report is missing (none within its time, a bad one, its
+    /// link dropped): what it left behind is unknown.
+    pub teardown_error: Option<String>,
     /// Why its guests are counted lost (the worker disconnected, died or misbehaved).
     pub lost: Option<String>,
 }
@@ -183,6 +186,34 @@ fn gather(o: &Options, hosts: &[HostRecord], pid: &str) -> Gathered {
     g.startups.sort_by_key(|s| s.index);
     g.failures.sort_by_key(|f| f.index);
     g
+}
+
+/// What fell short in a finished multi-host run, in words, each naming what it concerns:
+/// guests failed or lost, the reach check, and every host whose teardown was not shown
+/// clean (no report, or things left behind). Empty: every step done; otherwise the run
+/// finished with failures (exit status 3).
+pub fn shortfalls(m: &MultiHost, boot: &FleetBoot) -> Vec<String> {
+    let mut short = Vec::new();
+    let failed = boot.failures.len();
+    if failed > 0 || boot.startups.len() != m.n {
+        short.push(format!("{failed} of {} guests failed or lost", m.n));
+    }
+    if let Some(r) = boot.reach.as_ref().filter(|r| !r.all()) {
+        short.push(format!("reach across hosts: {}", r.line()));
+    }
+    for h in m.hosts.iter().filter(|h| h.lost.is_none()) {
+        match (&h.teardown, &h.teardown_error) {
+            (_, Some(e)) => short.push(format!("host {}: teardown not confirmed: {e}", h.hostname)),
+            (None, None) => short.push(format!("host {}: no teardown report", h.hostname)),
+            (Some(t), None) if !t.leftovers.is_empty() => short.push(format!(
+                "host {}: {} thing(s) left after teardown",
+                h.hostname,
+                t.leftovers.len()
+            )),
+            (Some(_), None) => {}
+        }
+    }
+    short
 }
 
 /// The reach check summed over the live hosts, each failure naming its host.

@@ -26,7 +26,7 @@ use crate::backend::BackendKind;
 use crate::startup::{FleetBoot, StartMode};
 
 mod merge;
-pub use merge::{HostRecord, MultiHost};
+pub use merge::{shortfalls, HostRecord, MultiHost};
 
 /// What `hostd boot --engine slurm` was asked for.
 #[derive(Debug, Clone)]
@@ -189,6 +189,7 @@ async fn hello_of(s: TcpStream, token: &str) -> Result<Worker, HelloError> {
         serve_failed: Vec::new(),
         reach: None,
         teardown: None,
+        teardown_error: None,
         lost: None,
     };
     Ok(Worker { hello, r, w, rec })
@@ -605,7 +606,10 @@ async fn tear_down_reporting(w: &mut Worker) {
             }
             w.rec.teardown = Some(t);
         }
-        Err(e) => eprintln!("hostd: host {}: teardown: {e:#}", w.name()),
+        Err(e) => {
+            eprintln!("hostd: host {}: teardown: {e:#}", w.name());
+            w.rec.teardown_error = Some(format!("{e:#}").chars().take(proto::MAX_TEXT).collect());
+        }
     }
 }
 

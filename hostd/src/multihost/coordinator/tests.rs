@@ -73,3 +73,106 @@ fn differing_images_name_the_host() {
     extra.insert("kernel".into(), "c".repeat(64));
     assert!(same_images(&extra, &own, "n4").unwrap_err().contains("kernel"));
 }
+
+/// A host of a finished run whose 2 guests (from `first`) are ready and torn down clean.
+fn host(name: &str, first: usize) -> HostRecord {
+    HostRecord {
+        hostname: name.into(),
+        node_id: None,
+        node_name: None,
+        addr: Ipv4Addr::LOCALHOST,
+        cpus: 1,
+        mem_mib: 100,
+        images: BTreeMap::new(),
+        first,
+        count: 2,
+        clock: None,
+        booted: None,
+        start_vs_coordinator_s: None,
+        serve_failed: Vec::new(),
+        reach: None,
+        teardown: Some(TornDown { clean: 2, killed: 0, leftovers: Vec::new() }),
+        teardown_error: None,
+        lost: None,
+    }
+}
+
+fn finished(hosts: Vec<HostRecord>) -> (MultiHost, FleetBoot) {
+    let n = hosts.iter().map(|h| h.count).sum();
+    let startups = (0..n)
+        .map(|index| crate::startup::StartupSample {
+            backend: BackendKind::Ns,
+            n,
+            mode: StartMode::Hot,
+            index,
+            ready_s: 0.1,
+            own_s: 0.1,
+            guest_boot_s: None,
+            guest_kernel_s: None,
+            provenance: String::new(),
+            residency: None,
+            image_copies: false,
+        })
+        .collect();
+    let m = MultiHost {
+        backend: BackendKind::Ns,
+        n,
+        mode: StartMode::Hot,
+        job: None,
+        t0_unix_ns: 0,
+        t_startup_s: Some(0.1),
+        hosts,
+    };
+    let boot = FleetBoot {
+        backend: BackendKind::Ns,
+        n,
+        mode: StartMode::Hot,
+        startups,
+        failures: Vec::new(),
+        memory: None,
+        teardown_clean: n,
+        teardown_killed: 0,
+        residency: None,
+        reach: None,
+    };
+    (m, boot)
+}
+
+#[test]
+fn a_missed_or_unclean_teardown_is_a_failure_naming_the_host() {
+    let (m, boot) = finished(vec![host("n1", 0), host("n2", 2)]);
+    assert!(shortfalls(&m, &boot).is_empty());
+    // No teardown report within its time: exit 3, naming n2 and why.
+    let mut h2 = host("n2", 2);
+    h2.teardown = None;
+    h2.teardown_error = Some("no teardown report within 60.2s".into());
+    let (m, boot) = finished(vec![host("n1", 0), h2]);
+    let s = shortfalls(&m, &boot);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].contains("host n2") && s[0].contains("no teardown report within"), "{s:?}");
+    // Neither a report nor a reason (never asked): still a failure.
+    let mut h1 = host("n1", 0);
+    h1.teardown = None;
+    let (m, boot) = finished(vec![h1, host("n2", 2)]);
+    assert_eq!(shortfalls(&m, &boot), ["host n1: no teardown report"]);
+    // A report of leftovers.
+    let mut h1 = host("n1", 0);
+    h1.teardown.as_mut().unwrap().leftovers.push("netns vb-x".into());
+    let (m, boot) = finished(vec![h1, host("n2", 2)]);
+    assert_eq!(shortfalls(&m, &boot), ["host n1: 1 thing(s) left after teardown"]);
+    // A lost host is counted by its guests, not again by its (never asked) teardown.
+    let mut h2 = host("n2", 2);
+    (h2.teardown, h2.lost) = (None, Some("link dropped".into()));
+    let (m, mut boot) = finished(vec![host("n1", 0), h2]);
+    boot.startups.truncate(2);
+    boot.failures = (2..4)
+        .map(|index| crate::fleet::GuestFailure {
+            index,
+            name: format!("g{index}"),
+            kind: crate::fleet::FailureKind::Crashed,
+            error: "host n2 lost: link dropped".into(),
+            console_tail: None,
+        })
+        .collect();
+    assert_eq!(shortfalls(&m, &boot), ["2 of 4 guests failed or lost"]);
+}
