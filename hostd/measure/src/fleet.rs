@@ -183,28 +183,55 @@ fn budget(kind: BackendKind, guests: usize, limit: u64, open: u64) -> Result<usi
 /// [`netlab::kernel_room`] for a fleet of `guests`, said as a warning when it changed the
 /// host or could not.
 fn kernel_room_said(guests: usize) {
-    let list = |v: &[(&str, u64, u64)], verb: &str| {
-        v.iter()
-            .map(|(k, old, new)| {
-                let name = k.trim_start_matches("/proc/sys/").replace('/', ".");
-                match old {
-                    0 => format!("{name} to {new}"),
-                    _ => format!("{name} {verb} {old} to {new}"),
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match netlab::kernel_room(guests) {
-        netlab::KernelRoom::Enough => {}
-        netlab::KernelRoom::Raised(v) => tracing::warn!(
+    if let Some(w) = kernel_room_words(guests, &netlab::kernel_room(guests)) {
+        tracing::warn!("{w}");
+    }
+}
+
+/// What [`kernel_room_said`] says of `room`, if anything.
+fn kernel_room_words(guests: usize, room: &netlab::KernelRoom) -> Option<String> {
+    use netlab::{KernelRoom, Unraised};
+    let name = |k: &str| k.trim_start_matches("/proc/sys/").replace('/', ".");
+    let join = |v: Vec<String>| v.join(", ");
+    let lost = "or broadcasts and connections between guests will be lost";
+    match room {
+        KernelRoom::Enough => None,
+        KernelRoom::Raised(v) => Some(format!(
             "{guests} guests on one network need room in kernel limits shared by every network namespace: raised {} (host-wide, left so)",
-            list(&v, "from")
-        ),
-        netlab::KernelRoom::Short(v) => tracing::warn!(
-            "{guests} guests on one network need room in kernel limits shared by every network namespace, which could not be raised from here: raise {} in the machine's own namespace, or broadcasts and connections between guests will be lost",
-            list(&v, "from")
-        ),
+            join(v.iter().map(|(k, old, new)| format!("{} from {old} to {new}", name(k))).collect())
+        )),
+        KernelRoom::Short(v) => {
+            let mut said = Vec::new();
+            let refused: Vec<String> = v
+                .iter()
+                .filter_map(|s| match &s.why {
+                    Unraised::Refused { have, error } => Some(format!(
+                        "{} is {have}, below the {} they need (writing it: {error})",
+                        name(s.knob),
+                        s.want
+                    )),
+                    Unraised::Unseen => None,
+                })
+                .collect();
+            if !refused.is_empty() {
+                said.push(format!(
+                    "{guests} guests on one network need room in kernel limits shared by every network namespace: {}; raise it from the machine's initial network namespace as root (sysctl -w), {lost}",
+                    join(refused)
+                ));
+            }
+            let unseen: Vec<String> = v
+                .iter()
+                .filter(|s| s.why == Unraised::Unseen)
+                .map(|s| format!("{} ≥ {}", name(s.knob), s.want))
+                .collect();
+            if !unseen.is_empty() {
+                said.push(format!(
+                    "{guests} guests on one network need {}, above the kernel's defaults; these limits are the machine's, set only from its initial network namespace, and hostd runs in another one (e.g. an emulated host) where they cannot be read or raised: make sure the machine has them, {lost}",
+                    join(unseen)
+                ));
+            }
+            Some(said.join("; "))
+        }
     }
 }
 
@@ -506,5 +533,40 @@ mod budget_tests {
         }
         // A VMM's guest holds tokio's pidfd too.
         assert!(budget(BackendKind::Uml, 5000, 20000, 10).is_err());
+    }
+}
+
+#[cfg(test)]
+mod kernel_room_tests {
+    use super::*;
+    use netlab::{KernelRoom, ShortKnob, Unraised};
+
+    #[test]
+    fn kernel_limits_are_said_as_they_are() {
+        assert_eq!(kernel_room_words(300, &KernelRoom::Enough), None);
+        let raised =
+            KernelRoom::Raised(vec![("/proc/sys/net/core/netdev_max_backlog", 1000, 2000)]);
+        let w = kernel_room_words(1000, &raised).unwrap();
+        assert!(w.contains("raised net.core.netdev_max_backlog from 1000 to 2000"), "{w}");
+        // An emulated host (not the initial network namespace): nothing was tried, and
+        // nothing is said to be below what is needed, since it cannot be read.
+        let unseen = KernelRoom::Short(vec![ShortKnob {
+            knob: "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+            want: 2400,
+            why: Unraised::Unseen,
+        }]);
+        let w = kernel_room_words(300, &unseen).unwrap();
+        assert!(w.contains("net.ipv4.neigh.default.gc_thresh3 ≥ 2400"), "{w}");
+        assert!(w.contains("initial network namespace") && w.contains("cannot be read"), "{w}");
+        assert!(!w.contains("could not be raised") && !w.contains("below"), "{w}");
+        // Read, too low, and the write refused: the value, the need and the kernel's reason.
+        let refused = KernelRoom::Short(vec![ShortKnob {
+            knob: "/proc/sys/net/core/netdev_max_backlog",
+            want: 2000,
+            why: Unraised::Refused { have: 1000, error: "Permission denied".into() },
+        }]);
+        let w = kernel_room_words(1000, &refused).unwrap();
+        assert!(w.contains("net.core.netdev_max_backlog is 1000, below the 2000"), "{w}");
+        assert!(w.contains("Permission denied") && w.contains("initial network namespace"), "{w}");
     }
 }

@@ -319,9 +319,32 @@ pub enum KernelRoom {
     /// Raised: each knob with its old and new value (host-wide, and left so: other fleets
     /// may be running).
     Raised(Vec<(&'static str, u64, u64)>),
-    /// Too small and not raisable from here (not the machine's own network namespace, or
-    /// not permitted): what to raise, and to what.
-    Short(Vec<(&'static str, u64, u64)>),
+    /// Possibly or surely too small, and not raised from here: each knob that is.
+    Short(Vec<ShortKnob>),
+}
+
+/// A kernel limit [`kernel_room`] could not make room in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShortKnob {
+    /// Its path under /proc/sys.
+    pub knob: &'static str,
+    /// What the fleet needs.
+    pub want: u64,
+    /// Why it was not raised.
+    pub why: Unraised,
+}
+
+/// Why a kernel limit was not raised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unraised {
+    /// It is `have`, below the need, and writing it failed (not permitted): the kernel's
+    /// reason.
+    Refused { have: u64, error: String },
+    /// It does not exist in this network namespace: the knobs of [`KERNEL_KNOBS`] are the
+    /// machine's initial namespace's alone (hostd runs in another, as in an emulated host
+    /// of `scripts/slurm-lab`), so its value is unknown here. Only said when the fleet
+    /// needs more than the kernel's default.
+    Unseen,
 }
 
 /// Makes room in the kernel for `guests` guests of fleets on this host ([`KERNEL_KNOBS`]),
@@ -337,10 +360,18 @@ pub fn kernel_room(guests: usize) -> KernelRoom {
             Some(have) if have >= want => {}
             Some(have) => match std::fs::write(knob, want.to_string()) {
                 Ok(()) => raised.push((knob, have, want)),
-                Err(_) => short.push((knob, have, want)),
+                Err(e) => short.push(ShortKnob {
+                    knob,
+                    want,
+                    why: Unraised::Refused { have, error: e.to_string() },
+                }),
             },
-            // Not the machine's namespace (the knob exists only there): cannot see or raise.
-            None => short.push((knob, 0, want)),
+            // Not the machine's initial namespace (the knob exists only there): its value
+            // is unknown; the kernel's default is enough unless someone lowered it.
+            None if want > floor as u64 => {
+                short.push(ShortKnob { knob, want, why: Unraised::Unseen })
+            }
+            None => {}
         }
     }
     match (raised.is_empty(), short.is_empty()) {

@@ -3,12 +3,9 @@ use super::*;
 #[test]
 fn a_small_fleet_needs_no_more_room_in_the_kernel() {
     // 10 guests need at most the kernel's defaults: nothing is written.
-    match kernel_room(10) {
-        KernelRoom::Enough => {}
-        // Outside the machine's own namespace the knobs are not there to read.
-        KernelRoom::Short(v) => assert!(v.iter().all(|(_, old, _)| *old == 0), "{v:?}"),
-        r => panic!("raised the host's table for 10 guests: {r:?}"),
-    }
+    // Outside the machine's initial namespace the knobs are not there to read, but the
+    // kernel's defaults are enough: nothing is said either.
+    assert_eq!(kernel_room(10), KernelRoom::Enough);
 }
 
 #[test]
