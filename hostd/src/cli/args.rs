@@ -146,6 +146,18 @@ pub(crate) struct RunArgs {
     /// Parent directory of the results directory.
     #[arg(long, default_value = "results", env = "VIRTBENCH_RESULTS")]
     pub(crate) results: PathBuf,
+    /// Where the campaign runs: this machine, or across Slurm nodes (then only the ring of
+    /// ns guests, spanning the hosts; docs/multihost.md).
+    #[arg(long, value_enum, default_value = "local", conflicts_with_all = ["resume", "dry_run"])]
+    pub(crate) engine: Engine,
+    /// With --engine slurm: nodes to use [default: SLURM_JOB_NUM_NODES inside an allocation;
+    /// required outside one, for salloc -N].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub(crate) hosts: Option<u16>,
+    /// With --engine slurm: the address workers connect to [default: this machine's
+    /// address on the route to the first node].
+    #[arg(long, value_name = "IP")]
+    pub(crate) listen: Option<std::net::IpAddr>,
     #[command(flatten)]
     pub(crate) images: ImageArgs,
 }

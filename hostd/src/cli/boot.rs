@@ -153,19 +153,6 @@ impl std::io::Write for BenchProgress {
 /// same command again under `salloc -N K`.
 pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
     use hostd::multihost::coordinator;
-    let in_job = std::env::var_os("SLURM_JOB_ID").is_some();
-    let job_nodes: Option<u16> =
-        std::env::var("SLURM_JOB_NUM_NODES").ok().and_then(|v| v.parse().ok());
-    let hosts = match (a.hosts, job_nodes, in_job) {
-        (Some(k), Some(j), true) if k > j => {
-            anyhow::bail!("--hosts {k}: the allocation has only {j} nodes")
-        }
-        (Some(k), _, _) => k,
-        (None, Some(j), true) => j,
-        (None, _, _) => anyhow::bail!(
-            "--engine slurm outside an allocation needs --hosts K (the nodes salloc asks for)"
-        ),
-    };
     if a.sizes.len() != 1 {
         anyhow::bail!("--engine slurm boots one fleet: give one size with -n (got {:?})", a.sizes);
     }
@@ -175,20 +162,7 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
     if a.to_memory_bound {
         anyhow::bail!("--engine slurm boots one size: --to-memory-bound needs several on one host");
     }
-    let exe =
-        std::env::current_exe().map_err(|e| anyhow::anyhow!("finding hostd's own path: {e}"))?;
-    if !in_job {
-        // salloc runs the command with the allocation's SLURM_* set: back here, in_job.
-        use std::os::unix::process::CommandExt;
-        let err = std::process::Command::new("salloc")
-            .arg("-N")
-            .arg(hosts.to_string())
-            .arg("--")
-            .arg(&exe)
-            .args(std::env::args_os().skip(1))
-            .exec();
-        anyhow::bail!("running salloc: {err}");
-    }
+    let (hosts, exe) = in_allocation(a.hosts)?;
     let mode = a.modes[0];
     if a.modes.len() > 1 {
         eprintln!("hostd: --engine slurm measures one start mode: {}", mode.name());
@@ -213,6 +187,9 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
         images,
         hold: Duration::from_secs(a.hold),
         reach: a.reach,
+        ring: None,
+        label: format!("boot-slurm-{}", a.backend),
+        notes: Vec::new(),
     };
     let out = tokio::select! {
         r = coordinator::run(&o) => Some(r),
@@ -227,9 +204,42 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
     Ok(slurm_summary(&out?))
 }
 
+/// The nodes to use and hostd's own path, inside a Slurm allocation; outside one, runs the
+/// same command again under `salloc -N K` (and so does not return unless salloc cannot run).
+pub(crate) fn in_allocation(hosts: Option<u16>) -> anyhow::Result<(u16, std::path::PathBuf)> {
+    let in_job = std::env::var_os("SLURM_JOB_ID").is_some();
+    let job_nodes: Option<u16> =
+        std::env::var("SLURM_JOB_NUM_NODES").ok().and_then(|v| v.parse().ok());
+    let hosts = match (hosts, job_nodes, in_job) {
+        (Some(k), Some(j), true) if k > j => {
+            anyhow::bail!("--hosts {k}: the allocation has only {j} nodes")
+        }
+        (Some(k), _, _) => k,
+        (None, Some(j), true) => j,
+        (None, _, _) => anyhow::bail!(
+            "--engine slurm outside an allocation needs --hosts K (the nodes salloc asks for)"
+        ),
+    };
+    let exe =
+        std::env::current_exe().map_err(|e| anyhow::anyhow!("finding hostd's own path: {e}"))?;
+    if !in_job {
+        // salloc runs the command with the allocation's SLURM_* set: back here, in_job.
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new("salloc")
+            .arg("-N")
+            .arg(hosts.to_string())
+            .arg("--")
+            .arg(&exe)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        anyhow::bail!("running salloc: {err}");
+    }
+    Ok((hosts, exe))
+}
+
 /// What a multi-host boot did, host by host and in all; with failures when guests were
 /// lost or the reach check fell short.
-fn slurm_summary(out: &hostd::multihost::coordinator::Outcome) -> Done {
+pub(crate) fn slurm_summary(out: &hostd::multihost::coordinator::Outcome) -> Done {
     let m = &out.multihost;
     for h in &m.hosts {
         let c = h
@@ -248,6 +258,15 @@ fn slurm_summary(out: &hostd::multihost::coordinator::Outcome) -> Done {
     }
     if let Some(r) = &out.boot.reach {
         println!("reach across hosts: {}", r.line());
+    }
+    if let Some(r) = &m.ring {
+        println!(
+            "ring across hosts: {} guests on {} hosts, {} of the {} links to a guest on another host, {} samples",
+            r.guests, r.hosts, r.links_across_hosts, r.guests, r.samples
+        );
+        for f in &r.failures {
+            eprintln!("hostd: ring: {f}");
+        }
     }
     println!(
         "T_startup({}) across {} hosts: {}",

@@ -53,6 +53,9 @@ pub(crate) fn nothing_recorded(dir: &std::path::Path) -> bool {
 pub(crate) async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
     // Everything that can be checked is, before anything is made.
     let campaign = campaign_of(&a)?;
+    if a.engine == Engine::Slurm {
+        return run_slurm(a, campaign).await;
+    }
     if a.dry_run {
         return dry_run(&a, &campaign);
     }
@@ -327,4 +330,76 @@ fn campaign_images(
             .map_err(|e| anyhow::anyhow!("{file}: {e:#}"))?;
     }
     Ok(images)
+}
+
+/// `hostd run --engine slurm`: the campaign's ring of ns guests spread over the hosts of a
+/// Slurm allocation (salloc'd if not inside one), one `hostd worker` per node, merged into
+/// one results directory with its report and every host's provenance (docs/multihost.md).
+/// The rest of the campaign (other backends, the single-guest suite, startup sizes) is not
+/// run across hosts: said in the provenance's notes.
+async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
+    use hostd::multihost::coordinator;
+    const BACKEND: BackendKind = BackendKind::Ns;
+    if !campaign.backends.iter().any(|b| b == BACKEND.name()) {
+        anyhow::bail!(
+            "--engine slurm measures the ring of ns guests across hosts: campaign {} does not list ns (it lists {})",
+            campaign.name,
+            campaign.backends.join(", ")
+        );
+    }
+    if !campaign.resources.contains(&vb_protocol::bench::Resource::Network) {
+        anyhow::bail!(
+            "--engine slurm measures the ring, a network test: campaign {} leaves out the network resource",
+            campaign.name
+        );
+    }
+    if campaign.guest.system.is_some() {
+        anyhow::bail!("--engine slurm boots the agent's image only, not --system");
+    }
+    let (hosts, exe) = cli::boot::in_allocation(a.hosts)?;
+    // At least one guest a host, so the ring spans every host.
+    let n = campaign.ring.guests.max(2).max(usize::from(hosts));
+    let images = hostd::images::resolve(a.images.agent.as_deref()).ok().map(|i| i.hashes);
+    let mut notes = vec![format!(
+        "campaign {} across hosts: only the ring of {n} {BACKEND} guests (the campaign asks for {}), spread over {hosts} hosts, with their startup; the other backends and tests are not run across hosts",
+        campaign.name, campaign.ring.guests
+    )];
+    notes.push(
+        "ring samples of a guest whose neighbour is on another host have the path veth+bridge+vxlan: VXLAN-encapsulated over the hosts' link, at the fleet network's MTU".into(),
+    );
+    let o = coordinator::Options {
+        backend: BACKEND,
+        n,
+        mode: StartMode::Hot,
+        mem_mib: campaign.guest.mem_mib,
+        vcpus: campaign.guest.vcpus,
+        parallelism: 0,
+        boot_timeout: Duration::from_secs(campaign.guest.boot_timeout_s),
+        network: true,
+        hosts: usize::from(hosts),
+        weights: Vec::new(),
+        listen: a.listen,
+        results: a.results,
+        exe,
+        images,
+        hold: Duration::ZERO,
+        reach: false,
+        ring: Some(coordinator::RingOptions {
+            workloads: campaign.workloads.clone(),
+            warmup: campaign.warmup,
+            reps: campaign.reps,
+            timeout: Duration::from_secs(campaign.guest.bench_timeout_s),
+        }),
+        label: format!("run-slurm-{}", campaign.name),
+        notes,
+    };
+    let out = tokio::select! {
+        r = coordinator::run(&o) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let Some(out) = out else {
+        eprintln!("hostd: interrupted: the workers tear down as their links drop");
+        std::process::exit(130);
+    };
+    Ok(cli::boot::slurm_summary(&out?))
 }

@@ -7,4 +7,5 @@ pub mod clock;
 pub mod coordinator;
 pub mod plan;
 pub mod proto;
+pub mod ring;
 pub mod worker;

@@ -38,6 +38,12 @@ pub enum FromWorker {
     Serving { failed: Vec<String> },
     /// Answer to [`ToWorker::Reach`].
     Reached(Reached),
+    /// Answer to [`ToWorker::RingServe`]: (guest's global index, the port its stream server
+    /// listens on) for each ready guest that serves, and the others' errors in words.
+    RingPorts { ports: Vec<(usize, u16)>, failed: Vec<String> },
+    /// Answer to [`ToWorker::RingRound`]: the round's samples of this host's guests, and
+    /// the errors of those that gave none.
+    RingSamples { samples: Vec<crate::suite::BenchSample>, failed: Vec<String> },
     /// It could not do what it was asked (its slice could not start at all).
     Error { message: String },
 }
@@ -174,8 +180,30 @@ pub enum ToWorker {
     /// Exchange data from each of your guests with a guest on another host: (your guest,
     /// the other), by global index.
     Reach { pairs: Vec<(usize, usize)> },
+    /// Have every ready guest start a stream server for the ring (its port is free).
+    RingServe,
+    /// One round of the ring across hosts (docs/multihost.md).
+    RingRound(RingRound),
     /// Tear your fleet down and report.
     Teardown,
+}
+
+/// One round of the ring across hosts: every listed guest of this host runs `test` to its
+/// neighbour, all starting together once CLOCK_REALTIME reaches `at_unix_ns`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RingRound {
+    pub test: crate::suite::Test,
+    /// Guests in the whole ring (on every host).
+    pub n: usize,
+    /// The counted repetition, from 0 (its samples' `rep`); None for a warm-up round.
+    pub rep: Option<u32>,
+    pub at_unix_ns: u64,
+    pub workloads: crate::suite::Workloads,
+    /// Seconds each guest's run may take.
+    pub timeout_s: u64,
+    /// (this host's guest by global index, its neighbour's stream server: address:port).
+    pub jobs: Vec<(usize, String)>,
 }
 
 /// A host's cross-host reach check: its guests' exchanges with guests on other hosts.

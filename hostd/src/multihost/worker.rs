@@ -267,6 +267,8 @@ async fn hold(
     w: &mut tokio::net::tcp::OwnedWriteHalf,
     term: &mut tokio::signal::unix::Signal,
 ) -> String {
+    // The ring's rounds learn how long their guests need to get ready (as on one host).
+    let mut starter = crate::suite::Starter::default();
     loop {
         let m = tokio::select! {
             m = proto::read::<ToWorker, _>(r) => m,
@@ -279,6 +281,10 @@ async fn hold(
                 failed: crate::reach::serve(fleet).await.iter().map(|f| clean(f)).collect(),
             },
             Ok(ToWorker::Reach { pairs }) => FromWorker::Reached(reach(fleet, &pairs).await),
+            Ok(ToWorker::RingServe) => super::ring::serve(fleet, clean).await,
+            Ok(ToWorker::RingRound(rr)) => {
+                super::ring::round(fleet, &rr, &mut starter, clean).await
+            }
             Ok(other) => {
                 break format!(
                     "the coordinator sent {:.200} while the fleet ran",

@@ -238,6 +238,11 @@ pub enum NetPath {
     /// mode): local traffic, as on loopback.
     #[serde(rename = "host-stack")]
     HostStack,
+    /// A guest network namespace's veth pair over its host's fleet bridge, then VXLAN
+    /// (encapsulated in UDP over the hosts' own link) to another host's bridge: a fleet
+    /// across hosts, traffic between guests on different hosts (docs/multihost.md).
+    #[serde(rename = "veth+bridge+vxlan")]
+    VethBridgeVxlan,
 }
 
 impl NetPath {
@@ -248,6 +253,7 @@ impl NetPath {
             NetPath::VethBridge => "veth+bridge",
             NetPath::TapBridge => "tap+bridge",
             NetPath::HostStack => "host-stack",
+            NetPath::VethBridgeVxlan => "veth+bridge+vxlan",
         }
     }
 
@@ -337,9 +343,13 @@ pub struct ShortKnob {
 /// Why a kernel limit was not raised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unraised {
-    /// It is `have`, below the need, and writing it failed (not permitted): the kernel's
-    /// reason.
-    Refused { have: u64, error: String },
+    /// It is below the need, and writing it failed (not permitted).
+    Refused {
+        /// Its value.
+        have: u64,
+        /// The kernel's reason.
+        error: String,
+    },
     /// It does not exist in this network namespace: the knobs of [`KERNEL_KNOBS`] are the
     /// machine's initial namespace's alone (hostd runs in another, as in an emulated host
     /// of `scripts/slurm-lab`), so its value is unknown here. Only said when the fleet

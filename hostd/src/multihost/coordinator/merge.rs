@@ -11,12 +11,13 @@ use serde::Serialize;
 use super::super::clock::Offset;
 use super::super::plan::{self, HostStart};
 use super::super::proto::{Booted, GuestReady, Reached, TornDown};
-use super::{Options, Outcome};
+use super::{Options, Outcome, RingSummary};
 use crate::backend::BackendKind;
 use crate::fleet::{FailureKind, GuestFailure};
 use crate::provenance::Provenance;
 use crate::results::ResultsDir;
 use crate::startup::{FleetBoot, StartMode, StartupSample};
+use crate::suite::BenchSample;
 
 /// One host of the run, as recorded in `multihost.json`.
 #[derive(Debug, Clone, Serialize)]
@@ -47,6 +48,9 @@ pub struct HostRecord {
     /// Why a live host's teardown report is missing (none within its time, a bad one, its
     /// link dropped): what it left behind is unknown.
     pub teardown_error: Option<String>,
+    /// Its guests' failures in the ring across hosts, in words.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ring_failed: Vec<String>,
     /// Why its guests are counted lost (the worker disconnected, died or misbehaved).
     pub lost: Option<String>,
 }
@@ -64,6 +68,9 @@ pub struct MultiHost {
     /// max over hosts of (lateness + slowest guest), s.
     pub t_startup_s: Option<f64>,
     pub hosts: Vec<HostRecord>,
+    /// The ring across hosts, when measured (its samples are in `samples.jsonl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ring: Option<RingSummary>,
 }
 
 /// One results directory: samples (ready times measured from T0), the boot summary and
@@ -73,8 +80,16 @@ pub(super) fn merge(
     hosts: Vec<HostRecord>,
     t0_unix_ns: u64,
     job: Option<String>,
+    ring: Option<(Vec<BenchSample>, RingSummary)>,
 ) -> Result<Outcome> {
     let provenance = provenance(o, &hosts, job.as_deref());
+    let (mut bench, ring) = match ring {
+        Some((b, s)) => (b, Some(s)),
+        None => (Vec::new(), None),
+    };
+    for s in &mut bench {
+        s.provenance = provenance.id();
+    }
     let g = gather(o, &hosts, &provenance.id());
     let reach = o.reach.then(|| reach_of(&hosts));
     let multihost = MultiHost {
@@ -85,6 +100,7 @@ pub(super) fn merge(
         t0_unix_ns,
         t_startup_s: plan::t_startup(&g.starts),
         hosts,
+        ring,
     };
     let boot = FleetBoot {
         backend: o.backend,
@@ -98,7 +114,7 @@ pub(super) fn merge(
         residency: None,
         reach,
     };
-    let results = write(o, provenance, &multihost, &boot)?;
+    let results = write(o, provenance, &multihost, &boot, &bench)?;
     Ok(Outcome { multihost, results, boot })
 }
 
@@ -111,11 +127,43 @@ fn provenance(o: &Options, hosts: &[HostRecord], job: Option<&str>) -> Provenanc
         .unwrap_or_else(|| hosts.first().map(|h| h.images.clone()).unwrap_or_default());
     let mut provenance = Provenance::collect(images);
     provenance.notes.push(format!(
-        "multi-host boot on {} hosts (Slurm job {}): ready times are measured from T0 on each host's own clock plus its start lateness; see multihost.json",
+        "multi-host run on {} hosts (Slurm job {}), this host the coordinator: ready times are measured from T0 on each host's own clock plus its start lateness; every host's record is in multihost.json",
         hosts.len(),
         job.unwrap_or("?")
     ));
+    provenance.notes.extend(hosts.iter().map(host_note));
+    provenance.notes.extend(o.notes.iter().cloned());
     provenance
+}
+
+/// One host's provenance in a line: who it is, what it ran, its clock, and how it ended.
+fn host_note(h: &HostRecord) -> String {
+    let node = match (&h.node_name, h.node_id) {
+        (Some(n), Some(i)) => format!("Slurm node {n} (#{i}), "),
+        _ => String::new(),
+    };
+    let clock = h.clock.map_or("not measured".into(), |c| {
+        format!("{:+.6} s ± {:.0} µs", c.offset_s, c.bound_s * 1e6)
+    });
+    let ended = match (&h.lost, &h.teardown, &h.teardown_error) {
+        (Some(l), _, _) => format!("LOST: {l}"),
+        (None, Some(t), _) if t.leftovers.is_empty() => "torn down clean".into(),
+        (None, Some(t), _) => format!("{} thing(s) left after teardown", t.leftovers.len()),
+        (None, None, e) => {
+            format!("teardown not confirmed: {}", e.as_deref().unwrap_or("no report"))
+        }
+    };
+    format!(
+        "host {}: {node}{}, {} CPUs, {} MiB; guests g{}–g{} ({}); {} image(s) checked equal to the reference; clock offset to the coordinator's {clock}; {ended}",
+        h.hostname,
+        h.addr,
+        h.cpus,
+        h.mem_mib,
+        h.first,
+        (h.first + h.count).saturating_sub(1),
+        h.count,
+        h.images.len()
+    )
 }
 
 /// The hosts' reports as one fleet's samples and failures.
@@ -201,6 +249,16 @@ pub fn shortfalls(m: &MultiHost, boot: &FleetBoot) -> Vec<String> {
     if let Some(r) = boot.reach.as_ref().filter(|r| !r.all()) {
         short.push(format!("reach across hosts: {}", r.line()));
     }
+    if let Some(r) = &m.ring {
+        if r.samples == 0 || !r.failures.is_empty() {
+            short.push(format!(
+                "the ring across hosts: {} samples, {} failure(s){}",
+                r.samples,
+                r.failures.len(),
+                r.failures.first().map_or(String::new(), |f| format!(", first: {f}"))
+            ));
+        }
+    }
     for h in m.hosts.iter().filter(|h| h.lost.is_none()) {
         match (&h.teardown, &h.teardown_error) {
             (_, Some(e)) => short.push(format!("host {}: teardown not confirmed: {e}", h.hostname)),
@@ -238,18 +296,22 @@ fn write(
     provenance: Provenance,
     multihost: &MultiHost,
     boot: &FleetBoot,
+    bench: &[BenchSample],
 ) -> Result<PathBuf> {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(':', "-");
     let mut results = ResultsDir::create_unique(
         &o.results,
-        &format!("{stamp}-boot-slurm-{}-{}", o.backend, crate::runstate::new_run_id()),
+        &format!("{stamp}-{}-{}", o.label, crate::runstate::new_run_id()),
     )?;
     results.write_json("provenance.json", &provenance)?;
     results.write_json("multihost.json", multihost)?;
     for r in boot.records() {
         results.append(&r)?;
+    }
+    for s in bench {
+        results.append(&crate::samples::Record::Bench(s.clone()))?;
     }
     let summary = crate::bootrun::summarise(provenance, vec![crate::bootrun::row(boot)]);
     crate::bootrun::write_outputs(&results, &summary)?;

@@ -26,7 +26,9 @@ use crate::backend::BackendKind;
 use crate::startup::{FleetBoot, StartMode};
 
 mod merge;
+mod ring;
 pub use merge::{shortfalls, HostRecord, MultiHost};
+pub use ring::{RingOptions, RingSummary};
 
 /// What `hostd boot --engine slurm` was asked for.
 #[derive(Debug, Clone)]
@@ -57,6 +59,12 @@ pub struct Options {
     pub hold: Duration,
     /// Check that every ready guest exchanges data with a guest on each other host.
     pub reach: bool,
+    /// Measure the ring across hosts once the fleet is up (`hostd run --engine slurm`).
+    pub ring: Option<RingOptions>,
+    /// What the results directory's name says after its date (e.g. `boot-slurm-ns`).
+    pub label: String,
+    /// Notes for the provenance (what the run did and did not measure).
+    pub notes: Vec<String>,
 }
 
 /// Clock pings per worker.
@@ -190,6 +198,7 @@ async fn hello_of(s: TcpStream, token: &str) -> Result<Worker, HelloError> {
         reach: None,
         teardown: None,
         teardown_error: None,
+        ring_failed: Vec::new(),
         lost: None,
     };
     Ok(Worker { hello, r, w, rec })
@@ -491,6 +500,13 @@ async fn coordinate(
     if o.reach {
         reach(&mut ws).await;
     }
+    let ring = match &o.ring {
+        Some(r) => {
+            eprintln!("hostd: measuring the ring across hosts");
+            Some(ring::run(&mut ws, r).await)
+        }
+        None => None,
+    };
     let up = ws.iter().filter(|w| w.rec.lost.is_none()).count();
     eprintln!(
         "hostd: {up} of {} hosts reported their slice; holding the fleet for {:?}",
@@ -508,7 +524,7 @@ async fn coordinate(
         }
     }
     futures::future::join_all(ws.iter_mut().map(tear_down_reporting)).await;
-    merge::merge(o, ws.into_iter().map(|w| w.rec).collect(), t0_unix_ns, job)
+    merge::merge(o, ws.into_iter().map(|w| w.rec).collect(), t0_unix_ns, job, ring)
 }
 
 /// The workers, connected, sorted by node, checked (same images, the backend available)

@@ -93,6 +93,7 @@ fn host(name: &str, first: usize) -> HostRecord {
         reach: None,
         teardown: Some(TornDown { clean: 2, killed: 0, leftovers: Vec::new() }),
         teardown_error: None,
+        ring_failed: Vec::new(),
         lost: None,
     }
 }
@@ -122,6 +123,7 @@ fn finished(hosts: Vec<HostRecord>) -> (MultiHost, FleetBoot) {
         t0_unix_ns: 0,
         t_startup_s: Some(0.1),
         hosts,
+        ring: None,
     };
     let boot = FleetBoot {
         backend: BackendKind::Ns,
