@@ -13,6 +13,7 @@ use vb_protocol::msg::{Command, ReplyBody};
 
 use super::clock::real_ns;
 use super::proto::{FromWorker, RingRound, MAX_TEXT};
+use crate::backend::BackendKind;
 use crate::fleet::Fleet;
 use crate::netlab::{FleetNet, NetPath};
 use crate::suite::{run_together, samples_of, BenchSample, Starter, Test};
@@ -71,18 +72,23 @@ pub fn check_ports(ports: &[(usize, u16)], ready: &BTreeSet<usize>) -> Result<()
 }
 
 /// A worker's samples of one round checked against what it was asked (`jobs`: its guests
-/// in the round), then labelled: the run's provenance id, and the path `veth+bridge+vxlan`
-/// for a guest whose neighbour is on another host (`across`, by global index).
+/// in the round, of `backend`), then labelled: the path `veth+bridge+vxlan` for a guest
+/// whose neighbour is on another host (`across`, by global index); a worker cannot claim
+/// that path for a link within its host.
 pub fn accept_samples(
     mut samples: Vec<BenchSample>,
     r: &RingRound,
+    backend: BackendKind,
     across: &BTreeMap<usize, bool>,
 ) -> Result<Vec<BenchSample>, String> {
     let asked: BTreeSet<usize> = r.jobs.iter().map(|(i, _)| *i).collect();
     let rep = r.rep.ok_or("samples of a warm-up round")?;
     let mut seen = BTreeSet::new();
     for s in &mut samples {
+        let crosses = across.get(&s.guest) == Some(&true);
         let ok = s.test == r.test
+            && s.backend == backend
+            && (crosses || s.net_path != Some(NetPath::VethBridgeVxlan))
             && s.resource == Resource::Network
             && s.n == r.n
             && s.rep == rep
@@ -96,11 +102,11 @@ pub fn accept_samples(
             && s.params.len() <= MAX_TEXT;
         if !ok {
             return Err(format!(
-                "a sample that is not one asked for (test {:?}, n {}, rep {}, guest {}, instance {}, value {})",
-                s.test, s.n, s.rep, s.guest, s.instance, s.value
+                "a sample that is not one asked for ({} {:?}, n {}, rep {}, guest {}, instance {}, value {}, path {:?})",
+                s.backend, s.test, s.n, s.rep, s.guest, s.instance, s.value, s.net_path
             ));
         }
-        if across.get(&s.guest) == Some(&true) {
+        if crosses {
             s.net_path = Some(NetPath::VethBridgeVxlan);
         }
     }
@@ -212,6 +218,8 @@ mod tests {
         assert!(check_ports(&[(3, 0)], &ready).is_err());
     }
 
+    const NS: BackendKind = BackendKind::Ns;
+
     #[test]
     fn samples_are_checked_and_those_across_hosts_labelled() {
         let r = RingRound {
@@ -232,18 +240,23 @@ mod tests {
             .unwrap()
         };
         let across: BTreeMap<usize, bool> = [(0, false), (1, true)].into();
-        let got = accept_samples(vec![s(0, 900.0), s(1, 400.0)], &r, &across).unwrap();
+        let got = accept_samples(vec![s(0, 900.0), s(1, 400.0)], &r, NS, &across).unwrap();
         assert_eq!(got[0].net_path, Some(NetPath::VethBridge));
         assert_eq!(got[1].net_path, Some(NetPath::VethBridgeVxlan));
         // Not asked for: another guest, twice, another rep, a warm-up, not a number.
-        assert!(accept_samples(vec![s(2, 1.0)], &r, &across).is_err());
-        assert!(accept_samples(vec![s(0, 1.0), s(0, 1.0)], &r, &across).is_err());
+        assert!(accept_samples(vec![s(2, 1.0)], &r, NS, &across).is_err());
+        assert!(accept_samples(vec![s(0, 1.0), s(0, 1.0)], &r, NS, &across).is_err());
         let mut other = s(0, 1.0);
         other.rep = 0;
-        assert!(accept_samples(vec![other], &r, &across).is_err());
+        assert!(accept_samples(vec![other], &r, NS, &across).is_err());
         let mut nan = s(0, 1.0);
         nan.value = f64::NAN;
-        assert!(accept_samples(vec![nan], &r, &across).is_err());
-        assert!(accept_samples(vec![], &RingRound { rep: None, ..r.clone() }, &across).is_err());
+        assert!(accept_samples(vec![nan], &r, NS, &across).is_err());
+        assert!(accept_samples(vec![], &RingRound { rep: None, ..r.clone() }, NS, &across).is_err());
+        // Another backend than the run's, or a claim of crossing hosts where it did not.
+        assert!(accept_samples(vec![s(0, 1.0)], &r, BackendKind::Oci, &across).is_err());
+        let mut claim = s(0, 1.0);
+        claim.net_path = Some(NetPath::VethBridgeVxlan);
+        assert!(accept_samples(vec![claim], &r, NS, &across).is_err());
     }
 }

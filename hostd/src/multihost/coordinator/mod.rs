@@ -503,7 +503,7 @@ async fn coordinate(
     let ring = match &o.ring {
         Some(r) => {
             eprintln!("hostd: measuring the ring across hosts");
-            Some(ring::run(&mut ws, r).await)
+            Some(ring::run(&mut ws, o.backend, r).await)
         }
         None => None,
     };

@@ -44,7 +44,11 @@ pub struct RingSummary {
 const ROUND_LEAD: Duration = Duration::from_secs(1);
 
 /// Runs the ring over the live workers' ready guests: its samples, labelled.
-pub(super) async fn run(ws: &mut [Worker], o: &RingOptions) -> (Vec<BenchSample>, RingSummary) {
+pub(super) async fn run(
+    ws: &mut [Worker],
+    backend: crate::backend::BackendKind,
+    o: &RingOptions,
+) -> (Vec<BenchSample>, RingSummary) {
     let mut sum = RingSummary::default();
     let mut out = Vec::new();
     // Every live host's ready guests start a stream server.
@@ -124,7 +128,7 @@ pub(super) async fn run(ws: &mut [Worker], o: &RingOptions) -> (Vec<BenchSample>
                             if r.rep.is_none() {
                                 return Vec::new();
                             }
-                            match ring::accept_samples(samples, &r, across) {
+                            match ring::accept_samples(samples, &r, backend, across) {
                                 Ok(s) => s,
                                 Err(e) => {
                                     w.rec.lost = Some(format!("bad ring samples: {e}"));
