@@ -58,7 +58,7 @@ pub(super) async fn run(
         }
         let ready: BTreeSet<usize> =
             w.rec.booted.iter().flat_map(|b| b.ready.iter().map(|g| g.index)).collect();
-        match ask_within(w, &ToWorker::RingServe, super::serve_within(w.rec.count)).await {
+        match ask_within(w, &ToWorker::RingServe, super::reach::serve_within(w.rec.count)).await {
             Ok(FromWorker::RingPorts { ports, failed }) => {
                 match ring::check_ports(&ports, &ready) {
                     Ok(()) => {
