@@ -19,16 +19,17 @@ use tokio::time::timeout;
 
 use super::clock::{self, mono_ns, real_ns, Offset, Round};
 use super::plan;
-use super::proto::{
-    self, Booted, FromWorker, Hello, NetPlan, Slice, SliceFleet, ToWorker, TornDown,
-};
+use super::proto::{self, Booted, FromWorker, Hello, NetPlan, Slice, SliceFleet, ToWorker};
 use crate::backend::BackendKind;
 use crate::startup::{FleetBoot, StartMode};
 
 mod merge;
+mod reach;
 mod ring;
+mod teardown;
 pub use merge::{shortfalls, HostRecord, MultiHost};
 pub use ring::{RingOptions, RingSummary};
+use teardown::{hold, tear_down_reporting, teardown_within};
 
 /// What `hostd boot --engine slurm` was asked for.
 #[derive(Debug, Clone)]
@@ -322,112 +323,6 @@ async fn ask_within(w: &mut Worker, m: &ToWorker, within: Duration) -> Result<Fr
         .map_err(Into::into)
 }
 
-/// Time a worker is given to tear `guests` guests down: they stop together, then each one's
-/// cgroups (three on a hybrid host), link and files are released; at 5000 a host, 160 s
-/// was not enough.
-fn teardown_within(guests: usize) -> Duration {
-    REPLY_WITHIN + TEARDOWN_PER_GUEST * guests as u32
-}
-
-/// Per guest of a teardown: cgroup v1 directories are removed one after another, tens of
-/// ms each on this machine.
-const TEARDOWN_PER_GUEST: Duration = Duration::from_millis(100);
-
-/// Time a worker is given to have `guests` guests serve (one agent request each, a few
-/// hundred at once).
-fn serve_within(guests: usize) -> Duration {
-    REPLY_WITHIN + SERVE_PER_GUEST * guests as u32
-}
-
-/// Time a worker is given for `pairs` exchanges, one after another, and the failures after
-/// which it gives up, each a connect timeout and a retry ([`crate::reach::worst_failures`]).
-fn reach_within(pairs: usize) -> Duration {
-    REPLY_WITHIN + REACH_PER_PAIR * pairs as u32 + crate::reach::worst_failures()
-}
-
-/// Per guest of a serve request: at 5000 guests a host took longer than [`REPLY_WITHIN`].
-const SERVE_PER_GUEST: Duration = Duration::from_millis(20);
-/// Per exchange of the reach check (setns, connect, 64 KiB each way; a few ms each here,
-/// with room for a loaded host): 5000 took longer than [`REPLY_WITHIN`].
-const REACH_PER_PAIR: Duration = Duration::from_millis(100);
-
-/// The reach check across hosts: every host's guests serve, then every host's ready guests
-/// exchange data with a guest of each other host ([`plan::reach_pairs`]). A worker that
-/// fails to answer, or answers wrongly, is lost.
-async fn reach(ws: &mut [Worker]) {
-    futures::future::join_all(ws.iter_mut().filter(|w| w.rec.lost.is_none()).map(|w| async move {
-        match ask_within(w, &ToWorker::Serve, serve_within(w.rec.count)).await {
-            Ok(FromWorker::Serving { failed }) if failed.len() <= w.rec.count => {
-                w.rec.serve_failed =
-                    failed.iter().map(|f| f.chars().take(proto::MAX_TEXT).collect()).collect();
-            }
-            Ok(other) => {
-                w.rec.lost = Some(format!("answered the serve request with {}", brief(&other)))
-            }
-            Err(e) => w.rec.lost = Some(format!("serving the reach check: {e:#}")),
-        }
-    }))
-    .await;
-    // Each live host's ready guests; each reaches the one at its own place on every other.
-    let ready: Vec<Vec<usize>> = ws
-        .iter()
-        .map(|w| match (&w.rec.lost, &w.rec.booted) {
-            (None, Some(b)) => {
-                let mut r: Vec<usize> = b.ready.iter().map(|g| g.index).collect();
-                r.sort_unstable();
-                r
-            }
-            _ => Vec::new(),
-        })
-        .collect();
-    let pairs = plan::reach_pairs(&ready);
-    futures::future::join_all(ws.iter_mut().zip(pairs).filter(|(w, _)| w.rec.lost.is_none()).map(
-        |(w, pairs)| async move {
-            let most = pairs.len();
-            match ask_within(w, &ToWorker::Reach { pairs }, reach_within(most)).await {
-                Ok(FromWorker::Reached(r)) => match r.validate(most) {
-                    Ok(()) => w.rec.reach = Some(r),
-                    Err(e) => w.rec.lost = Some(format!("bad reach report: {e}")),
-                },
-                Ok(other) => {
-                    w.rec.lost = Some(format!("answered the reach request with {}", brief(&other)))
-                }
-                Err(e) => w.rec.lost = Some(format!("the reach check: {e:#}")),
-            }
-        },
-    ))
-    .await;
-}
-
-/// Watches a worker's link for `d` while its fleet is up: it should say nothing; a dropped
-/// link (the worker or its host died) or any message loses its guests.
-async fn hold(w: &mut Worker, d: Duration) {
-    if w.rec.lost.is_some() {
-        return;
-    }
-    match timeout(d, proto::read::<FromWorker, _>(&mut w.r)).await {
-        Err(_) => {}
-        Ok(Ok(m)) => w.rec.lost = Some(format!("sent {} while its fleet was up", brief(&m))),
-        Ok(Err(e)) => w.rec.lost = Some(format!("its link dropped while its fleet was up: {e}")),
-    }
-}
-
-async fn tear_down(w: &mut Worker) -> Result<TornDown> {
-    proto::write(&mut w.w, &ToWorker::Teardown).await?;
-    // Guests stop together, but each is released (cgroup, veth, files) in turn.
-    let within = teardown_within(w.rec.count);
-    let m = timeout(within, proto::read::<FromWorker, _>(&mut w.r))
-        .await
-        .map_err(|_| anyhow::anyhow!("no teardown report within {within:?}"))??;
-    match m {
-        FromWorker::TornDown(t) => {
-            t.validate(w.rec.count).map_err(|e| anyhow::anyhow!("bad teardown report: {e}"))?;
-            Ok(t)
-        }
-        other => bail!("sent {} instead of its teardown report", brief(&other)),
-    }
-}
-
 /// What the run produced.
 pub struct Outcome {
     pub multihost: MultiHost,
@@ -498,7 +393,7 @@ async fn coordinate(
     }));
     reports.await;
     if o.reach {
-        reach(&mut ws).await;
+        reach::reach(&mut ws).await;
     }
     let ring = match &o.ring {
         Some(r) => {
@@ -608,25 +503,6 @@ async fn send_slices(
         slices.push(s);
     }
     Ok((slices, t0_unix_ns, t0_mono))
-}
-
-/// Tears a live worker's fleet down, saying what it left behind or why it could not.
-async fn tear_down_reporting(w: &mut Worker) {
-    if w.rec.lost.is_some() {
-        return;
-    }
-    match tear_down(w).await {
-        Ok(t) => {
-            for l in &t.leftovers {
-                eprintln!("hostd: host {}: left after teardown: {l}", w.name());
-            }
-            w.rec.teardown = Some(t);
-        }
-        Err(e) => {
-            eprintln!("hostd: host {}: teardown: {e:#}", w.name());
-            w.rec.teardown_error = Some(format!("{e:#}").chars().take(proto::MAX_TEXT).collect());
-        }
-    }
 }
 
 #[cfg(test)]

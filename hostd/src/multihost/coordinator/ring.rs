@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::super::clock::real_ns;
 use super::super::proto::{FromWorker, RingRound, ToWorker};
 use super::super::ring::{self, Member};
+use super::reach::serve_within;
 use super::{ask_within, brief, Worker, REPLY_WITHIN};
 use crate::suite::{BenchSample, Test, Workloads};
 
@@ -52,36 +53,7 @@ pub(super) async fn run(
     let mut sum = RingSummary::default();
     let mut out = Vec::new();
     // Every live host's ready guests start a stream server.
-    let served = futures::future::join_all(ws.iter_mut().map(|w| async move {
-        if w.rec.lost.is_some() {
-            return Vec::new();
-        }
-        let ready: BTreeSet<usize> =
-            w.rec.booted.iter().flat_map(|b| b.ready.iter().map(|g| g.index)).collect();
-        match ask_within(w, &ToWorker::RingServe, super::serve_within(w.rec.count)).await {
-            Ok(FromWorker::RingPorts { ports, failed }) => {
-                match ring::check_ports(&ports, &ready) {
-                    Ok(()) => {
-                        w.rec.ring_failed.extend(failed.iter().take(100).map(|f| printable(f)));
-                        ports
-                    }
-                    Err(e) => {
-                        w.rec.lost = Some(format!("bad ring ports: {e}"));
-                        Vec::new()
-                    }
-                }
-            }
-            Ok(other) => {
-                w.rec.lost = Some(format!("answered the ring's serve with {}", brief(&other)));
-                Vec::new()
-            }
-            Err(e) => {
-                w.rec.lost = Some(format!("serving the ring: {e:#}"));
-                Vec::new()
-            }
-        }
-    }))
-    .await;
+    let served = futures::future::join_all(ws.iter_mut().map(serve)).await;
     let members: Vec<Member> = served
         .iter()
         .enumerate()
@@ -97,7 +69,6 @@ pub(super) async fn run(
     sum.hosts = links.iter().map(|l| l.host).collect::<BTreeSet<_>>().len();
     sum.links_across_hosts = links.iter().filter(|l| l.across_hosts).count();
     let across: BTreeMap<usize, bool> = links.iter().map(|l| (l.index, l.across_hosts)).collect();
-    let timeout = o.timeout + ROUND_LEAD;
     for test in [Test::Ring, Test::RingLatency] {
         for i in 0..o.warmup + o.reps {
             let at_unix_ns = real_ns() + ROUND_LEAD.as_nanos() as u64;
@@ -116,37 +87,7 @@ pub(super) async fn run(
                         .map(|l| (l.index, l.peer.clone()))
                         .collect(),
                 };
-                let across = &across;
-                async move {
-                    if w.rec.lost.is_some() || r.jobs.is_empty() {
-                        return Vec::new();
-                    }
-                    let within = timeout + REPLY_WITHIN;
-                    match ask_within(w, &ToWorker::RingRound(r.clone()), within).await {
-                        Ok(FromWorker::RingSamples { samples, failed }) => {
-                            w.rec.ring_failed.extend(failed.iter().take(100).map(|f| printable(f)));
-                            if r.rep.is_none() {
-                                return Vec::new();
-                            }
-                            match ring::accept_samples(samples, &r, backend, across) {
-                                Ok(s) => s,
-                                Err(e) => {
-                                    w.rec.lost = Some(format!("bad ring samples: {e}"));
-                                    Vec::new()
-                                }
-                            }
-                        }
-                        Ok(other) => {
-                            w.rec.lost =
-                                Some(format!("answered a ring round with {}", brief(&other)));
-                            Vec::new()
-                        }
-                        Err(e) => {
-                            w.rec.lost = Some(format!("a ring round: {e:#}"));
-                            Vec::new()
-                        }
-                    }
-                }
+                round(w, r, o.timeout + ROUND_LEAD, backend, &across)
             }))
             .await;
             out.extend(rounds.into_iter().flatten());
@@ -158,6 +99,63 @@ pub(super) async fn run(
     }
     sum.samples = out.len();
     (out, sum)
+}
+
+/// Has a live worker's ready guests start a stream server each: their (guest, port), checked
+/// (none if the worker is or becomes lost).
+async fn serve(w: &mut Worker) -> Vec<(usize, u16)> {
+    if w.rec.lost.is_some() {
+        return Vec::new();
+    }
+    let ready: BTreeSet<usize> =
+        w.rec.booted.iter().flat_map(|b| b.ready.iter().map(|g| g.index)).collect();
+    match ask_within(w, &ToWorker::RingServe, serve_within(w.rec.count)).await {
+        Ok(FromWorker::RingPorts { ports, failed }) => match ring::check_ports(&ports, &ready) {
+            Ok(()) => {
+                w.rec.ring_failed.extend(failed.iter().take(100).map(|f| printable(f)));
+                ports
+            }
+            Err(e) => lose(w, format!("bad ring ports: {e}")),
+        },
+        Ok(other) => lose(w, format!("answered the ring's serve with {}", brief(&other))),
+        Err(e) => lose(w, format!("serving the ring: {e:#}")),
+    }
+}
+
+/// Sends one live worker its part of a round (its guests' links) and takes its samples,
+/// checked and labelled; none for a warm-up round, a worker with no part in the ring, or one
+/// that is or becomes lost. `timeout` is each guest's run and the round's start lead.
+async fn round(
+    w: &mut Worker,
+    r: RingRound,
+    timeout: Duration,
+    backend: crate::backend::BackendKind,
+    across: &BTreeMap<usize, bool>,
+) -> Vec<BenchSample> {
+    if w.rec.lost.is_some() || r.jobs.is_empty() {
+        return Vec::new();
+    }
+    let within = timeout + REPLY_WITHIN;
+    match ask_within(w, &ToWorker::RingRound(r.clone()), within).await {
+        Ok(FromWorker::RingSamples { samples, failed }) => {
+            w.rec.ring_failed.extend(failed.iter().take(100).map(|f| printable(f)));
+            if r.rep.is_none() {
+                return Vec::new();
+            }
+            match ring::accept_samples(samples, &r, backend, across) {
+                Ok(s) => s,
+                Err(e) => lose(w, format!("bad ring samples: {e}")),
+            }
+        }
+        Ok(other) => lose(w, format!("answered a ring round with {}", brief(&other))),
+        Err(e) => lose(w, format!("a ring round: {e:#}")),
+    }
+}
+
+/// Marks a worker lost, saying why: it gives nothing more.
+fn lose<T>(w: &mut Worker, why: String) -> Vec<T> {
+    w.rec.lost = Some(why);
+    Vec::new()
 }
 
 /// A worker's text as one bounded line.

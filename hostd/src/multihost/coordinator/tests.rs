@@ -1,4 +1,5 @@
 use super::*;
+use crate::multihost::proto::TornDown;
 use tokio::io::AsyncWriteExt;
 
 /// What the coordinator makes of a connection that sends `line` first.
