@@ -31,7 +31,7 @@ use std::time::Duration;
 use oci_spec::runtime::Spec;
 
 use super::launch::{
-    control_pair, host_halves, run_output, tool_version, GuestCommand, Halves, LaunchGuard,
+    control_pair, host_halves, run_output, tool_version, GuestCommand, Halves, LaunchGuard, Steps,
     ToolError,
 };
 use super::native::AGENT_FD;
@@ -241,6 +241,7 @@ impl Oci {
         spec: &GuestSpec,
         g: &mut LaunchGuard,
     ) -> Result<(Halves, Proc), LaunchError> {
+        let mut steps = Steps::start();
         let runtime = self.runtime_path().ok_or_else(|| {
             prepare(format!("OCI runtime {:?}", self.runtime), PrepareError::Missing("not found"))
         })?;
@@ -253,17 +254,26 @@ impl Oci {
             id: format!("vb-{}-{}", spec.run, spec.name),
         };
         let rel = cgroups_path(spec);
-        self.write_bundle(spec, g, &c, &rel, &workdir)?;
+        steps.mark("paths");
+        self.write_bundle(spec, g, &c, &rel, &workdir, &mut steps)?;
         let (host, guest) = control_pair()?;
         let log = g.console(&workdir.join("console.log"))?;
+        steps.mark("console");
         self.run_detached(g, &c, guest, log).await?;
+        steps.mark("runtime");
         let pid = pid_from_file(&c.pid_file()).map_err(|e| c.spawn_err(e))?;
         // Ours to reap if we adopted it (see Subreaper); else the host's init reaps it.
         let mut proc = Proc::from_pid(pid, parent_of(pid) == Some(std::process::id()))
             .map_err(|e| c.spawn_err(e))?;
+        steps.mark("pid");
         adopt_cgroup(spec, g, &c, pid, &rel);
+        steps.mark("adopt");
         match host_halves(host) {
-            Ok(halves) => Ok((halves, proc)),
+            Ok(halves) => {
+                steps.mark("halves");
+                steps.log(&spec.name);
+                Ok((halves, proc))
+            }
             Err(e) => {
                 // `delete --force` (held by `g`) stops the container; reap it here.
                 proc.kill();
@@ -283,8 +293,10 @@ impl Oci {
         c: &Container,
         rel: &Path,
         workdir: &Path,
+        steps: &mut Steps,
     ) -> Result<(), LaunchError> {
         let (template, rootfs) = self.template().map_err(|e| prepare("the bundle template", e))?;
+        steps.mark("template");
         let rootfs = match &self.system {
             Some((sys, agent)) => sys.container_root(workdir, agent, &SYSTEM_MOUNT_POINTS, g)?,
             None => rootfs,
@@ -299,16 +311,19 @@ impl Oci {
             ),
             None => None,
         };
+        steps.mark("dirs");
         let netns = match &spec.net {
             Some(n) => Some(g.private_netns(n, spec.index, &netns_name(spec))?.path()),
             None => None,
         };
+        steps.mark("net");
         // Where the runtime will create the groups, so a failed start still removes the
         // parents it made; replaced by what the container really joined (adopt_cgroup).
         g.set_cgroup(expected_cgroup(rel));
         if let Some(cg) = g.cgroup() {
             hold_run_groups(cg).map_err(LaunchError::Cgroup)?;
         }
+        steps.mark("groups");
         let config = derive_config(
             &template,
             &GuestConfig {
@@ -327,8 +342,11 @@ impl Oci {
         )
         .and_then(|config| if self.system.is_some() { over_system(config) } else { Ok(config) })
         .map_err(|e| prepare("the guest's config.json", e))?;
+        steps.mark("derive");
         let cfg_path = c.bundle.join("config.json");
-        config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), ConfigError::from(e)))
+        config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), ConfigError::from(e)))?;
+        steps.mark("save");
+        Ok(())
     }
 
     /// `<runtime> run --detach`, the channel's guest end as the agent's fd 3; Ok once the
