@@ -57,6 +57,9 @@ pub struct Oci {
     bundle: Option<PathBuf>,
     /// A system image to run over (each guest on its own overlay), with the agent to add.
     system: Option<(System, PathBuf)>,
+    /// The bundle's template and rootfs once read and checked ([`Oci::template`]): a fleet's
+    /// launches share them instead of each parsing config.json again.
+    template: std::sync::OnceLock<(Spec, PathBuf)>,
 }
 
 /// Container mount points a system image's overlay must have (made in its upper layer
@@ -70,6 +73,7 @@ impl Oci {
             runtime: opts.oci_runtime.clone(),
             bundle: images.bundle.clone(),
             system: images.system.clone().map(|s| (s.for_container("oci"), images.agent.clone())),
+            template: std::sync::OnceLock::new(),
         }
     }
 
@@ -79,6 +83,7 @@ impl Oci {
             runtime: self.runtime.clone(),
             bundle: images.bundle.clone(),
             system: images.system.clone().map(|s| (s.for_container("oci"), images.agent.clone())),
+            template: std::sync::OnceLock::new(),
         }
     }
 
@@ -93,8 +98,17 @@ impl Oci {
             .find(|p| p.is_file())
     }
 
-    /// The bundle's template config and its rootfs (absolute, checked to hold the agent).
-    fn template(&self) -> Result<(Spec, PathBuf), TemplateError> {
+    /// The bundle's template config and its rootfs (absolute, checked to hold the agent);
+    /// read on first use, then kept.
+    fn template(&self) -> Result<&(Spec, PathBuf), TemplateError> {
+        if let Some(t) = self.template.get() {
+            return Ok(t);
+        }
+        let t = self.read_template()?;
+        Ok(self.template.get_or_init(|| t))
+    }
+
+    fn read_template(&self) -> Result<(Spec, PathBuf), TemplateError> {
         let bundle = self.bundle.as_ref().ok_or(TemplateError::NoBundle)?;
         let cfg = bundle.join("config.json");
         if !cfg.is_file() {
@@ -131,9 +145,9 @@ impl Oci {
         std::fs::create_dir_all(dir)
             .map_err(|source| FloorBundleError::Dir { path: dir.to_path_buf(), source })?;
         let config = derive_config(
-            &template,
+            template,
             &GuestConfig {
-                rootfs: &rootfs,
+                rootfs,
                 hostname: "floor",
                 agent_args: Vec::new(),
                 netns: None,
@@ -182,7 +196,7 @@ impl Backend for Oci {
             .await
             .map_err(|e| unavailable(format!("{} --version: {e}", runtime.display())))?;
         let (template, rootfs) = self.template().map_err(|e| unavailable(e.to_string()))?;
-        let ran = probe_run(&runtime, &template, &rootfs).await.map_err(|e| {
+        let ran = probe_run(&runtime, template, rootfs).await.map_err(|e| {
             unavailable(format!("{version} ({}): a test container failed: {e}", runtime.display()))
         })?;
         Ok(format!(
@@ -299,7 +313,7 @@ impl Oci {
         steps.mark("template");
         let rootfs = match &self.system {
             Some((sys, agent)) => sys.container_root(workdir, agent, &SYSTEM_MOUNT_POINTS, g)?,
-            None => rootfs,
+            None => rootfs.clone(),
         };
         for d in [&c.bundle, &c.state] {
             std::fs::create_dir_all(d).map_err(|e| prepare(d.display(), e))?;
@@ -325,7 +339,7 @@ impl Oci {
         }
         steps.mark("groups");
         let config = derive_config(
-            &template,
+            template,
             &GuestConfig {
                 rootfs: &rootfs,
                 hostname: &spec.name,
@@ -410,9 +424,9 @@ impl Oci {
 /// expected ones.
 fn adopt_cgroup(spec: &GuestSpec, g: &mut LaunchGuard, c: &Container, pid: u32, rel: &Path) {
     let proc_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mountinfo = cgroups::cgroup_mounts().unwrap_or_default();
     // Path::ends_with compares whole components: `rel` is relative, so any prefix matches.
-    match crate::cgroup::dirs_of(&proc_cgroup, &mountinfo, |p| {
+    match crate::cgroup::dirs_of(&proc_cgroup, mountinfo, |p| {
         p.ends_with(rel).then(|| p.to_path_buf())
     }) {
         Some(cg) => g.set_cgroup(Some(cg)),
