@@ -58,8 +58,9 @@ pub struct Oci {
     /// A system image to run over (each guest on its own overlay), with the agent to add.
     system: Option<(System, PathBuf)>,
     /// The bundle's template and rootfs once read and checked ([`Oci::template`]): a fleet's
-    /// launches share them instead of each parsing config.json again.
-    template: std::sync::OnceLock<(Spec, PathBuf)>,
+    /// launches share them instead of each parsing config.json again. Boxed: a Spec is
+    /// kilobytes, and the backend is one variant of an enum.
+    template: std::sync::OnceLock<Box<(Spec, PathBuf)>>,
 }
 
 /// Container mount points a system image's overlay must have (made in its upper layer
@@ -105,7 +106,7 @@ impl Oci {
             return Ok(t);
         }
         let t = self.read_template()?;
-        Ok(self.template.get_or_init(|| t))
+        Ok(self.template.get_or_init(|| Box::new(t)))
     }
 
     fn read_template(&self) -> Result<(Spec, PathBuf), TemplateError> {
