@@ -149,12 +149,23 @@ pub async fn boot(
         Ok(r) => r.map_err(|source| BootError::Launch { guest: spec.name.clone(), source })?,
         Err(_) => return Err(BootError::LaunchTimeout { guest: spec.name, after: deadline }),
     };
+    let launched_after = t0.elapsed();
     let mut process = launched.guest;
     let watch = process.proc.exit_watch();
     let left = end.saturating_duration_since(tokio::time::Instant::now());
     match AgentConn::establish_watched(launched.reader, launched.writer, left, watch).await {
         Ok((conn, hello)) => Ok(RunningGuest {
-            startup: t0.elapsed(),
+            startup: {
+                let startup = t0.elapsed();
+                // The split of each guest's own start (launch call, then the hello's wait).
+                tracing::debug!(
+                    guest = %spec.name,
+                    "launch {:.3} ms, hello {:.3} ms after it",
+                    launched_after.as_secs_f64() * 1e3,
+                    (startup - launched_after).as_secs_f64() * 1e3
+                );
+                startup
+            },
             spec,
             conn: std::sync::Arc::new(conn),
             hello,

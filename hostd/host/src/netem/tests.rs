@@ -315,7 +315,7 @@ fn traffic_is_classified_by_destination_site() {
     let guests: Vec<String> = (0..3).map(|i| format!("vbt-cl{}-{i}", std::process::id())).collect();
     let r = std::panic::catch_unwind(|| {
         for (i, g) in guests.iter().enumerate() {
-            crate::netlab::ip(&["netns", "add", g]).unwrap();
+            FleetNet::add_netns(g).unwrap();
             fleet.add_veth_to_netns(&netlab::link_name("vbl", i), i, g).unwrap();
             let addr = format!("{}/16", FleetNet::guest_addr(i).unwrap());
             crate::netlab::ip(&["-n", g, "addr", "add", &addr, "dev", "eth0"]).unwrap();

@@ -217,7 +217,7 @@ fn new_veth(name: &str, master: u32, peer: Vec<LinkAttribute>, mtu: Option<u32>)
 pub enum PeerNs {
     /// The network namespace of a process.
     Pid(u32),
-    /// A named namespace under /run/netns.
+    /// A named namespace under /run/netns, made by [`add_netns`] (IPv6 already off there).
     Named(String),
 }
 
@@ -250,8 +250,11 @@ pub fn add_veth(
         PeerNs::Pid(p) => PathBuf::from(format!("/proc/{p}/ns/net")),
         PeerNs::Named(n) => Path::new(NETNS_DIR).join(n),
     };
-    // Before the peer moves in: it takes the namespace's defaults as it arrives.
-    in_netns(&peer_path, ipv4_only).map_err(err(&what))?;
+    // Before the peer moves in: it takes the namespace's defaults as it arrives. A named
+    // namespace had them set by add_netns as it was made.
+    if let PeerNs::Pid(_) = peer_ns {
+        in_netns(&peer_path, ipv4_only).map_err(err(&what))?;
+    }
     let (peer_attr, _peer_fd) = match peer_ns {
         PeerNs::Pid(p) => (LinkAttribute::NetNsPid(*p), None),
         PeerNs::Named(_) => {

@@ -8,7 +8,9 @@ use super::{err, RtnlCause, RtnlError, NETNS_DIR};
 
 /// Creates the named network namespace `name` as `ip netns add` does: a new namespace held
 /// by a bind mount of it on /run/netns/NAME (the directory made a shared mount point first,
-/// so the name is seen in mount namespaces made later). Nothing is left if a step fails.
+/// so the name is seen in mount namespaces made later). IPv6 is off in it from the start
+/// (`ipv4_only`; done by the thread that made it, which is already inside, so
+/// a veth into it needs no thread of its own for that). Nothing is left if a step fails.
 pub fn add_netns(name: &str) -> Result<(), RtnlError> {
     let what = format!("netns add {name}");
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
@@ -21,19 +23,20 @@ pub fn add_netns(name: &str) -> Result<(), RtnlError> {
         std::fs::OpenOptions::new().write(true).create_new(true).open(&file)?;
         std::thread::scope(|s| {
             s.spawn(|| {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+                let os = |e: nix::Error| RtnlCause::Os(e.into());
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(os)?;
+                super::ipv4_only()?;
                 nix::mount::mount(
                     Some("/proc/thread-self/ns/net"),
                     &file,
                     None::<&str>,
                     nix::mount::MsFlags::MS_BIND,
                     None::<&str>,
-                )?;
-                Ok::<_, nix::Error>(())
+                )
+                .map_err(os)
             })
             .join()
             .map_err(|_| RtnlCause::ThreadPanicked)?
-            .map_err(|e| RtnlCause::Os(e.into()))
         })
     })();
     if let Err(e) = r {
@@ -67,8 +70,22 @@ pub fn del_netns(name: &str) -> Result<(), RtnlError> {
 }
 
 /// Makes /run/netns a shared mount point (bind-mounted on itself if it is not a mount yet),
-/// as iproute2 does before its first namespace.
+/// as iproute2 does before its first namespace. Once per process: the check reads the whole
+/// mount table, which every namespace made adds a line to, so a fleet paid for it over
+/// and over in time growing with its size; once shared, the directory stays so (nothing
+/// unmounts it).
 fn share_netns_dir(dir: &Path) -> io::Result<()> {
+    static SHARED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if *done && dir.is_dir() {
+        return Ok(());
+    }
+    make_shared(dir)?;
+    *done = true;
+    Ok(())
+}
+
+fn make_shared(dir: &Path) -> io::Result<()> {
     use nix::mount::{mount, MsFlags};
     std::fs::create_dir_all(dir)?;
     let shared = |d: &Path| {

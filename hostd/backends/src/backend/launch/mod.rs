@@ -12,16 +12,19 @@
 //! - [`run_tool`] and [`ToolError`]: a helper program (xl, a version
 //!   query) run to its end within a deadline;
 //! - [`boot_images`]: a VM backend's kernel and initramfs, checked before use, and
-//!   [`vm_launch_files`]: what its launches read.
+//!   [`vm_launch_files`]: what its launches read;
+//! - [`Steps`]: the wall time of each launch step, logged per guest at debug level.
 
 mod command;
 mod ctl;
 mod guard;
 mod images;
+mod steps;
 mod tool;
 
 pub use command::GuestCommand;
 pub use ctl::{control_pair, host_halves, split_socket, Halves};
 pub use guard::LaunchGuard;
 pub use images::{boot_images, vm_launch_files, ImageError};
+pub use steps::Steps;
 pub use tool::{run_output, run_tool, tool_version, ToolError};

@@ -9,8 +9,35 @@ use crate::cgroup::{Cgroup, CgroupError};
 /// hierarchy (what runc's cgroupfs driver does with a relative cgroupsPath).
 pub(super) fn expected_cgroup(rel: &Path) -> Option<Cgroup> {
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    crate::cgroup::dirs_of(&own, &mountinfo, |p| Some(p.join(rel)))
+    crate::cgroup::dirs_of(&own, cgroup_mounts()?, |p| Some(p.join(rel)))
+}
+
+/// The cgroup mounts of hostd's mount namespace: the lines of /proc/self/mountinfo that
+/// [`crate::cgroup::dirs_of`] reads, read once. Every fleet guest adds a network namespace
+/// mount, so reading the whole table twice per launch cost time growing with the fleet
+/// (the kernel formats every line each time); the hierarchies themselves are mounted before
+/// hostd starts and stay. None if the table cannot be read.
+pub(super) fn cgroup_mounts() -> Option<&'static str> {
+    static MOUNTS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    MOUNTS
+        .get_or_init(|| {
+            let all = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            Some(cgroup_lines(&all))
+        })
+        .as_deref()
+}
+
+/// The lines of a mountinfo text whose file system is cgroup or cgroup2.
+fn cgroup_lines(mountinfo: &str) -> String {
+    mountinfo
+        .lines()
+        .filter(|l| {
+            l.split_once(" - ")
+                .and_then(|(_, post)| post.split(' ').next())
+                .is_some_and(|fs| fs == "cgroup" || fs == "cgroup2")
+        })
+        .flat_map(|l| [l, "\n"])
+        .collect()
 }
 
 /// Creates the run's group (`virtbench/<run>`) in every hierarchy before the runtime runs.
@@ -55,4 +82,28 @@ pub(super) fn create_groups(dir: &Path) -> Result<(), CgroupError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cgroup_mounts_are_kept_and_they_map_groups_as_the_whole_table_does() {
+        let info = "\
+25 1 0:22 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+26 1 0:23 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+40 1 0:4 net:[4026532000] /run/netns/vbn-r-0 rw - nsfs nsfs rw
+41 1 8:1 / / rw - ext4 /dev/vda rw
+";
+        let kept = cgroup_lines(info);
+        assert_eq!(kept.lines().count(), 2, "{kept}");
+        assert!(!kept.contains("nsfs") && !kept.contains("ext4"), "{kept}");
+        let own = "4:memory:/a\n0::/b\n";
+        let rel = Path::new("virtbench/r/g0");
+        let whole = crate::cgroup::dirs_of(own, info, |p| Some(p.join(rel))).expect("groups");
+        let cut = crate::cgroup::dirs_of(own, &kept, |p| Some(p.join(rel))).expect("groups");
+        assert_eq!(whole.dirs, cut.dirs);
+        assert_eq!(whole.dirs[0], Path::new("/sys/fs/cgroup/memory/a/virtbench/r/g0"));
+    }
 }

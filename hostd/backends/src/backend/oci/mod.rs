@@ -31,7 +31,7 @@ use std::time::Duration;
 use oci_spec::runtime::Spec;
 
 use super::launch::{
-    control_pair, host_halves, run_output, tool_version, GuestCommand, Halves, LaunchGuard,
+    control_pair, host_halves, run_output, tool_version, GuestCommand, Halves, LaunchGuard, Steps,
     ToolError,
 };
 use super::native::AGENT_FD;
@@ -57,6 +57,10 @@ pub struct Oci {
     bundle: Option<PathBuf>,
     /// A system image to run over (each guest on its own overlay), with the agent to add.
     system: Option<(System, PathBuf)>,
+    /// The bundle's template and rootfs once read and checked ([`Oci::template`]): a fleet's
+    /// launches share them instead of each parsing config.json again. Boxed: a Spec is
+    /// kilobytes, and the backend is one variant of an enum.
+    template: std::sync::OnceLock<Box<(Spec, PathBuf)>>,
 }
 
 /// Container mount points a system image's overlay must have (made in its upper layer
@@ -70,6 +74,7 @@ impl Oci {
             runtime: opts.oci_runtime.clone(),
             bundle: images.bundle.clone(),
             system: images.system.clone().map(|s| (s.for_container("oci"), images.agent.clone())),
+            template: std::sync::OnceLock::new(),
         }
     }
 
@@ -79,6 +84,7 @@ impl Oci {
             runtime: self.runtime.clone(),
             bundle: images.bundle.clone(),
             system: images.system.clone().map(|s| (s.for_container("oci"), images.agent.clone())),
+            template: std::sync::OnceLock::new(),
         }
     }
 
@@ -93,8 +99,17 @@ impl Oci {
             .find(|p| p.is_file())
     }
 
-    /// The bundle's template config and its rootfs (absolute, checked to hold the agent).
-    fn template(&self) -> Result<(Spec, PathBuf), TemplateError> {
+    /// The bundle's template config and its rootfs (absolute, checked to hold the agent);
+    /// read on first use, then kept.
+    fn template(&self) -> Result<&(Spec, PathBuf), TemplateError> {
+        if let Some(t) = self.template.get() {
+            return Ok(t);
+        }
+        let t = self.read_template()?;
+        Ok(self.template.get_or_init(|| Box::new(t)))
+    }
+
+    fn read_template(&self) -> Result<(Spec, PathBuf), TemplateError> {
         let bundle = self.bundle.as_ref().ok_or(TemplateError::NoBundle)?;
         let cfg = bundle.join("config.json");
         if !cfg.is_file() {
@@ -131,9 +146,9 @@ impl Oci {
         std::fs::create_dir_all(dir)
             .map_err(|source| FloorBundleError::Dir { path: dir.to_path_buf(), source })?;
         let config = derive_config(
-            &template,
+            template,
             &GuestConfig {
-                rootfs: &rootfs,
+                rootfs,
                 hostname: "floor",
                 agent_args: Vec::new(),
                 netns: None,
@@ -182,7 +197,7 @@ impl Backend for Oci {
             .await
             .map_err(|e| unavailable(format!("{} --version: {e}", runtime.display())))?;
         let (template, rootfs) = self.template().map_err(|e| unavailable(e.to_string()))?;
-        let ran = probe_run(&runtime, &template, &rootfs).await.map_err(|e| {
+        let ran = probe_run(&runtime, template, rootfs).await.map_err(|e| {
             unavailable(format!("{version} ({}): a test container failed: {e}", runtime.display()))
         })?;
         Ok(format!(
@@ -241,6 +256,7 @@ impl Oci {
         spec: &GuestSpec,
         g: &mut LaunchGuard,
     ) -> Result<(Halves, Proc), LaunchError> {
+        let mut steps = Steps::start();
         let runtime = self.runtime_path().ok_or_else(|| {
             prepare(format!("OCI runtime {:?}", self.runtime), PrepareError::Missing("not found"))
         })?;
@@ -253,17 +269,26 @@ impl Oci {
             id: format!("vb-{}-{}", spec.run, spec.name),
         };
         let rel = cgroups_path(spec);
-        self.write_bundle(spec, g, &c, &rel, &workdir)?;
+        steps.mark("paths");
+        self.write_bundle(spec, g, &c, &rel, &workdir, &mut steps)?;
         let (host, guest) = control_pair()?;
         let log = g.console(&workdir.join("console.log"))?;
+        steps.mark("console");
         self.run_detached(g, &c, guest, log).await?;
+        steps.mark("runtime");
         let pid = pid_from_file(&c.pid_file()).map_err(|e| c.spawn_err(e))?;
         // Ours to reap if we adopted it (see Subreaper); else the host's init reaps it.
         let mut proc = Proc::from_pid(pid, parent_of(pid) == Some(std::process::id()))
             .map_err(|e| c.spawn_err(e))?;
+        steps.mark("pid");
         adopt_cgroup(spec, g, &c, pid, &rel);
+        steps.mark("adopt");
         match host_halves(host) {
-            Ok(halves) => Ok((halves, proc)),
+            Ok(halves) => {
+                steps.mark("halves");
+                steps.log(&spec.name);
+                Ok((halves, proc))
+            }
             Err(e) => {
                 // `delete --force` (held by `g`) stops the container; reap it here.
                 proc.kill();
@@ -283,11 +308,13 @@ impl Oci {
         c: &Container,
         rel: &Path,
         workdir: &Path,
+        steps: &mut Steps,
     ) -> Result<(), LaunchError> {
         let (template, rootfs) = self.template().map_err(|e| prepare("the bundle template", e))?;
+        steps.mark("template");
         let rootfs = match &self.system {
             Some((sys, agent)) => sys.container_root(workdir, agent, &SYSTEM_MOUNT_POINTS, g)?,
-            None => rootfs,
+            None => rootfs.clone(),
         };
         for d in [&c.bundle, &c.state] {
             std::fs::create_dir_all(d).map_err(|e| prepare(d.display(), e))?;
@@ -299,18 +326,21 @@ impl Oci {
             ),
             None => None,
         };
+        steps.mark("dirs");
         let netns = match &spec.net {
             Some(n) => Some(g.private_netns(n, spec.index, &netns_name(spec))?.path()),
             None => None,
         };
+        steps.mark("net");
         // Where the runtime will create the groups, so a failed start still removes the
         // parents it made; replaced by what the container really joined (adopt_cgroup).
         g.set_cgroup(expected_cgroup(rel));
         if let Some(cg) = g.cgroup() {
             hold_run_groups(cg).map_err(LaunchError::Cgroup)?;
         }
+        steps.mark("groups");
         let config = derive_config(
-            &template,
+            template,
             &GuestConfig {
                 rootfs: &rootfs,
                 hostname: &spec.name,
@@ -327,8 +357,11 @@ impl Oci {
         )
         .and_then(|config| if self.system.is_some() { over_system(config) } else { Ok(config) })
         .map_err(|e| prepare("the guest's config.json", e))?;
+        steps.mark("derive");
         let cfg_path = c.bundle.join("config.json");
-        config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), ConfigError::from(e)))
+        config.save(&cfg_path).map_err(|e| prepare(cfg_path.display(), ConfigError::from(e)))?;
+        steps.mark("save");
+        Ok(())
     }
 
     /// `<runtime> run --detach`, the channel's guest end as the agent's fd 3; Ok once the
@@ -392,9 +425,9 @@ impl Oci {
 /// expected ones.
 fn adopt_cgroup(spec: &GuestSpec, g: &mut LaunchGuard, c: &Container, pid: u32, rel: &Path) {
     let proc_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mountinfo = cgroups::cgroup_mounts().unwrap_or_default();
     // Path::ends_with compares whole components: `rel` is relative, so any prefix matches.
-    match crate::cgroup::dirs_of(&proc_cgroup, &mountinfo, |p| {
+    match crate::cgroup::dirs_of(&proc_cgroup, mountinfo, |p| {
         p.ends_with(rel).then(|| p.to_path_buf())
     }) {
         Some(cg) => g.set_cgroup(Some(cg)),
