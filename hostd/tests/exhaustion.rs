@@ -8,7 +8,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{hostd, serial, text};
+use support::cli::{hostd, native_boot, serial, text};
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -62,25 +62,8 @@ fn a_full_results_disk_stops_hostd_cleanly_and_keeps_whole_records() {
     let free = nix::sys::statvfs::statvfs(&mnt).unwrap();
     let avail = free.blocks_available() * free.fragment_size();
     std::fs::write(mnt.join("filler"), vec![b'x'; (avail - 16 * 1024) as usize]).unwrap();
-    let out = hostd()
-        .args([
-            "boot",
-            "--backend",
-            "native",
-            "-n",
-            "1,2,3,4,5,6,7,8,9,10",
-            "--modes",
-            "hot",
-            "--settle",
-            "0",
-            "--no-network",
-            "--floor-reps",
-            "0",
-            "--results",
-        ])
-        .arg(&mnt)
-        .output()
-        .unwrap();
+    let out =
+        native_boot(&["-n", "1,2,3,4,5,6,7,8,9,10", "--modes", "hot", "--floor-reps", "0"], &mnt);
     let t = text(&out);
     println!("{t}");
     assert_eq!(out.status.code(), Some(1), "{t}");
