@@ -16,7 +16,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{guest_pids_in, hostd, native_boot, serial, text};
+use support::cli::{guest_pids_in, hostd, hot_boot, serial, text};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,8 @@ use support::fault::*;
 
 /// A cheap hostd start, which reaps what dead hostds left.
 fn next_hostd(dir: &Path) -> String {
-    let out = native_boot(&["-n", "1", "--modes", "hot", "--floor-reps", "0"], dir);
+    let out =
+        hot_boot("native", "1").arg("--no-network").arg("--results").arg(dir).output().unwrap();
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     t
@@ -378,22 +379,9 @@ fn put_blob(copy: &Path, recipe: &str, output: &str, data: &[u8]) -> String {
 /// `hostd boot` on backend with the store at `copy`: must refuse before booting anything.
 fn refused(copy: &Path, backend: &str, says: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let out = hostd()
+    let out = hot_boot(backend, "1")
         .env("VIRTBENCH_IMAGES", copy)
-        .args([
-            "boot",
-            "--backend",
-            backend,
-            "-n",
-            "1",
-            "--modes",
-            "hot",
-            "--settle",
-            "0",
-            "--floor-reps",
-            "0",
-            "--results",
-        ])
+        .arg("--results")
         .arg(dir.path())
         .output()
         .unwrap();

@@ -35,6 +35,15 @@ pub fn run_hostd(args: &[&str]) -> Output {
     hostd().args(args).output().unwrap_or_else(|e| panic!("starting {HOSTD}: {e}"))
 }
 
+/// `hostd boot` of `backend` at sizes `n`, hot starts only, without settling or the floor:
+/// a quick fleet; the caller adds the results directory and the rest.
+pub fn hot_boot(backend: &str, n: &str) -> Command {
+    let mut c = hostd();
+    c.args(["boot", "--backend", backend, "-n", n, "--modes", "hot"]);
+    c.args(["--settle", "0", "--floor-reps", "0"]);
+    c
+}
+
 /// `hostd boot` of a quick native fleet with results under `results`: no settling, no
 /// network; `extra` adds the rest (`-n 1,3`, `--modes hot`, `--floor-reps 0`, …).
 pub fn native_boot(extra: &[&str], results: &Path) -> Output {
