@@ -42,6 +42,15 @@ pub fn images(kind: BackendKind, _dir: &Path) -> Result<Images, String> {
     Ok(im)
 }
 
+/// `kind`'s images for a test that boots them as root; None, the test said skipped with
+/// `why_root` or why the images cannot be had, where it cannot run here.
+pub fn images_as_root(kind: BackendKind, why_root: &str) -> Option<Images> {
+    if !super::skip::unless_root(Some(kind.name()), why_root) {
+        return None;
+    }
+    images(kind, Path::new("/")).map_err(|e| super::skip::skip(Some(kind.name()), &e)).ok()
+}
+
 /// The release a kernel image reports (`uname -r` inside its guests): from a bzImage's
 /// header, else from the "Linux version …" banner in an uncompressed image.
 pub fn kernel_release(path: &Path) -> Option<String> {
