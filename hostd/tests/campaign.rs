@@ -7,12 +7,12 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{hostd, serial, text};
+use support::cli::{assert_campaign_refused, hostd, records, rendered_dom, serial, text};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
 fn root() -> bool {
@@ -26,35 +26,10 @@ fn only_dir(parent: &Path) -> PathBuf {
     dirs[0].clone()
 }
 
-fn records(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("samples.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 /// Loads the page in headless Chromium and returns what its script found: "loaded/total"
 /// images.
 fn figures_loaded(index: &Path) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("file://{}", index.display()))
-        .output()
-        .expect("chromium must be installed (scripts/install-deps)");
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = rendered_dom(Path::new("chromium"), index, 5000);
     let at = dom
         .find("data-figures=\"")
         .unwrap_or_else(|| panic!("the page's script did not run: {}", &dom[..dom.len().min(500)]));
@@ -240,7 +215,6 @@ backends = ["native", "firecracker", "ns", "oci", "uml", "qemu-microvm", "qemu-f
 #[test]
 fn bad_campaign_files_are_rejected_before_anything_boots() {
     let dir = tempfile::tempdir().unwrap();
-    let res = dir.path().join("results");
     for (body, field) in [
         ("reps = 3\nfrobnicate = true\n", "frobnicate"),
         ("backends = [\"native\", \"vmware\"]\n", "backends"),
@@ -248,13 +222,7 @@ fn bad_campaign_files_are_rejected_before_anything_boots() {
         ("[workloads]\nmem_n = 0\n", "workloads"),
         ("[overrides.uml]\nring_guests = 1\n", "overrides.uml.ring_guests"),
     ] {
-        let p = dir.path().join("c.toml");
-        std::fs::write(&p, body).unwrap();
-        let out = hostd().arg("run").arg(&p).arg("--results").arg(&res).output().unwrap();
-        let t = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{t}");
-        assert!(t.contains(field) && t.contains("c.toml"), "{field}: {t}");
-        assert!(!res.exists(), "a results directory was made for a bad campaign");
+        assert_campaign_refused(dir.path(), body, field);
     }
 }
 

@@ -8,7 +8,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{hostd, serial, text};
+use support::cli::{hot_boot, native_boot, serial, text};
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -62,25 +62,8 @@ fn a_full_results_disk_stops_hostd_cleanly_and_keeps_whole_records() {
     let free = nix::sys::statvfs::statvfs(&mnt).unwrap();
     let avail = free.blocks_available() * free.fragment_size();
     std::fs::write(mnt.join("filler"), vec![b'x'; (avail - 16 * 1024) as usize]).unwrap();
-    let out = hostd()
-        .args([
-            "boot",
-            "--backend",
-            "native",
-            "-n",
-            "1,2,3,4,5,6,7,8,9,10",
-            "--modes",
-            "hot",
-            "--settle",
-            "0",
-            "--no-network",
-            "--floor-reps",
-            "0",
-            "--results",
-        ])
-        .arg(&mnt)
-        .output()
-        .unwrap();
+    let out =
+        native_boot(&["-n", "1,2,3,4,5,6,7,8,9,10", "--modes", "hot", "--floor-reps", "0"], &mnt);
     let t = text(&out);
     println!("{t}");
     assert_eq!(out.status.code(), Some(1), "{t}");
@@ -120,9 +103,7 @@ fn walk(d: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// hostd under `ulimit -n LIMIT` (soft and hard).
-fn hostd_with_nofile(limit: u64, args: &[&str]) -> Output {
-    let mut c = hostd();
-    c.args(args);
+fn with_nofile(mut c: std::process::Command, limit: u64) -> Output {
     // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe.
     unsafe {
         c.pre_exec(move || {
@@ -143,23 +124,13 @@ fn a_low_descriptor_limit_is_refused_before_any_guest_starts() {
         return skip("the ulimit test boots ns guests (root)");
     }
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "boot",
-        "--backend",
-        "ns",
-        "-n",
-        "40",
-        "--modes",
-        "hot",
-        "--settle",
-        "0",
-        "--floor-reps",
-        "0",
-        "--results",
-        dir.path().to_str().unwrap(),
-    ];
+    let boot = || {
+        let mut c = hot_boot("ns", "40");
+        c.arg("--results").arg(dir.path());
+        c
+    };
     let t0 = Instant::now();
-    let out = hostd_with_nofile(128, &args);
+    let out = with_nofile(boot(), 128);
     let t = text(&out);
     println!(
         "ulimit -n 128, 40 ns guests ({:.2} s): {}",
@@ -176,7 +147,7 @@ fn a_low_descriptor_limit_is_refused_before_any_guest_starts() {
     assert!(cgroup_dirs_of(&run).is_empty() && netns_of(&run).is_empty());
     assert!(!Path::new("/run/virtbench").join(&run).exists());
     // With room for them, the same guests boot.
-    let out = hostd_with_nofile(1024, &args);
+    let out = with_nofile(boot(), 1024);
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("40/40"), "{}", text(&out));
 }

@@ -50,14 +50,12 @@ async fn probe_without_the_binary_is_unavailable() {
 /// Real guests, where Firecracker and KVM work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_guests_on_a_fleet_network() {
-    if !vm::is_root() {
-        return skip("firecracker fleet test needs root");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let images = match vm::images(BackendKind::Firecracker, dir.path()) {
-        Ok(i) => i,
-        Err(e) => return skip(&e),
+    let Some(images) =
+        vm::images_as_root(BackendKind::Firecracker, "firecracker fleet test needs root")
+    else {
+        return;
     };
+    let dir = tempfile::tempdir().unwrap();
     let backend = vm::backend(BackendKind::Firecracker, &images, &Default::default());
     match backend.probe().await {
         Ok(d) => println!("firecracker probe: {d}"),

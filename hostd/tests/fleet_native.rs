@@ -3,28 +3,18 @@
 
 mod support {
     pub mod cli;
+    pub mod fault;
     pub mod skip;
 }
 
-use support::cli::{run_hostd, serial, text};
+use support::cli::{guest_pids_in, native_boot, run_hostd, serial, text};
+use support::fault::alive;
 
 use std::path::Path;
 use std::time::Duration;
 
 fn root() -> bool {
     support::skip::unless_root(Some("native"), "fleets need root (cgroups, drop_caches)")
-}
-
-/// Running (a zombie waiting for a reaper that is not hostd counts as gone).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !matches!(
-                s.rsplit(')').next().and_then(|r| r.split_whitespace().next()),
-                Some("Z") | Some("X")
-            )
-        })
-        .unwrap_or(false)
 }
 
 #[test]
@@ -34,18 +24,7 @@ fn boot_records_samples_summary_and_figures() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = run_hostd(&[
-        "boot",
-        "--backend",
-        "native",
-        "-n",
-        "1,3",
-        "--settle",
-        "0",
-        "--no-network",
-        "--results",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = native_boot(&["-n", "1,3"], dir.path());
     assert!(out.status.success(), "{}", text(&out));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("agent sha256") || table.contains("# host:"), "{table}");
@@ -84,21 +63,7 @@ fn cold_starts_are_verified_and_hot_ones_not_labelled_cold() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = run_hostd(&[
-        "boot",
-        "--backend",
-        "native",
-        "-n",
-        "2",
-        "--settle",
-        "0",
-        "--no-network",
-        "--floor-reps",
-        "0",
-        "--image-copies",
-        "--results",
-        dir.path().to_str().unwrap(),
-    ]);
+    let out = native_boot(&["-n", "2", "--floor-reps", "0", "--image-copies"], dir.path());
     assert!(out.status.success(), "{}", text(&out));
     let table = String::from_utf8_lossy(&out.stdout);
     let row = |label: &str| {
@@ -176,11 +141,7 @@ fn up_status_down_and_recovery_after_sigkill() {
     let st = run_hostd(&["status", &name]);
     let t = text(&st);
     assert!(st.status.success() && t.contains(&format!("fleet {name}")), "{t}");
-    let guest_pids: Vec<u32> = t
-        .lines()
-        .filter(|l| l.starts_with('g') && l.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
-        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
-        .collect();
+    let guest_pids = guest_pids_in(&t);
     assert_eq!(guest_pids.len(), 3, "{t}");
     assert!(guest_pids.iter().all(|&p| alive(p)));
     // The same status as JSON, for scripts.
@@ -219,11 +180,7 @@ fn up_status_down_and_recovery_after_sigkill() {
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
     let t = text(&run_hostd(&["status", &name]));
-    let guest_pids: Vec<u32> = t
-        .lines()
-        .filter(|l| l.starts_with('g') && l.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
-        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
-        .collect();
+    let guest_pids = guest_pids_in(&t);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -234,20 +191,7 @@ fn up_status_down_and_recovery_after_sigkill() {
     // scratch files remain until a later hostd releases them.
     assert!(Path::new(&scratch).exists() && roots.iter().any(|r| Path::new(r).exists()));
     let dir2 = tempfile::tempdir().unwrap();
-    let out = run_hostd(&[
-        "boot",
-        "--backend",
-        "native",
-        "-n",
-        "1",
-        "--modes",
-        "hot",
-        "--settle",
-        "0",
-        "--no-network",
-        "--results",
-        dir2.path().to_str().unwrap(),
-    ]);
+    let out = native_boot(&["-n", "1", "--modes", "hot"], dir2.path());
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     let run_id = state["run"].as_str().unwrap();

@@ -10,7 +10,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{self, serial, HOSTD};
+use support::cli::{self, serial, tiny_campaign, HOSTD};
 
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
@@ -568,38 +568,13 @@ fn compare_on_missing_or_unrelated_directories_is_an_error_naming_them() {
 
 // ---- `hostd run`: no debris, no collisions (item 6) ----
 
-/// A campaign of one native guest and the CPU benchmark: a few seconds.
-const TINY: &str = r#"name = "tiny"
-backends = ["native"]
-resources = ["cpu"]
-reps = 1
-warmup = 0
-[guest]
-boot_timeout_s = 30
-bench_timeout_s = 60
-[startup]
-sizes = [1]
-modes = ["hot"]
-settle_s = 0
-[overhead]
-sizes = [1]
-[isolation]
-enabled = false
-[ring]
-guests = 0
-[xen]
-lab = false
-[workloads]
-cpu_rounds = 100000
-"#;
-
 #[test]
 fn a_run_that_fails_after_validation_leaves_no_directory() {
     let _s = serial();
     let base = tempfile::tempdir().unwrap();
     let res = base.path().join("results");
     let camp = base.path().join("tiny.toml");
-    std::fs::write(&camp, TINY).unwrap();
+    std::fs::write(&camp, tiny_campaign("tiny")).unwrap();
     // Failing before anything runs: no agent.
     let r = hostd(&[
         "run",
@@ -621,7 +596,11 @@ fn a_run_that_fails_after_validation_leaves_no_directory() {
     }
     // Failing after its directory is made, before any sample: a disk benchmark without the
     // data disk image (an empty image store).
-    std::fs::write(&camp, TINY.replace("resources = [\"cpu\"]", "resources = [\"disk\"]")).unwrap();
+    std::fs::write(
+        &camp,
+        tiny_campaign("tiny").replace("resources = [\"cpu\"]", "resources = [\"disk\"]"),
+    )
+    .unwrap();
     let empty = base.path().join("no-images");
     std::fs::create_dir(&empty).unwrap();
     let agent = agent();
@@ -650,7 +629,7 @@ fn two_runs_started_in_the_same_second_get_a_directory_each() {
     let base = tempfile::tempdir().unwrap();
     let res = base.path().join("results");
     let camp = base.path().join("tiny.toml");
-    std::fs::write(&camp, TINY).unwrap();
+    std::fs::write(&camp, tiny_campaign("tiny")).unwrap();
     let agent = agent();
     let runs: Vec<Run> = (0..2)
         .map(|_| {

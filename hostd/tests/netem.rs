@@ -9,7 +9,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{hostd, run_hostd, serial, text};
+use support::cli::{guest_pids_in, hostd, run_hostd, serial, text};
 
 use std::path::{Path, PathBuf};
 
@@ -18,11 +18,7 @@ fn root() -> bool {
 }
 
 fn guest_pids(name: &str) -> Vec<u32> {
-    let t = text(&run_hostd(&["status", name]));
-    t.lines()
-        .filter(|l| l.starts_with('g') && l.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
-        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
-        .collect()
+    guest_pids_in(&text(&run_hostd(&["status", name])))
 }
 
 /// Whether this kernel has netem, tried in a namespace of the test's own.

@@ -12,16 +12,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hostd::backend::ns::{IdMap, Ns};
-use hostd::backend::{AnyBackend, Backend, BackendKind, GuestNet, GuestSpec, Images};
-use hostd::cgroup::{self, Limits};
+use hostd::backend::{AnyBackend, Backend, BackendKind, GuestSpec, Images};
 use hostd::datadisk::DataDisks;
-use hostd::guest::{boot, RunningGuest};
+use hostd::guest::boot;
 use hostd::microbench::{run_once, write_data_file};
-use hostd::netlab::{self, FleetNet};
+use hostd::netlab::FleetNet;
 use hostd::suite::Test;
 use support::fault::{
-    assert_host_loopback_unreachable, assert_only_given_fds, cgroup_dirs_of, mountinfo, net_serve,
-    netns_of, ns_inode, powered_off, supports_o_direct, zombie_children, Litter,
+    assert_host_loopback_unreachable, assert_left_nothing, assert_only_given_fds,
+    assert_own_namespaces, assert_reads_disk, assert_sees_itself_alone, assert_streams, bench,
+    boot_all, boot_beside_decoy, built_agent, container_spec, host_spec, leftovers, mountinfo,
+    ns_inode, powered_off, rootfs_with, scratch_on_disk, shut_down_all, Litter,
 };
 use vb_protocol::bench::{BenchRequest, BenchSpec, Resource, Work};
 use vb_protocol::msg::Role;
@@ -37,31 +38,11 @@ fn root_or_skip(test: &str) -> bool {
     )
 }
 
-fn agent() -> PathBuf {
-    hostd::images::find_agent(None)
-        .expect("the static agent must be built first: run scripts/build-agent")
-}
-
-/// A scratch directory on the target's disk, not /tmp: O_DIRECT needs a real filesystem
-/// and tmpfs has none of it.
-fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("ns-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
-}
-
-/// The rootfs recipe's tree: the agent and the mount points a guest needs.
 fn make_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    for d in ["sbin", "dev", "proc", "sys", "tmp", "etc", "data"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(agent(), root.join("sbin/guest-agent")).unwrap();
-    std::fs::write(root.join("etc/hostname"), "virtbench\n").unwrap();
-    root
+    rootfs_with(dir, &built_agent())
 }
 
-/// Asserts the run left nothing behind. Retried briefly: the kernel tears a network
-/// namespace down asynchronously, and a zombie may belong to a test running alongside
-/// that is about to reap it.
+/// Asserts the run left nothing behind ([`support::fault::leftovers`]).
 fn assert_clean(
     run: &str,
     dir: &Path,
@@ -69,57 +50,7 @@ fn assert_clean(
     pids: &[u32],
     workdirs: &[PathBuf],
 ) {
-    // The run's own group directory is the run's to remove (RunState does it): rmdir, which
-    // fails, and so leaves it to be reported, if any guest group is still inside.
-    for r in hostd::cgroup::run_roots(run) {
-        let _ = std::fs::remove_dir(r);
-    }
-    let mut left = Vec::new();
-    for _ in 0..30 {
-        left = leftovers(run, dir, mounts_before, pids, workdirs);
-        if left.is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("left behind: {left:#?}");
-}
-
-/// Everything a run could leave behind; empty when the teardown was complete.
-fn leftovers(
-    run: &str,
-    dir: &Path,
-    mounts_before: &HashSet<String>,
-    pids: &[u32],
-    workdirs: &[PathBuf],
-) -> Vec<String> {
-    let mut left = Vec::new();
-    for d in cgroup_dirs_of(run) {
-        left.push(format!("cgroup dir {}", d.display()));
-    }
-    for n in netns_of(run) {
-        left.push(format!("netns {n}"));
-    }
-    let dir_s = dir.display().to_string();
-    for m in mountinfo().difference(mounts_before) {
-        if m.contains(&dir_s) || m.contains(run) {
-            left.push(format!("mount {m}"));
-        }
-    }
-    for &p in pids {
-        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), None).is_ok() {
-            left.push(format!("process {p}"));
-        }
-    }
-    for z in zombie_children() {
-        left.push(format!("zombie child {z}"));
-    }
-    for w in workdirs {
-        if w.exists() {
-            left.push(format!("workdir {}", w.display()));
-        }
-    }
-    left
+    assert_left_nothing(run, || leftovers(run, dir, mounts_before, pids, workdirs));
 }
 
 fn spec(
@@ -129,36 +60,7 @@ fn spec(
     disk: Option<&Path>,
     net: Option<&FleetNet>,
 ) -> GuestSpec {
-    GuestSpec {
-        index,
-        name: format!("{run}-g{index}"),
-        run: run.into(),
-        vcpus: 1,
-        mem_mib: 128,
-        data_disk: disk.map(Path::to_path_buf),
-        workdir: dir.join(format!("g{index}")),
-        net: net.map(|f| GuestNet {
-            fleet: f.clone(),
-            addr: FleetNet::guest_addr(index).unwrap(),
-            prefix: netlab::PREFIX,
-            link: netlab::link_name("vh", index),
-        }),
-        cgroup: Some(cgroup::detect().expect("a cgroup memory controller")),
-        limits: Limits {
-            memory_bytes: Some(256 << 20),
-            cpus: Some(1.0),
-            pids: Some(64),
-            ..Default::default()
-        },
-        images: None,
-    }
-}
-
-async fn bench(g: &RunningGuest, spec: BenchSpec) -> Work {
-    let req = BenchRequest { spec, instances: 1, start_at_ns: None };
-    let rep =
-        run_once(&g.conn, &req, BENCH).await.unwrap_or_else(|e| panic!("{}: {e:#}", g.spec.name));
-    rep.instances[0].work.clone()
+    container_spec(run, index, dir, disk, net, "vh")
 }
 
 /// Three guests on a fleet network: hello, CPU, a TCP stream between two of them over the
@@ -170,13 +72,13 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
     }
     let run = format!("nsf{}", std::process::id());
     let _litter = Litter(run.clone());
-    let dir = scratch();
+    let dir = scratch_on_disk("ns-");
     let rootfs = make_rootfs(dir.path());
     let disk = dir.path().join("disk.bin");
     write_data_file(&disk, DISK_MB).unwrap();
     let mounts_before = mountinfo();
     let net = FleetNet::create(&run).unwrap();
-    let images = Images { agent: agent(), rootfs: Some(rootfs), ..Default::default() };
+    let images = Images { agent: built_agent(), rootfs: Some(rootfs), ..Default::default() };
     let backend = AnyBackend::new(BackendKind::Ns, &images, &Default::default());
     let desc = backend.probe().await.unwrap();
     eprintln!("ns probe: {desc}");
@@ -186,12 +88,9 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
     let own: Vec<PathBuf> = (0..3).map(|i| copies.copy_for(i).unwrap()).collect();
 
     // Concurrently, as fleets boot: launches interleave between clone and exec.
-    let boots =
-        (0..3).map(|i| boot(&backend, spec(&run, i, dir.path(), Some(&own[i]), Some(&net)), HELLO));
-    let guests: Vec<RunningGuest> =
-        futures::future::join_all(boots).await.into_iter().map(Result::unwrap).collect();
-    let pids: Vec<u32> = guests.iter().map(|g| g.process.pid()).collect();
-    let workdirs: Vec<PathBuf> = guests.iter().map(|g| g.spec.workdir.clone()).collect();
+    let (guests, pids, workdirs) =
+        boot_all(&backend, 3, |i| spec(&run, i, dir.path(), Some(&own[i]), Some(&net)), HELLO)
+            .await;
     for g in &guests {
         assert_eq!(g.hello.role, Role::Init, "{}", g.spec.name);
         assert_eq!(g.hello.pid, 1);
@@ -203,18 +102,12 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
     }
 
     for g in &guests {
-        match bench(g, BenchSpec::Cpu { rounds: 200_000 }).await {
+        match bench(g, BenchSpec::Cpu { rounds: 200_000 }, BENCH).await {
             Work::Cpu { rounds, .. } => assert_eq!(rounds, 200_000),
             w => panic!("{w:?}"),
         }
     }
-    let port = net_serve(&guests[1]).await;
-    let peer = format!("{}:{port}", FleetNet::guest_addr(1).unwrap());
-    match bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 200, msg_size: 16384 }).await
-    {
-        Work::NetStream { bytes } => assert!(bytes > 0),
-        w => panic!("{w:?}"),
-    }
+    assert_streams(&guests[0], &guests[1], 200, BENCH).await;
     // As the suite reads: the copy evicted and checked, an O_DIRECT read through the bind
     // mount, a sample that records the policy and the residency before the read.
     for g in &guests {
@@ -257,11 +150,7 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
         );
     }
 
-    for g in guests {
-        let name = g.spec.name.clone();
-        let exit = g.shutdown(&backend, Duration::from_secs(5)).await;
-        assert!(powered_off(&exit), "{name}: {exit:?}");
-    }
+    shut_down_all(&backend, guests).await;
     net.destroy().unwrap();
     copies.remove().unwrap();
     assert_clean(&run, dir.path(), &mounts_before, &pids, &workdirs);
@@ -276,39 +165,24 @@ async fn guest_is_isolated_from_the_host() {
     }
     let run = format!("nsi{}", std::process::id());
     let _litter = Litter(run.clone());
-    let dir = scratch();
+    let dir = scratch_on_disk("ns-");
     let rootfs = make_rootfs(dir.path());
     let mounts_before = mountinfo();
     let net = FleetNet::create(&run).unwrap();
-    let images = Images { agent: agent(), rootfs: Some(rootfs), ..Default::default() };
+    let images = Images { agent: built_agent(), rootfs: Some(rootfs), ..Default::default() };
     let backend = AnyBackend::new(BackendKind::Ns, &images, &Default::default());
-    // A descriptor hostd holds without close-on-exec: the guest must not get it.
-    // SAFETY: open(2) of a NUL-terminated path; the descriptor is closed below.
-    let decoy = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
-    assert!(decoy >= 0);
-    let g = boot(&backend, spec(&run, 0, dir.path(), None, Some(&net)), HELLO).await.unwrap();
+    let g = boot_beside_decoy(&backend, spec(&run, 0, dir.path(), None, Some(&net)), HELLO).await;
     let pid = g.process.pid();
-    let me = std::process::id();
-    // SAFETY: closes the descriptor opened above, owned by nobody else.
-    unsafe { libc::close(decoy) };
     // Only the descriptors it was given: stdin /dev/null, stdout and stderr the console
     // pipe, and the control socket.
     assert_only_given_fds(pid);
 
     assert_eq!(g.hello.pid, 1);
-    for ns in ["pid", "mnt", "net", "uts", "ipc"] {
-        assert_ne!(ns_inode(pid, ns), ns_inode(me, ns), "{ns} namespace shared with the host");
-    }
+    assert_own_namespaces(pid);
     assert_ne!(g.hello.hostname, nix::unistd::gethostname().unwrap().to_string_lossy());
     // The agent mounted /proc itself, for its own pid namespace: it lists only itself.
     let groot = PathBuf::from(format!("/proc/{pid}/root"));
-    let procs: Vec<String> = std::fs::read_dir(groot.join("proc"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        .collect();
-    assert_eq!(procs, ["1"]);
+    assert_sees_itself_alone(&groot);
     let mut devs: Vec<String> = std::fs::read_dir(groot.join("dev"))
         .unwrap()
         .flatten()
@@ -341,14 +215,7 @@ async fn guest_is_isolated_from_the_host() {
         points.difference(&allowed)
     );
 
-    let host = GuestSpec {
-        net: None,
-        cgroup: None,
-        workdir: dir.path().join("host-agent"),
-        name: format!("{run}-host"),
-        ..spec(&run, 9, dir.path(), None, None)
-    };
-    assert_host_loopback_unreachable(&g, host).await;
+    assert_host_loopback_unreachable(&g, host_spec(&run, dir.path())).await;
 
     let workdir = g.spec.workdir.clone();
     let exit = g.shutdown(&backend, Duration::from_secs(5)).await;
@@ -366,13 +233,13 @@ async fn user_namespace_guest_runs_unprivileged() {
     }
     let run = format!("nsu{}", std::process::id());
     let _litter = Litter(run.clone());
-    let dir = scratch();
+    let dir = scratch_on_disk("ns-");
     let rootfs = make_rootfs(dir.path());
     let disk = dir.path().join("disk.bin");
     write_data_file(&disk, DISK_MB).unwrap();
     let mounts_before = mountinfo();
     let net = FleetNet::create(&run).unwrap();
-    let images = Images { agent: agent(), rootfs: Some(rootfs), ..Default::default() };
+    let images = Images { agent: built_agent(), rootfs: Some(rootfs), ..Default::default() };
     let mut ns = Ns::new(&images, &Default::default());
     let map = IdMap { host_uid: 200_000, host_gid: 200_000, count: 65536 };
     ns.user_ns = Some(map);
@@ -399,31 +266,9 @@ async fn user_namespace_guest_runs_unprivileged() {
         assert_eq!(uid.split_whitespace().nth(1), Some("200000"), "{uid}");
         assert_ne!(ns_inode(pid, "user"), ns_inode(std::process::id(), "user"));
     }
-    let port = net_serve(&guests[1]).await;
-    let peer = format!("{}:{port}", FleetNet::guest_addr(1).unwrap());
-    assert!(matches!(
-        bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 100, msg_size: 16384 }).await,
-        Work::NetStream { .. }
-    ));
-    let direct = supports_o_direct(&disk);
-    match bench(
-        &guests[0],
-        BenchSpec::Disk {
-            path: "/data/disk.img".into(),
-            block_size: 65536,
-            max_bytes: None,
-            direct,
-        },
-    )
-    .await
-    {
-        Work::Disk { bytes, .. } => assert_eq!(bytes, DISK_MB << 20),
-        w => panic!("{w:?}"),
-    }
-    for g in guests {
-        let exit = g.shutdown(&backend, Duration::from_secs(5)).await;
-        assert!(powered_off(&exit), "{exit:?}");
-    }
+    assert_streams(&guests[0], &guests[1], 100, BENCH).await;
+    assert_reads_disk(&guests[0], &disk, BENCH).await;
+    shut_down_all(&backend, guests).await;
     net.destroy().unwrap();
     assert_clean(&run, dir.path(), &mounts_before, &pids, &workdirs);
 }
@@ -437,13 +282,14 @@ async fn failing_setup_step_is_named_and_cleaned_up() {
     }
     let run = format!("nse{}", std::process::id());
     let _litter = Litter(run.clone());
-    let dir = scratch();
+    let dir = scratch_on_disk("ns-");
     let rootfs = make_rootfs(dir.path());
     // An image without /data cannot take the data disk (its root is read-only).
     std::fs::remove_dir(rootfs.join("data")).unwrap();
     let disk = dir.path().join("disk.bin");
     write_data_file(&disk, 1).unwrap();
-    let images = Images { agent: agent(), rootfs: Some(rootfs.clone()), ..Default::default() };
+    let images =
+        Images { agent: built_agent(), rootfs: Some(rootfs.clone()), ..Default::default() };
     let backend = AnyBackend::new(BackendKind::Ns, &images, &Default::default());
     let probe = backend.probe().await.unwrap_err();
     assert!(probe.reason.to_string().contains("/data is missing"), "{probe}");
@@ -468,9 +314,9 @@ async fn the_unshare_floor_is_measured_beside_the_guests() {
     if !root_or_skip("the ns floor test") {
         return;
     }
-    let dir = scratch();
+    let dir = scratch_on_disk("ns-");
     let rootfs = make_rootfs(dir.path());
-    let images = Images { agent: agent(), rootfs: Some(rootfs), ..Default::default() };
+    let images = Images { agent: built_agent(), rootfs: Some(rootfs), ..Default::default() };
     let run = hostd::runstate::RunState::create_in(dir.path(), "floor-test", None).unwrap();
     let _litter = Litter(run.run.clone());
     let mounts_before = mountinfo();

@@ -12,23 +12,22 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hostd::backend::{
-    AnyBackend, Backend, BackendKind, BackendOptions, GuestNet, GuestSpec, Images,
-};
-use hostd::cgroup::{self, Limits};
-use hostd::guest::{boot, RunningGuest};
-use hostd::microbench::{run_once, write_data_file};
-use hostd::netlab::{self, FleetNet};
+use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions, GuestSpec, Images};
+use hostd::cgroup::{self};
+use hostd::microbench::write_data_file;
+use hostd::netlab::FleetNet;
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_readonly_paths, Capability, LinuxBuilder,
     LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder,
     ProcessBuilder, RootBuilder, SpecBuilder, UserBuilder,
 };
 use support::fault::{
-    assert_host_loopback_unreachable, assert_only_given_fds, cgroup_dirs_of, mountinfo, net_serve,
-    netns_of, ns_inode, powered_off, supports_o_direct, zombie_children, Litter,
+    assert_host_loopback_unreachable, assert_left_nothing, assert_only_given_fds,
+    assert_own_namespaces, assert_reads_disk, assert_sees_itself_alone, assert_streams, bench,
+    boot_all, boot_beside_decoy, built_agent, cgroup_dirs_of, container_spec, host_spec, leftovers,
+    mountinfo, netns_of, powered_off, rootfs_with, scratch_on_disk, shut_down_all, Litter,
 };
-use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
+use vb_protocol::bench::{BenchSpec, Work};
 use vb_protocol::msg::Role;
 
 const HELLO: Duration = Duration::from_secs(20);
@@ -40,16 +39,6 @@ fn root_or_skip(test: &str) -> bool {
         Some("oci"),
         &format!("{test} needs root (OCI runtimes, network namespaces, cgroups)"),
     )
-}
-
-fn agent() -> PathBuf {
-    hostd::images::find_agent(None)
-        .expect("the static agent must be built first: run scripts/build-agent")
-}
-
-/// On the target's disk, not /tmp: O_DIRECT needs a real filesystem.
-fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("oci-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
 fn mount(dst: &str, typ: &str, src: &str, options: &[&str]) -> Mount {
@@ -67,14 +56,7 @@ fn mount(dst: &str, typ: &str, src: &str, options: &[&str]) -> Mount {
 /// process.
 fn make_bundle(dir: &Path, args: &[&str]) -> PathBuf {
     let bundle = dir.join("bundle");
-    let rootfs = bundle.join("rootfs");
-    for d in ["sbin", "dev", "proc", "sys", "tmp", "etc", "data"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy(agent(), rootfs.join("sbin/guest-agent")).unwrap();
-    std::fs::write(rootfs.join("etc/hostname"), "virtbench\n").unwrap();
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/sbin/guest-agent\n").unwrap();
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+    rootfs_with(&bundle, &built_agent());
     let caps: oci_spec::runtime::Capabilities = [
         Capability::AuditWrite,
         Capability::Kill,
@@ -182,48 +164,8 @@ struct Before {
     rootfs: BTreeSet<PathBuf>,
 }
 
-fn leftovers(
-    run: &str,
-    dir: &Path,
-    bundle: &Path,
-    before: &Before,
-    pids: &[u32],
-    workdirs: &[PathBuf],
-) -> Vec<String> {
-    let mut left = Vec::new();
-    left.extend(cgroup_dirs_of(run).into_iter().map(|d| format!("cgroup dir {}", d.display())));
-    left.extend(netns_of(run).into_iter().map(|n| format!("netns {n}")));
-    let dir_s = dir.display().to_string();
-    for m in mountinfo().difference(&before.mounts) {
-        if m.contains(&dir_s) || m.contains(run) {
-            left.push(format!("mount {m}"));
-        }
-    }
-    for &p in pids {
-        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), None).is_ok() {
-            left.push(format!("process {p}"));
-        }
-    }
-    left.extend(zombie_children().into_iter().map(|z| format!("zombie child {z}")));
-    for w in workdirs {
-        if w.exists() {
-            left.push(format!("workdir (and runtime state) {}", w.display()));
-        }
-    }
-    left.extend(
-        runtime_containers("runc", run)
-            .into_iter()
-            .map(|c| format!("runc container {c} in the default root")),
-    );
-    let now = tree(&bundle.join("rootfs"));
-    for p in now.symmetric_difference(&before.rootfs) {
-        left.push(format!("shared rootfs changed: {}", p.display()));
-    }
-    left
-}
-
-/// Asserts the run left nothing behind, retrying briefly (namespaces die asynchronously;
-/// a zombie may belong to a test running alongside that is about to reap it).
+/// Asserts the run left nothing behind ([`support::fault::leftovers`]), nor a container the
+/// runtime knows, nor a change to the shared rootfs.
 fn assert_clean(
     run: &str,
     dir: &Path,
@@ -232,20 +174,19 @@ fn assert_clean(
     pids: &[u32],
     workdirs: &[PathBuf],
 ) {
-    // The run's own group directory is the run's to remove (RunState does it): rmdir, which
-    // fails, and so leaves it to be reported, if any guest group is still inside.
-    for r in hostd::cgroup::run_roots(run) {
-        let _ = std::fs::remove_dir(r);
-    }
-    let mut left = Vec::new();
-    for _ in 0..30 {
-        left = leftovers(run, dir, bundle, before, pids, workdirs);
-        if left.is_empty() {
-            return;
+    assert_left_nothing(run, || {
+        let mut left = leftovers(run, dir, &before.mounts, pids, workdirs);
+        left.extend(
+            runtime_containers("runc", run)
+                .into_iter()
+                .map(|c| format!("runc container {c} in the default root")),
+        );
+        let now = tree(&bundle.join("rootfs"));
+        for p in now.symmetric_difference(&before.rootfs) {
+            left.push(format!("shared rootfs changed: {}", p.display()));
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("left behind: {left:#?}");
+        left
+    });
 }
 
 fn spec(
@@ -255,41 +196,12 @@ fn spec(
     disk: Option<&Path>,
     net: Option<&FleetNet>,
 ) -> GuestSpec {
-    GuestSpec {
-        index,
-        name: format!("{run}-g{index}"),
-        run: run.into(),
-        vcpus: 1,
-        mem_mib: 128,
-        data_disk: disk.map(Path::to_path_buf),
-        workdir: dir.join(format!("g{index}")),
-        net: net.map(|f| GuestNet {
-            fleet: f.clone(),
-            addr: FleetNet::guest_addr(index).unwrap(),
-            prefix: netlab::PREFIX,
-            link: netlab::link_name("vo", index),
-        }),
-        cgroup: Some(cgroup::detect().expect("a cgroup memory controller")),
-        limits: Limits {
-            memory_bytes: Some(256 << 20),
-            cpus: Some(1.0),
-            pids: Some(64),
-            ..Default::default()
-        },
-        images: None,
-    }
-}
-
-async fn bench(g: &RunningGuest, spec: BenchSpec) -> Work {
-    let req = BenchRequest { spec, instances: 1, start_at_ns: None };
-    let rep =
-        run_once(&g.conn, &req, BENCH).await.unwrap_or_else(|e| panic!("{}: {e:#}", g.spec.name));
-    rep.instances[0].work.clone()
+    container_spec(run, index, dir, disk, net, "vo")
 }
 
 fn backend(runtime: &str, bundle: &Path) -> AnyBackend {
     let images =
-        Images { agent: agent(), bundle: Some(bundle.to_path_buf()), ..Default::default() };
+        Images { agent: built_agent(), bundle: Some(bundle.to_path_buf()), ..Default::default() };
     AnyBackend::new(
         BackendKind::Oci,
         &images,
@@ -305,7 +217,7 @@ fn installed(runtime: &str) -> bool {
 /// checks nothing is left.
 async fn fleet_scenario(runtime: &str, run: &str, n: usize) {
     let _litter = Litter(run.to_string());
-    let dir = scratch();
+    let dir = scratch_on_disk("oci-");
     let bundle = make_bundle(dir.path(), &["/sbin/guest-agent", "--ctl", "fd:3"]);
     let disk = dir.path().join("disk.bin");
     write_data_file(&disk, DISK_MB).unwrap();
@@ -315,12 +227,8 @@ async fn fleet_scenario(runtime: &str, run: &str, n: usize) {
     eprintln!("oci probe: {}", backend.probe().await.unwrap());
 
     // Concurrently, as fleets boot.
-    let boots =
-        (0..n).map(|i| boot(&backend, spec(run, i, dir.path(), Some(&disk), Some(&net)), HELLO));
-    let guests: Vec<RunningGuest> =
-        futures::future::join_all(boots).await.into_iter().map(Result::unwrap).collect();
-    let pids: Vec<u32> = guests.iter().map(|g| g.process.pid()).collect();
-    let workdirs: Vec<PathBuf> = guests.iter().map(|g| g.spec.workdir.clone()).collect();
+    let (guests, pids, workdirs) =
+        boot_all(&backend, n, |i| spec(run, i, dir.path(), Some(&disk), Some(&net)), HELLO).await;
     let mut subreaper: libc::c_int = -1;
     // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer, which outlives the call.
     let rc =
@@ -361,41 +269,15 @@ async fn fleet_scenario(runtime: &str, run: &str, n: usize) {
     }
     for g in &guests {
         assert!(matches!(
-            bench(g, BenchSpec::Cpu { rounds: 200_000 }).await,
+            bench(g, BenchSpec::Cpu { rounds: 200_000 }, BENCH).await,
             Work::Cpu { rounds: 200_000, .. }
         ));
     }
     if n > 1 {
-        let port = net_serve(&guests[1]).await;
-        let peer = format!("{}:{port}", FleetNet::guest_addr(1).unwrap());
-        match bench(&guests[0], BenchSpec::NetStream { peer, duration_ms: 200, msg_size: 16384 })
-            .await
-        {
-            Work::NetStream { bytes } => assert!(bytes > 0),
-            w => panic!("{w:?}"),
-        }
+        assert_streams(&guests[0], &guests[1], 200, BENCH).await;
     }
-    let direct = supports_o_direct(&disk);
-    let last = guests.last().unwrap();
-    match bench(
-        last,
-        BenchSpec::Disk {
-            path: "/data/disk.img".into(),
-            block_size: 65536,
-            max_bytes: None,
-            direct,
-        },
-    )
-    .await
-    {
-        Work::Disk { bytes, .. } => assert_eq!(bytes, DISK_MB << 20),
-        w => panic!("{w:?}"),
-    }
-    for g in guests {
-        let name = g.spec.name.clone();
-        let exit = g.shutdown(&backend, Duration::from_secs(5)).await;
-        assert!(powered_off(&exit), "{name}: {exit:?}");
-    }
+    assert_reads_disk(guests.last().unwrap(), &disk, BENCH).await;
+    shut_down_all(&backend, guests).await;
     net.destroy().unwrap();
     assert_clean(run, dir.path(), &bundle, &before, &pids, &workdirs);
 }
@@ -425,7 +307,7 @@ async fn crun_probe_is_truthful() {
         );
         return;
     }
-    let dir = scratch();
+    let dir = scratch_on_disk("oci-");
     let bundle = make_bundle(dir.path(), &["/sbin/guest-agent", "--ctl", "fd:3"]);
     match backend("crun", &bundle).probe().await {
         Err(u) => {
@@ -456,7 +338,7 @@ async fn failures_are_explained_and_cleaned_up() {
     if !root_or_skip("the oci failure test") {
         return;
     }
-    let dir = scratch();
+    let dir = scratch_on_disk("oci-");
     let e = backend("no-such-runtime", &dir.path().join("nothing")).probe().await.unwrap_err();
     assert!(e.reason.to_string().contains("\"no-such-runtime\" not found"), "{e}");
     let e = backend("runc", &dir.path().join("nothing")).probe().await.unwrap_err();
@@ -491,33 +373,18 @@ async fn runc_container_is_isolated_from_the_host() {
     }
     let run = format!("oci{}", std::process::id());
     let _litter = Litter(run.clone());
-    let dir = scratch();
+    let dir = scratch_on_disk("oci-");
     let bundle = make_bundle(dir.path(), &["/sbin/guest-agent", "--ctl", "fd:3"]);
     let before = Before { mounts: mountinfo(), rootfs: tree(&bundle.join("rootfs")) };
     let net = FleetNet::create(&run).unwrap();
     let backend = backend("runc", &bundle);
-    // A descriptor hostd holds without close-on-exec: the container must not get it.
-    // SAFETY: open(2) of a NUL-terminated path; the descriptor is closed below.
-    let decoy = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
-    assert!(decoy >= 0);
-    let g = boot(&backend, spec(&run, 0, dir.path(), None, Some(&net)), HELLO).await.unwrap();
-    // SAFETY: closes the descriptor opened above, owned by nobody else.
-    unsafe { libc::close(decoy) };
+    let g = boot_beside_decoy(&backend, spec(&run, 0, dir.path(), None, Some(&net)), HELLO).await;
     let pid = g.process.pid();
-    let me = std::process::id();
     assert_eq!(g.hello.pid, 1);
-    for ns in ["pid", "mnt", "net", "uts", "ipc"] {
-        assert_ne!(ns_inode(pid, ns), ns_inode(me, ns), "{ns} namespace shared with the host");
-    }
+    assert_own_namespaces(pid);
     // Its own processes: the agent alone.
     let groot = PathBuf::from(format!("/proc/{pid}/root"));
-    let procs: Vec<String> = std::fs::read_dir(groot.join("proc"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        .collect();
-    assert_eq!(procs, ["1"]);
+    assert_sees_itself_alone(&groot);
     // Its own root: the bundle's rootfs (the very same agent file), read-only, nothing of
     // the host's beyond it.
     use std::os::unix::fs::MetadataExt;
@@ -530,14 +397,7 @@ async fn runc_container_is_isolated_from_the_host() {
     let e = std::fs::write(groot.join("written-by-host"), "x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "the image must be read-only in the container");
     assert_only_given_fds(pid);
-    let host = GuestSpec {
-        net: None,
-        cgroup: None,
-        workdir: dir.path().join("host-agent"),
-        name: format!("{run}-host"),
-        ..spec(&run, 9, dir.path(), None, None)
-    };
-    assert_host_loopback_unreachable(&g, host).await;
+    assert_host_loopback_unreachable(&g, host_spec(&run, dir.path())).await;
 
     let workdir = g.spec.workdir.clone();
     let exit = g.shutdown(&backend, Duration::from_secs(5)).await;
@@ -554,9 +414,9 @@ async fn the_runc_floor_is_measured_beside_the_guests() {
     if !root_or_skip("the oci floor test") {
         return;
     }
-    let dir = scratch();
+    let dir = scratch_on_disk("oci-");
     let bundle = make_bundle(dir.path(), &["/sbin/guest-agent", "--ctl", "fd:3"]);
-    let images = Images { agent: agent(), bundle: Some(bundle), ..Default::default() };
+    let images = Images { agent: built_agent(), bundle: Some(bundle), ..Default::default() };
     let run = hostd::runstate::RunState::create_in(dir.path(), "floor-test", None).unwrap();
     let _litter = Litter(run.run.clone());
     let opts = BackendOptions::default();

@@ -7,7 +7,7 @@ mod support {
 
 use hostd::backend::BackendKind;
 use hostd::probe::ProbeReport;
-use support::cli::hostd;
+use support::cli::{hostd, hot_boot};
 
 fn probe_json(args: &[&str]) -> (ProbeReport, i32) {
     let out = hostd().arg("probe").arg("--json").args(args).output().unwrap();
@@ -48,25 +48,7 @@ fn boot_agrees_with_probe() {
     );
     let dir = tempfile::tempdir().unwrap();
     let boot = |b: &str| {
-        hostd()
-            .args([
-                "boot",
-                "--backend",
-                b,
-                "-n",
-                "1",
-                "--modes",
-                "hot",
-                "--floor-reps",
-                "0",
-                "--settle",
-                "0",
-                "--no-network",
-                "--results",
-            ])
-            .arg(dir.path())
-            .output()
-            .unwrap()
+        hot_boot(b, "1").arg("--no-network").arg("--results").arg(dir.path()).output().unwrap()
     };
     let out = boot("native");
     assert!(

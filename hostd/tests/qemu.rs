@@ -23,15 +23,11 @@ fn tcg() -> BackendOptions {
 }
 
 async fn fleet(kind: BackendKind, n: usize, tag: &str) {
-    if !vm::is_root() {
-        return skip(kind, &format!("{kind} fleet test needs root"));
-    }
+    let Some(images) = vm::images_as_root(kind, &format!("{kind} fleet test needs root")) else {
+        return;
+    };
     let _heavy = vm::HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let images = match vm::images(kind, dir.path()) {
-        Ok(i) => i,
-        Err(e) => return skip(kind, &e),
-    };
     let k = if kind == BackendKind::QemuFull { &images.kernel_pc } else { &images.kernel_microvm };
     let release = vm::kernel_release(&k.as_ref().unwrap().path);
     assert!(release.is_some(), "the kernel image names its release");

@@ -16,7 +16,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{hostd, serial, text};
+use support::cli::{guest_pids_in, hostd, hot_boot, serial, text};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,36 +26,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use support::fault::*;
 
-/// Guest rows of `hostd status`: (name, host pid).
-fn guest_pids(status: &str) -> Vec<u32> {
-    status
-        .lines()
-        .filter(|l| l.starts_with('g') && l.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
-        .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
-        .collect()
-}
-
 /// A cheap hostd start, which reaps what dead hostds left.
 fn next_hostd(dir: &Path) -> String {
-    let out = hostd()
-        .args([
-            "boot",
-            "--backend",
-            "native",
-            "-n",
-            "1",
-            "--modes",
-            "hot",
-            "--settle",
-            "0",
-            "--no-network",
-            "--floor-reps",
-            "0",
-            "--results",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
+    let out =
+        hot_boot("native", "1").arg("--no-network").arg("--results").arg(dir).output().unwrap();
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     t
@@ -84,7 +58,7 @@ fn killed_with_guests(backend: &str, n: usize, stopped_survive: bool) {
     let _litter = Litter(run.clone());
     let daemon = state["hostd_pid"].as_u64().unwrap() as u32;
     let scratch = PathBuf::from(state["scratch"].as_str().unwrap());
-    let pids = guest_pids(&text(&hostd().args(["status", &name]).output().unwrap()));
+    let pids = guest_pids_in(&text(&hostd().args(["status", &name]).output().unwrap()));
     assert_eq!(pids.len(), n, "{backend}: not all guests are up");
     // Every host process of every guest, and what else they hold.
     let mut gone = Gone {
@@ -405,22 +379,9 @@ fn put_blob(copy: &Path, recipe: &str, output: &str, data: &[u8]) -> String {
 /// `hostd boot` on backend with the store at `copy`: must refuse before booting anything.
 fn refused(copy: &Path, backend: &str, says: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let out = hostd()
+    let out = hot_boot(backend, "1")
         .env("VIRTBENCH_IMAGES", copy)
-        .args([
-            "boot",
-            "--backend",
-            backend,
-            "-n",
-            "1",
-            "--modes",
-            "hot",
-            "--settle",
-            "0",
-            "--floor-reps",
-            "0",
-            "--results",
-        ])
+        .arg("--results")
         .arg(dir.path())
         .output()
         .unwrap();

@@ -8,10 +8,9 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::hostd;
+use support::cli::{hostd, rendered_dom};
 
 use std::path::Path;
-use std::process::Command;
 
 /// Two repetitions of the CPU benchmark on native and uml (overhead, n = 1), and a startup
 /// fleet of two guests on uml.
@@ -56,24 +55,7 @@ fn the_decision_table_comes_first_in_the_browser() {
     forge_results(&dir);
     let out = hostd().arg("report").arg(&dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("file://{}", dir.join("index.html").display()))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = rendered_dom(&chromium, &dir.join("index.html"), 3000);
     // The page's script ran: this is the DOM the browser built, not the file.
     assert!(dom.contains("data-figures=\""), "chromium did not load the page: {dom:.500}");
     let body = &dom[dom.find("</h1>").expect("a title") + 5..];

@@ -8,37 +8,9 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{hostd, text};
+use support::cli::{hostd, records, text, tiny_campaign};
 
-use std::path::{Path, PathBuf};
-
-fn records(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("samples.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-const CAMPAIGN: &str = r#"
-name = "resume"
-backends = ["native"]
-resources = ["cpu"]
-reps = 1
-warmup = 0
-[startup]
-sizes = [1]
-modes = ["hot"]
-settle_s = 0
-[overhead]
-sizes = [1]
-[isolation]
-enabled = false
-[ring]
-guests = 0
-[workloads]
-cpu_rounds = 100000
-"#;
+use std::path::PathBuf;
 
 #[test]
 fn resume_refuses_another_provenance_unless_forced_and_tags_samples() {
@@ -47,7 +19,7 @@ fn resume_refuses_another_provenance_unless_forced_and_tags_samples() {
     }
     let res = tempfile::tempdir().unwrap();
     let file = res.path().join("c.toml");
-    std::fs::write(&file, CAMPAIGN).unwrap();
+    std::fs::write(&file, tiny_campaign("resume")).unwrap();
     let out =
         hostd().arg("run").arg(&file).arg("--results").arg(res.path().join("r")).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));

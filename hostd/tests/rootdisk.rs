@@ -168,39 +168,25 @@ async fn two_guests(kind: BackendKind, init: InitMode, tag: &str) {
     assert!(!sys.tree.join(".virtbench").exists(), "a container wrote into the shared tree");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uml_boots_the_system_image() {
-    two_guests(BackendKind::Uml, InitMode::Agent, "rdu").await;
+/// One test per backend and init mode, each [`two_guests`] with its own run tag (separate
+/// tests: each can be run, and is reported, alone).
+macro_rules! two_guests_tests {
+    ($($name:ident: $kind:ident, $init:ident, $tag:literal;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            two_guests(BackendKind::$kind, InitMode::$init, $tag).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_microvm_boots_the_system_image() {
-    two_guests(BackendKind::QemuMicrovm, InitMode::Agent, "rdm").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_full_boots_the_system_image() {
-    two_guests(BackendKind::QemuFull, InitMode::Agent, "rdf").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ns_runs_over_the_system_tree() {
-    two_guests(BackendKind::Ns, InitMode::Agent, "rdn").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oci_runs_over_the_system_tree() {
-    two_guests(BackendKind::Oci, InitMode::Agent, "rdo").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uml_runs_the_image_init() {
-    two_guests(BackendKind::Uml, InitMode::Image, "rdiu").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qemu_microvm_runs_the_image_init() {
-    two_guests(BackendKind::QemuMicrovm, InitMode::Image, "rdim").await;
+two_guests_tests! {
+    uml_boots_the_system_image: Uml, Agent, "rdu";
+    qemu_microvm_boots_the_system_image: QemuMicrovm, Agent, "rdm";
+    qemu_full_boots_the_system_image: QemuFull, Agent, "rdf";
+    ns_runs_over_the_system_tree: Ns, Agent, "rdn";
+    oci_runs_over_the_system_tree: Oci, Agent, "rdo";
+    uml_runs_the_image_init: Uml, Image, "rdiu";
+    qemu_microvm_runs_the_image_init: QemuMicrovm, Image, "rdim";
 }
 
 /// Bad choices are refused before any guest starts, each naming the problem.

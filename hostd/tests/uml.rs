@@ -14,20 +14,12 @@ use hostd::backend::{Backend, BackendKind, Exit};
 use hostd::startup::{boot_and_measure, StartMode};
 use support::vm::{self, Expect};
 
-fn skip(why: &str) {
-    support::skip::skip(Some("uml"), why);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_guests_on_a_fleet_network() {
-    if !vm::is_root() {
-        return skip("uml fleet test needs root");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let images = match vm::images(BackendKind::Uml, dir.path()) {
-        Ok(i) => i,
-        Err(e) => return skip(&e),
+    let Some(images) = vm::images_as_root(BackendKind::Uml, "uml fleet test needs root") else {
+        return;
     };
+    let dir = tempfile::tempdir().unwrap();
     let release = vm::kernel_release(&images.kernel_uml.as_ref().unwrap().path);
     let backend = vm::backend(BackendKind::Uml, &images, &Default::default());
     let before = vm::scratch_dirs("vb-uml-probe-");
@@ -52,14 +44,10 @@ async fn three_guests_on_a_fleet_network() {
 /// outlive the kernel process, and without a cgroup `stop` finds them by process group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_guest_without_cgroup_leaves_no_process() {
-    if !vm::is_root() {
-        return skip("uml kill test needs root");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let images = match vm::images(BackendKind::Uml, dir.path()) {
-        Ok(i) => i,
-        Err(e) => return skip(&e),
+    let Some(images) = vm::images_as_root(BackendKind::Uml, "uml kill test needs root") else {
+        return;
     };
+    let dir = tempfile::tempdir().unwrap();
     let backend = vm::backend(BackendKind::Uml, &images, &Default::default());
     let mut spec = vm::spec(&vm::run_id("uk"), 0, dir.path(), None, None);
     spec.cgroup = None;
@@ -82,13 +70,11 @@ async fn killed_guest_without_cgroup_leaves_no_process() {
 /// it finds them resident and is not labelled cold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_with_image_copies_is_verified_cold() {
-    if !vm::is_root() {
-        return skip("uml cold-start test needs root (drop_caches, cgroups)");
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let images = match vm::images(BackendKind::Uml, dir.path()) {
-        Ok(i) => i,
-        Err(e) => return skip(&e),
+    let Some(images) = vm::images_as_root(
+        BackendKind::Uml,
+        "uml cold-start test needs root (drop_caches, cgroups)",
+    ) else {
+        return;
     };
     let backend = vm::backend(BackendKind::Uml, &images, &Default::default());
     let run = hostd::runstate::RunState::create("uml cold-start test", None).unwrap();

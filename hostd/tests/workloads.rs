@@ -14,7 +14,7 @@ mod support {
 
 use std::path::{Path, PathBuf};
 
-use support::cli::{hostd, hostd_tcg, serial, text};
+use support::cli::{assert_campaign_refused, hostd, hostd_tcg, serial, text};
 
 const SYSTEM: &str = "hostd-test-system";
 
@@ -73,7 +73,6 @@ fn dry_run_lists_user_workloads_and_bad_ones_are_refused() {
     );
     assert!(t.contains("user workload missing: /no/such/program"), "{t}");
     assert!(t.contains(&format!("guests boot the system image {SYSTEM} (init: agent")), "{t}");
-    let res = dir.path().join("results");
     for (body, field) in [
         ("[[workloads.commands]]\nname = \"x\"\nargv = []\n", "workloads.commands[0].argv"),
         ("[[workloads.commands]]\nname = \"Bad Name\"\nargv = [\"true\"]\n", "workloads.commands[0].name"),
@@ -85,12 +84,7 @@ fn dry_run_lists_user_workloads_and_bad_ones_are_refused() {
         ("[guest]\ninit = \"image\"\n", "guest.init"),
         ("[guest]\nsystem = \"no-such-system-recipe\"\n", "guest.system"),
     ] {
-        std::fs::write(&p, body).unwrap();
-        let out = hostd().arg("run").arg(&p).arg("--results").arg(&res).output().unwrap();
-        let t = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{t}");
-        assert!(t.contains(field) && t.contains("c.toml"), "{field}: {t}");
-        assert!(!res.exists(), "a results directory was made for a bad campaign");
+        assert_campaign_refused(dir.path(), body, field);
     }
 }
 

@@ -9,10 +9,10 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hostd::backend::{AnyBackend, BackendKind, BackendOptions, Exit, GuestNet, GuestSpec, Images};
+use hostd::backend::{AnyBackend, BackendKind, BackendOptions, Exit, GuestSpec, Images};
 use hostd::guest::{boot, RunningGuest};
 use hostd::microbench::run_once;
-use hostd::netlab::{self, FleetNet};
+use hostd::netlab::FleetNet;
 use hostd::suite::Test;
 use vb_protocol::bench::{BenchRequest, BenchSpec, Resource, Work};
 use vb_protocol::msg::{Command, ReplyBody, Role};
@@ -40,6 +40,15 @@ pub fn images(kind: BackendKind, _dir: &Path) -> Result<Images, String> {
         im.notes.join("; ")
     );
     Ok(im)
+}
+
+/// `kind`'s images for a test that boots them as root; None, the test said skipped with
+/// `why_root` or why the images cannot be had, where it cannot run here.
+pub fn images_as_root(kind: BackendKind, why_root: &str) -> Option<Images> {
+    if !super::skip::unless_root(Some(kind.name()), why_root) {
+        return None;
+    }
+    images(kind, Path::new("/")).map_err(|e| super::skip::skip(Some(kind.name()), &e)).ok()
 }
 
 /// The release a kernel image reports (`uname -r` inside its guests): from a bzImage's
@@ -80,22 +89,8 @@ pub fn spec(
     disk: Option<&Path>,
 ) -> GuestSpec {
     GuestSpec {
-        index,
-        name: format!("g{index}"),
-        run: run.into(),
-        vcpus: 1,
-        mem_mib: 128,
         data_disk: disk.map(Path::to_path_buf),
-        workdir: dir.join(run).join(format!("g{index}")),
-        net: net.map(|f| GuestNet {
-            fleet: f.clone(),
-            addr: FleetNet::guest_addr(index).unwrap(),
-            prefix: netlab::PREFIX,
-            link: netlab::link_name("vbt", index),
-        }),
-        cgroup: Some(hostd::cgroup::detect().expect("a cgroup memory controller")),
-        limits: Default::default(),
-        images: None,
+        ..super::fault::spec_linked(run, index, dir, net, "vbt")
     }
 }
 

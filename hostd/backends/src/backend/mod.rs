@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::cgroup::{self, Cgroup};
@@ -30,40 +30,29 @@ pub use error::{LaunchError, PrepareError, SpawnError, UnseenError};
 pub use process::Proc;
 pub use resource::{release_all, ReleaseError, Resource};
 
-/// The systems hostd can boot guests on.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
-// The CLI parses it (the `clap` feature, which only the hostd binary crate turns on).
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum), clap(rename_all = "kebab-case"))]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendKind {
-    /// The agent as a plain host process: the paper's non-virtualized reference (T_a).
-    Native,
-    /// Linux namespaces + cgroups over the image rootfs, one shared kernel (the modern Vserver).
-    Ns,
-    /// An OCI runtime (runc by default) over the imagegen bundle.
-    Oci,
-    /// User-Mode Linux: a guest kernel as host processes (the paper's UML).
-    Uml,
-    /// QEMU `microvm` with virtio-mmio devices: paravirtualized I/O (the paper's Xen-like row).
-    QemuMicrovm,
-    /// QEMU `q35` with emulated serial, e1000 and AHCI: full virtualization (the VMware-like row).
-    QemuFull,
-    /// Firecracker on KVM.
-    Firecracker,
-    /// Xen domUs started with `xl` from dom0 (the paper's Xen).
-    Xen,
+hostd_host::named_set! {
+    /// The systems hostd can boot guests on.
+    // The CLI parses it (the `clap` feature, which only the hostd binary crate turns on).
+    #[cfg_attr(feature = "clap", derive(clap::ValueEnum), clap(rename_all = "kebab-case"))]
+    #[serde(rename_all = "kebab-case")]
+    pub enum BackendKind {
+        /// The agent as a plain host process: the paper's non-virtualized reference (T_a).
+        Native,
+        /// Linux namespaces + cgroups over the image rootfs, one shared kernel (the modern Vserver).
+        Ns,
+        /// An OCI runtime (runc by default) over the imagegen bundle.
+        Oci,
+        /// User-Mode Linux: a guest kernel as host processes (the paper's UML).
+        Uml,
+        /// QEMU `microvm` with virtio-mmio devices: paravirtualized I/O (the paper's Xen-like row).
+        QemuMicrovm,
+        /// QEMU `q35` with emulated serial, e1000 and AHCI: full virtualization (the VMware-like row).
+        QemuFull,
+        /// Firecracker on KVM.
+        Firecracker,
+        /// Xen domUs started with `xl` from dom0 (the paper's Xen).
+        Xen,
+    }
 }
 
 impl BackendKind {

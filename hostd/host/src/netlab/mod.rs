@@ -62,39 +62,28 @@ pub enum NetMode {
     Shared,
 }
 
-/// The kind of path a network sample's traffic took between a guest and its far end.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
-pub enum NetPath {
-    /// The host's loopback: both ends in one network stack (the native second reference).
-    #[serde(rename = "loopback")]
-    Loopback,
-    /// A guest network namespace's veth pair, over the fleet bridge.
-    #[serde(rename = "veth+bridge")]
-    VethBridge,
-    /// A VM's virtual NIC backed by a tap (or Xen's vif) on the fleet bridge.
-    #[serde(rename = "tap+bridge")]
-    TapBridge,
-    /// Guests sharing one network stack with each other and the peer (ns's Vserver-like
-    /// mode): local traffic, as on loopback.
-    #[serde(rename = "host-stack")]
-    HostStack,
-    /// A guest network namespace's veth pair over its host's fleet bridge, then VXLAN
-    /// (encapsulated in UDP over the hosts' own link) to another host's bridge: a fleet
-    /// across hosts, traffic between guests on different hosts (docs/multihost.md).
-    #[serde(rename = "veth+bridge+vxlan")]
-    VethBridgeVxlan,
+crate::named_set! {
+    /// The kind of path a network sample's traffic took between a guest and its far end.
+    pub enum NetPath {
+        /// The host's loopback: both ends in one network stack (the native second reference).
+        #[serde(rename = "loopback")]
+        Loopback,
+        /// A guest network namespace's veth pair, over the fleet bridge.
+        #[serde(rename = "veth+bridge")]
+        VethBridge,
+        /// A VM's virtual NIC backed by a tap (or Xen's vif) on the fleet bridge.
+        #[serde(rename = "tap+bridge")]
+        TapBridge,
+        /// Guests sharing one network stack with each other and the peer (ns's Vserver-like
+        /// mode): local traffic, as on loopback.
+        #[serde(rename = "host-stack")]
+        HostStack,
+        /// A guest network namespace's veth pair over its host's fleet bridge, then VXLAN
+        /// (encapsulated in UDP over the hosts' own link) to another host's bridge: a fleet
+        /// across hosts, traffic between guests on different hosts (docs/multihost.md).
+        #[serde(rename = "veth+bridge+vxlan")]
+        VethBridgeVxlan,
+    }
 }
 
 impl NetPath {

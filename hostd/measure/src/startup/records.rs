@@ -3,27 +3,16 @@
 
 use super::*;
 
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-#[serde(rename_all = "snake_case")]
-/// Whether a fleet starts with what its launches read out of the page cache.
-pub enum StartMode {
-    /// Page cache emptied of what the launch reads before the fleet starts.
-    Cold,
-    /// Right after a cold start of the same fleet: what the launch reads is cached.
-    Hot,
+hostd_backends::named_set! {
+    #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+    #[serde(rename_all = "snake_case")]
+    /// Whether a fleet starts with what its launches read out of the page cache.
+    pub enum StartMode {
+        /// Page cache emptied of what the launch reads before the fleet starts.
+        Cold,
+        /// Right after a cold start of the same fleet: what the launch reads is cached.
+        Hot,
+    }
 }
 
 impl StartMode {

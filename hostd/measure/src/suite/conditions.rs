@@ -224,31 +224,22 @@ mod tests {
     use crate::suite::StartSync;
 
     fn net(backend: BackendKind, path: NetPath, mtu: u32, value: f64) -> BenchSample {
-        BenchSample {
+        let s = crate::suite::testing::sample(
             backend,
-            test: Test::Overhead,
-            resource: Resource::Network,
-            n: 1,
-            rep: 0,
-            guest: 0,
-            instance: 0,
+            Test::Overhead,
+            Resource::Network,
+            1,
+            0,
+            0,
+            0,
             value,
-            unit: "MB/s".into(),
+        );
+        BenchSample {
             elapsed_s: 1.0,
             params: "ms=200 msg=65536".into(),
             net_path: Some(path),
             mtu: Some(mtu),
-            sync: None,
-            cpus: None,
-            vcpus: None,
-            cache_policy: String::new(),
-            resident_before: None,
-            paired_native_mbps: None,
-            paired_native_s: None,
-            paired_gap_s: None,
-            paired_native_after_mbps: None,
-            paired_native_after_s: None,
-            provenance: String::new(),
+            ..s
         }
     }
 

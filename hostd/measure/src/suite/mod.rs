@@ -250,32 +250,21 @@ pub fn mark_paired(
     }
 }
 
-/// Which part of the suite a sample belongs to.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Test {
-    /// T_avn: one guest runs it while n − 1 guests idle.
-    Overhead,
-    /// All n guests run it at once.
-    Linearity,
-    /// Guest 1 runs one copy, guest 2 two copies.
-    Isolation,
-    /// Every guest of a ring streams to its neighbour.
-    Ring,
-    /// Request/response latency around the ring.
-    RingLatency,
+hostd_backends::named_set! {
+    /// Which part of the suite a sample belongs to.
+    #[serde(rename_all = "snake_case")]
+    pub enum Test {
+        /// T_avn: one guest runs it while n − 1 guests idle.
+        Overhead,
+        /// All n guests run it at once.
+        Linearity,
+        /// Guest 1 runs one copy, guest 2 two copies.
+        Isolation,
+        /// Every guest of a ring streams to its neighbour.
+        Ring,
+        /// Request/response latency around the ring.
+        RingLatency,
+    }
 }
 
 /// One timed benchmark instance.

@@ -5,6 +5,12 @@ use crate::samples::{Record, Samples};
 use crate::stats::LinearFit;
 use crate::suite::testing::sample;
 
+/// The report of these samples alone (all read, none rejected, no provenance).
+fn report_of(v: Vec<crate::suite::BenchSample>) -> Report {
+    let records = v.into_iter().map(Record::Bench).collect();
+    build_from(Samples { records, unreadable: 0, implausible: 0, rejected: vec![] }, None)
+}
+
 /// Native T_a = 2 s; uml 2.5 s, qemu-microvm 3 s at n = 1 (two repetitions each); rings
 /// of 300 and 100 MB/s; startup rows at n = 1 and 10 (qemu also 20); memory fits.
 fn report() -> Report {
@@ -32,15 +38,7 @@ fn report() -> Report {
             v.push(s);
         }
     }
-    let mut rep = build_from(
-        Samples {
-            records: v.into_iter().map(Record::Bench).collect(),
-            unreadable: 0,
-            implausible: 0,
-            rejected: vec![],
-        },
-        None,
-    );
+    let mut rep = report_of(v);
     let row = |backend, n, t: f64, failed| BootRow {
         backend,
         n,
@@ -160,15 +158,7 @@ fn disk_overhead_uses_the_adjacent_native_read_and_says_so() {
         disk(BackendKind::Ns, 0, 1.5, None),
         disk(BackendKind::Ns, 1, 1.5, None),
     ];
-    let rep = build_from(
-        Samples {
-            records: v.into_iter().map(Record::Bench).collect(),
-            unreadable: 0,
-            implausible: 0,
-            rejected: vec![],
-        },
-        None,
-    );
+    let rep = report_of(v);
     let t = decide(&rep);
     let c = col(&t, "disk overhead");
     let row = |b| t.rows.iter().find(|r| r.backend == b).unwrap();
@@ -213,15 +203,7 @@ fn isolation_cell_states_its_n_and_repetitions() {
             v.push(s);
         }
     }
-    let rep = build_from(
-        Samples {
-            records: v.into_iter().map(Record::Bench).collect(),
-            unreadable: 0,
-            implausible: 0,
-            rejected: vec![],
-        },
-        None,
-    );
+    let rep = report_of(v);
     let t = decide(&rep);
     let c = col(&t, "CPU isolation");
     let uml = t.rows.iter().find(|r| r.backend == BackendKind::Uml).unwrap();
