@@ -191,8 +191,14 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
         label: format!("boot-slurm-{}", a.backend),
         notes: Vec::new(),
     };
+    coordinate(&o).await
+}
+
+/// Runs the coordinator until it is done or Ctrl-C, and sums up its outcome.
+pub(crate) async fn coordinate(o: &hostd::multihost::coordinator::Options) -> anyhow::Result<Done> {
+    use hostd::multihost::coordinator;
     let out = tokio::select! {
-        r = coordinator::run(&o) => Some(r),
+        r = coordinator::run(o) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
     };
     // Interrupted: the coordinator's future is gone by now, and with it the workers' links;

@@ -393,13 +393,5 @@ async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
         label: format!("run-slurm-{}", campaign.name),
         notes,
     };
-    let out = tokio::select! {
-        r = coordinator::run(&o) => Some(r),
-        _ = tokio::signal::ctrl_c() => None,
-    };
-    let Some(out) = out else {
-        eprintln!("hostd: interrupted: the workers tear down as their links drop");
-        std::process::exit(130);
-    };
-    Ok(cli::boot::slurm_summary(&out?))
+    cli::boot::coordinate(&o).await
 }
