@@ -166,6 +166,17 @@ fn gate() -> bool {
     true
 }
 
+/// The lab `tag` stood up, with the lock held that keeps labs one at a time (the tests find
+/// workers and coordinators by command line and node name, n1, n2, …, which every lab's
+/// hosts share); None when this machine cannot run the lab (said why by the gate).
+fn serial_lab(tag: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Lab)> {
+    let s = support::cli::serial();
+    if !gate() {
+        return None;
+    }
+    Some((s, Lab::up(tag)))
+}
+
 /// The one results directory a run made under `parent`, read.
 fn results_of(parent: &Path) -> (PathBuf, serde_json::Value) {
     let dirs: Vec<PathBuf> =
@@ -199,13 +210,7 @@ fn walk(d: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_fleet_across_three_hosts_with_offsets_recovered_and_nothing_left() {
-    // One lab at a time: the tests find workers and coordinators by command line and node
-    // name (n1, n2, …), which every lab's hosts share.
-    let _s = support::cli::serial();
-    if !gate() {
-        return;
-    }
-    let lab = Lab::up("b");
+    let Some((_s, lab)) = serial_lab("b") else { return };
     let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
     let o = lab.boot(30, res.path(), &["--reach"]).output().unwrap();
     let out = text(&o);
@@ -292,13 +297,7 @@ fn held(
 
 #[test]
 fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
-    // One lab at a time: the tests find workers and coordinators by command line and node
-    // name (n1, n2, …), which every lab's hosts share.
-    let _s = support::cli::serial();
-    if !gate() {
-        return;
-    }
-    let lab = Lab::up("i");
+    let Some((_s, lab)) = serial_lab("i") else { return };
     let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
     let (mut child, mut log, mut err) = held(&lab, res.path());
     // The coordinator: this build's hostd running `boot` inside the allocation.
@@ -334,13 +333,7 @@ fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
 
 #[test]
 fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
-    // One lab at a time: the tests find workers and coordinators by command line and node
-    // name (n1, n2, …), which every lab's hosts share.
-    let _s = support::cli::serial();
-    if !gate() {
-        return;
-    }
-    let lab = Lab::up("k");
+    let Some((_s, lab)) = serial_lab("k") else { return };
     let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
     let (mut child, mut log, mut err) = held(&lab, res.path());
     let victims = workers(Some("n2"));
@@ -385,13 +378,7 @@ fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
 
 #[test]
 fn a_quick_campaign_across_three_hosts_has_its_ring_span_them_in_one_report() {
-    // One lab at a time: the tests find workers and coordinators by command line and node
-    // name (n1, n2, …), which every lab's hosts share.
-    let _s = support::cli::serial();
-    if !gate() {
-        return;
-    }
-    let lab = Lab::up("r");
+    let Some((_s, lab)) = serial_lab("r") else { return };
     let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
     let o = Command::new(lab_script())
         .args(["exec", &lab.0, "env"])
@@ -411,13 +398,9 @@ fn a_quick_campaign_across_three_hosts_has_its_ring_span_them_in_one_report() {
     assert!(r["failures"].as_array().unwrap().is_empty(), "{r}");
     // 3 guests × 2 counted repetitions × (bandwidth, latency).
     assert_eq!(r["samples"].as_u64(), Some(12), "{r}");
-    let samples = std::fs::read_to_string(dir.join("samples.jsonl")).unwrap();
-    let bench: Vec<serde_json::Value> = samples
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["record"] == "bench")
-        .collect();
-    assert_eq!(bench.len(), 12, "{samples}");
+    let all = support::cli::records(&dir);
+    let bench: Vec<&serde_json::Value> = all.iter().filter(|v| v["record"] == "bench").collect();
+    assert_eq!(bench.len(), 12, "{all:?}");
     let mut guests = std::collections::BTreeSet::new();
     for s in &bench {
         assert!(s["test"] == "ring" || s["test"] == "ring_latency", "{s}");
