@@ -429,3 +429,104 @@ fn a_quick_campaign_across_three_hosts_has_its_ring_span_them_in_one_report() {
     lab.assert_clean_of(&runs(&m));
     lab.down_finding_nothing();
 }
+
+/// `hostd ARGS…` on the lab's login node, with the images.
+fn on_login(lab: &Lab, args: &[&str]) -> Output {
+    Command::new(lab_script())
+        .args(["exec", &lab.0, "env"])
+        .arg(format!("VIRTBENCH_IMAGES={}", images().display()))
+        .arg(env!("CARGO_BIN_EXE_hostd"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `hostd status NAME --json`: the fleet's hosts.
+fn hosts_of(lab: &Lab, name: &str) -> Vec<serde_json::Value> {
+    let o = on_login(lab, &["status", name, "--json"]);
+    assert!(o.status.success(), "hostd status: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v[0]["hosts"]["hosts"].as_array().unwrap_or_else(|| panic!("no hosts in {v}")).clone()
+}
+
+fn states(h: &serde_json::Value) -> Vec<String> {
+    h["guests"].as_array().unwrap().iter().map(|g| g["state"].as_str().unwrap().into()).collect()
+}
+
+#[test]
+fn a_fleet_held_up_across_three_hosts_until_down_shows_a_lost_host_and_leaves_nothing() {
+    let Some((_s, lab)) = serial_lab("u") else { return };
+    let dir = tempfile::Builder::new().prefix("multihost-up-").tempdir_in("/var/tmp").unwrap();
+    let name = format!("mhup{}", std::process::id() % 1_000_000);
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(&file, format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 9\n")).unwrap();
+    let f = file.to_str().unwrap();
+    let o = on_login(&lab, &["up", f, "--engine", "slurm", "--hosts", "3", "--reach"]);
+    let out = text(&o);
+    assert!(o.status.success(), "hostd up --engine slurm: {}\n{out}", o.status);
+    for i in 1..=3 {
+        assert!(out.contains(&format!("host n{i} (")), "host n{i} not in:\n{out}");
+    }
+    assert_eq!(out.matches("3 of 3 ready").count(), 3, "{out}");
+    // Every host's 3 guests ready, each having exchanged data with a guest on each of the
+    // 2 other hosts.
+    let hosts = hosts_of(&lab, &name);
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    let mut runs = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(h["hostname"], format!("n{}", i + 1), "{h}");
+        assert!(h["lost"].is_null(), "{h}");
+        assert_eq!(states(h), ["ready"; 3], "{h}");
+        let r = &h["reach"];
+        assert_eq!((r["checked"].as_u64(), r["reached"].as_u64()), (Some(6), Some(6)), "{h}");
+        assert_eq!(r["across_hosts"].as_u64(), Some(6), "{h}");
+        runs.push(h["run"].as_str().unwrap().to_string());
+    }
+    // Each host keeps its part of the fleet network while the fleet is up.
+    for (i, run) in runs.iter().enumerate() {
+        let n = lab.host(i as u32 + 1, "ip netns list");
+        assert!(n.contains(&format!("vb-{run}")), "n{}: {n}", i + 1);
+    }
+    let o = on_login(&lab, &["exec", &name, "--", "true"]);
+    assert!(!o.status.success() && text(&o).contains("one-machine"), "{}", text(&o));
+    // Kill n2's worker: its guests are shown lost, the others stay ready.
+    let victims = workers(Some("n2"));
+    assert_eq!(victims.len(), 1, "workers on n2: {victims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victims[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let hosts = loop {
+        let hosts = hosts_of(&lab, &name);
+        if !hosts[1]["lost"].is_null() || std::time::Instant::now() > deadline {
+            break hosts;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(hosts[1]["lost"].as_str().unwrap_or("").contains("link dropped"), "{:?}", hosts[1]);
+    assert_eq!(states(&hosts[1]), ["lost"; 3], "{:?}", hosts[1]);
+    for h in [&hosts[0], &hosts[2]] {
+        assert!(h["lost"].is_null(), "{h}");
+        assert_eq!(states(h), ["ready"; 3], "{h}");
+    }
+    let o = on_login(&lab, &["status", &name]);
+    assert!(text(&o).contains("host n2 (") && text(&o).contains("LOST"), "{}", text(&o));
+    // Down: torn down on n1 and n3, the killed worker's leftovers on n2 cleaned up, the
+    // allocation given back, the daemon gone.
+    let o = on_login(&lab, &["down", &name]);
+    assert!(o.status.success(), "hostd down: {}", text(&o));
+    let o = lab_exec(&lab, &["squeue", "-h"]);
+    assert!(String::from_utf8_lossy(&o.stdout).trim().is_empty(), "jobs left: {}", text(&o));
+    let o = on_login(&lab, &["status", &name]);
+    assert!(!o.status.success(), "the fleet is still listed: {}", text(&o));
+    lab.assert_clean_of(&runs);
+    lab.down_finding_nothing();
+}
+
+fn lab_exec(l: &Lab, args: &[&str]) -> Output {
+    let mut a = vec!["exec", l.0.as_str()];
+    a.extend_from_slice(args);
+    lab(&a)
+}
