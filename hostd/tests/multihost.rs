@@ -6,7 +6,9 @@
 //! reported bound of the lab's known offset (the injected-offset test), one complete
 //! results directory, and
 //! nothing left on any host; then a worker killed while its fleet is up: its guests lost,
-//! the others' intact, and its leftovers reaped by the next hostd there. Needs root, the
+//! the others' intact, and its leftovers reaped by the next hostd there; `hostd up --engine
+//! slurm` held until `hostd down` (a lost host shown, nothing left), and its daemon killed
+//! outright (the allocation given back, nothing left). Needs root, the
 //! Slurm packages (scripts/install-deps) and the images (VIRTBENCH_IMAGES).
 
 mod support {
@@ -529,4 +531,47 @@ fn lab_exec(l: &Lab, args: &[&str]) -> Output {
     let mut a = vec!["exec", l.0.as_str()];
     a.extend_from_slice(args);
     lab(&a)
+}
+
+#[test]
+fn a_killed_fleet_daemon_gives_the_nodes_back_and_leaves_nothing_on_any_host() {
+    let Some((_s, lab)) = serial_lab("d") else { return };
+    let dir = tempfile::Builder::new().prefix("multihost-up-").tempdir_in("/var/tmp").unwrap();
+    let name = format!("mhkd{}", std::process::id() % 1_000_000);
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(&file, format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 6\n")).unwrap();
+    let o = on_login(&lab, &["up", file.to_str().unwrap(), "--engine", "slurm", "--hosts", "3"]);
+    assert!(o.status.success(), "hostd up --engine slurm: {}", text(&o));
+    let o = on_login(&lab, &["status", &name, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let runs: Vec<String> = v[0]["hosts"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["run"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(runs.len(), 3, "{v}");
+    let jobs = |l: &Lab| {
+        String::from_utf8_lossy(&lab_exec(l, &["squeue", "-h", "-o", "%j"]).stdout).into_owned()
+    };
+    assert!(jobs(&lab).contains(&format!("vb-up-{name}")), "{}", jobs(&lab));
+    // SIGKILL: the daemon cannot tear anything down; its pipe to salloc's command closes,
+    // Slurm takes the nodes back and cancels the step, and the workers tear down.
+    let daemon = v[0]["daemon_pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while (!jobs(&lab).trim().is_empty() || !workers(None).is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(jobs(&lab).trim().is_empty(), "jobs left: {}", jobs(&lab));
+    lab.assert_clean_of(&runs);
+    // The daemon's own run state on the login node is an orphan the next hostd reaps.
+    let o = on_login(&lab, &["reap"]);
+    assert!(o.status.success(), "hostd reap: {}", text(&o));
+    let o = on_login(&lab, &["status", &name]);
+    assert!(!o.status.success(), "the fleet is still listed: {}", text(&o));
+    lab.down_finding_nothing();
 }
