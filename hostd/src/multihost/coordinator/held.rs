@@ -4,7 +4,6 @@
 //! with its guests lost while the others stay up.
 
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 
 use super::super::proto::{self, FromWorker, GuestLost, Reached};
 use super::{brief, end_step, launch, reach, start, tear_down_reporting, HostRecord, Options};
@@ -19,9 +18,6 @@ pub struct Held {
     network: bool,
     /// The hostd binary the nodes run.
     exe: std::path::PathBuf,
-    // Kept open while the fleet is up: a worker restarted by hand cannot join (its token is
-    // this run's), but a stray connection is never left half-open in the kernel's queue.
-    _listener: TcpListener,
 }
 
 /// One host of a held fleet, as `hostd status` shows it.
@@ -86,7 +82,7 @@ pub async fn up(o: &Options) -> anyhow::Result<Held> {
     if o.reach {
         reach::reach(&mut ws).await;
     }
-    Ok(Held { ws, srun, n: o.n, network: o.network, exe: o.exe.clone(), _listener: listener })
+    Ok(Held { ws, srun, n: o.n, network: o.network, exe: o.exe.clone() })
 }
 
 impl Held {
