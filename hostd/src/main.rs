@@ -126,6 +126,21 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Boot(a) => boot(a).await,
         Cmd::Worker(a) => all(cli::boot::worker(a).await),
         Cmd::Up(_) => unreachable!("handled before the runtime starts"),
+        Cmd::Reap => {
+            let cleaned = runstate::reap_orphans();
+            for c in &cleaned {
+                println!("cleaned up after a previous hostd that did not finish: {c}");
+            }
+            if cleaned.is_empty() {
+                println!("nothing to clean up");
+            }
+            let errors: Vec<String> = cleaned.iter().flat_map(|c| c.errors.clone()).collect();
+            if errors.is_empty() {
+                Ok(Done::All)
+            } else {
+                Ok(Done::WithFailures(errors.join("; ")))
+            }
+        }
         Cmd::Status { name, json } => all(status(name, json).await),
         Cmd::Down { name } => all(down(name).await),
         Cmd::Exec(a) => exec(a).await,

@@ -6,7 +6,9 @@
 //! reported bound of the lab's known offset (the injected-offset test), one complete
 //! results directory, and
 //! nothing left on any host; then a worker killed while its fleet is up: its guests lost,
-//! the others' intact, and its leftovers reaped by the next hostd there. Needs root, the
+//! the others' intact, and its leftovers reaped by the next hostd there; `hostd up --engine
+//! slurm` held until `hostd down` (a lost host shown, nothing left), and its daemon killed
+//! outright (the allocation given back, nothing left). Needs root, the
 //! Slurm packages (scripts/install-deps) and the images (VIRTBENCH_IMAGES).
 
 mod support {
@@ -427,5 +429,149 @@ fn a_quick_campaign_across_three_hosts_has_its_ring_span_them_in_one_report() {
     let o = Command::new(env!("CARGO_BIN_EXE_hostd")).arg("report").arg(&dir).output().unwrap();
     assert!(o.status.success(), "hostd report: {}", text(&o));
     lab.assert_clean_of(&runs(&m));
+    lab.down_finding_nothing();
+}
+
+/// `hostd ARGS…` on the lab's login node, with the images.
+fn on_login(lab: &Lab, args: &[&str]) -> Output {
+    Command::new(lab_script())
+        .args(["exec", &lab.0, "env"])
+        .arg(format!("VIRTBENCH_IMAGES={}", images().display()))
+        .arg(env!("CARGO_BIN_EXE_hostd"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `hostd status NAME --json`: the fleet's hosts.
+fn hosts_of(lab: &Lab, name: &str) -> Vec<serde_json::Value> {
+    let o = on_login(lab, &["status", name, "--json"]);
+    assert!(o.status.success(), "hostd status: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v[0]["hosts"]["hosts"].as_array().unwrap_or_else(|| panic!("no hosts in {v}")).clone()
+}
+
+fn states(h: &serde_json::Value) -> Vec<String> {
+    h["guests"].as_array().unwrap().iter().map(|g| g["state"].as_str().unwrap().into()).collect()
+}
+
+#[test]
+fn a_fleet_held_up_across_three_hosts_until_down_shows_a_lost_host_and_leaves_nothing() {
+    let Some((_s, lab)) = serial_lab("u") else { return };
+    let dir = tempfile::Builder::new().prefix("multihost-up-").tempdir_in("/var/tmp").unwrap();
+    let name = format!("mhup{}", std::process::id() % 1_000_000);
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(&file, format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 9\n")).unwrap();
+    let f = file.to_str().unwrap();
+    let o = on_login(&lab, &["up", f, "--engine", "slurm", "--hosts", "3", "--reach"]);
+    let out = text(&o);
+    assert!(o.status.success(), "hostd up --engine slurm: {}\n{out}", o.status);
+    for i in 1..=3 {
+        assert!(out.contains(&format!("host n{i} (")), "host n{i} not in:\n{out}");
+    }
+    assert_eq!(out.matches("3 of 3 ready").count(), 3, "{out}");
+    // Every host's 3 guests ready, each having exchanged data with a guest on each of the
+    // 2 other hosts.
+    let hosts = hosts_of(&lab, &name);
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    let mut runs = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(h["hostname"], format!("n{}", i + 1), "{h}");
+        assert!(h["lost"].is_null(), "{h}");
+        assert_eq!(states(h), ["ready"; 3], "{h}");
+        let r = &h["reach"];
+        assert_eq!((r["checked"].as_u64(), r["reached"].as_u64()), (Some(6), Some(6)), "{h}");
+        assert_eq!(r["across_hosts"].as_u64(), Some(6), "{h}");
+        runs.push(h["run"].as_str().unwrap().to_string());
+    }
+    // Each host keeps its part of the fleet network while the fleet is up.
+    for (i, run) in runs.iter().enumerate() {
+        let n = lab.host(i as u32 + 1, "ip netns list");
+        assert!(n.contains(&format!("vb-{run}")), "n{}: {n}", i + 1);
+    }
+    let o = on_login(&lab, &["exec", &name, "--", "true"]);
+    assert!(!o.status.success() && text(&o).contains("one-machine"), "{}", text(&o));
+    // Kill n2's worker: its guests are shown lost, the others stay ready.
+    let victims = workers(Some("n2"));
+    assert_eq!(victims.len(), 1, "workers on n2: {victims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victims[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let hosts = loop {
+        let hosts = hosts_of(&lab, &name);
+        if !hosts[1]["lost"].is_null() || std::time::Instant::now() > deadline {
+            break hosts;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(hosts[1]["lost"].as_str().unwrap_or("").contains("link dropped"), "{:?}", hosts[1]);
+    assert_eq!(states(&hosts[1]), ["lost"; 3], "{:?}", hosts[1]);
+    for h in [&hosts[0], &hosts[2]] {
+        assert!(h["lost"].is_null(), "{h}");
+        assert_eq!(states(h), ["ready"; 3], "{h}");
+    }
+    let o = on_login(&lab, &["status", &name]);
+    assert!(text(&o).contains("host n2 (") && text(&o).contains("LOST"), "{}", text(&o));
+    // Down: torn down on n1 and n3, the killed worker's leftovers on n2 cleaned up, the
+    // allocation given back, the daemon gone.
+    let o = on_login(&lab, &["down", &name]);
+    assert!(o.status.success(), "hostd down: {}", text(&o));
+    let o = lab_exec(&lab, &["squeue", "-h"]);
+    assert!(String::from_utf8_lossy(&o.stdout).trim().is_empty(), "jobs left: {}", text(&o));
+    let o = on_login(&lab, &["status", &name]);
+    assert!(!o.status.success(), "the fleet is still listed: {}", text(&o));
+    lab.assert_clean_of(&runs);
+    lab.down_finding_nothing();
+}
+
+fn lab_exec(l: &Lab, args: &[&str]) -> Output {
+    let mut a = vec!["exec", l.0.as_str()];
+    a.extend_from_slice(args);
+    lab(&a)
+}
+
+#[test]
+fn a_killed_fleet_daemon_gives_the_nodes_back_and_leaves_nothing_on_any_host() {
+    let Some((_s, lab)) = serial_lab("d") else { return };
+    let dir = tempfile::Builder::new().prefix("multihost-up-").tempdir_in("/var/tmp").unwrap();
+    let name = format!("mhkd{}", std::process::id() % 1_000_000);
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(&file, format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 6\n")).unwrap();
+    let o = on_login(&lab, &["up", file.to_str().unwrap(), "--engine", "slurm", "--hosts", "3"]);
+    assert!(o.status.success(), "hostd up --engine slurm: {}", text(&o));
+    let o = on_login(&lab, &["status", &name, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let runs: Vec<String> = v[0]["hosts"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["run"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(runs.len(), 3, "{v}");
+    let jobs = |l: &Lab| {
+        String::from_utf8_lossy(&lab_exec(l, &["squeue", "-h", "-o", "%j"]).stdout).into_owned()
+    };
+    assert!(jobs(&lab).contains(&format!("vb-up-{name}")), "{}", jobs(&lab));
+    // SIGKILL: the daemon cannot tear anything down; its pipe to salloc's command closes,
+    // Slurm takes the nodes back and cancels the step, and the workers tear down.
+    let daemon = v[0]["daemon_pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while (!jobs(&lab).trim().is_empty() || !workers(None).is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(jobs(&lab).trim().is_empty(), "jobs left: {}", jobs(&lab));
+    lab.assert_clean_of(&runs);
+    // The daemon's own run state on the login node is an orphan the next hostd reaps.
+    let o = on_login(&lab, &["reap"]);
+    assert!(o.status.success(), "hostd reap: {}", text(&o));
+    let o = on_login(&lab, &["status", &name]);
+    assert!(!o.status.success(), "the fleet is still listed: {}", text(&o));
     lab.down_finding_nothing();
 }

@@ -36,6 +36,10 @@ pub(crate) enum Cmd {
     /// srun): connects to the coordinator, starts the slice it is given, reports, holds
     /// the fleet until told to tear down or until the coordinator's link drops.
     Worker(WorkerArgs),
+    /// Clean up after hostd runs on this machine whose hostd died without tearing down (their
+    /// guests, cgroups, network namespaces, run state), as every hostd command does when it
+    /// starts; `hostd down` of a fleet across hosts runs it on a host whose worker was lost.
+    Reap,
     /// Show running fleets (all, or the one named).
     Status {
         /// The fleet's name (from its fleet file); all running fleets when left out.
@@ -169,6 +173,23 @@ pub(crate) struct UpArgs {
     /// Stay in the foreground instead of detaching.
     #[arg(long)]
     pub(crate) foreground: bool,
+    /// Where the fleet runs: this machine, or spread over the nodes of a Slurm allocation
+    /// that the fleet's daemon holds until `hostd down` (one backend, no groups, commands,
+    /// [net], system or limits; docs/multihost.md).
+    #[arg(long, value_enum, default_value = "local")]
+    pub(crate) engine: Engine,
+    /// With --engine slurm: nodes to spread the fleet over [default: SLURM_JOB_NUM_NODES
+    /// inside an allocation; required outside one, for salloc -N].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub(crate) hosts: Option<u16>,
+    /// With --engine slurm: the address workers connect to [default: this machine's
+    /// address on the route to the first node].
+    #[arg(long, value_name = "IP")]
+    pub(crate) listen: Option<std::net::IpAddr>,
+    /// With --engine slurm: once the fleet is up, every ready guest exchanges 64 KiB each
+    /// way with a guest on each other host; `hostd status` shows each host's count.
+    #[arg(long)]
+    pub(crate) reach: bool,
     #[command(flatten)]
     pub(crate) images: ImageArgs,
 }

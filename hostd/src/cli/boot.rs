@@ -213,19 +213,7 @@ pub(crate) async fn coordinate(o: &hostd::multihost::coordinator::Options) -> an
 /// The nodes to use and hostd's own path, inside a Slurm allocation; outside one, runs the
 /// same command again under `salloc -N K` (and so does not return unless salloc cannot run).
 pub(crate) fn in_allocation(hosts: Option<u16>) -> anyhow::Result<(u16, std::path::PathBuf)> {
-    let in_job = std::env::var_os("SLURM_JOB_ID").is_some();
-    let job_nodes: Option<u16> =
-        std::env::var("SLURM_JOB_NUM_NODES").ok().and_then(|v| v.parse().ok());
-    let hosts = match (hosts, job_nodes, in_job) {
-        (Some(k), Some(j), true) if k > j => {
-            anyhow::bail!("--hosts {k}: the allocation has only {j} nodes")
-        }
-        (Some(k), _, _) => k,
-        (None, Some(j), true) => j,
-        (None, _, _) => anyhow::bail!(
-            "--engine slurm outside an allocation needs --hosts K (the nodes salloc asks for)"
-        ),
-    };
+    let (hosts, in_job) = slurm_hosts(hosts)?;
     let exe =
         std::env::current_exe().map_err(|e| anyhow::anyhow!("finding hostd's own path: {e}"))?;
     if !in_job {
@@ -241,6 +229,25 @@ pub(crate) fn in_allocation(hosts: Option<u16>) -> anyhow::Result<(u16, std::pat
         anyhow::bail!("running salloc: {err}");
     }
     Ok((hosts, exe))
+}
+
+/// The nodes to use (`--hosts`, or inside an allocation its size) and whether this process
+/// is inside an allocation.
+pub(crate) fn slurm_hosts(hosts: Option<u16>) -> anyhow::Result<(u16, bool)> {
+    let in_job = std::env::var_os("SLURM_JOB_ID").is_some();
+    let job_nodes: Option<u16> =
+        std::env::var("SLURM_JOB_NUM_NODES").ok().and_then(|v| v.parse().ok());
+    let hosts = match (hosts, job_nodes, in_job) {
+        (Some(k), Some(j), true) if k > j => {
+            anyhow::bail!("--hosts {k}: the allocation has only {j} nodes")
+        }
+        (Some(k), _, _) => k,
+        (None, Some(j), true) => j,
+        (None, _, _) => anyhow::bail!(
+            "--engine slurm outside an allocation needs --hosts K (the nodes salloc asks for)"
+        ),
+    };
+    Ok((hosts, in_job))
 }
 
 /// What a multi-host boot did, host by host and in all; with failures when guests were

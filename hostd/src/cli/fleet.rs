@@ -138,6 +138,21 @@ pub(crate) async fn down(name: String) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the daemon of `hostd up` runs: a fleet on this machine, or one across the nodes of
+/// a Slurm allocation.
+enum Serving {
+    Local {
+        images: Vec<hostd::backend::Images>,
+        opts: BackendOptions,
+    },
+    /// The coordinator's options, and whether the daemon must take the allocation itself
+    /// (not inside one already).
+    Hosts {
+        o: Box<hostd::multihost::coordinator::Options>,
+        salloc: bool,
+    },
+}
+
 /// `hostd up`: validates, then detaches a daemon that boots the fleet; returns once the
 /// fleet is up (printing its status) or failed.
 pub(crate) fn up(a: &UpArgs) -> ExitCode {
@@ -152,27 +167,26 @@ pub(crate) fn up(a: &UpArgs) -> ExitCode {
     if daemon::live_fleets().iter().any(|(n, _)| *n == file.name) {
         return fail(format!("a fleet named {:?} is already running", file.name));
     }
-    let images = match group_images(a, &file) {
-        Ok(i) => i,
-        Err(e) => return fail(e),
+    let serving = match a.engine {
+        Engine::Local => match group_images(a, &file) {
+            Ok(images) => Serving::Local { images, opts: backend_options(&a.images) },
+            Err(e) => return fail(e),
+        },
+        Engine::Slurm => match hosts_options(a, &file) {
+            Ok(s) => s,
+            Err(e) => return fail(format!("{e:#}")),
+        },
     };
-    let opts = backend_options(&a.images);
     let fleet_name = file.name.clone();
     if a.foreground {
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        return match rt.block_on(async {
-            reap_orphans();
-            let run = RunState::create("up", None)?;
-            daemon::serve(file, images, opts, run, |r| match r {
-                Ok(up) => {
-                    print!("{}", up.text);
-                    if !up.failed.is_empty() {
-                        eprintln!("hostd: finished with failures: {}", up.failed.join("; "));
-                    }
+        return match daemon_main(serving, file, false, |r| match r {
+            Ok(up) => {
+                print!("{}", up.text);
+                if !up.failed.is_empty() {
+                    eprintln!("hostd: finished with failures: {}", up.failed.join("; "));
                 }
-                Err(e) => eprintln!("hostd: error: {e}"),
-            })
-            .await
+            }
+            Err(e) => eprintln!("hostd: error: {e}"),
         }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("{e:#}")),
@@ -195,30 +209,200 @@ pub(crate) fn up(a: &UpArgs) -> ExitCode {
             drop(rd);
             let _ = nix::unistd::setsid();
             let mut report = Some(std::fs::File::from(wr));
-            let rt = tokio::runtime::Runtime::new().expect("runtime");
-            let r = rt.block_on(async {
-                reap_orphans();
-                let run = RunState::create("up", None)?;
-                detach_stdio(&run.scratch.join("daemon.log"));
-                daemon::serve(file, images, opts, run, |r| {
-                    if let Some(mut w) = report.take() {
-                        // First line: ok, failed (a command failed in some guests: what,
-                        // on the second line) or error.
-                        let text = match r {
-                            Ok(up) if up.failed.is_empty() => format!("ok\n{}", up.text),
-                            Ok(up) => format!("failed\n{}\n{}", up.failed.join("; "), up.text),
-                            Err(e) => format!("error\n{e}"),
-                        };
-                        let _ = std::io::Write::write_all(&mut w, text.as_bytes());
-                    }
-                })
-                .await
+            let r = daemon_main(serving, file, true, |r| {
+                if let Some(mut w) = report.take() {
+                    // First line: ok, failed (a command failed in some guests: what,
+                    // on the second line) or error.
+                    let text = match r {
+                        Ok(up) if up.failed.is_empty() => format!("ok\n{}", up.text),
+                        Ok(up) => format!("failed\n{}\n{}", up.failed.join("; "), up.text),
+                        Err(e) => format!("error\n{e}"),
+                    };
+                    let _ = std::io::Write::write_all(&mut w, text.as_bytes());
+                }
             });
             if let (Err(e), Some(mut w)) = (&r, report.take()) {
                 let _ = std::io::Write::write_all(&mut w, format!("error\n{e:#}").as_bytes());
             }
             std::process::exit(if r.is_ok() { 0 } else { 1 });
         }
+    }
+}
+
+/// The fleet's daemon, in the process that stays (the forked child, or `hostd up
+/// --foreground` itself): its run state, its log (`detach`), the allocation of a fleet
+/// across hosts, then the runtime (made here: the fork must come first, and salloc's
+/// variables must be set while this process has one thread), serving until down.
+fn daemon_main(
+    serving: Serving,
+    file: daemon::FleetFile,
+    detach: bool,
+    ready: impl FnOnce(Result<daemon::Up, String>),
+) -> anyhow::Result<()> {
+    reap_orphans();
+    let run = RunState::create("up", None)?;
+    if detach {
+        detach_stdio(&run.scratch.join("daemon.log"));
+    }
+    match serving {
+        Serving::Local { images, opts } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(daemon::serve(file, images, opts, run, ready))
+        }
+        Serving::Hosts { o, salloc } => {
+            let alloc = if salloc {
+                match Allocation::take(o.hosts, &file.name) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        ready(Err(format!("{e:#}")));
+                        run.finish();
+                        return Err(e);
+                    }
+                }
+            } else {
+                None
+            };
+            let r = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(daemon::serve_hosts(file.name.clone(), *o, run, ready)));
+            if let Some(a) = alloc {
+                a.release();
+            }
+            r
+        }
+    }
+}
+
+/// The coordinator's options of `hostd up --engine slurm`, from the fleet file and the
+/// command line; what a fleet across hosts cannot do yet is refused, naming it.
+fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving> {
+    let not = |what: &str| anyhow::anyhow!("--engine slurm: {what} is not done across hosts yet");
+    if !file.groups.is_empty() {
+        return Err(not("a fleet file with [[group]]s"));
+    }
+    if !file.commands.is_empty() {
+        return Err(not("`commands`"));
+    }
+    if file.net.is_some() {
+        return Err(not("[net]"));
+    }
+    if file.system.is_some() || a.images.system.is_some() {
+        return Err(not("a system image"));
+    }
+    let l = &file.limits;
+    if l.memory_mib.is_some() || l.cpus.is_some() || l.pids.is_some() {
+        return Err(not("[limits]"));
+    }
+    let (hosts, in_job) = cli::boot::slurm_hosts(a.hosts)?;
+    if in_job && !a.foreground {
+        tracing::warn!(
+            "inside an allocation, the fleet lives only as long as the allocation: if it ends when \
+             this command returns (salloc -N K hostd up …), use --foreground"
+        );
+    }
+    let g = &file.resolved[0];
+    let exe =
+        std::env::current_exe().map_err(|e| anyhow::anyhow!("finding hostd's own path: {e}"))?;
+    let o = hostd::multihost::coordinator::Options {
+        backend: g.kind,
+        n: g.guests,
+        mode: StartMode::Hot,
+        mem_mib: g.mem_mib,
+        vcpus: g.vcpus,
+        parallelism: file.parallelism,
+        boot_timeout: Duration::from_secs(file.boot_timeout_s),
+        network: file.network,
+        hosts: usize::from(hosts),
+        weights: Vec::new(),
+        listen: a.listen,
+        // No results directory: a held fleet measures nothing.
+        results: PathBuf::new(),
+        exe,
+        images: hostd::images::resolve(a.images.agent.as_deref()).ok().map(|i| i.hashes),
+        hold: Duration::ZERO,
+        reach: a.reach,
+        ring: None,
+        label: format!("up-slurm-{}", g.kind),
+        notes: Vec::new(),
+    };
+    Ok(Serving::Hosts { o: Box::new(o), salloc: !in_job })
+}
+
+/// The allocation a fleet's daemon holds: `salloc -N K` running a command that lives as
+/// long as the daemon holds its input open, so that however the daemon ends (down, a
+/// signal, SIGKILL: the kernel closes the pipe) Slurm takes the nodes back and cancels the
+/// workers' step.
+struct Allocation {
+    job: String,
+    salloc: std::process::Child,
+}
+
+impl Allocation {
+    /// Asks Slurm for `hosts` nodes (waiting as long as Slurm queues the request), and sets
+    /// this process's SLURM_JOB_ID, SLURM_JOB_NUM_NODES and SLURM_JOB_NODELIST as inside
+    /// an allocation, so that srun runs the workers in it. Call with one thread only.
+    fn take(hosts: usize, name: &str) -> anyhow::Result<Allocation> {
+        use std::io::BufRead;
+        // The command prints the allocation, then reads its input to the end: the pipe from
+        // this daemon (close-on-exec here, so no guest or worker holds it open). At its end
+        // salloc gives the nodes back. (`tail --pid` instead lingered up to a second after
+        // the daemon, and exited at once when its output was a closed pipe.)
+        let script =
+            r#"echo "$SLURM_JOB_ID $SLURM_JOB_NUM_NODES $SLURM_JOB_NODELIST"; exec cat >/dev/null"#;
+        let mut salloc = std::process::Command::new("salloc")
+            .args(["-N", &hosts.to_string(), "--job-name", &format!("vb-up-{name}"), "--"])
+            .args(["sh", "-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("running salloc: {e}"))?;
+        let mut line = String::new();
+        let read =
+            std::io::BufReader::new(salloc.stdout.take().expect("piped")).read_line(&mut line);
+        let mut words = line.split_whitespace();
+        let (Some(job), Some(nodes), Some(list)) = (words.next(), words.next(), words.next())
+        else {
+            drop(salloc.stdin.take());
+            let st = salloc.wait().map_or("?".into(), |s| s.to_string());
+            anyhow::bail!(
+                "salloc -N {hosts}: no allocation (salloc {st}, read {read:?}, said {line:?}; its messages are in the daemon's log)"
+            );
+        };
+        if nodes.parse::<usize>().ok() != Some(hosts) {
+            let a = Allocation { job: job.into(), salloc };
+            a.release();
+            anyhow::bail!("salloc -N {hosts}: the allocation has {nodes} nodes");
+        }
+        std::env::set_var("SLURM_JOB_ID", job);
+        std::env::set_var("SLURM_JOB_NUM_NODES", nodes);
+        std::env::set_var("SLURM_JOB_NODELIST", list);
+        eprintln!("hostd: holding Slurm job {job} on {list} until the fleet goes down");
+        Ok(Allocation { job: job.into(), salloc })
+    }
+
+    /// Gives the nodes back: ends the command's input, so that it and then salloc end;
+    /// after 30 s, `scancel JOB` and kills salloc.
+    fn release(mut self) {
+        drop(self.salloc.stdin.take());
+        for _ in 0..300 {
+            if !matches!(self.salloc.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("hostd: salloc of job {} still running 30 s on: scancel", self.job);
+        match std::process::Command::new("scancel").arg(&self.job).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "hostd: scancel {}: {}: {}",
+                self.job,
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => eprintln!("hostd: running scancel {}: {e}", self.job),
+        }
+        let _ = self.salloc.kill();
+        let _ = self.salloc.wait();
     }
 }
 

@@ -110,6 +110,9 @@ pub async fn request_down(run: &RunState, wait: Duration) -> anyhow::Result<()> 
 }
 
 pub fn format_status(s: &Status) -> String {
+    if let Some(h) = &s.hosts {
+        return hosts::format_hosts(s, h);
+    }
     let mut out = format!(
         "fleet {} (run {}, backend {}, daemon pid {}){}\n",
         s.name,

@@ -6,6 +6,7 @@
 mod client;
 mod file;
 mod guests;
+mod hosts;
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +29,7 @@ use crate::runstate::{RunState, RUN_ROOT};
 pub use client::*;
 pub use file::*;
 use guests::{copy_in, copy_out, exec_in, exec_on, targets};
+pub use hosts::{not_ready, serve_hosts, HostsFleet, SlurmState};
 
 /// What `hostd status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +43,10 @@ pub struct Status {
     pub netns: Option<String>,
     pub guests: Vec<GuestStatus>,
     pub failures: Vec<GuestFailure>,
+    /// A fleet across hosts (`hostd up --engine slurm`): its job and every host's guests
+    /// (`guests` and `failures` are then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<HostsFleet>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +192,7 @@ fn status_of(name: &str, run: &RunState, fleet: &mut Running) -> Status {
             })
             .collect(),
         failures,
+        hosts: None,
     }
 }
 

@@ -23,10 +23,12 @@ use super::proto::{self, Booted, FromWorker, Hello, NetPlan, Slice, SliceFleet, 
 use crate::backend::BackendKind;
 use crate::startup::{FleetBoot, StartMode};
 
+mod held;
 mod merge;
 mod reach;
 mod ring;
 mod teardown;
+pub use held::{status_of, up, GuestState, Held, HostGuest, HostStatus};
 pub use merge::{shortfalls, HostRecord, MultiHost};
 pub use ring::{RingOptions, RingSummary};
 use teardown::{hold, tear_down_reporting, teardown_within};
@@ -333,6 +335,15 @@ pub struct Outcome {
 /// Runs the whole multi-host boot inside the current Slurm allocation.
 pub async fn run(o: &Options) -> Result<Outcome> {
     let job = std::env::var("SLURM_JOB_ID").ok();
+    let (listener, token, mut srun) = launch(o).await?;
+    let outcome = coordinate(o, &listener, &token, &mut srun, job).await;
+    end_step(srun, o.n).await;
+    outcome
+}
+
+/// Listens for the workers and starts them, one per node, as one job step: the listener,
+/// their token and srun.
+async fn launch(o: &Options) -> Result<(TcpListener, String, tokio::process::Child)> {
     let listen = match o.listen {
         Some(a) => a,
         None => default_listen().context("choosing the address workers connect to")?,
@@ -344,7 +355,7 @@ pub async fn run(o: &Options) -> Result<Outcome> {
     let token = new_token()?;
     let k = o.hosts.to_string();
     eprintln!("hostd: coordinator on {at}: starting {k} workers with srun");
-    let mut srun = tokio::process::Command::new("srun")
+    let srun = tokio::process::Command::new("srun")
         .args(["--ntasks-per-node=1", "-N", &k, "-n", &k, "--kill-on-bad-exit=0", "--"])
         .arg(&o.exe)
         .args(["worker", "--connect", &at.to_string(), "--backend", o.backend.name()])
@@ -356,11 +367,15 @@ pub async fn run(o: &Options) -> Result<Outcome> {
         .kill_on_drop(false)
         .spawn()
         .context("starting the workers with srun")?;
-    let outcome = coordinate(o, &listener, &token, &mut srun, job).await;
+    Ok((listener, token, srun))
+}
+
+/// Waits for the workers' step to end once they were told to tear down (or lost).
+async fn end_step(mut srun: tokio::process::Child, n: usize) {
     // Workers exit once torn down (or once their link drops: a lost host's worker is still
     // tearing its guests down); srun with them. Cancelled sooner, a host of 5000 guests was
     // killed halfway and left them to the next hostd's orphan reaping.
-    let grace = teardown_within(o.n); // no host holds more than the fleet
+    let grace = teardown_within(n); // no host holds more than the fleet
     match timeout(grace, srun.wait()).await {
         Ok(Ok(st)) if !st.success() => eprintln!("hostd: srun exited {st}"),
         Ok(_) => {}
@@ -369,16 +384,23 @@ pub async fn run(o: &Options) -> Result<Outcome> {
             let _ = srun.kill().await;
         }
     }
-    outcome
 }
 
-async fn coordinate(
+/// A fleet started on every host: the workers (each with its startup report, or lost),
+/// their slices and T0 on both of our clocks.
+struct Started {
+    ws: Vec<Worker>,
+    t0_unix_ns: u64,
+    t0_mono: u64,
+}
+
+/// Connects the workers, sends their slices and waits for every startup report.
+async fn start(
     o: &Options,
     listener: &TcpListener,
     token: &str,
     srun: &mut tokio::process::Child,
-    job: Option<String>,
-) -> Result<Outcome> {
+) -> Result<Started> {
     let mut ws = connect(o, listener, token, srun).await?;
     let (slices, t0_unix_ns, t0_mono) = send_slices(o, &mut ws, token).await?;
     let within = LEAD + o.boot_timeout + Duration::from_secs(60);
@@ -392,6 +414,17 @@ async fn coordinate(
         }
     }));
     reports.await;
+    Ok(Started { ws, t0_unix_ns, t0_mono })
+}
+
+async fn coordinate(
+    o: &Options,
+    listener: &TcpListener,
+    token: &str,
+    srun: &mut tokio::process::Child,
+    job: Option<String>,
+) -> Result<Outcome> {
+    let Started { mut ws, t0_unix_ns, t0_mono } = start(o, listener, token, srun).await?;
     if o.reach {
         reach::reach(&mut ws).await;
     }

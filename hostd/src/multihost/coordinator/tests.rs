@@ -179,3 +179,63 @@ fn a_missed_or_unclean_teardown_is_a_failure_naming_the_host() {
         .collect();
     assert_eq!(shortfalls(&m, &boot), ["2 of 4 guests failed or lost"]);
 }
+
+#[test]
+fn a_held_hosts_guests_are_ready_failed_or_lost_from_its_record() {
+    use super::{status_of, GuestState};
+    use crate::multihost::proto::{Booted, GuestLost, GuestReady};
+    let mut r = super::HostRecord {
+        hostname: "n2".into(),
+        node_id: Some(1),
+        node_name: Some("n2".into()),
+        addr: "10.250.0.12".parse().unwrap(),
+        cpus: 2,
+        mem_mib: 1024,
+        images: Default::default(),
+        first: 3,
+        count: 3,
+        clock: None,
+        booted: Some(Booted {
+            run: "r1".into(),
+            lateness_s: 0.001,
+            start_mono_ns: 1,
+            ready: vec![
+                GuestReady { index: 3, ready_s: 0.2 },
+                GuestReady { index: 5, ready_s: 0.3 },
+            ],
+            failed: vec![GuestLost {
+                index: 4,
+                kind: crate::fleet::FailureKind::Timeout,
+                error: "no hello".into(),
+            }],
+        }),
+        start_vs_coordinator_s: None,
+        serve_failed: Vec::new(),
+        reach: None,
+        teardown: None,
+        teardown_error: None,
+        ring_failed: Vec::new(),
+        lost: None,
+    };
+    let s = status_of(&r, true);
+    let states: Vec<_> = s.guests.iter().map(|g| (g.name.as_str(), g.state)).collect();
+    assert_eq!(
+        states,
+        [("g3", GuestState::Ready), ("g4", GuestState::Failed), ("g5", GuestState::Ready)]
+    );
+    assert_eq!(s.guests[0].addr.as_deref(), Some("10.211.0.5"));
+    assert_eq!(s.guests[2].ready_after_s, Some(0.3));
+    assert_eq!(s.run.as_deref(), Some("r1"));
+    assert!(status_of(&r, false).guests.iter().all(|g| g.addr.is_none()));
+    // Its worker's link dropped: the ready guests are lost, the failed one stays failed.
+    r.lost = Some("its link dropped while its fleet was up: closed".into());
+    let s = status_of(&r, true);
+    let states: Vec<_> = s.guests.iter().map(|g| g.state).collect();
+    assert_eq!(states, [GuestState::Lost, GuestState::Failed, GuestState::Lost]);
+    assert!(s.guests[0].error.as_deref().unwrap().contains("host n2 lost: its link dropped"));
+    // A host lost before reporting: every guest of its slice is lost.
+    r.booted = None;
+    let s = status_of(&r, true);
+    assert!(s.guests.iter().all(|g| g.state == GuestState::Lost), "{s:?}");
+    assert_eq!(s.guests.len(), 3);
+}

@@ -1,0 +1,208 @@
+//! A fleet kept up across hosts until told to go down (`hostd up --engine slurm`): the same
+//! workers, slices, network and teardown as `hostd boot --engine slurm`, with the hold
+//! open-ended and each worker's link watched, so that a host whose worker dies is shown
+//! with its guests lost while the others stay up.
+
+use serde::{Deserialize, Serialize};
+
+use super::super::proto::{self, FromWorker, GuestLost, Reached};
+use super::{brief, end_step, launch, reach, start, tear_down_reporting, HostRecord, Options};
+use super::{Started, Worker};
+use crate::netlab::FleetNet;
+
+/// A fleet up on every host of the allocation.
+pub struct Held {
+    ws: Vec<Worker>,
+    srun: tokio::process::Child,
+    n: usize,
+    network: bool,
+    /// The hostd binary the nodes run.
+    exe: std::path::PathBuf,
+}
+
+/// One host of a held fleet, as `hostd status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub hostname: String,
+    pub node_name: Option<String>,
+    pub addr: std::net::Ipv4Addr,
+    /// Its slice: global indices `first..first + count`.
+    pub first: usize,
+    pub count: usize,
+    /// The worker's run id on that host (its fleet namespace is `vb-<run>`).
+    pub run: Option<String>,
+    /// Its CLOCK_MONOTONIC minus the coordinator's, s, and the bound.
+    pub offset_s: Option<f64>,
+    pub bound_s: Option<f64>,
+    /// Why its guests are lost (its worker's link dropped, it misbehaved), if they are.
+    pub lost: Option<String>,
+    /// With `--reach`: its guests' exchanges with a guest on each other host.
+    pub reach: Option<Reached>,
+    pub guests: Vec<HostGuest>,
+}
+
+/// One guest of a host's slice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostGuest {
+    pub name: String,
+    pub index: usize,
+    pub addr: Option<String>,
+    pub state: GuestState,
+    /// Its host's fleet start → ready, on that host's clock, s.
+    pub ready_after_s: Option<f64>,
+    /// Why it did not start, or how it was lost.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestState {
+    /// Started and its host's worker still holds it.
+    Ready,
+    /// Did not start on a live host.
+    Failed,
+    /// Its host's worker died, disconnected or misbehaved: whatever it was is gone or
+    /// unknown.
+    Lost,
+}
+
+/// Starts the fleet on every host (and, with `o.reach`, checks every host's guests reach a
+/// guest of each other host). Hosts lost while starting are kept, shown lost.
+pub async fn up(o: &Options) -> anyhow::Result<Held> {
+    let (listener, token, mut srun) = launch(o).await?;
+    let started = match start(o, &listener, &token, &mut srun).await {
+        Ok(s) => s,
+        Err(e) => {
+            // The workers' links are gone with `start`'s: they tear down, srun ends.
+            end_step(srun, o.n).await;
+            return Err(e);
+        }
+    };
+    let Started { mut ws, .. } = started;
+    if o.reach {
+        reach::reach(&mut ws).await;
+    }
+    Ok(Held { ws, srun, n: o.n, network: o.network, exe: o.exe.clone() })
+}
+
+impl Held {
+    /// Returns once a live worker's link drops or it says anything while its fleet is up
+    /// (it has nothing to say): that host is then lost, and this says which and why.
+    /// Never returns while no host is live. Cancel-safe while the workers stay silent,
+    /// which held workers do.
+    pub async fn watch(&mut self) -> String {
+        let live: Vec<_> = self
+            .ws
+            .iter_mut()
+            .filter(|w| w.rec.lost.is_none())
+            .map(|w| Box::pin(watch_one(w)))
+            .collect();
+        if live.is_empty() {
+            return std::future::pending().await;
+        }
+        futures::future::select_all(live).await.0
+    }
+
+    /// Every host and its guests.
+    pub fn hosts(&self) -> Vec<HostStatus> {
+        self.ws.iter().map(|w| status_of(&w.rec, self.network)).collect()
+    }
+
+    /// Tears down on every live host (each says what it left behind), waits for the step
+    /// to end, then cleans up on every lost host what its worker left: every host's record
+    /// and, per lost host, what the clean-up found or why it could not run.
+    pub async fn down(mut self) -> (Vec<HostRecord>, Vec<String>) {
+        futures::future::join_all(self.ws.iter_mut().map(tear_down_reporting)).await;
+        let Held { ws, srun, n, exe, .. } = self;
+        end_step(srun, n).await;
+        let recs: Vec<HostRecord> = ws.into_iter().map(|w| w.rec).collect();
+        let reaped = futures::future::join_all(
+            recs.iter().filter(|r| r.lost.is_some()).map(|r| reap_on(&exe, r)),
+        )
+        .await;
+        (recs, reaped)
+    }
+}
+
+/// `hostd reap` on a lost host, as a job step of the allocation: a worker killed outright
+/// left its guests, cgroups, fleet namespace and run state there, and its run's owner is
+/// dead, so they are an orphan run. What it said, or why it could not run.
+async fn reap_on(exe: &std::path::Path, r: &HostRecord) -> String {
+    let node = r.node_name.as_deref().unwrap_or(&r.hostname);
+    let step = tokio::process::Command::new("srun")
+        .args(["-N", "1", "-n", "1", "-w", node, "--"])
+        .arg(exe)
+        .arg("reap")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let said = match tokio::time::timeout(super::REPLY_WITHIN, step).await {
+        Err(_) => format!("no answer within {:?}", super::REPLY_WITHIN),
+        Ok(Err(e)) => format!("running srun: {e}"),
+        Ok(Ok(o)) => {
+            let text =
+                String::from_utf8_lossy(if o.status.success() { &o.stdout } else { &o.stderr });
+            format!(
+                "{}{}",
+                if o.status.success() { "" } else { "failed: " },
+                text.trim().replace('\n', "; ")
+            )
+        }
+    };
+    format!("host {}: clean-up of its lost worker's run: {said}", r.hostname)
+}
+
+async fn watch_one(w: &mut Worker) -> String {
+    let why = match proto::read::<FromWorker, _>(&mut w.r).await {
+        Ok(m) => format!("sent {} while its fleet was up", brief(&m)),
+        Err(e) => format!("its link dropped while its fleet was up: {e}"),
+    };
+    let said = format!("host {}: its {} guests are lost: {why}", w.name(), w.rec.count);
+    w.rec.lost = Some(why);
+    said
+}
+
+/// A host's status from its record (`network`: its guests have addresses): a guest is ready if its host reported it ready and is
+/// not lost, failed if it reported it failed, lost otherwise.
+pub fn status_of(r: &HostRecord, network: bool) -> HostStatus {
+    let ready: std::collections::HashMap<usize, f64> =
+        r.booted.iter().flat_map(|b| b.ready.iter().map(|g| (g.index, g.ready_s))).collect();
+    let failed: std::collections::HashMap<usize, &GuestLost> =
+        r.booted.iter().flat_map(|b| b.failed.iter().map(|g| (g.index, g))).collect();
+    let guests = (r.first..r.first + r.count)
+        .map(|index| {
+            let (state, error) = match (&r.lost, failed.get(&index)) {
+                (_, Some(f)) => (GuestState::Failed, Some(format!("{:?}: {}", f.kind, f.error))),
+                (Some(l), None) => {
+                    (GuestState::Lost, Some(format!("host {} lost: {l}", r.hostname)))
+                }
+                (None, None) if ready.contains_key(&index) => (GuestState::Ready, None),
+                // A live host that reported neither (it cannot: validated) or none yet.
+                (None, None) => (GuestState::Lost, Some("not reported by its host".into())),
+            };
+            HostGuest {
+                name: format!("g{index}"),
+                index,
+                addr: network
+                    .then(|| FleetNet::guest_addr(index).ok().map(|a| a.to_string()))
+                    .flatten(),
+                state,
+                ready_after_s: ready.get(&index).copied(),
+                error,
+            }
+        })
+        .collect();
+    HostStatus {
+        hostname: r.hostname.clone(),
+        node_name: r.node_name.clone(),
+        addr: r.addr,
+        first: r.first,
+        count: r.count,
+        run: r.booted.as_ref().map(|b| b.run.clone()),
+        offset_s: r.clock.map(|c| c.offset_s),
+        bound_s: r.clock.map(|c| c.bound_s),
+        lost: r.lost.clone(),
+        reach: r.reach.clone(),
+        guests,
+    }
+}
