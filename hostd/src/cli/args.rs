@@ -154,14 +154,8 @@ pub(crate) struct RunArgs {
     /// ns guests, spanning the hosts; docs/multihost.md).
     #[arg(long, value_enum, default_value = "local", conflicts_with_all = ["resume", "dry_run"])]
     pub(crate) engine: Engine,
-    /// With --engine slurm: nodes to use [default: SLURM_JOB_NUM_NODES inside an allocation;
-    /// required outside one, for salloc -N].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub(crate) hosts: Option<u16>,
-    /// With --engine slurm: the address workers connect to [default: this machine's
-    /// address on the route to the first node].
-    #[arg(long, value_name = "IP")]
-    pub(crate) listen: Option<std::net::IpAddr>,
+    #[command(flatten)]
+    pub(crate) slurm: SlurmArgs,
     #[command(flatten)]
     pub(crate) images: ImageArgs,
 }
@@ -178,14 +172,8 @@ pub(crate) struct UpArgs {
     /// [net], system or limits; docs/multihost.md).
     #[arg(long, value_enum, default_value = "local")]
     pub(crate) engine: Engine,
-    /// With --engine slurm: nodes to spread the fleet over [default: SLURM_JOB_NUM_NODES
-    /// inside an allocation; required outside one, for salloc -N].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub(crate) hosts: Option<u16>,
-    /// With --engine slurm: the address workers connect to [default: this machine's
-    /// address on the route to the first node].
-    #[arg(long, value_name = "IP")]
-    pub(crate) listen: Option<std::net::IpAddr>,
+    #[command(flatten)]
+    pub(crate) slurm: SlurmArgs,
     /// With --engine slurm: once the fleet is up, every ready guest exchanges 64 KiB each
     /// way with a guest on each other host; `hostd status` shows each host's count.
     #[arg(long)]
@@ -219,6 +207,20 @@ impl ExportArgs {
         hostd::export::write(e, &t)?;
         Ok(())
     }
+}
+
+/// Where a run across Slurm nodes finds its nodes and how its workers reach it (boot, run and
+/// up with `--engine slurm`).
+#[derive(Args)]
+pub(crate) struct SlurmArgs {
+    /// With --engine slurm: nodes to use [default: SLURM_JOB_NUM_NODES inside an allocation;
+    /// required outside one, for salloc -N].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub(crate) hosts: Option<u16>,
+    /// With --engine slurm: the address workers connect to [default: this machine's
+    /// address on the route to the first node].
+    #[arg(long, value_name = "IP")]
+    pub(crate) listen: Option<std::net::IpAddr>,
 }
 
 /// Where images come from and how backends run.
@@ -353,14 +355,8 @@ pub(crate) struct BootArgs {
     /// no memory figures; docs/multihost.md).
     #[arg(long, value_enum, default_value = "local")]
     pub(crate) engine: Engine,
-    /// With --engine slurm: nodes to use [default: SLURM_JOB_NUM_NODES inside an allocation;
-    /// required outside one, for salloc -N].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub(crate) hosts: Option<u16>,
-    /// With --engine slurm: the address workers connect to [default: this machine's
-    /// address on the route to the first node].
-    #[arg(long, value_name = "IP")]
-    pub(crate) listen: Option<std::net::IpAddr>,
+    #[command(flatten)]
+    pub(crate) slurm: SlurmArgs,
     /// With --engine slurm: per-host weights of the split, comma-separated, one per host in
     /// node order [default: even].
     #[arg(long, value_delimiter = ',')]

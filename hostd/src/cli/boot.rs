@@ -162,7 +162,7 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
     if a.to_memory_bound {
         anyhow::bail!("--engine slurm boots one size: --to-memory-bound needs several on one host");
     }
-    let (hosts, exe) = in_allocation(a.hosts)?;
+    let (hosts, exe) = in_allocation(a.slurm.hosts)?;
     let mode = a.modes[0];
     if a.modes.len() > 1 {
         eprintln!("hostd: --engine slurm measures one start mode: {}", mode.name());
@@ -181,7 +181,7 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
         network: !a.no_network,
         hosts: usize::from(hosts),
         weights: a.weights,
-        listen: a.listen,
+        listen: a.slurm.listen,
         results: a.results,
         exe,
         images,

@@ -293,7 +293,7 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
     if l.memory_mib.is_some() || l.cpus.is_some() || l.pids.is_some() {
         return Err(not("[limits]"));
     }
-    let (hosts, in_job) = cli::boot::slurm_hosts(a.hosts)?;
+    let (hosts, in_job) = cli::boot::slurm_hosts(a.slurm.hosts)?;
     if in_job && !a.foreground {
         tracing::warn!(
             "inside an allocation, the fleet lives only as long as the allocation: if it ends when \
@@ -314,7 +314,7 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
         network: file.network,
         hosts: usize::from(hosts),
         weights: Vec::new(),
-        listen: a.listen,
+        listen: a.slurm.listen,
         // No results directory: a held fleet measures nothing.
         results: PathBuf::new(),
         exe,

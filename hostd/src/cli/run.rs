@@ -356,7 +356,7 @@ async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
     if campaign.guest.system.is_some() {
         anyhow::bail!("--engine slurm boots the agent's image only, not --system");
     }
-    let (hosts, exe) = cli::boot::in_allocation(a.hosts)?;
+    let (hosts, exe) = cli::boot::in_allocation(a.slurm.hosts)?;
     // At least one guest a host, so the ring spans every host.
     let n = campaign.ring.guests.max(2).max(usize::from(hosts));
     let images = hostd::images::resolve(a.images.agent.as_deref()).ok().map(|i| i.hashes);
@@ -378,7 +378,7 @@ async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
         network: true,
         hosts: usize::from(hosts),
         weights: Vec::new(),
-        listen: a.listen,
+        listen: a.slurm.listen,
         results: a.results,
         exe,
         images,

@@ -69,17 +69,7 @@ pub async fn serve_hosts(
     ready: impl FnOnce(Result<Up, String>),
 ) -> anyhow::Result<()> {
     let listener = UnixListener::bind(socket_path(&run))?;
-    let state = SlurmState {
-        job: std::env::var("SLURM_JOB_ID").ok(),
-        nodelist: std::env::var("SLURM_JOB_NODELIST").ok(),
-        hosts: o.hosts,
-        guests: o.n,
-    };
-    crate::runstate::write_atomic(
-        &run.scratch.join("slurm.json"),
-        &serde_json::to_vec_pretty(&state)?,
-    )
-    .map_err(|e| anyhow::anyhow!("writing the fleet's Slurm state: {e}"))?;
+    write_slurm_state(&run, &o)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let started = tokio::select! {
         r = coordinator::up(&o) => Some(r),
@@ -149,6 +139,29 @@ pub async fn serve_hosts(
     }
     eprintln!("hostd: tearing the fleet down on every host");
     let (recs, reaped) = fleet.down().await;
+    say_teardown(recs, reaped);
+    let _ = std::fs::remove_file(&name_link);
+    run.finish();
+    Ok(())
+}
+
+/// Records the allocation's job and nodes beside the run state (`slurm.json`).
+fn write_slurm_state(run: &RunState, o: &coordinator::Options) -> anyhow::Result<()> {
+    let state = SlurmState {
+        job: std::env::var("SLURM_JOB_ID").ok(),
+        nodelist: std::env::var("SLURM_JOB_NODELIST").ok(),
+        hosts: o.hosts,
+        guests: o.n,
+    };
+    crate::runstate::write_atomic(
+        &run.scratch.join("slurm.json"),
+        &serde_json::to_vec_pretty(&state)?,
+    )
+    .map_err(|e| anyhow::anyhow!("writing the fleet's Slurm state: {e}"))
+}
+
+/// One line per host on how its teardown went, then what was reaped on lost hosts.
+fn say_teardown(recs: Vec<coordinator::HostRecord>, reaped: Vec<String>) {
     for h in recs {
         match (&h.teardown, &h.teardown_error, &h.lost) {
             (Some(t), _, _) if t.leftovers.is_empty() => {
@@ -172,9 +185,6 @@ pub async fn serve_hosts(
     for r in reaped {
         eprintln!("hostd: {r}");
     }
-    let _ = std::fs::remove_file(&name_link);
-    run.finish();
-    Ok(())
 }
 
 /// `hostd status`'s text for a fleet across hosts.
