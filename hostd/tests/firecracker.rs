@@ -61,7 +61,7 @@ async fn three_guests_on_a_fleet_network() {
         Ok(d) => println!("firecracker probe: {d}"),
         Err(e) => return skip(&e.to_string()),
     }
-    let release = vm::kernel_release(&images.kernel_microvm.as_ref().unwrap().path);
+    let release = vm::kernel_release(&images.kernel_pv.as_ref().unwrap().path);
     // Clean: without ACPI the guest cannot power off, so the agent reboots (vb.poweroff=reboot)
     // and Firecracker exits on the i8042 reset that `reboot=k` performs.
     let exp = Expect {

@@ -1,8 +1,7 @@
 //! End to end on the `qemu-microvm` and `qemu-full` backends under TCG (works on any host),
 //! plus the accelerator decision (a real KVM boot probe). Needs root (fleet namespace,
-//! taps, cgroups), QEMU, the musl agent and the kernels ($VIRTBENCH_KERNEL_MICROVM,
-//! $VIRTBENCH_KERNEL_PC or the scratch build); a missing piece makes a test say it is
-//! skipped and why.
+//! taps, cgroups), QEMU, the musl agent and the image store's kernels (kernel-pv for microvm,
+//! kernel-pc); a missing piece makes a test say it is skipped and why.
 
 mod support {
     pub mod fault;
@@ -28,7 +27,7 @@ async fn fleet(kind: BackendKind, n: usize, tag: &str) {
     };
     let _heavy = vm::HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let k = if kind == BackendKind::QemuFull { &images.kernel_pc } else { &images.kernel_microvm };
+    let k = if kind == BackendKind::QemuFull { &images.kernel_pc } else { &images.kernel_pv };
     let release = vm::kernel_release(&k.as_ref().unwrap().path);
     assert!(release.is_some(), "the kernel image names its release");
     let backend = vm::backend(kind, &images, &tcg());

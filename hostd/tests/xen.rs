@@ -201,7 +201,7 @@ async fn lab_boots_three_pv_domus_under_tcg() {
 /// containing 0x0f were lost (a clock ping's checksum had one). The kernel must not have it.
 #[test]
 fn xen_domu_kernel_has_no_sysrq_to_eat_frame_bytes() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/kernels/xen.config");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/kernels/pv.config");
     let config = std::fs::read_to_string(path).unwrap();
     assert!(config.lines().any(|l| l.trim() == "# CONFIG_MAGIC_SYSRQ is not set"), "{path}");
     assert!(!config.lines().any(|l| l.trim() == "CONFIG_MAGIC_SYSRQ=y"), "{path}");

@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! let store = imagegen::Store::open(imagegen::Config::from_env()?.store)?;
-//! let kernel = store.current("kernel-microvm")?;
+//! let kernel = store.current("kernel-pv")?;
 //! let vmlinux = store.output_path(&kernel, "kernel")?;
 //! let cmdline = kernel.cmdline.as_deref().unwrap_or("");
 //! # let _ = (vmlinux, cmdline);

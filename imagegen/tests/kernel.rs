@@ -9,9 +9,9 @@ use std::path::Path;
 use common::{config_in, write_recipe};
 use imagegen::{BuildError, Status, Store};
 
-/// The tarball pin and the `[source]` table of the shipped kernel-microvm recipe.
+/// The tarball pin and the `[source]` table of the shipped kernel-pv recipe.
 fn shipped_source() -> (String, String) {
-    let text = std::fs::read_to_string(common::shipped_recipes().join("kernel-microvm.toml")).unwrap();
+    let text = std::fs::read_to_string(common::shipped_recipes().join("kernel-pv.toml")).unwrap();
     let v: toml::Table = toml::from_str(&text).unwrap();
     let sha = v["sha256"].as_str().unwrap().to_string();
     let table = text[text.find("\n[source]").expect("a [source] table") + 1..].to_string();

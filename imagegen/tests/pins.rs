@@ -56,7 +56,7 @@ fn set(text: String, after: &str, key: &str, value: &str) -> String {
 #[test]
 fn unserved_kernel_source_pin_names_package_versions_and_the_command() {
     let d = tempfile::tempdir().unwrap();
-    copy_shipped(d.path(), "kernel-microvm", "k", &["kernels/microvm.config"], |t| {
+    copy_shipped(d.path(), "kernel-pv", "k", &["kernels/pv.config"], |t| {
         let t = set(t, "[source]", "version", "6.12.1-1~deb12u1");
         set(t, "[source]", "sha256", &"0".repeat(64))
     });
@@ -145,7 +145,7 @@ fn pin_moves_a_stale_deb_file_to_a_served_version_that_builds() {
 #[test]
 fn pin_moves_a_stale_kernel_source_and_the_new_pin_checks_out() {
     let d = tempfile::tempdir().unwrap();
-    copy_shipped(d.path(), "kernel-microvm", "k", &["kernels/microvm.config"], |t| {
+    copy_shipped(d.path(), "kernel-pv", "k", &["kernels/pv.config"], |t| {
         let t = set(t, "", "sha256", &"2".repeat(64));
         let t = set(t, "[source]", "version", "6.12.1-1~deb12u1");
         set(t, "[source]", "sha256", &"3".repeat(64))
@@ -158,7 +158,7 @@ fn pin_moves_a_stale_kernel_source_and_the_new_pin_checks_out() {
     assert_eq!(v["source"]["version"].as_str(), Some(newest.as_str()));
     let (tarball, deb) = (v["sha256"].as_str().unwrap(), v["source"]["sha256"].as_str().unwrap());
     assert!(tarball != "2".repeat(64) && deb != "3".repeat(64), "{after}");
-    assert!(after.starts_with("# QEMU -M microvm"), "comments kept: {after}");
+    assert!(after.starts_with("# The paravirtual x86_64 guest kernel"), "comments kept: {after}");
     // The rewritten pins are what the archive serves: a fetch checks both hashes.
     let cfg = config_in(d.path());
     let got = imagegen::fetch(&cfg, &["k".to_string()], &()).unwrap();
@@ -227,7 +227,7 @@ fn shipped_lock_holds_every_recipe_built_from_pins_only() {
     expected.sort();
     assert_eq!(locked, expected);
     // Each entry records the pin it was built from: the shipped recipes' own.
-    for k in ["kernel-microvm", "kernel-pc", "kernel-uml", "kernel-xen"] {
+    for k in ["kernel-pc", "kernel-pv", "kernel-uml"] {
         let v: toml::Table =
             toml::from_str(&std::fs::read_to_string(shipped_recipes().join(format!("{k}.toml"))).unwrap()).unwrap();
         let source = format!(

@@ -130,9 +130,8 @@ fn fill_from_store(store: &imagegen::Store, images: &mut Images) {
     images.rootfs = tree(store, "rootfs", "rootfs", images);
     images.bundle = tree(store, "oci-bundle", "bundle", images);
     images.kernel_uml = kernel(store, "kernel-uml", images);
-    images.kernel_microvm = kernel(store, "kernel-microvm", images);
+    images.kernel_pv = kernel(store, "kernel-pv", images);
     images.kernel_pc = kernel(store, "kernel-pc", images);
-    images.kernel_xen = kernel(store, "kernel-xen", images);
 }
 
 /// A current store artifact outside [`Images`] (the Xen lab's hypervisor, dom0 kernel and

@@ -84,7 +84,7 @@ async fn measure(
     let images = Images {
         agent: DOM0_AGENT.into(),
         initramfs: Some(DOM0_DOMU_INITRAMFS.into()),
-        kernel_xen: Some(Kernel {
+        kernel_pv: Some(Kernel {
             path: DOM0_DOMU_KERNEL.into(),
             cmdline: job.domu_cmdline.clone(),
         }),

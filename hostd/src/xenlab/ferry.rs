@@ -19,7 +19,7 @@ pub struct LabJob {
     pub mem_mib: u32,
     pub vcpus: u32,
     pub cpu_rounds: u64,
-    /// The domU kernel's recorded command line (kernel-xen's manifest; dom0 has no store).
+    /// The domU kernel's recorded command line (kernel-pv's manifest; dom0 has no store).
     pub domu_cmdline: String,
     pub boot_timeout_s: u64,
     pub settle_s: u64,

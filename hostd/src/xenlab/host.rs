@@ -146,11 +146,11 @@ impl LabImages {
         let (xen, xen_sha, _) = artifact("xen-hypervisor", "file")?;
         let (dom0_kernel, dom0_kernel_sha, dom0_cmdline) = artifact("kernel-dom0", "file")?;
         let (dom0_initramfs, dom0_initramfs_sha, _) = artifact("xen-lab-dom0", "initramfs")?;
-        let (_, _, domu_cmdline) = artifact("kernel-xen", "kernel")?;
+        let (_, _, domu_cmdline) = artifact("kernel-pv", "kernel")?;
         let mut artifacts: std::collections::BTreeMap<String, String> = images
             .hashes
             .iter()
-            .filter(|(k, _)| ["agent", "initramfs", "kernel-xen"].iter().any(|p| k.starts_with(p)))
+            .filter(|(k, _)| ["agent", "initramfs", "kernel-pv"].iter().any(|p| k.starts_with(p)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         artifacts.insert("hostd-static".into(), artifact("hostd-static", "agent")?.1);

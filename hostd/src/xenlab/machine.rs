@@ -45,10 +45,10 @@ pub async fn choose_accel(
         Some(other) => bail!("--accel {other:?}: expected kvm or tcg"),
         None => {}
     }
-    let (Some(kernel), Some(initramfs)) = (&images.kernel_microvm, &images.initramfs) else {
+    let (Some(kernel), Some(initramfs)) = (&images.kernel_pv, &images.initramfs) else {
         return Ok((
             LabAccel::Tcg,
-            "TCG (no kernel-microvm or initramfs to probe KVM with: run `imagegen build`)".into(),
+            "TCG (no kernel-pv or initramfs to probe KVM with: run `imagegen build`)".into(),
         ));
     };
     let verdict = KVM_VERDICT

@@ -39,7 +39,7 @@ pub use machine::{
 
 /// Where the dom0 image (recipes/xen-lab-dom0.toml) keeps what the dom0 side boots.
 pub const DOM0_AGENT: &str = "/usr/lib/virtbench/guest-agent";
-pub const DOM0_DOMU_KERNEL: &str = "/usr/lib/virtbench/vmlinux-xen";
+pub const DOM0_DOMU_KERNEL: &str = "/usr/lib/virtbench/vmlinux-pv";
 pub const DOM0_DOMU_INITRAMFS: &str = "/usr/lib/virtbench/initramfs.cpio.gz";
 /// dom0's end of the lab's control channel (QEMU's second serial port).
 pub const DOM0_CTL: &str = "/dev/ttyS1";

@@ -52,7 +52,7 @@ async fn accelerator_choice() {
         .contains("--accel \"hvf\": expected kvm or tcg"));
     let (a, why) = choose_accel(None, "qemu", &none).await.unwrap();
     assert_eq!(a, LabAccel::Tcg);
-    assert!(why.contains("no kernel-microvm or initramfs"), "{why}");
+    assert!(why.contains("no kernel-pv or initramfs"), "{why}");
 }
 
 #[tokio::test]
@@ -62,7 +62,7 @@ async fn messages_survive_framing_and_noise() {
         mem_mib: 128,
         vcpus: 1,
         cpu_rounds: 7,
-        domu_cmdline: "console=hvc0 quiet".into(),
+        domu_cmdline: "panic=-1".into(),
         boot_timeout_s: 9,
         settle_s: 1,
     };

@@ -31,7 +31,7 @@ pub fn images(kind: BackendKind, _dir: &Path) -> Result<Images, String> {
     let kernel = match kind {
         BackendKind::Uml => &im.kernel_uml,
         BackendKind::QemuFull => &im.kernel_pc,
-        BackendKind::QemuMicrovm | BackendKind::Firecracker => &im.kernel_microvm,
+        BackendKind::QemuMicrovm | BackendKind::Firecracker => &im.kernel_pv,
         other => panic!("{other} boots no kernel"),
     };
     assert!(

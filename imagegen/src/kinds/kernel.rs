@@ -297,6 +297,49 @@ mod tests {
         assert!(recipe.contains("fragments = [\"kernels/pc.config\"]"), "kernel-pc builds from kernels/pc.config");
     }
 
+    /// One paravirtual kernel boots QEMU microvm, Firecracker and Xen domUs: its fragment
+    /// keeps what each of them needs, and nothing that breaks one of them.
+    #[test]
+    fn paravirtual_kernel_serves_microvm_firecracker_and_xen() {
+        let frag =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/kernels/pv.config")).unwrap();
+        let c = parse_config(&frag);
+        let on = [
+            // QEMU microvm and Firecracker: PVH entry, virtio-mmio devices from the command
+            // line, ttyS0 and virtio-console, virtio disk and NIC, MP table without ACPI tables
+            "CONFIG_PVH",
+            "CONFIG_KVM_GUEST",
+            "CONFIG_VIRTIO_MMIO",
+            "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES",
+            "CONFIG_SERIAL_8250_CONSOLE",
+            "CONFIG_VIRTIO_CONSOLE",
+            "CONFIG_VIRTIO_BLK",
+            "CONFIG_VIRTIO_NET",
+            "CONFIG_X86_MPPARSE",
+            // Xen domUs: PV and PVH (which needs ACPI), hvc0, blkfront (xvda), netfront
+            "CONFIG_XEN_PV",
+            "CONFIG_XEN_PVH",
+            "CONFIG_ACPI",
+            "CONFIG_HVC_XEN",
+            "CONFIG_XEN_BLKDEV_FRONTEND",
+            "CONFIG_XEN_NETDEV_FRONTEND",
+            // an ext4 root on vda or xvda
+            "CONFIG_EXT4_FS",
+        ];
+        for opt in on {
+            assert_eq!(c.get(opt).map(String::as_str), Some("y"), "{opt} must be =y in kernels/pv.config");
+        }
+        // SysRq eats 0x0f bytes on hvc0, Xen's control channel; PCI slows microvm boots.
+        for opt in ["CONFIG_MAGIC_SYSRQ", "CONFIG_PCI", "CONFIG_MODULES"] {
+            assert_eq!(c.get(opt).map(String::as_str), Some(NOT_SET), "{opt} must be off in kernels/pv.config");
+        }
+        let recipe =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/kernel-pv.toml")).unwrap();
+        assert!(recipe.contains("fragments = [\"kernels/pv.config\"]"), "kernel-pv builds from kernels/pv.config");
+        // Each backend adds its own console (ttyS0 or hvc0): the recipe must name none.
+        assert!(!recipe.lines().any(|l| l.starts_with("cmdline") && l.contains("console=")), "{recipe}");
+    }
+
     #[test]
     fn parses_set_and_unset_options() {
         let c = parse_config("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"x y\"\n# comment\nFOO=1\n");

@@ -1,7 +1,7 @@
 //! `firecracker`: Firecracker on KVM, booted from a config file (`--no-api --config-file`):
 //! no API socket to name, clean up or race with.
 //!
-//! - Kernel: the microvm vmlinux (PVH), the initramfs as initrd.
+//! - Kernel: the paravirtual vmlinux (`kernel-pv`, PVH), the initramfs as initrd.
 //! - Control channel: Firecracker's one serial port (guest `/dev/ttyS0`) is wired to its
 //!   stdin/stdout, which are one end of a socketpair to hostd. The kernel console is kept
 //!   off it (`quiet loglevel=0`, no `console=`); anything that still gets there (an agent
@@ -58,7 +58,7 @@ impl Firecracker {
     pub fn new(images: &Images, opts: &BackendOptions) -> Self {
         Self {
             bin: opts.firecracker.clone(),
-            kernel: images.kernel_microvm.clone(),
+            kernel: images.kernel_pv.clone(),
             initramfs: images.initramfs.clone(),
             probed: OnceCell::new(),
             system: images.system.clone(),
@@ -69,7 +69,7 @@ impl Firecracker {
     pub fn with_images(&self, images: &Images) -> Self {
         Self {
             bin: self.bin.clone(),
-            kernel: images.kernel_microvm.clone(),
+            kernel: images.kernel_pv.clone(),
             initramfs: images.initramfs.clone(),
             probed: self.probed.clone(),
             system: images.system.clone(),
@@ -295,7 +295,9 @@ mod tests {
     fn kernel() -> Kernel {
         Kernel {
             path: "/k/vmlinux".into(),
-            cmdline: "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tsc=reliable".into(),
+            // kernel-pv's recipe line: no console (Firecracker's serial carries the control
+            // channel, so the kernel keeps off it)
+            cmdline: "panic=-1".into(),
         }
     }
 

@@ -209,12 +209,11 @@ pub struct Images {
     pub disk: Option<PathBuf>,
     /// UML's kernel.
     pub kernel_uml: Option<Kernel>,
-    /// The kernel of QEMU's microvm profile and Firecracker.
-    pub kernel_microvm: Option<Kernel>,
+    /// The paravirtual kernel (`kernel-pv`) of QEMU's microvm profile, Firecracker and Xen
+    /// domUs. Its recipe's command line names no console: each backend adds its own.
+    pub kernel_pv: Option<Kernel>,
     /// The kernel of QEMU's q35 (pc) profile.
     pub kernel_pc: Option<Kernel>,
-    /// Xen domU kernel (PV/PVH vmlinux).
-    pub kernel_xen: Option<Kernel>,
     /// A user's system image guests boot as their root (`--system`); None: the agent's own
     /// initramfs (VMs) or rootfs (containers).
     pub system: Option<rootdisk::System>,

@@ -70,7 +70,7 @@ impl Profile {
 
     fn kernel(self, images: &Images) -> Option<Kernel> {
         match self {
-            Profile::Microvm => images.kernel_microvm.clone(),
+            Profile::Microvm => images.kernel_pv.clone(),
             Profile::Full => images.kernel_pc.clone(),
         }
     }
@@ -422,8 +422,17 @@ pub fn qemu_cmdline(profile: Profile, accel: Accel, base: &str, spec: &GuestSpec
     if profile == Profile::Microvm {
         extra.push("vb.poweroff=reboot".into());
     }
-    kernel_cmdline(base, &["tsc_early_khz", "tsc"], &extra, profile.ctl(), spec)
+    // The paravirtual kernel serves Xen too, so its recipe names no console: microvm's kernel
+    // log goes to ttyS0 (-serial), and `reboot=t` (triple fault) ends QEMU at once on a reboot.
+    let base = match profile {
+        Profile::Microvm => format!("{MICROVM_CONSOLE} {base}"),
+        Profile::Full => base.to_string(),
+    };
+    kernel_cmdline(&base, &["tsc_early_khz", "tsc"], &extra, profile.ctl(), spec)
 }
+
+/// What the microvm profile puts before the paravirtual kernel's recipe command line.
+pub const MICROVM_CONSOLE: &str = "console=ttyS0 reboot=t";
 
 async fn launch_qemu(
     qemu: &str,

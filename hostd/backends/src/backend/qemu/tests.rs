@@ -4,6 +4,12 @@ use std::net::Ipv4Addr;
 
 use crate::backend::test_spec as spec;
 
+/// kernel-pv: its recipe's command line names no console (the microvm profile adds it).
+fn pv_kernel(path: &str) -> Kernel {
+    Kernel { path: path.into(), cmdline: "panic=-1".into() }
+}
+
+/// kernel-pc, with its recipe's command line.
 fn kernel(path: &str) -> Kernel {
     Kernel {
         path: path.into(),
@@ -16,7 +22,7 @@ fn microvm_tcg_command_line() {
     let a = qemu_args(
         Profile::Microvm,
         Accel::Tcg { tsc_khz: 2_596_150 },
-        &kernel("/k/vmlinux"),
+        &pv_kernel("/k/vmlinux"),
         Path::new("/i/initramfs.cpio.gz"),
         &spec(true, true),
     );

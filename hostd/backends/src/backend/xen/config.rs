@@ -26,6 +26,11 @@ pub(super) fn xl_string(what: &str, v: &str) -> Result<String, LaunchError> {
     Ok(format!("\"{v}\""))
 }
 
+/// What a domU's command line starts with, before the paravirtual kernel's recipe line (that
+/// kernel serves QEMU microvm too, so it names no console): hvc0 is the kernel's console, and
+/// `quiet` because hvc0 also carries the control channel (only errors and panics go there).
+pub const DOMU_CONSOLE: &str = "console=hvc0 quiet";
+
 /// The `xl` domain config of one guest. `vif_script` is the hotplug script for its vif
 /// (when it has a network).
 pub fn domain_config(
@@ -45,7 +50,14 @@ pub fn domain_config(
         "cmdline",
         xl_string(
             "kernel command line",
-            &kernel_cmdline(&kernel.cmdline, &[], &[], &format!("tty:{CTL_TTY}"), spec).join(" "),
+            &kernel_cmdline(
+                &format!("{DOMU_CONSOLE} {}", kernel.cmdline),
+                &[],
+                &[],
+                &format!("tty:{CTL_TTY}"),
+                spec,
+            )
+            .join(" "),
         )?,
     );
     // maxmem = memory: no ballooning, the domain has exactly what was asked.

@@ -1,7 +1,7 @@
 //! `xen`: Xen domUs started with the `xl` toolstack from dom0, the paper's Xen row. hostd
 //! runs in dom0; each guest is a PV domain (or PVH, where the hypervisor has HVM support and
-//! `VIRTBENCH_XEN_TYPE=pvh` asks for it) booting the `kernel-xen` vmlinux with the agent's
-//! initramfs.
+//! `VIRTBENCH_XEN_TYPE=pvh` asks for it) booting the paravirtual `kernel-pv` vmlinux (after
+//! `console=hvc0 quiet`) with the agent's initramfs.
 //!
 //! - Domain: a generated `xl` config in the guest's work directory, started with `xl create
 //!   -F`. That xl process stays in the foreground until the domain is gone, so it is the
@@ -141,7 +141,7 @@ impl Xen {
     /// The backend over `images`.
     pub fn new(images: &Images, _opts: &BackendOptions) -> Self {
         Self {
-            kernel: images.kernel_xen.clone(),
+            kernel: images.kernel_pv.clone(),
             initramfs: images.initramfs.clone(),
             xl: "xl".into(),
             xenstore_read: "xenstore-read".into(),
@@ -153,7 +153,7 @@ impl Xen {
     /// The same backend over other images.
     pub fn with_images(&self, images: &Images) -> Self {
         Self {
-            kernel: images.kernel_xen.clone(),
+            kernel: images.kernel_pv.clone(),
             initramfs: images.initramfs.clone(),
             xl: self.xl.clone(),
             xenstore_read: self.xenstore_read.clone(),
@@ -163,7 +163,7 @@ impl Xen {
     }
 
     fn images(&self) -> Result<(&Kernel, &Path), ImageError> {
-        boot_images("Xen domU kernel (kernel-xen)", self.kernel.as_ref(), self.initramfs.as_deref())
+        boot_images("Xen domU kernel (kernel-pv)", self.kernel.as_ref(), self.initramfs.as_deref())
     }
 }
 
@@ -503,10 +503,10 @@ impl Backend for Xen {
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
         let (kernel, initramfs) = self.images().map_err(|e| prepare("xen images", e))?;
         if let Some(sys) = &self.system {
-            // Refused rather than half-supported: the domU kernel would not find its root.
+            // Refused rather than half-supported: no domU would be given its root disk.
             return Err(prepare(
                 format!("system image {} on xen", sys.name),
-                PrepareError::Unsupported("the Xen domU kernel (kernel-xen, recipes/kernels/xen.config) is built without ext4, so it cannot mount a system image's root; boot system images on uml, qemu-microvm, qemu-full, firecracker, ns or oci"),
+                PrepareError::Unsupported("the xen backend does not attach a system image's ext4 to a domU as its root disk yet (the domU kernel, kernel-pv, has ext4 and blkfront); boot system images on uml, qemu-microvm, qemu-full, firecracker, ns or oci"),
             ));
         }
         let ty = DomainType::from_env().map_err(|e| prepare("the domain type", e))?;
