@@ -41,6 +41,7 @@ use super::{
     Launched, PrepareError, Proc, Resource, SpawnError, Unavailable,
 };
 use crate::cgroup::Limits;
+use adopt::{parent_of, pid_from_file, Subreaper};
 
 /// Where the data disk appears in the guest.
 const DISK_IN_GUEST: &str = "/data/disk.img";
@@ -437,63 +438,8 @@ fn adopt_cgroup(spec: &GuestSpec, g: &mut LaunchGuard, c: &Container, pid: u32, 
     }
 }
 
-/// Holds hostd as a child subreaper (prctl PR_SET_CHILD_SUBREAPER) while at least one
-/// runtime is starting a container: the container's init, orphaned when the runtime exits,
-/// is then adopted by hostd rather than by the host's init. Only for that window — as a
-/// subreaper for good, hostd would also adopt (and never reap) every process orphaned
-/// below it by other backends, e.g. a UML kernel's helpers.
-struct Subreaper;
-
-static STARTING: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
-
-fn set_subreaper(on: bool) -> bool {
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 0 or 1) takes plain integers and changes only a
-    // flag of this process.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, on as libc::c_ulong, 0, 0, 0) == 0 }
-}
-
-impl Subreaper {
-    /// None if the kernel refused (the container's init then goes to the host's init).
-    fn hold() -> Option<Subreaper> {
-        let mut n = STARTING.lock().unwrap_or_else(|e| e.into_inner());
-        if *n == 0 && !set_subreaper(true) {
-            return None;
-        }
-        *n += 1;
-        Some(Subreaper)
-    }
-}
-
-impl Drop for Subreaper {
-    fn drop(&mut self) {
-        let mut n = STARTING.lock().unwrap_or_else(|e| e.into_inner());
-        *n -= 1;
-        if *n == 0 {
-            // Children adopted so far stay hostd's children.
-            set_subreaper(false);
-        }
-    }
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the last ')'.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-}
-
 async fn runtime_version(runtime: &Path) -> Result<String, ToolError> {
     tool_version(runtime, &["--version"]).await
-}
-
-/// The container's init pid, from the file `run --pid-file` wrote before the runtime exited
-/// (a second `<runtime> state` exec cost milliseconds inside the startup window).
-fn pid_from_file(path: &Path) -> Result<u32, SpawnError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| SpawnError::PidFileUnreadable { path: path.into(), source })?;
-    text.trim().parse::<u32>().ok().filter(|&p| p > 0).ok_or_else(|| SpawnError::NoPid {
-        path: path.into(),
-        text: text.trim().chars().take(200).collect(),
-    })
 }
 
 /// Runs the agent with `--version` in a throwaway container from the template, as a guest
@@ -611,6 +557,7 @@ pub enum ProbeRunError {
     Failed { status: std::process::ExitStatus, said: String },
 }
 
+mod adopt;
 mod cgroups;
 mod config;
 #[cfg(test)]
