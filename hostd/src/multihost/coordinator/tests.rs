@@ -185,16 +185,12 @@ fn a_held_hosts_guests_are_ready_failed_or_lost_from_its_record() {
     use super::{status_of, GuestState};
     use crate::multihost::proto::{Booted, GuestLost, GuestReady};
     let mut r = super::HostRecord {
-        hostname: "n2".into(),
         node_id: Some(1),
         node_name: Some("n2".into()),
         addr: "10.250.0.12".parse().unwrap(),
         cpus: 2,
         mem_mib: 1024,
-        images: Default::default(),
-        first: 3,
         count: 3,
-        clock: None,
         booted: Some(Booted {
             run: "r1".into(),
             lateness_s: 0.001,
@@ -209,13 +205,8 @@ fn a_held_hosts_guests_are_ready_failed_or_lost_from_its_record() {
                 error: "no hello".into(),
             }],
         }),
-        start_vs_coordinator_s: None,
-        serve_failed: Vec::new(),
-        reach: None,
         teardown: None,
-        teardown_error: None,
-        ring_failed: Vec::new(),
-        lost: None,
+        ..host("n2", 3)
     };
     let s = status_of(&r, true);
     let states: Vec<_> = s.guests.iter().map(|g| (g.name.as_str(), g.state)).collect();
