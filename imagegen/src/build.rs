@@ -255,14 +255,7 @@ pub fn dry_run(cfg: &Config, names: &[String]) -> Result<Vec<Planned>, BuildErro
             say("build", format!("it depends on {d}, which is built"));
             continue;
         }
-        let tools = match (&step.resolved, &r.spec) {
-            (Resolved::Kernel { .. }, _) => ctx.tools.kernel(&r.file)?,
-            (Resolved::System { .. }, Spec::System(s)) => kinds::system::tools(ctx.tools, &s.source)
-                .map_err(|problem| PlanError::Tool { file: r.file.clone(), tool: r.kind.to_string(), problem })?,
-            (Resolved::KernelPackage { file }, _) => kinds::kernel_package::tools(ctx.tools, file.is_none())
-                .map_err(|problem| PlanError::Tool { file: r.file.clone(), tool: r.kind.to_string(), problem })?,
-            _ => BTreeMap::new(),
-        };
+        let tools = recipe_tools(&ctx, step)?;
         let mut inputs = step.inputs.clone();
         inputs.extend(dependency_inputs(&ctx, step)?);
         let ih = input_hash(cfg, step, &inputs, &tools);
@@ -334,6 +327,21 @@ fn input_hash(cfg: &Config, step: &Step, inputs: &[Input], tools: &BTreeMap<Stri
     HashedInputs::new(&r.name, r.kind, cfg.source_date_epoch, inputs, tools).hash()
 }
 
+/// The host tools a recipe's build runs, with their versions: part of its input hash. The
+/// agent's come from its cargo build, so an agent step has none here.
+fn recipe_tools(ctx: &kinds::Ctx<'_>, step: &Step) -> Result<BTreeMap<String, String>, PlanError> {
+    let r = &step.recipe;
+    let tool_err = |problem| PlanError::Tool { file: r.file.clone(), tool: r.kind.to_string(), problem };
+    Ok(match (&step.resolved, &r.spec) {
+        (Resolved::Kernel { .. }, _) => ctx.tools.kernel(&r.file)?,
+        (Resolved::System { .. }, Spec::System(s)) => kinds::system::tools(ctx.tools, &s.source).map_err(tool_err)?,
+        (Resolved::KernelPackage { file }, _) => {
+            kinds::kernel_package::tools(ctx.tools, file.is_none()).map_err(tool_err)?
+        }
+        _ => BTreeMap::new(),
+    })
+}
+
 /// `sources`: the kernel source tarballs prepared before the store was locked, by recipe.
 fn build_one(ctx: &kinds::Ctx<'_>, step: &Step, sources: &mut HashMap<String, PathBuf>) -> Result<Outcome, BuildError> {
     let t0 = Instant::now();
@@ -360,12 +368,7 @@ fn build_one(ctx: &kinds::Ctx<'_>, step: &Step, sources: &mut HashMap<String, Pa
             prebuild_seconds = secs(t_cargo);
             b.tools
         }
-        (Resolved::Kernel { .. }, _) => ctx.tools.kernel(&r.file)?,
-        (Resolved::System { .. }, Spec::System(s)) => kinds::system::tools(ctx.tools, &s.source)
-            .map_err(|problem| PlanError::Tool { file: r.file.clone(), tool: r.kind.to_string(), problem })?,
-        (Resolved::KernelPackage { file }, _) => kinds::kernel_package::tools(ctx.tools, file.is_none())
-            .map_err(|problem| PlanError::Tool { file: r.file.clone(), tool: r.kind.to_string(), problem })?,
-        _ => BTreeMap::new(),
+        _ => recipe_tools(ctx, step)?,
     };
     inputs.extend(dependency_inputs(ctx, step)?);
     let ih = input_hash(ctx.cfg, step, &inputs, &tools);
