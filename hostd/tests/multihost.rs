@@ -316,6 +316,17 @@ fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
         })
         .collect();
     assert_eq!(coordinator.len(), 1, "coordinators: {coordinator:?}\n{log}");
+    // The workers' runs (their cgroups are named after them), from each host's run state.
+    let runs: Vec<String> = (1..=3)
+        .flat_map(|i| {
+            lab.host(i, "ls /run/virtbench")
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .filter(|r| r != "fleets")
+        .collect();
+    assert_eq!(runs.len(), 3, "worker runs: {runs:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(coordinator[0]),
         nix::sys::signal::Signal::SIGINT,
@@ -325,11 +336,15 @@ fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(130), "{log}");
     // The workers tear down once their links drop: give them the time that takes.
+    let jobs = || String::from_utf8_lossy(&lab_exec(&lab, &["squeue", "-h"]).stdout).into_owned();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !workers(None).is_empty() && std::time::Instant::now() < deadline {
+    while (!workers(None).is_empty() || !jobs().trim().is_empty())
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    lab.assert_clean();
+    assert!(jobs().trim().is_empty(), "jobs left: {}", jobs());
+    lab.assert_clean_of(&runs);
     lab.down_finding_nothing();
 }
 
