@@ -316,6 +316,17 @@ fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
         })
         .collect();
     assert_eq!(coordinator.len(), 1, "coordinators: {coordinator:?}\n{log}");
+    // The workers' runs (their cgroups are named after them), from each host's run state.
+    let runs: Vec<String> = (1..=3)
+        .flat_map(|i| {
+            lab.host(i, "ls /run/virtbench")
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .filter(|r| r != "fleets")
+        .collect();
+    assert_eq!(runs.len(), 3, "worker runs: {runs:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(coordinator[0]),
         nix::sys::signal::Signal::SIGINT,
@@ -325,11 +336,15 @@ fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(130), "{log}");
     // The workers tear down once their links drop: give them the time that takes.
+    let jobs = || String::from_utf8_lossy(&lab_exec(&lab, &["squeue", "-h"]).stdout).into_owned();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !workers(None).is_empty() && std::time::Instant::now() < deadline {
+    while (!workers(None).is_empty() || !jobs().trim().is_empty())
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    lab.assert_clean();
+    assert!(jobs().trim().is_empty(), "jobs left: {}", jobs());
+    lab.assert_clean_of(&runs);
     lab.down_finding_nothing();
 }
 
@@ -573,5 +588,134 @@ fn a_killed_fleet_daemon_gives_the_nodes_back_and_leaves_nothing_on_any_host() {
     assert!(o.status.success(), "hostd reap: {}", text(&o));
     let o = on_login(&lab, &["status", &name]);
     assert!(!o.status.success(), "the fleet is still listed: {}", text(&o));
+    lab.down_finding_nothing();
+}
+
+/// Sends `sig` to `pid`.
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+        .unwrap_or_else(|e| panic!("{sig} to {pid}: {e}"));
+}
+
+#[test]
+fn a_frozen_worker_is_declared_lost_within_its_bound_and_down_leaves_nothing() {
+    let Some((_s, lab)) = serial_lab("f") else { return };
+    let dir = tempfile::Builder::new().prefix("multihost-up-").tempdir_in("/var/tmp").unwrap();
+    let name = format!("mhfz{}", std::process::id() % 1_000_000);
+    let file = dir.path().join("fleet.toml");
+    std::fs::write(&file, format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 6\n")).unwrap();
+    let f = file.to_str().unwrap();
+    // A bound of 3 s (beats every 1 s) keeps the test short; the default is 15 s.
+    let o = on_login(&lab, &["up", f, "--engine", "slurm", "--hosts", "3", "--lost-after", "3"]);
+    assert!(o.status.success(), "hostd up --engine slurm: {}", text(&o));
+    let hosts = hosts_of(&lab, &name);
+    let runs: Vec<String> = hosts.iter().map(|h| h["run"].as_str().unwrap().into()).collect();
+    assert_eq!(runs.len(), 3, "{hosts:?}");
+    // Frozen, not dead: its kernel still ACKs, its connection stays open; only the
+    // missing heartbeats tell.
+    let victims = workers(Some("n2"));
+    assert_eq!(victims.len(), 1, "workers on n2: {victims:?}");
+    signal(victims[0], nix::sys::signal::Signal::SIGSTOP);
+    let stopped = std::time::Instant::now();
+    let hosts = loop {
+        let hosts = hosts_of(&lab, &name);
+        if !hosts[1]["lost"].is_null() || stopped.elapsed().as_secs() > 30 {
+            break hosts;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let took = stopped.elapsed();
+    eprintln!("n2 frozen → shown lost after {took:?}");
+    let lost = hosts[1]["lost"].as_str().unwrap_or("");
+    assert!(lost.contains("no heartbeat for 3 s"), "{:?}", hosts[1]);
+    // The bound, plus the reader's wake-up (a third of it), plus one status round trip.
+    assert!(took.as_secs_f64() < 3.0 + 1.0 + 1.5, "lost after {took:?}");
+    assert!(took.as_secs_f64() >= 2.0, "lost after only {took:?}: not the bound");
+    assert_eq!(states(&hosts[1]), ["lost"; 2], "{:?}", hosts[1]);
+    for h in [&hosts[0], &hosts[2]] {
+        assert!(h["lost"].is_null(), "{h}");
+        assert_eq!(states(h), ["ready"; 2], "{h}");
+    }
+    let o = on_login(&lab, &["status", &name]);
+    assert!(text(&o).contains("no heartbeat for 3 s"), "{}", text(&o));
+    // Thawed, the worker finds its link closed by the coordinator and tears its slice
+    // down by itself.
+    signal(victims[0], nix::sys::signal::Signal::SIGCONT);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !workers(Some("n2")).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(workers(Some("n2")).is_empty(), "n2's worker did not end once thawed");
+    let left = lab.host(2, "ip netns list; ls -A /run/virtbench 2>/dev/null");
+    assert!(left.trim().is_empty(), "n2's thawed worker left: {left}");
+    let o = on_login(&lab, &["down", &name]);
+    assert!(o.status.success(), "hostd down: {}", text(&o));
+    let o = lab_exec(&lab, &["squeue", "-h"]);
+    assert!(String::from_utf8_lossy(&o.stdout).trim().is_empty(), "jobs left: {}", text(&o));
+    lab.assert_clean_of(&runs);
+    lab.down_finding_nothing();
+}
+
+#[test]
+fn a_frozen_coordinator_has_every_worker_tear_down_by_itself() {
+    let Some((_s, lab)) = serial_lab("c") else { return };
+    let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
+    let mut child = lab
+        .boot(6, res.path(), &["--hold", "120", "--lost-after", "3"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    while !log.contains("holding the fleet") {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            let st = child.wait();
+            panic!("the coordinator ended ({st:?}) before holding its fleet:\n{log}");
+        }
+        log.push_str(&line);
+    }
+    let exe = env!("CARGO_BIN_EXE_hostd");
+    let coordinator: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+            (args.first() == Some(&exe.as_bytes()) && args.get(1) == Some(&&b"boot"[..]))
+                .then_some(pid)
+        })
+        .collect();
+    assert_eq!(coordinator.len(), 1, "coordinators: {coordinator:?}\n{log}");
+    assert_eq!(workers(None).len(), 3, "{log}");
+    // The coordinator frozen: its connections stay open, its heartbeats stop; every
+    // worker tears down after the bound and exits.
+    signal(coordinator[0], nix::sys::signal::Signal::SIGSTOP);
+    let stopped = std::time::Instant::now();
+    while !workers(None).is_empty() && stopped.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let took = stopped.elapsed();
+    eprintln!("coordinator frozen → every worker gone after {took:?}");
+    assert!(workers(None).is_empty(), "workers still running {took:?} after the freeze");
+    assert!(took.as_secs_f64() >= 2.0, "workers gone after only {took:?}: not the bound");
+    for i in 1..=3 {
+        let left = lab.host(i, "ip netns list; ls -A /run/virtbench 2>/dev/null");
+        assert!(left.trim().is_empty(), "host n{i} keeps: {left}");
+    }
+    // Thawed, the coordinator finds every link gone: all hosts lost, exit 3.
+    signal(coordinator[0], nix::sys::signal::Signal::SIGCONT);
+    log.push_str(&std::io::read_to_string(&mut err).unwrap());
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(3), "{log}");
+    let (_, m) = results_of(res.path());
+    for h in m["hosts"].as_array().unwrap() {
+        assert!(h["lost"].is_string(), "{h}");
+    }
+    let o = lab_exec(&lab, &["squeue", "-h"]);
+    assert!(String::from_utf8_lossy(&o.stdout).trim().is_empty(), "jobs left: {}", text(&o));
+    lab.assert_clean_of(&runs(&m));
     lab.down_finding_nothing();
 }

@@ -221,6 +221,19 @@ pub(crate) struct SlurmArgs {
     /// address on the route to the first node].
     #[arg(long, value_name = "IP")]
     pub(crate) listen: Option<std::net::IpAddr>,
+    /// With --engine slurm: seconds of silence (no message, no heartbeat: workers and
+    /// coordinator beat every third of it) after which a host is declared lost, and after
+    /// which a worker whose coordinator went silent tears its slice down.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15.0, value_parser = lost_after)]
+    pub(crate) lost_after: f64,
+}
+
+/// A bound of silence: at least 0.3 s (beats every 0.1 s), at most a day.
+fn lost_after(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.3..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s}: seconds between 0.3 and 86400")),
+    }
 }
 
 /// Where images come from and how backends run.
@@ -394,6 +407,10 @@ pub(crate) struct WorkerArgs {
     /// Backends to probe and report (comma-separated).
     #[arg(long, value_delimiter = ',', required = true)]
     pub(crate) backend: Vec<BackendKind>,
+    /// Seconds of silence from the coordinator (no message, no heartbeat) after which the
+    /// worker tears its slice down (the coordinator passes its own --lost-after).
+    #[arg(long, value_name = "SECONDS", default_value_t = 15.0, value_parser = lost_after)]
+    pub(crate) lost_after: f64,
     #[command(flatten)]
     pub(crate) images: ImageArgs,
 }

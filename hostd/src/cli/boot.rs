@@ -182,6 +182,7 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
         hosts: usize::from(hosts),
         weights: a.weights,
         listen: a.slurm.listen,
+        lost_after: Duration::from_secs_f64(a.slurm.lost_after),
         results: a.results,
         exe,
         images,
@@ -309,6 +310,7 @@ pub(crate) async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         backends: a.backend,
         backend_opts: backend_options(&a.images),
         images,
+        lost_after: Duration::from_secs_f64(a.lost_after),
     })
     .await
 }

@@ -315,6 +315,7 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
         hosts: usize::from(hosts),
         weights: Vec::new(),
         listen: a.slurm.listen,
+        lost_after: Duration::from_secs_f64(a.slurm.lost_after),
         // No results directory: a held fleet measures nothing.
         results: PathBuf::new(),
         exe,

@@ -379,6 +379,7 @@ async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
         hosts: usize::from(hosts),
         weights: Vec::new(),
         listen: a.slurm.listen,
+        lost_after: Duration::from_secs_f64(a.slurm.lost_after),
         results: a.results,
         exe,
         images,

@@ -46,6 +46,8 @@ pub enum FromWorker {
     RingSamples { samples: Vec<crate::suite::BenchSample>, failed: Vec<String> },
     /// It could not do what it was asked (its slice could not start at all).
     Error { message: String },
+    /// Sent whenever it has sent nothing else for a while: it is alive (`link.rs`).
+    Heartbeat { seq: u64 },
 }
 
 /// A worker's hello.
@@ -186,6 +188,32 @@ pub enum ToWorker {
     RingRound(RingRound),
     /// Tear your fleet down and report.
     Teardown,
+    /// Sent whenever the coordinator has sent nothing else for a while (`link.rs`).
+    Heartbeat { seq: u64 },
+}
+
+impl super::link::Beat for FromWorker {
+    fn beat(&self) -> Option<u64> {
+        match self {
+            FromWorker::Heartbeat { seq } => Some(*seq),
+            _ => None,
+        }
+    }
+    fn heartbeat(seq: u64) -> Self {
+        FromWorker::Heartbeat { seq }
+    }
+}
+
+impl super::link::Beat for ToWorker {
+    fn beat(&self) -> Option<u64> {
+        match self {
+            ToWorker::Heartbeat { seq } => Some(*seq),
+            _ => None,
+        }
+    }
+    fn heartbeat(seq: u64) -> Self {
+        ToWorker::Heartbeat { seq }
+    }
 }
 
 /// One round of the ring across hosts: every listed guest of this host runs `test` to its
@@ -250,6 +278,14 @@ pub enum ReadError {
     Io(#[from] std::io::Error),
     #[error("not a message: {0}")]
     Json(#[from] serde_json::Error),
+    /// Nothing, not even a heartbeat, arrived for the bound (`link.rs`).
+    #[error("no heartbeat for {} s", .0.as_secs_f64())]
+    Silent(std::time::Duration),
+    #[error("a malformed heartbeat: {0}")]
+    Heartbeat(String),
+    /// The link ended earlier, for this reason.
+    #[error("{0}")]
+    Ended(String),
 }
 
 /// Reads one line (at most [`MAX_LINE`] bytes) and parses it.

@@ -1,16 +1,17 @@
 //! `hostd worker`: one per node of a multi-host run, started by the coordinator as a Slurm
 //! job step. It connects back, says who it is, answers clock pings, starts its slice of the
 //! fleet at T0, reports, and holds the fleet until told to tear down — or until the link to
-//! the coordinator drops (the coordinator died or was interrupted): then it tears down alone.
+//! the coordinator drops or goes silent past the bound (the coordinator died, was
+//! interrupted, froze or its host vanished): then it tears down alone.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::io::BufReader;
 use tokio::net::TcpStream;
 
 use super::clock::{mono_ns, real_ns};
+use super::link::Link;
 use super::proto::{
     self, Booted, FromWorker, GuestLost, GuestReady, Hello, Slice, ToWorker, TornDown,
 };
@@ -30,6 +31,8 @@ pub struct WorkerOptions {
     pub backends: Vec<BackendKind>,
     pub images: Images,
     pub backend_opts: BackendOptions,
+    /// A coordinator that sends nothing, not even a heartbeat, for this long is gone.
+    pub lost_after: Duration,
 }
 
 /// How long a guest may take to power off at teardown before it is killed.
@@ -96,27 +99,38 @@ pub async fn run(o: WorkerOptions) -> Result<()> {
     let stream = TcpStream::connect(&o.connect)
         .await
         .with_context(|| format!("connecting to the coordinator at {}", o.connect))?;
-    stream.set_nodelay(true)?;
     let std::net::IpAddr::V4(addr) = stream.local_addr()?.ip() else {
         bail!("the coordinator {} is reached over IPv6: the fleet network needs IPv4", o.connect);
     };
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    proto::write(&mut w, &FromWorker::Hello(hello(&o, addr).await)).await?;
+    // Probed before the link beats: the hello is the first line the coordinator reads.
+    let hello = hello(&o, addr).await;
+    let mut link = stream
+        .into_std()
+        .and_then(|s| Link::<ToWorker>::new::<FromWorker>(s, o.lost_after))
+        .context("serving the link to the coordinator")?;
+    link.send(&FromWorker::Hello(hello))?;
     for c in crate::runstate::reap_orphans() {
         eprintln!("hostd worker: cleaned up after a previous hostd that did not finish: {c}");
     }
-    loop {
-        match proto::read::<ToWorker, _>(&mut r).await {
+    let r = loop {
+        match link.recv().await {
             Ok(ToWorker::Ping { seq }) => {
-                proto::write(&mut w, &FromWorker::Pong { seq, mono_ns: mono_ns() }).await?
+                link.send(&FromWorker::Pong { seq, mono_ns: mono_ns() })?
             }
-            Ok(ToWorker::Slice(s)) => return slice(&o, s, addr, &mut r, &mut w).await,
-            Ok(ToWorker::Teardown) => return Ok(()),
-            Ok(other) => bail!("coordinator {}: sent {other:?} before a slice", o.connect),
-            Err(e) => bail!("coordinator {}: {e}", o.connect),
+            Ok(ToWorker::Slice(s)) => break slice(&o, s, addr, &mut link).await,
+            Ok(ToWorker::Teardown) => break Ok(()),
+            Ok(other) => {
+                break Err(anyhow::anyhow!(
+                    "coordinator {}: sent {other:?} before a slice",
+                    o.connect
+                ))
+            }
+            Err(e) => break Err(anyhow::anyhow!("coordinator {}: {e}", o.connect)),
         }
-    }
+    };
+    // What is queued (the last report) goes out before the process exits.
+    link.close().await;
+    r
 }
 
 /// The exchanges asked (this host's guest, a guest on another host; global indices),
@@ -150,8 +164,7 @@ async fn slice(
     o: &WorkerOptions,
     s: Slice,
     addr: std::net::Ipv4Addr,
-    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    link: &mut Link<ToWorker>,
 ) -> Result<()> {
     let backend = AnyBackend::new(s.backend, &o.images, &o.backend_opts);
     let run = RunState::create("worker", None)?;
@@ -169,23 +182,19 @@ async fn slice(
         Ok(x) => x,
         Err(e) => {
             let cleaned = run.finish();
-            let _ = proto::write(
-                w,
-                &FromWorker::Error { message: clean(&format!("{e:#}; {cleaned}")) },
-            )
-            .await;
+            let _ = link.send(&FromWorker::Error { message: clean(&format!("{e:#}; {cleaned}")) });
             return Err(e);
         }
     };
     let booted = booted(&run, &fleet, lateness_s, start_mono_ns);
-    let reported = proto::write(w, &FromWorker::Booted(booted)).await;
+    let reported = link.send(&FromWorker::Booted(booted));
     // Hold the fleet until the coordinator says so, its link drops, or Slurm ends the step.
     // Installed here, whatever the report did: from now on SIGTERM no longer kills us, we
     // tear down.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let why = match reported {
         Err(e) => format!("the coordinator's link failed ({e})"),
-        Ok(()) => hold(&fleet, r, w, &mut term).await,
+        Ok(()) => hold(&fleet, link, &mut term).await,
     };
     if !why.is_empty() {
         eprintln!("hostd worker: tearing down: {why}");
@@ -196,7 +205,7 @@ async fn slice(
     leftovers.extend(cleaned.errors.iter().map(|e| clean(e)));
     let done = TornDown { clean: t.clean, killed: t.killed, leftovers };
     if why.is_empty() {
-        proto::write(w, &FromWorker::TornDown(done)).await?;
+        link.send(&FromWorker::TornDown(done))?;
     }
     Ok(())
 }
@@ -260,18 +269,18 @@ fn booted(run: &RunState, fleet: &fleet::Fleet, lateness_s: f64, start_mono_ns: 
 }
 
 /// Holds the fleet, answering the reach check, until the coordinator says to tear down
-/// (then ""), its link drops, or Slurm ends the step: why it ended otherwise.
+/// (then ""), its link drops or goes silent past the bound, or Slurm ends the step: why it
+/// ended otherwise.
 async fn hold(
     fleet: &fleet::Fleet,
-    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    link: &mut Link<ToWorker>,
     term: &mut tokio::signal::unix::Signal,
 ) -> String {
     // The ring's rounds learn how long their guests need to get ready (as on one host).
     let mut starter = crate::suite::Starter::default();
     loop {
         let m = tokio::select! {
-            m = proto::read::<ToWorker, _>(r) => m,
+            m = link.recv() => m,
             _ = term.recv() => break "SIGTERM".to_string(),
             _ = tokio::signal::ctrl_c() => break "SIGINT".to_string(),
         };
@@ -293,7 +302,7 @@ async fn hold(
             }
             Err(e) => break format!("the coordinator's link: {e}"),
         };
-        if let Err(e) = proto::write(w, &answer).await {
+        if let Err(e) = link.send(&answer) {
             break format!("the coordinator's link failed ({e})");
         }
     }

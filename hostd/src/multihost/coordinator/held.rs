@@ -153,13 +153,22 @@ async fn reap_on(exe: &std::path::Path, r: &HostRecord) -> String {
 }
 
 async fn watch_one(w: &mut Worker) -> String {
-    let why = match proto::read::<FromWorker, _>(&mut w.r).await {
+    let m = w.link.recv().await;
+    lose(w, m);
+    let why = w.rec.lost.as_deref().unwrap_or_default();
+    format!("host {}: its {} guests are lost: {why}", w.name(), w.rec.count)
+}
+
+/// Records why a worker whose fleet is up is lost (it said something, where it has nothing
+/// to say, or its link failed or went silent) and closes its link: if it comes back to life
+/// (SIGCONT), it finds the link closed and tears down by itself.
+pub(super) fn lose(w: &mut Worker, m: Result<FromWorker, proto::ReadError>) {
+    let why = match m {
         Ok(m) => format!("sent {} while its fleet was up", brief(&m)),
+        Err(e @ proto::ReadError::Silent(_)) => format!("{e} while its fleet was up"),
         Err(e) => format!("its link dropped while its fleet was up: {e}"),
     };
-    let said = format!("host {}: its {} guests are lost: {why}", w.name(), w.rec.count);
-    w.rec.lost = Some(why);
-    said
+    w.set_lost(why);
 }
 
 /// A host's status from its record (`network`: its guests have addresses): a guest is ready if its host reported it ready and is

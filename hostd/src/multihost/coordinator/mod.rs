@@ -12,14 +12,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::io::BufReader;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
 use super::clock::{self, mono_ns, real_ns, Offset, Round};
+use super::link::Link;
 use super::plan;
-use super::proto::{self, Booted, FromWorker, Hello, NetPlan, Slice, SliceFleet, ToWorker};
+use super::proto::{Booted, FromWorker, Hello, NetPlan, Slice, SliceFleet, ToWorker};
 use crate::backend::BackendKind;
 use crate::startup::{FleetBoot, StartMode};
 
@@ -62,6 +61,9 @@ pub struct Options {
     pub hold: Duration,
     /// Check that every ready guest exchanges data with a guest on each other host.
     pub reach: bool,
+    /// A worker that sends nothing, not even a heartbeat, for this long is lost; the
+    /// workers tear down after the same silence from us (`link.rs`).
+    pub lost_after: Duration,
     /// Measure the ring across hosts once the fleet is up (`hostd run --engine slurm`).
     pub ring: Option<RingOptions>,
     /// What the results directory's name says after its date (e.g. `boot-slurm-ns`).
@@ -82,14 +84,20 @@ const REPLY_WITHIN: Duration = Duration::from_secs(60);
 
 struct Worker {
     hello: Hello,
-    r: BufReader<OwnedReadHalf>,
-    w: OwnedWriteHalf,
+    link: Link<FromWorker>,
     rec: HostRecord,
 }
 
 impl Worker {
     fn name(&self) -> &str {
         &self.hello.hostname
+    }
+
+    /// Records why the worker is lost and closes its link: if it is only frozen, it finds
+    /// the link closed when it wakes and tears down by itself.
+    fn set_lost(&mut self, why: String) {
+        self.link.abandon();
+        self.rec.lost = Some(why);
     }
 }
 
@@ -165,12 +173,14 @@ fn default_listen() -> Result<IpAddr> {
     bail!("`ip route get {addr}` (node {first}) names no source address: pass --listen")
 }
 
-async fn hello_of(s: TcpStream, token: &str) -> Result<Worker, HelloError> {
+async fn hello_of(s: TcpStream, token: &str, lost_after: Duration) -> Result<Worker, HelloError> {
     let refused = |e: anyhow::Error| HelloError::Refused(e);
     let peer = s.peer_addr().map_err(|e| refused(e.into()))?;
-    let (r, w) = s.into_split();
-    let mut r = BufReader::new(r);
-    let m = timeout(REPLY_WITHIN, proto::read::<FromWorker, _>(&mut r))
+    let mut link = s
+        .into_std()
+        .and_then(|s| Link::new::<ToWorker>(s, lost_after))
+        .map_err(|e| refused(anyhow::anyhow!("{peer}: serving its link: {e}")))?;
+    let m = timeout(REPLY_WITHIN, link.recv())
         .await
         .map_err(|_| refused(anyhow::anyhow!("{peer}: no hello within {REPLY_WITHIN:?}")))?
         .map_err(|e| refused(anyhow::anyhow!("{peer}: {e}")))?;
@@ -183,7 +193,6 @@ async fn hello_of(s: TcpStream, token: &str) -> Result<Worker, HelloError> {
     hello
         .validate()
         .map_err(|e| HelloError::Invalid(anyhow::anyhow!("worker at {peer}: bad hello: {e}")))?;
-    let _ = w.as_ref().set_nodelay(true);
     let rec = HostRecord {
         hostname: hello.hostname.clone(),
         node_id: hello.node_id,
@@ -204,7 +213,7 @@ async fn hello_of(s: TcpStream, token: &str) -> Result<Worker, HelloError> {
         ring_failed: Vec::new(),
         lost: None,
     };
-    Ok(Worker { hello, r, w, rec })
+    Ok(Worker { hello, link, rec })
 }
 
 /// Waits for `k` authenticated workers (or fails once srun has exited or the time is up).
@@ -212,6 +221,7 @@ async fn accept(
     l: &TcpListener,
     k: usize,
     token: &str,
+    lost_after: Duration,
     srun: &mut tokio::process::Child,
 ) -> Result<Vec<Worker>> {
     let mut got: Vec<Worker> = Vec::new();
@@ -222,7 +232,7 @@ async fn accept(
         tokio::select! {
             c = l.accept() => {
                 let (s, _) = c.context("accepting a worker")?;
-                pending.push(hello_of(s, token));
+                pending.push(hello_of(s, token, lost_after));
             }
             Some(h) = pending.next() => match h {
                 Ok(w) => {
@@ -287,8 +297,8 @@ async fn measure_clock(w: &mut Worker) -> Result<Offset> {
     let mut rounds = Vec::new();
     for seq in 0..ROUNDS {
         let t1 = mono_ns();
-        proto::write(&mut w.w, &ToWorker::Ping { seq }).await?;
-        let m = timeout(REPLY_WITHIN, proto::read::<FromWorker, _>(&mut w.r))
+        w.link.send(&ToWorker::Ping { seq })?;
+        let m = timeout(REPLY_WITHIN, w.link.recv())
             .await
             .map_err(|_| anyhow::anyhow!("no answer to a clock ping within {REPLY_WITHIN:?}"))??;
         let t2 = mono_ns();
@@ -303,7 +313,7 @@ async fn measure_clock(w: &mut Worker) -> Result<Offset> {
 }
 
 async fn await_booted(w: &mut Worker, slice: &Slice, within: Duration) -> Result<Booted> {
-    let m = timeout(within, proto::read::<FromWorker, _>(&mut w.r))
+    let m = timeout(within, w.link.recv())
         .await
         .map_err(|_| anyhow::anyhow!("no startup report within {within:?}"))??;
     match m {
@@ -318,8 +328,8 @@ async fn await_booted(w: &mut Worker, slice: &Slice, within: Duration) -> Result
 
 /// One request to a worker and its answer within `within`.
 async fn ask_within(w: &mut Worker, m: &ToWorker, within: Duration) -> Result<FromWorker> {
-    proto::write(&mut w.w, m).await?;
-    timeout(within, proto::read::<FromWorker, _>(&mut w.r))
+    w.link.send(m)?;
+    timeout(within, w.link.recv())
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {within:?}"))?
         .map_err(Into::into)
@@ -359,6 +369,7 @@ async fn launch(o: &Options) -> Result<(TcpListener, String, tokio::process::Chi
         .args(["--ntasks-per-node=1", "-N", &k, "-n", &k, "--kill-on-bad-exit=0", "--"])
         .arg(&o.exe)
         .args(["worker", "--connect", &at.to_string(), "--backend", o.backend.name()])
+        .args(["--lost-after", &o.lost_after.as_secs_f64().to_string()])
         .env("VIRTBENCH_WORKER_TOKEN", &token)
         .stdin(Stdio::null())
         // Not killed with the coordinator (Ctrl-C): Slurm would then end the step and kill
@@ -410,7 +421,7 @@ async fn start(
         }
         match await_booted(w, s, within).await {
             Ok(b) => w.rec.booted = Some(b),
-            Err(e) => w.rec.lost = Some(format!("{e:#}")),
+            Err(e) => w.set_lost(format!("{e:#}")),
         }
     }));
     reports.await;
@@ -463,7 +474,7 @@ async fn connect(
     token: &str,
     srun: &mut tokio::process::Child,
 ) -> Result<Vec<Worker>> {
-    let mut ws = accept(listener, o.hosts, token, srun).await?;
+    let mut ws = accept(listener, o.hosts, token, o.lost_after, srun).await?;
     ws.sort_by(|a, b| {
         (a.hello.node_id, &a.hello.hostname).cmp(&(b.hello.node_id, &b.hello.hostname))
     });
@@ -530,8 +541,8 @@ async fn send_slices(
             t0_unix_ns,
         };
         (w.rec.first, w.rec.count) = (first, count);
-        if let Err(e) = proto::write(&mut w.w, &ToWorker::Slice(s.clone())).await {
-            w.rec.lost = Some(format!("sending its slice: {e}"));
+        if let Err(e) = w.link.send(&ToWorker::Slice(s.clone())) {
+            w.set_lost(format!("sending its slice: {e}"));
         }
         slices.push(s);
     }

@@ -36,10 +36,8 @@ pub(super) async fn reach(ws: &mut [Worker]) {
                 w.rec.serve_failed =
                     failed.iter().map(|f| f.chars().take(proto::MAX_TEXT).collect()).collect();
             }
-            Ok(other) => {
-                w.rec.lost = Some(format!("answered the serve request with {}", brief(&other)))
-            }
-            Err(e) => w.rec.lost = Some(format!("serving the reach check: {e:#}")),
+            Ok(other) => w.set_lost(format!("answered the serve request with {}", brief(&other))),
+            Err(e) => w.set_lost(format!("serving the reach check: {e:#}")),
         }
     }))
     .await;
@@ -62,12 +60,12 @@ pub(super) async fn reach(ws: &mut [Worker]) {
             match ask_within(w, &ToWorker::Reach { pairs }, reach_within(most)).await {
                 Ok(FromWorker::Reached(r)) => match r.validate(most) {
                     Ok(()) => w.rec.reach = Some(r),
-                    Err(e) => w.rec.lost = Some(format!("bad reach report: {e}")),
+                    Err(e) => w.set_lost(format!("bad reach report: {e}")),
                 },
                 Ok(other) => {
-                    w.rec.lost = Some(format!("answered the reach request with {}", brief(&other)))
+                    w.set_lost(format!("answered the reach request with {}", brief(&other)))
                 }
-                Err(e) => w.rec.lost = Some(format!("the reach check: {e:#}")),
+                Err(e) => w.set_lost(format!("the reach check: {e:#}")),
             }
         },
     ))

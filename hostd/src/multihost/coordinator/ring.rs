@@ -154,7 +154,7 @@ async fn round(
 
 /// Marks a worker lost, saying why: it gives nothing more.
 fn lose<T>(w: &mut Worker, why: String) -> Vec<T> {
-    w.rec.lost = Some(why);
+    w.set_lost(why);
     Vec::new()
 }
 

@@ -26,18 +26,17 @@ pub(super) async fn hold(w: &mut Worker, d: Duration) {
     if w.rec.lost.is_some() {
         return;
     }
-    match timeout(d, proto::read::<FromWorker, _>(&mut w.r)).await {
+    match timeout(d, w.link.recv()).await {
         Err(_) => {}
-        Ok(Ok(m)) => w.rec.lost = Some(format!("sent {} while its fleet was up", brief(&m))),
-        Ok(Err(e)) => w.rec.lost = Some(format!("its link dropped while its fleet was up: {e}")),
+        Ok(m) => super::held::lose(w, m),
     }
 }
 
 async fn tear_down(w: &mut Worker) -> Result<TornDown> {
-    proto::write(&mut w.w, &ToWorker::Teardown).await?;
+    w.link.send(&ToWorker::Teardown)?;
     // Guests stop together, but each is released (cgroup, veth, files) in turn.
     let within = teardown_within(w.rec.count);
-    let m = timeout(within, proto::read::<FromWorker, _>(&mut w.r))
+    let m = timeout(within, w.link.recv())
         .await
         .map_err(|_| anyhow::anyhow!("no teardown report within {within:?}"))??;
     match m {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::multihost::proto::TornDown;
+use crate::multihost::proto::{self, TornDown};
 use tokio::io::AsyncWriteExt;
 
 /// What the coordinator makes of a connection that sends `line` first.
@@ -13,7 +13,7 @@ async fn first_line(line: Vec<u8>) -> Result<Worker, (bool, String)> {
         tokio::time::sleep(Duration::from_secs(5)).await;
     });
     let (s, _) = l.accept().await.unwrap();
-    let r = hello_of(s, "secret").await;
+    let r = hello_of(s, "secret", Duration::from_secs(15)).await;
     client.abort();
     // (refused, why)
     r.map_err(|e| match e {
