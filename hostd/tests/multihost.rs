@@ -268,20 +268,18 @@ fn a_fleet_across_three_hosts_with_offsets_recovered_and_nothing_left() {
     lab.down_finding_nothing();
 }
 
-/// Starts a held run of 9 guests and returns once the coordinator says the fleet is up:
-/// the child, its stderr so far and the rest of its stderr.
+/// Starts a held run of `n` guests (`boot` with `args`) and returns once the coordinator says
+/// the fleet is up: the child, its stderr so far and the rest of its stderr.
 // The caller waits for the child; the one early return here waits too.
 #[allow(clippy::zombie_processes)]
 fn held(
     lab: &Lab,
     results: &Path,
+    n: usize,
+    args: &[&str],
 ) -> (std::process::Child, String, BufReader<std::process::ChildStderr>) {
-    let mut child = lab
-        .boot(9, results, &["--hold", "20"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        lab.boot(n, results, args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     let mut log = String::new();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     loop {
@@ -297,24 +295,28 @@ fn held(
     }
 }
 
-#[test]
-fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
-    let Some((_s, lab)) = serial_lab("i") else { return };
-    let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
-    let (mut child, mut log, mut err) = held(&lab, res.path());
-    // The coordinator: this build's hostd running `boot` inside the allocation.
+/// The coordinators running: this build's hostd running `boot` (inside the allocation).
+fn coordinators() -> Vec<u32> {
     let exe = env!("CARGO_BIN_EXE_hostd");
-    let coordinator: Vec<i32> = std::fs::read_dir("/proc")
+    std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| {
-            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
             let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
             let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
             (args.first() == Some(&exe.as_bytes()) && args.get(1) == Some(&&b"boot"[..]))
                 .then_some(pid)
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
+    let Some((_s, lab)) = serial_lab("i") else { return };
+    let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
+    let (mut child, mut log, mut err) = held(&lab, res.path(), 9, &["--hold", "20"]);
+    let coordinator = coordinators();
     assert_eq!(coordinator.len(), 1, "coordinators: {coordinator:?}\n{log}");
     // The workers' runs (their cgroups are named after them), from each host's run state.
     let runs: Vec<String> = (1..=3)
@@ -328,7 +330,7 @@ fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
         .collect();
     assert_eq!(runs.len(), 3, "worker runs: {runs:?}");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(coordinator[0]),
+        nix::unistd::Pid::from_raw(coordinator[0] as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
@@ -352,7 +354,7 @@ fn an_interrupted_coordinator_leaves_nothing_on_any_host() {
 fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
     let Some((_s, lab)) = serial_lab("k") else { return };
     let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
-    let (mut child, mut log, mut err) = held(&lab, res.path());
+    let (mut child, mut log, mut err) = held(&lab, res.path(), 9, &["--hold", "20"]);
     let victims = workers(Some("n2"));
     assert_eq!(victims.len(), 1, "workers on n2: {victims:?}\n{log}");
     nix::sys::signal::kill(
@@ -660,34 +662,9 @@ fn a_frozen_worker_is_declared_lost_within_its_bound_and_down_leaves_nothing() {
 fn a_frozen_coordinator_has_every_worker_tear_down_by_itself() {
     let Some((_s, lab)) = serial_lab("c") else { return };
     let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
-    let mut child = lab
-        .boot(6, res.path(), &["--hold", "120", "--lost-after", "3"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut log = String::new();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    while !log.contains("holding the fleet") {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap_or(0) == 0 {
-            let st = child.wait();
-            panic!("the coordinator ended ({st:?}) before holding its fleet:\n{log}");
-        }
-        log.push_str(&line);
-    }
-    let exe = env!("CARGO_BIN_EXE_hostd");
-    let coordinator: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-            (args.first() == Some(&exe.as_bytes()) && args.get(1) == Some(&&b"boot"[..]))
-                .then_some(pid)
-        })
-        .collect();
+    let (mut child, mut log, mut err) =
+        held(&lab, res.path(), 6, &["--hold", "120", "--lost-after", "3"]);
+    let coordinator = coordinators();
     assert_eq!(coordinator.len(), 1, "coordinators: {coordinator:?}\n{log}");
     assert_eq!(workers(None).len(), 3, "{log}");
     // The coordinator frozen: its connections stay open, its heartbeats stop; every
