@@ -16,7 +16,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{guest_pids_in, hostd, hot_boot, serial, text};
+use support::cli::{guest_pids_in, hostd, hot_boot, reap_lock, serial, text};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -94,6 +94,9 @@ fn killed_with_guests(backend: &str, n: usize, stopped_survive: bool) {
     for &p in pids.iter().step_by(2) {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(p as i32), Signal::SIGSTOP);
     }
+    // From the kill to the next hostd's reaping, no other test binary's hostd may start (it
+    // would reap this run first).
+    let reaping = reap_lock();
     signal(daemon, Signal::SIGKILL);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
@@ -108,6 +111,7 @@ fn killed_with_guests(backend: &str, n: usize, stopped_survive: bool) {
     let t1 = Instant::now();
     let said = next_hostd(dir.path());
     let recovered = t1.elapsed();
+    drop(reaping);
     let line = said
         .lines()
         .find(|l| l.contains(&format!("run {run}")))

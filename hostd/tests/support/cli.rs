@@ -79,6 +79,23 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The cross-binary half of [`serial`]. scripts/test runs the campaign test beside other test
+/// binaries, and every hostd start reaps every dead hostd's run: a test that kills a hostd and
+/// then checks what its own next hostd reaps holds this from the kill to that reaping, and a
+/// test in another binary holds it while its hostd starts (and reaps), so that neither reaps
+/// the other's orphan in between. An flock on a file every test binary names alike.
+pub fn reap_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let path = std::env::temp_dir().join("virtbench-tests-reap.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("locking {}: {e}", path.display()))
+}
+
 /// The records of a run's samples.jsonl that parse (a torn last line does not).
 pub fn records(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("samples.jsonl"))
