@@ -1,7 +1,7 @@
 //! End to end on the `qemu-microvm` and `qemu-full` backends under TCG (works on any host),
 //! plus the accelerator decision (a real KVM boot probe). Needs root (fleet namespace,
-//! taps, cgroups), QEMU, the musl agent and the image store's kernels (kernel-pv for microvm,
-//! kernel-pc); a missing piece makes a test say it is skipped and why.
+//! taps, cgroups), QEMU, the musl agent and the image store's kernel-pv (both profiles boot
+//! it; q35 with `nopv`); a missing piece makes a test say it is skipped and why.
 
 mod support {
     pub mod fault;
@@ -27,8 +27,7 @@ async fn fleet(kind: BackendKind, n: usize, tag: &str) {
     };
     let _heavy = vm::HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let k = if kind == BackendKind::QemuFull { &images.kernel_pc } else { &images.kernel_pv };
-    let release = vm::kernel_release(&k.as_ref().unwrap().path);
+    let release = vm::kernel_release(&images.kernel_pv.as_ref().unwrap().path);
     assert!(release.is_some(), "the kernel image names its release");
     let backend = vm::backend(kind, &images, &tcg());
     match backend.probe().await {
@@ -100,7 +99,7 @@ async fn kvm_probe_decides_and_says_why() {
 async fn probe_names_what_is_missing() {
     let images = hostd::backend::Images::default();
     let e = Qemu::new(Profile::Full, &images, &tcg()).probe().await.unwrap_err();
-    assert!(e.reason.to_string().contains("pc kernel"), "{e}");
+    assert!(e.reason.to_string().contains("q35 kernel (kernel-pv vmlinux)"), "{e}");
     let opts = BackendOptions { qemu: "/nonexistent/qemu".into(), ..tcg() };
     let e = Qemu::new(Profile::Microvm, &images, &opts).probe().await.unwrap_err();
     assert_eq!(e.reason.to_string(), "/nonexistent/qemu not found");

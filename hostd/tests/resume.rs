@@ -51,7 +51,7 @@ fn resume_refuses_another_provenance_unless_forced_and_tags_samples() {
     // The run "was" measured with another kernel and another hostd version; one step undone.
     let mut p: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("provenance.json")).unwrap()).unwrap();
-    p["artifacts"]["kernel-pc"] = "0".repeat(64).into();
+    p["artifacts"]["kernel-pv"] = "0".repeat(64).into();
     p["hostd_version"] = "0.0.1".into();
     std::fs::write(dir.join("provenance.json"), serde_json::to_vec(&p).unwrap()).unwrap();
     let samples = std::fs::read_to_string(dir.join("samples.jsonl")).unwrap();
@@ -72,7 +72,7 @@ fn resume_refuses_another_provenance_unless_forced_and_tags_samples() {
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("resuming would mix them"), "{t}");
-    assert!(t.contains("artifact kernel-pc: sha256 000000000000… recorded"), "{t}");
+    assert!(t.contains("artifact kernel-pv: sha256 000000000000… recorded"), "{t}");
     assert!(t.contains("hostd version: \"0.0.1\" recorded"), "{t}");
     assert!(t.contains("--force-mixed"), "{t}");
 

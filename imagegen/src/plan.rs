@@ -117,7 +117,7 @@ impl Plan {
 
 /// What a recipe file is called, for errors about one that is not.
 const RECIPE_NAME_RULE: &str = "a recipe file is NAME.toml, NAME being 1 to 64 lower-case letters, digits, \
-     `-` and `_`, starting with a letter or digit (initramfs.toml, kernel-pc.toml)";
+     `-` and `_`, starting with a letter or digit (initramfs.toml, kernel-pv.toml)";
 
 /// All recipe names in `dir` (the stems of `*.toml`), sorted. A `*.toml` whose stem is not
 /// a recipe name is an error naming it, not skipped: a plain `imagegen build` would

@@ -893,7 +893,7 @@ mod tests {
 
     #[test]
     fn names() {
-        assert!(valid_name("kernel-pc"));
+        assert!(valid_name("kernel-pv"));
         assert!(valid_name("a_1"));
         assert!(!valid_name("-x"));
         assert!(!valid_name("Kernel"));

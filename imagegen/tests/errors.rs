@@ -213,7 +213,7 @@ fn the_binary_reports_one_line_and_fails() {
 fn shipped_recipes_plan() {
     let plan = imagegen::plan::plan(&common::shipped_recipes(), &[]).unwrap();
     let names = plan.names();
-    for n in ["agent", "initramfs", "rootfs", "oci-bundle", "disk", "kernel-uml", "kernel-pv", "kernel-pc"] {
+    for n in ["agent", "initramfs", "rootfs", "oci-bundle", "disk", "kernel-uml", "kernel-pv"] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
     let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();

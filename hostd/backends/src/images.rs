@@ -131,7 +131,6 @@ fn fill_from_store(store: &imagegen::Store, images: &mut Images) {
     images.bundle = tree(store, "oci-bundle", "bundle", images);
     images.kernel_uml = kernel(store, "kernel-uml", images);
     images.kernel_pv = kernel(store, "kernel-pv", images);
-    images.kernel_pc = kernel(store, "kernel-pc", images);
 }
 
 /// A current store artifact outside [`Images`] (the Xen lab's hypervisor, dom0 kernel and

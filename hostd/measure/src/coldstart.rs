@@ -414,7 +414,7 @@ pub fn copy_images(
                 *p = copy(p)?;
             }
         }
-        for k in [&mut c.kernel_uml, &mut c.kernel_pv, &mut c.kernel_pc].into_iter().flatten() {
+        for k in [&mut c.kernel_uml, &mut c.kernel_pv].into_iter().flatten() {
             k.path = copy(&k.path)?;
         }
         // A system image: a VM boots its own copy of the ext4 and writes it in place (no

@@ -223,7 +223,7 @@ mod tests {
     fn prov(kernel: &str, version: &str, date: &str) -> Provenance {
         Provenance {
             artifacts: [
-                ("kernel-pc".to_string(), kernel.to_string()),
+                ("kernel-pv".to_string(), kernel.to_string()),
                 ("agent".to_string(), "a".repeat(64)),
             ]
             .into(),
@@ -255,7 +255,7 @@ mod tests {
         assert_eq!(
             b.differences(&a),
             [
-                "artifact kernel-pc: sha256 111111111111… recorded, 222222222222… now",
+                "artifact kernel-pv: sha256 111111111111… recorded, 222222222222… now",
                 "artifact rootfs: not recorded, now sha256 333333333333…",
                 "hostd version: \"0.1.0\" recorded, \"0.2.0\" now",
             ],

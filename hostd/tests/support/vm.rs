@@ -30,8 +30,9 @@ pub fn images(kind: BackendKind, _dir: &Path) -> Result<Images, String> {
     let im = hostd::images::resolve(None).map_err(|e| format!("{e:#}"))?;
     let kernel = match kind {
         BackendKind::Uml => &im.kernel_uml,
-        BackendKind::QemuFull => &im.kernel_pc,
-        BackendKind::QemuMicrovm | BackendKind::Firecracker => &im.kernel_pv,
+        BackendKind::QemuMicrovm | BackendKind::QemuFull | BackendKind::Firecracker => {
+            &im.kernel_pv
+        }
         other => panic!("{other} boots no kernel"),
     };
     assert!(

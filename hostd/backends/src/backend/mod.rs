@@ -46,7 +46,8 @@ hostd_host::named_set! {
         Uml,
         /// QEMU `microvm` with virtio-mmio devices: paravirtualized I/O (the paper's Xen-like row).
         QemuMicrovm,
-        /// QEMU `q35` with emulated serial, e1000 and AHCI: full virtualization (the VMware-like row).
+        /// QEMU `q35` with emulated serial, e1000 and AHCI, the guest kernel with `nopv` (no
+        /// paravirtual interface): full virtualization (the VMware-like row).
         QemuFull,
         /// Firecracker on KVM.
         Firecracker,
@@ -209,11 +210,10 @@ pub struct Images {
     pub disk: Option<PathBuf>,
     /// UML's kernel.
     pub kernel_uml: Option<Kernel>,
-    /// The paravirtual kernel (`kernel-pv`) of QEMU's microvm profile, Firecracker and Xen
-    /// domUs. Its recipe's command line names no console: each backend adds its own.
+    /// The one x86_64 guest kernel (`kernel-pv`): QEMU's microvm and q35 profiles (the latter
+    /// with `nopv`), Firecracker and Xen domUs. Its recipe's command line names no console:
+    /// each backend adds its own.
     pub kernel_pv: Option<Kernel>,
-    /// The kernel of QEMU's q35 (pc) profile.
-    pub kernel_pc: Option<Kernel>,
     /// A user's system image guests boot as their root (`--system`); None: the agent's own
     /// initramfs (VMs) or rootfs (containers).
     pub system: Option<rootdisk::System>,

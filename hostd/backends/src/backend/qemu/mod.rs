@@ -7,6 +7,12 @@
 //! - full: `-M q35` with emulated devices. ttyS0 is the console log, ttyS1 the control
 //!   channel, an e1000 NIC, the disk on the chipset's AHCI controller (`/dev/sda`).
 //!
+//! Both boot the one x86_64 guest kernel, `kernel-pv`'s vmlinux, by its PVH entry (under q35
+//! through QEMU's pvh.bin option ROM, after SeaBIOS). What makes q35 full virtualization is
+//! the machine (firmware, ACPI, PCI, e1000, AHCI, no virtio device) and that the guest uses
+//! no paravirtual interface: its command line has `nopv` ([`FULL_CMDLINE`]), as a
+//! distribution kernel with PV support compiled in would run on an emulated PC.
+//!
 //! The control channel is one end of a socketpair given to QEMU as an already connected
 //! socket chardev (`-chardev socket,fd=N`): no socket path (no 108-byte limit, nothing to
 //! clean up) and no listen/connect race. The host sends nothing before the agent's hello,
@@ -36,7 +42,7 @@ use super::{
 pub enum Profile {
     /// `-M microvm`: virtio-mmio, no PCI, no firmware (qemu-microvm).
     Microvm,
-    /// `-M q35`: a full PC with firmware and PCI (qemu-full).
+    /// `-M q35`: a full PC with firmware and PCI, the guest kernel with `nopv` (qemu-full).
     Full,
 }
 
@@ -68,11 +74,9 @@ impl Profile {
         }
     }
 
+    /// Both profiles boot the one x86_64 kernel; [`qemu_cmdline`] makes the difference.
     fn kernel(self, images: &Images) -> Option<Kernel> {
-        match self {
-            Profile::Microvm => images.kernel_pv.clone(),
-            Profile::Full => images.kernel_pc.clone(),
-        }
+        images.kernel_pv.clone()
     }
 }
 
@@ -144,8 +148,8 @@ impl Qemu {
 
     fn images(&self) -> Result<(&Kernel, &Path), ImageError> {
         let what = match self.profile {
-            Profile::Microvm => "microvm kernel (vmlinux)",
-            Profile::Full => "pc kernel (bzImage)",
+            Profile::Microvm => "microvm kernel (kernel-pv vmlinux)",
+            Profile::Full => "q35 kernel (kernel-pv vmlinux)",
         };
         boot_images(what, self.kernel.as_ref(), self.initramfs.as_deref())
     }
@@ -233,8 +237,14 @@ impl Backend for Qemu {
             tool_version(&self.qemu, &["--version"]).await.map_err(|e| unavailable(e.into()))?;
         let (kernel, initramfs) = self.images().map_err(|e| unavailable(e.into()))?;
         let accel = self.accel().await.map_err(|e| unavailable(e.to_string()))?;
+        // The probe record travels into results and the report: it says that q35's guest,
+        // booting the same kernel as microvm, runs it with no paravirtual interface.
+        let pv = match self.profile {
+            Profile::Microvm => "",
+            Profile::Full => " with nopv (no paravirtual interface)",
+        };
         Ok(format!(
-            "{version}; {}; kernel {}; initramfs {}",
+            "{version}; {}; kernel {}{pv}; initramfs {}",
             accel.why,
             kernel.path.display(),
             initramfs.display()
@@ -286,7 +296,8 @@ fn qemu_firmware(profile: Profile) -> Vec<PathBuf> {
         Profile::Full => &[
             "bios-256k.bin",
             "kvmvapic.bin",
-            "linuxboot_dma.bin",
+            // -kernel with an ELF vmlinux: QEMU boots its PVH entry through this ROM
+            "pvh.bin",
             "efi-e1000.rom",
             "vgabios-stdvga.bin",
         ],
@@ -403,7 +414,8 @@ pub fn qemu_cmdline(profile: Profile, accel: Accel, base: &str, spec: &GuestSpec
     // The recipe's TSC settings are replaced: under TCG the guest TSC ticks at the host
     // TSC rate, so a fixed tsc_early_khz makes guest clocks run fast or slow (2 GHz on a
     // 2.6 GHz host: 30 % fast); under KVM the kernel learns the rate from the hypervisor
-    // (or, the q35 kernel having no kvmclock, calibrates it against the emulated timers).
+    // (or, the q35 guest running with `nopv` and so without kvmclock, calibrates it against
+    // the emulated timers).
     // Skipping calibration under TCG matters: concurrent TCG guests otherwise hang at
     // "tsc: Unable to calibrate against PIT".
     let mut extra = match accel {
@@ -422,17 +434,22 @@ pub fn qemu_cmdline(profile: Profile, accel: Accel, base: &str, spec: &GuestSpec
     if profile == Profile::Microvm {
         extra.push("vb.poweroff=reboot".into());
     }
-    // The paravirtual kernel serves Xen too, so its recipe names no console: microvm's kernel
-    // log goes to ttyS0 (-serial), and `reboot=t` (triple fault) ends QEMU at once on a reboot.
+    // The kernel serves Xen too, so its recipe names no console: the kernel log goes to ttyS0
+    // (-serial), and `reboot=t` (triple fault) ends QEMU at once on a reboot.
     let base = match profile {
         Profile::Microvm => format!("{MICROVM_CONSOLE} {base}"),
-        Profile::Full => base.to_string(),
+        Profile::Full => format!("{FULL_CMDLINE} {base}"),
     };
     kernel_cmdline(&base, &["tsc_early_khz", "tsc"], &extra, profile.ctl(), spec)
 }
 
-/// What the microvm profile puts before the paravirtual kernel's recipe command line.
+/// What the microvm profile puts before the kernel's recipe command line.
 pub const MICROVM_CONSOLE: &str = "console=ttyS0 reboot=t";
+
+/// What the q35 profile puts before the kernel's recipe command line: the console as under
+/// microvm, and `nopv`, so the guest runs as a generic PC guest and ignores the KVM (or Xen,
+/// Hyper-V) paravirtual interfaces, kvmclock included: full virtualization.
+pub const FULL_CMDLINE: &str = "console=ttyS0 reboot=t nopv";
 
 async fn launch_qemu(
     qemu: &str,

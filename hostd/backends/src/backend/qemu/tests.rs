@@ -4,17 +4,9 @@ use std::net::Ipv4Addr;
 
 use crate::backend::test_spec as spec;
 
-/// kernel-pv: its recipe's command line names no console (the microvm profile adds it).
+/// kernel-pv: its recipe's command line names no console (each profile adds it).
 fn pv_kernel(path: &str) -> Kernel {
     Kernel { path: path.into(), cmdline: "panic=-1".into() }
-}
-
-/// kernel-pc, with its recipe's command line.
-fn kernel(path: &str) -> Kernel {
-    Kernel {
-        path: path.into(),
-        cmdline: "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tsc=reliable".into(),
-    }
 }
 
 #[test]
@@ -39,20 +31,22 @@ fn microvm_tcg_command_line() {
     assert_eq!(a, expect);
 }
 
+/// q35 boots the same vmlinux as microvm, with `nopv`: no paravirtual interface, so no
+/// kvmclock under KVM either.
 #[test]
 fn full_kvm_command_line() {
     let a = qemu_args(
         Profile::Full,
         Accel::Kvm,
-        &kernel("/k/bzImage"),
+        &pv_kernel("/k/vmlinux"),
         Path::new("/i/initramfs.cpio.gz"),
         &spec(true, true),
     );
     let expect = [
         "-name", "g1", "-M", "q35", "-accel", "kvm", "-cpu", "host", "-m", "192M", "-smp", "2",
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-        "-kernel", "/k/bzImage", "-initrd", "/i/initramfs.cpio.gz",
-        "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check net.ifnames=0 vb.ctl=tty:/dev/ttyS1 vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
+        "-kernel", "/k/vmlinux", "-initrd", "/i/initramfs.cpio.gz",
+        "-append", "console=ttyS0 reboot=t nopv panic=-1 no_timer_check net.ifnames=0 vb.ctl=tty:/dev/ttyS1 vb.hostname=g1 vb.net=eth0=10.211.0.3/16",
         "-chardev", "file,id=con,path=/proc/self/fd/1,append=on", "-serial", "chardev:con",
         "-chardev", "socket,id=ctl,fd=3", "-serial", "chardev:ctl",
         "-drive", "id=d0,file=/store/disk,,1.img,format=raw,if=none,snapshot=on,cache.direct=on,aio=threads", "-device", "ide-hd,drive=d0,bus=ide.0",
@@ -66,11 +60,30 @@ fn guest_without_disk_or_network_gets_neither() {
     let a = qemu_args(
         Profile::Full,
         Accel::Tcg { tsc_khz: 1 },
-        &kernel("/k"),
+        &pv_kernel("/k"),
         Path::new("/i"),
         &spec(false, false),
     );
     assert!(!a.iter().any(|x| x == "-drive" || x == "-netdev" || x.contains("vb.net=")), "{a:?}");
+}
+
+/// Under TCG the q35 guest gets the host's TSC rate, `nopv` and its console, and (having
+/// ACPI) powers off itself, unlike a microvm guest.
+#[test]
+fn full_tcg_command_line() {
+    let w = qemu_cmdline(
+        Profile::Full,
+        Accel::Tcg { tsc_khz: 2_596_150 },
+        "panic=-1",
+        &spec(false, false),
+    );
+    assert_eq!(
+        w.join(" "),
+        "console=ttyS0 reboot=t nopv panic=-1 tsc_early_khz=2596150 tsc=reliable no_timer_check net.ifnames=0 vb.ctl=tty:/dev/ttyS1 vb.hostname=g1"
+    );
+    let m =
+        qemu_cmdline(Profile::Microvm, Accel::Tcg { tsc_khz: 1 }, "panic=-1", &spec(false, false));
+    assert!(!m.iter().any(|x| x == "nopv"), "{m:?}");
 }
 
 #[test]
