@@ -78,6 +78,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the names of the recipes in the recipe directory, one per line (each is parsed:
+    /// a broken one is an error).
+    Recipes {
+        /// Only recipes of this kind (as a recipe's `kind` names it: kernel, initramfs, …).
+        #[arg(long)]
+        kind: Option<imagegen::Kind>,
+    },
     /// Measure: initramfs build, no-op build, kernel build times, artifact sizes.
     Bench {
         /// No-op runs to time.
@@ -181,6 +188,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "{changed} pins moved; run `imagegen build --update-lock` to build them and record their artifacts in {}",
                     cfg.recipes.join(imagegen::lock::LOCK_FILE).display()
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Recipes { kind } => {
+            let names = match kind {
+                Some(k) => imagegen::plan::recipes_of_kind(&cfg.recipes, k)?,
+                None => imagegen::plan::all_recipes(&cfg.recipes)?,
+            };
+            for n in names {
+                println!("{n}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -150,21 +150,31 @@ pub fn all_recipes(dir: &Path) -> Result<Vec<String>, PlanError> {
     Ok(names)
 }
 
-/// Every recipe but those marked `explicit = true` (built only when named): what a plain
-/// `imagegen build` builds. Every recipe is parsed, so a broken one still stops it.
-pub fn default_recipes(dir: &Path) -> Result<Vec<String>, PlanError> {
+/// Every recipe in `dir`, parsed (so a broken one is an error naming it), by name.
+fn parse_all(dir: &Path) -> Result<Vec<Recipe>, PlanError> {
     let mut out = Vec::new();
     for name in all_recipes(dir)? {
         let file = dir.join(format!("{name}.toml"));
         let text =
             std::fs::read_to_string(&file).map_err(|source| PlanError::ReadRecipe { file: file.clone(), source })?;
-        let r = recipe::parse(&name, file.clone(), text)
-            .map_err(|failure| PlanError::ParseRecipe { file: file.clone(), failure })?;
-        if !r.explicit() {
-            out.push(name);
-        }
+        out.push(
+            recipe::parse(&name, file.clone(), text)
+                .map_err(|failure| PlanError::ParseRecipe { file: file.clone(), failure })?,
+        );
     }
     Ok(out)
+}
+
+/// Every recipe but those marked `explicit = true` (built only when named): what a plain
+/// `imagegen build` builds. Every recipe is parsed, so a broken one still stops it.
+pub fn default_recipes(dir: &Path) -> Result<Vec<String>, PlanError> {
+    Ok(parse_all(dir)?.into_iter().filter(|r| !r.explicit()).map(|r| r.name).collect())
+}
+
+/// The recipes in `dir` of kind `kind` (`imagegen recipes --kind`: scripts/test builds the
+/// kernels first), explicit ones included; every recipe is parsed, so a broken one is an error.
+pub fn recipes_of_kind(dir: &Path, kind: Kind) -> Result<Vec<String>, PlanError> {
+    Ok(parse_all(dir)?.into_iter().filter(|r| r.kind == kind).map(|r| r.name).collect())
 }
 
 /// Loads and checks `names` (all recipes when empty) and what they depend on.

@@ -35,6 +35,21 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in the order recipes/README.md documents them.
+    pub const ALL: [Kind; 11] = [
+        Kind::Agent,
+        Kind::Initramfs,
+        Kind::Rootfs,
+        Kind::OciBundle,
+        Kind::Disk,
+        Kind::Kernel,
+        Kind::DebFile,
+        Kind::DebianRootfs,
+        Kind::RootfsImport,
+        Kind::OciImage,
+        Kind::KernelPackage,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Agent => "agent",
@@ -82,6 +97,18 @@ impl Kind {
     /// inputs, so stale store and cache entries are not reused.
     pub fn generator(self) -> u32 {
         1
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    /// A kind as a recipe's `kind` names it; an unknown one is an error listing them all.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+            format!("no recipe kind {s:?} (kinds: {})", all.join(", "))
+        })
     }
 }
 

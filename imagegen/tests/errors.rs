@@ -385,3 +385,40 @@ fn path_component_longer_than_linux_takes() {
     write_recipe(d.path(), "rootfs.toml", &format!("kind = \"rootfs\"\ndirs = [\"/etc/{}\"]\n", &long[..255]));
     imagegen::plan::plan(&d.path().join("recipes"), &["rootfs".to_string()]).unwrap();
 }
+
+/// `imagegen recipes --kind kernel`: the recipes scripts/test builds first, found by parsing
+/// each recipe (the same set as their files' `kind = "kernel"` lines); a broken recipe among
+/// the others is an error naming it, not a shorter list; an unknown kind lists the kinds.
+#[test]
+fn recipes_by_kind() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+    let mut by_line = Vec::new();
+    for e in std::fs::read_dir(&repo).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml")
+            && std::fs::read_to_string(&p).unwrap().lines().any(|l| l == "kind = \"kernel\"")
+        {
+            by_line.push(p.file_stem().unwrap().to_str().unwrap().to_string());
+        }
+    }
+    by_line.sort();
+    let kernels = imagegen::plan::recipes_of_kind(&repo, imagegen::Kind::Kernel).unwrap();
+    assert!(!kernels.is_empty());
+    assert_eq!(kernels, by_line);
+    // Its recipes are the repository's (store and cache, not touched, beside them).
+    let out = common::imagegen(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap())
+        .args(["recipes", "--kind", "kernel"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}\n", kernels.join("\n")));
+
+    let d = tempfile::tempdir().unwrap();
+    write_recipe(d.path(), "agent.toml", AGENT);
+    write_recipe(d.path(), "disk.toml", "kind = \"disk\"\nsize_mb = 4\n");
+    let cfg = config_in(d.path());
+    let e = imagegen::plan::recipes_of_kind(&cfg.recipes, imagegen::Kind::Agent).unwrap_err().to_string();
+    assert!(e.contains("disk.toml") && e.contains("size_mb"), "{e}");
+    let e = "bogus".parse::<imagegen::Kind>().unwrap_err();
+    assert!(e.contains("\"bogus\"") && e.contains("kernel-package"), "{e}");
+}
