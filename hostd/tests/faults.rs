@@ -121,6 +121,17 @@ async fn a_silent_agent_misses_its_boot_deadline_and_frees_its_slot() {
     assert!(!scratch.exists());
 }
 
+/// The oci backend over a fake runtime (in `dir`) whose `run` never returns (`delete`
+/// works), and the file it writes its pid to once `run` has started.
+fn stuck_runtime(dir: &std::path::Path) -> (AnyBackend, std::path::PathBuf) {
+    let pidfile = dir.join("runtime.pid");
+    let fake = dir.join("stuck-runtime");
+    std::fs::write(&fake, format!("#!/bin/sh\n# `run` never returns; `delete` works.\ncase \"$3\" in run) echo $$ > {}; exec sleep 120;; esac\nexit 0\n", pidfile.display())).unwrap();
+    std::process::Command::new("chmod").arg("755").arg(&fake).status().unwrap();
+    let opts = BackendOptions { oci_runtime: fake.display().to_string(), ..Default::default() };
+    (AnyBackend::new(BackendKind::Oci, &images(), &opts), pidfile)
+}
+
 /// Fault 1, launch phase: a runtime whose `run` never returns. The launch is abandoned at
 /// the boot deadline and what it had made is released: the runtime process, the guest's
 /// network namespace and veth, its cgroups, its work directory.
@@ -130,12 +141,7 @@ async fn a_launch_that_hangs_is_abandoned_at_the_deadline_and_cleaned_up() {
         return skip("fault tests need root");
     }
     let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("runtime.pid");
-    let fake = dir.path().join("stuck-runtime");
-    std::fs::write(&fake, format!("#!/bin/sh\n# `run` never returns; `delete` works.\ncase \"$3\" in run) echo $$ > {}; exec sleep 120;; esac\nexit 0\n", pidfile.display())).unwrap();
-    std::process::Command::new("chmod").arg("755").arg(&fake).status().unwrap();
-    let opts = BackendOptions { oci_runtime: fake.display().to_string(), ..Default::default() };
-    let backend = AnyBackend::new(BackendKind::Oci, &images(), &opts);
+    let (backend, pidfile) = stuck_runtime(dir.path());
     let run = run_id("hl");
     let _litter = Litter(run.clone());
     let net = FleetNet::create(&run).unwrap();
@@ -205,6 +211,44 @@ async fn a_stopped_guest_misses_its_command_deadline_and_is_killed() {
         gone.assert(&format!("{kind} hung guest"));
         assert_no_zombies(kind.name());
     }
+}
+
+/// A UML guest taken out while an oci launch holds hostd as a child subreaper (as in a
+/// mixed fleet): the kernel's helper processes, orphaned into hostd rather than the host's
+/// init, are reaped by the teardown, not left as zombies (seen in CI, where the oci fault
+/// tests ran beside the UML ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uml_helpers_orphaned_into_hostd_during_an_oci_launch_are_reaped() {
+    if !is_root() {
+        return skip("fault tests need root");
+    }
+    let _heavy = HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let uml = AnyBackend::new(BackendKind::Uml, &images(), &Default::default());
+    let run = run_id("ou");
+    let _litter = Litter(run.clone());
+    let g = boot(&uml, spec(&run, 0, dir.path(), None), Duration::from_secs(60)).await.unwrap();
+    let members = group_members(g.process.pid() as i32);
+    assert!(members.len() > 1, "a UML guest with no helper processes: {members:?}");
+    // hostd is a subreaper from the runtime's start until the launch is abandoned.
+    let (oci, pidfile) = stuck_runtime(dir.path());
+    let orun = run_id("oo");
+    let _olitter = Litter(orun.clone());
+    let s = spec(&orun, 0, dir.path(), None);
+    let launch = tokio::spawn(async move { boot(&oci, s, Duration::from_secs(15)).await.err() });
+    let t0 = Instant::now();
+    while !pidfile.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the fake runtime never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let f = g.fail(&uml, FailureKind::Crashed, "taken out by the test".into()).await;
+    // Otherwise the guest went outside the window, and the test shows nothing.
+    assert!(!launch.is_finished(), "{f}: the oci launch ended before the guest was taken out");
+    assert_no_zombies("uml guest taken out during an oci launch");
+    Gone { pids: members, ..Default::default() }.assert("uml guest and its helpers");
+    let e = launch.await.unwrap().expect("the stuck launch cannot succeed");
+    assert!(matches!(e, BootError::LaunchTimeout { .. }), "{e}");
+    assert_no_zombies("after the abandoned oci launch");
 }
 
 /// Fault 2: a guest kernel panic (the agent, PID 1, exits on command). The guest is taken

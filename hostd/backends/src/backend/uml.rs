@@ -195,10 +195,17 @@ pub async fn stop_uml(guest: &mut GuestProcess, grace: Duration) -> Exit {
     // With a cgroup, stop_and_release waits until the group is empty: every member is dead.
     let counted = guest.cgroup.is_some();
     let exit = stop_and_release(guest, Duration::ZERO).await;
-    // Without one, killed members linger as zombies until whoever inherited them reaps them;
-    // wait for that (signal 0 only checks, so a recycled group id would come to no harm).
+    // Killed members linger as zombies until whoever inherited them reaps them. That is
+    // hostd itself for those orphaned while it was a child subreaper (an oci launch running
+    // beside, in a mixed fleet or a test binary: see oci's `Subreaper`): nobody else would
+    // ever reap those, so reap them here. Without a cgroup, also wait for the others' reaper
+    // (signal 0 only checks, so a recycled group id would come to no harm).
     let deadline = Instant::now() + Duration::from_secs(2);
-    while !counted && killpg(group, None).is_ok() && Instant::now() < deadline {
+    loop {
+        reap_adopted(group);
+        if counted || killpg(group, None).is_err() || Instant::now() >= deadline {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     match (ended, grace.is_zero()) {
@@ -209,6 +216,17 @@ pub async fn stop_uml(guest: &mut GuestProcess, grace: Duration) -> Exit {
         (true, true) => exit,
         // The group kill above ended it.
         (false, _) => Exit::Killed,
+    }
+}
+
+/// Reaps whichever dead members of process group `group` are hostd's children (adopted
+/// ones: the kernel process itself is reaped by then). waitpid on a negative pid waits only
+/// for this process's children in that group, so nobody else's child is touched.
+fn reap_adopted(group: Pid) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let any_in_group = Pid::from_raw(-group.as_raw());
+    while matches!(waitpid(any_in_group, Some(WaitPidFlag::WNOHANG)), Ok(s) if s != WaitStatus::StillAlive)
+    {
     }
 }
 
