@@ -2,7 +2,8 @@
 //! crash (or SIGKILL) of hostd the next hostd can find every resource the run created and
 //! release it. Everything a run creates is named after its id: cgroups under
 //! `virtbench/<run>/` of each hierarchy, network namespaces `vb-<run>` and `vbn-<run>-*`,
-//! scratch files under `/run/virtbench/<run>/` (sockets, logs, runtime state, umid dirs).
+//! Xen domains `vb-<run>-*` (on a Xen dom0), scratch files under `/run/virtbench/<run>/`
+//! (sockets, logs, runtime state, umid dirs, root disk overlays).
 
 use std::fs;
 use std::io::{self, Write};
@@ -53,6 +54,8 @@ pub struct Cleaned {
     pub cgroups_removed: usize,
     /// Network namespaces removed.
     pub netns_removed: Vec<String>,
+    /// Xen domains destroyed (a domain outlives its killed `xl create -F`).
+    pub domains_destroyed: Vec<String>,
     /// Whether the scratch directory was removed.
     pub scratch_removed: bool,
     /// What could not be released, in words.
@@ -63,11 +66,16 @@ impl std::fmt::Display for Cleaned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "run {}: killed {} processes, removed {} cgroups, {} network namespaces{}{}",
+            "run {}: killed {} processes, removed {} cgroups, {} network namespaces{}{}{}",
             self.run,
             self.processes_killed,
             self.cgroups_removed,
             self.netns_removed.len(),
+            if self.domains_destroyed.is_empty() {
+                String::new()
+            } else {
+                format!(", destroyed Xen domains {}", self.domains_destroyed.join(", "))
+            },
             if self.scratch_removed { ", scratch directory" } else { "" },
             if self.errors.is_empty() {
                 String::new()
@@ -153,6 +161,13 @@ impl RunState {
                 Err(e) => c.errors.push(e.to_string()),
             }
         }
+        // A guest's domain, once its xl is killed above, runs on with its root disk overlay
+        // open: destroyed before the scratch directory holding the overlay goes.
+        if is_xen_dom0(Path::new("/")) {
+            let (destroyed, errors) = destroy_xen_domains("xl", &self.run);
+            c.domains_destroyed = destroyed;
+            c.errors.extend(errors);
+        }
         match list_netns() {
             Ok(names) => {
                 for n in names.into_iter().filter(|n| owns_netns(&self.run, n)) {
@@ -196,6 +211,56 @@ impl RunState {
 /// Network namespaces belonging to `run`: the fleet's and per-guest ones.
 pub fn owns_netns(run: &str, name: &str) -> bool {
     name == format!("vb-{run}") || name.starts_with(&format!("vbn-{run}-"))
+}
+
+/// Whether this system is a Xen dom0 (per /proc under `root`), where domains may be left.
+fn is_xen_dom0(root: &Path) -> bool {
+    fs::read_to_string(root.join("proc/xen/capabilities"))
+        .is_ok_and(|c| c.split(',').any(|w| w.trim() == "control_d"))
+}
+
+/// Destroys the Xen domains of `run` (the xen backend names them `vb-<run>-<guest>`) with
+/// `xl` (a name on PATH or a path). Returns the domains destroyed and what failed, in words.
+pub fn destroy_xen_domains(xl: &str, run: &str) -> (Vec<String>, Vec<String>) {
+    let out = match std::process::Command::new(xl)
+        .arg("list")
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => o.stdout,
+        Ok(o) => {
+            return (
+                Vec::new(),
+                vec![format!("{xl} list: {}", String::from_utf8_lossy(&o.stderr).trim())],
+            )
+        }
+        // No toolstack: no domain can have been made through it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return (Vec::new(), Vec::new()),
+        Err(e) => return (Vec::new(), vec![format!("running {xl} list: {e}")]),
+    };
+    let prefix = format!("vb-{run}-");
+    let (mut destroyed, mut errors) = (Vec::new(), Vec::new());
+    // `xl list`: a header line, then one line per domain, its name first.
+    for name in String::from_utf8_lossy(&out)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+    {
+        match std::process::Command::new(xl)
+            .args(["destroy", name])
+            .stdin(std::process::Stdio::null())
+            .output()
+        {
+            Ok(o) if o.status.success() => destroyed.push(name.to_string()),
+            Ok(o) => errors.push(format!(
+                "{xl} destroy {name}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => errors.push(format!("running {xl} destroy {name}: {e}")),
+        }
+    }
+    (destroyed, errors)
 }
 
 /// The named network namespaces: the files under /run/netns, where `ip netns` and
@@ -276,6 +341,39 @@ mod tests {
         assert_eq!(a.len(), 8);
         assert_ne!(a, b);
         assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    /// Only the run's own domains are destroyed; a toolstack that fails is reported.
+    #[test]
+    fn a_runs_xen_domains_are_destroyed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let xl = d.path().join("xl");
+        fs::write(
+            &xl,
+            "#!/bin/sh\ncase \"$1\" in\nlist) printf 'Name  ID   Mem VCPUs\\tState\\tTime(s)\\nDomain-0  0  512  1  r-----  9.9\\nvb-r1234567-g0  3  128  1  -b----  1.0\\nvb-r12345678-g0  4  128  1  -b----  1.0\\nvb-r1234567-g1  5  128  1  -b----  1.0\\n' ;;\ndestroy) echo \"$2\" >> \"$(dirname \"$0\")/destroyed\"; [ \"$2\" != vb-r1234567-g1 ] || { echo 'g1 is stuck' >&2; exit 1; } ;;\nesac\n",
+        )
+        .unwrap();
+        fs::set_permissions(&xl, fs::Permissions::from_mode(0o755)).unwrap();
+        let (destroyed, errors) = destroy_xen_domains(xl.to_str().unwrap(), "r1234567");
+        assert_eq!(destroyed, ["vb-r1234567-g0"]);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].ends_with("destroy vb-r1234567-g1: g1 is stuck"), "{errors:?}");
+        assert_eq!(
+            fs::read_to_string(d.path().join("destroyed")).unwrap(),
+            "vb-r1234567-g0\nvb-r1234567-g1\n",
+            "another run's domain is left alone"
+        );
+        // No toolstack at all: nothing to destroy, nothing to retry.
+        let (destroyed, errors) = destroy_xen_domains("/no/such/xl", "r1234567");
+        assert!(destroyed.is_empty() && errors.is_empty(), "{errors:?}");
+        fs::write(&xl, "#!/bin/sh\necho 'xenstored is down' >&2; exit 1\n").unwrap();
+        let (_, errors) = destroy_xen_domains(xl.to_str().unwrap(), "r1234567");
+        assert!(errors[0].ends_with("list: xenstored is down"), "{errors:?}");
+        assert!(!is_xen_dom0(d.path()));
+        fs::create_dir_all(d.path().join("proc/xen")).unwrap();
+        fs::write(d.path().join("proc/xen/capabilities"), "control_d\n").unwrap();
+        assert!(is_xen_dom0(d.path()));
     }
 
     #[test]

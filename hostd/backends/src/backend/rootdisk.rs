@@ -3,6 +3,8 @@
 //! layer over it, so no guest ever writes to what its siblings boot:
 //!
 //! - QEMU: a qcow2 overlay whose backing file is the image (`qemu-img create -b`);
+//! - Xen: the same qcow2 overlay, served to the domU by QEMU's Xen block backend in dom0
+//!   (`backendtype=qdisk`);
 //! - UML: a COW file (`ubdN=cow,image`), which UML creates on first use;
 //! - ns, oci: overlayfs with the tree as its lower layer, the agent added in the upper one.
 //!
@@ -118,6 +120,15 @@ impl System {
     /// The disk a VM guest boots: the image itself when private, else a qcow2 overlay made
     /// in `workdir` (removed with it) whose backing file is the image.
     pub async fn vm_disk(&self, workdir: &Path) -> Result<(PathBuf, &'static str), LaunchError> {
+        self.vm_disk_with("qemu-img", workdir).await
+    }
+
+    /// [`System::vm_disk`] with the overlay made by `qemu_img` (a name on PATH, or a path).
+    pub async fn vm_disk_with(
+        &self,
+        qemu_img: &str,
+        workdir: &Path,
+    ) -> Result<(PathBuf, &'static str), LaunchError> {
         if self.private {
             return Ok((self.ext4.clone(), "raw"));
         }
@@ -133,7 +144,7 @@ impl System {
             self.ext4.as_os_str(),
             overlay.as_os_str(),
         ];
-        run_tool("qemu-img", &args, DISK_TIMEOUT)
+        run_tool(qemu_img, &args, DISK_TIMEOUT)
             .await
             .map_err(|e| prepare(format!("the root disk overlay {}", overlay.display()), e))?;
         Ok((overlay, "qcow2"))

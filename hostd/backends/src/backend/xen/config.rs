@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use super::{DomainType, CTL_TTY};
+use super::{DomainType, CTL_TTY, ROOT_VDEV};
+use crate::backend::rootdisk::System;
 use crate::backend::vmm::{guest_mac, kernel_cmdline};
 use crate::backend::{prepare, GuestNet, GuestSpec, Kernel, LaunchError, PrepareError};
 use crate::netlab;
@@ -31,14 +32,27 @@ pub(super) fn xl_string(what: &str, v: &str) -> Result<String, LaunchError> {
 /// `quiet` because hvc0 also carries the control channel (only errors and panics go there).
 pub const DOMU_CONSOLE: &str = "console=hvc0 quiet";
 
+/// A domU's root disk: a system image's file the guest may write (its qcow2 overlay, or its
+/// private raw copy) and that file's format.
+#[derive(Debug, Clone, Copy)]
+pub struct RootDisk<'a> {
+    /// The system image it is of (its UUID and init go on the command line).
+    pub system: &'a System,
+    /// The file QEMU's Xen block backend opens in dom0.
+    pub path: &'a Path,
+    /// `qcow2` (an overlay) or `raw` (a private copy).
+    pub format: &'a str,
+}
+
 /// The `xl` domain config of one guest. `vif_script` is the hotplug script for its vif
-/// (when it has a network).
+/// (when it has a network); `root` its system image's disk (when it boots one).
 pub fn domain_config(
     ty: DomainType,
     kernel: &Kernel,
     initramfs: &Path,
     spec: &GuestSpec,
     vif_script: Option<&Path>,
+    root: Option<RootDisk<'_>>,
 ) -> Result<String, LaunchError> {
     let mut c = String::new();
     let mut line = |k: &str, v: String| c.push_str(&format!("{k} = {v}\n"));
@@ -53,7 +67,7 @@ pub fn domain_config(
             &kernel_cmdline(
                 &format!("{DOMU_CONSOLE} {}", kernel.cmdline),
                 &[],
-                &[],
+                &root.map(|r| r.system.cmdline()).unwrap_or_default(),
                 &format!("tty:{CTL_TTY}"),
                 spec,
             )
@@ -87,21 +101,31 @@ pub fn domain_config(
             ),
         );
     }
+    let mut disks = Vec::new();
     if let Some(disk) = &spec.data_disk {
         // target= goes last: everything after it is the path, commas included.
-        line(
+        disks.push(xl_string(
             "disk",
-            format!(
-                "[ {} ]",
-                xl_string(
-                    "disk",
-                    &format!(
-                        "format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,target={}",
-                        disk.display()
-                    )
-                )?
+            &format!(
+                "format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,target={}",
+                disk.display()
             ),
-        );
+        )?);
+    }
+    if let Some(r) = root {
+        // Read-write, but only the guest's own file: the shared image is the overlay's
+        // backing file, which QEMU opens read-only. The agent finds it by its UUID.
+        disks.push(xl_string(
+            "root disk",
+            &format!(
+                "format={},vdev={ROOT_VDEV},access=rw,backendtype=qdisk,target={}",
+                r.format,
+                r.path.display()
+            ),
+        )?);
+    }
+    if !disks.is_empty() {
+        line("disk", format!("[ {} ]", disks.join(", ")));
     }
     Ok(c)
 }

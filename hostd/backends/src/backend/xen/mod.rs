@@ -21,12 +21,18 @@
 //! - Disk: the data disk as a read-only `xvda` served by QEMU's Xen block backend (`qdisk`)
 //!   with `direct-io-safe`, which lets it open the image with O_DIRECT: the toolstack's
 //!   default for a file (blkback over a loop device) reads through dom0's page cache.
+//! - Root disk (a system image, `--system`): `xvdb`, the guest's own qcow2 overlay in its
+//!   work directory over the shared image (or its private raw copy), served by the same
+//!   `qdisk` backend, which opens the backing image read-only; `vb.root=`/`vb.init=` on the
+//!   command line as on the other VM backends. qdisk rather than blkback because blkback
+//!   serves only raw block devices: an overlay would need device-mapper snapshots and loop
+//!   devices per guest, where QEMU reads the qcow2 the other VM backends already make.
 //! - Teardown: after the agent's power-off the domain destroys itself and `xl create -F`
 //!   exits; whatever is still there is `xl destroy`ed before the processes are killed.
 //! - Memory: a domain's RAM is Xen's, not dom0's, so it is not in dom0's /proc/meminfo nor
 //!   in any dom0 cgroup; [`xl_list`] and [`xl_info`] give Xen's own accounting (docs/xen.md).
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -38,6 +44,7 @@ use tokio::sync::watch;
 use super::launch::{
     boot_images, run_tool, vm_launch_files, GuestCommand, ImageError, LaunchGuard, ToolError,
 };
+use super::rootdisk::System;
 use super::{
     prepare, stop_and_release, Backend, BackendKind, BackendOptions, Exit, GuestProcess, GuestSpec,
     Images, Kernel, LaunchError, LaunchFiles, Launched, PrepareError, Proc, Resource, Unavailable,
@@ -46,6 +53,9 @@ use super::{
 
 /// The data disk inside a domU (the first Xen virtual block device).
 pub const GUEST_DISK: &str = "/dev/xvda";
+/// The system image's root disk, after the data disk's (as on UML and qemu-full); the agent
+/// finds it by its ext4 UUID, not by this name.
+pub const ROOT_VDEV: &str = "xvdb";
 /// The guest tty of the control channel: the primary PV console.
 pub const CTL_TTY: &str = "/dev/hvc0";
 /// Chooses the domain type (`pv`, the default, or `pvh`).
@@ -131,10 +141,12 @@ pub struct Xen {
     /// The toolstack and xenstore programs (names on PATH, or paths).
     xl: String,
     xenstore_read: String,
+    /// What makes a system image's per-guest overlay.
+    qemu_img: String,
     /// Where `/sys`, `/proc` and `/dev` are looked for (`/` but in tests).
     root: PathBuf,
-    /// A system image asked for: refused at launch (see there).
-    system: Option<super::rootdisk::System>,
+    /// The system image the guests boot from, if any.
+    system: Option<System>,
 }
 
 impl Xen {
@@ -145,6 +157,7 @@ impl Xen {
             initramfs: images.initramfs.clone(),
             xl: "xl".into(),
             xenstore_read: "xenstore-read".into(),
+            qemu_img: "qemu-img".into(),
             root: PathBuf::from("/"),
             system: images.system.clone(),
         }
@@ -157,6 +170,7 @@ impl Xen {
             initramfs: images.initramfs.clone(),
             xl: self.xl.clone(),
             xenstore_read: self.xenstore_read.clone(),
+            qemu_img: self.qemu_img.clone(),
             root: self.root.clone(),
             system: images.system.clone(),
         }
@@ -227,7 +241,7 @@ mod tests;
 mod tty;
 mod xl;
 
-pub use config::{config_domain_name, domain_config, domain_name, vif_script};
+pub use config::{config_domain_name, domain_config, domain_name, vif_script, RootDisk};
 pub use tty::RawTty;
 use tty::{Log, Tee};
 pub use xl::{
@@ -267,7 +281,14 @@ impl Xen {
         let mut g = LaunchGuard::new(spec)?;
         let script = vif_hotplug(spec, &mut g)?;
         let cfg_path = spec.workdir.join("domain.cfg");
-        let cfg = domain_config(ty, kernel, initramfs, spec, script.as_deref())?;
+        // In the work directory, so released with it (on stop, a failed launch, or by the
+        // reaping of an orphaned run).
+        let root = match &self.system {
+            Some(sys) => Some((sys, root_disk(sys, &self.qemu_img, &spec.workdir).await?)),
+            None => None,
+        };
+        let root = root.as_ref().map(|(system, (path, format))| RootDisk { system, path, format });
+        let cfg = domain_config(ty, kernel, initramfs, spec, script.as_deref(), root)?;
         std::fs::write(&cfg_path, &cfg).map_err(|e| prep(&cfg_path.display().to_string(), e))?;
         let log_path = spec.workdir.join("console.log");
         let log = Log(Arc::new(Mutex::new((g.log_file(&log_path)?, 0))));
@@ -437,6 +458,25 @@ fn vif_hotplug(spec: &GuestSpec, g: &mut LaunchGuard) -> Result<Option<PathBuf>,
     }
 }
 
+/// A guest's root disk over the system image: its qcow2 overlay made in `workdir`, or the
+/// private copy itself. A missing or unreadable image is named before anything is made.
+async fn root_disk(
+    sys: &System,
+    qemu_img: &str,
+    workdir: &Path,
+) -> Result<(PathBuf, &'static str), LaunchError> {
+    let what = || format!("system image {} ({})", sys.name, sys.ext4.display());
+    let meta = std::fs::metadata(&sys.ext4).map_err(|e| prepare(what(), e))?;
+    // A block device is fine too: the Xen lab hands dom0 the image as a disk.
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        return Err(prepare(
+            what(),
+            PrepareError::Invalid("neither a regular file nor a block device".into()),
+        ));
+    }
+    sys.vm_disk_with(qemu_img, workdir).await
+}
+
 /// The last lines of a console log, for a launch error.
 fn log_tail(path: &Path) -> String {
     let data = std::fs::read(path).unwrap_or_default();
@@ -451,7 +491,9 @@ impl Backend for Xen {
     }
 
     fn launch_files(&self) -> LaunchFiles {
-        vm_launch_files(self.kernel.as_ref(), self.initramfs.as_deref(), &self.xl)
+        let mut files = vm_launch_files(self.kernel.as_ref(), self.initramfs.as_deref(), &self.xl);
+        files.images.extend(self.system.as_ref().map(|s| s.ext4.clone()));
+        files
     }
 
     /// dom0 of a Xen host (hypervisor, xenfs, privcmd), the images, `xl info` answering
@@ -480,6 +522,17 @@ impl Backend for Xen {
                 return Err(unavailable(format!("{tool} is not on PATH")));
             }
         }
+        if let Some(sys) = &self.system {
+            if find_program(&self.qemu_img).is_none() {
+                return Err(unavailable(format!(
+                    "system image {}: {} is not on PATH (it makes each guest's overlay)",
+                    sys.name, self.qemu_img
+                )));
+            }
+            if !qdisk_backend_running(&self.root) {
+                return Err(unavailable(format!("system image {}: no QEMU serves Xen block devices in dom0 (`qemu-system-i386 -xen-domid 0 -xen-attach …`, Debian's qemu-system-xen, started by xencommons), so no domU would get its root disk", sys.name)));
+            }
+        }
         let get = |k: &str| info.get(k).map(String::as_str).unwrap_or("?");
         Ok(format!(
             "Xen {} ({caps}; virt_caps: {virt_caps}), dom0 kernel {}; {} domUs; {} of {} MiB free; kernel {}; initramfs {}",
@@ -502,13 +555,6 @@ impl Backend for Xen {
 
     async fn launch(&self, spec: &GuestSpec) -> Result<Launched, LaunchError> {
         let (kernel, initramfs) = self.images().map_err(|e| prepare("xen images", e))?;
-        if let Some(sys) = &self.system {
-            // Refused rather than half-supported: no domU would be given its root disk.
-            return Err(prepare(
-                format!("system image {} on xen", sys.name),
-                PrepareError::Unsupported("the xen backend does not attach a system image's ext4 to a domU as its root disk yet (the domU kernel, kernel-pv, has ext4 and blkfront); boot system images on uml, qemu-microvm, qemu-full, firecracker, ns or oci"),
-            ));
-        }
         let ty = DomainType::from_env().map_err(|e| prepare("the domain type", e))?;
         self.launch_domain(ty, kernel, initramfs, spec).await
     }
@@ -516,6 +562,20 @@ impl Backend for Xen {
     async fn stop(&self, guest: &mut GuestProcess, grace: Duration) -> Exit {
         self.stop_domain(guest, grace).await
     }
+}
+
+/// Whether dom0's QEMU for Xen backends (`-xen-domid 0 -xen-attach`, which serves `qdisk`
+/// devices) runs (per /proc under `root`).
+fn qdisk_backend_running(root: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(root.join("proc")) else { return false };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| {
+            let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+            args.contains(&&b"-xen-attach"[..])
+                && args.windows(2).any(|w| w[0] == b"-xen-domid" && w[1] == b"0")
+        })
 }
 
 /// Whether a process named `comm` runs (per /proc under `root`).

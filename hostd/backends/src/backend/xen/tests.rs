@@ -4,6 +4,7 @@ use tokio::io::AsyncReadExt;
 
 use super::config::sh_quote;
 use super::*;
+use crate::backend::rootdisk::InitMode;
 use crate::backend::test_spec as spec;
 
 fn kernel() -> Kernel {
@@ -18,6 +19,7 @@ fn pv_config_with_network_and_disk() {
         Path::new("/i/initramfs.cpio.gz"),
         &spec(true, true),
         Some(Path::new("/run/virtbench/r1/g1/vif-hotplug")),
+        None,
     )
     .unwrap();
     let expect = "\
@@ -43,7 +45,7 @@ disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,targe
 fn pvh_config_without_network_or_disk_but_pinned() {
     let mut s = spec(false, false);
     s.limits.cpuset = Some("0");
-    let c = domain_config(DomainType::Pvh, &kernel(), Path::new("/i"), &s, None).unwrap();
+    let c = domain_config(DomainType::Pvh, &kernel(), Path::new("/i"), &s, None, None).unwrap();
     assert!(c.contains("type = \"pvh\"\n"), "{c}");
     assert!(c.contains("cpus = \"0\"\n"), "{c}");
     assert!(!c.contains("\nvif =") && !c.contains("\ndisk =") && !c.contains("vb.net="), "{c}");
@@ -52,7 +54,7 @@ fn pvh_config_without_network_or_disk_but_pinned() {
 #[test]
 fn values_xl_cannot_carry_are_refused_by_name() {
     let s = GuestSpec { data_disk: Some("/a/\"b\".img".into()), ..spec(false, false) };
-    let e = domain_config(DomainType::Pv, &kernel(), Path::new("/i"), &s, None).unwrap_err();
+    let e = domain_config(DomainType::Pv, &kernel(), Path::new("/i"), &s, None, None).unwrap_err();
     assert!(e.to_string().contains("preparing disk") && e.to_string().contains("\\\"b\\\""), "{e}");
     let e = domain_config(
         DomainType::Pv,
@@ -60,9 +62,80 @@ fn values_xl_cannot_carry_are_refused_by_name() {
         Path::new("/i"),
         &spec(true, false),
         Some(Path::new("/w,x/vif")),
+        None,
     )
     .unwrap_err();
     assert!(e.to_string().contains("comma"), "{e}");
+}
+
+fn system(ext4: PathBuf, init: InitMode, private: bool) -> System {
+    System {
+        name: "tiny".into(),
+        ext4,
+        ext4_uuid: "0123abcd-4567-89ab-cdef-0123456789ab".into(),
+        tree: "/store/trees/cd".into(),
+        init,
+        image_init: Some("/sbin/init".into()),
+        private,
+    }
+}
+
+/// A system image's disk comes after the data disk, read-write through qdisk (the overlay's
+/// format and path), and the agent is told the root's UUID and who is init.
+#[test]
+fn config_with_a_root_disk_after_the_data_disk() {
+    let sys = system("/store/blobs/sha256/ab".into(), InitMode::Image, false);
+    let root = RootDisk {
+        system: &sys,
+        path: Path::new("/run/virtbench/r1/g1/root.qcow2"),
+        format: "qcow2",
+    };
+    let c = domain_config(
+        DomainType::Pv,
+        &kernel(),
+        Path::new("/i/initramfs.cpio.gz"),
+        &spec(false, true),
+        None,
+        Some(root),
+    )
+    .unwrap();
+    assert!(
+        c.contains("cmdline = \"console=hvc0 quiet panic=-1 vb.root=0123abcd-4567-89ab-cdef-0123456789ab vb.init=image vb.ctl=tty:/dev/hvc0 vb.hostname=g1\"\n"),
+        "{c}"
+    );
+    assert!(
+        c.contains("disk = [ \"format=raw,vdev=xvda,access=ro,backendtype=qdisk,direct-io-safe,target=/store/disk,1.img\", \"format=qcow2,vdev=xvdb,access=rw,backendtype=qdisk,target=/run/virtbench/r1/g1/root.qcow2\" ]\n"),
+        "{c}"
+    );
+    // Without a data disk the root disk is the only one; a private copy is raw.
+    let private = system("/run/virtbench/r1/copies/g1/rootfs.ext4".into(), InitMode::Agent, true);
+    let root = RootDisk { system: &private, path: &private.ext4, format: "raw" };
+    let c = domain_config(
+        DomainType::Pv,
+        &kernel(),
+        Path::new("/i"),
+        &spec(false, false),
+        None,
+        Some(root),
+    )
+    .unwrap();
+    assert!(
+        c.contains("disk = [ \"format=raw,vdev=xvdb,access=rw,backendtype=qdisk,target=/run/virtbench/r1/copies/g1/rootfs.ext4\" ]\n"),
+        "{c}"
+    );
+    assert!(c.contains(" vb.init=agent "), "{c}");
+    // A root disk path xl could not carry is refused by name.
+    let bad = RootDisk { system: &sys, path: Path::new("/w/\"x\".qcow2"), format: "qcow2" };
+    let e = domain_config(
+        DomainType::Pv,
+        &kernel(),
+        Path::new("/i"),
+        &spec(false, false),
+        None,
+        Some(bad),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("preparing root disk"), "{e}");
 }
 
 #[test]
@@ -170,6 +243,7 @@ fn fake_xen(dir: &Path) -> (Xen, GuestSpec) {
         initramfs: Some(dir.join("initramfs")),
         xl: dir.join("xl").display().to_string(),
         xenstore_read: dir.join("xenstore-read").display().to_string(),
+        qemu_img: dir.join("qemu-img").display().to_string(),
         root: PathBuf::from("/"),
         system: None,
     };
@@ -251,27 +325,126 @@ async fn failed_create_reports_xl_and_cleans_up() {
     assert!(!s.workdir.exists(), "work directory released");
 }
 
-/// A system image is refused with the reason, before any tool runs or anything is created.
-#[tokio::test]
-async fn a_system_image_is_refused_naming_why() {
-    let d = tempfile::tempdir().unwrap();
-    let (x, s) = fake_xen(d.path());
-    let system = crate::backend::rootdisk::System {
-        name: "tiny".into(),
-        ext4: d.path().join("rootfs.ext4"),
-        ext4_uuid: "0123abcd-4567-89ab-cdef-0123456789ab".into(),
-        tree: d.path().join("tree"),
-        init: crate::backend::rootdisk::InitMode::Agent,
-        image_init: None,
-        private: false,
+/// A stand-in `qemu-img`: logs its arguments and makes the overlay (its last argument), or
+/// fails as the real one does on a bad backing file.
+fn fake_qemu_img(dir: &Path, fails: bool) {
+    let body = if fails {
+        "echo \"qemu-img: $9: Could not open backing file\" >&2; exit 1"
+    } else {
+        "for a; do last=$a; done\necho \"$*\" >> \"$(dirname \"$0\")/qemu-img.calls\"\necho qcow2 > \"$last\""
     };
-    let x = Xen { system: Some(system), ..x };
-    let e = x.launch(&s).await.err().expect("refused").to_string();
-    assert!(
-        e.contains("system image tiny on xen") && e.contains("does not attach a system image"),
-        "{e}"
+    let path = dir.join("qemu-img");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A guest over a system image gets its own overlay in its (run-named) work directory,
+/// backed by the shared image, as its xvdb; stopping it removes the overlay with the rest.
+#[tokio::test]
+async fn a_system_image_boots_from_an_overlay_of_its_own() {
+    let d = tempfile::tempdir().unwrap();
+    let (_pty, x, s) = fake_running(d.path());
+    fake_qemu_img(d.path(), false);
+    let image = d.path().join("rootfs.ext4");
+    std::fs::write(&image, "ext4").unwrap();
+    let x = Xen { system: Some(system(image.clone(), InitMode::Image, false)), ..x };
+    assert_eq!(x.launch_files().images.last(), Some(&image), "a cold start evicts the image too");
+    let mut l = x.launch(&s).await.unwrap();
+    let overlay = s.workdir.join("root.qcow2");
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("qemu-img.calls")).unwrap(),
+        format!("create -q -f qcow2 -F raw -b {} {}\n", image.display(), overlay.display())
     );
+    assert!(overlay.exists());
+    let cfg = std::fs::read_to_string(s.workdir.join("domain.cfg")).unwrap();
+    assert!(
+        cfg.contains(&format!(
+            "disk = [ \"format=qcow2,vdev=xvdb,access=rw,backendtype=qdisk,target={}\" ]\n",
+            overlay.display()
+        )),
+        "{cfg}"
+    );
+    assert!(cfg.contains(" vb.root=0123abcd-4567-89ab-cdef-0123456789ab vb.init=image "), "{cfg}");
+    assert_eq!(std::fs::read_to_string(&image).unwrap(), "ext4", "the shared image untouched");
+    assert_eq!(x.stop(&mut l.guest, Duration::ZERO).await, Exit::Killed);
+    assert!(!overlay.exists() && !s.workdir.exists(), "the overlay goes with the guest");
+}
+
+/// A guest with a private copy boots the copy itself (raw, written in place): no overlay.
+#[tokio::test]
+async fn a_private_copy_is_the_root_disk_itself() {
+    let d = tempfile::tempdir().unwrap();
+    let (_pty, x, s) = fake_running(d.path());
+    fake_qemu_img(d.path(), false);
+    let copy = d.path().join("copy.ext4");
+    std::fs::write(&copy, "ext4").unwrap();
+    let x = Xen { system: Some(system(copy.clone(), InitMode::Agent, true)), ..x };
+    let mut l = x.launch(&s).await.unwrap();
+    assert!(!d.path().join("qemu-img.calls").exists(), "no overlay over a private copy");
+    let cfg = std::fs::read_to_string(s.workdir.join("domain.cfg")).unwrap();
+    assert!(
+        cfg.contains(&format!(
+            "disk = [ \"format=raw,vdev=xvdb,access=rw,backendtype=qdisk,target={}\" ]\n",
+            copy.display()
+        )),
+        "{cfg}"
+    );
+    x.stop(&mut l.guest, Duration::ZERO).await;
+    assert!(copy.exists(), "the copy is the cold-start code's to remove, not the backend's");
+}
+
+/// A missing image is named before anything is made or run; a failed overlay fails the
+/// launch with qemu-img's words and leaves nothing behind either.
+#[tokio::test]
+async fn a_bad_system_image_is_named_and_nothing_is_left() {
+    let d = tempfile::tempdir().unwrap();
+    let (_pty, x, s) = fake_running(d.path());
+    fake_qemu_img(d.path(), false);
+    let missing = d.path().join("no-such.ext4");
+    let x = Xen { system: Some(system(missing.clone(), InitMode::Agent, false)), ..x };
+    let e = x.launch(&s).await.err().expect("missing image").to_string();
+    assert!(e.contains(&format!("system image tiny ({})", missing.display())), "{e}");
+    assert!(e.contains("No such file"), "{e}");
     assert!(!s.workdir.exists(), "nothing created");
+    assert!(!d.path().join("qemu-img.calls").exists() && !d.path().join("calls").exists());
+
+    let dir_image = d.path().join("a-dir");
+    std::fs::create_dir(&dir_image).unwrap();
+    let x = Xen { system: Some(system(dir_image, InitMode::Agent, false)), ..x };
+    let e = x.launch(&s).await.err().expect("a directory").to_string();
+    assert!(e.contains("neither a regular file nor a block device"), "{e}");
+    assert!(!s.workdir.exists(), "nothing created");
+
+    fake_qemu_img(d.path(), true);
+    let image = d.path().join("rootfs.ext4");
+    std::fs::write(&image, "ext4").unwrap();
+    let x = Xen { system: Some(system(image, InitMode::Agent, false)), ..x };
+    let e = x.launch(&s).await.err().expect("qemu-img fails").to_string();
+    assert!(e.contains("root disk overlay") && e.contains("Could not open backing file"), "{e}");
+    assert!(!s.workdir.exists(), "nothing half created");
+    assert!(!d.path().join("calls").exists(), "no domain was created, so none destroyed");
+}
+
+/// The probe of a backend with a system image looks for dom0's QEMU that serves qdisk.
+#[test]
+fn the_qdisk_backend_is_found_by_its_arguments() {
+    let d = tempfile::tempdir().unwrap();
+    let proc = d.path().join("proc");
+    std::fs::create_dir_all(proc.join("12")).unwrap();
+    std::fs::create_dir_all(proc.join("self")).unwrap();
+    std::fs::write(
+        proc.join("12/cmdline"),
+        b"/usr/bin/qemu-system-i386\0-xen-domid\x001\0-xen-attach\0",
+    )
+    .unwrap();
+    assert!(!qdisk_backend_running(d.path()), "a device model of domain 1 serves no dom0 disks");
+    std::fs::create_dir_all(proc.join("34")).unwrap();
+    std::fs::write(
+        proc.join("34/cmdline"),
+        b"/usr/bin/qemu-system-i386\0-xen-domid\x000\0-xen-attach\0-name\0dom0\0-M\0xenpv\0",
+    )
+    .unwrap();
+    assert!(qdisk_backend_running(d.path()));
 }
 
 /// M_used on a Xen host counts what Xen handed out, which dom0's meminfo does not see.
