@@ -264,7 +264,7 @@ fn daemon_main(
             };
             let r = tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(daemon::serve_hosts(file.name.clone(), *o, run, ready)));
+                .and_then(|rt| rt.block_on(daemon::serve_hosts(file, *o, run, ready)));
             if let Some(a) = alloc {
                 a.release();
             }
@@ -279,9 +279,6 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
     let not = |what: &str| anyhow::anyhow!("--engine slurm: {what} is not done across hosts yet");
     if !file.groups.is_empty() {
         return Err(not("a fleet file with [[group]]s"));
-    }
-    if !file.commands.is_empty() {
-        return Err(not("`commands`"));
     }
     if file.net.is_some() {
         return Err(not("[net]"));

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::backend::BackendKind;
+use vb_protocol::msg::{Command, ExecRequest, GetFile, PutFile, ReplyBody};
 
 /// Longest line either side accepts, bytes (a slice's report of 25,000 guests is ~2 MB at
 /// most at 80 bytes a guest; 16 MiB leaves room and still bounds what a worker can make the
@@ -44,6 +45,12 @@ pub enum FromWorker {
     /// Answer to [`ToWorker::RingRound`]: the round's samples of this host's guests, and
     /// the errors of those that gave none.
     RingSamples { samples: Vec<crate::suite::BenchSample>, failed: Vec<String> },
+    /// Answer to [`ToWorker::Guest`]: the guest's reply (checked by the coordinator
+    /// against the call: [`GuestCall::check_reply`]).
+    GuestReply { id: u64, reply: ReplyBody },
+    /// Answer to [`ToWorker::Guest`]: why the guest could not answer (not a ready guest
+    /// there, its channel failed or timed out), in words.
+    GuestError { id: u64, error: String },
     /// It could not do what it was asked (its slice could not start at all).
     Error { message: String },
     /// Sent whenever it has sent nothing else for a while: it is alive (`link.rs`).
@@ -186,6 +193,10 @@ pub enum ToWorker {
     RingServe,
     /// One round of the ring across hosts (docs/multihost.md).
     RingRound(RingRound),
+    /// Ask guest `guest` (global index) of your slice `call`, waiting at most `wait_ms`
+    /// for its reply, and answer with `id` ([`FromWorker::GuestReply`] or
+    /// [`FromWorker::GuestError`]), while other calls and messages go on.
+    Guest { id: u64, guest: usize, wait_ms: u64, call: GuestCall },
     /// Tear your fleet down and report.
     Teardown,
     /// Sent whenever the coordinator has sent nothing else for a while (`link.rs`).
@@ -265,6 +276,100 @@ impl Reached {
         }
         Ok(())
     }
+}
+
+/// Longest a worker waits for a guest's reply to a call, ms: the longest exec the agent
+/// runs and two minutes more (a coordinator's `wait_ms` above it is cut to it).
+pub const MAX_CALL_WAIT_MS: u64 = vb_protocol::msg::MAX_EXEC_TIMEOUT_MS + 120_000;
+
+/// What the coordinator may have a worker ask one of its guests (`hostd exec`, `hostd cp`,
+/// a fleet file's `commands`): these three agent requests, nothing else (no poweroff,
+/// fault or benchmark through this door).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum GuestCall {
+    Exec(ExecRequest),
+    PutFile(PutFile),
+    GetFile(GetFile),
+}
+
+impl GuestCall {
+    /// The call for an agent command, or why it cannot be one.
+    pub fn from_command(c: Command) -> Result<Self, String> {
+        match c {
+            Command::Exec(x) => Ok(GuestCall::Exec(x)),
+            Command::PutFile(x) => Ok(GuestCall::PutFile(x)),
+            Command::GetFile(x) => Ok(GuestCall::GetFile(x)),
+            other => Err(format!("{other:.80?} cannot be sent to a guest on another host")),
+        }
+    }
+
+    pub fn into_command(self) -> Command {
+        match self {
+            GuestCall::Exec(x) => Command::Exec(x),
+            GuestCall::PutFile(x) => Command::PutFile(x),
+            GuestCall::GetFile(x) => Command::GetFile(x),
+        }
+    }
+
+    /// The request's own bounds (both sides check them).
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            GuestCall::Exec(x) => x.check(),
+            GuestCall::PutFile(x) => x.check().map(drop),
+            GuestCall::GetFile(x) => x.check(),
+        }
+    }
+
+    /// Checks a worker's reply to this call: the kind the call is answered with, and what
+    /// the call allows (output within its cap, a chunk that fits its file, the size a
+    /// written chunk makes).
+    pub fn check_reply(&self, r: &ReplyBody) -> Result<(), String> {
+        match (self, r) {
+            (GuestCall::Exec(q), ReplyBody::Exited(x)) => x.check(q).map_err(|e| e.to_string()),
+            (GuestCall::GetFile(q), ReplyBody::FileData(d)) => {
+                d.check(q).map(drop).map_err(|e| e.to_string())
+            }
+            (GuestCall::PutFile(q), ReplyBody::Put { size }) => {
+                let end = q.offset.saturating_add(q.check()?.len() as u64);
+                if *size != end {
+                    return Err(format!("put reply: {size} bytes written, not {end}"));
+                }
+                Ok(())
+            }
+            (call, r) => Err(format!(
+                "a {} reply where {} was due",
+                body_kind(r),
+                reply_kind(call)
+            )),
+        }
+    }
+}
+
+fn reply_kind(c: &GuestCall) -> &'static str {
+    match c {
+        GuestCall::Exec(_) => "exited",
+        GuestCall::PutFile(_) => "put",
+        GuestCall::GetFile(_) => "file_data",
+    }
+}
+
+fn body_kind(r: &ReplyBody) -> &'static str {
+    match r {
+        ReplyBody::Pong { .. } => "pong",
+        ReplyBody::Bench(_) => "bench",
+        ReplyBody::Listening { .. } => "listening",
+        ReplyBody::Stopped { .. } => "stopped",
+        ReplyBody::PoweringOff => "powering_off",
+        ReplyBody::Exited(_) => "exited",
+        ReplyBody::Put { .. } => "put",
+        ReplyBody::FileData(_) => "file_data",
+    }
+}
+
+/// Checks a worker's [`FromWorker::GuestError`] text: non-empty, bounded, one line.
+pub fn check_guest_error(e: &str) -> Result<(), String> {
+    text("guest error", e)
 }
 
 /// Why a line could not be read as a message.
@@ -540,5 +645,106 @@ mod tests {
         assert!(r.validate(3).is_err());
         assert!(Reached { checked: 2, reached: 3, ..r.clone() }.validate(4).is_err());
         assert!(Reached { failures: vec!["\u{7}".into()], ..r }.validate(4).is_err());
+    }
+
+    fn exec() -> ExecRequest {
+        ExecRequest {
+            argv: vec!["true".into()],
+            env: vec![],
+            cwd: None,
+            timeout_ms: 1000,
+            output_max: 16,
+        }
+    }
+
+    fn exited(out: &str) -> ReplyBody {
+        ReplyBody::Exited(vb_protocol::msg::ExecResult {
+            status: Some(0),
+            signal: None,
+            timed_out: false,
+            stdout: out.into(),
+            stderr: String::new(),
+            truncated: false,
+            duration_ns: 1,
+        })
+    }
+
+    #[tokio::test]
+    async fn guest_calls_and_answers_round_trip_and_malformed_ones_are_refused() {
+        let call = ToWorker::Guest { id: 3, guest: 7, wait_ms: 31_000, call: GuestCall::Exec(exec()) };
+        let reply = FromWorker::GuestReply { id: 3, reply: exited("hi") };
+        let error = FromWorker::GuestError { id: 4, error: "g7 is not ready".into() };
+        let mut out = Vec::new();
+        write(&mut out, &call).await.unwrap();
+        write(&mut out, &reply).await.unwrap();
+        write(&mut out, &error).await.unwrap();
+        let mut r = tokio::io::BufReader::new(&out[..]);
+        assert_eq!(read::<ToWorker, _>(&mut r).await.unwrap(), call);
+        assert_eq!(read::<FromWorker, _>(&mut r).await.unwrap(), reply);
+        assert_eq!(read::<FromWorker, _>(&mut r).await.unwrap(), error);
+        // A worker's malformed answers: an unknown field, no id, a negative id, a reply of
+        // no known kind, an unknown field inside the reply, no error text, a number for it.
+        for bad in [
+            r#"{"msg":"guest_reply","id":1,"reply":{"kind":"put","size":1},"x":0}"#,
+            r#"{"msg":"guest_reply","reply":{"kind":"put","size":1}}"#,
+            r#"{"msg":"guest_reply","id":-1,"reply":{"kind":"put","size":1}}"#,
+            r#"{"msg":"guest_reply","id":1,"reply":{"kind":"nonsense"}}"#,
+            r#"{"msg":"guest_reply","id":1,"reply":{"kind":"put","size":1,"more":2}}"#,
+            r#"{"msg":"guest_error","id":1}"#,
+            r#"{"msg":"guest_error","id":1,"error":7}"#,
+        ] {
+            let line = format!("{bad}\n");
+            let mut r = tokio::io::BufReader::new(line.as_bytes());
+            let e = read::<FromWorker, _>(&mut r).await;
+            assert!(matches!(e, Err(ReadError::Json(_))), "{bad}: {e:?}");
+        }
+        // Only exec, put_file and get_file go to a guest through a worker.
+        for bad in [
+            r#"{"msg":"guest","id":1,"guest":0,"wait_ms":1,"call":{"cmd":"poweroff"}}"#,
+            r#"{"msg":"guest","id":1,"guest":0,"wait_ms":1,"call":{"cmd":"fault","kind":"panic"}}"#,
+            r#"{"msg":"guest","id":1,"guest":0,"call":{"cmd":"get_file","path":"/a","offset":0,"max":1}}"#,
+        ] {
+            let line = format!("{bad}\n");
+            let mut r = tokio::io::BufReader::new(line.as_bytes());
+            let e = read::<ToWorker, _>(&mut r).await;
+            assert!(matches!(e, Err(ReadError::Json(_))), "{bad}: {e:?}");
+        }
+        assert!(GuestCall::from_command(Command::Poweroff).is_err());
+        let c = GuestCall::from_command(Command::Exec(exec())).unwrap();
+        assert_eq!(c.clone().into_command(), Command::Exec(exec()));
+        assert_eq!(c.check(), Ok(()));
+        assert!(GuestCall::Exec(ExecRequest { argv: vec![], ..exec() }).check().is_err());
+    }
+
+    #[test]
+    fn a_guest_reply_must_fit_its_call_and_an_error_must_be_one_bounded_line() {
+        use vb_protocol::msg::FileData;
+        let call = GuestCall::Exec(exec());
+        assert_eq!(call.check_reply(&exited("hi")), Ok(()));
+        // 16 bytes asked: at most 48 after lossy decoding.
+        assert!(call.check_reply(&exited(&"x".repeat(49))).unwrap_err().contains("more output"));
+        let e = call.check_reply(&ReplyBody::Put { size: 1 }).unwrap_err();
+        assert!(e.contains("a put reply where exited was due"), "{e}");
+        let mut both = exited("");
+        if let ReplyBody::Exited(x) = &mut both {
+            x.signal = Some(9);
+        }
+        assert!(call.check_reply(&both).is_err());
+        let put = GuestCall::PutFile(PutFile::new("/tmp/f", 0o644, 10, b"abcd", true));
+        assert_eq!(put.check_reply(&ReplyBody::Put { size: 14 }), Ok(()));
+        assert!(put.check_reply(&ReplyBody::Put { size: 15 }).unwrap_err().contains("not 14"));
+        let get = GuestCall::GetFile(GetFile { path: "/etc/x".into(), offset: 0, max: 4 });
+        let data = |size, bytes: &[u8]| ReplyBody::FileData(FileData::new(size, 0o644, bytes));
+        assert_eq!(get.check_reply(&data(4, b"abcd")), Ok(()));
+        assert!(get.check_reply(&data(8, b"abcdefgh")).is_err(), "more than asked");
+        assert!(get.check_reply(&data(10, b"ab")).is_err(), "short of max before the end");
+        let mut d = FileData::new(4, 0o644, b"abcd");
+        d.data = "!!!".into();
+        assert!(get.check_reply(&ReplyBody::FileData(d)).is_err(), "not base64");
+        assert!(get.check_reply(&exited("")).is_err());
+        assert_eq!(check_guest_error("g3 is not a ready guest of this host"), Ok(()));
+        for bad in [String::new(), "a\nb".into(), "x".repeat(MAX_TEXT + 1)] {
+            assert!(check_guest_error(&bad).is_err(), "{bad:.20?}");
+        }
     }
 }

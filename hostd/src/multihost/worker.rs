@@ -268,7 +268,36 @@ fn booted(run: &RunState, fleet: &fleet::Fleet, lateness_s: f64, start_mono_ns: 
     }
 }
 
-/// Holds the fleet, answering the reach check, until the coordinator says to tear down
+/// One call of the coordinator's to guest `guest` (global index) of this slice, answered
+/// with `id` on `out` (the link may be gone by then: the answer is then dropped).
+fn call_guest(
+    fleet: &fleet::Fleet,
+    id: u64,
+    guest: usize,
+    wait_ms: u64,
+    call: proto::GuestCall,
+    out: super::link::Sender,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let conn = fleet.guests.iter().find(|g| g.spec.index == guest).map(|g| g.conn.clone());
+    async move {
+        let error = |e: &dyn std::fmt::Display| FromWorker::GuestError { id, error: clean(&e.to_string()) };
+        let answer = match (conn, call.check()) {
+            (None, _) => error(&format!("g{guest} is not a ready guest of this host")),
+            (_, Err(e)) => error(&e),
+            (Some(conn), Ok(())) => {
+                let wait = Duration::from_millis(wait_ms.min(proto::MAX_CALL_WAIT_MS));
+                match conn.request(call.into_command(), wait).await {
+                    Ok(reply) => FromWorker::GuestReply { id, reply },
+                    Err(e) => error(&e),
+                }
+            }
+        };
+        let _ = out.send(&answer);
+    }
+}
+
+/// Holds the fleet, answering the reach check and calls to its guests, until the
+/// coordinator says to tear down
 /// (then ""), its link drops or goes silent past the bound, or Slurm ends the step: why it
 /// ended otherwise.
 async fn hold(
@@ -286,6 +315,12 @@ async fn hold(
         };
         let answer = match m {
             Ok(ToWorker::Teardown) => break String::new(),
+            Ok(ToWorker::Guest { id, guest, wait_ms, call }) => {
+                // Answered by a task of its own: one slow guest or a long program holds up
+                // neither the other calls nor the link.
+                tokio::spawn(call_guest(fleet, id, guest, wait_ms, call, link.sender()));
+                continue;
+            }
             Ok(ToWorker::Serve) => FromWorker::Serving {
                 failed: crate::reach::serve(fleet).await.iter().map(|f| clean(f)).collect(),
             },
