@@ -731,6 +731,30 @@ fn by_guest(out: &str) -> std::collections::BTreeMap<String, (String, String)> {
     m
 }
 
+/// The pids and memory limits of worker run `run`'s guests' cgroups (v1 or v2), read.
+fn guest_limits(run: &str) -> (Vec<String>, Vec<String>) {
+    let o = Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "14", "-path", &format!("*/virtbench/{run}/*/*")])
+        .args(["(", "-name", "pids.max", "-o", "-name", "memory.limit_in_bytes"])
+        .args(["-o", "-name", "memory.max", ")"])
+        .output()
+        .unwrap();
+    let (mut pids, mut mem) = (Vec::new(), Vec::new());
+    for f in String::from_utf8_lossy(&o.stdout).lines().map(PathBuf::from) {
+        // Only a guest's own group: virtbench/<run>/<guest>/FILE.
+        if f.parent().and_then(Path::parent).and_then(Path::file_name) != Some(run.as_ref()) {
+            continue;
+        }
+        let v = std::fs::read_to_string(&f).unwrap().trim().to_string();
+        if f.ends_with("pids.max") {
+            pids.push(v)
+        } else {
+            mem.push(v)
+        }
+    }
+    (pids, mem)
+}
+
 #[test]
 fn exec_cp_and_commands_reach_the_guests_of_every_host() {
     let Some((_s, lab)) = serial_lab("x") else { return };
@@ -751,7 +775,8 @@ fn exec_cp_and_commands_reach_the_guests_of_every_host() {
         &file,
         format!(
             "name = \"{name}\"\nbackend = \"ns\"\nguests = 6\n\
-             commands = [[\"/sbin/guest-agent\", \"--version\"], [\"/no/such/program\"]]\n"
+             commands = [[\"/sbin/guest-agent\", \"--version\"], [\"/no/such/program\"]]\n\
+             [limits]\npids = 200\nmemory_mib = 256\n"
         ),
     )
     .unwrap();
@@ -774,6 +799,13 @@ fn exec_cp_and_commands_reach_the_guests_of_every_host() {
     let runs: Vec<String> = hosts.iter().map(|h| h["run"].as_str().unwrap().to_string()).collect();
     for h in &hosts {
         assert_eq!(states(h), ["ready"; 2], "{h}");
+    }
+    // The file's [limits] on every host: each guest's cgroup (the lab's hosts share the
+    // machine's cgroup tree) has them.
+    for (i, run) in runs.iter().enumerate() {
+        let (pids, mem) = guest_limits(run);
+        assert_eq!(pids, ["200"; 2], "n{}", i + 1);
+        assert_eq!(mem, ["268435456"; 2], "n{}: 256 MiB", i + 1);
     }
     // A static busybox (about 2 MB: 8 chunks a guest) and a small file into every guest.
     let hello = dir.path().join("hello.txt");

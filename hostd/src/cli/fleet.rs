@@ -286,10 +286,6 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
     if file.system.is_some() || a.images.system.is_some() {
         return Err(not("a system image"));
     }
-    let l = &file.limits;
-    if l.memory_mib.is_some() || l.cpus.is_some() || l.pids.is_some() {
-        return Err(not("[limits]"));
-    }
     let (hosts, in_job) = cli::boot::slurm_hosts(a.slurm.hosts)?;
     if in_job && !a.foreground {
         tracing::warn!(
@@ -309,6 +305,11 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
         parallelism: file.parallelism,
         boot_timeout: Duration::from_secs(file.boot_timeout_s),
         network: file.network,
+        limits: hostd::multihost::proto::SliceLimits {
+            memory_mib: file.limits.memory_mib,
+            cpus: file.limits.cpus,
+            pids: file.limits.pids,
+        },
         hosts: usize::from(hosts),
         weights: Vec::new(),
         listen: a.slurm.listen,

@@ -160,6 +160,47 @@ pub struct SliceFleet {
     pub cold: bool,
     /// None: no fleet network.
     pub net: Option<NetPlan>,
+    /// Per-guest cgroup limits (a fleet file's `[limits]`).
+    #[serde(default)]
+    pub limits: SliceLimits,
+}
+
+/// Per-guest cgroup limits of a slice, as a fleet file's `[limits]` gives them; none by
+/// default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliceLimits {
+    pub memory_mib: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+impl SliceLimits {
+    /// The ranges of a fleet file's `[limits]`, checked again by the worker.
+    pub fn check(&self) -> Result<(), String> {
+        use crate::limits;
+        if let Some(m) = self.memory_mib {
+            limits::LIMIT_MEMORY_MIB.field("limits.memory_mib", m)?;
+        }
+        if let Some(p) = self.pids {
+            limits::LIMIT_PIDS.field("limits.pids", p)?;
+        }
+        if let Some(c) = self.cpus {
+            limits::check_cpus("limits.cpus", c)?;
+        }
+        Ok(())
+    }
+
+    /// The cgroup limits the worker's guests get.
+    pub fn limits(&self) -> crate::cgroup::Limits {
+        crate::cgroup::Limits {
+            // Checked: a value too large for bytes cannot pass `check`.
+            memory_bytes: self.memory_mib.and_then(crate::limits::mib_to_bytes),
+            cpus: self.cpus,
+            pids: self.pids,
+            cpuset: None,
+        }
+    }
 }
 
 /// A worker's slice of the fleet.
@@ -553,6 +594,7 @@ mod tests {
                 boot_timeout_s: 60,
                 cold: false,
                 net: None,
+                limits: SliceLimits::default(),
             },
             t0_unix_ns: 1,
         }
@@ -667,6 +709,31 @@ mod tests {
             truncated: false,
             duration_ns: 1,
         })
+    }
+
+    #[test]
+    fn slice_limits_are_checked_and_unknown_fields_refused() {
+        let ok = SliceLimits { memory_mib: Some(256), cpus: Some(0.5), pids: Some(64) };
+        assert_eq!(ok.check(), Ok(()));
+        assert_eq!(ok.limits().memory_bytes, Some(256 << 20));
+        assert_eq!(SliceLimits::default().check(), Ok(()));
+        for (bad, says) in [
+            (SliceLimits { memory_mib: Some(0), ..ok.clone() }, "limits.memory_mib"),
+            (SliceLimits { memory_mib: Some(u64::MAX), ..ok.clone() }, "limits.memory_mib"),
+            (SliceLimits { pids: Some(0), ..ok.clone() }, "limits.pids"),
+            (SliceLimits { cpus: Some(f64::NAN), ..ok.clone() }, "limits.cpus"),
+            (SliceLimits { cpus: Some(-1.0), ..ok.clone() }, "limits.cpus"),
+        ] {
+            let e = bad.check().unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        // A slice without limits (an older coordinator's) has none; unknown fields refused.
+        let mut v = serde_json::to_value(ToWorker::Slice(slice())).unwrap();
+        v["fleet"].as_object_mut().unwrap().remove("limits");
+        let s: ToWorker = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(s, ToWorker::Slice(slice()));
+        v["fleet"]["limits"] = serde_json::json!({"pids": 5, "swap": 1});
+        assert!(serde_json::from_value::<ToWorker>(v).is_err());
     }
 
     #[tokio::test]

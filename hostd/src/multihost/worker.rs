@@ -175,6 +175,7 @@ async fn slice(
         parallelism: s.fleet.parallelism,
         network: s.fleet.net.is_some(),
         boot_timeout: Duration::from_secs(s.fleet.boot_timeout_s),
+        limits: s.fleet.limits.limits(),
         ..Default::default()
     };
     let (fleet, lateness_s, start_mono_ns) = match start_at_t0(&backend, &run, &cfg, &s, addr).await
@@ -220,6 +221,7 @@ async fn start_at_t0(
     s: &Slice,
     addr: std::net::Ipv4Addr,
 ) -> Result<(fleet::Fleet, f64, u64)> {
+    s.fleet.limits.check().map_err(|e| anyhow::anyhow!("the slice's limits: {e}"))?;
     fleet::check(backend, cfg, s.first)?;
     // The one place the fleet network is made: this host's part of the network
     // across hosts (its slot's bridge, a VXLAN port to every peer).

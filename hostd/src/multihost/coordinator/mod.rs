@@ -46,6 +46,8 @@ pub struct Options {
     pub parallelism: usize,
     pub boot_timeout: Duration,
     pub network: bool,
+    /// Per-guest cgroup limits on every host (`hostd up`'s fleet file `[limits]`).
+    pub limits: super::proto::SliceLimits,
     /// Hosts (nodes of the allocation) to use.
     pub hosts: usize,
     /// Per-host weights of the split (empty: even).
@@ -532,6 +534,7 @@ async fn send_slices(
                 parallelism: o.parallelism,
                 boot_timeout_s: o.boot_timeout.as_secs(),
                 cold: o.mode == StartMode::Cold,
+                limits: o.limits.clone(),
                 net: o.network.then(|| NetPlan {
                     slot: slot as u16,
                     hosts: addrs.len() as u16,
