@@ -509,7 +509,12 @@ fn a_fleet_held_up_across_three_hosts_until_down_shows_a_lost_host_and_leaves_no
     // Every guest of every host answers (the agent is the one program their root holds).
     let o = on_login(&lab, &["exec", &name, "--", "/sbin/guest-agent", "--version"]);
     assert!(o.status.success(), "hostd exec: {}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).matches(": exit 0 in ").count(), 9, "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).matches(": exit 0 in ").count(),
+        9,
+        "{}",
+        text(&o)
+    );
     // Kill n2's worker: its guests are shown lost, the others stay ready.
     let victims = workers(Some("n2"));
     assert_eq!(victims.len(), 1, "workers on n2: {victims:?}");
@@ -710,7 +715,10 @@ fn a_frozen_coordinator_has_every_worker_tear_down_by_itself() {
 /// The machine's CLOCK_BOOTTIME, s (`/proc/uptime`): a guest on lab host nI reads I × 1000
 /// s more (its host's time namespace), which tells which host answered.
 fn uptime(text: &str) -> f64 {
-    text.split_whitespace().next().and_then(|u| u.parse().ok()).unwrap_or_else(|| panic!("{text:?}"))
+    text.split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("{text:?}"))
 }
 
 /// Each `== gN: …` line of `hostd exec`'s or `cp`'s stdout, by guest, and the stdout that

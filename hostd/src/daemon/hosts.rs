@@ -108,17 +108,7 @@ pub async fn serve_hosts(
     let _ = std::fs::create_dir_all(name_link.parent().expect("has parent"));
     let _ = std::fs::remove_file(&name_link);
     let _ = std::os::unix::fs::symlink(&run.scratch, &name_link);
-    // The commands reach the guests through their workers, whose answers come in on the
-    // links `watch` reads: it runs beside them (and sees a host lost meanwhile).
-    let ready_now = fleet.guests(None).map(|g| g.into_iter().map(Target::on_host).collect());
-    let commands = run_commands(&file, &run, || ready_now.clone());
-    tokio::pin!(commands);
-    let commands = loop {
-        tokio::select! {
-            c = &mut commands => break c,
-            why = fleet.watch() => eprintln!("hostd: {why}"),
-        }
-    };
+    let commands = commands_on_hosts(&file, &run, &mut fleet).await;
     let mut text = format_status(&status(&name, &run, &o, fleet.hosts()));
     text.push_str(&commands.text);
     let mut failed = short;
@@ -165,6 +155,25 @@ pub async fn serve_hosts(
     let _ = std::fs::remove_file(&name_link);
     run.finish();
     Ok(())
+}
+
+/// Runs the file's `commands` in every ready guest, through their workers, whose answers
+/// come in on the links `watch` reads: it runs beside them (and says so if a host is lost
+/// meanwhile: its guests' calls then fail naming it).
+async fn commands_on_hosts(
+    file: &FleetFile,
+    run: &RunState,
+    fleet: &mut coordinator::Held,
+) -> CommandsRun {
+    let ready_now = fleet.guests(None).map(|g| g.into_iter().map(Target::on_host).collect());
+    let commands = run_commands(file, run, || ready_now.clone());
+    tokio::pin!(commands);
+    loop {
+        tokio::select! {
+            c = &mut commands => break c,
+            why = fleet.watch() => eprintln!("hostd: {why}"),
+        }
+    }
 }
 
 /// Records the allocation's job and nodes beside the run state (`slurm.json`).

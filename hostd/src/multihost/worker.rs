@@ -282,7 +282,8 @@ fn call_guest(
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let conn = fleet.guests.iter().find(|g| g.spec.index == guest).map(|g| g.conn.clone());
     async move {
-        let error = |e: &dyn std::fmt::Display| FromWorker::GuestError { id, error: clean(&e.to_string()) };
+        let error =
+            |e: &dyn std::fmt::Display| FromWorker::GuestError { id, error: clean(&e.to_string()) };
         let answer = match (conn, call.check()) {
             (None, _) => error(&format!("g{guest} is not a ready guest of this host")),
             (_, Err(e)) => error(&e),

@@ -60,7 +60,12 @@ impl HostCaller {
     /// Asks guest `guest` (global index) `call` through the worker, waiting for the
     /// guest `wait` and the worker [`ANSWER_MARGIN`] more; the guest's reply, checked
     /// against the call, or an error naming the host.
-    pub async fn call(&self, guest: usize, call: GuestCall, wait: Duration) -> Result<ReplyBody, String> {
+    pub async fn call(
+        &self,
+        guest: usize,
+        call: GuestCall,
+        wait: Duration,
+    ) -> Result<ReplyBody, String> {
         let host = &self.host;
         call.check()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -221,7 +226,10 @@ mod tests {
         next_call(&mut w).await;
         c.lose("its link dropped while its fleet was up: connection closed");
         let e = a.await.unwrap().unwrap_err();
-        assert_eq!(e, "host n2 is lost: its link dropped while its fleet was up: connection closed");
+        assert_eq!(
+            e,
+            "host n2 is lost: its link dropped while its fleet was up: connection closed"
+        );
         let e = c.call(1, exec(), Duration::from_secs(60)).await.unwrap_err();
         assert!(e.starts_with("host n2 is lost: "), "{e}");
     }
