@@ -300,9 +300,8 @@ fn call_guest(
 }
 
 /// Holds the fleet, answering the reach check and calls to its guests, until the
-/// coordinator says to tear down
-/// (then ""), its link drops or goes silent past the bound, or Slurm ends the step: why it
-/// ended otherwise.
+/// coordinator says to tear down (then ""), its link drops or goes silent past the bound, or
+/// Slurm ends the step: why it ended otherwise.
 async fn hold(
     fleet: &fleet::Fleet,
     link: &mut Link<ToWorker>,
