@@ -304,6 +304,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_sending_half_shares_the_links_queue_and_its_end() {
+        let (a, b) = pair();
+        let mut coord = Link::<FromWorker>::new::<ToWorker>(a, BOUND).unwrap();
+        let worker = Link::<ToWorker>::new::<FromWorker>(b, BOUND).unwrap();
+        let half = worker.sender();
+        let other = half.clone();
+        worker.send(&FromWorker::Pong { seq: 1, mono_ns: 1 }).unwrap();
+        half.send(&FromWorker::Pong { seq: 2, mono_ns: 2 }).unwrap();
+        other.send(&FromWorker::Pong { seq: 3, mono_ns: 3 }).unwrap();
+        for seq in 1..=3 {
+            let m = tokio::time::timeout(BOUND, coord.recv()).await.unwrap().unwrap();
+            assert_eq!(m, FromWorker::Pong { seq, mono_ns: seq as u64 });
+        }
+        // The link dropped: every clone's sends fail, and the peer sees the link end
+        // although clones are still held (they do not keep its writer alive).
+        drop(worker);
+        assert!(half.send(&FromWorker::Pong { seq: 4, mono_ns: 4 }).is_err());
+        let e = tokio::time::timeout(BOUND * 2, coord.recv()).await.unwrap().unwrap_err();
+        assert!(matches!(e, ReadError::Closed | ReadError::Io(_)), "{e}");
+        drop(other);
+    }
+
+    #[tokio::test]
     async fn a_silent_peer_is_gone_after_the_bound() {
         let (a, _raw) = pair();
         let mut coord = Link::<FromWorker>::new::<ToWorker>(a, BOUND).unwrap();
