@@ -853,7 +853,7 @@ fn exec_cp_and_commands_reach_the_guests_of_every_host() {
     assert_eq!(o.status.code(), Some(3), "{t}");
     let want = "== g3: failed: host n2: guest reported an error: exec \"/no/such/program\": ";
     assert!(t.contains(want), "{t}");
-    let o = on_login(&lab, &["exec", &name, "--", "/tmp/busybox", "true"]);
+    let o = on_login(&lab, &["exec", &name, "--all", "--", "/tmp/busybox", "true"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(by_guest(&String::from_utf8_lossy(&o.stdout)).len(), 6, "{}", text(&o));
     let o = on_login(&lab, &["exec", &name, "--guest", "g9", "--", "/tmp/busybox", "true"]);
