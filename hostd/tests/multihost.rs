@@ -506,8 +506,15 @@ fn a_fleet_held_up_across_three_hosts_until_down_shows_a_lost_host_and_leaves_no
         let n = lab.host(i as u32 + 1, "ip netns list");
         assert!(n.contains(&format!("vb-{run}")), "n{}: {n}", i + 1);
     }
-    let o = on_login(&lab, &["exec", &name, "--", "true"]);
-    assert!(!o.status.success() && text(&o).contains("one-machine"), "{}", text(&o));
+    // Every guest of every host answers (the agent is the one program their root holds).
+    let o = on_login(&lab, &["exec", &name, "--", "/sbin/guest-agent", "--version"]);
+    assert!(o.status.success(), "hostd exec: {}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).matches(": exit 0 in ").count(),
+        9,
+        "{}",
+        text(&o)
+    );
     // Kill n2's worker: its guests are shown lost, the others stay ready.
     let victims = workers(Some("n2"));
     assert_eq!(victims.len(), 1, "workers on n2: {victims:?}");
@@ -532,6 +539,14 @@ fn a_fleet_held_up_across_three_hosts_until_down_shows_a_lost_host_and_leaves_no
     }
     let o = on_login(&lab, &["status", &name]);
     assert!(text(&o).contains("host n2 (") && text(&o).contains("LOST"), "{}", text(&o));
+    // Exec reaches the 6 guests still up; a guest of the lost host is refused, naming it.
+    let o = on_login(&lab, &["exec", &name, "--", "/sbin/guest-agent", "--version"]);
+    assert!(o.status.success(), "hostd exec: {}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(out.matches(": exit 0 in ").count(), 6, "{out}");
+    assert!(!out.contains("== g4:"), "{out}");
+    let o = on_login(&lab, &["exec", &name, "--guest", "g4", "--", "/sbin/guest-agent", "-V"]);
+    assert!(!o.status.success() && text(&o).contains("g4 on host n2 is not ready"), "{}", text(&o));
     // Down: torn down on n1 and n3, the killed worker's leftovers on n2 cleaned up, the
     // allocation given back, the daemon gone.
     let o = on_login(&lab, &["down", &name]);
@@ -694,5 +709,193 @@ fn a_frozen_coordinator_has_every_worker_tear_down_by_itself() {
     let o = lab_exec(&lab, &["squeue", "-h"]);
     assert!(String::from_utf8_lossy(&o.stdout).trim().is_empty(), "jobs left: {}", text(&o));
     lab.assert_clean_of(&runs(&m));
+    lab.down_finding_nothing();
+}
+
+/// The machine's CLOCK_BOOTTIME, s (`/proc/uptime`): a guest on lab host nI reads I × 1000
+/// s more (its host's time namespace), which tells which host answered.
+fn uptime(text: &str) -> f64 {
+    text.split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("{text:?}"))
+}
+
+/// Each `== gN: …` line of `hostd exec`'s or `cp`'s stdout, by guest, and the stdout that
+/// followed it.
+fn by_guest(out: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    let mut m = std::collections::BTreeMap::new();
+    let mut cur: Option<String> = None;
+    for l in out.lines() {
+        if let Some((g, rest)) = l.strip_prefix("== ").and_then(|x| x.split_once(": ")) {
+            m.insert(g.to_string(), (rest.to_string(), String::new()));
+            cur = Some(g.to_string());
+        } else if let Some(g) = &cur {
+            let e: &mut (String, String) = m.get_mut(g).unwrap();
+            e.1.push_str(l);
+            e.1.push('\n');
+        }
+    }
+    m
+}
+
+/// The pids and memory limits of worker run `run`'s guests' cgroups (v1 or v2), read.
+fn guest_limits(run: &str) -> (Vec<String>, Vec<String>) {
+    let o = Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "14", "-path", &format!("*/virtbench/{run}/*/*")])
+        .args(["(", "-name", "pids.max", "-o", "-name", "memory.limit_in_bytes"])
+        .args(["-o", "-name", "memory.max", ")"])
+        .output()
+        .unwrap();
+    let (mut pids, mut mem) = (Vec::new(), Vec::new());
+    for f in String::from_utf8_lossy(&o.stdout).lines().map(PathBuf::from) {
+        // Only a guest's own group: virtbench/<run>/<guest>/FILE.
+        if f.parent().and_then(Path::parent).and_then(Path::file_name) != Some(run.as_ref()) {
+            continue;
+        }
+        let v = std::fs::read_to_string(&f).unwrap().trim().to_string();
+        if f.ends_with("pids.max") {
+            pids.push(v)
+        } else {
+            mem.push(v)
+        }
+    }
+    (pids, mem)
+}
+
+#[test]
+fn exec_cp_and_commands_reach_the_guests_of_every_host() {
+    let Some((_s, lab)) = serial_lab("x") else { return };
+    // The guests' root holds only the agent: a static busybox copied in reads files back.
+    let is_static = Command::new("file")
+        .args(["-L", "/bin/busybox"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"));
+    if !is_static {
+        support::skip::skip(None, "no static /bin/busybox to copy into the guests");
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("multihost-exec-").tempdir_in("/var/tmp").unwrap();
+    let name = format!("mhex{}", std::process::id() % 1_000_000);
+    let file = dir.path().join("fleet.toml");
+    // The agent's rootfs holds only the agent: its --version is the program every guest has.
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"{name}\"\nbackend = \"ns\"\nguests = 6\n\
+             commands = [[\"/sbin/guest-agent\", \"--version\"], [\"/no/such/program\"]]\n\
+             [limits]\npids = 200\nmemory_mib = 256\n"
+        ),
+    )
+    .unwrap();
+    let o = on_login(&lab, &["up", file.to_str().unwrap(), "--engine", "slurm", "--hosts", "3"]);
+    let out = text(&o);
+    // The second command fails in every guest: exit 3, the fleet up.
+    assert_eq!(o.status.code(), Some(3), "hostd up: {out}");
+    assert_eq!(out.matches("command `/sbin/guest-agent --version`:").count(), 1, "{out}");
+    assert_eq!(out.matches("   stdout| guest-agent ").count(), 6, "{out}");
+    for i in 0..6 {
+        assert!(out.contains(&format!("== g{i}: exit 0 in ")), "g{i}: {out}");
+        let failed = format!(
+            "== g{i}: failed: host n{}: guest reported an error: exec \"/no/such/program\"",
+            i / 2 + 1
+        );
+        assert!(out.contains(&failed), "{failed:?} not in: {out}");
+    }
+    assert!(out.contains("finished with failures"), "{out}");
+    let hosts = hosts_of(&lab, &name);
+    let runs: Vec<String> = hosts.iter().map(|h| h["run"].as_str().unwrap().to_string()).collect();
+    for h in &hosts {
+        assert_eq!(states(h), ["ready"; 2], "{h}");
+    }
+    // The file's [limits] on every host: each guest's cgroup (the lab's hosts share the
+    // machine's cgroup tree) has them.
+    for (i, run) in runs.iter().enumerate() {
+        let (pids, mem) = guest_limits(run);
+        assert_eq!(pids, ["200"; 2], "n{}", i + 1);
+        assert_eq!(mem, ["268435456"; 2], "n{}: 256 MiB", i + 1);
+    }
+    // A static busybox (about 2 MB: 8 chunks a guest) and a small file into every guest.
+    let hello = dir.path().join("hello.txt");
+    let greeting = format!("hello from the login node {}\n", std::process::id());
+    std::fs::write(&hello, &greeting).unwrap();
+    let o = on_login(&lab, &["cp", &name, "--all", "/bin/busybox", ":/tmp/busybox"]);
+    let size = std::fs::metadata("/bin/busybox").unwrap().len();
+    let copied = by_guest(&String::from_utf8_lossy(&o.stdout));
+    assert!(o.status.success(), "hostd cp: {}", text(&o));
+    assert_eq!(copied.len(), 6, "{copied:?}");
+    for (g, (said, _)) in &copied {
+        assert_eq!(said, &format!("{size} bytes to /tmp/busybox"), "{g}");
+    }
+    let o = on_login(&lab, &["cp", &name, "--all", hello.to_str().unwrap(), ":/tmp/hello.txt"]);
+    assert!(o.status.success(), "hostd cp: {}", text(&o));
+    // Read back in every guest, and each guest's CLOCK_BOOTTIME: its host's.
+    let before = uptime(&std::fs::read_to_string("/proc/uptime").unwrap());
+    let o = on_login(
+        &lab,
+        &["exec", &name, "--", "/tmp/busybox", "sh", "-c", "cat /tmp/hello.txt /proc/uptime"],
+    );
+    let after = uptime(&std::fs::read_to_string("/proc/uptime").unwrap());
+    assert!(o.status.success(), "hostd exec: {}", text(&o));
+    let answers = by_guest(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(answers.len(), 6, "{answers:?}");
+    for i in 0..6 {
+        let (said, out) = &answers[&format!("g{i}")];
+        assert!(said.starts_with("exit 0 in "), "g{i}: {said}");
+        let rest = out.strip_prefix(&greeting).unwrap_or_else(|| panic!("g{i}: {out:?}"));
+        let host = (i / 2 + 1) as f64;
+        let u = uptime(rest) - host * 1000.0;
+        assert!(u >= before - 1.0 && u <= after + 1.0, "g{i} (n{host}): uptime {rest:?}");
+    }
+    // A program missing in one guest: its error, exit 3; the others unaffected.
+    let o = on_login(&lab, &["exec", &name, "--guest", "g3", "--", "/no/such/program"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{t}");
+    let want = "== g3: failed: host n2: guest reported an error: exec \"/no/such/program\": ";
+    assert!(t.contains(want), "{t}");
+    let o = on_login(&lab, &["exec", &name, "--all", "--", "/tmp/busybox", "true"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(by_guest(&String::from_utf8_lossy(&o.stdout)).len(), 6, "{}", text(&o));
+    let o = on_login(&lab, &["exec", &name, "--guest", "g9", "--", "/tmp/busybox", "true"]);
+    assert!(!o.status.success() && text(&o).contains("no guest named \"g9\""), "{}", text(&o));
+    // Out of every guest, each into a directory of its own on the login node.
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let o = on_login(&lab, &["cp", &name, "--all", ":/tmp/hello.txt", outdir.to_str().unwrap()]);
+    assert!(o.status.success(), "hostd cp out: {}", text(&o));
+    for i in 0..6 {
+        let got = std::fs::read_to_string(outdir.join(format!("g{i}/hello.txt"))).unwrap();
+        assert_eq!(got, greeting, "g{i}");
+    }
+    // n2's worker killed in the middle of an exec: its guests' answers say it is lost, the
+    // other hosts' guests finish theirs.
+    let exec = std::thread::spawn({
+        let (lab, name) = (lab.0.clone(), name.clone());
+        move || {
+            Command::new(lab_script())
+                .args(["exec", &lab, env!("CARGO_BIN_EXE_hostd"), "exec", &name, "--"])
+                .args(["/tmp/busybox", "sleep", "6"])
+                .output()
+                .unwrap()
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let victims = workers(Some("n2"));
+    assert_eq!(victims.len(), 1, "workers on n2: {victims:?}");
+    signal(victims[0], nix::sys::signal::Signal::SIGKILL);
+    let o = exec.join().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let answers = by_guest(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(answers.len(), 6, "{answers:?}");
+    for g in ["g2", "g3"] {
+        let said = &answers[g].0;
+        assert!(said.starts_with("failed: host n2 is lost: its link dropped"), "{g}: {said}");
+    }
+    for g in ["g0", "g1", "g4", "g5"] {
+        assert!(answers[g].0.starts_with("exit 0 in "), "{g}: {:?}", answers[g]);
+    }
+    let o = on_login(&lab, &["down", &name]);
+    assert!(o.status.success(), "hostd down: {}", text(&o));
+    lab.assert_clean_of(&runs);
     lab.down_finding_nothing();
 }

@@ -272,8 +272,11 @@ pub(crate) struct ExecArgs {
     /// The fleet's name (as `hostd status` lists it).
     pub(crate) name: String,
     /// Only this guest (default: every guest of the fleet).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "all")]
     pub(crate) guest: Option<String>,
+    /// Every running guest of the fleet (the default; as `hostd cp --all`).
+    #[arg(long)]
+    pub(crate) all: bool,
     /// Seconds the program may run in each guest before it is killed.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub(crate) timeout: u64,

@@ -179,6 +179,7 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
         parallelism: a.parallelism,
         boot_timeout: Duration::from_secs(a.boot_timeout),
         network: !a.no_network,
+        limits: Default::default(),
         hosts: usize::from(hosts),
         weights: a.weights,
         listen: a.slurm.listen,

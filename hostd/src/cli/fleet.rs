@@ -264,7 +264,7 @@ fn daemon_main(
             };
             let r = tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(daemon::serve_hosts(file.name.clone(), *o, run, ready)));
+                .and_then(|rt| rt.block_on(daemon::serve_hosts(file, *o, run, ready)));
             if let Some(a) = alloc {
                 a.release();
             }
@@ -280,18 +280,11 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
     if !file.groups.is_empty() {
         return Err(not("a fleet file with [[group]]s"));
     }
-    if !file.commands.is_empty() {
-        return Err(not("`commands`"));
-    }
     if file.net.is_some() {
         return Err(not("[net]"));
     }
     if file.system.is_some() || a.images.system.is_some() {
         return Err(not("a system image"));
-    }
-    let l = &file.limits;
-    if l.memory_mib.is_some() || l.cpus.is_some() || l.pids.is_some() {
-        return Err(not("[limits]"));
     }
     let (hosts, in_job) = cli::boot::slurm_hosts(a.slurm.hosts)?;
     if in_job && !a.foreground {
@@ -312,6 +305,11 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
         parallelism: file.parallelism,
         boot_timeout: Duration::from_secs(file.boot_timeout_s),
         network: file.network,
+        limits: hostd::multihost::proto::SliceLimits {
+            memory_mib: file.limits.memory_mib,
+            cpus: file.limits.cpus,
+            pids: file.limits.pids,
+        },
         hosts: usize::from(hosts),
         weights: Vec::new(),
         listen: a.slurm.listen,

@@ -376,6 +376,7 @@ async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
         parallelism: 0,
         boot_timeout: Duration::from_secs(campaign.guest.boot_timeout_s),
         network: true,
+        limits: Default::default(),
         hosts: usize::from(hosts),
         weights: Vec::new(),
         listen: a.slurm.listen,

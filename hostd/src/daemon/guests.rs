@@ -5,9 +5,39 @@ use super::*;
 
 /// A guest a request goes to: its name and its channel, apart from the fleet, so the
 /// request is served off the control loop (a guest taken out meanwhile fails it).
+#[derive(Clone)]
 pub(super) struct Target {
     name: String,
-    conn: Arc<AgentConn>,
+    via: Via,
+}
+
+/// How a request reaches a guest.
+#[derive(Clone)]
+enum Via {
+    /// Its agent's channel, on this machine.
+    Local(Arc<AgentConn>),
+    /// Through the worker holding it on another host (a fleet across hosts): its global
+    /// index there.
+    Host(crate::multihost::coordinator::HostCaller, usize),
+}
+
+impl Target {
+    /// A guest of a fleet across hosts.
+    pub(super) fn on_host(g: crate::multihost::coordinator::GuestRef) -> Self {
+        Target { name: g.name, via: Via::Host(g.host, g.index) }
+    }
+
+    /// Sends one request and waits `wait` for the reply; an error in words (naming the
+    /// host, for a guest on another one).
+    async fn request(&self, cmd: Command, wait: Duration) -> Result<ReplyBody, String> {
+        match &self.via {
+            Via::Local(conn) => conn.request(cmd, wait).await.map_err(request_error),
+            Via::Host(host, index) => {
+                let call = crate::multihost::proto::GuestCall::from_command(cmd)?;
+                host.call(*index, call, wait).await
+            }
+        }
+    }
 }
 
 /// The named guest or every ready one, or an error naming the running guests.
@@ -15,7 +45,7 @@ pub(super) fn targets(fleet: &Running, guest: Option<&str>) -> Result<Vec<Target
     let t: Vec<Target> = fleet
         .guests()
         .filter(|g| guest.is_none_or(|n| g.spec.name == n))
-        .map(|g| Target { name: g.spec.name.clone(), conn: g.conn.clone() })
+        .map(|g| Target { name: g.spec.name.clone(), via: Via::Local(g.conn.clone()) })
         .collect();
     if t.is_empty() {
         let names: Vec<_> = fleet.guests().map(|g| g.spec.name.as_str()).collect();
@@ -39,18 +69,6 @@ fn request_error(e: ChannelError) -> String {
     }
 }
 
-/// Runs `exec` in the named guest or every ready one (see [`exec_on`]).
-pub(super) async fn exec_in(
-    fleet: &Running,
-    guest: Option<&str>,
-    exec: &ExecRequest,
-) -> ControlAnswer {
-    match targets(fleet, guest) {
-        Ok(t) => exec_on(&t, exec).await,
-        Err(error) => ControlAnswer::Error { error },
-    }
-}
-
 /// Runs `exec` in every target concurrently; each reply is checked against the request
 /// (guests are untrusted) and a guest that does not answer within the program's timeout
 /// and 30 s more is reported, not waited for.
@@ -60,10 +78,10 @@ pub(super) async fn exec_on(targets: &[Target], exec: &ExecRequest) -> ControlAn
     }
     let wait = Duration::from_millis(exec.timeout_ms) + Duration::from_secs(30);
     let results = futures::future::join_all(targets.iter().map(|g| async move {
-        let result = match g.conn.request(Command::Exec(exec.clone()), wait).await {
+        let result = match g.request(Command::Exec(exec.clone()), wait).await {
             Ok(ReplyBody::Exited(r)) => r.check(exec).map(|()| r).map_err(|e| e.to_string()),
             Ok(other) => Err(format!("unexpected reply {other:?}")),
-            Err(e) => Err(request_error(e)),
+            Err(e) => Err(e),
         };
         GuestExec { guest: g.name.clone(), result }
     }))
@@ -121,13 +139,13 @@ pub(super) async fn copy_in(targets: &[Target], src: &Path, dst: &str) -> Contro
             let end = (offset + MAX_FILE_CHUNK).min(data.len());
             let last = end == data.len();
             let put = PutFile::new(dst, mode, offset as u64, &data[offset..end], last);
-            match g.conn.request(Command::PutFile(put), CHUNK_WAIT).await {
+            match g.request(Command::PutFile(put), CHUNK_WAIT).await {
                 Ok(ReplyBody::Put { size }) if size == end as u64 => {}
                 Ok(ReplyBody::Put { size }) => {
                     break Err(format!("the guest says {size} bytes written, not {end}"))
                 }
                 Ok(other) => break Err(format!("unexpected reply {other:?}")),
-                Err(e) => break Err(request_error(e)),
+                Err(e) => break Err(e),
             }
             if last {
                 break Ok((data.len() as u64, None));
@@ -149,10 +167,10 @@ async fn fetch_guest_file(g: &Target, src: &str) -> Result<(Vec<u8>, u32), Strin
     loop {
         let req =
             GetFile { path: src.into(), offset: data.len() as u64, max: MAX_FILE_CHUNK as u32 };
-        let d = match g.conn.request(Command::GetFile(req.clone()), CHUNK_WAIT).await {
+        let d = match g.request(Command::GetFile(req.clone()), CHUNK_WAIT).await {
             Ok(ReplyBody::FileData(d)) => d,
             Ok(other) => return Err(format!("unexpected reply {other:?}")),
-            Err(e) => return Err(request_error(e)),
+            Err(e) => return Err(e),
         };
         let bytes = d.check(&req).map_err(|e| e.to_string())?;
         if *size.get_or_insert(d.size) != d.size {

@@ -60,14 +60,16 @@ pub fn not_ready(s: &HostsFleet) -> Vec<String> {
 }
 
 /// The daemon of a fleet across hosts, inside the allocation the caller holds (its
-/// `SLURM_*` variables set): starts it, reports through `ready` as [`serve`] does, serves
-/// status and down until down or SIGTERM/SIGINT, then tears down on every host.
+/// `SLURM_*` variables set): starts it, runs the file's `commands` in every ready guest,
+/// reports through `ready` as [`serve`] does, serves status, exec, cp and down until down
+/// or SIGTERM/SIGINT, then tears down on every host.
 pub async fn serve_hosts(
-    name: String,
+    file: FleetFile,
     o: coordinator::Options,
     run: RunState,
     ready: impl FnOnce(Result<Up, String>),
 ) -> anyhow::Result<()> {
+    let name = file.name.clone();
     let listener = UnixListener::bind(socket_path(&run))?;
     write_slurm_state(&run, &o)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -106,7 +108,12 @@ pub async fn serve_hosts(
     let _ = std::fs::create_dir_all(name_link.parent().expect("has parent"));
     let _ = std::fs::remove_file(&name_link);
     let _ = std::os::unix::fs::symlink(&run.scratch, &name_link);
-    ready(Ok(Up { text: format_status(&first), failed: short }));
+    let commands = commands_on_hosts(&file, &run, &mut fleet).await;
+    let mut text = format_status(&status(&name, &run, &o, fleet.hosts()));
+    text.push_str(&commands.text);
+    let mut failed = short;
+    failed.extend(commands.failed);
+    ready(Ok(Up { text, failed }));
     let (incoming_tx, mut incoming) = tokio::sync::mpsc::channel::<Incoming>(64);
     loop {
         tokio::select! {
@@ -126,12 +133,17 @@ pub async fn serve_hosts(
                     answer(reply, ControlAnswer::GoingDown).await;
                     break;
                 }
-                Ok(_) => {
-                    let error = format!(
-                        "fleet {name} runs on {} hosts: hostd exec and cp reach only a one-machine fleet's guests",
-                        o.hosts
-                    );
-                    answer(reply, ControlAnswer::Error { error }).await
+                // Served off this loop, through each guest's worker (whose answers this
+                // loop's `watch` routes).
+                Ok(work) => {
+                    let guest = request_guest(&work).expect("status and down are answered above");
+                    match fleet.guests(guest.as_deref()) {
+                        Ok(g) => {
+                            let targets = g.into_iter().map(Target::on_host).collect();
+                            tokio::spawn(on_guests(work, targets, reply));
+                        }
+                        Err(error) => answer(reply, ControlAnswer::Error { error }).await,
+                    }
                 }
                 Err(error) => answer(reply, ControlAnswer::Error { error }).await,
             }
@@ -143,6 +155,25 @@ pub async fn serve_hosts(
     let _ = std::fs::remove_file(&name_link);
     run.finish();
     Ok(())
+}
+
+/// Runs the file's `commands` in every ready guest, through their workers, whose answers
+/// come in on the links `watch` reads: it runs beside them (and says so if a host is lost
+/// meanwhile: its guests' calls then fail naming it).
+async fn commands_on_hosts(
+    file: &FleetFile,
+    run: &RunState,
+    fleet: &mut coordinator::Held,
+) -> CommandsRun {
+    let ready_now = fleet.guests(None).map(|g| g.into_iter().map(Target::on_host).collect());
+    let commands = run_commands(file, run, || ready_now.clone());
+    tokio::pin!(commands);
+    loop {
+        tokio::select! {
+            c = &mut commands => break c,
+            why = fleet.watch() => eprintln!("hostd: {why}"),
+        }
+    }
 }
 
 /// Records the allocation's job and nodes beside the run state (`slurm.json`).

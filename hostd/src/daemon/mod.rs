@@ -28,7 +28,7 @@ use crate::runstate::{RunState, RUN_ROOT};
 
 pub use client::*;
 pub use file::*;
-use guests::{copy_in, copy_out, exec_in, exec_on, targets};
+use guests::{copy_in, copy_out, exec_on, targets, Target};
 pub use hosts::{not_ready, serve_hosts, HostsFleet, SlurmState};
 
 /// What `hostd status` shows.
@@ -281,7 +281,7 @@ pub async fn serve(
     let _ = std::fs::create_dir_all(name_link.parent().expect("has parent"));
     let _ = std::fs::remove_file(&name_link);
     let _ = std::os::unix::fs::symlink(&run.scratch, &name_link);
-    let commands = run_commands(&file, &run, &fleet).await;
+    let commands = run_commands(&file, &run, || targets(&fleet, None)).await;
     let mut text = format_status(&status_of(&file.name, &run, &mut fleet));
     text.push_str(&commands.text);
     ready(Ok(Up { text, failed: commands.failed }));
@@ -332,24 +332,33 @@ struct CommandsRun {
     failed: Vec<String>,
 }
 
-/// Runs the file's `commands` in order, each in every guest at once, and records the
-/// results in `<scratch>/commands.json`; a command that fails in a guest is reported with
-/// the guest named and does not stop the next command.
-async fn run_commands(file: &FleetFile, run: &RunState, fleet: &Running) -> CommandsRun {
+/// Runs the file's `commands` in order, each in every guest at once (`targets`: the ready
+/// guests, asked again for each command), and records the results in
+/// `<scratch>/commands.json`; a command that fails in a guest is reported with the guest
+/// named and does not stop the next command.
+async fn run_commands(
+    file: &FleetFile,
+    run: &RunState,
+    targets: impl Fn() -> Result<Vec<Target>, String>,
+) -> CommandsRun {
     let mut out = CommandsRun { text: String::new(), failed: Vec::new() };
     let mut record = Vec::new();
     for argv in &file.commands {
         let req = file.command_request(argv);
         let shown = argv.join(" ");
         out.text.push_str(&format!("command `{shown}`:\n"));
-        let results = match exec_in(fleet, None, &req).await {
+        let answer = match targets() {
+            Ok(t) => exec_on(&t, &req).await,
+            Err(error) => ControlAnswer::Error { error },
+        };
+        let results = match answer {
             ControlAnswer::Exec { results } => results,
             ControlAnswer::Error { error } => {
                 out.text.push_str(&format!("  not run: {error}\n"));
                 out.failed.push(format!("`{shown}`: {error}"));
                 continue;
             }
-            _ => unreachable!("exec_in answers Exec or Error"),
+            _ => unreachable!("exec_on answers Exec or Error"),
         };
         for r in &results {
             let line = format_exec(r);
@@ -465,12 +474,7 @@ async fn dispatch(inc: Incoming, name: &str, run: &RunState, fleet: &mut Running
         }
         Ok(req) => req,
     };
-    let guest = match &work {
-        ControlRequest::Exec { guest, .. }
-        | ControlRequest::CopyIn { guest, .. }
-        | ControlRequest::CopyOut { guest, .. } => guest.clone(),
-        ControlRequest::Status | ControlRequest::Down => unreachable!("answered above"),
-    };
+    let guest = request_guest(&work).expect("status and down are answered above");
     let targets = match targets(fleet, guest.as_deref()) {
         Ok(t) => t,
         Err(error) => {
@@ -478,16 +482,31 @@ async fn dispatch(inc: Incoming, name: &str, run: &RunState, fleet: &mut Running
             return false;
         }
     };
-    tokio::spawn(async move {
-        let a = match work {
-            ControlRequest::Exec { exec, .. } => exec_on(&targets, &exec).await,
-            ControlRequest::CopyIn { src, dst, .. } => copy_in(&targets, &src, &dst).await,
-            ControlRequest::CopyOut { src, dst, guest } => {
-                copy_out(&targets, &src, &dst, guest.is_none()).await
-            }
-            ControlRequest::Status | ControlRequest::Down => unreachable!("answered above"),
-        };
-        answer(reply, a).await;
-    });
+    tokio::spawn(on_guests(work, targets, reply));
     false
+}
+
+/// The guest named by an exec or cp request (None: every ready guest).
+fn request_guest(r: &ControlRequest) -> Option<Option<String>> {
+    match r {
+        ControlRequest::Exec { guest, .. }
+        | ControlRequest::CopyIn { guest, .. }
+        | ControlRequest::CopyOut { guest, .. } => Some(guest.clone()),
+        ControlRequest::Status | ControlRequest::Down => None,
+    }
+}
+
+/// Serves an exec or cp request on its targets and answers the client.
+async fn on_guests(work: ControlRequest, targets: Vec<Target>, reply: OwnedWriteHalf) {
+    let a = match work {
+        ControlRequest::Exec { exec, .. } => exec_on(&targets, &exec).await,
+        ControlRequest::CopyIn { src, dst, .. } => copy_in(&targets, &src, &dst).await,
+        ControlRequest::CopyOut { src, dst, guest } => {
+            copy_out(&targets, &src, &dst, guest.is_none()).await
+        }
+        ControlRequest::Status | ControlRequest::Down => {
+            ControlAnswer::Error { error: "not a request to guests".into() }
+        }
+    };
+    answer(reply, a).await;
 }

@@ -35,13 +35,47 @@ pub trait Beat {
     fn heartbeat(seq: u64) -> Self;
 }
 
+/// The sending half of a link, for tasks that answer or ask over it while something else
+/// receives (a worker's guests' answers, the coordinator's calls to guests). It shares the
+/// link's queue: once the link is closed or abandoned, every clone's sends fail, so a clone
+/// never keeps a closed link's writer alive.
+#[derive(Clone)]
+pub struct Sender {
+    tx: Arc<Mutex<Option<std::sync::mpsc::Sender<Vec<u8>>>>>,
+    /// Why the writer stopped, if it failed.
+    write_failed: Arc<Mutex<Option<String>>>,
+}
+
+impl Sender {
+    /// Queues a message (sent in order, after those queued before); an error if the link
+    /// has failed or been closed.
+    pub fn send<T: Serialize>(&self, m: &T) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let failed = || {
+            let why = self.write_failed.lock().map(|w| w.clone()).unwrap_or(None);
+            std::io::Error::other(why.unwrap_or_else(|| "the link is closed".into()))
+        };
+        let tx = self.tx.lock().map_err(|_| failed())?;
+        match &*tx {
+            Some(tx) => tx.send(line).map_err(|_| failed()),
+            None => Err(failed()),
+        }
+    }
+
+    /// Drops the queue's input: the writer sends what is queued, then ends.
+    fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            *tx = None;
+        }
+    }
+}
+
 /// One end of a link, receiving `In`.
 pub struct Link<In> {
     rx: tokio::sync::mpsc::Receiver<Result<In, ReadError>>,
-    tx: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    out: Sender,
     writer: Option<std::thread::JoinHandle<()>>,
-    /// Why the writer stopped, if it failed.
-    write_failed: Arc<Mutex<Option<String>>>,
     sock: TcpStream,
     /// The error the reader reported, kept: every later `recv` returns it again in words.
     ended: Option<String>,
@@ -74,7 +108,8 @@ impl<In: DeserializeOwned + Beat + Send + 'static> Link<In> {
         let writer = std::thread::Builder::new()
             .name("hostd-link-tx".into())
             .spawn(move || write_loop::<Out>(wr, lost_after, out_rx, failed))?;
-        Ok(Link { rx, tx: Some(tx), writer: Some(writer), write_failed, sock, ended: None })
+        let out = Sender { tx: Arc::new(Mutex::new(Some(tx))), write_failed };
+        Ok(Link { rx, out, writer: Some(writer), sock, ended: None })
     }
 
     /// The next message that is not a heartbeat; an error once the link is closed, broken,
@@ -95,22 +130,18 @@ impl<In> Link<In> {
     /// Queues a message (sent in order, after those queued before); an error if the link
     /// has failed or been closed.
     pub fn send<T: Serialize>(&self, m: &T) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(m).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let failed = || {
-            let why = self.write_failed.lock().map(|w| w.clone()).unwrap_or(None);
-            std::io::Error::other(why.unwrap_or_else(|| "the link is closed".into()))
-        };
-        match &self.tx {
-            Some(tx) => tx.send(line).map_err(|_| failed()),
-            None => Err(failed()),
-        }
+        self.out.send(m)
+    }
+
+    /// A sending half sharing this link's queue.
+    pub fn sender(&self) -> Sender {
+        self.out.clone()
     }
 
     /// Sends what is queued and closes the link, waiting at most the bound (a worker calls
     /// this before it exits, so that its last report is not lost with the process).
     pub async fn close(mut self) {
-        self.tx = None;
+        self.out.close();
         if let Some(h) = self.writer.take() {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
@@ -119,7 +150,7 @@ impl<In> Link<In> {
     /// Closes the link now, whatever is queued: the peer sees it closed (a worker declared
     /// lost that comes back to life then tears down by itself).
     pub fn abandon(&mut self) {
-        self.tx = None;
+        self.out.close();
         let _ = self.sock.shutdown(Shutdown::Both);
     }
 }
@@ -128,7 +159,7 @@ impl<In> Drop for Link<In> {
     fn drop(&mut self) {
         // The writer sends what is queued, then shuts the socket down (the reader then
         // ends too); not joined here, as a send to a frozen peer can take the bound.
-        self.tx = None;
+        self.out.close();
     }
 }
 
@@ -270,6 +301,29 @@ mod tests {
         worker.close().await;
         let e = tokio::time::timeout(BOUND * 2, coord.recv()).await.unwrap().unwrap_err();
         assert!(matches!(e, ReadError::Closed | ReadError::Io(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_sending_half_shares_the_links_queue_and_its_end() {
+        let (a, b) = pair();
+        let mut coord = Link::<FromWorker>::new::<ToWorker>(a, BOUND).unwrap();
+        let worker = Link::<ToWorker>::new::<FromWorker>(b, BOUND).unwrap();
+        let half = worker.sender();
+        let other = half.clone();
+        worker.send(&FromWorker::Pong { seq: 1, mono_ns: 1 }).unwrap();
+        half.send(&FromWorker::Pong { seq: 2, mono_ns: 2 }).unwrap();
+        other.send(&FromWorker::Pong { seq: 3, mono_ns: 3 }).unwrap();
+        for seq in 1..=3 {
+            let m = tokio::time::timeout(BOUND, coord.recv()).await.unwrap().unwrap();
+            assert_eq!(m, FromWorker::Pong { seq, mono_ns: seq as u64 });
+        }
+        // The link dropped: every clone's sends fail, and the peer sees the link end
+        // although clones are still held (they do not keep its writer alive).
+        drop(worker);
+        assert!(half.send(&FromWorker::Pong { seq: 4, mono_ns: 4 }).is_err());
+        let e = tokio::time::timeout(BOUND * 2, coord.recv()).await.unwrap().unwrap_err();
+        assert!(matches!(e, ReadError::Closed | ReadError::Io(_)), "{e}");
+        drop(other);
     }
 
     #[tokio::test]

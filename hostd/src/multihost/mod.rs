@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod coordinator;
+pub mod guests;
 pub mod link;
 pub mod plan;
 pub mod proto;

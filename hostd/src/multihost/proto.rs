@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::backend::BackendKind;
+use vb_protocol::msg::ReplyBody;
+
+pub use super::guests::{check_guest_error, GuestCall, SliceLimits, MAX_CALL_WAIT_MS};
 
 /// Longest line either side accepts, bytes (a slice's report of 25,000 guests is ~2 MB at
 /// most at 80 bytes a guest; 16 MiB leaves room and still bounds what a worker can make the
@@ -44,6 +47,12 @@ pub enum FromWorker {
     /// Answer to [`ToWorker::RingRound`]: the round's samples of this host's guests, and
     /// the errors of those that gave none.
     RingSamples { samples: Vec<crate::suite::BenchSample>, failed: Vec<String> },
+    /// Answer to [`ToWorker::Guest`]: the guest's reply (checked by the coordinator
+    /// against the call: [`GuestCall::check_reply`]).
+    GuestReply { id: u64, reply: ReplyBody },
+    /// Answer to [`ToWorker::Guest`]: why the guest could not answer (not a ready guest
+    /// there, its channel failed or timed out), in words.
+    GuestError { id: u64, error: String },
     /// It could not do what it was asked (its slice could not start at all).
     Error { message: String },
     /// Sent whenever it has sent nothing else for a while: it is alive (`link.rs`).
@@ -153,6 +162,9 @@ pub struct SliceFleet {
     pub cold: bool,
     /// None: no fleet network.
     pub net: Option<NetPlan>,
+    /// Per-guest cgroup limits (a fleet file's `[limits]`).
+    #[serde(default)]
+    pub limits: SliceLimits,
 }
 
 /// A worker's slice of the fleet.
@@ -186,6 +198,10 @@ pub enum ToWorker {
     RingServe,
     /// One round of the ring across hosts (docs/multihost.md).
     RingRound(RingRound),
+    /// Ask guest `guest` (global index) of your slice `call`, waiting at most `wait_ms`
+    /// for its reply, and answer with `id` ([`FromWorker::GuestReply`] or
+    /// [`FromWorker::GuestError`]), while other calls and messages go on.
+    Guest { id: u64, guest: usize, wait_ms: u64, call: GuestCall },
     /// Tear your fleet down and report.
     Teardown,
     /// Sent whenever the coordinator has sent nothing else for a while (`link.rs`).
@@ -311,7 +327,7 @@ pub async fn write<T: Serialize, W: AsyncWrite + Unpin>(w: &mut W, m: &T) -> std
     w.flush().await
 }
 
-fn text(what: &str, s: &str) -> Result<(), String> {
+pub(super) fn text(what: &str, s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > MAX_TEXT || s.chars().any(char::is_control) {
         return Err(format!(
             "{what} {s:.80?}: empty, longer than {MAX_TEXT} bytes or with control characters"
@@ -419,7 +435,7 @@ impl TornDown {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn hello() -> Hello {
@@ -436,7 +452,7 @@ mod tests {
         }
     }
 
-    fn slice() -> Slice {
+    pub(crate) fn slice() -> Slice {
         Slice {
             first: 10,
             count: 3,
@@ -448,6 +464,7 @@ mod tests {
                 boot_timeout_s: 60,
                 cold: false,
                 net: None,
+                limits: SliceLimits::default(),
             },
             t0_unix_ns: 1,
         }

@@ -175,6 +175,7 @@ async fn slice(
         parallelism: s.fleet.parallelism,
         network: s.fleet.net.is_some(),
         boot_timeout: Duration::from_secs(s.fleet.boot_timeout_s),
+        limits: s.fleet.limits.limits(),
         ..Default::default()
     };
     let (fleet, lateness_s, start_mono_ns) = match start_at_t0(&backend, &run, &cfg, &s, addr).await
@@ -220,6 +221,7 @@ async fn start_at_t0(
     s: &Slice,
     addr: std::net::Ipv4Addr,
 ) -> Result<(fleet::Fleet, f64, u64)> {
+    s.fleet.limits.check().map_err(|e| anyhow::anyhow!("the slice's limits: {e}"))?;
     fleet::check(backend, cfg, s.first)?;
     // The one place the fleet network is made: this host's part of the network
     // across hosts (its slot's bridge, a VXLAN port to every peer).
@@ -268,9 +270,38 @@ fn booted(run: &RunState, fleet: &fleet::Fleet, lateness_s: f64, start_mono_ns: 
     }
 }
 
-/// Holds the fleet, answering the reach check, until the coordinator says to tear down
-/// (then ""), its link drops or goes silent past the bound, or Slurm ends the step: why it
-/// ended otherwise.
+/// One call of the coordinator's to guest `guest` (global index) of this slice, answered
+/// with `id` on `out` (the link may be gone by then: the answer is then dropped).
+fn call_guest(
+    fleet: &fleet::Fleet,
+    id: u64,
+    guest: usize,
+    wait_ms: u64,
+    call: proto::GuestCall,
+    out: super::link::Sender,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let conn = fleet.guests.iter().find(|g| g.spec.index == guest).map(|g| g.conn.clone());
+    async move {
+        let error =
+            |e: &dyn std::fmt::Display| FromWorker::GuestError { id, error: clean(&e.to_string()) };
+        let answer = match (conn, call.check()) {
+            (None, _) => error(&format!("g{guest} is not a ready guest of this host")),
+            (_, Err(e)) => error(&e),
+            (Some(conn), Ok(())) => {
+                let wait = Duration::from_millis(wait_ms.min(proto::MAX_CALL_WAIT_MS));
+                match conn.request(call.into_command(), wait).await {
+                    Ok(reply) => FromWorker::GuestReply { id, reply },
+                    Err(e) => error(&e),
+                }
+            }
+        };
+        let _ = out.send(&answer);
+    }
+}
+
+/// Holds the fleet, answering the reach check and calls to its guests, until the
+/// coordinator says to tear down (then ""), its link drops or goes silent past the bound, or
+/// Slurm ends the step: why it ended otherwise.
 async fn hold(
     fleet: &fleet::Fleet,
     link: &mut Link<ToWorker>,
@@ -286,6 +317,12 @@ async fn hold(
         };
         let answer = match m {
             Ok(ToWorker::Teardown) => break String::new(),
+            Ok(ToWorker::Guest { id, guest, wait_ms, call }) => {
+                // Answered by a task of its own: one slow guest or a long program holds up
+                // neither the other calls nor the link.
+                tokio::spawn(call_guest(fleet, id, guest, wait_ms, call, link.sender()));
+                continue;
+            }
             Ok(ToWorker::Serve) => FromWorker::Serving {
                 failed: crate::reach::serve(fleet).await.iter().map(|f| clean(f)).collect(),
             },

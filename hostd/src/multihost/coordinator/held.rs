@@ -20,6 +20,17 @@ pub struct Held {
     exe: std::path::PathBuf,
 }
 
+/// A ready guest of a held fleet, and how to reach it.
+#[derive(Clone)]
+pub struct GuestRef {
+    /// `g<index>`.
+    pub name: String,
+    /// Its global index.
+    pub index: usize,
+    /// Its host's caller.
+    pub host: super::HostCaller,
+}
+
 /// One host of a held fleet, as `hostd status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostStatus {
@@ -103,6 +114,38 @@ impl Held {
         futures::future::select_all(live).await.0
     }
 
+    /// The ready guests of live hosts (every one, or the one named `name`, e.g. `g4`),
+    /// each with the caller of its host; or an error saying why there is none.
+    pub fn guests(&self, name: Option<&str>) -> Result<Vec<GuestRef>, String> {
+        let mut out = Vec::new();
+        let mut why_not = None;
+        for w in &self.ws {
+            for g in status_of(&w.rec, self.network).guests {
+                if name.is_some_and(|n| n != g.name) {
+                    continue;
+                }
+                if g.state == GuestState::Ready {
+                    let host = w.caller.clone();
+                    out.push(GuestRef { name: g.name, index: g.index, host });
+                } else {
+                    let e = g.error.unwrap_or_default();
+                    why_not = Some(format!("{} on host {} is not ready: {e}", g.name, w.name()));
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(match (name, why_not) {
+                (Some(_), Some(why)) => why,
+                (Some(n), None) => format!(
+                    "no guest named {n:?} (the fleet's guests are g0..g{})",
+                    self.n.saturating_sub(1)
+                ),
+                (None, _) => "no guest is ready on any host".into(),
+            });
+        }
+        Ok(out)
+    }
+
     /// Every host and its guests.
     pub fn hosts(&self) -> Vec<HostStatus> {
         self.ws.iter().map(|w| status_of(&w.rec, self.network)).collect()
@@ -113,6 +156,9 @@ impl Held {
     /// and, per lost host, what the clean-up found or why it could not run.
     pub async fn down(mut self) -> (Vec<HostRecord>, Vec<String>) {
         futures::future::join_all(self.ws.iter_mut().map(tear_down_reporting)).await;
+        for w in &self.ws {
+            w.caller.lose("the fleet was taken down");
+        }
         let Held { ws, srun, n, exe, .. } = self;
         end_step(srun, n).await;
         let recs: Vec<HostRecord> = ws.into_iter().map(|w| w.rec).collect();
@@ -153,8 +199,21 @@ async fn reap_on(exe: &std::path::Path, r: &HostRecord) -> String {
 }
 
 async fn watch_one(w: &mut Worker) -> String {
-    let m = w.link.recv().await;
-    lose(w, m);
+    loop {
+        // Answers to calls to its guests are all a held worker sends.
+        match w.link.recv().await {
+            Ok(FromWorker::GuestReply { id, reply }) => match w.caller.answer(id, Ok(reply)) {
+                Ok(()) => continue,
+                Err(e) => w.set_lost(format!("{e} while its fleet was up")),
+            },
+            Ok(FromWorker::GuestError { id, error }) => match w.caller.answer(id, Err(error)) {
+                Ok(()) => continue,
+                Err(e) => w.set_lost(format!("{e} while its fleet was up")),
+            },
+            m => lose(w, m),
+        }
+        break;
+    }
     let why = w.rec.lost.as_deref().unwrap_or_default();
     format!("host {}: its {} guests are lost: {why}", w.name(), w.rec.count)
 }

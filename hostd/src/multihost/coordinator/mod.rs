@@ -22,12 +22,14 @@ use super::proto::{Booted, FromWorker, Hello, NetPlan, Slice, SliceFleet, ToWork
 use crate::backend::BackendKind;
 use crate::startup::{FleetBoot, StartMode};
 
+mod calls;
 mod held;
 mod merge;
 mod reach;
 mod ring;
 mod teardown;
-pub use held::{status_of, up, GuestState, Held, HostGuest, HostStatus};
+pub use calls::HostCaller;
+pub use held::{status_of, up, GuestRef, GuestState, Held, HostGuest, HostStatus};
 pub use merge::{shortfalls, HostRecord, MultiHost};
 pub use ring::{RingOptions, RingSummary};
 use teardown::{hold, tear_down_reporting, teardown_within};
@@ -44,6 +46,8 @@ pub struct Options {
     pub parallelism: usize,
     pub boot_timeout: Duration,
     pub network: bool,
+    /// Per-guest cgroup limits on every host (`hostd up`'s fleet file `[limits]`).
+    pub limits: super::proto::SliceLimits,
     /// Hosts (nodes of the allocation) to use.
     pub hosts: usize,
     /// Per-host weights of the split (empty: even).
@@ -86,6 +90,8 @@ struct Worker {
     hello: Hello,
     link: Link<FromWorker>,
     rec: HostRecord,
+    /// Calls to its guests while its fleet is held (`hostd exec`, `cp`, commands).
+    caller: HostCaller,
 }
 
 impl Worker {
@@ -97,6 +103,7 @@ impl Worker {
     /// the link closed when it wakes and tears down by itself.
     fn set_lost(&mut self, why: String) {
         self.link.abandon();
+        self.caller.lose(&why);
         self.rec.lost = Some(why);
     }
 }
@@ -213,7 +220,8 @@ async fn hello_of(s: TcpStream, token: &str, lost_after: Duration) -> Result<Wor
         ring_failed: Vec::new(),
         lost: None,
     };
-    Ok(Worker { hello, link, rec })
+    let caller = HostCaller::new(hello.hostname.clone(), link.sender());
+    Ok(Worker { hello, link, rec, caller })
 }
 
 /// Waits for `k` authenticated workers (or fails once srun has exited or the time is up).
@@ -526,6 +534,7 @@ async fn send_slices(
                 parallelism: o.parallelism,
                 boot_timeout_s: o.boot_timeout.as_secs(),
                 cold: o.mode == StartMode::Cold,
+                limits: o.limits.clone(),
                 net: o.network.then(|| NetPlan {
                     slot: slot as u16,
                     hosts: addrs.len() as u16,

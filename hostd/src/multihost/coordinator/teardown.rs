@@ -36,9 +36,19 @@ async fn tear_down(w: &mut Worker) -> Result<TornDown> {
     w.link.send(&ToWorker::Teardown)?;
     // Guests stop together, but each is released (cgroup, veth, files) in turn.
     let within = teardown_within(w.rec.count);
-    let m = timeout(within, w.link.recv())
-        .await
-        .map_err(|_| anyhow::anyhow!("no teardown report within {within:?}"))??;
+    let until = tokio::time::Instant::now() + within;
+    let m = loop {
+        let m = tokio::time::timeout_at(until, w.link.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no teardown report within {within:?}"))??;
+        // Answers of calls to its guests still under way may come first.
+        match m {
+            FromWorker::GuestReply { id, reply } => w.caller.answer(id, Ok(reply)),
+            FromWorker::GuestError { id, error } => w.caller.answer(id, Err(error)),
+            m => break m,
+        }
+        .map_err(|e| anyhow::anyhow!("{e} before its teardown report"))?;
+    };
     match m {
         FromWorker::TornDown(t) => {
             t.validate(w.rec.count).map_err(|e| anyhow::anyhow!("bad teardown report: {e}"))?;
