@@ -186,6 +186,11 @@ async fn lab_boots_three_pv_domus_under_tcg() {
         console.contains("xen-lab-init: qdisk QEMU running"),
         "dom0's qdisk QEMU did not start; the lab's console:\n{console}"
     );
+    // and qemu-img (each system-image guest's overlay) runs there.
+    assert!(
+        console.contains("xen-lab-init: qemu-img version 7.2"),
+        "qemu-img does not run in dom0; the lab's console:\n{console}"
+    );
     // The report shows xen as a measured backend, with the note.
     let html = std::fs::read_to_string(o.dir.join("index.html")).unwrap();
     assert!(
