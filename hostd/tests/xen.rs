@@ -179,6 +179,18 @@ async fn lab_boots_three_pv_domus_under_tcg() {
     ] {
         assert!(o.dir.join(f).is_file(), "{f} missing");
     }
+    // dom0's qdisk QEMU (what serves system images' overlays) came up: its binary and
+    // library closure are in the dom0 image (the init says so on the lab's console).
+    let console = std::fs::read_to_string(o.dir.join("lab-console.log")).unwrap();
+    assert!(
+        console.contains("xen-lab-init: qdisk QEMU running"),
+        "dom0's qdisk QEMU did not start; the lab's console:\n{console}"
+    );
+    // and qemu-img (each system-image guest's overlay) runs there.
+    assert!(
+        console.contains("xen-lab-init: qemu-img version 7.2"),
+        "qemu-img does not run in dom0; the lab's console:\n{console}"
+    );
     // The report shows xen as a measured backend, with the note.
     let html = std::fs::read_to_string(o.dir.join("index.html")).unwrap();
     assert!(

@@ -128,6 +128,10 @@ fn the_dom0_recipe_matches_the_paths() {
         assert!(text.contains(&format!("dst = \"{p}\"")), "{p} missing from xen-lab-dom0.toml");
     }
     assert!(text.contains(&format!("agent_path = \"{DOM0_AGENT}\"")));
+    // What the init starts (dom0's qdisk QEMU) and the xen backend runs for system images.
+    for p in ["/usr/libexec/xen-qemu-system-i386", "/usr/bin/qemu-img"] {
+        assert!(text.contains(&format!("\"{p}\"")), "{p} missing from xen-lab-dom0.toml");
+    }
     let init = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../recipes/files/xen-lab-init"
@@ -136,6 +140,10 @@ fn the_dom0_recipe_matches_the_paths() {
     assert!(
         init.contains(&format!("hostd xen-lab --in-dom0 {DOM0_CTL}")),
         "the dom0 init starts the dom0 side on {DOM0_CTL}"
+    );
+    assert!(
+        init.contains("xen-qemu-system-i386 -xen-domid 0 -xen-attach"),
+        "the dom0 init starts the qdisk QEMU"
     );
 }
 
