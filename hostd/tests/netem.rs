@@ -9,7 +9,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{guest_pids_in, hostd, run_hostd, serial, text};
+use support::cli::{fleet_file, guest_pids_in, hostd, run_hostd, serial, text};
 
 use std::path::{Path, PathBuf};
 
@@ -36,18 +36,10 @@ fn running_fleet_links_change_without_restarting_guests() {
     if !root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("nt{}", std::process::id());
-    let p = dir.path().join("fleet.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "name = \"{name}\"\nbackend = \"native\"\nguests = 3\n\
-             [net]\nlink = {{ rate_mbit = 20 }}\n"
-        ),
-    )
-    .unwrap();
-    let out = run_hostd(&["up", p.to_str().unwrap()]);
+    let f =
+        fleet_file("nt", "backend = \"native\"\nguests = 3\n[net]\nlink = { rate_mbit = 20 }\n");
+    let (name, dir) = (f.name.as_str(), &f.dir);
+    let out = run_hostd(&["up", f.path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let pids = guest_pids(&name);
     assert_eq!(pids.len(), 3);

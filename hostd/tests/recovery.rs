@@ -16,7 +16,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{guest_pids_in, hostd, hot_boot, reap_lock, serial, text};
+use support::cli::{fleet_file, guest_pids_in, hostd, hot_boot, reap_lock, serial, text};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,16 +39,13 @@ fn next_hostd(dir: &Path) -> String {
 /// session; when hostd dies, their process groups are orphaned and the kernel sends a
 /// stopped one SIGHUP (and SIGCONT), which ends it. ns guests have sessions of their own.
 fn killed_with_guests(backend: &str, n: usize, stopped_survive: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("k{}{}", backend.len(), std::process::id());
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!("name = \"{name}\"\nbackend = \"{backend}\"\nguests = {n}\nboot_timeout_s = 120\n"),
-    )
-    .unwrap();
+    let f = fleet_file(
+        &format!("k{}", backend.len()),
+        &format!("backend = \"{backend}\"\nguests = {n}\nboot_timeout_s = 120\n"),
+    );
+    let (name, dir) = (f.name.as_str(), &f.dir);
     let t0 = Instant::now();
-    let out = hostd().arg("up").arg(&file).output().unwrap();
+    let out = hostd().arg("up").arg(&f.path).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let up = t0.elapsed();
     let link = Path::new("/run/virtbench/fleets").join(&name);

@@ -15,7 +15,7 @@ mod support {
     pub mod vm;
 }
 
-use support::cli::hostd;
+use support::cli::{fleet_file, hostd};
 
 use std::path::Path;
 use std::time::Duration;
@@ -213,15 +213,9 @@ fn hostd_exec_in_a_fleet_kept_up() {
     if images(BackendKind::Ns, SYSTEM, InitMode::Agent).is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("rdx{}", std::process::id());
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 3\nsystem = \"{SYSTEM}\"\n"),
-    )
-    .unwrap();
-    let out = hostd().arg("up").arg(&file).output().unwrap();
+    let f = fleet_file("rdx", &format!("backend = \"ns\"\nguests = 3\nsystem = \"{SYSTEM}\"\n"));
+    let name = f.name.as_str();
+    let out = hostd().arg("up").arg(&f.path).output().unwrap();
     assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
     let run = |args: &[&str]| support::cli::stdout_of(hostd().args(args));
     let (ok, text) = run(&["exec", &name, "--", "/bin/busybox", "cat", "/etc/os-release"]);
@@ -257,22 +251,19 @@ fn mixed_fleet_every_guest_reaches_every_other() {
             return;
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("mix{}", std::process::id());
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"{name}\"\nsystem = \"{SYSTEM}\"\nmem_mib = 128\n\
+    let f = fleet_file(
+        "mix",
+        &format!(
+            "system = \"{SYSTEM}\"\nmem_mib = 128\n\
              commands = [[\"/bin/busybox\", \"cat\", \"/etc/os-release\"]]\n\
              [[group]]\nname = \"cts\"\nbackend = \"ns\"\nguests = 5\n\
              [[group]]\nname = \"uml\"\nbackend = \"uml\"\nguests = 2\n\
              [[group]]\nname = \"vm\"\nbackend = \"qemu-microvm\"\nguests = 1\n"
         ),
-    )
-    .unwrap();
+    );
+    let name = f.name.as_str();
     let hostd = support::cli::hostd_tcg;
-    let out = hostd().arg("up").arg(&file).output().unwrap();
+    let out = hostd().arg("up").arg(&f.path).output().unwrap();
     let up = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "up: {up}{}", String::from_utf8_lossy(&out.stderr));
     let run = |args: &[&str]| support::cli::stdout_of(hostd().args(args));
@@ -322,18 +313,15 @@ fn a_failing_fleet_command_names_the_guests() {
     if images(BackendKind::Ns, SYSTEM, InitMode::Agent).is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("rdc{}", std::process::id());
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"{name}\"\nbackend = \"ns\"\nguests = 2\nsystem = \"{SYSTEM}\"\n\
+    let f = fleet_file(
+        "rdc",
+        &format!(
+            "backend = \"ns\"\nguests = 2\nsystem = \"{SYSTEM}\"\n\
              commands = [[\"/bin/busybox\", \"hostname\"], [\"/bin/busybox\", \"cat\", \"/no/such/file\"]]\n"
         ),
-    )
-    .unwrap();
-    let out = hostd().arg("up").arg(&file).output().unwrap();
+    );
+    let name = f.name.as_str();
+    let out = hostd().arg("up").arg(&f.path).output().unwrap();
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let down = hostd().args(["down", &name]).output().unwrap();
@@ -378,21 +366,18 @@ fn hostd_cp_and_large_requests_on_ns_uml_and_qemu() {
         }
     }
     let _serial = support::cli::serial();
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("rdp{}", std::process::id());
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"{name}\"\nsystem = \"{SYSTEM}\"\n\
+    let f = fleet_file(
+        "rdp",
+        &format!(
+            "system = \"{SYSTEM}\"\n\
              [[group]]\nname = \"c\"\nbackend = \"ns\"\nguests = 1\n\
              [[group]]\nname = \"u\"\nbackend = \"uml\"\nguests = 1\n\
              [[group]]\nname = \"vm\"\nbackend = \"qemu-microvm\"\nguests = 1\n"
         ),
-    )
-    .unwrap();
+    );
+    let (name, dir) = (f.name.as_str(), &f.dir);
     let hostd = support::cli::hostd_tcg;
-    let out = hostd().arg("up").arg(&file).output().unwrap();
+    let out = hostd().arg("up").arg(&f.path).output().unwrap();
     assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
     let run = |args: &[&str]| {
         let o = hostd().args(args).output().unwrap();
