@@ -132,14 +132,14 @@ fn up_status_down_and_recovery_after_sigkill() {
     let (name, p) = (f.name.as_str(), f.path.to_str().unwrap());
     let out = run_hostd(&["up", p]);
     assert!(out.status.success(), "{}", text(&out));
-    let st = run_hostd(&["status", &name]);
+    let st = run_hostd(&["status", name]);
     let t = text(&st);
     assert!(st.status.success() && t.contains(&format!("fleet {name}")), "{t}");
     let guest_pids = guest_pids_in(&t);
     assert_eq!(guest_pids.len(), 3, "{t}");
     assert!(guest_pids.iter().all(|&p| alive(p)));
     // The same status as JSON, for scripts.
-    let js = run_hostd(&["status", &name, "--json"]);
+    let js = run_hostd(&["status", name, "--json"]);
     let v: serde_json::Value =
         serde_json::from_slice(&js.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&js)));
     assert_eq!(v[0]["name"], name, "{v}");
@@ -153,16 +153,16 @@ fn up_status_down_and_recovery_after_sigkill() {
     assert_eq!(json_pids, guest_pids, "{v}");
     // A second fleet of the same name is refused.
     assert!(!run_hostd(&["up", p]).status.success());
-    let down = run_hostd(&["down", &name]);
+    let down = run_hostd(&["down", name]);
     assert!(down.status.success(), "{}", text(&down));
     std::thread::sleep(Duration::from_millis(200));
     assert!(guest_pids.iter().all(|&p| !alive(p)), "guests survived down");
-    assert!(!text(&run_hostd(&["status"])).contains(&name));
+    assert!(!text(&run_hostd(&["status"])).contains(name));
 
     // Now kill the daemon outright: the next hostd releases what it left behind.
     let out = run_hostd(&["up", p]);
     assert!(out.status.success(), "{}", text(&out));
-    let link = Path::new("/run/virtbench/fleets").join(&name);
+    let link = Path::new("/run/virtbench/fleets").join(name);
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(link.join("state.json")).unwrap()).unwrap();
     let daemon = state["hostd_pid"].as_u64().unwrap() as u32;
@@ -173,7 +173,7 @@ fn up_status_down_and_recovery_after_sigkill() {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    let t = text(&run_hostd(&["status", &name]));
+    let t = text(&run_hostd(&["status", name]));
     let guest_pids = guest_pids_in(&t);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon as i32),

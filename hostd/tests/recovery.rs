@@ -48,14 +48,14 @@ fn killed_with_guests(backend: &str, n: usize, stopped_survive: bool) {
     let out = hostd().arg("up").arg(&f.path).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let up = t0.elapsed();
-    let link = Path::new("/run/virtbench/fleets").join(&name);
+    let link = Path::new("/run/virtbench/fleets").join(name);
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(link.join("state.json")).unwrap()).unwrap();
     let run = state["run"].as_str().unwrap().to_string();
     let _litter = Litter(run.clone());
     let daemon = state["hostd_pid"].as_u64().unwrap() as u32;
     let scratch = PathBuf::from(state["scratch"].as_str().unwrap());
-    let pids = guest_pids_in(&text(&hostd().args(["status", &name]).output().unwrap()));
+    let pids = guest_pids_in(&text(&hostd().args(["status", name]).output().unwrap()));
     assert_eq!(pids.len(), n, "{backend}: not all guests are up");
     // Every host process of every guest, and what else they hold.
     let mut gone = Gone {

@@ -218,12 +218,12 @@ fn hostd_exec_in_a_fleet_kept_up() {
     let out = hostd().arg("up").arg(&f.path).output().unwrap();
     assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
     let run = |args: &[&str]| support::cli::stdout_of(hostd().args(args));
-    let (ok, text) = run(&["exec", &name, "--", "/bin/busybox", "cat", "/etc/os-release"]);
+    let (ok, text) = run(&["exec", name, "--", "/bin/busybox", "cat", "/etc/os-release"]);
     let answered = text.matches(OS).count();
-    let (ok1, one) = run(&["exec", &name, "--guest", "g1", "--", "/bin/busybox", "hostname"]);
-    let (bad, missing) = run(&["exec", &name, "--", "/no/such/program"]);
-    let (still, again) = run(&["exec", &name, "--", "/bin/busybox", "true"]);
-    let down = hostd().args(["down", &name]).output().unwrap();
+    let (ok1, one) = run(&["exec", name, "--guest", "g1", "--", "/bin/busybox", "hostname"]);
+    let (bad, missing) = run(&["exec", name, "--", "/no/such/program"]);
+    let (still, again) = run(&["exec", name, "--", "/bin/busybox", "true"]);
+    let down = hostd().args(["down", name]).output().unwrap();
     assert!(ok, "{text}");
     assert_eq!(answered, 3, "every guest answers from the image: {text}");
     assert!(ok1 && one.contains("== g1: exit 0") && !one.contains("g0"), "{one}");
@@ -274,9 +274,9 @@ fn mixed_fleet_every_guest_reaches_every_other() {
         addrs.join(" ")
     );
     let (pinged, text) =
-        run(&["exec", &name, "--timeout", "120", "--", BUSYBOX, "sh", "-c", &script]);
-    let (_, status) = run(&["status", &name]);
-    let down = hostd().args(["down", &name]).output().unwrap();
+        run(&["exec", name, "--timeout", "120", "--", BUSYBOX, "sh", "-c", &script]);
+    let (_, status) = run(&["status", name]);
+    let down = hostd().args(["down", name]).output().unwrap();
     let (_, after) = run(&["status"]);
     // The file's command ran in every guest, and the status names each guest's group.
     assert_eq!(up.matches(OS).count(), 8, "{up}");
@@ -297,7 +297,7 @@ fn mixed_fleet_every_guest_reaches_every_other() {
         "every guest reaches every other: {text}"
     );
     assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));
-    assert!(!after.contains(&name), "the fleet is gone: {after}");
+    assert!(!after.contains(name), "the fleet is gone: {after}");
     let netns = status
         .split("ip netns exec ")
         .nth(1)
@@ -324,7 +324,7 @@ fn a_failing_fleet_command_names_the_guests() {
     let out = hostd().arg("up").arg(&f.path).output().unwrap();
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let down = hostd().args(["down", &name]).output().unwrap();
+    let down = hostd().args(["down", name]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
     assert!(stdout.contains("command `/bin/busybox hostname`"), "{stdout}");
     assert!(stdout.matches("exit 0").count() == 2 && stdout.contains("/no/such/file"), "{stdout}");
@@ -387,9 +387,9 @@ fn hostd_cp_and_large_requests_on_ns_uml_and_qemu() {
         )
     };
     let checks = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        cp_checks(&name, dir.path(), &run, &hostd)
+        cp_checks(name, dir.path(), &run, &hostd)
     }));
-    let down = hostd().args(["down", &name]).output().unwrap();
+    let down = hostd().args(["down", name]).output().unwrap();
     if let Err(p) = checks {
         std::panic::resume_unwind(p);
     }

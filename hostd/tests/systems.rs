@@ -61,8 +61,8 @@ fn an_oci_archive_boots_as_a_three_guest_ns_fleet() {
     let f = fleet_file("oci", &format!("backend = \"ns\"\nguests = 3\nsystem = \"{RECIPE}\"\n"));
     let name = f.name.as_str();
     let up = hostd().arg("up").arg(&f.path).output().unwrap();
-    let exec = hostd().args(["exec", &name, "--", BUSYBOX, "cat", "/etc/os-release"]).output();
-    let down = hostd().args(["down", &name]).output().unwrap();
+    let exec = hostd().args(["exec", name, "--", BUSYBOX, "cat", "/etc/os-release"]).output();
+    let down = hostd().args(["down", name]).output().unwrap();
     let after = hostd().arg("status").output().unwrap();
     assert!(up.status.success(), "up: {}", text(&up));
     let exec = exec.unwrap();
@@ -74,7 +74,7 @@ fn an_oci_archive_boots_as_a_three_guest_ns_fleet() {
         assert!(said.contains(g), "{g} answered: {said}");
     }
     assert!(down.status.success(), "down: {}", text(&down));
-    assert!(!text(&after).contains(&name), "the fleet is gone: {}", text(&after));
+    assert!(!text(&after).contains(name), "the fleet is gone: {}", text(&after));
 }
 
 /// `hostd boot --system SYS --image-copies --modes cold,hot` on `backend`: every guest
