@@ -20,7 +20,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{hostd, hostd_tcg, serial, text};
+use support::cli::{fleet_file, hostd, hostd_tcg, serial, text};
 
 const SYSTEM: &str = "debian-bookworm";
 const GUESTS: usize = 10;
@@ -47,18 +47,15 @@ fn unusable() -> Option<String> {
 /// and of `cat /proc/1/comm`; returns what `up` printed and the PID 1 names, after `down`.
 fn fleet(backend: &str) -> (String, Vec<String>) {
     let _s = serial();
-    let name = format!("deb{}{}", backend.replace('-', ""), std::process::id());
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"{name}\"\nbackend = \"{backend}\"\nguests = {GUESTS}\nsystem = \"{SYSTEM}\"\n\
+    let f = fleet_file(
+        &format!("deb{}", backend.replace('-', "")),
+        &format!(
+            "backend = \"{backend}\"\nguests = {GUESTS}\nsystem = \"{SYSTEM}\"\n\
              init = \"image\"\nmem_mib = 256\nboot_timeout_s = 1200\n"
         ),
-    )
-    .unwrap();
-    let up = hostd_tcg().arg("up").arg(&file).output().unwrap();
+    );
+    let name = f.name.clone();
+    let up = hostd_tcg().arg("up").arg(&f.path).output().unwrap();
     let os = hostd().args(["exec", &name, "--", "/bin/cat", "/etc/os-release"]).output().unwrap();
     let pid1 = hostd().args(["exec", &name, "--", "/bin/cat", "/proc/1/comm"]).output().unwrap();
     let down = hostd().args(["down", &name]).output().unwrap();

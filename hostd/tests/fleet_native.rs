@@ -7,7 +7,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{guest_pids_in, native_boot, run_hostd, serial, text};
+use support::cli::{fleet_file, guest_pids_in, native_boot, run_hostd, serial, text};
 use support::fault::alive;
 
 use std::path::Path;
@@ -128,27 +128,21 @@ fn up_status_down_and_recovery_after_sigkill() {
     if !root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("t{}", std::process::id());
-    let p = dir.path().join("fleet.toml");
-    std::fs::write(
-        &p,
-        format!("name = \"{name}\"\nbackend = \"native\"\nguests = 3\nnetwork = false\n"),
-    )
-    .unwrap();
-    let out = run_hostd(&["up", p.to_str().unwrap()]);
+    let f = fleet_file("t", "backend = \"native\"\nguests = 3\nnetwork = false\n");
+    let (name, p) = (f.name.as_str(), f.path.to_str().unwrap());
+    let out = run_hostd(&["up", p]);
     assert!(out.status.success(), "{}", text(&out));
-    let st = run_hostd(&["status", &name]);
+    let st = run_hostd(&["status", name]);
     let t = text(&st);
     assert!(st.status.success() && t.contains(&format!("fleet {name}")), "{t}");
     let guest_pids = guest_pids_in(&t);
     assert_eq!(guest_pids.len(), 3, "{t}");
     assert!(guest_pids.iter().all(|&p| alive(p)));
     // The same status as JSON, for scripts.
-    let js = run_hostd(&["status", &name, "--json"]);
+    let js = run_hostd(&["status", name, "--json"]);
     let v: serde_json::Value =
         serde_json::from_slice(&js.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&js)));
-    assert_eq!(v[0]["name"], name.as_str(), "{v}");
+    assert_eq!(v[0]["name"], name, "{v}");
     assert_eq!(v[0]["backend"], "native", "{v}");
     let json_pids: Vec<u32> = v[0]["guests"]
         .as_array()
@@ -158,17 +152,17 @@ fn up_status_down_and_recovery_after_sigkill() {
         .collect();
     assert_eq!(json_pids, guest_pids, "{v}");
     // A second fleet of the same name is refused.
-    assert!(!run_hostd(&["up", p.to_str().unwrap()]).status.success());
-    let down = run_hostd(&["down", &name]);
+    assert!(!run_hostd(&["up", p]).status.success());
+    let down = run_hostd(&["down", name]);
     assert!(down.status.success(), "{}", text(&down));
     std::thread::sleep(Duration::from_millis(200));
     assert!(guest_pids.iter().all(|&p| !alive(p)), "guests survived down");
-    assert!(!text(&run_hostd(&["status"])).contains(&name));
+    assert!(!text(&run_hostd(&["status"])).contains(name));
 
     // Now kill the daemon outright: the next hostd releases what it left behind.
-    let out = run_hostd(&["up", p.to_str().unwrap()]);
+    let out = run_hostd(&["up", p]);
     assert!(out.status.success(), "{}", text(&out));
-    let link = Path::new("/run/virtbench/fleets").join(&name);
+    let link = Path::new("/run/virtbench/fleets").join(name);
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(link.join("state.json")).unwrap()).unwrap();
     let daemon = state["hostd_pid"].as_u64().unwrap() as u32;
@@ -179,7 +173,7 @@ fn up_status_down_and_recovery_after_sigkill() {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    let t = text(&run_hostd(&["status", &name]));
+    let t = text(&run_hostd(&["status", name]));
     let guest_pids = guest_pids_in(&t);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon as i32),

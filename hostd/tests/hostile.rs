@@ -27,6 +27,22 @@ async fn pong(g: &RunningGuest) -> bool {
     matches!(g.conn.request(Command::Ping, PING).await, Ok(ReplyBody::Pong { .. }))
 }
 
+/// Lets the console-flooding guest `g` write `caps` times the console cap (within `within`),
+/// answering pings all along, then checks that what its log kept on disk is within the cap.
+async fn assert_flood_capped(g: &RunningGuest, caps: u64, within: Duration, label: &str) {
+    let log = g.process.console.as_ref().unwrap();
+    let t0 = Instant::now();
+    while log.written().0 < caps * CONSOLE_CAP {
+        assert!(t0.elapsed() < within, "flood too slow: {:?}", log.written());
+        assert!(pong(g).await, "the flooding guest stopped answering");
+    }
+    let on_disk: u64 =
+        log.files().iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+    let (written, dropped) = log.written();
+    println!("{label}: {written} bytes written, {dropped} rotated away, {on_disk} on disk (cap {CONSOLE_CAP})");
+    assert!(on_disk <= CONSOLE_CAP, "{on_disk} bytes of console on disk");
+}
+
 /// Boots an evil guest, asks it for a ping, takes it out; returns (failure kind, error).
 async fn run_mode(
     backend: &AnyBackend,
@@ -117,18 +133,8 @@ async fn hostile_native_agents_fail_alone_with_bounded_host_memory() {
     // A console flood: the guest keeps working, its log stays within the cap.
     let flood = evil("flood-console");
     let g = boot(&flood, spec(&run, 21, dir.path(), None), Duration::from_secs(10)).await.unwrap();
-    let log = g.process.console.as_ref().unwrap();
-    let t0 = Instant::now();
-    while log.written().0 < 8 * CONSOLE_CAP {
-        assert!(t0.elapsed() < Duration::from_secs(20), "flood too slow: {:?}", log.written());
-        assert!(pong(&g).await, "the flooding guest stopped answering");
-    }
-    let on_disk: u64 =
-        log.files().iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
-    let (written, dropped) = log.written();
-    println!("{:>14}: {written} bytes written, {dropped} rotated away, {on_disk} on disk (cap {CONSOLE_CAP})", "flood-console");
-    assert!(on_disk <= CONSOLE_CAP, "{on_disk} bytes of console on disk");
-    assert!(log.tail(200).contains("evil console flood"));
+    assert_flood_capped(&g, 8, Duration::from_secs(20), " flood-console").await;
+    assert!(g.process.console.as_ref().unwrap().tail(200).contains("evil console flood"));
     g.shutdown(&flood, Duration::from_secs(2)).await;
 
     let rss_after = rss_kib();
@@ -186,19 +192,7 @@ async fn hostile_uml_guests_fail_alone() {
 
     let flood = evil("flood-console");
     let g = boot(&flood, spec(&run, 3, dir.path(), None), Duration::from_secs(60)).await.unwrap();
-    let log = g.process.console.as_ref().unwrap();
-    let t0 = Instant::now();
-    while log.written().0 < 4 * CONSOLE_CAP {
-        assert!(t0.elapsed() < Duration::from_secs(30), "flood too slow: {:?}", log.written());
-        assert!(pong(&g).await, "the flooding guest stopped answering");
-    }
-    let on_disk: u64 =
-        log.files().iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
-    println!(
-        "uml flood-console: {:?} written/rotated, {on_disk} bytes on disk (cap {CONSOLE_CAP})",
-        log.written()
-    );
-    assert!(on_disk <= CONSOLE_CAP);
+    assert_flood_capped(&g, 4, Duration::from_secs(30), "uml flood-console").await;
     g.shutdown(&flood, Duration::from_secs(5)).await;
 
     assert!(pong(&good).await, "the good guest stopped answering");

@@ -12,13 +12,13 @@ mod support {
 }
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hostd::backend::{AnyBackend, BackendKind};
 use hostd::fleet::{self, Fleet, FleetConfig};
-use hostd::netlab::{self, FleetNet, HostPlan};
+use hostd::netlab::testlab::Hosts;
+use hostd::netlab::{self, FleetNet};
 use hostd::reach;
 use hostd::runstate::RunState;
 
@@ -33,65 +33,10 @@ fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Emulated hosts: network namespaces `<name>h<i>` whose `eth0` has 10.250.0.(11+i)/24, all
-/// on bridge `br0` of namespace `<name>f`, removed on drop.
-struct Hosts {
-    names: Vec<String>,
-    fabric: String,
-}
-
-impl Hosts {
-    fn new(name: &str, k: usize) -> Hosts {
-        let h = Hosts {
-            names: (0..k).map(|i| format!("{name}h{i}")).collect(),
-            fabric: format!("{name}f"),
-        };
-        ip(&["netns", "add", &h.fabric]);
-        ip(&["-n", &h.fabric, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &h.fabric, "link", "set", "br0", "up"]);
-        for (i, n) in h.names.iter().enumerate() {
-            let port = format!("p{i}");
-            ip(&["netns", "add", n]);
-            ip(&[
-                "-n", n, "link", "add", "eth0", "type", "veth", "peer", &port, "netns", &h.fabric,
-            ]);
-            ip(&["-n", &h.fabric, "link", "set", &port, "master", "br0", "up"]);
-            ip(&["-n", n, "addr", "add", &format!("{}/24", Self::addr(i)), "dev", "eth0"]);
-            ip(&["-n", n, "link", "set", "eth0", "up"]);
-        }
-        h
-    }
-
-    fn addr(i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 250, 0, 11 + i as u8)
-    }
-
-    fn plan(&self, slot: usize, vni: u32) -> HostPlan {
-        HostPlan {
-            slot: slot as u16,
-            hosts: self.names.len() as u16,
-            vni,
-            local: Self::addr(slot),
-            underlay_dev: "eth0".into(),
-            peers: (0..self.names.len()).filter(|&h| h != slot).map(Self::addr).collect(),
-        }
-    }
-
-    /// Host `i`'s part of the fleet network, made from a thread inside its namespace.
-    fn fleet_net(&self, i: usize, run: &str, vni: u32) -> Result<FleetNet, netlab::NetError> {
-        let plan = self.plan(i, vni);
-        let path = PathBuf::from(hostd::rtnl::NETNS_DIR).join(&self.names[i]);
-        hostd::rtnl::in_netns(&path, || Ok(FleetNet::create_on_host(run, &plan)))
-            .expect("entering the host's namespace")
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for n in self.names.iter().chain([&self.fabric]) {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
+/// Host `i`'s part of the fleet network, made from a thread inside its namespace.
+fn fleet_net(hosts: &Hosts, i: usize, run: &str, vni: u32) -> Result<FleetNet, netlab::NetError> {
+    let plan = hosts.plan(i, vni);
+    hosts.on(i, || FleetNet::create_on_host(run, &plan))
 }
 
 /// `ip -o link show eth0` inside the network namespace of process `pid`.
@@ -121,7 +66,7 @@ async fn ns_guests_on_three_hosts_reach_a_guest_on_every_other_host_over_vxlan()
     let mut nets = Vec::new();
     let mut fleets: Vec<Fleet> = Vec::new();
     for (i, run) in runs.iter().enumerate() {
-        let net = hosts.fleet_net(i, &run.run, vni).unwrap();
+        let net = fleet_net(&hosts, i, &run.run, vni).unwrap();
         nets.push(net.clone());
         let f = fleet::start_on(&backend, run, &cfg, Some(net), PER_HOST * i, |_| {}).await;
         fleets.push(f.unwrap());
@@ -179,7 +124,7 @@ async fn ns_guests_on_three_hosts_reach_a_guest_on_every_other_host_over_vxlan()
     let again = RunState::create_in(dir.path(), "multihost-net-test", None).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let remade = loop {
-        match hosts.fleet_net(0, &again.run, vni) {
+        match fleet_net(&hosts, 0, &again.run, vni) {
             Ok(n) => break Ok(n),
             Err(e) if Instant::now() > deadline => break Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(200)),

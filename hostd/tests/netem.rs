@@ -9,7 +9,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{guest_pids_in, hostd, run_hostd, serial, text};
+use support::cli::{fleet_file, guest_pids_in, hostd, run_hostd, serial, text};
 
 use std::path::{Path, PathBuf};
 
@@ -36,23 +36,15 @@ fn running_fleet_links_change_without_restarting_guests() {
     if !root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("nt{}", std::process::id());
-    let p = dir.path().join("fleet.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "name = \"{name}\"\nbackend = \"native\"\nguests = 3\n\
-             [net]\nlink = {{ rate_mbit = 20 }}\n"
-        ),
-    )
-    .unwrap();
-    let out = run_hostd(&["up", p.to_str().unwrap()]);
+    let f =
+        fleet_file("nt", "backend = \"native\"\nguests = 3\n[net]\nlink = { rate_mbit = 20 }\n");
+    let (name, dir) = (f.name.as_str(), &f.dir);
+    let out = run_hostd(&["up", f.path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    let pids = guest_pids(&name);
+    let pids = guest_pids(name);
     assert_eq!(pids.len(), 3);
     let r = std::panic::AssertUnwindSafe(|| {
-        let show = text(&run_hostd(&["net", &name, "show"]));
+        let show = text(&run_hostd(&["net", name, "show"]));
         assert!(show.contains("site all: guests 0..3 (3), 20 Mbit/s"), "{show}");
         for i in 0..3 {
             assert!(show.contains(&format!("qdisc htb 1: dev vbl{i} ")), "{show}");
@@ -60,40 +52,40 @@ fn running_fleet_links_change_without_restarting_guests() {
         }
         assert!(show.contains("rate 20Mbit"), "{show}");
         // One guest changed while the fleet runs.
-        let out = run_hostd(&["net", &name, "set", "--rate-mbit", "40", "--guests", "1"]);
+        let out = run_hostd(&["net", name, "set", "--rate-mbit", "40", "--guests", "1"]);
         assert!(out.status.success(), "{}", text(&out));
-        let out = run_hostd(&["net", &name, "show"]);
+        let out = run_hostd(&["net", name, "show"]);
         let show = text(&out);
         assert!(show.contains("to guests [1]") && show.contains("rate 40Mbit"), "{show}");
         // Bad input is named, and nothing changes.
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "[[site]]\nname = 'a'\nguests = 3\nlink = { rate_mbit = 0 }\n")
             .unwrap();
-        let out = run_hostd(&["net", &name, "set", "--file", bad.to_str().unwrap()]);
+        let out = run_hostd(&["net", name, "set", "--file", bad.to_str().unwrap()]);
         let t = text(&out);
         assert!(!out.status.success() && t.contains("site a: link: rate_mbit = 0"), "{t}");
-        let out = run_hostd(&["net", &name, "set", "--rate-mbit", "10", "--guests", "7"]);
+        let out = run_hostd(&["net", name, "set", "--rate-mbit", "10", "--guests", "7"]);
         assert!(text(&out).contains("no guest 7"), "{}", text(&out));
         // Delay: applied where the kernel has netem, refused by name where it does not.
-        let out = run_hostd(&["net", &name, "set", "--delay-ms", "5", "--jitter-ms", "1"]);
+        let out = run_hostd(&["net", name, "set", "--delay-ms", "5", "--jitter-ms", "1"]);
         if netem_here() {
             assert!(out.status.success(), "{}", text(&out));
-            assert!(text(&run_hostd(&["net", &name, "show"])).contains("netem"));
+            assert!(text(&run_hostd(&["net", name, "show"])).contains("netem"));
         } else {
             assert!(text(&out).contains("no netem qdisc"), "{}", text(&out));
         }
-        let out = run_hostd(&["net", &name, "clear"]);
+        let out = run_hostd(&["net", name, "clear"]);
         assert!(out.status.success(), "{}", text(&out));
-        let show = text(&run_hostd(&["net", &name, "show"]));
+        let show = text(&run_hostd(&["net", name, "show"]));
         assert!(
             !show.contains("htb") && !show.contains("vbi") && !show.contains("ingress"),
             "{show}"
         );
         // The same guests throughout.
-        assert_eq!(guest_pids(&name), pids);
+        assert_eq!(guest_pids(name), pids);
     });
     let caught = std::panic::catch_unwind(r);
-    let down = run_hostd(&["down", &name]);
+    let down = run_hostd(&["down", name]);
     assert!(down.status.success(), "{}", text(&down));
     if let Err(e) = caught {
         std::panic::resume_unwind(e);

@@ -1,6 +1,6 @@
 //! End to end on the `oci` backend: runc (and crun where installed) over a bundle equal to
-//! imagegen's (`recipes/oci-bundle.toml`), made here with oci-spec around a rootfs holding
-//! the real static agent. Needs root (runtimes, network namespaces, cgroups) and the musl
+//! imagegen's (`recipes/oci-bundle.toml`, its config.json built by imagegen's own code)
+//! around a rootfs holding the real static agent. Needs root (runtimes, network namespaces, cgroups) and the musl
 //! agent (`scripts/build-agent`); without root every test says it is skipped.
 
 mod support {
@@ -16,11 +16,6 @@ use hostd::backend::{AnyBackend, Backend, BackendKind, BackendOptions, GuestSpec
 use hostd::cgroup::{self};
 use hostd::microbench::write_data_file;
 use hostd::netlab::FleetNet;
-use oci_spec::runtime::{
-    get_default_maskedpaths, get_default_readonly_paths, Capability, LinuxBuilder,
-    LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, SpecBuilder, UserBuilder,
-};
 use support::fault::{
     assert_host_loopback_unreachable, assert_left_nothing, assert_only_given_fds,
     assert_own_namespaces, assert_reads_disk, assert_sees_itself_alone, assert_streams, bench,
@@ -41,97 +36,20 @@ fn root_or_skip(test: &str) -> bool {
     )
 }
 
-fn mount(dst: &str, typ: &str, src: &str, options: &[&str]) -> Mount {
-    MountBuilder::default()
-        .destination(dst)
-        .typ(typ)
-        .source(src)
-        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
-        .build()
-        .unwrap()
-}
-
-/// imagegen's oci-bundle: config.json (as `imagegen::kinds::oci::runtime_spec` builds it
-/// from recipes/oci-bundle.toml) and rootfs/ (recipes/rootfs.toml), with `args` as the
-/// process.
+/// imagegen's oci-bundle: config.json as `imagegen::oci::runtime_spec` builds it from
+/// recipes/oci-bundle.toml, with `args` as the process, and rootfs/ (recipes/rootfs.toml).
 fn make_bundle(dir: &Path, args: &[&str]) -> PathBuf {
     let bundle = dir.join("bundle");
     rootfs_with(&bundle, &built_agent());
-    let caps: oci_spec::runtime::Capabilities = [
-        Capability::AuditWrite,
-        Capability::Kill,
-        Capability::NetBindService,
-        Capability::NetAdmin,
-    ]
-    .into_iter()
-    .collect();
-    let capabilities = LinuxCapabilitiesBuilder::default()
-        .bounding(caps.clone())
-        .effective(caps.clone())
-        .permitted(caps)
-        .inheritable(oci_spec::runtime::Capabilities::new())
-        .ambient(oci_spec::runtime::Capabilities::new())
-        .build()
-        .unwrap();
-    let process = ProcessBuilder::default()
-        .terminal(false)
-        .user(UserBuilder::default().uid(0u32).gid(0u32).build().unwrap())
-        .args(args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
-        .env(vec!["PATH=/sbin:/bin".to_string()])
-        .cwd("/")
-        .capabilities(capabilities)
-        .no_new_privileges(true)
-        .rlimits(Vec::new())
-        .build()
-        .unwrap();
-    let mounts = vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-        ),
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        ),
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
-        mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777"]),
-    ];
-    let namespaces = [
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Mount,
-        LinuxNamespaceType::Network,
-    ]
-    .into_iter()
-    .map(|t| LinuxNamespaceBuilder::default().typ(t).build().unwrap())
-    .collect::<Vec<_>>();
-    let linux = LinuxBuilder::default()
-        .namespaces(namespaces)
-        .masked_paths(get_default_maskedpaths())
-        .readonly_paths(get_default_readonly_paths())
-        .build()
-        .unwrap();
-    let mut spec = SpecBuilder::default()
-        .version("1.0.2")
-        .root(RootBuilder::default().path("rootfs").readonly(true).build().unwrap())
-        .mounts(mounts)
-        .process(process)
-        .hostname("virtbench")
-        .linux(linux)
-        .build()
-        .unwrap();
-    if let Some(l) = spec.linux_mut() {
-        l.set_resources(None);
-    }
-    spec.set_annotations(None);
-    spec.save(bundle.join("config.json")).unwrap();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes/oci-bundle.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let recipe = imagegen::recipe::parse("oci-bundle", file.clone(), text).unwrap();
+    let imagegen::recipe::Spec::OciBundle(mut b) = recipe.spec else {
+        panic!("{} is not an oci-bundle recipe", file.display())
+    };
+    b.args = args.iter().map(|a| a.to_string()).collect();
+    let spec = imagegen::oci::runtime_spec(&b).unwrap();
+    std::fs::write(bundle.join("config.json"), imagegen::oci::config_json(&spec).unwrap()).unwrap();
     bundle
 }
 

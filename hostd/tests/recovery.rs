@@ -16,7 +16,7 @@ mod support {
     pub mod skip;
 }
 
-use support::cli::{guest_pids_in, hostd, hot_boot, reap_lock, serial, text};
+use support::cli::{fleet_file, guest_pids_in, hostd, hot_boot, reap_lock, serial, text};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,26 +39,23 @@ fn next_hostd(dir: &Path) -> String {
 /// session; when hostd dies, their process groups are orphaned and the kernel sends a
 /// stopped one SIGHUP (and SIGCONT), which ends it. ns guests have sessions of their own.
 fn killed_with_guests(backend: &str, n: usize, stopped_survive: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("k{}{}", backend.len(), std::process::id());
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!("name = \"{name}\"\nbackend = \"{backend}\"\nguests = {n}\nboot_timeout_s = 120\n"),
-    )
-    .unwrap();
+    let f = fleet_file(
+        &format!("k{}", backend.len()),
+        &format!("backend = \"{backend}\"\nguests = {n}\nboot_timeout_s = 120\n"),
+    );
+    let (name, dir) = (f.name.as_str(), &f.dir);
     let t0 = Instant::now();
-    let out = hostd().arg("up").arg(&file).output().unwrap();
+    let out = hostd().arg("up").arg(&f.path).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let up = t0.elapsed();
-    let link = Path::new("/run/virtbench/fleets").join(&name);
+    let link = Path::new("/run/virtbench/fleets").join(name);
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(link.join("state.json")).unwrap()).unwrap();
     let run = state["run"].as_str().unwrap().to_string();
     let _litter = Litter(run.clone());
     let daemon = state["hostd_pid"].as_u64().unwrap() as u32;
     let scratch = PathBuf::from(state["scratch"].as_str().unwrap());
-    let pids = guest_pids_in(&text(&hostd().args(["status", &name]).output().unwrap()));
+    let pids = guest_pids_in(&text(&hostd().args(["status", name]).output().unwrap()));
     assert_eq!(pids.len(), n, "{backend}: not all guests are up");
     // Every host process of every guest, and what else they hold.
     let mut gone = Gone {

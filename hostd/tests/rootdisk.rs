@@ -16,7 +16,7 @@ mod support {
     pub mod vm;
 }
 
-use support::cli::hostd;
+use support::cli::{fleet_file, hostd};
 
 use std::path::Path;
 use std::time::Duration;
@@ -229,23 +229,17 @@ fn hostd_exec_in_a_fleet_kept_up() {
     if images(BackendKind::Ns, SYSTEM, InitMode::Agent).is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("rdx{}", std::process::id());
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 3\nsystem = \"{SYSTEM}\"\n"),
-    )
-    .unwrap();
-    let out = hostd().arg("up").arg(&file).output().unwrap();
+    let f = fleet_file("rdx", &format!("backend = \"ns\"\nguests = 3\nsystem = \"{SYSTEM}\"\n"));
+    let name = f.name.as_str();
+    let out = hostd().arg("up").arg(&f.path).output().unwrap();
     assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
     let run = |args: &[&str]| support::cli::stdout_of(hostd().args(args));
-    let (ok, text) = run(&["exec", &name, "--", "/bin/busybox", "cat", "/etc/os-release"]);
+    let (ok, text) = run(&["exec", name, "--", "/bin/busybox", "cat", "/etc/os-release"]);
     let answered = text.matches(OS).count();
-    let (ok1, one) = run(&["exec", &name, "--guest", "g1", "--", "/bin/busybox", "hostname"]);
-    let (bad, missing) = run(&["exec", &name, "--", "/no/such/program"]);
-    let (still, again) = run(&["exec", &name, "--", "/bin/busybox", "true"]);
-    let down = hostd().args(["down", &name]).output().unwrap();
+    let (ok1, one) = run(&["exec", name, "--guest", "g1", "--", "/bin/busybox", "hostname"]);
+    let (bad, missing) = run(&["exec", name, "--", "/no/such/program"]);
+    let (still, again) = run(&["exec", name, "--", "/bin/busybox", "true"]);
+    let down = hostd().args(["down", name]).output().unwrap();
     assert!(ok, "{text}");
     assert_eq!(answered, 3, "every guest answers from the image: {text}");
     assert!(ok1 && one.contains("== g1: exit 0") && !one.contains("g0"), "{one}");
@@ -273,22 +267,19 @@ fn mixed_fleet_every_guest_reaches_every_other() {
             return;
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("mix{}", std::process::id());
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"{name}\"\nsystem = \"{SYSTEM}\"\nmem_mib = 128\n\
+    let f = fleet_file(
+        "mix",
+        &format!(
+            "system = \"{SYSTEM}\"\nmem_mib = 128\n\
              commands = [[\"/bin/busybox\", \"cat\", \"/etc/os-release\"]]\n\
              [[group]]\nname = \"cts\"\nbackend = \"ns\"\nguests = 5\n\
              [[group]]\nname = \"uml\"\nbackend = \"uml\"\nguests = 2\n\
              [[group]]\nname = \"vm\"\nbackend = \"qemu-microvm\"\nguests = 1\n"
         ),
-    )
-    .unwrap();
+    );
+    let name = f.name.as_str();
     let hostd = support::cli::hostd_tcg;
-    let out = hostd().arg("up").arg(&file).output().unwrap();
+    let out = hostd().arg("up").arg(&f.path).output().unwrap();
     let up = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "up: {up}{}", String::from_utf8_lossy(&out.stderr));
     let run = |args: &[&str]| support::cli::stdout_of(hostd().args(args));
@@ -299,9 +290,9 @@ fn mixed_fleet_every_guest_reaches_every_other() {
         addrs.join(" ")
     );
     let (pinged, text) =
-        run(&["exec", &name, "--timeout", "120", "--", BUSYBOX, "sh", "-c", &script]);
-    let (_, status) = run(&["status", &name]);
-    let down = hostd().args(["down", &name]).output().unwrap();
+        run(&["exec", name, "--timeout", "120", "--", BUSYBOX, "sh", "-c", &script]);
+    let (_, status) = run(&["status", name]);
+    let down = hostd().args(["down", name]).output().unwrap();
     let (_, after) = run(&["status"]);
     // The file's command ran in every guest, and the status names each guest's group.
     assert_eq!(up.matches(OS).count(), 8, "{up}");
@@ -322,7 +313,7 @@ fn mixed_fleet_every_guest_reaches_every_other() {
         "every guest reaches every other: {text}"
     );
     assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));
-    assert!(!after.contains(&name), "the fleet is gone: {after}");
+    assert!(!after.contains(name), "the fleet is gone: {after}");
     let netns = status
         .split("ip netns exec ")
         .nth(1)
@@ -338,21 +329,18 @@ fn a_failing_fleet_command_names_the_guests() {
     if images(BackendKind::Ns, SYSTEM, InitMode::Agent).is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("rdc{}", std::process::id());
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"{name}\"\nbackend = \"ns\"\nguests = 2\nsystem = \"{SYSTEM}\"\n\
+    let f = fleet_file(
+        "rdc",
+        &format!(
+            "backend = \"ns\"\nguests = 2\nsystem = \"{SYSTEM}\"\n\
              commands = [[\"/bin/busybox\", \"hostname\"], [\"/bin/busybox\", \"cat\", \"/no/such/file\"]]\n"
         ),
-    )
-    .unwrap();
-    let out = hostd().arg("up").arg(&file).output().unwrap();
+    );
+    let name = f.name.as_str();
+    let out = hostd().arg("up").arg(&f.path).output().unwrap();
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let down = hostd().args(["down", &name]).output().unwrap();
+    let down = hostd().args(["down", name]).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
     assert!(stdout.contains("command `/bin/busybox hostname`"), "{stdout}");
     assert!(stdout.matches("exit 0").count() == 2 && stdout.contains("/no/such/file"), "{stdout}");
@@ -394,21 +382,18 @@ fn hostd_cp_and_large_requests_on_ns_uml_and_qemu() {
         }
     }
     let _serial = support::cli::serial();
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("rdp{}", std::process::id());
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"{name}\"\nsystem = \"{SYSTEM}\"\n\
+    let f = fleet_file(
+        "rdp",
+        &format!(
+            "system = \"{SYSTEM}\"\n\
              [[group]]\nname = \"c\"\nbackend = \"ns\"\nguests = 1\n\
              [[group]]\nname = \"u\"\nbackend = \"uml\"\nguests = 1\n\
              [[group]]\nname = \"vm\"\nbackend = \"qemu-microvm\"\nguests = 1\n"
         ),
-    )
-    .unwrap();
+    );
+    let (name, dir) = (f.name.as_str(), &f.dir);
     let hostd = support::cli::hostd_tcg;
-    let out = hostd().arg("up").arg(&file).output().unwrap();
+    let out = hostd().arg("up").arg(&f.path).output().unwrap();
     assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
     let run = |args: &[&str]| {
         let o = hostd().args(args).output().unwrap();
@@ -418,9 +403,9 @@ fn hostd_cp_and_large_requests_on_ns_uml_and_qemu() {
         )
     };
     let checks = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        cp_checks(&name, dir.path(), &run, &hostd)
+        cp_checks(name, dir.path(), &run, &hostd)
     }));
-    let down = hostd().args(["down", &name]).output().unwrap();
+    let down = hostd().args(["down", name]).output().unwrap();
     if let Err(p) = checks {
         std::panic::resume_unwind(p);
     }

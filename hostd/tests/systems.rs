@@ -14,7 +14,7 @@ mod support {
 use std::path::Path;
 use std::process::Command;
 
-use support::cli::{hostd, text};
+use support::cli::{fleet_file, hostd, text};
 use support::system::{self, BUSYBOX, OS};
 
 const RECIPE: &str = "hostd-test-oci";
@@ -58,16 +58,11 @@ fn an_oci_archive_boots_as_a_three_guest_ns_fleet() {
         format!("kind = \"oci-image\"\npath = \"{}\"\nheadroom_mib = 8\n", archive.display());
     system::build(scratch.path(), &[(RECIPE, recipe)]).unwrap_or_else(|e| panic!("{e}"));
 
-    let name = format!("oci{}", std::process::id());
-    let file = scratch.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 3\nsystem = \"{RECIPE}\"\n"),
-    )
-    .unwrap();
-    let up = hostd().arg("up").arg(&file).output().unwrap();
-    let exec = hostd().args(["exec", &name, "--", BUSYBOX, "cat", "/etc/os-release"]).output();
-    let down = hostd().args(["down", &name]).output().unwrap();
+    let f = fleet_file("oci", &format!("backend = \"ns\"\nguests = 3\nsystem = \"{RECIPE}\"\n"));
+    let name = f.name.as_str();
+    let up = hostd().arg("up").arg(&f.path).output().unwrap();
+    let exec = hostd().args(["exec", name, "--", BUSYBOX, "cat", "/etc/os-release"]).output();
+    let down = hostd().args(["down", name]).output().unwrap();
     let after = hostd().arg("status").output().unwrap();
     assert!(up.status.success(), "up: {}", text(&up));
     let exec = exec.unwrap();
@@ -79,7 +74,7 @@ fn an_oci_archive_boots_as_a_three_guest_ns_fleet() {
         assert!(said.contains(g), "{g} answered: {said}");
     }
     assert!(down.status.success(), "down: {}", text(&down));
-    assert!(!text(&after).contains(&name), "the fleet is gone: {}", text(&after));
+    assert!(!text(&after).contains(name), "the fleet is gone: {}", text(&after));
 }
 
 /// `hostd boot --system SYS --image-copies --modes cold,hot` on `backend`: every guest

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 
@@ -54,6 +54,27 @@ pub fn native_boot(extra: &[&str], results: &Path) -> Output {
         .arg(results)
         .output()
         .unwrap_or_else(|e| panic!("starting {HOSTD}: {e}"))
+}
+
+/// A fleet file for `hostd up`: `fleet.toml` in a temporary directory that lives as long as
+/// this value, naming the fleet after the test's tag and this process.
+pub struct FleetFile {
+    /// The fleet's name: the tag, then this process's id (names are `[a-z0-9]`).
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+    /// The directory holding it, for the test's other files.
+    pub dir: tempfile::TempDir,
+}
+
+/// Writes a [`FleetFile`] named `tag` + this process's id, `rest` (the file's other keys and
+/// tables, TOML) after its `name`.
+pub fn fleet_file(tag: &str, rest: &str) -> FleetFile {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("{tag}{}", std::process::id());
+    let path = dir.path().join("fleet.toml");
+    std::fs::write(&path, format!("name = \"{name}\"\n{rest}")).unwrap();
+    FleetFile { name, path, dir }
 }
 
 /// The host pids in the guest rows (`g<i> …`) of what `hostd status` printed.

@@ -452,5 +452,7 @@ pub fn link_name(prefix: &str, index: usize) -> String {
     format!("{prefix}{index}")
 }
 
+#[cfg(any(test, feature = "test-lab"))]
+pub mod testlab;
 #[cfg(test)]
 mod tests;

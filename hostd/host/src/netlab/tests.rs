@@ -1,3 +1,4 @@
+use super::testlab::Hosts;
 use super::*;
 
 #[test]
@@ -30,17 +31,7 @@ fn addresses() {
 }
 
 fn plan(slot: u16, hosts: u16) -> HostPlan {
-    HostPlan {
-        slot,
-        hosts,
-        vni: 4242,
-        local: Ipv4Addr::new(10, 250, 0, 11 + slot as u8),
-        underlay_dev: "eth0".into(),
-        peers: (0..hosts)
-            .filter(|&h| h != slot)
-            .map(|h| Ipv4Addr::new(10, 250, 0, 11 + h as u8))
-            .collect(),
-    }
+    Hosts::plan_among(hosts.into(), slot.into(), 4242)
 }
 
 #[test]
@@ -215,67 +206,6 @@ fn guests_beyond_one_bridge_reach_each_other() {
     assert!(root.contains("vbl0") && root.contains("vbj1") && !root.contains("vbl1500"));
     assert!(pinged, "guest 0 on the root bridge did not reach guest 1500 on a leaf");
     assert!(matches!(too_many, Err(NetError::TooMany(_))), "{too_many:?}");
-}
-
-/// Emulated hosts for the tests: network namespaces `<name>h<i>` whose `eth0` has
-/// 10.250.0.(11+i)/24, all on bridge `br0` of namespace `<name>f` (the fabric). Every
-/// address exists only in these namespaces; all are removed on drop.
-pub(crate) struct Hosts {
-    pub(crate) names: Vec<String>,
-    fabric: String,
-}
-
-impl Hosts {
-    pub(crate) fn new(name: &str, k: u8) -> Hosts {
-        let fabric = format!("{name}f");
-        let names: Vec<String> = (0..k).map(|i| format!("{name}h{i}")).collect();
-        let h = Hosts { names, fabric };
-        ip(&["netns", "add", &h.fabric]).unwrap();
-        ip(&["-n", &h.fabric, "link", "add", "br0", "type", "bridge"]).unwrap();
-        ip(&["-n", &h.fabric, "link", "set", "br0", "up"]).unwrap();
-        for (i, n) in h.names.iter().enumerate() {
-            ip(&["netns", "add", n]).unwrap();
-            let port = format!("p{i}");
-            ip(&[
-                "-n", n, "link", "add", "eth0", "type", "veth", "peer", &port, "netns", &h.fabric,
-            ])
-            .unwrap();
-            ip(&["-n", &h.fabric, "link", "set", &port, "master", "br0", "up"]).unwrap();
-            ip(&["-n", n, "addr", "add", &format!("{}/24", Self::addr(i)), "dev", "eth0"]).unwrap();
-            ip(&["-n", n, "link", "set", "eth0", "up"]).unwrap();
-        }
-        h
-    }
-
-    pub(crate) fn addr(i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 250, 0, 11 + i as u8)
-    }
-
-    /// Host `slot`'s plan in a fleet over all of them.
-    pub(crate) fn plan(&self, slot: usize, vni: u32) -> HostPlan {
-        HostPlan {
-            slot: slot as u16,
-            hosts: self.names.len() as u16,
-            vni,
-            local: Self::addr(slot),
-            underlay_dev: "eth0".into(),
-            peers: (0..self.names.len()).filter(|&h| h != slot).map(Self::addr).collect(),
-        }
-    }
-
-    /// `f` on a thread inside host `i`'s network namespace.
-    pub(crate) fn on<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> T {
-        let path = PathBuf::from(crate::rtnl::NETNS_DIR).join(&self.names[i]);
-        crate::rtnl::in_netns(&path, || Ok(f())).unwrap()
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for n in self.names.iter().chain([&self.fabric]) {
-            let _ = ip(&["netns", "del", n]);
-        }
-    }
 }
 
 /// Needs root: three hosts' fleet networks on one VXLAN segment: each bridge with its

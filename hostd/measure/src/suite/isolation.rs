@@ -17,10 +17,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
-use super::{
-    before_reads, guest_spec, linearity, mark_paired, mark_reads, paired_read, run_together,
-    samples_of, suite_metric, BenchSample, Cpus, Starter, Targets, Test, Workloads,
-};
+use super::step::Step;
+use super::{guest_spec, linearity, suite_metric, BenchSample, Cpus, Targets, Test, Workloads};
 use crate::fleet::Fleet;
 
 /// Runs 1 copy in the first guest and 2 in the second, together, `reps` times.
@@ -41,36 +39,18 @@ pub async fn measure(
         (g1, BenchRequest { spec: spec(g1), instances: 1, start_at_ns: None }),
         (g2, BenchRequest { spec: spec(g2), instances: 2, start_at_ns: None }),
     ];
-    let net = fleet.net_label();
-    let mut starter = Starter::default();
+    let mut step = Step::new(fleet, Test::Isolation, resource, w, timeout);
     let mut out = Vec::new();
     for i in 0..warmup + reps {
         // Guest 2's two copies read the same file at once: its second reader may find pages
         // the first brought in; the residency recorded is the one before both started.
-        let preps = before_reads(fleet.backend, resource, &[g1, g2])?;
-        let paired = paired_read(fleet, resource, w)?;
-        let sent = std::time::Instant::now();
-        let rs = run_together(&jobs, timeout, &mut starter).await;
-        // And the native read right after it: the bracket's second half (mark_paired's why).
-        let after = paired_read(fleet, resource, w)?;
+        let run = step.run(&jobs, &[g1, g2]).await?;
         if i < warmup {
             continue;
         }
-        for ((g, _), r) in jobs.iter().zip(rs) {
-            let mut s = samples_of(
-                fleet.backend,
-                Test::Isolation,
-                resource,
-                &w.params(resource),
-                2,
-                i - warmup,
-                g.spec.index,
-                &r?,
-                net,
-            );
-            mark_reads(&mut s, preps.as_deref());
-            mark_paired(&mut s, paired.as_ref(), after.as_ref(), sent);
-            out.extend(s);
+        for ((g, _), r) in jobs.iter().zip(&run.answers) {
+            let r = r.as_ref().map_err(String::clone)?;
+            out.extend(step.samples(&run, 2, i - warmup, g.spec.index, r));
         }
     }
     Ok(super::place(out, fleet))

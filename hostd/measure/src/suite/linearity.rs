@@ -10,10 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
-use super::{
-    before_reads, guest_spec, mark_paired, mark_reads, paired_read, run_together, samples_of,
-    suite_metric, BenchSample, Cpus, Starter, Targets, Test, Workloads,
-};
+use super::step::Step;
+use super::{guest_spec, suite_metric, BenchSample, Cpus, Targets, Test, Workloads};
 use crate::fleet::Fleet;
 use crate::stats::Stat;
 
@@ -42,37 +40,18 @@ pub async fn measure(
         })
         .collect();
     let readers: Vec<_> = fleet.guests.iter().collect();
-    let net = fleet.net_label();
-    let mut starter = Starter::default();
+    let mut step = Step::new(fleet, Test::Linearity, resource, w, timeout);
     let n = fleet.guests.len();
     let mut out = Vec::new();
     for i in 0..warmup + reps {
-        let preps = before_reads(fleet.backend, resource, &readers)?;
-        let paired = paired_read(fleet, resource, w)?;
-        let sent = std::time::Instant::now();
-        let results = run_together(&jobs, timeout, &mut starter).await;
-        // And the native read right after it: the bracket's second half (mark_paired's why).
-        let after = paired_read(fleet, resource, w)?;
+        let run = step.run(&jobs, &readers).await?;
         if i < warmup {
             continue;
         }
-        for (g, r) in fleet.guests.iter().zip(results) {
+        for (g, r) in fleet.guests.iter().zip(&run.answers) {
             // One guest failing its run fails the point: a partial max would flatter it.
-            let r = r?;
-            let mut s = samples_of(
-                fleet.backend,
-                Test::Linearity,
-                resource,
-                &w.params(resource),
-                n,
-                i - warmup,
-                g.spec.index,
-                &r,
-                net,
-            );
-            mark_reads(&mut s, preps.as_deref());
-            mark_paired(&mut s, paired.as_ref(), after.as_ref(), sent);
-            out.extend(s);
+            let r = r.as_ref().map_err(String::clone)?;
+            out.extend(step.samples(&run, n, i - warmup, g.spec.index, r));
         }
     }
     Ok(super::place(out, fleet))

@@ -9,6 +9,7 @@ pub mod isolation;
 pub mod linearity;
 pub mod overhead;
 pub mod ring;
+pub mod step;
 pub mod sync;
 
 use std::net::SocketAddr;

@@ -8,10 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
-use super::{
-    before_reads, guest_spec, mark_paired, mark_reads, paired_read, run_together, samples_of,
-    suite_metric, BenchSample, Starter, Targets, Test, Workloads,
-};
+use super::step::Step;
+use super::{guest_spec, suite_metric, BenchSample, Targets, Test, Workloads};
 use crate::backend::BackendKind;
 use crate::fleet::Fleet;
 use crate::stats::Stat;
@@ -33,38 +31,19 @@ pub async fn measure(
         instances: 1,
         start_at_ns: None,
     };
-    let net = fleet.net_label();
+    let mut step = Step::new(fleet, Test::Overhead, resource, w, timeout);
     let mut out = Vec::new();
-    let mut starter = Starter::default();
     // The trusted reads' paired time ratios, and how many reads were counted.
     let (mut ratios, mut counted) = (Vec::new(), 0);
     let mut i = 0;
     // Only paired reads (a non-native disk read with the reference copy) repeat.
     let mut paired_step = false;
     while i < warmup + reps || (paired_step && more_disk_reads(&ratios, counted, reps)) {
-        // A disk read starts with the guest's data evicted from the host cache, every time.
-        let preps = before_reads(fleet.backend, resource, &[g])?;
-        // The adjacent native read, last before the request (paired_read's why).
-        let paired = paired_read(fleet, resource, w)?;
-        paired_step |= paired.is_some();
-        let sent = std::time::Instant::now();
-        let r = run_together(&[(g, req.clone())], timeout, &mut starter).await.remove(0)?;
-        // And the native read right after it: the bracket's second half (mark_paired's why).
-        let after = paired_read(fleet, resource, w)?;
+        let mut run = step.run(&[(g, req.clone())], &[g]).await?;
+        paired_step |= run.paired();
+        let r = run.answers.remove(0)?;
         if i >= warmup {
-            let mut s = samples_of(
-                fleet.backend,
-                Test::Overhead,
-                resource,
-                &w.params(resource),
-                fleet.guests.len(),
-                i - warmup,
-                g.spec.index,
-                &r,
-                net,
-            );
-            mark_reads(&mut s, preps.as_deref());
-            mark_paired(&mut s, paired.as_ref(), after.as_ref(), sent);
+            let s = step.samples(&run, fleet.guests.len(), i - warmup, g.spec.index, &r);
             let trusted = s.iter().filter(|s| trusted(s));
             ratios.extend(trusted.filter_map(|s| reference(s).map(|(_, t)| s.elapsed_s / t)));
             counted += 1;
