@@ -19,6 +19,7 @@ mod command;
 mod ctl;
 mod guard;
 mod images;
+mod reaped;
 mod steps;
 mod tool;
 
@@ -26,5 +27,6 @@ pub use command::GuestCommand;
 pub use ctl::{control_pair, host_halves, split_socket, Halves};
 pub use guard::LaunchGuard;
 pub use images::{boot_images, vm_launch_files, ImageError};
+pub use reaped::Reaped;
 pub use steps::Steps;
 pub use tool::{run_output, run_tool, tool_version, ToolError};

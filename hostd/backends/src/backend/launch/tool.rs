@@ -6,6 +6,8 @@ use std::ffi::OsStr;
 use std::process::{ExitStatus, Output, Stdio};
 use std::time::Duration;
 
+use super::Reaped;
+
 /// Why a helper program gave no answer.
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)] // each #[error] message says what its variant and fields are
@@ -59,18 +61,47 @@ pub async fn run_output<S: AsRef<OsStr>>(
     args: &[S],
     timeout: Duration,
 ) -> Result<Output, ToolError> {
+    use tokio::io::AsyncReadExt;
     let program = program.as_ref();
     let name = || program.to_string_lossy().into_owned();
-    let run = tokio::process::Command::new(program)
+    let spawned = tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .output();
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => Reaped::new(c),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ToolError::NotFound { program: name() })
+        }
+        Err(source) => return Err(ToolError::Spawn { program: name(), source }),
+    };
+    // Killed and reaped, at the deadline or if this future is dropped: see Reaped.
+    let c = child.child();
+    let (mut out, mut err) = (c.stdout.take(), c.stderr.take());
+    let run = async {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let read_out = async {
+            match out.as_mut() {
+                Some(o) => o.read_to_end(&mut stdout).await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        let read_err = async {
+            match err.as_mut() {
+                Some(e) => e.read_to_end(&mut stderr).await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        let (o, e, status) = tokio::join!(read_out, read_err, child.child().wait());
+        o?;
+        e?;
+        Ok::<_, std::io::Error>(Output { status: status?, stdout, stderr })
+    };
     match tokio::time::timeout(timeout, run).await {
         Err(_) => Err(ToolError::TimedOut { command: describe(program, args), timeout }),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(ToolError::NotFound { program: name() })
-        }
         Ok(Err(source)) => Err(ToolError::Spawn { program: name(), source }),
         Ok(Ok(out)) => Ok(out),
     }

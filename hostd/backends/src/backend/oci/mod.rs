@@ -31,8 +31,8 @@ use std::time::Duration;
 use oci_spec::runtime::Spec;
 
 use super::launch::{
-    control_pair, host_halves, run_output, tool_version, GuestCommand, Halves, LaunchGuard, Steps,
-    ToolError,
+    control_pair, host_halves, run_output, tool_version, GuestCommand, Halves, LaunchGuard, Reaped,
+    Steps, ToolError,
 };
 use super::native::AGENT_FD;
 use super::rootdisk::System;
@@ -391,7 +391,14 @@ impl Oci {
         });
         let mut cmd = cmd.build();
         let subreaper = Subreaper::hold();
-        let status = tokio::time::timeout(RUN_TIMEOUT, cmd.status()).await;
+        // Reaped even if this launch is abandoned at its deadline meanwhile (see Reaped).
+        let status = match cmd.spawn() {
+            Ok(child) => {
+                let mut runtime = Reaped::new(child);
+                tokio::time::timeout(RUN_TIMEOUT, runtime.child().wait()).await
+            }
+            Err(e) => Ok(Err(e)),
+        };
         // The runtime has exited (or been killed): its orphans, if any, are adopted.
         drop(subreaper);
         // Closes hostd's copies of the channel's guest end and of the console pipe.
