@@ -232,7 +232,7 @@ async fn launch_firecracker(
     // Spawning closes hostd's copies of the guest ends, so the channel reports EOF once
     // Firecracker is gone.
     let child = cmd.spawn()?;
-    Ok(g.launched(reader, writer, Proc::Child(child)))
+    Ok(g.launched(reader, writer, Proc::child(child)))
 }
 
 impl Backend for Firecracker {

@@ -153,7 +153,7 @@ impl Backend for Native {
         // Spawning closes hostd's copies of the channel's guest end and of the console
         // pipe, so each ends when the agent does.
         let child = cmd.spawn()?;
-        Ok(g.launched(reader, writer, Proc::Child(child)))
+        Ok(g.launched(reader, writer, Proc::child(child)))
     }
 }
 

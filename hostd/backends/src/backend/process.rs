@@ -10,13 +10,15 @@ use std::time::Duration;
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
+use super::launch::Reaped;
 use super::Exit;
 
 #[derive(Debug)]
 /// A guest's main host process.
 pub enum Proc {
-    /// A child hostd spawned through tokio.
-    Child(tokio::process::Child),
+    /// A child hostd spawned through tokio; killed and reaped if dropped before its exit was
+    /// seen ([`Reaped`], not tokio's orphan queue).
+    Child(Reaped),
     /// `reap`: the process is hostd's child and must be waited for once it exits.
     /// `waited`: its exit has been seen (and reaped, if ours).
     Pidfd {
@@ -67,6 +69,11 @@ fn pidfd_kill(fd: &OwnedFd) {
 }
 
 impl Proc {
+    /// A child hostd spawned through tokio.
+    pub fn child(child: tokio::process::Child) -> Self {
+        Proc::Child(Reaped::new(child))
+    }
+
     /// Watches `pid` through a pidfd.
     pub fn from_pid(pid: u32, reap: bool) -> std::io::Result<Self> {
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
@@ -109,7 +116,7 @@ impl Proc {
     /// Whether the process has exited (without blocking).
     pub fn has_exited(&mut self) -> bool {
         match self {
-            Proc::Child(c) => !matches!(c.try_wait(), Ok(None)),
+            Proc::Child(c) => !matches!(c.child().try_wait(), Ok(None)),
             Proc::Pidfd { fd, .. } => {
                 let mut pfd = libc::pollfd {
                     fd: std::os::fd::AsRawFd::as_raw_fd(fd.get_ref()),
@@ -126,6 +133,7 @@ impl Proc {
     pub async fn wait(&mut self) -> String {
         match self {
             Proc::Child(c) => c
+                .child()
                 .wait()
                 .await
                 .map(|s| s.to_string())
@@ -149,7 +157,7 @@ impl Proc {
     pub fn kill(&mut self) {
         match self {
             Proc::Child(c) => {
-                let _ = c.start_kill();
+                let _ = c.child().start_kill();
             }
             Proc::Pidfd { fd, waited: false, .. } => pidfd_kill(fd.get_ref()),
             Proc::Pidfd { .. } => {}
@@ -171,5 +179,34 @@ impl Proc {
         self.kill();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.wait()).await;
         Exit::Killed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `pid` still exists, as a process or a zombie.
+    fn present(pid: u32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    /// A child dropped before its exit was seen is killed and reaped by `Proc` itself, even
+    /// when whoever spawned it did not ask tokio for `kill_on_drop`.
+    #[tokio::test]
+    async fn a_dropped_child_is_killed_and_reaped() {
+        let child = tokio::process::Command::new("sleep").arg("300").spawn().unwrap();
+        let proc = Proc::child(child);
+        let pid = proc.pid();
+        assert!(pid > 0 && present(pid));
+        drop(proc);
+        let gone = async {
+            while present(pid) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), gone).await.unwrap_or_else(|_| {
+            panic!("pid {pid} still there (alive or a zombie) 10 s after the drop")
+        });
     }
 }

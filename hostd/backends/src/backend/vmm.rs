@@ -43,7 +43,7 @@ pub(super) fn spawn_vmm(
     cmd.args(args).env("TMPDIR", tmpdir).output(out)?.netns(netns).pass_fd(guest, CTL_FD);
     cmd.cgroup(g.make_cgroup(spec)?);
     let child = cmd.spawn()?;
-    Ok(g.launched(reader, writer, Proc::Child(child)))
+    Ok(g.launched(reader, writer, Proc::child(child)))
 }
 
 /// The guest kernel command line as words: the recipe's `base` without the parameters

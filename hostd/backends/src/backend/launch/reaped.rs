@@ -6,12 +6,18 @@
 //! awaits it on a task of the running runtime, which holds the child's own exit listener.
 
 /// A spawned child, killed and reaped when dropped before it was waited for.
+#[derive(Debug)]
 pub struct Reaped(Option<tokio::process::Child>);
 
 impl Reaped {
     /// Takes charge of `child`.
     pub fn new(child: tokio::process::Child) -> Self {
         Reaped(Some(child))
+    }
+
+    /// Its pid, until it has been waited for.
+    pub fn id(&self) -> Option<u32> {
+        self.0.as_ref().and_then(|c| c.id())
     }
 
     /// The child, to wait for or read from.

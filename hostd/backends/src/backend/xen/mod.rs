@@ -361,7 +361,7 @@ impl Xen {
         Ok(Launched {
             reader: Box::new(Tee { inner: reader, log }),
             writer: Box::new(writer),
-            guest: g.finish(Proc::Child(child)),
+            guest: g.finish(Proc::child(child)),
         })
     }
 
@@ -406,7 +406,7 @@ impl Xen {
         // error) may leave the domain behind.
         let died = ended
             && match &mut guest.proc {
-                Proc::Child(c) => c.try_wait().ok().flatten().is_some_and(|s| s.success()),
+                Proc::Child(c) => c.child().try_wait().ok().flatten().is_some_and(|s| s.success()),
                 _ => false,
             };
         let mut destroyed = false;
