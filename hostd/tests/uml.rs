@@ -53,7 +53,7 @@ async fn killed_guest_without_cgroup_leaves_no_process() {
     spec.cgroup = None;
     let g = hostd::guest::boot(&backend, spec, Duration::from_secs(60)).await.unwrap();
     let pgid = g.process.pid() as i32;
-    let members = || vm::group_members(pgid).len();
+    let members = || support::fault::group_members(pgid).len();
     assert!(members() >= 2, "UML runs helper processes");
     // The channel stays open until the kill: closing it would make the agent power off.
     let hostd::guest::RunningGuest { conn, mut process, .. } = g;

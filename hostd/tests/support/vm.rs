@@ -210,7 +210,7 @@ pub async fn fleet_scenario(backend: &AnyBackend, exp: &Expect, n: usize, dir: &
     // be in its cgroup.
     if kind == BackendKind::Uml {
         for g in &guests {
-            let group = group_members(g.process.pid() as i32);
+            let group = super::fault::group_members(g.process.pid() as i32);
             assert!(group.len() >= 2, "uml: one process only: {group:?}");
             let cg = g.process.pids();
             assert!(group.iter().all(|p| cg.contains(p)), "uml: group {group:?}, cgroup {cg:?}");
@@ -364,17 +364,6 @@ pub fn scratch_dirs(prefix: &str) -> std::collections::BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Live processes whose process group is `pgid`.
-pub fn group_members(pgid: i32) -> Vec<u32> {
-    let Ok(d) = std::fs::read_dir("/proc") else { return Vec::new() };
-    d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*p as i32))).map(|g| g.as_raw())
-                == Ok(pgid)
-        })
-        .collect()
 }
 
 /// `got` is `want`, counting a VMM that had already exited with status 0 by the time it was
