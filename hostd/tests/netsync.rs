@@ -17,7 +17,7 @@ use hostd::fleet::{self, FleetConfig};
 use hostd::netlab::{NetMode, NetPath};
 use hostd::peer::Peer;
 use hostd::runstate::RunState;
-use hostd::suite::{isolation, linearity, BenchSample, Targets, Workloads};
+use hostd::suite::{isolation, linearity, BenchSample, StepPlan, Targets, Workloads};
 use vb_protocol::bench::Resource;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -81,9 +81,16 @@ async fn measure(
     };
     let targets = Targets { disk: PathBuf::from("/nonexistent"), peer: addr };
     let w = workloads();
-    let net_samples =
-        linearity::measure(&fleet, Resource::Network, &w, &targets, 1, 1, TIMEOUT).await;
-    let cpu = isolation::measure(&fleet, Resource::Cpu, &w, &targets, 0, 1, TIMEOUT).await;
+    let step = |resource, warmup| StepPlan {
+        resource,
+        workloads: &w,
+        targets: &targets,
+        warmup,
+        reps: 1,
+        timeout: TIMEOUT,
+    };
+    let net_samples = linearity::measure(&fleet, &step(Resource::Network, 1)).await;
+    let cpu = isolation::measure(&fleet, &step(Resource::Cpu, 0)).await;
     if kind == BackendKind::Native && mode == NetMode::Private {
         // Each native guest has a namespace of its own while it runs.
         let list = netns_list();

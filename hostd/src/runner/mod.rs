@@ -25,7 +25,10 @@ use crate::runstate::RunState;
 use crate::samples::Record;
 use crate::startup::boot_and_measure;
 use crate::suite::command::{self, CommandSample, UserCommand};
-use crate::suite::{isolation, linearity, overhead, ring, BenchSample, Targets, Test as SuiteTest};
+use crate::suite::{
+    isolation, linearity, overhead, ring, BenchSample, StepPlan, Targets, Test as SuiteTest,
+    Workloads,
+};
 
 mod plan;
 mod startup;

@@ -145,12 +145,11 @@ pub(super) async fn overhead_fleet(
                         if ctx.done.contains(&k) {
                             continue;
                         }
-                        let w = &plan.workloads;
-                        let (c, t) = (ctx.campaign, ctx.timeout());
+                        let p = step_plan(ctx, r, &plan.workloads, &targets);
                         let m = if test == "overhead" {
-                            overhead::measure(&fleet, r, w, &targets, c.warmup, c.reps, t).await
+                            overhead::measure(&fleet, &p).await
                         } else {
-                            linearity::measure(&fleet, r, w, &targets, c.warmup, c.reps, t).await
+                            linearity::measure(&fleet, &p).await
                         };
                         record_samples(ctx, &k, m, say)?;
                         prune(ctx, &mut fleet, backend, &k, say).await?;
@@ -266,7 +265,7 @@ pub(super) async fn small_fleet_test(
                 let (c, t, w) = (ctx.campaign, ctx.timeout(), &plan.workloads);
                 let m = match (test, r) {
                     (Test::Isolation, Some(r)) => {
-                        isolation::measure(&fleet, *r, w, &targets, c.warmup, c.reps, t).await
+                        isolation::measure(&fleet, &step_plan(ctx, *r, w, &targets)).await
                     }
                     _ => ring::measure(&fleet, w, c.warmup, c.reps, t).await,
                 };
@@ -343,4 +342,22 @@ pub(super) async fn netem_accuracy(
         say(format!("   netem accuracy at n={n} done"));
     }
     Ok(())
+}
+
+/// A campaign's suite step of `resource`: its warm-up, repetitions and per-run deadline.
+fn step_plan<'a>(
+    ctx: &Ctx<'_>,
+    resource: Resource,
+    workloads: &'a Workloads,
+    targets: &'a Targets,
+) -> StepPlan<'a> {
+    let c = ctx.campaign;
+    StepPlan {
+        resource,
+        workloads,
+        targets,
+        warmup: c.warmup,
+        reps: c.reps,
+        timeout: ctx.timeout(),
+    }
 }

@@ -22,7 +22,7 @@ use crate::memory;
 use crate::provenance::Provenance;
 use crate::runstate::RunState;
 use crate::startup::{self, FleetBoot, StartMode};
-use crate::suite::{linearity, BenchSample, Targets, Workloads};
+use crate::suite::{linearity, BenchSample, StepPlan, Targets, Workloads};
 
 /// The dom0 side: says ready, takes the job, measures, reports.
 pub(super) async fn dom0_side(tty: &Path) -> Result<()> {
@@ -264,7 +264,15 @@ async fn cpu_benchmark(job: &LabJob, fleet: &Fleet) -> (Vec<BenchSample>, Option
         peer: (crate::netlab::BRIDGE_ADDR, 0).into(),
     };
     let timeout = Duration::from_secs(job.boot_timeout_s);
-    match linearity::measure(fleet, Resource::Cpu, &w, &targets, 0, 1, timeout).await {
+    let p = StepPlan {
+        resource: Resource::Cpu,
+        workloads: &w,
+        targets: &targets,
+        warmup: 0,
+        reps: 1,
+        timeout,
+    };
+    match linearity::measure(fleet, &p).await {
         Ok(s) => (s, None),
         Err(e) => (Vec::new(), Some(e)),
     }

@@ -12,25 +12,16 @@
 //! measurements are closer to. Each guest can use at most its vCPUs of those CPUs: a 1-vCPU
 //! VM runs its two copies on one core even on a two-core host.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
 use super::step::Step;
-use super::{guest_spec, linearity, suite_metric, BenchSample, Cpus, Targets, Test, Workloads};
+use super::{guest_spec, linearity, suite_metric, BenchSample, Cpus, StepPlan, Test};
 use crate::fleet::Fleet;
 
 /// Runs 1 copy in the first guest and 2 in the second, together, `reps` times.
-pub async fn measure(
-    fleet: &Fleet,
-    resource: Resource,
-    w: &Workloads,
-    t: &Targets,
-    warmup: u32,
-    reps: u32,
-    timeout: Duration,
-) -> Result<Vec<BenchSample>, String> {
+pub async fn measure(fleet: &Fleet, p: &StepPlan<'_>) -> Result<Vec<BenchSample>, String> {
+    let StepPlan { resource, workloads: w, targets: t, warmup, reps, timeout } = *p;
     let [g1, g2, ..] = fleet.guests.as_slice() else {
         return Err("isolation needs two ready guests".into());
     };

@@ -5,26 +5,18 @@
 //! keeps t·n. `reference` computes it; the report draws it next to the measurements.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
 use super::step::Step;
-use super::{guest_spec, suite_metric, BenchSample, Cpus, Targets, Test, Workloads};
+use super::{guest_spec, suite_metric, BenchSample, Cpus, StepPlan, Test};
 use crate::fleet::Fleet;
 use crate::stats::Stat;
 
 /// Runs the linearity test of `resource` on `fleet`: every guest at once, repeatedly.
-pub async fn measure(
-    fleet: &Fleet,
-    resource: Resource,
-    w: &Workloads,
-    t: &Targets,
-    warmup: u32,
-    reps: u32,
-    timeout: Duration,
-) -> Result<Vec<BenchSample>, String> {
+pub async fn measure(fleet: &Fleet, p: &StepPlan<'_>) -> Result<Vec<BenchSample>, String> {
+    let StepPlan { resource, workloads: w, targets: t, warmup, reps, timeout } = *p;
     let jobs: Vec<_> = fleet
         .guests
         .iter()

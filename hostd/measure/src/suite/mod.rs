@@ -14,6 +14,7 @@ pub mod sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchSpec, Resource};
@@ -120,6 +121,25 @@ pub struct Targets {
     pub disk: PathBuf,
     /// The network benchmarks' server (a native agent on the fleet bridge).
     pub peer: SocketAddr,
+}
+
+/// One benchmark step of the suite (overhead, linearity, isolation) as a campaign or the
+/// Xen lab asks for it: the resource, its workload sizes and targets, the discarded warm-up
+/// runs, the counted repetitions and each run's deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct StepPlan<'a> {
+    /// The resource whose benchmark runs.
+    pub resource: Resource,
+    /// The benchmarks' sizes.
+    pub workloads: &'a Workloads,
+    /// The data disk and network peer.
+    pub targets: &'a Targets,
+    /// Runs discarded before the counted ones.
+    pub warmup: u32,
+    /// Counted runs.
+    pub reps: u32,
+    /// Each run's deadline.
+    pub timeout: Duration,
 }
 
 /// The benchmark that exercises `r` in a guest of `kind`.

@@ -3,28 +3,20 @@
 //! the native backend's n = 1 measurement (the agent as a plain host process).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vb_protocol::bench::{BenchRequest, Resource};
 
 use super::step::Step;
-use super::{guest_spec, suite_metric, BenchSample, Targets, Test, Workloads};
+use super::{guest_spec, suite_metric, BenchSample, StepPlan, Test};
 use crate::backend::BackendKind;
 use crate::fleet::Fleet;
 use crate::stats::Stat;
 
 /// Runs the benchmark of `resource` in the fleet's first guest only, `warmup` discarded
 /// runs then `reps` counted ones, with every other guest of the fleet idle.
-pub async fn measure(
-    fleet: &Fleet,
-    resource: Resource,
-    w: &Workloads,
-    t: &Targets,
-    warmup: u32,
-    reps: u32,
-    timeout: Duration,
-) -> Result<Vec<BenchSample>, String> {
+pub async fn measure(fleet: &Fleet, p: &StepPlan<'_>) -> Result<Vec<BenchSample>, String> {
+    let StepPlan { resource, workloads: w, targets: t, warmup, reps, timeout } = *p;
     let g = fleet.guests.first().ok_or("no ready guest")?;
     let req = BenchRequest {
         spec: guest_spec(resource, w, fleet.backend, g, t),
