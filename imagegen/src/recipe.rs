@@ -170,8 +170,7 @@ pub struct SystemSpec {
     pub common: SystemCommon,
 }
 
-/// Fields every root file system kind has (repeated in each kind's struct: serde's
-/// `flatten` does not combine with `deny_unknown_fields`).
+/// Fields every root file system kind has (each kind's struct carries them: `system_spec!`).
 #[derive(Debug, Clone)]
 pub struct SystemCommon {
     pub init: InitMode,
@@ -184,8 +183,32 @@ pub struct SystemCommon {
     pub cmdline: String,
 }
 
-macro_rules! system_common {
-    ($t:ident) => {
+/// Defines a root file system kind's recipe struct: `kind` and `description`, the kind's own
+/// fields, then the fields of [`SystemCommon`] (written out once here, as serde's `flatten`
+/// does not combine with `deny_unknown_fields`), and its `common()`.
+macro_rules! system_spec {
+    ($(#[$m:meta])* pub struct $t:ident { $($(#[$fm:meta])* pub $f:ident: $ty:ty,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $t {
+            #[serde(rename = "kind")]
+            _kind: IgnoredAny,
+            #[serde(default)]
+            pub description: String,
+            $($(#[$fm])* pub $f: $ty,)*
+            #[serde(default)]
+            pub init: InitMode,
+            #[serde(default)]
+            pub kernel: Option<String>,
+            #[serde(default = "default_headroom")]
+            pub headroom_mib: u64,
+            #[serde(default)]
+            pub explicit: bool,
+            #[serde(default)]
+            pub cmdline: String,
+        }
+
         impl $t {
             pub fn common(&self) -> SystemCommon {
                 SystemCommon {
@@ -200,61 +223,31 @@ macro_rules! system_common {
     };
 }
 
-/// `kind = "debian-rootfs"`: a Debian system made by mmdebstrap.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DebianRootfsSpec {
-    #[serde(rename = "kind")]
-    _kind: IgnoredAny,
-    #[serde(default)]
-    pub description: String,
-    /// `bookworm`, `trixie`, …
-    pub suite: String,
-    #[serde(default = "default_variant")]
-    pub variant: String,
-    /// Packages installed on top of the variant (`--include`).
-    #[serde(default)]
-    pub packages: Vec<String>,
-    /// sources.list one-line entries (`deb URI SUITE… COMPONENT…`); default: the host's apt
-    /// sources for the suite and its -updates and -security suites.
-    #[serde(default)]
-    pub mirrors: Vec<String>,
-    #[serde(default)]
-    pub init: InitMode,
-    #[serde(default)]
-    pub kernel: Option<String>,
-    #[serde(default = "default_headroom")]
-    pub headroom_mib: u64,
-    #[serde(default)]
-    pub explicit: bool,
-    #[serde(default)]
-    pub cmdline: String,
+system_spec! {
+    /// `kind = "debian-rootfs"`: a Debian system made by mmdebstrap.
+    pub struct DebianRootfsSpec {
+        /// `bookworm`, `trixie`, …
+        pub suite: String,
+        #[serde(default = "default_variant")]
+        pub variant: String,
+        /// Packages installed on top of the variant (`--include`).
+        #[serde(default)]
+        pub packages: Vec<String>,
+        /// sources.list one-line entries (`deb URI SUITE… COMPONENT…`); default: the host's apt
+        /// sources for the suite and its -updates and -security suites.
+        #[serde(default)]
+        pub mirrors: Vec<String>,
+    }
 }
-system_common!(DebianRootfsSpec);
 
-/// `kind = "rootfs-import"`: a directory or tarball the user points at.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RootfsImportSpec {
-    #[serde(rename = "kind")]
-    _kind: IgnoredAny,
-    #[serde(default)]
-    pub description: String,
-    /// A directory or a tarball (plain, gzip, xz, bzip2 or zstd): absolute, or relative to
-    /// the recipe directory.
-    pub path: String,
-    #[serde(default)]
-    pub init: InitMode,
-    #[serde(default)]
-    pub kernel: Option<String>,
-    #[serde(default = "default_headroom")]
-    pub headroom_mib: u64,
-    #[serde(default)]
-    pub explicit: bool,
-    #[serde(default)]
-    pub cmdline: String,
+system_spec! {
+    /// `kind = "rootfs-import"`: a directory or tarball the user points at.
+    pub struct RootfsImportSpec {
+        /// A directory or a tarball (plain, gzip, xz, bzip2 or zstd): absolute, or relative to
+        /// the recipe directory.
+        pub path: String,
+    }
 }
-system_common!(RootfsImportSpec);
 
 /// The container image formats `oci-image` takes (skopeo transports).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -279,36 +272,21 @@ impl OciFormat {
     }
 }
 
-/// `kind = "oci-image"`: a container image's layers, applied by umoci.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OciImageSpec {
-    #[serde(rename = "kind")]
-    _kind: IgnoredAny,
-    #[serde(default)]
-    pub description: String,
-    /// The layout directory or archive: absolute, or relative to the recipe directory.
-    pub path: String,
-    /// Default: a directory is `oci`; a tar holding `oci-layout` is `oci-archive`, one
-    /// holding `manifest.json` is `docker-archive`.
-    #[serde(default)]
-    pub format: Option<OciFormat>,
-    /// The image in a layout or archive holding several (a tag, or `name:tag` for a docker
-    /// archive); default: the only one.
-    #[serde(default)]
-    pub image: Option<String>,
-    #[serde(default)]
-    pub init: InitMode,
-    #[serde(default)]
-    pub kernel: Option<String>,
-    #[serde(default = "default_headroom")]
-    pub headroom_mib: u64,
-    #[serde(default)]
-    pub explicit: bool,
-    #[serde(default)]
-    pub cmdline: String,
+system_spec! {
+    /// `kind = "oci-image"`: a container image's layers, applied by umoci.
+    pub struct OciImageSpec {
+        /// The layout directory or archive: absolute, or relative to the recipe directory.
+        pub path: String,
+        /// Default: a directory is `oci`; a tar holding `oci-layout` is `oci-archive`, one
+        /// holding `manifest.json` is `docker-archive`.
+        #[serde(default)]
+        pub format: Option<OciFormat>,
+        /// The image in a layout or archive holding several (a tag, or `name:tag` for a docker
+        /// archive); default: the only one.
+        #[serde(default)]
+        pub image: Option<String>,
+    }
 }
-system_common!(OciImageSpec);
 
 /// `kind = "kernel-package"`: a prebuilt kernel, from a pinned Debian `linux-image-*` package
 /// (with its modules) or a file.
@@ -864,6 +842,14 @@ mod tests {
         assert_eq!(e.line, 2);
         let e = p("kind = \"disk\"\ncmdline = \"x\"\n").unwrap_err();
         assert!(e.message.contains("unknown field `cmdline`"), "{e}");
+        // The root file system kinds (system_spec!): their own and the common fields read,
+        // anything else refused.
+        let e = p("kind = \"rootfs-import\"\npath = \"t.tar\"\nheadroom = 1\n").unwrap_err();
+        assert!(e.message.contains("unknown field `headroom`"), "{e}");
+        assert!(e.message.contains("headroom_mib"), "{e}");
+        let r = p("kind = \"oci-image\"\npath = \"i.tar\"\ninit = \"image\"\nheadroom_mib = 7\n").unwrap();
+        let Spec::System(sys) = &r.spec else { panic!("{:?}", r.spec) };
+        assert_eq!((sys.common.init, sys.common.headroom_mib), (InitMode::Image, 7));
         let e = p("kind = \"floppy\"\n").unwrap_err();
         assert!(e.message.contains("unknown variant `floppy`"), "{e}");
         let e = p("description = \"x\"\n").unwrap_err();
