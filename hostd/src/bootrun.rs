@@ -12,7 +12,7 @@ use crate::plot;
 use crate::provenance::Provenance;
 use crate::results::ResultsDir;
 use crate::runstate::RunState;
-use crate::startup::{boot_measure_and_check, StartMode};
+use crate::startup::{boot_and_measure, BootPlan, StartMode};
 
 #[derive(Debug, Clone)]
 pub struct BootOptions {
@@ -71,18 +71,11 @@ pub async fn run(
             let cfg = FleetConfig { n, ..opts.fleet.clone() };
             let label = format!("{} n={n} {}", opts.backend, mode.name());
             let copies = opts.image_copies.then_some(images);
-            let b = boot_measure_and_check(
-                backend,
-                run,
-                &cfg,
-                mode,
-                opts.settle,
-                copies,
-                opts.reach,
-                |e| progress(&label, e),
-            )
-            .await
-            .with_context(|| label.clone())?;
+            let plan =
+                BootPlan { mode, settle: opts.settle, copy_images: copies, reach: opts.reach };
+            let b = boot_and_measure(backend, run, &cfg, &plan, |e| progress(&label, e))
+                .await
+                .with_context(|| label.clone())?;
             for r in b.records() {
                 results.append(&r)?;
             }

@@ -11,7 +11,7 @@ mod support {
 use std::time::Duration;
 
 use hostd::backend::{Backend, BackendKind, Exit};
-use hostd::startup::{boot_and_measure, StartMode};
+use hostd::startup::{boot_and_measure, BootPlan, StartMode};
 use support::vm::{self, Expect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,8 +86,9 @@ async fn cold_start_with_image_copies_is_verified_cold() {
     };
     let mut boots = Vec::new();
     for mode in [StartMode::Cold, StartMode::Hot] {
-        let b = boot_and_measure(&backend, &run, &cfg, mode, Duration::ZERO, Some(&images), |_| {})
-            .await;
+        let plan =
+            BootPlan { mode, settle: Duration::ZERO, copy_images: Some(&images), reach: false };
+        let b = boot_and_measure(&backend, &run, &cfg, &plan, |_| {}).await;
         boots.push(b);
     }
     let disk = run.disk_dir();

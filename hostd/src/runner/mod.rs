@@ -23,7 +23,7 @@ use crate::provenance::Provenance;
 use crate::results::{read_records, ResultsDir};
 use crate::runstate::RunState;
 use crate::samples::Record;
-use crate::startup::boot_and_measure;
+use crate::startup::{boot_and_measure, BootPlan};
 use crate::suite::command::{self, CommandSample, UserCommand};
 use crate::suite::{
     isolation, linearity, overhead, ring, BenchSample, StepPlan, Targets, Test as SuiteTest,

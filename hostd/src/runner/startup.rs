@@ -21,7 +21,8 @@ pub(super) async fn startup(
             };
             let settle = Duration::from_secs(ctx.campaign.startup.settle_s);
             let copies = ctx.campaign.startup.image_copies.then_some(ctx.images);
-            match boot_and_measure(backend, ctx.run, &cfg, mode, settle, copies, |_| {}).await {
+            let plan = BootPlan { mode, settle, copy_images: copies, reach: false };
+            match boot_and_measure(backend, ctx.run, &cfg, &plan, |_| {}).await {
                 Ok(b) => {
                     // The step's completion is its StepDone, not FleetDone.
                     for r in b.records() {

@@ -165,34 +165,31 @@ pub fn startup_samples(
         .collect()
 }
 
-/// Boots a fleet, records startup and (after `settle`) memory, tears it down. With
-/// `copy_images`, each guest boots its own copies of these images (made under the run's
-/// disk directory and removed after the fleet).
+/// How [`boot_and_measure`] starts and measures one fleet.
+#[derive(Debug, Clone, Copy)]
+pub struct BootPlan<'a> {
+    /// Cold or hot.
+    pub mode: StartMode,
+    /// Wait after the fleet is up before its memory is read.
+    pub settle: Duration,
+    /// Each guest boots its own copies of these images (made under the run's disk directory
+    /// and removed after the fleet).
+    pub copy_images: Option<&'a Images>,
+    /// The fleet's reachability checked ([`crate::reach`]) after its figures were taken,
+    /// before its teardown.
+    pub reach: bool,
+}
+
+/// Boots a fleet as `plan` says, records startup and (after its settle time) memory, tears
+/// it down.
 pub async fn boot_and_measure(
     backend: &AnyBackend,
     run: &RunState,
     cfg: &FleetConfig,
-    mode: StartMode,
-    settle: Duration,
-    copy_images: Option<&Images>,
+    plan: &BootPlan<'_>,
     on_event: impl FnMut(FleetEvent),
 ) -> Result<FleetBoot, StartupError> {
-    boot_measure_and_check(backend, run, cfg, mode, settle, copy_images, false, on_event).await
-}
-
-/// [`boot_and_measure`], and with `reach` the fleet's reachability checked
-/// ([`crate::reach`]) after its figures were taken, before its teardown.
-#[allow(clippy::too_many_arguments)]
-pub async fn boot_measure_and_check(
-    backend: &AnyBackend,
-    run: &RunState,
-    cfg: &FleetConfig,
-    mode: StartMode,
-    settle: Duration,
-    copy_images: Option<&Images>,
-    reach: bool,
-    on_event: impl FnMut(FleetEvent),
-) -> Result<FleetBoot, StartupError> {
+    let BootPlan { mode, settle, copy_images, reach } = *plan;
     let kind = backend.kind();
     let copies_dir = run.disk_dir().join(format!("images-{kind}-n{}-{}", cfg.n, mode.name()));
     let mut cfg = cfg.clone();
