@@ -405,6 +405,21 @@ async fn end_step(mut srun: tokio::process::Child, n: usize) {
     }
 }
 
+/// Time a worker is given to report its slice of `guests` guests started: T0's lead, one
+/// guest's boot timeout (each guest's counts from its own launch), a minute for the memory
+/// reading and the report, and [`STARTUP_PER_GUEST`] for each launch, which the worker makes
+/// one after another on its host's CPUs. A worker that dies or freezes meanwhile is found by
+/// its heartbeats (`--lost-after`), not by this bound.
+fn startup_within(boot_timeout: Duration, guests: usize) -> Duration {
+    LEAD + boot_timeout + Duration::from_secs(60) + STARTUP_PER_GUEST * guests as u32
+}
+
+/// Per guest of a slice's start: hostd spent up to 12.6 ms of CPU per launch at 5000 ns
+/// guests on one host (docs/benchmarks.md); 10,000 ns guests on two emulated hosts of this
+/// 2-core machine, beside other builds (load average 50-70), had not reported after 365 s
+/// (the bound without this term).
+const STARTUP_PER_GUEST: Duration = Duration::from_millis(50);
+
 /// A fleet started on every host: the workers (each with its startup report, or lost),
 /// their slices and T0 on both of our clocks.
 struct Started {
@@ -422,12 +437,11 @@ async fn start(
 ) -> Result<Started> {
     let mut ws = connect(o, listener, token, srun).await?;
     let (slices, t0_unix_ns, t0_mono) = send_slices(o, &mut ws, token).await?;
-    let within = LEAD + o.boot_timeout + Duration::from_secs(60);
     let reports = futures::future::join_all(ws.iter_mut().zip(&slices).map(|(w, s)| async move {
         if w.rec.lost.is_some() {
             return;
         }
-        match await_booted(w, s, within).await {
+        match await_booted(w, s, startup_within(o.boot_timeout, s.count)).await {
             Ok(b) => w.rec.booted = Some(b),
             Err(e) => w.set_lost(format!("{e:#}")),
         }

@@ -230,3 +230,13 @@ fn a_held_hosts_guests_are_ready_failed_or_lost_from_its_record() {
     assert!(s.guests.iter().all(|g| g.state == GuestState::Lost), "{s:?}");
     assert_eq!(s.guests.len(), 3);
 }
+
+/// The startup report's bound grows with the slice: a host starting 5000 guests, whose
+/// launches follow one another, is not held to a single guest's boot timeout.
+#[test]
+fn the_startup_bound_grows_with_the_slice() {
+    let boot = Duration::from_secs(300);
+    assert_eq!(startup_within(boot, 0), Duration::from_secs(365));
+    assert_eq!(startup_within(boot, 5000), Duration::from_secs(615));
+    assert!(startup_within(boot, 10) < startup_within(boot, 11));
+}
