@@ -14,11 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use vb_protocol::frame::{Event, FrameDecoder};
 use vb_protocol::msg::{Command, GuestMsg, Hello, Outcome, ReplyBody, Request};
+
+use crate::scratch::read_with;
 
 /// Noise bytes tolerated on a channel before the guest is considered to be flooding it.
 pub const MAX_NOISE_BYTES: u64 = 1 << 20;
@@ -232,12 +234,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) {
     let mut hello_tx = Some(hello_tx);
     let mut dec = FrameDecoder::default();
-    let mut buf = vec![0u8; 64 << 10];
     // Set when the process has exited: the channel is read until then, no longer.
     let mut drain_until: Option<tokio::time::Instant> = None;
     let err = loop {
+        // Into the thread's buffer, not one per guest (crate::scratch): the decoder copies.
+        let feed = |b: &[u8]| (b.len(), if b.is_empty() { Vec::new() } else { dec.feed(b) });
         let read = tokio::select! {
-            r = reader.read(&mut buf) => r,
+            r = read_with(&mut reader, feed) => r,
             () = async { exited.as_mut().expect("guarded").await }, if exited.is_some() => {
                 exited = None;
                 drain_until = Some(tokio::time::Instant::now() + EXIT_DRAIN);
@@ -247,8 +250,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 break ChannelError::Exited(String::new());
             }
         };
-        let n = match read {
-            Ok(0) => {
+        let events = match read {
+            Ok((0, _)) => {
                 if let Some(e) = dec.finish() {
                     break ChannelError::Protocol(e.to_string());
                 }
@@ -264,10 +267,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     ChannelError::Closed(String::new())
                 };
             }
-            Ok(n) => n,
+            Ok((_, events)) => events,
             Err(e) => break ChannelError::Io(e.to_string()),
         };
-        if let Err(e) = handle_events(dec.feed(&buf[..n]), &pending, &stats, &mut hello_tx) {
+        if let Err(e) = handle_events(events, &pending, &stats, &mut hello_tx) {
             break e;
         }
     };
@@ -338,7 +341,7 @@ fn handle_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::{duplex, AsyncReadExt};
     use vb_protocol::frame::encode;
     use vb_protocol::msg::{GuestClock, Reply, Role};
 

@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::scratch::read_with;
 
 /// Most bytes of console output kept on disk per guest (both halves).
 pub const CONSOLE_CAP: u64 = 512 << 10;
@@ -134,77 +135,103 @@ async fn pump(
     shared: Arc<Shared>,
     done: watch::Sender<bool>,
 ) {
-    let half = cap / 2;
-    let mut in_file = 0u64;
-    // Set once the files cannot be written (work directory removed, disk full): the pipe
-    // is still drained so the guest never blocks on its console.
-    let mut file_ok = true;
-    let mut rotations = 0u64;
-    let mut buf = vec![0u8; 64 << 10];
-    let mut file = Some(file);
+    let mut sink = Sink {
+        half: cap / 2,
+        in_file: 0,
+        file_ok: true,
+        rotations: 0,
+        file: Some(file),
+        path,
+        shared,
+    };
     loop {
-        let read = if file.is_some() {
-            // `read` is cancel-safe: a timeout loses no output.
-            match tokio::time::timeout(IDLE_CLOSE, rx.read(&mut buf)).await {
+        // Read into the thread's buffer, not one of the guest's own (crate::scratch).
+        let read = if sink.file.is_some() {
+            // Cancel-safe: a timeout loses no output.
+            match tokio::time::timeout(IDLE_CLOSE, read_with(&mut rx, |c| sink.log(c))).await {
                 Ok(r) => r,
                 Err(_) => {
-                    file = None;
+                    sink.file = None;
                     continue;
                 }
             }
         } else {
-            rx.read(&mut buf).await
+            read_with(&mut rx, |c| sink.log(c)).await
         };
-        let n = match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let chunk = &buf[..n];
-        shared.total.fetch_add(n as u64, Ordering::Relaxed);
+        if matches!(read, Ok(0) | Err(_)) {
+            break;
+        }
+    }
+    let _ = done.send(true);
+}
+
+/// Where a console's output goes: the two halves on disk and the tail in memory.
+struct Sink {
+    half: u64,
+    in_file: u64,
+    /// Cleared once the files cannot be written (work directory removed, disk full): the
+    /// pipe is still drained so the guest never blocks on its console.
+    file_ok: bool,
+    rotations: u64,
+    /// Closed while the console is idle.
+    file: Option<File>,
+    path: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl Sink {
+    /// Logs `chunk`; returns its length.
+    fn log(&mut self, chunk: &[u8]) -> usize {
+        let shared = &self.shared;
+        shared.total.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         {
+            // Only the chunk's end can stay in the tail: the tail never grows past it.
+            let chunk = &chunk[chunk.len().saturating_sub(TAIL_KEEP)..];
             let mut t = shared.tail.lock().unwrap_or_else(|e| e.into_inner());
+            let cut = (t.len() + chunk.len()).saturating_sub(TAIL_KEEP);
+            t.drain(..cut);
             t.extend_from_slice(chunk);
-            if t.len() > TAIL_KEEP {
-                let cut = t.len() - TAIL_KEEP;
-                t.drain(..cut);
-            }
         }
         let mut rest = chunk;
-        while file_ok && !rest.is_empty() {
-            if in_file >= half {
-                match rotate(&path) {
-                    Ok(f) => {
-                        // From the second rotation on, an older half is replaced.
-                        if rotations > 0 {
-                            shared.dropped.fetch_add(half, Ordering::Relaxed);
-                        }
-                        rotations += 1;
-                        file = Some(f);
-                        in_file = 0;
-                    }
-                    Err(_) => file_ok = false,
-                }
+        while self.file_ok && !rest.is_empty() {
+            if self.in_file >= self.half {
+                self.rotate();
                 continue;
             }
-            let f = match &mut file {
+            let f = match &mut self.file {
                 Some(f) => f,
-                None => match std::fs::OpenOptions::new().append(true).open(&path) {
-                    Ok(f) => file.insert(f),
+                None => match std::fs::OpenOptions::new().append(true).open(&self.path) {
+                    Ok(f) => self.file.insert(f),
                     Err(_) => {
-                        file_ok = false;
+                        self.file_ok = false;
                         continue;
                     }
                 },
             };
-            let take = rest.len().min((half - in_file) as usize);
+            let take = rest.len().min((self.half - self.in_file) as usize);
             if f.write_all(&rest[..take]).is_err() {
-                file_ok = false;
+                self.file_ok = false;
             }
-            in_file += take as u64;
+            self.in_file += take as u64;
             rest = &rest[take..];
         }
+        chunk.len()
     }
-    let _ = done.send(true);
+
+    fn rotate(&mut self) {
+        match rotate(&self.path) {
+            Ok(f) => {
+                // From the second rotation on, an older half is replaced.
+                if self.rotations > 0 {
+                    self.shared.dropped.fetch_add(self.half, Ordering::Relaxed);
+                }
+                self.rotations += 1;
+                self.file = Some(f);
+                self.in_file = 0;
+            }
+            Err(_) => self.file_ok = false,
+        }
+    }
 }
 
 /// `console.log` becomes `console.log.1`; a new, empty `console.log` is returned.

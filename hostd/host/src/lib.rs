@@ -12,6 +12,7 @@ pub mod pressure;
 pub mod results;
 pub mod rtnl;
 pub mod runstate;
+pub mod scratch;
 
 /// Declares an enum whose values are a closed set of names: results store them, reports
 /// group and order by them, the schema lists them. It gets the derives all such enums
