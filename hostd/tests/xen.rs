@@ -85,6 +85,8 @@ async fn lab_boots_three_pv_domus_under_tcg() {
         // Probed: KVM where a guest boots under it, TCG here.
         accel: None,
         results: results.path().to_path_buf(),
+        system: None,
+        init: Default::default(),
         in_dom0: None,
     };
     let t0 = Instant::now();

@@ -294,10 +294,6 @@ async fn backend_steps(
             })?;
         }
         Err(e) if plan.kind == BackendKind::Xen && campaign.xen.lab && e.reason.not_dom0() => {
-            if let Some(reason) = lab_refuses(images, &e.reason) {
-                say(format!("   unavailable: {reason}"));
-                return ctx.record(&Record::BackendUnavailable { backend: plan.kind, reason });
-            }
             say(format!("   {}; measuring it in the Xen lab (Xen under QEMU)", e.reason));
             return xen_lab(ctx, plan, say).await;
         }
@@ -491,41 +487,5 @@ impl Pass {
             _ => {}
         }
         v
-    }
-}
-
-/// Why the Xen lab cannot stand in for `xen` (unavailable here: `why`) with these images:
-/// its dom0 has no system image, so its domUs would boot the agent's initramfs alone, and
-/// results would claim an image they are not of.
-fn lab_refuses(images: &Images, why: &dyn std::fmt::Display) -> Option<String> {
-    images.system.as_ref().map(|sys| {
-        format!(
-            "{why}; the Xen lab does not carry system images into its dom0 (system {}: docs/xen.md)",
-            sys.name
-        )
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::rootdisk::{InitMode, System};
-
-    #[test]
-    fn the_xen_lab_is_refused_for_a_system_image() {
-        let mut images = Images::default();
-        assert_eq!(lab_refuses(&images, &"not dom0"), None);
-        images.system = Some(System {
-            name: "debian-bookworm".into(),
-            ext4: "/s/rootfs.ext4".into(),
-            ext4_uuid: "0123abcd-4567-89ab-cdef-0123456789ab".into(),
-            tree: "/s/tree".into(),
-            init: InitMode::Agent,
-            image_init: None,
-            private: false,
-        });
-        let r = lab_refuses(&images, &"not dom0").unwrap();
-        assert!(r.starts_with("not dom0; the Xen lab does not carry system images"), "{r}");
-        assert!(r.contains("system debian-bookworm"), "{r}");
     }
 }

@@ -93,6 +93,9 @@ pub(super) async fn xen_lab(ctx: &mut Ctx<'_>, plan: &BackendPlan, say: Say<'_>)
             qemu: ctx.opts.qemu.clone(),
             accel: ctx.opts.accel.clone(),
             results: ctx.results.path.join("xen-lab"),
+            // The campaign's system image goes into the lab's dom0 as a disk (docs/xen.md).
+            system: ctx.images.system.as_ref().map(|s| s.name.clone()),
+            init: ctx.images.system.as_ref().map(|s| s.init).unwrap_or_default(),
             in_dom0: None,
         };
         let mut lab_say = |l: String| say(format!("   {l}"));

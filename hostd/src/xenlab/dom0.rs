@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use vb_protocol::bench::Resource;
 use vb_protocol::frame::FrameDecoder;
 
-use super::ferry::{next_msg, send};
+use super::ferry::{next_msg, send, GuestRoot};
 use super::{
     Dom0Timings, LabJob, LabMsg, LabReport, XenMemory, DOM0_AGENT, DOM0_DOMU_INITRAMFS,
     DOM0_DOMU_KERNEL,
@@ -81,7 +81,7 @@ async fn measure(
     let say = |l: String| {
         let _ = progress.send(l);
     };
-    let images = Images {
+    let mut images = Images {
         agent: DOM0_AGENT.into(),
         initramfs: Some(DOM0_DOMU_INITRAMFS.into()),
         kernel_pv: Some(Kernel {
@@ -89,6 +89,19 @@ async fn measure(
             cmdline: job.domu_cmdline.clone(),
         }),
         ..Default::default()
+    };
+    let system_disk = match &job.system {
+        Some(sys) => {
+            let (system, disk) =
+                super::sysdisk::find(sys, Path::new("/sys/block"), Path::new("/dev")).await?;
+            say(format!(
+                "system {}: {} checked (sha256 {}, hashed in {:.1} s)",
+                system.name, disk.device, disk.sha256, disk.hash_s
+            ));
+            images.system = Some(system);
+            Some(disk)
+        }
+        None => None,
     };
     let backend = AnyBackend::new(BackendKind::Xen, &images, &BackendOptions::default());
     let probe = backend.probe().await.map_err(anyhow::Error::msg)?;
@@ -105,6 +118,8 @@ async fn measure(
         bench: m.bench,
         bench_error: m.bench_error,
         leftover_domains: m.leftover_domains,
+        roots: m.roots,
+        system_disk,
         timings: Dom0Timings {
             dom0_uptime_at_ready_s: uptime,
             fleet_ready_s: m.fleet_ready_s,
@@ -144,6 +159,7 @@ struct Measured {
     bench: Vec<BenchSample>,
     bench_error: Option<String>,
     leftover_domains: Vec<String>,
+    roots: Vec<GuestRoot>,
     fleet_ready_s: f64,
     bench_s: f64,
     teardown_s: f64,
@@ -203,6 +219,11 @@ async fn measure_fleet(
         job.cpu_rounds,
         fleet.guests.len()
     ));
+    let roots = fleet
+        .guests
+        .iter()
+        .map(|g| GuestRoot { guest: g.spec.name.clone(), root: g.hello.root.clone() })
+        .collect();
     let t_bench = Instant::now();
     let (bench, bench_error) = cpu_benchmark(job, &fleet).await;
     let bench_s = t_bench.elapsed().as_secs_f64();
@@ -227,6 +248,7 @@ async fn measure_fleet(
         bench,
         bench_error,
         leftover_domains,
+        roots,
         fleet_ready_s,
         bench_s,
         teardown_s,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use vb_protocol::frame::{Event, FrameDecoder};
 
+use crate::backend::rootdisk::InitMode;
 use crate::backend::xen::DomainInfo;
 use crate::provenance::Provenance;
 use crate::startup::FleetBoot;
@@ -23,7 +24,32 @@ pub struct LabJob {
     pub domu_cmdline: String,
     pub boot_timeout_s: u64,
     pub settle_s: u64,
+    /// The system image the domUs boot (`--system`), or None: the agent's initramfs alone.
+    #[serde(default)]
+    pub system: Option<LabSystem>,
 }
+
+/// A system image as the host's store knows it. dom0 gets its ext4 as the lab machine's
+/// read-only virtio disk with serial [`SYSTEM_SERIAL`] and boots it only if the disk's
+/// size and sha256 are these (dom0 trusts nothing it is sent: `sysdisk::find`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabSystem {
+    /// Its recipe's name.
+    pub name: String,
+    /// sha256 of its `rootfs.ext4` (the store's manifest).
+    pub ext4_sha256: String,
+    /// Its size in bytes.
+    pub ext4_bytes: u64,
+    /// Its file system UUID (the agent finds the root device by it: `vb.root=`).
+    pub ext4_uuid: String,
+    /// Who is PID 1 in the domUs.
+    pub init: InitMode,
+    /// The image's init as its manifest records it (None: it has no usable one).
+    pub image_init: Option<String>,
+}
+
+/// The serial number of the lab machine's system disk (`/sys/block/vd*/serial` in dom0).
+pub const SYSTEM_SERIAL: &str = "vbsys";
 
 /// Xen's own memory accounting around the fleet (dom0's /proc/meminfo does not see domU
 /// RAM). The lab's memory sample counts the machine: dom0's used memory plus what Xen has
@@ -71,6 +97,30 @@ pub struct LabReport {
     /// Domains besides dom0 that `xl list` still showed after the teardown.
     pub leftover_domains: Vec<String>,
     pub timings: Dom0Timings,
+    /// Each ready guest's root as its hello described it (None: no system image).
+    #[serde(default)]
+    pub roots: Vec<GuestRoot>,
+    /// dom0's check of the system disk, when the job had a system image.
+    #[serde(default)]
+    pub system_disk: Option<SystemDisk>,
+}
+
+/// One guest's root as its agent said in its hello.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestRoot {
+    pub guest: String,
+    pub root: Option<vb_protocol::msg::RootInfo>,
+}
+
+/// The system disk dom0 found and checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemDisk {
+    /// Its device in dom0 (`/dev/vda`).
+    pub device: String,
+    /// Its sha256 as dom0 read it (equal to the job's, or dom0 refused it).
+    pub sha256: String,
+    /// Seconds dom0 took to hash it.
+    pub hash_s: f64,
 }
 
 /// The lab's messages (inside the agent protocol's frames).

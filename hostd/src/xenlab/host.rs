@@ -14,7 +14,7 @@ use super::ferry::{next_msg, send};
 use super::machine::qemu_version;
 use super::{
     choose_accel, host_mib_for, host_mib_needed, xen_cmdline, LabArgs, LabJob, LabMachine, LabMsg,
-    LabReport, EMULATED_NOTE,
+    LabReport, LabSystem, EMULATED_NOTE,
 };
 use crate::backend::{BackendKind, Images};
 use crate::bootrun;
@@ -44,7 +44,7 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
         bail!("--host-mib {host_mib} is too small for {} domUs of {} MiB (dom0 takes 512): give at least {needed}", a.guests, a.mem_mib);
     }
     let t_start = Instant::now();
-    let images = crate::images::resolve(None).context("resolving the images")?;
+    let images = lab_images(a)?;
     let parts = LabImages::resolve(&images)?;
     let qemu_version = qemu_version(&a.qemu).await?;
     let (accel, accel_why) = choose_accel(a.accel.as_deref(), &a.qemu, &images).await?;
@@ -56,6 +56,7 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
         dom0_initramfs: &parts.dom0_initramfs,
         host_mib,
         accel,
+        system_disk: parts.system.as_ref().map(|(p, _)| p.as_path()),
     };
     let run = RunGuard(
         RunState::create("xen-lab", Some(a.results.clone())).context("creating the run's state")?,
@@ -83,6 +84,7 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
         domu_cmdline: parts.domu_cmdline.clone(),
         boot_timeout_s: a.timeout,
         settle_s: 2,
+        system: parts.system.as_ref().map(|(_, s)| s.clone()),
     };
     let deadline = Duration::from_secs(a.timeout);
     let outcome = tokio::select! {
@@ -126,6 +128,15 @@ pub async fn run(a: &LabArgs, say: &mut dyn FnMut(String)) -> Result<LabOutcome>
     Ok(LabOutcome { dir: results.path.clone(), report, lab_boot_s, total_s, summary })
 }
 
+/// The image store's images, with `--system`'s image added (checked against its manifest).
+fn lab_images(a: &LabArgs) -> Result<Images> {
+    let mut images = crate::images::resolve(None).context("resolving the images")?;
+    if let Some(name) = &a.system {
+        crate::images::add_system(&mut images, name, a.init)?;
+    }
+    Ok(images)
+}
+
 /// What the lab boots, from the image store, and the hashes of all of it (what dom0 boots
 /// too, its hostd included).
 struct LabImages {
@@ -134,7 +145,28 @@ struct LabImages {
     dom0_cmdline: String,
     dom0_initramfs: PathBuf,
     domu_cmdline: String,
+    /// The system image's ext4 (the lab machine's disk) and what dom0 checks it against.
+    system: Option<(PathBuf, LabSystem)>,
     artifacts: std::collections::BTreeMap<String, String>,
+}
+
+/// The job's description of `images`' system image, from its manifest's hash and UUID.
+fn lab_system(images: &Images) -> Result<Option<(PathBuf, LabSystem)>> {
+    let Some(sys) = &images.system else { return Ok(None) };
+    let key = format!("system {} (rootfs.ext4)", sys.name);
+    let sha = images.hashes.get(&key).with_context(|| format!("no hash recorded for {key}"))?;
+    let bytes = std::fs::metadata(&sys.ext4)
+        .with_context(|| format!("system image {} ({})", sys.name, sys.ext4.display()))?
+        .len();
+    let job = LabSystem {
+        name: sys.name.clone(),
+        ext4_sha256: sha.clone(),
+        ext4_bytes: bytes,
+        ext4_uuid: sys.ext4_uuid.clone(),
+        init: sys.init,
+        image_init: sys.image_init.clone(),
+    };
+    Ok(Some((sys.ext4.clone(), job)))
 }
 
 impl LabImages {
@@ -150,14 +182,25 @@ impl LabImages {
         let mut artifacts: std::collections::BTreeMap<String, String> = images
             .hashes
             .iter()
-            .filter(|(k, _)| ["agent", "initramfs", "kernel-pv"].iter().any(|p| k.starts_with(p)))
+            .filter(|(k, _)| {
+                ["agent", "initramfs", "kernel-pv", "system "].iter().any(|p| k.starts_with(p))
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         artifacts.insert("hostd-static".into(), artifact("hostd-static", "agent")?.1);
         artifacts.insert("xen-hypervisor".into(), xen_sha);
         artifacts.insert("kernel-dom0".into(), dom0_kernel_sha);
         artifacts.insert("xen-lab-dom0".into(), dom0_initramfs_sha);
-        Ok(LabImages { xen, dom0_kernel, dom0_cmdline, dom0_initramfs, domu_cmdline, artifacts })
+        let system = lab_system(images)?;
+        Ok(LabImages {
+            xen,
+            dom0_kernel,
+            dom0_cmdline,
+            dom0_initramfs,
+            domu_cmdline,
+            system,
+            artifacts,
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::LAB_CPU;
+use super::{LAB_CPU, SYSTEM_SERIAL};
 use crate::backend::launch::{control_pair, host_halves, tool_version, GuestCommand};
 use crate::backend::Images;
 use crate::cgroup::Cgroup;
@@ -75,6 +75,7 @@ pub async fn choose_accel(
 }
 
 /// The lab machine's boot images and size.
+#[derive(Clone)]
 pub struct LabMachine<'a> {
     pub xen: &'a Path,
     pub xen_cmdline: String,
@@ -83,6 +84,9 @@ pub struct LabMachine<'a> {
     pub dom0_initramfs: &'a Path,
     pub host_mib: u64,
     pub accel: LabAccel,
+    /// A system image's ext4, given to dom0 as a read-only virtio disk (serial
+    /// [`SYSTEM_SERIAL`]): dom0's 512 MiB could not hold it in its initramfs.
+    pub system_disk: Option<&'a Path>,
 }
 
 /// The lab machine running: its QEMU and the host's halves of its control channel.
@@ -150,6 +154,18 @@ pub fn qemu_args(m: &LabMachine<'_>, log: &Path, ctl_fd: i32) -> Vec<String> {
         "chardev:con",
     ]);
     push(&["-chardev", &format!("socket,id=ctl,fd={ctl_fd}"), "-serial", "chardev:ctl"]);
+    if let Some(disk) = m.system_disk {
+        // Read-only for QEMU too: dom0 only reads it (each domU writes its own overlay).
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,readonly=on,format=raw,id=sys",
+                esc(&disk.display().to_string())
+            ),
+            "-device",
+            &format!("virtio-blk-pci,drive=sys,serial={SYSTEM_SERIAL}"),
+        ]);
+    }
     a
 }
 

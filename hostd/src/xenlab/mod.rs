@@ -28,14 +28,19 @@ mod dom0;
 mod ferry;
 mod host;
 mod machine;
+mod sysdisk;
 #[cfg(test)]
 mod tests;
 
-pub use ferry::{Dom0Timings, LabJob, LabMsg, LabReport, XenMemory};
+pub use ferry::{
+    Dom0Timings, GuestRoot, LabJob, LabMsg, LabReport, LabSystem, SystemDisk, XenMemory,
+    SYSTEM_SERIAL,
+};
 pub use host::{run, LabOutcome};
 pub use machine::{
     choose_accel, host_mib_for, host_mib_needed, qemu_args, xen_cmdline, LabAccel, LabMachine,
 };
+pub use sysdisk::SystemDiskError;
 
 /// Where the dom0 image (recipes/xen-lab-dom0.toml) keeps what the dom0 side boots.
 pub const DOM0_AGENT: &str = "/usr/lib/virtbench/guest-agent";
@@ -81,6 +86,14 @@ pub struct LabArgs {
     /// under it, else TCG].
     #[arg(long)]
     pub accel: Option<String>,
+    /// Boot the domUs from this system image (a root file system recipe in the image store,
+    /// docs/systems.md), carried to dom0 as a read-only disk of the lab machine.
+    #[arg(long, value_name = "RECIPE")]
+    pub system: Option<String>,
+    /// With --system: PID 1 is the agent, or the image's own /sbin/init with the agent as
+    /// its service.
+    #[arg(long, value_enum, default_value = "agent", requires = "system")]
+    pub init: crate::backend::rootdisk::InitMode,
     /// Run as the lab's dom0 side, talking to the host on this tty (dom0's /init does).
     #[arg(long, hide = true)]
     pub in_dom0: Option<PathBuf>,
@@ -148,6 +161,26 @@ pub async fn main(a: LabArgs) -> Result<()> {
             s.value,
             s.unit
         );
+    }
+    if let Some(d) = &r.system_disk {
+        println!(
+            "xen-lab: system {}: dom0's disk {} has the manifest's sha256 {} (hashed in {:.1} s)",
+            a.system.as_deref().unwrap_or("?"),
+            d.device,
+            d.sha256,
+            d.hash_s
+        );
+    }
+    for g in &r.roots {
+        if let Some(root) = &g.root {
+            println!(
+                "xen-lab: {} root {} ({}), PID 1 {}",
+                g.guest,
+                root.device,
+                root.os.as_deref().unwrap_or("no os-release"),
+                root.init
+            );
+        }
     }
     println!("xen-lab: {EMULATED_NOTE}");
     println!("xen-lab: results in {}", o.dir.display());

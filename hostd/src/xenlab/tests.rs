@@ -16,6 +16,7 @@ fn lab_qemu_command_line() {
         dom0_initramfs: Path::new("/s/dom0,1.cpio.gz"),
         host_mib: 2048,
         accel: LabAccel::Tcg,
+        system_disk: None,
     };
     let a = qemu_args(&m, Path::new("/run/virtbench/r1/lab-console.log"), 3);
     let expect = [
@@ -30,12 +31,29 @@ fn lab_qemu_command_line() {
     assert_eq!(a, expect);
     // Under KVM the emulated host has the host's CPU model; nothing else changes.
     let k = qemu_args(
-        &LabMachine { accel: LabAccel::Kvm, ..m },
+        &LabMachine { accel: LabAccel::Kvm, ..m.clone() },
         Path::new("/run/virtbench/r1/lab-console.log"),
         3,
     );
     assert_eq!(&k[4..8], ["-accel", "kvm", "-cpu", "host"]);
     assert_eq!((&k[..4], &k[8..]), (&a[..4], &a[8..]));
+    // A system image: its ext4 as a read-only virtio disk dom0 finds by serial, after
+    // everything else.
+    let s = qemu_args(
+        &LabMachine { system_disk: Some(Path::new("/s/blobs/ab,c")), ..m },
+        Path::new("/run/virtbench/r1/lab-console.log"),
+        3,
+    );
+    assert_eq!(&s[..a.len()], &a[..]);
+    assert_eq!(
+        &s[a.len()..],
+        [
+            "-drive",
+            "file=/s/blobs/ab,,c,if=none,readonly=on,format=raw,id=sys",
+            "-device",
+            "virtio-blk-pci,drive=sys,serial=vbsys"
+        ]
+    );
 }
 
 /// An asked-for accelerator is used as given; anything else is refused by name; with
@@ -65,6 +83,14 @@ async fn messages_survive_framing_and_noise() {
         domu_cmdline: "panic=-1".into(),
         boot_timeout_s: 9,
         settle_s: 1,
+        system: Some(LabSystem {
+            name: "debian-bookworm".into(),
+            ext4_sha256: "ab".repeat(32),
+            ext4_bytes: 1 << 30,
+            ext4_uuid: "0123abcd-4567-89ab-cdef-0123456789ab".into(),
+            init: crate::backend::rootdisk::InitMode::Image,
+            image_init: Some("/lib/systemd/systemd".into()),
+        }),
     };
     let mut bytes = b"(XEN) noise\r\n[    1.0] dom0 kernel line\n".to_vec();
     bytes.extend(
@@ -105,6 +131,8 @@ async fn lab_memory_fits_the_fleet() {
         qemu: "/nonexistent/qemu".into(),
         accel: None,
         results: "/nonexistent".into(),
+        system: None,
+        init: Default::default(),
         in_dom0: None,
     };
     let e = run(&a, &mut |_| {}).await.err().unwrap().to_string();
@@ -145,6 +173,11 @@ fn the_dom0_recipe_matches_the_paths() {
         init.contains("xen-qemu-system-i386 -xen-domid 0 -xen-attach"),
         "the dom0 init starts the qdisk QEMU"
     );
+    // The system disk's drivers are in the image and loaded (dom0 finds the disk by serial).
+    for m in ["virtio", "virtio_ring", "virtio_pci", "virtio_blk"] {
+        assert!(text.contains(&format!("/{m}.ko\"")), "{m}.ko missing from xen-lab-dom0.toml");
+    }
+    assert!(init.contains("virtio_pci virtio_blk"), "the dom0 init loads virtio-blk");
 }
 
 /// The lab's own CPU workload is stated against the campaigns' default wherever the lab

@@ -345,8 +345,9 @@ impl Xen {
             // as a hotplug script xl forked could hold the write end open).
             let _ = tokio::time::timeout(Duration::from_secs(5), copier).await;
             return Err(LaunchError::Channel(format!(
-                "`xl create` exited ({status}) before the domain ran: {}",
-                log_tail(&log_path)
+                "`xl create` exited ({status}) before the domain ran: {}{}",
+                log_tail(&log_path),
+                dm_log_tail(&self.root, &domain_name(spec))
             )));
         };
 
@@ -475,6 +476,16 @@ async fn root_disk(
         ));
     }
     sys.vm_disk_with(qemu_img, workdir).await
+}
+
+/// The end of the domain's device model log (the QEMU libxl starts per domain to serve
+/// its qdisk disks), when libxl left one: why that QEMU stopped is only written there.
+fn dm_log_tail(root: &Path, domain: &str) -> String {
+    let path = root.join(format!("var/log/xen/qemu-dm-{domain}.log"));
+    match path.exists() {
+        true => format!("\n{}:\n{}", path.display(), log_tail(&path)),
+        false => String::new(),
+    }
 }
 
 /// The last lines of a console log, for a launch error.

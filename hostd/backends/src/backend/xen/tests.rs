@@ -323,6 +323,17 @@ async fn failed_create_reports_xl_and_cleans_up() {
     assert!(e.contains("`xl create` exited (exit status: 3) before the domain ran"), "{e}");
     assert!(e.contains("unable to add vif devices"), "{e}");
     assert!(!s.workdir.exists(), "work directory released");
+    // When libxl's per-domain QEMU (qdisk disks) wrote why it stopped, the error says it.
+    let logs = d.path().join("var/log/xen");
+    std::fs::create_dir_all(&logs).unwrap();
+    let dm = logs.join(format!("qemu-dm-{}.log", domain_name(&s)));
+    std::fs::write(&dm, "xen-qemu-system-i386: could not read keymap file: 'en-us'\n").unwrap();
+    let x = Xen { root: d.path().to_path_buf(), ..x };
+    let e = x.launch(&s).await.err().expect("create fails").to_string();
+    assert!(
+        e.contains(&format!("{}:\nxen-qemu-system-i386: could not read keymap", dm.display())),
+        "{e}"
+    );
 }
 
 /// A stand-in `qemu-img`: logs its arguments and makes the overlay (its last argument), or
