@@ -152,7 +152,7 @@ impl std::io::Write for BenchProgress {
 /// `hostd boot --engine slurm`: inside an allocation, the coordinator; outside one, the
 /// same command again under `salloc -N K`.
 pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
-    use hostd::multihost::coordinator;
+    use hostd::multihost::{coordinator, plan::FleetGroup};
     if a.sizes.len() != 1 {
         anyhow::bail!("--engine slurm boots one fleet: give one size with -n (got {:?})", a.sizes);
     }
@@ -171,11 +171,8 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
     // any.
     let images = hostd::images::resolve(a.images.agent.as_deref()).ok().map(|i| i.hashes);
     let o = coordinator::Options {
-        backend: a.backend,
-        n: a.sizes[0],
+        groups: FleetGroup::only(a.backend, a.sizes[0], a.mem_mib, a.vcpus),
         mode,
-        mem_mib: a.mem_mib,
-        vcpus: a.vcpus,
         parallelism: a.parallelism,
         boot_timeout: Duration::from_secs(a.boot_timeout),
         network: !a.no_network,
@@ -262,10 +259,9 @@ pub(crate) fn slurm_summary(out: &hostd::multihost::coordinator::Outcome) -> Don
             .map_or("?".to_string(), |c| format!("{:+.6} s ± {:.6} s", c.offset_s, c.bound_s));
         let b = h.booted.as_ref();
         eprintln!(
-            "hostd: host {}: guests {}..{}: {} ready, lateness {}, clock {c}{}",
+            "hostd: host {}: guests {}: {} ready, lateness {}, clock {c}{}",
             h.hostname,
-            h.first,
-            h.first + h.count,
+            hostd::multihost::proto::SlicePart::describe(&h.parts),
             b.map_or(0, |b| b.ready.len()),
             b.map_or("?".into(), |b| format!("{:.4} s", b.lateness_s)),
             h.lost.as_ref().map_or(String::new(), |l| format!(", LOST: {l}"))

@@ -277,9 +277,6 @@ fn daemon_main(
 /// command line; what a fleet across hosts cannot do yet is refused, naming it.
 fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving> {
     let not = |what: &str| anyhow::anyhow!("--engine slurm: {what} is not done across hosts yet");
-    if !file.groups.is_empty() {
-        return Err(not("a fleet file with [[group]]s"));
-    }
     if file.net.is_some() {
         return Err(not("[net]"));
     }
@@ -293,15 +290,22 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
              this command returns (salloc -N K hostd up …), use --foreground"
         );
     }
-    let g = &file.resolved[0];
     let exe =
         std::env::current_exe().map_err(|e| anyhow::anyhow!("finding hostd's own path: {e}"))?;
     let o = hostd::multihost::coordinator::Options {
-        backend: g.kind,
-        n: g.guests,
+        groups: file
+            .resolved
+            .iter()
+            .map(|g| hostd::multihost::plan::FleetGroup {
+                name: g.name.clone(),
+                backend: g.kind,
+                first: g.first,
+                guests: g.guests,
+                mem_mib: g.mem_mib,
+                vcpus: g.vcpus,
+            })
+            .collect(),
         mode: StartMode::Hot,
-        mem_mib: g.mem_mib,
-        vcpus: g.vcpus,
         parallelism: file.parallelism,
         boot_timeout: Duration::from_secs(file.boot_timeout_s),
         network: file.network,
@@ -321,7 +325,7 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
         hold: Duration::ZERO,
         reach: a.reach,
         ring: None,
-        label: format!("up-slurm-{}", g.kind),
+        label: format!("up-slurm-{}", file.name),
         notes: Vec::new(),
     };
     Ok(Serving::Hosts { o: Box::new(o), salloc: !in_job })

@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use super::clock::{self, mono_ns, real_ns, Offset, Round};
 use super::link::Link;
 use super::plan;
-use super::proto::{Booted, FromWorker, Hello, NetPlan, Slice, SliceFleet, ToWorker};
+use super::proto::{Booted, FromWorker, Hello, NetPlan, Slice, SliceFleet, SlicePart, ToWorker};
 use crate::backend::BackendKind;
 use crate::startup::{FleetBoot, StartMode};
 
@@ -37,12 +37,9 @@ use teardown::{hold, tear_down_reporting, teardown_within};
 /// What `hostd boot --engine slurm` was asked for.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub backend: BackendKind,
-    /// Guests in all.
-    pub n: usize,
+    /// The fleet's groups (one for `boot` and `run`), each split over the hosts.
+    pub groups: Vec<plan::FleetGroup>,
     pub mode: StartMode,
-    pub mem_mib: u32,
-    pub vcpus: u32,
     pub parallelism: usize,
     pub boot_timeout: Duration,
     pub network: bool,
@@ -74,6 +71,30 @@ pub struct Options {
     pub label: String,
     /// Notes for the provenance (what the run did and did not measure).
     pub notes: Vec<String>,
+}
+
+impl Options {
+    /// Guests in all.
+    pub fn n(&self) -> usize {
+        self.groups.iter().map(|g| g.guests).sum()
+    }
+
+    /// The backend of a one-group fleet (`boot` and `run`, whose results name one
+    /// backend); the first group's otherwise.
+    pub fn backend(&self) -> BackendKind {
+        self.groups.first().map_or(BackendKind::Ns, |g| g.backend)
+    }
+
+    /// Every group's backend, once each, in group order.
+    pub fn backends(&self) -> Vec<BackendKind> {
+        let mut out: Vec<BackendKind> = Vec::new();
+        for g in &self.groups {
+            if !out.contains(&g.backend) {
+                out.push(g.backend);
+            }
+        }
+        out
+    }
 }
 
 /// Clock pings per worker.
@@ -208,7 +229,7 @@ async fn hello_of(s: TcpStream, token: &str, lost_after: Duration) -> Result<Wor
         cpus: hello.cpus,
         mem_mib: hello.mem_mib,
         images: hello.images.clone(),
-        first: 0,
+        parts: Vec::new(),
         count: 0,
         clock: None,
         booted: None,
@@ -352,10 +373,14 @@ pub struct Outcome {
 
 /// Runs the whole multi-host boot inside the current Slurm allocation.
 pub async fn run(o: &Options) -> Result<Outcome> {
+    if o.groups.len() != 1 {
+        // Its results (samples, boot.json) are one backend's fleet.
+        bail!("a measured boot across hosts is one group of guests, not {}", o.groups.len());
+    }
     let job = std::env::var("SLURM_JOB_ID").ok();
     let (listener, token, mut srun) = launch(o).await?;
     let outcome = coordinate(o, &listener, &token, &mut srun, job).await;
-    end_step(srun, o.n).await;
+    end_step(srun, o.n()).await;
     outcome
 }
 
@@ -372,11 +397,12 @@ async fn launch(o: &Options) -> Result<(TcpListener, String, tokio::process::Chi
     let at = listener.local_addr()?;
     let token = new_token()?;
     let k = o.hosts.to_string();
+    let backends: Vec<&str> = o.backends().iter().map(|b| b.name()).collect();
     eprintln!("hostd: coordinator on {at}: starting {k} workers with srun");
     let srun = tokio::process::Command::new("srun")
         .args(["--ntasks-per-node=1", "-N", &k, "-n", &k, "--kill-on-bad-exit=0", "--"])
         .arg(&o.exe)
-        .args(["worker", "--connect", &at.to_string(), "--backend", o.backend.name()])
+        .args(["worker", "--connect", &at.to_string(), "--backend", &backends.join(",")])
         .args(["--lost-after", &o.lost_after.as_secs_f64().to_string()])
         .env("VIRTBENCH_WORKER_TOKEN", &token)
         .stdin(Stdio::null())
@@ -450,7 +476,7 @@ async fn coordinate(
     let ring = match &o.ring {
         Some(r) => {
             eprintln!("hostd: measuring the ring across hosts");
-            Some(ring::run(&mut ws, o.backend, r).await)
+            Some(ring::run(&mut ws, o.backend(), r).await)
         }
         None => None,
     };
@@ -487,8 +513,10 @@ async fn connect(
         (a.hello.node_id, &a.hello.hostname).cmp(&(b.hello.node_id, &b.hello.hostname))
     });
     check_images(&ws, o.images.as_ref())?;
-    if let Some(w) = ws.iter().find(|w| !w.hello.backends.contains(&o.backend)) {
-        bail!("host {}: backend {} is not available there (its probe failed; see the worker's log above)", w.name(), o.backend);
+    for b in o.backends() {
+        if let Some(w) = ws.iter().find(|w| !w.hello.backends.contains(&b)) {
+            bail!("host {}: backend {b} is not available there (its probe failed; see the worker's log above)", w.name());
+        }
     }
     for w in ws.iter_mut() {
         let c = measure_clock(w)
@@ -517,20 +545,16 @@ async fn send_slices(
     if weights.len() != ws.len() {
         bail!("--weights has {} weights for {} hosts", weights.len(), ws.len());
     }
-    let parts = plan::split(o.n, &weights).map_err(anyhow::Error::msg)?;
+    let parts = plan::split_groups(&o.groups, &weights).map_err(anyhow::Error::msg)?;
     let vni = u32::from_str_radix(&token[..6], 16).unwrap_or(1).max(1);
     let t0_unix_ns = real_ns() + LEAD.as_nanos() as u64;
     let t0_mono = mono_ns() + LEAD.as_nanos() as u64;
     let addrs: Vec<Ipv4Addr> = ws.iter().map(|w| w.hello.addr).collect();
     let mut slices = Vec::new();
-    for (slot, (w, &(first, count))) in ws.iter_mut().zip(&parts).enumerate() {
+    for (slot, (w, parts)) in ws.iter_mut().zip(parts).enumerate() {
         let s = Slice {
-            first,
-            count,
-            backend: o.backend,
+            parts,
             fleet: SliceFleet {
-                mem_mib: o.mem_mib,
-                vcpus: o.vcpus,
                 parallelism: o.parallelism,
                 boot_timeout_s: o.boot_timeout.as_secs(),
                 cold: o.mode == StartMode::Cold,
@@ -549,7 +573,7 @@ async fn send_slices(
             },
             t0_unix_ns,
         };
-        (w.rec.first, w.rec.count) = (first, count);
+        (w.rec.parts, w.rec.count) = (s.parts.clone(), SlicePart::total(&s.parts));
         if let Err(e) = w.link.send(&ToWorker::Slice(s.clone())) {
             w.set_lost(format!("sending its slice: {e}"));
         }

@@ -75,6 +75,10 @@ fn differing_images_name_the_host() {
     assert!(same_images(&extra, &own, "n4").unwrap_err().contains("kernel"));
 }
 
+fn part(group: &str, backend: BackendKind, first: usize, count: usize) -> SlicePart {
+    SlicePart { group: group.into(), backend, first, count, mem_mib: 64, vcpus: 1 }
+}
+
 /// A host of a finished run whose 2 guests (from `first`) are ready and torn down clean.
 fn host(name: &str, first: usize) -> HostRecord {
     HostRecord {
@@ -85,7 +89,7 @@ fn host(name: &str, first: usize) -> HostRecord {
         cpus: 1,
         mem_mib: 100,
         images: BTreeMap::new(),
-        first,
+        parts: vec![part("ns", BackendKind::Ns, first, 2)],
         count: 2,
         clock: None,
         booted: None,
@@ -190,6 +194,8 @@ fn a_held_hosts_guests_are_ready_failed_or_lost_from_its_record() {
         addr: "10.250.0.12".parse().unwrap(),
         cpus: 2,
         mem_mib: 1024,
+        // A mixed fleet's slice: g3-g4 of group a, g5 of group b.
+        parts: vec![part("a", BackendKind::Ns, 3, 2), part("b", BackendKind::Uml, 5, 1)],
         count: 3,
         booted: Some(Booted {
             run: "r1".into(),
@@ -214,6 +220,8 @@ fn a_held_hosts_guests_are_ready_failed_or_lost_from_its_record() {
         states,
         [("g3", GuestState::Ready), ("g4", GuestState::Failed), ("g5", GuestState::Ready)]
     );
+    let groups: Vec<_> = s.guests.iter().map(|g| (g.group.as_str(), g.backend)).collect();
+    assert_eq!(groups, [("a", BackendKind::Ns), ("a", BackendKind::Ns), ("b", BackendKind::Uml)]);
     assert_eq!(s.guests[0].addr.as_deref(), Some("10.211.0.5"));
     assert_eq!(s.guests[2].ready_after_s, Some(0.3));
     assert_eq!(s.run.as_deref(), Some("r1"));
