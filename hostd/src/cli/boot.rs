@@ -177,6 +177,7 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
         boot_timeout: Duration::from_secs(a.boot_timeout),
         network: !a.no_network,
         limits: Default::default(),
+        topology: None,
         hosts: usize::from(hosts),
         weights: a.weights,
         listen: a.slurm.listen,
@@ -308,6 +309,7 @@ pub(crate) async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         backend_opts: backend_options(&a.images),
         images,
         lost_after: Duration::from_secs_f64(a.lost_after),
+        systems: a.systems,
     })
     .await
 }

@@ -379,6 +379,7 @@ async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
         boot_timeout: Duration::from_secs(campaign.guest.boot_timeout_s),
         network: true,
         limits: Default::default(),
+        topology: None,
         hosts: usize::from(hosts),
         weights: Vec::new(),
         listen: a.slurm.listen,

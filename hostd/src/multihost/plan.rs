@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::rootdisk::InitMode;
 use crate::backend::BackendKind;
 
 /// One group of a fleet across hosts: guests `first..first + guests`, numbered as on one
@@ -16,13 +17,15 @@ pub struct FleetGroup {
     pub guests: usize,
     pub mem_mib: u32,
     pub vcpus: u32,
+    /// The system image its guests boot, and who is their PID 1 (None: the agent's own).
+    pub system: Option<(String, InitMode)>,
 }
 
 impl FleetGroup {
     /// The one group of a fleet of `guests` guests of `backend` (`boot`, `run`).
     pub fn only(backend: BackendKind, guests: usize, mem_mib: u32, vcpus: u32) -> Vec<FleetGroup> {
         let name = backend.name().to_string();
-        vec![FleetGroup { name, backend, first: 0, guests, mem_mib, vcpus }]
+        vec![FleetGroup { name, backend, first: 0, guests, mem_mib, vcpus, system: None }]
     }
 }
 
@@ -36,6 +39,9 @@ pub struct SlicePart {
     pub count: usize,
     pub mem_mib: u32,
     pub vcpus: u32,
+    /// Its group's system image and init mode (None: the agent's own image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<(String, InitMode)>,
 }
 
 impl SlicePart {
@@ -74,10 +80,7 @@ impl SlicePart {
 
 /// Splits every group over the hosts by [`split`] (each group as one fleet is split), as
 /// each host's parts in group order; a group with no guest on a host has no part there.
-pub fn split_groups(
-    groups: &[FleetGroup],
-    weights: &[f64],
-) -> Result<Vec<Vec<SlicePart>>, String> {
+pub fn split_groups(groups: &[FleetGroup], weights: &[f64]) -> Result<Vec<Vec<SlicePart>>, String> {
     let mut hosts = vec![Vec::new(); weights.len()];
     for g in groups {
         for (h, (off, count)) in split(g.guests, weights)?.into_iter().enumerate() {
@@ -89,6 +92,7 @@ pub fn split_groups(
                     count,
                     mem_mib: g.mem_mib,
                     vcpus: g.vcpus,
+                    system: g.system.clone(),
                 });
             }
         }
@@ -204,6 +208,7 @@ mod tests {
             guests,
             mem_mib: 64,
             vcpus: 1,
+            system: None,
         };
         let groups = [g("a", BackendKind::Ns, 0, 4), g("b", BackendKind::Uml, 4, 2)];
         let hosts = split_groups(&groups, &[1.0; 3]).unwrap();
@@ -215,7 +220,8 @@ mod tests {
         assert_eq!(parts(2), [("a".into(), 3, 1)]);
         assert_eq!(SlicePart::describe(&hosts[0]), "g0–g1 (a), g4 (b)");
         assert_eq!(SlicePart::describe(&[]), "none");
-        let all: Vec<usize> = hosts.iter().flat_map(|h| SlicePart::indices(h).map(|x| x.0)).collect();
+        let all: Vec<usize> =
+            hosts.iter().flat_map(|h| SlicePart::indices(h).map(|x| x.0)).collect();
         let mut sorted = all.clone();
         sorted.sort();
         assert_eq!(sorted, [0, 1, 2, 3, 4, 5], "{all:?}");

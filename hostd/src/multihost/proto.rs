@@ -164,6 +164,10 @@ pub struct SliceFleet {
     /// Per-guest cgroup limits (a fleet file's `[limits]`).
     #[serde(default)]
     pub limits: SliceLimits,
+    /// The whole fleet's emulated network (a fleet file's `[net]`, resolved for every
+    /// guest): the worker shapes its own guests' links by it once they are up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<crate::netem::Topology>,
 }
 
 /// A worker's slice of the fleet.
@@ -457,6 +461,7 @@ pub(crate) mod tests {
                     count: 2,
                     mem_mib: 64,
                     vcpus: 1,
+                    system: Some(("debian".into(), crate::backend::rootdisk::InitMode::Agent)),
                 },
                 SlicePart {
                     group: "uml".into(),
@@ -465,6 +470,7 @@ pub(crate) mod tests {
                     count: 1,
                     mem_mib: 64,
                     vcpus: 1,
+                    system: None,
                 },
             ],
             fleet: SliceFleet {
@@ -473,6 +479,7 @@ pub(crate) mod tests {
                 cold: false,
                 net: None,
                 limits: SliceLimits::default(),
+                topology: None,
             },
             t0_unix_ns: 1,
         }

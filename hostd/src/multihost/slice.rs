@@ -10,7 +10,7 @@ use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
 use vb_protocol::msg::{Command, ReplyBody};
 
 use super::proto::{self, Booted, GuestLost, GuestReady, Slice, SlicePart};
-use crate::backend::{AnyBackend, BackendOptions, Images};
+use crate::backend::{AnyBackend, BackendKind, BackendOptions, Images};
 use crate::fleet::{self, Fleet, FleetConfig};
 use crate::netlab::FleetNet;
 use crate::runstate::RunState;
@@ -43,7 +43,9 @@ pub(super) fn plan(
 ) -> Result<Vec<Planned>> {
     let mut out = Vec::with_capacity(s.parts.len());
     for p in &s.parts {
-        let backend = AnyBackend::new(p.backend, images, opts);
+        let images = part_images(p, images)
+            .map_err(|e| anyhow::anyhow!("group {:?} ({}): {e:#}", p.group, p.backend))?;
+        let backend = AnyBackend::new(p.backend, &images, opts);
         let cfg = cfg(p);
         fleet::check(&backend, &cfg, p.first)
             .map_err(|e| anyhow::anyhow!("group {:?} ({}): {e}", p.group, p.backend))?;
@@ -52,14 +54,31 @@ pub(super) fn plan(
     Ok(out)
 }
 
+/// The images of a part: the agent's, with its group's system image if it has one (a
+/// container keeps the agent as PID 1, as on one machine).
+fn part_images(p: &SlicePart, images: &Images) -> Result<Images> {
+    let Some((name, init)) = &p.system else { return Ok(images.clone()) };
+    let mut im = images.clone();
+    crate::images::add_system(&mut im, name, *init)?;
+    if matches!(p.backend, BackendKind::Ns | BackendKind::Oci) {
+        im.system = im.system.take().map(|s| s.for_container(p.backend.name()));
+    }
+    Ok(im)
+}
+
 impl Running {
     /// Starts every part at once on `net`; if one cannot start at all, whatever started is
     /// torn down and the error names its group.
-    pub async fn start(planned: Vec<Planned>, run: &RunState, net: Option<FleetNet>) -> Result<Running> {
-        let started = futures::future::join_all(planned.iter().map(|p| {
-            fleet::start_on(&p.backend, run, &p.cfg, net.clone(), p.part.first, |_| {})
-        }))
-        .await;
+    pub async fn start(
+        planned: Vec<Planned>,
+        run: &RunState,
+        net: Option<FleetNet>,
+    ) -> Result<Running> {
+        let started =
+            futures::future::join_all(planned.iter().map(|p| {
+                fleet::start_on(&p.backend, run, &p.cfg, net.clone(), p.part.first, |_| {})
+            }))
+            .await;
         let mut running = Running { parts: Vec::new(), net };
         let mut error = None;
         for (p, r) in planned.into_iter().zip(started) {
@@ -86,7 +105,13 @@ impl Running {
     }
 
     /// The startup report: every part's ready guests (from the common start) and failures.
-    pub fn booted(&self, run: &RunState, lateness_s: f64, start_mono_ns: u64, clean: impl Fn(&str) -> String) -> Booted {
+    pub fn booted(
+        &self,
+        run: &RunState,
+        lateness_s: f64,
+        start_mono_ns: u64,
+        clean: impl Fn(&str) -> String,
+    ) -> Booted {
         let fleets = || self.parts.iter().map(|p| &p.fleet);
         Booted {
             run: run.run.clone(),
@@ -101,6 +126,19 @@ impl Running {
                 .map(|f| GuestLost { index: f.index, kind: f.kind.clone(), error: clean(&f.error) })
                 .collect(),
         }
+    }
+
+    /// Shapes this host's ready guests' links by the whole fleet's topology (`[net]`):
+    /// traffic from a guest here to one on another host gets this guest's link and the
+    /// matrix here, the other guest's link on its host, and the VXLAN between them.
+    pub fn shape(&self, run: &RunState, topo: &crate::netem::Topology) -> Result<(), String> {
+        let Some(net) = &self.net else {
+            return Err("[net] needs the fleet network".into());
+        };
+        let mut indices: Vec<usize> =
+            self.parts.iter().flat_map(|p| p.fleet.guests.iter().map(|g| g.spec.index)).collect();
+        indices.sort_unstable();
+        crate::net::set(&run.scratch, &net.netns, topo, &indices)
     }
 
     /// The ready guest with global index `index`.
@@ -129,7 +167,11 @@ impl Running {
     /// from a guest sharing the host's kernel, from its network namespace
     /// (`reach::check_to`); from a guest with a kernel of its own, by its agent
     /// (request/response exchanges of 64 KiB with the target's reach server).
-    pub async fn reach(&self, asked: &[(usize, usize)], clean: impl Fn(&str) -> String) -> proto::Reached {
+    pub async fn reach(
+        &self,
+        asked: &[(usize, usize)],
+        clean: impl Fn(&str) -> String,
+    ) -> proto::Reached {
         let mut r = proto::Reached::default();
         let mut bad = Vec::new();
         for p in &self.parts {
@@ -166,7 +208,9 @@ impl Running {
     /// Tears every part down at once, then the network: (clean, killed, what was left).
     pub async fn teardown(self, grace: Duration) -> (usize, usize, Vec<String>) {
         let done = futures::future::join_all(
-            self.parts.into_iter().map(|p| async move { p.fleet.teardown(&p.backend, grace).await }),
+            self.parts
+                .into_iter()
+                .map(|p| async move { p.fleet.teardown(&p.backend, grace).await }),
         )
         .await;
         let (mut clean, mut killed, mut left) = (0, 0, Vec::new());

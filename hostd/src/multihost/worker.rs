@@ -32,6 +32,8 @@ pub struct WorkerOptions {
     pub backend_opts: BackendOptions,
     /// A coordinator that sends nothing, not even a heartbeat, for this long is gone.
     pub lost_after: Duration,
+    /// System images whose hashes the hello reports (the fleet's groups boot them).
+    pub systems: Vec<String>,
 }
 
 /// How long a guest may take to power off at teardown before it is killed.
@@ -82,15 +84,27 @@ async fn hello(o: &WorkerOptions, addr: std::net::Ipv4Addr) -> Hello {
         cpus: report.host.cpus.clamp(1, 1 << 20) as u32,
         mem_mib: mem_mib(),
         backends,
-        images: o
-            .images
-            .hashes
+        images: with_systems(&o.images, &o.systems)
             .iter()
             .take(proto::MAX_IMAGES)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<BTreeMap<_, _>>(),
         addr,
     }
+}
+
+/// The images' hashes with those of each system image (one this host lacks is left out,
+/// and said in its log: the coordinator names it missing here).
+fn with_systems(images: &Images, systems: &[String]) -> BTreeMap<String, String> {
+    let mut hashes = images.hashes.clone();
+    for name in systems {
+        let mut im = images.clone();
+        match crate::images::add_system(&mut im, name, Default::default()) {
+            Ok(()) => hashes.extend(im.hashes),
+            Err(e) => eprintln!("hostd worker: system image {name}: {e:#}"),
+        }
+    }
+    hashes
 }
 
 /// Runs the worker until its fleet is torn down.
@@ -147,6 +161,15 @@ async fn slice(
             return Err(e);
         }
     };
+    // After the timed start, as on one machine; a host that cannot shape keeps no guest.
+    if let Some(Err(e)) = s.fleet.topology.as_ref().map(|t| running.shape(&run, t)) {
+        let (_, _, left) = running.teardown(GRACE).await;
+        let cleaned = run.finish();
+        let left: String = left.iter().map(|l| format!("; left: {l}")).collect();
+        let message = clean(&format!("the fleet's network ([net]): {e}{left}; {cleaned}"));
+        let _ = link.send(&FromWorker::Error { message: message.clone() });
+        bail!(message);
+    }
     let booted = running.booted(&run, lateness_s, start_mono_ns, clean);
     let reported = link.send(&FromWorker::Booted(booted));
     // Hold the fleet until the coordinator says so, its link drops, or Slurm ends the step.

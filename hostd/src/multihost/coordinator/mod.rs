@@ -45,6 +45,9 @@ pub struct Options {
     pub network: bool,
     /// Per-guest cgroup limits on every host (`hostd up`'s fleet file `[limits]`).
     pub limits: super::proto::SliceLimits,
+    /// The emulated network of the whole fleet (`hostd up`'s fleet file `[net]`): each
+    /// worker shapes its own guests' links by it.
+    pub topology: Option<crate::netem::Topology>,
     /// Hosts (nodes of the allocation) to use.
     pub hosts: usize,
     /// Per-host weights of the split (empty: even).
@@ -83,6 +86,17 @@ impl Options {
     /// backend); the first group's otherwise.
     pub fn backend(&self) -> BackendKind {
         self.groups.first().map_or(BackendKind::Ns, |g| g.backend)
+    }
+
+    /// Every group's system image, once each, in group order.
+    pub fn systems(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (name, _) in self.groups.iter().filter_map(|g| g.system.as_ref()) {
+            if !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+        out
     }
 
     /// Every group's backend, once each, in group order.
@@ -404,6 +418,12 @@ async fn launch(o: &Options) -> Result<(TcpListener, String, tokio::process::Chi
         .arg(&o.exe)
         .args(["worker", "--connect", &at.to_string(), "--backend", &backends.join(",")])
         .args(["--lost-after", &o.lost_after.as_secs_f64().to_string()])
+        // Each worker reports these images' hashes too, checked like the others'.
+        .args(if o.systems().is_empty() {
+            vec![]
+        } else {
+            vec!["--systems".to_string(), o.systems().join(",")]
+        })
         .env("VIRTBENCH_WORKER_TOKEN", &token)
         .stdin(Stdio::null())
         // Not killed with the coordinator (Ctrl-C): Slurm would then end the step and kill
@@ -559,6 +579,7 @@ async fn send_slices(
                 boot_timeout_s: o.boot_timeout.as_secs(),
                 cold: o.mode == StartMode::Cold,
                 limits: o.limits.clone(),
+                topology: o.topology.clone(),
                 net: o.network.then(|| NetPlan {
                     slot: slot as u16,
                     hosts: addrs.len() as u16,

@@ -76,7 +76,7 @@ fn differing_images_name_the_host() {
 }
 
 fn part(group: &str, backend: BackendKind, first: usize, count: usize) -> SlicePart {
-    SlicePart { group: group.into(), backend, first, count, mem_mib: 64, vcpus: 1 }
+    SlicePart { group: group.into(), backend, first, count, mem_mib: 64, vcpus: 1, system: None }
 }
 
 /// A host of a finished run whose 2 guests (from `first`) are ready and torn down clean.
