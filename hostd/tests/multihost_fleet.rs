@@ -9,12 +9,16 @@
 //!   gives a cross-host ping of at least 40 ms; without it, a delay is refused naming
 //!   netem and nothing is left.
 //!
+//! - `system = NAME`: every host checked to hold the same system image (ext4, tree and
+//!   recipe hashes), and every ns guest on every host running the image's tree.
+//!
 //! Needs root, the Slurm packages (scripts/install-deps) and the images (VIRTBENCH_IMAGES)
 //! with the UML kernel.
 
 mod support {
     pub mod cli;
     pub mod skip;
+    pub mod system;
     // Shared with tests/multihost.rs, whose boots and results this file does not use.
     #[allow(dead_code)]
     pub mod slurmlab;
@@ -96,12 +100,20 @@ fn a_fleet_of_ns_and_uml_groups_spans_three_hosts_and_down_leaves_nothing() {
         assert_eq!(words.get(1..2), Some(&[group][..]), "{g}: {status}");
         assert!(words.contains(&host), "{g} not on {host}: {status}");
     }
-    // Every guest of both groups on every host answers.
-    let o = on_login(&lab, &["exec", &name, "--", "/sbin/guest-agent", "--version"]);
-    assert!(o.status.success(), "hostd exec: {}", text(&o));
-    let answers = by_guest(&String::from_utf8_lossy(&o.stdout));
-    assert_eq!(answers.len(), 6, "{answers:?}");
-    assert!(answers.values().all(|(said, _)| said.starts_with("exit 0 in ")), "{answers:?}");
+    // Every guest of both groups on every host answers: the agent is the one program in
+    // both images (the ns rootfs's /sbin/guest-agent, the VMs' initramfs's /init).
+    for (g, agent) in
+        (0..6).map(|i| (format!("g{i}"), if i < 4 { "/sbin/guest-agent" } else { "/init" }))
+    {
+        let o = on_login(&lab, &["exec", &name, "--guest", &g, "--", agent, "--version"]);
+        let answers = by_guest(&String::from_utf8_lossy(&o.stdout));
+        assert!(o.status.success(), "hostd exec --guest {g}: {}", text(&o));
+        let (said, out) = &answers[&g];
+        assert!(
+            said.starts_with("exit 0 in ") && out.starts_with("guest-agent "),
+            "{g}: {answers:?}"
+        );
+    }
     let o = on_login(&lab, &["down", &name]);
     assert!(o.status.success(), "hostd down: {}", text(&o));
     let o = lab_exec(&lab, &["squeue", "-h"]);
@@ -175,6 +187,9 @@ fn each_host_shapes_its_own_guests_links_from_the_one_net_plan() {
         }
         runs.push(run);
     }
+    // Changing it later is not done across hosts: refused, saying so.
+    let o = on_login(&lab, &["net", &name, "show"]);
+    assert!(!o.status.success() && text(&o).contains("runs across hosts"), "{}", text(&o));
     let o = on_login(&lab, &["down", &name]);
     assert!(o.status.success(), "hostd down: {}", text(&o));
     lab.assert_clean_of(&runs);
@@ -229,4 +244,59 @@ fn rtt_across_hosts_is_at_least(lab: &Lab, name: &str, ms: f64) {
         .and_then(|v| v.split('/').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no round-trip times in: {out}"));
     assert!(min >= ms, "min RTT {min} ms < {ms} ms: {out}");
+}
+
+/// The test system (support/system.rs), built into the store the lab's hosts use.
+const SYSTEM: &str = "hostd-mh-test-system";
+
+#[test]
+fn a_fleet_of_a_system_image_boots_it_on_every_host() {
+    if let Some(why) = support::system::unusable() {
+        support::skip::skip(None, &why);
+        return;
+    }
+    let Some((_s, lab)) = serial_lab("s") else { return };
+    let scratch = support::system::scratch("vb-mh-system");
+    let tree = scratch.path().join(SYSTEM);
+    support::system::make_tree(&tree, true).unwrap();
+    let recipe =
+        format!("kind = \"rootfs-import\"\npath = \"{}\"\nheadroom_mib = 8\n", tree.display());
+    // Built in the store the lab's hosts share (VIRTBENCH_IMAGES of this test).
+    std::env::set_var("VIRTBENCH_IMAGES", images());
+    support::system::build(scratch.path(), &[(SYSTEM, recipe)]).unwrap();
+    let name = format!("mhsy{}", std::process::id() % 1_000_000);
+    let file = scratch.path().join("fleet.toml");
+    let fleet = format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 3\nsystem = \"{SYSTEM}\"\n");
+    std::fs::write(&file, fleet).unwrap();
+    let o = on_login(&lab, &["up", file.to_str().unwrap(), "--engine", "slurm", "--hosts", "3"]);
+    assert!(o.status.success(), "hostd up: {}", text(&o));
+    let hosts = hosts_of(&lab, &name);
+    let runs: Vec<String> = hosts.iter().map(|h| h["run"].as_str().unwrap().to_string()).collect();
+    for h in &hosts {
+        assert_eq!(states(h), ["ready"], "{h}");
+    }
+    // Every guest, one a host, runs in the image's tree: its busybox and os-release.
+    let o = on_login(&lab, &["exec", &name, "--", "/bin/busybox", "cat", "/etc/os-release"]);
+    assert!(o.status.success(), "hostd exec: {}", text(&o));
+    let answers = by_guest(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    for (g, (said, out)) in &answers {
+        assert!(
+            said.starts_with("exit 0 in ") && out.contains(support::system::OS),
+            "{g}: {said} {out}"
+        );
+    }
+    let o = on_login(&lab, &["down", &name]);
+    assert!(o.status.success(), "hostd down: {}", text(&o));
+    lab.assert_clean_of(&runs);
+    // A system the store does not have: refused before any host is asked, naming it.
+    let file = scratch.path().join("missing.toml");
+    let fleet =
+        format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 3\nsystem = \"no-such-system\"\n");
+    std::fs::write(&file, fleet).unwrap();
+    let o = on_login(&lab, &["up", file.to_str().unwrap(), "--engine", "slurm", "--hosts", "3"]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("no-such-system"), "{t}");
+    lab.assert_clean();
+    lab.down_finding_nothing();
 }

@@ -75,6 +75,24 @@ fn differing_images_name_the_host() {
     assert!(same_images(&extra, &own, "n4").unwrap_err().contains("kernel"));
 }
 
+#[test]
+fn a_host_without_the_fleets_system_image_is_named() {
+    // The reference holds the system's hashes (the coordinator's store, or the first
+    // host's); a worker that could not resolve the system reports none of them.
+    let mut own: BTreeMap<String, String> = [("agent".to_string(), "a".repeat(64))].into();
+    for part in ["rootfs.ext4", "tree", "recipe"] {
+        own.insert(format!("system debian ({part})"), "d".repeat(64));
+    }
+    let lacking: BTreeMap<String, String> = [("agent".to_string(), "a".repeat(64))].into();
+    let e = same_images(&lacking, &own, "n3").unwrap_err();
+    assert!(e.contains("host n3 has no image system debian ("), "{e}");
+    // Another build of it (its tree differs): named with both hashes.
+    let mut other = own.clone();
+    other.insert("system debian (tree)".into(), "e".repeat(64));
+    let e = same_images(&other, &own, "n2").unwrap_err();
+    assert!(e.contains("host n2: image system debian (tree) is sha256 eee"), "{e}");
+}
+
 fn part(group: &str, backend: BackendKind, first: usize, count: usize) -> SlicePart {
     SlicePart { group: group.into(), backend, first, count, mem_mib: 64, vcpus: 1, system: None }
 }
