@@ -261,8 +261,8 @@ fn a_fleet_of_a_system_image_boots_it_on_every_host() {
     support::system::make_tree(&tree, true).unwrap();
     let recipe =
         format!("kind = \"rootfs-import\"\npath = \"{}\"\nheadroom_mib = 8\n", tree.display());
-    // Built in the store the lab's hosts share (VIRTBENCH_IMAGES of this test).
-    std::env::set_var("VIRTBENCH_IMAGES", images());
+    // Built in the store the lab's hosts share (this test's VIRTBENCH_IMAGES, or the
+    // workspace's, as `images()` and imagegen both default to).
     support::system::build(scratch.path(), &[(SYSTEM, recipe)]).unwrap();
     let name = format!("mhsy{}", std::process::id() % 1_000_000);
     let file = scratch.path().join("fleet.toml");

@@ -83,11 +83,9 @@ impl Running {
         let mut error = None;
         for (p, r) in planned.into_iter().zip(started) {
             match r {
-                Ok(mut fleet) => {
-                    // The network is the slice's, removed once after every part.
-                    fleet.net = None;
-                    running.parts.push(Part { backend: p.backend, fleet });
-                }
+                // Each part keeps the network for what reads it (the ring's labels);
+                // `teardown` removes it once, after every part.
+                Ok(fleet) => running.parts.push(Part { backend: p.backend, fleet }),
                 Err(e) => {
                     let e = anyhow::anyhow!("group {:?} ({}): {e:#}", p.part.group, p.part.backend);
                     error = error.or(Some(e));
@@ -207,11 +205,11 @@ impl Running {
 
     /// Tears every part down at once, then the network: (clean, killed, what was left).
     pub async fn teardown(self, grace: Duration) -> (usize, usize, Vec<String>) {
-        let done = futures::future::join_all(
-            self.parts
-                .into_iter()
-                .map(|p| async move { p.fleet.teardown(&p.backend, grace).await }),
-        )
+        let done = futures::future::join_all(self.parts.into_iter().map(|mut p| async move {
+            // Not each part's to remove: the slice's, once, below.
+            p.fleet.net = None;
+            p.fleet.teardown(&p.backend, grace).await
+        }))
         .await;
         let (mut clean, mut killed, mut left) = (0, 0, Vec::new());
         for t in done {
