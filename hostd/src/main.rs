@@ -147,6 +147,14 @@ async fn run(cli: Cli) -> anyhow::Result<Done> {
         Cmd::Cp(a) => cp(a).await,
         Cmd::Net { name, cmd } => {
             let st = find_fleet(&name)?;
+            // Its daemon records its Slurm job there (daemon/hosts.rs); its guests' links
+            // are on the nodes, shaped by their workers.
+            if st.scratch.join("slurm.json").exists() {
+                anyhow::bail!(
+                    "fleet {name} runs across hosts: `hostd net` does not change its shaping \
+                     yet (give it in the fleet file's [net])"
+                );
+            }
             let netns = hostd::netlab::FleetNet::name_of(&st.run);
             let out = hostd::net::run(&cmd, &st.scratch, &netns)
                 .map_err(|e| anyhow::anyhow!("fleet {name}: {e}"))?;

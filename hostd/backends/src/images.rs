@@ -239,6 +239,10 @@ pub fn add_system(images: &mut Images, name: &str, init: InitMode) -> Result<()>
     };
     system.check().map_err(|e| fail(e.to_string()))?;
     images.hashes.insert(format!("system {name} (rootfs.ext4)"), out.sha256.clone());
+    // The tree containers boot is unpacked from this blob (checked against it on unpacking).
+    if let Some(tree) = m.output("rootfs") {
+        images.hashes.insert(format!("system {name} (tree)"), tree.sha256.clone());
+    }
     images.hashes.insert(format!("system {name} (recipe)"), m.recipe_file.sha256.clone());
     images.system = Some(system);
     Ok(())

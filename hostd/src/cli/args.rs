@@ -414,6 +414,10 @@ pub(crate) struct WorkerArgs {
     /// worker tears its slice down (the coordinator passes its own --lost-after).
     #[arg(long, value_name = "SECONDS", default_value_t = 15.0, value_parser = lost_after)]
     pub(crate) lost_after: f64,
+    /// System images the fleet boots (comma-separated): their hashes are reported with the
+    /// others', for the coordinator to check.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) systems: Vec<String>,
     #[command(flatten)]
     pub(crate) images: ImageArgs,
 }

@@ -152,7 +152,7 @@ impl std::io::Write for BenchProgress {
 /// `hostd boot --engine slurm`: inside an allocation, the coordinator; outside one, the
 /// same command again under `salloc -N K`.
 pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
-    use hostd::multihost::coordinator;
+    use hostd::multihost::{coordinator, plan::FleetGroup};
     if a.sizes.len() != 1 {
         anyhow::bail!("--engine slurm boots one fleet: give one size with -n (got {:?})", a.sizes);
     }
@@ -171,15 +171,13 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
     // any.
     let images = hostd::images::resolve(a.images.agent.as_deref()).ok().map(|i| i.hashes);
     let o = coordinator::Options {
-        backend: a.backend,
-        n: a.sizes[0],
+        groups: FleetGroup::only(a.backend, a.sizes[0], a.mem_mib, a.vcpus),
         mode,
-        mem_mib: a.mem_mib,
-        vcpus: a.vcpus,
         parallelism: a.parallelism,
         boot_timeout: Duration::from_secs(a.boot_timeout),
         network: !a.no_network,
         limits: Default::default(),
+        topology: None,
         hosts: usize::from(hosts),
         weights: a.weights,
         listen: a.slurm.listen,
@@ -262,10 +260,9 @@ pub(crate) fn slurm_summary(out: &hostd::multihost::coordinator::Outcome) -> Don
             .map_or("?".to_string(), |c| format!("{:+.6} s ± {:.6} s", c.offset_s, c.bound_s));
         let b = h.booted.as_ref();
         eprintln!(
-            "hostd: host {}: guests {}..{}: {} ready, lateness {}, clock {c}{}",
+            "hostd: host {}: guests {}: {} ready, lateness {}, clock {c}{}",
             h.hostname,
-            h.first,
-            h.first + h.count,
+            hostd::multihost::proto::SlicePart::describe(&h.parts),
             b.map_or(0, |b| b.ready.len()),
             b.map_or("?".into(), |b| format!("{:.4} s", b.lateness_s)),
             h.lost.as_ref().map_or(String::new(), |l| format!(", LOST: {l}"))
@@ -312,6 +309,7 @@ pub(crate) async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         backend_opts: backend_options(&a.images),
         images,
         lost_after: Duration::from_secs_f64(a.lost_after),
+        systems: a.systems,
     })
     .await
 }

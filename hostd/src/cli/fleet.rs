@@ -276,16 +276,6 @@ fn daemon_main(
 /// The coordinator's options of `hostd up --engine slurm`, from the fleet file and the
 /// command line; what a fleet across hosts cannot do yet is refused, naming it.
 fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving> {
-    let not = |what: &str| anyhow::anyhow!("--engine slurm: {what} is not done across hosts yet");
-    if !file.groups.is_empty() {
-        return Err(not("a fleet file with [[group]]s"));
-    }
-    if file.net.is_some() {
-        return Err(not("[net]"));
-    }
-    if file.system.is_some() || a.images.system.is_some() {
-        return Err(not("a system image"));
-    }
     let (hosts, in_job) = cli::boot::slurm_hosts(a.slurm.hosts)?;
     if in_job && !a.foreground {
         tracing::warn!(
@@ -293,15 +283,35 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
              this command returns (salloc -N K hostd up …), use --foreground"
         );
     }
-    let g = &file.resolved[0];
+    // Resolved here, once for every host (its sites and matrix span the hosts); the file's
+    // `matrix_csv` path was made absolute when the file was loaded.
+    let topology = file
+        .net
+        .as_ref()
+        .map(|n| n.resolve(file.total_guests(), std::path::Path::new("/")))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("[net]: {e}"))?;
     let exe =
         std::env::current_exe().map_err(|e| anyhow::anyhow!("finding hostd's own path: {e}"))?;
     let o = hostd::multihost::coordinator::Options {
-        backend: g.kind,
-        n: g.guests,
+        groups: file
+            .resolved
+            .iter()
+            .map(|g| hostd::multihost::plan::FleetGroup {
+                name: g.name.clone(),
+                backend: g.kind,
+                first: g.first,
+                guests: g.guests,
+                mem_mib: g.mem_mib,
+                vcpus: g.vcpus,
+                // The command line's system wins over the file's, as on one machine.
+                system: match g.kind {
+                    hostd::backend::BackendKind::Native => None,
+                    _ => a.images.system.clone().map(|s| (s, a.images.init)).or(g.system.clone()),
+                },
+            })
+            .collect(),
         mode: StartMode::Hot,
-        mem_mib: g.mem_mib,
-        vcpus: g.vcpus,
         parallelism: file.parallelism,
         boot_timeout: Duration::from_secs(file.boot_timeout_s),
         network: file.network,
@@ -310,6 +320,7 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
             cpus: file.limits.cpus,
             pids: file.limits.pids,
         },
+        topology,
         hosts: usize::from(hosts),
         weights: Vec::new(),
         listen: a.slurm.listen,
@@ -317,14 +328,33 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
         // No results directory: a held fleet measures nothing.
         results: PathBuf::new(),
         exe,
-        images: hostd::images::resolve(a.images.agent.as_deref()).ok().map(|i| i.hashes),
+        images: None,
         hold: Duration::ZERO,
         reach: a.reach,
         ring: None,
-        label: format!("up-slurm-{}", g.kind),
+        label: format!("up-slurm-{}", file.name),
         notes: Vec::new(),
     };
+    let mut o = o;
+    o.images = reference_images(a, &o.systems())?;
     Ok(Serving::Hosts { o: Box::new(o), salloc: !in_job })
+}
+
+/// The coordinator's own image hashes, with those of the fleet's system images, which every
+/// worker must match; None if this machine has no image store (the first host's are then
+/// the reference). A store without one of the systems is an error, naming it.
+fn reference_images(
+    a: &UpArgs,
+    systems: &[String],
+) -> anyhow::Result<Option<std::collections::BTreeMap<String, String>>> {
+    let Ok(mut images) = hostd::images::resolve(a.images.agent.as_deref()) else {
+        return Ok(None);
+    };
+    for s in systems {
+        hostd::images::add_system(&mut images, s, Default::default())
+            .map_err(|e| anyhow::anyhow!("the coordinator's image store: {e:#}"))?;
+    }
+    Ok(Some(images.hashes))
 }
 
 /// The allocation a fleet's daemon holds: `salloc -N K` running a command that lives as

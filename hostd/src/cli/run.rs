@@ -368,15 +368,18 @@ async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
         "ring samples of a guest whose neighbour is on another host have the path veth+bridge+vxlan: VXLAN-encapsulated over the hosts' link, at the fleet network's MTU".into(),
     );
     let o = coordinator::Options {
-        backend: BACKEND,
-        n,
+        groups: hostd::multihost::plan::FleetGroup::only(
+            BACKEND,
+            n,
+            campaign.guest.mem_mib,
+            campaign.guest.vcpus,
+        ),
         mode: StartMode::Hot,
-        mem_mib: campaign.guest.mem_mib,
-        vcpus: campaign.guest.vcpus,
         parallelism: 0,
         boot_timeout: Duration::from_secs(campaign.guest.boot_timeout_s),
         network: true,
         limits: Default::default(),
+        topology: None,
         hosts: usize::from(hosts),
         weights: Vec::new(),
         listen: a.slurm.listen,

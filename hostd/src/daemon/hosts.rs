@@ -30,7 +30,7 @@ fn status(name: &str, run: &RunState, o: &coordinator::Options, hosts: Vec<HostS
     Status {
         name: name.into(),
         run: run.run.clone(),
-        backend: o.backend.name().into(),
+        backend: o.backends().iter().map(|b| b.name()).collect::<Vec<_>>().join("+"),
         daemon_pid: std::process::id(),
         netns: None,
         guests: Vec::new(),
@@ -182,7 +182,7 @@ fn write_slurm_state(run: &RunState, o: &coordinator::Options) -> anyhow::Result
         job: std::env::var("SLURM_JOB_ID").ok(),
         nodelist: std::env::var("SLURM_JOB_NODELIST").ok(),
         hosts: o.hosts,
-        guests: o.n,
+        guests: o.n(),
     };
     crate::runstate::write_atomic(
         &run.scratch.join("slurm.json"),
@@ -237,11 +237,10 @@ pub(super) fn format_hosts(s: &Status, h: &HostsFleet) -> String {
             _ => String::new(),
         };
         out.push_str(&format!(
-            "host {} ({}, guests g{}..g{}{}{}): ",
+            "host {} ({}, guests {}{}{}): ",
             host.hostname,
             host.addr,
-            host.first,
-            (host.first + host.count).saturating_sub(1),
+            crate::multihost::proto::SlicePart::describe(&host.parts),
             host.run.as_ref().map(|r| format!(", netns vb-{r}")).unwrap_or_default(),
             clock
         ));
@@ -257,8 +256,8 @@ pub(super) fn format_hosts(s: &Status, h: &HostsFleet) -> String {
         }
     }
     out.push_str(&format!(
-        "{:<8} {:<16} {:<12} {:<7} {:>10}\n",
-        "guest", "address", "host", "state", "ready s"
+        "{:<8} {:<12} {:<16} {:<12} {:<7} {:>10}\n",
+        "guest", "group", "address", "host", "state", "ready s"
     ));
     for host in &h.hosts {
         for g in &host.guests {
@@ -268,8 +267,9 @@ pub(super) fn format_hosts(s: &Status, h: &HostsFleet) -> String {
                 coordinator::GuestState::Lost => "LOST",
             };
             out.push_str(&format!(
-                "{:<8} {:<16} {:<12} {:<7} {:>10}\n",
+                "{:<8} {:<12} {:<16} {:<12} {:<7} {:>10}\n",
                 g.name,
+                g.group,
                 g.addr.as_deref().unwrap_or("-"),
                 host.hostname,
                 state,

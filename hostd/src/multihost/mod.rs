@@ -10,4 +10,5 @@ pub mod link;
 pub mod plan;
 pub mod proto;
 pub mod ring;
+mod slice;
 pub mod worker;

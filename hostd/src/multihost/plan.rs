@@ -1,7 +1,104 @@
-//! Pure arithmetic of a multi-host fleet: splitting n guests over hosts, and merging the
-//! hosts' startups into one T_startup.
+//! Pure arithmetic of a multi-host fleet: splitting n guests (or several groups of guests)
+//! over hosts, and merging the hosts' startups into one T_startup.
 
 use serde::{Deserialize, Serialize};
+
+use crate::backend::rootdisk::InitMode;
+use crate::backend::BackendKind;
+
+/// One group of a fleet across hosts: guests `first..first + guests`, numbered as on one
+/// machine (in the fleet file's order, across groups).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetGroup {
+    /// The fleet file's group name (the backend's name for a file without groups).
+    pub name: String,
+    pub backend: BackendKind,
+    pub first: usize,
+    pub guests: usize,
+    pub mem_mib: u32,
+    pub vcpus: u32,
+    /// The system image its guests boot, and who is their PID 1 (None: the agent's own).
+    pub system: Option<(String, InitMode)>,
+}
+
+impl FleetGroup {
+    /// The one group of a fleet of `guests` guests of `backend` (`boot`, `run`).
+    pub fn only(backend: BackendKind, guests: usize, mem_mib: u32, vcpus: u32) -> Vec<FleetGroup> {
+        let name = backend.name().to_string();
+        vec![FleetGroup { name, backend, first: 0, guests, mem_mib, vcpus, system: None }]
+    }
+}
+
+/// One group's part of a host's slice: its guests `first..first + count` (global indices).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlicePart {
+    pub group: String,
+    pub backend: BackendKind,
+    pub first: usize,
+    pub count: usize,
+    pub mem_mib: u32,
+    pub vcpus: u32,
+    /// Its group's system image and init mode (None: the agent's own image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<(String, InitMode)>,
+}
+
+impl SlicePart {
+    /// Guests in all the parts.
+    pub fn total(parts: &[SlicePart]) -> usize {
+        parts.iter().map(|p| p.count).sum()
+    }
+
+    /// The part holding global index `index`.
+    pub fn find(parts: &[SlicePart], index: usize) -> Option<&SlicePart> {
+        parts.iter().find(|p| (p.first..p.first + p.count).contains(&index))
+    }
+
+    /// Every global index of the parts, with its part, in part order.
+    pub fn indices(parts: &[SlicePart]) -> impl Iterator<Item = (usize, &SlicePart)> {
+        parts.iter().flat_map(|p| (p.first..p.first + p.count).map(move |i| (i, p)))
+    }
+
+    /// The parts in words: `g0–g3 (ns), g8 (uml)`; `none` for no guest.
+    pub fn describe(parts: &[SlicePart]) -> String {
+        let text: Vec<String> = parts
+            .iter()
+            .filter(|p| p.count > 0)
+            .map(|p| match p.count {
+                1 => format!("g{} ({})", p.first, p.group),
+                _ => format!("g{}–g{} ({})", p.first, p.first + p.count - 1, p.group),
+            })
+            .collect();
+        if text.is_empty() {
+            "none".into()
+        } else {
+            text.join(", ")
+        }
+    }
+}
+
+/// Splits every group over the hosts by [`split`] (each group as one fleet is split), as
+/// each host's parts in group order; a group with no guest on a host has no part there.
+pub fn split_groups(groups: &[FleetGroup], weights: &[f64]) -> Result<Vec<Vec<SlicePart>>, String> {
+    let mut hosts = vec![Vec::new(); weights.len()];
+    for g in groups {
+        for (h, (off, count)) in split(g.guests, weights)?.into_iter().enumerate() {
+            if count > 0 {
+                hosts[h].push(SlicePart {
+                    group: g.name.clone(),
+                    backend: g.backend,
+                    first: g.first + off,
+                    count,
+                    mem_mib: g.mem_mib,
+                    vcpus: g.vcpus,
+                    system: g.system.clone(),
+                });
+            }
+        }
+    }
+    Ok(hosts)
+}
 
 /// Splits `n` guests over `weights.len()` hosts in proportion to the weights (largest
 /// remainders get the rounding), as (first global index, count) per host in host order.
@@ -100,6 +197,37 @@ mod tests {
         }
         assert_eq!(hits.len(), 80);
         assert!(hits.values().all(|&n| n == 7), "{hits:?}");
+    }
+
+    #[test]
+    fn groups_split_each_by_the_one_group_rule_keeping_global_indices() {
+        let g = |name: &str, backend, first, guests| FleetGroup {
+            name: name.into(),
+            backend,
+            first,
+            guests,
+            mem_mib: 64,
+            vcpus: 1,
+            system: None,
+        };
+        let groups = [g("a", BackendKind::Ns, 0, 4), g("b", BackendKind::Uml, 4, 2)];
+        let hosts = split_groups(&groups, &[1.0; 3]).unwrap();
+        let parts = |h: usize| -> Vec<(String, usize, usize)> {
+            hosts[h].iter().map(|p| (p.group.clone(), p.first, p.count)).collect()
+        };
+        assert_eq!(parts(0), [("a".into(), 0, 2), ("b".into(), 4, 1)]);
+        assert_eq!(parts(1), [("a".into(), 2, 1), ("b".into(), 5, 1)]);
+        assert_eq!(parts(2), [("a".into(), 3, 1)]);
+        assert_eq!(SlicePart::describe(&hosts[0]), "g0–g1 (a), g4 (b)");
+        assert_eq!(SlicePart::describe(&[]), "none");
+        let all: Vec<usize> =
+            hosts.iter().flat_map(|h| SlicePart::indices(h).map(|x| x.0)).collect();
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(sorted, [0, 1, 2, 3, 4, 5], "{all:?}");
+        assert_eq!(SlicePart::find(&hosts[1], 5).map(|p| p.backend), Some(BackendKind::Uml));
+        assert_eq!(SlicePart::find(&hosts[1], 4), None);
+        assert!(split_groups(&groups, &[]).is_err());
     }
 
     #[test]

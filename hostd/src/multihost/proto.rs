@@ -13,6 +13,7 @@ use crate::backend::BackendKind;
 use vb_protocol::msg::ReplyBody;
 
 pub use super::guests::{check_guest_error, GuestCall, SliceLimits, MAX_CALL_WAIT_MS};
+pub use super::plan::SlicePart;
 
 /// Longest line either side accepts, bytes (a slice's report of 25,000 guests is ~2 MB at
 /// most at 80 bytes a guest; 16 MiB leaves room and still bounds what a worker can make the
@@ -154,8 +155,6 @@ pub struct NetPlan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SliceFleet {
-    pub mem_mib: u32,
-    pub vcpus: u32,
     pub parallelism: usize,
     pub boot_timeout_s: u64,
     /// Cold: the worker empties the page cache of the launch's files before T0.
@@ -165,17 +164,19 @@ pub struct SliceFleet {
     /// Per-guest cgroup limits (a fleet file's `[limits]`).
     #[serde(default)]
     pub limits: SliceLimits,
+    /// The whole fleet's emulated network (a fleet file's `[net]`, resolved for every
+    /// guest): the worker shapes its own guests' links by it once they are up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<crate::netem::Topology>,
 }
 
 /// A worker's slice of the fleet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Slice {
-    /// Global index of its first guest.
-    pub first: usize,
-    /// Guests it starts.
-    pub count: usize,
-    pub backend: BackendKind,
+    /// Its part of each group of the fleet (groups it has no guest of are left out), in
+    /// the fleet file's order; every part's guests are on the one fleet network.
+    pub parts: Vec<SlicePart>,
     pub fleet: SliceFleet,
     /// When to start, CLOCK_REALTIME, ns since the epoch.
     pub t0_unix_ns: u64,
@@ -387,32 +388,30 @@ impl Booted {
             return Err(format!("run id {:.80?} is not a hostd run id", self.run));
         }
         seconds("lateness", self.lateness_s, -1e6)?;
-        let range = slice.first..slice.first + slice.count;
+        let count = SlicePart::total(&slice.parts);
         let mut seen = std::collections::BTreeSet::new();
-        if self.ready.len() + self.failed.len() > slice.count {
+        if self.ready.len() + self.failed.len() > count {
             return Err(format!(
-                "{} guests reported for a slice of {}",
+                "{} guests reported for a slice of {count}",
                 self.ready.len() + self.failed.len(),
-                slice.count
             ));
         }
-        for g in &self.ready {
-            seconds(&format!("guest {} ready after", g.index), g.ready_s, 0.0)?;
-            if !range.contains(&g.index) || !seen.insert(g.index) {
+        let mut check = |index: usize| {
+            if SlicePart::find(&slice.parts, index).is_none() || !seen.insert(index) {
                 return Err(format!(
-                    "guest {} is not in its slice {range:?} or reported twice",
-                    g.index
+                    "guest {index} is not in its slice ({}) or reported twice",
+                    SlicePart::describe(&slice.parts)
                 ));
             }
+            Ok(())
+        };
+        for g in &self.ready {
+            seconds(&format!("guest {} ready after", g.index), g.ready_s, 0.0)?;
+            check(g.index)?;
         }
         for g in &self.failed {
             text(&format!("guest {}'s error", g.index), &g.error)?;
-            if !range.contains(&g.index) || !seen.insert(g.index) {
-                return Err(format!(
-                    "guest {} is not in its slice {range:?} or reported twice",
-                    g.index
-                ));
-            }
+            check(g.index)?;
         }
         Ok(())
     }
@@ -454,17 +453,33 @@ pub(crate) mod tests {
 
     pub(crate) fn slice() -> Slice {
         Slice {
-            first: 10,
-            count: 3,
-            backend: BackendKind::Ns,
+            parts: vec![
+                SlicePart {
+                    group: "ns".into(),
+                    backend: BackendKind::Ns,
+                    first: 10,
+                    count: 2,
+                    mem_mib: 64,
+                    vcpus: 1,
+                    system: Some(("debian".into(), crate::backend::rootdisk::InitMode::Agent)),
+                },
+                SlicePart {
+                    group: "uml".into(),
+                    backend: BackendKind::Uml,
+                    first: 20,
+                    count: 1,
+                    mem_mib: 64,
+                    vcpus: 1,
+                    system: None,
+                },
+            ],
             fleet: SliceFleet {
-                mem_mib: 64,
-                vcpus: 1,
                 parallelism: 0,
                 boot_timeout_s: 60,
                 cold: false,
                 net: None,
                 limits: SliceLimits::default(),
+                topology: None,
             },
             t0_unix_ns: 1,
         }
@@ -527,7 +542,7 @@ pub(crate) mod tests {
             start_mono_ns: 5,
             ready: vec![
                 GuestReady { index: 10, ready_s: 0.5 },
-                GuestReady { index: 12, ready_s: 0.7 },
+                GuestReady { index: 20, ready_s: 0.7 },
             ],
             failed: vec![GuestLost {
                 index: 11,
@@ -537,8 +552,9 @@ pub(crate) mod tests {
         };
         assert_eq!(ok.validate(&s), Ok(()));
         let mut b = ok.clone();
-        b.ready[0].index = 13;
-        assert!(b.validate(&s).unwrap_err().contains("not in its slice"));
+        b.ready[0].index = 12;
+        let e = b.validate(&s).unwrap_err();
+        assert!(e.contains("not in its slice (g10–g11 (ns), g20 (uml))"), "{e}");
         let mut b = ok.clone();
         b.failed[0].index = 10;
         assert!(b.validate(&s).unwrap_err().contains("twice"));

@@ -12,11 +12,10 @@ use tokio::net::TcpStream;
 
 use super::clock::{mono_ns, real_ns};
 use super::link::Link;
-use super::proto::{
-    self, Booted, FromWorker, GuestLost, GuestReady, Hello, Slice, ToWorker, TornDown,
-};
-use crate::backend::{AnyBackend, BackendKind, BackendOptions, Images};
-use crate::fleet::{self, FleetConfig};
+use super::proto::{self, FromWorker, Hello, Slice, ToWorker, TornDown};
+use super::slice::{self, Running};
+use crate::backend::{BackendKind, BackendOptions, Images};
+use crate::fleet::FleetConfig;
 use crate::netlab::{FleetNet, HostPlan, NetMode};
 use crate::runstate::RunState;
 
@@ -33,6 +32,8 @@ pub struct WorkerOptions {
     pub backend_opts: BackendOptions,
     /// A coordinator that sends nothing, not even a heartbeat, for this long is gone.
     pub lost_after: Duration,
+    /// System images whose hashes the hello reports (the fleet's groups boot them).
+    pub systems: Vec<String>,
 }
 
 /// How long a guest may take to power off at teardown before it is killed.
@@ -83,15 +84,27 @@ async fn hello(o: &WorkerOptions, addr: std::net::Ipv4Addr) -> Hello {
         cpus: report.host.cpus.clamp(1, 1 << 20) as u32,
         mem_mib: mem_mib(),
         backends,
-        images: o
-            .images
-            .hashes
+        images: with_systems(&o.images, &o.systems)
             .iter()
             .take(proto::MAX_IMAGES)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<BTreeMap<_, _>>(),
         addr,
     }
+}
+
+/// The images' hashes with those of each system image (one this host lacks is left out,
+/// and said in its log: the coordinator names it missing here).
+fn with_systems(images: &Images, systems: &[String]) -> BTreeMap<String, String> {
+    let mut hashes = images.hashes.clone();
+    for name in systems {
+        let mut im = images.clone();
+        match crate::images::add_system(&mut im, name, Default::default()) {
+            Ok(()) => hashes.extend(im.hashes),
+            Err(e) => eprintln!("hostd worker: system image {name}: {e:#}"),
+        }
+    }
+    hashes
 }
 
 /// Runs the worker until its fleet is torn down.
@@ -133,53 +146,14 @@ pub async fn run(o: WorkerOptions) -> Result<()> {
     r
 }
 
-/// The exchanges asked (this host's guest, a guest on another host; global indices),
-/// through the cross-host fleet network; a pair naming a guest that is not ready here is a
-/// failure of the check.
-async fn reach(fleet: &fleet::Fleet, asked: &[(usize, usize)]) -> proto::Reached {
-    // Global index → place among the ready guests, as check_to takes them.
-    let place: std::collections::HashMap<usize, usize> =
-        fleet.guests.iter().enumerate().map(|(i, g)| (g.spec.index, i)).collect();
-    let mut pairs = Vec::new();
-    let mut bad = Vec::new();
-    for &(from, to) in asked {
-        match (place.get(&from), FleetNet::guest_addr(to)) {
-            (Some(&i), Ok(addr)) => pairs.push((i, addr)),
-            (None, _) => bad.push(format!("g{from} → g{to}: g{from} is not a ready guest here")),
-            (_, Err(e)) => bad.push(clean(&format!("g{from} → g{to}: {e}"))),
-        }
-    }
-    let r = crate::reach::check_to(fleet, &pairs).await;
-    let mut failures: Vec<String> = r.failures.iter().map(|f| clean(f)).collect();
-    failures.extend(bad);
-    proto::Reached {
-        checked: r.checked,
-        reached: r.reached,
-        across_hosts: r.across_bridges,
-        failures,
-    }
-}
-
 async fn slice(
     o: &WorkerOptions,
     s: Slice,
     addr: std::net::Ipv4Addr,
     link: &mut Link<ToWorker>,
 ) -> Result<()> {
-    let backend = AnyBackend::new(s.backend, &o.images, &o.backend_opts);
     let run = RunState::create("worker", None)?;
-    let cfg = FleetConfig {
-        n: s.count,
-        mem_mib: s.fleet.mem_mib,
-        vcpus: s.fleet.vcpus,
-        parallelism: s.fleet.parallelism,
-        network: s.fleet.net.is_some(),
-        boot_timeout: Duration::from_secs(s.fleet.boot_timeout_s),
-        limits: s.fleet.limits.limits(),
-        ..Default::default()
-    };
-    let (fleet, lateness_s, start_mono_ns) = match start_at_t0(&backend, &run, &cfg, &s, addr).await
-    {
+    let (running, lateness_s, start_mono_ns) = match start_at_t0(o, &run, &s, addr).await {
         Ok(x) => x,
         Err(e) => {
             let cleaned = run.finish();
@@ -187,7 +161,16 @@ async fn slice(
             return Err(e);
         }
     };
-    let booted = booted(&run, &fleet, lateness_s, start_mono_ns);
+    // After the timed start, as on one machine; a host that cannot shape keeps no guest.
+    if let Some(Err(e)) = s.fleet.topology.as_ref().map(|t| running.shape(&run, t)) {
+        let (_, _, left) = running.teardown(GRACE).await;
+        let cleaned = run.finish();
+        let left: String = left.iter().map(|l| format!("; left: {l}")).collect();
+        let message = clean(&format!("the fleet's network ([net]): {e}{left}; {cleaned}"));
+        let _ = link.send(&FromWorker::Error { message: message.clone() });
+        bail!(message);
+    }
+    let booted = running.booted(&run, lateness_s, start_mono_ns, clean);
     let reported = link.send(&FromWorker::Booted(booted));
     // Hold the fleet until the coordinator says so, its link drops, or Slurm ends the step.
     // Installed here, whatever the report did: from now on SIGTERM no longer kills us, we
@@ -195,92 +178,85 @@ async fn slice(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let why = match reported {
         Err(e) => format!("the coordinator's link failed ({e})"),
-        Ok(()) => hold(&fleet, link, &mut term).await,
+        Ok(()) => hold(&running, link, &mut term).await,
     };
     if !why.is_empty() {
         eprintln!("hostd worker: tearing down: {why}");
     }
-    let t = fleet.teardown(&backend, GRACE).await;
+    let (clean_n, killed, left) = running.teardown(GRACE).await;
     let cleaned = run.finish();
-    let mut leftovers: Vec<String> = t.errors.iter().map(|e| clean(e)).collect();
+    let mut leftovers: Vec<String> = left.iter().map(|e| clean(e)).collect();
     leftovers.extend(cleaned.errors.iter().map(|e| clean(e)));
-    let done = TornDown { clean: t.clean, killed: t.killed, leftovers };
+    let done = TornDown { clean: clean_n, killed, leftovers };
     if why.is_empty() {
         link.send(&FromWorker::TornDown(done))?;
     }
     Ok(())
 }
 
-/// Makes this host's part of the fleet network, empties the page cache for a cold start,
-/// waits for T0 and starts the slice. The fleet, its start's lateness (s) and its start
-/// on CLOCK_MONOTONIC.
+/// Checks every part, makes this host's part of the fleet network, empties the page cache
+/// for a cold start, waits for T0 and starts every part. The running slice, its start's
+/// lateness (s) and its start on CLOCK_MONOTONIC.
 async fn start_at_t0(
-    backend: &AnyBackend,
+    o: &WorkerOptions,
     run: &RunState,
-    cfg: &FleetConfig,
     s: &Slice,
     addr: std::net::Ipv4Addr,
-) -> Result<(fleet::Fleet, f64, u64)> {
+) -> Result<(Running, f64, u64)> {
     s.fleet.limits.check().map_err(|e| anyhow::anyhow!("the slice's limits: {e}"))?;
-    fleet::check(backend, cfg, s.first)?;
-    // The one place the fleet network is made: this host's part of the network
-    // across hosts (its slot's bridge, a VXLAN port to every peer).
-    let net = match &s.fleet.net {
-        Some(p) => {
-            let plan = HostPlan {
-                slot: p.slot,
-                hosts: p.hosts,
-                vni: p.vni,
-                local: addr,
-                underlay_dev: HostPlan::underlay_dev_of(addr)?,
-                peers: p.peers.clone(),
-            };
-            Some(FleetNet { mode: NetMode::Private, ..FleetNet::create_on_host(&run.run, &plan)? })
-        }
-        None => None,
-    };
+    let planned = slice::plan(s, &o.images, &o.backend_opts, |p| FleetConfig {
+        n: p.count,
+        mem_mib: p.mem_mib,
+        vcpus: p.vcpus,
+        parallelism: s.fleet.parallelism,
+        network: s.fleet.net.is_some(),
+        boot_timeout: Duration::from_secs(s.fleet.boot_timeout_s),
+        limits: s.fleet.limits.limits(),
+        ..Default::default()
+    })?;
+    let net = host_net(run, s, addr)?;
     if s.fleet.cold {
-        crate::startup::drop_caches().context("emptying the page cache for a cold start")?;
+        if let Err(e) = crate::startup::drop_caches() {
+            if let Some(n) = net {
+                let _ = n.destroy();
+            }
+            return Err(anyhow::Error::from(e).context("emptying the page cache for a cold start"));
+        }
     }
     let wait = s.t0_unix_ns.saturating_sub(real_ns());
     tokio::time::sleep(Duration::from_nanos(wait)).await;
     let start_mono_ns = mono_ns();
     let lateness_s = (real_ns() as i128 - s.t0_unix_ns as i128) as f64 / 1e9;
-    let fleet = fleet::start_on(backend, run, cfg, net, s.first, |_| {}).await?;
-    Ok((fleet, lateness_s, start_mono_ns))
+    let running = Running::start(planned, run, net).await?;
+    Ok((running, lateness_s, start_mono_ns))
 }
 
-/// The startup report of a started slice.
-fn booted(run: &RunState, fleet: &fleet::Fleet, lateness_s: f64, start_mono_ns: u64) -> Booted {
-    Booted {
-        run: run.run.clone(),
-        lateness_s,
-        start_mono_ns,
-        ready: fleet
-            .guests
-            .iter()
-            .zip(&fleet.ready_at)
-            .map(|(g, at)| GuestReady { index: g.spec.index, ready_s: at.as_secs_f64() })
-            .collect(),
-        failed: fleet
-            .failures
-            .iter()
-            .map(|f| GuestLost { index: f.index, kind: f.kind.clone(), error: clean(&f.error) })
-            .collect(),
-    }
+/// The one place the fleet network is made: this host's part of the network across hosts
+/// (its slot's bridge, a VXLAN port to every peer), if the slice has a network.
+fn host_net(run: &RunState, s: &Slice, addr: std::net::Ipv4Addr) -> Result<Option<FleetNet>> {
+    let Some(p) = &s.fleet.net else { return Ok(None) };
+    let plan = HostPlan {
+        slot: p.slot,
+        hosts: p.hosts,
+        vni: p.vni,
+        local: addr,
+        underlay_dev: HostPlan::underlay_dev_of(addr)?,
+        peers: p.peers.clone(),
+    };
+    Ok(Some(FleetNet { mode: NetMode::Private, ..FleetNet::create_on_host(&run.run, &plan)? }))
 }
 
 /// One call of the coordinator's to guest `guest` (global index) of this slice, answered
 /// with `id` on `out` (the link may be gone by then: the answer is then dropped).
 fn call_guest(
-    fleet: &fleet::Fleet,
+    running: &Running,
     id: u64,
     guest: usize,
     wait_ms: u64,
     call: proto::GuestCall,
     out: super::link::Sender,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let conn = fleet.guests.iter().find(|g| g.spec.index == guest).map(|g| g.conn.clone());
+    let conn = running.guest(guest).map(|g| g.conn.clone());
     async move {
         let error =
             |e: &dyn std::fmt::Display| FromWorker::GuestError { id, error: clean(&e.to_string()) };
@@ -303,7 +279,7 @@ fn call_guest(
 /// coordinator says to tear down (then ""), its link drops or goes silent past the bound, or
 /// Slurm ends the step: why it ended otherwise.
 async fn hold(
-    fleet: &fleet::Fleet,
+    running: &Running,
     link: &mut Link<ToWorker>,
     term: &mut tokio::signal::unix::Signal,
 ) -> String {
@@ -320,15 +296,24 @@ async fn hold(
             Ok(ToWorker::Guest { id, guest, wait_ms, call }) => {
                 // Answered by a task of its own: one slow guest or a long program holds up
                 // neither the other calls nor the link.
-                tokio::spawn(call_guest(fleet, id, guest, wait_ms, call, link.sender()));
+                tokio::spawn(call_guest(running, id, guest, wait_ms, call, link.sender()));
                 continue;
             }
             Ok(ToWorker::Serve) => FromWorker::Serving {
-                failed: crate::reach::serve(fleet).await.iter().map(|f| clean(f)).collect(),
+                failed: running.serve().await.iter().map(|f| clean(f)).collect(),
             },
-            Ok(ToWorker::Reach { pairs }) => FromWorker::Reached(reach(fleet, &pairs).await),
-            Ok(ToWorker::RingServe) => super::ring::serve(fleet, clean).await,
+            Ok(ToWorker::Reach { pairs }) => {
+                FromWorker::Reached(running.reach(&pairs, clean).await)
+            }
+            // The coordinator runs the ring on one-group fleets only (`hostd run`).
+            Ok(ToWorker::RingServe | ToWorker::RingRound(_)) if running.only().is_none() => {
+                break "the coordinator asked for the ring of a slice of several groups".into()
+            }
+            Ok(ToWorker::RingServe) => {
+                super::ring::serve(running.only().expect("one part"), clean).await
+            }
             Ok(ToWorker::RingRound(rr)) => {
+                let fleet = running.only().expect("one part");
                 super::ring::round(fleet, &rr, &mut starter, clean).await
             }
             Ok(other) => {

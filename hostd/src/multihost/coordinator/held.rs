@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::super::proto::{self, FromWorker, GuestLost, Reached};
+use super::super::proto::{self, FromWorker, GuestLost, Reached, SlicePart};
 use super::{brief, end_step, launch, reach, start, tear_down_reporting, HostRecord, Options};
 use super::{Started, Worker};
 use crate::netlab::FleetNet;
@@ -37,8 +37,9 @@ pub struct HostStatus {
     pub hostname: String,
     pub node_name: Option<String>,
     pub addr: std::net::Ipv4Addr,
-    /// Its slice: global indices `first..first + count`.
-    pub first: usize,
+    /// Its slice: its part of each group.
+    pub parts: Vec<SlicePart>,
+    /// Guests in its slice.
     pub count: usize,
     /// The worker's run id on that host (its fleet namespace is `vb-<run>`).
     pub run: Option<String>,
@@ -57,6 +58,9 @@ pub struct HostStatus {
 pub struct HostGuest {
     pub name: String,
     pub index: usize,
+    /// Its group (the backend's name for a fleet file without groups) and backend.
+    pub group: String,
+    pub backend: crate::backend::BackendKind,
     pub addr: Option<String>,
     pub state: GuestState,
     /// Its host's fleet start → ready, on that host's clock, s.
@@ -85,7 +89,7 @@ pub async fn up(o: &Options) -> anyhow::Result<Held> {
         Ok(s) => s,
         Err(e) => {
             // The workers' links are gone with `start`'s: they tear down, srun ends.
-            end_step(srun, o.n).await;
+            end_step(srun, o.n()).await;
             return Err(e);
         }
     };
@@ -93,7 +97,7 @@ pub async fn up(o: &Options) -> anyhow::Result<Held> {
     if o.reach {
         reach::reach(&mut ws).await;
     }
-    Ok(Held { ws, srun, n: o.n, network: o.network, exe: o.exe.clone() })
+    Ok(Held { ws, srun, n: o.n(), network: o.network, exe: o.exe.clone() })
 }
 
 impl Held {
@@ -237,8 +241,8 @@ pub fn status_of(r: &HostRecord, network: bool) -> HostStatus {
         r.booted.iter().flat_map(|b| b.ready.iter().map(|g| (g.index, g.ready_s))).collect();
     let failed: std::collections::HashMap<usize, &GuestLost> =
         r.booted.iter().flat_map(|b| b.failed.iter().map(|g| (g.index, g))).collect();
-    let guests = (r.first..r.first + r.count)
-        .map(|index| {
+    let guests = SlicePart::indices(&r.parts)
+        .map(|(index, part)| {
             let (state, error) = match (&r.lost, failed.get(&index)) {
                 (_, Some(f)) => (GuestState::Failed, Some(format!("{:?}: {}", f.kind, f.error))),
                 (Some(l), None) => {
@@ -251,6 +255,8 @@ pub fn status_of(r: &HostRecord, network: bool) -> HostStatus {
             HostGuest {
                 name: format!("g{index}"),
                 index,
+                group: part.group.clone(),
+                backend: part.backend,
                 addr: network
                     .then(|| FleetNet::guest_addr(index).ok().map(|a| a.to_string()))
                     .flatten(),
@@ -264,7 +270,7 @@ pub fn status_of(r: &HostRecord, network: bool) -> HostStatus {
         hostname: r.hostname.clone(),
         node_name: r.node_name.clone(),
         addr: r.addr,
-        first: r.first,
+        parts: r.parts.clone(),
         count: r.count,
         run: r.booted.as_ref().map(|b| b.run.clone()),
         offset_s: r.clock.map(|c| c.offset_s),

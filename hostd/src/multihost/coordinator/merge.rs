@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::super::clock::Offset;
 use super::super::plan::{self, HostStart};
-use super::super::proto::{Booted, GuestReady, Reached, TornDown};
+use super::super::proto::{Booted, GuestReady, Reached, SlicePart, TornDown};
 use super::{Options, Outcome, RingSummary};
 use crate::backend::BackendKind;
 use crate::fleet::{FailureKind, GuestFailure};
@@ -29,8 +29,8 @@ pub struct HostRecord {
     pub cpus: u32,
     pub mem_mib: u64,
     pub images: BTreeMap<String, String>,
-    /// Its slice: first global index and count.
-    pub first: usize,
+    /// Its slice: its part of each group (global indices), and its guests in all.
+    pub parts: Vec<SlicePart>,
     pub count: usize,
     /// Its CLOCK_MONOTONIC minus the coordinator's, with the error bound.
     pub clock: Option<Offset>,
@@ -93,8 +93,8 @@ pub(super) fn merge(
     let g = gather(o, &hosts, &provenance.id());
     let reach = o.reach.then(|| reach_of(&hosts));
     let multihost = MultiHost {
-        backend: o.backend,
-        n: o.n,
+        backend: o.backend(),
+        n: o.n(),
         mode: o.mode,
         job,
         t0_unix_ns,
@@ -103,8 +103,8 @@ pub(super) fn merge(
         ring,
     };
     let boot = FleetBoot {
-        backend: o.backend,
-        n: o.n,
+        backend: o.backend(),
+        n: o.n(),
         mode: o.mode,
         startups: g.startups,
         failures: g.failures,
@@ -154,13 +154,12 @@ fn host_note(h: &HostRecord) -> String {
         }
     };
     format!(
-        "host {}: {node}{}, {} CPUs, {} MiB; guests g{}–g{} ({}); {} image(s) checked equal to the reference; clock offset to the coordinator's {clock}; {ended}",
+        "host {}: {node}{}, {} CPUs, {} MiB; guests {} ({}); {} image(s) checked equal to the reference; clock offset to the coordinator's {clock}; {ended}",
         h.hostname,
         h.addr,
         h.cpus,
         h.mem_mib,
-        h.first,
-        (h.first + h.count).saturating_sub(1),
+        SlicePart::describe(&h.parts),
         h.count,
         h.images.len()
     )
@@ -190,8 +189,8 @@ fn gather(o: &Options, hosts: &[HostRecord], pid: &str) -> Gathered {
             (Some(b), None) => {
                 for &GuestReady { index, ready_s } in &b.ready {
                     g.startups.push(StartupSample {
-                        backend: o.backend,
-                        n: o.n,
+                        backend: o.backend(),
+                        n: o.n(),
                         mode: o.mode,
                         index,
                         ready_s: b.lateness_s + ready_s,
@@ -215,7 +214,7 @@ fn gather(o: &Options, hosts: &[HostRecord], pid: &str) -> Gathered {
                     slowest_s: b.ready.iter().map(|g| g.ready_s).reduce(f64::max),
                 });
             }
-            _ => g.failures.extend((h.first..h.first + h.count).map(|index| GuestFailure {
+            _ => g.failures.extend(SlicePart::indices(&h.parts).map(|(index, _)| GuestFailure {
                 index,
                 name: format!("g{index}"),
                 kind: FailureKind::Crashed,

@@ -18,18 +18,22 @@ use tokio::time::timeout;
 use super::clock::{self, mono_ns, real_ns, Offset, Round};
 use super::link::Link;
 use super::plan;
-use super::proto::{Booted, FromWorker, Hello, NetPlan, Slice, SliceFleet, ToWorker};
+use super::proto::{Booted, FromWorker, Hello, NetPlan, Slice, SliceFleet, SlicePart, ToWorker};
 use crate::backend::BackendKind;
 use crate::startup::{FleetBoot, StartMode};
 
 mod calls;
 mod held;
+mod images;
 mod merge;
 mod reach;
 mod ring;
 mod teardown;
 pub use calls::HostCaller;
 pub use held::{status_of, up, GuestRef, GuestState, Held, HostGuest, HostStatus};
+use images::check_images;
+#[cfg(test)]
+use images::same_images;
 pub use merge::{shortfalls, HostRecord, MultiHost};
 pub use ring::{RingOptions, RingSummary};
 use teardown::{hold, tear_down_reporting, teardown_within};
@@ -37,17 +41,17 @@ use teardown::{hold, tear_down_reporting, teardown_within};
 /// What `hostd boot --engine slurm` was asked for.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub backend: BackendKind,
-    /// Guests in all.
-    pub n: usize,
+    /// The fleet's groups (one for `boot` and `run`), each split over the hosts.
+    pub groups: Vec<plan::FleetGroup>,
     pub mode: StartMode,
-    pub mem_mib: u32,
-    pub vcpus: u32,
     pub parallelism: usize,
     pub boot_timeout: Duration,
     pub network: bool,
     /// Per-guest cgroup limits on every host (`hostd up`'s fleet file `[limits]`).
     pub limits: super::proto::SliceLimits,
+    /// The emulated network of the whole fleet (`hostd up`'s fleet file `[net]`): each
+    /// worker shapes its own guests' links by it.
+    pub topology: Option<crate::netem::Topology>,
     /// Hosts (nodes of the allocation) to use.
     pub hosts: usize,
     /// Per-host weights of the split (empty: even).
@@ -74,6 +78,41 @@ pub struct Options {
     pub label: String,
     /// Notes for the provenance (what the run did and did not measure).
     pub notes: Vec<String>,
+}
+
+impl Options {
+    /// Guests in all.
+    pub fn n(&self) -> usize {
+        self.groups.iter().map(|g| g.guests).sum()
+    }
+
+    /// The backend of a one-group fleet (`boot` and `run`, whose results name one
+    /// backend); the first group's otherwise.
+    pub fn backend(&self) -> BackendKind {
+        self.groups.first().map_or(BackendKind::Ns, |g| g.backend)
+    }
+
+    /// Every group's system image, once each, in group order.
+    pub fn systems(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (name, _) in self.groups.iter().filter_map(|g| g.system.as_ref()) {
+            if !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+        out
+    }
+
+    /// Every group's backend, once each, in group order.
+    pub fn backends(&self) -> Vec<BackendKind> {
+        let mut out: Vec<BackendKind> = Vec::new();
+        for g in &self.groups {
+            if !out.contains(&g.backend) {
+                out.push(g.backend);
+            }
+        }
+        out
+    }
 }
 
 /// Clock pings per worker.
@@ -208,7 +247,7 @@ async fn hello_of(s: TcpStream, token: &str, lost_after: Duration) -> Result<Wor
         cpus: hello.cpus,
         mem_mib: hello.mem_mib,
         images: hello.images.clone(),
-        first: 0,
+        parts: Vec::new(),
         count: 0,
         clock: None,
         booted: None,
@@ -263,43 +302,6 @@ async fn accept(
     Ok(got)
 }
 
-/// Every worker boots the same images as the coordinator (or, if it has none, the first
-/// worker); the first that differs is named.
-fn check_images(ws: &[Worker], own: Option<&BTreeMap<String, String>>) -> Result<()> {
-    let (reference, whose) = match own {
-        Some(o) => (o.clone(), "the coordinator's".to_string()),
-        None => (ws[0].hello.images.clone(), format!("{}'s", ws[0].name())),
-    };
-    for w in ws {
-        same_images(&w.hello.images, &reference, w.name())
-            .map_err(|e| anyhow::anyhow!("{e} ({whose} images are the reference)"))?;
-    }
-    Ok(())
-}
-
-/// Whether host `host`'s images are exactly `reference`: what differs, in words.
-fn same_images(
-    theirs: &BTreeMap<String, String>,
-    reference: &BTreeMap<String, String>,
-    host: &str,
-) -> Result<(), String> {
-    for (name, hash) in reference {
-        match theirs.get(name) {
-            None => return Err(format!("host {host} has no image {name} (sha256 {hash})")),
-            Some(h) if h != hash => {
-                return Err(format!(
-                    "host {host}: image {name} is sha256 {h}, not {hash}: build or ship the same images"
-                ))
-            }
-            Some(_) => {}
-        }
-    }
-    if let Some(extra) = theirs.keys().find(|k| !reference.contains_key(*k)) {
-        return Err(format!("host {host} has an image {extra} the others lack"));
-    }
-    Ok(())
-}
-
 /// NTP-style offset of one worker's CLOCK_MONOTONIC against ours.
 async fn measure_clock(w: &mut Worker) -> Result<Offset> {
     let mut rounds = Vec::new();
@@ -352,10 +354,14 @@ pub struct Outcome {
 
 /// Runs the whole multi-host boot inside the current Slurm allocation.
 pub async fn run(o: &Options) -> Result<Outcome> {
+    if o.groups.len() != 1 {
+        // Its results (samples, boot.json) are one backend's fleet.
+        bail!("a measured boot across hosts is one group of guests, not {}", o.groups.len());
+    }
     let job = std::env::var("SLURM_JOB_ID").ok();
     let (listener, token, mut srun) = launch(o).await?;
     let outcome = coordinate(o, &listener, &token, &mut srun, job).await;
-    end_step(srun, o.n).await;
+    end_step(srun, o.n()).await;
     outcome
 }
 
@@ -372,12 +378,19 @@ async fn launch(o: &Options) -> Result<(TcpListener, String, tokio::process::Chi
     let at = listener.local_addr()?;
     let token = new_token()?;
     let k = o.hosts.to_string();
+    let backends: Vec<&str> = o.backends().iter().map(|b| b.name()).collect();
     eprintln!("hostd: coordinator on {at}: starting {k} workers with srun");
     let srun = tokio::process::Command::new("srun")
         .args(["--ntasks-per-node=1", "-N", &k, "-n", &k, "--kill-on-bad-exit=0", "--"])
         .arg(&o.exe)
-        .args(["worker", "--connect", &at.to_string(), "--backend", o.backend.name()])
+        .args(["worker", "--connect", &at.to_string(), "--backend", &backends.join(",")])
         .args(["--lost-after", &o.lost_after.as_secs_f64().to_string()])
+        // Each worker reports these images' hashes too, checked like the others'.
+        .args(if o.systems().is_empty() {
+            vec![]
+        } else {
+            vec!["--systems".to_string(), o.systems().join(",")]
+        })
         .env("VIRTBENCH_WORKER_TOKEN", &token)
         .stdin(Stdio::null())
         // Not killed with the coordinator (Ctrl-C): Slurm would then end the step and kill
@@ -464,7 +477,7 @@ async fn coordinate(
     let ring = match &o.ring {
         Some(r) => {
             eprintln!("hostd: measuring the ring across hosts");
-            Some(ring::run(&mut ws, o.backend, r).await)
+            Some(ring::run(&mut ws, o.backend(), r).await)
         }
         None => None,
     };
@@ -501,8 +514,10 @@ async fn connect(
         (a.hello.node_id, &a.hello.hostname).cmp(&(b.hello.node_id, &b.hello.hostname))
     });
     check_images(&ws, o.images.as_ref())?;
-    if let Some(w) = ws.iter().find(|w| !w.hello.backends.contains(&o.backend)) {
-        bail!("host {}: backend {} is not available there (its probe failed; see the worker's log above)", w.name(), o.backend);
+    for b in o.backends() {
+        if let Some(w) = ws.iter().find(|w| !w.hello.backends.contains(&b)) {
+            bail!("host {}: backend {b} is not available there (its probe failed; see the worker's log above)", w.name());
+        }
     }
     for w in ws.iter_mut() {
         let c = measure_clock(w)
@@ -531,24 +546,21 @@ async fn send_slices(
     if weights.len() != ws.len() {
         bail!("--weights has {} weights for {} hosts", weights.len(), ws.len());
     }
-    let parts = plan::split(o.n, &weights).map_err(anyhow::Error::msg)?;
+    let parts = plan::split_groups(&o.groups, &weights).map_err(anyhow::Error::msg)?;
     let vni = u32::from_str_radix(&token[..6], 16).unwrap_or(1).max(1);
     let t0_unix_ns = real_ns() + LEAD.as_nanos() as u64;
     let t0_mono = mono_ns() + LEAD.as_nanos() as u64;
     let addrs: Vec<Ipv4Addr> = ws.iter().map(|w| w.hello.addr).collect();
     let mut slices = Vec::new();
-    for (slot, (w, &(first, count))) in ws.iter_mut().zip(&parts).enumerate() {
+    for (slot, (w, parts)) in ws.iter_mut().zip(parts).enumerate() {
         let s = Slice {
-            first,
-            count,
-            backend: o.backend,
+            parts,
             fleet: SliceFleet {
-                mem_mib: o.mem_mib,
-                vcpus: o.vcpus,
                 parallelism: o.parallelism,
                 boot_timeout_s: o.boot_timeout.as_secs(),
                 cold: o.mode == StartMode::Cold,
                 limits: o.limits.clone(),
+                topology: o.topology.clone(),
                 net: o.network.then(|| NetPlan {
                     slot: slot as u16,
                     hosts: addrs.len() as u16,
@@ -563,7 +575,7 @@ async fn send_slices(
             },
             t0_unix_ns,
         };
-        (w.rec.first, w.rec.count) = (first, count);
+        (w.rec.parts, w.rec.count) = (s.parts.clone(), SlicePart::total(&s.parts));
         if let Err(e) = w.link.send(&ToWorker::Slice(s.clone())) {
             w.set_lost(format!("sending its slice: {e}"));
         }

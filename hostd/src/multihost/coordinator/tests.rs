@@ -75,6 +75,28 @@ fn differing_images_name_the_host() {
     assert!(same_images(&extra, &own, "n4").unwrap_err().contains("kernel"));
 }
 
+#[test]
+fn a_host_without_the_fleets_system_image_is_named() {
+    // The reference holds the system's hashes (the coordinator's store, or the first
+    // host's); a worker that could not resolve the system reports none of them.
+    let mut own: BTreeMap<String, String> = [("agent".to_string(), "a".repeat(64))].into();
+    for part in ["rootfs.ext4", "tree", "recipe"] {
+        own.insert(format!("system debian ({part})"), "d".repeat(64));
+    }
+    let lacking: BTreeMap<String, String> = [("agent".to_string(), "a".repeat(64))].into();
+    let e = same_images(&lacking, &own, "n3").unwrap_err();
+    assert!(e.contains("host n3 has no image system debian ("), "{e}");
+    // Another build of it (its tree differs): named with both hashes.
+    let mut other = own.clone();
+    other.insert("system debian (tree)".into(), "e".repeat(64));
+    let e = same_images(&other, &own, "n2").unwrap_err();
+    assert!(e.contains("host n2: image system debian (tree) is sha256 eee"), "{e}");
+}
+
+fn part(group: &str, backend: BackendKind, first: usize, count: usize) -> SlicePart {
+    SlicePart { group: group.into(), backend, first, count, mem_mib: 64, vcpus: 1, system: None }
+}
+
 /// A host of a finished run whose 2 guests (from `first`) are ready and torn down clean.
 fn host(name: &str, first: usize) -> HostRecord {
     HostRecord {
@@ -85,7 +107,7 @@ fn host(name: &str, first: usize) -> HostRecord {
         cpus: 1,
         mem_mib: 100,
         images: BTreeMap::new(),
-        first,
+        parts: vec![part("ns", BackendKind::Ns, first, 2)],
         count: 2,
         clock: None,
         booted: None,
@@ -190,6 +212,8 @@ fn a_held_hosts_guests_are_ready_failed_or_lost_from_its_record() {
         addr: "10.250.0.12".parse().unwrap(),
         cpus: 2,
         mem_mib: 1024,
+        // A mixed fleet's slice: g3-g4 of group a, g5 of group b.
+        parts: vec![part("a", BackendKind::Ns, 3, 2), part("b", BackendKind::Uml, 5, 1)],
         count: 3,
         booted: Some(Booted {
             run: "r1".into(),
@@ -214,6 +238,8 @@ fn a_held_hosts_guests_are_ready_failed_or_lost_from_its_record() {
         states,
         [("g3", GuestState::Ready), ("g4", GuestState::Failed), ("g5", GuestState::Ready)]
     );
+    let groups: Vec<_> = s.guests.iter().map(|g| (g.group.as_str(), g.backend)).collect();
+    assert_eq!(groups, [("a", BackendKind::Ns), ("a", BackendKind::Ns), ("b", BackendKind::Uml)]);
     assert_eq!(s.guests[0].addr.as_deref(), Some("10.211.0.5"));
     assert_eq!(s.guests[2].ready_after_s, Some(0.3));
     assert_eq!(s.run.as_deref(), Some("r1"));
