@@ -454,7 +454,7 @@ async fn start(
         if w.rec.lost.is_some() {
             return;
         }
-        match await_booted(w, s, startup_within(o.boot_timeout, s.count)).await {
+        match await_booted(w, s, startup_within(o.boot_timeout, SlicePart::total(&s.parts))).await {
             Ok(b) => w.rec.booted = Some(b),
             Err(e) => w.set_lost(format!("{e:#}")),
         }
