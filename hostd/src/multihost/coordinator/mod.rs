@@ -547,6 +547,9 @@ async fn send_slices(
         bail!("--weights has {} weights for {} hosts", weights.len(), ws.len());
     }
     let parts = plan::split_groups(&o.groups, &weights).map_err(anyhow::Error::msg)?;
+    if let Some(w) = plan::mtu_warning(&o.groups, &weights, o.network) {
+        tracing::warn!("{w}");
+    }
     let vni = u32::from_str_radix(&token[..6], 16).unwrap_or(1).max(1);
     let t0_unix_ns = real_ns() + LEAD.as_nanos() as u64;
     let t0_mono = mono_ns() + LEAD.as_nanos() as u64;
