@@ -58,6 +58,8 @@ fn a_fleet_of_ns_and_uml_groups_spans_three_hosts_and_down_leaves_nothing() {
     // Each group split as one group is (4 = 2 + 1 + 1, 2 = 1 + 1 + 0), global indices kept.
     assert!(out.contains("host n1 (") && out.contains("guests g0–g1 (cts), g4 (vms)"), "{out}");
     assert!(out.contains("guests g2 (cts), g5 (vms)") && out.contains("guests g3 (cts)"), "{out}");
+    // uml guests on n1 and n2: the user is told their frames to each other may be dropped.
+    assert!(out.contains("kernel of their own (uml, VMs) on 2 hosts"), "{out}");
     let hosts = hosts_of(&lab, &name);
     let want: [&[(&str, &str)]; 3] = [
         &[("g0", "cts"), ("g1", "cts"), ("g4", "vms")],
