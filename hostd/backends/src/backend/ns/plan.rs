@@ -60,17 +60,21 @@ pub(super) const WORKDIR_FD: RawFd = 5;
 pub(super) const ROOTFS_FD: RawFd = 6;
 pub(super) const DISK_FD: RawFd = 7;
 
+/// mount(2)'s arguments, prepared.
+#[derive(Debug)]
+pub(super) struct Mount {
+    pub src: Option<CString>,
+    pub target: CString,
+    pub fstype: Option<CString>,
+    pub flags: MsFlags,
+    pub data: Option<CString>,
+}
+
 /// One step of the child's set-up. Holds only prepared C strings: walking it allocates
 /// nothing. Relative paths are relative to the guest's work directory.
 #[derive(Debug)]
 pub(super) enum Step {
-    Mount {
-        src: Option<CString>,
-        target: CString,
-        fstype: Option<CString>,
-        flags: MsFlags,
-        data: Option<CString>,
-    },
+    Mount(Mount),
     Umount {
         target: CString,
         flags: MntFlags,
@@ -111,7 +115,7 @@ impl Step {
             }
         };
         match self {
-            Step::Mount { src, target, fstype, flags, .. } => {
+            Step::Mount(Mount { src, target, fstype, flags, .. }) => {
                 if flags.contains(MsFlags::MS_REMOUNT) {
                     format!("remounting {} ({})", s(target), flag_names(*flags))
                 } else if flags.contains(MsFlags::MS_BIND) {
@@ -165,13 +169,13 @@ pub(super) fn plan(p: &PlanInput) -> Result<Vec<Step>, NulByteError> {
                  flags: MsFlags,
                  data: Option<&str>|
      -> Result<Step, NulByteError> {
-        Ok(Step::Mount {
+        Ok(Step::Mount(Mount {
             src,
             target: c(target)?,
             fstype: fstype.map(c).transpose()?,
             flags,
             data: data.map(c).transpose()?,
-        })
+        }))
     };
     let ro_bind = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;

@@ -6,21 +6,14 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MntFlags;
 use nix::sys::stat::{Mode, SFlag};
 
-use super::plan::Step;
+use super::plan::{Mount, Step};
 
 /// The system calls the plan is made of: real ones in the child, recorded ones in tests.
 pub(super) trait Syscall {
-    fn mount(
-        &self,
-        src: Option<&CStr>,
-        target: &CStr,
-        fstype: Option<&CStr>,
-        flags: MsFlags,
-        data: Option<&CStr>,
-    ) -> nix::Result<()>;
+    fn mount(&self, m: &Mount) -> nix::Result<()>;
     fn umount2(&self, target: &CStr, flags: MntFlags) -> nix::Result<()>;
     fn pivot_root(&self, new_root: &CStr, put_old: &CStr) -> nix::Result<()>;
     fn chdir(&self, path: &CStr) -> nix::Result<()>;
@@ -35,15 +28,9 @@ pub(super) trait Syscall {
 pub(super) struct RealSyscall;
 
 impl Syscall for RealSyscall {
-    fn mount(
-        &self,
-        src: Option<&CStr>,
-        target: &CStr,
-        fstype: Option<&CStr>,
-        flags: MsFlags,
-        data: Option<&CStr>,
-    ) -> nix::Result<()> {
-        nix::mount::mount(src, target, fstype, flags, data)
+    fn mount(&self, m: &Mount) -> nix::Result<()> {
+        let (src, fstype, data) = (m.src.as_deref(), m.fstype.as_deref(), m.data.as_deref());
+        nix::mount::mount(src, m.target.as_c_str(), fstype, m.flags, data)
     }
     fn umount2(&self, target: &CStr, flags: MntFlags) -> nix::Result<()> {
         nix::mount::umount2(target, flags)
@@ -93,9 +80,7 @@ impl Syscall for RealSyscall {
 pub(super) fn run_plan(sys: &dyn Syscall, plan: &[Step]) -> Result<(), (usize, Errno)> {
     for (i, step) in plan.iter().enumerate() {
         let r = match step {
-            Step::Mount { src, target, fstype, flags, data } => {
-                sys.mount(src.as_deref(), target, fstype.as_deref(), *flags, data.as_deref())
-            }
+            Step::Mount(m) => sys.mount(m),
             Step::Umount { target, flags } => sys.umount2(target, *flags),
             Step::PivotRoot { new_root, put_old } => sys.pivot_root(new_root, put_old),
             Step::Chdir(p) => sys.chdir(p),

@@ -7,7 +7,7 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 
 use super::child::AT_EXEC;
-use super::plan::{flag_names, keep_flags, plan, PlanInput};
+use super::plan::{flag_names, keep_flags, plan, Mount, PlanInput};
 use super::syscalls::{run_plan, Syscall};
 use super::*;
 
@@ -36,21 +36,14 @@ fn s(c: Option<&CStr>) -> String {
 }
 
 impl Syscall for Recorder {
-    fn mount(
-        &self,
-        src: Option<&CStr>,
-        target: &CStr,
-        fstype: Option<&CStr>,
-        flags: MsFlags,
-        data: Option<&CStr>,
-    ) -> nix::Result<()> {
+    fn mount(&self, m: &Mount) -> nix::Result<()> {
         self.rec(format!(
             "mount {} {} {} {} {}",
-            s(src),
-            s(Some(target)),
-            s(fstype),
-            flag_names(flags),
-            s(data)
+            s(m.src.as_deref()),
+            s(Some(&m.target)),
+            s(m.fstype.as_deref()),
+            flag_names(m.flags),
+            s(m.data.as_deref())
         ))
     }
     fn umount2(&self, target: &CStr, flags: MntFlags) -> nix::Result<()> {
@@ -194,7 +187,7 @@ fn a_failing_step_stops_the_walk_and_is_named() {
     let bind = steps
         .iter()
         .position(
-            |s| matches!(s, Step::Mount { src: Some(_), flags, .. } if *flags == MsFlags::MS_BIND),
+            |s| matches!(s, Step::Mount(Mount { src: Some(_), flags, .. }) if *flags == MsFlags::MS_BIND),
         )
         .unwrap();
     let mut report = (bind as u32).to_le_bytes().to_vec();
