@@ -53,6 +53,45 @@ fn assert_clean(
     assert_left_nothing(run, || leftovers(run, dir, mounts_before, pids, workdirs));
 }
 
+/// One test's guests: a run id (every resource is named after it, and removed by `Litter`
+/// if the test fails), a scratch directory holding the agent's rootfs, and the mount
+/// table from before any guest, for the leftover check.
+struct Setup {
+    run: String,
+    _litter: Litter,
+    dir: tempfile::TempDir,
+    rootfs: PathBuf,
+    mounts_before: HashSet<String>,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Setup {
+        let run = format!("{tag}{}", std::process::id());
+        let dir = scratch_on_disk("ns-");
+        let rootfs = make_rootfs(dir.path());
+        Setup { _litter: Litter(run.clone()), run, dir, rootfs, mounts_before: mountinfo() }
+    }
+
+    fn images(&self) -> Images {
+        Images { agent: built_agent(), rootfs: Some(self.rootfs.clone()), ..Default::default() }
+    }
+
+    /// A data disk of `mb` MiB in the scratch directory.
+    fn disk(&self, mb: u64) -> PathBuf {
+        let disk = self.dir.path().join("disk.bin");
+        write_data_file(&disk, mb).unwrap();
+        disk
+    }
+
+    fn spec(&self, index: usize, disk: Option<&Path>, net: Option<&FleetNet>) -> GuestSpec {
+        spec(&self.run, index, self.dir.path(), disk, net)
+    }
+
+    fn assert_clean(&self, pids: &[u32], workdirs: &[PathBuf]) {
+        assert_clean(&self.run, self.dir.path(), &self.mounts_before, pids, workdirs);
+    }
+}
+
 fn spec(
     run: &str,
     index: usize,
@@ -70,27 +109,21 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
     if !root_or_skip("the ns fleet test") {
         return;
     }
-    let run = format!("nsf{}", std::process::id());
-    let _litter = Litter(run.clone());
-    let dir = scratch_on_disk("ns-");
-    let rootfs = make_rootfs(dir.path());
-    let disk = dir.path().join("disk.bin");
-    write_data_file(&disk, DISK_MB).unwrap();
-    let mounts_before = mountinfo();
-    let net = FleetNet::create(&run).unwrap();
-    let images = Images { agent: built_agent(), rootfs: Some(rootfs), ..Default::default() };
-    let backend = AnyBackend::new(BackendKind::Ns, &images, &Default::default());
+    let t = Setup::new("nsf");
+    let disk = t.disk(DISK_MB);
+    let net = FleetNet::create(&t.run).unwrap();
+    let backend = AnyBackend::new(BackendKind::Ns, &t.images(), &Default::default());
     let desc = backend.probe().await.unwrap();
     eprintln!("ns probe: {desc}");
 
     // Each guest its own copy of the data (the suite's per-guest data sets).
-    let copies = DataDisks::new(&disk, DISK_MB << 20, &dir.path().join("copies"), &run).unwrap();
+    let copies =
+        DataDisks::new(&disk, DISK_MB << 20, &t.dir.path().join("copies"), &t.run).unwrap();
     let own: Vec<PathBuf> = (0..3).map(|i| copies.copy_for(i).unwrap()).collect();
 
     // Concurrently, as fleets boot: launches interleave between clone and exec.
     let (guests, pids, workdirs) =
-        boot_all(&backend, 3, |i| spec(&run, i, dir.path(), Some(&own[i]), Some(&net)), HELLO)
-            .await;
+        boot_all(&backend, 3, |i| t.spec(i, Some(&own[i]), Some(&net)), HELLO).await;
     for g in &guests {
         assert_eq!(g.hello.role, Role::Init, "{}", g.spec.name);
         assert_eq!(g.hello.pid, 1);
@@ -153,7 +186,7 @@ async fn fleet_of_three_boots_benchmarks_and_leaves_nothing() {
     shut_down_all(&backend, guests).await;
     net.destroy().unwrap();
     copies.remove().unwrap();
-    assert_clean(&run, dir.path(), &mounts_before, &pids, &workdirs);
+    t.assert_clean(&pids, &workdirs);
 }
 
 /// The guest sees its own processes, devices and filesystems only, and cannot reach the
@@ -163,15 +196,10 @@ async fn guest_is_isolated_from_the_host() {
     if !root_or_skip("the ns isolation test") {
         return;
     }
-    let run = format!("nsi{}", std::process::id());
-    let _litter = Litter(run.clone());
-    let dir = scratch_on_disk("ns-");
-    let rootfs = make_rootfs(dir.path());
-    let mounts_before = mountinfo();
-    let net = FleetNet::create(&run).unwrap();
-    let images = Images { agent: built_agent(), rootfs: Some(rootfs), ..Default::default() };
-    let backend = AnyBackend::new(BackendKind::Ns, &images, &Default::default());
-    let g = boot_beside_decoy(&backend, spec(&run, 0, dir.path(), None, Some(&net)), HELLO).await;
+    let t = Setup::new("nsi");
+    let net = FleetNet::create(&t.run).unwrap();
+    let backend = AnyBackend::new(BackendKind::Ns, &t.images(), &Default::default());
+    let g = boot_beside_decoy(&backend, t.spec(0, None, Some(&net)), HELLO).await;
     let pid = g.process.pid();
     // Only the descriptors it was given: stdin /dev/null, stdout and stderr the console
     // pipe, and the control socket.
@@ -215,13 +243,13 @@ async fn guest_is_isolated_from_the_host() {
         points.difference(&allowed)
     );
 
-    assert_host_loopback_unreachable(&g, host_spec(&run, dir.path())).await;
+    assert_host_loopback_unreachable(&g, host_spec(&t.run, t.dir.path())).await;
 
     let workdir = g.spec.workdir.clone();
     let exit = g.shutdown(&backend, Duration::from_secs(5)).await;
     assert!(powered_off(&exit), "{exit:?}");
     net.destroy().unwrap();
-    assert_clean(&run, dir.path(), &mounts_before, &[pid], &[workdir]);
+    t.assert_clean(&[pid], &[workdir]);
 }
 
 /// With a user namespace the guest's root is an unprivileged host user, and it still boots,
@@ -231,27 +259,17 @@ async fn user_namespace_guest_runs_unprivileged() {
     if !root_or_skip("the ns user-namespace test") {
         return;
     }
-    let run = format!("nsu{}", std::process::id());
-    let _litter = Litter(run.clone());
-    let dir = scratch_on_disk("ns-");
-    let rootfs = make_rootfs(dir.path());
-    let disk = dir.path().join("disk.bin");
-    write_data_file(&disk, DISK_MB).unwrap();
-    let mounts_before = mountinfo();
-    let net = FleetNet::create(&run).unwrap();
-    let images = Images { agent: built_agent(), rootfs: Some(rootfs), ..Default::default() };
-    let mut ns = Ns::new(&images, &Default::default());
+    let t = Setup::new("nsu");
+    let disk = t.disk(DISK_MB);
+    let net = FleetNet::create(&t.run).unwrap();
+    let mut ns = Ns::new(&t.images(), &Default::default());
     let map = IdMap { host_uid: 200_000, host_gid: 200_000, count: 65536 };
     ns.user_ns = Some(map);
     let backend = AnyBackend::Ns(ns);
     assert!(backend.probe().await.unwrap().contains(",user"));
     let mut guests = Vec::new();
     for i in 0..2 {
-        guests.push(
-            boot(&backend, spec(&run, i, dir.path(), Some(&disk), Some(&net)), HELLO)
-                .await
-                .unwrap(),
-        );
+        guests.push(boot(&backend, t.spec(i, Some(&disk), Some(&net)), HELLO).await.unwrap());
     }
     let pids: Vec<u32> = guests.iter().map(|g| g.process.pid()).collect();
     let workdirs: Vec<PathBuf> = guests.iter().map(|g| g.spec.workdir.clone()).collect();
@@ -270,7 +288,7 @@ async fn user_namespace_guest_runs_unprivileged() {
     assert_reads_disk(&guests[0], &disk, BENCH).await;
     shut_down_all(&backend, guests).await;
     net.destroy().unwrap();
-    assert_clean(&run, dir.path(), &mounts_before, &pids, &workdirs);
+    t.assert_clean(&pids, &workdirs);
 }
 
 /// A set-up step that fails in the child is named in the launch error, and the failed
@@ -280,21 +298,14 @@ async fn failing_setup_step_is_named_and_cleaned_up() {
     if !root_or_skip("the ns failure test") {
         return;
     }
-    let run = format!("nse{}", std::process::id());
-    let _litter = Litter(run.clone());
-    let dir = scratch_on_disk("ns-");
-    let rootfs = make_rootfs(dir.path());
+    let t = Setup::new("nse");
     // An image without /data cannot take the data disk (its root is read-only).
-    std::fs::remove_dir(rootfs.join("data")).unwrap();
-    let disk = dir.path().join("disk.bin");
-    write_data_file(&disk, 1).unwrap();
-    let images =
-        Images { agent: built_agent(), rootfs: Some(rootfs.clone()), ..Default::default() };
-    let backend = AnyBackend::new(BackendKind::Ns, &images, &Default::default());
+    std::fs::remove_dir(t.rootfs.join("data")).unwrap();
+    let disk = t.disk(1);
+    let backend = AnyBackend::new(BackendKind::Ns, &t.images(), &Default::default());
     let probe = backend.probe().await.unwrap_err();
     assert!(probe.reason.to_string().contains("/data is missing"), "{probe}");
-    let mounts_before = mountinfo();
-    let s = spec(&run, 0, dir.path(), Some(&disk), None);
+    let s = t.spec(0, Some(&disk), None);
     let workdir = s.workdir.clone();
     let e = match backend.launch(&s).await {
         Ok(_) => panic!("launch without a /data mount point succeeded"),
@@ -303,7 +314,7 @@ async fn failing_setup_step_is_named_and_cleaned_up() {
     eprintln!("launch error: {e}");
     assert!(e.contains("mounting tmpfs on ") && e.contains("/g0/root/data: "), "{e}");
     assert!(e.contains("No such file or directory"), "{e}");
-    assert_clean(&run, dir.path(), &mounts_before, &[], &[workdir]);
+    t.assert_clean(&[], &[workdir]);
 }
 
 /// `hostd boot`'s floor for ns: `unshare` of the same namespaces + chroot + exec of the
