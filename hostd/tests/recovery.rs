@@ -429,22 +429,6 @@ fn raw_cpio(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
     out
 }
 
-/// A tar whose names and link targets are written raw (the tar crate refuses `..`).
-fn raw_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, et, link, data) in entries {
-        let mut h = tar::Header::new_old();
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-        h.set_entry_type(*et);
-        h.set_mode(0o755);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        b.append(&h, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 #[test]
 fn tampered_and_unsafe_images_are_refused_before_booting() {
     if !is_root() {
@@ -492,7 +476,7 @@ fn tampered_and_unsafe_images_are_refused_before_booting() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let copy = store_copy(dir.path(), &["agent", "rootfs"]);
-        put_blob(&copy, "rootfs", "rootfs", &raw_tar(&entries));
+        put_blob(&copy, "rootfs", "rootfs", &imagegen::testing::raw_tar(&entries));
         refused(&copy, "ns", says);
         assert!(
             !dir.path().join("evil").exists() && !copy.join("evil").exists(),

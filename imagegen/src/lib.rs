@@ -31,6 +31,8 @@ pub mod pin;
 pub mod plan;
 pub mod recipe;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 /// Looking into a root file system tree (a `debian-rootfs`, `rootfs-import` or `oci-image`
 /// build unpacked by [`Store::materialize_system_tree`]) without following its symlinks out
