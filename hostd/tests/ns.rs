@@ -22,14 +22,12 @@ use support::fault::{
     assert_host_loopback_unreachable, assert_left_nothing, assert_only_given_fds,
     assert_own_namespaces, assert_reads_disk, assert_sees_itself_alone, assert_streams, bench,
     boot_all, boot_beside_decoy, built_agent, container_spec, host_spec, leftovers, mountinfo,
-    ns_inode, powered_off, rootfs_with, scratch_on_disk, shut_down_all, Litter,
+    ns_inode, powered_off, rootfs_with, scratch_on_disk, shut_down_all, Litter, BENCH, DISK_MB,
 };
 use vb_protocol::bench::{BenchRequest, BenchSpec, Resource, Work};
 use vb_protocol::msg::Role;
 
 const HELLO: Duration = Duration::from_secs(10);
-const BENCH: Duration = Duration::from_secs(60);
-const DISK_MB: u64 = 4;
 
 fn root_or_skip(test: &str) -> bool {
     support::skip::unless_root(

@@ -20,14 +20,13 @@ use support::fault::{
     assert_host_loopback_unreachable, assert_left_nothing, assert_only_given_fds,
     assert_own_namespaces, assert_reads_disk, assert_sees_itself_alone, assert_streams, bench,
     boot_all, boot_beside_decoy, built_agent, cgroup_dirs_of, container_spec, host_spec, leftovers,
-    mountinfo, netns_of, powered_off, rootfs_with, scratch_on_disk, shut_down_all, Litter,
+    mountinfo, netns_of, powered_off, rootfs_with, scratch_on_disk, shut_down_all, Litter, BENCH,
+    DISK_MB,
 };
 use vb_protocol::bench::{BenchSpec, Work};
 use vb_protocol::msg::Role;
 
 const HELLO: Duration = Duration::from_secs(20);
-const BENCH: Duration = Duration::from_secs(60);
-const DISK_MB: u64 = 4;
 
 fn root_or_skip(test: &str) -> bool {
     support::skip::unless_root(

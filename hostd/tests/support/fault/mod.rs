@@ -15,6 +15,11 @@ use hostd::netlab::{self, FleetNet};
 use vb_protocol::bench::{BenchRequest, BenchSpec, Work};
 use vb_protocol::msg::{Command, ReplyBody};
 
+/// How long the container tests (ns, oci) give one benchmark request.
+pub const BENCH: Duration = Duration::from_secs(60);
+/// Size of the container tests' data disk, MiB.
+pub const DISK_MB: u64 = 4;
+
 mod gone;
 #[allow(unused_imports)] // as above: some binaries check no leftovers
 pub use gone::*;
