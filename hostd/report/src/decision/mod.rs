@@ -360,10 +360,14 @@ fn memory_column(rep: &Report, kinds: &[BackendKind]) -> (Column, Vec<Cell>) {
                 .memory_fit
                 .get(&format!("{b} cold"))
                 .or_else(|| rep.startup.memory_fit.get(&format!("{b} hot")));
+            // A backend whose M_used counts more than the label says carries it in the cell.
+            let caveat = crate::report::memory_caveat(b, rep.emulated.contains(&b))
+                .map(|c| format!("; {c}"))
+                .unwrap_or_default();
             match fit {
                 Some(f) => cell(
                     format!(
-                        "{:.1} MiB (fit of {} sizes, residual {:.1})",
+                        "{:.1} MiB (fit of {} sizes, residual {:.1}{caveat})",
                         f.slope, f.points, f.residual_std
                     ),
                     Some(f.slope),

@@ -225,3 +225,59 @@ fn the_report_opens_with_the_table() {
     assert!(page.find("<figure").is_none_or(|f| f > table), "a figure before the table");
     assert!(!page[..table].contains("<h2>"), "a section before the table");
 }
+
+/// Xen's M_used counts dom0's QEMU disk backends and Xen's RAM: said beside its memory in
+/// the decision table, the startup table and the memory figure; in the lab, also that it is
+/// the emulated host's memory. Other backends' memory carries no such note.
+#[test]
+fn xens_memory_says_what_it_counts_beside_every_figure() {
+    let mut rep = report();
+    let row = |backend, n| BootRow {
+        backend,
+        n,
+        mode: StartMode::Cold,
+        ready: n,
+        failed: 0,
+        t_startup_s: Some(1.0),
+        ready_times: None,
+        guest_boot: None,
+        m_used_mib: Some(140.0 * n as f64),
+        per_guest_cgroup_mib: None,
+        per_guest_pss_mib: None,
+        checks: Default::default(),
+    };
+    rep.startup.rows.extend([row(BackendKind::Xen, 1), row(BackendKind::Xen, 2)]);
+    let fit = LinearFit { slope: 140.0, intercept: 0.0, residual_std: 0.1, points: 2 };
+    rep.startup.memory_fit.insert("xen cold".into(), fit);
+    rep.emulated.insert(BackendKind::Xen);
+
+    let t = decide(&rep);
+    let mem = col(&t, "memory per guest");
+    let cell = |b| &t.rows.iter().find(|r| r.backend == b).unwrap().cells[mem].text;
+    let xen = cell(BackendKind::Xen);
+    assert!(
+        xen.starts_with("140.0 MiB (fit of 2 sizes, residual 0.1; xen: M_used is dom0's"),
+        "{xen}"
+    );
+    assert!(xen.contains("QEMU device model") && xen.contains("emulated host"), "{xen}");
+    assert_eq!(cell(BackendKind::Uml), "40.0 MiB (fit of 2 sizes, residual 0.5)");
+
+    let figs = crate::report::figures(&rep);
+    let html = crate::report::html_page(&rep, &figs);
+    // Once beside the startup table (the figure's caption is in the page too).
+    let said = "its dom0 and Xen, not this host's memory.</p>";
+    assert_eq!(html.matches(said).count(), 1, "{html}");
+    let (_, _, cap) = figs.iter().find(|(n, _, _)| n == "fig_memory.svg").unwrap();
+    assert!(
+        cap.contains(" xen: M_used is dom0's used memory")
+            && cap.ends_with("not this host's memory."),
+        "{cap}"
+    );
+
+    // On a real Xen host the emulated-host part is left out; no other backend has a note.
+    let real = crate::report::memory_caveat(BackendKind::Xen, false).unwrap();
+    assert!(real.contains("qdisk") && !real.contains("emulated"), "{real}");
+    for b in BackendKind::ALL.into_iter().filter(|&b| b != BackendKind::Xen) {
+        assert_eq!(crate::report::memory_caveat(b, true), None, "{b}");
+    }
+}

@@ -1,7 +1,7 @@
 //! One figure per paper figure (and memory occupation), with the caption saying what its points
 //! and bars stand on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 
@@ -67,7 +67,15 @@ fn startup_figures(rep: &Report, out: &mut Vec<(String, Figure, String)>) {
         } else {
             ("fig_memory.svg", "M_used(n) of one booted, idle fleet per point: no error bars; the fit n·M_VM + M_tool is in the table above.")
         };
-        out.push((file.to_string(), Figure::Line(chart), caption.to_string()));
+        let mut caption = caption.to_string();
+        if file == "fig_memory.svg" {
+            for b in rep.startup.rows.iter().map(|r| r.backend).collect::<BTreeSet<_>>() {
+                if let Some(c) = memory_caveat(b, rep.emulated.contains(&b)) {
+                    caption.push_str(&format!(" {c}."));
+                }
+            }
+        }
+        out.push((file.to_string(), Figure::Line(chart), caption));
     }
 }
 
@@ -326,6 +334,27 @@ fn ring_figure(rep: &Report, out: &mut Vec<(String, Figure, String)>) {
 
 /// What a figure shows of a backend measured inside an emulated host (the Xen lab).
 pub const EMULATED_MARK: &str = " (emulated host)";
+
+/// What a backend's M_used counts that the label alone does not say, to print beside it;
+/// None where it means what it says (the host's used memory with the fleet up).
+pub fn memory_caveat(b: BackendKind, emulated: bool) -> Option<String> {
+    if b != BackendKind::Xen {
+        return None;
+    }
+    // docs/xen.md, "Memory" and "Disk": domU RAM is Xen's, and qdisk is a QEMU per domain.
+    let mut note = "xen: M_used is dom0's used memory plus the RAM Xen handed out (`xl info`); \
+        a guest with a disk (data disk or system image) has it served by a QEMU device model \
+        in dom0 (qdisk, about 13 MiB PSS a guest in the lab), which a host serving raw disks \
+        with blkback would not run"
+        .to_string();
+    if emulated {
+        note.push_str(
+            "; measured inside the Xen lab's machine (an emulated host under QEMU TCG): \
+             its dom0 and Xen, not this host's memory",
+        );
+    }
+    Some(note)
+}
 
 /// How results written before [`Record::BackendProbe`]'s `emulated` field marked it.
 pub(super) const OLD_EMULATED_PREFIX: &str = "[emulated host] ";

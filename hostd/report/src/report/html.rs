@@ -128,6 +128,14 @@ pub(super) fn startup_html(rep: &Report) -> Markup {
         .filter(|r| r.m_used_mib.is_some_and(|m| m < 0.0))
         .map(|r| format!("{} n={} {}", r.backend, r.n, r.mode.name()))
         .collect();
+    // What a backend's M_used counts beyond the label, beside the table.
+    let mut caveats: Vec<String> = Vec::new();
+    for r in &rep.startup.rows {
+        let c = super::figures::memory_caveat(r.backend, rep.emulated.contains(&r.backend));
+        if let Some(c) = c.filter(|c| !caveats.contains(c)) {
+            caveats.push(c);
+        }
+    }
     html! {
         h2 { "Concurrent startup and memory occupation (paper II.B, Fig. 1)" }
         table {
@@ -180,6 +188,7 @@ pub(super) fn startup_html(rep: &Report) -> Markup {
                 "M_used below zero for " (negative.join(", ")) ": the host's used memory fell during the measurement (another process freed memory), so those rows and the fit through them understate the guests' memory; rerun on a quiet host."
             }
         }
+        @for c in &caveats { p { (c) "." } }
         (crate::bootreport::startup_notes_html(&rep.startup))
         @for (mode, f) in &rep.startup.memory_fit {
             p {

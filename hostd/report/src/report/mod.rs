@@ -410,7 +410,7 @@ mod tests;
 mod write;
 
 use self::figures::*;
-pub use self::figures::{cpu_workload_note, figures, Figure, EMULATED_MARK};
+pub use self::figures::{cpu_workload_note, figures, memory_caveat, Figure, EMULATED_MARK};
 pub use self::html::html_page;
 use self::summary_csv::*;
 pub use self::write::{write, WriteError};
