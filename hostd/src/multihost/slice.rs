@@ -139,6 +139,11 @@ impl Running {
         crate::net::set(&run.scratch, &net.netns, topo, &indices)
     }
 
+    /// Ready guests in all.
+    pub fn ready(&self) -> usize {
+        self.parts.iter().map(|p| p.fleet.guests.len()).sum()
+    }
+
     /// The ready guest with global index `index`.
     pub fn guest(&self, index: usize) -> Option<&crate::guest::RunningGuest> {
         self.parts.iter().flat_map(|p| p.fleet.guests.iter()).find(|g| g.spec.index == index)
