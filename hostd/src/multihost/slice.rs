@@ -102,12 +102,14 @@ impl Running {
         Ok(running)
     }
 
-    /// The startup report: every part's ready guests (from the common start) and failures.
+    /// The startup report: every part's ready guests (from the common start), failures, and
+    /// the slice's memory against what was read `before` its start.
     pub fn booted(
         &self,
         run: &RunState,
         lateness_s: f64,
         start_mono_ns: u64,
+        before: Option<&super::memory::Before>,
         clean: impl Fn(&str) -> String,
     ) -> Booted {
         let fleets = || self.parts.iter().map(|p| &p.fleet);
@@ -123,6 +125,7 @@ impl Running {
                 .flat_map(|f| f.failures.iter())
                 .map(|f| GuestLost { index: f.index, kind: f.kind.clone(), error: clean(&f.error) })
                 .collect(),
+            memory: before.and_then(|b| b.after(fleets().flat_map(|f| f.guests.iter()))),
         }
     }
 

@@ -157,7 +157,7 @@ async fn slice(
     // Installed before the start: from now on SIGTERM (Slurm ending the step) no longer
     // kills us; it stops the launches, and we tear down.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let (started, stopped) = match start_at_t0(o, &run, &s, addr, link, &mut term).await {
+    let (running, started, stopped) = match start_at_t0(o, &run, &s, addr, link, &mut term).await {
         Ok(x) => x,
         Err(e) => {
             let cleaned = run.finish();
@@ -165,10 +165,9 @@ async fn slice(
             return Err(e);
         }
     };
-    let running = started.running;
     let why = match stopped {
         Some(why) => why,
-        None => match report(&running, &run, &s, link, started.lateness_s, started.start_mono_ns) {
+        None => match report(&running, &run, &s, link, &started) {
             Err(message) => {
                 let (_, _, left) = running.teardown(GRACE).await;
                 let cleaned = run.finish();
@@ -208,30 +207,30 @@ fn report(
     run: &RunState,
     s: &Slice,
     link: &mut Link<ToWorker>,
-    lateness_s: f64,
-    start_mono_ns: u64,
+    started: &Started,
 ) -> Result<Option<String>, String> {
     if let Some(Err(e)) = s.fleet.topology.as_ref().map(|t| running.shape(run, t)) {
         return Err(format!("the fleet's network ([net]): {e}"));
     }
-    let booted = running.booted(run, lateness_s, start_mono_ns, clean);
+    let (lateness, start, before) = (started.lateness_s, started.start_mono_ns, &started.before);
+    let booted = running.booted(run, lateness, start, before.as_ref(), clean);
     Ok(link
         .send(&FromWorker::Booted(booted))
         .err()
         .map(|e| format!("the coordinator's link failed ({e})")))
 }
 
-/// A slice started at T0: its guests, its start's lateness (s) and its start on
-/// CLOCK_MONOTONIC.
+/// A slice started at T0: its start's lateness (s), its start on CLOCK_MONOTONIC, and what
+/// its memory is measured against.
 struct Started {
-    running: Running,
     lateness_s: f64,
     start_mono_ns: u64,
+    before: Option<super::memory::Before>,
 }
 
 /// Checks every part, makes this host's part of the fleet network, empties the page cache
 /// for a cold start, waits for T0 and starts every part, watching the link meanwhile. The
-/// slice started, and why its start was stopped if it was (as [`hold`] says it).
+/// slice running, its start, and why its start was stopped if it was (as [`hold`] says it).
 async fn start_at_t0(
     o: &WorkerOptions,
     run: &RunState,
@@ -239,7 +238,7 @@ async fn start_at_t0(
     addr: std::net::Ipv4Addr,
     link: &mut Link<ToWorker>,
     term: &mut tokio::signal::unix::Signal,
-) -> Result<(Started, Option<String>)> {
+) -> Result<(Running, Started, Option<String>)> {
     s.fleet.limits.check().map_err(|e| anyhow::anyhow!("the slice's limits: {e}"))?;
     let (raise, stop) = StopLaunching::new();
     let planned = slice::plan(s, &o.images, &o.backend_opts, |p| FleetConfig {
@@ -266,12 +265,14 @@ async fn start_at_t0(
     tokio::time::sleep(Duration::from_nanos(wait)).await;
     let start_mono_ns = mono_ns();
     let lateness_s = (real_ns() as i128 - s.t0_unix_ns as i128) as f64 / 1e9;
+    // Read in well under a millisecond: the start stays on T0.
+    let started = Started { lateness_s, start_mono_ns, before: super::memory::Before::now() };
     let start = Running::start(planned, run, net);
     tokio::pin!(start);
     // A worker whose coordinator is gone stops launching (a slice of thousands of guests
     // took minutes to finish launching otherwise), then tears down what started.
     let why = tokio::select! {
-        r = &mut start => return Ok((Started { running: r?, lateness_s, start_mono_ns }, None)),
+        r = &mut start => return Ok((r?, started, None)),
         m = link.recv() => match m {
             Ok(ToWorker::Teardown) => String::new(),
             Ok(other) => format!("the coordinator sent {:.200} while the slice started", format!("{other:?}")),
@@ -288,7 +289,7 @@ async fn start_at_t0(
         running.ready(),
         SlicePart::total(&s.parts),
     );
-    Ok((Started { running, lateness_s, start_mono_ns }, Some(why)))
+    Ok((running, started, Some(why)))
 }
 
 /// The one place the fleet network is made: this host's part of the network across hosts

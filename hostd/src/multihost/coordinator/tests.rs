@@ -187,6 +187,7 @@ fn finished(hosts: Vec<HostRecord>) -> (MultiHost, FleetBoot) {
         t_startup_s: Some(0.1),
         hosts,
         ring: None,
+        memory: None,
     };
     let boot = FleetBoot {
         backend: BackendKind::Ns,
@@ -268,6 +269,7 @@ fn a_held_hosts_guests_are_ready_failed_or_lost_from_its_record() {
                 kind: crate::fleet::FailureKind::Timeout,
                 error: "no hello".into(),
             }],
+            memory: None,
         }),
         teardown: None,
         ..host("n2", 3)
