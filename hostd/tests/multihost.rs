@@ -75,6 +75,7 @@ fn a_fleet_across_three_hosts_with_offsets_recovered_and_nothing_left() {
         })
         .fold(0.0, f64::max);
     assert!((m["t_startup_s"].as_f64().unwrap() - want).abs() < 1e-9, "{m}");
+    assert_memory(&dir, &m, 10);
     lab.assert_clean_of(&runs(&m));
     lab.down_finding_nothing();
 }

@@ -95,13 +95,17 @@ pub enum BootError {
     LaunchTimeout { guest: String, after: Duration },
     #[error("guest {guest}: {cause}{}", tail.as_ref().map(|t| format!("; its output ends with:\n{t}")).unwrap_or_default())]
     Ready { guest: String, kind: FailureKind, cause: ChannelError, tail: Option<String> },
+    #[error("guest {guest}: not launched, or its launch dropped (what it made released): its fleet's start was stopped")]
+    Stopped { guest: String },
 }
 
 impl BootError {
     /// The failure record for guest `index`.
     pub fn failure(&self, index: usize) -> GuestFailure {
         let (name, kind, tail, error) = match self {
-            BootError::Launch { guest, .. } => (guest, FailureKind::Launch, None, self.to_string()),
+            BootError::Launch { guest, .. } | BootError::Stopped { guest } => {
+                (guest, FailureKind::Launch, None, self.to_string())
+            }
             BootError::LaunchTimeout { guest, .. } => {
                 (guest, FailureKind::Timeout, None, self.to_string())
             }
@@ -134,6 +138,39 @@ pub fn exit_watch(pid: u32) -> Option<ExitWatch> {
     }))
 }
 
+/// The stop of a fleet's start (e.g. a worker whose coordinator's link dropped): once
+/// raised, a guest not yet launching is not launched and a launch under way is dropped (its
+/// launch guard releases what it made: launches are cancel-safe). A guest already waiting
+/// for its hello finishes that wait within its deadline, so that whoever started it tears
+/// it down as any other: that wait is not cancel-safe (the launched guest's resources are
+/// released by its teardown, not on drop).
+#[derive(Debug, Clone)]
+pub struct StopLaunching(tokio::sync::watch::Receiver<bool>);
+
+impl StopLaunching {
+    /// The signal, and what raises it (`send(true)`; dropped unraised, it raises nothing).
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, StopLaunching) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, StopLaunching(rx))
+    }
+
+    /// Resolves once raised (never, if it never is).
+    pub async fn raised(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|up| *up).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves once `stop` is raised; never without one.
+pub async fn stopped(stop: Option<&StopLaunching>) {
+    match stop {
+        Some(s) => s.raised().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Launches one guest and waits for its agent's hello, all within `deadline`. A guest that
 /// never becomes ready is killed (and its launch, if still running, abandoned and cleaned
 /// up) before the error is returned.
@@ -142,12 +179,30 @@ pub async fn boot(
     spec: GuestSpec,
     deadline: Duration,
 ) -> Result<RunningGuest, BootError> {
+    boot_unless_stopped(backend, spec, deadline, None).await
+}
+
+/// [`boot`], but not launched, or its launch dropped, once `stop` is raised.
+pub async fn boot_unless_stopped(
+    backend: &AnyBackend,
+    spec: GuestSpec,
+    deadline: Duration,
+    stop: Option<&StopLaunching>,
+) -> Result<RunningGuest, BootError> {
     let t0 = Instant::now();
     // Saturating: a deadline no clock can represent waits (practically) forever, not panics.
     let end = crate::limits::deadline(deadline);
-    let launched = match tokio::time::timeout_at(end, backend.launch(&spec)).await {
-        Ok(r) => r.map_err(|source| BootError::Launch { guest: spec.name.clone(), source })?,
-        Err(_) => return Err(BootError::LaunchTimeout { guest: spec.name, after: deadline }),
+    let launch = tokio::time::timeout_at(end, backend.launch(&spec));
+    let launched = tokio::select! {
+        // Checked first: a raised stop launches nothing more.
+        biased;
+        () = stopped(stop) => return Err(BootError::Stopped { guest: spec.name.clone() }),
+        r = launch => match r {
+            Ok(r) => r.map_err(|source| BootError::Launch { guest: spec.name.clone(), source })?,
+            Err(_) => {
+                return Err(BootError::LaunchTimeout { guest: spec.name.clone(), after: deadline })
+            }
+        },
     };
     let launched_after = t0.elapsed();
     let mut process = launched.guest;

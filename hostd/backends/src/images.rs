@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::backend::rootdisk::{InitMode, System};
-use crate::backend::{Images, Kernel};
+use crate::backend::{BackendKind, Images, Kernel};
 
 /// Why the images a run needs cannot be found or trusted. The messages say what to run.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,30 @@ pub fn workspace_root() -> PathBuf {
     std::env::var_os("VIRTBENCH_ROOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
+/// The store images (their names in [`Images::hashes`], whose entries are `NAME` and
+/// `NAME (PART)`) that guests of `kind` boot: what a fleet across hosts must have alike on
+/// every host. A guest with a system image boots it as well (`system NAME`), instead of
+/// the agent's rootfs or bundle for a container.
+pub fn booted_by(kind: BackendKind, with_system: bool) -> &'static [&'static str] {
+    match (kind, with_system) {
+        (BackendKind::Native, _) => &["agent"],
+        // A container boots the agent's tree (the rootfs, the OCI bundle), or with a
+        // system image the agent as PID 1 over the system's tree.
+        (BackendKind::Ns, false) => &["agent", "rootfs"],
+        (BackendKind::Oci, false) => &["agent", "oci-bundle"],
+        (BackendKind::Ns | BackendKind::Oci, true) => &["agent"],
+        // The initramfs holds the agent; a system image is the root disk beside it.
+        (BackendKind::Uml, _) => &["kernel-uml", "initramfs"],
+        (
+            BackendKind::QemuMicrovm
+            | BackendKind::QemuFull
+            | BackendKind::Firecracker
+            | BackendKind::Xen,
+            _,
+        ) => &["kernel-pv", "initramfs"],
+    }
 }
 
 /// The agent binary built in this workspace by scripts/build-agent.

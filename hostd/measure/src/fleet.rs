@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use crate::backend::{AnyBackend, Backend, BackendKind, Exit, GuestNet, GuestSpec, Images};
 use crate::cgroup::{self, Limits};
 use crate::datadisk::{DataDiskError, DataDisks};
-use crate::guest::{boot, RunningGuest};
+use crate::guest::{boot_unless_stopped, stopped, BootError, RunningGuest, StopLaunching};
 pub use crate::guest::{FailureKind, GuestFailure};
 use crate::netlab::{self, FleetNet, NetMode};
 use crate::runstate::RunState;
@@ -48,6 +48,10 @@ pub struct FleetConfig {
     /// its own image"); guests beyond the list, and every guest when it is empty (default),
     /// share the backend's.
     pub image_copies: Vec<Arc<Images>>,
+    /// Once raised, guests not yet launched are not, launches under way are dropped, and
+    /// the start returns the fleet of those that did start (the others failed, `Launch`,
+    /// saying so) for its caller to tear down (default none).
+    pub stop: Option<StopLaunching>,
 }
 
 impl Default for FleetConfig {
@@ -64,6 +68,7 @@ impl Default for FleetConfig {
             boot_timeout: Duration::from_secs(120),
             limits: Limits::default(),
             image_copies: Vec::new(),
+            stop: None,
         }
     }
 }
@@ -370,9 +375,9 @@ impl Fleet {
             };
             let sem = sem.clone();
             let timeout = cfg.boot_timeout;
+            let stop = cfg.stop.clone();
             pending.push(async move {
-                let _permit = sem.acquire_owned().await.expect("semaphore never closed");
-                (index, boot(backend, spec, timeout).await, t0.elapsed())
+                (index, launch(backend, spec, timeout, sem, stop).await, t0.elapsed())
             });
         }
         let mut ready = Vec::new();
@@ -397,6 +402,25 @@ impl Fleet {
         }
         self.config.n = to_n;
         Ok(())
+    }
+}
+
+/// Boots one guest of a fleet once `sem` lets it, unless the fleet's start is stopped first.
+async fn launch(
+    backend: &AnyBackend,
+    spec: GuestSpec,
+    timeout: Duration,
+    sem: Arc<Semaphore>,
+    stop: Option<StopLaunching>,
+) -> Result<RunningGuest, BootError> {
+    let permit = tokio::select! {
+        biased;
+        () = stopped(stop.as_ref()) => None,
+        p = sem.acquire_owned() => Some(p.expect("semaphore never closed")),
+    };
+    match permit {
+        Some(_permit) => boot_unless_stopped(backend, spec, timeout, stop.as_ref()).await,
+        None => Err(BootError::Stopped { guest: spec.name }),
     }
 }
 

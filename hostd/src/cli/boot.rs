@@ -286,6 +286,13 @@ pub(crate) fn slurm_summary(out: &hostd::multihost::coordinator::Outcome) -> Don
         m.hosts.len(),
         m.t_startup_s.map_or("no guest ready".into(), |t| format!("{t:.4} s"))
     );
+    if let Some(mem) = &m.memory {
+        println!(
+            "memory across hosts: {:.1} MiB for {} guests (each host's guests' cgroups and hostd; per host in multihost.json)",
+            mem.slice_kib as f64 / 1024.0,
+            mem.guests
+        );
+    }
     eprintln!("hostd: results in {}", out.results.display());
     let short = hostd::multihost::coordinator::shortfalls(m, &out.boot);
     if short.is_empty() {

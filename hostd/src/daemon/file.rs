@@ -343,6 +343,7 @@ impl FleetFile {
                 cpuset: None,
             },
             image_copies: Vec::new(),
+            stop: None,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod coordinator;
 pub mod guests;
 pub mod link;
+pub mod memory;
 pub mod plan;
 pub mod proto;
 pub mod ring;

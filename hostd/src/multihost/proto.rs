@@ -123,6 +123,9 @@ pub struct Booted {
     pub ready: Vec<GuestReady>,
     /// Guests that failed.
     pub failed: Vec<GuestLost>,
+    /// Its slice's memory once up (none if /proc could not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<super::memory::SliceMemory>,
 }
 
 /// What tearing a slice down found.
@@ -413,7 +416,7 @@ impl Booted {
             text(&format!("guest {}'s error", g.index), &g.error)?;
             check(g.index)?;
         }
-        Ok(())
+        self.memory.as_ref().map_or(Ok(()), |m| m.validate(self.ready.len()))
     }
 }
 
@@ -549,6 +552,7 @@ pub(crate) mod tests {
                 kind: crate::fleet::FailureKind::Timeout,
                 error: "timeout".into(),
             }],
+            memory: None,
         };
         assert_eq!(ok.validate(&s), Ok(()));
         let mut b = ok.clone();

@@ -102,12 +102,14 @@ impl Running {
         Ok(running)
     }
 
-    /// The startup report: every part's ready guests (from the common start) and failures.
+    /// The startup report: every part's ready guests (from the common start), failures, and
+    /// the slice's memory against what was read `before` its start.
     pub fn booted(
         &self,
         run: &RunState,
         lateness_s: f64,
         start_mono_ns: u64,
+        before: Option<&super::memory::Before>,
         clean: impl Fn(&str) -> String,
     ) -> Booted {
         let fleets = || self.parts.iter().map(|p| &p.fleet);
@@ -123,6 +125,7 @@ impl Running {
                 .flat_map(|f| f.failures.iter())
                 .map(|f| GuestLost { index: f.index, kind: f.kind.clone(), error: clean(&f.error) })
                 .collect(),
+            memory: before.and_then(|b| b.after(fleets().flat_map(|f| f.guests.iter()))),
         }
     }
 
@@ -137,6 +140,11 @@ impl Running {
             self.parts.iter().flat_map(|p| p.fleet.guests.iter().map(|g| g.spec.index)).collect();
         indices.sort_unstable();
         crate::net::set(&run.scratch, &net.netns, topo, &indices)
+    }
+
+    /// Ready guests in all.
+    pub fn ready(&self) -> usize {
+        self.parts.iter().map(|p| p.fleet.guests.len()).sum()
     }
 
     /// The ready guest with global index `index`.

@@ -12,10 +12,11 @@ use tokio::net::TcpStream;
 
 use super::clock::{mono_ns, real_ns};
 use super::link::Link;
-use super::proto::{self, FromWorker, Hello, Slice, ToWorker, TornDown};
+use super::proto::{self, FromWorker, Hello, Slice, SlicePart, ToWorker, TornDown};
 use super::slice::{self, Running};
 use crate::backend::{BackendKind, BackendOptions, Images};
 use crate::fleet::FleetConfig;
+use crate::guest::StopLaunching;
 use crate::netlab::{FleetNet, HostPlan, NetMode};
 use crate::runstate::RunState;
 
@@ -153,7 +154,10 @@ async fn slice(
     link: &mut Link<ToWorker>,
 ) -> Result<()> {
     let run = RunState::create("worker", None)?;
-    let (running, lateness_s, start_mono_ns) = match start_at_t0(o, &run, &s, addr).await {
+    // Installed before the start: from now on SIGTERM (Slurm ending the step) no longer
+    // kills us; it stops the launches, and we tear down.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (running, started, stopped) = match start_at_t0(o, &run, &s, addr, link, &mut term).await {
         Ok(x) => x,
         Err(e) => {
             let cleaned = run.finish();
@@ -161,24 +165,22 @@ async fn slice(
             return Err(e);
         }
     };
-    // After the timed start, as on one machine; a host that cannot shape keeps no guest.
-    if let Some(Err(e)) = s.fleet.topology.as_ref().map(|t| running.shape(&run, t)) {
-        let (_, _, left) = running.teardown(GRACE).await;
-        let cleaned = run.finish();
-        let left: String = left.iter().map(|l| format!("; left: {l}")).collect();
-        let message = clean(&format!("the fleet's network ([net]): {e}{left}; {cleaned}"));
-        let _ = link.send(&FromWorker::Error { message: message.clone() });
-        bail!(message);
-    }
-    let booted = running.booted(&run, lateness_s, start_mono_ns, clean);
-    let reported = link.send(&FromWorker::Booted(booted));
-    // Hold the fleet until the coordinator says so, its link drops, or Slurm ends the step.
-    // Installed here, whatever the report did: from now on SIGTERM no longer kills us, we
-    // tear down.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let why = match reported {
-        Err(e) => format!("the coordinator's link failed ({e})"),
-        Ok(()) => hold(&running, link, &mut term).await,
+    let why = match stopped {
+        Some(why) => why,
+        None => match report(&running, &run, &s, link, &started) {
+            Err(message) => {
+                let (_, _, left) = running.teardown(GRACE).await;
+                let cleaned = run.finish();
+                let left: String = left.iter().map(|l| format!("; left: {l}")).collect();
+                let message = clean(&format!("{message}{left}; {cleaned}"));
+                let _ = link.send(&FromWorker::Error { message: message.clone() });
+                bail!(message);
+            }
+            Ok(Some(failed)) => failed,
+            // Hold the fleet until the coordinator says so, its link drops, or Slurm ends
+            // the step.
+            Ok(None) => hold(&running, link, &mut term).await,
+        },
     };
     if !why.is_empty() {
         eprintln!("hostd worker: tearing down: {why}");
@@ -190,20 +192,55 @@ async fn slice(
     let done = TornDown { clean: clean_n, killed, leftovers };
     if why.is_empty() {
         link.send(&FromWorker::TornDown(done))?;
+    } else if !done.leftovers.is_empty() {
+        // No coordinator to tell: the step's log says it.
+        eprintln!("hostd worker: left after teardown: {}", done.leftovers.join("; "));
     }
     Ok(())
 }
 
+/// After the timed start: shapes the links (as on one machine; a host that cannot shape
+/// keeps no guest: the error), then sends the startup report (why the link failed, if it
+/// did).
+fn report(
+    running: &Running,
+    run: &RunState,
+    s: &Slice,
+    link: &mut Link<ToWorker>,
+    started: &Started,
+) -> Result<Option<String>, String> {
+    if let Some(Err(e)) = s.fleet.topology.as_ref().map(|t| running.shape(run, t)) {
+        return Err(format!("the fleet's network ([net]): {e}"));
+    }
+    let (lateness, start, before) = (started.lateness_s, started.start_mono_ns, &started.before);
+    let booted = running.booted(run, lateness, start, before.as_ref(), clean);
+    Ok(link
+        .send(&FromWorker::Booted(booted))
+        .err()
+        .map(|e| format!("the coordinator's link failed ({e})")))
+}
+
+/// A slice started at T0: its start's lateness (s), its start on CLOCK_MONOTONIC, and what
+/// its memory is measured against.
+struct Started {
+    lateness_s: f64,
+    start_mono_ns: u64,
+    before: Option<super::memory::Before>,
+}
+
 /// Checks every part, makes this host's part of the fleet network, empties the page cache
-/// for a cold start, waits for T0 and starts every part. The running slice, its start's
-/// lateness (s) and its start on CLOCK_MONOTONIC.
+/// for a cold start, waits for T0 and starts every part, watching the link meanwhile. The
+/// slice running, its start, and why its start was stopped if it was (as [`hold`] says it).
 async fn start_at_t0(
     o: &WorkerOptions,
     run: &RunState,
     s: &Slice,
     addr: std::net::Ipv4Addr,
-) -> Result<(Running, f64, u64)> {
+    link: &mut Link<ToWorker>,
+    term: &mut tokio::signal::unix::Signal,
+) -> Result<(Running, Started, Option<String>)> {
     s.fleet.limits.check().map_err(|e| anyhow::anyhow!("the slice's limits: {e}"))?;
+    let (raise, stop) = StopLaunching::new();
     let planned = slice::plan(s, &o.images, &o.backend_opts, |p| FleetConfig {
         n: p.count,
         mem_mib: p.mem_mib,
@@ -212,6 +249,7 @@ async fn start_at_t0(
         network: s.fleet.net.is_some(),
         boot_timeout: Duration::from_secs(s.fleet.boot_timeout_s),
         limits: s.fleet.limits.limits(),
+        stop: Some(stop.clone()),
         ..Default::default()
     })?;
     let net = host_net(run, s, addr)?;
@@ -227,8 +265,31 @@ async fn start_at_t0(
     tokio::time::sleep(Duration::from_nanos(wait)).await;
     let start_mono_ns = mono_ns();
     let lateness_s = (real_ns() as i128 - s.t0_unix_ns as i128) as f64 / 1e9;
-    let running = Running::start(planned, run, net).await?;
-    Ok((running, lateness_s, start_mono_ns))
+    // Read in well under a millisecond: the start stays on T0.
+    let started = Started { lateness_s, start_mono_ns, before: super::memory::Before::now() };
+    let start = Running::start(planned, run, net);
+    tokio::pin!(start);
+    // A worker whose coordinator is gone stops launching (a slice of thousands of guests
+    // took minutes to finish launching otherwise), then tears down what started.
+    let why = tokio::select! {
+        r = &mut start => return Ok((r?, started, None)),
+        m = link.recv() => match m {
+            Ok(ToWorker::Teardown) => String::new(),
+            Ok(other) => format!("the coordinator sent {:.200} while the slice started", format!("{other:?}")),
+            Err(e) => format!("the coordinator's link: {e}"),
+        },
+        _ = term.recv() => "SIGTERM".to_string(),
+        _ = tokio::signal::ctrl_c() => "SIGINT".to_string(),
+    };
+    let _ = raise.send(true);
+    let running = start.await?;
+    eprintln!(
+        "hostd worker: stopped launching ({}): {} of {} guests had started; tearing them down",
+        if why.is_empty() { "the coordinator said to tear down" } else { &why },
+        running.ready(),
+        SlicePart::total(&s.parts),
+    );
+    Ok((running, started, Some(why)))
 }
 
 /// The one place the fleet network is made: this host's part of the network across hosts

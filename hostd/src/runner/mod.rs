@@ -90,6 +90,7 @@ impl Ctx<'_> {
             boot_timeout: Duration::from_secs(g.boot_timeout_s),
             limits: Limits { cpuset: g.pin_one_core.then_some("0"), ..Default::default() },
             image_copies: Vec::new(),
+            stop: None,
         }
     }
 

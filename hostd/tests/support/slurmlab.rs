@@ -325,3 +325,29 @@ pub fn guest_limits(run: &str) -> (Vec<String>, Vec<String>) {
     }
     (pids, mem)
 }
+
+/// `multihost.json`'s memory figures of a boot of `guests` guests on each host: every host
+/// has one from its guests' cgroups, non-zero, and the total is their sum; the report's
+/// provenance says each host's and the total.
+pub fn assert_memory(dir: &Path, m: &serde_json::Value, guests: u64) {
+    let mem = &m["memory"];
+    let hosts = mem["hosts"].as_array().unwrap_or_else(|| panic!("no memory figures: {m}"));
+    assert_eq!(hosts.len(), m["hosts"].as_array().unwrap().len(), "{mem}");
+    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    let mut sum = 0;
+    for h in hosts {
+        let cgroups = h["guests_cgroup_used_kib"].as_u64().unwrap();
+        let slice = h["slice_kib"].as_u64().unwrap();
+        assert!(h["guests"] == guests && cgroups > 0 && slice >= cgroups, "{h}");
+        sum += slice;
+        let host = h["host"].as_str().unwrap();
+        let note = format!("memory: slice {:.1} MiB ({guests} guests", slice as f64 / 1024.0);
+        assert!(html.contains(&format!("host {host}: ")) && html.contains(&note), "{host}: {note}");
+    }
+    assert_eq!(mem["slice_kib"].as_u64(), Some(sum), "{mem}");
+    assert_eq!(mem["guests"].as_u64(), Some(guests * hosts.len() as u64), "{mem}");
+    assert!(mem["missing"].as_array().unwrap().is_empty(), "{mem}");
+    let total =
+        format!("memory across hosts: {:.1} MiB for {} guests", sum as f64 / 1024.0, mem["guests"]);
+    assert!(html.contains(&total), "the report does not say {total:?}");
+}

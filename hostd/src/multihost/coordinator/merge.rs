@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::super::clock::Offset;
+use super::super::memory::{across, host_words, total_words, AcrossHosts};
 use super::super::plan::{self, HostStart};
 use super::super::proto::{Booted, GuestReady, Reached, SlicePart, TornDown};
 use super::{Options, Outcome, RingSummary};
@@ -71,6 +72,8 @@ pub struct MultiHost {
     /// The ring across hosts, when measured (its samples are in `samples.jsonl`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ring: Option<RingSummary>,
+    /// The fleet's memory: each host's figure and their sum (none if no host had one).
+    pub memory: Option<AcrossHosts>,
 }
 
 /// One results directory: samples (ready times measured from T0), the boot summary and
@@ -82,7 +85,9 @@ pub(super) fn merge(
     job: Option<String>,
     ring: Option<(Vec<BenchSample>, RingSummary)>,
 ) -> Result<Outcome> {
-    let provenance = provenance(o, &hosts, job.as_deref());
+    let memory = memory_of(&hosts);
+    let mut provenance = provenance(o, &hosts, job.as_deref());
+    provenance.notes.extend(memory.as_ref().map(total_words));
     let (mut bench, ring) = match ring {
         Some((b, s)) => (b, Some(s)),
         None => (Vec::new(), None),
@@ -101,6 +106,7 @@ pub(super) fn merge(
         t_startup_s: plan::t_startup(&g.starts),
         hosts,
         ring,
+        memory,
     };
     let boot = FleetBoot {
         backend: o.backend(),
@@ -136,7 +142,16 @@ fn provenance(o: &Options, hosts: &[HostRecord], job: Option<&str>) -> Provenanc
     provenance
 }
 
-/// One host's provenance in a line: who it is, what it ran, its clock, and how it ended.
+/// Every live host's memory figure and their sum.
+fn memory_of(hosts: &[HostRecord]) -> Option<AcrossHosts> {
+    across(hosts.iter().map(|h| {
+        let m = h.booted.as_ref().filter(|_| h.lost.is_none()).and_then(|b| b.memory.as_ref());
+        (h.hostname.as_str(), m)
+    }))
+}
+
+/// One host's provenance in a line: who it is, what it ran, its clock, its memory, and how
+/// it ended.
 fn host_note(h: &HostRecord) -> String {
     let node = match (&h.node_name, h.node_id) {
         (Some(n), Some(i)) => format!("Slurm node {n} (#{i}), "),
@@ -153,8 +168,12 @@ fn host_note(h: &HostRecord) -> String {
             format!("teardown not confirmed: {}", e.as_deref().unwrap_or("no report"))
         }
     };
+    let memory = match h.booted.as_ref().and_then(|b| b.memory.as_ref()) {
+        Some(m) => format!("; {}", host_words(m)),
+        None => String::new(),
+    };
     format!(
-        "host {}: {node}{}, {} CPUs, {} MiB; guests {} ({}); {} image(s) checked equal to the reference; clock offset to the coordinator's {clock}; {ended}",
+        "host {}: {node}{}, {} CPUs, {} MiB; guests {} ({}); {} image hash(es) reported (those the fleet boots checked equal to the reference); clock offset to the coordinator's {clock}{memory}; {ended}",
         h.hostname,
         h.addr,
         h.cpus,

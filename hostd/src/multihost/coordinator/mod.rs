@@ -513,7 +513,7 @@ async fn connect(
     ws.sort_by(|a, b| {
         (a.hello.node_id, &a.hello.hostname).cmp(&(b.hello.node_id, &b.hello.hostname))
     });
-    check_images(&ws, o.images.as_ref())?;
+    check_images(&ws, o.images.as_ref(), &o.groups)?;
     for b in o.backends() {
         if let Some(w) = ws.iter().find(|w| !w.hello.backends.contains(&b)) {
             bail!("host {}: backend {b} is not available there (its probe failed; see the worker's log above)", w.name());

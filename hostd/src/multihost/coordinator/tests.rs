@@ -60,37 +60,77 @@ async fn hostile_hellos_are_refused_with_the_worker_and_the_reason() {
     assert!(e.contains("hostname"), "{e}");
 }
 
+fn hashes(entries: &[(&str, char)]) -> BTreeMap<String, String> {
+    entries.iter().map(|(k, c)| (k.to_string(), c.to_string().repeat(64))).collect()
+}
+
+fn group(backend: BackendKind, system: Option<&str>) -> plan::FleetGroup {
+    let mut g = plan::FleetGroup::only(backend, 3, 64, 1).remove(0);
+    g.system = system.map(|s| (s.to_string(), Default::default()));
+    g
+}
+
 #[test]
-fn differing_images_name_the_host() {
-    let own: BTreeMap<String, String> = [("agent".to_string(), "a".repeat(64))].into();
-    let mut h = own.clone();
-    assert!(same_images(&h, &own, "n1").is_ok());
-    h.insert("agent".into(), "b".repeat(64));
-    let e = same_images(&h, &own, "n2").unwrap_err();
-    assert!(e.contains("host n2") && e.contains("agent"), "{e}");
-    h.remove("agent");
-    assert!(same_images(&h, &own, "n3").unwrap_err().contains("has no image agent"));
+fn only_the_images_the_fleet_boots_are_compared() {
+    let ns = images::booted(&[group(BackendKind::Ns, None)]);
+    let own = hashes(&[("agent", 'a'), ("rootfs", 'r'), ("rootfs (recipe)", 's')]);
+    // A kernel no ns guest boots: one host has it, another has another build of it.
     let mut extra = own.clone();
-    extra.insert("kernel".into(), "c".repeat(64));
-    assert!(same_images(&extra, &own, "n4").unwrap_err().contains("kernel"));
+    extra.insert("kernel-pv".into(), "k".repeat(64));
+    extra.insert("kernel-pv (recipe)".into(), "l".repeat(64));
+    assert_eq!(same_images(&extra, &own, "n1", &ns), Ok(()));
+    let mut own_k = own.clone();
+    own_k.insert("kernel-pv".into(), "m".repeat(64));
+    assert_eq!(same_images(&extra, &own_k, "n1", &ns), Ok(()));
+    // The same kernel is compared, and named, once a group boots it.
+    let vms =
+        images::booted(&[group(BackendKind::Ns, None), group(BackendKind::QemuMicrovm, None)]);
+    let e = same_images(&extra, &own_k, "n2", &vms).unwrap_err();
+    assert!(e.contains("host n2: image kernel-pv is sha256 kkk"), "{e}");
+    let e = same_images(&extra, &own, "n2", &vms).unwrap_err();
+    assert!(e.contains("host n2 has an image kernel-pv") && e.contains("reference lacks"), "{e}");
+}
+
+#[test]
+fn differing_used_images_name_the_host_and_image() {
+    let used = images::booted(&[group(BackendKind::Ns, None)]);
+    let own = hashes(&[("agent", 'a'), ("rootfs", 'r')]);
+    let mut h = own.clone();
+    assert!(same_images(&h, &own, "n1", &used).is_ok());
+    h.insert("agent".into(), "b".repeat(64));
+    let e = same_images(&h, &own, "n2", &used).unwrap_err();
+    assert!(e.contains("host n2: image agent is sha256 bbb"), "{e}");
+    h.remove("agent");
+    let e = same_images(&h, &own, "n3", &used).unwrap_err();
+    assert!(e.contains("host n3 has no image agent"), "{e}");
+    // A UML fleet boots the initramfs and UML's kernel, not the rootfs.
+    let uml = images::booted(&[group(BackendKind::Uml, None)]);
+    let own = hashes(&[("kernel-uml", 'u'), ("initramfs", 'i'), ("rootfs", 'r')]);
+    let h = hashes(&[("kernel-uml", 'u'), ("initramfs", 'j'), ("rootfs", 'q')]);
+    let e = same_images(&h, &own, "n4", &uml).unwrap_err();
+    assert!(e.contains("host n4: image initramfs is sha256 jjj"), "{e}");
 }
 
 #[test]
 fn a_host_without_the_fleets_system_image_is_named() {
     // The reference holds the system's hashes (the coordinator's store, or the first
     // host's); a worker that could not resolve the system reports none of them.
-    let mut own: BTreeMap<String, String> = [("agent".to_string(), "a".repeat(64))].into();
+    let used = images::booted(&[group(BackendKind::Ns, Some("debian"))]);
+    let mut own = hashes(&[("agent", 'a'), ("rootfs", 'r')]);
     for part in ["rootfs.ext4", "tree", "recipe"] {
         own.insert(format!("system debian ({part})"), "d".repeat(64));
     }
-    let lacking: BTreeMap<String, String> = [("agent".to_string(), "a".repeat(64))].into();
-    let e = same_images(&lacking, &own, "n3").unwrap_err();
+    // Another system, or another rootfs, is not the fleet's (its ns guests boot debian).
+    let mut lacking = hashes(&[("agent", 'a'), ("rootfs", 'q')]);
+    lacking.insert("system alpine (tree)".into(), "f".repeat(64));
+    let e = same_images(&lacking, &own, "n3", &used).unwrap_err();
     assert!(e.contains("host n3 has no image system debian ("), "{e}");
     // Another build of it (its tree differs): named with both hashes.
     let mut other = own.clone();
     other.insert("system debian (tree)".into(), "e".repeat(64));
-    let e = same_images(&other, &own, "n2").unwrap_err();
+    let e = same_images(&other, &own, "n2", &used).unwrap_err();
     assert!(e.contains("host n2: image system debian (tree) is sha256 eee"), "{e}");
+    assert_eq!(same_images(&own, &own, "n1", &used), Ok(()));
 }
 
 fn part(group: &str, backend: BackendKind, first: usize, count: usize) -> SlicePart {
@@ -147,6 +187,7 @@ fn finished(hosts: Vec<HostRecord>) -> (MultiHost, FleetBoot) {
         t_startup_s: Some(0.1),
         hosts,
         ring: None,
+        memory: None,
     };
     let boot = FleetBoot {
         backend: BackendKind::Ns,
@@ -228,6 +269,7 @@ fn a_held_hosts_guests_are_ready_failed_or_lost_from_its_record() {
                 kind: crate::fleet::FailureKind::Timeout,
                 error: "no hello".into(),
             }],
+            memory: None,
         }),
         teardown: None,
         ..host("n2", 3)
