@@ -332,21 +332,14 @@ fn campaign_images(
     Ok(images)
 }
 
-/// `hostd run --engine slurm`: the campaign's ring of ns guests spread over the hosts of a
-/// Slurm allocation (salloc'd if not inside one), one `hostd worker` per node, merged into
-/// one results directory with its report and every host's provenance (docs/multihost.md).
-/// The rest of the campaign (other backends, the single-guest suite, startup sizes) is not
-/// run across hosts: said in the provenance's notes.
+/// `hostd run --engine slurm`: for each backend the campaign lists, in its order, a fleet of
+/// its ring's guests spread over the hosts of a Slurm allocation (salloc'd if not inside
+/// one), one `hostd worker` per node, with its startup and its ring, all merged into one
+/// results directory with its report and every host's provenance (docs/multihost.md). The
+/// rest of the campaign (the single-guest suite, overhead, linearity, isolation, startup
+/// sizes) is not run across hosts: said in the provenance's notes.
 async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
     use hostd::multihost::coordinator;
-    const BACKEND: BackendKind = BackendKind::Ns;
-    if !campaign.backends.iter().any(|b| b == BACKEND.name()) {
-        anyhow::bail!(
-            "--engine slurm measures the ring of ns guests across hosts: campaign {} does not list ns (it lists {})",
-            campaign.name,
-            campaign.backends.join(", ")
-        );
-    }
     if !campaign.resources.contains(&vb_protocol::bench::Resource::Network) {
         anyhow::bail!(
             "--engine slurm measures the ring, a network test: campaign {} leaves out the network resource",
@@ -356,47 +349,88 @@ async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
     if campaign.guest.system.is_some() {
         anyhow::bail!("--engine slurm boots the agent's image only, not --system");
     }
+    let (plans, mut notes) = slurm_plans(&campaign);
+    if plans.is_empty() {
+        anyhow::bail!(
+            "--engine slurm measures each backend's ring across hosts: campaign {} has no backend with a ring of two or more guests ({})",
+            campaign.name,
+            notes.join("; ")
+        );
+    }
     let (hosts, exe) = cli::boot::in_allocation(a.slurm.hosts)?;
-    // At least one guest a host, so the ring spans every host.
-    let n = campaign.ring.guests.max(2).max(usize::from(hosts));
     let images = hostd::images::resolve(a.images.agent.as_deref()).ok().map(|i| i.hashes);
-    let mut notes = vec![format!(
-        "campaign {} across hosts: only the ring of {n} {BACKEND} guests (the campaign asks for {}), spread over {hosts} hosts, with their startup; the other backends and tests are not run across hosts",
-        campaign.name, campaign.ring.guests
-    )];
+    let fleets: Vec<coordinator::Options> = plans
+        .iter()
+        .map(|p| {
+            // At least one guest a host, so the ring spans every host.
+            let n = p.ring_guests.max(usize::from(hosts));
+            coordinator::Options {
+                groups: hostd::multihost::plan::FleetGroup::only(
+                    p.kind,
+                    n,
+                    p.mem_mib,
+                    campaign.guest.vcpus,
+                ),
+                mode: StartMode::Hot,
+                parallelism: 0,
+                boot_timeout: Duration::from_secs(campaign.guest.boot_timeout_s),
+                network: true,
+                limits: Default::default(),
+                topology: None,
+                hosts: usize::from(hosts),
+                weights: Vec::new(),
+                listen: a.slurm.listen,
+                lost_after: Duration::from_secs_f64(a.slurm.lost_after),
+                results: a.results.clone(),
+                exe: exe.clone(),
+                images: images.clone(),
+                hold: Duration::ZERO,
+                reach: false,
+                ring: Some(coordinator::RingOptions {
+                    workloads: p.workloads.clone(),
+                    warmup: campaign.warmup,
+                    reps: campaign.reps,
+                    timeout: Duration::from_secs(campaign.guest.bench_timeout_s),
+                }),
+                label: format!("run-slurm-{}", campaign.name),
+                notes: Vec::new(),
+            }
+        })
+        .collect();
+    let ran: Vec<String> =
+        fleets.iter().map(|o| format!("{} ({} guests)", o.backend(), o.n())).collect();
+    notes.insert(0, format!(
+        "campaign {} across {hosts} hosts: for each backend, one fleet of its ring's guests (at least one a host) with its startup, then the ring: {}; the single-guest suite, overhead, linearity, isolation and startup sizes are not run across hosts",
+        campaign.name,
+        ran.join(", ")
+    ));
     notes.push(
-        "ring samples of a guest whose neighbour is on another host have the path veth+bridge+vxlan: VXLAN-encapsulated over the hosts' link, at the fleet network's MTU".into(),
+        "ring samples of a guest whose neighbour is on another host have the path veth+bridge+vxlan (a VM's tap+bridge+vxlan): VXLAN-encapsulated over the hosts' link, at the fleet network's MTU, which VM guests' NICs get too".into(),
     );
-    let o = coordinator::Options {
-        groups: hostd::multihost::plan::FleetGroup::only(
-            BACKEND,
-            n,
-            campaign.guest.mem_mib,
-            campaign.guest.vcpus,
-        ),
-        mode: StartMode::Hot,
-        parallelism: 0,
-        boot_timeout: Duration::from_secs(campaign.guest.boot_timeout_s),
-        network: true,
-        limits: Default::default(),
-        topology: None,
-        hosts: usize::from(hosts),
-        weights: Vec::new(),
-        listen: a.slurm.listen,
-        lost_after: Duration::from_secs_f64(a.slurm.lost_after),
+    let c = coordinator::CampaignOptions {
+        fleets,
         results: a.results,
-        exe,
-        images,
-        hold: Duration::ZERO,
-        reach: false,
-        ring: Some(coordinator::RingOptions {
-            workloads: campaign.workloads.clone(),
-            warmup: campaign.warmup,
-            reps: campaign.reps,
-            timeout: Duration::from_secs(campaign.guest.bench_timeout_s),
-        }),
         label: format!("run-slurm-{}", campaign.name),
         notes,
     };
-    cli::boot::coordinate(&o).await
+    cli::boot::coordinate_campaign(&c).await
+}
+
+/// The backends the campaign lists, in its order, with their plans, and a note for each
+/// one left out: a ring of fewer than two guests is left out on one machine too.
+fn slurm_plans(c: &Campaign) -> (Vec<hostd::campaign::BackendPlan>, Vec<String>) {
+    let mut notes = Vec::new();
+    let plans = c
+        .plans()
+        .into_iter()
+        .filter(|p| c.backends.iter().any(|b| b == p.kind.name()))
+        .filter(|p| {
+            let ring = p.ring_guests >= 2;
+            if !ring {
+                notes.push(format!("{}: its ring has {} guest(s): no ring", p.kind, p.ring_guests));
+            }
+            ring
+        })
+        .collect();
+    (plans, notes)
 }
