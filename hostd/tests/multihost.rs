@@ -169,7 +169,8 @@ fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
 fn a_quick_campaign_of_ns_and_uml_across_three_hosts_has_each_ring_span_them_in_one_report() {
     let Some((_s, lab)) = serial_lab("r") else { return };
     let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
-    let campaign = res.path().join("mh.toml");
+    let files = tempfile::Builder::new().prefix("multihost-c-").tempdir_in("/var/tmp").unwrap();
+    let campaign = files.path().join("mh.toml");
     std::fs::write(
         &campaign,
         "name = \"mh\"\nbackends = [\"ns\", \"uml\"]\nresources = [\"network\"]\n",
