@@ -440,7 +440,7 @@ fn slurm_fleets(
     let ran: Vec<String> =
         fleets.iter().map(|o| format!("{} ({} guests)", o.backend(), o.n())).collect();
     let mut all = vec![format!(
-        "campaign {} across {hosts} hosts: for each backend, one fleet of its ring's guests (at least one a host) with its startup, then the ring: {}; the single-guest suite, overhead, linearity, isolation and startup sizes are not run across hosts",
+        "campaign {} across {hosts} hosts: for each backend listed, one fleet of its ring's guests (at least one a host) with its startup, then the ring, as planned: {}; the single-guest suite, overhead, linearity, isolation and startup sizes are not run across hosts",
         campaign.name,
         ran.join(", ")
     )];

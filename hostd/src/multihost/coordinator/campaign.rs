@@ -107,6 +107,8 @@ fn write(
         let b = m.multihost.backend;
         provenance.notes.extend(m.provenance.notes.iter().map(|n| format!("{b}: {n}")));
     }
+    let ran: Vec<&str> = done.iter().map(|m| m.multihost.backend.name()).collect();
+    provenance.notes.push(format!("backends run across hosts: {}", ran.join(", ")));
     for l in record.unavailable.iter().chain(&record.failed) {
         provenance.notes.push(format!("{}: not run across hosts: {}", l.backend, l.reason));
     }
