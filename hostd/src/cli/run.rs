@@ -346,7 +346,8 @@ async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
             anyhow::bail!("--estimate-from: a run across hosts has no time estimate yet");
         }
         let (hosts, _) = cli::boot::slurm_hosts(a.slurm.hosts)?;
-        let exe = std::path::PathBuf::from("hostd");
+        let exe = std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("finding hostd's own path: {e}"))?;
         return slurm_dry_run(&campaign, &slurm_fleets(&a, &campaign, &plans, hosts, exe, None));
     }
     let (hosts, exe) = cli::boot::in_allocation(a.slurm.hosts)?;
