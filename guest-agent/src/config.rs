@@ -4,10 +4,11 @@
 
 use std::net::Ipv4Addr;
 
-pub const USAGE: &str = "usage: guest-agent [--ctl fd:N|unix:PATH|tcp:HOST:PORT|tty:DEV|vport:NAME] [--net IFACE=ADDR/PREFIX]... [--hostname NAME] [--system-root] [--service]
+pub const USAGE: &str = "usage: guest-agent [--ctl fd:N|unix:PATH|tcp:HOST:PORT|tty:DEV|vport:NAME] [--net IFACE=ADDR/PREFIX]... [--mtu BYTES] [--hostname NAME] [--system-root] [--service]
   Runs as PID 1 of a guest or as a plain process; writes a ready message on the control
   channel, then runs the microbenchmarks the host asks for. A VM's init reads the same
-  settings from the kernel command line as vb.ctl=, vb.net= (comma-free, repeatable) and vb.hostname=;
+  settings from the kernel command line as vb.ctl=, vb.net= (comma-free, repeatable),
+  vb.mtu= (the MTU of every --net interface, 68-65535) and vb.hostname=;
   vb.root=UUID boots the ext4 file system UUID as the root, vb.init=image runs its /sbin/init
   with the agent as its service (--service: settings from the kernel command line, not PID 1).
   --system-root: the root is a system image's tree (containers), reported in the hello.";
@@ -80,6 +81,9 @@ impl NetCfg {
 pub struct Config {
     pub ctl: Option<Ctl>,
     pub net: Vec<NetCfg>,
+    /// `--mtu`/`vb.mtu=`: the MTU of every `net` interface (a fleet network across hosts
+    /// carries less than Ethernet's 1500 over its VXLAN). None: the kernel's default.
+    pub mtu: Option<u32>,
     pub hostname: Option<String>,
     /// Settings came from the kernel command line: the agent is its own kernel's init.
     pub from_cmdline: bool,
@@ -112,6 +116,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
         match a.as_str() {
             "--ctl" => c.ctl = Some(Ctl::parse(&val("--ctl")?)?),
             "--net" => c.net.push(NetCfg::parse(&val("--net")?)?),
+            "--mtu" => c.mtu = Some(parse_mtu("--mtu", &val("--mtu")?)?),
             "--hostname" => c.hostname = Some(check_hostname(&val("--hostname")?)?),
             "--service" => c.service = true,
             "--system-root" => c.system_root = true,
@@ -120,6 +125,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    check_mtu_has_net(&c)?;
     Ok(Parsed::Run(c))
 }
 
@@ -132,6 +138,7 @@ pub fn merge_cmdline(c: &mut Config, cmdline: &str) -> Result<(), String> {
         match k {
             "vb.ctl" if c.ctl.is_none() => c.ctl = Some(Ctl::parse(v)?),
             "vb.net" => net.push(NetCfg::parse(v)?),
+            "vb.mtu" if c.mtu.is_none() => c.mtu = Some(parse_mtu("vb.mtu", v)?),
             "vb.hostname" if c.hostname.is_none() => c.hostname = Some(check_hostname(v)?),
             "vb.root" => c.root = Some(v.to_string()),
             "vb.init" => match v {
@@ -152,7 +159,27 @@ pub fn merge_cmdline(c: &mut Config, cmdline: &str) -> Result<(), String> {
         c.net = net;
     }
     c.from_cmdline |= any;
-    Ok(())
+    check_mtu_has_net(c)
+}
+
+/// An MTU: decimal, within what Linux accepts for an IPv4 Ethernet interface (68, IPv4's
+/// minimum, to 65535). The kernel command line is the host's to write, but the agent
+/// reads it as untrusted input: a bad value is named, never a panic.
+fn parse_mtu(name: &str, v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(m) if (68..=65535).contains(&m) => Ok(m),
+        _ => Err(format!("{name}={v:?}: expected an MTU of 68 to 65535 bytes")),
+    }
+}
+
+/// An MTU applies to the `net` interfaces: one without any is a mistake of the host's.
+fn check_mtu_has_net(c: &Config) -> Result<(), String> {
+    match c.mtu {
+        Some(m) if c.net.is_empty() => {
+            Err(format!("an MTU ({m}) was given without a network interface (--net or vb.net=)"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_hostname(h: &str) -> Result<String, String> {
@@ -206,6 +233,40 @@ mod tests {
             panic!()
         };
         assert!(c.service && c.system_root);
+    }
+
+    #[test]
+    fn the_mtu_comes_from_the_command_line_and_is_checked() {
+        let mut c = Config::default();
+        merge_cmdline(&mut c, "vb.net=eth0=10.211.0.4/16 vb.mtu=1450").unwrap();
+        assert_eq!(c.mtu, Some(1450));
+        // Arguments win, as for the other settings.
+        let Parsed::Run(mut c) =
+            parse_args(&args(&["--net", "eth0=10.0.0.2/24", "--mtu", "9000"])).unwrap()
+        else {
+            panic!()
+        };
+        merge_cmdline(&mut c, "vb.mtu=1450").unwrap();
+        assert_eq!(c.mtu, Some(9000));
+        // None given: the kernel's default stays.
+        let mut c = Config::default();
+        merge_cmdline(&mut c, "vb.net=eth0=10.211.0.4/16").unwrap();
+        assert_eq!(c.mtu, None);
+        for bad in ["0", "67", "65536", "-1", "1450x", "", "99999999999"] {
+            let e = merge_cmdline(
+                &mut Config::default(),
+                &format!("vb.net=eth0=1.2.3.4/8 vb.mtu={bad}"),
+            )
+            .unwrap_err();
+            assert!(e.contains("vb.mtu") && e.contains("68 to 65535"), "{bad}: {e}");
+        }
+        let e = merge_cmdline(&mut Config::default(), "vb.mtu=1450").unwrap_err();
+        assert!(e.contains("without a network interface"), "{e}");
+        assert!(parse_args(&args(&["--mtu", "1450"])).err().unwrap().contains("without a network"));
+        assert!(parse_args(&args(&["--net", "eth0=1.2.3.4/8", "--mtu", "big"]))
+            .err()
+            .unwrap()
+            .contains("--mtu=\"big\""));
     }
 
     #[test]

@@ -90,9 +90,9 @@ pub fn set_hostname(name: &str) -> Result<(), String> {
     nix::unistd::sethostname(name).map_err(|e| format!("sethostname {name}: {e}"))
 }
 
-/// Gives `cfg.iface` its IPv4 address and brings it and `lo` up, with the classic
-/// SIOCSIF* ioctls (no netlink library in a 1 MiB agent).
-pub fn configure_net(cfg: &NetCfg) -> Result<(), String> {
+/// Gives `cfg.iface` its IPv4 address (and MTU `mtu`, if given) and brings it and `lo` up,
+/// with the classic SIOCSIF* ioctls (no netlink library in a 1 MiB agent).
+pub fn configure_net(cfg: &NetCfg, mtu: Option<u32>) -> Result<(), String> {
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
         nix::sys::socket::SockType::Datagram,
@@ -110,6 +110,9 @@ pub fn configure_net(cfg: &NetCfg) -> Result<(), String> {
     set_addr(fd, &cfg.iface, libc::SIOCSIFADDR, u32::from(cfg.addr))
         .map_err(|_| err("setting the address"))?;
     set_addr(fd, &cfg.iface, libc::SIOCSIFNETMASK, mask).map_err(|_| err("setting the netmask"))?;
+    if let Some(m) = mtu {
+        set_mtu(fd, &cfg.iface, m).map_err(|_| err(&format!("setting the MTU to {m}")))?;
+    }
     if_up(fd, &cfg.iface).map_err(|_| err("bringing the interface up"))?;
     Ok(())
 }
@@ -140,6 +143,16 @@ fn set_addr(fd: i32, name: &str, req: libc::c_ulong, host_order: u32) -> Result<
     unsafe { std::ptr::write(std::ptr::addr_of_mut!(r.ifr_ifru) as *mut libc::sockaddr_in, sin) };
     // SAFETY: fd is a valid socket, r a fully initialised ifreq that outlives the call.
     if unsafe { libc::ioctl(fd, req as _, &mut r) } < 0 {
+        return Err(());
+    }
+    Ok(())
+}
+
+fn set_mtu(fd: i32, name: &str, mtu: u32) -> Result<(), ()> {
+    let mut r = ifreq(name)?;
+    r.ifr_ifru.ifru_mtu = i32::try_from(mtu).map_err(|_| ())?;
+    // SAFETY: fd is a valid socket, r a fully initialised ifreq that outlives the call.
+    if unsafe { libc::ioctl(fd, libc::SIOCSIFMTU as _, &mut r) } < 0 {
         return Err(());
     }
     Ok(())

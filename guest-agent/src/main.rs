@@ -135,7 +135,7 @@ fn setup(cfg: &Config) -> Result<(), String> {
         init::set_hostname(h)?;
     }
     for n in &cfg.net {
-        init::configure_net(n)?;
+        init::configure_net(n, cfg.mtu)?;
     }
     Ok(())
 }

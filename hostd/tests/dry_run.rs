@@ -92,3 +92,54 @@ fn dry_run_boots_and_steps_match_a_real_run() {
         dry_run(&camp, &dir.path().join("none"), &["--estimate-from", run.to_str().unwrap()]);
     assert!(after(&other, "estimated time: ").contains("measured in"), "{other}");
 }
+
+/// `--dry-run --engine slurm`: each listed backend's fleet split over the hosts and its
+/// ring, with no allocation made (no Slurm needed); outside an allocation `--hosts` is
+/// required, and a campaign without the network resource is refused.
+#[test]
+fn dry_run_across_hosts_prints_each_backends_split_and_allocates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let camp = dir.path().join("mh.toml");
+    std::fs::write(&camp, "name = \"mh\"\nbackends = [\"ns\", \"uml\"]\nresources = [\"network\"]\n[ring]\nguests = 5\n")
+        .unwrap();
+    let run = |extra: &[&str]| {
+        hostd()
+            .env_remove("SLURM_JOB_ID")
+            .env_remove("SLURM_JOB_NUM_NODES")
+            .arg("run")
+            .arg(&camp)
+            .args(["--dry-run", "--engine", "slurm", "--results"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--hosts", "2"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("across 2 Slurm hosts (dry run: no allocation made"), "{t}");
+    // 5 guests over 2 hosts: 3 + 2, for each backend in the campaign's order.
+    let ns = t.find("== ns: 5 guests").unwrap_or_else(|| panic!("{t}"));
+    let uml = t.find("== uml: 5 guests").unwrap_or_else(|| panic!("{t}"));
+    assert!(ns < uml, "{t}");
+    assert!(
+        t[ns..uml].contains("host 1: g0–g2 (ns)") && t[ns..uml].contains("host 2: g3–g4 (ns)"),
+        "{t}"
+    );
+    assert!(
+        t[uml..].contains("host 1: g0–g2 (uml)") && t[uml..].contains("host 2: g3–g4 (uml)"),
+        "{t}"
+    );
+    assert!(t.contains("ring of 5 guests: 1 warm-up + 3 counted rounds"), "{t}");
+    // Nothing written.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "{t}");
+    let o = run(&[]);
+    assert!(!o.status.success() && text(&o).contains("needs --hosts K"), "{}", text(&o));
+    std::fs::write(&camp, "name = \"mh\"\nbackends = [\"ns\"]\nresources = [\"cpu\"]\n").unwrap();
+    let o = run(&["--hosts", "2"]);
+    assert!(
+        !o.status.success() && text(&o).contains("leaves out the network resource"),
+        "{}",
+        text(&o)
+    );
+}

@@ -165,60 +165,6 @@ fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
 }
 
 #[test]
-fn a_quick_campaign_across_three_hosts_has_its_ring_span_them_in_one_report() {
-    let Some((_s, lab)) = serial_lab("r") else { return };
-    let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
-    let o = Command::new(lab_script())
-        .args(["exec", &lab.0, "env"])
-        .arg(format!("VIRTBENCH_IMAGES={}", images().display()))
-        .arg(env!("CARGO_BIN_EXE_hostd"))
-        .args(["run", "--quick", "--engine", "slurm", "--hosts", "3", "--results"])
-        .arg(res.path())
-        .output()
-        .unwrap();
-    let out = text(&o);
-    assert!(o.status.success(), "hostd run --quick --engine slurm: {}\n{out}", o.status);
-    let (dir, m) = results_of(res.path());
-    // The quick campaign's ring of 3 guests: one on each host, so every link crosses.
-    let r = &m["ring"];
-    assert_eq!((r["guests"].as_u64(), r["hosts"].as_u64()), (Some(3), Some(3)), "{m}");
-    assert_eq!(r["links_across_hosts"].as_u64(), Some(3), "{m}");
-    assert!(r["failures"].as_array().unwrap().is_empty(), "{r}");
-    // 3 guests × 2 counted repetitions × (bandwidth, latency).
-    assert_eq!(r["samples"].as_u64(), Some(12), "{r}");
-    let all = support::cli::records(&dir);
-    let bench: Vec<&serde_json::Value> = all.iter().filter(|v| v["record"] == "bench").collect();
-    assert_eq!(bench.len(), 12, "{all:?}");
-    let mut guests = std::collections::BTreeSet::new();
-    for s in &bench {
-        assert!(s["test"] == "ring" || s["test"] == "ring_latency", "{s}");
-        assert_eq!((&s["n"], &s["backend"]), (&serde_json::json!(3), &serde_json::json!("ns")));
-        // Across hosts: labelled as such, at the VXLAN's MTU.
-        assert_eq!(s["net_path"], "veth+bridge+vxlan", "{s}");
-        assert_eq!(s["mtu"], 1450, "{s}");
-        assert!(s["value"].as_f64().unwrap() > 0.0, "{s}");
-        guests.insert(s["guest"].as_u64().unwrap());
-    }
-    assert_eq!(guests.into_iter().collect::<Vec<_>>(), [0, 1, 2]);
-    // One report: the ring's figures, and every host's provenance.
-    let rep: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
-    let ring = &rep["ring"]["ns"];
-    assert_eq!(ring["guests"], 3, "{rep}");
-    assert_eq!(ring["bandwidth"]["samples"], 6, "{ring}");
-    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
-    for i in 1..=3 {
-        assert!(html.contains(&format!("host n{i}: Slurm node n{i}")), "host n{i} not listed");
-    }
-    assert!(html.contains("veth+bridge+vxlan"), "the ring's path is not in the report");
-    // `hostd report` renders the same directory again.
-    let o = Command::new(env!("CARGO_BIN_EXE_hostd")).arg("report").arg(&dir).output().unwrap();
-    assert!(o.status.success(), "hostd report: {}", text(&o));
-    lab.assert_clean_of(&runs(&m));
-    lab.down_finding_nothing();
-}
-
-#[test]
 fn a_fleet_held_up_across_three_hosts_until_down_shows_a_lost_host_and_leaves_nothing() {
     let Some((_s, lab)) = serial_lab("u") else { return };
     let dir = tempfile::Builder::new().prefix("multihost-up-").tempdir_in("/var/tmp").unwrap();

@@ -150,9 +150,9 @@ pub(crate) struct RunArgs {
     /// Parent directory of the results directory.
     #[arg(long, default_value = "results", env = "VIRTBENCH_RESULTS")]
     pub(crate) results: PathBuf,
-    /// Where the campaign runs: this machine, or across Slurm nodes (then only the ring of
-    /// ns guests, spanning the hosts; docs/multihost.md).
-    #[arg(long, value_enum, default_value = "local", conflicts_with_all = ["resume", "dry_run"])]
+    /// Where the campaign runs: this machine, or across Slurm nodes (then each listed
+    /// backend's ring, spanning the hosts, with its fleet's startup; docs/multihost.md).
+    #[arg(long, value_enum, default_value = "local", conflicts_with = "resume")]
     pub(crate) engine: Engine,
     #[command(flatten)]
     pub(crate) slurm: SlurmArgs,

@@ -210,6 +210,35 @@ pub(crate) async fn coordinate(o: &hostd::multihost::coordinator::Options) -> an
     Ok(slurm_summary(&out?))
 }
 
+/// `hostd run --engine slurm`'s campaign, interrupted as [`coordinate`] is.
+pub(crate) async fn coordinate_campaign(
+    c: &hostd::multihost::coordinator::CampaignOptions,
+) -> anyhow::Result<Done> {
+    use hostd::multihost::coordinator;
+    let out = tokio::select! {
+        r = coordinator::run_campaign(c) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let Some(out) = out else {
+        eprintln!("hostd: interrupted: the workers tear down as their links drop");
+        std::process::exit(130);
+    };
+    let out = out?;
+    let mut short = Vec::new();
+    for (m, boot) in out.record.fleets.iter().zip(&out.boots) {
+        println!("== {}", m.backend);
+        short.extend(fleet_summary(m, boot).into_iter().map(|s| format!("{}: {s}", m.backend)));
+    }
+    for l in &out.record.unavailable {
+        println!("== {}: unavailable: {}", l.backend, l.reason);
+    }
+    for l in &out.record.failed {
+        short.push(format!("{}: {}", l.backend, l.reason));
+    }
+    eprintln!("hostd: results in {}", out.results.display());
+    Ok(if short.is_empty() { Done::All } else { Done::WithFailures(short.join("; ")) })
+}
+
 /// The nodes to use and hostd's own path, inside a Slurm allocation; outside one, runs the
 /// same command again under `salloc -N K` (and so does not return unless salloc cannot run).
 pub(crate) fn in_allocation(hosts: Option<u16>) -> anyhow::Result<(u16, std::path::PathBuf)> {
@@ -253,7 +282,20 @@ pub(crate) fn slurm_hosts(hosts: Option<u16>) -> anyhow::Result<(u16, bool)> {
 /// What a multi-host boot did, host by host and in all; with failures when guests were
 /// lost or the reach check fell short.
 pub(crate) fn slurm_summary(out: &hostd::multihost::coordinator::Outcome) -> Done {
-    let m = &out.multihost;
+    let short = fleet_summary(&out.multihost, &out.boot);
+    eprintln!("hostd: results in {}", out.results.display());
+    if short.is_empty() {
+        Done::All
+    } else {
+        Done::WithFailures(short.join("; "))
+    }
+}
+
+/// One fleet across hosts, host by host and in all, printed; what fell short of it.
+fn fleet_summary(
+    m: &hostd::multihost::coordinator::MultiHost,
+    boot: &hostd::startup::FleetBoot,
+) -> Vec<String> {
     for h in &m.hosts {
         let c = h
             .clock
@@ -268,7 +310,7 @@ pub(crate) fn slurm_summary(out: &hostd::multihost::coordinator::Outcome) -> Don
             h.lost.as_ref().map_or(String::new(), |l| format!(", LOST: {l}"))
         );
     }
-    if let Some(r) = &out.boot.reach {
+    if let Some(r) = &boot.reach {
         println!("reach across hosts: {}", r.line());
     }
     if let Some(r) = &m.ring {
@@ -293,13 +335,7 @@ pub(crate) fn slurm_summary(out: &hostd::multihost::coordinator::Outcome) -> Don
             mem.guests
         );
     }
-    eprintln!("hostd: results in {}", out.results.display());
-    let short = hostd::multihost::coordinator::shortfalls(m, &out.boot);
-    if short.is_empty() {
-        Done::All
-    } else {
-        Done::WithFailures(short.join("; "))
-    }
+    hostd::multihost::coordinator::shortfalls(m, boot)
 }
 
 /// `hostd worker`.

@@ -337,11 +337,6 @@ fn hosts_options(a: &UpArgs, file: &daemon::FleetFile) -> anyhow::Result<Serving
     };
     let mut o = o;
     o.images = reference_images(a, &o.systems())?;
-    // Said here, before the daemon's output goes to its log (its coordinator says it there too).
-    if let Some(w) = hostd::multihost::plan::mtu_warning(&o.groups, &vec![1.0; o.hosts], o.network)
-    {
-        tracing::warn!("{w}");
-    }
     Ok(Serving::Hosts { o: Box::new(o), salloc: !in_job })
 }
 

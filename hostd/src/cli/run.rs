@@ -332,71 +332,167 @@ fn campaign_images(
     Ok(images)
 }
 
-/// `hostd run --engine slurm`: the campaign's ring of ns guests spread over the hosts of a
-/// Slurm allocation (salloc'd if not inside one), one `hostd worker` per node, merged into
-/// one results directory with its report and every host's provenance (docs/multihost.md).
-/// The rest of the campaign (other backends, the single-guest suite, startup sizes) is not
-/// run across hosts: said in the provenance's notes.
+/// `hostd run --engine slurm`: for each backend the campaign lists, in its order, a fleet of
+/// its ring's guests spread over the hosts of a Slurm allocation (salloc'd if not inside
+/// one), one `hostd worker` per node, with its startup and its ring, all merged into one
+/// results directory with its report and every host's provenance (docs/multihost.md). The
+/// rest of the campaign (the single-guest suite, overhead, linearity, isolation, startup
+/// sizes) is not run across hosts: said in the provenance's notes. With `--dry-run`, the
+/// plan per host, with no allocation made.
 async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
-    use hostd::multihost::coordinator;
-    const BACKEND: BackendKind = BackendKind::Ns;
-    if !campaign.backends.iter().any(|b| b == BACKEND.name()) {
-        anyhow::bail!(
-            "--engine slurm measures the ring of ns guests across hosts: campaign {} does not list ns (it lists {})",
-            campaign.name,
-            campaign.backends.join(", ")
-        );
-    }
-    if !campaign.resources.contains(&vb_protocol::bench::Resource::Network) {
-        anyhow::bail!(
-            "--engine slurm measures the ring, a network test: campaign {} leaves out the network resource",
-            campaign.name
-        );
-    }
-    if campaign.guest.system.is_some() {
-        anyhow::bail!("--engine slurm boots the agent's image only, not --system");
+    let plans = slurm_plans(&campaign)?;
+    if a.dry_run {
+        if a.estimate_from.is_some() {
+            anyhow::bail!("--estimate-from: a run across hosts has no time estimate yet");
+        }
+        let (hosts, _) = cli::boot::slurm_hosts(a.slurm.hosts)?;
+        let exe = std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("finding hostd's own path: {e}"))?;
+        return slurm_dry_run(&campaign, &slurm_fleets(&a, &campaign, &plans, hosts, exe, None));
     }
     let (hosts, exe) = cli::boot::in_allocation(a.slurm.hosts)?;
-    // At least one guest a host, so the ring spans every host.
-    let n = campaign.ring.guests.max(2).max(usize::from(hosts));
     let images = hostd::images::resolve(a.images.agent.as_deref()).ok().map(|i| i.hashes);
-    let mut notes = vec![format!(
-        "campaign {} across hosts: only the ring of {n} {BACKEND} guests (the campaign asks for {}), spread over {hosts} hosts, with their startup; the other backends and tests are not run across hosts",
-        campaign.name, campaign.ring.guests
+    let c = slurm_fleets(&a, &campaign, &plans, hosts, exe, images);
+    cli::boot::coordinate_campaign(&c).await
+}
+
+/// The backends the campaign lists, in its order, with their plans, and a note for each
+/// one left out (a ring of fewer than two guests: none on one machine either); an error if
+/// the campaign cannot be run across hosts at all.
+fn slurm_plans(c: &Campaign) -> anyhow::Result<(Vec<hostd::campaign::BackendPlan>, Vec<String>)> {
+    if !c.resources.contains(&vb_protocol::bench::Resource::Network) {
+        anyhow::bail!(
+            "--engine slurm measures the ring, a network test: campaign {} leaves out the network resource",
+            c.name
+        );
+    }
+    if c.guest.system.is_some() {
+        anyhow::bail!("--engine slurm boots the agent's image only, not --system");
+    }
+    let mut notes = Vec::new();
+    let plans: Vec<_> = c
+        .plans()
+        .into_iter()
+        .filter(|p| c.backends.iter().any(|b| b == p.kind.name()))
+        .filter(|p| {
+            let ring = p.ring_guests >= 2;
+            if !ring {
+                notes.push(format!("{}: its ring has {} guest(s): no ring", p.kind, p.ring_guests));
+            }
+            ring
+        })
+        .collect();
+    if plans.is_empty() {
+        anyhow::bail!(
+            "--engine slurm measures each backend's ring across hosts: campaign {} has no backend with a ring of two or more guests ({})",
+            c.name,
+            notes.join("; ")
+        );
+    }
+    Ok((plans, notes))
+}
+
+/// One fleet a backend over `hosts` hosts, each with its ring, and the notes saying what
+/// runs across hosts and what does not.
+fn slurm_fleets(
+    a: &RunArgs,
+    campaign: &Campaign,
+    (plans, notes): &(Vec<hostd::campaign::BackendPlan>, Vec<String>),
+    hosts: u16,
+    exe: std::path::PathBuf,
+    images: Option<std::collections::BTreeMap<String, String>>,
+) -> hostd::multihost::coordinator::CampaignOptions {
+    use hostd::multihost::coordinator;
+    let fleets: Vec<coordinator::Options> = plans
+        .iter()
+        .map(|p| coordinator::Options {
+            // At least one guest a host, so the ring spans every host.
+            groups: hostd::multihost::plan::FleetGroup::only(
+                p.kind,
+                p.ring_guests.max(usize::from(hosts)),
+                p.mem_mib,
+                campaign.guest.vcpus,
+            ),
+            mode: StartMode::Hot,
+            parallelism: 0,
+            boot_timeout: Duration::from_secs(campaign.guest.boot_timeout_s),
+            network: true,
+            limits: Default::default(),
+            topology: None,
+            hosts: usize::from(hosts),
+            weights: Vec::new(),
+            listen: a.slurm.listen,
+            lost_after: Duration::from_secs_f64(a.slurm.lost_after),
+            results: a.results.clone(),
+            exe: exe.clone(),
+            images: images.clone(),
+            hold: Duration::ZERO,
+            reach: false,
+            ring: Some(coordinator::RingOptions {
+                workloads: p.workloads.clone(),
+                warmup: campaign.warmup,
+                reps: campaign.reps,
+                timeout: Duration::from_secs(campaign.guest.bench_timeout_s),
+            }),
+            label: format!("run-slurm-{}", campaign.name),
+            notes: Vec::new(),
+        })
+        .collect();
+    let ran: Vec<String> =
+        fleets.iter().map(|o| format!("{} ({} guests)", o.backend(), o.n())).collect();
+    let mut all = vec![format!(
+        "campaign {} across {hosts} hosts: for each backend listed, one fleet of its ring's guests (at least one a host) with its startup, then the ring, as planned: {}; the single-guest suite, overhead, linearity, isolation and startup sizes are not run across hosts",
+        campaign.name,
+        ran.join(", ")
     )];
-    notes.push(
-        "ring samples of a guest whose neighbour is on another host have the path veth+bridge+vxlan: VXLAN-encapsulated over the hosts' link, at the fleet network's MTU".into(),
+    all.extend(notes.iter().cloned());
+    all.push(
+        "ring samples of a guest whose neighbour is on another host have the path veth+bridge+vxlan (a VM's tap+bridge+vxlan): VXLAN-encapsulated over the hosts' link, at the fleet network's MTU, which VM guests' NICs get too".into(),
     );
-    let o = coordinator::Options {
-        groups: hostd::multihost::plan::FleetGroup::only(
-            BACKEND,
-            n,
-            campaign.guest.mem_mib,
-            campaign.guest.vcpus,
-        ),
-        mode: StartMode::Hot,
-        parallelism: 0,
-        boot_timeout: Duration::from_secs(campaign.guest.boot_timeout_s),
-        network: true,
-        limits: Default::default(),
-        topology: None,
-        hosts: usize::from(hosts),
-        weights: Vec::new(),
-        listen: a.slurm.listen,
-        lost_after: Duration::from_secs_f64(a.slurm.lost_after),
-        results: a.results,
-        exe,
-        images,
-        hold: Duration::ZERO,
-        reach: false,
-        ring: Some(coordinator::RingOptions {
-            workloads: campaign.workloads.clone(),
-            warmup: campaign.warmup,
-            reps: campaign.reps,
-            timeout: Duration::from_secs(campaign.guest.bench_timeout_s),
-        }),
+    coordinator::CampaignOptions {
+        fleets,
+        results: a.results.clone(),
         label: format!("run-slurm-{}", campaign.name),
-        notes,
-    };
-    cli::boot::coordinate(&o).await
+        notes: all,
+    }
+}
+
+/// `--dry-run --engine slurm`: each backend's fleet split over the hosts (in node order:
+/// their names are known once allocated) and its ring's rounds; nothing is allocated.
+fn slurm_dry_run(
+    campaign: &Campaign,
+    c: &hostd::multihost::coordinator::CampaignOptions,
+) -> anyhow::Result<Done> {
+    use hostd::multihost::{plan, proto::SlicePart};
+    let hosts = c.fleets.first().map_or(0, |o| o.hosts);
+    println!(
+        "campaign {} across {hosts} Slurm hosts (dry run: no allocation made, nothing started)",
+        campaign.name
+    );
+    for o in &c.fleets {
+        let split = plan::split_groups(&o.groups, &vec![1.0; hosts]).map_err(anyhow::Error::msg)?;
+        let g = &o.groups[0];
+        println!(
+            "== {}: {} guests of {} MiB, one job step of {hosts} workers, hot start at one T0",
+            o.backend(),
+            o.n(),
+            g.mem_mib
+        );
+        for (i, parts) in split.iter().enumerate() {
+            println!("   host {}: {}", i + 1, SlicePart::describe(parts));
+        }
+        if let Some(r) = &o.ring {
+            println!(
+                "   ring of {} guests: {} warm-up + {} counted rounds each of bandwidth and latency",
+                o.n(),
+                r.warmup,
+                r.reps
+            );
+        }
+    }
+    for n in &c.notes {
+        println!("note: {n}");
+    }
+    println!("note: each backend is probed on every host when its fleet's workers start; one a host cannot run is left out then");
+    Ok(Done::All)
 }

@@ -100,28 +100,6 @@ pub fn split_groups(groups: &[FleetGroup], weights: &[f64]) -> Result<Vec<Vec<Sl
     Ok(hosts)
 }
 
-/// The hosts (by place in `hosts`) holding guests with a kernel of their own (uml, VMs).
-/// Two or more make pairs of such guests across the VXLAN, whose NICs keep MTU 1500 while
-/// it carries 50 bytes less: their full-size frames to each other are dropped there.
-pub fn own_kernel_hosts(hosts: &[Vec<SlicePart>]) -> Vec<usize> {
-    (0..hosts.len()).filter(|&h| hosts[h].iter().any(|p| p.backend.own_kernel())).collect()
-}
-
-/// The warning a networked fleet of `groups` split by `weights` deserves when it puts guests
-/// with a kernel of their own on two or more hosts ([`own_kernel_hosts`]).
-pub fn mtu_warning(groups: &[FleetGroup], weights: &[f64], network: bool) -> Option<String> {
-    let hosts = own_kernel_hosts(&split_groups(groups, weights).ok()?);
-    (network && hosts.len() > 1).then(|| {
-        format!(
-            "guests with a kernel of their own (uml, VMs) on {} hosts: their NICs keep MTU 1500 \
-             while the VXLAN between hosts carries 50 bytes less, so full-size frames between \
-             two of them on different hosts are dropped (TCP with a container guest works: its \
-             link is at the VXLAN's MTU); docs/multihost.md",
-            hosts.len()
-        )
-    })
-}
-
 /// Splits `n` guests over `weights.len()` hosts in proportion to the weights (largest
 /// remainders get the rounding), as (first global index, count) per host in host order.
 pub fn split(n: usize, weights: &[f64]) -> Result<Vec<(usize, usize)>, String> {
@@ -250,13 +228,6 @@ mod tests {
         assert_eq!(SlicePart::find(&hosts[1], 5).map(|p| p.backend), Some(BackendKind::Uml));
         assert_eq!(SlicePart::find(&hosts[1], 4), None);
         assert!(split_groups(&groups, &[]).is_err());
-        // uml guests on n1 and n2: VM-to-VM pairs across the VXLAN.
-        assert_eq!(own_kernel_hosts(&hosts), [0, 1]);
-        let one = split_groups(&groups, &[1.0]).unwrap();
-        assert!(own_kernel_hosts(&one).len() < 2);
-        assert!(mtu_warning(&groups, &[1.0; 3], true).unwrap().contains("on 2 hosts"));
-        assert_eq!(mtu_warning(&groups, &[1.0; 3], false), None);
-        assert_eq!(mtu_warning(&groups, &[1.0], true), None);
     }
 
     #[test]

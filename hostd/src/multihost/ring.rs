@@ -72,7 +72,8 @@ pub fn check_ports(ports: &[(usize, u16)], ready: &BTreeSet<usize>) -> Result<()
 }
 
 /// A worker's samples of one round checked against what it was asked (`jobs`: its guests
-/// in the round, of `backend`), then labelled: the path `veth+bridge+vxlan` for a guest
+/// in the round, of `backend`), then labelled: the path `veth+bridge+vxlan` (a VM's
+/// `tap+bridge+vxlan`) for a guest
 /// whose neighbour is on another host (`across`, by global index); a worker cannot claim
 /// that path for a link within its host.
 pub fn accept_samples(
@@ -88,7 +89,7 @@ pub fn accept_samples(
         let crosses = across.get(&s.guest) == Some(&true);
         let ok = s.test == r.test
             && s.backend == backend
-            && (crosses || s.net_path != Some(NetPath::VethBridgeVxlan))
+            && (crosses || !s.net_path.is_some_and(NetPath::crosses_hosts))
             && s.resource == Resource::Network
             && s.n == r.n
             && s.rep == rep
@@ -107,7 +108,16 @@ pub fn accept_samples(
             ));
         }
         if crosses {
-            s.net_path = Some(NetPath::VethBridgeVxlan);
+            // The guest's own link (veth or tap) then the VXLAN; a worker's claim of the
+            // crossing path is kept, nothing else that cannot cross.
+            s.net_path = match s.net_path {
+                Some(p) if p.crosses_hosts() => Some(p),
+                Some(p) => Some(
+                    p.across_hosts()
+                        .ok_or_else(|| format!("guest {}: path {p} cannot cross hosts", s.guest))?,
+                ),
+                None => return Err(format!("guest {}: no network path", s.guest)),
+            };
         }
     }
     Ok(samples)
@@ -257,6 +267,15 @@ mod tests {
         assert!(accept_samples(vec![s(0, 1.0)], &r, BackendKind::Oci, &across).is_err());
         let mut claim = s(0, 1.0);
         claim.net_path = Some(NetPath::VethBridgeVxlan);
+        assert!(accept_samples(vec![claim.clone()], &r, NS, &across).is_err());
+        claim.net_path = Some(NetPath::TapBridgeVxlan);
         assert!(accept_samples(vec![claim], &r, NS, &across).is_err());
+        // A VM's tap continues over the VXLAN as such; a local path cannot cross.
+        let mut tap = s(1, 400.0);
+        (tap.backend, tap.net_path) = (BackendKind::Uml, Some(NetPath::TapBridge));
+        let got = accept_samples(vec![tap.clone()], &r, BackendKind::Uml, &across).unwrap();
+        assert_eq!(got[0].net_path, Some(NetPath::TapBridgeVxlan));
+        tap.net_path = Some(NetPath::HostStack);
+        assert!(accept_samples(vec![tap], &r, BackendKind::Uml, &across).is_err());
     }
 }

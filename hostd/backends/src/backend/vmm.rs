@@ -65,6 +65,12 @@ pub(super) fn kernel_cmdline(
     words.push(format!("vb.hostname={}", spec.name));
     if let Some(net) = &spec.net {
         words.push(format!("vb.net={}", net.agent_arg()));
+        // The guest's own kernel would keep Ethernet's 1500 on a fleet network that carries
+        // less (across hosts, a VXLAN's 1450): frames to a guest on another host would be
+        // dropped. Containers get it on their veth; a VM's agent sets it on its NIC.
+        if let Some(m) = net.fleet.mtu.filter(|&m| m < 1500) {
+            words.push(format!("vb.mtu={m}"));
+        }
     }
     words
 }

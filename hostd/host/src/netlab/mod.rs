@@ -83,6 +83,10 @@ crate::named_set! {
         /// across hosts, traffic between guests on different hosts (docs/multihost.md).
         #[serde(rename = "veth+bridge+vxlan")]
         VethBridgeVxlan,
+        /// A VM's NIC and tap over its host's fleet bridge, then VXLAN to another host's
+        /// bridge: a VM guest of a fleet across hosts to a guest on another host.
+        #[serde(rename = "tap+bridge+vxlan")]
+        TapBridgeVxlan,
     }
 }
 
@@ -95,7 +99,23 @@ impl NetPath {
             NetPath::TapBridge => "tap+bridge",
             NetPath::HostStack => "host-stack",
             NetPath::VethBridgeVxlan => "veth+bridge+vxlan",
+            NetPath::TapBridgeVxlan => "tap+bridge+vxlan",
         }
+    }
+
+    /// The same link continued over a VXLAN to another host (None: a path that cannot
+    /// cross hosts, or one that already does).
+    pub fn across_hosts(self) -> Option<NetPath> {
+        match self {
+            NetPath::VethBridge => Some(NetPath::VethBridgeVxlan),
+            NetPath::TapBridge => Some(NetPath::TapBridgeVxlan),
+            _ => None,
+        }
+    }
+
+    /// Whether the path goes over a VXLAN to another host.
+    pub fn crosses_hosts(self) -> bool {
+        matches!(self, NetPath::VethBridgeVxlan | NetPath::TapBridgeVxlan)
     }
 
     /// Both ends in one network stack (no link, no bridge).

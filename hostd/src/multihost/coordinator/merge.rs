@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -76,25 +75,43 @@ pub struct MultiHost {
     pub memory: Option<AcrossHosts>,
 }
 
-/// One results directory: samples (ready times measured from T0), the boot summary and
-/// report, and `multihost.json` with every host's provenance.
+/// One fleet's run across hosts, merged but not yet written: `multihost.json`'s record, the
+/// boot (ready times measured from T0), the ring's samples and the provenance, whose id
+/// every sample carries.
+pub struct Merged {
+    pub multihost: MultiHost,
+    pub boot: FleetBoot,
+    pub bench: Vec<BenchSample>,
+    pub provenance: Provenance,
+}
+
+impl Merged {
+    /// Makes every sample name `id` as its provenance (a campaign's fleets share one).
+    pub(super) fn set_provenance(&mut self, id: &str) {
+        for s in &mut self.boot.startups {
+            s.provenance = id.to_string();
+        }
+        for s in &mut self.bench {
+            s.provenance = id.to_string();
+        }
+    }
+}
+
+/// The hosts' reports as one fleet's results, with per-host provenance.
 pub(super) fn merge(
     o: &Options,
     hosts: Vec<HostRecord>,
     t0_unix_ns: u64,
     job: Option<String>,
     ring: Option<(Vec<BenchSample>, RingSummary)>,
-) -> Result<Outcome> {
+) -> Merged {
     let memory = memory_of(&hosts);
     let mut provenance = provenance(o, &hosts, job.as_deref());
     provenance.notes.extend(memory.as_ref().map(total_words));
-    let (mut bench, ring) = match ring {
+    let (bench, ring) = match ring {
         Some((b, s)) => (b, Some(s)),
         None => (Vec::new(), None),
     };
-    for s in &mut bench {
-        s.provenance = provenance.id();
-    }
     let g = gather(o, &hosts, &provenance.id());
     let reach = o.reach.then(|| reach_of(&hosts));
     let multihost = MultiHost {
@@ -120,8 +137,45 @@ pub(super) fn merge(
         residency: None,
         reach,
     };
-    let results = write(o, provenance, &multihost, &boot, &bench)?;
-    Ok(Outcome { multihost, results, boot })
+    let mut m = Merged { multihost, boot, bench, provenance };
+    let id = m.provenance.id();
+    m.set_provenance(&id);
+    m
+}
+
+/// One fleet's results directory: samples, the boot summary and report, and
+/// `multihost.json` with every host's provenance.
+pub(super) fn write_one(o: &Options, m: Merged) -> Result<Outcome> {
+    let mut results = new_dir(&o.results, &o.label)?;
+    results.write_json("provenance.json", &m.provenance)?;
+    results.write_json("multihost.json", &m.multihost)?;
+    append(&mut results, &m)?;
+    let summary = crate::bootrun::summarise(m.provenance, vec![crate::bootrun::row(&m.boot)]);
+    crate::bootrun::write_outputs(&results, &summary)?;
+    crate::report::write(&results.path, false).context("writing the report")?;
+    Ok(Outcome { multihost: m.multihost, results: results.path.clone(), boot: m.boot })
+}
+
+/// A fresh results directory under `parent`, named by the date, `label` and a run id.
+pub(super) fn new_dir(parent: &std::path::Path, label: &str) -> Result<ResultsDir> {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "-");
+    Ok(ResultsDir::create_unique(
+        parent,
+        &format!("{stamp}-{label}-{}", crate::runstate::new_run_id()),
+    )?)
+}
+
+/// A fleet's startup and ring samples, appended to `samples.jsonl`.
+pub(super) fn append(results: &mut ResultsDir, m: &Merged) -> Result<()> {
+    for r in m.boot.records() {
+        results.append(&r)?;
+    }
+    for s in &m.bench {
+        results.append(&crate::samples::Record::Bench(s.clone()))?;
+    }
+    Ok(())
 }
 
 /// The run's provenance: the coordinator's images (or the first host's), with a note on
@@ -305,34 +359,4 @@ fn reach_of(hosts: &[HostRecord]) -> crate::reach::Reach {
         }
     }
     r
-}
-
-/// Writes the results directory: provenance, `multihost.json`, the records, the boot
-/// summary and the report. Its path.
-fn write(
-    o: &Options,
-    provenance: Provenance,
-    multihost: &MultiHost,
-    boot: &FleetBoot,
-    bench: &[BenchSample],
-) -> Result<PathBuf> {
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-        .to_string()
-        .replace(':', "-");
-    let mut results = ResultsDir::create_unique(
-        &o.results,
-        &format!("{stamp}-{}-{}", o.label, crate::runstate::new_run_id()),
-    )?;
-    results.write_json("provenance.json", &provenance)?;
-    results.write_json("multihost.json", multihost)?;
-    for r in boot.records() {
-        results.append(&r)?;
-    }
-    for s in bench {
-        results.append(&crate::samples::Record::Bench(s.clone()))?;
-    }
-    let summary = crate::bootrun::summarise(provenance, vec![crate::bootrun::row(boot)]);
-    crate::bootrun::write_outputs(&results, &summary)?;
-    crate::report::write(&results.path, false).context("writing the report")?;
-    Ok(results.path.clone())
 }

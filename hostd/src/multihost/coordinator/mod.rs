@@ -23,6 +23,7 @@ use crate::backend::BackendKind;
 use crate::startup::{FleetBoot, StartMode};
 
 mod calls;
+mod campaign;
 mod held;
 mod images;
 mod merge;
@@ -30,10 +31,14 @@ mod reach;
 mod ring;
 mod teardown;
 pub use calls::HostCaller;
+pub use campaign::{
+    run_campaign, BackendMissing, CampaignOptions, CampaignOutcome, CampaignRecord,
+};
 pub use held::{status_of, up, GuestRef, GuestState, Held, HostGuest, HostStatus};
 use images::check_images;
 #[cfg(test)]
 use images::same_images;
+use merge::Merged;
 pub use merge::{shortfalls, HostRecord, MultiHost};
 pub use ring::{RingOptions, RingSummary};
 use teardown::{hold, tear_down_reporting, teardown_within};
@@ -354,15 +359,21 @@ pub struct Outcome {
 
 /// Runs the whole multi-host boot inside the current Slurm allocation.
 pub async fn run(o: &Options) -> Result<Outcome> {
+    merge::write_one(o, fleet(o).await?)
+}
+
+/// One fleet across the allocation's hosts, from its job step of workers to their
+/// teardown: merged, not yet written.
+async fn fleet(o: &Options) -> Result<Merged> {
     if o.groups.len() != 1 {
         // Its results (samples, boot.json) are one backend's fleet.
         bail!("a measured boot across hosts is one group of guests, not {}", o.groups.len());
     }
     let job = std::env::var("SLURM_JOB_ID").ok();
     let (listener, token, mut srun) = launch(o).await?;
-    let outcome = coordinate(o, &listener, &token, &mut srun, job).await;
+    let merged = coordinate(o, &listener, &token, &mut srun, job).await;
     end_step(srun, o.n()).await;
-    outcome
+    merged
 }
 
 /// Listens for the workers and starts them, one per node, as one job step: the listener,
@@ -469,7 +480,7 @@ async fn coordinate(
     token: &str,
     srun: &mut tokio::process::Child,
     job: Option<String>,
-) -> Result<Outcome> {
+) -> Result<Merged> {
     let Started { mut ws, t0_unix_ns, t0_mono } = start(o, listener, token, srun).await?;
     if o.reach {
         reach::reach(&mut ws).await;
@@ -498,7 +509,7 @@ async fn coordinate(
         }
     }
     futures::future::join_all(ws.iter_mut().map(tear_down_reporting)).await;
-    merge::merge(o, ws.into_iter().map(|w| w.rec).collect(), t0_unix_ns, job, ring)
+    Ok(merge::merge(o, ws.into_iter().map(|w| w.rec).collect(), t0_unix_ns, job, ring))
 }
 
 /// The workers, connected, sorted by node, checked (same images, the backend available)
@@ -516,7 +527,7 @@ async fn connect(
     check_images(&ws, o.images.as_ref(), &o.groups)?;
     for b in o.backends() {
         if let Some(w) = ws.iter().find(|w| !w.hello.backends.contains(&b)) {
-            bail!("host {}: backend {b} is not available there (its probe failed; see the worker's log above)", w.name());
+            return Err(BackendMissing { host: w.name().to_string(), backend: b }.into());
         }
     }
     for w in ws.iter_mut() {
@@ -547,9 +558,6 @@ async fn send_slices(
         bail!("--weights has {} weights for {} hosts", weights.len(), ws.len());
     }
     let parts = plan::split_groups(&o.groups, &weights).map_err(anyhow::Error::msg)?;
-    if let Some(w) = plan::mtu_warning(&o.groups, &weights, o.network) {
-        tracing::warn!("{w}");
-    }
     let vni = u32::from_str_radix(&token[..6], 16).unwrap_or(1).max(1);
     let t0_unix_ns = real_ns() + LEAD.as_nanos() as u64;
     let t0_mono = mono_ns() + LEAD.as_nanos() as u64;

@@ -99,6 +99,22 @@ fn cmdline_drops_and_adds_words() {
     assert_eq!(w, ["a=1", "b", "x=y", "vb.ctl=tty:/dev/hvc0", "vb.hostname=g1"]);
 }
 
+/// Every VM backend's command line (uml, QEMU, Firecracker, Xen all use `kernel_cmdline`)
+/// gives the agent the fleet network's MTU when it is below Ethernet's 1500.
+#[test]
+fn cmdline_carries_the_fleet_mtu_below_1500() {
+    let words = |mtu: Option<u32>| {
+        let mut s = spec(true, false);
+        s.net.as_mut().unwrap().fleet.mtu = mtu;
+        kernel_cmdline("", &[], &[], "fd:3", &s)
+    };
+    let w = words(Some(1450));
+    assert_eq!(w[w.len() - 2..], ["vb.net=eth0=10.211.0.3/16", "vb.mtu=1450"]);
+    for m in [None, Some(1500), Some(9000)] {
+        assert!(!words(m).iter().any(|w| w.starts_with("vb.mtu")), "{m:?}");
+    }
+}
+
 #[test]
 fn macs_are_unique_per_address_and_locally_administered() {
     assert_eq!(guest_mac(Ipv4Addr::new(10, 211, 1, 46)), "02:76:62:d3:01:2e");
