@@ -167,12 +167,9 @@ fn a_worker_killed_while_its_fleet_is_up_loses_only_its_guests() {
 #[test]
 fn a_fleet_held_up_across_three_hosts_until_down_shows_a_lost_host_and_leaves_nothing() {
     let Some((_s, lab)) = serial_lab("u") else { return };
-    let dir = tempfile::Builder::new().prefix("multihost-up-").tempdir_in("/var/tmp").unwrap();
-    let name = format!("mhup{}", std::process::id() % 1_000_000);
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(&file, format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 9\n")).unwrap();
-    let f = file.to_str().unwrap();
-    let o = on_login(&lab, &["up", f, "--engine", "slurm", "--hosts", "3", "--reach"]);
+    let f = fleet_file("mhup", "backend = \"ns\"\nguests = 9\n");
+    let name = f.name.clone();
+    let o = up_across(&lab, &f, &["--reach"]);
     let out = text(&o);
     assert!(o.status.success(), "hostd up --engine slurm: {}\n{out}", o.status);
     for i in 1..=3 {
@@ -241,24 +238,18 @@ fn a_fleet_held_up_across_three_hosts_until_down_shows_a_lost_host_and_leaves_no
     assert!(!o.status.success() && text(&o).contains("g4 on host n2 is not ready"), "{}", text(&o));
     // Down: torn down on n1 and n3, the killed worker's leftovers on n2 cleaned up, the
     // allocation given back, the daemon gone.
-    let o = on_login(&lab, &["down", &name]);
-    assert!(o.status.success(), "hostd down: {}", text(&o));
-    let o = lab_exec(&lab, &["squeue", "-h"]);
-    assert!(String::from_utf8_lossy(&o.stdout).trim().is_empty(), "jobs left: {}", text(&o));
+    lab.down_fleet(&name, &runs);
     let o = on_login(&lab, &["status", &name]);
     assert!(!o.status.success(), "the fleet is still listed: {}", text(&o));
-    lab.assert_clean_of(&runs);
     lab.down_finding_nothing();
 }
 
 #[test]
 fn a_killed_fleet_daemon_gives_the_nodes_back_and_leaves_nothing_on_any_host() {
     let Some((_s, lab)) = serial_lab("d") else { return };
-    let dir = tempfile::Builder::new().prefix("multihost-up-").tempdir_in("/var/tmp").unwrap();
-    let name = format!("mhkd{}", std::process::id() % 1_000_000);
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(&file, format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 6\n")).unwrap();
-    let o = on_login(&lab, &["up", file.to_str().unwrap(), "--engine", "slurm", "--hosts", "3"]);
+    let f = fleet_file("mhkd", "backend = \"ns\"\nguests = 6\n");
+    let name = f.name.clone();
+    let o = up_across(&lab, &f, &[]);
     assert!(o.status.success(), "hostd up --engine slurm: {}", text(&o));
     let o = on_login(&lab, &["status", &name, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -297,13 +288,10 @@ fn a_killed_fleet_daemon_gives_the_nodes_back_and_leaves_nothing_on_any_host() {
 #[test]
 fn a_frozen_worker_is_declared_lost_within_its_bound_and_down_leaves_nothing() {
     let Some((_s, lab)) = serial_lab("f") else { return };
-    let dir = tempfile::Builder::new().prefix("multihost-up-").tempdir_in("/var/tmp").unwrap();
-    let name = format!("mhfz{}", std::process::id() % 1_000_000);
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(&file, format!("name = \"{name}\"\nbackend = \"ns\"\nguests = 6\n")).unwrap();
-    let f = file.to_str().unwrap();
+    let f = fleet_file("mhfz", "backend = \"ns\"\nguests = 6\n");
+    let name = f.name.clone();
     // A bound of 3 s (beats every 1 s) keeps the test short; the default is 15 s.
-    let o = on_login(&lab, &["up", f, "--engine", "slurm", "--hosts", "3", "--lost-after", "3"]);
+    let o = up_across(&lab, &f, &["--lost-after", "3"]);
     assert!(o.status.success(), "hostd up --engine slurm: {}", text(&o));
     let hosts = hosts_of(&lab, &name);
     let runs: Vec<String> = hosts.iter().map(|h| h["run"].as_str().unwrap().into()).collect();
@@ -345,11 +333,7 @@ fn a_frozen_worker_is_declared_lost_within_its_bound_and_down_leaves_nothing() {
     assert!(workers(Some("n2")).is_empty(), "n2's worker did not end once thawed");
     let left = lab.host(2, "ip netns list; ls -A /run/virtbench 2>/dev/null");
     assert!(left.trim().is_empty(), "n2's thawed worker left: {left}");
-    let o = on_login(&lab, &["down", &name]);
-    assert!(o.status.success(), "hostd down: {}", text(&o));
-    let o = lab_exec(&lab, &["squeue", "-h"]);
-    assert!(String::from_utf8_lossy(&o.stdout).trim().is_empty(), "jobs left: {}", text(&o));
-    lab.assert_clean_of(&runs);
+    lab.down_fleet(&name, &runs);
     lab.down_finding_nothing();
 }
 
@@ -396,28 +380,18 @@ fn a_frozen_coordinator_has_every_worker_tear_down_by_itself() {
 fn exec_cp_and_commands_reach_the_guests_of_every_host() {
     let Some((_s, lab)) = serial_lab("x") else { return };
     // The guests' root holds only the agent: a static busybox copied in reads files back.
-    let is_static = Command::new("file")
-        .args(["-L", "/bin/busybox"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"));
-    if !is_static {
-        support::skip::skip(None, "no static /bin/busybox to copy into the guests");
+    if !static_busybox_or_skip("to copy into the guests") {
         return;
     }
-    let dir = tempfile::Builder::new().prefix("multihost-exec-").tempdir_in("/var/tmp").unwrap();
-    let name = format!("mhex{}", std::process::id() % 1_000_000);
-    let file = dir.path().join("fleet.toml");
     // The agent's rootfs holds only the agent: its --version is the program every guest has.
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"{name}\"\nbackend = \"ns\"\nguests = 6\n\
-             commands = [[\"/sbin/guest-agent\", \"--version\"], [\"/no/such/program\"]]\n\
-             [limits]\npids = 200\nmemory_mib = 256\n"
-        ),
-    )
-    .unwrap();
-    let o = on_login(&lab, &["up", file.to_str().unwrap(), "--engine", "slurm", "--hosts", "3"]);
+    let f = fleet_file(
+        "mhex",
+        "backend = \"ns\"\nguests = 6\n\
+         commands = [[\"/sbin/guest-agent\", \"--version\"], [\"/no/such/program\"]]\n\
+         [limits]\npids = 200\nmemory_mib = 256\n",
+    );
+    let name = f.name.clone();
+    let o = up_across(&lab, &f, &[]);
     let out = text(&o);
     // The second command fails in every guest: exit 3, the fleet up.
     assert_eq!(o.status.code(), Some(3), "hostd up: {out}");
@@ -445,7 +419,7 @@ fn exec_cp_and_commands_reach_the_guests_of_every_host() {
         assert_eq!(mem, ["268435456"; 2], "n{}: 256 MiB", i + 1);
     }
     // A static busybox (about 2 MB: 8 chunks a guest) and a small file into every guest.
-    let hello = dir.path().join("hello.txt");
+    let hello = f.dir().join("hello.txt");
     let greeting = format!("hello from the login node {}\n", std::process::id());
     std::fs::write(&hello, &greeting).unwrap();
     let o = on_login(&lab, &["cp", &name, "--all", "/bin/busybox", ":/tmp/busybox"]);
@@ -488,7 +462,7 @@ fn exec_cp_and_commands_reach_the_guests_of_every_host() {
     let o = on_login(&lab, &["exec", &name, "--guest", "g9", "--", "/tmp/busybox", "true"]);
     assert!(!o.status.success() && text(&o).contains("no guest named \"g9\""), "{}", text(&o));
     // Out of every guest, each into a directory of its own on the login node.
-    let outdir = dir.path().join("out");
+    let outdir = f.dir().join("out");
     std::fs::create_dir(&outdir).unwrap();
     let o = on_login(&lab, &["cp", &name, "--all", ":/tmp/hello.txt", outdir.to_str().unwrap()]);
     assert!(o.status.success(), "hostd cp out: {}", text(&o));
@@ -523,8 +497,6 @@ fn exec_cp_and_commands_reach_the_guests_of_every_host() {
     for g in ["g0", "g1", "g4", "g5"] {
         assert!(answers[g].0.starts_with("exit 0 in "), "{g}: {:?}", answers[g]);
     }
-    let o = on_login(&lab, &["down", &name]);
-    assert!(o.status.success(), "hostd down: {}", text(&o));
-    lab.assert_clean_of(&runs);
+    lab.down_fleet(&name, &runs);
     lab.down_finding_nothing();
 }

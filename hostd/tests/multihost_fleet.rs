@@ -39,20 +39,13 @@ fn guests_of(h: &serde_json::Value) -> Vec<(String, String)> {
 #[test]
 fn a_fleet_of_ns_and_uml_groups_spans_three_hosts_and_down_leaves_nothing() {
     let Some((_s, lab)) = serial_lab("g") else { return };
-    let dir = tempfile::Builder::new().prefix("multihost-groups-").tempdir_in("/var/tmp").unwrap();
-    let name = format!("mhgr{}", std::process::id() % 1_000_000);
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"{name}\"\n\
-             [[group]]\nname = \"cts\"\nbackend = \"ns\"\nguests = 4\n\
-             [[group]]\nname = \"vms\"\nbackend = \"uml\"\nguests = 2\nmem_mib = 96\n"
-        ),
-    )
-    .unwrap();
-    let f = file.to_str().unwrap();
-    let o = on_login(&lab, &["up", f, "--engine", "slurm", "--hosts", "3", "--reach"]);
+    let f = fleet_file(
+        "mhgr",
+        "[[group]]\nname = \"cts\"\nbackend = \"ns\"\nguests = 4\n\
+         [[group]]\nname = \"vms\"\nbackend = \"uml\"\nguests = 2\nmem_mib = 96\n",
+    );
+    let name = f.name.clone();
+    let o = up_across(&lab, &f, &["--reach"]);
     let out = text(&o);
     assert!(o.status.success(), "hostd up --engine slurm: {}\n{out}", o.status);
     // Each group split as one group is (4 = 2 + 1 + 1, 2 = 1 + 1 + 0), global indices kept.
@@ -114,11 +107,7 @@ fn a_fleet_of_ns_and_uml_groups_spans_three_hosts_and_down_leaves_nothing() {
             "{g}: {answers:?}"
         );
     }
-    let o = on_login(&lab, &["down", &name]);
-    assert!(o.status.success(), "hostd down: {}", text(&o));
-    let o = lab_exec(&lab, &["squeue", "-h"]);
-    assert!(String::from_utf8_lossy(&o.stdout).trim().is_empty(), "jobs left: {}", text(&o));
-    lab.assert_clean_of(&runs);
+    lab.down_fleet(&name, &runs);
     lab.down_finding_nothing();
 }
 
@@ -129,26 +118,12 @@ fn a_fleet_of_ns_and_uml_groups_spans_three_hosts_and_down_leaves_nothing() {
 #[test]
 fn uml_guests_on_three_hosts_get_the_vxlan_mtu_and_exchange_with_each_other() {
     let Some((_s, lab)) = serial_lab("m") else { return };
-    let is_static = Command::new("file")
-        .args(["-L", "/bin/busybox"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"));
-    if !is_static {
-        support::skip::skip(None, "no static /bin/busybox to read the MTU inside the guests");
+    if !static_busybox_or_skip("to read the MTU inside the guests") {
         return;
     }
-    let dir = tempfile::Builder::new().prefix("multihost-mtu-").tempdir_in("/var/tmp").unwrap();
-    let name = format!("mhmtu{}", std::process::id() % 1_000_000);
-    let file = dir.path().join("fleet.toml");
-    std::fs::write(
-        &file,
-        format!("name = \"{name}\"\nbackend = \"uml\"\nguests = 3\nmem_mib = 96\n"),
-    )
-    .unwrap();
-    let o = on_login(
-        &lab,
-        &["up", file.to_str().unwrap(), "--engine", "slurm", "--hosts", "3", "--reach"],
-    );
+    let f = fleet_file("mhmtu", "backend = \"uml\"\nguests = 3\nmem_mib = 96\n");
+    let name = f.name.clone();
+    let o = up_across(&lab, &f, &["--reach"]);
     let out = text(&o);
     assert!(o.status.success(), "hostd up --engine slurm: {}\n{out}", o.status);
     let hosts = hosts_of(&lab, &name);
@@ -172,9 +147,7 @@ fn uml_guests_on_three_hosts_get_the_vxlan_mtu_and_exchange_with_each_other() {
         assert!(said.starts_with("exit 0 in "), "{g}: {answers:?}");
         assert_eq!(mtu.trim(), "1450", "{g}'s eth0 inside its own kernel: {answers:?}");
     }
-    let o = on_login(&lab, &["down", &name]);
-    assert!(o.status.success(), "hostd down: {}", text(&o));
-    lab.assert_clean_of(&runs);
+    lab.down_fleet(&name, &runs);
     lab.down_finding_nothing();
 }
 
@@ -246,9 +219,7 @@ fn each_host_shapes_its_own_guests_links_from_the_one_net_plan() {
     // Changing it later is not done across hosts: refused, saying so.
     let o = on_login(&lab, &["net", &name, "show"]);
     assert!(!o.status.success() && text(&o).contains("runs across hosts"), "{}", text(&o));
-    let o = on_login(&lab, &["down", &name]);
-    assert!(o.status.success(), "hostd down: {}", text(&o));
-    lab.assert_clean_of(&runs);
+    lab.down_fleet(&name, &runs);
     // A delay: netem's. Measured where the kernel has it; refused, naming it, where not.
     let name = format!("mhdl{}", std::process::id() % 1_000_000);
     let o = up_with_net(&lab, dir.path(), &name, 3, "[net]\nlink = { delay_ms = 10 }\n");
@@ -257,9 +228,7 @@ fn each_host_shapes_its_own_guests_links_from_the_one_net_plan() {
         rtt_across_hosts_is_at_least(&lab, &name, 40.0);
         let runs: Vec<String> =
             hosts_of(&lab, &name).iter().map(|h| h["run"].as_str().unwrap().to_string()).collect();
-        let o = on_login(&lab, &["down", &name]);
-        assert!(o.status.success(), "hostd down: {}", text(&o));
-        lab.assert_clean_of(&runs);
+        lab.down_fleet(&name, &runs);
     } else {
         let t = text(&o);
         assert!(!o.status.success(), "a delay applied without netem: {t}");
@@ -342,9 +311,7 @@ fn a_fleet_of_a_system_image_boots_it_on_every_host() {
             "{g}: {said} {out}"
         );
     }
-    let o = on_login(&lab, &["down", &name]);
-    assert!(o.status.success(), "hostd down: {}", text(&o));
-    lab.assert_clean_of(&runs);
+    lab.down_fleet(&name, &runs);
     // A system the store does not have: refused before any host is asked, naming it.
     let file = scratch.path().join("missing.toml");
     let fleet =

@@ -63,6 +63,16 @@ impl Lab {
         c
     }
 
+    /// `hostd down NAME` succeeds, leaving no Slurm job and nothing of the workers' runs
+    /// `runs` on any host.
+    pub fn down_fleet(&self, name: &str, runs: &[String]) {
+        let o = on_login(self, &["down", name]);
+        assert!(o.status.success(), "hostd down: {}", text(&o));
+        let o = lab_exec(self, &["squeue", "-h"]);
+        assert!(String::from_utf8_lossy(&o.stdout).trim().is_empty(), "jobs left: {}", text(&o));
+        self.assert_clean_of(runs);
+    }
+
     /// Nothing of hostd's on any host: no network namespace, no run state, no worker, and
     /// no cgroup of the workers' runs `runs` (the hosts share the machine's cgroup tree).
     pub fn assert_clean_of(&self, runs: &[String]) {
@@ -240,8 +250,13 @@ pub fn coordinators() -> Vec<u32> {
         .collect()
 }
 
-/// `hostd ARGS…` on the lab's login node, with the images.
+/// `hostd ARGS…` on the lab's login node, with the images. The login node is this machine's
+/// own namespaces: the hostd started there reaps every dead run of the machine (`hostd
+/// reap`, and every start), so it holds the cross-binary reap lock as other binaries' hostd
+/// starts do ([`super::cli::reap_lock`]): scripts/test runs these tests beside the campaign
+/// test, which kills a hostd and checks its next one reaps the orphan.
 pub fn on_login(lab: &Lab, args: &[&str]) -> Output {
+    let _reaping = super::cli::reap_lock();
     Command::new(lab_script())
         .args(["exec", &lab.0, "env"])
         .arg(format!("VIRTBENCH_IMAGES={}", images().display()))
@@ -249,6 +264,51 @@ pub fn on_login(lab: &Lab, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+/// Whether /bin/busybox is static (a guest whose root holds only the agent can run a copy);
+/// if not, the test is skipped, saying it needed one `to` do what.
+pub fn static_busybox_or_skip(to: &str) -> bool {
+    let is_static = Command::new("file")
+        .args(["-L", "/bin/busybox"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"));
+    if !is_static {
+        super::skip::skip(None, &format!("no static /bin/busybox {to}"));
+    }
+    is_static
+}
+
+/// A fleet file for `hostd up`, in a fresh directory under /var/tmp (the lab's hosts share it;
+/// /tmp is each host's own), removed with it.
+pub struct FleetFile {
+    _dir: tempfile::TempDir,
+    /// The fleet's name: its tag and this process's id.
+    pub name: String,
+    pub path: String,
+}
+
+impl FleetFile {
+    /// Its directory, for the test's other files.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
+/// A fleet file named `tag` + this process's id, `body` after its `name` line.
+pub fn fleet_file(tag: &str, body: &str) -> FleetFile {
+    let dir = tempfile::Builder::new().prefix("multihost-fleet-").tempdir_in("/var/tmp").unwrap();
+    let name = format!("{tag}{}", std::process::id() % 1_000_000);
+    let path = dir.path().join("fleet.toml");
+    std::fs::write(&path, format!("name = \"{name}\"\n{body}")).unwrap();
+    FleetFile { path: path.to_str().unwrap().into(), _dir: dir, name }
+}
+
+/// `hostd up FILE --engine slurm --hosts 3 EXTRA…` on the lab's login node.
+pub fn up_across(lab: &Lab, f: &FleetFile, extra: &[&str]) -> Output {
+    let mut args = vec!["up", f.path.as_str(), "--engine", "slurm", "--hosts", "3"];
+    args.extend_from_slice(extra);
+    on_login(lab, &args)
 }
 
 /// `hostd status NAME --json`: the fleet's hosts.
