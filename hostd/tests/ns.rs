@@ -82,22 +82,12 @@ impl Setup {
     }
 
     fn spec(&self, index: usize, disk: Option<&Path>, net: Option<&FleetNet>) -> GuestSpec {
-        spec(&self.run, index, self.dir.path(), disk, net)
+        container_spec(&self.run, index, self.dir.path(), disk, net, "vh")
     }
 
     fn assert_clean(&self, pids: &[u32], workdirs: &[PathBuf]) {
         assert_clean(&self.run, self.dir.path(), &self.mounts_before, pids, workdirs);
     }
-}
-
-fn spec(
-    run: &str,
-    index: usize,
-    dir: &Path,
-    disk: Option<&Path>,
-    net: Option<&FleetNet>,
-) -> GuestSpec {
-    container_spec(run, index, dir, disk, net, "vh")
 }
 
 /// Three guests on a fleet network: hello, CPU, a TCP stream between two of them over the

@@ -106,14 +106,9 @@ fn assert_clean(
     });
 }
 
-fn spec(
-    run: &str,
-    index: usize,
-    dir: &Path,
-    disk: Option<&Path>,
-    net: Option<&FleetNet>,
-) -> GuestSpec {
-    container_spec(run, index, dir, disk, net, "vo")
+/// An oci guest's spec (links named vo…).
+fn spec(run: &str, i: usize, dir: &Path, disk: Option<&Path>, net: Option<&FleetNet>) -> GuestSpec {
+    container_spec(run, i, dir, disk, net, "vo")
 }
 
 fn backend(runtime: &str, bundle: &Path) -> AnyBackend {
