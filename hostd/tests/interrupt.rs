@@ -69,7 +69,12 @@ fn ctrl_c_during_a_uml_fleet_leaves_nothing_behind() {
     )
     .unwrap();
     let status = child.wait().unwrap();
-    let lines: Vec<String> = rx.try_iter().collect();
+    // Everything hostd wrote: the reader thread may still be forwarding it after the exit
+    // (it ends at end of file; a guest process left holding the pipe must not hang the test).
+    let mut lines: Vec<String> = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(10)) {
+        lines.push(l);
+    }
     assert_eq!(status.code(), Some(130), "{lines:#?}");
     let said = lines
         .iter()
