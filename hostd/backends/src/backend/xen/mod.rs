@@ -135,6 +135,7 @@ pub enum XenMemoryError {
 }
 
 /// The Xen backend: each guest a domU made with `xl create`, run from dom0.
+#[derive(Clone)]
 pub struct Xen {
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,
