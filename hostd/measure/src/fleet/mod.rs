@@ -7,15 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::backend::{AnyBackend, Backend, BackendKind, Exit, GuestNet, GuestSpec, Images};
 use crate::cgroup::{self, Limits};
 use crate::datadisk::{DataDiskError, DataDisks};
-use crate::guest::{boot_unless_stopped, stopped, BootError, RunningGuest, StopLaunching};
 pub use crate::guest::{FailureKind, GuestFailure};
+use crate::guest::{RunningGuest, StopLaunching};
 use crate::netlab::{self, FleetNet, NetMode};
 use crate::runstate::RunState;
 
@@ -347,8 +346,15 @@ impl Fleet {
             copies.extend(made);
         }
         LAUNCHED.fetch_add(to_n - from, std::sync::atomic::Ordering::Relaxed);
-        let t0 = Instant::now();
-        let mut pending = FuturesUnordered::new();
+        let backend = backend.shared().await;
+        let with = launches::Shared {
+            backend,
+            timeout: cfg.boot_timeout,
+            slots: sem,
+            stop: cfg.stop.clone(),
+            t0: Instant::now(),
+        };
+        let mut pending = launches::Launches::new();
         for index in from..to_n {
             let name = format!("g{index}");
             let guest_net = match &self.net {
@@ -373,12 +379,7 @@ impl Fleet {
                 limits: cfg.limits,
                 images: cfg.image_copies.get(index).cloned(),
             };
-            let sem = sem.clone();
-            let timeout = cfg.boot_timeout;
-            let stop = cfg.stop.clone();
-            pending.push(async move {
-                (index, launch(backend, spec, timeout, sem, stop).await, t0.elapsed())
-            });
+            pending.push(spec, &with);
         }
         let mut ready = Vec::new();
         while let Some((index, r, at)) = pending.next().await {
@@ -402,25 +403,6 @@ impl Fleet {
         }
         self.config.n = to_n;
         Ok(())
-    }
-}
-
-/// Boots one guest of a fleet once `sem` lets it, unless the fleet's start is stopped first.
-async fn launch(
-    backend: &AnyBackend,
-    spec: GuestSpec,
-    timeout: Duration,
-    sem: Arc<Semaphore>,
-    stop: Option<StopLaunching>,
-) -> Result<RunningGuest, BootError> {
-    let permit = tokio::select! {
-        biased;
-        () = stopped(stop.as_ref()) => None,
-        p = sem.acquire_owned() => Some(p.expect("semaphore never closed")),
-    };
-    match permit {
-        Some(_permit) => boot_unless_stopped(backend, spec, timeout, stop.as_ref()).await,
-        None => Err(BootError::Stopped { guest: spec.name }),
     }
 }
 
@@ -529,6 +511,8 @@ impl Fleet {
         }
     }
 }
+
+mod launches;
 
 #[cfg(test)]
 mod budget_tests {
