@@ -356,10 +356,11 @@ async fn the_runc_floor_is_measured_beside_the_guests() {
     assert!(netns_of(&run_id).is_empty(), "{:?}", netns_of(&run_id));
 }
 
-/// A fleet's start dropped while its launches wait on their runtimes (each launch its own
-/// task): by the time the drop returns, every launch has released what it made (the
-/// guests' network namespaces and work directories), so the caller's cleanup does not race
-/// the releases; the run then leaves nothing, its runtimes killed and reaped.
+/// A fleet's start dropped while its launches wait on their runtimes: by the time the drop
+/// returns, every launch has released what it made (the guests' network namespaces and work
+/// directories), so the caller's cleanup (`hostd boot` interrupted) does not race the
+/// releases — which launches run as tasks would, unless their drop waits for them; the run
+/// then leaves nothing, its runtimes killed and reaped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_fleet_start_has_released_its_launches_when_the_drop_returns() {
     use std::os::unix::fs::PermissionsExt;

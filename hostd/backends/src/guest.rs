@@ -189,19 +189,7 @@ pub async fn boot_unless_stopped(
     deadline: Duration,
     stop: Option<&StopLaunching>,
 ) -> Result<RunningGuest, BootError> {
-    boot_since(backend, spec, deadline, stop, Instant::now()).await
-}
-
-/// [`boot_unless_stopped`] of a guest whose launch was requested at `t0`, which its own
-/// start (`RunningGuest::startup`) is timed from: a fleet's launch task may wait for a
-/// worker before it runs, and that wait is part of the guest's start.
-pub async fn boot_since(
-    backend: &AnyBackend,
-    spec: GuestSpec,
-    deadline: Duration,
-    stop: Option<&StopLaunching>,
-    t0: Instant,
-) -> Result<RunningGuest, BootError> {
+    let t0 = Instant::now();
     // Saturating: a deadline no clock can represent waits (practically) forever, not panics.
     let end = crate::limits::deadline(deadline);
     let launch = tokio::time::timeout_at(end, backend.launch(&spec));

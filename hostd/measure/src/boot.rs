@@ -86,7 +86,7 @@ pub struct RowChecks {
     /// hostd's CPU time spent starting the fleet, per launch, ms.
     #[serde(default)]
     pub hostd_cpu_ms_per_launch: Option<f64>,
-    /// Each ready guest's own start (its launch request → hello, without waiting for a
+    /// Each ready guest's own start (its launch call → hello, without waiting for a
     /// parallelism slot), seconds: what the floor is compared with.
     #[serde(default)]
     pub own_start: Option<Summary>,

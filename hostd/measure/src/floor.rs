@@ -14,7 +14,7 @@ use crate::backend::native::{Native, Wrap};
 use crate::backend::oci::Oci;
 use crate::backend::{AnyBackend, BackendKind, BackendOptions, GuestNet, GuestSpec, Images};
 use crate::cgroup;
-use crate::guest::{boot, boot_since};
+use crate::guest::boot;
 use crate::netlab::{self, FleetNet};
 use crate::runstate::RunState;
 use crate::stats::{paired_ratio, ratio, Summary};
@@ -223,8 +223,7 @@ async fn pairs(
 }
 
 /// `n` floors started together: each one's own start and the last hello after the common
-/// start, both timed from that start (the launch request of every floor, as a fleet's
-/// guests' own starts are timed from theirs); None when none came up.
+/// start; None when none came up.
 async fn floor_fleet(
     bare: &AnyBackend,
     spec: &dyn Fn(usize, String, bool) -> GuestSpec,
@@ -234,7 +233,7 @@ async fn floor_fleet(
     let t0 = std::time::Instant::now();
     let boots = (0..n).map(|i| {
         let spec = spec(i, format!("ff{n}-{i}"), false);
-        async move { boot_since(bare, spec, timeout, None, t0).await.map(|g| (g, t0.elapsed())) }
+        async move { boot(bare, spec, timeout).await.map(|g| (g, t0.elapsed())) }
     });
     let done = futures::future::join_all(boots).await;
     let mut own = Vec::new();
@@ -280,8 +279,8 @@ pub fn line(f: &Floor) -> String {
     s
 }
 
-/// A hot fleet of `n` against the floor: its guests' own starts (each guest's launch
-/// request → hello, `own_s`) against the floor fleet of the same n started together where there is
+/// A hot fleet of `n` against the floor: its guests' own starts (each guest's launch call
+/// → hello, `own_s`) against the floor fleet of the same n started together where there is
 /// one (the same competition for the CPUs), else against the single floor; unpaired. With a
 /// floor fleet, `t_startup_s` (the fleet's) is set beside the floor fleet's. None without
 /// samples on either side.

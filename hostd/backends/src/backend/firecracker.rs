@@ -45,7 +45,6 @@ const DROPPED: [&str; 6] = ["console", "quiet", "loglevel", "tsc_early_khz", "ts
 
 /// The Firecracker backend: one microVM per guest, configured by a JSON file, the control
 /// channel on its serial console.
-#[derive(Clone)]
 pub struct Firecracker {
     bin: String,
     kernel: Option<Kernel>,

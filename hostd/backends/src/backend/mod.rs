@@ -406,7 +406,6 @@ pub async fn stop_and_release(guest: &mut GuestProcess, grace: Duration) -> Exit
 }
 
 /// Enum dispatch over the closed set of backends.
-#[derive(Clone)]
 pub enum AnyBackend {
     /// Agents as host processes.
     Native(native::Native),
@@ -461,17 +460,6 @@ impl AnyBackend {
             AnyBackend::Firecracker(b) => AnyBackend::Firecracker(b.with_images(images)),
             AnyBackend::Xen(b) => AnyBackend::Xen(b.with_images(images)),
         }
-    }
-
-    /// A copy of this backend that tasks can own (`tokio::spawn` wants `'static`): a
-    /// fleet's launch tasks share it. Its settings and what it has read once (an OCI
-    /// template) are copied; QEMU's accelerator is decided here first, so the copy and
-    /// this backend share one decision (as [`with_images`](Self::with_images) does).
-    pub async fn shared(&self) -> std::sync::Arc<AnyBackend> {
-        if let AnyBackend::Qemu(b) = self {
-            let _ = b.accel().await;
-        }
-        std::sync::Arc::new(self.clone())
     }
 
     /// What the launches of these guests read: the backend's files, or with per-guest

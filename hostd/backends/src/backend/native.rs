@@ -18,7 +18,6 @@ use super::{
 pub const AGENT_FD: i32 = 3;
 
 /// The native backend: the agent as a host process, the baseline every figure is against.
-#[derive(Clone)]
 pub struct Native {
     agent: PathBuf,
     /// A mechanism's floor instead of the bare agent (`hostd boot`'s startup floors).

@@ -38,7 +38,6 @@ const MEMORY_DIR: &str = "/dev/shm";
 const PROBE_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The UML backend: each guest a User-mode Linux kernel run as host processes.
-#[derive(Clone)]
 pub struct Uml {
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,

@@ -38,7 +38,7 @@ pub struct StartupSample {
     pub index: usize,
     /// Fleet start request → this guest's hello, host clock, seconds.
     pub ready_s: f64,
-    /// This guest's own launch request → its hello (excludes waiting for a parallelism slot).
+    /// This guest's own launch call → its hello (excludes waiting for a parallelism slot).
     pub own_s: f64,
     /// The guest kernel's uptime at ready (CLOCK_BOOTTIME), for backends with a kernel of
     /// their own.

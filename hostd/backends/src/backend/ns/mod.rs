@@ -85,7 +85,6 @@ pub struct IdMap {
 }
 
 /// The ns backend: the agent in its own namespaces over the rootfs image, set up by hostd.
-#[derive(Clone)]
 pub struct Ns {
     rootfs: Option<PathBuf>,
     /// A system image to use as the guests' root instead (each over its own overlayfs),

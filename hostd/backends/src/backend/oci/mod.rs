@@ -53,7 +53,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const AGENT_PATH: &str = "sbin/guest-agent";
 
 /// The oci backend: each guest a container of an OCI runtime, from the bundle's template.
-#[derive(Clone)]
 pub struct Oci {
     runtime: String,
     bundle: Option<PathBuf>,

@@ -109,7 +109,6 @@ const QEMU_CONSOLE: &str = "/proc/self/fd/1";
 pub const KVM_PROBE_DEADLINE: Duration = Duration::from_secs(15);
 
 /// The QEMU backend of one profile.
-#[derive(Clone)]
 pub struct Qemu {
     profile: Profile,
     qemu: String,

@@ -135,7 +135,6 @@ pub enum XenMemoryError {
 }
 
 /// The Xen backend: each guest a domU made with `xl create`, run from dom0.
-#[derive(Clone)]
 pub struct Xen {
     kernel: Option<Kernel>,
     initramfs: Option<PathBuf>,

@@ -7,14 +7,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::backend::{AnyBackend, Backend, BackendKind, Exit, GuestNet, GuestSpec, Images};
 use crate::cgroup::{self, Limits};
 use crate::datadisk::{DataDiskError, DataDisks};
+use crate::guest::{boot_unless_stopped, stopped, BootError, RunningGuest, StopLaunching};
 pub use crate::guest::{FailureKind, GuestFailure};
-use crate::guest::{RunningGuest, StopLaunching};
 use crate::netlab::{self, FleetNet, NetMode};
 use crate::runstate::RunState;
 
@@ -346,15 +347,8 @@ impl Fleet {
             copies.extend(made);
         }
         LAUNCHED.fetch_add(to_n - from, std::sync::atomic::Ordering::Relaxed);
-        let backend = backend.shared().await;
-        let with = launches::Shared {
-            backend,
-            timeout: cfg.boot_timeout,
-            slots: sem,
-            stop: cfg.stop.clone(),
-            t0: Instant::now(),
-        };
-        let mut pending = launches::Launches::new();
+        let t0 = Instant::now();
+        let mut pending = FuturesUnordered::new();
         for index in from..to_n {
             let name = format!("g{index}");
             let guest_net = match &self.net {
@@ -379,7 +373,12 @@ impl Fleet {
                 limits: cfg.limits,
                 images: cfg.image_copies.get(index).cloned(),
             };
-            pending.push(spec, &with);
+            let sem = sem.clone();
+            let timeout = cfg.boot_timeout;
+            let stop = cfg.stop.clone();
+            pending.push(async move {
+                (index, launch(backend, spec, timeout, sem, stop).await, t0.elapsed())
+            });
         }
         let mut ready = Vec::new();
         while let Some((index, r, at)) = pending.next().await {
@@ -403,6 +402,25 @@ impl Fleet {
         }
         self.config.n = to_n;
         Ok(())
+    }
+}
+
+/// Boots one guest of a fleet once `sem` lets it, unless the fleet's start is stopped first.
+async fn launch(
+    backend: &AnyBackend,
+    spec: GuestSpec,
+    timeout: Duration,
+    sem: Arc<Semaphore>,
+    stop: Option<StopLaunching>,
+) -> Result<RunningGuest, BootError> {
+    let permit = tokio::select! {
+        biased;
+        () = stopped(stop.as_ref()) => None,
+        p = sem.acquire_owned() => Some(p.expect("semaphore never closed")),
+    };
+    match permit {
+        Some(_permit) => boot_unless_stopped(backend, spec, timeout, stop.as_ref()).await,
+        None => Err(BootError::Stopped { guest: spec.name }),
     }
 }
 
@@ -511,8 +529,6 @@ impl Fleet {
         }
     }
 }
-
-mod launches;
 
 #[cfg(test)]
 mod budget_tests {
