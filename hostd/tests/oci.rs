@@ -350,3 +350,64 @@ async fn the_runc_floor_is_measured_beside_the_guests() {
     assert!(cgroup_dirs_of(&run_id).is_empty(), "{:?}", cgroup_dirs_of(&run_id));
     assert!(netns_of(&run_id).is_empty(), "{:?}", netns_of(&run_id));
 }
+
+/// A fleet's start dropped while its launches wait on their runtimes: by the time the drop
+/// returns, every launch has released what it made (the guests' network namespaces and work
+/// directories), so the caller's cleanup (`hostd boot` interrupted) does not race the
+/// releases — which launches run as tasks would, unless their drop waits for them; the run
+/// then leaves nothing, its runtimes killed and reaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_fleet_start_has_released_its_launches_when_the_drop_returns() {
+    use std::os::unix::fs::PermissionsExt;
+    if !root_or_skip("the dropped fleet start test") {
+        return;
+    }
+    const N: usize = 4;
+    let dir = scratch_on_disk("oci-");
+    let bundle = make_bundle(dir.path(), &["/sbin/guest-agent", "--ctl", "fd:3"]);
+    // A runtime whose `run` never returns (it records its pid) and whose `delete` succeeds.
+    let started = dir.path().join("started");
+    let runtime = dir.path().join("stuck-runtime");
+    let script = format!(
+        "#!/bin/sh\ncase \" $* \" in *\" run \"*) echo $$ >> {}; exec sleep 60;; esac\nexit 0\n",
+        started.display()
+    );
+    std::fs::write(&runtime, script).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = Before { mounts: mountinfo(), rootfs: tree(&bundle.join("rootfs")) };
+    let run = hostd::runstate::RunState::create_in(dir.path(), "drop-test", None).unwrap();
+    let _litter = Litter(run.run.clone());
+    let backend = backend(runtime.to_str().unwrap(), &bundle);
+    let cfg = hostd::fleet::FleetConfig { n: N, ..Default::default() };
+    let pids = |f: &Path| -> Vec<u32> {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        text.lines().map(|l| l.trim().parse().unwrap()).collect()
+    };
+    let all_waiting = async {
+        while pids(&started).len() < N {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        r = hostd::fleet::start(&backend, &run, &cfg, |_| {}) => {
+            panic!("a fleet whose runtime never returns started: {:?}", r.map(|f| f.guests.len()))
+        }
+        () = all_waiting => {}
+        () = tokio::time::sleep(Duration::from_secs(60)) => panic!("the launches never reached their runtime"),
+    }
+    // Checked once, at once: nothing may still be on its way out.
+    let workdirs: Vec<PathBuf> = (0..N).map(|i| run.scratch.join(format!("g{i}"))).collect();
+    let guest_ns: Vec<String> =
+        netns_of(&run.run).into_iter().filter(|n| n.starts_with("vbn-")).collect();
+    assert!(guest_ns.is_empty(), "guest namespaces left after the drop: {guest_ns:?}");
+    let dirs: Vec<&PathBuf> = workdirs.iter().filter(|w| w.exists()).collect();
+    assert!(dirs.is_empty(), "work directories left after the drop: {dirs:?}");
+    // The runtimes were killed by the drop and are reaped on a task: checked with the rest.
+    let runtimes = pids(&started);
+    let id = run.run.clone();
+    // As `hostd boot` interrupted: the run's cleanup finds only the fleet's own namespace.
+    let cleaned = run.finish();
+    assert_eq!(cleaned.netns_removed, vec![FleetNet::name_of(&id)], "{cleaned:?}");
+    drop(run);
+    assert_clean(&id, dir.path(), &bundle, &before, &runtimes, &workdirs);
+}
