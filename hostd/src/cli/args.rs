@@ -154,6 +154,11 @@ pub(crate) struct RunArgs {
     /// backend's ring, spanning the hosts, with its fleet's startup; docs/multihost.md).
     #[arg(long, value_enum, default_value = "local", conflicts_with = "resume")]
     pub(crate) engine: Engine,
+    /// With --engine slurm: the node that runs the campaign's single-host steps (native's
+    /// baseline, the single-guest benchmarks, overhead, linearity, isolation, startup sizes)
+    /// [default: the allocation's first].
+    #[arg(long, value_name = "NODE")]
+    pub(crate) suite_host: Option<String>,
     #[command(flatten)]
     pub(crate) slurm: SlurmArgs,
     #[command(flatten)]

@@ -29,6 +29,7 @@ mod images;
 mod merge;
 mod reach;
 mod ring;
+mod suite;
 mod teardown;
 pub use calls::HostCaller;
 pub use campaign::{
@@ -41,6 +42,7 @@ use images::same_images;
 use merge::Merged;
 pub use merge::{shortfalls, HostRecord, MultiHost};
 pub use ring::{RingOptions, RingSummary};
+pub use suite::{check_name, pick_node, without_ring, SingleHost, SuiteError, SuiteOptions};
 use teardown::{hold, tear_down_reporting, teardown_within};
 
 /// What `hostd boot --engine slurm` was asked for.
