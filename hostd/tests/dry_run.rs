@@ -151,6 +151,17 @@ fn dry_run_across_hosts_prints_each_backends_split_and_allocates_nothing() {
         "{}",
         text(&o)
     );
+    let o = hostd()
+        .arg("run")
+        .args(["--engine", "slurm", "--hosts", "2", "--resume"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && text(&o).contains("--resume with --engine slurm is not built yet"),
+        "{}",
+        text(&o)
+    );
     // Nothing written.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "{t}");
     let o = run(&[]);
