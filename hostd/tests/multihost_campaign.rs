@@ -22,8 +22,7 @@ use support::slurmlab::*;
 /// A quick campaign of native and ns, CPU and network, over 3 hosts: the single-host steps
 /// on n1, then one fleet per backend with its ring spanning the hosts, all in one report.
 #[test]
-fn a_quick_campaign_across_three_hosts_has_its_single_host_steps_on_n1_and_each_ring_span_the_hosts_in_one_report(
-) {
+fn a_quick_campaign_across_three_hosts_has_single_host_steps_on_n1_and_rings_across_them() {
     let Some((_s, lab)) = serial_lab("r") else { return };
     let res = tempfile::Builder::new().prefix("multihost-").tempdir_in("/var/tmp").unwrap();
     let files = tempfile::Builder::new().prefix("multihost-c-").tempdir_in("/var/tmp").unwrap();
@@ -54,11 +53,23 @@ fn a_quick_campaign_across_three_hosts_has_its_single_host_steps_on_n1_and_each_
         m["unavailable"].as_array().unwrap().is_empty() && m["failed"] == serde_json::json!([]),
         "{m}"
     );
-    let single = &m["single_host"];
-    assert_eq!(single["node"], "n1", "{m}");
-    assert_eq!(single["steps_failed"], 0, "{single}");
-    assert!(single["steps_done"].as_u64().unwrap() > 0, "{single}");
     let all = support::cli::records(&dir);
+    let (runs_left, ring_ids) = rings_span_the_hosts(fleets, &all);
+    single_host_steps_on_n1(&m, &all, &ring_ids);
+    one_report_has_every_figure(&dir);
+    // `hostd report` renders the same directory again.
+    let o = Command::new(env!("CARGO_BIN_EXE_hostd")).arg("report").arg(&dir).output().unwrap();
+    assert!(o.status.success(), "hostd report: {}", text(&o));
+    lab.assert_clean_of(&runs_left);
+    lab.down_finding_nothing();
+}
+
+/// Each fleet's ring: 3 guests, one on each host, every sample labelled across hosts; each
+/// fleet's 3 guests' startup. Returns the workers' run ids and the ring's provenance ids.
+fn rings_span_the_hosts(
+    fleets: &[serde_json::Value],
+    all: &[serde_json::Value],
+) -> (Vec<String>, std::collections::BTreeSet<String>) {
     let mut runs_left = Vec::new();
     let mut ring_ids = std::collections::BTreeSet::new();
     for f in fleets {
@@ -102,8 +113,20 @@ fn a_quick_campaign_across_three_hosts_has_its_single_host_steps_on_n1_and_each_
         assert_eq!(ready, 3, "{backend}: {all:?}");
         runs_left.extend(runs(f));
     }
-    // The single-host steps: measured on n1 under a provenance of their own, naming its
-    // part; the ring's under the coordinator's.
+    (runs_left, ring_ids)
+}
+
+/// The single-host steps: run on n1, measured under a provenance of their own naming its
+/// part; the ring's under the coordinator's.
+fn single_host_steps_on_n1(
+    m: &serde_json::Value,
+    all: &[serde_json::Value],
+    ring_ids: &std::collections::BTreeSet<String>,
+) {
+    let single = &m["single_host"];
+    assert_eq!(single["node"], "n1", "{m}");
+    assert_eq!(single["steps_failed"], 0, "{single}");
+    assert!(single["steps_done"].as_u64().unwrap() > 0, "{single}");
     let node_prov: Vec<&serde_json::Value> = all
         .iter()
         .filter(|v| v["record"] == "provenance" && v["provenance"]["host"]["hostname"] == "n1")
@@ -122,7 +145,10 @@ fn a_quick_campaign_across_three_hosts_has_its_single_host_steps_on_n1_and_each_
             .count();
         assert!(n > 0, "no {backend} {test} cpu samples: {all:?}");
     }
-    // One report: the single-host figures and both rings, every host's provenance, the node.
+}
+
+/// One report: the single-host figures and both rings, every host's provenance, the node.
+fn one_report_has_every_figure(dir: &std::path::Path) {
     let rep: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
     for key in ["overhead", "linearity"] {
@@ -146,9 +172,4 @@ fn a_quick_campaign_across_three_hosts_has_its_single_host_steps_on_n1_and_each_
     assert!(html.contains("2 provenances by design"), "the mix labelled as by design");
     assert!(!html.contains("force-mixed"), "the mix called a forced resume");
     assert!(html.contains("backends run across hosts: native, ns"), "which backends ran");
-    // `hostd report` renders the same directory again.
-    let o = Command::new(env!("CARGO_BIN_EXE_hostd")).arg("report").arg(&dir).output().unwrap();
-    assert!(o.status.success(), "hostd report: {}", text(&o));
-    lab.assert_clean_of(&runs_left);
-    lab.down_finding_nothing();
 }

@@ -146,6 +146,9 @@ pub async fn run_on_node(
         .arg(&results)
         .args(&o.args)
         .stdin(Stdio::null())
+        // Its stdout (the report line of a directory merged and removed) joins its progress
+        // on stderr: this run's own report line is the one on stdout.
+        .stdout(stderr_copy())
         // Ctrl-C reaches srun from the terminal (Slurm ends the step, hostd run there
         // tears down); this only covers the coordinator failing otherwise.
         .kill_on_drop(true)
@@ -172,6 +175,12 @@ pub async fn run_on_node(
         return Err(nothing());
     }
     Ok(NodeSuite { node, exit, records, work })
+}
+
+/// This process's stderr for a child's stdout (inherited stdout if it cannot be copied).
+fn stderr_copy() -> Stdio {
+    use std::os::fd::AsFd;
+    std::io::stderr().as_fd().try_clone_to_owned().map_or_else(|_| Stdio::inherit(), Stdio::from)
 }
 
 /// The node's directory under the results' parent, with its campaign written.
