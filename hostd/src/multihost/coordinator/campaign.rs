@@ -159,7 +159,7 @@ fn single_host_account(
 /// One results directory for every fleet: one provenance (every host of every fleet in
 /// its notes), `multihost.json`, all samples, the boot summary with a row per backend, and
 /// the report.
-fn write(
+pub(super) fn write(
     c: &CampaignOptions,
     mut done: Vec<Merged>,
     mut record: CampaignRecord,
@@ -167,7 +167,7 @@ fn write(
 ) -> Result<CampaignOutcome> {
     let mut provenance = done[0].provenance.clone();
     provenance.notes = c.notes.clone();
-    let hosts = c.fleets.first().map_or(0, |o| o.hosts);
+    let hosts = done.iter().map(|m| m.multihost.hosts.len()).max().unwrap_or(0);
     provenance.part =
         Some(format!("each backend's fleet, its startup and its ring, across {hosts} hosts"));
     let (note, account) = single_host_account(c, &single);
