@@ -93,8 +93,8 @@ fn dry_run_boots_and_steps_match_a_real_run() {
     assert!(after(&other, "estimated time: ").contains("measured in"), "{other}");
 }
 
-/// `--dry-run --engine slurm`: each listed backend's fleet split over the hosts and its
-/// ring, with no allocation made (no Slurm needed); outside an allocation `--hosts` is
+/// `--dry-run --engine slurm`: the single-host steps' node, then each listed backend's fleet
+/// split over the hosts and its ring, with no allocation made (no Slurm needed); outside an allocation `--hosts` is
 /// required, and a campaign without the network resource is refused.
 #[test]
 fn dry_run_across_hosts_prints_each_backends_split_and_allocates_nothing() {
@@ -131,6 +131,37 @@ fn dry_run_across_hosts_prints_each_backends_split_and_allocates_nothing() {
         "{t}"
     );
     assert!(t.contains("ring of 5 guests: 1 warm-up + 3 counted rounds"), "{t}");
+    // First the single-host steps, on one node: the allocation's first, or the one named.
+    let single = "== single-host steps: hostd run on node (the allocation's first) as one job step, the campaign without its ring: ";
+    let steps = after(&t, single);
+    assert!(steps.split(' ').next().unwrap().parse::<usize>().unwrap() > 0, "{t}");
+    assert!(t.find(single).unwrap() < ns, "{t}");
+    let o = run(&["--hosts", "2", "--suite-host", "n2"]);
+    assert!(text(&o).contains("== single-host steps: hostd run on node n2 as"), "{}", text(&o));
+    let o = run(&["--hosts", "2", "--suite-host", "n1,n2"]);
+    assert!(
+        !o.status.success() && text(&o).contains("--suite-host \"n1,n2\": not a Slurm node name"),
+        "{}",
+        text(&o)
+    );
+    let o =
+        hostd().arg("run").arg(&camp).args(["--dry-run", "--suite-host", "n2"]).output().unwrap();
+    assert!(
+        !o.status.success() && text(&o).contains("it goes with --engine slurm"),
+        "{}",
+        text(&o)
+    );
+    let o = hostd()
+        .arg("run")
+        .args(["--engine", "slurm", "--hosts", "2", "--resume"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && text(&o).contains("--resume with --engine slurm is not built yet"),
+        "{}",
+        text(&o)
+    );
     // Nothing written.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "{t}");
     let o = run(&[]);

@@ -242,6 +242,7 @@ fn results_dir(base: &Path, name: &str, samples: &[u8]) -> PathBuf {
         hostd_version: "0".into(),
         date: "2026-12-01T00:00:00Z".into(),
         notes: Vec::new(),
+        part: None,
     };
     std::fs::write(d.join("provenance.json"), serde_json::to_vec(&provenance).unwrap()).unwrap();
     d

@@ -21,6 +21,11 @@ pub struct Provenance {
     /// Other facts about the inputs (e.g. which file the disk benchmark read).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Which part of a run these samples are, when a run measures its parts on different
+    /// hosts by design (a campaign across Slurm hosts: the ring and fleets' startup across
+    /// the hosts, the single-host steps on one node); none for a run on one host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -51,6 +56,7 @@ impl Provenance {
             hostd_version: env!("CARGO_PKG_VERSION").to_string(),
             date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             notes: Vec::new(),
+            part: None,
         }
     }
 
@@ -135,54 +141,85 @@ impl Provenance {
 /// Which provenance each sample of a campaign's samples came from: the provenance in force
 /// is named in each sample (untagged samples, from an older hostd, came from `base`, the
 /// results directory's `provenance.json`). Lines for the report when a run mixes
-/// provenances, with how many samples each one measured; nothing when it does not.
+/// provenances, with how many samples each one measured; nothing when it does not. A mix
+/// whose every provenance names its part (a campaign across hosts) is said to be by design;
+/// any other came from a resume with --force-mixed.
 pub fn mixed_lines(records: &[crate::samples::Record], base: Option<&Provenance>) -> Vec<String> {
     use crate::samples::Record;
-    let mut order: Vec<(String, String, usize)> = Vec::new();
+    let mut order: Vec<Seen> = Vec::new();
     let base_id = base.map(Provenance::id).unwrap_or_default();
     if let Some(b) = base {
-        order.push((
-            base_id.clone(),
-            format!(
-                "hostd {} at {}, recorded {} (provenance.json)",
-                b.hostd_version, b.git_revision, b.date
-            ),
-            0,
-        ));
+        order.push(Seen::of(base_id.clone(), b, " (provenance.json)"));
     }
     for r in records {
         match r {
-            Record::Provenance { id, provenance } if !order.iter().any(|(i, _, _)| i == id) => {
-                let what = format!(
-                    "hostd {} at {}, recorded {}",
-                    provenance.hostd_version, provenance.git_revision, provenance.date
-                );
-                order.push((id.clone(), what, 0));
+            Record::Provenance { id, provenance } if !order.iter().any(|s| s.id == *id) => {
+                order.push(Seen::of(id.clone(), provenance, ""));
             }
             Record::Bench(_) | Record::Startup(_) | Record::Memory(_) => {
                 let id =
                     r.provenance_id().filter(|i| !i.is_empty()).unwrap_or(&base_id).to_string();
-                match order.iter_mut().find(|(i, _, _)| *i == id) {
-                    Some(e) => e.2 += 1,
-                    None => order.push((id, "no provenance record names it".into(), 1)),
+                match order.iter_mut().find(|s| s.id == id) {
+                    Some(e) => e.samples += 1,
+                    None => order.push(Seen {
+                        id,
+                        what: "no provenance record names it".into(),
+                        part: None,
+                        samples: 1,
+                    }),
                 }
             }
             _ => {}
         }
     }
-    order.retain(|(_, _, n)| *n > 0);
+    order.retain(|s| s.samples > 0);
     if order.len() < 2 {
         return Vec::new();
     }
-    let mut v = vec![format!(
-        "this run mixes {} provenances (resumed with --force-mixed): figures combine samples measured with different artifacts, hostd or host",
-        order.len()
-    )];
-    v.extend(order.into_iter().map(|(id, what, n)| {
-        let id = if id.is_empty() { "(untagged)".to_string() } else { id };
-        format!("provenance {id}: {what}; {n} sample{}", if n == 1 { "" } else { "s" })
+    let head = if order.iter().all(|s| s.part.is_some()) {
+        format!(
+            "this run's samples come from {} provenances by design, one per part of a campaign across hosts (each part measured on its own host)",
+            order.len()
+        )
+    } else {
+        format!(
+            "this run mixes {} provenances (resumed with --force-mixed): figures combine samples measured with different artifacts, hostd or host",
+            order.len()
+        )
+    };
+    let mut v = vec![head];
+    v.extend(order.into_iter().map(|s| {
+        let id = if s.id.is_empty() { "(untagged)".to_string() } else { s.id };
+        let part = s.part.map(|p| format!("{p}: ")).unwrap_or_default();
+        let n = s.samples;
+        format!("provenance {id}: {part}{}; {n} sample{}", s.what, if n == 1 { "" } else { "s" })
     }));
     v
+}
+
+/// A provenance met in a run's samples, for [`mixed_lines`].
+struct Seen {
+    id: String,
+    what: String,
+    part: Option<String>,
+    samples: usize,
+}
+
+impl Seen {
+    fn of(id: String, p: &Provenance, whence: &str) -> Seen {
+        // The host is named when the part says where it was measured.
+        let host =
+            if p.part.is_some() { format!("host {}, ", p.host.hostname) } else { String::new() };
+        Seen {
+            id,
+            what: format!(
+                "{host}hostd {} at {}, recorded {}{whence}",
+                p.hostd_version, p.git_revision, p.date
+            ),
+            part: p.part.clone(),
+            samples: 0,
+        }
+    }
 }
 
 impl HostInfo {
@@ -239,6 +276,7 @@ mod tests {
             hostd_version: version.into(),
             date: date.into(),
             notes: vec![],
+            part: None,
         }
     }
 
@@ -297,5 +335,39 @@ mod tests {
                 b.id()
             )
         );
+    }
+
+    #[test]
+    fn a_mix_whose_every_provenance_names_its_part_is_by_design_not_a_forced_resume() {
+        let mut across = prov(&"1".repeat(64), "0.1.0", "2026-12-01T00:00:00Z");
+        across.part = Some("the fleets across 3 hosts".into());
+        let mut node = prov(&"1".repeat(64), "0.1.0", "2026-12-01T00:00:01Z");
+        node.host.hostname = "n1".into();
+        node.part = Some("the single-host steps".into());
+        let bench = |id: &str| {
+            let mut r: Record = serde_json::from_str(r#"{"record":"bench","backend":"ns","test":"ring","resource":"network","n":3,"rep":0,"guest":0,"instance":0,"value":1.0,"unit":"Gbit/s","elapsed_s":1.0,"params":"d=1"}"#).unwrap();
+            r.tag_provenance(id);
+            r
+        };
+        let records = vec![
+            bench(&across.id()),
+            Record::Provenance { id: node.id(), provenance: node.clone() },
+            bench(&node.id()),
+            bench(&node.id()),
+        ];
+        let l = mixed_lines(&records, Some(&across));
+        assert!(l[0].starts_with("this run's samples come from 2 provenances by design"), "{l:#?}");
+        assert!(!l.iter().any(|l| l.contains("force-mixed")), "{l:#?}");
+        assert_eq!(l[1], format!("provenance {}: the fleets across 3 hosts: host h, hostd 0.1.0 at r1, recorded 2026-12-01T00:00:00Z (provenance.json); 1 sample", across.id()));
+        assert_eq!(l[2], format!("provenance {}: the single-host steps: host n1, hostd 0.1.0 at r1, recorded 2026-12-01T00:00:01Z; 2 samples", node.id()));
+        // One provenance without its part: a resume's mix, said as such.
+        node.part = None;
+        let records = [
+            records[..1].to_vec(),
+            vec![Record::Provenance { id: node.id(), provenance: node.clone() }, bench(&node.id())],
+        ]
+        .concat();
+        assert!(mixed_lines(&records, Some(&across))[0]
+            .starts_with("this run mixes 2 provenances (resumed with --force-mixed)"));
     }
 }

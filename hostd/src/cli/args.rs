@@ -152,8 +152,13 @@ pub(crate) struct RunArgs {
     pub(crate) results: PathBuf,
     /// Where the campaign runs: this machine, or across Slurm nodes (then each listed
     /// backend's ring, spanning the hosts, with its fleet's startup; docs/multihost.md).
-    #[arg(long, value_enum, default_value = "local", conflicts_with = "resume")]
+    #[arg(long, value_enum, default_value = "local")]
     pub(crate) engine: Engine,
+    /// With --engine slurm: the node that runs the campaign's single-host steps (native's
+    /// baseline, the single-guest benchmarks, overhead, linearity, isolation, startup sizes)
+    /// [default: the allocation's first].
+    #[arg(long, value_name = "NODE")]
+    pub(crate) suite_host: Option<String>,
     #[command(flatten)]
     pub(crate) slurm: SlurmArgs,
     #[command(flatten)]

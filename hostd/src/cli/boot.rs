@@ -235,6 +235,19 @@ pub(crate) async fn coordinate_campaign(
     for l in &out.record.failed {
         short.push(format!("{}: {}", l.backend, l.reason));
     }
+    if let Some(h) = &out.record.single_host {
+        println!("== single-host steps on node {}: {}", h.node, h.outcome);
+        if h.records == 0 {
+            short.push(format!("single-host steps: {}", h.outcome));
+        } else if h.steps_failed > 0 {
+            short.push(format!(
+                "{} single-host step(s) failed on node {} (listed in {})",
+                h.steps_failed,
+                h.node,
+                out.results.join("index.html").display()
+            ));
+        }
+    }
     eprintln!("hostd: results in {}", out.results.display());
     Ok(if short.is_empty() { Done::All } else { Done::WithFailures(short.join("; ")) })
 }

@@ -52,7 +52,15 @@ pub(crate) fn nothing_recorded(dir: &std::path::Path) -> bool {
 
 pub(crate) async fn run_campaign(a: RunArgs) -> anyhow::Result<Done> {
     // Everything that can be checked is, before anything is made.
+    if a.engine == Engine::Slurm && a.resume.is_some() {
+        anyhow::bail!(
+            "--resume with --engine slurm is not built yet: a campaign across hosts writes its results directory once every fleet has run (an interrupted one leaves only its single-host steps' own directory, .single-host-… under --results, which `hostd run --resume` continues on that node); run the campaign again"
+        );
+    }
     let campaign = campaign_of(&a)?;
+    if a.suite_host.is_some() && a.engine != Engine::Slurm {
+        anyhow::bail!("--suite-host names a Slurm node: it goes with --engine slurm");
+    }
     if a.engine == Engine::Slurm {
         return run_slurm(a, campaign).await;
     }
@@ -332,14 +340,16 @@ fn campaign_images(
     Ok(images)
 }
 
-/// `hostd run --engine slurm`: for each backend the campaign lists, in its order, a fleet of
-/// its ring's guests spread over the hosts of a Slurm allocation (salloc'd if not inside
-/// one), one `hostd worker` per node, with its startup and its ring, all merged into one
-/// results directory with its report and every host's provenance (docs/multihost.md). The
-/// rest of the campaign (the single-guest suite, overhead, linearity, isolation, startup
-/// sizes) is not run across hosts: said in the provenance's notes. With `--dry-run`, the
-/// plan per host, with no allocation made.
+/// `hostd run --engine slurm`: the campaign's single-host steps (all but the ring) by
+/// `hostd run` on one node of a Slurm allocation (salloc'd if not inside one), then for
+/// each backend the campaign lists, in its order, a fleet of its ring's guests spread over
+/// the hosts, one `hostd worker` per node, with its startup and its ring, all merged into
+/// one results directory with its report and every host's provenance (docs/multihost.md).
+/// With `--dry-run`, the plan per host, with no allocation made.
 async fn run_slurm(a: RunArgs, campaign: Campaign) -> anyhow::Result<Done> {
+    if let Some(n) = &a.suite_host {
+        hostd::multihost::coordinator::check_name(n)?;
+    }
     let plans = slurm_plans(&campaign)?;
     if a.dry_run {
         if a.estimate_from.is_some() {
@@ -441,7 +451,7 @@ fn slurm_fleets(
     let ran: Vec<String> =
         fleets.iter().map(|o| format!("{} ({} guests)", o.backend(), o.n())).collect();
     let mut all = vec![format!(
-        "campaign {} across {hosts} hosts: for each backend listed, one fleet of its ring's guests (at least one a host) with its startup, then the ring, as planned: {}; the single-guest suite, overhead, linearity, isolation and startup sizes are not run across hosts",
+        "campaign {} across {hosts} hosts: first its single-host steps on one node, then for each backend listed one fleet of its ring's guests (at least one a host) with its startup, then the ring, as planned: {}",
         campaign.name,
         ran.join(", ")
     )];
@@ -454,7 +464,32 @@ fn slurm_fleets(
         results: a.results.clone(),
         label: format!("run-slurm-{}", campaign.name),
         notes: all,
+        campaign: campaign.clone(),
+        suite: Some(coordinator::SuiteOptions {
+            node: a.suite_host.clone(),
+            args: node_args(&a.images),
+        }),
+        exe,
     }
+}
+
+/// The image and runtime flags the node's `hostd run` gets as this one did.
+fn node_args(i: &ImageArgs) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = Vec::new();
+    let mut flag = |name: &str, value: std::ffi::OsString| v.extend([name.into(), value]);
+    if let Some(p) = &i.agent {
+        flag("--agent", p.clone().into());
+    }
+    if let Some(p) = &i.images {
+        flag("--images", p.clone().into());
+    }
+    if let Some(x) = &i.accel {
+        flag("--accel", x.into());
+    }
+    flag("--oci-runtime", (&i.oci_runtime).into());
+    flag("--qemu", (&i.qemu).into());
+    flag("--firecracker", (&i.firecracker).into());
+    v
 }
 
 /// `--dry-run --engine slurm`: each backend's fleet split over the hosts (in node order:
@@ -469,6 +504,15 @@ fn slurm_dry_run(
         "campaign {} across {hosts} Slurm hosts (dry run: no allocation made, nothing started)",
         campaign.name
     );
+    if let Some(s) = &c.suite {
+        let node = hostd::multihost::coordinator::without_ring(&c.campaign);
+        let plans = node.resolved_plans(hostd::fidelity::llc());
+        let steps = runner::planned_steps(&node, &plans, runner::xen_in_lab(&node));
+        println!(
+            "== single-host steps: hostd run on node {} as one job step, the campaign without its ring: {steps} steps",
+            s.node.as_deref().unwrap_or("(the allocation's first)")
+        );
+    }
     for o in &c.fleets {
         let split = plan::split_groups(&o.groups, &vec![1.0; hosts]).map_err(anyhow::Error::msg)?;
         let g = &o.groups[0];

@@ -29,6 +29,7 @@ mod images;
 mod merge;
 mod reach;
 mod ring;
+mod suite;
 mod teardown;
 pub use calls::HostCaller;
 pub use campaign::{
@@ -41,6 +42,7 @@ use images::same_images;
 use merge::Merged;
 pub use merge::{shortfalls, HostRecord, MultiHost};
 pub use ring::{RingOptions, RingSummary};
+pub use suite::{check_name, without_ring, SingleHost, SuiteOptions};
 use teardown::{hold, tear_down_reporting, teardown_within};
 
 /// What `hostd boot --engine slurm` was asked for.
@@ -99,25 +101,23 @@ impl Options {
 
     /// Every group's system image, once each, in group order.
     pub fn systems(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for (name, _) in self.groups.iter().filter_map(|g| g.system.as_ref()) {
-            if !out.contains(name) {
-                out.push(name.clone());
-            }
-        }
-        out
+        once_each(self.groups.iter().filter_map(|g| g.system.as_ref()).map(|(n, _)| n.clone()))
     }
 
     /// Every group's backend, once each, in group order.
     pub fn backends(&self) -> Vec<BackendKind> {
-        let mut out: Vec<BackendKind> = Vec::new();
-        for g in &self.groups {
-            if !out.contains(&g.backend) {
-                out.push(g.backend);
-            }
+        once_each(self.groups.iter().map(|g| g.backend))
+    }
+}
+
+/// Each item once, in first-seen order.
+fn once_each<T: PartialEq>(items: impl Iterator<Item = T>) -> Vec<T> {
+    items.fold(Vec::new(), |mut out, i| {
+        if !out.contains(&i) {
+            out.push(i);
         }
         out
-    }
+    })
 }
 
 /// Clock pings per worker.

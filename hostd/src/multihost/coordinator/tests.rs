@@ -308,3 +308,70 @@ fn the_startup_bound_grows_with_the_slice() {
     assert_eq!(startup_within(boot, 5000), Duration::from_secs(615));
     assert!(startup_within(boot, 10) < startup_within(boot, 11));
 }
+
+/// A campaign's one results directory: the fleets' samples under the coordinator's
+/// provenance, the node's under its own naming its part, the node named, the mix by design.
+#[test]
+fn the_node_s_single_host_steps_join_the_one_results_directory_with_their_provenance() {
+    use crate::samples::Record;
+    let (multihost, boot) = finished(vec![host("n1", 0), host("n2", 2)]);
+    let provenance = crate::provenance::Provenance::collect(Default::default());
+    let merged = Merged { multihost, boot, bench: Vec::new(), provenance };
+    let mut node = crate::provenance::Provenance::collect(Default::default());
+    node.host.hostname = "n1".into();
+    let node_id = node.id();
+    let mut bench: Record = serde_json::from_str(r#"{"record":"bench","backend":"ns","test":"overhead","resource":"cpu","n":1,"rep":0,"guest":0,"instance":0,"value":1.0,"unit":"s","elapsed_s":1.0,"params":"rounds=8"}"#).unwrap();
+    bench.tag_provenance(&node_id);
+    let parent = tempfile::tempdir().unwrap();
+    let suite = suite::NodeSuite {
+        node: "n1".into(),
+        exit: "finished".into(),
+        records: vec![
+            Record::Provenance { id: node_id.clone(), provenance: node },
+            bench,
+            Record::StepDone { key: "ns/overhead/cpu".into() },
+        ],
+        work: tempfile::tempdir_in(parent.path()).unwrap(),
+    };
+    let c = CampaignOptions {
+        fleets: Vec::new(),
+        results: parent.path().to_path_buf(),
+        label: "run-slurm-t".into(),
+        notes: vec!["campaign t across 2 hosts".into()],
+        campaign: crate::campaign::Campaign::default_campaign(),
+        suite: Some(SuiteOptions { node: None, args: Vec::new() }),
+        exe: "hostd".into(),
+    };
+    let record = CampaignRecord {
+        fleets: Vec::new(),
+        unavailable: Vec::new(),
+        failed: Vec::new(),
+        single_host: None,
+    };
+    let out = campaign::write(&c, vec![merged], record, Some(Ok(suite))).unwrap();
+    let dirs: Vec<_> = std::fs::read_dir(parent.path()).unwrap().flatten().collect();
+    assert_eq!(dirs.len(), 1, "the node's directory is removed: {dirs:?}");
+    let (records, _) = crate::results::read_records::<Record>(&out.results).unwrap();
+    let ids: Vec<Option<&str>> = records.iter().map(|r| r.provenance_id()).collect();
+    assert_eq!(ids.iter().filter(|i| **i == Some(node_id.as_str())).count(), 1, "{ids:?}");
+    let own: crate::provenance::Provenance =
+        serde_json::from_slice(&std::fs::read(out.results.join("provenance.json")).unwrap())
+            .unwrap();
+    assert_eq!(ids.iter().filter(|i| **i == Some(own.id().as_str())).count(), 4, "{ids:?}");
+    assert!(own.part.is_some_and(|p| p.contains("across 2 hosts")));
+    assert!(records.iter().any(|r| matches!(r, Record::Provenance { provenance, .. }
+        if provenance.part.as_deref() == Some("the single-host steps on node n1"))));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.results.join("multihost.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["single_host"]["node"], "n1", "{m}");
+    assert_eq!(
+        (m["single_host"]["records"].as_u64(), m["single_host"]["steps_done"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert!(out.results.join("campaign.toml").is_file());
+    let html = std::fs::read_to_string(out.results.join("index.html")).unwrap();
+    assert!(html.contains("measured on host n1 (Slurm node n1)"), "the node named");
+    assert!(html.contains("2 provenances by design"), "the mix by design");
+    assert!(!html.contains("force-mixed"), "not a forced resume");
+}
