@@ -1,11 +1,12 @@
 //! `hostd run --engine slurm` in the Slurm lab (issue 17, docs/multihost.md "The ring across
-//! hosts" and "The single-host steps"): a campaign listing native and ns over 3 emulated
+//! hosts" and "The single-host steps"): a campaign listing native, ns and uml over 3 emulated
 //! hosts runs its single-host steps (native's baseline, overhead, linearity, isolation,
 //! startup sizes) by `hostd run` on node n1, then one fleet per backend, one after another,
 //! each ring spanning the hosts with its samples labelled by their path across hosts, all in
 //! one results directory and report with every host's provenance and the node named, and
-//! nothing left on any host. Needs root, the Slurm packages (scripts/install-deps) and the
-//! images (VIRTBENCH_IMAGES) with an agent that sets `vb.mtu=`.
+//! nothing left on any host; uml's ring (a guest with its own kernel) crosses the hosts at the
+//! VXLAN's MTU, which its agent sets (`vb.mtu=`). Needs root, the Slurm packages
+//! (scripts/install-deps) and the images (VIRTBENCH_IMAGES) with the UML kernel.
 
 mod support {
     pub mod cli;
@@ -19,7 +20,7 @@ use std::process::Command;
 
 use support::slurmlab::*;
 
-/// A quick campaign of native and ns, CPU and network, over 3 hosts: the single-host steps
+/// A quick campaign of native, ns and uml, CPU and network, over 3 hosts: the single-host steps
 /// on n1, then one fleet per backend with its ring spanning the hosts, all in one report.
 #[test]
 fn a_quick_campaign_across_three_hosts_has_single_host_steps_on_n1_and_rings_across_them() {
@@ -29,7 +30,7 @@ fn a_quick_campaign_across_three_hosts_has_single_host_steps_on_n1_and_rings_acr
     let campaign = files.path().join("mh.toml");
     std::fs::write(
         &campaign,
-        "name = \"mh\"\nbackends = [\"native\", \"ns\"]\nresources = [\"cpu\", \"network\"]\n",
+        "name = \"mh\"\nbackends = [\"native\", \"ns\", \"uml\"]\nresources = [\"cpu\", \"network\"]\n",
     )
     .unwrap();
     let o = Command::new(lab_script())
@@ -48,7 +49,7 @@ fn a_quick_campaign_across_three_hosts_has_single_host_steps_on_n1_and_rings_acr
     let (dir, m) = results_of(res.path());
     let fleets = m["fleets"].as_array().unwrap();
     let backends: Vec<&str> = fleets.iter().map(|f| f["backend"].as_str().unwrap()).collect();
-    assert_eq!(backends, ["native", "ns"], "{m}");
+    assert_eq!(backends, ["native", "ns", "uml"], "{m}");
     assert!(
         m["unavailable"].as_array().unwrap().is_empty() && m["failed"] == serde_json::json!([]),
         "{m}"
@@ -97,8 +98,9 @@ fn rings_span_the_hosts(
         let mut guests = std::collections::BTreeSet::new();
         for s in &ring {
             assert_eq!(s["n"], 3, "{s}");
-            // Across hosts: labelled with the path, at the VXLAN's MTU.
-            assert_eq!(s["net_path"], "veth+bridge+vxlan", "{s}");
+            // Across hosts: labelled with the path (a VM's link is a tap), at the VXLAN's MTU.
+            let link = if backend == "uml" { "tap" } else { "veth" };
+            assert_eq!(s["net_path"], format!("{link}+bridge+vxlan"), "{s}");
             assert_eq!(s["mtu"], 1450, "{s}");
             assert!(s["value"].as_f64().unwrap() > 0.0, "{s}");
             guests.insert(s["guest"].as_u64().unwrap());
@@ -136,7 +138,9 @@ fn single_host_steps_on_n1(
     assert_eq!(node_prov[0]["provenance"]["part"], "the single-host steps on node n1");
     assert_eq!(ring_ids.len(), 1, "{ring_ids:?}");
     assert!(!ring_ids.contains(node_id), "the ring's provenance is the coordinator's");
-    for (backend, test) in [("native", "overhead"), ("ns", "overhead"), ("ns", "linearity")] {
+    let steps =
+        [("native", "overhead"), ("ns", "overhead"), ("ns", "linearity"), ("uml", "overhead")];
+    for (backend, test) in steps {
         let n = all
             .iter()
             .filter(|v| v["record"] == "bench" && v["backend"] == backend && v["test"] == test)
@@ -154,13 +158,13 @@ fn one_report_has_every_figure(dir: &std::path::Path) {
     for key in ["overhead", "linearity"] {
         assert!(rep[key]["ns/cpu"].as_array().is_some_and(|p| !p.is_empty()), "{key}: {rep}");
     }
-    for b in ["native", "ns"] {
+    for b in ["native", "ns", "uml"] {
         let ring = &rep["ring"][b];
         assert_eq!(ring["guests"], 3, "{b}: {rep}");
         assert_eq!(ring["bandwidth"]["samples"], 6, "{b}: {ring}");
     }
     let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
-    for b in ["native", "ns"] {
+    for b in ["native", "ns", "uml"] {
         for i in 1..=3 {
             assert!(
                 html.contains(&format!("{b}: host n{i}: Slurm node n{i}")),
@@ -171,5 +175,5 @@ fn one_report_has_every_figure(dir: &std::path::Path) {
     assert!(html.contains("measured on host n1 (Slurm node n1)"), "the node named");
     assert!(html.contains("2 provenances by design"), "the mix labelled as by design");
     assert!(!html.contains("force-mixed"), "the mix called a forced resume");
-    assert!(html.contains("backends run across hosts: native, ns"), "which backends ran");
+    assert!(html.contains("backends run across hosts: native, ns, uml"), "which backends ran");
 }
