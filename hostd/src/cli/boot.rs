@@ -196,34 +196,27 @@ pub(crate) async fn boot_slurm(a: BootArgs) -> anyhow::Result<Done> {
 
 /// Runs the coordinator until it is done or Ctrl-C, and sums up its outcome.
 pub(crate) async fn coordinate(o: &hostd::multihost::coordinator::Options) -> anyhow::Result<Done> {
-    use hostd::multihost::coordinator;
-    let out = tokio::select! {
-        r = coordinator::run(o) => Some(r),
-        _ = tokio::signal::ctrl_c() => None,
-    };
-    // Interrupted: the coordinator's future is gone by now, and with it the workers' links;
-    // every worker whose link drops tears its fleet down, and srun ends with them.
-    let Some(out) = out else {
-        eprintln!("hostd: interrupted: the workers tear down as their links drop");
-        std::process::exit(130);
-    };
+    let out = until_ctrl_c(hostd::multihost::coordinator::run(o)).await;
     Ok(slurm_summary(&out?))
+}
+
+/// `f`'s output, or on Ctrl-C exit 130: the coordinator's future is dropped, and with it the
+/// workers' links; every worker whose link drops tears its fleet down, and srun ends with them.
+async fn until_ctrl_c<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::select! {
+        r = f => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("hostd: interrupted: the workers tear down as their links drop");
+            std::process::exit(130);
+        }
+    }
 }
 
 /// `hostd run --engine slurm`'s campaign, interrupted as [`coordinate`] is.
 pub(crate) async fn coordinate_campaign(
     c: &hostd::multihost::coordinator::CampaignOptions,
 ) -> anyhow::Result<Done> {
-    use hostd::multihost::coordinator;
-    let out = tokio::select! {
-        r = coordinator::run_campaign(c) => Some(r),
-        _ = tokio::signal::ctrl_c() => None,
-    };
-    let Some(out) = out else {
-        eprintln!("hostd: interrupted: the workers tear down as their links drop");
-        std::process::exit(130);
-    };
-    let out = out?;
+    let out = until_ctrl_c(hostd::multihost::coordinator::run_campaign(c)).await?;
     let mut short = Vec::new();
     for (m, boot) in out.record.fleets.iter().zip(&out.boots) {
         println!("== {}", m.backend);
